@@ -1,0 +1,42 @@
+"""kinodb: one indexed, memory-mapped ``.kdb`` file per robot-learning dataset.
+
+Example:
+    >>> import kinodb
+    >>> with kinodb.open("demo.kdb") as db:
+    ...     actions = db.read_episode(0)["actions"]
+"""
+
+from __future__ import annotations
+
+from kinodb._version import __version__
+from kinodb.errors import (
+    ConversionError,
+    CorruptFileError,
+    EpisodeNotFoundError,
+    FormatError,
+    FrameRangeError,
+    KinodbError,
+    MissingExtraError,
+    QuerySyntaxError,
+    UnsupportedVersionError,
+    WriterError,
+)
+from kinodb.kdb import Database, Writer
+from kinodb.kdb import open_database as open  # noqa: A004  (the public name is kinodb.open)
+
+__all__ = [
+    "ConversionError",
+    "CorruptFileError",
+    "Database",
+    "EpisodeNotFoundError",
+    "FormatError",
+    "FrameRangeError",
+    "KinodbError",
+    "MissingExtraError",
+    "QuerySyntaxError",
+    "UnsupportedVersionError",
+    "Writer",
+    "WriterError",
+    "__version__",
+    "open",
+]

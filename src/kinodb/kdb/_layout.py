@@ -1,0 +1,155 @@
+"""Byte layout of ``.kdb`` format v1: constants, header and commit slots.
+
+`docs/format.md` is the normative description; this module is its code.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from kinodb.errors import CorruptFileError, FormatError, UnsupportedVersionError
+
+MAGIC = b"KINO"
+VERSION_MAJOR = 1
+VERSION_MINOR = 0
+HEADER_SIZE = 64
+SLOT_SIZE = 64
+SLOT_OFFSETS = (64, 128)
+DATA_START = 256
+ALIGN = 64
+INDEX_MAGIC = b"KIDX"
+INDEX_HEAD = struct.Struct("<4sIQ")  # magic, toc length, reserved
+
+_HEADER = struct.Struct("<4sHHII44sI")  # magic, major, minor, data_start, flags, reserved, crc
+_SLOT = struct.Struct("<QQQQQI16sI")  # gen, index off, index len, episodes, frames, index crc, reserved, crc
+
+# Section kinds and image codecs, as stored in the index.
+KIND_ARRAY = 0
+KIND_CAMERA = 1
+CODECS = ("raw", "jpeg", "png")
+
+# Element dtypes allowed in array sections, by their one-byte code.
+DTYPES: tuple[str, ...] = (
+    "|b1", "|u1", "|i1", "<u2", "<i2", "<u4", "<i4", "<u8", "<i8", "<f2", "<f4", "<f8",
+)  # fmt: skip
+DTYPE_CODE = {np.dtype(d): i for i, d in enumerate(DTYPES)}
+
+
+def align(n: int, to: int = ALIGN) -> int:
+    """Round ``n`` up to a multiple of ``to``."""
+    return (n + to - 1) // to * to
+
+
+def crc32(data: bytes | memoryview, value: int = 0) -> int:
+    """CRC-32 (zlib polynomial) of ``data``, continuing from ``value``."""
+    return zlib.crc32(data, value) & 0xFFFFFFFF
+
+
+@dataclass(frozen=True, slots=True)
+class Commit:
+    """One commit slot: where the index of a committed state lives."""
+
+    generation: int
+    index_offset: int
+    index_length: int
+    num_episodes: int
+    num_frames: int
+    index_crc: int
+
+    @property
+    def end(self) -> int:
+        """First byte after the committed state."""
+        return self.index_offset + self.index_length
+
+
+def pack_header() -> bytes:
+    """The 64-byte file header of a v1 file."""
+    body = _HEADER.pack(MAGIC, VERSION_MAJOR, VERSION_MINOR, DATA_START, 0, b"", 0)[:-4]
+    return body + struct.pack("<I", crc32(body))
+
+
+def pack_slot(commit: Commit) -> bytes:
+    """The 64 bytes of a commit slot."""
+    body = _SLOT.pack(
+        commit.generation,
+        commit.index_offset,
+        commit.index_length,
+        commit.num_episodes,
+        commit.num_frames,
+        commit.index_crc,
+        b"",
+        0,
+    )[:-4]
+    return body + struct.pack("<I", crc32(body))
+
+
+def read_version(head: bytes, path: str) -> tuple[int, int]:
+    """Check the magic and return ``(major, minor)`` from the first bytes of a file."""
+    if len(head) < 8:
+        raise FormatError(f"{path}: not a .kdb file: it has {len(head)} bytes, a header needs 64")
+    if head[:4] != MAGIC:
+        raise FormatError(
+            f"{path}: not a .kdb file: starts with {head[:4]!r}, expected {MAGIC!r}"
+        )
+    major, minor = struct.unpack_from("<HH", head, 4)
+    return major, minor
+
+
+def parse_header(head: bytes, path: str) -> None:
+    """Validate the 64-byte v1 header.
+
+    Raises:
+        FormatError: the bytes are not a .kdb header.
+        UnsupportedVersionError: the major version is newer than this kinodb reads.
+        CorruptFileError: the header checksum does not match.
+    """
+    major, minor = read_version(head, path)
+    if major > VERSION_MAJOR:
+        raise UnsupportedVersionError(
+            f"{path}: written by .kdb format {major}.{minor}; this kinodb reads up to "
+            f"{VERSION_MAJOR}.x; upgrade with: pip install -U kinodb"
+        )
+    if len(head) < HEADER_SIZE:
+        raise CorruptFileError(f"{path}: truncated header: {len(head)} of 64 bytes")
+    *_, data_start, _flags, _reserved, crc = _HEADER.unpack_from(head, 0)
+    if crc != crc32(head[: HEADER_SIZE - 4]):
+        raise CorruptFileError(f"{path}: header checksum mismatch at byte offset 0")
+    if data_start != DATA_START:
+        raise CorruptFileError(f"{path}: header says data starts at {data_start}, expected 256")
+
+
+def parse_slot(raw: bytes) -> Commit | None:
+    """Decode a commit slot, or None if it is empty or torn."""
+    gen, ioff, ilen, neps, nfr, icrc, _res, crc = _SLOT.unpack_from(raw, 0)
+    if gen == 0 or crc != crc32(raw[: SLOT_SIZE - 4]):
+        return None
+    return Commit(gen, ioff, ilen, neps, nfr, icrc)
+
+
+def latest_commit(preamble: bytes, path: str, file_size: int) -> tuple[int, Commit]:
+    """Pick the newest valid commit slot; return ``(slot number, commit)``.
+
+    Raises:
+        CorruptFileError: no slot is valid, or the newest one points outside the file.
+    """
+    if len(preamble) < DATA_START:
+        raise CorruptFileError(f"{path}: truncated preamble: {len(preamble)} of 256 bytes")
+    slots = [parse_slot(preamble[o : o + SLOT_SIZE]) for o in SLOT_OFFSETS]
+    valid = [(c.generation, n, c) for n, c in enumerate(slots) if c is not None]
+    if not valid:
+        raise CorruptFileError(
+            f"{path}: no valid commit record at byte offsets 64 or 128; the file was never "
+            "committed or its header is damaged"
+        )
+    _, n, commit = max(valid)
+    if commit.index_offset < DATA_START or commit.end > file_size:
+        raise CorruptFileError(
+            f"{path}: index at bytes {commit.index_offset}..{commit.end} lies outside the "
+            f"file ({file_size} bytes); the file is truncated or damaged"
+        )
+    return n, commit
+assert _HEADER.size == HEADER_SIZE and _SLOT.size == SLOT_SIZE

@@ -1,0 +1,359 @@
+"""The index block: a columnar episode table plus the section directory.
+
+The index block is one table of contents (JSON, size independent of the episode
+count) followed by 64-byte-aligned NumPy columns. Readers map the columns in place;
+nothing is parsed per episode at open time.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from kinodb.errors import CorruptFileError
+from kinodb.kdb._layout import INDEX_HEAD, INDEX_MAGIC, align
+
+ABSENT: Any = object()  # an extra field the episode does not have
+EXTRA_ABSENT, EXTRA_NULL, EXTRA_VALUE = 0, 1, 2
+
+# Per-episode columns with a fixed dtype, in the order they are written.
+EPISODE_COLUMNS: dict[str, str] = {
+    "episode_id": "<u8",
+    "num_frames": "<u8",
+    "action_dim": "<u4",
+    "state_dim": "<u4",
+    "fps": "<f8",
+    "success": "|i1",  # -1 unknown, 0 false, 1 true
+    "total_reward": "<f8",  # NaN where total_reward.valid is 0
+    "total_reward.valid": "|u1",
+    "payload_offset": "<u8",
+    "payload_length": "<u8",
+    "payload_crc": "<u4",
+    "sec_start": "<u8",
+    "sec_count": "<u4",
+}
+STRING_COLUMNS = ("embodiment", "task")
+# One row per section (an array, or a camera's frames) of every episode.
+SECTION_COLUMNS: dict[str, str] = {
+    "sec.name": "<u4",
+    "sec.kind": "|u1",
+    "sec.dtype": "|u1",
+    "sec.codec": "|u1",
+    "sec.ndim": "|u1",
+    "sec.shape": "<u8",  # 4 per row
+    "sec.offset": "<u8",
+    "sec.length": "<u8",
+    "sec.aux": "<u8",  # camera: absolute offset of the (T+1) frame-offset table
+}
+
+
+def encode_strings(values: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Dictionary-encode strings: ``(codes int32, dict offsets uint64, dict utf-8 bytes)``."""
+    lookup: dict[str, int] = {}
+    codes = np.fromiter((lookup.setdefault(v, len(lookup)) for v in values), "<i4", len(values))
+    encoded = [k.encode() for k in lookup]
+    offsets = np.zeros(len(encoded) + 1, "<u8")
+    np.cumsum([len(b) for b in encoded], out=offsets[1:])
+    return codes, offsets, np.frombuffer(b"".join(encoded), "|u1")
+
+
+class StringColumn:
+    """A dictionary-encoded string column, decoded lazily."""
+
+    def __init__(self, codes: np.ndarray, offsets: np.ndarray, blob: np.ndarray, name: str):
+        self.codes, self._offsets, self._blob, self._name = codes, offsets, blob, name
+        self._dict: list[str] | None = None
+
+    @property
+    def dictionary(self) -> list[str]:
+        """All distinct values, in code order."""
+        if self._dict is None:
+            offs, raw = self._offsets.tolist(), self._blob.tobytes()
+            if offs and (offs[-1] > len(raw) or any(a > b for a, b in zip(offs, offs[1:]))):
+                raise CorruptFileError(f"string dictionary of column {self._name!r} is damaged")
+            try:
+                self._dict = [raw[a:b].decode() for a, b in zip(offs, offs[1:])]
+            except UnicodeDecodeError as exc:
+                raise CorruptFileError(f"column {self._name!r} holds invalid UTF-8") from exc
+        return self._dict
+
+    def __getitem__(self, i: int) -> str:
+        code = int(self.codes[i])
+        d = self.dictionary
+        if not 0 <= code < len(d):
+            raise CorruptFileError(f"column {self._name!r}, episode {i}: bad string code {code}")
+        return d[code]
+
+    def to_numpy(self) -> np.ndarray:
+        """The column as an object array of str."""
+        d = np.array(self.dictionary + [""], dtype=object)
+        codes = self.codes.astype(np.int64)
+        if len(codes) and (codes.min() < 0 or codes.max() >= len(d) - 1):
+            raise CorruptFileError(f"column {self._name!r} holds out-of-range string codes")
+        return d[codes]
+
+
+def _extra_kind(values: Iterable[Any]) -> str:
+    kinds = set()
+    for v in values:
+        if v is ABSENT or v is None:
+            continue
+        if isinstance(v, bool):
+            kinds.add("bool")
+        elif isinstance(v, int):
+            kinds.add("int" if -(2**63) <= v < 2**63 else "json")
+        elif isinstance(v, float):
+            kinds.add("float")
+        elif isinstance(v, str):
+            kinds.add("str")
+        else:
+            kinds.add("json")
+    return kinds.pop() if len(kinds) == 1 else ("json" if kinds else "null")
+
+
+def encode_extra(values: Sequence[Any]) -> tuple[str, dict[str, np.ndarray]]:
+    """Encode one extra field over all episodes; returns ``(kind, columns)``."""
+    state = np.array(
+        [EXTRA_ABSENT if v is ABSENT else EXTRA_NULL if v is None else EXTRA_VALUE for v in values],
+        "|u1",
+    )
+    kind = _extra_kind(values)
+    present = [v if state[i] == EXTRA_VALUE else None for i, v in enumerate(values)]
+    cols: dict[str, np.ndarray] = {"state": state}
+    if kind == "bool":
+        cols["values"] = np.array([bool(v) for v in present], "|u1")
+    elif kind == "int":
+        cols["values"] = np.array([v or 0 for v in present], "<i8")
+    elif kind == "float":
+        cols["values"] = np.array([math.nan if v is None else v for v in present], "<f8")
+    elif kind == "str":
+        cols["codes"], cols["dict_offsets"], cols["dict_bytes"] = encode_strings(
+            [v or "" for v in present]
+        )
+    elif kind == "json":
+        texts = [b"" if v is None else json.dumps(v).encode() for v in present]
+        offsets = np.zeros(len(texts) + 1, "<u8")
+        np.cumsum([len(t) for t in texts], out=offsets[1:])
+        cols["offsets"], cols["bytes"] = offsets, np.frombuffer(b"".join(texts), "|u1")
+    return kind, cols
+
+
+class ExtraColumn:
+    """One per-episode extra field, decoded lazily from its columns."""
+
+    def __init__(self, name: str, kind: str, cols: dict[str, np.ndarray]):
+        self.name, self.kind, self.state = name, kind, cols["state"]
+        self._cols = cols
+        self._strings = (
+            StringColumn(cols["codes"], cols["dict_offsets"], cols["dict_bytes"], name)
+            if kind == "str"
+            else None
+        )
+
+    def get(self, i: int) -> Any:
+        """The value for episode ``i``, `ABSENT` if it has none."""
+        st = int(self.state[i])
+        if st == EXTRA_ABSENT:
+            return ABSENT
+        if st != EXTRA_VALUE:
+            return None
+        if self._strings is not None:
+            return self._strings[i]
+        if self.kind == "json":
+            a, b = int(self._cols["offsets"][i]), int(self._cols["offsets"][i + 1])
+            try:
+                return json.loads(self._cols["bytes"][a:b].tobytes())
+            except ValueError as exc:
+                raise CorruptFileError(f"extra field {self.name!r}, episode {i}: bad JSON") from exc
+        value = self._cols["values"][i]
+        return bool(value) if self.kind == "bool" else value.item()
+
+    def to_numpy(self) -> np.ndarray:
+        """All values as a NumPy array (object dtype where the kind needs it; None = null)."""
+        if self.kind in ("int", "float", "bool") and bool(np.all(self.state == EXTRA_VALUE)):
+            values = self._cols["values"]
+            return values.astype(bool) if self.kind == "bool" else values
+        return np.array([None if (v := self.get(i)) is ABSENT else v for i in range(len(self.state))]
+                        + [None], dtype=object)[:-1]  # fmt: skip
+
+
+@dataclass
+class IndexBlock:
+    """A decoded index block: dataset JSON and mapped columns."""
+
+    dataset: dict[str, Any]
+    columns: dict[str, np.ndarray]
+    section_names: list[str]
+    extra_kinds: dict[str, str]
+    strings: dict[str, StringColumn] = field(default_factory=dict)
+    extras: dict[str, ExtraColumn] = field(default_factory=dict)
+
+
+def encode_index(
+    dataset: dict[str, Any],
+    columns: dict[str, np.ndarray],
+    section_names: list[str],
+    extra_kinds: list[list[str]],
+) -> bytes:
+    """Serialise the index block (TOC JSON plus aligned columns)."""
+    layout: dict[str, list[Any]] = {}
+    pos = 0
+    for name, arr in columns.items():
+        arr = np.ascontiguousarray(arr)
+        layout[name] = [arr.dtype.str, pos, list(arr.shape)]
+        pos = align(pos + arr.nbytes)
+    toc = json.dumps(
+        {"dataset": dataset, "columns": layout, "section_names": section_names,
+         "extras": extra_kinds},
+        separators=(",", ":"),
+    ).encode()  # fmt: skip
+    body_start = align(INDEX_HEAD.size + len(toc))
+    out = bytearray(body_start + pos)
+    INDEX_HEAD.pack_into(out, 0, INDEX_MAGIC, len(toc), 0)
+    out[INDEX_HEAD.size : INDEX_HEAD.size + len(toc)] = toc
+    for name, arr in columns.items():
+        start = body_start + layout[name][1]
+        raw = np.ascontiguousarray(arr).tobytes()
+        out[start : start + len(raw)] = raw
+    return bytes(out)
+
+
+def decode_index(buf: Any, offset: int, length: int, path: str) -> IndexBlock:
+    """Map the index block at ``offset`` of ``buf`` (an mmap or bytes).
+
+    Raises:
+        CorruptFileError: the table of contents is damaged or a column lies outside it.
+    """
+    where = f"{path}: index at byte offset {offset}"
+    if length < INDEX_HEAD.size:
+        raise CorruptFileError(f"{where} is {length} bytes, too short")
+    magic, toc_len, _ = INDEX_HEAD.unpack_from(buf, offset)
+    if magic != INDEX_MAGIC or INDEX_HEAD.size + toc_len > length:
+        raise CorruptFileError(f"{where}: bad index magic or table-of-contents length")
+    try:
+        toc = json.loads(bytes(buf[offset + INDEX_HEAD.size : offset + INDEX_HEAD.size + toc_len]))
+        layout, names, extra_kinds = toc["columns"], toc["section_names"], toc["extras"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CorruptFileError(f"{where}: table of contents is not valid JSON") from exc
+    body = offset + align(INDEX_HEAD.size + toc_len)
+    columns: dict[str, np.ndarray] = {}
+    try:
+        for name, (dtype, rel, shape) in layout.items():
+            dt = np.dtype(dtype)
+            count = math.prod(shape)
+            start = body + int(rel)
+            if rel < 0 or count < 0 or start + count * dt.itemsize > offset + length:
+                raise CorruptFileError(f"{where}: column {name!r} lies outside the index")
+            columns[name] = np.frombuffer(buf, dt, count, start).reshape(shape)
+    except (TypeError, ValueError) as exc:
+        raise CorruptFileError(f"{where}: column layout is damaged ({exc})") from exc
+    try:
+        kinds = {str(name): str(kind) for name, kind in extra_kinds}
+    except (TypeError, ValueError) as exc:
+        raise CorruptFileError(f"{where}: extra-field list is damaged") from exc
+    block = IndexBlock(toc["dataset"], columns, list(names), kinds)
+    n = _check_columns(block, where)
+    for s in STRING_COLUMNS:
+        block.strings[s] = StringColumn(
+            columns[f"{s}.codes"], columns[f"{s}.dict_offsets"], columns[f"{s}.dict_bytes"], s
+        )
+    for j, (name, kind) in enumerate(block.extra_kinds.items()):
+        prefix = f"extra.{j}."
+        cols = {k[len(prefix) :]: v for k, v in columns.items() if k.startswith(prefix)}
+        if len(cols.get("state", ())) != n:
+            raise CorruptFileError(f"{where}: extra field {name!r} has the wrong length")
+        block.extras[name] = ExtraColumn(name, kind, cols)
+    return block
+
+
+def _check_columns(block: IndexBlock, where: str) -> int:
+    cols = block.columns
+    required = [*EPISODE_COLUMNS, *SECTION_COLUMNS] + [
+        f"{s}.{p}" for s in STRING_COLUMNS for p in ("codes", "dict_offsets", "dict_bytes")
+    ]
+    missing = [c for c in required if c not in cols]
+    if missing:
+        raise CorruptFileError(f"{where}: index lacks columns {missing}")
+    n = len(cols["episode_id"])
+    if any(len(cols[c]) != n for c in EPISODE_COLUMNS) or any(
+        len(cols[f"{s}.codes"]) != n for s in STRING_COLUMNS
+    ):
+        raise CorruptFileError(f"{where}: episode columns disagree on the episode count")
+    r = len(cols["sec.name"])
+    if any(len(cols[c]) != r for c in SECTION_COLUMNS) or cols["sec.shape"].shape != (r, 4):
+        raise CorruptFileError(f"{where}: section columns disagree on their length")
+    return n
+
+
+class TableBuilder:
+    """Accumulates episode rows and section rows in Python lists, then encodes them."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, list[Any]] = {c: [] for c in EPISODE_COLUMNS}
+        self.strings: dict[str, list[str]] = {s: [] for s in STRING_COLUMNS}
+        self.extras: dict[str, list[Any]] = {}
+        self.sections: dict[str, list[Any]] = {c: [] for c in SECTION_COLUMNS}
+        self.section_names: list[str] = []
+        self._name_codes: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self.rows["episode_id"])
+
+    def name_code(self, name: str) -> int:
+        """The dictionary code of a section name, adding it if new."""
+        code = self._name_codes.get(name)
+        if code is None:
+            code = self._name_codes[name] = len(self.section_names)
+            self.section_names.append(name)
+        return code
+
+    def add_episode(self, row: dict[str, Any], strings: dict[str, str], extra: dict[str, Any]) -> None:
+        """Append one episode row (all `EPISODE_COLUMNS`), its strings and extra fields."""
+        n = len(self)
+        for c in EPISODE_COLUMNS:
+            self.rows[c].append(row[c])
+        for s in STRING_COLUMNS:
+            self.strings[s].append(strings[s])
+        for key in extra:
+            self.extras.setdefault(key, [ABSENT] * n)
+        for key, values in self.extras.items():
+            values.append(extra.get(key, ABSENT))
+
+    def add_section(self, row: dict[str, Any]) -> None:
+        """Append one section row (all `SECTION_COLUMNS`)."""
+        for c in SECTION_COLUMNS:
+            self.sections[c].append(row[c])
+
+    def load(self, block: IndexBlock) -> None:
+        """Start from an existing index block (append mode)."""
+        cols = block.columns
+        for c in EPISODE_COLUMNS:
+            self.rows[c] = cols[c].tolist()
+        for s in STRING_COLUMNS:
+            self.strings[s] = block.strings[s].to_numpy().tolist()
+        for name, col in block.extras.items():
+            self.extras[name] = [col.get(i) for i in range(len(col.state))]
+        for c in SECTION_COLUMNS:
+            self.sections[c] = cols[c].tolist()
+        for name in block.section_names:
+            self.name_code(name)
+
+    def encode(self, dataset: dict[str, Any]) -> bytes:
+        """The index block for everything added so far."""
+        columns = {c: np.array(v, dtype=dt) for c, dt in EPISODE_COLUMNS.items() for v in [self.rows[c]]}
+        for s in STRING_COLUMNS:
+            codes, offs, blob = encode_strings(self.strings[s])
+            columns.update({f"{s}.codes": codes, f"{s}.dict_offsets": offs, f"{s}.dict_bytes": blob})
+        for c, dt in SECTION_COLUMNS.items():
+            columns[c] = np.array(self.sections[c], dtype=dt).reshape(-1, 4) if c == "sec.shape" else np.array(self.sections[c], dtype=dt)
+        kinds = []
+        for j, (name, values) in enumerate(sorted(self.extras.items())):
+            kind, cols = encode_extra(values)
+            kinds.append([name, kind])
+            columns.update({f"extra.{j}.{k}": v for k, v in cols.items()})
+        return encode_index(dataset, columns, self.section_names, kinds)

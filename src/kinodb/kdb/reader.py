@@ -1,0 +1,415 @@
+"""Read ``.kdb`` files: memory-mapped, zero-copy NumPy views over each section."""
+
+from __future__ import annotations
+
+import mmap
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from kinodb.errors import CorruptFileError, EpisodeNotFoundError, FormatError, FrameRangeError
+from kinodb.kdb import _codecs
+from kinodb.kdb._layout import (
+    CODECS,
+    DATA_START,
+    DTYPES,
+    HEADER_SIZE,
+    KIND_CAMERA,
+    Commit,
+    latest_commit,
+    parse_header,
+)
+from kinodb.kdb._table import ABSENT, IndexBlock, decode_index
+
+META_FIELDS = (
+    "episode_id", "embodiment", "task", "num_frames", "fps", "action_dim", "state_dim",
+    "success", "total_reward",
+)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Camera:
+    """Where one camera's frames of one episode live."""
+
+    codec: str
+    shape: tuple[int, int, int, int]  # (T, H, W, C)
+    data_offset: int
+    frame_offsets: np.ndarray  # (T + 1,) byte offsets relative to data_offset
+
+
+class Database:
+    """A read-only, memory-mapped ``.kdb`` file.
+
+    Sized, indexable (``db[i]`` is `read_episode`), iterable over episodes, a context
+    manager, and picklable by path: a DataLoader worker re-opens the map itself.
+
+    Example:
+        >>> db = kinodb.open("demo.kdb")
+        >>> ep = db.read_episode(0)
+        >>> ep["actions"].shape
+        (4, 7)
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self._path = os.fspath(path)
+        self._mm: mmap.mmap | None = None
+        with open(self._path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            head = fh.read(DATA_START)
+            parse_header(head[:HEADER_SIZE], self._path)
+            self._slot, self._commit = latest_commit(head, self._path, size)
+            self._mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        self._size = size
+        self._load(decode_index(self._mm, self._commit.index_offset, self._commit.index_length, self._path))
+
+    def _load(self, block: IndexBlock) -> None:
+        self._block = block
+        self._cols = block.columns
+        self._n = len(self._cols["episode_id"])
+        if self._n != self._commit.num_episodes:
+            raise CorruptFileError(
+                f"{self._path}: commit record says {self._commit.num_episodes} episodes, index has {self._n}"
+            )
+        self._names = block.section_names
+        self._sec: tuple[list[Any], ...] | None = None
+
+    # -- file-level -----------------------------------------------------------------------
+
+    def path(self) -> str:
+        """The file path this database was opened from."""
+        return self._path
+
+    def version(self) -> str:
+        """The file's format version, e.g. ``"1.0"``."""
+        return str(self._block.dataset.get("format_version", "1.0"))
+
+    def num_episodes(self) -> int:
+        """Number of episodes."""
+        return self._n
+
+    def num_frames(self) -> int:
+        """Total number of frames over all episodes."""
+        return int(self._commit.num_frames)
+
+    def schema(self) -> dict[str, Any]:
+        """The dataset schema: dims, dtypes, named components, cameras, extra arrays."""
+        import copy  # noqa: PLC0415
+
+        return copy.deepcopy(self._block.dataset.get("schema", {}))
+
+    def metadata(self) -> dict[str, Any]:
+        """Free-form dataset metadata given to the writer."""
+        return dict(self._block.dataset.get("metadata", {}))
+
+    def dataset_info(self) -> dict[str, Any]:
+        """The whole dataset-level JSON block (format, writer, creation time, source, ...)."""
+        import copy  # noqa: PLC0415
+
+        return copy.deepcopy(self._block.dataset)
+
+    def summary(self) -> str:
+        """A short human-readable description."""
+        info = self._block.dataset
+        emb = sorted(set(self._block.strings["embodiment"].dictionary)) if self._n else []
+        succ = self._cols["success"]
+        known = int((succ >= 0).sum())
+        cams = sorted(info.get("schema", {}).get("cameras", {}))
+        lines = [
+            f"kinodb {self.version()} file {self._path}",
+            f"  episodes: {self._n}, frames: {self.num_frames()}, size: {_human(self._size)}",
+            f"  embodiments: {', '.join(emb) or '-'}",
+            f"  success: {int((succ == 1).sum())}/{known} known" + (f" ({100 * (succ == 1).sum() / known:.1f}%)" if known else ""),
+            f"  cameras: {', '.join(cams) or '-'}",
+        ]  # fmt: skip
+        if info.get("source_format"):
+            lines.append(f"  source format: {info['source_format']}")
+        return "\n".join(lines)
+
+    # -- metadata -------------------------------------------------------------------------
+
+    def _check(self, i: int) -> int:
+        try:
+            idx = int(i)  # accepts NumPy integers; rejects floats via the comparison below
+        except (TypeError, ValueError):
+            raise EpisodeNotFoundError(f"episode index must be an int, got {i!r}") from None
+        if idx != i or isinstance(i, bool):
+            raise EpisodeNotFoundError(f"episode index must be an int, got {i!r}")
+        if not 0 <= idx < self._n:
+            rng = f"0..{self._n - 1}" if self._n else "none"
+            raise EpisodeNotFoundError(
+                f"episode {i} out of range: file has {self._n} episodes ({rng})"
+            )
+        return idx
+
+    def read_meta(self, i: int) -> dict[str, Any]:
+        """Metadata of episode ``i``: the built-in fields plus its extra fields.
+
+        An extra field whose name clashes with a built-in appears as ``"extra.NAME"``.
+
+        Raises:
+            EpisodeNotFoundError: ``i`` is out of range.
+        """
+        i = self._check(i)
+        c = self._cols
+        succ = int(c["success"][i])
+        meta: dict[str, Any] = {
+            "episode_id": int(c["episode_id"][i]),
+            "embodiment": self._block.strings["embodiment"][i],
+            "task": self._block.strings["task"][i],
+            "num_frames": int(c["num_frames"][i]),
+            "fps": float(c["fps"][i]),
+            "action_dim": int(c["action_dim"][i]),
+            "state_dim": int(c["state_dim"][i]),
+            "success": None if succ < 0 else bool(succ),
+            "total_reward": float(c["total_reward"][i]) if c["total_reward.valid"][i] else None,
+        }
+        for name, col in self._block.extras.items():
+            value = col.get(i)
+            if value is not ABSENT:
+                meta[f"extra.{name}" if name in META_FIELDS else name] = value
+        return meta
+
+    def episodes(self) -> dict[str, np.ndarray]:
+        """The metadata table: one NumPy array per column, one entry per episode.
+
+        ``success`` is an object array of True/False/None; ``total_reward`` is float64
+        with NaN where unknown; extra fields are named as in `read_meta`.
+        """
+        c = self._cols
+        succ = np.array([None, False, True], dtype=object)[c["success"].astype(np.int64) + 1]
+        table: dict[str, np.ndarray] = {
+            "episode_id": c["episode_id"],
+            "embodiment": self._block.strings["embodiment"].to_numpy(),
+            "task": self._block.strings["task"].to_numpy(),
+            "num_frames": c["num_frames"],
+            "fps": c["fps"],
+            "action_dim": c["action_dim"],
+            "state_dim": c["state_dim"],
+            "success": succ,
+            "total_reward": np.where(c["total_reward.valid"].astype(bool), c["total_reward"], np.nan),
+        }
+        for name, col in self._block.extras.items():
+            table[f"extra.{name}" if name in META_FIELDS else name] = col.to_numpy()
+        return table
+
+    # -- sections -------------------------------------------------------------------------
+
+    def _sections(self) -> tuple[list[Any], ...]:
+        if self._sec is None:
+            c = self._cols
+            self._sec = tuple(
+                c[k].tolist()
+                for k in ("sec_start", "sec_count", "sec.name", "sec.kind", "sec.dtype", "sec.codec",
+                          "sec.ndim", "sec.shape", "sec.offset", "sec.length", "sec.aux")
+            )  # fmt: skip
+        return self._sec
+
+    def _view(self, i: int, name: str, dtype_code: int, ndim: int, shape4: list[int], off: int, length: int) -> np.ndarray:
+        if not 0 <= dtype_code < len(DTYPES) or not 1 <= ndim <= 4:
+            raise CorruptFileError(f"{self._path}: episode {i}, section {name!r}: bad dtype or rank in index")
+        dt = np.dtype(DTYPES[dtype_code])
+        shape = shape4[:ndim]
+        count = 1
+        for d in shape:
+            count *= d
+        if count * dt.itemsize != length or off < DATA_START or off + length > self._size:
+            raise CorruptFileError(
+                f"{self._path}: episode {i}, section {name!r} at byte offset {off} "
+                f"({length} bytes, shape {tuple(shape)}) does not fit the file"
+            )
+        return np.ndarray(shape, dt, buffer=self._mm, offset=off)  # type: ignore[arg-type]
+
+    def _episode_arrays(self, i: int) -> dict[str, np.ndarray]:
+        starts, counts, names, kinds, dtypes, _, ndims, shapes, offs, lens, _ = self._sections()
+        out = {}
+        s = starts[i]
+        for r in range(s, s + counts[i]):
+            if kinds[r] != KIND_CAMERA:
+                name = self._section_name(names[r])
+                out[name] = self._view(i, name, dtypes[r], ndims[r], shapes[r], offs[r], lens[r])
+        return out
+
+    def _section_name(self, code: int) -> str:
+        try:
+            return self._names[code]
+        except IndexError:
+            raise CorruptFileError(f"{self._path}: section name code {code} is out of range") from None
+
+    def _episode_cameras(self, i: int) -> dict[str, Camera]:
+        starts, counts, names, kinds, _, codecs, _, shapes, offs, lens, auxs = self._sections()
+        out = {}
+        s = starts[i]
+        for r in range(s, s + counts[i]):
+            if kinds[r] == KIND_CAMERA:
+                name = self._section_name(names[r])
+                t, h, w, c = shapes[r]
+                table = self._view(i, name, 7, 1, [t + 1, 0, 0, 0], auxs[r], 8 * (t + 1))
+                if codecs[r] >= len(CODECS) or table[0] != 0 or table[-1] != lens[r] or (np.diff(table.astype(np.int64)) < 0).any():
+                    raise CorruptFileError(
+                        f"{self._path}: episode {i}, camera {name!r}: frame offset table at byte offset {auxs[r]} is damaged"
+                    )
+                if offs[r] + lens[r] > self._size:
+                    raise CorruptFileError(f"{self._path}: episode {i}, camera {name!r}: frames lie past the end of the file")
+                out[name] = Camera(CODECS[codecs[r]], (t, h, w, c), offs[r], table)
+        return out
+
+    def read_array(self, i: int, name: str) -> np.ndarray:
+        """One low-dimensional array of episode ``i`` (e.g. ``"actions"``), zero-copy.
+
+        Raises:
+            EpisodeNotFoundError: ``i`` is out of range.
+            KeyError: the episode has no array called ``name``.
+        """
+        i = self._check(i)
+        starts, counts, names, kinds, dtypes, _, ndims, shapes, offs, lens, _ = self._sections()
+        s = starts[i]
+        for r in range(s, s + counts[i]):
+            if kinds[r] != KIND_CAMERA and self._names[names[r]] == name:
+                return self._view(i, name, dtypes[r], ndims[r], shapes[r], offs[r], lens[r])
+        raise KeyError(f"episode {i} has no array {name!r}; it has {sorted(self._episode_arrays(i))}")
+
+    def cameras(self, i: int) -> dict[str, dict[str, Any]]:
+        """Cameras of episode ``i``: codec and (T, H, W, C) shape per camera."""
+        return {k: {"codec": c.codec, "shape": c.shape} for k, c in self._episode_cameras(self._check(i)).items()}
+
+    # -- episodes -------------------------------------------------------------------------
+
+    def read_episode_actions_only(self, i: int) -> dict[str, Any]:
+        """Episode ``i`` without images: meta plus zero-copy low-dimensional arrays."""
+        i = self._check(i)
+        out: dict[str, Any] = {"meta": self.read_meta(i)}
+        out.update(self._episode_arrays(i))
+        return out
+
+    def read_episode(self, i: int) -> dict[str, Any]:
+        """Episode ``i``: meta, arrays, and ``images`` {camera: uint8 (T, H, W, C)}.
+
+        Raises:
+            EpisodeNotFoundError: ``i`` is out of range.
+            CorruptFileError: a frame fails to decode (names episode, camera and frame).
+        """
+        out = self.read_episode_actions_only(i)
+        i = self._check(i)
+        out["images"] = {name: self._decode(i, name, cam, 0, cam.shape[0]) for name, cam in self._episode_cameras(i).items()}
+        return out
+
+    def read_frames(
+        self, i: int, start: int, stop: int, *, cameras: Sequence[str] | None = None
+    ) -> dict[str, Any]:
+        """Frames ``start:stop`` of episode ``i``, decoding only those frames.
+
+        Returns arrays sliced to the window (zero-copy) and ``images`` for the chosen
+        cameras (all by default).
+
+        Raises:
+            EpisodeNotFoundError: ``i`` is out of range.
+            FrameRangeError: the window is empty or outside the episode.
+            KeyError: a requested camera does not exist.
+        """
+        i = self._check(i)
+        T = int(self._cols["num_frames"][i])
+        if not (0 <= start < stop <= T):
+            raise FrameRangeError(f"frames {start}:{stop} outside episode {i}, which has frames 0:{T}")
+        out: dict[str, Any] = {k: v[start:stop] for k, v in self._episode_arrays(i).items()}
+        cams = self._episode_cameras(i)
+        chosen = list(cams) if cameras is None else list(cameras)
+        for name in chosen:
+            if name not in cams:
+                raise KeyError(f"episode {i} has no camera {name!r}; it has {sorted(cams)}")
+        out["images"] = {name: self._decode(i, name, cams[name], start, stop) for name in chosen}
+        return out
+
+    def read_image_bytes(self, i: int, camera: str, frame: int) -> bytes:
+        """The stored bytes of one frame (JPEG/PNG as encoded; raw pixels for ``raw``)."""
+        i = self._check(i)
+        cams = self._episode_cameras(i)
+        if camera not in cams:
+            raise KeyError(f"episode {i} has no camera {camera!r}; it has {sorted(cams)}")
+        cam = cams[camera]
+        if not 0 <= frame < cam.shape[0]:
+            raise FrameRangeError(f"frame {frame} outside episode {i}, which has frames 0:{cam.shape[0]}")
+        return bytes(self._frame_bytes(cam, frame))
+
+    def _frame_bytes(self, cam: Camera, t: int) -> memoryview:
+        assert self._mm is not None
+        a, b = int(cam.frame_offsets[t]), int(cam.frame_offsets[t + 1])
+        return memoryview(self._mm)[cam.data_offset + a : cam.data_offset + b]
+
+    def _decode(self, i: int, name: str, cam: Camera, start: int, stop: int) -> np.ndarray:
+        _, h, w, c = cam.shape
+        if cam.codec == "raw":
+            frame = h * w * c
+            if int(cam.frame_offsets[-1]) != frame * cam.shape[0]:
+                raise CorruptFileError(f"{self._path}: episode {i}, camera {name!r}: raw frames have the wrong size")
+            return np.ndarray((stop - start, h, w, c), np.uint8, buffer=self._mm,  # type: ignore[arg-type]
+                              offset=cam.data_offset + start * frame)  # fmt: skip
+        out = np.empty((stop - start, h, w, c), np.uint8)
+        blobs = [self._frame_bytes(cam, t) for t in range(start, stop)]
+        _codecs.decode_into(out, blobs, f"{self._path}: episode {i}, camera {name!r}")
+        return out
+
+    # -- protocols ------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        if isinstance(i, (int, np.integer)) and not isinstance(i, bool) and -self._n <= i < 0:
+            i += self._n
+        return self.read_episode(i)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for i in range(self._n):
+            yield self.read_episode(i)
+
+    def __enter__(self) -> Database:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the map. Arrays already returned stay valid (they hold the map)."""
+        mm, self._mm = self._mm, None
+        if mm is not None:
+            try:
+                mm.close()
+            except BufferError:
+                pass  # views still reference it; it closes when the last one goes
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return (open_database, (self._path,))
+
+    def __repr__(self) -> str:
+        return f"<kinodb.Database {self._path!r} ({self._n} episodes, format {self.version()})>"
+
+
+def open_database(path: str | os.PathLike[str]) -> Database:
+    """Open a ``.kdb`` file of any supported format version.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        FormatError: the file is not a readable ``.kdb`` file.
+    """
+    with open(os.fspath(path), "rb") as fh:
+        head = fh.read(8)
+    if len(head) >= 8 and head[:4] == b"KINO" and head[4:6] == b"\x00\x00":
+        from kinodb.kdb.legacy import LegacyDatabase  # noqa: PLC0415
+
+        return LegacyDatabase(path)
+    return Database(path)
+
+
+def _human(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+__all__ = ["Camera", "Database", "open_database"]

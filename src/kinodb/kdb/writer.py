@@ -1,0 +1,544 @@
+"""Write ``.kdb`` v1 files: stream episodes, then commit the index atomically."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import math
+import os
+import secrets
+import time
+import weakref
+from collections.abc import Mapping, Sequence
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from kinodb._version import __version__
+from kinodb.errors import FormatError, WriterError
+from kinodb.kdb import _codecs
+from kinodb.kdb._layout import (
+    ALIGN,
+    CODECS,
+    DATA_START,
+    DTYPE_CODE,
+    KIND_ARRAY,
+    KIND_CAMERA,
+    SLOT_OFFSETS,
+    Commit,
+    align,
+    crc32,
+    pack_header,
+    pack_slot,
+)
+from kinodb.kdb._table import TableBuilder
+
+_RESERVED_ARRAYS = {"actions", "states", "rewards", "is_terminal", "timestamps", "meta", "images"}
+_ZEROS = bytes(ALIGN)
+
+
+def _lock(fd: int, path: str) -> None:
+    try:
+        import fcntl  # noqa: PLC0415  (POSIX only)
+    except ImportError:  # pragma: no cover - Windows has no advisory locks here
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as exc:
+        raise WriterError(f"{path}: another process is writing to this file; retry when it is done") from exc
+
+
+def _fsync_dir(path: str) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _now() -> str:
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    t = float(epoch) if epoch else time.time()
+    return _dt.datetime.fromtimestamp(t, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _cleanup(tmp: str | None, fh: BinaryIO) -> None:
+    with contextlib.suppress(OSError):
+        fh.close()
+    if tmp:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+
+
+class Writer:
+    """Write episodes to a ``.kdb`` file; nothing is visible until `close` commits.
+
+    Modes follow h5py: ``"x"`` creates (fails if the file exists), ``"w"`` replaces,
+    ``"a"`` appends to an existing file. New files are written to a temporary file
+    beside ``path`` and renamed into place; appends write after the committed data and
+    switch the commit record last, so a crash leaves the old or the new state.
+
+    Example:
+        >>> import numpy as np, kinodb
+        >>> with kinodb.Writer("demo.kdb", mode="w", image_codec="raw") as w:
+        ...     w.add_episode(actions=np.zeros((4, 7), np.float32), embodiment="franka")
+        0
+
+    Raises:
+        FileExistsError: mode ``"x"`` and ``path`` exists.
+        WriterError: an episode is malformed, or another process is appending.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        mode: str = "x",
+        image_codec: str = "jpeg",
+        jpeg_quality: int = 95,
+        schema: Mapping[str, Any] | None = None,
+        source_format: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> None:
+        if mode not in ("x", "w", "a"):
+            raise ValueError(f"mode must be 'x', 'w' or 'a', got {mode!r}")
+        if image_codec not in CODECS:
+            raise ValueError(f"image_codec must be one of {CODECS}, got {image_codec!r}")
+        if not 1 <= int(jpeg_quality) <= 100:
+            raise ValueError(f"jpeg_quality must be in 1..100, got {jpeg_quality}")
+        self._path = os.fspath(path)
+        self._mode, self._codec, self._quality = mode, image_codec, int(jpeg_quality)
+        self._table = TableBuilder()
+        self._closed = False
+        self._num_frames = 0
+        self._generation, self._slot = 0, 0
+        if mode == "a" and os.path.exists(self._path):
+            self._open_append()
+        else:
+            if mode == "x" and os.path.exists(self._path):
+                raise FileExistsError(f"{self._path} exists; use mode='w' to replace it or 'a' to append")
+            self._dataset: dict[str, Any] = {
+                "format": "kinodb", "format_version": "1.0", "created": _now(),
+                "writer": f"kinodb {__version__}", "source_format": None,
+                "schema": {"cameras": {}, "arrays": {}}, "metadata": {},
+            }  # fmt: skip
+            self._tmp: str | None = os.path.join(
+                os.path.dirname(os.path.abspath(self._path)),
+                f".{os.path.basename(self._path)}.{os.getpid()}.{secrets.token_hex(4)}.tmp",
+            )
+            self._fh: BinaryIO = open(self._tmp, "xb", buffering=1 << 20)  # noqa: SIM115
+            self._fh.write(bytes(DATA_START))
+            self._pos = DATA_START
+        self._finalizer = weakref.finalize(self, _cleanup, self._tmp, self._fh)
+        if source_format is not None:
+            self._dataset["source_format"] = str(source_format)
+        self._dataset["metadata"].update(metadata or {})
+        for part, spec in (schema or {}).items():
+            self._declare(part, spec)
+
+    def _open_append(self) -> None:
+        from kinodb.kdb.reader import Database  # noqa: PLC0415  (the reader never imports the writer)
+
+        self._tmp = None
+        self._fh = open(self._path, "r+b", buffering=1 << 20)  # noqa: SIM115
+        try:
+            _lock(self._fh.fileno(), self._path)
+            with Database(self._path) as db:  # read under the lock: no other appender moves it
+                if db.version() != "1.0":
+                    raise FormatError(
+                        f"{self._path} is a format {db.version()} file and cannot be appended "
+                        f"to; convert it first: kino upgrade {self._path} NEW.kdb"
+                    )
+                commit, self._slot = db._commit, db._slot
+                self._table.load(db._block)
+                self._dataset = db._block.dataset
+        except BaseException:
+            self._fh.close()
+            raise
+        self._num_frames = commit.num_frames
+        self._generation = commit.generation
+        # Bytes past the committed end belong to no state (a killed writer's leftovers).
+        self._fh.truncate(commit.end)
+        self._fh.seek(commit.end)
+        self._pos = self._base_end = commit.end
+
+    # -- schema ---------------------------------------------------------------------------
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """Free-form dataset metadata, stored as JSON at commit."""
+        return self._dataset["metadata"]  # type: ignore[no-any-return]
+
+    def _declare(self, part: str, spec: Mapping[str, Any]) -> None:
+        if part not in ("actions", "states"):
+            raise ValueError(f"schema keys are 'actions' and 'states', got {part!r}")
+        entry = self._dataset["schema"].setdefault(part, {})
+        comps = {}
+        for name, sl in dict(spec.get("components", {})).items():
+            start, stop = (sl.start, sl.stop) if isinstance(sl, slice) else sl
+            if not (isinstance(start, int) and isinstance(stop, int) and 0 <= start < stop):
+                raise ValueError(f"schema {part}.components[{name!r}] must be [start, stop), got {sl!r}")
+            comps[str(name)] = [start, stop]
+        if comps:
+            entry["components"] = comps
+        if "names" in spec:
+            entry["names"] = [str(n) for n in spec["names"]]
+
+    def _note(self, entry: dict[str, Any], key: str, value: Any) -> None:
+        if key not in entry:
+            entry[key] = value
+        elif entry[key] != value:
+            entry[key] = None  # varies between episodes
+
+    # -- episodes -------------------------------------------------------------------------
+
+    def add_episode(
+        self,
+        *,
+        actions: Any,
+        states: Any = None,
+        rewards: Any = None,
+        is_terminal: Any = None,
+        timestamps: Any = None,
+        images: Mapping[str, Any] | None = None,
+        extra_arrays: Mapping[str, Any] | None = None,
+        embodiment: str = "unknown",
+        task: str = "",
+        fps: float = 10.0,
+        success: bool | None = None,
+        total_reward: float | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> int:
+        """Validate, encode and write one episode; return its index in the file.
+
+        Arrays that are not NumPy arrays become float32 (timestamps: float64); NumPy
+        arrays keep their dtype. ``images`` maps a camera name to uint8 frames
+        ``(T, H, W, C)`` to encode with the writer's codec, or to a list of T encoded
+        JPEG/PNG frames stored unchanged. ``total_reward`` defaults to the sum of
+        ``rewards`` when rewards are given.
+
+        Raises:
+            WriterError: a field has the wrong shape, dtype or length; the message names it.
+        """
+        if self._closed:
+            raise WriterError(f"{self._path}: writer is closed")
+        acts = _array("actions", actions, np.float32, ndim=2)
+        T = acts.shape[0]
+        if T == 0:
+            raise WriterError("actions has 0 frames; empty episodes cannot be stored")
+        sts = (
+            np.zeros((T, 0), np.float32) if states is None else _array("states", states, np.float32, ndim=2)
+        )
+        rew = np.zeros(T, np.float32) if rewards is None else _array("rewards", rewards, np.float32, ndim=1)
+        if is_terminal is None:
+            term = np.zeros(T, bool)
+            term[-1] = True
+        else:
+            term = _terminal(is_terminal)
+        arrays = {"actions": acts, "states": sts, "rewards": rew, "is_terminal": term}
+        if timestamps is not None:
+            arrays["timestamps"] = _array("timestamps", timestamps, np.float64, ndim=1)
+        for name, value in (extra_arrays or {}).items():
+            if not isinstance(name, str) or not name or name in _RESERVED_ARRAYS:
+                raise WriterError(f"extra array name {name!r} is empty or reserved; rename it")
+            arrays[name] = _array(f"extra array {name!r}", value, np.float32, ndim=None)
+        for name, arr in arrays.items():
+            if arr.shape[0] != T:
+                raise WriterError(f"{name} has {arr.shape[0]} frames, actions has {T}")
+        cams = {str(c): self._camera(str(c), v, T) for c, v in (images or {}).items()}
+        meta = self._episode_meta(embodiment, task, fps, success, total_reward, rew, rewards, extra)
+        self._check_schema(acts.shape[1], sts.shape[1])
+        return self._write(arrays, cams, meta)
+
+    def _camera(self, cam: str, value: Any, T: int) -> tuple[str, tuple[int, int, int], list[bytes] | np.ndarray]:
+        if not cam:
+            raise WriterError("camera names must be non-empty strings")
+        if isinstance(value, np.ndarray):
+            frames = value if value.ndim == 4 else value[..., None] if value.ndim == 3 else None
+            if frames is None or frames.dtype != np.uint8:
+                raise WriterError(
+                    f"images[{cam!r}] must be uint8 (T, H, W, C) or (T, H, W), got "
+                    f"{value.dtype} {value.shape}"
+                )
+            if frames.shape[0] != T:
+                raise WriterError(f"images[{cam!r}] has {frames.shape[0]} frames, actions has {T}")
+            h, w, c = frames.shape[1:]
+            if c not in (1, 2, 3, 4) or h == 0 or w == 0:
+                raise WriterError(f"images[{cam!r}] has shape {frames.shape}; need H, W > 0 and 1-4 channels")
+            if self._codec == "raw":
+                return "raw", (h, w, c), np.ascontiguousarray(frames)
+            if self._codec == "jpeg" and c not in (1, 3):
+                raise WriterError(
+                    f"images[{cam!r}] has {c} channels; JPEG stores 1 or 3, use image_codec='png' or 'raw'"
+                )
+            return self._codec, (h, w, c), _codecs.encode(frames, self._codec, self._quality)
+        if isinstance(value, (list, tuple)):
+            if len(value) != T:
+                raise WriterError(f"images[{cam!r}] has {len(value)} frames, actions has {T}")
+            blobs = [bytes(b) if isinstance(b, (bytes, bytearray, memoryview)) else None for b in value]
+            codec = _codecs.sniff(blobs[0] or b"")
+            if codec is None:
+                raise WriterError(f"images[{cam!r}][0] is not JPEG or PNG bytes")
+            shape = None
+            for t, blob in enumerate(blobs):
+                if blob is None or _codecs.sniff(blob) != codec:
+                    raise WriterError(f"images[{cam!r}][{t}] is not {codec} bytes like frame 0")
+                try:
+                    got = _codecs.probe(blob)
+                except OSError as exc:
+                    raise WriterError(f"images[{cam!r}][{t}]: unreadable {codec} header ({exc})") from exc
+                if shape is None:
+                    shape = got
+                elif got != shape:
+                    raise WriterError(f"images[{cam!r}][{t}] is {got} (H, W, C), frame 0 is {shape}")
+            assert shape is not None  # T >= 1
+            return codec, shape, [b for b in blobs if b is not None]
+        raise WriterError(
+            f"images[{cam!r}] must be a uint8 array or a list of encoded frames, got {type(value).__name__}"
+        )
+
+    def _episode_meta(
+        self, embodiment: str, task: str, fps: float, success: bool | None,
+        total_reward: float | None, rew: np.ndarray, rewards: Any, extra: Mapping[str, Any] | None,
+    ) -> dict[str, Any]:  # fmt: skip
+        if not isinstance(embodiment, str) or not isinstance(task, str):
+            raise WriterError("embodiment and task must be str")
+        try:
+            fps = float(fps)
+        except (TypeError, ValueError):
+            fps = math.nan
+        if not (math.isfinite(fps) and fps > 0):
+            raise WriterError(f"fps must be a positive number, got {fps!r}")
+        if success is not None and not isinstance(success, (bool, np.bool_)):
+            raise WriterError(f"success must be True, False or None, got {success!r}")
+        if total_reward is None and rewards is not None:
+            total_reward = float(rew.astype(np.float64).sum())
+        if total_reward is not None:
+            total_reward = float(total_reward)
+        clean = {}
+        for key, value in (extra or {}).items():
+            if not isinstance(key, str) or not key:
+                raise WriterError(f"extra field names must be non-empty str, got {key!r}")
+            clean[key] = _json_value(value, f"extra[{key!r}]")
+        return {"embodiment": embodiment, "task": task, "fps": fps, "success": success,
+                "total_reward": total_reward, "extra": clean}  # fmt: skip
+
+    def _check_schema(self, action_dim: int, state_dim: int) -> None:
+        for part, dim in (("actions", action_dim), ("states", state_dim)):
+            entry = self._dataset["schema"].get(part, {})
+            for name, (_, stop) in entry.get("components", {}).items():
+                if stop > dim:
+                    raise WriterError(f"schema component {part}.{name} ends at {stop}, but {part} has dim {dim}")
+            if "names" in entry and len(entry["names"]) != dim:
+                raise WriterError(f"schema {part}.names has {len(entry['names'])} names, {part} has dim {dim}")
+
+    # -- bytes ----------------------------------------------------------------------------
+
+    def _emit(self, data: bytes | memoryview, crc: int) -> tuple[int, int]:
+        pad = align(self._pos) - self._pos
+        if pad:
+            self._fh.write(_ZEROS[:pad])
+            crc = crc32(_ZEROS[:pad], crc)
+            self._pos += pad
+        start = self._pos
+        self._fh.write(data)
+        self._pos += len(data)
+        return start, crc32(data, crc)
+
+    def _write(self, arrays: dict[str, np.ndarray], cams: dict[str, Any], meta: dict[str, Any]) -> int:
+        table = self._table
+        T = arrays["actions"].shape[0]
+        payload_start = align(self._pos)
+        sec_start = len(table.sections["sec.name"])
+        crc = 0
+        mark = self._pos
+        try:
+            for name, arr in arrays.items():
+                raw = memoryview(np.ascontiguousarray(arr)).cast("B")
+                off, crc = self._emit(raw, crc)
+                table.add_section({
+                    "sec.name": table.name_code(name), "sec.kind": KIND_ARRAY,
+                    "sec.dtype": DTYPE_CODE[arr.dtype], "sec.codec": 0, "sec.ndim": arr.ndim,
+                    "sec.shape": _shape4(arr.shape), "sec.offset": off, "sec.length": len(raw),
+                    "sec.aux": 0,
+                })  # fmt: skip
+            for cam, (codec, (h, w, c), frames) in cams.items():
+                if isinstance(frames, np.ndarray):
+                    sizes = [h * w * c] * T
+                    data: bytes | memoryview = memoryview(frames).cast("B")
+                else:
+                    sizes = [len(b) for b in frames]
+                    data = b"".join(frames)
+                table_off = np.zeros(T + 1, "<u8")
+                np.cumsum(sizes, out=table_off[1:])
+                aux, crc = self._emit(table_off.tobytes(), crc)
+                off, crc = self._emit(data, crc)
+                table.add_section({
+                    "sec.name": table.name_code(cam), "sec.kind": KIND_CAMERA, "sec.dtype": DTYPE_CODE[np.dtype("u1")],
+                    "sec.codec": CODECS.index(codec), "sec.ndim": 4, "sec.shape": _shape4((T, h, w, c)),
+                    "sec.offset": off, "sec.length": len(data), "sec.aux": aux,
+                })  # fmt: skip
+        except BaseException:
+            self._rollback(mark, sec_start)
+            raise
+        index = len(table)
+        success = meta["success"]
+        table.add_episode(
+            {
+                "episode_id": index, "num_frames": T, "action_dim": arrays["actions"].shape[1],
+                "state_dim": arrays["states"].shape[1], "fps": meta["fps"],
+                "success": -1 if success is None else int(bool(success)),
+                "total_reward": math.nan if meta["total_reward"] is None else meta["total_reward"],
+                "total_reward.valid": meta["total_reward"] is not None,
+                "payload_offset": payload_start, "payload_length": self._pos - payload_start,
+                "payload_crc": crc, "sec_start": sec_start,
+                "sec_count": len(table.sections["sec.name"]) - sec_start,
+            },
+            {"embodiment": meta["embodiment"], "task": meta["task"]},
+            meta["extra"],
+        )  # fmt: skip
+        self._num_frames += T
+        self._note_schema(arrays, cams)
+        return index
+
+    def _rollback(self, mark: int, sec_start: int) -> None:
+        for col in self._table.sections.values():
+            del col[sec_start:]
+        with contextlib.suppress(OSError):
+            self._fh.flush()
+            self._fh.seek(mark)
+            self._fh.truncate(mark)
+        self._pos = mark
+
+    def _note_schema(self, arrays: dict[str, np.ndarray], cams: dict[str, Any]) -> None:
+        schema = self._dataset["schema"]
+        for name, arr in arrays.items():
+            if name in ("actions", "states"):
+                entry = schema.setdefault(name, {})
+                self._note(entry, "dim", int(arr.shape[1]))
+            else:
+                entry = schema.setdefault(name, {}) if name in _RESERVED_ARRAYS else schema["arrays"].setdefault(name, {})
+                self._note(entry, "shape", [int(d) for d in arr.shape[1:]])
+            self._note(entry, "dtype", arr.dtype.name)
+        for cam, (codec, (h, w, c), _) in cams.items():
+            entry = schema["cameras"].setdefault(cam, {})
+            for key, value in (("codec", codec), ("height", h), ("width", w), ("channels", c)):
+                self._note(entry, key, value)
+
+    # -- commit ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Commit: write the index, fsync, then publish it (rename or commit record)."""
+        if self._closed:
+            return
+        if self._tmp is not None and len(self._table) == 0:
+            self.abort()
+            raise WriterError(f"{self._path}: no episodes were added; nothing was written")
+        if self._tmp is None:
+            self._dataset["modified"] = _now()
+        index = self._table.encode(self._dataset)
+        index_offset = align(self._pos)
+        self._fh.write(bytes(index_offset - self._pos))
+        self._fh.write(index)
+        commit = Commit(self._generation + 1, index_offset, len(index), len(self._table), self._num_frames, crc32(index))
+        slot = 1 - self._slot if self._tmp is None else 0
+        self._fh.flush()
+        os.fsync(self._fh.fileno())  # data and index are durable before anything points at them
+        if self._tmp is not None:
+            self._fh.seek(0)
+            self._fh.write(pack_header())
+        self._fh.seek(SLOT_OFFSETS[slot])
+        self._fh.write(pack_slot(commit))
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self._fh.close()
+        self._closed = True
+        self._finalizer.detach()
+        if self._tmp is not None:
+            if self._mode != "w":
+                try:
+                    os.link(self._tmp, self._path)
+                finally:
+                    os.unlink(self._tmp)
+            else:
+                os.replace(self._tmp, self._path)
+            _fsync_dir(self._path)
+
+    def abort(self) -> None:
+        """Discard everything added since opening; the file on disk is left as it was."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._tmp is None:
+            with contextlib.suppress(OSError):
+                self._fh.flush()
+                self._fh.truncate(self._base_end)
+        self._finalizer()
+
+    def __enter__(self) -> Writer:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"mode={self._mode!r}"
+        return f"<kinodb.Writer {self._path!r} ({len(self)} episodes, {state})>"
+
+
+def _shape4(shape: Sequence[int]) -> list[int]:
+    if len(shape) > 4:
+        raise WriterError(f"arrays have at most 4 dimensions, got shape {tuple(shape)}")
+    return [int(d) for d in shape] + [0] * (4 - len(shape))
+
+
+def _array(name: str, value: Any, default: type, *, ndim: int | None) -> np.ndarray:
+    if isinstance(value, np.ndarray):
+        arr = value
+    else:
+        try:
+            arr = np.asarray(value, dtype=default)
+        except (TypeError, ValueError) as exc:
+            raise WriterError(f"{name} is not numeric: {exc}") from exc
+    if arr.dtype.kind not in "biuf" or arr.dtype.itemsize > 8 or arr.dtype.newbyteorder("<") not in DTYPE_CODE:
+        raise WriterError(f"{name} has dtype {arr.dtype}; kinodb stores bool, int, uint and float arrays")
+    if ndim is not None and arr.ndim != ndim:
+        want = "(T, D)" if ndim == 2 else "(T,)"
+        raise WriterError(f"{name} must have shape {want}, got {arr.shape}")
+    if arr.ndim == 0:
+        raise WriterError(f"{name} must have a leading frame dimension, got a scalar")
+    return arr.astype(arr.dtype.newbyteorder("<"), copy=False)
+
+
+def _terminal(value: Any) -> np.ndarray:
+    arr = np.asarray(value)
+    if arr.ndim != 1:
+        raise WriterError(f"is_terminal must have shape (T,), got {arr.shape}")
+    if arr.dtype != bool:
+        if arr.dtype.kind not in "iuf" or not np.isin(arr, (0, 1)).all():
+            raise WriterError("is_terminal must be bool (or 0/1), got other values")
+        arr = arr.astype(bool)
+    return arr
+
+
+def _json_value(value: Any, where: str) -> Any:
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, (np.bool_,)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        if not math.isfinite(value):
+            raise WriterError(f"{where} is {value}; JSON cannot store NaN or infinity")
+        return float(value)
+    if isinstance(value, (list, tuple)):
+        return [_json_value(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    raise WriterError(f"{where} has type {type(value).__name__}; use str, number, bool, None or a list")
