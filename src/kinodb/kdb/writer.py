@@ -349,13 +349,15 @@ class Writer:
     def _write(self, arrays: dict[str, np.ndarray], cams: dict[str, Any], meta: dict[str, Any]) -> int:
         table = self._table
         T = arrays["actions"].shape[0]
-        payload_start = align(self._pos)
         sec_start = len(table.sections["sec.name"])
         crc = 0
         mark = self._pos
         try:
+            self._fh.write(_ZEROS[: align(self._pos) - self._pos])
+            self._pos = payload_start = align(self._pos)
             for name, arr in arrays.items():
-                raw = memoryview(np.ascontiguousarray(arr)).cast("B")
+                # A byte view, not memoryview.cast: cast rejects zero-size shapes like (T, 0).
+                raw = memoryview(np.ascontiguousarray(arr).reshape(-1).view(np.uint8))
                 off, crc = self._emit(raw, crc)
                 table.add_section({
                     "sec.name": table.name_code(name), "sec.kind": KIND_ARRAY,

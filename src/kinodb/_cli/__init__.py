@@ -1,0 +1,1 @@
+"""The ``kino`` command line: one module per subcommand (``register`` + ``run``)."""

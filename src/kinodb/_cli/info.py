@@ -1,0 +1,59 @@
+"""``kino info``: summary of a dataset, optionally per episode."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from kinodb.kdb.reader import open_database
+
+
+def register(sub: Any) -> None:
+    """Add the subcommand to ``sub``."""
+    p = sub.add_parser("info", help="summarise a .kdb file")
+    p.add_argument("path")
+    p.add_argument("-e", "--episodes", action="store_true", help="also list every episode")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(run=run)
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the summary (and the episode table)."""
+    with open_database(args.path) as db:
+        if args.json:
+            out: dict[str, Any] = {
+                "path": db.path(), "format_version": db.version(),
+                "num_episodes": db.num_episodes(), "num_frames": db.num_frames(),
+                "dataset": db.dataset_info(),
+            }  # fmt: skip
+            if args.episodes:
+                out["episodes"] = [db.read_meta(i) for i in range(len(db))]
+            print(json.dumps(out, indent=2, default=str))
+            return 0
+        print(db.summary())
+        table = db.episodes()
+        if len(db):
+            emb, counts = _counts(table["embodiment"])
+            tasks = sorted(set(table["task"].tolist()))
+            print(f"  tasks: {len(tasks)}: " + "; ".join(_clip(t, 40) for t in tasks[:5]) + (" ..." if len(tasks) > 5 else ""))
+            print("  per embodiment: " + ", ".join(f"{e} {c}" for e, c in zip(emb, counts)))
+        if args.episodes:
+            print(f"\n{'ID':>6}  {'EMBODIMENT':<14}{'FRAMES':>7}{'ACT':>5}{'STATE':>6}  {'SUCCESS':<8}TASK")
+            for i in range(len(db)):
+                m = db.read_meta(i)
+                succ = {True: "yes", False: "no", None: "-"}[m["success"]]
+                print(f"{m['episode_id']:>6}  {_clip(m['embodiment'], 13):<14}{m['num_frames']:>7}"
+                      f"{m['action_dim']:>5}{m['state_dim']:>6}  {succ:<8}{_clip(m['task'], 40)}")  # fmt: skip
+    return 0
+
+
+def _counts(values: Any) -> tuple[list[str], list[int]]:
+    import numpy as np  # noqa: PLC0415
+
+    uniq, counts = np.unique(values.astype(str), return_counts=True)
+    return uniq.tolist(), counts.tolist()

@@ -1,0 +1,36 @@
+"""``kino validate``: check every checksum, offset, dimension and image."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from kinodb.kdb.validate import validate
+
+_SHOWN = 10
+
+
+def register(sub: Any) -> None:
+    """Add the subcommand to ``sub``."""
+    p = sub.add_parser("validate", help="check checksums, offsets, dims, images and NaN/Inf; exit 1 on errors")
+    p.add_argument("path")
+    p.add_argument("-v", "--verbose", action="store_true", help="show every check and every problem")
+    p.add_argument("--no-decode", action="store_true", help="skip decoding every image frame")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Validate, print the findings, return 1 if any check failed."""
+    report = validate(args.path, decode_images=not args.no_decode)
+    if args.verbose:
+        for line in report.passed:
+            print(f"[ok] {line}")
+    for label, items in (("warning", report.warnings), ("error", report.errors)):
+        shown = items if args.verbose else items[:_SHOWN]
+        for line in shown:
+            print(f"[{label}] {line}")
+        if len(items) > len(shown):
+            print(f"... {len(items) - len(shown)} more {label}s (use --verbose)")
+    status = "OK" if report.ok else "FAILED"
+    print(f"{report.path}: {status} ({len(report.errors)} errors, {len(report.warnings)} warnings)")
+    return 0 if report.ok else 1
