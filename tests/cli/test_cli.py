@@ -1,0 +1,140 @@
+"""The `kino` command line: outputs, exit codes and error lines."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import kinodb
+from kinodb._cli.main import main
+
+
+@pytest.fixture
+def dataset(tmp_path: Path) -> Path:
+    path = tmp_path / "d.kdb"
+    assert main(["create-test", str(path), "-n", "12", "--frames", "20", "--images", "--compress", "80"]) == 0
+    return path
+
+
+def test_create_test_writes_varied_episodes(dataset: Path) -> None:
+    with kinodb.open(dataset) as db:
+        table = db.episodes()
+        assert len(db) == 12 and db.num_frames() == 240
+        assert len(set(table["embodiment"])) == 4
+        assert {True, False, None} <= set(table["success"].tolist())
+        front = db.read_episode(0)["images"]["front"]
+        assert front.shape == (20, 64, 64, 3)
+        # the content moves: consecutive frames differ
+        assert np.abs(front[0].astype(int) - front[10].astype(int)).sum() > 0
+        assert db.schema()["states"]["components"]["eef_pos"] == [7, 10]
+
+
+def test_create_test_is_deterministic_in_seed(tmp_path: Path) -> None:
+    a, b, c = (tmp_path / f"{n}.kdb" for n in "abc")
+    main(["create-test", str(a), "-n", "3", "--seed", "5"])
+    main(["create-test", str(b), "-n", "3", "--seed", "5"])
+    main(["create-test", str(c), "-n", "3", "--seed", "6"])
+    with kinodb.open(a) as da, kinodb.open(b) as db_, kinodb.open(c) as dc:
+        assert np.array_equal(da.read_array(2, "states"), db_.read_array(2, "states"))
+        assert not np.array_equal(da.read_array(2, "states"), dc.read_array(2, "states"))
+
+
+def test_info_schema_validate_ok(dataset: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["info", str(dataset), "--episodes"]) == 0
+    out = capsys.readouterr().out
+    assert "episodes: 12" in out and "franka" in out and "EMBODIMENT" in out
+    assert main(["info", str(dataset), "--json", "--episodes"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["num_episodes"] == 12 and len(info["episodes"]) == 12
+    assert main(["schema", str(dataset)]) == 0
+    out = capsys.readouterr().out
+    assert "eef_pos" in out and "camera:front" in out and "jpeg" in out
+    assert main(["schema", str(dataset), "--json"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    assert schema["sections"]["actions"]["bytes"] == 12 * 20 * 7 * 4
+    assert main(["validate", str(dataset), "--verbose"]) == 0
+    assert "OK (0 errors" in capsys.readouterr().out
+
+
+def test_validate_fails_on_flipped_payload_byte(dataset: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with kinodb.open(dataset) as db:
+        off = int(db._cols["payload_offset"][5]) + 100  # inside episode 5's actions
+    raw = bytearray(dataset.read_bytes())
+    raw[off] ^= 0xFF
+    dataset.write_bytes(bytes(raw))
+    assert main(["validate", str(dataset)]) == 1
+    out = capsys.readouterr().out
+    assert "episode 5: payload checksum mismatch" in out and "FAILED" in out
+
+
+def test_validate_fails_on_undecodable_frame(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "img.kdb"
+    main(["create-test", str(path), "-n", "2", "--frames", "4", "--images", "--compress", "90"])
+    with kinodb.open(path) as db:
+        cam = db._episode_cameras(1)["wrist"]
+        off = cam.data_offset + int(cam.frame_offsets[2]) + 20  # inside frame 2's JPEG header
+    raw = bytearray(path.read_bytes())
+    raw[off : off + 200] = bytes(200)
+    path.write_bytes(bytes(raw))
+    assert main(["validate", str(path), "--verbose"]) == 1
+    out = capsys.readouterr().out
+    assert "episode 1" in out and "'wrist'" in out and "frame 2" in out
+
+
+def test_validate_warns_on_nan_but_passes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "nan.kdb"
+    acts = np.zeros((5, 3), np.float32)
+    acts[2, 1] = np.nan
+    acts[3, 0] = np.inf
+    with kinodb.Writer(path) as w:
+        w.add_episode(actions=np.zeros((5, 3), np.float32))
+        w.add_episode(actions=acts)
+    assert main(["validate", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "actions: 1 NaN and 1 Inf values in 1 episodes (first: episode 1)" in out
+
+
+def test_errors_are_one_line_with_exit_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["info", str(tmp_path / "missing.kdb")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "No such file" in err
+    bad = tmp_path / "bad.kdb"
+    bad.write_bytes(b"not a kinodb file at all, just some text" * 4)
+    assert main(["info", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert "not a .kdb file" in err and "Traceback" not in err
+    assert main(["--debug", "info", str(bad)]) == 1
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_create_test_refuses_to_overwrite(dataset: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["create-test", str(dataset)]) == 1
+    assert "--force" in capsys.readouterr().err
+    assert main(["create-test", str(dataset), "-n", "2", "--force"]) == 0
+    with kinodb.open(dataset) as db:
+        assert len(db) == 2
+
+
+def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["info"])
+    assert exc.value.code == 2
+    with pytest.raises(SystemExit) as exc:
+        main(["create-test", "x.kdb", "--compress", "101"])
+    assert exc.value.code == 2
+    assert main(["create-test", "/nonexistent-dir-for-kino/x.kdb", "-n", "0"]) == 2
+
+
+@pytest.mark.integration
+def test_console_script_runs(dataset: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "kinodb._cli.main", "validate", str(dataset)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "OK" in proc.stdout
