@@ -99,6 +99,10 @@ def read_version(head: bytes, path: str) -> tuple[int, int]:
     return major, minor
 
 
+class LegacyFormat(UnsupportedVersionError):
+    """A format 0.x file: `kinodb.open` reads it with the legacy reader."""
+
+
 def parse_header(head: bytes, path: str) -> None:
     """Validate the 64-byte v1 header.
 
@@ -108,6 +112,11 @@ def parse_header(head: bytes, path: str) -> None:
         CorruptFileError: the header checksum does not match.
     """
     major, minor = read_version(head, path)
+    if major == 0:
+        raise LegacyFormat(
+            f"{path}: a format 0.{minor} file; open it with kinodb.open() (read-only) or "
+            f"convert it: kino upgrade {path} NEW.kdb"
+        )
     if major > VERSION_MAJOR:
         raise UnsupportedVersionError(
             f"{path}: written by .kdb format {major}.{minor}; this kinodb reads up to "

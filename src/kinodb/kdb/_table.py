@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,15 +65,27 @@ def encode_strings(values: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.nd
 class StringColumn:
     """A dictionary-encoded string column, decoded lazily."""
 
-    def __init__(self, codes: np.ndarray, offsets: np.ndarray, blob: np.ndarray, name: str):
-        self.codes, self._offsets, self._blob, self._name = codes, offsets, blob, name
+    def __init__(self, cols: Mapping[str, np.ndarray], prefix: str, name: str):
+        self._cols, self._prefix, self._name = cols, prefix, name
         self._dict: list[str] | None = None
+
+    @classmethod
+    def from_values(cls, values: Sequence[str], name: str) -> StringColumn:
+        """A column built in memory from Python strings."""
+        codes, offsets, blob = encode_strings(values)
+        return cls({"codes": codes, "dict_offsets": offsets, "dict_bytes": blob}, "", name)
+
+    @property
+    def codes(self) -> np.ndarray:
+        """The int32 dictionary code of every row."""
+        return self._cols[self._prefix + "codes"]
 
     @property
     def dictionary(self) -> list[str]:
         """All distinct values, in code order."""
         if self._dict is None:
-            offs, raw = self._offsets.tolist(), self._blob.tobytes()
+            offs = self._cols[self._prefix + "dict_offsets"].tolist()
+            raw = self._cols[self._prefix + "dict_bytes"].tobytes()
             if offs and (offs[-1] > len(raw) or any(a > b for a, b in zip(offs, offs[1:]))):
                 raise CorruptFileError(f"string dictionary of column {self._name!r} is damaged")
             try:
@@ -146,14 +158,10 @@ def encode_extra(values: Sequence[Any]) -> tuple[str, dict[str, np.ndarray]]:
 class ExtraColumn:
     """One per-episode extra field, decoded lazily from its columns."""
 
-    def __init__(self, name: str, kind: str, cols: dict[str, np.ndarray]):
+    def __init__(self, name: str, kind: str, cols: Mapping[str, np.ndarray]):
         self.name, self.kind, self.state = name, kind, cols["state"]
         self._cols = cols
-        self._strings = (
-            StringColumn(cols["codes"], cols["dict_offsets"], cols["dict_bytes"], name)
-            if kind == "str"
-            else None
-        )
+        self._strings = StringColumn(cols, "", name) if kind == "str" else None
 
     def get(self, i: int) -> Any:
         """The value for episode ``i``, `ABSENT` if it has none."""
@@ -187,7 +195,7 @@ class IndexBlock:
     """A decoded index block: dataset JSON and mapped columns."""
 
     dataset: dict[str, Any]
-    columns: dict[str, np.ndarray]
+    columns: Mapping[str, np.ndarray]
     section_names: list[str]
     extra_kinds: dict[str, str]
     strings: dict[str, StringColumn] = field(default_factory=dict)
@@ -223,6 +231,71 @@ def encode_index(
     return bytes(out)
 
 
+class Columns(Mapping[str, np.ndarray]):
+    """Index columns, checked and mapped on first access (open cost stays constant)."""
+
+    def __init__(self, buf: Any, layout: dict[str, Any], body: int, end: int, where: str):
+        self._buf, self._layout, self._body, self._end, self._where = buf, layout, body, end, where
+        self._cache: dict[str, np.ndarray] = {}
+        self._expected: dict[str, tuple[int, ...]] = {}
+
+    def expect(self, shapes: dict[str, tuple[int, ...]]) -> None:
+        """Require these exact shapes of columns when they are mapped."""
+        self._expected.update(shapes)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        """Shape of a column, from the table of contents (no mapping)."""
+        try:
+            shape = tuple(int(d) for d in self._layout[name][2])
+        except (TypeError, ValueError, IndexError) as exc:
+            raise CorruptFileError(f"{self._where}: column {name!r} has a damaged shape") from exc
+        if min(shape, default=0) < 0:
+            raise CorruptFileError(f"{self._where}: column {name!r} has a negative shape")
+        return shape
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        arr = self._cache.get(name)
+        if arr is None:
+            shape = self.shape(name)
+            if self._expected.get(name, shape) != shape:
+                raise CorruptFileError(
+                    f"{self._where}: column {name!r} has shape {shape}, expected {self._expected[name]}"
+                )
+            try:
+                dt, start = np.dtype(self._layout[name][0]), self._body + int(self._layout[name][1])
+            except (TypeError, ValueError) as exc:
+                raise CorruptFileError(f"{self._where}: column {name!r} has a damaged layout") from exc
+            count = math.prod(shape)
+            if start < self._body or start + count * dt.itemsize > self._end or dt.hasobject:
+                raise CorruptFileError(f"{self._where}: column {name!r} lies outside the index")
+            arr = self._cache[name] = np.frombuffer(self._buf, dt, count, start).reshape(shape)
+        return arr
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._layout
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._layout)
+
+    def __len__(self) -> int:
+        return len(self._layout)
+
+
+class _Prefixed(Mapping[str, np.ndarray]):
+    def __init__(self, cols: Columns, prefix: str):
+        self._cols, self._prefix = cols, prefix
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self._cols[self._prefix + name]
+
+    def __iter__(self) -> Iterator[str]:
+        n = len(self._prefix)
+        return (k[n:] for k in self._cols if k.startswith(self._prefix))
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
 def decode_index(buf: Any, offset: int, length: int, path: str) -> IndexBlock:
     """Map the index block at ``offset`` of ``buf`` (an mmap or bytes).
 
@@ -237,57 +310,45 @@ def decode_index(buf: Any, offset: int, length: int, path: str) -> IndexBlock:
         raise CorruptFileError(f"{where}: bad index magic or table-of-contents length")
     try:
         toc = json.loads(bytes(buf[offset + INDEX_HEAD.size : offset + INDEX_HEAD.size + toc_len]))
-        layout, names, extra_kinds = toc["columns"], toc["section_names"], toc["extras"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise CorruptFileError(f"{where}: table of contents is not valid JSON") from exc
-    body = offset + align(INDEX_HEAD.size + toc_len)
-    columns: dict[str, np.ndarray] = {}
-    try:
-        for name, (dtype, rel, shape) in layout.items():
-            dt = np.dtype(dtype)
-            count = math.prod(shape)
-            start = body + int(rel)
-            if rel < 0 or count < 0 or start + count * dt.itemsize > offset + length:
-                raise CorruptFileError(f"{where}: column {name!r} lies outside the index")
-            columns[name] = np.frombuffer(buf, dt, count, start).reshape(shape)
-    except (TypeError, ValueError) as exc:
-        raise CorruptFileError(f"{where}: column layout is damaged ({exc})") from exc
-    try:
+        raw_layout, names, extra_kinds = toc["columns"], toc["section_names"], toc["extras"]
         kinds = {str(name): str(kind) for name, kind in extra_kinds}
-    except (TypeError, ValueError) as exc:
-        raise CorruptFileError(f"{where}: extra-field list is damaged") from exc
+        if not isinstance(toc["dataset"], dict) or not all(isinstance(n, str) for n in names):
+            raise TypeError("dataset or section names have the wrong type")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CorruptFileError(f"{where}: table of contents is damaged ({exc})") from exc
+    if not isinstance(raw_layout, dict):
+        raise CorruptFileError(f"{where}: column table is damaged")
+    body = offset + align(INDEX_HEAD.size + toc_len)
+    columns = Columns(buf, raw_layout, body, offset + length, where)
     block = IndexBlock(toc["dataset"], columns, list(names), kinds)
-    n = _check_columns(block, where)
+    n = _check_columns(columns, where)
     for s in STRING_COLUMNS:
-        block.strings[s] = StringColumn(
-            columns[f"{s}.codes"], columns[f"{s}.dict_offsets"], columns[f"{s}.dict_bytes"], s
-        )
+        block.strings[s] = StringColumn(columns, f"{s}.", s)
     for j, (name, kind) in enumerate(block.extra_kinds.items()):
         prefix = f"extra.{j}."
-        cols = {k[len(prefix) :]: v for k, v in columns.items() if k.startswith(prefix)}
-        if len(cols.get("state", ())) != n:
+        if prefix + "state" not in columns or columns.shape(prefix + "state") != (n,):
             raise CorruptFileError(f"{where}: extra field {name!r} has the wrong length")
-        block.extras[name] = ExtraColumn(name, kind, cols)
+        block.extras[name] = ExtraColumn(name, kind, _Prefixed(columns, prefix))
     return block
 
 
-def _check_columns(block: IndexBlock, where: str) -> int:
-    cols = block.columns
-    required = [*EPISODE_COLUMNS, *SECTION_COLUMNS] + [
-        f"{s}.{p}" for s in STRING_COLUMNS for p in ("codes", "dict_offsets", "dict_bytes")
-    ]
-    missing = [c for c in required if c not in cols]
+_REQUIRED = frozenset(
+    [*EPISODE_COLUMNS, *SECTION_COLUMNS]
+    + [f"{s}.{p}" for s in STRING_COLUMNS for p in ("codes", "dict_offsets", "dict_bytes")]
+)
+
+
+def _check_columns(cols: Columns, where: str) -> int:
+    missing = _REQUIRED.difference(cols)
     if missing:
-        raise CorruptFileError(f"{where}: index lacks columns {missing}")
-    n = len(cols["episode_id"])
-    if any(len(cols[c]) != n for c in EPISODE_COLUMNS) or any(
-        len(cols[f"{s}.codes"]) != n for s in STRING_COLUMNS
-    ):
-        raise CorruptFileError(f"{where}: episode columns disagree on the episode count")
-    r = len(cols["sec.name"])
-    if any(len(cols[c]) != r for c in SECTION_COLUMNS) or cols["sec.shape"].shape != (r, 4):
-        raise CorruptFileError(f"{where}: section columns disagree on their length")
-    return n
+        raise CorruptFileError(f"{where}: index lacks columns {sorted(missing)}")
+    n, r = cols.shape("episode_id"), cols.shape("sec.name")
+    if len(n) != 1 or len(r) != 1:
+        raise CorruptFileError(f"{where}: a column has the wrong rank")
+    # Every other column is checked against these when it is first mapped.
+    cols.expect({c: n for c in EPISODE_COLUMNS} | {f"{s}.codes": n for s in STRING_COLUMNS}
+                | {c: r for c in SECTION_COLUMNS} | {"sec.shape": (r[0], 4)})  # fmt: skip
+    return n[0]
 
 
 class TableBuilder:

@@ -19,6 +19,7 @@ from kinodb.kdb._layout import (
     HEADER_SIZE,
     KIND_CAMERA,
     Commit,
+    LegacyFormat,
     latest_commit,
     parse_header,
 )
@@ -38,6 +39,62 @@ class Camera:
     shape: tuple[int, int, int, int]  # (T, H, W, C)
     data_offset: int
     frame_offsets: np.ndarray  # (T + 1,) byte offsets relative to data_offset
+
+
+@dataclass(frozen=True, slots=True)
+class SectionTable:
+    """The section directory as Python lists, checked once against the file size."""
+
+    start: list[int]
+    count: list[int]
+    name: list[int]
+    kind: list[int]
+    dtype: list[np.dtype[Any]]
+    codec: list[int]
+    shape: list[tuple[int, ...]]
+    offset: list[int]
+    length: list[int]
+    aux: list[int]
+
+    @classmethod
+    def build(cls, c: Any, num_names: int, size: int, path: str) -> SectionTable:
+        """Check every row with vectorised NumPy, then convert to lists for O(1) lookups.
+
+        Raises:
+            CorruptFileError: a row has a bad code, rank or shape, or lies outside the file.
+        """
+        name, kind, dt, codec, ndim = (c[k].astype(np.int64) for k in ("sec.name", "sec.kind", "sec.dtype", "sec.codec", "sec.ndim"))
+        shape = c["sec.shape"].astype(np.float64)  # float: products of damaged dims cannot wrap
+        off, length, aux = (c[k].astype(np.float64) for k in ("sec.offset", "sec.length", "sec.aux"))
+        start, count = c["sec_start"].astype(np.int64), c["sec_count"].astype(np.int64)
+        r = len(name)
+        bad = (name >= num_names) | (kind > KIND_CAMERA) | (dt >= len(DTYPES)) | (ndim < 1) | (ndim > 4)
+        bad |= (off < DATA_START) | (off + length > size)
+        itemsize = np.array([np.dtype(d).itemsize for d in DTYPES] + [0])[np.minimum(dt, len(DTYPES))]
+        used = np.arange(4) < ndim[:, None]
+        nbytes = np.where(used, shape, 1).prod(axis=1) * itemsize
+        is_cam = kind == KIND_CAMERA
+        bad |= ~is_cam & (nbytes != length)
+        bad |= ~is_cam & (np.where(used, 0, shape).sum(axis=1) != 0)
+        bad |= is_cam & ((codec >= len(CODECS)) | (ndim != 4) | (aux < DATA_START) | (aux + 8 * (shape[:, 0] + 1) > size))
+        ends = start + count
+        if len(start) and (start[0] != 0 or (start[1:] != ends[:-1]).any() or ends[-1] != r or (count < 0).any()):
+            raise CorruptFileError(f"{path}: section directory disagrees with the episode table")
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            episode = int(np.searchsorted(start, row, side="right") - 1)
+            raise CorruptFileError(
+                f"{path}: episode {episode}: section row {row} (byte offset {int(off[row])}) has a bad "
+                "code, shape or extent; the index is damaged"
+            )
+        dtypes = [np.dtype(d) for d in DTYPES]
+        nd = ndim.tolist()
+        return cls(
+            start.tolist(), count.tolist(), name.tolist(), kind.tolist(),
+            [dtypes[d] for d in dt.tolist()], codec.tolist(),
+            [tuple(s[:k]) for s, k in zip(c["sec.shape"].tolist(), nd)],
+            c["sec.offset"].tolist(), c["sec.length"].tolist(), c["sec.aux"].tolist(),
+        )  # fmt: skip
 
 
 class Database:
@@ -74,7 +131,8 @@ class Database:
                 f"{self._path}: commit record says {self._commit.num_episodes} episodes, index has {self._n}"
             )
         self._names = block.section_names
-        self._sec: tuple[list[Any], ...] | None = None
+        self._sec: SectionTable | None = None
+        self._rows_by_name: dict[str, list[int]] = {}
 
     # -- file-level -----------------------------------------------------------------------
 
@@ -197,79 +255,69 @@ class Database:
 
     # -- sections -------------------------------------------------------------------------
 
-    def _sections(self) -> tuple[list[Any], ...]:
+    def _sections(self) -> SectionTable:
         if self._sec is None:
-            c = self._cols
-            self._sec = tuple(
-                c[k].tolist()
-                for k in ("sec_start", "sec_count", "sec.name", "sec.kind", "sec.dtype", "sec.codec",
-                          "sec.ndim", "sec.shape", "sec.offset", "sec.length", "sec.aux")
-            )  # fmt: skip
+            self._sec = SectionTable.build(self._cols, len(self._names), self._size, self._path)
         return self._sec
 
-    def _view(self, i: int, name: str, dtype_code: int, ndim: int, shape4: list[int], off: int, length: int) -> np.ndarray:
-        if not 0 <= dtype_code < len(DTYPES) or not 1 <= ndim <= 4:
-            raise CorruptFileError(f"{self._path}: episode {i}, section {name!r}: bad dtype or rank in index")
-        dt = np.dtype(DTYPES[dtype_code])
-        shape = shape4[:ndim]
-        count = 1
-        for d in shape:
-            count *= d
-        if count * dt.itemsize != length or off < DATA_START or off + length > self._size:
-            raise CorruptFileError(
-                f"{self._path}: episode {i}, section {name!r} at byte offset {off} "
-                f"({length} bytes, shape {tuple(shape)}) does not fit the file"
-            )
-        return np.ndarray(shape, dt, buffer=self._mm, offset=off)  # type: ignore[arg-type]
-
     def _episode_arrays(self, i: int) -> dict[str, np.ndarray]:
-        starts, counts, names, kinds, dtypes, _, ndims, shapes, offs, lens, _ = self._sections()
-        out = {}
-        s = starts[i]
-        for r in range(s, s + counts[i]):
-            if kinds[r] != KIND_CAMERA:
-                name = self._section_name(names[r])
-                out[name] = self._view(i, name, dtypes[r], ndims[r], shapes[r], offs[r], lens[r])
-        return out
-
-    def _section_name(self, code: int) -> str:
-        try:
-            return self._names[code]
-        except IndexError:
-            raise CorruptFileError(f"{self._path}: section name code {code} is out of range") from None
+        t, mm, names = self._sections(), self._mm, self._names
+        s = t.start[i]
+        return {
+            names[t.name[r]]: np.ndarray(t.shape[r], t.dtype[r], buffer=mm, offset=t.offset[r])  # type: ignore[arg-type]
+            for r in range(s, s + t.count[i])
+            if t.kind[r] != KIND_CAMERA
+        }
 
     def _episode_cameras(self, i: int) -> dict[str, Camera]:
-        starts, counts, names, kinds, _, codecs, _, shapes, offs, lens, auxs = self._sections()
+        t = self._sections()
         out = {}
-        s = starts[i]
-        for r in range(s, s + counts[i]):
-            if kinds[r] == KIND_CAMERA:
-                name = self._section_name(names[r])
-                t, h, w, c = shapes[r]
-                table = self._view(i, name, 7, 1, [t + 1, 0, 0, 0], auxs[r], 8 * (t + 1))
-                if codecs[r] >= len(CODECS) or table[0] != 0 or table[-1] != lens[r] or (np.diff(table.astype(np.int64)) < 0).any():
+        s = t.start[i]
+        for r in range(s, s + t.count[i]):
+            if t.kind[r] == KIND_CAMERA:
+                name = self._names[t.name[r]]
+                T = t.shape[r][0]
+                table = np.ndarray((T + 1,), "<u8", buffer=self._mm, offset=t.aux[r])  # type: ignore[arg-type]
+                if table[0] != 0 or table[-1] != t.length[r] or (np.diff(table.astype(np.int64)) < 0).any():
                     raise CorruptFileError(
-                        f"{self._path}: episode {i}, camera {name!r}: frame offset table at byte offset {auxs[r]} is damaged"
+                        f"{self._path}: episode {i}, camera {name!r}: frame offset table at byte "
+                        f"offset {t.aux[r]} is damaged"
                     )
-                if offs[r] + lens[r] > self._size:
-                    raise CorruptFileError(f"{self._path}: episode {i}, camera {name!r}: frames lie past the end of the file")
-                out[name] = Camera(CODECS[codecs[r]], (t, h, w, c), offs[r], table)
+                out[name] = Camera(CODECS[t.codec[r]], t.shape[r], t.offset[r], table)  # type: ignore[arg-type]
         return out
+
+    def _array_rows(self, name: str) -> list[int]:
+        """For every episode, the section row of array ``name`` (-1 where it has none)."""
+        rows = self._rows_by_name.get(name)
+        if rows is None:
+            t, c = self._sections(), self._cols
+            code = self._names.index(name) if name in self._names else -1
+            hits = np.flatnonzero((c["sec.name"] == code) & (c["sec.kind"] != KIND_CAMERA))
+            episode = np.searchsorted(c["sec_start"], hits, side="right") - 1
+            table = np.full(self._n, -1, np.int64)
+            table[episode] = hits
+            rows = self._rows_by_name[name] = table.tolist()
+            del t
+        return rows
 
     def read_array(self, i: int, name: str) -> np.ndarray:
         """One low-dimensional array of episode ``i`` (e.g. ``"actions"``), zero-copy.
+
+        The cheapest read: no metadata, no dict, one view over the map.
 
         Raises:
             EpisodeNotFoundError: ``i`` is out of range.
             KeyError: the episode has no array called ``name``.
         """
-        i = self._check(i)
-        starts, counts, names, kinds, dtypes, _, ndims, shapes, offs, lens, _ = self._sections()
-        s = starts[i]
-        for r in range(s, s + counts[i]):
-            if kinds[r] != KIND_CAMERA and self._names[names[r]] == name:
-                return self._view(i, name, dtypes[r], ndims[r], shapes[r], offs[r], lens[r])
-        raise KeyError(f"episode {i} has no array {name!r}; it has {sorted(self._episode_arrays(i))}")
+        rows = self._array_rows(name)
+        if type(i) is not int or not 0 <= i < self._n:
+            i = self._check(i)
+        r = rows[i]
+        if r < 0:
+            raise KeyError(f"episode {i} has no array {name!r}; it has {sorted(self._episode_arrays(i))}")
+        t = self._sec
+        assert t is not None  # built by _array_rows
+        return np.ndarray(t.shape[r], t.dtype[r], buffer=self._mm, offset=t.offset[r])  # type: ignore[arg-type]
 
     def cameras(self, i: int) -> dict[str, dict[str, Any]]:
         """Cameras of episode ``i``: codec and (T, H, W, C) shape per camera."""
@@ -394,13 +442,12 @@ def open_database(path: str | os.PathLike[str]) -> Database:
         FileNotFoundError: ``path`` does not exist.
         FormatError: the file is not a readable ``.kdb`` file.
     """
-    with open(os.fspath(path), "rb") as fh:
-        head = fh.read(8)
-    if len(head) >= 8 and head[:4] == b"KINO" and head[4:6] == b"\x00\x00":
+    try:
+        return Database(path)
+    except LegacyFormat:
         from kinodb.kdb.legacy import LegacyDatabase  # noqa: PLC0415
 
         return LegacyDatabase(path)
-    return Database(path)
 
 
 def _human(n: int) -> str:

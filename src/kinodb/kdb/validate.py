@@ -157,9 +157,8 @@ def _check_payload(db: Database, i: int, report: Report) -> None:
             f"episode {i}: payload checksum mismatch at byte offset {off}: stored "
             f"{int(cols['payload_crc'][i]):08x}, computed {got:08x}"
         )
-    starts, counts = db._sections()[:2]
-    offs, lens, auxs, kinds = (db._sections()[k] for k in (8, 9, 10, 3))
-    for r in range(starts[i], starts[i] + counts[i]):
-        ends = [(offs[r], lens[r])] + ([(auxs[r], 0)] if kinds[r] == 1 else [])
-        if any(a < off or a + n > off + length for a, n in ends):
-            report.errors.append(f"episode {i}: section {db._names[db._sections()[2][r]]!r} lies outside its payload")
+    t = db._sections()
+    for r in range(t.start[i], t.start[i] + t.count[i]):
+        spans = [(t.offset[r], t.length[r])] + ([(t.aux[r], 8 * (t.shape[r][0] + 1))] if t.kind[r] == 1 else [])
+        if any(a < off or a + n > off + length for a, n in spans):
+            report.errors.append(f"episode {i}: section {db._names[t.name[r]]!r} lies outside its payload")
