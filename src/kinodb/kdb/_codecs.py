@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -15,7 +16,7 @@ _MODE_CHANNELS = {"L": 1, "LA": 2, "RGB": 3, "RGBA": 4, "P": 3, "1": 1}
 
 
 def _pil() -> object:
-    from PIL import Image  # noqa: PLC0415  (deferred: importing kinodb stays light)
+    from PIL import Image  # deferred: importing kinodb stays light
 
     return Image
 
@@ -56,27 +57,54 @@ def encode(frames: np.ndarray, codec: str, quality: int) -> list[bytes]:
     return out
 
 
-def decode_into(out: np.ndarray, data: Sequence[memoryview | bytes], where: str) -> None:
+def decode(data: Sequence[memoryview | bytes], shape: tuple[int, int, int], where: str, *, first: int = 0) -> np.ndarray:
+    """Decode encoded frames into a new ``(T, H, W, C)`` uint8 array.
+
+    The output is allocated only once frame 0's header agrees with ``shape``, so a damaged
+    index cannot make it allocate more than the frames hold.
+
+    Raises:
+        CorruptFileError: a frame fails to decode or has another shape; ``where`` plus the
+            frame number (counted from ``first``) name it.
+    """
+    if data:
+        _open(data[0], shape, f"{where}, frame {first}").close()
+    out = np.empty((len(data), *shape), np.uint8)
+    decode_into(out, data, where, first=first)
+    return out
+
+
+def _open(blob: memoryview | bytes, shape: tuple[int, int, int], where: str) -> Any:
+    """Open an image lazily (header only) and check its size against ``(H, W, C)``."""
+    Image = _pil()
+    h, w, _ = shape
+    try:
+        im = Image.open(io.BytesIO(blob))  # type: ignore[attr-defined]
+    except Exception as exc:  # Pillow raises many types on damaged bytes (OSError, SyntaxError, bomb errors)
+        raise CorruptFileError(f"{where}: image does not decode ({type(exc).__name__}: {exc})") from exc
+    if im.size != (w, h):
+        im.close()
+        raise CorruptFileError(f"{where}: image is {im.size[1]}x{im.size[0]} (HxW), the index says {h}x{w}")
+    return im
+
+
+def decode_into(out: np.ndarray, data: Sequence[memoryview | bytes], where: str, *, first: int = 0) -> None:
     """Decode encoded frames into ``out`` (T, H, W, C) uint8, checking every frame's shape.
 
     Raises:
         CorruptFileError: a frame fails to decode or decodes to another shape; ``where``
-            plus the frame number name it.
+            plus the frame number (counted from ``first``) name it.
     """
-    Image = _pil()
     _t, h, w, c = out.shape
     mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[c]
     for t, blob in enumerate(data):
-        try:
-            with Image.open(io.BytesIO(blob)) as im:  # type: ignore[attr-defined]
-                if im.mode != mode:
-                    im = im.convert(mode)
-                arr = np.asarray(im)
-        except (OSError, ValueError, SyntaxError) as exc:
-            raise CorruptFileError(f"{where}, frame {t}: image does not decode ({exc})") from exc
+        frame = f"{where}, frame {first + t}"
+        with _open(blob, (h, w, c), frame) as im:
+            try:
+                arr = np.asarray(im if im.mode == mode else im.convert(mode))
+            except Exception as exc:  # as in _open: any decoder failure means damaged bytes
+                raise CorruptFileError(f"{frame}: image does not decode ({type(exc).__name__}: {exc})") from exc
         arr = arr.reshape(arr.shape[0], arr.shape[1], -1) if arr.ndim == 2 else arr
         if arr.shape != (h, w, c):
-            raise CorruptFileError(
-                f"{where}, frame {t}: decoded to shape {arr.shape}, the index says {(h, w, c)}"
-            )
+            raise CorruptFileError(f"{frame}: decoded to shape {arr.shape}, the index says {(h, w, c)}")
         out[t] = arr

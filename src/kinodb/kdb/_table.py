@@ -7,6 +7,7 @@ nothing is parsed per episode at open time.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -86,10 +87,10 @@ class StringColumn:
         if self._dict is None:
             offs = self._cols[self._prefix + "dict_offsets"].tolist()
             raw = self._cols[self._prefix + "dict_bytes"].tobytes()
-            if offs and (offs[-1] > len(raw) or any(a > b for a, b in zip(offs, offs[1:]))):
+            if offs and (offs[-1] > len(raw) or any(a > b for a, b in itertools.pairwise(offs))):
                 raise CorruptFileError(f"string dictionary of column {self._name!r} is damaged")
             try:
-                self._dict = [raw[a:b].decode() for a, b in zip(offs, offs[1:])]
+                self._dict = [raw[a:b].decode() for a, b in itertools.pairwise(offs)]
             except UnicodeDecodeError as exc:
                 raise CorruptFileError(f"column {self._name!r} holds invalid UTF-8") from exc
         return self._dict
@@ -103,7 +104,7 @@ class StringColumn:
 
     def to_numpy(self) -> np.ndarray:
         """The column as an object array of str."""
-        d = np.array(self.dictionary + [""], dtype=object)
+        d = np.array([*self.dictionary, ""], dtype=object)
         codes = self.codes.astype(np.int64)
         if len(codes) and (codes.min() < 0 or codes.max() >= len(d) - 1):
             raise CorruptFileError(f"column {self._name!r} holds out-of-range string codes")
@@ -263,7 +264,7 @@ class Columns(Mapping[str, np.ndarray]):
                 )
             try:
                 dt, start = np.dtype(self._layout[name][0]), self._body + int(self._layout[name][1])
-            except (TypeError, ValueError) as exc:
+            except (TypeError, ValueError, SyntaxError) as exc:  # np.dtype parses some strings as code
                 raise CorruptFileError(f"{self._where}: column {name!r} has a damaged layout") from exc
             count = math.prod(shape)
             if start < self._body or start + count * dt.itemsize > self._end or dt.hasobject:
@@ -328,9 +329,18 @@ def decode_index(buf: Any, offset: int, length: int, path: str) -> IndexBlock:
         prefix = f"extra.{j}."
         if prefix + "state" not in columns or columns.shape(prefix + "state") != (n,):
             raise CorruptFileError(f"{where}: extra field {name!r} has the wrong length")
+        parts = _EXTRA_PARTS.get(kind)
+        if parts is None or any(prefix + p not in columns for p in parts):
+            raise CorruptFileError(f"{where}: extra field {name!r} of kind {kind!r} lacks its columns")
+        columns.expect({prefix + p: (n + 1,) if p == "offsets" else (n,) for p in parts if p in _PER_EPISODE})
         block.extras[name] = ExtraColumn(name, kind, _Prefixed(columns, prefix))
     return block
 
+
+# The value columns of each extra-field kind, and those with one row per episode (+1 for offsets).
+_EXTRA_PARTS = {"bool": ("values",), "int": ("values",), "float": ("values",), "null": (),
+                "str": ("codes", "dict_offsets", "dict_bytes"), "json": ("offsets", "bytes")}  # fmt: skip
+_PER_EPISODE = ("values", "codes", "offsets")
 
 _REQUIRED = frozenset(
     [*EPISODE_COLUMNS, *SECTION_COLUMNS]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import mmap
 import os
 from collections.abc import Iterator, Sequence
@@ -10,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from kinodb.errors import CorruptFileError, EpisodeNotFoundError, FormatError, FrameRangeError
+from kinodb.errors import CorruptFileError, EpisodeNotFoundError, FrameRangeError
 from kinodb.kdb import _codecs
 from kinodb.kdb._layout import (
     CODECS,
@@ -18,7 +20,6 @@ from kinodb.kdb._layout import (
     DTYPES,
     HEADER_SIZE,
     KIND_CAMERA,
-    Commit,
     LegacyFormat,
     latest_commit,
     parse_header,
@@ -78,8 +79,13 @@ class SectionTable:
         bad |= ~is_cam & (np.where(used, 0, shape).sum(axis=1) != 0)
         bad |= is_cam & ((codec >= len(CODECS)) | (ndim != 4) | (aux < DATA_START) | (aux + 8 * (shape[:, 0] + 1) > size))
         ends = start + count
+        if len(start) == 0 and r:
+            raise CorruptFileError(f"{path}: section directory has {r} rows but there are no episodes")
         if len(start) and (start[0] != 0 or (start[1:] != ends[:-1]).any() or ends[-1] != r or (count < 0).any()):
             raise CorruptFileError(f"{path}: section directory disagrees with the episode table")
+        # Every section spans its episode's frames; camera shapes bound what decoding allocates.
+        bad |= shape[:, 0] != np.repeat(c["num_frames"].astype(np.float64), count)
+        bad |= is_cam & ((shape[:, 1] < 1) | (shape[:, 2] < 1) | (shape[:, 3] < 1) | (shape[:, 3] > 4))
         if bad.any():
             row = int(np.flatnonzero(bad)[0])
             episode = int(np.searchsorted(start, row, side="right") - 1)
@@ -92,7 +98,7 @@ class SectionTable:
         return cls(
             start.tolist(), count.tolist(), name.tolist(), kind.tolist(),
             [dtypes[d] for d in dt.tolist()], codec.tolist(),
-            [tuple(s[:k]) for s, k in zip(c["sec.shape"].tolist(), nd)],
+            [tuple(s[:k]) for s, k in zip(c["sec.shape"].tolist(), nd, strict=True)],
             c["sec.offset"].tolist(), c["sec.length"].tolist(), c["sec.aux"].tolist(),
         )  # fmt: skip
 
@@ -154,8 +160,6 @@ class Database:
 
     def schema(self) -> dict[str, Any]:
         """The dataset schema: dims, dtypes, named components, cameras, extra arrays."""
-        import copy  # noqa: PLC0415
-
         return copy.deepcopy(self._block.dataset.get("schema", {}))
 
     def metadata(self) -> dict[str, Any]:
@@ -164,8 +168,6 @@ class Database:
 
     def dataset_info(self) -> dict[str, Any]:
         """The whole dataset-level JSON block (format, writer, creation time, source, ...)."""
-        import copy  # noqa: PLC0415
-
         return copy.deepcopy(self._block.dataset)
 
     def summary(self) -> str:
@@ -213,6 +215,8 @@ class Database:
         i = self._check(i)
         c = self._cols
         succ = int(c["success"][i])
+        if not -1 <= succ <= 1:
+            raise CorruptFileError(f"{self._path}: episode {i}: success code {succ} is not -1, 0 or 1")
         meta: dict[str, Any] = {
             "episode_id": int(c["episode_id"][i]),
             "embodiment": self._block.strings["embodiment"][i],
@@ -237,7 +241,10 @@ class Database:
         with NaN where unknown; extra fields are named as in `read_meta`.
         """
         c = self._cols
-        succ = np.array([None, False, True], dtype=object)[c["success"].astype(np.int64) + 1]
+        codes = c["success"].astype(np.int64) + 1
+        if len(codes) and not 0 <= codes.min() <= codes.max() <= 2:
+            raise CorruptFileError(f"{self._path}: success column holds codes other than -1, 0 and 1")
+        succ = np.array([None, False, True], dtype=object)[codes]
         table: dict[str, np.ndarray] = {
             "episode_id": c["episode_id"],
             "embodiment": self._block.strings["embodiment"].to_numpy(),
@@ -255,13 +262,19 @@ class Database:
 
     # -- sections -------------------------------------------------------------------------
 
+    def _map(self) -> mmap.mmap:
+        # np.ndarray(buffer=None) would silently allocate garbage instead of failing.
+        if self._mm is None:
+            raise ValueError(f"{self._path}: the database is closed")
+        return self._mm
+
     def _sections(self) -> SectionTable:
         if self._sec is None:
             self._sec = SectionTable.build(self._cols, len(self._names), self._size, self._path)
         return self._sec
 
     def _episode_arrays(self, i: int) -> dict[str, np.ndarray]:
-        t, mm, names = self._sections(), self._mm, self._names
+        t, mm, names = self._sections(), self._map(), self._names
         s = t.start[i]
         return {
             names[t.name[r]]: np.ndarray(t.shape[r], t.dtype[r], buffer=mm, offset=t.offset[r])  # type: ignore[arg-type]
@@ -277,7 +290,7 @@ class Database:
             if t.kind[r] == KIND_CAMERA:
                 name = self._names[t.name[r]]
                 T = t.shape[r][0]
-                table = np.ndarray((T + 1,), "<u8", buffer=self._mm, offset=t.aux[r])  # type: ignore[arg-type]
+                table = np.ndarray((T + 1,), "<u8", buffer=self._map(), offset=t.aux[r])  # type: ignore[arg-type]
                 if table[0] != 0 or table[-1] != t.length[r] or (np.diff(table.astype(np.int64)) < 0).any():
                     raise CorruptFileError(
                         f"{self._path}: episode {i}, camera {name!r}: frame offset table at byte "
@@ -317,7 +330,7 @@ class Database:
             raise KeyError(f"episode {i} has no array {name!r}; it has {sorted(self._episode_arrays(i))}")
         t = self._sec
         assert t is not None  # built by _array_rows
-        return np.ndarray(t.shape[r], t.dtype[r], buffer=self._mm, offset=t.offset[r])  # type: ignore[arg-type]
+        return np.ndarray(t.shape[r], t.dtype[r], buffer=self._map(), offset=t.offset[r])  # type: ignore[arg-type, no-any-return]
 
     def cameras(self, i: int) -> dict[str, dict[str, Any]]:
         """Cameras of episode ``i``: codec and (T, H, W, C) shape per camera."""
@@ -382,9 +395,8 @@ class Database:
         return bytes(self._frame_bytes(cam, frame))
 
     def _frame_bytes(self, cam: Camera, t: int) -> memoryview:
-        assert self._mm is not None
         a, b = int(cam.frame_offsets[t]), int(cam.frame_offsets[t + 1])
-        return memoryview(self._mm)[cam.data_offset + a : cam.data_offset + b]
+        return memoryview(self._map())[cam.data_offset + a : cam.data_offset + b]
 
     def _decode(self, i: int, name: str, cam: Camera, start: int, stop: int) -> np.ndarray:
         _, h, w, c = cam.shape
@@ -392,12 +404,10 @@ class Database:
             frame = h * w * c
             if int(cam.frame_offsets[-1]) != frame * cam.shape[0]:
                 raise CorruptFileError(f"{self._path}: episode {i}, camera {name!r}: raw frames have the wrong size")
-            return np.ndarray((stop - start, h, w, c), np.uint8, buffer=self._mm,  # type: ignore[arg-type]
+            return np.ndarray((stop - start, h, w, c), np.uint8, buffer=self._map(),  # type: ignore[arg-type, no-any-return]
                               offset=cam.data_offset + start * frame)  # fmt: skip
-        out = np.empty((stop - start, h, w, c), np.uint8)
         blobs = [self._frame_bytes(cam, t) for t in range(start, stop)]
-        _codecs.decode_into(out, blobs, f"{self._path}: episode {i}, camera {name!r}")
-        return out
+        return _codecs.decode(blobs, (h, w, c), f"{self._path}: episode {i}, camera {name!r}", first=start)
 
     # -- protocols ------------------------------------------------------------------------
 
@@ -423,10 +433,8 @@ class Database:
         """Release the map. Arrays already returned stay valid (they hold the map)."""
         mm, self._mm = self._mm, None
         if mm is not None:
-            try:
+            with contextlib.suppress(BufferError):  # views still reference it; it closes with the last one
                 mm.close()
-            except BufferError:
-                pass  # views still reference it; it closes when the last one goes
 
     def __reduce__(self) -> tuple[Any, tuple[str]]:
         return (open_database, (self._path,))
@@ -445,7 +453,7 @@ def open_database(path: str | os.PathLike[str]) -> Database:
     try:
         return Database(path)
     except LegacyFormat:
-        from kinodb.kdb.legacy import LegacyDatabase  # noqa: PLC0415
+        from kinodb.kdb.legacy import LegacyDatabase  # deferred: only 0.x files need it
 
         return LegacyDatabase(path)
 

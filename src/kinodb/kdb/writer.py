@@ -39,7 +39,7 @@ _ZEROS = bytes(ALIGN)
 
 def _lock(fd: int, path: str) -> None:
     try:
-        import fcntl  # noqa: PLC0415  (POSIX only)
+        import fcntl  # POSIX only
     except ImportError:  # pragma: no cover - Windows has no advisory locks here
         return
     try:
@@ -55,6 +55,24 @@ def _fsync_dir(path: str) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def _publish_new(tmp: str, path: str) -> None:
+    """Move the committed temporary file to ``path``, failing if ``path`` exists."""
+    try:
+        os.link(tmp, path)  # atomic, and refuses an existing name
+    except FileExistsError:
+        os.unlink(tmp)
+        raise
+    except OSError:
+        # No hard links on this filesystem (FAT, some network mounts): a rename is atomic
+        # but replaces, so check first; never delete the only copy of the data here.
+        if os.path.exists(path):
+            os.unlink(tmp)
+            raise FileExistsError(f"{path} exists; use mode='w' to replace it or 'a' to append") from None
+        os.replace(tmp, path)
+    else:
+        os.unlink(tmp)
 
 
 def _now() -> str:
@@ -107,6 +125,8 @@ class Writer:
             raise ValueError(f"image_codec must be one of {CODECS}, got {image_codec!r}")
         if not 1 <= int(jpeg_quality) <= 100:
             raise ValueError(f"jpeg_quality must be in 1..100, got {jpeg_quality}")
+        # Checked before any file is touched: a bad value would otherwise fail the commit.
+        metadata = _json_mapping(metadata or {}, "metadata")
         self._path = os.fspath(path)
         self._mode, self._codec, self._quality = mode, image_codec, int(jpeg_quality)
         self._table = TableBuilder()
@@ -133,12 +153,12 @@ class Writer:
         self._finalizer = weakref.finalize(self, _cleanup, self._tmp, self._fh)
         if source_format is not None:
             self._dataset["source_format"] = str(source_format)
-        self._dataset["metadata"].update(metadata or {})
+        self._dataset["metadata"].update(metadata)
         for part, spec in (schema or {}).items():
             self._declare(part, spec)
 
     def _open_append(self) -> None:
-        from kinodb.kdb.reader import Database  # noqa: PLC0415  (the reader never imports the writer)
+        from kinodb.kdb.reader import Database  # deferred: the reader never imports the writer
 
         self._tmp = None
         self._fh = open(self._path, "r+b", buffering=1 << 20)  # noqa: SIM115
@@ -304,6 +324,8 @@ class Writer:
     ) -> dict[str, Any]:  # fmt: skip
         if not isinstance(embodiment, str) or not isinstance(task, str):
             raise WriterError("embodiment and task must be str")
+        _check_text(embodiment, "embodiment")
+        _check_text(task, "task")
         try:
             fps = float(fps)
         except (TypeError, ValueError):
@@ -357,7 +379,7 @@ class Writer:
             self._pos = payload_start = align(self._pos)
             for name, arr in arrays.items():
                 # A byte view, not memoryview.cast: cast rejects zero-size shapes like (T, 0).
-                raw = memoryview(np.ascontiguousarray(arr).reshape(-1).view(np.uint8))
+                raw = np.ascontiguousarray(arr).reshape(-1).view(np.uint8).data
                 off, crc = self._emit(raw, crc)
                 table.add_section({
                     "sec.name": table.name_code(name), "sec.kind": KIND_ARRAY,
@@ -368,7 +390,7 @@ class Writer:
             for cam, (codec, (h, w, c), frames) in cams.items():
                 if isinstance(frames, np.ndarray):
                     sizes = [h * w * c] * T
-                    data: bytes | memoryview = memoryview(frames).cast("B")
+                    data: bytes | memoryview = frames.reshape(-1).data
                 else:
                     sizes = [len(b) for b in frames]
                     data = b"".join(frames)
@@ -459,10 +481,7 @@ class Writer:
         self._finalizer.detach()
         if self._tmp is not None:
             if self._mode != "w":
-                try:
-                    os.link(self._tmp, self._path)
-                finally:
-                    os.unlink(self._tmp)
+                _publish_new(self._tmp, self._path)
             else:
                 os.replace(self._tmp, self._path)
             _fsync_dir(self._path)
@@ -530,8 +549,20 @@ def _terminal(value: Any) -> np.ndarray:
     return arr
 
 
-def _json_value(value: Any, where: str) -> Any:
-    if value is None or isinstance(value, (bool, str)):
+def _check_text(value: str, where: str) -> None:
+    try:
+        value.encode()
+    except UnicodeEncodeError as exc:
+        raise WriterError(f"{where} is not valid Unicode text ({exc.reason} at position {exc.start})") from None
+
+
+def _json_value(value: Any, where: str, *, mappings: bool = False) -> Any:
+    if mappings and isinstance(value, Mapping):
+        return _json_mapping(value, where)
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        _check_text(value, where)
         return value
     if isinstance(value, (np.bool_,)):
         return bool(value)
@@ -542,5 +573,18 @@ def _json_value(value: Any, where: str) -> Any:
             raise WriterError(f"{where} is {value}; JSON cannot store NaN or infinity")
         return float(value)
     if isinstance(value, (list, tuple)):
-        return [_json_value(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return [_json_value(v, f"{where}[{i}]", mappings=mappings) for i, v in enumerate(value)]
     raise WriterError(f"{where} has type {type(value).__name__}; use str, number, bool, None or a list")
+
+
+def _json_mapping(value: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """A JSON-ready copy of ``value`` (NumPy scalars become Python numbers)."""
+    if not isinstance(value, Mapping):
+        raise WriterError(f"{where} must be a mapping, got {type(value).__name__}")
+    out = {}
+    for key, v in value.items():
+        if not isinstance(key, str):
+            raise WriterError(f"{where} keys must be str, got {key!r}")
+        _check_text(key, f"{where} key {key!r}")
+        out[key] = _json_value(v, f"{where}[{key!r}]", mappings=True)
+    return out

@@ -1,0 +1,49 @@
+"""Plain helpers shared by the tests (the fixtures in conftest.py build on them)."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+
+def smooth_frames(rng: np.random.Generator, shape: tuple[int, int, int, int]) -> np.ndarray:
+    """uint8 ``(T, H, W, C)`` frames made of gradients, which JPEG keeps nearly exact."""
+    t, h, w, c = shape
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    out = np.empty(shape, np.uint8)
+    for i in range(t):
+        base = rng.uniform(40, 200, c)
+        slope = rng.uniform(-3, 3, (2, c))
+        img = base + yy[..., None] * slope[0] + xx[..., None] * slope[1]
+        out[i] = np.clip(img, 0, 255).astype(np.uint8)
+    return out
+
+
+def encode_image(frame: np.ndarray, fmt: str, **options: Any) -> bytes:
+    """Encode one ``(H, W, C)`` uint8 frame with Pillow (``fmt`` is ``"PNG"`` or ``"JPEG"``)."""
+    buf = io.BytesIO()
+    Image.fromarray(frame[..., 0] if frame.shape[-1] == 1 else frame).save(buf, fmt, **options)
+    return buf.getvalue()
+
+
+def decode_image(data: bytes) -> np.ndarray:
+    """Decode image bytes with Pillow into ``(H, W, C)`` uint8."""
+    with Image.open(io.BytesIO(data)) as im:
+        arr = np.asarray(im)
+    return arr[..., None] if arr.ndim == 2 else arr
+
+
+def numbered_episode(k: int) -> dict[str, Any]:
+    """Episode number ``k``: the same arrays and frames in every process."""
+    rng = np.random.default_rng(k)
+    T = 8 + k % 7
+    return {
+        "actions": rng.normal(size=(T, 7)).astype(np.float32),
+        "states": rng.normal(size=(T, 5)).astype(np.float32),
+        "images": {"cam": rng.integers(0, 256, (T, 16, 16, 3), dtype=np.uint8)},
+        "task": f"task {k}",
+        "extra": {"k": k},
+    }

@@ -1,0 +1,210 @@
+"""Mode ``"a"``: appends extend a file in place, keep old readers consistent, and lock."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import kinodb
+from kinodb import FormatError, WriterError
+from kinodb.kdb._layout import SLOT_OFFSETS, parse_slot
+
+CheckEpisode = Callable[[kinodb.Database, int, dict[str, Any]], None]
+
+
+def generations(path: Path) -> list[int]:
+    raw = path.read_bytes()
+    return [c.generation if (c := parse_slot(raw[o : o + 64])) else 0 for o in SLOT_OFFSETS]
+
+
+def test_append_adds_episodes_and_continues_ids(
+    make_kdb: Any, make_episode: Any, assert_episode: CheckEpisode
+) -> None:
+    path, old = make_kdb(3, cameras={"cam": (4, 5, 3)})
+    new = [make_episode(T=4 + k, cameras={"cam": (4, 5, 3)}, task="appended") for k in range(2)]
+    with kinodb.Writer(path, mode="a", image_codec="raw") as w:
+        assert len(w) == 3
+        assert [w.add_episode(**ep) for ep in new] == [3, 4]
+    with kinodb.open(path) as db:
+        assert len(db) == 5
+        assert db.episodes()["episode_id"].tolist() == [0, 1, 2, 3, 4]
+        assert db.num_frames() == sum(len(ep["actions"]) for ep in old + new)
+        for i, ep in enumerate(old + new):
+            assert_episode(db, i, ep)
+    assert generations(path) == [1, 2]
+
+
+def test_repeated_appends_alternate_commit_slots(
+    make_kdb: Any, make_episode: Any, assert_episode: CheckEpisode
+) -> None:
+    path, eps = make_kdb(1)
+    for round_ in range(4):
+        ep = make_episode(T=2 + round_)
+        with kinodb.Writer(path, mode="a") as w:
+            w.add_episode(**ep)
+        eps.append(ep)
+        assert sorted(generations(path)) == [round_ + 1, round_ + 2]
+    with kinodb.open(path) as db:
+        assert len(db) == 5
+        for i, ep in enumerate(eps):
+            assert_episode(db, i, ep)
+
+
+def test_append_merges_metadata_schema_and_extras(make_kdb: Any) -> None:
+    first = [
+        {"actions": np.zeros((2, 3)), "extra": {"scene": "lab", "attempt": 1}},
+        {"actions": np.zeros((2, 3)), "extra": {"scene": "sim"}},
+    ]
+    path, _ = make_kdb(first, metadata={"robot": "franka", "rate": 10})
+    with kinodb.Writer(path, mode="a", metadata={"rate": 15, "operator": "kim"}, source_format="hdf5") as w:
+        w.add_episode(actions=np.zeros((3, 4)), extra={"attempt": 2.5, "camera_ok": True})
+    with kinodb.open(path) as db:
+        assert db.metadata() == {"robot": "franka", "rate": 15, "operator": "kim"}
+        info = db.dataset_info()
+        assert info["source_format"] == "hdf5" and "modified" in info and "created" in info
+        assert db.schema()["actions"]["dim"] is None  # 3 then 4: varies
+        assert db.read_meta(0)["attempt"] == 1 and db.read_meta(2)["attempt"] == 2.5
+        assert "attempt" not in db.read_meta(1)
+        assert db.read_meta(2)["camera_ok"] is True and "camera_ok" not in db.read_meta(0)
+        assert "scene" not in db.read_meta(2)
+        table = db.episodes()
+        assert table["scene"].tolist() == ["lab", "sim", None]
+        assert table["attempt"].tolist() == [1, None, 2.5]
+
+
+def test_append_to_a_missing_file_creates_it(tmp_path: Path) -> None:
+    path = tmp_path / "new.kdb"
+    with kinodb.Writer(path, mode="a") as w:
+        w.add_episode(actions=np.ones((2, 2)))
+    with kinodb.Writer(path, mode="a") as w:
+        w.add_episode(actions=np.full((2, 2), 2.0))
+    with kinodb.open(path) as db:
+        assert [float(db.read_array(i, "actions")[0, 0]) for i in range(len(db))] == [1.0, 2.0]
+
+
+def test_append_without_episodes_keeps_the_content(make_kdb: Any, assert_episode: CheckEpisode) -> None:
+    path, eps = make_kdb(2)
+    with kinodb.Writer(path, mode="a"):
+        pass
+    with kinodb.open(path) as db:
+        assert len(db) == 2
+        for i, ep in enumerate(eps):
+            assert_episode(db, i, ep)
+
+
+def test_append_with_another_codec_keeps_old_frames(make_kdb: Any, make_episode: Any) -> None:
+    path, old = make_kdb(1, cameras={"cam": (4, 4, 3)}, image_codec="raw")
+    new = make_episode(T=3, cameras={"cam": (4, 4, 3)})
+    with kinodb.Writer(path, mode="a", image_codec="png") as w:
+        w.add_episode(**new)
+    with kinodb.open(path) as db:
+        assert db.cameras(0)["cam"]["codec"] == "raw" and db.cameras(1)["cam"]["codec"] == "png"
+        assert db.schema()["cameras"]["cam"]["codec"] is None
+        np.testing.assert_array_equal(db[0]["images"]["cam"], old[0]["images"]["cam"])
+        np.testing.assert_array_equal(db[1]["images"]["cam"], new["images"]["cam"])
+
+
+def test_reader_opened_before_an_append_keeps_its_snapshot(
+    make_kdb: Any, make_episode: Any, assert_episode: CheckEpisode
+) -> None:
+    path, old = make_kdb(2, cameras={"cam": (3, 3, 1)})
+    before = kinodb.open(path)
+    actions = before.read_array(1, "actions")
+    for round_ in range(2):
+        with kinodb.Writer(path, mode="a", metadata={"round": round_}) as w:
+            w.add_episode(**make_episode(T=30, cameras={"cam": (3, 3, 1)}))
+        assert len(before) == 2 and before.num_frames() == sum(len(ep["actions"]) for ep in old)
+        assert before.metadata() == {}
+        for i, ep in enumerate(old):
+            assert_episode(before, i, ep)
+        np.testing.assert_array_equal(actions, old[1]["actions"])
+        with pytest.raises(kinodb.EpisodeNotFoundError):
+            before.read_episode(2)
+    with kinodb.open(path) as after:
+        assert len(after) == 4 and after.metadata() == {"round": 1}
+    before.close()
+
+
+def test_second_appender_gets_a_clear_error(make_kdb: Any) -> None:
+    path, _ = make_kdb(1)
+    with kinodb.Writer(path, mode="a") as first:
+        first.add_episode(actions=np.zeros((2, 2)))
+        with pytest.raises(
+            WriterError, match="another process is writing to this file; retry when it is done"
+        ):
+            kinodb.Writer(path, mode="a")
+        first.add_episode(actions=np.zeros((2, 2)))
+    with kinodb.Writer(path, mode="a") as second:  # free again once the first one committed
+        second.add_episode(actions=np.zeros((2, 2)))
+    with kinodb.open(path) as db:
+        assert len(db) == 4
+
+
+@pytest.mark.integration
+def test_appender_in_another_process_holds_the_lock(make_kdb: Any) -> None:
+    path, _ = make_kdb(1)
+    script = textwrap.dedent(
+        """
+        import sys, numpy as np, kinodb
+        with kinodb.Writer(sys.argv[1], mode="a") as w:
+            w.add_episode(actions=np.zeros((2, 2)))
+            print("locked", flush=True)
+            sys.stdin.readline()
+        """
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", script, str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert child.stdout is not None and child.stdin is not None
+        assert child.stdout.readline().strip() == "locked"
+        with pytest.raises(WriterError, match="another process is writing"):
+            kinodb.Writer(path, mode="a")
+        with kinodb.open(path) as db:  # readers are never blocked
+            assert len(db) == 1
+        child.stdin.write("\n")
+        child.stdin.close()
+        assert child.wait(timeout=60) == 0
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    with kinodb.open(path) as db:
+        assert len(db) == 2
+
+
+def test_leftovers_after_the_committed_end_are_ignored_then_truncated(make_kdb: Any) -> None:
+    path, _ = make_kdb(2)
+    committed = path.stat().st_size
+    with path.open("ab") as fh:
+        fh.write(b"\xab" * 1000)  # what a killed appender may leave behind
+    with kinodb.open(path) as db:
+        assert len(db) == 2
+    with kinodb.Writer(path, mode="a") as w:
+        w.add_episode(actions=np.ones((1, 1)))
+    with kinodb.open(path) as db:
+        assert len(db) == 3
+        assert db._commit.index_offset < committed + 1000
+        assert b"\xab" * 64 not in path.read_bytes()[committed:]
+
+
+def test_append_refuses_files_it_cannot_extend(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.kdb"
+    junk.write_bytes(b"not a kinodb file at all" * 20)
+    with pytest.raises(FormatError, match=r"not a \.kdb file"):
+        kinodb.Writer(junk, mode="a")
+    assert junk.read_bytes() == b"not a kinodb file at all" * 20
+    legacy = tmp_path / "old.kdb"
+    legacy.write_bytes(b"KINO\x00\x00\x01\x00" + bytes(56))
+    with pytest.raises(FormatError, match="kino upgrade"):
+        kinodb.Writer(legacy, mode="a")
+    assert legacy.read_bytes() == b"KINO\x00\x00\x01\x00" + bytes(56)
+    with kinodb.Writer(tmp_path / "ok.kdb", mode="a") as w:  # nothing stays locked or open
+        w.add_episode(actions=np.ones((1, 1)))

@@ -1,0 +1,293 @@
+"""The read API: indexing errors, frame windows, protocols, pickling and the public surface."""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing
+import pickle
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import kinodb
+from kinodb import EpisodeNotFoundError, FrameRangeError, KinodbError
+
+CheckEpisode = Callable[[kinodb.Database, int, dict[str, Any]], None]
+
+
+@pytest.fixture
+def sample(make_kdb: Any, make_episode: Any) -> tuple[Path, list[dict[str, Any]]]:
+    """Three episodes of 5, 6 and 7 frames with a raw camera, timestamps and an extra array."""
+    eps = [
+        make_episode(
+            T=5 + i, cameras={"front": (4, 6, 3)}, extra_arrays={"lang": (2,)}, timestamps=True,
+            embodiment=("franka", "widowx")[i % 2], success=(True, False, None)[i], extra={"scene": "lab"},
+        )
+        for i in range(3)
+    ]  # fmt: skip
+    return make_kdb(eps, image_codec="raw")  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def db(sample: tuple[Path, list[dict[str, Any]]]) -> Any:
+    with kinodb.open(sample[0]) as database:
+        yield database
+
+
+@pytest.fixture
+def png_db(make_kdb: Any) -> Any:
+    path, eps = make_kdb(2, T=9, cameras={"front": (5, 4, 3), "wrist": (3, 3, 1)}, image_codec="png")
+    with kinodb.open(path) as database:
+        yield database, eps
+
+
+# -- indexing ------------------------------------------------------------------------------
+
+
+def test_episode_not_found_names_the_valid_range(db: kinodb.Database) -> None:
+    assert issubclass(EpisodeNotFoundError, IndexError) and issubclass(EpisodeNotFoundError, KinodbError)
+    calls: list[Callable[[int], Any]] = [
+        db.read_episode, db.read_meta, db.read_episode_actions_only, db.cameras,
+        lambda i: db.read_array(i, "actions"), lambda i: db.read_frames(i, 0, 1),
+        lambda i: db.read_image_bytes(i, "front", 0), db.__getitem__,
+    ]  # fmt: skip
+    for call in calls:
+        for bad in (3, 400, -4):
+            with pytest.raises(EpisodeNotFoundError, match=r"out of range: file has 3 episodes \(0\.\.2\)"):
+                call(bad)
+
+
+@pytest.mark.parametrize("bad", [1.5, "1", None, True, [0]])
+def test_non_integer_indexes_are_rejected(db: kinodb.Database, bad: Any) -> None:
+    with pytest.raises(EpisodeNotFoundError, match="episode index must be an int"):
+        db.read_episode(bad)
+    with pytest.raises(EpisodeNotFoundError, match="episode index must be an int"):
+        db.read_array(bad, "actions")
+
+
+def test_numpy_integers_and_negative_indexing(db: kinodb.Database, sample: Any) -> None:
+    _, eps = sample
+    np.testing.assert_array_equal(db.read_episode(np.int64(2))["actions"], eps[2]["actions"])
+    np.testing.assert_array_equal(db.read_array(np.uint8(1), "actions"), eps[1]["actions"])
+    for k in range(1, 4):
+        assert db[-k]["meta"]["episode_id"] == 3 - k
+    np.testing.assert_array_equal(db[-1]["images"]["front"], eps[2]["images"]["front"])
+    with pytest.raises(EpisodeNotFoundError):
+        db.read_episode(-1)  # only the [] protocol wraps negative indexes
+
+
+def test_iteration_and_len(db: kinodb.Database, sample: Any, assert_episode: CheckEpisode) -> None:
+    _, eps = sample
+    assert len(db) == 3
+    seen = list(db)
+    assert [ep["meta"]["episode_id"] for ep in seen] == [0, 1, 2]
+    for i, ep in enumerate(eps):
+        assert_episode(db, i, ep)
+        np.testing.assert_array_equal(seen[i]["lang"], ep["extra_arrays"]["lang"])
+
+
+# -- frame windows -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("start", "stop"), [(0, 7), (0, 1), (6, 7), (2, 5), (3, 4)])
+def test_read_frames_windows_match_the_full_episode(db: kinodb.Database, start: int, stop: int) -> None:
+    full = db.read_episode(2)
+    window = db.read_frames(2, start, stop)
+    assert set(window) == set(full) - {"meta"}
+    for name in ("actions", "states", "rewards", "is_terminal", "timestamps", "lang"):
+        np.testing.assert_array_equal(window[name], full[name][start:stop])
+        assert not window[name].flags.writeable
+    np.testing.assert_array_equal(window["images"]["front"], full["images"]["front"][start:stop])
+
+
+def test_read_frames_decodes_only_the_chosen_cameras(png_db: Any) -> None:
+    db, eps = png_db
+    both = db.read_frames(1, 2, 6)
+    assert set(both["images"]) == {"front", "wrist"}
+    np.testing.assert_array_equal(both["images"]["front"], eps[1]["images"]["front"][2:6])
+    np.testing.assert_array_equal(both["images"]["wrist"], eps[1]["images"]["wrist"][2:6])
+    assert set(db.read_frames(1, 2, 6, cameras=["wrist"])["images"]) == {"wrist"}
+    assert db.read_frames(1, 0, 9, cameras=[])["images"] == {}
+    with pytest.raises(KeyError, match=r"episode 1 has no camera 'side'; it has \['front', 'wrist'\]"):
+        db.read_frames(1, 0, 2, cameras=["side"])
+
+
+@pytest.mark.parametrize(("start", "stop"), [(-1, 2), (0, 8), (3, 3), (5, 2), (7, 8), (0, 100)])
+def test_frame_windows_outside_the_episode(db: kinodb.Database, start: int, stop: int) -> None:
+    assert issubclass(FrameRangeError, IndexError) and issubclass(FrameRangeError, KinodbError)
+    with pytest.raises(
+        FrameRangeError, match=rf"frames {start}:{stop} outside episode 2, which has frames 0:7"
+    ):
+        db.read_frames(2, start, stop)
+
+
+def test_read_image_bytes(db: kinodb.Database, png_db: Any, sample: Any) -> None:
+    _, eps = sample
+    assert db.read_image_bytes(0, "front", 4) == eps[0]["images"]["front"][4].tobytes()
+    with pytest.raises(FrameRangeError, match="frame 5 outside episode 0, which has frames 0:5"):
+        db.read_image_bytes(0, "front", 5)
+    with pytest.raises(FrameRangeError):
+        db.read_image_bytes(0, "front", -1)
+    with pytest.raises(KeyError, match="no camera 'side'"):
+        db.read_image_bytes(0, "side", 0)
+    pdb, _ = png_db
+    assert pdb.read_image_bytes(0, "wrist", 8).startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def test_read_array_and_cameras(db: kinodb.Database, sample: Any) -> None:
+    _, eps = sample
+    np.testing.assert_array_equal(db.read_array(1, "lang"), eps[1]["extra_arrays"]["lang"])
+    with pytest.raises(KeyError, match=r"episode 1 has no array 'front'; it has \["):
+        db.read_array(1, "front")  # a camera is not an array
+    assert db.cameras(1) == {"front": {"codec": "raw", "shape": (6, 4, 6, 3)}}
+
+
+# -- tables and file-level facts -----------------------------------------------------------
+
+
+def test_episodes_table_columns(make_kdb: Any) -> None:
+    eps = [
+        {"actions": np.zeros((3, 2)), "embodiment": "franka", "task": "a", "success": True,
+         "total_reward": 1.5, "extra": {"scene": "lab", "task": "shadowed", "n": 1}},
+        {"actions": np.zeros((4, 5)), "states": np.zeros((4, 1)), "embodiment": "aloha", "task": "b",
+         "fps": 30, "success": None, "extra": {"scene": None, "n": 2}},
+        {"actions": np.zeros((1, 2)), "rewards": [0.25], "success": False},
+    ]  # fmt: skip
+    path, _ = make_kdb(eps)
+    with kinodb.open(path) as db:
+        t = db.episodes()
+        assert set(t) == {
+            "episode_id", "embodiment", "task", "num_frames", "fps", "action_dim", "state_dim",
+            "success", "total_reward", "scene", "extra.task", "n",
+        }  # fmt: skip
+        assert all(len(col) == 3 for col in t.values())
+        assert t["episode_id"].tolist() == [0, 1, 2]
+        assert t["embodiment"].tolist() == ["franka", "aloha", "unknown"]
+        assert t["task"].tolist() == ["a", "b", ""]
+        assert t["num_frames"].tolist() == [3, 4, 1]
+        assert t["fps"].tolist() == [10.0, 30.0, 10.0]
+        assert t["action_dim"].tolist() == [2, 5, 2] and t["state_dim"].tolist() == [0, 1, 0]
+        assert t["success"].dtype == object and t["success"].tolist() == [True, None, False]
+        assert (
+            t["total_reward"][0] == 1.5 and math.isnan(t["total_reward"][1]) and t["total_reward"][2] == 0.25
+        )
+        assert t["scene"].tolist() == ["lab", None, None]
+        assert t["extra.task"].tolist() == ["shadowed", None, None]
+        assert t["n"].tolist() == [1, 2, None]
+        assert db.read_meta(0)["extra.task"] == "shadowed" and db.read_meta(0)["task"] == "a"
+        for name in ("episode_id", "num_frames", "fps"):
+            assert not t[name].flags.writeable
+
+
+def test_file_level_facts(db: kinodb.Database, sample: Any) -> None:
+    path, _ = sample
+    assert db.path() == str(path)
+    assert db.version() == "1.0"
+    assert db.num_episodes() == 3 and db.num_frames() == 5 + 6 + 7
+    schema = db.schema()
+    assert schema["actions"] == {"dim": 4, "dtype": "float32"}
+    assert schema["cameras"] == {"front": {"codec": "raw", "height": 4, "width": 6, "channels": 3}}
+    assert schema["arrays"] == {"lang": {"shape": [2], "dtype": "float32"}}
+    schema["actions"]["dim"] = 99
+    assert db.schema()["actions"]["dim"] == 4  # a copy
+    summary = db.summary()
+    assert "episodes: 3, frames: 18" in summary and "franka, widowx" in summary and "front" in summary
+    assert "success: 1/2 known (50.0%)" in summary
+    assert repr(db) == f"<kinodb.Database {str(path)!r} (3 episodes, format 1.0)>"
+    json.dumps(db.dataset_info())
+
+
+def test_arrays_outlive_close_and_reads_after_close_fail(sample: Any) -> None:
+    path, eps = sample
+    db = kinodb.open(path)
+    actions = db.read_array(0, "actions")
+    frames = db.read_episode(1)["images"]["front"]
+    db.close()
+    db.close()  # idempotent
+    np.testing.assert_array_equal(actions, eps[0]["actions"])
+    np.testing.assert_array_equal(frames, eps[1]["images"]["front"])
+    for read in (
+        lambda: db.read_episode(0),
+        lambda: db.read_array(0, "actions"),
+        lambda: db.read_frames(0, 0, 1),
+    ):
+        with pytest.raises(ValueError, match="closed"):
+            read()
+
+
+# -- pickling ------------------------------------------------------------------------------
+
+
+def _actions_sum(db: kinodb.Database) -> tuple[int, float, bytes]:
+    return (
+        len(db),
+        float(db.read_array(1, "actions").astype(np.float64).sum()),
+        db.read_image_bytes(2, "front", 0),
+    )
+
+
+def test_pickles_by_path(db: kinodb.Database, sample: Any) -> None:
+    blob = pickle.dumps(db)
+    assert len(blob) < 500  # the path, not the data
+    clone = pickle.loads(blob)
+    assert clone.path() == db.path()
+    assert _actions_sum(clone) == _actions_sum(db)
+    clone.close()
+
+
+@pytest.mark.integration
+def test_pickled_database_works_in_a_spawned_worker(db: kinodb.Database) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(1) as pool:
+        assert pool.apply(_actions_sum, (db,)) == _actions_sum(db)
+
+
+# -- the public surface --------------------------------------------------------------------
+
+
+def test_import_kinodb_stays_light() -> None:
+    heavy = ["torch", "h5py", "grpc", "pyarrow", "av", "onnxruntime", "PIL", "tensorflow"]
+    code = f"import sys, kinodb; print([m for m in {heavy!r} if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_public_names() -> None:
+    assert kinodb.__all__ == [
+        "ConversionError",
+        "CorruptFileError",
+        "Database",
+        "EpisodeNotFoundError",
+        "FormatError",
+        "FrameRangeError",
+        "KinodbError",
+        "MissingExtraError",
+        "QuerySyntaxError",
+        "UnsupportedVersionError",
+        "Writer",
+        "WriterError",
+        "__version__",
+        "open",
+    ]
+    assert kinodb.__all__ == sorted(kinodb.__all__)
+    for name in kinodb.__all__:
+        assert getattr(kinodb, name) is not None
+
+
+def test_error_hierarchy() -> None:
+    for cls in (
+        kinodb.FormatError,
+        kinodb.CorruptFileError,
+        kinodb.UnsupportedVersionError,
+        kinodb.WriterError,
+    ):
+        assert issubclass(cls, KinodbError) and issubclass(cls, ValueError)
+    assert issubclass(kinodb.CorruptFileError, kinodb.FormatError)
+    assert issubclass(kinodb.UnsupportedVersionError, kinodb.FormatError)
+    assert issubclass(kinodb.MissingExtraError, ImportError)
