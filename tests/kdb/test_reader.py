@@ -221,6 +221,25 @@ def test_arrays_outlive_close_and_reads_after_close_fail(sample: Any) -> None:
             read()
 
 
+def test_close_releases_the_map_once_no_view_is_left(sample: Any) -> None:
+    path, _ = sample
+    db = kinodb.open(path)
+    db.read_meta(1)
+    view = db.read_array(1, "states")
+    mm = db._mm
+    assert mm is not None
+    db.close()
+    assert not mm.closed  # the view still pins it, so it stays readable
+    assert view.shape[0] > 0 and np.isfinite(view).all()
+    del view
+    db2 = kinodb.open(path)
+    db2.read_episode(0)
+    mm2 = db2._mm
+    assert mm2 is not None
+    db2.close()
+    assert mm2.closed
+
+
 # -- pickling ------------------------------------------------------------------------------
 
 

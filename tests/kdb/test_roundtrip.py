@@ -119,6 +119,8 @@ def assert_zero_copy(arr: np.ndarray, name: str) -> None:
     base: Any = arr
     while isinstance(base, np.ndarray):
         base = base.base
+    if isinstance(base, memoryview):  # np.frombuffer keeps the buffer export as a memoryview
+        base = base.obj
     assert isinstance(base, mmap.mmap), f"{name} is not a view over the map (base {type(base).__name__})"
 
 

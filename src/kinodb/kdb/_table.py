@@ -160,9 +160,14 @@ class ExtraColumn:
     """One per-episode extra field, decoded lazily from its columns."""
 
     def __init__(self, name: str, kind: str, cols: Mapping[str, np.ndarray]):
-        self.name, self.kind, self.state = name, kind, cols["state"]
+        self.name, self.kind = name, kind
         self._cols = cols
         self._strings = StringColumn(cols, "", name) if kind == "str" else None
+
+    @property
+    def state(self) -> np.ndarray:
+        """Per episode: `EXTRA_ABSENT`, `EXTRA_NULL` or `EXTRA_VALUE`."""
+        return self._cols["state"]
 
     def get(self, i: int) -> Any:
         """The value for episode ``i``, `ABSENT` if it has none."""
@@ -254,9 +259,16 @@ class Columns(Mapping[str, np.ndarray]):
             raise CorruptFileError(f"{self._where}: column {name!r} has a negative shape")
         return shape
 
+    def release(self) -> None:
+        """Drop every mapped column; later access raises ValueError (the file is closed)."""
+        self._buf = None
+        self._cache.clear()
+
     def __getitem__(self, name: str) -> np.ndarray:
         arr = self._cache.get(name)
         if arr is None:
+            if self._buf is None:
+                raise ValueError(f"{self._where}: the database is closed")
             shape = self.shape(name)
             if self._expected.get(name, shape) != shape:
                 raise CorruptFileError(

@@ -23,6 +23,7 @@ from kinodb.kdb._layout import (
     LegacyFormat,
     latest_commit,
     parse_header,
+    read_version,
 )
 from kinodb.kdb._table import ABSENT, IndexBlock, decode_index
 
@@ -119,14 +120,20 @@ class Database:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self._path = os.fspath(path)
         self._mm: mmap.mmap | None = None
+        # Every view is made over this array, which holds a buffer export of the map:
+        # the map cannot be closed under a live view (np.ndarray(buffer=mmap) alone
+        # does not pin it, and touching such a view after close would crash).
+        self._buf: np.ndarray | None = None
         with open(self._path, "rb") as fh:
             size = os.fstat(fh.fileno()).st_size
             head = fh.read(DATA_START)
             parse_header(head[:HEADER_SIZE], self._path)
+            self._version = "{}.{}".format(*read_version(head, self._path))
             self._slot, self._commit = latest_commit(head, self._path, size)
             self._mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        self._buf = np.frombuffer(self._mm, np.uint8)
         self._size = size
-        self._load(decode_index(self._mm, self._commit.index_offset, self._commit.index_length, self._path))
+        self._load(decode_index(self._buf, self._commit.index_offset, self._commit.index_length, self._path))
 
     def _load(self, block: IndexBlock) -> None:
         self._block = block
@@ -147,8 +154,8 @@ class Database:
         return self._path
 
     def version(self) -> str:
-        """The file's format version, e.g. ``"1.0"``."""
-        return str(self._block.dataset.get("format_version", "1.0"))
+        """The file's format version from its header, e.g. ``"1.0"``."""
+        return self._version
 
     def num_episodes(self) -> int:
         """Number of episodes."""
@@ -262,11 +269,11 @@ class Database:
 
     # -- sections -------------------------------------------------------------------------
 
-    def _map(self) -> mmap.mmap:
+    def _map(self) -> np.ndarray:
         # np.ndarray(buffer=None) would silently allocate garbage instead of failing.
-        if self._mm is None:
+        if self._buf is None:
             raise ValueError(f"{self._path}: the database is closed")
-        return self._mm
+        return self._buf
 
     def _sections(self) -> SectionTable:
         if self._sec is None:
@@ -396,7 +403,7 @@ class Database:
 
     def _frame_bytes(self, cam: Camera, t: int) -> memoryview:
         a, b = int(cam.frame_offsets[t]), int(cam.frame_offsets[t + 1])
-        return memoryview(self._map())[cam.data_offset + a : cam.data_offset + b]
+        return memoryview(self._map()[cam.data_offset + a : cam.data_offset + b])
 
     def _decode(self, i: int, name: str, cam: Camera, start: int, stop: int) -> np.ndarray:
         _, h, w, c = cam.shape
@@ -431,7 +438,11 @@ class Database:
 
     def close(self) -> None:
         """Release the map. Arrays already returned stay valid (they hold the map)."""
-        mm, self._mm = self._mm, None
+        mm, self._mm, self._buf = self._mm, None, None
+        release = getattr(self._cols, "release", None)
+        if release is not None:
+            release()
+        self._sec, self._rows_by_name = None, {}
         if mm is not None:
             with contextlib.suppress(BufferError):  # views still reference it; it closes with the last one
                 mm.close()

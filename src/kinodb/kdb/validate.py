@@ -10,6 +10,7 @@ import numpy as np
 
 from kinodb.errors import KinodbError
 from kinodb.kdb._layout import crc32
+from kinodb.kdb.legacy import LegacyDatabase
 from kinodb.kdb.reader import Database, open_database
 
 
@@ -41,11 +42,15 @@ def validate(path: str | os.PathLike[str], *, decode_images: bool = True) -> Rep
         return report
     with db:
         report.passed.append(f"header and commit record (format {db.version()})")
-        if db.version() == "1.0":
-            _check_index(db, report)
-        else:
-            report.warnings.append(f"format {db.version()} has no checksums; run `kino upgrade` to get them")
-        _check_schema(db, report)
+        try:
+            if isinstance(db, LegacyDatabase):
+                report.warnings.append(f"format {db.version()} has no checksums; run `kino upgrade` to get them")
+            else:
+                _check_index(db, report)
+            _check_schema(db, report)
+        except KinodbError as exc:
+            report.errors.append(f"index: {exc}")
+            return report
         nonfinite: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, -1])
         for i in range(len(db)):
             _check_episode(db, i, report, nonfinite, decode_images)
@@ -59,9 +64,8 @@ def validate(path: str | os.PathLike[str], *, decode_images: bool = True) -> Rep
 
 
 def _check_index(db: Database, report: Report) -> None:
-    commit, cols, mm = db._commit, db._cols, db._mm
-    assert mm is not None  # open database
-    got = crc32(memoryview(mm)[commit.index_offset : commit.end])
+    commit, cols = db._commit, db._cols
+    got = crc32(db._map()[commit.index_offset : commit.end])
     if got != commit.index_crc:
         report.errors.append(
             f"index checksum mismatch at byte offset {commit.index_offset}: stored "
@@ -106,7 +110,7 @@ def _check_episode(
     where = f"episode {i}"
     try:
         meta = db.read_meta(i)
-        if db.version() == "1.0":
+        if not isinstance(db, LegacyDatabase):
             _check_payload(db, i, report)
         arrays = db._episode_arrays(i)
         T = meta["num_frames"]
@@ -145,13 +149,12 @@ def _check_episode(
 
 
 def _check_payload(db: Database, i: int, report: Report) -> None:
-    cols, mm = db._cols, db._mm
-    assert mm is not None
+    cols = db._cols
     off, length = int(cols["payload_offset"][i]), int(cols["payload_length"][i])
     if off < 256 or off + length > db._commit.index_offset:
         report.errors.append(f"episode {i}: payload at byte offset {off} ({length} bytes) lies outside the data area")
         return
-    got = crc32(memoryview(mm)[off : off + length])
+    got = crc32(db._map()[off : off + length])
     if got != int(cols["payload_crc"][i]):
         report.errors.append(
             f"episode {i}: payload checksum mismatch at byte offset {off}: stored "
