@@ -22,7 +22,7 @@ from kinodb.errors import (
     WriterError,
 )
 from kinodb.kdb import Database, Writer
-from kinodb.kdb import open_database as open  # noqa: A004  (the public name is kinodb.open)
+from kinodb.kdb import open_database as open
 
 __all__ = [
     "ConversionError",

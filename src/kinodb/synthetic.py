@@ -43,7 +43,9 @@ def _frames(states: np.ndarray, size: int, hue: int) -> np.ndarray:
     return frames
 
 
-def episodes(n: int, frames: int, *, images: bool = False, seed: int = 0, image_size: int = 64) -> Iterator[dict[str, Any]]:
+def episodes(
+    n: int, frames: int, *, images: bool = False, seed: int = 0, image_size: int = 64
+) -> Iterator[dict[str, Any]]:
     """Yield ``n`` keyword dicts for `Writer.add_episode`, deterministic in ``seed``."""
     rng = np.random.default_rng(seed)
     for i in range(n):

@@ -18,7 +18,12 @@ def register(sub: Any) -> None:
     p.add_argument("-n", "--num-episodes", type=int, default=10, help="episodes (default: 10)")
     p.add_argument("-f", "--frames", type=int, default=50, help="frames per episode (default: 50)")
     p.add_argument("--images", action="store_true", help="add two 64x64 RGB cameras, front and wrist")
-    p.add_argument("--compress", type=_quality, metavar="Q", help="store images as JPEG of quality Q (1-100) instead of raw")
+    p.add_argument(
+        "--compress",
+        type=_quality,
+        metavar="Q",
+        help="store images as JPEG of quality Q (1-100) instead of raw",
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--force", action="store_true", help="replace PATH if it exists")
     p.set_defaults(run=run)
@@ -37,6 +42,10 @@ def run(args: argparse.Namespace) -> int:
         raise FileExistsError(errno.EEXIST, "exists; pass --force to replace it", args.path)
     n = create_test(args.path, args.num_episodes, args.frames, images=args.images,
                     compress=args.compress, seed=args.seed, mode="w" if args.force else "x")  # fmt: skip
-    cams = " with cameras front, wrist" + (f" (JPEG q{args.compress})" if args.compress else " (raw)") if args.images else ""
+    cams = (
+        " with cameras front, wrist" + (f" (JPEG q{args.compress})" if args.compress else " (raw)")
+        if args.images
+        else ""
+    )
     print(f"wrote {n} episodes x {args.frames} frames to {args.path}{cams}")
     return 0

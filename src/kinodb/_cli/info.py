@@ -40,8 +40,12 @@ def run(args: argparse.Namespace) -> int:
         if len(db):
             emb, counts = _counts(table["embodiment"])
             tasks = sorted(set(table["task"].tolist()))
-            print(f"  tasks: {len(tasks)}: " + "; ".join(_clip(t, 40) for t in tasks[:5]) + (" ..." if len(tasks) > 5 else ""))
-            print("  per embodiment: " + ", ".join(f"{e} {c}" for e, c in zip(emb, counts)))
+            print(
+                f"  tasks: {len(tasks)}: "
+                + "; ".join(_clip(t, 40) for t in tasks[:5])
+                + (" ..." if len(tasks) > 5 else "")
+            )
+            print("  per embodiment: " + ", ".join(f"{e} {c}" for e, c in zip(emb, counts, strict=True)))
         if args.episodes:
             print(f"\n{'ID':>6}  {'EMBODIMENT':<14}{'FRAMES':>7}{'ACT':>5}{'STATE':>6}  {'SUCCESS':<8}TASK")
             for i in range(len(db)):
@@ -53,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _counts(values: Any) -> tuple[list[str], list[int]]:
-    import numpy as np  # noqa: PLC0415
+    import numpy as np
 
     uniq, counts = np.unique(values.astype(str), return_counts=True)
     return uniq.tolist(), counts.tolist()

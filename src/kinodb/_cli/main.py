@@ -19,7 +19,9 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``kino`` parser with every subcommand registered."""
-    parser = argparse.ArgumentParser(prog="kino", description="kinodb: robot-learning datasets in one .kdb file")
+    parser = argparse.ArgumentParser(
+        prog="kino", description="kinodb: robot-learning datasets in one .kdb file"
+    )
     parser.add_argument("-V", "--version", action="version", version=f"kino {__version__}")
     parser.add_argument("--debug", action="store_true", help="print tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

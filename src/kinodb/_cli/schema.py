@@ -50,7 +50,9 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(d, indent=2))
         return 0
-    print(f"{d['path']}: format {d['format_version']}, {d['num_episodes']} episodes, {d['num_frames']} frames, {d['file_bytes']} bytes")
+    print(
+        f"{d['path']}: format {d['format_version']}, {d['num_episodes']} episodes, {d['num_frames']} frames, {d['file_bytes']} bytes"
+    )
     schema = d["schema"]
     for part in ("actions", "states"):
         entry = schema.get(part, {})
@@ -70,5 +72,7 @@ def run(args: argparse.Namespace) -> int:
     for name, s in d["sections"].items():
         shape = "(" + ", ".join(str(x) for x in s["shape"]) + ")"
         kind = s.get("dtype") or s.get("codec")
-        print(f"{name:<26}{s['kind']:<8}{kind:<13}{shape:<18}{s['bytes']:>14,}{100 * s['bytes'] / total:>7.1f}%")
+        print(
+            f"{name:<26}{s['kind']:<8}{kind:<13}{shape:<18}{s['bytes']:>14,}{100 * s['bytes'] / total:>7.1f}%"
+        )
     return 0

@@ -17,7 +17,7 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Upgrade and report."""
-    from kinodb.kdb.upgrade import upgrade  # noqa: PLC0415
+    from kinodb.kdb.upgrade import upgrade
 
     n = upgrade(args.old, args.new, overwrite=args.force)
     print(f"upgraded {args.old} -> {args.new} ({n} episodes, format 1.0)")

@@ -12,7 +12,9 @@ _SHOWN = 10
 
 def register(sub: Any) -> None:
     """Add the subcommand to ``sub``."""
-    p = sub.add_parser("validate", help="check checksums, offsets, dims, images and NaN/Inf; exit 1 on errors")
+    p = sub.add_parser(
+        "validate", help="check checksums, offsets, dims, images and NaN/Inf; exit 1 on errors"
+    )
     p.add_argument("path")
     p.add_argument("-v", "--verbose", action="store_true", help="show every check and every problem")
     p.add_argument("--no-decode", action="store_true", help="skip decoding every image frame")

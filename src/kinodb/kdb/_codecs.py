@@ -57,7 +57,9 @@ def encode(frames: np.ndarray, codec: str, quality: int) -> list[bytes]:
     return out
 
 
-def decode(data: Sequence[memoryview | bytes], shape: tuple[int, int, int], where: str, *, first: int = 0) -> np.ndarray:
+def decode(
+    data: Sequence[memoryview | bytes], shape: tuple[int, int, int], where: str, *, first: int = 0
+) -> np.ndarray:
     """Decode encoded frames into a new ``(T, H, W, C)`` uint8 array.
 
     The output is allocated only once frame 0's header agrees with ``shape``, so a damaged
@@ -103,7 +105,9 @@ def decode_into(out: np.ndarray, data: Sequence[memoryview | bytes], where: str,
             try:
                 arr = np.asarray(im if im.mode == mode else im.convert(mode))
             except Exception as exc:  # as in _open: any decoder failure means damaged bytes
-                raise CorruptFileError(f"{frame}: image does not decode ({type(exc).__name__}: {exc})") from exc
+                raise CorruptFileError(
+                    f"{frame}: image does not decode ({type(exc).__name__}: {exc})"
+                ) from exc
         arr = arr.reshape(arr.shape[0], arr.shape[1], -1) if arr.ndim == 2 else arr
         if arr.shape != (h, w, c):
             raise CorruptFileError(f"{frame}: decoded to shape {arr.shape}, the index says {(h, w, c)}")

@@ -92,9 +92,7 @@ def read_version(head: bytes, path: str) -> tuple[int, int]:
     if len(head) < 8:
         raise FormatError(f"{path}: not a .kdb file: it has {len(head)} bytes, a header needs 64")
     if head[:4] != MAGIC:
-        raise FormatError(
-            f"{path}: not a .kdb file: starts with {head[:4]!r}, expected {MAGIC!r}"
-        )
+        raise FormatError(f"{path}: not a .kdb file: starts with {head[:4]!r}, expected {MAGIC!r}")
     major, minor = struct.unpack_from("<HH", head, 4)
     return major, minor
 
@@ -161,4 +159,6 @@ def latest_commit(preamble: bytes, path: str, file_size: int) -> tuple[int, Comm
             f"file ({file_size} bytes); the file is truncated or damaged"
         )
     return n, commit
+
+
 assert _HEADER.size == HEADER_SIZE and _SLOT.size == SLOT_SIZE

@@ -145,9 +145,7 @@ def encode_extra(values: Sequence[Any]) -> tuple[str, dict[str, np.ndarray]]:
     elif kind == "float":
         cols["values"] = np.array([math.nan if v is None else v for v in present], "<f8")
     elif kind == "str":
-        cols["codes"], cols["dict_offsets"], cols["dict_bytes"] = encode_strings(
-            [v or "" for v in present]
-        )
+        cols["codes"], cols["dict_offsets"], cols["dict_bytes"] = encode_strings([v or "" for v in present])
     elif kind == "json":
         texts = [b"" if v is None else json.dumps(v).encode() for v in present]
         offsets = np.zeros(len(texts) + 1, "<u8")
@@ -433,7 +431,11 @@ class TableBuilder:
             codes, offs, blob = encode_strings(self.strings[s])
             columns.update({f"{s}.codes": codes, f"{s}.dict_offsets": offs, f"{s}.dict_bytes": blob})
         for c, dt in SECTION_COLUMNS.items():
-            columns[c] = np.array(self.sections[c], dtype=dt).reshape(-1, 4) if c == "sec.shape" else np.array(self.sections[c], dtype=dt)
+            columns[c] = (
+                np.array(self.sections[c], dtype=dt).reshape(-1, 4)
+                if c == "sec.shape"
+                else np.array(self.sections[c], dtype=dt)
+            )
         kinds = []
         for j, (name, values) in enumerate(sorted(self.extras.items())):
             kind, cols = encode_extra(values)

@@ -130,7 +130,7 @@ class LegacyDatabase(Database):
         return major, minor, neps, nframes, ioff, ilen, created
 
     def _parse_index(self, offset: int, length: int) -> np.ndarray:
-        raw = np.frombuffer(self._map(), ENTRY_DTYPE, length // ENTRY_SIZE, offset)
+        raw = np.frombuffer(self._mmap(), ENTRY_DTYPE, length // ENTRY_SIZE, offset)
         return np.array(raw)  # a copy: a view would keep the map exported after close()
 
     def _check_sections(self, entries: np.ndarray) -> None:
@@ -154,7 +154,7 @@ class LegacyDatabase(Database):
                 )
 
     def _parse_metas(self, entries: np.ndarray) -> tuple[dict[str, list[str]], dict[str, list[Any]]]:
-        mm = self._map()
+        mm = self._mmap()
         strings: dict[str, list[str]] = {"embodiment": [], "task": []}
         cols: dict[str, list[Any]] = {"fps": [], "success": [], "total_reward": [], "total_reward.valid": []}
         for i, (off, length) in enumerate(
@@ -233,7 +233,7 @@ class LegacyDatabase(Database):
         t, off, length = (int(self._entries[k][i]) for k in ("num_frames", "images_offset", "images_length"))
         if t == 0 or length == 0:
             return {}
-        mm = self._map()
+        mm = self._mmap()
         end = off + length
         where = f"{self._path}: episode {i}, frame 0"
         ncam, pos = _read_u16(mm, off, end, where)
@@ -248,7 +248,7 @@ class LegacyDatabase(Database):
 
     # -- hooks used by Database -----------------------------------------------------------
 
-    def _map(self) -> mmap.mmap:
+    def _mmap(self) -> mmap.mmap:
         if self._mm is None:
             raise ValueError(f"{self._path}: the database is closed")
         return self._mm
@@ -312,7 +312,7 @@ class LegacyDatabase(Database):
         )
         if length == 0:
             return {}
-        mm, end, pos = self._map(), off + length, off
+        mm, end, pos = self._mmap(), off + length, off
         walk = _CameraWalk(t_count)
         for t in range(t_count):
             ncam, pos = _read_u16(mm, pos, end, f"{self._path}: episode {i}, frame {t}")
@@ -337,7 +337,7 @@ class LegacyDatabase(Database):
     def _frame_bytes(self, cam: Camera, t: int) -> memoryview:
         lc = _legacy(cam)
         a = int(lc.starts[t])
-        return memoryview(self._map())[a : a + int(lc.lengths[t])]
+        return memoryview(self._mmap())[a : a + int(lc.lengths[t])]
 
     def _decode(self, i: int, name: str, cam: Camera, start: int, stop: int) -> np.ndarray:
         lc = _legacy(cam)

@@ -65,7 +65,9 @@ class SectionTable:
         Raises:
             CorruptFileError: a row has a bad code, rank or shape, or lies outside the file.
         """
-        name, kind, dt, codec, ndim = (c[k].astype(np.int64) for k in ("sec.name", "sec.kind", "sec.dtype", "sec.codec", "sec.ndim"))
+        name, kind, dt, codec, ndim = (
+            c[k].astype(np.int64) for k in ("sec.name", "sec.kind", "sec.dtype", "sec.codec", "sec.ndim")
+        )
         shape = c["sec.shape"].astype(np.float64)  # float: products of damaged dims cannot wrap
         off, length, aux = (c[k].astype(np.float64) for k in ("sec.offset", "sec.length", "sec.aux"))
         start, count = c["sec_start"].astype(np.int64), c["sec_count"].astype(np.int64)
@@ -78,11 +80,15 @@ class SectionTable:
         is_cam = kind == KIND_CAMERA
         bad |= ~is_cam & (nbytes != length)
         bad |= ~is_cam & (np.where(used, 0, shape).sum(axis=1) != 0)
-        bad |= is_cam & ((codec >= len(CODECS)) | (ndim != 4) | (aux < DATA_START) | (aux + 8 * (shape[:, 0] + 1) > size))
+        bad |= is_cam & (
+            (codec >= len(CODECS)) | (ndim != 4) | (aux < DATA_START) | (aux + 8 * (shape[:, 0] + 1) > size)
+        )
         ends = start + count
         if len(start) == 0 and r:
             raise CorruptFileError(f"{path}: section directory has {r} rows but there are no episodes")
-        if len(start) and (start[0] != 0 or (start[1:] != ends[:-1]).any() or ends[-1] != r or (count < 0).any()):
+        if len(start) and (
+            start[0] != 0 or (start[1:] != ends[:-1]).any() or ends[-1] != r or (count < 0).any()
+        ):
             raise CorruptFileError(f"{path}: section directory disagrees with the episode table")
         # Every section spans its episode's frames; camera shapes bound what decoding allocates.
         bad |= shape[:, 0] != np.repeat(c["num_frames"].astype(np.float64), count)
@@ -206,9 +212,7 @@ class Database:
             raise EpisodeNotFoundError(f"episode index must be an int, got {i!r}")
         if not 0 <= idx < self._n:
             rng = f"0..{self._n - 1}" if self._n else "none"
-            raise EpisodeNotFoundError(
-                f"episode {i} out of range: file has {self._n} episodes ({rng})"
-            )
+            raise EpisodeNotFoundError(f"episode {i} out of range: file has {self._n} episodes ({rng})")
         return idx
 
     def read_meta(self, i: int) -> dict[str, Any]:
@@ -341,7 +345,9 @@ class Database:
 
     def cameras(self, i: int) -> dict[str, dict[str, Any]]:
         """Cameras of episode ``i``: codec and (T, H, W, C) shape per camera."""
-        return {k: {"codec": c.codec, "shape": c.shape} for k, c in self._episode_cameras(self._check(i)).items()}
+        return {
+            k: {"codec": c.codec, "shape": c.shape} for k, c in self._episode_cameras(self._check(i)).items()
+        }
 
     # -- episodes -------------------------------------------------------------------------
 
@@ -361,7 +367,10 @@ class Database:
         """
         out = self.read_episode_actions_only(i)
         i = self._check(i)
-        out["images"] = {name: self._decode(i, name, cam, 0, cam.shape[0]) for name, cam in self._episode_cameras(i).items()}
+        out["images"] = {
+            name: self._decode(i, name, cam, 0, cam.shape[0])
+            for name, cam in self._episode_cameras(i).items()
+        }
         return out
 
     def read_frames(
@@ -403,14 +412,16 @@ class Database:
 
     def _frame_bytes(self, cam: Camera, t: int) -> memoryview:
         a, b = int(cam.frame_offsets[t]), int(cam.frame_offsets[t + 1])
-        return memoryview(self._map()[cam.data_offset + a : cam.data_offset + b])
+        return self._map()[cam.data_offset + a : cam.data_offset + b].data
 
     def _decode(self, i: int, name: str, cam: Camera, start: int, stop: int) -> np.ndarray:
         _, h, w, c = cam.shape
         if cam.codec == "raw":
             frame = h * w * c
             if int(cam.frame_offsets[-1]) != frame * cam.shape[0]:
-                raise CorruptFileError(f"{self._path}: episode {i}, camera {name!r}: raw frames have the wrong size")
+                raise CorruptFileError(
+                    f"{self._path}: episode {i}, camera {name!r}: raw frames have the wrong size"
+                )
             return np.ndarray((stop - start, h, w, c), np.uint8, buffer=self._map(),  # type: ignore[arg-type, no-any-return]
                               offset=cam.data_offset + start * frame)  # fmt: skip
         blobs = [self._frame_bytes(cam, t) for t in range(start, stop)]

@@ -44,7 +44,9 @@ def validate(path: str | os.PathLike[str], *, decode_images: bool = True) -> Rep
         report.passed.append(f"header and commit record (format {db.version()})")
         try:
             if isinstance(db, LegacyDatabase):
-                report.warnings.append(f"format {db.version()} has no checksums; run `kino upgrade` to get them")
+                report.warnings.append(
+                    f"format {db.version()} has no checksums; run `kino upgrade` to get them"
+                )
             else:
                 _check_index(db, report)
             _check_schema(db, report)
@@ -65,7 +67,7 @@ def validate(path: str | os.PathLike[str], *, decode_images: bool = True) -> Rep
 
 def _check_index(db: Database, report: Report) -> None:
     commit, cols = db._commit, db._cols
-    got = crc32(db._map()[commit.index_offset : commit.end])
+    got = crc32(db._map()[commit.index_offset : commit.end].data)
     if got != commit.index_crc:
         report.errors.append(
             f"index checksum mismatch at byte offset {commit.index_offset}: stored "
@@ -78,8 +80,12 @@ def _check_index(db: Database, report: Report) -> None:
         report.errors.append(f"commit record says {commit.num_frames} frames, episodes sum to {frames}")
     starts, counts = cols["sec_start"].astype(np.int64), cols["sec_count"].astype(np.int64)
     rows = len(cols["sec.name"])
-    if len(db) and (starts[0] != 0 or (starts[1:] != (starts + counts)[:-1]).any() or starts[-1] + counts[-1] != rows):
-        report.errors.append("section directory is not contiguous: sec_start/sec_count disagree with the table")
+    if len(db) and (
+        starts[0] != 0 or (starts[1:] != (starts + counts)[:-1]).any() or starts[-1] + counts[-1] != rows
+    ):
+        report.errors.append(
+            "section directory is not contiguous: sec_start/sec_count disagree with the table"
+        )
         return
     offs, lens = cols["payload_offset"].astype(np.int64), cols["payload_length"].astype(np.int64)
     order = np.argsort(offs)
@@ -99,7 +105,9 @@ def _check_schema(db: Database, report: Report) -> None:
         dims = table[dim_col]
         for name, (start, stop) in entry.get("components", {}).items():
             if len(dims) and stop > int(dims.min()):
-                report.errors.append(f"schema component {part}.{name} [{start}:{stop}] exceeds {dim_col} {int(dims.min())}")
+                report.errors.append(
+                    f"schema component {part}.{name} [{start}:{stop}] exceeds {dim_col} {int(dims.min())}"
+                )
         if "names" in entry and len(dims) and (dims != len(entry["names"])).any():
             report.errors.append(f"schema {part}.names has {len(entry['names'])} names but {dim_col} differs")
 
@@ -138,7 +146,9 @@ def _check_episode(
                     acc[2] += 1
                     acc[3] = i if acc[3] < 0 else acc[3]
         if arrays.get("is_terminal") is not None and arrays["is_terminal"].dtype != np.bool_:
-            report.errors.append(f"{where}: is_terminal has dtype {arrays['is_terminal'].dtype}, expected bool")
+            report.errors.append(
+                f"{where}: is_terminal has dtype {arrays['is_terminal'].dtype}, expected bool"
+            )
         for cam, info in db._episode_cameras(i).items():
             if info.shape[0] != T:
                 report.errors.append(f"{where}, camera {cam!r}: {info.shape[0]} frames, episode has {T}")
@@ -152,9 +162,11 @@ def _check_payload(db: Database, i: int, report: Report) -> None:
     cols = db._cols
     off, length = int(cols["payload_offset"][i]), int(cols["payload_length"][i])
     if off < 256 or off + length > db._commit.index_offset:
-        report.errors.append(f"episode {i}: payload at byte offset {off} ({length} bytes) lies outside the data area")
+        report.errors.append(
+            f"episode {i}: payload at byte offset {off} ({length} bytes) lies outside the data area"
+        )
         return
-    got = crc32(db._map()[off : off + length])
+    got = crc32(db._map()[off : off + length].data)
     if got != int(cols["payload_crc"][i]):
         report.errors.append(
             f"episode {i}: payload checksum mismatch at byte offset {off}: stored "
@@ -162,6 +174,8 @@ def _check_payload(db: Database, i: int, report: Report) -> None:
         )
     t = db._sections()
     for r in range(t.start[i], t.start[i] + t.count[i]):
-        spans = [(t.offset[r], t.length[r])] + ([(t.aux[r], 8 * (t.shape[r][0] + 1))] if t.kind[r] == 1 else [])
+        spans = [(t.offset[r], t.length[r])] + (
+            [(t.aux[r], 8 * (t.shape[r][0] + 1))] if t.kind[r] == 1 else []
+        )
         if any(a < off or a + n > off + length for a, n in spans):
             report.errors.append(f"episode {i}: section {db._names[t.name[r]]!r} lies outside its payload")

@@ -247,9 +247,7 @@ class Writer:
         T = acts.shape[0]
         if T == 0:
             raise WriterError("actions has 0 frames; empty episodes cannot be stored")
-        sts = (
-            np.zeros((T, 0), np.float32) if states is None else _array("states", states, np.float32, ndim=2)
-        )
+        sts = np.zeros((T, 0), np.float32) if states is None else _array("states", states, np.float32, ndim=2)
         rew = np.zeros(T, np.float32) if rewards is None else _array("rewards", rewards, np.float32, ndim=1)
         if is_terminal is None:
             term = np.zeros(T, bool)
@@ -271,7 +269,9 @@ class Writer:
         self._check_schema(acts.shape[1], sts.shape[1])
         return self._write(arrays, cams, meta)
 
-    def _camera(self, cam: str, value: Any, T: int) -> tuple[str, tuple[int, int, int], list[bytes] | np.ndarray]:
+    def _camera(
+        self, cam: str, value: Any, T: int
+    ) -> tuple[str, tuple[int, int, int], list[bytes] | np.ndarray]:
         if not cam:
             raise WriterError("camera names must be non-empty strings")
         if isinstance(value, np.ndarray):
@@ -351,9 +351,13 @@ class Writer:
             entry = self._dataset["schema"].get(part, {})
             for name, (_, stop) in entry.get("components", {}).items():
                 if stop > dim:
-                    raise WriterError(f"schema component {part}.{name} ends at {stop}, but {part} has dim {dim}")
+                    raise WriterError(
+                        f"schema component {part}.{name} ends at {stop}, but {part} has dim {dim}"
+                    )
             if "names" in entry and len(entry["names"]) != dim:
-                raise WriterError(f"schema {part}.names has {len(entry['names'])} names, {part} has dim {dim}")
+                raise WriterError(
+                    f"schema {part}.names has {len(entry['names'])} names, {part} has dim {dim}"
+                )
 
     # -- bytes ----------------------------------------------------------------------------
 
@@ -442,7 +446,11 @@ class Writer:
                 entry = schema.setdefault(name, {})
                 self._note(entry, "dim", int(arr.shape[1]))
             else:
-                entry = schema.setdefault(name, {}) if name in _RESERVED_ARRAYS else schema["arrays"].setdefault(name, {})
+                entry = (
+                    schema.setdefault(name, {})
+                    if name in _RESERVED_ARRAYS
+                    else schema["arrays"].setdefault(name, {})
+                )
                 self._note(entry, "shape", [int(d) for d in arr.shape[1:]])
             self._note(entry, "dtype", arr.dtype.name)
         for cam, (codec, (h, w, c), _) in cams.items():
@@ -465,7 +473,9 @@ class Writer:
         index_offset = align(self._pos)
         self._fh.write(bytes(index_offset - self._pos))
         self._fh.write(index)
-        commit = Commit(self._generation + 1, index_offset, len(index), len(self._table), self._num_frames, crc32(index))
+        commit = Commit(
+            self._generation + 1, index_offset, len(index), len(self._table), self._num_frames, crc32(index)
+        )
         slot = 1 - self._slot if self._tmp is None else 0
         self._fh.flush()
         os.fsync(self._fh.fileno())  # data and index are durable before anything points at them
@@ -528,7 +538,11 @@ def _array(name: str, value: Any, default: type, *, ndim: int | None) -> np.ndar
             arr = np.asarray(value, dtype=default)
         except (TypeError, ValueError) as exc:
             raise WriterError(f"{name} is not numeric: {exc}") from exc
-    if arr.dtype.kind not in "biuf" or arr.dtype.itemsize > 8 or arr.dtype.newbyteorder("<") not in DTYPE_CODE:
+    if (
+        arr.dtype.kind not in "biuf"
+        or arr.dtype.itemsize > 8
+        or arr.dtype.newbyteorder("<") not in DTYPE_CODE
+    ):
         raise WriterError(f"{name} has dtype {arr.dtype}; kinodb stores bool, int, uint and float arrays")
     if ndim is not None and arr.ndim != ndim:
         want = "(T, D)" if ndim == 2 else "(T,)"
@@ -553,7 +567,9 @@ def _check_text(value: str, where: str) -> None:
     try:
         value.encode()
     except UnicodeEncodeError as exc:
-        raise WriterError(f"{where} is not valid Unicode text ({exc.reason} at position {exc.start})") from None
+        raise WriterError(
+            f"{where} is not valid Unicode text ({exc.reason} at position {exc.start})"
+        ) from None
 
 
 def _json_value(value: Any, where: str, *, mappings: bool = False) -> Any:
