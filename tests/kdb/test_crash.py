@@ -189,8 +189,12 @@ def test_kill_at_random_moments(tmp_path: Path, template: Path, write_seconds: f
         assert state == "new" or status != 0
         append_works(path, states[state])
     leftovers = [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
-    for name in leftovers:  # a killed new-file writer may leave its hidden temp file; it harms nothing
+    for name in leftovers:  # a killed new-file writer may leave its hidden temp file ...
         assert name.startswith(".")
+        target = tmp_path / name[1:].split(".kdb.")[0]
+        with kinodb.Writer(f"{target}.kdb", mode="w") as w:  # ... which the next writer removes
+            w.add_episode(actions=np.zeros((2, 3), np.float32))
+    assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
 
 
 def test_torn_commit_record_keeps_the_old_state(tmp_path: Path, template: Path) -> None:

@@ -334,3 +334,16 @@ def test_new_files_are_published_without_hard_links(tmp_path: Path, monkeypatch:
         w.close()
     assert (tmp_path / "late.kdb").read_bytes() == b"arrived first"
     assert listing(tmp_path) == ["fat.kdb", "late.kdb"]
+
+
+def test_stale_temp_files_of_dead_writers_are_removed(tmp_path: Path) -> None:
+    path = tmp_path / "d.kdb"
+    dead = tmp_path / ".d.kdb.4194999.0badf00d.tmp"  # above Linux's pid_max: no such process
+    alive = tmp_path / f".d.kdb.{os.getpid()}.0badf00d.tmp"
+    other = tmp_path / ".e.kdb.4194999.0badf00d.tmp"
+    for junk in (dead, alive, other):
+        junk.write_bytes(b"half-written")
+    with kinodb.Writer(path, mode="w") as w:
+        w.add_episode(actions=np.zeros((2, 3), np.float32))
+    assert not dead.exists()
+    assert alive.exists() and other.exists()  # a live writer's file and other files are left alone

@@ -75,6 +75,24 @@ def _publish_new(tmp: str, path: str) -> None:
         os.unlink(tmp)
 
 
+def _remove_stale_temps(path: str) -> None:
+    """Delete temporary files that killed writers of ``path`` left behind."""
+    folder = os.path.dirname(os.path.abspath(path))
+    prefix = f".{os.path.basename(path)}."
+    with contextlib.suppress(OSError):
+        for name in os.listdir(folder):
+            pid = name[len(prefix) :].split(".")[0]
+            if not (name.startswith(prefix) and name.endswith(".tmp") and pid.isdigit()):
+                continue
+            try:
+                os.kill(int(pid), 0)
+            except ProcessLookupError:  # the writer is gone: its file can never be committed
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(folder, name))
+            except PermissionError:
+                pass  # alive, owned by someone else
+
+
 def _now() -> str:
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
     t = float(epoch) if epoch else time.time()
@@ -143,6 +161,7 @@ class Writer:
                 "writer": f"kinodb {__version__}", "source_format": None,
                 "schema": {"cameras": {}, "arrays": {}}, "metadata": {},
             }  # fmt: skip
+            _remove_stale_temps(self._path)
             self._tmp: str | None = os.path.join(
                 os.path.dirname(os.path.abspath(self._path)),
                 f".{os.path.basename(self._path)}.{os.getpid()}.{secrets.token_hex(4)}.tmp",
