@@ -138,3 +138,26 @@ def test_console_script_runs(dataset: Path) -> None:
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert "OK" in proc.stdout
+
+
+def test_upgrade_legacy_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from _legacy_encoder import encode, encoded_frames, random_episode
+
+    rng = np.random.default_rng(3)
+    eps = [random_episode(rng, 6, 4, 3, embodiment="widowx", task="wipe", success=2) for _ in range(3)]
+    frames = rng.integers(0, 255, (6, 16, 16, 3), dtype=np.uint8)
+    eps[1].images = {"front": encoded_frames(frames)}
+    old, new = tmp_path / "old.kdb", tmp_path / "new.kdb"
+    old.write_bytes(encode(eps))
+    assert main(["validate", str(old)]) == 0
+    assert "no checksums" in capsys.readouterr().out
+    assert main(["upgrade", str(old), str(new)]) == 0
+    assert "3 episodes" in capsys.readouterr().out
+    with kinodb.open(old) as a, kinodb.open(new) as b:
+        assert (a.version(), b.version()) == ("0.1", "1.0")
+        for i in range(3):
+            np.testing.assert_array_equal(a.read_array(i, "actions"), b.read_array(i, "actions"))
+        assert a.read_image_bytes(1, "front", 4) == b.read_image_bytes(1, "front", 4)
+    assert main(["validate", str(new)]) == 0
+    assert main(["upgrade", str(old), str(new)]) == 1  # exists
+    assert main(["upgrade", str(old), str(new), "--force"]) == 0

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from legacy_encoder import (
+
+import kinodb
+from _legacy_encoder import (
     FORMAT_COMPRESSED,
     Episode,
     Image,
@@ -19,8 +21,6 @@ from legacy_encoder import (
     random_episode,
     raw_frames,
 )
-
-import kinodb
 from kinodb.errors import (
     ConversionError,
     CorruptFileError,
