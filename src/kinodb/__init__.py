@@ -23,6 +23,7 @@ from kinodb.errors import (
 )
 from kinodb.kdb import Database, Writer
 from kinodb.kdb import open_database as open
+from kinodb.merge import merge
 
 __all__ = [
     "ConversionError",
@@ -38,5 +39,6 @@ __all__ = [
     "Writer",
     "WriterError",
     "__version__",
+    "merge",
     "open",
 ]

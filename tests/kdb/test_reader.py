@@ -292,6 +292,7 @@ def test_public_names() -> None:
         "Writer",
         "WriterError",
         "__version__",
+        "merge",
         "open",
     ]
     assert kinodb.__all__ == sorted(kinodb.__all__)

@@ -393,7 +393,7 @@ class TableBuilder:
             self.section_names.append(name)
         return code
 
-    def add_episode(self, row: dict[str, Any], strings: dict[str, str], extra: dict[str, Any]) -> None:
+    def add_episode(self, row: dict[str, Any], strings: dict[str, str], extra: Mapping[str, Any]) -> None:
         """Append one episode row (all `EPISODE_COLUMNS`), its strings and extra fields."""
         n = len(self)
         for c in EPISODE_COLUMNS:

@@ -271,6 +271,19 @@ class Database:
             table[f"extra.{name}" if name in META_FIELDS else name] = col.to_numpy()
         return table
 
+    def query(self, kql: str, *, limit: int | None = None) -> np.ndarray:
+        """Positions of the episodes matching a KQL query, ascending (int64).
+
+        Example:
+            >>> db.query("embodiment = 'franka' AND success = true AND num_frames > 50")
+
+        Raises:
+            QuerySyntaxError: the query does not parse or compares incompatible types.
+        """
+        from kinodb.kql import query  # noqa: PLC0415  (kql builds on kdb; this is its entry point)
+
+        return query(self, kql, limit=limit)
+
     # -- sections -------------------------------------------------------------------------
 
     def _map(self) -> np.ndarray:

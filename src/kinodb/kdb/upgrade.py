@@ -62,7 +62,7 @@ def upgrade(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, overwri
         ) as out:
             for i in range(len(db)):
                 try:
-                    out.add_episode(**_episode_args(db, i))
+                    out.add_episode(**episode_args(db, i))
                 except (WriterError, ConversionError) as exc:
                     raise ConversionError(
                         f"{os.fspath(src)}: episode {i} cannot be stored as v1: {exc}"
@@ -70,7 +70,7 @@ def upgrade(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, overwri
         return len(db)
 
 
-def _episode_args(db: Database, i: int) -> dict[str, Any]:
+def episode_args(db: Database, i: int) -> dict[str, Any]:
     """Keyword arguments for `Writer.add_episode` that reproduce episode ``i``."""
     ep = db.read_episode_actions_only(i)
     meta = ep.pop("meta")

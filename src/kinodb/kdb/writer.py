@@ -10,12 +10,12 @@ import secrets
 import time
 import weakref
 from collections.abc import Mapping, Sequence
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
 from kinodb._version import __version__
-from kinodb.errors import FormatError, WriterError
+from kinodb.errors import CorruptFileError, FormatError, WriterError
 from kinodb.kdb import _codecs
 from kinodb.kdb._layout import (
     ALIGN,
@@ -33,6 +33,12 @@ from kinodb.kdb._layout import (
 )
 from kinodb.kdb._table import TableBuilder
 
+if TYPE_CHECKING:
+    from kinodb.kdb.reader import Database
+
+_META_KEYS = frozenset(
+    ("episode_id", "embodiment", "task", "num_frames", "fps", "action_dim", "state_dim", "success", "total_reward")
+)
 _RESERVED_ARRAYS = {"actions", "states", "rewards", "is_terminal", "timestamps", "meta", "images"}
 _ZEROS = bytes(ALIGN)
 
@@ -208,6 +214,11 @@ class Writer:
     def metadata(self) -> dict[str, Any]:
         """Free-form dataset metadata, stored as JSON at commit."""
         return self._dataset["metadata"]  # type: ignore[no-any-return]
+
+    @property
+    def schema(self) -> dict[str, Any]:
+        """The dataset schema stored at commit; dims and cameras fill in as episodes arrive."""
+        return self._dataset["schema"]  # type: ignore[no-any-return]
 
     def _declare(self, part: str, spec: Mapping[str, Any]) -> None:
         if part not in ("actions", "states"):
@@ -429,25 +440,31 @@ class Writer:
         except BaseException:
             self._rollback(mark, sec_start)
             raise
-        index = len(table)
-        success = meta["success"]
+        meta = {**meta, "num_frames": T, "action_dim": arrays["actions"].shape[1],
+                "state_dim": arrays["states"].shape[1]}  # fmt: skip
+        self._add_row(meta, payload_start, self._pos - payload_start, crc, sec_start, meta["extra"])
+        self._note_schema({k: (v.dtype, v.shape) for k, v in arrays.items()},
+                          {k: (codec, hwc) for k, (codec, hwc, _) in cams.items()})  # fmt: skip
+        return len(table) - 1
+
+    def _add_row(
+        self, meta: Mapping[str, Any], start: int, length: int, crc: int, sec_start: int, extra: Mapping[str, Any]
+    ) -> None:
+        table, success, reward = self._table, meta["success"], meta["total_reward"]
         table.add_episode(
             {
-                "episode_id": index, "num_frames": T, "action_dim": arrays["actions"].shape[1],
-                "state_dim": arrays["states"].shape[1], "fps": meta["fps"],
+                "episode_id": len(table), "num_frames": meta["num_frames"], "action_dim": meta["action_dim"],
+                "state_dim": meta["state_dim"], "fps": meta["fps"],
                 "success": -1 if success is None else int(bool(success)),
-                "total_reward": math.nan if meta["total_reward"] is None else meta["total_reward"],
-                "total_reward.valid": meta["total_reward"] is not None,
-                "payload_offset": payload_start, "payload_length": self._pos - payload_start,
-                "payload_crc": crc, "sec_start": sec_start,
-                "sec_count": len(table.sections["sec.name"]) - sec_start,
+                "total_reward": math.nan if reward is None else reward,
+                "total_reward.valid": reward is not None,
+                "payload_offset": start, "payload_length": length, "payload_crc": crc,
+                "sec_start": sec_start, "sec_count": len(table.sections["sec.name"]) - sec_start,
             },
             {"embodiment": meta["embodiment"], "task": meta["task"]},
-            meta["extra"],
+            extra,
         )  # fmt: skip
-        self._num_frames += T
-        self._note_schema(arrays, cams)
-        return index
+        self._num_frames += int(meta["num_frames"])
 
     def _rollback(self, mark: int, sec_start: int) -> None:
         for col in self._table.sections.values():
@@ -458,24 +475,82 @@ class Writer:
             self._fh.truncate(mark)
         self._pos = mark
 
-    def _note_schema(self, arrays: dict[str, np.ndarray], cams: dict[str, Any]) -> None:
+    def _note_schema(self, arrays: dict[str, tuple[np.dtype[Any], tuple[int, ...]]], cams: dict[str, Any]) -> None:
+        """Record dtypes, dims and camera formats; a value that varies becomes None."""
         schema = self._dataset["schema"]
-        for name, arr in arrays.items():
+        for name, (dtype, shape) in arrays.items():
             if name in ("actions", "states"):
                 entry = schema.setdefault(name, {})
-                self._note(entry, "dim", int(arr.shape[1]))
+                self._note(entry, "dim", int(shape[1]))
             else:
                 entry = (
                     schema.setdefault(name, {})
                     if name in _RESERVED_ARRAYS
                     else schema["arrays"].setdefault(name, {})
                 )
-                self._note(entry, "shape", [int(d) for d in arr.shape[1:]])
-            self._note(entry, "dtype", arr.dtype.name)
-        for cam, (codec, (h, w, c), _) in cams.items():
+                self._note(entry, "shape", [int(d) for d in shape[1:]])
+            self._note(entry, "dtype", dtype.name)
+        for cam, (codec, (h, w, c)) in cams.items():
             entry = schema["cameras"].setdefault(cam, {})
             for key, value in (("codec", codec), ("height", h), ("width", w), ("channels", c)):
                 self._note(entry, key, value)
+
+    def copy_episode(self, db: Database, i: int, *, extra: Mapping[str, Any] | None = None) -> int:
+        """Append episode ``i`` of another file byte for byte; return its index here.
+
+        The payload (arrays and encoded frames) is copied without decoding or
+        re-encoding after its checksum is verified; ``extra`` fields are added to the
+        episode's own (and override them). Episodes of a format 0.1 file are converted
+        through `add_episode`, keeping their encoded frames.
+
+        Raises:
+            CorruptFileError: the source payload fails its checksum.
+            EpisodeNotFoundError: ``i`` is out of range in ``db``.
+        """
+        if self._closed:
+            raise WriterError(f"{self._path}: writer is closed")
+        added = {key: _json_value(v, f"extra[{key!r}]") for key, v in (extra or {}).items()}
+        meta = db.read_meta(i)
+        if db.version().startswith("0."):
+            from kinodb.kdb.upgrade import episode_args  # noqa: PLC0415  (upgrade builds on this module)
+
+            args = episode_args(db, i)
+            args["extra"] = {**args["extra"], **added}
+            return self.add_episode(**args)
+        cols, sec = db._cols, db._sections()
+        off, length, crc = (int(cols[k][i]) for k in ("payload_offset", "payload_length", "payload_crc"))
+        payload = db._map()[off : off + length].data
+        if crc32(payload) != crc:
+            raise CorruptFileError(f"{db.path()}: episode {i}: payload checksum mismatch at byte offset {off}")
+        self._check_schema(meta["action_dim"], meta["state_dim"])
+        extras = {k.removeprefix("extra."): v for k, v in meta.items() if k not in _META_KEYS}
+        extras.update(added)
+        mark, table = self._pos, self._table
+        sec_start = len(table.sections["sec.name"])
+        try:
+            self._fh.write(_ZEROS[: align(self._pos) - self._pos])
+            start = align(self._pos)
+            self._fh.write(payload)
+            self._pos = start + length
+        except BaseException:
+            self._rollback(mark, sec_start)
+            raise
+        arrays, cams = {}, {}
+        for r in range(sec.start[i], sec.start[i] + sec.count[i]):
+            name, shape, camera = db._names[sec.name[r]], sec.shape[r], sec.kind[r] == KIND_CAMERA
+            table.add_section({
+                "sec.name": table.name_code(name), "sec.kind": sec.kind[r],
+                "sec.dtype": DTYPE_CODE[sec.dtype[r]], "sec.codec": sec.codec[r], "sec.ndim": len(shape),
+                "sec.shape": _shape4(shape), "sec.offset": sec.offset[r] - off + start,
+                "sec.length": sec.length[r], "sec.aux": sec.aux[r] - off + start if camera else 0,
+            })  # fmt: skip
+            if camera:
+                cams[name] = (CODECS[sec.codec[r]], shape[1:])
+            else:
+                arrays[name] = (sec.dtype[r], shape)
+        self._add_row(meta, start, length, crc, sec_start, extras)
+        self._note_schema(arrays, cams)
+        return len(table) - 1
 
     # -- commit ---------------------------------------------------------------------------
 

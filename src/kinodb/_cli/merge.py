@@ -1,0 +1,31 @@
+"""``kino merge``: many files (optionally filtered) into one."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+
+def register(sub: Any) -> None:
+    """Add the subcommand to ``sub``."""
+    p = sub.add_parser("merge", help="merge .kdb files into one, copying episodes byte for byte")
+    p.add_argument("inputs", nargs="+", metavar="IN")
+    p.add_argument("-o", "--output", required=True, help="output file")
+    p.add_argument("-F", "--filter", metavar="KQL", help="keep only episodes matching this query")
+    p.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Merge and print what each input contributed."""
+    from kinodb.merge import merge
+
+    result = merge(args.inputs, args.output, filter=args.filter, overwrite=args.force)
+    width = max(len(i.path) for i in result.inputs)
+    for item in result.inputs:
+        print(f"  {item.path:<{width}}  {item.kept:>7} / {item.total:<7} episodes  {item.frames:>9} frames")
+    for line in result.warnings:
+        print(f"warning: {line}", file=sys.stderr)
+    print(f"wrote {result.episodes} episodes ({result.frames} frames) to {result.output}")
+    return 0

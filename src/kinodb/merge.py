@@ -1,0 +1,163 @@
+"""Physical merge: many ``.kdb`` files (optionally filtered by KQL) into one."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from kinodb.errors import QuerySyntaxError, WriterError
+from kinodb.kdb.reader import Database, open_database
+from kinodb.kdb.writer import Writer
+
+
+@dataclass(frozen=True, slots=True)
+class MergeInput:
+    """What one input contributed."""
+
+    path: str
+    kept: int
+    total: int
+    frames: int
+
+
+@dataclass(frozen=True, slots=True)
+class MergeResult:
+    """What `merge` wrote."""
+
+    output: str
+    inputs: list[MergeInput]
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def episodes(self) -> int:
+        """Episodes written."""
+        return sum(i.kept for i in self.inputs)
+
+    @property
+    def frames(self) -> int:
+        """Frames written."""
+        return sum(i.frames for i in self.inputs)
+
+
+def merge(
+    inputs: Sequence[str | os.PathLike[str]],
+    output: str | os.PathLike[str],
+    *,
+    filter: str | None = None,
+    overwrite: bool = False,
+) -> MergeResult:
+    """Write the episodes of ``inputs`` (those matching ``filter``) to one new file.
+
+    Each kept episode's payload is copied byte for byte (a JPEG stays the same JPEG)
+    after its checksum is verified, and gains the extra fields ``source_file`` and
+    ``source_episode``. Inputs may have different schemas: dims are per episode, the
+    output schema lists every source's schema under ``"sources"``, and differing dims
+    are reported in `MergeResult.warnings`. Like every write, the output appears only
+    when complete.
+
+    Example:
+        >>> kinodb.merge(["a.kdb", "b.kdb"], "train.kdb", filter="success = true AND split = 'train'")
+
+    Raises:
+        QuerySyntaxError: ``filter`` does not parse or does not fit an input's fields.
+        WriterError: no input has a matching episode.
+        FileExistsError: ``output`` exists and ``overwrite`` is False.
+    """
+    if not inputs:
+        raise ValueError("merge needs at least one input file")
+    dbs = [open_database(p) for p in inputs]
+    try:
+        kept = [_select(db, filter) for db in dbs]
+        if not any(len(k) for k in kept):
+            where = f" match {filter!r}" if filter else ""
+            raise WriterError(f"no episode in {len(dbs)} input files{where}; nothing was written")
+        warnings = _dim_warnings(dbs, kept)
+        return _write(dbs, kept, os.fspath(output), filter, overwrite, warnings)
+    finally:
+        for db in dbs:
+            db.close()
+
+
+def _select(db: Database, kql: str | None) -> np.ndarray:
+    if kql is None:
+        return np.arange(len(db), dtype=np.int64)
+    try:
+        return db.query(kql)
+    except QuerySyntaxError as exc:
+        raise QuerySyntaxError(f"{db.path()}: {exc}", exc.position) from exc
+
+
+def _dims(db: Database, kept: np.ndarray) -> tuple[list[int], list[int]]:
+    cols = db._cols
+    return (
+        sorted(set(cols["action_dim"][kept].tolist())),
+        sorted(set(cols["state_dim"][kept].tolist())),
+    )
+
+
+def _dim_warnings(dbs: list[Database], kept: list[np.ndarray]) -> list[str]:
+    dims = [_dims(db, k) for db, k in zip(dbs, kept, strict=True) if len(k)]
+    out = []
+    for j, part in enumerate(("action_dim", "state_dim")):
+        seen = sorted({d for ds in dims for d in ds[j]})
+        if len(seen) > 1:
+            per = ", ".join(
+                f"{os.path.basename(db.path())}: {_dims(db, k)[j]}"
+                for db, k in zip(dbs, kept, strict=True)
+                if len(k)
+            )
+            out.append(f"{part} differs between episodes ({per}); readers must handle per-episode dims")
+    return out
+
+
+def _shared_components(dbs: list[Database]) -> dict[str, Any]:
+    """Named components every input declares identically (the rest stay per source)."""
+    shared: dict[str, Any] = {}
+    for part in ("actions", "states"):
+        specs = [
+            {k: v for k, v in db.schema().get(part, {}).items() if k in ("components", "names")} for db in dbs
+        ]
+        if specs[0] and all(s == specs[0] for s in specs):
+            shared[part] = specs[0]
+    return shared
+
+
+def _write(
+    dbs: list[Database],
+    kept: list[np.ndarray],
+    output: str,
+    kql: str | None,
+    overwrite: bool,
+    warnings: list[str],
+) -> MergeResult:
+    sources = [
+        {"file": db.path(), "format_version": db.version(), "source_format": db.dataset_info().get("source_format"),
+         "episodes": len(k), "of": len(db), "schema": db.schema()}
+        for db, k in zip(dbs, kept, strict=True)
+    ]  # fmt: skip
+    report = []
+    with Writer(
+        output,
+        mode="w" if overwrite else "x",
+        schema=_shared_components(dbs),
+        source_format="kinodb-merge",
+        metadata={
+            "merged_from": [{k: s[k] for k in ("file", "episodes", "of")} for s in sources],
+            "filter": kql,
+        },
+    ) as w:
+        w.schema["sources"] = sources
+        for db, positions in zip(dbs, kept, strict=True):
+            frames = 0
+            for i in positions.tolist():
+                w.copy_episode(db, i, extra={"source_file": db.path(), "source_episode": i})
+                frames += int(db._cols["num_frames"][i])
+            report.append(MergeInput(db.path(), len(positions), len(db), frames))
+    return MergeResult(output, report, warnings)
+
+
+__all__ = ["MergeInput", "MergeResult", "merge"]

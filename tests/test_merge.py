@@ -1,0 +1,123 @@
+"""Physical merge: byte-for-byte payload copies, provenance, schemas, atomicity."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import kinodb
+from _legacy_encoder import encode, encoded_frames, random_episode
+from kinodb._cli.main import main
+from kinodb.synthetic import create_test
+
+
+@pytest.fixture
+def sources(tmp_path: Path) -> list[Path]:
+    a, b = tmp_path / "a.kdb", tmp_path / "b.kdb"
+    create_test(a, 6, 8, images=True, compress=85, seed=1)
+    create_test(b, 4, 5, images=True, seed=2)  # raw frames
+    return [a, b]
+
+
+def _payload(db: kinodb.Database, i: int) -> bytes:
+    off, n = int(db._cols["payload_offset"][i]), int(db._cols["payload_length"][i])
+    return db._map()[off : off + n].tobytes()
+
+
+def test_payloads_are_copied_byte_for_byte(sources: list[Path], tmp_path: Path) -> None:
+    out = tmp_path / "out.kdb"
+    result = kinodb.merge(sources, out)
+    assert (result.episodes, result.frames) == (10, 6 * 8 + 4 * 5)
+    assert result.warnings == []
+    with kinodb.open(out) as m, kinodb.open(sources[0]) as a, kinodb.open(sources[1]) as b:
+        assert len(m) == 10
+        for j, (src, i) in enumerate([(a, i) for i in range(6)] + [(b, i) for i in range(4)]):
+            assert _payload(m, j) == _payload(src, i)
+            meta, want = m.read_meta(j), src.read_meta(i)
+            assert meta["source_file"] == src.path() and meta["source_episode"] == i
+            assert meta["episode_id"] == j
+            for key in ("embodiment", "task", "success", "total_reward", "num_frames", "fps", "scene"):
+                assert meta[key] == want[key]
+            got, exp = m.read_episode(j), src.read_episode(i)
+            for name in ("actions", "states", "rewards", "is_terminal", "timestamps"):
+                np.testing.assert_array_equal(got[name], exp[name])
+            for cam in ("front", "wrist"):
+                np.testing.assert_array_equal(got["images"][cam], exp["images"][cam])
+        assert m.read_image_bytes(2, "front", 3) == a.read_image_bytes(2, "front", 3)  # same JPEG
+        schema = m.schema()
+        assert schema["states"]["components"]["eef_pos"] == [7, 10]  # shared by both inputs
+        assert [s["episodes"] for s in schema["sources"]] == [6, 4]
+        assert schema["cameras"]["front"]["codec"] is None  # jpeg in one source, raw in the other
+        assert m.dataset_info()["source_format"] == "kinodb-merge"
+    assert main(["validate", str(out)]) == 0
+
+
+def test_different_schemas_merge_with_a_warning(
+    sources: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    small = tmp_path / "small.kdb"
+    with kinodb.Writer(small, schema={"states": {"components": {"qpos": [0, 2]}}}) as w:
+        w.add_episode(
+            actions=np.ones((3, 2), np.float64), states=np.zeros((3, 2), np.float32), embodiment="so100"
+        )
+    out = tmp_path / "mixed.kdb"
+    assert main(["merge", str(sources[0]), str(small), "-o", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "action_dim differs" in captured.err and "state_dim differs" in captured.err
+    assert "wrote 7 episodes" in captured.out
+    with kinodb.open(out) as m:
+        assert m.read_array(6, "actions").dtype == np.float64
+        assert m.read_meta(6)["action_dim"] == 2 and m.read_meta(0)["action_dim"] == 7
+        schema = m.schema()
+        assert "components" not in schema["states"]  # the inputs disagree: kept per source
+        assert schema["sources"][1]["schema"]["states"]["components"] == {"qpos": [0, 2]}
+        assert schema["actions"]["dim"] is None
+
+
+def test_legacy_inputs_are_converted(sources: list[Path], tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    ep = random_episode(rng, 5, 14, 7, embodiment="widowx", task="wipe", success=2)
+    ep.images = {"front": encoded_frames(rng.integers(0, 255, (5, 64, 64, 3), dtype=np.uint8))}
+    old = tmp_path / "old.kdb"
+    old.write_bytes(encode([ep]))
+    out = tmp_path / "out.kdb"
+    kinodb.merge([old, sources[1]], out)
+    with kinodb.open(out) as m, kinodb.open(old) as o:
+        assert len(m) == 5 and m.version() == "1.0"
+        assert m.read_image_bytes(0, "front", 2) == o.read_image_bytes(0, "front", 2)
+        np.testing.assert_array_equal(m.read_array(0, "states"), o.read_array(0, "states"))
+        assert m.read_meta(0)["source_file"] == str(old)
+
+
+def test_corrupt_source_payload_stops_the_merge(sources: list[Path], tmp_path: Path) -> None:
+    with kinodb.open(sources[1]) as db:
+        off = int(db._cols["payload_offset"][2]) + 10
+    raw = bytearray(sources[1].read_bytes())
+    raw[off] ^= 0x55
+    sources[1].write_bytes(bytes(raw))
+    out = tmp_path / "out.kdb"
+    with pytest.raises(kinodb.CorruptFileError, match="episode 2: payload checksum"):
+        kinodb.merge(sources, out)
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_output_rules(sources: list[Path], tmp_path: Path) -> None:
+    out = tmp_path / "out.kdb"
+    kinodb.merge(sources[:1], out)
+    with pytest.raises(FileExistsError):
+        kinodb.merge(sources, out)
+    assert main(["merge", *map(str, sources), "-o", str(out)]) == 1
+    kinodb.merge(sources, out, overwrite=True)
+    with kinodb.open(out) as m:
+        assert len(m) == 10
+    # merging into one of the inputs is safe: the output replaces it only when complete
+    kinodb.merge([out, sources[1]], out, overwrite=True)
+    with kinodb.open(out) as m:
+        assert len(m) == 14
+    with pytest.raises(FileNotFoundError):
+        kinodb.merge([tmp_path / "missing.kdb"], tmp_path / "x.kdb")
+    with pytest.raises(ValueError, match="at least one input"):
+        kinodb.merge([], tmp_path / "x.kdb")
