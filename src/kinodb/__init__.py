@@ -17,6 +17,7 @@ from kinodb.errors import (
     FrameRangeError,
     KinodbError,
     MissingExtraError,
+    MixtureError,
     QuerySyntaxError,
     UnsupportedVersionError,
     WriterError,
@@ -24,6 +25,7 @@ from kinodb.errors import (
 from kinodb.kdb import Database, Writer
 from kinodb.kdb import open_database as open
 from kinodb.merge import merge
+from kinodb.mixture import Mixture
 
 __all__ = [
     "ConversionError",
@@ -34,6 +36,8 @@ __all__ = [
     "FrameRangeError",
     "KinodbError",
     "MissingExtraError",
+    "Mixture",
+    "MixtureError",
     "QuerySyntaxError",
     "UnsupportedVersionError",
     "Writer",

@@ -14,6 +14,7 @@ __all__ = [
     "FrameRangeError",
     "KinodbError",
     "MissingExtraError",
+    "MixtureError",
     "QuerySyntaxError",
     "UnsupportedVersionError",
     "WriterError",
@@ -62,6 +63,10 @@ class QuerySyntaxError(KinodbError, ValueError):
 
 class ConversionError(KinodbError, ValueError):
     """A source dataset cannot be converted."""
+
+
+class MixtureError(KinodbError, ValueError):
+    """A mixture specification is invalid: a bad weight, or a source with no episodes."""
 
 
 class MissingExtraError(KinodbError, ImportError):

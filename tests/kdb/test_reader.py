@@ -287,6 +287,8 @@ def test_public_names() -> None:
         "FrameRangeError",
         "KinodbError",
         "MissingExtraError",
+        "Mixture",
+        "MixtureError",
         "QuerySyntaxError",
         "UnsupportedVersionError",
         "Writer",
@@ -306,6 +308,7 @@ def test_error_hierarchy() -> None:
         kinodb.CorruptFileError,
         kinodb.UnsupportedVersionError,
         kinodb.WriterError,
+        kinodb.MixtureError,
     ):
         assert issubclass(cls, KinodbError) and issubclass(cls, ValueError)
     assert issubclass(kinodb.CorruptFileError, kinodb.FormatError)
