@@ -280,7 +280,7 @@ class Database:
         Raises:
             QuerySyntaxError: the query does not parse or compares incompatible types.
         """
-        from kinodb.kql import query  # noqa: PLC0415  (kql builds on kdb; this is its entry point)
+        from kinodb.kql import query  # deferred: kql builds on kdb, and this is its entry point
 
         return query(self, kql, limit=limit)
 

@@ -512,7 +512,7 @@ class Writer:
         added = {key: _json_value(v, f"extra[{key!r}]") for key, v in (extra or {}).items()}
         meta = db.read_meta(i)
         if db.version().startswith("0."):
-            from kinodb.kdb.upgrade import episode_args  # noqa: PLC0415  (upgrade builds on this module)
+            from kinodb.kdb.upgrade import episode_args  # deferred: upgrade imports this module
 
             args = episode_args(db, i)
             args["extra"] = {**args["extra"], **added}
