@@ -36,20 +36,18 @@ EPISODE_COLUMNS: dict[str, str] = {
     "payload_length": "<u8",
     "payload_crc": "<u4",
     "sec_start": "<u8",
-    "sec_count": "<u4",
+    "sec_count": "<u2",
 }
 STRING_COLUMNS = ("embodiment", "task")
 # One row per section (an array, or a camera's frames) of every episode.
 SECTION_COLUMNS: dict[str, str] = {
-    "sec.name": "<u4",
+    "sec.name": "<u2",
     "sec.kind": "|u1",
     "sec.dtype": "|u1",
     "sec.codec": "|u1",
-    "sec.ndim": "|u1",
-    "sec.shape": "<u8",  # 4 per row
-    "sec.offset": "<u8",
-    "sec.length": "<u8",
-    "sec.aux": "<u8",  # camera: absolute offset of the (T+1) frame-offset table
+    "sec.ndim": "|u1",  # rank, counting the leading frame dimension
+    "sec.dims": "<u4",  # 3 per row: the trailing dims, zero-padded
+    "sec.offset": "<u8",  # arrays: the data; cameras: the (T+1) u64 frame-offset table
 }
 
 
@@ -187,11 +185,21 @@ class ExtraColumn:
 
     def to_numpy(self) -> np.ndarray:
         """All values as a NumPy array (object dtype where the kind needs it; None = null)."""
-        if self.kind in ("int", "float", "bool") and bool(np.all(self.state == EXTRA_VALUE)):
+        has = self.state == EXTRA_VALUE
+        if self.kind in ("int", "float", "bool"):
             values = self._cols["values"]
-            return values.astype(bool) if self.kind == "bool" else values
-        return np.array([None if (v := self.get(i)) is ABSENT else v for i in range(len(self.state))]
-                        + [None], dtype=object)[:-1]  # fmt: skip
+            values = values.astype(bool) if self.kind == "bool" else values
+            if bool(has.all()):
+                return values
+            out = values.astype(object)
+        elif self._strings is not None:
+            out = self._strings.to_numpy()
+        else:
+            out = np.empty(len(has), dtype=object)
+            for i in np.flatnonzero(has).tolist():  # JSON values (lists, mixed types) decode one by one
+                out[i] = self.get(i)
+        out[~has] = None
+        return out
 
 
 @dataclass
@@ -367,7 +375,7 @@ def _check_columns(cols: Columns, where: str) -> int:
         raise CorruptFileError(f"{where}: a column has the wrong rank")
     # Every other column is checked against these when it is first mapped.
     cols.expect({c: n for c in EPISODE_COLUMNS} | {f"{s}.codes": n for s in STRING_COLUMNS}
-                | {c: r for c in SECTION_COLUMNS} | {"sec.shape": (r[0], 4)})  # fmt: skip
+                | {c: r for c in SECTION_COLUMNS} | {"sec.dims": (r[0], 3)})  # fmt: skip
     return n[0]
 
 
@@ -432,8 +440,8 @@ class TableBuilder:
             columns.update({f"{s}.codes": codes, f"{s}.dict_offsets": offs, f"{s}.dict_bytes": blob})
         for c, dt in SECTION_COLUMNS.items():
             columns[c] = (
-                np.array(self.sections[c], dtype=dt).reshape(-1, 4)
-                if c == "sec.shape"
+                np.array(self.sections[c], dtype=dt).reshape(-1, 3)
+                if c == "sec.dims"
                 else np.array(self.sections[c], dtype=dt)
             )
         kinds = []

@@ -15,9 +15,7 @@ import numpy as np
 from kinodb.errors import CorruptFileError, EpisodeNotFoundError, FrameRangeError
 from kinodb.kdb import _codecs
 from kinodb.kdb._layout import (
-    CODECS,
     DATA_START,
-    DTYPES,
     HEADER_SIZE,
     KIND_CAMERA,
     LegacyFormat,
@@ -25,6 +23,7 @@ from kinodb.kdb._layout import (
     parse_header,
     read_version,
 )
+from kinodb.kdb._sections import Locator, Section, episode_sections, int_view
 from kinodb.kdb._table import ABSENT, IndexBlock, decode_index
 
 META_FIELDS = (
@@ -41,73 +40,6 @@ class Camera:
     shape: tuple[int, int, int, int]  # (T, H, W, C)
     data_offset: int
     frame_offsets: np.ndarray  # (T + 1,) byte offsets relative to data_offset
-
-
-@dataclass(frozen=True, slots=True)
-class SectionTable:
-    """The section directory as Python lists, checked once against the file size."""
-
-    start: list[int]
-    count: list[int]
-    name: list[int]
-    kind: list[int]
-    dtype: list[np.dtype[Any]]
-    codec: list[int]
-    shape: list[tuple[int, ...]]
-    offset: list[int]
-    length: list[int]
-    aux: list[int]
-
-    @classmethod
-    def build(cls, c: Any, num_names: int, size: int, path: str) -> SectionTable:
-        """Check every row with vectorised NumPy, then convert to lists for O(1) lookups.
-
-        Raises:
-            CorruptFileError: a row has a bad code, rank or shape, or lies outside the file.
-        """
-        name, kind, dt, codec, ndim = (
-            c[k].astype(np.int64) for k in ("sec.name", "sec.kind", "sec.dtype", "sec.codec", "sec.ndim")
-        )
-        shape = c["sec.shape"].astype(np.float64)  # float: products of damaged dims cannot wrap
-        off, length, aux = (c[k].astype(np.float64) for k in ("sec.offset", "sec.length", "sec.aux"))
-        start, count = c["sec_start"].astype(np.int64), c["sec_count"].astype(np.int64)
-        r = len(name)
-        bad = (name >= num_names) | (kind > KIND_CAMERA) | (dt >= len(DTYPES)) | (ndim < 1) | (ndim > 4)
-        bad |= (off < DATA_START) | (off + length > size)
-        itemsize = np.array([np.dtype(d).itemsize for d in DTYPES] + [0])[np.minimum(dt, len(DTYPES))]
-        used = np.arange(4) < ndim[:, None]
-        nbytes = np.where(used, shape, 1).prod(axis=1) * itemsize
-        is_cam = kind == KIND_CAMERA
-        bad |= ~is_cam & (nbytes != length)
-        bad |= ~is_cam & (np.where(used, 0, shape).sum(axis=1) != 0)
-        bad |= is_cam & (
-            (codec >= len(CODECS)) | (ndim != 4) | (aux < DATA_START) | (aux + 8 * (shape[:, 0] + 1) > size)
-        )
-        ends = start + count
-        if len(start) == 0 and r:
-            raise CorruptFileError(f"{path}: section directory has {r} rows but there are no episodes")
-        if len(start) and (
-            start[0] != 0 or (start[1:] != ends[:-1]).any() or ends[-1] != r or (count < 0).any()
-        ):
-            raise CorruptFileError(f"{path}: section directory disagrees with the episode table")
-        # Every section spans its episode's frames; camera shapes bound what decoding allocates.
-        bad |= shape[:, 0] != np.repeat(c["num_frames"].astype(np.float64), count)
-        bad |= is_cam & ((shape[:, 1] < 1) | (shape[:, 2] < 1) | (shape[:, 3] < 1) | (shape[:, 3] > 4))
-        if bad.any():
-            row = int(np.flatnonzero(bad)[0])
-            episode = int(np.searchsorted(start, row, side="right") - 1)
-            raise CorruptFileError(
-                f"{path}: episode {episode}: section row {row} (byte offset {int(off[row])}) has a bad "
-                "code, shape or extent; the index is damaged"
-            )
-        dtypes = [np.dtype(d) for d in DTYPES]
-        nd = ndim.tolist()
-        return cls(
-            start.tolist(), count.tolist(), name.tolist(), kind.tolist(),
-            [dtypes[d] for d in dt.tolist()], codec.tolist(),
-            [tuple(s[:k]) for s, k in zip(c["sec.shape"].tolist(), nd, strict=True)],
-            c["sec.offset"].tolist(), c["sec.length"].tolist(), c["sec.aux"].tolist(),
-        )  # fmt: skip
 
 
 class Database:
@@ -150,8 +82,10 @@ class Database:
                 f"{self._path}: commit record says {self._commit.num_episodes} episodes, index has {self._n}"
             )
         self._names = block.section_names
-        self._sec: SectionTable | None = None
-        self._rows_by_name: dict[str, list[int]] = {}
+        self._locators: dict[str, Locator] = {}
+        self._ints: tuple[Any, ...] | None = None
+        self._array_names: list[str] = []  # the arrays of the last episode decoded in full
+        self._cameras_per_episode = 0
 
     # -- file-level -----------------------------------------------------------------------
 
@@ -292,69 +226,103 @@ class Database:
             raise ValueError(f"{self._path}: the database is closed")
         return self._buf
 
-    def _sections(self) -> SectionTable:
-        if self._sec is None:
-            self._sec = SectionTable.build(self._cols, len(self._names), self._size, self._path)
-        return self._sec
+    def _episode_sections(self, i: int) -> list[Section]:
+        return episode_sections(self._cols, self._names, i, self._size, self._path)
 
     def _episode_arrays(self, i: int) -> dict[str, np.ndarray]:
-        t, mm, names = self._sections(), self._map(), self._names
-        s = t.start[i]
-        return {
-            names[t.name[r]]: np.ndarray(t.shape[r], t.dtype[r], buffer=mm, offset=t.offset[r])  # type: ignore[arg-type]
-            for r in range(s, s + t.count[i])
-            if t.kind[r] != KIND_CAMERA
-        }
+        names = self._array_names
+        if names:
+            out = {}
+            for name in names:
+                arr = self._fast_array(i, name)
+                if arr is None:
+                    break
+                out[name] = arr
+            else:
+                if len(out) + self._cameras_per_episode == self._ints[1][i]:  # type: ignore[index]
+                    return out
+        return self._slow_arrays(i)
 
-    def _episode_cameras(self, i: int) -> dict[str, Camera]:
-        t = self._sections()
-        out = {}
-        s = t.start[i]
-        for r in range(s, s + t.count[i]):
-            if t.kind[r] == KIND_CAMERA:
-                name = self._names[t.name[r]]
-                T = t.shape[r][0]
-                table = np.ndarray((T + 1,), "<u8", buffer=self._map(), offset=t.aux[r])  # type: ignore[arg-type]
-                if table[0] != 0 or table[-1] != t.length[r] or (np.diff(table.astype(np.int64)) < 0).any():
-                    raise CorruptFileError(
-                        f"{self._path}: episode {i}, camera {name!r}: frame offset table at byte "
-                        f"offset {t.aux[r]} is damaged"
-                    )
-                out[name] = Camera(CODECS[t.codec[r]], t.shape[r], t.offset[r], table)  # type: ignore[arg-type]
+    def _slow_arrays(self, i: int) -> dict[str, np.ndarray]:
+        """Decode the rows of episode ``i``; remember where each array sat for the next reads."""
+        buf, out = self._map(), {}
+        sections = self._episode_sections(i)
+        for k, sec in enumerate(sections):
+            if sec.kind != KIND_CAMERA:
+                out[sec.name] = np.ndarray(sec.shape, sec.dtype, buffer=buf, offset=sec.offset)  # type: ignore[arg-type]
+                self._locators[sec.name] = Locator.from_section(self._names.index(sec.name), k, sec)
+        self._array_names = list(out)
+        self._cameras_per_episode = len(sections) - len(out)
+        self._int_views()
         return out
 
-    def _array_rows(self, name: str) -> list[int]:
-        """For every episode, the section row of array ``name`` (-1 where it has none)."""
-        rows = self._rows_by_name.get(name)
-        if rows is None:
-            t, c = self._sections(), self._cols
-            code = self._names.index(name) if name in self._names else -1
-            hits = np.flatnonzero((c["sec.name"] == code) & (c["sec.kind"] != KIND_CAMERA))
-            episode = np.searchsorted(c["sec_start"], hits, side="right") - 1
-            table = np.full(self._n, -1, np.int64)
-            table[episode] = hits
-            rows = self._rows_by_name[name] = table.tolist()
-            del t
-        return rows
+    def _episode_cameras(self, i: int) -> dict[str, Camera]:
+        out = {}
+        for sec in self._episode_sections(i):
+            if sec.kind == KIND_CAMERA:
+                T = sec.shape[0]
+                table = np.ndarray((T + 1,), "<u8", buffer=self._map(), offset=sec.offset)  # type: ignore[arg-type]
+                data = sec.offset + sec.nbytes
+                if (
+                    table[0] != 0
+                    or (np.diff(table.astype(np.int64)) < 0).any()
+                    or data + int(table[-1]) > self._size
+                ):
+                    raise CorruptFileError(
+                        f"{self._path}: episode {i}, camera {sec.name!r}: frame offset table at byte "
+                        f"offset {sec.offset} is damaged"
+                    )
+                out[sec.name] = Camera(sec.codec, sec.shape, data, table)  # type: ignore[arg-type]
+        return out
+
+    def _int_views(self) -> tuple[Any, ...]:
+        if self._ints is None:
+            c = self._cols
+            self._ints = tuple(int_view(c[k]) for k in (
+                "sec_start", "sec_count", "num_frames", "sec.name", "sec.kind", "sec.dtype", "sec.ndim", "sec.dims", "sec.offset",
+            ))  # fmt: skip
+        return self._ints
+
+    def _fast_array(self, i: int, name: str) -> np.ndarray | None:
+        """Array ``name`` of episode ``i`` if it sits where the last episode had it, else None."""
+        loc = self._locators.get(name)
+        if loc is None:
+            return None
+        start, count, frames, names, kinds, dtypes, ndims, dims, offs = self._ints or self._int_views()
+        row = start[i] + loc.k
+        if not (
+            loc.k < count[i] and row < len(names) and names[row] == loc.code and kinds[row] != KIND_CAMERA
+            and dtypes[row] == loc.dtype_code and ndims[row] == loc.ndim
+            and (dims[3 * row], dims[3 * row + 1], dims[3 * row + 2]) == loc.dims
+        ):  # fmt: skip
+            return None
+        off, T = offs[row], frames[i]
+        if off < DATA_START or off + T * loc.row_bytes > self._size:
+            raise CorruptFileError(
+                f"{self._path}: episode {i}: array {name!r} at byte offset {off} does not fit the file"
+            )
+        return np.ndarray((T, *loc.trail), loc.dtype, buffer=self._map(), offset=off)  # type: ignore[arg-type, no-any-return]
 
     def read_array(self, i: int, name: str) -> np.ndarray:
         """One low-dimensional array of episode ``i`` (e.g. ``"actions"``), zero-copy.
 
-        The cheapest read: no metadata, no dict, one view over the map.
+        The cheapest read: no metadata, no dict, one view over the map, O(1) in the
+        number of episodes.
 
         Raises:
             EpisodeNotFoundError: ``i`` is out of range.
             KeyError: the episode has no array called ``name``.
         """
-        rows = self._array_rows(name)
         if type(i) is not int or not 0 <= i < self._n:
             i = self._check(i)
-        r = rows[i]
-        if r < 0:
-            raise KeyError(f"episode {i} has no array {name!r}; it has {sorted(self._episode_arrays(i))}")
-        t = self._sec
-        assert t is not None  # built by _array_rows
-        return np.ndarray(t.shape[r], t.dtype[r], buffer=self._map(), offset=t.offset[r])  # type: ignore[arg-type, no-any-return]
+        arr = self._fast_array(i, name)
+        if arr is not None:
+            return arr
+        # First read of this array, or an episode laid out differently: decode its rows.
+        arrays = self._slow_arrays(i)
+        if name not in arrays:
+            raise KeyError(f"episode {i} has no array {name!r}; it has {sorted(arrays)}")
+        return arrays[name]
 
     def cameras(self, i: int) -> dict[str, dict[str, Any]]:
         """Cameras of episode ``i``: codec and (T, H, W, C) shape per camera."""
@@ -466,7 +434,7 @@ class Database:
         release = getattr(self._cols, "release", None)
         if release is not None:
             release()
-        self._sec, self._rows_by_name = None, {}
+        self._locators, self._ints, self._array_names = {}, None, []
         if mm is not None:
             with contextlib.suppress(BufferError):  # views still reference it; it closes with the last one
                 mm.close()

@@ -172,10 +172,10 @@ def _check_payload(db: Database, i: int, report: Report) -> None:
             f"episode {i}: payload checksum mismatch at byte offset {off}: stored "
             f"{int(cols['payload_crc'][i]):08x}, computed {got:08x}"
         )
-    t = db._sections()
-    for r in range(t.start[i], t.start[i] + t.count[i]):
-        spans = [(t.offset[r], t.length[r])] + (
-            [(t.aux[r], 8 * (t.shape[r][0] + 1))] if t.kind[r] == 1 else []
-        )
-        if any(a < off or a + n > off + length for a, n in spans):
-            report.errors.append(f"episode {i}: section {db._names[t.name[r]]!r} lies outside its payload")
+    for sec in db._episode_sections(i):
+        end = sec.offset + sec.nbytes
+        if sec.kind == 1:  # a camera: its frames follow the offset table
+            table = np.frombuffer(db._map(), "<u8", sec.shape[0] + 1, sec.offset)
+            end += int(table[-1])
+        if sec.offset < off or end > off + length:
+            report.errors.append(f"episode {i}: section {sec.name!r} lies outside its payload")

@@ -37,10 +37,21 @@ if TYPE_CHECKING:
     from kinodb.kdb.reader import Database
 
 _META_KEYS = frozenset(
-    ("episode_id", "embodiment", "task", "num_frames", "fps", "action_dim", "state_dim", "success", "total_reward")
+    (
+        "episode_id",
+        "embodiment",
+        "task",
+        "num_frames",
+        "fps",
+        "action_dim",
+        "state_dim",
+        "success",
+        "total_reward",
+    )
 )
 _RESERVED_ARRAYS = {"actions", "states", "rewards", "is_terminal", "timestamps", "meta", "images"}
 _ZEROS = bytes(ALIGN)
+SECTION_ALIGN = 8  # every element size divides it, so every section is aligned to its dtype
 
 
 def _lock(fd: int, path: str) -> None:
@@ -391,8 +402,8 @@ class Writer:
 
     # -- bytes ----------------------------------------------------------------------------
 
-    def _emit(self, data: bytes | memoryview, crc: int) -> tuple[int, int]:
-        pad = align(self._pos) - self._pos
+    def _emit(self, data: bytes | memoryview, crc: int, to: int = SECTION_ALIGN) -> tuple[int, int]:
+        pad = align(self._pos, to) - self._pos
         if pad:
             self._fh.write(_ZEROS[:pad])
             crc = crc32(_ZEROS[:pad], crc)
@@ -409,8 +420,8 @@ class Writer:
         crc = 0
         mark = self._pos
         try:
-            self._fh.write(_ZEROS[: align(self._pos) - self._pos])
-            self._pos = payload_start = align(self._pos)
+            self._fh.write(_ZEROS[: align(self._pos, SECTION_ALIGN) - self._pos])
+            self._pos = payload_start = align(self._pos, SECTION_ALIGN)
             for name, arr in arrays.items():
                 # A byte view, not memoryview.cast: cast rejects zero-size shapes like (T, 0).
                 raw = np.ascontiguousarray(arr).reshape(-1).view(np.uint8).data
@@ -418,8 +429,7 @@ class Writer:
                 table.add_section({
                     "sec.name": table.name_code(name), "sec.kind": KIND_ARRAY,
                     "sec.dtype": DTYPE_CODE[arr.dtype], "sec.codec": 0, "sec.ndim": arr.ndim,
-                    "sec.shape": _shape4(arr.shape), "sec.offset": off, "sec.length": len(raw),
-                    "sec.aux": 0,
+                    "sec.dims": _dims3(arr.shape), "sec.offset": off,
                 })  # fmt: skip
             for cam, (codec, (h, w, c), frames) in cams.items():
                 if isinstance(frames, np.ndarray):
@@ -430,12 +440,12 @@ class Writer:
                     data = b"".join(frames)
                 table_off = np.zeros(T + 1, "<u8")
                 np.cumsum(sizes, out=table_off[1:])
-                aux, crc = self._emit(table_off.tobytes(), crc)
-                off, crc = self._emit(data, crc)
+                off, crc = self._emit(table_off.tobytes(), crc)
+                _, crc = self._emit(data, crc, to=1)  # the frames follow their offset table directly
                 table.add_section({
                     "sec.name": table.name_code(cam), "sec.kind": KIND_CAMERA, "sec.dtype": DTYPE_CODE[np.dtype("u1")],
-                    "sec.codec": CODECS.index(codec), "sec.ndim": 4, "sec.shape": _shape4((T, h, w, c)),
-                    "sec.offset": off, "sec.length": len(data), "sec.aux": aux,
+                    "sec.codec": CODECS.index(codec), "sec.ndim": 4, "sec.dims": _dims3((T, h, w, c)),
+                    "sec.offset": off,
                 })  # fmt: skip
         except BaseException:
             self._rollback(mark, sec_start)
@@ -448,7 +458,13 @@ class Writer:
         return len(table) - 1
 
     def _add_row(
-        self, meta: Mapping[str, Any], start: int, length: int, crc: int, sec_start: int, extra: Mapping[str, Any]
+        self,
+        meta: Mapping[str, Any],
+        start: int,
+        length: int,
+        crc: int,
+        sec_start: int,
+        extra: Mapping[str, Any],
     ) -> None:
         table, success, reward = self._table, meta["success"], meta["total_reward"]
         table.add_episode(
@@ -475,7 +491,9 @@ class Writer:
             self._fh.truncate(mark)
         self._pos = mark
 
-    def _note_schema(self, arrays: dict[str, tuple[np.dtype[Any], tuple[int, ...]]], cams: dict[str, Any]) -> None:
+    def _note_schema(
+        self, arrays: dict[str, tuple[np.dtype[Any], tuple[int, ...]]], cams: dict[str, Any]
+    ) -> None:
         """Record dtypes, dims and camera formats; a value that varies becomes None."""
         schema = self._dataset["schema"]
         for name, (dtype, shape) in arrays.items():
@@ -517,37 +535,39 @@ class Writer:
             args = episode_args(db, i)
             args["extra"] = {**args["extra"], **added}
             return self.add_episode(**args)
-        cols, sec = db._cols, db._sections()
+        cols = db._cols
         off, length, crc = (int(cols[k][i]) for k in ("payload_offset", "payload_length", "payload_crc"))
         payload = db._map()[off : off + length].data
         if crc32(payload) != crc:
-            raise CorruptFileError(f"{db.path()}: episode {i}: payload checksum mismatch at byte offset {off}")
+            raise CorruptFileError(
+                f"{db.path()}: episode {i}: payload checksum mismatch at byte offset {off}"
+            )
+        sections = db._episode_sections(i)
         self._check_schema(meta["action_dim"], meta["state_dim"])
         extras = {k.removeprefix("extra."): v for k, v in meta.items() if k not in _META_KEYS}
         extras.update(added)
         mark, table = self._pos, self._table
         sec_start = len(table.sections["sec.name"])
         try:
-            self._fh.write(_ZEROS[: align(self._pos) - self._pos])
-            start = align(self._pos)
+            # Sections keep their offsets relative to the payload, so its start keeps their alignment.
+            self._fh.write(_ZEROS[: align(self._pos, SECTION_ALIGN) - self._pos])
+            start = align(self._pos, SECTION_ALIGN)
             self._fh.write(payload)
             self._pos = start + length
         except BaseException:
             self._rollback(mark, sec_start)
             raise
         arrays, cams = {}, {}
-        for r in range(sec.start[i], sec.start[i] + sec.count[i]):
-            name, shape, camera = db._names[sec.name[r]], sec.shape[r], sec.kind[r] == KIND_CAMERA
+        for sec in sections:
             table.add_section({
-                "sec.name": table.name_code(name), "sec.kind": sec.kind[r],
-                "sec.dtype": DTYPE_CODE[sec.dtype[r]], "sec.codec": sec.codec[r], "sec.ndim": len(shape),
-                "sec.shape": _shape4(shape), "sec.offset": sec.offset[r] - off + start,
-                "sec.length": sec.length[r], "sec.aux": sec.aux[r] - off + start if camera else 0,
+                "sec.name": table.name_code(sec.name), "sec.kind": sec.kind, "sec.dtype": DTYPE_CODE[sec.dtype],
+                "sec.codec": CODECS.index(sec.codec), "sec.ndim": len(sec.shape), "sec.dims": _dims3(sec.shape),
+                "sec.offset": sec.offset - off + start,
             })  # fmt: skip
-            if camera:
-                cams[name] = (CODECS[sec.codec[r]], shape[1:])
+            if sec.kind == KIND_CAMERA:
+                cams[sec.name] = (sec.codec, sec.shape[1:])
             else:
-                arrays[name] = (sec.dtype[r], shape)
+                arrays[sec.name] = (sec.dtype, sec.shape)
         self._add_row(meta, start, length, crc, sec_start, extras)
         self._note_schema(arrays, cams)
         return len(table) - 1
@@ -618,10 +638,13 @@ class Writer:
         return f"<kinodb.Writer {self._path!r} ({len(self)} episodes, {state})>"
 
 
-def _shape4(shape: Sequence[int]) -> list[int]:
+def _dims3(shape: Sequence[int]) -> list[int]:
+    """The trailing dims of a (T, ...) shape, zero-padded to three."""
     if len(shape) > 4:
         raise WriterError(f"arrays have at most 4 dimensions, got shape {tuple(shape)}")
-    return [int(d) for d in shape] + [0] * (4 - len(shape))
+    if max(shape[1:], default=0) >= 2**32:
+        raise WriterError(f"array dims must be under 2**32, got shape {tuple(shape)}")
+    return [int(d) for d in shape[1:]] + [0] * (4 - len(shape))
 
 
 def _array(name: str, value: Any, default: type, *, ndim: int | None) -> np.ndarray:
