@@ -8,6 +8,7 @@ Example:
 
 from __future__ import annotations
 
+from kinodb import kql
 from kinodb._version import __version__
 from kinodb.errors import (
     ConversionError,
@@ -43,6 +44,7 @@ __all__ = [
     "Writer",
     "WriterError",
     "__version__",
+    "kql",
     "merge",
     "open",
 ]

@@ -1,0 +1,109 @@
+"""``kino query``: the episodes of a dataset that match a KQL query."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import unicodedata
+from typing import Any
+
+from kinodb.errors import QuerySyntaxError
+from kinodb.kdb.reader import open_database
+from kinodb.kql import query
+
+EMBODIMENT_WIDTH, TASK_WIDTH = 13, 40
+
+
+def register(sub: Any) -> None:
+    """Add the subcommand to ``sub``."""
+    p = sub.add_parser(
+        "query",
+        help="list the episodes that match a KQL query",
+        description="List the episodes whose metadata match a KQL query (see docs/kql.md).",
+        epilog="example: kino query data.kdb \"embodiment = 'franka' AND success = true AND num_frames > 50\"",
+    )
+    p.add_argument("path")
+    p.add_argument("kql", help="the query, e.g. \"task CONTAINS 'pick' AND NOT success = false\"")
+    p.add_argument("-l", "--limit", type=_count, default=None, metavar="N",
+                   help="list only the first N matching episodes (the count stays the total)")  # fmt: skip
+    p.add_argument("-c", "--count", action="store_true", help="print only the number of matching episodes")
+    p.add_argument("--json", action="store_true", help="print JSON: the count, positions and metadata")
+    p.set_defaults(run=run)
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the matching episodes as a table, JSON, or just their number."""
+    with open_database(args.path) as db:
+        try:
+            positions = query(db, args.kql)
+        except QuerySyntaxError as exc:
+            # The message spans lines (the query with a caret under the error), which the
+            # one-line error report of `kino` would flatten; exit 1 as for any kinodb error.
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        total = len(positions)
+        shown = positions if args.limit is None else positions[: args.limit]
+        if args.count:
+            print(total)
+        elif args.json:
+            episodes = [{"position": int(i), **db.read_meta(int(i))} for i in shown]
+            out = {"path": db.path(), "query": args.kql, "matches": total,
+                   "positions": [int(i) for i in shown], "episodes": episodes}  # fmt: skip
+            print(json.dumps(out, indent=2, default=str))
+        else:
+            sys.stdout.write(_table(db, total, [int(i) for i in shown]))
+    return 0
+
+
+def _table(db: Any, total: int, shown: list[int]) -> str:
+    head = f"{total} matching episode{'' if total == 1 else 's'}"
+    if len(shown) < total:
+        head += f" (showing the first {len(shown)})"
+    lines = [head]
+    if shown:
+        lines.append(
+            f"{'POS':>7}  {_fit('EMBODIMENT', EMBODIMENT_WIDTH)} {'FRAMES':>7}{'ACT':>5}  {'SUCCESS':<8}TASK"
+        )
+    for i in shown:
+        m = db.read_meta(i)
+        succ = {True: "yes", False: "no", None: "-"}[m["success"]]
+        lines.append(
+            f"{i:>7}  {_fit(m['embodiment'], EMBODIMENT_WIDTH)} {m['num_frames']:>7}{m['action_dim']:>5}  "
+            f"{succ:<8}{_fit(m['task'], TASK_WIDTH, pad=False)}"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _width(ch: str) -> int:
+    if unicodedata.combining(ch):
+        return 0
+    return 2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1
+
+
+def _fit(text: str, width: int, *, pad: bool = True) -> str:
+    """``text`` on one line in ``width`` terminal columns: clipped with an ellipsis, padded.
+
+    Clips whole characters by display width (0.1 cut UTF-8 bytes and crashed);
+    control characters and newlines show as spaces.
+    """
+    text = "".join(c if c.isprintable() else " " for c in text)
+    widths = [_width(c) for c in text]
+    used = sum(widths)
+    if used > width:
+        keep, used = 0, 1  # the ellipsis
+        while used + widths[keep] <= width:
+            used += widths[keep]
+            keep += 1
+        text = text[:keep] + "…"
+    return text + " " * (width - used) if pad else text

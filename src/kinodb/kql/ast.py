@@ -1,0 +1,242 @@
+"""The KQL syntax tree: frozen dataclasses that render back to equivalent query text.
+
+``parse(node.render()) == node`` for every node. Source positions (``pos``, ``at``)
+are kept for error messages and take no part in equality.
+
+Example:
+    >>> from kinodb.kql import parse
+    >>> node = parse("success = true AND (task CONTAINS 'pick' OR num_frames > 50)")
+    >>> node.render()
+    "success = true AND (task CONTAINS 'pick' OR num_frames > 50)"
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass
+
+from kinodb.kql._lexer import KEYWORDS, WORD_RE
+
+Value = str | int | float | bool
+"""A literal: a string, an integer, a finite float or a bool (null is `IsNull`)."""
+
+COMPARE_OPS = ("=", "!=", "<", "<=", ">", ">=")
+ORDER_OPS = ("<", "<=", ">", ">=")
+TEXT_OPS = ("CONTAINS", "STARTS WITH", "ENDS WITH", "MATCHES")
+_EXTRA_NAME = re.compile(r"\w+(?:\.\w+)*")
+
+
+class Node:
+    """Base class of every KQL expression."""
+
+    __slots__ = ()
+
+    def render(self) -> str:
+        """Query text that parses back to this node."""
+        raise NotImplementedError
+
+    def __str__(self) -> str:
+        return self.render()
+
+
+def render_value(value: Value) -> str:
+    """A literal as query text: quoted strings with escapes, ``true``/``false``, numbers."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        escaped = value.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n").replace("\t", "\\t")
+        return f"'{escaped}'"
+    return repr(float(value)) if isinstance(value, float) else str(int(value))
+
+
+def _check_value(value: object, what: str) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{what}: {value} is not a finite number")
+    if not isinstance(value, (str, int, float)):  # bool is an int
+        raise ValueError(f"{what}: {value!r} is not a str, int, float or bool literal")
+
+
+@dataclass(frozen=True, slots=True)
+class Field:
+    """A field reference: a built-in field or an extra field (``extra=True`` for ``extra.NAME``)."""
+
+    name: str
+    extra: bool = False
+    pos: int = dataclasses.field(default=0, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str):
+            raise ValueError(f"field name must be a str, got {self.name!r}")
+        if not self.extra and (
+            WORD_RE.fullmatch(self.name) is None or self.name.lower() in KEYWORDS
+            or self.name.startswith("extra.")
+        ):  # fmt: skip
+            raise ValueError(f"{self.name!r} cannot be written bare; use Field({self.name!r}, extra=True)")
+
+    def render(self) -> str:
+        """The field as query text."""
+        if not self.extra:
+            return self.name
+        return "extra." + (self.name if _EXTRA_NAME.fullmatch(self.name) else render_value(self.name))
+
+
+@dataclass(frozen=True, slots=True)
+class Compare(Node):
+    """``field OP value`` for OP in `COMPARE_OPS` or `TEXT_OPS`.
+
+    ``at`` holds the positions of the operator and of the value.
+    """
+
+    field: Field
+    op: str
+    value: Value
+    at: tuple[int, ...] = dataclasses.field(default=(), compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.op not in COMPARE_OPS and self.op not in TEXT_OPS:
+            raise ValueError(f"unknown operator {self.op!r}; use one of {COMPARE_OPS + TEXT_OPS}")
+        _check_value(self.value, self.op)
+        if self.op in TEXT_OPS[1:] and not isinstance(self.value, str):
+            raise ValueError(f"{self.op} needs a string, got {self.value!r}")
+        if self.op in ORDER_OPS and isinstance(self.value, bool):
+            raise ValueError(f"{self.op} does not order true and false")
+
+    def render(self) -> str:
+        """The comparison as query text."""
+        return f"{self.field.render()} {self.op} {render_value(self.value)}"
+
+
+@dataclass(frozen=True, slots=True)
+class In(Node):
+    """``field IN (v, ...)``, or ``field NOT IN (v, ...)`` when ``negated``.
+
+    ``at`` holds the positions of the operator and of each value.
+    """
+
+    field: Field
+    values: tuple[Value, ...]
+    negated: bool = False
+    at: tuple[int, ...] = dataclasses.field(default=(), compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.values, tuple) or not self.values:
+            raise ValueError("IN needs a non-empty tuple of values")
+        for v in self.values:
+            _check_value(v, "IN")
+
+    def render(self) -> str:
+        """The membership test as query text."""
+        items = ", ".join(render_value(v) for v in self.values)
+        return f"{self.field.render()} {'NOT IN' if self.negated else 'IN'} ({items})"
+
+
+@dataclass(frozen=True, slots=True)
+class Between(Node):
+    """``field BETWEEN low AND high``, both ends included.
+
+    ``at`` holds the positions of BETWEEN, of ``low`` and of ``high``.
+    """
+
+    field: Field
+    low: Value
+    high: Value
+    at: tuple[int, ...] = dataclasses.field(default=(), compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        for v in (self.low, self.high):
+            _check_value(v, "BETWEEN")
+            if isinstance(v, bool):
+                raise ValueError("BETWEEN does not order true and false")
+        if isinstance(self.low, str) != isinstance(self.high, str):
+            raise ValueError("BETWEEN bounds must both be numbers or both be strings")
+
+    def render(self) -> str:
+        """The range test as query text."""
+        return f"{self.field.render()} BETWEEN {render_value(self.low)} AND {render_value(self.high)}"
+
+
+@dataclass(frozen=True, slots=True)
+class IsNull(Node):
+    """``field IS NULL``, or ``field IS NOT NULL`` when ``negated``."""
+
+    field: Field
+    negated: bool = False
+    at: tuple[int, ...] = dataclasses.field(default=(), compare=False, repr=False)
+
+    def render(self) -> str:
+        """The null test as query text."""
+        return f"{self.field.render()} IS {'NOT NULL' if self.negated else 'NULL'}"
+
+
+@dataclass(frozen=True, slots=True)
+class Not(Node):
+    """``NOT operand``: exactly the episodes that ``operand`` does not match."""
+
+    operand: Node
+
+    def render(self) -> str:
+        """The negation as query text."""
+        inner = self.operand.render()
+        return f"NOT ({inner})" if isinstance(self.operand, (And, Or)) else f"NOT {inner}"
+
+
+@dataclass(frozen=True, slots=True)
+class And(Node):
+    """All ``operands`` match (two or more)."""
+
+    operands: tuple[Node, ...]
+
+    def __post_init__(self) -> None:
+        _check_operands(self.operands, "And")
+
+    def render(self) -> str:
+        """The conjunction as query text (nested And/Or operands in parentheses)."""
+        return " AND ".join(_group(o, (And, Or)) for o in self.operands)
+
+
+@dataclass(frozen=True, slots=True)
+class Or(Node):
+    """Any of ``operands`` matches (two or more)."""
+
+    operands: tuple[Node, ...]
+
+    def __post_init__(self) -> None:
+        _check_operands(self.operands, "Or")
+
+    def render(self) -> str:
+        """The disjunction as query text (nested Or operands in parentheses)."""
+        return " OR ".join(_group(o, (Or,)) for o in self.operands)
+
+
+def _check_operands(operands: object, what: str) -> None:
+    if not isinstance(operands, tuple) or len(operands) < 2:
+        raise ValueError(f"{what} needs a tuple of two or more operands")
+    if not all(isinstance(o, Node) for o in operands):
+        raise ValueError(f"{what} operands must be KQL nodes")
+
+
+def _group(node: Node, kinds: tuple[type[Node], ...]) -> str:
+    return f"({node.render()})" if isinstance(node, kinds) else node.render()
+
+
+Predicate = Compare | In | Between | IsNull
+
+__all__ = [
+    "COMPARE_OPS",
+    "ORDER_OPS",
+    "TEXT_OPS",
+    "And",
+    "Between",
+    "Compare",
+    "Field",
+    "In",
+    "IsNull",
+    "Node",
+    "Not",
+    "Or",
+    "Predicate",
+    "Value",
+    "render_value",
+]
