@@ -23,7 +23,10 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy
 
 bench: $(STAMP)
+	$(PY) -m pip install -q -c constraints.txt -e '.[bench]'
 	$(PY) benchmarks/bench_core.py
+	$(PY) benchmarks/bench_kql.py
+	$(PY) benchmarks/bench_merge.py
 
 clean:
 	rm -rf demo .pytest_cache .mypy_cache .ruff_cache

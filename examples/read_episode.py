@@ -25,8 +25,8 @@ def main(path: str) -> None:
         window = db.read_frames(0, 10, 14, cameras=["front"]) if ep["images"] else db.read_frames(0, 0, 2)
         print("frames 10:14 of episode 0:", {k: getattr(v, "shape", None) or {c: f.shape for c, f in v.items()} for k, v in window.items()})
         table = db.episodes()
-        good = (table["success"] == True) & (table["num_frames"] > 20)  # noqa: E712  (object column)
-        print(f"successful episodes longer than 20 frames: {int(good.sum())} of {len(db)}")
+        good = db.query("success = true AND num_frames > 20")
+        print(f"successful episodes longer than 20 frames: {len(good)} of {len(db)}")
         per = {e: int((table["embodiment"] == e).sum()) for e in sorted(set(table["embodiment"]))}
         print("episodes per embodiment:", per)
         total = sum(float(np.abs(db.read_array(i, "actions")).sum()) for i in range(len(db)))

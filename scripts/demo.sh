@@ -1,12 +1,24 @@
 #!/usr/bin/env bash
-# The built-in example: create a dataset, inspect it, validate it, read it from Python.
+# The built-in example: create datasets, inspect, validate, query, merge, mix, read from Python.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${VENV:-.venv}/bin
 mkdir -p demo
-run() { echo; echo "\$ $*"; "$@"; }
+run() {
+  local shown='$' arg
+  for arg in "$@"; do
+    if [[ $arg == *[[:space:]\'\(]* ]]; then shown+=" \"$arg\""; else shown+=" $arg"; fi
+  done
+  printf '\n%s\n' "$shown"
+  "$@"
+}
 run "$BIN/kino" create-test demo/demo.kdb -n 200 --frames 50 --images --compress 90 --seed 7 --force
+run "$BIN/kino" create-test demo/extra.kdb -n 80 --frames 30 --seed 8 --force
 run "$BIN/kino" info demo/demo.kdb
 run "$BIN/kino" schema demo/demo.kdb
 run "$BIN/kino" validate demo/demo.kdb
+run "$BIN/kino" query demo/demo.kdb "success = true AND embodiment IN (franka, widowx) AND NOT scene = 'lab'" --limit 5
+run "$BIN/kino" merge demo/demo.kdb demo/extra.kdb -o demo/train.kdb --filter "split = 'train' AND success = true" --force
+run "$BIN/kino" validate demo/train.kdb
+run "$BIN/kino" mix --source demo/demo.kdb:3 --source demo/extra.kdb:1 --sample 1000
 run "$BIN/python" examples/read_episode.py demo/demo.kdb
