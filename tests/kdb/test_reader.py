@@ -315,3 +315,29 @@ def test_error_hierarchy() -> None:
     assert issubclass(kinodb.CorruptFileError, kinodb.FormatError)
     assert issubclass(kinodb.UnsupportedVersionError, kinodb.FormatError)
     assert issubclass(kinodb.MissingExtraError, ImportError)
+
+
+def test_many_reads_with_changing_layouts(tmp_path: Path) -> None:
+    # Half the episodes have timestamps, so the extra array's row moves between episodes;
+    # enough reads switch read_array to its checked offset table, which must agree.
+    rng = np.random.default_rng(5)
+    path = tmp_path / "layouts.kdb"
+    want = []
+    with kinodb.Writer(path) as w:
+        for i in range(600):
+            T = 3 + i % 5
+            extra = rng.standard_normal((T, 2, 3)).astype(np.float64 if i % 3 else np.float32)
+            want.append((rng.standard_normal((T, 4)).astype(np.float32), extra))
+            w.add_episode(
+                actions=want[-1][0],
+                timestamps=np.arange(T, dtype=np.float64) if i % 2 else None,
+                extra_arrays={"e": extra},
+            )
+    with kinodb.open(path) as db:
+        for order in (range(600), rng.permutation(600).tolist(), range(599, -1, -1)):
+            for i in order:
+                np.testing.assert_array_equal(db.read_array(i, "actions"), want[i][0])
+                got = db.read_array(i, "e")
+                assert got.dtype == want[i][1].dtype
+                np.testing.assert_array_equal(got, want[i][1])
+        assert "actions" in db._offsets  # the offset table was built, and agrees
