@@ -1,0 +1,61 @@
+"""``kino ingest``: convert a dataset from another format into one .kdb file."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+
+def register(sub: Any) -> None:
+    """Add the subcommand to ``sub``."""
+    p = sub.add_parser("ingest", help="convert robomimic/LIBERO HDF5 or RLDS TFRecord into a .kdb file",
+                       description="Convert a dataset into one .kdb file, exactly: source dtypes are kept and "
+                                   "encoded frames pass through unchanged.")  # fmt: skip
+    p.add_argument("src", help="source file or folder")
+    p.add_argument("-o", "--output", required=True, help="output .kdb file")
+    p.add_argument("-F", "--format", default="auto", help="auto (default), hdf5, rlds, or a plug-in's name")
+    p.add_argument("-e", "--embodiment", help="embodiment of every episode (default: from the source)")
+    p.add_argument("-t", "--task", help="task of every episode (default: from the source)")
+    p.add_argument("--fps", type=float, help="frames per second (default: from the source, else 10)")
+    p.add_argument("--episodes", metavar="SPEC", help="source episodes by index, e.g. 0-9,29")
+    p.add_argument("--max-episodes", type=int, metavar="N", help="at most N episodes (after --episodes)")
+    p.add_argument("--image-codec", choices=("jpeg", "png", "raw"), default="jpeg",
+                   help="how to store raw source frames (default jpeg; encoded frames pass through)")  # fmt: skip
+    p.add_argument("--compress", type=int, metavar="Q", default=95, help="JPEG quality 1-100 (default 95)")
+    p.add_argument("--no-images", action="store_true", help="leave cameras out")
+    p.add_argument("--dtype", help="cast floating arrays, e.g. float32 (default: keep the source dtype)")
+    p.add_argument("--state-keys", metavar="K1,K2", help="observation keys that make up the state, in order")
+    p.add_argument("--split", help="dataset split to read (RLDS), e.g. train or val")
+    p.add_argument(
+        "--flip-images",
+        action="store_true",
+        help="rotate frames 180 degrees (LIBERO stores them upside down)",
+    )
+    p.add_argument("--workers", type=int, default=1, metavar="N", help="convert in N processes (same output)")
+    p.add_argument("--on-error", choices=("raise", "skip"), default="raise",
+                   help="stop at the first bad episode (default) or skip it and report why")  # fmt: skip
+    p.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Ingest and print the report."""
+    from kinodb.ingest import ingest  # deferred: converters load their libraries on first use
+
+    report = ingest(
+        args.src, args.output, format=args.format, embodiment=args.embodiment, task=args.task, fps=args.fps,
+        episodes=args.episodes, max_episodes=args.max_episodes, image_codec=args.image_codec,
+        jpeg_quality=args.compress, images=not args.no_images, dtype=args.dtype,
+        state_keys=args.state_keys.split(",") if args.state_keys else None, split=args.split,
+        flip_images=args.flip_images, workers=args.workers, on_error=args.on_error, overwrite=args.force,
+        progress=not args.quiet,
+    )  # fmt: skip
+    print(report.summary())
+    if report.skipped:
+        print(
+            f"warning: {len(report.skipped)} episodes skipped (listed above and in the file's metadata)",
+            file=sys.stderr,
+        )
+    return 0

@@ -1,0 +1,296 @@
+"""Run an ingest: select episodes, convert them (in worker processes), write, report."""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures as cf
+import multiprocessing
+import os
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from kinodb.errors import ConversionError, KinodbError, WriterError
+from kinodb.ingest._base import Source, SourceOptions, source_class
+from kinodb.kdb import _codecs
+from kinodb.kdb.writer import Writer
+
+
+@dataclass
+class IngestReport:
+    """What an ingest did."""
+
+    source: str
+    output: str
+    format: str
+    episodes: int = 0
+    frames: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (episode key, reason)
+
+    def summary(self) -> str:
+        """One paragraph for people."""
+        rate = self.frames / self.seconds if self.seconds else 0.0
+        lines = [
+            f"ingested {self.episodes} episodes ({self.frames} frames, {self.bytes / 1e6:.1f} MB) from "
+            f"{self.source} ({self.format}) to {self.output} in {self.seconds:.1f} s ({rate:,.0f} frames/s)"
+        ]
+        lines += [f"skipped {key}: {why}" for key, why in self.skipped]
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True, slots=True)
+class _Job:
+    """What a worker needs to convert episodes on its own."""
+
+    cls: type[Source]
+    path: str
+    options: SourceOptions
+    image_codec: str
+    jpeg_quality: int
+    dtype: str | None
+
+
+def parse_episodes(spec: str) -> list[int]:
+    """Parse ``"0-9,29"`` into ``[0, ..., 9, 29]``.
+
+    Raises:
+        ValueError: the spec is malformed.
+    """
+    out: list[int] = []
+    for part in spec.split(","):
+        part = part.strip()
+        lo, dash, hi = part.partition("-")
+        try:
+            if dash:
+                a, b = int(lo), int(hi)
+                if a > b:
+                    raise ValueError
+                out.extend(range(a, b + 1))
+            else:
+                out.append(int(part))
+        except ValueError:
+            raise ValueError(
+                f"bad episode selection {part!r} in {spec!r}; use indices and ranges like 0-9,29"
+            ) from None
+    if any(i < 0 for i in out):
+        raise ValueError(f"episode indices must be >= 0, got {spec!r}")
+    return out
+
+
+def ingest(
+    src: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    format: str = "auto",
+    embodiment: str | None = None,
+    task: str | None = None,
+    fps: float | None = None,
+    episodes: str | Sequence[int] | None = None,
+    max_episodes: int | None = None,
+    image_codec: str = "jpeg",
+    jpeg_quality: int = 95,
+    images: bool = True,
+    dtype: str | None = None,
+    state_keys: Sequence[str] | None = None,
+    split: str | None = None,
+    flip_images: bool = False,
+    workers: int = 1,
+    on_error: str = "raise",
+    overwrite: bool = False,
+    progress: bool = False,
+) -> IngestReport:
+    """Convert a dataset in another format into one ``.kdb`` file.
+
+    Arrays keep their source dtype bit for bit unless ``dtype`` (e.g. ``"float32"``)
+    asks for a cast of floating arrays; encoded JPEG/PNG frames pass through byte for
+    byte; raw frames are encoded with ``image_codec``. Each episode records its source
+    file and key in the extra fields ``source_file`` and ``source_episode``.
+    ``workers > 1`` converts in that many processes; the output is identical.
+
+    Example:
+        >>> kinodb.ingest("lift/ph/low_dim.hdf5", "lift.kdb", embodiment="panda")
+
+    Raises:
+        ConversionError: with ``on_error="raise"``, the first bad episode (no output is
+            left behind); always, a source that cannot be read at all.
+    """
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    if dtype is not None and np.dtype(dtype).kind != "f":
+        raise ValueError(f"dtype must be a floating dtype such as 'float32', got {dtype!r}")
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    path = os.fspath(src)
+    cls = source_class(format, path)
+    options = SourceOptions(images, tuple(state_keys) if state_keys else None, split, flip_images, fps)
+    job = _Job(cls, path, options, image_codec, jpeg_quality, dtype)
+    report = IngestReport(path, os.fspath(out), cls.format)
+    t0 = time.perf_counter()
+    source: Source = cls(path, options)  # type: ignore[call-arg]
+    try:
+        keys = _select(source.episodes(), episodes, max_episodes, path)
+        info = source.info()
+    finally:
+        source.close()
+    overrides = {"embodiment": embodiment or info.embodiment, "task": task if task is not None else info.task,
+                 "fps": fps or info.fps}  # fmt: skip
+    metadata = dict(info.metadata, ingest={"source": path, "format": cls.format, "selected": len(keys)})
+    with Writer(out, mode="w" if overwrite else "x", image_codec=image_codec, jpeg_quality=jpeg_quality,
+                schema=info.schema, source_format=info.source_format, metadata=metadata) as writer:  # fmt: skip
+        bar = _progress(len(keys), progress)
+        for key, args, error in _convert_all(job, keys, workers):
+            if error is None:
+                assert args is not None
+                for name, value in overrides.items():
+                    if value is not None:
+                        args[name] = value
+                args["extra"] = {**args.get("extra", {}), "source_file": path, "source_episode": key}
+                try:
+                    writer.add_episode(**args)
+                except WriterError as exc:
+                    error = f"{path}: episode {key}: {exc}"
+                else:
+                    report.episodes += 1
+                    report.frames += len(args["actions"])
+            if error is not None:
+                if on_error == "raise":
+                    raise ConversionError(error)
+                report.skipped.append((key, error))
+            bar(key)
+        if report.skipped:
+            writer.metadata["ingest"]["skipped"] = [{"episode": k, "reason": r} for k, r in report.skipped]
+        if report.episodes == 0:
+            raise ConversionError(f"{path}: no episode could be converted; nothing was written")
+    report.seconds = time.perf_counter() - t0
+    report.bytes = os.path.getsize(out)
+    return report
+
+
+def _select(
+    keys: list[str], episodes: str | Sequence[int] | None, max_episodes: int | None, path: str
+) -> list[str]:
+    if episodes is not None:
+        wanted = parse_episodes(episodes) if isinstance(episodes, str) else list(episodes)
+        missing = [i for i in wanted if not 0 <= i < len(keys)]
+        if missing:
+            raise ConversionError(
+                f"{path}: has {len(keys)} episodes (0..{len(keys) - 1}); cannot select {missing[:5]}"
+            )
+        keys = [keys[i] for i in wanted]
+    if max_episodes is not None:
+        keys = keys[: max(0, max_episodes)]
+    if not keys:
+        raise ConversionError(f"{path}: no episodes to convert")
+    return keys
+
+
+# -- conversion (runs in the calling process or in workers) ------------------------------
+
+_worker_source: Source | None = None
+_worker_job: _Job | None = None
+
+
+def _init_worker(job: _Job) -> None:
+    global _worker_source, _worker_job
+    _worker_job = job
+    _worker_source = job.cls(job.path, job.options)  # type: ignore[call-arg]
+
+
+def _convert_one(key: str) -> tuple[str, dict[str, Any] | None, str | None]:
+    assert _worker_source is not None and _worker_job is not None
+    try:
+        args = _worker_source.read(key)
+        return key, _finish(args, _worker_job), None
+    except (ConversionError, WriterError) as exc:
+        return key, None, str(exc)
+    except (KinodbError, ValueError, KeyError, OSError) as exc:
+        return key, None, f"{_worker_job.path}: episode {key}: {type(exc).__name__}: {exc}"
+
+
+def _finish(args: dict[str, Any], job: _Job) -> dict[str, Any]:
+    """Apply the dtype cast and encode raw frames (here, so workers share the work)."""
+    if job.dtype is not None:
+        target = np.dtype(job.dtype)
+        for name in ("actions", "states", "rewards", "timestamps"):
+            arr = args.get(name)
+            if isinstance(arr, np.ndarray) and arr.dtype.kind == "f":
+                args[name] = arr.astype(target)
+        for name, arr in list(args.get("extra_arrays", {}).items()):
+            if arr.dtype.kind == "f":
+                args["extra_arrays"][name] = arr.astype(target)
+    if not job.options.images:
+        args.pop("images", None)
+    elif job.image_codec != "raw":
+        for cam, frames in list(args.get("images", {}).items()):
+            if isinstance(frames, np.ndarray):
+                if job.image_codec == "jpeg" and frames.shape[-1] not in (1, 3) and frames.ndim == 4:
+                    raise ConversionError(
+                        f"camera {cam!r} has {frames.shape[-1]} channels; JPEG stores 1 or 3 (use --image-codec png)"
+                    )
+                args["images"][cam] = _codecs.encode(
+                    frames if frames.ndim == 4 else frames[..., None], job.image_codec, job.jpeg_quality
+                )
+    return args
+
+
+def _convert_all(
+    job: _Job, keys: list[str], workers: int
+) -> Iterator[tuple[str, dict[str, Any] | None, str | None]]:
+    """Converted episodes in key order; at most a few episodes in flight."""
+    if workers == 1:
+        _init_worker(job)
+        try:
+            for key in keys:
+                yield _convert_one(key)
+        finally:
+            if _worker_source is not None:
+                _worker_source.close()
+        return
+    ctx = multiprocessing.get_context("spawn")  # sources hold file handles that must not be forked
+    with cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(job,)) as pool:
+        pending: collections.deque[cf.Future[tuple[str, dict[str, Any] | None, str | None]]] = (
+            collections.deque()
+        )
+        it = iter(keys)
+        for key in it:
+            pending.append(pool.submit(_convert_one, key))
+            if len(pending) >= 2 * workers:
+                break
+        while pending:
+            yield pending.popleft().result()
+            nxt = next(it, None)
+            if nxt is not None:
+                pending.append(pool.submit(_convert_one, nxt))
+
+
+def _progress(total: int, enabled: bool) -> Any:
+    if not enabled:
+        return lambda key: None
+    try:
+        from tqdm import tqdm  # optional: a plain counter without it
+    except ImportError:
+        state = {"n": 0, "t": time.perf_counter()}
+
+        def tick(key: str) -> None:
+            state["n"] += 1
+            if state["n"] == total or state["n"] % 100 == 0:
+                rate = state["n"] / max(time.perf_counter() - state["t"], 1e-9)
+                print(f"\r{state['n']}/{total} episodes ({rate:.1f} episodes/s)", end="", file=sys.stderr)
+                if state["n"] == total:
+                    print(file=sys.stderr)
+
+        return tick
+    bar = tqdm(total=total, unit="episode", file=sys.stderr, dynamic_ncols=True)
+
+    def update(key: str) -> None:
+        bar.update(1)
+        if bar.n == total:
+            bar.close()
+
+    return update
