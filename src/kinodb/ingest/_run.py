@@ -114,7 +114,7 @@ def ingest(
     ``workers > 1`` converts in that many processes; the output is identical.
 
     Example:
-        >>> kinodb.ingest("lift/ph/low_dim.hdf5", "lift.kdb", embodiment="panda")
+        >>> kinodb.ingest.ingest("lift/ph/low_dim.hdf5", "lift.kdb", embodiment="panda")
 
     Raises:
         ConversionError: with ``on_error="raise"``, the first bad episode (no output is

@@ -1,0 +1,168 @@
+"""The ingest framework with a test-only source: selection, workers, policies, report."""
+
+from __future__ import annotations
+
+import os
+from importlib.metadata import EntryPoint
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from _fake_source import FakeSource, fake_arrays, write_fake
+
+import kinodb
+from kinodb._cli.main import main
+from kinodb.errors import ConversionError
+from kinodb.ingest import _base, ingest, parse_episodes, source_class
+
+
+@pytest.fixture(autouse=True)
+def _register(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(_base._BUILTIN, "fake", "_fake_source:FakeSource")
+
+
+@pytest.fixture
+def src(tmp_path: Path) -> str:
+    eps = [{"key": f"ep{k}", "frames": 3 + k % 4, "seed": 100 + k} for k in range(12)]
+    return write_fake(tmp_path / "src", eps)
+
+
+def _episodes(path: Path) -> list[dict[str, Any]]:
+    with kinodb.open(path) as db:
+        out = []
+        for i in range(len(db)):
+            ep = db.read_episode_actions_only(i)
+            ep = {k: (np.array(v) if isinstance(v, np.ndarray) else v) for k, v in ep.items()}
+            ep["jpeg"] = [db.read_image_bytes(i, "cam", t) for t in range(ep["meta"]["num_frames"])]
+            out.append(ep)
+        return out
+
+
+def test_ingest_is_exact_and_records_provenance(src: str, tmp_path: Path) -> None:
+    out = tmp_path / "out.kdb"
+    report = ingest(src, out, image_codec="png")
+    assert (report.episodes, report.format, report.skipped) == (12, "fake", [])
+    assert report.frames == sum(3 + k % 4 for k in range(12)) and report.bytes == out.stat().st_size
+    with kinodb.open(out) as db:
+        for i in range(12):
+            want = fake_arrays(100 + i, 3 + i % 4)
+            ep = db.read_episode(i)
+            assert ep["actions"].dtype == np.float64  # source dtype kept
+            np.testing.assert_array_equal(ep["actions"], want["actions"])
+            np.testing.assert_array_equal(ep["lang"], want["extra_arrays"]["lang"])
+            np.testing.assert_array_equal(ep["images"]["cam"], want["images"]["cam"])  # png is lossless
+            meta = ep["meta"]
+            assert (meta["source_file"], meta["source_episode"], meta["seed"]) == (src, f"ep{i}", 100 + i)
+            assert (meta["embodiment"], meta["task"], meta["fps"]) == ("bot", "stack", 15.0)
+        assert db.schema()["states"]["components"] == {"xy": [0, 2]}
+        assert db.dataset_info()["source_format"] == "fake-1"
+        assert db.metadata()["origin"] == "test"
+
+
+def test_workers_give_the_same_file(src: str, tmp_path: Path) -> None:
+    one, two = tmp_path / "one.kdb", tmp_path / "two.kdb"
+    ingest(src, one)
+    ingest(src, two, workers=2)
+    a, b = _episodes(one), _episodes(two)
+    assert len(a) == len(b) == 12
+    for x, y in zip(a, b, strict=True):
+        assert x["meta"] == y["meta"] and x["jpeg"] == y["jpeg"]
+        for name in ("actions", "states", "rewards", "is_terminal", "lang"):
+            np.testing.assert_array_equal(x[name], y[name])
+
+
+def test_selection_overrides_and_dtype(src: str, tmp_path: Path) -> None:
+    out = tmp_path / "sel.kdb"
+    report = ingest(src, out, episodes="0-2,7", max_episodes=3, embodiment="ur5", task="", fps=30,
+                    dtype="float32", images=False)  # fmt: skip
+    assert report.episodes == 3
+    with kinodb.open(out) as db:
+        assert [db.read_meta(i)["source_episode"] for i in range(3)] == ["ep0", "ep1", "ep2"]
+        meta = db.read_meta(0)
+        assert (meta["embodiment"], meta["task"], meta["fps"]) == ("ur5", "", 30.0)
+        assert db.read_array(0, "actions").dtype == np.float32
+        assert db.read_array(0, "lang").dtype == np.float32
+        assert db.read_array(0, "states").dtype == np.float32
+        assert db.cameras(0) == {}
+    with pytest.raises(ConversionError, match="has 12 episodes"):
+        ingest(src, tmp_path / "x.kdb", episodes=[20])
+
+
+def test_bad_episode_raises_and_leaves_nothing(tmp_path: Path) -> None:
+    src = write_fake(
+        tmp_path / "src",
+        [{"key": "a", "frames": 3, "seed": 1}, {"key": "b", "frames": 3, "seed": 2, "bad": True}],
+    )
+    out = tmp_path / "out.kdb"
+    with pytest.raises(ConversionError, match="episode b: key 'actions'"):
+        ingest(src, out)
+    assert not out.exists() and not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+    assert main(["ingest", src, "-o", str(out), "--format", "fake", "-q"]) == 1
+    assert not out.exists()
+
+
+def test_skip_reports_and_records_what_was_skipped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    eps = [{"key": f"e{k}", "frames": 2, "seed": k, "bad": k in (1, 3)} for k in range(5)]
+    src = write_fake(tmp_path / "src", eps)
+    out = tmp_path / "out.kdb"
+    report = ingest(src, out, on_error="skip", workers=2)
+    assert report.episodes == 3 and [k for k, _ in report.skipped] == ["e1", "e3"]
+    assert "key 'actions'" in report.skipped[0][1]
+    with kinodb.open(out) as db:
+        assert [s["episode"] for s in db.metadata()["ingest"]["skipped"]] == ["e1", "e3"]
+        assert [db.read_meta(i)["source_episode"] for i in range(3)] == ["e0", "e2", "e4"]
+    assert (
+        main(["ingest", src, "-o", str(tmp_path / "cli.kdb"), "-F", "fake", "--on-error", "skip", "-q"]) == 0
+    )
+    captured = capsys.readouterr()
+    assert "skipped e1" in captured.out and "2 episodes skipped" in captured.err
+    all_bad = write_fake(tmp_path / "bad", [{"key": "z", "frames": 2, "seed": 0, "bad": True}])
+    with pytest.raises(ConversionError, match="no episode could be converted"):
+        ingest(all_bad, tmp_path / "none.kdb", on_error="skip")
+    assert not (tmp_path / "none.kdb").exists()
+
+
+def test_formats_detection_and_entry_points(
+    src: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert source_class("auto", src) is FakeSource
+    assert source_class("fake", src) is FakeSource
+    with pytest.raises(ConversionError, match="unknown source format 'nope'"):
+        source_class("nope", src)
+    other = tmp_path / "plain.txt"
+    other.write_text("hello")
+    with pytest.raises(ConversionError, match="cannot tell its format"):
+        source_class("auto", str(other))
+    with pytest.raises(FileNotFoundError):
+        source_class("auto", str(tmp_path / "missing"))
+    monkeypatch.delitem(_base._BUILTIN, "fake")
+    plugin = EntryPoint(name="thirdparty", value="_fake_source:FakeSource", group=_base.ENTRY_POINT_GROUP)
+    monkeypatch.setattr(
+        _base, "entry_points", lambda group: [plugin] if group == _base.ENTRY_POINT_GROUP else []
+    )
+    assert "thirdparty" in _base.formats()
+    assert source_class("thirdparty", src) is FakeSource
+    assert source_class("auto", src) is FakeSource
+
+
+def test_parse_episodes() -> None:
+    assert parse_episodes("0-3,7, 9") == [0, 1, 2, 3, 7, 9]
+    for bad in ("3-1", "a", "1,,2", "-1"):
+        with pytest.raises(ValueError, match="episode"):
+            parse_episodes(bad)
+
+
+def test_option_errors(src: str, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="on_error"):
+        ingest(src, tmp_path / "a.kdb", on_error="ignore")
+    with pytest.raises(ValueError, match="floating dtype"):
+        ingest(src, tmp_path / "a.kdb", dtype="int32")
+    with pytest.raises(ValueError, match="workers"):
+        ingest(src, tmp_path / "a.kdb", workers=0)
+    ingest(src, tmp_path / "a.kdb", max_episodes=1)
+    with pytest.raises(FileExistsError):
+        ingest(src, tmp_path / "a.kdb", max_episodes=1)
+    ingest(src, tmp_path / "a.kdb", max_episodes=2, overwrite=True)
