@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import struct
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,8 +31,40 @@ def sniff(data: bytes) -> str | None:
     return None
 
 
+_PNG_CHANNELS = {0: 1, 2: 3, 4: 2, 6: 4}  # 8-bit colour types: grey, RGB, grey+alpha, RGBA
+_JPEG_SOF = {*range(0xC0, 0xD0)} - {0xC4, 0xC8, 0xCC}  # start-of-frame markers (not DHT, JPG, DAC)
+
+
+def header_shape(data: bytes) -> tuple[int, int, int] | None:
+    """``(H, W, C)`` from a JPEG SOF or 8-bit PNG IHDR header, without Pillow (fast).
+
+    None when the header is anything else (palette PNGs, CMYK JPEGs, damaged
+    headers): `probe` then asks Pillow.
+    """
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR" and len(data) >= 26 and data[24] == 8:
+        w, h = struct.unpack_from(">II", data, 16)
+        c = _PNG_CHANNELS.get(data[25])
+        return (h, w, c) if c else None
+    if data[:2] != b"\xff\xd8":
+        return None
+    pos, n = 2, len(data)
+    while pos + 10 <= n and data[pos] == 0xFF:
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+        elif marker in _JPEG_SOF:
+            h, w = struct.unpack_from(">HH", data, pos + 5)
+            return (h, w, data[pos + 9]) if data[pos + 9] in (1, 3) else None
+        else:
+            pos += 2 + struct.unpack_from(">H", data, pos + 2)[0]
+    return None
+
+
 def probe(data: bytes) -> tuple[int, int, int]:
     """``(H, W, C)`` of an encoded image, reading only its header."""
+    shape = header_shape(data)
+    if shape is not None:
+        return shape
     Image = _pil()
     with Image.open(io.BytesIO(data)) as im:  # type: ignore[attr-defined]
         if im.mode not in _MODE_CHANNELS:

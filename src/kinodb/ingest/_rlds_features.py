@@ -1,0 +1,452 @@
+"""RLDS features: what each TFDS feature is, which `.kdb` field it fills, and one episode.
+
+A `Spec` describes one flattened feature (``steps/observation/image_0``): its kind,
+per-step shape and dtype, from ``features.json`` or, failing that, from the first record.
+A `Plan` assigns every feature a role once per dataset (actions, states, a camera, an
+extra array, the task, an extra field). `convert` turns one episode's decoded features
+into `Writer.add_episode` keyword arguments following the plan.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from kinodb.errors import ConversionError
+from kinodb.ingest._base import SourceOptions
+from kinodb.ingest._example import FeatureValue
+from kinodb.kdb import _codecs
+from kinodb.kdb.reader import META_FIELDS
+
+STEPS = "steps/"
+OBS = "steps/observation/"
+META = "episode_metadata/"
+TASK_KEYS = ("steps/language_instruction", "steps/observation/natural_language_instruction")
+SUCCESS_KEYS = ("episode_metadata/success", "episode_metadata/is_success")
+FLAG_KEYS = ("steps/is_first", "steps/is_last")
+# the ingest framework writes the first two; the rest are built-in episode fields
+_RESERVED_EXTRA = {"source_file", "source_episode", *META_FIELDS}
+_KINDS = {"Image": "image", "Text": "text", "ClassLabel": "int"}
+
+
+@dataclass(frozen=True, slots=True)
+class Spec:
+    """One flattened feature.
+
+    Attributes:
+        key: flat name, e.g. ``steps/action``.
+        kind: ``image``, ``text``, ``float``, ``int`` or ``bool``.
+        shape: per-step shape for ``steps/`` features, whole shape otherwise; None where
+            a dimension is unknown.
+        dtype: declared dtype (``float32``, ``int32``, ``bool``, ``uint8`` ...), if any.
+        encoding: ``jpeg``/``png`` for images, if declared.
+    """
+
+    key: str
+    kind: str
+    shape: tuple[int, ...] | None = None
+    dtype: str | None = None
+    encoding: str | None = None
+
+    @property
+    def width(self) -> int | None:
+        """Values per step (per episode for episode-level features), if known."""
+        return None if self.shape is None else math.prod(self.shape)
+
+    def describe(self) -> dict[str, Any]:
+        """JSON for the dataset metadata."""
+        out: dict[str, Any] = {"kind": self.kind}
+        if self.shape is not None:
+            out["shape"] = list(self.shape)
+        if self.dtype:
+            out["dtype"] = self.dtype
+        if self.encoding:
+            out["encoding"] = self.encoding
+        return out
+
+
+# -- features.json ------------------------------------------------------------------------
+
+
+def _kind(node: Mapping[str, Any]) -> tuple[str | None, dict[str, Any]]:
+    cls = str(node.get("pythonClassName", "")).rsplit(".", 1)[-1]
+    if cls == "Image":
+        return "image", dict(node.get("image", {}))
+    if cls in _KINDS:
+        return _KINDS[cls], dict(node.get("text", node.get("tensor", {})))
+    tensor = dict(node.get("tensor", {}))
+    dtype = str(tensor.get("dtype", ""))
+    if tensor.get("encoding", "none") not in ("none", ""):
+        return "encoded", tensor
+    if dtype == "bool":
+        return "bool", tensor
+    if dtype.startswith(("float", "bfloat")):
+        return "float", tensor
+    if dtype.startswith(("int", "uint")):
+        return "int", tensor
+    if dtype == "string":
+        return "text", tensor
+    return None, tensor
+
+
+def _shape(info: Mapping[str, Any]) -> tuple[int, ...] | None:
+    dims = info.get("shape", {}).get("dimensions", [])
+    try:
+        shape = tuple(int(d) for d in dims)
+    except (TypeError, ValueError):
+        return None
+    return None if any(d < 0 for d in shape) else shape
+
+
+def flatten_features(node: Mapping[str, Any], prefix: str, out: dict[str, Spec]) -> None:
+    """Add every leaf of a ``features.json`` node to ``out`` under ``prefix``.
+
+    Raises:
+        ConversionError: a feature uses a tensor encoding this reader cannot decode.
+    """
+    cls = str(node.get("pythonClassName", "")).rsplit(".", 1)[-1]
+    if cls == "FeaturesDict" or "featuresDict" in node:
+        for name, child in node.get("featuresDict", {}).get("features", {}).items():
+            flatten_features(child, f"{prefix}{name}/", out)
+        return
+    if cls in ("Dataset", "Sequence") or "sequence" in node:
+        flatten_features(node.get("sequence", {}).get("feature", {}), prefix, out)
+        return
+    key = prefix.rstrip("/")
+    kind, info = _kind(node)
+    if kind == "encoded":
+        raise ConversionError(
+            f"features.json: {key} uses tensor encoding {info.get('encoding')!r}; only plain tensors "
+            f"(encoding 'none') can be read without TensorFlow"
+        )
+    if kind is None:
+        return  # unknown feature class: classified from the records instead
+    shape = () if kind == "text" else _shape(info)
+    if kind == "image" and shape is not None and len(shape) != 3:
+        shape = None
+    encoding = info.get("encodingFormat") if kind == "image" else None
+    out[key] = Spec(key, kind, shape, info.get("dtype") or None, encoding or None)
+
+
+def infer_spec(key: str, value: FeatureValue, steps: int | None) -> Spec:
+    """A feature's spec from its first decoded value (no ``features.json`` entry).
+
+    ``steps`` is the episode's step count for ``steps/`` features; a width of one
+    value per step is taken as a scalar.
+    """
+    if isinstance(value, list):
+        kind = "image" if value and _codecs.sniff(value[0]) else "text"
+        return Spec(
+            key, kind, None if kind == "image" else (), None, _codecs.sniff(value[0]) if value else None
+        )
+    kind = "float" if value.dtype.kind == "f" else "int"
+    n = value.size if steps is None else (value.size // steps if steps else 0)
+    return Spec(key, kind, () if n == 1 else (n,), "float32" if kind == "float" else "int64")
+
+
+# -- plan ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Plan:
+    """Which feature fills which `.kdb` field, fixed once per dataset."""
+
+    specs: dict[str, Spec]
+    count_key: str
+    actions: list[str]
+    states: list[str]
+    cameras: dict[str, str] = field(default_factory=dict)  # camera name -> key
+    arrays: dict[str, str] = field(default_factory=dict)  # extra array name -> key
+    texts: dict[str, str] = field(default_factory=dict)  # extra field name -> per-step text key
+    fields: dict[str, str] = field(default_factory=dict)  # extra field name -> episode-level key
+    reward: str | None = None
+    terminal: str | None = None
+    task: str | None = None
+    success: str | None = None
+
+    def components(self, keys: list[str], strip: str) -> dict[str, list[int]]:
+        """``{name: [start, stop)}`` of each key in a concatenation (empty for one key)."""
+        if len(keys) < 2:
+            return {}
+        out, pos = {}, 0
+        for key in keys:
+            width = self.specs[key].width or 0
+            out[key.removeprefix(strip)] = [pos, pos + width]
+            pos += width
+        return out
+
+    def schema(self) -> dict[str, Any]:
+        """The ``schema`` argument of `Writer`: action and state components."""
+        out: dict[str, Any] = {}
+        for part, keys, strip in (("actions", self.actions, "steps/action/"), ("states", self.states, OBS)):
+            comps = self.components(keys, strip)
+            if comps:
+                out[part] = {"components": comps}
+        return out
+
+    def roles(self) -> dict[str, Any]:
+        """Which source keys went where, for the dataset metadata."""
+        out: dict[str, Any] = {"actions": self.actions, "states": self.states, "cameras": self.cameras,
+                               "arrays": self.arrays, "fields": {**self.texts, **self.fields}}  # fmt: skip
+        for name in ("reward", "terminal", "task", "success"):
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name)
+        return out
+
+
+def _field_name(key: str, used: set[str]) -> str:
+    name = key.removeprefix(META).removeprefix(STEPS).replace("/", ".")
+    if name in _RESERVED_EXTRA or name in used:
+        name = key.replace("/", ".")
+    used.add(name)
+    return name
+
+
+def _state_keys(specs: Mapping[str, Spec], options: SourceOptions) -> list[str]:
+    if options.state_keys:
+        keys = []
+        for want in options.state_keys:
+            found = next((k for k in (OBS + want, STEPS + want, want) if k in specs), None)
+            if found is None or specs[found].kind in ("image", "text") or not found.startswith(STEPS):
+                raise ConversionError(
+                    f"state key {want!r} is not a numeric per-step feature; numeric observation keys: "
+                    f"{', '.join(k.removeprefix(OBS) for k in _numeric_obs(specs)) or 'none'}"
+                )
+            keys.append(found)
+        return keys
+    if OBS + "state" in specs and specs[OBS + "state"].kind == "float":
+        return [OBS + "state"]
+    # language embeddings (RT-1's natural_language_embedding) describe the task, not the robot
+    return [
+        k for k in _numeric_obs(specs) if specs[k].kind == "float" and "embedding" not in k.rsplit("/", 1)[-1]
+    ]
+
+
+def _numeric_obs(specs: Mapping[str, Spec]) -> list[str]:
+    return sorted(k for k, s in specs.items() if k.startswith(OBS) and s.kind in ("float", "int", "bool"))
+
+
+def make_plan(specs: dict[str, Spec], options: SourceOptions) -> Plan:
+    """Assign every feature a role.
+
+    Raises:
+        ConversionError: no step count (``is_first``/``is_last``), no action, or a bad
+            ``state_keys`` option.
+    """
+    count = next((k for k in FLAG_KEYS if k in specs), None)
+    if count is None:
+        raise ConversionError(
+            "no steps/is_first or steps/is_last feature: cannot count the steps of an episode"
+        )
+    if STEPS + "action" in specs:
+        actions = [STEPS + "action"]
+    else:
+        actions = sorted(k for k, s in specs.items() if k.startswith("steps/action/") and s.kind != "text")
+    if not actions or any(specs[k].kind == "image" for k in actions):
+        raise ConversionError("no numeric steps/action feature (a tensor, or a dict of tensors)")
+    plan = Plan(specs, count, actions, _state_keys(specs, options))
+    taken = {*FLAG_KEYS, *actions, *plan.states}
+    plan.task = next((k for k in TASK_KEYS if k in specs and specs[k].kind == "text"), None)
+    plan.success = next((k for k in SUCCESS_KEYS if k in specs and specs[k].kind != "text"), None)
+    if specs.get(STEPS + "reward", Spec("", "")).kind == "float" and specs[STEPS + "reward"].shape == ():
+        plan.reward = STEPS + "reward"
+    if STEPS + "is_terminal" in specs and specs[STEPS + "is_terminal"].kind != "text":
+        plan.terminal = STEPS + "is_terminal"
+    taken |= {k for k in (plan.task, plan.success, plan.reward, plan.terminal) if k}
+    used: set[str] = set()
+    for key in sorted(specs):
+        spec = specs[key]
+        if key in taken:
+            continue
+        if not key.startswith(STEPS):
+            plan.fields[_field_name(key, used)] = key
+        elif spec.kind == "image":
+            plan.cameras[key.removeprefix(OBS) if key.startswith(OBS) else key.removeprefix(STEPS)] = key
+        elif spec.kind == "text":
+            plan.texts[_field_name(key, used)] = key
+        else:
+            plan.arrays[key.removeprefix(STEPS)] = key
+    if plan.task is not None:  # kept as a field only when it varies within an episode
+        plan.texts.setdefault(_field_name(plan.task, used), plan.task)
+    return plan
+
+
+# -- one episode --------------------------------------------------------------------------
+
+_INT_DTYPES = {"int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64"}
+
+
+def _numeric(value: FeatureValue, spec: Spec, where: str) -> NDArray[Any]:
+    if isinstance(value, list):
+        if not value:  # a Feature with no kind set: no values
+            return np.zeros(0, np.float32)
+        raise ConversionError(f"{where}: {spec.key} holds bytes; expected {spec.kind} values")
+    if spec.kind == "float":
+        if value.dtype.kind != "f":
+            raise ConversionError(f"{where}: {spec.key} holds int64 values; features.json says {spec.dtype}")
+        return value
+    if value.dtype.kind == "f":
+        raise ConversionError(f"{where}: {spec.key} holds float values; expected {spec.kind}")
+    if spec.kind == "bool":
+        flags: NDArray[np.bool_] = value != 0
+        return flags
+    if spec.dtype in _INT_DTYPES and spec.dtype != "int64":
+        target = np.dtype(spec.dtype)
+        info = np.iinfo(target)
+        if value.size and (value.min() < info.min or value.max() > info.max):
+            raise ConversionError(f"{where}: {spec.key} has values outside {spec.dtype}")
+        return value.astype(target)
+    return value
+
+
+def _steps(feats: Mapping[str, FeatureValue], plan: Plan, key: str, T: int, where: str) -> NDArray[Any]:
+    """Per-step values of ``key`` as ``(T, *shape)``; checks the value count."""
+    if key not in feats:
+        raise ConversionError(f"{where}: missing feature {key}")
+    spec = plan.specs[key]
+    arr = _numeric(feats[key], spec, where)
+    if spec.shape is not None:
+        if arr.size != T * math.prod(spec.shape):
+            raise ConversionError(
+                f"{where}: {key} has {arr.size} values; {T} steps of shape {spec.shape} need "
+                f"{T * math.prod(spec.shape)}"
+            )
+        return arr.reshape(T, *spec.shape)
+    if arr.size % T:
+        raise ConversionError(f"{where}: {key} has {arr.size} values, not a multiple of the {T} steps")
+    return arr.reshape(T, -1)
+
+
+def _concat(parts: list[NDArray[Any]]) -> NDArray[Any]:
+    flat = [p.reshape(p.shape[0], -1) for p in parts]
+    if len(flat) == 1:
+        return flat[0]
+    dtypes = {p.dtype for p in flat}
+    dtype = dtypes.pop() if len(dtypes) == 1 else np.dtype(np.float32)
+    return np.concatenate([p.astype(dtype, copy=False) for p in flat], axis=1)
+
+
+def _texts(value: FeatureValue, key: str, where: str) -> list[str]:
+    if not isinstance(value, list):
+        if value.size == 0:
+            return []
+        raise ConversionError(f"{where}: {key} holds numbers; expected text")
+    try:
+        return [v.decode() for v in value]
+    except UnicodeDecodeError as exc:
+        raise ConversionError(
+            f"{where}: {key} is not UTF-8 text ({exc.reason} at byte {exc.start})"
+        ) from None
+
+
+def _field_value(value: FeatureValue, spec: Spec, where: str) -> Any:
+    """An episode-level feature as a JSON value: one value, a list, or None if empty."""
+    vals: list[Any] = (
+        _texts(value, spec.key, where)
+        if spec.kind in ("text", "image")
+        else _numeric(value, spec, where).tolist()
+    )
+    if not vals:
+        return None
+    return vals[0] if len(vals) == 1 and spec.shape in ((), None) else vals
+
+
+def _camera(value: FeatureValue, spec: Spec, T: int, options: SourceOptions, where: str) -> Any:
+    """A camera's encoded frames, unchanged; decoded and turned 180 degrees if asked."""
+    if not isinstance(value, list) or len(value) != T:
+        got = f"{len(value)} frames" if isinstance(value, list) else "numbers"
+        raise ConversionError(f"{where}: {spec.key} has {got}; the episode has {T} steps")
+    if not value[0] or _codecs.sniff(value[0]) is None:
+        raise ConversionError(f"{where}: {spec.key} step 0 is not JPEG or PNG bytes")
+    try:
+        shape = _codecs.probe(value[0])
+    except (OSError, ValueError) as exc:
+        raise ConversionError(f"{where}: {spec.key} step 0: unreadable image header ({exc})") from None
+    if spec.shape is not None and tuple(spec.shape) != shape:
+        raise ConversionError(
+            f"{where}: {spec.key} step 0 is {shape} (H, W, C); features.json says {spec.shape}"
+        )
+    if not options.flip_images:
+        return value
+    frames = _codecs.decode(value, shape, f"{where}: {spec.key}")
+    return np.ascontiguousarray(frames[:, ::-1, ::-1])
+
+
+def _success(feats: Mapping[str, FeatureValue], plan: Plan, rewards: NDArray[Any] | None) -> bool | None:
+    """Episode metadata's success flag; else final reward > 0; None if cut off or unknown."""
+    if plan.success is not None:
+        flag = feats.get(plan.success, [])
+        return None if isinstance(flag, list) or flag.size == 0 else bool(flag.reshape(-1)[0] != 0)
+    if rewards is None:
+        return None
+    if rewards[-1] > 0:
+        return True
+    last = feats.get("steps/is_last")
+    ended = last is None or (not isinstance(last, list) and last.size > 0 and last.reshape(-1)[-1] != 0)
+    return False if ended else None
+
+
+def _count(feats: Mapping[str, FeatureValue], plan: Plan, where: str) -> int:
+    value = feats.get(plan.count_key)
+    if value is None:
+        raise ConversionError(f"{where}: missing feature {plan.count_key}")
+    T = len(value) if isinstance(value, list) else int(value.size)
+    if T == 0:
+        raise ConversionError(f"{where}: the episode has no steps ({plan.count_key} is empty)")
+    return T
+
+
+def convert(
+    feats: Mapping[str, FeatureValue], plan: Plan, options: SourceOptions, where: str
+) -> dict[str, Any]:
+    """`Writer.add_episode` keyword arguments for one episode's decoded features.
+
+    Raises:
+        ConversionError: a feature is missing, unknown, of the wrong kind, or has a value
+            count that does not fit the episode's steps; names ``where`` and the key.
+    """
+    unknown = sorted(set(feats) - set(plan.specs))
+    if unknown:
+        raise ConversionError(
+            f"{where}: features not declared in features.json or the first record: {unknown[:5]}"
+        )
+    T = _count(feats, plan, where)
+    args: dict[str, Any] = {"actions": _concat([_steps(feats, plan, k, T, where) for k in plan.actions])}
+    if plan.states:
+        args["states"] = _concat([_steps(feats, plan, k, T, where) for k in plan.states])
+    rewards = None
+    if plan.reward is not None:
+        rewards = args["rewards"] = _steps(feats, plan, plan.reward, T, where)
+    if plan.terminal is not None:
+        args["is_terminal"] = _steps(feats, plan, plan.terminal, T, where).reshape(T) != 0
+    args["extra_arrays"] = {name: _steps(feats, plan, key, T, where) for name, key in plan.arrays.items()}
+    if options.images:
+        args["images"] = {
+            cam: _camera(feats.get(key, []), plan.specs[key], T, options, where)
+            for cam, key in plan.cameras.items()
+        }
+    extra: dict[str, Any] = {}
+    for name, key in plan.texts.items():
+        if key not in feats:
+            raise ConversionError(f"{where}: missing feature {key}")
+        texts = _texts(feats[key], key, where)
+        if len(texts) != T:
+            raise ConversionError(f"{where}: {key} has {len(texts)} values; the episode has {T} steps")
+        if key == plan.task:
+            args["task"] = texts[0]
+            if len(set(texts)) > 1:
+                extra[name] = texts
+        else:
+            extra[name] = texts[0] if len(set(texts)) == 1 else texts
+    for name, key in plan.fields.items():
+        if key not in feats:
+            raise ConversionError(f"{where}: missing feature {key}")
+        extra[name] = _field_value(feats[key], plan.specs[key], where)
+    args["extra"] = extra
+    args["success"] = _success(feats, plan, rewards)
+    return args

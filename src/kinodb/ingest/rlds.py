@@ -1,0 +1,516 @@
+"""RLDS / TFDS TFRecord source (Open X-Embodiment): ``.kdb`` without TensorFlow.
+
+Input: a TFDS dataset folder (``<name>/<version>/`` with ``features.json``,
+``dataset_info.json`` and shards named by the TFDS template
+``{DATASET}-{SPLIT}.tfrecord-{SHARD:05d}-of-{N:05d}`` or the older ``-{SHARD:05d}``), its
+parent holding one version folder, a folder of ``*.tfrecord*`` files, or one shard file.
+``options.split`` picks the shards (default ``train``).
+
+Layouts: one record per episode with flattened ``steps/...`` features (what TFDS
+writes), or one record per step with top-level ``is_first``/``is_last``/``action``...
+features, split into episodes at ``is_first`` (and after ``is_last``). Episode keys are
+``"<shard file>:<record>"``, or ``"<shard file>:<first>-<last>"`` for per-step records.
+
+Mapping (per-step features are ``(T, *shape)`` with shapes from ``features.json``, else
+from the first record):
+
+- ``steps/action`` -> ``actions``; a dict of actions (``steps/action/*``) is concatenated
+  in sorted key order, its slices recorded as action components.
+- ``steps/observation/state`` -> ``states``; without it every float observation key
+  (except ``*embedding*`` keys) is concatenated in sorted order (``state_keys`` picks
+  others), slices recorded as state components.
+- image features -> cameras, the JPEG/PNG bytes passed through unchanged (frame 0's
+  header is checked against the declared shape).
+- ``steps/reward`` -> ``rewards``; ``steps/is_terminal`` -> ``is_terminal``; every other
+  numeric per-step feature (``discount``, ``language_embedding``, other observations) ->
+  an extra array named by its key without ``steps/``.
+- ``steps/language_instruction`` (else ``steps/observation/natural_language_instruction``)
+  -> ``task`` (step 0's text; the per-step list is kept as an extra field when it varies).
+  Other per-step text -> extra fields (one string, or the per-step list if it varies).
+- ``episode_metadata/*`` (and any other episode-level feature) -> extra fields named
+  without the prefix (``/`` becomes ``.``): text decoded as UTF-8, one value as a number or
+  bool, several as a list.
+- ``success``: ``episode_metadata/success`` when present; else True when the final reward
+  is > 0, False when it is not and the episode ends with ``is_last``, and None when the
+  episode is cut off before its last step (no ``is_last``) or has no rewards.
+- Floats stay float32 (a TFRecord FloatList is float32, even for float64 features);
+  integers take their declared dtype; booleans become bool.
+- fps: ``options.fps``; else 5 Hz for Bridge, 3 Hz for RT-1 (fractal), 15 Hz for DROID
+  (their recording rates, by dataset name); else 10 Hz. Those three also name the
+  embodiment (widowx, google_robot, franka).
+
+Every record's length and data CRC-32C are checked. A damaged or truncated record, a
+shard shorter than ``dataset_info.json`` says, or a malformed Example is a
+`ConversionError` naming the shard and the record, raised or (``on_error="skip"``)
+reported; the records around a damaged one are still read.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from kinodb.errors import ConversionError
+from kinodb.ingest import _tfrecord
+from kinodb.ingest._base import SourceInfo, SourceOptions
+from kinodb.ingest._example import FeatureValue, parse_example
+from kinodb.ingest._rlds_features import (
+    META,
+    STEPS,
+    Plan,
+    Spec,
+    convert,
+    flatten_features,
+    infer_spec,
+    make_plan,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_FPS = 10.0
+KNOWN_DATASETS: dict[str, tuple[float, str]] = {
+    "bridge": (5.0, "widowx"),
+    "bridge_dataset": (5.0, "widowx"),
+    "fractal20220817_data": (3.0, "google_robot"),
+    "droid": (15.0, "franka"),
+}
+_SHARD_RE = re.compile(r"^(?P<dataset>.+)-(?P<split>[^-.]+)\.tfrecord-(?P<shard>\d+)(?:-of-(?P<num>\d+))?$")
+_TEMPLATES = ("{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}", "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_INDEX}")
+
+
+@dataclass(frozen=True, slots=True)
+class _Shard:
+    name: str
+    path: str
+    expected: int | None  # episodes dataset_info.json lists for it
+
+
+def _load_json(path: str) -> dict[str, Any] | None:
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (OSError, ValueError) as exc:
+        raise ConversionError(f"{path}: not readable JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConversionError(f"{path}: expected a JSON object")
+    return data
+
+
+def _is_tfrecord_file(path: str) -> bool:
+    if ".tfrecord" in os.path.basename(path):
+        return True
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(_tfrecord.HEADER.size)
+    except OSError:
+        return False
+    if len(head) < _tfrecord.HEADER.size:
+        return False
+    crc: int = _tfrecord.HEADER.unpack(head)[1]
+    return _tfrecord.masked_crc32c(head[:8]) == crc
+
+
+def _has_dataset(folder: str) -> bool:
+    names = os.listdir(folder)
+    return any(n in ("features.json", "dataset_info.json") or ".tfrecord" in n for n in names)
+
+
+def _resolve(path: str) -> tuple[str, str | None]:
+    """The dataset folder, and the one shard file when ``path`` is a file."""
+    if os.path.isfile(path):
+        return os.path.dirname(os.path.abspath(path)), path
+    if not os.path.isdir(path):
+        raise FileNotFoundError(2, "No such file or directory", path)
+    if _has_dataset(path):
+        return path, None
+    versions = sorted(
+        d for d in os.listdir(path) if os.path.isfile(os.path.join(path, d, "dataset_info.json"))
+    )
+    if len(versions) == 1:
+        return os.path.join(path, versions[0]), None
+    if versions:
+        raise ConversionError(
+            f"{path}: holds several versions ({', '.join(versions)}); pass one version folder"
+        )
+    raise ConversionError(f"{path}: no features.json, dataset_info.json or *.tfrecord* files")
+
+
+def _template_names(template: str, dataset: str, split: str, fmt: str, n: int) -> list[str]:
+    return [
+        template.replace("{DATASET}", dataset).replace("{SPLIT}", split).replace("{FILEFORMAT}", fmt)
+        .replace("{SHARD_X_OF_Y}", f"{i:05d}-of-{n:05d}").replace("{SHARD_INDEX}", f"{i:05d}")
+        .replace("{NUM_SHARDS}", f"{n:05d}")
+        for i in range(n)
+    ]  # fmt: skip
+
+
+def _split_shards(root: str, info: dict[str, Any], split: str) -> list[_Shard]:
+    """Shards of ``split`` as ``dataset_info.json`` lists them."""
+    fmt = str(info.get("fileFormat") or "tfrecord")
+    if fmt != "tfrecord":
+        raise ConversionError(
+            f"{root}: file format {fmt!r} is not supported; only TFRecord shards can be read"
+        )
+    splits = {str(s.get("name")): s for s in info.get("splits", []) if isinstance(s, dict)}
+    if split not in splits:
+        raise ConversionError(
+            f"{root}: no split {split!r}; dataset_info.json lists {', '.join(sorted(splits)) or 'none'} "
+            f"(pass --split)"
+        )
+    entry = splits[split]
+    lengths = [int(x) for x in entry.get("shardLengths", [])]
+    n = len(lengths) or int(entry.get("numShards", 0))
+    if n == 0:
+        raise ConversionError(f"{root}: split {split!r} has no shards in dataset_info.json")
+    dataset = str(info.get("name", ""))
+    templates = [t for t in (entry.get("filepathTemplate"), *_TEMPLATES) if t]
+    candidates = [_template_names(str(t), dataset, split, fmt, n) for t in templates]
+    for names in candidates:
+        if all(os.path.isfile(os.path.join(root, name)) for name in names):
+            return [
+                _Shard(name, os.path.join(root, name), lengths[i] if lengths else None)
+                for i, name in enumerate(names)
+            ]
+    missing = [name for name in candidates[0] if not os.path.isfile(os.path.join(root, name))]
+    raise ConversionError(
+        f"{root}: split {split!r} lists {n} shards but {len(missing)} are missing: {', '.join(missing[:4])}"
+    )
+
+
+def _listed_shards(root: str, split: str | None) -> list[_Shard]:
+    """Shards found by name when there is no ``dataset_info.json``."""
+    names = sorted(n for n in os.listdir(root) if ".tfrecord" in n and os.path.isfile(os.path.join(root, n)))
+    templated = [(m, n) for n in names if (m := _SHARD_RE.match(n))]
+    if templated:
+        want = split or "train"
+        chosen = sorted((int(m["shard"]), n) for m, n in templated if m["split"] == want)
+        if not chosen:
+            found = sorted({m["split"] for m, _ in templated})
+            raise ConversionError(
+                f"{root}: no shards of split {want!r}; found splits {', '.join(found)} (pass --split)"
+            )
+        return [_Shard(n, os.path.join(root, n), None) for _, n in chosen]
+    if split is not None:
+        raise ConversionError(
+            f"{root}: shard names carry no split (expected NAME-SPLIT.tfrecord-NNNNN); drop --split"
+        )
+    if not names:
+        raise ConversionError(f"{root}: no *.tfrecord* shards")
+    return [_Shard(n, os.path.join(root, n), None) for n in names]
+
+
+def _merge_steps(steps: list[dict[str, FeatureValue]], first: int, where: str) -> dict[str, FeatureValue]:
+    """One episode's features from its per-step records (keys as in the per-episode layout)."""
+    keys = list(steps[0])
+    out: dict[str, FeatureValue] = {}
+    for offset, feats in enumerate(steps[1:], 1):
+        if set(feats) != set(keys):
+            diff = sorted(set(feats) ^ set(keys))
+            raise ConversionError(
+                f"{where}: record {first + offset} has other features than record {first}: {diff[:5]}"
+            )
+    for key in keys:
+        values = [feats[key] for feats in steps]
+        if key.startswith(META):
+            if any(not _same(v, values[0]) for v in values[1:]):
+                raise ConversionError(f"{where}: {key} differs between the steps of one episode")
+            out[key] = values[0]
+        elif all(isinstance(v, list) for v in values):
+            out[STEPS + key] = [b for v in values for b in v]  # type: ignore[union-attr]
+        else:
+            arrays: list[Any] = [np.zeros(0, np.float32) if isinstance(v, list) else v for v in values]
+            if any(isinstance(v, list) and v for v in values):
+                raise ConversionError(f"{where}: {key} holds bytes in some steps and numbers in others")
+            out[STEPS + key] = np.concatenate(arrays)  # type: ignore[assignment]
+    return out
+
+
+def _same(a: FeatureValue, b: FeatureValue) -> bool:
+    if isinstance(a, list) or isinstance(b, list):
+        return a == b if isinstance(a, list) and isinstance(b, list) else False
+    return a.shape == b.shape and bool((a == b).all())
+
+
+class RLDSSource:
+    """RLDS episodes from TFRecord shards (see the module docstring for the mapping).
+
+    Example:
+        >>> from kinodb.ingest import ingest
+        >>> ingest("bridge_dataset/1.0.0", "bridge.kdb", format="rlds", split="train")
+
+    Raises:
+        ConversionError: the folder holds no readable RLDS dataset or split.
+    """
+
+    format: ClassVar[str] = "rlds"
+
+    def __init__(self, path: str, options: SourceOptions) -> None:
+        self._options = options
+        self._root, single = _resolve(os.fspath(path))
+        self._info = _load_json(os.path.join(self._root, "dataset_info.json")) or {}
+        self._features = _load_json(os.path.join(self._root, "features.json"))
+        self._shards = self._find_shards(single)
+        self._by_name = {s.name: s for s in self._shards}
+        self._records: dict[str, list[_tfrecord.Record]] = {}
+        self._fd: tuple[str, int] | None = None
+        self._layout: str | None = None
+        self._plan: Plan | None = None
+
+    @classmethod
+    def detect(cls, path: str) -> bool:
+        """A shard file, or a folder with TFDS metadata, shards, or one version folder."""
+        try:
+            if os.path.isfile(path):
+                return _is_tfrecord_file(path)
+            if not os.path.isdir(path):
+                return False
+            if _has_dataset(path):
+                return True
+            return any(os.path.isfile(os.path.join(path, d, "dataset_info.json")) for d in os.listdir(path))
+        except OSError:
+            return False
+
+    def _find_shards(self, single: str | None) -> list[_Shard]:
+        split = self._options.split
+        if single is None:
+            if self._info.get("splits"):
+                return _split_shards(self._root, self._info, split or "train")
+            return _listed_shards(self._root, split)
+        name = os.path.basename(single)
+        m = _SHARD_RE.match(name)
+        if split is not None and m is not None and m["split"] != split:
+            raise ConversionError(f"{single}: is a shard of split {m['split']!r}, not {split!r}")
+        return [_Shard(name, single, None)]
+
+    # -- records ------------------------------------------------------------------------
+
+    def _scan(self, shard: _Shard) -> list[_tfrecord.Record]:
+        if shard.name not in self._records:
+            self._records[shard.name] = _tfrecord.scan(shard.path)
+        return self._records[shard.name]
+
+    def _open(self, shard: _Shard) -> int:
+        if self._fd is not None and self._fd[0] == shard.name:
+            return self._fd[1]
+        self.close()
+        fd = os.open(shard.path, os.O_RDONLY)
+        self._fd = (shard.name, fd)
+        return fd
+
+    def _data(self, shard: _Shard, index: int) -> bytes:
+        records = self._scan(shard)
+        if index < len(records):
+            return _tfrecord.read_data(self._open(shard), shard.path, index, records[index])
+        if shard.expected is not None and index < shard.expected:
+            raise ConversionError(
+                f"{shard.path}: record {index}: missing: the shard holds {len(records)} records, "
+                f"dataset_info.json lists {shard.expected} (a truncated or replaced shard)"
+            )
+        raise ConversionError(f"{shard.path}: no record {index}; the shard holds {len(records)}")
+
+    def _parse(
+        self, data: bytes, where: str, *, skip: frozenset[str] = frozenset()
+    ) -> dict[str, FeatureValue]:
+        try:
+            return parse_example(data, skip=skip)
+        except ConversionError as exc:
+            raise ConversionError(f"{where}: {exc}") from None
+
+    def _first_record(self) -> tuple[dict[str, FeatureValue], str]:
+        """The first record that reads and parses, for the layout and undeclared features."""
+        faults = []
+        for shard in self._shards:
+            for index in range(len(self._scan(shard))):
+                where = f"{shard.path}: record {index}"
+                try:
+                    return self._parse(self._data(shard, index), where), where
+                except ConversionError as exc:
+                    faults.append(str(exc))
+        detail = f" ({faults[0]})" if faults else ""
+        raise ConversionError(
+            f"{self._root}: no readable record in split {self._options.split or 'train'!r}{detail}"
+        )
+
+    # -- features -----------------------------------------------------------------------
+
+    def _setup(self) -> Plan:
+        """Layout, feature specs and the role plan (the same in every worker)."""
+        if self._plan is not None:
+            return self._plan
+        first, where = self._first_record()
+        declared: dict[str, Any] = {}
+        if self._features is not None:
+            declared = dict(self._features.get("featuresDict", {}).get("features", {}))
+        if declared:
+            self._layout = "episode" if "steps" in declared else "step"
+        elif any(k.startswith(STEPS) for k in first):
+            self._layout = "episode"
+        elif "is_first" in first or "is_last" in first:
+            self._layout = "step"
+        else:
+            raise ConversionError(
+                f"{where}: neither steps/... nor is_first/is_last features: not an RLDS record"
+            )
+        specs: dict[str, Spec] = {}
+        for name, node in declared.items():
+            prefix = "" if self._layout == "episode" or name == META.rstrip("/") else STEPS
+            flatten_features(node, f"{prefix}{name}/", specs)
+        if self._layout == "step":
+            first = {k if k.startswith(META) else STEPS + k: v for k, v in first.items()}
+        count = next((first[k] for k in ("steps/is_first", "steps/is_last") if k in first), None)
+        steps = None if count is None else len(count)
+        for key, value in first.items():
+            if key not in specs:
+                specs[key] = infer_spec(key, value, steps if key.startswith(STEPS) else None)
+        self._plan = make_plan(specs, self._options)
+        return self._plan
+
+    def _skip(self, plan: Plan) -> frozenset[str]:
+        if self._options.images:
+            return frozenset()
+        keys = plan.cameras.values()
+        return frozenset(k.removeprefix(STEPS) if self._layout == "step" else k for k in keys)
+
+    # -- Source -------------------------------------------------------------------------
+
+    def episodes(self) -> list[str]:
+        """Every episode's key, in shard order; scans record headers only (per-step: flags too)."""
+        self._setup()
+        keys: list[str] = []
+        for shard in self._shards:
+            records = self._scan(shard)
+            if self._layout == "step":
+                found = self._step_ranges(shard, records)
+                keys += [f"{shard.name}:{a}-{b}" for a, b in found]
+                if shard.expected is not None and len(found) < shard.expected:
+                    keys.append(f"{shard.name}:missing")
+                continue
+            keys += [f"{shard.name}:{i}" for i in range(len(records))]
+            found_n = len(records)
+            if shard.expected is not None:
+                keys += [f"{shard.name}:{i}" for i in range(found_n, shard.expected)]
+                if found_n > shard.expected:
+                    log.warning("%s: holds %d records, dataset_info.json lists %d; reading all",
+                                shard.path, found_n, shard.expected)  # fmt: skip
+        return keys
+
+    def _step_ranges(self, shard: _Shard, records: list[_tfrecord.Record]) -> list[tuple[int, int]]:
+        """Split per-step records into episodes at is_first and after is_last."""
+        ranges: list[tuple[int, int]] = []
+        start: int | None = None
+        for i in range(len(records)):
+            try:
+                flags = parse_example(self._data(shard, i), only=("is_first", "is_last"))
+            except ConversionError:
+                flags = None  # reported when the single-record episode below is read
+            if flags is None:
+                if start is not None:
+                    ranges.append((start, i - 1))
+                ranges.append((i, i))
+                start = None
+                continue
+            if _flag(flags, "is_first") and start is not None:
+                ranges.append((start, i - 1))
+                start = None
+            if start is None:
+                start = i
+            if _flag(flags, "is_last"):
+                ranges.append((start, i))
+                start = None
+        if start is not None:
+            ranges.append((start, len(records) - 1))
+        return ranges
+
+    def info(self) -> SourceInfo:
+        """Schema (action and state components), fps, embodiment and provenance."""
+        plan = self._setup()
+        name = self._dataset_name()
+        fps, embodiment = KNOWN_DATASETS.get(name, (DEFAULT_FPS, None))
+        rlds = {
+            "dataset": name, "version": self._info.get("version"), "split": self._split_name(),
+            "layout": self._layout, "shards": [s.name for s in self._shards],
+            "description": self._info.get("description"), "roles": plan.roles(),
+            "features": {k: s.describe() for k, s in sorted(plan.specs.items())},
+        }  # fmt: skip
+        return SourceInfo(
+            "rlds", schema=plan.schema(), metadata={"rlds": {k: v for k, v in rlds.items() if v is not None}},
+            fps=self._options.fps or fps, embodiment=embodiment,
+        )  # fmt: skip
+
+    def _dataset_name(self) -> str:
+        name = str(self._info.get("name") or "")
+        if not name and (m := _SHARD_RE.match(self._shards[0].name)):
+            name = m["dataset"]
+        return name
+
+    def _split_name(self) -> str | None:
+        m = _SHARD_RE.match(self._shards[0].name)
+        return self._options.split or (m["split"] if m else None)
+
+    def read(self, key: str) -> dict[str, Any]:
+        """`Writer.add_episode` arguments for episode ``key``.
+
+        Raises:
+            ConversionError: the key is unknown, a record is damaged, or a feature does
+                not fit; names the shard, the record and the feature.
+        """
+        plan = self._setup()
+        name, _, rest = key.rpartition(":")
+        shard = self._by_name.get(name)
+        if shard is None or not rest:
+            raise ConversionError(f"{self._root}: no episode {key!r}")
+        skip = self._skip(plan)
+        if self._layout == "step":
+            where = f"{shard.path}: records {rest}"
+            feats = self._read_steps(shard, rest, where, skip)
+        else:
+            where = f"{shard.path}: record {rest}"
+            feats = self._parse(self._data(shard, _index(rest, key)), where, skip=skip)
+        args = convert(feats, plan, self._options, where)
+        args["fps"] = self._options.fps or KNOWN_DATASETS.get(self._dataset_name(), (DEFAULT_FPS, None))[0]
+        return args
+
+    def _read_steps(
+        self, shard: _Shard, rest: str, where: str, skip: frozenset[str]
+    ) -> dict[str, FeatureValue]:
+        if rest == "missing":
+            raise ConversionError(
+                f"{shard.path}: dataset_info.json lists {shard.expected} episodes, the shard holds fewer "
+                f"(a truncated or replaced shard)"
+            )
+        lo, _, hi = rest.partition("-")
+        a, b = _index(lo, rest), _index(hi, rest)
+        steps = [
+            self._parse(self._data(shard, i), f"{shard.path}: record {i}", skip=skip) for i in range(a, b + 1)
+        ]
+        plan = self._setup()
+        if "steps/is_first" in plan.specs and not _flag(steps[0], "is_first"):
+            raise ConversionError(f"{where}: record {a} is not is_first: the episode's start is missing")
+        if "steps/is_last" in plan.specs and not _flag(steps[-1], "is_last"):
+            raise ConversionError(f"{where}: record {b} is not is_last: the episode is cut off")
+        return _merge_steps(steps, a, where)
+
+    def close(self) -> None:
+        """Close the open shard."""
+        if self._fd is not None:
+            os.close(self._fd[1])
+            self._fd = None
+
+
+def _flag(feats: dict[str, FeatureValue], name: str) -> bool:
+    value = feats.get(name)
+    return value is not None and not isinstance(value, list) and value.size > 0 and bool(value[0] != 0)
+
+
+def _index(text: str, key: str) -> int:
+    if not text.isdigit():
+        raise ConversionError(f"no episode {key!r}: expected SHARD:RECORD")
+    return int(text)

@@ -1,0 +1,604 @@
+"""RLDS / TFDS TFRecord ingest: framing, Example decoding, both layouts, the real Bridge sample."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import _rlds_writer as w
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+import kinodb
+from kinodb._cli.main import main
+from kinodb.errors import ConversionError
+from kinodb.ingest import SourceOptions, ingest, source_class
+from kinodb.ingest import _tfrecord as tfr
+from kinodb.ingest._example import encode_example, parse_example
+from kinodb.ingest.rlds import RLDSSource
+from kinodb.kdb import _codecs
+from kinodb.kdb._codecs import header_shape
+
+SAMPLES = Path(__file__).resolve().parents[2].parent / "shared" / "samples"
+BRIDGE = SAMPLES / "octo_bridge_rlds" / "bridge_dataset" / "1.0.0"
+needs_bridge = pytest.mark.skipif(
+    not BRIDGE.is_dir(),
+    reason=f"real Bridge RLDS sample not found at {BRIDGE} (see shared/samples/SOURCES.md)",
+)
+Episode = dict[str, Any]
+
+
+# -- fixtures -----------------------------------------------------------------------------
+
+
+def _frames(rng: np.random.Generator, T: int, fmt: str) -> list[bytes]:
+    out = []
+    for _ in range(T):
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 255, (16, 12, 3), dtype=np.uint8)).save(buf, format=fmt)
+        out.append(buf.getvalue())
+    return out
+
+
+def make_episode(rng: np.random.Generator, i: int, T: int, *, final_reward: float = 1.0) -> Episode:
+    """Flattened RLDS features of one episode (OXE builder style, JPEG + PNG cameras)."""
+    last = np.zeros(T, np.int64)
+    last[-1] = 1
+    return {
+        "steps/is_first": np.r_[1, np.zeros(T - 1, np.int64)],
+        "steps/is_last": last,
+        "steps/is_terminal": last,
+        "steps/action": rng.normal(size=(T, 7)).astype(np.float32),
+        "steps/observation/state": rng.normal(size=(T, 5)).astype(np.float32),
+        "steps/observation/image": _frames(rng, T, "JPEG"),
+        "steps/observation/wrist_image": _frames(rng, T, "PNG"),
+        "steps/language_instruction": [f"task {i % 3}".encode()] * T,
+        "steps/language_embedding": rng.normal(size=(T, 8)).astype(np.float32),
+        "steps/discount": np.ones(T, np.float32),
+        "steps/reward": np.r_[np.zeros(T - 1), final_reward].astype(np.float32),
+        "episode_metadata/file_path": [f"/data/run_{i}.npy".encode()],
+        "episode_metadata/episode_id": np.array([1000 + i]),
+    }
+
+
+FEATURES = {
+    "steps": w.dataset({
+        "is_first": w.tensor([], "bool"), "is_last": w.tensor([], "bool"), "is_terminal": w.tensor([], "bool"),
+        "action": w.tensor([7], "float32"),
+        "observation": w.features_dict({"state": w.tensor([5], "float32"), "image": w.image([16, 12, 3], "jpeg"),
+                                        "wrist_image": w.image([16, 12, 3], "png")}),
+        "language_instruction": w.text(), "language_embedding": w.tensor([8], "float32"),
+        "discount": w.tensor([], "float32"), "reward": w.tensor([], "float32"),
+    }),
+    "episode_metadata": w.features_dict({"file_path": w.text(), "episode_id": w.tensor([], "int32")}),
+}  # fmt: skip
+
+
+@pytest.fixture
+def episodes() -> dict[str, list[Episode]]:
+    rng = np.random.default_rng(7)
+    train = [make_episode(rng, i, T, final_reward=float(i % 2)) for i, T in enumerate([3, 5, 4, 6, 2])]
+    val = [make_episode(rng, 100 + i, 4) for i in range(2)]
+    return {"train": train, "val": val}
+
+
+def write_episode_layout(root: Path, eps: dict[str, list[Episode]], **kw: Any) -> Path:
+    """Train in two shards (3 + 2 episodes), val in one; unpacked lists in the second shard."""
+    train = eps["train"]
+    shards = {
+        "train": [
+            [w.episode_example(e) for e in train[:3]],
+            [w.episode_example(e, packed=False) for e in train[3:]],
+        ],
+        "val": [[w.episode_example(e) for e in eps["val"]]],
+    }
+    return w.write_tfds(root, "toy_dataset", shards, kw.pop("features", FEATURES), **kw)
+
+
+@pytest.fixture
+def toy(tmp_path: Path, episodes: dict[str, list[Episode]]) -> Path:
+    return write_episode_layout(tmp_path / "toy_dataset" / "1.0.0", episodes)
+
+
+def check_episode(db: kinodb.Database, i: int, ep: Episode, *, images: bool = True) -> None:
+    got = db.read_episode_actions_only(i)
+    T = len(ep["steps/action"])
+    np.testing.assert_array_equal(got["actions"], ep["steps/action"])
+    assert got["actions"].dtype == np.float32
+    np.testing.assert_array_equal(got["states"], ep["steps/observation/state"])
+    np.testing.assert_array_equal(got["rewards"], ep["steps/reward"])
+    np.testing.assert_array_equal(got["is_terminal"], ep["steps/is_terminal"] != 0)
+    np.testing.assert_array_equal(got["discount"], ep["steps/discount"])
+    np.testing.assert_array_equal(got["language_embedding"], ep["steps/language_embedding"])
+    meta = got["meta"]
+    assert meta["num_frames"] == T
+    assert meta["task"] == ep["steps/language_instruction"][0].decode()
+    assert meta["file_path"] == ep["episode_metadata/file_path"][0].decode()
+    assert meta["episode_metadata.episode_id"] == int(ep["episode_metadata/episode_id"][0])
+    assert meta["success"] is (float(ep["steps/reward"][-1]) > 0)
+    if images:
+        for cam in ("image", "wrist_image"):
+            frames = ep[f"steps/observation/{cam}"]
+            assert [db.read_image_bytes(i, cam, t) for t in range(T)] == frames
+
+
+# -- framing and protobuf -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("impl", [tfr.crc32c, tfr.crc32c_numpy])
+def test_crc32c_matches_the_spec(impl: Callable[[bytes], int]) -> None:
+    assert impl(b"123456789") == 0xE3069283  # the CRC-32C check value
+    rnd = random.Random(3)
+    for n in [0, 1, 3, 4, 5, 63, 64, 65, 1000, 4097, 70_001, 300_000]:
+        data = rnd.randbytes(n)
+        assert impl(data) == w.crc32c(data), n
+    assert tfr.masked_crc32c(b"abc") == w.masked(b"abc")
+
+
+def test_frame_and_scan_round_trip(tmp_path: Path) -> None:
+    path = tmp_path / "x.tfrecord"
+    datas = [b"", b"a", os.urandom(1000)]
+    assert tfr.frame(datas[2]) == w.record(datas[2])
+    tfr.write_records(path, datas)
+    assert list(tfr.iter_records(str(path))) == datas
+    records = tfr.scan(str(path))
+    assert [r.length for r in records] == [0, 1, 1000] and all(r.fault is None for r in records)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert tfr.read_data(fd, str(path), 2, records[2]) == datas[2]
+    finally:
+        os.close(fd)
+
+
+def test_parse_example_reads_every_wire_form() -> None:
+    feats: dict[str, Any] = {"f": np.array([1.5, -2.0, 3.25], np.float32), "i": np.array([0, 1, -1, 2**40, -(2**63)]),
+             "b": [b"", b"\x00\xff", "é".encode()], "e": np.zeros(0, np.float32)}  # fmt: skip
+    for packed in (True, False):
+        got = parse_example(w.example(feats, packed=packed))
+        np.testing.assert_array_equal(got["f"], feats["f"])
+        assert got["i"].tolist() == feats["i"].tolist()
+        assert got["b"] == feats["b"]
+        assert got["e"].size == 0
+    assert parse_example(encode_example(feats))["i"].tolist() == feats["i"].tolist()
+    assert parse_example(w.example(feats), skip={"b"}).keys() == {"f", "i", "e"}
+    assert parse_example(w.example(feats), only={"i"}).keys() == {"i"}
+
+
+_values = st.one_of(
+    st.lists(st.binary(max_size=20), max_size=5),
+    st.lists(st.floats(width=32, allow_nan=False), max_size=8).map(lambda v: np.array(v, np.float32)),
+    st.lists(st.integers(-(2**63), 2**63 - 1), max_size=8).map(lambda v: np.array(v, np.int64)),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.dictionaries(st.text(min_size=1, max_size=12), _values, max_size=6), st.booleans())
+def test_parse_example_inverts_an_independent_encoder(feats: dict[str, Any], packed: bool) -> None:
+    got = parse_example(w.example(feats, packed=packed))
+    assert got.keys() == feats.keys()
+    for key, want in feats.items():
+        if isinstance(want, list):
+            assert got[key] == want or (not want and isinstance(got[key], list))
+        else:
+            assert np.asarray(got[key]).tolist() == want.tolist()
+
+
+def test_parse_example_skips_unknown_fields_and_merges_like_protobuf() -> None:
+    unknown = w.varint((9 << 3) | 0) + w.varint(5) + w.field(7, b"junk")  # fields 9 (varint) and 7
+    feature = w.field(
+        2, w.field(1, np.float32([1.0]).tobytes()) + unknown + w.field(1, np.float32([2.0]).tobytes())
+    )
+    entry = w.field(1, w.field(1, b"k") + w.field(2, feature)) + w.field(
+        1, w.field(1, b"k2") + w.field(2, b"")
+    )
+    got = parse_example(unknown + w.field(1, entry))
+    assert got["k"].tolist() == [1.0, 2.0]  # two packed runs of one list concatenate
+    assert got["k2"] == []  # a feature with no kind set is empty
+
+
+@pytest.mark.parametrize("bad", [b"\x0a\x05\x0a\x03", b"\x0a", b"\x0a\x02\x0f\x00", b"\xff" * 11])
+def test_parse_example_rejects_malformed_bytes(bad: bytes) -> None:
+    with pytest.raises(ConversionError, match=r"not a valid tf\.train\.Example"):
+        parse_example(bad)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "mode", "kw"),
+    [("JPEG", "RGB", {}), ("JPEG", "L", {}), ("JPEG", "RGB", {"progressive": True}), ("PNG", "RGB", {}),
+     ("PNG", "RGBA", {}), ("PNG", "L", {}), ("PNG", "LA", {}), ("PNG", "P", {}), ("PNG", "I;16", {})],
+)  # fmt: skip
+def test_header_shape_agrees_with_pillow(fmt: str, mode: str, kw: dict[str, Any]) -> None:
+    buf = io.BytesIO()
+    Image.new(mode, (13, 7)).save(buf, format=fmt, **kw)
+    data = buf.getvalue()
+    got = header_shape(data)
+    if mode in ("P", "I;16"):
+        assert got is None  # left to Pillow
+    else:
+        assert got == _codecs.probe(data) == (7, 13, len(mode))
+    assert header_shape(b"\xff\xd8\xff\xe0\x00") is None and header_shape(b"GIF89a") is None
+
+
+# -- the episode layout -------------------------------------------------------------------
+
+
+def test_ingest_episode_layout_exactly(toy: Path, tmp_path: Path, episodes: dict[str, list[Episode]]) -> None:
+    out = tmp_path / "toy.kdb"
+    report = ingest(toy, out)
+    assert report.format == "rlds" and report.episodes == 5 and not report.skipped
+    with kinodb.open(out) as db:
+        assert len(db) == 5
+        for i, ep in enumerate(episodes["train"]):
+            check_episode(db, i, ep)
+        meta = db.read_meta(0)
+        assert meta["source_episode"] == "toy_dataset-train.tfrecord-00000-of-00002:0"
+        assert db.read_meta(3)["source_episode"] == "toy_dataset-train.tfrecord-00001-of-00002:0"
+        assert meta["fps"] == 10.0 and meta["embodiment"] == "unknown"
+        schema = db.schema()
+        assert (
+            schema["cameras"]["image"]["codec"] == "jpeg"
+            and schema["cameras"]["wrist_image"]["codec"] == "png"
+        )
+        assert schema["arrays"]["language_embedding"] == {"shape": [8], "dtype": "float32"}
+        rlds = db.metadata()["rlds"]
+        assert rlds["dataset"] == "toy_dataset" and rlds["split"] == "train" and rlds["layout"] == "episode"
+        assert rlds["roles"]["cameras"] == {
+            "image": "steps/observation/image",
+            "wrist_image": "steps/observation/wrist_image",
+        }
+
+
+def test_success_is_unknown_when_the_episode_is_cut_off(
+    tmp_path: Path, episodes: dict[str, list[Episode]]
+) -> None:
+    ep = dict(episodes["train"][0])
+    ep["steps/is_last"] = np.zeros(3, np.int64)
+    ep["steps/reward"] = np.zeros(3, np.float32)
+    root = w.write_tfds(tmp_path / "d", "cut", {"train": [[w.episode_example(ep)]]}, FEATURES)
+    ingest(root, tmp_path / "o.kdb")
+    with kinodb.open(tmp_path / "o.kdb") as db:
+        assert db.read_meta(0)["success"] is None
+
+
+def test_split_option_picks_shards(toy: Path, tmp_path: Path, episodes: dict[str, list[Episode]]) -> None:
+    ingest(toy, tmp_path / "val.kdb", split="val")
+    with kinodb.open(tmp_path / "val.kdb") as db:
+        assert len(db) == 2
+        check_episode(db, 1, episodes["val"][1])
+        assert db.metadata()["rlds"]["split"] == "val"
+    with pytest.raises(ConversionError, match=r"no split 'test'.*train, val"):
+        ingest(toy, tmp_path / "x.kdb", split="test")
+    assert main(["ingest", str(toy), "-o", str(tmp_path / "v2.kdb"), "--split", "val", "-q"]) == 0
+    with kinodb.open(tmp_path / "v2.kdb") as db:
+        assert len(db) == 2
+
+
+def test_no_images_skips_cameras(toy: Path, tmp_path: Path, episodes: dict[str, list[Episode]]) -> None:
+    assert main(["ingest", str(toy), "-o", str(tmp_path / "n.kdb"), "--no-images", "-q"]) == 0
+    with kinodb.open(tmp_path / "n.kdb") as db:
+        assert db.schema()["cameras"] == {}
+        check_episode(db, 2, episodes["train"][2], images=False)
+    source = RLDSSource(str(toy), SourceOptions(images=False))
+    assert "images" not in source.read(source.episodes()[0])
+    source.close()
+
+
+def test_workers_give_the_same_file(toy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    ingest(toy, tmp_path / "one.kdb", workers=1)
+    ingest(toy, tmp_path / "two.kdb", workers=2)
+    assert (tmp_path / "one.kdb").read_bytes() == (tmp_path / "two.kdb").read_bytes()
+
+
+def test_options_fps_state_keys_and_flip(
+    toy: Path, tmp_path: Path, episodes: dict[str, list[Episode]]
+) -> None:
+    out = tmp_path / "o.kdb"
+    ingest(toy, out, fps=7.5, state_keys=["state"], flip_images=True, image_codec="png", max_episodes=1)
+    ep = episodes["train"][0]
+    with kinodb.open(out) as db:
+        assert db.read_meta(0)["fps"] == 7.5
+        got = db.read_episode(0)["images"]["wrist_image"]
+        want = np.asarray(Image.open(io.BytesIO(ep["steps/observation/wrist_image"][1])))
+        np.testing.assert_array_equal(got[1], want[::-1, ::-1])
+    with pytest.raises(ConversionError, match=r"state key 'nope'.*numeric observation keys: state"):
+        ingest(toy, tmp_path / "x.kdb", state_keys=["nope"])
+
+
+def test_length_mismatch_names_record_and_key(tmp_path: Path, episodes: dict[str, list[Episode]]) -> None:
+    eps = episodes["train"][:2]
+    bad = dict(eps[1])
+    bad["steps/action"] = bad["steps/action"].reshape(-1)[:-1]
+    root = w.write_tfds(
+        tmp_path / "d", "bad", {"train": [[w.episode_example(eps[0]), w.episode_example(bad)]]}, FEATURES
+    )
+    with pytest.raises(
+        ConversionError, match=r"bad-train\.tfrecord-00000-of-00001: record 1: steps/action has 34 values"
+    ):
+        ingest(root, tmp_path / "o.kdb")
+    images = dict(eps[1])
+    images["steps/observation/image"] = images["steps/observation/image"][:-1]
+    root = w.write_tfds(tmp_path / "e", "bad", {"train": [[w.episode_example(images)]]}, FEATURES)
+    with pytest.raises(
+        ConversionError, match=r"record 0: steps/observation/image has 4 frames; the episode has 5"
+    ):
+        ingest(root, tmp_path / "o.kdb")
+
+
+# -- the per-step layout, RT-1 style keys, no features.json ------------------------------
+
+
+def test_step_layout_matches_episode_layout(
+    tmp_path: Path, toy: Path, episodes: dict[str, list[Episode]]
+) -> None:
+    train = episodes["train"]
+    records = [r for e in train for r in w.step_examples(e, len(e["steps/action"]))]
+    step_features = {**FEATURES["steps"]["sequence"]["feature"]["featuresDict"]["features"],
+                     "episode_metadata": FEATURES["episode_metadata"]}  # fmt: skip
+    root = w.write_tfds(
+        tmp_path / "steps", "toy_dataset", {"train": [records]}, step_features, episodes={"train": [5]}
+    )
+    ingest(root, tmp_path / "s.kdb")
+    ingest(toy, tmp_path / "e.kdb")
+    with kinodb.open(tmp_path / "s.kdb") as db, kinodb.open(tmp_path / "e.kdb") as ref:
+        assert len(db) == len(ref) == 5
+        for i, ep in enumerate(train):
+            check_episode(db, i, ep)
+        assert db.read_meta(1)["source_episode"] == "toy_dataset-train.tfrecord-00000-of-00001:3-7"
+        assert db.metadata()["rlds"]["layout"] == "step"
+    bare = tmp_path / "bare"  # no features.json, no dataset_info.json: inferred from the first record
+    bare.mkdir()
+    w.write_shard(bare / "steps.tfrecord", records)
+    ingest(bare, tmp_path / "b.kdb")
+    with kinodb.open(tmp_path / "b.kdb") as db:
+        for i, ep in enumerate(train):
+            check_episode(db, i, ep)
+
+
+def test_step_layout_reports_an_episode_without_its_end(
+    tmp_path: Path, episodes: dict[str, list[Episode]]
+) -> None:
+    a, b = episodes["train"][:2]
+    records = w.step_examples(a, 3)[:2] + w.step_examples(b, 5)  # episode a loses its last step
+    path = tmp_path / "x.tfrecord"
+    w.write_shard(path, records)
+    with pytest.raises(ConversionError, match=r"x\.tfrecord: records 0-1: record 1 is not is_last"):
+        ingest(path, tmp_path / "o.kdb")
+    report = ingest(path, tmp_path / "o.kdb", on_error="skip")
+    assert report.episodes == 1 and report.skipped[0][0] == "x.tfrecord:0-1"
+
+
+def test_step_layout_damaged_step_spoils_only_its_episode(
+    tmp_path: Path, episodes: dict[str, list[Episode]]
+) -> None:
+    a, b = episodes["train"][:2]
+    path = tmp_path / "x.tfrecord"
+    w.write_shard(path, w.step_examples(a, 3) + w.step_examples(b, 5))
+    _flip(path, _offsets(path)[4] + 30)  # step 1 of episode b
+    report = ingest(path, tmp_path / "o.kdb", on_error="skip")
+    assert report.episodes == 1
+    assert [k for k, _ in report.skipped] == ["x.tfrecord:3-3", "x.tfrecord:4-4", "x.tfrecord:5-7"]
+    assert "record 4: data CRC mismatch" in report.skipped[1][1]
+    with kinodb.open(tmp_path / "o.kdb") as db:
+        check_episode(db, 0, a)
+
+
+def test_rt1_style_action_dict_and_float_observations(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    T = 4
+    ep = {
+        "steps/is_first": np.r_[1, 0, 0, 0], "steps/is_last": np.r_[0, 0, 0, 1],
+        "steps/action/world_vector": rng.normal(size=(T, 3)).astype(np.float32),
+        "steps/action/rotation_delta": rng.normal(size=(T, 3)).astype(np.float32),
+        "steps/action/open_gripper": np.array([1, 0, 1, 1]),
+        "steps/observation/base_pose": rng.normal(size=(T, 2)).astype(np.float32),
+        "steps/observation/joint_pos": rng.normal(size=(T, 4)).astype(np.float32),
+        "steps/observation/natural_language_instruction": [b"open drawer"] * T,
+        "steps/observation/natural_language_embedding": rng.normal(size=(T, 6)).astype(np.float32),
+        "steps/observation/rgb": _frames(rng, T, "JPEG"),
+    }  # fmt: skip
+    features = {"steps": w.dataset({
+        "is_first": w.tensor([], "bool"), "is_last": w.tensor([], "bool"),
+        "action": w.features_dict({"world_vector": w.tensor([3], "float32"), "rotation_delta": w.tensor([3], "float32"),
+                                   "open_gripper": w.tensor([], "bool")}),
+        "observation": w.features_dict({"base_pose": w.tensor([2], "float32"), "joint_pos": w.tensor([4], "float32"),
+                                        "natural_language_instruction": w.text(),
+                                        "natural_language_embedding": w.tensor([6], "float32"),
+                                        "rgb": w.image([16, 12, 3], "jpeg")}),
+    })}  # fmt: skip
+    root = w.write_tfds(
+        tmp_path / "bridge" / "1.0.0", "bridge", {"train": [[w.episode_example(ep)]]}, features
+    )
+    ingest(tmp_path / "bridge", tmp_path / "o.kdb")  # the parent folder holding one version
+    with kinodb.open(tmp_path / "o.kdb") as db:
+        got = db.read_episode_actions_only(0)
+        want = np.concatenate([ep["steps/action/open_gripper"][:, None], ep["steps/action/rotation_delta"],
+                               ep["steps/action/world_vector"]], axis=1).astype(np.float32)  # fmt: skip
+        np.testing.assert_array_equal(got["actions"], want)
+        np.testing.assert_array_equal(
+            got["states"],
+            np.concatenate([ep["steps/observation/base_pose"], ep["steps/observation/joint_pos"]], 1),
+        )
+        np.testing.assert_array_equal(
+            got["observation/natural_language_embedding"], ep["steps/observation/natural_language_embedding"]
+        )
+        schema = db.schema()
+        assert schema["actions"]["components"] == {
+            "open_gripper": [0, 1],
+            "rotation_delta": [1, 4],
+            "world_vector": [4, 7],
+        }
+        assert schema["states"]["components"] == {"base_pose": [0, 2], "joint_pos": [2, 6]}
+        meta = got["meta"]
+        assert meta["task"] == "open drawer" and meta["success"] is None  # no rewards
+        assert meta["fps"] == 5.0 and meta["embodiment"] == "widowx"  # Bridge's recording rate
+        assert db.read_image_bytes(0, "rgb", 3) == ep["steps/observation/rgb"][3]
+    assert root.is_dir()
+
+
+# -- finding shards -----------------------------------------------------------------------
+
+
+def test_detect_and_shard_templates(tmp_path: Path, episodes: dict[str, list[Episode]]) -> None:
+    eps = episodes
+    old = write_episode_layout(tmp_path / "old", eps, template="{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_INDEX}")
+    assert sorted(p.name for p in old.glob("*.tfrecord*"))[0] == "toy_dataset-train.tfrecord-00000"
+    names = write_episode_layout(tmp_path / "names", eps, info=False, features=None)  # names only
+    for root in (old, names):
+        assert RLDSSource.detect(str(root)) and source_class("auto", str(root)) is RLDSSource
+        ingest(root, root / "o.kdb", format="auto")
+        with kinodb.open(root / "o.kdb") as db:
+            assert len(db) == 5
+            check_episode(db, 4, eps["train"][4])
+    shard = next(names.glob("*-val.tfrecord-*"))
+    assert RLDSSource.detect(str(shard))
+    ingest(shard, tmp_path / "one.kdb")
+    with pytest.raises(ConversionError, match="is a shard of split 'val', not 'train'"):
+        ingest(shard, tmp_path / "x.kdb", split="train")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "a.txt").write_text("hello")
+    assert not RLDSSource.detect(str(tmp_path / "other"))
+    assert not RLDSSource.detect(str(tmp_path / "other" / "a.txt"))
+
+
+def test_compressed_shard_is_named(tmp_path: Path, episodes: dict[str, list[Episode]]) -> None:
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "x.tfrecord.gz").write_bytes(
+        gzip.compress(w.record(w.episode_example(episodes["train"][0])))
+    )
+    with pytest.raises(ConversionError, match=r"x\.tfrecord\.gz: record 0: the shard is GZIP-compressed"):
+        ingest(tmp_path / "d", tmp_path / "o.kdb")
+
+
+def test_missing_shard_is_an_error(toy: Path, tmp_path: Path) -> None:
+    (toy / "toy_dataset-train.tfrecord-00001-of-00002").unlink()
+    with pytest.raises(
+        ConversionError, match=r"split 'train' lists 2 shards but 1 are missing: .*00001-of-00002"
+    ):
+        ingest(toy, tmp_path / "o.kdb")
+
+
+# -- damaged shards -----------------------------------------------------------------------
+
+SHARD0 = "toy_dataset-train.tfrecord-00000-of-00002"
+
+
+def _offsets(path: Path) -> list[int]:
+    out, pos = [], 0
+    for data in w.read_records(path):
+        out.append(pos)
+        pos += 16 + len(data)
+    return out
+
+
+def _flip(path: Path, at: int) -> None:
+    buf = bytearray(path.read_bytes())
+    buf[at] ^= 0x40
+    path.write_bytes(bytes(buf))
+
+
+@pytest.mark.parametrize(
+    ("where", "message"),
+    [
+        (lambda off: off[1] + 12 + 40, r"record 1: data CRC mismatch"),
+        (lambda off: off[1] + 1, r"record 1: length CRC mismatch at byte \d+ .*resumed at byte"),
+        (lambda off: off[1] + 9, r"record 1: length CRC mismatch"),
+    ],
+    ids=["data", "length", "length-crc"],
+)
+def test_damaged_record_raises_or_is_skipped(
+    toy: Path,
+    tmp_path: Path,
+    episodes: dict[str, list[Episode]],
+    where: Callable[[list[int]], int],
+    message: str,
+) -> None:
+    shard = toy / SHARD0
+    _flip(shard, where(_offsets(shard)))
+    out = tmp_path / "o.kdb"
+    with pytest.raises(ConversionError, match=rf"{SHARD0}: {message}"):
+        ingest(toy, out)
+    assert not out.exists()
+    report = ingest(toy, out, on_error="skip")
+    assert [k for k, _ in report.skipped] == [f"{SHARD0}:1"]
+    assert "CRC mismatch" in report.skipped[0][1]
+    with kinodb.open(out) as db:
+        assert len(db) == 4  # the records after the damaged one are still read
+        for i, j in enumerate([0, 2, 3, 4]):
+            check_episode(db, i, episodes["train"][j])
+        assert db.metadata()["ingest"]["skipped"][0]["episode"] == f"{SHARD0}:1"
+
+
+def test_truncated_shard_raises_or_is_skipped(
+    toy: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shard = toy / SHARD0
+    off = _offsets(shard)
+    shard.write_bytes(shard.read_bytes()[: off[1] + 100])  # cut inside record 1
+    out = tmp_path / "o.kdb"
+    assert main(["ingest", str(toy), "-o", str(out), "-q"]) == 1
+    assert f"{SHARD0}: record 1: truncated" in capsys.readouterr().err
+    assert not out.exists()
+    report = ingest(toy, out, on_error="skip")
+    assert [k for k, _ in report.skipped] == [f"{SHARD0}:1", f"{SHARD0}:2"]
+    assert "truncated" in report.skipped[0][1] and "missing" in report.skipped[1][1]
+    assert report.episodes == 3
+    shard.write_bytes(shard.read_bytes()[: off[1]])  # cut at a record boundary: dataset_info.json tells
+    with pytest.raises(ConversionError, match=rf"{SHARD0}: record 1: missing: the shard holds 1 records"):
+        ingest(toy, tmp_path / "p.kdb")
+
+
+def test_malformed_example_names_shard_and_record(tmp_path: Path, episodes: dict[str, list[Episode]]) -> None:
+    good = w.episode_example(episodes["train"][0])
+    root = w.write_tfds(tmp_path / "d", "m", {"train": [[good, b"\x0a\x05\x0a"]]}, FEATURES)
+    with pytest.raises(
+        ConversionError, match=r"m-train\.tfrecord-00000-of-00001: record 1: not a valid tf\.train\.Example"
+    ):
+        ingest(root, tmp_path / "o.kdb")
+
+
+# -- the real Bridge sample ---------------------------------------------------------------
+
+
+@needs_bridge
+@pytest.mark.integration
+def test_bridge_sample_ingests_exactly(tmp_path: Path) -> None:
+    shard = BRIDGE / "bridge_dataset-train.tfrecord-00000-of-00001"
+    want = [w.decode_example(r) for r in w.read_records(shard)]
+    out = tmp_path / "bridge.kdb"
+    assert main(["ingest", str(BRIDGE), "-o", str(out), "--format", "auto", "-q"]) == 0
+    ingest(BRIDGE, tmp_path / "api.kdb", format="rlds")
+    for path in (out, tmp_path / "api.kdb"):
+        with kinodb.open(path) as db:
+            assert len(db) == 25 and db.num_frames() == 250
+            assert set(db.schema()["cameras"]) == {"image_0", "image_1", "image_2", "image_3"}
+            for i, ex in enumerate(want):
+                got = db.read_episode_actions_only(i)
+                np.testing.assert_array_equal(
+                    got["actions"], np.asarray(ex["steps/action"], np.float32).reshape(10, 7)
+                )
+                np.testing.assert_array_equal(
+                    got["states"], np.asarray(ex["steps/observation/state"], np.float32).reshape(10, 7)
+                )
+                np.testing.assert_array_equal(
+                    got["language_embedding"].reshape(-1),
+                    np.asarray(ex["steps/language_embedding"], np.float32),
+                )
+                np.testing.assert_array_equal(got["discount"], np.asarray(ex["steps/discount"], np.float32))
+                meta = got["meta"]
+                assert meta["task"] == ex["steps/language_instruction"][0].decode()
+                assert meta["file_path"] == ex["episode_metadata/file_path"][0].decode()
+                assert meta["episode_metadata.episode_id"] == ex["episode_metadata/episode_id"][0]
+                assert meta["fps"] == 5.0 and meta["embodiment"] == "widowx"
+                assert meta["success"] is None  # the debug episodes are cut at 10 steps (no is_last)
+                for cam in range(4):
+                    frames = ex[f"steps/observation/image_{cam}"]
+                    assert [db.read_image_bytes(i, f"image_{cam}", t) for t in range(10)] == frames
