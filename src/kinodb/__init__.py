@@ -8,7 +8,7 @@ Example:
 
 from __future__ import annotations
 
-from kinodb import kql
+from kinodb import export, kql
 from kinodb._version import __version__
 from kinodb.errors import (
     ConversionError,
@@ -44,6 +44,7 @@ __all__ = [
     "Writer",
     "WriterError",
     "__version__",
+    "export",
     "kql",
     "merge",
     "open",

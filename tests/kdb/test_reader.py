@@ -294,6 +294,7 @@ def test_public_names() -> None:
         "Writer",
         "WriterError",
         "__version__",
+        "export",
         "kql",
         "merge",
         "open",

@@ -1,0 +1,35 @@
+"""``kino export``: a .kdb file (optionally filtered) to NumPy files, JSON metadata or robomimic HDF5."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+
+def register(sub: Any) -> None:
+    """Add the subcommand to ``sub``."""
+    p = sub.add_parser(
+        "export",
+        help="export a .kdb file to .npy files, JSON metadata or robomimic HDF5",
+        description="Export episodes to a folder of .npy arrays and image files (numpy), metadata "
+        "only (json), or one robomimic-layout HDF5 file (hdf5). The output appears only when complete.",
+    )
+    p.add_argument("path", metavar="PATH", help="the .kdb file")
+    p.add_argument("-o", "--output", required=True, metavar="OUT",
+                   help="output folder (numpy, json) or .hdf5 file (hdf5)")  # fmt: skip
+    p.add_argument("--format", choices=("numpy", "json", "hdf5"), default="numpy", help="default: numpy")
+    p.add_argument("-F", "--filter", metavar="KQL", help="export only episodes matching this query")
+    p.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Export and print a one-line summary (warnings on stderr)."""
+    from kinodb.export import export  # deferred: keeps `kino --help` light
+
+    report = export(args.path, args.output, format=args.format, filter=args.filter, overwrite=args.force)
+    for line in report.warnings:
+        print(f"warning: {line}", file=sys.stderr)
+    print(report.summary())
+    return 0

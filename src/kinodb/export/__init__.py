@@ -1,0 +1,14 @@
+"""Converters from ``.kdb`` into other formats: `export` to ``numpy``, ``json`` or ``hdf5``.
+
+- ``numpy``: a folder per episode with ``.npy`` arrays, image files and ``meta.json``.
+- ``json``: metadata only, ``dataset.json`` plus ``episodes.jsonl``.
+- ``hdf5``: the robomimic layout (``data/demo_N/...``), readable by robomimic and by
+  ``kinodb.ingest``.
+"""
+
+from __future__ import annotations
+
+from kinodb.export._base import ExportReport
+from kinodb.export._run import FORMATS, export
+
+__all__ = ["FORMATS", "ExportReport", "export"]

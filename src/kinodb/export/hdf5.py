@@ -1,0 +1,227 @@
+"""Export to the robomimic HDF5 layout, readable by robomimic and by ``kinodb.ingest``.
+
+Layout::
+
+    data                      attrs: total, env_args, [problem_info], kinodb_dataset, kinodb_export
+                              (JSON text)
+    data/demo_K               attrs: num_samples; ep_meta (JSON: the task as "lang", embodiment,
+                              fps, success, total_reward, extra fields); the same fields as
+                              attrs of their own (lists, nulls and text with NUL as JSON text)
+        actions rewards       as stored (dtype kept)
+        dones                 uint8, from is_terminal
+        states                the ``sim_state`` extra array, when there is one
+        timestamps <extra>    the other arrays, under their own names
+        obs/<component>       ``states`` split by the schema's named components (else obs/state)
+        obs/<camera>          uint8 (T, H, W, C), JPEG/PNG frames decoded
+    mask/<key>                demo names (bytes) from the ``filter_keys`` extra field
+
+Demos are numbered ``demo_0``, ``demo_1``, ... in export order.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from itertools import pairwise
+from typing import Any
+
+import numpy as np
+
+from kinodb._optional import require
+from kinodb.errors import ConversionError
+from kinodb.export._base import dumps
+from kinodb.kdb.reader import Database
+
+logger = logging.getLogger(__name__)
+
+SIM_STATE = "sim_state"  # the extra array that holds robomimic's flattened MuJoCo ``states``
+FILTER_KEYS = "filter_keys"  # the extra field listing an episode's robomimic filter keys
+ROBOSUITE_ENV_TYPE = 1  # robomimic EnvType.ROBOSUITE_TYPE
+# Datasets and groups a demo already has: extra arrays must not take these names.
+_DEMO_NAMES = frozenset(("actions", "rewards", "dones", "states", "obs", "next_obs", "action_dict"))
+_META_ATTRS = ("embodiment", "task", "fps", "success", "total_reward")
+_DERIVED = frozenset(("episode_id", "num_frames", "action_dim", "state_dim"))
+# Demo attrs with a robomimic meaning: extra fields of these names are written as "extra.NAME".
+_DEMO_ATTRS = frozenset(("num_samples", "model_file", "ep_meta", "camera_info"))
+
+Split = list[tuple[str, int, int]]  # obs key, start, stop within ``states``
+
+
+def write(db: Database, positions: list[int], out: str, facts: dict[str, Any]) -> list[str]:
+    """Write episodes ``positions`` of ``db`` to the new HDF5 file ``out``; return warnings.
+
+    Raises:
+        ConversionError: a name cannot be an HDF5 name, names collide, or ``filter_keys``
+            is not a list of strings.
+        MissingExtraError: h5py is not installed.
+    """
+    h5py = require("h5py", extra="hdf5")
+    split, warnings = state_split(db, positions)
+    masks: dict[str, list[str]] = {}
+    with h5py.File(out, "x") as f:
+        data = f.create_group("data")
+        total = 0
+        for k, i in enumerate(positions):
+            name = f"demo_{k}"
+            total += _write_demo(data.create_group(name), db, i, split)
+            for key in _filter_keys(db, i):
+                masks.setdefault(key, []).append(name)
+        data.attrs["total"] = np.int64(total)
+        env = env_args(db, positions)
+        data.attrs["env_args"] = env if isinstance(env, str) else dumps(env)
+        problem = db.metadata().get("problem_info")
+        if problem is not None:
+            data.attrs["problem_info"] = problem if isinstance(problem, str) else dumps(problem)
+        data.attrs["kinodb_dataset"] = dumps(db.dataset_info())
+        data.attrs["kinodb_export"] = dumps(facts)
+        for key, demos in masks.items():
+            f.create_dataset(f"mask/{_h5_name(key, 'filter key')}", data=np.array(demos, dtype="S"))
+    for line in warnings:
+        logger.warning("%s", line)
+    return warnings
+
+
+def state_split(db: Database, positions: list[int]) -> tuple[Split, list[str]]:
+    """The ``obs`` keys that ``states`` is split into, and why a schema could not be kept.
+
+    The schema's state components become one obs key each when, sorted by start, they
+    cover ``[0, state_dim)`` exactly for every exported episode; otherwise ``states`` is
+    written whole as ``obs/state``.
+    """
+    dims = set(db.episodes()["state_dim"][positions].tolist())
+    comps = db.schema().get("states", {}).get("components") or {}
+    whole: Split = [("state", 0, -1)]
+    if not comps:
+        return whole, []
+    spans = sorted((int(a), int(b), str(name)) for name, (a, b) in comps.items())
+    end = spans[-1][1]
+    if spans[0][0] != 0 or any(p[1] != q[0] for p, q in pairwise(spans)) or dims - {0} != {end}:
+        listed = ", ".join(f"{n} [{a}, {b})" for a, b, n in spans)
+        return whole, [
+            f"state components ({listed}) do not cover states exactly (dims {sorted(dims)}); "
+            "states were written whole as obs/state"
+        ]
+    return [(_h5_name(name, "state component"), a, b) for a, b, name in spans], []
+
+
+def env_args(db: Database, positions: list[int]) -> dict[str, Any] | str:
+    """robomimic's ``env_args``: the source's own when it had one, else a minimal one.
+
+    The minimal one names the environment after the metadata's ``env_name`` (else the
+    file), and records the robot (``robots``) and control rate (``control_freq``) in
+    ``env_kwargs`` when every exported episode shares them, as robosuite does.
+    """
+    meta = db.metadata()
+    given = meta.get("env_args")
+    if isinstance(given, str):
+        try:
+            parsed = json.loads(given)
+        except ValueError:
+            return given  # keep the source's text as it was
+        given = parsed
+    if isinstance(given, dict):
+        return given
+    name = meta.get("env_name")
+    if not isinstance(name, str) or not name:
+        name = os.path.splitext(os.path.basename(db.path()))[0]
+    table = db.episodes()
+    kwargs: dict[str, Any] = {}
+    robots = set(table["embodiment"][positions].tolist())
+    if len(robots) == 1 and robots != {"unknown"}:
+        kwargs["robots"] = robots.pop()
+    rates = set(table["fps"][positions].tolist())
+    if len(rates) == 1:
+        kwargs["control_freq"] = rates.pop()
+    return {"env_name": name, "type": ROBOSUITE_ENV_TYPE, "env_kwargs": kwargs}
+
+
+def _write_demo(g: Any, db: Database, i: int, split: Split) -> int:
+    """Write episode ``i`` into the demo group ``g``; return its number of frames."""
+    ep = db.read_episode_actions_only(i)
+    meta = ep.pop("meta")
+    T = int(meta["num_frames"])
+    g.attrs["num_samples"] = np.int64(T)
+    g.create_dataset("actions", data=ep.pop("actions"))
+    g.create_dataset("rewards", data=ep.pop("rewards"))
+    g.create_dataset("dones", data=ep.pop("is_terminal").astype(np.uint8))
+    states = ep.pop("states")
+    obs = g.create_group("obs")
+    if states.shape[1]:
+        for key, a, b in split:
+            obs.create_dataset(key, data=np.ascontiguousarray(states[:, a : b if b >= 0 else None]))
+    for name, arr in ep.items():  # timestamps and extra arrays
+        target = "states" if name == SIM_STATE else _h5_name(name, "array")
+        if name != SIM_STATE and target in _DEMO_NAMES:
+            raise ConversionError(
+                f"{db.path()}: episode {i}: array {name!r} would overwrite the robomimic dataset "
+                f"{target!r}; rename it"
+            )
+        g.create_dataset(target, data=arr)
+    for name in db.cameras(i):
+        key = _h5_name(name, "camera")
+        if key in obs:
+            raise ConversionError(
+                f"{db.path()}: episode {i}: camera {name!r} has the name of a state component; rename one"
+            )
+        obs.create_dataset(key, data=db.read_frames(i, 0, T, cameras=[name])["images"][name])
+    _write_attrs(g, meta)
+    return T
+
+
+def _write_attrs(g: Any, meta: dict[str, Any]) -> None:
+    """Episode metadata as demo attrs.
+
+    ``ep_meta`` is the complete record: one JSON object with the task as ``lang`` (as
+    robomimic and RoboCasa readers expect), the other built-in fields and the extra
+    fields, nulls kept. Each field is also an attr of its own, for people and tools;
+    unknown ``success`` and ``total_reward`` are left out there (HDF5 attrs have no
+    null), as are names HDF5 cannot hold (a NUL).
+    """
+    fields = {k: v for k, v in meta.items() if k not in _DERIVED and k != FILTER_KEYS}
+    ep_meta = {"lang": fields.pop("task")}
+    ep_meta.update((f"extra.{k}" if k == "lang" else k, v) for k, v in fields.items())
+    g.attrs["ep_meta"] = dumps(ep_meta)
+    g.attrs["task"] = _attr_value(ep_meta["lang"])
+    for key, value in fields.items():
+        if (value is None and key in _META_ATTRS) or "\x00" in key:
+            continue
+        g.attrs[f"extra.{key}" if key in _DEMO_ATTRS else key] = _attr_value(value)
+
+
+def _attr_value(value: Any) -> Any:
+    """An HDF5 attr value: bools, int64, float64 and text as such, anything else as JSON text."""
+    if isinstance(value, bool):
+        return np.bool_(value)
+    if isinstance(value, int) and -(2**63) <= value < 2**63:
+        return np.int64(value)
+    if isinstance(value, float):
+        return np.float64(value)
+    if isinstance(value, str) and "\x00" not in value:  # HDF5 text cannot hold a NUL
+        return value
+    return dumps(value)
+
+
+def _filter_keys(db: Database, i: int) -> list[str]:
+    value = db.read_meta(i).get(FILTER_KEYS)
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(k, str) for k in value):
+        raise ConversionError(
+            f"{db.path()}: episode {i}: extra field {FILTER_KEYS!r} must be a list of filter-key "
+            f"names, got {value!r}"
+        )
+    return list(dict.fromkeys(value))
+
+
+def _h5_name(name: str, what: str) -> str:
+    """``name`` if it can be one HDF5 link name.
+
+    Raises:
+        ConversionError: it holds ``/`` or a NUL, or is empty or ``.``.
+    """
+    if not name or name == "." or "/" in name or "\x00" in name:
+        raise ConversionError(
+            f"{what} name {name!r} cannot be an HDF5 dataset name (no '/', NUL or '.'); rename it"
+        )
+    return name

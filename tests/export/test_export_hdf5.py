@@ -1,0 +1,180 @@
+"""Export to robomimic HDF5, checked with h5py directly: names, dtypes, attrs, values."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import kinodb
+from kinodb.errors import ConversionError, MissingExtraError
+from kinodb.export import export
+
+h5py = pytest.importorskip("h5py")
+
+COMPONENTS = {"eef_pos": [0, 3], "gripper": [3, 5]}  # sorted by name and by start
+
+
+def _episode(make_episode, i: int, **kw) -> dict:
+    ep = make_episode(T=4 + i, state_dim=5, cameras={"agentview": (6, 5, 3), "depth": (6, 5, 1)}, **kw)
+    ep["extra_arrays"] = {"sim_state": np.arange((4 + i) * 9, dtype=np.float64).reshape(4 + i, 9),
+                          "lang_emb": np.ones((4 + i, 2), np.float16)}  # fmt: skip
+    ep["is_terminal"] = np.arange(4 + i) == 3 + i
+    return ep
+
+
+def _write(path: Path, eps: list[dict], **kw) -> Path:
+    kw.setdefault("schema", {"states": {"components": COMPONENTS}})
+    with kinodb.Writer(path, image_codec=kw.pop("image_codec", "png"), **kw) as w:
+        for ep in eps:
+            w.add_episode(**ep)
+    return path
+
+
+@pytest.fixture
+def source(tmp_path: Path, make_episode) -> Path:
+    eps = [
+        _episode(make_episode, i, embodiment="panda", task=f"lift {i}", fps=20.0,
+                 success=(True, False, None)[i], extra={"scene": "lab", "tags": ["a", "b"], "attempt": i,
+                                                        "filter_keys": [["train"], ["valid"], ["train", "hard"]][i]})
+        for i in range(3)
+    ]  # fmt: skip
+    return _write(tmp_path / "src.kdb", eps, source_format="synthetic", metadata={"lab": "x"})
+
+
+def test_layout_names_dtypes_and_attrs(source: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out.hdf5"
+    report = export(source, out, format="hdf5")
+    assert (report.files, report.episodes, report.warnings) == (1, 3, ())
+    with kinodb.open(source) as db, h5py.File(out, "r") as f:
+        assert sorted(f) == ["data", "mask"]
+        data = f["data"]
+        assert sorted(data) == ["demo_0", "demo_1", "demo_2"]
+        assert data.attrs["total"] == db.num_frames()
+        env = json.loads(data.attrs["env_args"])
+        assert env == {"env_name": "src", "type": 1, "env_kwargs": {"robots": "panda", "control_freq": 20.0}}
+        assert json.loads(data.attrs["kinodb_dataset"]) == db.dataset_info()
+        for k in range(3):
+            g, ep = data[f"demo_{k}"], db.read_episode(k)
+            T = ep["meta"]["num_frames"]
+            assert sorted(g) == ["actions", "dones", "lang_emb", "obs", "rewards", "states"]
+            assert sorted(g["obs"]) == ["agentview", "depth", "eef_pos", "gripper"]
+            assert g.attrs["num_samples"] == T
+            for name, want in (("actions", ep["actions"]), ("rewards", ep["rewards"]),
+                               ("states", ep["sim_state"]), ("lang_emb", ep["lang_emb"])):  # fmt: skip
+                assert g[name].dtype == want.dtype and g[name][()].tobytes() == want.tobytes(), name
+            assert g["dones"].dtype == np.uint8 and np.array_equal(g["dones"][()], ep["is_terminal"])
+            assert np.array_equal(g["obs/eef_pos"][()], ep["states"][:, :3])
+            assert np.array_equal(g["obs/gripper"][()], ep["states"][:, 3:5])
+            assert g["obs/eef_pos"].dtype == np.float32
+            for cam in ("agentview", "depth"):
+                assert g["obs"][cam].dtype == np.uint8 and g["obs"][cam].shape == ep["images"][cam].shape
+                assert np.array_equal(g["obs"][cam][()], ep["images"][cam])
+            meta = ep["meta"]
+            ep_meta = json.loads(g.attrs["ep_meta"])
+            assert ep_meta["lang"] == g.attrs["task"] == meta["task"]
+            assert ep_meta["success"] == meta["success"] and ep_meta["tags"] == ["a", "b"]
+            assert g.attrs["embodiment"] == "panda" and g.attrs["fps"] == 20.0
+            assert json.loads(g.attrs["tags"]) == ["a", "b"] and g.attrs["attempt"] == k
+            assert ("success" in g.attrs) == (meta["success"] is not None)
+            assert "filter_keys" not in g.attrs and "filter_keys" not in ep_meta
+        assert g.attrs["total_reward"] == pytest.approx(meta["total_reward"])
+        assert data["demo_0"].attrs["success"] == np.True_
+        assert sorted(f["mask"]) == ["hard", "train", "valid"]
+        assert f["mask/train"].dtype.kind == "S"
+        assert f["mask/train"][()].tolist() == [b"demo_0", b"demo_2"]
+        assert f["mask/hard"][()].tolist() == [b"demo_2"]
+
+
+def test_env_args_and_problem_info_pass_through(tmp_path: Path, make_episode) -> None:
+    env = {"env_name": "Lift", "type": 1, "env_version": "1.4", "env_kwargs": {"robots": ["Panda"]}}
+    src = _write(tmp_path / "a.kdb", [make_episode()], schema={},
+                 metadata={"env_args": env, "problem_info": {"language_instruction": "lift it"}})  # fmt: skip
+    export(src, tmp_path / "a.hdf5", format="hdf5")
+    with h5py.File(tmp_path / "a.hdf5", "r") as f:
+        assert json.loads(f["data"].attrs["env_args"]) == env
+        assert json.loads(f["data"].attrs["problem_info"]) == {"language_instruction": "lift it"}
+        assert "mask" not in f
+        assert sorted(f["data/demo_0/obs"]) == ["state"]  # no components: one obs key
+
+
+def test_states_that_components_do_not_cover_are_written_whole(tmp_path: Path, make_episode) -> None:
+    ep = make_episode(state_dim=5)
+    src = _write(tmp_path / "a.kdb", [ep], schema={"states": {"components": {"pos": [0, 3]}}})
+    report = export(src, tmp_path / "a.hdf5", format="hdf5")
+    assert len(report.warnings) == 1 and "obs/state" in report.warnings[0]
+    with h5py.File(tmp_path / "a.hdf5", "r") as f:
+        assert sorted(f["data/demo_0/obs"]) == ["state"]
+        assert f["data/demo_0/obs/state"][()].tobytes() == ep["states"].tobytes()
+        assert "states" not in f["data/demo_0"]  # no sim_state
+
+
+def test_episodes_without_states_have_no_state_obs(tmp_path: Path) -> None:
+    src = _write(tmp_path / "a.kdb", [{"actions": np.zeros((2, 3), np.float32)}], schema={})
+    export(src, tmp_path / "a.hdf5", format="hdf5")
+    with h5py.File(tmp_path / "a.hdf5", "r") as f:
+        assert list(f["data/demo_0/obs"]) == []
+        assert json.loads(f["data"].attrs["env_args"])["env_kwargs"] == {"control_freq": 10.0}
+
+
+@pytest.mark.parametrize(
+    ("episode", "match"),
+    [
+        ({"images": {"a/b": np.zeros((2, 4, 4, 3), np.uint8)}}, "cannot be an HDF5"),
+        ({"images": {"pos": np.zeros((2, 4, 4, 3), np.uint8)}}, "name of a state component"),
+        ({"extra_arrays": {"dones": np.zeros(2)}}, "overwrite the robomimic dataset"),
+        ({"extra": {"filter_keys": "train"}}, "must be a list"),
+    ],
+)
+def test_unexportable_content_is_refused(tmp_path: Path, episode: dict, match: str) -> None:
+    ep = {"actions": np.zeros((2, 1), np.float32), "states": np.zeros((2, 3), np.float32), **episode}
+    src = _write(tmp_path / "a.kdb", [ep], schema={"states": {"components": {"pos": [0, 3]}}})
+    with pytest.raises(ConversionError, match=match):
+        export(src, tmp_path / "a.hdf5", format="hdf5")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.kdb"]
+
+
+def test_missing_h5py_names_the_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make_episode) -> None:
+    src = _write(tmp_path / "a.kdb", [make_episode()], schema={})
+    monkeypatch.setitem(sys.modules, "h5py", None)  # import h5py now raises ImportError
+    with pytest.raises(MissingExtraError, match=r"kinodb\[hdf5\]"):
+        export(src, tmp_path / "a.hdf5", format="hdf5")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.kdb"]
+
+
+def test_many_demos_are_numbered_in_order(tmp_path: Path) -> None:
+    eps = [{"actions": np.full((1, 1), i, np.float32)} for i in range(12)]
+    src = _write(tmp_path / "a.kdb", eps, schema={})
+    export(src, tmp_path / "a.hdf5", format="hdf5", filter="episode_id >= 2")
+    with h5py.File(tmp_path / "a.hdf5", "r") as f:
+        demos = sorted(f["data"], key=lambda n: int(n.split("_")[1]))
+        assert demos == [f"demo_{k}" for k in range(10)]
+        assert [f["data"][d]["actions"][0, 0] for d in demos] == list(range(2, 12))
+        assert f["data"].attrs["total"] == 10
+
+
+def test_metadata_hdf5_cannot_hold_as_is_stays_exact_in_ep_meta(tmp_path: Path) -> None:
+    extra = {"big": 2**70, "nul\x00name": 1, "lang": "fr", "model_file": "<xml/>", "none": None}
+    ep = {"actions": np.zeros((2, 1), np.float32), "task": "a\x00b", "extra": extra}
+    src = _write(tmp_path / "a.kdb", [ep], schema={})
+    export(src, tmp_path / "a.hdf5", format="hdf5")
+    with kinodb.open(src) as db, h5py.File(tmp_path / "a.hdf5", "r") as f:
+        attrs = f["data/demo_0"].attrs
+        ep_meta = json.loads(attrs["ep_meta"])
+        assert ep_meta["lang"] == "a\x00b" and ep_meta["extra.lang"] == "fr"
+        assert {k: ep_meta[k] for k in ("big", "nul\x00name", "model_file", "none")} == {
+            k: db.read_meta(0)[k] for k in ("big", "nul\x00name", "model_file", "none")
+        }
+        assert json.loads(attrs["task"]) == "a\x00b" and json.loads(attrs["big"]) == 2**70
+        assert attrs["extra.model_file"] == "<xml/>" and "model_file" not in attrs
+        assert attrs["lang"] == "fr" and json.loads(attrs["none"]) is None
+        assert "success" not in attrs and not any("\x00" in k for k in attrs)
+
+
+def test_importing_the_export_package_does_not_import_h5py() -> None:
+    code = "import sys, kinodb, kinodb.export; sys.exit('h5py' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
