@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The built-in example: create datasets, inspect, validate, query, merge, mix, read from Python.
+# The built-in example: create datasets, inspect, validate, query, merge, mix, export and
+# re-ingest, ingest real RLDS data when the samples are present, read from Python.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${VENV:-.venv}/bin
@@ -21,4 +22,14 @@ run "$BIN/kino" query demo/demo.kdb "success = true AND embodiment IN (franka, w
 run "$BIN/kino" merge demo/demo.kdb demo/extra.kdb -o demo/train.kdb --filter "split = 'train' AND success = true" --force
 run "$BIN/kino" validate demo/train.kdb
 run "$BIN/kino" mix --source demo/demo.kdb:3 --source demo/extra.kdb:1 --sample 1000
+run "$BIN/kino" export demo/train.kdb -o demo/train_npy --format numpy --filter "embodiment = 'franka'" --force
+run "$BIN/kino" export demo/train.kdb -o demo/train.hdf5 --format hdf5 --force
+run "$BIN/kino" ingest demo/train.hdf5 -o demo/train_again.kdb --force -q
+SAMPLE=../shared/samples/octo_bridge_rlds/bridge_dataset/1.0.0
+if [ -d "$SAMPLE" ]; then
+  run "$BIN/kino" ingest "$SAMPLE" -o demo/bridge.kdb --force -q
+  run "$BIN/kino" query demo/bridge.kdb "task CONTAINS 'carrot'" --limit 3
+else
+  echo; echo "(skipping the real-data ingest: $SAMPLE is not next to this checkout)"
+fi
 run "$BIN/python" examples/read_episode.py demo/demo.kdb

@@ -38,7 +38,7 @@ class IngestReport:
         rate = self.frames / self.seconds if self.seconds else 0.0
         lines = [
             f"ingested {self.episodes} episodes ({self.frames} frames, {self.bytes / 1e6:.1f} MB) from "
-            f"{self.source} ({self.format}) to {self.output} in {self.seconds:.1f} s ({rate:,.0f} frames/s)"
+            f"{self.source} ({self.format}) to {self.output} in {self.seconds:.2f} s ({rate:,.0f} frames/s)"
         ]
         lines += [f"skipped {key}: {why}" for key, why in self.skipped]
         return "\n".join(lines)
