@@ -172,3 +172,26 @@ def test_state_component_order_comes_back_without_state_keys(tmp_path: Path) -> 
         tmp_path / "src.kdb", np.random.default_rng(9), components={"joint_pos": [0, 2], "eef_pos": [2, 5]}
     )
     _assert_same(src, _roundtrip(src, tmp_path))
+
+
+def test_mixed_schemas_round_trip(tmp_path: Path) -> None:
+    # A merge of a file with cameras and one without: the exported HDF5 has demos with and
+    # without obs/front, which the ingester accepts for kinodb exports.
+    from kinodb.ingest import ingest
+    from kinodb.synthetic import create_test
+
+    a, b, merged = tmp_path / "a.kdb", tmp_path / "b.kdb", tmp_path / "m.kdb"
+    create_test(a, 3, 5, images=True, seed=1)
+    create_test(b, 2, 4, seed=2)
+    kinodb.merge([a, b], merged)
+    kinodb.export.export(merged, tmp_path / "m.hdf5", format="hdf5")
+    back = tmp_path / "back.kdb"
+    ingest(tmp_path / "m.hdf5", back, image_codec="png")
+    with kinodb.open(merged) as x, kinodb.open(back) as y:
+        assert len(x) == len(y) == 5
+        for i in range(5):
+            ex, ey = x.read_episode(i), y.read_episode(i)
+            np.testing.assert_array_equal(ex["states"], ey["states"])
+            assert set(ex["images"]) == set(ey["images"])
+            for cam, frames in ex["images"].items():
+                np.testing.assert_array_equal(frames, ey["images"][cam])

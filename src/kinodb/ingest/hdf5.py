@@ -440,8 +440,13 @@ class HDF5Source:
     ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """Cameras (uint8) and extra arrays, rotated when ``flip_images`` asks for it."""
         images: dict[str, np.ndarray] = {}
+        # A kinodb export may hold episodes of several schemas (a merge of robots), so
+        # there a camera or extra array may be absent from some demos; elsewhere it may not.
+        optional = "kinodb_export" in self._data.attrs
         if self._options.images:
             for f in layout.cameras:
+                if optional and d.get(f.path) is None:
+                    continue
                 arr = self._dataset(d, f.path, T, f)
                 if arr.ndim != 4 or arr.dtype != np.uint8:
                     raise self._fail(
@@ -451,7 +456,7 @@ class HDF5Source:
                 images[f.name] = self._rotated(arr)
         arrays: dict[str, np.ndarray] = {}
         for f in layout.arrays:
-            if not self._keeps(f):
+            if not self._keeps(f) or (optional and d.get(f.path) is None):
                 continue
             arr = self._dataset(d, f.path, None, f)
             if f.path == "states" and arr.shape[:1] == (0,):
