@@ -77,6 +77,7 @@ LAYOUTS = {
 VARIANTS = {
     "kdb": "kdb: db.read_array(i, 'actions') + db.read_array(i, 'states')",
     "kdb-ep": "kdb: db.read_episode_actions_only(i) (meta dict + every array view)",
+    "kdb-batch": "kdb: db.gather(name, episodes, out=buffer) (one call per array, straight into the buffer)",
     "h5py": "h5py: g = f['data'][f'demo_{i}']; g['actions'][()], g['states'][()]",
     "parquet": "pyarrow: pq.ParquetFile(path, pre_buffer=False).read(columns, use_threads=False) per episode",
     "parquet-ram": "pyarrow: all episode files loaded into one Arrow table at open, then NumPy slices",
@@ -258,6 +259,16 @@ def kdb_random(db: Any, idx: list[int], A: np.ndarray, S: np.ndarray) -> None:
         S[k] = db.read_array(i, "states")
 
 
+def kdb_batch_seq(db: Any, A: np.ndarray, S: np.ndarray) -> None:
+    db.gather("actions", out=A.reshape(-1, A.shape[-1]))
+    db.gather("states", out=S.reshape(-1, S.shape[-1]))
+
+
+def kdb_batch_random(db: Any, idx: list[int], A: np.ndarray, S: np.ndarray) -> None:
+    db.gather("actions", idx, out=A.reshape(-1, A.shape[-1]))
+    db.gather("states", idx, out=S.reshape(-1, S.shape[-1]))
+
+
 def kdb_ep_seq(db: Any, A: np.ndarray, S: np.ndarray) -> None:
     for k in range(len(A)):
         ep = db.read_episode_actions_only(k)
@@ -435,6 +446,16 @@ def variants(data: Data) -> list[Variant]:
     return [
         Variant("kdb", "kdb", kinodb.open, lambda db: db.close(), kdb_seq, kdb_random, kdb_meta),
         Variant("kdb-ep", "kdb", kinodb.open, lambda db: db.close(), kdb_ep_seq, kdb_ep_random, None, False),
+        Variant(
+            "kdb-batch",
+            "kdb",
+            kinodb.open,
+            lambda db: db.close(),
+            kdb_batch_seq,
+            kdb_batch_random,
+            None,
+            False,
+        ),
         Variant("h5py", "h5py", h5_open, lambda h: h.file.close(), h5_seq, h5_random, h5_meta),
         Variant("parquet", "parquet", pq_open, noop, pq_seq, pq_random, pq_meta),
         Variant("parquet-ram", "parquet", pq_ram_open, noop, pq_ram_seq, pq_ram_random, None),
@@ -565,7 +586,7 @@ def summarise(
     raw = raw_bytes(data)
     ratios: dict[str, dict[str, float]] = {}
     for op, per in medians.items():
-        for kdb in ("kdb", "kdb-ep"):
+        for kdb in ("kdb", "kdb-ep", "kdb-batch"):
             if kdb not in per:
                 continue
             for peer in PEERS:
@@ -591,7 +612,7 @@ TARGETS = (
 def targets(medians: dict[str, dict[str, float]], size: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for op, peer, need, label in TARGETS:
-        for kdb in ("kdb", "kdb-ep"):
+        for kdb in ("kdb", "kdb-ep", "kdb-batch"):
             per = medians.get(op, {})
             if kdb in per and peer in per:
                 got = per[peer] / per[kdb]
@@ -621,7 +642,7 @@ def fmt_size(b: float) -> str:
 
 def print_result(res: dict[str, Any], draws: int) -> None:
     med = res["median_s"]
-    cols = [c for c in ("kdb", "kdb-ep", "h5py", "parquet", "parquet-ram", "numpy")
+    cols = [c for c in ("kdb", "kdb-ep", "kdb-batch", "h5py", "parquet", "parquet-ram", "numpy")
             if any(c in med[op] for op in med)]  # fmt: skip
     labels = {
         "open": "open",
@@ -647,7 +668,7 @@ def print_result(res: dict[str, Any], draws: int) -> None:
     )
     print(f"raw array bytes: {res['raw_array_bytes']:,} ({fmt_size(res['raw_array_bytes'])})")
     for op in ("open", "first", "seq", "random", "meta", "write"):
-        for kdb in ("kdb", "kdb-ep"):
+        for kdb in ("kdb", "kdb-ep", "kdb-batch"):
             if kdb not in med[op]:
                 continue
             parts = [f"{peer} {fmt_time(med[op][peer])} -> {med[op][peer] / med[op][kdb]:.1f}x"

@@ -342,3 +342,37 @@ def test_many_reads_with_changing_layouts(tmp_path: Path) -> None:
                 assert got.dtype == want[i][1].dtype
                 np.testing.assert_array_equal(got, want[i][1])
         assert "actions" in db._offsets  # the offset table was built, and agrees
+
+
+def test_gather_concatenates_episodes(tmp_path: Path) -> None:
+    rng = np.random.default_rng(11)
+    uniform, ragged = tmp_path / "u.kdb", tmp_path / "r.kdb"
+    with kinodb.Writer(uniform) as w:
+        acts = [rng.standard_normal((6, 3)).astype(np.float32) for _ in range(40)]
+        for a in acts:
+            w.add_episode(actions=a, states=np.ones((6, 2)))
+    with kinodb.Writer(ragged) as w:
+        racts = [rng.standard_normal((2 + k % 5, 3)) for k in range(40)]
+        for k, a in enumerate(racts):
+            w.add_episode(actions=a, timestamps=np.arange(len(a), dtype=float) if k % 2 else None)
+    for path, src in ((uniform, acts), (ragged, racts)):
+        with kinodb.open(path) as db:
+            for idx in (None, [5, 1, 1, 39], rng.integers(0, 40, 25)):
+                want = np.concatenate([src[i] for i in (range(40) if idx is None else idx)])
+                got = db.gather("actions", idx)
+                assert got.dtype == want.dtype
+                np.testing.assert_array_equal(got, want)
+            out = np.empty((sum(len(a) for a in src), 3), src[0].dtype)
+            assert db.gather("actions", out=out) is out
+            with pytest.raises(ValueError, match="out must be"):
+                db.gather("actions", [0], out=out)
+            with pytest.raises(EpisodeNotFoundError, match="episode 40 out of range"):
+                db.gather("actions", [0, 40])
+            with pytest.raises(KeyError):
+                db.gather("nope", [0])
+    mixed = tmp_path / "m.kdb"
+    with kinodb.Writer(mixed) as w:
+        w.add_episode(actions=np.zeros((3, 2), np.float32))
+        w.add_episode(actions=np.zeros((3, 2), np.float64))
+    with kinodb.open(mixed) as db, pytest.raises(ValueError, match="gather needs them alike"):
+        db.gather("actions")

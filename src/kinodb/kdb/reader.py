@@ -87,6 +87,7 @@ class Database:
         self._array_names: list[str] = []  # the arrays of the last episode decoded in full
         # Per array: the offset of its usual row in every episode (-1: take the checked path).
         self._offsets: dict[str, tuple[list[int], Locator]] = {}
+        self._strided_views: dict[str, tuple[np.ndarray | None, Locator]] = {}
         self._reads: dict[str, int] = {}
         self._frames: list[int] | None = None
         self._cameras_per_episode = 0
@@ -287,8 +288,9 @@ class Database:
             ))  # fmt: skip
         return self._ints
 
-    def _fast_array(self, i: int, name: str) -> np.ndarray | None:
-        """Array ``name`` of episode ``i`` if it sits where the last episode had it, else None."""
+    def _locate(self, i: int, name: str) -> tuple[int, int, Locator] | None:
+        """``(byte offset, frames, layout)`` of array ``name`` in episode ``i`` if it sits
+        where the last episode decoded had it (checked), else None."""
         loc = self._locators.get(name)
         if loc is None:
             return None
@@ -305,6 +307,14 @@ class Database:
             raise CorruptFileError(
                 f"{self._path}: episode {i}: array {name!r} at byte offset {off} does not fit the file"
             )
+        return off, T, loc
+
+    def _fast_array(self, i: int, name: str) -> np.ndarray | None:
+        """Array ``name`` of episode ``i`` if it sits where the last episode had it, else None."""
+        found = self._locate(i, name)
+        if found is None:
+            return None
+        off, T, loc = found
         return np.ndarray((T, *loc.trail), loc.dtype, buffer=self._map(), offset=off)  # type: ignore[arg-type, no-any-return]
 
     def _build_offsets(self, name: str) -> None:
@@ -327,6 +337,17 @@ class Database:
         if self._frames is None:
             self._frames = frames.tolist()
         self._offsets[name] = (np.where(ok, off, -1).tolist(), loc)
+        # When every episode holds the array alike at a constant stride (the usual file),
+        # one strided view over the map serves batch reads with a single vectorised copy.
+        view = None
+        size = int(frames[0]) * loc.row_bytes if len(frames) else 0
+        if len(off) > 1 and ok.all() and (frames == frames[0]).all():
+            step = int(off[1] - off[0])
+            if step >= size and (np.diff(off) == step).all():
+                view = np.lib.stride_tricks.as_strided(
+                    self._map()[int(off[0]) :], (self._n, size), (step, 1), writeable=False
+                )
+        self._strided_views[name] = (view, loc)
 
     def read_array(self, i: int, name: str) -> np.ndarray:
         """One low-dimensional array of episode ``i`` (e.g. ``"actions"``), zero-copy.
@@ -359,6 +380,63 @@ class Database:
         if name not in arrays:
             raise KeyError(f"episode {i} has no array {name!r}; it has {sorted(arrays)}")
         return arrays[name]
+
+    def gather(self, name: str, episodes: Any = None, *, out: np.ndarray | None = None) -> np.ndarray:
+        """Array ``name`` of many episodes, concatenated along frames into one array.
+
+        The batch read a data loader wants: one copy from the map into ``out`` (or a new
+        array) of shape ``(sum of frames, *dims)``, episodes in the order given; split it
+        with the episodes' ``num_frames``. The selected episodes must share the array's
+        dtype and trailing dims.
+
+        Example:
+            >>> acts = db.gather("actions", db.query("success = true"))
+
+        Raises:
+            EpisodeNotFoundError: an index is out of range.
+            KeyError: an episode has no array ``name``.
+            ValueError: the episodes disagree on dtype or dims, or ``out`` has the wrong shape.
+        """
+        idx = np.arange(self._n) if episodes is None else np.asarray(episodes, dtype=np.int64).reshape(-1)
+        if len(idx) and (idx.min() < 0 or idx.max() >= self._n):
+            bad = int(idx[(idx < 0) | (idx >= self._n)][0])
+            raise EpisodeNotFoundError(
+                f"episode {bad} out of range: file has {self._n} episodes (0..{self._n - 1})"
+            )
+        if not len(idx):
+            raise ValueError("gather needs at least one episode")
+        first = self.read_array(int(idx[0]), name)
+        # Checking every episode's offsets is O(episodes): worth it for large batches only.
+        if name not in self._offsets and name in self._locators and len(idx) * 8 >= self._n:
+            self._build_offsets(name)
+        frames = self._cols["num_frames"][idx].astype(np.int64)
+        shape = (int(frames.sum()), *first.shape[1:])
+        if out is None:
+            out = np.empty(shape, first.dtype)
+        elif out.shape != shape or out.dtype != first.dtype:
+            raise ValueError(f"out must be {first.dtype} {shape}, got {out.dtype} {out.shape}")
+        strided = self._strided(name, first)
+        if strided is not None:  # every episode alike, at a constant stride: one vectorised copy
+            np.take(strided, idx, axis=0, out=out.reshape(len(idx), -1).view(np.uint8))
+            return out
+        outb, pos = out.reshape(-1).view(np.uint8), 0
+        for i in idx.tolist():
+            src = self.read_array(i, name)
+            if src.dtype != first.dtype or src.shape[1:] != first.shape[1:]:
+                raise ValueError(
+                    f"episode {i}: {name} is {src.dtype} {src.shape}; episode {int(idx[0])} has "
+                    f"{first.dtype} {first.shape[1:]} per frame; gather needs them alike"
+                )
+            outb[pos : pos + src.nbytes] = src.reshape(-1).view(np.uint8)
+            pos += src.nbytes
+        return out
+
+    def _strided(self, name: str, first: np.ndarray) -> np.ndarray | None:
+        """The (episodes, bytes) view of array ``name`` if every episode holds it alike."""
+        view, loc = self._strided_views.get(name, (None, None))
+        if view is None or loc is None or loc.trail != first.shape[1:] or loc.dtype != first.dtype:
+            return None
+        return view
 
     def cameras(self, i: int) -> dict[str, dict[str, Any]]:
         """Cameras of episode ``i``: codec and (T, H, W, C) shape per camera."""
@@ -471,7 +549,7 @@ class Database:
         if release is not None:
             release()
         self._locators, self._ints, self._array_names = {}, None, []
-        self._offsets, self._reads = {}, {}
+        self._offsets, self._reads, self._strided_views = {}, {}, {}
         if mm is not None:
             with contextlib.suppress(BufferError):  # views still reference it; it closes with the last one
                 mm.close()
