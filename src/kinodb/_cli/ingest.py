@@ -9,12 +9,14 @@ from typing import Any
 
 def register(sub: Any) -> None:
     """Add the subcommand to ``sub``."""
-    p = sub.add_parser("ingest", help="convert robomimic/LIBERO HDF5 or RLDS TFRecord into a .kdb file",
+    p = sub.add_parser("ingest", help="convert robomimic/LIBERO HDF5, RLDS TFRecord or LeRobot into a .kdb file",
                        description="Convert a dataset into one .kdb file, exactly: source dtypes are kept and "
                                    "encoded frames pass through unchanged.")  # fmt: skip
     p.add_argument("src", help="source file or folder")
     p.add_argument("-o", "--output", required=True, help="output .kdb file")
-    p.add_argument("-F", "--format", default="auto", help="auto (default), hdf5, rlds, or a plug-in's name")
+    p.add_argument(
+        "-F", "--format", default="auto", help="auto (default), hdf5, rlds, lerobot, or a plug-in's name"
+    )
     p.add_argument("-e", "--embodiment", help="embodiment of every episode (default: from the source)")
     p.add_argument("-t", "--task", help="task of every episode (default: from the source)")
     p.add_argument("--fps", type=float, help="frames per second (default: from the source, else 10)")
@@ -36,6 +38,9 @@ def register(sub: Any) -> None:
     p.add_argument("--on-error", choices=("raise", "skip"), default="raise",
                    help="stop at the first bad episode (default) or skip it and report why")  # fmt: skip
     p.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
+    p.add_argument("--verify", action="store_true",
+                   help="then re-read the source and compare every episode (kino verify); exit 1 on a "
+                        "mismatch, keeping the output")  # fmt: skip
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=run)
 
@@ -50,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         jpeg_quality=args.compress, images=not args.no_images, dtype=args.dtype,
         state_keys=args.state_keys.split(",") if args.state_keys else None, split=args.split,
         flip_images=args.flip_images, workers=args.workers, on_error=args.on_error, overwrite=args.force,
-        progress=not args.quiet,
+        progress=not args.quiet, verify=args.verify,
     )  # fmt: skip
     print(report.summary())
     if report.skipped:

@@ -89,6 +89,7 @@ class Source(Protocol):
 _BUILTIN = {
     "hdf5": "kinodb.ingest.hdf5:HDF5Source",
     "rlds": "kinodb.ingest.rlds:RLDSSource",
+    "lerobot": "kinodb.ingest.lerobot:LeRobotSource",
 }
 
 

@@ -1,0 +1,718 @@
+"""LeRobot datasets (codebase v2.0, v2.1 and v3.0) as an ingest `Source`.
+
+Input: a dataset folder holding ``meta/info.json``. Its ``codebase_version`` picks the
+layout: v2.x keeps one parquet file per episode and one mp4 per episode and camera,
+with ``meta/episodes.jsonl`` and ``meta/tasks.jsonl``; v3.0 keeps many episodes per
+parquet and mp4 file, with ``meta/episodes/*/*.parquet`` (file indices and video time
+offsets) and ``meta/tasks.parquet`` (the task text as a ``task`` column or as the
+pandas index). Paths come from the ``data_path`` and ``video_path`` templates of
+``info.json``. Other versions raise `ConversionError` naming the version found.
+
+Episodes are listed in ``episode_index`` order with keys ``episode_000029``; ``--episodes
+29`` selects the 30th listed episode, which is episode_index 29 when every episode from 0
+is listed. An episode whose data or video file is absent raises `ConversionError` naming
+the file, so ``on_error="skip"`` skips exactly the episodes that are not there.
+
+Mapping (rows ordered by ``frame_index``; arrays keep their parquet dtype):
+
+- ``action`` -> ``actions``; ``observation.state`` -> ``states`` (``state_keys``
+  concatenates other columns instead, recorded as state components). A feature's
+  ``names`` (a list, a nested list, or a dict of lists, whose keys become components)
+  become the schema's ``names``.
+- ``next.reward`` -> ``rewards``; ``next.done`` -> ``is_terminal``; ``next.success`` ->
+  ``success`` (its last value); ``timestamp`` -> ``timestamps``; the first frame's
+  ``task_index`` -> ``task`` (a varying index is also kept as the extra array
+  ``task_index`` and the texts as the extra field ``tasks``).
+- Every other numeric or bool column (``observation.environment_state``,
+  ``complementary_info.*``) -> an extra array of the same name; per-frame text -> an
+  extra field. ``frame_index``, ``episode_index`` and ``index`` are positions, not data;
+  columns of other types (LeRobot's ``language_*`` structs) are left out, which the
+  metadata's ``lerobot.left_out`` records.
+- ``image`` features -> cameras, their PNG/JPEG bytes passed through unchanged.
+- ``video`` features -> cameras decoded with PyAV, frame-exact: frame t is the decoded
+  frame whose time (``pts * time_base``) is nearest to its ``timestamp`` (v3: plus the
+  episode's ``videos/<key>/from_timestamp``), within ``TOLERANCE_S`` = 1e-4 s
+  (``|frame time - wanted| <= 1e-4``, LeRobot's own tolerance and rule). Each file is
+  decoded once, in order; a v3 episode is reached with one seek to the keyframe before it.
+  Frames come out as uint8 RGB; the writer encodes them with the image codec.
+- Camera names drop the ``observation.images.`` (else ``observation.``) prefix;
+  ``lerobot.cameras`` in the metadata maps them back to feature keys.
+- ``fps`` and ``robot_type`` (the embodiment) come from ``info.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from kinodb._optional import require
+from kinodb.errors import ConversionError, CorruptFileError, WriterError
+from kinodb.ingest import _video
+from kinodb.ingest._base import SourceInfo, SourceOptions
+from kinodb.kdb import _codecs
+
+log = logging.getLogger(__name__)
+
+SUPPORTED_VERSIONS = ("v2.0", "v2.1", "v3.0")
+TOLERANCE_S = _video.TOLERANCE_S
+_DEFAULT_PATHS = {
+    "v2": ("data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet",
+           "videos/chunk-{episode_chunk:03d}/{video_key}/episode_{episode_index:06d}.mp4"),
+    "v3": ("data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet",
+           "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"),
+}  # fmt: skip
+_POSITIONS = frozenset({"frame_index", "episode_index", "index"})
+_ROLES = {
+    "action": "actions",
+    "next.reward": "rewards",
+    "next.done": "is_terminal",
+    "timestamp": "timestamps",
+}
+_NUMERIC = frozenset({"bool", "float16", "float32", "float64", "int8", "int16", "int32", "int64",
+                      "uint8", "uint16", "uint32", "uint64"})  # fmt: skip
+_PARQUETS_KEPT = 4
+
+
+@dataclass(frozen=True, slots=True)
+class _Video:
+    """Where one camera of one episode lives."""
+
+    path: str
+    offset: float  # seconds added to the parquet timestamps (v3 ``from_timestamp``)
+
+
+@dataclass(frozen=True, slots=True)
+class _Episode:
+    """One episode as the metadata lists it."""
+
+    index: int
+    length: int
+    tasks: tuple[str, ...]
+    data: str
+    videos: dict[str, _Video] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """Which feature goes where (from ``info.json``)."""
+
+    state_keys: tuple[str, ...]
+    images: dict[str, str]  # camera -> feature key (dtype image)
+    videos: dict[str, str]  # camera -> feature key (dtype video)
+    left_out: dict[str, str]  # feature key -> why it is not stored
+
+
+# -- metadata ---------------------------------------------------------------------------
+
+
+def _read_json(path: str) -> Any:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except FileNotFoundError:
+        raise ConversionError(f"{path}: missing") from None
+    except (OSError, ValueError) as exc:
+        raise ConversionError(f"{path}: not readable JSON ({exc})") from None
+
+
+def _read_jsonl(path: str) -> list[dict[str, Any]]:
+    rows = []
+    try:
+        with open(path, encoding="utf-8") as fh:
+            for number, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except ValueError as exc:
+                    raise ConversionError(f"{path}: line {number} is not JSON ({exc})") from None
+                if not isinstance(row, dict):
+                    raise ConversionError(f"{path}: line {number} is not a JSON object")
+                rows.append(row)
+    except OSError as exc:
+        raise ConversionError(f"{path}: not readable ({exc})") from None
+    return rows
+
+
+def _check_version(info: dict[str, Any], path: str) -> str:
+    version = info.get("codebase_version")
+    if version not in SUPPORTED_VERSIONS:
+        raise ConversionError(
+            f"{path}: LeRobot codebase_version {version!r} is not supported; this converter reads "
+            f"{', '.join(SUPPORTED_VERSIONS)}"
+        )
+    return str(version)
+
+
+def _camera_names(keys: list[str]) -> dict[str, str]:
+    """Camera name -> feature key: the key without ``observation.images.``/``observation.``."""
+    short = [k.removeprefix("observation.images.") if k.startswith("observation.images.")
+             else k.removeprefix("observation.") for k in keys]  # fmt: skip
+    if len(set(short)) != len(short) or any(not s for s in short):
+        return {k: k for k in keys}
+    return dict(zip(short, keys, strict=True))
+
+
+def _plan(features: dict[str, Any], options: SourceOptions, path: str) -> _Plan:
+    visual = [k for k, f in features.items() if f.get("dtype") in ("image", "video")]
+    cams = _camera_names(visual)
+    images = {c: k for c, k in cams.items() if features[k]["dtype"] == "image"}
+    videos = {c: k for c, k in cams.items() if features[k]["dtype"] == "video"}
+    if options.state_keys is not None:
+        states = tuple(options.state_keys)
+        unknown = [k for k in states if k not in features]
+        if unknown:
+            raise ConversionError(
+                f"{path}: state keys {unknown} are not features; features: {', '.join(sorted(features))}"
+            )
+    else:
+        states = ("observation.state",) if "observation.state" in features else ()
+    if "action" not in features:
+        raise ConversionError(f"{path}: no 'action' feature; features: {', '.join(sorted(features))}")
+    left_out = {
+        k: f"dtype {f.get('dtype')!r} has no place in a .kdb episode"
+        for k, f in features.items()
+        if f.get("dtype") not in _NUMERIC and f.get("dtype") not in ("image", "video", "string")
+    }
+    for key in videos.values():
+        # v1 -> v2 ports keep the block under "video_info" instead of "info"
+        video = features[key].get("info") or features[key].get("video_info") or {}
+        if video.get("video.is_depth_map"):
+            log.warning("%s: %s is a depth map; it is stored as 8-bit RGB, which loses depth precision",
+                        path, key)  # fmt: skip
+    return _Plan(states, images, videos, left_out)
+
+
+def _flat_names(value: Any) -> list[str] | None:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list):
+        out: list[str] = []
+        for item in value:
+            sub = _flat_names(item)
+            if sub is None:
+                return None
+            out += sub
+        return out
+    return None
+
+
+def names_and_components(names: Any, dim: int) -> tuple[list[str] | None, dict[str, list[int]]]:
+    """Flat element names and ``{key: [start, stop)}`` components from a feature's ``names``.
+
+    A list (also nested) names the elements; a dict of lists names them per key, and each
+    key becomes a component. Names that do not count ``dim`` elements are dropped.
+    """
+    comps: dict[str, list[int]] = {}
+    if isinstance(names, dict):
+        flat: list[str] = []
+        for key, value in names.items():
+            sub = _flat_names(value)
+            if sub is None:
+                return None, {}
+            comps[str(key)] = [len(flat), len(flat) + len(sub)]
+            flat += sub
+    else:
+        got = _flat_names(names) if isinstance(names, list) else None
+        if got is None:
+            return None, {}
+        flat = got
+    if len(flat) != dim:
+        return None, {}
+    return flat, {k: v for k, v in comps.items() if v[0] < v[1]}
+
+
+def _feature_dim(feature: dict[str, Any]) -> int:
+    return int(np.prod([int(d) for d in feature.get("shape", [1])]))
+
+
+def _tasks(root: str, version: str, pq: Any) -> dict[int, str] | None:
+    """task_index -> text, from ``tasks.jsonl`` or ``tasks.parquet`` (None: neither exists)."""
+    jsonl, parquet = os.path.join(root, "meta", "tasks.jsonl"), os.path.join(root, "meta", "tasks.parquet")
+    order = (parquet, jsonl) if version == "v3.0" else (jsonl, parquet)
+    for path in order:
+        if not os.path.isfile(path):
+            continue
+        if path == jsonl:
+            rows = _read_jsonl(path)
+            try:
+                return {int(r["task_index"]): str(r["task"]) for r in rows}
+            except (KeyError, TypeError, ValueError):
+                raise ConversionError(f"{path}: every line needs task_index and task") from None
+        return _tasks_parquet(path, pq)
+    return None
+
+
+def _tasks_parquet(path: str, pq: Any) -> dict[int, str]:
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # pyarrow raises several types for damaged files
+        raise ConversionError(f"{path}: not readable parquet ({exc})") from None
+    columns = table.column_names
+    text = "task" if "task" in columns else None
+    if text is None:  # written by pandas with the task text as the (unnamed) index
+        pandas = json.loads((table.schema.metadata or {}).get(b"pandas", b"{}"))
+        text = next((c for c in pandas.get("index_columns", []) if isinstance(c, str) and c in columns), None)
+    if text is None or "task_index" not in columns:
+        raise ConversionError(
+            f"{path}: needs a task_index column and the task text as a 'task' column or the pandas "
+            f"index; columns: {', '.join(columns)}"
+        )
+    return dict(
+        zip((int(i) for i in table["task_index"].to_pylist()), map(str, table[text].to_pylist()), strict=True)
+    )
+
+
+def _format_path(template: str, root: str, **fields: Any) -> str:
+    try:
+        return os.path.join(root, template.format(**fields))
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ConversionError(f"{root}: path template {template!r} cannot be filled ({exc})") from None
+
+
+def _episodes_v2(root: str, info: dict[str, Any], videos: list[str]) -> list[_Episode]:
+    path = os.path.join(root, "meta", "episodes.jsonl")
+    if not os.path.isfile(path):
+        raise ConversionError(f"{path}: missing; a LeRobot v2 dataset lists its episodes there")
+    data_t = info.get("data_path") or _DEFAULT_PATHS["v2"][0]
+    video_t = info.get("video_path") or _DEFAULT_PATHS["v2"][1]
+    chunks = int(info.get("chunks_size") or 1000)
+    out = []
+    for row in _read_jsonl(path):
+        try:
+            e, length = int(row["episode_index"]), int(row["length"])
+        except (KeyError, TypeError, ValueError):
+            raise ConversionError(f"{path}: every line needs episode_index and length") from None
+        place = {"episode_chunk": e // chunks, "episode_index": e, "chunk_index": e // chunks}
+        vids = {k: _Video(_format_path(video_t, root, video_key=k, **place), 0.0) for k in videos}
+        tasks = tuple(str(t) for t in row.get("tasks") or ())
+        out.append(_Episode(e, length, tasks, _format_path(data_t, root, **place), vids))
+    return out
+
+
+def _episodes_v3(root: str, info: dict[str, Any], videos: list[str], pq: Any) -> list[_Episode]:
+    folder = os.path.join(root, "meta", "episodes")
+    files = sorted(
+        os.path.join(dirpath, n)
+        for dirpath, _, names in os.walk(folder)
+        for n in names
+        if n.endswith(".parquet")
+    )
+    if not files:
+        raise ConversionError(f"{folder}: no episode metadata (*.parquet); a LeRobot v3 dataset needs it")
+    templates = (
+        info.get("data_path") or _DEFAULT_PATHS["v3"][0],
+        info.get("video_path") or _DEFAULT_PATHS["v3"][1],
+    )
+    out = []
+    for path in files:
+        for row in _read_rows(path, pq):
+            try:
+                out.append(_episode_v3(row, root, templates, videos))
+            except (KeyError, TypeError, ValueError) as exc:
+                raise ConversionError(
+                    f"{path}: an episode row lacks {exc}; v3 rows need episode_index, length, "
+                    f"data/chunk_index, data/file_index and videos/KEY/{{chunk_index,file_index,from_timestamp}}"
+                ) from None
+    return out
+
+
+def _episode_v3(row: dict[str, Any], root: str, templates: tuple[str, str], videos: list[str]) -> _Episode:
+    """One row of ``meta/episodes/*.parquet``: its data file, and its video files with offsets."""
+    place = {"chunk_index": int(row["data/chunk_index"]), "file_index": int(row["data/file_index"])}
+    data = _format_path(templates[0], root, **place)
+    vids = {}
+    for key in videos:
+        p = f"videos/{key}/"
+        place = {"chunk_index": int(row[p + "chunk_index"]), "file_index": int(row[p + "file_index"])}
+        path = _format_path(templates[1], root, video_key=key, **place)
+        vids[key] = _Video(path, float(row[p + "from_timestamp"]))
+    tasks = tuple(str(t) for t in row.get("tasks") or ())
+    return _Episode(int(row["episode_index"]), int(row["length"]), tasks, data, vids)
+
+
+def _read_rows(path: str, pq: Any) -> list[dict[str, Any]]:
+    try:
+        schema = pq.read_schema(path)
+        columns = [n for n in schema.names if not n.startswith("stats/")]
+        rows: list[dict[str, Any]] = pq.read_table(path, columns=columns).to_pylist()
+    except Exception as exc:  # pyarrow raises several types for damaged files
+        raise ConversionError(f"{path}: not readable parquet ({exc})") from None
+    return rows
+
+
+# -- columns ----------------------------------------------------------------------------
+
+
+def _to_numpy(pa: Any, column: Any, name: str, where: str) -> np.ndarray:
+    """A numeric parquet column as a (T, *shape) array of its own dtype.
+
+    Fixed-size and variable lists (equal lengths) become trailing dimensions.
+    """
+    arr = column.combine_chunks() if hasattr(column, "combine_chunks") else column
+    n = len(arr)
+    shape: list[int] = []
+    while True:
+        if isinstance(arr.type, pa.ExtensionType):
+            arr = arr.storage
+        if arr.null_count:
+            raise ConversionError(f"{where}: column {name!r} holds {arr.null_count} null values")
+        if pa.types.is_fixed_size_list(arr.type):
+            shape.append(arr.type.list_size)
+            arr = arr.flatten()
+        elif pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type):
+            lengths = np.asarray(arr.value_lengths())
+            if lengths.size and (lengths != lengths[0]).any():
+                raise ConversionError(f"{where}: column {name!r} holds lists of different lengths")
+            shape.append(int(lengths[0]) if lengths.size else 0)
+            arr = arr.flatten()
+        else:
+            break
+    if not (pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type) or pa.types.is_boolean(arr.type)):
+        raise ConversionError(f"{where}: column {name!r} is {column.type}, not numeric")
+    return np.asarray(arr.to_numpy(zero_copy_only=False)).reshape(n, *shape)
+
+
+def _kind(pa: Any, type_: Any) -> str:
+    """``"numeric"``, ``"text"``, ``"image"`` or ``"other"`` for an arrow column type."""
+    while isinstance(type_, pa.ExtensionType):
+        type_ = type_.storage_type
+    if pa.types.is_struct(type_):
+        names = {type_.field(i).name for i in range(type_.num_fields)}
+        return "image" if "bytes" in names else "other"
+    while pa.types.is_fixed_size_list(type_) or pa.types.is_list(type_) or pa.types.is_large_list(type_):
+        type_ = type_.value_type
+    if pa.types.is_integer(type_) or pa.types.is_floating(type_) or pa.types.is_boolean(type_):
+        return "numeric"
+    if pa.types.is_string(type_) or pa.types.is_large_string(type_):
+        return "text"
+    return "other"
+
+
+def _image_frames(column: Any, name: str, where: str, flip: bool) -> list[bytes] | np.ndarray:
+    """The encoded bytes of an ``image`` column (decoded only if not PNG/JPEG or flipped)."""
+    arr = column.combine_chunks()
+    fields = [arr.type.field(i).name for i in range(arr.type.num_fields)]
+    data = arr.flatten()[fields.index("bytes")] if arr.null_count == 0 else None  # offsets applied
+    if data is None or data.null_count:
+        raise ConversionError(
+            f"{where}: image column {name!r} has frames without bytes (only a path); "
+            f"LeRobot embeds the image bytes in the parquet file"
+        )
+    blobs: list[bytes] = data.to_pylist()
+    if not flip and _codecs.sniff(blobs[0]) is not None:
+        return blobs  # PNG/JPEG: stored byte for byte (the writer checks every frame)
+    try:  # another Pillow-readable format, or frames to rotate
+        frames = _codecs.decode(blobs, _codecs.probe(blobs[0]), f"{where}: column {name!r}")
+    except (CorruptFileError, WriterError, OSError) as exc:
+        raise ConversionError(f"{where}: column {name!r}: {exc}") from None
+    return np.ascontiguousarray(frames[:, ::-1, ::-1]) if flip else frames
+
+
+# -- the source -------------------------------------------------------------------------
+
+
+class LeRobotSource:
+    """A LeRobot dataset folder, read one episode at a time (see the module docstring).
+
+    Example:
+        >>> from kinodb.ingest import ingest
+        >>> ingest("unitree_g1_lerobot_v21", "g1.kdb", format="lerobot", episodes=[29])
+
+    Raises:
+        ConversionError: ``meta/info.json`` is missing or of an unsupported version, or
+            the metadata is malformed.
+        MissingExtraError: pyarrow or PyAV is not installed.
+    """
+
+    format: ClassVar[str] = "lerobot"
+
+    def __init__(self, path: str | os.PathLike[str], options: SourceOptions | None = None) -> None:
+        self._root = os.fspath(path)
+        self._options = options or SourceOptions()
+        self._pa: Any = require("pyarrow", extra="lerobot")
+        self._pq: Any = require("pyarrow.parquet", extra="lerobot")
+        info_path = os.path.join(self._root, "meta", "info.json")
+        info = _read_json(info_path)
+        if not isinstance(info, dict) or not isinstance(info.get("features"), dict):
+            raise ConversionError(f"{info_path}: expected a JSON object with 'features'")
+        self._info: dict[str, Any] = info
+        self._version = _check_version(info, info_path)
+        self._features: dict[str, dict[str, Any]] = info["features"]
+        bad = [k for k, f in self._features.items() if not isinstance(f, dict)]
+        if bad:
+            raise ConversionError(f"{info_path}: feature {bad[0]!r} is not a JSON object")
+        self._plan = _plan(self._features, self._options, info_path)
+        self._tasks = _tasks(self._root, self._version, self._pq)
+        videos = list(self._plan.videos.values()) if self._options.images else []
+        if self._version == "v3.0":
+            eps = _episodes_v3(self._root, info, videos, self._pq)
+        else:
+            eps = _episodes_v2(self._root, info, videos)
+        eps.sort(key=lambda ep: ep.index)
+        self._episodes = {f"episode_{ep.index:06d}": ep for ep in eps}
+        if len(self._episodes) != len(eps):
+            raise ConversionError(f"{self._root}: the episode metadata lists an episode_index twice")
+        self._parquets: dict[str, Any] = {}
+        self._warned: set[str] = set()
+
+    @classmethod
+    def detect(cls, path: str) -> bool:
+        """A folder holding ``meta/info.json``."""
+        return os.path.isdir(path) and os.path.isfile(os.path.join(path, "meta", "info.json"))
+
+    def episodes(self) -> list[str]:
+        """Every listed episode's key (``episode_000029``), in ``episode_index`` order."""
+        return list(self._episodes)
+
+    def _fps(self, *, dataset: bool = False) -> float:
+        """The episode fps (``options.fps`` wins unless ``dataset``: the rate of the files)."""
+        fps = self._info.get("fps") if dataset else self._options.fps or self._info.get("fps")
+        if not isinstance(fps, (int, float)) or isinstance(fps, bool) or not fps > 0:
+            raise ConversionError(f"{self._root}: meta/info.json has no usable fps ({fps!r}); pass --fps")
+        return float(fps)
+
+    def info(self) -> SourceInfo:
+        """Schema (names and components), fps, embodiment and the dataset's LeRobot metadata."""
+        schema: dict[str, Any] = {}
+        action = self._features["action"]
+        names, comps = names_and_components(action.get("names"), _feature_dim(action))
+        if names is not None:
+            schema["actions"] = {"names": names, **({"components": comps} if comps else {})}
+        states = self._state_schema()
+        if states:
+            schema["states"] = states
+        robot = self._info.get("robot_type")
+        lerobot = {
+            "codebase_version": self._version, "info": self._info,
+            "tasks": {str(k): v for k, v in sorted((self._tasks or {}).items())},
+            "cameras": {**self._plan.images, **self._plan.videos}, "left_out": self._plan.left_out,
+            "video_tolerance_s": TOLERANCE_S,
+        }  # fmt: skip
+        return SourceInfo(
+            f"lerobot-{self._version}", schema=schema, metadata={"lerobot": lerobot}, fps=self._fps(),
+            embodiment=str(robot) if robot else None,
+        )  # fmt: skip
+
+    def _state_schema(self) -> dict[str, Any]:
+        keys = self._plan.state_keys
+        if not keys:
+            return {}
+        if len(keys) == 1:
+            feat = self._features[keys[0]]
+            names, comps = names_and_components(feat.get("names"), _feature_dim(feat))
+            out: dict[str, Any] = {"names": names} if names is not None else {}
+            if comps:
+                out["components"] = comps
+            elif keys[0] != "observation.state":
+                out["components"] = {keys[0]: [0, _feature_dim(feat)]}
+            return out
+        spans: dict[str, list[int]] = {}
+        all_names: list[str] | None = []
+        start = 0
+        for key in keys:
+            dim = _feature_dim(self._features[key])
+            spans[key] = [start, start + dim]
+            start += dim
+            names, _ = names_and_components(self._features[key].get("names"), dim)
+            all_names = None if names is None or all_names is None else all_names + names
+        return {"components": spans, **({"names": all_names} if all_names else {})}
+
+    # -- reading ------------------------------------------------------------------------
+
+    def _parquet(self, path: str, e: int) -> Any:
+        if path in self._parquets:
+            return self._parquets[path]
+        if not os.path.isfile(path):
+            raise ConversionError(f"{path}: missing data file of episode {e}")
+        try:
+            pf = self._pq.ParquetFile(path)
+        except Exception as exc:  # pyarrow raises several types for damaged files
+            raise ConversionError(f"{path}: not readable parquet ({exc})") from None
+        if len(self._parquets) >= _PARQUETS_KEPT:
+            oldest = next(iter(self._parquets))
+            self._parquets.pop(oldest).close()
+        self._parquets[path] = pf
+        return pf
+
+    def _table(self, ep: _Episode) -> Any:
+        """The episode's rows, ordered by ``frame_index``, image columns only when wanted."""
+        pf = self._parquet(ep.data, ep.index)
+        names = pf.schema_arrow.names
+        skip = set() if self._options.images else set(self._plan.images.values())
+        columns = [n for n in names if n not in skip]
+        if "episode_index" not in names and self._version == "v3.0":
+            raise ConversionError(
+                f"{ep.data}: no episode_index column; a v3 data file holds several episodes"
+            )
+        groups = self._row_groups(pf, ep.index) if "episode_index" in names else None
+        try:
+            table = (
+                pf.read(columns=columns) if groups is None else pf.read_row_groups(groups, columns=columns)
+            )
+        except Exception as exc:  # pyarrow raises several types for damaged files
+            raise ConversionError(f"{ep.data}: not readable parquet ({exc})") from None
+        if "episode_index" in names:
+            table = _rows_of(table, ep.index)
+        where = f"{ep.data}: episode {ep.index}"
+        if table.num_rows == 0:
+            raise ConversionError(f"{where}: the file holds no rows of this episode")
+        if table.num_rows != ep.length:
+            raise ConversionError(
+                f"{where}: the file holds {table.num_rows} rows of this episode, the episode metadata "
+                f"says its length is {ep.length}"
+            )
+        return _by_frame_index(self._pa, table, where) if "frame_index" in names else table
+
+    def _row_groups(self, pf: Any, e: int) -> list[int] | None:
+        """Row groups whose ``episode_index`` statistics admit ``e`` (None: read everything)."""
+        md = pf.metadata
+        col = pf.schema_arrow.get_field_index("episode_index")
+        leaf = next((j for j in range(md.num_columns) if md.schema.column(j).path == "episode_index"), None)
+        if col < 0 or leaf is None:
+            return None
+        keep = []
+        for g in range(md.num_row_groups):
+            stats = md.row_group(g).column(leaf).statistics
+            if stats is None or not stats.has_min_max:
+                return None
+            if stats.min <= e <= stats.max:
+                keep.append(g)
+        return keep
+
+    def read(self, key: str) -> dict[str, Any]:
+        """`Writer.add_episode` arguments for episode ``key``; videos are decoded here.
+
+        Raises:
+            ConversionError: the key is unknown, a data or video file is missing or short,
+                a column does not fit; names the file, the episode and the column.
+        """
+        ep = self._episodes.get(key)
+        if ep is None:
+            raise ConversionError(f"{self._root}: no episode {key!r}")
+        table = self._table(ep)
+        where = f"{ep.data}: episode {ep.index}"
+        args: dict[str, Any] = {"fps": self._fps(), "extra": {"episode_index": ep.index}}
+        parts: dict[str, np.ndarray] = {}
+        cams = {k: c for c, k in self._plan.images.items()} if self._options.images else {}
+        absent = [k for k in cams if k not in table.column_names]
+        if absent:
+            raise ConversionError(f"{where}: no column for the image feature {absent[0]!r}")
+        for name in table.column_names:
+            column = table[name]
+            if name in cams:
+                frames = _image_frames(column, name, where, self._options.flip_images)
+                args.setdefault("images", {})[cams[name]] = frames
+                continue
+            kind = _kind(self._pa, column.type)
+            if kind == "text":
+                texts = [str(t) for t in column.to_pylist()]
+                args["extra"][name] = texts[0] if len(set(texts)) == 1 else texts
+            elif kind != "numeric":
+                self._left_out(name, f"{column.type} is not numeric, text or an image")
+            elif name not in _POSITIONS:
+                parts[name] = _to_numpy(self._pa, column, name, where)
+        self._assemble(ep, parts, args, where)
+        if self._options.images and self._plan.videos:
+            args.setdefault("images", {}).update(self._decode_videos(ep, args, where))
+        return args
+
+    def _assemble(self, ep: _Episode, parts: dict[str, np.ndarray], args: dict[str, Any], where: str) -> None:
+        """Give every numeric column its role: actions, states, rewards, ..., extra arrays."""
+        if "action" not in parts:
+            raise ConversionError(f"{where}: no 'action' column")
+        T = len(parts["action"])
+        args["actions"] = parts.pop("action").reshape(T, -1)
+        keys = self._plan.state_keys
+        missing = [k for k in keys if k not in parts]
+        if missing:
+            raise ConversionError(f"{where}: no state column {missing[0]!r}")
+        if keys:
+            pieces = [parts.pop(k).reshape(T, -1) for k in keys]
+            args["states"] = pieces[0] if len(pieces) == 1 else np.concatenate(pieces, axis=1)
+        for name, role in _ROLES.items():
+            if name != "action" and name in parts:
+                args[role] = _per_frame(parts.pop(name), name, where)
+        if "is_terminal" in args and args["is_terminal"].dtype != np.bool_:
+            args["is_terminal"] = args["is_terminal"] != 0
+        if "next.success" in parts:  # the per-frame flag stays an extra array too
+            args["success"] = bool(_per_frame(parts["next.success"], "next.success", where)[-1])
+        self._task(ep, parts, args, where)
+        if parts:
+            args["extra_arrays"] = parts
+
+    def _task(self, ep: _Episode, parts: dict[str, np.ndarray], args: dict[str, Any], where: str) -> None:
+        """The first frame's task text; a varying task index stays an extra array."""
+        index = _per_frame(parts.pop("task_index"), "task_index", where) if "task_index" in parts else None
+        if index is not None and (index != index[0]).any():
+            parts["task_index"] = index
+        if index is None or self._tasks is None:
+            args["task"] = ep.tasks[0] if ep.tasks else ""
+            return
+        unknown = sorted({int(i) for i in np.unique(index)} - set(self._tasks))
+        if unknown:
+            raise ConversionError(f"{where}: task_index {unknown[0]} is not in the dataset's tasks table")
+        args["task"] = self._tasks[int(index[0])]
+        if "task_index" in parts:
+            firsts = sorted(np.unique(index, return_index=True)[1])
+            args["extra"]["tasks"] = [self._tasks[int(index[i])] for i in firsts]
+
+    def _decode_videos(self, ep: _Episode, args: dict[str, Any], where: str) -> dict[str, np.ndarray]:
+        """Every video camera of the episode, frame-exact at the parquet timestamps."""
+        stamps = args.get("timestamps")
+        if stamps is None:  # LeRobot's default: frame_index / fps, at the dataset's own fps
+            stamps = np.arange(len(args["actions"])) / self._fps(dataset=True)
+        times = stamps.astype(np.float64)
+        out = {}
+        for cam, key in self._plan.videos.items():
+            video = ep.videos[key]
+            try:
+                frames = _video.decode_at(video.path, times + video.offset, seek=self._version == "v3.0")
+            except ConversionError as exc:
+                raise ConversionError(
+                    f"{exc} (episode {ep.index}, camera {cam!r}, feature {key!r})"
+                ) from None
+            out[cam] = np.ascontiguousarray(frames[:, ::-1, ::-1]) if self._options.flip_images else frames
+        return out
+
+    def _left_out(self, name: str, why: str) -> None:
+        if name not in self._warned:
+            self._warned.add(name)
+            log.warning("%s: column %r is not stored: %s", self._root, name, why)
+
+    def close(self) -> None:
+        """Close the open parquet files."""
+        for pf in self._parquets.values():
+            pf.close()
+        self._parquets.clear()
+
+
+def _by_frame_index(pa: Any, table: Any, where: str) -> Any:
+    """The rows ordered by ``frame_index``, which must run 0..T-1."""
+    fi = _to_numpy(pa, table["frame_index"], "frame_index", where).reshape(-1)
+    order = np.argsort(fi, kind="stable")
+    if not (fi[order] == np.arange(len(fi))).all():
+        raise ConversionError(f"{where}: frame_index is not 0..{len(fi) - 1} (frames repeat or are missing)")
+    return table if (order == np.arange(len(order))).all() else table.take(order)
+
+
+def _rows_of(table: Any, e: int) -> Any:
+    """The rows of episode ``e`` (a slice when they are contiguous, as LeRobot writes them)."""
+    rows = np.flatnonzero(np.asarray(table["episode_index"].to_numpy()) == e)
+    if rows.size and rows[-1] - rows[0] + 1 == rows.size:
+        return table.slice(int(rows[0]), int(rows.size))
+    return table.take(rows)
+
+
+def _per_frame(arr: np.ndarray, name: str, where: str) -> np.ndarray:
+    """A column with one value per frame as a 1-D array."""
+    if arr.size != len(arr):
+        raise ConversionError(
+            f"{where}: column {name!r} has shape {arr.shape[1:]} per frame; expected one value"
+        )
+    return arr.reshape(len(arr))

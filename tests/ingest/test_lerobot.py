@@ -1,0 +1,554 @@
+"""LeRobot ingest: v2.0/v2.1/v3.0 layouts, frame-exact video, images, errors, the real G1 sample."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import _lerobot_fixtures as F
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import kinodb
+from kinodb._cli.main import main
+from kinodb.errors import ConversionError
+from kinodb.ingest import SourceOptions, _video, ingest, source_class
+from kinodb.ingest.lerobot import LeRobotSource, names_and_components
+
+SAMPLES = Path(__file__).resolve().parents[2].parent / "shared" / "samples"
+G1 = SAMPLES / "unitree_g1_lerobot_v21"
+needs_g1 = pytest.mark.skipif(
+    not (G1 / "meta" / "info.json").is_file(),
+    reason=f"real LeRobot v2.1 sample not found at {G1} (see shared/samples/SOURCES.md)",
+)
+LENGTHS = [12, 15, 10, 9, 11]
+Episode = dict[str, Any]
+
+
+@pytest.fixture(scope="module")
+def episodes() -> list[Episode]:
+    return F.make_episodes(np.random.default_rng(7), LENGTHS, task_switch=True)
+
+
+@pytest.fixture(scope="module")
+def datasets(tmp_path_factory: pytest.TempPathFactory, episodes: list[Episode]) -> dict[str, Path]:
+    """One folder per layout, written once for the module."""
+    root = tmp_path_factory.mktemp("lerobot")
+    return {
+        "v2.0-h264": F.write_v2(root / "v20", episodes, version="v2.0", gop=12),
+        "v2.1-av1": F.write_v2(root / "v21", episodes, codec="libsvtav1", list_type="list"),
+        "v3.0-h264": F.write_v3(root / "v30", episodes, per_file=2, gop=4),
+        "v3.0-av1": F.write_v3(
+            root / "v30av1", episodes, per_file=3, codec="libsvtav1", gop=4, task_layout="column"
+        ),
+    }
+
+
+def _video_file(root: Path, version: str, e: int, per_file: int) -> tuple[Path, float]:
+    """The mp4 holding episode ``e`` and the episode's start time in it."""
+    if version.startswith("v2"):
+        return root / "videos" / "chunk-000" / F.CAMERA / f"episode_{e:06d}.mp4", 0.0
+    first = e - e % per_file
+    start = sum(LENGTHS[first:e]) / 10.0
+    return root / "videos" / F.CAMERA / "chunk-000" / f"file-{e // per_file:03d}.mp4", start
+
+
+def _check_arrays(got: dict[str, Any], ep: Episode) -> None:
+    cols = ep["columns"]
+    pairs = {
+        "actions": cols["action"], "states": cols["observation.state"], "rewards": cols["next.reward"],
+        "is_terminal": cols["next.done"], "timestamps": cols["timestamp"],
+        "observation.environment_state": cols["observation.environment_state"],
+        "next.success": cols["next.success"],
+    }  # fmt: skip
+    for name, want in pairs.items():
+        assert got[name].dtype == want.dtype, name
+        np.testing.assert_array_equal(got[name], want, err_msg=name)
+
+
+# -- layouts ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("layout", ["v2.0-h264", "v2.1-av1", "v3.0-h264", "v3.0-av1"])
+def test_layouts_ingest_exactly(
+    layout: str, datasets: dict[str, Path], episodes: list[Episode], tmp_path: Path
+) -> None:
+    root = datasets[layout]
+    out = tmp_path / "out.kdb"
+    report = ingest(root, out, image_codec="png")
+    assert report.format == "lerobot" and report.episodes == len(LENGTHS)
+    per_file = 3 if layout == "v3.0-av1" else 2
+    with kinodb.open(out) as db:
+        assert db.dataset_info()["source_format"] == f"lerobot-{layout[:4]}"
+        for i, ep in enumerate(episodes):
+            got = db.read_episode(i)
+            _check_arrays(got, ep)
+            meta = got["meta"]
+            e = ep["episode_index"]
+            assert meta["fps"] == 10.0 and meta["embodiment"] == "fixture_bot"
+            assert meta["task"] == F.TASKS[ep["columns"]["task_index"][0]]
+            assert meta["success"] is (e % 2 == 0)
+            assert meta["total_reward"] == pytest.approx(1.0 if e % 2 == 0 else 0.25)
+            assert meta["episode_index"] == e and meta["source_episode"] == f"episode_{e:06d}"
+            path, start = _video_file(root, layout, e, per_file)
+            times, frames = F.reference_decode(path)
+            want_idx = [int(np.argmin(np.abs(times - (start + t)))) for t in ep["columns"]["timestamp"]]
+            np.testing.assert_array_equal(got["images"]["top"], frames[want_idx], err_msg=f"episode {e}")
+
+
+def test_decoded_frames_are_the_right_ones(datasets: dict[str, Path], episodes: list[Episode]) -> None:
+    """Each frame is nearer its own source frame than any other frame of the episode (no off-by-one)."""
+    for layout in ("v2.1-av1", "v3.0-av1"):
+        src = LeRobotSource(str(datasets[layout]), SourceOptions())
+        for key, ep in zip(src.episodes(), episodes, strict=True):
+            got = src.read(key)["images"]["top"].astype(np.int64)
+            source = ep["frames"][F.CAMERA].astype(np.int64)
+            err = np.abs(got[:, None] - source[None]).mean(axis=(2, 3, 4))  # (decoded, source)
+            np.testing.assert_array_equal(
+                err.argmin(axis=1), np.arange(len(source)), err_msg=f"{layout} {key}"
+            )
+        src.close()
+
+
+def test_tasks_and_task_changes(datasets: dict[str, Path], tmp_path: Path) -> None:
+    for layout in ("v2.1-av1", "v3.0-h264", "v3.0-av1"):
+        src = LeRobotSource(str(datasets[layout]), SourceOptions(images=False))
+        assert src.info().metadata["lerobot"]["tasks"] == {"0": F.TASKS[0], "1": F.TASKS[1]}
+        first = src.read("episode_000000")
+        half = LENGTHS[0] // 2
+        assert first["task"] == F.TASKS[0] and first["extra"]["tasks"] == F.TASKS
+        np.testing.assert_array_equal(
+            first["extra_arrays"]["task_index"], np.r_[[0] * half, [1] * (12 - half)]
+        )
+        second = src.read("episode_000001")
+        assert second["task"] == F.TASKS[1] and "task_index" not in second["extra_arrays"]
+        assert "tasks" not in second["extra"]
+        src.close()
+
+
+@pytest.mark.parametrize(
+    ("version", "fmt"), [("v2.1", "PNG"), ("v2.0", "JPEG"), ("v3.0", "PNG"), ("v3.0", "JPEG")]
+)
+def test_image_features_pass_through(version: str, fmt: str, episodes: list[Episode], tmp_path: Path) -> None:
+    root = tmp_path / "ds"
+    if version == "v3.0":
+        F.write_v3(root, episodes, images=fmt, per_file=2)
+    else:
+        F.write_v2(root, episodes, version=version, images=fmt)
+    out = tmp_path / "out.kdb"
+    ingest(root, out)
+    with kinodb.open(out) as db:
+        assert db.schema()["cameras"]["top"] == {
+            "codec": fmt.lower(),
+            "height": 24,
+            "width": 32,
+            "channels": 3,
+        }
+        for i, ep in enumerate(episodes):
+            _check_arrays(db.read_episode_actions_only(i), ep)
+            want = [F.image_bytes(f, fmt) for f in ep["frames"][F.CAMERA]]
+            assert [db.read_image_bytes(i, "top", t) for t in range(ep["length"])] == want
+
+
+def test_names_and_components() -> None:
+    assert names_and_components(["a", "b"], 2) == (["a", "b"], {})
+    assert names_and_components([["a", "b", "c"]], 3) == (["a", "b", "c"], {})
+    assert names_and_components({"motors": ["a", "b"]}, 2) == (["a", "b"], {"motors": [0, 2]})
+    assert names_and_components({"arm": ["a", "b"], "hand": [["c"]]}, 3) == (
+        ["a", "b", "c"], {"arm": [0, 2], "hand": [2, 3]},
+    )  # fmt: skip
+    for bad in (None, ["a"], {"x": "ab"}, [1, 2], {"x": [1]}):
+        assert names_and_components(bad, 2) == (None, {})
+
+
+def test_schema_carries_names(datasets: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "out.kdb"
+    ingest(datasets["v2.0-h264"], out, images=False)
+    with kinodb.open(out) as db:
+        schema = db.schema()
+        assert schema["actions"]["names"] == ["x", "y", "z", "gripper"]
+        assert schema["actions"]["components"] == {"motors": [0, 4]}
+        assert schema["states"]["names"] == ["joint_0", "joint_1", "joint_2"]
+        assert schema["cameras"] == {}
+        lerobot = db.metadata()["lerobot"]
+        assert lerobot["codebase_version"] == "v2.0" and lerobot["cameras"] == {"top": F.CAMERA}
+        assert lerobot["info"]["features"]["action"]["names"] == F.ACTION_NAMES
+        assert lerobot["video_tolerance_s"] == 1e-4
+
+
+def test_state_keys_concatenate(datasets: dict[str, Path], episodes: list[Episode], tmp_path: Path) -> None:
+    out = tmp_path / "out.kdb"
+    keys = ["observation.state", "observation.environment_state"]
+    ingest(datasets["v2.1-av1"], out, images=False, state_keys=keys)
+    with kinodb.open(out) as db:
+        assert db.schema()["states"]["components"] == {keys[0]: [0, 3], keys[1]: [3, 5]}
+        got = db.read_episode(0)
+        want = np.concatenate([episodes[0]["columns"][k] for k in keys], axis=1)
+        assert got["states"].dtype == np.float64
+        np.testing.assert_array_equal(got["states"], want)
+        assert "observation.environment_state" not in got
+
+
+def test_no_images_never_opens_videos(
+    datasets: dict[str, Path], episodes: list[Episode], tmp_path: Path
+) -> None:
+    root = tmp_path / "ds"
+    shutil.copytree(datasets["v3.0-h264"], root)
+    shutil.rmtree(root / "videos")
+    with pytest.raises(ConversionError, match=r"file-000\.mp4: missing video file"):
+        ingest(root, tmp_path / "a.kdb")
+    out = tmp_path / "b.kdb"
+    ingest(root, out, images=False)
+    with kinodb.open(out) as db:
+        assert len(db) == len(episodes) and db.schema()["cameras"] == {}
+        for i, ep in enumerate(episodes):
+            got = db.read_episode(i)
+            assert got["images"] == {}
+            _check_arrays(got, ep)
+
+
+def test_rows_are_ordered_by_frame_index(episodes: list[Episode], tmp_path: Path) -> None:
+    root = F.write_v2(tmp_path / "ds", episodes[:2], images="PNG")
+    path = root / "data" / "chunk-000" / "episode_000001.parquet"
+    table = pq.read_table(path)
+    pq.write_table(table.take(np.random.default_rng(0).permutation(table.num_rows)), path)
+    out = tmp_path / "out.kdb"
+    ingest(root, out)
+    with kinodb.open(out) as db:
+        _check_arrays(db.read_episode(1), episodes[1])
+        want = [F.image_bytes(f, "PNG") for f in episodes[1]["frames"][F.CAMERA]]
+        assert [db.read_image_bytes(1, "top", t) for t in range(len(want))] == want
+
+
+def test_flip_images_rotates_both_kinds(
+    datasets: dict[str, Path], episodes: list[Episode], tmp_path: Path
+) -> None:
+    root = F.write_v2(tmp_path / "img", episodes[:2], images="PNG")
+    for src, name in ((root, "img.kdb"), (datasets["v2.1-av1"], "vid.kdb")):
+        out = tmp_path / name
+        ingest(src, out, image_codec="png", flip_images=True, max_episodes=2)
+        with kinodb.open(out) as db:
+            for i in range(2):
+                got = db.read_episode(i)["images"]["top"]
+                if src == root:
+                    want = episodes[i]["frames"][F.CAMERA]
+                else:
+                    want = F.reference_decode(
+                        src / "videos" / "chunk-000" / F.CAMERA / f"episode_{i:06d}.mp4"
+                    )[1]
+                np.testing.assert_array_equal(got, want[:, ::-1, ::-1])
+
+
+@pytest.mark.integration
+def test_workers_give_identical_content(datasets: dict[str, Path], tmp_path: Path) -> None:
+    one, two = tmp_path / "one.kdb", tmp_path / "two.kdb"
+    ingest(datasets["v3.0-av1"], one, image_codec="png")
+    ingest(datasets["v3.0-av1"], two, image_codec="png", workers=2)
+    with kinodb.open(one) as a, kinodb.open(two) as b:
+        assert len(a) == len(b) == len(LENGTHS) and a.schema() == b.schema() and a.metadata() == b.metadata()
+        for i in range(len(a)):
+            ea, eb = a.read_episode_actions_only(i), b.read_episode_actions_only(i)
+            assert ea["meta"] == eb["meta"] and sorted(ea) == sorted(eb)
+            for name in ea:
+                if name != "meta":
+                    np.testing.assert_array_equal(ea[name], eb[name], err_msg=name)
+            T = ea["meta"]["num_frames"]
+            assert [a.read_image_bytes(i, "top", t) for t in range(T)] == [
+                b.read_image_bytes(i, "top", t) for t in range(T)
+            ]
+
+
+# -- errors -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", ["v4.0", "v1.6", "v2.2", None])
+def test_unsupported_versions(version: str | None, episodes: list[Episode], tmp_path: Path) -> None:
+    root = F.write_v2(tmp_path / "ds", episodes[:1], images="PNG")
+    info = json.loads((root / "meta" / "info.json").read_text())
+    info["codebase_version"] = version
+    (root / "meta" / "info.json").write_text(json.dumps(info))
+    assert LeRobotSource.detect(str(root))
+    with pytest.raises(
+        ConversionError, match=rf"codebase_version {version!r} is not supported.*v2\.0, v2\.1, v3\.0"
+    ):
+        ingest(root, tmp_path / "out.kdb")
+
+
+def test_detect(datasets: dict[str, Path], tmp_path: Path) -> None:
+    assert source_class("auto", str(datasets["v3.0-h264"])) is LeRobotSource
+    assert not LeRobotSource.detect(str(tmp_path))
+    assert not LeRobotSource.detect(str(datasets["v3.0-h264"] / "meta" / "info.json"))
+
+
+def _broken_copy(src: Path, tmp_path: Path) -> Path:
+    root = tmp_path / "ds"
+    shutil.copytree(src, root)
+    return root
+
+
+def _raise_and_skip(root: Path, tmp_path: Path, match: str, bad: list[str]) -> None:
+    with pytest.raises(ConversionError, match=match):
+        ingest(root, tmp_path / "raise.kdb", image_codec="png")
+    assert not (tmp_path / "raise.kdb").exists()
+    out = tmp_path / "skip.kdb"
+    report = ingest(root, out, image_codec="png", on_error="skip")
+    assert [k for k, _ in report.skipped] == bad
+    assert all(re.search(match, why) for _, why in report.skipped)
+    with kinodb.open(out) as db:
+        assert len(db) == len(LENGTHS) - len(bad)
+        assert [db.read_meta(i)["source_episode"] for i in range(len(db))] == [
+            f"episode_{e:06d}" for e in range(len(LENGTHS)) if f"episode_{e:06d}" not in bad
+        ]
+
+
+def test_missing_video_raises_or_is_skipped(datasets: dict[str, Path], tmp_path: Path) -> None:
+    root = _broken_copy(datasets["v2.1-av1"], tmp_path)
+    (root / "videos" / "chunk-000" / F.CAMERA / "episode_000002.mp4").unlink()
+    _raise_and_skip(root, tmp_path, r"episode_000002\.mp4: missing video file", ["episode_000002"])
+
+
+def test_missing_v3_video_file_fails_its_episodes(datasets: dict[str, Path], tmp_path: Path) -> None:
+    root = _broken_copy(datasets["v3.0-h264"], tmp_path)
+    (root / "videos" / F.CAMERA / "chunk-000" / "file-001.mp4").unlink()
+    _raise_and_skip(
+        root, tmp_path, r"file-001\.mp4: missing video file", ["episode_000002", "episode_000003"]
+    )
+
+
+def test_short_video_raises_or_is_skipped(episodes: list[Episode], tmp_path: Path) -> None:
+    root = F.write_v2(tmp_path / "src", episodes)
+    frames = episodes[3]["frames"][F.CAMERA][:-3]
+    F.encode_video(root / "videos" / "chunk-000" / F.CAMERA / "episode_000003.mp4", frames, 10.0)
+    _raise_and_skip(root, tmp_path, r"episode_000003\.mp4: short video: it ends at 0\.5", ["episode_000003"])
+
+
+def test_short_v3_video(episodes: list[Episode], tmp_path: Path) -> None:
+    root = F.write_v3(tmp_path / "src", episodes, per_file=2)
+    frames = np.concatenate([episodes[2]["frames"][F.CAMERA], episodes[3]["frames"][F.CAMERA][:4]])
+    F.encode_video(root / "videos" / F.CAMERA / "chunk-000" / "file-001.mp4", frames, 10.0, gop=4)
+    _raise_and_skip(root, tmp_path, r"file-001\.mp4: short video", ["episode_000003"])
+
+
+def test_timestamps_off_the_video_grid(episodes: list[Episode], tmp_path: Path) -> None:
+    root = F.write_v2(tmp_path / "src", episodes)
+    path = root / "data" / "chunk-000" / "episode_000001.parquet"
+    table = pq.read_table(path)
+    ts = table["timestamp"].to_numpy().copy()
+    ts[5] += np.float32(0.03)
+    table = table.set_column(table.schema.get_field_index("timestamp"), "timestamp", pa.array(ts))
+    pq.write_table(table, path)
+    _raise_and_skip(
+        root, tmp_path, r"episode_000001\.mp4: no frame within 0\.0001 s of 0\.530", ["episode_000001"]
+    )
+
+
+def test_wrong_parquet_length_raises_or_is_skipped(datasets: dict[str, Path], tmp_path: Path) -> None:
+    root = _broken_copy(datasets["v2.1-av1"], tmp_path)
+    path = root / "data" / "chunk-000" / "episode_000004.parquet"
+    pq.write_table(pq.read_table(path).slice(0, 7), path)
+    _raise_and_skip(root, tmp_path, r"episode_000004\.parquet: episode 4: the file holds 7 rows .* length is 11",
+                    ["episode_000004"])  # fmt: skip
+
+
+def test_missing_data_file_raises_or_is_skipped(datasets: dict[str, Path], tmp_path: Path) -> None:
+    root = _broken_copy(datasets["v2.0-h264"], tmp_path)
+    (root / "data" / "chunk-000" / "episode_000001.parquet").unlink()
+    _raise_and_skip(
+        root, tmp_path, r"episode_000001\.parquet: missing data file of episode 1", ["episode_000001"]
+    )
+
+
+def test_missing_frame_index_rows(datasets: dict[str, Path], tmp_path: Path) -> None:
+    root = _broken_copy(datasets["v3.0-h264"], tmp_path)
+    meta = root / "meta" / "episodes" / "chunk-000" / "file-000.parquet"
+    table = pq.read_table(meta)
+    lengths = table["length"].to_numpy().copy()
+    lengths[0] = 11
+    pq.write_table(
+        table.set_column(table.schema.get_field_index("length"), "length", pa.array(lengths)), meta
+    )
+    data = root / "data" / "chunk-000" / "file-000.parquet"
+    table = pq.read_table(data)
+    keep = np.ones(table.num_rows, bool)
+    keep[4] = False  # episode 0, frame 4
+    pq.write_table(table.filter(pa.array(keep)), data)
+    _raise_and_skip(root, tmp_path, r"frame_index is not 0\.\.10", ["episode_000000"])
+
+
+def test_tasks_without_a_tasks_table(datasets: dict[str, Path], tmp_path: Path) -> None:
+    root = _broken_copy(datasets["v2.1-av1"], tmp_path)
+    (root / "meta" / "tasks.jsonl").unlink()
+    src = LeRobotSource(str(root), SourceOptions(images=False))
+    assert src.read("episode_000001")["task"] == F.TASKS[1]  # from episodes.jsonl
+    first = src.read("episode_000000")
+    assert "task_index" in first["extra_arrays"]  # the per-frame index still varies
+    src.close()
+
+
+def test_unknown_task_index(datasets: dict[str, Path], tmp_path: Path) -> None:
+    root = _broken_copy(datasets["v3.0-h264"], tmp_path)
+    F.tasks_parquet(root / "meta" / "tasks.parquet", F.TASKS[:1])
+    _raise_and_skip(root, tmp_path, r"task_index 1 is not in the dataset's tasks table",
+                    ["episode_000000", "episode_000001", "episode_000003"])  # fmt: skip
+
+
+def test_unknown_columns_are_reported(
+    episodes: list[Episode], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = F.write_v2(tmp_path / "ds", episodes[:1], images="PNG")
+    path = root / "data" / "chunk-000" / "episode_000000.parquet"
+    table = pq.read_table(path)
+    T = table.num_rows
+    events = pa.array([[{"role": "user", "content": "hi"}]] * T)
+    table = table.append_column("language_events", events).append_column("note", pa.array(["calm"] * T))
+    pq.write_table(table, path)
+    info = json.loads((root / "meta" / "info.json").read_text())
+    info["features"]["language_events"] = {"dtype": "language", "shape": [1], "names": None}
+    (root / "meta" / "info.json").write_text(json.dumps(info))
+    out = tmp_path / "out.kdb"
+    with caplog.at_level(logging.WARNING, logger="kinodb.ingest.lerobot"):
+        ingest(root, out)
+    assert "'language_events' is not stored" in caplog.text
+    with kinodb.open(out) as db:
+        assert db.read_meta(0)["note"] == "calm"
+        assert "language_events" in db.metadata()["lerobot"]["left_out"]
+        assert "language_events" not in db.read_episode(0)
+
+
+def test_importing_the_module_stays_light() -> None:
+    code = ("import sys, kinodb, kinodb.ingest.lerobot, kinodb.ingest._video; "
+            "assert 'pyarrow' not in sys.modules and 'av' not in sys.modules, sorted(sys.modules)")  # fmt: skip
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+class _CountingContainer:
+    """A PyAV container that counts seeks and decoded frames."""
+
+    def __init__(self, container: Any, counts: dict[str, int]) -> None:
+        self._container, self._counts = container, counts
+
+    def seek(self, *args: Any, **kwargs: Any) -> None:
+        self._counts["seeks"] += 1
+        self._container.seek(*args, **kwargs)
+
+    def decode(self, stream: Any) -> Any:
+        for frame in self._container.decode(stream):
+            self._counts["frames"] += 1
+            yield frame
+
+    def close(self) -> None:
+        self._container.close()
+
+
+def test_decode_at_seeks_once_then_decodes_forward(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "v.mp4"
+    F.encode_video(path, F.frames_for(0, 40, 24, 32), 10.0, gop=4)
+    _, ref = F.reference_decode(path)
+    counts = {"seeks": 0, "frames": 0}
+    real = _video.open_video
+
+    def counting(p: str) -> tuple[Any, Any]:
+        container, stream = real(p)
+        return _CountingContainer(container, counts), stream
+
+    monkeypatch.setattr(_video, "open_video", counting)
+    got = _video.decode_at(str(path), np.arange(26, 31) / 10.0, seek=True)
+    np.testing.assert_array_equal(got, ref[26:31])
+    assert counts["seeks"] == 1 and counts["frames"] <= 4 + 5 + 1  # from the keyframe at 2.4 s to 3.0 s
+    counts.update(seeks=0, frames=0)
+    np.testing.assert_array_equal(_video.decode_at(str(path), np.arange(26, 31) / 10.0), ref[26:31])
+    assert counts == {"seeks": 0, "frames": 32}
+
+
+def test_decode_at_unsorted_times_and_tolerance(tmp_path: Path) -> None:
+    frames = F.frames_for(0, 10, 24, 32)
+    path = tmp_path / "v.mp4"
+    F.encode_video(path, frames, 10.0, gop=3)
+    _, ref = F.reference_decode(path)
+    want = np.array([0.7, 0.2, 0.2 + 1e-4, 0.9 - 1e-4])
+    got = _video.decode_at(str(path), want, seek=True)
+    np.testing.assert_array_equal(got, ref[[7, 2, 2, 9]])
+    with pytest.raises(ConversionError, match="no frame within"):
+        _video.decode_at(str(path), np.array([0.2 + 1.5e-4]))
+    with pytest.raises(ConversionError, match="short video"):
+        _video.decode_at(str(path), np.array([0.5, 1.0]), seek=True)
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"not a video")
+    with pytest.raises(ConversionError, match=r"bad\.mp4: not a readable video file"):
+        _video.decode_at(str(bad), np.array([0.0]))
+
+
+# -- the real sample ----------------------------------------------------------------------
+
+
+def _g1_reference() -> tuple[pa.Table, np.ndarray, np.ndarray]:
+    table = pq.read_table(G1 / "data" / "chunk-000" / "episode_000029.parquet")
+    times, frames = F.reference_decode(
+        G1 / "videos" / "chunk-000" / "observation.images.cam_high" / "episode_000029.mp4"
+    )
+    return table, times, frames
+
+
+@needs_g1
+@pytest.mark.integration
+def test_g1_sample_episode_29(tmp_path: Path) -> None:
+    """``kino ingest SAMPLE --episodes 29``: arrays exact, JPEG frames close to a direct decode."""
+    out = tmp_path / "g1.kdb"
+    assert main(["ingest", str(G1), "-o", str(out), "--episodes", "29", "-q"]) == 0
+    table, times, ref = _g1_reference()
+    with kinodb.open(out) as db:
+        assert len(db) == 1
+        ep = db.read_episode(0)
+        meta = ep["meta"]
+        assert (
+            meta["num_frames"] == 221 and meta["fps"] == 30.0 and meta["embodiment"] == "Unitree_G1_Inspire"
+        )
+        assert meta["task"] == "Pick up the yellow bottle on the table." and meta["episode_index"] == 29
+        for name, column in (("actions", "action"), ("states", "observation.state")):
+            want = np.stack(table[column].to_numpy(zero_copy_only=False))
+            assert ep[name].dtype == np.float32
+            np.testing.assert_array_equal(ep[name], want)
+        assert ep["timestamps"].dtype == np.float32
+        np.testing.assert_array_equal(ep["timestamps"], table["timestamp"].to_numpy())
+        assert db.schema()["states"]["names"][:2] == ["kLeftShoulderPitch", "kLeftShoulderRoll"]
+        assert db.schema()["cameras"]["cam_high"] == {
+            "codec": "jpeg",
+            "height": 480,
+            "width": 640,
+            "channels": 3,
+        }
+        assert [int(np.argmin(np.abs(times - t))) for t in table["timestamp"].to_numpy()] == list(range(221))
+        err = (ep["images"]["cam_high"].astype(np.float64) - ref) ** 2
+        psnr = 10 * np.log10(255.0**2 / err.mean(axis=(1, 2, 3)))
+        assert psnr.min() > 40, psnr.min()
+
+
+@needs_g1
+@pytest.mark.integration
+def test_g1_sample_frames_are_the_direct_decode() -> None:
+    """The frames handed to the writer are exactly PyAV's decode of the episode's mp4."""
+    _, _, ref = _g1_reference()
+    src = LeRobotSource(str(G1), SourceOptions())
+    got = src.read("episode_000029")["images"]["cam_high"]
+    src.close()
+    assert got.dtype == np.uint8 and got.shape == (221, 480, 640, 3)
+    np.testing.assert_array_equal(got, ref)
+
+
+@needs_g1
+def test_g1_sample_lists_every_episode_and_skips_absent_ones(tmp_path: Path) -> None:
+    src = LeRobotSource(str(G1), SourceOptions(images=False))
+    assert src.episodes()[29] == "episode_000029" and len(src.episodes()) == 100
+    with pytest.raises(ConversionError, match=r"episode_000028\.parquet: missing data file of episode 28"):
+        src.read("episode_000028")
+    src.close()
+    report = ingest(G1, tmp_path / "g1.kdb", episodes="28-30", images=False, on_error="skip")
+    assert report.episodes == 1 and [k for k, _ in report.skipped] == ["episode_000028", "episode_000030"]
