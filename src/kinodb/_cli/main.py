@@ -8,11 +8,23 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-from kinodb._cli import create_test, export, info, ingest, merge, mix, query, schema, upgrade, validate
+from kinodb._cli import (
+    create_test,
+    export,
+    info,
+    ingest,
+    merge,
+    mix,
+    query,
+    schema,
+    upgrade,
+    validate,
+    verify,
+)
 from kinodb._version import __version__
 from kinodb.errors import KinodbError
 
-COMMANDS = (create_test, info, schema, validate, query, ingest, export, merge, mix, upgrade)
+COMMANDS = (create_test, info, schema, validate, query, ingest, verify, export, merge, mix, upgrade)
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures as cf
+import dataclasses
 import multiprocessing
 import os
 import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -18,6 +19,9 @@ from kinodb.errors import ConversionError, KinodbError, WriterError
 from kinodb.ingest._base import Source, SourceOptions, source_class
 from kinodb.kdb import _codecs
 from kinodb.kdb.writer import Writer
+
+if TYPE_CHECKING:
+    from kinodb.ingest._verify import VerifyReport
 
 
 @dataclass
@@ -32,6 +36,7 @@ class IngestReport:
     bytes: int = 0
     seconds: float = 0.0
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (episode key, reason)
+    verification: VerifyReport | None = None  # with ``verify=True``
 
     def summary(self) -> str:
         """One paragraph for people."""
@@ -41,6 +46,8 @@ class IngestReport:
             f"{self.source} ({self.format}) to {self.output} in {self.seconds:.2f} s ({rate:,.0f} frames/s)"
         ]
         lines += [f"skipped {key}: {why}" for key, why in self.skipped]
+        if self.verification is not None:
+            lines.append(self.verification.summary())
         return "\n".join(lines)
 
 
@@ -104,6 +111,7 @@ def ingest(
     on_error: str = "raise",
     overwrite: bool = False,
     progress: bool = False,
+    verify: bool = False,
 ) -> IngestReport:
     """Convert a dataset in another format into one ``.kdb`` file.
 
@@ -111,14 +119,17 @@ def ingest(
     asks for a cast of floating arrays; encoded JPEG/PNG frames pass through byte for
     byte; raw frames are encoded with ``image_codec``. Each episode records its source
     file and key in the extra fields ``source_file`` and ``source_episode``.
-    ``workers > 1`` converts in that many processes; the output is identical.
+    ``workers > 1`` converts in that many processes; the output is identical. The
+    options are recorded in the metadata ``ingest.options``; ``verify`` then re-reads the
+    source and compares every episode (`kinodb.ingest.verify`), on ``report.verification``.
 
     Example:
         >>> kinodb.ingest.ingest("lift/ph/low_dim.hdf5", "lift.kdb", embodiment="panda")
 
     Raises:
         ConversionError: with ``on_error="raise"``, the first bad episode (no output is
-            left behind); always, a source that cannot be read at all.
+            left behind); always, a source that cannot be read at all; with ``verify``, a
+            mismatch (the output file stays).
     """
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
@@ -140,7 +151,9 @@ def ingest(
         source.close()
     overrides = {"embodiment": embodiment or info.embodiment, "task": task if task is not None else info.task,
                  "fps": fps or info.fps}  # fmt: skip
-    metadata = dict(info.metadata, ingest={"source": path, "format": cls.format, "selected": len(keys)})
+    recorded = _recorded(job, embodiment, task, episodes, max_episodes)
+    metadata = dict(info.metadata, ingest={"source": path, "format": cls.format, "selected": len(keys),
+                                           "options": recorded})  # fmt: skip
     with Writer(out, mode="w" if overwrite else "x", image_codec=image_codec, jpeg_quality=jpeg_quality,
                 schema=info.schema, source_format=info.source_format, metadata=metadata) as writer:  # fmt: skip
         bar = _progress(len(keys), progress)
@@ -169,7 +182,25 @@ def ingest(
             raise ConversionError(f"{path}: no episode could be converted; nothing was written")
     report.seconds = time.perf_counter() - t0
     report.bytes = os.path.getsize(out)
+    if verify:
+        from kinodb.ingest._verify import verify as verify_output  # deferred: it builds on this module
+
+        report.verification = verify_output(path, out, format=cls.format)
+        if not report.verification.ok:
+            raise ConversionError(report.verification.failure())
     return report
+
+
+def _recorded(
+    job: _Job, embodiment: str | None, task: str | None, episodes: str | Sequence[int] | None,
+    max_episodes: int | None,
+) -> dict[str, Any]:  # fmt: skip
+    """The ingest's options for the metadata: what `verify` re-reads the source with."""
+    out: dict[str, Any] = {f.name: getattr(job.options, f.name) for f in dataclasses.fields(job.options)}
+    out.update(dtype=None if job.dtype is None else np.dtype(job.dtype).name, embodiment=embodiment, task=task,
+               image_codec=job.image_codec, jpeg_quality=job.jpeg_quality, max_episodes=max_episodes,
+               episodes=episodes if episodes is None or isinstance(episodes, str) else [int(i) for i in episodes])  # fmt: skip
+    return out
 
 
 def _select(

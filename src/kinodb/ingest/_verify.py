@@ -1,0 +1,607 @@
+"""Verify an ingest: re-read the source and compare every episode of the output with it.
+
+The source is read by its own `Source` class, with the options the ingest recorded in
+the output's metadata (``ingest.options``; keyword arguments override them), so
+verification needs nothing format-specific. Each output episode is matched to the
+source episode named by its ``source_episode`` extra field, one episode at a time:
+
+- arrays: frame counts, dtypes and the max abs difference of every array (0 expected;
+  a recorded ``dtype`` cast is applied to the source first, as the ingest did);
+- cameras: frames the source holds encoded must be stored byte for byte; frames encoded
+  from the source's pixels must decode exactly (``png``, ``raw``) or reach a PSNR
+  threshold (``jpeg``);
+- labels: embodiment, task, fps, success, total reward and the extra fields;
+- episodes of the source missing from the output (unless the ingest skipped them and
+  listed them in the metadata), and output episodes with no source episode.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from kinodb.errors import KinodbError
+from kinodb.ingest._base import Source, SourceInfo, SourceOptions, source_class
+from kinodb.ingest._run import _select
+from kinodb.kdb.reader import META_FIELDS, Database, open_database
+from kinodb.kdb.writer import Writer
+
+DEFAULT_PSNR = 35.0  # dB; JPEG at quality 95 gives 40+ on camera frames
+MAX_PROBLEMS = 1000  # problem lines kept; `mismatches` counts them all
+_CHUNK = 64  # frames decoded at a time for the PSNR
+_PROVENANCE = ("source_file", "source_episode")
+_LOSSLESS = ("raw", "png")
+_LABELS = ("embodiment", "task", "fps", "success", "total_reward", "extra_fields")
+_DEFAULTS = {
+    name: p.default
+    for name, p in inspect.signature(Writer.add_episode).parameters.items()
+    if p.default is not inspect.Parameter.empty
+}
+
+
+@dataclass
+class CameraCheck:
+    """What was compared for one camera, over every episode."""
+
+    codecs: set[str] = field(default_factory=set)
+    frames: int = 0
+    passed_through: int = 0  # frames the source holds encoded, stored unchanged by the ingest
+    byte_identical: int = 0  # of those, frames whose stored bytes equal the source's
+    reencoded: int = 0  # frames encoded from the source's pixels
+    exact: int = 0  # of those, frames that decode to the source's pixels exactly
+    min_psnr: float = math.inf  # dB over the re-encoded frames (inf: every one exact)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields (``min_psnr`` is None when every re-encoded frame is exact)."""
+        return {
+            "codecs": sorted(self.codecs), "frames": self.frames, "passed_through": self.passed_through,
+            "byte_identical": self.byte_identical, "reencoded": self.reencoded, "exact": self.exact,
+            "min_psnr": None if math.isinf(self.min_psnr) else round(self.min_psnr, 3),
+        }  # fmt: skip
+
+
+@dataclass
+class VerifyReport:
+    """What `verify` compared and every mismatch it found.
+
+    ``mismatches`` counts problems by kind (``missing``, ``extra``, ``frames``, ``arrays``,
+    ``dtype``, ``cameras``, ``images``, ``task``, ``fps``, ...); ``problems`` keeps the
+    first `MAX_PROBLEMS` messages.
+    """
+
+    source: str
+    output: str
+    format: str
+    psnr_threshold: float
+    options: dict[str, Any] = field(default_factory=dict)  # what the source was re-read with
+    episodes_compared: int = 0
+    frames_compared: int = 0
+    arrays: dict[str, float] = field(default_factory=dict)  # max abs diff per array name
+    cameras: dict[str, CameraCheck] = field(default_factory=dict)
+    missing: list[str] = field(default_factory=list)  # source keys absent from the output
+    extra: list[str] = field(default_factory=list)  # output episodes without a source episode
+    skipped: list[str] = field(default_factory=list)  # keys the ingest skipped and listed
+    notes: list[str] = field(default_factory=list)
+    mismatches: dict[str, int] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing differs."""
+        return not self.mismatches
+
+    def add(self, kind: str, message: str) -> None:
+        """Record one mismatch of ``kind``."""
+        self.mismatches[kind] = self.mismatches.get(kind, 0) + 1
+        if len(self.problems) < MAX_PROBLEMS:
+            self.problems.append(message)
+
+    def summary(self, *, shown: int = 20) -> str:
+        """A few lines for people, with the first ``shown`` problems."""
+        n = sum(self.mismatches.values())
+        status = "OK" if self.ok else f"MISMATCH ({n} problem{'s' if n > 1 else ''})"
+        lines = [
+            f"verified {self.output} against {self.source} ({self.format}): {status}",
+            f"  episodes: {self.episodes_compared} compared ({self.frames_compared} frames), "
+            f"{len(self.missing)} missing, {len(self.extra)} extra, {len(self.skipped)} skipped by the ingest",
+        ]
+        if self.arrays:
+            diffs = ", ".join(f"{k} {_num(v)}" for k, v in self.arrays.items())
+            lines.append(f"  arrays, max abs diff: {diffs}")
+        lines += [
+            f"  camera {name}: {_camera_line(c, self.psnr_threshold)}" for name, c in self.cameras.items()
+        ]
+        lines.append("  label mismatches: " + ", ".join(f"{k} {self.mismatches.get(k, 0)}" for k in _LABELS))
+        lines += [f"  note: {n}" for n in self.notes]
+        if self.mismatches:
+            kinds = ", ".join(f"{k} {n}" for k, n in sorted(self.mismatches.items()))
+            lines.append(f"  problems by kind: {kinds}")
+            lines += [f"  - {p}" for p in self.problems[:shown]]
+            rest = sum(self.mismatches.values()) - min(shown, len(self.problems))
+            if rest > 0:
+                lines.append(f"  ... {rest} more (use --json for the first {MAX_PROBLEMS})")
+        return "\n".join(lines)
+
+    def failure(self) -> str:
+        """One line for an error: what differs, and that the output file stays."""
+        first = "; ".join(self.problems[:3])
+        hint = " --psnr DB" if set(self.mismatches) == {"images"} else ""
+        return (
+            f"{self.output}: verification against {self.source} failed with "
+            f"{sum(self.mismatches.values())} mismatches ({first}); the output file was kept: "
+            f"see 'kino verify {self.source} {self.output}{hint}', or delete it"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields (a non-finite max abs diff becomes the string ``"inf"``/``"nan"``)."""
+        return {
+            "source": self.source, "output": self.output, "format": self.format, "ok": self.ok,
+            "psnr_threshold": self.psnr_threshold, "options": self.options,
+            "episodes_compared": self.episodes_compared, "frames_compared": self.frames_compared,
+            "arrays": {k: v if math.isfinite(v) else str(v) for k, v in self.arrays.items()},
+            "cameras": {k: c.to_dict() for k, c in self.cameras.items()},
+            "missing": self.missing, "extra": self.extra, "skipped": self.skipped, "notes": self.notes,
+            "mismatches": dict(sorted(self.mismatches.items())), "problems": self.problems,
+            "seconds": round(self.seconds, 3),
+        }  # fmt: skip
+
+
+def _num(x: float) -> str:
+    return f"{x:.6g}" if math.isfinite(x) else str(x)
+
+
+def _camera_line(c: CameraCheck, threshold: float) -> str:
+    parts = [f"[{','.join(sorted(c.codecs))}] {c.frames} frames"]
+    if c.passed_through:
+        parts.append(f"{c.byte_identical}/{c.passed_through} passed through byte-identical")
+    if c.reencoded and c.exact == c.reencoded:
+        parts.append(f"{c.reencoded} re-encoded, all exact")
+    elif c.reencoded:
+        parts.append(f"{c.reencoded} re-encoded ({c.exact} exact), min PSNR {c.min_psnr:.2f} dB "
+                     f"(threshold {threshold:g} dB)")  # fmt: skip
+    return "; ".join(parts)
+
+
+# -- what the ingest did ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """The options the ingest ran with, as far as the output records them."""
+
+    format: str | None
+    options: SourceOptions
+    dtype: str | None
+    embodiment: str | None
+    task: str | None
+    episodes: str | list[int] | None
+    max_episodes: int | None
+    selection_known: bool  # False: the output predates recorded options
+    selected: int | None
+    skipped: tuple[str, ...]
+
+    def describe(self) -> dict[str, Any]:
+        """The options as JSON, for the report."""
+        o = self.options
+        return {
+            "images": o.images, "state_keys": list(o.state_keys) if o.state_keys else None, "split": o.split,
+            "flip_images": o.flip_images, "fps": o.fps, "dtype": self.dtype, "embodiment": self.embodiment,
+            "task": self.task, "episodes": self.episodes, "max_episodes": self.max_episodes,
+        }  # fmt: skip
+
+
+def _recorded(metadata: Mapping[str, Any], schema: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
+    """The ingest options from the metadata, and whether they were recorded as such.
+
+    Files written before ``ingest.options`` existed give what their metadata still says:
+    the source's own record of its split and state keys, the image orientation, and
+    whether any camera was stored.
+    """
+    ingest = metadata.get("ingest")
+    ingest = ingest if isinstance(ingest, Mapping) else {}
+    options = ingest.get("options")
+    if isinstance(options, Mapping):
+        return dict(options), True
+    own = metadata.get(str(ingest.get("format")))
+    own = own if isinstance(own, Mapping) else {}
+    return {
+        "split": own.get("split"),
+        "state_keys": own.get("state_keys") or None,
+        "flip_images": metadata.get("image_orientation") == "rotated_180",
+        "images": bool(schema.get("cameras")),
+    }, False
+
+
+def _plan(metadata: Mapping[str, Any], schema: Mapping[str, Any], overrides: Mapping[str, Any]) -> _Plan:
+    """Recorded options, with the caller's non-None ``overrides`` on top."""
+    rec, known = _recorded(metadata, schema)
+    rec.update({k: v for k, v in overrides.items() if v is not None})
+    ingest = metadata.get("ingest")
+    ingest = ingest if isinstance(ingest, Mapping) else {}
+    skipped = [s.get("episode") for s in ingest.get("skipped") or () if isinstance(s, Mapping)]
+    keys = rec.get("state_keys")
+    options = SourceOptions(
+        images=bool(rec.get("images", True)),
+        state_keys=tuple(str(k) for k in keys) if keys else None,
+        split=rec.get("split"),
+        flip_images=bool(rec.get("flip_images", False)),
+        fps=rec.get("fps"),
+    )
+    selected, fmt = ingest.get("selected"), ingest.get("format")
+    return _Plan(
+        format=fmt if isinstance(fmt, str) else None,
+        options=options,
+        dtype=rec.get("dtype"),
+        embodiment=rec.get("embodiment"),
+        task=rec.get("task"),
+        episodes=rec.get("episodes"),
+        max_episodes=rec.get("max_episodes"),
+        selection_known=known or any(overrides.get(k) is not None for k in ("episodes", "max_episodes")),
+        selected=selected if isinstance(selected, int) else None,
+        skipped=tuple(str(k) for k in skipped if k is not None),
+    )
+
+
+# -- the entry point ----------------------------------------------------------------------
+
+
+def verify(
+    src: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    format: str = "auto",
+    images: bool | None = None,
+    state_keys: Sequence[str] | None = None,
+    split: str | None = None,
+    flip_images: bool | None = None,
+    fps: float | None = None,
+    dtype: str | None = None,
+    embodiment: str | None = None,
+    task: str | None = None,
+    episodes: str | Sequence[int] | None = None,
+    max_episodes: int | None = None,
+    psnr: float = DEFAULT_PSNR,
+) -> VerifyReport:
+    """Compare the ``.kdb`` file ``out`` with the dataset ``src`` it was ingested from.
+
+    Options left at None come from the output's metadata (``ingest.options``); ``format``
+    ``"auto"`` takes the recorded format, else detects it. Reads one episode at a time.
+
+    Example:
+        >>> report = kinodb.ingest.verify("lift/ph/low_dim.hdf5", "lift.kdb")
+        >>> report.ok, report.arrays["actions"]
+        (True, 0.0)
+
+    Raises:
+        ConversionError: the source cannot be read at all, or its format is unknown.
+        FormatError: ``out`` is not a readable ``.kdb`` file.
+    """
+    path, t0 = os.fspath(src), time.perf_counter()
+    overrides = {
+        "images": images, "state_keys": list(state_keys) if state_keys else None, "split": split,
+        "flip_images": flip_images, "fps": fps, "dtype": dtype, "embodiment": embodiment, "task": task,
+        "episodes": episodes if episodes is None or isinstance(episodes, str) else list(episodes),
+        "max_episodes": max_episodes,
+    }  # fmt: skip
+    with open_database(out) as db:
+        plan = _plan(db.metadata(), db.schema(), overrides)
+        cls = source_class(plan.format if format == "auto" and plan.format else format, path)
+        report = VerifyReport(path, os.fspath(out), cls.format, float(psnr), options=plan.describe())
+        source: Source = cls(path, plan.options)  # type: ignore[call-arg]
+        try:
+            _Checker(db, source, plan, report).run()
+        finally:
+            source.close()
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+# -- comparing ----------------------------------------------------------------------------
+
+
+class _Checker:
+    """Walks the output's episodes, reads each one's source episode, records differences."""
+
+    def __init__(self, db: Database, source: Source, plan: _Plan, report: VerifyReport) -> None:
+        self.db, self.source, self.plan, self.report = db, source, plan, report
+
+    def run(self) -> None:
+        """Compare every output episode, then list the source episodes nobody matched."""
+        keys = self.source.episodes()
+        info = self.source.info()
+        known = set(keys)
+        wanted = self._wanted(keys)
+        skipped = set(self.plan.skipped)
+        self.report.skipped = [k for k in keys if k in skipped]
+        seen: set[str] = set()
+        for i in range(len(self.db)):
+            meta = self.db.read_meta(i)
+            key = str(meta.get("source_episode"))
+            why = _unmatched(meta.get("source_episode"), known, wanted)
+            if why is not None:
+                self.report.extra.append(f"{i} ({key})")
+                self.report.add("extra", f"episode {i}: {why}")
+            elif key in seen:
+                self.report.add("duplicate", f"episode {i}: source episode {key!r} appears twice")
+            else:
+                seen.add(key)
+                self._episode(i, key, meta, info)
+        if wanted is None:
+            self._count_only(len(seen))
+            return
+        for key in wanted:
+            if key not in seen and key not in skipped:
+                self.report.missing.append(key)
+                self.report.add("missing", f"source episode {key!r} is not in the output")
+
+    def _wanted(self, keys: list[str]) -> list[str] | None:
+        """The source keys the ingest selected (None: the selection was not recorded)."""
+        if not self.plan.selection_known:
+            self.report.notes.append(
+                "the output does not record the ingest's options (written by an older kinodb): "
+                "options were recovered from its metadata, and missing episodes are only counted"
+            )
+            return None
+        return _select(keys, self.plan.episodes, self.plan.max_episodes, self.report.source)
+
+    def _count_only(self, matched: int) -> None:
+        expected = self.plan.selected
+        if expected is not None and matched + len(self.report.skipped) < expected:
+            self.report.add(
+                "missing",
+                f"the ingest selected {expected} episodes and skipped {len(self.report.skipped)}, "
+                f"but only {matched} are in the output",
+            )
+
+    def _episode(self, i: int, key: str, meta: dict[str, Any], info: SourceInfo) -> None:
+        where = f"episode {i} ({key})"
+        try:
+            args = self.source.read(key)
+        except (KinodbError, ValueError, KeyError, OSError) as exc:
+            self.report.add("unreadable", f"{where}: the source episode cannot be read now: {exc}")
+            return
+        want = _expected_arrays(args, self.plan.dtype)
+        T = len(want["actions"])
+        if meta["num_frames"] != T:
+            self.report.add("frames", f"{where}: {meta['num_frames']} frames, the source has {T}")
+            return
+        self.report.episodes_compared += 1
+        self.report.frames_compared += T
+        got = self.db.read_episode_actions_only(i)
+        got.pop("meta")
+        self._arrays(where, got, want)
+        images = (args.get("images") or {}) if self.plan.options.images else {}
+        self._cameras(i, where, images)
+        self._labels(where, meta, _expected_labels(args, want, self.plan, info))
+
+    def _arrays(self, where: str, got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> None:
+        arrays = self.report.arrays
+        for name in [*want, *(k for k in got if k not in want)]:
+            a, b = got.get(name), want.get(name)
+            if a is None or b is None:
+                arrays[name] = math.inf
+                side = "missing from the output" if a is None else "not in the source"
+                self.report.add("arrays", f"{where}: array {name!r} is {side}")
+                continue
+            if a.shape != b.shape:
+                arrays[name] = math.inf
+                self.report.add("arrays", f"{where}: {name} has shape {a.shape}, the source {b.shape}")
+                continue
+            if a.dtype != b.dtype:
+                self.report.add(
+                    "dtype",
+                    f"{where}: {name} is {a.dtype}, the source {b.dtype} (cast with dtype=... if meant)",
+                )
+            diff, frame = max_abs_diff(a, b)
+            arrays[name] = max(arrays.get(name, 0.0), diff)
+            # float64 holds every float exactly, but not every int64: those compare as integers
+            if diff > 0 or (a.dtype.kind in "iu" and not np.array_equal(a, b)):
+                self.report.add(
+                    "arrays", f"{where}: {name} differs: max abs diff {_num(diff)} at frame {frame}"
+                )
+
+    def _cameras(self, i: int, where: str, images: Mapping[str, Any]) -> None:
+        stored = self.db.cameras(i)
+        for cam in [*images, *(c for c in stored if c not in images)]:
+            if cam not in stored or cam not in images:
+                side = "missing from the output" if cam not in stored else "not in the source"
+                self.report.add("cameras", f"{where}: camera {cam!r} is {side}")
+                continue
+            check = self.report.cameras.setdefault(cam, CameraCheck())
+            check.codecs.add(stored[cam]["codec"])
+            value = images[cam]
+            if isinstance(value, np.ndarray):
+                self._pixels(i, f"{where}: camera {cam!r}", cam, stored[cam], value, check)
+            else:
+                self._bytes(i, f"{where}: camera {cam!r}", cam, stored[cam]["shape"][0], list(value), check)
+
+    def _bytes(self, i: int, where: str, cam: str, T: int, blobs: list[Any], check: CameraCheck) -> None:
+        """Encoded source frames: the stored frames must be the same bytes."""
+        if len(blobs) != T:
+            self.report.add("cameras", f"{where} has {T} frames, the source {len(blobs)}")
+            return
+        check.frames += T
+        check.passed_through += T
+        same = np.fromiter(
+            (self.db.read_image_bytes(i, cam, t) == bytes(b) for t, b in enumerate(blobs)), bool, T
+        )
+        check.byte_identical += int(same.sum())
+        if not same.all():
+            bad = np.flatnonzero(~same)
+            self.report.add(
+                "images", f"{where}: {len(bad)} frames differ from the source's bytes "
+                f"(first: frame {int(bad[0])})",
+            )  # fmt: skip
+
+    def _pixels(
+        self, i: int, where: str, cam: str, stored: Mapping[str, Any], frames: np.ndarray, check: CameraCheck
+    ) -> None:
+        """Pixel source frames: exact for lossless codecs, else a PSNR at least the threshold."""
+        codec, shape = stored["codec"], tuple(stored["shape"])
+        want = frames if frames.ndim == 4 else frames[..., None]
+        if want.shape != shape:
+            self.report.add("cameras", f"{where} is {shape}, the source {want.shape}")
+            return
+        psnr = np.empty(len(want))
+        for a in range(0, len(want), _CHUNK):
+            b = min(a + _CHUNK, len(want))
+            got = self.db.read_frames(i, a, b, cameras=[cam])["images"][cam]
+            psnr[a:b] = frame_psnr(got, want[a:b])
+        check.frames += len(want)
+        check.reencoded += len(want)
+        check.exact += int(np.isinf(psnr).sum())
+        worst = float(psnr.min())
+        check.min_psnr = min(check.min_psnr, worst)
+        frame = int(psnr.argmin())
+        threshold = self.report.psnr_threshold
+        if codec in _LOSSLESS and not math.isinf(worst):
+            self.report.add(
+                "images", f"{where} ({codec}, lossless) differs at frame {frame} (PSNR {worst:.2f} dB)"
+            )
+        elif worst < threshold:
+            self.report.add(
+                "images",
+                f"{where} ({codec}): PSNR {worst:.2f} dB at frame {frame}, below the threshold {threshold:g} dB",
+            )
+
+    def _labels(self, where: str, meta: dict[str, Any], want: dict[str, Any]) -> None:
+        for name, value in want.items():
+            got = _extra_fields(meta) if name == "extra_fields" else meta.get(name)
+            if got != value and not (name == "fps" and _same_float(got, value)):
+                self.report.add(name, f"{where}: {name} is {_short(got)}, the source says {_short(value)}")
+
+
+# -- expected values (what the ingest would store) ----------------------------------------
+
+
+def _unmatched(key: Any, known: set[str], wanted: list[str] | None) -> str | None:
+    """Why an output episode with this ``source_episode`` has no source episode (None: it has)."""
+    if key is None:
+        return "no source_episode field"
+    if not isinstance(key, str) or key not in known:
+        return f"source episode {key!r} is not in the source"
+    if wanted is not None and key not in wanted:
+        return f"source episode {key!r} was not selected by the ingest"
+    return None
+
+
+def _expected_arrays(args: Mapping[str, Any], dtype: str | None) -> dict[str, np.ndarray]:
+    """The arrays `Writer.add_episode` stores for ``args``, after the ingest's dtype cast."""
+    target = None if dtype is None else np.dtype(dtype)
+
+    def norm(value: Any, default: type) -> np.ndarray:
+        if isinstance(value, np.ndarray):
+            arr = value.astype(target) if target is not None and value.dtype.kind == "f" else value
+        else:
+            arr = np.asarray(value, default)
+        return arr.astype(arr.dtype.newbyteorder("<"), copy=False)
+
+    actions = norm(args["actions"], np.float32)
+    T = len(actions)
+    states, rewards, terminal = args.get("states"), args.get("rewards"), args.get("is_terminal")
+    out = {
+        "actions": actions,
+        "states": np.zeros((T, 0), np.float32) if states is None else norm(states, np.float32),
+        "rewards": np.zeros(T, np.float32) if rewards is None else norm(rewards, np.float32),
+        "is_terminal": (np.arange(T) == T - 1) if terminal is None else np.asarray(terminal).astype(bool),
+    }
+    if args.get("timestamps") is not None:
+        out["timestamps"] = norm(args["timestamps"], np.float64)
+    for name, value in (args.get("extra_arrays") or {}).items():
+        out[str(name)] = norm(value, np.float32)
+    return out
+
+
+def _expected_labels(
+    args: Mapping[str, Any], arrays: Mapping[str, np.ndarray], plan: _Plan, info: SourceInfo
+) -> dict[str, Any]:
+    """Embodiment, task, fps, success, total reward and extra fields, as the ingest sets them."""
+    overrides: dict[str, Any] = {"embodiment": plan.embodiment or info.embodiment,
+                 "task": plan.task if plan.task is not None else info.task,
+                 "fps": plan.options.fps or info.fps}  # fmt: skip
+    labels = {k: args.get(k, _DEFAULTS[k]) if overrides[k] is None else overrides[k] for k in overrides}
+    success = args.get("success")
+    total = args.get("total_reward")
+    if total is None and args.get("rewards") is not None:
+        total = float(arrays["rewards"].astype(np.float64).sum())
+    extra = {k: v for k, v in _plain(args.get("extra") or {}).items() if k not in _PROVENANCE}
+    return {
+        **labels,
+        "fps": float(labels["fps"]),
+        "success": None if success is None else bool(success),
+        "total_reward": None if total is None else float(total),
+        "extra_fields": extra,
+    }
+
+
+def _extra_fields(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """An episode's extra fields by their own names, without the provenance ones."""
+    out = {}
+    for key, value in meta.items():
+        if key in META_FIELDS:
+            continue
+        name = (
+            key[len("extra.") :] if key.startswith("extra.") and key[len("extra.") :] in META_FIELDS else key
+        )
+        if name not in _PROVENANCE:
+            out[name] = value
+    return out
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as it comes back from the file: NumPy scalars as Python, tuples as lists."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _same_float(a: Any, b: Any) -> bool:
+    return isinstance(a, (int, float)) and isinstance(b, (int, float)) and float(a) == float(b)
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# -- numbers ------------------------------------------------------------------------------
+
+
+def max_abs_diff(a: np.ndarray, b: np.ndarray) -> tuple[float, int]:
+    """The largest ``|a - b|`` over two same-shaped arrays, and the frame where it is.
+
+    NaN equals NaN and infinities equal themselves; NaN against a number counts as inf.
+    """
+    if a.size == 0:
+        return 0.0, 0
+    x, y = a.astype(np.float64), b.astype(np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        d = np.abs(x - y)
+    d[(x == y) | (np.isnan(x) & np.isnan(y))] = 0.0
+    d[np.isnan(d)] = np.inf
+    flat = int(d.argmax())
+    return float(d.flat[flat]), int(np.unravel_index(flat, d.shape)[0])
+
+
+def frame_psnr(got: np.ndarray, want: np.ndarray) -> np.ndarray:
+    """Per-frame PSNR in dB of uint8 ``(T, H, W, C)`` frames (inf where they are equal)."""
+    d = got.astype(np.int16) - want.astype(np.int16)
+    mse = np.square(d, dtype=np.int32).reshape(len(d), -1).mean(axis=1)
+    with np.errstate(divide="ignore"):
+        out: np.ndarray = 10.0 * np.log10(255.0**2 / mse)
+    return out
+
+
+__all__ = ["DEFAULT_PSNR", "CameraCheck", "VerifyReport", "frame_psnr", "max_abs_diff", "verify"]

@@ -1,0 +1,476 @@
+"""Ingest verification: a correct ingest verifies, and every kind of damage is caught."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from collections.abc import Callable, Collection
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import kinodb
+from _factories import encode_image, smooth_frames
+from kinodb._cli import verify as verify_cli
+from kinodb._cli.main import main
+from kinodb.errors import ConversionError
+from kinodb.ingest import VerifyReport, ingest, verify
+from kinodb.ingest._verify import frame_psnr, max_abs_diff
+from kinodb.kdb.upgrade import episode_args
+
+h5py = pytest.importorskip("h5py")
+
+from test_hdf5 import CAMERAS, write_robomimic  # noqa: E402  (needs h5py)
+from test_rlds import SHARD0, _flip, _offsets, write_episode_layout  # noqa: E402
+from test_rlds import make_episode as rlds_episode  # noqa: E402
+
+SAMPLES = Path(__file__).resolve().parents[2].parent / "shared" / "samples"
+BRIDGE = SAMPLES / "octo_bridge_rlds" / "bridge_dataset" / "1.0.0"
+LEROBOT = SAMPLES / "unitree_g1_lerobot_v21"
+
+
+# -- fixtures -----------------------------------------------------------------------------
+
+
+def smooth_cameras(f: Any) -> None:
+    """Replace the fixture's noise frames by gradients, which JPEG keeps at a high PSNR."""
+    rng = np.random.default_rng(3)
+    for g in f["data"].values():
+        T = g["actions"].shape[0]
+        for key, (h, w) in CAMERAS.items():
+            del g[f"obs/{key}"]
+            g[f"obs/{key}"] = smooth_frames(rng, (T, h, w, 3))
+
+
+@pytest.fixture
+def robomimic(tmp_path: Path) -> Path:
+    return write_robomimic(tmp_path / "lift.hdf5", start=1, mutate=smooth_cameras)
+
+
+@pytest.fixture
+def noisy(tmp_path: Path) -> Path:
+    """Random-noise frames: JPEG cannot keep them (PSNR ~12 dB)."""
+    return write_robomimic(tmp_path / "noisy.hdf5", demos=3)
+
+
+@pytest.fixture
+def toy(tmp_path: Path) -> Path:
+    """The RLDS toy dataset of test_rlds: JPEG and PNG cameras, train (2 shards) and val."""
+    rng = np.random.default_rng(7)
+    train = [rlds_episode(rng, i, T, final_reward=float(i % 2)) for i, T in enumerate([3, 5, 4, 6, 2])]
+    val = [rlds_episode(rng, 100 + i, 4) for i in range(2)]
+    return write_episode_layout(tmp_path / "toy_dataset" / "1.0.0", {"train": train, "val": val})
+
+
+def rewrite(
+    src: Path,
+    dst: Path,
+    *,
+    drop: Collection[int] = (),
+    edit: Callable[[int, dict[str, Any]], None] | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> Path:
+    """Copy a .kdb file episode by episode, dropping or editing some (a tampered output)."""
+    with kinodb.open(src) as db:
+        schema = {k: v for k, v in db.schema().items() if k in ("actions", "states")}
+        meta = db.metadata() if metadata is None else metadata
+        with kinodb.Writer(dst, mode="x", image_codec="png", schema=schema, metadata=meta) as w:
+            for i in range(len(db)):
+                if i in drop:
+                    continue
+                if edit is None:
+                    w.copy_episode(db, i)
+                else:
+                    args = episode_args(db, i)
+                    edit(i, args)
+                    w.add_episode(**args)
+    return dst
+
+
+def flip_sign(path: Path, dst: Path, episode: int, name: str) -> float:
+    """Copy ``path`` with the sign bit of ``name[0, 0]`` of one episode flipped; return that value."""
+    with kinodb.open(path) as db:
+        arr = np.array(db.read_array(episode, name))
+    data = bytearray(path.read_bytes())
+    at = data.find(arr.tobytes())
+    assert at > 0 and data.find(arr.tobytes(), at + 1) == -1
+    data[at + arr.itemsize - 1] ^= 0x80  # little-endian: the last byte holds the sign
+    dst.write_bytes(bytes(data))
+    return float(arr.flat[0])
+
+
+def cli(*argv: Any) -> int:
+    """Run ``kino verify ARGV`` through a parser built with `register`."""
+    parser = argparse.ArgumentParser(prog="kino")
+    verify_cli.register(parser.add_subparsers())
+    args = parser.parse_args(["verify", *map(str, argv)])
+    return int(args.run(args))
+
+
+def assert_exact(report: VerifyReport) -> None:
+    assert report.ok, report.summary()
+    assert report.arrays and set(report.arrays.values()) == {0.0}
+    assert not report.missing and not report.extra and not report.mismatches
+
+
+# -- correct ingests verify ---------------------------------------------------------------
+
+
+def test_hdf5_png_ingest_is_exact(
+    tmp_path: Path, robomimic: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "lift.kdb"
+    ingest(robomimic, out, image_codec="png")
+    report = verify(robomimic, out)
+    assert_exact(report)
+    assert (report.format, report.episodes_compared) == ("hdf5", 13)
+    assert set(report.arrays) == {"actions", "states", "rewards", "is_terminal", "sim_state"}
+    for cam in CAMERAS:
+        check = report.cameras[cam]
+        assert (
+            check.codecs == {"png"}
+            and check.frames == check.reencoded == check.exact == report.frames_compared
+        )
+        assert check.min_psnr == float("inf") and check.passed_through == 0
+    assert cli(robomimic, out) == 0
+    assert ": OK" in capsys.readouterr().out
+
+
+def test_hdf5_jpeg_ingest_passes_the_psnr_threshold(
+    tmp_path: Path, robomimic: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "lift.kdb"
+    ingest(robomimic, out)  # JPEG q95
+    report = verify(robomimic, out)
+    assert_exact(report)
+    for cam in CAMERAS:
+        assert report.cameras[cam].codecs == {"jpeg"}
+        assert 35.0 <= report.cameras[cam].min_psnr < float("inf")
+    assert cli(robomimic, out, "--json") == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["ok"] and shown["cameras"]["agentview_image"]["min_psnr"] >= 35.0
+
+
+def test_options_are_recorded_and_reused(tmp_path: Path, robomimic: Path) -> None:
+    out = tmp_path / "lift.kdb"
+    ingest(robomimic, out, image_codec="png", dtype="float32", split="train", state_keys=["object", "robot0_eef_pos"],
+           embodiment="panda-x", task="lift it", fps=7.5, episodes="1-4", max_episodes=3)  # fmt: skip
+    with kinodb.open(out) as db:
+        options = db.metadata()["ingest"]["options"]
+        assert db.read_array(0, "actions").dtype == np.float32 and db.read_meta(0)["task"] == "lift it"
+    assert options["dtype"] == "float32" and options["state_keys"] == ["object", "robot0_eef_pos"]
+    assert (options["split"], options["episodes"], options["max_episodes"]) == ("train", "1-4", 3)
+    report = verify(robomimic, out)
+    assert_exact(report)
+    assert report.episodes_compared == 3  # selected on purpose: the others are not missing
+    # The cast matters: compared without it, the float64 source differs from the float32 output.
+    uncast = verify(robomimic, out, dtype="float64")
+    assert not uncast.ok and uncast.mismatches["dtype"] >= 3 and uncast.arrays["actions"] > 0
+
+
+def test_rlds_frames_pass_through_byte_identical(tmp_path: Path, toy: Path) -> None:
+    out = tmp_path / "toy.kdb"
+    ingest(toy, out, format="rlds")
+    report = verify(toy, out)
+    assert_exact(report)
+    assert report.format == "rlds" and report.episodes_compared == 5 and report.frames_compared == 20
+    for cam, codec in (("image", "jpeg"), ("wrist_image", "png")):
+        check = report.cameras[cam]
+        assert check.codecs == {codec} and check.passed_through == check.byte_identical == 20
+        assert check.reencoded == 0
+    assert report.arrays.keys() >= {"discount", "language_embedding"}
+
+
+def test_rlds_recorded_split_is_used(tmp_path: Path, toy: Path) -> None:
+    out = tmp_path / "val.kdb"
+    ingest(toy, out, format="rlds", split="val")
+    assert_exact(verify(toy, out))
+    wrong = verify(toy, out, split="train")  # the train episodes are not in the output
+    assert not wrong.ok and len(wrong.extra) == 2 and len(wrong.missing) == 5
+
+
+def test_episodes_skipped_by_the_ingest_are_not_missing(tmp_path: Path, toy: Path) -> None:
+    shard = toy / SHARD0
+    _flip(shard, _offsets(shard)[1] + 12 + 40)  # record 1: data CRC mismatch
+    out = tmp_path / "toy.kdb"
+    report = ingest(toy, out, format="rlds", on_error="skip")
+    assert [k for k, _ in report.skipped] == [f"{SHARD0}:1"]
+    checked = verify(toy, out)
+    assert_exact(checked)
+    assert checked.skipped == [f"{SHARD0}:1"] and checked.episodes_compared == 4
+    dropped = verify(toy, rewrite(out, tmp_path / "dropped.kdb", drop={1}))  # SHARD0:2, after the skipped one
+    assert dropped.missing == [f"{SHARD0}:2"] and dropped.mismatches == {"missing": 1}
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(not BRIDGE.is_dir(), reason=f"real Bridge RLDS sample not found at {BRIDGE}")
+def test_real_bridge_sample(tmp_path: Path) -> None:
+    out = tmp_path / "bridge.kdb"
+    ingest(BRIDGE, out, format="rlds")
+    report = verify(BRIDGE, out)
+    assert_exact(report)
+    assert report.episodes_compared == 25 and report.frames_compared == 250
+    assert {c: (k.passed_through, k.byte_identical) for c, k in report.cameras.items()} == {
+        f"image_{i}": (250, 250) for i in range(4)
+    }
+    tampered = rewrite(out, tmp_path / "t.kdb", edit=lambda i, a: a.update(task="x") if i == 7 else None)
+    assert verify(BRIDGE, tampered).mismatches == {"task": 1}
+
+
+def test_a_third_party_source_verifies_through_the_protocol(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from _fake_source import write_fake
+
+    from kinodb.ingest import _base
+
+    monkeypatch.setitem(_base._BUILTIN, "fake", "_fake_source:FakeSource")
+    src = write_fake(tmp_path / "src", [{"key": f"ep{k}", "frames": 3 + k, "seed": k} for k in range(4)])
+    out = tmp_path / "fake.kdb"
+    ingest(src, out, format="fake", image_codec="png")
+    report = verify(src, out)
+    assert_exact(report)
+    assert report.format == "fake" and "lang" in report.arrays
+
+
+@pytest.fixture
+def lerobot_fixtures() -> Any:
+    """The LeRobot dataset writers (pyarrow and PyAV), and the converter they feed."""
+    pytest.importorskip("av")
+    pytest.importorskip("pyarrow")
+    pytest.importorskip("kinodb.ingest.lerobot", reason="the LeRobot converter is not installed")
+    return pytest.importorskip("_lerobot_fixtures")
+
+
+@pytest.mark.parametrize("codec", ["jpeg", "png"])
+def test_lerobot_video_frames_are_compared_by_psnr(tmp_path: Path, lerobot_fixtures: Any, codec: str) -> None:
+    F = lerobot_fixtures
+    root = F.write_v3(tmp_path / "ds", F.make_episodes(np.random.default_rng(5), [6, 9, 7]), per_file=2)
+    out = tmp_path / "ds.kdb"
+    ingest(root, out, format="lerobot", image_codec=codec)
+    # Small frames with hard colour edges lose more to JPEG's chroma subsampling than camera frames.
+    report = verify(root, out, psnr=30.0)
+    assert_exact(report)
+    assert report.format == "lerobot" and report.episodes_compared == 3
+    (check,) = report.cameras.values()
+    assert check.codecs == {codec} and check.reencoded == check.frames == 22 and check.passed_through == 0
+    if codec == "png":  # decoded video stored losslessly: the same pixels when decoded again
+        assert check.exact == 22 and check.min_psnr == float("inf")
+    else:
+        assert 30.0 <= check.min_psnr < float("inf")
+        assert not verify(root, out, psnr=99.0).ok
+
+
+def test_lerobot_image_frames_pass_through(tmp_path: Path, lerobot_fixtures: Any) -> None:
+    F = lerobot_fixtures
+    root = F.write_v2(tmp_path / "ds", F.make_episodes(np.random.default_rng(6), [5, 4]), images="PNG")
+    out = tmp_path / "ds.kdb"
+    ingest(root, out, format="lerobot")
+    report = verify(root, out)
+    assert_exact(report)
+    (check,) = report.cameras.values()
+    assert check.passed_through == check.byte_identical == 9 and check.reencoded == 0
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(
+    not (LEROBOT / "meta" / "info.json").is_file(), reason=f"real LeRobot sample not found at {LEROBOT}"
+)
+def test_real_lerobot_sample(tmp_path: Path, lerobot_fixtures: Any) -> None:
+    out = tmp_path / "g1.kdb"
+    ingest(LEROBOT, out, format="lerobot", episodes="29")  # the one episode the sample holds
+    report = verify(LEROBOT, out)
+    assert_exact(report)
+    assert report.episodes_compared == 1 and report.cameras["cam_high"].min_psnr >= 35.0
+
+
+# -- damage is caught ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def lift(tmp_path: Path, robomimic: Path) -> Path:
+    out = tmp_path / "lift.kdb"
+    ingest(robomimic, out, image_codec="png")
+    return out
+
+
+def test_a_flipped_payload_float_is_caught(tmp_path: Path, robomimic: Path, lift: Path) -> None:
+    value = flip_sign(lift, tmp_path / "bad.kdb", 4, "actions")
+    report = verify(robomimic, tmp_path / "bad.kdb")
+    assert not report.ok and report.mismatches == {"arrays": 1}
+    assert report.arrays["actions"] == 2 * abs(value) and report.arrays["states"] == 0.0
+    assert report.problems == [
+        f"episode 4 (demo_5): actions differs: max abs diff {2 * abs(value):.6g} at frame 0"
+    ]
+    assert cli(robomimic, tmp_path / "bad.kdb") == 1
+
+
+def test_a_rewritten_array_value_is_caught(tmp_path: Path, robomimic: Path, lift: Path) -> None:
+    def nudge(i: int, args: dict[str, Any]) -> None:
+        if i == 2:
+            args["extra_arrays"]["sim_state"] = args["extra_arrays"]["sim_state"].copy()
+            args["extra_arrays"]["sim_state"][3, 5] += 0.25
+
+    report = verify(robomimic, rewrite(lift, tmp_path / "bad.kdb", edit=nudge))
+    assert report.mismatches == {"arrays": 1} and report.arrays["sim_state"] == pytest.approx(0.25)
+    assert "sim_state differs" in report.problems[0] and "at frame 3" in report.problems[0]
+
+
+def test_a_dropped_episode_is_missing(
+    tmp_path: Path, robomimic: Path, lift: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = rewrite(lift, tmp_path / "bad.kdb", drop={5})
+    report = verify(robomimic, bad)
+    assert report.missing == ["demo_6"] and report.mismatches == {"missing": 1} and not report.ok
+    assert cli(robomimic, bad) == 1
+    out = capsys.readouterr().out
+    assert "MISMATCH" in out and "1 missing" in out and "'demo_6' is not in the output" in out
+
+
+def test_extra_and_duplicate_output_episodes(tmp_path: Path, robomimic: Path, lift: Path) -> None:
+    bad = tmp_path / "bad.kdb"
+    shutil.copy(lift, bad)
+    with kinodb.open(lift) as db, kinodb.Writer(bad, mode="a") as w:
+        w.copy_episode(db, 0)  # the same source episode twice
+        w.copy_episode(db, 1, extra={"source_episode": "demo_99"})  # no such demo
+        w.add_episode(actions=np.zeros((3, 7)), states=np.zeros((3, 19)))  # no provenance at all
+    report = verify(robomimic, bad)
+    assert report.mismatches == {"duplicate": 1, "extra": 2}
+    assert report.extra == ["14 (demo_99)", "15 (None)"] and report.episodes_compared == 13
+
+
+def test_changed_labels_are_caught(tmp_path: Path, robomimic: Path, lift: Path) -> None:
+    def relabel(i: int, args: dict[str, Any]) -> None:
+        if i == 1:
+            args["task"] = "stack the cubes"
+        if i == 2:
+            args.update(fps=30.0, success=not args["success"], embodiment="ur5")
+        if i == 3:
+            args["extra"]["filter_keys"] = ["made-up"]
+
+    report = verify(robomimic, rewrite(lift, tmp_path / "bad.kdb", edit=relabel))
+    assert report.mismatches == {"task": 1, "fps": 1, "success": 1, "embodiment": 1, "extra_fields": 1}
+    assert "episode 1 (demo_2): task is 'stack the cubes', the source says ''" in report.problems
+
+
+def test_lossy_frames_against_a_too_high_threshold(
+    tmp_path: Path, robomimic: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "lift.kdb"
+    ingest(robomimic, out)  # JPEG
+    assert verify(robomimic, out).ok
+    strict = verify(robomimic, out, psnr=99.0)
+    assert not strict.ok and strict.mismatches == {"images": 2 * 13}
+    assert "below the threshold 99 dB" in strict.problems[0]
+    assert cli(robomimic, out, "--psnr", "99") == 1
+    assert "min PSNR" in capsys.readouterr().out
+
+
+def test_lossless_frames_must_be_exact(tmp_path: Path, robomimic: Path, lift: Path) -> None:
+    def touch_pixel(i: int, args: dict[str, Any]) -> None:
+        if i == 0:
+            blobs = list(args["images"]["agentview_image"])
+            with kinodb.open(lift) as db:
+                frame = db.read_frames(0, 2, 3, cameras=["agentview_image"])["images"]["agentview_image"][0]
+            frame = frame.copy()
+            frame[0, 0, 0] ^= 1  # one pixel off by one: PSNR ~76 dB, above any threshold
+            blobs[2] = encode_image(frame, "PNG")
+            args["images"]["agentview_image"] = blobs
+
+    report = verify(robomimic, rewrite(lift, tmp_path / "bad.kdb", edit=touch_pixel), psnr=10)
+    assert report.mismatches == {"images": 1}
+    assert "(png, lossless) differs at frame 2" in report.problems[0]
+    assert report.cameras["agentview_image"].min_psnr > 70
+
+
+def test_passed_through_bytes_must_be_identical(tmp_path: Path, toy: Path) -> None:
+    out = tmp_path / "toy.kdb"
+    ingest(toy, out, format="rlds")
+
+    def reencode(i: int, args: dict[str, Any]) -> None:
+        if i == 1:  # the same picture, other bytes: a pass-through that re-encoded
+            with kinodb.open(out) as db:
+                frames = db.read_frames(1, 0, 5, cameras=["image"])["images"]["image"]
+            args["images"]["image"] = [encode_image(f, "JPEG", quality=100) for f in frames]
+
+    report = verify(toy, rewrite(out, tmp_path / "bad.kdb", edit=reencode))
+    assert report.mismatches == {"images": 1} and report.cameras["image"].byte_identical == 20 - 5
+    assert "5 frames differ from the source's bytes (first: frame 0)" in report.problems[0]
+
+
+def test_a_missing_camera_is_caught(tmp_path: Path, robomimic: Path, lift: Path) -> None:
+    def drop_camera(i: int, args: dict[str, Any]) -> None:
+        if i == 6:
+            del args["images"]["robot0_eye_in_hand_image"]
+
+    report = verify(robomimic, rewrite(lift, tmp_path / "bad.kdb", edit=drop_camera))
+    assert report.mismatches == {"cameras": 1}
+    assert "camera 'robot0_eye_in_hand_image' is missing from the output" in report.problems[0]
+
+
+def test_older_output_without_recorded_options(tmp_path: Path, robomimic: Path) -> None:
+    out = tmp_path / "lift.kdb"
+    ingest(robomimic, out, image_codec="png", split="train", max_episodes=4)
+    with kinodb.open(out) as db:
+        metadata = db.metadata()
+    del metadata["ingest"]["options"]
+    older = rewrite(out, tmp_path / "older.kdb", metadata=metadata)
+    report = verify(robomimic, older, split="train")
+    assert_exact(report)
+    assert "older kinodb" in report.notes[0]
+    short = verify(
+        robomimic, rewrite(older, tmp_path / "short.kdb", drop={0}, metadata=metadata), split="train"
+    )
+    assert short.mismatches == {"missing": 1} and "only 3 are in the output" in short.problems[0]
+
+
+# -- kino ingest --verify -----------------------------------------------------------------
+
+
+def test_ingest_verify_ok(tmp_path: Path, robomimic: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "lift.kdb"
+    report = ingest(robomimic, out, verify=True)
+    assert report.verification is not None and report.verification.ok
+    assert "verified" in report.summary()
+    assert main(["ingest", str(robomimic), "-o", str(tmp_path / "cli.kdb"), "--verify", "-q"]) == 0
+    assert ": OK" in capsys.readouterr().out
+
+
+def test_ingest_verify_mismatch_keeps_the_output(
+    tmp_path: Path, noisy: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "noisy.kdb"
+    with pytest.raises(ConversionError, match=r"verification against .* failed .* the output file was kept"):
+        ingest(noisy, out, verify=True)  # noise frames through JPEG: about 12 dB
+    assert out.exists()
+    code = main(["ingest", str(noisy), "-o", str(tmp_path / "cli.kdb"), "--verify", "-q"])
+    err = capsys.readouterr().err
+    assert code == 1 and "PSNR" in err and "kept" in err and (tmp_path / "cli.kdb").exists()
+
+
+# -- the numbers --------------------------------------------------------------------------
+
+
+def test_max_abs_diff_treats_nan_and_inf_like_values() -> None:
+    a = np.array([[1.0, np.nan], [np.inf, -2.0]])
+    assert max_abs_diff(a, a.copy()) == (0.0, 0)
+    b = a.copy()
+    b[1, 1] = -2.5
+    assert max_abs_diff(a, b) == (0.5, 1)
+    b[0, 1] = 3.0
+    assert max_abs_diff(a, b) == (float("inf"), 0)
+    assert max_abs_diff(np.array([True, False]), np.array([True, True])) == (1.0, 1)
+    assert max_abs_diff(np.zeros((0, 3)), np.zeros((0, 3))) == (0.0, 0)
+
+
+def test_frame_psnr() -> None:
+    a = np.full((2, 4, 4, 3), 100, np.uint8)
+    b = a.copy()
+    b[1] += 1  # mse 1: 20 log10(255)
+    np.testing.assert_allclose(frame_psnr(a, b), [np.inf, 20 * np.log10(255)])
+    c = a.copy()
+    c[0] = 0  # mse 100**2
+    assert frame_psnr(a, c)[0] == pytest.approx(20 * np.log10(2.55))
