@@ -1,4 +1,4 @@
-"""``kino export``: a .kdb file (optionally filtered) to NumPy files, JSON metadata or robomimic HDF5."""
+"""``kino export``: a .kdb file (optionally filtered) to NumPy files, JSON metadata, robomimic HDF5 or LeRobot."""
 
 from __future__ import annotations
 
@@ -11,14 +11,21 @@ def register(sub: Any) -> None:
     """Add the subcommand to ``sub``."""
     p = sub.add_parser(
         "export",
-        help="export a .kdb file to .npy files, JSON metadata or robomimic HDF5",
+        help="export a .kdb file to .npy files, JSON metadata, robomimic HDF5 or a LeRobot dataset",
         description="Export episodes to a folder of .npy arrays and image files (numpy), metadata "
-        "only (json), or one robomimic-layout HDF5 file (hdf5). The output appears only when complete.",
+        "only (json), one robomimic-layout HDF5 file (hdf5), or a LeRobot v3.0 dataset folder "
+        "(lerobot). The output appears only when complete.",
     )
     p.add_argument("path", metavar="PATH", help="the .kdb file")
     p.add_argument("-o", "--output", required=True, metavar="OUT",
-                   help="output folder (numpy, json) or .hdf5 file (hdf5)")  # fmt: skip
-    p.add_argument("--format", choices=("numpy", "json", "hdf5"), default="numpy", help="default: numpy")
+                   help="output folder (numpy, json, lerobot) or .hdf5 file (hdf5)")  # fmt: skip
+    p.add_argument(
+        "--format", choices=("numpy", "json", "hdf5", "lerobot"), default="numpy", help="default: numpy"
+    )
+    p.add_argument("--video-codec", choices=("h264", "av1"),
+                   help="lerobot: codec of the camera videos (default: h264)")  # fmt: skip
+    p.add_argument("--images-as", choices=("video", "image"),
+                   help="lerobot: cameras as mp4 videos (default) or PNG images in the Parquet files")  # fmt: skip
     p.add_argument("-F", "--filter", metavar="KQL", help="export only episodes matching this query")
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
     p.set_defaults(run=run)
@@ -28,7 +35,10 @@ def run(args: argparse.Namespace) -> int:
     """Export and print a one-line summary (warnings on stderr)."""
     from kinodb.export import export  # deferred: keeps `kino --help` light
 
-    report = export(args.path, args.output, format=args.format, filter=args.filter, overwrite=args.force)
+    report = export(
+        args.path, args.output, format=args.format, filter=args.filter, overwrite=args.force,
+        video_codec=getattr(args, "video_codec", None), images_as=getattr(args, "images_as", None),
+    )  # fmt: skip
     for line in report.warnings:
         print(f"warning: {line}", file=sys.stderr)
     print(report.summary())

@@ -1,9 +1,11 @@
-"""Converters from ``.kdb`` into other formats: `export` to ``numpy``, ``json`` or ``hdf5``.
+"""Converters from ``.kdb`` into other formats: `export` to ``numpy``, ``json``, ``hdf5`` or ``lerobot``.
 
 - ``numpy``: a folder per episode with ``.npy`` arrays, image files and ``meta.json``.
 - ``json``: metadata only, ``dataset.json`` plus ``episodes.jsonl``.
 - ``hdf5``: the robomimic layout (``data/demo_N/...``), readable by robomimic and by
   ``kinodb.ingest``.
+- ``lerobot``: a LeRobot v3.0 dataset folder (Parquet frames, mp4 videos or PNG images,
+  ``meta/``), readable by ``LeRobotDataset`` and by ``kinodb.ingest``.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from kinodb.export import _json_meta, _numpy_dir
 from kinodb.export._base import ExportReport, select, staged, tree_size
 from kinodb.kdb.reader import Database, open_database
 
-FORMATS = ("numpy", "json", "hdf5")
+FORMATS = ("numpy", "json", "hdf5", "lerobot")
 
 _FormatWriter = Callable[[Database, list[int], str, dict[str, Any]], list[str] | None]
 
@@ -23,11 +23,22 @@ def _hdf5_write(db: Database, positions: list[int], out: str, facts: dict[str, A
     return hdf5.write(db, positions, out, facts)
 
 
+def _lerobot_writer(video_codec: str | None, images_as: str | None) -> _FormatWriter:
+    from kinodb.export import lerobot  # deferred: it is the only module that needs pyarrow and av
+
+    def write(db: Database, positions: list[int], out: str, facts: dict[str, Any]) -> list[str]:
+        return lerobot.write(
+            db, positions, out, facts, video_codec=video_codec or "h264", images_as=images_as or "video"
+        )
+
+    return write
+
+
 _WRITERS: dict[str, _FormatWriter] = {
     "numpy": _numpy_dir.write,
     "json": _json_meta.write,
     "hdf5": _hdf5_write,
-}
+}  # and "lerobot", built per call by _lerobot_writer with its video options
 
 
 def export(
@@ -37,25 +48,33 @@ def export(
     format: str = "numpy",
     filter: str | None = None,
     overwrite: bool = False,
+    video_codec: str | None = None,
+    images_as: str | None = None,
 ) -> ExportReport:
     """Export a ``.kdb`` file (the episodes matching ``filter``) to another format.
 
-    ``numpy`` and ``json`` write the folder ``out``; ``hdf5`` writes the robomimic-layout
-    file ``out``. The output is written beside ``out`` under a temporary name and
-    renamed into place when complete, so a failed export leaves nothing (and an existing
-    output, with ``overwrite``, unchanged).
+    ``numpy``, ``json`` and ``lerobot`` write the folder ``out``; ``hdf5`` writes the
+    robomimic-layout file ``out``. The output is written beside ``out`` under a temporary
+    name and renamed into place when complete, so a failed export leaves nothing (and an
+    existing output, with ``overwrite``, unchanged). ``video_codec`` (``h264``, the
+    default, or ``av1``) and ``images_as`` (``video``, the default, or ``image``) apply
+    to ``lerobot`` only.
 
     Example:
         >>> kinodb.export.export("pick.kdb", "pick_npy", filter="success = true")
+        >>> kinodb.export.export("pick.kdb", "pick_lerobot", format="lerobot", video_codec="av1")
 
     Raises:
         ConversionError: no episode matches, or the content cannot be written in this format.
         QuerySyntaxError: ``filter`` does not parse.
         FileExistsError: ``out`` exists and ``overwrite`` is False.
-        MissingExtraError: ``hdf5`` without h5py installed.
+        MissingExtraError: ``hdf5`` without h5py, or ``lerobot`` without pyarrow or PyAV.
     """
-    if format not in _WRITERS:
+    if format not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
+    if format != "lerobot" and (video_codec is not None or images_as is not None):
+        raise ValueError(f"video_codec and images_as apply to format 'lerobot' only, not {format!r}")
+    writer = _lerobot_writer(video_codec, images_as) if format == "lerobot" else _WRITERS[format]
     t0 = time.perf_counter()
     target = os.path.abspath(os.fspath(out))
     if os.path.realpath(target) == os.path.realpath(path):
@@ -66,7 +85,7 @@ def export(
         facts = {"format": format, "source": db.path(), "filter": filter, "episodes": len(positions),
                  "frames": frames, "exporter": f"kinodb {__version__}"}  # fmt: skip
         with staged(target, directory=format != "hdf5", overwrite=overwrite) as tmp:
-            warnings = _WRITERS[format](db, positions, tmp, facts) or []
+            warnings = writer(db, positions, tmp, facts) or []
             files, size = tree_size(tmp)
     return ExportReport(
         output=target, format=format, episodes=len(positions), frames=frames, files=files, bytes=size,

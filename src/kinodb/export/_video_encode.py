@@ -1,0 +1,125 @@
+"""Encode camera frames into mp4 files with PyAV: H.264 or AV1, yuv420p, episodes back to back.
+
+Frame ``n`` of a file is shown at exactly ``n / fps`` seconds, so an episode that starts at
+frame ``s`` of the file spans ``[s / fps, (s + T) / fps)``, and its first frame is forced to
+be a keyframe: each episode decodes on its own.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any
+
+import numpy as np
+
+from kinodb._optional import require
+from kinodb.errors import ConversionError
+
+
+@dataclass(frozen=True, slots=True)
+class VideoCodec:
+    """An encoder and its settings.
+
+    Attributes:
+        name: the codec name PyAV reports when reading the file back (``info.json``).
+        encoder: the FFmpeg encoder.
+        options: encoder options; ``g=2`` (a keyframe every 2 frames) as LeRobot writes,
+            which keeps random access cheap.
+    """
+
+    name: str
+    encoder: str
+    options: dict[str, str] = field(default_factory=dict)
+
+
+# H.264 at CRF 20 is close to visually lossless; AV1 uses LeRobot's own defaults
+# (libsvtav1, CRF 30, preset 12).
+CODECS = {
+    "h264": VideoCodec("h264", "libx264", {"g": "2", "crf": "20"}),
+    "av1": VideoCodec("av1", "libsvtav1", {"g": "2", "crf": "30", "preset": "12"}),
+}
+PIX_FMT = "yuv420p"
+
+
+def frame_rate(fps: float) -> Fraction:
+    """``fps`` as the exact fraction the encoder runs at (30000/1001 for 29.97...)."""
+    return Fraction(fps).limit_denominator(10_000)
+
+
+def unencodable(height: int, width: int, channels: int) -> str | None:
+    """Why frames of this shape cannot be a yuv420p video, or None if they can."""
+    if channels != 3:
+        return f"{channels} channel(s), but a yuv420p video holds RGB (3 channels)"
+    if height % 2 or width % 2:
+        return f"size {height}x{width} is odd, but yuv420p needs even height and width"
+    return None
+
+
+class VideoFile:
+    """One mp4 file being written; episodes are appended back to back.
+
+    Example:
+        >>> with VideoFile("front.mp4", CODECS["h264"], fps=15.0, height=96, width=128) as v:
+        ...     v.add(frames, episode_start=True)
+    """
+
+    def __init__(self, path: str, codec: VideoCodec, *, fps: float, height: int, width: int) -> None:
+        av = require("av", extra="lerobot")
+        if codec.encoder == "libsvtav1":
+            # SVT-AV1 prints a banner and its settings to stderr for every file unless told
+            # otherwise; keep errors only, unless the caller chose a level.
+            os.environ.setdefault("SVT_LOG", "1")
+        self.path = path
+        self.frames = 0  # frames written so far
+        self.bytes = 0  # encoded bytes muxed so far
+        self._av = av
+        self._rate = frame_rate(fps)
+        self._time_base = 1 / self._rate
+        self._container: Any = av.open(path, "w", format="mp4", options={"movflags": "faststart"})
+        try:
+            self._stream: Any = self._container.add_stream(
+                codec.encoder, rate=self._rate, options=dict(codec.options)
+            )
+            self._stream.width, self._stream.height = width, height
+            self._stream.pix_fmt = PIX_FMT
+        except Exception as exc:
+            self._container.close()
+            raise ConversionError(
+                f"cannot start a {codec.name} video ({codec.encoder}) at {path}: {exc}"
+            ) from exc
+
+    def add(self, frames: np.ndarray, *, episode_start: bool) -> None:
+        """Encode uint8 ``(n, H, W, 3)`` RGB frames; the first is a keyframe if ``episode_start``."""
+        av = self._av
+        for k, frame in enumerate(frames):
+            vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+            vf.pts = self.frames
+            vf.time_base = self._time_base
+            if episode_start and k == 0:
+                vf.pict_type = av.video.frame.PictureType.I
+            self._mux(self._stream.encode(vf))
+            self.frames += 1
+
+    def _mux(self, packets: Any) -> None:
+        for packet in packets:
+            self.bytes += packet.size
+            self._container.mux(packet)
+
+    def close(self, *, flush: bool = True) -> None:
+        """Finish the file; ``flush=False`` skips draining the encoder (after a failure)."""
+        if self._container is None:
+            return
+        try:
+            if flush:
+                self._mux(self._stream.encode(None))
+        finally:
+            self._container.close()
+            self._container = None
+
+    def __enter__(self) -> VideoFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,584 @@
+"""Export to a LeRobot v3.0 dataset, readable by ``LeRobotDataset`` and by ``kinodb.ingest``.
+
+Layout (``chunk-CCC/file-FFF``: a new file once one reaches its size limit, 1000 files per
+chunk folder)::
+
+    meta/info.json                        codebase_version "v3.0", fps, robot_type, features,
+                                          path templates, size limits, totals
+    meta/stats.json                       per feature: min, max, mean, std, count, q01..q99
+    meta/tasks.parquet                    the task texts (pandas index) and their task_index
+    meta/episodes/chunk-000/file-000.parquet
+                                          one row per episode: tasks, length, data file and
+                                          frame range, each video's file and time span, stats
+    meta/kinodb.json                      the source's dataset JSON, the export facts, and the
+                                          kinodb array or camera behind each feature
+    meta/kinodb_episodes.jsonl            per episode: source position, metadata, cameras
+    data/chunk-000/file-000.parquet       one row per frame, one row group per episode
+    videos/<key>/chunk-000/file-000.mp4   one stream per camera, episodes back to back
+
+Features: ``actions`` -> ``action``, ``states`` -> ``observation.state`` (both left out when
+0 wide), ``rewards`` -> ``next.reward``, ``is_terminal`` -> ``next.done``, other arrays ->
+``observation.<name>`` (names already under ``observation.``, ``next.`` or
+``complementary_info.`` are kept), camera ``c`` -> ``observation.images.c``. Dtypes are kept
+(float64 stays float64). ``timestamp`` is ``float32(frame_index / fps)``, LeRobot's grid; a
+``timestamps`` array that is not exactly that grid is kept as ``observation.timestamps``.
+Episodes are renumbered 0..N-1 in export order.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from itertools import pairwise
+from typing import Any
+
+import numpy as np
+
+from kinodb._optional import require
+from kinodb.errors import ConversionError
+from kinodb.export import _lerobot_stats as stats_
+from kinodb.export._base import dumps, episode_record, write_json
+from kinodb.export._lerobot_tables import (
+    Feature,
+    array_column,
+    data_schema,
+    image_column,
+    split_rows,
+    tasks_table,
+)
+from kinodb.export._video_encode import CODECS, PIX_FMT, VideoCodec, VideoFile, frame_rate, unencodable
+from kinodb.kdb import _codecs
+from kinodb.kdb.reader import Database
+
+logger = logging.getLogger(__name__)
+
+CODEBASE_VERSION = "v3.0"
+CHUNKS_SIZE = 1000  # files per chunk folder
+DATA_FILES_SIZE_IN_MB = 100
+VIDEO_FILES_SIZE_IN_MB = 200
+IMAGES_AS = ("video", "image")
+DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
+VIDEO_PATH = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
+EPISODES_PATH = "meta/episodes/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
+KEPT_PREFIXES = ("observation.", "next.", "complementary_info.")
+_INDEX_COLUMNS = ("timestamp", "frame_index", "episode_index", "index", "task_index")
+_BUILTIN_ARRAYS = {"actions": "action", "states": "observation.state", "rewards": "next.reward",
+                   "is_terminal": "next.done"}  # fmt: skip
+_WINDOW = 32  # camera frames decoded at a time
+_EXTENSIONS = {"png": "png", "jpeg": "jpg"}
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What the export writes, decided before anything is written.
+
+    Attributes:
+        fps: the one frame rate of every episode.
+        features: the LeRobot features from kinodb data, in ``info.json`` order.
+        robot_type: the one embodiment of every episode, else None.
+        timestamps: where kinodb ``timestamps`` went (``"timestamp"`` when they are the
+            grid, a feature key otherwise), or None when there are none.
+        sources: each kinodb array's dtype and per-frame shape.
+        warnings: what a reader of the export should know.
+    """
+
+    fps: float
+    features: list[Feature]
+    robot_type: str | None
+    timestamps: str | None
+    sources: dict[str, dict[str, Any]] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def cameras(self) -> list[Feature]:
+        """The video and image features."""
+        return [f for f in self.features if f.is_camera]
+
+
+def write(
+    db: Database, positions: list[int], out: str, facts: dict[str, Any], *,
+    video_codec: str = "h264", images_as: str = "video",
+) -> list[str]:  # fmt: skip
+    """Write episodes ``positions`` of ``db`` as a LeRobot v3.0 dataset into the empty folder ``out``.
+
+    Returns warnings (e.g. a camera stored as images because it cannot be a video).
+
+    Raises:
+        ConversionError: the episodes differ in fps, dims, arrays or cameras, or a name
+            cannot be a LeRobot feature.
+        MissingExtraError: pyarrow (or, for videos, PyAV) is not installed.
+    """
+    if video_codec not in CODECS:
+        raise ValueError(f"video_codec must be one of {', '.join(CODECS)}, got {video_codec!r}")
+    if images_as not in IMAGES_AS:
+        raise ValueError(f"images_as must be one of {', '.join(IMAGES_AS)}, got {images_as!r}")
+    plan = make_plan(db, positions, images_as=images_as)
+    exporter = _Exporter(out, plan, CODECS[video_codec])
+    ok = False
+    try:
+        for k, i in enumerate(positions):
+            exporter.add_episode(db, i, k)
+        ok = True
+    finally:
+        exporter.close(flush=ok)
+    exporter.write_meta(db, positions, {**facts, "video_codec": video_codec, "images_as": images_as})
+    for line in plan.warnings:
+        logger.info("%s", line)  # the report carries them; kino prints them once, as warnings
+    return plan.warnings
+
+
+# -- plan -----------------------------------------------------------------------------------
+
+
+def make_plan(db: Database, positions: list[int], *, images_as: str = "video") -> Plan:
+    """Check that the episodes fit one LeRobot dataset and decide its features.
+
+    Raises:
+        ConversionError: the episodes differ in fps, action or state dims, arrays (names,
+            dtypes, shapes) or cameras (names, shapes), or a name cannot be a feature key.
+    """
+    table = db.episodes()
+    fps = _one_value(db, table, positions, "fps", "fps", "a LeRobot dataset has one fps")
+    for col, what in (("action_dim", "action"), ("state_dim", "state")):
+        _one_value(db, table, positions, col, f"{what} dims", "LeRobot features have one shape")
+    arrays, cameras = _layout(db, positions)
+    sources = {name: {"dtype": d.name, "shape": list(s)} for name, (d, s) in arrays.items()}
+    warnings: list[str] = []
+    timestamps = None
+    if "timestamps" in arrays:
+        on_grid = all(_on_grid(db.read_array(i, "timestamps"), fps) for i in positions)
+        timestamps = "timestamp" if on_grid else _feature_key("timestamps")
+        if on_grid:
+            del arrays["timestamps"]
+    features = _array_features(db, arrays) + _camera_features(cameras, images_as, warnings)
+    _check_keys(features)
+    embodiments = sorted(set(table["embodiment"][positions].tolist()))
+    robot_type = embodiments[0] if embodiments != ["unknown"] and len(embodiments) == 1 else None
+    if len(embodiments) > 1:
+        warnings.append(
+            f"episodes have {len(embodiments)} embodiments ({', '.join(embodiments[:5])}); info.json "
+            "robot_type is null, and each episode's embodiment is in meta/kinodb_episodes.jsonl"
+        )
+    if float(fps) != int(fps):
+        warnings.append(f"fps {fps} is not a whole number; LeRobot's own writers use whole numbers")
+    return Plan(float(fps), features, robot_type, timestamps, sources, warnings)
+
+
+def _one_value(db: Database, table: dict[str, np.ndarray], positions: list[int], column: str,
+               what: str, why: str) -> Any:  # fmt: skip
+    values = table[column][positions]
+    distinct = sorted(set(values.tolist()))
+    if len(distinct) == 1:
+        return distinct[0]
+    counts = ", ".join(f"{v:g}: {int((values == v).sum())} episodes" for v in distinct[:6])
+    raise ConversionError(
+        f"{db.path()}: the episodes have different {what} ({counts}); {why}: export them separately, "
+        f"e.g. with --filter '{column} = {distinct[0]:g}'"
+    )
+
+
+def _layout(db: Database, positions: list[int]) -> tuple[dict[str, tuple[np.dtype[Any], tuple[int, ...]]],
+                                                          dict[str, tuple[str, tuple[int, ...]]]]:  # fmt: skip
+    """Every episode's arrays (dtype, per-frame shape) and cameras (codec, (H, W, C)), checked equal."""
+    first = positions[0]
+    arrays = _arrays_of(db, first)
+    cameras = {name: (cam["codec"], tuple(cam["shape"][1:])) for name, cam in db.cameras(first).items()}
+    for i in positions[1:]:
+        got = _arrays_of(db, i)
+        if got != arrays:
+            raise ConversionError(
+                f"{db.path()}: episode {i} has arrays {_describe(got)}, episode {first} has "
+                f"{_describe(arrays)}; a LeRobot dataset needs the same features in every episode: "
+                "export them separately with --filter"
+            )
+        shapes = {name: tuple(cam["shape"][1:]) for name, cam in db.cameras(i).items()}
+        if shapes != {name: shape for name, (_, shape) in cameras.items()}:
+            raise ConversionError(
+                f"{db.path()}: episode {i} has cameras {shapes}, episode {first} has "
+                f"{ {n: s for n, (_, s) in cameras.items()} } (H, W, C); a LeRobot dataset needs the same "
+                "cameras and frame sizes in every episode: export them separately with --filter"
+            )
+    return arrays, cameras
+
+
+def _arrays_of(db: Database, i: int) -> dict[str, tuple[np.dtype[Any], tuple[int, ...]]]:
+    ep = db.read_episode_actions_only(i)
+    return {k: (v.dtype, tuple(v.shape[1:])) for k, v in ep.items() if k != "meta"}
+
+
+def _describe(arrays: dict[str, tuple[np.dtype[Any], tuple[int, ...]]]) -> str:
+    return ", ".join(f"{k} {d.name}{list(s)}" for k, (d, s) in sorted(arrays.items()))
+
+
+def _on_grid(ts: np.ndarray, fps: float) -> bool:
+    """Whether ``ts`` is exactly LeRobot's float32 ``frame_index / fps`` grid, widened."""
+    grid = (np.arange(len(ts)) / fps).astype(np.float32)
+    return ts.dtype.kind == "f" and np.array_equal(ts.astype(np.float32).astype(ts.dtype), ts) and \
+        np.array_equal(ts.astype(np.float32), grid)  # fmt: skip
+
+
+def _feature_key(name: str) -> str:
+    return name if name.startswith(KEPT_PREFIXES) else f"observation.{name}"
+
+
+def _array_features(db: Database, arrays: dict[str, tuple[np.dtype[Any], tuple[int, ...]]]) -> list[Feature]:
+    schema = db.schema()
+    out = []
+    for name, (dtype, shape) in arrays.items():
+        if name in ("actions", "states") and shape == (0,):
+            continue  # kinodb's "no states": a LeRobot feature cannot be 0 wide
+        key = _BUILTIN_ARRAYS.get(name) or _feature_key(name)
+        lr_shape = shape or (1,)
+        if len(lr_shape) > 5:
+            raise ConversionError(
+                f"{db.path()}: array {name!r} has {len(shape)} dimensions per frame; LeRobot features "
+                "have at most 5"
+            )
+        names = _names(schema.get(name) or {}, shape[0]) if name in ("actions", "states") else None
+        out.append(Feature(key, name, dtype.name, lr_shape, names))
+    order = list(_BUILTIN_ARRAYS.values())
+    return sorted(out, key=lambda f: (order.index(f.key) if f.key in order else 1.5, f.key))
+
+
+def _names(part: dict[str, Any], dim: int) -> list[str] | dict[str, list[str]] | None:
+    """``info.json`` names from the schema's ``names`` and ``components``.
+
+    Components that tile ``[0, dim)`` give a dict ``{component: its element names}`` (the
+    form LeRobot's ported datasets use, which keeps the components); otherwise the element
+    names as a list, spelt from the components when the schema has no ``names``; else None.
+    """
+    given = part.get("names")
+    comps = sorted((int(a), int(b), str(name)) for name, (a, b) in (part.get("components") or {}).items())
+    if isinstance(given, list) and len(given) == dim:
+        elems = [str(n) for n in given]
+    elif comps:
+        elems = [f"dim_{k}" for k in range(dim)]
+        for a, b, name in comps:
+            for k in range(a, min(b, dim)):
+                elems[k] = name if b - a == 1 else f"{name}_{k - a}"
+    else:
+        return None
+    tiles = bool(comps) and comps[0][0] == 0 and comps[-1][1] == dim and all(
+        p[1] == q[0] for p, q in pairwise(comps)
+    )  # fmt: skip
+    return {name: elems[a:b] for a, b, name in comps} if tiles else elems
+
+
+def _camera_features(cameras: dict[str, tuple[str, tuple[int, ...]]], images_as: str,
+                     warnings: list[str]) -> list[Feature]:  # fmt: skip
+    out = []
+    for name, (_codec, (h, w, c)) in sorted(cameras.items()):
+        dtype = images_as
+        why = unencodable(h, w, c) if images_as == "video" else None
+        if why:
+            dtype = "image"
+            warnings.append(f"camera {name!r} is stored as PNG images, not video: {why}")
+        out.append(
+            Feature(f"observation.images.{name}", name, dtype, (h, w, c), ["height", "width", "channels"])
+        )
+    return out
+
+
+def _check_keys(features: list[Feature]) -> None:
+    seen: dict[str, str] = {k: "LeRobot's own column" for k in _INDEX_COLUMNS}
+    for f in features:
+        what = f"{'camera' if f.is_camera else 'array'} {f.source!r}"
+        if "/" in f.key:
+            raise ConversionError(f"{what}: LeRobot feature names cannot hold '/' ({f.key!r}); rename it")
+        if f.key in seen:
+            raise ConversionError(
+                f"{what} and {seen[f.key]} would both be the LeRobot feature {f.key!r}; rename one"
+            )
+        seen[f.key] = what
+
+
+# -- output files ---------------------------------------------------------------------------
+
+
+def _next_file(chunk: int, file: int) -> tuple[int, int]:
+    """The (chunk, file) after this one: ``CHUNKS_SIZE`` files per chunk folder."""
+    return (chunk + 1, 0) if file == CHUNKS_SIZE - 1 else (chunk, file + 1)
+
+
+class _DataFiles:
+    """The frame Parquet files: one row group per episode, a new file past the size limit."""
+
+    def __init__(self, out: str, schema: Any, pq: Any) -> None:
+        self._out, self._schema, self._pq = out, schema, pq
+        self._writer: Any = None
+        self._where = (0, 0)
+        self._bytes = 0
+
+    def write(self, table: Any) -> tuple[int, int]:
+        """Append one episode's rows; return the (chunk, file) that holds them."""
+        if self._writer is not None and self._bytes + table.nbytes > DATA_FILES_SIZE_IN_MB * 2**20:
+            self.close()
+            self._where = _next_file(*self._where)
+        if self._writer is None:
+            path = os.path.join(
+                self._out, DATA_PATH.format(chunk_index=self._where[0], file_index=self._where[1])
+            )
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            self._writer = self._pq.ParquetWriter(
+                path, self._schema, compression="snappy", use_dictionary=True
+            )
+            self._bytes = 0
+        self._writer.write_table(table)
+        self._bytes += table.nbytes
+        return self._where
+
+    def close(self) -> None:
+        """Finish the open file."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+class _VideoFiles:
+    """One camera's mp4 files: episodes back to back, a new file once one reaches the limit."""
+
+    def __init__(self, out: str, feature: Feature, codec: VideoCodec, fps: float) -> None:
+        self._out, self._feature, self._codec, self._fps = out, feature, codec, fps
+        self._file: VideoFile | None = None
+        self._where = (0, 0)
+
+    def start_episode(self) -> tuple[int, int, int]:
+        """Get ready for an episode; return its (chunk, file, first frame in the file)."""
+        if self._file is not None and self._file.bytes >= VIDEO_FILES_SIZE_IN_MB * 2**20:
+            self.close()
+            self._where = _next_file(*self._where)
+        if self._file is None:
+            chunk, file = self._where
+            path = os.path.join(self._out, VIDEO_PATH.format(video_key=self._feature.key, chunk_index=chunk,
+                                                             file_index=file))  # fmt: skip
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            h, w, _ = self._feature.shape
+            self._file = VideoFile(path, self._codec, fps=self._fps, height=h, width=w)
+        return (*self._where, self._file.frames)
+
+    def add(self, frames: np.ndarray, *, episode_start: bool) -> None:
+        """Encode frames of the current episode."""
+        assert self._file is not None  # start_episode opened it
+        self._file.add(frames, episode_start=episode_start)
+
+    def close(self, *, flush: bool = True) -> None:
+        """Finish the open file."""
+        if self._file is not None:
+            self._file.close(flush=flush)
+            self._file = None
+
+
+# -- episodes -------------------------------------------------------------------------------
+
+
+def _index_features() -> list[Feature]:
+    return [Feature("timestamp", "", "float32", (1,))] + [
+        Feature(key, "", "int64", (1,)) for key in _INDEX_COLUMNS[1:]
+    ]
+
+
+class _Exporter:
+    """Writes episodes one after another, then the metadata that describes them."""
+
+    def __init__(self, out: str, plan: Plan, codec: VideoCodec) -> None:
+        self._pa = require("pyarrow", extra="lerobot")
+        pq = self._pq = require("pyarrow.parquet", extra="lerobot")
+        self._out, self._plan, self._codec = out, plan, codec
+        self._features = plan.features + _index_features()
+        self._schema = data_schema(self._features, self._pa)
+        self._data = _DataFiles(out, self._schema, pq)
+        self._videos = {
+            f.key: _VideoFiles(out, f, codec, plan.fps) for f in plan.features if f.dtype == "video"
+        }
+        if self._videos:
+            require("av", extra="lerobot")
+        self._tasks: dict[str, int] = {}
+        self._rows: list[dict[str, Any]] = []
+        self._stats: dict[str, list[stats_.Stats]] = {f.key: [] for f in self._features}
+        self._frames = 0
+
+    def add_episode(self, db: Database, i: int, k: int) -> None:
+        """Write episode ``i`` of ``db`` as episode ``k``: its rows, videos and metadata row."""
+        ep = db.read_episode_actions_only(i)
+        T = int(ep["meta"]["num_frames"])
+        task = ep["meta"]["task"]
+        task_index = self._tasks.setdefault(task, len(self._tasks))
+        values = {f.key: ep[f.source].reshape(T, *f.shape) for f in self._plan.features if not f.is_camera}
+        values.update({
+            "timestamp": (np.arange(T) / self._plan.fps).astype(np.float32).reshape(T, 1),
+            "frame_index": np.arange(T, dtype=np.int64).reshape(T, 1),
+            "episode_index": np.full((T, 1), k, np.int64),
+            "index": np.arange(self._frames, self._frames + T, dtype=np.int64).reshape(T, 1),
+            "task_index": np.full((T, 1), task_index, np.int64),
+        })  # fmt: skip
+        ep_stats = {key: stats_.array_stats(v) for key, v in values.items()}
+        columns = {
+            key: array_column(v, f, self._pa)
+            for f in self._features
+            if (v := values.get(key := f.key)) is not None
+        }
+        row: dict[str, Any] = {"episode_index": k, "tasks": [task], "length": T}
+        for f in self._plan.cameras:
+            if f.dtype == "image":
+                columns[f.key], ep_stats[f.key] = self._images(db, i, f, T)
+            else:
+                spans, ep_stats[f.key] = self._video(db, i, f, T)
+                row.update(spans)
+        table = self._pa.Table.from_arrays([columns[f.key] for f in self._features if f.dtype != "video"],
+                                           schema=self._schema)  # fmt: skip
+        chunk, file = self._data.write(table)
+        row.update({"data/chunk_index": chunk, "data/file_index": file,
+                    "dataset_from_index": self._frames, "dataset_to_index": self._frames + T})  # fmt: skip
+        row = _ordered(row, self._plan.cameras)
+        for f in self._features:
+            self._stats[f.key].append(ep_stats[f.key])
+            row.update({f"stats/{f.key}/{name}": v.tolist() for name, v in ep_stats[f.key].items()})
+        self._rows.append(row)
+        self._frames += T
+
+    def _images(self, db: Database, i: int, f: Feature, T: int) -> tuple[Any, stats_.Stats]:
+        """An image feature's column (stored PNG/JPEG bytes as they are; raw frames as PNG)."""
+        codec = db.cameras(i)[f.source]["codec"]
+        samples = stats_.sample_indices(T)
+        if codec in _EXTENSIONS:
+            blobs = [db.read_image_bytes(i, f.source, t) for t in range(T)]
+            sampled = _sampled(db, i, f.source, samples)
+        else:
+            blobs, parts = [], []
+            for start, frames in _windows(db, i, f.source, T):
+                blobs += _codecs.encode(frames, "png", 0)
+                parts.append(_pick(frames, samples, start))
+            sampled = np.concatenate(parts)
+        ext = _EXTENSIONS.get(codec, "png")
+        paths = [f"frame-{t:06d}.{ext}" for t in range(T)]
+        return image_column(blobs, paths, self._pa), stats_.image_stats(sampled)
+
+    def _video(self, db: Database, i: int, f: Feature, T: int) -> tuple[dict[str, Any], stats_.Stats]:
+        """Append the episode to its camera's video; return its span there and its stats."""
+        videos = self._videos[f.key]
+        chunk, file, first = videos.start_episode()
+        samples = stats_.sample_indices(T)
+        parts = []
+        for start, frames in _windows(db, i, f.source, T):
+            videos.add(frames, episode_start=start == 0)
+            parts.append(_pick(frames, samples, start))
+        rate = frame_rate(self._plan.fps)
+        spans = {
+            f"videos/{f.key}/chunk_index": chunk,
+            f"videos/{f.key}/file_index": file,
+            f"videos/{f.key}/from_timestamp": float(first / rate),
+            f"videos/{f.key}/to_timestamp": float((first + T) / rate),
+        }
+        return spans, stats_.image_stats(np.concatenate(parts))
+
+    def close(self, *, flush: bool = True) -> None:
+        """Finish every open data and video file."""
+        try:
+            self._data.close()
+        finally:
+            for videos in self._videos.values():
+                videos.close(flush=flush)
+
+    # -- metadata -----------------------------------------------------------------------------
+
+    def write_meta(self, db: Database, positions: list[int], facts: dict[str, Any]) -> None:
+        """Write everything under ``meta/``."""
+        meta = os.path.join(self._out, "meta")
+        os.makedirs(meta, exist_ok=True)
+        write_json(os.path.join(meta, "info.json"), self._info(), indent=4)
+        dataset_stats = {key: stats_.aggregate(per_episode) for key, per_episode in self._stats.items()}
+        with open(os.path.join(meta, "stats.json"), "w", encoding="utf-8", newline="\n") as fh:
+            # NaN stays the bare token NaN, which LeRobot's json.load reads back as a float.
+            json.dump(stats_.to_lists(dataset_stats), fh, indent=4, ensure_ascii=False)
+        self._pq.write_table(tasks_table(list(self._tasks), self._pa), os.path.join(meta, "tasks.parquet"))
+        self._write_episodes()
+        write_json(os.path.join(meta, "kinodb.json"), self._kinodb(db, facts), indent=1)
+        with open(os.path.join(meta, "kinodb_episodes.jsonl"), "w", encoding="utf-8", newline="\n") as fh:
+            for k, i in enumerate(positions):
+                fh.write(dumps({"episode_index": k, **episode_record(db, i)}))
+                fh.write("\n")
+
+    def _info(self) -> dict[str, Any]:
+        fps = self._plan.fps
+        features = {}
+        for f in self._features:
+            features[f.key] = f.info()
+            if f.dtype == "video":
+                h, w, c = f.shape
+                features[f.key]["info"] = {
+                    "video.height": h, "video.width": w, "video.codec": self._codec.name,
+                    "video.pix_fmt": PIX_FMT, "video.is_depth_map": False, "video.fps": _number(fps),
+                    "video.channels": c, "has_audio": False,
+                }  # fmt: skip
+        n = len(self._rows)
+        return {
+            "codebase_version": CODEBASE_VERSION, "robot_type": self._plan.robot_type,
+            "total_episodes": n, "total_frames": self._frames, "total_tasks": len(self._tasks),
+            "chunks_size": CHUNKS_SIZE, "data_files_size_in_mb": DATA_FILES_SIZE_IN_MB,
+            "video_files_size_in_mb": VIDEO_FILES_SIZE_IN_MB, "fps": _number(fps),
+            "splits": {"train": f"0:{n}"}, "data_path": DATA_PATH,
+            "video_path": VIDEO_PATH if self._videos else None, "features": features,
+        }  # fmt: skip
+
+    def _write_episodes(self) -> None:
+        pa = self._pa
+        table = pa.Table.from_pylist(self._rows)
+        where = (0, 0)
+        for part in split_rows(table, DATA_FILES_SIZE_IN_MB * 2**20):
+            n = part.num_rows
+            part = part.append_column("meta/episodes/chunk_index", pa.array([where[0]] * n, pa.int64()))
+            part = part.append_column("meta/episodes/file_index", pa.array([where[1]] * n, pa.int64()))
+            path = os.path.join(self._out, EPISODES_PATH.format(chunk_index=where[0], file_index=where[1]))
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            self._pq.write_table(part, path, compression="snappy")
+            where = _next_file(*where)
+
+    def _kinodb(self, db: Database, facts: dict[str, Any]) -> dict[str, Any]:
+        """``meta/kinodb.json``: what a kinodb reader needs to restore the source exactly."""
+        arrays = {f.key: {"array": f.source, **self._plan.sources[f.source]}
+                  for f in self._plan.features if not f.is_camera}  # fmt: skip
+        return {
+            "dataset": db.dataset_info(),
+            "export": facts,
+            "arrays": arrays,
+            "cameras": {f.key: f.source for f in self._plan.cameras},
+            "timestamps": self._plan.timestamps,
+        }
+
+
+def _ordered(row: dict[str, Any], cameras: list[Feature]) -> dict[str, Any]:
+    """An episode row's columns in LeRobot's order: identity, data location, video spans."""
+    keys = ["episode_index", "tasks", "length", "data/chunk_index", "data/file_index",
+            "dataset_from_index", "dataset_to_index"]  # fmt: skip
+    keys += [k for k in row if k.startswith("videos/")]
+    return {k: row[k] for k in keys}
+
+
+def _windows(db: Database, i: int, camera: str, T: int) -> Iterator[tuple[int, np.ndarray]]:
+    """``(start, frames)``: one camera's decoded frames, ``_WINDOW`` at a time."""
+    for start in range(0, T, _WINDOW):
+        stop = min(start + _WINDOW, T)
+        yield start, db.read_frames(i, start, stop, cameras=[camera])["images"][camera]
+
+
+def _sampled(db: Database, i: int, camera: str, samples: np.ndarray) -> np.ndarray:
+    """The stats frames of one camera, downsampled, decoding only those frames."""
+    return np.concatenate(
+        [
+            stats_.downsample(db.read_frames(i, t, t + 1, cameras=[camera])["images"][camera])
+            for t in samples.tolist()
+        ]
+    )
+
+
+def _pick(frames: np.ndarray, samples: np.ndarray, start: int) -> np.ndarray:
+    """The stats frames among ``frames`` (frames ``start..`` of the episode), downsampled."""
+    chosen = samples[(samples >= start) & (samples < start + len(frames))] - start
+    return stats_.downsample(frames[chosen])
+
+
+def _number(x: float) -> int | float:
+    return int(x) if float(x).is_integer() else float(x)
