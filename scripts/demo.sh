@@ -23,13 +23,20 @@ run "$BIN/kino" merge demo/demo.kdb demo/extra.kdb -o demo/train.kdb --filter "s
 run "$BIN/kino" validate demo/train.kdb
 run "$BIN/kino" mix --source demo/demo.kdb:3 --source demo/extra.kdb:1 --sample 1000
 run "$BIN/kino" export demo/train.kdb -o demo/train_npy --format numpy --filter "embodiment = 'franka'" --force
+run "$BIN/kino" export demo/train.kdb -o demo/train_lerobot --format lerobot --filter "embodiment = 'franka'" --force
+run "$BIN/kino" ingest demo/train_lerobot -o demo/train_from_lerobot.kdb --force -q
 run "$BIN/kino" export demo/train.kdb -o demo/train.hdf5 --format hdf5 --force
 run "$BIN/kino" ingest demo/train.hdf5 -o demo/train_again.kdb --force -q
 SAMPLE=../shared/samples/octo_bridge_rlds/bridge_dataset/1.0.0
 if [ -d "$SAMPLE" ]; then
   run "$BIN/kino" ingest "$SAMPLE" -o demo/bridge.kdb --force -q
   run "$BIN/kino" query demo/bridge.kdb "task CONTAINS 'carrot'" --limit 3
+fi
+G1=../shared/samples/unitree_g1_lerobot_v21
+if [ -d "$G1" ]; then
+  run "$BIN/kino" ingest "$G1" --episodes 29 -o demo/g1.kdb --force -q --verify
+  run "$BIN/kino" info demo/g1.kdb
 else
-  echo; echo "(skipping the real-data ingest: $SAMPLE is not next to this checkout)"
+  echo; echo "(skipping the real-data ingests: ../shared/samples is not next to this checkout)"
 fi
 run "$BIN/python" examples/read_episode.py demo/demo.kdb

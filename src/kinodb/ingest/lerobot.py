@@ -449,6 +449,7 @@ class LeRobotSource:
             raise ConversionError(f"{info_path}: feature {bad[0]!r} is not a JSON object")
         self._plan = _plan(self._features, self._options, info_path)
         self._tasks = _tasks(self._root, self._version, self._pq)
+        self._kinodb = _kinodb_export(self._root)
         videos = list(self._plan.videos.values()) if self._options.images else []
         if self._version == "v3.0":
             eps = _episodes_v3(self._root, info, videos, self._pq)
@@ -620,6 +621,8 @@ class LeRobotSource:
         self._assemble(ep, parts, args, where)
         if self._options.images and self._plan.videos:
             args.setdefault("images", {}).update(self._decode_videos(ep, args, where))
+        if self._kinodb is not None:
+            _restore(args, self._kinodb, ep.index)
         return args
 
     def _assemble(self, ep: _Episode, parts: dict[str, np.ndarray], args: dict[str, Any], where: str) -> None:
@@ -716,3 +719,66 @@ def _per_frame(arr: np.ndarray, name: str, where: str) -> np.ndarray:
             f"{where}: column {name!r} has shape {arr.shape[1:]} per frame; expected one value"
         )
     return arr.reshape(len(arr))
+
+
+_BUILTIN_META = frozenset(
+    ("episode_id", "embodiment", "task", "num_frames", "fps", "action_dim", "state_dim", "success",
+     "total_reward", "source_file", "source_episode")
+)  # fmt: skip
+
+
+def _kinodb_export(root: str) -> dict[str, Any] | None:
+    """What a kinodb export keeps beside LeRobot's files (``meta/kinodb*.json``), or None."""
+    path = os.path.join(root, "meta", "kinodb.json")
+    episodes = os.path.join(root, "meta", "kinodb_episodes.jsonl")
+    if not (os.path.isfile(path) and os.path.isfile(episodes)):
+        return None
+    try:
+        with open(path, encoding="utf-8") as fh:
+            facts = json.load(fh)
+        with open(episodes, encoding="utf-8") as fh:
+            records = {int(r["episode_index"]): r for r in map(json.loads, filter(str.strip, fh))}
+        arrays = {key: str(v["array"]) for key, v in facts.get("arrays", {}).items()}
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ConversionError(
+            f"{root}: meta/kinodb.json or kinodb_episodes.jsonl is damaged ({exc})"
+        ) from None
+    return {"arrays": arrays, "timestamps": facts.get("timestamps"), "episodes": records}
+
+
+def _restore(args: dict[str, Any], facts: dict[str, Any], index: int) -> None:
+    """Give a kinodb export's episode back what LeRobot has no place for.
+
+    Array names, the source's timestamps (or their absence), success, total reward,
+    embodiment and extra fields come from ``meta/kinodb*.json``.
+    """
+    extra_arrays = args.get("extra_arrays", {})
+    for key, name in facts["arrays"].items():
+        if key in extra_arrays and name not in ("actions", "states", "rewards", "is_terminal"):
+            value = extra_arrays.pop(key)
+            if name == "timestamps":
+                args["timestamps"] = value
+            else:
+                extra_arrays[name] = value
+    if facts["timestamps"] is None:
+        args.pop("timestamps", None)  # the source had none; LeRobot's grid was made up on export
+    record = facts["episodes"].get(index)
+    if record is None:
+        return
+    meta = record.get("meta", {})
+    args["success"] = meta.get("success")
+    if "total_reward" in meta:
+        args["total_reward"] = meta["total_reward"]
+        rewards = args.get("rewards")
+        if (
+            meta["total_reward"] is None
+            and rewards is not None
+            and not (rewards != 0).any()
+            and not np.signbit(rewards).any()
+        ):
+            del args["rewards"]  # all +0.0 with an unknown total: keep it unknown
+    if meta.get("embodiment"):
+        args["embodiment"] = meta["embodiment"]
+    extra = args.setdefault("extra", {})
+    extra.pop("episode_index", None)
+    extra.update((k.removeprefix("extra."), v) for k, v in meta.items() if k not in _BUILTIN_META)
