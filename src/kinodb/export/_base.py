@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kinodb.errors import ConversionError
+from kinodb.kdb._stale import stale_temps
 from kinodb.kdb.reader import Database
 
 _SAFE_CHARS = frozenset(string.ascii_letters + string.digits + "-_.")
@@ -224,18 +225,8 @@ def _remove(path: str) -> None:
 
 def _remove_stale(parent: str, base: str) -> None:
     """Delete temporary outputs that killed exports of ``base`` left behind."""
-    prefix = f".{base}."
-    with contextlib.suppress(OSError):
-        for name in os.listdir(parent):
-            pid = name[len(prefix) :].split(".")[0]
-            if not (name.startswith(prefix) and name.endswith(".tmp") and pid.isdigit()):
-                continue
-            try:
-                os.kill(int(pid), 0)
-            except ProcessLookupError:  # the exporter is gone: its output can never be published
-                _remove(os.path.join(parent, name))
-            except PermissionError:
-                pass  # alive, owned by someone else
+    for tmp in stale_temps(os.path.join(parent, base)):
+        _remove(tmp)
 
 
 def tree_size(path: str) -> tuple[int, int]:

@@ -31,6 +31,7 @@ from kinodb.kdb._layout import (
     pack_header,
     pack_slot,
 )
+from kinodb.kdb._stale import stale_temps
 from kinodb.kdb._table import TableBuilder
 
 if TYPE_CHECKING:
@@ -94,20 +95,9 @@ def _publish_new(tmp: str, path: str) -> None:
 
 def _remove_stale_temps(path: str) -> None:
     """Delete temporary files that killed writers of ``path`` left behind."""
-    folder = os.path.dirname(os.path.abspath(path))
-    prefix = f".{os.path.basename(path)}."
-    with contextlib.suppress(OSError):
-        for name in os.listdir(folder):
-            pid = name[len(prefix) :].split(".")[0]
-            if not (name.startswith(prefix) and name.endswith(".tmp") and pid.isdigit()):
-                continue
-            try:
-                os.kill(int(pid), 0)
-            except ProcessLookupError:  # the writer is gone: its file can never be committed
-                with contextlib.suppress(OSError):
-                    os.unlink(os.path.join(folder, name))
-            except PermissionError:
-                pass  # alive, owned by someone else
+    for tmp in stale_temps(path):
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
 
 
 def _now() -> str:
