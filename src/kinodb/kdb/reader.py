@@ -344,9 +344,9 @@ class Database:
         if len(off) > 1 and ok.all() and (frames == frames[0]).all():
             step = int(off[1] - off[0])
             if step >= size and (np.diff(off) == step).all():
-                view = np.lib.stride_tricks.as_strided(
-                    self._map()[int(off[0]) :], (self._n, size), (step, 1), writeable=False
-                )
+                # One opaque item per episode, so copies move whole rows (memcpy), not bytes.
+                item = np.dtype((np.void, size))
+                view = np.ndarray((self._n,), item, buffer=self._map(), offset=int(off[0]), strides=(step,))
         self._strided_views[name] = (view, loc)
 
     def read_array(self, i: int, name: str) -> np.ndarray:
@@ -417,7 +417,11 @@ class Database:
             raise ValueError(f"out must be {first.dtype} {shape}, got {out.dtype} {out.shape}")
         strided = self._strided(name, first)
         if strided is not None:  # every episode alike, at a constant stride: one vectorised copy
-            np.take(strided, idx, axis=0, out=out.reshape(len(idx), -1).view(np.uint8))
+            rows = out.reshape(-1).view(np.uint8).view(strided.dtype)
+            if episodes is None:
+                rows[...] = strided
+            else:
+                rows[...] = strided[idx]  # fancy indexing walks the strides; take() would copy all first
             return out
         outb, pos = out.reshape(-1).view(np.uint8), 0
         for i in idx.tolist():
@@ -432,7 +436,7 @@ class Database:
         return out
 
     def _strided(self, name: str, first: np.ndarray) -> np.ndarray | None:
-        """The (episodes, bytes) view of array ``name`` if every episode holds it alike."""
+        """One opaque item per episode over array ``name`` if every episode holds it alike."""
         view, loc = self._strided_views.get(name, (None, None))
         if view is None or loc is None or loc.trail != first.shape[1:] or loc.dtype != first.dtype:
             return None
