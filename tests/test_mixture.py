@@ -481,15 +481,6 @@ def test_filter_errors_name_the_source(files: dict[str, str]) -> None:
         Mixture([(files["a"], 1, "long")], filters={files["a"]: "long"})
 
 
-def _kql_available() -> bool:
-    try:
-        from kinodb.kql import query  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-@pytest.mark.skipif(not _kql_available(), reason="kinodb.kql.query is not available")
 def test_real_kql_filters(files: dict[str, str]) -> None:
     mix = Mixture(
         [(files["a"], 1, "num_frames > 5"), (files["b"], 1, "success = true"), (files["c"], 1)], seed=0

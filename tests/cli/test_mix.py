@@ -126,15 +126,6 @@ def test_usage_errors_from_argparse(kino: Run, sources: tuple[Path, Path]) -> No
         assert exc.value.code == 2
 
 
-def _kql_available() -> bool:
-    try:
-        from kinodb.kql import query  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-@pytest.mark.skipif(not _kql_available(), reason="kinodb.kql.query is not available")
 def test_filter_applies_to_every_source(
     kino: Run, sources: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -493,10 +493,7 @@ def test_import_kinodb_export_stays_light() -> None:
 
 
 def _ingester() -> Any:
-    """``kinodb.ingest.ingest`` once the LeRobot ingester is importable, else skip."""
-    pytest.importorskip(
-        "kinodb.ingest.lerobot", reason="kinodb.ingest.lerobot (the LeRobot ingester) is not available"
-    )
+    """``kinodb.ingest.ingest`` (its LeRobot source needs the pyarrow and av imported above)."""
     from kinodb.ingest import ingest
 
     return ingest

@@ -13,10 +13,7 @@ import kinodb
 from kinodb.export import export
 
 h5py = pytest.importorskip("h5py")
-pytest.importorskip(
-    "kinodb.ingest.hdf5", reason="kinodb.ingest.hdf5 (the HDF5 ingester) is not available in this checkout"
-)
-from kinodb.ingest import ingest  # noqa: E402  (only once the ingester is known to exist)
+from kinodb.ingest import ingest  # noqa: E402  (after h5py is known to be installed)
 
 PROVENANCE = ("source_file", "source_episode")  # every ingest sets these afresh
 

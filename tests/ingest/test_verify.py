@@ -241,7 +241,6 @@ def lerobot_fixtures() -> Any:
     """The LeRobot dataset writers (pyarrow and PyAV), and the converter they feed."""
     pytest.importorskip("av")
     pytest.importorskip("pyarrow")
-    pytest.importorskip("kinodb.ingest.lerobot", reason="the LeRobot converter is not installed")
     return pytest.importorskip("_lerobot_fixtures")
 
 
