@@ -1,0 +1,191 @@
+"""Batches: the pre-stacked fast path, padding for mixed schemas, and schema-pure batching.
+
+`KinoFrameDataset.__getitems__` gathers a whole batch at once and returns a `Batch`: a
+sequence of samples that already holds the stacked tensors. torch's ``default_collate``
+is extended (through its documented ``default_collate_fn_map``) to hand those tensors
+back as they are, so a plain ``DataLoader(ds, batch_size=256)`` gets the vectorised batch
+without a per-sample Python loop; any other collate still sees ordinary sample dicts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Sampler, default_collate
+from torch.utils.data._utils.collate import default_collate_fn_map
+
+__all__ = ["Batch", "SchemaBatchSampler", "collate", "pad_collate"]
+
+
+class Sample(dict):  # type: ignore[type-arg]
+    """One sample of a `Batch` (a plain dict to everything but the collate functions)."""
+
+    __slots__ = ("batch",)
+
+
+class Batch(Sequence[Sample]):
+    """A batch gathered in one go: stacked tensors, viewable as per-sample dicts.
+
+    ``stacked`` maps each key to a tensor with the batch as its first axis, or to a
+    list (strings, per-sample values). Indexing yields `Sample` dicts (made on demand).
+    """
+
+    def __init__(self, stacked: dict[str, Any], size: int) -> None:
+        self.stacked, self._size = stacked, size
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __getitem__(self, k: Any) -> Any:
+        if isinstance(k, slice):
+            return [self[i] for i in range(*k.indices(self._size))]
+        if not -self._size <= k < self._size:
+            raise IndexError(f"sample {k} out of range for a batch of {self._size}")
+        sample = Sample((key, _item(v, k)) for key, v in self.stacked.items())
+        sample.batch = self  # type: ignore[attr-defined]
+        return sample
+
+    def __iter__(self) -> Iterator[Sample]:
+        return (self[k] for k in range(self._size))
+
+
+def _item(value: Any, k: int) -> Any:
+    if isinstance(value, dict):
+        return {key: _item(v, k) for key, v in value.items()}
+    return value[k]
+
+
+def _collate_samples(batch: Sequence[Any], *, collate_fn_map: Any = None) -> Any:
+    whole = getattr(batch[0], "batch", None)
+    if isinstance(batch, Batch) or (
+        whole is not None and len(batch) == len(whole) and all(s.batch is whole for s in batch)
+    ):
+        src: Batch = batch if isinstance(batch, Batch) else whole  # type: ignore[assignment]
+        return dict(src.stacked)
+    return default_collate([dict(s) for s in batch])
+
+
+default_collate_fn_map[Sample] = _collate_samples
+
+
+def collate(batch: Sequence[Any]) -> Any:
+    """``default_collate`` with kinodb's pre-stacked batches passed through untouched."""
+    return default_collate(batch)  # type: ignore[arg-type]  # any sequence of samples
+
+
+def pad_collate(batch: Sequence[Any]) -> dict[str, Any]:
+    """Collate samples whose ``state``/``action`` widths (and episode lengths) differ.
+
+    Pads ``state`` and ``action`` with zeros to the widest in the batch (and along time
+    to the longest, for episode items), and adds ``state_mask``/``action_mask`` (True
+    on real entries) and ``source`` (the source id of each sample, 0 when it has none).
+    Everything else is collated as ``default_collate`` would.
+
+    Example:
+        >>> loader = DataLoader(KinoFrameDataset(mix, action_horizon=8), batch_size=64,
+        ...                     collate_fn=kinodb.torch.pad_collate)
+    """
+    samples = [dict(s) for s in batch]
+    if not samples:
+        raise ValueError("pad_collate got an empty batch")
+    out: dict[str, Any] = {}
+    for key in ("state", "action"):
+        if key not in samples[0]:
+            continue
+        values = [torch.as_tensor(s.pop(key)) for s in samples]
+        ndim = values[0].dim()
+        if any(v.dim() != ndim for v in values):
+            raise ValueError(f"pad_collate: {key!r} has different ranks in one batch")
+        shape = [max(v.shape[d] for v in values) for d in range(ndim)]
+        dtype = values[0].dtype
+        padded = torch.zeros((len(values), *shape), dtype=dtype)
+        mask = torch.zeros((len(values), *shape), dtype=torch.bool)
+        for n, v in enumerate(values):
+            region: Any = (n, *[slice(0, d) for d in v.shape])
+            padded[region] = v.to(dtype)
+            mask[region] = True
+        out[key], out[f"{key}_mask"] = padded, mask
+    if "source" not in samples[0]:
+        out["source"] = torch.zeros(len(samples), dtype=torch.int64)
+    time_keys = [k for k, v in samples[0].items() if _needs_time_pad(samples, k)]
+    for key in time_keys:
+        out[key] = _pad_time([torch.as_tensor(s.pop(key)) for s in samples])
+    rest = default_collate(samples)
+    out.update(rest)
+    return out
+
+
+def _needs_time_pad(samples: list[dict[str, Any]], key: str) -> bool:
+    first = samples[0][key]
+    if not isinstance(first, (torch.Tensor, np.ndarray)) or first.ndim == 0:
+        return False
+    return any(tuple(s[key].shape) != tuple(first.shape) for s in samples)
+
+
+def _pad_time(values: list[torch.Tensor]) -> torch.Tensor:
+    longest = max(v.shape[0] for v in values)
+    out = torch.zeros((len(values), longest, *values[0].shape[1:]), dtype=values[0].dtype)
+    for n, v in enumerate(values):
+        if v.shape[1:] != values[0].shape[1:]:
+            raise ValueError(f"pad_collate: per-frame shapes differ ({tuple(v.shape[1:])} vs "
+                             f"{tuple(values[0].shape[1:])}) beyond state/action")  # fmt: skip
+        out[n, : v.shape[0]] = v
+    return out
+
+
+class SchemaBatchSampler(Sampler[list[int]]):
+    """Batches of indices whose samples share one ``(state_dim, action_dim)``.
+
+    Works with any kinodb dataset exposing ``schema_keys()`` (one key per index).
+    Indices are shuffled within each schema (seeded by ``seed`` and `set_epoch`), cut
+    into batches, and the batches of all schemas interleaved in a seeded order.
+
+    Example:
+        >>> sampler = SchemaBatchSampler(ds, batch_size=64, seed=0)
+        >>> loader = DataLoader(ds, batch_sampler=sampler)
+    """
+
+    def __init__(
+        self,
+        dataset: Any,
+        batch_size: int,
+        *,
+        shuffle: bool = True,
+        drop_last: bool = False,
+        seed: int = 0,
+    ) -> None:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        keys = np.asarray(dataset.schema_keys())
+        self._groups = [np.flatnonzero((keys == k).all(axis=1)) for k in np.unique(keys, axis=0)]
+        self.batch_size, self.shuffle, self.drop_last, self.seed = batch_size, shuffle, drop_last, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Reshuffle deterministically for epoch ``epoch``."""
+        self.epoch = int(epoch)
+
+    def _batches(self) -> list[np.ndarray]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        out: list[np.ndarray] = []
+        for group in self._groups:
+            idx = rng.permutation(group) if self.shuffle else group
+            stop = len(idx) - len(idx) % self.batch_size if self.drop_last else len(idx)
+            out.extend(idx[i : i + self.batch_size] for i in range(0, stop, self.batch_size))
+        if self.shuffle:
+            out = [out[i] for i in rng.permutation(len(out))]
+        return out
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return (b.tolist() for b in self._batches())
+
+    def __len__(self) -> int:
+        if self.drop_last:
+            return sum(len(g) // self.batch_size for g in self._groups)
+        return sum(-(-len(g) // self.batch_size) for g in self._groups)
+
+
+CollateFn = Callable[[Sequence[Any]], Any]

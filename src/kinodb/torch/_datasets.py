@@ -1,0 +1,377 @@
+"""Map-style datasets: one item per episode, or one frame window per frame."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, get_worker_info
+
+from kinodb import _images
+from kinodb.errors import EpisodeNotFoundError, KinodbError
+from kinodb.torch._collate import Batch
+from kinodb.windows import FrameWindows, _open_sources, _Source
+
+__all__ = ["KinoDataset", "KinoFrameDataset", "KinoMapDataset"]
+
+_NORMALIZE = (None, False, "mean_std", "min_max")
+
+
+def threads_for(requested: int | None) -> int:
+    """Threads for image decoding: as asked, else 1 inside a DataLoader worker (the
+    workers already use the cores), else up to 4."""
+    if requested is not None:
+        if isinstance(requested, bool) or not isinstance(requested, int) or requested < 1:
+            raise ValueError(f"decode_threads must be a positive int or None, got {requested!r}")
+        return requested
+    if get_worker_info() is not None:
+        return 1
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def check_normalize(normalize: Any) -> None:
+    if normalize not in _NORMALIZE:
+        raise ValueError(f"normalize must be None, False, 'mean_std' or 'min_max', got {normalize!r}")
+
+
+def image_keys(image_key: Any, cameras: list[str], where: str) -> tuple[list[str], bool]:
+    """``(cameras to load, several?)`` from ``image_key``: a name, a list, None (first), False (none)."""
+    if image_key is False:
+        return [], False
+    if image_key is None:
+        return cameras[:1], False
+    chosen = [image_key] if isinstance(image_key, str) else list(image_key)
+    for cam in chosen:
+        if cam not in cameras:
+            raise KinodbError(f"{where}: no camera {cam!r}; it has {cameras or 'no cameras'}")
+    return chosen, not isinstance(image_key, str)
+
+
+class _Normalizers:
+    """Per-source normalisers of states and actions from each file's stored statistics."""
+
+    def __init__(self, sources: Sequence[_Source], mode: str) -> None:
+        from kinodb.stats import Normalizer
+
+        self._by_source: list[dict[str, Any]] = []
+        for source in sources:
+            stats = source.db.stats()["arrays"]
+            self._by_source.append(
+                {key: Normalizer.from_stats(stats[name], mode)
+                 for key, name in (("state", "states"), ("action", "actions")) if name in stats}
+            )  # fmt: skip
+
+    def apply(self, source: int, arrays: dict[str, Any]) -> None:
+        for key, norm in self._by_source[source].items():
+            if key in arrays:
+                arrays[key] = norm.apply(arrays[key])
+
+
+class _Base(Dataset[dict[str, Any]]):
+    """Shared plumbing: lazy opening (per process), pickling by specification."""
+
+    _to_tensor: bool = True
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_opened"] = None  # re-opened lazily in the worker
+        return state
+
+    def _tensor(self, value: Any) -> Any:
+        return torch.from_numpy(value) if self._to_tensor and isinstance(value, np.ndarray) else value
+
+
+class KinoFrameDataset(_Base):
+    """One frame window per frame of the selected episodes.
+
+    Items hold ``state`` (obs_horizon, S) for frames ``t-obs_horizon+1 .. t``, ``action``
+    (action_horizon, A) for ``t .. t+action_horizon-1``, ``state_is_pad`` and
+    ``action_is_pad`` (True where a frame lies outside the episode: the value there is
+    the edge frame's, or zero with ``pad="zero"``), ``image`` (obs_horizon, C, H, W) for
+    one camera or ``images`` ``{camera: ...}`` for a list, ``image_is_pad``,
+    ``episode_index`` (the episode's position in its file), ``frame_index``, ``source``
+    and ``task``. A DataLoader batch is one vectorised gather (``__getitems__``).
+
+    Args:
+        source: A path, a `Database`, a list of paths, or a `Mixture`.
+        obs_horizon: Frames of observation history.
+        action_horizon: Frames of the action chunk.
+        kql_filter: Keep only matching episodes.
+        image_key: A camera, a list of cameras, None (the first camera) or False (no images).
+        image_size: ``(H, W)`` to resize frames to (antialiased), or None for stored size.
+        delta_timestamps: LeRobot's ``{feature: [seconds, ...]}``; overrides the horizons
+            for the features it names, converted through each episode's fps.
+        pad: ``"edge"`` or ``"zero"``.
+        normalize: None (images float in [0, 1]), False (images uint8, normalise on the
+            GPU), ``"mean_std"`` or ``"min_max"`` (states and actions normalised with the
+            statistics stored by ``kino stats``; images float).
+        resize: ``"bilinear"``, ``"area"``, ``"bicubic"`` or ``"nearest"``.
+        to_tensor: Return torch tensors (else NumPy arrays).
+        decode_threads: Threads decoding images (None: 1 in DataLoader workers, else up to 4).
+
+    Example:
+        >>> ds = KinoFrameDataset("pick.kdb", obs_horizon=2, action_horizon=16, image_size=(96, 96))
+        >>> loader = DataLoader(ds, batch_size=256, shuffle=True, num_workers=2)
+    """
+
+    def __init__(
+        self,
+        source: Any,
+        *,
+        obs_horizon: int = 1,
+        action_horizon: int = 1,
+        kql_filter: str | None = None,
+        image_key: str | Sequence[str] | bool | None = None,
+        image_size: Any = None,
+        delta_timestamps: Mapping[str, Sequence[float]] | None = None,
+        pad: str = "edge",
+        normalize: Any = None,
+        resize: str = "bilinear",
+        to_tensor: bool = True,
+        decode_threads: int | None = None,
+    ) -> None:
+        check_normalize(normalize)
+        _images._filter(resize)
+        self._size = _images.check_size(image_size)
+        self._resize, self._normalize, self._to_tensor = resize, normalize, bool(to_tensor)
+        self._threads = decode_threads
+        threads_for(decode_threads)  # checked now, not in a worker
+        fw = FrameWindows(source, obs_horizon=obs_horizon, action_horizon=action_horizon, kql_filter=kql_filter,
+                          delta_timestamps=delta_timestamps, pad=pad)  # type: ignore[arg-type]  # fmt: skip
+        cams, self._several = image_keys(image_key, fw._all_cameras, fw._sources[0].where)
+        if cams:
+            fw = FrameWindows(source, obs_horizon=obs_horizon, action_horizon=action_horizon, kql_filter=kql_filter,
+                              delta_timestamps=delta_timestamps, pad=pad, cameras=cams)  # type: ignore[arg-type]  # fmt: skip
+        self._args = dict(obs_horizon=obs_horizon, action_horizon=action_horizon, kql_filter=kql_filter,
+                          delta_timestamps=delta_timestamps, pad=pad, cameras=cams or None)  # fmt: skip
+        self._source = source
+        self._len = len(fw)
+        norm = _Normalizers(fw._sources, normalize) if isinstance(normalize, str) else None
+        self._opened: tuple[FrameWindows, _Normalizers | None] | None = (fw, norm)
+
+    def _open(self) -> tuple[FrameWindows, _Normalizers | None]:
+        if self._opened is None:
+            fw = FrameWindows(self._source, **self._args)  # type: ignore[arg-type]
+            norm = _Normalizers(fw._sources, self._normalize) if isinstance(self._normalize, str) else None
+            self._opened = (fw, norm)
+        return self._opened
+
+    @property
+    def windows(self) -> FrameWindows:
+        """The underlying `FrameWindows` (NumPy batches, no torch)."""
+        return self._open()[0]
+
+    def __len__(self) -> int:
+        return self._len
+
+    def schema_keys(self) -> np.ndarray:
+        """``(state_dim, action_dim)`` of every sample, for `SchemaBatchSampler`."""
+        fw = self.windows
+        parts = []
+        for source in fw._sources:
+            table = source.db.episodes()
+            dims = np.stack([np.asarray(table["state_dim"])[source.kept],
+                             np.asarray(table["action_dim"])[source.kept]], axis=1)  # fmt: skip
+            parts.append(np.repeat(dims, source.lengths, axis=0))
+        return np.concatenate(parts).astype(np.int64)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if isinstance(index, (int, np.integer)) and -self._len <= index < 0:
+            index += self._len
+        return dict(self.__getitems__([index])[0])
+
+    def __getitems__(self, indices: Sequence[int]) -> Any:
+        """A whole batch, gathered at once; collates to stacked tensors with no per-sample work."""
+        fw, norm = self._open()
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        groups = fw.lowdim_groups(idx)
+        if norm is not None:
+            for _, arrays in groups:
+                norm.apply(int(arrays["source"][0]), arrays)
+        try:
+            arrays = groups[0][1] if len(groups) == 1 else _merge(groups)
+        except KinodbError:
+            return self._mixed(fw, idx, groups)
+        return Batch(self._finish(fw, idx, arrays), len(idx))
+
+    def _finish(self, fw: FrameWindows, idx: np.ndarray, arrays: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {k: self._tensor(v) for k, v in arrays.items()}
+        if fw.cameras:
+            images = fw.images(idx, size=self._size, resize=self._resize, threads=threads_for(self._threads))
+            conv = {cam: self._image(v) for cam, v in images.items()}
+            if self._several:
+                out["images"] = conv
+            else:
+                out["image"] = next(iter(conv.values()))
+        out["task"] = fw.tasks(idx)
+        return out
+
+    def _image(self, u8: np.ndarray) -> Any:
+        if self._normalize is False:
+            return self._tensor(u8)
+        if self._to_tensor:
+            return torch.from_numpy(u8).to(torch.float32).div_(255.0)
+        return u8.astype(np.float32) / np.float32(255.0)
+
+    def _mixed(
+        self, fw: FrameWindows, idx: np.ndarray, groups: list[tuple[np.ndarray, dict[str, Any]]]
+    ) -> list[dict[str, Any]]:
+        """Samples of sources with different schemas: one dict each (for `pad_collate`)."""
+        out: list[dict[str, Any]] = [{} for _ in range(len(idx))]
+        for sel, arrays in groups:
+            finished = self._finish(fw, idx[sel], arrays)
+            for n, b in enumerate(sel.tolist()):
+                out[b] = _pick(finished, n)
+        return out
+
+
+def _merge(groups: list[tuple[np.ndarray, dict[str, Any]]]) -> dict[str, Any]:
+    n = sum(len(sel) for sel, _ in groups)
+    first = groups[0][1]
+    for _, arrays in groups[1:]:
+        for key, value in arrays.items():
+            if value.shape[1:] != first[key].shape[1:] or value.dtype != first[key].dtype:
+                raise KinodbError(f"sources differ in {key!r}")
+    out = {k: np.empty((n, *v.shape[1:]), v.dtype) for k, v in first.items()}
+    for sel, arrays in groups:
+        for key, value in arrays.items():
+            out[key][sel] = value
+    return out
+
+
+def _pick(value: Any, n: int) -> Any:
+    if isinstance(value, dict):
+        return {k: _pick(v, n) for k, v in value.items()}
+    return value[n]
+
+
+class KinoMapDataset(_Base):
+    """One item per episode: whole arrays and decoded frames.
+
+    Items hold ``action`` (T, A), ``state`` (T, S), ``reward`` (T,), ``image`` (T, C, H,
+    W) float in [0, 1] (uint8 with ``normalize=False``) or ``images`` ``{camera: ...}``
+    for a list of cameras, ``task``, ``embodiment``, ``success`` (1, 0, or -1 when
+    unknown), ``episode_id``, ``episode_index`` (position in its file) and ``source``.
+    Episodes differ in length, so batch them with `pad_collate` (or ``batch_size=None``).
+
+    Args:
+        source: A path, a `Database`, a list of paths, or a `Mixture`.
+        kql_filter: Keep only matching episodes.
+        image_key: A camera, a list of cameras, None (the first camera) or False (no images).
+        image_size: ``(H, W)``, or None for the stored size.
+        to_tensor: Return torch tensors (else NumPy arrays).
+        normalize: As for `KinoFrameDataset`.
+        resize: As for `KinoFrameDataset`.
+        decode_threads: As for `KinoFrameDataset`.
+
+    Example:
+        >>> ds = KinoMapDataset("pick.kdb", kql_filter="success = true", image_size=(96, 96))
+        >>> ep = ds[0]; ep["action"].shape, ep["image"].shape
+    """
+
+    def __init__(
+        self,
+        source: Any,
+        *,
+        kql_filter: str | None = None,
+        image_key: str | Sequence[str] | bool | None = None,
+        image_size: Any = None,
+        to_tensor: bool = True,
+        normalize: Any = None,
+        resize: str = "bilinear",
+        decode_threads: int | None = None,
+    ) -> None:
+        check_normalize(normalize)
+        _images._filter(resize)
+        self._size = _images.check_size(image_size)
+        self._resize, self._normalize, self._to_tensor = resize, normalize, bool(to_tensor)
+        self._threads = decode_threads
+        self._source, self._filter = source, kql_filter
+        self._opened: tuple[list[_Source], np.ndarray, _Normalizers | None] | None = None
+        sources = self._open()[0]
+        self._cams, self._several = image_keys(image_key, list(sources[0].cameras(0)), sources[0].where)
+        self._len = int(self._open()[1][-1])
+
+    def _open(self) -> tuple[list[_Source], np.ndarray, _Normalizers | None]:
+        if self._opened is None:
+            sources = _open_sources(self._source, self._filter)
+            starts = np.concatenate([[0], np.cumsum([len(s.kept) for s in sources])]).astype(np.int64)
+            norm = _Normalizers(sources, self._normalize) if isinstance(self._normalize, str) else None
+            self._opened = (sources, starts, norm)
+        return self._opened
+
+    def __len__(self) -> int:
+        return self._len
+
+    def schema_keys(self) -> np.ndarray:
+        """``(state_dim, action_dim)`` of every item, for `SchemaBatchSampler`."""
+        parts = []
+        for source in self._open()[0]:
+            table = source.db.episodes()
+            parts.append(np.stack([np.asarray(table["state_dim"])[source.kept],
+                                   np.asarray(table["action_dim"])[source.kept]], axis=1))  # fmt: skip
+        return np.concatenate(parts).astype(np.int64)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        sources, starts, norm = self._open()
+        if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
+            raise TypeError(f"index must be an int, got {index!r}")
+        if -self._len <= index < 0:
+            index += self._len
+        if not 0 <= index < self._len:
+            raise EpisodeNotFoundError(f"item {index} out of range: the dataset has {self._len} episodes")
+        s = int(np.searchsorted(starts, index, side="right")) - 1
+        source = sources[s]
+        j = int(index - starts[s])
+        ep = int(source.kept[j])
+        db = source.db
+        meta = db.read_meta(ep)
+        arrays: dict[str, Any] = {"action": db.read_array(ep, "actions"), "state": db.read_array(ep, "states"),
+                                  "reward": db.read_array(ep, "rewards")}  # fmt: skip
+        if norm is not None:
+            norm.apply(s, arrays)
+        out: dict[str, Any] = {k: self._tensor(np.array(v)) for k, v in arrays.items()}
+        if self._cams:
+            images = {cam: self._image(self._decode(source, j, cam)) for cam in self._cams}
+            if self._several:
+                out["images"] = images
+            else:
+                out["image"] = images[self._cams[0]]
+        success = meta["success"]
+        out.update(task=meta["task"], embodiment=meta["embodiment"], episode_id=meta["episode_id"],
+                   success=-1 if success is None else int(success), episode_index=ep, source=s)  # fmt: skip
+        return out
+
+    def _decode(self, source: _Source, j: int, cam: str) -> np.ndarray:
+        c = source.cameras(j).get(cam)
+        ep = int(source.kept[j])
+        if c is None:
+            raise KinodbError(f"{source.where}: episode {ep} has no camera {cam!r}")
+        T, h, w, ch = c.shape
+        size = self._size or (h, w)
+        out = np.empty((T, ch, *size), np.uint8)
+        jobs = []
+        for t in range(T):
+            if c.codec == "raw":
+                pos = c.data_offset + t * h * w * ch
+                data: Any = source.db._map()[pos : pos + h * w * ch]
+            else:
+                data = source.db._frame_bytes(c, t)
+            jobs.append(
+                (t, data, c.codec, (h, w, ch), f"{source.db.path()}: episode {ep}, camera {cam!r}, frame {t}")
+            )
+        _images.decode_into(out, jobs, self._size, self._resize, threads_for(self._threads))
+        return out
+
+    def _image(self, u8: np.ndarray) -> Any:
+        if self._normalize is False:
+            return self._tensor(u8)
+        if self._to_tensor:
+            return torch.from_numpy(u8).to(torch.float32).div_(255.0)
+        return u8.astype(np.float32) / np.float32(255.0)
+
+
+KinoDataset = KinoMapDataset

@@ -1,0 +1,528 @@
+"""Frame windows over ``.kdb`` files: observation history and action chunks, batched.
+
+A window is what diffusion policy, ACT and VLA training consume per sample: for frame t,
+the states (and images) of frames ``t-h+1 .. t`` and the actions of ``t .. t+k-1``, with
+masks where a frame falls outside the episode. `FrameWindows` serves any batch of them as
+one vectorised gather over the memory map per array: each window row is located by byte
+offset and copied straight out of the map, with no per-sample Python loop. Images are
+decoded only for the frames a window needs. This module needs NumPy only (Pillow for
+images); `kinodb.torch` and the gRPC server build on it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+from numpy.typing import NDArray
+
+from kinodb import _images
+from kinodb.errors import EpisodeNotFoundError, KinodbError
+from kinodb.kdb.reader import Database, open_database
+from kinodb.mixture import Mixture
+
+__all__ = ["FrameWindows", "WindowSpec"]
+
+Pad = Literal["edge", "zero"]
+_TOLERANCE_S = 1e-4  # LeRobot's tolerance for timestamps that must sit on the frame grid
+
+# Feature names accepted in ``delta_timestamps``: kinodb's and LeRobot's, -> (array, output key).
+_ALIASES = {
+    "state": ("states", "state"), "states": ("states", "state"), "observation.state": ("states", "state"),
+    "action": ("actions", "action"), "actions": ("actions", "action"),
+    "reward": ("rewards", "reward"), "rewards": ("rewards", "reward"), "next.reward": ("rewards", "reward"),
+    "is_terminal": ("is_terminal", "is_terminal"), "next.done": ("is_terminal", "is_terminal"),
+    "timestamp": ("timestamps", "timestamp"), "timestamps": ("timestamps", "timestamp"),
+}  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class WindowSpec:
+    """Which frames a window takes per feature: offsets in frames or in seconds.
+
+    ``arrays`` maps an output key to ``(array name, offsets)``; ``images`` maps a camera
+    to its offsets. Offsets are frame counts (ints) when ``seconds`` is False, else
+    seconds converted through each episode's fps.
+    """
+
+    arrays: dict[str, tuple[str, tuple[float, ...]]]
+    images: dict[str, tuple[float, ...]]
+    seconds: bool
+
+
+class _Source:
+    """One file's share of the samples: its kept episodes and where each array lives."""
+
+    def __init__(self, db: Database, kept: NDArray[np.int64], where: str) -> None:
+        self.db, self.kept, self.where = db, kept, where
+        table = db.episodes()
+        self.lengths = np.asarray(table["num_frames"], dtype=np.int64)[kept]
+        self.fps = np.asarray(table["fps"], dtype=np.float64)[kept]
+        self.tasks = np.asarray(table["task"], dtype=object)[kept]
+        self.starts = np.concatenate([[0], np.cumsum(self.lengths)]).astype(np.int64)
+        self._rows: dict[str, tuple[NDArray[np.int64], NDArray[Any], int]] = {}
+        self._cams: dict[int, dict[str, Any]] = {}
+
+    def rows(self, name: str) -> tuple[NDArray[np.int64], NDArray[Any], int]:
+        """``(first element of each kept episode, strided row view, row length)`` of array ``name``.
+
+        The view has one row per element position of the map, so row ``e`` is the
+        ``D`` elements starting at element ``e``: frame ``t`` of an episode whose
+        array starts at element ``s`` is row ``s + t * D``.
+        """
+        found = self._rows.get(name)
+        if found is not None:
+            return found
+        db, first = self.db, None
+        starts = np.empty(len(self.kept), dtype=np.int64)
+        base = db._map()  # the file's map; every array returned by read_array is a view of it
+        addr0 = base.__array_interface__["data"][0]
+        for j, ep in enumerate(self.kept.tolist()):
+            try:
+                arr = db.read_array(ep, name)
+            except KeyError:
+                raise KinodbError(
+                    f"{self.where}: episode {ep} has no array {name!r}; choose episodes that have it "
+                    f"(kql_filter) or drop it from the window"
+                ) from None
+            if first is None:
+                first = arr
+            elif arr.dtype != first.dtype or arr.shape[1:] != first.shape[1:]:
+                raise KinodbError(
+                    f"{self.where}: array {name!r} is {arr.dtype} {arr.shape[1:]} per frame in episode "
+                    f"{ep} but {first.dtype} {first.shape[1:]} in episode {int(self.kept[0])}; windows "
+                    f"need one layout per file (select episodes with kql_filter)"
+                )
+            off = arr.__array_interface__["data"][0] - addr0
+            if not arr.flags.c_contiguous or off % arr.dtype.itemsize:
+                raise KinodbError(f"{self.where}: array {name!r} of episode {ep} is not aligned in the map")
+            starts[j] = off // arr.dtype.itemsize
+        assert first is not None  # kept is never empty
+        trail, isz = first.shape[1:], first.dtype.itemsize
+        width = math.prod(trail)
+        flat = base[: len(base) // isz * isz].view(first.dtype)
+        inner = tuple(int(np.prod(trail[k + 1 :], dtype=np.int64)) * isz for k in range(len(trail)))
+        view = as_strided(
+            flat, shape=(max(len(flat) - width + 1, 0), *trail), strides=(isz, *inner), writeable=False
+        )
+        self._rows[name] = found = (starts, view, width)
+        return found
+
+    def cameras(self, j: int) -> dict[str, Any]:
+        cams = self._cams.get(j)
+        if cams is None:
+            if len(self._cams) > 4096:
+                self._cams.clear()
+            cams = self._cams[j] = self.db._episode_cameras(int(self.kept[j]))
+        return cams
+
+
+class FrameWindows:
+    """One sample per frame of the selected episodes; batches of windows by index.
+
+    Args:
+        source: A path, a `Database`, a list of paths, or a `Mixture` (its sources and
+            per-source filters; samples run over every kept frame, sources in order).
+        obs_horizon: Frames of observation history: states and images of frames
+            ``t-obs_horizon+1 .. t``.
+        action_horizon: Actions of frames ``t .. t+action_horizon-1``.
+        kql_filter: Keep only the episodes matching this query (in every file).
+        delta_timestamps: LeRobot's form, ``{feature: [seconds, ...]}``; features are
+            ``observation.state``/``state``, ``action``, ``next.reward``/``reward``,
+            ``observation.images.CAM``/``CAM``/``image``, or an extra array's name.
+            Overrides the horizons for the features it names.
+        pad: ``"edge"`` repeats the first/last frame outside the episode, ``"zero"``
+            fills zeros; either way ``KEY_is_pad`` marks those entries.
+        cameras: Camera names for images (None: the first camera of the first episode
+            when images are asked for).
+
+    Example:
+        >>> fw = FrameWindows("pick.kdb", obs_horizon=2, action_horizon=16)
+        >>> batch = fw.lowdim(np.arange(256))
+        >>> batch["state"].shape, batch["action"].shape, batch["action_is_pad"].shape
+    """
+
+    def __init__(
+        self,
+        source: Any,
+        *,
+        obs_horizon: int = 1,
+        action_horizon: int = 1,
+        kql_filter: str | None = None,
+        delta_timestamps: Mapping[str, Sequence[float]] | None = None,
+        pad: Pad = "edge",
+        cameras: str | Sequence[str] | None = None,
+    ) -> None:
+        for name, value in (("obs_horizon", obs_horizon), ("action_horizon", action_horizon)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if pad not in ("edge", "zero"):
+            raise ValueError(f"pad must be 'edge' or 'zero', got {pad!r}")
+        self._pad: Pad = pad
+        self._sources = _open_sources(source, kql_filter)
+        self._starts = np.concatenate([[0], np.cumsum([s.starts[-1] for s in self._sources])]).astype(
+            np.int64
+        )
+        first = self._sources[0]
+        all_cams = list(first.cameras(0))
+        chosen = [cameras] if isinstance(cameras, str) else (list(cameras) if cameras is not None else None)
+        if chosen is not None:
+            for cam in chosen:
+                if cam not in all_cams:
+                    raise KinodbError(f"{first.where}: no camera {cam!r}; it has {all_cams or 'no cameras'}")
+        self._all_cameras = all_cams
+        self.spec = _build_spec(int(obs_horizon), int(action_horizon), delta_timestamps, chosen, all_cams)
+        self._check_grid()
+
+    # -- description ------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    @property
+    def num_sources(self) -> int:
+        """Number of files the samples come from."""
+        return len(self._sources)
+
+    @property
+    def cameras(self) -> list[str]:
+        """The cameras whose frames `images` returns."""
+        return list(self.spec.images)
+
+    def database(self, source: int = 0) -> Database:
+        """The open `Database` of source ``source``."""
+        return self._sources[source].db
+
+    def sample_counts(self) -> NDArray[np.int64]:
+        """Samples (frames) per source."""
+        return np.diff(self._starts)
+
+    def locate(self, indices: Any) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]:
+        """``(source, episode position in its file, frame)`` of each sample index.
+
+        Raises:
+            EpisodeNotFoundError: an index is out of range (the message names it).
+        """
+        idx = self._indices(indices)
+        src = self._source_of(idx)
+        ep, t = np.empty_like(idx), np.empty_like(idx)
+        for s, sel in self._groups(src):
+            j, tt = self._episode_frame(s, idx[sel] - self._starts[s])
+            ep[sel], t[sel] = self._sources[s].kept[j], tt
+        return src, ep, t
+
+    def tasks(self, indices: Any) -> list[str]:
+        """The task text of each sample's episode."""
+        idx = self._indices(indices)
+        src = self._source_of(idx)
+        out = np.empty(len(idx), dtype=object)
+        for s, sel in self._groups(src):
+            j, _ = self._episode_frame(s, idx[sel] - self._starts[s])
+            out[sel] = self._sources[s].tasks[j]
+        tasks: list[str] = out.tolist()
+        return tasks
+
+    # -- batches ----------------------------------------------------------------------------
+
+    def lowdim(self, indices: Any) -> dict[str, NDArray[Any]]:
+        """The low-dimensional windows of a batch, stacked: one gather per array.
+
+        Returns ``state`` (B, To, S), ``action`` (B, Ta, A), their ``*_is_pad`` masks
+        (B, T) bool, any other windowed arrays, ``episode_index`` (the episode's position
+        in its file), ``frame_index`` and ``source`` (B,) int64.
+
+        Raises:
+            EpisodeNotFoundError: an index is out of range.
+            KinodbError: the batch mixes sources whose arrays differ in shape or dtype;
+                use `lowdim_groups` (or batches from one schema).
+        """
+        groups = self.lowdim_groups(indices)
+        if len(groups) == 1:
+            return groups[0][1]
+        first = groups[0][1]
+        for _, arrays in groups[1:]:
+            for key, value in arrays.items():
+                if value.shape[1:] != first[key].shape[1:] or value.dtype != first[key].dtype:
+                    raise KinodbError(
+                        f"this batch mixes {key!r} of {first[key].dtype} {first[key].shape[1:]} and "
+                        f"{value.dtype} {value.shape[1:]} (sources with different schemas); pad them "
+                        f"with kinodb.torch.pad_collate or batch by schema with SchemaBatchSampler"
+                    )
+        n = sum(len(sel) for sel, _ in groups)
+        out = {k: np.empty((n, *v.shape[1:]), v.dtype) for k, v in first.items()}
+        for sel, arrays in groups:
+            for key, value in arrays.items():
+                out[key][sel] = value
+        return out
+
+    def lowdim_groups(self, indices: Any) -> list[tuple[NDArray[np.int64], dict[str, NDArray[Any]]]]:
+        """`lowdim` per source: ``[(positions in the batch, arrays), ...]``, sources ascending."""
+        idx = self._indices(indices)
+        src = self._source_of(idx)
+        return [(sel, self._lowdim_one(s, idx[sel] - self._starts[s])) for s, sel in self._groups(src)]
+
+    def images(
+        self,
+        indices: Any,
+        *,
+        size: Any = None,
+        resize: str = "bilinear",
+        threads: int = 1,
+    ) -> dict[str, NDArray[np.uint8]]:
+        """The image windows of a batch: ``{camera: uint8 (B, To, C, H, W)}``.
+
+        Only the frames the windows need are decoded (JPEG with DCT-domain scaling when
+        the target is at most half the stored size), then resized with ``resize``
+        (``bilinear`` and ``area`` are antialiased; ``nearest`` is available) into
+        ``size`` = ``(H, W)``. Frames outside the episode repeat the edge frame, or are
+        zeros with ``pad="zero"``; ``image_is_pad`` in `lowdim` marks them.
+
+        Raises:
+            CorruptFileError: a frame does not decode (names file, episode, camera, frame).
+            KinodbError: episodes of the batch differ in a camera's shape and no ``size``
+                was given to bring them to one.
+        """
+        size = _images.check_size(size)
+        idx = self._indices(indices)
+        src = self._source_of(idx)
+        out: dict[str, NDArray[np.uint8]] = {}
+        for cam, offsets in self.spec.images.items():
+            jobs: list[tuple[int, Any, str, tuple[int, int, int], str]] = []
+            shape: tuple[int, int, int] | None = None
+            zero_slots: list[int] = []
+            k = len(offsets)
+            for s, sel in self._groups(src):
+                source = self._sources[s]
+                j, t = self._episode_frame(s, idx[sel] - self._starts[s])
+                frames, pad = self._frames(source, j, t, offsets, seconds=self.spec.seconds)
+                for b, jj, row, prow in zip(
+                    sel.tolist(), j.tolist(), frames.tolist(), pad.tolist(), strict=True
+                ):
+                    c = source.cameras(jj).get(cam)
+                    if c is None:
+                        raise KinodbError(
+                            f"{source.where}: episode {int(source.kept[jj])} has no camera {cam!r}"
+                        )
+                    hwc = c.shape[1:]
+                    if shape is None:
+                        shape = hwc
+                    elif hwc != shape and size is None:
+                        raise KinodbError(
+                            f"camera {cam!r} is {hwc} in {source.where} episode {int(source.kept[jj])} but "
+                            f"{shape} elsewhere in this batch; pass image_size=(H, W) to resize them to one"
+                        )
+                    for n, (f, p) in enumerate(zip(row, prow, strict=True)):
+                        if p and self._pad == "zero":
+                            zero_slots.append(b * k + n)
+                            continue
+                        data: Any
+                        if c.codec == "raw":
+                            frame = hwc[0] * hwc[1] * hwc[2]
+                            pos = c.data_offset + f * frame
+                            data = source.db._map()[pos : pos + frame]
+                        else:
+                            data = source.db._frame_bytes(c, f)
+                        where = (
+                            f"{source.db.path()}: episode {int(source.kept[jj])}, camera {cam!r}, frame {f}"
+                        )
+                        jobs.append((b * k + n, data, c.codec, hwc, where))
+            assert shape is not None
+            h, w = size or shape[:2]
+            block = np.empty((len(idx) * k, shape[2], h, w), np.uint8)
+            if zero_slots:
+                block[zero_slots] = 0
+            _images.decode_into(block, jobs, size, resize, threads)
+            out[cam] = block.reshape(len(idx), k, shape[2], h, w)
+        return out
+
+    def encoded(self, indices: Any) -> list[dict[str, list[bytes]]]:
+        """The stored bytes of each window's frames: ``[{camera: [frame bytes, ...]}, ...]``.
+
+        Frames outside the episode repeat the edge frame (``image_is_pad`` marks them).
+        """
+        idx = self._indices(indices)
+        src = self._source_of(idx)
+        out: list[dict[str, list[bytes]]] = [{} for _ in range(len(idx))]
+        for cam, offsets in self.spec.images.items():
+            for s, sel in self._groups(src):
+                source = self._sources[s]
+                j, t = self._episode_frame(s, idx[sel] - self._starts[s])
+                frames, _ = self._frames(source, j, t, offsets, seconds=self.spec.seconds)
+                for b, jj, row in zip(sel.tolist(), j.tolist(), frames.tolist(), strict=True):
+                    c = source.cameras(jj)[cam]
+                    out[b][cam] = [bytes(source.db._frame_bytes(c, f)) for f in row]
+        return out
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _indices(self, indices: Any) -> NDArray[np.int64]:
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        n = len(self)
+        if len(idx) and (idx.min() < 0 or idx.max() >= n):
+            bad = int(idx[(idx < 0) | (idx >= n)][0])
+            raise EpisodeNotFoundError(f"sample {bad} out of range: there are {n} samples (0..{n - 1})")
+        return idx
+
+    def _source_of(self, idx: NDArray[np.int64]) -> NDArray[np.int64]:
+        if len(self._sources) == 1:
+            return np.zeros(len(idx), dtype=np.int64)
+        return np.searchsorted(self._starts, idx, side="right").astype(np.int64) - 1
+
+    def _groups(self, src: NDArray[np.int64]) -> list[tuple[int, NDArray[np.int64]]]:
+        if len(self._sources) == 1:
+            return [(0, np.arange(len(src), dtype=np.int64))]
+        return [(int(s), np.flatnonzero(src == s)) for s in np.unique(src)]
+
+    def _episode_frame(self, s: int, local: NDArray[np.int64]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+        starts = self._sources[s].starts
+        j = np.searchsorted(starts, local, side="right") - 1
+        return j, local - starts[j]
+
+    def _frames(
+        self, source: _Source, j: NDArray[np.int64], t: NDArray[np.int64], offsets: tuple[float, ...], *,
+        seconds: bool,
+    ) -> tuple[NDArray[np.int64], NDArray[np.bool_]]:  # fmt: skip
+        """Clipped frame numbers (B, K) and the mask of those outside the episode."""
+        off = np.asarray(offsets, dtype=np.float64)
+        if seconds:
+            steps = np.rint(off[None, :] * source.fps[j][:, None]).astype(np.int64)
+        else:
+            steps = off.astype(np.int64)[None, :]
+        frames = t[:, None] + steps
+        last = (source.lengths[j] - 1)[:, None]
+        pad = (frames < 0) | (frames > last)
+        return np.clip(frames, 0, last), pad
+
+    def _lowdim_one(self, s: int, local: NDArray[np.int64]) -> dict[str, NDArray[Any]]:
+        source = self._sources[s]
+        j, t = self._episode_frame(s, local)
+        out: dict[str, NDArray[Any]] = {}
+        for key, (name, offsets) in self.spec.arrays.items():
+            frames, pad = self._frames(source, j, t, offsets, seconds=self.spec.seconds)
+            starts, view, width = source.rows(name)
+            values = view[starts[j][:, None] + frames * width]  # (B, K, *dims): one gather
+            if self._pad == "zero" and pad.any():
+                values[pad] = 0
+            out[key] = values
+            out[f"{key}_is_pad"] = pad
+        for cam, offsets in self.spec.images.items():
+            key = "image_is_pad" if len(self.spec.images) == 1 else f"image_is_pad.{cam}"
+            out[key] = self._frames(source, j, t, offsets, seconds=self.spec.seconds)[1]
+        out["episode_index"] = source.kept[j]
+        out["frame_index"] = t
+        out["source"] = np.full(len(t), s, dtype=np.int64)
+        return out
+
+    def _check_grid(self) -> None:
+        """With offsets in seconds, every one must land on each source's frame grid."""
+        if not self.spec.seconds:
+            return
+        for source in self._sources:
+            for fps in np.unique(source.fps).tolist():
+                if not fps > 0:
+                    raise KinodbError(
+                        f"{source.where}: episodes without fps; delta_timestamps needs it (re-ingest "
+                        f"with --fps, or give obs_horizon/action_horizon in frames)"
+                    )
+                named = [(k, o) for k, (_, o) in self.spec.arrays.items()] + list(self.spec.images.items())
+                for key, offsets in named:
+                    for n, dt in enumerate(offsets):
+                        if abs(dt * fps - round(dt * fps)) / fps > _TOLERANCE_S:
+                            raise KinodbError(
+                                f"delta_timestamps[{key!r}][{n}] = {dt} s is not a multiple of 1/fps "
+                                f"(fps {fps} in {source.where}) within {_TOLERANCE_S} s"
+                            )
+
+
+def _open_sources(source: Any, kql_filter: str | None) -> list[_Source]:
+    if isinstance(source, Mixture):
+        out = []
+        for i, info in enumerate(source.sources()):
+            db = source.database(i)
+            kept = np.asarray(source._src[i].kept, dtype=np.int64)
+            if kql_filter is not None:
+                kept = np.intersect1d(kept, db.query(kql_filter))
+            out.append(_Source(db, kept, f"mixture source {i} ({info.path})"))
+        return _nonempty(out, kql_filter)
+    if isinstance(source, Database):
+        dbs = [source]
+    elif isinstance(source, (str, os.PathLike)):
+        dbs = [open_database(source)]
+    elif isinstance(source, Sequence) and source and all(isinstance(p, (str, os.PathLike)) for p in source):
+        dbs = [open_database(p) for p in source]
+    else:
+        raise TypeError(f"source must be a path, a Database, a list of paths or a Mixture, got {source!r}")
+    out = []
+    for i, db in enumerate(dbs):
+        kept = np.arange(len(db), dtype=np.int64) if kql_filter is None else db.query(kql_filter)
+        where = db.path() if len(dbs) == 1 else f"source {i} ({db.path()})"
+        out.append(_Source(db, np.asarray(kept, dtype=np.int64), where))
+    return _nonempty(out, kql_filter)
+
+
+def _nonempty(sources: list[_Source], kql_filter: str | None) -> list[_Source]:
+    kept = [s for s in sources if len(s.kept) and s.starts[-1] > 0]
+    if not kept:
+        why = (
+            f"the filter {kql_filter!r} keeps no episode with frames"
+            if kql_filter
+            else "no episode has frames"
+        )
+        raise KinodbError(f"{', '.join(s.where for s in sources)}: {why}")
+    return kept
+
+
+def _build_spec(
+    obs: int,
+    act: int,
+    delta: Mapping[str, Sequence[float]] | None,
+    chosen: list[str] | None,
+    all_cams: list[str],
+) -> WindowSpec:
+    if delta is None:
+        history = tuple(float(k) for k in range(-obs + 1, 1))
+        future = tuple(float(k) for k in range(act))
+        return WindowSpec(
+            {"state": ("states", history), "action": ("actions", future)},
+            dict.fromkeys(chosen or [], history),
+            seconds=False,
+        )
+    if not isinstance(delta, Mapping) or not delta:
+        raise ValueError(
+            f"delta_timestamps must be a non-empty mapping {{feature: [seconds, ...]}}, got {delta!r}"
+        )
+    arrays: dict[str, tuple[str, tuple[float, ...]]] = {}
+    images: dict[str, tuple[float, ...]] = {}
+    for feature, values in delta.items():
+        offsets = tuple(float(v) for v in values)
+        if not offsets or not all(math.isfinite(v) for v in offsets):
+            raise ValueError(f"delta_timestamps[{feature!r}] must be a non-empty list of finite seconds")
+        cam = _camera_of(feature, all_cams)
+        if cam is not None:
+            images[cam] = offsets
+        elif feature in _ALIASES:
+            name, key = _ALIASES[feature]
+            arrays[key] = (name, offsets)
+        else:
+            arrays[feature.removeprefix("observation.")] = (feature.removeprefix("observation."), offsets)
+    for cam in chosen or []:
+        images.setdefault(cam, (0.0,))
+    return WindowSpec(arrays, images, seconds=True)
+
+
+def _camera_of(feature: str, cams: list[str]) -> str | None:
+    if feature in ("image", "observation.image"):
+        if not cams:
+            raise KinodbError(f"delta_timestamps names {feature!r} but the data has no cameras")
+        return cams[0]
+    for prefix in ("observation.images.", "images.", ""):
+        if feature.startswith(prefix) and feature[len(prefix) :] in cams:
+            return feature[len(prefix) :]
+    if feature.startswith("observation.images."):
+        raise KinodbError(f"delta_timestamps names camera {feature!r}; the data has cameras {cams}")
+    return None

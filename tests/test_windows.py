@@ -1,0 +1,168 @@
+"""Frame windows (kinodb.windows): contents, padding, delta_timestamps, images, errors."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+import kinodb
+from kinodb.errors import EpisodeNotFoundError, KinodbError
+from kinodb.windows import FrameWindows
+
+
+def _write(path: Path, lengths: list[int], *, state_dim: int = 3, action_dim: int = 2, fps: float = 10.0,
+           cameras: dict[str, tuple[int, int, int]] | None = None, codec: str = "raw", seed: int = 0) -> list[dict]:  # fmt: skip
+    rng = np.random.default_rng(seed)
+    eps = []
+    with kinodb.Writer(path, mode="w", image_codec=codec) as w:
+        for k, T in enumerate(lengths):
+            ep = {
+                "actions": rng.normal(size=(T, action_dim)).astype(np.float32),
+                "states": rng.normal(size=(T, state_dim)).astype(np.float32),
+                "rewards": rng.uniform(size=T).astype(np.float32),
+                "task": f"task {k}",
+                "fps": fps,
+            }
+            if cameras:
+                ep["images"] = {c: rng.integers(0, 256, (T, *hwc), dtype=np.uint8) for c, hwc in cameras.items()}
+            w.add_episode(**ep)
+            eps.append(ep)
+    return eps
+
+
+def _expected(arr: np.ndarray, t: int, offsets: range, pad: str) -> tuple[np.ndarray, np.ndarray]:
+    T = len(arr)
+    rows, mask = [], []
+    for o in offsets:
+        f = t + o
+        outside = not 0 <= f < T
+        mask.append(outside)
+        rows.append(np.zeros_like(arr[0]) if outside and pad == "zero" else arr[min(max(f, 0), T - 1)])
+    return np.stack(rows), np.array(mask)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    lengths=st.lists(st.integers(1, 12), min_size=1, max_size=5),
+    obs=st.integers(1, 4),
+    act=st.integers(1, 6),
+    pad=st.sampled_from(["edge", "zero"]),
+    data=st.data(),
+)
+def test_windows_equal_manual_computation(tmp_path: Path, lengths, obs, act, pad, data) -> None:
+    path = tmp_path / f"w{abs(hash((tuple(lengths), obs, act, pad)))}.kdb"
+    eps = _write(path, lengths)
+    fw = FrameWindows(path, obs_horizon=obs, action_horizon=act, pad=pad)
+    assert len(fw) == sum(lengths)
+    idx = data.draw(st.lists(st.integers(0, len(fw) - 1), min_size=1, max_size=20))
+    batch = fw.lowdim(idx)
+    starts = np.cumsum([0, *lengths])
+    for b, i in enumerate(idx):
+        e = int(np.searchsorted(starts, i, side="right") - 1)
+        t = i - starts[e]
+        want_s, mask_s = _expected(eps[e]["states"], t, range(-obs + 1, 1), pad)
+        want_a, mask_a = _expected(eps[e]["actions"], t, range(act), pad)
+        np.testing.assert_array_equal(batch["state"][b], want_s)
+        np.testing.assert_array_equal(batch["action"][b], want_a)
+        np.testing.assert_array_equal(batch["state_is_pad"][b], mask_s)
+        np.testing.assert_array_equal(batch["action_is_pad"][b], mask_a)
+        assert batch["episode_index"][b] == e and batch["frame_index"][b] == t
+
+
+def test_delta_timestamps_match_horizons_in_frames(tmp_path: Path) -> None:
+    path = tmp_path / "d.kdb"
+    _write(path, [7, 3, 9], fps=20.0)
+    by_frames = FrameWindows(path, obs_horizon=2, action_horizon=4)
+    by_seconds = FrameWindows(path, delta_timestamps={
+        "observation.state": [-0.05, 0.0], "action": [0.0, 0.05, 0.1, 0.15], "next.reward": [0.0, 0.05]})  # fmt: skip
+    idx = np.arange(len(by_frames))
+    a, b = by_frames.lowdim(idx), by_seconds.lowdim(idx)
+    for key in ("state", "action", "state_is_pad", "action_is_pad"):
+        np.testing.assert_array_equal(a[key], b[key])
+    db = kinodb.open(path)
+    np.testing.assert_array_equal(b["reward"][0], db.read_array(0, "rewards")[:2])
+
+
+def test_delta_timestamps_off_the_frame_grid_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "g.kdb"
+    _write(path, [5], fps=10.0)
+    with pytest.raises(KinodbError, match=r"delta_timestamps\['action'\]\[1\] = 0.05 s is not a multiple of 1/fps"):
+        FrameWindows(path, delta_timestamps={"action": [0.0, 0.05]})
+
+
+def test_kql_filter_lists_and_out_of_range(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.kdb", tmp_path / "b.kdb"
+    eps_a = _write(a, [4, 5, 6])
+    eps_b = _write(b, [3], seed=1)
+    fw = FrameWindows([a, b], action_horizon=2, kql_filter="num_frames != 5")
+    assert len(fw) == 4 + 6 + 3
+    src, ep, t = fw.locate([0, 4, 10, 12])
+    assert src.tolist() == [0, 0, 1, 1] and ep.tolist() == [0, 2, 0, 0] and t.tolist() == [0, 0, 0, 2]
+    batch = fw.lowdim([4, 10])
+    np.testing.assert_array_equal(batch["action"][0], eps_a[2]["actions"][:2])
+    np.testing.assert_array_equal(batch["action"][1], eps_b[0]["actions"][:2])
+    assert fw.tasks([4, 10]) == ["task 2", "task 0"]
+    with pytest.raises(EpisodeNotFoundError, match="sample 13 out of range: there are 13 samples"):
+        fw.lowdim([13])
+    with pytest.raises(KinodbError, match="keeps no episode"):
+        FrameWindows(a, kql_filter="num_frames > 100")
+
+
+def test_mixed_schemas_stack_per_group_and_refuse_to_stack(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.kdb", tmp_path / "b.kdb"
+    _write(a, [4], action_dim=2)
+    _write(b, [4], action_dim=14)
+    fw = FrameWindows(kinodb.Mixture({a: 1, b: 1}), action_horizon=3)
+    groups = fw.lowdim_groups([0, 5, 1])
+    assert [sel.tolist() for sel, _ in groups] == [[0, 2], [1]]
+    assert groups[1][1]["action"].shape == (1, 3, 14)
+    with pytest.raises(KinodbError, match="pad_collate"):
+        fw.lowdim([0, 5])
+
+
+def test_images_raw_png_and_resize(tmp_path: Path) -> None:
+    raw, png = tmp_path / "raw.kdb", tmp_path / "png.kdb"
+    eps = _write(raw, [5, 4], cameras={"front": (16, 20, 3), "depth": (16, 20, 1)})
+    _write(png, [5, 4], cameras={"front": (16, 20, 3), "depth": (16, 20, 1)}, codec="png")
+    for path in (raw, png):
+        fw = FrameWindows(path, obs_horizon=3, cameras=["front", "depth"])
+        out = fw.images([0, 6])
+        assert out["front"].shape == (2, 3, 3, 16, 20) and out["depth"].shape == (2, 3, 1, 16, 20)
+        np.testing.assert_array_equal(out["front"][1, 2], eps[1]["images"]["front"][1].transpose(2, 0, 1))
+        np.testing.assert_array_equal(out["front"][0, 0], eps[0]["images"]["front"][0].transpose(2, 0, 1))
+        np.testing.assert_array_equal(fw.lowdim([0])["image_is_pad.front"][0], [True, True, False])
+        small = fw.images([6], size=(8, 10), resize="area")["front"][0, 2]
+        want = np.asarray(Image.fromarray(eps[1]["images"]["front"][1]).resize((10, 8), Image.Resampling.BOX))
+        np.testing.assert_array_equal(small, want.transpose(2, 0, 1))
+    zero = FrameWindows(raw, obs_horizon=2, cameras="front", pad="zero").images([0], threads=2)["front"]
+    assert not zero[0, 0].any() and zero[0, 1].any()
+
+
+def test_jpeg_scaled_decode_is_close_to_a_full_decode(tmp_path: Path) -> None:
+    path = tmp_path / "j.kdb"
+    yy, xx = np.mgrid[0:224, 0:224]
+    frames = np.stack([np.stack([(xx + 3 * t) % 256, (yy + t) % 256, (xx + yy) // 2 % 256], -1)
+                       for t in range(4)]).astype(np.uint8)  # fmt: skip
+    with kinodb.Writer(path, mode="w", image_codec="jpeg") as w:
+        w.add_episode(actions=np.zeros((4, 2), np.float32), states=np.zeros((4, 2), np.float32),
+                      images={"cam": frames})  # fmt: skip
+    fw = FrameWindows(path, cameras="cam")
+    got = fw.images([2], size=(96, 96))["cam"][0, 0].transpose(1, 2, 0).astype(np.float64)
+    full = Image.open(io.BytesIO(kinodb.open(path).read_image_bytes(0, "cam", 2))).convert("RGB")
+    want = np.asarray(full.resize((96, 96), Image.Resampling.BILINEAR), dtype=np.float64)
+    psnr = 10 * np.log10(255**2 / np.mean((got - want) ** 2))
+    assert psnr > 30, psnr
+    assert fw.encoded([2])[0]["cam"][0] == kinodb.open(path).read_image_bytes(0, "cam", 2)
+
+
+def test_camera_errors_name_the_choices(tmp_path: Path) -> None:
+    path = tmp_path / "c.kdb"
+    _write(path, [3], cameras={"front": (8, 8, 3)})
+    with pytest.raises(KinodbError, match=r"no camera 'back'; it has \['front'\]"):
+        FrameWindows(path, cameras="back")

@@ -1,0 +1,179 @@
+"""kinodb.torch: map, frame-window and iterable datasets through real DataLoaders."""
+
+from __future__ import annotations
+
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+import kinodb
+from kinodb.torch import (
+    KinoDataset,
+    KinoFrameDataset,
+    KinoIterDataset,
+    KinoMapDataset,
+    SchemaBatchSampler,
+    from_mixture,
+    pad_collate,
+)
+
+
+def _write(path: Path, lengths: list[int], *, action_dim: int = 2, state_dim: int = 3, seed: int = 0,
+           cameras: dict[str, tuple[int, int, int]] | None = None, codec: str = "png") -> list[dict]:  # fmt: skip
+    rng = np.random.default_rng(seed)
+    eps = []
+    with kinodb.Writer(path, mode="w", image_codec=codec) as w:
+        for k, T in enumerate(lengths):
+            ep = {
+                "actions": rng.normal(size=(T, action_dim)).astype(np.float32),
+                "states": rng.normal(size=(T, state_dim)).astype(np.float32),
+                "rewards": rng.uniform(size=T).astype(np.float32),
+                "task": f"task {k}", "embodiment": "arm", "fps": 10.0, "success": (True, False, None)[k % 3],
+            }  # fmt: skip
+            if cameras:
+                ep["images"] = {c: rng.integers(0, 256, (T, *hwc), dtype=np.uint8) for c, hwc in cameras.items()}
+            w.add_episode(**ep)
+            eps.append(ep)
+    return eps
+
+
+@pytest.fixture
+def lowdim(tmp_path: Path) -> tuple[Path, list[dict]]:
+    path = tmp_path / "low.kdb"
+    return path, _write(path, [5, 9, 3, 7, 6, 10])
+
+
+def _key(batch: dict) -> list[tuple[int, int]]:
+    return list(zip(batch["episode_index"].tolist(), batch["frame_index"].tolist(), strict=True))
+
+
+def test_frame_items_and_batches_agree(lowdim) -> None:
+    path, eps = lowdim
+    ds = KinoFrameDataset(path, obs_horizon=2, action_horizon=4)
+    item = ds[5]  # episode 1, frame 0
+    assert item["episode_index"] == 1 and item["frame_index"] == 0 and item["task"] == "task 1"
+    torch.testing.assert_close(item["state"], torch.from_numpy(eps[1]["states"][[0, 0]]))
+    assert item["state_is_pad"].tolist() == [True, False]
+    batch = next(iter(DataLoader(ds, batch_size=8)))
+    assert batch["state"].shape == (8, 2, 3) and batch["action"].shape == (8, 4, 2)
+    assert batch["task"][:6] == ["task 0"] * 5 + ["task 1"]
+    torch.testing.assert_close(batch["action"][5], item["action"])
+    assert batch["action_is_pad"].dtype == torch.bool
+
+
+def test_dataloader_two_workers_sees_every_window_once(lowdim) -> None:
+    path, _ = lowdim
+    ds = KinoFrameDataset(path, obs_horizon=2, action_horizon=3)
+    loader = DataLoader(ds, batch_size=7, shuffle=True, num_workers=2, generator=torch.Generator().manual_seed(0))
+    seen = [k for batch in loader for k in _key(batch)]
+    assert len(seen) == len(ds) == 40 and len(set(seen)) == 40
+
+
+def test_datasets_pickle_by_path_and_reopen(lowdim) -> None:
+    path, _ = lowdim
+    for ds in (KinoFrameDataset(path, action_horizon=2), KinoMapDataset(path)):
+        blob = pickle.dumps(ds)
+        assert len(blob) < 4096  # a specification, not data or a map
+        again = pickle.loads(blob)
+        assert len(again) == len(ds)
+        a, b = again[3], ds[3]
+        torch.testing.assert_close(a["action"], b["action"])
+
+
+def test_map_dataset_items(tmp_path: Path) -> None:
+    path = tmp_path / "img.kdb"
+    eps = _write(path, [4, 6], cameras={"front": (12, 16, 3), "wrist": (12, 16, 3)})
+    ds = KinoDataset(path)
+    ep = ds[1]
+    assert set(ep) >= {"action", "state", "reward", "image", "task", "embodiment", "success", "episode_id"}
+    assert ep["image"].shape == (6, 3, 12, 16) and ep["image"].dtype == torch.float32
+    torch.testing.assert_close(ep["image"][2], torch.from_numpy(eps[1]["images"]["front"][2]).permute(2, 0, 1) / 255)
+    assert ep["success"] == 0 and ds[0]["success"] == 1
+    both = KinoMapDataset(path, image_key=["front", "wrist"], image_size=(6, 8), normalize=False)[0]
+    assert both["images"]["wrist"].shape == (4, 3, 6, 8) and both["images"]["wrist"].dtype == torch.uint8
+    assert "image" not in KinoMapDataset(path, image_key=False)[0]
+    with pytest.raises(kinodb.EpisodeNotFoundError):
+        ds[2]
+
+
+def test_frame_images_uint8_and_float(tmp_path: Path) -> None:
+    path = tmp_path / "img.kdb"
+    eps = _write(path, [4, 6], cameras={"front": (12, 16, 3)})
+    u8 = KinoFrameDataset(path, obs_horizon=2, normalize=False, image_size=(12, 16))
+    batch = next(iter(DataLoader(u8, batch_size=10)))
+    assert batch["image"].dtype == torch.uint8 and batch["image"].shape == (10, 2, 3, 12, 16)
+    want = torch.from_numpy(eps[1]["images"]["front"][[0, 1]]).permute(0, 3, 1, 2)
+    torch.testing.assert_close(batch["image"][5], want)
+    fl = KinoFrameDataset(path, obs_horizon=2)
+    torch.testing.assert_close(fl[5]["image"], want.float() / 255)
+
+
+def test_iterable_split_over_workers_and_ranks_covers_the_epoch_once(lowdim) -> None:
+    path, _ = lowdim
+    seen = []
+    for rank in range(2):
+        ds = KinoIterDataset(path, obs_horizon=1, action_horizon=2, batch_size=4, seed=3, rank=rank, world_size=2)
+        ds.set_epoch(1)
+        seen += [k for batch in DataLoader(ds, batch_size=None, num_workers=2) for k in _key(batch)]
+    assert len(seen) == 40 and len(set(seen)) == 40
+    one = KinoIterDataset(path, action_horizon=2, seed=3)
+    one.set_epoch(1)
+    other = KinoIterDataset(path, action_horizon=2, seed=3)
+    other.set_epoch(2)
+    assert one.epoch_order().tolist() != other.epoch_order().tolist()
+    assert sorted(one.epoch_order().tolist()) == list(range(40))
+
+
+def test_iterable_episodes_and_unbatched_windows(lowdim) -> None:
+    path, eps = lowdim
+    episodes = list(KinoIterDataset(path, shuffle=False))
+    assert [len(e["action"]) for e in episodes] == [5, 9, 3, 7, 6, 10]
+    windows = list(DataLoader(KinoIterDataset(path, action_horizon=2, shuffle=False), batch_size=8))
+    assert sum(len(b["action"]) for b in windows) == 40
+    torch.testing.assert_close(windows[0]["action"][0], torch.from_numpy(eps[0]["actions"][:2]))
+
+
+def test_mixture_of_action_dims_2_and_14_through_pad_collate(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.kdb", tmp_path / "b.kdb"
+    _write(a, [6, 6], action_dim=2, state_dim=2)
+    _write(b, [5, 5], action_dim=14, state_dim=9, seed=1)
+    ds = KinoFrameDataset(kinodb.Mixture({a: 1, b: 1}), action_horizon=3)
+    loader = DataLoader(ds, batch_size=22, collate_fn=pad_collate)
+    batch = next(iter(loader))
+    assert batch["action"].shape == (22, 3, 14) and batch["state"].shape == (22, 1, 9)
+    assert batch["action_mask"][:12, :, 2:].any().item() is False and batch["action_mask"][12:].all()
+    assert batch["source"].tolist() == [0] * 12 + [1] * 10
+    episodes = pad_collate([KinoMapDataset([a, b], image_key=False)[i] for i in (0, 2)])
+    assert episodes["action"].shape == (2, 6, 14) and episodes["action_mask"][1, 5].any().item() is False
+    sampler = SchemaBatchSampler(ds, batch_size=4, seed=0)
+    keys = ds.schema_keys()
+    for idx in sampler:
+        assert len({tuple(keys[i]) for i in idx}) == 1
+    assert sorted(i for idx in sampler for i in idx) == list(range(len(ds)))
+    it = from_mixture({str(a): 3, str(b): 1}, seed=0, action_horizon=2, num_samples=40)
+    order = it.epoch_order()
+    assert (order < 12).sum() == 30  # 3:1 of 40 draws
+
+
+def test_import_errors_name_the_extra(tmp_path: Path) -> None:
+    code = "import sys; sys.modules['torch'] = None\ntry:\n import kinodb.torch\nexcept ImportError as e: print(e)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "pip install 'kinodb[torch]'" in out
+
+
+def test_bad_arguments(lowdim) -> None:
+    path, _ = lowdim
+    with pytest.raises(ValueError, match="normalize must be"):
+        KinoFrameDataset(path, normalize="zscore")
+    with pytest.raises(ValueError, match="resize must be one of"):
+        KinoFrameDataset(path, resize="lanczos")
+    with pytest.raises(ValueError, match="obs_horizon must be a positive int"):
+        KinoFrameDataset(path, obs_horizon=0)
+    with pytest.raises(ValueError, match="image_size"):
+        KinoFrameDataset(path, image_size=(0, 4))
