@@ -1,0 +1,32 @@
+"""The end-to-end example (the README's demo runs it): record, ingest, mix, train, deploy, record."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import kinodb
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "end_to_end.py"
+
+
+@pytest.mark.integration
+def test_end_to_end_example_runs_and_leaves_its_files(tmp_path: Path) -> None:
+    out = tmp_path / "e2e"
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLE), str(out), "--episodes", "8", "--epochs", "3"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for step in range(1, 9):
+        assert f"== {step}." in proc.stdout
+    names = {p.name for p in out.iterdir()}
+    assert names >= {"reach_robomimic.hdf5", "reach_lerobot", "reach_robomimic.kdb", "reach_lerobot.kdb",
+                     "reach.kinfer", "rollouts.kdb", "telemetry.ndjson", "from_log.kdb"}  # fmt: skip
+    with kinodb.open(out / "rollouts.kdb") as db:
+        assert len(db) == 1 and db.read_array(0, "actions").shape[1] == 7
+    with kinodb.open(out / "reach_robomimic.kdb") as a, kinodb.open(out / "reach_lerobot.kdb") as b:
+        assert len(a) == len(b) == 8
