@@ -9,6 +9,7 @@ import traceback
 from collections.abc import Sequence
 
 from kinodb._cli import (
+    bench,
     create_test,
     export,
     info,
@@ -17,6 +18,7 @@ from kinodb._cli import (
     mix,
     query,
     schema,
+    stats,
     upgrade,
     validate,
     verify,
@@ -24,7 +26,7 @@ from kinodb._cli import (
 from kinodb._version import __version__
 from kinodb.errors import KinodbError
 
-COMMANDS = (create_test, info, schema, validate, query, ingest, verify, export, merge, mix, upgrade)
+COMMANDS = (create_test, info, schema, validate, query, ingest, verify, export, merge, mix, upgrade, stats, bench)
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 

@@ -6,13 +6,20 @@ import contextlib
 import copy
 import mmap
 import os
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from kinodb.errors import CorruptFileError, EpisodeNotFoundError, FrameRangeError
+from kinodb.errors import (
+    CorruptFileError,
+    EpisodeNotFoundError,
+    FormatError,
+    FrameRangeError,
+    UnsupportedVersionError,
+)
 from kinodb.kdb import _codecs
 from kinodb.kdb._layout import (
     DATA_START,
@@ -121,6 +128,48 @@ class Database:
     def dataset_info(self) -> dict[str, Any]:
         """The whole dataset-level JSON block (format, writer, creation time, source, ...)."""
         return copy.deepcopy(self._block.dataset)
+
+    def stats(self, *, allow_stale: bool = False) -> dict[str, Any]:
+        """The normalisation statistics ``kino stats`` stored, as float64 NumPy arrays.
+
+        Returns the stored block (``version``, ``computed``, ``num_frames``, ``arrays``,
+        ``skipped``) with each array's ``mean``, ``std``, ``min``, ``max``, ``q01`` and
+        ``q99`` turned into flat float64 arrays (NaN where a feature had no finite value).
+
+        Example:
+            >>> mean = db.stats()["arrays"]["actions"]["mean"]
+
+        Raises:
+            UnsupportedVersionError: the file is a legacy format 0.x file.
+            FormatError: no statistics are stored, or episodes were appended after they
+                were computed (pass ``allow_stale=True`` to get them anyway, with a warning).
+        """
+        path = self._path
+        if self.version().startswith("0."):
+            raise UnsupportedVersionError(
+                f"{path} is a format {self.version()} file, which holds no statistics; convert it "
+                f"first: kino upgrade {path} NEW.kdb, then: kino stats NEW.kdb"
+            )
+        stored = self._block.dataset.get("stats")
+        if not isinstance(stored, dict) or not isinstance(stored.get("arrays"), dict):
+            raise FormatError(f"no statistics stored in {path}; run: kino stats {path}")
+        out = copy.deepcopy(stored)
+        counted = (out.get("num_frames"), out.get("num_episodes", self._n))
+        stale = bool(out.get("stale")) or counted != (self.num_frames(), self._n)
+        if stale:
+            msg = (
+                f"the statistics stored in {path} are stale: episodes were added after they were "
+                f"computed ({out.get('num_frames')} frames then, {self.num_frames()} now); run: kino stats {path}"
+            )
+            if not allow_stale:
+                raise FormatError(msg)
+            warnings.warn(msg, stacklevel=2)
+            out["stale"] = True
+        for entry in out["arrays"].values():
+            for key in ("mean", "std", "min", "max", "q01", "q99"):
+                if key in entry:
+                    entry[key] = np.array([np.nan if v is None else v for v in entry[key]], np.float64)
+        return out
 
     def summary(self) -> str:
         """A short human-readable description."""

@@ -177,6 +177,8 @@ class Writer:
             self._fh.write(bytes(DATA_START))
             self._pos = DATA_START
         self._finalizer = weakref.finalize(self, _cleanup, self._tmp, self._fh)
+        # Stored statistics describe the episodes present when they were set (see `stats`).
+        self._stats_episodes = len(self._table)
         if source_format is not None:
             self._dataset["source_format"] = str(source_format)
         self._dataset["metadata"].update(metadata)
@@ -220,6 +222,30 @@ class Writer:
     def schema(self) -> dict[str, Any]:
         """The dataset schema stored at commit; dims and cameras fill in as episodes arrive."""
         return self._dataset["schema"]  # type: ignore[no-any-return]
+
+    @property
+    def stats(self) -> dict[str, Any] | None:
+        """Normalisation statistics stored with the dataset (``kinodb.stats``), or None.
+
+        Statistics describe the episodes present when they were set: if episodes are added
+        afterwards (for example by an append), `close` marks them ``"stale": true`` and
+        `Database.stats` refuses them until ``kino stats`` computes them again.
+        """
+        value = self._dataset.get("stats")
+        return value if isinstance(value, dict) else None
+
+    @stats.setter
+    def stats(self, value: Mapping[str, Any] | None) -> None:
+        if value is None:
+            self._dataset.pop("stats", None)
+            return
+        self._dataset["stats"] = _json_mapping(value, "stats")
+        self._stats_episodes = len(self._table)
+
+    def _mark_stale_stats(self) -> None:
+        stats = self._dataset.get("stats")
+        if isinstance(stats, dict) and len(self._table) != self._stats_episodes:
+            stats["stale"] = True
 
     def _declare(self, part: str, spec: Mapping[str, Any]) -> None:
         if part not in ("actions", "states"):
@@ -573,6 +599,7 @@ class Writer:
             raise WriterError(f"{self._path}: no episodes were added; nothing was written")
         if self._tmp is None:
             self._dataset["modified"] = _now()
+        self._mark_stale_stats()
         index = self._table.encode(self._dataset)
         index_offset = align(self._pos)
         self._fh.write(bytes(index_offset - self._pos))

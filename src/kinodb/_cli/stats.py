@@ -1,0 +1,100 @@
+"""``kino stats``: compute normalisation statistics and store them in the file."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+from kinodb.errors import UnsupportedVersionError
+from kinodb.kdb.reader import open_database
+from kinodb.stats import QUANTILES, compute_stats, stats_to_json, write_stats
+
+_COLUMNS = ("mean", "std", "min", *QUANTILES, "max")
+
+
+def register(sub: Any) -> None:
+    """Add the subcommand to ``sub``."""
+    p = sub.add_parser(
+        "stats",
+        help="compute per-feature mean, std, min, max, q01, q99 and store them in the file",
+        description=(
+            "Stream every floating-point array (states, actions, rewards, extra arrays) and "
+            "store per-feature statistics in the file's dataset metadata (an append-safe "
+            "update: only the index is rewritten). Percentiles are exact."
+        ),
+    )
+    p.add_argument("path")
+    p.add_argument("--arrays", help="comma-separated array names (default: every float array but timestamps)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    p.add_argument("--dry-run", action="store_true", help="compute and print, but do not store")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Compute, print and (unless --dry-run) store; exit 1 when no array could be summarised."""
+    wanted = None
+    if args.arrays is not None:
+        wanted = [a.strip() for a in args.arrays.split(",") if a.strip()]
+        if not wanted:
+            raise ValueError("--arrays needs at least one array name")
+    with open_database(args.path) as db:
+        if not args.dry_run and db.version() != "1.0":
+            raise UnsupportedVersionError(
+                f"{args.path} is a format {db.version()} file and cannot store statistics; convert it "
+                f"first: kino upgrade {args.path} NEW.kdb (or use --dry-run to only print them)"
+            )
+        stats = compute_stats(db, arrays=wanted)
+        schema = db.schema()
+    ok = bool(stats["arrays"])
+    stored = ok and not args.dry_run
+    if stored:
+        write_stats(args.path, stats)
+    if args.json:
+        print(json.dumps({"path": args.path, "stored": stored, "stats": stats_to_json(stats)}, indent=2))
+    else:
+        _print_tables(stats, schema)
+        if stored:
+            print(f"\nstored in {args.path} (read with db.stats())")
+        elif ok:
+            print("\nnot stored (--dry-run)")
+    if not ok:
+        print(f"error: no array of {args.path} could be summarised", file=sys.stderr)
+        return 1
+    return 0
+
+
+def feature_names(name: str, size: int, schema: Mapping[str, Any]) -> list[str]:
+    """Labels for the ``size`` features of array ``name``: schema names, components, or indices."""
+    entry = schema.get(name, {}) if name in ("actions", "states") else {}
+    names = entry.get("names")
+    if isinstance(names, list) and len(names) == size:
+        return [str(n) for n in names]
+    labels = [f"[{k}]" for k in range(size)]
+    for comp, (start, stop) in sorted(entry.get("components", {}).items(), key=lambda kv: kv[1][0]):
+        for k in range(start, min(stop, size)):
+            labels[k] = f"{comp}[{k - start}]" if stop - start > 1 else comp
+    return labels
+
+
+def _print_tables(stats: Mapping[str, Any], schema: Mapping[str, Any]) -> None:
+    print(f"{stats['num_frames']} frames in {stats['num_episodes']} episodes")
+    for name, entry in stats["arrays"].items():
+        size = len(entry["mean"])
+        labels = feature_names(name, size, schema) if entry["shape"] else [name]
+        width = max(12, *(len(label) for label in labels)) + 2
+        nonfinite = f", {entry['nonfinite']} non-finite values left out" if entry["nonfinite"] else ""
+        print(f"\n{name}: {entry['dtype']} {tuple(entry['shape'])}, {entry['count']} frames{nonfinite}")
+        print(f"  {'FEATURE':<{width}}" + "".join(f"{c.upper():>12}" for c in _COLUMNS))
+        for k, label in enumerate(labels):
+            print(f"  {label:<{width}}" + "".join(_cell(entry[c][k]) for c in _COLUMNS))
+    for name, reason in stats["skipped"].items():
+        print(f"\nskipped {name}: {reason}")
+
+
+def _cell(value: Any) -> str:
+    v = float(value)
+    return f"{'-':>12}" if not math.isfinite(v) else f"{v:>12.5g}"

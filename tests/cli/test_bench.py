@@ -1,0 +1,105 @@
+"""`kino bench`: rows, JSON, the temporary directory, and running without h5py."""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kinodb._bench import BenchConfig, run_bench
+from kinodb._cli.main import main
+
+SMALL = ["-n", "4", "--frames", "12", "--repeats", "1"]
+LOWDIM_OPS = ["write", "open", "seq_read", "random_read", "meta_scan", "kql", "windows"]
+
+
+@pytest.fixture
+def temp_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Route temporary directories into ``tmp_path`` and record the ones made."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    made: list[str] = []
+    real = tempfile.TemporaryDirectory
+
+    def recording(*args: Any, **kwargs: Any) -> tempfile.TemporaryDirectory[str]:
+        tmp = real(*args, **kwargs)
+        made.append(tmp.name)
+        return tmp
+
+    monkeypatch.setattr(tempfile, "TemporaryDirectory", recording)
+    return made
+
+
+def test_json_has_every_row_and_equal_results(
+    temp_dirs: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("h5py", reason="the h5py comparison needs h5py")
+    assert main(["bench", *SMALL, "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert [row["op"] for row in doc["rows"]] == LOWDIM_OPS
+    for row in doc["rows"]:
+        assert row["kdb"] > 0 and row["h5py"] > 0, row
+        assert row["ratio"] == pytest.approx(row["h5py"] / row["kdb"])
+        assert row["what"]
+    assert doc["config"]["episodes"] == 4 and doc["config"]["frames"] == 12
+    assert doc["peer"]["missing"] is None and doc["peer"]["version"]
+    assert all(check["equal"] is True for check in doc["checks"].values()), doc["checks"]
+    assert doc["checks"]["meta_scan"]["kdb"] >= 0
+    assert doc["checks"]["windows"]["kdb"]["action"]["shape"] == [8 * 256, 16, 7]
+    assert doc["sizes"]["kdb"] > 0 and doc["sizes"]["h5py"] > 0
+    # it worked in a fresh temporary directory and removed it
+    assert len(temp_dirs) == 1 and Path(temp_dirs[0]).parent == tmp_path
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_table_output(temp_dirs: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("h5py", reason="the h5py comparison needs h5py")
+    assert main(["bench", *SMALL, "--images"]) == 0
+    out = capsys.readouterr().out
+    assert "kino bench: 4 episodes x 12 frames (48 frames)" in out
+    assert "OPERATION" in out and "H5PY/KDB" in out
+    for op in [*LOWDIM_OPS, "image_read"]:
+        line = next(line for line in out.splitlines() if line.startswith(f"{op} "))
+        assert " ms" in line and line.count("x ") >= 1, line
+    assert "same results from both formats:" in out and "image_read" in out.split("same results")[1]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_runs_without_h5py(
+    temp_dirs: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "h5py", None)  # makes `import h5py` raise ImportError
+    assert main(["bench", *SMALL, "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert "pip install 'kinodb[hdf5]'" in doc["peer"]["missing"]
+    assert [row["op"] for row in doc["rows"]] == LOWDIM_OPS
+    assert all(row["h5py"] is None and row["ratio"] is None and row["kdb"] > 0 for row in doc["rows"])
+    assert all(check["equal"] is None for check in doc["checks"].values())
+    assert doc["sizes"]["h5py"] is None
+    assert main(["bench", *SMALL]) == 0
+    out = capsys.readouterr().out
+    assert "peer: none" in out and "kinodb[hdf5]" in out and "H5PY" not in out
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_directory_is_removed_when_a_run_fails(
+    temp_dirs: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import kinodb._bench as bench
+
+    def broken(*args: Any) -> Any:
+        raise RuntimeError("boom")
+
+    monkeypatch.setitem(bench._READS, "kql", broken)
+    with pytest.raises(RuntimeError, match="boom"):
+        run_bench(BenchConfig(episodes=2, frames=5, repeats=1), peer=False)
+    assert len(temp_dirs) == 1 and list(tmp_path.iterdir()) == []
+
+
+def test_bad_sizes_are_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "-n", "0"]) == 2
+    assert "episodes must be at least 1" in capsys.readouterr().err
+    assert main(["bench", "--repeats", "0"]) == 2

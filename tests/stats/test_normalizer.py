@@ -1,0 +1,90 @@
+"""`Normalizer`: the affine maps built from stored statistics, and their inverses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import kinodb
+from kinodb.stats import STD_EPS, Normalizer, compute_stats, write_stats
+
+
+@pytest.fixture
+def stored(tmp_path: Path) -> tuple[dict[str, Any], np.ndarray]:
+    rng = np.random.default_rng(11)
+    path = tmp_path / "d.kdb"
+    acts = [
+        rng.normal([1.0, -3.0, 0.0, 5.0], [0.5, 2.0, 1.0, 1e-3], (T, 4)).astype(np.float32)
+        for T in (30, 17, 50)
+    ]
+    for a in acts:
+        a[:, 2] = 0.75  # a constant feature
+    with kinodb.Writer(path) as w:
+        for a in acts:
+            w.add_episode(actions=a, rewards=rng.random(len(a)).astype(np.float32))
+    write_stats(path, compute_stats(path))
+    with kinodb.open(path) as db:
+        return db.stats(), np.concatenate(acts)
+
+
+def test_mean_std_gives_zero_mean_and_unit_std(stored: tuple[dict[str, Any], np.ndarray]) -> None:
+    stats, x = stored
+    norm = Normalizer.from_stats(stats["arrays"]["actions"], "mean_std")
+    y = norm.apply(x)
+    assert y.dtype == np.float32 and y.shape == x.shape
+    live = [0, 1, 3]
+    np.testing.assert_allclose(y[:, live].mean(axis=0), 0, atol=1e-4)
+    np.testing.assert_allclose(y[:, live].std(axis=0), 1, rtol=1e-3)
+    np.testing.assert_array_equal(y[:, 2], 0)  # constant: (x - mean) / eps is exactly 0
+    assert norm.scale[2] == 1 / STD_EPS
+
+
+def test_min_max_maps_the_range_to_minus_one_one(stored: tuple[dict[str, Any], np.ndarray]) -> None:
+    stats, x = stored
+    norm = Normalizer.from_stats(stats["arrays"]["actions"], "min_max")
+    y = norm.apply(x)
+    live = [0, 1, 3]
+    np.testing.assert_allclose(y[:, live].min(axis=0), -1, atol=1e-5)
+    np.testing.assert_allclose(y[:, live].max(axis=0), 1, atol=1e-5)
+    np.testing.assert_array_equal(y[:, 2], 0)  # constant features map to 0
+    np.testing.assert_array_equal(norm.invert(y)[:, 2], 0.75)  # and back to their value
+
+
+@pytest.mark.parametrize("mode", ["mean_std", "min_max"])
+def test_invert_undoes_apply(stored: tuple[dict[str, Any], np.ndarray], mode: str) -> None:
+    stats, x = stored
+    norm = Normalizer.from_stats(stats["arrays"]["actions"], mode)
+    back = norm.invert(norm.apply(x))
+    assert back.dtype == np.float32
+    np.testing.assert_allclose(back, x, rtol=1e-5, atol=1e-5)
+
+
+def test_parameters_broadcast_over_leading_dimensions(stored: tuple[dict[str, Any], np.ndarray]) -> None:
+    stats, x = stored
+    norm = Normalizer.from_stats(stats["arrays"]["actions"], "mean_std")
+    batch = x[:96].reshape(8, 12, 4)
+    np.testing.assert_array_equal(norm.apply(batch), norm.apply(x[:96]).reshape(8, 12, 4))
+    np.testing.assert_array_equal(norm.apply(x[5]), norm.apply(x)[5])
+
+
+def test_a_scalar_array_uses_its_per_frame_shape(stored: tuple[dict[str, Any], np.ndarray]) -> None:
+    stats, _ = stored
+    entry = stats["arrays"]["rewards"]
+    norm = Normalizer.from_stats(entry, "min_max")
+    assert norm.center.shape == () and entry["shape"] == []
+    r = np.array([[entry["min"][0], entry["max"][0]]])
+    np.testing.assert_allclose(norm.apply(r), [[-1, 1]], atol=1e-6)
+
+
+def test_list_statistics_and_errors() -> None:
+    norm = Normalizer.from_stats({"mean": [1.0, 2.0], "std": [2.0, 0.0]}, "mean_std", eps=0.5)
+    np.testing.assert_array_equal(norm.apply([3.0, 2.5]), np.float32([1.0, 1.0]))
+    with pytest.raises(ValueError, match="mean_std"):
+        Normalizer.from_stats({"mean": [0.0], "std": [1.0]}, "zscore")
+    with pytest.raises(ValueError, match="lack"):
+        Normalizer.from_stats({"mean": [0.0], "std": [1.0]}, "min_max")
+    with pytest.raises(ValueError, match=r"features \[1\] had no finite value"):
+        Normalizer.from_stats({"min": [0.0, None], "max": [1.0, None]}, "min_max")
