@@ -37,7 +37,9 @@ def _write(path: Path, lengths: list[int], *, action_dim: int = 2, state_dim: in
                 "task": f"task {k}", "embodiment": "arm", "fps": 10.0, "success": (True, False, None)[k % 3],
             }  # fmt: skip
             if cameras:
-                ep["images"] = {c: rng.integers(0, 256, (T, *hwc), dtype=np.uint8) for c, hwc in cameras.items()}
+                ep["images"] = {
+                    c: rng.integers(0, 256, (T, *hwc), dtype=np.uint8) for c, hwc in cameras.items()
+                }
             w.add_episode(**ep)
             eps.append(ep)
     return eps
@@ -70,7 +72,9 @@ def test_frame_items_and_batches_agree(lowdim) -> None:
 def test_dataloader_two_workers_sees_every_window_once(lowdim) -> None:
     path, _ = lowdim
     ds = KinoFrameDataset(path, obs_horizon=2, action_horizon=3)
-    loader = DataLoader(ds, batch_size=7, shuffle=True, num_workers=2, generator=torch.Generator().manual_seed(0))
+    loader = DataLoader(
+        ds, batch_size=7, shuffle=True, num_workers=2, generator=torch.Generator().manual_seed(0)
+    )
     seen = [k for batch in loader for k in _key(batch)]
     assert len(seen) == len(ds) == 40 and len(set(seen)) == 40
 
@@ -93,7 +97,9 @@ def test_map_dataset_items(tmp_path: Path) -> None:
     ep = ds[1]
     assert set(ep) >= {"action", "state", "reward", "image", "task", "embodiment", "success", "episode_id"}
     assert ep["image"].shape == (6, 3, 12, 16) and ep["image"].dtype == torch.float32
-    torch.testing.assert_close(ep["image"][2], torch.from_numpy(eps[1]["images"]["front"][2]).permute(2, 0, 1) / 255)
+    torch.testing.assert_close(
+        ep["image"][2], torch.from_numpy(eps[1]["images"]["front"][2]).permute(2, 0, 1) / 255
+    )
     assert ep["success"] == 0 and ds[0]["success"] == 1
     both = KinoMapDataset(path, image_key=["front", "wrist"], image_size=(6, 8), normalize=False)[0]
     assert both["images"]["wrist"].shape == (4, 3, 6, 8) and both["images"]["wrist"].dtype == torch.uint8
@@ -118,7 +124,9 @@ def test_iterable_split_over_workers_and_ranks_covers_the_epoch_once(lowdim) -> 
     path, _ = lowdim
     seen = []
     for rank in range(2):
-        ds = KinoIterDataset(path, obs_horizon=1, action_horizon=2, batch_size=4, seed=3, rank=rank, world_size=2)
+        ds = KinoIterDataset(
+            path, obs_horizon=1, action_horizon=2, batch_size=4, seed=3, rank=rank, world_size=2
+        )
         ds.set_epoch(1)
         seen += [k for batch in DataLoader(ds, batch_size=None, num_workers=2) for k in _key(batch)]
     assert len(seen) == 40 and len(set(seen)) == 40
@@ -177,3 +185,25 @@ def test_bad_arguments(lowdim) -> None:
         KinoFrameDataset(path, obs_horizon=0)
     with pytest.raises(ValueError, match="image_size"):
         KinoFrameDataset(path, image_size=(0, 4))
+
+
+def test_normalize_uses_the_stored_statistics(lowdim) -> None:
+    from kinodb.stats import compute_stats, write_stats
+
+    path, eps = lowdim
+    with pytest.raises(kinodb.FormatError, match="kino stats"):
+        KinoFrameDataset(path, normalize="mean_std")
+    write_stats(path, compute_stats(path))
+    states = np.concatenate([e["states"] for e in eps]).astype(np.float64)
+    actions = np.concatenate([e["actions"] for e in eps]).astype(np.float64)
+    ds = KinoFrameDataset(path, normalize="mean_std", action_horizon=2)
+    batch = next(iter(DataLoader(ds, batch_size=len(ds))))
+    z = batch["state"][:, 0].double().numpy()
+    np.testing.assert_allclose(z, (states - states.mean(0)) / states.std(0), rtol=1e-5, atol=1e-5)
+    mm = KinoMapDataset(path, normalize="min_max", image_key=False)
+    a = np.concatenate([mm[i]["action"].numpy() for i in range(len(mm))])
+    np.testing.assert_allclose(a.min(0), -1, atol=1e-6)
+    np.testing.assert_allclose(a.max(0), 1, atol=1e-6)
+    np.testing.assert_allclose(
+        a, 2 * (actions - actions.min(0)) / (actions.max(0) - actions.min(0)) - 1, atol=1e-5
+    )
