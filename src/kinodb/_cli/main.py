@@ -12,6 +12,7 @@ from kinodb._cli import (
     bench,
     create_test,
     export,
+    infer,
     info,
     ingest,
     merge,
@@ -26,7 +27,9 @@ from kinodb._cli import (
 from kinodb._version import __version__
 from kinodb.errors import KinodbError
 
-COMMANDS = (create_test, info, schema, validate, query, ingest, verify, export, merge, mix, upgrade, stats, bench)
+COMMANDS = (
+    create_test, info, schema, validate, query, ingest, verify, export, merge, mix, upgrade, stats, infer, bench,
+)  # fmt: skip
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 

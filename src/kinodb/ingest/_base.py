@@ -90,6 +90,7 @@ _BUILTIN = {
     "hdf5": "kinodb.ingest.hdf5:HDF5Source",
     "rlds": "kinodb.ingest.rlds:RLDSSource",
     "lerobot": "kinodb.ingest.lerobot:LeRobotSource",
+    "kinfer-ndjson": "kinodb.ingest.kinfer_ndjson:KinferNdjsonSource",
 }
 
 

@@ -1,0 +1,303 @@
+"""``kino infer``: inspect, replay, benchmark and plot kinfer policies and their logs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from typing import Any
+
+import numpy as np
+
+
+def register(sub: Any) -> None:
+    """Add the subcommand to ``sub``."""
+    p = sub.add_parser(
+        "infer",
+        help="inspect, replay, benchmark and plot kinfer (.kinfer) policies",
+        description="Tools for kinfer policy packages (.kinfer, any kinfer generation, or a plain .onnx "
+        "step function) and their NDJSON step logs. Needs: pip install 'kinodb[infer]'.",
+    )
+    inner = p.add_subparsers(dest="infer_command", metavar="ACTION")
+    inner.required = True
+
+    q = inner.add_parser("inspect", help="signature, member sizes and ONNX opsets of a package")
+    q.add_argument("package", help=".kinfer or .onnx file")
+    q.add_argument("--json", action="store_true", help="print JSON instead of text")
+    q.set_defaults(run=run_inspect)
+
+    r = inner.add_parser(
+        "replay",
+        help="per-joint error of the policy's actions against the recorded ones (open loop)",
+        description="Step the policy through recorded episodes (carry reset per episode) and compare its "
+        "actions with the recorded actions. Inputs are found as extra arrays or states components named "
+        "after them (what recordings and ingested kinfer logs hold); map others with --state-map.",
+    )
+    r.add_argument("package", help=".kinfer or .onnx file")
+    r.add_argument("data", help=".kdb file")
+    r.add_argument("--episodes", metavar="SPEC", help="episodes by index, e.g. 0-9,29 (default: all)")
+    r.add_argument("--state-map", nargs="+", action="extend", default=[], metavar="INPUT=SOURCE",
+                   help="where an input comes from: ARRAY, ARRAY[START:STOP], states.COMPONENT, or 0 "
+                        "for zeros; e.g. joint_angles=states[0:20] command=0")  # fmt: skip
+    r.add_argument("--json", action="store_true", help="print JSON instead of text")
+    r.set_defaults(run=run_replay)
+
+    b = inner.add_parser("bench", help="step latency back to back and inside a fixed-rate loop")
+    b.add_argument("package", help=".kinfer or .onnx file")
+    b.add_argument(
+        "--steps", type=_positive_int, default=5000, help="back-to-back timed steps (default 5000)"
+    )
+    b.add_argument("--rate", type=float, default=50.0, help="loop rate in Hz (default 50)")
+    b.add_argument("--seconds", type=float, default=3.0, help="loop duration (default 3)")
+    b.add_argument("--json", action="store_true", help="print JSON instead of text")
+    b.set_defaults(run=run_bench)
+
+    g = inner.add_parser("plot", help="plot an NDJSON step log to a PNG")
+    g.add_argument("log", help="NDJSON log written by kinfer or kinodb")
+    g.add_argument("-o", "--output", required=True, help="PNG file to write")
+    g.add_argument(
+        "--run", dest="run_index", type=int, default=-1, help="which run of the file (default: the last)"
+    )
+    g.add_argument("--skip", type=float, default=0.0, metavar="S", help="leave out the first S seconds")
+    g.add_argument("--package", help="the policy, to label joints and commands")
+    g.set_defaults(run=run_plot)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def run(args: argparse.Namespace) -> int:
+    """Dispatch to the chosen action."""
+    return int(args.run(args))
+
+
+# -- inspect ------------------------------------------------------------------------------
+
+
+def run_inspect(args: argparse.Namespace) -> int:
+    """Print the signature, the members and each graph's opset."""
+    from kinodb.infer import load_model
+    from kinodb.infer._package import INIT_MEMBER, STEP_MEMBER
+
+    model = load_model(args.package)
+    pkg, sig = model.package, model.signature
+    graphs = {STEP_MEMBER: _graph_facts(pkg.step_fn)}
+    if pkg.init_fn is not None:
+        graphs[INIT_MEMBER] = _graph_facts(pkg.init_fn)
+    out: dict[str, Any] = {
+        "path": pkg.path, "bytes": os.path.getsize(pkg.path), "generation": sig.generation,
+        "joint_names": list(sig.joint_names), "command_names": list(sig.command_names),
+        "carry_shape": list(sig.carry_shape),
+        "inputs": [{"name": i.name, "shape": list(i.shape)} for i in sig.inputs],
+        "outputs": [{"name": o.name, "shape": o.shape} for o in model._sess.get_outputs()],
+        "members": pkg.members, "graphs": graphs, "warnings": list(pkg.warnings),
+        "metadata": pkg.metadata,
+    }  # fmt: skip
+    if args.json:
+        print(json.dumps(out, indent=2, default=str))
+        return 0
+    print(f"{pkg.path}: kinfer {sig.generation} package, {out['bytes']:,} bytes")
+    print(f"joints ({sig.num_joints}): {', '.join(sig.joint_names)}")
+    print(f"commands ({sig.num_commands}): {', '.join(sig.command_names) or '-'}")
+    print(f"carry: {list(sig.carry_shape)}")
+    print("inputs:")
+    for i in sig.inputs:
+        print(f"  {i.name:<26} {list(i.shape)}")
+    print("outputs: " + ", ".join(f"{o['name']} {o['shape']}" for o in out["outputs"]))
+    print("members:")
+    for name, size in pkg.members.items():
+        facts = graphs.get(name)
+        extra = "" if not facts else "  " + ", ".join(f"{k} {v}" for k, v in facts.items() if v is not None)
+        print(f"  {name:<18} {size:>12,} bytes{extra}")
+    for w in pkg.warnings:
+        print(f"warning: {w}")
+    return 0
+
+
+def _graph_facts(data: bytes) -> dict[str, Any]:
+    """Opset, IR version, producer, node and parameter counts (None without onnx)."""
+    try:
+        import onnx
+    except ImportError:
+        return {"opset": None}
+    proto = onnx.load_from_string(data)
+    opset = max((int(o.version) for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=None)
+    params = sum(int(np.prod(t.dims, dtype=np.int64)) for t in proto.graph.initializer)
+    return {"opset": opset, "ir": int(proto.ir_version), "producer": proto.producer_name or None,
+            "nodes": len(proto.graph.node), "parameters": params}  # fmt: skip
+
+
+# -- replay -------------------------------------------------------------------------------
+
+
+def run_replay(args: argparse.Namespace) -> int:
+    """Replay the episodes and print per-joint errors."""
+    from kinodb.infer import load_model, parse_state_map, replay
+    from kinodb.ingest import parse_episodes
+
+    state_map = parse_state_map(args.state_map)
+    episodes = parse_episodes(args.episodes) if args.episodes else None
+    model = load_model(args.package)
+    report = replay(model, args.data, episodes=episodes, state_map=state_map).to_dict()
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"{len(report['episodes'])} episodes, {report['frames']} frames: "
+          f"MAE {report['mae']:.6g}, RMSE {report['rmse']:.6g}")  # fmt: skip
+    print(f"{'JOINT':<28} {'MAE':>12} {'RMSE':>12} {'MAX':>12}")
+    for j in report["joints"]:
+        print(f"{j['joint']:<28} {j['mae']:>12.6g} {j['rmse']:>12.6g} {j['max_abs']:>12.6g}")
+    return 0
+
+
+# -- bench --------------------------------------------------------------------------------
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    """Time the step back to back, then inside a fixed-rate loop."""
+    from kinodb.infer import CallableProvider, Runner, load_model
+
+    if not args.rate > 0 or not args.seconds > 0:
+        raise ValueError("--rate and --seconds must be positive")
+    model = load_model(args.package)
+    sig = model.signature
+    rng = np.random.default_rng(0)
+    pool = [
+        {n: rng.normal(size=sig.shape(n)).astype(np.float32) for n in sig.observation_names}
+        for _ in range(256)
+    ]
+    for k in range(200):
+        model.step(pool[k % 256])
+    times = np.empty(args.steps)
+    perf = time.perf_counter
+    for k in range(args.steps):
+        obs = pool[k % 256]
+        t0 = perf()
+        model.step(obs)
+        times[k] = perf() - t0
+    tick = {"k": 0}
+
+    def pick(name: str) -> Any:
+        def get(*_: Any) -> Any:
+            return pool[tick["k"] % 256][name]
+
+        return get
+
+    def advance(names: Any, action: Any) -> None:
+        tick["k"] += 1
+
+    provider = CallableProvider(**{n: pick(n) for n in sig.observation_names}, take_action=advance)
+    stats = Runner(model, provider, rate_hz=args.rate, duration_s=args.seconds).run()
+    us = times * 1e6
+    out: dict[str, Any] = {
+        "package": model.path, "providers": list(model.providers),
+        "back_to_back_us": {"steps": args.steps, "p50": float(np.percentile(us, 50)),
+                            "p99": float(np.percentile(us, 99)), "max": float(us.max())},
+        "loop": {"rate_hz": args.rate, "steps": stats["steps"], "step_latency_us": stats["step_latency_us"],
+                 "tick_lateness_us": stats["tick_lateness_us"], "overruns": stats["overruns"],
+                 "skipped_ticks": stats["skipped_ticks"]},
+    }  # fmt: skip
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    b, lp = out["back_to_back_us"], out["loop"]
+    print(f"{model.path} ({', '.join(model.providers)})")
+    print(f"step, back to back ({args.steps} steps):      p50 {b['p50']:8.1f} us   p99 {b['p99']:8.1f} us")
+    s, late = lp["step_latency_us"], lp["tick_lateness_us"]
+    print(
+        f"step, in a {args.rate:g} Hz loop ({lp['steps']} steps): p50 {s['p50']:8.1f} us   p99 {s['p99']:8.1f} us"
+    )
+    print(f"tick lateness:                          p50 {late['p50']:8.1f} us   p99 {late['p99']:8.1f} us   "
+          f"overruns {lp['overruns']}, skipped {lp['skipped_ticks']}")  # fmt: skip
+    return 0
+
+
+# -- plot ---------------------------------------------------------------------------------
+
+PANELS = (
+    ("joint_angles", "joint angles"),
+    ("joint_angular_velocities", "joint velocities"),
+    ("projected_gravity", "projected gravity"),
+    ("accelerometer", "accelerometer"),
+    ("gyroscope", "gyroscope"),
+    ("command", "command"),
+    ("output", "output (action)"),
+)
+
+
+def run_plot(args: argparse.Namespace) -> int:
+    """Draw joints, commands, IMU, outputs and a step-latency histogram to a PNG."""
+    from kinodb._optional import require
+    from kinodb.infer import read_log
+
+    runs = read_log(args.log)
+    if not -len(runs) <= args.run_index < len(runs):
+        raise ValueError(f"--run {args.run_index}: {args.log} holds {len(runs)} runs (0..{len(runs) - 1})")
+    cols = runs[args.run_index]
+    labels = _labels(args.package)
+    matplotlib = require("matplotlib", extra="plot")
+    matplotlib.use("Agg")
+    plt = require("matplotlib.pyplot", extra="plot")
+    t = (
+        (cols["t_us"] - cols["t_us"][0]) / 1e6
+        if "t_us" in cols
+        else np.arange(len(cols["step_id"]), dtype=float)
+    )
+    keep = t >= args.skip
+    if not keep.any():
+        raise ValueError(f"--skip {args.skip}: the run lasts only {t[-1]:.3f} s")
+    fig, axes = plt.subplots(4, 2, figsize=(14, 14), constrained_layout=True)
+    for ax, (key, title) in zip(axes.flat, PANELS, strict=False):
+        ax.set_title(title)
+        ax.set_xlabel("time (s)")
+        if key not in cols:
+            ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes)
+            continue
+        values = cols[key].reshape(len(t), -1)[keep]
+        names = labels.get(key) or _default_names(key, values.shape[1])
+        for k in range(values.shape[1]):
+            ax.plot(t[keep], values[:, k], lw=0.8, label=names[k] if k < len(names) else str(k))
+        if values.shape[1] <= 12:
+            ax.legend(fontsize=6, ncol=2, loc="upper right")
+    ax = axes.flat[-1]
+    ax.set_title("step latency")
+    if "step_latency_us" in cols:
+        lat = cols["step_latency_us"][keep]
+        ax.hist(lat, bins=60)
+        p50, p99 = np.percentile(lat, [50, 99])
+        ax.axvline(p50, color="k", ls="--", lw=0.8, label=f"p50 {p50:.0f} us")
+        ax.axvline(p99, color="r", ls="--", lw=0.8, label=f"p99 {p99:.0f} us")
+        ax.set_xlabel("us")
+        ax.legend(fontsize=7)
+    else:
+        ax.text(0.5, 0.5, "not logged (a kinfer log)", ha="center", va="center", transform=ax.transAxes)
+    fig.suptitle(f"{os.path.basename(args.log)}: {int(keep.sum())} steps")
+    fig.savefig(args.output, dpi=120)
+    plt.close(fig)
+    print(f"wrote {args.output} ({int(keep.sum())} steps)")
+    return 0
+
+
+def _labels(package: str | None) -> dict[str, list[str]]:
+    if package is None:
+        return {}
+    from kinodb.infer import read_package
+
+    pkg = read_package(package)
+    joints = list(pkg.joint_names)
+    return {"joint_angles": joints, "joint_angular_velocities": joints, "output": joints,
+            "command": list(pkg.command_names)}  # fmt: skip
+
+
+def _default_names(key: str, n: int) -> list[str]:
+    if key in ("projected_gravity", "accelerometer", "gyroscope") and n == 3:
+        return ["x", "y", "z"]
+    return [str(k) for k in range(n)]

@@ -1,0 +1,249 @@
+"""Export a PyTorch step function to a ``.kinfer`` package, checked against ONNX Runtime."""
+
+from __future__ import annotations
+
+import inspect
+import io
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from kinodb._optional import require
+from kinodb.infer._errors import InferError
+from kinodb.infer._package import (
+    KNOWN_INPUTS,
+    Package,
+    expected_shape,
+    pack,
+    package_metadata,
+    write_atomic,
+)
+from kinodb.infer.model import Model, Signature
+
+OPSET = 17
+MAX_IR_VERSION = 10  # ONNX Runtime releases accept up to 10 at least; the legacy exporter writes 8
+PARITY_ATOL = 1e-5
+
+
+@dataclass(frozen=True, slots=True)
+class ExportReport:
+    """What `export_torch` wrote.
+
+    Attributes:
+        path: the package.
+        signature: the signature as `load_model` reads it back.
+        max_abs_diff: the largest |ONNX Runtime - PyTorch| over the parity checks.
+        opset: the ONNX opset of the step function.
+        ir_version: its ONNX IR version.
+        bytes: the package size.
+    """
+
+    path: str
+    signature: Signature
+    max_abs_diff: float
+    opset: int
+    ir_version: int
+    bytes: int
+
+
+def export_torch(
+    step_module: Any,
+    path: str | os.PathLike[str],
+    *,
+    joint_names: Sequence[str],
+    command_names: Sequence[str] = (),
+    carry_shape: Sequence[int],
+    init_module: Any = None,
+    checks: int = 8,
+    seed: int = 0,
+) -> ExportReport:
+    """Export a PyTorch step function to a kinfer 0.6 ``.kinfer`` package.
+
+    ``step_module`` is an ``nn.Module`` (or a function) whose ``forward`` arguments are
+    named after the step inputs (``joint_angles``, ``command``, ``carry``, ...) and which
+    returns ``(action, next_carry)``. ``init_module`` takes no arguments and returns the
+    initial carry; without it the carry starts at zero. The graphs use opset 17 and IR
+    version <= 10. Before anything is written, ONNX Runtime and PyTorch are run on
+    ``checks`` random inputs (and a rollout of the same length with the carry fed back);
+    they must agree to 1e-5.
+
+    Example:
+        >>> kinodb.infer.export_torch(policy, "walk.kinfer", joint_names=names,
+        ...                           command_names=("vx", "vy", "wz"), carry_shape=(128,))
+
+    Raises:
+        InferError: an argument is not a known input, an output has the wrong shape, or
+            ONNX Runtime disagrees with PyTorch (nothing is written then).
+        MissingExtraError: torch or onnx is not installed.
+    """
+    torch = require("torch", extra="torch")
+    onnx = require("onnx", extra="infer")
+    joints, commands = tuple(str(n) for n in joint_names), tuple(str(n) for n in command_names)
+    carry = tuple(int(d) for d in carry_shape)
+    module = _as_module(torch, step_module)
+    names = _argument_names(step_module)
+    shapes = _input_shapes(names, joints, commands, carry)
+    gen = torch.Generator().manual_seed(seed)
+    example = tuple(torch.randn(shapes[n], generator=gen) for n in names)
+    step_bytes = _export(torch, onnx, module, example, names, ["action", "next_carry"])
+    if init_module is None:
+        init_bytes = _zeros_init(onnx, carry)
+    else:
+        init_bytes = _export(torch, onnx, _as_module(torch, init_module), (), [], ["carry"])
+    meta = package_metadata(joints, commands, carry)
+    where = os.fspath(path)
+    package = Package(
+        path=where, generation="0.6", joint_names=joints, command_names=commands, carry_size=carry,
+        metadata=meta, init_fn=init_bytes, step_fn=step_bytes,
+    )  # fmt: skip
+    model = Model(package)  # the contract checks of load_model
+    diff = _parity(torch, module, init_module, model, names, shapes, checks, gen)
+    data = pack(init_bytes, step_bytes, meta)
+    write_atomic(where, data)
+    proto = onnx.load_from_string(step_bytes)
+    return ExportReport(where, model.signature, diff, _opset(proto), int(proto.ir_version), len(data))
+
+
+def _as_module(torch: Any, fn: Any) -> Any:
+    if isinstance(fn, torch.nn.Module):
+        return fn.eval()
+    if not callable(fn):
+        raise InferError(f"expected a torch.nn.Module or a function, got {type(fn).__name__}")
+
+    class _Wrapped(torch.nn.Module):  # type: ignore[misc,name-defined]
+        def forward(self, *args: Any) -> Any:
+            return fn(*args)
+
+    return _Wrapped().eval()
+
+
+def _argument_names(fn: Any) -> list[str]:
+    target = fn.forward if hasattr(fn, "forward") else fn
+    try:
+        params = list(inspect.signature(target).parameters.values())
+    except (TypeError, ValueError) as exc:
+        raise InferError(f"cannot read the arguments of {fn!r}: {exc}") from None
+    names = []
+    for p in params:
+        if p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+            raise InferError(f"step argument {p.name!r} must be positional; name each input explicitly")
+        names.append(p.name)
+    unknown = [n for n in names if n not in KNOWN_INPUTS]
+    if unknown:
+        raise InferError(
+            f"step arguments {unknown} are not step inputs; name them after {', '.join(KNOWN_INPUTS)}"
+        )
+    if not names:
+        raise InferError("the step function takes no arguments; it needs at least one input")
+    return names
+
+
+def _input_shapes(
+    names: list[str], joints: tuple[str, ...], commands: tuple[str, ...], carry: tuple[int, ...]
+) -> dict[str, tuple[int, ...]]:
+    if not joints:
+        raise InferError("joint_names is empty; the action needs at least one joint")
+    if "command" in names and not commands:
+        raise InferError("the step function takes 'command' but command_names is empty")
+    out = {}
+    for n in names:
+        shape = expected_shape(n, len(joints), len(commands), carry)
+        assert shape is not None  # names are known inputs
+        out[n] = shape
+    return out
+
+
+def _export(
+    torch: Any, onnx: Any, module: Any, args: tuple[Any, ...], inputs: list[str], outputs: list[str]
+) -> bytes:
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter announces its deprecation
+        try:
+            torch.onnx.export(
+                module, args, buf, input_names=inputs, output_names=outputs, opset_version=OPSET,
+                dynamo=False, do_constant_folding=True,
+            )  # fmt: skip
+        except Exception as exc:
+            raise InferError(f"torch.onnx.export failed: {' '.join(str(exc).split())}") from exc
+    proto = onnx.load_from_string(buf.getvalue())
+    if len(proto.graph.output) != len(outputs):
+        raise InferError(
+            f"the exported function returns {len(proto.graph.output)} outputs; expected {len(outputs)} ({', '.join(outputs)})"
+        )
+    proto.ir_version = min(int(proto.ir_version), MAX_IR_VERSION)
+    onnx.checker.check_model(proto)
+    return bytes(proto.SerializeToString())
+
+
+def _zeros_init(onnx: Any, carry: tuple[int, ...]) -> bytes:
+    """An ``init_fn`` with no inputs that returns float32 zeros of the carry shape."""
+    h = onnx.helper
+    tensor = h.make_tensor(
+        "zeros", onnx.TensorProto.FLOAT, list(carry), np.zeros(carry, np.float32).reshape(-1).tolist()
+    )
+    node = h.make_node("Constant", [], ["carry"], value=tensor)
+    graph = h.make_graph(
+        [node], "init_fn", [], [h.make_tensor_value_info("carry", onnx.TensorProto.FLOAT, list(carry))]
+    )
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", OPSET)], producer_name="kinodb")
+    model.ir_version = MAX_IR_VERSION
+    onnx.checker.check_model(model)
+    return bytes(model.SerializeToString())
+
+
+def _parity(
+    torch: Any, module: Any, init_module: Any, model: Model, names: list[str],
+    shapes: dict[str, tuple[int, ...]], checks: int, gen: Any,
+) -> float:  # fmt: skip
+    """Largest |ORT - torch| over random single steps and a rollout with carry feedback."""
+    worst = 0.0
+    sess = model._sess  # the plain run path, independent of the bound buffers
+    with torch.no_grad():
+        torch_carry = (
+            torch.zeros(shapes.get("carry", model.signature.carry_shape))
+            if init_module is None
+            else _as_module(torch, init_module)()
+        )
+        init_diff = float(np.max(np.abs(model.carry - torch_carry.numpy()), initial=0.0))
+        if not init_diff <= PARITY_ATOL:
+            raise InferError(
+                f"ONNX Runtime and PyTorch disagree on the initial carry: max |diff| {init_diff:.3g} "
+                f"> {PARITY_ATOL}; nothing was written"
+            )
+        worst = init_diff
+        for k in range(max(1, checks)):
+            feed = {n: torch.randn(shapes[n], generator=gen) for n in names}
+            want = module(*(feed[n] for n in names))
+            got = sess.run(None, {n: v.numpy() for n, v in feed.items()})
+            for i, what in enumerate(("action", "next carry")):
+                diff = float(np.max(np.abs(got[i] - want[i].numpy()), initial=0.0))
+                if not diff <= PARITY_ATOL:
+                    raise InferError(
+                        f"ONNX Runtime and PyTorch disagree on the {what} of random input {k}: "
+                        f"max |diff| {diff:.3g} > {PARITY_ATOL}; nothing was written"
+                    )
+                worst = max(worst, diff)
+        model.reset()
+        for t in range(max(1, checks)):
+            obs = {n: torch.randn(shapes[n], generator=gen) for n in names if n != "carry"}
+            args = [torch_carry if n == "carry" else obs[n] for n in names]
+            want_action, torch_carry = module(*args)
+            got_action = model.step({n: v.numpy() for n, v in obs.items()})
+            diff = float(np.max(np.abs(got_action - want_action.numpy()), initial=0.0))
+            if not diff <= PARITY_ATOL:
+                raise InferError(
+                    f"ONNX Runtime and PyTorch disagree on the action at rollout step {t}: "
+                    f"max |diff| {diff:.3g} > {PARITY_ATOL}; nothing was written"
+                )
+            worst = max(worst, diff)
+        model.reset()
+    return worst
+
+
+def _opset(proto: Any) -> int:
+    return max((int(o.version) for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=0)

@@ -1,0 +1,353 @@
+"""NDJSON step telemetry in kinfer's format: a bounded, drop-on-full logger, and a reader.
+
+One JSON object per step, with kinfer's keys so kinfer's tools read it: ``step_id``,
+``t_us`` (wall clock after inference), ``joint_angles``, ``joint_vels``,
+``projected_g``, ``accel``, ``gyro``, ``command`` (null when the model has no such
+input) and ``output``; then inputs kinfer does not log, by their input names
+(``quaternion``, ``initial_heading``, ``time``), and ``step_latency_us``.
+
+Where the serialisation runs was measured (``benchmarks/infer.py``, docs/infer.md):
+``json.dumps`` of a 20-joint record costs tens of microseconds, so on the control
+thread it would double a fast policy's tick. The control thread therefore only copies
+the inputs and the action into a preallocated ring row (about 1-2 us) and a writer
+thread formats and writes rows in batches, only between a tick's end and shortly before
+the next deadline (`NdjsonLogger.quiet_at`), so it never holds the GIL when a tick
+starts. When the ring is full, the step's line is dropped and counted: the control loop
+never waits for the disk.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import math
+import os
+import threading
+from collections.abc import Sequence
+from time import perf_counter
+from typing import Any, BinaryIO
+
+import numpy as np
+import numpy.typing as npt
+
+from kinodb.infer._errors import InferError
+
+log = logging.getLogger(__name__)
+
+# input name -> kinfer's log key, in kinfer's field order
+KINFER_KEYS = {
+    "joint_angles": "joint_angles",
+    "joint_angular_velocities": "joint_vels",
+    "projected_gravity": "projected_g",
+    "accelerometer": "accel",
+    "gyroscope": "gyro",
+    "command": "command",
+}
+EXTRA_INPUTS = ("quaternion", "initial_heading", "time")  # logged by input name
+INPUT_OF_KEY = {v: k for k, v in KINFER_KEYS.items()}
+DEFAULT_CAPACITY = 1024  # kinfer's channel size
+DEFAULT_FLUSH_EVERY = 100
+QUIET_POLL_S = 2e-4
+
+
+def resolve_log_path(log_path: str | os.PathLike[str] | None) -> str | None:
+    """The NDJSON file to write, or None when logging is off.
+
+    ``log_path`` ending in ``.ndjson`` is the file; any other ``log_path`` is a
+    directory. Without ``log_path``, ``$KINFER_LOG_PATH`` names the directory (unset:
+    no log). In a directory the file is ``$KINFER_LOG_UUID.ndjson``, else the UTC time
+    ``YYYY-MM-DD_HH-MM-SS.ndjson``, as kinfer names it. Directories are created.
+    """
+    if log_path is None:
+        directory = os.environ.get("KINFER_LOG_PATH")
+        if not directory:
+            return None
+    else:
+        path = os.fspath(log_path)
+        if path.endswith(".ndjson"):
+            parent = os.path.dirname(os.path.abspath(path))
+            os.makedirs(parent, exist_ok=True)
+            return path
+        directory = path
+    os.makedirs(directory, exist_ok=True)
+    name = os.environ.get("KINFER_LOG_UUID") or _dt.datetime.now(_dt.timezone.utc).strftime(
+        "%Y-%m-%d_%H-%M-%S"
+    )
+    return os.path.join(directory, f"{name}.ndjson")
+
+
+class NdjsonLogger:
+    """Write one NDJSON line per step from a writer thread; drop lines rather than block.
+
+    Args:
+        path: the file, opened in append mode (as kinfer does).
+        inputs: ``(input name, size)`` of the logged inputs, in the order `record` gets them.
+        num_joints: length of the action.
+        capacity: lines that may wait for the writer; past it, lines are dropped.
+        flush_every: lines per write and flush.
+        serialize: ``"worker"`` (default) formats on the writer thread; ``"inline"``
+            formats in `record` on the caller's thread (kept for measurement).
+        poll_s: how often the idle writer looks for new lines.
+        thread_priority: run the writer thread under ``SCHED_FIFO`` at this priority
+            (Linux). A real-time control loop needs it: the writer holds the GIL while it
+            formats, and if other processes preempt it then, the control thread waits.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        inputs: Sequence[tuple[str, int]],
+        num_joints: int,
+        *,
+        capacity: int = DEFAULT_CAPACITY,
+        flush_every: int = DEFAULT_FLUSH_EVERY,
+        serialize: str = "worker",
+        poll_s: float = 0.005,
+        thread_priority: int | None = None,
+    ) -> None:
+        if serialize not in ("worker", "inline"):
+            raise ValueError(f"serialize must be 'worker' or 'inline', got {serialize!r}")
+        if capacity < 1 or flush_every < 1:
+            raise ValueError("capacity and flush_every must be at least 1")
+        self.path = os.fspath(path)
+        self.serialize = serialize
+        self._cap, self._flush_every, self._poll = int(capacity), int(flush_every), float(poll_s)
+        spans: dict[str, tuple[int, int]] = {}
+        pos = 0
+        for name, size in inputs:
+            spans[name] = (pos, pos + int(size))
+            pos += int(size)
+        # kinfer's keys in kinfer's order (null when the model lacks the input), then the others
+        order = [*KINFER_KEYS, *(n for n, _ in inputs if n not in KINFER_KEYS)]
+        self._fields: tuple[tuple[str, int, int] | tuple[str, None, None], ...] = tuple(
+            (KINFER_KEYS.get(n, n), *spans[n]) if n in spans else (KINFER_KEYS[n], None, None) for n in order
+        )
+        self._out = (pos, pos + int(num_joints))
+        self._ring = np.zeros((self._cap, pos + int(num_joints)), np.float32)
+        self._ids = np.zeros((self._cap, 2), np.int64)
+        self._lat = np.zeros(self._cap, np.float64)
+        self._lines: list[bytes] = [b""] * self._cap
+        self._head = 0  # lines handed over (control thread only writes it)
+        self._tail = 0  # lines taken by the writer (writer thread only writes it)
+        self.dropped = 0
+        self.written = 0
+        self._closing = False
+        # perf_counter time from which the writer leaves the GIL alone until it is moved on:
+        # a control loop sets it to just before its next tick, so formatting never delays a tick.
+        self.quiet_at = math.inf
+        self._wake = threading.Event()  # set by close: the idle writer need not finish its poll sleep
+        self._fh: BinaryIO = open(self.path, "ab")  # noqa: SIM115 - closed by the writer thread
+        self._error: BaseException | None = None
+        self._priority = thread_priority
+        self._thread = threading.Thread(target=self._writer, name="kinodb-ndjson-writer", daemon=True)
+        self._thread.start()
+
+    @property
+    def lines(self) -> int:
+        """Lines accepted so far (written or waiting)."""
+        return self._head
+
+    def record(
+        self, step_id: int, t_us: int, latency_us: float, sources: Sequence[npt.NDArray[np.float32]]
+    ) -> bool:
+        """Queue one step's line: ``sources`` are the logged inputs then the action (1-D each).
+
+        Returns False when the queue was full and the line was dropped.
+        """
+        head = self._head
+        if head - self._tail >= self._cap:
+            self.dropped += 1
+            return False
+        k = head % self._cap
+        if self.serialize == "inline":
+            row = np.concatenate(sources)
+            self._lines[k] = self._format(row.tolist(), step_id, t_us, latency_us)
+        else:
+            np.concatenate(sources, out=self._ring[k])
+            self._ids[k, 0] = step_id
+            self._ids[k, 1] = t_us
+            self._lat[k] = latency_us
+        self._head = head + 1
+        return True
+
+    def _format(self, vals: list[float], step_id: int, t_us: int, latency_us: float) -> bytes:
+        rec: dict[str, Any] = {"step_id": step_id, "t_us": t_us}
+        for key, a, b in self._fields:
+            rec[key] = None if a is None else vals[a:b]
+        rec["output"] = vals[self._out[0] : self._out[1]]
+        rec["step_latency_us"] = round(latency_us, 2)
+        return json.dumps(rec, separators=(",", ":")).encode() + b"\n"
+
+    def _take(self, i: int) -> bytes:
+        k = i % self._cap
+        if self.serialize == "inline":
+            line = self._lines[k]
+            self._lines[k] = b""
+            return line
+        sid, tus = self._ids[k].tolist()
+        return self._format(self._ring[k].tolist(), sid, tus, float(self._lat[k]))
+
+    def _writer(self) -> None:
+        batch: list[bytes] = []
+        if self._priority is not None:
+            try:
+                os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(self._priority))
+            except (AttributeError, OSError) as exc:
+                log.warning("%s: writer priority %d refused (%s)", self.path, self._priority, exc)
+        try:
+            while True:
+                head = self._head
+                if head == self._tail:
+                    if batch:
+                        self._write(batch)
+                    if self._closing and self._head == self._tail:
+                        break
+                    self._wake.wait(self._poll)
+                    continue
+                quiet = False
+                for i in range(self._tail, head):
+                    if perf_counter() >= self.quiet_at:
+                        quiet = True
+                        break
+                    batch.append(self._take(i))
+                    self._tail = i + 1
+                    if len(batch) >= self._flush_every:
+                        self._write(batch)
+                if quiet:
+                    self._wake.wait(QUIET_POLL_S)
+        except BaseException as exc:  # a full disk: keep the loop running, report at close
+            self._error = exc
+            log.error("%s: the telemetry writer stopped: %s", self.path, exc)
+        finally:
+            try:
+                self._fh.close()
+            except OSError as exc:
+                self._error = self._error or exc
+
+    def _write(self, batch: list[bytes]) -> None:
+        self._fh.write(b"".join(batch))
+        self._fh.flush()
+        self.written += len(batch)
+        batch.clear()
+
+    def close(self, timeout: float = 10.0) -> bool:
+        """Write what is queued, flush and close; False if the writer is still stuck after ``timeout``."""
+        self._closing = True
+        self.quiet_at = math.inf
+        self._wake.set()
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.warning("%s: the telemetry writer is blocked; %d lines not yet written", self.path,
+                        self._head - self.written)  # fmt: skip
+            return False
+        if self._error is not None:
+            log.warning("%s: telemetry lines were lost: %s", self.path, self._error)
+        return True
+
+    def __enter__(self) -> NdjsonLogger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# -- reading ------------------------------------------------------------------------------
+
+
+def read_log(path: str | os.PathLike[str]) -> list[dict[str, npt.NDArray[Any]]]:
+    """Read a kinfer NDJSON log into runs of columns.
+
+    A file may hold several runs (kinfer appends); a run starts where ``step_id``
+    goes back. Each run maps ``step_id`` and ``t_us`` (int64), ``output`` and every
+    logged input, by input name (``joint_vels`` becomes ``joint_angular_velocities``),
+    to arrays with one row per line; inputs that are null throughout are left out. A
+    torn last line (a killed writer) is dropped with a warning.
+
+    Raises:
+        InferError: a line is not JSON, lacks ``step_id``/``output``, or a field changes
+            length or becomes null mid-run; the message names the line.
+    """
+    p = os.fspath(path)
+    with open(p, "rb") as fh:
+        raw = fh.read()
+    lines = [ln for ln in raw.split(b"\n") if ln.strip()]
+    records = _parse_lines(p, lines, torn_tail=not raw.endswith(b"\n"))
+    if not records:
+        raise InferError(f"{p}: holds no log lines")
+    runs: list[list[tuple[int, dict[str, Any]]]] = [[]]
+    last = None
+    for lineno, rec in records:
+        if not isinstance(rec, dict):
+            raise InferError(f"{p}: line {lineno}: expected a JSON object")
+        sid = rec.get("step_id")
+        if not isinstance(sid, int) or "output" not in rec:
+            raise InferError(f"{p}: line {lineno}: a kinfer log line needs 'step_id' (int) and 'output'")
+        if last is not None and sid <= last:
+            runs.append([])
+        runs[-1].append((lineno, rec))
+        last = sid
+    return [_columns(p, run) for run in runs]
+
+
+def _parse_lines(path: str, lines: list[bytes], *, torn_tail: bool) -> list[tuple[int, dict[str, Any]]]:
+    try:
+        recs = json.loads(b"[" + b",".join(lines) + b"]")  # one call for the whole file
+        return list(enumerate(recs, 1))
+    except json.JSONDecodeError:
+        pass
+    out = []
+    for n, line in enumerate(lines, 1):
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as exc:
+            if n == len(lines) and torn_tail:
+                log.warning("%s: dropped the torn last line %d", path, n)
+                break
+            raise InferError(f"{path}: line {n}: not JSON ({exc.msg} at column {exc.colno})") from None
+        if not isinstance(rec, dict):
+            raise InferError(f"{path}: line {n}: expected a JSON object")
+        out.append((n, rec))
+    return out
+
+
+def _columns(path: str, run: list[tuple[int, dict[str, Any]]]) -> dict[str, npt.NDArray[Any]]:
+    first = run[0][1]
+    cols: dict[str, npt.NDArray[Any]] = {
+        "step_id": np.array([r["step_id"] for _, r in run], np.int64),
+    }
+    if "t_us" in first:
+        cols["t_us"] = np.array([r.get("t_us", 0) for _, r in run], np.int64)
+    for key, value in first.items():
+        if key in ("step_id", "t_us") or not _numeric(value):
+            continue  # text fields other loggers add (joint_order, ...)
+        name = INPUT_OF_KEY.get(key, key)
+        values = [r.get(key) for _, r in run]
+        if all(v is None for v in values):
+            continue
+        if value is None or any(v is None for v in values):
+            bad = next(n for n, r in run if r.get(key) is None)
+            raise InferError(
+                f"{path}: line {bad}: field {key!r} is null or missing, but not in every line of the run"
+            )
+        try:
+            arr = np.array(values, np.float64 if key == "step_latency_us" else np.float32)
+        except (ValueError, TypeError):
+            raise InferError(
+                f"{path}: lines {run[0][0]}-{run[-1][0]}: field {key!r} changes length or is not numeric"
+            ) from None
+        cols[name] = arr
+    return cols
+
+
+def _numeric(value: Any) -> bool:
+    """A number, a list of numbers, or null (an input the model lacks)."""
+    if value is None:
+        return True
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, (int, float)):
+        return True
+    return isinstance(value, list) and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
+    )

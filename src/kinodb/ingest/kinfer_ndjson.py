@@ -1,0 +1,156 @@
+"""Read kinfer NDJSON step logs (``KINFER_LOG_PATH``) as an ingest `Source`.
+
+What goes where:
+
+- A path is one ``.ndjson`` file or a folder of them (sorted by name). kinfer opens its
+  log in append mode, so a file may hold several runs: a run starts where ``step_id``
+  goes back, and each run is one episode (keys ``NAME.ndjson`` or ``NAME.ndjson#K``).
+- ``actions``: the ``output`` field.
+- ``states``: ``joint_angles`` then the joint velocities (kinfer's ``joint_vels``), as
+  the schema components ``joint_angles`` and ``joint_angular_velocities``; the layout
+  `kinodb.infer.Runner` records, so replay finds the inputs either way.
+- Extra arrays, by input name: ``projected_gravity`` (``projected_g``),
+  ``accelerometer`` (``accel``), ``gyroscope`` (``gyro``), ``command``, and
+  ``quaternion``, ``initial_heading``, ``time``, ``step_latency_us`` when logged; and
+  ``step_id`` (int64: gaps show dropped lines). Fields null throughout are left out.
+- ``timestamps``: ``t_us`` in seconds since the run's first line (kinfer's wall clock);
+  the first ``t_us`` is the extra field ``t0_us``.
+- ``fps``: the option, else the median step interval rounded to 0.1 Hz.
+
+The log names no joints, so the schema names states and actions by index.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, ClassVar
+
+import numpy as np
+
+from kinodb.errors import ConversionError
+from kinodb.ingest._base import SourceInfo, SourceOptions
+
+log = logging.getLogger(__name__)
+
+STATE_PARTS = ("joint_angles", "joint_angular_velocities")
+EXTRA_FIELDS = (
+    "projected_gravity", "accelerometer", "gyroscope", "command", "quaternion", "initial_heading", "time",
+    "step_latency_us",
+)  # fmt: skip
+DEFAULT_FPS = 50.0  # kinfer-kbot's default rate, for logs of a single line
+
+
+class KinferNdjsonSource:
+    """kinfer NDJSON logs: one episode per run.
+
+    Example:
+        >>> from kinodb.ingest import ingest
+        >>> ingest("~/robot_logs/2025-06-22_10-00-00.ndjson", "rollouts.kdb", format="kinfer-ndjson")
+
+    Raises:
+        ConversionError: a file is not a kinfer log; the message names the file and line.
+    """
+
+    format: ClassVar[str] = "kinfer-ndjson"
+
+    def __init__(self, path: str | os.PathLike[str], options: SourceOptions | None = None) -> None:
+        self._path = os.fspath(path)
+        self._options = options or SourceOptions()
+        if not os.path.exists(self._path):
+            raise FileNotFoundError(2, "No such file or directory", self._path)
+        if os.path.isdir(self._path):
+            self._files = sorted(
+                os.path.join(self._path, n) for n in os.listdir(self._path) if n.endswith(".ndjson")
+            )
+            if not self._files:
+                raise ConversionError(f"{self._path}: the folder holds no .ndjson files")
+        else:
+            self._files = [self._path]
+        self._runs: dict[str, dict[str, np.ndarray]] | None = None
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self._path, self._options))
+
+    @classmethod
+    def detect(cls, path: str) -> bool:
+        """Whether ``path`` is a ``.ndjson`` file, or a folder whose files are all ``.ndjson``."""
+        try:
+            if os.path.isfile(path):
+                return path.endswith(".ndjson")
+            if os.path.isdir(path):
+                names = [n for n in os.listdir(path) if not n.startswith(".")]
+                files = [n for n in names if os.path.isfile(os.path.join(path, n))]
+                return bool(files) and len(files) == len(names) and all(n.endswith(".ndjson") for n in files)
+        except OSError:
+            return False
+        return False
+
+    def _load(self) -> dict[str, dict[str, np.ndarray]]:
+        if self._runs is None:
+            from kinodb.infer._errors import InferError  # deferred: reading logs needs no onnxruntime
+            from kinodb.infer.telemetry import read_log
+
+            runs: dict[str, dict[str, np.ndarray]] = {}
+            for f in self._files:
+                try:
+                    parts = read_log(f)
+                except InferError as exc:
+                    raise ConversionError(str(exc)) from None
+                name = os.path.basename(f)
+                for k, cols in enumerate(parts):
+                    runs[name if len(parts) == 1 else f"{name}#{k}"] = cols
+            self._runs = runs
+        return self._runs
+
+    def episodes(self) -> list[str]:
+        """One key per run, files in name order."""
+        return list(self._load())
+
+    def info(self) -> SourceInfo:
+        """Schema from the first run: state components and index names."""
+        runs = self._load()
+        first = next(iter(runs.values()))
+        joints = first["output"].shape[1] if first["output"].ndim == 2 else 1
+        comps, pos = {}, 0
+        for part in STATE_PARTS:
+            if part in first:
+                comps[part] = [pos, pos + first[part].shape[1]]
+                pos += first[part].shape[1]
+        schema: dict[str, Any] = {"actions": {"names": [f"joint_{i}" for i in range(joints)]}}
+        if comps:
+            schema["states"] = {"components": comps}
+        return SourceInfo(source_format="kinfer-ndjson", schema=schema,
+                          metadata={"kinfer_log": {"files": [os.path.basename(f) for f in self._files]}},
+                          fps=self._options.fps)  # fmt: skip
+
+    def read(self, key: str) -> dict[str, Any]:
+        """`Writer.add_episode` arguments for one run."""
+        runs = self._load()
+        if key not in runs:
+            raise ConversionError(f"{self._path}: no run {key!r}; runs are {list(runs)}")
+        cols = runs[key]
+        actions = cols["output"].reshape(len(cols["output"]), -1)
+        parts = [cols[p].reshape(len(actions), -1) for p in STATE_PARTS if p in cols]
+        args: dict[str, Any] = {"actions": actions}
+        if parts:
+            args["states"] = np.concatenate(parts, axis=1)
+        extra_arrays = {n: cols[n] for n in EXTRA_FIELDS if n in cols}
+        extra_arrays["step_id"] = cols["step_id"]
+        args["extra_arrays"] = extra_arrays
+        extra: dict[str, Any] = {"kinfer_log": key}
+        fps = self._options.fps
+        if "t_us" in cols:
+            t_us = cols["t_us"]
+            args["timestamps"] = (t_us - t_us[0]).astype(np.float64) / 1e6
+            extra["t0_us"] = int(t_us[0])
+            if fps is None and len(t_us) > 1:
+                dt = float(np.median(np.diff(t_us)))
+                fps = round(1e6 / dt, 1) if dt > 0 else None
+        args["fps"] = fps or DEFAULT_FPS
+        args["extra"] = extra
+        return args
+
+    def close(self) -> None:
+        """Drop the parsed runs."""
+        self._runs = None

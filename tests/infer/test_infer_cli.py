@@ -1,0 +1,126 @@
+"""`kino infer inspect|replay|bench|plot` and `kino ingest --format kinfer-ndjson`."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from test_infer_runner import Served
+
+import kinodb
+from conftest import Built, MakePackage
+from kinodb._cli import infer as infer_cli
+from kinodb._cli import main as cli
+from kinodb.infer import Runner, load_model
+
+Run = Callable[..., int]
+
+
+@pytest.fixture
+def kino(monkeypatch: pytest.MonkeyPatch) -> Run:
+    """``main`` with the infer subcommand registered."""
+    if infer_cli not in cli.COMMANDS:
+        monkeypatch.setattr(cli, "COMMANDS", (*cli.COMMANDS, infer_cli))
+    return lambda *argv: cli.main([str(a) for a in argv])
+
+
+@pytest.fixture
+def recorded(make_package: MakePackage, tmp_path: Path) -> tuple[Built, Path, Path]:
+    """A package, a .kdb of two recorded runs and the NDJSON log of the second."""
+    built = make_package()
+    model = load_model(built.path)
+    data, log = tmp_path / "rollouts.kdb", tmp_path / "run.ndjson"
+    for seed in (1, 2):
+        Runner(model, Served(built, seed).provider, rate_hz=1000, max_steps=15, record_to=data,
+               log_path=log if seed == 2 else None).run()  # fmt: skip
+    return built, data, log
+
+
+def test_inspect_text_and_json(
+    kino: Run, make_package: MakePackage, capsys: pytest.CaptureFixture[str]
+) -> None:
+    built = make_package("0.5", carry=(2, 6), extra_members=[("README.md", b"hi")])
+    assert kino("infer", "inspect", built.path) == 0
+    out = capsys.readouterr().out
+    assert "kinfer 0.5 package" in out and "carry: [2, 6]" in out
+    assert "quaternion" in out and "opset 17" in out and "warning: ignored extra archive members" in out
+    assert kino("infer", "inspect", built.path, "--json") == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["generation"] == "0.5" and data["joint_names"] == list(built.joints)
+    assert data["graphs"]["step_fn.onnx"]["opset"] == 17 and data["graphs"]["step_fn.onnx"]["ir"] == 10
+    assert data["members"]["README.md"] == 2
+    assert [i["name"] for i in data["inputs"]] == list(built.order)
+
+
+def test_broken_package_exits_1_with_one_line(
+    kino: Run, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    junk = tmp_path / "junk.kinfer"
+    junk.write_bytes(b"nope")
+    assert kino("infer", "inspect", junk) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "junk.kinfer: not a gzip tar archive" in err
+
+
+def test_replay_reports_per_joint_error(kino: Run, recorded: tuple[Built, Path, Path],
+                                        make_package: MakePackage, capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    built, data, _ = recorded
+    assert kino("infer", "replay", built.path, data, "--json") == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["frames"] == 30 and report["mae"] == 0.0
+    assert [j["joint"] for j in report["joints"]] == list(built.joints)
+    other = make_package(seed=9)  # same signature, other weights: the error is no longer zero
+    assert kino("infer", "replay", other.path, data, "--episodes", "1") == 0
+    out = capsys.readouterr().out
+    assert out.startswith("1 episodes, 15 frames: MAE ") and "hip" in out
+    mae = float(out.split("MAE ")[1].split(",")[0])
+    assert mae > 0
+
+
+def test_replay_with_a_state_map(kino: Run, recorded: tuple[Built, Path, Path],
+                                 capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    built, data, _ = recorded
+    args = ["infer", "replay", built.path, data, "--json", "--state-map",
+            "joint_angles=states[0:4]", "joint_angular_velocities=states.joint_angular_velocities"]  # fmt: skip
+    assert kino(*args) == 0
+    assert json.loads(capsys.readouterr().out)["mae"] == 0.0
+    assert kino("infer", "replay", built.path, data, "--state-map", "command=0", "--json") == 0
+    assert json.loads(capsys.readouterr().out)["mae"] > 0  # the commands were not zero when recorded
+    assert kino("infer", "replay", built.path, data, "--state-map", "joint_angles=states[0:3]") == 1
+    assert "gives 3 values per frame; the model's input 'joint_angles' takes 4" in capsys.readouterr().err
+    assert kino("infer", "replay", built.path, data, "--state-map", "nonsense") == 2
+    assert "expected INPUT=SOURCE" in capsys.readouterr().err
+
+
+def test_bench_prints_both_latencies(
+    kino: Run, make_package: MakePackage, capsys: pytest.CaptureFixture[str]
+) -> None:
+    built = make_package()
+    assert (
+        kino("infer", "bench", built.path, "--steps", "300", "--rate", "200", "--seconds", "0.2", "--json")
+        == 0
+    )
+    out = json.loads(capsys.readouterr().out)
+    assert out["back_to_back_us"]["steps"] == 300 and out["back_to_back_us"]["p50"] > 0
+    assert 1 <= out["loop"]["steps"] <= 40 and out["loop"]["step_latency_us"]["p99"] > 0
+
+
+def test_plot_writes_a_png(kino: Run, recorded: tuple[Built, Path, Path], tmp_path: Path,
+                           capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    pytest.importorskip("matplotlib", reason="the plot extra is not installed")
+    built, _, log = recorded
+    png = tmp_path / "log.png"
+    assert kino("infer", "plot", log, "-o", png, "--package", built.path) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    assert "wrote" in capsys.readouterr().out
+    assert kino("infer", "plot", log, "-o", png, "--run", "3") == 2
+
+
+def test_kino_ingest_converts_a_log(kino: Run, recorded: tuple[Built, Path, Path], tmp_path: Path) -> None:
+    _, _, log = recorded
+    out = tmp_path / "log.kdb"
+    assert kino("ingest", log, "--format", "kinfer-ndjson", "-o", out, "-q") == 0
+    with kinodb.open(out) as db:
+        assert len(db) == 1 and db.read_meta(0)["num_frames"] == 15

@@ -1,0 +1,298 @@
+"""Loading packages of every kinfer generation, the contract checks, and stepping."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from _kinfer_builders import (
+    init_graph,
+    metadata_bytes,
+    step_graph,
+    with_ir_version,
+    with_props,
+    write_archive,
+)
+
+from conftest import COMMANDS, JOINTS, MakePackage, shapes_for
+from kinodb.infer import InferError, load_model, read_package
+from kinodb.infer._package import pack
+
+
+@pytest.mark.parametrize("generation", ["0.6", "0.5", "0.4", "0.4-legacy", "onnx"])
+def test_every_generation_loads_and_steps_like_the_reference(
+    make_package: MakePackage, generation: str, rng: np.random.Generator
+) -> None:
+    commands = () if generation == "0.4-legacy" else COMMANDS
+    inputs = None
+    if generation == "0.4-legacy":
+        inputs = ("joint_angles", "joint_angular_velocities", "projected_gravity", "carry")
+    built = make_package(
+        generation, commands=commands, inputs=inputs, carry=(2, 5) if generation == "0.5" else (8,)
+    )
+    model = load_model(built.path)
+    sig = model.signature
+    assert sig.generation == ("0.4" if generation == "0.4-legacy" else generation)
+    assert sig.joint_names == JOINTS
+    assert sig.num_commands == len(commands)
+    assert sig.carry_shape == built.carry
+    assert sig.input_names == built.order
+    np.testing.assert_array_equal(model.carry, built.initial)
+    carry = built.initial
+    for _ in range(5):
+        obs = built.random_obs(rng)
+        want_action, carry = built.reference({**obs, "carry": carry})
+        np.testing.assert_allclose(model.step(obs), want_action, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(model.carry, carry, rtol=1e-5, atol=1e-6)
+    model.reset()
+    np.testing.assert_array_equal(model.carry, built.initial)
+
+
+def test_command_names_of_older_generations_are_numbered(make_package: MakePackage) -> None:
+    model = load_model(make_package("0.5").path)
+    assert model.signature.command_names == ("command_0", "command_1", "command_2")
+    assert "quaternion" in model.signature.input_names and "initial_heading" in model.signature.input_names
+
+
+def test_0_4_carry_shape_comes_from_init(make_package: MakePackage) -> None:
+    built = make_package("0.4", carry=(3, 4))
+    assert read_package(built.path).carry_size is None
+    assert load_model(built.path).signature.carry_shape == (3, 4)
+
+
+def test_plain_onnx_with_one_prop_per_key(tmp_path: Path) -> None:
+    shapes = shapes_for(2, 0, (4,))
+    step, _ = step_graph({n: shapes[n] for n in ("joint_angles", "carry")}, 2, (4,))
+    path = tmp_path / "step.onnx"
+    path.write_bytes(with_props(step, {"joint_names": '["a", "b"]', "carry_size": "[4]"}))
+    model = load_model(path)
+    assert model.signature.generation == "onnx"
+    assert model.signature.joint_names == ("a", "b")
+    np.testing.assert_array_equal(model.carry, np.zeros(4, np.float32))
+
+
+def test_plain_onnx_without_joint_names_is_refused(tmp_path: Path) -> None:
+    shapes = shapes_for(2, 0, (4,))
+    step, _ = step_graph({"joint_angles": shapes["joint_angles"]}, 2, (4,))
+    path = tmp_path / "bare.onnx"
+    path.write_bytes(step)
+    with pytest.raises(InferError, match=r"bare\.onnx.*joint_names"):
+        load_model(path)
+
+
+def test_extra_members_are_tolerated_with_a_warning(
+    make_package: MakePackage, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="kinodb.infer"):
+        built = make_package(extra_members=[("README.md", b"# walk"), ("sha256.txt", b"abc")])
+        model = load_model(built.path)
+    assert model.package.warnings
+    assert "README.md" in model.package.warnings[0] and "sha256.txt" in model.package.warnings[0]
+    assert "README.md" in caplog.text
+
+
+# -- broken packages ----------------------------------------------------------------------
+
+
+def _members(built_path: Path, **replace: bytes | None) -> list[tuple[str, bytes]]:
+    import tarfile
+
+    with tarfile.open(built_path) as tar:
+        out = []
+        for info in tar:
+            handle = tar.extractfile(info)
+            assert handle is not None
+            out.append((info.name, handle.read()))
+    result = []
+    for name, blob in out:
+        key = name.replace(".", "_")
+        if key in replace:
+            if replace[key] is not None:
+                result.append((name, replace[key]))
+        else:
+            result.append((name, blob))
+    return result  # type: ignore[return-value]
+
+
+def test_missing_member_is_named(make_package: MakePackage, tmp_path: Path) -> None:
+    built = make_package()
+    broken = write_archive(tmp_path / "broken.kinfer", _members(built.path, step_fn_onnx=None))
+    with pytest.raises(InferError, match=r"broken\.kinfer: missing member 'step_fn\.onnx'"):
+        load_model(broken)
+    no_meta = write_archive(tmp_path / "nometa.kinfer", _members(built.path, metadata_json=None))
+    with pytest.raises(InferError, match=r"missing member 'metadata\.json'"):
+        load_model(no_meta)
+
+
+def test_bad_json_names_the_member_and_line(make_package: MakePackage, tmp_path: Path) -> None:
+    built = make_package()
+    broken = write_archive(
+        tmp_path / "badjson.kinfer", _members(built.path, metadata_json=b'{"joint_names": [\n')
+    )
+    with pytest.raises(InferError, match=r"badjson\.kinfer: metadata\.json: bad JSON at line 2"):
+        load_model(broken)
+
+
+def test_metadata_field_errors(make_package: MakePackage, tmp_path: Path) -> None:
+    built = make_package()
+    cases = {
+        b'{"command_names": [], "carry_size": [8]}': "missing required field 'joint_names'",
+        b'{"joint_names": "hip", "command_names": [], "carry_size": [8]}': "'joint_names' must be a list",
+        b'{"joint_names": ["a"], "command_names": [], "carry_size": [-1]}': "'carry_size' must be a list of non-negative",
+        b'{"joint_names": ["a"], "command_names": ["x"], "num_commands": 2, "carry_size": [8]}': "'num_commands' is 2",
+        b"[1, 2]": "expected a JSON object",
+    }
+    for k, (meta, message) in enumerate(cases.items()):
+        path = write_archive(tmp_path / f"m{k}.kinfer", _members(built.path, metadata_json=meta))
+        with pytest.raises(InferError, match=message):
+            load_model(path)
+
+
+def _package_with(tmp_path: Path, name: str, step: bytes, *, carry: tuple[int, ...] = (8,), joints: int = 4,
+                  commands: int = 3, init: bytes | None = None) -> Path:  # fmt: skip
+    meta = {
+        "joint_names": list(JOINTS[:joints]),
+        "command_names": list(COMMANDS[:commands]),
+        "carry_size": list(carry),
+    }
+    members = [("init_fn.onnx", init or init_graph(np.zeros(carry, np.float32))), ("step_fn.onnx", step),
+               ("metadata.json", metadata_bytes(meta))]  # fmt: skip
+    return write_archive(tmp_path / name, members)
+
+
+def test_wrong_input_shape_names_member_input_and_expected_shape(tmp_path: Path) -> None:
+    step, _ = step_graph({"joint_angles": [3], "carry": [8]}, 4, (8,))
+    path = _package_with(tmp_path, "shape.kinfer", step)
+    with pytest.raises(InferError) as err:
+        load_model(path)
+    text = str(err.value)
+    assert "shape.kinfer: step_fn.onnx: input 'joint_angles' has shape [3]; expected [4]" in text
+    assert "joint_names" in text
+
+
+def test_command_shape_follows_command_names(tmp_path: Path) -> None:
+    step, _ = step_graph({"command": [2], "carry": [8]}, 4, (8,))
+    with pytest.raises(InferError, match=r"input 'command' has shape \[2\]; expected \[3\]"):
+        load_model(_package_with(tmp_path, "cmd.kinfer", step))
+
+
+def test_unknown_input_and_dynamic_shape_and_dtype(tmp_path: Path) -> None:
+    step, _ = step_graph({"joint_positions": [4]}, 4, (8,))
+    with pytest.raises(InferError, match=r"unknown input 'joint_positions'"):
+        load_model(_package_with(tmp_path, "unknown.kinfer", step))
+    step, _ = step_graph({"joint_angles": ["n"], "carry": [8]}, 4, (8,))
+    with pytest.raises(
+        InferError, match=r"input 'joint_angles' has a dynamic shape.*expected the static shape \[4\]"
+    ):
+        load_model(_package_with(tmp_path, "dynamic.kinfer", step))
+    from onnx import TensorProto
+
+    step, _ = step_graph({"joint_angles": [4]}, 4, (8,), dtype=TensorProto.DOUBLE)
+    with pytest.raises(InferError, match=r"input 'joint_angles' is tensor\(double\); expected float32"):
+        load_model(_package_with(tmp_path, "double.kinfer", step))
+
+
+def test_output_count_and_shapes(tmp_path: Path) -> None:
+    step, _ = step_graph({"joint_angles": [4], "carry": [8]}, 4, (8,), outputs=3)
+    with pytest.raises(InferError, match=r"step_fn\.onnx: has 3 outputs; expected exactly 2"):
+        load_model(_package_with(tmp_path, "three.kinfer", step))
+    step, _ = step_graph({"joint_angles": [4], "carry": [8]}, 4, (8,), action_shape=[2, 2])
+    with pytest.raises(InferError, match=r"output 0 \(action\) has shape \[2, 2\]; expected \[4\]"):
+        load_model(_package_with(tmp_path, "action.kinfer", step))
+
+
+def test_carry_must_match_init_output(tmp_path: Path) -> None:
+    step, _ = step_graph({"joint_angles": [4], "carry": [8]}, 4, (8,))
+    path = _package_with(tmp_path, "carry.kinfer", step, init=init_graph(np.zeros(6, np.float32)))
+    with pytest.raises(InferError, match=r"init_fn\.onnx: returns a carry of shape \[6\].*carry_size \[8\]"):
+        load_model(path)
+    step, _ = step_graph({"joint_angles": [4], "carry": [8]}, 4, (6,))  # carry in [8], out [6]
+    with pytest.raises(InferError, match=r"input 'carry' has shape \[8\]; expected \[6\]"):
+        load_model(_package_with(tmp_path, "carry2.kinfer", step, carry=(6,)))
+
+
+def test_unsupported_ir_version_and_garbage(tmp_path: Path) -> None:
+    step, _ = step_graph({"joint_angles": [4], "carry": [8]}, 4, (8,))
+    path = _package_with(tmp_path, "ir.kinfer", with_ir_version(step, 14))
+    with pytest.raises(InferError, match=r"ir\.kinfer: step_fn\.onnx: ONNX Runtime cannot load it"):
+        load_model(path)
+    junk = tmp_path / "junk.kinfer"
+    junk.write_bytes(b"not a package at all")
+    with pytest.raises(InferError, match=r"junk\.kinfer: not a gzip tar archive"):
+        load_model(junk)
+    torn = tmp_path / "torn.kinfer"
+    torn.write_bytes(_package_with(tmp_path, "whole.kinfer", step).read_bytes()[:200])
+    with pytest.raises(InferError, match=r"torn\.kinfer"):
+        load_model(torn)
+
+
+# -- stepping -----------------------------------------------------------------------------
+
+
+def test_step_checks_observations(make_package: MakePackage) -> None:
+    model = load_model(make_package().path)
+    obs = make_package().random_obs(np.random.default_rng(1))
+    del obs["gyroscope"]
+    with pytest.raises(InferError, match=r"missing input 'gyroscope'"):
+        model.step(obs)
+    obs["gyroscope"] = np.zeros(4)
+    with pytest.raises(InferError, match=r"input 'gyroscope' has shape \[4\]; the model expects \[3\]"):
+        model.step(obs)
+    obs["gyroscope"] = ["a", "b", "c"]
+    with pytest.raises(InferError, match="gyroscope"):
+        model.step(obs)
+
+
+def test_step_accepts_lists_float64_and_scalar_time(make_package: MakePackage) -> None:
+    built = make_package()
+    model = load_model(built.path)
+    obs = built.random_obs(np.random.default_rng(2))
+    want = model.step(obs)
+    model.reset()
+    loose = {k: v.astype(np.float64).tolist() for k, v in obs.items()}
+    loose["time"] = float(obs["time"][0])
+    np.testing.assert_allclose(model.step(loose), want, rtol=1e-6)
+
+
+def test_returned_action_is_a_fresh_array(make_package: MakePackage) -> None:
+    built = make_package()
+    model = load_model(built.path)
+    rng = np.random.default_rng(3)
+    first = model.step(built.random_obs(rng))
+    kept = first.copy()
+    model.step(built.random_obs(rng))
+    np.testing.assert_array_equal(first, kept)
+
+
+def test_pack_is_deterministic_and_in_kinfer_order(make_package: MakePackage, tmp_path: Path) -> None:
+    import tarfile
+
+    pkg = read_package(make_package().path)
+    assert pkg.init_fn is not None
+    meta = {"joint_names": list(pkg.joint_names), "command_names": list(pkg.command_names), "carry_size": [8]}
+    a, b = pack(pkg.init_fn, pkg.step_fn, meta), pack(pkg.init_fn, pkg.step_fn, meta)
+    assert a == b
+    out = tmp_path / "packed.kinfer"
+    out.write_bytes(a)
+    with tarfile.open(out) as tar:
+        assert tar.getnames() == ["init_fn.onnx", "step_fn.onnx", "metadata.json"]
+        assert all(m.mtime == 0 and m.mode == 0o644 for m in tar.getmembers())
+        handle = tar.extractfile("metadata.json")
+        assert handle is not None
+        assert json.loads(handle.read()) == meta
+    assert load_model(out).signature.joint_names == pkg.joint_names
+
+
+def test_importing_kinodb_infer_loads_no_heavy_dependency() -> None:
+    code = (
+        "import sys, kinodb, kinodb.infer, kinodb.ingest.kinfer_ndjson, kinodb._cli.infer\n"
+        "heavy = [m for m in ('onnxruntime', 'onnx', 'torch', 'matplotlib') if m in sys.modules]\n"
+        "print(','.join(heavy))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""

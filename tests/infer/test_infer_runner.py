@@ -1,0 +1,250 @@
+"""Runner: step counts, stop conditions, missed ticks, telemetry lines, stats and recording."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import kinodb
+from conftest import Built, MakePackage
+from kinodb.infer import CallableProvider, InferError, KdbReplayProvider, Runner, load_model, replay
+
+KINFER_ORDER = ["step_id", "t_us", "joint_angles", "joint_vels", "projected_g", "accel", "gyro", "command"]
+
+
+class Served:
+    """A provider from callables that serves seeded observations and keeps what it served."""
+
+    def __init__(self, built: Built, seed: int = 0, *, on_action: Any = None) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.built = built
+        self.served: list[dict[str, np.ndarray]] = []
+        self.actions: list[np.ndarray] = []
+        self._current: dict[str, np.ndarray] = {}
+        self._on_action = on_action
+        names = [n for n in built.order if n != "carry"]
+        getters = {n: self._getter(n) for n in names}
+        self.provider = CallableProvider(**getters, take_action=self._take)
+
+    def _getter(self, name: str) -> Any:
+        def get(*_: Any) -> np.ndarray:
+            if not self._current:
+                self._current = self.built.random_obs(self.rng)
+                self.served.append(self._current)
+            return self._current[name]
+
+        return get
+
+    def _take(self, names: Any, action: np.ndarray) -> None:
+        self.actions.append(action)
+        self._current = {}
+        if self._on_action is not None:
+            self._on_action(len(self.actions))
+
+
+def test_steps_log_lines_and_stats(make_package: MakePackage, tmp_path: Path) -> None:
+    built = make_package()
+    served = Served(built)
+    log = tmp_path / "run.ndjson"
+    stats = Runner(load_model(built.path), served.provider, rate_hz=1000, max_steps=200, log_path=log).run()
+    assert stats["steps"] == 200 and stats["stopped_by"] == "max_steps"
+    assert stats["log_path"] == str(log) and stats["log_lines"] == 200 and stats["dropped_log_lines"] == 0
+    for key in ("step_latency_us", "tick_lateness_us", "tick_work_us"):
+        s = stats[key]
+        assert 0 <= s["p50"] <= s["p99"] <= s["max"]
+    assert stats["overruns"] >= 0 and stats["skipped_ticks"] >= 0
+    lines = log.read_text().splitlines()
+    assert len(lines) == 200
+    first = json.loads(lines[0])
+    assert list(first)[: len(KINFER_ORDER)] == KINFER_ORDER
+    assert list(first)[-2:] == ["output", "step_latency_us"]
+    assert first["time"] is not None and first["step_latency_us"] > 0
+    recs = [json.loads(line) for line in lines]
+    assert [r["step_id"] for r in recs] == list(range(200))
+    assert all(b["t_us"] >= a["t_us"] for a, b in itertools.pairwise(recs))
+    np.testing.assert_array_equal(np.array([r["output"] for r in recs], np.float32), np.array(served.actions))
+    np.testing.assert_array_equal(np.array([r["joint_vels"] for r in recs], np.float32),
+                                  np.array([s["joint_angular_velocities"] for s in served.served]))  # fmt: skip
+    np.testing.assert_array_equal(np.array([r["gyro"] for r in recs], np.float32),
+                                  np.array([s["gyroscope"] for s in served.served]))  # fmt: skip
+
+
+def test_absent_inputs_are_null_like_kinfer(make_package: MakePackage, tmp_path: Path) -> None:
+    built = make_package(inputs=("joint_angles", "carry"), commands=())
+    stats = Runner(load_model(built.path), Served(built).provider, rate_hz=500, max_steps=3,
+                   log_path=tmp_path / "n.ndjson").run()  # fmt: skip
+    rec = json.loads((tmp_path / "n.ndjson").read_text().splitlines()[0])
+    assert stats["steps"] == 3
+    assert rec["joint_vels"] is None and rec["projected_g"] is None and rec["command"] is None
+    assert "time" not in rec and len(rec["joint_angles"]) == 4
+
+
+def test_duration_stop_and_stop_from_the_provider(make_package: MakePackage) -> None:
+    built = make_package()
+    model = load_model(built.path)
+    stats = Runner(model, Served(built).provider, rate_hz=200, duration_s=0.1).run()
+    assert stats["stopped_by"] == "duration" and 1 <= stats["steps"] <= 20
+    holder: dict[str, Runner] = {}
+    served = Served(built, on_action=lambda n: holder["r"].stop() if n == 10 else None)
+    holder["r"] = Runner(model, served.provider, rate_hz=1000)
+    stats = holder["r"].run()
+    assert stats["stopped_by"] == "stop" and stats["steps"] == 10
+
+
+def test_missed_ticks_are_skipped_not_burst(make_package: MakePackage) -> None:
+    built = make_package()
+    served = Served(built, on_action=lambda n: time.sleep(0.03) if n == 5 else None)
+    stats = Runner(load_model(built.path), served.provider, rate_hz=1000, max_steps=40).run()
+    assert stats["steps"] == 40
+    assert stats["overruns"] >= 1
+    assert stats["skipped_ticks"] >= 25  # 30 ms behind at 1 kHz
+    assert stats["tick_lateness_us"]["max"] < 5000  # the tick after the stall was not 30 ms late
+
+
+def test_prefetch_is_called_with_the_input_names(make_package: MakePackage) -> None:
+    built = make_package()
+    served = Served(built)
+    calls: list[list[str]] = []
+    served.provider.pre_fetch_inputs = lambda names: calls.append(list(names))  # type: ignore[attr-defined]
+    stats = Runner(load_model(built.path), served.provider, rate_hz=200, max_steps=5, prefetch_s=0.001).run()
+    assert stats["steps"] == 5 and len(calls) == 5
+    assert calls[0] == [n for n in built.order if n != "carry"]
+    with pytest.raises(InferError, match="pre_fetch_inputs"):
+        Runner(load_model(built.path), Served(built).provider, rate_hz=200, prefetch_s=0.001)
+    with pytest.raises(ValueError, match="prefetch_s"):
+        Runner(load_model(built.path), served.provider, rate_hz=200, prefetch_s=0.01)
+
+
+def test_missing_provider_method_is_named(make_package: MakePackage) -> None:
+    built = make_package()
+    provider = CallableProvider(joint_angles=lambda n: np.zeros(4))
+    with pytest.raises(
+        InferError, match=r"has no get_joint_angular_velocities\(\).*'joint_angular_velocities'"
+    ):
+        Runner(load_model(built.path), provider, rate_hz=50)
+
+
+def test_recording_appends_episodes_that_replay_exactly(make_package: MakePackage, tmp_path: Path) -> None:
+    built = make_package()
+    model = load_model(built.path)
+    out = tmp_path / "rollouts.kdb"
+    runs = []
+    for seed in (1, 2):
+        served = Served(built, seed)
+        stats = Runner(model, served.provider, rate_hz=1000, max_steps=25 + seed, record_to=out,
+                       embodiment="biped", task="walk").run()  # fmt: skip
+        runs.append(served)
+        assert stats["recorded_episode"] == seed - 1
+    with kinodb.open(out) as db:
+        assert len(db) == 2
+        schema = db.schema()
+        assert schema["states"]["components"] == {"joint_angles": [0, 4], "joint_angular_velocities": [4, 8]}
+        assert schema["actions"]["names"] == list(built.joints)
+        ep = db.read_episode(1)
+        served = runs[1]
+        assert (
+            ep["meta"]["num_frames"] == 27
+            and ep["meta"]["embodiment"] == "biped"
+            and ep["meta"]["fps"] == 1000
+        )
+        assert ep["meta"]["policy"] == built.path.name and ep["meta"]["command_names"] == list(built.commands)
+        np.testing.assert_array_equal(ep["actions"], np.array(served.actions))
+        want_states = np.array(
+            [np.concatenate([s["joint_angles"], s["joint_angular_velocities"]]) for s in served.served]
+        )
+        np.testing.assert_array_equal(ep["states"], want_states)
+        for name in ("projected_gravity", "accelerometer", "gyroscope", "command", "time"):
+            np.testing.assert_array_equal(ep[name], np.array([s[name] for s in served.served]), err_msg=name)
+        assert ep["step_latency_us"].shape == (27,) and (np.diff(ep["timestamps"]) > 0).all()
+        report = replay(model, db)
+    assert report.frames == 53 and float(report.max_abs.max()) == 0.0
+
+
+def test_replay_provider_ends_the_run(make_package: MakePackage, tmp_path: Path) -> None:
+    built = make_package()
+    model = load_model(built.path)
+    out = tmp_path / "r.kdb"
+    Runner(model, Served(built).provider, rate_hz=1000, max_steps=30, record_to=out).run()
+    provider = KdbReplayProvider(out, 0)
+    stats = Runner(model, provider, rate_hz=2000).run()
+    assert stats["stopped_by"] == "provider" and stats["steps"] == 30
+    with kinodb.open(out) as db:
+        np.testing.assert_array_equal(provider.predicted, db.read_array(0, "actions"))
+    provider.close()
+    bad = KdbReplayProvider(out, 0, state_map={"joint_angles": "nothing_here"})
+    with pytest.raises(InferError, match=rf"^{re.escape(str(out))}: episode 0: --state-map joint_angles=nothing_here"):
+        Runner(model, bad, rate_hz=1000, max_steps=1)
+    bad.close()
+
+
+def test_env_names_the_log_like_kinfer(
+    make_package: MakePackage, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    built = make_package()
+    model = load_model(built.path)
+    logs = tmp_path / "logs"
+    monkeypatch.setenv("KINFER_LOG_PATH", str(logs))
+    monkeypatch.setenv("KINFER_LOG_UUID", "run-42")
+    stats = Runner(model, Served(built).provider, rate_hz=1000, max_steps=4).run()
+    assert stats["log_path"] == str(logs / "run-42.ndjson")
+    assert len((logs / "run-42.ndjson").read_text().splitlines()) == 4
+    monkeypatch.delenv("KINFER_LOG_UUID")
+    stats = Runner(model, Served(built).provider, rate_hz=1000, max_steps=2).run()
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d\.ndjson", os.path.basename(stats["log_path"]))
+    monkeypatch.delenv("KINFER_LOG_PATH")
+    assert Runner(model, Served(built).provider, rate_hz=1000, max_steps=2).run()["log_path"] is None
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs POSIX named pipes")
+def test_a_stalled_disk_drops_lines_and_never_stalls_the_loop(
+    make_package: MakePackage, tmp_path: Path
+) -> None:
+    built = make_package()
+    fifo = tmp_path / "stall.ndjson"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # a reader that does not read: the pipe fills
+    steps = 1500
+    finished = threading.Event()
+    served = Served(built, on_action=lambda n: finished.set() if n == steps else None)
+    runner = Runner(load_model(built.path), served.provider, rate_hz=1000, max_steps=steps, log_path=fifo,
+                    log_capacity=64)  # fmt: skip
+    result: dict[str, Any] = {}
+    loop = threading.Thread(target=lambda: result.update(runner.run()))
+    loop.start()
+    assert finished.wait(60), "the control loop stalled behind the blocked log writer"
+    received = bytearray()
+    os.set_blocking(reader, True)
+    while chunk := os.read(reader, 1 << 16):  # drain: the writer finishes, closes, and read gets EOF
+        received += chunk
+    loop.join(30)
+    os.close(reader)
+    assert not loop.is_alive()
+    assert result["steps"] == steps
+    assert result["dropped_log_lines"] > 0
+    assert result["log_lines"] + result["dropped_log_lines"] == steps
+    ids = [json.loads(line)["step_id"] for line in received.decode().splitlines()]
+    assert len(ids) == result["log_lines"]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids) and ids[-1] < steps
+
+
+def test_realtime_priority_is_validated_and_reported(make_package: MakePackage, tmp_path: Path) -> None:
+    built = make_package()
+    model = load_model(built.path)
+    with pytest.raises(ValueError, match="realtime_priority"):
+        Runner(model, Served(built).provider, rate_hz=100, realtime_priority=0)
+    before = os.sched_getscheduler(0) if hasattr(os, "sched_getscheduler") else None
+    stats = Runner(model, Served(built).provider, rate_hz=1000, max_steps=20, realtime_priority=10,
+                   log_path=tmp_path / "rt.ndjson").run()  # fmt: skip
+    assert stats["steps"] == 20 and isinstance(stats["realtime"], bool)
+    assert stats["log_lines"] == 20 and stats["dropped_log_lines"] == 0
+    if before is not None:
+        assert os.sched_getscheduler(0) == before  # the policy is restored after the run

@@ -1,0 +1,124 @@
+"""NdjsonLogger lines and the NDJSON reader: runs, torn lines, malformed logs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kinodb.infer import InferError, NdjsonLogger, read_log
+
+
+def _records(rng: np.random.Generator, n: int) -> list[tuple[int, int, float, list[np.ndarray]]]:
+    return [
+        (k, 1_700_000_000_000_000 + 20_000 * k, float(rng.uniform(10, 90)),
+         [rng.normal(size=3).astype(np.float32), rng.normal(size=3).astype(np.float32),
+          np.array([k / 50], np.float32), rng.normal(size=3).astype(np.float32)])
+        for k in range(n)
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("serialize", ["worker", "inline"])
+def test_lines_hold_kinfer_fields_in_order(tmp_path: Path, rng: np.random.Generator, serialize: str) -> None:
+    path = tmp_path / f"{serialize}.ndjson"
+    inputs = [("joint_angles", 3), ("gyroscope", 3), ("time", 1)]
+    records = _records(rng, 250)
+    with NdjsonLogger(path, inputs, 3, serialize=serialize, flush_every=7) as logger:
+        for r in records:
+            assert logger.record(*r)
+    assert logger.written == 250 and logger.dropped == 0
+    lines = path.read_text().splitlines()
+    first = json.loads(lines[0])
+    assert list(first) == ["step_id", "t_us", "joint_angles", "joint_vels", "projected_g", "accel", "gyro",
+                           "command", "time", "output", "step_latency_us"]  # fmt: skip
+    assert first["joint_vels"] is None and first["command"] is None
+    for line, (sid, t_us, lat, arrays) in zip(lines, records, strict=True):
+        rec = json.loads(line)
+        assert rec["step_id"] == sid and rec["t_us"] == t_us and rec["step_latency_us"] == round(lat, 2)
+        np.testing.assert_array_equal(np.float32(rec["joint_angles"]), arrays[0])  # float32 values round-trip
+        np.testing.assert_array_equal(np.float32(rec["gyro"]), arrays[1])
+        np.testing.assert_array_equal(np.float32(rec["output"]), arrays[3])
+
+
+def test_both_serialisations_write_the_same_bytes(tmp_path: Path, rng: np.random.Generator) -> None:
+    records = _records(rng, 40)
+    for mode in ("worker", "inline"):
+        with NdjsonLogger(tmp_path / f"{mode}.ndjson", [("joint_angles", 3), ("gyroscope", 3), ("time", 1)], 3,
+                          serialize=mode) as logger:  # fmt: skip
+            for r in records:
+                logger.record(*r)
+    assert (tmp_path / "worker.ndjson").read_bytes() == (tmp_path / "inline.ndjson").read_bytes()
+
+
+def test_full_queue_drops_and_counts(tmp_path: Path, rng: np.random.Generator) -> None:
+    # poll_s long: the writer does not wake while the records arrive, so the ring fills.
+    logger = NdjsonLogger(tmp_path / "d.ndjson", [("joint_angles", 3)], 3, capacity=10, poll_s=5.0)
+    try:
+        accepted = [
+            logger.record(k, k, 1.0, [np.zeros(3, np.float32), np.zeros(3, np.float32)]) for k in range(25)
+        ]
+    finally:
+        logger.close()
+    assert accepted.count(True) >= 10 and logger.dropped == 25 - accepted.count(True)
+    assert len((tmp_path / "d.ndjson").read_text().splitlines()) == accepted.count(True)
+
+
+def _line(step: int, **fields: object) -> str:
+    rec = {"step_id": step, "t_us": 1000 * step, "joint_angles": [0.1 * step, 0.2], "joint_vels": None,
+           "projected_g": [0.0, 0.0, -1.0], "accel": None, "gyro": [0.1, 0.2, 0.3], "command": None,
+           "output": [step, -step]}  # fmt: skip
+    rec.update(fields)
+    return json.dumps(rec)
+
+
+def test_read_log_splits_runs_and_maps_kinfer_keys(tmp_path: Path) -> None:
+    path = tmp_path / "two.ndjson"
+    path.write_text("\n".join([_line(k) for k in range(5)] + [_line(k) for k in range(3)]) + "\n")
+    runs = read_log(path)
+    assert [len(r["step_id"]) for r in runs] == [5, 3]
+    cols = runs[0]
+    assert set(cols) == {"step_id", "t_us", "joint_angles", "projected_gravity", "gyroscope", "output"}
+    assert cols["output"].dtype == np.float32 and cols["output"].shape == (5, 2)
+    np.testing.assert_array_equal(cols["t_us"], [0, 1000, 2000, 3000, 4000])
+
+
+def test_a_torn_last_line_is_dropped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "torn.ndjson"
+    path.write_text("\n".join(_line(k) for k in range(4)) + "\n" + _line(4)[:30])
+    with caplog.at_level(logging.WARNING):
+        runs = read_log(path)
+    assert len(runs[0]["step_id"]) == 4 and "torn" in caplog.text
+
+
+def test_malformed_logs_name_the_line(tmp_path: Path) -> None:
+    cases = {
+        "\n".join([_line(0), "{oops", _line(2)]): r"line 2: not JSON",
+        "\n".join([_line(0), _line(1, gyro=None)]): r"line 2: field 'gyro' is null",
+        "\n".join([_line(0), _line(1, output=[1.0])]): r"field 'output' changes length",
+        json.dumps({"t_us": 5, "output": [1]}): r"line 1: a kinfer log line needs 'step_id'",
+        "": r"holds no log lines",
+    }
+    for k, (text, message) in enumerate(cases.items()):
+        path = tmp_path / f"bad{k}.ndjson"
+        path.write_text(text + "\n")
+        with pytest.raises(InferError, match=message):
+            read_log(path)
+
+
+def test_the_writer_keeps_quiet_until_the_window_opens(tmp_path: Path) -> None:
+    path = tmp_path / "q.ndjson"
+    logger = NdjsonLogger(path, [("joint_angles", 3)], 3, flush_every=1, poll_s=0.001)
+    logger.quiet_at = 0.0  # a deadline in the past: the writer must not take the GIL for lines
+    for k in range(5):
+        logger.record(k, k, 1.0, [np.zeros(3, np.float32), np.zeros(3, np.float32)])
+    deadline = time.monotonic() + 0.2
+    while time.monotonic() < deadline:
+        assert logger.written == 0
+        time.sleep(0.01)
+    logger.quiet_at = float("inf")
+    logger.close()
+    assert logger.written == 5 and len(path.read_text().splitlines()) == 5
