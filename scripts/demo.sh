@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The built-in example: create datasets, inspect, validate, query, merge, mix, export and
-# re-ingest, ingest real RLDS data when the samples are present, read from Python.
+# re-ingest, ingest real RLDS/LeRobot data when the samples are present, read from Python,
+# compute statistics, benchmark, then the end-to-end loop from recording to deployment.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${VENV:-.venv}/bin
@@ -41,3 +42,10 @@ else
   echo; echo "(skipping the real-data ingests: ../shared/samples is not next to this checkout)"
 fi
 run "$BIN/python" examples/read_episode.py demo/demo.kdb
+run "$BIN/kino" stats demo/train.kdb --arrays actions
+run "$BIN/kino" bench -n 200 --frames 30
+# The whole loop: record -> ingest -> query -> mix -> train -> export -> run -> record
+run "$BIN/python" examples/end_to_end.py demo/e2e
+run "$BIN/kino" infer inspect demo/e2e/reach.kinfer
+run "$BIN/kino" infer replay demo/e2e/reach.kinfer demo/e2e/reach_robomimic.kdb --episodes 0-2 \
+  --state-map joint_angles=states.robot0_joint_pos --state-map joint_angular_velocities=states.robot0_joint_vel
