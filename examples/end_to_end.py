@@ -144,7 +144,9 @@ def train(mix: kinodb.Mixture, epochs: int) -> tuple[object, list[float]]:
             total, count = total + loss.item() * len(target), count + len(target)
             t_end = time.perf_counter()
         losses.append(total / count)
-        print(f"   epoch {epoch}: loss {losses[-1]:.5f} over {count} windows (waiting for data: {data_s * 1e3:.1f} ms)")
+        print(
+            f"   epoch {epoch}: loss {losses[-1]:.5f} over {count} windows (waiting for data: {data_s * 1e3:.1f} ms)"
+        )
     return policy, losses
 
 
@@ -167,7 +169,9 @@ def main() -> None:
 
     t0 = step("2. ingest both into .kdb (exact arrays; frames checked) and validate")
     a, b = out / "reach_robomimic.kdb", out / "reach_lerobot.kdb"
-    kinodb.ingest.ingest(hdf5, a, embodiment="arm7", task="reach the target", fps=RATE_HZ, image_codec="png", verify=True)
+    kinodb.ingest.ingest(
+        hdf5, a, embodiment="arm7", task="reach the target", fps=RATE_HZ, image_codec="png", verify=True
+    )
     kinodb.ingest.ingest(lerobot, b, image_codec="png", verify=True)
     for path in (a, b):
         report = kinodb.kdb.validate.validate(path)
@@ -180,7 +184,9 @@ def main() -> None:
     t0 = step("3. query: the long episodes")
     with kinodb.open(a) as db:
         hits = db.query("num_frames >= 50 AND success = true")
-        print(f"   'num_frames >= 50 AND success = true' -> {len(hits)} of {len(db)} episodes: {hits[:8].tolist()} ...")
+        print(
+            f"   'num_frames >= 50 AND success = true' -> {len(hits)} of {len(db)} episodes: {hits[:8].tolist()} ..."
+        )
     done(t0)
 
     t0 = step("4. a weighted mixture: 3 parts robomimic to 1 part LeRobot")
@@ -200,7 +206,9 @@ def main() -> None:
     t0 = step("6. export to a kinfer package; ONNX Runtime checked against PyTorch")
     package = out / "reach.kinfer"
     rep = infer.export_torch(policy, package, joint_names=JOINTS, carry_shape=(1,))
-    print(f"   {package.name}: opset {rep.opset}, IR {rep.ir_version}, max |onnx - torch| = {rep.max_abs_diff:.2e}")
+    print(
+        f"   {package.name}: opset {rep.opset}, IR {rep.ir_version}, max |onnx - torch| = {rep.max_abs_diff:.2e}"
+    )
     done(t0, package)
 
     t0 = step("7. run it at 50 Hz against a replay of recorded episode 0; log and record the rollout")

@@ -19,11 +19,16 @@ def main(path: str) -> None:
         print("episode 0 meta:", ep["meta"])
         for name in ("actions", "states", "rewards", "is_terminal"):
             arr = ep[name]
-            print(f"  {name:<12} {arr.dtype} {arr.shape}  zero-copy read-only view: {not arr.flags.writeable}")
+            print(
+                f"  {name:<12} {arr.dtype} {arr.shape}  zero-copy read-only view: {not arr.flags.writeable}"
+            )
         for cam, frames in ep["images"].items():
             print(f"  image {cam:<6} {frames.dtype} {frames.shape}")
         window = db.read_frames(0, 10, 14, cameras=["front"]) if ep["images"] else db.read_frames(0, 0, 2)
-        print("frames 10:14 of episode 0:", {k: getattr(v, "shape", None) or {c: f.shape for c, f in v.items()} for k, v in window.items()})
+        print(
+            "frames 10:14 of episode 0:",
+            {k: getattr(v, "shape", None) or {c: f.shape for c, f in v.items()} for k, v in window.items()},
+        )
         table = db.episodes()
         good = db.query("success = true AND num_frames > 20")
         print(f"successful episodes longer than 20 frames: {len(good)} of {len(db)}")

@@ -181,7 +181,9 @@ def test_replay_provider_ends_the_run(make_package: MakePackage, tmp_path: Path)
         np.testing.assert_array_equal(provider.predicted, db.read_array(0, "actions"))
     provider.close()
     bad = KdbReplayProvider(out, 0, state_map={"joint_angles": "nothing_here"})
-    with pytest.raises(InferError, match=rf"^{re.escape(str(out))}: episode 0: --state-map joint_angles=nothing_here"):
+    with pytest.raises(
+        InferError, match=rf"^{re.escape(str(out))}: episode 0: --state-map joint_angles=nothing_here"
+    ):
         Runner(model, bad, rate_hz=1000, max_steps=1)
     bad.close()
 

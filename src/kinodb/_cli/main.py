@@ -19,6 +19,7 @@ from kinodb._cli import (
     mix,
     query,
     schema,
+    serve,
     stats,
     upgrade,
     validate,
@@ -28,7 +29,8 @@ from kinodb._version import __version__
 from kinodb.errors import KinodbError
 
 COMMANDS = (
-    create_test, info, schema, validate, query, ingest, verify, export, merge, mix, upgrade, stats, infer, bench,
+    create_test, info, schema, validate, query, ingest, verify, export, merge, mix, upgrade, stats, serve, infer,
+    bench,
 )  # fmt: skip
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2

@@ -1,0 +1,171 @@
+"""``kino serve`` and ``kino-serve``: serve a ``.kdb`` file or a mixture over gRPC."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+import traceback
+from collections.abc import Sequence
+from typing import Any
+
+from kinodb.errors import KinodbError
+from kinodb.mixture import DEFAULT_SEED
+
+DEFAULT_PORT = 50051  # kinodb.serve.server.DEFAULT_PORT; not imported so `kino --help` needs no grpc
+TOKEN_ENV = "KINODB_TOKEN"
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+
+
+def register(sub: Any) -> None:
+    """Add the subcommand to ``sub``."""
+    p = sub.add_parser(
+        "serve",
+        help="serve a .kdb file or a mixture over gRPC",
+        description=_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_arguments(p)
+    p.set_defaults(run=run)
+
+
+_DESCRIPTION = """\
+Serve episodes, frame windows, metadata and KQL queries over gRPC (service
+kinodb.v1.KinoService; clients of the earlier kinodb.KinoService keep working).
+SIGTERM or Ctrl-C stops accepting calls, lets calls in flight finish (--grace), exits 0.
+The bearer token comes from --token-file, else the KINODB_TOKEN environment variable."""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options shared by ``kino serve`` and ``kino-serve``."""
+    p.add_argument("file", nargs="?", metavar="FILE", help="the .kdb file to serve")
+    p.add_argument("-s", "--source", action="append", metavar="PATH[:WEIGHT]",
+                   help="serve a weighted mixture instead (weight after the last colon, default 1); repeat")  # fmt: skip
+    p.add_argument("-p", "--port", type=_int_in(0, 65535), default=DEFAULT_PORT,
+                   help=f"port (default: {DEFAULT_PORT}; 0 picks a free one)")  # fmt: skip
+    p.add_argument("--bind", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    p.add_argument("--seed", type=_int_in(0, 2**63 - 1), default=DEFAULT_SEED,
+                   help=f"seed of the stream that seed-0 requests draw from, and of the mixture (default: {DEFAULT_SEED})")  # fmt: skip
+    p.add_argument("--workers", type=_int_in(1, 1024), default=16,
+                   help="threads serving calls; each open stream holds one (default: 16)")  # fmt: skip
+    p.add_argument("--max-batch", type=_int_in(1, 1 << 20), default=1024,
+                   help="largest batch_size a request may ask for (default: 1024)")  # fmt: skip
+    p.add_argument("--tls-cert", metavar="PEM", help="certificate chain; with --tls-key, serve TLS")
+    p.add_argument("--tls-key", metavar="PEM", help="private key of --tls-cert")
+    p.add_argument("--token-file", metavar="PATH", help=f"file holding the bearer token (else ${TOKEN_ENV})")
+    p.add_argument("--grace", type=float, default=10.0,
+                   help="seconds calls in flight may take to finish on shutdown (default: 10)")  # fmt: skip
+
+
+def _int_in(lo: int, hi: int) -> Any:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"expected an integer in {lo}..{hi}, got {value}")
+        return value
+
+    return parse
+
+
+def _token(args: argparse.Namespace) -> str | None:
+    if args.token_file:
+        with open(args.token_file, encoding="utf-8") as fh:
+            token = fh.read().strip()
+        if not token:
+            raise ValueError(f"--token-file {args.token_file} is empty")
+        return token
+    return os.environ.get(TOKEN_ENV, "").strip() or None
+
+
+def _source(args: argparse.Namespace) -> Any:
+    if args.file and args.source:
+        raise ValueError("give FILE or --source, not both")
+    if args.file:
+        return args.file
+    if not args.source:
+        raise ValueError("nothing to serve: give FILE or one or more --source PATH[:WEIGHT]")
+    from kinodb._cli.mix import parse_source
+
+    return [parse_source(text) for text in args.source]
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve until SIGTERM or SIGINT; then drain calls in flight and return 0."""
+    source = _source(args)
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise ValueError("give both --tls-cert and --tls-key, or neither")
+    from kinodb.serve.server import KinoServer  # deferred: imports grpc
+
+    server = KinoServer(
+        source, bind=args.bind, port=args.port, seed=args.seed, workers=args.workers, max_batch=args.max_batch,
+        tls_cert=args.tls_cert, tls_key=args.tls_key, token=_token(args),
+    )  # fmt: skip
+    try:
+        server.start()
+    except BaseException:
+        server.stop(0)
+        raise
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        print(f"kino-serve: {server.describe()}", flush=True)
+        while not stop.wait(0.5):  # a timed wait lets the signal handlers run
+            pass
+        print("kino-serve: stopping; letting calls in flight finish", flush=True)
+    finally:
+        server.stop(args.grace)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    print("kino-serve: stopped", flush=True)
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The standalone ``kino-serve`` parser."""
+    p = argparse.ArgumentParser(
+        prog="kino-serve", description=_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--debug", action="store_true", help="log requests' errors and print tracebacks")
+    add_arguments(p)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``kino-serve``; return the exit code (0 ok, 1 kinodb or I/O error, 2 usage)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="%(message)s")
+    try:
+        return run(args)
+    except (KinodbError, OSError) as exc:
+        if args.debug:
+            traceback.print_exc()
+        print(f"kino-serve: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_ERROR
+    except ValueError as exc:
+        if args.debug:
+            traceback.print_exc()
+        parser.print_usage(sys.stderr)
+        print(f"kino-serve: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}"
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def entry() -> None:
+    """Console-script entry point of ``kino-serve``."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

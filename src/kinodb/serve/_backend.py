@@ -1,0 +1,386 @@
+"""What the server serves: a file or a mixture, read into response messages.
+
+Everything here is safe to call from many threads at once. Reads go through the
+memory map (views, no shared cursor); the only locks guard the server's seeded stream
+(one integer drawn per request) and the creation of a `FrameWindows` per window spec,
+whose lazily built caches are filled before it is shared. No lock is held while reading.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from kinodb._version import __version__
+from kinodb.errors import EpisodeNotFoundError, KinodbError
+from kinodb.kdb.reader import Database
+from kinodb.mixture import Mixture
+from kinodb.serve._errors import BatchTooLargeError
+from kinodb.serve._messages import fill_tensor, legacy_frames, meta_to_pb
+from kinodb.serve._proto import kinodb_pb2 as pb
+from kinodb.windows import FrameWindows
+
+__all__ = ["MODES", "Backend"]
+
+log = logging.getLogger(__name__)
+
+MODES = ("sequential", "random", "weighted")
+MAX_HORIZON = 4096  # frames per window feature; larger asks are refused, not allocated
+_MAX_MESSAGE = 2**31 - 1 - (1 << 20)  # gRPC's int32 limit, less room for framing
+_MIN_MESSAGE = 16 << 20
+_WINDOW_CACHE = 8  # window specs kept open at once
+_DECODE_THREADS = 2
+
+
+@dataclass(frozen=True, slots=True)
+class _Images:
+    decoded: bool
+    cameras: tuple[str, ...]
+    size: tuple[int, int] | None
+
+
+class Backend:
+    """Responses for every RPC over one `Database` or `Mixture` (not owned: the caller closes it).
+
+    Args:
+        source: The data.
+        seed: Seed of the server's stream, which requests with seed 0 draw from.
+        max_batch: Largest ``batch_size`` a request may ask for.
+    """
+
+    def __init__(self, source: Database | Mixture, *, seed: int, max_batch: int) -> None:
+        if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
+            raise ValueError(f"max_batch must be a positive int, got {max_batch!r}")
+        self.source, self.max_batch = source, max_batch
+        if isinstance(source, Mixture):
+            infos = source.sources()
+            self._dbs = [source.database(i) for i in range(len(infos))]
+            self._kept = [_kept(db, info.filter) for db, info in zip(self._dbs, infos, strict=True)]
+            self._paths = [info.path for info in infos]
+            self._shares = np.array([info.share for info in infos], dtype=np.float64)
+        else:
+            self._dbs, self._kept = [source], [np.arange(len(source), dtype=np.int64)]
+            self._paths, self._shares = [source.path()], np.ones(1)
+        counts = [len(k) for k in self._kept]
+        self._starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        self._g_source = np.repeat(np.arange(len(counts), dtype=np.int64), counts)
+        self._g_pos = np.concatenate(self._kept).astype(np.int64)
+        self._g_frames = np.concatenate(
+            [np.asarray(db.episodes()["num_frames"], dtype=np.int64)[k] for db, k in zip(self._dbs, self._kept, strict=True)]
+        )  # fmt: skip
+        self._array_bytes, self._image_bytes = self._frame_bytes()
+        self._task_names, self._task_codes, self._task_base = self._task_table()
+        self.cameras: dict[str, dict[str, Any]] = (
+            self._dbs[0].cameras(int(self._g_pos[0])) if len(self) else {}
+        )
+        largest = int(self._g_frames.max(initial=0) * (self._array_bytes + self._image_bytes).max(initial=0))
+        item = largest + largest // 4 + 4096  # the earlier per-frame form costs ~1.25x the packed bytes
+        self.max_message = int(min(_MAX_MESSAGE, max(_MIN_MESSAGE, max_batch * item)))
+        self._stream = np.random.default_rng(seed)
+        self._stream_lock = threading.Lock()
+        self._windows: dict[tuple[Any, ...], FrameWindows] = {}
+        self._windows_lock = threading.Lock()
+
+    def _frame_bytes(self) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+        """Per source: bytes per frame of the low-dim arrays and of decoded images (first episode)."""
+        arrays, images = [], []
+        for db, kept in zip(self._dbs, self._kept, strict=True):
+            if not len(kept):
+                arrays.append(0)
+                images.append(0)
+                continue
+            ep = db.read_episode_actions_only(int(kept[0]))
+            ep.pop("meta")
+            arrays.append(
+                sum(a.dtype.itemsize * int(np.prod(a.shape[1:], dtype=np.int64)) for a in ep.values())
+            )
+            images.append(sum(int(np.prod(c["shape"][1:])) for c in db.cameras(int(kept[0])).values()))
+        return np.array(arrays, dtype=np.int64), np.array(images, dtype=np.int64)
+
+    def _task_table(self) -> tuple[NDArray[Any], NDArray[np.int32], NDArray[np.int64]]:
+        """Every task text once, each file position's code, and each source's first code row."""
+        per_source = [np.asarray(db.episodes()["task"], dtype=object) for db in self._dbs]
+        every = np.concatenate(per_source) if per_source else np.empty(0, object)
+        names, codes = np.unique(every, return_inverse=True) if len(every) else (every, every)
+        base = np.concatenate([[0], np.cumsum([len(t) for t in per_source])[:-1]]).astype(np.int64)
+        return names.astype(object), np.asarray(codes, dtype=np.int32).reshape(-1), base
+
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    def num_frames(self) -> int:
+        """Frames of the served episodes."""
+        return int(self._g_frames.sum())
+
+    # -- RPCs -------------------------------------------------------------------------------
+
+    def info(self) -> pb.InfoResponse:
+        """`ServerInfo`."""
+        return pb.InfoResponse(
+            num_episodes=len(self), num_frames=self.num_frames(), num_sources=len(self._dbs),
+            version=__version__, sources=self._paths, shares=self._shares.tolist(), max_batch=self.max_batch,
+            max_message_bytes=self.max_message, cameras=list(self.cameras),
+            source_episodes=np.diff(self._starts).tolist(),
+        )  # fmt: skip
+
+    def meta(self, index: int) -> pb.MetaResponse:
+        """`GetMeta`: reads the metadata table only."""
+        s, pos = self._locate(index)
+        resp = pb.MetaResponse(source=s, position=pos)
+        meta_to_pb(self._dbs[s].read_meta(pos), resp.meta)
+        return resp
+
+    def episode(self, req: pb.EpisodeRequest, *, legacy: bool = False) -> pb.EpisodeResponse:
+        """`GetEpisode`; the earlier service always sent decoded images in its per-frame form."""
+        images = _Images(True, (), None) if legacy else self._image_opts(req, req.include_images)
+        resp = pb.EpisodeResponse()
+        self._episode(req.position, resp.episode, images, legacy)
+        self._check_size(resp, "this episode")
+        return resp
+
+    def query(self, req: pb.QueryRequest, *, legacy: bool = False) -> pb.QueryResponse:
+        """`Query`: global indices of the matches, ascending; ``total_matches`` counts them all."""
+        hits = []
+        for s, (db, kept) in enumerate(zip(self._dbs, self._kept, strict=True)):
+            found = np.asarray(db.query(req.kql), dtype=np.int64)
+            at = np.minimum(np.searchsorted(kept, found), max(len(kept) - 1, 0))
+            mine = at[kept[at] == found] if len(kept) else at[:0]
+            hits.append(self._starts[s] + mine)
+        every = np.concatenate(hits) if hits else np.empty(0, np.int64)
+        shown = every[: req.limit] if req.limit else every
+        resp = pb.QueryResponse(positions=shown.tolist(), total_matches=len(every))
+        if legacy or req.include_metas:
+            for index in shown.tolist():
+                s, pos = self._locate(index)
+                meta_to_pb(self._dbs[s].read_meta(pos), resp.metas.add())
+        return resp
+
+    def batch(
+        self, req: pb.BatchRequest, rng: np.random.Generator | None = None, *, offset: int | None = None,
+        legacy: bool = False,
+    ) -> pb.BatchResponse:  # fmt: skip
+        """`GetBatch`: episodes, or frame windows when ``req.windows`` is set."""
+        size = req.batch_size
+        if size < 1:
+            raise ValueError("batch_size must be at least 1")
+        if size > self.max_batch:
+            raise BatchTooLargeError(
+                f"batch_size {size} is over this server's limit of {self.max_batch} (kino-serve --max-batch)"
+            )
+        mode = req.mode or "random"
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        rng = rng if rng is not None else self.rng(req.seed)
+        start = req.offset if offset is None else offset
+        if req.HasField("windows") and not legacy:
+            return self._window_batch(req, mode, start, rng)
+        idx = self._draw(mode, len(self), size, start, rng, np.diff(self._starts), self._shares)
+        images = self._image_opts(req, req.include_images)
+        per_frame = self._array_bytes + (self._image_bytes if images is not None else 0)
+        estimate = int((self._g_frames[idx] * per_frame[self._g_source[idx]]).sum())
+        self._check_estimate(estimate, f"a batch of {size} episodes")
+        resp = pb.BatchResponse()
+        if mode == "sequential":
+            resp.next_offset = (start + size) % len(self)
+        for index in idx.tolist():
+            self._episode(index, resp.episodes.add(), images, legacy)
+        self._check_size(resp, f"a batch of {size} episodes")
+        return resp
+
+    def stream(self, req: pb.StreamRequest) -> Iterator[pb.BatchResponse]:
+        """`StreamBatches`: one seeded generator and a moving offset for the whole stream."""
+        first = req.batch
+        rng = self.rng(first.seed)
+        stride = req.stride or first.batch_size
+        offset, sent = first.offset, 0
+        while req.num_batches == 0 or sent < req.num_batches:
+            resp = self.batch(first, rng, offset=offset)
+            yield resp
+            offset, sent = offset + stride, sent + 1
+
+    # -- pieces -----------------------------------------------------------------------------
+
+    def rng(self, seed: int) -> np.random.Generator:
+        """The request's generator: from its seed, or (seed 0) seeded from the server's stream."""
+        if seed:
+            return np.random.default_rng(seed)
+        with self._stream_lock:
+            child = int(self._stream.integers(1, 2**63))
+        return np.random.default_rng(child)
+
+    def _locate(self, index: int) -> tuple[int, int]:
+        n = len(self)
+        if not 0 <= index < n:
+            rng = f"0..{n - 1}" if n else "none"
+            raise EpisodeNotFoundError(f"episode {index} out of range: the server has {n} episodes ({rng})")
+        return int(self._g_source[index]), int(self._g_pos[index])
+
+    def _draw(
+        self, mode: str, n: int, size: int, offset: int, rng: np.random.Generator,
+        counts: NDArray[np.int64], shares: NDArray[np.float64],
+    ) -> NDArray[np.int64]:  # fmt: skip
+        """``size`` indices in ``range(n)``; ``counts`` and ``shares`` describe the sources."""
+        if n == 0:
+            raise KinodbError("the server has nothing to serve: its sources hold no episodes")
+        if mode == "sequential":
+            return (offset % n + np.arange(size, dtype=np.int64)) % n
+        if mode == "random" or len(counts) == 1:
+            return rng.integers(0, n, size, dtype=np.int64)
+        src = rng.choice(len(counts), size=size, p=shares / shares.sum())
+        within = np.minimum((rng.random(size) * counts[src]).astype(np.int64), counts[src] - 1)
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+        return starts[src] + within  # type: ignore[no-any-return]
+
+    def _image_opts(self, req: Any, include: bool) -> _Images | None:
+        if not include:
+            return None
+        decoded = req.image_encoding == pb.IMAGE_ENCODING_DECODED
+        h, w = getattr(req, "image_height", 0), getattr(req, "image_width", 0)
+        if bool(h) != bool(w):
+            raise ValueError(f"give both image_height and image_width, or neither (got {h} and {w})")
+        return _Images(decoded, tuple(req.cameras), (h, w) if h else None)
+
+    def _episode(self, index: int, msg: pb.Episode, images: _Images | None, legacy: bool) -> None:
+        s, pos = self._locate(index)
+        db = self._dbs[s]
+        arrays = db.read_episode_actions_only(pos)
+        meta_to_pb(arrays.pop("meta"), msg.meta)
+        msg.index, msg.source, msg.position = index, s, pos
+        decoded: dict[str, NDArray[np.uint8]] = {}
+        if images is not None:
+            cams = db._episode_cameras(pos)
+            for name in images.cameras or tuple(cams):
+                if name not in cams:
+                    raise KeyError(f"episode {index} has no camera {name!r}; it has {sorted(cams)}")
+                cam = cams[name]
+                T, h, w, c = cam.shape
+                if images.decoded or legacy:
+                    pixels = (
+                        db.read_frames(pos, 0, T, cameras=[name])["images"][name]
+                        if T
+                        else np.zeros((0, h, w, c), np.uint8)
+                    )
+                    decoded[name] = pixels
+                    if not legacy:
+                        frames = msg.images.add(camera=name, codec="raw", height=h, width=w, channels=c)
+                        fill_tensor(frames.pixels, pixels)
+                else:
+                    frames = msg.images.add(camera=name, codec=cam.codec, height=h, width=w, channels=c)
+                    frames.frames.extend([bytes(db._frame_bytes(cam, t)) for t in range(T)])
+        if legacy:
+            legacy_frames(msg, arrays, decoded)
+            return
+        for name, arr in arrays.items():
+            fill_tensor(msg.arrays[name], arr)
+
+    def windows(self, spec: pb.WindowSpec, cameras: Sequence[str] | None) -> FrameWindows:
+        """The `FrameWindows` of a spec, built once (its caches filled before it is shared)."""
+        obs, act = spec.obs_horizon or 1, spec.action_horizon or 1
+        if obs > MAX_HORIZON or act > MAX_HORIZON:
+            raise ValueError(
+                f"obs_horizon and action_horizon must be at most {MAX_HORIZON}, got {obs} and {act}"
+            )
+        pad = spec.pad or "edge"
+        if pad not in ("edge", "zero"):
+            raise ValueError(f"pad must be 'edge' or 'zero', got {pad!r}")
+        key = (obs, act, pad, spec.kql_filter, tuple(cameras) if cameras else None)
+        fw = self._windows.get(key)
+        if fw is not None:
+            return fw
+        with self._windows_lock:
+            fw = self._windows.get(key)
+            if fw is None:
+                fw = FrameWindows(self.source, obs_horizon=obs, action_horizon=act, pad=pad,  # type: ignore[arg-type]
+                                  kql_filter=spec.kql_filter or None, cameras=list(cameras) if cameras else None)  # fmt: skip
+                # One window per source fills every per-array cache now, under the lock.
+                fw.lowdim(np.concatenate([[0], np.cumsum(fw.sample_counts())[:-1]]))
+                if len(self._windows) >= _WINDOW_CACHE:
+                    self._windows.pop(next(iter(self._windows)))
+                self._windows[key] = fw
+                log.info("window spec %s: %d windows", key, len(fw))
+        return fw
+
+    def _window_batch(
+        self, req: pb.BatchRequest, mode: str, offset: int, rng: np.random.Generator
+    ) -> pb.BatchResponse:
+        images = self._image_opts(req, req.include_images)
+        cams = (images.cameras or tuple(self.cameras)[:1]) if images is not None else None
+        if cams is not None and not cams:
+            raise ValueError("include_images was asked for, but the served episodes have no cameras")
+        fw = self.windows(req.windows, cams)
+        n, size = len(fw), req.batch_size
+        counts = fw.sample_counts()
+        shares = self._shares if len(counts) == len(self._shares) else counts.astype(np.float64)
+        idx = self._draw(mode, n, size, offset, rng, counts, shares)
+        resp = pb.BatchResponse()
+        if mode == "sequential":
+            resp.next_offset = (offset + size) % n
+        out = resp.windows
+        arrays = fw.lowdim(idx)
+        arrays["index"] = idx
+        # Tasks travel once per batch, picked per window by a code (episode positions -> codes).
+        codes = self._task_codes[self._task_base[arrays["source"]] + arrays["episode_index"]]
+        used, inverse = np.unique(codes, return_inverse=True)
+        arrays["task_index"] = inverse.astype(np.int32).reshape(-1)
+        nbytes = sum(fill_tensor(out.arrays[key], value) for key, value in arrays.items())
+        out.tasks.extend(self._task_names[used].tolist())
+        if images is None:
+            self._check_estimate(
+                nbytes + sum(len(t) + 8 for t in out.tasks) + 1024, f"a batch of {size} windows"
+            )
+        else:
+            self._window_images(fw, idx, images, out)
+            self._check_size(resp, f"a batch of {size} windows")
+        return resp
+
+    def _window_images(
+        self, fw: FrameWindows, idx: NDArray[np.int64], images: _Images, out: pb.WindowBatch
+    ) -> None:
+        k = max(len(o) for o in fw.spec.images.values())
+        per = sum(int(np.prod(images.size or self.cameras[c]["shape"][1:3])) * int(self.cameras[c]["shape"][3])
+                  for c in fw.cameras)  # fmt: skip
+        self._check_estimate(len(idx) * k * per, f"a batch of {len(idx)} windows with images")
+        if images.decoded:
+            for cam, pixels in fw.images(idx, size=images.size, threads=_DECODE_THREADS).items():
+                _, _, c, h, w = pixels.shape
+                frames = out.images.add(camera=cam, codec="raw", height=h, width=w, channels=c)
+                fill_tensor(frames.pixels, pixels)
+            return
+        stored = fw.encoded(idx)
+        for cam in fw.cameras:
+            _, h, w, c = self.cameras[cam]["shape"]
+            frames = out.images.add(
+                camera=cam, codec=self.cameras[cam]["codec"], height=h, width=w, channels=c
+            )
+            frames.frames.extend([blob for sample in stored for blob in sample[cam]])
+
+    def _check_estimate(self, estimate: int, what: str) -> None:
+        if estimate > self.max_message:
+            raise BatchTooLargeError(
+                f"{what} would be about {_mib(estimate)}, over this server's message limit of "
+                f"{_mib(self.max_message)}; ask for fewer, or for stored (encoded) images"
+            )
+
+    def _check_size(self, msg: Any, what: str) -> None:
+        size = msg.ByteSize()
+        if size > self.max_message:
+            raise BatchTooLargeError(
+                f"{what} is {_mib(size)}, over this server's message limit of {_mib(self.max_message)}; "
+                "ask for fewer, or for stored (encoded) images"
+            )
+
+
+def _kept(db: Database, kql: str | None) -> NDArray[np.int64]:
+    if kql is None:
+        return np.arange(len(db), dtype=np.int64)
+    return np.asarray(db.query(kql), dtype=np.int64)
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):.1f} MiB"

@@ -1,0 +1,1 @@
+"""Stubs generated from ``proto/kinodb/v1/kinodb.proto`` by ``scripts/gen_proto.sh``; do not edit."""

@@ -1,0 +1,333 @@
+"""`KinoClient`: the local read API over a kino-serve server.
+
+Episodes come back shaped like `Database.read_episode` (``meta`` plus NumPy arrays),
+window batches like `FrameWindows.lowdim` (plus ``task`` and images), and server errors
+as the exceptions the local API raises (`EpisodeNotFoundError`, `QuerySyntaxError`, ...).
+Arrays are read-only views over the received bytes.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import grpc
+import numpy as np
+from numpy.typing import NDArray
+
+from kinodb.serve._errors import to_exception
+from kinodb.serve._messages import meta_from_pb, unpack_tensor
+from kinodb.serve._proto import kinodb_pb2 as pb
+from kinodb.serve._proto import kinodb_pb2_grpc as pb_grpc
+
+__all__ = ["KinoClient"]
+
+TOKEN_ENV = "KINODB_TOKEN"
+_ENCODINGS: dict[str, pb.ImageEncoding] = {
+    "decoded": pb.IMAGE_ENCODING_DECODED,
+    "stored": pb.IMAGE_ENCODING_STORED,
+}
+
+
+class KinoClient:
+    """A connection to a kino-serve server.
+
+    Args:
+        addr: ``host:port``.
+        token: Bearer token (None: the ``KINODB_TOKEN`` environment variable, if set).
+        tls_ca: PEM file (or bytes) of the CA that signed the server's certificate, to
+            connect over TLS; None for plaintext.
+        timeout: Seconds each unary call may take.
+        tls_server_name: Name to check the certificate against, when it differs from
+            the host in ``addr``.
+
+    Example:
+        >>> with KinoClient("127.0.0.1:50051") as client:
+        ...     batch = client.get_batch(32, mode="random", seed=7)
+        ...     batch[0]["actions"].shape
+    """
+
+    def __init__(
+        self,
+        addr: str = "127.0.0.1:50051",
+        *,
+        token: str | None = None,
+        tls_ca: str | os.PathLike[str] | bytes | None = None,
+        timeout: float | None = 30.0,
+        tls_server_name: str | None = None,
+    ) -> None:
+        self.addr, self.timeout = addr, timeout
+        token = token if token is not None else os.environ.get(TOKEN_ENV) or None
+        self._metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),) if token else ()
+        options: list[tuple[str, Any]] = [("grpc.max_receive_message_length", -1)]
+        if tls_ca is None:
+            self._channel = grpc.insecure_channel(addr, options=options)
+        else:
+            if isinstance(tls_ca, bytes):
+                ca = tls_ca
+            else:
+                with open(tls_ca, "rb") as fh:
+                    ca = fh.read()
+            if tls_server_name:
+                options.append(("grpc.ssl_target_name_override", tls_server_name))
+            self._channel = grpc.secure_channel(
+                addr, grpc.ssl_channel_credentials(root_certificates=ca), options
+            )
+        self._stub = pb_grpc.KinoServiceStub(self._channel)  # type: ignore[no-untyped-call]
+
+    # -- plumbing -----------------------------------------------------------------------------
+
+    def _call(self, method: str, request: Any) -> Any:
+        try:
+            return getattr(self._stub, method)(request, timeout=self.timeout, metadata=self._metadata)
+        except grpc.RpcError as err:
+            raise to_exception(err, f"server {self.addr}") from None
+
+    def _stream(self, request: pb.StreamRequest) -> Iterator[pb.BatchResponse]:
+        call = self._stub.StreamBatches(request, metadata=self._metadata)
+        try:
+            yield from call
+        except grpc.RpcError as err:
+            raise to_exception(err, f"server {self.addr}") from None
+        finally:
+            call.cancel()  # a no-op when the stream ended; stops the server's loop when abandoned
+
+    # -- RPCs -----------------------------------------------------------------------------
+
+    def server_info(self) -> dict[str, Any]:
+        """What the server serves: ``num_episodes``, ``num_frames``, ``num_sources``,
+        ``version``, ``sources``, ``shares``, ``max_batch``, ``max_message_bytes``, ``cameras``."""
+        r = self._call("ServerInfo", pb.InfoRequest())
+        return {
+            "num_episodes": int(r.num_episodes), "num_frames": int(r.num_frames), "num_sources": int(r.num_sources),
+            "version": r.version, "sources": list(r.sources), "shares": list(r.shares),
+            "source_episodes": [int(n) for n in r.source_episodes], "max_batch": int(r.max_batch),
+            "max_message_bytes": int(r.max_message_bytes), "cameras": list(r.cameras),
+        }  # fmt: skip
+
+    def get_meta(self, i: int) -> dict[str, Any]:
+        """Metadata of episode ``i`` (global index), as `Database.read_meta` gives it.
+
+        Raises:
+            EpisodeNotFoundError: ``i`` is out of range.
+        """
+        return meta_from_pb(self._call("GetMeta", pb.MetaRequest(position=_index(i))).meta)
+
+    def get_episode(
+        self, i: int, *, include_images: bool = False, image_encoding: str = "decoded",
+        cameras: Sequence[str] | None = None,
+    ) -> dict[str, Any]:  # fmt: skip
+        """Episode ``i`` shaped like `Database.read_episode` (without ``images`` unless asked).
+
+        With ``image_encoding="stored"``, ``images`` maps each camera to its frames' stored
+        bytes and ``image_codecs`` names their codec; decoded frames are uint8 (T, H, W, C).
+
+        Raises:
+            EpisodeNotFoundError: ``i`` is out of range.
+        """
+        req = pb.EpisodeRequest(position=_index(i), include_images=include_images,
+                                image_encoding=_encoding(image_encoding), cameras=cameras or ())  # fmt: skip
+        return _episode(self._call("GetEpisode", req).episode, include_images)
+
+    def get_batch(
+        self,
+        batch_size: int,
+        *,
+        mode: str = "random",
+        offset: int = 0,
+        seed: int = 0,
+        include_images: bool = False,
+        image_encoding: str = "decoded",
+        cameras: Sequence[str] | None = None,
+    ) -> list[dict[str, Any]]:
+        """A batch of episodes, each shaped like `get_episode`'s.
+
+        ``mode`` is ``"sequential"`` (from ``offset``, wrapping at the end), ``"random"``
+        (uniform, with replacement) or ``"weighted"`` (source by the mixture's weights).
+        A non-zero ``seed`` makes the batch a function of the seed.
+
+        Raises:
+            BatchTooLargeError: over the server's ``max_batch`` or message limit.
+            InvalidRequestError: a bad mode or argument.
+        """
+        req = _batch(batch_size, mode, offset, seed, include_images, image_encoding, cameras, None, None)
+        return [_episode(ep, include_images) for ep in self._call("GetBatch", req).episodes]
+
+    def get_windows(
+        self,
+        batch_size: int,
+        *,
+        obs_horizon: int = 1,
+        action_horizon: int = 1,
+        pad: str = "edge",
+        kql_filter: str | None = None,
+        mode: str = "random",
+        offset: int = 0,
+        seed: int = 0,
+        include_images: bool = False,
+        image_encoding: str = "decoded",
+        cameras: Sequence[str] | None = None,
+        image_size: tuple[int, int] | None = None,
+    ) -> dict[str, Any]:
+        """A batch of frame windows, as `KinoFrameDataset` forms them, stacked.
+
+        Returns ``state`` (B, obs_horizon, S), ``action`` (B, action_horizon, A), their
+        ``*_is_pad`` masks, ``episode_index``, ``frame_index``, ``source``, ``index`` (the
+        window's sample index), ``task`` (list of str) and, with images, ``images``
+        {camera: uint8 (B, obs_horizon, C, H, W)} (the first camera unless ``cameras``
+        names them; with ``image_encoding="stored"``, the stored bytes, sample-major).
+        """
+        spec = _spec(obs_horizon, action_horizon, pad, kql_filter)
+        req = _batch(
+            batch_size, mode, offset, seed, include_images, image_encoding, cameras, spec, image_size
+        )
+        return _windows(self._call("GetBatch", req).windows)
+
+    def stream_batches(
+        self,
+        batch_size: int,
+        *,
+        num_batches: int = 0,
+        mode: str = "random",
+        offset: int = 0,
+        stride: int = 0,
+        seed: int = 0,
+        include_images: bool = False,
+        image_encoding: str = "decoded",
+        cameras: Sequence[str] | None = None,
+    ) -> Iterator[list[dict[str, Any]]]:
+        """Batches of episodes from one server stream (``num_batches=0``: until closed).
+
+        Sequential batches advance by ``stride`` (default ``batch_size``); a seeded random
+        stream continues one generator, so the whole stream is a function of the seed.
+        """
+        req = pb.StreamRequest(
+            batch=_batch(batch_size, mode, offset, seed, include_images, image_encoding, cameras, None, None),
+            num_batches=num_batches, stride=stride,
+        )  # fmt: skip
+        for resp in self._stream(req):
+            yield [_episode(ep, include_images) for ep in resp.episodes]
+
+    def stream_windows(
+        self,
+        batch_size: int,
+        *,
+        num_batches: int = 0,
+        obs_horizon: int = 1,
+        action_horizon: int = 1,
+        pad: str = "edge",
+        kql_filter: str | None = None,
+        mode: str = "random",
+        offset: int = 0,
+        stride: int = 0,
+        seed: int = 0,
+        include_images: bool = False,
+        image_encoding: str = "decoded",
+        cameras: Sequence[str] | None = None,
+        image_size: tuple[int, int] | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        """Window batches (as `get_windows` returns them) from one server stream."""
+        spec = _spec(obs_horizon, action_horizon, pad, kql_filter)
+        req = pb.StreamRequest(
+            batch=_batch(batch_size, mode, offset, seed, include_images, image_encoding, cameras, spec, image_size),
+            num_batches=num_batches, stride=stride,
+        )  # fmt: skip
+        for resp in self._stream(req):
+            yield _windows(resp.windows)
+
+    def query(self, kql: str, *, limit: int = 0) -> NDArray[np.int64]:
+        """Global indices of the episodes matching ``kql``, ascending (at most ``limit``; 0: all).
+
+        Raises:
+            QuerySyntaxError: the query does not parse (the server's parser message).
+        """
+        resp = self._call("Query", pb.QueryRequest(kql=kql, limit=_index(limit)))
+        return np.array(resp.positions, dtype=np.int64)
+
+    # -- lifetime -------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the channel."""
+        self._channel.close()
+
+    def __enter__(self) -> KinoClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<kinodb.KinoClient {self.addr!r}>"
+
+
+def _index(i: Any) -> int:
+    if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or i < 0:
+        raise ValueError(f"expected a non-negative int, got {i!r}")
+    return int(i)
+
+
+def _encoding(name: str) -> pb.ImageEncoding:
+    if name not in _ENCODINGS:
+        raise ValueError(f"image_encoding must be 'decoded' or 'stored', got {name!r}")
+    return _ENCODINGS[name]
+
+
+def _spec(obs: int, act: int, pad: str, kql: str | None) -> pb.WindowSpec:
+    if pad not in ("edge", "zero"):
+        raise ValueError(f"pad must be 'edge' or 'zero', got {pad!r}")
+    for name, value in (("obs_horizon", obs), ("action_horizon", act)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return pb.WindowSpec(obs_horizon=obs, action_horizon=act, pad=pad, kql_filter=kql or "")
+
+
+def _batch(
+    size: int, mode: str, offset: int, seed: int, images: bool, encoding: str, cameras: Sequence[str] | None,
+    windows: pb.WindowSpec | None, image_size: tuple[int, int] | None,
+) -> pb.BatchRequest:  # fmt: skip
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {size!r}")
+    h, w = image_size if image_size is not None else (0, 0)
+    return pb.BatchRequest(
+        batch_size=int(size), mode=mode, offset=_index(offset), seed=_index(seed), include_images=images,
+        windows=windows, image_encoding=_encoding(encoding), cameras=cameras or (), image_height=h, image_width=w,
+    )  # fmt: skip
+
+
+def _episode(msg: pb.Episode, include_images: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {"meta": meta_from_pb(msg.meta)}
+    for name, tensor in msg.arrays.items():
+        out[name] = unpack_tensor(tensor, name)
+    if include_images:
+        images: dict[str, Any] = {}
+        codecs: dict[str, str] = {}
+        for cam in msg.images:
+            if cam.HasField("pixels"):
+                images[cam.camera] = unpack_tensor(cam.pixels, cam.camera)
+            else:
+                images[cam.camera], codecs[cam.camera] = list(cam.frames), cam.codec
+        out["images"] = images
+        if codecs:
+            out["image_codecs"] = codecs
+    for key in ("source", "position", "index"):
+        if key in out:  # an extra array of that name keeps it, renamed as read_meta does
+            out[f"extra.{key}"] = out.pop(key)
+    out["source"], out["position"], out["index"] = int(msg.source), int(msg.position), int(msg.index)
+    return out
+
+
+def _windows(msg: pb.WindowBatch) -> dict[str, Any]:
+    out: dict[str, Any] = {name: unpack_tensor(t, name) for name, t in msg.arrays.items()}
+    names = np.empty(len(msg.tasks), dtype=object)
+    names[:] = list(msg.tasks)
+    out["task"] = names[out.pop("task_index")].tolist() if "task_index" in out else []
+    images: dict[str, Any] = {}
+    for cam in msg.images:
+        if cam.HasField("pixels"):
+            images[cam.camera] = unpack_tensor(cam.pixels, cam.camera)
+        else:
+            images[cam.camera] = list(cam.frames)
+    if images:
+        out["images"] = images
+    return out

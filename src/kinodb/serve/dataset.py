@@ -1,0 +1,188 @@
+"""`KinoRemoteDataset`: a torch IterableDataset fed by a kino-serve server's batch streams."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from kinodb._optional import require
+from kinodb.serve.client import KinoClient
+
+require("torch", extra="torch")
+
+import torch  # noqa: E402
+from torch.utils.data import IterableDataset, get_worker_info  # noqa: E402
+
+__all__ = ["KinoRemoteDataset"]
+
+_WINDOW_KEYS = ("obs_horizon", "action_horizon", "pad", "kql_filter")
+
+
+class KinoRemoteDataset(IterableDataset[Any]):
+    """Episodes, or batches of frame windows, streamed from a server.
+
+    Episode samples carry `KinoMapDataset`'s keys: ``action`` (T, A), ``state`` (T, S),
+    ``reward`` (T,), ``image`` (T, C, H, W) float in [0, 1] for one camera or ``images``
+    {camera: ...} for a list, ``task``, ``embodiment``, ``success`` (1, 0, or -1 when
+    unknown), ``episode_id``, ``episode_index`` (position in its file) and ``source``.
+    With ``windows`` set, each item is a whole batch of windows with `KinoFrameDataset`'s
+    keys, stacked: ``state`` (B, To, S), ``action`` (B, Ta, A), ``*_is_pad``, ``image``
+    (B, To, C, H, W), ``episode_index``, ``frame_index``, ``source``, ``task`` (list).
+    Use ``DataLoader(ds, batch_size=None)``.
+
+    Each DataLoader worker opens its own channel when it starts iterating and reads its
+    share of the epoch (every ``num_workers``-th server batch) over one server stream.
+    An epoch is ``num_batches`` batches (default: enough to cover the episodes, or the
+    frames for windows, once on average). With a non-zero ``seed`` every epoch's batches
+    are a function of the seed, the epoch (`set_epoch`) and the worker; with seed 0 they
+    come from the server's own seeded stream.
+
+    Args:
+        addr: ``host:port`` of the server.
+        batch_size: Episodes or windows per server batch.
+        include_images: Fetch decoded frames of ``image_key``'s cameras.
+        to_tensor: Torch tensors (else NumPy arrays).
+        windows: None (episodes), or ``{"obs_horizon": .., "action_horizon": .., "pad": ..,
+            "kql_filter": ..}`` for frame windows.
+        mode: ``"random"``, ``"weighted"`` or ``"sequential"``.
+        seed: See above.
+        num_batches: Server batches per epoch over all workers.
+        image_key: A camera, a list of cameras, or None (the first camera).
+        image_size: ``(H, W)`` to resize window frames to on the server.
+        token, tls_ca, timeout: As for `KinoClient`.
+
+    Example:
+        >>> ds = KinoRemoteDataset("10.0.0.5:50051", batch_size=256,
+        ...                        windows={"obs_horizon": 2, "action_horizon": 16})
+        >>> for batch in DataLoader(ds, batch_size=None, num_workers=2): ...
+    """
+
+    def __init__(
+        self,
+        addr: str,
+        *,
+        batch_size: int = 32,
+        include_images: bool = False,
+        to_tensor: bool = True,
+        windows: Mapping[str, Any] | None = None,
+        mode: str = "random",
+        seed: int = 0,
+        num_batches: int | None = None,
+        image_key: str | Sequence[str] | None = None,
+        image_size: tuple[int, int] | None = None,
+        token: str | None = None,
+        tls_ca: str | os.PathLike[str] | bytes | None = None,
+        timeout: float | None = 60.0,
+    ) -> None:
+        for name, value in (("batch_size", batch_size), ("num_batches", num_batches)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+        if mode not in ("random", "weighted", "sequential"):
+            raise ValueError(f"mode must be 'random', 'weighted' or 'sequential', got {mode!r}")
+        if windows is not None:
+            unknown = sorted(set(windows) - set(_WINDOW_KEYS))
+            if unknown:
+                raise ValueError(f"windows has unknown keys {unknown}; it takes {list(_WINDOW_KEYS)}")
+        elif image_size is not None:
+            raise ValueError("image_size applies to windows; episodes come at their stored size")
+        self._addr, self._batch, self._images, self._to_tensor = addr, batch_size, include_images, to_tensor
+        self._windows = dict(windows) if windows is not None else None
+        self._mode, self._seed, self._num_batches = mode, seed, num_batches
+        self._image_key, self._image_size = image_key, image_size
+        self._client_kw: dict[str, Any] = {"token": token, "tls_ca": tls_ca, "timeout": timeout}
+        self._epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use epoch ``epoch``'s batches next (seeded datasets and sequential offsets)."""
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+            raise ValueError(f"epoch must be a non-negative int, got {epoch!r}")
+        self._epoch = epoch
+
+    def __iter__(self) -> Iterator[Any]:
+        worker = get_worker_info()
+        wid, workers = (worker.id, worker.num_workers) if worker is not None else (0, 1)
+        with KinoClient(self._addr, **self._client_kw) as client:
+            info = client.server_info()
+            units = info["num_frames"] if self._windows is not None else info["num_episodes"]
+            total = self._num_batches or max(1, math.ceil(units / self._batch))
+            mine = len(range(wid, total, workers))
+            if mine == 0:
+                return
+            cams = self._cameras(info["cameras"]) if self._images else None
+            kw: dict[str, Any] = dict(
+                num_batches=mine, mode=self._mode, seed=self._worker_seed(wid),
+                offset=(self._epoch * total + wid) * self._batch, stride=workers * self._batch,
+                include_images=self._images, cameras=cams,
+            )  # fmt: skip
+            if self._windows is not None:
+                for batch in client.stream_windows(
+                    self._batch, image_size=self._image_size, **self._windows, **kw
+                ):
+                    yield self._window_batch(batch)
+            else:
+                for episodes in client.stream_batches(self._batch, **kw):
+                    for ep in episodes:
+                        yield self._sample(ep)
+
+    # -- conversion ---------------------------------------------------------------------------
+
+    def _cameras(self, available: list[str]) -> list[str]:
+        if self._image_key is None:
+            if not available:
+                raise ValueError(
+                    f"include_images was asked for, but the server at {self._addr} has no cameras"
+                )
+            return available[:1]
+        return [self._image_key] if isinstance(self._image_key, str) else list(self._image_key)
+
+    def _worker_seed(self, wid: int) -> int:
+        if not self._seed:
+            return 0
+        state = np.random.SeedSequence([self._seed, self._epoch, wid]).generate_state(1, np.uint64)
+        return int(state[0]) or 1
+
+    def _tensor(self, value: Any) -> Any:
+        arr = np.array(value)  # a writable copy of the received bytes
+        return torch.from_numpy(arr) if self._to_tensor else arr
+
+    def _image(self, u8: np.ndarray) -> Any:
+        if self._to_tensor:
+            return torch.from_numpy(np.array(u8)).to(torch.float32).div_(255.0)
+        return u8.astype(np.float32) / np.float32(255.0)
+
+    def _put_images(self, out: dict[str, Any], images: dict[str, Any]) -> None:
+        if isinstance(self._image_key, str) or self._image_key is None:
+            out["image"] = next(iter(images.values()))
+        else:
+            out["images"] = images
+
+    def _sample(self, ep: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "action": self._tensor(ep["actions"]), "state": self._tensor(ep["states"]),
+            "reward": self._tensor(ep["rewards"]),
+        }  # fmt: skip
+        if self._images:
+            self._put_images(
+                out, {cam: self._image(px.transpose(0, 3, 1, 2)) for cam, px in ep["images"].items()}
+            )
+        meta = ep["meta"]
+        success = meta["success"]
+        out.update(task=meta["task"], embodiment=meta["embodiment"], episode_id=meta["episode_id"],
+                   success=-1 if success is None else int(success), episode_index=ep["position"],
+                   source=ep["source"])  # fmt: skip
+        return out
+
+    def _window_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
+        images = batch.pop("images", None)
+        tasks = batch.pop("task")
+        out = {key: self._tensor(value) for key, value in batch.items()}
+        if images:
+            self._put_images(out, {cam: self._image(px) for cam, px in images.items()})
+        out["task"] = tasks
+        return out
