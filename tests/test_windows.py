@@ -30,7 +30,9 @@ def _write(path: Path, lengths: list[int], *, state_dim: int = 3, action_dim: in
                 "fps": fps,
             }
             if cameras:
-                ep["images"] = {c: rng.integers(0, 256, (T, *hwc), dtype=np.uint8) for c, hwc in cameras.items()}
+                ep["images"] = {
+                    c: rng.integers(0, 256, (T, *hwc), dtype=np.uint8) for c, hwc in cameras.items()
+                }
             w.add_episode(**ep)
             eps.append(ep)
     return eps
@@ -92,7 +94,9 @@ def test_delta_timestamps_match_horizons_in_frames(tmp_path: Path) -> None:
 def test_delta_timestamps_off_the_frame_grid_is_an_error(tmp_path: Path) -> None:
     path = tmp_path / "g.kdb"
     _write(path, [5], fps=10.0)
-    with pytest.raises(KinodbError, match=r"delta_timestamps\['action'\]\[1\] = 0.05 s is not a multiple of 1/fps"):
+    with pytest.raises(
+        KinodbError, match=r"delta_timestamps\['action'\]\[1\] = 0.05 s is not a multiple of 1/fps"
+    ):
         FrameWindows(path, delta_timestamps={"action": [0.0, 0.05]})
 
 
