@@ -207,3 +207,26 @@ def test_normalize_uses_the_stored_statistics(lowdim) -> None:
     np.testing.assert_allclose(
         a, 2 * (actions - actions.min(0)) / (actions.max(0) - actions.min(0)) - 1, atol=1e-5
     )
+
+
+def test_worker_batches_travel_as_one_buffer_and_arrive_equal(tmp_path: Path) -> None:
+    from kinodb.torch import TensorBatch
+
+    path = tmp_path / "img.kdb"
+    _write(path, [5, 7, 4], cameras={"front": (8, 12, 3), "wrist": (8, 12, 3)})
+    ds = KinoFrameDataset(
+        path, obs_horizon=2, action_horizon=3, image_key=["front", "wrist"], normalize=False
+    )
+    local = list(DataLoader(ds, batch_size=5))
+    remote = list(DataLoader(ds, batch_size=5, num_workers=2, pin_memory=False))
+    assert len(local) == len(remote) == 4
+    for a, b in zip(local, remote, strict=True):
+        assert isinstance(b, TensorBatch) and a.keys() == b.keys() and a["task"] == b["task"]
+        for key in ("state", "action", "action_is_pad", "frame_index"):
+            assert a[key].dtype == b[key].dtype
+            torch.testing.assert_close(a[key], b[key])
+        for cam in ("front", "wrist"):
+            torch.testing.assert_close(a["images"][cam], b["images"][cam])
+    again = pickle.loads(pickle.dumps(local[0]))
+    torch.testing.assert_close(again["images"]["wrist"], local[0]["images"]["wrist"])
+    assert again["state"].data_ptr() != local[0]["state"].data_ptr()

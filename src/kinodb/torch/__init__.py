@@ -10,7 +10,7 @@ from kinodb._optional import require
 
 require("torch", extra="torch")
 
-from kinodb.torch._collate import Batch, SchemaBatchSampler, collate, pad_collate  # noqa: E402
+from kinodb.torch._collate import Batch, SchemaBatchSampler, TensorBatch, collate, pad_collate  # noqa: E402
 from kinodb.torch._datasets import KinoDataset, KinoFrameDataset, KinoMapDataset  # noqa: E402
 from kinodb.torch._iterable import KinoIterDataset, from_mixture  # noqa: E402
 
@@ -21,6 +21,7 @@ __all__ = [
     "KinoIterDataset",
     "KinoMapDataset",
     "SchemaBatchSampler",
+    "TensorBatch",
     "collate",
     "from_mixture",
     "pad_collate",

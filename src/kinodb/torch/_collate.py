@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import Sampler, default_collate
 from torch.utils.data._utils.collate import default_collate_fn_map
 
-__all__ = ["Batch", "SchemaBatchSampler", "collate", "pad_collate"]
+__all__ = ["Batch", "SchemaBatchSampler", "TensorBatch", "collate", "pad_collate"]
 
 
 class Sample(dict):  # type: ignore[type-arg]
@@ -58,13 +58,71 @@ def _item(value: Any, k: int) -> Any:
     return value[k]
 
 
+class TensorBatch(dict):  # type: ignore[type-arg]
+    """A collated batch: a plain dict of tensors that crosses processes as one buffer.
+
+    A DataLoader worker sends each tensor of a batch through its own shared-memory
+    segment, which costs more than gathering a batch of low-dimensional windows. Pickled
+    (only when it leaves a worker), this dict packs its CPU tensors into one contiguous
+    buffer, so one segment travels, and the receiving side rebuilds the tensors as views
+    of it. In the process that made it, it is an ordinary dict.
+    """
+
+    __slots__ = ()
+
+    def __copy__(self) -> TensorBatch:
+        return TensorBatch(self)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        layout: list[tuple[tuple[str, ...], torch.dtype, tuple[int, ...], int, int]] = []
+        others: list[tuple[tuple[str, ...], Any]] = []
+        parts: list[tuple[int, torch.Tensor]] = []
+        size = 0
+        for path, value in _flatten(self, ()):
+            if isinstance(value, torch.Tensor) and value.device.type == "cpu" and not value.requires_grad:
+                raw = value.contiguous().reshape(-1).view(torch.uint8)
+                size += -size % 16  # aligned for every dtype's view
+                layout.append((path, value.dtype, tuple(value.shape), size, raw.numel()))
+                parts.append((size, raw))
+                size += raw.numel()
+            else:
+                others.append((path, value))
+        buffer = torch.empty(size, dtype=torch.uint8)
+        for offset, raw in parts:
+            buffer[offset : offset + raw.numel()] = raw
+        return (_unpack, (buffer, layout, others))
+
+
+def _flatten(value: Any, path: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...], Any]]:
+    if isinstance(value, dict) and (not path or type(value) is dict):
+        for key, item in value.items():
+            yield from _flatten(item, (*path, key))
+    else:
+        yield path, value
+
+
+def _unpack(buffer: torch.Tensor, layout: list[Any], others: list[Any]) -> TensorBatch:
+    out = TensorBatch()
+    for path, dtype, shape, offset, n in layout:
+        _place(out, path, buffer[offset : offset + n].view(dtype).view(shape))
+    for path, value in others:
+        _place(out, path, value)
+    return out
+
+
+def _place(out: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    for key in path[:-1]:
+        out = out.setdefault(key, {})
+    out[path[-1]] = value
+
+
 def _collate_samples(batch: Sequence[Any], *, collate_fn_map: Any = None) -> Any:
     whole = getattr(batch[0], "batch", None)
     if isinstance(batch, Batch) or (
         whole is not None and len(batch) == len(whole) and all(s.batch is whole for s in batch)
     ):
         src: Batch = batch if isinstance(batch, Batch) else whole  # type: ignore[assignment]
-        return dict(src.stacked)
+        return TensorBatch(src.stacked)
     return default_collate([dict(s) for s in batch])
 
 
@@ -76,7 +134,7 @@ def collate(batch: Sequence[Any]) -> Any:
     return default_collate(batch)  # type: ignore[arg-type]  # any sequence of samples
 
 
-def pad_collate(batch: Sequence[Any]) -> dict[str, Any]:
+def pad_collate(batch: Sequence[Any]) -> TensorBatch:
     """Collate samples whose ``state``/``action`` widths (and episode lengths) differ.
 
     Pads ``state`` and ``action`` with zeros to the widest in the batch (and along time
@@ -115,7 +173,7 @@ def pad_collate(batch: Sequence[Any]) -> dict[str, Any]:
         out[key] = _pad_time([torch.as_tensor(s.pop(key)) for s in samples])
     rest = default_collate(samples)
     out.update(rest)
-    return out
+    return TensorBatch(out)
 
 
 def _needs_time_pad(samples: list[dict[str, Any]], key: str) -> bool:

@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from kinodb.mixture import DEFAULT_SEED, Mixture
-from kinodb.torch._collate import Batch
+from kinodb.torch._collate import Batch, TensorBatch
 from kinodb.torch._datasets import KinoFrameDataset, KinoMapDataset
 
 __all__ = ["KinoIterDataset", "from_mixture"]
@@ -177,7 +177,7 @@ class KinoIterDataset(IterableDataset[dict[str, Any]]):
         for start in range(0, len(order), self.batch_size):
             batch = self._inner.__getitems__(order[start : start + self.batch_size].tolist())  # type: ignore[union-attr]
             if isinstance(batch, Batch):
-                yield dict(batch.stacked)
+                yield TensorBatch(batch.stacked)
             else:
                 yield from_samples(batch)
 
