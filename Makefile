@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench bench-peers clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,15 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_core.py
 	$(PY) benchmarks/bench_kql.py
 	$(PY) benchmarks/bench_merge.py
+
+# Benchmarks against the peers' own loaders (LeRobot, robomimic) in .venv-bench, plus
+# serving and inference; see docs/benchmarks.md.
+bench-peers: $(STAMP)
+	bash benchmarks/setup_peers.sh
+	.venv-bench/bin/python benchmarks/dataloader.py
+	.venv-bench/bin/python benchmarks/training.py
+	$(PY) benchmarks/serve.py
+	$(PY) benchmarks/infer.py
 
 clean:
 	rm -rf demo .pytest_cache .mypy_cache .ruff_cache
