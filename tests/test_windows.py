@@ -170,3 +170,23 @@ def test_camera_errors_name_the_choices(tmp_path: Path) -> None:
     _write(path, [3], cameras={"front": (8, 8, 3)})
     with pytest.raises(KinodbError, match=r"no camera 'back'; it has \['front'\]"):
         FrameWindows(path, cameras="back")
+
+
+def test_raw_frames_are_gathered_exactly_with_mixed_codecs_and_zero_pad(tmp_path: Path) -> None:
+    raw, png = tmp_path / "raw.kdb", tmp_path / "png.kdb"
+    eps_raw = _write(raw, [3, 6], cameras={"cam": (10, 14, 3)}, seed=4)
+    eps_png = _write(png, [5], cameras={"cam": (10, 14, 3)}, codec="png", seed=5)
+    fw = FrameWindows([raw, png], obs_horizon=3, cameras="cam", pad="zero")
+    got = fw.images([0, 4, 9, 12])["cam"]  # raw ep0 t0, raw ep1 t1, png t0, png t3
+    want = [
+        [None, None, eps_raw[0]["images"]["cam"][0]],
+        [None, eps_raw[1]["images"]["cam"][0], eps_raw[1]["images"]["cam"][1]],
+        [None, None, eps_png[0]["images"]["cam"][0]],
+        eps_png[0]["images"]["cam"][1:4],
+    ]
+    for b, frames in enumerate(want):
+        for k, frame in enumerate(frames):
+            if frame is None:
+                assert not got[b, k].any()
+            else:
+                np.testing.assert_array_equal(got[b, k], frame.transpose(2, 0, 1))

@@ -58,7 +58,7 @@ def decode_one(
     shape: tuple[int, int, int],
     size: tuple[int, int] | None,
     resize: str,
-    where: str,
+    where: Any,
 ) -> NDArray[np.uint8]:
     """One frame as ``(H, W, C)`` uint8 at ``size`` (the stored size when None)."""
     from PIL import Image
@@ -80,14 +80,21 @@ def decode_one(
                 im = im.resize((size[1], size[0]), _filter(resize), reducing_gap=None)
             out = np.asarray(im)
             if out.shape[:2] != (size or (h, w)):
-                raise CorruptFileError(f"{where}: frame decodes to {out.shape[:2]}, the index says {(h, w)}")
+                raise CorruptFileError(f"frame decodes to {out.shape[:2]}, the index says {(h, w)}")
             return out.reshape(out.shape[0], out.shape[1], c)
         im = im.resize((size[1], size[0]), _filter(resize), reducing_gap=None)
         return np.asarray(im).reshape(size[0], size[1], c)
-    except CorruptFileError:
-        raise
+    except CorruptFileError as exc:
+        raise CorruptFileError(f"{_where(where)}: {exc}") from None
     except (OSError, ValueError, SyntaxError) as exc:
-        raise CorruptFileError(f"{where}: cannot decode {codec} frame: {exc}") from exc
+        raise CorruptFileError(f"{_where(where)}: cannot decode {codec} frame: {exc}") from exc
+
+
+def _where(where: Any) -> str:
+    if isinstance(where, tuple):
+        source, j, cam, f = where
+        return f"{source.db.path()}: episode {int(source.kept[j])}, camera {cam!r}, frame {f}"
+    return str(where)
 
 
 def _pool(threads: int) -> ThreadPoolExecutor:
@@ -102,18 +109,20 @@ def _pool(threads: int) -> ThreadPoolExecutor:
 
 def decode_into(
     out: NDArray[np.uint8],
-    jobs: Sequence[tuple[int, Any, str, tuple[int, int, int], str]],
+    jobs: Sequence[tuple[int, Any, str, tuple[int, int, int], Any]],
     size: tuple[int, int] | None,
     resize: str,
     threads: int,
 ) -> None:
     """Decode ``jobs`` into ``out`` (N, C, H, W): job ``(slot, data, codec, shape, where)``.
 
-    Each frame is written straight into its slot, transposed to channels-first.
+    Each frame is written straight into its slot, transposed to channels-first. ``where``
+    names the frame in errors: a string, or ``(source, kept index, camera, frame)``
+    from `kinodb.windows`, formatted only when a frame fails.
     """
     _filter(resize)  # check the mode once, before any thread starts
 
-    def work(job: tuple[int, Any, str, tuple[int, int, int], str]) -> None:
+    def work(job: tuple[int, Any, str, tuple[int, int, int], Any]) -> None:
         slot, data, codec, shape, where = job
         out[slot] = decode_one(data, codec, shape, size, resize, where).transpose(2, 0, 1)
 

@@ -67,6 +67,7 @@ class _Source:
         self.starts = np.concatenate([[0], np.cumsum(self.lengths)]).astype(np.int64)
         self._rows: dict[str, tuple[NDArray[np.int64], NDArray[Any], int]] = {}
         self._cams: dict[int, dict[str, Any]] = {}
+        self._frame_views: dict[int, NDArray[np.uint8]] = {}
 
     def rows(self, name: str) -> tuple[NDArray[np.int64], NDArray[Any], int]:
         """``(first element of each kept episode, strided row view, row length)`` of array ``name``.
@@ -112,6 +113,17 @@ class _Source:
         )
         self._rows[name] = found = (starts, view, width)
         return found
+
+    def frame_rows(self, hwc: tuple[int, int, int]) -> NDArray[np.uint8]:
+        """A view with one row of ``H*W*C`` bytes starting at every byte of the map."""
+        step = hwc[0] * hwc[1] * hwc[2]
+        view = self._frame_views.get(step)
+        if view is None:
+            base = self.db._map()
+            view = self._frame_views[step] = as_strided(
+                base, shape=(max(len(base) - step + 1, 0), step), strides=(1, 1), writeable=False
+            )
+        return view
 
     def cameras(self, j: int) -> dict[str, Any]:
         cams = self._cams.get(j)
@@ -292,17 +304,21 @@ class FrameWindows:
         src = self._source_of(idx)
         out: dict[str, NDArray[np.uint8]] = {}
         for cam, offsets in self.spec.images.items():
-            jobs: list[tuple[int, Any, str, tuple[int, int, int], str]] = []
-            shape: tuple[int, int, int] | None = None
-            zero_slots: list[int] = []
             k = len(offsets)
+            jobs: list[tuple[int, Any, str, tuple[int, int, int], Any]] = []
+            raw: list[tuple[_Source, tuple[int, int, int], NDArray[np.int64], NDArray[np.int64]]] = []
+            shape: tuple[int, int, int] | None = None
+            zero_slots: list[NDArray[np.int64]] = []
             for s, sel in self._groups(src):
                 source = self._sources[s]
                 j, t = self._episode_frame(s, idx[sel] - self._starts[s])
                 frames, pad = self._frames(source, j, t, offsets, seconds=self.spec.seconds)
-                for b, jj, row, prow in zip(
-                    sel.tolist(), j.tolist(), frames.tolist(), pad.tolist(), strict=True
-                ):
+                slots = sel[:, None] * k + np.arange(k)
+                if self._pad == "zero" and pad.any():
+                    zero_slots.append(slots[pad])
+                keep = ~pad if self._pad == "zero" else np.ones_like(pad)
+                starts = np.empty(len(j), dtype=np.int64)  # a raw camera's first byte, else -1
+                for n, jj in enumerate(j.tolist()):
                     c = source.cameras(jj).get(cam)
                     if c is None:
                         raise KinodbError(
@@ -316,26 +332,28 @@ class FrameWindows:
                             f"camera {cam!r} is {hwc} in {source.where} episode {int(source.kept[jj])} but "
                             f"{shape} elsewhere in this batch; pass image_size=(H, W) to resize them to one"
                         )
-                    for n, (f, p) in enumerate(zip(row, prow, strict=True)):
-                        if p and self._pad == "zero":
-                            zero_slots.append(b * k + n)
-                            continue
-                        data: Any
-                        if c.codec == "raw":
-                            frame = hwc[0] * hwc[1] * hwc[2]
-                            pos = c.data_offset + f * frame
-                            data = source.db._map()[pos : pos + frame]
-                        else:
-                            data = source.db._frame_bytes(c, f)
-                        where = (
-                            f"{source.db.path()}: episode {int(source.kept[jj])}, camera {cam!r}, frame {f}"
-                        )
-                        jobs.append((b * k + n, data, c.codec, hwc, where))
+                    if c.codec == "raw" and hwc == shape and size in (None, hwc[:2]):
+                        starts[n] = c.data_offset
+                        continue
+                    starts[n] = -1
+                    for f, slot in zip(frames[n][keep[n]].tolist(), slots[n][keep[n]].tolist(), strict=True):
+                        jobs.append((slot, _frame_data(source, c, f), c.codec, hwc, (source, jj, cam, f)))
+                direct = (starts >= 0)[:, None] & keep
+                if direct.any():
+                    assert shape is not None
+                    step = shape[0] * shape[1] * shape[2]
+                    byte = (starts[:, None] + frames * step)[direct]
+                    raw.append((source, shape, slots[direct], byte))
             assert shape is not None
             h, w = size or shape[:2]
             block = np.empty((len(idx) * k, shape[2], h, w), np.uint8)
-            if zero_slots:
-                block[zero_slots] = 0
+            for slots_z in zero_slots:
+                block[slots_z] = 0
+            for source, hwc, where_to, byte in raw:
+                # Raw frames need no decoding: one gather of whole frames out of the map,
+                # then one transpose to channels-first.
+                rows = source.frame_rows(hwc)[byte].reshape(len(byte), *hwc)
+                block[where_to] = rows.transpose(0, 3, 1, 2)
             _images.decode_into(block, jobs, size, resize, threads)
             out[cam] = block.reshape(len(idx), k, shape[2], h, w)
         return out
@@ -437,6 +455,15 @@ class FrameWindows:
                                 f"delta_timestamps[{key!r}][{n}] = {dt} s is not a multiple of 1/fps "
                                 f"(fps {fps} in {source.where}) within {_TOLERANCE_S} s"
                             )
+
+
+def _frame_data(source: _Source, cam: Any, f: int) -> Any:
+    """The stored bytes of frame ``f`` (a view of the map)."""
+    if cam.codec == "raw":
+        _, h, w, c = cam.shape
+        pos = cam.data_offset + f * h * w * c
+        return source.db._map()[pos : pos + h * w * c]
+    return source.db._frame_bytes(cam, f)
 
 
 def _open_sources(source: Any, kql_filter: str | None) -> list[_Source]:

@@ -13,7 +13,7 @@ from torch.utils.data import Dataset, get_worker_info
 from kinodb import _images
 from kinodb.errors import EpisodeNotFoundError, KinodbError
 from kinodb.torch._collate import Batch
-from kinodb.windows import FrameWindows, _open_sources, _Source
+from kinodb.windows import FrameWindows, _frame_data, _open_sources, _Source
 
 __all__ = ["KinoDataset", "KinoFrameDataset", "KinoMapDataset"]
 
@@ -30,6 +30,13 @@ def threads_for(requested: int | None) -> int:
     if get_worker_info() is not None:
         return 1
     return max(1, min(4, os.cpu_count() or 1))
+
+
+def to_unit_float(u8: np.ndarray) -> np.ndarray:
+    """uint8 pixels as float32 in [0, 1]: ``x / 255`` in float32, in one pass (a cast
+    then a division costs about three times as much)."""
+    out: np.ndarray = np.divide(u8, np.float32(255.0), dtype=np.float32)
+    return out
 
 
 def check_normalize(normalize: Any) -> None:
@@ -212,9 +219,7 @@ class KinoFrameDataset(_Base):
     def _image(self, u8: np.ndarray) -> Any:
         if self._normalize is False:
             return self._tensor(u8)
-        if self._to_tensor:
-            return torch.from_numpy(u8).to(torch.float32).div_(255.0)
-        return u8.astype(np.float32) / np.float32(255.0)
+        return self._tensor(to_unit_float(u8))
 
     def _mixed(
         self, fw: FrameWindows, idx: np.ndarray, groups: list[tuple[np.ndarray, dict[str, Any]]]
@@ -351,27 +356,19 @@ class KinoMapDataset(_Base):
         if c is None:
             raise KinodbError(f"{source.where}: episode {ep} has no camera {cam!r}")
         T, h, w, ch = c.shape
+        if c.codec == "raw" and self._size in (None, (h, w)):
+            frames = np.ndarray((T, h, w, ch), np.uint8, buffer=source.db._map(), offset=c.data_offset)
+            return np.ascontiguousarray(frames.transpose(0, 3, 1, 2))
         size = self._size or (h, w)
         out = np.empty((T, ch, *size), np.uint8)
-        jobs = []
-        for t in range(T):
-            if c.codec == "raw":
-                pos = c.data_offset + t * h * w * ch
-                data: Any = source.db._map()[pos : pos + h * w * ch]
-            else:
-                data = source.db._frame_bytes(c, t)
-            jobs.append(
-                (t, data, c.codec, (h, w, ch), f"{source.db.path()}: episode {ep}, camera {cam!r}, frame {t}")
-            )
+        jobs = [(t, _frame_data(source, c, t), c.codec, (h, w, ch), (source, j, cam, t)) for t in range(T)]
         _images.decode_into(out, jobs, self._size, self._resize, threads_for(self._threads))
         return out
 
     def _image(self, u8: np.ndarray) -> Any:
         if self._normalize is False:
             return self._tensor(u8)
-        if self._to_tensor:
-            return torch.from_numpy(u8).to(torch.float32).div_(255.0)
-        return u8.astype(np.float32) / np.float32(255.0)
+        return self._tensor(to_unit_float(u8))
 
 
 KinoDataset = KinoMapDataset
