@@ -10,10 +10,9 @@ Two deterministic sets (benchmarks/_data.py), each in its native form and in ``.
   Native: robomimic/LIBERO HDF5 with raw uint8 frames, read by robomimic's
   ``SequenceDataset`` (robomimic 0.3.0).
 
-Both native forms are ingested into ``.kdb`` with PNG frames (lossless: the very frames
-the peer decodes) and with JPEG frames; the HDF5 form, which stores raw frames, also
-with raw frames (lossless, nothing to decode). All are read by
-``kinodb.torch.KinoFrameDataset``.
+Both native forms are ingested into ``.kdb`` three times: with PNG frames and with raw
+frames (both lossless: the very frames the peer returns; raw needs no decoding), and with
+JPEG frames (lossy, a speed row). All are read by ``kinodb.torch.KinoFrameDataset``.
 
 Every loader serves the same windows (observation history 2, action chunk 8,
 edge-padded, ``action_is_pad`` masks), float32 images in [0, 1] at the stored size, in
@@ -145,7 +144,7 @@ def run_dataset(
     paths = build_set(name, args.data_dir, args.quick)
     shape = shape_of(paths)
     windows = _peers.Windows(WINDOWS["obs_horizon"], WINDOWS["action_horizon"], shape.cameras, None)
-    raw = ts.raw_kdb(paths, args.data_dir) if paths.hdf5 is not None and not args.no_raw else None
+    raw = None if args.no_raw else ts.raw_kdb(paths, args.data_dir)
     loaders = ts.loaders_for(paths, windows, peers=peers, robomimic_cache=args.robomimic_cache,
                              decode_threads=args.decode_threads, raw=raw)  # fmt: skip
     warmed = ts.warm_files([spec.path for spec in loaders])
@@ -381,7 +380,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--check-batches", type=int, default=3, help="batches compared bit for bit before timing")
     p.add_argument("--robomimic-cache", default="none", choices=("none", "low_dim", "all"),
                    help="robomimic's hdf5_cache_mode (its caching runs in init_s)")  # fmt: skip
-    p.add_argument("--no-raw", action="store_true", help="no raw-frame .kdb row for sets stored raw (HDF5)")
+    p.add_argument("--no-raw", action="store_true", help="no raw-frame .kdb row")
     p.add_argument("--kinodb-only", action="store_true", help="skip the peers (no speedups, no loss check)")
     p.add_argument("--plots-dir", type=Path, default=None, help="write training_*.png here")
     args = p.parse_args(argv)
