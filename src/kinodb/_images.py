@@ -8,7 +8,9 @@ below the target) before the final resize, which skips most of the inverse DCT w
 
 from __future__ import annotations
 
+import functools
 import io
+import itertools
 import os
 import threading
 from collections.abc import Sequence
@@ -28,6 +30,7 @@ _pool_lock = threading.Lock()
 _pools: dict[tuple[int, int], ThreadPoolExecutor] = {}
 
 
+@functools.cache
 def _filter(resize: str) -> Any:
     from PIL import Image
 
@@ -122,13 +125,14 @@ def decode_into(
     """
     _filter(resize)  # check the mode once, before any thread starts
 
-    def work(job: tuple[int, Any, str, tuple[int, int, int], Any]) -> None:
-        slot, data, codec, shape, where = job
-        out[slot] = decode_one(data, codec, shape, size, resize, where).transpose(2, 0, 1)
+    def work(chunk: Sequence[tuple[int, Any, str, tuple[int, int, int], Any]]) -> None:
+        for slot, data, codec, shape, where in chunk:
+            out[slot] = decode_one(data, codec, shape, size, resize, where).transpose(2, 0, 1)
 
     if threads <= 1 or len(jobs) < 4:
-        for job in jobs:
-            work(job)
+        work(jobs)
         return
-    for _ in _pool(threads).map(work, jobs, chunksize=max(1, len(jobs) // (4 * threads))):
+    # One contiguous run of frames per thread: pool overhead once per thread, not per frame.
+    bounds = np.linspace(0, len(jobs), threads + 1).astype(int).tolist()
+    for _ in _pool(threads).map(work, [jobs[a:b] for a, b in itertools.pairwise(bounds)]):
         pass
