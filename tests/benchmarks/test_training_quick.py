@@ -56,6 +56,7 @@ def test_kinodb_only_writes_one_record_per_run(tmp_path: Path) -> None:
     runs = result["runs"]
     assert sorted((r["loader"], r["seed"]) for r in runs) == [
         ("kinodb-jpeg", 42), ("kinodb-jpeg", 123), ("kinodb-png", 42), ("kinodb-png", 123),
+        ("kinodb-raw", 42), ("kinodb-raw", 123),
     ]  # fmt: skip
     for r in runs:
         assert set(r) >= FIELDS, FIELDS - set(r)
@@ -68,6 +69,8 @@ def test_kinodb_only_writes_one_record_per_run(tmp_path: Path) -> None:
     # Same seed, same lossless tensors: the PNG runs are reproducible; seeds differ.
     png = {r["seed"]: r for r in runs if r["loader"] == "kinodb-png"}
     assert png[42]["step_losses"] != png[123]["step_losses"]
+    raw = {r["seed"]: r for r in runs if r["loader"] == "kinodb-raw"}
+    assert raw[42]["step_losses"] == png[42]["step_losses"]  # both lossless: the same tensors
     again = run_script(tmp_path, "--kinodb-only", "--seeds", "42")
     same = next(r for r in again["runs"] if r["loader"] == "kinodb-png")
     assert same["step_losses"] == png[42]["step_losses"]
@@ -80,9 +83,10 @@ def test_peer_rows_have_identical_losses(tmp_path: Path) -> None:
         pytest.skip(reason)
     result = run_script(tmp_path)
     loaders = {r["loader"] for r in result["runs"]}
-    assert loaders == {"lerobot", "kinodb-png", "kinodb-jpeg"}
-    assert result["sets"]["pusht"]["exactness_check"]["kinodb-png"]["identical"]
-    png = [c for c in result["loss_checks"] if c["loader"] == "kinodb-png"]
-    assert png and all(c["identical"] and c["max_abs_diff"] == 0.0 for c in png)
+    assert loaders == {"lerobot", "kinodb-png", "kinodb-raw", "kinodb-jpeg"}
+    for lossless in ("kinodb-png", "kinodb-raw"):
+        assert result["sets"]["pusht"]["exactness_check"][lossless]["identical"]
+        checks = [c for c in result["loss_checks"] if c["loader"] == lossless]
+        assert checks and all(c["identical"] and c["max_abs_diff"] == 0.0 for c in checks)
     row = next(r for r in result["summary"] if r["loader"] == "kinodb-png")
     assert row["native"] == "lerobot" and row["total_speedup_mean"] > 0
