@@ -44,6 +44,8 @@ fi
 run "$BIN/python" examples/read_episode.py demo/demo.kdb
 run "$BIN/kino" stats demo/train.kdb --arrays actions
 run "$BIN/kino" bench -n 200 --frames 30
+# Serve a file over gRPC and read it as a remote training worker would
+run "$BIN/python" examples/serve_and_read.py demo/train.kdb
 # The whole loop: record -> ingest -> query -> mix -> train -> export -> run -> record
 run "$BIN/python" examples/end_to_end.py demo/e2e
 run "$BIN/kino" infer inspect demo/e2e/reach.kinfer

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 import kinodb
+from kinodb.synthetic import create_test
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "end_to_end.py"
 
@@ -30,3 +31,17 @@ def test_end_to_end_example_runs_and_leaves_its_files(tmp_path: Path) -> None:
         assert len(db) == 1 and db.read_array(0, "actions").shape[1] == 7
     with kinodb.open(out / "reach_robomimic.kdb") as a, kinodb.open(out / "reach_lerobot.kdb") as b:
         assert len(a) == len(b) == 8
+
+
+@pytest.mark.integration
+def test_serve_example_reads_over_grpc_and_stops_cleanly(tmp_path: Path) -> None:
+    path = tmp_path / "demo.kdb"
+    create_test(path, 20, 30)
+    example = EXAMPLE.parent / "serve_and_read.py"
+    proc = subprocess.run(
+        [sys.executable, str(example), str(path)], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "server_info: 20 episodes, 600 frames" in proc.stdout
+    assert "KinoRemoteDataset through a DataLoader: 4 batches of (128, 8, 7)" in proc.stdout
+    assert "exit code 0" in proc.stdout
