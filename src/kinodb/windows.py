@@ -65,16 +65,17 @@ class _Source:
         self.fps = np.asarray(table["fps"], dtype=np.float64)[kept]
         self.tasks = np.asarray(table["task"], dtype=object)[kept]
         self.starts = np.concatenate([[0], np.cumsum(self.lengths)]).astype(np.int64)
-        self._rows: dict[str, tuple[NDArray[np.int64], NDArray[Any], int]] = {}
+        self._rows: dict[str, tuple[NDArray[np.int64], NDArray[Any], np.dtype[Any], tuple[int, ...]]] = {}
         self._cams: dict[int, dict[str, Any]] = {}
         self._frame_views: dict[int, NDArray[np.uint8]] = {}
 
-    def rows(self, name: str) -> tuple[NDArray[np.int64], NDArray[Any], int]:
-        """``(first element of each kept episode, strided row view, row length)`` of array ``name``.
+    def rows(self, name: str) -> tuple[NDArray[np.int64], NDArray[Any], np.dtype[Any], tuple[int, ...]]:
+        """``(first element of each kept episode, row view, dtype, per-frame shape)`` of ``name``.
 
-        The view has one row per element position of the map, so row ``e`` is the
-        ``D`` elements starting at element ``e``: frame ``t`` of an episode whose
-        array starts at element ``s`` is row ``s + t * D``.
+        The view holds one opaque row of a frame's bytes starting at every element
+        position of the map, so frame ``t`` of an episode whose array starts at element
+        ``s`` is row ``s + t * D`` (``D`` elements per frame), and a fancy index copies
+        whole rows (memcpy) rather than element by element.
         """
         found = self._rows.get(name)
         if found is not None:
@@ -106,12 +107,10 @@ class _Source:
         assert first is not None  # kept is never empty
         trail, isz = first.shape[1:], first.dtype.itemsize
         width = math.prod(trail)
-        flat = base[: len(base) // isz * isz].view(first.dtype)
-        inner = tuple(int(np.prod(trail[k + 1 :], dtype=np.int64)) * isz for k in range(len(trail)))
-        view = as_strided(
-            flat, shape=(max(len(flat) - width + 1, 0), *trail), strides=(isz, *inner), writeable=False
-        )
-        self._rows[name] = found = (starts, view, width)
+        n = len(base) // isz - width + 1
+        view = np.ndarray((max(n, 0),), np.dtype((np.void, width * isz)), buffer=base, strides=(isz,))  # type: ignore[call-overload]
+        view.flags.writeable = False
+        self._rows[name] = found = (starts, view, first.dtype, trail)
         return found
 
     def frame_rows(self, hwc: tuple[int, int, int]) -> NDArray[np.uint8]:
@@ -422,8 +421,10 @@ class FrameWindows:
         out: dict[str, NDArray[Any]] = {}
         for key, (name, offsets) in self.spec.arrays.items():
             frames, pad = self._frames(source, j, t, offsets, seconds=self.spec.seconds)
-            starts, view, width = source.rows(name)
-            values = view[starts[j][:, None] + frames * width]  # (B, K, *dims): one gather
+            starts, view, dtype, trail = source.rows(name)
+            width = math.prod(trail)
+            rows = view[starts[j][:, None] + frames * width]  # (B, K) rows: one gather
+            values = rows.view(dtype).reshape(*frames.shape, *trail)
             if self._pad == "zero" and pad.any():
                 values[pad] = 0
             out[key] = values
