@@ -271,7 +271,18 @@ def test_pickled_database_works_in_a_spawned_worker(db: kinodb.Database) -> None
 
 
 def test_import_kinodb_stays_light() -> None:
-    heavy = ["torch", "h5py", "grpc", "pyarrow", "av", "onnxruntime", "onnx", "matplotlib", "PIL", "tensorflow"]
+    heavy = [
+        "torch",
+        "h5py",
+        "grpc",
+        "pyarrow",
+        "av",
+        "onnxruntime",
+        "onnx",
+        "matplotlib",
+        "PIL",
+        "tensorflow",
+    ]
     code = f"import sys, kinodb; print([m for m in {heavy!r} if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
