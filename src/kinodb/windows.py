@@ -26,7 +26,7 @@ from kinodb.errors import EpisodeNotFoundError, KinodbError
 from kinodb.kdb.reader import Database, open_database
 from kinodb.mixture import Mixture
 
-__all__ = ["FrameWindows", "WindowSpec"]
+__all__ = ["FrameWindows", "WindowSpec", "stack_groups"]
 
 Pad = Literal["edge", "zero"]
 _TOLERANCE_S = 1e-4  # LeRobot's tolerance for timestamps that must sit on the frame grid
@@ -252,24 +252,7 @@ class FrameWindows:
             KinodbError: the batch mixes sources whose arrays differ in shape or dtype;
                 use `lowdim_groups` (or batches from one schema).
         """
-        groups = self.lowdim_groups(indices)
-        if len(groups) == 1:
-            return groups[0][1]
-        first = groups[0][1]
-        for _, arrays in groups[1:]:
-            for key, value in arrays.items():
-                if value.shape[1:] != first[key].shape[1:] or value.dtype != first[key].dtype:
-                    raise KinodbError(
-                        f"this batch mixes {key!r} of {first[key].dtype} {first[key].shape[1:]} and "
-                        f"{value.dtype} {value.shape[1:]} (sources with different schemas); pad them "
-                        f"with kinodb.torch.pad_collate or batch by schema with SchemaBatchSampler"
-                    )
-        n = sum(len(sel) for sel, _ in groups)
-        out = {k: np.empty((n, *v.shape[1:]), v.dtype) for k, v in first.items()}
-        for sel, arrays in groups:
-            for key, value in arrays.items():
-                out[key][sel] = value
-        return out
+        return stack_groups(self.lowdim_groups(indices))
 
     def lowdim_groups(self, indices: Any) -> list[tuple[NDArray[np.int64], dict[str, NDArray[Any]]]]:
         """`lowdim` per source: ``[(positions in the batch, arrays), ...]``, sources ascending."""
@@ -456,6 +439,31 @@ class FrameWindows:
                                 f"delta_timestamps[{key!r}][{n}] = {dt} s is not a multiple of 1/fps "
                                 f"(fps {fps} in {source.where}) within {_TOLERANCE_S} s"
                             )
+
+
+def stack_groups(groups: list[tuple[NDArray[np.int64], dict[str, NDArray[Any]]]]) -> dict[str, NDArray[Any]]:
+    """One batch from `FrameWindows.lowdim_groups`' per-source parts, in batch order.
+
+    Raises:
+        KinodbError: the sources' arrays differ in shape or dtype (mixed schemas).
+    """
+    if len(groups) == 1:
+        return groups[0][1]
+    first = groups[0][1]
+    for _, arrays in groups[1:]:
+        for key, value in arrays.items():
+            if value.shape[1:] != first[key].shape[1:] or value.dtype != first[key].dtype:
+                raise KinodbError(
+                    f"this batch mixes {key!r} of {first[key].dtype} {first[key].shape[1:]} and "
+                    f"{value.dtype} {value.shape[1:]} (sources with different schemas); pad them "
+                    f"with kinodb.torch.pad_collate or batch by schema with SchemaBatchSampler"
+                )
+    n = sum(len(sel) for sel, _ in groups)
+    out = {k: np.empty((n, *v.shape[1:]), v.dtype) for k, v in first.items()}
+    for sel, arrays in groups:
+        for key, value in arrays.items():
+            out[key][sel] = value
+    return out
 
 
 def _frame_data(source: _Source, cam: Any, f: int) -> Any:

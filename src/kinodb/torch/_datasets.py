@@ -13,7 +13,7 @@ from torch.utils.data import Dataset, get_worker_info
 from kinodb import _images
 from kinodb.errors import EpisodeNotFoundError, KinodbError
 from kinodb.torch._collate import Batch
-from kinodb.windows import FrameWindows, _frame_data, _open_sources, _Source
+from kinodb.windows import FrameWindows, _frame_data, _open_sources, _Source, stack_groups
 
 __all__ = ["KinoDataset", "KinoFrameDataset", "KinoMapDataset"]
 
@@ -87,8 +87,25 @@ class _Base(Dataset[dict[str, Any]]):
         state["_opened"] = None  # re-opened lazily in the worker
         return state
 
+    def _options(
+        self, image_size: Any, normalize: Any, resize: str, to_tensor: bool, threads: int | None
+    ) -> None:
+        """Check and keep the options every dataset shares (now, not later in a worker)."""
+        check_normalize(normalize)
+        _images._filter(resize)
+        threads_for(threads)
+        self._size = _images.check_size(image_size)
+        self._resize, self._normalize, self._to_tensor = resize, normalize, bool(to_tensor)
+        self._threads = threads
+
     def _tensor(self, value: Any) -> Any:
         return torch.from_numpy(value) if self._to_tensor and isinstance(value, np.ndarray) else value
+
+    def _image(self, u8: np.ndarray) -> Any:
+        """Frames as the options ask: uint8 with ``normalize=False``, else float in [0, 1]."""
+        if self._normalize is False:
+            return self._tensor(u8)
+        return self._tensor(to_unit_float(u8))
 
 
 class KinoFrameDataset(_Base):
@@ -140,12 +157,7 @@ class KinoFrameDataset(_Base):
         to_tensor: bool = True,
         decode_threads: int | None = None,
     ) -> None:
-        check_normalize(normalize)
-        _images._filter(resize)
-        self._size = _images.check_size(image_size)
-        self._resize, self._normalize, self._to_tensor = resize, normalize, bool(to_tensor)
-        self._threads = decode_threads
-        threads_for(decode_threads)  # checked now, not in a worker
+        self._options(image_size, normalize, resize, to_tensor, decode_threads)
         fw = FrameWindows(source, obs_horizon=obs_horizon, action_horizon=action_horizon, kql_filter=kql_filter,
                           delta_timestamps=delta_timestamps, pad=pad)  # type: ignore[arg-type]  # fmt: skip
         cams, self._several = image_keys(image_key, fw._all_cameras, fw._sources[0].where)
@@ -199,7 +211,7 @@ class KinoFrameDataset(_Base):
             for _, arrays in groups:
                 norm.apply(int(arrays["source"][0]), arrays)
         try:
-            arrays = groups[0][1] if len(groups) == 1 else _merge(groups)
+            arrays = stack_groups(groups)
         except KinodbError:
             return self._mixed(fw, idx, groups)
         return Batch(self._finish(fw, idx, arrays), len(idx))
@@ -216,11 +228,6 @@ class KinoFrameDataset(_Base):
         out["task"] = fw.tasks(idx)
         return out
 
-    def _image(self, u8: np.ndarray) -> Any:
-        if self._normalize is False:
-            return self._tensor(u8)
-        return self._tensor(to_unit_float(u8))
-
     def _mixed(
         self, fw: FrameWindows, idx: np.ndarray, groups: list[tuple[np.ndarray, dict[str, Any]]]
     ) -> list[dict[str, Any]]:
@@ -231,20 +238,6 @@ class KinoFrameDataset(_Base):
             for n, b in enumerate(sel.tolist()):
                 out[b] = _pick(finished, n)
         return out
-
-
-def _merge(groups: list[tuple[np.ndarray, dict[str, Any]]]) -> dict[str, Any]:
-    n = sum(len(sel) for sel, _ in groups)
-    first = groups[0][1]
-    for _, arrays in groups[1:]:
-        for key, value in arrays.items():
-            if value.shape[1:] != first[key].shape[1:] or value.dtype != first[key].dtype:
-                raise KinodbError(f"sources differ in {key!r}")
-    out = {k: np.empty((n, *v.shape[1:]), v.dtype) for k, v in first.items()}
-    for sel, arrays in groups:
-        for key, value in arrays.items():
-            out[key][sel] = value
-    return out
 
 
 def _pick(value: Any, n: int) -> Any:
@@ -289,11 +282,7 @@ class KinoMapDataset(_Base):
         resize: str = "bilinear",
         decode_threads: int | None = None,
     ) -> None:
-        check_normalize(normalize)
-        _images._filter(resize)
-        self._size = _images.check_size(image_size)
-        self._resize, self._normalize, self._to_tensor = resize, normalize, bool(to_tensor)
-        self._threads = decode_threads
+        self._options(image_size, normalize, resize, to_tensor, decode_threads)
         self._source, self._filter = source, kql_filter
         self._opened: tuple[list[_Source], np.ndarray, _Normalizers | None] | None = None
         sources = self._open()[0]
@@ -364,11 +353,6 @@ class KinoMapDataset(_Base):
         jobs = [(t, _frame_data(source, c, t), c.codec, (h, w, ch), (source, j, cam, t)) for t in range(T)]
         _images.decode_into(out, jobs, self._size, self._resize, threads_for(self._threads))
         return out
-
-    def _image(self, u8: np.ndarray) -> Any:
-        if self._normalize is False:
-            return self._tensor(u8)
-        return self._tensor(to_unit_float(u8))
 
 
 KinoDataset = KinoMapDataset
