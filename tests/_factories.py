@@ -47,3 +47,36 @@ def numbered_episode(k: int) -> dict[str, Any]:
         "task": f"task {k}",
         "extra": {"k": k},
     }
+
+
+def write_episodes(
+    path: Any,
+    lengths: list[int],
+    *,
+    action_dim: int = 2,
+    state_dim: int = 3,
+    fps: float = 10.0,
+    cameras: dict[str, tuple[int, int, int]] | None = None,
+    codec: str = "raw",
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """Write one episode per length (random arrays, random frames) and return what was written."""
+    import kinodb
+
+    rng = np.random.default_rng(seed)
+    eps = []
+    with kinodb.Writer(path, mode="w", image_codec=codec) as w:
+        for k, T in enumerate(lengths):
+            ep: dict[str, Any] = {
+                "actions": rng.normal(size=(T, action_dim)).astype(np.float32),
+                "states": rng.normal(size=(T, state_dim)).astype(np.float32),
+                "rewards": rng.uniform(size=T).astype(np.float32),
+                "task": f"task {k}", "embodiment": "arm", "fps": fps, "success": (True, False, None)[k % 3],
+            }  # fmt: skip
+            if cameras:
+                ep["images"] = {
+                    c: rng.integers(0, 256, (T, *hwc), dtype=np.uint8) for c, hwc in cameras.items()
+                }
+            w.add_episode(**ep)
+            eps.append(ep)
+    return eps

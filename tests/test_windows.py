@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -12,30 +13,14 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import kinodb
+from _factories import write_episodes
 from kinodb.errors import EpisodeNotFoundError, KinodbError
 from kinodb.windows import FrameWindows
 
 
-def _write(path: Path, lengths: list[int], *, state_dim: int = 3, action_dim: int = 2, fps: float = 10.0,
-           cameras: dict[str, tuple[int, int, int]] | None = None, codec: str = "raw", seed: int = 0) -> list[dict]:  # fmt: skip
-    rng = np.random.default_rng(seed)
-    eps = []
-    with kinodb.Writer(path, mode="w", image_codec=codec) as w:
-        for k, T in enumerate(lengths):
-            ep = {
-                "actions": rng.normal(size=(T, action_dim)).astype(np.float32),
-                "states": rng.normal(size=(T, state_dim)).astype(np.float32),
-                "rewards": rng.uniform(size=T).astype(np.float32),
-                "task": f"task {k}",
-                "fps": fps,
-            }
-            if cameras:
-                ep["images"] = {
-                    c: rng.integers(0, 256, (T, *hwc), dtype=np.uint8) for c, hwc in cameras.items()
-                }
-            w.add_episode(**ep)
-            eps.append(ep)
-    return eps
+def _write(path: Path, lengths: list[int], **options: Any) -> list[dict]:
+    options.setdefault("codec", "raw")
+    return write_episodes(path, lengths, **options)
 
 
 def _expected(arr: np.ndarray, t: int, offsets: range, pad: str) -> tuple[np.ndarray, np.ndarray]:

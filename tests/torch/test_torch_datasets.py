@@ -6,6 +6,7 @@ import pickle
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ import torch
 from torch.utils.data import DataLoader
 
 import kinodb
+from _factories import write_episodes
 from kinodb.torch import (
     KinoDataset,
     KinoFrameDataset,
@@ -24,25 +26,9 @@ from kinodb.torch import (
 )
 
 
-def _write(path: Path, lengths: list[int], *, action_dim: int = 2, state_dim: int = 3, seed: int = 0,
-           cameras: dict[str, tuple[int, int, int]] | None = None, codec: str = "png") -> list[dict]:  # fmt: skip
-    rng = np.random.default_rng(seed)
-    eps = []
-    with kinodb.Writer(path, mode="w", image_codec=codec) as w:
-        for k, T in enumerate(lengths):
-            ep = {
-                "actions": rng.normal(size=(T, action_dim)).astype(np.float32),
-                "states": rng.normal(size=(T, state_dim)).astype(np.float32),
-                "rewards": rng.uniform(size=T).astype(np.float32),
-                "task": f"task {k}", "embodiment": "arm", "fps": 10.0, "success": (True, False, None)[k % 3],
-            }  # fmt: skip
-            if cameras:
-                ep["images"] = {
-                    c: rng.integers(0, 256, (T, *hwc), dtype=np.uint8) for c, hwc in cameras.items()
-                }
-            w.add_episode(**ep)
-            eps.append(ep)
-    return eps
+def _write(path: Path, lengths: list[int], **options: Any) -> list[dict]:
+    options.setdefault("codec", "png")
+    return write_episodes(path, lengths, **options)
 
 
 @pytest.fixture
