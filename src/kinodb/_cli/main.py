@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
-import traceback
 from collections.abc import Sequence
 
 from kinodb._cli import (
@@ -25,15 +23,13 @@ from kinodb._cli import (
     validate,
     verify,
 )
+from kinodb._cli._errors import dispatch
 from kinodb._version import __version__
-from kinodb.errors import KinodbError
 
 COMMANDS = (
     create_test, info, schema, validate, query, ingest, verify, export, merge, mix, upgrade, stats, serve, infer,
     bench,
 )  # fmt: skip
-
-EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,29 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``kino``; return the exit code (0 ok, 1 kinodb or I/O error, 2 usage)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="%(message)s")
-    try:
-        return int(args.run(args))
-    except (KinodbError, OSError) as exc:
-        if args.debug:
-            traceback.print_exc()
-        print(f"error: {_one_line(exc)}", file=sys.stderr)
-        return EXIT_ERROR
-    except ValueError as exc:  # bad option values that argparse cannot see
-        if args.debug:
-            traceback.print_exc()
-        print(f"kino {args.command}: error: {_one_line(exc)}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        return 130
-
-
-def _one_line(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
-        return f"{exc.filename}: {exc.strerror}"
-    return " ".join(str(exc).split()) or type(exc).__name__
+    args = build_parser().parse_args(argv)
+    return dispatch(args, error_prefix="", usage_prefix=f"kino {args.command}: ")
 
 
 def entry() -> None:

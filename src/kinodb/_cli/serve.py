@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import signal
 import sys
 import threading
-import traceback
 from collections.abc import Sequence
 from typing import Any
 
-from kinodb.errors import KinodbError
+from kinodb._cli._errors import EXIT_OK, dispatch
 from kinodb.mixture import DEFAULT_SEED
 
 DEFAULT_PORT = 50051  # kinodb.serve.server.DEFAULT_PORT; not imported so `kino --help` needs no grpc
 TOKEN_ENV = "KINODB_TOKEN"
-EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
 
 def register(sub: Any) -> None:
@@ -133,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--debug", action="store_true", help="log requests' errors and print tracebacks")
     add_arguments(p)
+    p.set_defaults(run=run)
     return p
 
 
@@ -140,26 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run ``kino-serve``; return the exit code (0 ok, 1 kinodb or I/O error, 2 usage)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="%(message)s")
-    try:
-        return run(args)
-    except (KinodbError, OSError) as exc:
-        if args.debug:
-            traceback.print_exc()
-        print(f"kino-serve: error: {_one_line(exc)}", file=sys.stderr)
-        return EXIT_ERROR
-    except ValueError as exc:
-        if args.debug:
-            traceback.print_exc()
-        parser.print_usage(sys.stderr)
-        print(f"kino-serve: error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return EXIT_USAGE
-
-
-def _one_line(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
-        return f"{exc.filename}: {exc.strerror}"
-    return " ".join(str(exc).split()) or type(exc).__name__
+    return dispatch(args, error_prefix="kino-serve: ", usage_prefix="kino-serve: ", usage=parser)
 
 
 def entry() -> None:

@@ -1,0 +1,50 @@
+"""The one error-to-exit-code table of the command-line entry points (``kino``, ``kino-serve``)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import traceback
+
+from kinodb.errors import KinodbError
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+
+
+def dispatch(
+    args: argparse.Namespace,
+    *,
+    error_prefix: str,
+    usage_prefix: str,
+    usage: argparse.ArgumentParser | None = None,
+) -> int:
+    """Run ``args.run(args)``: 0 ok, 1 kinodb or I/O error (one line), 2 usage error.
+
+    ``--debug`` adds the traceback; ``usage`` prints that parser's usage line before a
+    usage error.
+    """
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="%(message)s")
+    try:
+        return int(args.run(args))
+    except (KinodbError, OSError) as exc:
+        if args.debug:
+            traceback.print_exc()
+        print(f"{error_prefix}error: {one_line(exc)}", file=sys.stderr)
+        return EXIT_ERROR
+    except ValueError as exc:  # bad option values that argparse cannot see
+        if args.debug:
+            traceback.print_exc()
+        if usage is not None:
+            usage.print_usage(sys.stderr)
+        print(f"{usage_prefix}error: {one_line(exc)}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one line: ``FILE: reason`` for OS errors, whitespace collapsed."""
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}"
+    return " ".join(str(exc).split()) or type(exc).__name__
