@@ -14,8 +14,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Sampler, default_collate
+from torch.utils.data import Sampler, default_collate, get_worker_info
 from torch.utils.data._utils.collate import default_collate_fn_map
+
+from kinodb.torch._ring import read_slot, worker_ring
 
 __all__ = ["Batch", "SchemaBatchSampler", "TensorBatch", "collate", "pad_collate"]
 
@@ -62,10 +64,12 @@ class TensorBatch(dict):  # type: ignore[type-arg]
     """A collated batch: a plain dict of tensors that crosses processes as one buffer.
 
     A DataLoader worker sends each tensor of a batch through its own shared-memory
-    segment, which costs more than gathering a batch of low-dimensional windows. Pickled
-    (only when it leaves a worker), this dict packs its CPU tensors into one contiguous
-    buffer, so one segment travels, and the receiving side rebuilds the tensors as views
-    of it. In the process that made it, it is an ordinary dict.
+    segment, which costs more than gathering a batch of low-dimensional windows. Pickled,
+    this dict packs its CPU tensors into one contiguous buffer and the receiving side
+    rebuilds the tensors as views of it. In a DataLoader worker that buffer is a slot of
+    the worker's long-lived shared-memory ring (`kinodb.torch._ring`), so only the
+    slot's address is pickled; the receiver copies the slot into memory of its own. In
+    the process that made it, it is an ordinary dict.
     """
 
     __slots__ = ()
@@ -76,21 +80,42 @@ class TensorBatch(dict):  # type: ignore[type-arg]
     def __reduce__(self) -> tuple[Any, ...]:
         layout: list[tuple[tuple[str, ...], torch.dtype, tuple[int, ...], int, int]] = []
         others: list[tuple[tuple[str, ...], Any]] = []
-        parts: list[tuple[int, torch.Tensor]] = []
+        parts: list[tuple[int, Any]] = []
         size = 0
         for path, value in _flatten(self, ()):
             if isinstance(value, torch.Tensor) and value.device.type == "cpu" and not value.requires_grad:
-                raw = value.contiguous().reshape(-1).view(torch.uint8)
                 size += -size % 16  # aligned for every dtype's view
-                layout.append((path, value.dtype, tuple(value.shape), size, raw.numel()))
-                parts.append((size, raw))
-                size += raw.numel()
+                nbytes = value.numel() * value.element_size()
+                layout.append((path, value.dtype, tuple(value.shape), size, nbytes))
+                parts.append((size, _as_numpy(value)))
+                size += nbytes
             else:
                 others.append((path, value))
-        buffer = torch.empty(size, dtype=torch.uint8)
-        for offset, raw in parts:
-            buffer[offset : offset + raw.numel()] = raw
+        # Leaving a DataLoader worker: through the worker's shared-memory ring if it can.
+        ring = worker_ring(size) if size and get_worker_info() is not None else None
+        slot = ring.take() if ring is not None else None
+        if ring is not None and slot is not None:
+            buffer = torch.from_numpy(ring.view(slot, size))
+        else:
+            buffer = torch.empty(size, dtype=torch.uint8)
+        flat = buffer.numpy()
+        for offset, value in parts:
+            if isinstance(value, np.ndarray):  # NumPy copies with far less per-call overhead
+                np.copyto(flat[offset : offset + value.nbytes].view(value.dtype).reshape(value.shape), value)
+            else:
+                raw = value.contiguous().reshape(-1).view(torch.uint8)
+                buffer[offset : offset + raw.numel()] = raw
+        if ring is not None and slot is not None:
+            return (_from_ring, (ring.path, slot, ring.offset(slot), size, layout, others))
         return (_unpack, (buffer, layout, others))
+
+
+def _as_numpy(value: torch.Tensor) -> Any:
+    """``value`` as a NumPy array sharing its memory, or the tensor itself for dtypes NumPy lacks."""
+    try:
+        return value.numpy()
+    except TypeError:  # bfloat16 and other torch-only dtypes
+        return value
 
 
 def _flatten(value: Any, path: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...], Any]]:
@@ -103,11 +128,33 @@ def _flatten(value: Any, path: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...
 
 def _unpack(buffer: torch.Tensor, layout: list[Any], others: list[Any]) -> TensorBatch:
     out = TensorBatch()
+    flat = buffer.numpy()
     for path, dtype, shape, offset, n in layout:
-        _place(out, path, buffer[offset : offset + n].view(dtype).view(shape))
+        part = flat[offset : offset + n]
+        try:
+            value = torch.from_numpy(part.view(_NUMPY_DTYPES[dtype]).reshape(shape))
+        except KeyError:  # a dtype NumPy lacks
+            value = buffer[offset : offset + n].view(dtype).view(shape)
+        _place(out, path, value)
     for path, value in others:
         _place(out, path, value)
     return out
+
+
+_NUMPY_DTYPES: dict[torch.dtype, np.dtype[Any]] = {
+    t: np.dtype(n)
+    for t, n in [(torch.float16, "f2"), (torch.float32, "f4"), (torch.float64, "f8"), (torch.uint8, "u1"),
+                 (torch.int8, "i1"), (torch.int16, "i2"), (torch.int32, "i4"), (torch.int64, "i8"),
+                 (torch.bool, "?"), (torch.complex64, "c8"), (torch.complex128, "c16")]
+}  # fmt: skip
+
+
+def _from_ring(
+    path: str, slot: int, offset: int, size: int, layout: list[Any], others: list[Any]
+) -> TensorBatch:
+    buffer = torch.empty(size, dtype=torch.uint8)
+    read_slot(path, slot, offset, buffer.numpy())
+    return _unpack(buffer, layout, others)
 
 
 def _place(out: dict[str, Any], path: tuple[str, ...], value: Any) -> None:

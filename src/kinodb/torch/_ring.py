@@ -1,0 +1,141 @@
+"""Shared-memory slots through which DataLoader workers hand small batches to the trainer.
+
+torch sends every tensor a worker returns through its own shared-memory segment: the
+worker creates a segment, the file descriptor crosses to the main process over a
+socket, and the main process maps it. For a batch of low-dimensional windows that
+round trip costs more than gathering the batch. A worker instead keeps one `Ring` of a
+few fixed slots in ``/dev/shm`` for its whole life, copies a pickled batch's bytes into
+a free slot and sends only ``(ring, slot, layout)``. The receiving process reads the
+slot into memory of its own with one ``preadv`` and marks the slot free with one
+``pwrite``: the batch it gets owns its memory, as with torch's own transport.
+
+Anything that does not fit (no ``/dev/shm``, a payload over `MAX_PAYLOAD`, every slot
+still unread after `WAIT_S`) goes the ordinary way, so the ring can only save time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import os
+import secrets
+import threading
+import time
+from multiprocessing.util import Finalize
+from typing import Any
+
+import numpy as np
+
+__all__ = ["MAX_PAYLOAD", "Ring", "read_slot", "worker_ring"]
+
+SHM_DIR = "/dev/shm"
+MAX_PAYLOAD = 2 << 20  # larger batches (decoded images) gain little and would pin more memory
+SLOTS = 6  # a worker has at most prefetch_factor (2 by default) batches unread at a time
+HEADER = 64  # one state byte per slot (0 free, 1 holds a batch), then the slots
+ALIGN = 1 << 16
+WAIT_S = 0.05
+
+
+class Ring:
+    """A worker's slots in one ``/dev/shm`` file, unlinked when the worker exits.
+
+    Args:
+        slot_size: Bytes per slot (a multiple of 64 KiB).
+        slots: Number of slots (at most 64; `SLOTS` by default).
+    """
+
+    def __init__(self, slot_size: int, slots: int | None = None) -> None:
+        slots = SLOTS if slots is None else slots
+        self.slot_size, self.slots = slot_size, slots
+        self.path = os.path.join(SHM_DIR, f"kinodb-batches-{os.getpid()}-{secrets.token_hex(6)}")
+        size = HEADER + slot_size * slots
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            self._finalizer = Finalize(self, _unlink, (self.path,), exitpriority=10)
+            # Reserve the memory now: a full /dev/shm is an OSError here, not a SIGBUS later.
+            os.posix_fallocate(fd, 0, size)
+            self._mm = mmap.mmap(fd, size)
+        except BaseException:
+            _unlink(self.path)
+            raise
+        finally:
+            os.close(fd)
+        self._state = np.frombuffer(self._mm, dtype=np.uint8, count=slots)
+        self._next = 0
+        self._lock = threading.Lock()
+
+    def take(self) -> int | None:
+        """A free slot, marked taken (the reader frees it); None when every slot stayed
+        taken for `WAIT_S`."""
+        with self._lock:
+            deadline = time.monotonic() + WAIT_S
+            while True:
+                free = np.flatnonzero(self._state == 0)
+                if free.size:
+                    after = free[free >= self._next]
+                    slot = int(after[0] if after.size else free[0])
+                    self._state[slot] = 1
+                    self._next = (slot + 1) % self.slots
+                    return slot
+                if time.monotonic() > deadline:
+                    return None
+                time.sleep(0.0002)
+
+    def view(self, slot: int, nbytes: int) -> np.ndarray:
+        """The first ``nbytes`` of ``slot``, writable uint8."""
+        return np.frombuffer(self._mm, dtype=np.uint8, count=nbytes, offset=self.offset(slot))
+
+    def offset(self, slot: int) -> int:
+        return HEADER + slot * self.slot_size
+
+    def close(self) -> None:
+        self._finalizer()
+
+
+def _unlink(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def read_slot(path: str, slot: int, offset: int, out: Any) -> None:
+    """Fill ``out`` (a writable buffer) from ``slot`` of the ring at ``path``, then free the slot."""
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        raise RuntimeError(
+            f"a DataLoader worker's batch buffer {path} is gone (the worker exited before its "
+            "batch was read); re-create the DataLoader iterator"
+        ) from None
+    try:
+        got = os.preadv(fd, [out], offset)
+        if got != len(memoryview(out).cast("B")):
+            raise RuntimeError(f"short read of a batch from {path}: {got} bytes")
+        os.pwrite(fd, b"\x00", slot)
+    finally:
+        os.close(fd)
+
+
+_lock = threading.Lock()
+_ring: Ring | None = None
+_ring_pid = -1
+
+
+def worker_ring(nbytes: int) -> Ring | None:
+    """This process's ring, made on first use with slots sized for ``nbytes``; None where
+    no ring can serve a payload of ``nbytes`` (too large, or shared memory unavailable)."""
+    global _ring, _ring_pid
+    if nbytes > MAX_PAYLOAD:
+        return None
+    with _lock:
+        if _ring_pid != os.getpid():  # first use in this process (a fork copies the parent's)
+            _ring, _ring_pid = None, os.getpid()
+            if os.path.isdir(SHM_DIR):
+                size = min(MAX_PAYLOAD, max(2 * nbytes, ALIGN))
+                try:
+                    _ring = Ring(-(-size // ALIGN) * ALIGN)
+                except OSError:
+                    _ring = None
+        ring = _ring
+    if ring is None or nbytes > ring.slot_size:
+        return None
+    return ring

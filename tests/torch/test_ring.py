@@ -1,0 +1,120 @@
+"""The shared-memory ring DataLoader workers hand batches through (kinodb.torch._ring)."""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+import kinodb.torch._collate as collate_mod
+from _factories import write_episodes
+from kinodb.torch import KinoFrameDataset, TensorBatch, _ring
+
+pytestmark = pytest.mark.skipif(
+    not sys.platform.startswith("linux") or not os.path.isdir(_ring.SHM_DIR),
+    reason="the batch ring lives in /dev/shm (Linux); elsewhere batches take torch's own path",
+)
+
+
+def _rings_of(pid: int) -> list[str]:
+    return [n for n in os.listdir(_ring.SHM_DIR) if n.startswith(f"kinodb-batches-{pid}-")]
+
+
+def test_slots_fill_free_and_time_out(monkeypatch) -> None:
+    monkeypatch.setattr(_ring, "WAIT_S", 0.01)
+    ring = _ring.Ring(1 << 16, slots=3)
+    try:
+        data = [np.full(100, k, dtype=np.uint8) for k in range(3)]
+        slots = []
+        for d in data:
+            slot = ring.take()
+            assert slot is not None
+            ring.view(slot, d.size)[:] = d
+            slots.append(slot)
+        assert sorted(slots) == [0, 1, 2]
+        assert ring.take() is None  # every slot unread: the caller falls back
+        out = np.empty(100, dtype=np.uint8)
+        _ring.read_slot(ring.path, slots[1], ring.offset(slots[1]), out)
+        np.testing.assert_array_equal(out, data[1])
+        again = ring.take()
+        assert again == slots[1]  # the freed slot is the one handed out next
+    finally:
+        ring.close()
+    assert not os.path.exists(ring.path)
+    with pytest.raises(RuntimeError, match="is gone"):
+        _ring.read_slot(ring.path, 0, ring.offset(0), np.empty(4, dtype=np.uint8))
+
+
+def test_oversized_payloads_get_no_ring() -> None:
+    assert _ring.worker_ring(_ring.MAX_PAYLOAD + 1) is None
+
+
+def _lowdim(tmp_path: Path) -> Path:
+    path = tmp_path / "low.kdb"
+    write_episodes(path, [40, 55, 31, 60, 47], action_dim=7, state_dim=14)
+    return path
+
+
+def test_worker_batches_come_through_the_ring_equal_and_owned(tmp_path: Path, monkeypatch) -> None:
+    reads: list[str] = []
+    real = collate_mod.read_slot
+
+    def counting(path: str, *args: object) -> None:
+        reads.append(path)
+        real(path, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(collate_mod, "read_slot", counting)
+    ds = KinoFrameDataset(_lowdim(tmp_path), obs_horizon=2, action_horizon=8)
+    local = list(DataLoader(ds, batch_size=16))
+    loader = DataLoader(ds, batch_size=16, num_workers=2, persistent_workers=True)
+    first = list(loader)  # every batch held at once: slots are reused under them
+    second = list(loader)
+    assert len(reads) == 2 * len(local)  # every batch of both epochs, none the fallback way
+    assert len({os.path.basename(p).split("-")[2] for p in reads}) == 2  # one ring per worker
+    for got in (first, second):
+        assert len(got) == len(local)
+        for a, b in zip(local, got, strict=True):
+            assert isinstance(b, TensorBatch) and a["task"] == b["task"]
+            for key in ("state", "action", "action_is_pad", "state_is_pad", "episode_index", "frame_index"):
+                assert a[key].dtype == b[key].dtype
+                torch.testing.assert_close(a[key], b[key])
+    first[0]["state"].zero_()  # a batch owns its memory
+    torch.testing.assert_close(second[0]["state"], local[0]["state"])
+    pids = {int(os.path.basename(p).split("-")[2]) for p in reads}
+    del loader, first, second
+    gc.collect()
+    for pid in pids:  # the workers are gone and so are their rings
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+        assert _rings_of(pid) == []
+
+
+def test_batches_too_large_for_a_slot_take_torchs_path(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(_ring, "MAX_PAYLOAD", 256)  # forked workers inherit it
+    reads: list[str] = []
+    monkeypatch.setattr(collate_mod, "read_slot", lambda *a: reads.append(a[0]))
+    ds = KinoFrameDataset(_lowdim(tmp_path), obs_horizon=2, action_horizon=8)
+    local = list(DataLoader(ds, batch_size=16))
+    remote = list(DataLoader(ds, batch_size=16, num_workers=2))
+    assert reads == []
+    for a, b in zip(local, remote, strict=True):
+        torch.testing.assert_close(a["action"], b["action"])
+
+
+def test_a_full_ring_falls_back_instead_of_waiting(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(_ring, "SLOTS", 1)
+    monkeypatch.setattr(_ring, "WAIT_S", 0.0)
+    ds = KinoFrameDataset(_lowdim(tmp_path), obs_horizon=2, action_horizon=8)
+    local = list(DataLoader(ds, batch_size=8))
+    remote = list(DataLoader(ds, batch_size=8, num_workers=2, prefetch_factor=4))
+    assert len(remote) == len(local)
+    for a, b in zip(local, remote, strict=True):
+        torch.testing.assert_close(a["state"], b["state"])
+        torch.testing.assert_close(a["frame_index"], b["frame_index"])
