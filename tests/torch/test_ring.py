@@ -45,11 +45,16 @@ def test_slots_fill_free_and_time_out(monkeypatch) -> None:
         np.testing.assert_array_equal(out, data[1])
         again = ring.take()
         assert again == slots[1]  # the freed slot is the one handed out next
+        assert not os.path.exists(ring.path)  # the reader unlinked the name on first use
+        _ring.read_slot(ring.path, slots[2], ring.offset(slots[2]), out)  # through its descriptor
+        np.testing.assert_array_equal(out, data[2])
     finally:
         ring.close()
-    assert not os.path.exists(ring.path)
+    gone = _ring.Ring(1 << 16, slots=1)
+    gone.close()
+    assert not os.path.exists(gone.path)
     with pytest.raises(RuntimeError, match="is gone"):
-        _ring.read_slot(ring.path, 0, ring.offset(0), np.empty(4, dtype=np.uint8))
+        _ring.read_slot(gone.path, 0, gone.offset(0), np.empty(4, dtype=np.uint8))
 
 
 def test_oversized_payloads_get_no_ring() -> None:
@@ -75,6 +80,8 @@ def test_worker_batches_come_through_the_ring_equal_and_owned(tmp_path: Path, mo
     local = list(DataLoader(ds, batch_size=16))
     loader = DataLoader(ds, batch_size=16, num_workers=2, persistent_workers=True)
     first = list(loader)  # every batch held at once: slots are reused under them
+    live = {int(os.path.basename(p).split("-")[2]) for p in reads}
+    assert all(_rings_of(pid) == [] for pid in live)  # names gone while the workers live
     second = list(loader)
     assert len(reads) == 2 * len(local)  # every batch of both epochs, none the fallback way
     assert len({os.path.basename(p).split("-")[2] for p in reads}) == 2  # one ring per worker

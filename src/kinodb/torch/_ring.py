@@ -7,7 +7,9 @@ round trip costs more than gathering the batch. A worker instead keeps one `Ring
 few fixed slots in ``/dev/shm`` for its whole life, copies a pickled batch's bytes into
 a free slot and sends only ``(ring, slot, layout)``. The receiving process reads the
 slot into memory of its own with one ``preadv`` and marks the slot free with one
-``pwrite``: the batch it gets owns its memory, as with torch's own transport.
+``pwrite``: the batch it gets owns its memory, as with torch's own transport. The
+receiver unlinks a ring's name when it opens it (on the first batch), so the ring
+never outlives both processes, even when a worker is killed.
 
 Anything that does not fit (no ``/dev/shm``, a payload over `MAX_PAYLOAD`, every slot
 still unread after `WAIT_S`) goes the ordinary way, so the ring can only save time.
@@ -97,22 +99,55 @@ def _unlink(path: str) -> None:
         os.unlink(path)
 
 
+_readers: dict[str, int] = {}  # ring path -> descriptor, in the reading process
+_readers_lock = threading.Lock()
+
+
 def read_slot(path: str, slot: int, offset: int, out: Any) -> None:
     """Fill ``out`` (a writable buffer) from ``slot`` of the ring at ``path``, then free the slot."""
+    fd = _readers.get(path)
+    if fd is None:
+        fd = _open_ring(path)
+    got = os.preadv(fd, [out], offset)
+    if got != len(memoryview(out).cast("B")):
+        raise RuntimeError(f"short read of a batch from {path}: {got} bytes")
+    os.pwrite(fd, b"\x00", slot)
+
+
+def _open_ring(path: str) -> int:
+    """Open a ring on its first batch and unlink its name at once: from then on the ring
+    lives only as long as its worker and this descriptor, so a killed worker leaves
+    nothing in /dev/shm. Descriptors of rings whose workers have exited are closed here."""
+    with _readers_lock:
+        fd = _readers.get(path)
+        if fd is not None:
+            return fd
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except FileNotFoundError:
+            raise RuntimeError(
+                f"a DataLoader worker's batch buffer {path} is gone (the worker exited before its "
+                "batch was read); re-create the DataLoader iterator"
+            ) from None
+        _unlink(path)
+        for old in [p for p in _readers if not _alive(_worker_pid(p))]:
+            os.close(_readers.pop(old))
+        _readers[path] = fd
+        return fd
+
+
+def _worker_pid(path: str) -> int:
+    return int(os.path.basename(path).split("-")[2])
+
+
+def _alive(pid: int) -> bool:
     try:
-        fd = os.open(path, os.O_RDWR)
-    except FileNotFoundError:
-        raise RuntimeError(
-            f"a DataLoader worker's batch buffer {path} is gone (the worker exited before its "
-            "batch was read); re-create the DataLoader iterator"
-        ) from None
-    try:
-        got = os.preadv(fd, [out], offset)
-        if got != len(memoryview(out).cast("B")):
-            raise RuntimeError(f"short read of a batch from {path}: {got} bytes")
-        os.pwrite(fd, b"\x00", slot)
-    finally:
-        os.close(fd)
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 _lock = threading.Lock()
