@@ -14,7 +14,11 @@ Paths:
 * ``local``: ``FrameWindows.lowdim`` and ``FrameWindows.tasks`` (the arrays and task
   strings the server sends) on indices drawn as the server draws them.
 * ``unary``: ``KinoClient.get_windows(seed=s)``, one call per batch.
-* ``stream``: ``KinoClient.stream_windows(seed=1)``, one server stream for all batches.
+* ``stream``: ``KinoClient.stream_windows(seed=1)`` with its defaults, one server stream
+  for all batches (the server stacks several batches per message; the client yields
+  them one at a time).
+* ``stream1``: the same stream with ``batches_per_message=1``: one batch per message,
+  as clients that predate the option receive them.
 
 Then a load run: ``--clients`` (32) concurrent clients, each with its own channel,
 each making ``--calls`` (500) unary batch calls; latency p50/p99 and errors.
@@ -52,6 +56,7 @@ from kinodb.synthetic import create_test
 from kinodb.windows import FrameWindows
 
 OBS, ACT = 2, 16
+STREAMS: dict[str, dict[str, Any]] = {"stream": {}, "stream1": {"batches_per_message": 1}}
 ROOT = Path(__file__).resolve().parents[1]
 _READY = re.compile(r"^kino-serve: serving .* on (\S+) \[")
 
@@ -88,29 +93,36 @@ def unary_batches(client: KinoClient, batches: int, batch: int) -> float:
     return time.perf_counter() - t0
 
 
-def stream_batches(client: KinoClient, batches: int, batch: int, seed: int) -> float:
+def stream_batches(client: KinoClient, batches: int, batch: int, seed: int, **kw: Any) -> float:
     t0 = time.perf_counter()
     for _ in client.stream_windows(
-        batch, num_batches=batches, obs_horizon=OBS, action_horizon=ACT, seed=seed
+        batch, num_batches=batches, obs_horizon=OBS, action_horizon=ACT, seed=seed, **kw
     ):
         pass
     return time.perf_counter() - t0
 
 
+def _same(got: dict[str, Any], fw: FrameWindows, idx: np.ndarray, what: str) -> None:
+    assert np.array_equal(got["index"], idx), f"{what}: other windows than the local read"
+    for key, value in fw.lowdim(idx).items():
+        assert got[key].dtype == value.dtype and np.array_equal(got[key], value), f"{what}: {key} differs"
+    assert got["task"] == fw.tasks(idx), f"{what}: tasks differ"
+
+
 def check_same(fw: FrameWindows, client: KinoClient, batch: int) -> None:
-    """The three paths read the same windows, bit for bit."""
-    rng = np.random.default_rng(1)
-    streamed = client.stream_windows(batch, num_batches=3, obs_horizon=OBS, action_horizon=ACT, seed=1)
-    for k, got in enumerate(streamed):
-        idx = rng.integers(0, len(fw), batch, dtype=np.int64)
-        want = fw.lowdim(idx)
-        assert np.array_equal(got["index"], idx), "stream drew other windows than the local stream"
-        for key, value in want.items():
-            assert np.array_equal(got[key], value), f"stream batch {k}: {key} differs"
+    """Every path reads the same windows as the local path, bit for bit (arrays and tasks)."""
+    for name, kw in STREAMS.items():
+        rng = np.random.default_rng(1)
+        streamed = client.stream_windows(
+            batch, num_batches=20, obs_horizon=OBS, action_horizon=ACT, seed=1, **kw
+        )
+        for k, got in enumerate(streamed):
+            _same(got, fw, rng.integers(0, len(fw), batch, dtype=np.int64), f"{name} batch {k}")
     for s in (1, 2):
         got = client.get_windows(batch, obs_horizon=OBS, action_horizon=ACT, seed=s)
-        want = fw.lowdim(np.random.default_rng(s).integers(0, len(fw), batch, dtype=np.int64))
-        assert all(np.array_equal(got[key], value) for key, value in want.items()), f"unary seed {s} differs"
+        _same(
+            got, fw, np.random.default_rng(s).integers(0, len(fw), batch, dtype=np.int64), f"unary seed {s}"
+        )
 
 
 def _load_worker(addr: str, threads: int, calls: int, batch: int, first: int, out: Any) -> None:
@@ -204,17 +216,20 @@ def main() -> int:
                 for _ in range(2):  # warm both sides: caches, connections, page cache
                     local_batches(fw, 10, args.batch, 99)
                     unary_batches(client, 10, args.batch)
-                    stream_batches(client, 10, args.batch, 99)
-                times: dict[str, list[float]] = {"local": [], "unary": [], "stream": []}
+                    for kw in STREAMS.values():
+                        stream_batches(client, 10, args.batch, 99, **kw)
+                times: dict[str, list[float]] = {"local": [], "unary": [], **{k: [] for k in STREAMS}}
                 order = list(times)
                 for r in range(args.repeats):  # rotate the order between repeats
-                    for name in order[r % 3 :] + order[: r % 3]:
+                    for name in order[r % len(order) :] + order[: r % len(order)]:
                         if name == "local":
                             times[name].append(local_batches(fw, args.batches, args.batch, 1))
                         elif name == "unary":
                             times[name].append(unary_batches(client, args.batches, args.batch))
                         else:
-                            times[name].append(stream_batches(client, args.batches, args.batch, 1))
+                            times[name].append(
+                                stream_batches(client, args.batches, args.batch, 1, **STREAMS[name])
+                            )
             load = load_run(addr, args.clients, args.calls, args.batch, args.processes)
         finally:
             proc.terminate()

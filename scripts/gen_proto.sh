@@ -3,7 +3,7 @@
 #
 # Usage: scripts/gen_proto.sh [OUTDIR]   (default: src/kinodb/serve/_proto)
 # Needs grpcio-tools (pip install 'kinodb[dev]'); PYTHON picks the interpreter.
-# tests/serve/test_proto.py checks that the committed stubs equal a fresh run.
+# tests/serve/test_serve_proto.py checks that the committed stubs equal a fresh run.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

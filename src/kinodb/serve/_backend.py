@@ -24,9 +24,10 @@ from kinodb.mixture import Mixture
 from kinodb.serve._errors import BatchTooLargeError
 from kinodb.serve._messages import fill_tensor, legacy_frames, meta_to_pb
 from kinodb.serve._proto import kinodb_pb2 as pb
+from kinodb.serve._wire import CameraPart, encode_windows
 from kinodb.windows import FrameWindows
 
-__all__ = ["MODES", "Backend"]
+__all__ = ["MAX_BATCHES_PER_MESSAGE", "MODES", "Backend"]
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,8 @@ MAX_HORIZON = 4096  # frames per window feature; larger asks are refused, not al
 _MAX_MESSAGE = 2**31 - 1 - (1 << 20)  # gRPC's int32 limit, less room for framing
 _MIN_MESSAGE = 16 << 20
 _WINDOW_CACHE = 8  # window specs kept open at once
+MAX_BATCHES_PER_MESSAGE = 64
+_GROUP_BYTES = 1 << 20  # a stream message stacks batches up to about this size
 _DECODE_THREADS = 2
 
 
@@ -84,7 +87,7 @@ class Backend:
         self.max_message = int(min(_MAX_MESSAGE, max(_MIN_MESSAGE, max_batch * item)))
         self._stream = np.random.default_rng(seed)
         self._stream_lock = threading.Lock()
-        self._windows: dict[tuple[Any, ...], FrameWindows] = {}
+        self._windows: dict[tuple[Any, ...], tuple[FrameWindows, int]] = {}
         self._windows_lock = threading.Lock()
 
     def _frame_bytes(self) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
@@ -141,7 +144,7 @@ class Backend:
         images = _Images(True, (), None) if legacy else self._image_opts(req, req.include_images)
         resp = pb.EpisodeResponse()
         self._episode(req.position, resp.episode, images, legacy)
-        self._check_size(resp, "this episode")
+        self._check_size(resp.ByteSize(), "this episode")
         return resp
 
     def query(self, req: pb.QueryRequest, *, legacy: bool = False) -> pb.QueryResponse:
@@ -164,22 +167,13 @@ class Backend:
     def batch(
         self, req: pb.BatchRequest, rng: np.random.Generator | None = None, *, offset: int | None = None,
         legacy: bool = False,
-    ) -> pb.BatchResponse:  # fmt: skip
-        """`GetBatch`: episodes, or frame windows when ``req.windows`` is set."""
-        size = req.batch_size
-        if size < 1:
-            raise ValueError("batch_size must be at least 1")
-        if size > self.max_batch:
-            raise BatchTooLargeError(
-                f"batch_size {size} is over this server's limit of {self.max_batch} (kino-serve --max-batch)"
-            )
-        mode = req.mode or "random"
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    ) -> pb.BatchResponse | bytes:  # fmt: skip
+        """`GetBatch`: episodes, or frame windows when ``req.windows`` is set (as wire bytes)."""
+        size, mode = self._batch_args(req)
         rng = rng if rng is not None else self.rng(req.seed)
         start = req.offset if offset is None else offset
         if req.HasField("windows") and not legacy:
-            return self._window_batch(req, mode, start, rng)
+            return self._window_batch(req, mode, [start], rng)
         idx = self._draw(mode, len(self), size, start, rng, np.diff(self._starts), self._shares)
         images = self._image_opts(req, req.include_images)
         per_frame = self._array_bytes + (self._image_bytes if images is not None else 0)
@@ -190,19 +184,54 @@ class Backend:
             resp.next_offset = (start + size) % len(self)
         for index in idx.tolist():
             self._episode(index, resp.episodes.add(), images, legacy)
-        self._check_size(resp, f"a batch of {size} episodes")
+        self._check_size(resp.ByteSize(), f"a batch of {size} episodes")
         return resp
 
-    def stream(self, req: pb.StreamRequest) -> Iterator[pb.BatchResponse]:
-        """`StreamBatches`: one seeded generator and a moving offset for the whole stream."""
+    def stream(self, req: pb.StreamRequest) -> Iterator[pb.BatchResponse | bytes]:
+        """`StreamBatches`: one seeded generator and a moving offset for the whole stream.
+
+        Window batches without images are stacked ``req.batches_per_message`` to a message
+        (at most `MAX_BATCHES_PER_MESSAGE`, and as many as fit in about 1 MiB) and gathered
+        at once: the batches and their order are those of one batch per message, drawn
+        from the same generator.
+        """
         first = req.batch
+        size, mode = self._batch_args(first)
         rng = self.rng(first.seed)
-        stride = req.stride or first.batch_size
+        stride = req.stride or size
+        group = self._group(req)
         offset, sent = first.offset, 0
         while req.num_batches == 0 or sent < req.num_batches:
-            resp = self.batch(first, rng, offset=offset)
-            yield resp
-            offset, sent = offset + stride, sent + 1
+            k = group if req.num_batches == 0 else min(group, req.num_batches - sent)
+            if k == 1:
+                yield self.batch(first, rng, offset=offset)
+            else:
+                yield self._window_batch(first, mode, [offset + i * stride for i in range(k)], rng)
+            offset, sent = offset + k * stride, sent + k
+
+    def _batch_args(self, req: pb.BatchRequest) -> tuple[int, str]:
+        """The request's batch size and mode, checked."""
+        size = req.batch_size
+        if size < 1:
+            raise ValueError("batch_size must be at least 1")
+        if size > self.max_batch:
+            raise BatchTooLargeError(
+                f"batch_size {size} is over this server's limit of {self.max_batch} (kino-serve --max-batch)"
+            )
+        mode = req.mode or "random"
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        return size, mode
+
+    def _group(self, req: pb.StreamRequest) -> int:
+        """Batches per message of a stream: 1 unless it asked for more and carries state-only windows."""
+        first = req.batch
+        if req.batches_per_message <= 1 or not first.HasField("windows") or first.include_images:
+            return 1
+        per_batch = first.batch_size * self._window_bytes(first.windows)
+        return max(
+            1, min(req.batches_per_message, MAX_BATCHES_PER_MESSAGE, _GROUP_BYTES // max(per_batch, 1))
+        )
 
     # -- pieces -----------------------------------------------------------------------------
 
@@ -281,6 +310,13 @@ class Backend:
 
     def windows(self, spec: pb.WindowSpec, cameras: Sequence[str] | None) -> FrameWindows:
         """The `FrameWindows` of a spec, built once (its caches filled before it is shared)."""
+        return self._window_entry(spec, cameras)[0]
+
+    def _window_bytes(self, spec: pb.WindowSpec) -> int:
+        """Bytes of one state-only window of a spec in a reply (arrays, index and task code)."""
+        return self._window_entry(spec, None)[1]
+
+    def _window_entry(self, spec: pb.WindowSpec, cameras: Sequence[str] | None) -> tuple[FrameWindows, int]:
         obs, act = spec.obs_horizon or 1, spec.action_horizon or 1
         if obs > MAX_HORIZON or act > MAX_HORIZON:
             raise ValueError(
@@ -290,25 +326,30 @@ class Backend:
         if pad not in ("edge", "zero"):
             raise ValueError(f"pad must be 'edge' or 'zero', got {pad!r}")
         key = (obs, act, pad, spec.kql_filter, tuple(cameras) if cameras else None)
-        fw = self._windows.get(key)
-        if fw is not None:
-            return fw
+        entry = self._windows.get(key)
+        if entry is not None:
+            return entry
         with self._windows_lock:
-            fw = self._windows.get(key)
-            if fw is None:
+            entry = self._windows.get(key)
+            if entry is None:
                 fw = FrameWindows(self.source, obs_horizon=obs, action_horizon=act, pad=pad,  # type: ignore[arg-type]
                                   kql_filter=spec.kql_filter or None, cameras=list(cameras) if cameras else None)  # fmt: skip
                 # One window per source fills every per-array cache now, under the lock.
-                fw.lowdim(np.concatenate([[0], np.cumsum(fw.sample_counts())[:-1]]))
+                first = fw.lowdim(np.concatenate([[0], np.cumsum(fw.sample_counts())[:-1]]))
+                per_window = sum(a.nbytes // max(len(a), 1) for a in first.values()) + 8 + 4  # + index, task
                 if len(self._windows) >= _WINDOW_CACHE:
                     self._windows.pop(next(iter(self._windows)))
-                self._windows[key] = fw
+                entry = self._windows[key] = (fw, per_window)
                 log.info("window spec %s: %d windows", key, len(fw))
-        return fw
+        return entry
 
     def _window_batch(
-        self, req: pb.BatchRequest, mode: str, offset: int, rng: np.random.Generator
-    ) -> pb.BatchResponse:
+        self, req: pb.BatchRequest, mode: str, offsets: Sequence[int], rng: np.random.Generator
+    ) -> bytes:
+        """The wire bytes of a `BatchResponse` of windows (see `kinodb.serve._wire`).
+
+        Several ``offsets`` stack as many batches in one reply (drawn in order, gathered at once).
+        """
         images = self._image_opts(req, req.include_images)
         cams = (images.cameras or tuple(self.cameras)[:1]) if images is not None else None
         if cams is not None and not cams:
@@ -317,48 +358,57 @@ class Backend:
         n, size = len(fw), req.batch_size
         counts = fw.sample_counts()
         shares = self._shares if len(counts) == len(self._shares) else counts.astype(np.float64)
-        idx = self._draw(mode, n, size, offset, rng, counts, shares)
-        resp = pb.BatchResponse()
-        if mode == "sequential":
-            resp.next_offset = (offset + size) % n
-        out = resp.windows
+        draws = [self._draw(mode, n, size, offset, rng, counts, shares) for offset in offsets]
+        idx = draws[0] if len(draws) == 1 else np.concatenate(draws)
+        what = (
+            f"a batch of {size} windows" if len(offsets) == 1 else f"{len(offsets)} batches of {size} windows"
+        )
         arrays = fw.lowdim(idx)
         arrays["index"] = idx
-        # Tasks travel once per batch, picked per window by a code (episode positions -> codes).
-        codes = self._task_codes[self._task_base[arrays["source"]] + arrays["episode_index"]]
-        used, inverse = np.unique(codes, return_inverse=True)
-        arrays["task_index"] = inverse.astype(np.int32).reshape(-1)
-        nbytes = sum(fill_tensor(out.arrays[key], value) for key, value in arrays.items())
-        out.tasks.extend(self._task_names[used].tolist())
+        used, arrays["task_index"] = self._task_index(arrays["source"], arrays["episode_index"])
+        tasks: list[str] = self._task_names[used].tolist()
+        cameras: list[CameraPart] = []
         if images is None:
-            self._check_estimate(
-                nbytes + sum(len(t) + 8 for t in out.tasks) + 1024, f"a batch of {size} windows"
-            )
+            nbytes = sum(a.nbytes for a in arrays.values())
+            self._check_estimate(nbytes + sum(len(t) + 8 for t in tasks) + 1024, what)
         else:
-            self._window_images(fw, idx, images, out)
-            self._check_size(resp, f"a batch of {size} windows")
-        return resp
+            cameras = self._window_images(fw, idx, images)
+        next_offset = (offsets[-1] + size) % n if mode == "sequential" else 0
+        reply = encode_windows(arrays, tasks, cameras, next_offset=next_offset, batches=len(offsets))
+        if images is not None:
+            self._check_size(len(reply), what)
+        return reply
 
-    def _window_images(
-        self, fw: FrameWindows, idx: NDArray[np.int64], images: _Images, out: pb.WindowBatch
-    ) -> None:
+    def _task_index(
+        self, source: NDArray[np.int64], episode: NDArray[np.int64]
+    ) -> tuple[NDArray[np.int64], NDArray[np.int32]]:
+        """Tasks travel once per batch: the codes of the distinct tasks, and each window's pick."""
+        codes = self._task_codes[self._task_base[source] + episode]
+        if len(self._task_names) > 4 * len(codes) + 4096:  # many tasks: sort the few at hand
+            used, inverse = np.unique(codes, return_inverse=True)
+            return used.astype(np.int64), inverse.astype(np.int32).reshape(-1)
+        present = np.zeros(len(self._task_names), dtype=bool)
+        present[codes] = True
+        return np.flatnonzero(present), (np.cumsum(present, dtype=np.int32) - 1)[codes]
+
+    def _window_images(self, fw: FrameWindows, idx: NDArray[np.int64], images: _Images) -> list[CameraPart]:
         k = max(len(o) for o in fw.spec.images.values())
         per = sum(int(np.prod(images.size or self.cameras[c]["shape"][1:3])) * int(self.cameras[c]["shape"][3])
                   for c in fw.cameras)  # fmt: skip
         self._check_estimate(len(idx) * k * per, f"a batch of {len(idx)} windows with images")
         if images.decoded:
+            out = []
             for cam, pixels in fw.images(idx, size=images.size, threads=_DECODE_THREADS).items():
                 _, _, c, h, w = pixels.shape
-                frames = out.images.add(camera=cam, codec="raw", height=h, width=w, channels=c)
-                fill_tensor(frames.pixels, pixels)
-            return
+                out.append(CameraPart(cam, "raw", h, w, c, pixels=pixels))
+            return out
         stored = fw.encoded(idx)
+        out = []
         for cam in fw.cameras:
             _, h, w, c = self.cameras[cam]["shape"]
-            frames = out.images.add(
-                camera=cam, codec=self.cameras[cam]["codec"], height=h, width=w, channels=c
-            )
-            frames.frames.extend([blob for sample in stored for blob in sample[cam]])
+            frames = [blob for sample in stored for blob in sample[cam]]
+            out.append(CameraPart(cam, self.cameras[cam]["codec"], h, w, c, frames=frames))
+        return out
 
     def _check_estimate(self, estimate: int, what: str) -> None:
         if estimate > self.max_message:
@@ -367,8 +417,7 @@ class Backend:
                 f"{_mib(self.max_message)}; ask for fewer, or for stored (encoded) images"
             )
 
-    def _check_size(self, msg: Any, what: str) -> None:
-        size = msg.ByteSize()
+    def _check_size(self, size: int, what: str) -> None:
         if size > self.max_message:
             raise BatchTooLargeError(
                 f"{what} is {_mib(size)}, over this server's message limit of {_mib(self.max_message)}; "

@@ -2,7 +2,8 @@
 
 Arrays travel as packed tensors: one ``bytes`` field of C-order little-endian data with
 its dtype string and shape, filled with a single ``ndarray.tobytes()`` and read back with
-a single ``np.frombuffer`` (no per-value work on either side).
+a single ``np.frombuffer`` (no per-value work on either side). Window batches, the hot
+path, skip message objects altogether: see `kinodb.serve._wire`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from numpy.typing import NDArray
 
 from kinodb.serve._proto import kinodb_pb2 as pb
 
-__all__ = ["fill_tensor", "legacy_frames", "meta_from_pb", "meta_to_pb", "unpack_tensor"]
+__all__ = ["fill_tensor", "legacy_frames", "meta_from_pb", "meta_to_pb", "tensor_dtype", "unpack_tensor"]
 
 _BUILTIN_META = (
     "episode_id", "embodiment", "task", "num_frames", "fps", "action_dim", "state_dim", "success", "total_reward",
@@ -47,9 +48,7 @@ def unpack_tensor(msg: pb.Tensor, where: str = "tensor") -> NDArray[Any]:
     Raises:
         ValueError: the dtype is not a plain NumPy dtype or the bytes do not fit the shape.
     """
-    dtype = _DTYPES.get(msg.dtype)
-    if dtype is None:
-        dtype = _dtype(msg.dtype, where)
+    dtype = tensor_dtype(msg.dtype, where)
     shape = tuple(msg.shape)
     data = msg.data
     if len(data) != math.prod(shape) * dtype.itemsize:
@@ -60,7 +59,15 @@ def unpack_tensor(msg: pb.Tensor, where: str = "tensor") -> NDArray[Any]:
 _DTYPES: dict[str, np.dtype[Any]] = {}
 
 
-def _dtype(text: str, where: str) -> np.dtype[Any]:
+def tensor_dtype(text: str, where: str = "tensor") -> np.dtype[Any]:
+    """The NumPy dtype a `Tensor`'s dtype string names (looked up once per string).
+
+    Raises:
+        ValueError: the dtype is not a plain NumPy dtype.
+    """
+    dtype = _DTYPES.get(text)
+    if dtype is not None:
+        return dtype
     try:
         dtype = np.dtype(text)
     except TypeError:

@@ -16,14 +16,17 @@ import grpc
 import numpy as np
 from numpy.typing import NDArray
 
-from kinodb.serve._errors import to_exception
+from kinodb.serve._errors import RemoteError, to_exception
 from kinodb.serve._messages import meta_from_pb, unpack_tensor
 from kinodb.serve._proto import kinodb_pb2 as pb
 from kinodb.serve._proto import kinodb_pb2_grpc as pb_grpc
+from kinodb.serve._wire import DecodedWindows, WireError, decode_windows
 
 __all__ = ["KinoClient"]
 
 TOKEN_ENV = "KINODB_TOKEN"
+_SERVICE = "/kinodb.v1.KinoService/"
+BATCHES_PER_MESSAGE = 8  # stream_windows' default; the server caps a message at about 1 MiB
 _ENCODINGS: dict[str, pb.ImageEncoding] = {
     "decoded": pb.IMAGE_ENCODING_DECODED,
     "stored": pb.IMAGE_ENCODING_STORED,
@@ -75,6 +78,13 @@ class KinoClient:
                 addr, grpc.ssl_channel_credentials(root_certificates=ca), options
             )
         self._stub = pb_grpc.KinoServiceStub(self._channel)  # type: ignore[no-untyped-call]
+        # Window batches arrive as the reply's bytes, read by kinodb.serve._wire without copies.
+        self._raw_batch = self._channel.unary_unary(
+            _SERVICE + "GetBatch", request_serializer=pb.BatchRequest.SerializeToString
+        )
+        self._raw_stream = self._channel.unary_stream(
+            _SERVICE + "StreamBatches", request_serializer=pb.StreamRequest.SerializeToString
+        )
 
     # -- plumbing -----------------------------------------------------------------------------
 
@@ -88,6 +98,30 @@ class KinoClient:
         call = self._stub.StreamBatches(request, metadata=self._metadata)
         try:
             yield from call
+        except grpc.RpcError as err:
+            raise to_exception(err, f"server {self.addr}") from None
+        finally:
+            call.cancel()  # a no-op when the stream ended; stops the server's loop when abandoned
+
+    def _decode(self, reply: bytes, batch_size: int) -> list[DecodedWindows]:
+        """The window batches of a reply: one, or the ``batch_size`` batches a stream message stacks."""
+        try:
+            return _split(decode_windows(reply), batch_size)
+        except WireError as err:
+            raise RemoteError(f"server {self.addr}: a malformed window batch: {err}", "DATA_LOSS") from None
+
+    def _window_call(self, request: pb.BatchRequest) -> DecodedWindows:
+        try:
+            reply = self._raw_batch(request, timeout=self.timeout, metadata=self._metadata)
+        except grpc.RpcError as err:
+            raise to_exception(err, f"server {self.addr}") from None
+        return self._decode(reply, request.batch_size)[0]
+
+    def _window_stream(self, request: pb.StreamRequest) -> Iterator[DecodedWindows]:
+        call = self._raw_stream(request, metadata=self._metadata)
+        try:
+            for reply in call:
+                yield from self._decode(reply, request.batch.batch_size)
         except grpc.RpcError as err:
             raise to_exception(err, f"server {self.addr}") from None
         finally:
@@ -182,7 +216,7 @@ class KinoClient:
         req = _batch(
             batch_size, mode, offset, seed, include_images, image_encoding, cameras, spec, image_size
         )
-        return _windows(self._call("GetBatch", req).windows)
+        return _windows(self._window_call(req))
 
     def stream_batches(
         self,
@@ -226,15 +260,25 @@ class KinoClient:
         image_encoding: str = "decoded",
         cameras: Sequence[str] | None = None,
         image_size: tuple[int, int] | None = None,
+        batches_per_message: int = BATCHES_PER_MESSAGE,
     ) -> Iterator[dict[str, Any]]:
-        """Window batches (as `get_windows` returns them) from one server stream."""
+        """Window batches (as `get_windows` returns them) from one server stream.
+
+        Without images, the server stacks up to ``batches_per_message`` batches in one
+        message, which saves per-message work on both sides; the batches are the same
+        either way, and come one at a time (views of the message they arrived in). A
+        server that predates the option sends one per message.
+        """
         spec = _spec(obs_horizon, action_horizon, pad, kql_filter)
+        per_message = batches_per_message
+        if isinstance(per_message, bool) or not isinstance(per_message, int) or per_message < 1:
+            raise ValueError(f"batches_per_message must be a positive int, got {per_message!r}")
         req = pb.StreamRequest(
             batch=_batch(batch_size, mode, offset, seed, include_images, image_encoding, cameras, spec, image_size),
-            num_batches=num_batches, stride=stride,
+            num_batches=num_batches, stride=stride, batches_per_message=per_message,
         )  # fmt: skip
-        for resp in self._stream(req):
-            yield _windows(resp.windows)
+        for decoded in self._window_stream(req):
+            yield _windows(decoded)
 
     def query(self, kql: str, *, limit: int = 0) -> NDArray[np.int64]:
         """Global indices of the episodes matching ``kql``, ascending (at most ``limit``; 0: all).
@@ -317,17 +361,37 @@ def _episode(msg: pb.Episode, include_images: bool) -> dict[str, Any]:
     return out
 
 
-def _windows(msg: pb.WindowBatch) -> dict[str, Any]:
-    out: dict[str, Any] = {name: unpack_tensor(t, name) for name, t in msg.arrays.items()}
-    names = np.empty(len(msg.tasks), dtype=object)
-    names[:] = list(msg.tasks)
+def _windows(decoded: DecodedWindows) -> dict[str, Any]:
+    out: dict[str, Any] = decoded.arrays
+    names = np.empty(len(decoded.tasks), dtype=object)
+    names[:] = decoded.tasks
     out["task"] = names[out.pop("task_index")].tolist() if "task_index" in out else []
-    images: dict[str, Any] = {}
-    for cam in msg.images:
-        if cam.HasField("pixels"):
-            images[cam.camera] = unpack_tensor(cam.pixels, cam.camera)
-        else:
-            images[cam.camera] = list(cam.frames)
-    if images:
-        out["images"] = images
+    if decoded.images:
+        out["images"] = decoded.images
+    return out
+
+
+def _split(decoded: DecodedWindows, batch_size: int) -> list[DecodedWindows]:
+    """The batches a reply stacks (``decoded.batches``; 0 is one), as views of it.
+
+    Raises:
+        WireError: the arrays do not split into that many batches of ``batch_size``.
+    """
+    k = max(decoded.batches, 1)
+    if k == 1:
+        return [decoded]
+    for name, arr in decoded.arrays.items():
+        if arr.shape[:1] != (k * batch_size,):
+            raise WireError(f"{name!r} has shape {arr.shape}, not {k} batches of {batch_size}")
+    for name, frames in decoded.images.items():
+        if len(frames) % k:
+            raise WireError(f"camera {name!r} has {len(frames)} entries, not {k} equal batches")
+    out = []
+    for i in range(k):
+        arrays = {name: arr[i * batch_size : (i + 1) * batch_size] for name, arr in decoded.arrays.items()}
+        images: dict[str, Any] = {}
+        for name, frames in decoded.images.items():
+            per = len(frames) // k
+            images[name] = frames[i * per : (i + 1) * per]
+        out.append(DecodedWindows(arrays, decoded.tasks, images, decoded.next_offset, 1))
     return out

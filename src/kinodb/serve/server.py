@@ -247,24 +247,29 @@ def _streaming(fn: Callable[[Any], Iterable[Any]]) -> Callable[[Any, grpc.Servic
     return handle
 
 
+def _serialize(response: Any) -> bytes:
+    """Window batches come as wire bytes already (`kinodb.serve._wire`); messages are serialised."""
+    return response if isinstance(response, bytes) else response.SerializeToString()  # type: ignore[no-any-return]
+
+
 def _handlers(backend: Backend, *, legacy: bool) -> grpc.GenericRpcHandler:
-    def rpc(fn: Callable[[Any], Any], req: Any, resp: Any) -> grpc.RpcMethodHandler:
+    def rpc(fn: Callable[[Any], Any], req: Any) -> grpc.RpcMethodHandler:
         return grpc.unary_unary_rpc_method_handler(
-            _unary(fn), request_deserializer=req.FromString, response_serializer=resp.SerializeToString
+            _unary(fn), request_deserializer=req.FromString, response_serializer=_serialize
         )
 
     methods = {
-        "GetEpisode": rpc(lambda r: backend.episode(r, legacy=legacy), pb.EpisodeRequest, pb.EpisodeResponse),
-        "GetMeta": rpc(lambda r: backend.meta(r.position), pb.MetaRequest, pb.MetaResponse),
-        "GetBatch": rpc(lambda r: backend.batch(r, legacy=legacy), pb.BatchRequest, pb.BatchResponse),
-        "Query": rpc(lambda r: backend.query(r, legacy=legacy), pb.QueryRequest, pb.QueryResponse),
-        "ServerInfo": rpc(lambda r: backend.info(), pb.InfoRequest, pb.InfoResponse),
+        "GetEpisode": rpc(lambda r: backend.episode(r, legacy=legacy), pb.EpisodeRequest),
+        "GetMeta": rpc(lambda r: backend.meta(r.position), pb.MetaRequest),
+        "GetBatch": rpc(lambda r: backend.batch(r, legacy=legacy), pb.BatchRequest),
+        "Query": rpc(lambda r: backend.query(r, legacy=legacy), pb.QueryRequest),
+        "ServerInfo": rpc(lambda r: backend.info(), pb.InfoRequest),
     }
     if not legacy:
         methods["StreamBatches"] = grpc.unary_stream_rpc_method_handler(
             _streaming(backend.stream),
             request_deserializer=pb.StreamRequest.FromString,
-            response_serializer=pb.BatchResponse.SerializeToString,
+            response_serializer=_serialize,
         )
     return grpc.method_handlers_generic_handler(LEGACY_SERVICE if legacy else SERVICE, methods)
 

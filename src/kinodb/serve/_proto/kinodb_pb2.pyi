@@ -97,14 +97,16 @@ class BatchRequest(_message.Message):
     def __init__(self, batch_size: _Optional[int] = ..., mode: _Optional[str] = ..., offset: _Optional[int] = ..., seed: _Optional[int] = ..., include_images: _Optional[bool] = ..., windows: _Optional[_Union[WindowSpec, _Mapping]] = ..., image_encoding: _Optional[_Union[ImageEncoding, str]] = ..., cameras: _Optional[_Iterable[str]] = ..., image_height: _Optional[int] = ..., image_width: _Optional[int] = ...) -> None: ...
 
 class StreamRequest(_message.Message):
-    __slots__ = ("batch", "num_batches", "stride")
+    __slots__ = ("batch", "num_batches", "stride", "batches_per_message")
     BATCH_FIELD_NUMBER: _ClassVar[int]
     NUM_BATCHES_FIELD_NUMBER: _ClassVar[int]
     STRIDE_FIELD_NUMBER: _ClassVar[int]
+    BATCHES_PER_MESSAGE_FIELD_NUMBER: _ClassVar[int]
     batch: BatchRequest
     num_batches: int
     stride: int
-    def __init__(self, batch: _Optional[_Union[BatchRequest, _Mapping]] = ..., num_batches: _Optional[int] = ..., stride: _Optional[int] = ...) -> None: ...
+    batches_per_message: int
+    def __init__(self, batch: _Optional[_Union[BatchRequest, _Mapping]] = ..., num_batches: _Optional[int] = ..., stride: _Optional[int] = ..., batches_per_message: _Optional[int] = ...) -> None: ...
 
 class QueryRequest(_message.Message):
     __slots__ = ("kql", "limit", "include_metas")
@@ -241,14 +243,16 @@ class MetaResponse(_message.Message):
     def __init__(self, meta: _Optional[_Union[EpisodeMeta, _Mapping]] = ..., source: _Optional[int] = ..., position: _Optional[int] = ...) -> None: ...
 
 class BatchResponse(_message.Message):
-    __slots__ = ("episodes", "windows", "next_offset")
+    __slots__ = ("episodes", "windows", "next_offset", "batches")
     EPISODES_FIELD_NUMBER: _ClassVar[int]
     WINDOWS_FIELD_NUMBER: _ClassVar[int]
     NEXT_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    BATCHES_FIELD_NUMBER: _ClassVar[int]
     episodes: _containers.RepeatedCompositeFieldContainer[Episode]
     windows: WindowBatch
     next_offset: int
-    def __init__(self, episodes: _Optional[_Iterable[_Union[Episode, _Mapping]]] = ..., windows: _Optional[_Union[WindowBatch, _Mapping]] = ..., next_offset: _Optional[int] = ...) -> None: ...
+    batches: int
+    def __init__(self, episodes: _Optional[_Iterable[_Union[Episode, _Mapping]]] = ..., windows: _Optional[_Union[WindowBatch, _Mapping]] = ..., next_offset: _Optional[int] = ..., batches: _Optional[int] = ...) -> None: ...
 
 class QueryResponse(_message.Message):
     __slots__ = ("positions", "metas", "total_matches")
