@@ -115,6 +115,10 @@ JPEG = encode_image(np.zeros((4, 5, 3), np.uint8), "JPEG")
             {"cam": [PNG] * 3 + [encode_image(np.zeros((6, 5, 3), np.uint8), "PNG")]},
             r"images\['cam'\]\[3\] is \(6, 5, 3\)",
         ),
+        (
+            {"cam": [JPEG] * 2 + [encode_image(np.zeros((6, 5, 3), np.uint8), "JPEG"), JPEG]},
+            r"images\['cam'\]\[2\] is \(6, 5, 3\)",
+        ),
         ({"cam": [PNG[:20]] * 4}, r"images\['cam'\]\[0\]: unreadable png header"),
         ({"cam": "frames"}, r"images\['cam'\] must be a uint8 array or a list of encoded frames, got str"),
     ],
@@ -347,3 +351,60 @@ def test_stale_temp_files_of_dead_writers_are_removed(tmp_path: Path) -> None:
         w.add_episode(actions=np.zeros((2, 3), np.float32))
     assert not dead.exists()
     assert alive.exists() and other.exists()  # a live writer's file and other files are left alone
+
+
+def _episodes(n: int) -> list[dict[str, Any]]:
+    rng = np.random.default_rng(3)
+    return [{"actions": rng.normal(size=(50, 7)).astype(np.float32),
+             "states": rng.normal(size=(50, 14)).astype(np.float32)} for _ in range(n)]  # fmt: skip
+
+
+def test_background_syncs_run_while_writing_and_the_file_reads_back(tmp_path: Path, monkeypatch) -> None:
+    from kinodb.kdb import writer as writer_mod
+
+    monkeypatch.setattr(writer_mod._Flusher, "EVERY", 4096)
+    synced: list[int] = []
+    real = os.fdatasync
+    monkeypatch.setattr(os, "fdatasync", lambda fd: (synced.append(fd), real(fd))[1])
+    eps = _episodes(20)
+    with kinodb.Writer(tmp_path / "s.kdb") as w:
+        for ep in eps:
+            w.add_episode(**ep)
+        assert synced  # some data went to disk before the commit
+    from kinodb.kdb.validate import validate
+
+    assert validate(tmp_path / "s.kdb").ok
+    with kinodb.open(tmp_path / "s.kdb") as db:
+        assert len(db) == 20
+        for i, ep in enumerate(eps):
+            np.testing.assert_array_equal(db.read_array(i, "states"), ep["states"])
+
+
+@pytest.mark.parametrize("mode", ["x", "a"])
+def test_a_failed_background_sync_fails_the_commit_and_keeps_the_old_state(
+    tmp_path: Path, monkeypatch, mode: str
+) -> None:
+    from kinodb.kdb import writer as writer_mod
+
+    path = tmp_path / "f.kdb"
+    if mode == "a":
+        with kinodb.Writer(path) as w:
+            w.add_episode(**_episodes(1)[0])
+    before = listing(tmp_path)
+    monkeypatch.setattr(writer_mod._Flusher, "EVERY", 4096)
+
+    def fail(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "fdatasync", fail)
+    w = kinodb.Writer(path, mode=mode)
+    for ep in _episodes(5):
+        w.add_episode(**ep)
+    with pytest.raises(
+        WriterError, match=r"writing to disk failed .*Input/output error.*nothing was committed"
+    ):
+        w.close()
+    assert listing(tmp_path) == before  # no new file, no temporary left behind
+    if mode == "a":
+        with kinodb.open(path) as db:
+            assert len(db) == 1

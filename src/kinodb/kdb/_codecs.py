@@ -41,10 +41,17 @@ def header_shape(data: bytes) -> tuple[int, int, int] | None:
     None when the header is anything else (palette PNGs, CMYK JPEGs, damaged
     headers): `probe` then asks Pillow.
     """
+    found = header(data)
+    return None if found is None else found[0]
+
+
+def header(data: bytes) -> tuple[tuple[int, int, int], int] | None:
+    """`header_shape`, and the length of the prefix that determines it (through the PNG
+    IHDR chunk or the JPEG SOF segment): frames that share that prefix share the shape."""
     if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR" and len(data) >= 26 and data[24] == 8:
         w, h = struct.unpack_from(">II", data, 16)
         c = _PNG_CHANNELS.get(data[25])
-        return (h, w, c) if c else None
+        return ((h, w, c), 26) if c else None
     if data[:2] != b"\xff\xd8":
         return None
     pos, n = 2, len(data)
@@ -54,7 +61,8 @@ def header_shape(data: bytes) -> tuple[int, int, int] | None:
             pos += 1
         elif marker in _JPEG_SOF:
             h, w = struct.unpack_from(">HH", data, pos + 5)
-            return (h, w, data[pos + 9]) if data[pos + 9] in (1, 3) else None
+            c = data[pos + 9]
+            return ((h, w, c), pos + 2 + struct.unpack_from(">H", data, pos + 2)[0]) if c in (1, 3) else None
         else:
             pos += 2 + struct.unpack_from(">H", data, pos + 2)[0]
     return None

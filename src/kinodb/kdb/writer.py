@@ -7,6 +7,7 @@ import datetime as _dt
 import math
 import os
 import secrets
+import threading
 import time
 import weakref
 from collections.abc import Mapping, Sequence
@@ -75,6 +76,49 @@ def _fsync_dir(path: str) -> None:
             os.close(fd)
 
 
+class _Flusher:
+    """Pushes written bytes to disk on a background thread while the writer goes on.
+
+    Every `EVERY` bytes, the writer's buffer is handed to the kernel and one thread runs
+    ``fdatasync``, so the disk works while the next episodes are converted and the
+    commit's own fsync has little left to wait for. Durability still rests on that
+    commit fsync; a failed background sync fails the commit (the kernel reports a
+    write-back error once, so it must not be lost here).
+    """
+
+    EVERY = 64 << 20
+
+    def __init__(self, pos: int) -> None:
+        self._synced = pos
+        self._thread: threading.Thread | None = None
+        self._error: OSError | None = None
+
+    def after_write(self, fh: BinaryIO, pos: int) -> None:
+        if pos - self._synced < self.EVERY or (self._thread is not None and self._thread.is_alive()):
+            return
+        fh.flush()
+        self._synced = pos
+        self._thread = threading.Thread(
+            target=self._sync, args=(fh.fileno(),), name="kinodb-fdatasync", daemon=True
+        )
+        self._thread.start()
+
+    def _sync(self, fd: int) -> None:
+        try:
+            getattr(os, "fdatasync", os.fsync)(fd)
+        except OSError as exc:
+            self._error = exc
+
+    def wait(self, path: str) -> None:
+        """Wait for a sync in flight; raise its error, if it had one."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise WriterError(f"{path}: writing to disk failed ({error}); nothing was committed") from error
+
+
 def _publish_new(tmp: str, path: str) -> None:
     """Move the committed temporary file to ``path``, failing if ``path`` exists."""
     try:
@@ -106,7 +150,9 @@ def _now() -> str:
     return _dt.datetime.fromtimestamp(t, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _cleanup(tmp: str | None, fh: BinaryIO) -> None:
+def _cleanup(tmp: str | None, fh: BinaryIO, flusher: _Flusher) -> None:
+    with contextlib.suppress(WriterError):
+        flusher.wait(tmp or "")  # never close the descriptor under a running sync
     with contextlib.suppress(OSError):
         fh.close()
     if tmp:
@@ -176,7 +222,8 @@ class Writer:
             self._fh: BinaryIO = open(self._tmp, "xb", buffering=1 << 20)  # noqa: SIM115
             self._fh.write(bytes(DATA_START))
             self._pos = DATA_START
-        self._finalizer = weakref.finalize(self, _cleanup, self._tmp, self._fh)
+        self._flusher = _Flusher(self._pos)
+        self._finalizer = weakref.finalize(self, _cleanup, self._tmp, self._fh, self._flusher)
         # Stored statistics describe the episodes present when they were set (see `stats`).
         self._stats_episodes = len(self._table)
         if source_format is not None:
@@ -358,13 +405,20 @@ class Writer:
             if codec is None:
                 raise WriterError(f"images[{cam!r}][0] is not JPEG or PNG bytes")
             shape = None
+            # Frames from one encoder usually repeat frame 0's header up to its size field;
+            # a frame that starts with those bytes has its shape, with no parsing.
+            first = _codecs.header(blobs[0] or b"")
+            first_shape, same = (first[0], (blobs[0] or b"")[: first[1]]) if first else (None, None)
             for t, blob in enumerate(blobs):
                 if blob is None or _codecs.sniff(blob) != codec:
                     raise WriterError(f"images[{cam!r}][{t}] is not {codec} bytes like frame 0")
-                try:
-                    got = _codecs.probe(blob)
-                except OSError as exc:
-                    raise WriterError(f"images[{cam!r}][{t}]: unreadable {codec} header ({exc})") from exc
+                if first_shape is not None and same is not None and blob.startswith(same):
+                    got = first_shape
+                else:
+                    try:
+                        got = _codecs.probe(blob)
+                    except OSError as exc:
+                        raise WriterError(f"images[{cam!r}][{t}]: unreadable {codec} header ({exc})") from exc
                 if shape is None:
                     shape = got
                 elif got != shape:
@@ -497,6 +551,7 @@ class Writer:
             extra,
         )  # fmt: skip
         self._num_frames += int(meta["num_frames"])
+        self._flusher.after_write(self._fh, self._pos)
 
     def _rollback(self, mark: int, sec_start: int) -> None:
         for col in self._table.sections.values():
@@ -609,6 +664,11 @@ class Writer:
         )
         slot = 1 - self._slot if self._tmp is None else 0
         self._fh.flush()
+        try:
+            self._flusher.wait(self._path)
+        except WriterError:
+            self.abort()
+            raise
         os.fsync(self._fh.fileno())  # data and index are durable before anything points at them
         if self._tmp is not None:
             self._fh.seek(0)
@@ -632,6 +692,8 @@ class Writer:
         if self._closed:
             return
         self._closed = True
+        with contextlib.suppress(WriterError):
+            self._flusher.wait(self._path)
         if self._tmp is None:
             with contextlib.suppress(OSError):
                 self._fh.flush()
