@@ -19,6 +19,7 @@ import kinodb
 from _factories import encode_image
 from kinodb import CorruptFileError, FormatError, UnsupportedVersionError
 from kinodb.kdb._layout import DATA_START, HEADER_SIZE, INDEX_HEAD, SLOT_OFFSETS, crc32
+from kinodb.kdb.validate import validate
 
 # Runs in a child process so that a crash (SIGSEGV, SIGBUS) or a huge allocation fails the
 # test instead of killing pytest. For each (offset, xor mask) it damages one byte, opens and
@@ -376,3 +377,119 @@ def _recommit(raw: bytearray, index_offset: int, index_length: int) -> None:
     slot = SLOT_OFFSETS[0]
     struct.pack_into("<I", raw, slot + 40, crc32(bytes(raw[index_offset : index_offset + index_length])))
     struct.pack_into("<I", raw, slot + 60, crc32(bytes(raw[slot : slot + 60])))
+
+
+# -- damage a checksum does not catch (a buggy writer), seen at open or at first use ----------
+
+
+def _rewritten(src: Path, tmp_path: Path, edit: Any) -> Path:
+    """A copy of ``src`` whose bytes ``edit(raw, commit)`` changed, with fresh checksums."""
+    raw = bytearray(src.read_bytes())
+    with kinodb.open(src) as db:
+        commit = db._commit
+    edit(raw, commit)
+    _recommit(raw, commit.index_offset, commit.index_length)
+    path = tmp_path / "edited.kdb"
+    path.write_bytes(bytes(raw))
+    return path
+
+
+def test_bad_index_head_is_an_error_at_open(one_commit: Path, tmp_path: Path) -> None:
+    def edit(raw: bytearray, commit: Any) -> None:
+        raw[commit.index_offset : commit.index_offset + 4] = b"XIDX"
+
+    with pytest.raises(CorruptFileError, match="bad index magic"):
+        kinodb.open(_rewritten(one_commit, tmp_path, edit))
+
+
+def test_damaged_table_of_contents_is_an_error_at_first_use(one_commit: Path, tmp_path: Path) -> None:
+    def edit(raw: bytearray, commit: Any) -> None:
+        at = commit.index_offset + INDEX_HEAD.size
+        raw[at : at + 12] = b'{"columns":['  # no longer a JSON object of the expected shape
+
+    path = _rewritten(one_commit, tmp_path, edit)
+    with kinodb.open(path) as db:  # opening reads the header, commit and index head only
+        assert len(db) == 3 and db.version() == "1.0"
+        for use in (db.schema, db.episodes, lambda: db.read_array(0, "actions"), lambda: db.read_meta(0)):
+            with pytest.raises(CorruptFileError, match="table of contents is damaged"):
+                use()
+    report = validate(path)
+    assert not report.ok and any("table of contents is damaged" in e for e in report.errors)
+
+
+def test_episode_count_disagreeing_with_the_index(one_commit: Path, tmp_path: Path) -> None:
+    raw = bytearray(one_commit.read_bytes())
+    slot = SLOT_OFFSETS[0]
+    struct.pack_into("<Q", raw, slot + 24, 4)  # the commit record says 4 episodes, the index has 3
+    struct.pack_into("<I", raw, slot + 60, crc32(bytes(raw[slot : slot + 60])))
+    path = tmp_path / "count.kdb"
+    path.write_bytes(bytes(raw))
+    with kinodb.open(path) as db:
+        with pytest.raises(CorruptFileError, match="commit record says 4 episodes, index has 3"):
+            db.read_array(0, "actions")
+        with pytest.raises(CorruptFileError, match="commit record says 4 episodes"):
+            db.episodes()
+
+
+@pytest.fixture(scope="module")
+def many(damaged_dir: Path) -> tuple[Path, list[np.ndarray]]:
+    """Enough alike episodes that reads switch to tables; returns the path and each episode's states."""
+    rng = np.random.default_rng(5)
+    path = damaged_dir / "many.kdb"
+    states = [rng.normal(size=(6, 3)) for _ in range(400)]
+    with kinodb.Writer(path) as w:
+        for s in states:
+            w.add_episode(actions=rng.normal(size=(6, 2)).astype(np.float32), states=s)
+    return path, states
+
+
+def _states_offset_column(path: Path) -> tuple[int, int]:
+    """(byte offset of the sec.offset column, rows per episode)."""
+    with kinodb.open(path) as db:
+        at = db._cols["sec.offset"].__array_interface__["data"][0] - _base_address(db)
+        return at, int(db._cols["sec_count"][0])
+
+
+def test_bad_offset_is_caught_before_and_after_reads_switch_to_tables(
+    many: tuple[Path, list[np.ndarray]], tmp_path: Path
+) -> None:
+    src, states = many
+    col, width = _states_offset_column(src)
+
+    def edit(raw: bytearray, commit: Any) -> None:
+        struct.pack_into("<Q", raw, col + 8 * (200 * width + 1), 10**9)  # episode 200's states
+
+    path = _rewritten(src, tmp_path, edit)
+    with kinodb.open(path) as db:
+        for _ in range(3):  # the first pass takes the checked path, the later ones the tables
+            for i in range(len(states)):
+                if i == 200:
+                    with pytest.raises(CorruptFileError, match="byte offset 1000000000"):
+                        db.read_array(i, "states")
+                else:
+                    np.testing.assert_array_equal(db.read_array(i, "states"), states[i])
+        assert "states" in db._tables
+    assert not validate(path).ok
+
+
+def test_misaligned_offset_is_still_read_where_it_points(
+    many: tuple[Path, list[np.ndarray]], tmp_path: Path
+) -> None:
+    """An offset that is not a multiple of the item size (no writer makes one) still maps."""
+    src, states = many
+    col, width = _states_offset_column(src)
+    row = col + 8 * (7 * width + 1)  # episode 7's float64 states
+    with kinodb.open(src) as db:
+        old = int(db._cols["sec.offset"][7 * width + 1])
+
+    def edit(raw: bytearray, commit: Any) -> None:
+        struct.pack_into("<Q", raw, row, old - 4)
+
+    path = _rewritten(src, tmp_path, edit)
+    want = np.frombuffer(path.read_bytes(), "<f8", 18, old - 4).reshape(6, 3)
+    with kinodb.open(path) as db:
+        for _ in range(3):
+            for i in range(len(states)):
+                got = db.read_array(i, "states")
+                np.testing.assert_array_equal(got, want if i == 7 else states[i])
+                assert not got.flags.writeable

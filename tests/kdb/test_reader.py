@@ -352,7 +352,7 @@ def test_many_reads_with_changing_layouts(tmp_path: Path) -> None:
                 got = db.read_array(i, "e")
                 assert got.dtype == want[i][1].dtype
                 np.testing.assert_array_equal(got, want[i][1])
-        assert "actions" in db._offsets  # the offset table was built, and agrees
+        assert "actions" in db._tables  # the offset table was built, and agrees
 
 
 def test_gather_concatenates_episodes(tmp_path: Path) -> None:

@@ -161,4 +161,41 @@ def latest_commit(preamble: bytes, path: str, file_size: int) -> tuple[int, Comm
     return n, commit
 
 
-assert _HEADER.size == HEADER_SIZE and _SLOT.size == SLOT_SIZE
+# The header fields a reader checks and both commit slots, in one unpack (the open fast path).
+_PREAMBLE = struct.Struct("<4sHHI48xI" + "QQQQQI16xI" * 2)
+
+
+def read_preamble(head: bytes, path: str, file_size: int) -> tuple[tuple[int, int], int, Commit]:
+    """Validate the 256-byte preamble of a v1 file: ``((major, minor), slot number, commit)``.
+
+    One unpack and one checksum per slot in the usual case; anything unusual (a legacy or
+    newer file, a torn or empty slot, a damage) goes through `parse_header` and
+    `latest_commit`, which raise the detailed errors.
+
+    Raises:
+        FormatError: the bytes are not a .kdb preamble.
+        UnsupportedVersionError: the major version is newer than this kinodb reads.
+        CorruptFileError: a checksum does not match, or no valid commit fits in the file.
+    """
+    if len(head) >= DATA_START:
+        magic, major, minor, data_start, hcrc, *slots = _PREAMBLE.unpack_from(head)
+        if (
+            magic == MAGIC and major == VERSION_MAJOR and data_start == DATA_START
+            and hcrc == zlib.crc32(head[: HEADER_SIZE - 4])
+        ):  # fmt: skip
+            best, gen = -1, 0
+            for n, at in enumerate(SLOT_OFFSETS):
+                g = slots[7 * n]
+                if g and g >= gen and slots[7 * n + 6] == zlib.crc32(head[at : at + SLOT_SIZE - 4]):
+                    best, gen = n, g
+            if best >= 0:
+                ioff, ilen, neps, nfr, icrc = slots[7 * best + 1 : 7 * best + 6]
+                if ioff >= DATA_START and ioff + ilen <= file_size:
+                    return (major, minor), best, Commit(gen, ioff, ilen, neps, nfr, icrc)
+    parse_header(head[:HEADER_SIZE], path)
+    version = read_version(head, path)
+    slot, commit = latest_commit(head, path, file_size)
+    return version, slot, commit
+
+
+assert _HEADER.size == HEADER_SIZE and _SLOT.size == SLOT_SIZE and _PREAMBLE.size == 3 * SLOT_SIZE

@@ -1,23 +1,36 @@
 """The section directory: where each array and camera of each episode lives.
 
-Two views of the same index columns, both checked against the file before any byte
+Three views of the same index columns, all checked against the file before any byte
 is mapped: `episode_sections` decodes the rows of one episode (used for cameras and
-validation), and `Locator` finds one array in an episode in O(1) from the usual row order
-(the hot read path), so no read costs O(episodes).
+validation); `checked_reader` finds one array in an episode in O(1) from the usual row
+order (a `Locator`), so no single read costs O(episodes); and an `ArrayTable` holds one
+array's place in every episode, checked at once after enough reads to repay its
+O(episodes) NumPy cost, so that later reads look nothing up in the index at all.
+`periodic_table` builds it with a few contiguous comparisons when every episode repeats
+one row layout (`periodic_layout`, the usual file), `build_table` row by row otherwise.
 """
 
 from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from kinodb.errors import CorruptFileError
-from kinodb.kdb._layout import CODECS, DATA_START, DTYPE_CODE, DTYPES, KIND_CAMERA
+from kinodb.kdb._layout import CODECS, DATA_START, DTYPE_CODE, DTYPES, KIND_ARRAY, KIND_CAMERA
+
+# Returns the array of episode ``i``, or None where that episode holds it elsewhere.
+ArrayReader = Callable[[int], "np.ndarray | None"]
+# The index columns `episode_sections` and `checked_reader` consult, in this order, as
+# integer views (`Columns.ints`).
+READER_COLUMNS = (
+    "sec_start", "sec_count", "num_frames", "sec.name", "sec.kind", "sec.dtype", "sec.ndim", "sec.dims",
+    "sec.offset", "sec.codec",
+)  # fmt: skip
 
 _DTYPES = [np.dtype(d) for d in DTYPES]
 
@@ -35,54 +48,53 @@ class Section:
     nbytes: int  # arrays: the data; cameras: the offset table (the frames follow it)
 
 
-def episode_sections(
-    cols: Mapping[str, np.ndarray], names: list[str], i: int, size: int, path: str
-) -> list[Section]:
+def episode_sections(ints: tuple[Any, ...], names: list[str], i: int, size: int, path: str) -> list[Section]:
     """Decode and check the section rows of episode ``i``.
+
+    ``ints`` holds the `READER_COLUMNS` as integer views.
 
     Raises:
         CorruptFileError: a row has a bad code or rank, or lies outside the file.
     """
-    start, count = int(cols["sec_start"][i]), int(cols["sec_count"][i])
-    T = int(cols["num_frames"][i])
-    if start + count > len(cols["sec.name"]):
+    starts, counts, frames, name, kind, dt, ndim, dims, offs, codec = ints
+    start, count, T = starts[i], counts[i], frames[i]
+    if start + count > len(name):
         raise CorruptFileError(f"{path}: episode {i}: section rows {start}..{start + count} do not exist")
-    rows = slice(start, start + count)
-    name, kind, dt, codec, ndim = (
-        cols[k][rows].tolist() for k in ("sec.name", "sec.kind", "sec.dtype", "sec.codec", "sec.ndim")
-    )
-    dims, offs = cols["sec.dims"][rows].tolist(), cols["sec.offset"][rows].tolist()
     out = []
-    for r in range(count):
-        where = f"{path}: episode {i}, section row {start + r} (byte offset {offs[r]})"
-        if name[r] >= len(names) or kind[r] > KIND_CAMERA or dt[r] >= len(DTYPES) or not 1 <= ndim[r] <= 4:
-            raise CorruptFileError(f"{where}: bad name, kind, dtype or rank code; the index is damaged")
-        trail = tuple(dims[r][: ndim[r] - 1])
-        if any(dims[r][ndim[r] - 1 :]):
-            raise CorruptFileError(f"{where}: dims beyond the rank are set; the index is damaged")
+    for r in range(start, start + count):
+        rank = ndim[r]
+        if name[r] >= len(names) or kind[r] > KIND_CAMERA or dt[r] >= len(DTYPES) or not 1 <= rank <= 4:
+            raise CorruptFileError(
+                f"{_row(path, i, r, offs)}: bad name, kind, dtype or rank code; the index is damaged"
+            )
+        row_dims = list(dims[3 * r : 3 * r + 3])
+        trail = tuple(row_dims[: rank - 1])
+        if any(row_dims[rank - 1 :]):
+            raise CorruptFileError(
+                f"{_row(path, i, r, offs)}: dims beyond the rank are set; the index is damaged"
+            )
         shape = (T, *trail)
         if kind[r] == KIND_CAMERA:
-            if ndim[r] != 4 or codec[r] >= len(CODECS) or min(trail) < 1 or trail[2] > 4:
+            if rank != 4 or codec[r] >= len(CODECS) or min(trail) < 1 or trail[2] > 4:
                 raise CorruptFileError(
-                    f"{where}: camera has codec {codec[r]} and shape {shape}; the index is damaged"
+                    f"{_row(path, i, r, offs)}: camera has codec {codec[r]} and shape {shape}; the index is damaged"
                 )
             nbytes = 8 * (T + 1)
         else:
             nbytes = math.prod(shape) * _DTYPES[dt[r]].itemsize
         if offs[r] < DATA_START or offs[r] + nbytes > size:
-            raise CorruptFileError(f"{where}: {nbytes} bytes do not fit in the file ({size} bytes)")
-        out.append(
-            Section(
-                names[name[r]],
-                kind[r],
-                _DTYPES[dt[r]],
-                CODECS[codec[r]] if kind[r] else "raw",
-                shape,
-                offs[r],
-                nbytes,
+            raise CorruptFileError(
+                f"{_row(path, i, r, offs)}: {nbytes} bytes do not fit in the file ({size} bytes)"
             )
-        )
+        out.append(
+            Section(names[name[r]], kind[r], _DTYPES[dt[r]], CODECS[codec[r]] if kind[r] else "raw",
+                    shape, offs[r], nbytes)
+        )  # fmt: skip
     return out
+
+
+def _row(path: str, i: int, r: int, offs: Any) -> str:
+    return f"{path}: episode {i}, section row {r} (byte offset {offs[r]})"
 
 
 def int_view(arr: np.ndarray) -> Any:
@@ -107,6 +119,7 @@ class Locator:
     the episode's rows when it is not.
     """
 
+    name: str
     code: int
     k: int
     dtype_code: int
@@ -121,5 +134,210 @@ class Locator:
         """The locator of ``sec``, the ``k``-th row of an episode."""
         trail = sec.shape[1:]
         dims = (*trail, 0, 0, 0)[:3]
-        return cls(code, k, DTYPE_CODE[sec.dtype], len(sec.shape), dims, sec.dtype, trail,  # type: ignore[arg-type]
+        return cls(sec.name, code, k, DTYPE_CODE[sec.dtype], len(sec.shape), dims, sec.dtype, trail,  # type: ignore[arg-type]
                    math.prod(trail) * sec.dtype.itemsize)  # fmt: skip
+
+
+def typed_view(buf: np.ndarray, dtype: np.dtype[Any]) -> np.ndarray:
+    """The whole map as a flat array of ``dtype``: an array at a byte offset that is a
+    multiple of the item size is then one slice of it (cheaper than a new ndarray)."""
+    return buf[: len(buf) - len(buf) % dtype.itemsize].view(dtype)
+
+
+def checked_reader(
+    ints: tuple[Any, ...], loc: Locator, flat: np.ndarray, size: int, path: str, budget: list[int]
+) -> ArrayReader:
+    """An O(1) reader of the array ``loc`` describes, for episodes whose rows follow it.
+
+    ``ints`` holds the `READER_COLUMNS` as integer views and ``flat`` is the `typed_view`
+    of the map for ``loc.dtype``. The reader checks the episode's row (name, kind, dtype,
+    rank, dims) and the extent against the file before making one view, and returns None
+    when the row is not that array (or not aligned). ``budget[0]`` counts reads down
+    (shared by the readers of one file); once it reaches zero the reader returns None
+    until the caller refills it, having switched to tables (`periodic_table`,
+    `build_table`) that enough reads have repaid.
+
+    Raises (from the reader):
+        CorruptFileError: the array's bytes do not fit the file.
+    """
+    start, count, frames, names, kinds, dtypes, ndims, dims, offs, _ = ints
+    k, code, dcode, ndim = loc.k, loc.code, loc.dtype_code, loc.ndim
+    row_bytes, trail, (d0, d1, d2) = loc.row_bytes, loc.trail, loc.dims
+    itemsize = loc.dtype.itemsize
+    width = row_bytes // itemsize
+
+    def read(i: int) -> np.ndarray | None:
+        budget[0] -= 1
+        try:
+            row = start[i] + k
+            if budget[0] <= 0 or not (
+                k < count[i] and names[row] == code and kinds[row] == KIND_ARRAY
+                and dtypes[row] == dcode and ndims[row] == ndim
+                and dims[3 * row] == d0 and dims[3 * row + 1] == d1 and dims[3 * row + 2] == d2
+            ):  # fmt: skip
+                return None
+        except IndexError:  # rows past the directory: the checked decode reports the damage
+            return None
+        off, T = offs[row], frames[i]
+        if off < DATA_START or off + T * row_bytes > size:
+            raise CorruptFileError(
+                f"{path}: episode {i}: array {loc.name!r} at byte offset {off} does not fit the file"
+            )
+        if off % itemsize:
+            return None
+        at = off // itemsize
+        return flat[at : at + T * width].reshape(T, *trail)  # type: ignore[no-any-return]
+
+    return read
+
+
+@dataclass(frozen=True, slots=True)
+class ArrayTable:
+    """One array's place in every episode, checked at once against the index and the file.
+
+    ``read`` returns None for the episodes whose row is not the usual one (they take the
+    checked path). When every episode holds the array alike (same frame count, dtype and
+    dims, at a constant stride), ``strided`` is one opaque item per episode over the map,
+    which serves batch reads with one vectorised copy.
+    """
+
+    loc: Locator
+    read: ArrayReader
+    strided: np.ndarray | None
+
+
+@dataclass(frozen=True, slots=True)
+class Periodic:
+    """Every episode has ``width`` section rows equal to episode 0's, as a writer lays out
+    episodes that all hold the same arrays and cameras (`periodic_layout`).
+
+    ``step`` is set when, besides, every episode has the same frame count and its rows lie
+    ``step`` bytes after the previous episode's: then an array of episode ``i`` is at
+    episode 0's offset plus ``i * step``.
+    """
+
+    width: int
+    step: int | None
+
+
+_NONE = Periodic(0, None)
+
+
+def periodic_layout(cols: Mapping[str, np.ndarray]) -> Periodic:
+    """The `Periodic` layout of the section directory, of ``width`` 0 if episodes differ.
+
+    Equal rows have the same name, kind, dtype, rank and dims. Checked with a few
+    contiguous NumPy comparisons over the columns, once for every array.
+    """
+    start, count = cols["sec_start"], cols["sec_count"]
+    n = len(start)
+    w = int(count[0]) if n else 0
+    rows = n * w
+    if not w or rows > len(cols["sec.name"]) or start[0] != 0:
+        return _NONE
+    if not ((count == w).all() and (np.diff(start) == w).all()):
+        return _NONE
+    for key in ("sec.name", "sec.kind", "sec.dtype", "sec.ndim"):
+        col = cols[key]
+        if not (col[w:rows] == col[: rows - w]).all():
+            return _NONE
+    dims = cols["sec.dims"].reshape(-1)
+    if not (dims[3 * w : 3 * rows] == dims[: 3 * rows - 3 * w]).all():
+        return _NONE
+    frames, offs = cols["num_frames"], cols["sec.offset"]
+    step = int(offs[w]) - int(offs[0]) if n > 1 else 0
+    uniform = step >= 0 and (frames == frames[0]).all() and (offs[w:rows] - offs[: rows - w] == step).all()
+    return Periodic(w, step if uniform else None)
+
+
+def periodic_table(
+    cols: Mapping[str, np.ndarray], loc: Locator, layout: Periodic, buf: np.ndarray, size: int
+) -> ArrayTable | None:
+    """`build_table` for a file whose episodes repeat one row layout (`periodic_layout`).
+
+    None if there is no such layout, or row ``loc.k`` of it is not the array ``loc``
+    describes.
+    """
+    k, n, width = loc.k, len(cols["sec_start"]), layout.width
+    if not (
+        k < width and cols["sec.name"][k] == loc.code and cols["sec.kind"][k] == KIND_ARRAY
+        and cols["sec.dtype"][k] == loc.dtype_code and cols["sec.ndim"][k] == loc.ndim
+        and tuple(cols["sec.dims"][k].tolist()) == loc.dims
+    ):  # fmt: skip
+        return None
+    frames = cols["num_frames"]
+    if layout.step is not None:
+        T, first, step = int(frames[0]), int(cols["sec.offset"][k]), layout.step
+        nbytes = T * loc.row_bytes
+        if nbytes and step >= nbytes and first >= DATA_START and first + (n - 1) * step + nbytes <= size:
+            return _uniform_table(loc, n, T, first, step, buf)
+    off = cols["sec.offset"][k : n * width : width].astype(np.int64)
+    return _table(loc, None, off, frames, buf, size)
+
+
+def build_table(cols: Mapping[str, np.ndarray], loc: Locator, buf: np.ndarray, size: int) -> ArrayTable:
+    """Check array ``loc``'s usual row in every episode, whatever the row layout."""
+    start, count = cols["sec_start"], cols["sec_count"]
+    at = start.astype(np.int64) + loc.k
+    ok = (count > loc.k) & (at >= 0) & (at < len(cols["sec.name"]))
+    rows = np.where(ok, at, 0)
+    ok &= (cols["sec.name"][rows] == loc.code) & (cols["sec.kind"][rows] == KIND_ARRAY)
+    ok &= (cols["sec.dtype"][rows] == loc.dtype_code) & (cols["sec.ndim"][rows] == loc.ndim)
+    ok &= (cols["sec.dims"][rows] == np.array(loc.dims, np.uint32)).all(axis=1)
+    return _table(loc, ok, cols["sec.offset"][rows].astype(np.int64), cols["num_frames"], buf, size)
+
+
+def _table(
+    loc: Locator, ok: np.ndarray | None, off: np.ndarray, frames: np.ndarray, buf: np.ndarray, size: int
+) -> ArrayTable:
+    """The table of array ``loc`` at byte offsets ``off`` (valid rows where ``ok``)."""
+    n, row_bytes = len(off), loc.row_bytes
+    T = int(frames[0]) if n else 0
+    step, nbytes = (int(off[1] - off[0]) if n > 1 else 0), T * row_bytes
+    if (
+        nbytes and (ok is None or ok.all()) and step >= nbytes and off[0] >= DATA_START
+        and int(off[0]) + (n - 1) * step + nbytes <= size
+        and (frames == T).all() and (np.diff(off) == step).all()
+    ):  # fmt: skip
+        return _uniform_table(loc, n, T, int(off[0]), step, buf)
+    good = frames <= size // max(row_bytes, 1)  # no overflow below
+    if ok is not None:
+        good &= ok
+    good &= (off >= DATA_START) & (off <= size - np.where(good, frames, 0).astype(np.int64) * row_bytes)
+    good &= off % loc.dtype.itemsize == 0  # the others take the checked path
+    offsets = np.where(good, off, -1)
+    return ArrayTable(loc, _table_reader(loc, offsets, frames, typed_view(buf, loc.dtype)), None)
+
+
+def _uniform_table(loc: Locator, n: int, T: int, first: int, step: int, buf: np.ndarray) -> ArrayTable:
+    """Every episode alike at a constant stride (checked by the caller against the file):
+    one strided view over the map, and a read is one integer index into it, with nothing
+    looked up in the index."""
+    inner = _c_strides((T, *loc.trail), loc.dtype.itemsize)
+    view = np.ndarray((n, T, *loc.trail), loc.dtype, buffer=buf, offset=first, strides=(step, *inner))
+    item = np.dtype((np.void, T * loc.row_bytes))
+    strided = np.ndarray((n,), item, buffer=buf, offset=first, strides=(step,))  # type: ignore[call-overload]
+    return ArrayTable(loc, view.__getitem__, strided)
+
+
+def _c_strides(shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
+    out, step = [], itemsize
+    for dim in reversed(shape):
+        out.append(step)
+        step *= dim
+    return tuple(reversed(out))
+
+
+def _table_reader(loc: Locator, offsets: np.ndarray, frames: np.ndarray, flat: np.ndarray) -> ArrayReader:
+    offs, count, trail = int_view(offsets), int_view(frames), loc.trail
+    itemsize = loc.dtype.itemsize
+    width = loc.row_bytes // itemsize
+
+    def read(i: int) -> np.ndarray | None:
+        off = offs[i]
+        if off < 0:
+            return None
+        at = off // itemsize
+        return flat[at : at + count[i] * width].reshape(count[i], *trail)  # type: ignore[no-any-return]
+
+    return read

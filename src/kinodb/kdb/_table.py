@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -250,6 +251,7 @@ class Columns(Mapping[str, np.ndarray]):
         self._buf, self._layout, self._body, self._end, self._where = buf, layout, body, end, where
         self._cache: dict[str, np.ndarray] = {}
         self._expected: dict[str, tuple[int, ...]] = {}
+        self.sizes: tuple[int, int] | None = None  # (episodes, section rows) for the fixed columns
 
     def expect(self, shapes: dict[str, tuple[int, ...]]) -> None:
         """Require these exact shapes of columns when they are mapped."""
@@ -270,24 +272,54 @@ class Columns(Mapping[str, np.ndarray]):
         self._buf = None
         self._cache.clear()
 
+    def _locate(self, name: str) -> tuple[np.dtype[Any], int, int, tuple[int, ...]]:
+        """``(dtype, byte offset, element count, shape)`` of a column, checked against the index."""
+        if self._buf is None:
+            raise ValueError(f"{self._where}: the database is closed")
+        shape = self.shape(name)
+        expected = self._expected.get(name)
+        if expected is None and self.sizes is not None:
+            per = _FIXED_SHAPES.get(name)
+            expected = None if per is None else (self.sizes[per[0]], *per[1:])
+        if expected is not None and expected != shape:
+            raise CorruptFileError(f"{self._where}: column {name!r} has shape {shape}, expected {expected}")
+        entry = self._layout[name]
+        try:
+            dt = _COLUMN_DTYPES.get(entry[0]) or np.dtype(entry[0])
+            start = self._body + int(entry[1])
+        except (TypeError, ValueError, SyntaxError) as exc:  # np.dtype parses some strings as code
+            raise CorruptFileError(f"{self._where}: column {name!r} has a damaged layout") from exc
+        count = math.prod(shape)
+        if start < self._body or start + count * dt.itemsize > self._end or dt.hasobject:
+            raise CorruptFileError(f"{self._where}: column {name!r} lies outside the index")
+        return dt, start, count, shape
+
+    def ints(self, name: str) -> Any:
+        """A flat integer column whose items are Python ints: a memoryview of the map where
+        the host is little-endian (no copy, and no NumPy array unless one is mapped already)."""
+        little = sys.byteorder == "little"
+        arr = self._cache.get(name)
+        if arr is None:
+            dt, start, count, _ = self._locate(name)
+            fmt = _INT_FORMATS.get(dt.str) if little else None
+            if fmt is not None:
+                return memoryview(self._buf)[start : start + count * dt.itemsize].cast(fmt)  # type: ignore[call-overload]
+            arr = self[name]
+        fmt = _INT_FORMATS.get(arr.dtype.str) if little else None
+        if fmt is not None:
+            return arr.reshape(-1).data.cast("B").cast(fmt)  # type: ignore[call-overload]
+        if arr.dtype.kind not in "iu":
+            raise CorruptFileError(f"{self._where}: column {name!r} is {arr.dtype}, not integers")
+        return arr.reshape(-1).tolist()
+
     def __getitem__(self, name: str) -> np.ndarray:
         arr = self._cache.get(name)
         if arr is None:
-            if self._buf is None:
-                raise ValueError(f"{self._where}: the database is closed")
-            shape = self.shape(name)
-            if self._expected.get(name, shape) != shape:
-                raise CorruptFileError(
-                    f"{self._where}: column {name!r} has shape {shape}, expected {self._expected[name]}"
-                )
-            try:
-                dt, start = np.dtype(self._layout[name][0]), self._body + int(self._layout[name][1])
-            except (TypeError, ValueError, SyntaxError) as exc:  # np.dtype parses some strings as code
-                raise CorruptFileError(f"{self._where}: column {name!r} has a damaged layout") from exc
-            count = math.prod(shape)
-            if start < self._body or start + count * dt.itemsize > self._end or dt.hasobject:
-                raise CorruptFileError(f"{self._where}: column {name!r} lies outside the index")
-            arr = self._cache[name] = np.frombuffer(self._buf, dt, count, start).reshape(shape)
+            dt, start, count, shape = self._locate(name)
+            arr = np.frombuffer(self._buf, dt, count, start)  # type: ignore[arg-type]
+            if len(shape) != 1:
+                arr = arr.reshape(shape)
+            self._cache[name] = arr
         return arr
 
     def __contains__(self, name: object) -> bool:
@@ -298,6 +330,11 @@ class Columns(Mapping[str, np.ndarray]):
 
     def __len__(self) -> int:
         return len(self._layout)
+
+
+# The dtypes of the columns kinodb writes, parsed once; and the integer ones as memoryview formats.
+_COLUMN_DTYPES = {s: np.dtype(s) for s in ("<u8", "<u4", "<u2", "|u1", "<i8", "<i4", "<i2", "|i1", "<f8")}
+_INT_FORMATS = {"<u8": "Q", "<u4": "I", "<u2": "H", "|u1": "B", "<i8": "q", "<i4": "i", "<i2": "h", "|i1": "b"}  # fmt: skip
 
 
 class _Prefixed(Mapping[str, np.ndarray]):
@@ -315,20 +352,40 @@ class _Prefixed(Mapping[str, np.ndarray]):
         return sum(1 for _ in self)
 
 
-def decode_index(buf: Any, offset: int, length: int, path: str) -> IndexBlock:
+def check_index_head(buf: Any, offset: int, length: int, path: str) -> int:
+    """Check the fixed head of the index block at ``offset``; return the TOC length.
+
+    Raises:
+        CorruptFileError: the block is too short, or its magic or TOC length is wrong.
+    """
+    if length < INDEX_HEAD.size:
+        raise CorruptFileError(f"{path}: index at byte offset {offset} is {length} bytes, too short")
+    magic, toc_len, _ = INDEX_HEAD.unpack_from(buf, offset)
+    if magic != INDEX_MAGIC or INDEX_HEAD.size + toc_len > length:
+        raise CorruptFileError(
+            f"{path}: index at byte offset {offset}: bad index magic or table-of-contents length"
+        )
+    return int(toc_len)
+
+
+def decode_index(
+    buf: Any, offset: int, length: int, path: str, *, toc_bytes: bytes | None = None
+) -> IndexBlock:
     """Map the index block at ``offset`` of ``buf`` (an mmap or bytes).
+
+    ``toc_bytes`` is the table of contents when the caller has already read it (after
+    `check_index_head`).
 
     Raises:
         CorruptFileError: the table of contents is damaged or a column lies outside it.
     """
     where = f"{path}: index at byte offset {offset}"
-    if length < INDEX_HEAD.size:
-        raise CorruptFileError(f"{where} is {length} bytes, too short")
-    magic, toc_len, _ = INDEX_HEAD.unpack_from(buf, offset)
-    if magic != INDEX_MAGIC or INDEX_HEAD.size + toc_len > length:
-        raise CorruptFileError(f"{where}: bad index magic or table-of-contents length")
+    if toc_bytes is None:
+        toc_len = check_index_head(buf, offset, length, path)
+        toc_bytes = bytes(buf[offset + INDEX_HEAD.size : offset + INDEX_HEAD.size + toc_len])
+    toc_len = len(toc_bytes)
     try:
-        toc = json.loads(bytes(buf[offset + INDEX_HEAD.size : offset + INDEX_HEAD.size + toc_len]))
+        toc = json.loads(toc_bytes)
         raw_layout, names, extra_kinds = toc["columns"], toc["section_names"], toc["extras"]
         kinds = {str(name): str(kind) for name, kind in extra_kinds}
         if not isinstance(toc["dataset"], dict) or not all(isinstance(n, str) for n in names):
@@ -340,7 +397,7 @@ def decode_index(buf: Any, offset: int, length: int, path: str) -> IndexBlock:
     body = offset + align(INDEX_HEAD.size + toc_len)
     columns = Columns(buf, raw_layout, body, offset + length, where)
     block = IndexBlock(toc["dataset"], columns, list(names), kinds)
-    n = _check_columns(columns, where)
+    n = _check_columns(columns, raw_layout, where)
     for s in STRING_COLUMNS:
         block.strings[s] = StringColumn(columns, f"{s}.", s)
     for j, (name, kind) in enumerate(block.extra_kinds.items()):
@@ -360,22 +417,26 @@ _EXTRA_PARTS = {"bool": ("values",), "int": ("values",), "float": ("values",), "
                 "str": ("codes", "dict_offsets", "dict_bytes"), "json": ("offsets", "bytes")}  # fmt: skip
 _PER_EPISODE = ("values", "codes", "offsets")
 
+# The fixed columns' shapes: (0, per episode) or (1, per section row), then trailing dims.
+_FIXED_SHAPES: dict[str, tuple[int, ...]] = (
+    {c: (0,) for c in EPISODE_COLUMNS} | {f"{s}.codes": (0,) for s in STRING_COLUMNS}
+    | {c: (1,) for c in SECTION_COLUMNS} | {"sec.dims": (1, 3)}
+)  # fmt: skip
+
 _REQUIRED = frozenset(
     [*EPISODE_COLUMNS, *SECTION_COLUMNS]
     + [f"{s}.{p}" for s in STRING_COLUMNS for p in ("codes", "dict_offsets", "dict_bytes")]
 )
 
 
-def _check_columns(cols: Columns, where: str) -> int:
-    missing = _REQUIRED.difference(cols)
+def _check_columns(cols: Columns, layout: dict[str, Any], where: str) -> int:
+    missing = _REQUIRED.difference(layout)
     if missing:
         raise CorruptFileError(f"{where}: index lacks columns {sorted(missing)}")
     n, r = cols.shape("episode_id"), cols.shape("sec.name")
     if len(n) != 1 or len(r) != 1:
         raise CorruptFileError(f"{where}: a column has the wrong rank")
-    # Every other column is checked against these when it is first mapped.
-    cols.expect({c: n for c in EPISODE_COLUMNS} | {f"{s}.codes": n for s in STRING_COLUMNS}
-                | {c: r for c in SECTION_COLUMNS} | {"sec.dims": (r[0], 3)})  # fmt: skip
+    cols.sizes = (n[0], r[0])  # every other column is checked against these when first mapped
     return n[0]
 
 

@@ -7,7 +7,7 @@ import copy
 import mmap
 import os
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,22 +21,38 @@ from kinodb.errors import (
     UnsupportedVersionError,
 )
 from kinodb.kdb import _codecs
-from kinodb.kdb._layout import (
-    DATA_START,
-    HEADER_SIZE,
-    KIND_CAMERA,
-    LegacyFormat,
-    latest_commit,
-    parse_header,
-    read_version,
+from kinodb.kdb._layout import DATA_START, INDEX_HEAD, KIND_CAMERA, LegacyFormat, read_preamble
+from kinodb.kdb._sections import (
+    READER_COLUMNS,
+    ArrayReader,
+    ArrayTable,
+    Locator,
+    Periodic,
+    Section,
+    build_table,
+    checked_reader,
+    episode_sections,
+    int_view,
+    periodic_layout,
+    periodic_table,
+    typed_view,
 )
-from kinodb.kdb._sections import Locator, Section, episode_sections, int_view
-from kinodb.kdb._table import ABSENT, IndexBlock, decode_index
+from kinodb.kdb._table import ABSENT, Columns, IndexBlock, check_index_head, decode_index
 
 META_FIELDS = (
     "episode_id", "embodiment", "task", "num_frames", "fps", "action_dim", "state_dim",
     "success", "total_reward",
 )  # fmt: skip
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+# Array reads through the checked O(1) path before every array's row is checked in every
+# episode at once, a NumPy cost that grows with the episode count: first for a file whose
+# episodes share one row layout (a few contiguous comparisons for all arrays), then, if
+# they do not, array by array and row by row (gathers, some ten times dearer).
+_TABLE_AFTER, _TABLE_PER = 64, 256
+_GATHER_AFTER, _GATHER_PER = 128, 32
+# Stages of `Database._budget`: renting before the layout check; renting before the row
+# by row checks; tables built (an array first seen later gets its table at once).
+_RENT, _RENT_ROWS, _BUILT = 0, 1, 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,42 +78,81 @@ class Database:
         (4, 7)
     """
 
+    _index: IndexBlock | None = None  # the decoded index block, once something needed it
+    _ints: tuple[Any, ...] | None = None  # `READER_COLUMNS` as int views, on the first read
+    _array_names: Sequence[str] = ()  # the arrays of the last episode decoded in full
+    _cameras_per_episode = 0
+    _layout: Periodic | None = None  # `periodic_layout` of the index, once a table needed it
+
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        self._path = os.fspath(path)
+        # Opening reads the header, the commit records and the index head, nothing whose
+        # size grows with the file; the table of contents and the columns are decoded on
+        # first use (and raise CorruptFileError then if they are damaged).
+        self._path = path = os.fspath(path)
         self._mm: mmap.mmap | None = None
         # Every view is made over this array, which holds a buffer export of the map:
         # the map cannot be closed under a live view (np.ndarray(buffer=mmap) alone
         # does not pin it, and touching such a view after close would crash).
         self._buf: np.ndarray | None = None
-        with open(self._path, "rb") as fh:
-            size = os.fstat(fh.fileno()).st_size
-            head = fh.read(DATA_START)
-            parse_header(head[:HEADER_SIZE], self._path)
-            self._version = "{}.{}".format(*read_version(head, self._path))
-            self._slot, self._commit = latest_commit(head, self._path, size)
-            self._mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-        self._buf = np.frombuffer(self._mm, np.uint8)
-        self._size = size
-        self._load(decode_index(self._buf, self._commit.index_offset, self._commit.index_length, self._path))
+        mm = _map_file(path)
+        try:
+            size = len(mm)
+            (major, minor), self._slot, self._commit = read_preamble(mm[:DATA_START], path, size)
+            self._toc_len = check_index_head(mm, self._commit.index_offset, self._commit.index_length, path)
+        except BaseException:
+            mm.close()
+            raise
+        self._mm, self._size = mm, size
+        self._version = f"{major}.{minor}"
+        self._n: int = self._commit.num_episodes
+        self._init_reads()
+
+    def _init_reads(self) -> None:
+        # Per array: the fastest reader so far, the checked reader of its latest layout,
+        # and the table once built; the checked readers count their reads down in
+        # ``_budget`` ([reads left, stage]) until tables repay their cost.
+        self._fast: dict[str, ArrayReader] = {}
+        self._checked: dict[str, tuple[Locator, ArrayReader]] = {}
+        self._tables: dict[str, ArrayTable] = {}
+        self._budget = [_TABLE_AFTER + self._n // _TABLE_PER, _RENT]
+        self._typed: dict[np.dtype[Any], np.ndarray] = {}  # `typed_view`s of the map
+        self._ints = None
+        self._array_names = ()
 
     def _load(self, block: IndexBlock) -> None:
-        self._block = block
-        self._cols = block.columns
-        self._n = len(self._cols["episode_id"])
+        """Use an index block built in memory (readers of other format versions)."""
+        self._index = block
+        self._n = len(block.columns["episode_id"])
         if self._n != self._commit.num_episodes:
             raise CorruptFileError(
                 f"{self._path}: commit record says {self._commit.num_episodes} episodes, index has {self._n}"
             )
-        self._names = block.section_names
-        self._locators: dict[str, Locator] = {}
-        self._ints: tuple[Any, ...] | None = None
-        self._array_names: list[str] = []  # the arrays of the last episode decoded in full
-        # Per array: the offset of its usual row in every episode (-1: take the checked path).
-        self._offsets: dict[str, tuple[list[int], Locator]] = {}
-        self._strided_views: dict[str, tuple[np.ndarray | None, Locator]] = {}
-        self._reads: dict[str, int] = {}
-        self._frames: list[int] | None = None
-        self._cameras_per_episode = 0
+        self._init_reads()
+
+    @property
+    def _block(self) -> IndexBlock:
+        block = self._index
+        if block is None:
+            c, buf, mm = self._commit, self._map(), self._mm
+            at = c.index_offset + INDEX_HEAD.size  # the head was checked at open
+            toc = None if mm is None else mm[at : at + self._toc_len]
+            block = decode_index(buf, c.index_offset, c.index_length, self._path, toc_bytes=toc)
+            cols = block.columns
+            n = cols.sizes[0] if isinstance(cols, Columns) and cols.sizes else len(cols["episode_id"])
+            if n != c.num_episodes:
+                raise CorruptFileError(
+                    f"{self._path}: commit record says {c.num_episodes} episodes, index has {n}"
+                )
+            self._index = block
+        return block
+
+    @property
+    def _cols(self) -> Mapping[str, np.ndarray]:
+        return self._block.columns
+
+    @property
+    def _names(self) -> list[str]:
+        return self._block.section_names
 
     # -- file-level -----------------------------------------------------------------------
 
@@ -275,25 +330,31 @@ class Database:
     # -- sections -------------------------------------------------------------------------
 
     def _map(self) -> np.ndarray:
-        # np.ndarray(buffer=None) would silently allocate garbage instead of failing.
-        if self._buf is None:
-            raise ValueError(f"{self._path}: the database is closed")
-        return self._buf
+        buf = self._buf
+        if buf is None:
+            # np.ndarray(buffer=None) would silently allocate garbage instead of failing.
+            if self._mm is None:
+                raise ValueError(f"{self._path}: the database is closed")
+            buf = self._buf = np.frombuffer(self._mm, np.uint8)
+        return buf
 
     def _episode_sections(self, i: int) -> list[Section]:
-        return episode_sections(self._cols, self._names, i, self._size, self._path)
+        return episode_sections(self._int_views(), self._names, i, self._size, self._path)
 
     def _episode_arrays(self, i: int) -> dict[str, np.ndarray]:
-        names = self._array_names
+        names, fast = self._array_names, self._fast
         if names:
             out = {}
             for name in names:
-                arr = self._fast_array(i, name)
+                read = fast.get(name)
+                arr = None if read is None else read(i)
                 if arr is None:
-                    break
+                    arr = self._known_array(i, name)
+                    if arr is None:
+                        break
                 out[name] = arr
             else:
-                if len(out) + self._cameras_per_episode == self._ints[1][i]:  # type: ignore[index]
+                if len(out) + self._cameras_per_episode == self._int_views()[1][i]:
                     return out
         return self._slow_arrays(i)
 
@@ -304,11 +365,51 @@ class Database:
         for k, sec in enumerate(sections):
             if sec.kind != KIND_CAMERA:
                 out[sec.name] = np.ndarray(sec.shape, sec.dtype, buffer=buf, offset=sec.offset)  # type: ignore[arg-type]
-                self._locators[sec.name] = Locator.from_section(self._names.index(sec.name), k, sec)
+                self._remember(Locator.from_section(self._names.index(sec.name), k, sec))
         self._array_names = list(out)
         self._cameras_per_episode = len(sections) - len(out)
-        self._int_views()
         return out
+
+    def _remember(self, loc: Locator) -> None:
+        """Read array ``loc.name`` through an O(1) checked reader of this layout from now on."""
+        found = self._checked.get(loc.name)
+        if found is not None and found[0] == loc:
+            return
+        flat = self._typed.get(loc.dtype)
+        if flat is None:
+            flat = self._typed[loc.dtype] = typed_view(self._map(), loc.dtype)
+        read = checked_reader(self._int_views(), loc, flat, self._size, self._path, self._budget)
+        self._checked[loc.name] = (loc, read)
+        if loc.name not in self._tables:
+            self._fast[loc.name] = read
+            if self._budget[1] == _BUILT:
+                self._build_tables([loc.name], rows=True)
+
+    def _build_tables(self, names: Sequence[str] | None = None, *, rows: bool = False) -> None:
+        """Check each array's usual row in every episode at once; read through the tables.
+
+        ``names`` defaults to every array seen so far (and then moves ``_budget`` on a
+        stage). Row by row only if ``rows``, or once the reads have repaid that dearer check.
+        """
+        budget, cols, buf = self._budget, self._cols, self._map()
+        if self._layout is None:
+            self._layout = periodic_layout(cols)
+        rows = rows or budget[1] != _RENT
+        done = True
+        for name in list(self._checked) if names is None else names:
+            if name in self._tables:
+                continue
+            loc = self._checked[name][0]
+            table = periodic_table(cols, loc, self._layout, buf, self._size)
+            if table is None and rows:
+                table = build_table(cols, loc, buf, self._size)
+            if table is None:
+                done = False
+            else:
+                self._tables[name] = table
+                self._fast[name] = table.read
+        if names is None:
+            budget[:] = [1 << 30, _BUILT] if done else [_GATHER_AFTER + self._n // _GATHER_PER, _RENT_ROWS]
 
     def _episode_cameras(self, i: int) -> dict[str, Camera]:
         out = {}
@@ -330,73 +431,31 @@ class Database:
         return out
 
     def _int_views(self) -> tuple[Any, ...]:
-        if self._ints is None:
+        ints = self._ints
+        if ints is None:
             c = self._cols
-            self._ints = tuple(int_view(c[k]) for k in (
-                "sec_start", "sec_count", "num_frames", "sec.name", "sec.kind", "sec.dtype", "sec.ndim", "sec.dims", "sec.offset",
-            ))  # fmt: skip
-        return self._ints
+            view = getattr(c, "ints", None)  # a v1 index maps them without NumPy arrays
+            ints = self._ints = tuple(view(k) if view else int_view(c[k]) for k in READER_COLUMNS)
+        return ints
 
-    def _locate(self, i: int, name: str) -> tuple[int, int, Locator] | None:
-        """``(byte offset, frames, layout)`` of array ``name`` in episode ``i`` if it sits
-        where the last episode decoded had it (checked), else None."""
-        loc = self._locators.get(name)
-        if loc is None:
-            return None
-        start, count, frames, names, kinds, dtypes, ndims, dims, offs = self._ints or self._int_views()
-        row = start[i] + loc.k
-        if not (
-            loc.k < count[i] and row < len(names) and names[row] == loc.code and kinds[row] != KIND_CAMERA
-            and dtypes[row] == loc.dtype_code and ndims[row] == loc.ndim
-            and (dims[3 * row], dims[3 * row + 1], dims[3 * row + 2]) == loc.dims
-        ):  # fmt: skip
-            return None
-        off, T = offs[row], frames[i]
-        if off < DATA_START or off + T * loc.row_bytes > self._size:
-            raise CorruptFileError(
-                f"{self._path}: episode {i}: array {name!r} at byte offset {off} does not fit the file"
-            )
-        return off, T, loc
-
-    def _fast_array(self, i: int, name: str) -> np.ndarray | None:
-        """Array ``name`` of episode ``i`` if it sits where the last episode had it, else None."""
-        found = self._locate(i, name)
+    def _known_array(self, i: int, name: str) -> np.ndarray | None:
+        """Array ``name`` of episode ``i`` through its table or its checked reader (building
+        the table once the reads repay it), or None if the episode holds it elsewhere."""
+        table = self._tables.get(name)
+        if table is not None:
+            view = table.read(i)
+            if view is not None:
+                return view
+        found = self._checked.get(name)
         if found is None:
             return None
-        off, T, loc = found
-        return np.ndarray((T, *loc.trail), loc.dtype, buffer=self._map(), offset=off)  # type: ignore[arg-type, no-any-return]
-
-    def _build_offsets(self, name: str) -> None:
-        """Check array ``name``'s usual row in every episode at once; keep the offsets.
-
-        Built after enough single reads that its O(episodes) NumPy cost is repaid; episodes
-        whose row differs get -1 and keep taking the checked path.
-        """
-        c, loc, size = self._cols, self._locators[name], self._size
-        rows = c["sec_start"].astype(np.int64) + loc.k
-        ok = (c["sec_count"] > loc.k) & (rows >= 0) & (rows < len(c["sec.name"]))
-        r = np.where(ok, rows, 0)
-        ok &= (c["sec.name"][r] == loc.code) & (c["sec.kind"][r] != KIND_CAMERA)
-        ok &= (c["sec.dtype"][r] == loc.dtype_code) & (c["sec.ndim"][r] == loc.ndim)
-        ok &= (c["sec.dims"][r] == np.array(loc.dims)).all(axis=1)
-        frames = c["num_frames"]
-        ok &= frames <= size // max(loc.row_bytes, 1)  # no overflow below
-        off = c["sec.offset"][r].astype(np.int64)
-        ok &= (off >= DATA_START) & (off <= size - np.where(ok, frames, 0).astype(np.int64) * loc.row_bytes)
-        if self._frames is None:
-            self._frames = frames.tolist()
-        self._offsets[name] = (np.where(ok, off, -1).tolist(), loc)
-        # When every episode holds the array alike at a constant stride (the usual file),
-        # one strided view over the map serves batch reads with a single vectorised copy.
-        view = None
-        size = int(frames[0]) * loc.row_bytes if len(frames) else 0
-        if len(off) > 1 and ok.all() and (frames == frames[0]).all():
-            step = int(off[1] - off[0])
-            if step >= size and (np.diff(off) == step).all():
-                # One opaque item per episode, so copies move whole rows (memcpy), not bytes.
-                item = np.dtype((np.void, size))
-                view = np.ndarray((self._n,), item, buffer=self._map(), offset=int(off[0]), strides=(step,))
-        self._strided_views[name] = (view, loc)
+        if self._budget[0] <= 0:  # enough reads to repay checking every episode
+            self._build_tables()
+            table = self._tables.get(name)
+            view = None if table is None else table.read(i)
+            if view is not None:
+                return view
+        return found[1](i)
 
     def read_array(self, i: int, name: str) -> np.ndarray:
         """One low-dimensional array of episode ``i`` (e.g. ``"actions"``), zero-copy.
@@ -408,22 +467,20 @@ class Database:
             EpisodeNotFoundError: ``i`` is out of range.
             KeyError: the episode has no array called ``name``.
         """
-        if type(i) is not int or not 0 <= i < self._n:
-            i = self._check(i)
-        checked = self._offsets.get(name)
-        if checked is not None and checked[0][i] >= 0 and self._buf is not None:
-            loc = checked[1]  # the layout the offsets were checked against
-            frames: list[int] = self._frames  # type: ignore[assignment]  # set with the table
-            view: np.ndarray = np.ndarray(
-                (frames[i], *loc.trail), loc.dtype, buffer=self._buf, offset=checked[0][i]
-            )  # type: ignore[arg-type]
+        read = self._fast.get(name)
+        if read is not None and type(i) is int and 0 <= i < self._n:
+            view = read(i)
+            if view is not None:
+                return view
+        return self._read_array(i, name)
+
+    def _read_array(self, i: int, name: str) -> np.ndarray:
+        """`read_array` off its fast path: the first read, a NumPy index, a changed layout."""
+        i = self._check(i)
+        self._map()  # a closed database raises here
+        view = self._known_array(i, name)
+        if view is not None:
             return view
-        arr = self._fast_array(i, name)
-        if arr is not None:
-            reads = self._reads[name] = self._reads.get(name, 0) + 1
-            if reads == max(256, self._n // 8) and checked is None:
-                self._build_offsets(name)
-            return arr
         # First read of this array, or an episode laid out differently: decode its rows.
         arrays = self._slow_arrays(i)
         if name not in arrays:
@@ -456,8 +513,8 @@ class Database:
             raise ValueError("gather needs at least one episode")
         first = self.read_array(int(idx[0]), name)
         # Checking every episode's offsets is O(episodes): worth it for large batches only.
-        if name not in self._offsets and name in self._locators and len(idx) * 8 >= self._n:
-            self._build_offsets(name)
+        if name not in self._tables and name in self._checked and len(idx) * 8 >= self._n:
+            self._build_tables([name], rows=True)
         frames = self._cols["num_frames"][idx].astype(np.int64)
         shape = (int(frames.sum()), *first.shape[1:])
         if out is None:
@@ -486,10 +543,10 @@ class Database:
 
     def _strided(self, name: str, first: np.ndarray) -> np.ndarray | None:
         """One opaque item per episode over array ``name`` if every episode holds it alike."""
-        view, loc = self._strided_views.get(name, (None, None))
-        if view is None or loc is None or loc.trail != first.shape[1:] or loc.dtype != first.dtype:
+        table = self._tables.get(name)
+        if table is None or table.loc.trail != first.shape[1:] or table.loc.dtype != first.dtype:
             return None
-        return view
+        return table.strided
 
     def cameras(self, i: int) -> dict[str, dict[str, Any]]:
         """Cameras of episode ``i``: codec and (T, H, W, C) shape per camera."""
@@ -598,11 +655,10 @@ class Database:
     def close(self) -> None:
         """Release the map. Arrays already returned stay valid (they hold the map)."""
         mm, self._mm, self._buf = self._mm, None, None
-        release = getattr(self._cols, "release", None)
+        release = getattr(self._index.columns, "release", None) if self._index is not None else None
         if release is not None:
             release()
-        self._locators, self._ints, self._array_names = {}, None, []
-        self._offsets, self._reads, self._strided_views = {}, {}, {}
+        self._init_reads()  # the readers hold the map
         if mm is not None:
             with contextlib.suppress(BufferError):  # views still reference it; it closes with the last one
                 mm.close()
@@ -612,6 +668,29 @@ class Database:
 
     def __repr__(self) -> str:
         return f"<kinodb.Database {self._path!r} ({self._n} episodes, format {self.version()})>"
+
+
+def _map_file(path: str) -> mmap.mmap:
+    """Map the whole file read-only: ``os.open`` and ``mmap``, the fewest system calls.
+
+    Where that fails (a missing or empty file, a directory, ...), the file is opened as
+    before, which raises the usual error (FileNotFoundError, FormatError, ...).
+    """
+    try:
+        fd = os.open(path, _OPEN_FLAGS)
+    except OSError:
+        fd = -1
+    if fd >= 0:
+        try:
+            return mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+        except (OSError, ValueError):
+            pass
+        finally:
+            os.close(fd)
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        read_preamble(fh.read(DATA_START), path, size)
+        return mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
 
 
 def open_database(path: str | os.PathLike[str]) -> Database:
