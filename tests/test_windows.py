@@ -72,6 +72,15 @@ def test_delta_timestamps_match_horizons_in_frames(tmp_path: Path) -> None:
     a, b = by_frames.lowdim(idx), by_seconds.lowdim(idx)
     for key in ("state", "action", "state_is_pad", "action_is_pad"):
         np.testing.assert_array_equal(a[key], b[key])
+    # Offsets on both sides of the frame, in frames and in seconds: padded on both ends.
+    both = FrameWindows(path, delta_timestamps={"action": [-0.1, 0.0, 0.1]})
+    with kinodb.open(path) as db:
+        eps = [db.read_array(i, "actions").copy() for i in range(3)]
+    got = both.lowdim(idx)
+    for n, (e, t) in enumerate(zip(*both.locate(idx)[1:], strict=True)):
+        want, mask = _expected(eps[e], t, range(-2, 3, 2), "edge")
+        np.testing.assert_array_equal(got["action"][n], want)
+        np.testing.assert_array_equal(got["action_is_pad"][n], mask)
     db = kinodb.open(path)
     np.testing.assert_array_equal(b["reward"][0], db.read_array(0, "rewards")[:2])
 
@@ -97,6 +106,10 @@ def test_kql_filter_lists_and_out_of_range(tmp_path: Path) -> None:
     np.testing.assert_array_equal(batch["action"][0], eps_a[2]["actions"][:2])
     np.testing.assert_array_equal(batch["action"][1], eps_b[0]["actions"][:2])
     assert fw.tasks([4, 10]) == ["task 2", "task 0"]
+    groups = fw.lowdim_groups([12, 4, 10, 0], tasks=True)  # the tasks, found with the windows
+    got = {b: t for sel, arrays in groups for b, t in zip(sel.tolist(), arrays["task"].tolist(), strict=True)}
+    assert [got[b] for b in range(4)] == fw.tasks([12, 4, 10, 0])
+    assert "task" not in fw.lowdim([4, 10])
     with pytest.raises(EpisodeNotFoundError, match="sample 13 out of range: there are 13 samples"):
         fw.lowdim([13])
     with pytest.raises(KinodbError, match="keeps no episode"):

@@ -175,6 +175,7 @@ class FrameWindows:
         if pad not in ("edge", "zero"):
             raise ValueError(f"pad must be 'edge' or 'zero', got {pad!r}")
         self._pad: Pad = pad
+        self._step_rows: dict[tuple[float, ...], tuple[NDArray[np.int64], bool, bool]] = {}
         self._sources = _open_sources(source, kql_filter)
         self._starts = np.concatenate([[0], np.cumsum([s.starts[-1] for s in self._sources])]).astype(
             np.int64
@@ -254,11 +255,20 @@ class FrameWindows:
         """
         return stack_groups(self.lowdim_groups(indices))
 
-    def lowdim_groups(self, indices: Any) -> list[tuple[NDArray[np.int64], dict[str, NDArray[Any]]]]:
-        """`lowdim` per source: ``[(positions in the batch, arrays), ...]``, sources ascending."""
+    def lowdim_groups(
+        self, indices: Any, *, tasks: bool = False
+    ) -> list[tuple[NDArray[np.int64], dict[str, NDArray[Any]]]]:
+        """`lowdim` per source: ``[(positions in the batch, arrays), ...]``, sources ascending.
+
+        With ``tasks=True`` each part also holds ``task``, an object array of the samples'
+        task texts (what `tasks` returns, without locating the samples twice).
+        """
         idx = self._indices(indices)
         src = self._source_of(idx)
-        return [(sel, self._lowdim_one(s, idx[sel] - self._starts[s])) for s, sel in self._groups(src)]
+        return [
+            (sel, self._lowdim_one(s, idx[sel] - self._starts[s], tasks=tasks))
+            for s, sel in self._groups(src)
+        ]
 
     def images(
         self,
@@ -385,39 +395,66 @@ class FrameWindows:
 
     def _frames(
         self, source: _Source, j: NDArray[np.int64], t: NDArray[np.int64], offsets: tuple[float, ...], *,
-        seconds: bool,
+        seconds: bool, last: NDArray[np.int64] | None = None,
     ) -> tuple[NDArray[np.int64], NDArray[np.bool_]]:  # fmt: skip
-        """Clipped frame numbers (B, K) and the mask of those outside the episode."""
-        off = np.asarray(offsets, dtype=np.float64)
+        """Clipped frame numbers (B, K) and the mask of those outside the episode
+        (``last``: each sample's last frame, when the caller has it)."""
         if seconds:
+            off = np.asarray(offsets, dtype=np.float64)
             steps = np.rint(off[None, :] * source.fps[j][:, None]).astype(np.int64)
+            back, ahead = True, True
         else:
-            steps = off.astype(np.int64)[None, :]
+            steps, back, ahead = self._steps(offsets)
         frames = t[:, None] + steps
-        last = (source.lengths[j] - 1)[:, None]
-        pad = (frames < 0) | (frames > last)
-        return np.clip(frames, 0, last), pad
+        end = (source.lengths[j] - 1 if last is None else last)[:, None]
+        # Offsets of one sign can only leave the episode on that side: skip the other test.
+        if back and ahead:
+            pad = (frames < 0) | (frames > end)
+        elif ahead:
+            pad = frames > end
+        else:
+            pad = frames < 0
+        if back:
+            np.maximum(frames, 0, out=frames)
+        if ahead:
+            np.minimum(frames, end, out=frames)
+        return frames, pad
 
-    def _lowdim_one(self, s: int, local: NDArray[np.int64]) -> dict[str, NDArray[Any]]:
+    def _steps(self, offsets: tuple[float, ...]) -> tuple[NDArray[np.int64], bool, bool]:
+        """Offsets in frames as a ``(1, K)`` row, and whether any is negative / positive (cached)."""
+        found = self._step_rows.get(offsets)
+        if found is None:
+            steps = np.asarray(offsets, dtype=np.float64).astype(np.int64)[None, :]
+            found = self._step_rows[offsets] = (steps, bool((steps < 0).any()), bool((steps > 0).any()))
+        return found
+
+    def _lowdim_one(
+        self, s: int, local: NDArray[np.int64], *, tasks: bool = False
+    ) -> dict[str, NDArray[Any]]:
         source = self._sources[s]
         j, t = self._episode_frame(s, local)
+        last = source.lengths[j] - 1
         out: dict[str, NDArray[Any]] = {}
         for key, (name, offsets) in self.spec.arrays.items():
-            frames, pad = self._frames(source, j, t, offsets, seconds=self.spec.seconds)
+            frames, pad = self._frames(source, j, t, offsets, seconds=self.spec.seconds, last=last)
             starts, view, dtype, trail = source.rows(name)
             width = math.prod(trail)
-            rows = view[starts[j][:, None] + frames * width]  # (B, K) rows: one gather
-            values = rows.view(dtype).reshape(*frames.shape, *trail)
+            if width != 1:
+                frames *= width
+            frames += starts[j][:, None]
+            values = view[frames].view(dtype).reshape(*frames.shape, *trail)  # (B, K) rows: one gather
             if self._pad == "zero" and pad.any():
                 values[pad] = 0
             out[key] = values
             out[f"{key}_is_pad"] = pad
         for cam, offsets in self.spec.images.items():
             key = "image_is_pad" if len(self.spec.images) == 1 else f"image_is_pad.{cam}"
-            out[key] = self._frames(source, j, t, offsets, seconds=self.spec.seconds)[1]
+            out[key] = self._frames(source, j, t, offsets, seconds=self.spec.seconds, last=last)[1]
         out["episode_index"] = source.kept[j]
         out["frame_index"] = t
         out["source"] = np.full(len(t), s, dtype=np.int64)
+        if tasks:
+            out["task"] = source.tasks[j]
         return out
 
     def _check_grid(self) -> None:

@@ -101,7 +101,7 @@ class TensorBatch(dict):  # type: ignore[type-arg]
         flat = buffer.numpy()
         for offset, value in parts:
             if isinstance(value, np.ndarray):  # NumPy copies with far less per-call overhead
-                np.copyto(flat[offset : offset + value.nbytes].view(value.dtype).reshape(value.shape), value)
+                flat[offset : offset + value.nbytes] = value.reshape(-1).view(np.uint8)
             else:
                 raw = value.contiguous().reshape(-1).view(torch.uint8)
                 buffer[offset : offset + raw.numel()] = raw
@@ -178,6 +178,8 @@ default_collate_fn_map[Sample] = _collate_samples
 
 def collate(batch: Sequence[Any]) -> Any:
     """``default_collate`` with kinodb's pre-stacked batches passed through untouched."""
+    if isinstance(batch, Batch):  # the common case, without building a sample to look at
+        return TensorBatch(batch.stacked)
     return default_collate(batch)  # type: ignore[arg-type]  # any sequence of samples
 
 

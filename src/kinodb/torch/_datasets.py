@@ -206,17 +206,21 @@ class KinoFrameDataset(_Base):
         """A whole batch, gathered at once; collates to stacked tensors with no per-sample work."""
         fw, norm = self._open()
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
-        groups = fw.lowdim_groups(idx)
-        if norm is not None:
-            for _, arrays in groups:
+        groups = fw.lowdim_groups(idx, tasks=True)
+        tasks = np.empty(len(idx), dtype=object)
+        for sel, arrays in groups:
+            tasks[sel] = arrays.pop("task")
+            if norm is not None:
                 norm.apply(int(arrays["source"][0]), arrays)
         try:
             arrays = stack_groups(groups)
         except KinodbError:
-            return self._mixed(fw, idx, groups)
-        return Batch(self._finish(fw, idx, arrays), len(idx))
+            return self._mixed(fw, idx, groups, tasks)
+        return Batch(self._finish(fw, idx, arrays, tasks), len(idx))
 
-    def _finish(self, fw: FrameWindows, idx: np.ndarray, arrays: dict[str, Any]) -> dict[str, Any]:
+    def _finish(
+        self, fw: FrameWindows, idx: np.ndarray, arrays: dict[str, Any], tasks: np.ndarray
+    ) -> dict[str, Any]:
         out: dict[str, Any] = {k: self._tensor(v) for k, v in arrays.items()}
         if fw.cameras:
             images = fw.images(idx, size=self._size, resize=self._resize, threads=threads_for(self._threads))
@@ -225,16 +229,20 @@ class KinoFrameDataset(_Base):
                 out["images"] = conv
             else:
                 out["image"] = next(iter(conv.values()))
-        out["task"] = fw.tasks(idx)
+        out["task"] = tasks.tolist()
         return out
 
     def _mixed(
-        self, fw: FrameWindows, idx: np.ndarray, groups: list[tuple[np.ndarray, dict[str, Any]]]
+        self,
+        fw: FrameWindows,
+        idx: np.ndarray,
+        groups: list[tuple[np.ndarray, dict[str, Any]]],
+        tasks: np.ndarray,
     ) -> list[dict[str, Any]]:
         """Samples of sources with different schemas: one dict each (for `pad_collate`)."""
         out: list[dict[str, Any]] = [{} for _ in range(len(idx))]
         for sel, arrays in groups:
-            finished = self._finish(fw, idx[sel], arrays)
+            finished = self._finish(fw, idx[sel], arrays, tasks[sel])
             for n, b in enumerate(sel.tolist()):
                 out[b] = _pick(finished, n)
         return out

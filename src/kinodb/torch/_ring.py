@@ -62,24 +62,27 @@ class Ring:
             raise
         finally:
             os.close(fd)
-        self._state = np.frombuffer(self._mm, dtype=np.uint8, count=slots)
         self._next = 0
         self._lock = threading.Lock()
 
     def take(self) -> int | None:
         """A free slot, marked taken (the reader frees it); None when every slot stayed
         taken for `WAIT_S`."""
+        mm, n = self._mm, self.slots
         with self._lock:
-            deadline = time.monotonic() + WAIT_S
+            deadline = None
             while True:
-                free = np.flatnonzero(self._state == 0)
-                if free.size:
-                    after = free[free >= self._next]
-                    slot = int(after[0] if after.size else free[0])
-                    self._state[slot] = 1
-                    self._next = (slot + 1) % self.slots
+                slot = mm.find(b"\x00", self._next, n)
+                if slot < 0:
+                    slot = mm.find(b"\x00", 0, self._next)
+                if slot >= 0:
+                    mm[slot] = 1
+                    self._next = (slot + 1) % n
                     return slot
-                if time.monotonic() > deadline:
+                now = time.monotonic()
+                if deadline is None:
+                    deadline = now + WAIT_S
+                elif now > deadline:
                     return None
                 time.sleep(0.0002)
 
