@@ -125,3 +125,26 @@ def test_a_full_ring_falls_back_instead_of_waiting(tmp_path: Path, monkeypatch) 
     for a, b in zip(local, remote, strict=True):
         torch.testing.assert_close(a["state"], b["state"])
         torch.testing.assert_close(a["frame_index"], b["frame_index"])
+
+
+@pytest.mark.parametrize("in_worker", [False, True])
+def test_every_dtype_and_nesting_round_trips(monkeypatch, in_worker: bool) -> None:
+    import pickle
+
+    if in_worker:  # the worker's path, read back in this process
+        monkeypatch.setattr(collate_mod, "get_worker_info", lambda: object())
+    batch = TensorBatch(
+        state=torch.randn(4, 2, 3),
+        half=torch.randn(4, 5).to(torch.bfloat16),  # no NumPy dtype: the torch path
+        pad=torch.tensor([True, False, True, True]),
+        index=torch.arange(4, dtype=torch.int64),
+        strided=torch.arange(24, dtype=torch.int16).reshape(4, 6)[:, ::2],
+        images={"front": torch.randint(0, 255, (4, 3, 2, 2), dtype=torch.uint8)},
+        task=["a", "b", "a", "c"],
+    )
+    again = pickle.loads(pickle.dumps(batch))
+    assert isinstance(again, TensorBatch) and again.keys() == batch.keys() and again["task"] == batch["task"]
+    for key in ("state", "half", "pad", "index", "strided"):
+        assert again[key].dtype == batch[key].dtype and again[key].shape == batch[key].shape
+        assert torch.equal(again[key], batch[key])
+    assert torch.equal(again["images"]["front"], batch["images"]["front"])

@@ -78,62 +78,62 @@ class TensorBatch(dict):  # type: ignore[type-arg]
         return TensorBatch(self)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        layout: list[tuple[tuple[str, ...], torch.dtype, tuple[int, ...], int, int]] = []
+        # layout: (path, dtype, shape, offset, bytes); dtype is NumPy's type string when
+        # NumPy has the dtype (cheaper to pickle and to rebuild), else the torch dtype.
+        layout: list[tuple[tuple[str, ...], Any, tuple[int, ...], int, int]] = []
         others: list[tuple[tuple[str, ...], Any]] = []
         parts: list[tuple[int, Any]] = []
         size = 0
         for path, value in _flatten(self, ()):
-            if isinstance(value, torch.Tensor) and value.device.type == "cpu" and not value.requires_grad:
+            if type(value) is torch.Tensor and value.is_cpu and not value.requires_grad:
                 size += -size % 16  # aligned for every dtype's view
-                nbytes = value.numel() * value.element_size()
-                layout.append((path, value.dtype, tuple(value.shape), size, nbytes))
-                parts.append((size, _as_numpy(value)))
-                size += nbytes
+                try:
+                    arr: Any = value.numpy()
+                    layout.append((path, arr.dtype.str, arr.shape, size, arr.nbytes))
+                except (TypeError, RuntimeError):  # bfloat16 and other torch-only dtypes, conj bits
+                    arr = value
+                    layout.append(
+                        (path, value.dtype, tuple(value.shape), size, value.numel() * value.element_size())
+                    )
+                parts.append((size, arr))
+                size += layout[-1][4]
             else:
                 others.append((path, value))
         # Leaving a DataLoader worker: through the worker's shared-memory ring if it can.
         ring = worker_ring(size) if size and get_worker_info() is not None else None
         slot = ring.take() if ring is not None else None
+        where: tuple[str, int, int] | None = None
         if ring is not None and slot is not None:
-            buffer = torch.from_numpy(ring.view(slot, size))
+            flat, where = ring.view(slot, size), (ring.path, slot, ring.offset(slot))
         else:
-            buffer = torch.empty(size, dtype=torch.uint8)
-        flat = buffer.numpy()
+            flat = np.empty(size, dtype=np.uint8)
+        buffer = torch.from_numpy(flat)
         for offset, value in parts:
             if isinstance(value, np.ndarray):  # NumPy copies with far less per-call overhead
-                flat[offset : offset + value.nbytes] = value.reshape(-1).view(np.uint8)
+                flat[offset : offset + value.nbytes] = np.ascontiguousarray(value).reshape(-1).view(np.uint8)
             else:
                 raw = value.contiguous().reshape(-1).view(torch.uint8)
                 buffer[offset : offset + raw.numel()] = raw
-        if ring is not None and slot is not None:
-            return (_from_ring, (ring.path, slot, ring.offset(slot), size, layout, others))
+        if where is not None:
+            return (_from_ring, (*where, size, layout, others))
         return (_unpack, (buffer, layout, others))
 
 
-def _as_numpy(value: torch.Tensor) -> Any:
-    """``value`` as a NumPy array sharing its memory, or the tensor itself for dtypes NumPy lacks."""
-    try:
-        return value.numpy()
-    except TypeError:  # bfloat16 and other torch-only dtypes
-        return value
-
-
 def _flatten(value: Any, path: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...], Any]]:
-    if isinstance(value, dict) and (not path or type(value) is dict):
-        for key, item in value.items():
+    for key, item in value.items():
+        if type(item) is dict:
             yield from _flatten(item, (*path, key))
-    else:
-        yield path, value
+        else:
+            yield (*path, key), item
 
 
 def _unpack(buffer: torch.Tensor, layout: list[Any], others: list[Any]) -> TensorBatch:
     out = TensorBatch()
     flat = buffer.numpy()
     for path, dtype, shape, offset, n in layout:
-        part = flat[offset : offset + n]
-        try:
-            value = torch.from_numpy(part.view(_NUMPY_DTYPES[dtype]).reshape(shape))
-        except KeyError:  # a dtype NumPy lacks
+        if isinstance(dtype, str):
+            value = torch.from_numpy(flat[offset : offset + n].view(dtype).reshape(shape))
+        else:  # a dtype NumPy lacks
             value = buffer[offset : offset + n].view(dtype).view(shape)
         _place(out, path, value)
     for path, value in others:
@@ -141,20 +141,12 @@ def _unpack(buffer: torch.Tensor, layout: list[Any], others: list[Any]) -> Tenso
     return out
 
 
-_NUMPY_DTYPES: dict[torch.dtype, np.dtype[Any]] = {
-    t: np.dtype(n)
-    for t, n in [(torch.float16, "f2"), (torch.float32, "f4"), (torch.float64, "f8"), (torch.uint8, "u1"),
-                 (torch.int8, "i1"), (torch.int16, "i2"), (torch.int32, "i4"), (torch.int64, "i8"),
-                 (torch.bool, "?"), (torch.complex64, "c8"), (torch.complex128, "c16")]
-}  # fmt: skip
-
-
 def _from_ring(
     path: str, slot: int, offset: int, size: int, layout: list[Any], others: list[Any]
 ) -> TensorBatch:
-    buffer = torch.empty(size, dtype=torch.uint8)
-    read_slot(path, slot, offset, buffer.numpy())
-    return _unpack(buffer, layout, others)
+    flat = np.empty(size, dtype=np.uint8)
+    read_slot(path, slot, offset, flat)
+    return _unpack(torch.from_numpy(flat), layout, others)
 
 
 def _place(out: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
