@@ -3,10 +3,21 @@
 from __future__ import annotations
 
 import io
+import math
 from typing import Any
 
 import numpy as np
 from PIL import Image
+
+
+def random_array(rng: np.random.Generator, shape: tuple[int, ...], dtype: str) -> np.ndarray:
+    """Random bytes viewed as ``dtype``: every bit pattern is fair game (NaN payloads, -0.0,
+    subnormals); bools are 0 or 1."""
+    dt = np.dtype(dtype)
+    if dt.kind == "b":
+        return rng.integers(0, 2, shape).astype(bool)
+    raw = rng.integers(0, 256, math.prod(shape) * dt.itemsize, dtype=np.uint8)
+    return raw.view(dt).reshape(shape)
 
 
 def smooth_frames(rng: np.random.Generator, shape: tuple[int, int, int, int]) -> np.ndarray:

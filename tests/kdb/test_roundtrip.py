@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import kinodb
-from _factories import decode_image, encode_image, smooth_frames
+from _factories import decode_image, encode_image, random_array, smooth_frames
 from kinodb.kdb._layout import crc32
 from kinodb.kdb.reader import META_FIELDS
 
@@ -35,15 +35,6 @@ json_scalars = (
     | st.text(max_size=8)
 )
 json_values = st.recursive(json_scalars, lambda inner: st.lists(inner, max_size=3), max_leaves=6)
-
-
-def random_array(rng: np.random.Generator, shape: tuple[int, ...], dtype: str) -> np.ndarray:
-    """Every bit pattern of the dtype is fair game (NaN payloads, -0.0, subnormals)."""
-    dt = np.dtype(dtype)
-    if dt.kind == "b":
-        return rng.integers(0, 2, shape).astype(bool)
-    raw = rng.integers(0, 256, math.prod(shape) * dt.itemsize, dtype=np.uint8)
-    return raw.view(dt).reshape(shape)
 
 
 @st.composite

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from _factories import random_array
 from kinodb.serve._messages import fill_tensor
 from kinodb.serve._proto import kinodb_pb2 as pb
 from kinodb.serve._wire import CameraPart, WireError, decode_windows, encode_windows
@@ -33,14 +34,6 @@ DTYPES = (
 SETTINGS = settings(max_examples=60, deadline=None)
 
 
-def _array(rng: np.random.Generator, shape: tuple[int, ...], dtype: str) -> np.ndarray:
-    dt = np.dtype(dtype)
-    if dt.kind == "b":
-        return rng.integers(0, 2, shape).astype(bool)
-    raw = rng.integers(0, 256, math.prod(shape) * dt.itemsize, dtype=np.uint8)
-    return raw.view(dt).reshape(shape)
-
-
 @st.composite
 def batches(draw: st.DrawFn) -> tuple[dict[str, np.ndarray], list[str], int, int]:
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
@@ -49,7 +42,7 @@ def batches(draw: st.DrawFn) -> tuple[dict[str, np.ndarray], list[str], int, int
     for name in names:
         dims = st.lists(st.sampled_from([0, 1, 2, 3, 127, 128, 300]), max_size=3)
         shape = tuple(draw(dims.filter(lambda d: math.prod(d) <= 40_000)))
-        a = _array(rng, shape, draw(st.sampled_from(DTYPES)))
+        a = random_array(rng, shape, draw(st.sampled_from(DTYPES)))
         if a.ndim == 2 and a.shape[1] > 1 and draw(st.booleans()):
             a = a[:, ::2]  # strided: sent in C order
         arrays[name] = a
@@ -69,7 +62,7 @@ def _message(
     return msg
 
 
-def _same_array(got: np.ndarray, want: np.ndarray) -> None:
+def _samerandom_array(got: np.ndarray, want: np.ndarray) -> None:
     dtype = want.dtype.newbyteorder("<") if want.dtype.byteorder == ">" else want.dtype
     assert (got.shape, got.dtype) == (want.shape, dtype)
     assert got.tobytes() == want.astype(dtype).tobytes()  # bit for bit, NaN payloads included
@@ -98,7 +91,7 @@ def test_reading_gives_back_the_arrays(case: tuple[dict[str, np.ndarray], list[s
         got = decode_windows(wire)
         assert set(got.arrays) == set(arrays)
         for name, a in arrays.items():
-            _same_array(got.arrays[name], a)
+            _samerandom_array(got.arrays[name], a)
             assert not got.arrays[name].flags.writeable
         assert got.tasks == tasks
         assert (got.next_offset, got.batches) == (next_offset, count if count > 1 else 0)

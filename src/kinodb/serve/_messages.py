@@ -18,15 +18,23 @@ from numpy.typing import NDArray
 
 from kinodb.serve._proto import kinodb_pb2 as pb
 
-__all__ = ["fill_tensor", "legacy_frames", "meta_from_pb", "meta_to_pb", "tensor_dtype", "unpack_tensor"]
+__all__ = [
+    "fill_tensor",
+    "legacy_frames",
+    "meta_from_pb",
+    "meta_to_pb",
+    "sendable",
+    "tensor_dtype",
+    "unpack_tensor",
+]
 
 _BUILTIN_META = (
     "episode_id", "embodiment", "task", "num_frames", "fps", "action_dim", "state_dim", "success", "total_reward",
 )  # fmt: skip
 
 
-def fill_tensor(msg: pb.Tensor, arr: NDArray[Any]) -> int:
-    """Pack ``arr`` into ``msg``; return the number of data bytes.
+def sendable(arr: NDArray[Any]) -> NDArray[Any]:
+    """``arr`` as C-order little-endian data (itself when it is already).
 
     Raises:
         TypeError: ``arr`` holds Python objects.
@@ -36,9 +44,19 @@ def fill_tensor(msg: pb.Tensor, arr: NDArray[Any]) -> int:
         raise TypeError(f"cannot send an array of {a.dtype}")
     if a.dtype.byteorder == ">":
         a = a.astype(a.dtype.newbyteorder("<"))
+    return a if a.flags.c_contiguous else np.ascontiguousarray(a)  # 0-d arrays stay 0-d
+
+
+def fill_tensor(msg: pb.Tensor, arr: NDArray[Any]) -> int:
+    """Pack ``arr`` into ``msg``; return the number of data bytes.
+
+    Raises:
+        TypeError: ``arr`` holds Python objects.
+    """
+    a = sendable(arr)
     msg.dtype = a.dtype.str
     msg.shape[:] = a.shape
-    msg.data = a.tobytes()  # one copy, C order, whatever the strides
+    msg.data = a.tobytes()
     return a.nbytes
 
 

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from kinodb.serve._messages import tensor_dtype
+from kinodb.serve._messages import sendable, tensor_dtype
 
 __all__ = ["CameraPart", "DecodedWindows", "WireError", "decode_windows", "encode_windows"]
 
@@ -95,20 +95,6 @@ def _string(number: int, text: str) -> bytes:
     return _len_field(number, len(raw)) + raw
 
 
-def _sendable(arr: NDArray[Any]) -> NDArray[Any]:
-    """``arr`` as C-order little-endian data (itself when it is already).
-
-    Raises:
-        TypeError: ``arr`` holds Python objects.
-    """
-    a = np.asarray(arr)
-    if a.dtype.hasobject:
-        raise TypeError(f"cannot send an array of {a.dtype}")
-    if a.dtype.byteorder == ">":
-        a = a.astype(a.dtype.newbyteorder("<"))
-    return a if a.flags.c_contiguous else np.ascontiguousarray(a)  # 0-d arrays stay 0-d
-
-
 def _data(a: NDArray[Any]) -> Any:
     """The bytes of a C-contiguous array, for ``bytes.join`` (no copy)."""
     return a if a.dtype.kind in "biuf" else a.reshape(-1).view(np.uint8)
@@ -152,7 +138,7 @@ def _camera(cam: CameraPart, parts: list[Any]) -> int:
         parts.append(blob)
         size += len(key) + len(blob)
     if cam.pixels is not None:
-        a = _sendable(cam.pixels)
+        a = sendable(cam.pixels)
         t_head = _tensor_head(a)
         key = _len_field(7, len(t_head) + a.nbytes)
         parts.append(key + t_head)
@@ -179,7 +165,7 @@ def encode_windows(
     body: list[Any] = [b""]  # the windows field's key and length go first
     size = 0
     for key, arr in arrays.items():
-        a = _sendable(arr)
+        a = sendable(arr)
         head = _entry_head(key, a)
         body.append(head)
         body.append(_data(a))
