@@ -161,3 +161,19 @@ def test_upgrade_legacy_file(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert main(["validate", str(new)]) == 0
     assert main(["upgrade", str(old), str(new)]) == 1  # exists
     assert main(["upgrade", str(old), str(new), "--force"]) == 0
+
+
+def test_a_reader_that_closes_early_is_not_an_error(dataset: Path) -> None:
+    # `kino info --episodes PATH | head -1`: the pipe closes while kino still writes.
+    code = (
+        "import sys\n"
+        "from kinodb._cli.main import main\n"
+        "sys.stdout = open(sys.stdout.fileno(), 'w', buffering=1, closefd=False)\n"
+        f"sys.exit(main(['info', '--episodes', {str(dataset)!r}]))\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stdout.readline()
+    proc.stdout.close()  # the reader is gone after one line
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert b"Broken pipe" not in err and b"Traceback" not in err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import traceback
 
@@ -27,6 +28,11 @@ def dispatch(
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="%(message)s")
     try:
         return int(args.run(args))
+    except BrokenPipeError:
+        # The reader went away (``kino info ... | head``): not an error of ours. Point
+        # stdout at /dev/null so the interpreter's final flush does not complain either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except (KinodbError, OSError) as exc:
         if args.debug:
             traceback.print_exc()
