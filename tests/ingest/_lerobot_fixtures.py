@@ -96,20 +96,30 @@ def make_episodes(
 
 
 def encode_video(
-    path: Path, frames: np.ndarray, fps: float, *, codec: str = "libx264", gop: int = 2, start: int = 0
-) -> None:
-    """Encode frames as an mp4 with PyAV, the frame i at pts ``start + i`` in 1/fps units."""
+    path: Path, frames: np.ndarray, fps: float, *, codec: str = "libx264", gop: int = 2, start: int = 0,
+    pix_fmt: str = "yuv420p", colorspace: int | None = None,
+) -> None:  # fmt: skip
+    """Encode frames as an mp4 with PyAV, the frame i at pts ``start + i`` in 1/fps units.
+
+    ``colorspace`` (an AVColorSpace number, e.g. 1 for BT.709) tags the stream and converts
+    the frames with that matrix.
+    """
     os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints its banner to stderr otherwise
     path.parent.mkdir(parents=True, exist_ok=True)
     rate = Fraction(fps).limit_denominator(1001)
     with av.open(str(path), "w") as container:
         stream = container.add_stream(codec, rate=rate)
         stream.width, stream.height = frames.shape[2], frames.shape[1]
-        stream.pix_fmt = "yuv420p"
+        stream.pix_fmt = pix_fmt
         stream.codec_context.gop_size = gop
+        if colorspace is not None:
+            stream.codec_context.colorspace = colorspace
         stream.options = {"preset": "12"} if codec == "libsvtav1" else {"crf": "23"}
         for i, frame in enumerate(frames):
             vf = av.VideoFrame.from_ndarray(frame, format="rgb24")
+            if colorspace is not None:
+                vf = vf.reformat(format=pix_fmt, dst_colorspace=colorspace)
+                vf.colorspace = colorspace
             vf.pts, vf.time_base = start + i, 1 / rate
             for packet in stream.encode(vf):
                 container.mux(packet)
@@ -128,14 +138,14 @@ def reference_decode(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return np.array(times), np.stack(frames)
 
 
-def image_bytes(frame: np.ndarray, fmt: str) -> bytes:
+def image_bytes(frame: np.ndarray, fmt: str, *, quality: int = 90) -> bytes:
     """One frame encoded with Pillow as ``"PNG"`` or ``"JPEG"``."""
     import io
 
     from PIL import Image
 
     buf = io.BytesIO()
-    Image.fromarray(frame).save(buf, fmt, **({"quality": 90} if fmt == "JPEG" else {}))
+    Image.fromarray(frame).save(buf, fmt, **({"quality": quality} if fmt == "JPEG" else {}))
     return buf.getvalue()
 
 

@@ -32,6 +32,9 @@ class SourceOptions:
         split: the dataset split to read, for sources that have splits.
         flip_images: rotate frames by 180 degrees (LIBERO stores them upside down).
         fps: frames per second when the source does not say.
+        jpeg_quality: set when decoded frames will be stored as JPEG at this quality: a
+            source that decodes video may then return a camera's frames already encoded
+            (a list of JPEG bytes) instead of pixels. None: always pixels.
     """
 
     images: bool = True
@@ -39,6 +42,7 @@ class SourceOptions:
     split: str | None = None
     flip_images: bool = False
     fps: float | None = None
+    jpeg_quality: int | None = None
 
 
 @dataclass

@@ -139,7 +139,8 @@ def ingest(
         raise ValueError(f"workers must be at least 1, got {workers}")
     path = os.fspath(src)
     cls = source_class(format, path)
-    options = SourceOptions(images, tuple(state_keys) if state_keys else None, split, flip_images, fps)
+    options = SourceOptions(images, tuple(state_keys) if state_keys else None, split, flip_images, fps,
+                            jpeg_quality if image_codec == "jpeg" else None)  # fmt: skip
     job = _Job(cls, path, options, image_codec, jpeg_quality, dtype)
     report = IngestReport(path, os.fspath(out), cls.format)
     t0 = time.perf_counter()

@@ -11,13 +11,30 @@ but never converted to RGB; wanted frames become exactly the pixels of
 keyframe at or before the first wanted time, then decoded forward: how a LeRobot v3
 episode in the middle of a concatenated file is read without decoding what precedes it.
 Should the seek land after the first wanted frame (a damaged index), the file is decoded
-again from its start.
+again from its start. A `VideoReader` passed in keeps the file open between calls: when
+the next call's first wanted time lies just after where the previous call stopped (the
+next episode of a LeRobot v3 file), decoding goes on from there, without reopening the
+file, seeking, or decoding again from a keyframe.
+
+With ``jpeg_quality`` set, frames that will be stored as JPEG skip RGB altogether where
+the video allows it: 8-bit 4:2:0 frames in BT.601 (or untagged, which FFmpeg also reads as
+BT.601) are encoded straight from the decoder's Y, Cb and Cr planes (simplejpeg, on a
+small thread pool that runs while the next frames decode). Limited-range planes are
+first stretched to the full range JPEG expects (swscale). Chroma keeps its stored 4:2:0
+resolution, so the frame is never up-sampled to RGB and down-sampled again. Against the
+exact BT.601 conversion of the planes these frames are closer than FFmpeg's own
+``rgb24`` output, which runs about one level dark in every channel. Any other frame
+(another pixel format or matrix, or without simplejpeg) takes the RGB path.
 """
 
 from __future__ import annotations
 
+import collections
 import math
 import os
+import threading
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -27,6 +44,10 @@ from kinodb._optional import require
 from kinodb.errors import ConversionError
 
 TOLERANCE_S = 1e-4
+_PLANAR_FORMATS = ("yuv420p", "yuvj420p")
+_BT601 = (2, 5, 6)  # AVColorSpace: unspecified (FFmpeg reads it as BT.601), BT470BG, SMPTE170M
+_FULL_RANGE = 2  # AVColorRange JPEG
+_IN_FLIGHT = 32  # frames decoded but not yet encoded, at most
 
 
 def _av() -> Any:
@@ -54,14 +75,79 @@ def open_video(path: str) -> tuple[Any, Any]:
     return container, stream
 
 
+class VideoReader:
+    """One video file, open and decoded forward across `decode_at` calls."""
+
+    AHEAD_S = 2.0  # decode on to a later start rather than seek, when it is at most this far ahead
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._container: Any = None
+        self._stream: Any = None
+        self._decoded: Iterator[Any] | None = None  # None: nothing decoded since the last (re)open
+        self._held: tuple[float, Any] | None = None  # decoded, not yet handed out
+        self._last = -math.inf  # time of the last frame handed out
+
+    def _reopen(self) -> None:
+        self.close()
+        self._container, self._stream = open_video(self.path)
+
+    def continues_at(self, start: float) -> bool:
+        """Whether frames from ``start`` on come next, none of them handed out yet."""
+        if self._decoded is None or self._last >= start:
+            return False
+        nxt = self._held[0] if self._held is not None else self._last
+        return start <= nxt + self.AHEAD_S
+
+    def frames(self, seek_to: float | None, *, resume: bool = False) -> Iterator[tuple[float, Any]]:
+        """``(time, frame)`` in decoding order: where the last call stopped (``resume``), else
+        from the keyframe at or before ``seek_to``, else from the start of the file."""
+        if not resume:
+            self._reopen()
+            self._held, self._last = None, -math.inf
+            if seek_to is not None:
+                stream = self._stream
+                self._container.seek(max(0, math.floor(seek_to / stream.time_base)), stream=stream)
+            self._decoded = iter(self._container.decode(self._stream))
+        assert self._decoded is not None
+        if self._held is not None:
+            held, self._held = self._held, None
+            yield held
+        time_base = self._stream.time_base
+        for frame in self._decoded:
+            if frame.pts is None:
+                raise ConversionError(f"{self.path}: a frame has no presentation timestamp")
+            yield float(frame.pts * time_base), frame
+
+    def done(self, last: float, held: tuple[float, Any] | None) -> None:
+        """Record where a call stopped: the last frame it handed out, and one it read past it."""
+        self._last, self._held = last, held
+
+    def broken(self) -> None:
+        """Forget the decoding state (after an error): the next call reopens the file."""
+        self._decoded, self._held = None, None
+
+    def close(self) -> None:
+        self._decoded, self._held = None, None
+        if self._container is not None:
+            self._container.close()
+            self._container = None
+
+
 def decode_at(
     path: str,
     times: npt.NDArray[np.float64],
     *,
     tolerance: float = TOLERANCE_S,
     seek: bool = False,
-) -> npt.NDArray[np.uint8]:
+    jpeg_quality: int | None = None,
+    reader: VideoReader | None = None,
+) -> npt.NDArray[np.uint8] | list[bytes]:
     """Frames of ``path`` nearest to each time in ``times`` (seconds), as uint8 (T, H, W, 3) RGB.
+
+    With ``jpeg_quality``, frames the planar path can take come back as a list of JPEG
+    bytes (one per time) instead; any other video still returns RGB. ``reader`` (for
+    ``path``) is left open, positioned after the last frame used.
 
     Raises:
         ConversionError: the file is missing or unreadable, ends before the last wanted
@@ -73,70 +159,193 @@ def decode_at(
         raise ConversionError(f"{path}: no frame times asked for")
     if not np.isfinite(times).all():
         raise ConversionError(f"{path}: frame times must be finite numbers")
+    if jpeg_quality is not None and _simplejpeg() is None:
+        jpeg_quality = None
     order = np.argsort(times, kind="stable")
     wanted = times[order]
     start = float(wanted[0]) - tolerance
-    out = _match(path, wanted, tolerance, start if seek and start > 0 else None)
-    if out is None:  # the seek landed past the first wanted frame: decode from the start
-        out = _match(path, wanted, tolerance, None)
+    own = reader is None
+    video = VideoReader(path) if reader is None else reader
+    try:
+        out = None
+        if not own and video.continues_at(start):
+            out = _match(video, wanted, tolerance, None, jpeg_quality, resume=True)
+        if out is None:
+            out = _match(video, wanted, tolerance, start if seek and start > 0 else None, jpeg_quality)
+        if out is None:  # the seek landed past the first wanted frame: decode from the start
+            out = _match(video, wanted, tolerance, None, jpeg_quality)
+    except BaseException:
+        video.broken()
+        raise
+    finally:
+        if own:
+            video.close()
     assert out is not None
     if order[-1] == len(order) - 1 and (order[:-1] < order[1:]).all():
         return out  # already in order (the usual case): no copy
+    if isinstance(out, list):
+        back: list[bytes] = [b""] * len(out)
+        for k, i in enumerate(order.tolist()):
+            back[i] = out[k]
+        return back
     result = np.empty_like(out)
     result[order] = out
     return result
 
 
 def _match(
-    path: str, wanted: npt.NDArray[np.float64], tolerance: float, seek_to: float | None
-) -> npt.NDArray[np.uint8] | None:
+    video: VideoReader,
+    wanted: npt.NDArray[np.float64],
+    tolerance: float,
+    seek_to: float | None,
+    jpeg_quality: int | None,
+    *,
+    resume: bool = False,
+) -> npt.NDArray[np.uint8] | list[bytes] | None:
     """Decode forward, keeping per sorted wanted time the nearest frame (None: seek overshot)."""
     av = _av()
-    container, stream = open_video(path)
+    path = video.path
     # One converter for the whole file: `frame.to_ndarray(format=...)` builds a new one per
     # frame; the pixels are the same, the set-up cost is not.
     rgb24 = av.video.reformatter.VideoReformatter()
     best = np.full(len(wanted), np.inf)
     out: npt.NDArray[np.uint8] | None = None
+    jpegs: _PlanarJpegs | None = None
     seen: list[float] = []
     first, last = float(wanted[0]) + tolerance, float(wanted[-1]) + tolerance
+    held: tuple[float, Any] | None = None
     try:
-        if seek_to is not None:
-            container.seek(max(0, math.floor(seek_to / stream.time_base)), stream=stream)
-        for frame in container.decode(stream):
-            if frame.pts is None:
-                raise ConversionError(f"{path}: frame {len(seen)} has no presentation timestamp")
-            t = float(frame.pts * stream.time_base)
+        for t, frame in video.frames(seek_to, resume=resume):
             if seek_to is not None and not seen and t > first:
                 return None
+            if t > last and seen:
+                held = (t, frame)  # the first frame past this call's times: the next call may want it
+                break
             seen.append(t)
             lo = int(np.searchsorted(wanted, t - tolerance, side="left"))
             hi = int(np.searchsorted(wanted, t + tolerance, side="right"))
             gap = np.abs(wanted[lo:hi] - t)
             take = lo + np.flatnonzero(gap < best[lo:hi])
             if take.size:
-                rgb = rgb24.reformat(frame, format="rgb24").to_ndarray()
-                if out is None:
-                    out = np.empty((len(wanted), *rgb.shape), np.uint8)
-                elif rgb.shape != out.shape[1:]:
-                    raise ConversionError(
-                        f"{path}: the frame at {t:.6f} s is {rgb.shape}, earlier frames {out.shape[1:]}"
-                    )
-                out[take] = rgb
+                if jpegs is None and out is None and jpeg_quality is not None and planar(frame):
+                    jpegs = _PlanarJpegs(len(wanted), jpeg_quality, frame)
+                if jpegs is not None:
+                    jpegs.add(take.tolist(), frame, path, t)
+                else:
+                    rgb = rgb24.reformat(frame, format="rgb24").to_ndarray()
+                    if out is None:
+                        out = np.empty((len(wanted), *rgb.shape), np.uint8)
+                    elif rgb.shape != out.shape[1:]:
+                        raise ConversionError(
+                            f"{path}: the frame at {t:.6f} s is {rgb.shape}, earlier frames {out.shape[1:]}"
+                        )
+                    out[take] = rgb
                 best[take] = np.abs(wanted[take] - t)
-            if t > last:
-                break
+        encoded = jpegs.result(path) if jpegs is not None else None
     except av.FFmpegError as exc:
         raise ConversionError(f"{path}: decoding failed after {len(seen)} frames ({exc})") from None
     finally:
-        container.close()
+        if jpegs is not None:
+            jpegs.cancel()
+    if seen:
+        video.done(seen[-1], held)
     if seek_to is not None and not seen:
         return None  # sought past the end: decode from the start to say how short the file is
     missing = np.flatnonzero(~np.isfinite(best))
     if missing.size:
-        raise ConversionError(_miss_message(path, wanted, int(missing[0]), seen, tolerance))
+        decoded = [*seen, held[0]] if held is not None else seen
+        raise ConversionError(_miss_message(path, wanted, int(missing[0]), decoded, tolerance))
+    if encoded is not None:
+        return encoded
     assert out is not None
     return out
+
+
+# -- JPEG straight from the decoder's planes ------------------------------------------------
+
+
+def _simplejpeg() -> Any:
+    try:
+        import simplejpeg
+    except ImportError:
+        return None
+    return simplejpeg
+
+
+def planar(frame: Any) -> bool:
+    """Whether ``frame`` can be JPEG-encoded from its own planes with the same colours as RGB."""
+    return (
+        frame.format.name in _PLANAR_FORMATS
+        and int(frame.colorspace) in _BT601
+        and frame.width % 2 == 0
+        and frame.height % 2 == 0
+    )
+
+
+_pool_lock = threading.Lock()
+_pools: dict[int, ThreadPoolExecutor] = {}
+_local = threading.local()
+
+
+def _pool() -> ThreadPoolExecutor:
+    # Keyed by pid: a pool inherited through fork has no threads.
+    pid = os.getpid()
+    with _pool_lock:
+        pool = _pools.get(pid)
+        if pool is None:
+            pool = _pools[pid] = ThreadPoolExecutor(
+                min(2, os.cpu_count() or 1), thread_name_prefix="kinodb-jpeg"
+            )
+        return pool
+
+
+def encode_planar(frame: Any, quality: int) -> bytes:
+    """One 4:2:0 frame as JPEG from its Y, Cb, Cr planes (stretched to full range first)."""
+    if frame.format.name != "yuvj420p" and int(frame.color_range) != _FULL_RANGE:
+        reformatter = getattr(_local, "reformatter", None)
+        if reformatter is None:
+            reformatter = _local.reformatter = _av().video.reformatter.VideoReformatter()
+        frame = reformatter.reformat(frame, format="yuvj420p", threads=1)
+    planes = [
+        np.frombuffer(p, np.uint8).reshape(p.height, p.line_size)[:, : p.width] for p in frame.planes[:3]
+    ]
+    return bytes(_simplejpeg().encode_jpeg_yuv_planes(*planes, quality=quality, fastdct=False))
+
+
+class _PlanarJpegs:
+    """JPEG encodes of the wanted frames, running on a thread pool while decoding goes on."""
+
+    def __init__(self, n: int, quality: int, first: Any) -> None:
+        self.quality = quality
+        self.size = (first.width, first.height)
+        self.slots: list[Future[bytes] | None] = [None] * n
+        self.in_flight: collections.deque[Future[bytes]] = collections.deque()
+
+    def add(self, take: list[int], frame: Any, path: str, t: float) -> None:
+        if (frame.width, frame.height) != self.size or not planar(frame):
+            raise ConversionError(
+                f"{path}: the frame at {t:.6f} s is {frame.height}x{frame.width} {frame.format.name}, "
+                f"earlier frames {self.size[1]}x{self.size[0]}"
+            )
+        while len(self.in_flight) >= _IN_FLIGHT:  # bound the decoded frames held in memory
+            self.in_flight.popleft().result()
+        job = _pool().submit(encode_planar, frame, self.quality)
+        self.in_flight.append(job)
+        for i in take:
+            self.slots[i] = job
+
+    def result(self, path: str) -> list[bytes] | None:
+        """The encoded frames, or None while some wanted time has no frame (an error follows)."""
+        if any(job is None for job in self.slots):
+            return None
+        try:
+            return [job.result() for job in self.slots if job is not None]
+        except Exception as exc:
+            raise ConversionError(f"{path}: JPEG encoding of a decoded frame failed ({exc})") from None
+
+    def cancel(self) -> None:
+        for job in self.in_flight:
+            job.cancel()
 
 
 def _miss_message(path: str, wanted: npt.NDArray[np.float64], i: int, seen: list[float], tol: float) -> str:

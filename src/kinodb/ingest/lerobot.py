@@ -460,6 +460,9 @@ class LeRobotSource:
         if len(self._episodes) != len(eps):
             raise ConversionError(f"{self._root}: the episode metadata lists an episode_index twice")
         self._parquets: dict[str, Any] = {}
+        # v3: per video feature, the open file of the last episode read; the next episode of
+        # the same file goes on decoding where it stopped.
+        self._readers: dict[str, _video.VideoReader] = {}
         self._warned: set[str] = set()
 
     @classmethod
@@ -665,22 +668,37 @@ class LeRobotSource:
             firsts = sorted(np.unique(index, return_index=True)[1])
             args["extra"]["tasks"] = [self._tasks[int(index[i])] for i in firsts]
 
-    def _decode_videos(self, ep: _Episode, args: dict[str, Any], where: str) -> dict[str, np.ndarray]:
-        """Every video camera of the episode, frame-exact at the parquet timestamps."""
+    def _decode_videos(
+        self, ep: _Episode, args: dict[str, Any], where: str
+    ) -> dict[str, np.ndarray | list[bytes]]:
+        """Every video camera of the episode, frame-exact at the parquet timestamps.
+
+        Pixels, or JPEG bytes when the frames are to be stored as JPEG and the video is
+        4:2:0 BT.601 (`_video.decode_at`).
+        """
+        flip = self._options.flip_images
+        quality = None if flip else self._options.jpeg_quality
         stamps = args.get("timestamps")
         if stamps is None:  # LeRobot's default: frame_index / fps, at the dataset's own fps
             stamps = np.arange(len(args["actions"])) / self._fps(dataset=True)
         times = stamps.astype(np.float64)
-        out = {}
+        out: dict[str, np.ndarray | list[bytes]] = {}
         for cam, key in self._plan.videos.items():
             video = ep.videos[key]
             try:
-                frames = _video.decode_at(video.path, times + video.offset, seek=self._version == "v3.0")
+                frames = _video.decode_at(
+                    video.path, times + video.offset, seek=self._version == "v3.0", jpeg_quality=quality,
+                    reader=self._reader(key, video.path),
+                )  # fmt: skip
             except ConversionError as exc:
                 raise ConversionError(
                     f"{exc} (episode {ep.index}, camera {cam!r}, feature {key!r})"
                 ) from None
-            out[cam] = np.ascontiguousarray(frames[:, ::-1, ::-1]) if self._options.flip_images else frames
+            out[cam] = (
+                np.ascontiguousarray(frames[:, ::-1, ::-1])
+                if flip and isinstance(frames, np.ndarray)
+                else frames
+            )
         return out
 
     def _left_out(self, name: str, why: str) -> None:
@@ -688,11 +706,25 @@ class LeRobotSource:
             self._warned.add(name)
             log.warning("%s: column %r is not stored: %s", self._root, name, why)
 
+    def _reader(self, key: str, path: str) -> _video.VideoReader | None:
+        """The open reader of a v3 video feature's file (v2 files hold one episode: none)."""
+        if self._version != "v3.0":
+            return None
+        reader = self._readers.get(key)
+        if reader is None or reader.path != path:
+            if reader is not None:
+                reader.close()
+            reader = self._readers[key] = _video.VideoReader(path)
+        return reader
+
     def close(self) -> None:
-        """Close the open parquet files."""
+        """Close the open parquet and video files."""
         for pf in self._parquets.values():
             pf.close()
         self._parquets.clear()
+        for reader in self._readers.values():
+            reader.close()
+        self._readers.clear()
 
 
 def _by_frame_index(pa: Any, table: Any, where: str) -> Any:

@@ -1,0 +1,177 @@
+"""JPEG frames straight from a video's 4:2:0 planes, and a video reader that goes on across calls."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+av = pytest.importorskip("av")
+pytest.importorskip("simplejpeg")
+
+import _lerobot_fixtures as F  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from kinodb.errors import ConversionError  # noqa: E402
+from kinodb.ingest import _video  # noqa: E402
+
+
+def _jpeg_pixels(blob: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(blob)) as im:
+        assert im.format == "JPEG"
+        return np.asarray(im.convert("RGB"))
+
+
+def _exact_bt601(path: Path) -> np.ndarray:
+    """Every frame converted from its own planes with the BT.601 formula, in float (N, H, W, 3)."""
+    out = []
+    with av.open(str(path)) as container:
+        for frame in container.decode(video=0):
+            y, u, v = (
+                np.frombuffer(p, np.uint8).reshape(p.height, p.line_size)[:, : p.width].astype(np.float64)
+                for p in frame.planes
+            )
+            u, v = (c.repeat(2, 0).repeat(2, 1) for c in (u, v))
+            if frame.format.name == "yuvj420p":
+                u, v = u - 128, v - 128
+            else:  # limited range: stretch to full
+                y, u, v = (y - 16) * 255 / 219, (u - 128) * 255 / 224, (v - 128) * 255 / 224
+            rgb = np.stack([y + 1.402 * v, y - 0.344136 * u - 0.714136 * v, y + 1.772 * u], -1)
+            out.append(np.clip(rgb, 0, 255))
+    return np.stack(out)
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(((a.astype(np.float64) - b.astype(np.float64)) ** 2).mean())
+    return 10 * np.log10(255.0**2 / mse)
+
+
+@pytest.mark.parametrize("pix_fmt", ["yuv420p", "yuvj420p"])
+def test_jpeg_from_planes_keeps_the_videos_colours(tmp_path: Path, pix_fmt: str) -> None:
+    frames = F.frames_for(0, 40, 48, 64)  # more frames than are encoded at once
+    path = tmp_path / "v.mp4"
+    F.encode_video(path, frames, 10.0, pix_fmt=pix_fmt)
+    times, ref = F.reference_decode(path)
+    exact = _exact_bt601(path)
+    got = _video.decode_at(str(path), times, jpeg_quality=95)
+    assert isinstance(got, list) and len(got) == len(times)
+    pixels = np.stack([_jpeg_pixels(b) for b in got])
+    assert pixels.shape == ref.shape
+    # As close to PyAV's RGB as encoding that RGB with Pillow at the same quality (these
+    # small, sharp frames are hard for JPEG: about 30 dB either way).
+    via_rgb = np.stack([_jpeg_pixels(F.image_bytes(r, "JPEG", quality=95)) for r in ref])
+    for p, r, v in zip(pixels, ref, via_rgb, strict=True):
+        assert _psnr(p, r) > _psnr(v, r) - 1.0
+    # The range is stretched exactly once: no channel is off on average (a missed or a
+    # doubled stretch moves the mean by 10 levels or more here).
+    bias = (pixels - exact).mean(axis=(0, 1, 2))
+    assert np.abs(bias).max() < 2, bias
+
+
+def test_jpeg_frames_follow_the_order_of_the_times(tmp_path: Path) -> None:
+    path = tmp_path / "v.mp4"
+    F.encode_video(path, F.frames_for(1, 12, 32, 48), 10.0)
+    times, _ = F.reference_decode(path)
+    in_order = _video.decode_at(str(path), times, jpeg_quality=90)
+    shuffled = [7, 2, 2, 11, 0]
+    got = _video.decode_at(str(path), times[shuffled], jpeg_quality=90)
+    assert got == [in_order[i] for i in shuffled]
+
+
+@pytest.mark.parametrize("kind", [{"pix_fmt": "yuv444p"}, {"colorspace": 1}], ids=["yuv444p", "bt709"])
+def test_other_videos_take_the_rgb_path(tmp_path: Path, kind: dict[str, Any]) -> None:
+    path = tmp_path / "v.mp4"
+    F.encode_video(path, F.frames_for(2, 8, 32, 48), 10.0, **kind)
+    times, ref = F.reference_decode(path)
+    got = _video.decode_at(str(path), times, jpeg_quality=95)
+    assert isinstance(got, np.ndarray)
+    np.testing.assert_array_equal(got, ref)
+
+
+class _Counting:
+    """A container that counts opens, seeks and decoded frames."""
+
+    def __init__(self, container: Any, counts: dict[str, int]) -> None:
+        self._container, self._counts = container, counts
+        counts["opens"] += 1
+
+    def seek(self, *args: Any, **kwargs: Any) -> None:
+        self._counts["seeks"] += 1
+        self._container.seek(*args, **kwargs)
+
+    def decode(self, stream: Any) -> Any:
+        for frame in self._container.decode(stream):
+            self._counts["frames"] += 1
+            yield frame
+
+    def close(self) -> None:
+        self._container.close()
+
+
+@pytest.fixture
+def counted(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    counts = {"opens": 0, "seeks": 0, "frames": 0}
+    real = _video.open_video
+
+    def counting(p: str) -> tuple[Any, Any]:
+        container, stream = real(p)
+        return _Counting(container, counts), stream
+
+    monkeypatch.setattr(_video, "open_video", counting)
+    return counts
+
+
+@pytest.mark.parametrize("jpeg", [None, 95])
+def test_reader_goes_on_where_the_last_call_stopped(
+    tmp_path: Path, counted: dict[str, int], jpeg: int | None
+) -> None:
+    path = tmp_path / "v.mp4"
+    F.encode_video(path, F.frames_for(3, 60, 24, 32), 10.0, gop=4)
+    times, ref = F.reference_decode(path)
+    reader = _video.VideoReader(str(path))
+    try:
+        parts = [_video.decode_at(str(path), times[a : a + 10], seek=True, jpeg_quality=jpeg, reader=reader)
+                 for a in range(10, 40, 10)]  # fmt: skip
+        assert counted == {"opens": 1, "seeks": 1, "frames": counted["frames"]}
+        assert counted["frames"] <= 2 + 30 + 1  # from the keyframe at 0.8 s, one frame read ahead
+        back = _video.decode_at(str(path), times[5:8], seek=True, jpeg_quality=jpeg, reader=reader)
+        assert counted["opens"] == 2  # going back reopens
+        far = _video.decode_at(str(path), times[55:60], seek=True, jpeg_quality=jpeg, reader=reader)
+        assert counted["seeks"] == 3  # 4.8 s ahead of where it stopped: a seek, not a decode
+    finally:
+        reader.close()
+    own = [
+        _video.decode_at(str(path), times[a : a + 10], seek=True, jpeg_quality=jpeg)
+        for a in range(10, 40, 10)
+    ]
+    for got, want in zip(parts, own, strict=True):
+        assert type(got) is type(want)
+        if jpeg is None:
+            np.testing.assert_array_equal(got, want)
+        else:
+            assert got == want
+    if jpeg is None:
+        np.testing.assert_array_equal(np.concatenate(parts), ref[10:40])
+        np.testing.assert_array_equal(back, ref[5:8])
+        np.testing.assert_array_equal(far, ref[55:60])
+
+
+def test_reader_reports_a_gap_and_then_reopens(tmp_path: Path, counted: dict[str, int]) -> None:
+    path = tmp_path / "v.mp4"
+    F.encode_video(path, F.frames_for(4, 20, 24, 32), 10.0, gop=4)
+    times, ref = F.reference_decode(path)
+    reader = _video.VideoReader(str(path))
+    try:
+        _video.decode_at(str(path), times[0:5], seek=True, reader=reader)
+        with pytest.raises(ConversionError, match=r"no frame within 0\.0001 s of 0\.550000 s"):
+            _video.decode_at(str(path), np.array([0.55, 0.6]), seek=True, reader=reader)
+        opens = counted["opens"]
+        np.testing.assert_array_equal(
+            _video.decode_at(str(path), times[6:9], seek=True, reader=reader), ref[6:9]
+        )
+        assert counted["opens"] == opens + 1  # after an error the reader starts afresh
+    finally:
+        reader.close()
