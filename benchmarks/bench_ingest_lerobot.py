@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import shutil
@@ -41,6 +42,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -160,6 +162,13 @@ def _row(name: str, files: list[Path], frames: int, times: dict[str, list[float]
     return row
 
 
+def fresh(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)`` in a new process: one input's thread pools, allocator and
+    decoder state do not carry over into the next input's timings."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(fn, *args, **kwargs).result()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--episodes", type=int, default=20)
@@ -183,12 +192,12 @@ def main() -> None:
         try:
             if (G1 / "meta" / "info.json").is_file():
                 video = G1 / "videos" / "chunk-000" / "observation.images.cam_high" / "episode_000029.mp4"
-                rows.append(measure("g1_v2.1", G1, [video], outs, args.repeats, episodes=[29]))
+                rows.append(fresh(measure, "g1_v2.1", G1, [video], outs, args.repeats, episodes=[29]))
             else:
                 print(f"G1 sample not found at {G1}; synthetic data only")
             synth = work / "synthetic_v3"
             files = write_synthetic(synth, args.episodes, args.frames, height, width)
-            rows.append(measure("synthetic_v3.0", synth, files, outs, args.repeats))
+            rows.append(fresh(measure, "synthetic_v3.0", synth, files, outs, args.repeats))
         finally:
             if "memory" in outs:
                 shutil.rmtree(outs["memory"])
