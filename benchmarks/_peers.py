@@ -181,8 +181,15 @@ class RobomimicWindows(torch.utils.data.Dataset[dict[str, Any]]):
     """robomimic's `SequenceDataset` with ``frame_stack=Ho``, ``seq_length=Ha``, items cut to the common windows."""
 
     def __init__(
-        self, path: str | os.PathLike[str], windows: Windows, *, cache_mode: str | None = "low_dim"
-    ) -> None:
+        self, path: str | os.PathLike[str], windows: Windows, *, cache_mode: str | None = "low_dim",
+        uint8: bool = False,
+    ) -> None:  # fmt: skip
+        """``uint8``: frames as robomimic's `SequenceDataset` returns them, uint8 (Ho, H, W, C);
+        robomimic itself turns them into float CHW in its training step
+        (``Algo.postprocess_batch_for_training``, on the device)."""
+        if uint8 and windows.image_size is not None:
+            raise ValueError("uint8 frames are handed over at their stored size (image_size=None)")
+        self.uint8 = uint8
         enable_peer_imports()
         import robomimic.utils.obs_utils as ObsUtils
         from robomimic.utils.dataset import SequenceDataset
@@ -219,7 +226,11 @@ class RobomimicWindows(torch.utils.data.Dataset[dict[str, Any]]):
             "action": torch.from_numpy(np.ascontiguousarray(item["actions"][ho - 1 :], dtype=np.float32)),
             "action_is_pad": torch.from_numpy(~item["pad_mask"][ho - 1 :, 0]),
         }
-        if self.cameras:
+        if self.cameras and self.uint8:
+            out["images"] = {
+                cam: torch.from_numpy(np.ascontiguousarray(obs[cam][:ho])) for cam in self.cameras
+            }
+        elif self.cameras:
             out["images"] = {
                 cam: self.resize(torch.from_numpy(obs[cam][:ho]).permute(0, 3, 1, 2).float().div_(255))
                 for cam in self.cameras

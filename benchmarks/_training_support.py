@@ -75,6 +75,9 @@ class LoaderSpec:
         path: the file or folder it reads.
         make: builds the dataset (this is what ``init_s`` times).
         exact: whether its tensors must equal the native loader's bit for bit.
+        frames: how its batches hold frames: ``"float"`` (CHW in [0, 1]), or uint8 as
+            ``"uint8-chw"`` (kinodb, ``normalize=False``) or ``"uint8-hwc"`` (robomimic's
+            own), which the training step turns into float CHW (see `step_frames`).
     """
 
     name: str
@@ -83,6 +86,7 @@ class LoaderSpec:
     path: Path
     make: Callable[[], Any]
     exact: bool
+    frames: str = "float"
 
 
 def loaders_for(
@@ -93,9 +97,15 @@ def loaders_for(
     robomimic_cache: str | None,
     decode_threads: int | None,
     raw: Path | None = None,
+    uint8: bool = False,
 ) -> list[LoaderSpec]:
     """The native peer (when ``peers``) and the kinodb loaders of a training set: PNG, JPEG,
-    and raw frames when ``raw`` names a raw-frame ``.kdb``."""
+    and raw frames when ``raw`` names a raw-frame ``.kdb``.
+
+    ``uint8``: every loader whose library can hands frames over as uint8 and the training
+    step makes them float (robomimic's own way: its `SequenceDataset` returns uint8 HWC and
+    its training step converts them on the device). LeRobot's decoder returns float only.
+    """
     out: list[LoaderSpec] = []
     native = Path(paths.native)
     if peers and paths.lerobot is not None:
@@ -103,19 +113,33 @@ def loaders_for(
                               lambda: _peers.LeRobotWindows(native, windows, video_backend="pyav"), True))  # fmt: skip
     elif peers and paths.hdf5 is not None:
         out.append(LoaderSpec("robomimic", True, f"robomimic HDF5, raw uint8, hdf5_cache_mode={robomimic_cache}",
-                              native, lambda: _peers.RobomimicWindows(native, windows, cache_mode=robomimic_cache),
-                              True))  # fmt: skip
+                              native, lambda: _peers.RobomimicWindows(native, windows, cache_mode=robomimic_cache,
+                                                                      uint8=uint8),
+                              True, "uint8-hwc" if uint8 else "float"))  # fmt: skip
     kdbs = [("png", paths.kdb_png), *([("raw", raw)] if raw is not None else []), ("jpeg", paths.kdb_jpeg)]
     for codec, kdb in kdbs:
 
         def make(kdb: Path = Path(kdb)) -> KinoFrameDataset:
             return KinoFrameDataset(kdb, obs_horizon=windows.obs_horizon, action_horizon=windows.action_horizon,
-                                    image_key=list(windows.cameras), decode_threads=decode_threads)  # fmt: skip
+                                    image_key=list(windows.cameras), decode_threads=decode_threads,
+                                    normalize=False if uint8 else None)  # fmt: skip
 
-        out.append(
-            LoaderSpec(f"kinodb-{codec}", False, f".kdb, {codec} frames", Path(kdb), make, codec != "jpeg")
-        )
+        out.append(LoaderSpec(f"kinodb-{codec}", False, f".kdb, {codec} frames", Path(kdb), make, codec != "jpeg",
+                              "uint8-chw" if uint8 else "float"))  # fmt: skip
     return out
+
+
+def step_frames(x: torch.Tensor, frames: str) -> torch.Tensor:
+    """A batch's frames as the policy takes them: float32 (B, T, C, H, W) in [0, 1], contiguous.
+
+    uint8 frames are divided by 255 in float32 exactly as the loaders that return float do
+    it (``x.float() / 255``, correctly rounded), so every form gives the same values.
+    """
+    if frames == "float":
+        return x
+    if frames == "uint8-hwc":
+        x = x.permute(0, 1, 4, 2, 3).contiguous()
+    return x.float().div_(255)
 
 
 def raw_kdb(paths: Any, data_dir: Path) -> Path:
@@ -218,6 +242,9 @@ def compare_loaders(
         it_b = iter(make_loader(ds_b, order, batch_size, 0, cpu))
         for n in range(batches):
             a, b = batch_tensors(next(it_a), cameras, cpu), batch_tensors(next(it_b), cameras, cpu)
+            for cam in cameras:
+                key = f"images.{cam}"
+                a[key], b[key] = step_frames(a[key], want.frames), step_frames(b[key], got.frames)
             for key, x in a.items():
                 y = b[key]
                 if x.dtype != y.dtype or x.shape != y.shape:
@@ -280,7 +307,8 @@ def train_run(
     The policy and optimiser are created (seeded) before the clock starts. ``init_s``
     covers the dataset and DataLoader construction; ``data_s`` every wait for the next
     batch, including its copy to the device and the first batch of each epoch (workers
-    starting); ``compute_s`` forward, loss, backward, optimiser step and reading the loss.
+    starting); ``compute_s`` turning uint8 frames into float (when the loader hands over
+    uint8), forward, loss, backward, optimiser step and reading the loss.
     The ``*_cpu_s`` twins hold the process CPU time of the same spans (less sensitive to
     other jobs on a shared machine; DataLoader workers are other processes, not counted).
     """
@@ -303,10 +331,10 @@ def train_run(
         t = _now()
         for batch in loader:
             b = batch_tensors(batch, shape.cameras, cfg.device)
-            images = {cam: b[f"images.{cam}"] for cam in shape.cameras}
             _sync(cfg.device)
             t1 = _now()
             data += t1 - t
+            images = {cam: step_frames(b[f"images.{cam}"], spec.frames) for cam in shape.cameras}
             pred = model((b["state"] - nm.state_mean) / nm.state_std, images)
             loss = chunk_loss(pred, (b["action"] - nm.action_mean) / nm.action_std, b["action_is_pad"])
             opt.zero_grad(set_to_none=True)

@@ -146,7 +146,7 @@ def run_dataset(
     windows = _peers.Windows(WINDOWS["obs_horizon"], WINDOWS["action_horizon"], shape.cameras, None)
     raw = None if args.no_raw else ts.raw_kdb(paths, args.data_dir)
     loaders = ts.loaders_for(paths, windows, peers=peers, robomimic_cache=args.robomimic_cache,
-                             decode_threads=args.decode_threads, raw=raw)  # fmt: skip
+                             decode_threads=args.decode_threads, raw=raw, uint8=args.uint8_frames)  # fmt: skip
     warmed = ts.warm_files([spec.path for spec in loaders])
     for spec in loaders:  # one untimed construction each: builds any cache a peer keeps on disk
         ts.close(spec.make())
@@ -170,7 +170,7 @@ def run_dataset(
                 rec = {"dataset": name, "policy": policy, "loader": spec.name, "seed": seed, **r,
                        "native": spec.native, "form": spec.form, "batch_size": cfg.batch_size, "epochs": cfg.epochs,
                        "samples_per_epoch": min(cfg.samples, n), "workers": cfg.workers, "device": args.device,
-                       "threads": args.threads}  # fmt: skip
+                       "threads": args.threads, "frames": spec.frames}  # fmt: skip
                 records.append(rec)
                 print(f"  {name:6} {policy:3} seed {seed:3} {spec.name:11} init {r['init_s']:7.3f}s "
                       f"data {r['data_s']:7.2f}s compute {r['compute_s']:7.2f}s total {r['total_s']:7.2f}s "
@@ -381,6 +381,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--robomimic-cache", default="none", choices=("none", "low_dim", "all"),
                    help="robomimic's hdf5_cache_mode (its caching runs in init_s)")  # fmt: skip
     p.add_argument("--no-raw", action="store_true", help="no raw-frame .kdb row")
+    p.add_argument("--uint8-frames", action="store_true",
+                   help="loaders that can hand frames over as uint8 (robomimic, kinodb) do, and the training "
+                        "step makes them float, as robomimic's own training loop does")  # fmt: skip
     p.add_argument("--kinodb-only", action="store_true", help="skip the peers (no speedups, no loss check)")
     p.add_argument("--plots-dir", type=Path, default=None, help="write training_*.png here")
     args = p.parse_args(argv)

@@ -188,3 +188,18 @@ def test_raw_frames_are_gathered_exactly_with_mixed_codecs_and_zero_pad(tmp_path
                 assert not got[b, k].any()
             else:
                 np.testing.assert_array_equal(got[b, k], frame.transpose(2, 0, 1))
+
+
+def test_large_raw_batches_split_over_threads_give_the_same_frames(tmp_path: Path) -> None:
+    path = tmp_path / "raw.kdb"
+    eps = _write(path, [40, 25], cameras={"cam": (48, 64, 3)}, seed=6)
+    fw = FrameWindows(path, obs_horizon=2, cameras="cam")
+    idx = np.random.default_rng(0).permutation(len(fw))[:64]  # 64 x 2 frames of 9 KiB: above the split size
+    one = fw.images(idx, threads=1)["cam"]
+    two = fw.images(idx, threads=3)["cam"]
+    np.testing.assert_array_equal(one, two)
+    lengths = [40, 25]
+    for b, i in enumerate(idx.tolist()):
+        ep, t = (0, i) if i < lengths[0] else (1, i - lengths[0])
+        for k, f in enumerate((max(t - 1, 0), t)):
+            np.testing.assert_array_equal(two[b, k], eps[ep]["images"]["cam"][f].transpose(2, 0, 1))

@@ -342,10 +342,7 @@ class FrameWindows:
             for slots_z in zero_slots:
                 block[slots_z] = 0
             for source, hwc, where_to, byte in raw:
-                # Raw frames need no decoding: one gather of whole frames out of the map,
-                # then one transpose to channels-first.
-                rows = source.frame_rows(hwc)[byte].reshape(len(byte), *hwc)
-                block[where_to] = rows.transpose(0, 3, 1, 2)
+                _gather_raw(block, source.frame_rows(hwc), hwc, where_to, byte, threads)
             _images.decode_into(block, jobs, size, resize, threads)
             out[cam] = block.reshape(len(idx), k, shape[2], h, w)
         return out
@@ -501,6 +498,37 @@ def stack_groups(groups: list[tuple[NDArray[np.int64], dict[str, NDArray[Any]]]]
         for key, value in arrays.items():
             out[key][sel] = value
     return out
+
+
+_RAW_SPLIT_BYTES = 1 << 20  # raw frames gathered on several threads from this much on
+
+
+def _gather_raw(
+    block: NDArray[np.uint8],
+    rows: NDArray[np.uint8],
+    hwc: tuple[int, int, int],
+    where_to: NDArray[np.int64],
+    byte: NDArray[np.int64],
+    threads: int,
+) -> None:
+    """Raw frames need no decoding: whole frames gathered out of the map (``rows[byte]``)
+    and transposed to channels-first into their slots of ``block``.
+
+    The transpose is a byte-strided copy, the slow part; NumPy runs it without the GIL,
+    so a large batch is split over the decode threads.
+    """
+
+    def part(a: int, b: int) -> None:
+        block[where_to[a:b]] = rows[byte[a:b]].reshape(b - a, *hwc).transpose(0, 3, 1, 2)
+
+    n = len(byte)
+    parts = min(threads, n)
+    if parts <= 1 or n * rows.shape[1] < _RAW_SPLIT_BYTES:
+        part(0, n)
+        return
+    bounds = np.linspace(0, n, parts + 1).astype(int).tolist()
+    for _ in _images._pool(threads).map(part, bounds[:-1], bounds[1:]):
+        pass
 
 
 def _frame_data(source: _Source, cam: Any, f: int) -> Any:

@@ -216,3 +216,14 @@ def test_worker_batches_travel_as_one_buffer_and_arrive_equal(tmp_path: Path) ->
     again = pickle.loads(pickle.dumps(local[0]))
     torch.testing.assert_close(again["images"]["wrist"], local[0]["images"]["wrist"])
     assert again["state"].data_ptr() != local[0]["state"].data_ptr()
+
+
+def test_unit_float_conversion_is_the_same_on_several_threads() -> None:
+    from kinodb.torch._datasets import _SPLIT_PIXELS, to_unit_float
+
+    u8 = np.random.default_rng(0).integers(0, 256, (7, 2, 3, 128, 256), dtype=np.uint8)
+    assert u8.size >= _SPLIT_PIXELS  # large enough to be split
+    one, three = to_unit_float(u8, 1), to_unit_float(u8, 3)
+    assert one.dtype == three.dtype == np.float32 and one.shape == three.shape == u8.shape
+    assert one.tobytes() == three.tobytes()
+    np.testing.assert_array_equal(three, u8.astype(np.float32) / np.float32(255))
