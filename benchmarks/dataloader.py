@@ -23,10 +23,13 @@ Without the peers installed (``benchmarks/setup_peers.sh`` builds ``.venv-bench`
 h5py and pyarrow+PyAV stand-ins of benchmarks/_peers.py, written the way those
 libraries read, take their place and the output says so.
 
-Each case runs with ``num_workers`` 0 and 2 (persistent workers). A pass reads the
-windows once (repeated until it lasts ``--min-seconds`` for the fastest loaders); one
-warm-up pass, then the median of ``--repeats`` timed passes, loaders rotating between
-passes. Before timing, the first batch of every loader is compared with kinodb's
+Each case runs with ``num_workers`` 0 and 2 (persistent workers). A pass reads windows
+in the case's seeded order as an epoch does; passes repeat until they have run
+``--min-seconds``. The state case's timed passes are whole epochs (all 30,110 windows)
+for every loader that can read one within ``--min-seconds``, and the first 4,096 windows
+for those that cannot (LeRobot); the warm-up pass reads those 4,096 windows, and the
+image case's passes 512. One warm-up pass, then the median of ``--repeats`` timed
+passes, loaders rotating between passes. Before timing, the first batch of every loader is compared with kinodb's
 (states and actions exactly, frames within the video codec's error).
 
 Run ``.venv-bench/bin/python benchmarks/dataloader.py`` (``--quick`` for a 1-2 minute check).
@@ -41,7 +44,7 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -71,7 +74,7 @@ class Case:
     paths: _data.SetPaths
     windows: _peers.Windows
     batch_size: int
-    n_windows: int
+    n_windows: int | None  # windows per pass (None: epochs over every window; see `PassOrder`)
 
 
 @dataclass
@@ -104,8 +107,29 @@ def kinodb_dataset(case: Case, *, decode_threads: int | None = None, uint8: bool
     )  # fmt: skip
 
 
-def loader(dataset: Any, case: Case, order: list[int], workers: int, *, kino: bool) -> DataLoader[Any]:
-    """A DataLoader over ``order`` (a fixed list, so every loader reads the same windows)."""
+FIRST_PASS = 4096  # windows of the warm-up pass, and of a timed pass too long for an epoch
+
+
+class PassOrder(torch.utils.data.Sampler[int]):
+    """The first ``n`` windows of a fixed order; ``n`` may change between passes."""
+
+    def __init__(self, order: list[int], n: int) -> None:
+        self.order, self.n = order, n
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.order[: self.n])
+
+    def __len__(self) -> int:
+        return self.n
+
+    def size_for(self, rate: float, seconds: float, batch: int) -> None:
+        """Whole epochs when one takes at most ``seconds`` at ``rate`` windows/s, else `FIRST_PASS`."""
+        epoch = len(self.order)
+        self.n = epoch if epoch <= rate * seconds else min(epoch, FIRST_PASS)
+
+
+def loader(dataset: Any, case: Case, order: PassOrder, workers: int, *, kino: bool) -> DataLoader[Any]:
+    """A DataLoader over ``order`` (a fixed order, so every loader reads the same windows)."""
     kwargs: dict[str, Any] = {}
     if kino:
         from kinodb.torch import collate
@@ -213,6 +237,7 @@ def run_case(
     with kinodb.open(case.paths.kdb) as db:
         order = rng.permutation(db.num_frames())[: case.n_windows].tolist()
         blobs = window_frames(db, order, case.windows) if case.windows.cameras else []
+    first_pass = min(len(order), FIRST_PASS)
     images = bool(case.windows.cameras)
     per_window = len(blobs) / len(order)
     lerobot_name = "lerobot" if peers["lerobot"] else "lerobot-style (pyarrow+PyAV)"
@@ -221,6 +246,7 @@ def run_case(
     floors: dict[int, Callable[[], int]] = {}
     for workers in workers_list:
         jobs: dict[str, tuple[Row, Callable[[], int]]] = {}
+        samplers: dict[str, PassOrder] = {}
         first: dict[str, dict[str, Any]] = {}
         # kinodb decodes on min(4, cpus) threads in the main process, on 1 in each worker.
         threads = max(1, min(4, os.cpu_count() or 1)) if workers == 0 else workers
@@ -230,7 +256,8 @@ def run_case(
             if workers == 0 and threads != 1:
                 kino.append(("kinodb uint8 (1 thread)", {"uint8": True, "decode_threads": 1}, 1))
         for name, options, n_threads in kino:
-            dl = loader(kinodb_dataset(case, **options), case, order, workers, kino=True)  # type: ignore[arg-type]
+            samplers[name] = PassOrder(order, first_pass)
+            dl = loader(kinodb_dataset(case, **options), case, samplers[name], workers, kino=True)  # type: ignore[arg-type]
             jobs[name] = (Row(case.name, workers, name, n_threads if images else None), partial(drain, dl))
         lerobot = (_peers.LeRobotWindows if peers["lerobot"] else _peers.ParquetVideoWindows)(
             case.paths.lerobot, case.windows
@@ -239,7 +266,8 @@ def run_case(
             case.paths.hdf5, case.windows
         )
         for name, ds in ((lerobot_name, lerobot), (robomimic_name, robomimic)):
-            dl = loader(ds, case, order, workers, kino=False)
+            samplers[name] = PassOrder(order, first_pass)
+            dl = loader(ds, case, samplers[name], workers, kino=False)
             jobs[name] = (Row(case.name, workers, name), partial(drain, dl))
         for name, (_, fn) in jobs.items():
             first[name] = next(iter(fn.args[0]))  # type: ignore[attr-defined]
@@ -261,6 +289,8 @@ def run_case(
                 rate = timed(fn, args.min_seconds if rep else 0.0)
                 if rep:
                     row.passes.append(rate)
+                elif name in samplers:
+                    samplers[name].size_for(rate, args.min_seconds, case.batch_size)
             print(
                 f"  {case.name} workers={workers} pass {rep}/{args.repeats} done", file=sys.stderr, flush=True
             )
@@ -373,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
         args.data_dir, quick=args.quick, video_codec=args.video_codec
     )
     cases = [
-        Case("state", state_set, _peers.Windows(OBS_HORIZON, ACTION_HORIZON), 256, 1024 if args.quick else 4096),
+        Case("state", state_set, _peers.Windows(OBS_HORIZON, ACTION_HORIZON), 256, 1024 if args.quick else None),
         Case("images", image_set, _peers.Windows(OBS_HORIZON, ACTION_HORIZON, _data.DATALOADER_CAMERAS, IMAGE_SIZE),
              64, 128 if args.quick else 512),
     ]  # fmt: skip
@@ -403,7 +433,8 @@ def main(argv: list[str] | None = None) -> int:
         "cases": {
             c.name: {
                 "batch_size": c.batch_size,
-                "windows_per_pass": c.n_windows,
+                "windows_per_pass": c.n_windows
+                or "an epoch (all windows), 4096 for loaders too slow for one",
                 "frames": kinodb.open(c.paths.kdb).num_frames(),
                 "episodes": c.paths.spec.episodes,
                 "data": str(c.paths.root),
