@@ -333,3 +333,36 @@ def _episode_row(
         for stat, value in stats.items():
             row[f"stats/{name}/{stat}"] = value
     return row
+
+
+class CountingContainer:
+    """A PyAV container that counts opens, seeks and decoded frames in ``counts``."""
+
+    def __init__(self, container: Any, counts: dict[str, int]) -> None:
+        self._container, self._counts = container, counts
+        counts["opens"] = counts.get("opens", 0) + 1
+
+    def seek(self, *args: Any, **kwargs: Any) -> None:
+        self._counts["seeks"] += 1
+        self._container.seek(*args, **kwargs)
+
+    def decode(self, stream: Any) -> Any:
+        for frame in self._container.decode(stream):
+            self._counts["frames"] += 1
+            yield frame
+
+    def close(self) -> None:
+        self._container.close()
+
+
+def count_video_opens(monkeypatch: Any, counts: dict[str, int]) -> None:
+    """Make `kinodb.ingest._video.open_video` hand out `CountingContainer` s."""
+    from kinodb.ingest import _video
+
+    real = _video.open_video
+
+    def counting(p: str) -> tuple[Any, Any]:
+        container, stream = real(p)
+        return CountingContainer(container, counts), stream
+
+    monkeypatch.setattr(_video, "open_video", counting)

@@ -429,43 +429,18 @@ def test_importing_the_module_stays_light() -> None:
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-class _CountingContainer:
-    """A PyAV container that counts seeks and decoded frames."""
-
-    def __init__(self, container: Any, counts: dict[str, int]) -> None:
-        self._container, self._counts = container, counts
-
-    def seek(self, *args: Any, **kwargs: Any) -> None:
-        self._counts["seeks"] += 1
-        self._container.seek(*args, **kwargs)
-
-    def decode(self, stream: Any) -> Any:
-        for frame in self._container.decode(stream):
-            self._counts["frames"] += 1
-            yield frame
-
-    def close(self) -> None:
-        self._container.close()
-
-
 def test_decode_at_seeks_once_then_decodes_forward(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "v.mp4"
     F.encode_video(path, F.frames_for(0, 40, 24, 32), 10.0, gop=4)
     _, ref = F.reference_decode(path)
     counts = {"seeks": 0, "frames": 0}
-    real = _video.open_video
-
-    def counting(p: str) -> tuple[Any, Any]:
-        container, stream = real(p)
-        return _CountingContainer(container, counts), stream
-
-    monkeypatch.setattr(_video, "open_video", counting)
+    F.count_video_opens(monkeypatch, counts)
     got = _video.decode_at(str(path), np.arange(26, 31) / 10.0, seek=True)
     np.testing.assert_array_equal(got, ref[26:31])
     assert counts["seeks"] == 1 and counts["frames"] <= 4 + 5 + 1  # from the keyframe at 2.4 s to 3.0 s
     counts.update(seeks=0, frames=0)
     np.testing.assert_array_equal(_video.decode_at(str(path), np.arange(26, 31) / 10.0), ref[26:31])
-    assert counts == {"seeks": 0, "frames": 32}
+    assert counts == {"opens": 2, "seeks": 0, "frames": 32}
 
 
 def test_decode_at_unsorted_times_and_tolerance(tmp_path: Path) -> None:

@@ -91,36 +91,10 @@ def test_other_videos_take_the_rgb_path(tmp_path: Path, kind: dict[str, Any]) ->
     np.testing.assert_array_equal(got, ref)
 
 
-class _Counting:
-    """A container that counts opens, seeks and decoded frames."""
-
-    def __init__(self, container: Any, counts: dict[str, int]) -> None:
-        self._container, self._counts = container, counts
-        counts["opens"] += 1
-
-    def seek(self, *args: Any, **kwargs: Any) -> None:
-        self._counts["seeks"] += 1
-        self._container.seek(*args, **kwargs)
-
-    def decode(self, stream: Any) -> Any:
-        for frame in self._container.decode(stream):
-            self._counts["frames"] += 1
-            yield frame
-
-    def close(self) -> None:
-        self._container.close()
-
-
 @pytest.fixture
 def counted(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
     counts = {"opens": 0, "seeks": 0, "frames": 0}
-    real = _video.open_video
-
-    def counting(p: str) -> tuple[Any, Any]:
-        container, stream = real(p)
-        return _Counting(container, counts), stream
-
-    monkeypatch.setattr(_video, "open_video", counting)
+    F.count_video_opens(monkeypatch, counts)
     return counts
 
 
