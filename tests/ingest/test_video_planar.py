@@ -149,3 +149,38 @@ def test_reader_reports_a_gap_and_then_reopens(tmp_path: Path, counted: dict[str
         assert counted["opens"] == opens + 1  # after an error the reader starts afresh
     finally:
         reader.close()
+
+
+def test_lerobot_ingest_default_jpeg_from_planes(tmp_path: Path) -> None:
+    """The default ingest stores planar JPEGs, the same bytes with 1 or 2 workers, and
+    --flip-images (which takes the RGB path) still turns the frames over."""
+    import kinodb
+    from kinodb.ingest import ingest
+
+    rng = np.random.default_rng(3)
+    eps = F.make_episodes(rng, [12, 9, 15], fps=10.0, cameras={F.CAMERA: (32, 48)})
+    root = tmp_path / "v3"
+    F.write_v3(root, eps, fps=10.0, per_file=2)
+    one, two, flipped = tmp_path / "one.kdb", tmp_path / "two.kdb", tmp_path / "flip.kdb"
+    ingest(root, one)
+    ingest(root, two, workers=2)
+    ingest(root, flipped, flip_images=True)
+    mp4s = sorted(root.glob("videos/**/*.mp4"))
+    ref = np.concatenate([F.reference_decode(p)[1] for p in mp4s])
+    exact = np.concatenate([_exact_bt601(p) for p in mp4s])
+    with kinodb.open(one) as a, kinodb.open(two) as b, kinodb.open(flipped) as c:
+        start = 0
+        for i, ep in enumerate(eps):
+            T = ep["length"]
+            blobs = [a.read_image_bytes(i, "top", t) for t in range(T)]
+            assert blobs == [b.read_image_bytes(i, "top", t) for t in range(T)]
+            got = a.read_episode(i)["images"]["top"]
+            turned = c.read_episode(i)["images"]["top"]
+            for t in range(start, start + T):
+                # As close to the video's own colours as Pillow's JPEG of PyAV's RGB.
+                via_rgb = _jpeg_pixels(F.image_bytes(ref[t], "JPEG", quality=95))
+                floor = _psnr(via_rgb, exact[t]) - 1.0
+                assert _psnr(got[t - start], exact[t]) > floor
+                assert _psnr(turned[t - start], exact[t][::-1, ::-1]) > floor
+                assert _psnr(turned[t - start], exact[t]) < floor - 5  # turned over, not by chance close
+            start += T
