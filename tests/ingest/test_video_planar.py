@@ -184,3 +184,16 @@ def test_lerobot_ingest_default_jpeg_from_planes(tmp_path: Path) -> None:
                 assert _psnr(turned[t - start], exact[t][::-1, ::-1]) > floor
                 assert _psnr(turned[t - start], exact[t]) < floor - 5  # turned over, not by chance close
             start += T
+
+
+def test_reader_past_the_end_names_a_short_video(tmp_path: Path) -> None:
+    path = tmp_path / "v.mp4"
+    F.encode_video(path, F.frames_for(5, 10, 24, 32), 10.0, gop=4)
+    times, _ = F.reference_decode(path)
+    reader = _video.VideoReader(str(path))
+    try:
+        _video.decode_at(str(path), times[5:], seek=True, reader=reader)  # to the last frame
+        with pytest.raises(ConversionError, match=r"short video: it ends at 0\.900000 s"):
+            _video.decode_at(str(path), np.array([1.0, 1.1]), seek=True, reader=reader)
+    finally:
+        reader.close()

@@ -262,8 +262,8 @@ def _match(
             jpegs.cancel()
     if seen:
         video.done(seen[-1], held)
-    if seek_to is not None and not seen:
-        return None  # sought past the end: decode from the start to say how short the file is
+    if (seek_to is not None or resume) and not seen:
+        return None  # sought or resumed past the end: decode afresh to say how short the file is
     missing = np.flatnonzero(~np.isfinite(best))
     if missing.size:
         decoded = [*seen, held[0]] if held is not None else seen
