@@ -245,7 +245,9 @@ def _match(
                 if jpegs is not None:
                     jpegs.add(take.tolist(), frame, path, t)
                 else:
-                    rgb = rgb24.reformat(frame, format="rgb24").to_ndarray()
+                    # One thread: the decoder's own threads already use the cores, and
+                    # swscale's would contend with them (same pixels either way).
+                    rgb = rgb24.reformat(frame, format="rgb24", threads=1).to_ndarray()
                     if out is None:
                         out = np.empty((len(wanted), *rgb.shape), np.uint8)
                     elif rgb.shape != out.shape[1:]:
