@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import functools
 import io
-import itertools
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal, TypeAlias
 
@@ -110,6 +109,18 @@ def _pool(threads: int) -> ThreadPoolExecutor:
         return pool
 
 
+def in_parts(n: int, threads: int, work: Callable[[int, int], None]) -> None:
+    """``work(a, b)`` over ``0..n`` cut into one contiguous run per thread (pool overhead
+    once per thread, not per item); inline when ``threads <= 1``."""
+    parts = min(threads, n)
+    if parts <= 1:
+        work(0, n)
+        return
+    bounds = np.linspace(0, n, parts + 1).astype(int).tolist()
+    for _ in _pool(threads).map(work, bounds[:-1], bounds[1:]):
+        pass
+
+
 def decode_into(
     out: NDArray[np.uint8],
     jobs: Sequence[tuple[int, Any, str, tuple[int, int, int], Any]],
@@ -125,14 +136,8 @@ def decode_into(
     """
     _filter(resize)  # check the mode once, before any thread starts
 
-    def work(chunk: Sequence[tuple[int, Any, str, tuple[int, int, int], Any]]) -> None:
-        for slot, data, codec, shape, where in chunk:
+    def work(a: int, b: int) -> None:
+        for slot, data, codec, shape, where in jobs[a:b]:
             out[slot] = decode_one(data, codec, shape, size, resize, where).transpose(2, 0, 1)
 
-    if threads <= 1 or len(jobs) < 4:
-        work(jobs)
-        return
-    # One contiguous run of frames per thread: pool overhead once per thread, not per frame.
-    bounds = np.linspace(0, len(jobs), threads + 1).astype(int).tolist()
-    for _ in _pool(threads).map(work, [jobs[a:b] for a, b in itertools.pairwise(bounds)]):
-        pass
+    in_parts(len(jobs), threads if len(jobs) >= 4 else 1, work)

@@ -522,13 +522,7 @@ def _gather_raw(
         block[where_to[a:b]] = rows[byte[a:b]].reshape(b - a, *hwc).transpose(0, 3, 1, 2)
 
     n = len(byte)
-    parts = min(threads, n)
-    if parts <= 1 or n * rows.shape[1] < _RAW_SPLIT_BYTES:
-        part(0, n)
-        return
-    bounds = np.linspace(0, n, parts + 1).astype(int).tolist()
-    for _ in _images._pool(threads).map(part, bounds[:-1], bounds[1:]):
-        pass
+    _images.in_parts(n, threads if n * rows.shape[1] >= _RAW_SPLIT_BYTES else 1, part)
 
 
 def _frame_data(source: _Source, cam: Any, f: int) -> Any:

@@ -42,18 +42,15 @@ def to_unit_float(u8: np.ndarray, threads: int = 1) -> np.ndarray:
     A large batch is split along its first axis over ``threads`` threads (NumPy divides
     without the GIL); every element goes through the same division either way.
     """
-    parts = min(threads, len(u8)) if u8.ndim else 1
-    if parts <= 1 or u8.size < _SPLIT_PIXELS:
+    if u8.ndim == 0 or threads <= 1 or u8.size < _SPLIT_PIXELS:
         out: np.ndarray = np.divide(u8, np.float32(255.0), dtype=np.float32)
         return out
     out = np.empty(u8.shape, np.float32)
-    bounds = np.linspace(0, len(u8), parts + 1).astype(int).tolist()
 
     def part(a: int, b: int) -> None:
         np.divide(u8[a:b], np.float32(255.0), out=out[a:b], dtype=np.float32)
 
-    for _ in _images._pool(threads).map(part, bounds[:-1], bounds[1:]):
-        pass
+    _images.in_parts(len(u8), threads, part)
     return out
 
 
