@@ -102,7 +102,7 @@ def loaders_for(
     """The native peer (when ``peers``) and the kinodb loaders of a training set: PNG, JPEG,
     and raw frames when ``raw`` names a raw-frame ``.kdb``.
 
-    ``uint8``: every loader whose library can hands frames over as uint8 and the training
+    ``uint8``: every loader whose library can hand frames over as uint8 does, and the training
     step makes them float (robomimic's own way: its `SequenceDataset` returns uint8 HWC and
     its training step converts them on the device). LeRobot's decoder returns float only.
     """
