@@ -438,16 +438,59 @@ def test_ingest_verify_ok(tmp_path: Path, robomimic: Path, capsys: pytest.Captur
     assert ": OK" in capsys.readouterr().out
 
 
+def _roll_frames_on_ingest(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the ingest (not the verification) store every camera's frames one step late."""
+    import types
+
+    import kinodb.ingest._run as run
+    from kinodb.kdb import _codecs
+
+    def late(frames: np.ndarray, codec: str, quality: int) -> list[bytes]:
+        return _codecs.encode(np.roll(frames, 1, axis=0), codec, quality)
+
+    monkeypatch.setattr(run, "_codecs", types.SimpleNamespace(encode=late))
+
+
 def test_ingest_verify_mismatch_keeps_the_output(
-    tmp_path: Path, noisy: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, noisy: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    _roll_frames_on_ingest(monkeypatch)
     out = tmp_path / "noisy.kdb"
     with pytest.raises(ConversionError, match=r"verification against .* failed .* the output file was kept"):
-        ingest(noisy, out, verify=True)  # noise frames through JPEG: about 12 dB
+        ingest(noisy, out, verify=True)
     assert out.exists()
     code = main(["ingest", str(noisy), "-o", str(tmp_path / "cli.kdb"), "--verify", "-q"])
     err = capsys.readouterr().err
     assert code == 1 and "PSNR" in err and "kept" in err and (tmp_path / "cli.kdb").exists()
+
+
+def test_frames_jpeg_cannot_keep_pass_against_a_fresh_encode(
+    tmp_path: Path, noisy: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "noisy.kdb"
+    ingest(noisy, out)  # noise through JPEG q95: about 12 dB, far under the threshold
+    report = verify(noisy, out)
+    assert_exact(report)
+    for cam in CAMERAS:
+        check = report.cameras[cam]
+        assert check.min_psnr < 20 and check.codec_limited == check.reencoded == report.frames_compared
+    assert "within 1.5 dB of a fresh JPEG encode" in report.summary()
+    strict = verify(noisy, out, psnr=35.0)  # an explicit threshold is an absolute floor
+    assert not strict.ok and strict.mismatches == {"images": 2 * 3}
+    assert cli(noisy, out) == 0 and cli(noisy, out, "--psnr", "35") == 1
+    capsys.readouterr()
+
+
+def test_a_frame_out_of_place_is_caught_where_jpeg_loses_much(
+    tmp_path: Path, noisy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _roll_frames_on_ingest(monkeypatch)
+    out = tmp_path / "late.kdb"
+    ingest(noisy, out)
+    report = verify(noisy, out)
+    assert not report.ok and report.mismatches == {"images": 2 * 3}
+    assert "below a fresh JPEG q95 encode of the source frame" in report.problems[0]
+    assert "not the source's frame, or damaged" in report.problems[0]
 
 
 # -- the numbers --------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from kinodb.ingest._verify import DEFAULT_PSNR, verify
+from kinodb.ingest._verify import CODEC_MARGIN_DB, DEFAULT_PSNR, verify
 
 
 def register(sub: Any) -> None:
@@ -23,8 +23,10 @@ def register(sub: Any) -> None:
     p.add_argument(
         "-F", "--format", default="auto", help="source format (default: as recorded, else detected)"
     )
-    p.add_argument("--psnr", type=float, default=DEFAULT_PSNR, metavar="DB",
-                   help=f"lowest PSNR for frames re-encoded lossily (default {DEFAULT_PSNR:g} dB)")  # fmt: skip
+    p.add_argument("--psnr", type=float, default=None, metavar="DB",
+                   help=f"lowest PSNR for frames stored as JPEG from the source's pixels (default: "
+                   f"{DEFAULT_PSNR:g} dB, or within {CODEC_MARGIN_DB:g} dB of a fresh JPEG encode of the "
+                   "source frame at the recorded quality)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--split", help="override the recorded split")
     p.add_argument("--state-keys", metavar="K1,K2", help="override the recorded state keys")
