@@ -155,6 +155,17 @@ def test_parse_episodes() -> None:
             parse_episodes(bad)
 
 
+@pytest.mark.parametrize("episodes", ["1,1", "0-3,2", [2, 0, 2]])
+def test_an_episode_selected_twice_is_refused(src: str, tmp_path: Path, episodes: object) -> None:
+    with pytest.raises(
+        ConversionError, match=r"episode (1|2) is selected more than once .* list each episode once"
+    ):
+        ingest(src, tmp_path / "a.kdb", episodes=episodes)
+    assert not (tmp_path / "a.kdb").exists()
+    assert main(["ingest", src, "-o", str(tmp_path / "b.kdb"), "--episodes", "0-2,1", "-q"]) == 1
+    assert not (tmp_path / "b.kdb").exists()
+
+
 def test_option_errors(src: str, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="on_error"):
         ingest(src, tmp_path / "a.kdb", on_error="ignore")

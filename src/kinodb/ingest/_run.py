@@ -214,6 +214,13 @@ def _select(
             raise ConversionError(
                 f"{path}: has {len(keys)} episodes (0..{len(keys) - 1}); cannot select {missing[:5]}"
             )
+        seen: set[int] = set()
+        twice = [i for i in wanted if i in seen or seen.add(i)]  # type: ignore[func-returns-value]
+        if twice:
+            raise ConversionError(
+                f"{path}: episode {twice[0]} is selected more than once ({episodes!r}); "
+                "list each episode once (ranges must not overlap)"
+            )
         keys = [keys[i] for i in wanted]
     if max_episodes is not None:
         keys = keys[: max(0, max_episodes)]
