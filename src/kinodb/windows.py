@@ -64,10 +64,48 @@ class _Source:
         self.lengths = np.asarray(table["num_frames"], dtype=np.int64)[kept]
         self.fps = np.asarray(table["fps"], dtype=np.float64)[kept]
         self.tasks = np.asarray(table["task"], dtype=object)[kept]
+        # Episodes whose task changes from frame to frame (extra field `tasks` with more
+        # than one text, and extra array `task_index`): their positions in `kept`.
+        listed = table.get("tasks")
+        self._varying = np.zeros(len(kept), dtype=bool)
+        if listed is not None:
+            per = np.asarray(listed, dtype=object)[kept]
+            self._varying[:] = [isinstance(v, list) and len(v) > 1 for v in per.tolist()]
+        self._frame_tasks: dict[int, NDArray[Any]] = {}
         self.starts = np.concatenate([[0], np.cumsum(self.lengths)]).astype(np.int64)
         self._rows: dict[str, tuple[NDArray[np.int64], NDArray[Any], np.dtype[Any], tuple[int, ...]]] = {}
         self._cams: dict[int, dict[str, Any]] = {}
         self._frame_views: dict[int, NDArray[np.uint8]] = {}
+
+    def task_texts(self, j: NDArray[np.int64], t: NDArray[np.int64]) -> NDArray[Any]:
+        """The task text at frame ``t`` of each kept episode ``j`` (an object array)."""
+        out = self.tasks[j]
+        if self._varying.any():
+            for n in np.flatnonzero(self._varying[j]).tolist():
+                out[n] = self._frame_texts(int(j[n]))[int(t[n])]
+        return out
+
+    def _frame_texts(self, j: int) -> NDArray[Any]:
+        found = self._frame_tasks.get(j)
+        if found is None:
+            ep = int(self.kept[j])
+            texts = np.asarray(self.db.read_meta(ep)["tasks"], dtype=object)
+            try:
+                codes = np.asarray(self.db.read_array(ep, "task_index")).reshape(-1)
+            except KeyError:
+                raise KinodbError(
+                    f"{self.where}: episode {ep} lists {len(texts)} tasks but has no per-frame "
+                    "task_index array"
+                ) from None
+            if len(codes) != self.lengths[j] or (
+                len(codes) and not 0 <= codes.min() <= codes.max() < len(texts)
+            ):
+                raise KinodbError(
+                    f"{self.where}: episode {ep}'s task_index does not index its {len(texts)} tasks "
+                    f"frame by frame"
+                )
+            found = self._frame_tasks[j] = texts[codes]
+        return found
 
     def rows(self, name: str) -> tuple[NDArray[np.int64], NDArray[Any], np.dtype[Any], tuple[int, ...]]:
         """``(first element of each kept episode, row view, dtype, per-frame shape)`` of ``name``.
@@ -229,13 +267,13 @@ class FrameWindows:
         return src, ep, t
 
     def tasks(self, indices: Any) -> list[str]:
-        """The task text of each sample's episode."""
+        """The task text of each sample: its episode's, or its frame's where it changes."""
         idx = self._indices(indices)
         src = self._source_of(idx)
         out = np.empty(len(idx), dtype=object)
         for s, sel in self._groups(src):
-            j, _ = self._episode_frame(s, idx[sel] - self._starts[s])
-            out[sel] = self._sources[s].tasks[j]
+            j, t = self._episode_frame(s, idx[sel] - self._starts[s])
+            out[sel] = self._sources[s].task_texts(j, t)
         tasks: list[str] = out.tolist()
         return tasks
 
@@ -451,7 +489,7 @@ class FrameWindows:
         out["frame_index"] = t
         out["source"] = np.full(len(t), s, dtype=np.int64)
         if tasks:
-            out["task"] = source.tasks[j]
+            out["task"] = source.task_texts(j, t)
         return out
 
     def _check_grid(self) -> None:

@@ -383,6 +383,39 @@ def test_missing_frame_index_rows(datasets: dict[str, Path], tmp_path: Path) -> 
     _raise_and_skip(root, tmp_path, r"frame_index is not 0\.\.10", ["episode_000000"])
 
 
+def test_a_task_that_changes_within_an_episode_is_kept_per_frame(tmp_path: Path) -> None:
+    # Episode 0 starts with task 1 and switches to task 0: the episode lists its own texts
+    # in order of first appearance, and each frame's task reads back through the windows,
+    # the LeRobot export and a second ingest.
+    eps = F.make_episodes(np.random.default_rng(11), [8, 6, 7], task_of=[1, 0, 1], task_switch=True)
+    root = F.write_v3(tmp_path / "ds", eps, per_file=2)
+    out = tmp_path / "ds.kdb"
+    ingest(root, out, format="lerobot", image_codec="png")
+    want = [[F.TASKS[int(i)] for i in e["columns"]["task_index"]] for e in eps]
+    assert want[0][0] != want[0][-1]
+    with kinodb.open(out) as db:
+        meta = db.read_meta(0)
+        assert meta["task"] == F.TASKS[1] and meta["tasks"] == [F.TASKS[1], F.TASKS[0]]
+        np.testing.assert_array_equal(db.read_array(0, "task_index"), [0] * 4 + [1] * 4)
+        assert "tasks" not in db.read_meta(1)
+    from kinodb.windows import FrameWindows
+
+    fw = FrameWindows(str(out))
+    assert fw.tasks(range(len(fw))) == [t for w in want for t in w]
+    ((_, arrays),) = fw.lowdim_groups(np.arange(len(fw))[::-1], tasks=True)
+    assert arrays["task"].tolist() == [t for w in want for t in w][::-1]
+    exported = tmp_path / "export"
+    kinodb.export.export(out, exported, format="lerobot")
+    table = pq.read_table(exported / "data" / "chunk-000" / "file-000.parquet")
+    assert "observation.task_index" not in table.column_names
+    tasks = pq.read_table(exported / "meta" / "tasks.parquet").to_pandas()
+    text_of = {int(i): str(t) for t, i in zip(tasks.index, tasks["task_index"], strict=True)}
+    assert [text_of[int(i)] for i in table["task_index"].to_pylist()] == [t for w in want for t in w]
+    again = tmp_path / "again.kdb"
+    ingest(exported, again, format="lerobot", image_codec="png")
+    assert FrameWindows(str(again)).tasks(range(len(fw))) == [t for w in want for t in w]
+
+
 def test_tasks_without_a_tasks_table(datasets: dict[str, Path], tmp_path: Path) -> None:
     root = _broken_copy(datasets["v2.1-av1"], tmp_path)
     (root / "meta" / "tasks.jsonl").unlink()

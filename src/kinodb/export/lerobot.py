@@ -206,7 +206,9 @@ def _layout(db: Database, positions: list[int]) -> tuple[dict[str, tuple[np.dtyp
 
 def _arrays_of(db: Database, i: int) -> dict[str, tuple[np.dtype[Any], tuple[int, ...]]]:
     ep = db.read_episode_actions_only(i)
-    return {k: (v.dtype, tuple(v.shape[1:])) for k, v in ep.items() if k != "meta"}
+    # task_index (per-frame tasks, where an episode's task changes) goes to LeRobot's own
+    # column, so episodes with and without it export together.
+    return {k: (v.dtype, tuple(v.shape[1:])) for k, v in ep.items() if k not in ("meta", "task_index")}
 
 
 def _describe(arrays: dict[str, tuple[np.dtype[Any], tuple[int, ...]]]) -> str:
@@ -241,6 +243,23 @@ def _array_features(db: Database, arrays: dict[str, tuple[np.dtype[Any], tuple[i
         out.append(Feature(key, name, dtype.name, lr_shape, names))
     order = list(_BUILTIN_ARRAYS.values())
     return sorted(out, key=lambda f: (order.index(f.key) if f.key in order else 1.5, f.key))
+
+
+def _episode_tasks(ep: dict[str, Any], T: int) -> tuple[list[str], np.ndarray]:
+    """The episode's task texts and each frame's position among them: one text, or (where
+    the task changes within the episode) the extra field ``tasks`` indexed frame by frame
+    by the extra array ``task_index``."""
+    meta = ep["meta"]
+    listed, codes = meta.get("tasks"), ep.get("task_index")
+    if isinstance(listed, list) and len(listed) > 1 and codes is not None:
+        codes = np.asarray(codes).reshape(-1).astype(np.int64)
+        if len(codes) != T or not 0 <= codes.min() <= codes.max() < len(listed):
+            raise ConversionError(
+                f"episode {meta['episode_id']}: its task_index array does not index its {len(listed)} "
+                "tasks frame by frame"
+            )
+        return [str(t) for t in listed], codes
+    return [str(meta["task"])], np.zeros(T, np.int64)
 
 
 def _names(part: dict[str, Any], dim: int) -> list[str] | dict[str, list[str]] | None:
@@ -404,15 +423,15 @@ class _Exporter:
         """Write episode ``i`` of ``db`` as episode ``k``: its rows, videos and metadata row."""
         ep = db.read_episode_actions_only(i)
         T = int(ep["meta"]["num_frames"])
-        task = ep["meta"]["task"]
-        task_index = self._tasks.setdefault(task, len(self._tasks))
+        texts, per_frame = _episode_tasks(ep, T)
+        codes = np.asarray([self._tasks.setdefault(t, len(self._tasks)) for t in texts], np.int64)
         values = {f.key: ep[f.source].reshape(T, *f.shape) for f in self._plan.features if not f.is_camera}
         values.update({
             "timestamp": (np.arange(T) / self._plan.fps).astype(np.float32).reshape(T, 1),
             "frame_index": np.arange(T, dtype=np.int64).reshape(T, 1),
             "episode_index": np.full((T, 1), k, np.int64),
             "index": np.arange(self._frames, self._frames + T, dtype=np.int64).reshape(T, 1),
-            "task_index": np.full((T, 1), task_index, np.int64),
+            "task_index": codes[per_frame].reshape(T, 1),
         })  # fmt: skip
         ep_stats = {key: stats_.array_stats(v) for key, v in values.items()}
         columns = {
@@ -420,7 +439,7 @@ class _Exporter:
             for f in self._features
             if (v := values.get(key := f.key)) is not None
         }
-        row: dict[str, Any] = {"episode_index": k, "tasks": [task], "length": T}
+        row: dict[str, Any] = {"episode_index": k, "tasks": texts, "length": T}
         for f in self._plan.cameras:
             if f.dtype == "image":
                 columns[f.key], ep_stats[f.key] = self._images(db, i, f, T)

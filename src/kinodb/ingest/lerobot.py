@@ -21,8 +21,10 @@ Mapping (rows ordered by ``frame_index``; arrays keep their parquet dtype):
   become the schema's ``names``.
 - ``next.reward`` -> ``rewards``; ``next.done`` -> ``is_terminal``; ``next.success`` ->
   ``success`` (its last value); ``timestamp`` -> ``timestamps``; the first frame's
-  ``task_index`` -> ``task`` (a varying index is also kept as the extra array
-  ``task_index`` and the texts as the extra field ``tasks``).
+  ``task_index`` -> ``task``. When the task changes within an episode, the extra field
+  ``tasks`` lists its texts in order of first appearance and the extra array
+  ``task_index`` gives each frame's position in that list (kinodb's per-frame task
+  convention, which the frame datasets and the LeRobot exporter read).
 - Every other numeric or bool column (``observation.environment_state``,
   ``complementary_info.*``) -> an extra array of the same name; per-frame text -> an
   extra field. ``frame_index``, ``episode_index`` and ``index`` are positions, not data;
@@ -664,9 +666,13 @@ class LeRobotSource:
         if unknown:
             raise ConversionError(f"{where}: task_index {unknown[0]} is not in the dataset's tasks table")
         args["task"] = self._tasks[int(index[0])]
-        if "task_index" in parts:
-            firsts = sorted(np.unique(index, return_index=True)[1])
-            args["extra"]["tasks"] = [self._tasks[int(index[i])] for i in firsts]
+        if "task_index" in parts:  # per frame: positions in the episode's own `tasks` list
+            values, firsts, inverse = np.unique(index, return_index=True, return_inverse=True)
+            order = np.argsort(firsts, kind="stable")  # texts in order of first appearance
+            rank = np.empty_like(order)
+            rank[order] = np.arange(len(order))
+            parts["task_index"] = rank[inverse.reshape(-1)].astype(index.dtype)
+            args["extra"]["tasks"] = [self._tasks[int(values[k])] for k in order]
 
     def _decode_videos(
         self, ep: _Episode, args: dict[str, Any], where: str
