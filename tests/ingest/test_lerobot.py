@@ -416,6 +416,29 @@ def test_a_task_that_changes_within_an_episode_is_kept_per_frame(tmp_path: Path)
     assert FrameWindows(str(again)).tasks(range(len(fw))) == [t for w in want for t in w]
 
 
+def test_export_keeps_the_camera_keys_the_ingest_read(tmp_path: Path) -> None:
+    eps = F.make_episodes(np.random.default_rng(12), [5, 6], cameras={"observation.wrist": (24, 32)})
+    root = F.write_v3(tmp_path / "ds", eps, per_file=2)
+    out = tmp_path / "ds.kdb"
+    ingest(root, out, format="lerobot", image_codec="png")
+    with kinodb.open(out) as db:
+        assert list(db.read_frames(0, 0, 1)["images"]) == ["wrist"]
+    exported = tmp_path / "export"
+    kinodb.export.export(out, exported, format="lerobot")
+    info = json.loads((exported / "meta" / "info.json").read_text())
+    assert info["features"]["observation.wrist"]["dtype"] == "video"
+    assert "observation.images.wrist" not in info["features"]
+    again = tmp_path / "again.kdb"
+    ingest(exported, again, format="lerobot", image_codec="png")
+    with kinodb.open(out) as a, kinodb.open(again) as b:
+        assert b.metadata()["lerobot"]["cameras"] == {"wrist": "observation.wrist"}
+        from kinodb.ingest._verify import frame_psnr  # the export re-encodes: lossy video
+
+        assert (
+            frame_psnr(a.read_episode(1)["images"]["wrist"], b.read_episode(1)["images"]["wrist"]).min() > 30
+        )
+
+
 def test_tasks_without_a_tasks_table(datasets: dict[str, Path], tmp_path: Path) -> None:
     root = _broken_copy(datasets["v2.1-av1"], tmp_path)
     (root / "meta" / "tasks.jsonl").unlink()

@@ -153,7 +153,9 @@ def make_plan(db: Database, positions: list[int], *, images_as: str = "video") -
         timestamps = "timestamp" if on_grid else _feature_key("timestamps")
         if on_grid:
             del arrays["timestamps"]
-    features = _array_features(db, arrays) + _camera_features(cameras, images_as, warnings)
+    recorded = (db.metadata().get("lerobot") or {}).get("cameras")
+    keys = recorded if isinstance(recorded, dict) else {}
+    features = _array_features(db, arrays) + _camera_features(cameras, images_as, warnings, keys)
     _check_keys(features)
     embodiments = sorted(set(table["embodiment"][positions].tolist()))
     robot_type = embodiments[0] if embodiments != ["unknown"] and len(embodiments) == 1 else None
@@ -287,17 +289,19 @@ def _names(part: dict[str, Any], dim: int) -> list[str] | dict[str, list[str]] |
 
 
 def _camera_features(cameras: dict[str, tuple[str, tuple[int, ...]]], images_as: str,
-                     warnings: list[str]) -> list[Feature]:  # fmt: skip
+                     warnings: list[str], keys: dict[str, Any]) -> list[Feature]:  # fmt: skip
+    """One feature per camera, keyed ``observation.images.<camera>``, or by the LeRobot key
+    it was ingested from (``keys``, the metadata's ``lerobot.cameras``)."""
     out = []
     for name, (_codec, (h, w, c)) in sorted(cameras.items()):
+        key = keys.get(name)
+        key = key if isinstance(key, str) and key.startswith("observation.") else f"observation.images.{name}"
         dtype = images_as
         why = unencodable(h, w, c) if images_as == "video" else None
         if why:
             dtype = "image"
             warnings.append(f"camera {name!r} is stored as PNG images, not video: {why}")
-        out.append(
-            Feature(f"observation.images.{name}", name, dtype, (h, w, c), ["height", "width", "channels"])
-        )
+        out.append(Feature(key, name, dtype, (h, w, c), ["height", "width", "channels"]))
     return out
 
 
