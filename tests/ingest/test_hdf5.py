@@ -291,6 +291,54 @@ def test_libero(tmp_path: Path, libero: Path) -> None:
                 same_bits(ep["images"][cam], src[f"obs/{cam}"], cam)
 
 
+def test_export_puts_obs_arrays_back_and_names_what_it_drops(tmp_path: Path) -> None:
+    def depth_and_model(f: Any) -> None:
+        for k, g in enumerate(f["data"].values()):
+            T = g["actions"].shape[0]
+            g["obs/agentview_depth"] = np.random.default_rng(k).random((T, 16, 16, 1), dtype=np.float32)
+            g.attrs["model_file"] = "<mujoco model='m'/>"
+
+    src = write_robomimic(tmp_path / "depth.hdf5", demos=3, mutate=depth_and_model)
+    kdb = tmp_path / "depth.kdb"
+    ingest(src, kdb, image_codec="png")
+    with kinodb.open(kdb) as db:
+        assert db.metadata()["hdf5"]["extra_arrays"]["agentview_depth"] == "obs/agentview_depth"
+        assert "MJCF XML" in db.metadata()["hdf5"]["left_out"]["attrs/model_file"]
+    out = tmp_path / "back.hdf5"
+    kinodb.export.export(kdb, out, format="hdf5")
+    truth = source_demos(src)
+    with h5py.File(out, "r") as f:
+        for k in range(3):
+            g = f[f"data/demo_{k}"]
+            assert "agentview_depth" not in g  # robomimic reads observations under obs/ only
+            same_bits(g["obs/agentview_depth"][()], truth[f"demo_{k}"]["obs/agentview_depth"], "depth")
+    again = tmp_path / "again.kdb"
+    ingest(out, again, image_codec="png")
+    with kinodb.open(kdb) as a, kinodb.open(again) as b:
+        same_bits(b.read_array(2, "agentview_depth"), a.read_array(2, "agentview_depth"), "depth")
+
+
+def test_an_export_of_upright_libero_frames_is_not_flipped_again(
+    tmp_path: Path, libero: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    upright = tmp_path / "upright.kdb"
+    ingest(libero, upright, image_codec="png", flip_images=True)
+    exported = tmp_path / "upright.hdf5"
+    kinodb.export.export(upright, exported, format="hdf5")
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        ingest(libero, tmp_path / "stored.kdb", image_codec="png")
+    assert "pass flip_images" in caplog.text  # LIBERO's own file: frames upside down
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        ingest(exported, tmp_path / "again.kdb", image_codec="png")
+    assert "flip_images" not in caplog.text  # the export's frames are upright already
+    with kinodb.open(upright) as a, kinodb.open(tmp_path / "again.kdb") as b:
+        same_bits(
+            b.read_episode(1)["images"]["agentview_rgb"], a.read_episode(1)["images"]["agentview_rgb"], "rgb"
+        )
+
+
 def test_flip_images_rotates_180(tmp_path: Path, libero: Path) -> None:
     out = tmp_path / "flipped.kdb"
     assert main(["ingest", str(libero), "-o", str(out), "-q", "--flip-images", "--image-codec", "png"]) == 0

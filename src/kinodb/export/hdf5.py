@@ -11,6 +11,8 @@ Layout::
         dones                 uint8, from is_terminal
         states                the ``sim_state`` extra array, when there is one
         timestamps <extra>    the other arrays, under their own names
+        obs/<extra>           arrays ingested from ``obs/`` (depth, ...; the metadata's
+                              ``hdf5.extra_arrays``) go back there
         obs/<component>       ``states`` split by the schema's named components (else obs/state)
         obs/<camera>          uint8 (T, H, W, C), JPEG/PNG frames decoded
     mask/<key>                demo names (bytes) from the ``filter_keys`` extra field
@@ -58,13 +60,14 @@ def write(db: Database, positions: list[int], out: str, facts: dict[str, Any]) -
     """
     h5py = require("h5py", extra="hdf5")
     split, warnings = state_split(db, positions)
+    paths = _array_paths(db)
     masks: dict[str, list[str]] = {}
     with h5py.File(out, "x") as f:
         data = f.create_group("data")
         total = 0
         for k, i in enumerate(positions):
             name = f"demo_{k}"
-            total += _write_demo(data.create_group(name), db, i, split)
+            total += _write_demo(data.create_group(name), db, i, split, paths)
             for key in _filter_keys(db, i):
                 masks.setdefault(key, []).append(name)
         data.attrs["total"] = np.int64(total)
@@ -136,7 +139,19 @@ def env_args(db: Database, positions: list[int]) -> dict[str, Any] | str:
     return {"env_name": name, "type": ROBOSUITE_ENV_TYPE, "env_kwargs": kwargs}
 
 
-def _write_demo(g: Any, db: Database, i: int, split: Split) -> int:
+def _array_paths(db: Database) -> dict[str, str]:
+    """Where extra arrays ingested from HDF5 came from (``obs/agentview_depth``, ...), so
+    they go back there: robomimic reads every observation key under ``obs/``."""
+    recorded = (db.metadata().get("hdf5") or {}).get("extra_arrays")
+    out: dict[str, str] = {}
+    for name, path in (recorded if isinstance(recorded, dict) else {}).items():
+        parts = path.split("/") if isinstance(path, str) else []
+        if len(parts) == 2 and parts[0] == "obs" and parts[1] and "\x00" not in parts[1] and parts[1] != ".":
+            out[str(name)] = path
+    return out
+
+
+def _write_demo(g: Any, db: Database, i: int, split: Split, paths: dict[str, str]) -> int:
     """Write episode ``i`` into the demo group ``g``; return its number of frames."""
     ep = db.read_episode_actions_only(i)
     meta = ep.pop("meta")
@@ -151,6 +166,9 @@ def _write_demo(g: Any, db: Database, i: int, split: Split) -> int:
         for key, a, b in split:
             obs.create_dataset(key, data=np.ascontiguousarray(states[:, a : b if b >= 0 else None]))
     for name, arr in ep.items():  # timestamps and extra arrays
+        if name in paths and paths[name] not in g:  # back under obs/, where it was ingested from
+            g.create_dataset(paths[name], data=arr)
+            continue
         target = "states" if name == SIM_STATE else _h5_name(name, "array")
         if name != SIM_STATE and target in _DEMO_NAMES:
             raise ConversionError(

@@ -240,7 +240,10 @@ class HDF5Source:
                 for k in keys:
                     counts[k] = counts.get(k, 0) + 1
             metadata["hdf5"]["filter_keys"] = dict(sorted(counts.items()))
-        if facts.libero and layout.cameras and self._options.images and not self._options.flip_images:
+        if (
+            facts.libero and layout.cameras and self._options.images and not self._options.flip_images
+            and not self._exported_upright()
+        ):  # fmt: skip
             log.warning("%s: LIBERO frames are stored upside down; pass flip_images (--flip-images) "
                         "to store them upright", self._path)  # fmt: skip
         schema = {"states": {"components": layout.components}} if layout.components else {}
@@ -522,6 +525,14 @@ class HDF5Source:
             self._layout_cache = _arrange(self._path, fields, left_out, state_keys)
         return self._layout_cache
 
+    def _exported_upright(self) -> bool:
+        """Whether this is a kinodb export of frames already turned upright on ingest."""
+        try:
+            info = json.loads(_text(self._data.attrs["kinodb_dataset"]))
+            return bool(info["metadata"]["image_orientation"] == "rotated_180")
+        except (KeyError, ValueError, TypeError):
+            return False
+
     def _exported_state_order(self, fields: list[_Field]) -> tuple[str, ...] | None:
         """A kinodb export's state components in their original order (else sorted order)."""
         if "kinodb_dataset" not in self._data.attrs:
@@ -552,6 +563,9 @@ class HDF5Source:
                     seen[path] = [demo, 1]
         fields: list[_Field] = []
         left_out: dict[str, str] = {}
+        for name in _UNSTORED_ATTRS:
+            if any(name in self._data[demo].attrs for demo in self._demos):
+                left_out[f"attrs/{name}"] = _UNSTORED_ATTRS[name]
         for path, (first, holders) in seen.items():
             if path == "next_obs":
                 left_out[path] = "duplicates obs one step later"
@@ -571,6 +585,12 @@ class HDF5Source:
             else:
                 left_out[path] = kind
         return fields, left_out
+
+
+# Demo attributes a .kdb file does not keep, listed in the metadata's left_out.
+_UNSTORED_ATTRS = {
+    "model_file": "the simulator model (MJCF XML) per demo: not stored; keep the source file to replay demos",
+}
 
 
 def _rows(group: Any) -> int | None:
