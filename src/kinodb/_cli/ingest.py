@@ -28,7 +28,9 @@ def register(sub: Any) -> None:
     p.add_argument("--no-images", action="store_true", help="leave cameras out")
     p.add_argument("--dtype", help="cast floating arrays, e.g. float32 (default: keep the source dtype)")
     p.add_argument("--state-keys", metavar="K1,K2", help="observation keys that make up the state, in order")
-    p.add_argument("--split", help="dataset split to read (RLDS), e.g. train or val")
+    p.add_argument(
+        "--split", help="split to read: RLDS shards (train, val, ...) or an HDF5 mask/<name> filter key"
+    )
     p.add_argument(
         "--flip-images",
         action="store_true",
