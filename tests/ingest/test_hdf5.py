@@ -318,6 +318,38 @@ def test_export_puts_obs_arrays_back_and_names_what_it_drops(tmp_path: Path) -> 
         same_bits(b.read_array(2, "agentview_depth"), a.read_array(2, "agentview_depth"), "depth")
 
 
+def test_export_gives_state_keys_back_their_dtype_and_shape(tmp_path: Path) -> None:
+    def mixed(f: Any) -> None:
+        for k, g in enumerate(f["data"].values()):
+            T = g["actions"].shape[0]
+            rng = np.random.default_rng(k)
+            g["obs/contact"] = rng.integers(-5, 5, T)  # (T,) int64
+            g["obs/joint_pos"] = rng.normal(size=(T, 7)).astype(np.float32)
+            g["obs/rotmat"] = rng.normal(size=(T, 3, 3)).astype(np.float32)  # 3-D: an extra array
+
+    src = write_robomimic(tmp_path / "mixed.hdf5", demos=3, mutate=mixed)
+    kdb = tmp_path / "mixed.kdb"
+    ingest(src, kdb, images=False)
+    with kinodb.open(kdb) as db:
+        assert db.read_episode(0)["states"].dtype == np.float64  # widened exactly
+        layout = db.metadata()["hdf5"]["state_layout"]
+        assert layout["contact"] == {"dtype": "int64", "shape": []}
+    out = tmp_path / "back.hdf5"
+    kinodb.export.export(kdb, out, format="hdf5")
+    truth = source_demos(src)
+    with h5py.File(out, "r") as f:
+        for k in range(3):
+            g, want = f[f"data/demo_{k}/obs"], truth[f"demo_{k}"]
+            for key in ("contact", "joint_pos", "rotmat", *LOW_DIM):
+                same_bits(g[key][()], want[f"obs/{key}"], key)
+    cast = tmp_path / "f32.kdb"
+    ingest(src, cast, images=False, dtype="float32")
+    kinodb.export.export(cast, tmp_path / "f32.hdf5", format="hdf5")
+    with h5py.File(tmp_path / "f32.hdf5", "r") as f:  # the chosen dtype stays; the shapes come back
+        assert f["data/demo_0/obs/object"].dtype == np.float32 == f["data/demo_0/obs/contact"].dtype
+        assert f["data/demo_0/obs/contact"].shape == truth["demo_0"]["obs/contact"].shape
+
+
 def test_an_export_of_upright_libero_frames_is_not_flipped_again(
     tmp_path: Path, libero: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

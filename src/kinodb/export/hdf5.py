@@ -13,7 +13,9 @@ Layout::
         timestamps <extra>    the other arrays, under their own names
         obs/<extra>           arrays ingested from ``obs/`` (depth, ...; the metadata's
                               ``hdf5.extra_arrays``) go back there
-        obs/<component>       ``states`` split by the schema's named components (else obs/state)
+        obs/<component>       ``states`` split by the schema's named components (else obs/state),
+                              each in the dtype and shape its HDF5 source had (the metadata's
+                              ``hdf5.state_layout``) where that keeps the values
         obs/<camera>          uint8 (T, H, W, C), JPEG/PNG frames decoded
     mask/<key>                demo names (bytes) from the ``filter_keys`` extra field
 
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from itertools import pairwise
 from typing import Any
@@ -61,13 +64,14 @@ def write(db: Database, positions: list[int], out: str, facts: dict[str, Any]) -
     h5py = require("h5py", extra="hdf5")
     split, warnings = state_split(db, positions)
     paths = _array_paths(db)
+    shapes = _state_layout(db)
     masks: dict[str, list[str]] = {}
     with h5py.File(out, "x") as f:
         data = f.create_group("data")
         total = 0
         for k, i in enumerate(positions):
             name = f"demo_{k}"
-            total += _write_demo(data.create_group(name), db, i, split, paths)
+            total += _write_demo(data.create_group(name), db, i, split, paths, shapes)
             for key in _filter_keys(db, i):
                 masks.setdefault(key, []).append(name)
         data.attrs["total"] = np.int64(total)
@@ -151,7 +155,41 @@ def _array_paths(db: Database) -> dict[str, str]:
     return out
 
 
-def _write_demo(g: Any, db: Database, i: int, split: Split, paths: dict[str, str]) -> int:
+def _state_layout(db: Database) -> dict[str, tuple[np.dtype[Any] | None, tuple[int, ...]]]:
+    """Each state key's dtype and per-frame shape in the HDF5 file it was ingested from
+    (the dtype None where the ingest cast the states to a dtype the user chose)."""
+    meta = db.metadata()
+    recorded = (meta.get("hdf5") or {}).get("state_layout")
+    options = (meta.get("ingest") or {}).get("options") or {}
+    cast = isinstance(options, dict) and options.get("dtype") is not None  # --dtype: keep the chosen one
+    out: dict[str, tuple[np.dtype[Any] | None, tuple[int, ...]]] = {}
+    for name, spec in (recorded if isinstance(recorded, dict) else {}).items():
+        try:
+            out[str(name)] = (None if cast else np.dtype(spec["dtype"]), tuple(int(d) for d in spec["shape"]))
+        except (KeyError, TypeError, ValueError):
+            continue  # not a layout this version wrote: the component keeps the states' form
+    return out
+
+
+def _component(part: np.ndarray, layout: tuple[np.dtype[Any] | None, tuple[int, ...]] | None) -> np.ndarray:
+    """A state component in its source dtype and shape, where that is exactly the same values."""
+    if layout is None:
+        return part
+    dtype, shape = layout
+    if math.prod(shape) != part.shape[1]:
+        return part
+    if dtype is None or dtype.kind not in "biuf":
+        return part.reshape(len(part), *shape)
+    cast = part.astype(dtype)
+    if not np.array_equal(cast.astype(part.dtype), part, equal_nan=part.dtype.kind == "f"):
+        return part  # the states were cast (--dtype) and the source's form would change values
+    return cast.reshape(len(part), *shape)
+
+
+def _write_demo(
+    g: Any, db: Database, i: int, split: Split, paths: dict[str, str],
+    shapes: dict[str, tuple[np.dtype[Any] | None, tuple[int, ...]]],
+) -> int:  # fmt: skip
     """Write episode ``i`` into the demo group ``g``; return its number of frames."""
     ep = db.read_episode_actions_only(i)
     meta = ep.pop("meta")
@@ -164,7 +202,8 @@ def _write_demo(g: Any, db: Database, i: int, split: Split, paths: dict[str, str
     obs = g.create_group("obs")
     if states.shape[1]:
         for key, a, b in split:
-            obs.create_dataset(key, data=np.ascontiguousarray(states[:, a : b if b >= 0 else None]))
+            part = np.ascontiguousarray(states[:, a : b if b >= 0 else None])
+            obs.create_dataset(key, data=_component(part, shapes.get(key)))
     for name, arr in ep.items():  # timestamps and extra arrays
         if name in paths and paths[name] not in g:  # back under obs/, where it was ingested from
             g.create_dataset(paths[name], data=arr)

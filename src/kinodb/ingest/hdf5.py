@@ -229,6 +229,10 @@ class HDF5Source:
         metadata["hdf5"] = {
             "fps_from": facts.fps_from,
             "state_keys": [f.name for f in layout.states],
+            # Each state key's own dtype and per-frame shape, for exporting it back as it was.
+            "state_layout": {
+                f.name: {"dtype": f.dtype.name, "shape": list(f.trailing)} for f in layout.states
+            },
             "cameras": [f.name for f in layout.cameras] if self._options.images else [],
             "extra_arrays": {f.name: f.path for f in layout.arrays if self._keeps(f)},
             "left_out": dict(layout.left_out),
