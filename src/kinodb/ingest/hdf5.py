@@ -54,6 +54,7 @@ from kinodb.errors import ConversionError
 from kinodb.ingest._base import SourceInfo, SourceOptions
 
 log = logging.getLogger(__name__)
+_WARNED_UPSIDE_DOWN: set[str] = set()  # LIBERO files already warned about in this process
 
 SIGNATURE = b"\x89HDF\r\n\x1a\n"
 LIBERO_FPS = 20.0
@@ -246,8 +247,9 @@ class HDF5Source:
             metadata["hdf5"]["filter_keys"] = dict(sorted(counts.items()))
         if (
             facts.libero and layout.cameras and self._options.images and not self._options.flip_images
-            and not self._exported_upright()
+            and not self._exported_upright() and self._path not in _WARNED_UPSIDE_DOWN
         ):  # fmt: skip
+            _WARNED_UPSIDE_DOWN.add(self._path)  # once per file: verify reads the info again
             log.warning("%s: LIBERO frames are stored upside down; pass flip_images (--flip-images) "
                         "to store them upright", self._path)  # fmt: skip
         schema = {"states": {"components": layout.components}} if layout.components else {}
