@@ -416,8 +416,11 @@ def test_a_task_that_changes_within_an_episode_is_kept_per_frame(tmp_path: Path)
     assert FrameWindows(str(again)).tasks(range(len(fw))) == [t for w in want for t in w]
 
 
-def test_export_keeps_the_camera_keys_the_ingest_read(tmp_path: Path) -> None:
+def test_export_keeps_the_keys_the_ingest_read_and_adds_none(tmp_path: Path) -> None:
     eps = F.make_episodes(np.random.default_rng(12), [5, 6], cameras={"observation.wrist": (24, 32)})
+    for ep in eps:  # a dataset without rewards or done flags
+        for key in ("next.reward", "next.done", "next.success"):
+            del ep["columns"][key]
     root = F.write_v3(tmp_path / "ds", eps, per_file=2)
     out = tmp_path / "ds.kdb"
     ingest(root, out, format="lerobot", image_codec="png")
@@ -428,6 +431,7 @@ def test_export_keeps_the_camera_keys_the_ingest_read(tmp_path: Path) -> None:
     info = json.loads((exported / "meta" / "info.json").read_text())
     assert info["features"]["observation.wrist"]["dtype"] == "video"
     assert "observation.images.wrist" not in info["features"]
+    assert "next.reward" not in info["features"] and "next.done" not in info["features"]  # not made up
     again = tmp_path / "again.kdb"
     ingest(exported, again, format="lerobot", image_codec="png")
     with kinodb.open(out) as a, kinodb.open(again) as b:

@@ -230,10 +230,17 @@ def _feature_key(name: str) -> str:
 
 def _array_features(db: Database, arrays: dict[str, tuple[np.dtype[Any], tuple[int, ...]]]) -> list[Feature]:
     schema = db.schema()
+    source = ((db.metadata().get("lerobot") or {}).get("info") or {}).get("features")
     out = []
     for name, (dtype, shape) in arrays.items():
         if name in ("actions", "states") and shape == (0,):
             continue  # kinodb's "no states": a LeRobot feature cannot be 0 wide
+        if (
+            name in ("rewards", "is_terminal")
+            and isinstance(source, dict)
+            and _BUILTIN_ARRAYS[name] not in source
+        ):
+            continue  # ingested from a LeRobot dataset without it: kinodb's default, not data
         key = _BUILTIN_ARRAYS.get(name) or _feature_key(name)
         lr_shape = shape or (1,)
         if len(lr_shape) > 5:
