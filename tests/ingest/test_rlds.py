@@ -602,3 +602,98 @@ def test_bridge_sample_ingests_exactly(tmp_path: Path) -> None:
                 for cam in range(4):
                     frames = ex[f"steps/observation/image_{cam}"]
                     assert [db.read_image_bytes(i, f"image_{cam}", t) for t in range(10)] == frames
+
+
+def _sequence(node: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "pythonClassName": w._PY + "sequence_feature.Sequence",
+        "sequence": {"feature": node, "length": "-1"},
+    }
+
+
+def _png16(rng: np.random.Generator, T: int) -> list[bytes]:
+    out = []
+    for _ in range(T):
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 65535, (16, 12), dtype=np.uint16)).save(buf, "PNG")
+        out.append(buf.getvalue())
+    return out
+
+
+def test_lists_stay_lists_and_what_a_kdb_cannot_hold_is_left_out_by_name(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # As TFDS writes them: Sequence(Text) and Sequence(Scalar) episode fields, a
+    # variable-length tensor, a ragged per-step list (flat values + row lengths) and a
+    # 16-bit depth image.
+    features = {**FEATURES}
+    steps = dict(features["steps"]["sequence"]["feature"]["featuresDict"]["features"])
+    obs = dict(steps["observation"]["featuresDict"]["features"])
+    obs["objects"] = _sequence(w.tensor([], "float32"))
+    depth = w.image([16, 12, 1], "png")
+    depth["image"]["dtype"] = "uint16"
+    obs["depth"] = depth
+    steps["observation"] = w.features_dict(obs)
+    features["steps"] = w.dataset(steps)
+    features["episode_metadata"] = w.features_dict({
+        "file_path": w.text(), "episode_id": w.tensor([], "int32"), "tags": _sequence(w.text()),
+        "scores": _sequence(w.tensor([], "float32")), "vec": w.tensor([-1], "int64"),
+    })  # fmt: skip
+    rng = np.random.default_rng(3)
+    eps = []
+    for i, T in enumerate([3, 4, 2]):
+        ep = make_episode(rng, i, T)
+        lengths = rng.integers(0, 3, T)
+        ep["steps/observation/objects/ragged_flat_values"] = rng.normal(size=int(lengths.sum())).astype(
+            np.float32
+        )
+        ep["steps/observation/objects/ragged_row_lengths_0"] = lengths.astype(np.int64)
+        ep["steps/observation/depth"] = _png16(rng, T)
+        ep["episode_metadata/tags"] = [f"tag{k}".encode() for k in range(i)]  # none, one, two
+        ep["episode_metadata/scores"] = np.arange(i, dtype=np.float32) / 2
+        ep["episode_metadata/vec"] = np.arange(i, dtype=np.int64)
+        eps.append(ep)
+    root = w.write_tfds(
+        tmp_path / "ds" / "1.0.0", "ds", {"train": [[w.episode_example(e) for e in eps]]}, features
+    )
+    out = tmp_path / "ds.kdb"
+    with caplog.at_level("WARNING"):
+        ingest(root, out, format="rlds", verify=True)
+    assert "steps/observation/objects is left out" in caplog.text and "uint16 image" in caplog.text
+    assert caplog.text.count("steps/observation/depth is left out") == 1  # once, not again by verify
+    with kinodb.open(out) as db:
+        left = db.metadata()["rlds"]["left_out"]
+        assert (
+            set(left) == {"steps/observation/objects", "steps/observation/depth"}
+            and "ragged" in left["steps/observation/objects"]
+        )
+        assert set(db.schema()["cameras"]) == {"image", "wrist_image"}
+        for i in range(3):
+            meta = db.read_meta(i)
+            assert meta["tags"] == [f"tag{k}" for k in range(i)]  # [], ['tag0'], ['tag0', 'tag1']
+            assert meta["scores"] == [k / 2 for k in range(i)]
+            assert meta["vec"] == list(range(i))
+            np.testing.assert_array_equal(db.read_episode(i)["actions"], eps[i]["steps/action"])
+
+
+def test_an_observation_that_is_one_tensor_is_the_state(tmp_path: Path) -> None:
+    features = {**FEATURES}
+    steps = dict(features["steps"]["sequence"]["feature"]["featuresDict"]["features"])
+    steps["observation"] = w.tensor([5], "float32")
+    features["steps"] = w.dataset(steps)
+    rng = np.random.default_rng(4)
+    eps = []
+    for i, T in enumerate([3, 4]):
+        ep = make_episode(rng, i, T)
+        for cam in ("image", "wrist_image"):
+            del ep[f"steps/observation/{cam}"]
+        ep["steps/observation"] = ep.pop("steps/observation/state")
+        eps.append(ep)
+    root = w.write_tfds(
+        tmp_path / "flat" / "1.0.0", "flat", {"train": [[w.episode_example(e) for e in eps]]}, features
+    )
+    out = tmp_path / "flat.kdb"
+    ingest(root, out, format="rlds")
+    with kinodb.open(out) as db:
+        for i, ep in enumerate(eps):
+            np.testing.assert_array_equal(db.read_episode(i)["states"], ep["steps/observation"])

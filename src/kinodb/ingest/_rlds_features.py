@@ -45,6 +45,8 @@ class Spec:
             a dimension is unknown.
         dtype: declared dtype (``float32``, ``int32``, ``bool``, ``uint8`` ...), if any.
         encoding: ``jpeg``/``png`` for images, if declared.
+        listed: an episode-level feature that is a list (kept a list of any length).
+        ragged: a per-step feature whose steps hold lists of their own lengths.
     """
 
     key: str
@@ -52,6 +54,8 @@ class Spec:
     shape: tuple[int, ...] | None = None
     dtype: str | None = None
     encoding: str | None = None
+    listed: bool = False  # a list of values (a Sequence, or a tensor with dimensions)
+    ragged: bool = False  # per step, a list of its own length (a Sequence inside steps)
 
     @property
     def width(self) -> int | None:
@@ -103,8 +107,14 @@ def _shape(info: Mapping[str, Any]) -> tuple[int, ...] | None:
     return None if any(d < 0 for d in shape) else shape
 
 
-def flatten_features(node: Mapping[str, Any], prefix: str, out: dict[str, Spec]) -> None:
+def flatten_features(
+    node: Mapping[str, Any], prefix: str, out: dict[str, Spec], *, steps: bool = False, lists: int = 0
+) -> None:
     """Add every leaf of a ``features.json`` node to ``out`` under ``prefix``.
+
+    ``steps``: ``node`` is the episode's ``steps`` dataset, whose sequence is the steps
+    themselves; any other sequence around a leaf makes it a list (``listed``, or
+    ``ragged`` under ``steps/``).
 
     Raises:
         ConversionError: a feature uses a tensor encoding this reader cannot decode.
@@ -112,13 +122,17 @@ def flatten_features(node: Mapping[str, Any], prefix: str, out: dict[str, Spec])
     cls = str(node.get("pythonClassName", "")).rsplit(".", 1)[-1]
     if cls == "FeaturesDict" or "featuresDict" in node:
         for name, child in node.get("featuresDict", {}).get("features", {}).items():
-            flatten_features(child, f"{prefix}{name}/", out)
+            flatten_features(child, f"{prefix}{name}/", out, lists=lists)
         return
     if cls in ("Dataset", "Sequence") or "sequence" in node:
-        flatten_features(node.get("sequence", {}).get("feature", {}), prefix, out)
+        inner = node.get("sequence", {}).get("feature", {})
+        flatten_features(inner, prefix, out, lists=lists if steps else lists + 1)
         return
     key = prefix.rstrip("/")
     kind, info = _kind(node)
+    if lists and key.startswith(STEPS):
+        out[key] = Spec(key, kind or "unknown", None, info.get("dtype") or None, ragged=True)
+        return
     if kind == "encoded":
         raise ConversionError(
             f"features.json: {key} uses tensor encoding {info.get('encoding')!r}; only plain tensors "
@@ -130,7 +144,8 @@ def flatten_features(node: Mapping[str, Any], prefix: str, out: dict[str, Spec])
     if kind == "image" and shape is not None and len(shape) != 3:
         shape = None
     encoding = info.get("encodingFormat") if kind == "image" else None
-    out[key] = Spec(key, kind, shape, info.get("dtype") or None, encoding or None)
+    listed = bool(lists) or (kind != "text" and bool(info.get("shape", {}).get("dimensions")))
+    out[key] = Spec(key, kind, shape, info.get("dtype") or None, encoding or None, listed=listed)
 
 
 def infer_spec(key: str, value: FeatureValue, steps: int | None) -> Spec:
@@ -168,6 +183,7 @@ class Plan:
     terminal: str | None = None
     task: str | None = None
     success: str | None = None
+    left_out: tuple[str, ...] = ()  # declared features not stored (and their record keys)
 
     def components(self, keys: list[str], strip: str) -> dict[str, list[int]]:
         """``{name: [start, stop)}`` of each key in a concatenation (empty for one key)."""
@@ -221,6 +237,9 @@ def _state_keys(specs: Mapping[str, Spec], options: SourceOptions) -> list[str]:
         return keys
     if OBS + "state" in specs and specs[OBS + "state"].kind == "float":
         return [OBS + "state"]
+    flat = specs.get(OBS.rstrip("/"))  # the observation as one tensor (rlds_base, D4RL)
+    if flat is not None and flat.kind == "float":
+        return [flat.key]
     # language embeddings (RT-1's natural_language_embedding) describe the task, not the robot
     return [
         k for k in _numeric_obs(specs) if specs[k].kind == "float" and "embedding" not in k.rsplit("/", 1)[-1]
@@ -351,6 +370,8 @@ def _field_value(value: FeatureValue, spec: Spec, where: str) -> Any:
         if spec.kind in ("text", "image")
         else _numeric(value, spec, where).tolist()
     )
+    if spec.listed:
+        return vals  # a list stays a list, also of one value or none
     if not vals:
         return None
     return vals[0] if len(vals) == 1 and spec.shape in ((), None) else vals
@@ -410,7 +431,11 @@ def convert(
         ConversionError: a feature is missing, unknown, of the wrong kind, or has a value
             count that does not fit the episode's steps; names ``where`` and the key.
     """
-    unknown = sorted(set(feats) - set(plan.specs))
+    unknown = sorted(
+        k
+        for k in set(feats) - set(plan.specs)
+        if not any(k == g or k.startswith(f"{g}/") for g in plan.left_out)
+    )
     if unknown:
         raise ConversionError(
             f"{where}: features not declared in features.json or the first record: {unknown[:5]}"

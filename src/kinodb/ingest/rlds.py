@@ -16,9 +16,10 @@ from the first record):
 
 - ``steps/action`` -> ``actions``; a dict of actions (``steps/action/*``) is concatenated
   in sorted key order, its slices recorded as action components.
-- ``steps/observation/state`` -> ``states``; without it every float observation key
-  (except ``*embedding*`` keys) is concatenated in sorted order (``state_keys`` picks
-  others), slices recorded as state components.
+- ``steps/observation/state`` -> ``states`` (or ``steps/observation`` itself when the
+  observation is one float tensor, as in ``rlds_base`` and D4RL); without it every float
+  observation key (except ``*embedding*`` keys) is concatenated in sorted order
+  (``state_keys`` picks others), slices recorded as state components.
 - image features -> cameras, the JPEG/PNG bytes passed through unchanged (frame 0's
   header is checked against the declared shape).
 - ``steps/reward`` -> ``rewards``; ``steps/is_terminal`` -> ``is_terminal``; every other
@@ -28,8 +29,12 @@ from the first record):
   -> ``task`` (step 0's text; the per-step list is kept as an extra field when it varies).
   Other per-step text -> extra fields (one string, or the per-step list if it varies).
 - ``episode_metadata/*`` (and any other episode-level feature) -> extra fields named
-  without the prefix (``/`` becomes ``.``): text decoded as UTF-8, one value as a number or
-  bool, several as a list.
+  without the prefix (``/`` becomes ``.``): text decoded as UTF-8, a scalar as a number or
+  bool, a ``Sequence`` or a tensor with dimensions as a list (also of one value or none).
+- Declared features a ``.kdb`` file cannot hold are left out, with a warning, and listed
+  with the reason in the metadata's ``rlds.left_out``: per-step lists of their own length
+  (a ``Sequence`` inside ``steps``, stored ragged) and images that are not 8-bit (16-bit
+  PNG depth, float images bit-cast into PNG).
 - ``success``: ``episode_metadata/success`` when present; else True when the final reward
   is > 0, False when it is not and the episode ends with ``is_last``, and None when the
   episode is cut off before its last step (no ``is_last``) or has no rewards.
@@ -72,6 +77,7 @@ from kinodb.ingest._rlds_features import (
 )
 
 log = logging.getLogger(__name__)
+_WARNED: set[tuple[str, str]] = set()  # (dataset, feature) left out and already warned about
 
 DEFAULT_FPS = 10.0
 KNOWN_DATASETS: dict[str, tuple[float, str]] = {
@@ -263,6 +269,7 @@ class RLDSSource:
         self._fd: tuple[str, int] | None = None
         self._layout: str | None = None
         self._plan: Plan | None = None
+        self._left_out: dict[str, str] = {}  # declared features a .kdb cannot hold, and why
 
     @classmethod
     def detect(cls, path: str) -> bool:
@@ -362,15 +369,24 @@ class RLDSSource:
         specs: dict[str, Spec] = {}
         for name, node in declared.items():
             prefix = "" if self._layout == "episode" or name == META.rstrip("/") else STEPS
-            flatten_features(node, f"{prefix}{name}/", specs)
+            flatten_features(
+                node, f"{prefix}{name}/", specs, steps=self._layout == "episode" and name == "steps"
+            )
+        self._left_out = _unsupported(specs)
+        for key, why in self._left_out.items():
+            del specs[key]
+            if (self._root, key) not in _WARNED:  # once per dataset and feature in a process
+                _WARNED.add((self._root, key))
+                log.warning("%s: %s is left out: %s", self._root, key, why)
         if self._layout == "step":
             first = {k if k.startswith(META) else STEPS + k: v for k, v in first.items()}
         count = next((first[k] for k in ("steps/is_first", "steps/is_last") if k in first), None)
         steps = None if count is None else len(count)
         for key, value in first.items():
-            if key not in specs:
+            if key not in specs and not any(key == g or key.startswith(f"{g}/") for g in self._left_out):
                 specs[key] = infer_spec(key, value, steps if key.startswith(STEPS) else None)
         self._plan = make_plan(specs, self._options)
+        self._plan.left_out = tuple(self._left_out)
         return self._plan
 
     def _skip(self, plan: Plan) -> frozenset[str]:
@@ -439,6 +455,7 @@ class RLDSSource:
             "layout": self._layout, "shards": [s.name for s in self._shards],
             "description": self._info.get("description"), "roles": plan.roles(),
             "features": {k: s.describe() for k, s in sorted(plan.specs.items())},
+            "left_out": dict(self._left_out) or None,
         }  # fmt: skip
         return SourceInfo(
             "rlds", schema=plan.schema(), metadata={"rlds": {k: v for k, v in rlds.items() if v is not None}},
@@ -514,3 +531,20 @@ def _index(text: str, key: str) -> int:
     if not text.isdigit():
         raise ConversionError(f"no episode {key!r}: expected SHARD:RECORD")
     return int(text)
+
+
+def _unsupported(specs: dict[str, Spec]) -> dict[str, str]:
+    """Declared features a ``.kdb`` file cannot hold, and why: the rest of the dataset
+    still converts, and the metadata's ``rlds.left_out`` lists these."""
+    out: dict[str, str] = {}
+    for key, spec in specs.items():
+        if spec.ragged:
+            out[key] = (
+                "a list of its own length at every step (ragged); .kdb arrays have one width per episode"
+            )
+        elif spec.kind == "image" and spec.dtype not in (None, "uint8"):
+            out[key] = (
+                f"a {spec.dtype} image (TFDS stores these as PNG: 16-bit, or float bit-cast into 4 "
+                "channels); .kdb cameras hold 8-bit frames"
+            )
+    return out
