@@ -108,6 +108,25 @@ def kinodb_dataset(case: Case, *, decode_threads: int | None = None, uint8: bool
 
 
 FIRST_PASS = 4096  # windows of the warm-up pass, and of a timed pass too long for an epoch
+NOOP = "DataLoader floor (no-op dataset)"
+
+
+class NoOpWindows(torch.utils.data.Dataset):  # type: ignore[type-arg]
+    """A dataset that does no work: it hands back one prepared batch (kinodb's first, same
+    layout and transport) for any indices. Through a DataLoader it measures what torch's
+    own machinery costs per batch on this machine: the ceiling of any loader."""
+
+    def __init__(self, batch: dict[str, Any], n: int) -> None:
+        self.batch, self.n = dict(batch), n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitems__(self, indices: list[int]) -> Any:
+        from kinodb.torch import Batch
+
+        k = len(indices)
+        return Batch({key: v[:k] for key, v in self.batch.items()}, k)
 
 
 class PassOrder(torch.utils.data.Sampler[int]):
@@ -271,6 +290,12 @@ def run_case(
             jobs[name] = (Row(case.name, workers, name), partial(drain, dl))
         for name, (_, fn) in jobs.items():
             first[name] = next(iter(fn.args[0]))  # type: ignore[attr-defined]
+        if not images:  # the ceiling: torch's DataLoader with a dataset that does nothing
+            samplers[NOOP] = PassOrder(order, first_pass)
+            noop = NoOpWindows(first["kinodb"], len(order))
+            dl = loader(noop, case, samplers[NOOP], workers, kino=True)
+            jobs[NOOP] = (Row(case.name, workers, NOOP), partial(drain, dl))
+            first[NOOP] = next(iter(dl))
         if images:
             for n in sorted({1, threads}) if workers == 0 else [threads]:
                 fn = floors.setdefault(n, decode_floor(blobs, IMAGE_SIZE, n))
@@ -334,6 +359,8 @@ def verdicts(table: list[dict[str, Any]]) -> dict[str, bool]:
     out = {}
     for r in table:
         label = f"{r['case']}, num_workers={r['num_workers']}: {r['kinodb']} vs {r['peer']}"
+        if r["peer"] == NOOP:
+            continue  # a reference, not a peer
         if r["case"] == "state":
             target = TARGETS["state_vs_peers"]
         elif r["peer"].startswith("lerobot"):

@@ -41,6 +41,9 @@ _ALIASES = {
 }  # fmt: skip
 
 
+LOOKUP_FRAMES = 1 << 22  # sources up to this many frames find samples by table lookup
+
+
 @dataclass(frozen=True, slots=True)
 class WindowSpec:
     """Which frames a window takes per feature: offsets in frames or in seconds.
@@ -72,10 +75,22 @@ class _Source:
             per = np.asarray(listed, dtype=object)[kept]
             self._varying[:] = [isinstance(v, list) and len(v) > 1 for v in per.tolist()]
         self._frame_tasks: dict[int, NDArray[Any]] = {}
+        self._lookup: tuple[NDArray[np.int32], NDArray[np.int32]] | None = None
         self.starts = np.concatenate([[0], np.cumsum(self.lengths)]).astype(np.int64)
         self._rows: dict[str, tuple[NDArray[np.int64], NDArray[Any], np.dtype[Any], tuple[int, ...]]] = {}
         self._cams: dict[int, dict[str, Any]] = {}
         self._frame_views: dict[int, NDArray[np.uint8]] = {}
+
+    def frame_lookup(self) -> tuple[NDArray[np.int32], NDArray[np.int32]] | None:
+        """Each sample's kept episode and frame, as int32 tables (8 bytes per frame), made on
+        first use; None for sources over `LOOKUP_FRAMES` frames (a binary search then)."""
+        found = self._lookup
+        if found is None and 0 < self.starts[-1] <= LOOKUP_FRAMES:
+            n = len(self.lengths)
+            j = np.repeat(np.arange(n, dtype=np.int32), self.lengths)
+            t = (np.arange(self.starts[-1], dtype=np.int64) - self.starts[j]).astype(np.int32)
+            found = self._lookup = (j, t)
+        return found
 
     def task_texts(self, j: NDArray[np.int64], t: NDArray[np.int64]) -> NDArray[Any]:
         """The task text at frame ``t`` of each kept episode ``j`` (an object array)."""
@@ -424,7 +439,12 @@ class FrameWindows:
         return [(int(s), np.flatnonzero(src == s)) for s in np.unique(src)]
 
     def _episode_frame(self, s: int, local: NDArray[np.int64]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
-        starts = self._sources[s].starts
+        source = self._sources[s]
+        lookup = source.frame_lookup()
+        if lookup is not None:  # two small gathers instead of a binary search per sample
+            j = lookup[0][local].astype(np.int64)
+            return j, lookup[1][local].astype(np.int64)
+        starts = source.starts
         j = np.searchsorted(starts, local, side="right") - 1
         return j, local - starts[j]
 
