@@ -128,15 +128,22 @@ def _flatten(value: Any, path: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...
             yield (*path, key), item
 
 
+_DTYPES: dict[str, np.dtype[Any]] = {}  # NumPy type strings seen in layouts, parsed once
+
+
 def _unpack(buffer: torch.Tensor, layout: list[Any], others: list[Any]) -> TensorBatch:
     out = TensorBatch()
     flat = buffer.numpy()
     for path, dtype, shape, offset, n in layout:
-        if isinstance(dtype, str):
-            value = torch.from_numpy(flat[offset : offset + n].view(dtype).reshape(shape))
+        if isinstance(dtype, str):  # one view per tensor, made in one call
+            dt = _DTYPES.get(dtype) or _DTYPES.setdefault(dtype, np.dtype(dtype))
+            value = torch.from_numpy(np.ndarray(shape, dt, flat, offset))
         else:  # a dtype NumPy lacks
             value = buffer[offset : offset + n].view(dtype).view(shape)
-        _place(out, path, value)
+        if len(path) == 1:
+            out[path[0]] = value
+        else:
+            _place(out, path, value)
     for path, value in others:
         _place(out, path, value)
     return out
