@@ -370,8 +370,6 @@ def test_background_syncs_run_while_writing_and_the_file_reads_back(tmp_path: Pa
     with kinodb.Writer(tmp_path / "s.kdb") as w:
         for ep in eps:
             w.add_episode(**ep)
-        w._sink.drain()  # the episodes are written on the writer's own thread
-        w._flusher.wait(str(tmp_path))
         assert synced  # some data went to disk before the commit
     from kinodb.kdb.validate import validate
 
@@ -410,67 +408,3 @@ def test_a_failed_background_sync_fails_the_commit_and_keeps_the_old_state(
     if mode == "a":
         with kinodb.open(path) as db:
             assert len(db) == 1
-
-
-def test_arrays_changed_after_add_episode_are_stored_as_they_were(tmp_path: Path) -> None:
-    # Episodes are written on the writer's own thread: add_episode must not keep the
-    # caller's buffers, which a recording loop refills for the next episode.
-    actions = np.zeros((30, 7), np.float32)
-    frames = np.zeros((30, 8, 6, 3), np.uint8)
-    with kinodb.Writer(tmp_path / "r.kdb", image_codec="raw") as w:
-        for k in range(6):
-            actions[:] = k
-            frames[:] = k
-            w.add_episode(actions=actions, images={"cam": frames})
-            actions[:] = -1  # the next recording starts in the same buffers
-            frames[:] = 255
-    with kinodb.open(tmp_path / "r.kdb") as db:
-        for k in range(6):
-            assert (db.read_array(k, "actions") == k).all()
-            assert (db.read_frames(k, 0, 30)["images"]["cam"] == k).all()
-
-
-@pytest.mark.parametrize("mode", ["x", "a"])
-def test_a_failed_background_write_fails_the_commit_and_keeps_the_old_state(
-    tmp_path: Path, monkeypatch, mode: str
-) -> None:
-    import threading
-
-    path = tmp_path / "f.kdb"
-    if mode == "a":
-        with kinodb.Writer(path) as w:
-            w.add_episode(**_episodes(1)[0])
-    before = listing(tmp_path)
-    w = kinodb.Writer(path, mode=mode)
-    real = w._fh.write
-
-    def full(data: Any) -> int:
-        if threading.current_thread().name == "kinodb-writer":
-            raise OSError(28, "No space left on device")
-        return real(data)
-
-    monkeypatch.setattr(w._fh, "write", full)
-    with pytest.raises(
-        WriterError, match=r"f.kdb: writing to disk failed .*No space left on device.*nothing was committed"
-    ):
-        for ep in _episodes(40):  # the failure surfaces here, or at the latest in close
-            w.add_episode(**ep)
-        w.close()
-    w.abort()
-    assert listing(tmp_path) == before  # no new file, no temporary left behind
-    if mode == "a":
-        with kinodb.open(path) as db:
-            assert len(db) == 1
-    assert not [t for t in threading.enumerate() if t.name == "kinodb-writer"]
-
-
-def test_writers_leave_no_thread_behind(tmp_path: Path) -> None:
-    import threading
-
-    for k in range(5):
-        with kinodb.Writer(tmp_path / f"t{k}.kdb") as w:
-            w.add_episode(**_episodes(1)[0])
-    w = kinodb.Writer(tmp_path / "aborted.kdb")
-    w.add_episode(**_episodes(1)[0])
-    w.abort()
-    assert not [t for t in threading.enumerate() if t.name == "kinodb-writer"]

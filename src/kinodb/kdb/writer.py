@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import datetime as _dt
 import math
@@ -120,98 +119,6 @@ class _Flusher:
             raise WriterError(f"{path}: writing to disk failed ({error}); nothing was committed") from error
 
 
-class _Sink:
-    """Writes and checksums episodes' bytes on one background thread, in order.
-
-    `Writer.add_episode` lays an episode out (offsets, sections, its index row) and hands
-    its bytes here; while they are checksummed and written (both release the GIL), the
-    caller converts the next episode. At most `MAX_BYTES` wait at a time. The thread is
-    the only one that writes to the file until `drain` returns. A failed write is raised
-    by the next `submit` or `drain`, and nothing is committed after it.
-    """
-
-    MAX_BYTES = 64 << 20
-
-    def __init__(self, fh: BinaryIO, flusher: _Flusher, path: str) -> None:
-        self._fh, self._flusher, self._path = fh, flusher, path
-        self._jobs: collections.deque[tuple[int, list[Any], int, int]] = collections.deque()
-        self._bytes = 0
-        self._cv = threading.Condition()
-        self._thread: threading.Thread | None = None
-        self._error: BaseException | None = None
-        self._stopped = False
-        self._busy = False  # the thread is writing a job it took off the queue
-        self.crcs: dict[int, int] = {}  # episode row -> payload checksum, once written
-
-    def submit(self, row: int, chunks: list[Any], end: int) -> None:
-        """Queue ``chunks`` (bytes the caller no longer changes), ending at file offset ``end``.
-
-        The first chunk is the padding before the episode's payload: written, but not part
-        of the payload's checksum.
-        """
-        n = sum(len(c) for c in chunks)
-        with self._cv:
-            while (self._jobs or self._busy) and self._bytes + n > self.MAX_BYTES and self._error is None:
-                self._cv.wait()
-            self._raise()
-            self._jobs.append((row, chunks, n, end))
-            self._bytes += n
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="kinodb-writer", daemon=True)
-                self._thread.start()
-            self._cv.notify_all()
-
-    def _run(self) -> None:
-        while True:
-            with self._cv:
-                while not self._jobs and not self._stopped:
-                    self._cv.wait()
-                if not self._jobs or self._error is not None:
-                    return
-                row, chunks, n, end = self._jobs.popleft()
-                self._busy = True
-            try:
-                self._fh.write(chunks[0])
-                crc = 0
-                for chunk in chunks[1:]:
-                    self._fh.write(chunk)
-                    crc = crc32(chunk, crc)
-                self.crcs[row] = crc
-                self._flusher.after_write(self._fh, end)
-            except BaseException as exc:  # raised in the writer's thread by submit/drain
-                with self._cv:
-                    self._error, self._busy = exc, False
-                    self._cv.notify_all()
-                return
-            with self._cv:
-                self._busy = False
-                self._bytes -= n
-                self._cv.notify_all()
-
-    def drain(self) -> None:
-        """Wait until every queued episode is written; raise a write's error, if one failed."""
-        with self._cv:
-            while (self._jobs or self._busy) and self._error is None:
-                self._cv.wait()
-            self._raise()
-
-    def stop(self) -> None:
-        """End the thread, dropping what is still queued (the file is being discarded)."""
-        with self._cv:
-            self._stopped = True
-            self._bytes -= sum(job[2] for job in self._jobs)
-            self._jobs.clear()
-            self._cv.notify_all()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join()
-
-    def _raise(self) -> None:
-        if self._error is not None:
-            raise WriterError(
-                f"{self._path}: writing to disk failed ({self._error}); nothing was committed"
-            ) from self._error
-
-
 def _publish_new(tmp: str, path: str) -> None:
     """Move the committed temporary file to ``path``, failing if ``path`` exists."""
     try:
@@ -243,8 +150,7 @@ def _now() -> str:
     return _dt.datetime.fromtimestamp(t, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _cleanup(tmp: str | None, fh: BinaryIO, flusher: _Flusher, sink: _Sink) -> None:
-    sink.stop()
+def _cleanup(tmp: str | None, fh: BinaryIO, flusher: _Flusher) -> None:
     with contextlib.suppress(WriterError):
         flusher.wait(tmp or "")  # never close the descriptor under a running sync
     with contextlib.suppress(OSError):
@@ -317,9 +223,7 @@ class Writer:
             self._fh.write(bytes(DATA_START))
             self._pos = DATA_START
         self._flusher = _Flusher(self._pos)
-        self._sink = _Sink(self._fh, self._flusher, self._path)
-        self._chunks: list[Any] = []  # the episode being laid out: its bytes, in file order
-        self._finalizer = weakref.finalize(self, _cleanup, self._tmp, self._fh, self._flusher, self._sink)
+        self._finalizer = weakref.finalize(self, _cleanup, self._tmp, self._fh, self._flusher)
         # Stored statistics describe the episodes present when they were set (see `stats`).
         self._stats_episodes = len(self._table)
         if source_format is not None:
@@ -568,28 +472,30 @@ class Writer:
 
     # -- bytes ----------------------------------------------------------------------------
 
-    def _emit(self, data: bytes, to: int = SECTION_ALIGN) -> int:
-        """Lay ``data`` out at the next ``to``-aligned offset of the episode; return it."""
+    def _emit(self, data: bytes | memoryview, crc: int, to: int = SECTION_ALIGN) -> tuple[int, int]:
         pad = align(self._pos, to) - self._pos
         if pad:
-            self._chunks.append(_ZEROS[:pad])
+            self._fh.write(_ZEROS[:pad])
+            crc = crc32(_ZEROS[:pad], crc)
             self._pos += pad
         start = self._pos
-        self._chunks.append(data)
+        self._fh.write(data)
         self._pos += len(data)
-        return start
+        return start, crc32(data, crc)
 
     def _write(self, arrays: dict[str, np.ndarray], cams: dict[str, Any], meta: dict[str, Any]) -> int:
         table = self._table
         T = arrays["actions"].shape[0]
         sec_start = len(table.sections["sec.name"])
+        crc = 0
         mark = self._pos
-        self._chunks = [_ZEROS[: align(self._pos, SECTION_ALIGN) - self._pos]]
         try:
+            self._fh.write(_ZEROS[: align(self._pos, SECTION_ALIGN) - self._pos])
             self._pos = payload_start = align(self._pos, SECTION_ALIGN)
             for name, arr in arrays.items():
-                # A copy: the caller may change its arrays once add_episode returns.
-                off = self._emit(np.ascontiguousarray(arr).tobytes())
+                # A byte view, not memoryview.cast: cast rejects zero-size shapes like (T, 0).
+                raw = np.ascontiguousarray(arr).reshape(-1).view(np.uint8).data
+                off, crc = self._emit(raw, crc)
                 table.add_section({
                     "sec.name": table.name_code(name), "sec.kind": KIND_ARRAY,
                     "sec.dtype": DTYPE_CODE[arr.dtype], "sec.codec": 0, "sec.ndim": arr.ndim,
@@ -598,33 +504,25 @@ class Writer:
             for cam, (codec, (h, w, c), frames) in cams.items():
                 if isinstance(frames, np.ndarray):
                     sizes = [h * w * c] * T
-                    data = np.ascontiguousarray(frames).tobytes()
+                    data: bytes | memoryview = frames.reshape(-1).data
                 else:
                     sizes = [len(b) for b in frames]
                     data = b"".join(frames)
                 table_off = np.zeros(T + 1, "<u8")
                 np.cumsum(sizes, out=table_off[1:])
-                off = self._emit(table_off.tobytes())
-                self._emit(data, to=1)  # the frames follow their offset table directly
+                off, crc = self._emit(table_off.tobytes(), crc)
+                _, crc = self._emit(data, crc, to=1)  # the frames follow their offset table directly
                 table.add_section({
                     "sec.name": table.name_code(cam), "sec.kind": KIND_CAMERA, "sec.dtype": DTYPE_CODE[np.dtype("u1")],
                     "sec.codec": CODECS.index(codec), "sec.ndim": 4, "sec.dims": _dims3((T, h, w, c)),
                     "sec.offset": off,
                 })  # fmt: skip
         except BaseException:
-            self._forget(mark, sec_start)
+            self._rollback(mark, sec_start)
             raise
         meta = {**meta, "num_frames": T, "action_dim": arrays["actions"].shape[1],
                 "state_dim": arrays["states"].shape[1]}  # fmt: skip
-        chunks, self._chunks = self._chunks, []
-        try:  # the checksum is filled in once the bytes are written (see `close`)
-            self._add_row(
-                meta, payload_start, self._pos - payload_start, 0, sec_start, meta["extra"], sync=False
-            )
-            self._sink.submit(len(table) - 1, chunks, self._pos)
-        except BaseException:
-            self._unrow(mark, sec_start)
-            raise
+        self._add_row(meta, payload_start, self._pos - payload_start, crc, sec_start, meta["extra"])
         self._note_schema({k: (v.dtype, v.shape) for k, v in arrays.items()},
                           {k: (codec, hwc) for k, (codec, hwc, _) in cams.items()})  # fmt: skip
         return len(table) - 1
@@ -637,8 +535,6 @@ class Writer:
         crc: int,
         sec_start: int,
         extra: Mapping[str, Any],
-        *,
-        sync: bool = True,
     ) -> None:
         table, success, reward = self._table, meta["success"], meta["total_reward"]
         table.add_episode(
@@ -655,27 +551,7 @@ class Writer:
             extra,
         )  # fmt: skip
         self._num_frames += int(meta["num_frames"])
-        if sync:  # written by this thread (else the sink pushes it to disk)
-            self._flusher.after_write(self._fh, self._pos)
-
-    def _forget(self, mark: int, sec_start: int) -> None:
-        """Drop an episode laid out but not yet handed to the sink (nothing was written)."""
-        for col in self._table.sections.values():
-            del col[sec_start:]
-        self._chunks = []
-        self._pos = mark
-
-    def _unrow(self, mark: int, sec_start: int) -> None:
-        """Drop the last episode row too (its bytes never reached the sink)."""
-        n = len(self._table) - 1
-        self._num_frames -= int(self._table.rows["num_frames"][n])
-        for col in self._table.rows.values():
-            del col[n:]
-        for col in self._table.strings.values():
-            del col[n:]
-        for col in self._table.extras.values():
-            del col[n:]
-        self._forget(mark, sec_start)
+        self._flusher.after_write(self._fh, self._pos)
 
     def _rollback(self, mark: int, sec_start: int) -> None:
         for col in self._table.sections.values():
@@ -741,7 +617,6 @@ class Writer:
         self._check_schema(meta["action_dim"], meta["state_dim"])
         extras = {k.removeprefix("extra."): v for k, v in meta.items() if k not in _META_KEYS}
         extras.update(added)
-        self._sink.drain()  # this thread writes next
         mark, table = self._pos, self._table
         sec_start = len(table.sections["sec.name"])
         try:
@@ -777,16 +652,6 @@ class Writer:
         if self._tmp is not None and len(self._table) == 0:
             self.abort()
             raise WriterError(f"{self._path}: no episodes were added; nothing was written")
-        try:
-            self._sink.drain()
-        except WriterError:
-            self.abort()
-            raise
-        self._sink.stop()  # its work is done: its thread ends
-        crcs = self._table.rows["payload_crc"]
-        for row, crc in self._sink.crcs.items():
-            crcs[row] = crc
-        self._sink.crcs.clear()
         if self._tmp is None:
             self._dataset["modified"] = _now()
         self._mark_stale_stats()
@@ -827,7 +692,6 @@ class Writer:
         if self._closed:
             return
         self._closed = True
-        self._sink.stop()
         with contextlib.suppress(WriterError):
             self._flusher.wait(self._path)
         if self._tmp is None:
