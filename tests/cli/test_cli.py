@@ -159,8 +159,12 @@ def test_upgrade_legacy_file(tmp_path: Path, capsys: pytest.CaptureFixture[str])
             np.testing.assert_array_equal(a.read_array(i, "actions"), b.read_array(i, "actions"))
         assert a.read_image_bytes(1, "front", 4) == b.read_image_bytes(1, "front", 4)
     assert main(["validate", str(new)]) == 0
-    assert main(["upgrade", str(old), str(new)]) == 1  # exists
+    capsys.readouterr()
+    assert main(["upgrade", str(old), str(new)]) == 1  # exists: the command's own fix is named
+    assert f"{new} exists; pass --force to replace it" in capsys.readouterr().err
     assert main(["upgrade", str(old), str(new), "--force"]) == 0
+    assert main(["merge", str(new), str(new), "-o", str(old)]) == 1
+    assert "exists; pass --force to replace it" in capsys.readouterr().err
 
 
 def test_a_reader_that_closes_early_is_not_an_error(dataset: Path) -> None:

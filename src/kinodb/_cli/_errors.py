@@ -36,7 +36,12 @@ def dispatch(
     except (KinodbError, OSError) as exc:
         if args.debug:
             traceback.print_exc()
-        print(f"{error_prefix}error: {one_line(exc)}", file=sys.stderr)
+        message = one_line(exc)
+        if isinstance(exc, FileExistsError) and getattr(args, "force", None) is False:
+            # The library's advice is for Python callers (mode='w'); the command's is --force.
+            where = exc.filename or str(exc).split(" exists", 1)[0]
+            message = f"{where} exists; pass --force to replace it"
+        print(f"{error_prefix}error: {message}", file=sys.stderr)
         return EXIT_ERROR
     except ValueError as exc:  # bad option values that argparse cannot see
         if args.debug:
