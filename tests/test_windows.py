@@ -211,3 +211,26 @@ def test_large_raw_batches_split_over_threads_give_the_same_frames(tmp_path: Pat
         ep, t = (0, i) if i < lengths[0] else (1, i - lengths[0])
         for k, f in enumerate((max(t - 1, 0), t)):
             np.testing.assert_array_equal(two[b, k], eps[ep]["images"]["cam"][f].transpose(2, 0, 1))
+
+
+def test_sources_without_the_cameras_are_named_at_construction(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.kdb", tmp_path / "b.kdb"
+    _write(a, [4, 5], cameras={"image_0": (6, 8, 3)})
+    _write(b, [3], cameras={"cam_high": (6, 8, 3)})
+    with pytest.raises(
+        KinodbError, match=r"b.kdb\): no camera 'image_0'.*it has \['cam_high'\].*image_key=False"
+    ):
+        FrameWindows(kinodb.Mixture({str(a): 1, str(b): 1}), cameras="image_0")
+    fw = FrameWindows(kinodb.Mixture({str(a): 1, str(b): 1}), cameras=[])
+    assert len(fw) == 12 and fw.cameras == []
+    c = tmp_path / "c.kdb"  # one file whose later episode lacks the camera: named, with the fix
+    with kinodb.Writer(c, image_codec="raw") as w:
+        w.add_episode(
+            actions=np.zeros((4, 2), np.float32), images={"front": np.zeros((4, 6, 8, 3), np.uint8)}
+        )
+        w.add_episode(actions=np.zeros((3, 2), np.float32))
+    fw = FrameWindows(c, cameras="front")
+    with pytest.raises(
+        KinodbError, match=r"episode 1 has no camera 'front'; leave such episodes out with kql_filter"
+    ):
+        fw.images([5])

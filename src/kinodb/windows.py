@@ -242,6 +242,15 @@ class FrameWindows:
                     raise KinodbError(f"{first.where}: no camera {cam!r}; it has {all_cams or 'no cameras'}")
         self._all_cameras = all_cams
         self.spec = _build_spec(int(obs_horizon), int(action_horizon), delta_timestamps, chosen, all_cams)
+        for source in self._sources[1:]:  # a mixture: every source must have the cameras
+            have = list(source.cameras(0))
+            missing = [cam for cam in self.spec.images if cam not in have]
+            if missing:
+                raise KinodbError(
+                    f"{source.where}: no camera {missing[0]!r}; it has {have or 'no cameras'}. Windows of "
+                    "several sources need cameras every source has (by default, the first source's first "
+                    "camera): pass image_key with such cameras, or image_key=False for windows without images"
+                )
         self._check_grid()
 
     # -- description ------------------------------------------------------------------------
@@ -367,7 +376,9 @@ class FrameWindows:
                     c = source.cameras(jj).get(cam)
                     if c is None:
                         raise KinodbError(
-                            f"{source.where}: episode {int(source.kept[jj])} has no camera {cam!r}"
+                            f"{source.where}: episode {int(source.kept[jj])} has no camera {cam!r}; "
+                            "leave such episodes out with kql_filter, or pass image_key=False for "
+                            "windows without images"
                         )
                     hwc = c.shape[1:]
                     if shape is None:
@@ -548,7 +559,9 @@ def stack_groups(groups: list[tuple[NDArray[np.int64], dict[str, NDArray[Any]]]]
                 raise KinodbError(
                     f"this batch mixes {key!r} of {first[key].dtype} {first[key].shape[1:]} and "
                     f"{value.dtype} {value.shape[1:]} (sources with different schemas); pad them "
-                    f"with kinodb.torch.pad_collate or batch by schema with SchemaBatchSampler"
+                    f"with kinodb.torch.pad_collate or batch by schema with SchemaBatchSampler (a "
+                    f"dataset that batches itself, such as from_mixture(batch_size=...) or a server's "
+                    f"windows, cannot pad: take samples one by one and collate with pad_collate)"
                 )
     n = sum(len(sel) for sel, _ in groups)
     out = {k: np.empty((n, *v.shape[1:]), v.dtype) for k, v in first.items()}

@@ -227,3 +227,15 @@ def test_unit_float_conversion_is_the_same_on_several_threads() -> None:
     assert one.dtype == three.dtype == np.float32 and one.shape == three.shape == u8.shape
     assert one.tobytes() == three.tobytes()
     np.testing.assert_array_equal(three, u8.astype(np.float32) / np.float32(255))
+
+
+def test_a_mixture_of_robots_with_other_cameras_says_how_to_train(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.kdb", tmp_path / "b.kdb"
+    write_episodes(a, [4, 5], cameras={"image_0": (6, 8, 3)})
+    write_episodes(b, [3], action_dim=5, cameras={"cam_high": (6, 8, 3)})
+    mix = kinodb.Mixture({str(a): 1, str(b): 1})
+    with pytest.raises(kinodb.KinodbError, match=r"no camera 'image_0'.*by default.*image_key=False"):
+        KinoFrameDataset(mix, obs_horizon=2, action_horizon=3)  # the default: source 0's first camera
+    ds = KinoFrameDataset(mix, obs_horizon=2, action_horizon=3, image_key=False)
+    batch = next(iter(DataLoader(ds, batch_size=12, collate_fn=pad_collate)))
+    assert batch["action"].shape == (12, 3, 5) and batch["action_mask"][:, :, 2:].sum() == 3 * 3 * 3
