@@ -178,3 +178,23 @@ def test_metadata_hdf5_cannot_hold_as_is_stays_exact_in_ep_meta(tmp_path: Path) 
 def test_importing_the_export_package_does_not_import_h5py() -> None:
     code = "import sys, kinodb, kinodb.export; sys.exit('h5py' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_arrays_only_some_episodes_hold_are_left_out_and_named(tmp_path: Path, caplog) -> None:
+    # A merge of two robots' files: one recorded timestamps, the other did not.
+    src = tmp_path / "both.kdb"
+    with kinodb.Writer(src, image_codec="png") as w:
+        for k in range(3):
+            ts = {"timestamps": np.arange(5) / 10.0} if k == 1 else {}
+            w.add_episode(actions=np.full((5, 2), k, np.float32), states=np.zeros((5, 3), np.float32), **ts)
+    out = tmp_path / "both.hdf5"
+    with caplog.at_level("WARNING"):
+        export(src, out, format="hdf5")
+    assert "array 'timestamps' is in 1 of 3 exported episodes; left out" in caplog.text
+    with h5py.File(out, "r") as f:
+        assert all("timestamps" not in f[f"data/demo_{k}"] for k in range(3))
+    from kinodb.ingest import ingest
+
+    ingest(out, tmp_path / "again.kdb")  # every demo holds the same keys: it reads back
+    with kinodb.open(tmp_path / "again.kdb") as db:
+        assert [float(db.read_array(k, "actions")[0, 0]) for k in range(3)] == [0.0, 1.0, 2.0]

@@ -65,13 +65,19 @@ def write(db: Database, positions: list[int], out: str, facts: dict[str, Any]) -
     split, warnings = state_split(db, positions)
     paths = _array_paths(db)
     shapes = _state_layout(db)
+    partial = _partial_arrays(db, positions)
+    for name, n in sorted(partial.items()):
+        warnings.append(
+            f"array {name!r} is in {n} of {len(positions)} exported episodes; left out, since every "
+            "demo of a robomimic file holds the same datasets (export those episodes apart to keep it)"
+        )
     masks: dict[str, list[str]] = {}
     with h5py.File(out, "x") as f:
         data = f.create_group("data")
         total = 0
         for k, i in enumerate(positions):
             name = f"demo_{k}"
-            total += _write_demo(data.create_group(name), db, i, split, paths, shapes)
+            total += _write_demo(data.create_group(name), db, i, split, paths, shapes, set(partial))
             for key in _filter_keys(db, i):
                 masks.setdefault(key, []).append(name)
         data.attrs["total"] = np.int64(total)
@@ -186,9 +192,19 @@ def _component(part: np.ndarray, layout: tuple[np.dtype[Any] | None, tuple[int, 
     return cast.reshape(len(part), *shape)
 
 
+def _partial_arrays(db: Database, positions: list[int]) -> dict[str, int]:
+    """Arrays that only some of the exported episodes hold, and how many hold each."""
+    held: dict[str, int] = {}
+    for i in positions:
+        for name in db.read_episode_actions_only(i):
+            if name != "meta":
+                held[name] = held.get(name, 0) + 1
+    return {name: n for name, n in held.items() if n < len(positions)}
+
+
 def _write_demo(
     g: Any, db: Database, i: int, split: Split, paths: dict[str, str],
-    shapes: dict[str, tuple[np.dtype[Any] | None, tuple[int, ...]]],
+    shapes: dict[str, tuple[np.dtype[Any] | None, tuple[int, ...]]], skip: set[str],
 ) -> int:  # fmt: skip
     """Write episode ``i`` into the demo group ``g``; return its number of frames."""
     ep = db.read_episode_actions_only(i)
@@ -205,6 +221,8 @@ def _write_demo(
             part = np.ascontiguousarray(states[:, a : b if b >= 0 else None])
             obs.create_dataset(key, data=_component(part, shapes.get(key)))
     for name, arr in ep.items():  # timestamps and extra arrays
+        if name in skip:
+            continue
         if name in paths and paths[name] not in g:  # back under obs/, where it was ingested from
             g.create_dataset(paths[name], data=arr)
             continue
