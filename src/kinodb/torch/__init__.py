@@ -13,6 +13,7 @@ require("torch", extra="torch")
 from kinodb.torch._collate import Batch, SchemaBatchSampler, TensorBatch, collate, pad_collate  # noqa: E402
 from kinodb.torch._datasets import KinoDataset, KinoFrameDataset, KinoMapDataset  # noqa: E402
 from kinodb.torch._iterable import KinoIterDataset, from_mixture  # noqa: E402
+from kinodb.torch._sampler import MixtureSampler  # noqa: E402
 
 __all__ = [
     "Batch",
@@ -20,6 +21,7 @@ __all__ = [
     "KinoFrameDataset",
     "KinoIterDataset",
     "KinoMapDataset",
+    "MixtureSampler",
     "SchemaBatchSampler",
     "TensorBatch",
     "collate",
