@@ -582,7 +582,11 @@ def test_g1_sample_frames_are_the_direct_decode() -> None:
 def test_g1_sample_lists_every_episode_and_skips_absent_ones(tmp_path: Path) -> None:
     src = LeRobotSource(str(G1), SourceOptions(images=False))
     assert src.episodes()[29] == "episode_000029" and len(src.episodes()) == 100
-    with pytest.raises(ConversionError, match=r"episode_000028\.parquet: missing data file of episode 28"):
+    with pytest.raises(
+        ConversionError,
+        match=r"episode_000028\.parquet: missing data file of episode 28; this copy holds the data of 1 of "
+        r"its 100 episodes \(29\): select them with --episodes",
+    ):
         src.read("episode_000028")
     src.close()
     report = ingest(G1, tmp_path / "g1.kdb", episodes="28-30", images=False, on_error="skip")

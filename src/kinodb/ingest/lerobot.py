@@ -419,6 +419,17 @@ def _image_frames(column: Any, name: str, where: str, flip: bool) -> list[bytes]
 # -- the source -------------------------------------------------------------------------
 
 
+def _spec(positions: list[int]) -> str:
+    """Positions as an ``--episodes`` spec: ``0-9,29``."""
+    runs: list[str] = []
+    for k in positions:
+        if runs and runs[-1].split("-")[-1] == str(k - 1):
+            runs[-1] = f"{runs[-1].split('-')[0]}-{k}"
+        else:
+            runs.append(str(k))
+    return ",".join(runs)
+
+
 class LeRobotSource:
     """A LeRobot dataset folder, read one episode at a time (see the module docstring).
 
@@ -535,7 +546,13 @@ class LeRobotSource:
         if path in self._parquets:
             return self._parquets[path]
         if not os.path.isfile(path):
-            raise ConversionError(f"{path}: missing data file of episode {e}")
+            listed = list(self._episodes.values())
+            held = [k for k, ep in enumerate(listed) if os.path.isfile(ep.data)]
+            raise ConversionError(
+                f"{path}: missing data file of episode {e}; this copy holds the data of "
+                f"{len(held)} of its {len(listed)} episodes ({_spec(held) or 'none'}): select them with "
+                "--episodes (positions in meta/episodes), or pass --on-error skip"
+            )
         try:
             pf = self._pq.ParquetFile(path)
         except Exception as exc:  # pyarrow raises several types for damaged files
