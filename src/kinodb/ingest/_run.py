@@ -42,7 +42,8 @@ class IngestReport:
         """One paragraph for people."""
         rate = self.frames / self.seconds if self.seconds else 0.0
         lines = [
-            f"ingested {self.episodes} episodes ({self.frames} frames, {self.bytes / 1e6:.1f} MB) from "
+            f"ingested {self.episodes} episode{'' if self.episodes == 1 else 's'} ({self.frames} frames, "
+            f"{self.bytes / 2**20:.1f} MiB) from "
             f"{self.source} ({self.format}) to {self.output} in {self.seconds:.2f} s ({rate:,.0f} frames/s)"
         ]
         lines += [f"skipped {key}: {why}" for key, why in self.skipped]
