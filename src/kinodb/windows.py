@@ -203,7 +203,9 @@ class FrameWindows:
         pad: ``"edge"`` repeats the first/last frame outside the episode, ``"zero"``
             fills zeros; either way ``KEY_is_pad`` marks those entries.
         cameras: Camera names for images (None: the first camera of the first episode
-            when images are asked for).
+            when images are asked for), or a mapping ``{name: camera}`` or ``{name:
+            [camera of source 0, camera of source 1, ...]}`` that gives each source's own
+            camera one output name (robots whose cameras are named differently).
 
     Example:
         >>> fw = FrameWindows("pick.kdb", obs_horizon=2, action_horizon=16)
@@ -220,7 +222,7 @@ class FrameWindows:
         kql_filter: str | None = None,
         delta_timestamps: Mapping[str, Sequence[float]] | None = None,
         pad: Pad = "edge",
-        cameras: str | Sequence[str] | None = None,
+        cameras: str | Sequence[str] | Mapping[str, str | Sequence[str]] | None = None,
     ) -> None:
         for name, value in (("obs_horizon", obs_horizon), ("action_horizon", action_horizon)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
@@ -235,21 +237,34 @@ class FrameWindows:
         )
         first = self._sources[0]
         all_cams = list(first.cameras(0))
-        chosen = [cameras] if isinstance(cameras, str) else (list(cameras) if cameras is not None else None)
-        if chosen is not None:
-            for cam in chosen:
-                if cam not in all_cams:
-                    raise KinodbError(f"{first.where}: no camera {cam!r}; it has {all_cams or 'no cameras'}")
         self._all_cameras = all_cams
-        self.spec = _build_spec(int(obs_horizon), int(action_horizon), delta_timestamps, chosen, all_cams)
-        for source in self._sources[1:]:  # a mixture: every source must have the cameras
+        if isinstance(cameras, Mapping):  # output name -> each source's own camera
+            stored = _camera_map(cameras, len(self._sources))
+            self.spec = _build_spec(int(obs_horizon), int(action_horizon), delta_timestamps, list(cameras),
+                                    list(cameras))  # fmt: skip
+        else:
+            chosen = (
+                [cameras] if isinstance(cameras, str) else (list(cameras) if cameras is not None else None)
+            )
+            if chosen is not None:
+                for cam in chosen:
+                    if cam not in all_cams:
+                        raise KinodbError(
+                            f"{first.where}: no camera {cam!r}; it has {all_cams or 'no cameras'}"
+                        )
+            self.spec = _build_spec(int(obs_horizon), int(action_horizon), delta_timestamps, chosen, all_cams)
+            stored = [{cam: cam for cam in self.spec.images} for _ in self._sources]
+        self._stored = stored  # per source: output camera -> the camera as that source names it
+        for source, names in zip(self._sources, stored, strict=True):  # every source has its cameras
             have = list(source.cameras(0))
-            missing = [cam for cam in self.spec.images if cam not in have]
+            missing = [names[cam] for cam in self.spec.images if names[cam] not in have]
             if missing:
                 raise KinodbError(
                     f"{source.where}: no camera {missing[0]!r}; it has {have or 'no cameras'}. Windows of "
-                    "several sources need cameras every source has (by default, the first source's first "
-                    "camera): pass image_key with such cameras, or image_key=False for windows without images"
+                    "several sources need a camera from each (by default, the first source's first "
+                    "camera): pass image_key with cameras every source has, a mapping like "
+                    "{'front': ['image_0', 'cam_high']} (one camera per source, in order), or "
+                    "image_key=False for windows without images"
                 )
         self._check_grid()
 
@@ -372,11 +387,12 @@ class FrameWindows:
                     zero_slots.append(slots[pad])
                 keep = ~pad if self._pad == "zero" else np.ones_like(pad)
                 starts = np.empty(len(j), dtype=np.int64)  # a raw camera's first byte, else -1
+                name = self._stored[s][cam]
                 for n, jj in enumerate(j.tolist()):
-                    c = source.cameras(jj).get(cam)
+                    c = source.cameras(jj).get(name)
                     if c is None:
                         raise KinodbError(
-                            f"{source.where}: episode {int(source.kept[jj])} has no camera {cam!r}; "
+                            f"{source.where}: episode {int(source.kept[jj])} has no camera {name!r}; "
                             "leave such episodes out with kql_filter, or pass image_key=False for "
                             "windows without images"
                         )
@@ -393,7 +409,7 @@ class FrameWindows:
                         continue
                     starts[n] = -1
                     for f, slot in zip(frames[n][keep[n]].tolist(), slots[n][keep[n]].tolist(), strict=True):
-                        jobs.append((slot, _frame_data(source, c, f), c.codec, hwc, (source, jj, cam, f)))
+                        jobs.append((slot, _frame_data(source, c, f), c.codec, hwc, (source, jj, name, f)))
                 direct = (starts >= 0)[:, None] & keep
                 if direct.any():
                     assert shape is not None
@@ -425,7 +441,7 @@ class FrameWindows:
                 j, t = self._episode_frame(s, idx[sel] - self._starts[s])
                 frames, _ = self._frames(source, j, t, offsets, seconds=self.spec.seconds)
                 for b, jj, row in zip(sel.tolist(), j.tolist(), frames.tolist(), strict=True):
-                    c = source.cameras(jj)[cam]
+                    c = source.cameras(jj)[self._stored[s][cam]]
                     out[b][cam] = [bytes(source.db._frame_bytes(c, f)) for f in row]
         return out
 
@@ -641,6 +657,23 @@ def _nonempty(sources: list[_Source], kql_filter: str | None) -> list[_Source]:
         )
         raise KinodbError(f"{', '.join(s.where for s in sources)}: {why}")
     return kept
+
+
+def _camera_map(cameras: Mapping[str, Any], sources: int) -> list[dict[str, str]]:
+    """``{output: camera or [camera per source]}`` as one ``{output: camera}`` per source."""
+    if not cameras:
+        raise ValueError("image_key as a mapping needs at least one camera")
+    out: list[dict[str, str]] = [{} for _ in range(sources)]
+    for key, value in cameras.items():
+        names = [value] * sources if isinstance(value, str) else list(value)
+        if not isinstance(key, str) or len(names) != sources or not all(isinstance(n, str) for n in names):
+            raise ValueError(
+                f"image_key[{key!r}] must be a camera name or a list of {sources} camera names (one per "
+                f"source, in order), got {value!r}"
+            )
+        for s, name in enumerate(names):
+            out[s][key] = name
+    return out
 
 
 def _build_spec(

@@ -239,3 +239,34 @@ def test_a_mixture_of_robots_with_other_cameras_says_how_to_train(tmp_path: Path
     ds = KinoFrameDataset(mix, obs_horizon=2, action_horizon=3, image_key=False)
     batch = next(iter(DataLoader(ds, batch_size=12, collate_fn=pad_collate)))
     assert batch["action"].shape == (12, 3, 5) and batch["action_mask"][:, :, 2:].sum() == 3 * 3 * 3
+
+
+def test_robots_with_differently_named_cameras_train_under_one_name(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.kdb", tmp_path / "b.kdb"
+    ea = write_episodes(a, [4, 5], cameras={"image_0": (6, 8, 3), "wrist": (6, 8, 3)})
+    eb = write_episodes(b, [3], action_dim=5, cameras={"cam_high": (12, 16, 3)})
+    mix = kinodb.Mixture({str(a): 1, str(b): 1})
+    ds = KinoFrameDataset(mix, obs_horizon=1, action_horizon=2, image_key={"front": ["image_0", "cam_high"]},
+                          image_size=(6, 8), normalize=False)  # fmt: skip
+    assert ds.windows.cameras == ["front"]
+    batch = next(iter(DataLoader(ds, batch_size=12, collate_fn=pad_collate)))
+    front = batch["images"]["front"]
+    assert front.shape == (12, 1, 3, 6, 8) and front.dtype == torch.uint8
+    want_a = torch.from_numpy(ea[1]["images"]["image_0"][2]).permute(2, 0, 1)  # window 6 = episode 1, frame 2
+    assert torch.equal(front[6, 0], want_a)
+    small = KinoFrameDataset(str(b), obs_horizon=1, action_horizon=2, image_key="cam_high", image_size=(6, 8),
+                             normalize=False)  # fmt: skip
+    assert torch.equal(front[9], small[0]["image"])  # b's first window, resized the same way
+    assert len(eb) == 1
+    one_name = KinoFrameDataset(kinodb.Mixture({str(a): 1, str(a): 2}), image_key={"wrist": "wrist"})
+    assert one_name.windows.cameras == ["wrist"]  # one camera name for every source
+    with pytest.raises(
+        ValueError, match=r"image_key\['front'\] must be a camera name or a list of 2 camera names"
+    ):
+        KinoFrameDataset(mix, image_key={"front": ["image_0"]})
+    with pytest.raises(kinodb.KinodbError, match=r"no camera 'cam_low'; it has \['cam_high'\]"):
+        KinoFrameDataset(mix, image_key={"front": ["image_0", "cam_low"]})
+    with pytest.raises(ValueError, match="mapping of each source's cameras is for frame windows"):
+        KinoMapDataset(mix, image_key={"front": ["image_0", "cam_high"]})
+    again = pickle.loads(pickle.dumps(ds))  # workers re-open it with the same cameras
+    assert torch.equal(again[6]["images"]["front"], ds[6]["images"]["front"])

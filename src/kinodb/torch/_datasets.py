@@ -60,9 +60,12 @@ def check_normalize(normalize: Any) -> None:
 
 
 def image_keys(image_key: Any, cameras: list[str], where: str) -> tuple[list[str], bool]:
-    """``(cameras to load, several?)`` from ``image_key``: a name, a list, None (first), False (none)."""
+    """``(cameras to load, several?)`` from ``image_key``: a name, a list, None (first), False
+    (none), or a mapping of output names to each source's cameras (checked by the windows)."""
     if image_key is False:
         return [], False
+    if isinstance(image_key, Mapping):
+        return list(image_key), True
     if image_key is None:
         return cameras[:1], False
     chosen = [image_key] if isinstance(image_key, str) else list(image_key)
@@ -139,7 +142,10 @@ class KinoFrameDataset(_Base):
         obs_horizon: Frames of observation history.
         action_horizon: Frames of the action chunk.
         kql_filter: Keep only matching episodes.
-        image_key: A camera, a list of cameras, None (the first camera) or False (no images).
+        image_key: A camera, a list of cameras, None (the first camera) or False (no images);
+            for a mixture of robots whose cameras are named differently, a mapping from an
+            output name to each source's camera, ``{"front": ["image_0", "cam_high"]}``
+            (items then hold ``images`` under the output names).
         image_size: ``(H, W)`` to resize frames to (antialiased), or None for stored size.
         delta_timestamps: LeRobot's ``{feature: [seconds, ...]}``; overrides the horizons
             for the features it names, converted through each episode's fps.
@@ -163,7 +169,7 @@ class KinoFrameDataset(_Base):
         obs_horizon: int = 1,
         action_horizon: int = 1,
         kql_filter: str | None = None,
-        image_key: str | Sequence[str] | bool | None = None,
+        image_key: str | Sequence[str] | Mapping[str, str | Sequence[str]] | bool | None = None,
         image_size: Any = None,
         delta_timestamps: Mapping[str, Sequence[float]] | None = None,
         pad: str = "edge",
@@ -176,11 +182,12 @@ class KinoFrameDataset(_Base):
         fw = FrameWindows(source, obs_horizon=obs_horizon, action_horizon=action_horizon, kql_filter=kql_filter,
                           delta_timestamps=delta_timestamps, pad=pad)  # type: ignore[arg-type]  # fmt: skip
         cams, self._several = image_keys(image_key, fw._all_cameras, fw._sources[0].where)
+        chosen: Any = dict(image_key) if isinstance(image_key, Mapping) else cams
         if cams:
             fw = FrameWindows(source, obs_horizon=obs_horizon, action_horizon=action_horizon, kql_filter=kql_filter,
-                              delta_timestamps=delta_timestamps, pad=pad, cameras=cams)  # type: ignore[arg-type]  # fmt: skip
+                              delta_timestamps=delta_timestamps, pad=pad, cameras=chosen)  # type: ignore[arg-type]  # fmt: skip
         self._args = dict(obs_horizon=obs_horizon, action_horizon=action_horizon, kql_filter=kql_filter,
-                          delta_timestamps=delta_timestamps, pad=pad, cameras=cams or None)  # fmt: skip
+                          delta_timestamps=delta_timestamps, pad=pad, cameras=chosen or None)  # fmt: skip
         self._source = source
         self._len = len(fw)
         norm = _Normalizers(fw._sources, normalize) if isinstance(normalize, str) else None
@@ -305,6 +312,11 @@ class KinoMapDataset(_Base):
         resize: str = "bilinear",
         decode_threads: int | None = None,
     ) -> None:
+        if isinstance(image_key, Mapping):
+            raise ValueError(
+                "image_key as a mapping of each source's cameras is for frame windows (KinoFrameDataset, or "
+                "horizons on the streaming datasets); give episode datasets a camera or a list of cameras"
+            )
         self._options(image_size, normalize, resize, to_tensor, decode_threads)
         self._source, self._filter = source, kql_filter
         self._opened: tuple[list[_Source], np.ndarray, _Normalizers | None] | None = None
