@@ -38,6 +38,11 @@ G1=../shared/samples/unitree_g1_lerobot_v21
 if [ -d "$G1" ]; then
   run "$BIN/kino" ingest "$G1" --episodes 29 -o demo/g1.kdb --force -q --verify
   run "$BIN/kino" info demo/g1.kdb
+  if [ -f demo/bridge.kdb ]; then
+    # Two robots, one policy: a 1:1 mixture of a WidowX (7-d actions) and a Unitree G1
+    # (26-d), their cameras under one name, padded actions with masks
+    run "$BIN/python" examples/cross_robot.py demo/bridge.kdb image_0 demo/g1.kdb cam_high --steps 4
+  fi
 else
   echo; echo "(skipping the real-data ingests: ../shared/samples is not next to this checkout)"
 fi

@@ -45,3 +45,20 @@ def test_serve_example_reads_over_grpc_and_stops_cleanly(tmp_path: Path) -> None
     assert "server_info: 20 episodes, 600 frames" in proc.stdout
     assert "KinoRemoteDataset through a DataLoader: 4 batches of (128, 8, 7)" in proc.stdout
     assert "exit code 0" in proc.stdout
+
+
+@pytest.mark.integration
+def test_cross_robot_example_trains_on_two_robots_by_weight(tmp_path: Path) -> None:
+    from _factories import write_episodes
+
+    a, b = tmp_path / "a.kdb", tmp_path / "b.kdb"
+    write_episodes(a, [40, 50, 60], action_dim=7, state_dim=8, cameras={"image_0": (32, 40, 3)}, codec="jpeg")
+    write_episodes(b, [20], action_dim=14, state_dim=16, cameras={"cam_high": (48, 64, 3)}, codec="png")
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLE.parent / "cross_robot.py"), str(a), "image_0", str(b), "cam_high",
+         "--steps", "4"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "frames (32, 2, 3, 64, 64)" in proc.stdout
+    assert "windows drawn per robot: [64, 64] (weights 1:1; windows held: [150, 20])" in proc.stdout
