@@ -29,6 +29,7 @@ exact BT.601 conversion of the planes these frames are closer than FFmpeg's own
 
 from __future__ import annotations
 
+import bisect
 import collections
 import math
 import os
@@ -126,11 +127,14 @@ class VideoReader:
         if self._held is not None:
             held, self._held = self._held, None
             yield held
-        time_base = self._stream.time_base
+        # pts * num / den in integers then one division: the same float as float(pts * time_base)
+        # without a Fraction per frame.
+        num, den = self._stream.time_base.numerator, self._stream.time_base.denominator
         for frame in self._decoded:
-            if frame.pts is None:
+            pts = frame.pts
+            if pts is None:
                 raise ConversionError(f"{self.path}: a frame has no presentation timestamp")
-            yield float(frame.pts * time_base), frame
+            yield pts * num / den, frame
 
     def done(self, last: float, held: tuple[float, Any] | None) -> None:
         """Record where a call stopped: the last frame it handed out, and one it read past it."""
@@ -221,11 +225,14 @@ def _match(
     # One converter for the whole file: `frame.to_ndarray(format=...)` builds a new one per
     # frame; the pixels are the same, the set-up cost is not.
     rgb24 = av.video.reformatter.VideoReformatter()
-    best = np.full(len(wanted), np.inf)
+    # Per frame, plain Python on floats: a frame matches at most a few wanted times, and
+    # NumPy's per-call cost would outweigh the work.
+    times = wanted.tolist()
+    best = [math.inf] * len(times)
     out: npt.NDArray[np.uint8] | None = None
     jpegs: _PlanarJpegs | None = None
     seen: list[float] = []
-    first, last = float(wanted[0]) + tolerance, float(wanted[-1]) + tolerance
+    first, last = times[0] + tolerance, times[-1] + tolerance
     held: tuple[float, Any] | None = None
     try:
         for t, frame in video.frames(seek_to, resume=resume):
@@ -235,15 +242,14 @@ def _match(
                 held = (t, frame)  # the first frame past this call's times: the next call may want it
                 break
             seen.append(t)
-            lo = int(np.searchsorted(wanted, t - tolerance, side="left"))
-            hi = int(np.searchsorted(wanted, t + tolerance, side="right"))
-            gap = np.abs(wanted[lo:hi] - t)
-            take = lo + np.flatnonzero(gap < best[lo:hi])
-            if take.size:
+            lo = bisect.bisect_left(times, t - tolerance)
+            hi = bisect.bisect_right(times, t + tolerance, lo)
+            take = [k for k in range(lo, hi) if abs(times[k] - t) < best[k]]
+            if take:
                 if jpegs is None and out is None and jpeg_quality is not None and planar(frame):
-                    jpegs = _PlanarJpegs(len(wanted), jpeg_quality, frame)
+                    jpegs = _PlanarJpegs(len(times), jpeg_quality, frame)
                 if jpegs is not None:
-                    jpegs.add(take.tolist(), frame, path, t)
+                    jpegs.add(take, frame, path, t)
                 else:
                     # One thread: the decoder's own threads already use the cores, and
                     # swscale's would contend with them (same pixels either way).
@@ -255,7 +261,8 @@ def _match(
                             f"{path}: the frame at {t:.6f} s is {rgb.shape}, earlier frames {out.shape[1:]}"
                         )
                     out[take] = rgb
-                best[take] = np.abs(wanted[take] - t)
+                for k in take:
+                    best[k] = abs(times[k] - t)
         encoded = jpegs.result(path) if jpegs is not None else None
     except av.FFmpegError as exc:
         raise ConversionError(f"{path}: decoding failed after {len(seen)} frames ({exc})") from None
@@ -266,7 +273,7 @@ def _match(
         video.done(seen[-1], held)
     if (seek_to is not None or resume) and not seen:
         return None  # sought or resumed past the end: decode afresh to say how short the file is
-    missing = np.flatnonzero(~np.isfinite(best))
+    missing = np.flatnonzero(~np.isfinite(np.asarray(best)))
     if missing.size:
         decoded = [*seen, held[0]] if held is not None else seen
         raise ConversionError(_miss_message(path, wanted, int(missing[0]), decoded, tolerance))
