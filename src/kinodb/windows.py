@@ -61,8 +61,10 @@ class WindowSpec:
 class _Source:
     """One file's share of the samples: its kept episodes and where each array lives."""
 
-    def __init__(self, db: Database, kept: NDArray[np.int64], where: str) -> None:
-        self.db, self.kept, self.where = db, kept, where
+    def __init__(self, db: Database, kept: NDArray[np.int64], where: str, index: int = 0) -> None:
+        # index: the source's position among those given (a mixture's, or the list's), which
+        # stays its id in samples when a filter leaves other sources empty
+        self.db, self.kept, self.where, self.index = db, kept, where, index
         table = db.episodes()
         self.lengths = np.asarray(table["num_frames"], dtype=np.int64)[kept]
         self.fps = np.asarray(table["fps"], dtype=np.float64)[kept]
@@ -231,6 +233,7 @@ class FrameWindows:
             raise ValueError(f"pad must be 'edge' or 'zero', got {pad!r}")
         self._pad: Pad = pad
         self._step_rows: dict[tuple[float, ...], tuple[NDArray[np.int64], bool, bool]] = {}
+        self._source_arg = source
         self._sources = _open_sources(source, kql_filter)
         self._starts = np.concatenate([[0], np.cumsum([s.starts[-1] for s in self._sources])]).astype(
             np.int64
@@ -239,7 +242,8 @@ class FrameWindows:
         all_cams = list(first.cameras(0))
         self._all_cameras = all_cams
         if isinstance(cameras, Mapping):  # output name -> each source's own camera
-            stored = _camera_map(cameras, len(self._sources))
+            given = _camera_map(cameras, _num_given(source))
+            stored = [given[src.index] for src in self._sources]
             self.spec = _build_spec(int(obs_horizon), int(action_horizon), delta_timestamps, list(cameras),
                                     list(cameras))  # fmt: skip
         else:
@@ -288,8 +292,16 @@ class FrameWindows:
         return self._sources[source].db
 
     def sample_counts(self) -> NDArray[np.int64]:
-        """Samples (frames) per source."""
+        """Samples (frames) per source with samples, in order."""
         return np.diff(self._starts)
+
+    def counts_by_source(self) -> NDArray[np.int64]:
+        """Samples per source given (a mixture's sources, or the list's files), 0 for those
+        a filter left empty: sample indices run over the given sources in this order."""
+        out = np.zeros(_num_given(self._source_arg), dtype=np.int64)
+        for src, n in zip(self._sources, self.sample_counts().tolist(), strict=True):
+            out[src.index] = n
+        return out
 
     def locate(self, indices: Any) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]:
         """``(source, episode position in its file, frame)`` of each sample index.
@@ -534,7 +546,7 @@ class FrameWindows:
             out[key] = self._frames(source, j, t, offsets, seconds=self.spec.seconds, last=last)[1]
         out["episode_index"] = source.kept[j]
         out["frame_index"] = t
-        out["source"] = np.full(len(t), s, dtype=np.int64)
+        out["source"] = np.full(len(t), source.index, dtype=np.int64)
         if tasks:
             out["task"] = source.task_texts(j, t)
         return out
@@ -629,7 +641,7 @@ def _open_sources(source: Any, kql_filter: str | None) -> list[_Source]:
             kept = np.asarray(source._src[i].kept, dtype=np.int64)
             if kql_filter is not None:
                 kept = np.intersect1d(kept, db.query(kql_filter))
-            out.append(_Source(db, kept, f"mixture source {i} ({info.path})"))
+            out.append(_Source(db, kept, f"mixture source {i} ({info.path})", i))
         return _nonempty(out, kql_filter)
     if isinstance(source, Database):
         dbs = [source]
@@ -643,8 +655,17 @@ def _open_sources(source: Any, kql_filter: str | None) -> list[_Source]:
     for i, db in enumerate(dbs):
         kept = np.arange(len(db), dtype=np.int64) if kql_filter is None else db.query(kql_filter)
         where = db.path() if len(dbs) == 1 else f"source {i} ({db.path()})"
-        out.append(_Source(db, np.asarray(kept, dtype=np.int64), where))
+        out.append(_Source(db, np.asarray(kept, dtype=np.int64), where, i))
     return _nonempty(out, kql_filter)
+
+
+def _num_given(source: Any) -> int:
+    """How many sources ``source`` names (before filters leave any empty)."""
+    if isinstance(source, Mixture):
+        return int(source.num_sources())
+    if isinstance(source, Sequence) and not isinstance(source, (str, bytes)):
+        return len(source)
+    return 1
 
 
 def _nonempty(sources: list[_Source], kql_filter: str | None) -> list[_Source]:

@@ -84,3 +84,27 @@ def test_errors(mixed, tmp_path: Path) -> None:
             MixtureSampler(ds, num_samples=bad)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="rank"):
         MixtureSampler(ds, rank=3, world_size=3)
+
+
+def test_a_source_a_filter_empties_keeps_its_place(tmp_path: Path) -> None:
+    # Sample ids, per-source camera lists and the weighted draws all count the mixture's
+    # sources, also when the dataset's filter leaves one of them empty.
+    paths = [tmp_path / f"{n}.kdb" for n in ("ten", "twenty", "thirty")]
+    for path, T in zip(paths, (10, 20, 30), strict=True):
+        write_episodes(path, [T, T], cameras={f"cam{T}": (6, 8, 3)})
+    mix = kinodb.Mixture({str(p): w for p, w in zip(paths, (1, 2, 3), strict=True)}, seed=0)
+    ds = KinoFrameDataset(mix, kql_filter="num_frames != 20", image_key={"front": ["cam10", "cam20", "cam30"]},
+                          normalize=False)  # fmt: skip
+    assert len(ds) == 80 and ds.windows.counts_by_source().tolist() == [20, 0, 60]
+    batch = next(iter(DataLoader(ds, batch_size=80)))
+    assert np.bincount(batch["source"].numpy(), minlength=3).tolist() == [20, 0, 60]  # the mixture's ids
+    assert batch["images"]["front"].shape == (80, 1, 3, 6, 8)
+    with pytest.raises(ValueError, match="mixture source 1 keeps no windows but has a share"):
+        MixtureSampler(ds)
+    from kinodb.torch import KinoIterDataset
+
+    stream = KinoIterDataset(
+        mix, kql_filter="num_frames != 20", obs_horizon=1, action_horizon=2, image_key=False
+    )
+    with pytest.raises(kinodb.KinodbError, match="mixture source 1 keeps no samples but has a share"):
+        list(stream)

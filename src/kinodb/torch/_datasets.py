@@ -81,13 +81,13 @@ class _Normalizers:
     def __init__(self, sources: Sequence[_Source], mode: str) -> None:
         from kinodb.stats import Normalizer
 
-        self._by_source: list[dict[str, Any]] = []
+        self._by_source: dict[int, dict[str, Any]] = {}  # by the source's id (`_Source.index`)
         for source in sources:
             stats = source.db.stats()["arrays"]
-            self._by_source.append(
-                {key: Normalizer.from_stats(stats[name], mode)
-                 for key, name in (("state", "states"), ("action", "actions")) if name in stats}
-            )  # fmt: skip
+            self._by_source[source.index] = {
+                key: Normalizer.from_stats(stats[name], mode)
+                for key, name in (("state", "states"), ("action", "actions")) if name in stats
+            }  # fmt: skip
 
     def apply(self, source: int, arrays: dict[str, Any]) -> None:
         for key, norm in self._by_source[source].items():
@@ -335,6 +335,15 @@ class KinoMapDataset(_Base):
     def __len__(self) -> int:
         return self._len
 
+    def episodes_by_source(self) -> np.ndarray:
+        """Items (episodes) per source given, 0 for those a filter left empty, in index order."""
+        from kinodb.windows import _num_given
+
+        out = np.zeros(_num_given(self._source), dtype=np.int64)
+        for source in self._open()[0]:
+            out[source.index] = len(source.kept)
+        return out
+
     def schema_keys(self) -> np.ndarray:
         """``(state_dim, action_dim)`` of every item, for `SchemaBatchSampler`."""
         parts = []
@@ -361,7 +370,7 @@ class KinoMapDataset(_Base):
         arrays: dict[str, Any] = {"action": db.read_array(ep, "actions"), "state": db.read_array(ep, "states"),
                                   "reward": db.read_array(ep, "rewards")}  # fmt: skip
         if norm is not None:
-            norm.apply(s, arrays)
+            norm.apply(source.index, arrays)
         out: dict[str, Any] = {k: self._tensor(np.array(v)) for k, v in arrays.items()}
         if self._cams:
             images = {cam: self._image(self._decode(source, j, cam)) for cam in self._cams}
@@ -371,7 +380,7 @@ class KinoMapDataset(_Base):
                 out["image"] = images[self._cams[0]]
         success = meta["success"]
         out.update(task=meta["task"], embodiment=meta["embodiment"], episode_id=meta["episode_id"],
-                   success=-1 if success is None else int(success), episode_index=ep, source=s)  # fmt: skip
+                   success=-1 if success is None else int(success), episode_index=ep, source=source.index)  # fmt: skip
         return out
 
     def _decode(self, source: _Source, j: int, cam: str) -> np.ndarray:

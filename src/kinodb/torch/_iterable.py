@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from kinodb.errors import KinodbError
 from kinodb.mixture import DEFAULT_SEED, Mixture
 from kinodb.torch._collate import Batch, TensorBatch
 from kinodb.torch._datasets import KinoFrameDataset, KinoMapDataset
@@ -133,17 +134,22 @@ class KinoIterDataset(IterableDataset[dict[str, Any]]):
         source cycled without replacement, in a seeded order."""
         mix = self._mixture
         assert mix is not None
-        if self.windows:
-            counts_per_source = self._inner.windows.sample_counts()  # type: ignore[union-attr]
+        if self.windows:  # per mixture source, 0 where a filter kept nothing
+            counts_per_source = self._inner.windows.counts_by_source()  # type: ignore[union-attr]
         else:
-            counts_per_source = np.array([s.episodes for s in mix.sources()], dtype=np.int64)
+            counts_per_source = self._inner.episodes_by_source()  # type: ignore[union-attr]
         starts = np.concatenate([[0], np.cumsum(counts_per_source)]).astype(np.int64)
         n = self.num_samples or int(starts[-1])
         take = mix.counts(n)
         parts = []
         for s, k in enumerate(take.tolist()):
             units = int(counts_per_source[s])
-            if k == 0 or units == 0:
+            if k and not units:
+                raise KinodbError(
+                    f"mixture source {s} keeps no samples but has a share of the draws; give it its own "
+                    "filter in the mixture, or change kql_filter"
+                )
+            if k == 0:
                 continue
             first, last = self.epoch * k // units, (self.epoch * k + k - 1) // units
             rng_passes = [

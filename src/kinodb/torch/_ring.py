@@ -27,6 +27,7 @@ import secrets
 import threading
 import time
 from multiprocessing.util import Finalize
+from typing import Any
 
 import numpy as np
 
@@ -130,9 +131,13 @@ class _Lease:
             "shape": (nbytes,), "typestr": "|u1", "data": (ring.addr + offset, False), "version": 3,
         }  # fmt: skip
 
-    def __del__(self) -> None:
-        if self._pid == os.getpid():  # a forked child's copy is not the holder
-            self._map.mm[self._slot] = FREE
+    def __del__(self, _getpid: Any = os.getpid) -> None:
+        # No module globals: at interpreter exit they may already be gone.
+        try:
+            if self._pid == _getpid():  # a forked child's copy is not the holder
+                self._map.mm[self._slot] = 0  # FREE
+        except Exception:  # nothing to free into any more
+            pass
 
 
 _readers: dict[str, _Map] = {}  # ring path -> its map, in the receiving process

@@ -78,15 +78,14 @@ class MixtureSampler(Sampler[int]):
             raise ValueError(
                 f"rank must be in 0..world_size-1 and world_size >= 1, got {rank} and {world_size}"
             )
-        bounds = np.asarray(
-            dataset.windows._starts, dtype=np.int64
-        )  # each source's first window, then the total
-        sizes = np.diff(bounds)
+        sizes = dataset.windows.counts_by_source()  # per mixture source; 0 where a filter kept nothing
+        bounds = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         self._counts = mixture.counts(int(n))
         empty = [i for i, k in enumerate(self._counts.tolist()) if k and not sizes[i]]
         if empty:
             raise ValueError(
-                f"mixture source {empty[0]} has no windows but a share of the draws; drop it or its weight"
+                f"mixture source {empty[0]} keeps no windows but has a share of the draws; give it weight 0 "
+                "or change the filters"
             )
         self._bounds, self._sizes = bounds, sizes
         self.num_samples, self.seed, self.rank, self.world_size = (
