@@ -234,3 +234,21 @@ def test_sources_without_the_cameras_are_named_at_construction(tmp_path: Path) -
         KinodbError, match=r"episode 1 has no camera 'front'; leave such episodes out with kql_filter"
     ):
         fw.images([5])
+
+
+@pytest.mark.parametrize("table", [True, False])
+def test_per_frame_tasks_in_lerobot_numbering_from_older_files(tmp_path: Path, table: bool) -> None:
+    # Files ingested before per-frame tasks were numbered within the episode kept LeRobot's
+    # own task numbers: read through the file's lerobot.tasks table, or refused.
+    path = tmp_path / "old.kdb"
+    metadata = {"lerobot": {"tasks": {"0": "open", "1": "close"}}} if table else {}
+    with kinodb.Writer(path, metadata=metadata) as w:
+        w.add_episode(actions=np.zeros((4, 2), np.float32), task="close", extra={"tasks": ["close", "open"]},
+                      extra_arrays={"task_index": np.array([1, 1, 0, 0])})  # fmt: skip
+        w.add_episode(actions=np.zeros((3, 2), np.float32), task="open")
+    fw = FrameWindows(path)
+    if table:
+        assert fw.tasks(range(7)) == ["close", "close", "open", "open", "open", "open", "open"]
+    else:
+        with pytest.raises(KinodbError, match=r"episode 0's task_index does not index its 2 tasks.*re-ingest"):
+            fw.tasks(range(7))

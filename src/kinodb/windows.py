@@ -106,22 +106,14 @@ class _Source:
         found = self._frame_tasks.get(j)
         if found is None:
             ep = int(self.kept[j])
-            texts = np.asarray(self.db.read_meta(ep)["tasks"], dtype=object)
             try:
                 codes = np.asarray(self.db.read_array(ep, "task_index")).reshape(-1)
             except KeyError:
                 raise KinodbError(
-                    f"{self.where}: episode {ep} lists {len(texts)} tasks but has no per-frame "
-                    "task_index array"
+                    f"{self.where}: episode {ep} lists several tasks but has no per-frame task_index array"
                 ) from None
-            if len(codes) != self.lengths[j] or (
-                len(codes) and not 0 <= codes.min() <= codes.max() < len(texts)
-            ):
-                raise KinodbError(
-                    f"{self.where}: episode {ep}'s task_index does not index its {len(texts)} tasks "
-                    f"frame by frame"
-                )
-            found = self._frame_tasks[j] = texts[codes]
+            texts, positions = frame_tasks(self.db, ep, codes, int(self.lengths[j]), self.where)
+            found = self._frame_tasks[j] = np.asarray(texts, dtype=object)[positions]
         return found
 
     def rows(self, name: str) -> tuple[NDArray[np.int64], NDArray[Any], np.dtype[Any], tuple[int, ...]]:
@@ -186,6 +178,38 @@ class _Source:
                 self._cams.clear()
             cams = self._cams[j] = self.db._episode_cameras(int(self.kept[j]))
         return cams
+
+
+def frame_tasks(db: Database, ep: int, codes: Any, T: int, where: str) -> tuple[list[str], NDArray[np.int64]]:
+    """An episode's task texts and each frame's position among them, from its extra field
+    ``tasks`` and extra array ``task_index`` (kinodb's per-frame task convention).
+
+    ``task_index`` holds positions in ``tasks``, numbered in order of first appearance.
+    Files ingested from LeRobot by kinodb before that convention hold LeRobot's own task
+    numbers instead: those are read through the dataset's ``lerobot.tasks`` table.
+
+    Raises:
+        KinodbError: the array does not fit the list (names ``where`` and the episode).
+    """
+    meta = db.read_meta(ep)
+    texts = [str(t) for t in meta.get("tasks") or ()]
+    codes = np.asarray(codes, dtype=np.int64).reshape(-1)
+    if len(codes) != T or not len(codes):
+        raise KinodbError(f"{where}: episode {ep}'s task_index has {len(codes)} frames, the episode {T}")
+    _, first = np.unique(codes, return_index=True)
+    order = codes[np.sort(first)]  # the codes in order of first appearance
+    if np.array_equal(order, np.arange(len(texts))):
+        return texts, codes
+    table = (db.metadata().get("lerobot") or {}).get("tasks")
+    if isinstance(table, dict) and all(str(int(c)) in table for c in order.tolist()):
+        named = [str(table[str(int(c))]) for c in order.tolist()]
+        if named[0] == meta.get("task") and sorted(named) == sorted(texts):
+            rank = {int(c): k for k, c in enumerate(order.tolist())}
+            return named, np.array([rank[int(c)] for c in codes.tolist()], dtype=np.int64)
+    raise KinodbError(
+        f"{where}: episode {ep}'s task_index does not index its {len(texts)} tasks frame by frame; "
+        "re-ingest the source to rebuild it"
+    )
 
 
 class FrameWindows:

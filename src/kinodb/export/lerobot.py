@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from kinodb._optional import require
-from kinodb.errors import ConversionError
+from kinodb.errors import ConversionError, KinodbError
 from kinodb.export import _lerobot_stats as stats_
 from kinodb.export._base import dumps, episode_record, write_json
 from kinodb.export._lerobot_tables import (
@@ -52,6 +52,7 @@ from kinodb.export._lerobot_tables import (
 from kinodb.export._video_encode import CODECS, PIX_FMT, VideoCodec, VideoFile, frame_rate, unencodable
 from kinodb.kdb import _codecs
 from kinodb.kdb.reader import Database
+from kinodb.windows import frame_tasks
 
 logger = logging.getLogger(__name__)
 
@@ -254,20 +255,18 @@ def _array_features(db: Database, arrays: dict[str, tuple[np.dtype[Any], tuple[i
     return sorted(out, key=lambda f: (order.index(f.key) if f.key in order else 1.5, f.key))
 
 
-def _episode_tasks(ep: dict[str, Any], T: int) -> tuple[list[str], np.ndarray]:
+def _episode_tasks(db: Database, i: int, ep: dict[str, Any], T: int) -> tuple[list[str], np.ndarray]:
     """The episode's task texts and each frame's position among them: one text, or (where
     the task changes within the episode) the extra field ``tasks`` indexed frame by frame
-    by the extra array ``task_index``."""
+    by the extra array ``task_index`` (`kinodb.windows.frame_tasks`)."""
     meta = ep["meta"]
     listed, codes = meta.get("tasks"), ep.get("task_index")
     if isinstance(listed, list) and len(listed) > 1 and codes is not None:
-        codes = np.asarray(codes).reshape(-1).astype(np.int64)
-        if len(codes) != T or not 0 <= codes.min() <= codes.max() < len(listed):
-            raise ConversionError(
-                f"episode {meta['episode_id']}: its task_index array does not index its {len(listed)} "
-                "tasks frame by frame"
-            )
-        return [str(t) for t in listed], codes
+        try:
+            texts, positions = frame_tasks(db, i, codes, T, db.path())
+        except KinodbError as exc:
+            raise ConversionError(str(exc)) from None
+        return texts, positions
     return [str(meta["task"])], np.zeros(T, np.int64)
 
 
@@ -434,7 +433,7 @@ class _Exporter:
         """Write episode ``i`` of ``db`` as episode ``k``: its rows, videos and metadata row."""
         ep = db.read_episode_actions_only(i)
         T = int(ep["meta"]["num_frames"])
-        texts, per_frame = _episode_tasks(ep, T)
+        texts, per_frame = _episode_tasks(db, i, ep, T)
         codes = np.asarray([self._tasks.setdefault(t, len(self._tasks)) for t in texts], np.int64)
         values = {f.key: ep[f.source].reshape(T, *f.shape) for f in self._plan.features if not f.is_camera}
         values.update({

@@ -357,7 +357,9 @@ class Backend:
         fw = self.windows(req.windows, cams)
         n, size = len(fw), req.batch_size
         counts = fw.counts_by_source()  # per served source, 0 where the request's filter kept nothing
-        shares = self._shares * (counts > 0) if len(counts) == len(self._shares) else counts.astype(np.float64)
+        shares = (
+            self._shares * (counts > 0) if len(counts) == len(self._shares) else counts.astype(np.float64)
+        )
         draws = [self._draw(mode, n, size, offset, rng, counts, shares) for offset in offsets]
         idx = draws[0] if len(draws) == 1 else np.concatenate(draws)
         what = (
