@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import Sampler, default_collate, get_worker_info
 from torch.utils.data._utils.collate import default_collate_fn_map
 
-from kinodb.torch._ring import lease_slot, worker_ring
+from kinodb.torch._ring import read_slot, worker_ring
 
 __all__ = ["Batch", "SchemaBatchSampler", "TensorBatch", "collate", "pad_collate"]
 
@@ -68,9 +68,8 @@ class TensorBatch(dict):  # type: ignore[type-arg]
     this dict packs its CPU tensors into one contiguous buffer and the receiving side
     rebuilds the tensors as views of it. In a DataLoader worker that buffer is a slot of
     the worker's long-lived shared-memory ring (`kinodb.torch._ring`), so only the
-    slot's address is pickled; the receiver's tensors are views of the slot, which goes
-    back to the worker when they are freed. In the process that made it, it is an
-    ordinary dict.
+    slot's address is pickled; the receiver copies the slot into memory of its own. In
+    the process that made it, it is an ordinary dict.
     """
 
     __slots__ = ()
@@ -152,7 +151,9 @@ def _unpack(buffer: torch.Tensor, layout: list[Any], others: list[Any]) -> Tenso
 def _from_ring(
     path: str, slot: int, offset: int, size: int, layout: list[Any], others: list[Any]
 ) -> TensorBatch:
-    return _unpack(torch.from_numpy(lease_slot(path, slot, offset, size)), layout, others)
+    flat = np.empty(size, dtype=np.uint8)
+    read_slot(path, slot, offset, flat)
+    return _unpack(torch.from_numpy(flat), layout, others)
 
 
 def _place(out: dict[str, Any], path: tuple[str, ...], value: Any) -> None:

@@ -5,17 +5,14 @@ worker creates a segment, the file descriptor crosses to the main process over a
 socket, and the main process maps it. For a batch of low-dimensional windows that
 round trip costs more than gathering the batch. A worker instead keeps one `Ring` of a
 few fixed slots in ``/dev/shm`` for its whole life, copies a pickled batch's bytes into
-a free slot and sends only ``(ring, slot, layout)``. The receiving process maps each
-ring once and lends the slot to the batch (`lease_slot`): the batch's tensors are views
-of the slot, nothing is copied, and the slot goes back to the worker when the last of
-them is freed, as torch's own segments do. The receiver unlinks a ring's name when it
-opens it (on the first batch), so the ring never outlives both processes, even when a
-worker is killed.
+a free slot and sends only ``(ring, slot, layout)``. The receiving process reads the
+slot into memory of its own with one ``preadv`` and marks the slot free with one
+``pwrite``: the batch it gets owns its memory, as with torch's own transport. The
+receiver unlinks a ring's name when it opens it (on the first batch), so the ring
+never outlives both processes, even when a worker is killed.
 
-A slot's state byte: 0 free, 1 written and not yet received, 2 lent to a batch in the
-receiving process. Anything that does not fit goes the ordinary way, so the ring can
-only save time: no ``/dev/shm``, a payload over `MAX_PAYLOAD`, every slot lent to
-batches the trainer still holds, or slots still unreceived after `WAIT_S`.
+Anything that does not fit (no ``/dev/shm``, a payload over `MAX_PAYLOAD`, every slot
+still unread after `WAIT_S`) goes the ordinary way, so the ring can only save time.
 """
 
 from __future__ import annotations
@@ -31,13 +28,12 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["MAX_PAYLOAD", "Ring", "lease_slot", "worker_ring"]
+__all__ = ["MAX_PAYLOAD", "Ring", "read_slot", "worker_ring"]
 
 SHM_DIR = "/dev/shm"
 MAX_PAYLOAD = 2 << 20  # larger batches (decoded images) gain little and would pin more memory
-SLOTS = 8  # prefetch_factor (2 by default) batches in flight, plus those the trainer holds
-HEADER = 64  # one state byte per slot (FREE, SENT or LENT), then the slots
-FREE, SENT, LENT = 0, 1, 2
+SLOTS = 6  # a worker has at most prefetch_factor (2 by default) batches unread at a time
+HEADER = 64  # one state byte per slot (0 free, 1 holds a batch), then the slots
 ALIGN = 1 << 16
 WAIT_S = 0.05
 
@@ -70,8 +66,8 @@ class Ring:
         self._lock = threading.Lock()
 
     def take(self) -> int | None:
-        """A free slot, marked SENT (the receiver frees it); None at once when every slot
-        is lent to a batch still held, or when slots stayed unreceived for `WAIT_S`."""
+        """A free slot, marked taken (the reader frees it); None when every slot stayed
+        taken for `WAIT_S`."""
         mm, n = self._mm, self.slots
         with self._lock:
             deadline = None
@@ -80,11 +76,9 @@ class Ring:
                 if slot < 0:
                     slot = mm.find(b"\x00", 0, self._next)
                 if slot >= 0:
-                    mm[slot] = SENT
+                    mm[slot] = 1
                     self._next = (slot + 1) % n
                     return slot
-                if mm.find(b"\x01", 0, n) < 0:  # all lent: the trainer keeps its batches
-                    return None
                 now = time.monotonic()
                 if deadline is None:
                     deadline = now + WAIT_S
@@ -108,60 +102,39 @@ def _unlink(path: str) -> None:
         os.unlink(path)
 
 
-class _Map:
-    """A ring mapped in the receiving process, and the address of its first byte."""
-
-    __slots__ = ("addr", "mm")
-
-    def __init__(self, fd: int) -> None:
-        self.mm = mmap.mmap(fd, 0)
-        self.addr = np.frombuffer(self.mm, dtype=np.uint8, count=1).ctypes.data
-
-
-class _Lease:
-    """One slot lent to a batch: NumPy arrays made from it keep it (as their ``base``)
-    and the map alive; when the last of them goes, the slot is free again."""
-
-    __slots__ = ("__array_interface__", "_map", "_pid", "_slot")
-
-    def __init__(self, ring: _Map, slot: int, offset: int, nbytes: int) -> None:
-        ring.mm[slot] = LENT
-        self._map, self._slot, self._pid = ring, slot, os.getpid()
-        self.__array_interface__ = {
-            "shape": (nbytes,), "typestr": "|u1", "data": (ring.addr + offset, False), "version": 3,
-        }  # fmt: skip
-
-    def __del__(self, _getpid: Any = os.getpid) -> None:
-        # No module globals: at interpreter exit they may already be gone.
-        try:
-            if self._pid == _getpid():  # a forked child's copy is not the holder
-                self._map.mm[self._slot] = 0  # FREE
-        except Exception:  # nothing to free into any more
-            pass
-
-
-_readers: dict[str, _Map] = {}  # ring path -> its map, in the receiving process
+_readers: dict[str, int] = {}  # ring path -> descriptor, in the reading process
 _readers_lock = threading.Lock()
 
 
-def lease_slot(path: str, slot: int, offset: int, nbytes: int) -> np.ndarray:
-    """The first ``nbytes`` of ``slot`` of the ring at ``path``, as a writable uint8 array
-    that holds the slot until it (and every view of it) is freed."""
-    ring = _readers.get(path)
-    if ring is None:
-        ring = _open_ring(path)
-    return np.asarray(_Lease(ring, slot, offset, nbytes))
+def read_slot(path: str, slot: int, offset: int, out: Any) -> None:
+    """Fill ``out`` (a writable buffer) from ``slot`` of the ring at ``path``, then free the slot.
+
+    A batch read back in the worker that packed it (a copy or pickle made there) comes
+    straight from the worker's own map, which stays linked for the main process.
+    """
+    own = _ring if _ring is not None and _ring.path == path and _ring_pid == os.getpid() else None
+    if own is not None:
+        n = len(memoryview(out).cast("B"))
+        np.frombuffer(out, dtype=np.uint8)[:] = own.view(slot, n)
+        own._mm[slot] = 0
+        return
+    fd = _readers.get(path)
+    if fd is None:
+        fd = _open_ring(path)
+    got = os.preadv(fd, [out], offset)
+    if got != len(memoryview(out).cast("B")):
+        raise RuntimeError(f"short read of a batch from {path}: {got} bytes")
+    os.pwrite(fd, b"\x00", slot)
 
 
-def _open_ring(path: str) -> _Map:
-    """Map a ring on its first batch and unlink its name at once: from then on the ring
-    lives only as long as its worker and the batches lent from it, so a killed worker
-    leaves nothing in /dev/shm. Rings whose workers have exited are dropped here (their
-    maps close with the last batch lent from them)."""
+def _open_ring(path: str) -> int:
+    """Open a ring on its first batch and unlink its name at once: from then on the ring
+    lives only as long as its worker and this descriptor, so a killed worker leaves
+    nothing in /dev/shm. Descriptors of rings whose workers have exited are closed here."""
     with _readers_lock:
-        ring = _readers.get(path)
-        if ring is not None:
-            return ring
+        fd = _readers.get(path)
+        if fd is not None:
+            return fd
         try:
             fd = os.open(path, os.O_RDWR)
         except FileNotFoundError:
@@ -169,15 +142,11 @@ def _open_ring(path: str) -> _Map:
                 f"a DataLoader worker's batch buffer {path} is gone (the worker exited before its "
                 "batch was read); re-create the DataLoader iterator"
             ) from None
-        try:
-            ring = _Map(fd)
-        finally:
-            os.close(fd)
         _unlink(path)
         for old in [p for p in _readers if not _alive(_worker_pid(p))]:
-            del _readers[old]
-        _readers[path] = ring
-        return ring
+            os.close(_readers.pop(old))
+        _readers[path] = fd
+        return fd
 
 
 def _worker_pid(path: str) -> int:
