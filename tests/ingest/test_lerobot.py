@@ -432,6 +432,15 @@ def test_export_keeps_the_keys_the_ingest_read_and_adds_none(tmp_path: Path) -> 
     assert info["features"]["observation.wrist"]["dtype"] == "video"
     assert "observation.images.wrist" not in info["features"]
     assert "next.reward" not in info["features"] and "next.done" not in info["features"]  # not made up
+    with kinodb.Writer(out, mode="a") as w:  # an episode from elsewhere, with real rewards
+        w.add_episode(actions=np.zeros((5, 4), np.float32), states=np.zeros((5, 3), np.float32),
+                      rewards=np.r_[np.zeros(4), 1.0].astype(np.float32),
+                      images={"wrist": np.zeros((5, 24, 32, 3), np.uint8)}, fps=10.0,
+                      timestamps=(np.arange(5) / 10).astype(np.float32),
+                      extra_arrays={"observation.environment_state": np.zeros((5, 2))})  # fmt: skip
+    kinodb.export.export(out, tmp_path / "export2", format="lerobot")
+    info2 = json.loads((tmp_path / "export2" / "meta" / "info.json").read_text())
+    assert "next.reward" in info2["features"] and "next.done" not in info2["features"]
     again = tmp_path / "again.kdb"
     ingest(exported, again, format="lerobot", image_codec="png")
     with kinodb.open(out) as a, kinodb.open(again) as b:

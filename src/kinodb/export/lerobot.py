@@ -156,7 +156,7 @@ def make_plan(db: Database, positions: list[int], *, images_as: str = "video") -
             del arrays["timestamps"]
     recorded = (db.metadata().get("lerobot") or {}).get("cameras")
     keys = recorded if isinstance(recorded, dict) else {}
-    features = _array_features(db, arrays) + _camera_features(cameras, images_as, warnings, keys)
+    features = _array_features(db, arrays, positions) + _camera_features(cameras, images_as, warnings, keys)
     _check_keys(features)
     embodiments = sorted(set(table["embodiment"][positions].tolist()))
     robot_type = embodiments[0] if embodiments != ["unknown"] and len(embodiments) == 1 else None
@@ -229,7 +229,22 @@ def _feature_key(name: str) -> str:
     return name if name.startswith(KEPT_PREFIXES) else f"observation.{name}"
 
 
-def _array_features(db: Database, arrays: dict[str, tuple[np.dtype[Any], tuple[int, ...]]]) -> list[Feature]:
+def _only_defaults(db: Database, positions: list[int], name: str) -> bool:
+    """Whether every exported episode holds kinodb's default for ``name``: zero rewards,
+    or a terminal flag on the last frame only (what an ingest fills in when the source
+    has none)."""
+    for i in positions:
+        arr = db.read_array(i, name)
+        if name == "rewards" and arr.any():
+            return False
+        if name == "is_terminal" and (not arr[-1] or arr[:-1].any()):
+            return False
+    return True
+
+
+def _array_features(
+    db: Database, arrays: dict[str, tuple[np.dtype[Any], tuple[int, ...]]], positions: list[int]
+) -> list[Feature]:
     schema = db.schema()
     source = ((db.metadata().get("lerobot") or {}).get("info") or {}).get("features")
     out = []
@@ -240,8 +255,9 @@ def _array_features(db: Database, arrays: dict[str, tuple[np.dtype[Any], tuple[i
             name in ("rewards", "is_terminal")
             and isinstance(source, dict)
             and _BUILTIN_ARRAYS[name] not in source
+            and _only_defaults(db, positions, name)
         ):
-            continue  # ingested from a LeRobot dataset without it: kinodb's default, not data
+            continue  # ingested from a LeRobot dataset without it, and still only kinodb's default
         key = _BUILTIN_ARRAYS.get(name) or _feature_key(name)
         lr_shape = shape or (1,)
         if len(lr_shape) > 5:
