@@ -588,3 +588,19 @@ def test_lerobot_dataset_reads_the_export(
     )
     np.testing.assert_array_equal(item["action"].numpy(), eps[1]["actions"][0:3])
     assert item["action_is_pad"].tolist() == [False, False, False]
+
+
+def test_a_task_index_array_without_a_task_list_is_an_ordinary_array(tmp_path: Path) -> None:
+    src = tmp_path / "ti.kdb"
+    with kinodb.Writer(src) as w:
+        for k in range(2):
+            w.add_episode(actions=np.zeros((4, 2), np.float32), fps=10.0, task="push",
+                          extra_arrays={"task_index": np.full(4, 7 + k, np.int64)})  # fmt: skip
+    export(src, tmp_path / "out", format="lerobot")
+    info = json.loads((tmp_path / "out" / "meta" / "info.json").read_text())
+    assert info["features"]["observation.task_index"]["dtype"] == "int64"
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(tmp_path / "out" / "data" / "chunk-000" / "file-000.parquet")
+    assert table["observation.task_index"].to_pylist() == [7] * 4 + [8] * 4
+    assert table["task_index"].to_pylist() == [0] * 8  # LeRobot's own column: the episode's task

@@ -209,9 +209,16 @@ def _layout(db: Database, positions: list[int]) -> tuple[dict[str, tuple[np.dtyp
 
 def _arrays_of(db: Database, i: int) -> dict[str, tuple[np.dtype[Any], tuple[int, ...]]]:
     ep = db.read_episode_actions_only(i)
-    # task_index (per-frame tasks, where an episode's task changes) goes to LeRobot's own
-    # column, so episodes with and without it export together.
-    return {k: (v.dtype, tuple(v.shape[1:])) for k, v in ep.items() if k not in ("meta", "task_index")}
+    # task_index with a list of tasks (per-frame tasks, where an episode's task changes)
+    # goes to LeRobot's own column, so episodes with and without it export together; a
+    # task_index array without that list is an array like any other.
+    listed = ep["meta"].get("tasks")
+    per_frame = isinstance(listed, list) and len(listed) > 1
+    return {
+        k: (v.dtype, tuple(v.shape[1:]))
+        for k, v in ep.items()
+        if k != "meta" and not (per_frame and k == "task_index")
+    }
 
 
 def _describe(arrays: dict[str, tuple[np.dtype[Any], tuple[int, ...]]]) -> str:
