@@ -166,3 +166,29 @@ def test_a_batch_copied_inside_its_worker_reads_back() -> None:
     got = list(DataLoader(_CopiesInTheWorker(), batch_size=None, num_workers=2))
     assert [int(b["a"][0]) for b in got] == list(range(12))
     assert all(torch.equal(b["b"], torch.arange(3) * k) for k, b in enumerate(got))
+
+
+def test_rings_left_by_killed_workers_are_removed_by_the_next_worker(monkeypatch) -> None:
+    import subprocess as sp
+    import time
+
+    dead = sp.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a pid that no longer runs
+    old = os.path.join(_ring.SHM_DIR, f"kinodb-batches-{dead.pid}-0123456789ab")
+    young = os.path.join(_ring.SHM_DIR, f"kinodb-batches-{dead.pid}-ba9876543210")
+    for path in (old, young):
+        with open(path, "wb") as fh:
+            fh.write(b"\0" * 64)
+    os.utime(old, (time.time() - 2 * _ring.STALE_S,) * 2)
+    monkeypatch.setattr(_ring, "_ring_pid", -1)  # as in a fresh worker
+    monkeypatch.setattr(_ring, "_ring", None)
+    try:
+        ring = _ring.worker_ring(1000)
+        assert ring is not None
+        assert not os.path.exists(old)  # a leftover: its worker is gone and it was never read
+        assert os.path.exists(young)  # too recent to judge
+        ring.close()
+    finally:
+        for path in (old, young):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)

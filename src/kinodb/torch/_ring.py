@@ -168,6 +168,23 @@ _ring: Ring | None = None
 _ring_pid = -1
 
 
+STALE_S = 600.0  # a ring's name lives until its first batch is read: older names are leftovers
+
+
+def _remove_stale_rings() -> None:
+    """Unlink rings left in /dev/shm by workers killed before their first batch was read
+    (the name is unlinked on that read, so an old name whose worker is gone is a leftover)."""
+    now = time.time()
+    with contextlib.suppress(OSError):
+        for name in os.listdir(SHM_DIR):
+            if not name.startswith("kinodb-batches-"):
+                continue
+            path = os.path.join(SHM_DIR, name)
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                if now - os.stat(path).st_mtime > STALE_S and not _alive(_worker_pid(path)):
+                    os.unlink(path)
+
+
 def worker_ring(nbytes: int) -> Ring | None:
     """This process's ring, made on first use with slots sized for ``nbytes``; None where
     no ring can serve a payload of ``nbytes`` (too large, or shared memory unavailable)."""
@@ -178,6 +195,7 @@ def worker_ring(nbytes: int) -> Ring | None:
         if _ring_pid != os.getpid():  # first use in this process (a fork copies the parent's)
             _ring, _ring_pid = None, os.getpid()
             if os.path.isdir(SHM_DIR):
+                _remove_stale_rings()
                 size = min(MAX_PAYLOAD, max(2 * nbytes, ALIGN))
                 try:
                     _ring = Ring(-(-size // ALIGN) * ALIGN)
