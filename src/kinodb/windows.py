@@ -73,9 +73,11 @@ class _Source:
         # than one text, and extra array `task_index`): their positions in `kept`.
         listed = table.get("tasks")
         self._varying = np.zeros(len(kept), dtype=bool)
+        self._any_varying = False
         if listed is not None:
             per = np.asarray(listed, dtype=object)[kept]
             self._varying[:] = [isinstance(v, list) and len(v) > 1 for v in per.tolist()]
+        self._any_varying = bool(self._varying.any())
         self._frame_tasks: dict[int, NDArray[Any]] = {}
         self._lookup: tuple[NDArray[np.int32], NDArray[np.int32]] | None = None
         self.starts = np.concatenate([[0], np.cumsum(self.lengths)]).astype(np.int64)
@@ -97,7 +99,7 @@ class _Source:
     def task_texts(self, j: NDArray[np.int64], t: NDArray[np.int64]) -> NDArray[Any]:
         """The task text at frame ``t`` of each kept episode ``j`` (an object array)."""
         out = self.tasks[j]
-        if self._varying.any():
+        if self._any_varying:
             for n in np.flatnonzero(self._varying[j]).tolist():
                 out[n] = self._frame_texts(int(j[n]))[int(t[n])]
         return out

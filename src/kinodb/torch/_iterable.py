@@ -13,6 +13,7 @@ from kinodb.errors import KinodbError
 from kinodb.mixture import DEFAULT_SEED, Mixture
 from kinodb.torch._collate import Batch, TensorBatch
 from kinodb.torch._datasets import KinoFrameDataset, KinoMapDataset
+from kinodb.torch._sampler import cycle_draws
 
 __all__ = ["KinoIterDataset", "from_mixture"]
 
@@ -151,13 +152,7 @@ class KinoIterDataset(IterableDataset[dict[str, Any]]):
                 )
             if k == 0:
                 continue
-            first, last = self.epoch * k // units, (self.epoch * k + k - 1) // units
-            rng_passes = [
-                np.random.default_rng([self.seed, s, p]).permutation(units) for p in range(first, last + 1)
-            ]
-            cycle = np.concatenate(rng_passes)
-            begin = self.epoch * k - first * units
-            parts.append(starts[s] + cycle[begin : begin + k])
+            parts.append(starts[s] + cycle_draws(self.seed, s, units, self.epoch * k, k))
         order = np.concatenate(parts).astype(np.int64)
         return order[np.random.default_rng([self.seed, self.epoch, 1 << 20]).permutation(len(order))]
 

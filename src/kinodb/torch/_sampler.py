@@ -11,7 +11,22 @@ from torch.utils.data import Sampler
 
 from kinodb.mixture import Mixture
 
-__all__ = ["MixtureSampler"]
+__all__ = ["MixtureSampler", "cycle_draws"]
+
+
+def cycle_draws(seed: int, source: int, size: int, first: int, k: int) -> np.ndarray:
+    """Draws ``first .. first+k-1`` of a source's endless run of seeded permutations of
+    ``range(size)``: pass ``p`` is the permutation seeded by ``(seed, source, p)``, so no
+    draw repeats before the source has been drawn through."""
+    out = np.empty(k, dtype=np.int64)
+    done = 0
+    while done < k:
+        p, at = divmod(first + done, size)
+        perm = np.random.default_rng([seed, source, p]).permutation(size)
+        take = min(k - done, size - at)
+        out[done : done + take] = perm[at : at + take]
+        done += take
+    return out
 
 
 class MixtureSampler(Sampler[int]):
@@ -100,23 +115,13 @@ class MixtureSampler(Sampler[int]):
         """Draw epoch ``epoch`` next (deterministic from the seed)."""
         self.epoch = int(epoch)
 
-    def _draws(self, source: int, first: int, k: int) -> np.ndarray:
-        """Draws ``first .. first+k-1`` of the source's endless run of permutations."""
-        size = int(self._sizes[source])
-        out = np.empty(k, dtype=np.int64)
-        done = 0
-        while done < k:
-            p, at = divmod(first + done, size)
-            perm = np.random.default_rng([self.seed, source, p]).permutation(size)
-            take = min(k - done, size - at)
-            out[done : done + take] = perm[at : at + take]
-            done += take
-        out += int(self._bounds[source])
-        return out
-
     def indices(self) -> np.ndarray:
         """This rank's indices of the current epoch, in order."""
-        parts = [self._draws(s, self.epoch * k, k) for s, k in enumerate(self._counts.tolist()) if k]
+        parts = [
+            cycle_draws(self.seed, s, int(self._sizes[s]), self.epoch * k, k) + int(self._bounds[s])
+            for s, k in enumerate(self._counts.tolist())
+            if k
+        ]
         order = np.concatenate(parts)
         order = order[np.random.default_rng([self.seed, 1 << 32, self.epoch]).permutation(len(order))]
         return order[self.rank :: self.world_size]
