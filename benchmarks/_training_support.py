@@ -76,8 +76,9 @@ class LoaderSpec:
         make: builds the dataset (this is what ``init_s`` times).
         exact: whether its tensors must equal the native loader's bit for bit.
         frames: how its batches hold frames: ``"float"`` (CHW in [0, 1]), or uint8 as
-            ``"uint8-chw"`` (kinodb, ``normalize=False``) or ``"uint8-hwc"`` (robomimic's
-            own), which the training step turns into float CHW (see `step_frames`).
+            ``"uint8-hwc"`` (robomimic's own) or ``"uint8-cl"`` (kinodb, ``normalize=False,
+            channels_last=True``: CHW-shaped over the same HWC memory), which the training
+            step turns into float CHW (see `step_frames`).
     """
 
     name: str
@@ -102,9 +103,10 @@ def loaders_for(
     """The native peer (when ``peers``) and the kinodb loaders of a training set: PNG, JPEG,
     and raw frames when ``raw`` names a raw-frame ``.kdb``.
 
-    ``uint8``: every loader whose library can hand frames over as uint8 does, and the training
-    step makes them float (robomimic's own way: its `SequenceDataset` returns uint8 HWC and
-    its training step converts them on the device). LeRobot's decoder returns float only.
+    ``uint8``: every loader whose library can hand frames over as uint8 does, in the layout it
+    stores them in, and the training step makes them float (robomimic's own way: its
+    `SequenceDataset` returns uint8 HWC and its training step converts them on the device;
+    kinodb's frames are channels-last, the same memory). LeRobot's decoder returns float only.
     """
     out: list[LoaderSpec] = []
     native = Path(paths.native)
@@ -122,10 +124,10 @@ def loaders_for(
         def make(kdb: Path = Path(kdb)) -> KinoFrameDataset:
             return KinoFrameDataset(kdb, obs_horizon=windows.obs_horizon, action_horizon=windows.action_horizon,
                                     image_key=list(windows.cameras), decode_threads=decode_threads,
-                                    normalize=False if uint8 else None)  # fmt: skip
+                                    normalize=False if uint8 else None, channels_last=uint8)  # fmt: skip
 
         out.append(LoaderSpec(f"kinodb-{codec}", False, f".kdb, {codec} frames", Path(kdb), make, codec != "jpeg",
-                              "uint8-chw" if uint8 else "float"))  # fmt: skip
+                              "uint8-cl" if uint8 else "float"))  # fmt: skip
     return out
 
 
@@ -137,7 +139,7 @@ def step_frames(x: torch.Tensor, frames: str) -> torch.Tensor:
     """
     if frames == "float":
         return x
-    if frames == "uint8-hwc":
+    if frames in ("uint8-hwc", "uint8-cl"):  # the same transpose for both (see `batch_tensors`)
         x = x.permute(0, 1, 4, 2, 3).contiguous()
     return x.float().div_(255)
 
@@ -210,16 +212,23 @@ def normalization(kdb: Path) -> Normalization:
 # -- checks ------------------------------------------------------------------------------------
 
 
-def batch_tensors(batch: Any, cameras: tuple[str, ...], device: torch.device) -> dict[str, torch.Tensor]:
+def batch_tensors(
+    batch: Any, cameras: tuple[str, ...], device: torch.device, frames: str = "float"
+) -> dict[str, torch.Tensor]:
     """The tensors a policy consumes, by a flat name, contiguous and on ``device``.
 
     ``contiguous()`` is the one transform applied to every loader's batches: it costs
     nothing for tensors that already are, and it gives every policy the same memory
     layout (robomimic's frames are permuted HWC arrays, which collate into a
     channels-last batch, and oneDNN convolutions round differently on that layout).
+    Channels-last uint8 frames (``frames="uint8-cl"``) are taken as the HWC tensor
+    their memory holds, a view, as robomimic's uint8 frames are: `step_frames` then
+    transposes both the same way.
     """
     out = {k: batch[k] for k in ("state", "action", "action_is_pad")}
-    out.update({f"images.{cam}": batch["images"][cam] for cam in cameras})
+    for cam in cameras:
+        x = batch["images"][cam]
+        out[f"images.{cam}"] = x.permute(0, 1, 3, 4, 2) if frames == "uint8-cl" else x
     return {k: v.contiguous().to(device) for k, v in out.items()}
 
 
@@ -241,7 +250,8 @@ def compare_loaders(
         it_a = iter(make_loader(ds_a, order, batch_size, 0, cpu))
         it_b = iter(make_loader(ds_b, order, batch_size, 0, cpu))
         for n in range(batches):
-            a, b = batch_tensors(next(it_a), cameras, cpu), batch_tensors(next(it_b), cameras, cpu)
+            a = batch_tensors(next(it_a), cameras, cpu, want.frames)
+            b = batch_tensors(next(it_b), cameras, cpu, got.frames)
             for cam in cameras:
                 key = f"images.{cam}"
                 a[key], b[key] = step_frames(a[key], want.frames), step_frames(b[key], got.frames)
@@ -330,7 +340,7 @@ def train_run(
         first = len(step_losses)
         t = _now()
         for batch in loader:
-            b = batch_tensors(batch, shape.cameras, cfg.device)
+            b = batch_tensors(batch, shape.cameras, cfg.device, spec.frames)
             _sync(cfg.device)
             t1 = _now()
             data += t1 - t

@@ -16,8 +16,10 @@ peers read:
 - robomimic: ``SequenceDataset`` (robomimic 0.3.0) with ``frame_stack=2, seq_length=16``
   and ``hdf5_cache_mode="low_dim"`` on the robomimic HDF5 export (raw uint8 frames).
 - bare decode (the floor, image case): Pillow decoding exactly the JPEG frames the
-  kinodb windows need (draft-mode scaled decode, bilinear resize to 96x96) in a plain
-  loop, on as many threads as kinodb decodes with, the bytes read up front.
+  kinodb windows need (draft-mode scaled decode, bilinear resize to 96x96) into one HWC
+  array in a plain loop, on as many threads as kinodb decodes with, the bytes read up
+  front. It is compared with kinodb's uint8 frames in the same memory layout
+  (``normalize=False, channels_last=True``): the same work.
 
 Without the peers installed (``benchmarks/setup_peers.sh`` builds ``.venv-bench``), the
 h5py and pyarrow+PyAV stand-ins of benchmarks/_peers.py, written the way those
@@ -104,6 +106,7 @@ def kinodb_dataset(case: Case, *, decode_threads: int | None = None, uint8: bool
         image_key=list(w.cameras) if w.cameras else False,
         image_size=(w.image_size, w.image_size) if w.image_size else None,
         pad="edge", normalize=False if uint8 else None, resize="bilinear", decode_threads=decode_threads,
+        channels_last=uint8,
     )  # fmt: skip
 
 
@@ -271,9 +274,11 @@ def run_case(
         threads = max(1, min(4, os.cpu_count() or 1)) if workers == 0 else workers
         kino = [("kinodb", {}, threads)]
         if images:
-            kino.append(("kinodb uint8", {"uint8": True}, threads))
+            kino.append(("kinodb uint8 channels-last", {"uint8": True}, threads))
             if workers == 0 and threads != 1:
-                kino.append(("kinodb uint8 (1 thread)", {"uint8": True, "decode_threads": 1}, 1))
+                kino.append(
+                    ("kinodb uint8 channels-last (1 thread)", {"uint8": True, "decode_threads": 1}, 1)
+                )
         for name, options, n_threads in kino:
             samplers[name] = PassOrder(order, first_pass)
             dl = loader(kinodb_dataset(case, **options), case, samplers[name], workers, kino=True)  # type: ignore[arg-type]

@@ -127,17 +127,21 @@ def decode_into(
     size: tuple[int, int] | None,
     resize: str,
     threads: int,
+    *,
+    channels_last: bool = False,
 ) -> None:
     """Decode ``jobs`` into ``out`` (N, C, H, W): job ``(slot, data, codec, shape, where)``.
 
-    Each frame is written straight into its slot, transposed to channels-first. ``where``
-    names the frame in errors: a string, or ``(source, kept index, camera, frame)``
-    from `kinodb.windows`, formatted only when a frame fails.
+    Each frame is written straight into its slot, transposed to channels-first; with
+    ``channels_last`` ``out`` is (N, H, W, C) and takes the decoder's pixels as they are.
+    ``where`` names the frame in errors: a string, or ``(source, kept index, camera,
+    frame)`` from `kinodb.windows`, formatted only when a frame fails.
     """
     _filter(resize)  # check the mode once, before any thread starts
+    axes = (0, 1, 2) if channels_last else (2, 0, 1)
 
     def work(a: int, b: int) -> None:
         for slot, data, codec, shape, where in jobs[a:b]:
-            out[slot] = decode_one(data, codec, shape, size, resize, where).transpose(2, 0, 1)
+            out[slot] = decode_one(data, codec, shape, size, resize, where).transpose(axes)
 
     in_parts(len(jobs), threads if len(jobs) >= 4 else 1, work)

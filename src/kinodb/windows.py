@@ -392,6 +392,7 @@ class FrameWindows:
         size: Any = None,
         resize: str = "bilinear",
         threads: int = 1,
+        channels_last: bool = False,
     ) -> dict[str, NDArray[np.uint8]]:
         """The image windows of a batch: ``{camera: uint8 (B, To, C, H, W)}``.
 
@@ -400,6 +401,11 @@ class FrameWindows:
         (``bilinear`` and ``area`` are antialiased; ``nearest`` is available) into
         ``size`` = ``(H, W)``. Frames outside the episode repeat the edge frame, or are
         zeros with ``pad="zero"``; ``image_is_pad`` in `lowdim` marks them.
+
+        With ``channels_last`` the arrays have the same shape and values over
+        channels-last memory: a (B, To, H, W, C) array viewed as (B, To, C, H, W). The
+        pixels then keep the layout they are stored and decoded in, with no transpose
+        (raw frames are one copy each).
 
         Raises:
             CorruptFileError: a frame does not decode (names file, episode, camera, frame).
@@ -456,13 +462,17 @@ class FrameWindows:
                     raw.append((source, shape, slots[direct], byte))
             assert shape is not None
             h, w = size or shape[:2]
-            block = np.empty((len(idx) * k, shape[2], h, w), np.uint8)
+            c = shape[2]
+            block = np.empty((len(idx) * k, *((h, w, c) if channels_last else (c, h, w))), np.uint8)
             for slots_z in zero_slots:
                 block[slots_z] = 0
             for source, hwc, where_to, byte in raw:
-                _gather_raw(block, source.frame_rows(hwc), hwc, where_to, byte, threads)
-            _images.decode_into(block, jobs, size, resize, threads)
-            out[cam] = block.reshape(len(idx), k, shape[2], h, w)
+                _gather_raw(block, source.frame_rows(hwc), hwc, where_to, byte, threads, channels_last)
+            _images.decode_into(block, jobs, size, resize, threads, channels_last=channels_last)
+            if channels_last:
+                out[cam] = block.reshape(len(idx), k, h, w, c).transpose(0, 1, 4, 2, 3)
+            else:
+                out[cam] = block.reshape(len(idx), k, c, h, w)
         return out
 
     def encoded(self, indices: Any) -> list[dict[str, list[bytes]]]:
@@ -635,16 +645,26 @@ def _gather_raw(
     where_to: NDArray[np.int64],
     byte: NDArray[np.int64],
     threads: int,
+    channels_last: bool = False,
 ) -> None:
     """Raw frames need no decoding: whole frames gathered out of the map (``rows[byte]``)
-    and transposed to channels-first into their slots of ``block``.
+    and transposed to channels-first into their slots of ``block``, or with
+    ``channels_last`` copied into them as they are stored.
 
     The transpose is a byte-strided copy, the slow part; NumPy runs it without the GIL,
     so a large batch is split over the decode threads.
     """
+    if channels_last:
+        flat = block.reshape(len(block), -1)
 
-    def part(a: int, b: int) -> None:
-        block[where_to[a:b]] = rows[byte[a:b]].reshape(b - a, *hwc).transpose(0, 3, 1, 2)
+        def part(a: int, b: int) -> None:  # one copy per frame, from the map into its slot
+            for slot, at in zip(where_to[a:b].tolist(), byte[a:b].tolist(), strict=True):
+                flat[slot] = rows[at]
+
+    else:
+
+        def part(a: int, b: int) -> None:
+            block[where_to[a:b]] = rows[byte[a:b]].reshape(b - a, *hwc).transpose(0, 3, 1, 2)
 
     n = len(byte)
     _images.in_parts(n, threads if n * rows.shape[1] >= _RAW_SPLIT_BYTES else 1, part)

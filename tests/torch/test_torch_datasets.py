@@ -270,3 +270,82 @@ def test_robots_with_differently_named_cameras_train_under_one_name(tmp_path: Pa
         KinoMapDataset(mix, image_key={"front": ["image_0", "cam_high"]})
     again = pickle.loads(pickle.dumps(ds))  # workers re-open it with the same cameras
     assert torch.equal(again[6]["images"]["front"], ds[6]["images"]["front"])
+
+
+def _is_channels_last(x: torch.Tensor) -> bool:
+    """(B, To, C, H, W) or (To, C, H, W) over (..., H, W, C) memory."""
+    return (
+        x.reshape(-1, *x.shape[-3:]).is_contiguous(memory_format=torch.channels_last)
+        and not x.is_contiguous()
+    )
+
+
+@pytest.mark.parametrize("codec", ["raw", "png", "jpeg"])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"normalize": False},
+        {},
+        {"normalize": False, "image_size": (6, 8)},
+        {"normalize": False, "pad": "zero"},
+    ],
+)
+def test_channels_last_frames_equal_channels_first_ones(tmp_path: Path, codec: str, options: dict) -> None:
+    path = tmp_path / f"{codec}.kdb"
+    eps = _write(path, [4, 7, 3], cameras={"front": (12, 16, 3), "wrist": (12, 16, 3)}, codec=codec)
+    kw = dict(obs_horizon=3, action_horizon=2, image_key=["front", "wrist"], **options)
+    first, last = KinoFrameDataset(path, **kw), KinoFrameDataset(path, channels_last=True, **kw)
+    idx = [0, 1, 3, 4, 10, 13, 5, 12]  # episode starts (padded history), middles, last frames
+    a, b = first.__getitems__(idx).stacked, last.__getitems__(idx).stacked
+    for cam in ("front", "wrist"):
+        x, y = a["images"][cam], b["images"][cam]
+        assert y.shape == x.shape and y.dtype == x.dtype and _is_channels_last(y)
+        assert torch.equal(x, y)
+    if codec != "jpeg" and "image_size" not in options:  # the stored pixels themselves
+        want = torch.from_numpy(eps[1]["images"]["wrist"][[0, 0, 1]]).permute(0, 3, 1, 2)
+        if options.get("pad") == "zero":
+            want[:1] = 0  # frame -1 lies before the episode
+        got = b["images"]["wrist"][idx.index(5)]
+        assert torch.equal(got if got.dtype == torch.uint8 else (got * 255).round().to(torch.uint8), want)
+    assert torch.equal(b["images"]["front"].contiguous(), a["images"]["front"])
+
+
+def test_channels_last_frames_keep_their_layout_through_workers(tmp_path: Path) -> None:
+    from kinodb.torch import TensorBatch
+
+    path = tmp_path / "raw.kdb"
+    _write(path, [5, 9, 6], cameras={"front": (12, 16, 3)}, codec="raw")
+    kw = dict(obs_horizon=2, action_horizon=3, normalize=False)
+    local = list(DataLoader(KinoFrameDataset(path, **kw), batch_size=4))
+    remote = list(DataLoader(KinoFrameDataset(path, channels_last=True, **kw), batch_size=4, num_workers=2))
+    assert len(local) == len(remote) == 5
+    for a, b in zip(local, remote, strict=True):
+        assert isinstance(b, TensorBatch) and _is_channels_last(b["image"])
+        assert torch.equal(a["image"], b["image"]) and torch.equal(a["state"], b["state"])
+    again = pickle.loads(pickle.dumps(TensorBatch(remote[0])))  # packed in memory order, permuted back
+    assert _is_channels_last(again["image"]) and torch.equal(again["image"], local[0]["image"])
+
+
+def test_channels_last_episodes_and_streams(tmp_path: Path) -> None:
+    path = tmp_path / "png.kdb"
+    eps = _write(path, [4, 6], cameras={"front": (12, 16, 3)})
+    for size in (None, (6, 8)):
+        a = KinoMapDataset(path, normalize=False, image_size=size)[1]["image"]
+        b = KinoMapDataset(path, normalize=False, image_size=size, channels_last=True)[1]["image"]
+        assert _is_channels_last(b) and torch.equal(a, b)
+    raw = tmp_path / "raw.kdb"
+    _write(raw, [4, 6], cameras={"front": (12, 16, 3)}, codec="raw")
+    ep = KinoMapDataset(raw, channels_last=True)[1]["image"]
+    assert _is_channels_last(ep)
+    torch.testing.assert_close(ep, torch.from_numpy(eps[1]["images"]["front"]).permute(0, 3, 1, 2) / 255)
+    stream = KinoIterDataset(
+        path, obs_horizon=2, batch_size=3, shuffle=False, channels_last=True, normalize=False
+    )
+    batch = next(iter(DataLoader(stream, batch_size=None)))
+    assert _is_channels_last(batch["image"])
+    assert torch.equal(
+        batch["image"],
+        KinoFrameDataset(path, obs_horizon=2, normalize=False).__getitems__([0, 1, 2]).stacked["image"],
+    )
+    with pytest.raises(ValueError, match="channels_last must be True or False"):
+        KinoFrameDataset(path, channels_last="yes")  # type: ignore[arg-type]

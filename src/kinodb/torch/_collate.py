@@ -78,9 +78,11 @@ class TensorBatch(dict):  # type: ignore[type-arg]
         return TensorBatch(self)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        # layout: (path, dtype, shape, offset, bytes); dtype is NumPy's type string when
-        # NumPy has the dtype (cheaper to pickle and to rebuild), else the torch dtype.
-        layout: list[tuple[tuple[str, ...], Any, tuple[int, ...], int, int]] = []
+        # layout: (path, dtype, shape, offset, bytes, axes); dtype is NumPy's type string
+        # when NumPy has the dtype (cheaper to pickle and to rebuild), else the torch dtype.
+        # A permuted tensor (channels-last frames) travels in its memory order, ``shape``,
+        # and ``axes`` (else None) permutes it back on the receiving side.
+        layout: list[tuple[tuple[str, ...], Any, tuple[int, ...], int, int, Any]] = []
         others: list[tuple[tuple[str, ...], Any]] = []
         parts: list[tuple[int, Any]] = []
         size = 0
@@ -89,11 +91,21 @@ class TensorBatch(dict):  # type: ignore[type-arg]
                 size += -size % 16  # aligned for every dtype's view
                 try:
                     arr: Any = value.numpy()
-                    layout.append((path, arr.dtype.str, arr.shape, size, arr.nbytes))
+                    axes = None
+                    if not arr.flags.c_contiguous:
+                        arr, axes = _memory_order(arr)
+                    layout.append((path, arr.dtype.str, arr.shape, size, arr.nbytes, axes))
                 except (TypeError, RuntimeError):  # bfloat16 and other torch-only dtypes, conj bits
                     arr = value
                     layout.append(
-                        (path, value.dtype, tuple(value.shape), size, value.numel() * value.element_size())
+                        (
+                            path,
+                            value.dtype,
+                            tuple(value.shape),
+                            size,
+                            value.numel() * value.element_size(),
+                            None,
+                        )
                     )
                 parts.append((size, arr))
                 size += layout[-1][4]
@@ -119,6 +131,16 @@ class TensorBatch(dict):  # type: ignore[type-arg]
         return (_unpack, (buffer, layout, others))
 
 
+def _memory_order(arr: np.ndarray) -> tuple[np.ndarray, tuple[int, ...] | None]:
+    """``(array in memory order, axes back)`` for a permuted view of contiguous memory
+    (``arr == memory.transpose(axes)``), else ``(arr, None)`` (copied when packed)."""
+    order = np.argsort([-abs(st) for st in arr.strides], kind="stable")
+    memory = arr.transpose(order)
+    if not memory.flags.c_contiguous:
+        return arr, None
+    return memory, tuple(np.argsort(order).tolist())
+
+
 def _flatten(value: Any, path: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...], Any]]:
     for key, item in value.items():
         if type(item) is dict:
@@ -133,10 +155,11 @@ _DTYPES: dict[str, np.dtype[Any]] = {}  # NumPy type strings seen in layouts, pa
 def _unpack(buffer: torch.Tensor, layout: list[Any], others: list[Any]) -> TensorBatch:
     out = TensorBatch()
     flat = buffer.numpy()
-    for path, dtype, shape, offset, n in layout:
+    for path, dtype, shape, offset, n, axes in layout:
         if isinstance(dtype, str):  # one view per tensor, made in one call
             dt = _DTYPES.get(dtype) or _DTYPES.setdefault(dtype, np.dtype(dtype))
-            value = torch.from_numpy(np.ndarray(shape, dt, flat, offset))
+            arr = np.ndarray(shape, dt, flat, offset)
+            value = torch.from_numpy(arr if axes is None else arr.transpose(axes))
         else:  # a dtype NumPy lacks
             value = buffer[offset : offset + n].view(dtype).view(shape)
         if len(path) == 1:

@@ -45,7 +45,7 @@ def to_unit_float(u8: np.ndarray, threads: int = 1) -> np.ndarray:
     if u8.ndim == 0 or threads <= 1 or u8.size < _SPLIT_PIXELS:
         out: np.ndarray = np.divide(u8, np.float32(255.0), dtype=np.float32)
         return out
-    out = np.empty(u8.shape, np.float32)
+    out = np.empty_like(u8, dtype=np.float32)  # the same memory layout (channels-last stays so)
 
     def part(a: int, b: int) -> None:
         np.divide(u8[a:b], np.float32(255.0), out=out[a:b], dtype=np.float32)
@@ -99,6 +99,7 @@ class _Base(Dataset[dict[str, Any]]):
     """Shared plumbing: lazy opening (per process), pickling by specification."""
 
     _to_tensor: bool = True
+    _channels_last = False
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -106,15 +107,23 @@ class _Base(Dataset[dict[str, Any]]):
         return state
 
     def _options(
-        self, image_size: Any, normalize: Any, resize: str, to_tensor: bool, threads: int | None
+        self,
+        image_size: Any,
+        normalize: Any,
+        resize: str,
+        to_tensor: bool,
+        threads: int | None,
+        channels_last: bool = False,
     ) -> None:
         """Check and keep the options every dataset shares (now, not later in a worker)."""
         check_normalize(normalize)
         _images._filter(resize)
         threads_for(threads)
+        if not isinstance(channels_last, bool):
+            raise ValueError(f"channels_last must be True or False, got {channels_last!r}")
         self._size = _images.check_size(image_size)
         self._resize, self._normalize, self._to_tensor = resize, normalize, bool(to_tensor)
-        self._threads = threads
+        self._threads, self._channels_last = threads, channels_last
 
     def _tensor(self, value: Any) -> Any:
         return torch.from_numpy(value) if self._to_tensor and isinstance(value, np.ndarray) else value
@@ -156,6 +165,11 @@ class KinoFrameDataset(_Base):
         resize: ``"bilinear"``, ``"area"``, ``"bicubic"`` or ``"nearest"``.
         to_tensor: Return torch tensors (else NumPy arrays).
         decode_threads: Threads decoding images (None: 1 in DataLoader workers, else up to 4).
+        channels_last: Give images channels-last memory: the same (To, C, H, W) shape and
+            values, strided over (To, H, W, C) pixels as stored and decoded, so no
+            transpose is made (``.contiguous()`` makes one). Saves the loader a byte-strided
+            copy per frame, most with uint8 frames converted on the GPU. A batch's
+            ``image.flatten(0, 1)`` is a ``torch.channels_last`` (B*To, C, H, W) tensor.
 
     Example:
         >>> ds = KinoFrameDataset("pick.kdb", obs_horizon=2, action_horizon=16, image_size=(96, 96))
@@ -177,8 +191,9 @@ class KinoFrameDataset(_Base):
         resize: str = "bilinear",
         to_tensor: bool = True,
         decode_threads: int | None = None,
+        channels_last: bool = False,
     ) -> None:
-        self._options(image_size, normalize, resize, to_tensor, decode_threads)
+        self._options(image_size, normalize, resize, to_tensor, decode_threads, channels_last)
         fw = FrameWindows(source, obs_horizon=obs_horizon, action_horizon=action_horizon, kql_filter=kql_filter,
                           delta_timestamps=delta_timestamps, pad=pad)  # type: ignore[arg-type]  # fmt: skip
         cams, self._several = image_keys(image_key, fw._all_cameras, fw._sources[0].where)
@@ -245,7 +260,8 @@ class KinoFrameDataset(_Base):
     ) -> dict[str, Any]:
         out: dict[str, Any] = {k: self._tensor(v) for k, v in arrays.items()}
         if fw.cameras:
-            images = fw.images(idx, size=self._size, resize=self._resize, threads=threads_for(self._threads))
+            images = fw.images(idx, size=self._size, resize=self._resize, threads=threads_for(self._threads),
+                               channels_last=self._channels_last)  # fmt: skip
             conv = {cam: self._image(v) for cam, v in images.items()}
             if self._several:
                 out["images"] = conv
@@ -294,6 +310,7 @@ class KinoMapDataset(_Base):
         normalize: As for `KinoFrameDataset`.
         resize: As for `KinoFrameDataset`.
         decode_threads: As for `KinoFrameDataset`.
+        channels_last: As for `KinoFrameDataset`.
 
     Example:
         >>> ds = KinoMapDataset("pick.kdb", kql_filter="success = true", image_size=(96, 96))
@@ -311,13 +328,14 @@ class KinoMapDataset(_Base):
         normalize: Any = None,
         resize: str = "bilinear",
         decode_threads: int | None = None,
+        channels_last: bool = False,
     ) -> None:
         if isinstance(image_key, Mapping):
             raise ValueError(
                 "image_key as a mapping of each source's cameras is for frame windows (KinoFrameDataset, or "
                 "horizons on the streaming datasets); give episode datasets a camera or a list of cameras"
             )
-        self._options(image_size, normalize, resize, to_tensor, decode_threads)
+        self._options(image_size, normalize, resize, to_tensor, decode_threads, channels_last)
         self._source, self._filter = source, kql_filter
         self._opened: tuple[list[_Source], np.ndarray, _Normalizers | None] | None = None
         sources = self._open()[0]
@@ -389,14 +407,19 @@ class KinoMapDataset(_Base):
         if c is None:
             raise KinodbError(f"{source.where}: episode {ep} has no camera {cam!r}")
         T, h, w, ch = c.shape
+        last = self._channels_last
         if c.codec == "raw" and self._size in (None, (h, w)):
             frames = np.ndarray((T, h, w, ch), np.uint8, buffer=source.db._map(), offset=c.data_offset)
+            if last:
+                return np.array(frames).transpose(0, 3, 1, 2)  # type: ignore[no-any-return]
             return np.ascontiguousarray(frames.transpose(0, 3, 1, 2))
         size = self._size or (h, w)
-        out = np.empty((T, ch, *size), np.uint8)
+        out = np.empty((T, *size, ch) if last else (T, ch, *size), np.uint8)
         jobs = [(t, _frame_data(source, c, t), c.codec, (h, w, ch), (source, j, cam, t)) for t in range(T)]
-        _images.decode_into(out, jobs, self._size, self._resize, threads_for(self._threads))
-        return out
+        _images.decode_into(
+            out, jobs, self._size, self._resize, threads_for(self._threads), channels_last=last
+        )
+        return out.transpose(0, 3, 1, 2) if last else out
 
 
 KinoDataset = KinoMapDataset
