@@ -469,6 +469,27 @@ def test_detect_and_shard_templates(tmp_path: Path, episodes: dict[str, list[Epi
     assert not RLDSSource.detect(str(tmp_path / "other" / "a.txt"))
 
 
+def test_a_tfds_data_dir_with_one_dataset_ingests_and_with_several_names_them(
+    tmp_path: Path, episodes: dict[str, list[Episode]]
+) -> None:
+    data_dir = tmp_path / "tensorflow_datasets"
+    write_episode_layout(data_dir / "toy_dataset" / "1.0.0", episodes)
+    assert RLDSSource.detect(str(data_dir)) and source_class("auto", str(data_dir)) is RLDSSource
+    ingest(data_dir, tmp_path / "o.kdb", format="auto")
+    with kinodb.open(tmp_path / "o.kdb") as db:
+        assert len(db) == 5
+        check_episode(db, 4, episodes["train"][4])
+    write_episode_layout(data_dir / "other_dataset" / "0.1.0", episodes)
+    with pytest.raises(
+        ConversionError, match=r"several TFDS dataset versions \(other_dataset/0\.1\.0, toy_dataset/1\.0\.0\)"
+    ):
+        ingest(data_dir, tmp_path / "x.kdb")
+    assert not (tmp_path / "x.kdb").exists()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConversionError, match=r"in a TFDS version folder \(NAME/VERSION\) below it"):
+        ingest(tmp_path / "empty", tmp_path / "y.kdb", format="rlds")
+
+
 def test_compressed_shard_is_named(tmp_path: Path, episodes: dict[str, list[Episode]]) -> None:
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "x.tfrecord.gz").write_bytes(

@@ -137,16 +137,34 @@ def _resolve(path: str) -> tuple[str, str | None]:
         raise FileNotFoundError(2, "No such file or directory", path)
     if _has_dataset(path):
         return path, None
-    versions = sorted(
-        d for d in os.listdir(path) if os.path.isfile(os.path.join(path, d, "dataset_info.json"))
-    )
+    versions = _versions_below(path)
     if len(versions) == 1:
         return os.path.join(path, versions[0]), None
     if versions:
         raise ConversionError(
-            f"{path}: holds several versions ({', '.join(versions)}); pass one version folder"
+            f"{path}: holds several TFDS dataset versions ({', '.join(versions)}); pass one of those folders"
         )
-    raise ConversionError(f"{path}: no features.json, dataset_info.json or *.tfrecord* files")
+    raise ConversionError(
+        f"{path}: no features.json, dataset_info.json or *.tfrecord* files, here or in a TFDS "
+        "version folder (NAME/VERSION) below it"
+    )
+
+
+def _versions_below(path: str) -> list[str]:
+    """TFDS version folders (with a ``dataset_info.json``) below ``path``, relative to it:
+    ``VERSION`` for a dataset folder, ``NAME/VERSION`` for a TFDS data_dir."""
+    found = []
+    for d in sorted(os.listdir(path)):
+        sub = os.path.join(path, d)
+        if os.path.isfile(os.path.join(sub, "dataset_info.json")):
+            found.append(d)
+        elif os.path.isdir(sub):
+            found += [
+                f"{d}/{v}"
+                for v in sorted(os.listdir(sub))
+                if os.path.isfile(os.path.join(sub, v, "dataset_info.json"))
+            ]
+    return found
 
 
 def _template_names(template: str, dataset: str, split: str, fmt: str, n: int) -> list[str]:
@@ -273,15 +291,14 @@ class RLDSSource:
 
     @classmethod
     def detect(cls, path: str) -> bool:
-        """A shard file, or a folder with TFDS metadata, shards, or one version folder."""
+        """A shard file, or a folder with TFDS metadata or shards, or with TFDS version folders
+        below it (a dataset folder or a TFDS data_dir)."""
         try:
             if os.path.isfile(path):
                 return _is_tfrecord_file(path)
             if not os.path.isdir(path):
                 return False
-            if _has_dataset(path):
-                return True
-            return any(os.path.isfile(os.path.join(path, d, "dataset_info.json")) for d in os.listdir(path))
+            return _has_dataset(path) or bool(_versions_below(path))
         except OSError:
             return False
 
