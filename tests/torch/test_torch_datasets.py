@@ -349,3 +349,34 @@ def test_channels_last_episodes_and_streams(tmp_path: Path) -> None:
     )
     with pytest.raises(ValueError, match="channels_last must be True or False"):
         KinoFrameDataset(path, channels_last="yes")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_pad_collate_pads_every_camera_of_episodes_and_keeps_the_layout(
+    tmp_path: Path, channels_last: bool
+) -> None:
+    path = tmp_path / "eps.kdb"
+    eps = _write(path, [4, 6], cameras={"front": (8, 12, 3), "wrist": (8, 12, 3)})
+    ds = KinoMapDataset(path, image_key=["front", "wrist"], normalize=False, channels_last=channels_last)
+    batch = pad_collate([ds[0], ds[1]])
+    for cam in ("front", "wrist"):
+        frames = batch["images"][cam]
+        assert frames.shape == (2, 6, 3, 8, 12) and _is_channels_last(frames) == channels_last
+        assert torch.equal(frames[0, :4], torch.from_numpy(eps[0]["images"][cam]).permute(0, 3, 1, 2))
+        assert not frames[0, 4:].any()  # padded frames are zeros, state_mask marks them
+        assert torch.equal(frames[1], torch.from_numpy(eps[1]["images"][cam]).permute(0, 3, 1, 2))
+    assert batch["state_mask"][0, :, 0].tolist() == [True] * 4 + [False] * 2
+
+
+def test_pad_collate_keeps_channels_last_windows_of_mixed_schemas(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.kdb", tmp_path / "b.kdb"
+    write_episodes(a, [4, 5], action_dim=2, cameras={"front": (8, 12, 3)})
+    write_episodes(b, [6], action_dim=14, cameras={"front": (8, 12, 3)}, seed=1)
+    mix = kinodb.Mixture({str(a): 1, str(b): 1})
+    kw = dict(obs_horizon=2, action_horizon=3, normalize=False)
+    want = next(iter(DataLoader(KinoFrameDataset(mix, **kw), batch_size=15, collate_fn=pad_collate)))
+    loader = DataLoader(KinoFrameDataset(mix, channels_last=True, **kw), batch_size=15, collate_fn=pad_collate,
+                        num_workers=2)  # fmt: skip
+    got = next(iter(loader))
+    assert got["action"].shape == (15, 3, 14) and _is_channels_last(got["image"])
+    assert torch.equal(got["image"], want["image"]) and torch.equal(got["action"], want["action"])

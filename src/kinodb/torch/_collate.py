@@ -239,12 +239,35 @@ def pad_collate(batch: Sequence[Any]) -> TensorBatch:
         out[key], out[f"{key}_mask"] = padded, mask
     if "source" not in samples[0]:
         out["source"] = torch.zeros(len(samples), dtype=torch.int64)
+    for key in ("image", "images"):  # one camera, or {camera: frames}
+        if key in samples[0]:
+            frames = [s.pop(key) for s in samples]
+            if isinstance(frames[0], dict):
+                out[key] = {cam: _stack_frames([f[cam] for f in frames]) for cam in frames[0]}
+            else:
+                out[key] = _stack_frames(frames)
     time_keys = [k for k, v in samples[0].items() if _needs_time_pad(samples, k)]
     for key in time_keys:
         out[key] = _pad_time([torch.as_tensor(s.pop(key)) for s in samples])
     rest = default_collate(samples)
     out.update(rest)
     return TensorBatch(out)
+
+
+def _stack_frames(values: list[Any]) -> torch.Tensor:
+    """Each sample's frames stacked, zero-padded along time to the longest when episode
+    lengths differ; channels-last frames stay channels-last."""
+    tensors = [torch.as_tensor(v) for v in values]
+    last = all(_is_channels_last(v) for v in tensors)
+    if last:
+        tensors = [v.movedim(-3, -1) for v in tensors]  # the (..., H, W, C) memory, contiguous
+    ragged = any(v.shape != tensors[0].shape for v in tensors)
+    out = _pad_time(tensors) if ragged else torch.stack(tensors)
+    return out.movedim(-1, -3) if last else out
+
+
+def _is_channels_last(v: torch.Tensor) -> bool:
+    return v.dim() >= 3 and not v.is_contiguous() and v.movedim(-3, -1).is_contiguous()
 
 
 def _needs_time_pad(samples: list[dict[str, Any]], key: str) -> bool:
