@@ -96,7 +96,7 @@ def test_validate_warns_on_nan_but_passes(tmp_path: Path, capsys: pytest.Capture
         w.add_episode(actions=acts)
     assert main(["validate", str(path)]) == 0
     out = capsys.readouterr().out
-    assert "actions: 1 NaN and 1 Inf values in 1 episodes (first: episode 1)" in out
+    assert "actions: 1 NaN and 1 Inf values in 1 episode (first: episode 1)" in out
 
 
 def test_errors_are_one_line_with_exit_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

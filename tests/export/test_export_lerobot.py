@@ -409,13 +409,13 @@ def _refused(tmp_path: Path, eps: list[dict[str, Any]], *match: str) -> None:
 def test_different_fps_is_refused(tmp_path: Path) -> None:
     eps = _episodes(np.random.default_rng(8), lengths=(3, 4, 5))
     eps[2]["fps"] = 15.0
-    _refused(tmp_path, eps, "different fps", "10: 2 episodes", "15: 1 episodes", "--filter 'fps = 10'")
+    _refused(tmp_path, eps, "different fps", "10: 2 episodes", "15: 1 episode)", "--filter 'fps = 10'")
 
 
 def test_different_action_dims_are_refused(tmp_path: Path) -> None:
     eps = _episodes(np.random.default_rng(9), lengths=(3, 4))
     eps[1]["actions"] = np.zeros((4, 6), np.float32)
-    _refused(tmp_path, eps, "different action dims", "4: 1 episodes", "6: 1 episodes", "action_dim = 4")
+    _refused(tmp_path, eps, "different action dims", "4: 1 episode,", "6: 1 episode)", "action_dim = 4")
 
 
 def test_different_state_dims_are_refused(tmp_path: Path) -> None:

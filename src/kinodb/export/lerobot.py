@@ -176,7 +176,8 @@ def _one_value(db: Database, table: dict[str, np.ndarray], positions: list[int],
     distinct = sorted(set(values.tolist()))
     if len(distinct) == 1:
         return distinct[0]
-    counts = ", ".join(f"{v:g}: {int((values == v).sum())} episodes" for v in distinct[:6])
+    tally = [(v, int((values == v).sum())) for v in distinct[:6]]
+    counts = ", ".join(f"{v:g}: {n} episode{'' if n == 1 else 's'}" for v, n in tally)
     raise ConversionError(
         f"{db.path()}: the episodes have different {what} ({counts}); {why}: export them separately, "
         f"e.g. with --filter '{column} = {distinct[0]:g}'"

@@ -58,7 +58,7 @@ def validate(path: str | os.PathLike[str], *, decode_images: bool = True) -> Rep
             _check_episode(db, i, report, nonfinite, decode_images)
         for name, (nan, inf, eps, first) in sorted(nonfinite.items()):
             report.warnings.append(
-                f"{name}: {nan} NaN and {inf} Inf values in {eps} episodes (first: episode {first})"
+                f"{name}: {nan} NaN and {inf} Inf values in {eps} episode{'' if eps == 1 else 's'} (first: episode {first})"
             )
         if not report.errors:
             report.passed.append(f"{len(db)} episodes: arrays, dimensions and frame counts")
