@@ -443,6 +443,13 @@ class FrameWindows:
                     hwc = c.shape[1:]
                     if shape is None:
                         shape = hwc
+                    elif hwc[2] != shape[2]:
+                        raise KinodbError(
+                            f"camera {cam!r} has {hwc[2]} channel(s) in {source.where} episode "
+                            f"{int(source.kept[jj])} but {shape[2]} elsewhere in this batch; frames of one "
+                            "camera need one channel count: map each source to a camera with the same "
+                            "channels (image_key), or leave the others out with kql_filter"
+                        )
                     elif hwc != shape and size is None:
                         raise KinodbError(
                             f"camera {cam!r} is {hwc} in {source.where} episode {int(source.kept[jj])} but "
@@ -636,6 +643,7 @@ def stack_groups(groups: list[tuple[NDArray[np.int64], dict[str, NDArray[Any]]]]
 
 
 _RAW_SPLIT_BYTES = 1 << 20  # raw frames gathered on several threads from this much on
+_RAW_LOOP_BYTES = 8192  # channels-last raw frames of this size and larger are copied one by one
 
 
 def _gather_raw(
@@ -654,7 +662,13 @@ def _gather_raw(
     The transpose is a byte-strided copy, the slow part; NumPy runs it without the GIL,
     so a large batch is split over the decode threads.
     """
-    if channels_last:
+    if channels_last and rows.shape[1] < _RAW_LOOP_BYTES:
+        flat = block.reshape(len(block), -1)
+
+        def part(a: int, b: int) -> None:  # small frames: one gather (a loop costs more)
+            flat[where_to[a:b]] = rows[byte[a:b]]
+
+    elif channels_last:
         flat = block.reshape(len(block), -1)
 
         def part(a: int, b: int) -> None:  # one copy per frame, from the map into its slot

@@ -380,3 +380,43 @@ def test_pad_collate_keeps_channels_last_windows_of_mixed_schemas(tmp_path: Path
     got = next(iter(loader))
     assert got["action"].shape == (15, 3, 14) and _is_channels_last(got["image"])
     assert torch.equal(got["image"], want["image"]) and torch.equal(got["action"], want["action"])
+
+
+def test_channels_last_large_raw_frames_and_items_collated_in_workers(tmp_path: Path) -> None:
+    path = tmp_path / "big.kdb"
+    _write(path, [5, 7], cameras={"front": (48, 64, 3)}, codec="raw")  # 9 KiB frames: copied one by one
+    kw = dict(obs_horizon=2, action_horizon=2, normalize=False)
+    idx = list(range(12))
+    want = KinoFrameDataset(path, **kw).__getitems__(idx).stacked["image"]
+    got = KinoFrameDataset(path, channels_last=True, **kw).__getitems__(idx).stacked["image"]
+    assert _is_channels_last(got) and torch.equal(got, want)
+    # Items collated by the DataLoader (streamed one by one, episodes) keep the layout in workers too.
+    stream = KinoIterDataset(path, shuffle=False, channels_last=True, **kw)
+    for workers in (0, 2):
+        batch = next(iter(DataLoader(stream, batch_size=4, num_workers=workers)))
+        assert _is_channels_last(batch["image"]) and batch["image"].shape == (4, 2, 3, 48, 64)
+    episodes = KinoMapDataset(path, image_key=["front"], channels_last=True, normalize=False)
+    batch = next(iter(DataLoader(episodes, batch_size=1, num_workers=2)))
+    assert _is_channels_last(batch["images"]["front"]) and batch["images"]["front"].shape == (1, 5, 3, 48, 64)
+    assert KinoFrameDataset(path, channels_last=np.True_)._channels_last is True
+
+
+def test_episode_frames_of_one_channel_raw_cameras_are_copies(tmp_path: Path) -> None:
+    path = tmp_path / "gray.kdb"
+    eps = _write(path, [4], cameras={"depth": (6, 8, 1)}, codec="raw")
+    for last in (False, True):
+        frames = KinoMapDataset(path, normalize=False, channels_last=last)[0]["image"]
+        assert frames.numpy().flags.writeable  # not a view of the read-only map
+        frames.add_(1)
+        again = KinoMapDataset(path, normalize=False, channels_last=last)[0]["image"]
+        assert torch.equal(again, torch.from_numpy(eps[0]["images"]["depth"]).permute(0, 3, 1, 2))
+
+
+def test_one_camera_with_other_channel_counts_is_refused(tmp_path: Path) -> None:
+    rgb, gray = tmp_path / "rgb.kdb", tmp_path / "gray.kdb"
+    write_episodes(rgb, [3], cameras={"a": (12, 16, 3)})
+    write_episodes(gray, [3], cameras={"b": (12, 16, 1)})
+    mix = kinodb.Mixture({str(rgb): 1, str(gray): 1})
+    ds = KinoFrameDataset(mix, image_key={"front": ["a", "b"]}, image_size=(6, 8))
+    with pytest.raises(kinodb.KinodbError, match=r"camera 'front' has 1 channel\(s\) in .*but 3 elsewhere"):
+        ds.__getitems__(list(range(6)))

@@ -192,7 +192,18 @@ def _collate_samples(batch: Sequence[Any], *, collate_fn_map: Any = None) -> Any
     ):
         src: Batch = batch if isinstance(batch, Batch) else whole  # type: ignore[assignment]
         return TensorBatch(src.stacked)
-    return default_collate([dict(s) for s in batch])
+    samples = [dict(s) for s in batch]
+    frames: dict[str, Any] = {}
+    for key in ("image", "images"):  # stacked in their memory layout (channels-last stays so)
+        if key in samples[0]:
+            values = [s.pop(key) for s in samples]
+            if isinstance(values[0], dict):
+                frames[key] = {cam: _stack_frames([v[cam] for v in values], pad=False) for cam in values[0]}
+            else:
+                frames[key] = _stack_frames(values, pad=False)
+    out = default_collate(samples)
+    out.update(frames)
+    return out
 
 
 default_collate_fn_map[Sample] = _collate_samples
@@ -243,9 +254,9 @@ def pad_collate(batch: Sequence[Any]) -> TensorBatch:
         if key in samples[0]:
             frames = [s.pop(key) for s in samples]
             if isinstance(frames[0], dict):
-                out[key] = {cam: _stack_frames([f[cam] for f in frames]) for cam in frames[0]}
+                out[key] = {cam: _stack_frames([f[cam] for f in frames], pad=True) for cam in frames[0]}
             else:
-                out[key] = _stack_frames(frames)
+                out[key] = _stack_frames(frames, pad=True)
     time_keys = [k for k, v in samples[0].items() if _needs_time_pad(samples, k)]
     for key in time_keys:
         out[key] = _pad_time([torch.as_tensor(s.pop(key)) for s in samples])
@@ -254,14 +265,14 @@ def pad_collate(batch: Sequence[Any]) -> TensorBatch:
     return TensorBatch(out)
 
 
-def _stack_frames(values: list[Any]) -> torch.Tensor:
-    """Each sample's frames stacked, zero-padded along time to the longest when episode
-    lengths differ; channels-last frames stay channels-last."""
+def _stack_frames(values: list[Any], *, pad: bool) -> torch.Tensor:
+    """Each sample's frames stacked (with ``pad``, zero-padded along time to the longest
+    when episode lengths differ); channels-last frames stay channels-last."""
     tensors = [torch.as_tensor(v) for v in values]
     last = all(_is_channels_last(v) for v in tensors)
     if last:
         tensors = [v.movedim(-3, -1) for v in tensors]  # the (..., H, W, C) memory, contiguous
-    ragged = any(v.shape != tensors[0].shape for v in tensors)
+    ragged = pad and any(v.shape != tensors[0].shape for v in tensors)
     out = _pad_time(tensors) if ragged else torch.stack(tensors)
     return out.movedim(-1, -3) if last else out
 

@@ -12,7 +12,7 @@ from torch.utils.data import Dataset, get_worker_info
 
 from kinodb import _images
 from kinodb.errors import EpisodeNotFoundError, KinodbError
-from kinodb.torch._collate import Batch
+from kinodb.torch._collate import Batch, Sample
 from kinodb.windows import FrameWindows, _frame_data, _open_sources, _Source, stack_groups
 
 __all__ = ["KinoDataset", "KinoFrameDataset", "KinoMapDataset"]
@@ -119,11 +119,11 @@ class _Base(Dataset[dict[str, Any]]):
         check_normalize(normalize)
         _images._filter(resize)
         threads_for(threads)
-        if not isinstance(channels_last, bool):
+        if not isinstance(channels_last, (bool, np.bool_)):
             raise ValueError(f"channels_last must be True or False, got {channels_last!r}")
         self._size = _images.check_size(image_size)
         self._resize, self._normalize, self._to_tensor = resize, normalize, bool(to_tensor)
-        self._threads, self._channels_last = threads, channels_last
+        self._threads, self._channels_last = threads, bool(channels_last)
 
     def _tensor(self, value: Any) -> Any:
         return torch.from_numpy(value) if self._to_tensor and isinstance(value, np.ndarray) else value
@@ -399,7 +399,7 @@ class KinoMapDataset(_Base):
         success = meta["success"]
         out.update(task=meta["task"], embodiment=meta["embodiment"], episode_id=meta["episode_id"],
                    success=-1 if success is None else int(success), episode_index=ep, source=source.index)  # fmt: skip
-        return out
+        return Sample(out)  # a dict; collated with its frames' memory layout kept
 
     def _decode(self, source: _Source, j: int, cam: str) -> np.ndarray:
         c = source.cameras(j).get(cam)
@@ -410,9 +410,10 @@ class KinoMapDataset(_Base):
         last = self._channels_last
         if c.codec == "raw" and self._size in (None, (h, w)):
             frames = np.ndarray((T, h, w, ch), np.uint8, buffer=source.db._map(), offset=c.data_offset)
+            # Always a copy: the items own their memory (one channel transposes without a copy).
             if last:
                 return np.array(frames).transpose(0, 3, 1, 2)  # type: ignore[no-any-return]
-            return np.ascontiguousarray(frames.transpose(0, 3, 1, 2))
+            return np.array(frames.transpose(0, 3, 1, 2), order="C")
         size = self._size or (h, w)
         out = np.empty((T, *size, ch) if last else (T, ch, *size), np.uint8)
         jobs = [(t, _frame_data(source, c, t), c.codec, (h, w, ch), (source, j, cam, t)) for t in range(T)]

@@ -11,7 +11,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from kinodb.errors import KinodbError
 from kinodb.mixture import DEFAULT_SEED, Mixture
-from kinodb.torch._collate import Batch, TensorBatch
+from kinodb.torch._collate import Batch, Sample, TensorBatch
 from kinodb.torch._datasets import KinoFrameDataset, KinoMapDataset
 from kinodb.torch._sampler import cycle_draws
 
@@ -172,7 +172,7 @@ class KinoIterDataset(IterableDataset[dict[str, Any]]):
             if isinstance(self._inner, KinoFrameDataset):
                 for start in range(0, len(order), 64):  # gather in chunks, hand out one by one
                     chunk = self._inner.__getitems__(order[start : start + 64].tolist())
-                    yield from (dict(sample) for sample in chunk)
+                    yield from (Sample(sample) for sample in chunk)  # no link to the chunk
             else:
                 for i in order.tolist():
                     yield self._inner[i]
