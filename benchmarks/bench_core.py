@@ -7,6 +7,9 @@ and is measured in the same process, in the same run, with the same consumer:
 
 * open: ``kinodb.open``; ``h5py.File`` plus listing ``data/``; LeRobot's metadata load
   (``meta/info.json``, ``tasks.jsonl``, ``episodes.jsonl``).
+* open back to back: open+close in a loop for at least 20 ms, per open (``timeit``'s way:
+  one garbage collection before the loop). The single "open" above is one call right
+  after a garbage collection, with cold CPU caches.
 * first episode read: episode 0 right after open (exposes work deferred from open).
 * sequential read: actions and states of every episode, copied into one preallocated
   buffer per array (every byte is touched; the buffers are then checked bit for bit
@@ -85,6 +88,7 @@ VARIANTS = {
 }
 PEERS = ("h5py", "parquet", "parquet-ram")
 OPS = ("open", "first", "seq", "random", "meta")
+LOOP_S = 0.02  # a back-to-back open sample runs opens for at least this long
 CHECKED = {"seq": "seq_sum", "random": "random_sum", "meta": "meta_count"}  # cross-format checks
 
 
@@ -478,6 +482,23 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
         gc.enable()
 
 
+def open_loop(v: Variant, src: str) -> float:
+    """Seconds per open+close, opening back to back for at least `LOOP_S` (the way ``timeit``
+    measures: one garbage collection before the loop, none inside it)."""
+    gc.collect()
+    gc.disable()
+    try:
+        n, t0 = 0, time.perf_counter()
+        while True:
+            v.close(v.open(src))
+            n += 1
+            dt = time.perf_counter() - t0
+            if dt >= LOOP_S:
+                return dt / n
+    finally:
+        gc.enable()
+
+
 def file_bytes(path: str) -> dict[str, int]:
     """Apparent size and allocated size of a file or of every file under a folder."""
     paths = [path] if os.path.isfile(path) else [os.path.join(r, f) for r, _, fs in os.walk(path) for f in fs]
@@ -547,7 +568,7 @@ def run_size(n: int, args: argparse.Namespace, workdir: str) -> dict[str, Any]:
     idx = np.random.default_rng(args.seed + 1).integers(0, n, args.draws).tolist()
     vs = [v for v in variants(data) if v.name in args.formats]
     bufs = Buffers(data, idx)
-    samples: dict[str, dict[str, list[float]]] = {op: {} for op in OPS}
+    samples: dict[str, dict[str, list[float]]] = {op: {} for op in (*OPS, "open-loop")}
     checks: dict[str, dict[str, Any]] = {key: {} for key in CHECKED.values()}
     for rep in range(args.repeats):
         order = vs[rep % len(vs) :] + vs[: rep % len(vs)]
@@ -563,6 +584,8 @@ def run_size(n: int, args: argparse.Namespace, workdir: str) -> dict[str, Any]:
                 samples[op].setdefault(v.name, []).append(dt)
                 if op in CHECKED:
                     checks[CHECKED[op]][v.name] = check
+            if v.times_open:
+                samples["open-loop"].setdefault(v.name, []).append(open_loop(v, src))
         print(f"  repeat {rep + 1}/{args.repeats} done", flush=True)
     return summarise(n, data, write, sizes, samples, checks)
 
@@ -603,6 +626,7 @@ def summarise(
 
 TARGETS = (
     ("open", "h5py", 500.0, "open >= 500x faster than h5py open+list"),
+    ("open-loop", "h5py", 500.0, "open >= 500x faster than h5py open+list (open+close back to back)"),
     ("seq", "h5py", 50.0, "sequential read >= 50x faster than h5py per-demo reads"),
     ("seq", "parquet", 200.0, "sequential read >= 200x faster than per-episode Parquet reads"),
     ("random", "h5py", 50.0, "random reads >= 50x faster than h5py"),
@@ -646,6 +670,7 @@ def print_result(res: dict[str, Any], draws: int) -> None:
             if any(c in med[op] for op in med)]  # fmt: skip
     labels = {
         "open": "open",
+        "open-loop": "open+close (loop)",
         "first": "first episode read",
         "seq": f"seq read ({res['episodes']} ep)",
         "random": f"random read ({draws})",
@@ -667,7 +692,7 @@ def print_result(res: dict[str, Any], draws: int) -> None:
         + "".join(f"{size[c]['ratio_to_raw']:>12.3f}x" if c in size else f"{'-':>13s}" for c in cols)
     )
     print(f"raw array bytes: {res['raw_array_bytes']:,} ({fmt_size(res['raw_array_bytes'])})")
-    for op in ("open", "first", "seq", "random", "meta", "write"):
+    for op in ("open", "open-loop", "first", "seq", "random", "meta", "write"):
         for kdb in ("kdb", "kdb-ep", "kdb-batch"):
             if kdb not in med[op]:
                 continue
