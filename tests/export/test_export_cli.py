@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+import kinodb
 import kinodb._cli.main as kino
 from kinodb._cli import export as export_cli
 
@@ -62,3 +66,57 @@ def test_run_takes_a_namespace(make_kdb, tmp_path: Path, capsys: pytest.CaptureF
     assert export_cli.run(args) == 0
     info = json.loads((tmp_path / "m" / "dataset.json").read_text())
     assert info["export"]["format"] == "json" and "exported 2 episodes" in capsys.readouterr().out
+
+
+# Warnings each format gives for `_warned` (numpy and json have none); hdf5 and lerobot
+# also log theirs, which kino must not print a second time.
+WARNINGS = {
+    "numpy": [],
+    "json": [],
+    "hdf5": ["state components (pos [0, 3)) do not cover states exactly"],
+    "lerobot": ["episodes have 2 embodiments (a, b)", "fps 12.5 is not a whole number",
+                "invalid value encountered"],  # NumPy's RuntimeWarning on the stats of an inf
+}  # fmt: skip
+
+
+def _warned(path: Path) -> Path:
+    """Two robots at 12.5 fps, states that the schema's components do not cover, an inf action."""
+    with kinodb.Writer(path, schema={"states": {"components": {"pos": [0, 3]}}}) as w:
+        for robot in ("a", "b"):
+            actions = np.zeros((4, 2), np.float32)
+            actions[0, 0] = np.inf
+            w.add_episode(actions=actions, states=np.zeros((4, 5), np.float32), embodiment=robot, fps=12.5)
+    return path
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("fmt", list(WARNINGS))
+def test_each_warning_prints_once_as_a_warning(tmp_path: Path, fmt: str) -> None:
+    # A process of its own: kino's logging goes to stderr as it does for people, which
+    # pytest's log capture would otherwise take over.
+    src = _warned(tmp_path / "w.kdb")
+    cmd = [sys.executable, "-m", "kinodb._cli.main", "export", str(src), "-o", str(tmp_path / "out"),
+           "--format", fmt]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("exported 2 episodes (8 frames)")
+    lines = done.stderr.splitlines()
+    assert all(line.startswith("warning: ") for line in lines), done.stderr
+    assert len(lines) == len(WARNINGS[fmt]), done.stderr
+    for want, line in zip(WARNINGS[fmt], lines, strict=True):
+        assert want in line
+
+
+def test_a_refused_hdf5_export_exits_1_and_leaves_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = tmp_path / "two.kdb"
+    with kinodb.Writer(src) as w:
+        w.add_episode(actions=np.zeros((3, 2), np.float32), embodiment="a")
+        w.add_episode(actions=np.zeros((3, 14), np.float32), embodiment="b")
+    out = tmp_path / "two.hdf5"
+    assert kino.main(["export", str(src), "-o", str(out), "--format", "hdf5"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "different action dims (2: 1 episode, 14: 1 episode)" in err
+    assert "--filter 'action_dim = 2'" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["two.kdb"]

@@ -189,8 +189,10 @@ def test_arrays_only_some_episodes_hold_are_left_out_and_named(tmp_path: Path, c
             w.add_episode(actions=np.full((5, 2), k, np.float32), states=np.zeros((5, 3), np.float32), **ts)
     out = tmp_path / "both.hdf5"
     with caplog.at_level("WARNING"):
-        export(src, out, format="hdf5")
-    assert "array 'timestamps' is in 1 of 3 exported episodes; left out" in caplog.text
+        report = export(src, out, format="hdf5")
+    assert len(report.warnings) == 1
+    assert "array 'timestamps' is in 1 of 3 exported episodes; left out" in report.warnings[0]
+    assert caplog.records == []  # the report carries it: logged too, kino would print it twice
     with h5py.File(out, "r") as f:
         assert all("timestamps" not in f[f"data/demo_{k}"] for k in range(3))
     from kinodb.ingest import ingest
@@ -198,3 +200,106 @@ def test_arrays_only_some_episodes_hold_are_left_out_and_named(tmp_path: Path, c
     ingest(out, tmp_path / "again.kdb")  # every demo holds the same keys: it reads back
     with kinodb.open(tmp_path / "again.kdb") as db:
         assert [float(db.read_array(k, "actions")[0, 0]) for k in range(3)] == [0.0, 1.0, 2.0]
+
+
+# -- episodes that cannot share one robomimic file ------------------------------------------
+
+
+def _merged(tmp_path: Path, *parts: tuple[str, dict]) -> Path:
+    """A `kinodb.merge` of one single-episode file per ``(embodiment, add_episode fields)``."""
+    files = []
+    for k, (robot, fields) in enumerate(parts):
+        files.append(_write(tmp_path / f"{robot}{k}.kdb", [{**fields, "embodiment": robot}], schema={}))
+    kinodb.merge(files, tmp_path / "merged.kdb")
+    return tmp_path / "merged.kdb"
+
+
+def _left(tmp_path: Path) -> list[str]:
+    return sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".kdb"))
+
+
+def test_different_action_dims_are_refused_before_writing(tmp_path: Path) -> None:
+    src = _merged(
+        tmp_path,
+        ("panda", {"actions": np.zeros((3, 2), np.float32), "states": np.zeros((3, 4), np.float32)}),
+        ("aloha", {"actions": np.zeros((5, 14), np.float32), "states": np.zeros((5, 4), np.float32)}),
+    )
+    with pytest.raises(ConversionError) as exc:
+        export(src, tmp_path / "out.hdf5", format="hdf5")
+    message = str(exc.value)
+    assert "different action dims (2: 1 episode, 14: 1 episode)" in message
+    assert "--filter 'action_dim = 2'" in message and str(src) in message
+    assert _left(tmp_path) == []  # no output, no temporary file
+    report = export(src, tmp_path / "out.hdf5", format="hdf5", filter="action_dim = 14")
+    assert report.episodes == 1
+    with h5py.File(tmp_path / "out.hdf5", "r") as f:
+        assert list(f["data"]) == ["demo_0"] and f["data/demo_0/actions"].shape == (5, 14)
+
+
+def test_different_state_dims_are_refused_before_writing(tmp_path: Path) -> None:
+    src = _merged(
+        tmp_path,
+        ("bridge", {"actions": np.zeros((3, 7), np.float32), "states": np.zeros((3, 7), np.float32)}),
+        ("bridge", {"actions": np.zeros((2, 7), np.float32), "states": np.zeros((2, 7), np.float32)}),
+        ("g1", {"actions": np.zeros((4, 7), np.float32), "states": np.zeros((4, 26), np.float32)}),
+    )
+    with pytest.raises(ConversionError, match=r"different state dims \(7: 2 episodes, 26: 1 episode\)"):
+        export(src, tmp_path / "out.hdf5", format="hdf5")
+    assert _left(tmp_path) == []
+
+
+def test_episodes_without_states_and_with_states_are_refused(tmp_path: Path) -> None:
+    # Demos with and without obs/state: the ingest (and robomimic) would find obs/state missing.
+    src = _merged(
+        tmp_path,
+        ("a", {"actions": np.zeros((3, 2), np.float32)}),
+        ("b", {"actions": np.zeros((3, 2), np.float32), "states": np.zeros((3, 4), np.float32)}),
+    )
+    with pytest.raises(ConversionError, match=r"different state dims \(0: 1 episode, 4: 1 episode\)"):
+        export(src, tmp_path / "out.hdf5", format="hdf5")
+    assert _left(tmp_path) == []
+
+
+def test_camera_frame_sizes_that_differ_are_refused(tmp_path: Path) -> None:
+    def ep(h: int, w: int) -> dict:
+        return {
+            "actions": np.zeros((2, 3), np.float32),
+            "images": {"front": np.zeros((2, h, w, 3), np.uint8)},
+        }
+
+    src = _merged(tmp_path, ("widowx", ep(6, 8)), ("widowx", ep(6, 8)), ("g1", ep(4, 5)))
+    with pytest.raises(ConversionError) as exc:
+        export(src, tmp_path / "out.hdf5", format="hdf5")
+    message = str(exc.value)
+    assert "camera 'front' has different per-frame shapes" in message
+    assert "[6, 8, 3] in 2 episodes (first: 0), [4, 5, 3] in 1 episode (first: 2)" in message
+    assert "--filter \"embodiment = 'widowx'\"" in message
+    assert _left(tmp_path) == []
+    export(src, tmp_path / "out.hdf5", format="hdf5", filter="embodiment = 'widowx'")
+    with h5py.File(tmp_path / "out.hdf5", "r") as f:
+        assert [f[f"data/demo_{k}/obs/front"].shape for k in range(2)] == [(2, 6, 8, 3)] * 2
+
+
+def test_array_shapes_that_differ_are_refused_without_a_robot_to_filter_on(tmp_path: Path) -> None:
+    def ep(width: int) -> dict:
+        return {"actions": np.zeros((2, 3), np.float32), "extra_arrays": {"emb": np.zeros((2, width))}}
+
+    src = _merged(tmp_path, ("panda", ep(4)), ("panda", ep(6)))
+    with pytest.raises(ConversionError) as exc:
+        export(src, tmp_path / "out.hdf5", format="hdf5")
+    message = str(exc.value)
+    assert "array 'emb' has different per-frame shapes ([4] in 1 episode (first: 0), [6] in 1" in message
+    assert message.endswith("export them separately, with --filter")  # one robot: no embodiment hint
+    assert _left(tmp_path) == []
+
+
+def test_a_camera_only_some_episodes_hold_is_kept_in_those(tmp_path: Path) -> None:
+    cam = {"front": np.full((2, 4, 5, 3), 7, np.uint8)}
+    src = _merged(
+        tmp_path,
+        ("a", {"actions": np.zeros((2, 3), np.float32), "images": cam}),
+        ("b", {"actions": np.ones((2, 3), np.float32)}),
+    )
+    assert export(src, tmp_path / "out.hdf5", format="hdf5").warnings == ()
+    with h5py.File(tmp_path / "out.hdf5", "r") as f:
+        assert list(f["data/demo_0/obs"]) == ["front"] and list(f["data/demo_1/obs"]) == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,9 @@ h5py = pytest.importorskip("h5py")
 from kinodb.ingest import ingest  # noqa: E402  (after h5py is known to be installed)
 
 PROVENANCE = ("source_file", "source_episode")  # every ingest sets these afresh
+SAMPLES = Path(__file__).resolve().parents[2].parent / "shared" / "samples"
+BRIDGE = SAMPLES / "octo_bridge_rlds" / "bridge_dataset" / "1.0.0"  # 7-d actions and states
+G1 = SAMPLES / "unitree_g1_lerobot_v21"  # 26-d actions and states
 
 
 def _roundtrip(src: Path, tmp_path: Path, **ingest_kw: Any) -> Path:
@@ -192,3 +196,30 @@ def test_mixed_schemas_round_trip(tmp_path: Path) -> None:
             assert set(ex["images"]) == set(ey["images"])
             for cam, frames in ex["images"].items():
                 np.testing.assert_array_equal(frames, ey["images"][cam])
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(
+    not (BRIDGE.is_dir() and G1.is_dir()),
+    reason=f"real Bridge and G1 samples not found under {SAMPLES} (see shared/samples/SOURCES.md)",
+)
+def test_a_merge_of_two_robots_is_refused_and_its_suggested_filter_round_trips(tmp_path: Path) -> None:
+    from kinodb.errors import ConversionError
+
+    bridge, g1, merged = tmp_path / "bridge.kdb", tmp_path / "g1.kdb", tmp_path / "merged.kdb"
+    ingest(BRIDGE, bridge, format="rlds")
+    ingest(G1, g1, format="lerobot", episodes="29", images=False)  # its frames are not needed here
+    kinodb.merge([bridge, g1], merged)
+    h5 = tmp_path / "merged.hdf5"
+    with pytest.raises(
+        ConversionError, match=r"different action dims \(7: 25 episodes, 26: 1 episode\)"
+    ) as exc:
+        export(merged, h5, format="hdf5")
+    assert not h5.exists() and sorted(p.suffix for p in tmp_path.iterdir()) == [".kdb"] * 3
+    suggested = re.search(r"--filter '([^']+)'", str(exc.value))
+    assert suggested is not None and suggested.group(1) == "action_dim = 7"
+    report = export(merged, h5, format="hdf5", filter=suggested.group(1))
+    assert report.episodes == 25 and report.warnings == ()
+    back = tmp_path / "back.kdb"
+    ingest(h5, back, format="hdf5", image_codec="png")
+    _assert_same(bridge, back)  # arrays bit for bit, the JPEG frames as decoded, metadata

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from typing import Any
 
 
@@ -32,14 +33,18 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Export and print a one-line summary (warnings on stderr)."""
+    """Export and print a one-line summary (warnings on stderr, each once)."""
     from kinodb.export import export  # deferred: keeps `kino --help` light
 
-    report = export(
-        args.path, args.output, format=args.format, filter=args.filter, overwrite=args.force,
-        video_codec=getattr(args, "video_codec", None), images_as=getattr(args, "images_as", None),
-    )  # fmt: skip
-    for line in report.warnings:
+    # The report carries the exporter's warnings; Python warnings raised on the way (by
+    # the library or what it calls) join them, so that each prints once, as "warning: ...".
+    with warnings.catch_warnings(record=True) as raised:
+        report = export(
+            args.path, args.output, format=args.format, filter=args.filter, overwrite=args.force,
+            video_codec=getattr(args, "video_codec", None), images_as=getattr(args, "images_as", None),
+        )  # fmt: skip
+    lines = [*report.warnings, *(str(w.message) for w in raised)]
+    for line in dict.fromkeys(lines):
         print(f"warning: {line}", file=sys.stderr)
     print(report.summary())
     return 0

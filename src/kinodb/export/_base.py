@@ -1,4 +1,4 @@
-"""What every exporter shares: the report, episode records, JSON text, safe names, staging."""
+"""What every exporter shares: the report, one-value checks, records, JSON text, safe names, staging."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ import string
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from kinodb.errors import ConversionError
 from kinodb.kdb._stale import stale_temps
@@ -69,6 +71,30 @@ def select(db: Database, kql: str | None) -> list[int]:
         where = f" match {kql!r}" if kql is not None else ""
         raise ConversionError(f"{db.path()}: no episodes{where}; nothing was exported")
     return positions
+
+
+def one_value(
+    db: Database, table: dict[str, np.ndarray], positions: list[int], column: str, what: str, why: str
+) -> Any:
+    """The one value of the numeric metadata column ``column`` over ``positions``.
+
+    ``table`` is ``db.episodes()``; ``what`` names the column for people ("action dims")
+    and ``why`` says why the format needs one value.
+
+    Raises:
+        ConversionError: the episodes hold different values; the message counts the
+            episodes of each and suggests a ``--filter`` that keeps one of them.
+    """
+    values = table[column][positions]
+    distinct = sorted(set(values.tolist()))
+    if len(distinct) == 1:
+        return distinct[0]
+    tally = [(v, int((values == v).sum())) for v in distinct[:6]]
+    counts = ", ".join(f"{v:g}: {n} episode{'' if n == 1 else 's'}" for v, n in tally)
+    raise ConversionError(
+        f"{db.path()}: the episodes have different {what} ({counts}); {why}: export them separately, "
+        f"e.g. with --filter '{column} = {distinct[0]:g}'"
+    )
 
 
 def episode_record(db: Database, i: int) -> dict[str, Any]:

@@ -19,7 +19,12 @@ Layout::
         obs/<camera>          uint8 (T, H, W, C), JPEG/PNG frames decoded
     mask/<key>                demo names (bytes) from the ``filter_keys`` extra field
 
-Demos are numbered ``demo_0``, ``demo_1``, ... in export order.
+Demos are numbered ``demo_0``, ``demo_1``, ... in export order. robomimic takes each key's
+shape from ``demo_0``, so the exported episodes must share the action and state dims and
+each array's and camera's per-frame shape (a merge of robots is exported one robot at a
+time, with ``--filter``). Arrays that only some episodes hold are left out, with a warning;
+a camera that only some hold stays in those demos, which ``kinodb.ingest`` reads back (a
+robomimic reader needs it left out of its obs keys).
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ import numpy as np
 
 from kinodb._optional import require
 from kinodb.errors import ConversionError
-from kinodb.export._base import dumps
+from kinodb.export._base import dumps, one_value
 from kinodb.kdb.reader import Database
 
 logger = logging.getLogger(__name__)
@@ -57,15 +62,16 @@ def write(db: Database, positions: list[int], out: str, facts: dict[str, Any]) -
     """Write episodes ``positions`` of ``db`` to the new HDF5 file ``out``; return warnings.
 
     Raises:
-        ConversionError: a name cannot be an HDF5 name, names collide, or ``filter_keys``
-            is not a list of strings.
+        ConversionError: the episodes differ in action or state dims or in an array's or
+            camera's per-frame shape (`check_layout`; nothing is written), a name cannot be
+            an HDF5 name, names collide, or ``filter_keys`` is not a list of strings.
         MissingExtraError: h5py is not installed.
     """
     h5py = require("h5py", extra="hdf5")
+    partial = check_layout(db, positions)
     split, warnings = state_split(db, positions)
     paths = _array_paths(db)
     shapes = _state_layout(db)
-    partial = _partial_arrays(db, positions)
     for name, n in sorted(partial.items()):
         warnings.append(
             f"array {name!r} is in {n} of {len(positions)} exported episodes; left out, since every "
@@ -91,8 +97,37 @@ def write(db: Database, positions: list[int], out: str, facts: dict[str, Any]) -
         for key, demos in masks.items():
             f.create_dataset(f"mask/{_h5_name(key, 'filter key')}", data=np.array(demos, dtype="S"))
     for line in warnings:
-        logger.warning("%s", line)
+        logger.info("%s", line)  # the report carries them; kino prints them once, as warnings
     return warnings
+
+
+def check_layout(db: Database, positions: list[int]) -> dict[str, int]:
+    """Check that the episodes fit one robomimic file; return the arrays only some hold.
+
+    robomimic takes each obs key's shape from the first demo and batches demos together,
+    so the episodes must share the action and state widths, and each array and camera
+    one per-frame shape. Arrays that only some episodes hold are returned (with how many
+    hold each) to be left out; cameras that only some hold stay in those demos.
+
+    Raises:
+        ConversionError: the episodes differ in action or state dims, or an array or a
+            camera has different per-frame shapes in different episodes.
+    """
+    table = db.episodes()
+    why = "every demo of a robomimic file has the same actions and obs shapes"
+    for col, what in (("action_dim", "action"), ("state_dim", "state")):
+        one_value(db, table, positions, col, f"{what} dims", why)
+    arrays, cameras = _shapes(db, positions)
+    partial: dict[str, int] = {}
+    for name, seen in arrays.items():
+        held = sum(len(eps) for eps in seen.values())
+        if held < len(positions):
+            partial[name] = held
+        else:
+            _one_shape(db, table, f"array {name!r}", seen)
+    for name, seen in cameras.items():
+        _one_shape(db, table, f"camera {name!r}", seen)
+    return partial
 
 
 def state_split(db: Database, positions: list[int]) -> tuple[Split, list[str]]:
@@ -192,14 +227,45 @@ def _component(part: np.ndarray, layout: tuple[np.dtype[Any] | None, tuple[int, 
     return cast.reshape(len(part), *shape)
 
 
-def _partial_arrays(db: Database, positions: list[int]) -> dict[str, int]:
-    """Arrays that only some of the exported episodes hold, and how many hold each."""
-    held: dict[str, int] = {}
+Shapes = dict[str, dict[tuple[int, ...], list[int]]]  # name -> per-frame shape -> positions
+
+
+def _shapes(db: Database, positions: list[int]) -> tuple[Shapes, Shapes]:
+    """Each array's and each camera's per-frame shapes, with the episodes that have each."""
+    arrays: Shapes = {}
+    cameras: Shapes = {}
     for i in positions:
-        for name in db.read_episode_actions_only(i):
+        for name, arr in db.read_episode_actions_only(i).items():
             if name != "meta":
-                held[name] = held.get(name, 0) + 1
-    return {name: n for name, n in held.items() if n < len(positions)}
+                arrays.setdefault(name, {}).setdefault(tuple(arr.shape[1:]), []).append(i)
+        for name, cam in db.cameras(i).items():
+            shape = tuple(int(d) for d in cam["shape"][1:])
+            cameras.setdefault(name, {}).setdefault(shape, []).append(i)
+    return arrays, cameras
+
+
+def _one_shape(
+    db: Database, table: dict[str, np.ndarray], what: str, seen: dict[tuple[int, ...], list[int]]
+) -> None:
+    """Refuse ``what`` (an array or camera) when the episodes hold it in different shapes."""
+    if len(seen) < 2:
+        return
+    tally = ", ".join(
+        f"{list(shape)} in {len(eps)} episode{'' if len(eps) == 1 else 's'} (first: {eps[0]})"
+        for shape, eps in list(seen.items())[:6]
+    )
+    robots = [sorted(set(table["embodiment"][eps].tolist())) for eps in seen.values()]
+    hint = "with --filter"
+    if (
+        all(len(r) == 1 for r in robots)
+        and len({r[0] for r in robots}) == len(robots)
+        and "'" not in robots[0][0]
+    ):
+        hint = f"e.g. with --filter \"embodiment = '{robots[0][0]}'\""
+    raise ConversionError(
+        f"{db.path()}: {what} has different per-frame shapes ({tally}); robomimic takes each key's "
+        f"shape from the first demo: export them separately, {hint}"
+    )
 
 
 def _write_demo(

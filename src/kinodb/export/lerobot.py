@@ -40,7 +40,7 @@ import numpy as np
 from kinodb._optional import require
 from kinodb.errors import ConversionError, KinodbError
 from kinodb.export import _lerobot_stats as stats_
-from kinodb.export._base import dumps, episode_record, write_json
+from kinodb.export._base import dumps, episode_record, one_value, write_json
 from kinodb.export._lerobot_tables import (
     Feature,
     array_column,
@@ -142,9 +142,9 @@ def make_plan(db: Database, positions: list[int], *, images_as: str = "video") -
             dtypes, shapes) or cameras (names, shapes), or a name cannot be a feature key.
     """
     table = db.episodes()
-    fps = _one_value(db, table, positions, "fps", "fps", "a LeRobot dataset has one fps")
+    fps = one_value(db, table, positions, "fps", "fps", "a LeRobot dataset has one fps")
     for col, what in (("action_dim", "action"), ("state_dim", "state")):
-        _one_value(db, table, positions, col, f"{what} dims", "LeRobot features have one shape")
+        one_value(db, table, positions, col, f"{what} dims", "LeRobot features have one shape")
     arrays, cameras = _layout(db, positions)
     sources = {name: {"dtype": d.name, "shape": list(s)} for name, (d, s) in arrays.items()}
     warnings: list[str] = []
@@ -168,20 +168,6 @@ def make_plan(db: Database, positions: list[int], *, images_as: str = "video") -
     if float(fps) != int(fps):
         warnings.append(f"fps {fps} is not a whole number; LeRobot's own writers use whole numbers")
     return Plan(float(fps), features, robot_type, timestamps, sources, warnings)
-
-
-def _one_value(db: Database, table: dict[str, np.ndarray], positions: list[int], column: str,
-               what: str, why: str) -> Any:  # fmt: skip
-    values = table[column][positions]
-    distinct = sorted(set(values.tolist()))
-    if len(distinct) == 1:
-        return distinct[0]
-    tally = [(v, int((values == v).sum())) for v in distinct[:6]]
-    counts = ", ".join(f"{v:g}: {n} episode{'' if n == 1 else 's'}" for v, n in tally)
-    raise ConversionError(
-        f"{db.path()}: the episodes have different {what} ({counts}); {why}: export them separately, "
-        f"e.g. with --filter '{column} = {distinct[0]:g}'"
-    )
 
 
 def _layout(db: Database, positions: list[int]) -> tuple[dict[str, tuple[np.dtype[Any], tuple[int, ...]]],
