@@ -15,6 +15,7 @@ __all__ = [
     "KinodbError",
     "MissingExtraError",
     "MixtureError",
+    "NameNotFoundError",
     "QuerySyntaxError",
     "UnsupportedVersionError",
     "WriterError",
@@ -39,6 +40,13 @@ class UnsupportedVersionError(FormatError):
 
 class EpisodeNotFoundError(KinodbError, IndexError):
     """An episode index is out of range."""
+
+
+class NameNotFoundError(KinodbError, KeyError):
+    """An episode has no array or camera of the name asked for."""
+
+    def __str__(self) -> str:  # the message as written (KeyError's own str quotes it)
+        return str(self.args[0]) if self.args else ""
 
 
 class FrameRangeError(KinodbError, IndexError):

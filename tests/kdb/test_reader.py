@@ -300,6 +300,7 @@ def test_public_names() -> None:
         "MissingExtraError",
         "Mixture",
         "MixtureError",
+        "NameNotFoundError",
         "QuerySyntaxError",
         "UnsupportedVersionError",
         "Writer",
@@ -387,3 +388,21 @@ def test_gather_concatenates_episodes(tmp_path: Path) -> None:
         w.add_episode(actions=np.zeros((3, 2), np.float64))
     with kinodb.open(mixed) as db, pytest.raises(ValueError, match="gather needs them alike"):
         db.gather("actions")
+
+
+def test_a_missing_array_or_camera_is_a_kinodb_error_and_a_key_error(tmp_path: Path) -> None:
+    path = tmp_path / "one.kdb"
+    with kinodb.Writer(path) as w:
+        w.add_episode(
+            actions=np.zeros((3, 2), np.float32), images={"front": np.zeros((3, 4, 4, 3), np.uint8)}
+        )
+    with kinodb.open(path) as db:
+        for call in (
+            lambda: db.read_array(0, "nope"),
+            lambda: db.read_image_bytes(0, "wrist", 0),
+            lambda: db.read_frames(0, 0, 2, cameras=["wrist"]),
+        ):
+            with pytest.raises(kinodb.NameNotFoundError) as exc:
+                call()
+            assert isinstance(exc.value, KeyError) and isinstance(exc.value, kinodb.KinodbError)
+            assert str(exc.value).startswith(f"{path}: episode 0 has no ")  # not quoted like a plain KeyError

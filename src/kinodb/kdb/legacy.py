@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from kinodb.errors import CorruptFileError, FormatError
+from kinodb.errors import CorruptFileError, FormatError, NameNotFoundError
 from kinodb.kdb._codecs import sniff
 from kinodb.kdb._layout import Commit, read_version
 from kinodb.kdb._table import IndexBlock, StringColumn
@@ -287,11 +287,13 @@ class LegacyDatabase(Database):
 
         Raises:
             EpisodeNotFoundError: ``i`` is out of range.
-            KeyError: the episode has no array called ``name``.
+            NameNotFoundError: the episode has no array called ``name`` (a KeyError).
         """
         arrays = self._episode_arrays(self._check(i))
         if name not in arrays:
-            raise KeyError(f"episode {i} has no array {name!r}; it has {sorted(arrays)}")
+            raise NameNotFoundError(
+                f"{self._path}: episode {i} has no array {name!r}; it has {sorted(arrays)}"
+            )
         return arrays[name]
 
     def _episode_cameras(self, i: int) -> dict[str, Camera]:

@@ -18,6 +18,7 @@ from kinodb.errors import (
     EpisodeNotFoundError,
     FormatError,
     FrameRangeError,
+    NameNotFoundError,
     UnsupportedVersionError,
 )
 from kinodb.kdb import _codecs
@@ -465,7 +466,7 @@ class Database:
 
         Raises:
             EpisodeNotFoundError: ``i`` is out of range.
-            KeyError: the episode has no array called ``name``.
+            NameNotFoundError: the episode has no array called ``name`` (a KeyError).
         """
         read = self._fast.get(name)
         if read is not None and type(i) is int and 0 <= i < self._n:
@@ -484,7 +485,9 @@ class Database:
         # First read of this array, or an episode laid out differently: decode its rows.
         arrays = self._slow_arrays(i)
         if name not in arrays:
-            raise KeyError(f"episode {i} has no array {name!r}; it has {sorted(arrays)}")
+            raise NameNotFoundError(
+                f"{self._path}: episode {i} has no array {name!r}; it has {sorted(arrays)}"
+            )
         return arrays[name]
 
     def gather(self, name: str, episodes: Any = None, *, out: np.ndarray | None = None) -> np.ndarray:
@@ -500,7 +503,7 @@ class Database:
 
         Raises:
             EpisodeNotFoundError: an index is out of range.
-            KeyError: an episode has no array ``name``.
+            NameNotFoundError: an episode has no array ``name`` (a KeyError).
             ValueError: the episodes disagree on dtype or dims, or ``out`` has the wrong shape.
         """
         idx = np.arange(self._n) if episodes is None else np.asarray(episodes, dtype=np.int64).reshape(-1)
@@ -589,7 +592,7 @@ class Database:
         Raises:
             EpisodeNotFoundError: ``i`` is out of range.
             FrameRangeError: the window is empty or outside the episode.
-            KeyError: a requested camera does not exist.
+            NameNotFoundError: a requested camera does not exist (a KeyError).
         """
         i = self._check(i)
         T = int(self._cols["num_frames"][i])
@@ -600,7 +603,9 @@ class Database:
         chosen = list(cams) if cameras is None else list(cameras)
         for name in chosen:
             if name not in cams:
-                raise KeyError(f"episode {i} has no camera {name!r}; it has {sorted(cams)}")
+                raise NameNotFoundError(
+                    f"{self._path}: episode {i} has no camera {name!r}; it has {sorted(cams)}"
+                )
         out["images"] = {name: self._decode(i, name, cams[name], start, stop) for name in chosen}
         return out
 
@@ -609,7 +614,9 @@ class Database:
         i = self._check(i)
         cams = self._episode_cameras(i)
         if camera not in cams:
-            raise KeyError(f"episode {i} has no camera {camera!r}; it has {sorted(cams)}")
+            raise NameNotFoundError(
+                f"{self._path}: episode {i} has no camera {camera!r}; it has {sorted(cams)}"
+            )
         cam = cams[camera]
         if not 0 <= frame < cam.shape[0]:
             raise FrameRangeError(f"frame {frame} outside episode {i}, which has frames 0:{cam.shape[0]}")

@@ -18,7 +18,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from kinodb._version import __version__
-from kinodb.errors import EpisodeNotFoundError, KinodbError
+from kinodb.errors import EpisodeNotFoundError, KinodbError, NameNotFoundError
 from kinodb.kdb.reader import Database
 from kinodb.mixture import Mixture
 from kinodb.serve._errors import BatchTooLargeError
@@ -286,7 +286,7 @@ class Backend:
             cams = db._episode_cameras(pos)
             for name in images.cameras or tuple(cams):
                 if name not in cams:
-                    raise KeyError(f"episode {index} has no camera {name!r}; it has {sorted(cams)}")
+                    raise NameNotFoundError(f"episode {index} has no camera {name!r}; it has {sorted(cams)}")
                 cam = cams[name]
                 T, h, w, c = cam.shape
                 if images.decoded or legacy:

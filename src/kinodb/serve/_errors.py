@@ -20,6 +20,7 @@ from kinodb.errors import (
     KinodbError,
     MissingExtraError,
     MixtureError,
+    NameNotFoundError,
     QuerySyntaxError,
     UnsupportedVersionError,
 )
@@ -77,6 +78,7 @@ _TABLE: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (CorruptFileError, grpc.StatusCode.DATA_LOSS),
     (FormatError, grpc.StatusCode.DATA_LOSS),
     (MissingExtraError, grpc.StatusCode.FAILED_PRECONDITION),
+    (NameNotFoundError, grpc.StatusCode.INVALID_ARGUMENT),  # the client's InvalidRequestError, as before
     (KinodbError, grpc.StatusCode.FAILED_PRECONDITION),
     (IndexError, grpc.StatusCode.OUT_OF_RANGE),
     (KeyError, grpc.StatusCode.INVALID_ARGUMENT),
