@@ -250,5 +250,20 @@ def test_per_frame_tasks_in_lerobot_numbering_from_older_files(tmp_path: Path, t
     if table:
         assert fw.tasks(range(7)) == ["close", "close", "open", "open", "open", "open", "open"]
     else:
-        with pytest.raises(KinodbError, match=r"episode 0's task_index does not index its 2 tasks.*re-ingest"):
+        with pytest.raises(
+            KinodbError, match=r"episode 0's task_index does not index its 2 tasks.*re-ingest"
+        ):
             fw.tasks(range(7))
+
+
+def test_a_file_whose_episodes_differ_in_dims_is_refused_with_the_fix(tmp_path: Path) -> None:
+    a, b, merged = tmp_path / "a.kdb", tmp_path / "b.kdb", tmp_path / "m.kdb"
+    write_episodes(a, [4, 5], action_dim=2)
+    write_episodes(b, [6], action_dim=14)
+    kinodb.merge([a, b], merged)
+    with pytest.raises(
+        KinodbError,
+        match=r"differ in action_dim \(2: 2 episodes, 14: 1 episode\).*kql_filter=\"action_dim = 2\"",
+    ):
+        FrameWindows(merged, action_horizon=2)
+    assert len(FrameWindows(merged, action_horizon=2, kql_filter="action_dim = 14")) == 6

@@ -285,6 +285,7 @@ class FrameWindows:
             self.spec = _build_spec(int(obs_horizon), int(action_horizon), delta_timestamps, chosen, all_cams)
             stored = [{cam: cam for cam in self.spec.images} for _ in self._sources]
         self._stored = stored  # per source: output camera -> the camera as that source names it
+        self._check_dims()
         for source, names in zip(self._sources, stored, strict=True):  # every source has its cameras
             have = list(source.cameras(0))
             missing = [names[cam] for cam in self.spec.images if names[cam] not in have]
@@ -594,6 +595,27 @@ class FrameWindows:
             out["task"] = source.task_texts(j, t)
         return out
 
+    def _check_dims(self) -> None:
+        """Each source's windowed states and actions have one width (a merged file of several
+        robots does not): refused now, with the fix, rather than on every batch."""
+        names = {name for name, _ in self.spec.arrays.values()}
+        for source in self._sources:
+            table = source.db.episodes()
+            for name, column in (("states", "state_dim"), ("actions", "action_dim")):
+                if name not in names:
+                    continue
+                dims, counts = np.unique(np.asarray(table[column])[source.kept], return_counts=True)
+                if len(dims) > 1:
+                    tally = ", ".join(
+                        f"{d}: {n} episode{'' if n == 1 else 's'}"
+                        for d, n in zip(dims.tolist(), counts.tolist(), strict=True)
+                    )
+                    raise KinodbError(
+                        f"{source.where}: its episodes differ in {column} ({tally}); windows need one layout "
+                        f'per file: select one with kql_filter="{column} = {dims[0]}", or keep each robot\'s '
+                        "data in its own file and combine the files with kinodb.Mixture (pad_collate pads them)"
+                    )
+
     def _check_grid(self) -> None:
         """With offsets in seconds, every one must land on each source's frame grid."""
         if not self.spec.seconds:
@@ -629,10 +651,10 @@ def stack_groups(groups: list[tuple[NDArray[np.int64], dict[str, NDArray[Any]]]]
             if value.shape[1:] != first[key].shape[1:] or value.dtype != first[key].dtype:
                 raise KinodbError(
                     f"this batch mixes {key!r} of {first[key].dtype} {first[key].shape[1:]} and "
-                    f"{value.dtype} {value.shape[1:]} (sources with different schemas); pad them "
-                    f"with kinodb.torch.pad_collate or batch by schema with SchemaBatchSampler (a "
-                    f"dataset that batches itself, such as from_mixture(batch_size=...) or a server's "
-                    f"windows, cannot pad: take samples one by one and collate with pad_collate)"
+                    f"{value.dtype} {value.shape[1:]} (sources with different schemas), which cannot "
+                    f"be stacked: batch by schema (SchemaBatchSampler, or a kql_filter per source), or "
+                    f"read them through kinodb.torch.KinoFrameDataset with collate_fn=pad_collate (or "
+                    f"from_mixture(batch_size=...)), which pads them and adds masks"
                 )
     n = sum(len(sel) for sel, _ in groups)
     out = {k: np.empty((n, *v.shape[1:]), v.dtype) for k, v in first.items()}

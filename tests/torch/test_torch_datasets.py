@@ -420,3 +420,39 @@ def test_one_camera_with_other_channel_counts_is_refused(tmp_path: Path) -> None
     ds = KinoFrameDataset(mix, image_key={"front": ["a", "b"]}, image_size=(6, 8))
     with pytest.raises(kinodb.KinodbError, match=r"camera 'front' has 1 channel\(s\) in .*but 3 elsewhere"):
         ds.__getitems__(list(range(6)))
+
+
+def test_normalize_without_statistics_of_states_or_actions_is_refused(lowdim) -> None:
+    from kinodb.stats import compute_stats, write_stats
+
+    path, _ = lowdim
+    write_stats(path, compute_stats(path, arrays=["rewards"]))
+    with pytest.raises(
+        kinodb.KinodbError, match=r"normalize='mean_std' needs statistics.*none for states and actions"
+    ):
+        KinoFrameDataset(path, normalize="mean_std")
+
+
+def test_a_batch_of_two_schemas_without_pad_collate_says_how_to_collate(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.kdb", tmp_path / "b.kdb"
+    write_episodes(a, [4], action_dim=2)
+    write_episodes(b, [4], action_dim=14)
+    ds = KinoFrameDataset(kinodb.Mixture({str(a): 1, str(b): 1}), action_horizon=2)
+    with pytest.raises(
+        kinodb.KinodbError, match=r"mixes 'action' of shapes .*collate_fn=kinodb\.torch\.pad_collate"
+    ):
+        next(iter(DataLoader(ds, batch_size=8)))
+    assert next(iter(DataLoader(ds, batch_size=8, collate_fn=pad_collate)))["action"].shape == (8, 2, 14)
+
+
+def test_cameras_of_different_sizes_need_image_size_when_the_dataset_is_made(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.kdb", tmp_path / "b.kdb"
+    write_episodes(a, [3], cameras={"image_0": (12, 16, 3)})
+    write_episodes(b, [3], cameras={"cam_high": (24, 32, 3)})
+    mix = kinodb.Mixture({str(a): 1, str(b): 1})
+    cams = {"front": ["image_0", "cam_high"]}
+    with pytest.raises(
+        kinodb.KinodbError, match=r"camera 'front' has frames of different sizes \(12x16 in .*24x32"
+    ):
+        KinoFrameDataset(mix, image_key=cams)
+    assert len(KinoFrameDataset(mix, image_key=cams, image_size=(12, 16))) == 6

@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import Sampler, default_collate, get_worker_info
 from torch.utils.data._utils.collate import default_collate_fn_map
 
+from kinodb.errors import KinodbError
 from kinodb.torch._ring import read_slot, worker_ring
 
 __all__ = ["Batch", "SchemaBatchSampler", "TensorBatch", "collate", "pad_collate"]
@@ -193,6 +194,14 @@ def _collate_samples(batch: Sequence[Any], *, collate_fn_map: Any = None) -> Any
         src: Batch = batch if isinstance(batch, Batch) else whole  # type: ignore[assignment]
         return TensorBatch(src.stacked)
     samples = [dict(s) for s in batch]
+    for key in ("state", "action"):
+        if key in samples[0] and any(tuple(s[key].shape) != tuple(samples[0][key].shape) for s in samples):
+            widths = sorted({tuple(s[key].shape) for s in samples})
+            raise KinodbError(
+                f"this batch mixes {key!r} of shapes {', '.join(map(str, widths))} (sources with different "
+                "schemas); pass collate_fn=kinodb.torch.pad_collate to the DataLoader (it pads them and adds "
+                "masks), or batch by schema with kinodb.torch.SchemaBatchSampler"
+            )
     frames: dict[str, Any] = {}
     for key in ("image", "images"):  # stacked in their memory layout (channels-last stays so)
         if key in samples[0]:

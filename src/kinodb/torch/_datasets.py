@@ -75,6 +75,22 @@ def image_keys(image_key: Any, cameras: list[str], where: str) -> tuple[list[str
     return chosen, not isinstance(image_key, str)
 
 
+def _check_frame_sizes(fw: FrameWindows) -> None:
+    """Without ``image_size``, each output camera has one frame size across the sources (their
+    first episodes), so a batch of several robots can be stacked: else the fix, now."""
+    for cam in fw.cameras:
+        seen: dict[tuple[int, ...], str] = {}
+        for source, names in zip(fw._sources, fw._stored, strict=True):
+            shape = tuple(source.cameras(0)[names[cam]].shape[1:3])
+            seen.setdefault(shape, source.where)
+        if len(seen) > 1:
+            sizes = "; ".join(f"{h}x{w} in {where}" for (h, w), where in seen.items())
+            raise KinodbError(
+                f"camera {cam!r} has frames of different sizes ({sizes}); pass image_size=(H, W) to "
+                "resize them to one size"
+            )
+
+
 class _Normalizers:
     """Per-source normalisers of states and actions from each file's stored statistics."""
 
@@ -83,11 +99,23 @@ class _Normalizers:
 
         self._by_source: dict[int, dict[str, Any]] = {}  # by the source's id (`_Source.index`)
         for source in sources:
-            stats = source.db.stats()["arrays"]
+            stored = source.db.stats()
+            stats, skipped = stored["arrays"], stored.get("skipped", {})
+            lacking = [name for name in ("states", "actions") if name not in stats]
+            if lacking:
+                why = "; ".join(f"{name}: {skipped[name]}" for name in lacking if name in skipped)
+                path = source.db.path()
+                raise KinodbError(
+                    f"{source.where}: normalize={mode!r} needs statistics of states and actions, but its "
+                    f"stored statistics have none for {' and '.join(lacking)}"
+                    + (f" ({why})" if why else "")
+                    + f"; run: kino stats {path} (a file whose episodes differ in dims has none: keep such "
+                    "datasets as separate files in a Mixture), or leave normalize unset"
+                )
             self._by_source[source.index] = {
                 key: Normalizer.from_stats(stats[name], mode)
-                for key, name in (("state", "states"), ("action", "actions")) if name in stats
-            }  # fmt: skip
+                for key, name in (("state", "states"), ("action", "actions"))
+            }
 
     def apply(self, source: int, arrays: dict[str, Any]) -> None:
         for key, norm in self._by_source[source].items():
@@ -201,6 +229,8 @@ class KinoFrameDataset(_Base):
         if cams:
             fw = FrameWindows(source, obs_horizon=obs_horizon, action_horizon=action_horizon, kql_filter=kql_filter,
                               delta_timestamps=delta_timestamps, pad=pad, cameras=chosen)  # type: ignore[arg-type]  # fmt: skip
+        if cams and self._size is None:
+            _check_frame_sizes(fw)
         self._args = dict(obs_horizon=obs_horizon, action_horizon=action_horizon, kql_filter=kql_filter,
                           delta_timestamps=delta_timestamps, pad=pad, cameras=chosen or None)  # fmt: skip
         self._source = source
@@ -277,12 +307,13 @@ class KinoFrameDataset(_Base):
         groups: list[tuple[np.ndarray, dict[str, Any]]],
         tasks: np.ndarray,
     ) -> list[dict[str, Any]]:
-        """Samples of sources with different schemas: one dict each (for `pad_collate`)."""
+        """Samples of sources with different schemas: one dict each (for `pad_collate`; the
+        default collate names it)."""
         out: list[dict[str, Any]] = [{} for _ in range(len(idx))]
         for sel, arrays in groups:
             finished = self._finish(fw, idx[sel], arrays, tasks[sel])
             for n, b in enumerate(sel.tolist()):
-                out[b] = _pick(finished, n)
+                out[b] = Sample(_pick(finished, n))
         return out
 
 
