@@ -259,6 +259,7 @@ class FrameWindows:
             raise ValueError(f"pad must be 'edge' or 'zero', got {pad!r}")
         self._pad: Pad = pad
         self._step_rows: dict[tuple[float, ...], tuple[NDArray[np.int64], bool, bool]] = {}
+        self._widest_cache: dict[str, tuple[int, ...]] | None = None
         self._source_arg = source
         self._sources = _open_sources(source, kql_filter)
         self._starts = np.concatenate([[0], np.cumsum([s.starts[-1] for s in self._sources])]).astype(
@@ -370,6 +371,59 @@ class FrameWindows:
                 use `lowdim_groups` (or batches from one schema).
         """
         return stack_groups(self.lowdim_groups(indices))
+
+    def lowdim_padded(self, indices: Any) -> dict[str, NDArray[Any]]:
+        """`lowdim`, with sources of different widths zero-padded to the widest of all sources.
+
+        When the sources' ``state`` (or ``action``, or another windowed array) differ in
+        per-frame shape, every batch holds it padded with zeros to the widest over all
+        sources (one shape for every batch) plus ``state_mask`` (True on real entries), as
+        `kinodb.torch.pad_collate` gives. With one layout it is `lowdim`.
+
+        Raises:
+            KinodbError: the sources' arrays differ in dtype or number of dimensions.
+        """
+        widest = self._widest()
+        groups = self.lowdim_groups(indices)
+        if not widest:
+            return stack_groups(groups)
+        n = sum(len(sel) for sel, _ in groups)
+        first = groups[0][1]
+        out: dict[str, NDArray[Any]] = {}
+        for key, value in first.items():
+            shape = (n, value.shape[1], *widest[key]) if key in widest else (n, *value.shape[1:])
+            out[key] = np.zeros(shape, value.dtype)
+            if key in widest:
+                out[f"{key}_mask"] = np.zeros(shape, bool)
+        for sel, arrays in groups:
+            for key, value in arrays.items():
+                if key in widest:
+                    region: tuple[Any, ...] = (sel, slice(None), *(slice(0, d) for d in value.shape[2:]))
+                    out[key][region] = value
+                    out[f"{key}_mask"][region] = True
+                else:
+                    out[key][sel] = value
+        return out
+
+    def _widest(self) -> dict[str, tuple[int, ...]]:
+        """Windowed arrays whose per-frame shape differs between sources: key -> widest shape."""
+        if self._widest_cache is None:
+            widest: dict[str, tuple[int, ...]] = {}
+            for key, (name, _) in self.spec.arrays.items():
+                layouts = {(source.rows(name)[2], source.rows(name)[3]) for source in self._sources}
+                if len(layouts) == 1:
+                    continue
+                dtypes = {dt for dt, _ in layouts}
+                ranks = {len(trail) for _, trail in layouts}
+                if len(dtypes) > 1 or len(ranks) > 1:
+                    raise KinodbError(
+                        f"the sources hold {name!r} as {sorted(f'{dt} {trail}' for dt, trail in layouts)}; "
+                        "only widths may differ between sources (padded), not dtype or rank: serve or "
+                        "load such sources apart"
+                    )
+                widest[key] = tuple(max(dims) for dims in zip(*(trail for _, trail in layouts), strict=True))
+            self._widest_cache = widest
+        return self._widest_cache
 
     def lowdim_groups(
         self, indices: Any, *, tasks: bool = False

@@ -70,3 +70,40 @@ def test_weighted_windows_equal_frame_windows(client: KinoClient, mix: kinodb.Mi
     for key, value in want.items():
         np.testing.assert_array_equal(got[key], value, err_msg=key)
     assert 0.68 < np.mean(got["source"] == 0) < 0.82
+
+
+def test_windows_of_robots_with_different_widths_come_padded_with_masks(tmp_path: Path) -> None:
+    from _factories import write_episodes
+    from kinodb.remote import KinoRemoteDataset
+
+    narrow, wide = tmp_path / "narrow.kdb", tmp_path / "wide.kdb"
+    write_episodes(narrow, [5, 6], action_dim=2, state_dim=3)
+    write_episodes(wide, [7], action_dim=14, state_dim=9, seed=1)
+    mix = kinodb.Mixture([(str(narrow), 1.0), (str(wide), 1.0)])
+    local = FrameWindows(mix, obs_horizon=2, action_horizon=3)
+    proc = ServerProcess(["--source", f"{narrow}:1", "--source", f"{wide}:1"])
+    try:
+        with KinoClient(proc.addr) as client:
+            batch = client.get_windows(18, obs_horizon=2, action_horizon=3, mode="sequential", offset=0)
+            assert batch["state"].shape == (18, 2, 9) and batch["action"].shape == (18, 3, 14)
+            for n in range(18):  # each window equals the source's own, zero-padded, mask on its width
+                source = int(batch["source"][n])
+                mine = FrameWindows(str((narrow, wide)[source]), obs_horizon=2, action_horizon=3)
+                own = mine.lowdim([int(batch["index"][n]) - (0 if source == 0 else 11)])
+                for key in ("state", "action"):
+                    width = own[key].shape[-1]
+                    np.testing.assert_array_equal(batch[key][n, :, :width], own[key][0])
+                    assert not batch[key][n, :, width:].any()
+                    assert (
+                        batch[f"{key}_mask"][n, :, :width].all()
+                        and not batch[f"{key}_mask"][n, :, width:].any()
+                    )
+            narrow_only = client.get_windows(4, obs_horizon=2, action_horizon=3, mode="sequential", offset=0)
+            assert narrow_only["action"].shape == (4, 3, 14)  # one shape for every batch
+        np.testing.assert_array_equal(local.lowdim_padded(np.arange(18))["action"], batch["action"])
+        ds = KinoRemoteDataset(proc.addr, batch_size=8, windows={"obs_horizon": 2, "action_horizon": 3},
+                               mode="weighted", seed=3, num_batches=2)  # fmt: skip
+        shapes = [(tuple(b["state"].shape), tuple(b["action_mask"].shape)) for b in ds]
+        assert shapes == [((8, 2, 9), (8, 3, 14))] * 2
+    finally:
+        assert proc.stop() == 0

@@ -335,7 +335,7 @@ class Backend:
                 fw = FrameWindows(self.source, obs_horizon=obs, action_horizon=act, pad=pad,  # type: ignore[arg-type]
                                   kql_filter=spec.kql_filter or None, cameras=list(cameras) if cameras else None)  # fmt: skip
                 # One window per source fills every per-array cache now, under the lock.
-                first = fw.lowdim(np.concatenate([[0], np.cumsum(fw.sample_counts())[:-1]]))
+                first = fw.lowdim_padded(np.concatenate([[0], np.cumsum(fw.sample_counts())[:-1]]))
                 per_window = sum(a.nbytes // max(len(a), 1) for a in first.values()) + 8 + 4  # + index, task
                 if len(self._windows) >= _WINDOW_CACHE:
                     self._windows.pop(next(iter(self._windows)))
@@ -365,7 +365,7 @@ class Backend:
         what = (
             f"a batch of {size} windows" if len(offsets) == 1 else f"{len(offsets)} batches of {size} windows"
         )
-        arrays = fw.lowdim(idx)
+        arrays = fw.lowdim_padded(idx)  # sources of several widths padded to the widest, with masks
         arrays["index"] = idx
         used, arrays["task_index"] = self._task_index(arrays["source"], arrays["episode_index"])
         tasks: list[str] = self._task_names[used].tolist()
