@@ -202,14 +202,7 @@ def _collate_samples(batch: Sequence[Any], *, collate_fn_map: Any = None) -> Any
                 "schemas); pass collate_fn=kinodb.torch.pad_collate to the DataLoader (it pads them and adds "
                 "masks), or batch by schema with kinodb.torch.SchemaBatchSampler"
             )
-    frames: dict[str, Any] = {}
-    for key in ("image", "images"):  # stacked in their memory layout (channels-last stays so)
-        if key in samples[0]:
-            values = [s.pop(key) for s in samples]
-            if isinstance(values[0], dict):
-                frames[key] = {cam: _stack_frames([v[cam] for v in values], pad=False) for cam in values[0]}
-            else:
-                frames[key] = _stack_frames(values, pad=False)
+    frames = _pop_frames(samples, pad=False)
     out = default_collate(samples)
     out.update(frames)
     return out
@@ -259,19 +252,27 @@ def pad_collate(batch: Sequence[Any]) -> TensorBatch:
         out[key], out[f"{key}_mask"] = padded, mask
     if "source" not in samples[0]:
         out["source"] = torch.zeros(len(samples), dtype=torch.int64)
-    for key in ("image", "images"):  # one camera, or {camera: frames}
-        if key in samples[0]:
-            frames = [s.pop(key) for s in samples]
-            if isinstance(frames[0], dict):
-                out[key] = {cam: _stack_frames([f[cam] for f in frames], pad=True) for cam in frames[0]}
-            else:
-                out[key] = _stack_frames(frames, pad=True)
+    out.update(_pop_frames(samples, pad=True))
     time_keys = [k for k, v in samples[0].items() if _needs_time_pad(samples, k)]
     for key in time_keys:
         out[key] = _pad_time([torch.as_tensor(s.pop(key)) for s in samples])
     rest = default_collate(samples)
     out.update(rest)
     return TensorBatch(out)
+
+
+def _pop_frames(samples: list[dict[str, Any]], *, pad: bool) -> dict[str, Any]:
+    """The samples' ``image`` or ``images`` ``{camera: frames}``, taken out of them and
+    stacked by `_stack_frames`."""
+    out: dict[str, Any] = {}
+    for key in ("image", "images"):
+        if key in samples[0]:
+            values = [s.pop(key) for s in samples]
+            if isinstance(values[0], dict):
+                out[key] = {cam: _stack_frames([v[cam] for v in values], pad=pad) for cam in values[0]}
+            else:
+                out[key] = _stack_frames(values, pad=pad)
+    return out
 
 
 def _stack_frames(values: list[Any], *, pad: bool) -> torch.Tensor:
