@@ -181,3 +181,102 @@ def test_a_reader_that_closes_early_is_not_an_error(dataset: Path) -> None:
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert b"Broken pipe" not in err and b"Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["query", "{src}", "sucess = true"],
+        ["merge", "{src}", "-o", "{out}", "-F", "sucess = true"],
+        ["export", "{src}", "-o", "{out}", "--format", "numpy", "-F", "sucess = true"],
+        ["mix", "-s", "{src}", "--filter", "sucess = true"],
+    ],
+    ids=["query", "merge", "export", "mix"],
+)
+def test_kql_errors_keep_the_caret_under_the_query(
+    dataset: Path, tmp_path: Path, command: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    argv = [a.format(src=dataset, out=out) for a in command]
+    assert main(argv) == 1
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith("error: ") and "unknown field 'sucess' at position 0" in lines[0]
+    at = lines.index("  sucess = true")
+    assert lines[at + 1] == "  ^"  # under the 's' of 'sucess'
+    assert "did you mean success?" in lines[at + 2 :]
+    assert not out.exists()
+
+
+def test_a_kql_type_error_points_at_the_value(
+    dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["merge", str(dataset), "-o", str(tmp_path / "m.kdb"), "-F", "success = 3"]) == 1
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith("error: ") and "type mismatch" in lines[0]
+    at = lines.index("  success = 3")
+    assert lines[at + 1].index("^") == lines[at].index("3")
+
+
+def _mixed_dims(tmp_path: Path) -> Path:
+    """A merge of 3 episodes with 7-d actions and 1 with 26-d actions (and 4-d vs 0-d states)."""
+    a, b, merged = tmp_path / "a.kdb", tmp_path / "b.kdb", tmp_path / "merged.kdb"
+    with kinodb.Writer(a) as w:
+        for _ in range(3):
+            w.add_episode(actions=np.zeros((5, 7), np.float32), states=np.zeros((5, 4), np.float32))
+    with kinodb.Writer(b) as w:
+        w.add_episode(actions=np.zeros((6, 26), np.float64))
+    assert main(["merge", str(a), str(b), "-o", str(merged)]) == 0
+    return merged
+
+
+def test_schema_shows_dims_that_differ_between_episodes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    merged = _mixed_dims(tmp_path)
+    capsys.readouterr()
+    assert main(["schema", str(merged)]) == 0
+    out = capsys.readouterr().out
+    assert "dim None" not in out
+    assert (
+        "actions: dims differ between episodes: 7 (3 episodes), 26 (1 episode); "
+        "dtypes differ between episodes: float32 (3 episodes), float64 (1 episode)"
+    ) in out
+    assert "states: dims differ between episodes: 0 (1 episode), 4 (3 episodes); float32" in out
+    row = next(line for line in out.splitlines() if line.startswith("actions "))
+    assert "float32|float64" in row and "(T, 7|26)" in row
+    assert main(["schema", str(merged), "--json"]) == 0
+    actions = json.loads(capsys.readouterr().out)["sections"]["actions"]
+    assert actions["shape"] is None and actions["dtype"] is None and actions["episodes"] == 4
+    assert actions["variants"] == [
+        {"dtype": "float32", "shape": ["T", 7], "episodes": 3},
+        {"dtype": "float64", "shape": ["T", 26], "episodes": 1},
+    ]
+
+
+def test_schema_of_uniform_episodes_shows_one_dim(dataset: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["schema", str(dataset)]) == 0
+    out = capsys.readouterr().out
+    assert "actions: dim 7, float32" in out and "states: dim 14, float32" in out and "differ" not in out
+    assert main(["schema", str(dataset), "--json"]) == 0
+    actions = json.loads(capsys.readouterr().out)["sections"]["actions"]
+    assert actions["shape"] == ["T", 7] and actions["variants"] == [
+        {"dtype": "float32", "shape": ["T", 7], "episodes": 12}
+    ]
+
+
+@pytest.mark.parametrize("command", ["ingest", "verify"])
+def test_an_unknown_source_format_is_a_usage_error(
+    dataset: Path, tmp_path: Path, command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = {
+        "ingest": ["ingest", str(tmp_path), "-o", str(tmp_path / "x.kdb"), "--format", "tfrecord"],
+        "verify": ["verify", str(tmp_path), str(dataset), "--format", "tfrecord"],
+    }[command]
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"usage: kino {command}")
+    assert "unknown format 'tfrecord'; accepted: auto (detect), hdf5 (robomimic/LIBERO HDF5)" in err
+    assert "lerobot (" in err and "rlds (RLDS/TFDS TFRecord shards)" in err
+    assert not (tmp_path / "x.kdb").exists()

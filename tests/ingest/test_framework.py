@@ -125,6 +125,43 @@ def test_skip_reports_and_records_what_was_skipped(
     assert not (tmp_path / "none.kdb").exists()
 
 
+def test_many_skips_of_one_kind_are_summarised(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    eps = [{"key": f"e{k}", "frames": 2, "seed": k, "bad": k != 4} for k in range(12)]
+    src = write_fake(tmp_path / "src", eps)
+    report = ingest(src, tmp_path / "out.kdb", on_error="skip")
+    bad = [f"e{k}" for k in range(12) if k != 4]
+    assert [k for k, _ in report.skipped] == bad  # the report keeps every one
+    lines = report.summary().splitlines()[1:]
+    assert [line.split(":")[0] for line in lines[:5]] == [f"skipped {k}" for k in bad[:5]]
+    assert all("key 'actions' has 3 rows" in line for line in lines[:5])
+    assert lines[5:] == ["skipped 6 more episodes for the same reason (e6, e7, e8, ..., e11)"]
+    assert report.summary(shown=20).count("key 'actions' has 3 rows") == 11
+    with kinodb.open(tmp_path / "out.kdb") as db:
+        assert [s["episode"] for s in db.metadata()["ingest"]["skipped"]] == bad
+    assert (
+        main(["ingest", src, "-o", str(tmp_path / "cli.kdb"), "-F", "fake", "--on-error", "skip", "-q"]) == 0
+    )
+    err = capsys.readouterr().err
+    assert "warning: 11 episodes skipped (summarised above; every one is listed with its reason" in err
+
+
+def test_skips_of_different_kinds_are_listed_per_kind(tmp_path: Path) -> None:
+    from kinodb.ingest._run import IngestReport
+
+    report = IngestReport("src", "out.kdb", "fake", episodes=1)
+    report.skipped = [(f"ep{k}", f"src: episode ep{k}: missing file part-{k}.bin") for k in range(7)]
+    report.skipped.insert(2, ("odd", "src: episode odd: actions hold NaN"))
+    lines = report.summary(shown=2).splitlines()[1:]
+    assert lines == [
+        "skipped ep0: src: episode ep0: missing file part-0.bin",
+        "skipped ep1: src: episode ep1: missing file part-1.bin",
+        "skipped 5 more episodes for the same reason (ep2, ep3, ep4, ..., ep6)",
+        "skipped odd: src: episode odd: actions hold NaN",
+    ]
+    report.skipped = report.skipped[:4]
+    assert report.summary(shown=2).splitlines()[3] == "skipped 1 more episode for the same reason (ep2)"
+
+
 def test_formats_detection_and_entry_points(
     src: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

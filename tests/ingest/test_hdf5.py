@@ -526,7 +526,7 @@ def test_broken_demo_is_skipped_and_reported(
     )
     captured = capsys.readouterr()
     assert f"skipped {demo}: " in captured.out and message in captured.out
-    assert "1 episodes skipped" in captured.err
+    assert "1 episode skipped" in captured.err
     with kinodb.open(out) as db:
         assert len(db) == 12
         assert demo not in [db.read_meta(i)["source_episode"] for i in range(len(db))]

@@ -366,6 +366,49 @@ def test_missing_data_file_raises_or_is_skipped(datasets: dict[str, Path], tmp_p
     )
 
 
+def test_skipped_reasons_do_not_advise_the_skip_already_asked_for(
+    datasets: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = _broken_copy(datasets["v2.0-h264"], tmp_path)
+    for e in (0, 1, 3):
+        (root / "data" / "chunk-000" / f"episode_{e:06d}.parquet").unlink()
+    fix = "select them with --episodes (positions in meta/episodes)"
+    with pytest.raises(ConversionError, match=re.escape(f"{fix}, or pass --on-error skip") + "$"):
+        ingest(root, tmp_path / "raise.kdb", images=False)
+    report = ingest(root, tmp_path / "skip.kdb", images=False, on_error="skip")
+    assert [k for k, _ in report.skipped] == ["episode_000000", "episode_000001", "episode_000003"]
+    assert all(why.endswith(f"of its 5 episodes (2,4): {fix}") for _, why in report.skipped)
+    with kinodb.open(tmp_path / "skip.kdb") as db:
+        recorded = db.metadata()["ingest"]["skipped"]
+    assert [(s["episode"], s["reason"]) for s in recorded] == report.skipped
+    argv = ["ingest", str(root), "-o", str(tmp_path / "cli.kdb"), "--no-images", "--on-error", "skip", "-q"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.count("missing data file of episode") == 3 and "--on-error" not in out
+
+
+@needs_g1
+def test_g1_sample_skip_summarises_the_absent_episodes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "g1.kdb"
+    argv = ["ingest", str(G1), "-F", "lerobot", "--on-error", "skip", "--no-images", "-q", "-o", str(out)]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    skipped = [line for line in captured.out.splitlines() if line.startswith("skipped ")]
+    assert [line.split(":")[0] for line in skipped[:5]] == [f"skipped episode_{e:06d}" for e in range(5)]
+    assert skipped[5:] == [
+        "skipped 94 more episodes for the same reason "
+        "(episode_000005, episode_000006, episode_000007, ..., episode_000099)"
+    ]
+    assert "--on-error" not in captured.out and "99 episodes skipped" in captured.err
+    with kinodb.open(out) as db:
+        recorded = db.metadata()["ingest"]["skipped"]
+        assert len(db) == 1 and db.read_meta(0)["source_episode"] == "episode_000029"
+    assert len(recorded) == 99 and "episode_000029" not in {s["episode"] for s in recorded}
+    assert not any("--on-error" in s["reason"] for s in recorded)
+
+
 def test_missing_frame_index_rows(datasets: dict[str, Path], tmp_path: Path) -> None:
     root = _broken_copy(datasets["v3.0-h264"], tmp_path)
     meta = root / "meta" / "episodes" / "chunk-000" / "file-000.parquet"

@@ -426,6 +426,94 @@ def test_older_output_without_recorded_options(tmp_path: Path, robomimic: Path) 
     assert short.mismatches == {"missing": 1} and "only 3 are in the output" in short.problems[0]
 
 
+# -- outputs that cannot be verified against SRC ------------------------------------------
+
+
+def test_a_file_not_made_by_ingest_is_refused_once(
+    tmp_path: Path, robomimic: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    made = tmp_path / "pick.kdb"
+    assert main(["create-test", str(made), "-n", "4"]) == 0
+    with pytest.raises(ConversionError, match=r"pick\.kdb was not made by kino ingest: it records source format "
+                       r"'synthetic' and no ingest provenance .* nothing to verify it against"):  # fmt: skip
+        verify(robomimic, made)
+    plain = tmp_path / "plain.kdb"
+    with kinodb.Writer(plain) as w:
+        w.add_episode(actions=np.zeros((3, 2), np.float32))
+    with pytest.raises(ConversionError, match="records no source format and no ingest provenance"):
+        verify(robomimic, plain)
+    capsys.readouterr()
+    assert main(["verify", str(robomimic), str(made)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1 and captured.err.startswith("error: ")
+    assert "not made by kino ingest" in captured.err and f"kino validate {made}" in captured.err
+    assert "source_episode" not in captured.err and "older kinodb" not in captured.err
+
+
+def test_a_merged_file_names_its_inputs(tmp_path: Path, robomimic: Path, lift: Path) -> None:
+    merged = tmp_path / "merged.kdb"
+    kinodb.merge([lift], merged)
+    with pytest.raises(ConversionError, match=rf"made by kino merge \(of {lift}\), not by kino ingest"):
+        verify(robomimic, merged)
+
+
+def test_a_source_of_another_format_is_named(
+    tmp_path: Path, robomimic: Path, lift: Path, toy: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(ConversionError) as exc:
+        verify(toy, lift)  # lift.kdb came from an HDF5 file; toy is an RLDS folder
+    message = str(exc.value)
+    assert message.startswith(f"{toy} is not a dataset of format hdf5 (it looks like rlds), but {lift} was")
+    assert (
+        f"ingested from one (its metadata records source format 'robomimic-hdf5', read from {robomimic})"
+        in message
+    )
+    assert message.endswith(f"pass the dataset it was ingested from: kino verify {robomimic} {lift}")
+    assert "missing" not in message
+    text = tmp_path / "notes.txt"
+    text.write_text("not a dataset")
+    with pytest.raises(
+        ConversionError, match=r"is not a dataset of format hdf5 \(no known format recognises it\)"
+    ):
+        verify(text, lift)
+    with pytest.raises(
+        ConversionError, match=r"was ingested from a source of format hdf5 .*, not rlds: leave --format out"
+    ):
+        verify(toy, lift, format="rlds")
+    assert main(["verify", str(toy), str(lift)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "looks like rlds" in err
+
+
+def test_the_recorded_source_changed_keeps_its_readers_error(
+    tmp_path: Path, robomimic: Path, lift: Path
+) -> None:
+    robomimic.write_text("overwritten")  # the very path the ingest read: its reader says what is wrong
+    with pytest.raises(ConversionError) as exc:
+        verify(robomimic, lift)
+    assert "is not a dataset of format" not in str(exc.value)
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(
+    not (BRIDGE.is_dir() and (LEROBOT / "meta" / "info.json").is_file()),
+    reason=f"real samples not found at {SAMPLES}",
+)
+def test_real_samples_swapped(tmp_path: Path, lerobot_fixtures: Any) -> None:
+    g1, bridge = tmp_path / "g1.kdb", tmp_path / "bridge.kdb"
+    ingest(LEROBOT, g1, format="lerobot", episodes="29", images=False)
+    ingest(BRIDGE, bridge, images=False)
+    with pytest.raises(ConversionError) as exc:
+        verify(BRIDGE, g1)
+    assert str(exc.value) == (
+        f"{BRIDGE} is not a dataset of format lerobot (it looks like rlds), but {g1} was ingested from one "
+        f"(its metadata records source format 'lerobot-v2.1', read from {LEROBOT}); pass the dataset it was "
+        f"ingested from: kino verify {LEROBOT} {g1}"
+    )
+    with pytest.raises(ConversionError, match=r"is not a dataset of format rlds \(it looks like lerobot\)"):
+        verify(LEROBOT, bridge)
+
+
 # -- kino ingest --verify -----------------------------------------------------------------
 
 

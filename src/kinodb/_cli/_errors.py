@@ -8,7 +8,7 @@ import os
 import sys
 import traceback
 
-from kinodb.errors import KinodbError
+from kinodb.errors import KinodbError, QuerySyntaxError
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
@@ -20,10 +20,11 @@ def dispatch(
     usage_prefix: str,
     usage: argparse.ArgumentParser | None = None,
 ) -> int:
-    """Run ``args.run(args)``: 0 ok, 1 kinodb or I/O error (one line), 2 usage error.
+    """Run ``args.run(args)``: 0 ok, 1 kinodb or I/O error, 2 usage error.
 
-    ``--debug`` adds the traceback; ``usage`` prints that parser's usage line before a
-    usage error.
+    Errors print as one line, except KQL errors, which keep their lines: the query with a
+    caret under the offending token, then the hint. ``--debug`` adds the traceback;
+    ``usage`` prints that parser's usage line before a usage error.
     """
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="%(message)s")
     try:
@@ -36,7 +37,7 @@ def dispatch(
     except (KinodbError, OSError) as exc:
         if args.debug:
             traceback.print_exc()
-        message = one_line(exc)
+        message = _kql_lines(exc) if isinstance(exc, QuerySyntaxError) else one_line(exc)
         if isinstance(exc, FileExistsError) and getattr(args, "force", None) is False:
             # The library's advice is for Python callers (mode='w'); the command's is --force.
             where = exc.filename or str(exc).split(" exists", 1)[0]
@@ -59,3 +60,8 @@ def one_line(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
         return f"{exc.filename}: {exc.strerror}"
     return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _kql_lines(exc: QuerySyntaxError) -> str:
+    """A KQL error as its own lines: collapsing them would move the caret off its token."""
+    return str(exc).rstrip() or type(exc).__name__

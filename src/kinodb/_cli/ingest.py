@@ -6,6 +6,8 @@ import argparse
 import sys
 from typing import Any
 
+from kinodb.ingest._base import formats
+
 
 def register(sub: Any) -> None:
     """Add the subcommand to ``sub``."""
@@ -14,9 +16,8 @@ def register(sub: Any) -> None:
                                    "encoded frames pass through unchanged.")  # fmt: skip
     p.add_argument("src", help="source file or folder")
     p.add_argument("-o", "--output", required=True, help="output .kdb file")
-    p.add_argument(
-        "-F", "--format", default="auto", help="auto (default), hdf5, rlds, lerobot, or a plug-in's name"
-    )
+    p.add_argument("-F", "--format", default="auto", type=source_format,
+                   help="auto (default), hdf5, rlds, lerobot, kinfer-ndjson, or a plug-in's name")  # fmt: skip
     p.add_argument("-e", "--embodiment", help="embodiment of every episode (default: from the source)")
     p.add_argument("-t", "--task", help="task of every episode (default: from the source)")
     p.add_argument("--fps", type=float, help="frames per second (default: from the source, else 10)")
@@ -47,6 +48,23 @@ def register(sub: Any) -> None:
     p.set_defaults(run=run)
 
 
+_KINDS = {
+    "hdf5": "robomimic/LIBERO HDF5",
+    "rlds": "RLDS/TFDS TFRecord shards",
+    "lerobot": "LeRobot v2.0, v2.1, v3.0",
+    "kinfer-ndjson": "kinfer NDJSON logs",
+}
+
+
+def source_format(text: str) -> str:
+    """``--format``: ``auto`` or a registered source format; anything else is a usage error."""
+    known = sorted(formats())
+    if text == "auto" or text in known:
+        return text
+    accepted = ", ".join(f"{name} ({_KINDS[name]})" if name in _KINDS else name for name in known)
+    raise argparse.ArgumentTypeError(f"unknown format {text!r}; accepted: auto (detect), {accepted}")
+
+
 def run(args: argparse.Namespace) -> int:
     """Ingest and print the report."""
     from kinodb.ingest import ingest  # deferred: converters load their libraries on first use
@@ -62,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
     print(report.summary())
     if report.skipped:
         print(
-            f"warning: {len(report.skipped)} episodes skipped (listed above and in the file's metadata)",
+            f"warning: {len(report.skipped)} episode{'' if len(report.skipped) == 1 else 's'} skipped (summarised above; every one is listed with "
+            "its reason in the file's metadata, ingest.skipped)",
             file=sys.stderr,
         )
     return 0

@@ -48,8 +48,8 @@ def run(args: argparse.Namespace) -> int:
         try:
             positions = query(db, args.kql)
         except QuerySyntaxError as exc:
-            # The message spans lines (the query with a caret under the error), which the
-            # one-line error report of `kino` would flatten; exit 1 as for any kinodb error.
+            # Printed here as well as by `kino`'s error table (the same lines: the query with a
+            # caret under the error), so that `run` gives exit 1 when called on its own.
             print(f"error: {exc}", file=sys.stderr)
             return 1
         total = len(positions)

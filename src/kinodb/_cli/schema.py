@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections import defaultdict
+from collections import Counter
 from typing import Any
 
 from kinodb.kdb.reader import Database, open_database
@@ -19,19 +19,33 @@ def register(sub: Any) -> None:
 
 
 def describe(db: Database) -> dict[str, Any]:
-    """Schema plus per-section byte totals, as one JSON-ready dict."""
-    sections: dict[str, dict[str, Any]] = defaultdict(lambda: {"bytes": 0, "episodes": 0})
+    """Schema plus per-section byte totals, as one JSON-ready dict.
+
+    Each section lists its ``variants``: every distinct dtype (arrays) or codec (cameras)
+    and per-frame shape, with the number of episodes holding it (sorted by shape). A
+    merged file may hold episodes of different dims; ``dtype``/``codec`` and ``shape``
+    are then None rather than one episode's.
+    """
+    sections: dict[str, dict[str, Any]] = {}
+    seen: dict[str, Counter[tuple[str, tuple[int, ...]]]] = {}
     for i in range(len(db)):
-        for name, arr in db._episode_arrays(i).items():
-            s = sections[name]
-            s.update(kind="array", dtype=arr.dtype.name, shape=["T", *arr.shape[1:]])
-            s["bytes"] += arr.nbytes
+        found = [(name, "array", arr.dtype.name, arr.shape[1:], arr.nbytes)
+                 for name, arr in db._episode_arrays(i).items()]  # fmt: skip
+        found += [(f"camera:{name}", "camera", cam.codec, tuple(cam.shape[1:]), int(cam.frame_offsets[-1]))
+                  for name, cam in db._episode_cameras(i).items()]  # fmt: skip
+        for name, kind, encoding, shape, nbytes in found:
+            s = sections.setdefault(name, {"bytes": 0, "episodes": 0, "kind": kind})
+            s["bytes"] += nbytes
             s["episodes"] += 1
-        for name, cam in db._episode_cameras(i).items():
-            s = sections[f"camera:{name}"]
-            s.update(kind="camera", codec=cam.codec, shape=["T", *cam.shape[1:]])
-            s["bytes"] += int(cam.frame_offsets[-1])
-            s["episodes"] += 1
+            seen.setdefault(name, Counter())[(encoding, tuple(int(x) for x in shape))] += 1
+    for name, s in sections.items():
+        key = "dtype" if s["kind"] == "array" else "codec"
+        variants = sorted(seen[name].items(), key=lambda v: (v[0][1], v[0][0]))
+        encodings = {enc for (enc, _), _ in variants}
+        shapes = {shape for (_, shape), _ in variants}
+        s[key] = encodings.pop() if len(encodings) == 1 else None
+        s["shape"] = ["T", *shapes.pop()] if len(shapes) == 1 else None
+        s["variants"] = [{key: enc, "shape": ["T", *shape], "episodes": n} for (enc, shape), n in variants]
     return {
         "path": db.path(),
         "format_version": db.version(),
@@ -39,7 +53,7 @@ def describe(db: Database) -> dict[str, Any]:
         "num_episodes": len(db),
         "num_frames": db.num_frames(),
         "schema": db.schema(),
-        "sections": dict(sections),
+        "sections": sections,
     }
 
 
@@ -56,8 +70,7 @@ def run(args: argparse.Namespace) -> int:
     schema = d["schema"]
     for part in ("actions", "states"):
         entry = schema.get(part, {})
-        dim = entry.get("dim", "varies")
-        print(f"\n{part}: dim {dim}, {entry.get('dtype', 'varies')}")
+        print(f"\n{part}: {_dims_line(entry, d['sections'].get(part))}")
         for name, (a, b) in entry.get("components", {}).items():
             print(f"  {name:<24}[{a}:{b}]")
         if entry.get("names"):
@@ -70,9 +83,44 @@ def run(args: argparse.Namespace) -> int:
     total = sum(s["bytes"] for s in d["sections"].values()) or 1
     print(f"\n{'SECTION':<26}{'KIND':<8}{'DTYPE/CODEC':<13}{'SHAPE':<18}{'BYTES':>14}{'SHARE':>8}")
     for name, s in d["sections"].items():
-        shape = "(" + ", ".join(str(x) for x in s["shape"]) + ")"
-        kind = s.get("dtype") or s.get("codec")
+        key = "dtype" if s["kind"] == "array" else "codec"
+        kind = "|".join(dict.fromkeys(v[key] for v in s["variants"]))
         print(
-            f"{name:<26}{s['kind']:<8}{kind:<13}{shape:<18}{s['bytes']:>14,}{100 * s['bytes'] / total:>7.1f}%"
+            f"{name:<26}{s['kind']:<8}{kind:<13}{_shape_cell(s['variants']):<18}{s['bytes']:>14,}"
+            f"{100 * s['bytes'] / total:>7.1f}%"
         )
     return 0
+
+
+def _dims_line(entry: dict[str, Any], section: dict[str, Any] | None) -> str:
+    """``dim 7, float32``, or what differs between episodes and in how many of each."""
+    if section is None:  # no episodes: only the schema speaks
+        return f"dim {entry.get('dim', '-')}, {entry.get('dtype', '-')}"
+    dims: Counter[str] = Counter()
+    dtypes: Counter[str] = Counter()
+    for v in section["variants"]:
+        dims[_dim(v["shape"][1:])] += v["episodes"]
+        dtypes[v["dtype"]] += v["episodes"]
+    if len(dims) == len(dtypes) == 1:
+        return f"dim {next(iter(dims))}, {next(iter(dtypes))}"
+    dim = f"dim {next(iter(dims))}" if len(dims) == 1 else f"dims differ between episodes: {_counted(dims)}"
+    dtype = next(iter(dtypes)) if len(dtypes) == 1 else f"dtypes differ between episodes: {_counted(dtypes)}"
+    return f"{dim}; {dtype}"
+
+
+def _dim(shape: list[int]) -> str:
+    return "x".join(str(x) for x in shape) if shape else "scalar"
+
+
+def _counted(counts: Counter[str]) -> str:
+    return ", ".join(f"{k} ({n} episode{'' if n == 1 else 's'})" for k, n in counts.items())
+
+
+def _shape_cell(variants: list[dict[str, Any]]) -> str:
+    """``(T, 7)``; where episodes differ, each axis lists its values: ``(T, 7|26)``."""
+    shapes = [v["shape"] for v in variants]
+    axes = [
+        list(dict.fromkeys(str(s[k]) if k < len(s) else "-" for s in shapes))
+        for k in range(max(map(len, shapes)))
+    ]
+    return "(" + ", ".join("|".join(values) for values in axes) + ")"

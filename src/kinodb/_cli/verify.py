@@ -6,6 +6,7 @@ import argparse
 import json
 from typing import Any
 
+from kinodb._cli.ingest import source_format
 from kinodb.ingest._verify import CODEC_MARGIN_DB, DEFAULT_PSNR, verify
 
 
@@ -20,9 +21,8 @@ def register(sub: Any) -> None:
     )
     p.add_argument("src", help="the source file or folder the ingest read")
     p.add_argument("output", help="the .kdb file the ingest wrote")
-    p.add_argument(
-        "-F", "--format", default="auto", help="source format (default: as recorded, else detected)"
-    )
+    p.add_argument("-F", "--format", default="auto", type=source_format,
+                   help="source format (default: as recorded, else detected)")  # fmt: skip
     p.add_argument("--psnr", type=float, default=None, metavar="DB",
                    help=f"lowest PSNR for frames stored as JPEG from the source's pixels (default: "
                    f"{DEFAULT_PSNR:g} dB, or within {CODEC_MARGIN_DB:g} dB of a fresh JPEG encode of the "

@@ -19,6 +19,8 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 from kinodb.errors import ConversionError
 
 ENTRY_POINT_GROUP = "kinodb.sources"
+SKIP_ADVICE = ", or pass --on-error skip"
+"""Ends the message of an episode that can be skipped; the framework drops it once skipping."""
 
 
 @dataclass(frozen=True, slots=True)

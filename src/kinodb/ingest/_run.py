@@ -7,6 +7,7 @@ import concurrent.futures as cf
 import dataclasses
 import multiprocessing
 import os
+import re
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -16,12 +17,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from kinodb.errors import ConversionError, KinodbError, WriterError
-from kinodb.ingest._base import Source, SourceOptions, source_class
+from kinodb.ingest._base import SKIP_ADVICE, Source, SourceOptions, source_class
 from kinodb.kdb import _codecs
 from kinodb.kdb.writer import Writer
 
 if TYPE_CHECKING:
     from kinodb.ingest._verify import VerifyReport
+
+SKIPPED_SHOWN = 5  # skipped episodes listed per reason in a report's summary
+_DIGITS = re.compile(r"\d+")
 
 
 @dataclass
@@ -38,18 +42,38 @@ class IngestReport:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (episode key, reason)
     verification: VerifyReport | None = None  # with ``verify=True``
 
-    def summary(self) -> str:
-        """One paragraph for people."""
+    def summary(self, *, shown: int = SKIPPED_SHOWN) -> str:
+        """One paragraph for people.
+
+        Skipped episodes are grouped by reason (the reason with its numbers and the
+        episode's key left out): the first ``shown`` of each group are listed with their
+        reasons, the rest counted. ``skipped`` (and the file's metadata) keeps them all.
+        """
         rate = self.frames / self.seconds if self.seconds else 0.0
         lines = [
             f"ingested {self.episodes} episode{'' if self.episodes == 1 else 's'} ({self.frames} frames, "
             f"{self.bytes / 2**20:.1f} MiB) from "
             f"{self.source} ({self.format}) to {self.output} in {self.seconds:.2f} s ({rate:,.0f} frames/s)"
         ]
-        lines += [f"skipped {key}: {why}" for key, why in self.skipped]
+        for group in _group_by_reason(self.skipped):
+            lines += [f"skipped {key}: {why}" for key, why in group[:shown]]
+            rest = [key for key, _ in group[shown:]]
+            if rest:
+                keys = ", ".join(rest) if len(rest) <= 4 else f"{', '.join(rest[:3])}, ..., {rest[-1]}"
+                lines.append(
+                    f"skipped {len(rest)} more episode{'' if len(rest) == 1 else 's'} for the same reason ({keys})"
+                )
         if self.verification is not None:
             lines.append(self.verification.summary())
         return "\n".join(lines)
+
+
+def _group_by_reason(skipped: list[tuple[str, str]]) -> list[list[tuple[str, str]]]:
+    """``skipped`` grouped by the reason's wording (key and numbers aside), in order of appearance."""
+    groups: dict[str, list[tuple[str, str]]] = {}
+    for key, why in skipped:
+        groups.setdefault(_DIGITS.sub("#", why.replace(key, "")), []).append((key, why))
+    return list(groups.values())
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,7 +200,7 @@ def ingest(
             if error is not None:
                 if on_error == "raise":
                     raise ConversionError(error)
-                report.skipped.append((key, error))
+                report.skipped.append((key, error.replace(SKIP_ADVICE, "")))  # advice already taken
             bar(key)
         if report.skipped:
             writer.metadata["ingest"]["skipped"] = [{"episode": k, "reason": r} for k, r in report.skipped]

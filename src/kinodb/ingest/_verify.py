@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from kinodb.errors import KinodbError
-from kinodb.ingest._base import Source, SourceInfo, SourceOptions, source_class
+from kinodb.errors import ConversionError, KinodbError
+from kinodb.ingest._base import Source, SourceInfo, SourceOptions, formats, source_class
 from kinodb.ingest._run import _select
 from kinodb.kdb import _codecs
 from kinodb.kdb.reader import META_FIELDS, Database, open_database
@@ -297,7 +297,9 @@ def verify(
         (True, 0.0)
 
     Raises:
-        ConversionError: the source cannot be read at all, or its format is unknown.
+        ConversionError: ``out`` was not written by an ingest (it records no source to
+            compare with); ``src`` is not of the format ``out`` was ingested from; the
+            source cannot be read at all, or its format is unknown.
         FormatError: ``out`` is not a readable ``.kdb`` file.
     """
     path, t0 = os.fspath(src), time.perf_counter()
@@ -308,8 +310,11 @@ def verify(
         "max_episodes": max_episodes,
     }  # fmt: skip
     with open_database(out) as db:
+        _require_ingest_record(db)
         plan = _plan(db.metadata(), db.schema(), overrides)
+        _require_recorded_format(db, plan, format)
         cls = source_class(plan.format if format == "auto" and plan.format else format, path)
+        source = _open_source(cls, path, plan, db)
         report = VerifyReport(
             path,
             os.fspath(out),
@@ -318,13 +323,100 @@ def verify(
             options=plan.describe(),
         )
         report.codec_relative = psnr is None
-        source: Source = cls(path, plan.options)  # type: ignore[call-arg]
         try:
             _Checker(db, source, plan, report).run()
         finally:
             source.close()
     report.seconds = time.perf_counter() - t0
     return report
+
+
+# -- what the output was made from --------------------------------------------------------
+
+
+def _require_ingest_record(db: Database) -> None:
+    """Refuse a file no ingest wrote: with no recorded source there is nothing to compare.
+
+    Every ingest records ``ingest`` (source, format, selection) in the dataset metadata;
+    files written with `kinodb.Writer`, by ``kino create-test`` or by ``kino merge`` do not.
+    """
+    if isinstance(db.metadata().get("ingest"), Mapping):
+        return
+    out = db.path()
+    made_by = db.dataset_info().get("source_format")
+    if made_by == "kinodb-merge":
+        inputs = [
+            str(m.get("file")) for m in db.metadata().get("merged_from") or () if isinstance(m, Mapping)
+        ]
+        raise ConversionError(
+            f"{out} was made by kino merge (of {', '.join(inputs) or 'other .kdb files'}), not by kino "
+            "ingest: it records no source dataset, so there is nothing to verify it against; verify each "
+            "merged input against the dataset it was ingested from, and check this file with: "
+            f"kino validate {out}"
+        )
+    what = f"source format {made_by!r}" if made_by else "no source format"
+    raise ConversionError(
+        f"{out} was not made by kino ingest: it records {what} and no ingest provenance (no 'ingest' "
+        "entry in its metadata), so there is nothing to verify it against; kino verify compares a "
+        "file written by kino ingest with the dataset it read. To check this file's own integrity, "
+        f"run: kino validate {out}"
+    )
+
+
+def _require_recorded_format(db: Database, plan: _Plan, format: str) -> None:
+    """Refuse an explicit format other than the one the ingest recorded (keys would not match)."""
+    if format == "auto" or plan.format is None or format == plan.format:
+        return
+    raise ConversionError(
+        f"{db.path()} was ingested from a source of format {plan.format} ({_recorded_source(db)}), "
+        f"not {format}: "
+        "leave --format out to read the source as the ingest did"
+    )
+
+
+def _recorded_source(db: Database) -> str:
+    """What the metadata says the ingest read: its format and its path."""
+    info = db.dataset_info()
+    ingest = db.metadata().get("ingest")
+    source = ingest.get("source") if isinstance(ingest, Mapping) else None
+    parts = (
+        [f"its metadata records source format {info.get('source_format')!r}"]
+        if info.get("source_format")
+        else []
+    )
+    if isinstance(source, str):
+        parts.append(f"read from {source}")
+    return ", ".join(parts) or "as recorded in its metadata"
+
+
+def _open_source(cls: type[Source], path: str, plan: _Plan, db: Database) -> Source:
+    """``cls`` on ``path``; a source of another kind than the ingest read is named as such."""
+    try:
+        source: Source = cls(path, plan.options)  # type: ignore[call-arg]
+    except (KinodbError, OSError) as exc:
+        if plan.format is None or not os.path.exists(path) or _detects(cls, path):
+            raise
+        ingest = db.metadata().get("ingest")
+        recorded = ingest.get("source") if isinstance(ingest, Mapping) else None
+        if isinstance(recorded, str) and os.path.realpath(recorded) == os.path.realpath(path):
+            raise  # the very source the ingest read: its own reader says what changed
+        others = [
+            name for name, load in sorted(formats().items()) if name != cls.format and _detects(load(), path)
+        ]
+        looks = f"it looks like {' or '.join(others)}" if others else "no known format recognises it"
+        fix = f"kino verify {recorded} {db.path()}" if isinstance(recorded, str) else "kino verify SRC OUT"
+        raise ConversionError(
+            f"{path} is not a dataset of format {cls.format} ({looks}), but {db.path()} was ingested "
+            f"from one ({_recorded_source(db)}); pass the dataset it was ingested from: {fix}"
+        ) from exc
+    return source
+
+
+def _detects(cls: type[Source], path: str) -> bool:
+    try:
+        return bool(cls.detect(path))
+    except (KinodbError, OSError, ValueError):
+        return False
 
 
 # -- comparing ----------------------------------------------------------------------------

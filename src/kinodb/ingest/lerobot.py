@@ -55,7 +55,7 @@ import numpy as np
 from kinodb._optional import require
 from kinodb.errors import ConversionError, CorruptFileError, WriterError
 from kinodb.ingest import _video
-from kinodb.ingest._base import SourceInfo, SourceOptions
+from kinodb.ingest._base import SKIP_ADVICE, SourceInfo, SourceOptions
 from kinodb.kdb import _codecs
 
 log = logging.getLogger(__name__)
@@ -551,7 +551,7 @@ class LeRobotSource:
             raise ConversionError(
                 f"{path}: missing data file of episode {e}; this copy holds the data of "
                 f"{len(held)} of its {len(listed)} episodes ({_spec(held) or 'none'}): select them with "
-                "--episodes (positions in meta/episodes), or pass --on-error skip"
+                f"--episodes (positions in meta/episodes){SKIP_ADVICE}"
             )
         try:
             pf = self._pq.ParquetFile(path)
