@@ -107,3 +107,24 @@ def test_windows_of_robots_with_different_widths_come_padded_with_masks(tmp_path
         assert shapes == [((8, 2, 9), (8, 3, 14))] * 2
     finally:
         assert proc.stop() == 0
+
+
+def test_window_cameras_one_served_source_lacks_are_refused_with_the_ones_all_have(tmp_path: Path) -> None:
+    from _factories import write_episodes
+
+    one, two = tmp_path / "one.kdb", tmp_path / "two.kdb"
+    write_episodes(one, [4], cameras={"front": (8, 8, 3)})
+    write_episodes(two, [5], cameras={"front": (8, 8, 3), "wrist": (8, 8, 3)})
+    proc = ServerProcess(["--source", f"{one}:1", "--source", f"{two}:1"])
+    try:
+        with KinoClient(proc.addr) as client:
+            with pytest.raises(
+                kinodb.KinodbError, match=r"no camera 'wrist'.*every served source has \(front\)"
+            ):
+                client.get_windows(4, obs_horizon=1, action_horizon=1, include_images=True, cameras=["wrist"])
+            batch = client.get_windows(
+                4, obs_horizon=1, action_horizon=1, include_images=True, cameras=["front"]
+            )
+            assert batch["images"]["front"].shape == (4, 1, 3, 8, 8)
+    finally:
+        assert proc.stop() == 0

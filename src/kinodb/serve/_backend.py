@@ -90,6 +90,15 @@ class Backend:
         self._windows: dict[tuple[Any, ...], tuple[FrameWindows, int]] = {}
         self._windows_lock = threading.Lock()
 
+    def _common_cameras(self) -> list[str]:
+        """The cameras of every served source (their first kept episodes), in the first's order."""
+        names = [
+            list(db.cameras(int(kept[0])))
+            for db, kept in zip(self._dbs, self._kept, strict=True)
+            if len(kept)
+        ]
+        return [cam for cam in names[0] if all(cam in other for other in names[1:])] if names else []
+
     def _frame_bytes(self) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
         """Per source: bytes per frame of the low-dim arrays and of decoded images (first episode)."""
         arrays, images = [], []
@@ -332,8 +341,17 @@ class Backend:
         with self._windows_lock:
             entry = self._windows.get(key)
             if entry is None:
-                fw = FrameWindows(self.source, obs_horizon=obs, action_horizon=act, pad=pad,  # type: ignore[arg-type]
-                                  kql_filter=spec.kql_filter or None, cameras=list(cameras) if cameras else None)  # fmt: skip
+                try:
+                    fw = FrameWindows(self.source, obs_horizon=obs, action_horizon=act, pad=pad,  # type: ignore[arg-type]
+                                      kql_filter=spec.kql_filter or None, cameras=list(cameras) if cameras else None)  # fmt: skip
+                except KinodbError as exc:
+                    if cameras is None or "no camera" not in str(exc):
+                        raise
+                    raise KinodbError(  # the advice a client can take: it has no image_key
+                        f"{str(exc).split('; ', 1)[0]}; windows of this server need cameras every served "
+                        f"source has ({', '.join(self._common_cameras()) or 'none'}): ask for those with "
+                        "cameras=[...], or for windows without images"
+                    ) from None
                 # One window per source fills every per-array cache now, under the lock.
                 first = fw.lowdim_padded(np.concatenate([[0], np.cumsum(fw.sample_counts())[:-1]]))
                 per_window = sum(a.nbytes // max(len(a), 1) for a in first.values()) + 8 + 4  # + index, task
