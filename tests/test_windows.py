@@ -267,3 +267,17 @@ def test_a_file_whose_episodes_differ_in_dims_is_refused_with_the_fix(tmp_path: 
     ):
         FrameWindows(merged, action_horizon=2)
     assert len(FrameWindows(merged, action_horizon=2, kql_filter="action_dim = 14")) == 6
+
+
+def test_a_mixture_source_whose_episodes_differ_in_dims_gets_a_per_source_filter(tmp_path: Path) -> None:
+    a, b, merged, c = tmp_path / "a.kdb", tmp_path / "b.kdb", tmp_path / "m.kdb", tmp_path / "c.kdb"
+    write_episodes(a, [4], state_dim=3)
+    write_episodes(b, [5], state_dim=5)
+    write_episodes(c, [6], state_dim=3)
+    kinodb.merge([a, b], merged)
+    with pytest.raises(
+        KinodbError, match=r"select one with Mixture\(\.\.\., filters=\{'.*m\.kdb': 'state_dim = 3'\}\)"
+    ):
+        FrameWindows(kinodb.Mixture({str(merged): 1, str(c): 1}))
+    fixed = kinodb.Mixture({str(merged): 1, str(c): 1}, filters={str(merged): "state_dim = 3"})
+    assert len(FrameWindows(fixed)) == 10

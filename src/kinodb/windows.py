@@ -378,7 +378,8 @@ class FrameWindows:
         When the sources' ``state`` (or ``action``, or another windowed array) differ in
         per-frame shape, every batch holds it padded with zeros to the widest over all
         sources (one shape for every batch) plus ``state_mask`` (True on real entries), as
-        `kinodb.torch.pad_collate` gives. With one layout it is `lowdim`.
+        `kinodb.torch.pad_collate` gives for ``state`` and ``action`` (this pads other
+        windowed arrays the same way). With one layout it is `lowdim`.
 
         Raises:
             KinodbError: the sources' arrays differ in dtype or number of dimensions.
@@ -664,10 +665,15 @@ class FrameWindows:
                         f"{d}: {n} episode{'' if n == 1 else 's'}"
                         for d, n in zip(dims.tolist(), counts.tolist(), strict=True)
                     )
+                    pick = (
+                        f"Mixture(..., filters={{{source.db.path()!r}: '{column} = {dims[0]}'}})"
+                        if isinstance(self._source_arg, Mixture)
+                        else f'kql_filter="{column} = {dims[0]}"'
+                    )
                     raise KinodbError(
                         f"{source.where}: its episodes differ in {column} ({tally}); windows need one layout "
-                        f'per file: select one with kql_filter="{column} = {dims[0]}", or keep each robot\'s '
-                        "data in its own file and combine the files with kinodb.Mixture (pad_collate pads them)"
+                        f"per file: select one with {pick}, or keep each robot's data in its own file and "
+                        "combine the files with kinodb.Mixture (pad_collate pads them)"
                     )
 
     def _check_grid(self) -> None:
@@ -706,9 +712,9 @@ def stack_groups(groups: list[tuple[NDArray[np.int64], dict[str, NDArray[Any]]]]
                 raise KinodbError(
                     f"this batch mixes {key!r} of {first[key].dtype} {first[key].shape[1:]} and "
                     f"{value.dtype} {value.shape[1:]} (sources with different schemas), which cannot "
-                    f"be stacked: batch by schema (SchemaBatchSampler, or a kql_filter per source), or "
-                    f"read them through kinodb.torch.KinoFrameDataset with collate_fn=pad_collate (or "
-                    f"from_mixture(batch_size=...)), which pads them and adds masks"
+                    f"be stacked: batch by schema (SchemaBatchSampler, or a kql_filter per source), use "
+                    f"FrameWindows.lowdim_padded, or read them through kinodb.torch.KinoFrameDataset with "
+                    f"collate_fn=pad_collate (or from_mixture(batch_size=...)); those pad them and add masks"
                 )
     n = sum(len(sel) for sel, _ in groups)
     out = {k: np.empty((n, *v.shape[1:]), v.dtype) for k, v in first.items()}

@@ -280,3 +280,16 @@ def test_an_unknown_source_format_is_a_usage_error(
     assert "unknown format 'tfrecord'; accepted: auto (detect), hdf5 (robomimic/LIBERO HDF5)" in err
     assert "lerobot (" in err and "rlds (RLDS/TFDS TFRecord shards)" in err
     assert not (tmp_path / "x.kdb").exists()
+
+
+def test_info_shows_the_frame_rates(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from _factories import write_episodes
+
+    a, b, merged = tmp_path / "a.kdb", tmp_path / "b.kdb", tmp_path / "m.kdb"
+    write_episodes(a, [3, 4], fps=5.0)
+    write_episodes(b, [5], fps=30.0)
+    kinodb.merge([a, b], merged)
+    assert main(["info", str(a)]) == 0
+    assert "  fps: 5\n" in capsys.readouterr().out
+    assert main(["info", str(merged)]) == 0
+    assert "  fps: 5 (2 episodes), 30 (1 episode)\n" in capsys.readouterr().out

@@ -428,7 +428,8 @@ def test_normalize_without_statistics_of_states_or_actions_is_refused(lowdim) ->
     path, _ = lowdim
     write_stats(path, compute_stats(path, arrays=["rewards"]))
     with pytest.raises(
-        kinodb.KinodbError, match=r"normalize='mean_std' needs statistics.*none for states and actions"
+        kinodb.KinodbError,
+        match=r"normalize=.mean_std. needs statistics of states and actions, but its stored statistics have none",
     ):
         KinoFrameDataset(path, normalize="mean_std")
 
@@ -445,14 +446,53 @@ def test_a_batch_of_two_schemas_without_pad_collate_says_how_to_collate(tmp_path
     assert next(iter(DataLoader(ds, batch_size=8, collate_fn=pad_collate)))["action"].shape == (8, 2, 14)
 
 
-def test_cameras_of_different_sizes_need_image_size_when_the_dataset_is_made(tmp_path: Path) -> None:
+def test_cameras_of_different_sizes_in_one_batch_need_image_size(tmp_path: Path) -> None:
     a, b = tmp_path / "a.kdb", tmp_path / "b.kdb"
-    write_episodes(a, [3], cameras={"image_0": (12, 16, 3)})
-    write_episodes(b, [3], cameras={"cam_high": (24, 32, 3)})
+    write_episodes(a, [3], action_dim=2, cameras={"image_0": (12, 16, 3)})
+    write_episodes(b, [3], action_dim=14, cameras={"cam_high": (24, 32, 3)})
     mix = kinodb.Mixture({str(a): 1, str(b): 1})
     cams = {"front": ["image_0", "cam_high"]}
+    ds = KinoFrameDataset(mix, image_key=cams)  # batches by schema (one size each) are fine
+    by_schema = DataLoader(ds, batch_sampler=SchemaBatchSampler(ds, 3, shuffle=False))
+    assert sorted(tuple(b["images"]["front"].shape) for b in by_schema) == [
+        (3, 1, 3, 12, 16),
+        (3, 1, 3, 24, 32),
+    ]
+    with pytest.raises(kinodb.KinodbError, match=r"several sizes in this batch .*pass image_size=\(H, W\)"):
+        next(iter(DataLoader(ds, batch_size=6, collate_fn=pad_collate)))
+    batch = next(iter(DataLoader(KinoFrameDataset(mix, image_key=cams, image_size=(12, 16)), batch_size=6,
+                                 collate_fn=pad_collate)))  # fmt: skip
+    assert batch["images"]["front"].shape == (6, 1, 3, 12, 16)
+
+
+def test_normalize_needs_statistics_only_of_what_the_dataset_hands_out(tmp_path: Path) -> None:
+    from kinodb.stats import compute_stats, write_stats
+
+    path = tmp_path / "no_states.kdb"
+    eps = _write(path, [5, 6], state_dim=0)
+    write_stats(path, compute_stats(path))  # states have no features: no statistics for them
+    actions = np.concatenate([e["actions"] for e in eps]).astype(np.float64)
+    episode = KinoMapDataset(path, normalize="mean_std", image_key=False)[0]["action"].double().numpy()
+    np.testing.assert_allclose(
+        episode, (actions[:5] - actions.mean(0)) / actions.std(0), rtol=1e-5, atol=1e-6
+    )
+    frames = KinoFrameDataset(path, normalize="mean_std")
+    np.testing.assert_allclose(
+        frames[0]["action"][0].double().numpy(), (actions[0] - actions.mean(0)) / actions.std(0), rtol=1e-5
+    )
+    only_actions = tmp_path / "a.kdb"
+    _write(only_actions, [5, 6])
+    write_stats(only_actions, compute_stats(only_actions, arrays=["actions"]))
+    ds = KinoFrameDataset(only_actions, delta_timestamps={"action": [0.0, 0.1]}, normalize="mean_std")
+    assert ds[0]["action"].shape == (2, 2)
+    with pytest.raises(kinodb.KinodbError, match=r"needs statistics of states, but"):
+        KinoFrameDataset(only_actions, normalize="mean_std")
+
+
+def test_episodes_of_different_lengths_without_pad_collate_say_so(tmp_path: Path) -> None:
+    path = tmp_path / "eps.kdb"
+    _write(path, [5, 6])
     with pytest.raises(
-        kinodb.KinodbError, match=r"camera 'front' has frames of different sizes \(12x16 in .*24x32"
+        kinodb.KinodbError, match=r"episodes of different lengths .*pad_collate.*batch_size=None"
     ):
-        KinoFrameDataset(mix, image_key=cams)
-    assert len(KinoFrameDataset(mix, image_key=cams, image_size=(12, 16))) == 6
+        next(iter(DataLoader(KinoMapDataset(path, image_key=False), batch_size=2)))

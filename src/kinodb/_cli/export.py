@@ -38,13 +38,16 @@ def run(args: argparse.Namespace) -> int:
 
     # The report carries the exporter's warnings; Python warnings raised on the way (by
     # the library or what it calls) join them, so that each prints once, as "warning: ...".
+    report = None
     with warnings.catch_warnings(record=True) as raised:
-        report = export(
-            args.path, args.output, format=args.format, filter=args.filter, overwrite=args.force,
-            video_codec=getattr(args, "video_codec", None), images_as=getattr(args, "images_as", None),
-        )  # fmt: skip
-    lines = [*report.warnings, *(str(w.message) for w in raised)]
-    for line in dict.fromkeys(lines):
-        print(f"warning: {line}", file=sys.stderr)
+        try:
+            report = export(
+                args.path, args.output, format=args.format, filter=args.filter, overwrite=args.force,
+                video_codec=getattr(args, "video_codec", None), images_as=getattr(args, "images_as", None),
+            )  # fmt: skip
+        finally:  # also before the error of an export that fails
+            lines = [*(report.warnings if report is not None else ()), *(str(w.message) for w in raised)]
+            for line in dict.fromkeys(lines):
+                print(f"warning: {line}", file=sys.stderr)
     print(report.summary())
     return 0

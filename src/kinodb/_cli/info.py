@@ -46,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
                 + (" ..." if len(tasks) > 5 else "")
             )
             print("  per embodiment: " + ", ".join(f"{e} {c}" for e, c in zip(emb, counts, strict=True)))
+            print(f"  fps: {_fps(table['fps'])}")
         if args.episodes:
             print(f"\n{'ID':>6}  {'EMBODIMENT':<14}{'FRAMES':>7}{'ACT':>5}{'STATE':>6}  {'SUCCESS':<8}TASK")
             for i in range(len(db)):
@@ -54,6 +55,19 @@ def run(args: argparse.Namespace) -> int:
                 print(f"{m['episode_id']:>6}  {_clip(m['embodiment'], 13):<14}{m['num_frames']:>7}"
                       f"{m['action_dim']:>5}{m['state_dim']:>6}  {succ:<8}{_clip(m['task'], 40)}")  # fmt: skip
     return 0
+
+
+def _fps(values: Any) -> str:
+    """The frame rates, with the episodes of each when they differ: ``15`` or ``5 (25 episodes), 30 (1 episode)``."""
+    import numpy as np
+
+    rates, counts = np.unique(np.asarray(values, dtype=np.float64), return_counts=True)
+    if len(rates) == 1:
+        return f"{rates[0]:g}"
+    return ", ".join(
+        f"{r:g} ({c} episode{'' if c == 1 else 's'})"
+        for r, c in zip(rates.tolist(), counts.tolist(), strict=True)
+    )
 
 
 def _counts(values: Any) -> tuple[list[str], list[int]]:

@@ -195,13 +195,20 @@ def _collate_samples(batch: Sequence[Any], *, collate_fn_map: Any = None) -> Any
         return TensorBatch(src.stacked)
     samples = [dict(s) for s in batch]
     for key in ("state", "action"):
-        if key in samples[0] and any(tuple(s[key].shape) != tuple(samples[0][key].shape) for s in samples):
-            widths = sorted({tuple(s[key].shape) for s in samples})
+        if key not in samples[0] or all(tuple(s[key].shape) == tuple(samples[0][key].shape) for s in samples):
+            continue
+        shapes = ", ".join(map(str, sorted({tuple(s[key].shape) for s in samples})))
+        if len({tuple(s[key].shape[1:]) for s in samples}) > 1:
             raise KinodbError(
-                f"this batch mixes {key!r} of shapes {', '.join(map(str, widths))} (sources with different "
-                "schemas); pass collate_fn=kinodb.torch.pad_collate to the DataLoader (it pads them and adds "
-                "masks), or batch by schema with kinodb.torch.SchemaBatchSampler"
+                f"this batch mixes {key!r} of shapes {shapes} (sources with different schemas); pass "
+                "collate_fn=kinodb.torch.pad_collate to the DataLoader (it pads them and adds masks), or "
+                "batch by schema with kinodb.torch.SchemaBatchSampler"
             )
+        raise KinodbError(
+            f"this batch holds episodes of different lengths ({key!r} of shapes {shapes}); pass "
+            "collate_fn=kinodb.torch.pad_collate to the DataLoader (it pads them along time and adds masks), "
+            "or batch_size=None for one episode per step"
+        )
     frames = _pop_frames(samples, pad=False)
     out = default_collate(samples)
     out.update(frames)
@@ -279,6 +286,12 @@ def _stack_frames(values: list[Any], *, pad: bool) -> torch.Tensor:
     """Each sample's frames stacked (with ``pad``, zero-padded along time to the longest
     when episode lengths differ); channels-last frames stay channels-last."""
     tensors = [torch.as_tensor(v) for v in values]
+    sizes = sorted({tuple(v.shape[-3:]) for v in tensors})
+    if len(sizes) > 1:
+        raise KinodbError(
+            f"frames of one camera come in several sizes in this batch ({', '.join(map(str, sizes))}, as "
+            "(C, H, W)); pass image_size=(H, W) to the dataset to resize them to one size"
+        )
     last = all(_is_channels_last(v) for v in tensors)
     if last:
         tensors = [v.movedim(-3, -1) for v in tensors]  # the (..., H, W, C) memory, contiguous

@@ -75,52 +75,53 @@ def image_keys(image_key: Any, cameras: list[str], where: str) -> tuple[list[str
     return chosen, not isinstance(image_key, str)
 
 
-def _check_frame_sizes(fw: FrameWindows) -> None:
-    """Without ``image_size``, each output camera has one frame size across the sources (their
-    first episodes), so a batch of several robots can be stacked: else the fix, now."""
-    for cam in fw.cameras:
-        seen: dict[tuple[int, ...], str] = {}
-        for source, names in zip(fw._sources, fw._stored, strict=True):
-            shape = tuple(source.cameras(0)[names[cam]].shape[1:3])
-            seen.setdefault(shape, source.where)
-        if len(seen) > 1:
-            sizes = "; ".join(f"{h}x{w} in {where}" for (h, w), where in seen.items())
-            raise KinodbError(
-                f"camera {cam!r} has frames of different sizes ({sizes}); pass image_size=(H, W) to "
-                "resize them to one size"
-            )
-
-
 class _Normalizers:
-    """Per-source normalisers of states and actions from each file's stored statistics."""
+    """Per-source normalisers of states and actions from each file's stored statistics.
 
-    def __init__(self, sources: Sequence[_Source], mode: str) -> None:
+    ``used`` names the arrays the dataset hands out (``states``, ``actions``); each needs
+    stored statistics, unless a source's episodes hold it with no features at all.
+    """
+
+    def __init__(
+        self, sources: Sequence[_Source], mode: str, used: Sequence[str] = ("states", "actions")
+    ) -> None:
         from kinodb.stats import Normalizer
 
         self._by_source: dict[int, dict[str, Any]] = {}  # by the source's id (`_Source.index`)
+        keys = {"states": "state", "actions": "action"}
         for source in sources:
             stored = source.db.stats()
             stats, skipped = stored["arrays"], stored.get("skipped", {})
-            lacking = [name for name in ("states", "actions") if name not in stats]
+            table = source.db.episodes()
+            widths = {"states": table["state_dim"], "actions": table["action_dim"]}
+            lacking = [
+                name for name in used
+                if name not in stats and np.asarray(widths[name])[source.kept].any()  # zero-width: nothing to do
+            ]  # fmt: skip
             if lacking:
                 why = "; ".join(f"{name}: {skipped[name]}" for name in lacking if name in skipped)
                 path = source.db.path()
                 raise KinodbError(
-                    f"{source.where}: normalize={mode!r} needs statistics of states and actions, but its "
-                    f"stored statistics have none for {' and '.join(lacking)}"
+                    f"{source.where}: normalize={mode!r} needs statistics of {' and '.join(lacking)}, but its "
+                    "stored statistics have none"
                     + (f" ({why})" if why else "")
                     + f"; run: kino stats {path} (a file whose episodes differ in dims has none: keep such "
                     "datasets as separate files in a Mixture), or leave normalize unset"
                 )
             self._by_source[source.index] = {
-                key: Normalizer.from_stats(stats[name], mode)
-                for key, name in (("state", "states"), ("action", "actions"))
+                keys[name]: Normalizer.from_stats(stats[name], mode) for name in used if name in stats
             }
 
     def apply(self, source: int, arrays: dict[str, Any]) -> None:
         for key, norm in self._by_source[source].items():
             if key in arrays:
                 arrays[key] = norm.apply(arrays[key])
+
+
+def _used(fw: FrameWindows) -> list[str]:
+    """The arrays among states and actions that the windows hand out."""
+    names = {name for name, _ in fw.spec.arrays.values()}
+    return [name for name in ("states", "actions") if name in names]
 
 
 class _Base(Dataset[dict[str, Any]]):
@@ -229,19 +230,21 @@ class KinoFrameDataset(_Base):
         if cams:
             fw = FrameWindows(source, obs_horizon=obs_horizon, action_horizon=action_horizon, kql_filter=kql_filter,
                               delta_timestamps=delta_timestamps, pad=pad, cameras=chosen)  # type: ignore[arg-type]  # fmt: skip
-        if cams and self._size is None:
-            _check_frame_sizes(fw)
         self._args = dict(obs_horizon=obs_horizon, action_horizon=action_horizon, kql_filter=kql_filter,
                           delta_timestamps=delta_timestamps, pad=pad, cameras=chosen or None)  # fmt: skip
         self._source = source
         self._len = len(fw)
-        norm = _Normalizers(fw._sources, normalize) if isinstance(normalize, str) else None
+        norm = _Normalizers(fw._sources, normalize, _used(fw)) if isinstance(normalize, str) else None
         self._opened: tuple[FrameWindows, _Normalizers | None] | None = (fw, norm)
 
     def _open(self) -> tuple[FrameWindows, _Normalizers | None]:
         if self._opened is None:
             fw = FrameWindows(self._source, **self._args)  # type: ignore[arg-type]
-            norm = _Normalizers(fw._sources, self._normalize) if isinstance(self._normalize, str) else None
+            norm = (
+                _Normalizers(fw._sources, self._normalize, _used(fw))
+                if isinstance(self._normalize, str)
+                else None
+            )
             self._opened = (fw, norm)
         return self._opened
 
