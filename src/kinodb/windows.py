@@ -315,6 +315,15 @@ class FrameWindows:
         """The cameras whose frames `images` returns."""
         return list(self.spec.images)
 
+    def camera_layouts(self, cam: str) -> list[tuple[str, tuple[int, int, int]]]:
+        """``(codec, (H, W, C))`` of output camera ``cam`` in each source (its first kept
+        episode), in source order."""
+        out = []
+        for source, names in zip(self._sources, self._stored, strict=True):
+            c = source.cameras(0)[names[cam]]
+            out.append((c.codec, tuple(int(d) for d in c.shape[1:])))
+        return out  # type: ignore[return-value]
+
     def database(self, source: int = 0) -> Database:
         """The open `Database` of source ``source``."""
         return self._sources[source].db

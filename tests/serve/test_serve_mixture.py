@@ -128,3 +128,38 @@ def test_window_cameras_one_served_source_lacks_are_refused_with_the_ones_all_ha
             assert batch["images"]["front"].shape == (4, 1, 3, 8, 8)
     finally:
         assert proc.stop() == 0
+
+
+def test_windows_of_robots_whose_cameras_differ_in_name_and_size(tmp_path: Path) -> None:
+    from torch.utils.data import DataLoader
+
+    from _factories import write_episodes
+    from kinodb.remote import KinoRemoteDataset
+    from kinodb.torch import KinoFrameDataset, pad_collate
+
+    bridge, g1 = tmp_path / "bridge.kdb", tmp_path / "g1.kdb"
+    write_episodes(bridge, [4, 5], action_dim=7, cameras={"image_0": (12, 16, 3)}, codec="png")
+    write_episodes(g1, [6], action_dim=26, cameras={"cam_high": (24, 32, 3)}, codec="raw", seed=1)
+    front = {"front": ["image_0", "cam_high"]}
+    proc = ServerProcess(["--source", f"{bridge}:1", "--source", f"{g1}:1"])
+    try:
+        with KinoClient(proc.addr) as client:
+            batch = client.get_windows(15, obs_horizon=2, action_horizon=3, mode="sequential", offset=0,
+                                       include_images=True, cameras=front, image_size=(12, 16))  # fmt: skip
+            local = KinoFrameDataset(kinodb.Mixture({str(bridge): 1, str(g1): 1}), obs_horizon=2,
+                                     action_horizon=3, image_key=front, image_size=(12, 16), normalize=False)  # fmt: skip
+            want = next(iter(DataLoader(local, batch_size=15, collate_fn=pad_collate)))
+            np.testing.assert_array_equal(batch["images"]["front"], want["images"]["front"].numpy())
+            np.testing.assert_array_equal(batch["action"], want["action"].numpy())
+            with pytest.raises(
+                ValueError, match=r"stored frames of camera 'front' differ between the served"
+            ):
+                client.get_windows(4, include_images=True, image_encoding="stored", cameras=front)
+            with pytest.raises(ValueError, match=r"camera mapping .* applies to windows"):
+                client.get_batch(2, include_images=True, cameras=front)
+        ds = KinoRemoteDataset(proc.addr, batch_size=8, windows={"obs_horizon": 2, "action_horizon": 3},
+                               include_images=True, image_key=front, image_size=(12, 16), seed=5, num_batches=2)  # fmt: skip
+        for b in DataLoader(ds, batch_size=None):
+            assert b["images"]["front"].shape == (8, 2, 3, 12, 16) and b["action"].shape == (8, 3, 26)
+    finally:
+        assert proc.stop() == 0

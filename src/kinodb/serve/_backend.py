@@ -293,6 +293,10 @@ class Backend:
         decoded: dict[str, NDArray[np.uint8]] = {}
         if images is not None:
             cams = db._episode_cameras(pos)
+            if any("=" in name for name in images.cameras):
+                raise ValueError(
+                    "a camera mapping (name=a,b) applies to windows; ask episodes for camera names"
+                )
             for name in images.cameras or tuple(cams):
                 if name not in cams:
                     raise NameNotFoundError(f"episode {index} has no camera {name!r}; it has {sorted(cams)}")
@@ -343,7 +347,7 @@ class Backend:
             if entry is None:
                 try:
                     fw = FrameWindows(self.source, obs_horizon=obs, action_horizon=act, pad=pad,  # type: ignore[arg-type]
-                                      kql_filter=spec.kql_filter or None, cameras=list(cameras) if cameras else None)  # fmt: skip
+                                      kql_filter=spec.kql_filter or None, cameras=_camera_arg(cameras))  # fmt: skip
                 except KinodbError as exc:
                     if cameras is None or "no camera" not in str(exc):
                         raise
@@ -413,8 +417,11 @@ class Backend:
 
     def _window_images(self, fw: FrameWindows, idx: NDArray[np.int64], images: _Images) -> list[CameraPart]:
         k = max(len(o) for o in fw.spec.images.values())
-        per = sum(int(np.prod(images.size or self.cameras[c]["shape"][1:3])) * int(self.cameras[c]["shape"][3])
-                  for c in fw.cameras)  # fmt: skip
+        layouts = {cam: fw.camera_layouts(cam) for cam in fw.cameras}
+        per = sum(
+            max(int(np.prod(images.size or hwc[:2])) * hwc[2] for _, hwc in per_source)
+            for per_source in layouts.values()
+        )
         self._check_estimate(len(idx) * k * per, f"a batch of {len(idx)} windows with images")
         if images.decoded:
             out = []
@@ -425,9 +432,15 @@ class Backend:
         stored = fw.encoded(idx)
         out = []
         for cam in fw.cameras:
-            _, h, w, c = self.cameras[cam]["shape"]
+            kinds = sorted(set(layouts[cam]))
+            if len(kinds) > 1:
+                raise ValueError(
+                    f"stored frames of camera {cam!r} differ between the served sources ({kinds}); ask for "
+                    "decoded frames, with image_size=(H, W) when their sizes differ"
+                )
+            codec, (h, w, c) = kinds[0]
             frames = [blob for sample in stored for blob in sample[cam]]
-            out.append(CameraPart(cam, self.cameras[cam]["codec"], h, w, c, frames=frames))
+            out.append(CameraPart(cam, codec, h, w, c, frames=frames))
         return out
 
     def _check_estimate(self, estimate: int, what: str) -> None:
@@ -449,6 +462,19 @@ def _kept(db: Database, kql: str | None) -> NDArray[np.int64]:
     if kql is None:
         return np.arange(len(db), dtype=np.int64)
     return np.asarray(db.query(kql), dtype=np.int64)
+
+
+def _camera_arg(cameras: Sequence[str] | None) -> list[str] | dict[str, list[str]] | None:
+    """A request's cameras as `FrameWindows` takes them: names, or entries ``out=a,b`` (an
+    output name and each served source's camera) as a mapping."""
+    if not cameras:
+        return None
+    mapped = [c for c in cameras if "=" in c]
+    if not mapped:
+        return list(cameras)
+    if len(mapped) != len(cameras):
+        raise ValueError(f"give every camera as a mapping (name=a,b) or none: {list(cameras)}")
+    return {name: names.split(",") for name, names in (c.split("=", 1) for c in cameras)}
 
 
 def _mib(n: int) -> str:

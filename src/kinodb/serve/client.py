@@ -9,7 +9,7 @@ Arrays are read-only views over the received bytes.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -201,7 +201,7 @@ class KinoClient:
         seed: int = 0,
         include_images: bool = False,
         image_encoding: str = "decoded",
-        cameras: Sequence[str] | None = None,
+        cameras: Sequence[str] | Mapping[str, str | Sequence[str]] | None = None,
         image_size: tuple[int, int] | None = None,
     ) -> dict[str, Any]:
         """A batch of frame windows, as `KinoFrameDataset` forms them, stacked.
@@ -211,6 +211,11 @@ class KinoClient:
         window's sample index), ``task`` (list of str) and, with images, ``images``
         {camera: uint8 (B, obs_horizon, C, H, W)} (the first camera unless ``cameras``
         names them; with ``image_encoding="stored"``, the stored bytes, sample-major).
+        For a mixture of robots that name their cameras differently, ``cameras`` maps an
+        output name to each served source's camera, in order: ``{"front": ["image_0",
+        "cam_high"]}`` (decoded frames; give ``image_size`` when their sizes differ).
+        Windows of sources with different state/action widths come zero-padded to the
+        widest, with ``state_mask`` and ``action_mask``.
         """
         spec = _spec(obs_horizon, action_horizon, pad, kql_filter)
         req = _batch(
@@ -258,7 +263,7 @@ class KinoClient:
         seed: int = 0,
         include_images: bool = False,
         image_encoding: str = "decoded",
-        cameras: Sequence[str] | None = None,
+        cameras: Sequence[str] | Mapping[str, str | Sequence[str]] | None = None,
         image_size: tuple[int, int] | None = None,
         batches_per_message: int = BATCHES_PER_MESSAGE,
     ) -> Iterator[dict[str, Any]]:
@@ -327,7 +332,7 @@ def _spec(obs: int, act: int, pad: str, kql: str | None) -> pb.WindowSpec:
 
 
 def _batch(
-    size: int, mode: str, offset: int, seed: int, images: bool, encoding: str, cameras: Sequence[str] | None,
+    size: int, mode: str, offset: int, seed: int, images: bool, encoding: str, cameras: Any,
     windows: pb.WindowSpec | None, image_size: tuple[int, int] | None,
 ) -> pb.BatchRequest:  # fmt: skip
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
@@ -335,8 +340,27 @@ def _batch(
     h, w = image_size if image_size is not None else (0, 0)
     return pb.BatchRequest(
         batch_size=int(size), mode=mode, offset=_index(offset), seed=_index(seed), include_images=images,
-        windows=windows, image_encoding=_encoding(encoding), cameras=cameras or (), image_height=h, image_width=w,
+        windows=windows, image_encoding=_encoding(encoding), cameras=camera_request(cameras), image_height=h,
+        image_width=w,
     )  # fmt: skip
+
+
+def camera_request(cameras: Sequence[str] | Mapping[str, str | Sequence[str]] | None) -> list[str]:
+    """The request's camera entries: names, or for a mapping of an output name to each served
+    source's camera (windows of robots that name their cameras differently) ``"out=a,b"``."""
+    if cameras is None:
+        return []
+    if isinstance(cameras, str):
+        return [cameras]
+    if isinstance(cameras, Mapping):
+        out = []
+        for name, per in cameras.items():
+            names = [per] if isinstance(per, str) else list(per)
+            if "=" in name or any("=" in n or "," in n for n in names):
+                raise ValueError(f"camera names in a mapping may not hold '=' or ',': {name!r}: {names!r}")
+            out.append(f"{name}={','.join(names)}")
+        return out
+    return list(cameras)
 
 
 def _episode(msg: pb.Episode, include_images: bool) -> dict[str, Any]:

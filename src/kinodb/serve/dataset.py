@@ -51,7 +51,9 @@ class KinoRemoteDataset(IterableDataset[Any]):
         mode: ``"random"``, ``"weighted"`` or ``"sequential"``.
         seed: See above.
         num_batches: Server batches per epoch over all workers.
-        image_key: A camera, a list of cameras, or None (the first camera).
+        image_key: A camera, a list of cameras, or None (the first camera); for windows of
+            robots that name their cameras differently, a mapping from an output name to
+            each served source's camera, ``{"front": ["image_0", "cam_high"]}``.
         image_size: ``(H, W)`` to resize window frames to on the server.
         token, tls_ca, timeout: As for `KinoClient`.
 
@@ -72,7 +74,7 @@ class KinoRemoteDataset(IterableDataset[Any]):
         mode: str = "random",
         seed: int = 0,
         num_batches: int | None = None,
-        image_key: str | Sequence[str] | None = None,
+        image_key: str | Sequence[str] | Mapping[str, str | Sequence[str]] | None = None,
         image_size: tuple[int, int] | None = None,
         token: str | None = None,
         tls_ca: str | os.PathLike[str] | bytes | None = None,
@@ -132,7 +134,9 @@ class KinoRemoteDataset(IterableDataset[Any]):
 
     # -- conversion ---------------------------------------------------------------------------
 
-    def _cameras(self, available: list[str]) -> list[str]:
+    def _cameras(self, available: list[str]) -> Any:
+        if isinstance(self._image_key, Mapping):  # output name -> each served source's camera
+            return dict(self._image_key)
         if self._image_key is None:
             if not available:
                 raise ValueError(
