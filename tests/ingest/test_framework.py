@@ -214,3 +214,17 @@ def test_option_errors(src: str, tmp_path: Path) -> None:
     with pytest.raises(FileExistsError):
         ingest(src, tmp_path / "a.kdb", max_episodes=1)
     ingest(src, tmp_path / "a.kdb", max_episodes=2, overwrite=True)
+
+
+def test_an_output_that_is_the_source_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    import h5py
+
+    src = tmp_path / "demo.hdf5"
+    with h5py.File(src, "w") as f:
+        f.create_dataset("data/demo_0/actions", data=np.zeros((3, 2)))
+    before = src.read_bytes()
+    with pytest.raises(ValueError, match=r"is the source itself; choose another output path"):
+        ingest(src, src, overwrite=True)
+    assert src.read_bytes() == before
+    assert main(["ingest", str(src), "-o", str(src), "--force"]) == 2
+    assert src.read_bytes() == before

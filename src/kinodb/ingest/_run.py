@@ -163,6 +163,8 @@ def ingest(
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
     path = os.fspath(src)
+    if os.path.realpath(os.fspath(out)) == os.path.realpath(path):
+        raise ValueError(f"the output {os.fspath(out)} is the source itself; choose another output path")
     cls = source_class(format, path)
     options = SourceOptions(images, tuple(state_keys) if state_keys else None, split, flip_images, fps,
                             jpeg_quality if image_codec == "jpeg" else None)  # fmt: skip
