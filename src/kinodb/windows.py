@@ -660,10 +660,19 @@ class FrameWindows:
         return out
 
     def _check_dims(self) -> None:
-        """Each source's windowed states and actions have one width (a merged file of several
-        robots does not): refused now, with the fix, rather than on every batch."""
+        """Each source holds the windowed arrays (a misspelt delta_timestamps feature is named
+        now), and its states and actions have one width (a merged file of several robots does
+        not): refused now, with the fix, rather than on every batch."""
         names = {name for name, _ in self.spec.arrays.values()}
         for source in self._sources:
+            have = source.db._episode_arrays(int(source.kept[0]))
+            for key, (name, _) in self.spec.arrays.items():
+                if name not in have:
+                    raise KinodbError(
+                        f"{source.where}: windows ask for {name!r} ({key!r}), but its episodes hold "
+                        f"{sorted(have)}; name one of those (delta_timestamps takes kinodb's names or "
+                        "LeRobot's, e.g. 'observation.state', 'action', 'next.reward')"
+                    )
             table = source.db.episodes()
             for name, column in (("states", "state_dim"), ("actions", "action_dim")):
                 if name not in names:
@@ -879,8 +888,12 @@ def _build_spec(
         elif feature in _ALIASES:
             name, key = _ALIASES[feature]
             arrays[key] = (name, offsets)
-        else:
-            arrays[feature.removeprefix("observation.")] = (feature.removeprefix("observation."), offsets)
+        else:  # an extra array, by its name (``observation.states`` is ``states``, keyed ``state``)
+            name = feature.removeprefix("observation.")
+            arrays[_ALIASES[name][1] if name in _ALIASES else name] = (
+                _ALIASES.get(name, (name,))[0],
+                offsets,
+            )
     for cam in chosen or []:
         images.setdefault(cam, (0.0,))
     return WindowSpec(arrays, images, seconds=True)

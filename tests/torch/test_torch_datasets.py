@@ -496,3 +496,28 @@ def test_episodes_of_different_lengths_without_pad_collate_say_so(tmp_path: Path
         kinodb.KinodbError, match=r"episodes of different lengths .*pad_collate.*batch_size=None"
     ):
         next(iter(DataLoader(KinoMapDataset(path, image_key=False), batch_size=2)))
+
+
+def test_delta_timestamps_name_mapped_cameras_and_misspelt_features_are_named(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.kdb", tmp_path / "b.kdb"
+    write_episodes(a, [6], fps=10.0, cameras={"image_0": (8, 8, 3)})
+    write_episodes(b, [7], fps=10.0, cameras={"cam_high": (8, 8, 3)}, seed=1)
+    mix = kinodb.Mixture({str(a): 1, str(b): 1})
+    delta = {
+        "observation.state": [-0.1, 0.0],
+        "action": [0.0, 0.1, 0.2],
+        "observation.images.front": [-0.1, 0.0],
+    }
+    ds = KinoFrameDataset(
+        mix, image_key={"front": ["image_0", "cam_high"]}, delta_timestamps=delta, normalize=False
+    )
+    item = ds[3]
+    assert item["images"]["front"].shape == (2, 3, 8, 8) and item["action"].shape == (3, 2)
+    plural = KinoFrameDataset(
+        a, delta_timestamps={"observation.states": [0.0], "actions": [0.0]}, image_key=False
+    )
+    assert set(plural[0]) >= {"state", "action"}  # kinodb's array names key like LeRobot's
+    with pytest.raises(
+        kinodb.KinodbError, match=r"windows ask for 'stat' \('stat'\), but its episodes hold \["
+    ):
+        KinoFrameDataset(a, delta_timestamps={"observation.stat": [0.0]}, image_key=False)

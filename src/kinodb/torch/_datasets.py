@@ -223,13 +223,17 @@ class KinoFrameDataset(_Base):
         channels_last: bool = False,
     ) -> None:
         self._options(image_size, normalize, resize, to_tensor, decode_threads, channels_last)
-        fw = FrameWindows(source, obs_horizon=obs_horizon, action_horizon=action_horizon, kql_filter=kql_filter,
-                          delta_timestamps=delta_timestamps, pad=pad)  # type: ignore[arg-type]  # fmt: skip
-        cams, self._several = image_keys(image_key, fw._all_cameras, fw._sources[0].where)
-        chosen: Any = dict(image_key) if isinstance(image_key, Mapping) else cams
-        if cams:
-            fw = FrameWindows(source, obs_horizon=obs_horizon, action_horizon=action_horizon, kql_filter=kql_filter,
-                              delta_timestamps=delta_timestamps, pad=pad, cameras=chosen)  # type: ignore[arg-type]  # fmt: skip
+        window_args: dict[str, Any] = dict(obs_horizon=obs_horizon, action_horizon=action_horizon,
+                                           kql_filter=kql_filter, delta_timestamps=delta_timestamps, pad=pad)  # fmt: skip
+        chosen: Any
+        if isinstance(image_key, Mapping):  # output names: delta_timestamps may name them
+            chosen, self._several = dict(image_key), True
+            fw = FrameWindows(source, cameras=chosen, **window_args)
+        else:
+            fw = FrameWindows(source, **window_args)
+            chosen, self._several = image_keys(image_key, fw._all_cameras, fw._sources[0].where)
+            if chosen:
+                fw = FrameWindows(source, cameras=chosen, **window_args)
         self._args = dict(obs_horizon=obs_horizon, action_horizon=action_horizon, kql_filter=kql_filter,
                           delta_timestamps=delta_timestamps, pad=pad, cameras=chosen or None)  # fmt: skip
         self._source = source
