@@ -521,3 +521,25 @@ def test_delta_timestamps_name_mapped_cameras_and_misspelt_features_are_named(tm
         kinodb.KinodbError, match=r"windows ask for 'stat' \('stat'\), but its episodes hold \["
     ):
         KinoFrameDataset(a, delta_timestamps={"observation.stat": [0.0]}, image_key=False)
+
+
+def test_normalised_states_with_uint8_frames(tmp_path: Path) -> None:
+    from kinodb.stats import compute_stats, write_stats
+
+    path = tmp_path / "img.kdb"
+    eps = _write(path, [5, 6], cameras={"front": (8, 12, 3)})
+    write_stats(path, compute_stats(path))
+    states = np.concatenate([e["states"] for e in eps]).astype(np.float64)
+    for ds in (
+        KinoFrameDataset(path, normalize="mean_std", image_dtype="uint8", channels_last=True),
+        KinoIterDataset(path, obs_horizon=1, shuffle=False, normalize="mean_std", image_dtype="uint8"),
+    ):
+        item = next(iter(ds)) if isinstance(ds, KinoIterDataset) else ds[0]
+        assert item["image"].dtype == torch.uint8
+        np.testing.assert_allclose(
+            item["state"][0].double().numpy(), (states[0] - states.mean(0)) / states.std(0), rtol=1e-5
+        )
+    episode = KinoMapDataset(path, normalize=False, image_dtype="float32")[0]["image"]
+    assert episode.dtype == torch.float32 and float(episode.max()) <= 1.0
+    with pytest.raises(ValueError, match="image_dtype must be None, 'uint8' or 'float32'"):
+        KinoFrameDataset(path, image_dtype="float16")

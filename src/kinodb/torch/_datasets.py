@@ -129,6 +129,7 @@ class _Base(Dataset[dict[str, Any]]):
 
     _to_tensor: bool = True
     _channels_last = False
+    _uint8 = False
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -143,8 +144,11 @@ class _Base(Dataset[dict[str, Any]]):
         to_tensor: bool,
         threads: int | None,
         channels_last: bool = False,
+        image_dtype: str | None = None,
     ) -> None:
         """Check and keep the options every dataset shares (now, not later in a worker)."""
+        if image_dtype not in (None, "uint8", "float32"):
+            raise ValueError(f"image_dtype must be None, 'uint8' or 'float32', got {image_dtype!r}")
         check_normalize(normalize)
         _images._filter(resize)
         threads_for(threads)
@@ -153,13 +157,15 @@ class _Base(Dataset[dict[str, Any]]):
         self._size = _images.check_size(image_size)
         self._resize, self._normalize, self._to_tensor = resize, normalize, bool(to_tensor)
         self._threads, self._channels_last = threads, bool(channels_last)
+        self._uint8 = image_dtype == "uint8" or (image_dtype is None and normalize is False)
 
     def _tensor(self, value: Any) -> Any:
         return torch.from_numpy(value) if self._to_tensor and isinstance(value, np.ndarray) else value
 
     def _image(self, u8: np.ndarray) -> Any:
-        """Frames as the options ask: uint8 with ``normalize=False``, else float in [0, 1]."""
-        if self._normalize is False:
+        """Frames as the options ask: uint8 (``image_dtype``, or ``normalize=False``), else
+        float in [0, 1]."""
+        if self._uint8:
             return self._tensor(u8)
         return self._tensor(to_unit_float(u8, threads_for(self._threads)))
 
@@ -199,6 +205,9 @@ class KinoFrameDataset(_Base):
             transpose is made (``.contiguous()`` makes one). Saves the loader a byte-strided
             copy per frame, most with uint8 frames converted on the GPU. A batch's
             ``image.flatten(0, 1)`` is a ``torch.channels_last`` (B*To, C, H, W) tensor.
+        image_dtype: ``"uint8"`` or ``"float32"`` (in [0, 1]) frames whatever ``normalize``
+            says, e.g. normalised states and actions with uint8 frames for the GPU; None:
+            uint8 with ``normalize=False``, else float32.
 
     Example:
         >>> ds = KinoFrameDataset("pick.kdb", obs_horizon=2, action_horizon=16, image_size=(96, 96))
@@ -221,8 +230,9 @@ class KinoFrameDataset(_Base):
         to_tensor: bool = True,
         decode_threads: int | None = None,
         channels_last: bool = False,
+        image_dtype: str | None = None,
     ) -> None:
-        self._options(image_size, normalize, resize, to_tensor, decode_threads, channels_last)
+        self._options(image_size, normalize, resize, to_tensor, decode_threads, channels_last, image_dtype)
         window_args: dict[str, Any] = dict(obs_horizon=obs_horizon, action_horizon=action_horizon,
                                            kql_filter=kql_filter, delta_timestamps=delta_timestamps, pad=pad)  # fmt: skip
         chosen: Any
@@ -349,6 +359,7 @@ class KinoMapDataset(_Base):
         resize: As for `KinoFrameDataset`.
         decode_threads: As for `KinoFrameDataset`.
         channels_last: As for `KinoFrameDataset`.
+        image_dtype: As for `KinoFrameDataset`.
 
     Example:
         >>> ds = KinoMapDataset("pick.kdb", kql_filter="success = true", image_size=(96, 96))
@@ -367,13 +378,14 @@ class KinoMapDataset(_Base):
         resize: str = "bilinear",
         decode_threads: int | None = None,
         channels_last: bool = False,
+        image_dtype: str | None = None,
     ) -> None:
         if isinstance(image_key, Mapping):
             raise ValueError(
                 "image_key as a mapping of each source's cameras is for frame windows (KinoFrameDataset, or "
                 "horizons on the streaming datasets); give episode datasets a camera or a list of cameras"
             )
-        self._options(image_size, normalize, resize, to_tensor, decode_threads, channels_last)
+        self._options(image_size, normalize, resize, to_tensor, decode_threads, channels_last, image_dtype)
         self._source, self._filter = source, kql_filter
         self._opened: tuple[list[_Source], np.ndarray, _Normalizers | None] | None = None
         sources = self._open()[0]

@@ -40,7 +40,8 @@ class KinoIterDataset(IterableDataset[dict[str, Any]]):
             each; use ``DataLoader(ds, batch_size=None)``) instead of single samples.
         num_samples: Samples per epoch of a mixture.
         rank, world_size: This process's share (default: from ``torch.distributed``).
-        image_key, image_size, normalize, resize, to_tensor, decode_threads, channels_last: As in
+        image_key, image_size, normalize, resize, to_tensor, decode_threads, channels_last,
+        image_dtype: As in
             `KinoFrameDataset`.
 
     Example:
@@ -72,6 +73,7 @@ class KinoIterDataset(IterableDataset[dict[str, Any]]):
         to_tensor: bool = True,
         decode_threads: int | None = None,
         channels_last: bool = False,
+        image_dtype: str | None = None,
     ) -> None:
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise ValueError(f"seed must be a non-negative int, got {seed!r}")
@@ -89,7 +91,7 @@ class KinoIterDataset(IterableDataset[dict[str, Any]]):
         self.windows = obs_horizon is not None or action_horizon is not None or delta_timestamps is not None
         common = dict(kql_filter=kql_filter, image_key=image_key, image_size=image_size, normalize=normalize,
                       resize=resize, to_tensor=to_tensor, decode_threads=decode_threads,
-                      channels_last=channels_last)  # fmt: skip
+                      channels_last=channels_last, image_dtype=image_dtype)  # fmt: skip
         self._inner: KinoFrameDataset | KinoMapDataset
         if self.windows:
             self._inner = KinoFrameDataset(source, obs_horizon=obs_horizon or 1, action_horizon=action_horizon or 1,
@@ -213,6 +215,7 @@ def from_mixture(
     to_tensor: bool = True,
     decode_threads: int | None = None,
     channels_last: bool = False,
+    image_dtype: str | None = None,
 ) -> KinoIterDataset:
     """A `KinoIterDataset` over the weighted mixture ``sources`` (``{path: weight}``).
 
@@ -228,5 +231,5 @@ def from_mixture(
         mixture, seed=seed, num_samples=num_samples, obs_horizon=obs_horizon, action_horizon=action_horizon,
         delta_timestamps=delta_timestamps, pad=pad, batch_size=batch_size, rank=rank, world_size=world_size,
         image_key=image_key, image_size=image_size, normalize=normalize, resize=resize, to_tensor=to_tensor,
-        decode_threads=decode_threads, channels_last=channels_last,
+        decode_threads=decode_threads, channels_last=channels_last, image_dtype=image_dtype,
     )  # fmt: skip
