@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import io
+import logging
 import tarfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -12,13 +15,14 @@ import pytest
 torch = pytest.importorskip("torch", reason="export needs torch")
 onnx = pytest.importorskip("onnx")
 
-from kinodb.infer import InferError, export_torch, load_model  # noqa: E402
+from kinodb.infer import CallableProvider, InferError, Runner, export_torch, load_model  # noqa: E402
+from kinodb.infer._package import pack, package_metadata  # noqa: E402
 
 JOINTS = tuple(f"joint_{i}" for i in range(6))
 COMMANDS = ("vx", "vy", "wz")
 
 
-class GruPolicy(torch.nn.Module):  # type: ignore[misc]
+class GruPolicy(torch.nn.Module):  # type: ignore[misc,name-defined]
     """An MLP with a GRU-style gated carry, like the reference's anchor policy (smaller)."""
 
     def __init__(self, joints: int = 6, commands: int = 3, hidden: int = 32, carry: int = 16) -> None:
@@ -43,7 +47,7 @@ class GruPolicy(torch.nn.Module):  # type: ignore[misc]
         return self.action(h), (1 - z) * n + z * carry
 
 
-class Init(torch.nn.Module):  # type: ignore[misc]
+class Init(torch.nn.Module):  # type: ignore[misc,name-defined]
     def __init__(self) -> None:
         super().__init__()
         self.c = torch.nn.Parameter(torch.linspace(-1, 1, 16))
@@ -139,7 +143,7 @@ def test_command_without_command_names_is_refused(tmp_path: Path) -> None:
 
 
 def test_trace_that_disagrees_with_eager_writes_nothing(tmp_path: Path) -> None:
-    class Branchy(torch.nn.Module):  # type: ignore[misc]
+    class Branchy(torch.nn.Module):  # type: ignore[misc,name-defined]
         def forward(self, joint_angles: Any, carry: Any) -> tuple[Any, Any]:
             if bool(joint_angles.sum() > 0):  # data-dependent: tracing freezes one branch
                 return joint_angles + 1, carry
@@ -157,3 +161,131 @@ def test_wrong_action_width_is_refused(tmp_path: Path) -> None:
 
     with pytest.raises(InferError, match=r"output 0 \(action\) has shape \[2\]; expected \[4\]"):
         export_torch(step, tmp_path / "x.kinfer", joint_names=("a", "b", "c", "d"), carry_shape=(1,))
+
+
+class IgnoresOne(torch.nn.Module):  # type: ignore[misc,name-defined]
+    """A first policy: three step arguments, of which ``ignored`` is never read."""
+
+    def __init__(self, ignored: str) -> None:
+        super().__init__()
+        self.ignored = ignored
+        self.mix = torch.nn.Linear(3 + 2, 3 + 2)
+
+    def forward(self, joint_angles: Any, joint_angular_velocities: Any, carry: Any) -> tuple[Any, Any]:
+        q = torch.zeros(3) if self.ignored == "joint_angles" else joint_angles
+        dq = torch.zeros(3) if self.ignored == "joint_angular_velocities" else joint_angular_velocities
+        c = torch.zeros(2) if self.ignored == "carry" else carry
+        y = self.mix(torch.cat([q + 0.5 * dq, c]))
+        return y[:3], torch.tanh(y[3:])
+
+
+STEP_ARGS = ("joint_angles", "joint_angular_velocities", "carry")
+
+
+def _step_inputs(path: Path) -> list[tuple[str, list[int]]]:
+    with tarfile.open(path) as tar:
+        member = tar.extractfile("step_fn.onnx")
+        assert member is not None
+        graph = onnx.load_from_string(member.read()).graph
+    return [(i.name, [d.dim_value for d in i.type.tensor_type.shape.dim]) for i in graph.input]
+
+
+@pytest.mark.parametrize("ignored", STEP_ARGS)
+def test_an_argument_the_policy_never_reads_stays_a_step_input(
+    tmp_path: Path, ignored: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    torch.manual_seed(1)
+    policy = IgnoresOne(ignored).eval()
+    path = tmp_path / "first.kinfer"
+    with caplog.at_level(logging.WARNING, logger="kinodb.infer.export"):
+        report = export_torch(policy, path, joint_names=("a", "b", "c"), carry_shape=(2,))
+    assert report.unused_inputs == (ignored,) and report.max_abs_diff <= 1e-5
+    assert f"['{ignored}'] are never read" in caplog.text
+    assert _step_inputs(path) == [("joint_angles", [3]), ("joint_angular_velocities", [3]), ("carry", [2])]
+    model = load_model(path)
+    assert model.signature.input_names == STEP_ARGS
+    assert report.signature == model.signature
+    rng = np.random.default_rng(3)
+    with torch.no_grad():
+        carry = torch.zeros(2)
+        for _ in range(5):
+            obs = {n: rng.normal(size=3).astype(np.float32) for n in STEP_ARGS[:2]}
+            want, carry = policy(*(torch.from_numpy(obs[n]) for n in STEP_ARGS[:2]), carry)
+            np.testing.assert_allclose(model.step(obs), want.numpy(), atol=1e-5)
+            np.testing.assert_allclose(model.carry, carry.numpy(), atol=1e-5)
+    if ignored != "carry":  # no node reads it: even NaN leaves the action as zeros do
+        model.reset()
+        plain = model.step({**obs, ignored: np.zeros(3, np.float32)})
+        model.reset()
+        np.testing.assert_array_equal(model.step({**obs, ignored: np.full(3, np.nan, np.float32)}), plain)
+        with pytest.raises(InferError, match=f"missing input '{ignored}'"):
+            model.step({n: v for n, v in obs.items() if n != ignored})
+
+
+def test_a_policy_that_ignores_velocities_runs_in_the_loop(tmp_path: Path) -> None:
+    torch.manual_seed(2)
+    policy = IgnoresOne("joint_angular_velocities").eval()
+    path = tmp_path / "first.kinfer"
+    export_torch(policy, path, joint_names=("a", "b", "c"), carry_shape=(2,))
+    angles = [np.full(3, 0.1 * k, np.float32) for k in range(6)]
+    asked: list[tuple[str, ...]] = []
+
+    def velocities(names: Any) -> np.ndarray:
+        asked.append(tuple(names))
+        return np.zeros(3, np.float32)
+
+    actions: list[np.ndarray] = []
+    provider = CallableProvider(
+        joint_angles=lambda names: angles[len(actions)], joint_angular_velocities=velocities,
+        take_action=lambda names, action: actions.append(action),
+    )  # fmt: skip
+    stats = Runner(load_model(path), provider, rate_hz=500, max_steps=5).run()
+    assert stats["steps"] == 5 and asked == [("a", "b", "c")] * 5
+    with torch.no_grad():
+        carry = torch.zeros(2)
+        for k in range(5):
+            want, carry = policy(torch.from_numpy(angles[k]), torch.zeros(3), carry)
+            np.testing.assert_allclose(actions[k], want.numpy(), atol=1e-5)
+
+
+def test_a_package_whose_graph_dropped_an_argument_loads_without_it(tmp_path: Path) -> None:
+    # What torch.onnx.export alone writes (and packages exported that way hold): no input for
+    # an argument the function never reads. The runtime feeds the graph's inputs only.
+    policy = IgnoresOne("joint_angular_velocities").eval()
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter announces its deprecation
+        torch.onnx.export(policy, (torch.zeros(3), torch.zeros(3), torch.zeros(2)), buf, dynamo=False,
+                          input_names=list(STEP_ARGS), output_names=["action", "next_carry"], opset_version=17)  # fmt: skip
+    step = onnx.load_from_string(buf.getvalue())
+    assert [i.name for i in step.graph.input] == ["joint_angles", "carry"]
+    zeros = onnx.helper.make_graph(
+        [onnx.helper.make_node("Constant", [], ["carry"], value=onnx.numpy_helper.from_array(np.zeros(2, np.float32)))],
+        "init_fn", [], [onnx.helper.make_tensor_value_info("carry", onnx.TensorProto.FLOAT, [2])],
+    )  # fmt: skip
+    init = onnx.helper.make_model(zeros, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    init.ir_version = 8
+    path = tmp_path / "dropped.kinfer"
+    path.write_bytes(
+        pack(init.SerializeToString(), buf.getvalue(), package_metadata(("a", "b", "c"), (), (2,)))
+    )
+    model = load_model(path)
+    assert model.signature.observation_names == ("joint_angles",)
+    obs = {"joint_angles": np.ones(3, np.float32), "joint_angular_velocities": np.ones(3, np.float32)}
+    with torch.no_grad():
+        want, _ = policy(torch.ones(3), torch.ones(3), torch.zeros(2))
+    np.testing.assert_allclose(model.step(obs), want.numpy(), atol=1e-5)
+    provider = CallableProvider(joint_angles=lambda names: np.ones(3, np.float32))
+    assert Runner(model, provider, rate_hz=500, max_steps=3).run()["steps"] == 3
+
+
+def test_a_step_that_reads_none_of_its_arguments(tmp_path: Path) -> None:
+    def step(joint_angles: Any, carry: Any) -> tuple[Any, Any]:
+        return torch.full((2,), 0.25), torch.ones(1)
+
+    report = export_torch(step, tmp_path / "const.kinfer", joint_names=("a", "b"), carry_shape=(1,))
+    assert report.unused_inputs == ("joint_angles", "carry")
+    model = load_model(report.path)
+    assert model.signature.input_names == ("joint_angles", "carry")
+    np.testing.assert_array_equal(model.step({"joint_angles": np.zeros(2, np.float32)}), [0.25, 0.25])
+    np.testing.assert_array_equal(model.carry, [1.0])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import io
+import logging
 import os
 import warnings
 from collections.abc import Sequence
@@ -24,6 +25,8 @@ from kinodb.infer._package import (
 )
 from kinodb.infer.model import Model, Signature
 
+log = logging.getLogger(__name__)
+
 OPSET = 17
 MAX_IR_VERSION = 10  # ONNX Runtime releases accept up to 10 at least; the legacy exporter writes 8
 PARITY_ATOL = 1e-5
@@ -40,6 +43,8 @@ class ExportReport:
         opset: the ONNX opset of the step function.
         ir_version: its ONNX IR version.
         bytes: the package size.
+        unused_inputs: step arguments the function never reads; they stay graph inputs
+            of their declared shape, so the runtime still asks the provider for them.
     """
 
     path: str
@@ -48,6 +53,7 @@ class ExportReport:
     opset: int
     ir_version: int
     bytes: int
+    unused_inputs: tuple[str, ...] = ()
 
 
 def export_torch(
@@ -69,7 +75,9 @@ def export_torch(
     initial carry; without it the carry starts at zero. The graphs use opset 17 and IR
     version <= 10. Before anything is written, ONNX Runtime and PyTorch are run on
     ``checks`` random inputs (and a rollout of the same length with the carry fed back);
-    they must agree to 1e-5.
+    they must agree to 1e-5. An argument the function never reads stays a step input
+    (the TorchScript exporter drops it; it is put back), so the package takes exactly the
+    inputs ``forward`` names.
 
     Example:
         >>> kinodb.infer.export_torch(policy, "walk.kinfer", joint_names=names,
@@ -89,11 +97,17 @@ def export_torch(
     shapes = _input_shapes(names, joints, commands, carry)
     gen = torch.Generator().manual_seed(seed)
     example = tuple(torch.randn(shapes[n], generator=gen) for n in names)
-    step_bytes = _export(torch, onnx, module, example, names, ["action", "next_carry"])
+    step_bytes, unused = _export(torch, onnx, module, example, names, ["action", "next_carry"])
+    if unused:
+        log.warning(
+            "step arguments %s are never read by the step function; they stay inputs of the "
+            "package, so a runner still reads them from the provider every step",
+            list(unused),
+        )
     if init_module is None:
         init_bytes = _zeros_init(onnx, carry)
     else:
-        init_bytes = _export(torch, onnx, _as_module(torch, init_module), (), [], ["carry"])
+        init_bytes, _ = _export(torch, onnx, _as_module(torch, init_module), (), [], ["carry"])
     meta = package_metadata(joints, commands, carry)
     where = os.fspath(path)
     package = Package(
@@ -105,7 +119,7 @@ def export_torch(
     data = pack(init_bytes, step_bytes, meta)
     write_atomic(where, data)
     proto = onnx.load_from_string(step_bytes)
-    return ExportReport(where, model.signature, diff, _opset(proto), int(proto.ir_version), len(data))
+    return ExportReport(where, model.signature, diff, _opset(proto), int(proto.ir_version), len(data), unused)
 
 
 def _as_module(torch: Any, fn: Any) -> Any:
@@ -159,7 +173,8 @@ def _input_shapes(
 
 def _export(
     torch: Any, onnx: Any, module: Any, args: tuple[Any, ...], inputs: list[str], outputs: list[str]
-) -> bytes:
+) -> tuple[bytes, tuple[str, ...]]:
+    """The ONNX bytes of ``module`` traced on ``args``, and the inputs it never reads."""
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter announces its deprecation
@@ -175,9 +190,45 @@ def _export(
         raise InferError(
             f"the exported function returns {len(proto.graph.output)} outputs; expected {len(outputs)} ({', '.join(outputs)})"
         )
+    unused = _keep_unused_inputs(onnx, proto, inputs, args)
     proto.ir_version = min(int(proto.ir_version), MAX_IR_VERSION)
     onnx.checker.check_model(proto)
-    return bytes(proto.SerializeToString())
+    return bytes(proto.SerializeToString()), unused
+
+
+def _keep_unused_inputs(onnx: Any, proto: Any, inputs: list[str], args: tuple[Any, ...]) -> tuple[str, ...]:
+    """Put back the inputs the exporter dropped because no node reads them; return their names.
+
+    A runtime (kinodb's and kinfer's) feeds exactly the step graph's inputs, so this makes
+    the package take the inputs ``forward`` declares, in its order. An input no node reads
+    cannot change the outputs, whatever its values (touching it, ``0 * x``, would turn an
+    inf into NaN).
+
+    Raises:
+        InferError: the exported graph's inputs are not the function's arguments.
+    """
+    graph = proto.graph
+    weights = {t.name for t in graph.initializer}
+    present = {i.name: i for i in graph.input if i.name not in weights}
+    strange = [n for n in present if n not in inputs]
+    produced = weights | {o for node in graph.node for o in node.output}
+    missing = [n for n in inputs if n not in present]
+    if strange or any(n in produced for n in missing):
+        raise InferError(
+            f"the exported graph's inputs are {list(present)}; expected the function's arguments "
+            f"{inputs} (rename the arguments or the module's parameters so they do not clash)"
+        )
+    if not missing:
+        return ()
+    declared = {
+        n: onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, list(a.shape))
+        for n, a in zip(inputs, args, strict=True)
+    }
+    kept = [i for i in graph.input if i.name in weights]
+    ordered = [present[n] if n in present else declared[n] for n in inputs]
+    del graph.input[:]
+    graph.input.extend(ordered + kept)
+    return tuple(missing)
 
 
 def _zeros_init(onnx: Any, carry: tuple[int, ...]) -> bytes:
