@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -110,6 +112,40 @@ def test_errors_are_one_line_with_exit_1(tmp_path: Path, capsys: pytest.CaptureF
     assert "not a .kdb file" in err and "Traceback" not in err
     assert main(["--debug", "info", str(bad)]) == 1
     assert "Traceback" in capsys.readouterr().err
+
+
+def test_info_on_a_source_of_another_format_says_how_to_convert_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    h5py = pytest.importorskip("h5py")
+    monkeypatch.chdir(tmp_path)
+    with h5py.File(tmp_path / "lift.hdf5", "w") as f:
+        f["data/demo_0/actions"] = np.zeros((3, 7))
+        f["data/demo_0/obs/robot0_eef_pos"] = np.ones((3, 3))
+    assert main(["info", "lift.hdf5"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "lift.hdf5: not a .kdb file" in err
+    assert (
+        "it looks like hdf5 (robomimic/LIBERO HDF5): convert it with kino ingest lift.hdf5 -o lift.kdb" in err
+    )
+    command = err.split("convert it with ", 1)[1].strip()
+    assert main([*shlex.split(command)[1:], "-q"]) == 0  # the advice works as printed
+    capsys.readouterr()
+    assert main(["info", "lift.kdb"]) == 0
+    assert "episodes: 1" in capsys.readouterr().out
+    (tmp_path / "my demos").mkdir()  # a LeRobot folder, with a space to quote
+    (tmp_path / "my demos" / "meta").mkdir()
+    (tmp_path / "my demos" / "meta" / "info.json").write_text("{}")
+    assert main(["info", "my demos"]) == 1
+    err = capsys.readouterr().err
+    assert "my demos: a folder, not a .kdb file; it looks like lerobot" in err
+    assert err.rstrip().endswith("kino ingest 'my demos' -o 'my demos.kdb'")
+    assert main(["info", str(tmp_path)]) == 1  # a folder no format recognises: no advice
+    assert "kino ingest" not in capsys.readouterr().err
+    (tmp_path / "notes.txt").write_text("hello, not a dataset of any kind" * 4)
+    assert main(["info", "notes.txt"]) == 1
+    err = capsys.readouterr().err
+    assert "not a .kdb file" in err and "kino ingest" not in err
 
 
 def test_create_test_refuses_to_overwrite(dataset: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -262,6 +298,32 @@ def test_schema_of_uniform_episodes_shows_one_dim(dataset: Path, capsys: pytest.
     assert actions["shape"] == ["T", 7] and actions["variants"] == [
         {"dtype": "float32", "shape": ["T", 7], "episodes": 12}
     ]
+
+
+def test_schema_columns_fit_long_names(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # robomimic's camera and state names: longer than the columns were once wide.
+    path = tmp_path / "lift.kdb"
+    comps = {"robot0_joint_pos_cos_and_sin": [0, 3], "robot0_gripper_qpos": [3, 5]}
+    with kinodb.Writer(path, image_codec="png", schema={"states": {"components": comps}}) as w:
+        w.add_episode(
+            actions=np.zeros((3, 7), np.float32),
+            states=np.zeros((3, 5), np.float32),
+            images={"robot0_eye_in_hand_image": np.zeros((3, 12, 10, 3), np.uint8),
+                    "agentview_image_with_a_much_longer_name_still": np.zeros((3, 4, 4, 3), np.uint8)},
+        )  # fmt: skip
+    assert main(["schema", str(path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    table = lines[lines.index(next(line for line in lines if line.startswith("SECTION"))) :]
+    cells = [re.split(r" {2,}", line.strip()) for line in table]
+    assert all(len(row) == 6 for row in cells), table  # every column at least two spaces apart
+    by_name = {row[0]: row for row in cells}
+    assert by_name["camera:robot0_eye_in_hand_image"][1:4] == ["camera", "png", "(T, 12, 10, 3)"]
+    assert by_name["camera:agentview_image_with_a_much_longer_name_still"][1] == "camera"
+    assert len({re.match(r"\S+ {2,}", line).end() for line in table}) == 1  # KIND lines up
+    listed = [line.split() for line in lines if line.startswith("  ")]
+    assert ["robot0_joint_pos_cos_and_sin", "[0:3]"] in listed
+    assert ["robot0_eye_in_hand_image", "12x10x3", "png"] in listed
+    assert ["agentview_image_with_a_much_longer_name_still", "4x4x3", "png"] in listed
 
 
 @pytest.mark.parametrize("command", ["ingest", "verify"])

@@ -90,6 +90,46 @@ def test_layout_names_dtypes_and_attrs(source: Path, tmp_path: Path) -> None:
         assert f["mask/hard"][()].tolist() == [b"demo_2"]
 
 
+@pytest.mark.parametrize("orientation", ["rotated_180", "as_stored", None])
+def test_frames_turned_upright_on_ingest_are_turned_back(
+    tmp_path: Path, make_episode, orientation: str | None
+) -> None:
+    from kinodb.export import hdf5
+
+    ep = _episode(make_episode, 0)
+    ep["extra_arrays"]["depth_m"] = np.arange(4 * 6 * 5, dtype=np.float32).reshape(4, 6, 5, 1)
+    metadata = {} if orientation is None else {"image_orientation": orientation}
+    src = _write(tmp_path / "src.kdb", [ep], metadata=metadata)
+    out = tmp_path / "out.hdf5"
+    report = export(src, out, format="hdf5")
+    turned = orientation == "rotated_180"
+    assert len(report.warnings) == turned
+    assert all(
+        "rotated 180 degrees back to the orientation of the ingested source" in w for w in report.warnings
+    )
+    with kinodb.open(src) as db, h5py.File(out, "r") as f:
+        g, want = f["data/demo_0"], db.read_episode(0)
+        for cam in ("agentview", "depth"):
+            frames = want["images"][cam]
+            assert not np.array_equal(frames, frames[:, ::-1, ::-1])  # a turn would show
+            same = np.array_equal(g["obs"][cam][()], frames[:, ::-1, ::-1] if turned else frames)
+            assert same and g["obs"][cam].dtype == np.uint8, cam
+        depth = want["depth_m"][:, ::-1, ::-1] if turned else want["depth_m"]
+        assert np.array_equal(g["depth_m"][()], depth)  # image-like arrays turn with the frames
+        assert g["states"][()].tobytes() == want["sim_state"].tobytes()  # others stay as they are
+        info = json.loads(f["data"].attrs["kinodb_dataset"])
+        assert info["metadata"].get("image_orientation") == ("as_stored" if turned else orientation)
+        assert {**info, "metadata": {}} == {**db.dataset_info(), "metadata": {}}
+    kept = tmp_path / "kept.hdf5"
+    with kinodb.open(src) as db:
+        assert hdf5.write(db, [0], str(kept), {}, flip_images=False) == []
+    with h5py.File(kept, "r") as f:
+        assert np.array_equal(f["data/demo_0/obs/agentview"][()], want["images"]["agentview"])
+        assert (
+            json.loads(f["data"].attrs["kinodb_dataset"])["metadata"].get("image_orientation") == orientation
+        )
+
+
 def test_env_args_and_problem_info_pass_through(tmp_path: Path, make_episode) -> None:
     env = {"env_name": "Lift", "type": 1, "env_version": "1.4", "env_kwargs": {"robots": ["Panda"]}}
     src = _write(tmp_path / "a.kdb", [make_episode()], schema={},

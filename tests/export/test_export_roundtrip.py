@@ -137,6 +137,90 @@ def test_a_robomimic_file_survives_ingest_export_ingest(tmp_path: Path) -> None:
         assert db.read_meta(2)["filter_keys"] == ["train"] and db.read_meta(0)["fps"] == 20.0
 
 
+# -- LIBERO: frames stored upside down, turned upright on ingest ------------------------------
+
+LIBERO_CAMERAS = ("agentview_rgb", "eye_in_hand_rgb")
+
+
+def _libero_file(path: Path, rng: np.random.Generator) -> Path:
+    """A LIBERO-style file (problem_info, 2 raw uint8 cameras, float depth), frames not symmetric."""
+    with h5py.File(path, "w") as f:
+        data = f.create_group("data")
+        data.attrs["problem_info"] = json.dumps({"language_instruction": '"open the top drawer"'})
+        data.attrs["env_args"] = json.dumps({"type": 1, "env_name": "Libero_Kitchen", "env_kwargs": {}})
+        for k in range(3):
+            T = 4 + k
+            g = data.create_group(f"demo_{k}")
+            g.attrs["num_samples"] = T
+            g["actions"] = rng.uniform(-1, 1, (T, 7))
+            g["rewards"] = g["dones"] = (np.arange(T) == T - 1).astype(np.uint8)
+            g["obs/ee_pos"] = rng.normal(size=(T, 3))
+            g["obs/gripper_states"] = rng.normal(size=(T, 2))
+            g["obs/agentview_rgb"] = rng.integers(0, 256, (T, 12, 10, 3), dtype=np.uint8)
+            g["obs/eye_in_hand_rgb"] = rng.integers(0, 256, (T, 8, 8, 3), dtype=np.uint8)
+            g["obs/agentview_depth"] = rng.random((T, 12, 10, 1), dtype=np.float32)
+    return path
+
+
+def _upright(tmp_path: Path) -> tuple[Path, Path]:
+    """The LIBERO file, and its ingest with the frames turned upright (raw frames: exact)."""
+    raw = _libero_file(tmp_path / "libero.hdf5", np.random.default_rng(11))
+    first = tmp_path / "upright.kdb"
+    ingest(raw, first, image_codec="raw", flip_images=True)
+    return raw, first
+
+
+def test_a_libero_export_has_the_source_orientation_and_flips_back_exactly(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    raw, first = _upright(tmp_path)
+    h5 = tmp_path / "x.hdf5"
+    report = export(first, h5, format="hdf5")
+    (note,) = report.warnings
+    assert "rotated 180 degrees back" in note and "--flip-images" in note and "--keep-upright" in note
+    with h5py.File(raw, "r") as src, h5py.File(h5, "r") as out:
+        for k in range(3):
+            for key in (*LIBERO_CAMERAS, "agentview_depth"):
+                want, got = src[f"data/demo_{k}/obs/{key}"], out[f"data/demo_{k}/obs/{key}"]
+                assert got.dtype == want.dtype and got[()].tobytes() == want[()].tobytes(), (k, key)
+        info = json.loads(out["data"].attrs["kinodb_dataset"])
+        assert info["metadata"]["image_orientation"] == "as_stored"
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        ingest(h5, tmp_path / "as_stored.kdb", image_codec="raw")
+    assert "pass flip_images" in caplog.text  # upside down again, as LIBERO's own file: said so
+    back = tmp_path / "back.kdb"
+    ingest(h5, back, image_codec="raw", flip_images=True)  # as for the original
+    _assert_same(first, back)
+    with kinodb.open(first) as a, kinodb.open(back) as b:
+        assert b.metadata()["image_orientation"] == a.metadata()["image_orientation"] == "rotated_180"
+        for k in range(3):  # raw frames: the same bytes, not only the same pixels
+            for cam in LIBERO_CAMERAS:
+                assert b.read_frames(k, 0, 4, cameras=[cam])["images"][cam].tobytes() == (
+                    a.read_frames(k, 0, 4, cameras=[cam])["images"][cam].tobytes()
+                )
+
+
+def test_a_libero_export_kept_upright_reads_back_upright_without_flipping(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from kinodb._cli.main import main
+
+    _raw, first = _upright(tmp_path)
+    h5 = tmp_path / "upright.hdf5"
+    assert main(["export", str(first), "-o", str(h5), "--format", "hdf5", "--keep-upright"]) == 0
+    with pytest.raises(ValueError, match="flip_images applies to format 'hdf5' only"):
+        export(first, tmp_path / "npy", format="numpy", flip_images=False)
+    with h5py.File(h5, "r") as f:
+        assert json.loads(f["data"].attrs["kinodb_dataset"])["metadata"]["image_orientation"] == "rotated_180"
+    back = tmp_path / "back.kdb"
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        ingest(h5, back, image_codec="raw")
+    assert "flip_images" not in caplog.text  # upright already: no advice to turn them
+    _assert_same(first, back)
+
+
 # -- what the ingester does not read back yet -------------------------------------------------
 # Each case is written by the exporter (see kinodb.export.hdf5); strict, so a test that
 # starts to pass is noticed and its marker removed.

@@ -249,6 +249,25 @@ def test_state_keys_choose_and_order(tmp_path: Path, robomimic: Path) -> None:
     assert not (tmp_path / "bad.kdb").exists()
 
 
+def test_state_keys_typed_with_spaces_are_stripped(
+    tmp_path: Path, robomimic: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "spaced.kdb"
+    assert main(["ingest", str(robomimic), "-o", str(out), "-q", "--no-images",
+                 "--state-keys", " robot0_eef_pos, robot0_eef_quat ,obs/robot0_gripper_qpos,"]) == 0  # fmt: skip
+    with kinodb.open(out) as db:
+        assert db.schema()["states"]["components"] == {
+            "robot0_eef_pos": [0, 3],
+            "robot0_eef_quat": [3, 7],
+            "robot0_gripper_qpos": [7, 9],
+        }
+    assert main(["ingest", str(robomimic), "-o", str(tmp_path / "none.kdb"), "-q", "--no-images",
+                 "--state-keys", " , "]) == 1  # fmt: skip
+    err = capsys.readouterr().err
+    assert "name no key" in err and "robot0_eef_pos" in err
+    assert not (tmp_path / "none.kdb").exists()
+
+
 def test_dtype_float32_and_no_images(tmp_path: Path, robomimic: Path) -> None:
     out = tmp_path / "f32.kdb"
     assert main(["ingest", str(robomimic), "-o", str(out), "-q", "--dtype", "float32", "--no-images"]) == 0
@@ -350,17 +369,38 @@ def test_export_gives_state_keys_back_their_dtype_and_shape(tmp_path: Path) -> N
         assert f["data/demo_0/obs/contact"].shape == truth["demo_0"]["obs/contact"].shape
 
 
-def test_an_export_of_upright_libero_frames_is_not_flipped_again(
+def test_an_export_of_upright_libero_frames_is_flipped_as_its_source(
     tmp_path: Path, libero: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     upright = tmp_path / "upright.kdb"
     ingest(libero, upright, image_codec="png", flip_images=True)
     exported = tmp_path / "upright.hdf5"
-    kinodb.export.export(upright, exported, format="hdf5")
+    kinodb.export.export(upright, exported, format="hdf5")  # frames turned back, as LIBERO stores them
     caplog.clear()
     with caplog.at_level("WARNING"):
         ingest(libero, tmp_path / "stored.kdb", image_codec="png")
     assert "pass flip_images" in caplog.text  # LIBERO's own file: frames upside down
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        ingest(exported, tmp_path / "stored_again.kdb", image_codec="png")
+    assert "pass flip_images" in caplog.text  # and so is its export
+    ingest(exported, tmp_path / "again.kdb", image_codec="png", flip_images=True)
+    with kinodb.open(upright) as a, kinodb.open(tmp_path / "again.kdb") as b:
+        same_bits(
+            b.read_episode(1)["images"]["agentview_rgb"], a.read_episode(1)["images"]["agentview_rgb"], "rgb"
+        )
+
+
+def test_an_export_kept_upright_is_not_flipped_again(
+    tmp_path: Path, libero: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from kinodb.export import hdf5
+
+    upright = tmp_path / "upright.kdb"
+    ingest(libero, upright, image_codec="png", flip_images=True)
+    exported = tmp_path / "upright.hdf5"
+    with kinodb.open(upright) as db:
+        hdf5.write(db, list(range(len(db))), str(exported), {}, flip_images=False)
     caplog.clear()
     with caplog.at_level("WARNING"):
         ingest(exported, tmp_path / "again.kdb", image_codec="png")

@@ -27,6 +27,9 @@ def register(sub: Any) -> None:
                    help="lerobot: codec of the camera videos (default: h264)")  # fmt: skip
     p.add_argument("--images-as", choices=("video", "image"),
                    help="lerobot: cameras as mp4 videos (default) or PNG images in the Parquet files")  # fmt: skip
+    p.add_argument("--keep-upright", action="store_true",
+                   help="hdf5: keep frames the ingest turned upright (--flip-images) upright; by default "
+                   "they are turned back to the source's orientation")  # fmt: skip
     p.add_argument("-F", "--filter", metavar="KQL", help="export only episodes matching this query")
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
     p.set_defaults(run=run)
@@ -44,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
             report = export(
                 args.path, args.output, format=args.format, filter=args.filter, overwrite=args.force,
                 video_codec=getattr(args, "video_codec", None), images_as=getattr(args, "images_as", None),
+                flip_images=False if getattr(args, "keep_upright", False) else None,
             )  # fmt: skip
         finally:  # also before the error of an export that fails
             lines = [*(report.warnings if report is not None else ()), *(str(w.message) for w in raised)]

@@ -73,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
         args.src, args.output, format=args.format, embodiment=args.embodiment, task=args.task, fps=args.fps,
         episodes=args.episodes, max_episodes=args.max_episodes, image_codec=args.image_codec,
         jpeg_quality=args.compress, images=not args.no_images, dtype=args.dtype,
-        state_keys=args.state_keys.split(",") if args.state_keys else None, split=args.split,
+        state_keys=[k.strip() for k in args.state_keys.split(",")] if args.state_keys else None,
+        split=args.split,
         flip_images=args.flip_images, workers=args.workers, on_error=args.on_error, overwrite=args.force,
         progress=not args.quiet, verify=args.verify,
     )  # fmt: skip

@@ -68,28 +68,51 @@ def run(args: argparse.Namespace) -> int:
         f"{d['path']}: format {d['format_version']}, {d['num_episodes']} episodes, {d['num_frames']} frames, {d['file_bytes']} bytes"
     )
     schema = d["schema"]
+    cams = schema.get("cameras", {})
+    # One name column for components and cameras, as wide as the longest name needs.
+    names = [
+        *cams,
+        *(n for part in ("actions", "states") for n in schema.get(part, {}).get("components", {})),
+    ]
+    width = max([24, *(len(name) + 2 for name in names)])
     for part in ("actions", "states"):
         entry = schema.get(part, {})
         print(f"\n{part}: {_dims_line(entry, d['sections'].get(part))}")
         for name, (a, b) in entry.get("components", {}).items():
-            print(f"  {name:<24}[{a}:{b}]")
+            print(f"  {name:<{width}}[{a}:{b}]")
         if entry.get("names"):
             print("  names: " + ", ".join(entry["names"]))
-    cams = schema.get("cameras", {})
     if cams:
         print("\ncameras:")
         for name, c in cams.items():
-            print(f"  {name:<24}{c.get('height')}x{c.get('width')}x{c.get('channels')} {c.get('codec')}")
+            print(f"  {name:<{width}}{c.get('height')}x{c.get('width')}x{c.get('channels')} {c.get('codec')}")
     total = sum(s["bytes"] for s in d["sections"].values()) or 1
-    print(f"\n{'SECTION':<26}{'KIND':<8}{'DTYPE/CODEC':<13}{'SHAPE':<18}{'BYTES':>14}{'SHARE':>8}")
+    rows: list[tuple[str, ...]] = [("SECTION", "KIND", "DTYPE/CODEC", "SHAPE", "BYTES", "SHARE")]
     for name, s in d["sections"].items():
         key = "dtype" if s["kind"] == "array" else "codec"
         kind = "|".join(dict.fromkeys(v[key] for v in s["variants"]))
-        print(
-            f"{name:<26}{s['kind']:<8}{kind:<13}{_shape_cell(s['variants']):<18}{s['bytes']:>14,}"
-            f"{100 * s['bytes'] / total:>7.1f}%"
-        )
+        rows.append((name, s["kind"], kind, _shape_cell(s["variants"]), f"{s['bytes']:,}",
+                     f"{100 * s['bytes'] / total:.1f}%"))  # fmt: skip
+    print()
+    for line in _table(rows, right=(4, 5)):
+        print(line)
     return 0
+
+
+def _table(rows: list[tuple[str, ...]], *, right: tuple[int, ...]) -> list[str]:
+    """Rows as lines of columns sized to their longest cell, two spaces apart.
+
+    Columns in ``right`` are right-aligned; the others left-aligned.
+    """
+    widths = [max(len(row[k]) for row in rows) for k in range(len(rows[0]))]
+    lines = []
+    for row in rows:
+        cells = [
+            cell.rjust(w) if k in right else cell.ljust(w)
+            for k, (cell, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        lines.append("  ".join(cells).rstrip())
+    return lines
 
 
 def _dims_line(entry: dict[str, Any], section: dict[str, Any] | None) -> str:

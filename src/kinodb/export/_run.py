@@ -17,10 +17,13 @@ FORMATS = ("numpy", "json", "hdf5", "lerobot")
 _FormatWriter = Callable[[Database, list[int], str, dict[str, Any]], list[str] | None]
 
 
-def _hdf5_write(db: Database, positions: list[int], out: str, facts: dict[str, Any]) -> list[str]:
+def _hdf5_writer(flip_images: bool) -> _FormatWriter:
     from kinodb.export import hdf5  # deferred: it is the only module that needs h5py
 
-    return hdf5.write(db, positions, out, facts)
+    def write(db: Database, positions: list[int], out: str, facts: dict[str, Any]) -> list[str]:
+        return hdf5.write(db, positions, out, facts, flip_images=flip_images)
+
+    return write
 
 
 def _lerobot_writer(video_codec: str | None, images_as: str | None) -> _FormatWriter:
@@ -37,8 +40,7 @@ def _lerobot_writer(video_codec: str | None, images_as: str | None) -> _FormatWr
 _WRITERS: dict[str, _FormatWriter] = {
     "numpy": _numpy_dir.write,
     "json": _json_meta.write,
-    "hdf5": _hdf5_write,
-}  # and "lerobot", built per call by _lerobot_writer with its video options
+}  # and "hdf5" and "lerobot", built per call with their options
 
 
 def export(
@@ -50,6 +52,7 @@ def export(
     overwrite: bool = False,
     video_codec: str | None = None,
     images_as: str | None = None,
+    flip_images: bool | None = None,
 ) -> ExportReport:
     """Export a ``.kdb`` file (the episodes matching ``filter``) to another format.
 
@@ -58,7 +61,9 @@ def export(
     name and renamed into place when complete, so a failed export leaves nothing (and an
     existing output, with ``overwrite``, unchanged). ``video_codec`` (``h264``, the
     default, or ``av1``) and ``images_as`` (``video``, the default, or ``image``) apply
-    to ``lerobot`` only.
+    to ``lerobot`` only. ``flip_images`` applies to ``hdf5``: frames the ingest turned
+    upright (``--flip-images``) are turned back to the source's orientation unless it is
+    False.
 
     Example:
         >>> kinodb.export.export("pick.kdb", "pick_npy", filter="success = true")
@@ -74,7 +79,14 @@ def export(
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
     if format != "lerobot" and (video_codec is not None or images_as is not None):
         raise ValueError(f"video_codec and images_as apply to format 'lerobot' only, not {format!r}")
-    writer = _lerobot_writer(video_codec, images_as) if format == "lerobot" else _WRITERS[format]
+    if format != "hdf5" and flip_images is not None:
+        raise ValueError(f"flip_images applies to format 'hdf5' only, not {format!r}")
+    if format == "lerobot":
+        writer = _lerobot_writer(video_codec, images_as)
+    elif format == "hdf5":
+        writer = _hdf5_writer(flip_images is not False)
+    else:
+        writer = _WRITERS[format]
     t0 = time.perf_counter()
     target = os.path.abspath(os.fspath(out))
     if os.path.realpath(target) == os.path.realpath(path):

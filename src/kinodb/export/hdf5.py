@@ -19,6 +19,16 @@ Layout::
         obs/<camera>          uint8 (T, H, W, C), JPEG/PNG frames decoded
     mask/<key>                demo names (bytes) from the ``filter_keys`` extra field
 
+Image orientation: a file ingested with ``flip_images`` (``kino ingest --flip-images``,
+for LIBERO, which stores frames upside down; the metadata's ``image_orientation`` is
+``rotated_180``) holds its frames upright. By default its cameras (and the 4-D extra
+arrays the ingest turned with them, such as depth) are rotated 180 degrees back, so the
+export has the frames of the original file and ``kino ingest --flip-images`` of the
+export gives back exactly the same frames; the report says so, and ``kinodb_dataset``
+records ``image_orientation`` as ``as_stored``. ``flip_images=False`` (``kino export
+--keep-upright``) writes the frames upright instead, recorded as ``rotated_180``, so
+that ingesting the export without ``--flip-images`` keeps them upright.
+
 Demos are numbered ``demo_0``, ``demo_1``, ... in export order. robomimic takes each key's
 shape from ``demo_0``, so the exported episodes must share the action and state dims and
 each array's and camera's per-frame shape (a merge of robots is exported one robot at a
@@ -48,6 +58,8 @@ logger = logging.getLogger(__name__)
 SIM_STATE = "sim_state"  # the extra array that holds robomimic's flattened MuJoCo ``states``
 FILTER_KEYS = "filter_keys"  # the extra field listing an episode's robomimic filter keys
 ROBOSUITE_ENV_TYPE = 1  # robomimic EnvType.ROBOSUITE_TYPE
+# The metadata's image_orientation, as the HDF5 ingest records it.
+ORIENTATION_TURNED, ORIENTATION_AS_STORED = "rotated_180", "as_stored"
 # Datasets and groups a demo already has: extra arrays must not take these names.
 _DEMO_NAMES = frozenset(("actions", "rewards", "dones", "states", "obs", "next_obs", "action_dict"))
 _META_ATTRS = ("embodiment", "task", "fps", "success", "total_reward")
@@ -58,8 +70,14 @@ _DEMO_ATTRS = frozenset(("num_samples", "model_file", "ep_meta", "camera_info"))
 Split = list[tuple[str, int, int]]  # obs key, start, stop within ``states``
 
 
-def write(db: Database, positions: list[int], out: str, facts: dict[str, Any]) -> list[str]:
+def write(
+    db: Database, positions: list[int], out: str, facts: dict[str, Any], *, flip_images: bool = True
+) -> list[str]:
     """Write episodes ``positions`` of ``db`` to the new HDF5 file ``out``; return warnings.
+
+    ``flip_images``: rotate frames that the ingest turned upright (metadata
+    ``image_orientation`` ``rotated_180``) back to the source's orientation; False keeps
+    them upright. Frames that were not turned are written as stored either way.
 
     Raises:
         ConversionError: the episodes differ in action or state dims or in an array's or
@@ -77,13 +95,22 @@ def write(db: Database, positions: list[int], out: str, facts: dict[str, Any]) -
             f"array {name!r} is in {n} of {len(positions)} exported episodes; left out, since every "
             "demo of a robomimic file holds the same datasets (export those episodes apart to keep it)"
         )
+    turn = flip_images and turned_upright(db)
+    if turn:
+        warnings.append(
+            "camera frames rotated 180 degrees back to the orientation of the ingested source (this .kdb "
+            "holds them upright: it was ingested with --flip-images); ingest the export with --flip-images, "
+            "as the original, to get the same frames, or export with --keep-upright (flip_images=False) "
+            "to write them upright"
+        )
     masks: dict[str, list[str]] = {}
     with h5py.File(out, "x") as f:
         data = f.create_group("data")
         total = 0
         for k, i in enumerate(positions):
             name = f"demo_{k}"
-            total += _write_demo(data.create_group(name), db, i, split, paths, shapes, set(partial))
+            g = data.create_group(name)
+            total += _write_demo(g, db, i, split, paths, shapes, set(partial), turn)
             for key in _filter_keys(db, i):
                 masks.setdefault(key, []).append(name)
         data.attrs["total"] = np.int64(total)
@@ -92,13 +119,30 @@ def write(db: Database, positions: list[int], out: str, facts: dict[str, Any]) -
         problem = db.metadata().get("problem_info")
         if problem is not None:
             data.attrs["problem_info"] = problem if isinstance(problem, str) else dumps(problem)
-        data.attrs["kinodb_dataset"] = dumps(db.dataset_info())
+        data.attrs["kinodb_dataset"] = dumps(_dataset_info(db, turn))
         data.attrs["kinodb_export"] = dumps(facts)
         for key, demos in masks.items():
             f.create_dataset(f"mask/{_h5_name(key, 'filter key')}", data=np.array(demos, dtype="S"))
     for line in warnings:
         logger.info("%s", line)  # the report carries them; kino prints them once, as warnings
     return warnings
+
+
+def turned_upright(db: Database) -> bool:
+    """Whether ``db``'s frames were rotated 180 degrees on ingest (``--flip-images``)."""
+    return bool(db.metadata().get("image_orientation") == ORIENTATION_TURNED)
+
+
+def _dataset_info(db: Database, turned_back: bool) -> dict[str, Any]:
+    """``db``'s dataset info, its ``image_orientation`` that of the exported frames.
+
+    The ingest reads it to tell upright frames from a LIBERO file's upside-down ones, and
+    so whether to advise ``--flip-images``.
+    """
+    info = db.dataset_info()
+    if turned_back:
+        info = {**info, "metadata": {**info["metadata"], "image_orientation": ORIENTATION_AS_STORED}}
+    return info
 
 
 def check_layout(db: Database, positions: list[int]) -> dict[str, int]:
@@ -270,9 +314,13 @@ def _one_shape(
 
 def _write_demo(
     g: Any, db: Database, i: int, split: Split, paths: dict[str, str],
-    shapes: dict[str, tuple[np.dtype[Any] | None, tuple[int, ...]]], skip: set[str],
+    shapes: dict[str, tuple[np.dtype[Any] | None, tuple[int, ...]]], skip: set[str], turn: bool,
 ) -> int:  # fmt: skip
-    """Write episode ``i`` into the demo group ``g``; return its number of frames."""
+    """Write episode ``i`` into the demo group ``g``; return its number of frames.
+
+    ``turn``: rotate cameras and 4-D extra arrays by 180 degrees, as the HDF5 ingest's
+    ``flip_images`` did, back to the source's orientation.
+    """
     ep = db.read_episode_actions_only(i)
     meta = ep.pop("meta")
     T = int(meta["num_frames"])
@@ -289,6 +337,8 @@ def _write_demo(
     for name, arr in ep.items():  # timestamps and extra arrays
         if name in skip:
             continue
+        if turn and arr.ndim == 4:  # image-like (depth): the ingest turned it with the frames
+            arr = _rotated(arr)
         if name in paths and paths[name] not in g:  # back under obs/, where it was ingested from
             g.create_dataset(paths[name], data=arr)
             continue
@@ -305,9 +355,15 @@ def _write_demo(
             raise ConversionError(
                 f"{db.path()}: episode {i}: camera {name!r} has the name of a state component; rename one"
             )
-        obs.create_dataset(key, data=db.read_frames(i, 0, T, cameras=[name])["images"][name])
+        frames = db.read_frames(i, 0, T, cameras=[name])["images"][name]
+        obs.create_dataset(key, data=_rotated(frames) if turn else frames)
     _write_attrs(g, meta)
     return T
+
+
+def _rotated(frames: np.ndarray) -> np.ndarray:
+    """``(T, H, W, ...)`` frames turned 180 degrees (their own inverse)."""
+    return np.ascontiguousarray(frames[:, ::-1, ::-1])
 
 
 def _write_attrs(g: Any, meta: dict[str, Any]) -> None:

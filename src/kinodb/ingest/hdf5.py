@@ -6,7 +6,8 @@ What goes where:
   ``demo_10``); ``--split NAME`` keeps the demos listed in ``mask/NAME``.
 - ``actions`` is required; arrays keep their source dtype bit for bit.
 - ``states``: the low-dim ``obs/`` datasets (2-D, and 1-D as one column each), in sorted
-  key order or the order of ``state_keys``, concatenated; each key's ``[start, stop)`` is
+  key order or the order of ``state_keys`` (spaces around each key and empty entries are
+  ignored; an ``obs/`` prefix is optional), concatenated; each key's ``[start, stop)`` is
   recorded in the schema's ``states.components``. Keys of different dtypes are cast to
   their NumPy result type (float32 and float64 give float64), which is exact.
 - Cameras: 4-D uint8 ``obs/`` datasets (``(T, H, W, C)``, depth ``(T, H, W, 1)`` too),
@@ -766,8 +767,16 @@ def _choose_states(
 ) -> list[_Field]:
     if state_keys is None:
         return [replace(low_dim[k], name=k) for k in sorted(low_dim)]
+    # "a, b" and "a,b," as typed on a command line: spaces around a key and empty entries
+    # are not part of any key.
+    given = [k.strip() for k in state_keys if k.strip()]
+    if not given:
+        raise ConversionError(
+            f"{path}: state keys {list(state_keys)!r} name no key; give obs/ keys separated by "
+            f"commas, e.g. {','.join(sorted(low_dim)[:2]) or 'robot0_eef_pos,robot0_eef_quat'}"
+        )
     chosen: list[_Field] = []
-    for raw in state_keys:
+    for raw in given:
         key = raw[len("obs/") :] if raw.startswith("obs/") else raw
         if key not in low_dim:
             raise ConversionError(
