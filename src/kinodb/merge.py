@@ -140,15 +140,31 @@ def _write(
         for db, k in zip(dbs, kept, strict=True)
     ]  # fmt: skip
     report = []
+    metadata: dict[str, Any] = {
+        "merged_from": [{k: s[k] for k in ("file", "episodes", "of")} for s in sources],
+        "filter": kql,
+    }
+    # How the frames stand (the HDF5 ingest's --flip-images turns LIBERO's upright): kept
+    # when every input with cameras agrees, "mixed" (with a warning) when they differ.
+    orientations = {
+        db.metadata().get("image_orientation")
+        for db, k in zip(dbs, kept, strict=True)
+        if len(k) and db.schema().get("cameras")
+    }
+    if len(orientations) == 1 and None not in orientations:
+        metadata["image_orientation"] = orientations.pop()
+    elif len(orientations) > 1:
+        metadata["image_orientation"] = "mixed"
+        warnings.append(
+            "the inputs' camera frames stand differently (some were turned upright on ingest with "
+            "--flip-images, some not): the output records image_orientation 'mixed'"
+        )
     with Writer(
         output,
         mode="w" if overwrite else "x",
         schema=_shared_components(dbs),
         source_format="kinodb-merge",
-        metadata={
-            "merged_from": [{k: s[k] for k in ("file", "episodes", "of")} for s in sources],
-            "filter": kql,
-        },
+        metadata=metadata,
     ) as w:
         w.schema["sources"] = sources
         for db, positions in zip(dbs, kept, strict=True):

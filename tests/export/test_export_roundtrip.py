@@ -209,7 +209,7 @@ def test_a_libero_export_kept_upright_reads_back_upright_without_flipping(
     _raw, first = _upright(tmp_path)
     h5 = tmp_path / "upright.hdf5"
     assert main(["export", str(first), "-o", str(h5), "--format", "hdf5", "--keep-upright"]) == 0
-    with pytest.raises(ValueError, match="flip_images applies to format 'hdf5' only"):
+    with pytest.raises(ValueError, match=r"flip_images \(kino export --keep-upright\) applies to format 'hdf5' only"):
         export(first, tmp_path / "npy", format="numpy", flip_images=False)
     with h5py.File(h5, "r") as f:
         assert json.loads(f["data"].attrs["kinodb_dataset"])["metadata"]["image_orientation"] == "rotated_180"
@@ -307,3 +307,32 @@ def test_a_merge_of_two_robots_is_refused_and_its_suggested_filter_round_trips(t
     back = tmp_path / "back.kdb"
     ingest(h5, back, format="hdf5", image_codec="png")
     _assert_same(bridge, back)  # arrays bit for bit, the JPEG frames as decoded, metadata
+
+
+def test_merges_keep_the_orientation_and_a_mixed_one_is_refused(tmp_path: Path) -> None:
+    raw, first = _upright(tmp_path)
+    second = tmp_path / "upright2.kdb"
+    ingest(raw, second, image_codec="raw", flip_images=True)
+    merged = tmp_path / "merged.kdb"
+    kinodb.merge([first, second], merged)
+    h5 = tmp_path / "merged.hdf5"
+    report = export(merged, h5, format="hdf5")
+    assert any("rotated 180 degrees back" in w for w in report.warnings)
+    with h5py.File(raw, "r") as src, h5py.File(h5, "r") as out:
+        assert (
+            out["data/demo_3/obs/agentview_rgb"][()].tobytes()
+            == src["data/demo_0/obs/agentview_rgb"][()].tobytes()
+        )
+    as_stored = tmp_path / "as_stored.kdb"
+    ingest(raw, as_stored, image_codec="raw")
+    mixed = tmp_path / "mixed.kdb"
+    result = kinodb.merge([first, as_stored], mixed)
+    assert any("stand differently" in w for w in result.warnings)
+    with pytest.raises(
+        kinodb.ConversionError, match=r"stand differently from episode to episode.*source_file"
+    ):
+        export(mixed, tmp_path / "mixed.hdf5", format="hdf5")
+    assert not (tmp_path / "mixed.hdf5").exists()
+    no_images = tmp_path / "no_images.kdb"
+    ingest(raw, no_images, images=False, flip_images=True)
+    assert export(no_images, tmp_path / "no_images.hdf5", format="hdf5").warnings == ()  # nothing to turn

@@ -155,7 +155,7 @@ def test_windows_of_robots_whose_cameras_differ_in_name_and_size(tmp_path: Path)
                 ValueError, match=r"stored frames of camera 'front' differ between the served"
             ):
                 client.get_windows(4, include_images=True, image_encoding="stored", cameras=front)
-            with pytest.raises(ValueError, match=r"camera mapping .* applies to windows"):
+            with pytest.raises(ValueError, match=r"a camera mapping applies to windows"):
                 client.get_batch(2, include_images=True, cameras=front)
         ds = KinoRemoteDataset(proc.addr, batch_size=8, windows={"obs_horizon": 2, "action_horizon": 3},
                                include_images=True, image_key=front, image_size=(12, 16), seed=5, num_batches=2)  # fmt: skip
@@ -163,3 +163,14 @@ def test_windows_of_robots_whose_cameras_differ_in_name_and_size(tmp_path: Path)
             assert b["images"]["front"].shape == (8, 2, 3, 12, 16) and b["action"].shape == (8, 3, 26)
     finally:
         assert proc.stop() == 0
+
+
+def test_a_camera_mapping_to_one_name_means_that_camera_in_every_source(client: KinoClient) -> None:
+    kw = dict(obs_horizon=1, action_horizon=1, mode="sequential", offset=0, include_images=True)
+    mapped = client.get_windows(6, cameras={"out": "cam"}, **kw)
+    plain = client.get_windows(6, cameras=["cam"], **kw)
+    np.testing.assert_array_equal(mapped["images"]["out"], plain["images"]["cam"])
+    with pytest.raises(ValueError, match="a camera mapping applies to windows"):
+        client.get_batch(2, include_images=True, cameras={"out": "cam"})
+    with pytest.raises(kinodb.KinodbError, match=r"no camera 'nope'"):
+        client.get_windows(2, cameras={"out": ["cam", "nope"]}, **kw)

@@ -80,7 +80,9 @@ def export(
     if format != "lerobot" and (video_codec is not None or images_as is not None):
         raise ValueError(f"video_codec and images_as apply to format 'lerobot' only, not {format!r}")
     if format != "hdf5" and flip_images is not None:
-        raise ValueError(f"flip_images applies to format 'hdf5' only, not {format!r}")
+        raise ValueError(
+            f"flip_images (kino export --keep-upright) applies to format 'hdf5' only, not {format!r}"
+        )
     if format == "lerobot":
         writer = _lerobot_writer(video_codec, images_as)
     elif format == "hdf5":

@@ -95,7 +95,13 @@ def write(
             f"array {name!r} is in {n} of {len(positions)} exported episodes; left out, since every "
             "demo of a robomimic file holds the same datasets (export those episodes apart to keep it)"
         )
-    turn = flip_images and turned_upright(db)
+    if db.metadata().get("image_orientation") == "mixed":
+        raise ConversionError(
+            f"{db.path()}: its camera frames stand differently from episode to episode (a merge of files "
+            "ingested with and without --flip-images), so no one orientation can be written back: export "
+            "the episodes of each source apart, e.g. with --filter \"source_file = '...'\""
+        )
+    turn = flip_images and turned_upright(db) and any(_has_frames(db, i) for i in positions)
     if turn:
         warnings.append(
             "camera frames rotated 180 degrees back to the orientation of the ingested source (this .kdb "
@@ -126,6 +132,11 @@ def write(
     for line in warnings:
         logger.info("%s", line)  # the report carries them; kino prints them once, as warnings
     return warnings
+
+
+def _has_frames(db: Database, i: int) -> bool:
+    """Whether episode ``i`` holds frames the ingest turns: a camera or a 4-D extra array."""
+    return bool(db.cameras(i)) or any(a.ndim == 4 for a in db._episode_arrays(i).values())
 
 
 def turned_upright(db: Database) -> bool:

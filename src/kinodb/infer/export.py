@@ -101,7 +101,8 @@ def export_torch(
     if unused:
         log.warning(
             "step arguments %s are never read by the step function; they stay inputs of the "
-            "package, so a runner still reads them from the provider every step",
+            "package (a runner still reads observations among them from the provider every step, "
+            "and feeds the carry back)",
             list(unused),
         )
     if init_module is None:

@@ -349,12 +349,13 @@ class Backend:
                     fw = FrameWindows(self.source, obs_horizon=obs, action_horizon=act, pad=pad,  # type: ignore[arg-type]
                                       kql_filter=spec.kql_filter or None, cameras=_camera_arg(cameras))  # fmt: skip
                 except KinodbError as exc:
-                    if cameras is None or "no camera" not in str(exc):
+                    if cameras is None or "no camera" not in str(exc) or any("=" in c for c in cameras):
                         raise
                     raise KinodbError(  # the advice a client can take: it has no image_key
                         f"{str(exc).split('; ', 1)[0]}; windows of this server need cameras every served "
                         f"source has ({', '.join(self._common_cameras()) or 'none'}): ask for those with "
-                        "cameras=[...], or for windows without images"
+                        "cameras=[...], map an output name to each source's camera with "
+                        "cameras={'front': ['cam_a', 'cam_b']}, or ask for windows without images"
                     ) from None
                 # One window per source fills every per-array cache now, under the lock.
                 first = fw.lowdim_padded(np.concatenate([[0], np.cumsum(fw.sample_counts())[:-1]]))
@@ -464,7 +465,7 @@ def _kept(db: Database, kql: str | None) -> NDArray[np.int64]:
     return np.asarray(db.query(kql), dtype=np.int64)
 
 
-def _camera_arg(cameras: Sequence[str] | None) -> list[str] | dict[str, list[str]] | None:
+def _camera_arg(cameras: Sequence[str] | None) -> list[str] | dict[str, Any] | None:
     """A request's cameras as `FrameWindows` takes them: names, or entries ``out=a,b`` (an
     output name and each served source's camera) as a mapping."""
     if not cameras:
@@ -474,7 +475,11 @@ def _camera_arg(cameras: Sequence[str] | None) -> list[str] | dict[str, list[str
         return list(cameras)
     if len(mapped) != len(cameras):
         raise ValueError(f"give every camera as a mapping (name=a,b) or none: {list(cameras)}")
-    return {name: names.split(",") for name, names in (c.split("=", 1) for c in cameras)}
+    out: dict[str, Any] = {}
+    for name, names in (c.split("=", 1) for c in cameras):
+        each = names.split(",")
+        out[name] = each[0] if len(each) == 1 else each  # one name: that camera in every source
+    return out
 
 
 def _mib(n: int) -> str:

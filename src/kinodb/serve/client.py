@@ -161,7 +161,7 @@ class KinoClient:
             EpisodeNotFoundError: ``i`` is out of range.
         """
         req = pb.EpisodeRequest(position=_index(i), include_images=include_images,
-                                image_encoding=_encoding(image_encoding), cameras=cameras or ())  # fmt: skip
+                                image_encoding=_encoding(image_encoding), cameras=_names(cameras))  # fmt: skip
         return _episode(self._call("GetEpisode", req).episode, include_images)
 
     def get_batch(
@@ -337,12 +337,20 @@ def _batch(
 ) -> pb.BatchRequest:  # fmt: skip
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
         raise ValueError(f"batch_size must be a positive int, got {size!r}")
+    if windows is None and isinstance(cameras, Mapping):
+        raise ValueError("a camera mapping applies to windows; ask episodes for camera names")
     h, w = image_size if image_size is not None else (0, 0)
     return pb.BatchRequest(
         batch_size=int(size), mode=mode, offset=_index(offset), seed=_index(seed), include_images=images,
         windows=windows, image_encoding=_encoding(encoding), cameras=camera_request(cameras), image_height=h,
         image_width=w,
     )  # fmt: skip
+
+
+def _names(cameras: Any) -> list[str]:
+    if isinstance(cameras, Mapping):
+        raise ValueError("a camera mapping applies to windows; ask episodes for camera names")
+    return camera_request(cameras)
 
 
 def camera_request(cameras: Sequence[str] | Mapping[str, str | Sequence[str]] | None) -> list[str]:
