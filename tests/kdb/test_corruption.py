@@ -493,3 +493,38 @@ def test_misaligned_offset_is_still_read_where_it_points(
                 got = db.read_array(i, "states")
                 np.testing.assert_array_equal(got, want if i == 7 else states[i])
                 assert not got.flags.writeable
+
+
+def test_upgrade_and_merge_refuse_a_damaged_payload_instead_of_sealing_it(
+    one_commit: Path, tmp_path: Path
+) -> None:
+    from kinodb.kdb.upgrade import upgrade
+
+    damaged = tmp_path / "damaged.kdb"
+    raw = bytearray(one_commit.read_bytes())
+    with kinodb.open(one_commit) as db:
+        at = int(db._cols["payload_offset"][1]) + 8  # inside episode 1's arrays
+    raw[at] ^= 0xFF
+    damaged.write_bytes(bytes(raw))
+    assert not validate(damaged).ok
+    for call in (lambda out: upgrade(damaged, out), lambda out: kinodb.merge([damaged], out)):
+        out = tmp_path / "out.kdb"
+        with pytest.raises(CorruptFileError, match=r"episode 1: payload checksum mismatch.*kino validate"):
+            call(out)
+        assert not out.exists()  # nothing half-written, and no file that would validate clean
+    upgrade(one_commit, tmp_path / "clean.kdb")  # an undamaged file still upgrades
+    assert validate(tmp_path / "clean.kdb").ok
+
+
+def test_export_refuses_a_damaged_payload(one_commit: Path, tmp_path: Path) -> None:
+    from kinodb.export import export
+
+    damaged = tmp_path / "damaged.kdb"
+    raw = bytearray(one_commit.read_bytes())
+    with kinodb.open(one_commit) as db:
+        at = int(db._cols["payload_offset"][0]) + 8
+    raw[at] ^= 0xFF
+    damaged.write_bytes(bytes(raw))
+    with pytest.raises(CorruptFileError, match=r"episode 0: payload checksum mismatch"):
+        export(damaged, tmp_path / "npy", format="numpy")
+    assert not (tmp_path / "npy").exists()

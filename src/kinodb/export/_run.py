@@ -95,6 +95,11 @@ def export(
         raise ValueError(f"the output {target} is the input file; choose another output path")
     with open_database(path) as db:
         positions = select(db, filter)
+        if not db.version().startswith("0."):  # v1 payloads carry checksums: never export damage
+            from kinodb.kdb.writer import verify_payload
+
+            for i in positions:
+                verify_payload(db, i)
         frames = int(db.episodes()["num_frames"][positions].sum())
         facts = {"format": format, "source": db.path(), "filter": filter, "episodes": len(positions),
                  "frames": frames, "exporter": f"kinodb {__version__}"}  # fmt: skip

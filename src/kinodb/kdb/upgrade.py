@@ -11,7 +11,7 @@ from kinodb._version import __version__
 from kinodb.errors import ConversionError, WriterError
 from kinodb.kdb import _codecs
 from kinodb.kdb.reader import META_FIELDS, Database, open_database
-from kinodb.kdb.writer import Writer
+from kinodb.kdb.writer import Writer, verify_payload
 
 _BUILTIN_ARRAYS = ("actions", "states", "rewards", "is_terminal", "timestamps")
 
@@ -33,7 +33,8 @@ def upgrade(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, overwri
 
     Raises:
         FileExistsError: ``dst`` exists and ``overwrite`` is False.
-        FormatError: ``src`` is not a readable ``.kdb`` file or its data is damaged.
+        FormatError: ``src`` is not a readable ``.kdb`` file or its data is damaged (a v1
+            episode whose payload fails its checksum: `CorruptFileError`, nothing written).
         ConversionError: an episode cannot be stored in v1 (e.g. 0 frames or fps <= 0).
     """
     with open_database(src) as db:
@@ -60,7 +61,10 @@ def upgrade(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, overwri
             source_format=info.get("source_format") or f"kinodb-{version}",
             metadata=metadata,
         ) as out:
+            checked = not version.startswith("0.")  # v1 payloads carry checksums: never copy damage
             for i in range(len(db)):
+                if checked:
+                    verify_payload(db, i)
                 try:
                     out.add_episode(**episode_args(db, i))
                 except (WriterError, ConversionError) as exc:

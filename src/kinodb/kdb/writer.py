@@ -119,6 +119,23 @@ class _Flusher:
             raise WriterError(f"{path}: writing to disk failed ({error}); nothing was committed") from error
 
 
+def verify_payload(db: Database, i: int) -> tuple[int, int, int]:
+    """Check episode ``i``'s payload of the v1 file ``db`` against its checksum: ``(offset,
+    length, crc)``.
+
+    Raises:
+        CorruptFileError: the payload's bytes do not match their checksum.
+    """
+    cols = db._cols
+    off, length, crc = (int(cols[k][i]) for k in ("payload_offset", "payload_length", "payload_crc"))
+    if crc32(db._map()[off : off + length].data) != crc:
+        raise CorruptFileError(
+            f"{db.path()}: episode {i}: payload checksum mismatch at byte offset {off}; run kino validate "
+            f"{db.path()} for the details"
+        )
+    return off, length, crc
+
+
 def _publish_new(tmp: str, path: str) -> None:
     """Move the committed temporary file to ``path``, failing if ``path`` exists."""
     try:
@@ -606,13 +623,8 @@ class Writer:
             args = episode_args(db, i)
             args["extra"] = {**args["extra"], **added}
             return self.add_episode(**args)
-        cols = db._cols
-        off, length, crc = (int(cols[k][i]) for k in ("payload_offset", "payload_length", "payload_crc"))
+        off, length, crc = verify_payload(db, i)
         payload = db._map()[off : off + length].data
-        if crc32(payload) != crc:
-            raise CorruptFileError(
-                f"{db.path()}: episode {i}: payload checksum mismatch at byte offset {off}"
-            )
         sections = db._episode_sections(i)
         self._check_schema(meta["action_dim"], meta["state_dim"])
         extras = {k.removeprefix("extra."): v for k, v in meta.items() if k not in _META_KEYS}
