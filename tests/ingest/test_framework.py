@@ -228,3 +228,10 @@ def test_an_output_that_is_the_source_is_refused_before_anything_is_written(tmp_
     assert src.read_bytes() == before
     assert main(["ingest", str(src), "-o", str(src), "--force"]) == 2
     assert src.read_bytes() == before
+
+
+def test_a_dtype_numpy_does_not_know_is_a_usage_error(
+    src: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["ingest", src, "-o", str(tmp_path / "x.kdb"), "--dtype", "foo", "-q"]) == 2
+    assert "dtype must be a floating dtype such as 'float32', got 'foo'" in capsys.readouterr().err

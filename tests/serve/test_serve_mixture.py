@@ -174,3 +174,33 @@ def test_a_camera_mapping_to_one_name_means_that_camera_in_every_source(client: 
         client.get_batch(2, include_images=True, cameras={"out": "cam"})
     with pytest.raises(kinodb.KinodbError, match=r"no camera 'nope'"):
         client.get_windows(2, cameras={"out": ["cam", "nope"]}, **kw)
+
+
+def test_remote_episodes_of_robots_with_other_cameras_and_image_key_alone(tmp_path: Path) -> None:
+    from torch.utils.data import DataLoader
+
+    from _factories import write_episodes
+    from kinodb.remote import KinoRemoteDataset
+
+    a, b = tmp_path / "a.kdb", tmp_path / "b.kdb"
+    write_episodes(a, [3, 4], cameras={"image_0": (8, 8, 3)})
+    write_episodes(b, [5], cameras={"cam_high": (6, 10, 3)}, seed=1)
+    proc = ServerProcess(["--source", f"{a}:1", "--source", f"{b}:1"])
+    try:
+        episodes = KinoRemoteDataset(
+            proc.addr, batch_size=3, include_images=True, mode="sequential", num_batches=1
+        )
+        items = list(DataLoader(episodes, batch_size=None))
+        assert [tuple(x["image"].shape[1:]) for x in items] == [(3, 8, 8), (3, 8, 8), (3, 6, 10)]
+        windows = KinoRemoteDataset(proc.addr, batch_size=4, windows={"obs_horizon": 1}, image_key="image_0",
+                                    mode="sequential", num_batches=1)  # fmt: skip
+        with pytest.raises(
+            kinodb.KinodbError, match=r"no camera 'image_0'"
+        ):  # image_key alone asks for images
+            list(DataLoader(windows, batch_size=None))
+        with pytest.raises(ValueError, match="include_images=False"):
+            KinoRemoteDataset(proc.addr, include_images=False, image_key="image_0")
+        with pytest.raises(ValueError, match="applies to windows"):
+            KinoRemoteDataset(proc.addr, image_key={"front": ["image_0", "cam_high"]})
+    finally:
+        assert proc.stop() == 0

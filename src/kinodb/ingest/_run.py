@@ -158,7 +158,11 @@ def ingest(
     """
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
-    if dtype is not None and np.dtype(dtype).kind != "f":
+    try:
+        floating = dtype is None or np.dtype(dtype).kind == "f"
+    except TypeError:
+        floating = False
+    if not floating:
         raise ValueError(f"dtype must be a floating dtype such as 'float32', got {dtype!r}")
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")

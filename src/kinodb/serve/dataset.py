@@ -44,7 +44,8 @@ class KinoRemoteDataset(IterableDataset[Any]):
     Args:
         addr: ``host:port`` of the server.
         batch_size: Episodes or windows per server batch.
-        include_images: Fetch decoded frames of ``image_key``'s cameras.
+        include_images: Fetch decoded frames of ``image_key``'s cameras (default: when
+            ``image_key`` is given).
         to_tensor: Torch tensors (else NumPy arrays).
         windows: None (episodes), or ``{"obs_horizon": .., "action_horizon": .., "pad": ..,
             "kql_filter": ..}`` for frame windows.
@@ -68,7 +69,7 @@ class KinoRemoteDataset(IterableDataset[Any]):
         addr: str,
         *,
         batch_size: int = 32,
-        include_images: bool = False,
+        include_images: bool | None = None,
         to_tensor: bool = True,
         windows: Mapping[str, Any] | None = None,
         mode: str = "random",
@@ -93,7 +94,14 @@ class KinoRemoteDataset(IterableDataset[Any]):
                 raise ValueError(f"windows has unknown keys {unknown}; it takes {list(_WINDOW_KEYS)}")
         elif image_size is not None:
             raise ValueError("image_size applies to windows; episodes come at their stored size")
-        self._addr, self._batch, self._images, self._to_tensor = addr, batch_size, include_images, to_tensor
+        if include_images is False and image_key is not None:
+            raise ValueError("image_key names cameras, but include_images=False: leave include_images unset")
+        images = include_images if include_images is not None else image_key is not None
+        if windows is None and isinstance(image_key, Mapping):
+            raise ValueError(
+                "image_key as a mapping of each source's cameras applies to windows; give episodes names"
+            )
+        self._addr, self._batch, self._images, self._to_tensor = addr, batch_size, images, to_tensor
         self._windows = dict(windows) if windows is not None else None
         self._mode, self._seed, self._num_batches = mode, seed, num_batches
         self._image_key, self._image_size = image_key, image_size
@@ -137,6 +145,8 @@ class KinoRemoteDataset(IterableDataset[Any]):
     def _cameras(self, available: list[str]) -> Any:
         if isinstance(self._image_key, Mapping):  # output name -> each served source's camera
             return dict(self._image_key)
+        if self._image_key is None and self._windows is None:
+            return None  # every camera of each episode, whose first is its image (sources differ)
         if self._image_key is None:
             if not available:
                 raise ValueError(
