@@ -337,17 +337,16 @@ def _batch(
 ) -> pb.BatchRequest:  # fmt: skip
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
         raise ValueError(f"batch_size must be a positive int, got {size!r}")
-    if windows is None and isinstance(cameras, Mapping):
-        raise ValueError("a camera mapping applies to windows; ask episodes for camera names")
     h, w = image_size if image_size is not None else (0, 0)
     return pb.BatchRequest(
         batch_size=int(size), mode=mode, offset=_index(offset), seed=_index(seed), include_images=images,
-        windows=windows, image_encoding=_encoding(encoding), cameras=camera_request(cameras), image_height=h,
-        image_width=w,
+        windows=windows, image_encoding=_encoding(encoding), image_height=h, image_width=w,
+        cameras=camera_request(cameras) if windows is not None else _names(cameras),
     )  # fmt: skip
 
 
 def _names(cameras: Any) -> list[str]:
+    """Camera names of an episode request (a mapping of each source's cameras is for windows)."""
     if isinstance(cameras, Mapping):
         raise ValueError("a camera mapping applies to windows; ask episodes for camera names")
     return camera_request(cameras)
