@@ -381,7 +381,9 @@ class FrameWindows:
         """
         return stack_groups(self.lowdim_groups(indices))
 
-    def lowdim_padded(self, indices: Any) -> dict[str, NDArray[Any]]:
+    def lowdim_padded(
+        self, indices: Any, *, normalizers: Normalizers | None = None
+    ) -> dict[str, NDArray[Any]]:
         """`lowdim`, with sources of different widths zero-padded to the widest of all sources.
 
         When the sources' ``state`` (or ``action``, or another windowed array) differ in
@@ -390,11 +392,17 @@ class FrameWindows:
         `kinodb.torch.pad_collate` gives for ``state`` and ``action`` (this pads other
         windowed arrays the same way). With one layout it is `lowdim`.
 
+        ``normalizers`` (`Normalizers`) normalises each source's states and actions with
+        its own statistics before padding (the padding stays zero).
+
         Raises:
             KinodbError: the sources' arrays differ in dtype or number of dimensions.
         """
         widest = self._widest()
         groups = self.lowdim_groups(indices)
+        if normalizers is not None:
+            for _, arrays in groups:
+                normalizers.apply(int(arrays["source"][0]), arrays)
         if not widest:
             return stack_groups(groups)
         n = sum(len(sel) for sel, _ in groups)
@@ -713,6 +721,55 @@ class FrameWindows:
                                 f"delta_timestamps[{key!r}][{n}] = {dt} s is not a multiple of 1/fps "
                                 f"(fps {fps} in {source.where}) within {_TOLERANCE_S} s"
                             )
+
+
+class Normalizers:
+    """Per-source normalisers of states and actions from each file's stored statistics.
+
+    ``used`` names the arrays the dataset hands out (``states``, ``actions``); each needs
+    stored statistics, unless a source's episodes hold it with no features at all.
+    """
+
+    def __init__(
+        self, sources: Sequence[_Source], mode: str, used: Sequence[str] = ("states", "actions")
+    ) -> None:
+        from kinodb.stats import Normalizer  # deferred: only normalising datasets need it
+
+        self._by_source: dict[int, dict[str, Any]] = {}  # by the source's id (`_Source.index`)
+        keys = {"states": "state", "actions": "action"}
+        for source in sources:
+            stored = source.db.stats()
+            stats, skipped = stored["arrays"], stored.get("skipped", {})
+            table = source.db.episodes()
+            widths = {"states": table["state_dim"], "actions": table["action_dim"]}
+            lacking = [
+                name for name in used
+                if name not in stats and np.asarray(widths[name])[source.kept].any()  # zero-width: nothing to do
+            ]  # fmt: skip
+            if lacking:
+                why = "; ".join(f"{name}: {skipped[name]}" for name in lacking if name in skipped)
+                path = source.db.path()
+                raise KinodbError(
+                    f"{source.where}: normalize={mode!r} needs statistics of {' and '.join(lacking)}, but its "
+                    "stored statistics have none"
+                    + (f" ({why})" if why else "")
+                    + f"; run: kino stats {path} (a file whose episodes differ in dims has none: keep such "
+                    "datasets as separate files in a Mixture), or leave normalize unset"
+                )
+            self._by_source[source.index] = {
+                keys[name]: Normalizer.from_stats(stats[name], mode) for name in used if name in stats
+            }
+
+    def apply(self, source: int, arrays: dict[str, Any]) -> None:
+        for key, norm in self._by_source[source].items():
+            if key in arrays:
+                arrays[key] = norm.apply(arrays[key])
+
+
+def normalized_arrays(fw: FrameWindows) -> list[str]:
+    """The arrays among states and actions that the windows hand out."""
+    names = {name for name, _ in fw.spec.arrays.values()}
+    return [name for name in ("states", "actions") if name in names]
 
 
 def stack_groups(groups: list[tuple[NDArray[np.int64], dict[str, NDArray[Any]]]]) -> dict[str, NDArray[Any]]:

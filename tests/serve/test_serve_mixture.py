@@ -204,3 +204,46 @@ def test_remote_episodes_of_robots_with_other_cameras_and_image_key_alone(tmp_pa
             KinoRemoteDataset(proc.addr, image_key={"front": ["image_0", "cam_high"]})
     finally:
         assert proc.stop() == 0
+
+
+def test_windows_normalised_on_the_server_with_each_sources_statistics(tmp_path: Path) -> None:
+    from torch.utils.data import DataLoader
+
+    from _factories import write_episodes
+    from kinodb.remote import KinoRemoteDataset
+    from kinodb.stats import compute_stats, write_stats
+    from kinodb.torch import KinoFrameDataset, pad_collate
+
+    a, b = tmp_path / "a.kdb", tmp_path / "b.kdb"
+    write_episodes(a, [5, 6], action_dim=2, state_dim=3)
+    write_episodes(b, [7], action_dim=4, state_dim=5, seed=1)
+    proc = ServerProcess(["--source", f"{a}:1", "--source", f"{b}:1"])
+    try:
+        stats_needed = pytest.raises(
+            kinodb.KinodbError, match=r"no statistics stored in .*a\.kdb; run: kino stats"
+        )
+        with KinoClient(proc.addr) as client, stats_needed:
+            client.get_windows(4, obs_horizon=2, action_horizon=3, normalize="mean_std")
+        for path in (a, b):
+            write_stats(path, compute_stats(path))
+    finally:
+        assert proc.stop() == 0
+    proc = ServerProcess(["--source", f"{a}:1", "--source", f"{b}:1"])  # statistics are read when served
+    try:
+        local = KinoFrameDataset(kinodb.Mixture({str(a): 1, str(b): 1}), obs_horizon=2, action_horizon=3,
+                                 normalize="mean_std")  # fmt: skip
+        want = next(iter(DataLoader(local, batch_size=18, collate_fn=pad_collate)))
+        with KinoClient(proc.addr) as client:
+            got = client.get_windows(18, obs_horizon=2, action_horizon=3, mode="sequential", offset=0,
+                                     normalize="mean_std")  # fmt: skip
+            raw = client.get_windows(18, obs_horizon=2, action_horizon=3, mode="sequential", offset=0)
+        for key in ("state", "action"):
+            np.testing.assert_array_equal(got[key], want[key].numpy())
+            np.testing.assert_array_equal(got[f"{key}_mask"], want[f"{key}_mask"].numpy())
+        assert not np.array_equal(got["action"], raw["action"])
+        ds = KinoRemoteDataset(proc.addr, batch_size=6, windows={"obs_horizon": 2, "normalize": "min_max"},
+                               seed=2, num_batches=1)  # fmt: skip
+        (batch,) = list(DataLoader(ds, batch_size=None))
+        assert float(batch["state"][batch["state_mask"]].abs().max()) <= 1.0 + 1e-6
+    finally:
+        assert proc.stop() == 0

@@ -25,7 +25,7 @@ from kinodb.serve._errors import BatchTooLargeError
 from kinodb.serve._messages import fill_tensor, legacy_frames, meta_to_pb
 from kinodb.serve._proto import kinodb_pb2 as pb
 from kinodb.serve._wire import CameraPart, encode_windows
-from kinodb.windows import FrameWindows
+from kinodb.windows import FrameWindows, Normalizers, normalized_arrays
 
 __all__ = ["MAX_BATCHES_PER_MESSAGE", "MODES", "Backend"]
 
@@ -87,7 +87,7 @@ class Backend:
         self.max_message = int(min(_MAX_MESSAGE, max(_MIN_MESSAGE, max_batch * item)))
         self._stream = np.random.default_rng(seed)
         self._stream_lock = threading.Lock()
-        self._windows: dict[tuple[Any, ...], tuple[FrameWindows, int]] = {}
+        self._windows: dict[tuple[Any, ...], tuple[FrameWindows, int, Normalizers | None]] = {}
         self._windows_lock = threading.Lock()
 
     def _common_cameras(self) -> list[str]:
@@ -329,7 +329,9 @@ class Backend:
         """Bytes of one state-only window of a spec in a reply (arrays, index and task code)."""
         return self._window_entry(spec, None)[1]
 
-    def _window_entry(self, spec: pb.WindowSpec, cameras: Sequence[str] | None) -> tuple[FrameWindows, int]:
+    def _window_entry(
+        self, spec: pb.WindowSpec, cameras: Sequence[str] | None
+    ) -> tuple[FrameWindows, int, Normalizers | None]:
         obs, act = spec.obs_horizon or 1, spec.action_horizon or 1
         if obs > MAX_HORIZON or act > MAX_HORIZON:
             raise ValueError(
@@ -338,7 +340,10 @@ class Backend:
         pad = spec.pad or "edge"
         if pad not in ("edge", "zero"):
             raise ValueError(f"pad must be 'edge' or 'zero', got {pad!r}")
-        key = (obs, act, pad, spec.kql_filter, tuple(cameras) if cameras else None)
+        normalize = getattr(spec, "normalize", "")
+        if normalize not in ("", "mean_std", "min_max"):
+            raise ValueError(f"normalize must be 'mean_std', 'min_max' or empty, got {normalize!r}")
+        key = (obs, act, pad, spec.kql_filter, tuple(cameras) if cameras else None, normalize)
         entry = self._windows.get(key)
         if entry is not None:
             return entry
@@ -357,12 +362,13 @@ class Backend:
                         "cameras=[...], map an output name to each source's camera with "
                         "cameras={'front': ['cam_a', 'cam_b']}, or ask for windows without images"
                     ) from None
+                norm = Normalizers(fw._sources, normalize, normalized_arrays(fw)) if normalize else None
                 # One window per source fills every per-array cache now, under the lock.
                 first = fw.lowdim_padded(np.concatenate([[0], np.cumsum(fw.sample_counts())[:-1]]))
                 per_window = sum(a.nbytes // max(len(a), 1) for a in first.values()) + 8 + 4  # + index, task
                 if len(self._windows) >= _WINDOW_CACHE:
                     self._windows.pop(next(iter(self._windows)))
-                entry = self._windows[key] = (fw, per_window)
+                entry = self._windows[key] = (fw, per_window, norm)
                 log.info("window spec %s: %d windows", key, len(fw))
         return entry
 
@@ -377,7 +383,7 @@ class Backend:
         cams = (images.cameras or tuple(self.cameras)[:1]) if images is not None else None
         if cams is not None and not cams:
             raise ValueError("include_images was asked for, but the served episodes have no cameras")
-        fw = self.windows(req.windows, cams)
+        fw, _, norm = self._window_entry(req.windows, cams)
         n, size = len(fw), req.batch_size
         counts = fw.counts_by_source()  # per served source, 0 where the request's filter kept nothing
         shares = (
@@ -388,7 +394,7 @@ class Backend:
         what = (
             f"a batch of {size} windows" if len(offsets) == 1 else f"{len(offsets)} batches of {size} windows"
         )
-        arrays = fw.lowdim_padded(idx)  # sources of several widths padded to the widest, with masks
+        arrays = fw.lowdim_padded(idx, normalizers=norm)  # several widths: padded to the widest, with masks
         arrays["index"] = idx
         used, arrays["task_index"] = self._task_index(arrays["source"], arrays["episode_index"])
         tasks: list[str] = self._task_names[used].tolist()

@@ -196,6 +196,7 @@ class KinoClient:
         action_horizon: int = 1,
         pad: str = "edge",
         kql_filter: str | None = None,
+        normalize: str | None = None,
         mode: str = "random",
         offset: int = 0,
         seed: int = 0,
@@ -215,9 +216,11 @@ class KinoClient:
         output name to each served source's camera, in order: ``{"front": ["image_0",
         "cam_high"]}`` (decoded frames; give ``image_size`` when their sizes differ).
         Windows of sources with different state/action widths come zero-padded to the
-        widest, with ``state_mask`` and ``action_mask``.
+        widest, with ``state_mask`` and ``action_mask``. ``normalize`` (``"mean_std"`` or
+        ``"min_max"``) has the server normalise states and actions with each source's
+        statistics stored by ``kino stats``, as `KinoFrameDataset` does locally.
         """
-        spec = _spec(obs_horizon, action_horizon, pad, kql_filter)
+        spec = _spec(obs_horizon, action_horizon, pad, kql_filter, normalize)
         req = _batch(
             batch_size, mode, offset, seed, include_images, image_encoding, cameras, spec, image_size
         )
@@ -257,6 +260,7 @@ class KinoClient:
         action_horizon: int = 1,
         pad: str = "edge",
         kql_filter: str | None = None,
+        normalize: str | None = None,
         mode: str = "random",
         offset: int = 0,
         stride: int = 0,
@@ -274,7 +278,7 @@ class KinoClient:
         either way, and come one at a time (views of the message they arrived in). A
         server that predates the option sends one per message.
         """
-        spec = _spec(obs_horizon, action_horizon, pad, kql_filter)
+        spec = _spec(obs_horizon, action_horizon, pad, kql_filter, normalize)
         per_message = batches_per_message
         if isinstance(per_message, bool) or not isinstance(per_message, int) or per_message < 1:
             raise ValueError(f"batches_per_message must be a positive int, got {per_message!r}")
@@ -322,13 +326,17 @@ def _encoding(name: str) -> pb.ImageEncoding:
     return _ENCODINGS[name]
 
 
-def _spec(obs: int, act: int, pad: str, kql: str | None) -> pb.WindowSpec:
+def _spec(obs: int, act: int, pad: str, kql: str | None, normalize: str | None = None) -> pb.WindowSpec:
     if pad not in ("edge", "zero"):
         raise ValueError(f"pad must be 'edge' or 'zero', got {pad!r}")
+    if normalize not in (None, "mean_std", "min_max"):
+        raise ValueError(f"normalize must be None, 'mean_std' or 'min_max', got {normalize!r}")
     for name, value in (("obs_horizon", obs), ("action_horizon", act)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return pb.WindowSpec(obs_horizon=obs, action_horizon=act, pad=pad, kql_filter=kql or "")
+    return pb.WindowSpec(
+        obs_horizon=obs, action_horizon=act, pad=pad, kql_filter=kql or "", normalize=normalize or ""
+    )
 
 
 def _batch(

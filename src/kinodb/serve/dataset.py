@@ -19,7 +19,7 @@ from torch.utils.data import IterableDataset, get_worker_info  # noqa: E402
 
 __all__ = ["KinoRemoteDataset"]
 
-_WINDOW_KEYS = ("obs_horizon", "action_horizon", "pad", "kql_filter")
+_WINDOW_KEYS = ("obs_horizon", "action_horizon", "pad", "kql_filter", "normalize")
 
 
 class KinoRemoteDataset(IterableDataset[Any]):
@@ -48,7 +48,8 @@ class KinoRemoteDataset(IterableDataset[Any]):
             ``image_key`` is given).
         to_tensor: Torch tensors (else NumPy arrays).
         windows: None (episodes), or ``{"obs_horizon": .., "action_horizon": .., "pad": ..,
-            "kql_filter": ..}`` for frame windows.
+            "kql_filter": .., "normalize": ..}`` for frame windows (``"normalize": "mean_std"``
+            normalises states and actions on the server with each source's statistics).
         mode: ``"random"``, ``"weighted"`` or ``"sequential"``.
         seed: See above.
         num_batches: Server batches per epoch over all workers.

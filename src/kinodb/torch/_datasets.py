@@ -14,6 +14,8 @@ from kinodb import _images
 from kinodb.errors import EpisodeNotFoundError, KinodbError
 from kinodb.torch._collate import Batch, Sample
 from kinodb.windows import FrameWindows, _frame_data, _open_sources, _Source, stack_groups
+from kinodb.windows import Normalizers as _Normalizers
+from kinodb.windows import normalized_arrays as _used
 
 __all__ = ["KinoDataset", "KinoFrameDataset", "KinoMapDataset"]
 
@@ -73,55 +75,6 @@ def image_keys(image_key: Any, cameras: list[str], where: str) -> tuple[list[str
         if cam not in cameras:
             raise KinodbError(f"{where}: no camera {cam!r}; it has {cameras or 'no cameras'}")
     return chosen, not isinstance(image_key, str)
-
-
-class _Normalizers:
-    """Per-source normalisers of states and actions from each file's stored statistics.
-
-    ``used`` names the arrays the dataset hands out (``states``, ``actions``); each needs
-    stored statistics, unless a source's episodes hold it with no features at all.
-    """
-
-    def __init__(
-        self, sources: Sequence[_Source], mode: str, used: Sequence[str] = ("states", "actions")
-    ) -> None:
-        from kinodb.stats import Normalizer
-
-        self._by_source: dict[int, dict[str, Any]] = {}  # by the source's id (`_Source.index`)
-        keys = {"states": "state", "actions": "action"}
-        for source in sources:
-            stored = source.db.stats()
-            stats, skipped = stored["arrays"], stored.get("skipped", {})
-            table = source.db.episodes()
-            widths = {"states": table["state_dim"], "actions": table["action_dim"]}
-            lacking = [
-                name for name in used
-                if name not in stats and np.asarray(widths[name])[source.kept].any()  # zero-width: nothing to do
-            ]  # fmt: skip
-            if lacking:
-                why = "; ".join(f"{name}: {skipped[name]}" for name in lacking if name in skipped)
-                path = source.db.path()
-                raise KinodbError(
-                    f"{source.where}: normalize={mode!r} needs statistics of {' and '.join(lacking)}, but its "
-                    "stored statistics have none"
-                    + (f" ({why})" if why else "")
-                    + f"; run: kino stats {path} (a file whose episodes differ in dims has none: keep such "
-                    "datasets as separate files in a Mixture), or leave normalize unset"
-                )
-            self._by_source[source.index] = {
-                keys[name]: Normalizer.from_stats(stats[name], mode) for name in used if name in stats
-            }
-
-    def apply(self, source: int, arrays: dict[str, Any]) -> None:
-        for key, norm in self._by_source[source].items():
-            if key in arrays:
-                arrays[key] = norm.apply(arrays[key])
-
-
-def _used(fw: FrameWindows) -> list[str]:
-    """The arrays among states and actions that the windows hand out."""
-    names = {name for name, _ in fw.spec.arrays.values()}
-    return [name for name in ("states", "actions") if name in names]
 
 
 class _Base(Dataset[dict[str, Any]]):

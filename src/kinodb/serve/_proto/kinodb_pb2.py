@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16kinodb/v1/kinodb.proto\x12\tkinodb.v1\"4\n\x06Tensor\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\x91\x01\n\x0c\x43\x61meraFrames\x12\x0e\n\x06\x63\x61mera\x18\x01 \x01(\t\x12\r\n\x05\x63odec\x18\x02 \x01(\t\x12\x0e\n\x06height\x18\x03 \x01(\r\x12\r\n\x05width\x18\x04 \x01(\r\x12\x10\n\x08\x63hannels\x18\x05 \x01(\r\x12\x0e\n\x06\x66rames\x18\x06 \x03(\x0c\x12!\n\x06pixels\x18\x07 \x01(\x0b\x32\x11.kinodb.v1.Tensor\"}\n\x0e\x45pisodeRequest\x12\x10\n\x08position\x18\x01 \x01(\x04\x12\x16\n\x0einclude_images\x18\x02 \x01(\x08\x12\x30\n\x0eimage_encoding\x18\x03 \x01(\x0e\x32\x18.kinodb.v1.ImageEncoding\x12\x0f\n\x07\x63\x61meras\x18\x04 \x03(\t\"\x1f\n\x0bMetaRequest\x12\x10\n\x08position\x18\x01 \x01(\x04\"Z\n\nWindowSpec\x12\x13\n\x0bobs_horizon\x18\x01 \x01(\r\x12\x16\n\x0e\x61\x63tion_horizon\x18\x02 \x01(\r\x12\x0b\n\x03pad\x18\x03 \x01(\t\x12\x12\n\nkql_filter\x18\x04 \x01(\t\"\xfc\x01\n\x0c\x42\x61tchRequest\x12\x12\n\nbatch_size\x18\x01 \x01(\r\x12\x0c\n\x04mode\x18\x02 \x01(\t\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\x0c\n\x04seed\x18\x04 \x01(\x04\x12\x16\n\x0einclude_images\x18\x05 \x01(\x08\x12&\n\x07windows\x18\x06 \x01(\x0b\x32\x15.kinodb.v1.WindowSpec\x12\x30\n\x0eimage_encoding\x18\x07 \x01(\x0e\x32\x18.kinodb.v1.ImageEncoding\x12\x0f\n\x07\x63\x61meras\x18\x08 \x03(\t\x12\x14\n\x0cimage_height\x18\t \x01(\r\x12\x13\n\x0bimage_width\x18\n \x01(\r\"y\n\rStreamRequest\x12&\n\x05\x62\x61tch\x18\x01 \x01(\x0b\x32\x17.kinodb.v1.BatchRequest\x12\x13\n\x0bnum_batches\x18\x02 \x01(\x04\x12\x0e\n\x06stride\x18\x03 \x01(\x04\x12\x1b\n\x13\x62\x61tches_per_message\x18\x04 \x01(\r\"A\n\x0cQueryRequest\x12\x0b\n\x03kql\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\r\x12\x15\n\rinclude_metas\x18\x03 \x01(\x08\"\r\n\x0bInfoRequest\"\xa0\x02\n\x0b\x45pisodeMeta\x12\x12\n\nepisode_id\x18\x01 \x01(\x04\x12\x12\n\nembodiment\x18\x02 \x01(\t\x12\x0c\n\x04task\x18\x03 \x01(\t\x12\x12\n\nnum_frames\x18\x04 \x01(\r\x12\x0b\n\x03\x66ps\x18\x05 \x01(\x02\x12\x12\n\naction_dim\x18\x06 \x01(\r\x12\x13\n\x0bhas_success\x18\x07 \x01(\x08\x12\x0f\n\x07success\x18\x08 \x01(\x08\x12\x12\n\nhas_reward\x18\t \x01(\x08\x12\x14\n\x0ctotal_reward\x18\n \x01(\x02\x12\x11\n\tstate_dim\x18\x0b \x01(\r\x12\x12\n\nfps_double\x18\x0c \x01(\x01\x12\x1b\n\x13total_reward_double\x18\r \x01(\x01\x12\x12\n\nextra_json\x18\x0e \x01(\t\"\x82\x01\n\x05\x46rame\x12\x10\n\x08timestep\x18\x01 \x01(\r\x12\r\n\x05state\x18\x02 \x03(\x02\x12\x0e\n\x06\x61\x63tion\x18\x03 \x03(\x02\x12\x0e\n\x06reward\x18\x04 \x01(\x02\x12\x13\n\x0bis_terminal\x18\x05 \x01(\x08\x12#\n\x06images\x18\x06 \x03(\x0b\x32\x13.kinodb.v1.ImageObs\"Y\n\x08ImageObs\x12\x0e\n\x06\x63\x61mera\x18\x01 \x01(\t\x12\r\n\x05width\x18\x02 \x01(\r\x12\x0e\n\x06height\x18\x03 \x01(\r\x12\x10\n\x08\x63hannels\x18\x04 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\"\x9d\x02\n\x07\x45pisode\x12$\n\x04meta\x18\x01 \x01(\x0b\x32\x16.kinodb.v1.EpisodeMeta\x12 \n\x06\x66rames\x18\x02 \x03(\x0b\x32\x10.kinodb.v1.Frame\x12.\n\x06\x61rrays\x18\x03 \x03(\x0b\x32\x1e.kinodb.v1.Episode.ArraysEntry\x12\'\n\x06images\x18\x04 \x03(\x0b\x32\x17.kinodb.v1.CameraFrames\x12\r\n\x05index\x18\x05 \x01(\x04\x12\x0e\n\x06source\x18\x06 \x01(\r\x12\x10\n\x08position\x18\x07 \x01(\x04\x1a@\n\x0b\x41rraysEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12 \n\x05value\x18\x02 \x01(\x0b\x32\x11.kinodb.v1.Tensor:\x02\x38\x01\"\xbb\x01\n\x0bWindowBatch\x12\x32\n\x06\x61rrays\x18\x01 \x03(\x0b\x32\".kinodb.v1.WindowBatch.ArraysEntry\x12\r\n\x05tasks\x18\x02 \x03(\t\x12\'\n\x06images\x18\x03 \x03(\x0b\x32\x17.kinodb.v1.CameraFrames\x1a@\n\x0b\x41rraysEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12 \n\x05value\x18\x02 \x01(\x0b\x32\x11.kinodb.v1.Tensor:\x02\x38\x01\"6\n\x0f\x45pisodeResponse\x12#\n\x07\x65pisode\x18\x01 \x01(\x0b\x32\x12.kinodb.v1.Episode\"V\n\x0cMetaResponse\x12$\n\x04meta\x18\x01 \x01(\x0b\x32\x16.kinodb.v1.EpisodeMeta\x12\x0e\n\x06source\x18\x02 \x01(\r\x12\x10\n\x08position\x18\x03 \x01(\x04\"\x84\x01\n\rBatchResponse\x12$\n\x08\x65pisodes\x18\x01 \x03(\x0b\x32\x12.kinodb.v1.Episode\x12\'\n\x07windows\x18\x02 \x01(\x0b\x32\x16.kinodb.v1.WindowBatch\x12\x13\n\x0bnext_offset\x18\x03 \x01(\x04\x12\x0f\n\x07\x62\x61tches\x18\x04 \x01(\r\"`\n\rQueryResponse\x12\x11\n\tpositions\x18\x01 \x03(\x04\x12%\n\x05metas\x18\x02 \x03(\x0b\x32\x16.kinodb.v1.EpisodeMeta\x12\x15\n\rtotal_matches\x18\x03 \x01(\x04\"\xd7\x01\n\x0cInfoResponse\x12\x14\n\x0cnum_episodes\x18\x01 \x01(\x04\x12\x12\n\nnum_frames\x18\x02 \x01(\x04\x12\x13\n\x0bnum_sources\x18\x03 \x01(\r\x12\x0f\n\x07version\x18\x04 \x01(\t\x12\x0f\n\x07sources\x18\x05 \x03(\t\x12\x0e\n\x06shares\x18\x06 \x03(\x01\x12\x11\n\tmax_batch\x18\x07 \x01(\r\x12\x19\n\x11max_message_bytes\x18\x08 \x01(\x04\x12\x0f\n\x07\x63\x61meras\x18\t \x03(\t\x12\x17\n\x0fsource_episodes\x18\n \x03(\x04*F\n\rImageEncoding\x12\x19\n\x15IMAGE_ENCODING_STORED\x10\x00\x12\x1a\n\x16IMAGE_ENCODING_DECODED\x10\x01\x32\x8f\x03\n\x0bKinoService\x12\x43\n\nGetEpisode\x12\x19.kinodb.v1.EpisodeRequest\x1a\x1a.kinodb.v1.EpisodeResponse\x12:\n\x07GetMeta\x12\x16.kinodb.v1.MetaRequest\x1a\x17.kinodb.v1.MetaResponse\x12=\n\x08GetBatch\x12\x17.kinodb.v1.BatchRequest\x1a\x18.kinodb.v1.BatchResponse\x12:\n\x05Query\x12\x17.kinodb.v1.QueryRequest\x1a\x18.kinodb.v1.QueryResponse\x12=\n\nServerInfo\x12\x16.kinodb.v1.InfoRequest\x1a\x17.kinodb.v1.InfoResponse\x12\x45\n\rStreamBatches\x12\x18.kinodb.v1.StreamRequest\x1a\x18.kinodb.v1.BatchResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16kinodb/v1/kinodb.proto\x12\tkinodb.v1\"4\n\x06Tensor\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\x91\x01\n\x0c\x43\x61meraFrames\x12\x0e\n\x06\x63\x61mera\x18\x01 \x01(\t\x12\r\n\x05\x63odec\x18\x02 \x01(\t\x12\x0e\n\x06height\x18\x03 \x01(\r\x12\r\n\x05width\x18\x04 \x01(\r\x12\x10\n\x08\x63hannels\x18\x05 \x01(\r\x12\x0e\n\x06\x66rames\x18\x06 \x03(\x0c\x12!\n\x06pixels\x18\x07 \x01(\x0b\x32\x11.kinodb.v1.Tensor\"}\n\x0e\x45pisodeRequest\x12\x10\n\x08position\x18\x01 \x01(\x04\x12\x16\n\x0einclude_images\x18\x02 \x01(\x08\x12\x30\n\x0eimage_encoding\x18\x03 \x01(\x0e\x32\x18.kinodb.v1.ImageEncoding\x12\x0f\n\x07\x63\x61meras\x18\x04 \x03(\t\"\x1f\n\x0bMetaRequest\x12\x10\n\x08position\x18\x01 \x01(\x04\"m\n\nWindowSpec\x12\x13\n\x0bobs_horizon\x18\x01 \x01(\r\x12\x16\n\x0e\x61\x63tion_horizon\x18\x02 \x01(\r\x12\x0b\n\x03pad\x18\x03 \x01(\t\x12\x12\n\nkql_filter\x18\x04 \x01(\t\x12\x11\n\tnormalize\x18\x05 \x01(\t\"\xfc\x01\n\x0c\x42\x61tchRequest\x12\x12\n\nbatch_size\x18\x01 \x01(\r\x12\x0c\n\x04mode\x18\x02 \x01(\t\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\x0c\n\x04seed\x18\x04 \x01(\x04\x12\x16\n\x0einclude_images\x18\x05 \x01(\x08\x12&\n\x07windows\x18\x06 \x01(\x0b\x32\x15.kinodb.v1.WindowSpec\x12\x30\n\x0eimage_encoding\x18\x07 \x01(\x0e\x32\x18.kinodb.v1.ImageEncoding\x12\x0f\n\x07\x63\x61meras\x18\x08 \x03(\t\x12\x14\n\x0cimage_height\x18\t \x01(\r\x12\x13\n\x0bimage_width\x18\n \x01(\r\"y\n\rStreamRequest\x12&\n\x05\x62\x61tch\x18\x01 \x01(\x0b\x32\x17.kinodb.v1.BatchRequest\x12\x13\n\x0bnum_batches\x18\x02 \x01(\x04\x12\x0e\n\x06stride\x18\x03 \x01(\x04\x12\x1b\n\x13\x62\x61tches_per_message\x18\x04 \x01(\r\"A\n\x0cQueryRequest\x12\x0b\n\x03kql\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\r\x12\x15\n\rinclude_metas\x18\x03 \x01(\x08\"\r\n\x0bInfoRequest\"\xa0\x02\n\x0b\x45pisodeMeta\x12\x12\n\nepisode_id\x18\x01 \x01(\x04\x12\x12\n\nembodiment\x18\x02 \x01(\t\x12\x0c\n\x04task\x18\x03 \x01(\t\x12\x12\n\nnum_frames\x18\x04 \x01(\r\x12\x0b\n\x03\x66ps\x18\x05 \x01(\x02\x12\x12\n\naction_dim\x18\x06 \x01(\r\x12\x13\n\x0bhas_success\x18\x07 \x01(\x08\x12\x0f\n\x07success\x18\x08 \x01(\x08\x12\x12\n\nhas_reward\x18\t \x01(\x08\x12\x14\n\x0ctotal_reward\x18\n \x01(\x02\x12\x11\n\tstate_dim\x18\x0b \x01(\r\x12\x12\n\nfps_double\x18\x0c \x01(\x01\x12\x1b\n\x13total_reward_double\x18\r \x01(\x01\x12\x12\n\nextra_json\x18\x0e \x01(\t\"\x82\x01\n\x05\x46rame\x12\x10\n\x08timestep\x18\x01 \x01(\r\x12\r\n\x05state\x18\x02 \x03(\x02\x12\x0e\n\x06\x61\x63tion\x18\x03 \x03(\x02\x12\x0e\n\x06reward\x18\x04 \x01(\x02\x12\x13\n\x0bis_terminal\x18\x05 \x01(\x08\x12#\n\x06images\x18\x06 \x03(\x0b\x32\x13.kinodb.v1.ImageObs\"Y\n\x08ImageObs\x12\x0e\n\x06\x63\x61mera\x18\x01 \x01(\t\x12\r\n\x05width\x18\x02 \x01(\r\x12\x0e\n\x06height\x18\x03 \x01(\r\x12\x10\n\x08\x63hannels\x18\x04 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\"\x9d\x02\n\x07\x45pisode\x12$\n\x04meta\x18\x01 \x01(\x0b\x32\x16.kinodb.v1.EpisodeMeta\x12 \n\x06\x66rames\x18\x02 \x03(\x0b\x32\x10.kinodb.v1.Frame\x12.\n\x06\x61rrays\x18\x03 \x03(\x0b\x32\x1e.kinodb.v1.Episode.ArraysEntry\x12\'\n\x06images\x18\x04 \x03(\x0b\x32\x17.kinodb.v1.CameraFrames\x12\r\n\x05index\x18\x05 \x01(\x04\x12\x0e\n\x06source\x18\x06 \x01(\r\x12\x10\n\x08position\x18\x07 \x01(\x04\x1a@\n\x0b\x41rraysEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12 \n\x05value\x18\x02 \x01(\x0b\x32\x11.kinodb.v1.Tensor:\x02\x38\x01\"\xbb\x01\n\x0bWindowBatch\x12\x32\n\x06\x61rrays\x18\x01 \x03(\x0b\x32\".kinodb.v1.WindowBatch.ArraysEntry\x12\r\n\x05tasks\x18\x02 \x03(\t\x12\'\n\x06images\x18\x03 \x03(\x0b\x32\x17.kinodb.v1.CameraFrames\x1a@\n\x0b\x41rraysEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12 \n\x05value\x18\x02 \x01(\x0b\x32\x11.kinodb.v1.Tensor:\x02\x38\x01\"6\n\x0f\x45pisodeResponse\x12#\n\x07\x65pisode\x18\x01 \x01(\x0b\x32\x12.kinodb.v1.Episode\"V\n\x0cMetaResponse\x12$\n\x04meta\x18\x01 \x01(\x0b\x32\x16.kinodb.v1.EpisodeMeta\x12\x0e\n\x06source\x18\x02 \x01(\r\x12\x10\n\x08position\x18\x03 \x01(\x04\"\x84\x01\n\rBatchResponse\x12$\n\x08\x65pisodes\x18\x01 \x03(\x0b\x32\x12.kinodb.v1.Episode\x12\'\n\x07windows\x18\x02 \x01(\x0b\x32\x16.kinodb.v1.WindowBatch\x12\x13\n\x0bnext_offset\x18\x03 \x01(\x04\x12\x0f\n\x07\x62\x61tches\x18\x04 \x01(\r\"`\n\rQueryResponse\x12\x11\n\tpositions\x18\x01 \x03(\x04\x12%\n\x05metas\x18\x02 \x03(\x0b\x32\x16.kinodb.v1.EpisodeMeta\x12\x15\n\rtotal_matches\x18\x03 \x01(\x04\"\xd7\x01\n\x0cInfoResponse\x12\x14\n\x0cnum_episodes\x18\x01 \x01(\x04\x12\x12\n\nnum_frames\x18\x02 \x01(\x04\x12\x13\n\x0bnum_sources\x18\x03 \x01(\r\x12\x0f\n\x07version\x18\x04 \x01(\t\x12\x0f\n\x07sources\x18\x05 \x03(\t\x12\x0e\n\x06shares\x18\x06 \x03(\x01\x12\x11\n\tmax_batch\x18\x07 \x01(\r\x12\x19\n\x11max_message_bytes\x18\x08 \x01(\x04\x12\x0f\n\x07\x63\x61meras\x18\t \x03(\t\x12\x17\n\x0fsource_episodes\x18\n \x03(\x04*F\n\rImageEncoding\x12\x19\n\x15IMAGE_ENCODING_STORED\x10\x00\x12\x1a\n\x16IMAGE_ENCODING_DECODED\x10\x01\x32\x8f\x03\n\x0bKinoService\x12\x43\n\nGetEpisode\x12\x19.kinodb.v1.EpisodeRequest\x1a\x1a.kinodb.v1.EpisodeResponse\x12:\n\x07GetMeta\x12\x16.kinodb.v1.MetaRequest\x1a\x17.kinodb.v1.MetaResponse\x12=\n\x08GetBatch\x12\x17.kinodb.v1.BatchRequest\x1a\x18.kinodb.v1.BatchResponse\x12:\n\x05Query\x12\x17.kinodb.v1.QueryRequest\x1a\x18.kinodb.v1.QueryResponse\x12=\n\nServerInfo\x12\x16.kinodb.v1.InfoRequest\x1a\x17.kinodb.v1.InfoResponse\x12\x45\n\rStreamBatches\x12\x18.kinodb.v1.StreamRequest\x1a\x18.kinodb.v1.BatchResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,8 +35,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EPISODE_ARRAYSENTRY']._serialized_options = b'8\001'
   _globals['_WINDOWBATCH_ARRAYSENTRY']._loaded_options = None
   _globals['_WINDOWBATCH_ARRAYSENTRY']._serialized_options = b'8\001'
-  _globals['_IMAGEENCODING']._serialized_start=2539
-  _globals['_IMAGEENCODING']._serialized_end=2609
+  _globals['_IMAGEENCODING']._serialized_start=2558
+  _globals['_IMAGEENCODING']._serialized_end=2628
   _globals['_TENSOR']._serialized_start=37
   _globals['_TENSOR']._serialized_end=89
   _globals['_CAMERAFRAMES']._serialized_start=92
@@ -46,39 +46,39 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_METAREQUEST']._serialized_start=366
   _globals['_METAREQUEST']._serialized_end=397
   _globals['_WINDOWSPEC']._serialized_start=399
-  _globals['_WINDOWSPEC']._serialized_end=489
-  _globals['_BATCHREQUEST']._serialized_start=492
-  _globals['_BATCHREQUEST']._serialized_end=744
-  _globals['_STREAMREQUEST']._serialized_start=746
-  _globals['_STREAMREQUEST']._serialized_end=867
-  _globals['_QUERYREQUEST']._serialized_start=869
-  _globals['_QUERYREQUEST']._serialized_end=934
-  _globals['_INFOREQUEST']._serialized_start=936
-  _globals['_INFOREQUEST']._serialized_end=949
-  _globals['_EPISODEMETA']._serialized_start=952
-  _globals['_EPISODEMETA']._serialized_end=1240
-  _globals['_FRAME']._serialized_start=1243
-  _globals['_FRAME']._serialized_end=1373
-  _globals['_IMAGEOBS']._serialized_start=1375
-  _globals['_IMAGEOBS']._serialized_end=1464
-  _globals['_EPISODE']._serialized_start=1467
-  _globals['_EPISODE']._serialized_end=1752
-  _globals['_EPISODE_ARRAYSENTRY']._serialized_start=1688
-  _globals['_EPISODE_ARRAYSENTRY']._serialized_end=1752
-  _globals['_WINDOWBATCH']._serialized_start=1755
-  _globals['_WINDOWBATCH']._serialized_end=1942
-  _globals['_WINDOWBATCH_ARRAYSENTRY']._serialized_start=1688
-  _globals['_WINDOWBATCH_ARRAYSENTRY']._serialized_end=1752
-  _globals['_EPISODERESPONSE']._serialized_start=1944
-  _globals['_EPISODERESPONSE']._serialized_end=1998
-  _globals['_METARESPONSE']._serialized_start=2000
-  _globals['_METARESPONSE']._serialized_end=2086
-  _globals['_BATCHRESPONSE']._serialized_start=2089
-  _globals['_BATCHRESPONSE']._serialized_end=2221
-  _globals['_QUERYRESPONSE']._serialized_start=2223
-  _globals['_QUERYRESPONSE']._serialized_end=2319
-  _globals['_INFORESPONSE']._serialized_start=2322
-  _globals['_INFORESPONSE']._serialized_end=2537
-  _globals['_KINOSERVICE']._serialized_start=2612
-  _globals['_KINOSERVICE']._serialized_end=3011
+  _globals['_WINDOWSPEC']._serialized_end=508
+  _globals['_BATCHREQUEST']._serialized_start=511
+  _globals['_BATCHREQUEST']._serialized_end=763
+  _globals['_STREAMREQUEST']._serialized_start=765
+  _globals['_STREAMREQUEST']._serialized_end=886
+  _globals['_QUERYREQUEST']._serialized_start=888
+  _globals['_QUERYREQUEST']._serialized_end=953
+  _globals['_INFOREQUEST']._serialized_start=955
+  _globals['_INFOREQUEST']._serialized_end=968
+  _globals['_EPISODEMETA']._serialized_start=971
+  _globals['_EPISODEMETA']._serialized_end=1259
+  _globals['_FRAME']._serialized_start=1262
+  _globals['_FRAME']._serialized_end=1392
+  _globals['_IMAGEOBS']._serialized_start=1394
+  _globals['_IMAGEOBS']._serialized_end=1483
+  _globals['_EPISODE']._serialized_start=1486
+  _globals['_EPISODE']._serialized_end=1771
+  _globals['_EPISODE_ARRAYSENTRY']._serialized_start=1707
+  _globals['_EPISODE_ARRAYSENTRY']._serialized_end=1771
+  _globals['_WINDOWBATCH']._serialized_start=1774
+  _globals['_WINDOWBATCH']._serialized_end=1961
+  _globals['_WINDOWBATCH_ARRAYSENTRY']._serialized_start=1707
+  _globals['_WINDOWBATCH_ARRAYSENTRY']._serialized_end=1771
+  _globals['_EPISODERESPONSE']._serialized_start=1963
+  _globals['_EPISODERESPONSE']._serialized_end=2017
+  _globals['_METARESPONSE']._serialized_start=2019
+  _globals['_METARESPONSE']._serialized_end=2105
+  _globals['_BATCHRESPONSE']._serialized_start=2108
+  _globals['_BATCHRESPONSE']._serialized_end=2240
+  _globals['_QUERYRESPONSE']._serialized_start=2242
+  _globals['_QUERYRESPONSE']._serialized_end=2338
+  _globals['_INFORESPONSE']._serialized_start=2341
+  _globals['_INFORESPONSE']._serialized_end=2556
+  _globals['_KINOSERVICE']._serialized_start=2631
+  _globals['_KINOSERVICE']._serialized_end=3030
 # @@protoc_insertion_point(module_scope)

@@ -61,16 +61,18 @@ class MetaRequest(_message.Message):
     def __init__(self, position: _Optional[int] = ...) -> None: ...
 
 class WindowSpec(_message.Message):
-    __slots__ = ("obs_horizon", "action_horizon", "pad", "kql_filter")
+    __slots__ = ("obs_horizon", "action_horizon", "pad", "kql_filter", "normalize")
     OBS_HORIZON_FIELD_NUMBER: _ClassVar[int]
     ACTION_HORIZON_FIELD_NUMBER: _ClassVar[int]
     PAD_FIELD_NUMBER: _ClassVar[int]
     KQL_FILTER_FIELD_NUMBER: _ClassVar[int]
+    NORMALIZE_FIELD_NUMBER: _ClassVar[int]
     obs_horizon: int
     action_horizon: int
     pad: str
     kql_filter: str
-    def __init__(self, obs_horizon: _Optional[int] = ..., action_horizon: _Optional[int] = ..., pad: _Optional[str] = ..., kql_filter: _Optional[str] = ...) -> None: ...
+    normalize: str
+    def __init__(self, obs_horizon: _Optional[int] = ..., action_horizon: _Optional[int] = ..., pad: _Optional[str] = ..., kql_filter: _Optional[str] = ..., normalize: _Optional[str] = ...) -> None: ...
 
 class BatchRequest(_message.Message):
     __slots__ = ("batch_size", "mode", "offset", "seed", "include_images", "windows", "image_encoding", "cameras", "image_height", "image_width")
