@@ -281,3 +281,26 @@ def test_a_mixture_source_whose_episodes_differ_in_dims_gets_a_per_source_filter
         FrameWindows(kinodb.Mixture({str(merged): 1, str(c): 1}))
     fixed = kinodb.Mixture({str(merged): 1, str(c): 1}, filters={str(merged): "state_dim = 3"})
     assert len(FrameWindows(fixed)) == 10
+
+
+def test_a_filter_field_only_some_sources_hold_is_null_in_the_others(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.kdb", tmp_path / "b.kdb"
+    with kinodb.Writer(a) as w:
+        for k in range(3):
+            w.add_episode(actions=np.zeros((4, 2), np.float32), extra={"has_language": k != 1})
+    write_episodes(b, [5, 6])
+    mix = kinodb.Mixture({str(a): 1, str(b): 1})
+    assert FrameWindows(mix, kql_filter="has_language = true").counts_by_source().tolist() == [8, 0]
+    assert FrameWindows(mix, kql_filter="NOT has_language = true").counts_by_source().tolist() == [4, 11]
+    assert FrameWindows([str(a), str(b)], kql_filter="has_language IS NULL").counts_by_source().tolist() == [
+        0,
+        11,
+    ]
+    with pytest.raises(
+        kinodb.QuerySyntaxError, match=r"(?s)unknown field .has_langauge.*did you mean has_language"
+    ):
+        FrameWindows(mix, kql_filter="has_langauge = true")  # a field no source holds is still a typo
+    merged = tmp_path / "m.kdb"
+    kinodb.merge([a, b], merged, filter="NOT has_language = true")
+    with kinodb.open(merged) as db:
+        assert len(db) == 3

@@ -71,7 +71,10 @@ def merge(
         raise ValueError("merge needs at least one input file")
     dbs = [open_database(p) for p in inputs]
     try:
-        kept = [_select(db, filter) for db in dbs]
+        from kinodb.kql._eval import fields_of  # deferred: kql builds on kdb
+
+        absent = fields_of(dbs) if filter else frozenset()  # a field some inputs lack is null there
+        kept = [_select(db, filter, absent) for db in dbs]
         if not any(len(k) for k in kept):
             where = f" match {filter!r}" if filter else ""
             raise WriterError(f"no episode in {len(dbs)} input files{where}; nothing was written")
@@ -82,11 +85,11 @@ def merge(
             db.close()
 
 
-def _select(db: Database, kql: str | None) -> np.ndarray:
+def _select(db: Database, kql: str | None, absent: frozenset[str] = frozenset()) -> np.ndarray:
     if kql is None:
         return np.arange(len(db), dtype=np.int64)
     try:
-        return db.query(kql)
+        return db.query(kql, absent=absent)
     except QuerySyntaxError as exc:
         raise QuerySyntaxError(f"{db.path()}: {exc}", exc.position) from exc
 

@@ -851,13 +851,16 @@ def _frame_data(source: _Source, cam: Any, f: int) -> Any:
 
 
 def _open_sources(source: Any, kql_filter: str | None) -> list[_Source]:
+    from kinodb.kql._eval import fields_of  # deferred: kql builds on kdb
+
     if isinstance(source, Mixture):
         out = []
+        absent = fields_of(source.database(i) for i in range(len(source.sources()))) if kql_filter else ()
         for i, info in enumerate(source.sources()):
             db = source.database(i)
             kept = np.asarray(source._src[i].kept, dtype=np.int64)
-            if kql_filter is not None:
-                kept = np.intersect1d(kept, db.query(kql_filter))
+            if kql_filter is not None:  # a field only some sources hold is null in the others
+                kept = np.intersect1d(kept, db.query(kql_filter, absent=absent))
             out.append(_Source(db, kept, f"mixture source {i} ({info.path})", i))
         return _nonempty(out, kql_filter)
     if isinstance(source, Database):
@@ -869,8 +872,11 @@ def _open_sources(source: Any, kql_filter: str | None) -> list[_Source]:
     else:
         raise TypeError(f"source must be a path, a Database, a list of paths or a Mixture, got {source!r}")
     out = []
+    absent = fields_of(dbs) if kql_filter else ()
     for i, db in enumerate(dbs):
-        kept = np.arange(len(db), dtype=np.int64) if kql_filter is None else db.query(kql_filter)
+        kept = (
+            np.arange(len(db), dtype=np.int64) if kql_filter is None else db.query(kql_filter, absent=absent)
+        )
         where = db.path() if len(dbs) == 1 else f"source {i} ({db.path()})"
         out.append(_Source(db, np.asarray(kept, dtype=np.int64), where, i))
     return _nonempty(out, kql_filter)

@@ -247,3 +247,20 @@ def test_windows_normalised_on_the_server_with_each_sources_statistics(tmp_path:
         assert float(batch["state"][batch["state_mask"]].abs().max()) <= 1.0 + 1e-6
     finally:
         assert proc.stop() == 0
+
+
+def test_a_query_field_only_some_served_sources_hold_is_null_in_the_others(tmp_path: Path) -> None:
+    from _factories import write_episodes
+
+    a, b = tmp_path / "a.kdb", tmp_path / "b.kdb"
+    with kinodb.Writer(a) as w:
+        for k in range(3):
+            w.add_episode(actions=np.zeros((4, 2), np.float32), extra={"has_language": k != 1})
+    write_episodes(b, [5, 6])
+    proc = ServerProcess(["--source", f"{a}:1", "--source", f"{b}:1"])
+    try:
+        with KinoClient(proc.addr) as client:
+            assert client.query("has_language = true").tolist() == [0, 2]
+            assert client.query("NOT has_language = true").tolist() == [1, 3, 4]
+    finally:
+        assert proc.stop() == 0

@@ -7,7 +7,7 @@ import copy
 import mmap
 import os
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -315,8 +315,11 @@ class Database:
             table[f"extra.{name}" if name in META_FIELDS else name] = col.to_numpy()
         return table
 
-    def query(self, kql: str, *, limit: int | None = None) -> np.ndarray:
+    def query(self, kql: str, *, limit: int | None = None, absent: Collection[str] = ()) -> np.ndarray:
         """Positions of the episodes matching a KQL query, ascending (int64).
+
+        ``absent``: extra fields other files of the same query hold, null here when this
+        file has none of them (see `kinodb.kql.query`).
 
         Example:
             >>> db.query("embodiment = 'franka' AND success = true AND num_frames > 50")
@@ -326,7 +329,7 @@ class Database:
         """
         from kinodb.kql import query  # deferred: kql builds on kdb, and this is its entry point
 
-        return query(self, kql, limit=limit)
+        return query(self, kql, limit=limit, absent=absent)
 
     # -- sections -------------------------------------------------------------------------
 

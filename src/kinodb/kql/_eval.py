@@ -13,7 +13,7 @@ import json
 import math
 import operator
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,10 +58,15 @@ _CMP: dict[str, Callable[[Any, Any], Any]] = {
 _FLOAT32_FIELDS = ("fps", "total_reward")  # stored as float32 by format 0.1
 
 
-def query(db: Database, text: str | Node, *, limit: int | None = None) -> npt.NDArray[np.int64]:
+def query(
+    db: Database, text: str | Node, *, limit: int | None = None, absent: Collection[str] = ()
+) -> npt.NDArray[np.int64]:
     """Positions of the episodes of ``db`` that match a KQL query, ascending.
 
     ``text`` is query text or a tree from `parse`; ``limit`` keeps the first N positions.
+    ``absent`` names extra fields that other files of the same query hold (a mixture, a
+    merge): where ``db`` has none of them they are null in every episode, as a merged
+    file's missing values are, instead of unknown.
 
     Example:
         >>> kinodb.kql.query(db, "embodiment = 'franka' AND NOT success = false", limit=10)
@@ -77,11 +82,16 @@ def query(db: Database, text: str | Node, *, limit: int | None = None) -> npt.ND
     if isinstance(text, Node):
         text = text.render()  # re-parsed below: a hand-built tree gets positions for its errors
     node = parse(text)
-    evaluator = _Evaluator(db, text)
+    evaluator = _Evaluator(db, text, frozenset(absent))
     evaluator.bind(node)  # every field and type error is raised before any evaluation
     mask = evaluator.mask(node)
     positions = np.flatnonzero(mask).astype(np.int64, copy=False)
     return positions if limit is None else positions[:limit]
+
+
+def fields_of(dbs: Iterable[Database]) -> frozenset[str]:
+    """The extra field names of every database: ``absent`` for a query over all of them."""
+    return frozenset(name for db in dbs for name in db._block.extras)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,8 +113,8 @@ class Column:
 class _Evaluator:
     """Binds one parsed query to one database (`bind`), then computes its mask."""
 
-    def __init__(self, db: Database, text: str) -> None:
-        self.db, self.text = db, text
+    def __init__(self, db: Database, text: str, absent: frozenset[str] = frozenset()) -> None:
+        self.db, self.text, self.absent = db, text, absent
         self.n = db.num_episodes()
         self.extras: dict[str, ExtraColumn] = db._block.extras
         self.columns: dict[tuple[str, bool], Column] = {}
@@ -179,6 +189,8 @@ class _Evaluator:
             return field.name, True
         elif field.name.lower() in BUILTIN_KINDS:
             return field.name.lower(), False
+        if field.name in self.absent:  # another file of the query has it: null here
+            return field.name, True
         valid = self.field_names()
         shown = field.render()
         # Suggest extras in both spellings, so "extra.sceen" finds "extra.scene".
@@ -208,8 +220,10 @@ class _Evaluator:
         return Column(name, BUILTIN_KINDS[name], cols[name], valid, float32=legacy)
 
     def extra_column(self, name: str) -> Column:
-        col = self.extras[name]
         shown = _spelling(name)
+        if name not in self.extras:  # an absent field: null everywhere
+            return Column(shown, "null", None, np.zeros(self.n, bool))
+        col = self.extras[name]
         valid: Mask = col.state == EXTRA_VALUE
         parts = col._cols  # the kind's value columns, laid out as in kinodb.kdb._table
         if col.kind == "str" and col._strings is not None:

@@ -20,6 +20,7 @@ from numpy.typing import NDArray
 from kinodb._version import __version__
 from kinodb.errors import EpisodeNotFoundError, KinodbError, NameNotFoundError
 from kinodb.kdb.reader import Database
+from kinodb.kql._eval import fields_of
 from kinodb.mixture import Mixture
 from kinodb.serve._errors import BatchTooLargeError
 from kinodb.serve._messages import fill_tensor, legacy_frames, meta_to_pb
@@ -159,8 +160,9 @@ class Backend:
     def query(self, req: pb.QueryRequest, *, legacy: bool = False) -> pb.QueryResponse:
         """`Query`: global indices of the matches, ascending; ``total_matches`` counts them all."""
         hits = []
+        absent = fields_of(self._dbs)  # a field only some sources hold is null in the others
         for s, (db, kept) in enumerate(zip(self._dbs, self._kept, strict=True)):
-            found = np.asarray(db.query(req.kql), dtype=np.int64)
+            found = np.asarray(db.query(req.kql, absent=absent), dtype=np.int64)
             at = np.minimum(np.searchsorted(kept, found), max(len(kept) - 1, 0))
             mine = at[kept[at] == found] if len(kept) else at[:0]
             hits.append(self._starts[s] + mine)
