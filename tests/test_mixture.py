@@ -439,7 +439,7 @@ def test_bad_options(files: dict[str, str]) -> None:
 def fake_query(monkeypatch: pytest.MonkeyPatch) -> None:
     """Stand in for KQL: 'long' keeps episodes of 5+ frames, 'none' keeps nothing."""
 
-    def query(self: Database, kql: str, *, limit: int | None = None) -> np.ndarray:
+    def query(self: Database, kql: str, *, limit: int | None = None, absent: object = ()) -> np.ndarray:
         if kql == "broken":
             raise QuerySyntaxError("unexpected end of query", position=6)
         frames = self.episodes()["num_frames"]

@@ -304,3 +304,29 @@ def test_a_filter_field_only_some_sources_hold_is_null_in_the_others(tmp_path: P
     kinodb.merge([a, b], merged, filter="NOT has_language = true")
     with kinodb.open(merged) as db:
         assert len(db) == 3
+
+
+def test_absent_fields_take_precedence_over_case_folded_built_ins_and_reach_mixture_filters(
+    tmp_path: Path,
+) -> None:
+    from kinodb._cli.main import main
+
+    a, b, merged = tmp_path / "a.kdb", tmp_path / "b.kdb", tmp_path / "m.kdb"
+    with kinodb.Writer(a) as w:
+        for k in range(3):
+            w.add_episode(
+                actions=np.zeros((4, 2), np.float32), task=f"task {k}", extra={"Task": "x", "lang": k}
+            )
+    write_episodes(b, [5, 6])
+    kinodb.merge([a, b], merged)
+    with kinodb.open(merged) as db:
+        want = db.query("Task IS NULL").tolist()
+    assert want == [3, 4]
+    windows = FrameWindows(
+        [str(a), str(b)], kql_filter="Task IS NULL"
+    )  # b's null Task, not its built-in task
+    assert windows.counts_by_source().tolist() == [0, 11]
+    assert FrameWindows([str(a), str(b)], kql_filter="extra.lang >= 1").counts_by_source().tolist() == [8, 0]
+    mix = kinodb.Mixture({str(a): 1, str(b): 1}, filters={str(b): "lang IS NULL"})
+    assert [len(s.kept) for s in mix._src] == [3, 2]
+    assert main(["mix", "-s", f"{a}:1", "-s", f"{b}:1", "--filter", "lang IS NULL OR lang >= 1"]) == 0

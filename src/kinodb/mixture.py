@@ -132,6 +132,12 @@ class Mixture:
         self._weight_by: WeightBy = weight_by
         self._open: dict[str, Database] = {}
         try:
+            self._absent: frozenset[str] = frozenset()
+            if any(spec.filter is not None for spec in self._specs):
+                from kinodb.kql._eval import fields_of  # deferred: kql builds on kdb
+
+                # A filter field some sources lack is null there (as in a merged file).
+                self._absent = fields_of(self._database(i, spec) for i, spec in enumerate(self._specs))
             self._src = [self._load(i, spec) for i, spec in enumerate(self._specs)]
         except BaseException:
             self.close()
@@ -152,8 +158,7 @@ class Mixture:
         """
         return MixtureBuilder()
 
-    def _load(self, i: int, spec: _Spec) -> _Source:
-        where = f"source {i} ({spec.path})"
+    def _database(self, i: int, spec: _Spec) -> Database:
         key = os.path.realpath(spec.path)
         db = self._open.get(key)
         if db is None:
@@ -162,11 +167,16 @@ class Mixture:
             except FileNotFoundError:
                 msg = f"mixture source {i}: no such file"
                 raise FileNotFoundError(errno.ENOENT, msg, spec.path) from None
+        return db
+
+    def _load(self, i: int, spec: _Spec) -> _Source:
+        where = f"source {i} ({spec.path})"
+        db = self._database(i, spec)
         if spec.filter is None:
             kept = np.arange(len(db), dtype=np.int64)
         else:
-            try:
-                kept = np.array(db.query(spec.filter), dtype=np.int64)  # our own copy: made read-only below
+            try:  # our own copy: made read-only below
+                kept = np.array(db.query(spec.filter, absent=self._absent), dtype=np.int64)
             except QuerySyntaxError as exc:
                 raise QuerySyntaxError(f"{where}: filter {spec.filter!r}: {exc}", exc.position) from exc
         if len(kept) == 0:

@@ -180,17 +180,16 @@ class _Evaluator:
 
     def resolve(self, field: Field) -> tuple[str, bool]:
         """``(name, is_extra)``: exact built-in, exact extra, then built-in ignoring case (0.1)."""
+        # An absent field (another file of the query has it) is null here, an extra like any.
         if field.extra:
-            if field.name in self.extras:
+            if field.name in self.extras or field.name in self.absent:
                 return field.name, True
         elif field.name in BUILTIN_KINDS:
             return field.name, False
-        elif field.name in self.extras:
+        elif field.name in self.extras or field.name in self.absent:
             return field.name, True
         elif field.name.lower() in BUILTIN_KINDS:
             return field.name.lower(), False
-        if field.name in self.absent:  # another file of the query has it: null here
-            return field.name, True
         valid = self.field_names()
         shown = field.render()
         # Suggest extras in both spellings, so "extra.sceen" finds "extra.scene".
