@@ -402,7 +402,7 @@ class FrameWindows:
         groups = self.lowdim_groups(indices)
         if normalizers is not None:
             for _, arrays in groups:
-                normalizers.apply(int(arrays["source"][0]), arrays)
+                normalizers.apply(int(arrays["source"][0]), arrays, zero_pad=self._pad == "zero")
         if not widest:
             return stack_groups(groups)
         n = sum(len(sel) for sel, _ in groups)
@@ -760,10 +760,15 @@ class Normalizers:
                 keys[name]: Normalizer.from_stats(stats[name], mode) for name in used if name in stats
             }
 
-    def apply(self, source: int, arrays: dict[str, Any]) -> None:
+    def apply(self, source: int, arrays: dict[str, Any], *, zero_pad: bool = False) -> None:
+        """Normalise ``arrays``' states and actions in place; with ``zero_pad`` the entries
+        their ``*_is_pad`` masks mark stay zero (``pad="zero"``)."""
         for key, norm in self._by_source[source].items():
             if key in arrays:
                 arrays[key] = norm.apply(arrays[key])
+                pad = arrays.get(f"{key}_is_pad")
+                if zero_pad and pad is not None and pad.any():
+                    arrays[key][pad] = 0
 
 
 def normalized_arrays(fw: FrameWindows) -> list[str]:

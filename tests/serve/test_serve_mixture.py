@@ -220,7 +220,7 @@ def test_windows_normalised_on_the_server_with_each_sources_statistics(tmp_path:
     proc = ServerProcess(["--source", f"{a}:1", "--source", f"{b}:1"])
     try:
         stats_needed = pytest.raises(
-            kinodb.KinodbError, match=r"no statistics stored in .*a\.kdb; run: kino stats"
+            kinodb.KinodbError, match=r"no statistics stored in .*a\.kdb; run: kino stats.*restart kino-serve"
         )
         with KinoClient(proc.addr) as client, stats_needed:
             client.get_windows(4, obs_horizon=2, action_horizon=3, normalize="mean_std")
@@ -234,8 +234,17 @@ def test_windows_normalised_on_the_server_with_each_sources_statistics(tmp_path:
                                  normalize="mean_std")  # fmt: skip
         want = next(iter(DataLoader(local, batch_size=18, collate_fn=pad_collate)))
         with KinoClient(proc.addr) as client:
+            assert "window_normalize" in client.server_info()["features"]
             got = client.get_windows(18, obs_horizon=2, action_horizon=3, mode="sequential", offset=0,
                                      normalize="mean_std")  # fmt: skip
+            zero = client.get_windows(18, obs_horizon=2, action_horizon=3, mode="sequential", offset=0,
+                                      normalize="mean_std", pad="zero")  # fmt: skip
+            assert zero["action_is_pad"].any() and not zero["action"][zero["action_is_pad"]].any()
+            client._features = frozenset()  # as an older server answers: no such feature
+            with pytest.raises(
+                kinodb.KinodbError, match=r"predates normalize='mean_std' and would ignore it"
+            ):
+                client.get_windows(4, normalize="mean_std")
             raw = client.get_windows(18, obs_horizon=2, action_horizon=3, mode="sequential", offset=0)
         for key in ("state", "action"):
             np.testing.assert_array_equal(got[key], want[key].numpy())

@@ -543,3 +543,17 @@ def test_normalised_states_with_uint8_frames(tmp_path: Path) -> None:
     assert episode.dtype == torch.float32 and float(episode.max()) <= 1.0
     with pytest.raises(ValueError, match="image_dtype must be None, 'uint8' or 'float32'"):
         KinoFrameDataset(path, image_dtype="float16")
+
+
+def test_zero_padding_stays_zero_after_normalisation(lowdim) -> None:
+    from kinodb.stats import compute_stats, write_stats
+
+    path, _ = lowdim
+    write_stats(path, compute_stats(path))
+    ds = KinoFrameDataset(path, obs_horizon=3, action_horizon=4, pad="zero", normalize="mean_std")
+    batch = ds.__getitems__(list(range(len(ds)))).stacked
+    assert batch["action_is_pad"].any() and batch["state_is_pad"].any()
+    assert (
+        not batch["action"][batch["action_is_pad"]].any() and not batch["state"][batch["state_is_pad"]].any()
+    )
+    assert batch["action"][~batch["action_is_pad"]].abs().sum() > 0

@@ -139,7 +139,7 @@ class Backend:
             num_episodes=len(self), num_frames=self.num_frames(), num_sources=len(self._dbs),
             version=__version__, sources=self._paths, shares=self._shares.tolist(), max_batch=self.max_batch,
             max_message_bytes=self.max_message, cameras=list(self.cameras),
-            source_episodes=np.diff(self._starts).tolist(),
+            source_episodes=np.diff(self._starts).tolist(), features=list(FEATURES),
         )  # fmt: skip
 
     def meta(self, index: int) -> pb.MetaResponse:
@@ -364,7 +364,13 @@ class Backend:
                         "cameras=[...], map an output name to each source's camera with "
                         "cameras={'front': ['cam_a', 'cam_b']}, or ask for windows without images"
                     ) from None
-                norm = Normalizers(fw._sources, normalize, normalized_arrays(fw)) if normalize else None
+                try:
+                    norm = Normalizers(fw._sources, normalize, normalized_arrays(fw)) if normalize else None
+                except KinodbError as exc:  # the files as they were when the server started
+                    raise type(exc)(
+                        f"{exc} (the server reads its files as they were when it started: restart "
+                        "kino-serve after kino stats)"
+                    ) from exc
                 # One window per source fills every per-array cache now, under the lock.
                 first = fw.lowdim_padded(np.concatenate([[0], np.cumsum(fw.sample_counts())[:-1]]))
                 per_window = sum(a.nbytes // max(len(a), 1) for a in first.values()) + 8 + 4  # + index, task
@@ -471,6 +477,10 @@ def _kept(db: Database, kql: str | None) -> NDArray[np.int64]:
     if kql is None:
         return np.arange(len(db), dtype=np.int64)
     return np.asarray(db.query(kql), dtype=np.int64)
+
+
+FEATURES = ("window_normalize", "camera_mapping", "padded_windows")
+"""What `InfoResponse.features` advertises: requests an older server would silently ignore."""
 
 
 def _camera_arg(cameras: Sequence[str] | None) -> list[str] | dict[str, Any] | None:

@@ -16,6 +16,7 @@ import grpc
 import numpy as np
 from numpy.typing import NDArray
 
+from kinodb.errors import KinodbError
 from kinodb.serve._errors import RemoteError, to_exception
 from kinodb.serve._messages import meta_from_pb, unpack_tensor
 from kinodb.serve._proto import kinodb_pb2 as pb
@@ -78,6 +79,7 @@ class KinoClient:
                 addr, grpc.ssl_channel_credentials(root_certificates=ca), options
             )
         self._stub = pb_grpc.KinoServiceStub(self._channel)  # type: ignore[no-untyped-call]
+        self._features: frozenset[str] | None = None  # the server's, asked for once when needed
         # Window batches arrive as the reply's bytes, read by kinodb.serve._wire without copies.
         self._raw_batch = self._channel.unary_unary(
             _SERVICE + "GetBatch", request_serializer=pb.BatchRequest.SerializeToString
@@ -131,14 +133,33 @@ class KinoClient:
 
     def server_info(self) -> dict[str, Any]:
         """What the server serves: ``num_episodes``, ``num_frames``, ``num_sources``,
-        ``version``, ``sources``, ``shares``, ``max_batch``, ``max_message_bytes``, ``cameras``."""
+        ``version``, ``sources``, ``shares``, ``max_batch``, ``max_message_bytes``, ``cameras``,
+        ``features`` (requests beyond the first protocol it understands)."""
         r = self._call("ServerInfo", pb.InfoRequest())
         return {
             "num_episodes": int(r.num_episodes), "num_frames": int(r.num_frames), "num_sources": int(r.num_sources),
             "version": r.version, "sources": list(r.sources), "shares": list(r.shares),
             "source_episodes": [int(n) for n in r.source_episodes], "max_batch": int(r.max_batch),
             "max_message_bytes": int(r.max_message_bytes), "cameras": list(r.cameras),
+            "features": list(r.features),
         }  # fmt: skip
+
+    def _check_features(self, normalize: str | None, cameras: Any) -> None:
+        """Refuse what an older server would silently ignore (it advertises no such feature)."""
+        wanted = [(f, what) for f, what, on in (
+            ("window_normalize", f"normalize={normalize!r}", normalize is not None),
+            ("camera_mapping", "a camera mapping", isinstance(cameras, Mapping)),
+        ) if on]  # fmt: skip
+        if not wanted:
+            return
+        if self._features is None:
+            self._features = frozenset(self.server_info()["features"])
+        for feature, what in wanted:
+            if feature not in self._features:
+                raise KinodbError(
+                    f"server {self.addr}: it predates {what} and would ignore it; update kinodb where "
+                    "kino-serve runs"
+                )
 
     def get_meta(self, i: int) -> dict[str, Any]:
         """Metadata of episode ``i`` (global index), as `Database.read_meta` gives it.
@@ -221,6 +242,7 @@ class KinoClient:
         statistics stored by ``kino stats``, as `KinoFrameDataset` does locally.
         """
         spec = _spec(obs_horizon, action_horizon, pad, kql_filter, normalize)
+        self._check_features(normalize, cameras)
         req = _batch(
             batch_size, mode, offset, seed, include_images, image_encoding, cameras, spec, image_size
         )
@@ -279,6 +301,7 @@ class KinoClient:
         server that predates the option sends one per message.
         """
         spec = _spec(obs_horizon, action_horizon, pad, kql_filter, normalize)
+        self._check_features(normalize, cameras)
         per_message = batches_per_message
         if isinstance(per_message, bool) or not isinstance(per_message, int) or per_message < 1:
             raise ValueError(f"batches_per_message must be a positive int, got {per_message!r}")

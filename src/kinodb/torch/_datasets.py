@@ -248,7 +248,7 @@ class KinoFrameDataset(_Base):
         for sel, arrays in groups:
             tasks[sel] = arrays.pop("task")
             if norm is not None:
-                norm.apply(int(arrays["source"][0]), arrays)
+                norm.apply(int(arrays["source"][0]), arrays, zero_pad=fw._pad == "zero")
         try:
             arrays = stack_groups(groups)
         except KinodbError:

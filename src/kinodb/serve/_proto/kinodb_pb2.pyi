@@ -267,7 +267,7 @@ class QueryResponse(_message.Message):
     def __init__(self, positions: _Optional[_Iterable[int]] = ..., metas: _Optional[_Iterable[_Union[EpisodeMeta, _Mapping]]] = ..., total_matches: _Optional[int] = ...) -> None: ...
 
 class InfoResponse(_message.Message):
-    __slots__ = ("num_episodes", "num_frames", "num_sources", "version", "sources", "shares", "max_batch", "max_message_bytes", "cameras", "source_episodes")
+    __slots__ = ("num_episodes", "num_frames", "num_sources", "version", "sources", "shares", "max_batch", "max_message_bytes", "cameras", "source_episodes", "features")
     NUM_EPISODES_FIELD_NUMBER: _ClassVar[int]
     NUM_FRAMES_FIELD_NUMBER: _ClassVar[int]
     NUM_SOURCES_FIELD_NUMBER: _ClassVar[int]
@@ -278,6 +278,7 @@ class InfoResponse(_message.Message):
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     CAMERAS_FIELD_NUMBER: _ClassVar[int]
     SOURCE_EPISODES_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
     num_episodes: int
     num_frames: int
     num_sources: int
@@ -288,4 +289,5 @@ class InfoResponse(_message.Message):
     max_message_bytes: int
     cameras: _containers.RepeatedScalarFieldContainer[str]
     source_episodes: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, num_episodes: _Optional[int] = ..., num_frames: _Optional[int] = ..., num_sources: _Optional[int] = ..., version: _Optional[str] = ..., sources: _Optional[_Iterable[str]] = ..., shares: _Optional[_Iterable[float]] = ..., max_batch: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., cameras: _Optional[_Iterable[str]] = ..., source_episodes: _Optional[_Iterable[int]] = ...) -> None: ...
+    features: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, num_episodes: _Optional[int] = ..., num_frames: _Optional[int] = ..., num_sources: _Optional[int] = ..., version: _Optional[str] = ..., sources: _Optional[_Iterable[str]] = ..., shares: _Optional[_Iterable[float]] = ..., max_batch: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., cameras: _Optional[_Iterable[str]] = ..., source_episodes: _Optional[_Iterable[int]] = ..., features: _Optional[_Iterable[str]] = ...) -> None: ...
