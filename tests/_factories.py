@@ -91,3 +91,14 @@ def write_episodes(
             w.add_episode(**ep)
             eps.append(ep)
     return eps
+
+
+def write_field_in_one_file(a: Any, b: Any) -> None:
+    """``a``: 3 episodes of 4 frames with the extra field ``has_language`` (true, false, true);
+    ``b``: 2 episodes (5 and 6 frames) without it. For queries over several files."""
+    import kinodb
+
+    with kinodb.Writer(a) as w:
+        for k in range(3):
+            w.add_episode(actions=np.zeros((4, 2), np.float32), extra={"has_language": k != 1})
+    write_episodes(b, [5, 6])

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import kinodb
-from _factories import write_episodes
+from _factories import write_episodes, write_field_in_one_file
 from kinodb.errors import EpisodeNotFoundError, KinodbError
 from kinodb.windows import FrameWindows
 
@@ -285,10 +285,7 @@ def test_a_mixture_source_whose_episodes_differ_in_dims_gets_a_per_source_filter
 
 def test_a_filter_field_only_some_sources_hold_is_null_in_the_others(tmp_path: Path) -> None:
     a, b = tmp_path / "a.kdb", tmp_path / "b.kdb"
-    with kinodb.Writer(a) as w:
-        for k in range(3):
-            w.add_episode(actions=np.zeros((4, 2), np.float32), extra={"has_language": k != 1})
-    write_episodes(b, [5, 6])
+    write_field_in_one_file(a, b)
     mix = kinodb.Mixture({str(a): 1, str(b): 1})
     assert FrameWindows(mix, kql_filter="has_language = true").counts_by_source().tolist() == [8, 0]
     assert FrameWindows(mix, kql_filter="NOT has_language = true").counts_by_source().tolist() == [4, 11]

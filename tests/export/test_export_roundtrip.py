@@ -209,7 +209,9 @@ def test_a_libero_export_kept_upright_reads_back_upright_without_flipping(
     _raw, first = _upright(tmp_path)
     h5 = tmp_path / "upright.hdf5"
     assert main(["export", str(first), "-o", str(h5), "--format", "hdf5", "--keep-upright"]) == 0
-    with pytest.raises(ValueError, match=r"flip_images \(kino export --keep-upright\) applies to format 'hdf5' only"):
+    with pytest.raises(
+        ValueError, match=r"flip_images \(kino export --keep-upright\) applies to format 'hdf5' only"
+    ):
         export(first, tmp_path / "npy", format="numpy", flip_images=False)
     with h5py.File(h5, "r") as f:
         assert json.loads(f["data"].attrs["kinodb_dataset"])["metadata"]["image_orientation"] == "rotated_180"

@@ -259,13 +259,10 @@ def test_windows_normalised_on_the_server_with_each_sources_statistics(tmp_path:
 
 
 def test_a_query_field_only_some_served_sources_hold_is_null_in_the_others(tmp_path: Path) -> None:
-    from _factories import write_episodes
+    from _factories import write_field_in_one_file
 
     a, b = tmp_path / "a.kdb", tmp_path / "b.kdb"
-    with kinodb.Writer(a) as w:
-        for k in range(3):
-            w.add_episode(actions=np.zeros((4, 2), np.float32), extra={"has_language": k != 1})
-    write_episodes(b, [5, 6])
+    write_field_in_one_file(a, b)
     proc = ServerProcess(["--source", f"{a}:1", "--source", f"{b}:1"])
     try:
         with KinoClient(proc.addr) as client:
