@@ -208,3 +208,36 @@ def test_append_refuses_files_it_cannot_extend(tmp_path: Path) -> None:
     assert legacy.read_bytes() == b"KINO\x00\x00\x01\x00" + bytes(56)
     with kinodb.Writer(tmp_path / "ok.kdb", mode="a") as w:  # nothing stays locked or open
         w.add_episode(actions=np.ones((1, 1)))
+
+
+def test_an_append_keeps_each_cameras_codec_and_the_files_schema(tmp_path: Path) -> None:
+    path = tmp_path / "rec.kdb"
+    rng = np.random.default_rng(3)
+    depth = rng.integers(0, 256, (4, 6, 8, 1), dtype=np.uint8)
+    schema = {"states": {"components": {"q": [0, 2], "gripper": [2, 3]}}, "actions": {"names": ["a", "b"]}}
+    with kinodb.Writer(path, image_codec="raw", schema=schema) as w:
+        w.add_episode(
+            actions=np.zeros((4, 2), np.float32), states=np.zeros((4, 3), np.float32), images={"depth": depth}
+        )
+    with kinodb.Writer(path, mode="a", schema=schema) as w:  # no image_codec: the file's raw camera stays raw
+        w.add_episode(
+            actions=np.ones((4, 2), np.float32), states=np.ones((4, 3), np.float32), images={"depth": depth}
+        )
+        w.add_episode(
+            actions=np.ones((4, 2), np.float32),
+            states=np.ones((4, 3), np.float32),
+            images={"front": rng.integers(0, 256, (4, 8, 8, 3), np.uint8)},
+        )
+    with kinodb.open(path) as db:
+        assert np.array_equal(db.read_episode(1)["images"]["depth"], depth)
+        assert db.cameras(1)["depth"]["codec"] == "raw" and db.cameras(2)["front"]["codec"] == "jpeg"
+        assert db.schema()["states"]["components"] == {"q": [0, 2], "gripper": [2, 3]}
+    before = path.read_bytes()
+    other = {"states": {"components": {"x": [0, 20]}}}
+    with pytest.raises(
+        kinodb.WriterError, match=r"schema states.components is .* in the file, not .*write a new file"
+    ):
+        kinodb.Writer(path, mode="a", schema=other)
+    from kinodb.kdb.validate import validate
+
+    assert path.read_bytes() == before and validate(path).ok

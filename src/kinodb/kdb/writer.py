@@ -185,6 +185,11 @@ class Writer:
     beside ``path`` and renamed into place; appends write after the committed data and
     switch the commit record last, so a crash leaves the old or the new state.
 
+    ``image_codec`` (``"jpeg"``, ``"png"`` or ``"raw"``) encodes frames given as uint8
+    arrays; unset, they are JPEG (quality ``jpeg_quality``), and an append stores each
+    camera the file already holds in that camera's own codec (raw depth stays raw). An
+    append's ``schema`` must agree with the file's: the episodes already there keep theirs.
+
     Example:
         >>> import numpy as np, kinodb
         >>> with kinodb.Writer("demo.kdb", mode="w", image_codec="raw") as w:
@@ -201,7 +206,7 @@ class Writer:
         path: str | os.PathLike[str],
         *,
         mode: str = "x",
-        image_codec: str = "jpeg",
+        image_codec: str | None = None,
         jpeg_quality: int = 95,
         schema: Mapping[str, Any] | None = None,
         source_format: str | None = None,
@@ -209,7 +214,7 @@ class Writer:
     ) -> None:
         if mode not in ("x", "w", "a"):
             raise ValueError(f"mode must be 'x', 'w' or 'a', got {mode!r}")
-        if image_codec not in CODECS:
+        if image_codec is not None and image_codec not in CODECS:
             raise ValueError(f"image_codec must be one of {CODECS}, got {image_codec!r}")
         if not 1 <= int(jpeg_quality) <= 100:
             raise ValueError(f"jpeg_quality must be in 1..100, got {jpeg_quality}")
@@ -311,6 +316,14 @@ class Writer:
         if isinstance(stats, dict) and len(self._table) != self._stats_episodes:
             stats["stale"] = True
 
+    def _codec_for(self, cam: str) -> str:
+        """The codec of camera ``cam``'s array frames: ``image_codec`` when given; else, when
+        appending, the codec the file already stores the camera in; else JPEG."""
+        if self._codec is not None:
+            return str(self._codec)
+        stored = self._dataset["schema"].get("cameras", {}).get(cam, {}).get("codec")
+        return stored if stored in CODECS else "jpeg"
+
     def _declare(self, part: str, spec: Mapping[str, Any]) -> None:
         if part not in ("actions", "states"):
             raise ValueError(f"schema keys are 'actions' and 'states', got {part!r}")
@@ -321,10 +334,18 @@ class Writer:
             if not (isinstance(start, int) and isinstance(stop, int) and 0 <= start < stop):
                 raise ValueError(f"schema {part}.components[{name!r}] must be [start, stop), got {sl!r}")
             comps[str(name)] = [start, stop]
-        if comps:
-            entry["components"] = comps
+        new: dict[str, Any] = {"components": comps} if comps else {}
         if "names" in spec:
-            entry["names"] = [str(n) for n in spec["names"]]
+            new["names"] = [str(n) for n in spec["names"]]
+        if self._mode == "a" and self._tmp is None:  # appending: the file's episodes keep their schema
+            for key, value in new.items():
+                if entry.get(key) is not None and entry[key] != value:
+                    raise WriterError(
+                        f"{self._path}: schema {part}.{key} is {entry[key]!r} in the file, not {value!r}; "
+                        "an append cannot change the schema of the episodes already there: pass the "
+                        "file's schema (or none), or write a new file"
+                    )
+        entry.update(new)
 
     def _note(self, entry: dict[str, Any], key: str, value: Any) -> None:
         if key not in entry:
@@ -407,13 +428,14 @@ class Writer:
             h, w, c = frames.shape[1:]
             if c not in (1, 2, 3, 4) or h == 0 or w == 0:
                 raise WriterError(f"images[{cam!r}] has shape {frames.shape}; need H, W > 0 and 1-4 channels")
-            if self._codec == "raw":
+            chosen = self._codec_for(cam)
+            if chosen == "raw":
                 return "raw", (h, w, c), np.ascontiguousarray(frames)
-            if self._codec == "jpeg" and c not in (1, 3):
+            if chosen == "jpeg" and c not in (1, 3):
                 raise WriterError(
                     f"images[{cam!r}] has {c} channels; JPEG stores 1 or 3, use image_codec='png' or 'raw'"
                 )
-            return self._codec, (h, w, c), _codecs.encode(frames, self._codec, self._quality)
+            return chosen, (h, w, c), _codecs.encode(frames, chosen, self._quality)
         if isinstance(value, (list, tuple)):
             if len(value) != T:
                 raise WriterError(f"images[{cam!r}] has {len(value)} frames, actions has {T}")
