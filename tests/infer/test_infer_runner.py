@@ -250,3 +250,27 @@ def test_realtime_priority_is_validated_and_reported(make_package: MakePackage, 
     assert stats["log_lines"] == 20 and stats["dropped_log_lines"] == 0
     if before is not None:
         assert os.sched_getscheduler(0) == before  # the policy is restored after the run
+
+
+def test_a_failing_provider_keeps_the_log_and_the_recording_of_the_steps_before(
+    make_package: MakePackage, tmp_path: Path
+) -> None:
+    built = make_package()
+    model = load_model(built.path)
+    out, log = tmp_path / "rollouts.kdb", tmp_path / "run.ndjson"
+
+    def fail(n: int) -> None:
+        if n == 20:
+            raise OSError("CAN bus timeout")
+
+    served = Served(built, 3, on_action=fail)
+    runner = Runner(model, served.provider, rate_hz=1000, max_steps=50, record_to=out, log_path=log)
+    with pytest.raises(OSError, match="CAN bus timeout") as exc:
+        runner.run()
+    notes = " ".join(getattr(exc.value, "__notes__", []))
+    if hasattr(exc.value, "add_note"):
+        assert "stopped after 19 steps" in notes and f"{out} episode 0 holds its steps" in notes
+    with kinodb.open(out) as db:
+        assert len(db) == 1 and db.read_meta(0)["num_frames"] == 19
+        np.testing.assert_array_equal(db.read_array(0, "actions"), np.array(served.actions[:19]))
+    assert len(log.read_text().splitlines()) >= 19

@@ -241,3 +241,34 @@ def test_an_append_keeps_each_cameras_codec_and_the_files_schema(tmp_path: Path)
     from kinodb.kdb.validate import validate
 
     assert path.read_bytes() == before and validate(path).ok
+
+
+def test_an_abort_whose_flush_fails_still_cuts_the_append_off(tmp_path: Path) -> None:
+    import errno
+
+    path = tmp_path / "full.kdb"
+    with kinodb.Writer(path) as w:
+        w.add_episode(actions=np.zeros((4, 2), np.float32))
+    size = path.stat().st_size
+
+    class DiskFull:  # the writer's buffered file, as it behaves on a full disk
+        def __init__(self, fh: Any) -> None:
+            self._fh = fh
+
+        def flush(self) -> None:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._fh, name)
+
+    w = kinodb.Writer(path, mode="a")
+    w.add_episode(actions=np.ones((500, 2), np.float32))
+    w._fh.flush()  # the bytes of the new episode are in the file
+    assert path.stat().st_size > size
+    real = w._fh
+    w._fh = DiskFull(real)  # type: ignore[assignment]
+    w.abort()
+    real.close()
+    assert path.stat().st_size == size
+    with kinodb.open(path) as db:
+        assert len(db) == 1

@@ -137,6 +137,7 @@ class Runner:
         sig = self.model.signature
         self.model.reset()
         self._stop = False
+        self._error: Exception | None = None
         logged = [n for n in KINFER_KEYS if n in sig.observation_names]
         logged += [n for n in EXTRA_INPUTS if n in sig.observation_names]
         path = resolve_log_path(self.log_path)
@@ -179,14 +180,28 @@ class Runner:
             record_to=None if self.record_to is None else os.fspath(self.record_to), recorded_episode=None,
             realtime=restore is not None and restore is not _noop,
         )  # fmt: skip
+        error, self._error = self._error, None
         if recording is not None and self.record_to is not None and stats["steps"]:
-            stats["recorded_episode"] = recording.write(
-                self.record_to,
-                times,
-                stats,
-                embodiment=self.embodiment,
-                task=self.task,
+            try:
+                stats["recorded_episode"] = recording.write(
+                    self.record_to,
+                    times,
+                    stats,
+                    embodiment=self.embodiment,
+                    task=self.task,
+                )
+            except Exception as exc:
+                if error is None:
+                    raise
+                _add_note(error, f"recording the {stats['steps']} steps before it failed too: {exc}")
+        if error is not None:  # the steps before it are logged and recorded; say so with the error
+            kept = [f"the NDJSON log {path} holds its {stats['log_lines']} lines"] if path is not None else []
+            if stats["recorded_episode"] is not None:
+                kept.append(f"{self.record_to} episode {stats['recorded_episode']} holds its steps")
+            error.add_note(
+                f"the run stopped after {stats['steps']} steps" + (f"; {'; '.join(kept)}" if kept else "")
             )
+            raise error
         return stats
 
     def _loop(
@@ -259,12 +274,21 @@ class Runner:
                     break
         except KeyboardInterrupt:
             stopped_by = "interrupt"
+        except Exception as exc:  # the provider or the policy failed: keep what ran, then raise
+            stopped_by, self._error = "error", exc
         times = np.array(rows, np.float64).reshape(-1, 4)
         return times, stopped_by, {"overruns": overruns, "skipped_ticks": skipped}
 
 
 def _noop() -> None:
     pass
+
+
+def _add_note(exc: BaseException, note: str) -> None:
+    """``exc.add_note(note)`` where Python has it (3.11+); older ones keep the error as is."""
+    add = getattr(exc, "add_note", None)
+    if add is not None:
+        add(note)
 
 
 def _enter_realtime(priority: int) -> Callable[[], None]:

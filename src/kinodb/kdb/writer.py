@@ -730,8 +730,11 @@ class Writer:
             self._flusher.wait(self._path)
         if self._tmp is None:
             with contextlib.suppress(OSError):
-                self._fh.flush()
-                self._fh.truncate(self._base_end)
+                self._fh.flush()  # may fail (a full disk): the truncate below runs anyway
+            with contextlib.suppress(OSError):
+                os.ftruncate(
+                    self._fh.fileno(), self._base_end
+                )  # not through the buffer: it may hold unwritten bytes
         self._finalizer()
 
     def __enter__(self) -> Writer:
