@@ -274,3 +274,41 @@ def test_a_failing_provider_keeps_the_log_and_the_recording_of_the_steps_before(
         assert len(db) == 1 and db.read_meta(0)["num_frames"] == 19
         np.testing.assert_array_equal(db.read_array(0, "actions"), np.array(served.actions[:19]))
     assert len(log.read_text().splitlines()) >= 19
+
+
+def test_rates_above_2_khz_spin_the_whole_period_by_default(make_package: MakePackage) -> None:
+    built = make_package()
+    model = load_model(built.path)
+    runner = Runner(model, Served(built).provider, rate_hz=5000, max_steps=5)
+    assert runner.spin_s == pytest.approx(1 / 5000)
+    assert runner.run()["steps"] == 5
+    with pytest.raises(ValueError, match=r"spin_s must be in \[0, 0.0002\] \(one period at 5000 Hz\)"):
+        Runner(model, Served(built).provider, rate_hz=5000, spin_s=5e-4)
+
+
+def test_a_non_finite_action_is_never_sent_to_the_robot(make_package: MakePackage, tmp_path: Path) -> None:
+    built = make_package()
+    model = load_model(built.path)
+    served = Served(built, 4)
+    real = served._getter
+
+    def getter(name: str) -> Any:
+        get = real(name)
+
+        def poisoned(*args: Any) -> np.ndarray:
+            value = get(*args)
+            return (
+                np.full_like(value, np.nan) if name == "joint_angles" and len(served.actions) == 5 else value
+            )
+
+        return poisoned
+
+    served.provider = CallableProvider(
+        **{n: getter(n) for n in built.order if n != "carry"}, take_action=served._take
+    )
+    with pytest.raises(
+        InferError,
+        match=r"step 5: the policy's action holds NaN or Inf \(the observations \['joint_angles'\]",
+    ):
+        Runner(model, served.provider, rate_hz=1000, max_steps=20, record_to=tmp_path / "r.kdb").run()
+    assert len(served.actions) == 5  # the sixth action never reached the robot

@@ -56,7 +56,8 @@ class Runner:
         log_path: NDJSON telemetry: a ``.ndjson`` file or a directory (default:
             ``$KINFER_LOG_PATH``; unset means no log).
         record_to: a ``.kdb`` file to append each run to as one episode.
-        spin_s: how long before a deadline to stop sleeping and spin.
+        spin_s: how long before a deadline to stop sleeping and spin (default 0.5 ms, or
+            one period when that is shorter).
         embodiment: episode metadata for the recording.
         task: episode metadata for the recording.
         log_capacity: telemetry lines that may wait for the disk before lines are dropped.
@@ -82,7 +83,7 @@ class Runner:
         prefetch_s: float | None = None,
         log_path: str | os.PathLike[str] | None = None,
         record_to: str | os.PathLike[str] | None = None,
-        spin_s: float = 5e-4,
+        spin_s: float | None = None,
         embodiment: str = "unknown",
         task: str = "",
         log_capacity: int = 1024,
@@ -98,8 +99,12 @@ class Runner:
         period = 1.0 / rate_hz
         if prefetch_s is not None and not 0 <= prefetch_s < period:
             raise ValueError(f"prefetch_s must be in [0, {period:g}) (one period), got {prefetch_s}")
+        if spin_s is None:  # 0.5 ms, or the whole period at rates above 2 kHz
+            spin_s = min(5e-4, period)
         if not 0 <= spin_s <= period:
-            raise ValueError(f"spin_s must be in [0, {period:g}], got {spin_s}")
+            raise ValueError(
+                f"spin_s must be in [0, {period:g}] (one period at {rate_hz:g} Hz), got {spin_s}"
+            )
         self.model, self.provider = model, provider
         self.rate_hz, self.period = float(rate_hz), period
         self.max_steps, self.duration_s, self.prefetch_s = max_steps, duration_s, prefetch_s
@@ -243,6 +248,8 @@ class Runner:
                 t0 = perf()
                 action = step(obs)
                 t1 = perf()
+                if not np.isfinite(action).all():  # never sent to the robot
+                    raise _nonfinite(len(rows), obs)
                 take(names, action)
                 if logger is not None:
                     sources[-1] = action
@@ -282,6 +289,15 @@ class Runner:
 
 def _noop() -> None:
     pass
+
+
+def _nonfinite(step: int, obs: dict[str, Any]) -> InferError:
+    bad = [name for name, value in obs.items() if not np.isfinite(np.asarray(value, np.float64)).all()]
+    why = f"the observations {bad} hold NaN or Inf" if bad else "the observations were all finite"
+    return InferError(
+        f"step {step}: the policy's action holds NaN or Inf ({why}); it was not sent to the robot. "
+        "Check the provider's values, or the policy for a division by zero"
+    )
 
 
 def _add_note(exc: BaseException, note: str) -> None:
