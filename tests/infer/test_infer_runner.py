@@ -312,3 +312,15 @@ def test_a_non_finite_action_is_never_sent_to_the_robot(make_package: MakePackag
     ):
         Runner(model, served.provider, rate_hz=1000, max_steps=20, record_to=tmp_path / "r.kdb").run()
     assert len(served.actions) == 5  # the sixth action never reached the robot
+
+
+def test_a_loop_that_falls_behind_says_so(
+    make_package: MakePackage, caplog: pytest.LogCaptureFixture
+) -> None:
+    built = make_package()
+    model = load_model(built.path)
+    served = Served(built, 5, on_action=lambda n: time.sleep(0.012) if n % 5 == 0 else None)
+    with caplog.at_level("WARNING", logger="kinodb.infer.runner"):
+        stats = Runner(model, served.provider, rate_hz=200, max_steps=20).run()
+    assert stats["overruns"] >= 3 and stats["skipped_ticks"] >= 3
+    assert "the loop fell behind 200 Hz" in caplog.text and "were skipped" in caplog.text

@@ -185,6 +185,13 @@ class Runner:
             record_to=None if self.record_to is None else os.fspath(self.record_to), recorded_episode=None,
             realtime=restore is not None and restore is not _noop,
         )  # fmt: skip
+        if stats["skipped_ticks"] or stats["overruns"]:
+            achieved = stats["steps"] / stats["duration_s"] if stats["duration_s"] else 0.0
+            log.warning(
+                "the loop fell behind %g Hz: %d ticks overran their period and %d were skipped (%.1f Hz "
+                "achieved); tick_lateness_us counts only the ticks that ran",
+                self.rate_hz, stats["overruns"], stats["skipped_ticks"], achieved,
+            )  # fmt: skip
         error, self._error = self._error, None
         if recording is not None and self.record_to is not None and stats["steps"]:
             try:
