@@ -324,3 +324,22 @@ def test_a_loop_that_falls_behind_says_so(
         stats = Runner(model, served.provider, rate_hz=200, max_steps=20).run()
     assert stats["overruns"] >= 3 and stats["skipped_ticks"] >= 3
     assert "the loop fell behind 200 Hz" in caplog.text and "were skipped" in caplog.text
+
+
+def test_recording_into_a_file_of_another_robot_is_refused_before_the_run(
+    make_package: MakePackage, tmp_path: Path
+) -> None:
+    out = tmp_path / "rollouts.kdb"
+    first = make_package()
+    Runner(load_model(first.path), Served(first, 1).provider, rate_hz=1000, max_steps=5, record_to=out).run()
+    Runner(load_model(first.path), Served(first, 2).provider, rate_hz=1000, max_steps=5, record_to=out).run()
+    other = make_package(joints=[f"other_{k}" for k in range(len(first.joints))])
+    served = Served(other, 3)
+    with pytest.raises(
+        InferError,
+        match=r"record_to .* holds episodes whose actions names are .*record this policy to a new file",
+    ):
+        Runner(load_model(other.path), served.provider, rate_hz=1000, max_steps=5, record_to=out).run()
+    assert served.actions == []  # refused before any action was sent
+    with kinodb.open(out) as db:
+        assert len(db) == 2

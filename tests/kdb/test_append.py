@@ -267,8 +267,32 @@ def test_an_abort_whose_flush_fails_still_cuts_the_append_off(tmp_path: Path) ->
     assert path.stat().st_size > size
     real = w._fh
     w._fh = DiskFull(real)  # type: ignore[assignment]
+    w.add_episode(actions=np.ones((50, 2), np.float32))  # these stay in the buffer: its flush fails
     w.abort()
-    real.close()
+    real.close()  # closing the buffer must not write them back past the cut
     assert path.stat().st_size == size
     with kinodb.open(path) as db:
         assert len(db) == 1
+
+
+def test_an_append_of_a_camera_stored_in_several_codecs_is_lossless_and_a_refused_schema_frees_the_file(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "mixed.kdb"
+    rng = np.random.default_rng(5)
+    frames = rng.integers(0, 256, (3, 6, 8, 1), dtype=np.uint8)
+    with kinodb.Writer(path, image_codec="raw", schema={"actions": {"names": ["a", "b"]}}) as w:
+        w.add_episode(actions=np.zeros((3, 2), np.float32), images={"depth": frames})
+    with kinodb.Writer(path, mode="a", image_codec="png") as w:
+        w.add_episode(actions=np.zeros((3, 2), np.float32), images={"depth": frames})
+    with kinodb.Writer(path, mode="a") as w:  # the camera's codec varies: a lossless one
+        w.add_episode(actions=np.zeros((3, 2), np.float32), images={"depth": frames})
+    with kinodb.open(path) as db:
+        assert db.cameras(2)["depth"]["codec"] == "png"
+        assert np.array_equal(db.read_episode(2)["images"]["depth"], frames)
+    with pytest.raises(WriterError, match="an append cannot change the schema"):
+        kinodb.Writer(path, mode="a", schema={"actions": {"names": ["x", "y"]}})
+    with kinodb.Writer(
+        path, mode="a", schema={"actions": {"names": ["a", "b"]}}
+    ) as w:  # not locked by the refusal
+        w.add_episode(actions=np.zeros((3, 2), np.float32), images={"depth": frames})

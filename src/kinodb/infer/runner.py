@@ -161,6 +161,8 @@ class Runner:
             else None
         )
         recording = _Recording(self.model, self.rate_hz) if self.record_to is not None else None
+        if recording is not None and self.record_to is not None:
+            recording.check_target(self.record_to)  # before any action is sent, not after the run
         old_switch = sys.getswitchinterval()
         if logger is not None:
             # A thread waiting for the GIL waits up to the switch interval (5 ms by default)
@@ -210,8 +212,9 @@ class Runner:
             kept = [f"the NDJSON log {path} holds its {stats['log_lines']} lines"] if path is not None else []
             if stats["recorded_episode"] is not None:
                 kept.append(f"{self.record_to} episode {stats['recorded_episode']} holds its steps")
-            error.add_note(
-                f"the run stopped after {stats['steps']} steps" + (f"; {'; '.join(kept)}" if kept else "")
+            _add_note(
+                error,
+                f"the run stopped after {stats['steps']} steps" + (f"; {'; '.join(kept)}" if kept else ""),
             )
             raise error
         return stats
@@ -299,7 +302,8 @@ def _noop() -> None:
 
 
 def _nonfinite(step: int, obs: dict[str, Any]) -> InferError:
-    bad = [name for name, value in obs.items() if not np.isfinite(np.asarray(value, np.float64)).all()]
+    with np.errstate(over="ignore"):  # as the policy saw them: float32 (1e39 is inf there)
+        bad = [name for name, value in obs.items() if not np.isfinite(np.asarray(value, np.float32)).all()]
     why = f"the observations {bad} hold NaN or Inf" if bad else "the observations were all finite"
     return InferError(
         f"step {step}: the policy's action holds NaN or Inf ({why}); it was not sent to the robot. "
@@ -388,6 +392,36 @@ class _Recording:
         self._act = np.concatenate([self._act, np.zeros_like(self._act)])[:cap]
         self._obs = {n: np.concatenate([a, np.zeros_like(a)])[:cap] for n, a in self._obs.items()}
 
+    def schema(self) -> dict[str, Any]:
+        """The schema the episode is written with: joint names, and the state components."""
+        sig = self._model.signature
+        comps, names, pos = {}, [], 0
+        for n in [n for n in STATE_INPUTS if n in self._names]:
+            comps[n] = [pos, pos + sig.num_joints]
+            names += [f"{n}.{j}" for j in sig.joint_names]
+            pos += sig.num_joints
+        schema: dict[str, Any] = {"actions": {"names": list(sig.joint_names)}}
+        if comps:
+            schema["states"] = {"components": comps, "names": names}
+        return schema
+
+    def check_target(self, path: str | os.PathLike[str]) -> None:
+        """Refuse, before the run, a ``record_to`` file whose episodes have another schema."""
+        if not os.path.exists(path):
+            return
+        from kinodb.kdb.reader import open_database  # deferred: recording is optional
+
+        with open_database(path) as db:
+            stored = db.schema()
+        for part, spec in self.schema().items():
+            for key, value in spec.items():
+                have = stored.get(part, {}).get(key)
+                if have is not None and have != value:
+                    raise InferError(
+                        f"record_to {os.fspath(path)} holds episodes whose {part} {key} are {have!r}, not this "
+                        f"policy's {value!r}: record this policy to a new file"
+                    )
+
     def write(
         self, path: str | os.PathLike[str], times: npt.NDArray[np.float64], stats: dict[str, Any], *,
         embodiment: str, task: str,
@@ -395,21 +429,14 @@ class _Recording:
         """Append the run as one episode; return its index in the file."""
         from kinodb.kdb.writer import Writer  # deferred: recording is optional
 
-        sig = self._model.signature
         T = len(times)
         state_parts = [n for n in STATE_INPUTS if n in self._names]
-        comps, names, pos = {}, [], 0
-        for n in state_parts:
-            comps[n] = [pos, pos + sig.num_joints]
-            names += [f"{n}.{j}" for j in sig.joint_names]
-            pos += sig.num_joints
+        schema = self.schema()
         states = np.concatenate([self._obs[n][:T] for n in state_parts], axis=1) if state_parts else None
         extra_arrays = {n: self._obs[n][:T] for n in self._names if n not in state_parts}
         extra_arrays["step_latency_us"] = (times[:, 2] * 1e6).astype(np.float32)
         extra_arrays["tick_lateness_us"] = (times[:, 1] * 1e6).astype(np.float32)
-        schema: dict[str, Any] = {"actions": {"names": list(sig.joint_names)}}
-        if state_parts:
-            schema["states"] = {"components": comps, "names": names}
+        sig = self._model.signature
         extra = {
             "source": "kinodb.infer", "policy": os.path.basename(self._model.path),
             "kinfer_generation": sig.generation, "rate_hz": self.rate_hz, "overruns": stats["overruns"],

@@ -251,8 +251,12 @@ class Writer:
         if source_format is not None:
             self._dataset["source_format"] = str(source_format)
         self._dataset["metadata"].update(metadata)
-        for part, spec in (schema or {}).items():
-            self._declare(part, spec)
+        try:
+            for part, spec in (schema or {}).items():
+                self._declare(part, spec)
+        except BaseException:
+            self._finalizer()  # release the file (and an append's lock) now, not when collected
+            raise
 
     def _open_append(self) -> None:
         from kinodb.kdb.reader import Database  # deferred: the reader never imports the writer
@@ -321,8 +325,13 @@ class Writer:
         appending, the codec the file already stores the camera in; else JPEG."""
         if self._codec is not None:
             return str(self._codec)
-        stored = self._dataset["schema"].get("cameras", {}).get(cam, {}).get("codec")
-        return stored if stored in CODECS else "jpeg"
+        if self._mode != "a" or self._tmp is not None:
+            return "jpeg"
+        entry = self._dataset["schema"].get("cameras", {}).get(cam)
+        if entry is None:
+            return "jpeg"
+        stored = entry.get("codec")
+        return stored if stored in CODECS else "png"  # codecs vary: lossless, whatever was stored
 
     def _declare(self, part: str, spec: Mapping[str, Any]) -> None:
         if part not in ("actions", "states"):
@@ -731,10 +740,10 @@ class Writer:
         if self._tmp is None:
             with contextlib.suppress(OSError):
                 self._fh.flush()  # may fail (a full disk): the truncate below runs anyway
-            with contextlib.suppress(OSError):
-                os.ftruncate(
-                    self._fh.fileno(), self._base_end
-                )  # not through the buffer: it may hold unwritten bytes
+            with contextlib.suppress(OSError):  # not through the buffer: it may hold unwritten bytes
+                os.ftruncate(self._fh.fileno(), self._base_end)
+            with contextlib.suppress(OSError, AttributeError):
+                self._fh.raw.close()  # type: ignore[attr-defined]  # so closing the buffer cannot write them back
         self._finalizer()
 
     def __enter__(self) -> Writer:
