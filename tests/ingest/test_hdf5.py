@@ -369,6 +369,13 @@ def test_export_gives_state_keys_back_their_dtype_and_shape(tmp_path: Path) -> N
         assert f["data/demo_0/obs/contact"].shape == truth["demo_0"]["obs/contact"].shape
 
 
+def _same_frames(a: Path, b: Path) -> None:
+    with kinodb.open(a) as x, kinodb.open(b) as y:
+        same_bits(
+            y.read_episode(1)["images"]["agentview_rgb"], x.read_episode(1)["images"]["agentview_rgb"], "rgb"
+        )
+
+
 def test_an_export_of_upright_libero_frames_is_flipped_as_its_source(
     tmp_path: Path, libero: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -385,30 +392,21 @@ def test_an_export_of_upright_libero_frames_is_flipped_as_its_source(
         ingest(exported, tmp_path / "stored_again.kdb", image_codec="png")
     assert "pass flip_images" in caplog.text  # and so is its export
     ingest(exported, tmp_path / "again.kdb", image_codec="png", flip_images=True)
-    with kinodb.open(upright) as a, kinodb.open(tmp_path / "again.kdb") as b:
-        same_bits(
-            b.read_episode(1)["images"]["agentview_rgb"], a.read_episode(1)["images"]["agentview_rgb"], "rgb"
-        )
+    _same_frames(upright, tmp_path / "again.kdb")
 
 
 def test_an_export_kept_upright_is_not_flipped_again(
     tmp_path: Path, libero: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from kinodb.export import hdf5
-
     upright = tmp_path / "upright.kdb"
     ingest(libero, upright, image_codec="png", flip_images=True)
     exported = tmp_path / "upright.hdf5"
-    with kinodb.open(upright) as db:
-        hdf5.write(db, list(range(len(db))), str(exported), {}, flip_images=False)
+    kinodb.export.export(upright, exported, format="hdf5", flip_images=False)
     caplog.clear()
     with caplog.at_level("WARNING"):
         ingest(exported, tmp_path / "again.kdb", image_codec="png")
     assert "flip_images" not in caplog.text  # the export's frames are upright already
-    with kinodb.open(upright) as a, kinodb.open(tmp_path / "again.kdb") as b:
-        same_bits(
-            b.read_episode(1)["images"]["agentview_rgb"], a.read_episode(1)["images"]["agentview_rgb"], "rgb"
-        )
+    _same_frames(upright, tmp_path / "again.kdb")
 
 
 def test_flip_images_rotates_180(tmp_path: Path, libero: Path) -> None:
