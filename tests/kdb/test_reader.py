@@ -406,3 +406,18 @@ def test_a_missing_array_or_camera_is_a_kinodb_error_and_a_key_error(tmp_path: P
                 call()
             assert isinstance(exc.value, KeyError) and isinstance(exc.value, kinodb.KinodbError)
             assert str(exc.value).startswith(f"{path}: episode 0 has no ")  # not quoted like a plain KeyError
+
+
+def test_an_episode_that_trades_cameras_for_extra_arrays_reads_them_after_another(tmp_path: Path) -> None:
+    path = tmp_path / "mixed.kdb"
+    cams = {"front": np.full((1, 1, 1, 1), 33, np.uint8), "wrist": np.full((1, 1, 1, 1), 248, np.uint8)}
+    extra = {"lang": np.array([-114.06], np.float16), "joint_vel": np.array([-1.492], np.float16)}
+    with kinodb.Writer(path, image_codec="png") as w:
+        w.add_episode(actions=np.zeros((1, 0), np.float16), timestamps=np.array([0.5]), images=cams)
+        w.add_episode(actions=np.zeros((1, 0), np.float16), timestamps=np.array([0.5]), extra_arrays=extra)
+    with kinodb.open(path) as db:  # the same number of sections: two cameras, then two extra arrays
+        assert sorted(db.read_episode(0)["images"]) == ["front", "wrist"]
+        second = db.read_episode(1)
+        assert np.array_equal(second["lang"], extra["lang"]) and np.array_equal(
+            second["joint_vel"], extra["joint_vel"]
+        )

@@ -82,7 +82,6 @@ class Database:
     _index: IndexBlock | None = None  # the decoded index block, once something needed it
     _ints: tuple[Any, ...] | None = None  # `READER_COLUMNS` as int views, on the first read
     _array_names: Sequence[str] = ()  # the arrays of the last episode decoded in full
-    _cameras_per_episode = 0
     _layout: Periodic | None = None  # `periodic_layout` of the index, once a table needed it
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
@@ -358,8 +357,14 @@ class Database:
                         break
                 out[name] = arr
             else:
-                if len(out) + self._cameras_per_episode == self._int_views()[1][i]:
-                    return out
+                # Every known array was found; the episode holds no other one when its array
+                # rows number as many (an episode may trade cameras for extra arrays).
+                ints = self._int_views()
+                start, count, kinds = ints[0][i], ints[1][i], ints[4]
+                if start + count <= len(kinds):  # else the slow path names the damage
+                    cams = sum(1 for r in range(start, start + count) if kinds[r] == KIND_CAMERA)
+                    if len(out) + cams == count:
+                        return out
         return self._slow_arrays(i)
 
     def _slow_arrays(self, i: int) -> dict[str, np.ndarray]:
@@ -371,7 +376,6 @@ class Database:
                 out[sec.name] = np.ndarray(sec.shape, sec.dtype, buffer=buf, offset=sec.offset)  # type: ignore[arg-type]
                 self._remember(Locator.from_section(self._names.index(sec.name), k, sec))
         self._array_names = list(out)
-        self._cameras_per_episode = len(sections) - len(out)
         return out
 
     def _remember(self, loc: Locator) -> None:
