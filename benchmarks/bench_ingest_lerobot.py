@@ -20,7 +20,8 @@ Inputs: the real Unitree G1 sample (LeRobot v2.1, episode 29: 221 frames of 640x
 when ``../shared/samples`` has it, and a synthetic LeRobot v3.0 dataset (by default 20
 episodes x 60 frames of 320x240 AV1, 10 episodes per data and video file, GOP 2 as
 LeRobot writes). All variants run in the same process, rotating, on a warm page cache;
-medians of the runs after one warm-up run are reported. A converter-only row reads every episode without writing, to
+medians of the runs after one warm-up run are reported. Each ingest writes a new output
+file, as a user's does: the previous run's output is deleted off the clock. A converter-only row reads every episode without writing, to
 separate the converter's cost from the writer's. Raw output goes both to disk (``--tmp``,
 default the system temporary folder) and to memory (``--memory``, default ``/dev/shm``):
 raw frames are large (0.9 MB per 640x480 frame), so where they are written weighs as
@@ -105,9 +106,7 @@ def measure(name: str, root: Path, files: list[Path], outs: dict[str, Path], rep
     """Median seconds of each ingest variant, the converter alone and the peers, rotating."""
 
     def run_ingest(out: Path, codec: str, workers: int = 1) -> Callable[[], Any]:
-        return lambda: ingest(
-            root, out, image_codec=codec, overwrite=True, workers=workers, episodes=episodes
-        )
+        return lambda: ingest(root, out, image_codec=codec, workers=workers, episodes=episodes)
 
     runs: dict[str, Callable[[], Any]] = {
         "pyav_default": lambda: bare_decode(files, None),
@@ -116,16 +115,26 @@ def measure(name: str, root: Path, files: list[Path], outs: dict[str, Path], rep
         "convert_only": lambda: convert_only(root, episodes),
         "convert_only_jpeg": lambda: convert_only(root, episodes, 95),
     }
-    for kind, folder in outs.items():
-        runs[f"ingest_raw_{kind}"] = run_ingest(folder / f"{name}_raw.kdb", "raw")
-    runs["ingest_jpeg_disk"] = run_ingest(outs["disk"] / f"{name}_jpeg.kdb", "jpeg")
-    runs["ingest_jpeg_disk_workers2"] = run_ingest(outs["disk"] / f"{name}_jpeg2.kdb", "jpeg", 2)
+    written = {f"ingest_raw_{kind}": folder / f"{name}_raw.kdb" for kind, folder in outs.items()}
+    written["ingest_jpeg_disk"] = outs["disk"] / f"{name}_jpeg.kdb"
+    written["ingest_jpeg_disk_workers2"] = outs["disk"] / f"{name}_jpeg2.kdb"
+    for what, out in written.items():
+        runs[what] = run_ingest(
+            out, "jpeg" if "jpeg" in what else "raw", 2 if what.endswith("workers2") else 1
+        )
     order = list(runs)
+
+    def clear(what: str) -> None:  # off the clock: a new output deletes no old file
+        if what in written:
+            written[what].unlink(missing_ok=True)
+
     for what in order:  # warm-up: imports, page cache, worker start-up code paths
+        clear(what)
         runs[what]()
     times: dict[str, list[float]] = {k: [] for k in order}
     for r in range(repeats):
         for what in order[r % len(order) :] + order[: r % len(order)]:
+            clear(what)
             t0 = time.perf_counter()
             runs[what]()
             times[what].append(time.perf_counter() - t0)
