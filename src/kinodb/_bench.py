@@ -79,6 +79,8 @@ class BenchConfig:
         for name in ("episodes", "frames", "repeats", "draws", "batch", "batches"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {self.seed}")
 
 
 @dataclass

@@ -99,6 +99,8 @@ def create_test(
     """
     if n < 1 or frames < 1:
         raise ValueError(f"need at least one episode and one frame, got n={n}, frames={frames}")
+    if seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed}")
     codec = "raw" if compress is None else "jpeg"
     schema = {
         "states": {"components": STATE_COMPONENTS},

@@ -100,6 +100,49 @@ def test_the_directory_is_removed_when_a_run_fails(
 
 
 def test_bad_sizes_are_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["bench", "-n", "0"]) == 2
-    assert "episodes must be at least 1" in capsys.readouterr().err
-    assert main(["bench", "--repeats", "0"]) == 2
+    for argv in (["bench", "-n", "0"], ["bench", "--repeats", "0"]):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 2
+    assert "expected a positive integer, got 0" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="episodes must be at least 1"):
+        BenchConfig(episodes=0).check()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["bench", *SMALL, "--seed", "-1"], "argument --seed: expected a non-negative integer, got -1"),
+        (
+            ["create-test", "x.kdb", "--seed", "-3"],
+            "argument --seed: expected a non-negative integer, got -3",
+        ),
+        (
+            ["create-test", "x.kdb", "--frames", "two"],
+            "argument -f/--frames: expected a positive integer, got 'two'",
+        ),
+    ],
+)
+def test_bad_numbers_name_the_option(
+    argv: list[str],
+    message: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "x.kdb").exists()
+
+
+def test_library_refuses_a_negative_seed(tmp_path: Path) -> None:
+    from kinodb.synthetic import create_test
+
+    with pytest.raises(ValueError, match="seed must be a non-negative integer, got -1"):
+        BenchConfig(seed=-1).check()
+    with pytest.raises(ValueError, match="seed must be a non-negative integer, got -1"):
+        create_test(tmp_path / "x.kdb", 2, 3, seed=-1)
+    assert not (tmp_path / "x.kdb").exists()

@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from kinodb._bench import BenchConfig, run_bench
+from kinodb._cli._types import non_negative_int, positive_int
 
 
 def register(sub: Any) -> None:
@@ -22,11 +23,11 @@ def register(sub: Any) -> None:
             "benchmarks/bench_core.py."
         ),
     )
-    p.add_argument("-n", "--num-episodes", type=int, default=500, help="episodes (default: 500)")
-    p.add_argument("-f", "--frames", type=int, default=50, help="frames per episode (default: 50)")
+    p.add_argument("-n", "--num-episodes", type=positive_int, default=500, help="episodes (default: 500)")
+    p.add_argument("-f", "--frames", type=positive_int, default=50, help="frames per episode (default: 50)")
     p.add_argument("--images", action="store_true", help="add two raw 64x64 RGB cameras and an image read")
-    p.add_argument("--repeats", type=int, default=5, help="timed runs per operation (default: 5)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--repeats", type=positive_int, default=5, help="timed runs per operation (default: 5)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default: 0)")
     p.add_argument("--no-h5py", action="store_true", help="measure .kdb only")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
     p.set_defaults(run=run)

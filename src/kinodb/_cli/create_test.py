@@ -7,6 +7,7 @@ import errno
 import os
 from typing import Any
 
+from kinodb._cli._types import non_negative_int, positive_int
 from kinodb.synthetic import create_test
 
 
@@ -15,8 +16,8 @@ def register(sub: Any) -> None:
     p = sub.add_parser("create-test", help="write a synthetic dataset",
                        description="Write synthetic episodes with several embodiments, tasks and outcomes.")  # fmt: skip
     p.add_argument("path", nargs="?", default="test.kdb", help="output file (default: test.kdb)")
-    p.add_argument("-n", "--num-episodes", type=int, default=10, help="episodes (default: 10)")
-    p.add_argument("-f", "--frames", type=int, default=50, help="frames per episode (default: 50)")
+    p.add_argument("-n", "--num-episodes", type=positive_int, default=10, help="episodes (default: 10)")
+    p.add_argument("-f", "--frames", type=positive_int, default=50, help="frames per episode (default: 50)")
     p.add_argument("--images", action="store_true", help="add two 64x64 RGB cameras, front and wrist")
     p.add_argument(
         "--compress",
@@ -24,7 +25,7 @@ def register(sub: Any) -> None:
         metavar="Q",
         help="store images as JPEG of quality Q (1-100) instead of raw",
     )
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default: 0)")
     p.add_argument("--force", action="store_true", help="replace PATH if it exists")
     p.set_defaults(run=run)
 

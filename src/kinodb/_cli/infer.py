@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from kinodb._cli._types import positive_int
+
 
 def register(sub: Any) -> None:
     """Add the subcommand to ``sub``."""
@@ -45,9 +47,7 @@ def register(sub: Any) -> None:
 
     b = inner.add_parser("bench", help="step latency back to back and inside a fixed-rate loop")
     b.add_argument("package", help=".kinfer or .onnx file")
-    b.add_argument(
-        "--steps", type=_positive_int, default=5000, help="back-to-back timed steps (default 5000)"
-    )
+    b.add_argument("--steps", type=positive_int, default=5000, help="back-to-back timed steps (default 5000)")
     b.add_argument("--rate", type=float, default=50.0, help="loop rate in Hz (default 50)")
     b.add_argument("--seconds", type=float, default=3.0, help="loop duration (default 3)")
     b.add_argument("--json", action="store_true", help="print JSON instead of text")
@@ -62,16 +62,6 @@ def register(sub: Any) -> None:
     g.add_argument("--skip", type=float, default=0.0, metavar="S", help="leave out the first S seconds")
     g.add_argument("--package", help="the policy, to label joints and commands")
     g.set_defaults(run=run_plot)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
 
 
 def run(args: argparse.Namespace) -> int:

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from kinodb._cli._types import non_negative_int
 from kinodb.mixture import DEFAULT_SEED, Mixture
 
 
@@ -28,23 +29,15 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--weight-by", choices=("episode", "frame"), default="episode",
                    help="what the shares count (default: episode)")  # fmt: skip
-    p.add_argument("--seed", type=_non_negative, default=DEFAULT_SEED, help=f"seed (default: {DEFAULT_SEED})")
-    p.add_argument("--sample", type=_non_negative, metavar="N",
+    p.add_argument(
+        "--seed", type=non_negative_int, default=DEFAULT_SEED, help=f"seed (default: {DEFAULT_SEED})"
+    )
+    p.add_argument("--sample", type=non_negative_int, metavar="N",
                    help="also draw weighted_epoch(N) and show what it holds per source")  # fmt: skip
-    p.add_argument("--epoch", type=_non_negative, default=0, metavar="E",
+    p.add_argument("--epoch", type=non_negative_int, default=0, metavar="E",
                    help="epoch number of the --sample draw (default: 0)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(run=run)
-
-
-def _non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
-    return value
 
 
 def parse_source(text: str) -> tuple[str, float]:
