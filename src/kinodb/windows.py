@@ -23,7 +23,9 @@ from numpy.typing import NDArray
 
 from kinodb import _images
 from kinodb.errors import EpisodeNotFoundError, KinodbError
+from kinodb.kdb._layout import KIND_CAMERA
 from kinodb.kdb.reader import Database, open_database
+from kinodb.kql.ast import render_value
 from kinodb.mixture import Mixture
 
 __all__ = ["FrameWindows", "WindowSpec", "stack_groups"]
@@ -181,6 +183,59 @@ class _Source:
             cams = self._cams[j] = self.db._episode_cameras(int(self.kept[j]))
         return cams
 
+    def holding(self, camera: str | None) -> NDArray[np.bool_]:
+        """Per kept episode: whether it holds ``camera`` (any camera when None).
+
+        One pass over the index's section columns (no episode is read); files without
+        them (format 0.1) look at each episode's camera table.
+        """
+        cols = self.db._cols
+        if isinstance(cols, Mapping) and "sec_start" in cols and "sec.kind" in cols:
+            hit = np.asarray(cols["sec.kind"]) == KIND_CAMERA
+            if camera is not None:
+                ids = [k for k, n in enumerate(self.db._names) if n == camera]
+                hit &= np.asarray(cols["sec.name"]) == (ids[0] if ids else -1)
+            seen = np.concatenate([[0], np.cumsum(hit, dtype=np.int64)])
+            start = np.asarray(cols["sec_start"], np.int64)[self.kept]
+            end = start + np.asarray(cols["sec_count"], np.int64)[self.kept]
+            return np.asarray(seen[end] > seen[start])
+        return np.array(
+            [
+                bool(cams) if camera is None else camera in cams
+                for cams in map(self.cameras, range(len(self.kept)))
+            ],
+            dtype=bool,
+        )
+
+    def require_camera(self, camera: str | None, without: str) -> None:
+        """Raise if some kept episode lacks ``camera`` (has no camera, when None).
+
+        The message counts them, names the first, and gives the ``kql_filter`` that leaves
+        them out when they are all of other embodiments than the episodes with it; then
+        the ``image_key=False`` alternative, ``without`` saying what that gives.
+        """
+        has = self.holding(camera)
+        if has.all():
+            return
+        missing = self.kept[~has]
+        what = "no cameras" if camera is None else f"no camera {camera!r}"
+        fix = "leave them out with kql_filter"
+        emb = np.asarray(self.db.episodes()["embodiment"], dtype=object)
+        lacking, others = set(emb[missing].tolist()), set(emb[self.kept[has]].tolist())
+        if (
+            has.any()
+            and not lacking & others
+            and len(lacking) <= 3
+            and all(isinstance(e, str) for e in lacking)
+        ):
+            names = ", ".join(render_value(e) for e in sorted(lacking))
+            query = f"embodiment != {names}" if len(lacking) == 1 else f"NOT embodiment IN ({names})"
+            fix = f'they are the {names} episodes: leave them out with kql_filter="{query}"'
+        raise KinodbError(
+            f"{self.where}: {len(missing)} of {len(self.kept)} episodes have {what} (the first is episode "
+            f"{int(missing[0])}); {fix}, or pass image_key=False for {without}"
+        )
+
 
 def frame_tasks(db: Database, ep: int, codes: Any, T: int, where: str) -> tuple[list[str], NDArray[np.int64]]:
     """An episode's task texts and each frame's position among them, from its extra field
@@ -298,6 +353,8 @@ class FrameWindows:
                     "{'front': ['image_0', 'cam_high']} (one camera per source, in order), or "
                     "image_key=False for windows without images"
                 )
+            for cam in self.spec.images:  # and every episode of it (a merged file of several robots)
+                source.require_camera(names[cam], "windows without images")
         self._check_grid()
 
     # -- description ------------------------------------------------------------------------

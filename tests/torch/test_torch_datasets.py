@@ -557,3 +557,74 @@ def test_zero_padding_stays_zero_after_normalisation(lowdim) -> None:
         not batch["action"][batch["action_is_pad"]].any() and not batch["state"][batch["state_is_pad"]].any()
     )
     assert batch["action"][~batch["action_is_pad"]].abs().sum() > 0
+
+
+def _two_robots(tmp_path: Path) -> Path:
+    """A merged file: 3 'arm' episodes with camera 'front', then 2 'biped' episodes with
+    camera 'head' (same dims, so only the cameras tell them apart)."""
+    rng = np.random.default_rng(5)
+    path = tmp_path / "two.kdb"
+    with kinodb.Writer(path, mode="w", image_codec="raw") as w:
+        for k, (emb, cam) in enumerate([("arm", "front")] * 3 + [("biped", "head")] * 2):
+            T = 4 + k
+            w.add_episode(actions=rng.normal(size=(T, 2)).astype(np.float32),
+                          states=rng.normal(size=(T, 3)).astype(np.float32), embodiment=emb, fps=10.0,
+                          images={cam: rng.integers(0, 256, (T, 6, 8, 3), dtype=np.uint8)})  # fmt: skip
+    return path
+
+
+def test_episode_dataset_takes_each_episodes_first_camera(tmp_path: Path) -> None:
+    path = _two_robots(tmp_path)
+    ds = KinoMapDataset(path)  # image_key=None: 'front' for the arm, 'head' for the biped
+    with kinodb.open(path) as db:
+        for i in range(len(db)):
+            (cam,) = db.cameras(i)
+            want = (
+                torch.from_numpy(np.array(db.read_episode(i)["images"][cam])).permute(0, 3, 1, 2).float()
+                / 255
+            )
+            torch.testing.assert_close(ds[i]["image"], want)
+
+
+def test_a_camera_some_episodes_lack_is_refused_when_made(tmp_path: Path) -> None:
+    path = _two_robots(tmp_path)
+    with pytest.raises(kinodb.KinodbError) as exc:
+        KinoMapDataset(path, image_key="front")
+    msg = str(exc.value)
+    assert "2 of 5 episodes have no camera 'front' (the first is episode 3)" in msg
+    assert "kql_filter=\"embodiment != 'biped'\"" in msg and "image_key=False" in msg
+    ds = KinoMapDataset(path, image_key="front", kql_filter="embodiment != 'biped'")  # the advice works
+    assert len(ds) == 3 and ds[2]["image"].shape == (6, 3, 6, 8)
+    with pytest.raises(kinodb.KinodbError, match="2 of 5 episodes have no camera 'front'"):
+        KinoFrameDataset(path, image_key="front")
+    assert len(KinoFrameDataset(path, image_key="front", kql_filter="embodiment = 'arm'")) == 4 + 5 + 6
+
+
+def test_a_mixture_source_without_the_camera_is_refused_when_made(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.kdb", tmp_path / "b.kdb"
+    _write(a, [4, 5], cameras={"front": (6, 8, 3)}, codec="raw")
+    _write(b, [3], cameras={"wrist": (6, 8, 3)}, codec="raw")
+    with pytest.raises(kinodb.KinodbError, match=r"b\.kdb.*1 of 1 episodes have no camera 'front'"):
+        KinoMapDataset(kinodb.Mixture({str(a): 1, str(b): 1}), image_key="front")
+    items = KinoMapDataset(kinodb.Mixture({str(a): 1, str(b): 1}))  # each episode's first camera
+    assert [items[i]["image"].shape[0] for i in range(len(items))] == [4, 5, 3]
+
+
+def test_camera_check_reads_format_01_files_too(tmp_path: Path) -> None:
+    from _legacy_encoder import Episode, encode, raw_frames
+
+    rng = np.random.default_rng(0)
+
+    def episode(T: int, cams: list[str]) -> Episode:
+        return Episode(states=rng.normal(size=(T, 3)).astype(np.float32),
+                       actions=rng.normal(size=(T, 2)).astype(np.float32), rewards=np.zeros(T, np.float32),
+                       is_terminal=np.arange(T) == T - 1,
+                       images={c: raw_frames(rng.integers(0, 256, (T, 6, 8, 3), dtype=np.uint8)) for c in cams})  # fmt: skip
+
+    path = tmp_path / "old.kdb"
+    path.write_bytes(encode([episode(4, ["front"]), episode(3, ["front"]), episode(5, [])]))
+    with pytest.raises(
+        kinodb.KinodbError, match=r"1 of 3 episodes have no camera 'front' .the first is episode 2"
+    ):
+        KinoMapDataset(path, image_key="front")
+    assert len(KinoMapDataset(path, image_key="front", kql_filter="num_frames < 5")) == 2

@@ -305,7 +305,7 @@ class KinoMapDataset(_Base):
     Args:
         source: A path, a `Database`, a list of paths, or a `Mixture`.
         kql_filter: Keep only matching episodes.
-        image_key: A camera, a list of cameras, None (the first camera) or False (no images).
+        image_key: A camera, a list of cameras, None (each episode's first camera) or False (no images).
         image_size: ``(H, W)``, or None for the stored size.
         to_tensor: Return torch tensors (else NumPy arrays).
         normalize: As for `KinoFrameDataset`.
@@ -343,6 +343,11 @@ class KinoMapDataset(_Base):
         self._opened: tuple[list[_Source], np.ndarray, _Normalizers | None] | None = None
         sources = self._open()[0]
         self._cams, self._several = image_keys(image_key, list(sources[0].cameras(0)), sources[0].where)
+        # None: each episode's first camera (robots of a merged file or a mixture name theirs apart).
+        self._first = image_key is None and bool(self._cams)
+        for src in sources:  # every episode has the cameras asked for, checked now, not mid-epoch
+            for cam in [None] if self._first else self._cams:
+                src.require_camera(cam, "episodes without images")
         self._len = int(self._open()[1][-1])
 
     def _open(self) -> tuple[list[_Source], np.ndarray, _Normalizers | None]:
@@ -394,11 +399,12 @@ class KinoMapDataset(_Base):
             norm.apply(source.index, arrays)
         out: dict[str, Any] = {k: self._tensor(np.array(v)) for k, v in arrays.items()}
         if self._cams:
-            images = {cam: self._image(self._decode(source, j, cam)) for cam in self._cams}
+            cams = [next(iter(source.cameras(j)))] if self._first else self._cams
+            images = {cam: self._image(self._decode(source, j, cam)) for cam in cams}
             if self._several:
                 out["images"] = images
             else:
-                out["image"] = images[self._cams[0]]
+                out["image"] = images[cams[0]]
         success = meta["success"]
         out.update(task=meta["task"], embodiment=meta["embodiment"], episode_id=meta["episode_id"],
                    success=-1 if success is None else int(success), episode_index=ep, source=source.index)  # fmt: skip
@@ -408,7 +414,10 @@ class KinoMapDataset(_Base):
         c = source.cameras(j).get(cam)
         ep = int(source.kept[j])
         if c is None:
-            raise KinodbError(f"{source.where}: episode {ep} has no camera {cam!r}")
+            raise KinodbError(
+                f"{source.where}: episode {ep} has no camera {cam!r}; leave such episodes out with "
+                "kql_filter, or pass image_key=False for episodes without images"
+            )
         T, h, w, ch = c.shape
         last = self._channels_last
         if c.codec == "raw" and self._size in (None, (h, w)):
