@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import logging
 import tarfile
 import warnings
@@ -289,3 +290,71 @@ def test_a_step_that_reads_none_of_its_arguments(tmp_path: Path) -> None:
     assert model.signature.input_names == ("joint_angles", "carry")
     np.testing.assert_array_equal(model.step({"joint_angles": np.zeros(2, np.float32)}), [0.25, 0.25])
     np.testing.assert_array_equal(model.carry, [1.0])
+
+
+class QuatPolicy(torch.nn.Module):  # type: ignore[misc,name-defined]
+    """A K-Bot-era policy reading the orientation quaternion and the initial heading."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(3 + 4 + 1 + 2, 3)
+
+    def forward(self, joint_angles: Any, quaternion: Any, initial_heading: Any, command: Any,
+                carry: Any) -> tuple[Any, Any]:  # fmt: skip
+        return self.lin(torch.cat([joint_angles, quaternion, initial_heading, command])), carry + 1
+
+
+def test_quaternion_and_initial_heading_are_refused_for_kinfer_0_6(tmp_path: Path) -> None:
+    path = tmp_path / "quat.kinfer"
+    with pytest.raises(InferError) as err:
+        export_torch(
+            QuatPolicy(), path, joint_names=("a", "b", "c"), command_names=("vx", "vy"), carry_shape=(2,)
+        )
+    text = str(err.value)
+    assert "['quaternion', 'initial_heading']" in text and "kinfer 0.6.1" in text
+    assert "projected_gravity" in text and "legacy_inputs=True" in text
+    assert not path.exists()
+
+
+def test_legacy_inputs_write_a_0_5_package(tmp_path: Path) -> None:
+    path = tmp_path / "quat.kinfer"
+    report = export_torch(QuatPolicy(), path, joint_names=("a", "b", "c"), command_names=("vx", "vy"),
+                          carry_shape=(2,), legacy_inputs=True, checks=2)  # fmt: skip
+    with tarfile.open(path) as tar:
+        member = tar.extractfile("metadata.json")
+        assert member is not None
+        meta = json.loads(member.read())
+    assert meta == {"joint_names": ["a", "b", "c"], "num_commands": 2, "carry_size": [2]}
+    model = load_model(path)
+    assert model.signature.generation == report.signature.generation == "0.5"
+    assert model.signature.command_names == ("command_0", "command_1")
+    assert model.signature.input_names == (
+        "joint_angles",
+        "quaternion",
+        "initial_heading",
+        "command",
+        "carry",
+    )
+
+
+def test_a_torchscript_function_exports_like_kinfers_export_fn(tmp_path: Path) -> None:
+    def fn(
+        joint_angles: torch.Tensor, command: torch.Tensor, carry: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return joint_angles * 2.0 + command.sum(), carry * 0.5 + joint_angles.sum()
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit.script announces its deprecation
+        step = torch.jit.script(fn)
+
+    assert type(step).__name__ == "ScriptFunction"
+    path = tmp_path / "scripted.kinfer"
+    report = export_torch(
+        step, path, joint_names=("a", "b", "c"), command_names=("vx",), carry_shape=(4,), checks=3
+    )
+    assert report.signature.input_names == ("joint_angles", "command", "carry")
+    assert report.max_abs_diff <= 1e-5
+    model = load_model(path)
+    a = model.step({"joint_angles": np.ones(3, np.float32), "command": np.float32([0.5])})
+    np.testing.assert_allclose(a, [2.5, 2.5, 2.5])
+    np.testing.assert_allclose(model.carry, np.full(4, 3.0))

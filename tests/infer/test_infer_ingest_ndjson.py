@@ -99,3 +99,24 @@ def test_bad_logs_raise_conversion_errors(tmp_path: Path) -> None:
     empty.mkdir()
     with pytest.raises(ConversionError, match=r"no \.ndjson files"):
         KinferNdjsonSource(str(empty))
+
+
+def test_null_elements_on_the_first_line_ingest_as_nan(tmp_path: Path, rng: np.random.Generator) -> None:
+    recs = [json.loads(_kinfer_line(k, rng)) for k in range(5)]
+    recs[0]["output"][1] = None  # kinfer writes a NaN action element as null
+    recs[0]["joint_angles"][0] = None
+    log = tmp_path / "nan.ndjson"
+    log.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    out = tmp_path / "nan.kdb"
+    report = ingest(log, out, format="kinfer-ndjson")
+    assert report.episodes == 1 and report.frames == 5
+    with kinodb.open(out) as db:
+        ep = db.read_episode(0)
+        assert np.isnan(ep["actions"][0, 1]) and np.isnan(ep["states"][0, 0])
+        np.testing.assert_array_equal(ep["actions"][1:], np.float32([r["output"] for r in recs[1:]]))
+        assert db.schema()["states"]["components"]["joint_angles"] == [0, 3]
+    nulled = tmp_path / "noout.ndjson"
+    recs[2]["output"] = None
+    nulled.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    with pytest.raises(ConversionError, match=r"noout\.ndjson: line 3: field 'output' is null"):
+        ingest(nulled, tmp_path / "noout.kdb", format="kinfer-ndjson")

@@ -7,10 +7,12 @@ import logging
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from _kinfer_builders import (
+    IR_VERSION,
     init_graph,
     metadata_bytes,
     step_graph,
@@ -296,3 +298,98 @@ def test_importing_kinodb_infer_loads_no_heavy_dependency() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+# -- graphs whose outputs are their inputs --------------------------------------------------
+
+
+def _graph(nodes: list[Any], inputs: dict[str, list[int]], outputs: dict[str, list[int]], **kw: Any) -> bytes:
+    from onnx import TensorProto, checker, helper
+
+    graph = helper.make_graph(
+        nodes, "step_fn",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs.items()],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in outputs.items()],
+        kw.get("initializer", []),
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="tests")
+    model.ir_version = IR_VERSION
+    for k, v in kw.get("props", {}).items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = k, v
+    checker.check_model(model)
+    return bytes(model.SerializeToString())
+
+
+def test_outputs_that_are_graph_inputs_pass_through(tmp_path: Path, rng: np.random.Generator) -> None:
+    import onnxruntime as ort
+    from onnx import helper, numpy_helper
+
+    both = _graph([], {"joint_angles": [4], "carry": [8]}, {"joint_angles": [4], "carry": [8]})
+    one = _graph(
+        [helper.make_node("Add", ["carry", "one"], ["next_carry"])],
+        {"joint_angles": [4], "carry": [8]}, {"joint_angles": [4], "next_carry": [8]},
+        initializer=[numpy_helper.from_array(np.ones(8, np.float32), "one")],
+    )  # fmt: skip
+    init = np.arange(8, dtype=np.float32)
+    for name, step in (("both.kinfer", both), ("one.kinfer", one)):
+        model = load_model(_package_with(tmp_path, name, step, init=init_graph(init)))
+        sess = ort.InferenceSession(step, providers=["CPUExecutionProvider"])
+        carry = init
+        for _ in range(3):
+            q = rng.normal(size=4).astype(np.float32)
+            want_action, carry = sess.run(None, {"joint_angles": q, "carry": carry})
+            np.testing.assert_array_equal(model.step({"joint_angles": q}), want_action)
+            np.testing.assert_array_equal(model.carry, carry)
+
+
+# -- kinfer <=0.3 single files, plain .onnx errors, metadata fields ---------------------------
+
+
+def test_kinfer_0_3_single_file_models_are_named(tmp_path: Path) -> None:
+    import base64
+
+    schema = base64.b64encode(b"\x0a\x14\x0a\x0fjoint_positions").decode()  # a serialised ModelSchema
+    cases = {
+        "schema": {"kinfer_metadata": schema},
+        "config": {"kinfer_metadata": json.dumps({"default_standing": [0.0] * 3, "dt": 0.02})},
+        "names": {"kinfer_metadata": json.dumps({"joint_names": ["a", "b", "c"]})},
+    }
+    for name, props in cases.items():
+        path = tmp_path / f"{name}.onnx"
+        path.write_bytes(_graph([], {"joint_positions": [3]}, {"joint_positions": [3]}, props=props))
+        with pytest.raises(InferError) as err:
+            load_model(path)
+        text = str(err.value)
+        assert text.startswith(f"{path}: ") and "step_fn.onnx" not in text
+        assert "kinfer <=0.3" in text and "cannot read" in text and "export_torch" in text, text
+
+
+def test_plain_onnx_errors_name_the_file_itself(tmp_path: Path) -> None:
+    step, _ = step_graph({"joint_angles": [3], "carry": [8]}, 3, (8,))
+    path = tmp_path / "policy.onnx"
+    path.write_bytes(with_props(step, {"joint_names": '["a", "b", "c", "d"]', "carry_size": "[8]"}))
+    with pytest.raises(InferError) as err:
+        load_model(path)
+    assert str(err.value).startswith(f"{path}: input 'joint_angles' has shape [3]; expected [4]")
+    assert "step_fn.onnx" not in str(err.value)
+
+
+def test_missing_carry_size_is_reported_missing(make_package: MakePackage, tmp_path: Path) -> None:
+    built = make_package()
+    missing = write_archive(
+        tmp_path / "missing.kinfer",
+        _members(built.path, metadata_json=b'{"joint_names": ["a"], "command_names": []}'),
+    )
+    with pytest.raises(InferError) as err:
+        load_model(missing)
+    assert "metadata.json: missing required field 'carry_size'" in str(err.value)
+    assert "null" not in str(err.value)
+    null = write_archive(
+        tmp_path / "null.kinfer",
+        _members(
+            built.path, metadata_json=b'{"joint_names": ["a"], "command_names": [], "carry_size": null}'
+        ),
+    )
+    with pytest.raises(InferError, match=r"'carry_size' is null"):
+        load_model(null)

@@ -343,3 +343,54 @@ def test_recording_into_a_file_of_another_robot_is_refused_before_the_run(
     assert served.actions == []  # refused before any action was sent
     with kinodb.open(out) as db:
         assert len(db) == 2
+
+
+def test_t_us_is_stamped_after_inference_before_the_action_is_sent(
+    make_package: MakePackage, tmp_path: Path
+) -> None:
+    built = make_package()
+    sent_at: list[int] = []
+
+    def slow_send(n: int) -> None:
+        sent_at.append(time.time_ns() // 1000)
+        time.sleep(0.005)  # a slow actuator write must not move t_us
+
+    log = tmp_path / "t_us.ndjson"
+    Runner(load_model(built.path), Served(built, on_action=slow_send).provider, rate_hz=100, max_steps=4,
+           log_path=log).run()  # fmt: skip
+    t_us = [json.loads(line)["t_us"] for line in log.read_text().splitlines()]
+    assert len(t_us) == len(sent_at) == 4
+    assert all(t <= s for t, s in zip(t_us, sent_at, strict=True)), (t_us, sent_at)
+
+
+def test_nan_observations_are_logged_as_null(tmp_path: Path) -> None:
+    from _kinfer_builders import IR_VERSION, init_graph, metadata_bytes, write_archive
+    from onnx import TensorProto, checker, helper
+
+    # action = joint_angles; the gyroscope is an input no node reads, so a NaN there is harmless
+    vi = helper.make_tensor_value_info
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["joint_angles"], ["action"]), helper.make_node("Neg", ["carry"], ["next"])],
+        "step_fn",
+        [vi("joint_angles", TensorProto.FLOAT, [4]), vi("gyroscope", TensorProto.FLOAT, [3]),
+         vi("carry", TensorProto.FLOAT, [2])],
+        [vi("action", TensorProto.FLOAT, [4]), vi("next", TensorProto.FLOAT, [2])],
+    )  # fmt: skip
+    step = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    step.ir_version = IR_VERSION
+    checker.check_model(step)
+    meta = {"joint_names": ["a", "b", "c", "d"], "command_names": [], "carry_size": [2]}
+    path = write_archive(tmp_path / "nan.kinfer", [("init_fn.onnx", init_graph(np.zeros(2, np.float32))),
+                         ("step_fn.onnx", step.SerializeToString()), ("metadata.json", metadata_bytes(meta))])  # fmt: skip
+    provider = CallableProvider(
+        joint_angles=lambda names: np.ones(4, np.float32),
+        gyroscope=lambda: np.array([np.nan, np.inf, 0.5], np.float32),
+    )
+    log = tmp_path / "nan.ndjson"
+    Runner(load_model(path), provider, rate_hz=200, max_steps=2, log_path=log).run()
+
+    def refuse(token: str) -> None:
+        raise AssertionError(f"the log holds the non-JSON token {token}")
+
+    recs = [json.loads(line, parse_constant=refuse) for line in log.read_text().splitlines()]
+    assert len(recs) == 2 and recs[0]["gyro"] == [None, None, 0.5] and recs[0]["output"] == [1.0] * 4

@@ -122,3 +122,85 @@ def test_the_writer_keeps_quiet_until_the_window_opens(tmp_path: Path) -> None:
     logger.quiet_at = float("inf")
     logger.close()
     assert logger.written == 5 and len(path.read_text().splitlines()) == 5
+
+
+def _strict(text: str) -> dict[str, object]:
+    """Parse as strict JSON (RFC 8259, serde_json): NaN and Infinity tokens are refused."""
+
+    def refuse(token: str) -> None:
+        raise ValueError(f"non-JSON token {token}")
+
+    rec: dict[str, object] = json.loads(text, parse_constant=refuse)
+    return rec
+
+
+@pytest.mark.parametrize("serialize", ["worker", "inline"])
+def test_nan_and_inf_are_written_as_null_and_read_back_as_nan(tmp_path: Path, serialize: str) -> None:
+    path = tmp_path / f"nan_{serialize}.ndjson"
+    gyro = np.array([np.nan, np.inf, 0.5], np.float32)
+    action = np.array([1.0, -np.inf, 2.0], np.float32)
+    with NdjsonLogger(path, [("joint_angles", 3), ("gyroscope", 3)], 3, serialize=serialize) as logger:
+        for k in range(3):
+            logger.record(k, 1000 * k, 1.0, [np.ones(3, np.float32), gyro, action])
+    lines = path.read_text().splitlines()
+    rec = _strict(lines[0])
+    assert rec["gyro"] == [None, None, 0.5] and rec["output"] == [1.0, None, 2.0]
+    assert rec["joint_angles"] == [1.0, 1.0, 1.0]
+    cols = read_log(path)[0]
+    np.testing.assert_array_equal(cols["gyroscope"], np.tile(np.float32([np.nan, np.nan, 0.5]), (3, 1)))
+    np.testing.assert_array_equal(cols["output"], np.tile(np.float32([1.0, np.nan, 2.0]), (3, 1)))
+
+
+def test_null_elements_read_as_nan_and_output_is_never_dropped(tmp_path: Path) -> None:
+    path = tmp_path / "kinfer_nan.ndjson"
+    lines = [_line(0, joint_angles=[None, 0.2], output=[0.5, None])] + [_line(k) for k in range(1, 4)]
+    path.write_text("\n".join(lines) + "\n")
+    cols = read_log(path)[0]
+    assert {"joint_angles", "output", "gyroscope", "projected_gravity"} <= set(cols)
+    np.testing.assert_array_equal(cols["joint_angles"][0], np.float32([np.nan, 0.2]))
+    np.testing.assert_array_equal(cols["output"][:, 1], np.float32([np.nan, -1, -2, -3]))
+    cases = {
+        "\n".join([_line(0), _line(1, output=None)]): r"nullout\.ndjson: line 2: field 'output' is null",
+        "\n".join([_line(0, output=None), _line(1, output=None)]): r"allnull\.ndjson: line 1: field 'output' is null",
+        "\n".join([_line(0, output="fast"), _line(1)]): r"text\.ndjson: line 1: field 'output' is not numeric",
+        "\n".join([_line(0), _line(1), _line(2, gyro=["x", 1, 2])]): r"textlater\.ndjson: line 3: field 'gyro' is not numeric",
+        "\n".join([_line(0), _line(1), _line(2, output=[1.0])]): r"len\.ndjson: line 3: field 'output' changes length",
+    }  # fmt: skip
+    for text, message in cases.items():
+        bad = tmp_path / (message.split("\\.")[0] + ".ndjson")
+        bad.write_text(text + "\n")
+        with pytest.raises(InferError, match=message):
+            read_log(bad)
+
+
+def test_a_torn_line_before_the_next_run_is_skipped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "appended.ndjson"
+    first = [_line(k) for k in range(3)]
+    second = [_line(k, output=[10 + k, 0]) for k in range(4)]
+    # a run killed mid-line, then the next run appended to the same file: the torn part and the
+    # next run's first line share a line
+    path.write_text("\n".join(first) + "\n" + _line(3)[:40] + "\n".join(second) + "\n")
+    with caplog.at_level(logging.WARNING):
+        runs = read_log(path)
+    assert [len(r["step_id"]) for r in runs] == [3, 4]
+    np.testing.assert_array_equal(runs[0]["output"][:, 0], [0, 1, 2])
+    np.testing.assert_array_equal(runs[1]["output"][:, 0], [10, 11, 12, 13])
+    assert "appended.ndjson: line 4" in caplog.text and "torn end of an interrupted run" in caplog.text
+    # the torn part ended by a newline, the next run on the following line
+    caplog.clear()
+    path.write_text("\n".join([*first, _line(3)[:40], *second]) + "\n")
+    with caplog.at_level(logging.WARNING):
+        runs = read_log(path)
+    assert [len(r["step_id"]) for r in runs] == [3, 4] and "starts on line 5" in caplog.text
+
+
+def test_a_torn_line_inside_a_run_says_how_to_recover(tmp_path: Path) -> None:
+    path = tmp_path / "torn_mid.ndjson"
+    path.write_text("\n".join([_line(0), _line(1), _line(2)[:30], _line(3), _line(4)]) + "\n")
+    with pytest.raises(InferError) as err:
+        read_log(path)
+    text = str(err.value)
+    assert "torn_mid.ndjson: line 3: not JSON" in text and "torn or incomplete" in text
+    assert "delete the line" in text and "sed -i '3d'" in text
+    path.write_text("\n".join([_line(0), _line(1), _line(3), _line(4)]) + "\n")  # as the advice says
+    assert len(read_log(path)[0]["step_id"]) == 4

@@ -1,8 +1,9 @@
 """Real-time policy inference with ONNX Runtime, compatible with K-Scale kinfer packages.
 
-Load a ``.kinfer`` package of any kinfer generation (or a plain ``.onnx`` step
-function), step it with the carry threaded internally, run it at a fixed rate against a
-provider with kinfer's methods, log kinfer-style NDJSON telemetry, and append each run
+Load a ``.kinfer`` package of kinfer 0.4, 0.5 or 0.6 (or a plain ``.onnx`` step
+function with the same inputs), step it with the carry threaded internally, run it at a
+fixed rate against a provider with kinodb's per-input getters or kinfer 0.6.1's
+``get_inputs``, log kinfer-style NDJSON telemetry, and append each run
 to a ``.kdb`` file as training data. Needs the ``infer`` extra (onnxruntime, onnx);
 `export_torch` also needs torch.
 
@@ -18,7 +19,13 @@ from kinodb.infer._errors import InferError
 from kinodb.infer._package import Package, pack, read_package
 from kinodb.infer.export import ExportReport, export_torch
 from kinodb.infer.model import InputSpec, Model, Signature, load_model
-from kinodb.infer.providers import CallableProvider, KdbReplayProvider, Provider, parse_state_map
+from kinodb.infer.providers import (
+    CallableProvider,
+    KdbReplayProvider,
+    Provider,
+    ProviderMetadata,
+    parse_state_map,
+)
 from kinodb.infer.replay import ReplayReport, replay
 from kinodb.infer.runner import Runner
 from kinodb.infer.telemetry import NdjsonLogger, read_log, resolve_log_path
@@ -33,6 +40,7 @@ __all__ = [
     "NdjsonLogger",
     "Package",
     "Provider",
+    "ProviderMetadata",
     "ReplayReport",
     "Runner",
     "Signature",

@@ -9,9 +9,13 @@ A ``.kinfer`` file is a gzip tar of ``init_fn.onnx``, ``step_fn.onnx`` and
 - 0.5: ``{"joint_names", "num_commands"?, "carry_size"}``.
 - 0.6: ``{"joint_names", "command_names", "carry_size"}``.
 
-A plain ``.onnx`` step function (the single-file layout of kinfer 0.3 and earlier)
-carries the same fields in its ONNX ``metadata_props``: either one ``kinfer_metadata``
-JSON object, or one JSON value per key. It has no ``init_fn``; the carry starts at zero.
+A plain ``.onnx`` step function carries the same fields in its ONNX ``metadata_props``:
+either one ``kinfer_metadata`` JSON object, or one JSON value per key; its inputs follow
+the same contract. It has no ``init_fn``; the carry starts at zero. kinfer 0.3 and
+earlier also wrote single ``.onnx`` files, but of another kind (inputs named after the
+exported ``forward()``'s arguments, typed by a protobuf ``ModelSchema`` stored base64 in
+``kinfer_metadata``, or a JSON config without joint names): those are recognised and
+refused with a message saying so (`V03_ADVICE`).
 
 This module reads bytes and JSON only; the ONNX graphs are checked against the contract
 when sessions are built (`kinodb.infer.model`).
@@ -19,6 +23,8 @@ when sessions are built (`kinodb.infer.model`).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import gzip
 import io
 import json
@@ -48,10 +54,18 @@ FIXED_SHAPES: dict[str, tuple[int, ...]] = {
     "quaternion": (4,),  # 0.5-era inputs, still served by the K-Bot provider
     "initial_heading": (1,),
 }
+LEGACY_INPUTS = ("quaternion", "initial_heading")  # kinfer 0.6.1 rejects them at load
 KNOWN_INPUTS = (
     "joint_angles", "joint_angular_velocities", "projected_gravity", "accelerometer", "gyroscope",
     "command", "time", "carry", "quaternion", "initial_heading",
 )  # fmt: skip
+
+
+V03_ADVICE = (
+    "kinodb cannot read kinfer <=0.3 single-file models (inputs named after the exported "
+    "forward()'s arguments, typed by a protobuf ModelSchema): re-export the policy as a .kinfer "
+    "package, with kinodb.infer.export_torch or kinfer >= 0.4"
+)
 
 
 @dataclass(frozen=True)
@@ -187,7 +201,19 @@ def _read_onnx(path: str, data: bytes) -> Package:
     """A plain step function: the metadata lives in the ONNX ``metadata_props``."""
     props = onnx_metadata_props(data, path)
     if "kinfer_metadata" in props:
-        meta = _parse_json(props["kinfer_metadata"].encode(), f"{path}: metadata_props['kinfer_metadata']")
+        raw = props["kinfer_metadata"]
+        where = f"{path}: metadata_props['kinfer_metadata']"
+        if _is_base64_not_json(raw):
+            raise InferError(
+                f"{where} holds base64 data, not JSON: a kinfer <=0.3 model (its ModelSchema protobuf); "
+                f"{V03_ADVICE}"
+            )
+        meta = _parse_json(raw.encode(), where)
+        if isinstance(meta, Mapping) and "joint_names" not in meta:
+            raise InferError(
+                f"{where} has no 'joint_names' (keys {sorted(meta) or 'none'}): a kinfer <=0.3 model "
+                f"(a config, not the package metadata); {V03_ADVICE}"
+            )
     else:
         meta = {}
         for key in ("joint_names", "command_names", "num_commands", "carry_size"):
@@ -196,7 +222,8 @@ def _read_onnx(path: str, data: bytes) -> Package:
     if "joint_names" not in meta:
         raise InferError(
             f"{path}: a plain .onnx step function must name its joints in metadata_props "
-            f"('kinfer_metadata' JSON or 'joint_names'); found keys {sorted(props) or 'none'}"
+            f"('kinfer_metadata' JSON or 'joint_names'); found keys {sorted(props) or 'none'}. "
+            f"If it is a kinfer <=0.3 model: {V03_ADVICE}"
         )
     fields = parse_metadata(meta, f"{path}: metadata_props", plain=True)
     return Package(
@@ -204,6 +231,27 @@ def _read_onnx(path: str, data: bytes) -> Package:
         carry_size=fields.carry_size, metadata=dict(meta), init_fn=None, step_fn=data,
         members={os.path.basename(path): len(data)},
     )  # fmt: skip
+
+
+def _is_base64_not_json(text: str) -> bool:
+    """Whether ``text`` is base64 (kinfer <=0.3's serialised ModelSchema) and not JSON."""
+    stripped = text.strip()
+    try:
+        json.loads(stripped)
+    except ValueError:
+        pass
+    else:
+        return False
+    try:
+        base64.b64decode(stripped, validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    return bool(stripped)
+
+
+def step_where(package: Package) -> str:
+    """How errors name the step function: the archive member, or the plain file itself."""
+    return package.path if package.init_fn is None else f"{package.path}: {STEP_MEMBER}"
 
 
 def onnx_metadata_props(data: bytes, where: str) -> dict[str, str]:
@@ -271,6 +319,11 @@ def parse_metadata(meta: Any, where: str, *, plain: bool = False) -> MetadataFie
     if plain:
         generation = "onnx"
     elif generation != "0.4" and carry is None:
+        if "carry_size" not in meta:
+            raise InferError(
+                f"{where}: missing required field 'carry_size' (the carry shape, a list of integers); "
+                f"kinfer {generation} metadata has it"
+            )
         raise InferError(f"{where}: 'carry_size' is null; expected a list of integers")
     return MetadataFields(generation, joints, commands, carry)
 

@@ -17,6 +17,7 @@ from kinodb._optional import require
 from kinodb.infer._errors import InferError
 from kinodb.infer._package import (
     KNOWN_INPUTS,
+    LEGACY_INPUTS,
     Package,
     expected_shape,
     pack,
@@ -66,12 +67,18 @@ def export_torch(
     init_module: Any = None,
     checks: int = 8,
     seed: int = 0,
+    legacy_inputs: bool = False,
 ) -> ExportReport:
     """Export a PyTorch step function to a kinfer 0.6 ``.kinfer`` package.
 
-    ``step_module`` is an ``nn.Module`` (or a function) whose ``forward`` arguments are
-    named after the step inputs (``joint_angles``, ``command``, ``carry``, ...) and which
-    returns ``(action, next_carry)``. ``init_module`` takes no arguments and returns the
+    ``step_module`` is an ``nn.Module``, a function, or a ``torch.jit.ScriptFunction``
+    (what kinfer's ``export_fn`` takes) whose arguments are named after the step inputs
+    (``joint_angles``, ``command``, ``carry``, ...) and which returns
+    ``(action, next_carry)``. The 0.5-era inputs ``quaternion`` and ``initial_heading``
+    are refused: kinfer 0.6.1 rejects a package that takes them, and no released kinfer
+    accepts them. ``legacy_inputs=True`` writes such a step function anyway, as a 0.5-style
+    package (``num_commands`` instead of ``command_names``, the layout of the K-Bot's
+    ``walk_jun22.kinfer``) that kinodb loads; its commands read back as ``command_0``, .... ``init_module`` takes no arguments and returns the
     initial carry; without it the carry starts at zero. The graphs use opset 17 and IR
     version <= 10. Before anything is written, ONNX Runtime and PyTorch are run on
     ``checks`` random inputs (and a rollout of the same length with the carry fed back);
@@ -84,7 +91,8 @@ def export_torch(
         ...                           command_names=("vx", "vy", "wz"), carry_shape=(128,))
 
     Raises:
-        InferError: an argument is not a known input, an output has the wrong shape, or
+        InferError: an argument is not a known input (or is ``quaternion`` /
+            ``initial_heading`` without ``legacy_inputs``), an output has the wrong shape, or
             ONNX Runtime disagrees with PyTorch (nothing is written then).
         MissingExtraError: torch or onnx is not installed.
     """
@@ -94,6 +102,15 @@ def export_torch(
     carry = tuple(int(d) for d in carry_shape)
     module = _as_module(torch, step_module)
     names = _argument_names(step_module)
+    legacy = [n for n in names if n in LEGACY_INPUTS]
+    if legacy and not legacy_inputs:
+        raise InferError(
+            f"step arguments {legacy} are not kinfer 0.6 inputs: kinfer 0.6.1 refuses to load a package "
+            "that takes them (unknown input name), and no released kinfer accepts them. Take "
+            "projected_gravity instead of quaternion (the provider computes it from the IMU "
+            "orientation) and fold initial_heading into the command, or pass legacy_inputs=True to write a "
+            "0.5-style package (num_commands, as the K-Bot's walk_jun22.kinfer) that kinodb loads"
+        )
     shapes = _input_shapes(names, joints, commands, carry)
     gen = torch.Generator().manual_seed(seed)
     example = tuple(torch.randn(shapes[n], generator=gen) for n in names)
@@ -110,9 +127,17 @@ def export_torch(
     else:
         init_bytes, _ = _export(torch, onnx, _as_module(torch, init_module), (), [], ["carry"])
     meta = package_metadata(joints, commands, carry)
+    generation = "0.6"
+    if legacy:
+        meta = {
+            "joint_names": meta["joint_names"],
+            "num_commands": len(commands),
+            "carry_size": meta["carry_size"],
+        }
+        generation, commands = "0.5", tuple(f"command_{i}" for i in range(len(commands)))
     where = os.fspath(path)
     package = Package(
-        path=where, generation="0.6", joint_names=joints, command_names=commands, carry_size=carry,
+        path=where, generation=generation, joint_names=joints, command_names=commands, carry_size=carry,
         metadata=meta, init_fn=init_bytes, step_fn=step_bytes,
     )  # fmt: skip
     model = Model(package)  # the contract checks of load_model
@@ -141,12 +166,15 @@ def _argument_names(fn: Any) -> list[str]:
     try:
         params = list(inspect.signature(target).parameters.values())
     except (TypeError, ValueError) as exc:
-        raise InferError(f"cannot read the arguments of {fn!r}: {exc}") from None
-    names = []
-    for p in params:
-        if p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
-            raise InferError(f"step argument {p.name!r} must be positional; name each input explicitly")
-        names.append(p.name)
+        names = _schema_names(target)
+        if names is None:
+            raise InferError(f"cannot read the arguments of {fn!r}: {exc}") from None
+    else:
+        names = []
+        for p in params:
+            if p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+                raise InferError(f"step argument {p.name!r} must be positional; name each input explicitly")
+            names.append(p.name)
     unknown = [n for n in names if n not in KNOWN_INPUTS]
     if unknown:
         raise InferError(
@@ -154,6 +182,21 @@ def _argument_names(fn: Any) -> list[str]:
         )
     if not names:
         raise InferError("the step function takes no arguments; it needs at least one input")
+    return names
+
+
+def _schema_names(fn: Any) -> list[str] | None:
+    """Argument names from a TorchScript schema (a ``torch.jit.ScriptFunction`` has no signature)."""
+    arguments = getattr(getattr(fn, "schema", None), "arguments", None)
+    if arguments is None:
+        return None
+    names = []
+    for arg in arguments:
+        if arg.name == "self":
+            continue
+        if getattr(arg, "kwarg_only", False):
+            raise InferError(f"step argument {arg.name!r} must be positional; name each input explicitly")
+        names.append(str(arg.name))
     return names
 
 

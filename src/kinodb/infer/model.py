@@ -1,10 +1,12 @@
 """A loaded policy: contract checks at load, then one preallocated, IOBinding-bound step.
 
 The step session is bound once: every input is an `OrtValue` over a preallocated NumPy
-buffer (zero-copy), and so are the two outputs. A step copies the observation into the
-input buffers, runs, copies the next carry into the carry input buffer and returns a
-copy of the action. No `RunOptions` is passed: in ONNX Runtime 1.31's Python binding any
-`RunOptions` costs about 40 us per run (a config lookup that throws and catches).
+buffer (zero-copy), and so are the two outputs, except an output that is a graph input
+passed straight through, which is copied from the input after the run. A step copies
+the observation into the input buffers, runs, copies the next carry into the carry input
+buffer and returns a copy of the action. No `RunOptions` is passed: in ONNX Runtime
+1.31's Python binding any `RunOptions` costs about 40 us per run (a config lookup that
+throws and catches).
 """
 
 from __future__ import annotations
@@ -22,11 +24,12 @@ from kinodb.infer._errors import InferError
 from kinodb.infer._package import (
     INIT_MEMBER,
     KNOWN_INPUTS,
-    STEP_MEMBER,
+    V03_ADVICE,
     Package,
     expected_shape,
     read_package,
     shape_rule,
+    step_where,
 )
 from kinodb.infer._session import make_session, onnxruntime
 
@@ -134,7 +137,7 @@ class Model:
             if package.init_fn is None
             else make_session(package.init_fn, f"{where}: {INIT_MEMBER}", providers=providers)
         )
-        self._sess = make_session(package.step_fn, f"{where}: {STEP_MEMBER}", providers=providers)
+        self._sess = make_session(package.step_fn, step_where(package), providers=providers)
         self.providers: tuple[str, ...] = tuple(self._sess.get_providers())
         initial = self._run_init()
         self.signature = self._check_step(initial.shape)
@@ -179,16 +182,17 @@ class Model:
         return value
 
     def _check_step(self, carry: tuple[int, ...]) -> Signature:
-        pkg, member = self.package, f"{self.package.path}: {STEP_MEMBER}"
+        pkg, member = self.package, step_where(self.package)
         joints, commands = len(pkg.joint_names), len(pkg.command_names)
         specs: list[InputSpec] = []
         for node in self._sess.get_inputs():
             name = node.name
             want = expected_shape(name, joints, commands, carry)
             if want is None:
+                hint = f". If it is a kinfer <=0.3 model: {V03_ADVICE}" if pkg.init_fn is None else ""
                 raise InferError(
                     f"{member}: unknown input {name!r}; step inputs must be named after "
-                    f"{', '.join(KNOWN_INPUTS)}"
+                    f"{', '.join(KNOWN_INPUTS)}{hint}"
                 )
             if node.type != _FLOAT:
                 raise InferError(
@@ -238,18 +242,28 @@ class Model:
             value = ort.OrtValue.ortvalue_from_numpy(buf)
             self._binding.bind_ortvalue_input(name, value)
             self._values.append(value)
+        # An output that is a graph input passed straight through (no node between) cannot be
+        # bound: ONNX Runtime leaves a bound buffer of that name untouched. Copy the input instead.
+        passthrough, bound = [], 0
         for node, buf in zip(self._sess.get_outputs(), (self._action, self._carry_out), strict=True):
+            if node.name in self._buffers:
+                passthrough.append((buf, self._buffers[node.name]))
+                continue
             value = ort.OrtValue.ortvalue_from_numpy(buf)
             self._binding.bind_ortvalue_output(node.name, value)
             self._values.append(value)
+            bound += 1
+        self._passthrough = tuple(passthrough)
         # (name, buffer) pairs for the observation inputs: the step's only Python loop.
         self._obs_slots = tuple((n, b) for n, b in self._buffers.items() if n != "carry")
         self._views = {n: _readonly(b) for n, b in self._buffers.items()}
-        self._run = self._sess.run_with_iobinding
+        # With both outputs passed through there is nothing to compute (and ORT refuses a run
+        # that requests no output).
+        self._run = self._sess.run_with_iobinding if bound else _no_run
 
     def _dry_run(self) -> None:
         """One step on zeros, to prove the outputs have the shapes the contract says."""
-        member = f"{self.package.path}: {STEP_MEMBER}"
+        member = step_where(self.package)
         sig = self.signature
         try:
             outputs = self._sess.run(
@@ -324,6 +338,8 @@ class Model:
                     raise
                 raise InferError(f"input {name!r}: cannot use it as float32 ({exc})") from None
         self._run(self._binding)
+        for dst, src in self._passthrough:
+            np.copyto(dst, src)
         if self._carry_in is not None:
             np.copyto(self._carry_in, self._carry_out)
         action: npt.NDArray[np.float32] = self._action.copy()
@@ -336,6 +352,10 @@ class Model:
             f"{sig.num_joints} joints, {sig.num_commands} commands, carry {list(sig.carry_shape)}, "
             f"inputs {list(sig.input_names)}>"
         )
+
+
+def _no_run(binding: Any) -> None:
+    """The step of a graph whose outputs are all its inputs: nothing to run."""
 
 
 def _readonly(buf: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:

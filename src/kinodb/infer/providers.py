@@ -1,14 +1,27 @@
 """Providers: where observations come from and where actions go.
 
-A provider has kinfer's methods, so robot-side code ports over unchanged:
-``get_joint_angles(joint_names)``, ``get_joint_angular_velocities(joint_names)``,
-``get_projected_gravity()``, ``get_accelerometer()``, ``get_gyroscope()``,
-``get_command(command_names)``, ``get_quaternion()``, ``get_initial_heading()``,
-``get_time()`` and ``take_action(joint_names, action)``. Only the getters a model's
-inputs need are looked up and called. Two optional hooks: ``bind(signature)`` is
-called once before the first step (check and prepare), ``done()`` after each action
-(True ends a run), and ``pre_fetch_inputs(input_names)`` starts sensor reads when a
-runner has a ``prefetch_s`` gap.
+Two provider interfaces are accepted, so robot-side code of either kind ports over:
+
+- kinodb's (kinfer 0.4's): one getter per input, ``get_joint_angles(joint_names)``,
+  ``get_joint_angular_velocities(joint_names)``, ``get_projected_gravity()``,
+  ``get_accelerometer()``, ``get_gyroscope()``, ``get_command(command_names)``,
+  ``get_quaternion()``, ``get_initial_heading()``, ``get_time()``, and
+  ``take_action(joint_names, action)``. Only the getters a model's inputs need are
+  looked up and called.
+- kinfer 0.6.1's Python one (``ModelProviderABC``): ``get_inputs(input_types, metadata)``
+  returns a dict from input name to array for the names asked (never ``carry``), and
+  ``take_action(action, metadata)``. ``metadata`` is a `ProviderMetadata` (the fields of
+  kinfer's ``PyModelMetadata``).
+
+A provider with ``get_inputs`` is driven through it, as kinfer drives it, even when it
+also has getters. ``take_action`` and ``pre_fetch_inputs`` are called in the form their
+signature declares: ``(action, metadata)`` when the first parameter is ``action`` or the
+second ``metadata``, ``(joint_names, action)`` when the second is ``action`` or the first
+``joint_names``/``names``; any other two-parameter signature gets its interface's form.
+``pre_fetch_inputs`` takes ``(input_names)`` or kinfer's ``(input_types, metadata)``.
+Optional hooks: ``bind(signature)`` is called once before the first step (check and
+prepare), ``done()`` after each action (True ends a run), and ``pre_fetch_inputs`` starts
+sensor reads when a runner has a ``prefetch_s`` gap.
 
 Built in: `CallableProvider` (plain functions) and `KdbReplayProvider` (the
 observations of a recorded ``.kdb`` episode, for open-loop evaluation).
@@ -17,10 +30,14 @@ observations of a recorded ``.kdb`` episode, for open-loop evaluation).
 from __future__ import annotations
 
 import functools
+import inspect
+import json
+import math
 import os
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -42,6 +59,7 @@ GETTERS: dict[str, tuple[str, str | None]] = {
     "quaternion": ("get_quaternion", None),
     "initial_heading": ("get_initial_heading", None),
 }
+JOINT_INPUTS = ("joint_angles", "joint_angular_velocities")  # one column per joint
 
 # kinfer's NDJSON field names for inputs, as an ingested log may still carry them
 LOG_NAMES = {
@@ -51,41 +69,242 @@ LOG_NAMES = {
     "gyroscope": "gyro",
 }
 
+INTERFACES = (
+    "kinodb's per-input getters (get_joint_angles(joint_names), ..., one per model input) with "
+    "take_action(joint_names, action), or kinfer 0.6.1's get_inputs(input_types, metadata) with "
+    "take_action(action, metadata)"
+)
+
 
 @runtime_checkable
 class Provider(Protocol):
-    """What a runner needs of every provider; the getters depend on the model's inputs."""
+    """What a runner needs of every provider; the getters depend on the model's inputs.
+
+    ``take_action`` is kinodb's ``(joint_names, action)`` or kinfer 0.6.1's
+    ``(action, metadata)``; see the module docstring.
+    """
 
     def take_action(self, joint_names: Sequence[str], action: npt.NDArray[np.float32]) -> None:
         """Send the action (joint position targets, in ``joint_names`` order)."""
         ...
 
 
-def bind_getters(signature: Signature, provider: Any) -> tuple[tuple[str, Callable[[], Any]], ...]:
-    """``(input name, zero-argument getter)`` for every observation input of ``signature``.
+@dataclass(frozen=True, slots=True)
+class ProviderMetadata:
+    """The ``metadata`` kinfer 0.6.1 hands its providers (the fields of ``PyModelMetadata``)."""
+
+    joint_names: tuple[str, ...]
+    command_names: tuple[str, ...]
+    carry_size: tuple[int, ...]
+
+    @classmethod
+    def from_signature(cls, signature: Signature) -> ProviderMetadata:
+        """The metadata of a loaded model."""
+        return cls(signature.joint_names, signature.command_names, signature.carry_shape)
+
+    def to_json(self) -> str:
+        """kinfer's ``metadata.json`` form."""
+        return json.dumps(
+            {
+                "joint_names": list(self.joint_names),
+                "command_names": list(self.command_names),
+                "carry_size": list(self.carry_size),
+            }
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class BoundProvider:
+    """A provider adapted to one model: zero-argument calls a loop makes each tick.
+
+    Attributes:
+        provider: the provider itself.
+        interface: ``"getters"`` (kinodb's) or ``"get_inputs"`` (kinfer 0.6.1's).
+        fetch: returns the observation, a mapping from input name to value.
+        take_action: hands one action over.
+        pre_fetch: starts the sensor reads (None unless asked for).
+        metadata: what a kinfer 0.6.1 provider receives as ``metadata``.
+    """
+
+    provider: Any
+    interface: str
+    fetch: Callable[[], Mapping[str, Any]]
+    take_action: Callable[[npt.NDArray[np.float32]], Any]
+    pre_fetch: Callable[[], Any] | None
+    metadata: ProviderMetadata
+
+
+def bind_provider(signature: Signature, provider: Any, *, pre_fetch: bool = False) -> BoundProvider:
+    """Adapt ``provider`` to the model of ``signature``; call its ``bind`` hook if it has one.
 
     Raises:
-        InferError: the provider lacks a method an input needs.
+        InferError: the provider has neither interface complete for the model's inputs,
+            or its ``take_action`` / ``pre_fetch_inputs`` (when ``pre_fetch``) takes
+            neither accepted form; the message names both interfaces.
     """
+    cls = type(provider).__name__
+    metadata = ProviderMetadata.from_signature(signature)
+    get_inputs = getattr(provider, "get_inputs", None)
+    kinfer = callable(get_inputs) and _takes(get_inputs, 2)
+    if kinfer and get_inputs is not None:
+        fetch = _get_inputs_fetch(cls, get_inputs, list(signature.observation_names), metadata)
+    else:
+        why = "; its get_inputs() does not take (input_types, metadata)" if callable(get_inputs) else ""
+        fetch = _getters_fetch(_getters(signature, provider, cls, why))
+    take = getattr(provider, "take_action", None)
+    if not callable(take):
+        raise InferError(f"{cls} has no take_action(); a provider has {INTERFACES}")
+    form = _take_action_form(take, kinfer)
+    if form is None:
+        raise InferError(
+            f"{cls}.take_action{_describe(take)} takes neither (joint_names, action) nor "
+            f"(action, metadata); a provider has {INTERFACES}"
+        )
+    send = (
+        functools.partial(_send_kinfer, take, metadata)
+        if form == "kinfer"
+        else functools.partial(take, signature.joint_names)
+    )
+    prefetch = _bind_pre_fetch(provider, cls, kinfer, signature, metadata) if pre_fetch else None
+    bind = getattr(provider, "bind", None)
+    if callable(bind):
+        bind(signature)
+    return BoundProvider(provider, "get_inputs" if kinfer else "getters", fetch, send, prefetch, metadata)
+
+
+def _getters(
+    signature: Signature, provider: Any, cls: str, why: str
+) -> tuple[tuple[str, Callable[[], Any]], ...]:
     out = []
     for name in signature.observation_names:
         method, arg = GETTERS[name]
         fn = getattr(provider, method, None)
         if not callable(fn):
             raise InferError(
-                f"{type(provider).__name__} has no {method}(), which the model's input {name!r} needs"
+                f"{cls} has no {method}(), which the model's input {name!r} needs, and no "
+                f"get_inputs(input_types, metadata){why}; a provider has {INTERFACES}"
             )
         if arg == "joints":
             fn = functools.partial(fn, signature.joint_names)
         elif arg == "commands":
             fn = functools.partial(fn, signature.command_names)
         out.append((name, fn))
-    if not callable(getattr(provider, "take_action", None)):
-        raise InferError(f"{type(provider).__name__} has no take_action(joint_names, action)")
-    bind = getattr(provider, "bind", None)
-    if callable(bind):
-        bind(signature)
     return tuple(out)
+
+
+def _getters_fetch(getters: tuple[tuple[str, Callable[[], Any]], ...]) -> Callable[[], Mapping[str, Any]]:
+    obs: dict[str, Any] = {}
+
+    def fetch() -> Mapping[str, Any]:
+        for name, get in getters:
+            obs[name] = get()
+        return obs
+
+    return fetch
+
+
+def _get_inputs_fetch(
+    cls: str, get_inputs: Callable[..., Any], names: list[str], metadata: ProviderMetadata
+) -> Callable[[], Mapping[str, Any]]:
+    def fetch() -> Mapping[str, Any]:
+        got = get_inputs(list(names), metadata)  # a fresh list: the provider may keep or change it
+        if type(got) is not dict and not isinstance(got, Mapping):
+            raise InferError(
+                f"{cls}.get_inputs(input_types, metadata) returned {type(got).__name__}; expected a dict "
+                f"from input name to array for {names}"
+            )
+        return got
+
+    return fetch
+
+
+def _send_kinfer(
+    take: Callable[..., Any], metadata: ProviderMetadata, action: npt.NDArray[np.float32]
+) -> Any:
+    return take(action, metadata)
+
+
+def _bind_pre_fetch(
+    provider: Any, cls: str, kinfer: bool, signature: Signature, metadata: ProviderMetadata
+) -> Callable[[], Any]:
+    fn = getattr(provider, "pre_fetch_inputs", None)
+    if not callable(fn):
+        raise InferError(
+            f"prefetch_s is set but {cls} has no pre_fetch_inputs(input_names) (kinodb's form) or "
+            f"pre_fetch_inputs(input_types, metadata) (kinfer 0.6.1's)"
+        )
+    names = list(signature.observation_names)
+    info = _positional(fn)
+    if info is None:
+        two = kinfer
+    else:
+        params, required, maximum = info
+        if required == 2 or (maximum >= 2 and params[1:2] == ["metadata"]):
+            two = True
+        elif required <= 1 <= maximum:
+            two = kinfer and maximum >= 2
+        else:
+            raise InferError(
+                f"{cls}.pre_fetch_inputs{_describe(fn)} takes neither (input_names) nor "
+                f"(input_types, metadata); a provider has {INTERFACES}"
+            )
+    if two:
+        return lambda: fn(list(names), metadata)
+    return lambda: fn(list(names))
+
+
+def _positional(fn: Callable[..., Any]) -> tuple[list[str], int, float] | None:
+    """Positional parameter names, how many are required and how many fit (None: unknown)."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):  # a builtin or an extension type: no signature to read
+        return None
+    names: list[str] = []
+    required, maximum = 0, 0.0
+    for p in sig.parameters.values():
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+            names.append(p.name)
+            maximum += 1
+            required += p.default is p.empty
+        elif p.kind is p.VAR_POSITIONAL:
+            maximum = math.inf
+        elif p.kind is p.KEYWORD_ONLY and p.default is p.empty:
+            return names, 3, 0.0  # needs a keyword no caller passes: fits no form
+    return names, required, maximum
+
+
+def _takes(fn: Callable[..., Any], n: int) -> bool:
+    info = _positional(fn)
+    return info is None or info[1] <= n <= info[2]
+
+
+def _take_action_form(fn: Callable[..., Any], kinfer: bool) -> str | None:
+    """``"kinfer"`` for ``(action, metadata)``, ``"kinodb"`` for ``(joint_names, action)``, None: neither."""
+    info = _positional(fn)
+    if info is None:
+        return "kinfer" if kinfer else "kinodb"
+    names, required, maximum = info
+    if not required <= 2 <= maximum:
+        return None
+    first, second = [*names, "", ""][:2]
+    if first == "action" or second == "metadata":
+        return "kinfer"
+    if second == "action" or first in ("joint_names", "names"):
+        return "kinodb"
+    return "kinfer" if kinfer else "kinodb"
+
+
+def _describe(fn: Callable[..., Any]) -> str:
+    """``(a, b)``: the parameter names, without annotations."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return "(...)"
+    names = [
+        ("*" if p.kind is p.VAR_POSITIONAL else "**" if p.kind is p.VAR_KEYWORD else "") + p.name
+        for p in params
+    ]
+    return "(" + ", ".join(names) + ")"
 
 
 class CallableProvider:
@@ -194,6 +413,13 @@ class KdbReplayProvider:
     holds), or kinfer's log field name; ``time`` falls back to the episode's timestamps,
     else frame / fps. The actions the model takes are kept in `predicted`.
 
+    Joints are matched by name where the file names them: ``states`` columns named
+    ``<input>.<joint>`` (``joint_angles.hip``, as a recording names them) feed the joint
+    inputs in the policy's joint order, and `actions_in_order` puts the recorded actions
+    (``actions`` names) in that order too. Names that are a permutation of the policy's
+    joints are reordered; other names are refused. ``by_name=False`` uses the columns by
+    position instead. Files that name no joints (an ingested kinfer log) are used by position.
+
     Example:
         >>> provider = KdbReplayProvider("rollouts.kdb", 3, state_map={"command": "0"})
     """
@@ -204,6 +430,7 @@ class KdbReplayProvider:
         episode: int = 0,
         *,
         state_map: Sequence[str] | Mapping[str, str] | None = None,
+        by_name: bool = True,
     ) -> None:
         self._own = not isinstance(data, Database)
         self.db = Database(data) if not isinstance(data, Database) else data
@@ -214,6 +441,8 @@ class KdbReplayProvider:
         self.recorded_actions: npt.NDArray[Any] = self._arrays["actions"]
         self.num_frames = int(self.meta["num_frames"])
         self._map = parse_state_map(state_map)
+        self.by_name = bool(by_name)
+        self._schema: dict[str, Any] = self.db.schema()
         self._rows: dict[str, npt.NDArray[np.float32]] = {}
         self.predicted: npt.NDArray[np.float32] = np.zeros((0, 0), np.float32)
         self.frame = 0
@@ -229,12 +458,67 @@ class KdbReplayProvider:
         self._rows = {}
         for name in signature.observation_names:
             want = signature.shape(name)
-            rows = self._resolve(name, int(np.prod(want)))
+            source, rows = self._resolve(name, int(np.prod(want)))
+            if name in JOINT_INPUTS and self.by_name:
+                stored = self._state_joints(source)
+                if stored is not None:
+                    order = self._order(stored, signature.joint_names, f"{name}={source}: the states columns")
+                    if order is not None:
+                        rows = rows[:, order]
             self._rows[name] = np.ascontiguousarray(rows, dtype=np.float32).reshape((self.num_frames, *want))
         self.predicted = np.zeros((self.num_frames, signature.num_joints), np.float32)
         self.frame = 0
 
-    def _resolve(self, name: str, width: int) -> npt.NDArray[Any]:
+    def actions_in_order(self, signature: Signature) -> npt.NDArray[Any]:
+        """The recorded actions, columns in the policy's joint order (by ``actions`` names).
+
+        Raises:
+            InferError: the recorded actions name other joints than the policy's.
+        """
+        actions = self.recorded_actions
+        names = self._schema.get("actions", {}).get("names")
+        if not self.by_name or not names or actions.ndim != 2 or len(names) != actions.shape[1]:
+            return actions
+        if list(names) == [f"joint_{i}" for i in range(len(names))]:
+            return actions  # index names of a log that named no joints (kinfer NDJSON)
+        order = self._order(tuple(names), signature.joint_names, "the recorded actions")
+        return actions if order is None else actions[:, order]
+
+    def _state_joints(self, source: str) -> tuple[str, ...] | None:
+        """The joints of the ``states`` columns ``source`` selects, where the file names them."""
+        names = self._schema.get("states", {}).get("names")
+        if source.startswith("states.") and source[7:] in self._components():
+            start, stop = self._components()[source[7:]]
+        else:
+            m = _SPEC.match(source)
+            if m is None or m.group("array") != "states" or not names:
+                return None
+            start = int(m.group("start") or 0)
+            stop = int(m.group("stop") or len(names))
+        if not names or stop > len(names):
+            return None
+        picked = [str(n) for n in names[start:stop]]
+        prefix = picked[0].split(".", 1)[0] + "." if picked and "." in picked[0] else ""
+        if prefix[:-1] not in JOINT_INPUTS or not all(n.startswith(prefix) for n in picked):
+            return None  # not <input>.<joint> names: no joint names to match
+        return tuple(n[len(prefix) :] for n in picked)
+
+    def _order(self, stored: tuple[str, ...], joints: tuple[str, ...], what: str) -> list[int] | None:
+        """Column indices putting ``stored`` in ``joints`` order (None: already in order)."""
+        if stored == joints:
+            return None
+        if len(stored) == len(joints) and len(set(stored)) == len(stored) and set(stored) == set(joints):
+            return [stored.index(j) for j in joints]
+        missing = [j for j in joints if j not in stored]
+        other = [n for n in stored if n not in joints]
+        raise InferError(
+            f"{self.db.path()}: episode {self.episode}: {what} name the joints {list(stored)}, "
+            f"not the policy's {list(joints)} (not in the file: {missing}; not the policy's: {other}). "
+            "Replay data recorded with this policy's joints, or pass by_name=False to use the columns "
+            "by position"
+        )
+
+    def _resolve(self, name: str, width: int) -> tuple[str, npt.NDArray[Any]]:
         where = f"{self.db.path()}: episode {self.episode}"
         source = self._map.get(name)
         if source is None:
@@ -251,10 +535,10 @@ class KdbReplayProvider:
                 f"{where}: {name}={source} gives {rows.shape[1]} values per frame; the model's "
                 f"input {name!r} takes {width}"
             )
-        return rows
+        return source, rows
 
     def _components(self) -> dict[str, list[int]]:
-        comps: dict[str, list[int]] = self.db.schema().get("states", {}).get("components", {}) or {}
+        comps: dict[str, list[int]] = self._schema.get("states", {}).get("components", {}) or {}
         return comps
 
     def _default(self, name: str) -> str | None:

@@ -12,7 +12,7 @@ import numpy.typing as npt
 
 from kinodb.infer._errors import InferError
 from kinodb.infer.model import Model
-from kinodb.infer.providers import KdbReplayProvider, bind_getters
+from kinodb.infer.providers import KdbReplayProvider, bind_provider
 from kinodb.kdb.reader import Database
 
 
@@ -57,19 +57,23 @@ def replay(
     *,
     episodes: Sequence[int] | None = None,
     state_map: Sequence[str] | Mapping[str, str] | None = None,
+    by_name: bool = True,
 ) -> ReplayReport:
     """Step ``model`` through each episode's recorded observations, as fast as it runs.
 
     The carry is reset at the start of every episode. Inputs are found as
-    `KdbReplayProvider` finds them.
+    `KdbReplayProvider` finds them. Where the file names its joints (a recording does),
+    the joint inputs and the recorded actions are matched to the policy's joints by name:
+    the same joints in another order are reordered, other joints are refused.
+    ``by_name=False`` feeds and compares the columns by position.
 
     Example:
         >>> report = replay(load_model("walk.kinfer"), "rollouts.kdb", episodes=[0, 1])
         >>> report.mae
 
     Raises:
-        InferError: an input cannot be found, or the recorded actions' width is not the
-            model's joint count.
+        InferError: an input cannot be found, the recorded actions' width is not the
+            model's joint count, or the file names other joints than the policy's.
         EpisodeNotFoundError: an episode index is out of range.
     """
     db = data if isinstance(data, Database) else Database(data)
@@ -80,20 +84,19 @@ def replay(
         err_sum, sq_sum, worst = np.zeros(J), np.zeros(J), np.zeros(J)
         frames, rows = 0, []
         for i in picked:
-            provider = KdbReplayProvider(db, i, state_map=state_map)
-            recorded = np.asarray(provider.recorded_actions, np.float64)
-            if recorded.ndim != 2 or recorded.shape[1] != J:
+            provider = KdbReplayProvider(db, i, state_map=state_map, by_name=by_name)
+            shape = provider.recorded_actions.shape
+            if len(shape) != 2 or shape[1] != J:
                 raise InferError(
-                    f"{db.path()}: episode {i}: recorded actions are {list(recorded.shape)}; the model "
+                    f"{db.path()}: episode {i}: recorded actions are {list(shape)}; the model "
                     f"outputs {J} joints ({', '.join(sig.joint_names[:4])}{', ...' if J > 4 else ''})"
                 )
-            getters = bind_getters(sig, provider)
+            recorded = np.asarray(provider.actions_in_order(sig), np.float64)
+            bound = bind_provider(sig, provider)
+            fetch, take = bound.fetch, bound.take_action
             model.reset()
-            obs: dict[str, Any] = {}
             for _ in range(provider.num_frames):
-                for name, get in getters:
-                    obs[name] = get()
-                provider.take_action(sig.joint_names, model.step(obs))
+                take(model.step(fetch()))
             diff = provider.predicted.astype(np.float64) - recorded
             err_sum += np.abs(diff).sum(axis=0)
             sq_sum += (diff**2).sum(axis=0)

@@ -17,7 +17,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -25,7 +25,7 @@ import numpy.typing as npt
 
 from kinodb.infer._errors import InferError
 from kinodb.infer.model import Model
-from kinodb.infer.providers import bind_getters
+from kinodb.infer.providers import BoundProvider, bind_provider
 from kinodb.infer.telemetry import EXTRA_INPUTS, KINFER_KEYS, NdjsonLogger, resolve_log_path
 
 log = logging.getLogger(__name__)
@@ -47,12 +47,14 @@ class Runner:
 
     Args:
         model: a loaded policy.
-        provider: kinfer-style provider (see `kinodb.infer.providers`).
+        provider: a provider with kinodb's per-input getters or kinfer 0.6.1's
+            ``get_inputs`` (see `kinodb.infer.providers`).
         rate_hz: ticks per second.
         max_steps: stop after this many steps.
         duration_s: stop when the next deadline lies past this many seconds.
-        prefetch_s: call ``provider.pre_fetch_inputs(input_names)`` at the tick, then
-            wait this long before reading the inputs (kinfer's ``pre_fetch_time``).
+        prefetch_s: call ``provider.pre_fetch_inputs(input_names)`` (or kinfer's
+            ``pre_fetch_inputs(input_types, metadata)``) at the tick, then wait this long
+            before reading the inputs (kinfer's ``pre_fetch_time``).
         log_path: NDJSON telemetry: a ``.ndjson`` file or a directory (default:
             ``$KINFER_LOG_PATH``; unset means no log).
         record_to: a ``.kdb`` file to append each run to as one episode.
@@ -117,13 +119,7 @@ class Runner:
         if realtime_priority is not None and not 1 <= realtime_priority <= 99:
             raise ValueError(f"realtime_priority must be in 1..99, got {realtime_priority}")
         self.realtime_priority = realtime_priority
-        self._getters = bind_getters(model.signature, provider)
-        prefetch = getattr(provider, "pre_fetch_inputs", None)
-        if prefetch_s and not callable(prefetch):
-            raise InferError(
-                f"prefetch_s is set but {type(provider).__name__} has no pre_fetch_inputs(input_names)"
-            )
-        self._prefetch = prefetch if prefetch_s else None
+        self._bound: BoundProvider = bind_provider(model.signature, provider, pre_fetch=bool(prefetch_s))
         self._stop = False
 
     def stop(self) -> None:
@@ -222,18 +218,18 @@ class Runner:
     def _loop(
         self, logger: NdjsonLogger | None, logged: list[str], recording: _Recording | None
     ) -> tuple[npt.NDArray[np.float64], str, dict[str, int]]:
-        model, sig = self.model, self.model.signature
+        model = self.model
         perf, sleep, wall = time.perf_counter, time.sleep, time.time_ns
-        getters, step, take = self._getters, model.step, self.provider.take_action
-        names, spin, period = sig.joint_names, self.spin_s, self.period
+        fetch, step, take = self._bound.fetch, model.step, self._bound.take_action
+        spin, period = self.spin_s, self.period
         done = getattr(self.provider, "done", None)
         done = done if callable(done) else None
-        prefetch, prefetch_s, inputs = self._prefetch, self.prefetch_s or 0.0, list(sig.observation_names)
+        prefetch, prefetch_s = self._bound.pre_fetch, self.prefetch_s or 0.0
         views = model.inputs()
         sources: list[Any] = [views[n] for n in logged] + [None]
         max_steps = self.max_steps if self.max_steps is not None else sys.maxsize
         rows: list[tuple[float, float, float, float]] = []  # tick time, lateness, latency, work
-        obs: dict[str, Any] = {}
+        obs: Mapping[str, Any] = {}
         overruns = skipped = 0
         stopped_by = "max_steps"
         start = perf()
@@ -251,19 +247,19 @@ class Runner:
                     pass
                 t_tick = perf()
                 if prefetch is not None:
-                    prefetch(inputs)
+                    prefetch()
                     _wait(t_tick + prefetch_s, spin)
-                for name, get in getters:
-                    obs[name] = get()
+                obs = fetch()
                 t0 = perf()
                 action = step(obs)
                 t1 = perf()
+                t_us = wall() // 1000  # kinfer's t_us: the wall clock after inference, before the send
                 if not np.isfinite(action).all():  # never sent to the robot
                     raise _nonfinite(len(rows), obs)
-                take(names, action)
+                take(action)
                 if logger is not None:
                     sources[-1] = action
-                    logger.record(len(rows), wall() // 1000, (t1 - t0) * 1e6, sources)
+                    logger.record(len(rows), t_us, (t1 - t0) * 1e6, sources)
                 if recording is not None:
                     recording.add(len(rows), action)
                 t_end = perf()
@@ -301,7 +297,7 @@ def _noop() -> None:
     pass
 
 
-def _nonfinite(step: int, obs: dict[str, Any]) -> InferError:
+def _nonfinite(step: int, obs: Mapping[str, Any]) -> InferError:
     with np.errstate(over="ignore"):  # as the policy saw them: float32 (1e39 is inf there)
         bad = [name for name, value in obs.items() if not np.isfinite(np.asarray(value, np.float32)).all()]
     why = f"the observations {bad} hold NaN or Inf" if bad else "the observations were all finite"

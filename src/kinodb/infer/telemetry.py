@@ -4,7 +4,9 @@ One JSON object per step, with kinfer's keys so kinfer's tools read it: ``step_i
 ``t_us`` (wall clock after inference), ``joint_angles``, ``joint_vels``,
 ``projected_g``, ``accel``, ``gyro``, ``command`` (null when the model has no such
 input) and ``output``; then inputs kinfer does not log, by their input names
-(``quaternion``, ``initial_heading``, ``time``), and ``step_latency_us``.
+(``quaternion``, ``initial_heading``, ``time``), and ``step_latency_us``. A NaN or
+infinite value is written as a null element, as kinfer's serde_json writes it (NaN and
+Infinity are not JSON), and read back as NaN.
 
 Where the serialisation runs was measured (``benchmarks/infer.py``, docs/infer.md):
 ``json.dumps`` of a 20-joint record costs tens of microseconds, so on the control
@@ -161,8 +163,7 @@ class NdjsonLogger:
             return False
         k = head % self._cap
         if self.serialize == "inline":
-            row = np.concatenate(sources)
-            self._lines[k] = self._format(row.tolist(), step_id, t_us, latency_us)
+            self._lines[k] = self._format(np.concatenate(sources), step_id, t_us, latency_us)
         else:
             np.concatenate(sources, out=self._ring[k])
             self._ids[k, 0] = step_id
@@ -171,13 +172,18 @@ class NdjsonLogger:
         self._head = head + 1
         return True
 
-    def _format(self, vals: list[float], step_id: int, t_us: int, latency_us: float) -> bytes:
+    def _format(self, row: npt.NDArray[np.float32], step_id: int, t_us: int, latency_us: float) -> bytes:
+        vals: list[Any] = row.tolist()
+        # One sum tells whether any value is NaN or infinite (float32 values cannot overflow a
+        # float64 sum); those are written as null, as kinfer's serde_json does.
+        if not math.isfinite(sum(vals)):
+            vals = [v if math.isfinite(v) else None for v in vals]
         rec: dict[str, Any] = {"step_id": step_id, "t_us": t_us}
         for key, a, b in self._fields:
             rec[key] = None if a is None else vals[a:b]
         rec["output"] = vals[self._out[0] : self._out[1]]
         rec["step_latency_us"] = round(latency_us, 2)
-        return json.dumps(rec, separators=(",", ":")).encode() + b"\n"
+        return json.dumps(rec, separators=(",", ":"), allow_nan=False).encode() + b"\n"
 
     def _take(self, i: int) -> bytes:
         k = i % self._cap
@@ -186,7 +192,7 @@ class NdjsonLogger:
             self._lines[k] = b""
             return line
         sid, tus = self._ids[k].tolist()
-        return self._format(self._ring[k].tolist(), sid, tus, float(self._lat[k]))
+        return self._format(self._ring[k], sid, tus, float(self._lat[k]))
 
     def _writer(self) -> None:
         batch: list[bytes] = []
@@ -262,16 +268,20 @@ def read_log(path: str | os.PathLike[str]) -> list[dict[str, npt.NDArray[Any]]]:
     goes back. Each run maps ``step_id`` and ``t_us`` (int64), ``output`` and every
     logged input, by input name (``joint_vels`` becomes ``joint_angular_velocities``),
     to arrays with one row per line; inputs that are null throughout are left out. A
-    torn last line (a killed writer) is dropped with a warning.
+    null element inside an array is a NaN or infinite value (kinfer writes those as
+    null) and reads as NaN. A torn last line (a killed writer) is dropped with a
+    warning, and so is a torn line followed by the start of a new run (a killed run,
+    then the next run appended to the same file).
 
     Raises:
-        InferError: a line is not JSON, lacks ``step_id``/``output``, or a field changes
-            length or becomes null mid-run; the message names the line.
+        InferError: a line is not JSON (a torn line inside a run included), lacks
+            ``step_id``/``output``, or a field is not numeric, changes length or becomes
+            null mid-run; the message names the file and the line.
     """
     p = os.fspath(path)
     with open(p, "rb") as fh:
         raw = fh.read()
-    lines = [ln for ln in raw.split(b"\n") if ln.strip()]
+    lines = [(n, ln) for n, ln in enumerate(raw.split(b"\n"), 1) if ln.strip()]
     records = _parse_lines(p, lines, torn_tail=not raw.endswith(b"\n"))
     if not records:
         raise InferError(f"{p}: holds no log lines")
@@ -281,7 +291,7 @@ def read_log(path: str | os.PathLike[str]) -> list[dict[str, npt.NDArray[Any]]]:
         if not isinstance(rec, dict):
             raise InferError(f"{p}: line {lineno}: expected a JSON object")
         sid = rec.get("step_id")
-        if not isinstance(sid, int) or "output" not in rec:
+        if not isinstance(sid, int) or isinstance(sid, bool) or "output" not in rec:
             raise InferError(f"{p}: line {lineno}: a kinfer log line needs 'step_id' (int) and 'output'")
         if last is not None and sid <= last:
             runs.append([])
@@ -290,25 +300,76 @@ def read_log(path: str | os.PathLike[str]) -> list[dict[str, npt.NDArray[Any]]]:
     return [_columns(p, run) for run in runs]
 
 
-def _parse_lines(path: str, lines: list[bytes], *, torn_tail: bool) -> list[tuple[int, dict[str, Any]]]:
+def _parse_lines(
+    path: str, lines: list[tuple[int, bytes]], *, torn_tail: bool
+) -> list[tuple[int, dict[str, Any]]]:
     try:
-        recs = json.loads(b"[" + b",".join(lines) + b"]")  # one call for the whole file
-        return list(enumerate(recs, 1))
+        recs = json.loads(b"[" + b",".join(ln for _, ln in lines) + b"]")  # one call for the whole file
+        return [(n, rec) for (n, _), rec in zip(lines, recs, strict=True)]
     except json.JSONDecodeError:
         pass
-    out = []
-    for n, line in enumerate(lines, 1):
+    out: list[tuple[int, dict[str, Any]]] = []
+    last: int | None = None  # the step_id of the last record read
+    for k, (n, line) in enumerate(lines):
         try:
             rec = json.loads(line)
         except json.JSONDecodeError as exc:
-            if n == len(lines) and torn_tail:
-                log.warning("%s: dropped the torn last line %d", path, n)
+            if k == len(lines) - 1 and torn_tail:
+                log.warning("%s: line %d: dropped the torn last line (%d bytes; the writer was killed mid-line)",
+                            path, n, len(line))  # fmt: skip
                 break
-            raise InferError(f"{path}: line {n}: not JSON ({exc.msg} at column {exc.colno})") from None
+            glued = _glued_record(line)
+            after = glued[1] if glued is not None else _record_at(lines, k + 1)
+            sid = after.get("step_id") if after is not None else None
+            if isinstance(sid, int) and not isinstance(sid, bool) and (last is None or sid <= last):
+                cut = glued[0] if glued is not None else len(line)
+                log.warning(
+                    "%s: line %d: skipped %d bytes, the torn end of an interrupted run (its writer was killed "
+                    "mid-line); the next run, appended after it, starts %s; both runs are kept",
+                    path, n, cut, "on the same line" if glued is not None else f"on line {lines[k + 1][0]}",
+                )  # fmt: skip
+                if glued is None:
+                    continue
+                rec = glued[1]
+            else:
+                raise InferError(
+                    f"{path}: line {n}: not JSON ({exc.msg} at column {exc.colno}): a torn or incomplete "
+                    "line inside a run (no new run starts after it). To read the rest, delete the line "
+                    f"(sed -i '{n}d' {path}); the steps before and after it are kept, with a gap in step_id"
+                ) from None
         if not isinstance(rec, dict):
             raise InferError(f"{path}: line {n}: expected a JSON object")
+        sid = rec.get("step_id")
+        last = sid if isinstance(sid, int) else last
         out.append((n, rec))
     return out
+
+
+def _glued_record(line: bytes) -> tuple[int, dict[str, Any]] | None:
+    """``(offset, record)`` of a whole log record that starts inside ``line`` after a torn one."""
+    pos = line.find(b"{", 1)
+    while pos > 0:
+        try:
+            rec = json.loads(line[pos:])
+        except json.JSONDecodeError:
+            pos = line.find(b"{", pos + 1)
+            continue
+        return (pos, rec) if isinstance(rec, dict) and "step_id" in rec else None
+    return None
+
+
+def _record_at(lines: list[tuple[int, bytes]], k: int) -> dict[str, Any] | None:
+    if k >= len(lines):
+        return None
+    try:
+        rec = json.loads(lines[k][1])
+    except json.JSONDecodeError:
+        return None
+    return rec if isinstance(rec, dict) else None
+
+
+# Fields kinfer and kinodb write as numbers: never left out, whatever the first line holds.
+NUMERIC_KEYS = frozenset({*KINFER_KEYS.values(), *EXTRA_INPUTS, "output", "step_latency_us"})
 
 
 def _columns(path: str, run: list[tuple[int, dict[str, Any]]]) -> dict[str, npt.NDArray[Any]]:
@@ -319,29 +380,48 @@ def _columns(path: str, run: list[tuple[int, dict[str, Any]]]) -> dict[str, npt.
     if "t_us" in first:
         cols["t_us"] = np.array([r.get("t_us", 0) for _, r in run], np.int64)
     for key, value in first.items():
-        if key in ("step_id", "t_us") or not _numeric(value):
-            continue  # text fields other loggers add (joint_order, ...)
-        name = INPUT_OF_KEY.get(key, key)
-        values = [r.get(key) for _, r in run]
-        if all(v is None for v in values):
+        if key in ("step_id", "t_us"):
             continue
-        if value is None or any(v is None for v in values):
+        if not _numeric(value):
+            if key in NUMERIC_KEYS:
+                raise InferError(_bad_field(path, run, key))
+            continue  # text fields other loggers add (joint_order, ...)
+        values = [r.get(key) for _, r in run]
+        if all(v is None for v in values) and key != "output":
+            continue  # an input the model lacks
+        if any(v is None for v in values):
             bad = next(n for n, r in run if r.get(key) is None)
-            raise InferError(
-                f"{path}: line {bad}: field {key!r} is null or missing, but not in every line of the run"
-            )
+            what = "the action is on every line" if key == "output" else "but not in every line of the run"
+            raise InferError(f"{path}: line {bad}: field {key!r} is null or missing, {what}")
         try:
             arr = np.array(values, np.float64 if key == "step_latency_us" else np.float32)
         except (ValueError, TypeError):
-            raise InferError(
-                f"{path}: lines {run[0][0]}-{run[-1][0]}: field {key!r} changes length or is not numeric"
-            ) from None
-        cols[name] = arr
+            raise InferError(_bad_field(path, run, key)) from None
+        cols[INPUT_OF_KEY.get(key, key)] = arr
     return cols
 
 
+def _bad_field(path: str, run: list[tuple[int, dict[str, Any]]], key: str) -> str:
+    """The message for a field that is not numeric, or changes length, naming the first bad line."""
+    first_n, first = run[0][0], run[0][1][key]
+    for n, rec in run:
+        value: Any = rec.get(key)
+        if not _numeric(value):
+            return f"{path}: line {n}: field {key!r} is not numeric: {json.dumps(value)[:80]}"
+        if np.shape(value) != np.shape(first):
+            return (
+                f"{path}: line {n}: field {key!r} changes length within a run: {_count(value)} where line "
+                f"{first_n} has {_count(first)} (a new run starts only where step_id goes back)"
+            )
+    return f"{path}: lines {run[0][0]}-{run[-1][0]}: field {key!r} changes length or is not numeric"
+
+
+def _count(value: Any) -> str:
+    return f"{len(value)} values" if isinstance(value, list) else "a single value"
+
+
 def _numeric(value: Any) -> bool:
-    """A number, a list of numbers, or null (an input the model lacks)."""
+    """A number, a list of numbers and nulls (NaN or Inf, as kinfer writes them), or null."""
     if value is None:
         return True
     if isinstance(value, bool):
@@ -349,5 +429,5 @@ def _numeric(value: Any) -> bool:
     if isinstance(value, (int, float)):
         return True
     return isinstance(value, list) and all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
+        v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in value
     )

@@ -6,6 +6,7 @@ What goes where:
   log in append mode, so a file may hold several runs: a run starts where ``step_id``
   goes back, and each run is one episode (keys ``NAME.ndjson`` or ``NAME.ndjson#K``).
 - ``actions``: the ``output`` field.
+- A null element inside an array (kinfer writes NaN and Inf as null) becomes NaN.
 - ``states``: ``joint_angles`` then the joint velocities (kinfer's ``joint_vels``), as
   the schema components ``joint_angles`` and ``joint_angular_velocities``; the layout
   `kinodb.infer.Runner` records, so replay finds the inputs either way.
@@ -99,6 +100,8 @@ class KinferNdjsonSource:
                     raise ConversionError(str(exc)) from None
                 name = os.path.basename(f)
                 for k, cols in enumerate(parts):
+                    if "output" not in cols:  # read_log refuses such logs; never ingest a run without actions
+                        raise ConversionError(f"{f}: run {k} has no 'output' (the actions)")
                     runs[name if len(parts) == 1 else f"{name}#{k}"] = cols
             self._runs = runs
         return self._runs
