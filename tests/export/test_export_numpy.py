@@ -127,3 +127,27 @@ def test_overlong_names_are_refused() -> None:
     assert file_name("ok-name_1.x", "camera") == "ok-name_1.x"
     with pytest.raises(ConversionError, match="cannot be a file name"):
         file_name("é" * 40, "camera")
+
+
+@pytest.mark.parametrize("fmt", ["numpy", "json"])
+def test_statistics_are_kept_only_when_they_describe_the_export(tmp_path: Path, fmt: str) -> None:
+    from kinodb.stats import compute_stats, write_stats
+    from kinodb.synthetic import create_test
+
+    src = tmp_path / "src.kdb"
+    create_test(src, 6, 5)
+    write_stats(src, compute_stats(src))
+
+    def exported(name: str, **options: object) -> dict:
+        export(src, tmp_path / name, format=fmt, **options)
+        return json.loads((tmp_path / name / "dataset.json").read_text())
+
+    whole = exported("whole")
+    assert whole["stats"]["num_episodes"] == 6 and "stats_left_out" not in whole["export"]
+    some = exported("some", filter="episode_id < 2")
+    assert "stats" not in some
+    assert "cover all 6 episodes and this export holds 2" in some["export"]["stats_left_out"]
+    with kinodb.Writer(src, mode="a") as w:  # the stored statistics are now stale
+        w.add_episode(actions=np.zeros((3, 7), np.float32), states=np.zeros((3, 14), np.float32))
+    stale = exported("stale")
+    assert "stats" not in stale and "stale" in stale["export"]["stats_left_out"]

@@ -628,3 +628,9 @@ def test_camera_check_reads_format_01_files_too(tmp_path: Path) -> None:
     ):
         KinoMapDataset(path, image_key="front")
     assert len(KinoMapDataset(path, image_key="front", kql_filter="num_frames < 5")) == 2
+
+
+def test_schema_batch_sampler_names_what_it_needs(lowdim) -> None:
+    path, _ = lowdim
+    with pytest.raises(TypeError, match="needs a map-style dataset with schema_keys.*got KinoIterDataset"):
+        SchemaBatchSampler(KinoIterDataset(path, obs_horizon=2, action_horizon=4), 8)

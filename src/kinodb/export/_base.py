@@ -97,6 +97,33 @@ def one_value(
     )
 
 
+def dataset_record(db: Database, positions: list[int], facts: dict[str, Any]) -> dict[str, Any]:
+    """``dataset.json`` of an export: the file's dataset block plus ``export`` (``facts``).
+
+    The stored statistics cover every episode of the file: an export of some of them
+    leaves them out (and says so in ``export``) rather than hand over statistics of
+    episodes it does not hold.
+    """
+    info = db.dataset_info()
+    stats = info.get("stats")
+    if not isinstance(stats, dict):
+        return {**info, "export": facts}
+    if stats.get("stale") or (stats.get("num_frames"), stats.get("num_episodes")) != (
+        db.num_frames(),
+        len(db),
+    ):
+        why = "the file's statistics are stale (episodes were added after they were computed): run kino stats on it"
+    elif len(set(positions)) != len(db):
+        why = (
+            f"the file's statistics cover all {len(db)} episodes and this export holds {len(positions)}; for "
+            "statistics of these episodes, run kino merge with the same --filter, then kino stats"
+        )
+    else:
+        return {**info, "export": facts}
+    del info["stats"]
+    return {**info, "export": {**facts, "stats_left_out": why}}
+
+
 def episode_record(db: Database, i: int) -> dict[str, Any]:
     """Episode ``i``'s position, metadata and cameras (codec and (T, H, W, C) shape)."""
     cameras = {

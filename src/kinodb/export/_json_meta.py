@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from kinodb.export._base import dumps, episode_record, write_json
+from kinodb.export._base import dataset_record, dumps, episode_record, write_json
 from kinodb.kdb.reader import Database
 
 
@@ -15,7 +15,7 @@ def write(db: Database, positions: list[int], out: str, facts: dict[str, Any]) -
     Each line of ``episodes.jsonl`` is ``{"position", "meta", "cameras"}``: the episode's
     position in the source, its `read_meta` dict, and its cameras' codec and shape.
     """
-    write_json(os.path.join(out, "dataset.json"), {**db.dataset_info(), "export": facts}, indent=1)
+    write_json(os.path.join(out, "dataset.json"), dataset_record(db, positions, facts), indent=1)
     with open(os.path.join(out, "episodes.jsonl"), "w", encoding="utf-8", newline="\n") as fh:
         for i in positions:
             fh.write(dumps(episode_record(db, i)))

@@ -20,7 +20,14 @@ from typing import Any
 
 import numpy as np
 
-from kinodb.export._base import check_case_collisions, episode_record, file_name, index_width, write_json
+from kinodb.export._base import (
+    check_case_collisions,
+    dataset_record,
+    episode_record,
+    file_name,
+    index_width,
+    write_json,
+)
 from kinodb.kdb.reader import Database
 
 _EXTENSIONS = {"jpeg": ".jpg", "png": ".png"}
@@ -28,7 +35,7 @@ _EXTENSIONS = {"jpeg": ".jpg", "png": ".png"}
 
 def write(db: Database, positions: list[int], out: str, facts: dict[str, Any]) -> None:
     """Write episodes ``positions`` of ``db`` into the empty folder ``out``."""
-    write_json(os.path.join(out, "dataset.json"), {**db.dataset_info(), "export": facts}, indent=1)
+    write_json(os.path.join(out, "dataset.json"), dataset_record(db, positions, facts), indent=1)
     width = index_width(len(positions))
     index = []
     for k, i in enumerate(positions):

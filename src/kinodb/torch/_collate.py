@@ -345,7 +345,14 @@ class SchemaBatchSampler(Sampler[list[int]]):
     ) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-        keys = np.asarray(dataset.schema_keys())
+        schema_keys = getattr(dataset, "schema_keys", None)
+        if schema_keys is None:
+            raise TypeError(
+                f"SchemaBatchSampler needs a map-style dataset with schema_keys() (KinoFrameDataset or "
+                f"KinoMapDataset), got {type(dataset).__name__}; a streaming dataset batches itself: give "
+                "it batch_size (batches of mixed widths come padded), or collate with pad_collate"
+            )
+        keys = np.asarray(schema_keys())
         self._groups = [np.flatnonzero((keys == k).all(axis=1)) for k in np.unique(keys, axis=0)]
         self.batch_size, self.shuffle, self.drop_last, self.seed = batch_size, shuffle, drop_last, seed
         self.epoch = 0
