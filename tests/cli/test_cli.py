@@ -163,7 +163,9 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["create-test", "x.kdb", "--compress", "101"])
     assert exc.value.code == 2
-    assert main(["create-test", "/nonexistent-dir-for-kino/x.kdb", "-n", "0"]) == 2
+    with pytest.raises(SystemExit) as exc:
+        main(["create-test", "/nonexistent-dir-for-kino/x.kdb", "-n", "0"])
+    assert exc.value.code == 2
 
 
 @pytest.mark.integration
