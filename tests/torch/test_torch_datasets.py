@@ -632,5 +632,5 @@ def test_camera_check_reads_format_01_files_too(tmp_path: Path) -> None:
 
 def test_schema_batch_sampler_names_what_it_needs(lowdim) -> None:
     path, _ = lowdim
-    with pytest.raises(TypeError, match="needs a map-style dataset with schema_keys.*got KinoIterDataset"):
+    with pytest.raises(TypeError, match=r"needs a map-style dataset with schema_keys.*got KinoIterDataset"):
         SchemaBatchSampler(KinoIterDataset(path, obs_horizon=2, action_horizon=4), 8)
