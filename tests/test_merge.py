@@ -121,3 +121,39 @@ def test_output_rules(sources: list[Path], tmp_path: Path) -> None:
         kinodb.merge([tmp_path / "missing.kdb"], tmp_path / "x.kdb")
     with pytest.raises(ValueError, match="at least one input"):
         kinodb.merge([], tmp_path / "x.kdb")
+
+
+def test_extra_fields_named_with_the_prefix_survive_a_merge(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file of an earlier writer may hold both ``x`` and ``extra.x``: a merge keeps both."""
+    import kinodb.kdb.writer as writer_module
+
+    src = tmp_path / "old.kdb"
+    fields = {"extra.x": 1, "x": 2, "success": "s", "extra.success": "e"}
+    with monkeypatch.context() as m:
+        m.setattr(writer_module, "_check_extra_name", lambda key: None)
+        with kinodb.Writer(src) as w:
+            w.add_episode(actions=np.zeros((2, 1), np.float32), extra=fields)
+    out = tmp_path / "out.kdb"
+    kinodb.merge([src], out, filter="extra.extra.success = 'e'")
+    with kinodb.open(src) as a, kinodb.open(out) as m:
+        assert m._extra_fields(0) == {**fields, "source_file": str(src), "source_episode": 0}
+        meta = m.read_meta(0)
+        assert {k: meta[k] for k in a.read_meta(0) if k != "episode_id"} == {
+            k: v for k, v in a.read_meta(0).items() if k != "episode_id"
+        }
+
+
+def test_legacy_camera_stored_raw_is_reported(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    frames = rng.integers(0, 256, (3, 8, 8, 3), dtype=np.uint8)
+    jpeg = encoded_frames(frames, "JPEG", 90)
+    from _legacy_encoder import raw_frames
+
+    ep = random_episode(rng, 3, 1, 1)
+    ep.images = {"cam": [jpeg[0], raw_frames(frames)[1], jpeg[2]]}
+    old = tmp_path / "old.kdb"
+    old.write_bytes(encode([ep]))
+    result = kinodb.merge([old], tmp_path / "out.kdb")
+    assert any("camera 'cam'" in w and "stored raw" in w for w in result.warnings), result.warnings

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings as _warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -170,12 +171,16 @@ def _write(
         metadata=metadata,
     ) as w:
         w.schema["sources"] = sources
-        for db, positions in zip(dbs, kept, strict=True):
-            frames = 0
-            for i in positions.tolist():
-                w.copy_episode(db, i, extra={"source_file": db.path(), "source_episode": i})
-                frames += int(db._cols["num_frames"][i])
-            report.append(MergeInput(db.path(), len(positions), len(db), frames))
+        # A 0.1 camera that cannot keep its encoded frames is stored raw: say so in the result.
+        with _warnings.catch_warnings(record=True) as caught:
+            _warnings.simplefilter("always")
+            for db, positions in zip(dbs, kept, strict=True):
+                frames = 0
+                for i in positions.tolist():
+                    w.copy_episode(db, i, extra={"source_file": db.path(), "source_episode": i})
+                    frames += int(db._cols["num_frames"][i])
+                report.append(MergeInput(db.path(), len(positions), len(db), frames))
+        warnings.extend(str(c.message) for c in caught)
     return MergeResult(output, report, warnings)
 
 

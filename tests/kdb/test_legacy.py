@@ -394,7 +394,8 @@ def test_upgrade_decodes_mixed_cameras_to_raw(rng: np.random.Generator, tmp_path
     ep = random_episode(rng, 3, 1, 1, total_reward=1.0)
     ep.images = {"cam": [jpeg[0], raw[1], jpeg[2]]}
     path, _ = build([ep])
-    upgrade(path, tmp_path / "new.kdb")
+    with pytest.warns(UserWarning, match="camera 'cam' stored raw .*mix raw and encoded"):
+        upgrade(path, tmp_path / "new.kdb")
     with kinodb.open(path) as old, kinodb.open(tmp_path / "new.kdb") as db:
         assert db.cameras(0)["cam"]["codec"] == "raw"
         np.testing.assert_array_equal(
@@ -444,8 +445,6 @@ def test_unfinished_file_is_not_a_kdb(build: Build) -> None:
     [
         (32, struct.pack("<Q", 63), "not a multiple"),
         (24, struct.pack("<Q", 2**64 - 64), "lies outside the file"),
-        (16, struct.pack("<Q", 999), "11 frames"),
-        (8, struct.pack("<Q", 7), "3 episodes"),
     ],
 )
 def test_bad_header(build: Build, offset: int, value: bytes, match: str) -> None:
@@ -456,28 +455,77 @@ def test_bad_header(build: Build, offset: int, value: bytes, match: str) -> None
 
 
 @pytest.mark.parametrize(
-    ("field", "value", "match"),
+    ("offset", "value", "match"),
     [
-        ("actions_offset", 2**64 - 1, "state/action section at byte offset 18446744073709551615"),
-        ("images_offset", 10**12, "image section at byte offset 1000000000000"),
-        ("meta_length", 2**40, "metadata section"),
-        ("meta_offset", 3, "metadata section at byte offset 3"),
-        ("num_frames", 7, "state/action section"),
-        ("state_dim", 4, "state_dim 4"),
+        (16, struct.pack("<Q", 999), "3 episodes and 999 frames, the index has 3 episodes and 11 frames"),
+        (8, struct.pack("<Q", 7), "7 episodes and 11 frames, the index has 3 episodes"),
     ],
 )
-def test_bad_index_entry(build: Build, field: str, value: int, match: str) -> None:
-    path, _ = build()
-    data = path.read_bytes()
-    entry_off = struct.unpack_from("<Q", data, 24)[0]  # episode 0's entry
-    pos = {"num_frames": 8, "state_dim": 14, "actions_offset": 16, "images_offset": 32,
-           "meta_offset": 48, "meta_length": 56}[field]  # fmt: skip
+def test_header_counts_are_informational(build: Build, offset: int, value: bytes, match: str) -> None:
+    """The 0.1 reader counted index entries: a header count that disagrees only warns."""
+    path, eps = build()
+    corrupt(path, offset, value)
+    with pytest.warns(UserWarning, match=match), kinodb.open(path) as db:
+        assert len(db) == 3 and db.num_frames() == 11
+        np.testing.assert_array_equal(db.read_array(2, "actions"), eps[2].actions)
+
+
+def _corrupt_entry(path: Path, episode: int, field: str, value: int) -> None:
+    entry_off = struct.unpack_from("<Q", path.read_bytes(), 24)[0] + 64 * episode
+    pos = {"num_frames": 8, "state_dim": 14, "actions_offset": 16, "actions_length": 24,
+           "images_offset": 32, "meta_offset": 48, "meta_length": 56}[field]  # fmt: skip
     size = {"num_frames": "<I", "state_dim": "<H"}.get(field, "<Q")
     corrupt(path, entry_off + pos, struct.pack(size, value))
-    if field == "num_frames":
-        corrupt(path, 16, struct.pack("<Q", 12))  # keep the header's frame total consistent
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "match"),
+    [
+        ("meta_length", 2**40, "metadata section"),
+        ("meta_offset", 3, "metadata section at byte offset 3"),
+    ],
+)
+def test_bad_metadata_entry_refuses_the_file(build: Build, field: str, value: int, match: str) -> None:
+    """Every metadata blob is parsed at open, so a bad one refuses the file."""
+    path, _ = build()
+    _corrupt_entry(path, 0, field, value)
     with pytest.raises(CorruptFileError, match=match):
         kinodb.open(path)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "match", "reads"),
+    [
+        ("actions_offset", 2**64 - 1, "state/action section at byte offset 18446744073709551615", "arrays"),
+        ("images_offset", 10**12, "image section at byte offset 1000000000000", "images"),
+        ("num_frames", 7, "state/action section", "arrays"),
+        ("state_dim", 4, "state_dim 4", "arrays"),
+    ],
+)
+def test_bad_section_entry_fails_only_that_episode(
+    build: Build, field: str, value: int, match: str, reads: str
+) -> None:
+    """An episode's sections are checked when it is read: the file opens, its metadata and
+    queries work, the other episodes read, and reading this one names the damage."""
+    path, eps = build()
+    _corrupt_entry(path, 0, field, value)
+    if field == "num_frames":
+        corrupt(path, 16, struct.pack("<Q", 12))  # keep the header's frame total consistent
+    with kinodb.open(path) as db:
+        assert len(db) == 3
+        assert db.read_meta(0)["embodiment"] == "franka"
+        assert db.query("embodiment = 'franka'").tolist() == [0, 2]
+        np.testing.assert_array_equal(db.read_episode(2)["actions"], eps[2].actions)
+        np.testing.assert_array_equal(db.read_array(1, "actions"), eps[1].actions)
+        with pytest.raises(CorruptFileError, match=match):
+            db.read_episode(0)
+        if reads == "arrays":
+            with pytest.raises(CorruptFileError, match=match):
+                db.read_array(0, "actions")
+        else:
+            np.testing.assert_array_equal(db.read_array(0, "actions"), eps[0].actions)
+            with pytest.raises(CorruptFileError, match=match):
+                db.cameras(0)
 
 
 def test_bad_metadata_blob(build: Build) -> None:
@@ -580,6 +628,7 @@ def test_image_section_with_trailing_bytes(rng: np.random.Generator, build: Buil
         db.read_episode(2)
 
 
+@pytest.mark.filterwarnings("ignore:.*the header at byte offset 8 says:UserWarning")
 def test_random_damage_raises_only_format_errors(build: Build) -> None:
     path, _ = build()
     clean = path.read_bytes()
@@ -595,3 +644,90 @@ def test_random_damage_raises_only_format_errors(build: Build) -> None:
             pass
         except Exception as exc:
             raise AssertionError(f"trial {trial}: {type(exc).__name__}: {exc}") from exc
+
+
+# -- frames the 0.1 writer flagged wrongly, and per-episode damage ----------------------------
+
+
+def test_raw_frame_flagged_as_jpeg_reads_as_raw(
+    rng: np.random.Generator, tmp_path: Path, build: Build
+) -> None:
+    """The 0.1 writer flagged raw pixels that begin with FF D8 FF as compressed."""
+    frames = rng.integers(0, 256, (3, 4, 4, 3), dtype=np.uint8)
+    frames[1, 0, 0] = [0xFF, 0xD8, 0xFF]
+    images = raw_frames(frames)
+    images[1].fmt = FORMAT_COMPRESSED
+    ep = random_episode(rng, 3, 2, 2, task="t")
+    ep.images = {"front": images}
+    path, _ = build([ep])
+    with kinodb.open(path) as db:
+        np.testing.assert_array_equal(db.read_frames(0, 1, 2)["images"]["front"][0], frames[1])
+        np.testing.assert_array_equal(db.read_episode(0)["images"]["front"], frames)
+    new = tmp_path / "new.kdb"
+    with pytest.warns(UserWarning, match="camera 'front' stored raw"):
+        assert upgrade(path, new) == 1
+    with kinodb.open(new) as db:
+        np.testing.assert_array_equal(db.read_episode(0)["images"]["front"], frames)
+
+
+def test_undecodable_frame_message_names_no_object_address(rng: np.random.Generator, build: Build) -> None:
+    ep = random_episode(rng, 2, 1, 1)
+    good = encoded_frames(gradients(rng, (1, 8, 8, 3)))[0]
+    ep.images = {"cam": [good, Image(b"not an image at all", 8, 8, 3, FORMAT_COMPRESSED)]}
+    path, _ = build([ep])
+    with kinodb.open(path) as db, pytest.raises(CorruptFileError, match="camera 'cam', frame 1") as info:
+        db.read_episode(0)
+    text = str(info.value)
+    assert " at 0x" not in text and "BytesIO" not in text
+    assert "not a JPEG or PNG image" in text and "kino validate" in text
+
+
+class _Rows:
+    """Per-frame states of different lengths, as the 0.1 writer stored them unchecked."""
+
+    def __init__(self, rows: list[np.ndarray]) -> None:
+        self.rows, self.shape = rows, (len(rows), len(rows[0]))
+
+    def __getitem__(self, t: int) -> np.ndarray:
+        return self.rows[t]
+
+
+@pytest.fixture
+def varying_state(rng: np.random.Generator, build: Build) -> tuple[Path, list[Episode]]:
+    """Episode 1's later frames carry a longer state than frame 0 (index: state_dim 2)."""
+    good = random_episode(rng, 3, 2, 2, task="good", success=True)
+    bad = random_episode(rng, 3, 2, 2, task="bad")
+    bad.states = _Rows([np.zeros(2, np.float32), np.zeros(3, np.float32), np.zeros(3, np.float32)])  # type: ignore[assignment]
+    good2 = random_episode(rng, 3, 2, 2, task="good2", success=True)
+    return build([good, bad, good2])
+
+
+def test_inconsistent_state_section_fails_only_its_episode(varying_state: tuple[Path, list[Episode]]) -> None:
+    path, eps = varying_state
+    with kinodb.open(path) as db:
+        assert len(db) == 3
+        assert [db.read_meta(i)["task"] for i in range(3)] == ["good", "bad", "good2"]
+        assert db.query("success = true").tolist() == [0, 2]
+        for i in (0, 2):
+            np.testing.assert_array_equal(bits(db.read_episode(i)["states"]), bits(eps[i].states))
+        with pytest.raises(CorruptFileError, match=r"episode 1: state/action section .* has 71 bytes"):
+            db.read_episode(1)
+
+
+def test_upgrade_stops_at_a_damaged_episode_or_skips_it_when_asked(
+    varying_state: tuple[Path, list[Episode]], tmp_path: Path
+) -> None:
+    path, eps = varying_state
+    new = tmp_path / "new.kdb"
+    with pytest.raises(CorruptFileError, match=r"episode 1: .*--on-error skip"):
+        upgrade(path, new)
+    assert not new.exists()
+    with pytest.warns(UserWarning, match=r"1 episode skipped .*episode 1: "):
+        assert upgrade(path, new, on_error="skip") == 2
+    with kinodb.open(new) as db:
+        assert [db.read_meta(i)["task"] for i in range(2)] == ["good", "good2"]
+        np.testing.assert_array_equal(bits(db.read_array(1, "actions")), bits(eps[2].actions))
+        skipped = db.metadata()["upgraded_from"]["skipped"]
+        assert [s["episode"] for s in skipped] == [1] and "state/action section" in skipped[0]["reason"]
+    with pytest.raises(ValueError, match="on_error"):
+        upgrade(path, tmp_path / "x.kdb", on_error="ignore")

@@ -82,7 +82,10 @@ def episodes(draw: st.DrawFn, codec: str) -> dict[str, Any]:
     ep["total_reward"] = draw(st.none() | st.floats(allow_nan=False, allow_infinity=False))
     ep["extra"] = draw(
         st.dictionaries(
-            st.sampled_from(EXTRA_KEYS) | st.text(min_size=1, max_size=6), json_values, max_size=4
+            st.sampled_from(EXTRA_KEYS)
+            | st.text(min_size=1, max_size=6).filter(lambda k: not k.startswith("extra.")),
+            json_values,
+            max_size=4,
         )
     )
     return ep
@@ -141,6 +144,7 @@ def check_meta(meta: dict[str, Any], i: int, ep: dict[str, Any]) -> None:
     total = ep["total_reward"]
     if total is None and "rewards" in ep:
         total = float(ep["rewards"].astype(np.float64).sum())
+        total = total if math.isfinite(total) else None  # NaN/Inf rewards: unknown
     if total is None:
         assert meta["total_reward"] is None
     else:

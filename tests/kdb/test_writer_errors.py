@@ -408,3 +408,72 @@ def test_a_failed_background_sync_fails_the_commit_and_keeps_the_old_state(
     if mode == "a":
         with kinodb.open(path) as db:
             assert len(db) == 1
+
+
+# -- total_reward, format limits, SOURCE_DATE_EPOCH ----------------------------------------
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf"), np.float32("nan")])
+def test_non_finite_total_reward_is_refused(writer: Any, value: float) -> None:
+    with pytest.raises(WriterError, match=r"total_reward is .*; pass a finite number, or None"):
+        writer.add_episode(actions=A4, total_reward=value)
+    with pytest.raises(WriterError, match="total_reward must be a number or None"):
+        writer.add_episode(actions=A4, total_reward="high")
+
+
+def test_total_reward_of_non_finite_rewards_is_unknown(tmp_path: Path) -> None:
+    path = tmp_path / "r.kdb"
+    with kinodb.Writer(path) as w:
+        w.add_episode(actions=np.zeros((3, 1)), rewards=np.array([1, np.nan, 0], np.float32))
+        w.add_episode(actions=np.zeros((2, 1)), rewards=np.array([np.inf, 1], np.float32))
+        w.add_episode(actions=np.zeros((2, 1)), rewards=np.array([0.5, 1], np.float32))
+    with kinodb.open(path) as db:
+        assert [db.read_meta(i)["total_reward"] for i in range(3)] == [None, None, 1.5]
+        assert db.query("total_reward IS NULL").tolist() == [0, 1]
+        assert np.isnan(db.read_array(0, "rewards")[1])  # the rewards themselves are kept
+
+
+def test_sections_per_episode_are_limited_to_u16(tmp_path: Path) -> None:
+    path = tmp_path / "s.kdb"
+    with kinodb.Writer(path) as w:
+        w.add_episode(actions=np.zeros((1, 1), np.float32))
+        many = {f"a{k}": np.zeros(1, np.float32) for k in range(65532)}  # + 4 built-in arrays
+        with pytest.raises(WriterError, match=r"episode 1 has 65536 arrays and cameras; .*65535 .*sec_count"):
+            w.add_episode(actions=np.zeros((1, 1), np.float32), extra_arrays=many)
+        w.add_episode(actions=np.ones((1, 1), np.float32))
+    with kinodb.open(path) as db:  # the episodes before and after the refused one are kept
+        assert len(db) == 2 and db.read_array(1, "actions")[0, 0] == 1
+
+
+def test_distinct_section_names_are_limited_to_u16(tmp_path: Path) -> None:
+    path = tmp_path / "n.kdb"
+    with kinodb.Writer(path) as w:
+        w.add_episode(actions=np.zeros((1, 1), np.float32),
+                      extra_arrays={f"a{k}": np.zeros(1, np.float32) for k in range(40000)})  # fmt: skip
+        with pytest.raises(WriterError, match=r"65537 distinct array and camera names; .*65536 .*sec\.name"):
+            w.add_episode(actions=np.zeros((1, 1), np.float32),
+                          extra_arrays={f"b{k}": np.zeros(1, np.float32) for k in range(25533)})  # fmt: skip
+        w.add_episode(actions=np.zeros((1, 1), np.float32),
+                      extra_arrays={f"b{k}": np.zeros(1, np.float32) for k in range(25532)})  # fmt: skip
+    with kinodb.open(path) as db:
+        assert len(db) == 2 and db.read_array(1, "b25531").shape == (1,)
+
+
+@pytest.mark.parametrize("epoch", ["2023-11-14", "soon", "1e400"])
+def test_bad_source_date_epoch_names_the_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, epoch: str
+) -> None:
+    path = tmp_path / "e.kdb"
+    with kinodb.Writer(path) as w:
+        w.add_episode(actions=np.zeros((1, 1)))
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", epoch)
+    for mode in ("x", "a"):
+        target = tmp_path / "new.kdb" if mode == "x" else path
+        with pytest.raises(WriterError, match=r"SOURCE_DATE_EPOCH is .*whole number of seconds since 1970"):
+            kinodb.Writer(target, mode=mode)
+    assert listing(tmp_path) == ["e.kdb"]
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    with kinodb.Writer(path, mode="a") as w:
+        w.add_episode(actions=np.zeros((1, 1)))
+    with kinodb.open(path) as db:
+        assert db.dataset_info()["modified"] == "2023-11-14T22:13:20Z"

@@ -28,7 +28,7 @@ def lookup(meta: dict[str, Any], field: Field, extras: set[str]) -> Any:
     """
     name = field.name
     if field.extra:
-        return meta.get(f"extra.{name}" if name in BUILTINS else name)
+        return meta.get(f"extra.{name}" if name in BUILTINS or name.startswith("extra.") else name)
     if name in BUILTINS:
         return meta[name]
     if name in extras:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from kinodb import QuerySyntaxError
-from kinodb.kql import And, Between, Compare, Field, In, IsNull, Not, Or, parse
+from kinodb.kql import And, Between, Compare, Field, In, IsNull, Node, Not, Or, parse
 from kinodb.kql._parser import MAX_DEPTH
 
 F = Field
@@ -250,3 +250,64 @@ def test_no_stray_character_is_ignored() -> None:
     for ch in "&|!~;$#@%^`?{}[]\\:+*/":
         with pytest.raises(QuerySyntaxError):
             parse(f"a = 1 {ch} b = 2")
+
+
+# -- trees built by hand must be writable as query text ---------------------------------------
+
+
+def _nots(node: Node, n: int) -> Node:
+    for _ in range(n):
+        node = Not(node)
+    return node
+
+
+def test_integer_literals_are_limited_to_what_text_can_hold() -> None:
+    import sys
+
+    digits = sys.get_int_max_str_digits()
+    biggest = 10**digits - 1
+    for value in (biggest, -biggest):
+        node = Compare(F("x"), "=", value)
+        assert parse(node.render()) == node
+    for make in (
+        lambda v: Compare(F("x"), "<", v),
+        lambda v: In(F("x"), (1, v)),
+        lambda v: Between(F("x"), 0, v),
+    ):
+        for value in (10**digits, -(10**digits), 10**5000):
+            with pytest.raises(
+                ValueError, match=f"more than {digits} digits cannot be written as query text"
+            ):
+                make(value)
+
+
+def test_hand_built_nesting_is_limited_as_the_parser_limits_text() -> None:
+    a, b = Compare(F("a"), "=", 1), Compare(F("b"), "=", 2)
+    deepest = _nots(a, MAX_DEPTH)
+    assert parse(deepest.render()) == deepest
+    with pytest.raises(ValueError, match=f"nests {MAX_DEPTH + 1} levels .* at most {MAX_DEPTH}"):
+        Not(deepest)
+    with pytest.raises(QuerySyntaxError, match="nests deeper"):
+        parse("NOT " + deepest.render())  # the text the refused tree would render to
+    # NOT before AND/OR renders parentheses: two levels
+    grouped = _nots(And((a, b)), MAX_DEPTH - 1)
+    assert parse(grouped.render()) == grouped
+    with pytest.raises(ValueError, match="nests"):
+        Not(_nots(And((a, b)), MAX_DEPTH - 1))
+    # And inside And, and Or inside Or, keep their parentheses; And inside Or needs none
+    chain: Node = a
+    for _ in range(MAX_DEPTH + 1):  # the first And needs no parentheses
+        chain = And((chain, b))
+    assert parse(chain.render()) == chain
+    with pytest.raises(ValueError, match="nests"):
+        And((chain, b))
+    wide = Or(tuple(And((a, b)) for _ in range(5000)))  # no parentheses: no depth
+    assert parse(_nots(wide, MAX_DEPTH - 1).render()) == _nots(wide, MAX_DEPTH - 1)
+    with pytest.raises(ValueError, match="Not needs a KQL node"):
+        Not("a = 1")  # type: ignore[arg-type]
+
+
+def test_every_tree_the_parser_accepts_can_be_rebuilt() -> None:
+    text = "NOT (" * 49 + "a = 1 AND (b = 2 OR NOT c = 3)" + ")" * 49
+    node = parse(text)
+    assert parse(node.render()) == node

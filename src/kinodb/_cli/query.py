@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import unicodedata
 from typing import Any
@@ -60,10 +61,22 @@ def run(args: argparse.Namespace) -> int:
             episodes = [{"position": int(i), **db.read_meta(int(i))} for i in shown]
             out = {"path": db.path(), "query": args.kql, "matches": total,
                    "positions": [int(i) for i in shown], "episodes": episodes}  # fmt: skip
-            print(json.dumps(out, indent=2, default=str))
+            print(json.dumps(_finite(out), indent=2, default=str, allow_nan=False))
         else:
             sys.stdout.write(_table(db, total, [int(i) for i in shown]))
     return 0
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with NaN and infinite floats as None: JSON has no such numbers (0.1 files
+    and files of earlier writers can hold a NaN or infinite total_reward)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _table(db: Any, total: int, shown: list[int]) -> str:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import io
+import re
 import struct
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -14,6 +16,34 @@ from kinodb.errors import CorruptFileError, WriterError
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _MODE_CHANNELS = {"L": 1, "LA": 2, "RGB": 3, "RGBA": 4, "P": 3, "1": 1}
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedFrames:
+    """JPEG or PNG frames to store unchanged, read back with ``channels`` channels.
+
+    A reader converts every decoded frame to its section's channel count (as Pillow's
+    ``convert`` does: grey becomes RGB by repeating it). `kino upgrade` passes a 0.1
+    camera's frames this way, so that greyscale JPEGs under a 3-channel header keep their
+    bytes and still read as the 0.1 reader returned them.
+    """
+
+    frames: Sequence[bytes]
+    channels: int
+
+
+_ADDRESS = re.compile(r"<[^<>]*? at 0x[0-9a-fA-F]+>")
+
+
+def describe(exc: BaseException) -> str:
+    """A decoder's exception as text for a message, without object addresses."""
+    if type(exc).__name__ == "UnidentifiedImageError":
+        return "not a JPEG or PNG image"
+    text = " ".join(_ADDRESS.sub("the data", str(exc)).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+DAMAGED_ADVICE = "the stored frame is damaged; run kino validate on the file to list every damaged frame"
 
 
 def _pil() -> object:
@@ -124,7 +154,7 @@ def _open(blob: memoryview | bytes, shape: tuple[int, int, int], where: str) -> 
     try:
         im = Image.open(io.BytesIO(blob))  # type: ignore[attr-defined]
     except Exception as exc:  # Pillow raises many types on damaged bytes (OSError, SyntaxError, bomb errors)
-        raise CorruptFileError(f"{where}: image does not decode ({type(exc).__name__}: {exc})") from exc
+        raise CorruptFileError(f"{where}: image does not decode ({describe(exc)}); {DAMAGED_ADVICE}") from exc
     if im.size != (w, h):
         im.close()
         raise CorruptFileError(f"{where}: image is {im.size[1]}x{im.size[0]} (HxW), the index says {h}x{w}")
@@ -147,7 +177,7 @@ def decode_into(out: np.ndarray, data: Sequence[memoryview | bytes], where: str,
                 arr = np.asarray(im if im.mode == mode else im.convert(mode))
             except Exception as exc:  # as in _open: any decoder failure means damaged bytes
                 raise CorruptFileError(
-                    f"{frame}: image does not decode ({type(exc).__name__}: {exc})"
+                    f"{frame}: image does not decode ({describe(exc)}); {DAMAGED_ADVICE}"
                 ) from exc
         arr = arr.reshape(arr.shape[0], arr.shape[1], -1) if arr.ndim == 2 else arr
         if arr.shape != (h, w, c):

@@ -462,6 +462,10 @@ class TableBuilder:
             self.section_names.append(name)
         return code
 
+    def new_names(self, names: Iterable[str]) -> int:
+        """How many of ``names`` have no dictionary code yet."""
+        return len(set(names).difference(self._name_codes))
+
     def add_episode(self, row: dict[str, Any], strings: dict[str, str], extra: Mapping[str, Any]) -> None:
         """Append one episode row (all `EPISODE_COLUMNS`), its strings and extra fields."""
         n = len(self)

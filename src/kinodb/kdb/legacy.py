@@ -7,7 +7,11 @@ metadata blob are parsed at open and an episode's image section is walked on fir
 
 Unlike the Rust reader this one never drops a frame or a camera: a frame that is
 missing, has another size, or does not decode raises `CorruptFileError` naming the
-episode, camera and frame. Every offset and length is checked against the file size.
+episode, camera and frame. Every offset and length is checked against the file size:
+the metadata blobs at open, an episode's state/action and image sections when that
+episode's arrays or frames are read, so one damaged episode leaves the others (and every
+episode's metadata and queries) readable. The header's episode and frame counts are
+informational, as for the Rust reader: a count that disagrees with the index is a warning.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import io
 import mmap
 import os
 import struct
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from kinodb.errors import CorruptFileError, FormatError, NameNotFoundError
-from kinodb.kdb._codecs import sniff
+from kinodb.kdb._codecs import DAMAGED_ADVICE, describe, sniff
 from kinodb.kdb._layout import Commit, read_version
 from kinodb.kdb._table import IndexBlock, StringColumn
 from kinodb.kdb.reader import Camera, Database
@@ -98,12 +103,15 @@ class LegacyDatabase(Database):
         n = len(entries)
         total = int(entries["num_frames"].sum(dtype=np.uint64))
         if num_episodes != n or num_frames != total:
-            raise CorruptFileError(
-                f"{self._path}: header at byte offset 8 says {num_episodes} episodes and "
-                f"{num_frames} frames; the index has {n} episodes and {total} frames"
+            # Informational in 0.1 (its reader counts index entries): the index is what holds.
+            warnings.warn(
+                f"{self._path}: the header at byte offset 8 says {num_episodes} episodes and "
+                f"{num_frames} frames, the index has {n} episodes and {total} frames; reading the "
+                "index's (kino upgrade writes a file whose counts agree)",
+                stacklevel=3,
             )
         self._commit = Commit(0, index_offset, index_length, n, total, 0)
-        self._check_sections(entries)
+        self._check_metas(entries)
         strings, cols = self._parse_metas(entries)
         self._load(self._build_block(entries, strings, cols, f"{major}.{minor}", created))
 
@@ -133,25 +141,42 @@ class LegacyDatabase(Database):
         raw = np.frombuffer(self._mmap(), ENTRY_DTYPE, length // ENTRY_SIZE, offset)
         return np.array(raw)  # a copy: a view would keep the map exported after close()
 
-    def _check_sections(self, entries: np.ndarray) -> None:
-        """Check that every section lies in the file and actions have the stride's size."""
-        for i, e in enumerate(entries.tolist()):
-            _, t, a, s, aoff, alen, ioff, ilen, moff, mlen = e
-            for what, off, n in (
-                ("state/action", aoff, alen),
-                ("image", ioff, ilen),
-                ("metadata", moff, mlen),
-            ):
-                if (off < HEADER.size and n) or off + n > self._size:
-                    raise CorruptFileError(
-                        f"{self._path}: episode {i}: {what} section at byte offset {off} "
-                        f"({n} bytes) lies outside the file ({self._size} bytes)"
-                    )
-            if alen != t * (4 * (s + a) + 5):
-                raise CorruptFileError(
-                    f"{self._path}: episode {i}: state/action section at byte offset {aoff} has "
-                    f"{alen} bytes; {t} frames of state_dim {s} and action_dim {a} need {t * (4 * (s + a) + 5)}"
-                )
+    def _check_metas(self, entries: np.ndarray) -> None:
+        """Check that every metadata blob lies in the file (they are all parsed at open)."""
+        for i, (off, n) in enumerate(
+            zip(entries["meta_offset"].tolist(), entries["meta_length"].tolist(), strict=True)
+        ):
+            self._check_extent(i, "metadata", off, n)
+
+    def _check_extent(self, i: int, what: str, off: int, n: int) -> None:
+        if (off < HEADER.size and n) or off + n > self._size:
+            raise CorruptFileError(
+                f"{self._path}: episode {i}: {what} section at byte offset {off} "
+                f"({n} bytes) lies outside the file ({self._size} bytes)"
+            )
+
+    def _image_section(self, i: int) -> tuple[int, int, int]:
+        """``(num_frames, offset, length)`` of episode ``i``'s image section, checked."""
+        t, off, length = (int(self._entries[k][i]) for k in ("num_frames", "images_offset", "images_length"))
+        self._check_extent(i, "image", off, length)
+        return t, off, length
+
+    def _state_action_section(self, i: int) -> tuple[int, int, int, int]:
+        """``(num_frames, action_dim, state_dim, offset)`` of episode ``i``'s state/action
+        section, checked when the episode is read (the 0.1 writer took state_dim from
+        frame 0 alone, so one episode's section can disagree with its index entry)."""
+        t, a, s, off, n = (
+            int(self._entries[k][i])
+            for k in ("num_frames", "action_dim", "state_dim", "actions_offset", "actions_length")
+        )
+        self._check_extent(i, "state/action", off, n)
+        if n != t * (4 * (s + a) + 5):
+            raise CorruptFileError(
+                f"{self._path}: episode {i}: state/action section at byte offset {off} has {n} bytes; "
+                f"{t} frames of state_dim {s} and action_dim {a} need {t * (4 * (s + a) + 5)} (the 0.1 "
+                "writer checked only frame 0's state length); the other episodes read normally"
+            )
+        return t, a, s, off
 
     def _parse_metas(self, entries: np.ndarray) -> tuple[dict[str, list[str]], dict[str, list[Any]]]:
         mm = self._mmap()
@@ -230,7 +255,7 @@ class LegacyDatabase(Database):
         return schema
 
     def _first_frame_cameras(self, i: int) -> dict[str, dict[str, Any]]:
-        t, off, length = (int(self._entries[k][i]) for k in ("num_frames", "images_offset", "images_length"))
+        t, off, length = self._image_section(i)
         if t == 0 or length == 0:
             return {}
         mm = self._mmap()
@@ -259,9 +284,7 @@ class LegacyDatabase(Database):
         return self._buf
 
     def _episode_arrays(self, i: int) -> dict[str, np.ndarray]:
-        t, a, s, off = (
-            int(self._entries[k][i]) for k in ("num_frames", "action_dim", "state_dim", "actions_offset")
-        )
+        t, a, s, off = self._state_action_section(i)
         if t == 0:
             empty = {"actions": np.empty((0, a), "<f4"), "states": np.empty((0, s), "<f4"),
                      "rewards": np.empty(0, "<f4"), "is_terminal": np.empty(0, bool)}  # fmt: skip
@@ -309,9 +332,7 @@ class LegacyDatabase(Database):
 
     def _walk_images(self, i: int) -> dict[str, Camera]:
         """Parse every frame header of episode ``i``'s image section."""
-        t_count, off, length = (
-            int(self._entries[k][i]) for k in ("num_frames", "images_offset", "images_length")
-        )
+        t_count, off, length = self._image_section(i)
         if length == 0:
             return {}
         mm, end, pos = self._mmap(), off + length, off
@@ -352,7 +373,14 @@ class LegacyDatabase(Database):
                 frame = self._raw_frames(lc, t, t + 1)[0]
             else:
                 where = f"{self._path}: episode {i}, camera {name!r}, frame {t}"
-                frame = _decode_image(self._frame_bytes(lc, t), (h, w, c), where)
+                try:
+                    frame = _decode_image(self._frame_bytes(lc, t), (h, w, c), where)
+                except CorruptFileError:
+                    # The 0.1 writer flagged raw pixels that happen to begin with JPEG or PNG
+                    # magic as compressed: a frame of exactly H*W*C bytes is such a frame.
+                    if int(lc.lengths[t]) != h * w * c:
+                        raise
+                    frame = self._raw_frames(lc, t, t + 1)[0]
             if out is None:  # allocated once a frame has proven the header's size is real
                 out = np.empty((stop - start, h, w, c), np.uint8)
             out[t - start] = frame
@@ -496,7 +524,7 @@ def _decode_image(data: memoryview, shape: tuple[int, int, int], where: str) -> 
             size = im.size
             arr = np.asarray(im if im.mode == mode else im.convert(mode)) if size == (w, h) else None
     except Exception as exc:  # Pillow's decoders raise many exception types on damaged input
-        raise CorruptFileError(f"{where}: image does not decode ({exc})") from exc
+        raise CorruptFileError(f"{where}: image does not decode ({describe(exc)}); {DAMAGED_ADVICE}") from exc
     if arr is None:
         raise CorruptFileError(f"{where}: image is {size[0]}x{size[1]}, its header says {w}x{h}")
     return arr.reshape(h, w, c)

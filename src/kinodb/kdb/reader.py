@@ -83,6 +83,7 @@ class Database:
     _ints: tuple[Any, ...] | None = None  # `READER_COLUMNS` as int views, on the first read
     _array_names: Sequence[str] = ()  # the arrays of the last episode decoded in full
     _layout: Periodic | None = None  # `periodic_layout` of the index, once a table needed it
+    _codes: dict[str, int] | None = None  # section name -> its first position in `_names`
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         # Opening reads the header, the commit records and the index head, nothing whose
@@ -261,7 +262,9 @@ class Database:
     def read_meta(self, i: int) -> dict[str, Any]:
         """Metadata of episode ``i``: the built-in fields plus its extra fields.
 
-        An extra field whose name clashes with a built-in appears as ``"extra.NAME"``.
+        An extra field appears under its name, or as ``"extra.NAME"`` when its name is a
+        built-in one or itself starts with ``extra.`` (which files written before kinodb
+        refused such names can hold), so every key names one value (`extra_key`).
 
         Raises:
             EpisodeNotFoundError: ``i`` is out of range.
@@ -282,11 +285,18 @@ class Database:
             "success": None if succ < 0 else bool(succ),
             "total_reward": float(c["total_reward"][i]) if c["total_reward.valid"][i] else None,
         }
+        for name, value in self._extra_fields(i).items():
+            meta[extra_key(name)] = value
+        return meta
+
+    def _extra_fields(self, i: int) -> dict[str, Any]:
+        """Episode ``i``'s extra fields by their stored names (``i`` already checked)."""
+        out = {}
         for name, col in self._block.extras.items():
             value = col.get(i)
             if value is not ABSENT:
-                meta[f"extra.{name}" if name in META_FIELDS else name] = value
-        return meta
+                out[name] = value
+        return out
 
     def episodes(self) -> dict[str, np.ndarray]:
         """The metadata table: one NumPy array per column, one entry per episode.
@@ -311,7 +321,7 @@ class Database:
             "total_reward": np.where(c["total_reward.valid"].astype(bool), c["total_reward"], np.nan),
         }
         for name, col in self._block.extras.items():
-            table[f"extra.{name}" if name in META_FIELDS else name] = col.to_numpy()
+            table[extra_key(name)] = col.to_numpy()
         return table
 
     def query(self, kql: str, *, limit: int | None = None, absent: Collection[str] = ()) -> np.ndarray:
@@ -374,9 +384,19 @@ class Database:
         for k, sec in enumerate(sections):
             if sec.kind != KIND_CAMERA:
                 out[sec.name] = np.ndarray(sec.shape, sec.dtype, buffer=buf, offset=sec.offset)  # type: ignore[arg-type]
-                self._remember(Locator.from_section(self._names.index(sec.name), k, sec))
+                self._remember(Locator.from_section(self._name_code(sec.name), k, sec))
         self._array_names = list(out)
         return out
+
+    def _name_code(self, name: str) -> int:
+        """The position of section name ``name`` in the index's name list (its first)."""
+        codes = self._codes
+        if codes is None:
+            codes = {}
+            for j, n in enumerate(self._names):
+                codes.setdefault(n, j)
+            self._codes = codes
+        return codes[name]
 
     def _remember(self, loc: Locator) -> None:
         """Read array ``loc.name`` through an O(1) checked reader of this layout from now on."""
@@ -682,6 +702,12 @@ class Database:
 
     def __repr__(self) -> str:
         return f"<kinodb.Database {self._path!r} ({self._n} episodes, format {self.version()})>"
+
+
+def extra_key(name: str) -> str:
+    """The key of extra field ``name`` in `Database.read_meta`: ``extra.NAME`` when the name
+    is a built-in one or starts with ``extra.`` itself, else the name."""
+    return f"extra.{name}" if name in META_FIELDS or name.startswith("extra.") else name
 
 
 def _map_file(path: str) -> mmap.mmap:

@@ -2,30 +2,54 @@
 
 from __future__ import annotations
 
+import math
 import os
+import warnings
 from typing import Any
 
 import numpy as np
 
 from kinodb._version import __version__
-from kinodb.errors import ConversionError, WriterError
+from kinodb.errors import ConversionError, FormatError, WriterError
 from kinodb.kdb import _codecs
-from kinodb.kdb.reader import META_FIELDS, Database, open_database
-from kinodb.kdb.writer import Writer, verify_payload
+from kinodb.kdb.reader import Database, open_database
+from kinodb.kdb.writer import Writer
 
 _BUILTIN_ARRAYS = ("actions", "states", "rewards", "is_terminal", "timestamps")
+# Dataset keys the writer builds itself; a v1 source's other keys (created, modified,
+# keys of later minor versions) are kept as they are, and its statistics too.
+_REBUILT = frozenset(("format", "format_version", "writer", "source_format", "schema", "metadata", "stats"))
+# Schema keys rebuilt from the episodes written; other keys (a merge's "sources") are kept.
+_NOTED = frozenset(("actions", "states", "rewards", "is_terminal", "timestamps", "cameras", "arrays"))
+_SHOWN = 5  # episodes or cameras named in one warning
 
 
-def upgrade(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, overwrite: bool = False) -> int:
-    """Rewrite ``src`` as a format v1 file at ``dst``; return the number of episodes.
+def upgrade(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
+    on_error: str = "raise",
+) -> int:
+    """Rewrite ``src`` as a format v1 file at ``dst``; return the number of episodes written.
 
-    Arrays are copied exactly and JPEG/PNG frames keep their stored bytes; raw frames
-    stay raw. A 0.1 camera that mixes raw and encoded frames is stored raw (decoded).
-    The dataset's ``source_format`` becomes ``"kinodb-0.1"`` (a v1 source keeps its own)
-    and ``metadata["upgraded_from"]`` records the source file. ``dst`` appears only
-    once every episode is written. One difference is unavoidable: an episode with an
-    unknown ``total_reward`` and nonzero rewards gets the sum of its rewards, as
-    `Writer.add_episode` computes it.
+    A v1 source is compacted: each episode's payload is copied byte for byte after its
+    checksum is verified (the dead space that appends leave behind is dropped), and the
+    dataset keeps its ``created`` and ``modified`` times, its statistics and its metadata.
+
+    A 0.1 source's arrays are copied exactly and JPEG/PNG frames keep their stored bytes
+    (under the channel count the 0.1 header states, which readers convert to); raw
+    frames stay raw. A camera that cannot keep its bytes (frames that mix codecs, or
+    whose headers do not fit the camera's size) is stored raw (decoded), with a warning.
+    The dataset's ``source_format`` becomes ``"kinodb-0.1"`` and
+    ``metadata["upgraded_from"]`` records the source file. One difference is
+    unavoidable: an episode with an unknown (or NaN) ``total_reward`` and nonzero rewards
+    gets the sum of its rewards, as `Writer.add_episode` computes it.
+
+    An episode that cannot be read or stored (damaged, 0 frames, fps <= 0) fails the
+    upgrade, naming it; with ``on_error="skip"`` it is left out instead, listed in
+    ``metadata["upgraded_from"]["skipped"]`` and in a warning. ``dst`` appears only once
+    every episode is written.
 
     Example:
         >>> kinodb.kdb.upgrade.upgrade("old.kdb", "new.kdb")
@@ -35,14 +59,21 @@ def upgrade(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, overwri
         FileExistsError: ``dst`` exists and ``overwrite`` is False.
         FormatError: ``src`` is not a readable ``.kdb`` file or its data is damaged (a v1
             episode whose payload fails its checksum: `CorruptFileError`, nothing written).
-        ConversionError: an episode cannot be stored in v1 (e.g. 0 frames or fps <= 0).
+        ConversionError: ``src`` has no episodes, or an episode cannot be stored in v1.
     """
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    source = os.fspath(src)
     with open_database(src) as db:
+        if len(db) == 0:
+            raise ConversionError(
+                f"{source}: the source has 0 episodes, and a v1 file holds at least one; nothing was written"
+            )
         info = db.dataset_info()
         version = db.version()
         metadata = dict(db.metadata())
         metadata["upgraded_from"] = {
-            "path": os.path.abspath(os.fspath(src)),
+            "path": os.path.abspath(source),
             "format_version": version,
             "created": info.get("created"),
             "writer": info.get("writer"),
@@ -53,6 +84,9 @@ def upgrade(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, overwri
             part: {k: v for k, v in db.schema().get(part, {}).items() if k in ("components", "names")}
             for part in ("actions", "states")
         }
+        legacy = version.startswith("0.")
+        notes: list[str] = []
+        skipped: list[tuple[int, str]] = []
         with Writer(
             dst,
             mode="w" if overwrite else "x",
@@ -61,38 +95,102 @@ def upgrade(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, overwri
             source_format=info.get("source_format") or f"kinodb-{version}",
             metadata=metadata,
         ) as out:
-            checked = not version.startswith("0.")  # v1 payloads carry checksums: never copy damage
             for i in range(len(db)):
-                if checked:
-                    verify_payload(db, i)
                 try:
-                    out.add_episode(**episode_args(db, i))
-                except (WriterError, ConversionError) as exc:
-                    raise ConversionError(
-                        f"{os.fspath(src)}: episode {i} cannot be stored as v1: {exc}"
-                    ) from exc
-        return len(db)
+                    if legacy:
+                        out.add_episode(**episode_args(db, i, notes=notes))
+                    else:  # v1 payloads carry checksums: copy_episode never copies damage
+                        out.copy_episode(db, i)
+                except (FormatError, WriterError, ConversionError) as exc:
+                    if on_error == "skip":
+                        skipped.append((i, str(exc)))
+                        continue
+                    empty = int(db._cols["num_frames"][i]) == 0
+                    raise _episode_error(exc, source, os.fspath(dst), i, empty=empty) from exc
+            if not len(out):
+                raise ConversionError(
+                    f"{source}: every one of its {len(db)} episodes was skipped; nothing was written"
+                )
+            if skipped:
+                out.metadata["upgraded_from"]["skipped"] = [{"episode": i, "reason": r} for i, r in skipped]
+            if not legacy:
+                _keep_dataset(info, db.schema(), out, stale=bool(skipped))
+    _warn(source, notes, skipped)
+    return len(db) - len(skipped)
 
 
-def episode_args(db: Database, i: int) -> dict[str, Any]:
-    """Keyword arguments for `Writer.add_episode` that reproduce episode ``i``."""
+def _episode_error(exc: Exception, src: str, dst: str, i: int, *, empty: bool) -> Exception:
+    """The error that stops an upgrade at episode ``i``, with the ways around it."""
+    skip = "to leave it out, rerun with --on-error skip (Python: on_error='skip')"
+    if isinstance(exc, FormatError):
+        return type(exc)(f"{exc}; {skip}")
+    advice = skip
+    if empty:
+        advice = f'to leave out every empty episode: kino merge {src} -o {dst} -F "num_frames > 0"; or {skip}'
+    return ConversionError(f"{src}: episode {i} cannot be stored as v1: {exc}; {advice}")
+
+
+def _keep_dataset(info: dict[str, Any], schema: dict[str, Any], out: Writer, *, stale: bool) -> None:
+    """Carry a v1 source's dataset keys, schema keys and statistics over to ``out``."""
+    for key, value in info.items():
+        if key not in _REBUILT:
+            out._dataset[key] = value
+    for key, value in schema.items():
+        if key not in _NOTED:
+            out.schema.setdefault(key, value)
+    stats = info.get("stats")
+    if isinstance(stats, dict):
+        if stale:  # they describe episodes that were left out
+            stats = {**stats, "stale": True}
+        out.stats = stats  # set after the episodes: they describe them all
+
+
+def _warn(src: str, notes: list[str], skipped: list[tuple[int, str]]) -> None:
+    if notes:
+        more = f"; and {len(notes) - _SHOWN} more" if len(notes) > _SHOWN else ""
+        warnings.warn(
+            f"{src}: {len(notes)} thing{'s' if len(notes) > 1 else ''} could not be kept as stored: "
+            + "; ".join(notes[:_SHOWN])
+            + more,
+            stacklevel=3,
+        )
+    if skipped:
+        shown = "; ".join(f"episode {i}: {reason}" for i, reason in skipped[:_SHOWN])
+        more = f"; and {len(skipped) - _SHOWN} more" if len(skipped) > _SHOWN else ""
+        warnings.warn(
+            f"{src}: {len(skipped)} episode{'s' if len(skipped) > 1 else ''} skipped "
+            f"(listed in the output's metadata, upgraded_from.skipped): {shown}{more}",
+            stacklevel=3,
+        )
+
+
+def episode_args(db: Database, i: int, *, notes: list[str] | None = None) -> dict[str, Any]:
+    """Keyword arguments for `Writer.add_episode` that reproduce episode ``i``.
+
+    ``notes`` collects one line per camera stored raw although it held encoded frames,
+    and per value that v1 cannot store as it was.
+    """
+    notes = [] if notes is None else notes
     ep = db.read_episode_actions_only(i)
     meta = ep.pop("meta")
     if meta["num_frames"] == 0:
         raise ConversionError("it has 0 frames, and v1 files hold no empty episodes")
     rewards = ep.pop("rewards")
     args: dict[str, Any] = {name: ep.pop(name) for name in _BUILTIN_ARRAYS if name in ep}
+    total_reward = meta["total_reward"]
+    if total_reward is not None and not math.isfinite(total_reward):
+        notes.append(
+            f"episode {i}: total_reward {total_reward} is not a finite number; v1 stores the sum of its "
+            "rewards instead (null if that is not finite either)"
+        )
+        total_reward = None
     if meta["total_reward"] is not None or bool((rewards != 0).any() or np.signbit(rewards).any()):
         args["rewards"] = rewards
     # else rewards are all +0.0: omitting them stores zeros and keeps total_reward None,
     # which the writer would otherwise fill in with the sum of the rewards.
     args["extra_arrays"] = ep
-    args["images"] = {name: _camera_frames(db, i, name, cam) for name, cam in db.cameras(i).items()}
-    extra = {k: v for k, v in meta.items() if k not in META_FIELDS}
-    extra = {
-        k.removeprefix("extra.") if k.removeprefix("extra.") in META_FIELDS else k: v
-        for k, v in extra.items()
-    }
+    args["images"] = {name: _camera_frames(db, i, name, cam, notes) for name, cam in db.cameras(i).items()}
+    extra = db._extra_fields(i)  # by stored name
     if meta["episode_id"] != i:
         extra.setdefault("source_episode_id", meta["episode_id"])
     args.update(
@@ -100,29 +198,43 @@ def episode_args(db: Database, i: int) -> dict[str, Any]:
         task=meta["task"],
         fps=meta["fps"],
         success=meta["success"],
-        total_reward=meta["total_reward"],
+        total_reward=total_reward,
         extra=extra,
     )
     return args
 
 
-def _camera_frames(db: Database, i: int, name: str, cam: dict[str, Any]) -> np.ndarray | list[bytes]:
+def _camera_frames(
+    db: Database, i: int, name: str, cam: dict[str, Any], notes: list[str]
+) -> np.ndarray | _codecs.EncodedFrames:
     """Stored JPEG/PNG bytes when every frame can pass through unchanged, else uint8 frames."""
     T, h, w, c = cam["shape"]
+    reason = None
     if cam["codec"] in ("jpeg", "png"):
         blobs = [db.read_image_bytes(i, name, t) for t in range(T)]
-        if all(_probe_matches(b, (h, w, c)) for b in blobs):
-            return blobs
+        reason = _unfit(blobs, (h, w))
+        if reason is None:
+            # Readers convert each frame to the camera's channels, as the 0.1 reader did
+            # (greyscale JPEGs under a 3-channel header read as RGB).
+            return _codecs.EncodedFrames(blobs, c)
+    elif cam["codec"] != "raw":
+        reason = "its frames mix raw and encoded ones (or JPEG and PNG)"
     frames: np.ndarray = db.read_frames(i, 0, T, cameras=[name])["images"][name]
+    if reason is not None:
+        notes.append(f"episode {i}, camera {name!r} stored raw (decoded, larger): {reason}")
     return frames
 
 
-def _probe_matches(blob: bytes, shape: tuple[int, int, int]) -> bool:
-    """Whether a v1 reader would decode ``blob`` to ``shape``, judged from its header."""
-    try:
-        return _codecs.probe(blob) == shape
-    except (OSError, ValueError, SyntaxError, WriterError):
-        return False
+def _unfit(blobs: list[bytes], size: tuple[int, int]) -> str | None:
+    """Why ``blobs`` cannot be stored unchanged under the (H, W) ``size``, or None."""
+    for t, blob in enumerate(blobs):
+        try:
+            h, w, _ = _codecs.probe(blob)
+        except (OSError, ValueError, SyntaxError, WriterError) as exc:
+            return f"frame {t}'s header cannot be read ({_codecs.describe(exc)})"
+        if (h, w) != size:
+            return f"frame {t} is {h}x{w} (HxW), the camera's header says {size[0]}x{size[1]}"
+    return None
 
 
 __all__ = ["upgrade"]

@@ -9,6 +9,7 @@ import os
 import secrets
 import threading
 import time
+import warnings
 import weakref
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -38,20 +39,8 @@ from kinodb.kdb._table import TableBuilder
 if TYPE_CHECKING:
     from kinodb.kdb.reader import Database
 
-_META_KEYS = frozenset(
-    (
-        "episode_id",
-        "embodiment",
-        "task",
-        "num_frames",
-        "fps",
-        "action_dim",
-        "state_dim",
-        "success",
-        "total_reward",
-    )
-)
 _RESERVED_ARRAYS = {"actions", "states", "rewards", "is_terminal", "timestamps", "meta", "images"}
+_U16_MAX = 0xFFFF  # sec_count and sec.name are u16 columns
 _ZEROS = bytes(ALIGN)
 SECTION_ALIGN = 8  # every element size divides it, so every section is aligned to its dtype
 
@@ -162,8 +151,23 @@ def _remove_stale_temps(path: str) -> None:
 
 
 def _now() -> str:
+    """The UTC time to record, ``SOURCE_DATE_EPOCH`` when it is set (reproducible files).
+
+    Raises:
+        WriterError: ``SOURCE_DATE_EPOCH`` is set but is not a number of seconds.
+    """
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
-    t = float(epoch) if epoch else time.time()
+    if not epoch:
+        t = time.time()
+    else:
+        try:
+            t = float(epoch)
+            return _dt.datetime.fromtimestamp(t, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        except (ValueError, OverflowError, OSError):
+            raise WriterError(
+                f"the environment variable SOURCE_DATE_EPOCH is {epoch!r}; it must be a whole number of "
+                "seconds since 1970-01-01 UTC (e.g. 1700000000), or unset"
+            ) from None
     return _dt.datetime.fromtimestamp(t, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -220,6 +224,7 @@ class Writer:
             raise ValueError(f"jpeg_quality must be in 1..100, got {jpeg_quality}")
         # Checked before any file is touched: a bad value would otherwise fail the commit.
         metadata = _json_mapping(metadata or {}, "metadata")
+        created = _now()  # a bad SOURCE_DATE_EPOCH fails here, not at the commit
         self._path = os.fspath(path)
         self._mode, self._codec, self._quality = mode, image_codec, int(jpeg_quality)
         self._table = TableBuilder()
@@ -232,7 +237,7 @@ class Writer:
             if mode == "x" and os.path.exists(self._path):
                 raise FileExistsError(f"{self._path} exists; use mode='w' to replace it or 'a' to append")
             self._dataset: dict[str, Any] = {
-                "format": "kinodb", "format_version": "1.0", "created": _now(),
+                "format": "kinodb", "format_version": "1.0", "created": created,
                 "writer": f"kinodb {__version__}", "source_format": None,
                 "schema": {"cameras": {}, "arrays": {}}, "metadata": {},
             }  # fmt: skip
@@ -386,11 +391,16 @@ class Writer:
         Arrays that are not NumPy arrays become float32 (timestamps: float64); NumPy
         arrays keep their dtype. ``images`` maps a camera name to uint8 frames
         ``(T, H, W, C)`` to encode with the writer's codec, or to a list of T encoded
-        JPEG/PNG frames stored unchanged. ``total_reward`` defaults to the sum of
-        ``rewards`` when rewards are given.
+        JPEG/PNG frames stored unchanged (or `EncodedFrames`, which also sets the channel
+        count readers convert them to). ``total_reward`` defaults to the sum of ``rewards``
+        when rewards are given, or None (unknown) when that sum is NaN or infinite; given
+        explicitly, it must be a finite number. Extra field names must not start with
+        ``extra.``, which marks extra fields in `Database.read_meta` and KQL.
 
         Raises:
-            WriterError: a field has the wrong shape, dtype or length; the message names it.
+            WriterError: a field has the wrong shape, dtype, length or value; an episode has
+                more than 65535 arrays and cameras, or the file more than 65536 distinct
+                array and camera names (both are u16 in the format); the message names it.
         """
         if self._closed:
             raise WriterError(f"{self._path}: writer is closed")
@@ -415,10 +425,28 @@ class Writer:
         for name, arr in arrays.items():
             if arr.shape[0] != T:
                 raise WriterError(f"{name} has {arr.shape[0]} frames, actions has {T}")
+        self._check_section_limits([*arrays, *(str(c) for c in images or {})])
         cams = {str(c): self._camera(str(c), v, T) for c, v in (images or {}).items()}
         meta = self._episode_meta(embodiment, task, fps, success, total_reward, rew, rewards, extra)
         self._check_schema(acts.shape[1], sts.shape[1])
         return self._write(arrays, cams, meta)
+
+    def _check_section_limits(self, names: Sequence[str]) -> None:
+        """Refuse an episode whose sections the u16 columns ``sec_count`` and ``sec.name``
+        cannot count, before anything is written (the commit would fail on it)."""
+        if len(names) > _U16_MAX:
+            raise WriterError(
+                f"{self._path}: episode {len(self._table)} has {len(names)} arrays and cameras; the format "
+                f"stores at most {_U16_MAX} per episode (sec_count is u16): stack related arrays into one "
+                "array with more dims"
+            )
+        total = len(self._table.section_names) + self._table.new_names(names)
+        if total > _U16_MAX + 1:
+            raise WriterError(
+                f"{self._path}: episode {len(self._table)} would bring the file to {total} distinct array and "
+                f"camera names; the format stores at most {_U16_MAX + 1} (sec.name is u16): reuse names "
+                "across episodes, or write the episodes to several files"
+            )
 
     def _camera(
         self, cam: str, value: Any, T: int
@@ -445,6 +473,11 @@ class Writer:
                     f"images[{cam!r}] has {c} channels; JPEG stores 1 or 3, use image_codec='png' or 'raw'"
                 )
             return chosen, (h, w, c), _codecs.encode(frames, chosen, self._quality)
+        channels = None
+        if isinstance(value, _codecs.EncodedFrames):
+            value, channels = list(value.frames), value.channels
+            if isinstance(channels, bool) or not isinstance(channels, int) or not 1 <= channels <= 4:
+                raise WriterError(f"images[{cam!r}].channels must be 1, 2, 3 or 4, got {channels!r}")
         if isinstance(value, (list, tuple)):
             if len(value) != T:
                 raise WriterError(f"images[{cam!r}] has {len(value)} frames, actions has {T}")
@@ -466,7 +499,11 @@ class Writer:
                     try:
                         got = _codecs.probe(blob)
                     except OSError as exc:
-                        raise WriterError(f"images[{cam!r}][{t}]: unreadable {codec} header ({exc})") from exc
+                        raise WriterError(
+                            f"images[{cam!r}][{t}]: unreadable {codec} header ({_codecs.describe(exc)})"
+                        ) from exc
+                if channels is not None:  # readers convert every frame to these channels
+                    got = (got[0], got[1], channels)
                 if shape is None:
                     shape = got
                 elif got != shape:
@@ -493,14 +530,22 @@ class Writer:
             raise WriterError(f"fps must be a positive number, got {fps!r}")
         if success is not None and not isinstance(success, (bool, np.bool_)):
             raise WriterError(f"success must be True, False or None, got {success!r}")
-        if total_reward is None and rewards is not None:
-            total_reward = float(rew.astype(np.float64).sum())
-        if total_reward is not None:
-            total_reward = float(total_reward)
+        if total_reward is None:
+            if rewards is not None:  # unknown (None) when the rewards hold NaN or infinity
+                total = float(rew.astype(np.float64).sum())
+                total_reward = total if math.isfinite(total) else None
+        else:
+            try:
+                total_reward = float(total_reward)
+            except (TypeError, ValueError):
+                raise WriterError(f"total_reward must be a number or None, got {total_reward!r}") from None
+            if not math.isfinite(total_reward):
+                raise WriterError(
+                    f"total_reward is {total_reward}; pass a finite number, or None when it is unknown"
+                )
         clean = {}
         for key, value in (extra or {}).items():
-            if not isinstance(key, str) or not key:
-                raise WriterError(f"extra field names must be non-empty str, got {key!r}")
+            _check_extra_name(key)
             clean[key] = _json_value(value, f"extra[{key!r}]")
         return {"embodiment": embodiment, "task": task, "fps": fps, "success": success,
                 "total_reward": total_reward, "extra": clean}  # fmt: skip
@@ -636,29 +681,38 @@ class Writer:
         """Append episode ``i`` of another file byte for byte; return its index here.
 
         The payload (arrays and encoded frames) is copied without decoding or
-        re-encoding after its checksum is verified; ``extra`` fields are added to the
-        episode's own (and override them). Episodes of a format 0.1 file are converted
-        through `add_episode`, keeping their encoded frames.
+        re-encoding after its checksum is verified; the episode keeps its extra fields
+        under their stored names, and ``extra`` fields are added to them (and override
+        them). Episodes of a format 0.1 file are converted through `add_episode`, keeping
+        their encoded frames (a camera that cannot keep them is stored raw, with a warning).
 
         Raises:
             CorruptFileError: the source payload fails its checksum.
             EpisodeNotFoundError: ``i`` is out of range in ``db``.
+            WriterError: an ``extra`` name is invalid, or the episode exceeds a format limit.
         """
         if self._closed:
             raise WriterError(f"{self._path}: writer is closed")
+        for key in extra or {}:
+            _check_extra_name(key)
         added = {key: _json_value(v, f"extra[{key!r}]") for key, v in (extra or {}).items()}
         meta = db.read_meta(i)
         if db.version().startswith("0."):
             from kinodb.kdb.upgrade import episode_args  # deferred: upgrade imports this module
 
-            args = episode_args(db, i)
+            notes: list[str] = []
+            args = episode_args(db, i, notes=notes)
             args["extra"] = {**args["extra"], **added}
+            for note in notes:
+                warnings.warn(f"{db.path()}: {note}", stacklevel=2)
             return self.add_episode(**args)
         off, length, crc = verify_payload(db, i)
         payload = db._map()[off : off + length].data
         sections = db._episode_sections(i)
         self._check_schema(meta["action_dim"], meta["state_dim"])
-        extras = {k.removeprefix("extra."): v for k, v in meta.items() if k not in _META_KEYS}
+        self._check_section_limits([sec.name for sec in sections])
+        # By stored name: read_meta's keys mark some names with "extra." (a built-in's name).
+        extras = db._extra_fields(i)
         extras.update(added)
         mark, table = self._pos, self._table
         sec_start = len(table.sections["sec.name"])
@@ -696,7 +750,11 @@ class Writer:
             self.abort()
             raise WriterError(f"{self._path}: no episodes were added; nothing was written")
         if self._tmp is None:
-            self._dataset["modified"] = _now()
+            try:
+                self._dataset["modified"] = _now()
+            except WriterError:
+                self.abort()
+                raise
         self._mark_stale_stats()
         index = self._table.encode(self._dataset)
         index_offset = align(self._pos)
@@ -812,6 +870,17 @@ def _check_text(value: str, where: str) -> None:
         raise WriterError(
             f"{where} is not valid Unicode text ({exc.reason} at position {exc.start})"
         ) from None
+
+
+def _check_extra_name(key: object) -> None:
+    if not isinstance(key, str) or not key:
+        raise WriterError(f"extra field names must be non-empty str, got {key!r}")
+    if key.startswith("extra."):
+        bare = key[len("extra.") :]
+        raise WriterError(
+            f"extra field name {key!r} starts with 'extra.', which read_meta and KQL use to mark extra "
+            f"fields (extra.NAME is the field NAME); rename it{f', e.g. to {bare!r}' if bare else ''}"
+        )
 
 
 def _json_value(value: Any, where: str, *, mappings: bool = False) -> Any:

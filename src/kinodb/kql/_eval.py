@@ -472,7 +472,10 @@ def _compare_numbers(col: Column, op: str, lit: Value) -> Mask:
         raise TypeError(f"{col.name}: not a numeric comparison")  # excluded by check()
     if col.kind == "int":
         return _compare_ints(x, op, lit)
-    if col.float32:  # format 0.1 stored these as float32: compare at that precision
+    if col.float32 and op in ("=", "!="):
+        # Format 0.1 stored these as float32: equality holds at that precision, so that
+        # fps = 29.97 finds 29.97 fps episodes. Order stays exact: rounding the literal
+        # would move the bound (total_reward > 16777215.5 would miss 16777216).
         with np.errstate(over="ignore"):
             lit = float(np.float32(_to_float(lit)))
     f = _to_float(lit)

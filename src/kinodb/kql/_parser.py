@@ -24,9 +24,9 @@ from kinodb.kql._lexer import (
     query_error,
     tokenize,
 )
-from kinodb.kql.ast import And, Between, Compare, Field, In, IsNull, Node, Not, Or, Value
+from kinodb.kql.ast import MAX_DEPTH, And, Between, Compare, Field, In, IsNull, Node, Not, Or, Value
 
-MAX_DEPTH = 100  # nested parentheses and NOTs; deeper queries are refused, not a RecursionError
+# MAX_DEPTH: nested parentheses and NOTs; deeper queries are refused, not a RecursionError.
 _OPERATORS_HINT = (
     "operators: = != < <= > >= CONTAINS, STARTS WITH, ENDS WITH, MATCHES, IN, NOT IN, BETWEEN, IS NULL"
 )

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import sys
 from dataclasses import dataclass
 
 from kinodb.kql._lexer import KEYWORDS, WORD_RE
@@ -26,6 +27,7 @@ COMPARE_OPS = ("=", "!=", "<", "<=", ">", ">=")
 ORDER_OPS = ("<", "<=", ">", ">=")
 TEXT_OPS = ("CONTAINS", "STARTS WITH", "ENDS WITH", "MATCHES")
 _EXTRA_NAME = re.compile(r"\w+(?:\.\w+)*")
+MAX_DEPTH = 100  # nested parentheses and NOTs the parser accepts; trees are held to it too
 
 
 class Node:
@@ -56,6 +58,41 @@ def _check_value(value: object, what: str) -> None:
         raise ValueError(f"{what}: {value} is not a finite number")
     if not isinstance(value, (str, int, float)):  # bool is an int
         raise ValueError(f"{what}: {value!r} is not a str, int, float or bool literal")
+    if isinstance(value, int) and not isinstance(value, bool):
+        # What int() parses and str() renders (0: no limit; Python 3.10 before 3.10.7 has none).
+        digits = getattr(sys, "get_int_max_str_digits", lambda: 0)()
+        if digits and abs(value) >= _power_of_ten(digits):
+            raise ValueError(
+                f"{what}: an integer of more than {digits} digits cannot be written as query text "
+                "(Python's limit for converting integers to text, sys.set_int_max_str_digits)"
+            )
+
+
+_POWERS: dict[int, int] = {}
+
+
+def _power_of_ten(digits: int) -> int:
+    power = _POWERS.get(digits)
+    if power is None:
+        power = _POWERS[digits] = 10**digits
+    return power
+
+
+def _nesting(node: Node, grouped: tuple[type[Node], ...] = ()) -> int:
+    """Levels of NOT and parentheses the parser meets in ``node.render()``, plus one for
+    the parentheses its parent puts around it when it is one of ``grouped``."""
+    depth = node._depth if isinstance(node, (Not, And, Or)) else 0
+    return depth + 1 if isinstance(node, grouped) else depth
+
+
+def _set_depth(node: Not | And | Or, depth: int) -> None:
+    if depth > MAX_DEPTH:
+        raise ValueError(
+            f"{type(node).__name__}: the tree nests {depth} levels of NOT and parentheses; query text "
+            f"nests at most {MAX_DEPTH}: put the operands of one AND (or OR) in one node, "
+            "And((a, b, c)) rather than And((And((a, b)), c)), and cancel double NOTs"
+        )
+    object.__setattr__(node, "_depth", depth)
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +212,12 @@ class Not(Node):
     """``NOT operand``: exactly the episodes that ``operand`` does not match."""
 
     operand: Node
+    _depth: int = dataclasses.field(default=0, init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.operand, Node):
+            raise ValueError(f"Not needs a KQL node, got {self.operand!r}")
+        _set_depth(self, 1 + _nesting(self.operand, (And, Or)))
 
     def render(self) -> str:
         """The negation as query text."""
@@ -187,9 +230,11 @@ class And(Node):
     """All ``operands`` match (two or more)."""
 
     operands: tuple[Node, ...]
+    _depth: int = dataclasses.field(default=0, init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         _check_operands(self.operands, "And")
+        _set_depth(self, max(_nesting(o, (And, Or)) for o in self.operands))
 
     def render(self) -> str:
         """The conjunction as query text (nested And/Or operands in parentheses)."""
@@ -201,9 +246,11 @@ class Or(Node):
     """Any of ``operands`` matches (two or more)."""
 
     operands: tuple[Node, ...]
+    _depth: int = dataclasses.field(default=0, init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         _check_operands(self.operands, "Or")
+        _set_depth(self, max(_nesting(o, (Or,)) for o in self.operands))
 
     def render(self) -> str:
         """The disjunction as query text (nested Or operands in parentheses)."""
@@ -225,6 +272,7 @@ Predicate = Compare | In | Between | IsNull
 
 __all__ = [
     "COMPARE_OPS",
+    "MAX_DEPTH",
     "ORDER_OPS",
     "TEXT_OPS",
     "And",
