@@ -258,6 +258,62 @@ def write_v2(
     return root
 
 
+def make_openpi_libero(rng: np.random.Generator, lengths: list[int], *, size: int = 16) -> list[Episode]:
+    """Episodes laid out as openpi's LIBERO port (``physical-intelligence/libero``, written by
+    openpi's ``examples/libero/convert_libero_data_to_lerobot.py``): image features ``image``
+    and ``wrist_image``, ``state`` (8,) and ``actions`` (7,), no ``action`` and no
+    ``observation.*`` feature."""
+    eps, index = [], 0
+    for e, T in enumerate(lengths):
+        columns = {
+            "state": rng.normal(size=(T, 8)).astype(np.float32),
+            "actions": rng.normal(size=(T, 7)).astype(np.float32),
+            "timestamp": (np.arange(T) / 10.0).astype(np.float32),
+            "frame_index": np.arange(T, dtype=np.int64),
+            "episode_index": np.full(T, e, np.int64),
+            "index": np.arange(index, index + T, dtype=np.int64),
+            "task_index": np.full(T, e % 2, np.int64),
+        }
+        index += T
+        frames = {"image": frames_for(e, T, size, size), "wrist_image": frames_for(e + 50, T, size, size)}
+        eps.append({"episode_index": e, "columns": columns, "frames": frames, "length": T})
+    return eps
+
+
+def write_openpi_libero(root: Path, eps: list[Episode], *, fps: float = 10.0) -> Path:
+    """A LeRobot v2.0 dataset of `make_openpi_libero` episodes, PNG frames in the parquet, with
+    the features (and ``names``) openpi's converter declares."""
+    cols = eps[0]["columns"]
+    features = {name: _feature(values) for name, values in cols.items()}
+    features["state"]["names"], features["actions"]["names"] = ["state"], ["actions"]
+    for key, frames in eps[0]["frames"].items():
+        features[key] = {
+            "dtype": "image",
+            "shape": list(frames.shape[1:]),
+            "names": ["height", "width", "channel"],
+        }
+    info = {
+        "codebase_version": "v2.0", "robot_type": "panda", "total_episodes": len(eps),
+        "total_frames": sum(e["length"] for e in eps), "total_tasks": 2, "total_videos": 0, "total_chunks": 1,
+        "chunks_size": 1000, "fps": fps, "splits": {"train": f"0:{len(eps)}"},
+        "data_path": "data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet", "video_path": None,
+        "features": features,
+    }  # fmt: skip
+    (root / "meta").mkdir(parents=True, exist_ok=True)
+    (root / "meta" / "info.json").write_text(json.dumps(info, indent=4))
+    _jsonl(root / "meta" / "tasks.jsonl", [{"task_index": i, "task": t} for i, t in enumerate(TASKS)])
+    _jsonl(root / "meta" / "episodes.jsonl", [
+        {"episode_index": ep["episode_index"], "tasks": [TASKS[ep["episode_index"] % 2]], "length": ep["length"]}
+        for ep in eps
+    ])  # fmt: skip
+    (root / "meta" / "stats.json").write_text(json.dumps(_stats(eps[0])))
+    for ep in eps:
+        data = root / "data" / "chunk-000" / f"episode_{ep['episode_index']:06d}.parquet"
+        data.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(episode_table(ep, images="PNG"), data)
+    return root
+
+
 def tasks_parquet(path: Path, tasks: list[str], *, layout: str = "index") -> None:
     """``meta/tasks.parquet``: the text as pandas' unnamed index (``index``) or a ``task`` column."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -221,6 +221,34 @@ def test_split_reads_one_filter_key(tmp_path: Path, robomimic: Path) -> None:
         ingest(robomimic, tmp_path / "x.kdb", split="test")
 
 
+def test_an_empty_filter_key_is_named_as_empty_not_as_absent(tmp_path: Path) -> None:
+    # robomimic's split_train_val.py on 5 demos: int(0.1 * 5) = 0 validation demos, and
+    # create_hdf5_filter_key writes np.array([], dtype="S") as mask/valid.
+    def small_split(f: Any) -> None:
+        del f["mask/train"], f["mask/valid"]
+        f["mask/train"] = np.array([f"demo_{i}".encode() for i in range(5)], dtype="S8")
+        f["mask/valid"] = np.array([], dtype="S")
+        f["mask/stale"] = np.array([b"demo_99"], dtype="S8")  # lists a demo the file does not hold
+
+    path = write_robomimic(tmp_path / "small.hdf5", demos=5, mutate=small_split)
+    with pytest.raises(
+        ConversionError,
+        match=r"small\.hdf5: filter key mask/valid exists but lists no demos \(the dataset is empty\); "
+        r"filter keys that list demos: train \(5\): pick one with --split",
+    ):
+        ingest(path, tmp_path / "v.kdb", split="valid")
+    with pytest.raises(
+        ConversionError, match=r"mask/stale exists but lists no demos \(the dataset names 1 demos"
+    ):
+        ingest(path, tmp_path / "v.kdb", split="stale")
+    with pytest.raises(ConversionError, match=r"no filter key mask/test; filter keys: stale, train, valid"):
+        ingest(path, tmp_path / "v.kdb", split="test")
+    assert not (tmp_path / "v.kdb").exists()
+    ingest(path, tmp_path / "all.kdb", images=False)
+    with kinodb.open(tmp_path / "all.kdb") as db:
+        assert db.metadata()["hdf5"]["filter_keys"] == {"stale": 0, "train": 5, "valid": 0}
+
+
 def test_selection_and_max_episodes(tmp_path: Path) -> None:
     path = write_robomimic(tmp_path / "zero.hdf5")  # numbered from demo_0
     ingest(path, tmp_path / "sel.kdb", episodes="0-3,7", images=False)

@@ -20,7 +20,7 @@ import pytest
 import kinodb
 from kinodb._cli.main import main
 from kinodb.errors import ConversionError
-from kinodb.ingest import SourceOptions, _video, ingest, source_class
+from kinodb.ingest import SourceOptions, _video, ingest, source_class, verify
 from kinodb.ingest.lerobot import LeRobotSource, names_and_components
 
 SAMPLES = Path(__file__).resolve().parents[2].parent / "shared" / "samples"
@@ -533,6 +533,177 @@ def test_unknown_columns_are_reported(
         assert db.read_meta(0)["note"] == "calm"
         assert "language_events" in db.metadata()["lerobot"]["left_out"]
         assert "language_events" not in db.read_episode(0)
+
+
+# -- feature names other than LeRobot's own ----------------------------------------------
+
+
+def _arrays(db: kinodb.Database, i: int) -> dict[str, Any]:
+    got = db.read_episode_actions_only(i)
+    got.pop("meta")
+    return got
+
+
+def test_openpi_libero_layout_ingests_without_options(tmp_path: Path) -> None:
+    eps = F.make_openpi_libero(np.random.default_rng(5), [6, 4])
+    root = F.write_openpi_libero(tmp_path / "libero", eps)
+    out = tmp_path / "libero.kdb"
+    ingest(root, out)
+    with kinodb.open(out) as db:
+        for i, ep in enumerate(eps):
+            got = _arrays(db, i)
+            assert set(got) == {"actions", "states", "rewards", "is_terminal", "timestamps"}
+            for name, key in (("actions", "actions"), ("states", "state"), ("timestamps", "timestamp")):
+                assert got[name].dtype == np.float32
+                np.testing.assert_array_equal(got[name], ep["columns"][key], err_msg=name)
+            for cam in ("image", "wrist_image"):
+                want = [F.image_bytes(f, "PNG") for f in ep["frames"][cam]]
+                assert [db.read_image_bytes(i, cam, t) for t in range(ep["length"])] == want
+        schema = db.schema()
+        # the source keys, as components spanning the whole vector (their names count 1, not 7 or 8)
+        assert schema["actions"]["components"] == {"actions": [0, 7]} and "names" not in schema["actions"]
+        assert schema["states"]["components"] == {"state": [0, 8]}
+        lerobot = db.metadata()["lerobot"]
+        assert lerobot["action_key"] == "actions" and lerobot["state_keys"] == ["state"]
+        assert lerobot["cameras"] == {"image": "image", "wrist_image": "wrist_image"}
+        assert db.read_meta(1)["task"] == F.TASKS[1] and db.read_meta(0)["embodiment"] == "panda"
+    report = verify(root, out)
+    assert report.ok and report.episodes_compared == 2
+    assert report.arrays == {"actions": 0, "states": 0, "rewards": 0, "is_terminal": 0, "timestamps": 0}
+    assert report.cameras["wrist_image"].byte_identical == 10
+    assert main(["verify", str(root), str(out)]) == 0
+
+
+def _rename_feature(root: Path, old: str, new: str) -> None:
+    """Rename a feature in ``info.json`` and in every v2 data file."""
+    info = json.loads((root / "meta" / "info.json").read_text())
+    info["features"] = {new if k == old else k: v for k, v in info["features"].items()}
+    (root / "meta" / "info.json").write_text(json.dumps(info))
+    for path in (root / "data").rglob("*.parquet"):
+        table = pq.read_table(path)
+        pq.write_table(table.rename_columns([new if n == old else n for n in table.column_names]), path)
+
+
+def test_action_key_names_the_action_feature(episodes: list[Episode], tmp_path: Path) -> None:
+    root = F.write_v2(tmp_path / "ds", episodes[:2], images="PNG")
+    key = "observation.environment_state"
+    source = LeRobotSource(root, SourceOptions(action_key=key))
+    args = source.read("episode_000001")
+    info = source.info()
+    source.close()
+    cols = episodes[1]["columns"]
+    assert args["actions"].dtype == np.float64
+    np.testing.assert_array_equal(args["actions"], cols[key])
+    np.testing.assert_array_equal(args["extra_arrays"]["action"], cols["action"])  # now an extra array
+    assert key not in args["extra_arrays"]
+    assert info.schema["actions"] == {"components": {key: [0, 2]}}
+    assert info.metadata["lerobot"]["action_key"] == key
+    for bad, message in [
+        (
+            "nope",
+            r"action key 'nope' is not a feature; numeric features: action, observation\.environment_state",
+        ),
+        (F.CAMERA, r"the action feature 'observation\.images\.top' has dtype 'image', not a number"),
+    ]:
+        with pytest.raises(ConversionError, match=message):
+            LeRobotSource(root, SourceOptions(action_key=bad))
+    with pytest.raises(ConversionError, match=r"'action' holds the actions and cannot also be a state key"):
+        LeRobotSource(root, SourceOptions(state_keys=("observation.state", "action")))
+
+
+def test_without_an_action_feature_the_error_names_the_options(
+    episodes: list[Episode], tmp_path: Path
+) -> None:
+    root = F.write_v2(tmp_path / "ds", episodes[:2], images="PNG")
+    _rename_feature(root, "action", "motor_command")
+    with pytest.raises(
+        ConversionError,
+        match=r"no action feature \(neither 'action' nor 'actions'\); name the feature that holds the actions "
+        r"with action_key \(kino ingest --action-key KEY\), and the state with state_keys \(--state-keys "
+        r"K1,K2\); numeric features: motor_command, observation\.environment_state, observation\.state",
+    ):
+        ingest(root, tmp_path / "x.kdb")
+    source = LeRobotSource(root, SourceOptions(action_key="motor_command", images=False))
+    np.testing.assert_array_equal(source.read("episode_000000")["actions"], episodes[0]["columns"]["action"])
+    source.close()
+
+
+def test_action_key_through_ingest_the_cli_and_verify(episodes: list[Episode], tmp_path: Path) -> None:
+    root = F.write_v2(tmp_path / "ds", episodes[:2], images="PNG")
+    _rename_feature(root, "action", "motor_command")
+    out = tmp_path / "cli.kdb"
+    assert main(["ingest", str(root), "-o", str(out), "--action-key", "motor_command", "-q"]) == 0
+    ingest(root, tmp_path / "api.kdb", action_key="motor_command")
+    for path in (out, tmp_path / "api.kdb"):
+        with kinodb.open(path) as db:
+            np.testing.assert_array_equal(_arrays(db, 1)["actions"], episodes[1]["columns"]["action"])
+            assert db.metadata()["ingest"]["options"]["action_key"] == "motor_command"
+        assert verify(root, path).ok  # re-read with the recorded action_key
+
+
+def test_state_or_states_is_the_state_only_when_unambiguous(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    eps = F.make_openpi_libero(np.random.default_rng(6), [5])
+    plural = F.write_openpi_libero(tmp_path / "plural", eps)
+    _rename_feature(plural, "state", "states")
+    source = LeRobotSource(plural, SourceOptions(images=False))
+    np.testing.assert_array_equal(source.read("episode_000000")["states"], eps[0]["columns"]["state"])
+    assert source.info().schema["states"] == {"components": {"states": [0, 8]}}
+    source.close()
+    both = F.write_openpi_libero(tmp_path / "both", eps)
+    path = both / "data" / "chunk-000" / "episode_000000.parquet"
+    extra = np.arange(15, dtype=np.float32).reshape(5, 3)
+    pq.write_table(pq.read_table(path).append_column("states", F._arrow(extra, "fixed")), path)
+    info = json.loads((both / "meta" / "info.json").read_text())
+    info["features"]["states"] = {"dtype": "float32", "shape": [3], "names": None}
+    (both / "meta" / "info.json").write_text(json.dumps(info))
+    out = tmp_path / "both.kdb"
+    with caplog.at_level(logging.WARNING, logger="kinodb.ingest.lerobot"):
+        ingest(both, out, images=False, verify=True)
+    assert "both state and states are features; neither is taken as the state" in caplog.text
+    assert "pass state_keys (--state-keys)" in caplog.text
+    with kinodb.open(out) as db:
+        got = _arrays(db, 0)
+        assert got["states"].shape == (5, 0)
+        np.testing.assert_array_equal(got["state"], eps[0]["columns"]["state"])
+        np.testing.assert_array_equal(got["lerobot.states"], extra)  # "states" is kinodb's own name
+    ingest(both, out, images=False, state_keys=["states"], overwrite=True)
+    with kinodb.open(out) as db:
+        got = _arrays(db, 0)
+        np.testing.assert_array_equal(got["states"], extra)
+        np.testing.assert_array_equal(got["state"], eps[0]["columns"]["state"])
+
+
+def test_string_features_keep_lists_and_nulls(episodes: list[Episode], tmp_path: Path) -> None:
+    # LeRobot writes a string feature of shape (2,) as Sequence(length=2, Value("string")):
+    # a fixed_size_list<string>[2] column.
+    root = F.write_v2(tmp_path / "ds", episodes[:2], images="PNG")
+    per_frame: list[list[Any]] = []
+    for e in range(2):
+        path = root / "data" / "chunk-000" / f"episode_{e:06d}.parquet"
+        table = pq.read_table(path)
+        T = table.num_rows
+        objects = (
+            [["cup", "bowl"]] * T if e == 0 else [["cup", None if t % 2 else f"plate {t}"] for t in range(T)]
+        )
+        notes = ["calm"] * T if e == 0 else [None if t == 1 else "calm" for t in range(T)]
+        per_frame.append(objects)
+        flat = pa.array([v for row in objects for v in row], pa.string())
+        table = table.append_column("observation.objects", pa.FixedSizeListArray.from_arrays(flat, 2))
+        pq.write_table(table.append_column("note", pa.array(notes, pa.string())), path)
+    info = json.loads((root / "meta" / "info.json").read_text())
+    info["features"]["observation.objects"] = {"dtype": "string", "shape": [2], "names": None}
+    info["features"]["note"] = {"dtype": "string", "shape": [1], "names": None}
+    (root / "meta" / "info.json").write_text(json.dumps(info))
+    out = tmp_path / "out.kdb"
+    ingest(root, out, verify=True)
+    with kinodb.open(out) as db:
+        first, second = db.read_meta(0), db.read_meta(1)
+        assert first["observation.objects"] == ["cup", "bowl"] and first["note"] == "calm"
+        assert second["observation.objects"] == per_frame[1]
+        assert second["observation.objects"][1] == ["cup", None]
+        assert second["note"][:3] == ["calm", None, "calm"]
 
 
 def test_importing_the_module_stays_light() -> None:

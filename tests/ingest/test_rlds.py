@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 import os
 import random
 from collections.abc import Callable
@@ -428,7 +429,7 @@ def test_rt1_style_action_dict_and_float_observations(tmp_path: Path) -> None:
             np.concatenate([ep["steps/observation/base_pose"], ep["steps/observation/joint_pos"]], 1),
         )
         np.testing.assert_array_equal(
-            got["observation/natural_language_embedding"], ep["steps/observation/natural_language_embedding"]
+            got["observation.natural_language_embedding"], ep["steps/observation/natural_language_embedding"]
         )
         schema = db.schema()
         assert schema["actions"]["components"] == {
@@ -718,3 +719,172 @@ def test_an_observation_that_is_one_tensor_is_the_state(tmp_path: Path) -> None:
     with kinodb.open(out) as db:
         for i, ep in enumerate(eps):
             np.testing.assert_array_equal(db.read_episode(i)["states"], ep["steps/observation"])
+
+
+def test_episode_level_images_and_lists_of_lists_are_left_out_by_name(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # As TFDS writes them: an Image in episode_metadata is one bytes value; a
+    # Sequence(Sequence(Text)) there has sequence rank 2, so it is stored ragged.
+    meta = dict(FEATURES["episode_metadata"]["featuresDict"]["features"])
+    meta["goal_image"] = w.image([16, 12, 3], "png")
+    meta["objects"] = _sequence(_sequence(w.text()))
+    features = {**FEATURES, "episode_metadata": w.features_dict(meta)}
+    rng = np.random.default_rng(11)
+    eps = []
+    for i, T in enumerate([3, 4]):
+        ep = make_episode(rng, i, T)
+        ep["episode_metadata/goal_image"] = _frames(rng, 1, "PNG")
+        ep["episode_metadata/objects/ragged_flat_values"] = [b"cup", b"bowl", b"plate"][: i + 2]
+        ep["episode_metadata/objects/ragged_row_lengths_0"] = np.array([1, i + 1], np.int64)
+        eps.append(ep)
+    episode_root = w.write_tfds(
+        tmp_path / "ep" / "ds" / "1.0.0", "ds", {"train": [[w.episode_example(e) for e in eps]]}, features
+    )
+    step_features = {**FEATURES["steps"]["sequence"]["feature"]["featuresDict"]["features"],
+                     "episode_metadata": features["episode_metadata"]}  # fmt: skip
+    records = [r for e in eps for r in w.step_examples(e, len(e["steps/action"]))]
+    step_root = w.write_tfds(
+        tmp_path / "step" / "ds" / "1.0.0", "ds", {"train": [records]}, step_features, episodes={"train": [2]}
+    )
+    for root in (episode_root, step_root):
+        out = root.parent / "out.kdb"
+        with caplog.at_level("WARNING"):
+            ingest(root, out, format="rlds", verify=True)  # formerly: every episode failed
+        with kinodb.open(out) as db:
+            left = db.metadata()["rlds"]["left_out"]
+            assert set(left) == {"episode_metadata/goal_image", "episode_metadata/objects"}
+            assert "an image of the whole episode" in left["episode_metadata/goal_image"]
+            assert "a list of lists (TFDS stores it ragged" in left["episode_metadata/objects"]
+            assert set(db.metadata()["rlds"]["roles"]["fields"]) == {
+                "language_instruction",
+                "file_path",
+                "episode_metadata.episode_id",
+            }
+            for i, ep in enumerate(eps):
+                check_episode(db, i, ep)
+    assert "episode_metadata/goal_image is left out: an image of the whole episode" in caplog.text
+    bare = tmp_path / "bare"  # no features.json: the image is known by its bytes
+    bare.mkdir()
+    for ep in eps:
+        del (
+            ep["episode_metadata/objects/ragged_flat_values"],
+            ep["episode_metadata/objects/ragged_row_lengths_0"],
+        )
+    w.write_shard(bare / "x.tfrecord", [w.episode_example(e) for e in eps])
+    ingest(bare, tmp_path / "bare.kdb", verify=True)
+    with kinodb.open(tmp_path / "bare.kdb") as db:
+        assert list(db.metadata()["rlds"]["left_out"]) == ["episode_metadata/goal_image"]
+        assert "goal_image" not in db.read_meta(0)
+
+
+def test_nested_feature_names_are_written_with_dots(tmp_path: Path) -> None:
+    # RT-1 keeps a language embedding among the observations; DROID keeps action_dict/*.
+    steps = dict(FEATURES["steps"]["sequence"]["feature"]["featuresDict"]["features"])
+    obs = dict(steps["observation"]["featuresDict"]["features"])
+    obs["natural_language_embedding"] = w.tensor([4], "float32")
+    obs["cameras"] = w.features_dict({"front": w.image([16, 12, 3], "jpeg")})
+    steps["observation"] = w.features_dict(obs)
+    steps["action_dict"] = w.features_dict(
+        {"joint_velocity": w.tensor([7], "float32"), "gripper": w.tensor([], "float32")}
+    )
+    steps["timestamps"] = w.tensor([], "float32")  # "timestamps" is a name kinodb keeps for its own
+    features = {**FEATURES, "steps": w.dataset(steps)}
+    rng = np.random.default_rng(12)
+    eps = []
+    for i, T in enumerate([3, 5]):
+        ep = make_episode(rng, i, T)
+        ep["steps/observation/natural_language_embedding"] = rng.normal(size=(T, 4)).astype(np.float32)
+        ep["steps/observation/cameras/front"] = _frames(rng, T, "JPEG")
+        ep["steps/action_dict/joint_velocity"] = rng.normal(size=(T, 7)).astype(np.float32)
+        ep["steps/action_dict/gripper"] = rng.normal(size=T).astype(np.float32)
+        ep["steps/timestamps"] = np.arange(T, dtype=np.float32) / 5
+        eps.append(ep)
+    root = w.write_tfds(
+        tmp_path / "ds" / "1.0.0", "ds", {"train": [[w.episode_example(e) for e in eps]]}, features
+    )
+    out = tmp_path / "ds.kdb"
+    report = ingest(root, out, format="rlds", verify=True)
+    names = {
+        "action_dict.joint_velocity": "steps/action_dict/joint_velocity",
+        "action_dict.gripper": "steps/action_dict/gripper",
+        "observation.natural_language_embedding": "steps/observation/natural_language_embedding",
+        "steps.timestamps": "steps/timestamps",
+        "discount": "steps/discount",
+        "language_embedding": "steps/language_embedding",
+    }
+    assert report.verification is not None and set(report.verification.arrays) == {
+        "actions", "states", "rewards", "is_terminal", *names
+    }  # fmt: skip
+    with kinodb.open(out) as db:
+        roles = db.metadata()["rlds"]["roles"]
+        assert roles["arrays"] == names  # each name back to its source key
+        assert roles["cameras"]["cameras.front"] == "steps/observation/cameras/front"
+        assert set(db.schema()["arrays"]) == set(names)
+        assert set(db.schema()["cameras"]) == {"image", "wrist_image", "cameras.front"}
+        for i, ep in enumerate(eps):
+            got = db.read_episode_actions_only(i)
+            for name, key in names.items():
+                np.testing.assert_array_equal(got[name], ep[key], err_msg=name)
+            frames = ep["steps/observation/cameras/front"]
+            assert [db.read_image_bytes(i, "cameras.front", t) for t in range(len(frames))] == frames
+    from kinodb.export import export
+
+    export(out, tmp_path / "lerobot", format="lerobot", images_as="image")  # refused '/' in names before
+    export(out, tmp_path / "robomimic.hdf5", format="hdf5")
+    info = json.loads((tmp_path / "lerobot" / "meta" / "info.json").read_text())
+    assert {"observation.action_dict.joint_velocity", "observation.images.cameras.front"} <= set(
+        info["features"]
+    )
+    assert (tmp_path / "robomimic.hdf5").is_file()
+
+
+def _encoded(rng: np.random.Generator, mode: str, fmt: str, size: tuple[int, int] = (16, 12)) -> bytes:
+    """One frame in Pillow ``mode`` (``L``, ``RGB``, ``RGBA``) encoded as ``fmt``."""
+    channels = len(mode)
+    pixels = rng.integers(0, 255, (*size, channels), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels[..., 0] if channels == 1 else pixels, mode).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def test_greyscale_and_rgba_frames_read_back_with_the_declared_channels(tmp_path: Path) -> None:
+    # A TFDS Image feature keeps the bytes of a file it is given; tfds.load then decodes
+    # every frame with channels=shape[-1]: grey repeated to RGB, alpha dropped.
+    rng = np.random.default_rng(13)
+    eps = [make_episode(rng, i, 4) for i in range(2)]
+    eps[0]["steps/observation/image"] = [_encoded(rng, "L", "JPEG") for _ in range(4)]  # every frame grey
+    eps[1]["steps/observation/image"][2] = _encoded(rng, "L", "JPEG")
+    eps[1]["steps/observation/wrist_image"][1] = _encoded(rng, "RGBA", "PNG")
+    eps[1]["steps/observation/wrist_image"][3] = _encoded(rng, "L", "PNG")
+    root = w.write_tfds(
+        tmp_path / "ds" / "1.0.0", "ds", {"train": [[w.episode_example(e) for e in eps]]}, FEATURES
+    )
+    out = tmp_path / "ds.kdb"
+    report = ingest(root, out, format="rlds", verify=True)  # formerly: both episodes refused
+    assert report.episodes == 2 and report.verification is not None
+    assert report.verification.cameras["image"].byte_identical == 8
+    with kinodb.open(out) as db:
+        assert {c["channels"] for c in db.schema()["cameras"].values()} == {3}
+        for i, ep in enumerate(eps):
+            frames = db.read_episode(i)["images"]
+            for cam in ("image", "wrist_image"):
+                blobs = ep[f"steps/observation/{cam}"]
+                assert [db.read_image_bytes(i, cam, t) for t in range(4)] == blobs  # bytes unchanged
+                want = np.stack([np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in blobs])
+                np.testing.assert_array_equal(frames[cam], want)
+        grey = db.read_episode(1)["images"]["image"][2]
+        assert (grey == grey[..., :1]).all()
+        rgba = np.asarray(Image.open(io.BytesIO(eps[1]["steps/observation/wrist_image"][1])))
+        np.testing.assert_array_equal(db.read_episode(1)["images"]["wrist_image"][1], rgba[..., :3])
+    ingest(root, tmp_path / "flip.kdb", format="rlds", flip_images=True, image_codec="png")
+    with kinodb.open(tmp_path / "flip.kdb") as db, kinodb.open(out) as ref:
+        np.testing.assert_array_equal(
+            db.read_episode(1)["images"]["image"], ref.read_episode(1)["images"]["image"][:, ::-1, ::-1]
+        )
+    eps[0]["steps/observation/image"][0] = _encoded(rng, "RGB", "JPEG", (8, 8))  # another size: refused
+    root = w.write_tfds(tmp_path / "bad" / "1.0.0", "ds", {"train": [[w.episode_example(eps[0])]]}, FEATURES)
+    with pytest.raises(
+        ConversionError, match=r"step 0 is \(8, 8, 3\) \(H, W, C\); features\.json says \(16, 12, 3\)"
+    ):
+        ingest(root, tmp_path / "bad.kdb", format="rlds")

@@ -19,6 +19,7 @@ from kinodb._cli.main import main
 from kinodb.errors import ConversionError
 from kinodb.ingest import VerifyReport, ingest, verify
 from kinodb.ingest._verify import frame_psnr, max_abs_diff
+from kinodb.kdb._codecs import EncodedFrames
 from kinodb.kdb.upgrade import episode_args
 
 h5py = pytest.importorskip("h5py")
@@ -371,7 +372,8 @@ def test_lossy_frames_against_a_too_high_threshold(
 def test_lossless_frames_must_be_exact(tmp_path: Path, robomimic: Path, lift: Path) -> None:
     def touch_pixel(i: int, args: dict[str, Any]) -> None:
         if i == 0:
-            blobs = list(args["images"]["agentview_image"])
+            stored = args["images"]["agentview_image"]
+            blobs = list(getattr(stored, "frames", stored))  # encoded frames, or with their channels
             with kinodb.open(lift) as db:
                 frame = db.read_frames(0, 2, 3, cameras=["agentview_image"])["images"]["agentview_image"][0]
             frame = frame.copy()
@@ -398,6 +400,23 @@ def test_passed_through_bytes_must_be_identical(tmp_path: Path, toy: Path) -> No
     report = verify(toy, rewrite(out, tmp_path / "bad.kdb", edit=reencode))
     assert report.mismatches == {"images": 1} and report.cameras["image"].byte_identical == 20 - 5
     assert "5 frames differ from the source's bytes (first: frame 0)" in report.problems[0]
+
+
+def test_frames_that_read_back_with_other_channels_are_caught(tmp_path: Path, toy: Path) -> None:
+    out = tmp_path / "toy.kdb"
+    ingest(toy, out, format="rlds")
+
+    def as_grey(i: int, args: dict[str, Any]) -> None:
+        if i == 2:  # the source's bytes, read back as greyscale
+            stored = args["images"]["image"]
+            args["images"]["image"] = EncodedFrames(list(getattr(stored, "frames", stored)), 1)
+
+    report = verify(toy, rewrite(out, tmp_path / "bad.kdb", edit=as_grey))
+    assert report.mismatches == {"cameras": 1} and report.cameras["image"].byte_identical == 20
+    assert (
+        "episode 2 (toy_dataset-train.tfrecord-00000-of-00002:2): camera 'image' reads back with 1 channels, "
+        "the source's frames with 3" in report.problems[0]
+    )
 
 
 def test_a_missing_camera_is_caught(tmp_path: Path, robomimic: Path, lift: Path) -> None:

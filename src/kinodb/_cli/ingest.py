@@ -29,6 +29,8 @@ def register(sub: Any) -> None:
     p.add_argument("--no-images", action="store_true", help="leave cameras out")
     p.add_argument("--dtype", help="cast floating arrays, e.g. float32 (default: keep the source dtype)")
     p.add_argument("--state-keys", metavar="K1,K2", help="observation keys that make up the state, in order")
+    p.add_argument("--action-key", metavar="KEY",
+                   help="the feature that holds the actions (LeRobot; default: action, else actions)")  # fmt: skip
     p.add_argument(
         "--split", help="split to read: RLDS shards (train, val, ...) or an HDF5 mask/<name> filter key"
     )
@@ -74,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         episodes=args.episodes, max_episodes=args.max_episodes, image_codec=args.image_codec,
         jpeg_quality=args.compress, images=not args.no_images, dtype=args.dtype,
         state_keys=[k.strip() for k in args.state_keys.split(",")] if args.state_keys else None,
-        split=args.split,
+        action_key=args.action_key.strip() if args.action_key else None, split=args.split,
         flip_images=args.flip_images, workers=args.workers, on_error=args.on_error, overwrite=args.force,
         progress=not args.quiet, verify=args.verify,
     )  # fmt: skip

@@ -37,6 +37,9 @@ class SourceOptions:
         jpeg_quality: set when decoded frames will be stored as JPEG at this quality: a
             source that decodes video may then return a camera's frames already encoded
             (a list of JPEG bytes) instead of pixels. None: always pixels.
+        action_key: the source feature that holds the actions, for sources whose
+            datasets name it differently (None: the source's default, e.g. LeRobot's
+            ``action``, else ``actions``).
     """
 
     images: bool = True
@@ -45,6 +48,7 @@ class SourceOptions:
     flip_images: bool = False
     fps: float | None = None
     jpeg_quality: int | None = None
+    action_key: str | None = None
 
 
 @dataclass

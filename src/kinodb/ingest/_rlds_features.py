@@ -32,6 +32,8 @@ FLAG_KEYS = ("steps/is_first", "steps/is_last")
 # the ingest framework writes the first two; the rest are built-in episode fields
 _RESERVED_EXTRA = {"source_file", "source_episode", *META_FIELDS}
 _KINDS = {"Image": "image", "Text": "text", "ClassLabel": "int"}
+# the writer's own array names: a feature of such a name is stored under its whole key
+_RESERVED_ARRAYS = frozenset({"actions", "states", "rewards", "is_terminal", "timestamps", "meta", "images"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +48,9 @@ class Spec:
         dtype: declared dtype (``float32``, ``int32``, ``bool``, ``uint8`` ...), if any.
         encoding: ``jpeg``/``png`` for images, if declared.
         listed: an episode-level feature that is a list (kept a list of any length).
-        ragged: a per-step feature whose steps hold lists of their own lengths.
+        ragged: a per-step feature whose steps hold lists of their own lengths, or an
+            episode-level list of lists (TFDS stores both as flat values and row lengths).
+        channels: an image's declared channel count (also when height and width are not).
     """
 
     key: str
@@ -56,6 +60,7 @@ class Spec:
     encoding: str | None = None
     listed: bool = False  # a list of values (a Sequence, or a tensor with dimensions)
     ragged: bool = False  # per step, a list of its own length (a Sequence inside steps)
+    channels: int | None = None
 
     @property
     def width(self) -> int | None:
@@ -71,6 +76,8 @@ class Spec:
             out["dtype"] = self.dtype
         if self.encoding:
             out["encoding"] = self.encoding
+        if self.channels is not None and self.shape is None:
+            out["channels"] = self.channels
         return out
 
 
@@ -130,7 +137,8 @@ def flatten_features(
         return
     key = prefix.rstrip("/")
     kind, info = _kind(node)
-    if lists and key.startswith(STEPS):
+    # TFDS writes a feature inside two sequences (the steps count as one) ragged
+    if (lists and key.startswith(STEPS)) or lists > 1:
         out[key] = Spec(key, kind or "unknown", None, info.get("dtype") or None, ragged=True)
         return
     if kind == "encoded":
@@ -141,11 +149,24 @@ def flatten_features(
     if kind is None:
         return  # unknown feature class: classified from the records instead
     shape = () if kind == "text" else _shape(info)
+    channels = _channels(info) if kind == "image" else None
     if kind == "image" and shape is not None and len(shape) != 3:
         shape = None
     encoding = info.get("encodingFormat") if kind == "image" else None
     listed = bool(lists) or (kind != "text" and bool(info.get("shape", {}).get("dimensions")))
-    out[key] = Spec(key, kind, shape, info.get("dtype") or None, encoding or None, listed=listed)
+    out[key] = Spec(
+        key, kind, shape, info.get("dtype") or None, encoding or None, listed=listed, channels=channels
+    )
+
+
+def _channels(info: Mapping[str, Any]) -> int | None:
+    """An image's declared channel count: the last of its three dimensions, if known."""
+    dims = info.get("shape", {}).get("dimensions", [])
+    try:
+        c = int(dims[-1]) if len(dims) == 3 else 0
+    except (TypeError, ValueError):
+        return None
+    return c if 1 <= c <= 4 else None
 
 
 def infer_spec(key: str, value: FeatureValue, steps: int | None) -> Spec:
@@ -215,6 +236,18 @@ class Plan:
         return out
 
 
+def _section_name(key: str, short: str, taken: set[str]) -> str:
+    """A camera or extra-array name: ``short`` with TFDS's ``/`` written as ``.`` (kinodb's
+    exporters take no ``/`` in names), else the whole key so written, made unique."""
+    name = short.replace("/", ".")
+    if name in _RESERVED_ARRAYS or name in taken:
+        name = key.replace("/", ".")
+    while name in taken:
+        name += "_"
+    taken.add(name)
+    return name
+
+
 def _field_name(key: str, used: set[str]) -> str:
     name = key.removeprefix(META).removeprefix(STEPS).replace("/", ".")
     if name in _RESERVED_EXTRA or name in used:
@@ -278,6 +311,7 @@ def make_plan(specs: dict[str, Spec], options: SourceOptions) -> Plan:
         plan.terminal = STEPS + "is_terminal"
     taken |= {k for k in (plan.task, plan.success, plan.reward, plan.terminal) if k}
     used: set[str] = set()
+    sections: set[str] = set()  # camera and extra-array names
     for key in sorted(specs):
         spec = specs[key]
         if key in taken:
@@ -285,11 +319,12 @@ def make_plan(specs: dict[str, Spec], options: SourceOptions) -> Plan:
         if not key.startswith(STEPS):
             plan.fields[_field_name(key, used)] = key
         elif spec.kind == "image":
-            plan.cameras[key.removeprefix(OBS) if key.startswith(OBS) else key.removeprefix(STEPS)] = key
+            short = key.removeprefix(OBS) if key.startswith(OBS) else key.removeprefix(STEPS)
+            plan.cameras[_section_name(key, short, sections)] = key
         elif spec.kind == "text":
             plan.texts[_field_name(key, used)] = key
         else:
-            plan.arrays[key.removeprefix(STEPS)] = key
+            plan.arrays[_section_name(key, key.removeprefix(STEPS), sections)] = key
     if plan.task is not None:  # kept as a field only when it varies within an episode
         plan.texts.setdefault(_field_name(plan.task, used), plan.task)
     return plan
@@ -366,9 +401,7 @@ def _texts(value: FeatureValue, key: str, where: str) -> list[str]:
 def _field_value(value: FeatureValue, spec: Spec, where: str) -> Any:
     """An episode-level feature as a JSON value: one value, a list, or None if empty."""
     vals: list[Any] = (
-        _texts(value, spec.key, where)
-        if spec.kind in ("text", "image")
-        else _numeric(value, spec, where).tolist()
+        _texts(value, spec.key, where) if spec.kind == "text" else _numeric(value, spec, where).tolist()
     )
     if spec.listed:
         return vals  # a list stays a list, also of one value or none
@@ -378,7 +411,12 @@ def _field_value(value: FeatureValue, spec: Spec, where: str) -> Any:
 
 
 def _camera(value: FeatureValue, spec: Spec, T: int, options: SourceOptions, where: str) -> Any:
-    """A camera's encoded frames, unchanged; decoded and turned 180 degrees if asked."""
+    """A camera's encoded frames, unchanged; decoded and turned 180 degrees if asked.
+
+    With a declared channel count the frames read back with it, whatever each frame's
+    bytes hold (greyscale or RGBA JPEG/PNG under a 3-channel feature), as ``tfds.load``
+    decodes them (``channels=shape[-1]``): the bytes are kept, and readers convert.
+    """
     if not isinstance(value, list) or len(value) != T:
         got = f"{len(value)} frames" if isinstance(value, list) else "numbers"
         raise ConversionError(f"{where}: {spec.key} has {got}; the episode has {T} steps")
@@ -388,14 +426,15 @@ def _camera(value: FeatureValue, spec: Spec, T: int, options: SourceOptions, whe
         shape = _codecs.probe(value[0])
     except (OSError, ValueError) as exc:
         raise ConversionError(f"{where}: {spec.key} step 0: unreadable image header ({exc})") from None
-    if spec.shape is not None and tuple(spec.shape) != shape:
+    if spec.shape is not None and tuple(spec.shape[:2]) != shape[:2]:
         raise ConversionError(
             f"{where}: {spec.key} step 0 is {shape} (H, W, C); features.json says {spec.shape}"
         )
-    if not options.flip_images:
-        return value
-    frames = _codecs.decode(value, shape, f"{where}: {spec.key}")
-    return np.ascontiguousarray(frames[:, ::-1, ::-1])
+    channels = spec.channels
+    if options.flip_images:
+        frames = _codecs.decode(value, (*shape[:2], channels or shape[2]), f"{where}: {spec.key}")
+        return np.ascontiguousarray(frames[:, ::-1, ::-1])
+    return value if channels is None else _codecs.EncodedFrames(value, channels)
 
 
 def _success(feats: Mapping[str, FeatureValue], plan: Plan, rewards: NDArray[Any] | None) -> bool | None:

@@ -130,6 +130,7 @@ def ingest(
     images: bool = True,
     dtype: str | None = None,
     state_keys: Sequence[str] | None = None,
+    action_key: str | None = None,
     split: str | None = None,
     flip_images: bool = False,
     workers: int = 1,
@@ -144,6 +145,9 @@ def ingest(
     asks for a cast of floating arrays; encoded JPEG/PNG frames pass through byte for
     byte; raw frames are encoded with ``image_codec``. Each episode records its source
     file and key in the extra fields ``source_file`` and ``source_episode``.
+    ``state_keys`` chooses and orders the source keys that make the states;
+    ``action_key`` names the actions' source key where a LeRobot dataset calls them
+    something else than ``action`` or ``actions``.
     ``workers > 1`` converts in that many processes; the output is identical. The
     options are recorded in the metadata ``ingest.options``; ``verify`` then re-reads the
     source and compares every episode (`kinodb.ingest.verify`), on ``report.verification``.
@@ -171,7 +175,7 @@ def ingest(
         raise ValueError(f"the output {os.fspath(out)} is the source itself; choose another output path")
     cls = source_class(format, path)
     options = SourceOptions(images, tuple(state_keys) if state_keys else None, split, flip_images, fps,
-                            jpeg_quality if image_codec == "jpeg" else None)  # fmt: skip
+                            jpeg_quality if image_codec == "jpeg" else None, action_key)  # fmt: skip
     job = _Job(cls, path, options, image_codec, jpeg_quality, dtype)
     report = IngestReport(path, os.fspath(out), cls.format)
     t0 = time.perf_counter()

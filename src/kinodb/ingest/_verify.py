@@ -207,6 +207,7 @@ class _Plan:
             "images": o.images, "state_keys": list(o.state_keys) if o.state_keys else None, "split": o.split,
             "flip_images": o.flip_images, "fps": o.fps, "dtype": self.dtype, "embodiment": self.embodiment,
             "task": self.task, "episodes": self.episodes, "max_episodes": self.max_episodes,
+            "action_key": o.action_key,
         }  # fmt: skip
 
 
@@ -246,6 +247,7 @@ def _plan(metadata: Mapping[str, Any], schema: Mapping[str, Any], overrides: Map
         split=rec.get("split"),
         flip_images=bool(rec.get("flip_images", False)),
         fps=rec.get("fps"),
+        action_key=rec.get("action_key"),
     )
     selected, fmt = ingest.get("selected"), ingest.get("format")
     return _Plan(
@@ -282,6 +284,7 @@ def verify(
     episodes: str | Sequence[int] | None = None,
     max_episodes: int | None = None,
     psnr: float | None = None,
+    action_key: str | None = None,
 ) -> VerifyReport:
     """Compare the ``.kdb`` file ``out`` with the dataset ``src`` it was ingested from.
 
@@ -307,7 +310,7 @@ def verify(
         "images": images, "state_keys": list(state_keys) if state_keys else None, "split": split,
         "flip_images": flip_images, "fps": fps, "dtype": dtype, "embodiment": embodiment, "task": task,
         "episodes": episodes if episodes is None or isinstance(episodes, str) else list(episodes),
-        "max_episodes": max_episodes,
+        "max_episodes": max_episodes, "action_key": action_key,
     }  # fmt: skip
     with open_database(out) as db:
         _require_ingest_record(db)
@@ -535,8 +538,14 @@ class _Checker:
             value = images[cam]
             if isinstance(value, np.ndarray):
                 self._pixels(i, f"{where}: camera {cam!r}", cam, stored[cam], value, check)
-            else:
-                self._bytes(i, f"{where}: camera {cam!r}", cam, stored[cam]["shape"][0], list(value), check)
+                continue
+            if isinstance(value, _codecs.EncodedFrames):  # read back with the channels it sets
+                channels = stored[cam]["shape"][-1]
+                if channels != value.channels:
+                    self.report.add("cameras", f"{where}: camera {cam!r} reads back with {channels} channels, "
+                                    f"the source's frames with {value.channels}")  # fmt: skip
+                value = value.frames
+            self._bytes(i, f"{where}: camera {cam!r}", cam, stored[cam]["shape"][0], list(value), check)
 
     def _bytes(self, i: int, where: str, cam: str, T: int, blobs: list[Any], check: CameraCheck) -> None:
         """Encoded source frames: the stored frames must be the same bytes."""

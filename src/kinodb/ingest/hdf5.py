@@ -180,6 +180,7 @@ class HDF5Source:
         self._layout_cache: _Layout | None = None
         self._facts_cache: _Facts | None = None
         self._masks_cache: dict[str, list[str]] | None = None
+        self._mask_entries: dict[str, int] = {}  # filter key -> entries (set with the masks)
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self._path, self._options))
@@ -206,7 +207,8 @@ class HDF5Source:
         """The ``demo_N`` keys in numeric order (only those of ``mask/SPLIT`` with a split).
 
         Raises:
-            ConversionError: no demo groups, or the split names no filter key.
+            ConversionError: no demo groups, or the split names no filter key or one
+                that lists no demo of the file.
         """
         if not self._demos:
             raise ConversionError(
@@ -216,12 +218,23 @@ class HDF5Source:
         if split is None:
             return list(self._demos)
         masks = self._masks()
-        known = sorted({k for keys in masks.values() for k in keys})
-        if split not in known:
+        entries = self._mask_entries
+        if split not in entries:
             raise ConversionError(
-                f"{self._path}: no filter key mask/{split}; filter keys: {', '.join(known) or 'none'}"
+                f"{self._path}: no filter key mask/{split}; filter keys: {', '.join(entries) or 'none'}"
             )
-        return [d for d in self._demos if split in masks.get(d, ())]
+        chosen = [d for d in self._demos if split in masks.get(d, ())]
+        if not chosen:
+            what = (
+                "is empty" if entries[split] == 0 else f"names {entries[split]} demos, none of them in data/"
+            )
+            listing = [f"{k} ({n})" for k, n in self._filter_key_counts().items() if n]
+            raise ConversionError(
+                f"{self._path}: filter key mask/{split} exists but lists no demos (the dataset {what}); "
+                f"filter keys that list demos: {', '.join(listing) or 'none'}: pick one with --split, or "
+                "leave --split out to read every demo"
+            )
+        return chosen
 
     def info(self) -> SourceInfo:
         """Schema (state components) and metadata; fps, embodiment and task come per demo."""
@@ -239,13 +252,9 @@ class HDF5Source:
             "extra_arrays": {f.name: f.path for f in layout.arrays if self._keeps(f)},
             "left_out": dict(layout.left_out),
         }
-        masks = self._masks()
-        if masks:
-            counts: dict[str, int] = {}
-            for keys in masks.values():
-                for k in keys:
-                    counts[k] = counts.get(k, 0) + 1
-            metadata["hdf5"]["filter_keys"] = dict(sorted(counts.items()))
+        counts = self._filter_key_counts()
+        if counts:
+            metadata["hdf5"]["filter_keys"] = counts
         if (
             facts.libero and layout.cameras and self._options.images and not self._options.flip_images
             and not self._exported_upright() and self._path not in _WARNED_UPSIDE_DOWN
@@ -486,10 +495,24 @@ class HDF5Source:
 
     # -- file-level facts (computed once per process) ---------------------------------------
 
+    def _filter_key_counts(self) -> dict[str, int]:
+        """Filter key -> how many demos of the file it lists (0 for an empty one), sorted."""
+        masks = self._masks()
+        counts = dict.fromkeys(self._mask_entries, 0)
+        for keys in masks.values():
+            for k in keys:
+                counts[k] += 1
+        return counts
+
     def _masks(self) -> dict[str, list[str]]:
-        """Demo name -> sorted filter keys of ``mask/`` that list it."""
+        """Demo name -> sorted filter keys of ``mask/`` that list it.
+
+        Also sets ``_mask_entries``: every filter key (a 1-D dataset of ``mask/``), sorted,
+        and how many entries it holds.
+        """
         if self._masks_cache is None:
             masks: dict[str, list[str]] = {}
+            self._mask_entries = {}
             group = self._file.get("mask")
             if isinstance(group, self._h5py.Group):
                 masks = {demo: [] for demo in self._demos}
@@ -497,6 +520,7 @@ class HDF5Source:
                     ds = group[name]
                     if not isinstance(ds, self._h5py.Dataset) or ds.ndim != 1:
                         continue
+                    self._mask_entries[name] = len(ds)
                     unknown = 0
                     for entry in ds[()]:
                         keys = masks.get(_text(entry))

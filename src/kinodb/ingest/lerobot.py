@@ -15,10 +15,14 @@ the file, so ``on_error="skip"`` skips exactly the episodes that are not there.
 
 Mapping (rows ordered by ``frame_index``; arrays keep their parquet dtype):
 
-- ``action`` -> ``actions``; ``observation.state`` -> ``states`` (``state_keys``
+- ``action`` -> ``actions`` (else ``actions``, as openpi's LIBERO port names it;
+  ``action_key`` names another feature). ``observation.state`` -> ``states`` (else
+  ``state`` or ``states`` when exactly one of them is a numeric feature; ``state_keys``
   concatenates other columns instead, recorded as state components). A feature's
   ``names`` (a list, a nested list, or a dict of lists, whose keys become components)
-  become the schema's ``names``.
+  become the schema's ``names``; an action or state feature of another name (and no
+  such dict) becomes one component named by its key. ``lerobot.action_key`` and
+  ``lerobot.state_keys`` in the metadata record the choice.
 - ``next.reward`` -> ``rewards``; ``next.done`` -> ``is_terminal``; ``next.success`` ->
   ``success`` (its last value); ``timestamp`` -> ``timestamps``; the first frame's
   ``task_index`` -> ``task``. When the task changes within an episode, the extra field
@@ -26,8 +30,11 @@ Mapping (rows ordered by ``frame_index``; arrays keep their parquet dtype):
   ``task_index`` gives each frame's position in that list (kinodb's per-frame task
   convention, which the frame datasets and the LeRobot exporter read).
 - Every other numeric or bool column (``observation.environment_state``,
-  ``complementary_info.*``) -> an extra array of the same name; per-frame text -> an
-  extra field. ``frame_index``, ``episode_index`` and ``index`` are positions, not data;
+  ``complementary_info.*``) -> an extra array of the same name (``lerobot.<name>`` for
+  the names kinodb keeps for its own arrays, such as ``states``); text -> an extra field
+  (one value when every frame has it, else the per-frame list; a string feature of shape
+  (N,) gives lists of N strings; nulls stay null). ``frame_index``, ``episode_index``
+  and ``index`` are positions, not data;
   columns of other types (LeRobot's ``language_*`` structs) are left out, which the
   metadata's ``lerobot.left_out`` records.
 - ``image`` features -> cameras, their PNG/JPEG bytes passed through unchanged.
@@ -37,8 +44,10 @@ Mapping (rows ordered by ``frame_index``; arrays keep their parquet dtype):
   (``|frame time - wanted| <= 1e-4``, LeRobot's own tolerance and rule). Each file is
   decoded once, in order; a v3 episode is reached with one seek to the keyframe before it.
   Frames come out as uint8 RGB; the writer encodes them with the image codec.
-- Camera names drop the ``observation.images.`` (else ``observation.``) prefix;
-  ``lerobot.cameras`` in the metadata maps them back to feature keys.
+- Every ``image`` and ``video`` feature is a camera, whatever its key (``image``,
+  ``wrist_image``, ``observation.images.top``). Camera names drop the
+  ``observation.images.`` (else ``observation.``) prefix; ``lerobot.cameras`` in the
+  metadata maps them back to feature keys.
 - ``fps`` and ``robot_type`` (the embodiment) come from ``info.json``.
 """
 
@@ -69,12 +78,17 @@ _DEFAULT_PATHS = {
            "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"),
 }  # fmt: skip
 _POSITIONS = frozenset({"frame_index", "episode_index", "index"})
+ACTION_KEYS = ("action", "actions")  # the action feature, in order of preference
+STATE_KEYS = ("observation.state", "state", "states")  # the state feature (the last two: one of them)
 _ROLES = {
-    "action": "actions",
     "next.reward": "rewards",
     "next.done": "is_terminal",
     "timestamp": "timestamps",
 }
+_NOT_DATA = _POSITIONS | {"timestamp", "task_index", "next.reward", "next.done", "next.success"}
+# Names the writer keeps for its own arrays: a LeRobot feature of such a name that has no
+# role (``states`` beside ``observation.state``) is stored as the extra array ``lerobot.<name>``.
+_RESERVED_ARRAYS = frozenset({"actions", "states", "rewards", "is_terminal", "timestamps", "meta", "images"})
 _NUMERIC = frozenset({"bool", "float16", "float32", "float64", "int8", "int16", "int32", "int64",
                       "uint8", "uint16", "uint32", "uint64"})  # fmt: skip
 _PARQUETS_KEPT = 4
@@ -103,6 +117,7 @@ class _Episode:
 class _Plan:
     """Which feature goes where (from ``info.json``)."""
 
+    action: str  # the feature that holds the actions
     state_keys: tuple[str, ...]
     images: dict[str, str]  # camera -> feature key (dtype image)
     videos: dict[str, str]  # camera -> feature key (dtype video)
@@ -165,6 +180,7 @@ def _plan(features: dict[str, Any], options: SourceOptions, path: str) -> _Plan:
     cams = _camera_names(visual)
     images = {c: k for c, k in cams.items() if features[k]["dtype"] == "image"}
     videos = {c: k for c, k in cams.items() if features[k]["dtype"] == "video"}
+    action = _action_key(features, options, path)
     if options.state_keys is not None:
         states = tuple(options.state_keys)
         unknown = [k for k in states if k not in features]
@@ -172,10 +188,13 @@ def _plan(features: dict[str, Any], options: SourceOptions, path: str) -> _Plan:
             raise ConversionError(
                 f"{path}: state keys {unknown} are not features; features: {', '.join(sorted(features))}"
             )
+        if action in states:
+            raise ConversionError(
+                f"{path}: {action!r} holds the actions and cannot also be a state key; pass other "
+                f"state keys, or another action_key (--action-key)"
+            )
     else:
-        states = ("observation.state",) if "observation.state" in features else ()
-    if "action" not in features:
-        raise ConversionError(f"{path}: no 'action' feature; features: {', '.join(sorted(features))}")
+        states = _default_states(features, action, path)
     left_out = {
         k: f"dtype {f.get('dtype')!r} has no place in a .kdb episode"
         for k, f in features.items()
@@ -187,7 +206,56 @@ def _plan(features: dict[str, Any], options: SourceOptions, path: str) -> _Plan:
         if video.get("video.is_depth_map"):
             log.warning("%s: %s is a depth map; it is stored as 8-bit RGB, which loses depth precision",
                         path, key)  # fmt: skip
-    return _Plan(states, images, videos, left_out)
+    return _Plan(action, states, images, videos, left_out)
+
+
+def _numeric_features(features: dict[str, Any]) -> str:
+    """The numeric features that could hold actions or states, for a message."""
+    keys = sorted(k for k, f in features.items() if f.get("dtype") in _NUMERIC and k not in _NOT_DATA)
+    return ", ".join(keys) or "none"
+
+
+def _action_key(features: dict[str, Any], options: SourceOptions, path: str) -> str:
+    """The feature that holds the actions: ``options.action_key``, else ``action``, else ``actions``.
+
+    Raises:
+        ConversionError: that feature is absent or not numeric; names the option to pass.
+    """
+    key = options.action_key
+    if key is None:
+        key = next((k for k in ACTION_KEYS if k in features), None)
+        if key is None:
+            raise ConversionError(
+                f"{path}: no action feature (neither {' nor '.join(map(repr, ACTION_KEYS))}); name the "
+                f"feature that holds the actions with action_key (kino ingest --action-key KEY), and the "
+                f"state with state_keys (--state-keys K1,K2); numeric features: {_numeric_features(features)}"
+            )
+    elif key not in features:
+        raise ConversionError(
+            f"{path}: action key {key!r} is not a feature; numeric features: {_numeric_features(features)}"
+        )
+    dtype = features[key].get("dtype")
+    if dtype not in _NUMERIC:
+        raise ConversionError(
+            f"{path}: the action feature {key!r} has dtype {dtype!r}, not a number; pass the numeric "
+            f"feature that holds the actions as action_key (--action-key KEY); numeric features: "
+            f"{_numeric_features(features)}"
+        )
+    return key
+
+
+def _default_states(features: dict[str, Any], action: str, path: str) -> tuple[str, ...]:
+    """``observation.state``, else ``state`` or ``states`` when exactly one is a numeric feature."""
+    if "observation.state" in features:
+        return ("observation.state",)
+    found = [k for k in STATE_KEYS[1:] if k != action and features.get(k, {}).get("dtype") in _NUMERIC]
+    if len(found) > 1:
+        log.warning(
+            "%s: no observation.state, and both %s are features; neither is taken as the state (each "
+            "stays an extra array): pass state_keys (--state-keys) to choose",
+            path, " and ".join(found),
+        )  # fmt: skip
+    return tuple(found) if len(found) == 1 else ()
 
 
 def _flat_names(value: Any) -> list[str] | None:
@@ -396,6 +464,17 @@ def _kind(pa: Any, type_: Any) -> str:
     return "other"
 
 
+def _text_value(column: Any) -> Any:
+    """A text column as an extra field: its one value when every frame has it, else per frame.
+
+    A value is a string, or for a list feature (LeRobot's string feature of shape (N,)) a
+    list of strings; nulls stay None.
+    """
+    rows: list[Any] = column.to_pylist()
+    first = rows[0]
+    return first if all(row == first for row in rows) else rows
+
+
 def _image_frames(column: Any, name: str, where: str, flip: bool) -> list[bytes] | np.ndarray:
     """The encoded bytes of an ``image`` column (decoded only if not PNG/JPEG or flipped)."""
     arr = column.combine_chunks()
@@ -497,10 +576,14 @@ class LeRobotSource:
     def info(self) -> SourceInfo:
         """Schema (names and components), fps, embodiment and the dataset's LeRobot metadata."""
         schema: dict[str, Any] = {}
-        action = self._features["action"]
+        key = self._plan.action
+        action = self._features[key]
         names, comps = names_and_components(action.get("names"), _feature_dim(action))
-        if names is not None:
-            schema["actions"] = {"names": names, **({"components": comps} if comps else {})}
+        if not comps and key != "action":  # the source key, as for a state feature of another name
+            comps = {key: [0, _feature_dim(action)]}
+        actions = ({"names": names} if names is not None else {}) | ({"components": comps} if comps else {})
+        if actions:
+            schema["actions"] = actions
         states = self._state_schema()
         if states:
             schema["states"] = states
@@ -508,6 +591,7 @@ class LeRobotSource:
         lerobot = {
             "codebase_version": self._version, "info": self._info,
             "tasks": {str(k): v for k, v in sorted((self._tasks or {}).items())},
+            "action_key": key, "state_keys": list(self._plan.state_keys),
             "cameras": {**self._plan.images, **self._plan.videos}, "left_out": self._plan.left_out,
             "video_tolerance_s": TOLERANCE_S,
         }  # fmt: skip
@@ -634,8 +718,7 @@ class LeRobotSource:
                 continue
             kind = _kind(self._pa, column.type)
             if kind == "text":
-                texts = [str(t) for t in column.to_pylist()]
-                args["extra"][name] = texts[0] if len(set(texts)) == 1 else texts
+                args["extra"][name] = _text_value(column)
             elif kind != "numeric":
                 self._left_out(name, f"{column.type} is not numeric, text or an image")
             elif name not in _POSITIONS:
@@ -649,10 +732,11 @@ class LeRobotSource:
 
     def _assemble(self, ep: _Episode, parts: dict[str, np.ndarray], args: dict[str, Any], where: str) -> None:
         """Give every numeric column its role: actions, states, rewards, ..., extra arrays."""
-        if "action" not in parts:
-            raise ConversionError(f"{where}: no 'action' column")
-        T = len(parts["action"])
-        args["actions"] = parts.pop("action").reshape(T, -1)
+        action = self._plan.action
+        if action not in parts:
+            raise ConversionError(f"{where}: no {action!r} column")
+        T = len(parts[action])
+        args["actions"] = parts.pop(action).reshape(T, -1)
         keys = self._plan.state_keys
         missing = [k for k in keys if k not in parts]
         if missing:
@@ -661,7 +745,7 @@ class LeRobotSource:
             pieces = [parts.pop(k).reshape(T, -1) for k in keys]
             args["states"] = pieces[0] if len(pieces) == 1 else np.concatenate(pieces, axis=1)
         for name, role in _ROLES.items():
-            if name != "action" and name in parts:
+            if name in parts:
                 args[role] = _per_frame(parts.pop(name), name, where)
         if "is_terminal" in args and args["is_terminal"].dtype != np.bool_:
             args["is_terminal"] = args["is_terminal"] != 0
@@ -669,7 +753,9 @@ class LeRobotSource:
             args["success"] = bool(_per_frame(parts["next.success"], "next.success", where)[-1])
         self._task(ep, parts, args, where)
         if parts:
-            args["extra_arrays"] = parts
+            args["extra_arrays"] = {
+                f"lerobot.{k}" if k in _RESERVED_ARRAYS else k: v for k, v in parts.items()
+            }
 
     def _task(self, ep: _Episode, parts: dict[str, np.ndarray], args: dict[str, Any], where: str) -> None:
         """The first frame's task text; a varying task index stays an extra array."""

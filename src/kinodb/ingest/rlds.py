@@ -20,21 +20,31 @@ from the first record):
   observation is one float tensor, as in ``rlds_base`` and D4RL); without it every float
   observation key (except ``*embedding*`` keys) is concatenated in sorted order
   (``state_keys`` picks others), slices recorded as state components.
-- image features -> cameras, the JPEG/PNG bytes passed through unchanged (frame 0's
-  header is checked against the declared shape).
+- image features -> cameras named by their key without ``steps/observation/`` (else
+  ``steps/``), the JPEG/PNG bytes passed through unchanged (frame 0's height and width
+  are checked against the declared shape). A camera reads back with the declared channel
+  count, as ``tfds.load`` decodes it (``channels=shape[-1]``), also where a frame's bytes
+  hold another (a greyscale or RGBA JPEG/PNG under a 3-channel feature): grey is
+  repeated, alpha dropped.
 - ``steps/reward`` -> ``rewards``; ``steps/is_terminal`` -> ``is_terminal``; every other
   numeric per-step feature (``discount``, ``language_embedding``, other observations) ->
   an extra array named by its key without ``steps/``.
+- Camera and extra-array names write TFDS's ``/`` as ``.`` (``action_dict.joint_velocity``,
+  ``observation.natural_language_embedding``), as the HDF5 source does, so kinodb's
+  exporters take them; a name kinodb keeps for its own arrays (``timestamps``) or taken
+  twice becomes the whole key so written (``steps.timestamps``). The metadata's
+  ``rlds.roles`` maps every name back to its source key.
 - ``steps/language_instruction`` (else ``steps/observation/natural_language_instruction``)
   -> ``task`` (step 0's text; the per-step list is kept as an extra field when it varies).
   Other per-step text -> extra fields (one string, or the per-step list if it varies).
 - ``episode_metadata/*`` (and any other episode-level feature) -> extra fields named
   without the prefix (``/`` becomes ``.``): text decoded as UTF-8, a scalar as a number or
   bool, a ``Sequence`` or a tensor with dimensions as a list (also of one value or none).
-- Declared features a ``.kdb`` file cannot hold are left out, with a warning, and listed
-  with the reason in the metadata's ``rlds.left_out``: per-step lists of their own length
-  (a ``Sequence`` inside ``steps``, stored ragged) and images that are not 8-bit (16-bit
-  PNG depth, float images bit-cast into PNG).
+- Features a ``.kdb`` file cannot hold are left out, with a warning, and listed with the
+  reason in the metadata's ``rlds.left_out``: per-step lists of their own length (a
+  ``Sequence`` inside ``steps``, stored ragged), episode-level lists of lists (also
+  ragged), episode-level images (``episode_metadata/goal_image``), and images that are
+  not 8-bit (16-bit PNG depth, float images bit-cast into PNG).
 - ``success``: ``episode_metadata/success`` when present; else True when the final reward
   is > 0, False when it is not and the episode ends with ``is_last``, and None when the
   episode is cut off before its last step (no ``is_last``) or has no rewards.
@@ -287,7 +297,7 @@ class RLDSSource:
         self._fd: tuple[str, int] | None = None
         self._layout: str | None = None
         self._plan: Plan | None = None
-        self._left_out: dict[str, str] = {}  # declared features a .kdb cannot hold, and why
+        self._left_out: dict[str, str] = {}  # features a .kdb cannot hold, and why
 
     @classmethod
     def detect(cls, path: str) -> bool:
@@ -389,12 +399,7 @@ class RLDSSource:
             flatten_features(
                 node, f"{prefix}{name}/", specs, steps=self._layout == "episode" and name == "steps"
             )
-        self._left_out = _unsupported(specs)
-        for key, why in self._left_out.items():
-            del specs[key]
-            if (self._root, key) not in _WARNED:  # once per dataset and feature in a process
-                _WARNED.add((self._root, key))
-                log.warning("%s: %s is left out: %s", self._root, key, why)
+        self._leave_out(specs)
         if self._layout == "step":
             first = {k if k.startswith(META) else STEPS + k: v for k, v in first.items()}
         count = next((first[k] for k in ("steps/is_first", "steps/is_last") if k in first), None)
@@ -402,9 +407,19 @@ class RLDSSource:
         for key, value in first.items():
             if key not in specs and not any(key == g or key.startswith(f"{g}/") for g in self._left_out):
                 specs[key] = infer_spec(key, value, steps if key.startswith(STEPS) else None)
+        self._leave_out(specs)  # undeclared features, classified from the first record
         self._plan = make_plan(specs, self._options)
         self._plan.left_out = tuple(self._left_out)
         return self._plan
+
+    def _leave_out(self, specs: dict[str, Spec]) -> None:
+        """Move the features a ``.kdb`` file cannot hold from ``specs`` to ``self._left_out``."""
+        for key, why in _unsupported(specs).items():
+            del specs[key]
+            self._left_out[key] = why
+            if (self._root, key) not in _WARNED:  # once per dataset and feature in a process
+                _WARNED.add((self._root, key))
+                log.warning("%s: %s is left out: %s", self._root, key, why)
 
     def _skip(self, plan: Plan) -> frozenset[str]:
         if self._options.images:
@@ -555,9 +570,20 @@ def _unsupported(specs: dict[str, Spec]) -> dict[str, str]:
     still converts, and the metadata's ``rlds.left_out`` lists these."""
     out: dict[str, str] = {}
     for key, spec in specs.items():
-        if spec.ragged:
+        steps = key.startswith(STEPS)
+        if spec.ragged and steps:
             out[key] = (
                 "a list of its own length at every step (ragged); .kdb arrays have one width per episode"
+            )
+        elif spec.ragged:
+            out[key] = (
+                "a list of lists (TFDS stores it ragged: flat values and row lengths); .kdb extra fields "
+                "hold a value or a flat list"
+            )
+        elif spec.kind == "image" and not steps:
+            out[key] = (
+                "an image of the whole episode, not one per step; .kdb cameras hold a frame per step and "
+                "extra fields hold text and numbers"
             )
         elif spec.kind == "image" and spec.dtype not in (None, "uint8"):
             out[key] = (
