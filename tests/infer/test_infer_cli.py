@@ -124,3 +124,92 @@ def test_kino_ingest_converts_a_log(kino: Run, recorded: tuple[Built, Path, Path
     assert kino("ingest", log, "--format", "kinfer-ndjson", "-o", out, "-q") == 0
     with kinodb.open(out) as db:
         assert len(db) == 1 and db.read_meta(0)["num_frames"] == 15
+
+
+def test_a_binary_file_given_as_a_log_exits_1_naming_it(
+    kino: Run, recorded: tuple[Built, Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, data, _ = recorded
+    assert kino("infer", "plot", data, "-o", tmp_path / "x.png") == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {data}: line 1: not UTF-8 text: is it an NDJSON log?")
+    assert "(a kinodb .kdb file)" in err and "codec" not in err
+    binary = tmp_path / "bin.ndjson"  # a binary file named like a log: ingest detects it as one
+    binary.write_bytes(data.read_bytes())
+    assert kino("ingest", binary, "-o", tmp_path / "bin.kdb", "-q") == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {binary}: line 1: not UTF-8 text: is it an NDJSON log?")
+    assert not (tmp_path / "bin.kdb").exists()
+
+
+def test_inspect_says_what_a_file_that_is_no_package_is(
+    kino: Run, recorded: tuple[Built, Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, data, log = recorded
+    assert kino("infer", "inspect", data) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {data}: not a .kinfer package (a gzip tar of init_fn.onnx, step_fn.onnx, ")
+    assert "nor an .onnx model" in err and "it starts with b'KINO" in err and "(a kinodb .kdb file)" in err
+    assert "INVALID_PROTOBUF" not in err
+    assert kino("infer", "inspect", log) == 1
+    assert "it starts with b'{\"step_i' (JSON text)" in capsys.readouterr().err
+    checkpoint = tmp_path / "policy.pt"
+    checkpoint.write_bytes(b"PK\x03\x04" + bytes(60))
+    assert kino("infer", "inspect", checkpoint) == 1
+    assert "(a zip archive; a PyTorch checkpoint is one: export it with" in capsys.readouterr().err
+    empty = tmp_path / "empty.onnx"
+    empty.write_bytes(b"")
+    assert kino("infer", "inspect", empty) == 1
+    assert "empty.onnx: is empty (0 bytes)" in capsys.readouterr().err
+    renamed = tmp_path / "data.kinfer"
+    renamed.write_bytes(data.read_bytes())
+    assert kino("infer", "inspect", renamed) == 1
+    assert "not a gzip tar archive" in (err := capsys.readouterr().err) and "(a kinodb .kdb file)" in err
+
+
+def test_replay_state_map_errors_name_what_exists(
+    kino: Run, make_package: MakePackage, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    built = make_package(inputs=("joint_angles", "gyroscope", "carry"), commands=())
+    data = tmp_path / "nocommand.kdb"
+    Runner(load_model(built.path), Served(built, 1).provider, rate_hz=1000, max_steps=5, record_to=data).run()
+    assert kino("infer", "replay", built.path, data, "--state-map", "command=0") == 2
+    err = capsys.readouterr().err
+    assert "--state-map command=0:" in err and "has no input 'command'" in err
+    assert "its observation inputs are joint_angles, gyroscope" in err
+    assert kino("infer", "replay", built.path, data, "--state-map", "joint_angles=states.nope") == 1
+    err = capsys.readouterr().err
+    assert "states has no component 'nope'; its components are ['joint_angles']" in err
+
+
+def test_plot_refuses_a_package_of_another_policy(
+    kino: Run, recorded: tuple[Built, Path, Path], make_package: MakePackage, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    pytest.importorskip("matplotlib", reason="the plot extra is not installed")
+    _, _, log = recorded  # 4 joints, 3 commands
+    png = tmp_path / "log.png"
+    arm = make_package(joints=[f"j{k}" for k in range(7)], commands=())
+    assert kino("infer", "plot", log, "-o", png, "--package", arm.path) == 1
+    err = capsys.readouterr().err
+    assert f"--package {arm.path} has 7 joints (j0, j1, j2, j3, ...), but the log {log} has 4 values" in err
+    assert not png.exists()
+    fewer_commands = make_package(commands=("vx", "vy"))
+    assert kino("infer", "plot", log, "-o", png, "--package", fewer_commands.path) == 1
+    assert "has 2 commands (vx, vy), but the log" in capsys.readouterr().err
+    assert kino("infer", "plot", log, "-o", png, "--package", make_package().path) == 0
+
+
+def test_replay_by_position(kino: Run, recorded: tuple[Built, Path, Path], make_package: MakePackage,
+                            capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    _, data, _ = recorded
+    renamed = make_package(
+        joints=("j0", "j1", "j2", "j3")
+    )  # the recorded policy's weights, other joint names
+    assert kino("infer", "replay", renamed.path, data) == 1
+    err = capsys.readouterr().err
+    assert "name the joints" in err and "kino infer replay --by-position" in err
+    assert kino("infer", "replay", renamed.path, data, "--by-position", "--json") == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["frames"] == 30 and report["mae"] == 0.0
+    assert [j["joint"] for j in report["joints"]] == ["j0", "j1", "j2", "j3"]

@@ -279,7 +279,37 @@ def test_replay_refuses_other_joint_names(tmp_path: Path) -> None:
         replay(other, out)
     text = str(err.value)
     assert "rollouts.kdb: episode 0" in text and "'wrist'" in text and "'ankle'" in text
-    assert "by_name=False" in text
+    assert "by_name=False" in text and "kino infer replay --by-position" in text
     with pytest.raises(InferError, match=r"joint_angles=states\.joint_angles: the states columns name"):
         KdbReplayProvider(out, 0).bind(other.signature)
     assert replay(other, out, by_name=False).frames == 15
+
+
+def test_a_missing_states_component_is_named_with_the_components(tmp_path: Path) -> None:
+    out, _ = _record(tmp_path, ["hip", "knee", "ankle"])
+    model = load_model(_per_joint_policy(tmp_path, ["hip", "knee", "ankle"], "same.kinfer"))
+    provider = KdbReplayProvider(out, 0, state_map={"joint_angles": "states.nope"})
+    with pytest.raises(InferError) as err:
+        provider.bind(model.signature)
+    text = str(err.value)
+    assert "--state-map joint_angles=states.nope: states has no component 'nope'; its components are " in text
+    assert (
+        "['joint_angles', 'joint_angular_velocities'] (joint_angles [0:3], joint_angular_velocities [3:6])"
+        in text
+    )
+    assert "no array" not in text
+    provider = KdbReplayProvider(out, 0, state_map={"joint_angles": "actions.hip"})
+    with pytest.raises(InferError, match=r"only states has named components .*select columns with actions\["):
+        provider.bind(model.signature)
+
+
+def test_a_state_map_for_an_input_the_model_lacks_is_refused(tmp_path: Path) -> None:
+    out, _ = _record(tmp_path, ["hip", "knee", "ankle"])
+    model = load_model(_per_joint_policy(tmp_path, ["hip", "knee", "ankle"], "same.kinfer"))
+    assert "command" not in model.signature.observation_names
+    with pytest.raises(InferError) as err:
+        replay(model, out, state_map={"command": "0"})
+    text = str(err.value)
+    assert "--state-map command=0: the model has no input 'command'" in text
+    assert "its observation inputs are ['joint_angles', 'joint_angular_velocities']" in text
+    assert replay(model, out, state_map={"joint_angles": "states.joint_angles"}).frames == 15

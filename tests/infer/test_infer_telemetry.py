@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -204,3 +206,29 @@ def test_a_torn_line_inside_a_run_says_how_to_recover(tmp_path: Path) -> None:
     assert "delete the line" in text and "sed -i '3d'" in text
     path.write_text("\n".join([_line(0), _line(1), _line(3), _line(4)]) + "\n")  # as the advice says
     assert len(read_log(path)[0]["step_id"]) == 4
+
+
+def test_a_binary_file_is_refused_as_not_utf8_text(tmp_path: Path, make_kdb: Any) -> None:
+    kdb, _ = make_kdb(2)  # a real .kdb file given where a log belongs
+    with pytest.raises(InferError, match=r"not UTF-8 text: is it an NDJSON log\?") as info:
+        read_log(kdb)
+    message = str(info.value)
+    assert message.startswith(f"{kdb}: line ") and "b'KINO" in message
+    # The same for a log whose later line holds bytes that are not UTF-8.
+    path = tmp_path / "mixed.ndjson"
+    path.write_bytes(("\n".join(_line(k) for k in range(3)) + "\n").encode() + b'{"step_id": 3, \xff\xfe}\n')
+    with pytest.raises(InferError, match=rf"^{re.escape(str(path))}: line 4: not UTF-8 text"):
+        read_log(path)
+
+
+def test_a_torn_last_line_cut_inside_a_character_is_dropped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Other loggers add text fields; a killed writer can stop inside a multi-byte character.
+    path = tmp_path / "torn_utf8.ndjson"
+    whole = "\n".join(_line(k) for k in range(3)) + "\n"
+    torn = '{"step_id": 3, "note": "\u00e9'.encode()[:-1]
+    path.write_bytes(whole.encode() + torn)
+    with caplog.at_level(logging.WARNING):
+        runs = read_log(path)
+    assert len(runs[0]["step_id"]) == 3 and "line 4: dropped the torn last line" in caplog.text

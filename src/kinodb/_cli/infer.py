@@ -42,6 +42,9 @@ def register(sub: Any) -> None:
     r.add_argument("--state-map", nargs="+", action="extend", default=[], metavar="INPUT=SOURCE",
                    help="where an input comes from: ARRAY, ARRAY[START:STOP], states.COMPONENT, or 0 "
                         "for zeros; e.g. joint_angles=states[0:20] command=0")  # fmt: skip
+    r.add_argument("--by-position", action="store_true",
+                   help="use the joint columns and the recorded actions by position, not matched to the "
+                        "policy's joints by name (for a file that names its joints differently)")  # fmt: skip
     r.add_argument("--json", action="store_true", help="print JSON instead of text")
     r.set_defaults(run=run_replay)
 
@@ -136,7 +139,16 @@ def run_replay(args: argparse.Namespace) -> int:
     state_map = parse_state_map(args.state_map)
     episodes = parse_episodes(args.episodes) if args.episodes else None
     model = load_model(args.package)
-    report = replay(model, args.data, episodes=episodes, state_map=state_map).to_dict()
+    inputs = model.signature.observation_names
+    unused = [n for n in state_map if n not in inputs]
+    if unused:
+        raise ValueError(
+            f"--state-map {' '.join(f'{n}={state_map[n]}' for n in unused)}: {model.path} has no input "
+            f"{' or '.join(repr(n) for n in unused)}; its observation inputs are {', '.join(inputs)}"
+        )
+    report = replay(
+        model, args.data, episodes=episodes, state_map=state_map, by_name=not args.by_position
+    ).to_dict()
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
@@ -232,7 +244,7 @@ def run_plot(args: argparse.Namespace) -> int:
     if not -len(runs) <= args.run_index < len(runs):
         raise ValueError(f"--run {args.run_index}: {args.log} holds {len(runs)} runs (0..{len(runs) - 1})")
     cols = runs[args.run_index]
-    labels = _labels(args.package)
+    labels = _labels(args.package, cols, args.log)
     matplotlib = require("matplotlib", extra="plot")
     matplotlib.use("Agg")
     plt = require("matplotlib.pyplot", extra="plot")
@@ -276,15 +288,37 @@ def run_plot(args: argparse.Namespace) -> int:
     return 0
 
 
-def _labels(package: str | None) -> dict[str, list[str]]:
+def _labels(package: str | None, cols: dict[str, Any], log: str) -> dict[str, list[str]]:
+    """Joint and command names of ``package`` per panel, checked against the log's widths.
+
+    Raises:
+        InferError: the log has another joint or command count than the package.
+    """
     if package is None:
         return {}
-    from kinodb.infer import read_package
+    from kinodb.infer import InferError, read_package
 
     pkg = read_package(package)
-    joints = list(pkg.joint_names)
-    return {"joint_angles": joints, "joint_angular_velocities": joints, "output": joints,
-            "command": list(pkg.command_names)}  # fmt: skip
+    joints, commands = list(pkg.joint_names), list(pkg.command_names)
+    labels = {
+        "joint_angles": joints,
+        "joint_angular_velocities": joints,
+        "output": joints,
+        "command": commands,
+    }
+    for key, names in labels.items():
+        if key not in cols:
+            continue
+        width = int(np.prod(cols[key].shape[1:], dtype=np.int64))
+        if width != len(names):
+            what = "commands" if key == "command" else "joints"
+            listed = f" ({', '.join(names[:4])}{', ...' if len(names) > 4 else ''})" if names else ""
+            raise InferError(
+                f"--package {package} has {len(names)} {what}{listed}, but the log {log} has {width} "
+                f"values per step in {key!r}: it was not written by this policy. Pass the package the log "
+                "was written with, or leave out --package (entries are then numbered)"
+            )
+    return labels
 
 
 def _default_names(key: str, n: int) -> list[str]:

@@ -36,7 +36,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from kinodb.infer._errors import InferError
+from kinodb.infer._errors import InferError, NotOnnxError, describe_start
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,8 @@ def read_package(path: str | os.PathLike[str]) -> Package:
     """Read a ``.kinfer`` archive of any kinfer generation, or a plain ``.onnx`` step function.
 
     Raises:
-        InferError: the file is not a readable package; the message names the member at fault.
+        InferError: the file is not a readable package; the message names the member at fault,
+            or, for a file that is neither a tar.gz nor ONNX, what its first bytes show.
         FileNotFoundError: ``path`` does not exist.
     """
     p = os.fspath(path)
@@ -139,9 +140,18 @@ def read_package(path: str | os.PathLike[str]) -> Package:
         return _read_archive(p, data)
     if p.endswith(".kinfer"):
         raise InferError(
-            f"{p}: not a gzip tar archive; a .kinfer package is a tar.gz of {', '.join(MEMBERS)}"
+            f"{p}: not a gzip tar archive; a .kinfer package is a tar.gz of {', '.join(MEMBERS)}; "
+            f"{describe_start(data)}"
         )
-    return _read_onnx(p, data)
+    if not data:
+        raise InferError(f"{p}: is empty (0 bytes); expected a .kinfer package or an .onnx model")
+    try:
+        return _read_onnx(p, data)
+    except NotOnnxError:
+        raise InferError(
+            f"{p}: not a .kinfer package (a gzip tar of {', '.join(MEMBERS)}) nor an .onnx model (ONNX "
+            f"Runtime cannot parse it); {describe_start(data)}"
+        ) from None
 
 
 def _read_archive(path: str, data: bytes) -> Package:

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from kinodb._optional import require
-from kinodb.infer._errors import InferError
+from kinodb.infer._errors import InferError, NotOnnxError, describe_start
 
 
 def onnxruntime() -> Any:
@@ -35,6 +35,7 @@ def make_session(data: bytes, where: str, *, providers: Sequence[str] | None) ->
     """An `InferenceSession` over ONNX bytes; ORT's load errors become `InferError`.
 
     Raises:
+        NotOnnxError: the bytes are not an ONNX model at all (protobuf parsing failed).
         InferError: ONNX Runtime cannot load the graph (``where`` names the file and member).
     """
     ort = onnxruntime()
@@ -43,5 +44,10 @@ def make_session(data: bytes, where: str, *, providers: Sequence[str] | None) ->
             data, session_options(), providers=list(providers) if providers else ["CPUExecutionProvider"]
         )
     except Exception as exc:  # ORT raises its own exception types (Fail, InvalidGraph, ...)
+        if type(exc).__name__ == "InvalidProtobuf":
+            raise NotOnnxError(
+                f"{where}: not an ONNX model (ONNX Runtime cannot parse it: protobuf parsing failed); "
+                f"{describe_start(data)}"
+            ) from None
         text = " ".join(str(exc).split())
         raise InferError(f"{where}: ONNX Runtime cannot load it: {text}") from None

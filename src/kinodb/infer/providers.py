@@ -453,9 +453,17 @@ class KdbReplayProvider:
         """Find every input the model needs in the episode; check the widths.
 
         Raises:
-            InferError: an input cannot be found, or its width differs from the model's.
+            InferError: an input cannot be found, its width differs from the model's, or
+                ``state_map`` maps an input the model does not have.
         """
         self._rows = {}
+        unused = [n for n in self._map if n not in signature.observation_names]
+        if unused:
+            raise InferError(
+                f"{self.db.path()}: --state-map {', '.join(f'{n}={self._map[n]}' for n in unused)}: the model "
+                f"has no input {' or '.join(repr(n) for n in unused)}; its observation inputs are "
+                f"{list(signature.observation_names)}"
+            )
         for name in signature.observation_names:
             want = signature.shape(name)
             source, rows = self._resolve(name, int(np.prod(want)))
@@ -514,8 +522,8 @@ class KdbReplayProvider:
         raise InferError(
             f"{self.db.path()}: episode {self.episode}: {what} name the joints {list(stored)}, "
             f"not the policy's {list(joints)} (not in the file: {missing}; not the policy's: {other}). "
-            "Replay data recorded with this policy's joints, or pass by_name=False to use the columns "
-            "by position"
+            "Replay data recorded with this policy's joints, or use the columns by position: "
+            "replay(..., by_name=False), or kino infer replay --by-position"
         )
 
     def _resolve(self, name: str, width: int) -> tuple[str, npt.NDArray[Any]]:
@@ -536,6 +544,22 @@ class KdbReplayProvider:
                 f"input {name!r} takes {width}"
             )
         return source, rows
+
+    def _no_component(self, array: str, component: str) -> str:
+        """Why ``ARRAY.COMPONENT`` names nothing: the components there are, or that only states has them."""
+        if array != "states":
+            return (
+                f"only states has named components ({array}.{component} names none); "
+                f"select columns with {array}[START:STOP]"
+            )
+        comps = self._components()
+        if not comps:
+            return (
+                f"states has no component {component!r}: the file names none; "
+                "select columns with states[START:STOP]"
+            )
+        spans = ", ".join(f"{c} [{a}:{b}]" for c, (a, b) in comps.items())
+        return f"states has no component {component!r}; its components are {sorted(comps)} ({spans})"
 
     def _components(self) -> dict[str, list[int]]:
         comps: dict[str, list[int]] = self._schema.get("states", {}).get("components", {}) or {}
@@ -567,6 +591,11 @@ class KdbReplayProvider:
         m = _SPEC.match(source)
         array = m.group("array") if m else source
         if array not in self._arrays:
+            owner, dot, component = array.partition(".")
+            if dot and owner in self._arrays:
+                raise InferError(
+                    f"{where}: --state-map {name}={source}: {self._no_component(owner, component)}"
+                )
             raise InferError(
                 f"{where}: --state-map {name}={source}: no array {array!r}; it has {sorted(self._arrays)}"
             )

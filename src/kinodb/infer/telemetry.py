@@ -33,7 +33,7 @@ from typing import Any, BinaryIO
 import numpy as np
 import numpy.typing as npt
 
-from kinodb.infer._errors import InferError
+from kinodb.infer._errors import InferError, describe_start
 
 log = logging.getLogger(__name__)
 
@@ -274,9 +274,10 @@ def read_log(path: str | os.PathLike[str]) -> list[dict[str, npt.NDArray[Any]]]:
     then the next run appended to the same file).
 
     Raises:
-        InferError: a line is not JSON (a torn line inside a run included), lacks
-            ``step_id``/``output``, or a field is not numeric, changes length or becomes
-            null mid-run; the message names the file and the line.
+        InferError: the file is not UTF-8 text (a binary file), a line is not JSON (a
+            torn line inside a run included), lacks ``step_id``/``output``, or a field is
+            not numeric, changes length or becomes null mid-run; the message names the
+            file and the line.
     """
     p = os.fspath(path)
     with open(p, "rb") as fh:
@@ -306,13 +307,18 @@ def _parse_lines(
     try:
         recs = json.loads(b"[" + b",".join(ln for _, ln in lines) + b"]")  # one call for the whole file
         return [(n, rec) for (n, _), rec in zip(lines, recs, strict=True)]
-    except json.JSONDecodeError:
+    except ValueError:  # JSONDecodeError, or UnicodeDecodeError for bytes that are not UTF-8
         pass
+    _check_utf8(path, lines, torn_tail=torn_tail)
     out: list[tuple[int, dict[str, Any]]] = []
     last: int | None = None  # the step_id of the last record read
     for k, (n, line) in enumerate(lines):
         try:
             rec = json.loads(line)
+        except UnicodeDecodeError:  # only the torn last line gets here (`_check_utf8`)
+            log.warning("%s: line %d: dropped the torn last line (%d bytes; the writer was killed mid-line)",
+                        path, n, len(line))  # fmt: skip
+            break
         except json.JSONDecodeError as exc:
             if k == len(lines) - 1 and torn_tail:
                 log.warning("%s: line %d: dropped the torn last line (%d bytes; the writer was killed mid-line)",
@@ -345,13 +351,34 @@ def _parse_lines(
     return out
 
 
+def _check_utf8(path: str, lines: list[tuple[int, bytes]], *, torn_tail: bool) -> None:
+    """Refuse a file that is not UTF-8 text (a binary file given as a log), naming the line.
+
+    A torn last line may end inside a multi-byte character; it is left to the torn-line rule.
+    """
+    last = len(lines) - 1
+    for k, (n, line) in enumerate(lines):
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            if k == last and torn_tail:
+                return
+            head = lines[0][1]
+            # What the file is, when its first line is no log line (a .kdb file given as a log).
+            start = "" if head.lstrip()[:1] == b"{" else f"; {describe_start(head)}"
+            raise InferError(
+                f"{path}: line {n}: not UTF-8 text: is it an NDJSON log? Byte {exc.start} of the line is "
+                f"{line[exc.start : exc.start + 1]!r}{start}; a kinfer log holds one JSON object per line"
+            ) from None
+
+
 def _glued_record(line: bytes) -> tuple[int, dict[str, Any]] | None:
     """``(offset, record)`` of a whole log record that starts inside ``line`` after a torn one."""
     pos = line.find(b"{", 1)
     while pos > 0:
         try:
             rec = json.loads(line[pos:])
-        except json.JSONDecodeError:
+        except ValueError:  # not JSON, or not UTF-8
             pos = line.find(b"{", pos + 1)
             continue
         return (pos, rec) if isinstance(rec, dict) and "step_id" in rec else None
@@ -363,7 +390,7 @@ def _record_at(lines: list[tuple[int, bytes]], k: int) -> dict[str, Any] | None:
         return None
     try:
         rec = json.loads(lines[k][1])
-    except json.JSONDecodeError:
+    except ValueError:  # not JSON, or not UTF-8 (a torn last line)
         return None
     return rec if isinstance(rec, dict) else None
 
