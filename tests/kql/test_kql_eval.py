@@ -360,40 +360,40 @@ def test_queries_on_a_legacy_0_1_file(tmp_path: Path) -> None:
         assert q(db, "NOT success = true") == [1, 2]
         assert q(db, "total_reward != null") == [0, 2]
         assert q(db, "action_dim = 6 OR state_dim != 2") == [1, 3]
-        # 0.1 stored fps and total_reward as float32: equality holds at that precision,
-        # order is exact (29.97 stored as float32 is 29.9699993...)
+        # 0.1 stored fps and total_reward as float32: literals compare as their nearest
+        # float32, so equality and order agree (29.97 stored is 29.9699993...)
         assert query(db, "fps = 29.97").tolist() == [0, 3]
         assert query(db, "fps != 29.97").tolist() == [1, 2]
         assert query(db, "fps IN (29.97, 15)").tolist() == [0, 2, 3]
-        assert query(db, "fps < 29.97").tolist() == [0, 1, 2, 3]
+        assert query(db, "fps < 29.97").tolist() == [1, 2]
+        assert query(db, "fps >= 29.97").tolist() == [0, 3]
         assert query(db, "fps > 29.97").tolist() == []
         assert query(db, "total_reward = 0.1").tolist() == [0]
         assert query(db, "total_reward BETWEEN 0.1 AND 2.5").tolist() == [0, 2]
         assert "did you mean success?" in str(err(db, "sucess = true"))
 
 
-def test_order_on_0_1_float32_fields_is_exact(tmp_path: Path) -> None:
-    """Only equality rounds the literal to float32; <, <=, >, >= and BETWEEN compare exactly."""
+def test_order_on_0_1_float32_fields_agrees_with_equality(tmp_path: Path) -> None:
+    """Every operator compares the literal as its nearest float32, as the stored value is."""
     rng = np.random.default_rng(6)
     eps = [random_episode(rng, 3, 2, 2, fps=29.97, total_reward=16777216.0),
            random_episode(rng, 3, 2, 2, fps=30.0, total_reward=0.0),
            random_episode(rng, 3, 2, 2, fps=1e-45, total_reward=None)]  # fmt: skip
     path = tmp_path / "old.kdb"
     path.write_bytes(encode(eps))
+    stored = {"fps": np.float32([29.97, 30.0, 1e-45]), "total_reward": np.float32([16777216.0, 0.0, np.nan])}
+    ops = {"=": np.equal, "!=": np.not_equal, "<": np.less, "<=": np.less_equal, ">": np.greater,
+           ">=": np.greater_equal}  # fmt: skip
     with kinodb.open(path) as db:
-        assert q(db, "total_reward > 16777215.5") == [0]
-        assert q(db, "total_reward >= 16777216.5") == []
-        assert q(db, "total_reward < 16777217") == [0, 1]
-        assert q(db, "total_reward BETWEEN 16777215.5 AND 16777216.5") == [0]
-        assert q(db, "total_reward <= 1e-50") == [1]
-        assert q(db, "fps < 29.97") == [0, 2]  # 29.97 stored as float32 is 29.9699993...
-        assert q(db, "fps BETWEEN 29.9699 AND 29.97") == [0]
-        assert q(db, "fps > 1e-46") == [0, 1, 2]
-        # equality still holds at the stored precision (q's exact oracle would differ)
-        assert query(db, "fps = 29.97").tolist() == [0]
-        assert query(db, "total_reward = 16777217").tolist() == [0]
+        for field, values in stored.items():
+            for lit in ("29.97", "30", "29.9699", "16777215.5", "16777217", "0", "1e-45", "1e-50"):
+                f32 = np.float32(float(lit))
+                for op, fn in ops.items():
+                    want = [i for i, v in enumerate(values) if not np.isnan(v) and fn(v, f32)]
+                    assert query(db, f"{field} {op} {lit}").tolist() == want, (field, op, lit)
+        assert query(db, "fps BETWEEN 29.97 AND 30").tolist() == [0, 1]
+        assert query(db, "fps BETWEEN 29.9699 AND 29.97").tolist() == [0]
         assert query(db, "total_reward IN (16777217, 1)").tolist() == [0]
-        assert query(db, "total_reward != 16777217").tolist() == [1]
 
 
 # -- JSON fields: both ways of finding the distinct texts agree ------------------------------

@@ -472,10 +472,12 @@ def _compare_numbers(col: Column, op: str, lit: Value) -> Mask:
         raise TypeError(f"{col.name}: not a numeric comparison")  # excluded by check()
     if col.kind == "int":
         return _compare_ints(x, op, lit)
-    if col.float32 and op in ("=", "!="):
-        # Format 0.1 stored these as float32: equality holds at that precision, so that
-        # fps = 29.97 finds 29.97 fps episodes. Order stays exact: rounding the literal
-        # would move the bound (total_reward > 16777215.5 would miss 16777216).
+    if col.float32:
+        # Format 0.1 stored these as float32: the literal is compared as its nearest
+        # float32, by every operator, so that equality and order agree (fps = 29.97,
+        # fps >= 29.97 and fps BETWEEN 29.97 AND 30 all find 29.97 fps episodes, and
+        # fps < 29.97 does not). A literal between two float32 values stands for the
+        # nearer one: total_reward > 16777215.5 is total_reward > 16777216.
         with np.errstate(over="ignore"):
             lit = float(np.float32(_to_float(lit)))
     f = _to_float(lit)
