@@ -186,26 +186,26 @@ class _Source:
     def holding(self, camera: str | None) -> NDArray[np.bool_]:
         """Per kept episode: whether it holds ``camera`` (any camera when None).
 
-        One pass over the index's section columns (no episode is read); files without
-        them (format 0.1) look at each episode's camera table.
+        One pass over the index's section columns (no episode is read). Files without
+        them (format 0.1, whose camera tables mean walking every frame's header) answer
+        for the first kept episode only and count the others as holding it: a read
+        then names an episode that lacks it.
         """
         cols = self.db._cols
         if isinstance(cols, Mapping) and "sec_start" in cols and "sec.kind" in cols:
             hit = np.asarray(cols["sec.kind"]) == KIND_CAMERA
             if camera is not None:
                 ids = [k for k, n in enumerate(self.db._names) if n == camera]
-                hit &= np.asarray(cols["sec.name"]) == (ids[0] if ids else -1)
+                hit &= np.isin(np.asarray(cols["sec.name"]), ids)
             seen = np.concatenate([[0], np.cumsum(hit, dtype=np.int64)])
             start = np.asarray(cols["sec_start"], np.int64)[self.kept]
             end = start + np.asarray(cols["sec_count"], np.int64)[self.kept]
             return np.asarray(seen[end] > seen[start])
-        return np.array(
-            [
-                bool(cams) if camera is None else camera in cams
-                for cams in map(self.cameras, range(len(self.kept)))
-            ],
-            dtype=bool,
-        )
+        out = np.ones(len(self.kept), dtype=bool)
+        if len(out):
+            cams = self.cameras(0)
+            out[0] = bool(cams) if camera is None else camera in cams
+        return out
 
     def require_camera(self, camera: str | None, without: str) -> None:
         """Raise if some kept episode lacks ``camera`` (has no camera, when None).

@@ -144,6 +144,10 @@ def test_statistics_are_kept_only_when_they_describe_the_export(tmp_path: Path, 
 
     whole = exported("whole")
     assert whole["stats"]["num_episodes"] == 6 and "stats_left_out" not in whole["export"]
+    counts_left_out = {k: v for k, v in compute_stats(src).items() if k != "num_episodes"}
+    write_stats(src, counts_left_out)  # counts are optional: not stale, as Database.stats() judges
+    assert exported("no_counts")["stats"]["num_frames"] == 30
+    write_stats(src, compute_stats(src))
     some = exported("some", filter="episode_id < 2")
     assert "stats" not in some
     assert "cover all 6 episodes and this export holds 2" in some["export"]["stats_left_out"]

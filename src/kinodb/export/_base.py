@@ -108,10 +108,8 @@ def dataset_record(db: Database, positions: list[int], facts: dict[str, Any]) ->
     stats = info.get("stats")
     if not isinstance(stats, dict):
         return {**info, "export": facts}
-    if stats.get("stale") or (stats.get("num_frames"), stats.get("num_episodes")) != (
-        db.num_frames(),
-        len(db),
-    ):
+    counted = (stats.get("num_frames", db.num_frames()), stats.get("num_episodes", len(db)))
+    if stats.get("stale") or counted != (db.num_frames(), len(db)):  # as Database.stats() judges
         why = "the file's statistics are stale (episodes were added after they were computed): run kino stats on it"
     elif len(set(positions)) != len(db):
         why = (

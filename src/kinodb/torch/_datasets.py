@@ -305,7 +305,8 @@ class KinoMapDataset(_Base):
     Args:
         source: A path, a `Database`, a list of paths, or a `Mixture`.
         kql_filter: Keep only matching episodes.
-        image_key: A camera, a list of cameras, None (each episode's first camera) or False (no images).
+        image_key: A camera, a list of cameras, None (the first camera; in an episode without
+            it, that episode's first) or False (no images).
         image_size: ``(H, W)``, or None for the stored size.
         to_tensor: Return torch tensors (else NumPy arrays).
         normalize: As for `KinoFrameDataset`.
@@ -343,7 +344,8 @@ class KinoMapDataset(_Base):
         self._opened: tuple[list[_Source], np.ndarray, _Normalizers | None] | None = None
         sources = self._open()[0]
         self._cams, self._several = image_keys(image_key, list(sources[0].cameras(0)), sources[0].where)
-        # None: each episode's first camera (robots of a merged file or a mixture name theirs apart).
+        # None: the first source's first camera, or, in an episode without it, that
+        # episode's first camera (robots of a merged file or a mixture name theirs apart).
         self._first = image_key is None and bool(self._cams)
         for src in sources:  # every episode has the cameras asked for, checked now, not mid-epoch
             for cam in [None] if self._first else self._cams:
@@ -399,7 +401,9 @@ class KinoMapDataset(_Base):
             norm.apply(source.index, arrays)
         out: dict[str, Any] = {k: self._tensor(np.array(v)) for k, v in arrays.items()}
         if self._cams:
-            cams = [next(iter(source.cameras(j)))] if self._first else self._cams
+            cams = self._cams
+            if self._first and cams[0] not in (have := source.cameras(j)):
+                cams = [next(iter(have))]
             images = {cam: self._image(self._decode(source, j, cam)) for cam in cams}
             if self._several:
                 out["images"] = images
