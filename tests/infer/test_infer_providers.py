@@ -131,6 +131,24 @@ def test_kinodb_forms_are_dispatched_by_signature(make_package: MakePackage) -> 
     assert isinstance(calls[1][1], np.ndarray) and calls[1][1].shape == (4,)
 
 
+def test_a_proxy_provider_answering_any_name_keeps_its_getters(make_package: MakePackage) -> None:
+    # A __getattr__ proxy (an RPC stub, a Mock) "has" get_inputs too; only a get_inputs
+    # the provider defines switches it to kinfer's interface.
+    built = make_package(inputs=("joint_angles", "carry"), commands=())
+    sent: list[np.ndarray] = []
+
+    class Proxy:
+        def __getattr__(self, name: str) -> Any:
+            if name == "take_action":
+                return lambda joint_names, action: sent.append(action)
+            if name.startswith("get_"):  # get_inputs too, as a remote stub would
+                return lambda *args: np.ones(4, np.float32)
+            raise AttributeError(name)
+
+    Runner(load_model(built.path), Proxy(), rate_hz=500, max_steps=2).run()
+    assert len(sent) == 2 and sent[0].shape == (4,)
+
+
 def test_a_provider_of_neither_interface_names_both(make_package: MakePackage) -> None:
     model = load_model(make_package(inputs=("joint_angles", "carry"), commands=()).path)
 

@@ -144,7 +144,14 @@ def bind_provider(signature: Signature, provider: Any, *, pre_fetch: bool = Fals
     """
     cls = type(provider).__name__
     metadata = ProviderMetadata.from_signature(signature)
-    get_inputs = getattr(provider, "get_inputs", None)
+    # Only a get_inputs the provider defines (not one a __getattr__ proxy or a Mock makes
+    # up on request) switches it to kinfer's interface.
+    try:
+        inspect.getattr_static(provider, "get_inputs")
+    except AttributeError:
+        get_inputs = None
+    else:
+        get_inputs = getattr(provider, "get_inputs", None)
     kinfer = callable(get_inputs) and _takes(get_inputs, 2)
     if kinfer and get_inputs is not None:
         fetch = _get_inputs_fetch(cls, get_inputs, list(signature.observation_names), metadata)
