@@ -277,6 +277,18 @@ def test_state_keys_choose_and_order(tmp_path: Path, robomimic: Path) -> None:
     assert not (tmp_path / "bad.kdb").exists()
 
 
+def test_action_key_is_refused_for_hdf5(
+    tmp_path: Path, robomimic: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(
+        ValueError, match=r"action_key names the actions of LeRobot datasets; .* is read as hdf5"
+    ):
+        ingest(robomimic, tmp_path / "a.kdb", action_key="act")
+    assert main(["ingest", str(robomimic), "-o", str(tmp_path / "a.kdb"), "-q", "--action-key", "act"]) == 2
+    assert "leave it out" in capsys.readouterr().err
+    assert not (tmp_path / "a.kdb").exists()
+
+
 def test_state_keys_typed_with_spaces_are_stripped(
     tmp_path: Path, robomimic: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -39,7 +39,8 @@ class SourceOptions:
             (a list of JPEG bytes) instead of pixels. None: always pixels.
         action_key: the source feature that holds the actions, for sources whose
             datasets name it differently (None: the source's default, e.g. LeRobot's
-            ``action``, else ``actions``).
+            ``action``, else ``actions``). Only sources whose class sets
+            ``accepts_action_key = True`` are given one; ``ingest`` refuses it for others.
     """
 
     images: bool = True

@@ -174,6 +174,11 @@ def ingest(
     if os.path.realpath(os.fspath(out)) == os.path.realpath(path):
         raise ValueError(f"the output {os.fspath(out)} is the source itself; choose another output path")
     cls = source_class(format, path)
+    if action_key is not None and not getattr(cls, "accepts_action_key", False):
+        raise ValueError(
+            f"action_key names the actions of LeRobot datasets; {path} is read as {cls.format}, whose "
+            "actions have a fixed place (the HDF5 'actions' dataset, RLDS 'steps/action'): leave it out"
+        )
     options = SourceOptions(images, tuple(state_keys) if state_keys else None, split, flip_images, fps,
                             jpeg_quality if image_codec == "jpeg" else None, action_key)  # fmt: skip
     job = _Job(cls, path, options, image_codec, jpeg_quality, dtype)

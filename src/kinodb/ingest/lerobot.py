@@ -523,6 +523,7 @@ class LeRobotSource:
     """
 
     format: ClassVar[str] = "lerobot"
+    accepts_action_key: ClassVar[bool] = True  # SourceOptions.action_key names the actions
 
     def __init__(self, path: str | os.PathLike[str], options: SourceOptions | None = None) -> None:
         self._root = os.fspath(path)
