@@ -839,6 +839,40 @@ def test_nested_feature_names_are_written_with_dots(tmp_path: Path) -> None:
     assert (tmp_path / "robomimic.hdf5").is_file()
 
 
+def test_files_ingested_with_slashed_names_still_verify(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Earlier versions kept TFDS's '/' in camera and array names; verify matches them to
+    # today's dotted names through the source keys that both record in rlds.roles.
+    from kinodb.ingest import _rlds_features, verify
+
+    steps = dict(FEATURES["steps"]["sequence"]["feature"]["featuresDict"]["features"])
+    obs = dict(steps["observation"]["featuresDict"]["features"])
+    obs["natural_language_embedding"] = w.tensor([4], "float32")
+    obs["cameras"] = w.features_dict({"front": w.image([16, 12, 3], "jpeg")})
+    steps["observation"] = w.features_dict(obs)
+    rng = np.random.default_rng(13)
+    eps = []
+    for i, T in enumerate([3, 4]):
+        ep = make_episode(rng, i, T)
+        ep["steps/observation/natural_language_embedding"] = rng.normal(size=(T, 4)).astype(np.float32)
+        ep["steps/observation/cameras/front"] = _frames(rng, T, "JPEG")
+        eps.append(ep)
+    root = w.write_tfds(tmp_path / "ds" / "1.0.0", "ds", {"train": [[w.episode_example(e) for e in eps]]},
+                        {**FEATURES, "steps": w.dataset(steps)})  # fmt: skip
+    out = tmp_path / "old.kdb"
+    with monkeypatch.context() as m:  # the earlier naming
+        m.setattr(_rlds_features, "_section_name", lambda key, short, taken: short)
+        ingest(root, out, format="rlds")
+    with kinodb.open(out) as db:
+        assert {"observation/natural_language_embedding"} <= set(db.schema()["arrays"])
+        assert "cameras/front" in db.schema()["cameras"]
+    report = verify(root, out)
+    assert report.ok, report.problems
+    assert report.arrays["observation/natural_language_embedding"] == 0
+    assert report.cameras["cameras/front"].byte_identical == 7
+
+
 def _encoded(rng: np.random.Generator, mode: str, fmt: str, size: tuple[int, int] = (16, 12)) -> bytes:
     """One frame in Pillow ``mode`` (``L``, ``RGB``, ``RGBA``) encoded as ``fmt``."""
     channels = len(mode)

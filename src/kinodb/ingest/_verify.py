@@ -430,11 +430,29 @@ class _Checker:
 
     def __init__(self, db: Database, source: Source, plan: _Plan, report: VerifyReport) -> None:
         self.db, self.source, self.plan, self.report = db, source, plan, report
+        self.renames: dict[str, str] = {}  # this version's camera/array names -> the output's
+
+    def _earlier_rlds_names(self, info: SourceInfo) -> dict[str, str]:
+        """Camera and array names of an RLDS file ingested by an earlier kinodb, which kept
+        TFDS's ``/`` (``observation/natural_language_embedding``), by today's names (``.``),
+        matched through the source keys each records in ``rlds.roles``."""
+        stored = (self.db.metadata().get("rlds") or {}).get("roles")
+        roles = (info.metadata.get("rlds") or {}).get("roles")
+        if not isinstance(stored, Mapping) or not isinstance(roles, Mapping):
+            return {}
+        out: dict[str, str] = {}
+        for part in ("cameras", "arrays"):
+            then, now = stored.get(part), roles.get(part)
+            if isinstance(then, Mapping) and isinstance(now, Mapping):
+                by_key = {key: name for name, key in then.items()}
+                out.update({name: by_key[key] for name, key in now.items() if by_key.get(key, name) != name})
+        return out
 
     def run(self) -> None:
         """Compare every output episode, then list the source episodes nobody matched."""
         keys = self.source.episodes()
         info = self.source.info()
+        self.renames = self._earlier_rlds_names(info)
         known = set(keys)
         wanted = self._wanted(keys)
         skipped = set(self.plan.skipped)
@@ -487,6 +505,10 @@ class _Checker:
             self.report.add("unreadable", f"{where}: the source episode cannot be read now: {exc}")
             return
         want = _expected_arrays(args, self.plan.dtype)
+        if self.renames:
+            want = {self.renames.get(k, k): v for k, v in want.items()}
+            if args.get("images"):
+                args = {**args, "images": {self.renames.get(k, k): v for k, v in args["images"].items()}}
         T = len(want["actions"])
         if meta["num_frames"] != T:
             self.report.add("frames", f"{where}: {meta['num_frames']} frames, the source has {T}")
