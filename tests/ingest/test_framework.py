@@ -235,3 +235,16 @@ def test_a_dtype_numpy_does_not_know_is_a_usage_error(
 ) -> None:
     assert main(["ingest", src, "-o", str(tmp_path / "x.kdb"), "--dtype", "foo", "-q"]) == 2
     assert "dtype must be a floating dtype such as 'float32', got 'foo'" in capsys.readouterr().err
+
+
+def test_exported_extra_fields_come_back_under_names_the_writer_takes() -> None:
+    from kinodb.ingest._base import exported_extra
+
+    meta = {"task": "t", "extra.success": "s", "extra.extra.foo": 1, "foo": 2, "bar": 3}
+    # built-ins stay out; every extra. prefix goes; a name then taken gets '_' (no value lost)
+    assert exported_extra(meta, frozenset({"task", "success"})) == {
+        "success": "s",
+        "foo_": 1,
+        "foo": 2,
+        "bar": 3,
+    }

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import importlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any, ClassVar, Protocol, runtime_checkable
@@ -103,6 +103,26 @@ _BUILTIN = {
     "lerobot": "kinodb.ingest.lerobot:LeRobotSource",
     "kinfer-ndjson": "kinodb.ingest.kinfer_ndjson:KinferNdjsonSource",
 }
+
+
+def exported_extra(meta: Mapping[str, Any], builtin: frozenset[str]) -> dict[str, Any]:
+    """The extra fields of an episode a kinodb export wrote, from its ``read_meta`` dict.
+
+    ``read_meta`` spells an extra field named like a built-in ``extra.NAME``, and one an
+    earlier writer stored as ``extra.NAME`` (today's writer refuses the prefix)
+    ``extra.extra.NAME``: every ``extra.`` prefix goes, and a name that is then taken gets
+    ``_`` appended, so no value is lost.
+    """
+    stored = {key.removeprefix("extra."): value for key, value in meta.items() if key not in builtin}
+    out = {name: value for name, value in stored.items() if not name.startswith("extra.")}
+    for name, value in stored.items():  # names today's writer refuses, after those it takes
+        if name.startswith("extra."):
+            while name.startswith("extra."):
+                name = name.removeprefix("extra.")
+            while name in out:
+                name += "_"
+            out[name] = value
+    return out
 
 
 def _load(spec: str) -> type[Source]:

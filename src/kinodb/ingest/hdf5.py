@@ -52,7 +52,7 @@ import numpy as np
 
 from kinodb._optional import require
 from kinodb.errors import ConversionError
-from kinodb.ingest._base import SourceInfo, SourceOptions
+from kinodb.ingest._base import SourceInfo, SourceOptions, exported_extra
 
 log = logging.getLogger(__name__)
 _WARNED_UPSIDE_DOWN: set[str] = set()  # LIBERO files already warned about in this process
@@ -823,7 +823,7 @@ _BUILTIN_META = frozenset(
 
 def _restore_kinodb_fields(args: dict[str, Any], ep_meta: dict[str, Any]) -> None:
     """Bring back what a kinodb export keeps in ``ep_meta``: extra fields and a null total."""
-    extra = {k.removeprefix("extra."): v for k, v in ep_meta.items() if k not in _BUILTIN_META}
+    extra = exported_extra(ep_meta, _BUILTIN_META)
     args["extra"] = {**extra, **args.get("extra", {})}
     if "total_reward" in ep_meta:
         total = ep_meta["total_reward"]

@@ -64,7 +64,7 @@ import numpy as np
 from kinodb._optional import require
 from kinodb.errors import ConversionError, CorruptFileError, WriterError
 from kinodb.ingest import _video
-from kinodb.ingest._base import SKIP_ADVICE, SourceInfo, SourceOptions
+from kinodb.ingest._base import SKIP_ADVICE, SourceInfo, SourceOptions, exported_extra
 from kinodb.kdb import _codecs
 
 log = logging.getLogger(__name__)
@@ -923,4 +923,4 @@ def _restore(args: dict[str, Any], facts: dict[str, Any], index: int) -> None:
         args["embodiment"] = meta["embodiment"]
     extra = args.setdefault("extra", {})
     extra.pop("episode_index", None)
-    extra.update((k.removeprefix("extra."), v) for k, v in meta.items() if k not in _BUILTIN_META)
+    extra.update(exported_extra(meta, _BUILTIN_META))
