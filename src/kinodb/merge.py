@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import warnings as _warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -172,15 +171,12 @@ def _write(
     ) as w:
         w.schema["sources"] = sources
         # A 0.1 camera that cannot keep its encoded frames is stored raw: say so in the result.
-        with _warnings.catch_warnings(record=True) as caught:
-            _warnings.simplefilter("always")
-            for db, positions in zip(dbs, kept, strict=True):
-                frames = 0
-                for i in positions.tolist():
-                    w.copy_episode(db, i, extra={"source_file": db.path(), "source_episode": i})
-                    frames += int(db._cols["num_frames"][i])
-                report.append(MergeInput(db.path(), len(positions), len(db), frames))
-        warnings.extend(str(c.message) for c in caught)
+        for db, positions in zip(dbs, kept, strict=True):
+            frames = 0
+            for i in positions.tolist():
+                w.copy_episode(db, i, extra={"source_file": db.path(), "source_episode": i}, notes=warnings)
+                frames += int(db._cols["num_frames"][i])
+            report.append(MergeInput(db.path(), len(positions), len(db), frames))
     return MergeResult(output, report, warnings)
 
 

@@ -677,14 +677,17 @@ class Writer:
             for key, value in (("codec", codec), ("height", h), ("width", w), ("channels", c)):
                 self._note(entry, key, value)
 
-    def copy_episode(self, db: Database, i: int, *, extra: Mapping[str, Any] | None = None) -> int:
+    def copy_episode(
+        self, db: Database, i: int, *, extra: Mapping[str, Any] | None = None, notes: list[str] | None = None
+    ) -> int:
         """Append episode ``i`` of another file byte for byte; return its index here.
 
         The payload (arrays and encoded frames) is copied without decoding or
         re-encoding after its checksum is verified; the episode keeps its extra fields
         under their stored names, and ``extra`` fields are added to them (and override
         them). Episodes of a format 0.1 file are converted through `add_episode`, keeping
-        their encoded frames (a camera that cannot keep them is stored raw, with a warning).
+        their encoded frames (a camera that cannot keep them is stored raw, with a warning,
+        or a line appended to ``notes`` when it is given).
 
         Raises:
             CorruptFileError: the source payload fails its checksum.
@@ -700,11 +703,14 @@ class Writer:
         if db.version().startswith("0."):
             from kinodb.kdb.upgrade import episode_args  # deferred: upgrade imports this module
 
-            notes: list[str] = []
-            args = episode_args(db, i, notes=notes)
+            said: list[str] = []
+            args = episode_args(db, i, notes=said)
             args["extra"] = {**args["extra"], **added}
-            for note in notes:
-                warnings.warn(f"{db.path()}: {note}", stacklevel=2)
+            for note in said:
+                if notes is None:
+                    warnings.warn(f"{db.path()}: {note}", stacklevel=2)
+                else:
+                    notes.append(f"{db.path()}: {note}")
             return self.add_episode(**args)
         off, length, crc = verify_payload(db, i)
         payload = db._map()[off : off + length].data
