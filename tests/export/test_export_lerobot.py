@@ -315,6 +315,37 @@ def test_images_as_image(tmp_path: Path, codec: str) -> None:
                 )
 
 
+def test_image_features_hold_the_cameras_channels(tmp_path: Path) -> None:
+    # A camera may keep greyscale JPEG bytes under 3 channels (as TFDS allows); readers
+    # repeat the grey. Its image feature holds what they read, as PNG, for those frames.
+    from kinodb.kdb._codecs import EncodedFrames
+
+    rng = np.random.default_rng(6)
+    grey = rng.integers(0, 256, (3, 8, 10), dtype=np.uint8)
+    blobs = []
+    for t, frame in enumerate(grey):
+        buf = io.BytesIO()
+        Image.fromarray(frame if t != 1 else np.stack([frame] * 3, -1)).save(buf, "JPEG", quality=95)
+        blobs.append(buf.getvalue())  # frame 1 is an RGB JPEG, 0 and 2 greyscale ones
+    src = tmp_path / "grey.kdb"
+    with kinodb.Writer(src, mode="w") as w:
+        w.add_episode(actions=np.zeros((3, 2), np.float32), images={"front": EncodedFrames(blobs, 3)})
+    out = tmp_path / "lr"
+    export(src, out, format="lerobot", images_as="image")
+    cells = (
+        pq.read_table(out / "data/chunk-000/file-000.parquet").column("observation.images.front").to_pylist()
+    )
+    assert [c["path"] for c in cells] == ["frame-000000.png", "frame-000001.jpg", "frame-000002.png"]
+    assert cells[1]["bytes"] == blobs[1]
+    with kinodb.open(src) as db:
+        for t, cell in enumerate(cells):
+            with Image.open(io.BytesIO(cell["bytes"])) as im:
+                assert im.mode == "RGB"
+                np.testing.assert_array_equal(
+                    np.asarray(im), db.read_frames(0, t, t + 1)["images"]["front"][0]
+                )
+
+
 def test_cameras_that_cannot_be_video_become_images(tmp_path: Path) -> None:
     rng = np.random.default_rng(4)
     eps = _episodes(rng, lengths=(3, 5))

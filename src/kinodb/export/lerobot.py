@@ -484,6 +484,15 @@ class _Exporter:
         samples = stats_.sample_indices(T)
         if codec in _EXTENSIONS:
             blobs = [db.read_image_bytes(i, f.source, t) for t in range(T)]
+            # Frames whose bytes hold other channels than the camera (greyscale JPEGs under
+            # 3 channels, as TFDS allows; kinodb's readers convert them) are written as the
+            # reader returns them, as PNG, so every image holds the feature's shape.
+            channels = db.cameras(i)[f.source]["shape"][-1]
+            exts = [_EXTENSIONS[codec]] * T
+            for t, blob in enumerate(blobs):
+                if _codecs.probe(blob)[2] != channels:
+                    frame = db.read_frames(i, t, t + 1, cameras=[f.source])["images"][f.source]
+                    blobs[t], exts[t] = _codecs.encode(frame, "png", 0)[0], "png"
             sampled = _sampled(db, i, f.source, samples)
         else:
             blobs, parts = [], []
@@ -491,8 +500,8 @@ class _Exporter:
                 blobs += _codecs.encode(frames, "png", 0)
                 parts.append(_pick(frames, samples, start))
             sampled = np.concatenate(parts)
-        ext = _EXTENSIONS.get(codec, "png")
-        paths = [f"frame-{t:06d}.{ext}" for t in range(T)]
+            exts = ["png"] * T
+        paths = [f"frame-{t:06d}.{ext}" for t, ext in enumerate(exts)]
         return image_column(blobs, paths, self._pa), stats_.image_stats(sampled)
 
     def _video(self, db: Database, i: int, f: Feature, T: int) -> tuple[dict[str, Any], stats_.Stats]:
