@@ -922,3 +922,35 @@ def test_greyscale_and_rgba_frames_read_back_with_the_declared_channels(tmp_path
         ConversionError, match=r"step 0 is \(8, 8, 3\) \(H, W, C\); features\.json says \(16, 12, 3\)"
     ):
         ingest(root, tmp_path / "bad.kdb", format="rlds")
+
+
+def test_an_instruction_that_changes_mid_episode_is_per_frame(tmp_path: Path) -> None:
+    # kinodb's per-frame task convention (extra field `tasks`, array `task_index`), as the
+    # LeRobot converter writes it: frame windows and the LeRobot export read each frame's.
+    rng = np.random.default_rng(14)
+    ep = make_episode(rng, 0, 6)
+    ep["steps/language_instruction"] = (
+        [b"wipe the table"] * 2 + [b"put the sponge down"] * 3 + [b"wipe the table"]
+    )
+    root = w.write_tfds(tmp_path / "d" / "1.0.0", "d", {"train": [[w.episode_example(ep)]]}, FEATURES)
+    out = tmp_path / "d.kdb"
+    report = ingest(root, out, format="rlds", verify=True)
+    assert report.verification is not None and report.verification.ok
+    with kinodb.open(out) as db:
+        meta = db.read_meta(0)
+        assert meta["task"] == "wipe the table" and meta["tasks"] == ["wipe the table", "put the sponge down"]
+        np.testing.assert_array_equal(db.read_array(0, "task_index"), [0, 0, 1, 1, 1, 0])
+    from kinodb.windows import FrameWindows
+
+    fw = FrameWindows(out, obs_horizon=1, action_horizon=1)
+    texts = [t.decode() for t in ep["steps/language_instruction"]]
+    assert fw.tasks(np.arange(6)) == texts
+    from kinodb.export import export
+
+    export(out, tmp_path / "lr", format="lerobot", images_as="image")
+    import pyarrow.parquet as pq
+
+    tasks = pq.read_table(tmp_path / "lr" / "meta" / "tasks.parquet").to_pandas()
+    by_index = {int(i): str(t) for t, i in zip(tasks.index, tasks["task_index"], strict=True)}
+    data = pq.read_table(tmp_path / "lr" / "data" / "chunk-000" / "file-000.parquet")
+    assert [by_index[i] for i in data.column("task_index").to_pylist()] == texts

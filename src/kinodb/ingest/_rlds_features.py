@@ -503,7 +503,15 @@ def convert(
             raise ConversionError(f"{where}: {key} has {len(texts)} values; the episode has {T} steps")
         if key == plan.task:
             args["task"] = texts[0]
-            if len(set(texts)) > 1:
+            if len(set(texts)) > 1 and "tasks" not in plan.fields and "task_index" not in plan.arrays:
+                # kinodb's per-frame convention (as the LeRobot converter writes it, and
+                # frame windows read it): the texts in order of first appearance, and
+                # each step's position among them
+                firsts = list(dict.fromkeys(texts))
+                extra["tasks"] = firsts
+                position = {text: k for k, text in enumerate(firsts)}
+                args["extra_arrays"]["task_index"] = np.array([position[t] for t in texts], np.int64)
+            elif len(set(texts)) > 1:
                 extra[name] = texts
         else:
             extra[name] = texts[0] if len(set(texts)) == 1 else texts
