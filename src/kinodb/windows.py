@@ -411,6 +411,11 @@ class FrameWindows:
             ep[sel], t[sel] = self._sources[s].kept[j], tt
         return src, ep, t
 
+    @property
+    def tasks_vary(self) -> bool:
+        """Whether some selected episode's task changes from frame to frame."""
+        return any(source._any_varying for source in self._sources)
+
     def tasks(self, indices: Any) -> list[str]:
         """The task text of each sample: its episode's, or its frame's where it changes."""
         idx = self._indices(indices)

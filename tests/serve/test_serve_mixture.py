@@ -270,3 +270,31 @@ def test_a_query_field_only_some_served_sources_hold_is_null_in_the_others(tmp_p
             assert client.query("NOT has_language = true").tolist() == [1, 3, 4]
     finally:
         assert proc.stop() == 0
+
+
+def test_windows_carry_each_frames_task_where_it_changes(tmp_path: Path) -> None:
+    # kinodb's per-frame task convention: extra field `tasks`, extra array `task_index`.
+    path = tmp_path / "tasks.kdb"
+    with kinodb.Writer(path) as w:
+        w.add_episode(actions=np.zeros((5, 2), np.float32), task="wipe",
+                      extra={"tasks": ["wipe", "put down"]},
+                      extra_arrays={"task_index": np.array([0, 0, 1, 1, 0], np.int64)})  # fmt: skip
+        w.add_episode(actions=np.zeros((3, 2), np.float32), task="stack")
+    local = FrameWindows(str(path), obs_horizon=1, action_horizon=1)
+    assert local.tasks(np.arange(8)) == [
+        "wipe",
+        "wipe",
+        "put down",
+        "put down",
+        "wipe",
+        "stack",
+        "stack",
+        "stack",
+    ]
+    proc = ServerProcess(["--source", f"{path}:1"])
+    try:
+        with KinoClient(proc.addr) as client:
+            got = client.get_windows(8, obs_horizon=1, action_horizon=1, mode="sequential", offset=0)
+            assert got["task"] == local.tasks(got["index"])
+    finally:
+        assert proc.stop() == 0

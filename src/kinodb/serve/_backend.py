@@ -404,8 +404,13 @@ class Backend:
         )
         arrays = fw.lowdim_padded(idx, normalizers=norm)  # several widths: padded to the widest, with masks
         arrays["index"] = idx
-        used, arrays["task_index"] = self._task_index(arrays["source"], arrays["episode_index"])
-        tasks: list[str] = self._task_names[used].tolist()
+        tasks: list[str]
+        if fw.tasks_vary:  # some episode's task changes within it: each window's frame's text
+            names, inverse = np.unique(np.asarray(fw.tasks(idx), dtype=object), return_inverse=True)
+            tasks, arrays["task_index"] = names.tolist(), inverse.astype(np.int32).reshape(-1)
+        else:
+            used, arrays["task_index"] = self._task_index(arrays["source"], arrays["episode_index"])
+            tasks = self._task_names[used].tolist()
         cameras: list[CameraPart] = []
         if images is None:
             nbytes = sum(a.nbytes for a in arrays.values())
