@@ -314,7 +314,7 @@ class FrameWindows:
             raise ValueError(f"pad must be 'edge' or 'zero', got {pad!r}")
         self._pad: Pad = pad
         self._step_rows: dict[tuple[float, ...], tuple[NDArray[np.int64], bool, bool]] = {}
-        self._widest_cache: dict[str, tuple[int, ...]] | None = None
+        self._widest_cache: tuple[dict[str, tuple[int, ...]], dict[str, np.dtype[Any]]] | None = None
         self._source_arg = source
         self._sources = _open_sources(source, kql_filter)
         self._starts = np.concatenate([[0], np.cumsum([s.starts[-1] for s in self._sources])]).astype(
@@ -458,13 +458,26 @@ class FrameWindows:
         its own statistics before padding (the padding stays zero).
 
         Raises:
-            KinodbError: the sources' arrays differ in dtype or number of dimensions.
+            KinodbError: the sources' arrays differ in the kind of value (bool, number) or in
+                their number of dimensions.
         """
-        widest = self._widest()
+        widest, common = self._widest()
         groups = self.lowdim_groups(indices)
         if normalizers is not None:
             for _, arrays in groups:
                 normalizers.apply(int(arrays["source"][0]), arrays, zero_pad=self._pad == "zero")
+        for key, dtype in common.items():  # e.g. float32 and float64 states: float64 (exact)
+            for _, arrays in groups:
+                if (
+                    arrays[key].dtype.kind in "iuf"
+                    and arrays[key].dtype != dtype
+                    and not (
+                        normalizers is not None
+                        and arrays[key].dtype == np.float32
+                        and key in ("state", "action")
+                    )
+                ):
+                    arrays[key] = arrays[key].astype(dtype)
         if not widest:
             return stack_groups(groups)
         n = sum(len(sel) for sel, _ in groups)
@@ -485,24 +498,31 @@ class FrameWindows:
                     out[key][sel] = value
         return out
 
-    def _widest(self) -> dict[str, tuple[int, ...]]:
-        """Windowed arrays whose per-frame shape differs between sources: key -> widest shape."""
+    def _widest(self) -> tuple[dict[str, tuple[int, ...]], dict[str, np.dtype[Any]]]:
+        """Windowed arrays whose sources differ: ``(key -> widest per-frame shape, where the
+        shapes differ; key -> common dtype, where numeric dtypes differ)``."""
         if self._widest_cache is None:
             widest: dict[str, tuple[int, ...]] = {}
+            common: dict[str, np.dtype[Any]] = {}
             for key, (name, _) in self.spec.arrays.items():
                 layouts = {(source.rows(name)[2], source.rows(name)[3]) for source in self._sources}
                 if len(layouts) == 1:
                     continue
-                dtypes = {dt for dt, _ in layouts}
+                dtypes = {np.dtype(dt) for dt, _ in layouts}
                 ranks = {len(trail) for _, trail in layouts}
-                if len(dtypes) > 1 or len(ranks) > 1:
+                if len(ranks) > 1 or (len(dtypes) > 1 and not all(dt.kind in "iuf" for dt in dtypes)):
                     raise KinodbError(
                         f"the sources hold {name!r} as {sorted(f'{dt} {trail}' for dt, trail in layouts)}; "
-                        "only widths may differ between sources (padded), not dtype or rank: serve or "
-                        "load such sources apart"
+                        "only widths and numeric precision may differ between sources (padded, and "
+                        "brought to one dtype), not the kind of value or the rank: serve or load such "
+                        "sources apart"
                     )
-                widest[key] = tuple(max(dims) for dims in zip(*(trail for _, trail in layouts), strict=True))
-            self._widest_cache = widest
+                if len(dtypes) > 1:
+                    common[key] = np.result_type(*dtypes)
+                trails = {trail for _, trail in layouts}
+                if len(trails) > 1:
+                    widest[key] = tuple(max(dims) for dims in zip(*trails, strict=True))
+            self._widest_cache = (widest, common)
         return self._widest_cache
 
     def lowdim_groups(

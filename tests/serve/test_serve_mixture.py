@@ -298,3 +298,31 @@ def test_windows_carry_each_frames_task_where_it_changes(tmp_path: Path) -> None
             assert got["task"] == local.tasks(got["index"])
     finally:
         assert proc.stop() == 0
+
+
+def test_float32_and_float64_sources_serve_together(tmp_path: Path) -> None:
+    from _factories import write_episodes
+    from kinodb.stats import compute_stats, write_stats
+
+    f32, f64 = tmp_path / "f32.kdb", tmp_path / "f64.kdb"
+    write_episodes(f32, [5, 6], action_dim=2, state_dim=3)
+    rng = np.random.default_rng(4)
+    with kinodb.Writer(f64) as w:  # float64 states, exact from an HDF5 source
+        w.add_episode(actions=rng.normal(size=(7, 2)).astype(np.float32), states=rng.normal(size=(7, 5)))
+    for path in (f32, f64):
+        write_stats(path, compute_stats(path))
+    mix = kinodb.Mixture([(str(f32), 1.0), (str(f64), 1.0)])
+    local = FrameWindows(mix, obs_horizon=2, action_horizon=3)
+    proc = ServerProcess(["--source", f"{f32}:1", "--source", f"{f64}:1"])
+    try:
+        with KinoClient(proc.addr) as client:
+            raw = client.get_windows(18, obs_horizon=2, action_horizon=3, mode="sequential", offset=0)
+            assert raw["state"].dtype == np.float64 and raw["state"].shape == (18, 2, 5)
+            np.testing.assert_array_equal(raw["state"], local.lowdim_padded(np.arange(18))["state"])
+            own = FrameWindows(str(f64), obs_horizon=2, action_horizon=3).lowdim(np.arange(7))["state"]
+            np.testing.assert_array_equal(raw["state"][11:], own)  # float64 values exact
+            norm = client.get_windows(18, obs_horizon=2, action_horizon=3, mode="sequential", offset=0,
+                                      normalize="mean_std")  # fmt: skip
+            assert norm["state"].dtype == np.float32
+    finally:
+        assert proc.stop() == 0
