@@ -642,7 +642,7 @@ def test_camera_check_reads_format_01_files_too(tmp_path: Path) -> None:
     assert ds[1]["image"].shape == (3, 3, 6, 8)
     with pytest.raises(kinodb.KinodbError, match="episode 2 has no camera 'front'; leave such episodes out"):
         ds[2]
-    with pytest.raises(kinodb.KinodbError, match="old.kdb: no camera 'front'; it has no cameras"):
+    with pytest.raises(kinodb.KinodbError, match=r"old\.kdb: no camera 'front'; it has no cameras"):
         KinoMapDataset(path, image_key="front", kql_filter="num_frames = 5")
     assert len(KinoMapDataset(path, image_key="front", kql_filter="num_frames < 5")) == 2
 
@@ -651,3 +651,43 @@ def test_schema_batch_sampler_names_what_it_needs(lowdim) -> None:
     path, _ = lowdim
     with pytest.raises(TypeError, match=r"needs a map-style dataset with schema_keys.*got KinoIterDataset"):
         SchemaBatchSampler(KinoIterDataset(path, obs_horizon=2, action_horizon=4), 8)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("to_tensor", [True, False])
+def test_pad_collate_pads_a_mixed_batch_as_whole_arrays(
+    tmp_path: Path, channels_last: bool, to_tensor: bool
+) -> None:
+    # A batch of sources with different widths is gathered per source; pad_collate pads
+    # those arrays whole, equal to padding sample by sample.
+    narrow, wide = tmp_path / "narrow.kdb", tmp_path / "wide.kdb"
+    _write(narrow, [5, 6], action_dim=2, state_dim=3, cameras={"front": (6, 8, 3)})
+    _write(wide, [7], action_dim=14, state_dim=9, cameras={"front": (6, 8, 3)}, seed=1)
+    with kinodb.Writer(tmp_path / "f64.kdb") as w:  # float64 states: the batch is float64
+        w.add_episode(actions=np.ones((4, 2), np.float32), states=np.full((4, 3), 0.5),
+                      images={"front": np.zeros((4, 6, 8, 3), np.uint8)})  # fmt: skip
+    mix = kinodb.Mixture([(str(narrow), 1.0), (str(wide), 1.0), (str(tmp_path / "f64.kdb"), 1.0)])
+    ds = KinoFrameDataset(
+        mix, obs_horizon=2, action_horizon=3, channels_last=channels_last, to_tensor=to_tensor
+    )
+    order = [17, 0, 12, 3, 11, 21, 5, 19]
+    batch = ds.__getitems__(order)
+    fast = pad_collate(batch)
+    slow = pad_collate([dict(s) for s in batch])  # sample by sample
+    assert set(fast) == set(slow)
+    for key in slow:
+        if key == "image":
+            flat = fast[key].flatten(0, 1)
+            assert flat.is_contiguous(memory_format=torch.channels_last) == channels_last
+            assert fast[key].stride() == slow[key].stride()
+        if isinstance(slow[key], torch.Tensor):
+            assert fast[key].dtype == slow[key].dtype and torch.equal(fast[key], slow[key]), key
+        else:
+            assert fast[key] == slow[key], key
+    assert fast["state"].shape == (8, 2, 9) and fast["state"].dtype == torch.float64
+    assert [ds[i]["frame_index"] for i in order] == fast["frame_index"].tolist()
+    loader = DataLoader(ds, batch_size=8, sampler=order, collate_fn=pad_collate, num_workers=1)
+    (through,) = list(loader)
+    assert torch.equal(through["action"], fast["action"]) and torch.equal(
+        through["action_mask"], fast["action_mask"]
+    )

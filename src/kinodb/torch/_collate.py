@@ -20,7 +20,7 @@ from torch.utils.data._utils.collate import default_collate_fn_map
 from kinodb.errors import KinodbError
 from kinodb.torch._ring import read_slot, worker_ring
 
-__all__ = ["Batch", "SchemaBatchSampler", "TensorBatch", "collate", "pad_collate"]
+__all__ = ["Batch", "MixedBatch", "SchemaBatchSampler", "TensorBatch", "collate", "pad_collate"]
 
 
 class Sample(dict):  # type: ignore[type-arg]
@@ -53,6 +53,111 @@ class Batch(Sequence[Sample]):
 
     def __iter__(self) -> Iterator[Sample]:
         return (self[k] for k in range(self._size))
+
+
+class MixedBatch(Sequence[Sample]):
+    """A batch gathered in one go from sources whose schemas differ (say, state widths).
+
+    ``groups`` holds per source ``(positions in the batch, stacked arrays)``. Indexing
+    yields `Sample` dicts (made on demand); `pad_collate` pads the groups as whole arrays
+    instead of sample by sample.
+    """
+
+    def __init__(self, groups: list[tuple[np.ndarray, dict[str, Any]]], size: int) -> None:
+        self.groups, self._size = groups, size
+        self._group = np.empty(size, dtype=np.int64)
+        self._row = np.empty(size, dtype=np.int64)
+        for g, (sel, _) in enumerate(groups):
+            self._group[sel], self._row[sel] = g, np.arange(len(sel))
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __getitem__(self, k: Any) -> Any:
+        if isinstance(k, slice):
+            return [self[i] for i in range(*k.indices(self._size))]
+        if not -self._size <= k < self._size:
+            raise IndexError(f"sample {k} out of range for a batch of {self._size}")
+        arrays, n = self.groups[int(self._group[k])][1], int(self._row[k])
+        sample = Sample((key, _item(v, n)) for key, v in arrays.items())
+        sample.batch = self  # type: ignore[attr-defined]
+        return sample
+
+    def __iter__(self) -> Iterator[Sample]:
+        return (self[k] for k in range(self._size))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return list, (list(self),)  # crosses processes as its samples
+
+    def padded(self) -> TensorBatch | None:
+        """What `pad_collate` gives for these samples, group by group; None when a key is
+        of a form only the per-sample path handles."""
+        n, first = self._size, self.groups[0][1]
+        out: dict[str, Any] = {}
+        for key in first:
+            parts = [(torch.as_tensor(sel), arrays[key]) for sel, arrays in self.groups]
+            if key in ("image", "images"):
+                if isinstance(first[key], dict):
+                    out[key] = {cam: _frames_of([(i, v[cam]) for i, v in parts]) for cam in first[key]}
+                else:
+                    out[key] = _frames_of(parts)
+                continue
+            if isinstance(first[key], list):
+                merged: list[Any] = [None] * n
+                for sel, arrays in self.groups:
+                    for b, v in zip(sel.tolist(), arrays[key], strict=True):
+                        merged[b] = v
+                out[key] = merged
+                continue
+            tensors = [(i, torch.as_tensor(v)) for i, v in parts]
+            if len({v.dim() for _, v in tensors}) > 1:
+                return None
+            dtype = tensors[0][1].dtype
+            for _, v in tensors[1:]:
+                dtype = torch.promote_types(dtype, v.dtype)
+            shape = [max(v.shape[d] for _, v in tensors) for d in range(1, tensors[0][1].dim())]
+            if key in ("state", "action"):
+                padded = torch.zeros((n, *shape), dtype=dtype)
+                mask = torch.zeros((n, *shape), dtype=torch.bool)
+                for i, v in tensors:
+                    region: Any = (i, *[slice(0, d) for d in v.shape[1:]])
+                    padded[region] = v.to(dtype)
+                    mask[region] = True
+                out[key], out[f"{key}_mask"] = padded, mask
+            elif any(list(v.shape[1:]) != shape for _, v in tensors):
+                return None  # the per-sample path names it
+            else:
+                whole = torch.empty((n, *shape), dtype=dtype)
+                for i, v in tensors:
+                    whole[i] = v.to(dtype)
+                out[key] = whole
+        if "source" not in first:
+            out["source"] = torch.zeros(n, dtype=torch.int64)
+        return TensorBatch(out)
+
+
+def _frames_of(parts: list[tuple[torch.Tensor, Any]]) -> torch.Tensor:
+    """Frames ``(B_g, T, C, H, W)`` of each group, as one batch in batch order; channels-last
+    frames stay channels-last."""
+    tensors = [(i, torch.as_tensor(v)) for i, v in parts]
+    sizes = sorted({tuple(v.shape[-3:]) for _, v in tensors})
+    if len(sizes) > 1:
+        raise KinodbError(
+            f"frames of one camera come in several sizes in this batch ({', '.join(map(str, sizes))}, as "
+            "(C, H, W)); pass image_size=(H, W) to the dataset to resize them to one size"
+        )
+    last = all(_is_channels_last(v) for _, v in tensors)
+    n = sum(len(i) for i, _ in tensors)
+    first = tensors[0][1]
+    if last:
+        out = torch.empty((n, *first.shape[1:-3], *first.shape[-2:], first.shape[-3]), dtype=first.dtype)
+        for i, v in tensors:
+            out[i] = v.movedim(-3, -1)
+        return out.movedim(-1, -3)
+    out = torch.empty((n, *first.shape[1:]), dtype=first.dtype)
+    for i, v in tensors:
+        out[i] = v
+    return out
 
 
 def _item(value: Any, k: int) -> Any:
@@ -189,7 +294,7 @@ def _place(out: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
 def _collate_samples(batch: Sequence[Any], *, collate_fn_map: Any = None) -> Any:
     whole = getattr(batch[0], "batch", None)
     if isinstance(batch, Batch) or (
-        whole is not None and len(batch) == len(whole) and all(s.batch is whole for s in batch)
+        isinstance(whole, Batch) and len(batch) == len(whole) and all(s.batch is whole for s in batch)
     ):
         src: Batch = batch if isinstance(batch, Batch) else whole  # type: ignore[assignment]
         return TensorBatch(src.stacked)
@@ -237,6 +342,17 @@ def pad_collate(batch: Sequence[Any]) -> TensorBatch:
         >>> loader = DataLoader(KinoFrameDataset(mix, action_horizon=8), batch_size=64,
         ...                     collate_fn=kinodb.torch.pad_collate)
     """
+    whole = (
+        batch if isinstance(batch, MixedBatch) else getattr(batch[0], "batch", None) if len(batch) else None
+    )
+    if (
+        isinstance(whole, MixedBatch)
+        and len(batch) == len(whole)
+        and (batch is whole or all(getattr(s, "batch", None) is whole for s in batch))
+    ):
+        done = whole.padded()  # a batch gathered at once: padded as whole arrays
+        if done is not None:
+            return done
     samples = [dict(s) for s in batch]
     if not samples:
         raise ValueError("pad_collate got an empty batch")
@@ -250,6 +366,8 @@ def pad_collate(batch: Sequence[Any]) -> TensorBatch:
             raise ValueError(f"pad_collate: {key!r} has different ranks in one batch")
         shape = [max(v.shape[d] for v in values) for d in range(ndim)]
         dtype = values[0].dtype
+        for v in values[1:]:  # float32 and float64 sources: float64, whichever comes first
+            dtype = torch.promote_types(dtype, v.dtype)
         padded = torch.zeros((len(values), *shape), dtype=dtype)
         mask = torch.zeros((len(values), *shape), dtype=torch.bool)
         for n, v in enumerate(values):

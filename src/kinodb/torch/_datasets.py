@@ -12,7 +12,7 @@ from torch.utils.data import Dataset, get_worker_info
 
 from kinodb import _images
 from kinodb.errors import EpisodeNotFoundError, KinodbError
-from kinodb.torch._collate import Batch, Sample
+from kinodb.torch._collate import Batch, MixedBatch, Sample
 from kinodb.windows import FrameWindows, _frame_data, _open_sources, _Source, stack_groups
 from kinodb.windows import Normalizers as _Normalizers
 from kinodb.windows import normalized_arrays as _used
@@ -276,21 +276,12 @@ class KinoFrameDataset(_Base):
         idx: np.ndarray,
         groups: list[tuple[np.ndarray, dict[str, Any]]],
         tasks: np.ndarray,
-    ) -> list[dict[str, Any]]:
-        """Samples of sources with different schemas: one dict each (for `pad_collate`; the
-        default collate names it)."""
-        out: list[dict[str, Any]] = [{} for _ in range(len(idx))]
-        for sel, arrays in groups:
-            finished = self._finish(fw, idx[sel], arrays, tasks[sel])
-            for n, b in enumerate(sel.tolist()):
-                out[b] = Sample(_pick(finished, n))
-        return out
-
-
-def _pick(value: Any, n: int) -> Any:
-    if isinstance(value, dict):
-        return {k: _pick(v, n) for k, v in value.items()}
-    return value[n]
+    ) -> MixedBatch:
+        """Samples of sources with different schemas, gathered per source: `pad_collate`
+        pads them as whole arrays, and the default collate names it."""
+        return MixedBatch(
+            [(sel, self._finish(fw, idx[sel], arrays, tasks[sel])) for sel, arrays in groups], len(idx)
+        )
 
 
 class KinoMapDataset(_Base):
