@@ -343,3 +343,21 @@ def test_a_camera_only_some_episodes_hold_is_kept_in_those(tmp_path: Path) -> No
     assert export(src, tmp_path / "out.hdf5", format="hdf5").warnings == ()
     with h5py.File(tmp_path / "out.hdf5", "r") as f:
         assert list(f["data/demo_0/obs"]) == ["front"] and list(f["data/demo_1/obs"]) == []
+
+
+def test_per_frame_tasks_of_some_episodes_survive_the_round_trip(tmp_path: Path) -> None:
+    from kinodb.ingest import ingest
+    from kinodb.windows import FrameWindows
+
+    src = tmp_path / "tasks.kdb"
+    with kinodb.Writer(src) as w:
+        w.add_episode(actions=np.zeros((5, 2), np.float32), states=np.zeros((5, 3), np.float32), task="wipe",
+                      extra={"tasks": ["wipe", "put down"]},
+                      extra_arrays={"task_index": np.array([0, 0, 1, 1, 0], np.int64)})  # fmt: skip
+        w.add_episode(actions=np.ones((3, 2), np.float32), states=np.ones((3, 3), np.float32), task="stack")
+    export(src, tmp_path / "out.hdf5", format="hdf5")
+    back = tmp_path / "back.kdb"
+    ingest(tmp_path / "out.hdf5", back)
+    want = FrameWindows(str(src), obs_horizon=1, action_horizon=1).tasks(np.arange(8))
+    assert want == ["wipe", "wipe", "put down", "put down", "wipe", "stack", "stack", "stack"]
+    assert FrameWindows(str(back), obs_horizon=1, action_horizon=1).tasks(np.arange(8)) == want

@@ -87,6 +87,13 @@ def write(
     """
     h5py = require("h5py", extra="hdf5")
     partial = check_layout(db, positions)
+    # Per-frame tasks (extra field `tasks`, array `task_index`) in some episodes only: the
+    # others get their one task as the same pair, so every demo holds the same datasets.
+    task_index = None
+    if "task_index" in partial:
+        del partial["task_index"]
+        holder = next(i for i in positions if "task_index" in db.read_episode_actions_only(i))
+        task_index = db.read_array(holder, "task_index").dtype
     split, warnings = state_split(db, positions)
     paths = _array_paths(db)
     shapes = _state_layout(db)
@@ -116,7 +123,7 @@ def write(
         for k, i in enumerate(positions):
             name = f"demo_{k}"
             g = data.create_group(name)
-            total += _write_demo(g, db, i, split, paths, shapes, set(partial), turn)
+            total += _write_demo(g, db, i, split, paths, shapes, set(partial), turn, task_index)
             for key in _filter_keys(db, i):
                 masks.setdefault(key, []).append(name)
         data.attrs["total"] = np.int64(total)
@@ -326,15 +333,21 @@ def _one_shape(
 def _write_demo(
     g: Any, db: Database, i: int, split: Split, paths: dict[str, str],
     shapes: dict[str, tuple[np.dtype[Any] | None, tuple[int, ...]]], skip: set[str], turn: bool,
+    task_index: np.dtype[Any] | None = None,
 ) -> int:  # fmt: skip
     """Write episode ``i`` into the demo group ``g``; return its number of frames.
 
     ``turn``: rotate cameras and 4-D extra arrays by 180 degrees, as the HDF5 ingest's
-    ``flip_images`` did, back to the source's orientation.
+    ``flip_images`` did, back to the source's orientation. ``task_index``: the dtype of
+    per-frame task positions that other episodes hold; an episode without them gets its
+    one task as ``tasks`` and zeros.
     """
     ep = db.read_episode_actions_only(i)
     meta = ep.pop("meta")
     T = int(meta["num_frames"])
+    if task_index is not None and "task_index" not in ep:
+        ep["task_index"] = np.zeros(T, task_index)
+        meta["tasks"] = [meta["task"]]
     g.attrs["num_samples"] = np.int64(T)
     g.create_dataset("actions", data=ep.pop("actions"))
     g.create_dataset("rewards", data=ep.pop("rewards"))
