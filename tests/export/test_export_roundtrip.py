@@ -338,3 +338,24 @@ def test_merges_keep_the_orientation_and_a_mixed_one_is_refused(tmp_path: Path) 
     no_images = tmp_path / "no_images.kdb"
     ingest(raw, no_images, images=False, flip_images=True)
     assert export(no_images, tmp_path / "no_images.hdf5", format="hdf5").warnings == ()  # nothing to turn
+
+
+def test_lerobot_round_trip_keeps_one_wide_array_shapes(tmp_path: Path) -> None:
+    # LeRobot writes a feature of shape (1,) as a scalar column; the re-ingest gives the
+    # array its recorded shape back.
+    src = tmp_path / "src.kdb"
+    rng = np.random.default_rng(3)
+    arrays = {"gripper": rng.normal(size=(6, 1)).astype(np.float32), "flag": rng.normal(size=6).astype(np.float32),
+              "grid": rng.normal(size=(6, 2, 3)).astype(np.float32)}  # fmt: skip
+    with kinodb.Writer(src) as w:
+        w.add_episode(
+            actions=np.zeros((6, 2), np.float32), states=np.zeros((6, 3), np.float32), extra_arrays=arrays
+        )
+    export(src, tmp_path / "lr", format="lerobot")
+    back = tmp_path / "back.kdb"
+    ingest(tmp_path / "lr", back)
+    with kinodb.open(back) as db:
+        for name, value in arrays.items():
+            got = db.read_array(0, name)
+            assert got.shape == value.shape and got.dtype == value.dtype, name
+            np.testing.assert_array_equal(got, value)

@@ -881,11 +881,16 @@ def _kinodb_export(root: str) -> dict[str, Any] | None:
         with open(episodes, encoding="utf-8") as fh:
             records = {int(r["episode_index"]): r for r in map(json.loads, filter(str.strip, fh))}
         arrays = {key: str(v["array"]) for key, v in facts.get("arrays", {}).items()}
+        shapes = {
+            key: tuple(int(d) for d in v["shape"])
+            for key, v in facts.get("arrays", {}).items()
+            if isinstance(v.get("shape"), list)
+        }
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ConversionError(
             f"{root}: meta/kinodb.json or kinodb_episodes.jsonl is damaged ({exc})"
         ) from None
-    return {"arrays": arrays, "timestamps": facts.get("timestamps"), "episodes": records}
+    return {"arrays": arrays, "shapes": shapes, "timestamps": facts.get("timestamps"), "episodes": records}
 
 
 def _restore(args: dict[str, Any], facts: dict[str, Any], index: int) -> None:
@@ -898,6 +903,9 @@ def _restore(args: dict[str, Any], facts: dict[str, Any], index: int) -> None:
     for key, name in facts["arrays"].items():
         if key in extra_arrays and name not in ("actions", "states", "rewards", "is_terminal"):
             value = extra_arrays.pop(key)
+            shape = facts["shapes"].get(key)  # LeRobot writes a (1,) feature as a scalar column
+            if shape is not None and value.shape[1:] != shape and value[:1].size == int(np.prod(shape)):
+                value = value.reshape(len(value), *shape)
             if name == "timestamps":
                 args["timestamps"] = value
             else:
