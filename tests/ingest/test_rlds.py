@@ -954,3 +954,35 @@ def test_an_instruction_that_changes_mid_episode_is_per_frame(tmp_path: Path) ->
     by_index = {int(i): str(t) for t, i in zip(tasks.index, tasks["task_index"], strict=True)}
     data = pq.read_table(tmp_path / "lr" / "data" / "chunk-000" / "file-000.parquet")
     assert [by_index[i] for i in data.column("task_index").to_pylist()] == texts
+
+
+def test_action_key_names_a_dict_of_action_tensors(tmp_path: Path) -> None:
+    # DROID keeps its actions in steps/action_dict/* with no steps/action.
+    steps = dict(FEATURES["steps"]["sequence"]["feature"]["featuresDict"]["features"])
+    del steps["action"]
+    steps["action_dict"] = w.features_dict(
+        {"cartesian_velocity": w.tensor([6], "float32"), "gripper_velocity": w.tensor([1], "float32")}
+    )
+    rng = np.random.default_rng(15)
+    eps = []
+    for i, T in enumerate([3, 4]):
+        ep = make_episode(rng, i, T)
+        del ep["steps/action"]
+        ep["steps/action_dict/cartesian_velocity"] = rng.normal(size=(T, 6)).astype(np.float32)
+        ep["steps/action_dict/gripper_velocity"] = rng.normal(size=(T, 1)).astype(np.float32)
+        eps.append(ep)
+    root = w.write_tfds(tmp_path / "droid" / "1.0.0", "droid", {"train": [[w.episode_example(e) for e in eps]]},
+                        {**FEATURES, "steps": w.dataset(steps)})  # fmt: skip
+    with pytest.raises(ConversionError) as err:
+        ingest(root, tmp_path / "no.kdb", format="rlds")
+    text = str(err.value)
+    assert str(root) in text and "action_dict/cartesian_velocity" in text and "--action-key" in text
+    out = tmp_path / "droid.kdb"
+    report = ingest(root, out, format="rlds", action_key="action_dict", verify=True)
+    assert report.verification is not None and report.verification.ok
+    with kinodb.open(out) as db:
+        for i, ep in enumerate(eps):
+            want = np.concatenate(
+                [ep["steps/action_dict/cartesian_velocity"], ep["steps/action_dict/gripper_velocity"]], 1
+            )
+            np.testing.assert_array_equal(db.read_array(i, "actions"), want)

@@ -30,7 +30,8 @@ def register(sub: Any) -> None:
     p.add_argument("--dtype", help="cast floating arrays, e.g. float32 (default: keep the source dtype)")
     p.add_argument("--state-keys", metavar="K1,K2", help="observation keys that make up the state, in order")
     p.add_argument("--action-key", metavar="KEY",
-                   help="the feature that holds the actions (LeRobot; default: action, else actions)")  # fmt: skip
+                   help="the feature that holds the actions (LeRobot: default action, else actions; "
+                        "RLDS: default steps/action; a dict of tensors such as action_dict is concatenated)")  # fmt: skip
     p.add_argument(
         "--split", help="split to read: RLDS shards (train, val, ...) or an HDF5 mask/<name> filter key"
     )

@@ -256,6 +256,15 @@ def _field_name(key: str, used: set[str]) -> str:
     return name
 
 
+def _action_keys(specs: Mapping[str, Spec], name: str) -> list[str]:
+    """The step features that make the actions: ``steps/NAME`` itself, or the tensors of the
+    dict ``steps/NAME/...`` in sorted key order."""
+    key = STEPS + name.removeprefix(STEPS).strip("/")
+    if key in specs:
+        return [key]
+    return sorted(k for k, s in specs.items() if k.startswith(key + "/") and s.kind != "text")
+
+
 def _state_keys(specs: Mapping[str, Spec], options: SourceOptions) -> list[str]:
     if options.state_keys:
         keys = []
@@ -295,12 +304,16 @@ def make_plan(specs: dict[str, Spec], options: SourceOptions) -> Plan:
         raise ConversionError(
             "no steps/is_first or steps/is_last feature: cannot count the steps of an episode"
         )
-    if STEPS + "action" in specs:
-        actions = [STEPS + "action"]
-    else:
-        actions = sorted(k for k, s in specs.items() if k.startswith("steps/action/") and s.kind != "text")
+    actions = _action_keys(specs, options.action_key or "action")
     if not actions or any(specs[k].kind == "image" for k in actions):
-        raise ConversionError("no numeric steps/action feature (a tensor, or a dict of tensors)")
+        numeric = sorted(k.removeprefix(STEPS) for k, s in specs.items()
+                         if k.startswith(STEPS) and s.kind not in ("text", "image") and k not in FLAG_KEYS)  # fmt: skip
+        what = f"steps/{options.action_key}" if options.action_key else "steps/action"
+        raise ConversionError(
+            f"no numeric {what} feature (a tensor, or a dict of tensors); the numeric step features are "
+            f"{numeric or 'none'}: name the one that holds the actions with --action-key (action_key=), "
+            "e.g. --action-key action_dict for a dict of tensors, concatenated in sorted key order"
+        )
     plan = Plan(specs, count, actions, _state_keys(specs, options))
     taken = {*FLAG_KEYS, *actions, *plan.states}
     plan.task = next((k for k in TASK_KEYS if k in specs and specs[k].kind == "text"), None)

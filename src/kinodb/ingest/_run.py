@@ -146,8 +146,9 @@ def ingest(
     byte; raw frames are encoded with ``image_codec``. Each episode records its source
     file and key in the extra fields ``source_file`` and ``source_episode``.
     ``state_keys`` chooses and orders the source keys that make the states;
-    ``action_key`` names the actions' source key where a LeRobot dataset calls them
-    something else than ``action`` or ``actions``.
+    ``action_key`` names the actions' source feature where a LeRobot dataset calls them
+    something else than ``action`` or ``actions``, or an RLDS dataset something else than
+    ``steps/action`` (a tensor, or a dict of tensors such as DROID's ``action_dict``).
     ``workers > 1`` converts in that many processes; the output is identical. The
     options are recorded in the metadata ``ingest.options``; ``verify`` then re-reads the
     source and compares every episode (`kinodb.ingest.verify`), on ``report.verification``.
@@ -176,8 +177,8 @@ def ingest(
     cls = source_class(format, path)
     if action_key is not None and not getattr(cls, "accepts_action_key", False):
         raise ValueError(
-            f"action_key names the actions of LeRobot datasets; {path} is read as {cls.format}, whose "
-            "actions have a fixed place (the HDF5 'actions' dataset, RLDS 'steps/action'): leave it out"
+            f"action_key names the actions of LeRobot and RLDS datasets; {path} is read as {cls.format}, "
+            "whose actions have a fixed place (the robomimic 'actions' dataset): leave it out"
         )
     options = SourceOptions(images, tuple(state_keys) if state_keys else None, split, flip_images, fps,
                             jpeg_quality if image_codec == "jpeg" else None, action_key)  # fmt: skip

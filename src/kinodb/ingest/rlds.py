@@ -285,6 +285,7 @@ class RLDSSource:
     """
 
     format: ClassVar[str] = "rlds"
+    accepts_action_key: ClassVar[bool] = True  # steps/ACTION_KEY: a tensor, or a dict of tensors
 
     def __init__(self, path: str, options: SourceOptions) -> None:
         self._options = options
@@ -408,7 +409,10 @@ class RLDSSource:
             if key not in specs and not any(key == g or key.startswith(f"{g}/") for g in self._left_out):
                 specs[key] = infer_spec(key, value, steps if key.startswith(STEPS) else None)
         self._leave_out(specs)  # undeclared features, classified from the first record
-        self._plan = make_plan(specs, self._options)
+        try:
+            self._plan = make_plan(specs, self._options)
+        except ConversionError as exc:
+            raise ConversionError(f"{self._root}: {exc}") from None
         self._plan.left_out = tuple(self._left_out)
         return self._plan
 
