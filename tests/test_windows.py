@@ -97,9 +97,18 @@ def test_delta_timestamps_off_the_frame_grid_is_an_error(tmp_path: Path) -> None
     path = tmp_path / "g.kdb"
     _write(path, [5], fps=10.0)
     with pytest.raises(
-        KinodbError, match=r"delta_timestamps\['action'\]\[1\] = 0.05 s is not a multiple of 1/fps"
+        KinodbError, match=r"delta_timestamps of 'action': 0.05 s \(entry 1\) is not a multiple of 1/fps"
     ):
         FrameWindows(path, delta_timestamps={"action": [0.0, 0.05]})
+    other = tmp_path / "h.kdb"
+    _write(other, [4], fps=15.0)
+    with pytest.raises(KinodbError) as err:  # the user's own name, the episodes, and the ways out
+        FrameWindows([str(path), str(other)], delta_timestamps={"observation.state": [-1 / 15, 0.0]})
+    text = str(err.value)
+    assert "delta_timestamps of 'observation.state'" in text and "the 1 episode at 10 fps in" in text
+    assert "run at 10, 15 fps" in text and 'kql_filter="fps != 10"' in text
+    assert len(FrameWindows([str(path), str(other)], kql_filter="fps != 10",
+                            delta_timestamps={"observation.state": [-1 / 15, 0.0]})) == 4  # fmt: skip
 
 
 def test_kql_filter_lists_and_out_of_range(tmp_path: Path) -> None:

@@ -316,6 +316,7 @@ class FrameWindows:
         self._step_rows: dict[tuple[float, ...], tuple[NDArray[np.int64], bool, bool]] = {}
         self._widest_cache: tuple[dict[str, tuple[int, ...]], dict[str, np.dtype[Any]]] | None = None
         self._source_arg = source
+        self._delta_given = dict(delta_timestamps or {})  # the user's names, for messages
         self._sources = _open_sources(source, kql_filter)
         self._starts = np.concatenate([[0], np.cumsum([s.starts[-1] for s in self._sources])]).astype(
             np.int64
@@ -799,9 +800,21 @@ class FrameWindows:
                 for key, offsets in named:
                     for n, dt in enumerate(offsets):
                         if abs(dt * fps - round(dt * fps)) / fps > _TOLERANCE_S:
+                            rates = sorted(
+                                {float(f) for s in self._sources for f in np.unique(s.fps).tolist()}
+                            )
+                            key = next(
+                                (k for k, v in self._delta_given.items() if tuple(map(float, v)) == offsets),
+                                key,
+                            )
+                            count = int((source.fps == fps).sum())
                             raise KinodbError(
-                                f"delta_timestamps[{key!r}][{n}] = {dt} s is not a multiple of 1/fps "
-                                f"(fps {fps} in {source.where}) within {_TOLERANCE_S} s"
+                                f"delta_timestamps of {key!r}: {dt} s (entry {n}) is not a multiple of 1/fps "
+                                f"within {_TOLERANCE_S} s for the {count} episode{'' if count == 1 else 's'} "
+                                f"at {fps:g} fps in {source.where} (the selected episodes run at "
+                                f"{', '.join(f'{r:g}' for r in rates)} fps): give offsets on that grid "
+                                f"(multiples of {1 / fps:.6g} s), leave those episodes out with "
+                                f'kql_filter="fps != {fps:g}", or give obs_horizon/action_horizon in frames'
                             )
 
 
