@@ -29,15 +29,14 @@ class Sample(dict):  # type: ignore[type-arg]
     __slots__ = ("batch",)
 
 
-class Batch(Sequence[Sample]):
-    """A batch gathered in one go: stacked tensors, viewable as per-sample dicts.
+class _Samples(Sequence[Sample]):
+    """Per-sample dicts, made on demand, of arrays gathered for a whole batch."""
 
-    ``stacked`` maps each key to a tensor with the batch as its first axis, or to a
-    list (strings, per-sample values). Indexing yields `Sample` dicts (made on demand).
-    """
+    _size: int
 
-    def __init__(self, stacked: dict[str, Any], size: int) -> None:
-        self.stacked, self._size = stacked, size
+    def _row(self, k: int) -> tuple[dict[str, Any], int]:
+        """The arrays that hold sample ``k``, and its row in them."""
+        raise NotImplementedError
 
     def __len__(self) -> int:
         return self._size
@@ -47,7 +46,8 @@ class Batch(Sequence[Sample]):
             return [self[i] for i in range(*k.indices(self._size))]
         if not -self._size <= k < self._size:
             raise IndexError(f"sample {k} out of range for a batch of {self._size}")
-        sample = Sample((key, _item(v, k)) for key, v in self.stacked.items())
+        arrays, n = self._row(k)
+        sample = Sample((key, _item(v, n)) for key, v in arrays.items())
         sample.batch = self  # type: ignore[attr-defined]
         return sample
 
@@ -55,7 +55,21 @@ class Batch(Sequence[Sample]):
         return (self[k] for k in range(self._size))
 
 
-class MixedBatch(Sequence[Sample]):
+class Batch(_Samples):
+    """A batch gathered in one go: stacked tensors, viewable as per-sample dicts.
+
+    ``stacked`` maps each key to a tensor with the batch as its first axis, or to a
+    list (strings, per-sample values). Indexing yields `Sample` dicts (made on demand).
+    """
+
+    def __init__(self, stacked: dict[str, Any], size: int) -> None:
+        self.stacked, self._size = stacked, size
+
+    def _row(self, k: int) -> tuple[dict[str, Any], int]:
+        return self.stacked, k
+
+
+class MixedBatch(_Samples):
     """A batch gathered in one go from sources whose schemas differ (say, state widths).
 
     ``groups`` holds per source ``(positions in the batch, stacked arrays)``. Indexing
@@ -66,25 +80,12 @@ class MixedBatch(Sequence[Sample]):
     def __init__(self, groups: list[tuple[np.ndarray, dict[str, Any]]], size: int) -> None:
         self.groups, self._size = groups, size
         self._group = np.empty(size, dtype=np.int64)
-        self._row = np.empty(size, dtype=np.int64)
+        self._rows = np.empty(size, dtype=np.int64)
         for g, (sel, _) in enumerate(groups):
-            self._group[sel], self._row[sel] = g, np.arange(len(sel))
+            self._group[sel], self._rows[sel] = g, np.arange(len(sel))
 
-    def __len__(self) -> int:
-        return self._size
-
-    def __getitem__(self, k: Any) -> Any:
-        if isinstance(k, slice):
-            return [self[i] for i in range(*k.indices(self._size))]
-        if not -self._size <= k < self._size:
-            raise IndexError(f"sample {k} out of range for a batch of {self._size}")
-        arrays, n = self.groups[int(self._group[k])][1], int(self._row[k])
-        sample = Sample((key, _item(v, n)) for key, v in arrays.items())
-        sample.batch = self  # type: ignore[attr-defined]
-        return sample
-
-    def __iter__(self) -> Iterator[Sample]:
-        return (self[k] for k in range(self._size))
+    def _row(self, k: int) -> tuple[dict[str, Any], int]:
+        return self.groups[int(self._group[k])][1], int(self._rows[k])
 
     def __reduce__(self) -> tuple[Any, ...]:
         return list, (list(self),)  # crosses processes as its samples
