@@ -467,18 +467,11 @@ class FrameWindows:
         if normalizers is not None:
             for _, arrays in groups:
                 normalizers.apply(int(arrays["source"][0]), arrays, zero_pad=self._pad == "zero")
+        normalised = ("state", "action") if normalizers is not None else ()  # float32 from every source
         for key, dtype in common.items():  # e.g. float32 and float64 states: float64 (exact)
-            for _, arrays in groups:
-                if (
-                    arrays[key].dtype.kind in "iuf"
-                    and arrays[key].dtype != dtype
-                    and not (
-                        normalizers is not None
-                        and arrays[key].dtype == np.float32
-                        and key in ("state", "action")
-                    )
-                ):
-                    arrays[key] = arrays[key].astype(dtype)
+            if key not in normalised:
+                for _, arrays in groups:
+                    arrays[key] = arrays[key].astype(dtype, copy=False)
         if not widest:
             return stack_groups(groups)
         n = sum(len(sel) for sel, _ in groups)
