@@ -691,3 +691,27 @@ def test_pad_collate_pads_a_mixed_batch_as_whole_arrays(
     assert torch.equal(through["action"], fast["action"]) and torch.equal(
         through["action_mask"], fast["action_mask"]
     )
+
+
+def test_samples_of_a_mixed_batch_pickle_and_collate_as_they_are(tmp_path: Path) -> None:
+    narrow, wide = tmp_path / "narrow.kdb", tmp_path / "wide.kdb"
+    _write(narrow, [5, 6], action_dim=2, state_dim=3)
+    _write(wide, [7], action_dim=14, state_dim=9, seed=1)
+    ds = KinoFrameDataset(
+        kinodb.Mixture([(str(narrow), 1.0), (str(wide), 1.0)]), obs_horizon=2, action_horizon=3
+    )
+    batch = ds.__getitems__([10, 1, 11, 0])
+    back = pickle.loads(pickle.dumps(batch))  # plain sample dicts (a worker handing samples on)
+    assert [s["frame_index"] for s in back] == [s["frame_index"] for s in batch]
+    pickle.dumps(batch[0])
+    samples = list(batch)
+    samples[0]["state"] = samples[0]["state"] * 0 + 7  # a wrapper's augmentation
+    got = pad_collate(samples[::-1])  # the samples as given, in their order
+    assert got["frame_index"].tolist() == [int(s["frame_index"]) for s in samples[::-1]] == [0, 0, 1, 5]
+    assert (got["state"][3][got["state_mask"][3]] == 7).all()
+    from kinodb.torch import collate
+
+    plain = KinoFrameDataset(str(narrow), obs_horizon=2, action_horizon=3).__getitems__([0, 1])
+    mine = list(plain)
+    mine[0]["action"] = mine[0]["action"] + 1
+    assert torch.equal(collate(mine)["action"][0], plain[0]["action"] + 1)

@@ -26,7 +26,7 @@ __all__ = ["Batch", "MixedBatch", "SchemaBatchSampler", "TensorBatch", "collate"
 class Sample(dict):  # type: ignore[type-arg]
     """One sample of a `Batch` (a plain dict to everything but the collate functions)."""
 
-    __slots__ = ("batch",)
+    __slots__ = ()
 
 
 class _Samples(Sequence[Sample]):
@@ -47,9 +47,7 @@ class _Samples(Sequence[Sample]):
         if not -self._size <= k < self._size:
             raise IndexError(f"sample {k} out of range for a batch of {self._size}")
         arrays, n = self._row(k)
-        sample = Sample((key, _item(v, n)) for key, v in arrays.items())
-        sample.batch = self  # type: ignore[attr-defined]
-        return sample
+        return Sample((key, _item(v, n)) for key, v in arrays.items())
 
     def __iter__(self) -> Iterator[Sample]:
         return (self[k] for k in range(self._size))
@@ -88,7 +86,7 @@ class MixedBatch(_Samples):
         return self.groups[int(self._group[k])][1], int(self._rows[k])
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return list, (list(self),)  # crosses processes as its samples
+        return list, ([dict(s) for s in self],)  # crosses processes as plain sample dicts
 
     def padded(self) -> TensorBatch | None:
         """What `pad_collate` gives for these samples, group by group; None when a key is
@@ -293,12 +291,8 @@ def _place(out: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
 
 
 def _collate_samples(batch: Sequence[Any], *, collate_fn_map: Any = None) -> Any:
-    whole = getattr(batch[0], "batch", None)
-    if isinstance(batch, Batch) or (
-        isinstance(whole, Batch) and len(batch) == len(whole) and all(s.batch is whole for s in batch)
-    ):
-        src: Batch = batch if isinstance(batch, Batch) else whole  # type: ignore[assignment]
-        return TensorBatch(src.stacked)
+    if isinstance(batch, Batch):  # as gathered (samples taken out of it may have been changed since)
+        return TensorBatch(batch.stacked)
     samples = [dict(s) for s in batch]
     for key in ("state", "action"):
         if key not in samples[0] or all(tuple(s[key].shape) == tuple(samples[0][key].shape) for s in samples):
@@ -343,15 +337,8 @@ def pad_collate(batch: Sequence[Any]) -> TensorBatch:
         >>> loader = DataLoader(KinoFrameDataset(mix, action_horizon=8), batch_size=64,
         ...                     collate_fn=kinodb.torch.pad_collate)
     """
-    whole = (
-        batch if isinstance(batch, MixedBatch) else getattr(batch[0], "batch", None) if len(batch) else None
-    )
-    if (
-        isinstance(whole, MixedBatch)
-        and len(batch) == len(whole)
-        and (batch is whole or all(getattr(s, "batch", None) is whole for s in batch))
-    ):
-        done = whole.padded()  # a batch gathered at once: padded as whole arrays
+    if isinstance(batch, MixedBatch):  # a batch as gathered at once: padded as whole arrays
+        done = batch.padded()
         if done is not None:
             return done
     samples = [dict(s) for s in batch]

@@ -394,6 +394,11 @@ class KinoMapDataset(_Base):
         if self._cams:
             cams = self._cams
             if self._first and cams[0] not in (have := source.cameras(j)):
+                if not have:  # a format 0.1 file: only its first episode was checked up front
+                    raise KinodbError(
+                        f"{source.where}: episode {int(source.kept[j])} has no cameras; leave such episodes "
+                        "out with kql_filter, or pass image_key=False for episodes without images"
+                    )
                 cams = [next(iter(have))]
             images = {cam: self._image(self._decode(source, j, cam)) for cam in cams}
             if self._several:
