@@ -149,6 +149,28 @@ def test_a_proxy_provider_answering_any_name_keeps_its_getters(make_package: Mak
     assert len(sent) == 2 and sent[0].shape == (4,)
 
 
+def test_a_proxy_forwarding_to_a_kinfer_provider_keeps_get_inputs(make_package: MakePackage) -> None:
+    built = make_package(inputs=("joint_angles", "carry"), commands=())
+    sent: list[np.ndarray] = []
+
+    class KinferProvider:
+        def get_inputs(self, input_types: list[str], metadata: Any) -> dict[str, Any]:
+            return {"joint_angles": np.full(4, 2, np.float32)}
+
+        def take_action(self, action: np.ndarray, metadata: Any) -> None:
+            sent.append(action)
+
+    class Forwarding:  # a logging or locking wrapper
+        def __init__(self, inner: Any) -> None:
+            self._inner = inner
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._inner, name)
+
+    Runner(load_model(built.path), Forwarding(KinferProvider()), rate_hz=500, max_steps=2).run()
+    assert len(sent) == 2 and sent[0].shape == (4,)
+
+
 def test_a_provider_of_neither_interface_names_both(make_package: MakePackage) -> None:
     model = load_model(make_package(inputs=("joint_angles", "carry"), commands=()).path)
 

@@ -144,15 +144,15 @@ def bind_provider(signature: Signature, provider: Any, *, pre_fetch: bool = Fals
     """
     cls = type(provider).__name__
     metadata = ProviderMetadata.from_signature(signature)
-    # Only a get_inputs the provider defines (not one a __getattr__ proxy or a Mock makes
-    # up on request) switches it to kinfer's interface.
-    try:
-        inspect.getattr_static(provider, "get_inputs")
-    except AttributeError:
-        get_inputs = None
-    else:
-        get_inputs = getattr(provider, "get_inputs", None)
+    # kinfer's get_inputs drives a provider that defines it. One that only answers it on
+    # request (a __getattr__ proxy, a Mock) is driven by it only if it lacks the getters
+    # the model's inputs need (a proxy forwarding to a kinfer provider).
+    get_inputs = getattr(provider, "get_inputs", None)
     kinfer = callable(get_inputs) and _takes(get_inputs, 2)
+    if kinfer and not _defines(provider, "get_inputs"):
+        kinfer = not all(
+            callable(getattr(provider, GETTERS[n][0], None)) for n in signature.observation_names
+        )
     if kinfer and get_inputs is not None:
         fetch = _get_inputs_fetch(cls, get_inputs, list(signature.observation_names), metadata)
     else:
@@ -197,6 +197,15 @@ def _getters(
             fn = functools.partial(fn, signature.command_names)
         out.append((name, fn))
     return tuple(out)
+
+
+def _defines(obj: Any, name: str) -> bool:
+    """Whether ``obj`` has ``name`` of its own (not made up by ``__getattr__``)."""
+    try:
+        inspect.getattr_static(obj, name)
+    except AttributeError:
+        return False
+    return True
 
 
 def _getters_fetch(getters: tuple[tuple[str, Callable[[], Any]], ...]) -> Callable[[], Mapping[str, Any]]:
