@@ -106,9 +106,25 @@ def test_delta_timestamps_off_the_frame_grid_is_an_error(tmp_path: Path) -> None
         FrameWindows([str(path), str(other)], delta_timestamps={"observation.state": [-1 / 15, 0.0]})
     text = str(err.value)
     assert "delta_timestamps of 'observation.state'" in text and "the 1 episode at 10 fps in" in text
-    assert "run at 10, 15 fps" in text and 'kql_filter="fps != 10"' in text
-    assert len(FrameWindows([str(path), str(other)], kql_filter="fps != 10",
+    assert "run at 10, 15 fps" in text and 'kql_filter="fps != 10.0"' in text
+    assert len(FrameWindows([str(path), str(other)], kql_filter="fps != 10.0",
                             delta_timestamps={"observation.state": [-1 / 15, 0.0]})) == 4  # fmt: skip
+    ntsc = tmp_path / "ntsc.kdb"
+    _write(ntsc, [3], fps=30000 / 1001)
+    with pytest.raises(KinodbError) as err:  # the suggested filter is exact, and keeps the user's own
+        FrameWindows(
+            [str(other), str(ntsc)], kql_filter="num_frames > 1", delta_timestamps={"action": [0.0, 2 / 15]}
+        )
+    query = str(err.value).split('kql_filter="')[1].split('"')[0]
+    assert query == "(num_frames > 1) AND fps != 29.97002997002997"
+    assert (
+        len(
+            FrameWindows(
+                [str(other), str(ntsc)], kql_filter=query, delta_timestamps={"action": [0.0, 2 / 15]}
+            )
+        )
+        == 4
+    )
 
 
 def test_kql_filter_lists_and_out_of_range(tmp_path: Path) -> None:

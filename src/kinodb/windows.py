@@ -317,6 +317,7 @@ class FrameWindows:
         self._widest_cache: tuple[dict[str, tuple[int, ...]], dict[str, np.dtype[Any]]] | None = None
         self._source_arg = source
         self._delta_given = dict(delta_timestamps or {})  # the user's names, for messages
+        self._filter_given = kql_filter
         self._sources = _open_sources(source, kql_filter)
         self._starts = np.concatenate([[0], np.cumsum([s.starts[-1] for s in self._sources])]).astype(
             np.int64
@@ -801,13 +802,16 @@ class FrameWindows:
                                 key,
                             )
                             count = int((source.fps == fps).sum())
+                            query = f"fps != {render_value(float(fps))}"  # exact: 29.97002997002997
+                            if self._filter_given:
+                                query = f"({self._filter_given}) AND {query}"
                             raise KinodbError(
                                 f"delta_timestamps of {key!r}: {dt} s (entry {n}) is not a multiple of 1/fps "
                                 f"within {_TOLERANCE_S} s for the {count} episode{'' if count == 1 else 's'} "
                                 f"at {fps:g} fps in {source.where} (the selected episodes run at "
                                 f"{', '.join(f'{r:g}' for r in rates)} fps): give offsets on that grid "
                                 f"(multiples of {1 / fps:.6g} s), leave those episodes out with "
-                                f'kql_filter="fps != {fps:g}", or give obs_horizon/action_horizon in frames'
+                                f'kql_filter="{query}", or give obs_horizon/action_horizon in frames'
                             )
 
 

@@ -430,3 +430,15 @@ def test_damaged_json_column_raises(db: kinodb.Database) -> None:
         _eval._json_domain(np.array([0, 2, 4], np.uint64), np.frombuffer(b"[1[2", np.uint8), valid, "f")
     with pytest.raises(kinodb.CorruptFileError, match="empty JSON"):
         _eval._json_domain(np.array([0, 0, 3], np.uint64), np.frombuffer(b"[1]", np.uint8), valid, "f")
+
+
+def test_literals_beyond_float32_on_0_1_files_do_not_round_to_infinity(tmp_path: Path) -> None:
+    rng = np.random.default_rng(7)
+    eps = [random_episode(rng, 3, 2, 2, total_reward=float("inf")),
+           random_episode(rng, 3, 2, 2, total_reward=3e38)]  # fmt: skip
+    path = tmp_path / "old.kdb"
+    path.write_bytes(encode(eps))
+    with kinodb.open(path) as db:
+        assert query(db, "total_reward > 1e39").tolist() == [0]
+        assert query(db, "total_reward <= 1e39").tolist() == [1]
+        assert query(db, "total_reward = 1e39").tolist() == []

@@ -178,7 +178,7 @@ def ingest(
     if action_key is not None and not getattr(cls, "accepts_action_key", False):
         raise ValueError(
             f"action_key names the actions of LeRobot and RLDS datasets; {path} is read as {cls.format}, "
-            "whose actions have a fixed place (the robomimic 'actions' dataset): leave it out"
+            "whose converter takes no action_key (its actions have a fixed place): leave it out"
         )
     options = SourceOptions(images, tuple(state_keys) if state_keys else None, split, flip_images, fps,
                             jpeg_quality if image_codec == "jpeg" else None, action_key)  # fmt: skip

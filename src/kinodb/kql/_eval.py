@@ -477,9 +477,12 @@ def _compare_numbers(col: Column, op: str, lit: Value) -> Mask:
         # float32, by every operator, so that equality and order agree (fps = 29.97,
         # fps >= 29.97 and fps BETWEEN 29.97 AND 30 all find 29.97 fps episodes, and
         # fps < 29.97 does not). A literal between two float32 values stands for the
-        # nearer one: total_reward > 16777215.5 is total_reward > 16777216.
+        # nearer one: total_reward > 16777215.5 is total_reward > 16777216. A literal
+        # beyond float32's range stays as it is (it does not round to infinity).
         with np.errstate(over="ignore"):
-            lit = float(np.float32(_to_float(lit)))
+            near = float(np.float32(_to_float(lit)))
+        if math.isfinite(near) or not math.isfinite(_to_float(lit)):
+            lit = near
     f = _to_float(lit)
     if f == lit:
         return np.asarray(_CMP[op](x, f))
