@@ -485,14 +485,18 @@ class _Exporter:
         if codec in _EXTENSIONS:
             blobs = [db.read_image_bytes(i, f.source, t) for t in range(T)]
             # Frames whose bytes hold other channels than the camera (greyscale JPEGs under
-            # 3 channels, as TFDS allows; kinodb's readers convert them) are written as the
-            # reader returns them, as PNG, so every image holds the feature's shape.
+            # 3 channels, as TFDS allows; kinodb's readers convert them): the episode's frames
+            # are written as the reader returns them, as PNG, so every image holds the
+            # feature's shape and an episode keeps one format.
             channels = db.cameras(i)[f.source]["shape"][-1]
             exts = [_EXTENSIONS[codec]] * T
-            for t, blob in enumerate(blobs):
-                if _codecs.probe(blob)[2] != channels:
-                    frame = db.read_frames(i, t, t + 1, cameras=[f.source])["images"][f.source]
-                    blobs[t], exts[t] = _codecs.encode(frame, "png", 0)[0], "png"
+            if any(_codecs.probe(blob)[2] != channels for blob in blobs):
+                blobs = [
+                    blob
+                    for _, frames in _windows(db, i, f.source, T)
+                    for blob in _codecs.encode(frames, "png", 0)
+                ]
+                exts = ["png"] * T
             sampled = _sampled(db, i, f.source, samples)
         else:
             blobs, parts = [], []
