@@ -956,6 +956,36 @@ def test_an_instruction_that_changes_mid_episode_is_per_frame(tmp_path: Path) ->
     assert [by_index[i] for i in data.column("task_index").to_pylist()] == texts
 
 
+def test_files_of_earlier_versions_with_changing_instructions_still_verify(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Earlier versions kept an instruction that changes within an episode as one text per
+    # step in the extra field, without tasks/task_index.
+    from kinodb.ingest import verify
+    from kinodb.ingest.rlds import RLDSSource
+
+    rng = np.random.default_rng(16)
+    ep = make_episode(rng, 0, 4)
+    ep["steps/language_instruction"] = [b"pick", b"pick", b"place", b"place"]
+    root = w.write_tfds(tmp_path / "d" / "1.0.0", "d", {"train": [[w.episode_example(ep)]]}, FEATURES)
+    read = RLDSSource.read
+
+    def earlier(self: RLDSSource, key: str) -> dict:
+        args = read(self, key)
+        tasks, index = args["extra"].pop("tasks"), args["extra_arrays"].pop("task_index")
+        args["extra"]["language_instruction"] = [tasks[k] for k in index]
+        return args
+
+    out = tmp_path / "old.kdb"
+    with monkeypatch.context() as m:
+        m.setattr(RLDSSource, "read", earlier)
+        ingest(root, out, format="rlds")
+    with kinodb.open(out) as db:
+        assert db.read_meta(0)["language_instruction"] == ["pick", "pick", "place", "place"]
+    report = verify(root, out)
+    assert report.ok, report.problems
+
+
 def test_action_key_names_a_dict_of_action_tensors(tmp_path: Path) -> None:
     # DROID keeps its actions in steps/action_dict/* with no steps/action.
     steps = dict(FEATURES["steps"]["sequence"]["feature"]["featuresDict"]["features"])

@@ -431,6 +431,7 @@ class _Checker:
     def __init__(self, db: Database, source: Source, plan: _Plan, report: VerifyReport) -> None:
         self.db, self.source, self.plan, self.report = db, source, plan, report
         self.renames: dict[str, str] = {}  # this version's camera/array names -> the output's
+        self.task_field: str | None = None
 
     def _earlier_rlds_names(self, info: SourceInfo) -> dict[str, str]:
         """Camera and array names of an RLDS file ingested by an earlier kinodb, which kept
@@ -453,6 +454,11 @@ class _Checker:
         keys = self.source.episodes()
         info = self.source.info()
         self.renames = self._earlier_rlds_names(info)
+        roles = (info.metadata.get("rlds") or {}).get("roles") or {}
+        fields = roles.get("fields") if isinstance(roles, Mapping) else None
+        self.task_field = next(
+            (name for name, key in (fields or {}).items() if key == roles.get("task")), None
+        )  # where files of earlier versions kept an instruction that changes within an episode
         known = set(keys)
         wanted = self._wanted(keys)
         skipped = set(self.plan.skipped)
@@ -517,6 +523,8 @@ class _Checker:
         self.report.frames_compared += T
         got = self.db.read_episode_actions_only(i)
         got.pop("meta")
+        if "task_index" in want and "task_index" not in got and self.task_field:
+            args, want = _texts_per_step(args, want, self.task_field)
         self._arrays(where, got, want)
         images = (args.get("images") or {}) if self.plan.options.images else {}
         self._cameras(i, where, images)
@@ -652,6 +660,20 @@ class _Checker:
 
 
 # -- expected values (what the ingest would store) ----------------------------------------
+
+
+def _texts_per_step(
+    args: dict[str, Any], want: dict[str, np.ndarray], field: str
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The source episode as an RLDS ingest of an earlier kinodb stored it: an instruction
+    that changes within the episode as the extra field ``field`` (one text per step), not
+    as today's ``tasks`` and ``task_index``."""
+    extra = dict(args.get("extra") or {})
+    tasks = extra.pop("tasks", None)
+    if not isinstance(tasks, list):
+        return args, want
+    extra[field] = [tasks[int(k)] for k in np.asarray(want["task_index"]).reshape(-1)]
+    return {**args, "extra": extra}, {k: v for k, v in want.items() if k != "task_index"}
 
 
 def _unmatched(key: Any, known: set[str], wanted: list[str] | None) -> str | None:
