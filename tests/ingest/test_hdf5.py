@@ -287,6 +287,11 @@ def test_action_key_is_refused_for_hdf5(
     assert main(["ingest", str(robomimic), "-o", str(tmp_path / "a.kdb"), "-q", "--action-key", "act"]) == 2
     assert "leave it out" in capsys.readouterr().err
     assert not (tmp_path / "a.kdb").exists()
+    from kinodb.ingest import verify
+
+    ingest(robomimic, tmp_path / "b.kdb", images=False)
+    with pytest.raises(ValueError, match=r"is read as hdf5, whose converter takes no action_key"):
+        verify(robomimic, tmp_path / "b.kdb", action_key="act")
 
 
 def test_state_keys_typed_with_spaces_are_stripped(

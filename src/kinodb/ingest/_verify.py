@@ -317,6 +317,11 @@ def verify(
         plan = _plan(db.metadata(), db.schema(), overrides)
         _require_recorded_format(db, plan, format)
         cls = source_class(plan.format if format == "auto" and plan.format else format, path)
+        if action_key is not None and not getattr(cls, "accepts_action_key", False):
+            raise ValueError(
+                f"action_key names the actions of LeRobot and RLDS datasets; {path} is read as {cls.format}, "
+                "whose converter takes no action_key (its actions have a fixed place): leave it out"
+            )
         source = _open_source(cls, path, plan, db)
         report = VerifyReport(
             path,
