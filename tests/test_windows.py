@@ -354,3 +354,15 @@ def test_absent_fields_take_precedence_over_case_folded_built_ins_and_reach_mixt
     mix = kinodb.Mixture({str(a): 1, str(b): 1}, filters={str(b): "lang IS NULL"})
     assert [len(s.kept) for s in mix._src] == [3, 2]
     assert main(["mix", "-s", f"{a}:1", "-s", f"{b}:1", "--filter", "lang IS NULL OR lang >= 1"]) == 0
+
+
+def test_format_0_1_files_are_sent_to_kino_upgrade(tmp_path: Path) -> None:
+    from _legacy_encoder import Episode, encode
+
+    rng = np.random.default_rng(0)
+    eps = [Episode(states=rng.normal(size=(5, 3)).astype(np.float32), actions=rng.normal(size=(5, 2)).astype(np.float32),
+                   rewards=np.zeros(5, np.float32), is_terminal=np.arange(5) == 4) for _ in range(2)]  # fmt: skip
+    path = tmp_path / "old.kdb"
+    path.write_bytes(encode(eps))
+    with pytest.raises(KinodbError, match=r"old.kdb is a format 0.1 file.*kino upgrade OLD NEW"):
+        FrameWindows(path, obs_horizon=2, action_horizon=2).lowdim([0])

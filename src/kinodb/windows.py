@@ -132,6 +132,12 @@ class _Source:
         if found is not None:
             return found
         db, first = self.db, None
+        if db.version().startswith("0."):
+            raise KinodbError(
+                f"{self.where} is a format {db.version()} file, whose arrays are not laid out as sections "
+                "frame windows gather from; convert it once with `kino upgrade OLD NEW` (format v1 keeps "
+                "every value and encoded frame) and read the new file"
+            )
         starts = np.empty(len(self.kept), dtype=np.int64)
         base = db._map()  # the file's map; every array returned by read_array is a view of it
         addr0 = base.__array_interface__["data"][0]
