@@ -641,3 +641,31 @@ def test_a_task_index_array_without_a_task_list_is_an_ordinary_array(tmp_path: P
     table = pq.read_table(tmp_path / "out" / "data" / "chunk-000" / "file-000.parquet")
     assert table["observation.task_index"].to_pylist() == [7] * 4 + [8] * 4
     assert table["task_index"].to_pylist() == [0] * 8  # LeRobot's own column: the episode's task
+
+
+def test_an_encoder_failure_is_a_conversion_error_naming_the_file(tmp_path: Path) -> None:
+    # A muxer refusing a packet (as SVT-AV1 sometimes makes it) is kinodb's error, exit 1.
+    import av
+
+    from kinodb.errors import ConversionError
+    from kinodb.export._video_encode import CODECS, VideoFile
+
+    video = VideoFile(str(tmp_path / "v.mp4"), CODECS["h264"], fps=10.0, height=16, width=16)
+
+    class Refusing:  # the real container, whose muxer refuses every packet
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+
+        def mux(self, packet: Any) -> None:
+            raise av.error.ArgumentError(22, "Invalid argument")
+
+        def close(self) -> None:
+            self.inner.close()
+
+    video._container = Refusing(video._container)
+    with pytest.raises(
+        ConversionError, match=r"v\.mp4: the libx264 encoder failed after .* --video-codec h264"
+    ):
+        video.add(np.zeros((40, 16, 16, 3), np.uint8), episode_start=True)
+        video.close()
+    video.close(flush=False)

@@ -75,6 +75,7 @@ class VideoFile:
         self.frames = 0  # frames written so far
         self.bytes = 0  # encoded bytes muxed so far
         self._av = av
+        self._encoder = codec.encoder
         self._rate = frame_rate(fps)
         self._time_base = 1 / self._rate
         self._container: Any = av.open(path, "w", format="mp4", options={"movflags": "faststart"})
@@ -103,9 +104,15 @@ class VideoFile:
             self.frames += 1
 
     def _mux(self, packets: Any) -> None:
-        for packet in packets:
-            self.bytes += packet.size
-            self._container.mux(packet)
+        try:
+            for packet in packets:
+                self.bytes += packet.size
+                self._container.mux(packet)
+        except self._av.FFmpegError as exc:  # an encoder or muxer failure: kinodb's error, exit 1
+            raise ConversionError(
+                f"{self.path}: the {self._encoder} encoder failed after {self.frames} frames ({exc}); "
+                "export again, or with --video-codec h264"
+            ) from None
 
     def close(self, *, flush: bool = True) -> None:
         """Finish the file; ``flush=False`` skips draining the encoder (after a failure)."""
