@@ -778,13 +778,26 @@ def test_episode_level_images_and_lists_of_lists_are_left_out_by_name(
         assert "goal_image" not in db.read_meta(0)
 
 
-def test_nested_feature_names_are_written_with_dots(tmp_path: Path) -> None:
-    # RT-1 keeps a language embedding among the observations; DROID keeps action_dict/*.
+def _nested_observation_steps() -> dict[str, Any]:
+    """The toy steps plus a language embedding and a nested camera among the observations."""
     steps = dict(FEATURES["steps"]["sequence"]["feature"]["featuresDict"]["features"])
     obs = dict(steps["observation"]["featuresDict"]["features"])
     obs["natural_language_embedding"] = w.tensor([4], "float32")
     obs["cameras"] = w.features_dict({"front": w.image([16, 12, 3], "jpeg")})
     steps["observation"] = w.features_dict(obs)
+    return steps
+
+
+def _nested_observation_episode(rng: np.random.Generator, i: int, T: int) -> Episode:
+    ep = make_episode(rng, i, T)
+    ep["steps/observation/natural_language_embedding"] = rng.normal(size=(T, 4)).astype(np.float32)
+    ep["steps/observation/cameras/front"] = _frames(rng, T, "JPEG")
+    return ep
+
+
+def test_nested_feature_names_are_written_with_dots(tmp_path: Path) -> None:
+    # RT-1 keeps a language embedding among the observations; DROID keeps action_dict/*.
+    steps = _nested_observation_steps()
     steps["action_dict"] = w.features_dict(
         {"joint_velocity": w.tensor([7], "float32"), "gripper": w.tensor([], "float32")}
     )
@@ -793,9 +806,7 @@ def test_nested_feature_names_are_written_with_dots(tmp_path: Path) -> None:
     rng = np.random.default_rng(12)
     eps = []
     for i, T in enumerate([3, 5]):
-        ep = make_episode(rng, i, T)
-        ep["steps/observation/natural_language_embedding"] = rng.normal(size=(T, 4)).astype(np.float32)
-        ep["steps/observation/cameras/front"] = _frames(rng, T, "JPEG")
+        ep = _nested_observation_episode(rng, i, T)
         ep["steps/action_dict/joint_velocity"] = rng.normal(size=(T, 7)).astype(np.float32)
         ep["steps/action_dict/gripper"] = rng.normal(size=T).astype(np.float32)
         ep["steps/timestamps"] = np.arange(T, dtype=np.float32) / 5
@@ -846,17 +857,11 @@ def test_files_ingested_with_slashed_names_still_verify(
     # today's dotted names through the source keys that both record in rlds.roles.
     from kinodb.ingest import _rlds_features, verify
 
-    steps = dict(FEATURES["steps"]["sequence"]["feature"]["featuresDict"]["features"])
-    obs = dict(steps["observation"]["featuresDict"]["features"])
-    obs["natural_language_embedding"] = w.tensor([4], "float32")
-    obs["cameras"] = w.features_dict({"front": w.image([16, 12, 3], "jpeg")})
-    steps["observation"] = w.features_dict(obs)
+    steps = _nested_observation_steps()
     rng = np.random.default_rng(13)
     eps = []
     for i, T in enumerate([3, 4]):
-        ep = make_episode(rng, i, T)
-        ep["steps/observation/natural_language_embedding"] = rng.normal(size=(T, 4)).astype(np.float32)
-        ep["steps/observation/cameras/front"] = _frames(rng, T, "JPEG")
+        ep = _nested_observation_episode(rng, i, T)
         eps.append(ep)
     root = w.write_tfds(tmp_path / "ds" / "1.0.0", "ds", {"train": [[w.episode_example(e) for e in eps]]},
                         {**FEATURES, "steps": w.dataset(steps)})  # fmt: skip
