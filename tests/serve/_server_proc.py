@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[2] / "src"
-_READY = re.compile(r"^kino-serve: serving .* on (\S+) \[")
+_READY = re.compile(r"^kino-serve: serving .* on (\S+)(?: \(local clients: (\S+)\))? \[")
 
 
 class ServerProcess:
@@ -55,7 +55,7 @@ class ServerProcess:
             self.stdout.append(line)
             found = _READY.match(line)
             if found:
-                return found.group(1)
+                return found.group(2) or found.group(1)
         self.proc.kill()
         _, err = self.proc.communicate(timeout=10)
         raise RuntimeError(f"kino-serve did not start: stdout {self.stdout}, stderr {err}")

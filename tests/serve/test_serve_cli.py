@@ -67,3 +67,13 @@ def test_kino_serve_subcommand_is_registered() -> None:
     assert (
         args.run is kino_serve.run and args.max_batch == 64 and args.bind == "127.0.0.1" and args.seed == 42
     )
+
+
+def test_a_wildcard_bind_names_what_it_listens_on_and_where_local_clients_connect(other_kdb: Path) -> None:
+    proc = ServerProcess([str(other_kdb), "--bind", "0.0.0.0"])
+    port = proc.addr.rsplit(":", 1)[1]
+    assert f" on 0.0.0.0:{port} (local clients: 127.0.0.1:{port}) [" in proc.stdout[-1]
+    assert proc.addr == f"127.0.0.1:{port}"
+    with KinoClient(proc.addr) as client:
+        assert client.server_info()["num_episodes"] == 6
+    assert proc.stop() == 0

@@ -176,8 +176,10 @@ class KinoServer:
         how = ", ".join(
             ["TLS" if self.tls else "plaintext", "token auth" if self.authenticated else "no auth"]
         )
+        listen = f"[{self._bind}]:{self.port}" if ":" in self._bind else f"{self._bind}:{self.port}"
+        where = listen if listen == self.address else f"{listen} (local clients: {self.address})"
         return (
-            f"serving {what} ({len(b)} episodes, {b.num_frames()} frames) on {self.address} "
+            f"serving {what} ({len(b)} episodes, {b.num_frames()} frames) on {where} "
             f"[{how}; max batch {b.max_batch}, max message {b.max_message >> 20} MiB]"
         )
 
