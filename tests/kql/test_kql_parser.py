@@ -212,6 +212,7 @@ def test_hand_built_nodes_are_checked() -> None:
         ("a STARTS 'x'", 9, "expected WITH after STARTS"),
         ("a STARTS WITH 3", 14, "STARTS WITH needs a string, got 3"),
         ("a MATCHES '('", 10, "invalid regular expression"),
+        ("a MATCHES 'x{99999999999}'", 10, "invalid regular expression 'x{99999999999}'"),
         ("a IN 1", 5, "expected '(' after IN"),
         ("a IN (1 2)", 8, "expected ',' or ')'"),
         ("a IN ()", 6, "expected a value"),

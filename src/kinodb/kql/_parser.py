@@ -210,6 +210,8 @@ class _Parser:
                 re.compile(str(value))
             except re.error as exc:
                 raise self.error(vpos, f"invalid regular expression {value!r}: {exc.msg}") from None
+            except (OverflowError, RecursionError) as exc:  # a huge repeat count, or nesting too deep
+                raise self.error(vpos, f"invalid regular expression {value!r}: {exc}") from None
         return Compare(field, op, value, at=(tok.pos, vpos))
 
     def in_list(self, field: Field, tok: Token, *, negated: bool) -> Node:
