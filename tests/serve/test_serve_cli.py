@@ -50,6 +50,10 @@ def test_usage_errors(main_kdb: Path, tmp_path: Path, capsys: pytest.CaptureFixt
     with pytest.raises(SystemExit) as exit_:
         kino_serve.main([str(main_kdb), "--port", "70000"])
     assert exit_.value.code == 2
+    with pytest.raises(SystemExit) as exit_:
+        kino_serve.main([str(main_kdb), "--grace", "-1"])
+    assert exit_.value.code == 2
+    assert "--grace: expected a number of seconds >= 0, got -1" in capsys.readouterr().err
     assert kino_main.main(["serve"]) == 2
     assert "nothing to serve" in capsys.readouterr().err
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -124,3 +125,47 @@ def test_server_token_from_the_environment(main_kdb: Path) -> None:
             client.query("success = true")
     finally:
         assert proc.stop() == 0
+
+
+def test_a_wrong_tls_file_is_named_in_one_line(
+    main_kdb: Path, certificate: tuple[Path, Path], tmp_path: Path
+) -> None:
+    cert, key = certificate
+    other_key = tmp_path / "other-key.pem"  # a valid key that does not belong to the certificate
+    subprocess.run(["openssl", "genrsa", "-out", str(other_key), "2048"], check=True, capture_output=True)
+    cases = [(main_kdb, key, str(main_kdb)), (cert, other_key, str(cert))]
+    for bad_cert, bad_key, named in cases:
+        run = subprocess.run(
+            [sys.executable, "-m", "kinodb._cli.serve", str(main_kdb), "--port", "0",
+             "--tls-cert", str(bad_cert), "--tls-key", str(bad_key)],
+            capture_output=True, text=True, timeout=60, env=_env(),
+        )  # fmt: skip
+        assert run.returncode == 1, run.stderr
+        lines = run.stderr.strip().splitlines()
+        assert len(lines) == 1, run.stderr  # no gRPC core log lines
+        assert named in lines[0] and "do not load as a PEM certificate chain and its private key" in lines[0]
+        assert "port is in use" not in lines[0]
+
+
+def test_a_busy_port_is_one_line_without_an_errno(main_kdb: Path) -> None:
+    first = ServerProcess([str(main_kdb)])
+    try:
+        port = first.addr.rsplit(":", 1)[1]
+        run = subprocess.run(
+            [sys.executable, "-m", "kinodb._cli.serve", str(main_kdb), "--port", port],
+            capture_output=True, text=True, timeout=60, env=_env(),
+        )  # fmt: skip
+        assert run.returncode == 1
+        assert run.stderr.strip().splitlines() == [
+            f"kino-serve: error: cannot listen on 127.0.0.1:{port}: the port is in use or the address is not "
+            "one of this machine's; choose another --port or --bind"
+        ]
+    finally:
+        assert first.stop() == 0
+
+
+def _env() -> dict[str, str]:
+    src = str(Path(__file__).resolve().parents[2] / "src")
+    env = {k: v for k, v in os.environ.items() if k not in ("KINODB_TOKEN", "GRPC_VERBOSITY")}
+    env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")])
+    return env

@@ -53,7 +53,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tls-cert", metavar="PEM", help="certificate chain; with --tls-key, serve TLS")
     p.add_argument("--tls-key", metavar="PEM", help="private key of --tls-cert")
     p.add_argument("--token-file", metavar="PATH", help=f"file holding the bearer token (else ${TOKEN_ENV})")
-    p.add_argument("--grace", type=float, default=10.0,
+    p.add_argument("--grace", type=_seconds, default=10.0,
                    help="seconds calls in flight may take to finish on shutdown (default: 10)")  # fmt: skip
 
 
@@ -68,6 +68,16 @@ def _int_in(lo: int, hi: int) -> Any:
         return value
 
     return parse
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {text}")
+    return value
 
 
 def _token(args: argparse.Namespace) -> str | None:
@@ -97,6 +107,9 @@ def run(args: argparse.Namespace) -> int:
     source = _source(args)
     if (args.tls_cert is None) != (args.tls_key is None):
         raise ValueError("give both --tls-cert and --tls-key, or neither")
+    # gRPC's core logs bind and TLS failures on stderr on its own; kinodb reports them in
+    # one line, so the core's lines only show with --debug (or a GRPC_VERBOSITY of the user's).
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR" if getattr(args, "debug", False) else "NONE")
     from kinodb.serve.server import KinoServer  # deferred: imports grpc
 
     server = KinoServer(

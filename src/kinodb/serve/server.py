@@ -14,12 +14,14 @@ import hmac
 import ipaddress
 import logging
 import os
+import ssl
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent import futures
 from typing import Any
 
 import grpc
 
+from kinodb.errors import FormatError
 from kinodb.kdb.reader import Database, open_database
 from kinodb.mixture import DEFAULT_SEED, Mixture
 from kinodb.serve._backend import Backend
@@ -51,6 +53,9 @@ class KinoServer:
         tls_cert, tls_key: PEM files; give both to serve TLS.
         token: Bearer token every call must carry (None: no authentication).
 
+    Raises:
+        FormatError: ``tls_cert`` and ``tls_key`` do not load as a certificate chain and its key.
+
     Example:
         >>> with KinoServer("demo.kdb", port=0) as server:
         ...     with KinoClient(server.address) as client:
@@ -81,6 +86,7 @@ class KinoServer:
             raise ValueError("the token is empty")
         self._credentials = None
         if tls_cert is not None and tls_key is not None:
+            _check_tls(tls_cert, tls_key)
             with open(tls_key, "rb") as fh_key, open(tls_cert, "rb") as fh_cert:
                 self._credentials = grpc.ssl_server_credentials([(fh_key.read(), fh_cert.read())])
         self._owned, self._source = _open(source, seed)
@@ -117,7 +123,8 @@ class KinoServer:
         """Bind and start serving; returns self.
 
         Raises:
-            OSError: the address cannot be bound (port in use, or not a local address).
+            AddressError: the address cannot be bound (port in use, or not a local address);
+                an `OSError` with ``errno`` EADDRINUSE.
         """
         limit = self.backend.max_message + (1 << 20)
         options = [
@@ -141,7 +148,7 @@ class KinoServer:
         except RuntimeError:
             port = 0
         if port == 0:
-            raise OSError(
+            raise AddressError(
                 errno.EADDRINUSE,
                 f"cannot listen on {where}: the port is in use or the address is not one of this "
                 "machine's; choose another --port or --bind",
@@ -193,6 +200,27 @@ class KinoServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class AddressError(OSError):
+    """The server cannot listen on its address (``errno`` EADDRINUSE); prints as its message alone."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def _check_tls(cert: str | os.PathLike[str], key: str | os.PathLike[str]) -> None:
+    """Load the pair as TLS would, so a wrong file is named now rather than logged by gRPC at bind."""
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+    except FileNotFoundError:
+        raise
+    except (ssl.SSLError, OSError) as exc:
+        raise FormatError(
+            f"TLS certificate {os.fspath(cert)} and key {os.fspath(key)} do not load as a PEM certificate "
+            f"chain and its private key ({getattr(exc, 'reason', None) or exc}); give the PEM files of one "
+            "certificate and its key"
+        ) from None
 
 
 def _open(source: Any, seed: int) -> tuple[bool, Database | Mixture]:
