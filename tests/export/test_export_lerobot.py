@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import io
 import json
 import subprocess
@@ -669,3 +670,21 @@ def test_an_encoder_failure_is_a_conversion_error_naming_the_file(tmp_path: Path
         video.add(np.zeros((40, 16, 16, 3), np.uint8), episode_start=True)
         video.close()
     video.close(flush=False)
+
+
+def test_an_abandoned_av1_file_still_ends_the_encoder_stream(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # After a failure the file is discarded, but SVT-AV1 torn down without its end of
+    # stream logs an error (and can hang): close(flush=False) drains it without muxing.
+    pytest.importorskip("av")
+    from kinodb.export._video_encode import CODECS, VideoFile
+
+    video = VideoFile(str(tmp_path / "v.mp4"), CODECS["av1"], fps=10.0, height=64, width=64)
+    video.add(np.zeros((12, 64, 64, 3), np.uint8), episode_start=True)
+    written = video.bytes
+    video.close(flush=False)
+    assert video.bytes == written  # nothing more was muxed
+    del video
+    gc.collect()  # the encoder is torn down with its stream
+    assert "without sending EOS" not in capfd.readouterr().err

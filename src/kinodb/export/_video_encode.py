@@ -7,6 +7,7 @@ be a keyframe: each episode decodes on its own.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -115,12 +116,20 @@ class VideoFile:
             ) from None
 
     def close(self, *, flush: bool = True) -> None:
-        """Finish the file; ``flush=False`` skips draining the encoder (after a failure)."""
+        """Finish the file; ``flush=False`` (after a failure) drains the encoder without muxing.
+
+        The encoder is drained either way: SVT-AV1 torn down without its end of stream
+        logs an error, and can hang in its teardown.
+        """
         if self._container is None:
             return
         try:
             if flush:
                 self._mux(self._stream.encode(None))
+            else:
+                with contextlib.suppress(Exception):  # the file is discarded; only the encoder matters
+                    for _ in self._stream.encode(None):
+                        pass
         finally:
             self._container.close()
             self._container = None
