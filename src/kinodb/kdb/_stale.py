@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 
 
 def stale_temps(path: str) -> list[str]:
@@ -13,13 +14,16 @@ def stale_temps(path: str) -> list[str]:
     never be published, so it is safe to delete.
     """
     folder = os.path.dirname(os.path.abspath(path))
-    prefix = f".{os.path.basename(path)}."
+    # Exactly ``.NAME.PID.TOKEN.tmp``: ``.a.2024.kdb.PID.TOKEN.tmp`` (a temporary of
+    # ``a.2024.kdb``) is not one of ``a``'s, though it starts the same way.
+    pattern = re.compile(re.escape(f".{os.path.basename(path)}.") + r"(\d+)\.[0-9a-f]+\.tmp")
     found = []
     with contextlib.suppress(OSError):
         for name in os.listdir(folder):
-            pid = name[len(prefix) :].split(".")[0]
-            if not (name.startswith(prefix) and name.endswith(".tmp") and pid.isdigit()):
+            match = pattern.fullmatch(name)
+            if match is None:
                 continue
+            pid = match.group(1)
             try:
                 os.kill(int(pid), 0)
             except ProcessLookupError:

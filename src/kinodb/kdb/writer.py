@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
 import math
 import os
 import secrets
@@ -27,6 +28,7 @@ from kinodb.kdb._layout import (
     KIND_ARRAY,
     KIND_CAMERA,
     SLOT_OFFSETS,
+    SLOT_SIZE,
     Commit,
     align,
     crc32,
@@ -54,6 +56,35 @@ def _lock(fd: int, path: str) -> None:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError as exc:
         raise WriterError(f"{path}: another process is writing to this file; retry when it is done") from exc
+
+
+def _hold(path: str) -> int | None:
+    """Lock the file at ``path`` against appenders until it is replaced; its descriptor
+    (None if it vanished). Raises `WriterError` while another process appends to it."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # gone, or no file to lock: creating the new one reports what is wrong
+        return None
+    try:
+        _lock(fd, path)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _output_error(path: str, exc: OSError) -> WriterError:
+    """``exc``, raised creating the file beside ``path``, said of ``path`` and its folder."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if isinstance(exc, FileNotFoundError):
+        return WriterError(f"{path}: the folder {folder} does not exist; create it first")
+    if isinstance(exc, NotADirectoryError):
+        return WriterError(f"{path}: {folder} is not a folder; give a path inside a folder")
+    if isinstance(exc, PermissionError) or exc.errno == errno.EROFS:
+        return WriterError(
+            f"{path}: cannot create files in {folder} ({exc.strerror}); choose a writable folder"
+        )
+    return WriterError(f"{path}: cannot create a file in {folder} ({exc.strerror or exc})")
 
 
 def _fsync_dir(path: str) -> None:
@@ -125,13 +156,26 @@ def verify_payload(db: Database, i: int) -> tuple[int, int, int]:
     return off, length, crc
 
 
+def _still_at(fd: int, path: str) -> bool:
+    """Whether the open file ``fd`` is still the file at ``path`` (not replaced or deleted)."""
+    st = os.fstat(fd)
+    try:
+        now = os.stat(path)
+    except FileNotFoundError:
+        return False
+    return st.st_nlink > 0 and (st.st_dev, st.st_ino) == (now.st_dev, now.st_ino)
+
+
 def _publish_new(tmp: str, path: str) -> None:
     """Move the committed temporary file to ``path``, failing if ``path`` exists."""
     try:
         os.link(tmp, path)  # atomic, and refuses an existing name
     except FileExistsError:
         os.unlink(tmp)
-        raise
+        raise FileExistsError(
+            f"{path} was created by another writer while this one wrote; nothing was written "
+            "(write to another path, or append with mode='a')"
+        ) from None
     except OSError:
         # No hard links on this filesystem (FAT, some network mounts): a rename is atomic
         # but replaces, so check first; never delete the only copy of the data here.
@@ -171,7 +215,7 @@ def _now() -> str:
     return _dt.datetime.fromtimestamp(t, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _cleanup(tmp: str | None, fh: BinaryIO, flusher: _Flusher) -> None:
+def _cleanup(tmp: str | None, fh: BinaryIO, flusher: _Flusher, guard: int | None) -> None:
     with contextlib.suppress(WriterError):
         flusher.wait(tmp or "")  # never close the descriptor under a running sync
     with contextlib.suppress(OSError):
@@ -179,6 +223,9 @@ def _cleanup(tmp: str | None, fh: BinaryIO, flusher: _Flusher) -> None:
     if tmp:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+    if guard is not None:
+        with contextlib.suppress(OSError):
+            os.close(guard)
 
 
 class Writer:
@@ -229,8 +276,16 @@ class Writer:
         self._mode, self._codec, self._quality = mode, image_codec, int(jpeg_quality)
         self._table = TableBuilder()
         self._closed = False
+        self._failure: str | None = None  # why the writer closed itself (an I/O error)
+        self._slot_written = False  # an append's new commit record may be on disk
+        self._guard: int | None = None  # mode "w": the replaced file, locked against appenders
         self._num_frames = 0
         self._generation, self._slot = 0, 0
+        if os.path.isdir(self._path):
+            raise WriterError(
+                f"{self._path} is a folder; give the path of a .kdb file, e.g. "
+                f"{os.path.join(self._path, 'data.kdb')}"
+            )
         if mode == "a" and os.path.exists(self._path):
             self._open_append()
         else:
@@ -246,11 +301,18 @@ class Writer:
                 os.path.dirname(os.path.abspath(self._path)),
                 f".{os.path.basename(self._path)}.{os.getpid()}.{secrets.token_hex(4)}.tmp",
             )
-            self._fh: BinaryIO = open(self._tmp, "xb", buffering=1 << 20)  # noqa: SIM115
+            if mode == "w":  # no append may commit into the file this one replaces
+                self._guard = _hold(self._path)
+            try:
+                self._fh: BinaryIO = open(self._tmp, "xb", buffering=1 << 20)  # noqa: SIM115
+            except OSError as exc:
+                if self._guard is not None:
+                    os.close(self._guard)
+                raise _output_error(self._path, exc) from None
             self._fh.write(bytes(DATA_START))
             self._pos = DATA_START
         self._flusher = _Flusher(self._pos)
-        self._finalizer = weakref.finalize(self, _cleanup, self._tmp, self._fh, self._flusher)
+        self._finalizer = weakref.finalize(self, _cleanup, self._tmp, self._fh, self._flusher, self._guard)
         # Stored statistics describe the episodes present when they were set (see `stats`).
         self._stats_episodes = len(self._table)
         if source_format is not None:
@@ -267,9 +329,21 @@ class Writer:
         from kinodb.kdb.reader import Database  # deferred: the reader never imports the writer
 
         self._tmp = None
-        self._fh = open(self._path, "r+b", buffering=1 << 20)  # noqa: SIM115
+        for _ in range(10):
+            self._fh = open(self._path, "r+b", buffering=1 << 20)  # noqa: SIM115
+            try:
+                _lock(self._fh.fileno(), self._path)
+                if _still_at(self._fh.fileno(), self._path):
+                    break
+            except BaseException:
+                self._fh.close()
+                raise
+            self._fh.close()  # replaced (by a writer in mode "w") between opening and locking
+        else:
+            raise WriterError(
+                f"{self._path}: another process keeps replacing this file; retry when it is done"
+            )
         try:
-            _lock(self._fh.fileno(), self._path)
             with Database(self._path) as db:  # read under the lock: no other appender moves it
                 if db.version() != "1.0":
                     raise FormatError(
@@ -402,8 +476,7 @@ class Writer:
                 more than 65535 arrays and cameras, or the file more than 65536 distinct
                 array and camera names (both are u16 in the format); the message names it.
         """
-        if self._closed:
-            raise WriterError(f"{self._path}: writer is closed")
+        self._check_open()
         acts = _array("actions", actions, np.float32, ndim=2)
         T = acts.shape[0]
         if T == 0:
@@ -610,8 +683,9 @@ class Writer:
                     "sec.codec": CODECS.index(codec), "sec.ndim": 4, "sec.dims": _dims3((T, h, w, c)),
                     "sec.offset": off,
                 })  # fmt: skip
-        except BaseException:
-            self._rollback(mark, sec_start)
+        except BaseException as exc:
+            if isinstance(exc, OSError) or not self._rollback(mark, sec_start):
+                raise self._fail(exc, "writing an episode") from exc
             raise
         meta = {**meta, "num_frames": T, "action_dim": arrays["actions"].shape[1],
                 "state_dim": arrays["states"].shape[1]}  # fmt: skip
@@ -644,16 +718,43 @@ class Writer:
             extra,
         )  # fmt: skip
         self._num_frames += int(meta["num_frames"])
-        self._flusher.after_write(self._fh, self._pos)
+        try:
+            self._flusher.after_write(self._fh, self._pos)
+        except OSError as exc:
+            raise self._fail(exc, "writing to disk") from exc
 
-    def _rollback(self, mark: int, sec_start: int) -> None:
+    def _rollback(self, mark: int, sec_start: int) -> bool:
+        """Take back a partly written episode; False if the file could not be (the writer
+        must then close itself: its idea of the file no longer matches the file)."""
         for col in self._table.sections.values():
             del col[sec_start:]
-        with contextlib.suppress(OSError):
+        try:
             self._fh.flush()
             self._fh.seek(mark)
             self._fh.truncate(mark)
+        except OSError:
+            return False
         self._pos = mark
+        return True
+
+    def _fail(self, exc: BaseException, doing: str) -> BaseException:
+        """Close the writer after ``exc`` (nothing uncommitted is kept); the error to raise."""
+        self.abort()
+        if not isinstance(exc, OSError):
+            return exc
+        kept = "nothing was written" if self._tmp is not None else "the file is as it was before this writer"
+        self._failure = f"{doing} failed ({exc.strerror or exc})"
+        return WriterError(
+            f"{self._path}: {self._failure}; {kept} (the episodes added to this writer are not kept)"
+        )
+
+    def _check_open(self) -> None:
+        if self._failure is not None:
+            raise WriterError(
+                f"{self._path}: this writer closed itself when {self._failure}; nothing was committed"
+            )
+        if self._closed:
+            raise WriterError(f"{self._path}: writer is closed")
 
     def _note_schema(
         self, arrays: dict[str, tuple[np.dtype[Any], tuple[int, ...]]], cams: dict[str, Any]
@@ -694,8 +795,7 @@ class Writer:
             EpisodeNotFoundError: ``i`` is out of range in ``db``.
             WriterError: an ``extra`` name is invalid, or the episode exceeds a format limit.
         """
-        if self._closed:
-            raise WriterError(f"{self._path}: writer is closed")
+        self._check_open()
         for key in extra or {}:
             _check_extra_name(key)
         added = {key: _json_value(v, f"extra[{key!r}]") for key, v in (extra or {}).items()}
@@ -728,8 +828,9 @@ class Writer:
             start = align(self._pos, SECTION_ALIGN)
             self._fh.write(payload)
             self._pos = start + length
-        except BaseException:
-            self._rollback(mark, sec_start)
+        except BaseException as exc:
+            if isinstance(exc, OSError) or not self._rollback(mark, sec_start):
+                raise self._fail(exc, "copying an episode") from exc
             raise
         arrays, cams = {}, {}
         for sec in sections:
@@ -749,7 +850,15 @@ class Writer:
     # -- commit ---------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Commit: write the index, fsync, then publish it (rename or commit record)."""
+        """Commit: write the index, fsync, then publish it (rename or commit record).
+
+        Raises:
+            WriterError: nothing was added to a new file; or writing failed (a full disk),
+                or failed earlier, and nothing was committed: the file is as it was.
+            FileExistsError: mode ``"x"`` and another writer created ``path`` meanwhile.
+        """
+        if self._failure is not None:
+            self._check_open()
         if self._closed:
             return
         if self._tmp is not None and len(self._table) == 0:
@@ -761,6 +870,36 @@ class Writer:
             except WriterError:
                 self.abort()
                 raise
+        try:
+            self._commit()
+        except BaseException as exc:
+            raise self._fail(exc, "committing") from exc
+        self._closed = True
+        self._finalizer.detach()
+        with contextlib.suppress(OSError):  # flushed and synced: closing cannot lose data
+            self._fh.close()
+        if self._tmp is None:
+            return
+        try:
+            if self._mode != "w":
+                _publish_new(self._tmp, self._path)
+            else:
+                os.replace(self._tmp, self._path)
+        except BaseException as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(self._tmp)
+            if isinstance(exc, OSError) and not isinstance(exc, FileExistsError):
+                raise WriterError(
+                    f"{self._path}: cannot put the new file in place ({exc.strerror or exc}); nothing was written"
+                ) from exc
+            raise
+        finally:
+            if self._guard is not None:
+                with contextlib.suppress(OSError):
+                    os.close(self._guard)
+        _fsync_dir(self._path)
+
+    def _commit(self) -> None:
         self._mark_stale_stats()
         index = self._table.encode(self._dataset)
         index_offset = align(self._pos)
@@ -771,28 +910,16 @@ class Writer:
         )
         slot = 1 - self._slot if self._tmp is None else 0
         self._fh.flush()
-        try:
-            self._flusher.wait(self._path)
-        except WriterError:
-            self.abort()
-            raise
+        self._flusher.wait(self._path)
         os.fsync(self._fh.fileno())  # data and index are durable before anything points at them
         if self._tmp is not None:
             self._fh.seek(0)
             self._fh.write(pack_header())
+        self._slot_written = True
         self._fh.seek(SLOT_OFFSETS[slot])
         self._fh.write(pack_slot(commit))
         self._fh.flush()
         os.fsync(self._fh.fileno())
-        self._fh.close()
-        self._closed = True
-        self._finalizer.detach()
-        if self._tmp is not None:
-            if self._mode != "w":
-                _publish_new(self._tmp, self._path)
-            else:
-                os.replace(self._tmp, self._path)
-            _fsync_dir(self._path)
 
     def abort(self) -> None:
         """Discard everything added since opening; the file on disk is left as it was."""
@@ -804,8 +931,13 @@ class Writer:
         if self._tmp is None:
             with contextlib.suppress(OSError):
                 self._fh.flush()  # may fail (a full disk): the truncate below runs anyway
+            fd = self._fh.fileno()
+            if self._slot_written:  # a failed commit: its record must not point past the end
+                with contextlib.suppress(OSError):
+                    os.pwrite(fd, bytes(SLOT_SIZE), SLOT_OFFSETS[1 - self._slot])
+                    os.fsync(fd)
             with contextlib.suppress(OSError):  # not through the buffer: it may hold unwritten bytes
-                os.ftruncate(self._fh.fileno(), self._base_end)
+                os.ftruncate(fd, self._base_end)
             with contextlib.suppress(OSError, AttributeError):
                 self._fh.raw.close()  # type: ignore[attr-defined]  # so closing the buffer cannot write them back
         self._finalizer()
