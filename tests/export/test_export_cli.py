@@ -120,3 +120,115 @@ def test_a_refused_hdf5_export_exits_1_and_leaves_nothing(
     assert err.count("\n") == 1 and "different action dims (2: 1 episode, 14: 1 episode)" in err
     assert "--filter 'action_dim = 2'" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["two.kdb"]
+
+
+# -- the output path -------------------------------------------------------------------------
+
+
+def _snapshot(folder: Path) -> dict[str, bytes | None]:
+    return {str(p.relative_to(folder)): (p.read_bytes() if p.is_file() else None) for p in folder.rglob("*")}
+
+
+def test_force_never_takes_the_current_folder_or_the_input(
+    make_kdb, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    top = tmp_path / "top"
+    data = top / "data"  # the folder holding the input, and the current folder
+    data.mkdir(parents=True)
+    src, _ = make_kdb(2, path=data / "good.kdb")
+    (data / "keep.txt").write_text("mine")
+    monkeypatch.chdir(data)
+    before = _snapshot(tmp_path)
+    for out, fmt in (
+        (".", "numpy"),
+        (".", "hdf5"),
+        ("..", "json"),  # top: holds the current folder
+        ("good.kdb", "hdf5"),
+        (str(data), "lerobot"),
+    ):
+        assert kino.main(["export", "good.kdb", "-o", out, "--format", fmt, "--force"]) == 2, out
+        error = capsys.readouterr().err.splitlines()[-1]  # after the usage line, if any
+        assert error.startswith(f"kino export: error: the output {out} "), error
+        assert error.endswith("; choose a new path for the export") and "--force" not in error
+    monkeypatch.chdir(tmp_path)  # elsewhere: the folder holding the input is refused all the same
+    assert kino.main(["export", str(src), "-o", "top", "--force"]) == 2
+    assert "the output top (" in capsys.readouterr().err
+    assert _snapshot(tmp_path) == before
+
+
+def test_an_empty_output_is_a_usage_error(
+    make_kdb, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src, _ = make_kdb(1)
+    monkeypatch.chdir(tmp_path)
+    before = _snapshot(tmp_path)
+    assert kino.main(["export", str(src), "-o", "", "--force"]) == 2  # -o "$UNSET"
+    assert "-o/--output is empty" in capsys.readouterr().err
+    assert _snapshot(tmp_path) == before
+
+
+def test_force_is_advised_only_where_it_works(
+    make_kdb, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src, _ = make_kdb(2)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("years of work")
+    for extra in ([], ["--force"], ["--format", "hdf5", "--force"]):
+        assert kino.main(["export", str(src), "-o", str(mine), *extra]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "a folder of 1 entry that is not an earlier kinodb export" in err
+        assert "choose a new path, or remove it yourself" in err and "--force" not in err, err
+    assert [p.name for p in mine.iterdir()] == ["thesis.tex"]
+    out = tmp_path / "npy"
+    assert kino.main(["export", str(src), "-o", str(out)]) == 0
+    assert kino.main(["export", str(src), "-o", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert f"error: {out} exists and is an earlier kinodb numpy export; pass --force to replace it\n" in err
+    assert kino.main(["export", str(src), "-o", str(out), "--format", "hdf5", "--force"]) == 0
+    assert kino.main(["export", str(src), "-o", str(out), "--force"]) == 1  # a folder never replaces a file
+    err = capsys.readouterr().err
+    assert "is a file (this format writes a folder)" in err and "--force" not in err
+    assert out.is_file()
+
+
+def test_output_folder_errors_name_the_output(
+    make_kdb, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src, _ = make_kdb(1)
+    out = tmp_path / "nodir" / "x.hdf5"
+    assert kino.main(["export", str(src), "-o", str(out), "--format", "hdf5"]) == 1
+    err = capsys.readouterr().err
+    assert err == f"error: cannot write {out}: the folder {out.parent} does not exist; create it first\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [src.name]
+
+
+def test_a_name_ending_in_hdf5_needs_no_format(
+    make_kdb, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src, _ = make_kdb(2)
+    assert kino.main(["export", str(src), "-o", str(tmp_path / "want.hdf5")]) == 0
+    assert "as hdf5: 1 files" in capsys.readouterr().out
+    assert (tmp_path / "want.hdf5").read_bytes()[:8] == b"\x89HDF\r\n\x1a\n"
+    assert kino.main(["export", str(src), "-o", str(tmp_path / "want.json")]) == 2
+    err = capsys.readouterr().err
+    assert "ends in .json" in err and "pass --format json to write a folder of that name" in err
+    assert "format='json'" not in err and not (tmp_path / "want.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "named", "unnamed"),
+    [
+        (["--format", "json", "--video-codec", "av1"], "--video-codec and --images-as apply", "video_codec"),
+        (["--format", "numpy", "--images-as", "image"], "(--format lerobot), not 'numpy'", "images_as"),
+        (["--keep-upright"], "--keep-upright applies to format 'hdf5' only", "flip_images"),
+    ],
+)
+def test_option_errors_name_the_options(
+    make_kdb, tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], named: str, unnamed: str
+) -> None:
+    src, _ = make_kdb(1)
+    assert kino.main(["export", str(src), "-o", str(tmp_path / "out"), *extra]) == 2
+    err = capsys.readouterr().err
+    assert named in err and unnamed not in err, err
+    assert not (tmp_path / "out").exists()

@@ -69,14 +69,23 @@ def test_a_failed_overwrite_keeps_the_old_output(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f0.kdb", "out"]
 
 
-def test_overwrite_replaces_a_file_with_a_folder_and_back(make_kdb, tmp_path: Path) -> None:
+def test_overwrite_replaces_a_folder_export_with_a_file_but_no_file_with_a_folder(
+    make_kdb, tmp_path: Path
+) -> None:
     src, _ = make_kdb(2)
     out = tmp_path / "out"
-    out.write_text("old")
-    export(src, out, format="numpy", overwrite=True)
-    assert (out / "episodes.json").is_file()
+    export(src, out, format="numpy")
     export(src, out, format="hdf5", overwrite=True)
     assert out.is_file() and out.read_bytes()[:8] == b"\x89HDF\r\n\x1a\n"
+    before = out.read_bytes()
+    with pytest.raises(FileExistsError, match=r"is a file \(this format writes a folder\)"):
+        export(src, out, format="numpy", overwrite=True)
+    assert out.read_bytes() == before
+    notes = tmp_path / "notes"
+    notes.write_text("old")
+    with pytest.raises(FileExistsError, match="not an earlier kinodb hdf5 export"):
+        export(src, notes, format="hdf5", overwrite=True)
+    assert notes.read_text() == "old"
 
 
 def test_stale_temporaries_of_dead_exports_are_removed(make_kdb, tmp_path: Path) -> None:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 from typing import Any
+
+_FORMATS = ("numpy", "json", "hdf5", "lerobot")
 
 
 def register(sub: Any) -> None:
@@ -15,14 +18,16 @@ def register(sub: Any) -> None:
         help="export a .kdb file to .npy files, JSON metadata, robomimic HDF5 or a LeRobot dataset",
         description="Export episodes to a folder of .npy arrays and image files (numpy), metadata "
         "only (json), one robomimic-layout HDF5 file (hdf5), or a LeRobot v3.0 dataset folder "
-        "(lerobot). The output appears only when complete.",
+        "(lerobot). The output appears only when complete. OUT must be a new path, or with --force "
+        "an earlier kinodb export or an empty folder; OUT is never the current folder, the input "
+        "file, or a folder holding either.",
     )
     p.add_argument("path", metavar="PATH", help="the .kdb file")
     p.add_argument("-o", "--output", required=True, metavar="OUT",
-                   help="output folder (numpy, json, lerobot) or .hdf5 file (hdf5)")  # fmt: skip
-    p.add_argument(
-        "--format", choices=("numpy", "json", "hdf5", "lerobot"), default="numpy", help="default: numpy"
-    )
+                   help="output folder (numpy, json, lerobot) or file (hdf5); its folder must exist")  # fmt: skip
+    p.add_argument("--format", choices=_FORMATS,
+                   help="default: hdf5 when OUT ends in .hdf5, .h5 or .he5, else numpy (an OUT ending in "
+                   ".json, .jsonl or .kdb needs --format)")  # fmt: skip
     p.add_argument("--video-codec", choices=("h264", "av1"),
                    help="lerobot: codec of the camera videos (default: h264)")  # fmt: skip
     p.add_argument("--images-as", choices=("video", "image"),
@@ -31,27 +36,57 @@ def register(sub: Any) -> None:
                    help="hdf5: keep frames the ingest turned upright (--flip-images) upright; by default "
                    "they are turned back to the source's orientation")  # fmt: skip
     p.add_argument("-F", "--filter", metavar="KQL", help="export only episodes matching this query")
-    p.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    p.add_argument("--force", action="store_true",
+                   help="replace OUT if it is an earlier kinodb export (a file: only when exporting hdf5) or "
+                   "an empty folder; anything else at OUT is never replaced")  # fmt: skip
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Export and print a one-line summary (warnings on stderr, each once)."""
     from kinodb.export import export  # deferred: keeps `kino --help` light
+    from kinodb.export._run import output_format
 
+    if not args.output:
+        raise ValueError("-o/--output is empty (an unset variable?); name the folder or file to write")
+    fmt = output_format(args.output, getattr(args, "format", None), option="--format {}")
+    video_codec, images_as = getattr(args, "video_codec", None), getattr(args, "images_as", None)
+    keep_upright = getattr(args, "keep_upright", False)
+    if fmt != "lerobot" and (video_codec is not None or images_as is not None):
+        raise ValueError(
+            f"--video-codec and --images-as apply to format 'lerobot' only (--format lerobot), not {fmt!r}"
+        )
+    if fmt != "hdf5" and keep_upright:
+        raise ValueError(f"--keep-upright applies to format 'hdf5' only (--format hdf5), not {fmt!r}")
     # The report carries the exporter's warnings; Python warnings raised on the way (by
     # the library or what it calls) join them, so that each prints once, as "warning: ...".
     report = None
     with warnings.catch_warnings(record=True) as raised:
         try:
             report = export(
-                args.path, args.output, format=args.format, filter=args.filter, overwrite=args.force,
-                video_codec=getattr(args, "video_codec", None), images_as=getattr(args, "images_as", None),
-                flip_images=False if getattr(args, "keep_upright", False) else None,
+                args.path, args.output, format=fmt, filter=args.filter, overwrite=args.force,
+                video_codec=video_codec, images_as=images_as, flip_images=False if keep_upright else None,
             )  # fmt: skip
+        except FileExistsError as exc:
+            raise _in_the_way(args.output, fmt, exc) from exc
         finally:  # also before the error of an export that fails
             lines = [*(report.warnings if report is not None else ()), *(str(w.message) for w in raised)]
             for line in dict.fromkeys(lines):
                 print(f"warning: {line}", file=sys.stderr)
     print(report.summary())
     return 0
+
+
+def _in_the_way(output: str, fmt: str, exc: FileExistsError) -> OSError:
+    """The library's refusal of an existing OUT, with the command's advice: --force only where it works.
+
+    A plain OSError, so that kino's error table prints it as it stands.
+    """
+    from kinodb._cli._errors import one_line
+    from kinodb.export._base import existing_output, exists_message
+
+    target = os.path.abspath(output)
+    found = existing_output(target, directory=fmt != "hdf5")
+    if found is None:  # not OUT (or gone since): the error as it stands
+        return OSError(one_line(exc))
+    return OSError(exists_message(target, found, directory=fmt != "hdf5", force="--force"))

@@ -1,11 +1,13 @@
-"""What every exporter shares: the report, one-value checks, records, JSON text, safe names, staging."""
+"""What every exporter shares: the report, checks, records, JSON text, safe names, output paths, staging."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
+import re
 import secrets
 import shutil
 import string
@@ -15,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from kinodb._optional import require
 from kinodb.errors import ConversionError
 from kinodb.kdb._stale import stale_temps
 from kinodb.kdb.reader import Database
@@ -204,33 +207,278 @@ def check_case_collisions(names: dict[str, str], what: str) -> None:
             )
 
 
+# -- the output path ------------------------------------------------------------------------
+
+# Where each export writes its facts (the "export" object of a JSON file), and the entries
+# it writes at the top of its folder: a folder holding such facts and nothing else is an
+# earlier export, which overwrite may replace.
+_FOLDER_MARKERS = (("dataset.json", ("numpy", "json")), (os.path.join("meta", "kinodb.json"), ("lerobot",)))
+_FOLDER_ENTRIES = {
+    "numpy": re.compile(r"dataset\.json|episodes\.json|episode_[0-9]+"),
+    "json": re.compile(r"dataset\.json|episodes\.jsonl"),
+    "lerobot": re.compile(r"meta|data|videos"),
+}
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+_MAX_MARKER_BYTES = 1 << 26  # a dataset.json is kilobytes: anything this large is no export's
+_ADVICE = {
+    errno.ENAMETOOLONG: "choose a shorter name",
+    errno.ENOSPC: "free some space or choose another folder",
+    errno.EDQUOT: "free some space or choose another folder",
+    errno.EACCES: "choose a writable folder",
+    errno.EPERM: "choose a writable folder",
+    errno.EROFS: "choose a writable folder",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Existing:
+    """What an output path holds already, and which exports may replace it.
+
+    Attributes:
+        what: what the path is, for people ("an earlier kinodb numpy export").
+        by_folder: a folder export (``numpy``, ``json``, ``lerobot``) may replace it.
+        by_file: a file export (``hdf5``) may replace it.
+    """
+
+    what: str
+    by_folder: bool = False
+    by_file: bool = False
+
+    def replaceable(self, *, directory: bool) -> bool:
+        """Whether an export writing a folder (``directory``) or a file may replace it."""
+        return self.by_folder if directory else self.by_file
+
+
+def existing_output(target: str, *, directory: bool) -> Existing | None:
+    """What ``target`` holds, or None when nothing is there.
+
+    Only an earlier kinodb export is replaceable: a folder holding the facts its export
+    wrote (``dataset.json`` of a numpy or json export, ``meta/kinodb.json`` of a lerobot
+    export) and only the entries that export writes, or an empty folder; a file only by an
+    export writing a file (``hdf5``), and only when it is an HDF5 export of kinodb (its
+    ``/data`` group carries ``kinodb_export``). ``directory`` says which kind the export
+    writes. Symbolic links are never replaced.
+
+    Raises:
+        MissingExtraError: an HDF5 file to recognise and no h5py.
+    """
+    if os.path.islink(target):
+        return Existing("a symbolic link")
+    if os.path.isdir(target):
+        return _existing_folder(target)
+    if os.path.isfile(target):
+        if directory:
+            return Existing("a file (this format writes a folder)")
+        if _hdf5_export(target):
+            return Existing("an earlier kinodb hdf5 export", by_file=True)
+        return Existing("a file that is not an earlier kinodb hdf5 export")
+    if os.path.lexists(target):
+        return Existing("neither a file nor a folder")
+    return None
+
+
+def exists_message(target: str, found: Existing, *, directory: bool, force: str) -> str:
+    """Why ``target`` is in the way; ``force`` (how to ask for overwrite) is named only where it would work."""
+    if found.replaceable(directory=directory):
+        return f"{target} exists and is {found.what}; pass {force} to replace it"
+    return (
+        f"{target} exists and is {found.what}, which an export does not replace: choose a new path, "
+        "or remove it yourself"
+    )
+
+
+def check_output(source: str, target: str, *, shown: str, directory: bool, overwrite: bool) -> None:
+    """Refuse the output path ``target`` before anything is converted.
+
+    ``source`` is the input file; ``shown`` is ``target`` as the caller spelled it.
+
+    Raises:
+        ValueError: ``target`` is the current folder or holds it, or is ``source`` or holds it.
+        FileNotFoundError: the folder that should hold ``target`` does not exist.
+        NotADirectoryError: that path is not a folder.
+        PermissionError: that folder is not writable.
+        FileExistsError: ``target`` exists and is not replaceable, or ``overwrite`` is False.
+    """
+    _refuse_enclosing(source, target, shown)
+    check_parent(target, shown)
+    check_existing(target, directory=directory, overwrite=overwrite)
+
+
+def _refuse_enclosing(source: str, target: str, shown: str) -> None:
+    """Refuse a ``target`` whose replacement would take the input or the current folder with it."""
+    if not os.path.lexists(target):
+        return
+    why = None
+    try:
+        cwd: str | None = os.getcwd()
+    except OSError:  # the current folder was deleted: nothing to protect
+        cwd = None
+    if _same(target, source):
+        why = "is the input file"
+    elif cwd is not None and _holds(target, cwd):
+        why = "is the current folder" if _same(target, cwd) else "is a folder holding the current folder"
+    elif _holds(target, source):
+        why = "is a folder holding the input file"
+    if why is not None:
+        real = os.path.realpath(target)
+        label = shown if shown == real else f"{shown} ({real})"
+        raise ValueError(f"the output {label} {why}; choose a new path for the export")
+
+
+def _same(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _holds(folder: str, path: str) -> bool:
+    """Whether ``folder`` is ``path`` or one of the folders above it."""
+    here = os.path.realpath(path)
+    while True:
+        if _same(folder, here):
+            return True
+        up = os.path.dirname(here)
+        if up == here:
+            return False
+        here = up
+
+
+def check_parent(target: str, shown: str) -> None:
+    """Refuse a ``target`` whose folder is missing, not a folder or not writable.
+
+    Raises:
+        FileNotFoundError: the folder does not exist.
+        NotADirectoryError: the path is not a folder.
+        PermissionError: the folder is not writable.
+    """
+    parent = os.path.dirname(target)
+    if not os.path.isdir(parent):
+        if os.path.lexists(parent):
+            raise NotADirectoryError(
+                f"cannot write {shown}: {parent} is not a folder; choose a path in a folder"
+            )
+        raise FileNotFoundError(f"cannot write {shown}: the folder {parent} does not exist; create it first")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise PermissionError(
+            f"cannot write {shown}: the folder {parent} is not writable; choose a writable folder"
+        )
+
+
+def check_existing(target: str, *, directory: bool, overwrite: bool) -> None:
+    """Refuse a ``target`` that exists, unless ``overwrite`` and it is replaceable.
+
+    Raises:
+        FileExistsError: as said; the message says what ``target`` is and what to do.
+    """
+    found = existing_output(target, directory=directory)
+    if found is not None and not (overwrite and found.replaceable(directory=directory)):
+        raise FileExistsError(exists_message(target, found, directory=directory, force="overwrite=True"))
+
+
+def _existing_folder(path: str) -> Existing:
+    try:
+        entries = sorted(os.listdir(path))
+    except OSError as exc:
+        return Existing(f"a folder that cannot be listed ({exc.strerror})")
+    if not entries:
+        return Existing("an empty folder", by_folder=True, by_file=True)
+    fmt = _folder_export(path)
+    if fmt is None:
+        n = len(entries)
+        return Existing(
+            f"a folder of {n} entr{'y' if n == 1 else 'ies'} that is not an earlier kinodb export"
+        )
+    others = [e for e in entries if not _FOLDER_ENTRIES[fmt].fullmatch(e)]
+    if others:
+        listed = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+        return Existing(f"an earlier kinodb {fmt} export holding entries the export did not write ({listed})")
+    return Existing(f"an earlier kinodb {fmt} export", by_folder=True, by_file=True)
+
+
+def _folder_export(path: str) -> str | None:
+    """The format of the earlier kinodb export in the folder ``path``, or None."""
+    for rel, formats in _FOLDER_MARKERS:
+        facts = _export_facts(os.path.join(path, rel))
+        if facts is not None and facts.get("format") in formats:
+            return str(facts["format"])
+    return None
+
+
+def _export_facts(path: str) -> dict[str, Any] | None:
+    """The ``export`` object that kinodb wrote into the JSON file ``path``, or None."""
+    try:
+        if not os.path.isfile(path) or os.path.getsize(path) > _MAX_MARKER_BYTES:
+            return None
+        with open(path, encoding="utf-8") as fh:
+            return _kinodb_facts(json.load(fh))
+    except (OSError, ValueError):
+        return None
+
+
+def _kinodb_facts(record: Any) -> dict[str, Any] | None:
+    facts = record.get("export") if isinstance(record, dict) else None
+    if isinstance(facts, dict) and str(facts.get("exporter", "")).startswith("kinodb "):
+        return facts
+    return None
+
+
+def _hdf5_export(path: str) -> bool:
+    """Whether the file ``path`` is an HDF5 export of kinodb."""
+    try:
+        with open(path, "rb") as fh:
+            if fh.read(len(_HDF5_SIGNATURE)) != _HDF5_SIGNATURE:
+                return False
+    except OSError:
+        return False
+    h5py = require("h5py", extra="hdf5")
+    try:
+        with h5py.File(path, "r") as f:
+            data = f.get("data")
+            raw = data.attrs.get("kinodb_export") if isinstance(data, h5py.Group) else None
+            if isinstance(raw, bytes):
+                raw = raw.decode("utf-8")
+            facts = _kinodb_facts({"export": json.loads(raw)}) if isinstance(raw, str) else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return facts is not None and facts.get("format") == "hdf5"
+
+
 # -- staging --------------------------------------------------------------------------------
 
 
 @contextlib.contextmanager
-def staged(target: str, *, directory: bool, overwrite: bool) -> Iterator[str]:
+def staged(target: str, *, directory: bool, overwrite: bool, shown: str | None = None) -> Iterator[str]:
     """Yield a temporary path beside ``target``; move it into place when the block succeeds.
 
-    On any failure the temporary output is removed and ``target`` is left as it was.
+    On any failure the temporary output is removed and ``target`` is left as it was; OS
+    errors name ``target`` (``shown``, as the caller spelled it), never the temporary path.
+    ``target`` is replaced only where `existing_output` says it may be.
 
     Raises:
-        FileExistsError: ``target`` exists and ``overwrite`` is False.
+        FileExistsError: ``target`` exists and is not replaceable, or ``overwrite`` is False.
         FileNotFoundError: the folder that should hold ``target`` does not exist.
+        PermissionError: that folder is not writable.
     """
     target = os.path.abspath(target)
-    _check_target(target, overwrite)
+    shown = target if shown is None else shown
+    check_parent(target, shown)
+    check_existing(target, directory=directory, overwrite=overwrite)
     parent, base = os.path.split(target)
     _remove_stale(parent, base)
     token = f"{os.getpid()}.{secrets.token_hex(4)}"
     tmp = os.path.join(parent, f".{base}.{token}.tmp")
-    if directory:
-        os.mkdir(tmp)
+    _create_staging(tmp, target, directory=directory, shown=shown)
     try:
         yield tmp
-        _check_target(target, overwrite)  # it may have appeared while we were writing
+        check_existing(target, directory=directory, overwrite=overwrite)  # it may have changed meanwhile
         _publish(tmp, target, os.path.join(parent, f".{base}.{token}.old"))
-    except BaseException:
+    except BaseException as exc:
         _remove(tmp)
+        if isinstance(exc, OSError):
+            named = _naming_target(exc, tmp, target)
+            if named is not exc:
+                raise named from exc
         raise
     with contextlib.suppress(OSError):
         fd = os.open(parent, os.O_RDONLY)
@@ -240,12 +488,43 @@ def staged(target: str, *, directory: bool, overwrite: bool) -> Iterator[str]:
             os.close(fd)
 
 
-def _check_target(target: str, overwrite: bool) -> None:
-    if os.path.lexists(target) and not overwrite:
-        raise FileExistsError(f"{target} exists; pass overwrite=True (kino export --force) to replace it")
-    parent = os.path.dirname(target)
-    if not os.path.isdir(parent):
-        raise FileNotFoundError(f"{parent} does not exist or is not a folder; create it first")
+def _create_staging(tmp: str, target: str, *, directory: bool, shown: str) -> None:
+    """Create the staging folder ``tmp`` for ``target``, or try creating the file (the writer creates it)."""
+    try:
+        if directory:
+            os.mkdir(tmp)
+        else:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+            os.unlink(tmp)
+    except OSError as exc:
+        advice = _ADVICE.get(exc.errno or 0, "choose another path")
+        why = exc.strerror or str(exc)
+        if exc.errno == errno.ENAMETOOLONG:  # the name may fit while the temporary one does not
+            extra = len(os.path.basename(tmp)) - len(os.path.basename(target))
+            why += f" (an export first writes under a name {extra} characters longer)"
+        raise _like(exc, f"cannot write {shown} in {os.path.dirname(tmp)}: {why}; {advice}") from exc
+
+
+def _naming_target(exc: OSError, tmp: str, target: str) -> OSError:
+    """``exc`` naming ``target`` instead of the staging path ``tmp``, which people never see."""
+    filename = exc.filename if isinstance(exc.filename, str) else None
+    if filename is not None and (filename == tmp or filename.startswith(tmp + os.sep)):
+        inner = os.path.relpath(filename, tmp)
+        where = "" if inner == "." else f" (writing {inner})"
+        return _like(exc, f"{target}: {exc.strerror or exc}{where}")
+    if tmp in str(exc):
+        return _like(exc, f"{target}: {str(exc).replace(tmp, target)}")
+    return exc
+
+
+def _like(exc: OSError, message: str) -> OSError:
+    """An error of ``exc``'s class and errno with ``message`` as its text."""
+    try:
+        new = type(exc)(message)
+    except TypeError:  # a subclass with another constructor
+        new = OSError(message)
+    new.errno = exc.errno
+    return new
 
 
 def _publish(tmp: str, target: str, old: str) -> None:

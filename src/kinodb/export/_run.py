@@ -9,10 +9,20 @@ from typing import Any
 
 from kinodb._version import __version__
 from kinodb.export import _json_meta, _numpy_dir
-from kinodb.export._base import ExportReport, select, staged, tree_size
+from kinodb.export._base import ExportReport, check_output, select, staged, tree_size
 from kinodb.kdb.reader import Database, open_database
 
 FORMATS = ("numpy", "json", "hdf5", "lerobot")
+
+# Without a format, an output named like an HDF5 file is exported as one.
+SUFFIX_FORMATS = {".hdf5": "hdf5", ".h5": "hdf5", ".he5": "hdf5"}
+# Suffixes of single files that no export writes: a folder so named is a surprise, so an
+# output named so needs its format said.
+_FILE_SUFFIXES = {
+    ".json": ("json", "the json export is a folder (dataset.json, episodes.jsonl), not one JSON file"),
+    ".jsonl": ("json", "the json export is a folder (dataset.json, episodes.jsonl), not one JSON file"),
+    ".kdb": ("numpy", "an export never writes a .kdb file (kino merge --filter copies episodes into one)"),
+}
 
 _FormatWriter = Callable[[Database, list[int], str, dict[str, Any]], list[str] | None]
 
@@ -43,11 +53,36 @@ _WRITERS: dict[str, _FormatWriter] = {
 }  # and "hdf5" and "lerobot", built per call with their options
 
 
+def output_format(out: str | os.PathLike[str], format: str | None, *, option: str = "format={!r}") -> str:
+    """The format of an export to ``out``: ``format`` when given, else from ``out``'s name.
+
+    A name ending in ``.hdf5``, ``.h5`` or ``.he5`` means ``hdf5``; any other name means
+    ``numpy``. ``option`` spells how to pass a format (``"--format {}"`` on the command line).
+
+    Raises:
+        ValueError: ``format`` is unknown; or it is None and ``out`` ends in ``.json``,
+            ``.jsonl`` or ``.kdb``, names of files that no export writes.
+    """
+    if format is not None:
+        if format not in FORMATS:
+            raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
+        return format
+    name = os.fspath(out)
+    suffix = os.path.splitext(name)[1].lower()
+    if suffix in _FILE_SUFFIXES:
+        fmt, why = _FILE_SUFFIXES[suffix]
+        raise ValueError(
+            f"the output {name} ends in {suffix}, but {why}: name the output without {suffix}, or pass "
+            f"{option.format(fmt)} to write a folder of that name"
+        )
+    return SUFFIX_FORMATS.get(suffix, "numpy")
+
+
 def export(
     path: str | os.PathLike[str],
     out: str | os.PathLike[str],
     *,
-    format: str = "numpy",
+    format: str | None = None,
     filter: str | None = None,
     overwrite: bool = False,
     video_codec: str | None = None,
@@ -57,13 +92,17 @@ def export(
     """Export a ``.kdb`` file (the episodes matching ``filter``) to another format.
 
     ``numpy``, ``json`` and ``lerobot`` write the folder ``out``; ``hdf5`` writes the
-    robomimic-layout file ``out``. The output is written beside ``out`` under a temporary
-    name and renamed into place when complete, so a failed export leaves nothing (and an
-    existing output, with ``overwrite``, unchanged). ``video_codec`` (``h264``, the
-    default, or ``av1``) and ``images_as`` (``video``, the default, or ``image``) apply
-    to ``lerobot`` only. ``flip_images`` applies to ``hdf5``: frames the ingest turned
-    upright (``--flip-images``) are turned back to the source's orientation unless it is
-    False.
+    robomimic-layout file ``out``. Without ``format``, an ``out`` ending in ``.hdf5``,
+    ``.h5`` or ``.he5`` is exported as ``hdf5`` and any other as ``numpy`` (see
+    `output_format`). The output is written beside ``out`` under a temporary name and
+    renamed into place when complete, so a failed export leaves nothing (and an existing
+    output unchanged). ``overwrite`` replaces only an earlier kinodb export or an empty
+    folder, and a file only with ``hdf5`` (see `existing_output`); an output that is the
+    current folder, the input file or a folder holding either is refused even then.
+    ``video_codec`` (``h264``, the default, or ``av1``) and ``images_as`` (``video``, the
+    default, or ``image``) apply to ``lerobot`` only. ``flip_images`` applies to ``hdf5``:
+    frames the ingest turned upright (``--flip-images``) are turned back to the source's
+    orientation unless it is False.
 
     Example:
         >>> kinodb.export.export("pick.kdb", "pick_npy", filter="success = true")
@@ -72,27 +111,33 @@ def export(
     Raises:
         ConversionError: no episode matches, or the content cannot be written in this format.
         QuerySyntaxError: ``filter`` does not parse.
-        FileExistsError: ``out`` exists and ``overwrite`` is False.
+        ValueError: an unknown format or a misplaced option; ``out`` is empty, is the
+            current folder, the input file or a folder holding either.
+        FileExistsError: ``out`` exists and is not replaceable, or ``overwrite`` is False.
+        FileNotFoundError: the folder that should hold ``out`` does not exist.
+        PermissionError: that folder is not writable.
         MissingExtraError: ``hdf5`` without h5py, or ``lerobot`` without pyarrow or PyAV.
     """
-    if format not in FORMATS:
-        raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
+    shown = os.fspath(out)
+    if not shown:
+        raise ValueError("the output path is empty; name the folder or file to write")
+    format = output_format(shown, format)
     if format != "lerobot" and (video_codec is not None or images_as is not None):
         raise ValueError(f"video_codec and images_as apply to format 'lerobot' only, not {format!r}")
     if format != "hdf5" and flip_images is not None:
         raise ValueError(
             f"flip_images (kino export --keep-upright) applies to format 'hdf5' only, not {format!r}"
         )
+    t0 = time.perf_counter()
+    target = os.path.abspath(shown)
+    directory = format != "hdf5"
+    check_output(os.fspath(path), target, shown=shown, directory=directory, overwrite=overwrite)
     if format == "lerobot":
         writer = _lerobot_writer(video_codec, images_as)
     elif format == "hdf5":
         writer = _hdf5_writer(flip_images is not False)
     else:
         writer = _WRITERS[format]
-    t0 = time.perf_counter()
-    target = os.path.abspath(os.fspath(out))
-    if os.path.realpath(target) == os.path.realpath(path):
-        raise ValueError(f"the output {target} is the input file; choose another output path")
     with open_database(path) as db:
         positions = select(db, filter)
         if not db.version().startswith("0."):  # v1 payloads carry checksums: never export damage
@@ -103,7 +148,7 @@ def export(
         frames = int(db.episodes()["num_frames"][positions].sum())
         facts = {"format": format, "source": db.path(), "filter": filter, "episodes": len(positions),
                  "frames": frames, "exporter": f"kinodb {__version__}"}  # fmt: skip
-        with staged(target, directory=format != "hdf5", overwrite=overwrite) as tmp:
+        with staged(target, directory=directory, overwrite=overwrite, shown=shown) as tmp:
             warnings = writer(db, positions, tmp, facts) or []
             files, size = tree_size(tmp)
     return ExportReport(
