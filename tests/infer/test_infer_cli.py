@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 from test_infer_runner import Served
 
@@ -13,7 +15,7 @@ import kinodb
 from conftest import Built, MakePackage
 from kinodb._cli import infer as infer_cli
 from kinodb._cli import main as cli
-from kinodb.infer import Runner, load_model
+from kinodb.infer import NdjsonLogger, Runner, load_model
 
 Run = Callable[..., int]
 
@@ -114,8 +116,8 @@ def test_plot_writes_a_png(kino: Run, recorded: tuple[Built, Path, Path], tmp_pa
     png = tmp_path / "log.png"
     assert kino("infer", "plot", log, "-o", png, "--package", built.path) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
-    assert "wrote" in capsys.readouterr().out
-    assert kino("infer", "plot", log, "-o", png, "--run", "3") == 2
+    assert capsys.readouterr().out == f"wrote {png} (15 steps)\n"
+    assert kino("infer", "plot", log, "-o", png, "--run", "3", "--force") == 2
 
 
 def test_kino_ingest_converts_a_log(kino: Run, recorded: tuple[Built, Path, Path], tmp_path: Path) -> None:
@@ -213,3 +215,81 @@ def test_replay_by_position(kino: Run, recorded: tuple[Built, Path, Path], make_
     report = json.loads(capsys.readouterr().out)
     assert report["frames"] == 30 and report["mae"] == 0.0
     assert [j["joint"] for j in report["joints"]] == ["j0", "j1", "j2", "j3"]
+
+
+@pytest.fixture
+def small_log(tmp_path: Path) -> Path:
+    """A 30-step log (0.6 s) written by kinodb's logger."""
+    path = tmp_path / "logs" / "run.ndjson"
+    path.parent.mkdir()
+    rng = np.random.default_rng(3)
+    with NdjsonLogger(path, [("joint_angles", 3), ("gyroscope", 3)], 3) as logger:
+        for k in range(30):
+            logger.record(k, 1_750_000_000_000_000 + 20_000 * k, 40.0,
+                          [rng.normal(size=3).astype(np.float32) for _ in range(3)])  # fmt: skip
+    return path
+
+
+def test_plot_checks_its_output_before_drawing(
+    kino: Run, small_log: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("matplotlib", reason="the plot extra is not installed")
+    out = tmp_path / "out"
+    out.mkdir()
+    before = set(os.listdir(out))
+    bare = out / "adir"  # no suffix: matplotlib would write adir.png, not adir
+    assert kino("infer", "plot", small_log, "-o", bare) == 2
+    err = capsys.readouterr().err
+    assert f"-o {bare}: no suffix to pick the image format from" in err and f"{bare}.png" in err
+    assert kino("infer", "plot", small_log, "-o", out / "p.txt") == 2
+    err = capsys.readouterr().err
+    assert f"-o {out / 'p.txt'}: matplotlib cannot write .txt images; use one of" in err and ".png" in err
+    assert kino("infer", "plot", small_log, "-o", out) == 2  # a folder
+    assert f"-o {out}: is a folder; name the image file to write" in capsys.readouterr().err
+    for skip in ("-1", "nan", "soon"):
+        with pytest.raises(SystemExit) as exit_:  # argparse's usage error
+            kino("infer", "plot", small_log, "-o", out / "p.png", "--skip", skip)
+        assert exit_.value.code == 2
+        assert f"--skip: expected a non-negative number of seconds, got '{skip}'" in capsys.readouterr().err
+    assert kino("infer", "plot", small_log, "-o", out / "no" / "p.png") == 1
+    assert f"{out / 'no'}: No such file or directory" in capsys.readouterr().err
+    assert set(os.listdir(out)) == before  # nothing written, no temporary left
+
+
+def test_plot_refuses_an_existing_output_without_force(
+    kino: Run, small_log: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("matplotlib", reason="the plot extra is not installed")
+    png = tmp_path / "p.png"
+    png.write_bytes(b"keep me")
+    assert kino("infer", "plot", small_log, "-o", png) == 1
+    assert capsys.readouterr().err == f"error: {png} exists; pass --force to replace it\n"
+    assert png.read_bytes() == b"keep me"
+    assert kino("infer", "plot", small_log, "-o", png, "--force", "--skip", "0.2") == 0
+    assert capsys.readouterr().out == f"wrote {png} (20 steps)\n"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    svg = tmp_path / "p.svg"  # the suffix picks the format
+    assert kino("infer", "plot", small_log, "-o", svg) == 0
+    assert b"<svg" in svg.read_bytes()[:1000]
+    assert sorted(os.listdir(tmp_path)) == ["logs", "p.png", "p.svg"]  # no temporary left
+
+
+def test_a_file_that_is_no_log_is_named_as_such(
+    kino: Run, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("matplotlib", reason="the plot extra is not installed")
+    csv = tmp_path / "log.csv"
+    csv.write_text("step,angle\n0,0.1\n1,0.2\n")
+    readme = tmp_path / "README.md"
+    readme.write_text("# Logs\n\nRuns of the walking policy.\n")
+    for path in (csv, readme):
+        assert kino("infer", "plot", path, "-o", tmp_path / "p.png") == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {path}: not a kinfer NDJSON log: line 1 is not JSON")
+        assert "a log holds one JSON object per step" in err and "sed -i" not in err and "torn" not in err
+    assert kino("ingest", csv, "--format", "kinfer-ndjson", "-o", tmp_path / "o.kdb", "-q") == 1
+    err = capsys.readouterr().err
+    assert (
+        err.startswith(f"error: {csv}: not a kinfer NDJSON log: line 1 is not JSON") and "sed -i" not in err
+    )
+    assert not (tmp_path / "p.png").exists() and not (tmp_path / "o.kdb").exists()

@@ -101,9 +101,10 @@ def test_malformed_logs_name_the_line(tmp_path: Path) -> None:
         "\n".join([_line(0), "{oops", _line(2)]): r"line 2: not JSON",
         "\n".join([_line(0), _line(1, gyro=None)]): r"line 2: field 'gyro' is null",
         "\n".join([_line(0), _line(1, output=[1.0])]): r"field 'output' changes length",
-        json.dumps({"t_us": 5, "output": [1]}): r"line 1: a kinfer log line needs 'step_id'",
+        json.dumps({"t_us": 5, "output": [1]}): r"not a kinfer NDJSON log: line 1 is a JSON object without 'step_id'",
+        "\n".join([_line(0), json.dumps({"t_us": 5, "output": [1]})]): r"line 2: a kinfer log line needs 'step_id'",
         "": r"holds no log lines",
-    }
+    }  # fmt: skip
     for k, (text, message) in enumerate(cases.items()):
         path = tmp_path / f"bad{k}.ndjson"
         path.write_text(text + "\n")
@@ -232,3 +233,63 @@ def test_a_torn_last_line_cut_inside_a_character_is_dropped(
     with caplog.at_level(logging.WARNING):
         runs = read_log(path)
     assert len(runs[0]["step_id"]) == 3 and "line 4: dropped the torn last line" in caplog.text
+
+
+_NOT_A_LOG = "not a kinfer NDJSON log: line 1 "
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "found"),
+    [
+        ("log.csv", "step,angle\n0,0.1\n1,0.2\n", "is not JSON (Expecting value at column 1): 'step,angle'"),
+        ("README.md", "# Robot logs\n\nThese are the logs.\n", "is not JSON (Expecting value at column 1): '# Robot logs'"),
+        ("one_line.txt", "hello", "is not JSON (Expecting value at column 1): 'hello'"),  # no newline: no torn line
+        ("array.ndjson", "[1, 2]\n{oops\n", "is a JSON array, not an object: '[1, 2]'"),
+        ("other.ndjson", '{"a": 1}\n{oops\n', "is a JSON object without 'step_id' or 'output' (its keys: 'a')"),
+        ("text_id.ndjson", '{"step_id": "x", "output": [1]}\n', "has a 'step_id' that is no integer: '\"x\"'"),
+    ],
+)  # fmt: skip
+def test_a_file_whose_first_line_is_no_log_line_is_not_a_log(
+    tmp_path: Path, name: str, text: str, found: str
+) -> None:
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(InferError) as err:
+        read_log(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}: {_NOT_A_LOG}{found}; a log holds one JSON object per step")
+    assert "'step_id'" in message and '"output":[' in message  # what a log line looks like
+    assert "delete the line" not in message and "sed -i" not in message and "torn" not in message
+
+
+def test_a_binary_file_without_newlines_is_not_a_log(tmp_path: Path) -> None:
+    path = tmp_path / "blob.bin"  # one line, no newline, not UTF-8: no torn last line of a log
+    path.write_bytes(b"PAR1\xff\xfe\x00\x01")
+    with pytest.raises(InferError, match=r"not a kinfer NDJSON log: line 1 is not UTF-8 text; it starts with "
+                                         r"b'PAR1.*\(a Parquet file\)"):  # fmt: skip
+        read_log(path)
+
+
+def test_torn_lines_of_real_logs_keep_their_advice(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # a torn line after valid lines: the advice to delete it stays
+    path = tmp_path / "mid.ndjson"
+    path.write_text("\n".join([_line(0), "step,angle", _line(2)]) + "\n")
+    with pytest.raises(InferError, match=r"line 2: not JSON .*torn or incomplete.*sed -i '2d'"):
+        read_log(path)
+    # a first line torn, then a run: the torn part is skipped, the run is read
+    path = tmp_path / "first_torn.ndjson"
+    path.write_text("\n".join([_line(7)[:25], _line(0), _line(1)]) + "\n")
+    with caplog.at_level(logging.WARNING):
+        assert len(read_log(path)[0]["step_id"]) == 2
+    assert "torn end of an interrupted run" in caplog.text
+    # the only line, torn mid-record: a killed writer's log, dropped with a warning
+    path = tmp_path / "only_torn.ndjson"
+    path.write_text(_line(0)[:30])
+    caplog.clear()
+    with caplog.at_level(logging.WARNING), pytest.raises(InferError, match=r"holds no log lines$"):
+        read_log(path)
+    assert "dropped the torn last line" in caplog.text
+    empty = tmp_path / "empty.ndjson"
+    empty.write_bytes(b"")
+    with pytest.raises(InferError, match=r"holds no log lines \(it is empty\)"):
+        read_log(empty)

@@ -288,6 +288,39 @@ def test_detect(datasets: dict[str, Path], tmp_path: Path) -> None:
     assert not LeRobotSource.detect(str(datasets["v3.0-h264"] / "meta" / "info.json"))
 
 
+def test_a_path_that_is_no_dataset_folder_says_what_it_is(
+    datasets: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    h5py = pytest.importorskip("h5py", reason="the hdf5 extra is not installed")
+    h5 = tmp_path / "robo.hdf5"
+    with h5py.File(h5, "w") as fh:
+        fh.create_dataset("data/demo_0/actions", data=np.zeros((3, 2), np.float32))
+    out = tmp_path / "e.kdb"
+    assert main(["ingest", str(h5), "-o", str(out), "--format", "lerobot"]) == 1
+    assert capsys.readouterr().err == (
+        f"error: {h5}: is a file, but a LeRobot dataset is a folder holding meta/info.json; it is an HDF5 "
+        "file: pass --format hdf5, or leave --format out to detect it\n"
+    )
+    assert not out.exists()
+    root = datasets["v2.1-av1"]
+    for part in (root / "data", root / "meta", next((root / "data").rglob("*.parquet"))):
+        with pytest.raises(ConversionError) as err:
+            LeRobotSource(part)
+        assert str(err.value).startswith(
+            f"{part}: this is part of a LeRobot dataset; pass the dataset root DIR (the folder holding "
+            f"meta/info.json): {root}"
+        )
+    rlds = tmp_path / "tiny" / "1.0.0"  # an RLDS dataset folder given as LeRobot
+    rlds.mkdir(parents=True)
+    (rlds / "dataset_info.json").write_text(json.dumps({"name": "tiny", "splits": []}))
+    with pytest.raises(ConversionError, match=r"1\.0\.0: not a LeRobot dataset: a LeRobot dataset is a folder "
+                                              r"holding meta/info\.json, and this folder has none; it looks like "
+                                              r"rlds data: pass --format rlds"):  # fmt: skip
+        LeRobotSource(rlds)
+    with pytest.raises(FileNotFoundError):
+        LeRobotSource(tmp_path / "missing")
+
+
 def _broken_copy(src: Path, tmp_path: Path) -> Path:
     root = tmp_path / "ds"
     shutil.copytree(src, root)

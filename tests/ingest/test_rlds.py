@@ -7,6 +7,7 @@ import io
 import json
 import os
 import random
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -506,6 +507,47 @@ def test_missing_shard_is_an_error(toy: Path, tmp_path: Path) -> None:
         ConversionError, match=r"split 'train' lists 2 shards but 1 are missing: .*00001-of-00002"
     ):
         ingest(toy, tmp_path / "o.kdb")
+
+
+def test_a_file_of_another_format_is_named_as_no_tfrecord(
+    tmp_path: Path, make_kdb: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    h5py = pytest.importorskip("h5py", reason="the hdf5 extra is not installed")
+    h5 = tmp_path / "robo.hdf5"
+    with h5py.File(h5, "w") as fh:
+        fh.create_dataset("data/demo_0/actions", data=np.zeros((3, 2), np.float32))
+    out = tmp_path / "e.kdb"
+    assert main(["ingest", str(h5), "-o", str(out), "--format", "rlds"]) == 1
+    assert capsys.readouterr().err == (
+        f"error: {h5}: not a TFRecord file (an RLDS shard): its first bytes are no TFRecord record header; "
+        "it is an HDF5 file: pass --format hdf5, or leave --format out to detect it\n"
+    )
+    assert not out.exists()
+    kdb, _ = make_kdb(1)
+    with pytest.raises(ConversionError, match=rf"^{re.escape(str(kdb))}: not a TFRecord file .*; this is "
+                                              r"already a kinodb \.kdb file .*kino merge"):  # fmt: skip
+        RLDSSource(str(kdb), SourceOptions())
+    logs = tmp_path / "logs"  # a folder that another source reads
+    logs.mkdir()
+    (logs / "run.ndjson").write_text('{"step_id": 0, "output": [1.0]}\n')
+    with pytest.raises(ConversionError, match=r"^.*logs: not an RLDS dataset: no features\.json.*; it looks "
+                                              r"like kinfer-ndjson data: pass --format kinfer-ndjson"):  # fmt: skip
+        RLDSSource(str(logs), SourceOptions())
+
+
+def test_a_single_shard_without_a_readable_record_is_named_itself(
+    toy: Path, tmp_path: Path, episodes: dict[str, list[Episode]]
+) -> None:
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shard = alone / "x.tfrecord"
+    w.write_shard(shard, [w.episode_example(episodes["train"][0])])
+    _flip(shard, 9)  # the length CRC of the only record
+    with pytest.raises(ConversionError) as err:
+        ingest(shard, tmp_path / "o.kdb", format="rlds")
+    message = str(err.value)
+    assert message.startswith(f"{shard}: no readable record (") and "length CRC mismatch" in message
+    assert "split" not in message  # one shard has no split to name
 
 
 # -- damaged shards -----------------------------------------------------------------------

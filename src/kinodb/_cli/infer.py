@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import json
+import math
 import os
+import secrets
 import time
 from typing import Any
 
@@ -58,13 +62,26 @@ def register(sub: Any) -> None:
 
     g = inner.add_parser("plot", help="plot an NDJSON step log to a PNG")
     g.add_argument("log", help="NDJSON log written by kinfer or kinodb")
-    g.add_argument("-o", "--output", required=True, help="PNG file to write")
+    g.add_argument("-o", "--output", required=True,
+                   help="image file to write; its suffix picks the format (.png, .svg, .pdf, ...)")  # fmt: skip
     g.add_argument(
         "--run", dest="run_index", type=int, default=-1, help="which run of the file (default: the last)"
     )
-    g.add_argument("--skip", type=float, default=0.0, metavar="S", help="leave out the first S seconds")
+    g.add_argument("--skip", type=_seconds, default=0.0, metavar="S", help="leave out the first S seconds")
     g.add_argument("--package", help="the policy, to label joints and commands")
+    g.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
     g.set_defaults(run=run_plot)
+
+
+def _seconds(text: str) -> float:
+    """``--skip``: a finite number of seconds >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"expected a non-negative number of seconds, got {text!r}")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:
@@ -240,14 +257,17 @@ def run_plot(args: argparse.Namespace) -> int:
     from kinodb._optional import require
     from kinodb.infer import read_log
 
+    matplotlib = require("matplotlib", extra="plot")
+    matplotlib.use("Agg")
+    plt = require("matplotlib.pyplot", extra="plot")
+    fmt = _image_format(args.output, require("matplotlib.backend_bases", extra="plot"))
+    if not args.force and os.path.lexists(args.output):
+        raise FileExistsError(errno.EEXIST, "exists; pass --force to replace it", args.output)
     runs = read_log(args.log)
     if not -len(runs) <= args.run_index < len(runs):
         raise ValueError(f"--run {args.run_index}: {args.log} holds {len(runs)} runs (0..{len(runs) - 1})")
     cols = runs[args.run_index]
     labels = _labels(args.package, cols, args.log)
-    matplotlib = require("matplotlib", extra="plot")
-    matplotlib.use("Agg")
-    plt = require("matplotlib.pyplot", extra="plot")
     t = (
         (cols["t_us"] - cols["t_us"][0]) / 1e6
         if "t_us" in cols
@@ -282,10 +302,63 @@ def run_plot(args: argparse.Namespace) -> int:
     else:
         ax.text(0.5, 0.5, "not logged (a kinfer log)", ha="center", va="center", transform=ax.transAxes)
     fig.suptitle(f"{os.path.basename(args.log)}: {int(keep.sum())} steps")
-    fig.savefig(args.output, dpi=120)
-    plt.close(fig)
+    try:
+        _save(fig, args.output, fmt, force=args.force)
+    finally:
+        plt.close(fig)
     print(f"wrote {args.output} ({int(keep.sum())} steps)")
     return 0
+
+
+def _image_format(output: str, backend_bases: Any) -> str:
+    """The image format that ``-o``'s suffix names, checked against what matplotlib writes.
+
+    Raises:
+        ValueError: no suffix, a suffix matplotlib cannot write, or a folder (a usage error).
+    """
+    supported: dict[str, str] = backend_bases.FigureCanvasBase.get_supported_filetypes()
+    listed = ", ".join(f".{ext}" for ext in sorted(supported))
+    if os.path.isdir(output):
+        raise ValueError(f"-o {output}: is a folder; name the image file to write, e.g. "
+                         f"{os.path.join(output, 'plot.png')}")  # fmt: skip
+    ext = os.path.splitext(output)[1].lstrip(".").lower()
+    if not ext:
+        raise ValueError(
+            f"-o {output}: no suffix to pick the image format from; name the file with one, e.g. "
+            f"{output}.png (matplotlib writes {listed})"
+        )
+    if ext not in supported:
+        raise ValueError(f"-o {output}: matplotlib cannot write .{ext} images; use one of {listed}")
+    parent = os.path.dirname(output)
+    if parent and not os.path.isdir(parent):
+        raise FileNotFoundError(errno.ENOENT, "No such file or directory (the folder of -o)", parent)
+    return ext
+
+
+def _save(fig: Any, output: str, fmt: str, *, force: bool) -> None:
+    """Write the figure to a temporary file beside ``output``, then publish it in one step.
+
+    Without ``force`` the file is published by a hard link, which fails rather than
+    replace a file that appeared meanwhile.
+    """
+    tmp = os.path.join(
+        os.path.dirname(os.path.abspath(output)),
+        f".{os.path.basename(output)}.{os.getpid()}.{secrets.token_hex(4)}.tmp",
+    )
+    try:
+        fig.savefig(tmp, dpi=120, format=fmt)
+        if force:
+            os.replace(tmp, output)
+            return
+        try:
+            os.link(tmp, output)
+        except FileExistsError:
+            raise FileExistsError(errno.EEXIST, "exists; pass --force to replace it", output) from None
+        except OSError:  # a file system without hard links: the check before drawing must do
+            os.replace(tmp, output)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
 
 
 def _labels(package: str | None, cols: dict[str, Any], log: str) -> dict[str, list[str]]:

@@ -274,10 +274,12 @@ def read_log(path: str | os.PathLike[str]) -> list[dict[str, npt.NDArray[Any]]]:
     then the next run appended to the same file).
 
     Raises:
-        InferError: the file is not UTF-8 text (a binary file), a line is not JSON (a
-            torn line inside a run included), lacks ``step_id``/``output``, or a field is
-            not numeric, changes length or becomes null mid-run; the message names the
-            file and the line.
+        InferError: the file is no kinfer log (its first line is not a JSON object with
+            an integer ``step_id`` and ``output``: the message says what it holds and
+            what a log line looks like), is not UTF-8 text (a binary file), a later line
+            is not JSON (a torn line inside a run included) or lacks ``step_id``/``output``,
+            or a field is not numeric, changes length or becomes null mid-run; the
+            message names the file and the line.
     """
     p = os.fspath(path)
     with open(p, "rb") as fh:
@@ -285,7 +287,10 @@ def read_log(path: str | os.PathLike[str]) -> list[dict[str, npt.NDArray[Any]]]:
     lines = [(n, ln) for n, ln in enumerate(raw.split(b"\n"), 1) if ln.strip()]
     records = _parse_lines(p, lines, torn_tail=not raw.endswith(b"\n"))
     if not records:
-        raise InferError(f"{p}: holds no log lines")
+        raise InferError(f"{p}: holds no log lines" + ("" if raw.strip() else " (it is empty)"))
+    fault = _shape_fault(records[0][1])
+    if fault is not None:
+        raise _not_a_log(p, records[0][0], fault)
     runs: list[list[tuple[int, dict[str, Any]]]] = [[]]
     last = None
     for lineno, rec in records:
@@ -316,11 +321,13 @@ def _parse_lines(
         try:
             rec = json.loads(line)
         except UnicodeDecodeError:  # only the torn last line gets here (`_check_utf8`)
+            if not out and not line.lstrip().startswith(b"{"):  # the only line, and no log line at all
+                raise _not_a_log(path, n, f"is not UTF-8 text; {describe_start(line)}") from None
             log.warning("%s: line %d: dropped the torn last line (%d bytes; the writer was killed mid-line)",
                         path, n, len(line))  # fmt: skip
             break
         except json.JSONDecodeError as exc:
-            if k == len(lines) - 1 and torn_tail:
+            if k == len(lines) - 1 and torn_tail and (out or line.lstrip().startswith(b"{")):
                 log.warning("%s: line %d: dropped the torn last line (%d bytes; the writer was killed mid-line)",
                             path, n, len(line))  # fmt: skip
                 break
@@ -337,18 +344,65 @@ def _parse_lines(
                 if glued is None:
                     continue
                 rec = glued[1]
+            elif not out:  # no log line before it: the file is no log, not a log with a torn line
+                raise _not_a_log(
+                    path, n, f"is not JSON ({exc.msg} at column {exc.colno}): {_excerpt(line)}"
+                ) from None
             else:
                 raise InferError(
                     f"{path}: line {n}: not JSON ({exc.msg} at column {exc.colno}): a torn or incomplete "
                     "line inside a run (no new run starts after it). To read the rest, delete the line "
                     f"(sed -i '{n}d' {path}); the steps before and after it are kept, with a gap in step_id"
                 ) from None
+        if not out and (fault := _shape_fault(rec)) is not None:
+            raise _not_a_log(path, n, fault)
         if not isinstance(rec, dict):
             raise InferError(f"{path}: line {n}: expected a JSON object")
         sid = rec.get("step_id")
         last = sid if isinstance(sid, int) else last
         out.append((n, rec))
     return out
+
+
+_JSON_KINDS = {
+    list: "a JSON array",
+    str: "a JSON string",
+    bool: "JSON true or false",
+    type(None): "JSON null",
+}
+LOG_LINE = '{"step_id":0,"t_us":1718000000000000,"joint_angles":[0.1,...],...,"output":[0.2,...]}'
+
+
+def _not_a_log(path: str, n: int, found: str) -> InferError:
+    """The error for a file whose first line is no log line: it is no kinfer log at all."""
+    return InferError(
+        f"{path}: not a kinfer NDJSON log: line {n} {found}; a log holds one JSON object per step, with "
+        f"an integer 'step_id' and the action 'output', such as {LOG_LINE}"
+    )
+
+
+def _shape_fault(rec: Any) -> str | None:
+    """What keeps a parsed line from being a log line (``is a JSON array, ...``), or None."""
+    if not isinstance(rec, dict):
+        what = _JSON_KINDS.get(type(rec), "a JSON number")
+        return f"is {what}, not an object: {_excerpt(json.dumps(rec).encode())}"
+    missing = [key for key in ("step_id", "output") if key not in rec]
+    if missing:
+        keys = ", ".join(repr(key) for key in list(rec)[:6]) + (", ..." if len(rec) > 6 else "")
+        return (
+            f"is a JSON object without {' or '.join(repr(key) for key in missing)} "
+            f"(its keys: {keys or 'none'})"
+        )
+    sid = rec["step_id"]
+    if not isinstance(sid, int) or isinstance(sid, bool):
+        return f"has a 'step_id' that is no integer: {_excerpt(json.dumps(sid).encode())}"
+    return None
+
+
+def _excerpt(line: bytes, limit: int = 60) -> str:
+    """The start of a line, quoted, for a message."""
+    text = line.decode("utf-8", "replace").strip()
+    return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
 def _check_utf8(path: str, lines: list[tuple[int, bytes]], *, torn_tail: bool) -> None:

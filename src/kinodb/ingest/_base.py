@@ -11,6 +11,8 @@ from __future__ import annotations
 import functools
 import importlib
 import os
+import shlex
+import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
@@ -145,7 +147,9 @@ def source_class(fmt: str, path: str) -> type[Source]:
     """The source class for ``fmt``, or the one that recognises ``path`` for ``"auto"``.
 
     Raises:
-        ConversionError: the format is unknown, or nothing recognises ``path``.
+        ConversionError: the format is unknown, or nothing recognises ``path`` (the
+            message says what it is when that is known: a ``.kdb`` file, a part of a
+            LeRobot or RLDS dataset; see `what_it_is`).
     """
     known = formats()
     if fmt != "auto":
@@ -158,6 +162,144 @@ def source_class(fmt: str, path: str) -> type[Source]:
         cls = known[name]()
         if cls.detect(path):
             return cls
+    part = what_it_is(path)
+    if part is not None:
+        raise ConversionError(f"{path}: {part}")
+    seen = sniff(path)
     raise ConversionError(
-        f"{path}: cannot tell its format (tried {', '.join(sorted(known))}); pass --format explicitly"
+        f"{path}: cannot tell its format (tried {', '.join(sorted(known))}"
+        f"{f'; {seen}' if seen else ''}); pass --format explicitly"
     )
+
+
+# -- what a path is, for the messages of a source that cannot read it ---------------------
+
+_KDB_MAGIC = b"KINO"  # format 1.x (kinodb.kdb._layout.MAGIC) and the earlier 0.1 alike
+_KDB_VERSION = struct.Struct("<HH")  # major, minor, after the magic
+# (offset, signature, what it is) of files often given where a dataset belongs
+_SIGNATURES = (
+    (0, b"\x89HDF\r\n\x1a\n", "an HDF5 file"),
+    (0, b"PAR1", "a Parquet file"),
+    (4, b"ftyp", "an MP4 video"),
+    (0, b"\x1aE\xdf\xa3", "a Matroska/WebM video"),
+    (0, b"\x93NUMPY", "a NumPy .npy file"),
+    (0, b"PK\x03\x04", "a zip archive"),
+    (0, b"\x1f\x8b", "a gzip file"),
+)
+_LEROBOT_DEPTH = 4  # videos/KEY/chunk-000/file-000.mp4: a dataset file's folders below the root
+
+
+def _head(path: str, n: int = 16) -> bytes | None:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(n)
+    except OSError:
+        return None
+
+
+def sniff(path: str) -> str | None:
+    """What a file's first bytes show, as a clause (``it is an HDF5 file``), or None."""
+    if not os.path.isfile(path):
+        return None
+    head = _head(path)
+    if head is None:
+        return None
+    if not head:
+        return "it is empty (0 bytes)"
+    if head.startswith(_KDB_MAGIC):
+        return "it is a kinodb .kdb file"
+    what = next((name for at, magic, name in _SIGNATURES if head[at : at + len(magic)] == magic), None)
+    return f"it is {what}" if what else None
+
+
+def _shown(found: str, given: str) -> str:
+    """``found`` (absolute) spelled relative to the working folder when ``given`` was relative."""
+    if os.path.isabs(given):
+        return found
+    rel = os.path.relpath(found)
+    return found if rel.startswith("..") else rel
+
+
+def lerobot_root(path: str) -> str | None:
+    """The LeRobot dataset (a folder holding ``meta/info.json``) that ``path`` lies inside, or None.
+
+    ``path`` itself does not count: this finds the root of a dataset's ``data/`` or
+    ``meta/`` folder, or of one of its parquet or mp4 files.
+    """
+    folder = os.path.dirname(os.path.abspath(path))  # a file's folder; a folder's parent
+    for _ in range(_LEROBOT_DEPTH):
+        if os.path.isfile(os.path.join(folder, "meta", "info.json")):
+            return _shown(folder, path)
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            break
+        folder = parent
+    return None
+
+
+def what_it_is(path: str) -> str | None:
+    """Why ``path`` is not a source to ingest, and what to do instead, or None.
+
+    Knows a kinodb ``.kdb`` file (by its magic), a part of a LeRobot dataset (its
+    ``data/`` or ``meta/`` folder, a parquet or mp4 file of it) and a metadata file of an
+    RLDS (TFDS) dataset folder.
+    """
+    if os.path.isfile(path):
+        head = _head(path, 8) or b""
+        if head.startswith(_KDB_MAGIC):
+            major, minor = _KDB_VERSION.unpack(head[4:8]) if len(head) == 8 else (1, 0)
+            q = shlex.quote(path)
+            if major == 0:
+                return (
+                    f"this is a kinodb .kdb file of the earlier format 0.{minor}, not a dataset to ingest; "
+                    f"rewrite it as format 1.0 with `kino upgrade {q} NEW.kdb` (and combine or filter .kdb "
+                    "files with `kino merge`)"
+                )
+            return (
+                f"this is already a kinodb .kdb file (format {major}.{minor}), not a dataset to ingest; to "
+                f"combine .kdb files or filter their episodes, use `kino merge {q} [MORE.kdb ...] -o OUT.kdb "
+                "[-F QUERY]`"
+            )
+    root = lerobot_root(path)
+    if root is not None:
+        return (
+            "this is part of a LeRobot dataset; pass the dataset root DIR (the folder holding "
+            f"meta/info.json): {root}"
+        )
+    if os.path.isfile(path):
+        folder = os.path.dirname(os.path.abspath(path))
+        if any(os.path.isfile(os.path.join(folder, n)) for n in ("dataset_info.json", "features.json")):
+            return (
+                "this is part of an RLDS (TFDS) dataset; pass the folder holding dataset_info.json and "
+                f"features.json ({_shown(folder, path)}), or one of its *.tfrecord* shards"
+            )
+    return None
+
+
+def other_format(path: str, besides: str) -> str | None:
+    """The format whose source recognises ``path``, other than ``besides``, or None."""
+    for name, load in sorted(formats().items()):
+        if name == besides:
+            continue
+        try:
+            if load().detect(path):
+                return name
+        except Exception:  # a hint only: a plug-in's failing detect must not replace the real error
+            continue
+    return None
+
+
+def not_this_format(path: str, fmt: str) -> str:
+    """What ``path`` is instead, for the message of source ``fmt`` refusing it (``""``: nothing known).
+
+    Returns ``"; CLAUSE"``: a `what_it_is` sentence, else what its bytes show and the
+    ``--format`` that reads it.
+    """
+    part = what_it_is(path)
+    if part is not None:
+        return f"; {part}"
+    seen, other = sniff(path), other_format(path, fmt)
+    if other is None:
+        return f"; {seen}" if seen else ""
+    lead = seen or f"it looks like {other} data"
+    return f"; {lead}: pass --format {other}, or leave --format out to detect it"

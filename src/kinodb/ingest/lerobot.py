@@ -64,7 +64,14 @@ import numpy as np
 from kinodb._optional import require
 from kinodb.errors import ConversionError, CorruptFileError, WriterError
 from kinodb.ingest import _video
-from kinodb.ingest._base import SKIP_ADVICE, SourceInfo, SourceOptions, exported_extra
+from kinodb.ingest._base import (
+    SKIP_ADVICE,
+    SourceInfo,
+    SourceOptions,
+    exported_extra,
+    lerobot_root,
+    not_this_format,
+)
 from kinodb.kdb import _codecs
 
 log = logging.getLogger(__name__)
@@ -154,6 +161,35 @@ def _read_jsonl(path: str) -> list[dict[str, Any]]:
     except OSError as exc:
         raise ConversionError(f"{path}: not readable ({exc})") from None
     return rows
+
+
+def _check_root(root: str) -> None:
+    """Refuse a path that is no dataset folder, saying what it is.
+
+    Raises:
+        FileNotFoundError: ``root`` does not exist.
+        ConversionError: ``root`` is a file, a folder inside a dataset, or a folder
+            without ``meta/info.json``.
+    """
+    if not os.path.exists(root):
+        raise FileNotFoundError(2, "No such file or directory", root)
+    if os.path.isfile(os.path.join(root, "meta", "info.json")):
+        return
+    inside = lerobot_root(root)
+    if inside is not None:
+        raise ConversionError(
+            f"{root}: this is part of a LeRobot dataset; pass the dataset root DIR (the folder holding "
+            f"meta/info.json): {inside}"
+        )
+    if not os.path.isdir(root):
+        raise ConversionError(
+            f"{root}: is a file, but a LeRobot dataset is a folder holding meta/info.json"
+            f"{not_this_format(root, 'lerobot')}"
+        )
+    raise ConversionError(
+        f"{root}: not a LeRobot dataset: a LeRobot dataset is a folder holding meta/info.json, and this "
+        f"folder has none{not_this_format(root, 'lerobot')}"
+    )
 
 
 def _check_version(info: dict[str, Any], path: str) -> str:
@@ -517,8 +553,9 @@ class LeRobotSource:
         >>> ingest("unitree_g1_lerobot_v21", "g1.kdb", format="lerobot", episodes=[29])
 
     Raises:
-        ConversionError: ``meta/info.json`` is missing or of an unsupported version, or
-            the metadata is malformed.
+        ConversionError: the path is no dataset folder (a file, or a folder inside a
+            dataset: the message names the root to pass), ``meta/info.json`` is missing
+            or of an unsupported version, or the metadata is malformed.
         MissingExtraError: pyarrow or PyAV is not installed.
     """
 
@@ -530,6 +567,7 @@ class LeRobotSource:
         self._options = options or SourceOptions()
         self._pa: Any = require("pyarrow", extra="lerobot")
         self._pq: Any = require("pyarrow.parquet", extra="lerobot")
+        _check_root(self._root)
         info_path = os.path.join(self._root, "meta", "info.json")
         info = _read_json(info_path)
         if not isinstance(info, dict) or not isinstance(info.get("features"), dict):

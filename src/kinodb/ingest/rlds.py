@@ -73,7 +73,7 @@ import numpy as np
 
 from kinodb.errors import ConversionError
 from kinodb.ingest import _tfrecord
-from kinodb.ingest._base import SourceInfo, SourceOptions
+from kinodb.ingest._base import SourceInfo, SourceOptions, not_this_format
 from kinodb.ingest._example import FeatureValue, parse_example
 from kinodb.ingest._rlds_features import (
     META,
@@ -142,6 +142,11 @@ def _has_dataset(folder: str) -> bool:
 def _resolve(path: str) -> tuple[str, str | None]:
     """The dataset folder, and the one shard file when ``path`` is a file."""
     if os.path.isfile(path):
+        if not _is_tfrecord_file(path):
+            raise ConversionError(
+                f"{path}: not a TFRecord file (an RLDS shard): its first bytes are no TFRecord record "
+                f"header{not_this_format(path, 'rlds')}"
+            )
         return os.path.dirname(os.path.abspath(path)), path
     if not os.path.isdir(path):
         raise FileNotFoundError(2, "No such file or directory", path)
@@ -155,8 +160,8 @@ def _resolve(path: str) -> tuple[str, str | None]:
             f"{path}: holds several TFDS dataset versions ({', '.join(versions)}); pass one of those folders"
         )
     raise ConversionError(
-        f"{path}: no features.json, dataset_info.json or *.tfrecord* files, here or in a TFDS "
-        "version folder (NAME/VERSION) below it"
+        f"{path}: not an RLDS dataset: no features.json, dataset_info.json or *.tfrecord* files, here or "
+        f"in a TFDS version folder (NAME/VERSION) below it{not_this_format(path, 'rlds')}"
     )
 
 
@@ -290,6 +295,7 @@ class RLDSSource:
     def __init__(self, path: str, options: SourceOptions) -> None:
         self._options = options
         self._root, single = _resolve(os.fspath(path))
+        self._single = single  # the one shard file given, else None
         self._info = _load_json(os.path.join(self._root, "dataset_info.json")) or {}
         self._features = _load_json(os.path.join(self._root, "features.json"))
         self._shards = self._find_shards(single)
@@ -370,6 +376,8 @@ class RLDSSource:
                 except ConversionError as exc:
                     faults.append(str(exc))
         detail = f" ({faults[0]})" if faults else ""
+        if self._single is not None:  # one shard: name it, not the folder around it
+            raise ConversionError(f"{self._single}: no readable record{detail}")
         raise ConversionError(
             f"{self._root}: no readable record in split {self._options.split or 'train'!r}{detail}"
         )
