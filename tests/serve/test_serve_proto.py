@@ -39,3 +39,18 @@ def test_import_costs() -> None:
     )
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
+
+
+def test_grpcio_or_protobuf_older_than_the_stubs_need_is_one_line_naming_the_extra() -> None:
+    for older in (
+        "import grpc; grpc.__version__ = '1.70.0'",  # the grpcio stub's own check reads it
+        "from google.protobuf import runtime_version as r; r.MAJOR = 5",  # as protobuf 5 reports
+    ):
+        code = f"{older}\nfrom kinodb._cli import main\nraise SystemExit(main.main(['serve', 'x.kdb']))\n"
+        env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+        run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+        assert run.returncode == 1
+        lines = run.stderr.strip().splitlines()
+        assert len(lines) == 1, run.stderr
+        assert "needs grpcio>=1.85.1 and protobuf>=7.35.1,<8" in lines[0]
+        assert lines[0].endswith("pip install -U 'kinodb[serve]'")

@@ -6,9 +6,19 @@ torch and lives in `kinodb.serve.dataset` (``kinodb.remote`` re-exports it lazil
 """
 
 from kinodb._optional import require
+from kinodb.errors import MissingExtraError
 
-require("grpc", extra="serve")
-require("google.protobuf", extra="serve")
+_grpc = require("grpc", extra="serve")
+_protobuf = require("google.protobuf", extra="serve")
+try:  # the generated code checks the versions it was generated for
+    from kinodb.serve._proto import kinodb_pb2, kinodb_pb2_grpc  # noqa: F401
+except Exception as exc:  # RuntimeError (grpcio), protobuf's VersionError, ImportError
+    raise MissingExtraError(
+        f"kinodb's gRPC code needs grpcio>=1.85.1 and protobuf>=7.35.1,<8, but grpcio "
+        f"{getattr(_grpc, '__version__', '?')} and protobuf {getattr(_protobuf, '__version__', '?')} are "
+        f"installed ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); upgrade them with: "
+        "pip install -U 'kinodb[serve]'"
+    ) from exc
 
 from kinodb.serve._errors import (  # noqa: E402
     AuthenticationError,
