@@ -81,3 +81,12 @@ def test_a_wildcard_bind_names_what_it_listens_on_and_where_local_clients_connec
     with KinoClient(proc.addr) as client:
         assert client.server_info()["num_episodes"] == 6
     assert proc.stop() == 0
+
+
+def test_kino_serve_version(capsys: pytest.CaptureFixture[str]) -> None:
+    from kinodb import __version__
+
+    with pytest.raises(SystemExit) as exit_:
+        kino_serve.main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.strip() == f"kino-serve {__version__}"

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from kinodb._cli._errors import EXIT_OK, dispatch
+from kinodb._version import __version__
 from kinodb.mixture import DEFAULT_SEED
 
 DEFAULT_PORT = 50051  # kinodb.serve.server.DEFAULT_PORT; not imported so `kino --help` needs no grpc
@@ -141,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="kino-serve", description=_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    p.add_argument("-V", "--version", action="version", version=f"kino-serve {__version__}")
     p.add_argument("--debug", action="store_true", help="log requests' errors and print tracebacks")
     add_arguments(p)
     p.set_defaults(run=run)
