@@ -197,3 +197,25 @@ def test_table_views_outlive_close(tmp_path: Path, case: str) -> None:
     np.testing.assert_array_equal(view, want[N - 2]["actions"])
     with pytest.raises(ValueError, match="closed"):
         db.read_array(N - 2, "actions")
+
+
+def test_an_index_row_count_that_loses_a_required_array_is_damage(tmp_path: Path) -> None:
+    from kinodb.errors import CorruptFileError
+    from kinodb.kdb._sections import episode_sections
+
+    path = tmp_path / "d.kdb"
+    rng = np.random.default_rng(0)
+    with kinodb.Writer(path) as w:
+        for i in range(2):
+            w.add_episode(**_uniform(rng, i))
+    with kinodb.open(path) as db:
+        ints = list(db._int_views())
+        assert [s.name for s in episode_sections(tuple(ints), db._names, 1, db._size, str(path))][:4] == list(
+            ARRAYS
+        )
+        ints[1] = np.array(ints[1]).copy()
+        ints[0] = np.array(ints[0]).copy()
+        ints[0][1] += 1  # episode 1's rows start one later (a flipped bit): its actions row is lost
+        ints[1][1] -= 1
+        with pytest.raises(CorruptFileError, match=r"episode 1: its index rows lack actions, which every"):
+            episode_sections(tuple(ints), db._names, 1, db._size, str(path))

@@ -90,7 +90,17 @@ def episode_sections(ints: tuple[Any, ...], names: list[str], i: int, size: int,
             Section(names[name[r]], kind[r], _DTYPES[dt[r]], CODECS[codec[r]] if kind[r] else "raw",
                     shape, offs[r], nbytes)
         )  # fmt: skip
+    if count < len(_REQUIRED) or not _REQUIRED.issubset(sec.name for sec in out):
+        missing = sorted(_REQUIRED.difference(sec.name for sec in out))
+        raise CorruptFileError(
+            f"{path}: episode {i}: its index rows lack {', '.join(missing)}, which every episode holds; "
+            f"the index is damaged: run kino validate {path}, and kino upgrade {path} NEW.kdb --on-error skip "
+            "to keep the readable episodes"
+        )
     return out
+
+
+_REQUIRED = frozenset(("actions", "states", "rewards", "is_terminal"))  # written for every v1 episode
 
 
 def _row(path: str, i: int, r: int, offs: Any) -> str:
