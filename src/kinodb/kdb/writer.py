@@ -67,6 +67,9 @@ def _hold(path: str) -> int | None:
         return None
     try:
         _lock(fd, path)
+    except OSError:  # a filesystem without locks: replace as before, unguarded
+        os.close(fd)
+        return None
     except BaseException:
         os.close(fd)
         raise
