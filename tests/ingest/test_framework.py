@@ -187,20 +187,55 @@ def test_formats_detection_and_entry_points(
 
 def test_parse_episodes() -> None:
     assert parse_episodes("0-3,7, 9") == [0, 1, 2, 3, 7, 9]
-    for bad in ("3-1", "a", "1,,2", "-1"):
-        with pytest.raises(ValueError, match="episode"):
+    for bad in ("a", "1,,2", "-1", "2-x"):
+        with pytest.raises(
+            ValueError, match=r"bad episode selection episodes=.* use indices and ranges like 0-9,29"
+        ):
             parse_episodes(bad)
 
 
+def test_a_reversed_range_says_so() -> None:
+    with pytest.raises(ValueError, match=r"the range '3-1' is reversed; write 1-3"):
+        parse_episodes("0,3-1")
+
+
 @pytest.mark.parametrize("episodes", ["1,1", "0-3,2", [2, 0, 2]])
-def test_an_episode_selected_twice_is_refused(src: str, tmp_path: Path, episodes: object) -> None:
-    with pytest.raises(
-        ConversionError, match=r"episode (1|2) is selected more than once .* list each episode once"
-    ):
+def test_an_episode_selected_twice_is_a_usage_error(
+    src: str, tmp_path: Path, episodes: object, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Wrong whatever the source holds: a ValueError (exit 2), raised before the source is read.
+    with pytest.raises(ValueError, match=r"episode (1|2) is selected more than once; list each episode once"):
         ingest(src, tmp_path / "a.kdb", episodes=episodes)
     assert not (tmp_path / "a.kdb").exists()
-    assert main(["ingest", src, "-o", str(tmp_path / "b.kdb"), "--episodes", "0-2,1", "-q"]) == 1
+    assert main(["ingest", src, "-o", str(tmp_path / "b.kdb"), "--episodes", "0-2,1", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "kino ingest: error: bad episode selection --episodes 0-2,1: episode 1 is selected more than once; "
+        "list each episode once (ranges must not overlap)\n"
+    )
     assert not (tmp_path / "b.kdb").exists()
+
+
+def test_a_selection_beyond_the_source_names_its_episodes(
+    src: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Right as a spec, wrong for this source (12 episodes): a runtime error, exit 1.
+    with pytest.raises(
+        ConversionError, match=r"has 12 episodes \(indices 0..11\), but episodes='0-99' selects 88"
+    ):
+        ingest(src, tmp_path / "a.kdb", episodes="0-99")
+    assert main(["ingest", src, "-o", str(tmp_path / "b.kdb"), "--episodes", "3,10-99", "-q"]) == 1
+    err = capsys.readouterr().err
+    assert err == (
+        f"error: {src} has 12 episodes (indices 0..11), but --episodes 3,10-99 selects 88 beyond its last "
+        "(12, 13, 14, 15, 16 and 83 more); select within 0..11\n"
+    )
+    with pytest.raises(
+        ConversionError,
+        match=r"has 12 episodes \(indices 0..11\), but episodes=\[3, 12\] selects 1 beyond its last \(12\)",
+    ):
+        ingest(src, tmp_path / "a.kdb", episodes=[3, 12])
+    assert not (tmp_path / "a.kdb").exists() and not (tmp_path / "b.kdb").exists()
 
 
 def test_option_errors(src: str, tmp_path: Path) -> None:
@@ -214,6 +249,94 @@ def test_option_errors(src: str, tmp_path: Path) -> None:
     with pytest.raises(FileExistsError):
         ingest(src, tmp_path / "a.kdb", max_episodes=1)
     ingest(src, tmp_path / "a.kdb", max_episodes=2, overwrite=True)
+
+
+@pytest.mark.parametrize("fps", [0, 0.0, -1.0, float("nan"), float("inf")])
+def test_fps_zero_or_not_finite_is_an_error_not_unset(src: str, tmp_path: Path, fps: float) -> None:
+    with pytest.raises(ValueError, match=r"fps must be a positive number, got"):
+        ingest(src, tmp_path / "f.kdb", fps=fps)
+    assert not (tmp_path / "f.kdb").exists()
+    ingest(src, tmp_path / "f.kdb", fps=0.5, max_episodes=1)  # a slow rate is a rate: stored as given
+    with kinodb.open(tmp_path / "f.kdb") as db:
+        assert db.read_meta(0)["fps"] == 0.5 and db.metadata()["ingest"]["options"]["fps"] == 0.5
+
+
+@pytest.mark.parametrize("max_episodes", [0, -1])
+def test_max_episodes_must_be_positive(src: str, tmp_path: Path, max_episodes: int) -> None:
+    with pytest.raises(ValueError, match=rf"max_episodes must be a positive integer, got {max_episodes}"):
+        ingest(src, tmp_path / "m.kdb", max_episodes=max_episodes)
+
+
+def test_cli_messages_name_the_options_and_python_messages_the_parameters(
+    src: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "a.kdb"
+    assert main(["ingest", src, "-o", str(out), "-q", "--action-key", "act"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("kino ingest: error: --action-key names the actions of LeRobot and RLDS datasets; ")
+    assert "whose converter takes no --action-key (its actions have a fixed place): leave it out" in err
+    with pytest.raises(ValueError, match=r"^action_key names .* takes no action_key"):
+        ingest(src, out, action_key="act")
+    # verify: a dtype the ingest cast to is named as the caller would pass it
+    ingest(src, out, dtype="float32", images=False, max_episodes=1)
+    assert main(["verify", src, str(out), "--dtype", "float64"]) == 1
+    text = capsys.readouterr().out
+    assert (
+        "actions is float32, the source float64 (if the ingest cast it, verify with --dtype float32)" in text
+    )
+    assert "dtype=" not in text
+    from kinodb.ingest import verify
+
+    problems = verify(src, out, dtype="float64").problems
+    assert any("(if the ingest cast it, verify with dtype='float32')" in line for line in problems)
+
+
+def test_options_a_format_ignores_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    pytest.importorskip("pyarrow")
+    import _lerobot_fixtures as F
+
+    from kinodb.ingest import verify
+
+    lerobot = F.write_v2(tmp_path / "lr", F.make_episodes(np.random.default_rng(1), [3, 4]), images="PNG")
+    log = tmp_path / "run.ndjson"
+    log.write_text("".join(
+        json.dumps({"step_id": k, "t_us": 20_000 * k, "joint_angles": [0.1, 0.2], "joint_vels": [0.0, 0.0],
+                    "output": [0.5, -0.5]}) + "\n" for k in range(5)
+    ))  # fmt: skip
+    refused = [
+        (lerobot, "lerobot", ["--split", "nope"], "takes no --split (a LeRobot dataset is read whole; select "
+         "episodes with --episodes): leave it out"),
+        (log, "kinfer-ndjson", ["--split", "nope"], "takes no --split (kinfer logs have no splits; select "
+         "episodes with --episodes)"),
+        (log, "kinfer-ndjson", ["--state-keys", "a,b"], "takes no --state-keys (its states are always the "
+         "joint angles, then the joint velocities)"),
+        (log, "kinfer-ndjson", ["--flip-images"], "takes no --flip-images (kinfer logs hold no camera frames)"),
+    ]  # fmt: skip
+    for path, fmt, options, why in refused:
+        out = tmp_path / "o.kdb"
+        assert main(["ingest", str(path), "-o", str(out), "-q", *options]) == 2
+        err = capsys.readouterr().err
+        assert (
+            err
+            == f"kino ingest: error: {path} is read as {fmt}, whose converter {why}"
+            + ("" if why.endswith("leave it out") else ": leave it out")
+            + "\n"
+        )
+        assert not out.exists()
+    with pytest.raises(
+        ValueError, match=r"is read as lerobot, whose converter takes no split \(.* with episodes\)"
+    ):
+        ingest(lerobot, tmp_path / "o.kdb", split="train")
+    with pytest.raises(ValueError, match=r"is read as kinfer-ndjson, whose converter takes no state_keys"):
+        ingest(log, tmp_path / "o.kdb", state_keys=["a"])
+    for path in (lerobot, log):  # what applies still works, and verify refuses the same options
+        ingest(path, tmp_path / "ok.kdb", overwrite=True)
+        with pytest.raises(ValueError, match=r"whose converter takes no split"):
+            verify(path, tmp_path / "ok.kdb", split="train")
+        assert main(["verify", str(path), str(tmp_path / "ok.kdb"), "--split", "x"]) == 2
+        assert "whose converter takes no --split" in capsys.readouterr().err
 
 
 def test_an_output_that_is_the_source_is_refused_before_anything_is_written(tmp_path: Path) -> None:
@@ -230,11 +353,31 @@ def test_an_output_that_is_the_source_is_refused_before_anything_is_written(tmp_
     assert src.read_bytes() == before
 
 
-def test_a_dtype_numpy_does_not_know_is_a_usage_error(
-    src: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize("command", ["ingest", "verify"])
+@pytest.mark.parametrize("dtype", ["foo", "int8", "bool"])
+def test_a_dtype_that_is_not_floating_is_a_usage_error(
+    src: str, tmp_path: Path, command: str, dtype: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["ingest", src, "-o", str(tmp_path / "x.kdb"), "--dtype", "foo", "-q"]) == 2
-    assert "dtype must be a floating dtype such as 'float32', got 'foo'" in capsys.readouterr().err
+    made = tmp_path / "made.kdb"
+    ingest(src, made, max_episodes=2)
+    argv = {
+        "ingest": ["ingest", src, "-o", str(tmp_path / "x.kdb"), "-q"],
+        "verify": ["verify", src, str(made)],
+    }[command]
+    with pytest.raises(SystemExit) as exc:
+        main([*argv, "--dtype", dtype])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"usage: kino {command} ") and "Traceback" not in err
+    assert (
+        f"argument --dtype: expected a floating dtype such as float32, float16 or float64, got {dtype!r}"
+        in err
+    )
+    assert not (tmp_path / "x.kdb").exists()
+    from kinodb.ingest import verify
+
+    with pytest.raises(ValueError, match=rf"dtype must be a floating dtype such as 'float32', got '{dtype}'"):
+        verify(src, made, dtype=dtype)
 
 
 def test_exported_extra_fields_come_back_under_names_the_writer_takes() -> None:

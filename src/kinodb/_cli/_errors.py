@@ -5,12 +5,31 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
 import sys
 import traceback
+from typing import Any
 
-from kinodb.errors import KinodbError, QuerySyntaxError
+from kinodb.errors import (
+    CorruptFileError,
+    FormatError,
+    KinodbError,
+    QuerySyntaxError,
+    UnsupportedVersionError,
+)
+from kinodb.ingest._run import options_named
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a process Ctrl-C stopped
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports a process whose reader went away
+
+OPTION_NAMES = {"jpeg_quality": "--compress", "images": "--no-images", "overwrite": "--force"}
+"""Library parameters whose option is not ``--`` and the name with dashes, for messages."""
+
+# The argument that names what a command writes (every writer commits atomically) ...
+_WRITES = {"ingest": "output", "export": "output", "merge": "output", "upgrade": "new", "create-test": "path"}
+# ... or the file it reads and then updates in place.
+_UPDATES = {"stats": "path"}
 
 
 def dispatch(
@@ -24,16 +43,23 @@ def dispatch(
 
     Errors print as one line, except KQL errors, which keep their lines: the query with a
     caret under the offending token, then the hint. ``--debug`` adds the traceback;
-    ``usage`` prints that parser's usage line before a usage error.
+    ``usage`` prints that parser's usage line before a usage error. Messages name the
+    library's parameters as the options (`OPTION_NAMES`). A reader that goes away (``kino
+    validate ... | head``) ends the command quietly with its own failure code, else 141;
+    Ctrl-C ends it with one line and 130.
     """
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="%(message)s")
+    written = {path: _stat(path) for path in _outputs(args, {**_WRITES, **_UPDATES})}
+    code: int | None = None
     try:
-        return int(args.run(args))
+        with options_named(OPTION_NAMES):
+            code = int(args.run(args))
+        sys.stdout.flush()  # now, not at exit: a reader gone away is then handled here
+        return code
     except BrokenPipeError:
-        # The reader went away (``kino info ... | head``): not an error of ours. Point
-        # stdout at /dev/null so the interpreter's final flush does not complain either.
+        # Point stdout at /dev/null so the interpreter's final flush does not complain.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return EXIT_OK
+        return code if code else EXIT_BROKEN_PIPE  # the output was cut short: never a success
     except (KinodbError, OSError) as exc:
         if args.debug:
             traceback.print_exc()
@@ -42,6 +68,8 @@ def dispatch(
             # The library's advice is for Python callers (mode='w'); the command's is --force.
             where = exc.filename or str(exc).split(" exists", 1)[0]
             message = f"{where} exists; pass --force to replace it"
+        else:
+            message = _with_ingest_hint(exc, message, args)
         print(f"{error_prefix}error: {message}", file=sys.stderr)
         return EXIT_ERROR
     except ValueError as exc:  # bad option values that argparse cannot see
@@ -52,7 +80,10 @@ def dispatch(
         print(f"{usage_prefix}error: {one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        return 130
+        if args.debug:
+            traceback.print_exc()
+        print(f"{usage_prefix}{_interrupted(written)}", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 def one_line(exc: BaseException) -> str:
@@ -65,3 +96,93 @@ def one_line(exc: BaseException) -> str:
 def _kql_lines(exc: QuerySyntaxError) -> str:
     """A KQL error as its own lines: collapsing them would move the caret off its token."""
     return str(exc).rstrip() or type(exc).__name__
+
+
+# -- Ctrl-C ---------------------------------------------------------------------------------
+
+
+def _outputs(args: argparse.Namespace, table: dict[str, str]) -> list[str]:
+    """The path the command of ``args`` writes, per ``table`` (none for kino-serve)."""
+    name = table.get(str(getattr(args, "command", "")))
+    value = getattr(args, name, None) if name else None
+    return [value] if isinstance(value, str) else []
+
+
+def _stat(path: str) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+def _interrupted(written: dict[str, tuple[int, int, int] | None]) -> str:
+    """``interrupted``, and what became of the outputs (every writer commits atomically)."""
+    if not written:
+        return "interrupted"
+    notes = []
+    for path, before in written.items():
+        if _stat(path) != before:
+            notes.append(f"{path} was written before the interruption")
+        elif before is None:
+            notes.append(f"nothing was written to {path}")
+        else:
+            notes.append(f"{path} was left as it was")
+    return "interrupted; " + "; ".join(notes)
+
+
+# -- a dataset of another format where a .kdb file was expected -----------------------------
+
+
+def _with_ingest_hint(exc: BaseException, message: str, args: argparse.Namespace) -> str:
+    """``message``, with the ``kino ingest`` command when ``exc`` says a dataset that ingest
+    reads is not a .kdb file (any command that opens a .kdb file)."""
+    path = _not_a_kdb(exc, args)
+    if path is None:
+        return message
+    hint = ingest_hint(path)
+    if hint is None:
+        return message
+    if isinstance(exc, IsADirectoryError):
+        message = f"{path}: a folder, not a .kdb file"
+    return f"{message}; {hint}"
+
+
+def _not_a_kdb(exc: BaseException, args: argparse.Namespace) -> str | None:
+    """The path, among the command's arguments, that ``exc`` says is not a .kdb file."""
+    if isinstance(exc, (CorruptFileError, UnsupportedVersionError)):
+        return None  # a .kdb file after all: the hint would mislead
+    outputs = {os.path.realpath(p) for p in _outputs(args, _WRITES)}
+    if isinstance(exc, IsADirectoryError):
+        named = exc.filename if isinstance(exc.filename, str) else None
+        inputs = [named] if named is not None and os.path.realpath(named) not in outputs else []
+    elif isinstance(exc, FormatError):
+        inputs = [p for p in _arguments(args) if f"{p}: not a .kdb file" in str(exc)]
+    else:
+        return None
+    return max(inputs, key=len, default=None)
+
+
+def _arguments(args: argparse.Namespace) -> set[str]:
+    """Every string argument, and of ``PATH:WEIGHT`` texts the path."""
+    texts: list[Any] = []
+    for value in vars(args).values():
+        texts.extend(value if isinstance(value, list) else [value])
+    out = {t for t in texts if isinstance(t, str)}
+    return out | {t.rpartition(":")[0] for t in out if ":" in t}
+
+
+def ingest_hint(path: str) -> str | None:
+    """``it looks like FORMAT: convert it with kino ingest ...`` when ingest reads ``path``, else None."""
+    from kinodb._cli.ingest import _KINDS  # deferred: only an error needs the ingest formats
+    from kinodb.ingest._base import source_class
+
+    try:
+        fmt = source_class("auto", path).format
+    except Exception:  # a hint only: no error of detection (a plug-in's) replaces the real one
+        return None
+    what = f"{fmt} ({_KINDS[fmt]})" if fmt in _KINDS else fmt
+    out = (os.path.splitext(os.path.basename(os.path.abspath(path)))[0] or "out") + ".kdb"
+    if os.path.realpath(out) == os.path.realpath(path):  # an HDF5 file named x.kdb
+        out = out.removesuffix(".kdb") + "_ingested.kdb"
+    return f"it looks like {what}: convert it with kino ingest {shlex.quote(path)} -o {shlex.quote(out)}"

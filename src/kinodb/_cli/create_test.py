@@ -7,7 +7,7 @@ import errno
 import os
 from typing import Any
 
-from kinodb._cli._types import non_negative_int, positive_int
+from kinodb._cli._types import jpeg_quality, non_negative_int, positive_int
 from kinodb.synthetic import create_test
 
 
@@ -21,7 +21,7 @@ def register(sub: Any) -> None:
     p.add_argument("--images", action="store_true", help="add two 64x64 RGB cameras, front and wrist")
     p.add_argument(
         "--compress",
-        type=_quality,
+        type=jpeg_quality,
         metavar="Q",
         help="store images as JPEG of quality Q (1-100) instead of raw",
     )
@@ -30,15 +30,11 @@ def register(sub: Any) -> None:
     p.set_defaults(run=run)
 
 
-def _quality(text: str) -> int:
-    q = int(text)
-    if not 1 <= q <= 100:
-        raise argparse.ArgumentTypeError(f"JPEG quality must be 1-100, got {q}")
-    return q
-
-
 def run(args: argparse.Namespace) -> int:
     """Write the dataset and print one line about it."""
+    if args.compress is not None and not args.images:
+        raise ValueError("--compress sets the JPEG quality of the cameras, which only --images adds: "
+                         "add --images or leave --compress out")  # fmt: skip
     if not args.force and os.path.exists(args.path):
         raise FileExistsError(errno.EEXIST, "exists; pass --force to replace it", args.path)
     n = create_test(args.path, args.num_episodes, args.frames, images=args.images,

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shlex
 from typing import Any
 
-from kinodb.errors import CorruptFileError, FormatError, UnsupportedVersionError
-from kinodb.kdb.reader import Database, open_database
+from kinodb.kdb.reader import open_database
 
 
 def register(sub: Any) -> None:
@@ -27,7 +24,7 @@ def _clip(text: str, width: int) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Print the summary (and the episode table)."""
-    with _open(args.path) as db:
+    with open_database(args.path) as db:  # not a .kdb file: _errors names the ingest command
         if args.json:
             out: dict[str, Any] = {
                 "path": db.path(), "format_version": db.version(),
@@ -58,44 +55,6 @@ def run(args: argparse.Namespace) -> int:
                 print(f"{m['episode_id']:>6}  {_clip(m['embodiment'], 13):<14}{m['num_frames']:>7}"
                       f"{m['action_dim']:>5}{m['state_dim']:>6}  {succ:<8}{_clip(m['task'], 40)}")  # fmt: skip
     return 0
-
-
-def _open(path: str) -> Database:
-    """Open ``path``; when it is not a .kdb file but a source ``kino ingest`` reads, say so.
-
-    Raises:
-        FormatError: ``path`` is not a .kdb file (with the ``kino ingest`` command when
-            it is a dataset in another format).
-        OSError: ``path`` is missing, or a folder that no ingest format recognises.
-    """
-    try:
-        return open_database(path)
-    except (FormatError, IsADirectoryError) as exc:
-        if isinstance(exc, (CorruptFileError, UnsupportedVersionError)):
-            raise  # a .kdb file after all: the hint would mislead
-        fmt = _ingest_format(path)
-        if fmt is None:
-            raise
-        what = f"{exc}" if isinstance(exc, FormatError) else f"{path}: a folder, not a .kdb file"
-        out = (os.path.splitext(os.path.basename(os.path.abspath(path)))[0] or "out") + ".kdb"
-        if os.path.realpath(out) == os.path.realpath(path):  # an HDF5 file named x.kdb
-            out = out.removesuffix(".kdb") + "_ingested.kdb"
-        raise FormatError(
-            f"{what}; it looks like {fmt}: convert it with "
-            f"kino ingest {shlex.quote(path)} -o {shlex.quote(out)}"
-        ) from exc
-
-
-def _ingest_format(path: str) -> str | None:
-    """The ``kino ingest`` format that recognises ``path`` (with what it is), or None."""
-    from kinodb._cli.ingest import _KINDS  # deferred: kino info needs no ingest otherwise
-    from kinodb.ingest._base import source_class
-
-    try:
-        fmt = source_class("auto", path).format
-    except Exception:  # a hint only: no error of detection (a plug-in's) replaces the real one
-        return None
-    return f"{fmt} ({_KINDS[fmt]})" if fmt in _KINDS else fmt
 
 
 def _fps(values: Any) -> str:

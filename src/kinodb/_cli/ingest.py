@@ -6,6 +6,7 @@ import argparse
 import sys
 from typing import Any
 
+from kinodb._cli._types import float_dtype, jpeg_quality, positive_float, positive_int
 from kinodb.ingest._base import formats
 
 
@@ -20,14 +21,18 @@ def register(sub: Any) -> None:
                    help="auto (default), hdf5, rlds, lerobot, kinfer-ndjson, or a plug-in's name")  # fmt: skip
     p.add_argument("-e", "--embodiment", help="embodiment of every episode (default: from the source)")
     p.add_argument("-t", "--task", help="task of every episode (default: from the source)")
-    p.add_argument("--fps", type=float, help="frames per second (default: from the source, else 10)")
+    p.add_argument("--fps", type=positive_float, help="frames per second (default: from the source, else 10)")
     p.add_argument("--episodes", metavar="SPEC", help="source episodes by index, e.g. 0-9,29")
-    p.add_argument("--max-episodes", type=int, metavar="N", help="at most N episodes (after --episodes)")
-    p.add_argument("--image-codec", choices=("jpeg", "png", "raw"), default="jpeg",
+    p.add_argument(
+        "--max-episodes", type=positive_int, metavar="N", help="at most N episodes (after --episodes)"
+    )
+    p.add_argument("--image-codec", choices=("jpeg", "png", "raw"),
                    help="how to store raw source frames (default jpeg; encoded frames pass through)")  # fmt: skip
-    p.add_argument("--compress", type=int, metavar="Q", default=95, help="JPEG quality 1-100 (default 95)")
+    p.add_argument("--compress", type=jpeg_quality, metavar="Q",
+                   help="JPEG quality 1-100 of --image-codec jpeg (default 95)")  # fmt: skip
     p.add_argument("--no-images", action="store_true", help="leave cameras out")
-    p.add_argument("--dtype", help="cast floating arrays, e.g. float32 (default: keep the source dtype)")
+    p.add_argument("--dtype", type=float_dtype,
+                   help="cast floating arrays to a floating dtype, e.g. float32 (default: keep the source dtype)")  # fmt: skip
     p.add_argument("--state-keys", metavar="K1,K2", help="observation keys that make up the state, in order")
     p.add_argument("--action-key", metavar="KEY",
                    help="the feature that holds the actions (LeRobot: default action, else actions; "
@@ -40,7 +45,9 @@ def register(sub: Any) -> None:
         action="store_true",
         help="rotate frames 180 degrees (LIBERO stores them upside down)",
     )
-    p.add_argument("--workers", type=int, default=1, metavar="N", help="convert in N processes (same output)")
+    p.add_argument(
+        "--workers", type=positive_int, default=1, metavar="N", help="convert in N processes (same output)"
+    )
     p.add_argument("--on-error", choices=("raise", "skip"), default="raise",
                    help="stop at the first bad episode (default) or skip it and report why")  # fmt: skip
     p.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
@@ -72,10 +79,11 @@ def run(args: argparse.Namespace) -> int:
     """Ingest and print the report."""
     from kinodb.ingest import ingest  # deferred: converters load their libraries on first use
 
+    _refuse_unused_image_options(args)
     report = ingest(
         args.src, args.output, format=args.format, embodiment=args.embodiment, task=args.task, fps=args.fps,
-        episodes=args.episodes, max_episodes=args.max_episodes, image_codec=args.image_codec,
-        jpeg_quality=args.compress, images=not args.no_images, dtype=args.dtype,
+        episodes=args.episodes, max_episodes=args.max_episodes, image_codec=args.image_codec or "jpeg",
+        jpeg_quality=95 if args.compress is None else args.compress, images=not args.no_images, dtype=args.dtype,
         state_keys=[k.strip() for k in args.state_keys.split(",")] if args.state_keys else None,
         action_key=args.action_key.strip() if args.action_key else None, split=args.split,
         flip_images=args.flip_images, workers=args.workers, on_error=args.on_error, overwrite=args.force,
@@ -89,3 +97,23 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return 0
+
+
+def _refuse_unused_image_options(args: argparse.Namespace) -> None:
+    """Refuse image options that the other options leave nothing to do.
+
+    Raises:
+        ValueError: ``--compress`` without JPEG, or ``--image-codec``/``--compress`` with
+            ``--no-images``.
+    """
+    if args.no_images:
+        given = [opt for opt, value in (("--image-codec", args.image_codec), ("--compress", args.compress))
+                 if value is not None]  # fmt: skip
+        if given:
+            raise ValueError(f"--no-images leaves the cameras out, so {given[0]} has no frames to store: "
+                             f"leave {given[0]} out")  # fmt: skip
+    elif args.compress is not None and args.image_codec not in (None, "jpeg"):
+        raise ValueError(
+            f"--compress sets the JPEG quality, but --image-codec {args.image_codec} stores frames without "
+            "JPEG: leave --compress out"
+        )

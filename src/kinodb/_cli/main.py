@@ -32,6 +32,22 @@ COMMANDS = (
 )  # fmt: skip
 
 
+class _CommandParser(argparse.ArgumentParser):
+    """A subcommand's parser: an argument it does not know is an error of its own.
+
+    argparse hands a subcommand's unknown arguments back to the top-level parser, which
+    would print ``kino``'s usage instead of the subcommand's.
+    """
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed, extras
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``kino`` parser with every subcommand registered."""
     parser = argparse.ArgumentParser(
@@ -39,15 +55,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-V", "--version", action="version", version=f"kino {__version__}")
     parser.add_argument("--debug", action="store_true", help="print tracebacks on errors")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_CommandParser)
     sub.required = True
     for module in COMMANDS:
         module.register(sub)
+    for command in _commands(parser):
+        if "--debug" not in command._option_string_actions:
+            # SUPPRESS: without the option here, the top-level value (before COMMAND) stands
+            command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                                 help="print tracebacks on errors")  # fmt: skip
     return parser
 
 
+def _commands(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """Every subcommand's parser, nested ones (``kino infer run``) included, each once."""
+    found: dict[int, argparse.ArgumentParser] = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for command in action.choices.values():
+                for p in (command, *_commands(command)):
+                    found.setdefault(id(p), p)
+    return list(found.values())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``kino``; return the exit code (0 ok, 1 kinodb or I/O error, 2 usage)."""
+    """Run ``kino``; return the exit code (0 ok, 1 kinodb or I/O error, 2 usage, 130 Ctrl-C)."""
     args = build_parser().parse_args(argv)
     return dispatch(args, error_prefix="", usage_prefix=f"kino {args.command}: ")
 

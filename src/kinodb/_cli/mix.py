@@ -34,7 +34,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--sample", type=non_negative_int, metavar="N",
                    help="also draw weighted_epoch(N) and show what it holds per source")  # fmt: skip
-    p.add_argument("--epoch", type=non_negative_int, default=0, metavar="E",
+    p.add_argument("--epoch", type=non_negative_int, metavar="E",
                    help="epoch number of the --sample draw (default: 0)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(run=run)
@@ -64,6 +64,8 @@ def parse_source(text: str) -> tuple[str, float]:
 
 def run(args: argparse.Namespace) -> int:
     """Build the mixture, print its sources and, with ``--sample``, one epoch's make-up."""
+    if args.epoch is not None and args.sample is None:
+        raise ValueError("--epoch numbers the --sample draw: add --sample N or leave --epoch out")
     entries = [(*parse_source(text), args.filter) for text in args.source]
     with Mixture(entries, seed=args.seed, weight_by=args.weight_by) as mix:
         out: dict[str, Any] = {
@@ -77,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
             ],
         }  # fmt: skip
         if args.sample is not None:
-            out["sample"] = _observe(mix, args.sample, args.epoch)
+            out["sample"] = _observe(mix, args.sample, args.epoch or 0)
     if args.json:
         print(json.dumps(out, indent=2))
     else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from kinodb._cli._errors import ingest_hint
 from kinodb.kdb.validate import validate
 
 _SHOWN = 10
@@ -24,6 +25,10 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     """Validate, print the findings, return 1 if any check failed."""
     report = validate(args.path, decode_images=not args.no_decode)
+    if not report.passed and report.errors and "not a .kdb file" in report.errors[0]:
+        hint = ingest_hint(args.path)  # a dataset of another format: say how to convert it
+        if hint is not None:
+            report.errors[0] += f"; {hint}"
     if args.verbose:
         for line in report.passed:
             print(f"[ok] {line}")

@@ -6,6 +6,7 @@ import argparse
 import json
 from typing import Any
 
+from kinodb._cli._types import float_dtype, positive_float
 from kinodb._cli.ingest import source_format
 from kinodb.ingest._verify import CODEC_MARGIN_DB, DEFAULT_PSNR, verify
 
@@ -23,14 +24,16 @@ def register(sub: Any) -> None:
     p.add_argument("output", help="the .kdb file the ingest wrote")
     p.add_argument("-F", "--format", default="auto", type=source_format,
                    help="source format (default: as recorded, else detected)")  # fmt: skip
-    p.add_argument("--psnr", type=float, default=None, metavar="DB",
+    p.add_argument("--psnr", type=positive_float, default=None, metavar="DB",
                    help=f"lowest PSNR for frames stored as JPEG from the source's pixels (default: "
                    f"{DEFAULT_PSNR:g} dB, or within {CODEC_MARGIN_DB:g} dB of a fresh JPEG encode of the "
                    "source frame at the recorded quality)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--split", help="override the recorded split")
     p.add_argument("--state-keys", metavar="K1,K2", help="override the recorded state keys")
-    p.add_argument("--dtype", help="override the recorded dtype cast, e.g. float32")
+    p.add_argument(
+        "--dtype", type=float_dtype, help="override the recorded dtype cast: a floating dtype such as float32"
+    )
     p.add_argument(
         "--flip-images", action="store_true", default=None, help="the ingest rotated frames 180 degrees"
     )
@@ -41,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     """Verify, print the report, return 1 on any mismatch."""
     report = verify(
         args.src, args.output, format=args.format, psnr=args.psnr, split=args.split,
-        state_keys=args.state_keys.split(",") if args.state_keys else None, dtype=args.dtype,
+        state_keys=[k.strip() for k in args.state_keys.split(",")] if args.state_keys else None, dtype=args.dtype,
         flip_images=args.flip_images,
     )  # fmt: skip
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.summary())

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures as cf
+import contextlib
+import contextvars
 import dataclasses
+import math
 import multiprocessing
 import os
 import re
+import reprlib
+import shlex
+import signal
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -88,31 +94,155 @@ class _Job:
     dtype: str | None
 
 
+# -- how messages name the options ------------------------------------------------------
+
+_OPTION_NAMES: contextvars.ContextVar[Mapping[str, str] | None] = contextvars.ContextVar(
+    "kinodb_option_names", default=None
+)
+
+
+@contextlib.contextmanager
+def options_named(names: Mapping[str, str]) -> Iterator[None]:
+    """Within the block, messages name parameters as command-line options.
+
+    ``names`` maps a parameter to its option where the two differ (``jpeg_quality`` ->
+    ``--compress``); any other ``some_name`` is spelled ``--some-name``. Outside such a
+    block, messages name the keyword arguments of the Python functions.
+    """
+    token = _OPTION_NAMES.set(names)
+    try:
+        yield
+    finally:
+        _OPTION_NAMES.reset(token)
+
+
+def option_name(parameter: str) -> str:
+    """``parameter`` as the caller spells it: the keyword argument, or its command-line option."""
+    names = _OPTION_NAMES.get()
+    if names is None:
+        return parameter
+    return names.get(parameter, "--" + parameter.replace("_", "-"))
+
+
+def option_value(parameter: str, value: object) -> str:
+    """``parameter=value`` as a Python caller writes it, or ``--option VALUE`` on the command line."""
+    if _OPTION_NAMES.get() is None:
+        return f"{parameter}={reprlib.repr(value)}"
+    return f"{option_name(parameter)} {shlex.quote(str(value))}"
+
+
+def check_dtype(dtype: str | None) -> None:
+    """Refuse a ``dtype`` cast that is not to a floating dtype (None: no cast).
+
+    Raises:
+        ValueError: NumPy does not know ``dtype``, or it is not floating.
+    """
+    try:
+        floating = dtype is None or np.dtype(dtype).kind == "f"
+    except TypeError:
+        floating = False
+    if not floating:
+        raise ValueError(f"{option_name('dtype')} must be a floating dtype such as 'float32', got {dtype!r}")
+
+
+def check_positive(parameter: str, value: float | None) -> None:
+    """Refuse a number that is not finite and > 0 (None: unset).
+
+    Raises:
+        ValueError: ``value`` is 0, negative, NaN or infinite.
+    """
+    if value is None:
+        return
+    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+    if not (ok and math.isfinite(float(value)) and value > 0):
+        raise ValueError(f"{option_name(parameter)} must be a positive number, got {value!r}")
+
+
+# Options that a built-in format's converter takes no notice of, with the reason; a
+# plug-in format is given every option. ``action_key`` is for classes that set
+# ``accepts_action_key``.
+_NOT_TAKEN: dict[str, dict[str, str]] = {
+    "lerobot": {"split": "a LeRobot dataset is read whole; select episodes with {episodes}"},
+    "kinfer-ndjson": {
+        "split": "kinfer logs have no splits; select episodes with {episodes}",
+        "state_keys": "its states are always the joint angles, then the joint velocities",
+        "flip_images": "kinfer logs hold no camera frames",
+    },
+}
+
+
+def refuse_unused(cls: type[Source], path: str, given: Mapping[str, object]) -> None:
+    """Refuse options that ``cls`` would silently ignore (``given``: parameter -> value).
+
+    Raises:
+        ValueError: an option that is set (not None or False) does not apply to the format.
+    """
+    for name, value in given.items():
+        if value is None or value is False:
+            continue
+        if name == "action_key":
+            if getattr(cls, "accepts_action_key", False):
+                continue
+            raise ValueError(
+                f"{option_name(name)} names the actions of LeRobot and RLDS datasets; {path} is read as "
+                f"{cls.format}, whose converter takes no {option_name(name)} (its actions have a fixed "
+                "place): leave it out"
+            )
+        why = _NOT_TAKEN.get(cls.format, {}).get(name)
+        if why is not None:
+            raise ValueError(
+                f"{path} is read as {cls.format}, whose converter takes no {option_name(name)} "
+                f"({why.format(episodes=option_name('episodes'))}): leave it out"
+            )
+
+
+# -- episode selection ----------------------------------------------------------------------
+
+
 def parse_episodes(spec: str) -> list[int]:
     """Parse ``"0-9,29"`` into ``[0, ..., 9, 29]``.
 
     Raises:
-        ValueError: the spec is malformed.
+        ValueError: the spec is malformed, has a reversed range, or selects an episode
+            more than once.
     """
     out: list[int] = []
     for part in spec.split(","):
         part = part.strip()
         lo, dash, hi = part.partition("-")
         try:
-            if dash:
-                a, b = int(lo), int(hi)
-                if a > b:
-                    raise ValueError
-                out.extend(range(a, b + 1))
-            else:
-                out.append(int(part))
+            first = int(lo) if dash else int(part)
+            last = int(hi) if dash else first
         except ValueError:
+            negative = " (indices count from 0)" if part.startswith("-") else ""
             raise ValueError(
-                f"bad episode selection {part!r} in {spec!r}; use indices and ranges like 0-9,29"
+                f"bad episode selection {option_value('episodes', spec)}: {part!r} is not an index or a "
+                f"range{negative}; use indices and ranges like 0-9,29"
             ) from None
-    if any(i < 0 for i in out):
-        raise ValueError(f"episode indices must be >= 0, got {spec!r}")
+        if first > last:
+            raise ValueError(
+                f"bad episode selection {option_value('episodes', spec)}: the range {part!r} is reversed; "
+                f"write {last}-{first}"
+            )
+        out.extend(range(first, last + 1))
+    _check_selection(out, spec)
     return out
+
+
+def _check_selection(wanted: Sequence[int], spec: object) -> None:
+    """Refuse what the selection itself gets wrong, whatever the source holds."""
+    negative = [i for i in wanted if i < 0]
+    if negative:
+        raise ValueError(
+            f"bad episode selection {option_value('episodes', spec)}: indices count from 0, got {negative[0]}"
+        )
+    seen: set[int] = set()
+    twice = [i for i in wanted if i in seen or seen.add(i)]  # type: ignore[func-returns-value]
+    if twice:
+        raise ValueError(
+            f"bad episode selection {option_value('episodes', spec)}: episode {twice[0]} is selected more "
+            "than once; list each episode once (ranges must not overlap)"
+        )
 
 
 def ingest(
@@ -162,24 +292,24 @@ def ingest(
             mismatch (the output file stays).
     """
     if on_error not in ("raise", "skip"):
-        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
-    try:
-        floating = dtype is None or np.dtype(dtype).kind == "f"
-    except TypeError:
-        floating = False
-    if not floating:
-        raise ValueError(f"dtype must be a floating dtype such as 'float32', got {dtype!r}")
+        raise ValueError(f"{option_name('on_error')} must be 'raise' or 'skip', got {on_error!r}")
+    check_dtype(dtype)
+    check_positive("fps", fps)  # 0 is no frame rate at all, not "take the source's"
     if workers < 1:
-        raise ValueError(f"workers must be at least 1, got {workers}")
+        raise ValueError(f"{option_name('workers')} must be at least 1, got {workers}")
+    integer = isinstance(max_episodes, (int, np.integer)) and not isinstance(max_episodes, bool)
+    if max_episodes is not None and not (integer and max_episodes >= 1):
+        raise ValueError(f"{option_name('max_episodes')} must be a positive integer, got {max_episodes!r}")
+    if isinstance(episodes, str):  # what is wrong with the selection itself: before reading the source
+        parse_episodes(episodes)
+    elif episodes is not None:
+        _check_selection(list(episodes), list(episodes))
     path = os.fspath(src)
     if os.path.realpath(os.fspath(out)) == os.path.realpath(path):
         raise ValueError(f"the output {os.fspath(out)} is the source itself; choose another output path")
     cls = source_class(format, path)
-    if action_key is not None and not getattr(cls, "accepts_action_key", False):
-        raise ValueError(
-            f"action_key names the actions of LeRobot and RLDS datasets; {path} is read as {cls.format}, "
-            "whose converter takes no action_key (its actions have a fixed place): leave it out"
-        )
+    refuse_unused(cls, path, {"action_key": action_key, "split": split, "state_keys": state_keys,
+                              "flip_images": flip_images})  # fmt: skip
     options = SourceOptions(images, tuple(state_keys) if state_keys else None, split, flip_images, fps,
                             jpeg_quality if image_codec == "jpeg" else None, action_key)  # fmt: skip
     job = _Job(cls, path, options, image_codec, jpeg_quality, dtype)
@@ -192,14 +322,38 @@ def ingest(
     finally:
         source.close()
     overrides = {"embodiment": embodiment or info.embodiment, "task": task if task is not None else info.task,
-                 "fps": fps or info.fps}  # fmt: skip
+                 "fps": fps if fps is not None else info.fps}  # fmt: skip
     recorded = _recorded(job, embodiment, task, episodes, max_episodes)
     metadata = dict(info.metadata, ingest={"source": path, "format": cls.format, "selected": len(keys),
                                            "options": recorded})  # fmt: skip
     with Writer(out, mode="w" if overwrite else "x", image_codec=image_codec, jpeg_quality=jpeg_quality,
                 schema=info.schema, source_format=info.source_format, metadata=metadata) as writer:  # fmt: skip
-        bar = _progress(len(keys), progress)
-        for key, args, error in _convert_all(job, keys, workers):
+        _write_episodes(writer, job, keys, workers, overrides, on_error, report, progress)
+        if report.skipped:
+            writer.metadata["ingest"]["skipped"] = [{"episode": k, "reason": r} for k, r in report.skipped]
+        if report.episodes == 0:
+            raise ConversionError(f"{path}: no episode could be converted; nothing was written")
+    report.seconds = time.perf_counter() - t0
+    report.bytes = os.path.getsize(out)
+    if verify:
+        from kinodb.ingest._verify import verify as verify_output  # deferred: it builds on this module
+
+        report.verification = verify_output(path, out, format=cls.format)
+        if not report.verification.ok:
+            raise ConversionError(report.verification.failure())
+    return report
+
+
+def _write_episodes(
+    writer: Writer, job: _Job, keys: list[str], workers: int, overrides: Mapping[str, Any], on_error: str,
+    report: IngestReport, progress: bool,
+) -> None:  # fmt: skip
+    """Convert ``keys`` (in ``workers`` processes) and add each episode, with ``overrides``, to ``writer``."""
+    path = job.path
+    bar = _progress(len(keys), progress)
+    # closing: an error (or Ctrl-C) stops the workers now, not when the generator is collected
+    with contextlib.closing(_convert_all(job, keys, workers)) as converted:
+        for key, args, error in converted:
             if error is None:
                 assert args is not None
                 for name, value in overrides.items():
@@ -218,19 +372,6 @@ def ingest(
                     raise ConversionError(error)
                 report.skipped.append((key, error.replace(SKIP_ADVICE, "")))  # advice already taken
             bar(key)
-        if report.skipped:
-            writer.metadata["ingest"]["skipped"] = [{"episode": k, "reason": r} for k, r in report.skipped]
-        if report.episodes == 0:
-            raise ConversionError(f"{path}: no episode could be converted; nothing was written")
-    report.seconds = time.perf_counter() - t0
-    report.bytes = os.path.getsize(out)
-    if verify:
-        from kinodb.ingest._verify import verify as verify_output  # deferred: it builds on this module
-
-        report.verification = verify_output(path, out, format=cls.format)
-        if not report.verification.ok:
-            raise ConversionError(report.verification.failure())
-    return report
 
 
 def _recorded(
@@ -249,19 +390,14 @@ def _select(
     keys: list[str], episodes: str | Sequence[int] | None, max_episodes: int | None, path: str
 ) -> list[str]:
     if episodes is not None:
-        wanted = parse_episodes(episodes) if isinstance(episodes, str) else list(episodes)
-        missing = [i for i in wanted if not 0 <= i < len(keys)]
-        if missing:
-            raise ConversionError(
-                f"{path}: has {len(keys)} episodes (0..{len(keys) - 1}); cannot select {missing[:5]}"
-            )
-        seen: set[int] = set()
-        twice = [i for i in wanted if i in seen or seen.add(i)]  # type: ignore[func-returns-value]
-        if twice:
-            raise ConversionError(
-                f"{path}: episode {twice[0]} is selected more than once ({episodes!r}); "
-                "list each episode once (ranges must not overlap)"
-            )
+        if isinstance(episodes, str):
+            wanted = parse_episodes(episodes)
+        else:
+            wanted = list(episodes)
+            _check_selection(wanted, wanted)
+        beyond = [i for i in wanted if i >= len(keys)]
+        if beyond:
+            raise ConversionError(_beyond_message(path, len(keys), episodes, beyond))
         keys = [keys[i] for i in wanted]
     if max_episodes is not None:
         keys = keys[: max(0, max_episodes)]
@@ -270,14 +406,30 @@ def _select(
     return keys
 
 
+def _beyond_message(path: str, n: int, episodes: str | Sequence[int], beyond: list[int]) -> str:
+    """A selection past the source's last episode: how many it has, and what was asked for."""
+    shown = ", ".join(map(str, beyond[:5])) + (f" and {len(beyond) - 5} more" if len(beyond) > 5 else "")
+    spec = option_value("episodes", episodes)
+    if n == 0:
+        return f"{path} has no episodes to select from ({spec} asks for {shown})"
+    return (
+        f"{path} has {n} episode{'' if n == 1 else 's'} (indices 0..{n - 1}), but {spec} selects "
+        f"{len(beyond)} beyond its last ({shown}); select within 0..{n - 1}"
+    )
+
+
 # -- conversion (runs in the calling process or in workers) ------------------------------
 
 _worker_source: Source | None = None
 _worker_job: _Job | None = None
 
 
-def _init_worker(job: _Job) -> None:
+def _init_worker(job: _Job, quiet: bool = False) -> None:
     global _worker_source, _worker_job
+    if quiet:  # a worker process: Ctrl-C is the parent's to handle (it stops the pool)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if hasattr(signal, "pthread_sigmask"):
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # held since the spawn
     _worker_job = job
     _worker_source = job.cls(job.path, job.options)  # type: ignore[call-arg]
 
@@ -321,7 +473,7 @@ def _finish(args: dict[str, Any], job: _Job) -> dict[str, Any]:
 
 def _convert_all(
     job: _Job, keys: list[str], workers: int
-) -> Iterator[tuple[str, dict[str, Any] | None, str | None]]:
+) -> Generator[tuple[str, dict[str, Any] | None, str | None], None, None]:
     """Converted episodes in key order; at most a few episodes in flight."""
     if workers == 1:
         _init_worker(job)
@@ -333,20 +485,43 @@ def _convert_all(
                 _worker_source.close()
         return
     ctx = multiprocessing.get_context("spawn")  # sources hold file handles that must not be forked
-    with cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(job,)) as pool:
+    pool = cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(job, True))
+    try:
         pending: collections.deque[cf.Future[tuple[str, dict[str, Any] | None, str | None]]] = (
             collections.deque()
         )
         it = iter(keys)
         for key in it:
-            pending.append(pool.submit(_convert_one, key))
+            pending.append(_submit(pool, key))
             if len(pending) >= 2 * workers:
                 break
         while pending:
             yield pending.popleft().result()
             nxt = next(it, None)
             if nxt is not None:
-                pending.append(pool.submit(_convert_one, nxt))
+                pending.append(_submit(pool, nxt))
+    except BaseException:  # an error, Ctrl-C, or the consumer closing early: drop what has not started
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+
+
+def _submit(
+    pool: cf.ProcessPoolExecutor, key: str
+) -> cf.Future[tuple[str, dict[str, Any] | None, str | None]]:
+    """``pool.submit(_convert_one, key)`` with SIGINT held while a worker may be spawned.
+
+    A spawned worker inherits the held signal, so a Ctrl-C that reaches it while it still
+    imports stays pending until its initializer ignores SIGINT: no worker prints a
+    traceback, and the parent alone sees the Ctrl-C (delivered when it lets go here).
+    """
+    if not hasattr(signal, "pthread_sigmask"):  # Windows: no signal masks
+        return pool.submit(_convert_one, key)
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        return pool.submit(_convert_one, key)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
 def _progress(total: int, enabled: bool) -> Any:

@@ -32,7 +32,7 @@ import numpy as np
 
 from kinodb.errors import ConversionError, KinodbError
 from kinodb.ingest._base import Source, SourceInfo, SourceOptions, formats, source_class
-from kinodb.ingest._run import _select
+from kinodb.ingest._run import _select, check_dtype, check_positive, option_value, refuse_unused
 from kinodb.kdb import _codecs
 from kinodb.kdb.reader import META_FIELDS, Database, open_database
 from kinodb.kdb.writer import Writer
@@ -306,6 +306,9 @@ def verify(
         FormatError: ``out`` is not a readable ``.kdb`` file.
     """
     path, t0 = os.fspath(src), time.perf_counter()
+    check_dtype(dtype)
+    check_positive("fps", fps)
+    check_positive("psnr", psnr)
     overrides = {
         "images": images, "state_keys": list(state_keys) if state_keys else None, "split": split,
         "flip_images": flip_images, "fps": fps, "dtype": dtype, "embodiment": embodiment, "task": task,
@@ -317,11 +320,8 @@ def verify(
         plan = _plan(db.metadata(), db.schema(), overrides)
         _require_recorded_format(db, plan, format)
         cls = source_class(plan.format if format == "auto" and plan.format else format, path)
-        if action_key is not None and not getattr(cls, "accepts_action_key", False):
-            raise ValueError(
-                f"action_key names the actions of LeRobot and RLDS datasets; {path} is read as {cls.format}, "
-                "whose converter takes no action_key (its actions have a fixed place): leave it out"
-            )
+        refuse_unused(cls, path, {"action_key": action_key, "split": split, "state_keys": state_keys,
+                                  "flip_images": flip_images})  # fmt: skip
         source = _open_source(cls, path, plan, db)
         report = VerifyReport(
             path,
@@ -549,10 +549,13 @@ class _Checker:
                 self.report.add("arrays", f"{where}: {name} has shape {a.shape}, the source {b.shape}")
                 continue
             if a.dtype != b.dtype:
-                self.report.add(
-                    "dtype",
-                    f"{where}: {name} is {a.dtype}, the source {b.dtype} (cast with dtype=... if meant)",
+                cast = a.dtype.kind == b.dtype.kind == "f"  # what a dtype cast of the ingest makes
+                hint = (
+                    f" (if the ingest cast it, verify with {option_value('dtype', a.dtype.name)})"
+                    if cast
+                    else ""
                 )
+                self.report.add("dtype", f"{where}: {name} is {a.dtype}, the source {b.dtype}{hint}")
             diff, frame = max_abs_diff(a, b)
             arrays[name] = max(arrays.get(name, 0.0), diff)
             # float64 holds every float exactly, but not every int64: those compare as integers

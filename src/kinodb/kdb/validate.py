@@ -32,12 +32,17 @@ class Report:
 def validate(path: str | os.PathLike[str], *, decode_images: bool = True) -> Report:
     """Validate every checksum, offset, dimension and (optionally) image of a file.
 
-    Never raises for a damaged file: problems are collected in the returned `Report`.
+    Never raises for a damaged file: problems are collected in the returned `Report`,
+    a header that is not a ``.kdb`` header among them.
+
+    Raises:
+        OSError: ``path`` cannot be read at all (missing, a folder, no permission): there
+            is no file to validate.
     """
     report = Report(os.fspath(path))
     try:
         db = open_database(path)
-    except (KinodbError, OSError) as exc:
+    except KinodbError as exc:
         report.errors.append(f"open: {exc}")
         return report
     with db:
