@@ -528,3 +528,28 @@ def test_export_refuses_a_damaged_payload(one_commit: Path, tmp_path: Path) -> N
     with pytest.raises(CorruptFileError, match=r"episode 0: payload checksum mismatch"):
         export(damaged, tmp_path / "npy", format="numpy")
     assert not (tmp_path / "npy").exists()
+
+
+def test_validate_reports_a_damaged_commit_record_that_hides_a_newer_commit(
+    two_commits: tuple[Path, int], tmp_path: Path
+) -> None:
+    path, old_end = two_commits
+    r = regions(path)
+    for name, flip_at in (("active slot", r["active slot"][0] + 9), ("other slot", r["other slot"][0] + 9)):
+        copy = tmp_path / f"{name.replace(' ', '_')}.kdb"
+        raw = bytearray(path.read_bytes())
+        raw[flip_at] ^= 0x01
+        copy.write_bytes(bytes(raw))
+        report = validate(copy)
+        if name == "active slot":  # the newest record: the file reads at the older commit
+            assert not report.ok
+            (error,) = report.errors
+            assert "fails its checksum, and an index block at byte offset" in error
+            assert f"past the committed end ({old_end})" in error and "(2 episodes)" in error
+            assert "Keep a copy of the file before appending" in error
+        else:  # the older record: nothing is hidden
+            assert report.ok
+            assert any(
+                "fails its checksum (a write torn by a crash, or damage)" in w for w in report.warnings
+            )
+    assert validate(path).ok and not validate(path).warnings

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from kinodb.errors import KinodbError
-from kinodb.kdb._layout import crc32
+from kinodb.kdb._layout import ALIGN, INDEX_MAGIC, SLOT_OFFSETS, SLOT_SIZE, crc32, parse_slot
 from kinodb.kdb.legacy import LegacyDatabase
 from kinodb.kdb.reader import Database, open_database
 
@@ -53,6 +53,7 @@ def validate(path: str | os.PathLike[str], *, decode_images: bool = True) -> Rep
                     f"format {db.version()} has no checksums; run `kino upgrade` to get them"
                 )
             else:
+                _check_slots(db, report)
                 _check_index(db, report)
             _check_schema(db, report)
         except KinodbError as exc:
@@ -68,6 +69,41 @@ def validate(path: str | os.PathLike[str], *, decode_images: bool = True) -> Rep
         if not report.errors:
             report.passed.append(f"{len(db)} episodes: arrays, dimensions and frame counts")
     return report
+
+
+def _check_slots(db: Database, report: Report) -> None:
+    """Report a commit record that is set but fails its checksum, and a complete index
+    written after the committed end: together they mean a newer commit is hidden."""
+    mm, commit = db._mm, db._commit
+    assert mm is not None  # open
+    damaged = []
+    for n, at in enumerate(SLOT_OFFSETS):
+        raw = mm[at : at + SLOT_SIZE]
+        if int.from_bytes(raw[:8], "little") and parse_slot(raw) is None:
+            damaged.append(f"commit record {n} (byte offset {at})")
+    later = -1
+    at = mm.find(INDEX_MAGIC, commit.end)
+    while at >= 0:
+        if at % ALIGN == 0:
+            later = at
+        at = mm.find(INDEX_MAGIC, at + 1)
+    if damaged and later >= 0:
+        report.errors.append(
+            f"{' and '.join(damaged)} fails its checksum, and an index block at byte offset {later} lies past "
+            f"the committed end ({commit.end}): a newer commit is probably hidden, and the file reads as "
+            f"generation {commit.generation} ({commit.num_episodes} episodes). Keep a copy of the file before "
+            "appending: an append discards everything past the committed end"
+        )
+    elif damaged:
+        report.warnings.append(
+            f"{' and '.join(damaged)} fails its checksum (a write torn by a crash, or damage); the file reads "
+            f"as generation {commit.generation} from the other record"
+        )
+    elif later >= 0:
+        report.passed.append(
+            f"{mm.size() - commit.end} bytes past the committed end left by an interrupted append "
+            "(the next append discards them)"
+        )
 
 
 def _check_index(db: Database, report: Report) -> None:
