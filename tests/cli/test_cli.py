@@ -362,3 +362,10 @@ def test_info_shows_the_frame_rates(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "  fps: 5\n" in capsys.readouterr().out
     assert main(["info", str(merged)]) == 0
     assert "  fps: 5 (2 episodes), 30 (1 episode)\n" in capsys.readouterr().out
+
+
+def test_create_test_into_a_folder_says_it_is_a_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["create-test", str(tmp_path)]) == 1
+    assert f"{tmp_path} is a folder; give the path of a .kdb file" in capsys.readouterr().err

@@ -35,7 +35,9 @@ def run(args: argparse.Namespace) -> int:
     if args.compress is not None and not args.images:
         raise ValueError("--compress sets the JPEG quality of the cameras, which only --images adds: "
                          "add --images or leave --compress out")  # fmt: skip
-    if not args.force and os.path.exists(args.path):
+    if (
+        not args.force and os.path.exists(args.path) and not os.path.isdir(args.path)
+    ):  # a folder: the writer says so
         raise FileExistsError(errno.EEXIST, "exists; pass --force to replace it", args.path)
     n = create_test(args.path, args.num_episodes, args.frames, images=args.images,
                     compress=args.compress, seed=args.seed, mode="w" if args.force else "x")  # fmt: skip
