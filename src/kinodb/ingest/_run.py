@@ -15,6 +15,7 @@ import reprlib
 import shlex
 import signal
 import sys
+import threading
 import time
 from collections.abc import Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -515,13 +516,20 @@ def _submit(
     imports stays pending until its initializer ignores SIGINT: no worker prints a
     traceback, and the parent alone sees the Ctrl-C (delivered when it lets go here).
     """
-    if not hasattr(signal, "pthread_sigmask"):  # Windows: no signal masks
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
         return pool.submit(_convert_one, key)
+    # The mask holds SIGINT in this thread only: another thread (a BLAS pool) may still take
+    # it, and Python would raise it here, mid-spawn. A handler that only notes it covers that.
+    noted: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: noted.append(signum))
     held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         return pool.submit(_convert_one, key)
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)  # a held Ctrl-C is noted now
+        signal.signal(signal.SIGINT, previous)
+        if noted:
+            raise KeyboardInterrupt
 
 
 def _progress(total: int, enabled: bool) -> Any:
