@@ -147,6 +147,28 @@ def test_a_wrong_tls_file_is_named_in_one_line(
         assert "port is in use" not in lines[0]
 
 
+def test_an_encrypted_or_missing_tls_file_is_named(
+    main_kdb: Path, certificate: tuple[Path, Path], tmp_path: Path
+) -> None:
+    cert, key = certificate
+    encrypted = tmp_path / "enc.pem"
+    subprocess.run(["openssl", "pkey", "-in", str(key), "-aes256", "-passout", "pass:secret", "-out", str(encrypted)],
+                   check=True, capture_output=True)  # fmt: skip
+    missing = tmp_path / "nofile.pem"
+    for bad_key, message in (
+        (encrypted, f"the TLS key {encrypted} is encrypted, and gRPC cannot ask for its passphrase"),
+        (missing, f"{missing}: No such file or directory"),
+    ):
+        run = subprocess.run(
+            [sys.executable, "-m", "kinodb._cli.serve", str(main_kdb), "--port", "0",
+             "--tls-cert", str(cert), "--tls-key", str(bad_key)],
+            capture_output=True, text=True, timeout=60, env=_env(), stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        assert run.returncode == 1, run.stderr
+        lines = run.stderr.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0], run.stderr
+
+
 def test_a_busy_port_is_one_line_without_an_errno(main_kdb: Path) -> None:
     first = ServerProcess([str(main_kdb)])
     try:

@@ -21,6 +21,7 @@ except Exception as exc:  # RuntimeError (grpcio), protobuf's VersionError, Impo
     ) from exc
 
 from kinodb.serve._errors import (  # noqa: E402
+    AddressError,
     AuthenticationError,
     BatchTooLargeError,
     InvalidRequestError,
@@ -31,6 +32,7 @@ from kinodb.serve.client import KinoClient  # noqa: E402
 from kinodb.serve.server import KinoServer  # noqa: E402
 
 __all__ = [
+    "AddressError",
     "AuthenticationError",
     "BatchTooLargeError",
     "InvalidRequestError",

@@ -26,6 +26,7 @@ from kinodb.errors import (
 )
 
 __all__ = [
+    "AddressError",
     "AuthenticationError",
     "BatchTooLargeError",
     "InvalidRequestError",
@@ -34,6 +35,14 @@ __all__ = [
     "status_for",
     "to_exception",
 ]
+
+
+class AddressError(OSError):
+    """A server cannot listen on its address (``errno`` EADDRINUSE); prints as its message alone."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
 
 ERROR_KEY = "kinodb-error"  # trailing metadata: the class name of the server-side error
 POSITION_KEY = "kinodb-position"  # trailing metadata: QuerySyntaxError.position

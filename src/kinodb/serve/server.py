@@ -25,7 +25,7 @@ from kinodb.errors import FormatError
 from kinodb.kdb.reader import Database, open_database
 from kinodb.mixture import DEFAULT_SEED, Mixture
 from kinodb.serve._backend import Backend
-from kinodb.serve._errors import status_for
+from kinodb.serve._errors import AddressError, status_for
 from kinodb.serve._proto import kinodb_pb2 as pb
 
 __all__ = ["DEFAULT_PORT", "LEGACY_SERVICE", "SERVICE", "KinoServer"]
@@ -202,24 +202,35 @@ class KinoServer:
         self.stop()
 
 
-class AddressError(OSError):
-    """The server cannot listen on its address (``errno`` EADDRINUSE); prints as its message alone."""
-
-    def __str__(self) -> str:
-        return str(self.strerror)
-
-
 def _check_tls(cert: str | os.PathLike[str], key: str | os.PathLike[str]) -> None:
-    """Load the pair as TLS would, so a wrong file is named now rather than logged by gRPC at bind."""
+    """Load the pair as TLS would, so a wrong file is named now rather than logged by gRPC at bind.
+
+    Raises:
+        OSError: a file cannot be read (named in the error).
+        FormatError: the files are no PEM certificate chain and its unencrypted key.
+    """
+    for path in (cert, key):
+        with open(path, "rb"):  # a missing or unreadable file, with its name
+            pass
+
+    class _Encrypted(Exception):
+        pass
+
+    def refuse() -> str:
+        raise _Encrypted
+
+    shown = f"TLS certificate {os.fspath(cert)} and key {os.fspath(key)}"
     try:
-        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
-    except FileNotFoundError:
-        raise
-    except (ssl.SSLError, OSError) as exc:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key, password=refuse)
+    except _Encrypted:
         raise FormatError(
-            f"TLS certificate {os.fspath(cert)} and key {os.fspath(key)} do not load as a PEM certificate "
-            f"chain and its private key ({getattr(exc, 'reason', None) or exc}); give the PEM files of one "
-            "certificate and its key"
+            f"the TLS key {os.fspath(key)} is encrypted, and gRPC cannot ask for its passphrase; decrypt it "
+            f"first: openssl pkey -in {os.fspath(key)} -out KEY.pem (keep KEY.pem private)"
+        ) from None
+    except ssl.SSLError as exc:
+        raise FormatError(
+            f"{shown} do not load as a PEM certificate chain and its private key ({exc.reason or exc}); "
+            "give the PEM files of one certificate and its key"
         ) from None
 
 
