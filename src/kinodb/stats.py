@@ -151,7 +151,7 @@ def write_stats(path: str | os.PathLike[str], stats: Mapping[str, Any]) -> None:
         FileNotFoundError: ``path`` does not exist.
         FormatError: the file is a legacy 0.x file (convert it with ``kino upgrade``), or
             it changed after ``stats`` were computed (their frame counts disagree).
-        WriterError: another process is writing to the file.
+        WriterError: another writer is writing to the file.
     """
     path = os.fspath(path)
     if not os.path.exists(path):

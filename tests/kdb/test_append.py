@@ -137,7 +137,8 @@ def test_second_appender_gets_a_clear_error(make_kdb: Any) -> None:
     with kinodb.Writer(path, mode="a") as first:
         first.add_episode(actions=np.zeros((2, 2)))
         with pytest.raises(
-            WriterError, match="another process is writing to this file; retry when it is done"
+            WriterError,
+            match=r"another writer is writing to this file \(in this process or another\); retry when it is done",
         ):
             kinodb.Writer(path, mode="a")
         first.add_episode(actions=np.zeros((2, 2)))
@@ -165,7 +166,7 @@ def test_appender_in_another_process_holds_the_lock(make_kdb: Any) -> None:
     try:
         assert child.stdout is not None and child.stdin is not None
         assert child.stdout.readline().strip() == "locked"
-        with pytest.raises(WriterError, match="another process is writing"):
+        with pytest.raises(WriterError, match="another writer is writing"):
             kinodb.Writer(path, mode="a")
         with kinodb.open(path) as db:  # readers are never blocked
             assert len(db) == 1

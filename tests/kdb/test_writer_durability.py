@@ -157,7 +157,7 @@ def test_replacing_a_file_waits_for_no_appender_and_appenders_follow_a_replaceme
     path = tmp_path / "r.kdb"
     _base(path)
     appending = kinodb.Writer(path, mode="a")
-    with pytest.raises(WriterError, match="another process is writing to this file"):
+    with pytest.raises(WriterError, match="another writer is writing to this file"):
         kinodb.Writer(path, mode="w")  # it would swap the file out from under the append
     appending.add_episode(actions=np.ones((5, 3), np.float32), states=np.zeros((5, 2), np.float32))
     appending.close()
@@ -171,7 +171,7 @@ def test_replacing_a_file_waits_for_no_appender_and_appenders_follow_a_replaceme
 
     replacement = tmp_path / "other.kdb"
     _base(replacement, 5)
-    real_lock, swapped = writer_mod._lock, []
+    real_lock, swapped = writer_mod.lock, []
 
     def lock(fd: int, where: str) -> None:
         if not swapped:
@@ -179,7 +179,7 @@ def test_replacing_a_file_waits_for_no_appender_and_appenders_follow_a_replaceme
             os.replace(replacement, path)
         real_lock(fd, where)
 
-    monkeypatch.setattr(writer_mod, "_lock", lock)
+    monkeypatch.setattr(writer_mod, "lock", lock)
     with kinodb.Writer(path, mode="a") as w:
         w.add_episode(actions=np.ones((5, 3), np.float32), states=np.zeros((5, 2), np.float32))
     with kinodb.open(path) as db:
@@ -227,3 +227,12 @@ def test_mode_a_on_a_path_another_writer_created_meanwhile(tmp_path: Path) -> No
     with kinodb.open(path) as db:
         assert len(db) == 1
     assert [p.name for p in tmp_path.iterdir()] == ["new.kdb"]
+
+
+def test_replacing_a_fifo_does_not_wait_for_a_writer_of_it(tmp_path: Path) -> None:
+    path = tmp_path / "fifo.kdb"
+    os.mkfifo(path)
+    with kinodb.Writer(path, mode="w") as w:  # opening the FIFO to lock it would block
+        w.add_episode(actions=np.zeros((2, 3), np.float32))
+    with kinodb.open(path) as db:
+        assert len(db) == 1

@@ -360,9 +360,9 @@ def _episodes(n: int) -> list[dict[str, Any]]:
 
 
 def test_background_syncs_run_while_writing_and_the_file_reads_back(tmp_path: Path, monkeypatch) -> None:
-    from kinodb.kdb import writer as writer_mod
+    from kinodb.kdb import _files as files_mod
 
-    monkeypatch.setattr(writer_mod._Flusher, "EVERY", 4096)
+    monkeypatch.setattr(files_mod.Flusher, "EVERY", 4096)
     synced: list[int] = []
     real = os.fdatasync
     monkeypatch.setattr(os, "fdatasync", lambda fd: (synced.append(fd), real(fd))[1])
@@ -384,14 +384,14 @@ def test_background_syncs_run_while_writing_and_the_file_reads_back(tmp_path: Pa
 def test_a_failed_background_sync_fails_the_commit_and_keeps_the_old_state(
     tmp_path: Path, monkeypatch, mode: str
 ) -> None:
-    from kinodb.kdb import writer as writer_mod
+    from kinodb.kdb import _files as files_mod
 
     path = tmp_path / "f.kdb"
     if mode == "a":
         with kinodb.Writer(path) as w:
             w.add_episode(**_episodes(1)[0])
     before = listing(tmp_path)
-    monkeypatch.setattr(writer_mod._Flusher, "EVERY", 4096)
+    monkeypatch.setattr(files_mod.Flusher, "EVERY", 4096)
 
     def fail(fd: int) -> None:
         raise OSError(5, "Input/output error")

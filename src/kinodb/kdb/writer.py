@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import errno
 import math
 import os
 import secrets
-import threading
 import time
 import warnings
 import weakref
@@ -20,6 +18,26 @@ import numpy as np
 from kinodb._version import __version__
 from kinodb.errors import CorruptFileError, FormatError, WriterError
 from kinodb.kdb import _codecs
+from kinodb.kdb._checks import (
+    as_array,
+    check_extra_name,
+    check_text,
+    dims3,
+    json_mapping,
+    json_value,
+    terminal,
+)
+from kinodb.kdb._files import (
+    Flusher,
+    cleanup,
+    fsync_dir,
+    hold,
+    lock,
+    output_error,
+    publish_new,
+    remove_stale_temps,
+    still_at,
+)
 from kinodb.kdb._layout import (
     ALIGN,
     CODECS,
@@ -35,7 +53,6 @@ from kinodb.kdb._layout import (
     pack_header,
     pack_slot,
 )
-from kinodb.kdb._stale import stale_temps
 from kinodb.kdb._table import TableBuilder
 
 if TYPE_CHECKING:
@@ -45,101 +62,6 @@ _RESERVED_ARRAYS = {"actions", "states", "rewards", "is_terminal", "timestamps",
 _U16_MAX = 0xFFFF  # sec_count and sec.name are u16 columns
 _ZEROS = bytes(ALIGN)
 SECTION_ALIGN = 8  # every element size divides it, so every section is aligned to its dtype
-
-
-def _lock(fd: int, path: str) -> None:
-    try:
-        import fcntl  # POSIX only
-    except ImportError:  # pragma: no cover - Windows has no advisory locks here
-        return
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError as exc:
-        raise WriterError(f"{path}: another process is writing to this file; retry when it is done") from exc
-
-
-def _hold(path: str) -> int | None:
-    """Lock the file at ``path`` against appenders until it is replaced; its descriptor
-    (None if it vanished). Raises `WriterError` while another process appends to it."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # gone, or no file to lock: creating the new one reports what is wrong
-        return None
-    try:
-        _lock(fd, path)
-    except OSError:  # a filesystem without locks: replace as before, unguarded
-        os.close(fd)
-        return None
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-def _output_error(path: str, exc: OSError) -> WriterError:
-    """``exc``, raised creating the file beside ``path``, said of ``path`` and its folder."""
-    folder = os.path.dirname(os.path.abspath(path))
-    if isinstance(exc, FileNotFoundError):
-        return WriterError(f"{path}: the folder {folder} does not exist; create it first")
-    if isinstance(exc, NotADirectoryError):
-        return WriterError(f"{path}: {folder} is not a folder; give a path inside a folder")
-    if isinstance(exc, PermissionError) or exc.errno == errno.EROFS:
-        return WriterError(
-            f"{path}: cannot create files in {folder} ({exc.strerror}); choose a writable folder"
-        )
-    return WriterError(f"{path}: cannot create a file in {folder} ({exc.strerror or exc})")
-
-
-def _fsync_dir(path: str) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-class _Flusher:
-    """Pushes written bytes to disk on a background thread while the writer goes on.
-
-    Every `EVERY` bytes, the writer's buffer is handed to the kernel and one thread runs
-    ``fdatasync``, so the disk works while the next episodes are converted and the
-    commit's own fsync has little left to wait for. Durability still rests on that
-    commit fsync; a failed background sync fails the commit (the kernel reports a
-    write-back error once, so it must not be lost here).
-    """
-
-    EVERY = 64 << 20
-
-    def __init__(self, pos: int) -> None:
-        self._synced = pos
-        self._thread: threading.Thread | None = None
-        self._error: OSError | None = None
-
-    def after_write(self, fh: BinaryIO, pos: int) -> None:
-        if pos - self._synced < self.EVERY or (self._thread is not None and self._thread.is_alive()):
-            return
-        fh.flush()
-        self._synced = pos
-        self._thread = threading.Thread(
-            target=self._sync, args=(fh.fileno(),), name="kinodb-fdatasync", daemon=True
-        )
-        self._thread.start()
-
-    def _sync(self, fd: int) -> None:
-        try:
-            getattr(os, "fdatasync", os.fsync)(fd)
-        except OSError as exc:
-            self._error = exc
-
-    def wait(self, path: str) -> None:
-        """Wait for a sync in flight; raise its error, if it had one."""
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-        if self._error is not None:
-            error, self._error = self._error, None
-            raise WriterError(f"{path}: writing to disk failed ({error}); nothing was committed") from error
 
 
 def verify_payload(db: Database, i: int) -> tuple[int, int, int]:
@@ -157,44 +79,6 @@ def verify_payload(db: Database, i: int) -> tuple[int, int, int]:
             f"{db.path()} for the details"
         )
     return off, length, crc
-
-
-def _still_at(fd: int, path: str) -> bool:
-    """Whether the open file ``fd`` is still the file at ``path`` (not replaced or deleted)."""
-    st = os.fstat(fd)
-    try:
-        now = os.stat(path)
-    except FileNotFoundError:
-        return False
-    return st.st_nlink > 0 and (st.st_dev, st.st_ino) == (now.st_dev, now.st_ino)
-
-
-def _publish_new(tmp: str, path: str) -> None:
-    """Move the committed temporary file to ``path``, failing if ``path`` exists."""
-    try:
-        os.link(tmp, path)  # atomic, and refuses an existing name
-    except FileExistsError:
-        os.unlink(tmp)
-        raise FileExistsError(
-            f"{path} was created by another writer while this one wrote; nothing was written "
-            "(write to another path, or append with mode='a')"
-        ) from None
-    except OSError:
-        # No hard links on this filesystem (FAT, some network mounts): a rename is atomic
-        # but replaces, so check first; never delete the only copy of the data here.
-        if os.path.exists(path):
-            os.unlink(tmp)
-            raise FileExistsError(f"{path} exists; use mode='w' to replace it or 'a' to append") from None
-        os.replace(tmp, path)
-    else:
-        os.unlink(tmp)
-
-
-def _remove_stale_temps(path: str) -> None:
-    """Delete temporary files that killed writers of ``path`` left behind."""
-    for tmp in stale_temps(path):
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
 
 
 def _now() -> str:
@@ -216,19 +100,6 @@ def _now() -> str:
                 "seconds since 1970-01-01 UTC (e.g. 1700000000), or unset"
             ) from None
     return _dt.datetime.fromtimestamp(t, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _cleanup(tmp: str | None, fh: BinaryIO, flusher: _Flusher, guard: int | None) -> None:
-    with contextlib.suppress(WriterError):
-        flusher.wait(tmp or "")  # never close the descriptor under a running sync
-    with contextlib.suppress(OSError):
-        fh.close()
-    if tmp:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-    if guard is not None:
-        with contextlib.suppress(OSError):
-            os.close(guard)
 
 
 class Writer:
@@ -273,7 +144,7 @@ class Writer:
         if not 1 <= int(jpeg_quality) <= 100:
             raise ValueError(f"jpeg_quality must be in 1..100, got {jpeg_quality}")
         # Checked before any file is touched: a bad value would otherwise fail the commit.
-        metadata = _json_mapping(metadata or {}, "metadata")
+        metadata = json_mapping(metadata or {}, "metadata")
         created = _now()  # a bad SOURCE_DATE_EPOCH fails here, not at the commit
         self._path = os.fspath(path)
         self._mode, self._codec, self._quality = mode, image_codec, int(jpeg_quality)
@@ -299,23 +170,23 @@ class Writer:
                 "writer": f"kinodb {__version__}", "source_format": None,
                 "schema": {"cameras": {}, "arrays": {}}, "metadata": {},
             }  # fmt: skip
-            _remove_stale_temps(self._path)
+            remove_stale_temps(self._path)
             self._tmp: str | None = os.path.join(
                 os.path.dirname(os.path.abspath(self._path)),
                 f".{os.path.basename(self._path)}.{os.getpid()}.{secrets.token_hex(4)}.tmp",
             )
             if mode == "w":  # no append may commit into the file this one replaces
-                self._guard = _hold(self._path)
+                self._guard = hold(self._path)
             try:
                 self._fh: BinaryIO = open(self._tmp, "xb", buffering=1 << 20)  # noqa: SIM115
             except OSError as exc:
                 if self._guard is not None:
                     os.close(self._guard)
-                raise _output_error(self._path, exc) from None
+                raise output_error(self._path, exc) from None
             self._fh.write(bytes(DATA_START))
             self._pos = DATA_START
-        self._flusher = _Flusher(self._pos)
-        self._finalizer = weakref.finalize(self, _cleanup, self._tmp, self._fh, self._flusher, self._guard)
+        self._flusher = Flusher(self._pos)
+        self._finalizer = weakref.finalize(self, cleanup, self._tmp, self._fh, self._flusher, self._guard)
         # Stored statistics describe the episodes present when they were set (see `stats`).
         self._stats_episodes = len(self._table)
         if source_format is not None:
@@ -335,8 +206,8 @@ class Writer:
         for _ in range(10):
             self._fh = open(self._path, "r+b", buffering=1 << 20)  # noqa: SIM115
             try:
-                _lock(self._fh.fileno(), self._path)
-                if _still_at(self._fh.fileno(), self._path):
+                lock(self._fh.fileno(), self._path)
+                if still_at(self._fh.fileno(), self._path):
                     break
             except BaseException:
                 self._fh.close()
@@ -394,7 +265,7 @@ class Writer:
         if value is None:
             self._dataset.pop("stats", None)
             return
-        self._dataset["stats"] = _json_mapping(value, "stats")
+        self._dataset["stats"] = json_mapping(value, "stats")
         self._stats_episodes = len(self._table)
 
     def _mark_stale_stats(self) -> None:
@@ -480,24 +351,26 @@ class Writer:
                 array and camera names (both are u16 in the format); the message names it.
         """
         self._check_open()
-        acts = _array("actions", actions, np.float32, ndim=2)
+        acts = as_array("actions", actions, np.float32, ndim=2)
         T = acts.shape[0]
         if T == 0:
             raise WriterError("actions has 0 frames; empty episodes cannot be stored")
-        sts = np.zeros((T, 0), np.float32) if states is None else _array("states", states, np.float32, ndim=2)
-        rew = np.zeros(T, np.float32) if rewards is None else _array("rewards", rewards, np.float32, ndim=1)
+        sts = (
+            np.zeros((T, 0), np.float32) if states is None else as_array("states", states, np.float32, ndim=2)
+        )
+        rew = np.zeros(T, np.float32) if rewards is None else as_array("rewards", rewards, np.float32, ndim=1)
         if is_terminal is None:
             term = np.zeros(T, bool)
             term[-1] = True
         else:
-            term = _terminal(is_terminal)
+            term = terminal(is_terminal)
         arrays = {"actions": acts, "states": sts, "rewards": rew, "is_terminal": term}
         if timestamps is not None:
-            arrays["timestamps"] = _array("timestamps", timestamps, np.float64, ndim=1)
+            arrays["timestamps"] = as_array("timestamps", timestamps, np.float64, ndim=1)
         for name, value in (extra_arrays or {}).items():
             if not isinstance(name, str) or not name or name in _RESERVED_ARRAYS:
                 raise WriterError(f"extra array name {name!r} is empty or reserved; rename it")
-            arrays[name] = _array(f"extra array {name!r}", value, np.float32, ndim=None)
+            arrays[name] = as_array(f"extra array {name!r}", value, np.float32, ndim=None)
         for name, arr in arrays.items():
             if arr.shape[0] != T:
                 raise WriterError(f"{name} has {arr.shape[0]} frames, actions has {T}")
@@ -596,8 +469,8 @@ class Writer:
     ) -> dict[str, Any]:  # fmt: skip
         if not isinstance(embodiment, str) or not isinstance(task, str):
             raise WriterError("embodiment and task must be str")
-        _check_text(embodiment, "embodiment")
-        _check_text(task, "task")
+        check_text(embodiment, "embodiment")
+        check_text(task, "task")
         try:
             fps = float(fps)
         except (TypeError, ValueError):
@@ -621,8 +494,8 @@ class Writer:
                 )
         clean = {}
         for key, value in (extra or {}).items():
-            _check_extra_name(key)
-            clean[key] = _json_value(value, f"extra[{key!r}]")
+            check_extra_name(key)
+            clean[key] = json_value(value, f"extra[{key!r}]")
         return {"embodiment": embodiment, "task": task, "fps": fps, "success": success,
                 "total_reward": total_reward, "extra": clean}  # fmt: skip
 
@@ -668,7 +541,7 @@ class Writer:
                 table.add_section({
                     "sec.name": table.name_code(name), "sec.kind": KIND_ARRAY,
                     "sec.dtype": DTYPE_CODE[arr.dtype], "sec.codec": 0, "sec.ndim": arr.ndim,
-                    "sec.dims": _dims3(arr.shape), "sec.offset": off,
+                    "sec.dims": dims3(arr.shape), "sec.offset": off,
                 })  # fmt: skip
             for cam, (codec, (h, w, c), frames) in cams.items():
                 if isinstance(frames, np.ndarray):
@@ -683,7 +556,7 @@ class Writer:
                 _, crc = self._emit(data, crc, to=1)  # the frames follow their offset table directly
                 table.add_section({
                     "sec.name": table.name_code(cam), "sec.kind": KIND_CAMERA, "sec.dtype": DTYPE_CODE[np.dtype("u1")],
-                    "sec.codec": CODECS.index(codec), "sec.ndim": 4, "sec.dims": _dims3((T, h, w, c)),
+                    "sec.codec": CODECS.index(codec), "sec.ndim": 4, "sec.dims": dims3((T, h, w, c)),
                     "sec.offset": off,
                 })  # fmt: skip
         except BaseException as exc:
@@ -800,8 +673,8 @@ class Writer:
         """
         self._check_open()
         for key in extra or {}:
-            _check_extra_name(key)
-        added = {key: _json_value(v, f"extra[{key!r}]") for key, v in (extra or {}).items()}
+            check_extra_name(key)
+        added = {key: json_value(v, f"extra[{key!r}]") for key, v in (extra or {}).items()}
         meta = db.read_meta(i)
         if db.version().startswith("0."):
             from kinodb.kdb.upgrade import episode_args  # deferred: upgrade imports this module
@@ -839,7 +712,7 @@ class Writer:
         for sec in sections:
             table.add_section({
                 "sec.name": table.name_code(sec.name), "sec.kind": sec.kind, "sec.dtype": DTYPE_CODE[sec.dtype],
-                "sec.codec": CODECS.index(sec.codec), "sec.ndim": len(sec.shape), "sec.dims": _dims3(sec.shape),
+                "sec.codec": CODECS.index(sec.codec), "sec.ndim": len(sec.shape), "sec.dims": dims3(sec.shape),
                 "sec.offset": sec.offset - off + start,
             })  # fmt: skip
             if sec.kind == KIND_CAMERA:
@@ -885,7 +758,7 @@ class Writer:
             return
         try:
             if self._mode != "w":
-                _publish_new(self._tmp, self._path)
+                publish_new(self._tmp, self._path)
             else:
                 os.replace(self._tmp, self._path)
         except BaseException as exc:
@@ -900,7 +773,7 @@ class Writer:
             if self._guard is not None:
                 with contextlib.suppress(OSError):
                     os.close(self._guard)
-        _fsync_dir(self._path)
+        fsync_dir(self._path)
 
     def _commit(self) -> None:
         self._mark_stale_stats()
@@ -960,99 +833,3 @@ class Writer:
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"mode={self._mode!r}"
         return f"<kinodb.Writer {self._path!r} ({len(self)} episodes, {state})>"
-
-
-def _dims3(shape: Sequence[int]) -> list[int]:
-    """The trailing dims of a (T, ...) shape, zero-padded to three."""
-    if len(shape) > 4:
-        raise WriterError(f"arrays have at most 4 dimensions, got shape {tuple(shape)}")
-    if max(shape[1:], default=0) >= 2**32:
-        raise WriterError(f"array dims must be under 2**32, got shape {tuple(shape)}")
-    return [int(d) for d in shape[1:]] + [0] * (4 - len(shape))
-
-
-def _array(name: str, value: Any, default: type, *, ndim: int | None) -> np.ndarray:
-    if isinstance(value, np.ndarray):
-        arr = value
-    else:
-        try:
-            arr = np.asarray(value, dtype=default)
-        except (TypeError, ValueError) as exc:
-            raise WriterError(f"{name} is not numeric: {exc}") from exc
-    if (
-        arr.dtype.kind not in "biuf"
-        or arr.dtype.itemsize > 8
-        or arr.dtype.newbyteorder("<") not in DTYPE_CODE
-    ):
-        raise WriterError(f"{name} has dtype {arr.dtype}; kinodb stores bool, int, uint and float arrays")
-    if ndim is not None and arr.ndim != ndim:
-        want = "(T, D)" if ndim == 2 else "(T,)"
-        raise WriterError(f"{name} must have shape {want}, got {arr.shape}")
-    if arr.ndim == 0:
-        raise WriterError(f"{name} must have a leading frame dimension, got a scalar")
-    return arr.astype(arr.dtype.newbyteorder("<"), copy=False)
-
-
-def _terminal(value: Any) -> np.ndarray:
-    arr = np.asarray(value)
-    if arr.ndim != 1:
-        raise WriterError(f"is_terminal must have shape (T,), got {arr.shape}")
-    if arr.dtype != bool:
-        if arr.dtype.kind not in "iuf" or not np.isin(arr, (0, 1)).all():
-            raise WriterError("is_terminal must be bool (or 0/1), got other values")
-        arr = arr.astype(bool)
-    return arr
-
-
-def _check_text(value: str, where: str) -> None:
-    try:
-        value.encode()
-    except UnicodeEncodeError as exc:
-        raise WriterError(
-            f"{where} is not valid Unicode text ({exc.reason} at position {exc.start})"
-        ) from None
-
-
-def _check_extra_name(key: object) -> None:
-    if not isinstance(key, str) or not key:
-        raise WriterError(f"extra field names must be non-empty str, got {key!r}")
-    if key.startswith("extra."):
-        bare = key[len("extra.") :]
-        raise WriterError(
-            f"extra field name {key!r} starts with 'extra.', which read_meta and KQL use to mark extra "
-            f"fields (extra.NAME is the field NAME); rename it{f', e.g. to {bare!r}' if bare else ''}"
-        )
-
-
-def _json_value(value: Any, where: str, *, mappings: bool = False) -> Any:
-    if mappings and isinstance(value, Mapping):
-        return _json_mapping(value, where)
-    if value is None or isinstance(value, bool):
-        return value
-    if isinstance(value, str):
-        _check_text(value, where)
-        return value
-    if isinstance(value, (np.bool_,)):
-        return bool(value)
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        if not math.isfinite(value):
-            raise WriterError(f"{where} is {value}; JSON cannot store NaN or infinity")
-        return float(value)
-    if isinstance(value, (list, tuple)):
-        return [_json_value(v, f"{where}[{i}]", mappings=mappings) for i, v in enumerate(value)]
-    raise WriterError(f"{where} has type {type(value).__name__}; use str, number, bool, None or a list")
-
-
-def _json_mapping(value: Mapping[str, Any], where: str) -> dict[str, Any]:
-    """A JSON-ready copy of ``value`` (NumPy scalars become Python numbers)."""
-    if not isinstance(value, Mapping):
-        raise WriterError(f"{where} must be a mapping, got {type(value).__name__}")
-    out = {}
-    for key, v in value.items():
-        if not isinstance(key, str):
-            raise WriterError(f"{where} keys must be str, got {key!r}")
-        _check_text(key, f"{where} key {key!r}")
-        out[key] = _json_value(v, f"{where}[{key!r}]", mappings=True)
-    return out

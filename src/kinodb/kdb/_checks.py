@@ -1,0 +1,108 @@
+"""Checks of what `Writer.add_episode` is given: arrays, flags, text and JSON fields."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from kinodb.errors import WriterError
+from kinodb.kdb._layout import DTYPE_CODE
+
+
+def dims3(shape: Sequence[int]) -> list[int]:
+    """The trailing dims of a (T, ...) shape, zero-padded to three."""
+    if len(shape) > 4:
+        raise WriterError(f"arrays have at most 4 dimensions, got shape {tuple(shape)}")
+    if max(shape[1:], default=0) >= 2**32:
+        raise WriterError(f"array dims must be under 2**32, got shape {tuple(shape)}")
+    return [int(d) for d in shape[1:]] + [0] * (4 - len(shape))
+
+
+def as_array(name: str, value: Any, default: type, *, ndim: int | None) -> np.ndarray:
+    if isinstance(value, np.ndarray):
+        arr = value
+    else:
+        try:
+            arr = np.asarray(value, dtype=default)
+        except (TypeError, ValueError) as exc:
+            raise WriterError(f"{name} is not numeric: {exc}") from exc
+    if (
+        arr.dtype.kind not in "biuf"
+        or arr.dtype.itemsize > 8
+        or arr.dtype.newbyteorder("<") not in DTYPE_CODE
+    ):
+        raise WriterError(f"{name} has dtype {arr.dtype}; kinodb stores bool, int, uint and float arrays")
+    if ndim is not None and arr.ndim != ndim:
+        want = "(T, D)" if ndim == 2 else "(T,)"
+        raise WriterError(f"{name} must have shape {want}, got {arr.shape}")
+    if arr.ndim == 0:
+        raise WriterError(f"{name} must have a leading frame dimension, got a scalar")
+    return arr.astype(arr.dtype.newbyteorder("<"), copy=False)
+
+
+def terminal(value: Any) -> np.ndarray:
+    arr = np.asarray(value)
+    if arr.ndim != 1:
+        raise WriterError(f"is_terminal must have shape (T,), got {arr.shape}")
+    if arr.dtype != bool:
+        if arr.dtype.kind not in "iuf" or not np.isin(arr, (0, 1)).all():
+            raise WriterError("is_terminal must be bool (or 0/1), got other values")
+        arr = arr.astype(bool)
+    return arr
+
+
+def check_text(value: str, where: str) -> None:
+    try:
+        value.encode()
+    except UnicodeEncodeError as exc:
+        raise WriterError(
+            f"{where} is not valid Unicode text ({exc.reason} at position {exc.start})"
+        ) from None
+
+
+def check_extra_name(key: object) -> None:
+    if not isinstance(key, str) or not key:
+        raise WriterError(f"extra field names must be non-empty str, got {key!r}")
+    if key.startswith("extra."):
+        bare = key[len("extra.") :]
+        raise WriterError(
+            f"extra field name {key!r} starts with 'extra.', which read_meta and KQL use to mark extra "
+            f"fields (extra.NAME is the field NAME); rename it{f', e.g. to {bare!r}' if bare else ''}"
+        )
+
+
+def json_value(value: Any, where: str, *, mappings: bool = False) -> Any:
+    if mappings and isinstance(value, Mapping):
+        return json_mapping(value, where)
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        check_text(value, where)
+        return value
+    if isinstance(value, (np.bool_,)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        if not math.isfinite(value):
+            raise WriterError(f"{where} is {value}; JSON cannot store NaN or infinity")
+        return float(value)
+    if isinstance(value, (list, tuple)):
+        return [json_value(v, f"{where}[{i}]", mappings=mappings) for i, v in enumerate(value)]
+    raise WriterError(f"{where} has type {type(value).__name__}; use str, number, bool, None or a list")
+
+
+def json_mapping(value: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """A JSON-ready copy of ``value`` (NumPy scalars become Python numbers)."""
+    if not isinstance(value, Mapping):
+        raise WriterError(f"{where} must be a mapping, got {type(value).__name__}")
+    out = {}
+    for key, v in value.items():
+        if not isinstance(key, str):
+            raise WriterError(f"{where} keys must be str, got {key!r}")
+        check_text(key, f"{where} key {key!r}")
+        out[key] = json_value(v, f"{where}[{key!r}]", mappings=True)
+    return out

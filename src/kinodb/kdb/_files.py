@@ -1,0 +1,167 @@
+"""The file side of writing: locks, temporary files, publishing and background syncs."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import stat
+import threading
+from typing import BinaryIO
+
+from kinodb.errors import WriterError
+from kinodb.kdb._stale import stale_temps
+
+
+def lock(fd: int, path: str) -> None:
+    """Take the writers' exclusive lock on the open file ``fd``, or raise `WriterError`."""
+    try:
+        import fcntl  # POSIX only
+    except ImportError:  # pragma: no cover - Windows has no advisory locks here
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as exc:
+        raise WriterError(
+            f"{path}: another writer is writing to this file (in this process or another); retry when it is "
+            "done, or close or abort that Writer"
+        ) from exc
+
+
+def hold(path: str) -> int | None:
+    """Lock the regular file at ``path`` against appenders until it is replaced; its
+    descriptor (None if there is no regular file to lock). Raises `WriterError` while
+    another writer appends to it."""
+    try:  # non-blocking: opening a FIFO for reading would wait for a writer
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError:  # gone, or no file to lock: creating the new one reports what is wrong
+        return None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return None
+    try:
+        lock(fd, path)
+    except OSError:  # a filesystem without locks: replace as before, unguarded
+        os.close(fd)
+        return None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def output_error(path: str, exc: OSError) -> WriterError:
+    """``exc``, raised creating the file beside ``path``, said of ``path`` and its folder."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if isinstance(exc, FileNotFoundError):
+        return WriterError(f"{path}: the folder {folder} does not exist; create it first")
+    if isinstance(exc, NotADirectoryError):
+        return WriterError(f"{path}: {folder} is not a folder; give a path inside a folder")
+    if isinstance(exc, PermissionError) or exc.errno == errno.EROFS:
+        return WriterError(
+            f"{path}: cannot create files in {folder} ({exc.strerror}); choose a writable folder"
+        )
+    return WriterError(f"{path}: cannot create a file in {folder} ({exc.strerror or exc})")
+
+
+def fsync_dir(path: str) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+class Flusher:
+    """Pushes written bytes to disk on a background thread while the writer goes on.
+
+    Every `EVERY` bytes, the writer's buffer is handed to the kernel and one thread runs
+    ``fdatasync``, so the disk works while the next episodes are converted and the
+    commit's own fsync has little left to wait for. Durability still rests on that
+    commit fsync; a failed background sync fails the commit (the kernel reports a
+    write-back error once, so it must not be lost here).
+    """
+
+    EVERY = 64 << 20
+
+    def __init__(self, pos: int) -> None:
+        self._synced = pos
+        self._thread: threading.Thread | None = None
+        self._error: OSError | None = None
+
+    def after_write(self, fh: BinaryIO, pos: int) -> None:
+        if pos - self._synced < self.EVERY or (self._thread is not None and self._thread.is_alive()):
+            return
+        fh.flush()
+        self._synced = pos
+        self._thread = threading.Thread(
+            target=self._sync, args=(fh.fileno(),), name="kinodb-fdatasync", daemon=True
+        )
+        self._thread.start()
+
+    def _sync(self, fd: int) -> None:
+        try:
+            getattr(os, "fdatasync", os.fsync)(fd)
+        except OSError as exc:
+            self._error = exc
+
+    def wait(self, path: str) -> None:
+        """Wait for a sync in flight; raise its error, if it had one."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise WriterError(f"{path}: writing to disk failed ({error}); nothing was committed") from error
+
+
+def still_at(fd: int, path: str) -> bool:
+    """Whether the open file ``fd`` is still the file at ``path`` (not replaced or deleted)."""
+    st = os.fstat(fd)
+    try:
+        now = os.stat(path)
+    except FileNotFoundError:
+        return False
+    return st.st_nlink > 0 and (st.st_dev, st.st_ino) == (now.st_dev, now.st_ino)
+
+
+def publish_new(tmp: str, path: str) -> None:
+    """Move the committed temporary file to ``path``, failing if ``path`` exists."""
+    try:
+        os.link(tmp, path)  # atomic, and refuses an existing name
+    except FileExistsError:
+        os.unlink(tmp)
+        raise FileExistsError(
+            f"{path} was created by another writer while this one wrote; nothing was written "
+            "(write to another path, or append with mode='a')"
+        ) from None
+    except OSError:
+        # No hard links on this filesystem (FAT, some network mounts): a rename is atomic
+        # but replaces, so check first; never delete the only copy of the data here.
+        if os.path.exists(path):
+            os.unlink(tmp)
+            raise FileExistsError(f"{path} exists; use mode='w' to replace it or 'a' to append") from None
+        os.replace(tmp, path)
+    else:
+        os.unlink(tmp)
+
+
+def remove_stale_temps(path: str) -> None:
+    """Delete temporary files that killed writers of ``path`` left behind."""
+    for tmp in stale_temps(path):
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+
+
+def cleanup(tmp: str | None, fh: BinaryIO, flusher: Flusher, guard: int | None) -> None:
+    with contextlib.suppress(WriterError):
+        flusher.wait(tmp or "")  # never close the descriptor under a running sync
+    with contextlib.suppress(OSError):
+        fh.close()
+    if tmp:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+    if guard is not None:
+        with contextlib.suppress(OSError):
+            os.close(guard)
