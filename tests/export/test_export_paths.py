@@ -74,6 +74,15 @@ def test_an_earlier_export_with_other_entries_is_kept(make_kdb, tmp_path: Path, 
     assert _snapshot(tmp_path) == before
 
 
+def test_file_browser_litter_does_not_keep_an_earlier_export(make_kdb, tmp_path: Path) -> None:
+    src, _ = make_kdb(2)
+    out = tmp_path / "out"
+    export(src, out, format="json")
+    (out / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    assert export(src, out, format="json", overwrite=True).episodes == 2
+    assert not (out / ".DS_Store").exists()
+
+
 def test_a_folder_whose_marker_is_not_kinodbs_is_kept(make_kdb, tmp_path: Path) -> None:
     src, _ = make_kdb(2)
     out = tmp_path / "out"

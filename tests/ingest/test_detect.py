@@ -52,6 +52,9 @@ def test_a_kdb_file_points_to_merge(
     err = capsys.readouterr().err
     assert err.startswith(f"error: {kdb}: this is already a kinodb .kdb file") and "kino merge" in err
     assert not out.exists()
+    assert main(["ingest", str(kdb), "-o", str(out), "--format", "hdf5"]) == 1  # forced: the same hint
+    err = capsys.readouterr().err
+    assert "not a readable HDF5 file" in err and "this is already a kinodb .kdb file" in err
 
 
 def test_a_format_01_kdb_file_points_to_upgrade(tmp_path: Path) -> None:

@@ -218,6 +218,7 @@ _FOLDER_ENTRIES = {
     "json": re.compile(r"dataset\.json|episodes\.jsonl"),
     "lerobot": re.compile(r"meta|data|videos"),
 }
+_OS_LITTER = frozenset((".DS_Store", "Thumbs.db", "desktop.ini"))  # file browsers add these to any folder
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 _MAX_MARKER_BYTES = 1 << 26  # a dataset.json is kilobytes: anything this large is no export's
 _ADVICE = {
@@ -389,7 +390,7 @@ def _existing_folder(path: str) -> Existing:
         return Existing(
             f"a folder of {n} entr{'y' if n == 1 else 'ies'} that is not an earlier kinodb export"
         )
-    others = [e for e in entries if not _FOLDER_ENTRIES[fmt].fullmatch(e)]
+    others = [e for e in entries if not _FOLDER_ENTRIES[fmt].fullmatch(e) and e not in _OS_LITTER]
     if others:
         listed = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
         return Existing(f"an earlier kinodb {fmt} export holding entries the export did not write ({listed})")

@@ -52,7 +52,7 @@ import numpy as np
 
 from kinodb._optional import require
 from kinodb.errors import ConversionError
-from kinodb.ingest._base import SourceInfo, SourceOptions, exported_extra
+from kinodb.ingest._base import SourceInfo, SourceOptions, exported_extra, not_this_format
 
 log = logging.getLogger(__name__)
 _WARNED_UPSIDE_DOWN: set[str] = set()  # LIBERO files already warned about in this process
@@ -163,7 +163,9 @@ class HDF5Source:
         try:
             self._file: Any = self._h5py.File(self._path, "r")
         except OSError as exc:
-            raise ConversionError(f"{self._path}: not a readable HDF5 file ({exc})") from None
+            raise ConversionError(
+                f"{self._path}: not a readable HDF5 file ({exc}){not_this_format(self._path, 'hdf5')}"
+            ) from None
         data = self._file.get("data")
         if not isinstance(data, self._h5py.Group):
             found = ", ".join(sorted(self._file.keys())) or "nothing"
