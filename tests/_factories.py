@@ -102,3 +102,12 @@ def write_field_in_one_file(a: Any, b: Any) -> None:
         for k in range(3):
             w.add_episode(actions=np.zeros((4, 2), np.float32), extra={"has_language": k != 1})
     write_episodes(b, [5, 6])
+
+
+def tiny_robomimic_hdf5(path: Any) -> Any:
+    """A one-demo robomimic-layout HDF5 file at ``path`` (needs h5py); returns ``path``."""
+    import h5py
+
+    with h5py.File(path, "w") as fh:
+        fh.create_dataset("data/demo_0/actions", data=np.zeros((3, 2), np.float32))
+    return path

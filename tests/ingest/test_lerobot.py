@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import kinodb
+from _factories import tiny_robomimic_hdf5
 from kinodb._cli.main import main
 from kinodb.errors import ConversionError
 from kinodb.ingest import SourceOptions, _video, ingest, source_class, verify
@@ -291,10 +292,8 @@ def test_detect(datasets: dict[str, Path], tmp_path: Path) -> None:
 def test_a_path_that_is_no_dataset_folder_says_what_it_is(
     datasets: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    h5py = pytest.importorskip("h5py", reason="the hdf5 extra is not installed")
-    h5 = tmp_path / "robo.hdf5"
-    with h5py.File(h5, "w") as fh:
-        fh.create_dataset("data/demo_0/actions", data=np.zeros((3, 2), np.float32))
+    pytest.importorskip("h5py", reason="the hdf5 extra is not installed")
+    h5 = tiny_robomimic_hdf5(tmp_path / "robo.hdf5")
     out = tmp_path / "e.kdb"
     assert main(["ingest", str(h5), "-o", str(out), "--format", "lerobot"]) == 1
     assert capsys.readouterr().err == (

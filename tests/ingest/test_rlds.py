@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import kinodb
+from _factories import tiny_robomimic_hdf5
 from kinodb._cli.main import main
 from kinodb.errors import ConversionError
 from kinodb.ingest import SourceOptions, ingest, source_class
@@ -512,10 +513,8 @@ def test_missing_shard_is_an_error(toy: Path, tmp_path: Path) -> None:
 def test_a_file_of_another_format_is_named_as_no_tfrecord(
     tmp_path: Path, make_kdb: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    h5py = pytest.importorskip("h5py", reason="the hdf5 extra is not installed")
-    h5 = tmp_path / "robo.hdf5"
-    with h5py.File(h5, "w") as fh:
-        fh.create_dataset("data/demo_0/actions", data=np.zeros((3, 2), np.float32))
+    pytest.importorskip("h5py", reason="the hdf5 extra is not installed")
+    h5 = tiny_robomimic_hdf5(tmp_path / "robo.hdf5")
     out = tmp_path / "e.kdb"
     assert main(["ingest", str(h5), "-o", str(out), "--format", "rlds"]) == 1
     assert capsys.readouterr().err == (
