@@ -382,6 +382,17 @@ def test_gather_concatenates_episodes(tmp_path: Path) -> None:
                 db.gather("actions", [0, 40])
             with pytest.raises(KeyError):
                 db.gather("nope", [0])
+            mask = np.arange(40) % 3 == 1
+            want = np.concatenate([src[i] for i in np.flatnonzero(mask)])
+            np.testing.assert_array_equal(db.gather("actions", mask), want)
+            with pytest.raises(ValueError, match=r"one entry per episode \(40\), got shape \(4,\)"):
+                db.gather("actions", mask[:4])
+            with pytest.raises(EpisodeNotFoundError, match="must be ints or a boolean mask, got float64"):
+                db.gather("actions", [0.9, 2.5])
+            wide = np.zeros((len(want), 4), src[0].dtype)
+            with pytest.raises(ValueError, match="out must be C-contiguous"):
+                db.gather("actions", mask, out=wide[:, :3])
+            assert not wide.any()
     mixed = tmp_path / "m.kdb"
     with kinodb.Writer(mixed) as w:
         w.add_episode(actions=np.zeros((3, 2), np.float32))

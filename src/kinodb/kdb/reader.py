@@ -522,18 +522,20 @@ class Database:
 
         The batch read a data loader wants: one copy from the map into ``out`` (or a new
         array) of shape ``(sum of frames, *dims)``, episodes in the order given; split it
-        with the episodes' ``num_frames``. The selected episodes must share the array's
-        dtype and trailing dims.
+        with the episodes' ``num_frames``. ``episodes`` is indices or a boolean mask over
+        all episodes (None: all). The selected episodes must share the array's dtype and
+        trailing dims; ``out``, when given, must be C-contiguous.
 
         Example:
             >>> acts = db.gather("actions", db.query("success = true"))
 
         Raises:
-            EpisodeNotFoundError: an index is out of range.
+            EpisodeNotFoundError: an index is out of range or not an int.
             NameNotFoundError: an episode has no array ``name`` (a KeyError).
-            ValueError: the episodes disagree on dtype or dims, or ``out`` has the wrong shape.
+            ValueError: the episodes disagree on dtype or dims, a mask has the wrong length,
+                or ``out`` has the wrong shape or is not C-contiguous.
         """
-        idx = np.arange(self._n) if episodes is None else np.asarray(episodes, dtype=np.int64).reshape(-1)
+        idx = np.arange(self._n) if episodes is None else self._indices(episodes)
         if len(idx) and (idx.min() < 0 or idx.max() >= self._n):
             bad = int(idx[(idx < 0) | (idx >= self._n)][0])
             raise EpisodeNotFoundError(
@@ -551,6 +553,11 @@ class Database:
             out = np.empty(shape, first.dtype)
         elif out.shape != shape or out.dtype != first.dtype:
             raise ValueError(f"out must be {first.dtype} {shape}, got {out.dtype} {out.shape}")
+        elif not out.flags.c_contiguous:  # reshape(-1) below would copy, and the copy get the data
+            raise ValueError(
+                "out must be C-contiguous: gather into a whole buffer (np.empty(shape, dtype)), "
+                "not a slice or transpose of one"
+            )
         strided = self._strided(name, first)
         if strided is not None:  # every episode alike, at a constant stride: one vectorised copy
             rows = out.reshape(-1).view(np.uint8).view(strided.dtype)
@@ -570,6 +577,23 @@ class Database:
             outb[pos : pos + src.nbytes] = src.reshape(-1).view(np.uint8)
             pos += src.nbytes
         return out
+
+    def _indices(self, episodes: Any) -> np.ndarray:
+        """Episode indices from ints or a boolean mask over every episode, as int64."""
+        arr = np.asarray(episodes)
+        if arr.dtype == np.bool_:
+            if arr.shape != (self._n,):
+                raise ValueError(
+                    f"a boolean mask of episodes needs one entry per episode ({self._n}), "
+                    f"got shape {arr.shape}"
+                )
+            return np.flatnonzero(arr)
+        if arr.size and arr.dtype.kind not in "iu":
+            raise EpisodeNotFoundError(
+                f"episode indices must be ints or a boolean mask, got {arr.dtype} values "
+                f"(first {arr.reshape(-1)[0]!r})"
+            )
+        return arr.astype(np.int64).reshape(-1)
 
     def _strided(self, name: str, first: np.ndarray) -> np.ndarray | None:
         """One opaque item per episode over array ``name`` if every episode holds it alike."""
