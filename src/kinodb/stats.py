@@ -144,6 +144,10 @@ def compute_stats(
 def write_stats(path: str | os.PathLike[str], stats: Mapping[str, Any]) -> None:
     """Store ``stats`` (from `compute_stats`) in the dataset JSON of the file at ``path``.
 
+    Statistics already stored for other arrays are kept when they describe the file as it
+    is (same frames and episodes, not stale), so ``kino stats X --arrays timestamps``
+    adds to ``kino stats X``; arrays in ``stats`` replace stored ones of the same name.
+
     An append-mode `Writer` rewrites only the index and switches the commit record last:
     the episodes are untouched and a crash leaves the previous state.
 
@@ -165,6 +169,16 @@ def write_stats(path: str | os.PathLike[str], stats: Mapping[str, Any]) -> None:
                 f"{path} has {held[0]} frames in {held[1]} episodes, but the statistics were computed "
                 f"over {doc.get('num_frames')} frames; compute them again: kino stats {path}"
             )
+        old = w.stats
+        if (
+            old is not None
+            and not old.get("stale")
+            and (old.get("num_frames"), old.get("num_episodes")) == held
+        ):
+            arrays = {**old.get("arrays", {}), **doc["arrays"]}
+            skipped = {**old.get("skipped", {}), **doc.get("skipped", {})}
+            doc["arrays"] = arrays
+            doc["skipped"] = {k: v for k, v in skipped.items() if k not in arrays}
         w.stats = doc
 
 

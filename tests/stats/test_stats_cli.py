@@ -98,3 +98,24 @@ def test_legacy_files_need_an_upgrade_unless_dry_run(
     assert "kino upgrade" in capsys.readouterr().err
     assert main(["stats", str(path), "--dry-run"]) == 0
     assert "actions: float32 (3,), 5 frames" in capsys.readouterr().out
+
+
+def test_arrays_add_to_the_stored_statistics_while_they_describe_the_file(
+    dataset: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["stats", str(dataset), "--arrays", "actions,states"]) == 0
+    with kinodb.open(dataset) as db:
+        first = db.stats()
+    assert main(["stats", str(dataset), "--arrays", "rewards"]) == 0
+    with kinodb.open(dataset) as db:
+        both = db.stats()
+        states = db.gather("states").astype(np.float64)
+    assert list(both["arrays"]) == ["actions", "states", "rewards"]
+    np.testing.assert_array_equal(both["arrays"]["actions"]["mean"], first["arrays"]["actions"]["mean"])
+    np.testing.assert_array_equal(both["arrays"]["states"]["max"], states.max(axis=0))
+    with kinodb.Writer(dataset, mode="a") as w:  # the stored statistics go stale
+        w.add_episode(actions=np.ones((4, 7), np.float32), states=np.ones((4, 14), np.float32))
+    assert main(["stats", str(dataset), "--arrays", "rewards"]) == 0
+    with kinodb.open(dataset) as db:
+        assert list(db.stats()["arrays"]) == ["rewards"]  # stale entries are not carried over
+    capsys.readouterr()
