@@ -177,6 +177,7 @@ def test_operators_on_builtin_fields(db: kinodb.Database, text: str, expected: l
         ("mixed > 0", [0, 5]),
         ("mixed STARTS WITH '1'", [2]),
         ("mixed IN (true, '1')", [1, 2]),
+        ("mixed IN (1.0, 'a', false)", [0, 5]),  # 1.0 is 1; true is not; a list holding 'a' is not 'a'
         ("extra.success = 'clash'", [3]),
         ("extra.'odd name' = 5", [4]),
         ("Task = 'x'", [4]),
@@ -442,3 +443,12 @@ def test_literals_beyond_float32_on_0_1_files_do_not_round_to_infinity(tmp_path:
         assert query(db, "total_reward > 1e39").tolist() == [0]
         assert query(db, "total_reward <= 1e39").tolist() == [1]
         assert query(db, "total_reward = 1e39").tolist() == []
+
+
+def test_limit_takes_python_and_numpy_ints_only(db: kinodb.Database) -> None:
+    everything = db.query("num_frames >= 0")
+    assert db.query("num_frames >= 0", limit=np.int64(2)).tolist() == everything[:2].tolist()
+    assert len(db.query("num_frames >= 0", limit=0)) == 0
+    for bad in (True, -1, 1.5, np.float64(2.0), "2"):
+        with pytest.raises(ValueError, match="limit must be None or an int >= 0"):
+            db.query("num_frames >= 0", limit=bad)

@@ -13,7 +13,7 @@ import json
 import math
 import operator
 import re
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,8 +77,10 @@ def query(
             a field with a value of another type.
         CorruptFileError: a metadata column of the file is damaged.
     """
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
-        raise ValueError(f"limit must be None or an int >= 0, got {limit!r}")
+    if limit is not None:
+        if isinstance(limit, (bool, np.bool_)) or not isinstance(limit, (int, np.integer)) or limit < 0:
+            raise ValueError(f"limit must be None or an int >= 0, got {limit!r}")
+        limit = int(limit)
     if isinstance(text, Node):
         text = text.render()  # re-parsed below: a hand-built tree gets positions for its errors
     node = parse(text)
@@ -391,10 +393,10 @@ def _distinct_split(offs: np.ndarray, blob: np.ndarray, n: int) -> tuple[np.ndar
 def value_test(node: Compare | In | Between) -> Callable[[Any], bool]:
     """The predicate ``node`` applies to one non-null value, with KQL's typing rules."""
     if isinstance(node, In):
-        values = node.values
+        member = _member(node.values)
         if node.negated:
-            return lambda v: not any(_eq(v, x) for x in values)
-        return lambda v: any(_eq(v, x) for x in values)
+            return lambda v: not member(v)
+        return member
     if isinstance(node, Between):
         low, high = node.low, node.high
         return lambda v: _ordered(v, low, operator.ge) and _ordered(v, high, operator.le)
@@ -415,6 +417,23 @@ def value_test(node: Compare | In | Between) -> Callable[[Any], bool]:
         return lambda v: isinstance(v, str) and v.endswith(text)
     pattern = re.compile(text)
     return lambda v: isinstance(v, str) and pattern.search(v) is not None
+
+
+def _member(values: Sequence[Value]) -> Callable[[Any], bool]:
+    """``any(_eq(v, x) for x in values)`` in constant time: one set per kind of value, so a
+    long ``IN`` list (a split file of episode ids) costs one lookup per distinct value."""
+    bools = {x for x in values if isinstance(x, bool)}
+    strs = {x for x in values if isinstance(x, str)}
+    nums = {x for x in values if isinstance(x, (int, float)) and not isinstance(x, bool) and x == x}
+
+    def member(v: Any) -> bool:
+        if isinstance(v, bool):
+            return v in bools
+        if isinstance(v, str):
+            return v in strs
+        return isinstance(v, (int, float)) and v in nums
+
+    return member
 
 
 def _eq(v: Any, lit: Value) -> bool:
