@@ -369,3 +369,32 @@ def test_create_test_into_a_folder_says_it_is_a_folder(
 ) -> None:
     assert main(["create-test", str(tmp_path)]) == 1
     assert f"{tmp_path} is a folder; give the path of a .kdb file" in capsys.readouterr().err
+
+
+def test_info_json_is_strict_and_the_table_keeps_its_columns(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from _legacy_encoder import encode, random_episode
+
+    rng = np.random.default_rng(0)
+    legacy = tmp_path / "legacy.kdb"  # 0.1 files can hold a NaN or infinite total_reward
+    legacy.write_bytes(
+        encode([random_episode(rng, 3, 2, 2, total_reward=v) for v in (float("nan"), float("inf"), 1.5)])
+    )
+    capsys.readouterr()
+    assert main(["info", str(legacy), "--json", "--episodes"]) == 0
+    doc = json.loads(capsys.readouterr().out, parse_constant=lambda c: pytest.fail(f"non-JSON {c}"))
+    assert [e["total_reward"] for e in doc["episodes"]] == [None, None, 1.5]
+
+    odd = tmp_path / "odd.kdb"
+    with kinodb.Writer(odd) as w:
+        w.add_episode(actions=np.zeros((2, 1), np.float32), embodiment="日本ロボット", task="pick\nplace")
+        w.add_episode(actions=np.zeros((3, 1), np.float32), embodiment="franka", task="pick")
+    assert main(["info", str(odd), "--episodes"]) == 0
+    out = capsys.readouterr().out
+    assert "  tasks: 2: pick; pick place\n" in out
+    rows = [line for line in out.splitlines() if line.endswith(("pick place", "  pick"))][-2:]
+    assert rows == [
+        "     0  日本ロボット        2    1     0  -       pick place",
+        "     1  franka              3    1     0  -       pick",
+    ]

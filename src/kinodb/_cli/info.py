@@ -6,6 +6,7 @@ import argparse
 import json
 from typing import Any
 
+from kinodb._cli._text import finite, fit
 from kinodb.kdb.reader import open_database
 
 
@@ -16,10 +17,6 @@ def register(sub: Any) -> None:
     p.add_argument("-e", "--episodes", action="store_true", help="also list every episode")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(run=run)
-
-
-def _clip(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -33,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
             }  # fmt: skip
             if args.episodes:
                 out["episodes"] = [db.read_meta(i) for i in range(len(db))]
-            print(json.dumps(out, indent=2, default=str))
+            print(json.dumps(finite(out), indent=2, default=str, allow_nan=False))
             return 0
         print(db.summary())
         table = db.episodes()
@@ -42,18 +39,23 @@ def run(args: argparse.Namespace) -> int:
             tasks = sorted(set(table["task"].tolist()))
             print(
                 f"  tasks: {len(tasks)}: "
-                + "; ".join(_clip(t, 40) for t in tasks[:5])
+                + "; ".join(fit(t, 40, pad=False) for t in tasks[:5])
                 + (" ..." if len(tasks) > 5 else "")
             )
-            print("  per embodiment: " + ", ".join(f"{e} {c}" for e, c in zip(emb, counts, strict=True)))
+            print(
+                "  per embodiment: "
+                + ", ".join(f"{fit(e, 40, pad=False)} {c}" for e, c in zip(emb, counts, strict=True))
+            )
             print(f"  fps: {_fps(table['fps'])}")
         if args.episodes:
-            print(f"\n{'ID':>6}  {'EMBODIMENT':<14}{'FRAMES':>7}{'ACT':>5}{'STATE':>6}  {'SUCCESS':<8}TASK")
+            print(
+                f"\n{'ID':>6}  {fit('EMBODIMENT', 14)}{'FRAMES':>7}{'ACT':>5}{'STATE':>6}  {'SUCCESS':<8}TASK"
+            )
             for i in range(len(db)):
                 m = db.read_meta(i)
                 succ = {True: "yes", False: "no", None: "-"}[m["success"]]
-                print(f"{m['episode_id']:>6}  {_clip(m['embodiment'], 13):<14}{m['num_frames']:>7}"
-                      f"{m['action_dim']:>5}{m['state_dim']:>6}  {succ:<8}{_clip(m['task'], 40)}")  # fmt: skip
+                print(f"{m['episode_id']:>6}  {fit(m['embodiment'], 13)} {m['num_frames']:>7}"
+                      f"{m['action_dim']:>5}{m['state_dim']:>6}  {succ:<8}{fit(m['task'], 40, pad=False)}")  # fmt: skip
     return 0
 
 

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
-import unicodedata
 from typing import Any
 
+from kinodb._cli._text import finite, fit
 from kinodb.errors import QuerySyntaxError
 from kinodb.kdb.reader import open_database
 from kinodb.kql import query
@@ -61,22 +60,10 @@ def run(args: argparse.Namespace) -> int:
             episodes = [{"position": int(i), **db.read_meta(int(i))} for i in shown]
             out = {"path": db.path(), "query": args.kql, "matches": total,
                    "positions": [int(i) for i in shown], "episodes": episodes}  # fmt: skip
-            print(json.dumps(_finite(out), indent=2, default=str, allow_nan=False))
+            print(json.dumps(finite(out), indent=2, default=str, allow_nan=False))
         else:
             sys.stdout.write(_table(db, total, [int(i) for i in shown]))
     return 0
-
-
-def _finite(value: Any) -> Any:
-    """``value`` with NaN and infinite floats as None: JSON has no such numbers (0.1 files
-    and files of earlier writers can hold a NaN or infinite total_reward)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
 
 
 def _table(db: Any, total: int, shown: list[int]) -> str:
@@ -86,37 +73,13 @@ def _table(db: Any, total: int, shown: list[int]) -> str:
     lines = [head]
     if shown:
         lines.append(
-            f"{'POS':>7}  {_fit('EMBODIMENT', EMBODIMENT_WIDTH)} {'FRAMES':>7}{'ACT':>5}  {'SUCCESS':<8}TASK"
+            f"{'POS':>7}  {fit('EMBODIMENT', EMBODIMENT_WIDTH)} {'FRAMES':>7}{'ACT':>5}  {'SUCCESS':<8}TASK"
         )
     for i in shown:
         m = db.read_meta(i)
         succ = {True: "yes", False: "no", None: "-"}[m["success"]]
         lines.append(
-            f"{i:>7}  {_fit(m['embodiment'], EMBODIMENT_WIDTH)} {m['num_frames']:>7}{m['action_dim']:>5}  "
-            f"{succ:<8}{_fit(m['task'], TASK_WIDTH, pad=False)}"
+            f"{i:>7}  {fit(m['embodiment'], EMBODIMENT_WIDTH)} {m['num_frames']:>7}{m['action_dim']:>5}  "
+            f"{succ:<8}{fit(m['task'], TASK_WIDTH, pad=False)}"
         )
     return "\n".join(lines) + "\n"
-
-
-def _width(ch: str) -> int:
-    if unicodedata.combining(ch):
-        return 0
-    return 2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1
-
-
-def _fit(text: str, width: int, *, pad: bool = True) -> str:
-    """``text`` on one line in ``width`` terminal columns: clipped with an ellipsis, padded.
-
-    Clips whole characters by display width (0.1 cut UTF-8 bytes and crashed);
-    control characters and newlines show as spaces.
-    """
-    text = "".join(c if c.isprintable() else " " for c in text)
-    widths = [_width(c) for c in text]
-    used = sum(widths)
-    if used > width:
-        keep, used = 0, 1  # the ellipsis
-        while used + widths[keep] <= width:
-            used += widths[keep]
-            keep += 1
-        text = text[:keep] + "…"
-    return text + " " * (width - used) if pad else text

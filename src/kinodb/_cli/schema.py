@@ -85,7 +85,10 @@ def run(args: argparse.Namespace) -> int:
     if cams:
         print("\ncameras:")
         for name, c in cams.items():
-            print(f"  {name:<{width}}{c.get('height')}x{c.get('width')}x{c.get('channels')} {c.get('codec')}")
+            # None: the episodes differ (a merge of cameras stored alike in no two inputs)
+            size = "x".join("?" if c.get(k) is None else str(c[k]) for k in ("height", "width", "channels"))
+            codec = c.get("codec") or "mixed codecs"
+            print(f"  {name:<{width}}{size} {codec}" + (" (varies by episode)" if "?" in size else ""))
     total = sum(s["bytes"] for s in d["sections"].values()) or 1
     rows: list[tuple[str, ...]] = [("SECTION", "KIND", "DTYPE/CODEC", "SHAPE", "BYTES", "SHARE")]
     for name, s in d["sections"].items():
