@@ -66,6 +66,7 @@ def test_different_schemas_merge_with_a_warning(
     assert main(["merge", str(sources[0]), str(small), "-o", str(out)]) == 0
     captured = capsys.readouterr()
     assert "action_dim differs" in captured.err and "state_dim differs" in captured.err
+    assert "camera 'front' differs between inputs (a.kdb: 64x64x3, small.kdb: absent)" in captured.err
     assert "wrote 7 episodes" in captured.out
     with kinodb.open(out) as m:
         assert m.read_array(6, "actions").dtype == np.float64
@@ -157,3 +158,36 @@ def test_legacy_camera_stored_raw_is_reported(tmp_path: Path) -> None:
     old.write_bytes(encode([ep]))
     result = kinodb.merge([old], tmp_path / "out.kdb")
     assert any("camera 'cam'" in w and "stored raw" in w for w in result.warnings), result.warnings
+
+
+def test_metadata_and_first_origins_survive_merges(tmp_path: Path) -> None:
+    a, b, ab, again = (tmp_path / f"{n}.kdb" for n in ("a", "b", "ab", "again"))
+    for path, size, meta in ((a, 8, {"robot": "franka", "site": "lab"}), (b, 16, {"robot": "franka"})):
+        with kinodb.Writer(path, metadata=meta) as w:
+            w.add_episode(
+                actions=np.zeros((2, 3), np.float32),
+                images={"front": np.zeros((2, size, size, 3), np.uint8)},
+                extra_arrays={"lang": np.zeros((2, 4 if size == 8 else 5), np.float32)},
+                extra={"source_file": f"/data/{path.stem}.hdf5", "source_episode": "demo_0"},
+            )
+    result = kinodb.merge([a, b], ab)
+    assert result.warnings == [
+        "camera 'front' differs between inputs (a.kdb: 8x8x3, b.kdb: 16x16x3); "
+        "batches need image_size=(H, W) to resize them alike",
+        "extra array 'lang' differs between inputs (a.kdb: float32 (4,), b.kdb: float32 (5,)); "
+        "readers must handle per-episode shapes",
+    ]
+    kinodb.merge([ab], again, filter="num_frames > 0")
+    with kinodb.open(ab) as m, kinodb.open(again) as m2:
+        assert m.metadata()["robot"] == "franka" and "site" not in m.metadata()  # only what all agree on
+        assert [s["metadata"] for s in m.metadata()["merged_from"]] == [
+            {"robot": "franka", "site": "lab"},
+            {"robot": "franka"},
+        ]
+        assert m2.metadata()["robot"] == "franka"
+        for i, stem in enumerate("ab"):
+            meta = m2.read_meta(i)
+            assert (meta["source_file"], meta["source_episode"]) == (str(ab), i)
+            assert (meta["origin_file"], meta["origin_episode"]) == (f"/data/{stem}.hdf5", "demo_0")
+    with pytest.raises(TypeError, match=r"a list of paths, not one path: merge\(\['"):
+        kinodb.merge(str(a), tmp_path / "x.kdb")  # type: ignore[arg-type]

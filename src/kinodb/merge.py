@@ -43,6 +43,10 @@ class MergeResult:
         return sum(i.frames for i in self.inputs)
 
 
+# Metadata keys a merge writes itself, or that describe how one input was made.
+_OWN_METADATA = frozenset({"merged_from", "filter", "image_orientation", "ingest"})
+
+
 def merge(
     inputs: Sequence[str | os.PathLike[str]],
     output: str | os.PathLike[str],
@@ -54,9 +58,12 @@ def merge(
 
     Each kept episode's payload is copied byte for byte (a JPEG stays the same JPEG)
     after its checksum is verified, and gains the extra fields ``source_file`` and
-    ``source_episode``. Inputs may have different schemas: dims are per episode, the
-    output schema lists every source's schema under ``"sources"``, and differing dims
-    are reported in `MergeResult.warnings`. Like every write, the output appears only
+    ``source_episode`` (a pair it already held moves to ``origin_file`` and
+    ``origin_episode``). Inputs may have different schemas: dims are per episode, the
+    output schema lists every source's schema under ``"sources"``, and differing dims,
+    cameras and extra arrays are reported in `MergeResult.warnings`. Each input's
+    metadata is kept under ``metadata["merged_from"]``; keys all inputs agree on are
+    also copied to the top. Like every write, the output appears only
     when complete.
 
     Example:
@@ -67,6 +74,10 @@ def merge(
         WriterError: no input has a matching episode.
         FileExistsError: ``output`` exists and ``overwrite`` is False.
     """
+    if isinstance(inputs, (str, bytes, os.PathLike)):
+        raise TypeError(
+            f"inputs must be a list of paths, not one path: merge([{os.fsdecode(inputs)!r}], ...)"
+        )
     if not inputs:
         raise ValueError("merge needs at least one input file")
     dbs = [open_database(p) for p in inputs]
@@ -78,7 +89,7 @@ def merge(
         if not any(len(k) for k in kept):
             where = f" match {filter!r}" if filter else ""
             raise WriterError(f"no episode in {len(dbs)} input files{where}; nothing was written")
-        warnings = _dim_warnings(dbs, kept)
+        warnings = _dim_warnings(dbs, kept) + _layout_warnings(dbs, kept)
         return _write(dbs, kept, os.fspath(output), filter, overwrite, warnings)
     finally:
         for db in dbs:
@@ -117,6 +128,37 @@ def _dim_warnings(dbs: list[Database], kept: list[np.ndarray]) -> list[str]:
     return out
 
 
+def _layout_warnings(dbs: list[Database], kept: list[np.ndarray]) -> list[str]:
+    """Cameras of different sizes and extra arrays of different dtypes or shapes between the
+    inputs, or held by only some of them."""
+    used = [db for db, k in zip(dbs, kept, strict=True) if len(k)]
+    out = []
+    for key, kind, hint in (
+        ("cameras", "camera", "batches need image_size=(H, W) to resize them alike"),
+        ("arrays", "extra array", "readers must handle per-episode shapes"),
+    ):
+        specs = [db.schema().get(key, {}) for db in used]
+        for name in sorted({n for spec in specs for n in spec}):
+            seen = [
+                (os.path.basename(db.path()), _layout(spec.get(name), key))
+                for db, spec in zip(used, specs, strict=True)
+            ]
+            if len({text for _, text in seen}) > 1:
+                per = ", ".join(f"{file}: {text}" for file, text in seen)
+                out.append(f"{kind} {name!r} differs between inputs ({per}); {hint}")
+    return out
+
+
+def _layout(spec: dict[str, Any] | None, key: str) -> str:
+    if spec is None:
+        return "absent"
+    if key == "cameras":
+        # Codecs may differ (frames decode alike); sizes may not.
+        return "x".join("?" if spec.get(k) is None else str(spec[k]) for k in ("height", "width", "channels"))
+    shape = spec.get("shape")
+    return f"{spec.get('dtype') or 'mixed dtypes'} {'?' if shape is None else tuple(shape)}"
+
+
 def _shared_components(dbs: list[Database]) -> dict[str, Any]:
     """Named components every input declares identically (the rest stay per source)."""
     shared: dict[str, Any] = {}
@@ -143,10 +185,20 @@ def _write(
         for db, k in zip(dbs, kept, strict=True)
     ]  # fmt: skip
     report = []
+    # The inputs' metadata stays with each input; keys every contributing input agrees on
+    # (a robot, a calibration) also stand at the top, as in a file written directly.
+    metas = [db.metadata() for db in dbs]
+    used = [m for m, k in zip(metas, kept, strict=True) if len(k)]
     metadata: dict[str, Any] = {
-        "merged_from": [{k: s[k] for k in ("file", "episodes", "of")} for s in sources],
-        "filter": kql,
+        key: value
+        for key, value in used[0].items()
+        if key not in _OWN_METADATA and all(key in m and m[key] == value for m in used[1:])
     }
+    metadata["merged_from"] = [
+        {**{k: s[k] for k in ("file", "episodes", "of")}, "metadata": m}
+        for s, m in zip(sources, metas, strict=True)
+    ]
+    metadata["filter"] = kql
     # How the frames stand (the HDF5 ingest's --flip-images turns LIBERO's upright): kept
     # when every input with cameras agrees, "mixed" (with a warning) when they differ.
     orientations = {
@@ -174,10 +226,22 @@ def _write(
         for db, positions in zip(dbs, kept, strict=True):
             frames = 0
             for i in positions.tolist():
-                w.copy_episode(db, i, extra={"source_file": db.path(), "source_episode": i}, notes=warnings)
+                w.copy_episode(db, i, extra=_provenance(db, i), notes=warnings)
                 frames += int(db._cols["num_frames"][i])
             report.append(MergeInput(db.path(), len(positions), len(db), frames))
     return MergeResult(output, report, warnings)
+
+
+def _provenance(db: Database, i: int) -> dict[str, Any]:
+    """``source_file``/``source_episode`` of the input; a pair the episode already held (its
+    ingest source, or an earlier merge's input) moves to ``origin_file``/``origin_episode``
+    unless those are set, so the first origin survives any number of merges."""
+    extra: dict[str, Any] = {"source_file": db.path(), "source_episode": i}
+    meta = db.read_meta(i)
+    if "source_file" in meta and "origin_file" not in meta:
+        extra["origin_file"] = meta["source_file"]
+        extra["origin_episode"] = meta.get("source_episode")
+    return extra
 
 
 __all__ = ["MergeInput", "MergeResult", "merge"]

@@ -16,7 +16,8 @@ from kinodb.export import export
 h5py = pytest.importorskip("h5py")
 from kinodb.ingest import ingest  # noqa: E402  (after h5py is known to be installed)
 
-PROVENANCE = ("source_file", "source_episode")  # every ingest sets these afresh
+# Every ingest sets source_* afresh; a merge moves the pair an episode held to origin_*.
+PROVENANCE = ("source_file", "source_episode", "origin_file", "origin_episode")
 SAMPLES = Path(__file__).resolve().parents[2].parent / "shared" / "samples"
 BRIDGE = SAMPLES / "octo_bridge_rlds" / "bridge_dataset" / "1.0.0"  # 7-d actions and states
 G1 = SAMPLES / "unitree_g1_lerobot_v21"  # 26-d actions and states
@@ -309,6 +310,10 @@ def test_a_merge_of_two_robots_is_refused_and_its_suggested_filter_round_trips(t
     back = tmp_path / "back.kdb"
     ingest(h5, back, format="hdf5", image_codec="png")
     _assert_same(bridge, back)  # arrays bit for bit, the JPEG frames as decoded, metadata
+    with kinodb.open(bridge) as first, kinodb.open(back) as last:  # the first origin survives
+        for i in (0, 24):
+            was, now = first.read_meta(i), last.read_meta(i)
+            assert (now["origin_file"], now["origin_episode"]) == (was["source_file"], was["source_episode"])
 
 
 def test_merges_keep_the_orientation_and_a_mixed_one_is_refused(tmp_path: Path) -> None:
