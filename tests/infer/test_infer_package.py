@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import subprocess
@@ -129,6 +130,37 @@ def test_missing_member_is_named(make_package: MakePackage, tmp_path: Path) -> N
     no_meta = write_archive(tmp_path / "nometa.kinfer", _members(built.path, metadata_json=None))
     with pytest.raises(InferError, match=r"missing member 'metadata\.json'"):
         load_model(no_meta)
+
+
+def test_a_damaged_gzip_stream_is_refused(make_package: MakePackage, tmp_path: Path) -> None:
+    data = bytearray(make_package().path.read_bytes())
+    crc = tmp_path / "crc.kinfer"
+    data[-8] ^= 1  # the gzip trailer's CRC-32: tar reading stops before it
+    crc.write_bytes(data)
+    with pytest.raises(InferError, match=r"crc\.kinfer: truncated or corrupt archive \(CRC check failed"):
+        load_model(crc)
+    cut = tmp_path / "cut.kinfer"
+    cut.write_bytes(data[:-8])
+    with pytest.raises(InferError, match=r"cut\.kinfer: truncated or corrupt archive"):
+        load_model(cut)
+
+
+def test_archives_kinfer_itself_refuses_load_with_warnings(make_package: MakePackage, tmp_path: Path) -> None:
+    import tarfile
+
+    members = _members(make_package().path)
+    plain = tmp_path / "plain.kinfer"
+    with tarfile.open(plain, "w") as tar:
+        for name, blob in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+    assert any("not gzip-compressed" in w for w in read_package(plain).warnings)
+    dotted = write_archive(tmp_path / "dotted.kinfer", [(f"./{name}", blob) for name, blob in members])
+    (warning,) = read_package(dotted).warnings
+    assert "members named ['./init_fn.onnx', './step_fn.onnx', './metadata.json']" in warning
+    assert "tar czf NAME.kinfer -C DIR init_fn.onnx step_fn.onnx metadata.json" in warning
+    assert load_model(dotted).signature.joint_names == JOINTS
 
 
 def test_bad_json_names_the_member_and_line(make_package: MakePackage, tmp_path: Path) -> None:

@@ -155,24 +155,43 @@ def read_package(path: str | os.PathLike[str]) -> Package:
 
 
 def _read_archive(path: str, data: bytes) -> Package:
+    warnings: list[str] = []
+    if data[:2] == b"\x1f\x8b":
+        # All of it, so the gzip trailer's CRC-32 and length are checked: tarfile stops at
+        # the tar's end and would run a package whose weights a flipped bit changed.
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError, ValueError) as exc:
+            raise InferError(
+                f"{path}: truncated or corrupt archive ({exc}); export or copy the package again"
+            ) from None
+    else:
+        warnings.append("the tar is not gzip-compressed (kinfer itself refuses it: invalid gzip header)")
     try:
         tar = tarfile.open(fileobj=io.BytesIO(data), mode="r:*")  # noqa: SIM115 - closed by `with tar` below
     except (tarfile.TarError, EOFError, OSError) as exc:
         raise InferError(f"{path}: not a readable tar.gz package ({exc})") from None
     found: dict[str, bytes] = {}
-    warnings: list[str] = []
+    prefixed = []
     with tar:
         try:
             for info in tar:
                 if not info.isfile():
                     continue
                 name = os.path.normpath(info.name).lstrip("/")
+                if name != info.name:
+                    prefixed.append(info.name)
                 if name in found:
                     raise InferError(f"{path}: member {name!r} appears twice")
                 handle = tar.extractfile(info)
                 found[name] = handle.read() if handle is not None else b""
         except (tarfile.TarError, EOFError, OSError) as exc:
             raise InferError(f"{path}: truncated or corrupt archive ({exc})") from None
+    if prefixed:
+        warnings.append(
+            f"members named {prefixed} rather than plain file names (kinfer itself rejects them); "
+            f"pack with: tar czf NAME.kinfer -C DIR {' '.join(MEMBERS)}"
+        )
     known = {*MEMBERS, LEGACY_META_MEMBER}
     extra = [n for n in found if n not in known]
     if extra:
