@@ -358,3 +358,37 @@ def test_a_torchscript_function_exports_like_kinfers_export_fn(tmp_path: Path) -
     a = model.step({"joint_angles": np.ones(3, np.float32), "command": np.float32([0.5])})
     np.testing.assert_allclose(a, [2.5, 2.5, 2.5])
     np.testing.assert_allclose(model.carry, np.full(4, 3.0))
+
+
+class DropoutPolicy(torch.nn.Module):  # type: ignore[misc,name-defined]
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Dropout(0.5), torch.nn.Linear(16, 6))
+
+    def forward(self, joint_angles: Any, carry: Any) -> tuple[Any, Any]:
+        return self.net(joint_angles), carry
+
+
+def test_export_exports_eval_mode_and_gives_the_module_back_as_it_was(tmp_path: Path) -> None:
+    policy = DropoutPolicy().train()
+    policy.net[2].eval()  # a mix, as a partly frozen model has
+    before = [m.training for m in policy.modules()]
+    report = export_torch(policy, tmp_path / "p.kinfer", joint_names=JOINTS, carry_shape=(1,))
+    assert report.max_abs_diff <= 1e-5  # dropout was off while tracing and checking
+    assert [m.training for m in policy.modules()] == before == [True, True, True, True, False]
+
+
+def test_a_function_over_trainable_parameters_says_how_to_export_it(tmp_path: Path) -> None:
+    net = torch.nn.Linear(6, 6)
+
+    def step(joint_angles: Any, carry: Any) -> tuple[Any, Any]:
+        return net(joint_angles), carry
+
+    with pytest.raises(
+        InferError, match=r"pass the nn.Module itself, or call .requires_grad_\(False\)"
+    ) as exc:
+        export_torch(step, tmp_path / "f.kinfer", joint_names=JOINTS, carry_shape=(1,))
+    assert len(str(exc.value)) < 800  # not the whole weight matrix
+    assert not (tmp_path / "f.kinfer").exists()
+    net.requires_grad_(False)
+    export_torch(step, tmp_path / "f.kinfer", joint_names=JOINTS, carry_shape=(1,))

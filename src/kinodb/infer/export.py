@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import io
 import logging
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,6 +101,17 @@ def export_torch(
     onnx = require("onnx", extra="infer")
     joints, commands = tuple(str(n) for n in joint_names), tuple(str(n) for n in command_names)
     carry = tuple(int(d) for d in carry_shape)
+    with _keeping_modes(torch, step_module, init_module):  # exporting runs them in eval mode
+        return _export_torch(
+            torch, onnx, step_module, path, joints, commands, carry, init_module, checks, seed, legacy_inputs
+        )
+
+
+def _export_torch(
+    torch: Any, onnx: Any, step_module: Any, path: str | os.PathLike[str], joints: tuple[str, ...],
+    commands: tuple[str, ...], carry: tuple[int, ...], init_module: Any, checks: int, seed: int,
+    legacy_inputs: bool,
+) -> ExportReport:  # fmt: skip
     module = _as_module(torch, step_module)
     names = _argument_names(step_module)
     legacy = [n for n in names if n in LEGACY_INPUTS]
@@ -146,6 +158,18 @@ def export_torch(
     write_atomic(where, data)
     proto = onnx.load_from_string(step_bytes)
     return ExportReport(where, model.signature, diff, _opset(proto), int(proto.ir_version), len(data), unused)
+
+
+@contextlib.contextmanager
+def _keeping_modes(torch: Any, *fns: Any) -> Iterator[None]:
+    """Restore the train/eval mode of every submodule of ``fns`` afterwards: a checkpoint
+    exported mid-training must not leave dropout off and batch norm frozen."""
+    modes = [(m, m.training) for fn in fns if isinstance(fn, torch.nn.Module) for m in fn.modules()]
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
 
 
 def _as_module(torch: Any, fn: Any) -> Any:
@@ -228,7 +252,14 @@ def _export(
                 dynamo=False, do_constant_folding=True,
             )  # fmt: skip
         except Exception as exc:
-            raise InferError(f"torch.onnx.export failed: {' '.join(str(exc).split())}") from exc
+            text = " ".join(str(exc).split())
+            text = text if len(text) <= 400 else text[:400] + "…"  # some messages print a whole tensor
+            if "requires grad as a constant" in text:
+                text += (
+                    "; the function uses tensors that require grad (a trained module's parameters): "
+                    "pass the nn.Module itself, or call .requires_grad_(False) on it before exporting"
+                )
+            raise InferError(f"torch.onnx.export failed: {text}") from exc
     proto = onnx.load_from_string(buf.getvalue())
     if len(proto.graph.output) != len(outputs):
         raise InferError(
