@@ -394,3 +394,101 @@ def test_nan_observations_are_logged_as_null(tmp_path: Path) -> None:
 
     recs = [json.loads(line, parse_constant=refuse) for line in log.read_text().splitlines()]
     assert len(recs) == 2 and recs[0]["gyro"] == [None, None, 0.5] and recs[0]["output"] == [1.0] * 4
+
+
+def test_a_record_to_that_cannot_take_the_run_is_refused_before_it(
+    make_package: MakePackage, tmp_path: Path
+) -> None:
+    built = make_package()
+    served = Served(built)
+    model = load_model(built.path)
+    cases = {
+        tmp_path / "missing" / "r.kdb": r"the folder .*missing does not exist; create it first",
+        tmp_path: r"is a folder; give the path of a \.kdb file",
+    }
+    seven = tmp_path / "seven.kdb"  # another robot's episodes, with no joint names to compare
+    with kinodb.Writer(seven) as w:
+        w.add_episode(actions=np.zeros((3, 7), np.float32))
+    cases[seven] = r"holds episodes whose actions have dim 7, not this policy's 4"
+    states = tmp_path / "states.kdb"  # the same joints, recorded by a policy that read no joint inputs
+    lean = make_package(inputs=("projected_gravity", "carry"))
+    Runner(load_model(lean.path), Served(lean).provider, rate_hz=1000, max_steps=3, record_to=states).run()
+    cases[states] = r"holds episodes whose states have dim 0, not this policy's 8"
+    for target, message in cases.items():
+        with pytest.raises(InferError, match=message):
+            Runner(model, served.provider, rate_hz=1000, max_steps=5, record_to=target).run()
+    assert served.actions == []  # refused before any action was sent
+    assert threading.active_count() == 1  # and no telemetry writer was left running
+
+
+def test_sigterm_and_sys_exit_keep_the_log_and_the_recording(
+    make_package: MakePackage, tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    built = make_package()
+    script = f"""
+import os, signal, sys
+import numpy as np
+from kinodb.infer import CallableProvider, Runner, load_model
+model = load_model({str(built.path)!r})
+sig = model.signature
+getters = {{n: (lambda n=n: lambda *_: np.zeros(sig.shape(n), np.float32))() for n in sig.observation_names}}
+sent = []
+def take(names, action):
+    sent.append(action)
+    if len(sent) == 20:
+        os.kill(os.getpid(), signal.SIGTERM)
+Runner(model, CallableProvider(**getters, take_action=take), rate_hz=500,
+       log_path=sys.argv[1], record_to=sys.argv[2]).run()
+print("not reached")
+"""
+    log, out = tmp_path / "term.ndjson", tmp_path / "term.kdb"
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(log), str(out)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == -15, done.stderr  # ended by the signal, as without the runner
+    assert "not reached" not in done.stdout
+    assert len(log.read_text().splitlines()) == 20
+    with kinodb.open(out) as db:
+        assert db.read_meta(0)["num_frames"] == 20
+
+    served = Served(built, on_action=lambda n: sys.exit(3) if n == 7 else None)
+    with pytest.raises(SystemExit) as exc:
+        Runner(load_model(built.path), served.provider, rate_hz=1000, record_to=out).run()
+    assert exc.value.code == 3
+    with kinodb.open(out) as db:
+        assert len(db) == 2 and db.read_meta(1)["num_frames"] == 6  # the step that exited is not whole
+        np.testing.assert_array_equal(db.read_array(1, "actions"), np.array(served.actions[:6]))
+
+
+def test_a_log_that_cannot_be_written_is_counted_as_lost(make_package: MakePackage, tmp_path: Path) -> None:
+    if not os.path.exists("/dev/full"):
+        pytest.skip("needs /dev/full to play a full disk")
+    built = make_package()
+    log = tmp_path / "full.ndjson"
+    log.symlink_to("/dev/full")
+    stats = Runner(
+        load_model(built.path), Served(built).provider, rate_hz=1000, max_steps=30, log_path=log
+    ).run()
+    assert (stats["log_lines"], stats["dropped_log_lines"]) == (0, 30)
+    assert "No space left on device" in stats["log_error"]
+
+
+@pytest.mark.parametrize(("rate", "duration", "steps"), [(100.0, 0.1, 10), (20.0, 0.3, 6), (3.0, 1.0, 3)])
+def test_duration_runs_every_deadline_up_to_it(
+    make_package: MakePackage, rate: float, duration: float, steps: int
+) -> None:
+    built = make_package()
+    stats = Runner(load_model(built.path), Served(built).provider, rate_hz=rate, duration_s=duration).run()
+    assert stats["steps"] == steps and stats["stopped_by"] == "duration"
+
+
+def test_duration_must_hold_a_tick_and_end(make_package: MakePackage) -> None:
+    model = load_model(make_package().path)
+    provider = Served(make_package()).provider
+    with pytest.raises(ValueError, match=r"duration_s 0.2 is shorter than one period \(2 s at 0.5 Hz\)"):
+        Runner(model, provider, rate_hz=0.5, duration_s=0.2)
+    with pytest.raises(ValueError, match="positive finite number"):
+        Runner(model, provider, rate_hz=10, duration_s=float("inf"))

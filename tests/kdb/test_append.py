@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import textwrap
@@ -297,3 +298,28 @@ def test_an_append_of_a_camera_stored_in_several_codecs_is_lossless_and_a_refuse
         path, mode="a", schema={"actions": {"names": ["a", "b"]}}
     ) as w:  # not locked by the refusal
         w.add_episode(actions=np.zeros((3, 2), np.float32), images={"depth": frames})
+
+
+def test_an_append_cannot_declare_names_or_components_the_episodes_there_lack(tmp_path: Path) -> None:
+    path = tmp_path / "seven.kdb"
+    with kinodb.Writer(path) as w:
+        w.add_episode(actions=np.zeros((3, 7), np.float32), states=np.zeros((3, 2), np.float32))
+    from kinodb.kdb.validate import validate
+
+    before = path.read_bytes()
+    for schema, message in (
+        (
+            {"actions": {"names": ["a", "b", "c", "d"]}},
+            "schema actions declares 4 names, but the file's episodes have actions dim 7",
+        ),
+        (
+            {"states": {"components": {"q": [0, 3]}}},
+            "schema states declares components up to 3, but the file's episodes have states dim 2",
+        ),
+    ):
+        with pytest.raises(WriterError, match=re.escape(message)):
+            kinodb.Writer(path, mode="a", schema=schema)
+    assert path.read_bytes() == before
+    with kinodb.Writer(path, mode="a", schema={"actions": {"names": list("abcdefg")}}) as w:  # names that fit
+        w.add_episode(actions=np.ones((2, 7), np.float32), states=np.ones((2, 2), np.float32))
+    assert validate(path).ok

@@ -15,7 +15,9 @@ import gc
 import logging
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -30,6 +32,7 @@ from kinodb.infer.telemetry import EXTRA_INPUTS, KINFER_KEYS, NdjsonLogger, reso
 
 log = logging.getLogger(__name__)
 
+_DEADLINE_SLACK = 1e-6  # of a period: k * period may round past duration_s (0.05 * 6 > 0.3)
 QUIET_MARGIN_S = 1e-4  # the telemetry writer stops this long before the spin starts (one line takes ~40 us)
 STATE_INPUTS = (
     "joint_angles",
@@ -71,7 +74,9 @@ class Runner:
             thread; measured to be the better choice, docs/infer.md) or ``"inline"``.
 
     Without ``max_steps`` or ``duration_s`` the loop runs until `stop`, Ctrl-C, or a
-    provider whose ``done()`` returns True.
+    provider whose ``done()`` returns True. SIGTERM (with its default action, on the main
+    thread) stops it after the tick; the log and recording are written, then the signal
+    ends the process as it would have.
     """
 
     def __init__(
@@ -96,9 +101,17 @@ class Runner:
             raise ValueError(f"rate_hz must be a positive number, got {rate_hz!r}")
         if max_steps is not None and max_steps < 1:
             raise ValueError(f"max_steps must be at least 1, got {max_steps}")
-        if duration_s is not None and not duration_s > 0:
-            raise ValueError(f"duration_s must be positive, got {duration_s}")
         period = 1.0 / rate_hz
+        if duration_s is not None:
+            if not (math.isfinite(duration_s) and duration_s > 0):
+                raise ValueError(
+                    f"duration_s must be a positive finite number (omit it to run until stop), got {duration_s}"
+                )
+            if duration_s < period * (1 - _DEADLINE_SLACK):
+                raise ValueError(
+                    f"duration_s {duration_s:g} is shorter than one period ({period:g} s at {rate_hz:g} Hz): "
+                    "no tick would run"
+                )
         if prefetch_s is not None and not 0 <= prefetch_s < period:
             raise ValueError(f"prefetch_s must be in [0, {period:g}) (one period), got {prefetch_s}")
         if spin_s is None:  # 0.5 ms, or the whole period at rates above 2 kHz
@@ -136,9 +149,13 @@ class Runner:
             ``record_to``, ``recorded_episode``, ``realtime`` and ``stopped_by``.
         """
         sig = self.model.signature
+        recording = _Recording(self.model, self.rate_hz) if self.record_to is not None else None
+        if recording is not None and self.record_to is not None:
+            recording.check_target(self.record_to)  # before any action is sent, not after the run
         self.model.reset()
         self._stop = False
-        self._error: Exception | None = None
+        self._error: BaseException | None = None
+        self._signal: int | None = None
         logged = [n for n in KINFER_KEYS if n in sig.observation_names]
         logged += [n for n in EXTRA_INPUTS if n in sig.observation_names]
         path = resolve_log_path(self.log_path)
@@ -156,9 +173,6 @@ class Runner:
             if path is not None
             else None
         )
-        recording = _Recording(self.model, self.rate_hz) if self.record_to is not None else None
-        if recording is not None and self.record_to is not None:
-            recording.check_target(self.record_to)  # before any action is sent, not after the run
         old_switch = sys.getswitchinterval()
         if logger is not None:
             # A thread waiting for the GIL waits up to the switch interval (5 ms by default)
@@ -167,19 +181,55 @@ class Runner:
         gc.collect()
         gc.freeze()  # what exists now is never scanned again: young collections stay short
         restore = _enter_realtime(self.realtime_priority) if self.realtime_priority is not None else None
+        untrap = self._trap_sigterm()
         try:
-            times, stopped_by, counters = self._loop(logger, logged, recording)
+            try:
+                times, stopped_by, counters = self._loop(logger, logged, recording)
+            finally:
+                if restore is not None:
+                    restore()
+                gc.unfreeze()
+                sys.setswitchinterval(old_switch)
+                if logger is not None:
+                    logger.close()
+            return self._finish(times, stopped_by, counters, logger, path, recording, restore)
         finally:
-            if restore is not None:
-                restore()
-            gc.unfreeze()
-            sys.setswitchinterval(old_switch)
-            if logger is not None:
-                logger.close()
+            untrap()
+            if self._signal is not None:  # the log and the recording are safe: now end as asked
+                os.kill(os.getpid(), self._signal)
+
+    def _trap_sigterm(self) -> Callable[[], None]:
+        """Turn SIGTERM (``systemctl stop``, ``docker stop``) into a stop at the end of the
+        tick, so the log and recording are written before the process ends as it would have.
+        Only where SIGTERM has its default action and this is the main thread; returns what
+        puts the default back."""
+        if threading.current_thread() is not threading.main_thread():
+            return _noop
+        if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+            return _noop  # the application handles SIGTERM itself
+
+        def handler(signum: int, frame: Any) -> None:
+            self._signal, self._stop = signum, True
+
+        signal.signal(signal.SIGTERM, handler)
+
+        def untrap() -> None:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+        return untrap
+
+    def _finish(
+        self, times: npt.NDArray[np.float64], stopped_by: str, counters: dict[str, int],
+        logger: NdjsonLogger | None, path: str | None, recording: _Recording | None,
+        restore: Callable[[], None] | None,
+    ) -> dict[str, Any]:  # fmt: skip
+        """Stats, the recording, and the error of the loop (raised with a note)."""
         stats = _stats(times, counters, self.rate_hz)
+        written = 0 if logger is None else logger.written
         stats.update(
-            stopped_by=stopped_by, log_path=path, log_lines=0 if logger is None else logger.lines,
-            dropped_log_lines=0 if logger is None else logger.dropped,
+            stopped_by="signal" if self._signal is not None else stopped_by, log_path=path,
+            log_lines=written, dropped_log_lines=0 if logger is None else logger.dropped + logger.lines - written,
+            log_error=None if logger is None or logger._error is None else str(logger._error),
             record_to=None if self.record_to is None else os.fspath(self.record_to), recorded_episode=None,
             realtime=restore is not None and restore is not _noop,
         )  # fmt: skip
@@ -205,7 +255,9 @@ class Runner:
                     raise
                 _add_note(error, f"recording the {stats['steps']} steps before it failed too: {exc}")
         if error is not None:  # the steps before it are logged and recorded; say so with the error
-            kept = [f"the NDJSON log {path} holds its {stats['log_lines']} lines"] if path is not None else []
+            kept = [f"the NDJSON log {path} holds {stats['log_lines']} lines"] if path is not None else []
+            if stats["log_error"] is not None:
+                kept[-1] += f" ({stats['dropped_log_lines']} lost: {stats['log_error']})"
             if stats["recorded_episode"] is not None:
                 kept.append(f"{self.record_to} episode {stats['recorded_episode']} holds its steps")
             _add_note(
@@ -233,7 +285,8 @@ class Runner:
         overruns = skipped = 0
         stopped_by = "max_steps"
         start = perf()
-        end = start + self.duration_s if self.duration_s is not None else math.inf
+        end = start + self.duration_s + _DEADLINE_SLACK * period if self.duration_s is not None else math.inf
+        tick = 1  # deadlines are start + tick * period: no rounding error builds up
         deadline = start + period
         quiet_margin = spin + QUIET_MARGIN_S
         if logger is not None:
@@ -264,13 +317,15 @@ class Runner:
                     recording.add(len(rows), action)
                 t_end = perf()
                 rows.append((t_tick - start, t_tick - deadline, t1 - t0, t_end - t_tick))
-                deadline += period
+                tick += 1
+                deadline = start + tick * period
                 if t_end > deadline:
                     overruns += 1
                     behind = t_end - deadline
                     if behind > period:  # more than a period behind: skip, do not burst
                         missed = int(behind // period) + 1
-                        deadline += missed * period
+                        tick += missed
+                        deadline = start + tick * period
                         skipped += missed
                 if logger is not None:
                     logger.quiet_at = deadline - quiet_margin
@@ -287,7 +342,9 @@ class Runner:
                     break
         except KeyboardInterrupt:
             stopped_by = "interrupt"
-        except Exception as exc:  # the provider or the policy failed: keep what ran, then raise
+        except (
+            BaseException
+        ) as exc:  # the provider or the policy failed, or sys.exit: keep what ran, then raise
             stopped_by, self._error = "error", exc
         times = np.array(rows, np.float64).reshape(-1, 4)
         return times, stopped_by, {"overruns": overruns, "skipped_ticks": skipped}
@@ -402,21 +459,54 @@ class _Recording:
         return schema
 
     def check_target(self, path: str | os.PathLike[str]) -> None:
-        """Refuse, before the run, a ``record_to`` file whose episodes have another schema."""
-        if not os.path.exists(path):
+        """Refuse, before the run, a ``record_to`` that cannot take this run's episode: a
+        folder, a missing or read-only folder, or a file whose episodes have other dims,
+        joint names, state components or extra arrays."""
+        where = os.fspath(path)
+        folder = os.path.dirname(os.path.abspath(where))
+        if os.path.isdir(where):
+            raise InferError(f"record_to {where} is a folder; give the path of a .kdb file")
+        if not os.path.isdir(folder):
+            raise InferError(f"record_to {where}: the folder {folder} does not exist; create it first")
+        if not os.access(folder, os.W_OK):
+            raise InferError(f"record_to {where}: cannot write in {folder} (permission denied)")
+        if not os.path.exists(where):
             return
         from kinodb.kdb.reader import open_database  # deferred: recording is optional
 
-        with open_database(path) as db:
-            stored = db.schema()
+        with open_database(where) as db:
+            version, stored, table = db.version(), db.schema(), db.episodes()
+        if version != "1.0":
+            raise InferError(
+                f"record_to {where} is a format {version} file and cannot be appended to; record to a new "
+                f"file, or convert it first: kino upgrade {where} NEW.kdb"
+            )
+        sig = self._model.signature
+        states = sum(n in self._names for n in STATE_INPUTS) * sig.num_joints
+        for part, column, dim in (("actions", "action_dim", sig.num_joints), ("states", "state_dim", states)):
+            dims = sorted(set(table[column].tolist()))
+            if dims and dims != [dim]:
+                raise InferError(
+                    f"record_to {where} holds episodes whose {part} have dim {', '.join(map(str, dims))}, "
+                    f"not this policy's {dim}: record this policy to a new file"
+                )
         for part, spec in self.schema().items():
             for key, value in spec.items():
                 have = stored.get(part, {}).get(key)
                 if have is not None and have != value:
                     raise InferError(
-                        f"record_to {os.fspath(path)} holds episodes whose {part} {key} are {have!r}, not this "
+                        f"record_to {where} holds episodes whose {part} {key} are {have!r}, not this "
                         f"policy's {value!r}: record this policy to a new file"
                     )
+        arrays = {n: list(sig.shape(n)) for n in self._names if n not in STATE_INPUTS}
+        arrays.update(step_latency_us=[], tick_lateness_us=[])
+        for name, shape in arrays.items():
+            have = stored.get("arrays", {}).get(name, {}).get("shape")
+            if have is not None and list(have) != shape:
+                raise InferError(
+                    f"record_to {where} holds episodes whose {name} array has shape {tuple(have)} per step, "
+                    f"not this policy's {tuple(shape)}: record this policy to a new file"
+                )
 
     def write(
         self, path: str | os.PathLike[str], times: npt.NDArray[np.float64], stats: dict[str, Any], *,

@@ -307,6 +307,14 @@ class Writer:
                         "an append cannot change the schema of the episodes already there: pass the "
                         "file's schema (or none), or write a new file"
                     )
+            dims = sorted(set(self._table.rows["action_dim" if part == "actions" else "state_dim"]))
+            names, stops = new.get("names"), [stop for _, stop in comps.values()]
+            if dims and ((names is not None and dims != [len(names)]) or (stops and max(stops) > dims[0])):
+                what = f"{len(names)} names" if names is not None else f"components up to {max(stops)}"
+                raise WriterError(
+                    f"{self._path}: schema {part} declares {what}, but the file's episodes have {part} dim "
+                    f"{', '.join(map(str, dims))}: an append must fit the episodes already there; write a new file"
+                )
         entry.update(new)
 
     def _note(self, entry: dict[str, Any], key: str, value: Any) -> None:
