@@ -392,3 +392,11 @@ def test_a_function_over_trainable_parameters_says_how_to_export_it(tmp_path: Pa
     assert not (tmp_path / "f.kinfer").exists()
     net.requires_grad_(False)
     export_torch(step, tmp_path / "f.kinfer", joint_names=JOINTS, carry_shape=(1,))
+
+
+def test_an_output_in_a_missing_folder_is_named(tmp_path: Path) -> None:
+    target = tmp_path / "nope" / "p.kinfer"
+    with pytest.raises(InferError, match=r"p\.kinfer: the folder .*nope does not exist; create it first"):
+        export_torch(DropoutPolicy(), target, joint_names=JOINTS, carry_shape=(1,))
+    with pytest.raises(InferError, match="is a folder; give the path of the file to write"):
+        export_torch(DropoutPolicy(), tmp_path, joint_names=JOINTS, carry_shape=(1,))

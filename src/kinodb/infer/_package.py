@@ -384,9 +384,12 @@ def pack(init_fn: bytes, step_fn: bytes, metadata: Mapping[str, Any]) -> bytes:
 def write_atomic(path: str | os.PathLike[str], data: bytes) -> str:
     """Write ``data`` to a temporary file beside ``path`` and rename it into place."""
     p = os.fspath(path)
-    tmp = os.path.join(
-        os.path.dirname(os.path.abspath(p)), f".{os.path.basename(p)}.{secrets.token_hex(4)}.tmp"
-    )
+    folder = os.path.dirname(os.path.abspath(p))
+    if os.path.isdir(p):
+        raise InferError(f"{p} is a folder; give the path of the file to write")
+    if not os.path.isdir(folder):
+        raise InferError(f"{p}: the folder {folder} does not exist; create it first")
+    tmp = os.path.join(folder, f".{os.path.basename(p)}.{secrets.token_hex(4)}.tmp")
     try:
         with open(tmp, "xb") as fh:
             fh.write(data)
