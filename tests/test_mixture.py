@@ -399,6 +399,10 @@ def test_missing_file_names_the_source(files: dict[str, str], tmp_path: Path) ->
     with pytest.raises(FileNotFoundError, match="mixture source 1") as exc:
         Mixture({files["a"]: 1, missing: 1})
     assert exc.value.filename == missing
+    text = tmp_path / "notes.kdb"
+    text.write_text("not a dataset")
+    with pytest.raises(kinodb.FormatError, match=r"mixture source 1: .*notes\.kdb"):
+        Mixture({files["a"]: 1, str(text): 1})
 
 
 def test_source_without_episodes(files: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:

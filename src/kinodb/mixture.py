@@ -22,7 +22,7 @@ from typing import Any, Literal, TypeAlias
 import numpy as np
 from numpy.typing import NDArray
 
-from kinodb.errors import EpisodeNotFoundError, MixtureError, QuerySyntaxError
+from kinodb.errors import EpisodeNotFoundError, FormatError, MixtureError, QuerySyntaxError
 from kinodb.kdb.reader import Database, open_database
 
 __all__ = ["DEFAULT_SEED", "Mixture", "MixtureBuilder", "MixtureSource", "WeightBy"]
@@ -167,6 +167,8 @@ class Mixture:
             except FileNotFoundError:
                 msg = f"mixture source {i}: no such file"
                 raise FileNotFoundError(errno.ENOENT, msg, spec.path) from None
+            except FormatError as exc:  # not a .kdb file, damaged, a newer format: say which source
+                raise type(exc)(f"mixture source {i}: {exc}") from exc
         return db
 
     def _load(self, i: int, spec: _Spec) -> _Source:

@@ -76,7 +76,7 @@ def test_replay_reports_per_joint_error(kino: Run, recorded: tuple[Built, Path, 
     other = make_package(seed=9)  # same signature, other weights: the error is no longer zero
     assert kino("infer", "replay", other.path, data, "--episodes", "1") == 0
     out = capsys.readouterr().out
-    assert out.startswith("1 episodes, 15 frames: MAE ") and "hip" in out
+    assert out.startswith("1 episode, 15 frames: MAE ") and "hip" in out
     mae = float(out.split("MAE ")[1].split(",")[0])
     assert mae > 0
 

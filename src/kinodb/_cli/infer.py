@@ -169,7 +169,8 @@ def run_replay(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
-    print(f"{len(report['episodes'])} episodes, {report['frames']} frames: "
+    n = len(report["episodes"])
+    print(f"{n} episode{'' if n == 1 else 's'}, {report['frames']} frames: "
           f"MAE {report['mae']:.6g}, RMSE {report['rmse']:.6g}")  # fmt: skip
     print(f"{'JOINT':<28} {'MAE':>12} {'RMSE':>12} {'MAX':>12}")
     for j in report["joints"]:

@@ -57,7 +57,7 @@ class ExportReport:
     def summary(self) -> str:
         """One line for people."""
         return (
-            f"exported {self.episodes} episodes ({self.frames} frames) to {self.output} as {self.format}: "
+            f"exported {self.episodes} episode{'' if self.episodes == 1 else 's'} ({self.frames} frames) to {self.output} as {self.format}: "
             f"{self.files} files, {self.bytes / 1e6:.1f} MB in {self.seconds:.1f} s"
         )
 
