@@ -17,7 +17,7 @@ from kinodb.ingest import SourceInfo, SourceOptions
 
 
 def write_fake(folder: str | os.PathLike[str], episodes: list[dict[str, Any]]) -> str:
-    """Create a fake source folder; each episode dict has key, frames, seed and maybe bad."""
+    """Create a fake source folder; each episode dict has key, frames, seed and maybe bad (and why)."""
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, "fake.json"), "w") as fh:
         json.dump({"episodes": episodes}, fh)
@@ -60,7 +60,8 @@ class FakeSource:
     def read(self, key: str) -> dict[str, Any]:
         ep = self._eps[key]
         if ep.get("bad"):
-            raise ConversionError(f"{self.path}: episode {key}: key 'actions' has 3 rows, 'states' has 4")
+            why = ep.get("why", "key 'actions' has 3 rows, 'states' has 4")
+            raise ConversionError(f"{self.path}: episode {key}: {why}")
         args = fake_arrays(ep["seed"], ep["frames"])
         args["success"] = ep["seed"] % 2 == 0
         args["extra"] = {"seed": ep["seed"]}

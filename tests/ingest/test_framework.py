@@ -125,6 +125,33 @@ def test_skip_reports_and_records_what_was_skipped(
     assert not (tmp_path / "none.kdb").exists()
 
 
+def test_when_every_episode_fails_the_error_gives_the_reasons_grouped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    eps = [{"key": f"e{k}", "frames": 2, "seed": k, "bad": True} for k in range(6)]
+    eps[4]["why"] = "the data file is truncated"
+    src = write_fake(tmp_path / "src", eps)
+    with pytest.raises(ConversionError) as caught:
+        ingest(src, tmp_path / "none.kdb", on_error="skip")
+    message = str(caught.value)
+    assert message.startswith(
+        f"{src}: no episode could be converted (all 6 episodes failed and were skipped)"
+    )
+    assert "nothing was written" in message and "\n" not in message
+    assert f"[e0] {src}: episode e0: key 'actions' has 3 rows, 'states' has 4 (and 4 more episodes for the " \
+        "same reason: e1, e2, ..., e5)" in message  # fmt: skip
+    assert f"[e4] {src}: episode e4: the data file is truncated" in message
+    assert "pass --on-error skip" not in message  # the advice already taken
+    assert not (tmp_path / "none.kdb").exists()
+    one = write_fake(tmp_path / "one", [{"key": "z", "frames": 2, "seed": 0, "bad": True}])
+    assert (
+        main(["ingest", one, "-o", str(tmp_path / "cli.kdb"), "-F", "fake", "--on-error", "skip", "-q"]) == 1
+    )
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "(the one episode failed and was skipped)" in err
+    assert f"[z] {one}: episode z: key 'actions' has 3 rows" in err
+
+
 def test_many_skips_of_one_kind_are_summarised(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     eps = [{"key": f"e{k}", "frames": 2, "seed": k, "bad": k != 4} for k in range(12)]
     src = write_fake(tmp_path / "src", eps)

@@ -17,7 +17,7 @@ import pytest
 import kinodb
 from kinodb._cli.main import main
 from kinodb.errors import ConversionError
-from kinodb.ingest import SourceOptions, ingest
+from kinodb.ingest import SourceOptions, ingest, verify
 from kinodb.ingest.hdf5 import HDF5Source
 from kinodb.kdb.validate import validate
 
@@ -392,26 +392,114 @@ def test_export_gives_state_keys_back_their_dtype_and_shape(tmp_path: Path) -> N
             g["obs/rotmat"] = rng.normal(size=(T, 3, 3)).astype(np.float32)  # 3-D: an extra array
 
     src = write_robomimic(tmp_path / "mixed.hdf5", demos=3, mutate=mixed)
-    kdb = tmp_path / "mixed.kdb"
-    ingest(src, kdb, images=False)
-    with kinodb.open(kdb) as db:
-        assert db.read_episode(0)["states"].dtype == np.float64  # widened exactly
-        layout = db.metadata()["hdf5"]["state_layout"]
-        assert layout["contact"] == {"dtype": "int64", "shape": []}
-    out = tmp_path / "back.hdf5"
-    kinodb.export.export(kdb, out, format="hdf5")
     truth = source_demos(src)
-    with h5py.File(out, "r") as f:
-        for k in range(3):
-            g, want = f[f"data/demo_{k}/obs"], truth[f"demo_{k}"]
-            for key in ("contact", "joint_pos", "rotmat", *LOW_DIM):
-                same_bits(g[key][()], want[f"obs/{key}"], key)
+    # by default the int64 key stays apart (float64 states could round it); named in
+    # state_keys, it joins the states, whose float64 holds these small values exactly
+    chosen = ["contact", "joint_pos", *LOW_DIM]
+    for name, keys in (("apart", None), ("chosen", chosen)):
+        kdb = tmp_path / f"{name}.kdb"
+        ingest(src, kdb, images=False, state_keys=keys)
+        with kinodb.open(kdb) as db:
+            assert db.read_episode(0)["states"].dtype == np.float64  # widened exactly
+            layout = db.metadata()["hdf5"]["state_layout"]
+            assert ("contact" in layout) == (keys is not None)
+            if keys is None:
+                same_bits(db.read_array(1, "contact"), truth["demo_1"]["obs/contact"], "contact apart")
+            else:
+                assert layout["contact"] == {"dtype": "int64", "shape": []}
+        out = tmp_path / f"{name}.hdf5"
+        kinodb.export.export(kdb, out, format="hdf5")
+        with h5py.File(out, "r") as f:
+            for k in range(3):
+                g, want = f[f"data/demo_{k}/obs"], truth[f"demo_{k}"]
+                for key in ("contact", "joint_pos", "rotmat", *LOW_DIM):
+                    same_bits(g[key][()], want[f"obs/{key}"], key)
     cast = tmp_path / "f32.kdb"
-    ingest(src, cast, images=False, dtype="float32")
+    ingest(src, cast, images=False, dtype="float32", state_keys=chosen)
     kinodb.export.export(cast, tmp_path / "f32.hdf5", format="hdf5")
     with h5py.File(tmp_path / "f32.hdf5", "r") as f:  # the chosen dtype stays; the shapes come back
         assert f["data/demo_0/obs/object"].dtype == np.float32 == f["data/demo_0/obs/contact"].dtype
         assert f["data/demo_0/obs/contact"].shape == truth["demo_0"]["obs/contact"].shape
+
+
+STAMP0 = 1_700_000_000_123_456_789  # nanoseconds since the epoch: beyond float64's 2**53
+
+
+def write_stamped(path: Path, *, stamps: Callable[[int, int], np.ndarray] | None = None) -> Path:
+    """Demos whose obs hold float32 positions and an int64 nanosecond timestamp per frame."""
+    rng = np.random.default_rng(5)
+    with h5py.File(path, "w") as f:
+        for k in range(3):
+            T = 4 + k
+            g = f.create_group(f"data/demo_{k}")
+            g["actions"] = rng.normal(size=(T, 2)).astype(np.float32)
+            g["obs/eef_pos"] = rng.normal(size=(T, 3)).astype(np.float32)
+            # distinct stamps 1 ns apart, which float64 (spacing 256 here) would merge
+            g["obs/stamp_ns"] = STAMP0 + 10**9 * k + np.arange(T) if stamps is None else stamps(k, T)
+    return path
+
+
+def test_an_int64_obs_key_stays_exact_apart_from_float_states(tmp_path: Path) -> None:
+    src = write_stamped(tmp_path / "stamped.hdf5")
+    truth = source_demos(src)
+    out = tmp_path / "stamped.kdb"
+    report = ingest(src, out)
+    assert any("obs/stamp_ns is not part of the states" in n and "2**53" in n for n in report.notes)
+    assert "note: obs/stamp_ns is not part of the states" in report.summary()
+    with kinodb.open(out) as db:
+        assert db.schema()["states"]["components"] == {"eef_pos": [0, 3]}
+        assert "stamp_ns" in db.metadata()["hdf5"]["kept_apart"]
+        assert db.metadata()["hdf5"]["extra_arrays"]["stamp_ns"] == "obs/stamp_ns"
+        for k in range(3):
+            same_bits(db.read_array(k, "states"), truth[f"demo_{k}"]["obs/eef_pos"], "states")  # float32 kept
+            same_bits(db.read_array(k, "stamp_ns"), truth[f"demo_{k}"]["obs/stamp_ns"], "stamp_ns")
+    assert verify(src, out).ok
+    back = tmp_path / "back.hdf5"  # the export puts it back where it was, with its dtype
+    kinodb.export.export(out, back, format="hdf5")
+    with h5py.File(back, "r") as f:
+        same_bits(f["data/demo_2/obs/stamp_ns"][()], truth["demo_2"]["obs/stamp_ns"], "exported")
+
+
+def test_state_keys_take_an_int64_key_only_when_its_values_are_exact(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = write_stamped(tmp_path / "stamped.hdf5")
+    out = tmp_path / "chosen.kdb"
+    message = (
+        "obs/stamp_ns holds 1700000000123456789 at frame 0 (int64), which the float64 states cannot hold "
+        "exactly; leave it out of state_keys (--state-keys)"
+    )
+    with pytest.raises(ConversionError, match=re.escape(f"{src}: demo_0: {message}")):
+        ingest(src, out, state_keys=["eef_pos", "stamp_ns"])
+    assert not out.exists()
+    args = ["ingest", str(src), "-o", str(out), "--state-keys", "eef_pos,stamp_ns", "-q"]
+    assert main(args) == 1 and message in capsys.readouterr().err
+    # small counts fit float64: named in state_keys, they join the states, exactly
+    small = write_stamped(tmp_path / "small.hdf5", stamps=lambda k, T: np.arange(T) + 2**53 - T)
+    ingest(small, out, state_keys=["eef_pos", "stamp_ns"])
+    truth = source_demos(small)
+    with kinodb.open(out) as db:
+        assert db.schema()["states"]["components"] == {"eef_pos": [0, 3], "stamp_ns": [3, 4]}
+        states = db.read_array(2, "states")
+        assert states.dtype == np.float64
+        assert states[:, 3].astype(np.int64).tolist() == truth["demo_2"]["obs/stamp_ns"].tolist()
+    assert verify(small, out).ok
+
+
+def test_a_truncated_hdf5_file_is_named_as_such(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = write_robomimic(tmp_path / "lift.hdf5", demos=3)
+    data = src.read_bytes()
+    src.write_bytes(data[: len(data) // 2])  # an interrupted copy
+    out = tmp_path / "out.kdb"
+    with pytest.raises(ConversionError) as caught:
+        ingest(src, out)
+    message = str(caught.value)
+    assert message.startswith(f"{src}: a truncated HDF5 file: it starts as HDF5, but h5py cannot open it")
+    assert "copy it again" in message and f"the file has {len(data) // 2} bytes" in message
+    assert "it is an HDF5 file" not in message  # no hint that contradicts the message
+    assert main(["ingest", str(src), "-o", str(out), "-q"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "a truncated HDF5 file" in err
 
 
 def _same_frames(a: Path, b: Path) -> None:

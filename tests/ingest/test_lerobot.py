@@ -673,6 +673,98 @@ def test_action_key_through_ingest_the_cli_and_verify(episodes: list[Episode], t
         assert verify(root, path).ok  # re-read with the recorded action_key
 
 
+STAMP0 = 1_700_000_000_123_456_789  # nanoseconds since the epoch: beyond float64's 2**53
+
+
+def test_state_keys_take_an_int64_column_only_when_its_values_are_exact(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    eps = F.make_episodes(np.random.default_rng(21), [6, 5], cameras={})
+    for k, ep in enumerate(eps):
+        T = ep["length"]
+        ep["columns"]["observation.stamp_ns"] = STAMP0 + 10**9 * k + np.arange(T, dtype=np.int64)
+        ep["columns"]["observation.count"] = np.arange(T, dtype=np.int64) + 2**53 - T  # fits float64
+    root = F.write_v3(tmp_path / "ds", eps, per_file=2)
+    out = tmp_path / "out.kdb"
+    keys = ["observation.state", "observation.stamp_ns"]
+    message = (
+        f"state key 'observation.stamp_ns' holds {STAMP0} at frame 0 (int64), which the float64 states of "
+        "observation.state, observation.stamp_ns cannot hold exactly; leave 'observation.stamp_ns' out of "
+        "state_keys (--state-keys): it then stays an extra array, with its own dtype"
+    )
+    with pytest.raises(ConversionError, match=re.escape(message)):
+        ingest(root, out, state_keys=keys)
+    assert not out.exists()
+    assert main(["ingest", str(root), "-o", str(out), "--state-keys", ",".join(keys), "-q"]) == 1
+    assert message in capsys.readouterr().err
+    ingest(root, out, state_keys=["observation.state"])  # left out: an exact int64 extra array
+    with kinodb.open(out) as db:
+        got = _arrays(db, 1)
+        assert got["observation.stamp_ns"].dtype == np.int64
+        assert (
+            got["observation.stamp_ns"].reshape(-1).tolist()
+            == eps[1]["columns"]["observation.stamp_ns"].tolist()
+        )
+    keys = ["observation.state", "observation.count"]
+    ingest(root, out, state_keys=keys, overwrite=True)  # every value fits float64: merged exactly
+    with kinodb.open(out) as db:
+        states = _arrays(db, 1)["states"]
+        assert states.dtype == np.float64 and db.schema()["states"]["components"][keys[1]] == [3, 4]
+        assert states[:, 3].astype(np.int64).tolist() == eps[1]["columns"]["observation.count"].tolist()
+    assert verify(root, out).ok
+
+
+def test_columns_take_the_dtype_info_json_declares_when_that_is_exact(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    eps = F.make_episodes(np.random.default_rng(22), [6, 5], cameras={})
+    eps[0]["columns"]["action"] = eps[0]["columns"]["action"].astype(np.float64)  # declared: float64
+    root = F.write_v2(tmp_path / "wide", eps)  # episode 1's parquet still holds float32 actions
+    assert pq.read_schema(root / "data" / "chunk-000" / "episode_000001.parquet").field("action").type == (
+        pa.list_(pa.float32(), 4)
+    )
+    out = tmp_path / "wide.kdb"
+    ingest(root, out, verify=True)
+    with kinodb.open(out) as db:
+        for k in range(2):  # float32 -> float64 is exact: every episode gets the declared dtype
+            got = _arrays(db, k)["actions"]
+            assert got.dtype == np.float64
+            np.testing.assert_array_equal(got, eps[k]["columns"]["action"])
+    eps = F.make_episodes(np.random.default_rng(23), [6, 5], cameras={})
+    eps[1]["columns"]["action"] = eps[1]["columns"]["action"].astype(np.float64) / 3  # declared: float32
+    root = F.write_v2(tmp_path / "narrow", eps)
+    out = tmp_path / "narrow.kdb"
+    with caplog.at_level(logging.WARNING, logger="kinodb.ingest.lerobot"):
+        ingest(root, out)
+    assert (
+        "column 'action' holds float64 values, but meta/info.json declares float32; they stay float64"
+        in caplog.text
+    )
+    assert "pass --dtype float32" in caplog.text
+    with kinodb.open(out) as db:  # no value changed
+        np.testing.assert_array_equal(_arrays(db, 1)["actions"], eps[1]["columns"]["action"])
+
+
+def test_task_replaces_the_per_frame_tasks_too(tmp_path: Path) -> None:
+    eps = F.make_episodes(np.random.default_rng(24), [8, 6], cameras={}, task_switch=True)
+    root = F.write_v3(tmp_path / "ds", eps, per_file=2)
+    out = tmp_path / "out.kdb"
+    report = ingest(root, out, task="do the thing", verify=True)
+    assert report.verification is not None and report.verification.ok
+    from kinodb.windows import FrameWindows
+
+    with kinodb.open(out) as db:
+        for k in range(2):
+            assert db.read_meta(k)["task"] == "do the thing" and "tasks" not in db.read_meta(k)
+            assert "task_index" not in _arrays(db, k)
+        assert db.query("task = 'do the thing'").tolist() == [0, 1]
+    fw = FrameWindows(str(out))
+    assert fw.tasks(range(len(fw))) == ["do the thing"] * 14
+    ingest(root, out, overwrite=True)  # without it, episode 0 keeps its two tasks frame by frame
+    with kinodb.open(out) as db:
+        assert db.read_meta(0)["tasks"] == [F.TASKS[0], F.TASKS[1]] and "task_index" in _arrays(db, 0)
+
+
 def test_state_or_states_is_the_state_only_when_unambiguous(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -447,6 +447,54 @@ def test_rt1_style_action_dict_and_float_observations(tmp_path: Path) -> None:
     assert root.is_dir()
 
 
+def test_integer_features_join_float_states_and_actions_only_with_exact_values(tmp_path: Path) -> None:
+    # TFDS stores integers as int64 (unless features.json declares a narrower dtype): the
+    # concatenation is float32, as for RT-1's action dicts, where every value must stay exact.
+    steps = dict(FEATURES["steps"]["sequence"]["feature"]["featuresDict"]["features"])
+    steps["action"] = w.features_dict({"delta": w.tensor([3], "float32"), "terminate": w.tensor([], "int32")})
+    observation = dict(steps["observation"]["featuresDict"]["features"])
+    observation.update(stamp_ns=w.tensor([], "int64"), count=w.tensor([], "int64"))
+    steps["observation"] = w.features_dict(observation)
+    rng = np.random.default_rng(17)
+    eps = []
+    for i, T in enumerate([3, 4]):
+        ep = make_episode(rng, i, T)
+        del ep["steps/action"]
+        ep["steps/action/delta"] = rng.normal(size=(T, 3)).astype(np.float32)
+        ep["steps/action/terminate"] = (np.arange(T) == T - 1).astype(np.int64)
+        ep["steps/observation/stamp_ns"] = 1_700_000_000_123_456_789 + np.arange(T, dtype=np.int64)
+        ep["steps/observation/count"] = 2**24 - np.arange(T, dtype=np.int64)  # float32 holds these
+        eps.append(ep)
+    root = w.write_tfds(tmp_path / "ints" / "1.0.0", "ints", {"train": [[w.episode_example(e) for e in eps]]},
+                        {**FEATURES, "steps": w.dataset(steps)})  # fmt: skip
+    out = tmp_path / "ints.kdb"
+    with pytest.raises(ConversionError) as err:
+        ingest(root, out, state_keys=["state", "stamp_ns"])
+    assert (
+        "steps/observation/stamp_ns holds 1700000000123456789 at step 0 (int64), which the float32 states of 2 "
+        "features cannot hold exactly; leave 'stamp_ns' out of state_keys (--state-keys): it then stays an "
+        "extra array, with its own dtype"
+    ) in str(err.value)
+    report = ingest(root, out, state_keys=["state", "count"], verify=True)
+    assert report.verification is not None and report.verification.ok
+    with kinodb.open(out) as db:
+        assert db.schema()["states"]["components"] == {"state": [0, 5], "count": [5, 6]}
+        for i, ep in enumerate(eps):
+            got = db.read_episode_actions_only(i)
+            assert got["states"].dtype == np.float32 == got["actions"].dtype
+            assert got["states"][:, 5].astype(np.int64).tolist() == ep["steps/observation/count"].tolist()
+            np.testing.assert_array_equal(got["actions"][:, 3], ep["steps/action/terminate"])
+            assert got["observation.stamp_ns"].dtype == np.int64
+            np.testing.assert_array_equal(got["observation.stamp_ns"], ep["steps/observation/stamp_ns"])
+    eps[1]["steps/action/terminate"][0] = 2**24 + 1  # past float32's integers: the episode fails
+    root = w.write_tfds(tmp_path / "big" / "1.0.0", "big", {"train": [[w.episode_example(e) for e in eps]]},
+                        {**FEATURES, "steps": w.dataset(steps)})  # fmt: skip
+    report = ingest(root, tmp_path / "big.kdb", on_error="skip")
+    assert report.episodes == 1 and len(report.skipped) == 1
+    assert "steps/action/terminate holds 16777217 at step 0 (int32)" in report.skipped[0][1]
+    assert "name one tensor of the action dict with action_key (--action-key)" in report.skipped[0][1]
+
+
 # -- finding shards -----------------------------------------------------------------------
 
 

@@ -330,6 +330,36 @@ def test_a_dropped_episode_is_missing(
     assert "MISMATCH" in out and "1 missing" in out and "'demo_6' is not in the output" in out
 
 
+def test_a_conversion_that_rounds_a_state_key_is_caught(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A converter that concatenates an int64 key into float64 states without checking the
+    # values (as kinodb's own did) rounds nanosecond stamps; re-running that conversion
+    # gives the same rounded states, so verify compares each state component with the
+    # key's values in the source instead.
+    from test_hdf5 import STAMP0, write_stamped
+
+    import kinodb.ingest.hdf5 as hdf5_source
+
+    src = write_stamped(tmp_path / "stamped.hdf5")
+    no_value_check = lambda arr, dtype: None  # noqa: E731
+    monkeypatch.setattr(hdf5_source, "first_rounded", no_value_check, raising=False)
+    out = tmp_path / "rounded.kdb"
+    ingest(src, out, state_keys=["eef_pos", "stamp_ns"])
+    with kinodb.open(out) as db:
+        assert db.read_array(0, "states")[1, 3] == float(STAMP0 + 1) == float(STAMP0)  # merged by float64
+    report = verify(src, out)
+    assert not report.ok and report.mismatches == {"arrays": 3}
+    assert report.problems[0] == (
+        "episode 0 (demo_0): states component 'stamp_ns' differs from the source's int64 values at 4 "
+        f"places: frame 0 holds {float(STAMP0)!r}, the source {STAMP0} (max abs diff 24)"
+    )  # fmt: skip
+    assert report.arrays["states"] > 0 and report.arrays["actions"] == 0.0
+    monkeypatch.undo()
+    ingest(src, out, state_keys=["eef_pos"], overwrite=True)  # the same file, converted exactly
+    assert verify(src, out).ok
+
+
 def test_extra_and_duplicate_output_episodes(tmp_path: Path, robomimic: Path, lift: Path) -> None:
     bad = tmp_path / "bad.kdb"
     shutil.copy(lift, bad)

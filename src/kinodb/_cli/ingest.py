@@ -20,7 +20,7 @@ def register(sub: Any) -> None:
     p.add_argument("-F", "--format", default="auto", type=source_format,
                    help="auto (default), hdf5, rlds, lerobot, kinfer-ndjson, or a plug-in's name")  # fmt: skip
     p.add_argument("-e", "--embodiment", help="embodiment of every episode (default: from the source)")
-    p.add_argument("-t", "--task", help="task of every episode (default: from the source)")
+    p.add_argument("-t", "--task", help="task of every episode and frame (default: from the source)")
     p.add_argument("--fps", type=positive_float, help="frames per second (default: from the source, else 10)")
     p.add_argument("--episodes", metavar="SPEC", help="source episodes by index, e.g. 0-9,29")
     p.add_argument(

@@ -23,6 +23,11 @@ from kinodb.errors import ConversionError
 ENTRY_POINT_GROUP = "kinodb.sources"
 SKIP_ADVICE = ", or pass --on-error skip"
 """Ends the message of an episode that can be skipped; the framework drops it once skipping."""
+SOURCE_PARTS = "source_parts"
+"""An optional key of what `Source.read` returns: ``{"states": {component: array}}`` (and
+``"actions"`` alike), each component of a concatenated array as the source holds it, in its
+own dtype and per-frame shape. The framework drops it before writing; `verify` compares
+each component of the stored array with it, so a conversion that rounds shows."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +69,7 @@ class SourceInfo:
     fps: float | None = None
     embodiment: str | None = None
     task: str | None = None
+    notes: list[str] = field(default_factory=list)  # for the report: what was done differently, and why
 
 
 @runtime_checkable
@@ -72,7 +78,9 @@ class Source(Protocol):
 
     Implementations take ``(path, options)`` in ``__init__`` and must be re-creatable
     from those two alone (worker processes build their own). ``read`` raises
-    `ConversionError` naming the file, the episode and the key at fault.
+    `ConversionError` naming the file, the episode and the key at fault. A source that
+    concatenates several of its keys into ``states`` or ``actions`` returns them apart
+    too, under `SOURCE_PARTS`, for `verify`.
     """
 
     format: ClassVar[str]
@@ -293,11 +301,18 @@ def not_this_format(path: str, fmt: str) -> str:
     """What ``path`` is instead, for the message of source ``fmt`` refusing it (``""``: nothing known).
 
     Returns ``"; CLAUSE"``: a `what_it_is` sentence, else what its bytes show and the
-    ``--format`` that reads it.
+    ``--format`` that reads it. A file that source ``fmt`` itself recognises gives ``""``:
+    it is of that format, only damaged, which the source's own message says.
     """
     part = what_it_is(path)
     if part is not None:
         return f"; {part}"
+    known = formats().get(fmt)
+    try:
+        if known is not None and known().detect(path):
+            return ""
+    except Exception:  # a hint only: a plug-in's failing detect must not replace the real error
+        pass
     seen, other = sniff(path), other_format(path, fmt)
     if other is None:
         return f"; {seen}" if seen else ""

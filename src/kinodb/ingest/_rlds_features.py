@@ -18,7 +18,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from kinodb.errors import ConversionError
-from kinodb.ingest._base import SourceOptions
+from kinodb.ingest._base import SOURCE_PARTS, SourceOptions
+from kinodb.ingest._exact import first_rounded
 from kinodb.ingest._example import FeatureValue
 from kinodb.kdb import _codecs
 from kinodb.kdb.reader import META_FIELDS
@@ -389,13 +390,48 @@ def _steps(feats: Mapping[str, FeatureValue], plan: Plan, key: str, T: int, wher
     return arr.reshape(T, -1)
 
 
-def _concat(parts: list[NDArray[Any]]) -> NDArray[Any]:
-    flat = [p.reshape(p.shape[0], -1) for p in parts]
+def _concat(
+    feats: Mapping[str, FeatureValue], plan: Plan, keys: list[str], T: int, where: str, *, actions: bool
+) -> tuple[NDArray[Any], dict[str, NDArray[Any]] | None]:
+    """The step features ``keys`` side by side, and each one's own values when there are several.
+
+    One dtype: kept; integers and bools only: their NumPy result type; else float32 (a
+    TFRecord's floats are float32). Every value must survive that cast exactly.
+
+    Raises:
+        ConversionError: a value the cast would change (an int beyond 2**24 beside floats);
+            names the feature, the step and what to do.
+    """
+    parts = {key: _steps(feats, plan, key, T, where) for key in keys}
+    flat = {key: p.reshape(T, -1) for key, p in parts.items()}
     if len(flat) == 1:
-        return flat[0]
-    dtypes = {p.dtype for p in flat}
-    dtype = dtypes.pop() if len(dtypes) == 1 else np.dtype(np.float32)
-    return np.concatenate([p.astype(dtype, copy=False) for p in flat], axis=1)
+        return next(iter(flat.values())), None
+    dtypes = {p.dtype for p in flat.values()}
+    if len(dtypes) == 1:
+        dtype = dtypes.pop()
+    elif all(d.kind in "biu" for d in dtypes):
+        dtype = np.result_type(*dtypes)
+    else:
+        dtype = np.dtype(np.float32)
+    for key, arr in flat.items():
+        rounded = first_rounded(arr, dtype)
+        if rounded is not None:
+            at, value = rounded
+            fix = (
+                "name one tensor of the action dict with action_key (--action-key); the others then stay "
+                "extra arrays"
+                if actions
+                else f"leave {key.removeprefix(OBS)!r} out of state_keys (--state-keys): it then stays an "
+                "extra array, with its own dtype"
+            )
+            raise ConversionError(
+                f"{where}: {key} holds {value!r} at step {at // max(1, arr.shape[1])} ({arr.dtype}), which "
+                f"the {dtype} {'actions' if actions else 'states'} of {len(flat)} features cannot hold "
+                f"exactly; {fix}"
+            )
+    strip = "steps/action/" if actions else OBS
+    own = {key.removeprefix(strip): parts[key] for key in keys}
+    return np.concatenate([p.astype(dtype, copy=False) for p in flat.values()], axis=1), own
 
 
 def _texts(value: FeatureValue, key: str, where: str) -> list[str]:
@@ -493,9 +529,15 @@ def convert(
             f"{where}: features not declared in features.json or the first record: {unknown[:5]}"
         )
     T = _count(feats, plan, where)
-    args: dict[str, Any] = {"actions": _concat([_steps(feats, plan, k, T, where) for k in plan.actions])}
+    actions, own_actions = _concat(feats, plan, plan.actions, T, where, actions=True)
+    args: dict[str, Any] = {"actions": actions}
+    parts = {"actions": own_actions} if own_actions else {}
     if plan.states:
-        args["states"] = _concat([_steps(feats, plan, k, T, where) for k in plan.states])
+        args["states"], own_states = _concat(feats, plan, plan.states, T, where, actions=False)
+        if own_states:
+            parts["states"] = own_states
+    if parts:
+        args[SOURCE_PARTS] = parts
     rewards = None
     if plan.reward is not None:
         rewards = args["rewards"] = _steps(feats, plan, plan.reward, T, where)

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from kinodb.errors import ConversionError, KinodbError, WriterError
-from kinodb.ingest._base import SKIP_ADVICE, Source, SourceOptions, source_class
+from kinodb.ingest._base import SKIP_ADVICE, SOURCE_PARTS, Source, SourceOptions, source_class
 from kinodb.kdb import _codecs
 from kinodb.kdb.writer import Writer
 
@@ -47,6 +47,7 @@ class IngestReport:
     bytes: int = 0
     seconds: float = 0.0
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (episode key, reason)
+    notes: list[str] = field(default_factory=list)  # what the source did differently, and why
     verification: VerifyReport | None = None  # with ``verify=True``
 
     def summary(self, *, shown: int = SKIPPED_SHOWN) -> str:
@@ -62,6 +63,7 @@ class IngestReport:
             f"{self.bytes / 2**20:.1f} MiB) from "
             f"{self.source} ({self.format}) to {self.output} in {self.seconds:.2f} s ({rate:,.0f} frames/s)"
         ]
+        lines += [f"note: {note}" for note in self.notes]
         for group in _group_by_reason(self.skipped):
             lines += [f"skipped {key}: {why}" for key, why in group[:shown]]
             rest = [key for key, _ in group[shown:]]
@@ -81,6 +83,46 @@ def _group_by_reason(skipped: list[tuple[str, str]]) -> list[list[tuple[str, str
     for key, why in skipped:
         groups.setdefault(_DIGITS.sub("#", why.replace(key, "")), []).append((key, why))
     return list(groups.values())
+
+
+def _nothing_converted(path: str, skipped: list[tuple[str, str]], *, shown: int = 3) -> str:
+    """The error when every episode was skipped: why, grouped by reason, on one line."""
+    groups = _group_by_reason(skipped)
+    reasons = []
+    for group in groups[:shown]:
+        key, why = group[0]
+        rest = [k for k, _ in group[1:]]
+        if rest:
+            keys = ", ".join(rest) if len(rest) <= 3 else f"{', '.join(rest[:2])}, ..., {rest[-1]}"
+            why += (
+                f" (and {len(rest)} more episode{'' if len(rest) == 1 else 's'} for the same reason: {keys})"
+            )
+        reasons.append(f"[{key}] {why}")
+    if len(groups) > shown:
+        more = sum(len(g) for g in groups[shown:])
+        reasons.append(
+            f"and {more} more episode{'' if more == 1 else 's'} for {len(groups) - shown} other reasons"
+        )
+    n = len(skipped)
+    return (
+        f"{path}: no episode could be converted ({'the one episode' if n == 1 else f'all {n} episodes'} "
+        f"failed and {'was' if n == 1 else 'were'} skipped); nothing was written. Why: {'; '.join(reasons)}"
+    )
+
+
+def override_task(args: dict[str, Any], task: str) -> None:
+    """Make ``task`` the task of every frame of an episode's ``add_episode`` arguments.
+
+    The per-frame tasks of an episode whose task changes (the extra field ``tasks`` with
+    the extra array ``task_index``) go too: they would contradict the task given.
+    """
+    args["task"] = task
+    extra = args.get("extra")
+    if isinstance(extra, dict) and isinstance(extra.get("tasks"), list):
+        args["extra"] = {k: v for k, v in extra.items() if k != "tasks"}
+        arrays = args.get("extra_arrays")
+        if isinstance(arrays, dict) and "task_index" in arrays:
+            args["extra_arrays"] = {k: v for k, v in arrays.items() if k != "task_index"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,17 +322,23 @@ def ingest(
     ``action_key`` names the actions' source feature where a LeRobot dataset calls them
     something else than ``action`` or ``actions``, or an RLDS dataset something else than
     ``steps/action`` (a tensor, or a dict of tensors such as DROID's ``action_dict``).
-    ``workers > 1`` converts in that many processes; the output is identical. The
-    options are recorded in the metadata ``ingest.options``; ``verify`` then re-reads the
-    source and compares every episode (`kinodb.ingest.verify`), on ``report.verification``.
+    ``task`` replaces the task of every episode, and of every frame: the per-frame tasks
+    of an episode whose task changes (the extra field ``tasks`` and extra array
+    ``task_index``) are dropped. ``workers > 1`` converts in that many processes; the
+    output is identical. The options are recorded in the metadata ``ingest.options``;
+    ``verify`` then re-reads the source and compares every episode
+    (`kinodb.ingest.verify`), on ``report.verification``. What a source did differently
+    from its documented mapping (a state key kept apart to stay exact) is in
+    ``report.notes``.
 
     Example:
         >>> kinodb.ingest.ingest("lift/ph/low_dim.hdf5", "lift.kdb", embodiment="panda")
 
     Raises:
         ConversionError: with ``on_error="raise"``, the first bad episode (no output is
-            left behind); always, a source that cannot be read at all; with ``verify``, a
-            mismatch (the output file stays).
+            left behind); with ``on_error="skip"``, every episode failing (the message
+            gives the reasons, grouped); always, a source that cannot be read at all; with
+            ``verify``, a mismatch (the output file stays).
     """
     if on_error not in ("raise", "skip"):
         raise ValueError(f"{option_name('on_error')} must be 'raise' or 'skip', got {on_error!r}")
@@ -322,6 +370,7 @@ def ingest(
         info = source.info()
     finally:
         source.close()
+    report.notes = list(getattr(info, "notes", None) or ())  # a plug-in's own SourceInfo may lack them
     overrides = {"embodiment": embodiment or info.embodiment, "task": task if task is not None else info.task,
                  "fps": fps if fps is not None else info.fps}  # fmt: skip
     recorded = _recorded(job, embodiment, task, episodes, max_episodes)
@@ -329,11 +378,11 @@ def ingest(
                                            "options": recorded})  # fmt: skip
     with Writer(out, mode="w" if overwrite else "x", image_codec=image_codec, jpeg_quality=jpeg_quality,
                 schema=info.schema, source_format=info.source_format, metadata=metadata) as writer:  # fmt: skip
-        _write_episodes(writer, job, keys, workers, overrides, on_error, report, progress)
+        _write_episodes(writer, job, keys, workers, overrides, on_error, report, progress, task)
         if report.skipped:
             writer.metadata["ingest"]["skipped"] = [{"episode": k, "reason": r} for k, r in report.skipped]
         if report.episodes == 0:
-            raise ConversionError(f"{path}: no episode could be converted; nothing was written")
+            raise ConversionError(_nothing_converted(path, report.skipped))
     report.seconds = time.perf_counter() - t0
     report.bytes = os.path.getsize(out)
     if verify:
@@ -347,9 +396,12 @@ def ingest(
 
 def _write_episodes(
     writer: Writer, job: _Job, keys: list[str], workers: int, overrides: Mapping[str, Any], on_error: str,
-    report: IngestReport, progress: bool,
+    report: IngestReport, progress: bool, task: str | None = None,
 ) -> None:  # fmt: skip
-    """Convert ``keys`` (in ``workers`` processes) and add each episode, with ``overrides``, to ``writer``."""
+    """Convert ``keys`` (in ``workers`` processes) and add each episode, with ``overrides``, to ``writer``.
+
+    ``task``, the caller's, replaces the per-frame tasks too (`override_task`).
+    """
     path = job.path
     bar = _progress(len(keys), progress)
     # closing: an error (or Ctrl-C) stops the workers now, not when the generator is collected
@@ -360,6 +412,8 @@ def _write_episodes(
                 for name, value in overrides.items():
                     if value is not None:
                         args[name] = value
+                if task is not None:
+                    override_task(args, task)
                 args["extra"] = {**args.get("extra", {}), "source_file": path, "source_episode": key}
                 try:
                     writer.add_episode(**args)
@@ -448,6 +502,7 @@ def _convert_one(key: str) -> tuple[str, dict[str, Any] | None, str | None]:
 
 def _finish(args: dict[str, Any], job: _Job) -> dict[str, Any]:
     """Apply the dtype cast and encode raw frames (here, so workers share the work)."""
+    args.pop(SOURCE_PARTS, None)  # for `verify` only: never shipped back from a worker
     if job.dtype is not None:
         target = np.dtype(job.dtype)
         for name in ("actions", "states", "rewards", "timestamps"):

@@ -6,7 +6,11 @@ verification needs nothing format-specific. Each output episode is matched to th
 source episode named by its ``source_episode`` extra field, one episode at a time:
 
 - arrays: frame counts, dtypes and the max abs difference of every array (0 expected;
-  a recorded ``dtype`` cast is applied to the source first, as the ingest did);
+  a recorded ``dtype`` cast is applied to the source first, as the ingest did); where a
+  source concatenates several of its keys into the states or actions, each component of
+  the stored array is also compared with that key's values as the source holds them
+  (`SOURCE_PARTS`), exactly and without rounding either side, so a conversion that
+  rounds (an int64 in float64) shows;
 - cameras: frames the source holds encoded must be stored byte for byte; frames encoded
   from the source's pixels must decode exactly (``png``, ``raw``) or, for ``jpeg``, reach
   a PSNR threshold (`DEFAULT_PSNR`), or else come within `CODEC_MARGIN_DB` of what a
@@ -26,13 +30,22 @@ import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
 
 from kinodb.errors import ConversionError, KinodbError
-from kinodb.ingest._base import Source, SourceInfo, SourceOptions, formats, source_class
-from kinodb.ingest._run import _select, check_dtype, check_positive, option_value, refuse_unused
+from kinodb.ingest._base import SOURCE_PARTS, Source, SourceInfo, SourceOptions, formats, source_class
+from kinodb.ingest._exact import exact_equal
+from kinodb.ingest._run import (
+    _select,
+    check_dtype,
+    check_positive,
+    option_value,
+    override_task,
+    refuse_unused,
+)
 from kinodb.kdb import _codecs
 from kinodb.kdb.reader import META_FIELDS, Database, open_database
 from kinodb.kdb.writer import Writer
@@ -437,6 +450,7 @@ class _Checker:
         self.db, self.source, self.plan, self.report = db, source, plan, report
         self.renames: dict[str, str] = {}  # this version's camera/array names -> the output's
         self.task_field: str | None = None
+        self.schema = db.schema()
 
     def _earlier_rlds_names(self, info: SourceInfo) -> dict[str, str]:
         """Camera and array names of an RLDS file ingested by an earlier kinodb, which kept
@@ -515,6 +529,9 @@ class _Checker:
         except (KinodbError, ValueError, KeyError, OSError) as exc:
             self.report.add("unreadable", f"{where}: the source episode cannot be read now: {exc}")
             return
+        parts = args.pop(SOURCE_PARTS, None)
+        if self.plan.task is not None:
+            override_task(args, self.plan.task)
         want = _expected_arrays(args, self.plan.dtype)
         if self.renames:
             want = {self.renames.get(k, k): v for k, v in want.items()}
@@ -530,23 +547,29 @@ class _Checker:
         got.pop("meta")
         if "task_index" in want and "task_index" not in got and self.task_field:
             args, want = _texts_per_step(args, want, self.task_field)
-        self._arrays(where, got, want)
+        differ = self._arrays(where, got, want)
+        if isinstance(parts, Mapping):
+            self._components(where, got, parts, differ)
         images = (args.get("images") or {}) if self.plan.options.images else {}
         self._cameras(i, where, images)
         self._labels(where, meta, _expected_labels(args, want, self.plan, info))
 
-    def _arrays(self, where: str, got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> None:
+    def _arrays(self, where: str, got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> set[str]:
+        """Compare every array; return the names of those that differ."""
         arrays = self.report.arrays
+        differ: set[str] = set()
         for name in [*want, *(k for k in got if k not in want)]:
             a, b = got.get(name), want.get(name)
             if a is None or b is None:
                 arrays[name] = math.inf
                 side = "missing from the output" if a is None else "not in the source"
                 self.report.add("arrays", f"{where}: array {name!r} is {side}")
+                differ.add(name)
                 continue
             if a.shape != b.shape:
                 arrays[name] = math.inf
                 self.report.add("arrays", f"{where}: {name} has shape {a.shape}, the source {b.shape}")
+                differ.add(name)
                 continue
             if a.dtype != b.dtype:
                 cast = a.dtype.kind == b.dtype.kind == "f"  # what a dtype cast of the ingest makes
@@ -558,11 +581,54 @@ class _Checker:
                 self.report.add("dtype", f"{where}: {name} is {a.dtype}, the source {b.dtype}{hint}")
             diff, frame = max_abs_diff(a, b)
             arrays[name] = max(arrays.get(name, 0.0), diff)
-            # float64 holds every float exactly, but not every int64: those compare as integers
-            if diff > 0 or (a.dtype.kind in "iu" and not np.array_equal(a, b)):
+            # float64 holds every float exactly, but not every int64: those compare exactly
+            if diff > 0 or ("iu" in (a.dtype.kind, b.dtype.kind) and not exact_equal(a, b).all()):
                 self.report.add(
                     "arrays", f"{where}: {name} differs: max abs diff {_num(diff)} at frame {frame}"
                 )
+                differ.add(name)
+        return differ
+
+    def _components(
+        self, where: str, got: dict[str, np.ndarray], parts: Mapping[str, Any], differ: set[str]
+    ) -> None:
+        """Each component of a concatenated array against the source key's own values (arrays
+        already found to differ from the conversion are not reported twice)."""
+        for array, keys in parts.items():
+            stored = got.get(array)
+            if stored is None or array in differ or not isinstance(keys, Mapping):
+                continue
+            spans = (self.schema.get(array) or {}).get("components") or {}
+            for name, value in keys.items():
+                source = np.asarray(value)
+                source = source.reshape(len(source), -1)
+                span = spans.get(name)
+                if span is None or span[1] - span[0] != source.shape[1] or len(source) != len(stored):
+                    self.report.arrays[array] = math.inf
+                    self.report.add("arrays", f"{where}: {array} has no component {name!r} of "
+                                    f"{source.shape[1]} values per frame, as the source's key has")  # fmt: skip
+                    continue
+                self._component(where, f"{array} component {name!r}", stored[:, span[0] : span[1]], source)
+
+    def _component(self, where: str, what: str, part: np.ndarray, source: np.ndarray) -> None:
+        """One stored component against the source's values: equal, without rounding either."""
+        dtype = source.dtype
+        if self.plan.dtype is not None and part.dtype.kind == "f":
+            source = source.astype(part.dtype)  # the ingest's recorded cast
+        same = exact_equal(part, source)
+        if same.all():
+            return
+        bad = np.argwhere(~same)
+        frame, col = (int(x) for x in bad[0])
+        diff = max(_gap(x, y) for x, y in zip(part[~same].tolist(), source[~same].tolist(), strict=True))
+        array = what.split(" ", 1)[0]
+        self.report.arrays[array] = max(self.report.arrays.get(array, 0.0), diff)
+        self.report.add(
+            "arrays",
+            f"{where}: {what} differs from the source's {dtype} values at {len(bad)} places: frame "
+            f"{frame} holds {part[frame, col].item()!r}, the source {source[frame, col].item()!r} "
+            f"(max abs diff {_num(diff)})",
+        )
 
     def _cameras(self, i: int, where: str, images: Mapping[str, Any]) -> None:
         stored = self.db.cameras(i)
@@ -767,6 +833,14 @@ def _plain(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     return value
+
+
+def _gap(x: float, y: float) -> float:
+    """``|x - y|`` with neither rounded first (an int64 beside a float64); inf for NaN or inf."""
+    try:
+        return float(abs(Fraction(x) - Fraction(y)))
+    except (ValueError, OverflowError):
+        return math.inf
 
 
 def _same_float(a: Any, b: Any) -> bool:

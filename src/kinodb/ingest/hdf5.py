@@ -9,7 +9,15 @@ What goes where:
   key order or the order of ``state_keys`` (spaces around each key and empty entries are
   ignored; an ``obs/`` prefix is optional), concatenated; each key's ``[start, stop)`` is
   recorded in the schema's ``states.components``. Keys of different dtypes are cast to
-  their NumPy result type (float32 and float64 give float64), which is exact.
+  their NumPy result type (float32 and float64 give float64) where that keeps every
+  value: a key whose dtype the states' dtype cannot hold exactly (an int64 or uint64
+  beside floats, such as a nanosecond timestamp, which float64 would round beyond 2**53)
+  is kept apart, as an extra array named by its key with its own dtype; the metadata's
+  ``hdf5.kept_apart`` and a note of the report say so. This goes by dtype, not by value,
+  so every demo has the same layout. Keys named in ``state_keys`` all go into the states,
+  and a demo holding a value the states' dtype would round (an int64 timestamp beyond
+  2**53 in float64 states) is refused, naming the key, the frame and the value. Either
+  way the states hold the source's values exactly.
 - Cameras: 4-D uint8 ``obs/`` datasets (``(T, H, W, C)``, depth ``(T, H, W, 1)`` too),
   named by their key. Other 3-D and 4-D ``obs/`` datasets (float or uint16 depth) are
   extra arrays named by their key.
@@ -52,7 +60,8 @@ import numpy as np
 
 from kinodb._optional import require
 from kinodb.errors import ConversionError
-from kinodb.ingest._base import SourceInfo, SourceOptions, exported_extra, not_this_format
+from kinodb.ingest._base import SOURCE_PARTS, SourceInfo, SourceOptions, exported_extra, not_this_format
+from kinodb.ingest._exact import first_rounded, holds_exactly, significand_bits
 
 log = logging.getLogger(__name__)
 _WARNED_UPSIDE_DOWN: set[str] = set()  # LIBERO files already warned about in this process
@@ -100,6 +109,7 @@ class _Layout:
     arrays: tuple[_Field, ...]
     timestamps: _Field | None
     left_out: dict[str, str]  # path -> why it is not stored
+    apart: dict[str, str]  # extra-array name of a low-dim key kept out of the states -> why
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,9 +173,7 @@ class HDF5Source:
         try:
             self._file: Any = self._h5py.File(self._path, "r")
         except OSError as exc:
-            raise ConversionError(
-                f"{self._path}: not a readable HDF5 file ({exc}){not_this_format(self._path, 'hdf5')}"
-            ) from None
+            raise ConversionError(_unreadable(self._path, exc)) from None
         data = self._file.get("data")
         if not isinstance(data, self._h5py.Group):
             found = ", ".join(sorted(self._file.keys())) or "nothing"
@@ -254,6 +262,11 @@ class HDF5Source:
             "extra_arrays": {f.name: f.path for f in layout.arrays if self._keeps(f)},
             "left_out": dict(layout.left_out),
         }
+        notes = []
+        if layout.apart:
+            metadata["hdf5"]["kept_apart"] = dict(layout.apart)
+            notes = [f"{f.path} is not part of the states: {layout.apart[f.name]}"
+                     for f in layout.arrays if f.name in layout.apart]  # fmt: skip
         counts = self._filter_key_counts()
         if counts:
             metadata["hdf5"]["filter_keys"] = counts
@@ -273,6 +286,7 @@ class HDF5Source:
             fps=None,
             embodiment=None,
             task=None,
+            notes=notes,
         )
 
     def read(self, key: str) -> dict[str, Any]:
@@ -292,7 +306,7 @@ class HDF5Source:
         args: dict[str, Any] = {"actions": actions, **self._labels(d, ep_meta, facts)}
         states = self._states(d, T, layout)
         if states is not None:
-            args["states"] = states
+            args["states"], args[SOURCE_PARTS] = states
         rewards = self._rewards(d, T)
         if rewards is not None:
             args["rewards"] = rewards
@@ -436,25 +450,40 @@ class HDF5Source:
             out["embodiment"] = facts.embodiment
         return out
 
-    def _states(self, d: _Demo, T: int, layout: _Layout) -> np.ndarray | None:
+    def _states(self, d: _Demo, T: int, layout: _Layout) -> tuple[np.ndarray, dict[str, Any]] | None:
+        """The states, and each state key's values as the file holds them (for `verify`)."""
         if not layout.states or layout.state_dtype is None:
             return None
         out = np.empty((T, layout.components[layout.states[-1].name][1]), layout.state_dtype)
+        parts: dict[str, np.ndarray] = {}
         for f in layout.states:
-            arr = self._dataset(d, f.path, T, f)
+            arr = parts[f.name] = self._dataset(d, f.path, T, f)
             start, stop = layout.components[f.name]
             if arr.ndim not in (1, 2) or arr.shape[1:] != f.trailing:
                 raise self._fail(
                     d.name,
                     f"{f.path} has shape {arr.shape}; {f.first} has (T, {', '.join(map(str, f.trailing))})",
                 )
-            if not np.can_cast(arr.dtype, out.dtype, "safe"):
-                raise self._fail(
-                    d.name,
-                    f"{f.path} has dtype {arr.dtype}; {f.first} has {f.dtype}, and states are {out.dtype}",
-                )
+            rounded = first_rounded(arr, out.dtype)
+            if rounded is not None:
+                raise self._fail(d.name, self._rounded(f, arr, rounded, out.dtype))
             out[:, start:stop] = arr.reshape(T, stop - start)
-        return out
+        return out, {"states": parts}
+
+    def _rounded(self, f: _Field, arr: np.ndarray, rounded: tuple[int, Any], dtype: np.dtype[Any]) -> str:
+        """Why a state key's value cannot go into the states, and what to do."""
+        at, value = rounded
+        frame = at // max(1, arr[:1].size)
+        own = f" ({f.first} has {f.dtype})" if arr.dtype != f.dtype else ""
+        fix = (
+            "leave it out of state_keys (--state-keys) to keep the states exact"
+            if self._options.state_keys is not None
+            else "pass state_keys (--state-keys) without it to keep the states exact"
+        )
+        return (
+            f"{f.path} holds {value!r} at frame {frame} ({arr.dtype}{own}), which the {dtype} states "
+            f"cannot hold exactly; {fix}"
+        )
 
     def _frames(
         self, d: _Demo, T: int, layout: _Layout
@@ -554,8 +583,9 @@ class HDF5Source:
             fields, left_out = scan[0], dict(scan[1])
             for name in self._others:
                 left_out[f"data/{name}"] = "not a demo_N group"
+            explicit = self._options.state_keys is not None  # the caller's keys: checked by value, not split
             state_keys = self._options.state_keys or self._exported_state_order(fields)
-            self._layout_cache = _arrange(self._path, fields, left_out, state_keys)
+            self._layout_cache = _arrange(self._path, fields, left_out, state_keys, explicit=explicit)
         return self._layout_cache
 
     def _exported_upright(self) -> bool:
@@ -618,6 +648,19 @@ class HDF5Source:
             else:
                 left_out[path] = kind
         return fields, left_out
+
+
+def _unreadable(path: str, exc: OSError) -> str:
+    """Why h5py cannot open ``path``: a damaged HDF5 file (its signature is there), or what it is."""
+    if not HDF5Source.detect(path):
+        return f"{path}: not a readable HDF5 file ({exc}){not_this_format(path, 'hdf5')}"
+    what = "truncated" if "truncated file" in str(exc) else "damaged"
+    size = os.path.getsize(path)
+    return (
+        f"{path}: a {what} HDF5 file: it starts as HDF5, but h5py cannot open it ({exc}; the file has "
+        f"{size} bytes); copy it again from where it came from (an interrupted download or copy leaves "
+        "such files), or regenerate it"
+    )
 
 
 # Demo attributes a .kdb file does not keep, listed in the metadata's left_out.
@@ -740,8 +783,9 @@ def _robots(robots: Any) -> str | None:
 
 
 def _arrange(
-    path: str, fields: list[_Field], left_out: dict[str, str], state_keys: tuple[str, ...] | None
-) -> _Layout:
+    path: str, fields: list[_Field], left_out: dict[str, str], state_keys: tuple[str, ...] | None, *,
+    explicit: bool = False,
+) -> _Layout:  # fmt: skip
     """Sort every per-frame dataset into states, cameras and extra arrays, and name them.
 
     Raises:
@@ -760,7 +804,13 @@ def _arrange(
             name = "sim_state" if f.path == "states" else _free_name(f.path, taken)
             taken.add(name)
             arrays.append(replace(f, name=name))
-    states = _choose_states(path, low_dim, state_keys, left_out)
+    states, apart = _exact_states(_choose_states(path, low_dim, state_keys, left_out), explicit)
+    reasons: dict[str, str] = {}
+    for f, why in apart:
+        name = _free_name(f.path, taken)
+        taken.add(name)
+        arrays.append(replace(f, kind="array", name=name))
+        reasons[name] = f"{why}; it is stored apart, as the extra array {name!r} with its own dtype"
     components: dict[str, list[int]] = {}
     start = 0
     for f in states:
@@ -776,7 +826,34 @@ def _arrange(
         tuple(arrays),
         stamps[0] if stamps else None,
         left_out,
+        reasons,
     )
+
+
+def _exact_states(states: list[_Field], explicit: bool) -> tuple[list[_Field], list[tuple[_Field, str]]]:
+    """The state keys that one dtype holds exactly, and those kept apart (with why).
+
+    By dtype, so that every demo has the same layout: a key the others' NumPy result type
+    would round (an int64 beside floats) is kept apart. ``explicit`` state keys (the
+    caller's) all stay; `HDF5Source._states` then refuses a demo whose values would be
+    rounded.
+    """
+    if explicit:
+        return list(states), []  # the caller's choice: each demo's values are checked instead
+    kept, apart = list(states), []
+    while kept:
+        dtype = np.result_type(*(f.dtype for f in kept))
+        out = [f for f in kept if not holds_exactly(f.dtype, dtype)]
+        if not out:
+            break
+        bits = significand_bits(dtype)
+        for f in out:
+            rounds = f"which round {f.dtype} values beyond 2**{bits}" if bits else "which round them"
+            apart.append(
+                (f, f"with the other state keys, this {f.dtype} key would make {dtype} states, {rounds}")
+            )
+        kept = [f for f in kept if f not in out]
+    return kept, apart
 
 
 def _free_name(path: str, taken: set[str]) -> str:

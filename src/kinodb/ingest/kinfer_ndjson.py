@@ -30,7 +30,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from kinodb.errors import ConversionError
-from kinodb.ingest._base import SourceInfo, SourceOptions
+from kinodb.ingest._base import SOURCE_PARTS, SourceInfo, SourceOptions
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +138,7 @@ class KinferNdjsonSource:
         args: dict[str, Any] = {"actions": actions}
         if parts:
             args["states"] = np.concatenate(parts, axis=1)
+            args[SOURCE_PARTS] = {"states": {p: cols[p] for p in STATE_PARTS if p in cols}}  # for verify
         extra_arrays = {n: cols[n] for n in EXTRA_FIELDS if n in cols}
         extra_arrays["step_id"] = cols["step_id"]
         args["extra_arrays"] = extra_arrays

@@ -13,12 +13,17 @@ Episodes are listed in ``episode_index`` order with keys ``episode_000029``; ``-
 is listed. An episode whose data or video file is absent raises `ConversionError` naming
 the file, so ``on_error="skip"`` skips exactly the episodes that are not there.
 
-Mapping (rows ordered by ``frame_index``; arrays keep their parquet dtype):
+Mapping (rows ordered by ``frame_index``; arrays keep their parquet dtype, or take the
+dtype ``info.json`` declares where that cast keeps every value, as LeRobot's loader does:
+float32 actions under a float64 feature become float64; a column wider than declared
+stays as it is, with a warning):
 
 - ``action`` -> ``actions`` (else ``actions``, as openpi's LIBERO port names it;
   ``action_key`` names another feature). ``observation.state`` -> ``states`` (else
   ``state`` or ``states`` when exactly one of them is a numeric feature; ``state_keys``
-  concatenates other columns instead, recorded as state components). A feature's
+  concatenates other columns instead, recorded as state components, in their NumPy
+  result type; an episode holding a value that type would round, such as an int64
+  timestamp beyond 2**53 beside floats, is refused naming the column). A feature's
   ``names`` (a list, a nested list, or a dict of lists, whose keys become components)
   become the schema's ``names``; an action or state feature of another name (and no
   such dict) becomes one component named by its key. ``lerobot.action_key`` and
@@ -66,12 +71,14 @@ from kinodb.errors import ConversionError, CorruptFileError, WriterError
 from kinodb.ingest import _video
 from kinodb.ingest._base import (
     SKIP_ADVICE,
+    SOURCE_PARTS,
     SourceInfo,
     SourceOptions,
-    exported_extra,
     lerobot_root,
     not_this_format,
 )
+from kinodb.ingest._exact import first_rounded, holds_exactly
+from kinodb.ingest._lerobot_kinodb import kinodb_export, restore
 from kinodb.kdb import _codecs
 
 log = logging.getLogger(__name__)
@@ -580,7 +587,7 @@ class LeRobotSource:
             raise ConversionError(f"{info_path}: feature {bad[0]!r} is not a JSON object")
         self._plan = _plan(self._features, self._options, info_path)
         self._tasks = _tasks(self._root, self._version, self._pq)
-        self._kinodb = _kinodb_export(self._root)
+        self._kinodb = kinodb_export(self._root)
         videos = list(self._plan.videos.values()) if self._options.images else []
         if self._version == "v3.0":
             eps = _episodes_v3(self._root, info, videos, self._pq)
@@ -761,13 +768,41 @@ class LeRobotSource:
             elif kind != "numeric":
                 self._left_out(name, f"{column.type} is not numeric, text or an image")
             elif name not in _POSITIONS:
-                parts[name] = _to_numpy(self._pa, column, name, where)
+                parts[name] = self._as_declared(name, _to_numpy(self._pa, column, name, where))
         self._assemble(ep, parts, args, where)
         if self._options.images and self._plan.videos:
             args.setdefault("images", {}).update(self._decode_videos(ep, args, where))
         if self._kinodb is not None:
-            _restore(args, self._kinodb, ep.index)
+            restore(args, self._kinodb, ep.index, self._root)
         return args
+
+    def _as_declared(self, name: str, arr: np.ndarray) -> np.ndarray:
+        """A column in the dtype ``info.json`` declares for it, where that cast keeps every value.
+
+        LeRobot's loader casts each column to its declared dtype; a file written otherwise
+        (float32 actions under a float64 feature) would give episodes of different dtypes.
+        A cast that could change values is not made: the column keeps its dtype, with a
+        warning.
+        """
+        declared = self._features.get(name, {}).get("dtype")
+        if declared not in _NUMERIC or arr.dtype == np.dtype(declared):
+            return arr
+        want = np.dtype(declared)
+        if holds_exactly(arr.dtype, want):
+            return arr.astype(want)
+        if f"dtype:{name}" not in self._warned:
+            self._warned.add(f"dtype:{name}")
+            hint = (
+                f"; pass --dtype {want} to store floating arrays as {want}"
+                if want.kind == arr.dtype.kind == "f"
+                else ""
+            )
+            log.warning(
+                "%s: column %r holds %s values, but meta/info.json declares %s; they stay %s, as a cast "
+                "could change them, and episodes of another dtype may not gather with these%s",
+                self._root, name, arr.dtype, want, arr.dtype, hint,
+            )  # fmt: skip
+        return arr
 
     def _assemble(self, ep: _Episode, parts: dict[str, np.ndarray], args: dict[str, Any], where: str) -> None:
         """Give every numeric column its role: actions, states, rewards, ..., extra arrays."""
@@ -780,9 +815,12 @@ class LeRobotSource:
         missing = [k for k in keys if k not in parts]
         if missing:
             raise ConversionError(f"{where}: no state column {missing[0]!r}")
-        if keys:
-            pieces = [parts.pop(k).reshape(T, -1) for k in keys]
-            args["states"] = pieces[0] if len(pieces) == 1 else np.concatenate(pieces, axis=1)
+        if len(keys) == 1:
+            args["states"] = parts.pop(keys[0]).reshape(T, -1)
+        elif keys:
+            own = {k: parts.pop(k) for k in keys}
+            args["states"] = _concatenate(own, T, where)
+            args[SOURCE_PARTS] = {"states": own}
         for name, role in _ROLES.items():
             if name in parts:
                 args[role] = _per_frame(parts.pop(name), name, where)
@@ -892,6 +930,27 @@ def _rows_of(table: Any, e: int) -> Any:
     return table.take(rows)
 
 
+def _concatenate(pieces: dict[str, np.ndarray], T: int, where: str) -> np.ndarray:
+    """State columns side by side, in their NumPy result type, which must hold every value.
+
+    Raises:
+        ConversionError: a value that type would round (an int64 beyond 2**53 beside floats);
+            names the column, the frame and what to do.
+    """
+    flat = {k: v.reshape(T, -1) for k, v in pieces.items()}
+    dtype = np.result_type(*flat.values())
+    for key, arr in flat.items():
+        rounded = first_rounded(arr, dtype)
+        if rounded is not None:
+            at, value = rounded
+            raise ConversionError(
+                f"{where}: state key {key!r} holds {value!r} at frame {at // max(1, arr.shape[1])} "
+                f"({arr.dtype}), which the {dtype} states of {', '.join(flat)} cannot hold exactly; leave "
+                f"{key!r} out of state_keys (--state-keys): it then stays an extra array, with its own dtype"
+            )
+    return np.concatenate([a.astype(dtype, copy=False) for a in flat.values()], axis=1)
+
+
 def _per_frame(arr: np.ndarray, name: str, where: str) -> np.ndarray:
     """A column with one value per frame as a 1-D array."""
     if arr.size != len(arr):
@@ -899,74 +958,3 @@ def _per_frame(arr: np.ndarray, name: str, where: str) -> np.ndarray:
             f"{where}: column {name!r} has shape {arr.shape[1:]} per frame; expected one value"
         )
     return arr.reshape(len(arr))
-
-
-_BUILTIN_META = frozenset(
-    ("episode_id", "embodiment", "task", "num_frames", "fps", "action_dim", "state_dim", "success",
-     "total_reward", "source_file", "source_episode")
-)  # fmt: skip
-
-
-def _kinodb_export(root: str) -> dict[str, Any] | None:
-    """What a kinodb export keeps beside LeRobot's files (``meta/kinodb*.json``), or None."""
-    path = os.path.join(root, "meta", "kinodb.json")
-    episodes = os.path.join(root, "meta", "kinodb_episodes.jsonl")
-    if not (os.path.isfile(path) and os.path.isfile(episodes)):
-        return None
-    try:
-        with open(path, encoding="utf-8") as fh:
-            facts = json.load(fh)
-        with open(episodes, encoding="utf-8") as fh:
-            records = {int(r["episode_index"]): r for r in map(json.loads, filter(str.strip, fh))}
-        arrays = {key: str(v["array"]) for key, v in facts.get("arrays", {}).items()}
-        shapes = {
-            key: tuple(int(d) for d in v["shape"])
-            for key, v in facts.get("arrays", {}).items()
-            if isinstance(v.get("shape"), list)
-        }
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise ConversionError(
-            f"{root}: meta/kinodb.json or kinodb_episodes.jsonl is damaged ({exc})"
-        ) from None
-    return {"arrays": arrays, "shapes": shapes, "timestamps": facts.get("timestamps"), "episodes": records}
-
-
-def _restore(args: dict[str, Any], facts: dict[str, Any], index: int) -> None:
-    """Give a kinodb export's episode back what LeRobot has no place for.
-
-    Array names, the source's timestamps (or their absence), success, total reward,
-    embodiment and extra fields come from ``meta/kinodb*.json``.
-    """
-    extra_arrays = args.get("extra_arrays", {})
-    for key, name in facts["arrays"].items():
-        if key in extra_arrays and name not in ("actions", "states", "rewards", "is_terminal"):
-            value = extra_arrays.pop(key)
-            shape = facts["shapes"].get(key)  # LeRobot writes a (1,) feature as a scalar column
-            if shape is not None and value.shape[1:] != shape and value[:1].size == int(np.prod(shape)):
-                value = value.reshape(len(value), *shape)
-            if name == "timestamps":
-                args["timestamps"] = value
-            else:
-                extra_arrays[name] = value
-    if facts["timestamps"] is None:
-        args.pop("timestamps", None)  # the source had none; LeRobot's grid was made up on export
-    record = facts["episodes"].get(index)
-    if record is None:
-        return
-    meta = record.get("meta", {})
-    args["success"] = meta.get("success")
-    if "total_reward" in meta:
-        args["total_reward"] = meta["total_reward"]
-        rewards = args.get("rewards")
-        if (
-            meta["total_reward"] is None
-            and rewards is not None
-            and not (rewards != 0).any()
-            and not np.signbit(rewards).any()
-        ):
-            del args["rewards"]  # all +0.0 with an unknown total: keep it unknown
-    if meta.get("embodiment"):
-        args["embodiment"] = meta["embodiment"]
-    extra = args.setdefault("extra", {})
-    extra.pop("episode_index", None)
-    extra.update(exported_extra(meta, _BUILTIN_META))

@@ -1,0 +1,143 @@
+"""What a kinodb export keeps beside a LeRobot dataset's files, given back on ingest.
+
+``kino export --format lerobot`` writes ``meta/kinodb.json`` (array names, whether the
+source had timestamps) and ``meta/kinodb_episodes.jsonl`` (each episode's metadata:
+success, total reward, embodiment, extra fields), which LeRobot has no place for. An
+ingest of such a dataset gives them back, except where the data says otherwise: LeRobot's
+own tools edit a dataset in place (``modify_tasks``, deleting episodes) and leave these
+files as they were.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any
+
+import numpy as np
+
+from kinodb.errors import ConversionError
+from kinodb.ingest._base import exported_extra
+
+log = logging.getLogger(__name__)
+
+_BUILTIN_META = frozenset(
+    ("episode_id", "embodiment", "task", "num_frames", "fps", "action_dim", "state_dim", "success",
+     "total_reward", "source_file", "source_episode")
+)  # fmt: skip
+
+
+def kinodb_export(root: str) -> dict[str, Any] | None:
+    """What a kinodb export keeps beside LeRobot's files (``meta/kinodb*.json``), or None."""
+    path = os.path.join(root, "meta", "kinodb.json")
+    episodes = os.path.join(root, "meta", "kinodb_episodes.jsonl")
+    if not (os.path.isfile(path) and os.path.isfile(episodes)):
+        return None
+    try:
+        with open(path, encoding="utf-8") as fh:
+            facts = json.load(fh)
+        with open(episodes, encoding="utf-8") as fh:
+            records = {int(r["episode_index"]): r for r in map(json.loads, filter(str.strip, fh))}
+        arrays = {key: str(v["array"]) for key, v in facts.get("arrays", {}).items()}
+        shapes = {
+            key: tuple(int(d) for d in v["shape"])
+            for key, v in facts.get("arrays", {}).items()
+            if isinstance(v.get("shape"), list)
+        }
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ConversionError(
+            f"{root}: meta/kinodb.json or kinodb_episodes.jsonl is damaged ({exc})"
+        ) from None
+    return {"arrays": arrays, "shapes": shapes, "timestamps": facts.get("timestamps"), "episodes": records}
+
+
+def restore(args: dict[str, Any], facts: dict[str, Any], index: int, root: str) -> None:
+    """Give a kinodb export's episode back what LeRobot has no place for.
+
+    Array names, the source's timestamps (or their absence), success, total reward,
+    embodiment and extra fields come from ``meta/kinodb*.json``. What the data itself
+    says wins: the tasks come from its ``task_index`` (the export's record of them is only
+    compared, and a difference warned about: the dataset was edited after the export),
+    and an episode record whose frame count or dims differ from the episode's data (the
+    episodes were changed or renumbered since) is not used at all, with a warning.
+    """
+    extra_arrays = args.get("extra_arrays", {})
+    for key, name in facts["arrays"].items():
+        if key in extra_arrays and name not in ("actions", "states", "rewards", "is_terminal"):
+            value = extra_arrays.pop(key)
+            shape = facts["shapes"].get(key)  # LeRobot writes a (1,) feature as a scalar column
+            if shape is not None and value.shape[1:] != shape and value[:1].size == int(np.prod(shape)):
+                value = value.reshape(len(value), *shape)
+            if name == "timestamps":
+                args["timestamps"] = value
+            else:
+                extra_arrays[name] = value
+    if facts["timestamps"] is None:
+        args.pop("timestamps", None)  # the source had none; LeRobot's grid was made up on export
+    record = facts["episodes"].get(index)
+    if record is None:
+        return
+    meta = record.get("meta", {})
+    stale = _record_differs(meta, args)
+    if stale is not None:
+        _warn_once(root, "record", "%s: meta/kinodb_episodes.jsonl (written by kinodb's export) does not "
+                   "describe episode %d of the data (%s): the dataset was changed after the export; its "
+                   "records are not used for the episodes they do not fit", root, index, stale)  # fmt: skip
+        return
+    _check_tasks(meta, args, index, root)
+    args["success"] = meta.get("success")
+    if "total_reward" in meta:
+        args["total_reward"] = meta["total_reward"]
+        rewards = args.get("rewards")
+        if (
+            meta["total_reward"] is None
+            and rewards is not None
+            and not (rewards != 0).any()
+            and not np.signbit(rewards).any()
+        ):
+            del args["rewards"]  # all +0.0 with an unknown total: keep it unknown
+    if meta.get("embodiment"):
+        args["embodiment"] = meta["embodiment"]
+    extra = args.setdefault("extra", {})
+    extra.pop("episode_index", None)
+    restored = exported_extra(meta, _BUILTIN_META)
+    restored.pop("tasks", None)  # the data's task_index says what the tasks are (`_check_tasks`)
+    extra.update(restored)
+
+
+_WARNED_EXPORTS: set[tuple[str, str]] = set()  # (dataset root, what) already warned about
+
+
+def _warn_once(root: str, what: str, message: str, *values: Any) -> None:
+    """One warning per dataset and kind: an edited dataset would warn for every episode."""
+    if (root, what) not in _WARNED_EXPORTS:
+        _WARNED_EXPORTS.add((root, what))
+        log.warning(message, *values)
+
+
+def _record_differs(meta: dict[str, Any], args: dict[str, Any]) -> str | None:
+    """How an export's episode record contradicts the episode's data (None: it fits)."""
+    T, A = args["actions"].shape
+    states = args.get("states")
+    S = 0 if states is None else int(np.prod(states.shape[1:]))
+    for name, have in (("num_frames", T), ("action_dim", A), ("state_dim", S)):
+        said = meta.get(name)
+        if isinstance(said, int) and said != have:
+            return f"it says {name} {said}, the data has {have}"
+    return None
+
+
+def _check_tasks(meta: dict[str, Any], args: dict[str, Any], index: int, root: str) -> None:
+    """Warn when an export's record of an episode's tasks is not what its data says now."""
+    recorded = meta.get("tasks")
+    if not isinstance(recorded, list):
+        if "task" not in meta:
+            return
+        recorded = [meta["task"]]
+    listed: list[Any] = recorded
+    data: list[Any] = args.get("extra", {}).get("tasks") or [args.get("task")]
+    if set(map(str, listed)) != set(map(str, data)):  # as sets: the list's order is not data
+        _warn_once(root, "tasks", "%s: episode %d has the tasks %r by its task_index, but "
+                   "meta/kinodb_episodes.jsonl (written by kinodb's export) lists %r: the tasks were "
+                   "edited after the export, and the data's are kept", root, index, data, listed)  # fmt: skip
