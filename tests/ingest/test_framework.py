@@ -273,7 +273,7 @@ def test_option_errors(src: str, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="workers"):
         ingest(src, tmp_path / "a.kdb", workers=0)
     ingest(src, tmp_path / "a.kdb", max_episodes=1)
-    with pytest.raises(FileExistsError):
+    with pytest.raises(FileExistsError, match=r"a\.kdb exists; pass overwrite=True to replace it"):
         ingest(src, tmp_path / "a.kdb", max_episodes=1)
     ingest(src, tmp_path / "a.kdb", max_episodes=2, overwrite=True)
 

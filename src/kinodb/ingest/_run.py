@@ -376,8 +376,17 @@ def ingest(
     recorded = _recorded(job, embodiment, task, episodes, max_episodes)
     metadata = dict(info.metadata, ingest={"source": path, "format": cls.format, "selected": len(keys),
                                            "options": recorded})  # fmt: skip
-    with Writer(out, mode="w" if overwrite else "x", image_codec=image_codec, jpeg_quality=jpeg_quality,
-                schema=info.schema, source_format=info.source_format, metadata=metadata) as writer:  # fmt: skip
+    try:
+        writer = Writer(out, mode="w" if overwrite else "x", image_codec=image_codec, jpeg_quality=jpeg_quality,
+                        schema=info.schema, source_format=info.source_format, metadata=metadata)  # fmt: skip
+    except FileExistsError:
+        if overwrite:
+            raise
+        # The writer's advice (mode='w') is for its own callers; ours pass overwrite.
+        raise FileExistsError(
+            f"{os.fspath(out)} exists; pass {option_value('overwrite', True)} to replace it"
+        ) from None
+    with writer:
         _write_episodes(writer, job, keys, workers, overrides, on_error, report, progress, task)
         if report.skipped:
             writer.metadata["ingest"]["skipped"] = [{"episode": k, "reason": r} for k, r in report.skipped]
