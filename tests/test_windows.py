@@ -93,6 +93,56 @@ def test_delta_timestamps_match_horizons_in_frames(tmp_path: Path) -> None:
     np.testing.assert_array_equal(b["reward"][0], db.read_array(0, "rewards")[:2])
 
 
+def test_features_delta_timestamps_does_not_name_keep_their_horizons(tmp_path: Path) -> None:
+    path, other = tmp_path / "d.kdb", tmp_path / "e.kdb"
+    _write(path, [7, 3, 9], fps=20.0, cameras={"front": (4, 6, 3)})
+    _write(other, [4], fps=15.0, cameras={"front": (4, 6, 3)}, seed=1)  # off the 1/20 s grid
+    by_frames = FrameWindows(path, obs_horizon=2, action_horizon=4, cameras=["front"])
+    actions_only = FrameWindows(path, obs_horizon=2, action_horizon=4, cameras=["front"],
+                                delta_timestamps={"action": [0.0, 0.05, 0.1, 0.15]})  # fmt: skip
+    states_only = FrameWindows(path, obs_horizon=2, action_horizon=4, cameras=["front"],
+                               delta_timestamps={"observation.state": [-0.05, 0.0]})  # fmt: skip
+    idx = np.arange(len(by_frames))
+    want = by_frames.lowdim(idx)
+    for fw in (actions_only, states_only):
+        got = fw.lowdim(idx)
+        assert set(got) == set(want)
+        for key in want:
+            np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+        np.testing.assert_array_equal(fw.images(idx)["front"], by_frames.images(idx)["front"])
+    spec = actions_only.spec
+    assert spec.image_in_seconds("front") is False and spec.array_in_seconds("action")
+    # In frames, unnamed features need no frame grid: a 15 fps source is fine for them.
+    both = FrameWindows([str(path), str(other)], obs_horizon=3, cameras=["front"],
+                        delta_timestamps={"next.reward": [0.0]})  # fmt: skip
+    got = both.lowdim(np.arange(len(both)))
+    assert (
+        got["state"].shape == (23, 3, 3)
+        and got["action"].shape == (23, 1, 2)
+        and got["reward"].shape == (23, 1)
+    )
+    assert got["image_is_pad"].shape == (23, 3)
+
+
+@pytest.mark.parametrize(
+    ("delta", "message"),
+    [
+        (
+            {"action": 0.1},
+            r"delta_timestamps\['action'\] must be a list of seconds such as \[-0.1, 0.0\], got 0.1",
+        ),
+        ({"action": "0.1"}, r"delta_timestamps\['action'\] must be a list of seconds"),
+        ({"action": [0.0, "x"]}, r"delta_timestamps\['action'\] must be a list of seconds \(numbers\)"),
+        ({3: [0.0]}, r"delta_timestamps keys must be feature names \(str\), got 3"),
+    ],
+)
+def test_delta_timestamps_of_the_wrong_form_name_it(tmp_path: Path, delta: dict, message: str) -> None:
+    path = tmp_path / "d.kdb"
+    _write(path, [5])
+    with pytest.raises(TypeError, match=message):
+        FrameWindows(path, delta_timestamps=delta)
+
+
 def test_delta_timestamps_off_the_frame_grid_is_an_error(tmp_path: Path) -> None:
     path = tmp_path / "g.kdb"
     _write(path, [5], fps=10.0)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -52,12 +52,24 @@ class WindowSpec:
 
     ``arrays`` maps an output key to ``(array name, offsets)``; ``images`` maps a camera
     to its offsets. Offsets are frame counts (ints) when ``seconds`` is False, else
-    seconds converted through each episode's fps.
+    seconds converted through each episode's fps, except for the array keys in
+    ``frame_arrays`` and the cameras in ``frame_images``: features ``delta_timestamps``
+    does not name keep their horizons, in frames.
     """
 
     arrays: dict[str, tuple[str, tuple[float, ...]]]
     images: dict[str, tuple[float, ...]]
     seconds: bool
+    frame_arrays: frozenset[str] = frozenset()
+    frame_images: frozenset[str] = frozenset()
+
+    def array_in_seconds(self, key: str) -> bool:
+        """Whether array key ``key``'s offsets are seconds (else frames)."""
+        return self.seconds and key not in self.frame_arrays
+
+    def image_in_seconds(self, camera: str) -> bool:
+        """Whether camera ``camera``'s offsets are seconds (else frames)."""
+        return self.seconds and camera not in self.frame_images
 
 
 class _Source:
@@ -288,7 +300,8 @@ class FrameWindows:
         delta_timestamps: LeRobot's form, ``{feature: [seconds, ...]}``; features are
             ``observation.state``/``state``, ``action``, ``next.reward``/``reward``,
             ``observation.images.CAM``/``CAM``/``image``, or an extra array's name.
-            Overrides the horizons for the features it names.
+            Overrides the horizons for the features it names; ``state``, ``action`` and
+            the cameras it does not name keep their horizons (in frames).
         pad: ``"edge"`` repeats the first/last frame outside the episode, ``"zero"``
             fills zeros; either way ``KEY_is_pad`` marks those entries.
         cameras: Camera names for images (None: the first camera of the first episode
@@ -581,7 +594,7 @@ class FrameWindows:
             for s, sel in self._groups(src):
                 source = self._sources[s]
                 j, t = self._episode_frame(s, idx[sel] - self._starts[s])
-                frames, pad = self._frames(source, j, t, offsets, seconds=self.spec.seconds)
+                frames, pad = self._frames(source, j, t, offsets, seconds=self.spec.image_in_seconds(cam))
                 slots = sel[:, None] * k + np.arange(k)
                 if self._pad == "zero" and pad.any():
                     zero_slots.append(slots[pad])
@@ -650,7 +663,7 @@ class FrameWindows:
             for s, sel in self._groups(src):
                 source = self._sources[s]
                 j, t = self._episode_frame(s, idx[sel] - self._starts[s])
-                frames, _ = self._frames(source, j, t, offsets, seconds=self.spec.seconds)
+                frames, _ = self._frames(source, j, t, offsets, seconds=self.spec.image_in_seconds(cam))
                 for b, jj, row in zip(sel.tolist(), j.tolist(), frames.tolist(), strict=True):
                     c = source.cameras(jj)[self._stored[s][cam]]
                     out[b][cam] = [bytes(source.db._frame_bytes(c, f)) for f in row]
@@ -729,7 +742,9 @@ class FrameWindows:
         last = source.lengths[j] - 1
         out: dict[str, NDArray[Any]] = {}
         for key, (name, offsets) in self.spec.arrays.items():
-            frames, pad = self._frames(source, j, t, offsets, seconds=self.spec.seconds, last=last)
+            frames, pad = self._frames(
+                source, j, t, offsets, seconds=self.spec.array_in_seconds(key), last=last
+            )
             starts, view, dtype, trail = source.rows(name)
             width = math.prod(trail)
             if width != 1:
@@ -742,7 +757,8 @@ class FrameWindows:
             out[f"{key}_is_pad"] = pad
         for cam, offsets in self.spec.images.items():
             key = "image_is_pad" if len(self.spec.images) == 1 else f"image_is_pad.{cam}"
-            out[key] = self._frames(source, j, t, offsets, seconds=self.spec.seconds, last=last)[1]
+            seconds = self.spec.image_in_seconds(cam)
+            out[key] = self._frames(source, j, t, offsets, seconds=seconds, last=last)[1]
         out["episode_index"] = source.kept[j]
         out["frame_index"] = t
         out["source"] = np.full(len(t), source.index, dtype=np.int64)
@@ -796,7 +812,8 @@ class FrameWindows:
                         f"{source.where}: episodes without fps; delta_timestamps needs it (re-ingest "
                         f"with --fps, or give obs_horizon/action_horizon in frames)"
                     )
-                named = [(k, o) for k, (_, o) in self.spec.arrays.items()] + list(self.spec.images.items())
+                named = [(k, o) for k, (_, o) in self.spec.arrays.items() if self.spec.array_in_seconds(k)]
+                named += [(c, o) for c, o in self.spec.images.items() if self.spec.image_in_seconds(c)]
                 for key, offsets in named:
                     for n, dt in enumerate(offsets):
                         if abs(dt * fps - round(dt * fps)) / fps > _TOLERANCE_S:
@@ -1030,9 +1047,11 @@ def _build_spec(
     chosen: list[str] | None,
     all_cams: list[str],
 ) -> WindowSpec:
+    """Offsets per feature: ``delta`` (seconds) for the features it names; the horizons (in
+    frames) for ``state``, ``action`` and the ``chosen`` cameras it does not name."""
+    history = tuple(float(k) for k in range(-obs + 1, 1))
+    future = tuple(float(k) for k in range(act))
     if delta is None:
-        history = tuple(float(k) for k in range(-obs + 1, 1))
-        future = tuple(float(k) for k in range(act))
         return WindowSpec(
             {"state": ("states", history), "action": ("actions", future)},
             dict.fromkeys(chosen or [], history),
@@ -1045,9 +1064,9 @@ def _build_spec(
     arrays: dict[str, tuple[str, tuple[float, ...]]] = {}
     images: dict[str, tuple[float, ...]] = {}
     for feature, values in delta.items():
-        offsets = tuple(float(v) for v in values)
-        if not offsets or not all(math.isfinite(v) for v in offsets):
-            raise ValueError(f"delta_timestamps[{feature!r}] must be a non-empty list of finite seconds")
+        if not isinstance(feature, str):
+            raise TypeError(f"delta_timestamps keys must be feature names (str), got {feature!r}")
+        offsets = _seconds_of(feature, values)
         cam = _camera_of(feature, all_cams)
         if cam is not None:
             images[cam] = offsets
@@ -1060,9 +1079,29 @@ def _build_spec(
                 _ALIASES.get(name, (name,))[0],
                 offsets,
             )
-    for cam in chosen or []:
-        images.setdefault(cam, (0.0,))
-    return WindowSpec(arrays, images, seconds=True)
+    horizons = {"state": ("states", history), "action": ("actions", future)}
+    frame_arrays = [key for key in horizons if key not in arrays]  # in order: the output's keys
+    frame_images = [cam for cam in chosen or [] if cam not in images]
+    arrays.update({key: horizons[key] for key in frame_arrays})
+    images.update(dict.fromkeys(frame_images, history))
+    return WindowSpec(arrays, images, True, frozenset(frame_arrays), frozenset(frame_images))
+
+
+def _seconds_of(feature: str, values: Any) -> tuple[float, ...]:
+    """``delta_timestamps[feature]`` as a tuple of finite floats, checked."""
+    if isinstance(values, (str, bytes, Mapping)) or not isinstance(values, Iterable):
+        raise TypeError(
+            f"delta_timestamps[{feature!r}] must be a list of seconds such as [-0.1, 0.0], got {values!r}"
+        )
+    try:
+        offsets = tuple(float(v) for v in values)
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"delta_timestamps[{feature!r}] must be a list of seconds (numbers), got {values!r}"
+        ) from None
+    if not offsets or not all(math.isfinite(v) for v in offsets):
+        raise ValueError(f"delta_timestamps[{feature!r}] must be a non-empty list of finite seconds")
+    return offsets
 
 
 def _camera_of(feature: str, cams: list[str]) -> str | None:

@@ -13,24 +13,28 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+import kinodb
 import kinodb.torch._collate as collate_mod
 from _factories import write_episodes
 from kinodb.torch import KinoFrameDataset, TensorBatch, _ring
 
 pytestmark = pytest.mark.skipif(
-    not sys.platform.startswith("linux") or not os.path.isdir(_ring.SHM_DIR),
-    reason="the batch ring lives in /dev/shm (Linux); elsewhere batches take torch's own path",
+    not sys.platform.startswith("linux") or not _ring.available(),
+    reason="the batch ring is an anonymous memory file opened through /proc (Linux); elsewhere batches "
+    "take torch's own path",
 )
 
 
-def _rings_of(pid: int) -> list[str]:
-    return [n for n in os.listdir(_ring.SHM_DIR) if n.startswith(f"kinodb-batches-{pid}-")]
+def _named_rings() -> list[str]:
+    return [n for n in os.listdir("/dev/shm") if n.startswith("kinodb-")] if os.path.isdir("/dev/shm") else []
 
 
 def test_slots_fill_free_and_time_out(monkeypatch) -> None:
     monkeypatch.setattr(_ring, "WAIT_S", 0.01)
     ring = _ring.Ring(1 << 16, slots=3)
     try:
+        pid, fd, _ = ring.key
+        assert os.readlink(f"/proc/{pid}/fd/{fd}").startswith("/memfd:kinodb-batches")  # no name anywhere
         data = [np.full(100, k, dtype=np.uint8) for k in range(3)]
         slots = []
         for d in data:
@@ -41,20 +45,28 @@ def test_slots_fill_free_and_time_out(monkeypatch) -> None:
         assert sorted(slots) == [0, 1, 2]
         assert ring.take() is None  # every slot unread: the caller falls back
         out = np.empty(100, dtype=np.uint8)
-        _ring.read_slot(ring.path, slots[1], ring.offset(slots[1]), out)
+        _ring.read_slot(ring.key, slots[1], ring.offset(slots[1]), out)
         np.testing.assert_array_equal(out, data[1])
         again = ring.take()
         assert again == slots[1]  # the freed slot is the one handed out next
-        assert not os.path.exists(ring.path)  # the reader unlinked the name on first use
-        _ring.read_slot(ring.path, slots[2], ring.offset(slots[2]), out)  # through its descriptor
+        _ring.read_slot(ring.key, slots[2], ring.offset(slots[2]), out)  # through the descriptor kept
         np.testing.assert_array_equal(out, data[2])
     finally:
         ring.close()
     gone = _ring.Ring(1 << 16, slots=1)
     gone.close()
-    assert not os.path.exists(gone.path)
     with pytest.raises(RuntimeError, match="is gone"):
-        _ring.read_slot(gone.path, 0, gone.offset(0), np.empty(4, dtype=np.uint8))
+        _ring.read_slot(gone.key, 0, gone.offset(0), np.empty(4, dtype=np.uint8))
+
+
+def test_a_reused_pid_and_descriptor_are_not_taken_for_the_ring() -> None:
+    ring = _ring.Ring(1 << 16, slots=1)
+    try:
+        pid, fd, ino = ring.key
+        with pytest.raises(RuntimeError, match="is gone"):  # the same descriptor, another file
+            _ring.read_slot((pid, fd, ino + 1), 0, ring.offset(0), np.empty(4, dtype=np.uint8))
+    finally:
+        ring.close()
 
 
 def test_oversized_payloads_get_no_ring() -> None:
@@ -68,23 +80,22 @@ def _lowdim(tmp_path: Path) -> Path:
 
 
 def test_worker_batches_come_through_the_ring_equal_and_owned(tmp_path: Path, monkeypatch) -> None:
-    reads: list[str] = []
+    reads: list[tuple[int, int, int]] = []
     real = collate_mod.read_slot
 
-    def counting(path: str, *args: object) -> None:
-        reads.append(path)
-        real(path, *args)  # type: ignore[arg-type]
+    def counting(key: tuple[int, int, int], *args: object) -> None:
+        reads.append(key)
+        real(key, *args)  # type: ignore[arg-type]
 
     monkeypatch.setattr(collate_mod, "read_slot", counting)
     ds = KinoFrameDataset(_lowdim(tmp_path), obs_horizon=2, action_horizon=8)
     local = list(DataLoader(ds, batch_size=16))
     loader = DataLoader(ds, batch_size=16, num_workers=2, persistent_workers=True)
     first = list(loader)  # every batch held at once: slots are reused under them
-    live = {int(os.path.basename(p).split("-")[2]) for p in reads}
-    assert all(_rings_of(pid) == [] for pid in live)  # names gone while the workers live
+    assert _named_rings() == []  # the rings have no names
     second = list(loader)
     assert len(reads) == 2 * len(local)  # every batch of both epochs, none the fallback way
-    assert len({os.path.basename(p).split("-")[2] for p in reads}) == 2  # one ring per worker
+    assert len({key[0] for key in reads}) == 2 and len(set(reads)) == 2  # one ring per worker
     for got in (first, second):
         assert len(got) == len(local)
         for a, b in zip(local, got, strict=True):
@@ -94,13 +105,20 @@ def test_worker_batches_come_through_the_ring_equal_and_owned(tmp_path: Path, mo
                 torch.testing.assert_close(a[key], b[key])
     first[0]["state"].zero_()  # a batch owns its memory
     torch.testing.assert_close(second[0]["state"], local[0]["state"])
-    pids = {int(os.path.basename(p).split("-")[2]) for p in reads}
+    pids = {key[0] for key in reads}
+    assert all((key[0], key[2]) in _ring._readers for key in reads)  # this process holds both rings
     del loader, first, second
     gc.collect()
-    for pid in pids:  # the workers are gone and so are their rings
+    for pid in pids:
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, 0)
-        assert _rings_of(pid) == []
+    _ring._readers_lock.acquire()
+    try:  # the next ring opened closes the descriptors of rings whose workers are gone
+        assert not any(_ring._alive(pid) for pid in pids)
+    finally:
+        _ring._readers_lock.release()
+    list(DataLoader(ds, batch_size=16, num_workers=1))
+    assert not any(key[0] in pids for key in _ring._readers)
 
 
 def test_batches_too_large_for_a_slot_take_torchs_path(tmp_path: Path, monkeypatch) -> None:
@@ -168,27 +186,89 @@ def test_a_batch_copied_inside_its_worker_reads_back() -> None:
     assert all(torch.equal(b["b"], torch.arange(3) * k) for k, b in enumerate(got))
 
 
-def test_rings_left_by_killed_workers_are_removed_by_the_next_worker(monkeypatch) -> None:
-    import subprocess as sp
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # torch on the killed worker
+def test_a_worker_killed_before_its_batches_are_read_leaves_nothing(tmp_path: Path) -> None:
+    import signal
     import time
 
-    dead = sp.Popen([sys.executable, "-c", "pass"])
-    dead.wait()  # a pid that no longer runs
-    old = os.path.join(_ring.SHM_DIR, f"kinodb-batches-{dead.pid}-0123456789ab")
-    young = os.path.join(_ring.SHM_DIR, f"kinodb-batches-{dead.pid}-ba9876543210")
-    for path in (old, young):
-        with open(path, "wb") as fh:
-            fh.write(b"\0" * 64)
-    os.utime(old, (time.time() - 2 * _ring.STALE_S,) * 2)
-    monkeypatch.setattr(_ring, "_ring_pid", -1)  # as in a fresh worker
-    monkeypatch.setattr(_ring, "_ring", None)
-    try:
-        ring = _ring.worker_ring(1000)
-        assert ring is not None
-        assert not os.path.exists(old)  # a leftover: its worker is gone and it was never read
-        assert os.path.exists(young)  # too recent to judge
-        ring.close()
-    finally:
-        for path in (old, young):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
+    ds = KinoFrameDataset(_lowdim(tmp_path), obs_horizon=2, action_horizon=4, image_key=False)
+    before = set(_named_rings())
+    it = iter(DataLoader(ds, batch_size=2, num_workers=2))
+    next(it)  # a batch of worker 0; worker 1 packs its first batches into its ring meanwhile
+    time.sleep(0.5)
+    victim = it._workers[1].pid  # type: ignore[attr-defined]
+    fds = os.listdir(f"/proc/{victim}/fd")
+    links = [os.readlink(f"/proc/{victim}/fd/{fd}") for fd in fds]
+    assert any(link.startswith("/memfd:kinodb-batches") for link in links)  # its ring: no name
+    os.kill(victim, signal.SIGKILL)
+    with pytest.raises(RuntimeError, match=r"killed by signal|exited unexpectedly|is gone"):
+        while True:
+            next(it)
+    del it
+    gc.collect()
+    assert set(_named_rings()) == before
+
+
+def test_a_killed_process_group_leaves_nothing(tmp_path: Path) -> None:
+    # SIGTERM to the whole job (what `timeout`, `kill -- -PGID` and schedulers send) right
+    # after the first batch, while the other worker's batches wait unread.
+    import subprocess as sp
+
+    path = _lowdim(tmp_path)
+    code = (
+        "import os, signal, time\n"
+        "from torch.utils.data import DataLoader\n"
+        "from kinodb.torch import KinoFrameDataset\n"
+        f"ds = KinoFrameDataset({str(path)!r}, obs_horizon=2, action_horizon=4, image_key=False)\n"
+        "it = iter(DataLoader(ds, batch_size=2, num_workers=2))\n"
+        "next(it); time.sleep(0.5)\n"
+        "print('read', flush=True)\n"
+        "os.killpg(0, signal.SIGTERM)\n"
+    )
+    before = set(_named_rings())
+    proc = sp.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, start_new_session=True
+    )
+    assert "read" in proc.stdout, proc.stderr
+    assert proc.returncode == -15
+    assert set(_named_rings()) == before
+
+
+def test_a_conjugated_tensor_in_a_worker_batch_arrives() -> None:
+    def conj(batch: list[TensorBatch]) -> TensorBatch:
+        out = collate_mod.collate(batch)
+        out["phase"] = torch.complex(out["a"].double(), out["a"].double()).conj()  # lazy: a conj bit
+        out["neg_view"] = torch.complex(torch.ones(3), torch.ones(3)).conj().imag  # a neg bit
+        return out
+
+    got = list(DataLoader(_CopiesInTheWorker(), batch_size=3, num_workers=1, collate_fn=conj, timeout=60))
+    assert len(got) == 4
+    for k, b in enumerate(got):
+        a = torch.arange(3 * k, 3 * k + 3, dtype=torch.float64)[:, None].expand(3, 4)
+        assert not b["phase"].is_conj()
+        torch.testing.assert_close(b["phase"], torch.complex(a, -a))
+        torch.testing.assert_close(b["neg_view"], -torch.ones(3))
+
+
+def test_a_batch_that_cannot_be_packed_arrives_as_a_plain_dict() -> None:
+    def sparse(batch: list[TensorBatch]) -> TensorBatch:
+        out = collate_mod.collate(batch)
+        out["eye"] = torch.eye(3).to_sparse() * len(out["a"])  # no dense buffer to pack
+        return out
+
+    got = list(DataLoader(_CopiesInTheWorker(), batch_size=4, num_workers=1, collate_fn=sparse, timeout=60))
+    assert len(got) == 3 and all(isinstance(b, TensorBatch) for b in got)
+    for k, b in enumerate(got):
+        assert torch.equal(b["eye"].to_dense(), torch.eye(3) * 4)
+        assert b["a"][:, 0].tolist() == list(range(4 * k, 4 * k + 4))
+
+
+def test_a_batch_that_cannot_be_pickled_is_an_error_not_a_hang() -> None:
+    def unpicklable(batch: list[TensorBatch]) -> TensorBatch:
+        out = collate_mod.collate(batch)
+        out["fn"] = lambda: None
+        return out
+
+    loader = DataLoader(_CopiesInTheWorker(), batch_size=3, num_workers=1, collate_fn=unpicklable, timeout=60)
+    with pytest.raises(kinodb.KinodbError, match=r"could not be pickled to leave the process"):
+        next(iter(loader))

@@ -99,12 +99,16 @@ def test_a_source_a_filter_empties_keeps_its_place(tmp_path: Path) -> None:
     batch = next(iter(DataLoader(ds, batch_size=80)))
     assert np.bincount(batch["source"].numpy(), minlength=3).tolist() == [20, 0, 60]  # the mixture's ids
     assert batch["images"]["front"].shape == (80, 1, 3, 6, 8)
-    with pytest.raises(ValueError, match="mixture source 1 keeps no windows but has a share"):
+    advice = r"has a share of the draws; leave it out of the mixture, give it its own filter in the mixture"
+    with pytest.raises(ValueError, match=rf"mixture source 1 \(.*twenty\.kdb\) keeps no windows .*{advice}"):
         MixtureSampler(ds)
+    with pytest.raises(kinodb.MixtureError, match="weight must be a positive"):
+        kinodb.Mixture({str(paths[1]): 0})  # so the advice is not "weight 0"
     from kinodb.torch import KinoIterDataset
 
-    stream = KinoIterDataset(
-        mix, kql_filter="num_frames != 20", obs_horizon=1, action_horizon=2, image_key=False
-    )
-    with pytest.raises(kinodb.KinodbError, match="mixture source 1 keeps no samples but has a share"):
-        list(stream)
+    with pytest.raises(
+        kinodb.KinodbError, match=rf"mixture source 1 \(.*twenty\.kdb\) keeps no samples .*{advice}"
+    ):
+        KinoIterDataset(  # refused when made, not when iterated
+            mix, kql_filter="num_frames != 20", obs_horizon=1, action_horizon=2, image_key=False
+        )

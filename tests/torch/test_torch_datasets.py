@@ -480,13 +480,18 @@ def test_normalize_needs_statistics_only_of_what_the_dataset_hands_out(tmp_path:
     np.testing.assert_allclose(
         frames[0]["action"][0].double().numpy(), (actions[0] - actions.mean(0)) / actions.std(0), rtol=1e-5
     )
-    only_actions = tmp_path / "a.kdb"
+    lowdim_only = tmp_path / "a.kdb"
+    _write(lowdim_only, [5, 6])
+    write_stats(lowdim_only, compute_stats(lowdim_only, arrays=["states", "actions"]))
+    delta = {"action": [0.0, 0.1], "next.reward": [0.0]}  # rewards are handed out, never normalised
+    ds = KinoFrameDataset(lowdim_only, delta_timestamps=delta, normalize="mean_std")
+    assert ds[0]["action"].shape == (2, 2) and ds[0]["reward"].shape == (1,)
+    only_actions = tmp_path / "b.kdb"
     _write(only_actions, [5, 6])
     write_stats(only_actions, compute_stats(only_actions, arrays=["actions"]))
-    ds = KinoFrameDataset(only_actions, delta_timestamps={"action": [0.0, 0.1]}, normalize="mean_std")
-    assert ds[0]["action"].shape == (2, 2)
-    with pytest.raises(kinodb.KinodbError, match=r"needs statistics of states, but"):
-        KinoFrameDataset(only_actions, normalize="mean_std")
+    for only in ({}, {"delta_timestamps": {"action": [0.0, 0.1]}}):  # states keep their window
+        with pytest.raises(kinodb.KinodbError, match=r"needs statistics of states, but"):
+            KinoFrameDataset(only_actions, normalize="mean_std", **only)
 
 
 def test_episodes_of_different_lengths_without_pad_collate_say_so(tmp_path: Path) -> None:
@@ -715,3 +720,83 @@ def test_samples_of_a_mixed_batch_pickle_and_collate_as_they_are(tmp_path: Path)
     mine = list(plain)
     mine[0]["action"] = mine[0]["action"] + 1
     assert torch.equal(collate(mine)["action"][0], plain[0]["action"] + 1)
+
+
+@pytest.mark.parametrize(
+    ("make", "error", "message"),
+    [
+        (lambda p: KinoFrameDataset(p)[1.5], TypeError, r"index must be an int, got 1.5"),
+        (lambda p: KinoFrameDataset(p)[True], TypeError, r"index must be an int, got True"),
+        (lambda p: KinoFrameDataset(p, image_size=True), TypeError, r"image_size must be None, a positive int or a pair"),
+        (lambda p: KinoFrameDataset(p, image_size=96.0), TypeError, r"image_size must be .*such as \(96, 96\), got 96.0"),
+        (lambda p: KinoMapDataset(p, image_size=(True, 4)), ValueError, r"image_size must be"),
+        (lambda p: KinoFrameDataset(p, image_key=True), TypeError, r"image_key must be a camera name, .*got True"),
+        (lambda p: KinoFrameDataset(p, image_key=0), TypeError, r"image_key must be a camera name, .*got 0"),
+        (lambda p: KinoMapDataset(p, image_key=0), TypeError, r"image_key must be a camera name, a list .*got 0"),
+        (lambda p: KinoIterDataset(p, image_key=[0]), TypeError, r"image_key must be"),
+        (lambda p: KinoFrameDataset(p, delta_timestamps={"action": 0.1}), TypeError,
+         r"delta_timestamps\['action'\] must be a list of seconds such as \[-0.1, 0.0\], got 0.1"),
+    ],
+)  # fmt: skip
+def test_arguments_of_the_wrong_type_are_named(tmp_path: Path, make: Any, error: type, message: str) -> None:
+    path = tmp_path / "cams.kdb"
+    _write(path, [4, 5], cameras={"front": (6, 8, 3)})
+    with pytest.raises(error, match=message):
+        make(path)
+
+
+def test_delta_timestamps_choose_the_cameras_when_image_key_is_not_given(tmp_path: Path) -> None:
+    path = tmp_path / "two.kdb"
+    eps = _write(path, [6, 5], cameras={"front": (6, 8, 3), "wrist": (4, 4, 3)}, codec="raw")
+    delta = {"observation.state": [-0.1, 0.0], "observation.images.wrist": [-0.1, 0.0]}
+    ds = KinoFrameDataset(path, delta_timestamps=delta, normalize=False)
+    assert ds.windows.cameras == ["wrist"]  # not the first camera besides
+    item = ds[7]  # episode 1, frame 1
+    assert item["image_is_pad"].tolist() == [False, False] and "image_is_pad.wrist" not in item
+    want = torch.from_numpy(eps[1]["images"]["wrist"][[0, 1]]).permute(0, 3, 1, 2)
+    assert torch.equal(item["image"], want)
+    both = KinoFrameDataset(path, delta_timestamps={**delta, "front": [0.0]}, normalize=False)
+    assert set(both[7]["images"]) == {"wrist", "front"} and both[7]["images"]["front"].shape == (1, 3, 6, 8)
+    # Unnamed features keep their horizons: the first camera's and the states' history.
+    horizon = KinoFrameDataset(path, obs_horizon=2, action_horizon=3, delta_timestamps={"action": [0.0, 0.1]})
+    item = horizon[7]
+    assert (
+        item["state"].shape == (2, 3)
+        and item["image"].shape == (2, 3, 6, 8)
+        and item["action"].shape == (2, 2)
+    )
+    for image_key in ("front", False):
+        with pytest.raises(kinodb.KinodbError, match=r"names camera 'wrist', which image_key=.* leaves out"):
+            KinoFrameDataset(path, delta_timestamps=delta, image_key=image_key)
+    listed = KinoFrameDataset(path, delta_timestamps=delta, image_key=["front", "wrist"], normalize=False)
+    images = listed[7]["images"]
+    assert images["wrist"].shape == (2, 3, 4, 4) and images["front"].shape == (1, 3, 6, 8)
+
+
+@pytest.mark.integration
+def test_a_file_rewritten_under_a_live_dataset_is_named_in_spawned_workers(tmp_path: Path) -> None:
+    path = tmp_path / "live.kdb"
+    _write(path, [5, 5, 5])
+    frames = KinoFrameDataset(path, obs_horizon=1, action_horizon=2, image_key=False)
+    _write(path, [4], seed=1)  # replaced by a smaller file
+    loader = DataLoader(frames, batch_size=4, num_workers=1, multiprocessing_context="spawn")
+    with pytest.raises(kinodb.KinodbError, match=r"live\.kdb changed since this dataset was made"):
+        list(loader)
+
+
+def test_a_file_appended_to_under_a_live_dataset_is_named_when_reopened(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.kdb", tmp_path / "b.kdb"
+    _write(a, [5, 5])
+    _write(b, [6], seed=1)
+    made = [KinoFrameDataset([str(a), str(b)], image_key=False), KinoMapDataset([str(a), str(b)], image_key=False),
+            KinoIterDataset(kinodb.Mixture({str(a): 1, str(b): 1}), action_horizon=2, image_key=False)]  # fmt: skip
+    blobs = [pickle.dumps(ds) for ds in made]  # as a spawned worker gets them
+    unchanged = pickle.loads(blobs[0])
+    assert unchanged[7]["frame_index"] == 2  # a file as it was: re-opened as usual
+    with kinodb.Writer(a, mode="a") as w:  # one more episode in front of b's samples
+        w.add_episode(actions=np.zeros((3, 2), np.float32), states=np.zeros((3, 3), np.float32), fps=10.0)
+    for blob in blobs:
+        again = pickle.loads(blob)
+        with pytest.raises(kinodb.KinodbError, match=r"a\.kdb changed since this dataset was made \(commit 1 "
+                                                     r"with 2 episodes then, commit 2 with 3 now\)"):  # fmt: skip
+            next(iter(again)) if isinstance(again, KinoIterDataset) else again[0]

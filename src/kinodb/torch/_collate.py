@@ -9,7 +9,10 @@ without a per-sample Python loop; any other collate still sees ordinary sample d
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+import pickle
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
 import numpy as np
@@ -20,7 +23,7 @@ from torch.utils.data._utils.collate import default_collate_fn_map
 from kinodb.errors import KinodbError
 from kinodb.torch._ring import read_slot, worker_ring
 
-__all__ = ["Batch", "MixedBatch", "SchemaBatchSampler", "TensorBatch", "collate", "pad_collate"]
+__all__ = ["Batch", "MixedBatch", "PadSpec", "SchemaBatchSampler", "TensorBatch", "collate", "pad_collate"]
 
 
 class Sample(dict):  # type: ignore[type-arg]
@@ -53,18 +56,39 @@ class _Samples(Sequence[Sample]):
         return (self[k] for k in range(self._size))
 
 
+@dataclass(frozen=True, slots=True)
+class PadSpec:
+    """How batches of a dataset whose sources differ in schema are padded: to the same
+    widths and dtypes in every batch, whichever sources a batch holds.
+
+    ``widths`` maps a windowed key to its widest per-frame shape over all sources (where
+    the sources differ); ``dtypes`` maps a key to the dtype every source's values are
+    brought to (where the sources' dtypes differ).
+    """
+
+    widths: dict[str, tuple[int, ...]]
+    dtypes: dict[str, torch.dtype]
+
+
 class Batch(_Samples):
     """A batch gathered in one go: stacked tensors, viewable as per-sample dicts.
 
     ``stacked`` maps each key to a tensor with the batch as its first axis, or to a
     list (strings, per-sample values). Indexing yields `Sample` dicts (made on demand).
+    ``pad`` is the dataset's `PadSpec` when its sources differ in schema (`pad_collate`
+    pads to it).
     """
 
-    def __init__(self, stacked: dict[str, Any], size: int) -> None:
-        self.stacked, self._size = stacked, size
+    def __init__(self, stacked: dict[str, Any], size: int, pad: PadSpec | None = None) -> None:
+        self.stacked, self._size, self.pad = stacked, size, pad
 
     def _row(self, k: int) -> tuple[dict[str, Any], int]:
         return self.stacked, k
+
+    def padded(self, widths: Mapping[str, tuple[int, ...]] | None = None) -> TensorBatch | None:
+        """What `pad_collate` gives for these samples, as whole arrays; None when a key is
+        of a form only the per-sample path handles."""
+        return _pad_groups([(np.arange(self._size), self.stacked)], self._size, self.pad, widths)
 
 
 class MixedBatch(_Samples):
@@ -72,11 +96,13 @@ class MixedBatch(_Samples):
 
     ``groups`` holds per source ``(positions in the batch, stacked arrays)``. Indexing
     yields `Sample` dicts (made on demand); `pad_collate` pads the groups as whole arrays
-    instead of sample by sample.
+    instead of sample by sample, to the widths of ``pad`` (the dataset's `PadSpec`).
     """
 
-    def __init__(self, groups: list[tuple[np.ndarray, dict[str, Any]]], size: int) -> None:
-        self.groups, self._size = groups, size
+    def __init__(
+        self, groups: list[tuple[np.ndarray, dict[str, Any]]], size: int, pad: PadSpec | None = None
+    ) -> None:
+        self.groups, self._size, self.pad = groups, size, pad
         self._group = np.empty(size, dtype=np.int64)
         self._rows = np.empty(size, dtype=np.int64)
         for g, (sel, _) in enumerate(groups):
@@ -88,57 +114,82 @@ class MixedBatch(_Samples):
     def __reduce__(self) -> tuple[Any, ...]:
         return list, ([dict(s) for s in self],)  # crosses processes as plain sample dicts
 
-    def padded(self) -> TensorBatch | None:
+    def padded(self, widths: Mapping[str, tuple[int, ...]] | None = None) -> TensorBatch | None:
         """What `pad_collate` gives for these samples, group by group; None when a key is
         of a form only the per-sample path handles."""
-        n, first = self._size, self.groups[0][1]
-        out: dict[str, Any] = {}
-        for key in first:
-            parts = [(torch.as_tensor(sel), arrays[key]) for sel, arrays in self.groups]
-            if key in ("image", "images"):
-                if isinstance(first[key], dict):
-                    out[key] = {cam: _frames_of([(i, v[cam]) for i, v in parts]) for cam in first[key]}
-                else:
-                    out[key] = _frames_of(parts)
-                continue
-            if isinstance(first[key], list):
-                merged: list[Any] = [None] * n
-                for sel, arrays in self.groups:
-                    for b, v in zip(sel.tolist(), arrays[key], strict=True):
-                        merged[b] = v
-                out[key] = merged
-                continue
-            tensors = [(i, torch.as_tensor(v)) for i, v in parts]
-            if len({v.dim() for _, v in tensors}) > 1:
-                return None
-            dtype = tensors[0][1].dtype
-            for _, v in tensors[1:]:
-                dtype = torch.promote_types(dtype, v.dtype)
-            shape = [max(v.shape[d] for _, v in tensors) for d in range(1, tensors[0][1].dim())]
-            if key in ("state", "action"):
-                padded = torch.zeros((n, *shape), dtype=dtype)
-                mask = torch.zeros((n, *shape), dtype=torch.bool)
-                for i, v in tensors:
-                    region: Any = (i, *[slice(0, d) for d in v.shape[1:]])
-                    padded[region] = v.to(dtype)
-                    mask[region] = True
-                out[key], out[f"{key}_mask"] = padded, mask
-            elif any(list(v.shape[1:]) != shape for _, v in tensors):
-                return None  # the per-sample path names it
+        return _pad_groups(self.groups, self._size, self.pad, widths)
+
+
+def _pad_groups(
+    groups: list[tuple[np.ndarray, dict[str, Any]]],
+    n: int,
+    pad: PadSpec | None,
+    more: Mapping[str, tuple[int, ...]] | None = None,
+) -> TensorBatch | None:
+    """One batch from per-source parts: ``state`` and ``action`` zero-padded (to the widest
+    in the batch, of ``pad`` and of ``more``) with ``*_mask``, other keys of ``pad.widths``
+    likewise, dtypes promoted; None when a key is of a form only the per-sample path
+    handles."""
+    first = groups[0][1]
+    single = len(groups) == 1  # its positions are then 0..n-1, in order
+    widths = pad.widths if pad is not None else {}
+    dtypes = pad.dtypes if pad is not None else {}
+    out: dict[str, Any] = {}
+    for key in first:
+        parts = [(sel, arrays[key]) for sel, arrays in groups]
+        if key in ("image", "images"):
+            if isinstance(first[key], dict):
+                out[key] = {cam: _frames_of([(i, v[cam]) for i, v in parts]) for cam in first[key]}
             else:
-                whole = torch.empty((n, *shape), dtype=dtype)
-                for i, v in tensors:
-                    whole[i] = v.to(dtype)
-                out[key] = whole
-        if "source" not in first:
-            out["source"] = torch.zeros(n, dtype=torch.int64)
-        return TensorBatch(out)
+                out[key] = _frames_of(parts)
+            continue
+        if isinstance(first[key], list):
+            if single:
+                out[key] = list(first[key])
+                continue
+            merged: list[Any] = [None] * n
+            for sel, values in parts:
+                for b, v in zip(sel.tolist(), values, strict=True):
+                    merged[b] = v
+            out[key] = merged
+            continue
+        tensors = [(i, torch.as_tensor(v)) for i, v in parts]
+        if len({v.dim() for _, v in tensors}) > 1:
+            return None
+        dtype = dtypes.get(key, tensors[0][1].dtype)
+        for _, v in tensors:
+            dtype = torch.promote_types(dtype, v.dtype)
+        shape = [max(v.shape[d] for _, v in tensors) for d in range(1, tensors[0][1].dim())]
+        wide = widths.get(key)
+        shape = _widen(_widen(shape, wide), (more or {}).get(key))
+        if key in ("state", "action") or wide is not None:
+            padded = torch.zeros((n, *shape), dtype=dtype)
+            mask = torch.zeros((n, *shape), dtype=torch.bool)
+            for i, v in tensors:
+                region: Any = (torch.as_tensor(i), *[slice(0, d) for d in v.shape[1:]])
+                padded[region] = v.to(dtype)
+                mask[region] = True
+            out[key], out[f"{key}_mask"] = padded, mask
+        elif any(list(v.shape[1:]) != shape for _, v in tensors):
+            return None  # the per-sample path names it
+        elif single:
+            out[key] = tensors[0][1].to(dtype)
+        else:
+            whole = torch.empty((n, *shape), dtype=dtype)
+            for i, v in tensors:
+                whole[torch.as_tensor(i)] = v.to(dtype)
+            out[key] = whole
+    if "source" not in first:
+        out["source"] = torch.zeros(n, dtype=torch.int64)
+    return TensorBatch(out)
 
 
-def _frames_of(parts: list[tuple[torch.Tensor, Any]]) -> torch.Tensor:
+def _frames_of(parts: list[tuple[Any, Any]]) -> torch.Tensor:
     """Frames ``(B_g, T, C, H, W)`` of each group, as one batch in batch order; channels-last
     frames stay channels-last."""
     tensors = [(i, torch.as_tensor(v)) for i, v in parts]
+    if len(tensors) == 1:  # the whole batch, in order: as gathered (channels-last stays so)
+        return tensors[0][1]
     sizes = sorted({tuple(v.shape[-3:]) for _, v in tensors})
     if len(sizes) > 1:
         raise KinodbError(
@@ -183,6 +234,12 @@ class TensorBatch(dict):  # type: ignore[type-arg]
         return TensorBatch(self)
 
     def __reduce__(self) -> tuple[Any, ...]:
+        try:
+            return self._pack()
+        except Exception as exc:  # a worker's queue would drop the batch silently
+            return _plain(self, exc)
+
+    def _pack(self) -> tuple[Any, ...]:
         # layout: (path, dtype, shape, offset, bytes, axes); dtype is NumPy's type string
         # when NumPy has the dtype (cheaper to pickle and to rebuild), else the torch dtype.
         # A permuted tensor (channels-last frames) travels in its memory order, ``shape``,
@@ -193,6 +250,8 @@ class TensorBatch(dict):  # type: ignore[type-arg]
         size = 0
         for path, value in _flatten(self, ()):
             if type(value) is torch.Tensor and value.is_cpu and not value.requires_grad:
+                if value.is_conj() or value.is_neg():  # lazy conjugation or negation: apply it
+                    value = value.resolve_conj().resolve_neg()
                 size += -size % 16  # aligned for every dtype's view
                 try:
                     arr: Any = value.numpy()
@@ -200,40 +259,67 @@ class TensorBatch(dict):  # type: ignore[type-arg]
                     if not arr.flags.c_contiguous:
                         arr, axes = _memory_order(arr)
                     layout.append((path, arr.dtype.str, arr.shape, size, arr.nbytes, axes))
-                except (TypeError, RuntimeError):  # bfloat16 and other torch-only dtypes, conj bits
+                except (TypeError, RuntimeError):  # bfloat16 and other torch-only dtypes
                     arr = value
-                    layout.append(
-                        (
-                            path,
-                            value.dtype,
-                            tuple(value.shape),
-                            size,
-                            value.numel() * value.element_size(),
-                            None,
-                        )
-                    )
+                    nbytes = value.numel() * value.element_size()
+                    layout.append((path, value.dtype, tuple(value.shape), size, nbytes, None))
                 parts.append((size, arr))
                 size += layout[-1][4]
             else:
                 others.append((path, value))
+        in_worker = get_worker_info() is not None
+        if in_worker and others:  # pickled now: an error is then raised here, not in the queue's thread
+            others = bytes(ForkingPickler.dumps(others))  # type: ignore[assignment]
         # Leaving a DataLoader worker: through the worker's shared-memory ring if it can.
-        ring = worker_ring(size) if size and get_worker_info() is not None else None
+        ring = worker_ring(size) if size and in_worker else None
         slot = ring.take() if ring is not None else None
-        where: tuple[str, int, int] | None = None
+        where: tuple[int, ...] | None = None
         if ring is not None and slot is not None:
-            flat, where = ring.view(slot, size), (ring.path, slot, ring.offset(slot))
+            flat, where = ring.view(slot, size), (*ring.key, slot, ring.offset(slot))
         else:
             flat = np.empty(size, dtype=np.uint8)
-        buffer = torch.from_numpy(flat)
-        for offset, value in parts:
-            if isinstance(value, np.ndarray):  # NumPy copies with far less per-call overhead
-                flat[offset : offset + value.nbytes] = np.ascontiguousarray(value).reshape(-1).view(np.uint8)
-            else:
-                raw = value.contiguous().reshape(-1).view(torch.uint8)
-                buffer[offset : offset + raw.numel()] = raw
+        try:
+            buffer = torch.from_numpy(flat)
+            for offset, value in parts:
+                if isinstance(value, np.ndarray):  # NumPy copies with far less per-call overhead
+                    flat[offset : offset + value.nbytes] = (
+                        np.ascontiguousarray(value).reshape(-1).view(np.uint8)
+                    )
+                else:
+                    raw = value.contiguous().reshape(-1).view(torch.uint8)
+                    buffer[offset : offset + raw.numel()] = raw
+        except BaseException:
+            if ring is not None and slot is not None:
+                ring.release(slot)
+            raise
         if where is not None:
-            return (_from_ring, (*where, size, layout, others))
+            return (_from_ring, (where, size, layout, others))
         return (_unpack, (buffer, layout, others))
+
+
+def _plain(batch: TensorBatch, exc: Exception) -> tuple[Any, ...]:
+    """A batch that could not be packed, pickled as a plain dict of tensors instead (the
+    tensors copied by value); if that fails too, a stand-in that raises the error where
+    the batch is unpickled, so a DataLoader names it instead of waiting for the batch."""
+    try:
+        blob = pickle.dumps(dict(batch), protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as again:
+        return (
+            _unsendable,
+            (f"{type(exc).__name__}: {exc}; pickled as a plain dict: {type(again).__name__}: {again}",),
+        )
+    return (_from_plain, (blob,))
+
+
+def _from_plain(blob: bytes) -> TensorBatch:
+    return TensorBatch(pickle.loads(blob))
+
+
+def _unsendable(reason: str) -> TensorBatch:
+    raise KinodbError(
+        f"a batch (TensorBatch) could not be pickled to leave the process that made it ({reason}); "
+        "return tensors, NumPy arrays, numbers and strings from the dataset or collate_fn"
+    )
 
 
 def _memory_order(arr: np.ndarray) -> tuple[np.ndarray, tuple[int, ...] | None]:
@@ -257,7 +343,8 @@ def _flatten(value: Any, path: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...
 _DTYPES: dict[str, np.dtype[Any]] = {}  # NumPy type strings seen in layouts, parsed once
 
 
-def _unpack(buffer: torch.Tensor, layout: list[Any], others: list[Any]) -> TensorBatch:
+def _unpack(buffer: torch.Tensor, layout: list[Any], others: list[Any] | bytes) -> TensorBatch:
+    rest: list[Any] = ForkingPickler.loads(others) if isinstance(others, bytes) else others
     out = TensorBatch()
     flat = buffer.numpy()
     for path, dtype, shape, offset, n, axes in layout:
@@ -271,16 +358,17 @@ def _unpack(buffer: torch.Tensor, layout: list[Any], others: list[Any]) -> Tenso
             out[path[0]] = value
         else:
             _place(out, path, value)
-    for path, value in others:
+    for path, value in rest:
         _place(out, path, value)
     return out
 
 
 def _from_ring(
-    path: str, slot: int, offset: int, size: int, layout: list[Any], others: list[Any]
+    where: tuple[int, ...], size: int, layout: list[Any], others: list[Any] | bytes
 ) -> TensorBatch:
+    pid, fd, ino, slot, offset = where
     flat = np.empty(size, dtype=np.uint8)
-    read_slot(path, slot, offset, flat)
+    read_slot((pid, fd, ino), slot, offset, flat)
     return _unpack(torch.from_numpy(flat), layout, others)
 
 
@@ -325,20 +413,32 @@ def collate(batch: Sequence[Any]) -> Any:
     return default_collate(batch)  # type: ignore[arg-type]  # any sequence of samples
 
 
-def pad_collate(batch: Sequence[Any]) -> TensorBatch:
+def pad_collate(
+    batch: Sequence[Any], *, widths: Mapping[str, int | Sequence[int]] | None = None
+) -> TensorBatch:
     """Collate samples whose ``state``/``action`` widths (and episode lengths) differ.
 
-    Pads ``state`` and ``action`` with zeros to the widest in the batch (and along time
-    to the longest, for episode items), and adds ``state_mask``/``action_mask`` (True
-    on real entries) and ``source`` (the source id of each sample, 0 when it has none).
-    Everything else is collated as ``default_collate`` would.
+    Pads ``state`` and ``action`` with zeros and adds ``state_mask``/``action_mask``
+    (True on real entries) and ``source`` (the source id of each sample, 0 when it has
+    none); everything else is collated as ``default_collate`` would. A batch gathered
+    by `KinoFrameDataset` over sources of several schemas is padded to the widest of all
+    its sources, with one dtype, so every batch has the same shapes; other samples (episode
+    items, samples taken one by one) are padded to the widest in the batch (and along time
+    to the longest, for episode items).
+
+    Args:
+        batch: The samples, or a batch a kinodb dataset gathered at once.
+        widths: Pad ``state``/``action`` to at least these per-frame widths, e.g.
+            ``{"state": 14, "action": 7}``, for the same shapes in every batch (bind it with
+            ``functools.partial``; ``KinoMapDataset.schema_keys().max(0)`` gives the widest).
 
     Example:
         >>> loader = DataLoader(KinoFrameDataset(mix, action_horizon=8), batch_size=64,
         ...                     collate_fn=kinodb.torch.pad_collate)
     """
-    if isinstance(batch, MixedBatch):  # a batch as gathered at once: padded as whole arrays
-        done = batch.padded()
+    wide = _check_widths(widths)
+    if isinstance(batch, (Batch, MixedBatch)):  # a batch as gathered at once: padded as whole arrays
+        done = batch.padded(wide)
         if done is not None:
             return done
     samples = [dict(s) for s in batch]
@@ -352,7 +452,7 @@ def pad_collate(batch: Sequence[Any]) -> TensorBatch:
         ndim = values[0].dim()
         if any(v.dim() != ndim for v in values):
             raise ValueError(f"pad_collate: {key!r} has different ranks in one batch")
-        shape = [max(v.shape[d] for v in values) for d in range(ndim)]
+        shape = _widen([max(v.shape[d] for v in values) for d in range(ndim)], wide.get(key))
         dtype = values[0].dtype
         for v in values[1:]:  # float32 and float64 sources: float64, whichever comes first
             dtype = torch.promote_types(dtype, v.dtype)
@@ -372,6 +472,38 @@ def pad_collate(batch: Sequence[Any]) -> TensorBatch:
     rest = default_collate(samples)
     out.update(rest)
     return TensorBatch(out)
+
+
+def _check_widths(widths: Mapping[str, int | Sequence[int]] | None) -> dict[str, tuple[int, ...]]:
+    if widths is None:
+        return {}
+    out: dict[str, tuple[int, ...]] = {}
+    if isinstance(widths, Mapping):
+        for key, value in widths.items():
+            dims = (value,) if isinstance(value, (int, np.integer)) else value
+            if (
+                key in ("state", "action")
+                and isinstance(dims, Sequence)
+                and dims
+                and all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d > 0 for d in dims)
+            ):
+                out[key] = tuple(int(d) for d in dims)
+                continue
+            break
+        else:
+            return out
+    raise ValueError(
+        f"widths must map 'state' and/or 'action' to a positive per-frame width (or shape), such as "
+        f"{{'state': 14, 'action': 7}}, got {widths!r}"
+    )
+
+
+def _widen(shape: list[int], wide: tuple[int, ...] | None) -> list[int]:
+    """``shape`` with its trailing dims at least ``wide``'s."""
+    if wide is None or len(wide) > len(shape):
+        return shape
+    k = len(shape) - len(wide)
+    return shape[:k] + [max(a, b) for a, b in zip(shape[k:], wide, strict=True)]
 
 
 def _pop_frames(samples: list[dict[str, Any]], *, pad: bool) -> dict[str, Any]:

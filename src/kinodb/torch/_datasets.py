@@ -12,7 +12,7 @@ from torch.utils.data import Dataset, get_worker_info
 
 from kinodb import _images
 from kinodb.errors import EpisodeNotFoundError, KinodbError
-from kinodb.torch._collate import Batch, MixedBatch, Sample
+from kinodb.torch._collate import Batch, MixedBatch, PadSpec, Sample
 from kinodb.windows import FrameWindows, _frame_data, _open_sources, _Source, stack_groups
 from kinodb.windows import Normalizers as _Normalizers
 from kinodb.windows import normalized_arrays as _used
@@ -61,9 +61,50 @@ def check_normalize(normalize: Any) -> None:
         raise ValueError(f"normalize must be None, False, 'mean_std' or 'min_max', got {normalize!r}")
 
 
+def check_image_key(image_key: Any, *, mapping: bool = True) -> None:
+    """Refuse an ``image_key`` of the wrong type, naming the forms it takes."""
+    if image_key is None or image_key is False or isinstance(image_key, str):
+        return
+    if isinstance(image_key, Mapping) and mapping:
+        return
+    if (
+        isinstance(image_key, Sequence)
+        and not isinstance(image_key, bytes)
+        and all(isinstance(cam, str) for cam in image_key)
+    ):
+        return
+    forms = "a camera name, a list of camera names, " + (
+        "a mapping {output name: camera or [camera per source]}, " if mapping else ""
+    )
+    raise TypeError(
+        f"image_key must be {forms}None (the first camera) or False (no images), got {image_key!r}"
+    )
+
+
+def check_image_size(size: Any) -> tuple[int, int] | None:
+    """``(H, W)`` from ``image_size``: None, a positive int, or a pair of them."""
+
+    def positive(v: Any) -> bool:
+        return bool(isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) and v > 0)
+
+    if size is None:
+        return None
+    if positive(size):
+        return int(size), int(size)
+    if isinstance(size, (tuple, list, np.ndarray)) and len(size) == 2 and all(positive(v) for v in size):
+        return int(size[0]), int(size[1])
+    numbers = (int, np.integer, tuple, list, np.ndarray)
+    kind = ValueError if isinstance(size, numbers) and not isinstance(size, (bool, np.bool_)) else TypeError
+    raise kind(
+        f"image_size must be None, a positive int or a pair (H, W) of positive ints, such as (96, 96), "
+        f"got {size!r}"
+    )
+
+
 def image_keys(image_key: Any, cameras: list[str], where: str) -> tuple[list[str], bool]:
     """``(cameras to load, several?)`` from ``image_key``: a name, a list, None (first), False
     (none), or a mapping of output names to each source's cameras (checked by the windows)."""
+    check_image_key(image_key)
     if image_key is False:
         return [], False
     if isinstance(image_key, Mapping):
@@ -75,6 +116,63 @@ def image_keys(image_key: Any, cameras: list[str], where: str) -> tuple[list[str
         if cam not in cameras:
             raise KinodbError(f"{where}: no camera {cam!r}; it has {cameras or 'no cameras'}")
     return chosen, not isinstance(image_key, str)
+
+
+def pad_spec(fw: FrameWindows, *, normalized: bool) -> PadSpec | None:
+    """How batches of ``fw``'s sources are padded to one layout, or None when the sources
+    share one (or differ in a way only the per-sample path reports)."""
+    try:
+        widest, common = fw._widest()
+    except KinodbError:
+        return None
+    dtypes = {
+        key: torch.from_numpy(np.empty(0, dtype)).dtype
+        for key, dtype in common.items()
+        if not (normalized and key in ("state", "action"))  # normalised: float32 from every source
+    }
+    if not widest and not dtypes:
+        return None
+    return PadSpec(dict(widest), dtypes)
+
+
+def file_identities(sources: Sequence[_Source]) -> list[tuple[str, tuple[int, ...] | None]]:
+    """Each source file's path and committed state (generation, index, counts, index CRC)."""
+    return [(source.db.path(), _commit_of(source.db)) for source in sources]
+
+
+def _commit_of(db: Any) -> tuple[int, ...] | None:
+    c = getattr(db, "_commit", None)
+    if c is None:
+        return None
+    return (c.generation, c.index_offset, c.index_length, c.num_episodes, c.num_frames, c.index_crc)
+
+
+def check_unchanged(files: list[tuple[str, tuple[int, ...] | None]], sources: Sequence[_Source]) -> None:
+    """Raise if a file re-opened (in a DataLoader worker) is not the one the dataset was
+    made from: rewritten, replaced or appended to since. ``sources`` are the re-opened
+    ones; a file among ``files`` but not among them is opened here to look."""
+    from kinodb.kdb.reader import open_database  # deferred: only needed on a re-open
+
+    now = {source.db.path(): _commit_of(source.db) for source in sources}
+    for path, was in files:
+        if path not in now:
+            try:
+                with open_database(path) as db:
+                    now[path] = _commit_of(db)
+            except Exception:  # gone or unreadable: the caller's error says so
+                continue
+        got = now[path]
+        if got != was:
+            what = (
+                f"commit {was[0]} with {was[3]} episodes then, commit {got[0]} with {got[3]} now"
+                if was is not None and got is not None
+                else "another file now"
+            )
+            raise KinodbError(
+                f"{path} changed since this dataset was made ({what}); a DataLoader worker re-opens the "
+                "files by path, and would read other episodes than the dataset indexes: make the dataset "
+                "(and the DataLoader) again after writing to a file it reads"
+            )
 
 
 class _Base(Dataset[dict[str, Any]]):
@@ -107,7 +205,7 @@ class _Base(Dataset[dict[str, Any]]):
         threads_for(threads)
         if not isinstance(channels_last, (bool, np.bool_)):
             raise ValueError(f"channels_last must be True or False, got {channels_last!r}")
-        self._size = _images.check_size(image_size)
+        self._size = check_image_size(image_size)
         self._resize, self._normalize, self._to_tensor = resize, normalize, bool(to_tensor)
         self._threads, self._channels_last = threads, bool(channels_last)
         self._uint8 = image_dtype == "uint8" or (image_dtype is None and normalize is False)
@@ -145,7 +243,9 @@ class KinoFrameDataset(_Base):
             (items then hold ``images`` under the output names).
         image_size: ``(H, W)`` to resize frames to (antialiased), or None for stored size.
         delta_timestamps: LeRobot's ``{feature: [seconds, ...]}``; overrides the horizons
-            for the features it names, converted through each episode's fps.
+            for the features it names, converted through each episode's fps (``state``,
+            ``action`` and the other cameras keep their horizons). With ``image_key=None``
+            the cameras it names are the ones loaded.
         pad: ``"edge"`` or ``"zero"``.
         normalize: None (images float in [0, 1]), False (images uint8, normalise on the
             GPU), ``"mean_std"`` or ``"min_max"`` (states and actions normalised with the
@@ -185,6 +285,7 @@ class KinoFrameDataset(_Base):
         channels_last: bool = False,
         image_dtype: str | None = None,
     ) -> None:
+        check_image_key(image_key)
         self._options(image_size, normalize, resize, to_tensor, decode_threads, channels_last, image_dtype)
         window_args: dict[str, Any] = dict(obs_horizon=obs_horizon, action_horizon=action_horizon,
                                            kql_filter=kql_filter, delta_timestamps=delta_timestamps, pad=pad)  # fmt: skip
@@ -194,19 +295,37 @@ class KinoFrameDataset(_Base):
             fw = FrameWindows(source, cameras=chosen, **window_args)
         else:
             fw = FrameWindows(source, **window_args)
-            chosen, self._several = image_keys(image_key, fw._all_cameras, fw._sources[0].where)
-            if chosen:
-                fw = FrameWindows(source, cameras=chosen, **window_args)
+            named = fw.cameras  # the cameras delta_timestamps names, if any
+            if image_key is None and named:  # those cameras, not the first one besides
+                chosen, self._several = named, len(named) > 1
+            else:
+                chosen, self._several = image_keys(image_key, fw._all_cameras, fw._sources[0].where)
+                left_out = [cam for cam in named if cam not in chosen]
+                if left_out:
+                    raise KinodbError(
+                        f"delta_timestamps names camera {left_out[0]!r}, which image_key={image_key!r} leaves "
+                        f"out; add it to image_key (a list of cameras: {[*chosen, *left_out]!r}) or drop it "
+                        "from delta_timestamps"
+                    )
+                if chosen:
+                    fw = FrameWindows(source, cameras=chosen, **window_args)
         self._args = dict(obs_horizon=obs_horizon, action_horizon=action_horizon, kql_filter=kql_filter,
                           delta_timestamps=delta_timestamps, pad=pad, cameras=chosen or None)  # fmt: skip
         self._source = source
         self._len = len(fw)
+        self._files = file_identities(fw._sources)
         norm = _Normalizers(fw._sources, normalize, _used(fw)) if isinstance(normalize, str) else None
+        self._pad = pad_spec(fw, normalized=norm is not None)
         self._opened: tuple[FrameWindows, _Normalizers | None] | None = (fw, norm)
 
     def _open(self) -> tuple[FrameWindows, _Normalizers | None]:
         if self._opened is None:
-            fw = FrameWindows(self._source, **self._args)  # type: ignore[arg-type]
+            try:
+                fw = FrameWindows(self._source, **self._args)  # type: ignore[arg-type]
+            except Exception:
+                check_unchanged(self._files, [])  # a file rewritten since: say that instead
+                raise
+            check_unchanged(self._files, fw._sources)
             norm = (
                 _Normalizers(fw._sources, self._normalize, _used(fw))
                 if isinstance(self._normalize, str)
@@ -235,7 +354,9 @@ class KinoFrameDataset(_Base):
         return np.concatenate(parts).astype(np.int64)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        if isinstance(index, (int, np.integer)) and -self._len <= index < 0:
+        if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
+            raise TypeError(f"index must be an int, got {index!r}")
+        if -self._len <= index < 0:
             index += self._len
         return dict(self.__getitems__([index])[0])
 
@@ -253,7 +374,7 @@ class KinoFrameDataset(_Base):
             arrays = stack_groups(groups)
         except KinodbError:
             return self._mixed(fw, idx, groups, tasks)
-        return Batch(self._finish(fw, idx, arrays, tasks), len(idx))
+        return Batch(self._finish(fw, idx, arrays, tasks), len(idx), self._pad)
 
     def _finish(
         self, fw: FrameWindows, idx: np.ndarray, arrays: dict[str, Any], tasks: np.ndarray
@@ -280,7 +401,9 @@ class KinoFrameDataset(_Base):
         """Samples of sources with different schemas, gathered per source: `pad_collate`
         pads them as whole arrays, and the default collate names it."""
         return MixedBatch(
-            [(sel, self._finish(fw, idx[sel], arrays, tasks[sel])) for sel, arrays in groups], len(idx)
+            [(sel, self._finish(fw, idx[sel], arrays, tasks[sel])) for sel, arrays in groups],
+            len(idx),
+            self._pad,
         )
 
 
@@ -330,9 +453,11 @@ class KinoMapDataset(_Base):
                 "image_key as a mapping of each source's cameras is for frame windows (KinoFrameDataset, or "
                 "horizons on the streaming datasets); give episode datasets a camera or a list of cameras"
             )
+        check_image_key(image_key, mapping=False)
         self._options(image_size, normalize, resize, to_tensor, decode_threads, channels_last, image_dtype)
         self._source, self._filter = source, kql_filter
         self._opened: tuple[list[_Source], np.ndarray, _Normalizers | None] | None = None
+        self._files: list[tuple[str, tuple[int, ...] | None]] | None = None
         sources = self._open()[0]
         self._cams, self._several = image_keys(image_key, list(sources[0].cameras(0)), sources[0].where)
         # None: the first source's first camera, or, in an episode without it, that
@@ -345,7 +470,16 @@ class KinoMapDataset(_Base):
 
     def _open(self) -> tuple[list[_Source], np.ndarray, _Normalizers | None]:
         if self._opened is None:
-            sources = _open_sources(self._source, self._filter)
+            try:
+                sources = _open_sources(self._source, self._filter)
+            except Exception:
+                if self._files is not None:
+                    check_unchanged(self._files, [])  # a file rewritten since: say that instead
+                raise
+            if self._files is None:
+                self._files = file_identities(sources)
+            else:
+                check_unchanged(self._files, sources)
             starts = np.concatenate([[0], np.cumsum([len(s.kept) for s in sources])]).astype(np.int64)
             norm = _Normalizers(sources, self._normalize) if isinstance(self._normalize, str) else None
             self._opened = (sources, starts, norm)

@@ -11,7 +11,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from kinodb.errors import KinodbError
 from kinodb.mixture import DEFAULT_SEED, Mixture
-from kinodb.torch._collate import Batch, Sample, TensorBatch
+from kinodb.torch._collate import Batch, Sample, TensorBatch, pad_collate
 from kinodb.torch._datasets import KinoFrameDataset, KinoMapDataset
 from kinodb.torch._sampler import cycle_draws
 
@@ -24,10 +24,13 @@ class KinoIterDataset(IterableDataset[dict[str, Any]]):
     Each epoch is one order of all samples (shuffled from ``seed`` and the epoch
     number, or in file order), or for a `Mixture` source a weighted, stratified draw of
     ``num_samples`` (default: every kept episode, or frame, once on average). The order
-    is split by DataLoader worker and by distributed rank (``torch.distributed`` when
-    initialised, or ``rank=``/``world_size=``), so across all of them each sample of the
-    epoch is seen exactly once. Call `set_epoch` before each epoch, as with
-    ``DistributedSampler``.
+    is split by distributed rank (``torch.distributed`` when initialised, read in the
+    rank's process also for spawned workers, or ``rank=``/``world_size=``), and a rank's
+    DataLoader workers deal its share out in whole batches, in turn: across all of them
+    each sample of the epoch is seen exactly once, and a rank yields ``len(ds)`` items.
+    Call `set_epoch` before each epoch, as with ``DistributedSampler``; it reaches
+    persistent workers too. Batches of sources with different schemas are padded to the
+    widest of all sources, with ``state_mask``/``action_mask`` in every batch.
 
     Args:
         source: A path, a `Database`, a list of paths, or a `Mixture`.
@@ -43,6 +46,9 @@ class KinoIterDataset(IterableDataset[dict[str, Any]]):
         image_key, image_size, normalize, resize, to_tensor, decode_threads, channels_last,
         image_dtype: As in
             `KinoFrameDataset`.
+
+    Raises:
+        KinodbError: a mixture source the filters leave empty has a share of the draws.
 
     Example:
         >>> ds = KinoIterDataset("pick.kdb", obs_horizon=2, action_horizon=16, batch_size=256)
@@ -105,38 +111,57 @@ class KinoIterDataset(IterableDataset[dict[str, Any]]):
         self._mixture = source if isinstance(source, Mixture) else None
         self.shuffle, self.seed, self.batch_size = bool(shuffle), int(seed), batch_size
         self.num_samples, self._rank, self._world = num_samples, rank, world_size
-        self.epoch = 0
+        # The rank and world size of torch.distributed, taken in the process that pickles
+        # this dataset for its DataLoader workers: spawned workers have no process group.
+        self._dist: tuple[int, int] | None = None
+        # The epoch lives in shared memory, made before any worker starts: set_epoch then
+        # reaches workers that outlive an epoch (persistent_workers=True), forked or spawned.
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()  # type: ignore[no-untyped-call]
+        if self._mixture is not None:
+            self._mixture_shares()  # a source a filter left empty is refused now, not mid-epoch
+
+    @property
+    def epoch(self) -> int:
+        """The epoch whose order `__iter__` yields (see `set_epoch`)."""
+        return int(self._epoch)
 
     def set_epoch(self, epoch: int) -> None:
-        """Use epoch ``epoch``'s order (deterministic from the seed)."""
+        """Use epoch ``epoch``'s order (deterministic from the seed), in this process and
+        in the DataLoader's workers, persistent ones included."""
         if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
             raise ValueError(f"epoch must be a non-negative int, got {epoch!r}")
-        self.epoch = int(epoch)
+        self._epoch.fill_(int(epoch))
 
-    def _split(self) -> tuple[int, int]:
-        """``(index, count)`` of this reader among all ranks times workers."""
-        rank, world = self._rank, self._world
-        if rank is None:
-            rank, world = 0, 1
-            if torch.distributed.is_available() and torch.distributed.is_initialized():
-                rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
-        info = get_worker_info()
-        wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
-        assert world is not None
-        return rank * nw + wid, world * nw
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        if self._rank is None and get_worker_info() is None:
+            state["_dist"] = _distributed() or self._dist
+        return state
 
-    def epoch_order(self) -> np.ndarray:
-        """Every sample index of the current epoch, in order, before splitting."""
+    def _rank_world(self) -> tuple[int, int]:
+        """This process's rank and the world size: as given, else as torch.distributed says
+        here, else as it said where this dataset was pickled for the worker, else (0, 1)."""
+        if self._rank is not None and self._world is not None:
+            return self._rank, self._world
+        return _distributed() or self._dist or (0, 1)
+
+    def epoch_order(self, epoch: int | None = None) -> np.ndarray:
+        """Every sample index of the epoch (the current one by default), in order, before
+        splitting."""
+        epoch = self.epoch if epoch is None else epoch
         n = len(self._inner)
         if self._mixture is None:
             if not self.shuffle:
                 return np.arange(n, dtype=np.int64)
-            return np.random.default_rng([self.seed, self.epoch]).permutation(n).astype(np.int64)
-        return self._mixture_order()
+            return np.random.default_rng([self.seed, epoch]).permutation(n).astype(np.int64)
+        return self._mixture_order(epoch)
 
-    def _mixture_order(self) -> np.ndarray:
-        """A weighted draw over the mixture's sources: per-source counts by weight, each
-        source cycled without replacement, in a seeded order."""
+    def _mixture_shares(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(samples per source, their first index, draws per source)`` of a mixture epoch.
+
+        Raises:
+            KinodbError: a source the filters leave empty has a share of the draws.
+        """
         mix = self._mixture
         assert mix is not None
         if self.windows:  # per mixture source, 0 where a filter kept nothing
@@ -144,33 +169,51 @@ class KinoIterDataset(IterableDataset[dict[str, Any]]):
         else:
             counts_per_source = self._inner.episodes_by_source()  # type: ignore[union-attr]
         starts = np.concatenate([[0], np.cumsum(counts_per_source)]).astype(np.int64)
-        n = self.num_samples or int(starts[-1])
-        take = mix.counts(n)
+        take = mix.counts(self.num_samples or int(starts[-1]))
+        empty = [s for s, k in enumerate(take.tolist()) if k and not counts_per_source[s]]
+        if empty:
+            info = mix.sources()[empty[0]]
+            raise KinodbError(
+                f"mixture source {empty[0]} ({info.path}) keeps no samples after the filters but has a "
+                "share of the draws; leave it out of the mixture, give it its own filter in the mixture, "
+                "or change kql_filter"
+            )
+        return np.asarray(counts_per_source), starts, take
+
+    def _mixture_order(self, epoch: int) -> np.ndarray:
+        """A weighted draw over the mixture's sources: per-source counts by weight, each
+        source cycled without replacement, in a seeded order."""
+        counts_per_source, starts, take = self._mixture_shares()
         parts = []
         for s, k in enumerate(take.tolist()):
-            units = int(counts_per_source[s])
-            if k and not units:
-                raise KinodbError(
-                    f"mixture source {s} keeps no samples but has a share of the draws; give it its own "
-                    "filter in the mixture, or change kql_filter"
-                )
-            if k == 0:
-                continue
-            parts.append(starts[s] + cycle_draws(self.seed, s, units, self.epoch * k, k))
+            if k:
+                units = int(counts_per_source[s])
+                parts.append(starts[s] + cycle_draws(self.seed, s, units, epoch * k, k))
         order = np.concatenate(parts).astype(np.int64)
-        return order[np.random.default_rng([self.seed, self.epoch, 1 << 20]).permutation(len(order))]
+        return order[np.random.default_rng([self.seed, epoch, 1 << 20]).permutation(len(order))]
+
+    def _epoch_size(self) -> int:
+        if self._mixture is None:
+            return len(self._inner)
+        return int(self._mixture_shares()[2].sum())
 
     def __len__(self) -> int:
-        """Items this reader yields per epoch (batches when ``batch_size`` is set)."""
-        n = len(self.epoch_order()) if self._mixture is not None else len(self._inner)
-        index, count = self._split()
-        mine = len(range(index, n, count))
+        """Items this rank yields per epoch, over all its DataLoader workers (batches when
+        ``batch_size`` is set)."""
+        rank, world = self._rank_world()
+        mine = len(range(rank, self._epoch_size(), world))
         return -(-mine // self.batch_size) if self.batch_size else mine
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        index, count = self._split()
-        order = self.epoch_order()[index::count]
+        # The rank's share is every world-th sample; its DataLoader workers then deal out
+        # whole batches (or samples) in turn, so the rank yields exactly len(self) items,
+        # in the order the DataLoader hands them on (it takes from the workers in turn).
+        rank, world = self._rank_world()
+        info = get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
+        order = self.epoch_order()[rank::world]
         if self.batch_size is None:
+            order = order[wid::nw]
             if isinstance(self._inner, KinoFrameDataset):
                 for start in range(0, len(order), 64):  # gather in chunks, hand out one by one
                     chunk = self._inner.__getitems__(order[start : start + 64].tolist())
@@ -179,19 +222,23 @@ class KinoIterDataset(IterableDataset[dict[str, Any]]):
                 for i in order.tolist():
                     yield self._inner[i]
             return
-        for start in range(0, len(order), self.batch_size):
-            batch = self._inner.__getitems__(order[start : start + self.batch_size].tolist())  # type: ignore[union-attr]
-            if isinstance(batch, Batch):
+        size = self.batch_size
+        inner = self._inner
+        assert isinstance(inner, KinoFrameDataset)
+        for start in range(wid * size, len(order), nw * size):
+            batch = inner.__getitems__(order[start : start + size].tolist())
+            if isinstance(batch, Batch) and batch.pad is None:
                 yield TensorBatch(batch.stacked)
-            else:
-                yield from_samples(batch)
+            else:  # sources of several schemas: padded to the widest of all sources, with masks
+                yield pad_collate(batch)
 
 
-def from_samples(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    """Collate per-sample dicts of different schemas with `pad_collate`."""
-    from kinodb.torch._collate import pad_collate
-
-    return pad_collate(samples)
+def _distributed() -> tuple[int, int] | None:
+    """``(rank, world size)`` of torch.distributed where it is initialised, else None."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return None
 
 
 def from_mixture(

@@ -4,15 +4,22 @@ torch sends every tensor a worker returns through its own shared-memory segment:
 worker creates a segment, the file descriptor crosses to the main process over a
 socket, and the main process maps it. For a batch of low-dimensional windows that
 round trip costs more than gathering the batch. A worker instead keeps one `Ring` of a
-few fixed slots in ``/dev/shm`` for its whole life, copies a pickled batch's bytes into
-a free slot and sends only ``(ring, slot, layout)``. The receiving process reads the
-slot into memory of its own with one ``preadv`` and marks the slot free with one
-``pwrite``: the batch it gets owns its memory, as with torch's own transport. The
-receiver unlinks a ring's name when it opens it (on the first batch), so the ring
-never outlives both processes, even when a worker is killed.
+few fixed slots for its whole life, copies a pickled batch's bytes into a free slot and
+sends only ``(ring, slot, layout)``. The receiving process reads the slot into memory
+of its own with one ``preadv`` and marks the slot free with one ``pwrite``: the batch it
+gets owns its memory, as with torch's own transport.
 
-Anything that does not fit (no ``/dev/shm``, a payload over `MAX_PAYLOAD`, every slot
-still unread after `WAIT_S`) goes the ordinary way, so the ring can only save time.
+The ring is an anonymous memory file (``memfd_create``): it has no name in ``/dev/shm``
+or anywhere else, so nothing can be left behind, whatever kills the worker or the
+trainer and whenever. The kernel frees it when the last descriptor and map of it close.
+The worker keeps its descriptor open, and the receiving process opens the same file
+once, on the first batch of that ring, through ``/proc/<worker pid>/fd/<descriptor>``
+(the ring's inode number, sent along, makes sure it is that file); it closes its
+descriptors of rings whose workers have exited.
+
+Anything that does not fit (no ``memfd_create`` or ``/proc``, a payload over
+`MAX_PAYLOAD`, every slot still unread after `WAIT_S`) goes the ordinary way, so the
+ring can only save time.
 """
 
 from __future__ import annotations
@@ -20,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
-import secrets
 import threading
 import time
 from multiprocessing.util import Finalize
@@ -28,18 +34,24 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["MAX_PAYLOAD", "Ring", "read_slot", "worker_ring"]
+__all__ = ["MAX_PAYLOAD", "Ring", "RingKey", "read_slot", "worker_ring"]
 
-SHM_DIR = "/dev/shm"
 MAX_PAYLOAD = 2 << 20  # larger batches (decoded images) gain little and would pin more memory
 SLOTS = 6  # a worker has at most prefetch_factor (2 by default) batches unread at a time
 HEADER = 64  # one state byte per slot (0 free, 1 holds a batch), then the slots
 ALIGN = 1 << 16
 WAIT_S = 0.05
 
+RingKey = tuple[int, int, int]  # (worker pid, its descriptor of the ring, the ring's inode)
+
+
+def available() -> bool:
+    """Whether rings can be made here: anonymous memory files and ``/proc`` (Linux)."""
+    return hasattr(os, "memfd_create") and os.path.isdir("/proc/self/fd")
+
 
 class Ring:
-    """A worker's slots in one ``/dev/shm`` file, unlinked when the worker exits.
+    """A worker's slots in one anonymous memory file, freed with the last process using it.
 
     Args:
         slot_size: Bytes per slot (a multiple of 64 KiB).
@@ -49,19 +61,17 @@ class Ring:
     def __init__(self, slot_size: int, slots: int | None = None) -> None:
         slots = SLOTS if slots is None else slots
         self.slot_size, self.slots = slot_size, slots
-        self.path = os.path.join(SHM_DIR, f"kinodb-batches-{os.getpid()}-{secrets.token_hex(6)}")
         size = HEADER + slot_size * slots
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        fd = os.memfd_create("kinodb-batches", os.MFD_CLOEXEC)
         try:
-            self._finalizer = Finalize(self, _unlink, (self.path,), exitpriority=10)
-            # Reserve the memory now: a full /dev/shm is an OSError here, not a SIGBUS later.
+            # Reserve the memory now: running out is an OSError here, not a SIGBUS later.
             os.posix_fallocate(fd, 0, size)
             self._mm = mmap.mmap(fd, size)
+            self.key: RingKey = (os.getpid(), fd, os.fstat(fd).st_ino)
         except BaseException:
-            _unlink(self.path)
-            raise
-        finally:
             os.close(fd)
+            raise
+        self._finalizer = Finalize(self, _close_quietly, (fd,), exitpriority=10)
         self._next = 0
         self._lock = threading.Lock()
 
@@ -86,6 +96,10 @@ class Ring:
                     return None
                 time.sleep(0.0002)
 
+    def release(self, slot: int) -> None:
+        """Free ``slot`` unread (its batch was not sent)."""
+        self._mm[slot] = 0
+
     def view(self, slot: int, nbytes: int) -> np.ndarray:
         """The first ``nbytes`` of ``slot``, writable uint8."""
         return np.frombuffer(self._mm, dtype=np.uint8, count=nbytes, offset=self.offset(slot))
@@ -94,63 +108,69 @@ class Ring:
         return HEADER + slot * self.slot_size
 
     def close(self) -> None:
+        """Close the worker's descriptor (readers holding theirs keep the file)."""
         self._finalizer()
 
 
-def _unlink(path: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
+def _close_quietly(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        os.close(fd)
 
 
-_readers: dict[str, int] = {}  # ring path -> descriptor, in the reading process
+_readers: dict[tuple[int, int], int] = {}  # (worker pid, ring inode) -> descriptor, in the reader
 _readers_lock = threading.Lock()
 
 
-def read_slot(path: str, slot: int, offset: int, out: Any) -> None:
-    """Fill ``out`` (a writable buffer) from ``slot`` of the ring at ``path``, then free the slot.
+def read_slot(key: RingKey, slot: int, offset: int, out: Any) -> None:
+    """Fill ``out`` (a writable buffer) from ``slot`` of the ring ``key``, then free the slot.
 
     A batch read back in the worker that packed it (a copy or pickle made there) comes
-    straight from the worker's own map, which stays linked for the main process.
+    straight from the worker's own map.
     """
-    own = _ring if _ring is not None and _ring.path == path and _ring_pid == os.getpid() else None
+    own = _ring if _ring is not None and _ring.key == key and _ring_pid == os.getpid() else None
     if own is not None:
         n = len(memoryview(out).cast("B"))
         np.frombuffer(out, dtype=np.uint8)[:] = own.view(slot, n)
-        own._mm[slot] = 0
+        own.release(slot)
         return
-    fd = _readers.get(path)
+    fd = _readers.get((key[0], key[2]))
     if fd is None:
-        fd = _open_ring(path)
+        fd = _open_ring(key)
     got = os.preadv(fd, [out], offset)
     if got != len(memoryview(out).cast("B")):
-        raise RuntimeError(f"short read of a batch from {path}: {got} bytes")
+        raise RuntimeError(f"short read of a batch from the ring of worker {key[0]}: {got} bytes")
     os.pwrite(fd, b"\x00", slot)
 
 
-def _open_ring(path: str) -> int:
-    """Open a ring on its first batch and unlink its name at once: from then on the ring
-    lives only as long as its worker and this descriptor, so a killed worker leaves
-    nothing in /dev/shm. Descriptors of rings whose workers have exited are closed here."""
+def _open_ring(key: RingKey) -> int:
+    """Open a worker's ring on its first batch, through the worker's own descriptor.
+    Descriptors of rings whose workers have exited are closed here (the batches they
+    held have been read)."""
+    pid, worker_fd, ino = key
     with _readers_lock:
-        fd = _readers.get(path)
+        fd = _readers.get((pid, ino))
         if fd is not None:
             return fd
+        gone = RuntimeError(
+            f"the batch buffer of DataLoader worker {pid} is gone (the worker exited before its batch "
+            "was read); re-create the DataLoader iterator"
+        )
         try:
-            fd = os.open(path, os.O_RDWR)
+            fd = os.open(f"/proc/{pid}/fd/{worker_fd}", os.O_RDWR | os.O_CLOEXEC)
         except FileNotFoundError:
+            raise gone from None
+        except PermissionError:
             raise RuntimeError(
-                f"a DataLoader worker's batch buffer {path} is gone (the worker exited before its "
-                "batch was read); re-create the DataLoader iterator"
+                f"cannot open the batch buffer of DataLoader worker {pid} through /proc/{pid}/fd: this "
+                "system does not let a process open another's descriptors"
             ) from None
-        _unlink(path)
-        for old in [p for p in _readers if not _alive(_worker_pid(p))]:
+        if os.fstat(fd).st_ino != ino:  # the worker is gone and its pid and descriptor reused
+            os.close(fd)
+            raise gone
+        for old in [k for k in _readers if not _alive(k[0])]:
             os.close(_readers.pop(old))
-        _readers[path] = fd
+        _readers[(pid, ino)] = fd
         return fd
-
-
-def _worker_pid(path: str) -> int:
-    return int(os.path.basename(path).split("-")[2])
 
 
 def _alive(pid: int) -> bool:
@@ -168,34 +188,16 @@ _ring: Ring | None = None
 _ring_pid = -1
 
 
-STALE_S = 600.0  # a ring's name lives until its first batch is read: older names are leftovers
-
-
-def _remove_stale_rings() -> None:
-    """Unlink rings left in /dev/shm by workers killed before their first batch was read
-    (the name is unlinked on that read, so an old name whose worker is gone is a leftover)."""
-    now = time.time()
-    with contextlib.suppress(OSError):
-        for name in os.listdir(SHM_DIR):
-            if not name.startswith("kinodb-batches-"):
-                continue
-            path = os.path.join(SHM_DIR, name)
-            with contextlib.suppress(OSError, ValueError, IndexError):
-                if now - os.stat(path).st_mtime > STALE_S and not _alive(_worker_pid(path)):
-                    os.unlink(path)
-
-
 def worker_ring(nbytes: int) -> Ring | None:
     """This process's ring, made on first use with slots sized for ``nbytes``; None where
-    no ring can serve a payload of ``nbytes`` (too large, or shared memory unavailable)."""
+    no ring can serve a payload of ``nbytes`` (too large, or rings unavailable here)."""
     global _ring, _ring_pid
     if nbytes > MAX_PAYLOAD:
         return None
     with _lock:
         if _ring_pid != os.getpid():  # first use in this process (a fork copies the parent's)
             _ring, _ring_pid = None, os.getpid()
-            if os.path.isdir(SHM_DIR):
-                _remove_stale_rings()
+            if available() and _parent_readable():
                 size = min(MAX_PAYLOAD, max(2 * nbytes, ALIGN))
                 try:
                     _ring = Ring(-(-size // ALIGN) * ALIGN)
@@ -205,3 +207,14 @@ def worker_ring(nbytes: int) -> Ring | None:
     if ring is None or nbytes > ring.slot_size:
         return None
     return ring
+
+
+def _parent_readable() -> bool:
+    """Whether this process may open its parent's descriptors, as a stand-in for the
+    parent opening ours (the same test, the other way round): where a security policy
+    forbids it, batches take torch's own path."""
+    try:
+        os.listdir(f"/proc/{os.getppid()}/fd")
+    except OSError:
+        return False
+    return True

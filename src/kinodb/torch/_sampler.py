@@ -99,8 +99,9 @@ class MixtureSampler(Sampler[int]):
         empty = [i for i, k in enumerate(self._counts.tolist()) if k and not sizes[i]]
         if empty:
             raise ValueError(
-                f"mixture source {empty[0]} keeps no windows but has a share of the draws; give it weight 0 "
-                "or change the filters"
+                f"mixture source {empty[0]} ({mixture.sources()[empty[0]].path}) keeps no windows after the "
+                "filters but has a share of the draws; leave it out of the mixture, give it its own filter in "
+                "the mixture, or change the dataset's kql_filter"
             )
         self._bounds, self._sizes = bounds, sizes
         self.num_samples, self.seed, self.rank, self.world_size = (
