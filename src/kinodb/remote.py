@@ -19,6 +19,8 @@ from kinodb.serve import (
     InvalidRequestError,
     KinoClient,
     RemoteError,
+    ServerBusyError,
+    ServerTimeoutError,
     ServerUnavailableError,
 )
 
@@ -32,6 +34,8 @@ __all__ = [
     "KinoClient",
     "KinoRemoteDataset",
     "RemoteError",
+    "ServerBusyError",
+    "ServerTimeoutError",
     "ServerUnavailableError",
 ]
 

@@ -12,7 +12,7 @@ from _server_proc import ServerProcess
 torch = pytest.importorskip("torch", reason="KinoRemoteDataset needs torch")
 from torch.utils.data import DataLoader  # noqa: E402
 
-from kinodb.remote import KinoRemoteDataset  # noqa: E402
+from kinodb.remote import KinoClient, KinoRemoteDataset  # noqa: E402
 from kinodb.torch import KinoFrameDataset, KinoMapDataset  # noqa: E402
 
 
@@ -68,3 +68,18 @@ def test_seeded_epochs_over_workers(server: ServerProcess) -> None:
     unseeded = KinoRemoteDataset(server.addr, batch_size=4, num_batches=2, to_tensor=False)
     items = list(unseeded)
     assert len(items) == 8 and isinstance(items[0]["action"], np.ndarray)
+
+
+def test_an_epoch_covers_the_windows_the_filter_keeps(server: ServerProcess, main_kdb: Path) -> None:
+    kql = "success = true AND num_frames > 9"
+    local = KinoFrameDataset(main_kdb, obs_horizon=2, action_horizon=4, kql_filter=kql)
+    with KinoClient(server.addr) as client:
+        assert len(local) < client.server_info()["num_frames"] - 8
+    ds = KinoRemoteDataset(server.addr, batch_size=8, mode="sequential",
+                           windows={"obs_horizon": 2, "action_horizon": 4, "kql_filter": kql})  # fmt: skip
+    for workers in (0, 2):
+        batches = list(DataLoader(ds, batch_size=None, num_workers=workers))
+        assert len(batches) == math.ceil(len(local) / 8)
+        seen = torch.cat([b["index"] for b in batches]).tolist()
+        assert set(seen) == set(range(len(local)))  # every window the filter keeps, once (and a few again)
+        assert len(seen) - len(local) < 8

@@ -234,3 +234,36 @@ def test_status_codes_on_the_wire(server: ServerProcess) -> None:
             assert err.value.code() == code, (request, err.value.details())
             assert err.value.details()
         assert stub.ServerInfo(pb.InfoRequest(), timeout=10).num_episodes == 20
+
+
+def test_arguments_are_checked_before_sending(client: KinoClient) -> None:
+    cases = [
+        (lambda: client.get_episode(2**64), r"episode index i must be a non-negative int below 2\*\*64"),
+        (lambda: client.get_meta(-1), "episode index i must be a non-negative int"),
+        (lambda: client.get_windows(2, include_images=True, image_size=(-1, 5)),
+         r"image_size must be \(H, W\), two positive ints, got \(-1, 5\)"),
+        (lambda: client.get_windows(2, include_images=True, image_size=(0, 5)), "image_size must be"),
+        (lambda: client.get_windows(2, include_images=True, image_size=(4,)), "image_size must be"),
+        (lambda: client.get_windows(2, obs_horizon=2**32), r"obs_horizon must be a positive int below 2\*\*32"),
+        (lambda: client.get_batch(2**32), r"batch_size must be a positive int below 2\*\*32"),
+        (lambda: client.get_batch(2, offset=-1), "offset must be a non-negative int"),
+        (lambda: client.get_batch(2, seed=2**64), "seed must be a non-negative int"),
+        (lambda: client.query("success = true", limit=2**32), "limit must be a non-negative int below 2"),
+        (lambda: next(client.stream_windows(2, num_batches=-1)), "num_batches must be a non-negative int"),
+        (lambda: next(client.stream_batches(2, stride=-2)), "stride must be a non-negative int"),
+    ]  # fmt: skip
+    for call, match in cases:
+        with pytest.raises(ValueError, match=match):
+            call()
+    assert client.server_info()["num_episodes"] == 20
+
+
+def test_a_closed_client_says_so(server: ServerProcess) -> None:
+    closed = KinoClient(server.addr)
+    assert closed.server_info()["num_episodes"] == 20
+    closed.close()
+    for call in (closed.server_info, lambda: closed.get_windows(2), lambda: next(closed.stream_windows(2))):
+        with pytest.raises(ValueError, match=f"KinoClient for server {server.addr}: the client is closed"):
+            call()
+    with pytest.raises(ValueError, match="timeout must be a positive number of seconds or None"):
+        KinoClient(server.addr, timeout=0)

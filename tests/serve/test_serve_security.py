@@ -191,3 +191,28 @@ def _env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("KINODB_TOKEN", "GRPC_VERBOSITY")}
     env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")])
     return env
+
+
+def test_tokens_are_stripped_as_the_server_strips_them(
+    secure_server: ServerProcess, certificate: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with KinoClient(secure_server.addr, token=f"  {TOKEN}\n", tls_ca=certificate[0]) as client:
+        assert client.server_info()["num_episodes"] == 20  # as read from a token file
+    monkeypatch.setenv("KINODB_TOKEN", f"{TOKEN}\r\n")
+    with KinoClient(secure_server.addr, tls_ca=certificate[0]) as client:
+        assert client.server_info()["num_episodes"] == 20
+    with pytest.raises(ValueError, match="the token holds characters a gRPC header cannot carry"):
+        KinoClient(secure_server.addr, token="two\nlines", tls_ca=certificate[0])
+    monkeypatch.setenv("KINODB_TOKEN", "tab\tinside")
+    with pytest.raises(ValueError, match=r"\$KINODB_TOKEN holds characters a gRPC header cannot carry"):
+        KinoClient(secure_server.addr, tls_ca=certificate[0])
+
+
+def test_the_clear_text_warning_is_a_kino_serve_line(main_kdb: Path) -> None:
+    env = dict(_env(), KINODB_TOKEN="from-env")
+    proc = ServerProcess([str(main_kdb), "--bind", "0.0.0.0"], env=env)
+    assert proc.stop() == 0
+    assert proc.stderr.strip().splitlines() == [
+        "kino-serve: warning: the bearer token travels in clear text: serve TLS (--tls-cert/--tls-key) off "
+        "loopback"
+    ]

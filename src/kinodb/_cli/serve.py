@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import faulthandler
+import logging
 import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from kinodb._cli._errors import EXIT_OK, dispatch
@@ -33,7 +36,9 @@ def register(sub: Any) -> None:
 _DESCRIPTION = """\
 Serve episodes, frame windows, metadata and KQL queries over gRPC (service
 kinodb.v1.KinoService; clients of the earlier kinodb.KinoService keep working).
-SIGTERM or Ctrl-C stops accepting calls, lets calls in flight finish (--grace), exits 0.
+SIGTERM or Ctrl-C stops accepting calls, lets calls in flight finish (--grace), exits 0;
+a second one cancels them and stops at once. Serve files that are replaced by renaming
+a new file over them (as kinodb's writers do), never rewritten in place.
 The bearer token comes from --token-file, else the KINODB_TOKEN environment variable."""
 
 
@@ -48,7 +53,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=_int_in(0, 2**63 - 1), default=DEFAULT_SEED,
                    help=f"seed of the stream that seed-0 requests draw from, and of the mixture (default: {DEFAULT_SEED})")  # fmt: skip
     p.add_argument("--workers", type=_int_in(1, 1024), default=16,
-                   help="threads serving calls; each open stream holds one (default: 16)")  # fmt: skip
+                   help="streams served at once, each on its own thread; one more thread serves "
+                        "other calls, and a stream beyond them is refused (default: 16)")  # fmt: skip
     p.add_argument("--max-batch", type=_int_in(1, 1 << 20), default=1024,
                    help="largest batch_size a request may ask for (default: 1024)")  # fmt: skip
     p.add_argument("--tls-cert", metavar="PEM", help="certificate chain; with --tls-key, serve TLS")
@@ -111,6 +117,16 @@ def run(args: argparse.Namespace) -> int:
     # gRPC's core logs bind and TLS failures on stderr on its own; kinodb reports them in
     # one line, so the core's lines only show with --debug (or a GRPC_VERBOSITY of the user's).
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR" if getattr(args, "debug", False) else "NONE")
+    # A served file rewritten in place (not replaced by a rename) can end the process with
+    # SIGBUS on the next read of its map; say so on stderr rather than vanish without a word.
+    if not faulthandler.is_enabled():
+        with contextlib.suppress(OSError, ValueError, RuntimeError):  # no usable stderr
+            faulthandler.enable()
+    with _log_lines():
+        return _serve(args, source)
+
+
+def _serve(args: argparse.Namespace, source: Any) -> int:
     from kinodb.serve.server import KinoServer  # deferred: imports grpc
 
     server = KinoServer(
@@ -122,19 +138,60 @@ def run(args: argparse.Namespace) -> int:
     except BaseException:
         server.stop(0)
         raise
-    stop = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    stop, hurry = threading.Event(), threading.Event()
+
+    def on_signal(*_: Any) -> None:
+        (hurry if stop.is_set() else stop).set()  # a second signal: stop at once
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        print(f"kino-serve: {server.describe()}", flush=True)
+        _say(f"kino-serve: {server.describe()}")
         while not stop.wait(0.5):  # a timed wait lets the signal handlers run
             pass
-        print("kino-serve: stopping; letting calls in flight finish", flush=True)
+        _say(
+            f"kino-serve: stopping; letting calls in flight finish (up to {args.grace:g} s; "
+            "Ctrl-C again stops at once)"
+        )
     finally:
-        server.stop(args.grace)
+        server.stop(args.grace, hurry=hurry)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    print("kino-serve: stopped", flush=True)
+    _say("kino-serve: stopped" + (", calls in flight cancelled" if hurry.is_set() else ""))
     return EXIT_OK
+
+
+def _say(line: str) -> None:
+    """Print a status line; a closed stdout (the reader went away) does not stop the server."""
+    try:
+        print(line, flush=True)
+    except (BrokenPipeError, ValueError):  # ValueError: stdout itself was closed
+        # Later prints and the interpreter's final flush would fail again: send them nowhere.
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+class _Prefixed(logging.Formatter):
+    """The library's log lines as kino-serve's: ``kino-serve: warning: ...``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        level = "" if record.levelno < logging.WARNING else f"{record.levelname.lower()}: "
+        return f"kino-serve: {level}{super().format(record)}"
+
+
+@contextlib.contextmanager
+def _log_lines() -> Iterator[None]:
+    """Log kinodb's messages on stderr with the ``kino-serve:`` prefix while serving."""
+    logger = logging.getLogger("kinodb")
+    handler = logging.StreamHandler()
+    handler.setFormatter(_Prefixed("%(message)s"))
+    propagate = logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
 
 
 def build_parser() -> argparse.ArgumentParser:

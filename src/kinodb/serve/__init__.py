@@ -26,6 +26,8 @@ from kinodb.serve._errors import (  # noqa: E402
     BatchTooLargeError,
     InvalidRequestError,
     RemoteError,
+    ServerBusyError,
+    ServerTimeoutError,
     ServerUnavailableError,
 )
 from kinodb.serve.client import KinoClient  # noqa: E402
@@ -39,5 +41,7 @@ __all__ = [
     "KinoClient",
     "KinoServer",
     "RemoteError",
+    "ServerBusyError",
+    "ServerTimeoutError",
     "ServerUnavailableError",
 ]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +25,7 @@ from kinodb.mixture import Mixture
 from kinodb.serve._errors import BatchTooLargeError
 from kinodb.serve._messages import fill_tensor, legacy_frames, meta_to_pb
 from kinodb.serve._proto import kinodb_pb2 as pb
+from kinodb.serve._sizes import EpisodeSizes, episode_sizes
 from kinodb.serve._wire import CameraPart, encode_windows
 from kinodb.windows import FrameWindows, Normalizers, normalized_arrays
 
@@ -78,12 +79,10 @@ class Backend:
         self._g_frames = np.concatenate(
             [np.asarray(db.episodes()["num_frames"], dtype=np.int64)[k] for db, k in zip(self._dbs, self._kept, strict=True)]
         )  # fmt: skip
-        self._array_bytes, self._image_bytes = self._frame_bytes()
+        self._sizes(episode_sizes(db, k) for db, k in zip(self._dbs, self._kept, strict=True))
         self._task_names, self._task_codes, self._task_base = self._task_table()
-        self.cameras: dict[str, dict[str, Any]] = (
-            self._dbs[0].cameras(int(self._g_pos[0])) if len(self) else {}
-        )
-        largest = int(self._g_frames.max(initial=0) * (self._array_bytes + self._image_bytes).max(initial=0))
+        whole = self._g_arrays + sum(self._g_images.values(), np.zeros(len(self), dtype=np.int64))
+        largest = int(whole.max(initial=0))  # an episode with every camera's frames decoded
         item = largest + largest // 4 + 4096  # the earlier per-frame form costs ~1.25x the packed bytes
         self.max_message = int(min(_MAX_MESSAGE, max(_MIN_MESSAGE, max_batch * item)))
         self._stream = np.random.default_rng(seed)
@@ -91,30 +90,25 @@ class Backend:
         self._windows: dict[tuple[Any, ...], tuple[FrameWindows, int, Normalizers | None]] = {}
         self._windows_lock = threading.Lock()
 
-    def _common_cameras(self) -> list[str]:
-        """The cameras of every served source (their first kept episodes), in the first's order."""
-        names = [
-            list(db.cameras(int(kept[0])))
-            for db, kept in zip(self._dbs, self._kept, strict=True)
-            if len(kept)
-        ]
-        return [cam for cam in names[0] if all(cam in other for other in names[1:])] if names else []
+    def _sizes(self, per_source: Iterable[EpisodeSizes]) -> None:
+        """Per served episode: bytes of its arrays and of each camera's decoded frames; the
+        cameras of each source and of all (the union, in order of first appearance)."""
+        sizes = list(per_source)
+        self._source_cameras = [s.cameras for s in sizes]
+        self.cameras: list[str] = list(dict.fromkeys(c for s in sizes for c in s.cameras))
+        self._g_arrays = np.concatenate([s.arrays for s in sizes]).astype(np.int64)
+        self._g_images: dict[str, NDArray[np.int64]] = {}
+        for cam in self.cameras:
+            self._g_images[cam] = np.concatenate(
+                [s.images.get(cam, np.zeros(len(s.arrays), dtype=np.int64)) for s in sizes]
+            ).astype(np.int64)
+        frames = np.maximum(self._g_frames, 1)
+        self._largest_frame = {cam: int((b // frames).max(initial=0)) for cam, b in self._g_images.items()}
 
-    def _frame_bytes(self) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
-        """Per source: bytes per frame of the low-dim arrays and of decoded images (first episode)."""
-        arrays, images = [], []
-        for db, kept in zip(self._dbs, self._kept, strict=True):
-            if not len(kept):
-                arrays.append(0)
-                images.append(0)
-                continue
-            ep = db.read_episode_actions_only(int(kept[0]))
-            ep.pop("meta")
-            arrays.append(
-                sum(a.dtype.itemsize * int(np.prod(a.shape[1:], dtype=np.int64)) for a in ep.values())
-            )
-            images.append(sum(int(np.prod(c["shape"][1:])) for c in db.cameras(int(kept[0])).values()))
-        return np.array(arrays, dtype=np.int64), np.array(images, dtype=np.int64)
+    def _common_cameras(self) -> list[str]:
+        """The cameras every served source holds (in some kept episode), in the first's order."""
+        names = [cams for cams, kept in zip(self._source_cameras, self._kept, strict=True) if len(kept)]
+        return [cam for cam in names[0] if all(cam in other for other in names[1:])] if names else []
 
     def _task_table(self) -> tuple[NDArray[Any], NDArray[np.int32], NDArray[np.int64]]:
         """Every task text once, each file position's code, and each source's first code row."""
@@ -152,6 +146,8 @@ class Backend:
     def episode(self, req: pb.EpisodeRequest, *, legacy: bool = False) -> pb.EpisodeResponse:
         """`GetEpisode`; the earlier service always sent decoded images in its per-frame form."""
         images = _Images(True, (), None) if legacy else self._image_opts(req, req.include_images)
+        self._locate(req.position)  # out of range: EpisodeNotFoundError, before any estimate
+        self._check_estimate(self._estimate(np.array([req.position]), images), "this episode")
         resp = pb.EpisodeResponse()
         self._episode(req.position, resp.episode, images, legacy)
         self._check_size(resp.ByteSize(), "this episode")
@@ -187,9 +183,9 @@ class Backend:
             return self._window_batch(req, mode, [start], rng)
         idx = self._draw(mode, len(self), size, start, rng, np.diff(self._starts), self._shares)
         images = self._image_opts(req, req.include_images)
-        per_frame = self._array_bytes + (self._image_bytes if images is not None else 0)
-        estimate = int((self._g_frames[idx] * per_frame[self._g_source[idx]]).sum())
-        self._check_estimate(estimate, f"a batch of {size} episodes")
+        if legacy and images is not None:  # the earlier service always sent decoded frames
+            images = _Images(True, images.cameras, None)
+        self._check_estimate(self._estimate(idx, images), f"a batch of {size} episodes")
         resp = pb.BatchResponse()
         if mode == "sequential":
             resp.next_offset = (start + size) % len(self)
@@ -277,6 +273,20 @@ class Backend:
         starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
         return starts[src] + within  # type: ignore[no-any-return]
 
+    def _estimate(self, idx: NDArray[np.int64], images: _Images | None) -> int:
+        """Bytes the episodes ``idx`` take in a reply, from the index alone (nothing decoded)."""
+        total = int(self._g_arrays[idx].sum())
+        if images is None:
+            return total
+        names = images.cameras or self.cameras  # a camera no episode has: the read names it
+        if images.decoded:
+            return total + sum(int(self._g_images[c][idx].sum()) for c in names if c in self._g_images)
+        for index in idx.tolist():  # stored frames: their offset tables give their bytes
+            s, pos = int(self._g_source[index]), int(self._g_pos[index])
+            cams = self._dbs[s]._episode_cameras(pos)
+            total += sum(int(cams[c].frame_offsets[-1]) + 8 * cams[c].shape[0] for c in names if c in cams)
+        return total
+
     def _image_opts(self, req: Any, include: bool) -> _Images | None:
         if not include:
             return None
@@ -358,6 +368,12 @@ class Backend:
                 except KinodbError as exc:
                     if cameras is None or "no camera" not in str(exc) or any("=" in c for c in cameras):
                         raise
+                    if all(c in self._common_cameras() for c in cameras):  # held by later episodes only
+                        raise KinodbError(
+                            f"{str(exc).split('; ', 1)[0]} in the first episode the windows keep, though "
+                            "other served episodes hold it: leave the episodes without it out with "
+                            "kql_filter, or ask for windows without images"
+                        ) from None
                     raise KinodbError(  # the advice a client can take: it has no image_key
                         f"{str(exc).split('; ', 1)[0]}; windows of this server need cameras every served "
                         f"source has ({', '.join(self._common_cameras()) or 'none'}): ask for those with "
@@ -416,7 +432,7 @@ class Backend:
             nbytes = sum(a.nbytes for a in arrays.values())
             self._check_estimate(nbytes + sum(len(t) + 8 for t in tasks) + 1024, what)
         else:
-            cameras = self._window_images(fw, idx, images)
+            cameras = self._window_images(fw, idx, images, cams or ())
         next_offset = (offsets[-1] + size) % n if mode == "sequential" else 0
         reply = encode_windows(arrays, tasks, cameras, next_offset=next_offset, batches=len(offsets))
         if images is not None:
@@ -435,13 +451,20 @@ class Backend:
         present[codes] = True
         return np.flatnonzero(present), (np.cumsum(present, dtype=np.int32) - 1)[codes]
 
-    def _window_images(self, fw: FrameWindows, idx: NDArray[np.int64], images: _Images) -> list[CameraPart]:
+    def _window_images(
+        self, fw: FrameWindows, idx: NDArray[np.int64], images: _Images, cams: Sequence[str]
+    ) -> list[CameraPart]:
         k = max(len(o) for o in fw.spec.images.values())
         layouts = {cam: fw.camera_layouts(cam) for cam in fw.cameras}
         per = sum(
             max(int(np.prod(images.size or hwc[:2])) * hwc[2] for _, hwc in per_source)
             for per_source in layouts.values()
         )
+        if images.size is None:  # each episode's own size: the largest frame of each camera served
+            per = max(per, sum(
+                max((self._largest_frame.get(name, 0) for name in names), default=0)
+                for names in _stored_names(cams)
+            ))  # fmt: skip
         self._check_estimate(len(idx) * k * per, f"a batch of {len(idx)} windows with images")
         if images.decoded:
             out = []
@@ -503,6 +526,11 @@ def _camera_arg(cameras: Sequence[str] | None) -> list[str] | dict[str, Any] | N
         each = names.split(",")
         out[name] = each[0] if len(each) == 1 else each  # one name: that camera in every source
     return out
+
+
+def _stored_names(cameras: Sequence[str]) -> list[list[str]]:
+    """Per output camera of a window request, the served cameras it stands for."""
+    return [c.split("=", 1)[1].split(",") if "=" in c else [c] for c in cameras]
 
 
 def _mib(n: int) -> str:

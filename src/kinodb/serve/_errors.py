@@ -31,6 +31,8 @@ __all__ = [
     "BatchTooLargeError",
     "InvalidRequestError",
     "RemoteError",
+    "ServerBusyError",
+    "ServerTimeoutError",
     "ServerUnavailableError",
     "status_for",
     "to_exception",
@@ -76,8 +78,19 @@ class ServerUnavailableError(RemoteError, ConnectionError):
     """The server cannot be reached, or it is shutting down (UNAVAILABLE)."""
 
 
+class ServerTimeoutError(RemoteError, TimeoutError):
+    """A call, or the wait for a stream's next message, took longer than the client's
+    ``timeout`` (DEADLINE_EXCEEDED): the server is stalled, overloaded, or busy with streams."""
+
+
+class ServerBusyError(RemoteError):
+    """The server refused a stream: it has as many open as its ``--workers`` serve at once
+    (RESOURCE_EXHAUSTED)."""
+
+
 # Most specific first: the first class an exception is an instance of decides its code.
 _TABLE: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
+    (ServerBusyError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (EpisodeNotFoundError, grpc.StatusCode.OUT_OF_RANGE),
     (FrameRangeError, grpc.StatusCode.OUT_OF_RANGE),
     (QuerySyntaxError, grpc.StatusCode.INVALID_ARGUMENT),
@@ -121,6 +134,8 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str, tuple[tuple[st
         message = f"internal server error ({type(exc).__name__}: {message}); the server log has the traceback"
     trailer: list[tuple[str, str]] = []
     name = next((n for n, cls in _BY_NAME.items() if type(exc) is cls), None)
+    if type(exc) is ServerBusyError:
+        name = ServerBusyError.__name__
     if name is not None:
         trailer.append((ERROR_KEY, name))
         if isinstance(exc, QuerySyntaxError):
@@ -128,14 +143,19 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str, tuple[tuple[st
     return code, message, tuple(trailer)
 
 
-def to_exception(err: grpc.RpcError, where: str) -> Exception:
-    """The local exception for a failed call (``where`` names the server in the message)."""
+def to_exception(err: grpc.RpcError, where: str, timeout: float | None = None) -> Exception:
+    """The local exception for a failed call (``where`` names the server in the message;
+    ``timeout`` is the client's, named when the call ran out of it)."""
     code: grpc.StatusCode = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
     details: str = (err.details() if hasattr(err, "details") else None) or str(err)
     trailer: dict[str, Any] = dict(getattr(err, "trailing_metadata", lambda: None)() or ())
     message = f"{where}: {details}"
     if code is grpc.StatusCode.UNAUTHENTICATED:
         return AuthenticationError(f"{where}: authentication failed: {details}", code.name)
+    if code is grpc.StatusCode.DEADLINE_EXCEEDED:
+        return ServerTimeoutError(timeout_message(where, timeout, "did not answer"), code.name)
+    if trailer.get(ERROR_KEY) == ServerBusyError.__name__:
+        return ServerBusyError(message, code.name)
     cls = _BY_NAME.get(str(trailer.get(ERROR_KEY, "")))
     if cls is QuerySyntaxError:
         return QuerySyntaxError(message, _int(trailer.get(POSITION_KEY)))
@@ -146,6 +166,16 @@ def to_exception(err: grpc.RpcError, where: str) -> Exception:
     if code is grpc.StatusCode.UNAVAILABLE:
         return ServerUnavailableError(f"{where}: server unavailable: {details}", code.name)
     return _BY_CODE.get(code, RemoteError)(message, code.name)
+
+
+def timeout_message(where: str, timeout: float | None, what: str) -> str:
+    """Why a call ran out of time, and what to do about it."""
+    within = f"within {timeout:g} s (the client's timeout)" if timeout is not None else "in time"
+    return (
+        f"{where}: {what} {within}; the server may be stalled or overloaded (an earlier kino-serve "
+        "also stalls while as many streams are open as its --workers): check it, or raise the "
+        "client's timeout"
+    )
 
 
 def _int(text: Any) -> int:

@@ -9,6 +9,8 @@ Arrays are read-only views over the received bytes.
 from __future__ import annotations
 
 import os
+import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -17,7 +19,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from kinodb.errors import KinodbError
-from kinodb.serve._errors import RemoteError, to_exception
+from kinodb.serve._errors import RemoteError, ServerTimeoutError, timeout_message, to_exception
 from kinodb.serve._messages import meta_from_pb, unpack_tensor
 from kinodb.serve._proto import kinodb_pb2 as pb
 from kinodb.serve._proto import kinodb_pb2_grpc as pb_grpc
@@ -27,6 +29,17 @@ __all__ = ["KinoClient"]
 
 TOKEN_ENV = "KINODB_TOKEN"
 _SERVICE = "/kinodb.v1.KinoService/"
+KEEPALIVE_OPTIONS: tuple[tuple[str, int], ...] = (
+    # Ping the server while a call is open, so that a server that vanished ends even a call
+    # without a timeout (UNAVAILABLE). Every 310 s and only with calls open: a server before
+    # kinodb's keepalive settings answers pings more frequent than 5 min while it sends
+    # nothing (a paused reader), or pings without calls, with GOAWAY "too_many_pings",
+    # ending the stream. A stalled server within the timeout is `_Watch`'s to find.
+    ("grpc.keepalive_time_ms", 310_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+    ("grpc.keepalive_permit_without_calls", 0),
+    ("grpc.http2.max_pings_without_data", 0),
+)
 BATCHES_PER_MESSAGE = 8  # stream_windows' default; the server caps a message at about 1 MiB
 _ENCODINGS: dict[str, pb.ImageEncoding] = {
     "decoded": pb.IMAGE_ENCODING_DECODED,
@@ -39,10 +52,13 @@ class KinoClient:
 
     Args:
         addr: ``host:port``.
-        token: Bearer token (None: the ``KINODB_TOKEN`` environment variable, if set).
+        token: Bearer token (None: the ``KINODB_TOKEN`` environment variable, if set);
+            surrounding whitespace, such as a token file's newline, is stripped.
         tls_ca: PEM file (or bytes) of the CA that signed the server's certificate, to
             connect over TLS; None for plaintext.
-        timeout: Seconds each unary call may take.
+        timeout: Seconds each call may take, and a stream's wait for each message (the
+            time the caller spends between messages does not count); None: no limit.
+            A call that runs out of it raises `ServerTimeoutError` (a `TimeoutError`).
         tls_server_name: Name to check the certificate against, when it differs from
             the host in ``addr``.
 
@@ -61,10 +77,10 @@ class KinoClient:
         timeout: float | None = 30.0,
         tls_server_name: str | None = None,
     ) -> None:
-        self.addr, self.timeout = addr, timeout
-        token = token if token is not None else os.environ.get(TOKEN_ENV) or None
-        self._metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),) if token else ()
-        options: list[tuple[str, Any]] = [("grpc.max_receive_message_length", -1)]
+        self.addr, self.timeout = addr, _timeout(timeout)
+        self._closed = False
+        self._metadata: tuple[tuple[str, str], ...] = _auth(token)
+        options: list[tuple[str, Any]] = [("grpc.max_receive_message_length", -1), *KEEPALIVE_OPTIONS]
         if tls_ca is None:
             self._channel = grpc.insecure_channel(addr, options=options)
         else:
@@ -90,20 +106,51 @@ class KinoClient:
 
     # -- plumbing -----------------------------------------------------------------------------
 
+    def _open(self) -> None:
+        if self._closed:
+            raise ValueError(f"KinoClient for server {self.addr}: the client is closed; open a new one")
+
+    def _error(self, err: grpc.RpcError) -> Exception:
+        return to_exception(err, f"server {self.addr}", self.timeout)
+
     def _call(self, method: str, request: Any) -> Any:
+        self._open()
         try:
             return getattr(self._stub, method)(request, timeout=self.timeout, metadata=self._metadata)
         except grpc.RpcError as err:
-            raise to_exception(err, f"server {self.addr}") from None
+            raise self._error(err) from None
+
+    def _messages(self, call: Any) -> Iterator[Any]:
+        """A stream's messages, each awaited for at most ``timeout`` seconds.
+
+        The time the caller spends between messages does not count: only the wait for
+        the server's next one. A stalled server cancels the call and raises
+        `ServerTimeoutError`.
+        """
+        watch = _Watch(call, self.timeout)
+        try:
+            while True:
+                watch.waiting()
+                try:
+                    reply = next(call)
+                except StopIteration:
+                    return
+                except grpc.RpcError as err:
+                    if watch.fired:
+                        raise ServerTimeoutError(
+                            timeout_message(f"server {self.addr}", self.timeout, "sent no stream message"),
+                            "DEADLINE_EXCEEDED",
+                        ) from None
+                    raise self._error(err) from None
+                watch.received()
+                yield reply
+        finally:
+            watch.done()
+            call.cancel()  # a no-op when the stream ended; stops the server's loop when abandoned
 
     def _stream(self, request: pb.StreamRequest) -> Iterator[pb.BatchResponse]:
-        call = self._stub.StreamBatches(request, metadata=self._metadata)
-        try:
-            yield from call
-        except grpc.RpcError as err:
-            raise to_exception(err, f"server {self.addr}") from None
-        finally:
-            call.cancel()  # a no-op when the stream ended; stops the server's loop when abandoned
+        self._open()
+        yield from self._messages(self._stub.StreamBatches(request, metadata=self._metadata))
 
     def _decode(self, reply: bytes, batch_size: int) -> list[DecodedWindows]:
         """The window batches of a reply: one, or the ``batch_size`` batches a stream message stacks."""
@@ -113,21 +160,17 @@ class KinoClient:
             raise RemoteError(f"server {self.addr}: a malformed window batch: {err}", "DATA_LOSS") from None
 
     def _window_call(self, request: pb.BatchRequest) -> DecodedWindows:
+        self._open()
         try:
             reply = self._raw_batch(request, timeout=self.timeout, metadata=self._metadata)
         except grpc.RpcError as err:
-            raise to_exception(err, f"server {self.addr}") from None
+            raise self._error(err) from None
         return self._decode(reply, request.batch_size)[0]
 
     def _window_stream(self, request: pb.StreamRequest) -> Iterator[DecodedWindows]:
-        call = self._raw_stream(request, metadata=self._metadata)
-        try:
-            for reply in call:
-                yield from self._decode(reply, request.batch.batch_size)
-        except grpc.RpcError as err:
-            raise to_exception(err, f"server {self.addr}") from None
-        finally:
-            call.cancel()  # a no-op when the stream ended; stops the server's loop when abandoned
+        self._open()
+        for reply in self._messages(self._raw_stream(request, metadata=self._metadata)):
+            yield from self._decode(reply, request.batch.batch_size)
 
     # -- RPCs -----------------------------------------------------------------------------
 
@@ -167,7 +210,7 @@ class KinoClient:
         Raises:
             EpisodeNotFoundError: ``i`` is out of range.
         """
-        return meta_from_pb(self._call("GetMeta", pb.MetaRequest(position=_index(i))).meta)
+        return meta_from_pb(self._call("GetMeta", pb.MetaRequest(position=_uint(i, "episode index i"))).meta)
 
     def get_episode(
         self, i: int, *, include_images: bool = False, image_encoding: str = "decoded",
@@ -181,7 +224,7 @@ class KinoClient:
         Raises:
             EpisodeNotFoundError: ``i`` is out of range.
         """
-        req = pb.EpisodeRequest(position=_index(i), include_images=include_images,
+        req = pb.EpisodeRequest(position=_uint(i, "episode index i"), include_images=include_images,
                                 image_encoding=_encoding(image_encoding), cameras=_names(cameras))  # fmt: skip
         return _episode(self._call("GetEpisode", req).episode, include_images)
 
@@ -268,7 +311,7 @@ class KinoClient:
         """
         req = pb.StreamRequest(
             batch=_batch(batch_size, mode, offset, seed, include_images, image_encoding, cameras, None, None),
-            num_batches=num_batches, stride=stride,
+            num_batches=_uint(num_batches, "num_batches"), stride=_uint(stride, "stride"),
         )  # fmt: skip
         for resp in self._stream(req):
             yield [_episode(ep, include_images) for ep in resp.episodes]
@@ -303,11 +346,12 @@ class KinoClient:
         spec = _spec(obs_horizon, action_horizon, pad, kql_filter, normalize)
         self._check_features(normalize, cameras)
         per_message = batches_per_message
-        if isinstance(per_message, bool) or not isinstance(per_message, int) or per_message < 1:
+        if isinstance(per_message, bool) or not isinstance(per_message, int) or not 1 <= per_message < 2**32:
             raise ValueError(f"batches_per_message must be a positive int, got {per_message!r}")
         req = pb.StreamRequest(
             batch=_batch(batch_size, mode, offset, seed, include_images, image_encoding, cameras, spec, image_size),
-            num_batches=num_batches, stride=stride, batches_per_message=per_message,
+            num_batches=_uint(num_batches, "num_batches"), stride=_uint(stride, "stride"),
+            batches_per_message=per_message,
         )  # fmt: skip
         for decoded in self._window_stream(req):
             yield _windows(decoded)
@@ -318,13 +362,30 @@ class KinoClient:
         Raises:
             QuerySyntaxError: the query does not parse (the server's parser message).
         """
-        resp = self._call("Query", pb.QueryRequest(kql=kql, limit=_index(limit)))
+        resp = self._call("Query", pb.QueryRequest(kql=kql, limit=_uint(limit, "limit", bits=32)))
         return np.array(resp.positions, dtype=np.int64)
+
+    def _matching_frames(self, kql: str) -> int:
+        """Frames of the served episodes matching ``kql``: the windows that filter keeps.
+
+        From the matches' metadata; a reply too large for the server's message limit
+        falls back to the matches' share of the episodes times the frames.
+        """
+        try:
+            resp = self._call("Query", pb.QueryRequest(kql=kql, include_metas=True))
+            return sum(int(m.num_frames) for m in resp.metas)
+        except RemoteError as err:
+            if err.code != "RESOURCE_EXHAUSTED":
+                raise
+        info = self.server_info()
+        hits = len(self.query(kql))
+        return round(hits / max(int(info["num_episodes"]), 1) * int(info["num_frames"]))
 
     # -- lifetime -------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Close the channel."""
+        """Close the channel; later calls raise ValueError."""
+        self._closed = True
         self._channel.close()
 
     def __enter__(self) -> KinoClient:
@@ -337,10 +398,72 @@ class KinoClient:
         return f"<kinodb.KinoClient {self.addr!r}>"
 
 
-def _index(i: Any) -> int:
-    if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or i < 0:
-        raise ValueError(f"expected a non-negative int, got {i!r}")
-    return int(i)
+def _uint(value: Any, name: str, *, bits: int = 64, minimum: int = 0) -> int:
+    """``value`` as the unsigned integer a request field of ``bits`` bits carries, checked."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not minimum <= value < 2**bits:
+        low = "a non-negative" if minimum == 0 else "a positive"
+        raise ValueError(f"{name} must be {low} int below 2**{bits}, got {value!r}")
+    return int(value)
+
+
+def _timeout(timeout: Any) -> float | None:
+    ok = isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and 0 < timeout < float("inf")
+    if timeout is not None and not ok:
+        raise ValueError(f"timeout must be a positive number of seconds or None, got {timeout!r}")
+    return timeout  # type: ignore[no-any-return]
+
+
+def _auth(token: str | None) -> tuple[tuple[str, str], ...]:
+    """The call metadata carrying ``token`` (None: ``$KINODB_TOKEN``), stripped as the server strips it."""
+    given = token is not None
+    text = (token if token is not None else os.environ.get(TOKEN_ENV, "")).strip()
+    if not text:
+        return ()
+    if not all(" " <= ch <= "~" for ch in text):
+        where = "the token" if given else f"${TOKEN_ENV}"
+        raise ValueError(
+            f"{where} holds characters a gRPC header cannot carry (control or non-ASCII characters); "
+            "give the token's printable ASCII text"
+        )
+    return (("authorization", f"Bearer {text}"),)
+
+
+class _Watch:
+    """Cancels a stream whose next message is awaited longer than ``timeout`` seconds.
+
+    One thread per stream, started on the first wait, checks a timestamp a few times a
+    second: the stream's reads pay two attribute writes, not a timer each.
+    """
+
+    def __init__(self, call: Any, timeout: float | None) -> None:
+        self._call, self._timeout = call, timeout
+        self._since: float | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.fired = False
+
+    def waiting(self) -> None:
+        if self._timeout is None:
+            return
+        self._since = time.monotonic()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="kinodb-stream-watch", daemon=True)
+            self._thread.start()
+
+    def received(self) -> None:
+        self._since = None
+
+    def done(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        timeout = float(self._timeout or 0)
+        while not self._stop.wait(min(1.0, max(0.02, timeout / 20))):
+            since = self._since
+            if since is not None and time.monotonic() - since > timeout:
+                self.fired = True
+                self._call.cancel()
+                return
 
 
 def _encoding(name: str) -> pb.ImageEncoding:
@@ -355,10 +478,13 @@ def _spec(obs: int, act: int, pad: str, kql: str | None, normalize: str | None =
     if normalize not in (None, "mean_std", "min_max"):
         raise ValueError(f"normalize must be None, 'mean_std' or 'min_max', got {normalize!r}")
     for name, value in (("obs_horizon", obs), ("action_horizon", act)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+        _uint(value, name, bits=32, minimum=1)
     return pb.WindowSpec(
-        obs_horizon=obs, action_horizon=act, pad=pad, kql_filter=kql or "", normalize=normalize or ""
+        obs_horizon=int(obs),
+        action_horizon=int(act),
+        pad=pad,
+        kql_filter=kql or "",
+        normalize=normalize or "",
     )
 
 
@@ -366,14 +492,22 @@ def _batch(
     size: int, mode: str, offset: int, seed: int, images: bool, encoding: str, cameras: Any,
     windows: pb.WindowSpec | None, image_size: tuple[int, int] | None,
 ) -> pb.BatchRequest:  # fmt: skip
-    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {size!r}")
-    h, w = image_size if image_size is not None else (0, 0)
+    size = _uint(size, "batch_size", bits=32, minimum=1)
+    h, w = _image_size(image_size) if image_size is not None else (0, 0)
     return pb.BatchRequest(
-        batch_size=int(size), mode=mode, offset=_index(offset), seed=_index(seed), include_images=images,
+        batch_size=size, mode=mode, offset=_uint(offset, "offset"), seed=_uint(seed, "seed"), include_images=images,
         windows=windows, image_encoding=_encoding(encoding), image_height=h, image_width=w,
         cameras=camera_request(cameras) if windows is not None else _names(cameras),
     )  # fmt: skip
+
+
+def _image_size(size: Any) -> tuple[int, int]:
+    """``image_size`` as ``(H, W)``, checked."""
+    try:
+        h, w = size
+        return _uint(h, "image height", bits=32, minimum=1), _uint(w, "image width", bits=32, minimum=1)
+    except (TypeError, ValueError):
+        raise ValueError(f"image_size must be (H, W), two positive ints, got {size!r}") from None
 
 
 def _names(cameras: Any) -> list[str]:

@@ -35,9 +35,11 @@ class KinoRemoteDataset(IterableDataset[Any]):
     Use ``DataLoader(ds, batch_size=None)``.
 
     Each DataLoader worker opens its own channel when it starts iterating and reads its
-    share of the epoch (every ``num_workers``-th server batch) over one server stream.
-    An epoch is ``num_batches`` batches (default: enough to cover the episodes, or the
-    frames for windows, once on average). With a non-zero ``seed`` every epoch's batches
+    share of the epoch (every ``num_workers``-th server batch) over one server stream; a
+    server serves ``kino-serve --workers`` streams at once and refuses more
+    (`ServerBusyError`), so give it at least the workers of every training process.
+    An epoch is ``num_batches`` batches (default: enough to cover the episodes, or for
+    windows the frames of the episodes ``kql_filter`` keeps, once on average). With a non-zero ``seed`` every epoch's batches
     are a function of the seed, the epoch (`set_epoch`) and the worker; with seed 0 they
     come from the server's own seeded stream.
 
@@ -108,6 +110,7 @@ class KinoRemoteDataset(IterableDataset[Any]):
         self._image_key, self._image_size = image_key, image_size
         self._client_kw: dict[str, Any] = {"token": token, "tls_ca": tls_ca, "timeout": timeout}
         self._epoch = 0
+        self._counted: tuple[Any, int] | None = None  # windows the filter keeps, once asked
 
     def set_epoch(self, epoch: int) -> None:
         """Use epoch ``epoch``'s batches next (seeded datasets and sequential offsets)."""
@@ -120,8 +123,7 @@ class KinoRemoteDataset(IterableDataset[Any]):
         wid, workers = (worker.id, worker.num_workers) if worker is not None else (0, 1)
         with KinoClient(self._addr, **self._client_kw) as client:
             info = client.server_info()
-            units = info["num_frames"] if self._windows is not None else info["num_episodes"]
-            total = self._num_batches or max(1, math.ceil(units / self._batch))
+            total = self._num_batches or max(1, math.ceil(self._units(client, info) / self._batch))
             mine = len(range(wid, total, workers))
             if mine == 0:
                 return
@@ -140,6 +142,18 @@ class KinoRemoteDataset(IterableDataset[Any]):
                 for episodes in client.stream_batches(self._batch, **kw):
                     for ep in episodes:
                         yield self._sample(ep)
+
+    def _units(self, client: KinoClient, info: dict[str, Any]) -> int:
+        """What an epoch covers once: the episodes, or the windows (frames) the filter keeps."""
+        if self._windows is None:
+            return int(info["num_episodes"])
+        kql = self._windows.get("kql_filter")
+        if not kql:
+            return int(info["num_frames"])
+        key = (self._addr, kql, info["num_frames"])
+        if self._counted is None or self._counted[0] != key:  # counted once per worker
+            self._counted = (key, client._matching_frames(kql))
+        return self._counted[1]
 
     # -- conversion ---------------------------------------------------------------------------
 

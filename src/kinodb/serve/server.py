@@ -15,6 +15,7 @@ import ipaddress
 import logging
 import os
 import ssl
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent import futures
 from typing import Any
@@ -25,7 +26,7 @@ from kinodb.errors import FormatError
 from kinodb.kdb.reader import Database, open_database
 from kinodb.mixture import DEFAULT_SEED, Mixture
 from kinodb.serve._backend import Backend
-from kinodb.serve._errors import AddressError, status_for
+from kinodb.serve._errors import AddressError, ServerBusyError, status_for
 from kinodb.serve._proto import kinodb_pb2 as pb
 
 __all__ = ["DEFAULT_PORT", "LEGACY_SERVICE", "SERVICE", "KinoServer"]
@@ -36,6 +37,15 @@ SERVICE = "kinodb.v1.KinoService"
 LEGACY_SERVICE = "kinodb.KinoService"  # the earlier server's name: its clients keep working
 DEFAULT_PORT = 50051
 _REQUEST_LIMIT = 4 << 20  # requests are small: indices, seeds, a KQL string
+KEEPALIVE_OPTIONS: tuple[tuple[str, int], ...] = (
+    # Ping clients with open calls, so a client that vanished frees its stream's thread.
+    ("grpc.keepalive_time_ms", 60_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+    # Take clients' keepalive pings (kinodb's every 310 s; other clients' as often as every
+    # 5 s), with calls or without, instead of answering them with GOAWAY ("too many pings").
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+)
 
 
 class KinoServer:
@@ -48,7 +58,9 @@ class KinoServer:
         port: Port; 0 picks a free one (see `port` after `start`).
         seed: Seed of the stream that requests with seed 0 draw from (and of a mixture
             built here).
-        workers: Threads serving calls (each open stream holds one).
+        workers: Streams served at once: each open stream holds a thread, and one more
+            thread serves the other calls; a stream beyond them is refused at once
+            (`ServerBusyError` on the client).
         max_batch: Largest batch a request may ask for; message size limits follow it.
         tls_cert, tls_key: PEM files; give both to serve TLS.
         token: Bearer token every call must carry (None: no authentication).
@@ -119,6 +131,11 @@ class KinoServer:
         """Whether calls must carry the bearer token."""
         return self._token is not None
 
+    @property
+    def token_in_clear_text(self) -> bool:
+        """Whether calls carry the token off loopback without TLS (`start` warns of it)."""
+        return self._token is not None and self._credentials is None and not _loopback(self._bind)
+
     def start(self) -> KinoServer:
         """Bind and start serving; returns self.
 
@@ -131,11 +148,18 @@ class KinoServer:
             ("grpc.max_send_message_length", limit),
             ("grpc.max_receive_message_length", _REQUEST_LIMIT),
             ("grpc.so_reuseport", 0),  # a second server on a busy port fails instead of sharing it
+            *KEEPALIVE_OPTIONS,
         ]
         interceptors = [_TokenInterceptor(self._token)] if self._token is not None else []
+        slots = _StreamSlots(self._workers)
         server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="kino-serve"),
-            handlers=[_handlers(self.backend, legacy=False), _handlers(self.backend, legacy=True)],
+            # One thread more than the streams it serves: other calls, and the refusal of a
+            # stream too many, never wait behind open streams.
+            futures.ThreadPoolExecutor(max_workers=self._workers + 1, thread_name_prefix="kino-serve"),
+            handlers=[
+                _handlers(self.backend, slots, legacy=False),
+                _handlers(self.backend, slots, legacy=True),
+            ],
             interceptors=interceptors,
             options=options,
         )
@@ -153,7 +177,7 @@ class KinoServer:
                 f"cannot listen on {where}: the port is in use or the address is not one of this "
                 "machine's; choose another --port or --bind",
             )
-        if self._token is not None and self._credentials is None and not _loopback(self._bind):
+        if self.token_in_clear_text:
             log.warning(
                 "the bearer token travels in clear text: serve TLS (--tls-cert/--tls-key) off loopback"
             )
@@ -162,11 +186,23 @@ class KinoServer:
         self._server = server
         return self
 
-    def stop(self, grace: float | None = 5.0) -> None:
-        """Refuse new calls, let calls in flight finish for up to ``grace`` seconds, then close."""
+    def stop(self, grace: float | None = 5.0, *, hurry: threading.Event | None = None) -> None:
+        """Refuse new calls, let calls in flight finish for up to ``grace`` seconds, then close.
+
+        Args:
+            grace: Seconds calls in flight may take (None or 0: cancel them now).
+            hurry: When set (say, by a second Ctrl-C) while calls are finishing, cancel
+                the calls still running and return.
+        """
         server, self._server = self._server, None
         if server is not None:
-            server.stop(grace).wait()
+            done = server.stop(grace)
+            if hurry is not None:
+                while not done.wait(0.1):
+                    if hurry.is_set():
+                        server.stop(None)  # a shorter grace than before ends the wait now
+                        break
+            done.wait()
         self._close_owned()
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -275,9 +311,45 @@ def _unary(fn: Callable[[Any], Any]) -> Callable[[Any, grpc.ServicerContext], An
     return handle
 
 
-def _streaming(fn: Callable[[Any], Iterable[Any]]) -> Callable[[Any, grpc.ServicerContext], Iterator[Any]]:
+class _StreamSlots:
+    """How many streams are open, and the refusal of one more than ``limit``."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.open = limit, 0
+        self._lock = threading.Lock()
+
+    def take(self, context: grpc.ServicerContext) -> None:
+        """Count a new stream until it ends.
+
+        Raises:
+            ServerBusyError: ``limit`` streams are open already.
+        """
+        with self._lock:
+            if self.open >= self.limit:
+                raise ServerBusyError(
+                    f"the server is busy: {self.open} streams are open, as many as it serves at once "
+                    f"(kino-serve --workers {self.limit}: each open stream holds a thread); close "
+                    "streams, or restart it with --workers at least the streams open at once (DataLoader "
+                    "workers x training processes)"
+                )
+            self.open += 1
+        once = threading.Lock()
+
+        def give() -> None:
+            if once.acquire(blocking=False):
+                with self._lock:
+                    self.open -= 1
+
+        if not context.add_callback(give):  # the call has ended already
+            give()
+
+
+def _streaming(
+    fn: Callable[[Any], Iterable[Any]], slots: _StreamSlots
+) -> Callable[[Any, grpc.ServicerContext], Iterator[Any]]:
     def handle(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
         try:
+            slots.take(context)
             for response in fn(request):
                 yield response
                 if not context.is_active():  # the client cancelled or went away
@@ -293,7 +365,7 @@ def _serialize(response: Any) -> bytes:
     return response if isinstance(response, bytes) else response.SerializeToString()  # type: ignore[no-any-return]
 
 
-def _handlers(backend: Backend, *, legacy: bool) -> grpc.GenericRpcHandler:
+def _handlers(backend: Backend, slots: _StreamSlots, *, legacy: bool) -> grpc.GenericRpcHandler:
     def rpc(fn: Callable[[Any], Any], req: Any) -> grpc.RpcMethodHandler:
         return grpc.unary_unary_rpc_method_handler(
             _unary(fn), request_deserializer=req.FromString, response_serializer=_serialize
@@ -308,7 +380,7 @@ def _handlers(backend: Backend, *, legacy: bool) -> grpc.GenericRpcHandler:
     }
     if not legacy:
         methods["StreamBatches"] = grpc.unary_stream_rpc_method_handler(
-            _streaming(backend.stream),
+            _streaming(backend.stream, slots),
             request_deserializer=pb.StreamRequest.FromString,
             response_serializer=_serialize,
         )
