@@ -381,14 +381,21 @@ def pack(init_fn: bytes, step_fn: bytes, metadata: Mapping[str, Any]) -> bytes:
     return buf.getvalue()
 
 
+def output_folder(path: str, label: str = "", kind: str = "the file to write") -> str:
+    """The folder a file is to be written into; `InferError` for a folder given as the file
+    or a folder that does not exist (``label`` prefixes the path in messages)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise InferError(f"{label}{path} is a folder; give the path of {kind}")
+    if not os.path.isdir(folder):
+        raise InferError(f"{label}{path}: the folder {folder} does not exist; create it first")
+    return folder
+
+
 def write_atomic(path: str | os.PathLike[str], data: bytes) -> str:
     """Write ``data`` to a temporary file beside ``path`` and rename it into place."""
     p = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(p))
-    if os.path.isdir(p):
-        raise InferError(f"{p} is a folder; give the path of the file to write")
-    if not os.path.isdir(folder):
-        raise InferError(f"{p}: the folder {folder} does not exist; create it first")
+    folder = output_folder(p)
     tmp = os.path.join(folder, f".{os.path.basename(p)}.{secrets.token_hex(4)}.tmp")
     try:
         with open(tmp, "xb") as fh:

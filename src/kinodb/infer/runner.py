@@ -26,6 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from kinodb.infer._errors import InferError
+from kinodb.infer._package import output_folder
 from kinodb.infer.model import Model
 from kinodb.infer.providers import BoundProvider, bind_provider
 from kinodb.infer.telemetry import EXTRA_INPUTS, KINFER_KEYS, NdjsonLogger, resolve_log_path
@@ -463,11 +464,7 @@ class _Recording:
         folder, a missing or read-only folder, or a file whose episodes have other dims,
         joint names, state components or extra arrays."""
         where = os.fspath(path)
-        folder = os.path.dirname(os.path.abspath(where))
-        if os.path.isdir(where):
-            raise InferError(f"record_to {where} is a folder; give the path of a .kdb file")
-        if not os.path.isdir(folder):
-            raise InferError(f"record_to {where}: the folder {folder} does not exist; create it first")
+        folder = output_folder(where, "record_to ", "a .kdb file")
         if not os.access(folder, os.W_OK):
             raise InferError(f"record_to {where}: cannot write in {folder} (permission denied)")
         if not os.path.exists(where):
