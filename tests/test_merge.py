@@ -185,6 +185,11 @@ def test_metadata_and_first_origins_survive_merges(tmp_path: Path) -> None:
             {"robot": "franka"},
         ]
         assert m2.metadata()["robot"] == "franka"
+        (inner,) = m2.metadata()["merged_from"]  # one level: the earlier inputs by name only
+        assert inner["metadata"]["merged_from"] == [
+            {"file": str(a), "episodes": 1, "of": 1},
+            {"file": str(b), "episodes": 1, "of": 1},
+        ]
         for i, stem in enumerate("ab"):
             meta = m2.read_meta(i)
             assert (meta["source_file"], meta["source_episode"]) == (str(ab), i)

@@ -187,7 +187,7 @@ def _write(
     report = []
     # The inputs' metadata stays with each input; keys every contributing input agrees on
     # (a robot, a calibration) also stand at the top, as in a file written directly.
-    metas = [db.metadata() for db in dbs]
+    metas = [_compact(db.metadata()) for db in dbs]
     used = [m for m, k in zip(metas, kept, strict=True) if len(k)]
     metadata: dict[str, Any] = {
         key: value
@@ -230,6 +230,19 @@ def _write(
                 frames += int(db._cols["num_frames"][i])
             report.append(MergeInput(db.path(), len(positions), len(db), frames))
     return MergeResult(output, report, warnings)
+
+
+def _compact(meta: dict[str, Any]) -> dict[str, Any]:
+    """An input's metadata with its own ``merged_from`` cut to file names and counts, so
+    merging merges does not nest every earlier input's metadata again."""
+    inner = meta.get("merged_from")
+    if isinstance(inner, list):
+        keep = ("file", "episodes", "of")
+        meta = {
+            **meta,
+            "merged_from": [{k: e[k] for k in keep if k in e} for e in inner if isinstance(e, dict)],
+        }
+    return meta
 
 
 def _provenance(db: Database, i: int) -> dict[str, Any]:
