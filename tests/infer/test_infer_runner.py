@@ -414,11 +414,13 @@ def test_a_record_to_that_cannot_take_the_run_is_refused_before_it(
     lean = make_package(inputs=("projected_gravity", "carry"))
     Runner(load_model(lean.path), Served(lean).provider, rate_hz=1000, max_steps=3, record_to=states).run()
     cases[states] = r"holds episodes whose states have dim 0, not this policy's 8"
+    log = tmp_path / "refused.ndjson"
     for target, message in cases.items():
         with pytest.raises(InferError, match=message):
-            Runner(model, served.provider, rate_hz=1000, max_steps=5, record_to=target).run()
+            Runner(model, served.provider, rate_hz=1000, max_steps=5, record_to=target, log_path=log).run()
     assert served.actions == []  # refused before any action was sent
-    assert threading.active_count() == 1  # and no telemetry writer was left running
+    assert not log.exists()  # before the log was opened: no telemetry writer left running
+    assert not [t for t in threading.enumerate() if t.name == "kinodb-ndjson-writer"]
 
 
 def test_sigterm_and_sys_exit_keep_the_log_and_the_recording(
