@@ -231,7 +231,7 @@ def test_a_reader_that_closes_early_ends_the_command_quietly_with_141(tmp_path: 
     [
         ["query", "{src}", "sucess = true"],
         ["merge", "{src}", "-o", "{out}", "-F", "sucess = true"],
-        ["export", "{src}", "-o", "{out}", "--format", "numpy", "-F", "sucess = true"],
+        ["export", "{src}", "-o", "{out}", "-F", "numpy", "--filter", "sucess = true"],
         ["mix", "-s", "{src}", "--filter", "sucess = true"],
     ],
     ids=["query", "merge", "export", "mix"],

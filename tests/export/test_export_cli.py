@@ -42,6 +42,13 @@ def test_formats_filter_and_force(make_kdb, tmp_path: Path, capsys: pytest.Captu
     assert "1 files" in capsys.readouterr().out.splitlines()[-1]
 
 
+def test_short_f_is_the_format_as_in_ingest(make_kdb, tmp_path: Path) -> None:
+    src, _ = make_kdb(2)
+    assert kino.main(["export", str(src), "-o", str(tmp_path / "meta"), "-F", "json"]) == 0
+    assert (tmp_path / "meta" / "episodes.jsonl").is_file()
+    assert not [p for p in (tmp_path / "meta").iterdir() if p.is_dir()]  # no numpy episode folders
+
+
 def test_errors_exit_1_with_one_line(make_kdb, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     src, _ = make_kdb(2)
     out = tmp_path / "npy"

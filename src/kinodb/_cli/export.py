@@ -25,7 +25,7 @@ def register(sub: Any) -> None:
     p.add_argument("path", metavar="PATH", help="the .kdb file")
     p.add_argument("-o", "--output", required=True, metavar="OUT",
                    help="output folder (numpy, json, lerobot) or file (hdf5); its folder must exist")  # fmt: skip
-    p.add_argument("--format", choices=_FORMATS,
+    p.add_argument("-F", "--format", choices=_FORMATS,
                    help="default: hdf5 when OUT ends in .hdf5, .h5 or .he5, else numpy (an OUT ending in "
                    ".json, .jsonl or .kdb needs --format)")  # fmt: skip
     p.add_argument("--video-codec", choices=("h264", "av1"),
@@ -35,7 +35,7 @@ def register(sub: Any) -> None:
     p.add_argument("--keep-upright", action="store_true",
                    help="hdf5: keep frames the ingest turned upright (--flip-images) upright; by default "
                    "they are turned back to the source's orientation")  # fmt: skip
-    p.add_argument("-F", "--filter", metavar="KQL", help="export only episodes matching this query")
+    p.add_argument("--filter", metavar="KQL", help="export only episodes matching this query")
     p.add_argument("--force", action="store_true",
                    help="replace OUT if it is an earlier kinodb export (a file: only when exporting hdf5) or "
                    "an empty folder; anything else at OUT is never replaced")  # fmt: skip
