@@ -107,7 +107,10 @@ def test_batch_with_images_over_the_default_grpc_limit(client: KinoClient, db: k
 def test_query_equals_local_query(client: KinoClient, db: kinodb.Database) -> None:
     for kql in ("success = true", "embodiment = 'widowx' AND num_frames > 10", "k >= 15"):
         np.testing.assert_array_equal(client.query(kql), db.query(kql))
-        np.testing.assert_array_equal(client.query(kql, limit=2), db.query(kql)[:2])
+        for limit in (0, 1, 2, np.int64(3), None):
+            np.testing.assert_array_equal(client.query(kql, limit=limit), db.query(kql, limit=limit))
+    with pytest.raises(QuerySyntaxError):
+        client.query("sucess = true", limit=0)  # checked even when nothing is kept
 
 
 def test_windows_equal_frame_windows(client: KinoClient, main_kdb: Path) -> None:

@@ -356,14 +356,22 @@ class KinoClient:
         for decoded in self._window_stream(req):
             yield _windows(decoded)
 
-    def query(self, kql: str, *, limit: int = 0) -> NDArray[np.int64]:
-        """Global indices of the episodes matching ``kql``, ascending (at most ``limit``; 0: all).
+    def query(self, kql: str, *, limit: int | None = None) -> NDArray[np.int64]:
+        """Global indices of the episodes matching ``kql``, ascending, as `Database.query` gives.
+
+        Args:
+            kql: the query.
+            limit: keep the first ``limit`` matches; None keeps all (0 keeps none, the
+                query still being checked by the server).
 
         Raises:
             QuerySyntaxError: the query does not parse (the server's parser message).
         """
-        resp = self._call("Query", pb.QueryRequest(kql=kql, limit=_uint(limit, "limit", bits=32)))
-        return np.array(resp.positions, dtype=np.int64)
+        # On the wire 0 means "no limit"; a limit of 0 asks for one match and keeps none.
+        keep = None if limit is None else _uint(limit, "limit", bits=32)
+        resp = self._call("Query", pb.QueryRequest(kql=kql, limit=0 if keep is None else max(keep, 1)))
+        positions = np.array(resp.positions, dtype=np.int64)
+        return positions if keep is None else positions[:keep]
 
     def _matching_frames(self, kql: str) -> int:
         """Frames of the served episodes matching ``kql``: the windows that filter keeps.
