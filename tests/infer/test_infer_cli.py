@@ -81,6 +81,45 @@ def test_replay_reports_per_joint_error(kino: Run, recorded: tuple[Built, Path, 
     assert mae > 0
 
 
+def _with_nan(src: Path, out: Path, *, action: tuple[int, int], state: tuple[int, int]) -> None:
+    """``src`` rewritten with one recorded action value and one state value of episode 1 NaN."""
+    with kinodb.open(src) as db, kinodb.Writer(out, schema=db.schema()) as w:
+        for i in range(len(db)):
+            ep = db.read_episode(i)
+            actions, states = ep["actions"].copy(), ep["states"].copy()
+            if i == 1:
+                actions[action] = states[state] = np.nan
+            m = ep["meta"]
+            w.add_episode(actions=actions, states=states, rewards=ep["rewards"], is_terminal=ep["is_terminal"],
+                          timestamps=ep["timestamps"], extra_arrays={k: ep[k] for k in db.schema()["arrays"]},
+                          embodiment=m["embodiment"], task=m["task"], fps=m["fps"])  # fmt: skip
+
+
+def test_replay_leaves_nan_out_of_the_errors_and_says_where(
+    kino: Run, recorded: tuple[Built, Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    built, data, _ = recorded
+    nan_data = tmp_path / "nan.kdb"
+    with kinodb.open(data) as db:
+        hip = db.schema()["states"]["names"].index("joint_angles.hip")
+    _with_nan(data, nan_data, action=(2, 1), state=(5, hip))
+    assert kino("infer", "replay", built.path, nan_data, "--json") == 0
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)  # strict JSON: no NaN
+    # The frame fed a NaN angle gives NaN for every joint, and the carry takes it to the
+    # episode's last frame (15 frames); the recorded NaN is one value.
+    assert report["first_nonfinite"] == {"episode": 1, "frame": 5, "joint": built.joints[0]}
+    assert report["nonfinite_predicted"] == (15 - 5) * len(built.joints) and report["nonfinite_recorded"] == 1
+    assert report["mae"] == 0.0  # every value compared still matches
+    assert [j["nonfinite_recorded"] for j in report["joints"]] == [0, 1, 0, 0]
+    assert report["per_episode"][1]["mae"] == 0.0
+    assert kino("infer", "replay", built.path, nan_data, "--episodes", "1") == 0
+    captured = capsys.readouterr()
+    assert "MAE 0," in captured.out and "nan" not in captured.out.lower()
+    assert "first at episode 1 frame 5 joint 'hip'" in captured.err
+    assert "1 recorded action values are NaN or Inf" in captured.err
+
+
 def test_replay_with_a_state_map(kino: Run, recorded: tuple[Built, Path, Path],
                                  capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
     built, data, _ = recorded

@@ -323,3 +323,24 @@ def test_an_append_cannot_declare_names_or_components_the_episodes_there_lack(tm
     with kinodb.Writer(path, mode="a", schema={"actions": {"names": list("abcdefg")}}) as w:  # names that fit
         w.add_episode(actions=np.ones((2, 7), np.float32), states=np.ones((2, 2), np.float32))
     assert validate(path).ok
+
+
+def test_a_stored_schema_passes_whole_to_a_new_file_and_an_append(tmp_path: Path) -> None:
+    src, copy = tmp_path / "src.kdb", tmp_path / "copy.kdb"
+    schema = {"states": {"components": {"q": [0, 2], "gripper": [2, 3]}}, "actions": {"names": ["a", "b"]}}
+    frames = np.random.default_rng(4).integers(0, 256, (3, 6, 8, 3), dtype=np.uint8)
+    with kinodb.Writer(src, image_codec="png", schema=schema) as w:
+        w.add_episode(actions=np.zeros((3, 2), np.float32), states=np.zeros((3, 3), np.float32),
+                      images={"front": frames}, extra_arrays={"sim_state": np.zeros((3, 5))})  # fmt: skip
+    with kinodb.open(src) as db:
+        stored = db.schema()
+        assert {"cameras", "arrays", "rewards"} <= set(stored) and stored["states"]["dim"] == 3
+        with kinodb.Writer(copy, image_codec="png", schema=stored) as w:
+            ep = db.read_episode(0)
+            w.add_episode(actions=ep["actions"], states=ep["states"], images=ep["images"],
+                          extra_arrays={"sim_state": ep["sim_state"]})  # fmt: skip
+        with kinodb.Writer(src, mode="a", schema=stored) as w:  # the file's own schema, as errors advise
+            w.add_episode(actions=np.ones((3, 2), np.float32), states=np.ones((3, 3), np.float32))
+    with kinodb.open(copy) as db, kinodb.open(src) as orig:
+        assert db.schema() == stored
+        assert len(orig) == 2 and orig.schema()["actions"]["names"] == ["a", "b"]

@@ -9,6 +9,7 @@ import json
 import math
 import os
 import secrets
+import sys
 import time
 from typing import Any
 
@@ -171,11 +172,24 @@ def run_replay(args: argparse.Namespace) -> int:
         return 0
     n = len(report["episodes"])
     print(f"{n} episode{'' if n == 1 else 's'}, {report['frames']} frames: "
-          f"MAE {report['mae']:.6g}, RMSE {report['rmse']:.6g}")  # fmt: skip
+          f"MAE {_g(report['mae'])}, RMSE {_g(report['rmse'])}")  # fmt: skip
     print(f"{'JOINT':<28} {'MAE':>12} {'RMSE':>12} {'MAX':>12}")
     for j in report["joints"]:
-        print(f"{j['joint']:<28} {j['mae']:>12.6g} {j['rmse']:>12.6g} {j['max_abs']:>12.6g}")
+        print(f"{j['joint']:<28} {_g(j['mae']):>12} {_g(j['rmse']):>12} {_g(j['max_abs']):>12}")
+    first = report["first_nonfinite"]
+    if first is not None:
+        print(f"warning: the policy gave NaN or Inf for {report['nonfinite_predicted']} values, first at "
+              f"episode {first['episode']} frame {first['frame']} joint {first['joint']!r}; those values "
+              "are left out of the errors", file=sys.stderr)  # fmt: skip
+    if report["nonfinite_recorded"]:
+        print(f"warning: {report['nonfinite_recorded']} recorded action values are NaN or Inf (a logged "
+              "null?) and were not compared", file=sys.stderr)  # fmt: skip
     return 0
+
+
+def _g(value: float | None) -> str:
+    """An error for the text table: '-' where nothing was compared."""
+    return "-" if value is None else f"{value:.6g}"
 
 
 # -- bench --------------------------------------------------------------------------------

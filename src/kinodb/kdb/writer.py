@@ -102,6 +102,11 @@ def _now() -> str:
     return _dt.datetime.fromtimestamp(t, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+# Parts of a stored schema recorded from the episodes written, not declared: a schema
+# copied from `Database.schema()` may hold them (as it holds each part's dim and dtype).
+_RECORDED = frozenset({"cameras", "arrays", "rewards", "is_terminal", "timestamps"})
+
+
 class Writer:
     """Write episodes to a ``.kdb`` file; nothing is visible until `close` commits.
 
@@ -114,6 +119,11 @@ class Writer:
     arrays; unset, they are JPEG (quality ``jpeg_quality``), and an append stores each
     camera the file already holds in that camera's own codec (raw depth stays raw). An
     append's ``schema`` must agree with the file's: the episodes already there keep theirs.
+
+    ``schema`` declares the named components (``{"states": {"components": {"eef_pos":
+    [0, 3]}, "names": [...]}}``) of ``actions`` and ``states``; a stored schema
+    (``db.schema()``) may be passed whole, its dims, dtypes, cameras and arrays being
+    recorded from the episodes written.
 
     Example:
         >>> import numpy as np, kinodb
@@ -287,8 +297,12 @@ class Writer:
         return stored if stored in CODECS else "png"  # codecs vary: lossless, whatever was stored
 
     def _declare(self, part: str, spec: Mapping[str, Any]) -> None:
+        if part in _RECORDED:  # a stored schema (`Database.schema()`): these follow the episodes
+            return
         if part not in ("actions", "states"):
-            raise ValueError(f"schema keys are 'actions' and 'states', got {part!r}")
+            raise ValueError(
+                f"schema keys are 'actions' and 'states' (with 'components' and 'names'), got {part!r}"
+            )
         entry = self._dataset["schema"].setdefault(part, {})
         comps = {}
         for name, sl in dict(spec.get("components", {})).items():
