@@ -327,3 +327,65 @@ def test_ctrl_c_while_workers_start_prints_one_line_and_leaves_nothing(tmp_path:
     assert proc.returncode == 130
     assert err == f"kino ingest: interrupted; nothing was written to {out}\n"  # no worker's traceback
     assert sorted(os.listdir(tmp_path)) == ["robo.hdf5"]  # no temporary file left either
+
+
+# -- SIGTERM ---------------------------------------------------------------------------------------
+
+
+def _hidden_outputs(folder: Path) -> list[str]:
+    return [name for name in os.listdir(folder) if name.startswith(".")]
+
+
+@pytest.mark.parametrize("command", ["ingest", "ingest-workers", "export"])
+def test_sigterm_cleans_up_like_ctrl_c(tmp_path: Path, command: str) -> None:
+    src = write_robomimic(tmp_path / "robo.hdf5", 300, frames=20, image=32)  # seconds of work
+    if command == "export":
+        assert main(["ingest", str(src), "-o", str(tmp_path / "in.kdb"), "--image-codec", "png", "-q"]) == 0
+        src, out = tmp_path / "in.kdb", tmp_path / "out.hdf5"
+        argv = ["export", str(src), "-o", str(out)]
+    else:
+        out = tmp_path / "out.kdb"
+        argv = [
+            "ingest",
+            str(src),
+            "-o",
+            str(out),
+            "-q",
+            *(["--workers", "2"] if command.endswith("s") else []),
+        ]
+    before = sorted(os.listdir(tmp_path))
+    proc = subprocess.Popen([sys.executable, "-m", "kinodb._cli.main", *argv],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not _hidden_outputs(tmp_path) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.002)
+        assert proc.poll() is None, f"the command ended before it wrote anything: {proc.communicate()}"
+        proc.send_signal(signal.SIGTERM)  # `timeout`, `docker stop`: the command's own process
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, err
+    assert err == f"kino {argv[0]}: terminated (SIGTERM); nothing was written to {out}\n"
+    assert sorted(os.listdir(tmp_path)) == before  # the temporary output is gone
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_that_lands_in_a_finalizer_is_raised_after_it(signum: int) -> None:
+    from kinodb._cli._errors import Terminated, _signals_interrupt
+
+    class SignalsWhenCollected:
+        def __del__(self) -> None:
+            os.kill(os.getpid(), signum)  # handled inside __del__, where a raise is dropped
+            sum(range(1000))
+
+    expected = Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+    with pytest.raises(expected), _signals_interrupt(sigterm=True):
+        SignalsWhenCollected()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            pass
+    assert time.monotonic() < deadline  # raised at once, not when the loop ran out
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import shlex
+import signal
 import sys
+import threading
 import traceback
+import weakref
+from collections.abc import Iterator
 from typing import Any
 
 from kinodb.errors import (
@@ -21,6 +26,7 @@ from kinodb.ingest._run import options_named
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a process Ctrl-C stopped
+EXIT_TERMINATED = 143  # 128 + SIGTERM
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports a process whose reader went away
 
 OPTION_NAMES = {"jpeg_quality": "--compress", "images": "--no-images", "overwrite": "--force"}
@@ -46,13 +52,14 @@ def dispatch(
     ``usage`` prints that parser's usage line before a usage error. Messages name the
     library's parameters as the options (`OPTION_NAMES`). A reader that goes away (``kino
     validate ... | head``) ends the command quietly with its own failure code, else 141;
-    Ctrl-C ends it with one line and 130.
+    Ctrl-C ends it with one line and 130; SIGTERM (``timeout``, ``docker stop``, Slurm)
+    ends a command that writes a file the same way, with 143.
     """
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="%(message)s")
     written = {path: _stat(path) for path in _outputs(args, {**_WRITES, **_UPDATES})}
     code: int | None = None
     try:
-        with options_named(OPTION_NAMES):
+        with options_named(OPTION_NAMES), _signals_interrupt(bool(written)):
             code = int(args.run(args))
         sys.stdout.flush()  # now, not at exit: a reader gone away is then handled here
         return code
@@ -79,11 +86,12 @@ def dispatch(
             usage.print_usage(sys.stderr)
         print(f"{usage_prefix}error: {one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         if args.debug:
             traceback.print_exc()
-        print(f"{usage_prefix}{_interrupted(written)}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        how = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+        print(f"{usage_prefix}{_interrupted(written, how)}", file=sys.stderr)
+        return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
 
 
 def one_line(exc: BaseException) -> str:
@@ -98,7 +106,59 @@ def _kql_lines(exc: QuerySyntaxError) -> str:
     return str(exc).rstrip() or type(exc).__name__
 
 
-# -- Ctrl-C ---------------------------------------------------------------------------------
+# -- Ctrl-C and SIGTERM ---------------------------------------------------------------------
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the command is, so that it cleans up as after Ctrl-C."""
+
+
+@contextlib.contextmanager
+def _signals_interrupt(sigterm: bool) -> Iterator[None]:
+    """Ctrl-C, and SIGTERM while a command writes a file (``sigterm``), raise where the
+    command is, never where Python would swallow the exception.
+
+    Killed outright by SIGTERM (``timeout``, ``docker stop``, Slurm), a writer leaves its
+    hidden temporary output behind; raised, the writers' cleanup runs as on Ctrl-C. An
+    exception raised in a ``__del__`` or a weakref callback (h5py and the garbage collector
+    run them at any time) is printed and dropped, and the command would go on: there the
+    signal is sent again a moment later instead. Once raised, later signals of the kind
+    are ignored while the cleanup runs (SIGKILL still ends it). A signal whose handler the
+    application set itself is left alone, as is everything off the main thread.
+    """
+    wanted: dict[signal.Signals, Any] = {signal.SIGINT: signal.default_int_handler}
+    if sigterm:
+        wanted[signal.SIGTERM] = signal.SIG_DFL
+    if threading.current_thread() is not threading.main_thread():
+        wanted = {}
+    ours = [sig for sig, default in wanted.items() if signal.getsignal(sig) is default]
+    raised: set[int] = set()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        if signum in raised:
+            return
+        if _swallowed(frame):
+            threading.Timer(0.005, os.kill, (os.getpid(), signum)).start()
+            return
+        raised.add(signum)
+        raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in ours}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _swallowed(frame: Any) -> bool:
+    """Whether an exception raised in ``frame`` would be printed and dropped by Python."""
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name == "__del__" or code.co_filename == weakref.__file__:
+            return True
+        frame = frame.f_back
+    return False
 
 
 def _outputs(args: argparse.Namespace, table: dict[str, str]) -> list[str]:
@@ -116,10 +176,10 @@ def _stat(path: str) -> tuple[int, int, int] | None:
     return st.st_ino, st.st_mtime_ns, st.st_size
 
 
-def _interrupted(written: dict[str, tuple[int, int, int] | None]) -> str:
-    """``interrupted``, and what became of the outputs (every writer commits atomically)."""
+def _interrupted(written: dict[str, tuple[int, int, int] | None], how: str = "interrupted") -> str:
+    """``how``, and what became of the outputs (every writer commits atomically)."""
     if not written:
-        return "interrupted"
+        return how
     notes = []
     for path, before in written.items():
         if _stat(path) != before:
@@ -128,7 +188,7 @@ def _interrupted(written: dict[str, tuple[int, int, int] | None]) -> str:
             notes.append(f"nothing was written to {path}")
         else:
             notes.append(f"{path} was left as it was")
-    return "interrupted; " + "; ".join(notes)
+    return f"{how}; " + "; ".join(notes)
 
 
 # -- a dataset of another format where a .kdb file was expected -----------------------------

@@ -490,10 +490,11 @@ _worker_job: _Job | None = None
 
 def _init_worker(job: _Job, quiet: bool = False) -> None:
     global _worker_source, _worker_job
-    if quiet:  # a worker process: Ctrl-C is the parent's to handle (it stops the pool)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if quiet:  # a worker process: Ctrl-C and SIGTERM are the parent's to handle (it stops the pool)
+        for sig in _HELD:
+            signal.signal(sig, signal.SIG_IGN)
         if hasattr(signal, "pthread_sigmask"):
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # held since the spawn
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _HELD)  # held since the spawn
     _worker_job = job
     _worker_source = job.cls(job.path, job.options)  # type: ignore[call-arg]
 
@@ -574,26 +575,40 @@ def _convert_all(
 def _submit(
     pool: cf.ProcessPoolExecutor, key: str
 ) -> cf.Future[tuple[str, dict[str, Any] | None, str | None]]:
-    """``pool.submit(_convert_one, key)`` with SIGINT held while a worker may be spawned.
+    """``pool.submit(_convert_one, key)`` with SIGINT and SIGTERM held while a worker may be
+    spawned.
 
-    A spawned worker inherits the held signal, so a Ctrl-C that reaches it while it still
-    imports stays pending until its initializer ignores SIGINT: no worker prints a
-    traceback, and the parent alone sees the Ctrl-C (delivered when it lets go here).
+    A spawned worker inherits the held signals, so a Ctrl-C (or a SIGTERM sent to the
+    process group) that reaches it while it still imports stays pending until its
+    initializer ignores it: no worker prints a traceback, and the parent alone sees the
+    signal, delivered when it lets go here. A signal raised mid-spawn would cut the new
+    worker's start-up data short.
     """
     if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
         return pool.submit(_convert_one, key)
-    # The mask holds SIGINT in this thread only: another thread (a BLAS pool) may still take
-    # it, and Python would raise it here, mid-spawn. A handler that only notes it covers that.
-    noted: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: noted.append(signum))
-    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    # The mask holds the signals in this thread only: another thread (a BLAS pool) may still
+    # take one, and Python would raise it here, mid-spawn. Handlers that note them cover that
+    # (where Python handles the signal: a SIGTERM left to its default action stays held).
+    noted: list[tuple[int, Any]] = []
+    previous = {
+        sig: signal.signal(sig, lambda signum, frame: noted.append((signum, frame)))
+        for sig in _HELD
+        if callable(signal.getsignal(sig))
+    }
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD)
     try:
         return pool.submit(_convert_one, key)
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, held)  # a held Ctrl-C is noted now
-        signal.signal(signal.SIGINT, previous)
-        if noted:
-            raise KeyboardInterrupt
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)  # a held signal is noted now
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for signum, frame in noted[:1]:  # the parent's own handler decides (raises, as a rule)
+            handler = previous[signal.Signals(signum)]
+            if callable(handler):
+                handler(signum, frame)
+
+
+_HELD = {signal.SIGINT, signal.SIGTERM}
 
 
 def _progress(total: int, enabled: bool) -> Any:
