@@ -389,3 +389,22 @@ def test_a_signal_that_lands_in_a_finalizer_is_raised_after_it(signum: int) -> N
     assert time.monotonic() < deadline  # raised at once, not when the loop ran out
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_out_of_memory_is_one_line_and_keeps_nothing(
+    dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    merge_module = sys.modules["kinodb.merge"]  # `kinodb.merge` is the function
+
+    def exhausted(*args: object, **kwargs: object) -> None:
+        raise MemoryError("Unable to allocate 3.64 TiB for an array")
+
+    out = tmp_path / "m.kdb"
+    monkeypatch.setattr(merge_module, "merge", exhausted)
+    assert main(["merge", str(dataset), "-o", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(
+        "error: out of memory (Unable to allocate 3.64 TiB for an array); nothing was written to"
+    )
+    assert "fewer episodes or frames" in err and len(err.splitlines()) == 1
+    assert not out.exists()

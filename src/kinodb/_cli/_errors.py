@@ -79,6 +79,13 @@ def dispatch(
             message = _with_ingest_hint(exc, message, args)
         print(f"{error_prefix}error: {message}", file=sys.stderr)
         return EXIT_ERROR
+    except MemoryError as exc:
+        if args.debug:
+            traceback.print_exc()
+        what = f"out of memory ({one_line(exc)})" if str(exc) else "out of memory"
+        print(f"{error_prefix}error: {_interrupted(written, what)}; rerun with less at once (fewer "
+              "episodes or frames, fewer --workers) or where more memory is free", file=sys.stderr)  # fmt: skip
+        return EXIT_ERROR
     except ValueError as exc:  # bad option values that argparse cannot see
         if args.debug:
             traceback.print_exc()
