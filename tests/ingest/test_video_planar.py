@@ -197,3 +197,30 @@ def test_reader_past_the_end_names_a_short_video(tmp_path: Path) -> None:
             _video.decode_at(str(path), np.array([1.0, 1.1]), seek=True, reader=reader)
     finally:
         reader.close()
+
+
+class _ReformatterBefore17:
+    """PyAV's own reformatter, with the signature of PyAV 12-16 (no ``threads``)."""
+
+    def __init__(self) -> None:
+        self._real = av.video.reformatter.VideoReformatter()
+        self.calls = 0
+
+    def reformat(self, frame: Any, format: str | None = None) -> Any:
+        self.calls += 1
+        return self._real.reformat(frame, format=format)
+
+
+def test_frames_convert_on_pyav_before_17(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "v.mp4"
+    F.encode_video(path, F.frames_for(3, 6, 32, 48), 10.0)
+    _, ref = F.reference_decode(path)
+    old = _ReformatterBefore17()
+    with av.open(str(path)) as container:
+        frame = next(container.decode(video=0))
+    monkeypatch.setattr(_video, "_reformat_threads", True)
+    rgb = _video.reformat(old, frame, "rgb24").to_ndarray()
+    np.testing.assert_array_equal(rgb, ref[0])
+    assert old.calls == 1 and _video._reformat_threads is False  # the next call goes straight there
+    np.testing.assert_array_equal(_video.reformat(old, frame, "rgb24").to_ndarray(), ref[0])
+    assert old.calls == 2

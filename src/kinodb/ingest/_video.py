@@ -253,7 +253,7 @@ def _match(
                 else:
                     # One thread: the decoder's own threads already use the cores, and
                     # swscale's would contend with them (same pixels either way).
-                    rgb = rgb24.reformat(frame, format="rgb24", threads=1).to_ndarray()
+                    rgb = reformat(rgb24, frame, "rgb24").to_ndarray()
                     if out is None:
                         out = np.empty((len(wanted), *rgb.shape), np.uint8)
                     elif rgb.shape != out.shape[1:]:
@@ -304,6 +304,22 @@ def planar(frame: Any) -> bool:
     )
 
 
+_reformat_threads = True  # PyAV before 17 has no ``threads`` argument (and one thread)
+
+
+def reformat(reformatter: Any, frame: Any, fmt: str) -> Any:
+    """``frame`` converted to pixel format ``fmt`` on one thread, on any PyAV >= 12."""
+    global _reformat_threads
+    if _reformat_threads:
+        try:
+            return reformatter.reformat(frame, format=fmt, threads=1)
+        except TypeError as exc:
+            if "threads" not in str(exc):
+                raise
+            _reformat_threads = False
+    return reformatter.reformat(frame, format=fmt)
+
+
 _pool_lock = threading.Lock()
 _pools: dict[int, ThreadPoolExecutor] = {}
 _local = threading.local()
@@ -325,7 +341,7 @@ def encode_planar(frame: Any, quality: int) -> bytes:
         reformatter = getattr(_local, "reformatter", None)
         if reformatter is None:
             reformatter = _local.reformatter = _av().video.reformatter.VideoReformatter()
-        frame = reformatter.reformat(frame, format="yuvj420p", threads=1)
+        frame = reformat(reformatter, frame, "yuvj420p")
     planes = [
         np.frombuffer(p, np.uint8).reshape(p.height, p.line_size)[:, : p.width] for p in frame.planes[:3]
     ]
