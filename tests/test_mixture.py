@@ -497,3 +497,16 @@ def test_real_kql_filters(files: dict[str, str]) -> None:
         Mixture([(files["a"], 1, "embodiment = 'widowx'")])
     with pytest.raises(QuerySyntaxError, match=r"source 0 \(.*a\.kdb\): filter"):
         Mixture([(files["a"], 1, "num_frames >")])
+
+
+def test_a_mixture_or_an_episode_as_sources_is_a_short_type_error(files: dict[str, str]) -> None:
+    with Mixture({files["a"]: 1.0, files["b"]: 2.0}) as mix:
+        with pytest.raises(TypeError, match=r"not a Mixture; a Mixture is used as it is") as err:
+            Mixture(mix)  # type: ignore[arg-type]
+        rebuilt = Mixture({s.path: s.weight for s in mix.sources()}, seed=7)  # what the message advises
+        assert [s.weight for s in rebuilt.sources()] == [1.0, 2.0]
+        rebuilt.close()
+        with kinodb.open(files["a"]) as db, pytest.raises(TypeError) as ep_err:
+            Mixture([db.read_episode(0)])
+    assert len(str(err.value)) < 300 and len(str(ep_err.value)) < 300  # not a whole episode printed
+    assert "got {" in str(ep_err.value) and "(dict)" in str(ep_err.value)

@@ -14,6 +14,7 @@ import errno
 import math
 import numbers
 import os
+import reprlib
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
@@ -467,6 +468,12 @@ def _restore(specs: tuple[tuple[str, float, str | None], ...], seed: int, weight
 def _specs(sources: SourcesArg, filters: Mapping[PathArg, str] | None) -> tuple[_Spec, ...]:
     if isinstance(sources, (str, os.PathLike)):
         raise TypeError("sources must be a mapping {path: weight} or a list of entries, not one path")
+    if isinstance(sources, (Mixture, Database)):
+        raise TypeError(
+            f"sources must be a mapping {{path: weight}} or a list of entries, not a {type(sources).__name__}; "
+            "a Mixture is used as it is (KinoFrameDataset(mixture), KinoIterDataset(mixture)), and "
+            "Mixture({s.path: s.weight for s in mixture.sources()}) rebuilds one with other options"
+        )
     entries = list(sources.items()) if isinstance(sources, Mapping) else list(sources)
     if not entries:
         raise MixtureError("a mixture needs at least one source")
@@ -493,7 +500,10 @@ def _entry(i: int, entry: Any) -> tuple[str, Any, Any]:
         return os.fspath(entry), 1.0, None
     if isinstance(entry, (tuple, list)) and 2 <= len(entry) <= 3 and isinstance(entry[0], (str, os.PathLike)):
         return os.fspath(entry[0]), entry[1], entry[2] if len(entry) == 3 else None
-    raise TypeError(f"source {i}: expected a path, (path, weight) or (path, weight, filter), got {entry!r}")
+    raise TypeError(
+        f"source {i}: expected a path, (path, weight) or (path, weight, filter), "
+        f"got {reprlib.repr(entry)} ({type(entry).__name__})"
+    )
 
 
 def _weight(weight: Any, where: str) -> float:
