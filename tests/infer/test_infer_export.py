@@ -113,6 +113,23 @@ def test_zero_init_and_member_layout(tmp_path: Path) -> None:
     np.testing.assert_array_equal(load_model(path).carry, np.zeros(16, np.float32))
 
 
+def test_export_on_torch_before_2_5(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch.onnx.export had no ``dynamo`` argument before torch 2.5 (TorchScript was the default)."""
+    real = torch.onnx.export
+    calls = []
+
+    def export_before_2_5(model: Any, args: Any, f: Any, *, input_names: Any = None, output_names: Any = None,
+                          opset_version: Any = None, do_constant_folding: bool = True) -> None:  # fmt: skip
+        calls.append(opset_version)
+        real(model, args, f, input_names=input_names, output_names=output_names, opset_version=opset_version,
+             do_constant_folding=do_constant_folding, dynamo=False)  # fmt: skip
+
+    monkeypatch.setattr(torch.onnx, "export", export_before_2_5)
+    path = tmp_path / "old.kinfer"
+    export_torch(GruPolicy(), path, joint_names=JOINTS, command_names=COMMANDS, carry_shape=(16,))
+    assert calls and load_model(path).signature.joint_names == JOINTS
+
+
 def test_plain_function_with_a_multi_dimensional_carry(tmp_path: Path) -> None:
     def step(joint_angles: Any, carry: Any) -> tuple[Any, Any]:
         return joint_angles * 2 + carry[0, :3].sum(), carry * 0.5 + joint_angles.sum()

@@ -246,10 +246,12 @@ def _export(
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter announces its deprecation
+        # The TorchScript exporter: the default before torch 2.5, which has no ``dynamo``.
+        legacy = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
         try:
             torch.onnx.export(
                 module, args, buf, input_names=inputs, output_names=outputs, opset_version=OPSET,
-                dynamo=False, do_constant_folding=True,
+                do_constant_folding=True, **legacy,
             )  # fmt: skip
         except Exception as exc:
             text = " ".join(str(exc).split())
