@@ -760,11 +760,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--draws", type=int, default=1000, help="random episode reads per repeat")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--formats", default=",".join(VARIANTS), help=f"subset of {','.join(VARIANTS)}")
-    p.add_argument("--out", default="benchmarks/results/core.json")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="results JSON (default: benchmarks/results/core.json, core_quick.json with --quick)",
+    )
     p.add_argument("--workdir", default=None, help="where data files go (default: a temp dir, removed after)")
     p.add_argument("--keep", action="store_true", help="keep the data files")
     p.add_argument("--quick", action="store_true", help="smoke run: 200 episodes, 3 repeats, 200 draws")
     args = p.parse_args(argv)
+    # A smoke run never replaces the recorded full run.
+    args.out = args.out or f"benchmarks/results/core{'_quick' if args.quick else ''}.json"
     if args.quick:
         args.sizes, args.repeats, args.draws = "200", 3, 200
     args.sizes = [int(s) for s in str(args.sizes).split(",") if s]
@@ -799,7 +805,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as fh:
-        json.dump({"meta": meta, "results": results}, fh, indent=1)
+        json.dump({"quick": args.quick, "meta": meta, "results": results}, fh, indent=1)
     missed = [
         (r["episodes"], t["target"])
         for r in results

@@ -109,9 +109,15 @@ def main() -> None:
     )
     parser.add_argument("--frames", type=int, default=100, help="frames per demo (default 100)")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--out", default="benchmarks/results/ingest_hdf5.json")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="results JSON (default: benchmarks/results/ingest_hdf5.json, ingest_hdf5_quick.json with --quick)",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny smoke run")
     args = parser.parse_args()
+    # A smoke run never replaces the recorded full run.
+    args.out = args.out or f"benchmarks/results/ingest_hdf5{'_quick' if args.quick else ''}.json"
     if args.quick:
         args.demos, args.camera_demos, args.frames, args.repeats = 20, 5, 20, 2
     rows: dict[str, dict[str, Any]] = {}
@@ -130,6 +136,7 @@ def main() -> None:
         )
     ratio = rows["state_only"]["throughput_ratio_ingest_over_read"]
     result = {
+        "quick": args.quick,
         "demos": args.demos, "camera_demos": args.camera_demos, "frames_per_demo": args.frames,
         "rows": rows, "target_state_only": 0.5, "met": ratio >= 0.5,
         "python": platform.python_version(), "kinodb": kinodb.__version__, "h5py": h5py.__version__,

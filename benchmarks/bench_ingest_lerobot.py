@@ -186,9 +186,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--tmp", default=None, help="disk folder for the datasets and .kdb files")
     parser.add_argument("--memory", default="/dev/shm", help="an in-memory folder (tmpfs) for .kdb files too")
-    parser.add_argument("--out", default="benchmarks/results/ingest_lerobot.json")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="results JSON (default: benchmarks/results/ingest_lerobot.json, ingest_lerobot_quick.json with --quick)",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny smoke run")
     args = parser.parse_args()
+    # A smoke run never replaces the recorded full run.
+    args.out = args.out or f"benchmarks/results/ingest_lerobot{'_quick' if args.quick else ''}.json"
     if args.quick:
         args.episodes, args.frames, args.repeats = 4, 20, 1
     width, height = (int(v) for v in args.size.split("x"))
@@ -211,6 +217,7 @@ def main() -> None:
             if "memory" in outs:
                 shutil.rmtree(outs["memory"])
     result = {
+        "quick": args.quick,
         "rows": rows, "outputs": {k: str(v.parent) for k, v in outs.items()},
         "synthetic": {"version": "v3.0", "episodes": args.episodes, "frames": args.frames, "width": width,
                       "height": height, "codec": "libsvtav1", "gop": 2, "episodes_per_file": 10},

@@ -222,9 +222,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--size", type=int, default=128, help="camera height and width (default 128)")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--out", default="benchmarks/results/ingest_rlds.json")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="results JSON (default: benchmarks/results/ingest_rlds.json, ingest_rlds_quick.json with --quick)",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny smoke run")
     args = parser.parse_args()
+    # A smoke run never replaces the recorded full run.
+    args.out = args.out or f"benchmarks/results/ingest_rlds{'_quick' if args.quick else ''}.json"
     if args.quick:
         args.episodes, args.steps, args.repeats = 20, 10, 2
     rows = []
@@ -241,6 +247,7 @@ def main() -> None:
         numpy_crc = numpy_crc_read(synth, args.repeats)
     crc = "google-crc32c" if _tfrecord._fast is not None else "numpy"
     result = {
+        "quick": args.quick,
         "rows": rows, "crc32c": crc, "synthetic_read_only_numpy_crc": numpy_crc,
         "synthetic": {"episodes": args.episodes, "steps": args.steps, "cameras": 2, "size": args.size, "shards": 4},
         "python": platform.python_version(), "kinodb": kinodb.__version__, "machine": platform.machine(),

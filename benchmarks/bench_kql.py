@@ -204,8 +204,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=100, help="timed runs per side (medians)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="2000 episodes, 20 repeats")
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "kql.json"))
+    ap.add_argument(
+        "--out",
+        default=None,
+        help="results JSON (default: benchmarks/results/kql.json, kql_quick.json with --quick)",
+    )
     args = ap.parse_args(argv)
+    # A smoke run never replaces the recorded full run.
+    results_dir = os.path.join(os.path.dirname(__file__), "results")
+    args.out = args.out or os.path.join(results_dir, f"kql{'_quick' if args.quick else ''}.json")
     if args.quick:
         args.episodes, args.repeats = 2000, 20
     with tempfile.TemporaryDirectory(prefix="kinodb-bench-kql-") as tmp:
@@ -233,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}  # fmt: skip
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as fh:
-        json.dump({"meta": meta, "results": results}, fh, indent=1)
+        json.dump({"quick": args.quick, "meta": meta, "results": results}, fh, indent=1)
     print(f"results in {args.out}")
     slower = [f"{n} ({k})" for n, r in results.items() for k in frames if r[f"{k}_over_kql"] < 1]
     if slower:

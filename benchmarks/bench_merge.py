@@ -46,9 +46,15 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--filter", default="success = true OR embodiment = 'aloha'")
-    parser.add_argument("--out", default="benchmarks/results/merge.json")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="results JSON (default: benchmarks/results/merge.json, merge_quick.json with --quick)",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny smoke run")
     args = parser.parse_args()
+    # A smoke run never replaces the recorded full run.
+    args.out = args.out or f"benchmarks/results/merge{'_quick' if args.quick else ''}.json"
     if args.quick:
         args.episodes, args.frames, args.repeats = 20, 10, 2
     with tempfile.TemporaryDirectory(prefix="kinodb-bench-merge-") as tmp:
@@ -76,6 +82,7 @@ def main() -> None:
     ratio = med["plain_copy"] / med["merge"]
     episodes = sum(len(k) for k in kept)
     result = {
+        "quick": args.quick,
         "inputs": len(inputs), "episodes_per_input": args.episodes, "frames": args.frames,
         "filter": args.filter, "kept_episodes": episodes, "kept_payload_bytes": copied,
         "merged_file_bytes": merged, "seconds": times, "median_seconds": med,

@@ -415,8 +415,15 @@ def main(argv: list[str] | None = None) -> int:
         help="torch intra-op threads in the main process (workers always use 1)",
     )
     parser.add_argument("--only", choices=("state", "images"), default=None)
-    parser.add_argument("--out", type=Path, default=HERE / "results" / "dataloader.json")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="results JSON (default: benchmarks/results/dataloader.json, dataloader_quick.json with --quick)",
+    )
     args = parser.parse_args(argv)
+    # A smoke run never replaces the recorded full run.
+    args.out = args.out or HERE / "results" / f"dataloader{'_quick' if args.quick else ''}.json"
     args.repeats = args.repeats or (2 if args.quick else 3)
     args.min_seconds = args.min_seconds if args.min_seconds is not None else (0.3 if args.quick else 1.0)
     workers_list = [int(w) for w in args.workers.split(",")]

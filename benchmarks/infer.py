@@ -226,8 +226,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--serialise-seconds", type=float, default=10.0, help="each serialisation loop (default 10)"
     )
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "infer.json"))
+    ap.add_argument(
+        "--out",
+        default=None,
+        help="results JSON (default: benchmarks/results/infer.json, infer_quick.json with --quick)",
+    )
     args = ap.parse_args(argv)
+    # A smoke run never replaces the recorded full run.
+    results_dir = os.path.join(os.path.dirname(__file__), "results")
+    args.out = args.out or os.path.join(results_dir, f"infer{'_quick' if args.quick else ''}.json")
     if args.quick:
         args.steps, args.seconds, args.serialise_seconds = 3000, 5.0, 2.0
     torch.set_num_threads(1)
@@ -299,8 +306,8 @@ def main(argv: list[str] | None = None) -> int:
             "load_average_at_end": load}  # fmt: skip
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as fh:
-        json.dump({"meta": meta, "step": step, "serialisation": ser, "loop_1khz": loops, "targets": targets},
-                  fh, indent=1)  # fmt: skip
+        json.dump({"quick": args.quick, "meta": meta, "step": step, "serialisation": ser, "loop_1khz": loops,
+                   "targets": targets}, fh, indent=1)  # fmt: skip
     print(f"results in {args.out}")
     return 0
 

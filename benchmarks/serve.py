@@ -200,8 +200,16 @@ def main() -> int:
     parser.add_argument("--processes", type=int, default=4, help="client processes of the load run")
     parser.add_argument("--workers", type=int, default=32, help="kino-serve --workers")
     parser.add_argument("--quick", action="store_true", help="smoke run: small file, few batches and calls")
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "serve.json"))
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="results JSON (default: benchmarks/results/serve.json, serve_quick.json with --quick)",
+    )
     args = parser.parse_args()
+    # A smoke run never replaces the recorded full run.
+    args.out = args.out or str(
+        ROOT / "benchmarks" / "results" / f"serve{'_quick' if args.quick else ''}.json"
+    )
     if args.quick:
         args.episodes, args.batches, args.repeats, args.calls = 200, 30, 3, 20
 
@@ -256,6 +264,7 @@ def main() -> int:
     )
     result = {
         "benchmark": "serve",
+        "quick": args.quick,
         "machine": {
             "python": platform.python_version(),
             "platform": platform.platform(),

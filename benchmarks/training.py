@@ -359,7 +359,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--quick", action="store_true", help="tiny sets, one seed, two short epochs (about a minute)"
     )
-    p.add_argument("--out", type=Path, default=HERE / "results" / "training.json")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="results JSON (default: benchmarks/results/training.json, training_quick.json with --quick)",
+    )
     p.add_argument("--data-dir", type=Path, default=_data.DEFAULT_DATA_DIR)
     p.add_argument("--device", default="cpu", help="torch device for the policies (cpu, cuda, cuda:1)")
     p.add_argument("--threads", type=int, default=1,
@@ -387,6 +392,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--kinodb-only", action="store_true", help="skip the peers (no speedups, no loss check)")
     p.add_argument("--plots-dir", type=Path, default=None, help="write training_*.png here")
     args = p.parse_args(argv)
+    # A smoke run never replaces the recorded full run.
+    args.out = args.out or HERE / "results" / f"training{'_quick' if args.quick else ''}.json"
     preset = QUICK if args.quick else FULL
     args.seeds = [int(s) for s in (args.seeds or ("42" if args.quick else "42,123,456")).split(",")]
     args.datasets = [d for d in args.datasets.split(",") if d]
@@ -430,6 +437,7 @@ def main(argv: list[str] | None = None) -> int:
     md = table(summary, checks)
     wall_s = time.perf_counter() - t0
     result: dict[str, Any] = {
+        "quick": args.quick,
         "meta": {"machine": machine(), "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                  "windows": WINDOWS, "page_cache": "warm: every file of every loader read once before a set's runs",
                  "wall_s": wall_s, "command": " ".join([Path(sys.executable).name, *sys.argv])},

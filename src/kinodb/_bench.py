@@ -17,11 +17,17 @@ process, in the same run, in a fresh temporary directory that is removed afterwa
 
 Each figure is the median of ``repeats`` timed calls (``time.perf_counter``, garbage
 collector paused), each on a freshly opened handle; the format that runs first alternates.
-Results of both formats are compared (counts, arrays), so a faster wrong answer shows.
+Results of both formats are compared (counts, arrays), so a faster wrong answer shows; the
+frames of ``image_read`` are compared pixel for pixel in an untimed pass afterwards.
+
+The episodes are generated in memory before anything is timed, so a run needs memory and
+temporary-directory space in proportion to its size: `run_bench` estimates both and refuses
+a size that does not fit before it generates anything.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import statistics
@@ -46,15 +52,24 @@ KQL = "embodiment = 'franka' AND success = true AND scene = 'lab'"
 OBS_KEYS = tuple((f"robot0_{name}", a, b) for name, (a, b) in synthetic.STATE_COMPONENTS.items())
 IMAGE_POOL = 8  # distinct image stacks, reused round-robin, so --images stays small in memory
 CAMERA = "front"
+CAMERAS, IMAGE_BYTES = 2, 64 * 64 * 3  # synthetic.episodes(images=True): two 64x64 RGB cameras
+
+# Bytes per frame, per episode and per file, measured on runs of this module (peak resident
+# memory, file sizes) and rounded up: what the in-memory episodes, the copied read results,
+# the index, the headers and the h5py objects cost. Page-cache pages are not counted.
+_MEMORY = {"frame": 288, "episode": 2048, "file": 0}
+_MEMORY_H5PY = {"frame": 160, "episode": 14 * 1024, "file": 0}
+_DISK_KDB = {"frame": 104, "episode": 2048, "file": 64 * 1024}
+_DISK_H5PY = {"frame": 160, "episode": 6 * 1024, "file": 64 * 1024}
 
 OPS = {
     "write": "write every episode to a new file",
     "open": "open the file",
     "seq_read": "actions + states of every episode into one buffer",
-    "random_read": "actions of {draws} seeded random episodes",
+    "random_read": "actions of {draws}",
     "meta_scan": "count success and embodiment = franka",
     "kql": "KQL query (h5py: the same filter over attrs)",
-    "windows": "{windows} windows (2 states, 16 actions), {batch} per batch",
+    "windows": "{windows} ({states}, {actions}), {batch} per batch",
     "image_read": f"every {CAMERA} frame of every episode",
 }
 
@@ -82,6 +97,25 @@ class BenchConfig:
         if self.seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {self.seed}")
 
+    def estimate(self, *, peer: bool) -> dict[str, int]:
+        """Estimated peak ``memory`` and temporary-directory ``disk`` bytes of a run.
+
+        ``peer``: whether the HDF5 file is written and read too.
+        """
+        n, T = self.episodes, self.frames
+        images = CAMERAS * IMAGE_BYTES * T if self.images else 0  # one episode's stacks
+
+        def cost(per: dict[str, int]) -> int:
+            return n * (T * per["frame"] + per["episode"]) + per["file"]
+
+        # The image pool, plus the frames an image read holds for each format at once.
+        memory = cost(_MEMORY) + images * (min(IMAGE_POOL, n) + (2 if peer else 1))
+        disk = cost(_DISK_KDB) + n * images
+        if peer:
+            memory += cost(_MEMORY_H5PY)
+            disk += cost(_DISK_H5PY) + n * images
+        return {"memory": memory, "disk": disk}
+
 
 @dataclass
 class _Data:
@@ -101,10 +135,12 @@ def run_bench(config: BenchConfig, *, peer: bool = True) -> dict[str, Any]:
     h5py is not installed or ``peer`` is False) and their ratio ``h5py / kdb``.
 
     Raises:
-        ValueError: a size in ``config`` is below 1.
+        ValueError: a size in ``config`` is below 1, or the run would need more memory or
+            temporary-directory space than is available.
     """
     config.check()
     h5py, why = _peer() if peer else (None, "not requested")
+    check_room(config, peer=h5py is not None)
     data = _make_data(config)
     rows: dict[str, dict[str, float | None]] = {}
     checks: dict[str, Any] = {}
@@ -117,7 +153,8 @@ def run_bench(config: BenchConfig, *, peer: bool = True) -> dict[str, Any]:
                 continue
             kdb_op, h5_op = op(config, kdb, h5py, h5)
             rows[name], results = _measure(config, kdb_op, h5_op)
-            checks[name] = _compare(results)
+            # Every pixel compared inside the timed read would distort it: it runs afterwards, untimed.
+            checks[name] = _same_frames(config, kdb, h5py, h5) if name == "image_read" else _compare(results)
     out_rows = [
         {"op": name, "what": _what(name, config), **times, "ratio": _ratio(times)}
         for name, times in rows.items()
@@ -129,6 +166,68 @@ def run_bench(config: BenchConfig, *, peer: bool = True) -> dict[str, Any]:
         "sizes": sizes,
         "checks": checks,
     }
+
+
+# -- room -----------------------------------------------------------------------------------
+
+
+def check_room(config: BenchConfig, *, peer: bool, tmpdir: str | None = None) -> None:
+    """Refuse a run whose estimated memory or temporary-directory space is not available.
+
+    Memory is compared with ``MemAvailable`` of ``/proc/meminfo`` where the system has it;
+    space with the free space of ``tmpdir`` (default: `tempfile.gettempdir`).
+
+    Raises:
+        ValueError: the estimate of either is larger than what is available.
+    """
+    need = config.estimate(peer=peer)
+    tmpdir = tmpdir or tempfile.gettempdir()
+    have = {"memory": available_memory(), "disk": _free_space(tmpdir)}
+    where = {
+        "memory": ("memory", "is available (MemAvailable)", ""),
+        "disk": (f"space in {tmpdir}", "is free there", ", or set TMPDIR to a larger disk"),
+    }
+    for what, (room, free_text, fix) in where.items():
+        free = have[what]
+        if free is not None and need[what] > free:
+            raise ValueError(
+                f"{_count(config.episodes, 'episode')} x {_count(config.frames, 'frame')} would need "
+                f"about {_bytes(need[what])} of {room}; {_bytes(free)} {free_text}; pass a smaller "
+                f"-n or --frames{fix}"
+            )
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available without swapping (``MemAvailable``), or None where unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024  # the value is in kB
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _free_space(path: str) -> int | None:
+    try:
+        st = os.statvfs(path)
+    except (OSError, AttributeError):  # no statvfs on Windows
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def _bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if size < 1024:
+            return f"{n} bytes" if unit == "bytes" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:,.1f} EiB" if size < 1e6 else f"{size:.1e} EiB"
+
+
+def _count(n: int, word: str) -> str:
+    return f"{n:,} {word}" if n == 1 else f"{n:,} {word}s"
 
 
 # -- timing -------------------------------------------------------------------------------
@@ -149,6 +248,7 @@ def _measure(config: BenchConfig, kdb: Op, h5: Op | None) -> tuple[dict[str, flo
             if op is None:
                 continue
             setup, run, close = op
+            results.pop(name, None)  # the previous result: never hold two copies of a big one
             handle = setup()
             gc.collect()
             gc.disable()
@@ -188,8 +288,13 @@ def _ratio(times: dict[str, float | None]) -> float | None:
 
 
 def _what(name: str, config: BenchConfig) -> str:
-    windows = config.batch * config.batches
-    return OPS[name].format(draws=config.draws, windows=windows, batch=config.batch)
+    return OPS[name].format(
+        draws=_count(config.draws, "seeded random episode"),
+        windows=_count(config.batch * config.batches, "window"),
+        states=_count(config.obs_horizon, "state"),
+        actions=_count(config.action_horizon, "action"),
+        batch=config.batch,
+    )
 
 
 def _peer() -> tuple[ModuleType | None, str | None]:
@@ -400,30 +505,46 @@ def _h5_window(f: Any, demo: int, t: int, T: int, ho: int, ha: int) -> tuple[np.
 
 
 def _images(config: BenchConfig, kdb: str, h5py: ModuleType | None, h5: str) -> tuple[Op, Op | None]:
+    """Each episode's frames copied into one buffer; `_same_frames` checks the pixels."""
     n, T = config.episodes, config.frames
 
-    def kdb_run(db: Database) -> np.ndarray:
-        buf, acc = None, 0
+    def kdb_run(db: Database) -> int:
+        buf, count = None, 0
         for i in range(n):
             frames = db.read_frames(i, 0, T, cameras=[CAMERA])["images"][CAMERA]
             if buf is None:
                 buf = np.empty_like(frames)
             buf[...] = frames
-            acc += int(buf[-1, -1, -1, 0])
-        return np.asarray(acc)
+            count += len(frames)
+        return count
 
-    def h5_run(f: Any) -> np.ndarray:
-        buf, acc = None, 0
+    def h5_run(f: Any) -> int:
+        buf, count = None, 0
         data = f["data"]
         for i in range(n):
             frames = data[f"demo_{i}"][f"obs/{CAMERA}_image"][()]
             if buf is None:
                 buf = np.empty_like(frames)
             buf[...] = frames
-            acc += int(buf[-1, -1, -1, 0])
-        return np.asarray(acc)
+            count += len(frames)
+        return count
 
     return _with_kdb(kdb, kdb_run), _with_h5(h5py, h5, h5_run)
+
+
+def _same_frames(config: BenchConfig, kdb: str, h5py: ModuleType | None, h5: str) -> dict[str, Any]:
+    """The `_images` check, untimed: every pixel of every frame read from both files."""
+    n, T = config.episodes, config.frames
+    equal: bool | None = None if h5py is None else True
+    total, shape = 0, (0,)
+    peer = h5py.File(h5, "r") if h5py is not None else contextlib.nullcontext()
+    with open_database(kdb) as db, peer as f:
+        for i in range(n):
+            frames = db.read_frames(i, 0, T, cameras=[CAMERA])["images"][CAMERA]
+            total, shape = total + int(frames.sum(dtype=np.uint64)), frames.shape
+            if f is not None and equal:
+                equal = bool(np.array_equal(frames, f["data"][f"demo_{i}"][f"obs/{CAMERA}_image"][()]))
+    return {"equal": equal, "kdb": {"shape": [n * T, *shape[1:]], "sum": float(total)}}
 
 
 def _with_kdb(path: str, run: Callable[[Any], Any]) -> Op:

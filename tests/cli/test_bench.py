@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from kinodb._bench import BenchConfig, run_bench
@@ -146,3 +147,100 @@ def test_library_refuses_a_negative_seed(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="seed must be a non-negative integer, got -1"):
         create_test(tmp_path / "x.kdb", 2, 3, seed=-1)
     assert not (tmp_path / "x.kdb").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "sizes"),
+    [
+        (["-n", "100000000", "--frames", "100000000"], "100,000,000 episodes x 100,000,000 frames"),
+        (["-n", str(10**21)], f"{10**21:,} episodes x 50 frames"),
+    ],
+)
+def test_sizes_that_cannot_fit_are_refused_before_generating(
+    argv: list[str],
+    sizes: str,
+    temp_dirs: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import kinodb.synthetic
+
+    def never(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("episodes were generated for a run that cannot fit")
+
+    monkeypatch.setattr(kinodb.synthetic, "episodes", never)
+    assert main(["bench", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith(f"kino bench: error: {sizes} would need about ")
+    assert " EiB of memory; " in err and "is available (MemAvailable)" in err, err
+    assert err.endswith("pass a smaller -n or --frames")
+    assert temp_dirs == []
+
+
+def test_room_is_checked_against_free_memory_and_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import kinodb._bench as bench
+
+    config = BenchConfig(episodes=10, frames=20)
+    need = config.estimate(peer=True)
+    assert need["memory"] > config.estimate(peer=False)["memory"] > 0
+    assert need["disk"] > config.estimate(peer=False)["disk"] > 0
+    bench.check_room(config, peer=True, tmpdir=str(tmp_path))  # a small run fits here
+    monkeypatch.setattr(bench, "available_memory", lambda: need["memory"] - 1)
+    with pytest.raises(ValueError, match=r"10 episodes x 20 frames would need about .* of memory; "):
+        bench.check_room(config, peer=True, tmpdir=str(tmp_path))
+    bench.check_room(config, peer=False, tmpdir=str(tmp_path))  # without HDF5 it needs less
+    monkeypatch.setattr(bench, "available_memory", lambda: None)  # unknown: not checked
+    monkeypatch.setattr(bench, "_free_space", lambda path: need["disk"] - 1)
+    with pytest.raises(ValueError, match=rf"of space in {tmp_path}; .* is free there; .*set TMPDIR"):
+        bench.check_room(config, peer=True, tmpdir=str(tmp_path))
+
+
+def test_estimate_covers_the_files_written(temp_dirs: list[str]) -> None:
+    pytest.importorskip("h5py", reason="the HDF5 file's size needs h5py")
+    for config in (
+        BenchConfig(episodes=30, frames=3, repeats=1, draws=5, batches=1, batch=4),
+        BenchConfig(episodes=3, frames=40, images=True, repeats=1, draws=5, batches=1, batch=4),
+    ):
+        sizes = run_bench(config)["sizes"]
+        assert sizes["kdb"] + sizes["h5py"] <= config.estimate(peer=True)["disk"], (config, sizes)
+        assert sizes["kdb"] <= config.estimate(peer=False)["disk"], (config, sizes)
+
+
+def test_image_check_compares_every_pixel(
+    temp_dirs: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("h5py", reason="the h5py comparison needs h5py")
+    from kinodb.kdb.reader import Database
+
+    assert main(["bench", *SMALL, "--images", "--json"]) == 0
+    check = json.loads(capsys.readouterr().out)["checks"]["image_read"]
+    assert check["equal"] is True and check["kdb"]["shape"] == [4 * 12, 64, 64, 3]
+    assert check["kdb"]["sum"] > 0
+
+    real = Database.read_frames
+
+    def flipped(self: Database, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        out = real(self, *args, **kwargs)
+        out["images"] = {cam: np.ascontiguousarray(v[:, ::-1]) for cam, v in out["images"].items()}
+        return out
+
+    # Upside-down frames keep the pixel sum and the bottom-right pixel: only a full comparison sees them.
+    monkeypatch.setattr(Database, "read_frames", flipped)
+    assert main(["bench", *SMALL, "--images", "--json"]) == 1
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["checks"]["image_read"]["equal"] is False
+    assert ".kdb and h5py disagree on image_read" in captured.err
+
+
+def test_counts_of_one_are_singular(temp_dirs: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "-n", "1", "--frames", "1", "--repeats", "1", "--no-h5py"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("kino bench: 1 episode x 1 frame (1 frame), images: none; median of 1 run\n")
+    config = BenchConfig(draws=1, batch=1, batches=1, obs_horizon=1, action_horizon=1)
+    from kinodb._bench import _what
+
+    assert _what("random_read", config) == "actions of 1 seeded random episode"
+    assert _what("windows", config) == "1 window (1 state, 1 action), 1 per batch"

@@ -19,8 +19,9 @@ def register(sub: Any) -> None:
         description=(
             "Write synthetic episodes as .kdb and as robomimic-layout HDF5 (when h5py is installed) "
             "in a temporary directory, time each operation (median of --repeats runs), print the "
-            "table and the ratios, and remove the directory. For the full comparison use "
-            "benchmarks/bench_core.py."
+            "table and the ratios, and remove the directory. The episodes are held in memory, so a "
+            "size that needs more memory or temporary space than is free is refused before it "
+            "starts. For the full comparison use benchmarks/bench_core.py."
         ),
     )
     p.add_argument("-n", "--num-episodes", type=positive_int, default=500, help="episodes (default: 500)")
@@ -58,8 +59,9 @@ def _print_table(result: dict[str, Any]) -> None:
     c, peer = result["config"], result["peer"]
     frames = c["episodes"] * c["frames"]
     print(
-        f"kino bench: {c['episodes']} episodes x {c['frames']} frames ({frames:,} frames), "
-        f"images: {'2 raw 64x64 cameras' if c['images'] else 'none'}; median of {c['repeats']} runs"
+        f"kino bench: {_count(c['episodes'], 'episode')} x {_count(c['frames'], 'frame')} "
+        f"({_count(frames, 'frame')}), images: {'2 raw 64x64 cameras' if c['images'] else 'none'}; "
+        f"median of {_count(c['repeats'], 'run')}"
     )
     has_peer = peer["missing"] is None
     if has_peer:
@@ -85,6 +87,10 @@ def _print_table(result: dict[str, Any]) -> None:
         print(f"same results from both formats: {', '.join(checked)}")
     if has_peer:
         print("H5PY/KDB above 1 means .kdb is faster.")
+
+
+def _count(n: int, word: str) -> str:
+    return f"{n:,} {word}" if n == 1 else f"{n:,} {word}s"
 
 
 def _ms(seconds: float | None) -> str:
