@@ -61,8 +61,12 @@ def test_layout_names_dtypes_and_attrs(source: Path, tmp_path: Path) -> None:
         for k in range(3):
             g, ep = data[f"demo_{k}"], db.read_episode(k)
             T = ep["meta"]["num_frames"]
-            assert sorted(g) == ["actions", "dones", "lang_emb", "obs", "rewards", "states"]
-            assert sorted(g["obs"]) == ["agentview", "depth", "eef_pos", "gripper"]
+            assert sorted(g) == ["actions", "dones", "lang_emb", "next_obs", "obs", "rewards", "states"]
+            assert sorted(g["obs"]) == sorted(g["next_obs"]) == ["agentview", "depth", "eef_pos", "gripper"]
+            for key in g["obs"]:  # robomimic's next_obs: one frame later, the last frame repeated
+                now, later = g["obs"][key][()], g["next_obs"][key][()]
+                assert later.dtype == now.dtype and later.shape == now.shape, key
+                assert np.array_equal(later[:-1], now[1:]) and np.array_equal(later[-1], now[-1]), key
             assert g.attrs["num_samples"] == T
             for name, want in (("actions", ep["actions"]), ("rewards", ep["rewards"]),
                                ("states", ep["sim_state"]), ("lang_emb", ep["lang_emb"])):  # fmt: skip
@@ -165,8 +169,11 @@ def test_episodes_without_states_have_no_state_obs(tmp_path: Path) -> None:
     ("episode", "match"),
     [
         ({"images": {"a/b": np.zeros((2, 4, 4, 3), np.uint8)}}, "cannot be an HDF5"),
-        ({"images": {"pos": np.zeros((2, 4, 4, 3), np.uint8)}}, "name of a state component"),
-        ({"extra_arrays": {"dones": np.zeros(2)}}, "overwrite the robomimic dataset"),
+        (
+            {"images": {"pos": np.zeros((2, 4, 4, 3), np.uint8)}},
+            "the state component 'pos' would both be obs/pos",
+        ),
+        ({"extra_arrays": {"dones": np.zeros(2)}}, "would take the place of the robomimic dataset 'dones'"),
         ({"extra": {"filter_keys": "train"}}, "must be a list"),
     ],
 )
@@ -329,8 +336,12 @@ def test_array_shapes_that_differ_are_refused_without_a_robot_to_filter_on(tmp_p
         export(src, tmp_path / "out.hdf5", format="hdf5")
     message = str(exc.value)
     assert "array 'emb' has different per-frame shapes ([4] in 1 episode (first: 0), [6] in 1" in message
-    assert message.endswith("export them separately, with --filter")  # one robot: no embodiment hint
+    # One robot, so no embodiment filter: a ready filter by episode id instead.
+    assert message.endswith('export them separately, e.g. episode 0 with --filter "episode_id = 0"')
     assert _left(tmp_path) == []
+    export(src, tmp_path / "out.hdf5", format="hdf5", filter="episode_id = 0")
+    with h5py.File(tmp_path / "out.hdf5", "r") as f:
+        assert list(f["data"]) == ["demo_0"] and f["data/demo_0/emb"].shape == (2, 4)
 
 
 def test_a_camera_only_some_episodes_hold_is_kept_in_those(tmp_path: Path) -> None:
@@ -361,3 +372,71 @@ def test_per_frame_tasks_of_some_episodes_survive_the_round_trip(tmp_path: Path)
     want = FrameWindows(str(src), obs_horizon=1, action_horizon=1).tasks(np.arange(8))
     assert want == ["wipe", "wipe", "put down", "put down", "wipe", "stack", "stack", "stack"]
     assert FrameWindows(str(back), obs_horizon=1, action_horizon=1).tasks(np.arange(8)) == want
+
+
+# -- next_obs and frames written a window at a time ------------------------------------------
+
+
+@pytest.mark.parametrize("turn", [False, True])
+def test_next_obs_holds_every_obs_key_one_frame_later_across_windows(tmp_path: Path, turn: bool) -> None:
+    from kinodb.export._base import WINDOW
+
+    rng = np.random.default_rng(12)
+    T = 2 * WINDOW + 5  # three windows, the last one short
+    src = tmp_path / "long.kdb"
+    metadata = {"image_orientation": "rotated_180" if turn else "as_stored",
+                "hdf5": {"extra_arrays": {"depth_m": "obs/depth_m"}}}  # fmt: skip
+    with kinodb.Writer(src, image_codec="png", schema={"states": {"components": {"pos": [0, 2], "grip": [2, 3]}}},
+                       metadata=metadata) as w:  # fmt: skip
+        w.add_episode(actions=rng.normal(size=(T, 2)).astype(np.float32), states=rng.normal(size=(T, 3)),
+                      images={"front": rng.integers(0, 255, (T, 6, 5, 3), dtype=np.uint8)},
+                      extra_arrays={"depth_m": rng.random((T, 6, 5, 1)).astype(np.float32),
+                                    "raw_depth": rng.random((T, 4, 3, 1))})  # fmt: skip
+    export(src, tmp_path / "out.hdf5", format="hdf5")
+    with kinodb.open(src) as db, h5py.File(tmp_path / "out.hdf5", "r") as f:
+        ep, g = db.read_episode(0), f["data/demo_0"]
+        turned = (lambda a: a[:, ::-1, ::-1]) if turn else (lambda a: a)
+        want = {"pos": ep["states"][:, :2], "grip": ep["states"][:, 2:], "front": turned(ep["images"]["front"]),
+                "depth_m": turned(ep["depth_m"])}  # fmt: skip
+        assert sorted(g["obs"]) == sorted(g["next_obs"]) == sorted(want)
+        for key, values in want.items():
+            assert g["obs"][key].dtype == values.dtype and np.array_equal(g["obs"][key][()], values), key
+            later = np.concatenate([values[1:], values[-1:]])
+            got = g["next_obs"][key][()]
+            assert got.dtype == values.dtype and np.array_equal(got, later), key
+        # A 4-D array that is no obs key is written a window at a time too.
+        assert np.array_equal(g["raw_depth"][()], turned(ep["raw_depth"]))
+        assert json.loads(f["data"].attrs["kinodb_export"])["next_obs"] is True
+
+
+def test_no_next_obs_leaves_it_out(tmp_path: Path, make_episode) -> None:
+    src = _write(tmp_path / "src.kdb", [_episode(make_episode, 0)])
+    export(src, tmp_path / "api.hdf5", format="hdf5", next_obs=False)
+    assert subprocess.run(
+        [sys.executable, "-m", "kinodb._cli.main", "export", str(src), "-o", str(tmp_path / "cli.hdf5"),
+         "--no-next-obs"], check=False, capture_output=True
+    ).returncode == 0  # fmt: skip
+    for name in ("api.hdf5", "cli.hdf5"):
+        with h5py.File(tmp_path / name, "r") as f:
+            assert "next_obs" not in f["data/demo_0"] and "obs" in f["data/demo_0"], name
+            assert json.loads(f["data"].attrs["kinodb_export"])["next_obs"] is False
+    with pytest.raises(
+        ValueError, match=r"next_obs \(kino export --no-next-obs\) applies to format 'hdf5' only"
+    ):
+        export(src, tmp_path / "npy", format="numpy", next_obs=False)
+
+
+def test_an_export_with_next_obs_ingests_without_it(tmp_path: Path, make_episode) -> None:
+    from kinodb.ingest import ingest
+
+    src = _write(tmp_path / "src.kdb", [_episode(make_episode, i) for i in range(2)])
+    export(src, tmp_path / "out.hdf5", format="hdf5")
+    ingest(tmp_path / "out.hdf5", tmp_path / "back.kdb", image_codec="png")
+    with kinodb.open(src) as a, kinodb.open(tmp_path / "back.kdb") as b:
+        assert b.metadata()["hdf5"]["left_out"]["next_obs"] == "duplicates obs one step later"
+        for i in range(2):
+            x, y = a.read_episode(i), b.read_episode(i)
+            assert set(x) == set(y)
+            for name in set(x) - {"meta", "images"}:
+                assert x[name].dtype == y[name].dtype and x[name].tobytes() == y[name].tobytes(), name
+            assert all(np.array_equal(x["images"][c], y["images"][c]) for c in x["images"])

@@ -471,10 +471,11 @@ def test_different_arrays_or_cameras_are_refused(tmp_path: Path) -> None:
     rng = np.random.default_rng(10)
     eps = _episodes(rng, lengths=(3, 4))
     eps[1]["extra_arrays"]["emb"] = eps[1]["extra_arrays"]["emb"].astype(np.float64)
-    _refused(tmp_path, eps, "episode 1 has arrays", "emb float64[2, 3]", "emb float32[2, 3]")
+    _refused(tmp_path, eps, "hold different arrays (dtype[per-frame shape]) or cameras", "1 episode (first: 0) holds array emb float32[2, 3];",
+             "1 episode (first: 1) holds array emb float64[2, 3];", 'episode 0 with --filter "episode_id = 0"')  # fmt: skip
     eps = _episodes(rng, lengths=(3, 4))
     eps[1]["images"] = {"front": smooth_frames(rng, (4, 16, 16, 3))}
-    _refused(tmp_path, eps, "episode 1 has cameras", "(16, 16, 3)")
+    _refused(tmp_path, eps, "holds camera front [32, 48, 3];", "holds camera front [16, 16, 3]; a LeRobot")
 
 
 @pytest.mark.parametrize(("name", "match"), [("a/b", "cannot hold '/'"), ("next.reward", "both be")])
@@ -688,3 +689,48 @@ def test_an_abandoned_av1_file_still_ends_the_encoder_stream(
     del video
     gc.collect()  # the encoder is torn down with its stream
     assert "without sending EOS" not in capfd.readouterr().err
+
+
+def test_episodes_of_other_arrays_are_named_with_a_filter_that_works(tmp_path: Path) -> None:
+    src = tmp_path / "mixed.kdb"
+    with kinodb.Writer(src) as w:
+        for k in range(7):  # episodes 2, 3 and 4 (and 6) hold an array the others lack
+            extra = {"force": np.zeros((3, 2), np.float32)} if k in (2, 3, 4, 6) else {}
+            w.add_episode(actions=np.zeros((3, 2), np.float32), fps=FPS, extra_arrays=extra)
+    with pytest.raises(ConversionError) as exc:
+        export(src, tmp_path / "lr", format="lerobot")
+    message = str(exc.value)
+    assert (
+        "3 episodes (first: 0) hold nothing more; 4 episodes (first: 2) hold array force float32[2]"
+        in message
+    )
+    assert message.endswith('e.g. the 3 episodes like episode 0 with --filter "episode_id IN (0, 1, 5)"')
+    export(src, tmp_path / "a", format="lerobot", filter="episode_id IN (0, 1, 5)")
+    export(src, tmp_path / "b", format="lerobot", filter="episode_id BETWEEN 2 AND 4 OR episode_id = 6")
+    assert [_info(tmp_path / p)["total_episodes"] for p in "ab"] == [3, 4]
+
+
+def test_episode_filters_keep_exactly_their_episodes(tmp_path: Path) -> None:
+    from kinodb.export._base import episodes_filter, split_advice
+
+    src = tmp_path / "many.kdb"
+    with kinodb.Writer(src) as w:
+        for k in range(40):
+            w.add_episode(actions=np.zeros((2, 1), np.float32), embodiment="ur5" if k >= 30 else "panda")
+    with kinodb.open(src) as db:
+        table = db.episodes()
+        for group in ([3], [0, 1], [0, 1, 2, 7, 9, 10, 11, 12, 39], list(range(0, 40, 2))):
+            assert db.query(episodes_filter(table, group)).tolist() == group
+        assert split_advice(table, list(range(30, 40))).endswith("with --filter \"embodiment = 'ur5'\"")
+        assert "episode_id BETWEEN 0 AND 9" in split_advice(table, list(range(10)))  # panda: also 10..29
+
+
+def test_image_statistics_keep_no_full_size_frames(tmp_path: Path) -> None:
+    from kinodb.export import _lerobot_stats as stats_
+
+    frames = np.random.default_rng(3).integers(0, 255, (8, 480, 640, 3), dtype=np.uint8)
+    small = stats_.downsample(frames)
+    assert small.shape == (8, 120, 160, 3) and not np.shares_memory(small, frames)
+    picked = lerobot_export._pick(frames, np.array([1, 5, 9]), 0)
+    assert picked.shape == (2, 120, 160, 3) and not np.shares_memory(picked, frames)
+    assert picked.base is None or picked.base.nbytes == picked.nbytes  # holds only the samples

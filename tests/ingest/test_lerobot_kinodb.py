@@ -97,3 +97,79 @@ def test_an_export_record_that_does_not_fit_its_episode_is_not_used(
     with kinodb.open(out) as db:
         assert db.read_meta(1)["operator"] == "bob" and "operator" not in db.read_meta(2)
     assert verify(exported, out).ok
+
+
+# -- the source's schema and dataset metadata ---------------------------------------------------
+
+PARTS = [
+    {"names": ["a", "b", "c"]},
+    {"components": {"eef": [0, 2], "grip": [2, 3]}},  # tiles: names made up per component
+    {"components": {"eef": [0, 2]}},  # does not tile: a flat list of made-up names
+    {"components": {"grip": [2, 3], "eef": [0, 2]}, "names": ["x", "y", "g"]},
+    {},
+]
+
+
+@pytest.mark.parametrize("part", PARTS)
+def test_as_exported_is_what_the_export_writes_and_the_ingest_reads(part: dict) -> None:
+    from kinodb.export.lerobot import _names
+    from kinodb.ingest._lerobot_kinodb import as_exported
+    from kinodb.ingest.lerobot import names_and_components
+
+    names, comps = names_and_components(_names(part, 3), 3)
+    read = ({"names": names} if names is not None else {}) | ({"components": comps} if comps else {})
+    assert as_exported({**part, "dim": 3}) == read
+
+
+def _source_parts(tmp_path: Path, schema: dict, metadata: dict) -> tuple[Path, Path]:
+    src = tmp_path / "src.kdb"
+    with kinodb.Writer(src, mode="w", schema=schema, metadata=metadata) as w:
+        for T in (3, 4):
+            w.add_episode(actions=np.zeros((T, 3), np.float32), states=np.ones((T, 2), np.float32), fps=10.0)
+    out = tmp_path / "lr"
+    kinodb.export.export(src, out, format="lerobot")
+    return src, out
+
+
+def _restored(root: Path) -> tuple[dict, dict]:
+    from kinodb.ingest._lerobot_kinodb import restore_dataset
+    from kinodb.ingest.lerobot import LeRobotSource
+
+    source = LeRobotSource(root)
+    try:
+        info = source.info()
+        return restore_dataset(source._kinodb, info.schema, info.metadata, source._info, str(root))
+    finally:
+        source.close()
+
+
+@pytest.mark.parametrize("part", PARTS[:4])
+def test_the_source_schema_comes_back_as_it_was(tmp_path: Path, part: dict) -> None:
+    src, out = _source_parts(tmp_path, {"actions": part}, {})
+    schema, _ = _restored(out)
+    with kinodb.open(src) as db:
+        want = db.schema()["actions"]
+    assert schema["actions"] == {k: want[k] for k in ("names", "components") if k in want}
+
+
+def test_the_source_metadata_comes_back_under_the_ingests_own(tmp_path: Path) -> None:
+    meta = {"license": "CC-BY", "robot": {"urdf": "g1.urdf"}, "lerobot": "the source's", "ingest": {"x": 1}}
+    _, out = _source_parts(tmp_path, {}, meta)
+    _, got = _restored(out)
+    assert got["license"] == "CC-BY" and got["robot"] == {"urdf": "g1.urdf"}
+    assert isinstance(got["lerobot"], dict) and "ingest" not in got  # the ingest's own keys win, or come anew
+
+
+def test_a_dataset_changed_since_the_export_gets_no_source_record_back(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    _, out = _source_parts(
+        tmp_path, {"actions": {"components": {"eef": [0, 2], "grip": [2, 3]}}}, {"license": "x"}
+    )
+    info = json.loads((out / "meta" / "info.json").read_text())
+    info["total_frames"] -= 1  # as if frames were cut after the export
+    (out / "meta" / "info.json").write_text(json.dumps(info, indent=4))
+    with caplog.at_level(logging.WARNING, logger="kinodb.ingest"):
+        schema, meta = _restored(out)
+    assert "describes 2 episodes of 7 frames, the dataset has 2 of 6" in caplog.text
+    assert "license" not in meta and schema["actions"]["names"] == ["eef_0", "eef_1", "grip"]

@@ -22,7 +22,10 @@ from kinodb.errors import ConversionError
 from kinodb.kdb._stale import stale_temps
 from kinodb.kdb.reader import Database
 
+WINDOW = 32  # camera frames decoded (and per-frame arrays copied) at a time
 _SAFE_CHARS = frozenset(string.ascii_letters + string.digits + "-_.")
+_MAX_HINT = 1000  # characters of a suggested --filter quoted in an error message
+_QUOTABLE = re.compile(r"[\w .:+-]+")  # embodiments a suggested filter can quote as they are
 _MAX_NAME_BYTES = 200  # well under the usual 255-byte file-name limit, leaving room for suffixes
 # Line breaks that JSON leaves unescaped but str.splitlines() splits on: escaped so that
 # every episodes.jsonl line stays one line for any reader.
@@ -100,17 +103,78 @@ def one_value(
     )
 
 
+def episodes_filter(table: dict[str, np.ndarray], eps: list[int]) -> str:
+    """A KQL query that keeps exactly the episodes at positions ``eps``, by ``episode_id``.
+
+    ``table`` is ``db.episodes()``. Runs of three or more consecutive ids are written
+    ``episode_id BETWEEN a AND b``, the rest ``episode_id IN (...)``.
+    """
+    ids = sorted({int(x) for x in table["episode_id"][eps].tolist()})
+    runs: list[list[int]] = []
+    for x in ids:
+        if runs and runs[-1][1] == x - 1:
+            runs[-1][1] = x
+        else:
+            runs.append([x, x])
+    terms = [f"episode_id BETWEEN {a} AND {b}" for a, b in runs if b - a >= 2]
+    single = [str(x) for a, b in runs if b - a < 2 for x in range(a, b + 1)]
+    if len(single) == 1:
+        terms.append(f"episode_id = {single[0]}")
+    elif single:
+        terms.append(f"episode_id IN ({', '.join(single)})")
+    return " OR ".join(terms)
+
+
+def split_advice(table: dict[str, np.ndarray], group: list[int]) -> str:
+    """A ready ``--filter`` that exports the episodes at positions ``group`` (one of several
+    that each fit one export), as advice: "e.g. the 3 episodes like episode 0 with --filter ...".
+
+    ``table`` is ``db.episodes()``. The filter names the group's embodiment where that
+    picks out exactly the group in the file, else its episode ids (`episodes_filter`).
+    """
+    first, n = min(group), len(group)
+    like = f"the {_count(n)} like episode {first}" if n > 1 else f"episode {first}"
+    robots = sorted(set(table["embodiment"][group].tolist()))
+    if (
+        len(robots) == 1
+        and _QUOTABLE.fullmatch(robots[0])  # safe inside '...' inside "..."
+        and np.flatnonzero(table["embodiment"] == robots[0]).tolist() == sorted(group)
+    ):
+        return f"e.g. {like} with --filter \"embodiment = '{robots[0]}'\""
+    kql = episodes_filter(table, group)
+    if len(kql) <= _MAX_HINT:
+        return f'e.g. {like} with --filter "{kql}"'
+    shown = kql[: _MAX_HINT // 4].rsplit(" ", 1)[0]
+    return f'e.g. {like} with --filter "{shown} ..." (their episode ids, too many to list here)'
+
+
+def _count(n: int) -> str:
+    return f"{n} episode{'' if n == 1 else 's'}"
+
+
 def dataset_record(db: Database, positions: list[int], facts: dict[str, Any]) -> dict[str, Any]:
     """``dataset.json`` of an export: the file's dataset block plus ``export`` (``facts``).
 
+    The stored statistics are kept only where they describe the export (see `exported_dataset`).
+    """
+    info, facts = exported_dataset(db, positions, facts)
+    return {**info, "export": facts}
+
+
+def exported_dataset(
+    db: Database, positions: list[int], facts: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The file's dataset block as an export of episodes ``positions`` carries it, and the export's facts.
+
     The stored statistics cover every episode of the file: an export of some of them
-    leaves them out (and says so in ``export``) rather than hand over statistics of
-    episodes it does not hold.
+    (or of a file whose statistics are stale) leaves them out, and says why in the
+    facts' ``stats_left_out``, rather than hand over statistics of episodes it does not
+    hold.
     """
     info = db.dataset_info()
     stats = info.get("stats")
     if not isinstance(stats, dict):
-        return {**info, "export": facts}
+        return info, facts
     counted = (stats.get("num_frames", db.num_frames()), stats.get("num_episodes", len(db)))
     if stats.get("stale") or counted != (db.num_frames(), len(db)):  # as Database.stats() judges
         why = "the file's statistics are stale (episodes were added after they were computed): run kino stats on it"
@@ -120,9 +184,9 @@ def dataset_record(db: Database, positions: list[int], facts: dict[str, Any]) ->
             "statistics of these episodes, run kino merge with the same --filter, then kino stats"
         )
     else:
-        return {**info, "export": facts}
+        return info, facts
     del info["stats"]
-    return {**info, "export": {**facts, "stats_left_out": why}}
+    return info, {**facts, "stats_left_out": why}
 
 
 def episode_record(db: Database, i: int) -> dict[str, Any]:
@@ -132,6 +196,14 @@ def episode_record(db: Database, i: int) -> dict[str, Any]:
         for name, cam in db.cameras(i).items()
     }
     return {"position": i, "meta": db.read_meta(i), "cameras": cameras}
+
+
+def camera_windows(db: Database, i: int, camera: str, T: int) -> Iterator[tuple[int, np.ndarray]]:
+    """``(start, frames)``: episode ``i``'s decoded frames of ``camera``, `WINDOW` at a time,
+    so that a long episode's frames are never all decoded at once."""
+    for start in range(0, T, WINDOW):
+        stop = min(start + WINDOW, T)
+        yield start, db.read_frames(i, start, stop, cameras=[camera])["images"][camera]
 
 
 def index_width(count: int) -> int:

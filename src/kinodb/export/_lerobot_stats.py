@@ -44,12 +44,16 @@ def sample_indices(num_frames: int) -> np.ndarray:
 
 
 def downsample(frames: np.ndarray) -> np.ndarray:
-    """``(n, H, W, C)`` frames strided down to about 150 px when larger than 300 px."""
+    """``(n, H, W, C)`` frames strided down to about 150 px when larger than 300 px.
+
+    A strided result is a copy: callers keep the samples of a whole episode, and a view
+    would keep every full-size frame it was cut from alive with it.
+    """
     h, w = frames.shape[1:3]
     if max(h, w) < 300:
         return frames
     step = int(max(h, w) / 150)
-    return frames[:, ::step, ::step]
+    return np.ascontiguousarray(frames[:, ::step, ::step])
 
 
 def image_stats(frames: np.ndarray) -> Stats:

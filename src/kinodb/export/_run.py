@@ -27,11 +27,11 @@ _FILE_SUFFIXES = {
 _FormatWriter = Callable[[Database, list[int], str, dict[str, Any]], list[str] | None]
 
 
-def _hdf5_writer(flip_images: bool) -> _FormatWriter:
+def _hdf5_writer(flip_images: bool, next_obs: bool) -> _FormatWriter:
     from kinodb.export import hdf5  # deferred: it is the only module that needs h5py
 
     def write(db: Database, positions: list[int], out: str, facts: dict[str, Any]) -> list[str]:
-        return hdf5.write(db, positions, out, facts, flip_images=flip_images)
+        return hdf5.write(db, positions, out, facts, flip_images=flip_images, next_obs=next_obs)
 
     return write
 
@@ -88,6 +88,7 @@ def export(
     video_codec: str | None = None,
     images_as: str | None = None,
     flip_images: bool | None = None,
+    next_obs: bool | None = None,
 ) -> ExportReport:
     """Export a ``.kdb`` file (the episodes matching ``filter``) to another format.
 
@@ -100,9 +101,11 @@ def export(
     folder, and a file only with ``hdf5`` (see `existing_output`); an output that is the
     current folder, the input file or a folder holding either is refused even then.
     ``video_codec`` (``h264``, the default, or ``av1``) and ``images_as`` (``video``, the
-    default, or ``image``) apply to ``lerobot`` only. ``flip_images`` applies to ``hdf5``:
-    frames the ingest turned upright (``--flip-images``) are turned back to the source's
-    orientation unless it is False.
+    default, or ``image``) apply to ``lerobot`` only. ``flip_images`` and ``next_obs``
+    apply to ``hdf5``: frames the ingest turned upright (``--flip-images``) are turned
+    back to the source's orientation unless ``flip_images`` is False, and each demo holds
+    ``next_obs`` (every obs key one frame later, as robomimic's files do, which its
+    readers load by default) unless ``next_obs`` is False, which halves the file.
 
     Example:
         >>> kinodb.export.export("pick.kdb", "pick_npy", filter="success = true")
@@ -124,10 +127,12 @@ def export(
     format = output_format(shown, format)
     if format != "lerobot" and (video_codec is not None or images_as is not None):
         raise ValueError(f"video_codec and images_as apply to format 'lerobot' only, not {format!r}")
-    if format != "hdf5" and flip_images is not None:
-        raise ValueError(
-            f"flip_images (kino export --keep-upright) applies to format 'hdf5' only, not {format!r}"
-        )
+    for name, value, flag in (
+        ("flip_images", flip_images, "--keep-upright"),
+        ("next_obs", next_obs, "--no-next-obs"),
+    ):
+        if format != "hdf5" and value is not None:
+            raise ValueError(f"{name} (kino export {flag}) applies to format 'hdf5' only, not {format!r}")
     t0 = time.perf_counter()
     target = os.path.abspath(shown)
     directory = format != "hdf5"
@@ -135,7 +140,7 @@ def export(
     if format == "lerobot":
         writer = _lerobot_writer(video_codec, images_as)
     elif format == "hdf5":
-        writer = _hdf5_writer(flip_images is not False)
+        writer = _hdf5_writer(flip_images is not False, next_obs is not False)
     else:
         writer = _WRITERS[format]
     with open_database(path) as db:

@@ -16,7 +16,11 @@ Layout::
         obs/<component>       ``states`` split by the schema's named components (else obs/state),
                               each in the dtype and shape its HDF5 source had (the metadata's
                               ``hdf5.state_layout``) where that keeps the values
-        obs/<camera>          uint8 (T, H, W, C), JPEG/PNG frames decoded
+        obs/<camera>          uint8 (T, H, W, C), JPEG/PNG frames decoded, a window of
+                              frames at a time
+        next_obs/<key>        every obs key one frame later, the last frame repeated, as in
+                              robomimic's own files (``next_obs=False``, ``kino export
+                              --no-next-obs``: none, half the size)
     mask/<key>                demo names (bytes) from the ``filter_keys`` extra field
 
 Image orientation: a file ingested with ``flip_images`` (``kino ingest --flip-images``,
@@ -34,7 +38,12 @@ shape from ``demo_0``, so the exported episodes must share the action and state 
 each array's and camera's per-frame shape (a merge of robots is exported one robot at a
 time, with ``--filter``). Arrays that only some episodes hold are left out, with a warning;
 a camera that only some hold stays in those demos, which ``kinodb.ingest`` reads back (a
-robomimic reader needs it left out of its obs keys).
+robomimic reader needs it left out of its obs keys), and so do per-frame tasks (the extra
+field ``tasks`` with the array ``task_index``), which robomimic does not read.
+
+``kinodb_dataset`` holds the file's dataset block (schema, metadata), which the HDF5 ingest
+gives back; its stored statistics only where they describe the export (every episode, not
+stale), else ``kinodb_export`` says in ``stats_left_out`` why they were left out.
 """
 
 from __future__ import annotations
@@ -43,6 +52,8 @@ import json
 import logging
 import math
 import os
+from collections.abc import Iterator
+from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any
 
@@ -50,7 +61,7 @@ import numpy as np
 
 from kinodb._optional import require
 from kinodb.errors import ConversionError
-from kinodb.export._base import dumps, one_value
+from kinodb.export._base import WINDOW, camera_windows, dumps, exported_dataset, one_value, split_advice
 from kinodb.kdb.reader import Database
 
 logger = logging.getLogger(__name__)
@@ -62,6 +73,8 @@ ROBOSUITE_ENV_TYPE = 1  # robomimic EnvType.ROBOSUITE_TYPE
 ORIENTATION_TURNED, ORIENTATION_AS_STORED = "rotated_180", "as_stored"
 # Datasets and groups a demo already has: extra arrays must not take these names.
 _DEMO_NAMES = frozenset(("actions", "rewards", "dones", "states", "obs", "next_obs", "action_dict"))
+# kinodb's own arrays (and the simulator states), written where robomimic reads them.
+_BUILTIN = frozenset(("actions", "states", "rewards", "is_terminal", "timestamps", SIM_STATE))
 _META_ATTRS = ("embodiment", "task", "fps", "success", "total_reward")
 _DERIVED = frozenset(("episode_id", "num_frames", "action_dim", "state_dim"))
 # Demo attrs with a robomimic meaning: extra fields of these names are written as "extra.NAME".
@@ -70,14 +83,29 @@ _DEMO_ATTRS = frozenset(("num_samples", "model_file", "ep_meta", "camera_info"))
 Split = list[tuple[str, int, int]]  # obs key, start, stop within ``states``
 
 
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """What every demo of one export writes, decided before anything is written."""
+
+    split: Split  # the obs keys ``states`` is split into
+    paths: dict[str, str]  # extra arrays going back under obs/
+    shapes: dict[str, tuple[np.dtype[Any] | None, tuple[int, ...]]]  # state keys' source layout
+    skip: frozenset[str]  # arrays left out (only some episodes hold them)
+    turn: bool  # rotate frames 180 degrees back to the source's orientation
+    next_obs: bool  # write next_obs beside obs
+
+
 def write(
-    db: Database, positions: list[int], out: str, facts: dict[str, Any], *, flip_images: bool = True
-) -> list[str]:
+    db: Database, positions: list[int], out: str, facts: dict[str, Any], *, flip_images: bool = True,
+    next_obs: bool = True,
+) -> list[str]:  # fmt: skip
     """Write episodes ``positions`` of ``db`` to the new HDF5 file ``out``; return warnings.
 
     ``flip_images``: rotate frames that the ingest turned upright (metadata
     ``image_orientation`` ``rotated_180``) back to the source's orientation; False keeps
     them upright. Frames that were not turned are written as stored either way.
+    ``next_obs``: write each demo's ``next_obs`` (every obs key one frame later, the last
+    frame repeated), as robomimic's own files hold it; False halves the file.
 
     Raises:
         ConversionError: the episodes differ in action or state dims or in an array's or
@@ -86,22 +114,60 @@ def write(
         MissingExtraError: h5py is not installed.
     """
     h5py = require("h5py", extra="hdf5")
-    partial = check_layout(db, positions)
-    # Per-frame tasks (extra field `tasks`, array `task_index`) in some episodes only: the
-    # others get their one task as the same pair, so every demo holds the same datasets.
-    task_index = None
-    if "task_index" in partial:
+    partial, arrays, cameras = _check_layout(db, positions)
+    # Per-frame tasks (task_index beside a list of tasks) stay in the demos that hold them:
+    # robomimic reads only obs keys, actions, rewards and dones, and kinodb's ingest of an
+    # export takes a demo-level array that some demos lack.
+    if "task_index" in partial and _per_frame_tasks(db, arrays["task_index"]):
         del partial["task_index"]
-        holder = next(i for i in positions if "task_index" in db.read_episode_actions_only(i))
-        task_index = db.read_array(holder, "task_index").dtype
     split, warnings = state_split(db, positions)
-    paths = _array_paths(db)
-    shapes = _state_layout(db)
+    paths = _obs_paths(_array_paths(db), split, cameras)
+    _check_names(db, split, paths, arrays, cameras, frozenset(partial))
     for name, n in sorted(partial.items()):
         warnings.append(
             f"array {name!r} is in {n} of {len(positions)} exported episodes; left out, since every "
             "demo of a robomimic file holds the same datasets (export those episodes apart to keep it)"
         )
+    turn = _turn_back(db, positions, flip_images, warnings)
+    plan = _Plan(split, paths, _state_layout(db), frozenset(partial), turn, next_obs)
+    dataset, facts = exported_dataset(db, positions, {**facts, "next_obs": next_obs})
+    with h5py.File(out, "x") as f:
+        _write_file(f, db, positions, plan, _dataset_info(dataset, turn), facts)
+    for line in warnings:
+        logger.info("%s", line)  # the report carries them; kino prints them once, as warnings
+    return warnings
+
+
+def _write_file(
+    f: Any, db: Database, positions: list[int], plan: _Plan, dataset: dict[str, Any], facts: dict[str, Any]
+) -> None:
+    """Write the demos, the ``data`` attrs and the filter keys into the open HDF5 file ``f``."""
+    data = f.create_group("data")
+    masks: dict[str, list[str]] = {}
+    total = 0
+    for k, i in enumerate(positions):
+        name = f"demo_{k}"
+        total += _write_demo(data.create_group(name), db, i, plan)
+        for key in _filter_keys(db, i):
+            masks.setdefault(key, []).append(name)
+    data.attrs["total"] = np.int64(total)
+    env = env_args(db, positions)
+    data.attrs["env_args"] = env if isinstance(env, str) else dumps(env)
+    problem = db.metadata().get("problem_info")
+    if problem is not None:
+        data.attrs["problem_info"] = problem if isinstance(problem, str) else dumps(problem)
+    data.attrs["kinodb_dataset"] = dumps(dataset)
+    data.attrs["kinodb_export"] = dumps(facts)
+    for key, demos in masks.items():
+        f.create_dataset(f"mask/{_h5_name(key, 'filter key')}", data=np.array(demos, dtype="S"))
+
+
+def _turn_back(db: Database, positions: list[int], flip_images: bool, warnings: list[str]) -> bool:
+    """Whether to rotate frames back to the ingested source's orientation (saying so in ``warnings``).
+
+    Raises:
+        ConversionError: the file's frames stand differently from episode to episode.
+    """
     if db.metadata().get("image_orientation") == "mixed":
         raise ConversionError(
             f"{db.path()}: its camera frames stand differently from episode to episode (a merge of files "
@@ -116,29 +182,12 @@ def write(
             "as the original, to get the same frames, or export with --keep-upright (flip_images=False) "
             "to write them upright"
         )
-    masks: dict[str, list[str]] = {}
-    with h5py.File(out, "x") as f:
-        data = f.create_group("data")
-        total = 0
-        for k, i in enumerate(positions):
-            name = f"demo_{k}"
-            g = data.create_group(name)
-            total += _write_demo(g, db, i, split, paths, shapes, set(partial), turn, task_index)
-            for key in _filter_keys(db, i):
-                masks.setdefault(key, []).append(name)
-        data.attrs["total"] = np.int64(total)
-        env = env_args(db, positions)
-        data.attrs["env_args"] = env if isinstance(env, str) else dumps(env)
-        problem = db.metadata().get("problem_info")
-        if problem is not None:
-            data.attrs["problem_info"] = problem if isinstance(problem, str) else dumps(problem)
-        data.attrs["kinodb_dataset"] = dumps(_dataset_info(db, turn))
-        data.attrs["kinodb_export"] = dumps(facts)
-        for key, demos in masks.items():
-            f.create_dataset(f"mask/{_h5_name(key, 'filter key')}", data=np.array(demos, dtype="S"))
-    for line in warnings:
-        logger.info("%s", line)  # the report carries them; kino prints them once, as warnings
-    return warnings
+    return turn
+
+
+def _per_frame_tasks(db: Database, seen: dict[tuple[int, ...], list[int]]) -> bool:
+    """Whether every episode holding ``task_index`` (``seen``: by shape) has a list of tasks beside it."""
+    return all(isinstance(db.read_meta(i).get("tasks"), list) for eps in seen.values() for i in eps)
 
 
 def _has_frames(db: Database, i: int) -> bool:
@@ -151,13 +200,12 @@ def turned_upright(db: Database) -> bool:
     return bool(db.metadata().get("image_orientation") == ORIENTATION_TURNED)
 
 
-def _dataset_info(db: Database, turned_back: bool) -> dict[str, Any]:
-    """``db``'s dataset info, its ``image_orientation`` that of the exported frames.
+def _dataset_info(info: dict[str, Any], turned_back: bool) -> dict[str, Any]:
+    """The exported dataset info, its ``image_orientation`` that of the exported frames.
 
     The ingest reads it to tell upright frames from a LIBERO file's upside-down ones, and
     so whether to advise ``--flip-images``.
     """
-    info = db.dataset_info()
     if turned_back:
         info = {**info, "metadata": {**info["metadata"], "image_orientation": ORIENTATION_AS_STORED}}
     return info
@@ -175,6 +223,11 @@ def check_layout(db: Database, positions: list[int]) -> dict[str, int]:
         ConversionError: the episodes differ in action or state dims, or an array or a
             camera has different per-frame shapes in different episodes.
     """
+    return _check_layout(db, positions)[0]
+
+
+def _check_layout(db: Database, positions: list[int]) -> tuple[dict[str, int], Shapes, Shapes]:
+    """`check_layout`, and each array's and camera's shapes with the episodes holding them."""
     table = db.episodes()
     why = "every demo of a robomimic file has the same actions and obs shapes"
     for col, what in (("action_dim", "action"), ("state_dim", "state")):
@@ -189,7 +242,53 @@ def check_layout(db: Database, positions: list[int]) -> dict[str, int]:
             _one_shape(db, table, f"array {name!r}", seen)
     for name, seen in cameras.items():
         _one_shape(db, table, f"camera {name!r}", seen)
-    return partial
+    return partial, arrays, cameras
+
+
+def _obs_paths(paths: dict[str, str], split: Split, cameras: Shapes) -> dict[str, str]:
+    """``paths`` less the arrays whose ``obs/`` key a state component or a camera takes:
+    those are written at the demo's top level, under their own names."""
+    taken = {key for key, _, _ in split} | set(cameras)
+    return {name: path for name, path in paths.items() if path.split("/")[1] not in taken}
+
+
+def _check_names(db: Database, split: Split, paths: dict[str, str], arrays: Shapes, cameras: Shapes,
+                 skip: frozenset[str]) -> None:  # fmt: skip
+    """Refuse, before anything is written, names that would take a place robomimic or a state key holds.
+
+    Raises:
+        ConversionError: an extra array has the name of a demo dataset robomimic reads
+            (``dones``, ``obs``, ...), or a camera the name of a state component; the
+            message says what can be done.
+    """
+    for name, seen in arrays.items():
+        if name in skip or name in paths or name in _BUILTIN:
+            continue
+        target = _h5_name(name, "array")
+        if target in _DEMO_NAMES:
+            raise ConversionError(
+                f"{db.path()}: array {name!r} ({_held(seen)}) would take the place of the robomimic dataset "
+                f"{target!r} of each demo. kinodb has no command that renames an array: export to --format "
+                "numpy or lerobot, which keep it under its name, or write a copy of the file with the array "
+                "renamed (each episode's db.read_episode(i) added to a kinodb.Writer, the array under a new "
+                "name in extra_arrays) and export the copy"
+            )
+    components = {key for key, _, _ in split}
+    for name, seen in cameras.items():
+        if _h5_name(name, "camera") in components:
+            raise ConversionError(
+                f"{db.path()}: camera {name!r} ({_held(seen)}) and the state component {name!r} would both be "
+                f"obs/{name}. kinodb has no command that renames either: export to --format numpy or lerobot, "
+                "which keep both, or write a copy of the file whose schema names the component otherwise "
+                "(kinodb.Writer(NEW, schema={'states': {'components': {...}}}), then Writer.copy_episode(db, i) "
+                "for each episode, which copies the data byte for byte) and export the copy"
+            )
+
+
+def _held(seen: dict[tuple[int, ...], list[int]]) -> str:
+    """Where ``seen`` (an array's or camera's episodes by shape) is held: "in 3 episodes, first 0"."""
+    eps = sorted(i for group in seen.values() for i in group)
+    return f"in {len(eps)} episode{'' if len(eps) == 1 else 's'}, first {eps[0]}"
 
 
 def state_split(db: Database, positions: list[int]) -> tuple[Split, list[str]]:
@@ -316,73 +415,108 @@ def _one_shape(
         f"{list(shape)} in {len(eps)} episode{'' if len(eps) == 1 else 's'} (first: {eps[0]})"
         for shape, eps in list(seen.items())[:6]
     )
-    robots = [sorted(set(table["embodiment"][eps].tolist())) for eps in seen.values()]
-    hint = "with --filter"
-    if (
-        all(len(r) == 1 for r in robots)
-        and len({r[0] for r in robots}) == len(robots)
-        and "'" not in robots[0][0]
-    ):
-        hint = f"e.g. with --filter \"embodiment = '{robots[0][0]}'\""
     raise ConversionError(
         f"{db.path()}: {what} has different per-frame shapes ({tally}); robomimic takes each key's "
-        f"shape from the first demo: export them separately, {hint}"
+        f"shape from the first demo: export them separately, {split_advice(table, next(iter(seen.values())))}"
     )
 
 
-def _write_demo(
-    g: Any, db: Database, i: int, split: Split, paths: dict[str, str],
-    shapes: dict[str, tuple[np.dtype[Any] | None, tuple[int, ...]]], skip: set[str], turn: bool,
-    task_index: np.dtype[Any] | None = None,
-) -> int:  # fmt: skip
+def _write_demo(g: Any, db: Database, i: int, plan: _Plan) -> int:
     """Write episode ``i`` into the demo group ``g``; return its number of frames.
 
-    ``turn``: rotate cameras and 4-D extra arrays by 180 degrees, as the HDF5 ingest's
-    ``flip_images`` did, back to the source's orientation. ``task_index``: the dtype of
-    per-frame task positions that other episodes hold; an episode without them gets its
-    one task as ``tasks`` and zeros.
+    With ``plan.turn``, cameras and 4-D extra arrays are rotated by 180 degrees, as the
+    HDF5 ingest's ``flip_images`` did, back to the source's orientation. Frames are
+    written a window at a time, so that an episode's decoded frames are never all in
+    memory at once.
     """
     ep = db.read_episode_actions_only(i)
     meta = ep.pop("meta")
     T = int(meta["num_frames"])
-    if task_index is not None and "task_index" not in ep:
-        ep["task_index"] = np.zeros(T, task_index)
-        meta["tasks"] = [meta["task"]]
     g.attrs["num_samples"] = np.int64(T)
     g.create_dataset("actions", data=ep.pop("actions"))
     g.create_dataset("rewards", data=ep.pop("rewards"))
     g.create_dataset("dones", data=ep.pop("is_terminal").astype(np.uint8))
     states = ep.pop("states")
-    obs = g.create_group("obs")
+    obs = _Obs(g, plan.next_obs)
     if states.shape[1]:
-        for key, a, b in split:
+        for key, a, b in plan.split:
             part = np.ascontiguousarray(states[:, a : b if b >= 0 else None])
-            obs.create_dataset(key, data=_component(part, shapes.get(key)))
+            obs.put(key, _component(part, plan.shapes.get(key)))
     for name, arr in ep.items():  # timestamps and extra arrays
-        if name in skip:
+        if name in plan.skip:
             continue
-        if turn and arr.ndim == 4:  # image-like (depth): the ingest turned it with the frames
-            arr = _rotated(arr)
-        if name in paths and paths[name] not in g:  # back under obs/, where it was ingested from
-            g.create_dataset(paths[name], data=arr)
+        if name in plan.paths and plan.paths[name] not in g:  # back under obs/, where it was ingested from
+            key = plan.paths[name].split("/")[1]
+            if arr.ndim == 4:  # image-like (depth): the ingest turned it with the frames
+                obs.put_frames(key, arr.shape, arr.dtype, _array_windows(arr), turn=plan.turn)
+            else:
+                obs.put(key, arr)
             continue
         target = "states" if name == SIM_STATE else _h5_name(name, "array")
-        if name != SIM_STATE and target in _DEMO_NAMES:
-            raise ConversionError(
-                f"{db.path()}: episode {i}: array {name!r} would overwrite the robomimic dataset "
-                f"{target!r}; rename it"
-            )
-        g.create_dataset(target, data=arr)
-    for name in db.cameras(i):
-        key = _h5_name(name, "camera")
-        if key in obs:
-            raise ConversionError(
-                f"{db.path()}: episode {i}: camera {name!r} has the name of a state component; rename one"
-            )
-        frames = db.read_frames(i, 0, T, cameras=[name])["images"][name]
-        obs.create_dataset(key, data=_rotated(frames) if turn else frames)
+        if name != SIM_STATE and target in _DEMO_NAMES:  # `_check_names` refused the others
+            raise ConversionError(f"{db.path()}: episode {i}: array {name!r} would overwrite {target!r}")
+        if arr.ndim == 4:
+            _put_frames(g, None, target, arr.shape, arr.dtype, _array_windows(arr), turn=plan.turn)
+        else:
+            g.create_dataset(target, data=arr)
+    for name, cam in db.cameras(i).items():
+        shape = tuple(int(d) for d in cam["shape"])
+        obs.put_frames(_h5_name(name, "camera"), shape, np.dtype(np.uint8), camera_windows(db, i, name, T),
+                       turn=plan.turn)  # fmt: skip
     _write_attrs(g, meta)
     return T
+
+
+class _Obs:
+    """A demo's ``obs`` group and, when wanted, its ``next_obs``: each key one frame
+    later, the last frame repeated (robomimic's own files: ``next_obs[t]`` is the
+    observation after ``actions[t]``, and the last one, which no frame holds, is the last
+    observation again)."""
+
+    def __init__(self, g: Any, next_obs: bool) -> None:
+        self.obs = g.create_group("obs")
+        self.next = g.create_group("next_obs") if next_obs else None
+
+    def put(self, key: str, values: np.ndarray) -> None:
+        """Write a whole ``(T, ...)`` array under ``key``."""
+        self.obs.create_dataset(key, data=values)
+        if self.next is not None:
+            self.next.create_dataset(key, data=np.concatenate([values[1:], values[-1:]]))
+
+    def put_frames(self, key: str, shape: tuple[int, ...], dtype: np.dtype[Any],
+                   windows: Iterator[tuple[int, np.ndarray]], *, turn: bool) -> None:  # fmt: skip
+        """Write frames under ``key`` a window at a time."""
+        _put_frames(self.obs, self.next, key, shape, dtype, windows, turn=turn)
+
+
+def _put_frames(
+    group: Any, next_group: Any, key: str, shape: tuple[int, ...], dtype: np.dtype[Any],
+    windows: Iterator[tuple[int, np.ndarray]], *, turn: bool,
+) -> None:  # fmt: skip
+    """Write ``(start, frames)`` windows (``shape`` is the first dim and the per-frame shape)
+    into a new dataset ``key`` of ``group``, and the frames one later into ``next_group``
+    unless it is None; rotated 180 degrees if ``turn``."""
+    ds = group.create_dataset(key, shape=shape, dtype=dtype)
+    nds = None if next_group is None else next_group.create_dataset(key, shape=shape, dtype=dtype)
+    last = None
+    for start, frames in windows:
+        if turn:
+            frames = _rotated(frames)
+        stop = start + len(frames)
+        ds[start:stop] = frames
+        if nds is not None:  # these frames follow the frames before them: next_obs[t] = obs[t + 1]
+            ahead = frames[1:] if start == 0 else frames
+            if len(ahead):
+                nds[stop - len(ahead) - 1 : stop - 1] = ahead
+        last = frames[-1]
+    if nds is not None and last is not None:
+        nds[shape[0] - 1] = last
+
+
+def _array_windows(arr: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+    """``(start, frames)``: a 4-D array, ``WINDOW`` frames at a time (views of the map)."""
+    for start in range(0, len(arr), WINDOW):
+        yield start, arr[start : start + WINDOW]
 
 
 def _rotated(frames: np.ndarray) -> np.ndarray:

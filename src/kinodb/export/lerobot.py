@@ -30,7 +30,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import Any
@@ -40,7 +39,15 @@ import numpy as np
 from kinodb._optional import require
 from kinodb.errors import ConversionError, KinodbError
 from kinodb.export import _lerobot_stats as stats_
-from kinodb.export._base import dumps, episode_record, one_value, write_json
+from kinodb.export._base import camera_windows as _windows  # one camera's frames, a window at a time
+from kinodb.export._base import (
+    dumps,
+    episode_record,
+    exported_dataset,
+    one_value,
+    split_advice,
+    write_json,
+)
 from kinodb.export._lerobot_tables import (
     Feature,
     array_column,
@@ -68,7 +75,6 @@ KEPT_PREFIXES = ("observation.", "next.", "complementary_info.")
 _INDEX_COLUMNS = ("timestamp", "frame_index", "episode_index", "index", "task_index")
 _BUILTIN_ARRAYS = {"actions": "action", "states": "observation.state", "rewards": "next.reward",
                    "is_terminal": "next.done"}  # fmt: skip
-_WINDOW = 32  # camera frames decoded at a time
 _EXTENSIONS = {"png": "png", "jpeg": "jpg"}
 
 
@@ -154,7 +160,7 @@ def make_plan(db: Database, positions: list[int], *, images_as: str = "video") -
         timestamps = "timestamp" if on_grid else _feature_key("timestamps")
         if on_grid:
             del arrays["timestamps"]
-    recorded = (db.metadata().get("lerobot") or {}).get("cameras")
+    recorded = _ingested(db).get("cameras")
     keys = recorded if isinstance(recorded, dict) else {}
     features = _array_features(db, arrays, positions) + _camera_features(cameras, images_as, warnings, keys)
     _check_keys(features)
@@ -170,37 +176,55 @@ def make_plan(db: Database, positions: list[int], *, images_as: str = "video") -
     return Plan(float(fps), features, robot_type, timestamps, sources, warnings)
 
 
-def _layout(db: Database, positions: list[int]) -> tuple[dict[str, tuple[np.dtype[Any], tuple[int, ...]]],
-                                                          dict[str, tuple[str, tuple[int, ...]]]]:  # fmt: skip
-    """Every episode's arrays (dtype, per-frame shape) and cameras (codec, (H, W, C)), checked equal."""
-    first = positions[0]
-    arrays = _arrays_of(db, first)
-    cameras = {name: (cam["codec"], tuple(cam["shape"][1:])) for name, cam in db.cameras(first).items()}
-    for i in positions[1:]:
-        got = _arrays_of(db, i)
-        if got != arrays:
-            raise ConversionError(
-                f"{db.path()}: episode {i} has arrays {_describe(got)}, episode {first} has "
-                f"{_describe(arrays)}; a LeRobot dataset needs the same features in every episode: "
-                "export them separately with --filter"
-            )
-        shapes = {name: tuple(cam["shape"][1:]) for name, cam in db.cameras(i).items()}
-        if shapes != {name: shape for name, (_, shape) in cameras.items()}:
-            raise ConversionError(
-                f"{db.path()}: episode {i} has cameras {shapes}, episode {first} has "
-                f"{ {n: s for n, (_, s) in cameras.items()} } (H, W, C); a LeRobot dataset needs the same "
-                "cameras and frame sizes in every episode: export them separately with --filter"
-            )
-    return arrays, cameras
+Arrays = dict[str, tuple[np.dtype[Any], tuple[int, ...]]]  # name -> dtype, per-frame shape
+Cameras = dict[str, tuple[str, tuple[int, ...]]]  # name -> codec, (H, W, C)
 
 
-def _arrays_of(db: Database, i: int) -> dict[str, tuple[np.dtype[Any], tuple[int, ...]]]:
+def _layout(db: Database, positions: list[int]) -> tuple[Arrays, Cameras]:
+    """Every episode's arrays (dtype, per-frame shape) and cameras (codec, (H, W, C)), checked equal.
+
+    Raises:
+        ConversionError: the episodes differ in arrays or cameras; the message counts the
+            episodes of each kind and gives a ``--filter`` that keeps one kind.
+    """
+    groups: dict[frozenset[str], list[int]] = {}
+    kinds: dict[frozenset[str], tuple[Arrays, Cameras]] = {}
+    for i in positions:
+        arrays = _arrays_of(db, i)
+        cameras = {name: (cam["codec"], tuple(cam["shape"][1:])) for name, cam in db.cameras(i).items()}
+        key = frozenset([f"array {k} {d.name}{list(s)}" for k, (d, s) in arrays.items()]
+                        + [f"camera {k} {list(s)}" for k, (_, s) in cameras.items()])  # fmt: skip
+        groups.setdefault(key, []).append(i)
+        kinds.setdefault(key, (arrays, cameras))
+    if len(groups) > 1:
+        raise ConversionError(_mixed(db, groups))
+    return next(iter(kinds.values()))
+
+
+def _mixed(db: Database, groups: dict[frozenset[str], list[int]]) -> str:
+    """Why episodes of different arrays or cameras cannot be one LeRobot dataset, and what to do."""
+    common = frozenset.intersection(*groups)
+    parts = []
+    for held, eps in list(groups.items())[:6]:
+        n = len(eps)
+        what = ", ".join(sorted(held - common)) or "nothing more"
+        parts.append(
+            f"{n} episode{'' if n == 1 else 's'} (first: {eps[0]}) hold{'s' if n == 1 else ''} {what}"
+        )
+    more = f"; and {len(groups) - 6} other kinds" if len(groups) > 6 else ""
+    return (
+        f"{db.path()}: the episodes hold different arrays (dtype[per-frame shape]) or cameras ([H, W, C]): besides those every episode "
+        f"holds, {'; '.join(parts)}{more}; a LeRobot dataset needs the same features in every episode: "
+        f"export them separately, {split_advice(db.episodes(), next(iter(groups.values())))}"
+    )
+
+
+def _arrays_of(db: Database, i: int) -> Arrays:
     ep = db.read_episode_actions_only(i)
-    # task_index with a list of tasks (per-frame tasks, where an episode's task changes)
-    # goes to LeRobot's own column, so episodes with and without it export together; a
-    # task_index array without that list is an array like any other.
-    listed = ep["meta"].get("tasks")
-    per_frame = isinstance(listed, list) and len(listed) > 1
+    # task_index beside a list of tasks (kinodb's per-frame tasks, whatever the list's
+    # length) goes to LeRobot's own column, so episodes with and without it export
+    # together; a task_index array without that list is an array like any other.
+    per_frame = isinstance(ep["meta"].get("tasks"), list)
     return {
         k: (v.dtype, tuple(v.shape[1:]))
         for k, v in ep.items()
@@ -208,8 +232,14 @@ def _arrays_of(db: Database, i: int) -> dict[str, tuple[np.dtype[Any], tuple[int
     }
 
 
-def _describe(arrays: dict[str, tuple[np.dtype[Any], tuple[int, ...]]]) -> str:
+def _describe(arrays: Arrays) -> str:
     return ", ".join(f"{k} {d.name}{list(s)}" for k, (d, s) in sorted(arrays.items()))
+
+
+def _ingested(db: Database) -> dict[str, Any]:
+    """What the LeRobot ingest recorded of the dataset it read (metadata ``lerobot``), else {}."""
+    recorded = db.metadata().get("lerobot")
+    return recorded if isinstance(recorded, dict) else {}
 
 
 def _on_grid(ts: np.ndarray, fps: float) -> bool:
@@ -236,11 +266,10 @@ def _only_defaults(db: Database, positions: list[int], name: str) -> bool:
     return True
 
 
-def _array_features(
-    db: Database, arrays: dict[str, tuple[np.dtype[Any], tuple[int, ...]]], positions: list[int]
-) -> list[Feature]:
+def _array_features(db: Database, arrays: Arrays, positions: list[int]) -> list[Feature]:
     schema = db.schema()
-    source = ((db.metadata().get("lerobot") or {}).get("info") or {}).get("features")
+    info = _ingested(db).get("info")
+    source = info.get("features") if isinstance(info, dict) else None
     out = []
     for name, (dtype, shape) in arrays.items():
         if name in ("actions", "states") and shape == (0,):
@@ -271,7 +300,7 @@ def _episode_tasks(db: Database, i: int, ep: dict[str, Any], T: int) -> tuple[li
     by the extra array ``task_index`` (`kinodb.windows.frame_tasks`)."""
     meta = ep["meta"]
     listed, codes = meta.get("tasks"), ep.get("task_index")
-    if isinstance(listed, list) and len(listed) > 1 and codes is not None:
+    if isinstance(listed, list) and codes is not None:
         try:
             texts, positions = frame_tasks(db, i, codes, T, db.path())
         except KinodbError as exc:
@@ -304,7 +333,7 @@ def _names(part: dict[str, Any], dim: int) -> list[str] | dict[str, list[str]] |
     return {name: elems[a:b] for a, b, name in comps} if tiles else elems
 
 
-def _camera_features(cameras: dict[str, tuple[str, tuple[int, ...]]], images_as: str,
+def _camera_features(cameras: Cameras, images_as: str,
                      warnings: list[str], keys: dict[str, Any]) -> list[Feature]:  # fmt: skip
     """One feature per camera, keyed ``observation.images.<camera>``, or by the LeRobot key
     it was ingested from (``keys``, the metadata's ``lerobot.cameras``)."""
@@ -547,7 +576,7 @@ class _Exporter:
             json.dump(stats_.to_lists(dataset_stats), fh, indent=4, ensure_ascii=False)
         self._pq.write_table(tasks_table(list(self._tasks), self._pa), os.path.join(meta, "tasks.parquet"))
         self._write_episodes()
-        write_json(os.path.join(meta, "kinodb.json"), self._kinodb(db, facts), indent=1)
+        write_json(os.path.join(meta, "kinodb.json"), self._kinodb(db, positions, facts), indent=1)
         with open(os.path.join(meta, "kinodb_episodes.jsonl"), "w", encoding="utf-8", newline="\n") as fh:
             for k, i in enumerate(positions):
                 fh.write(dumps({"episode_index": k, **episode_record(db, i)}))
@@ -588,12 +617,17 @@ class _Exporter:
             self._pq.write_table(part, path, compression="snappy")
             where = _next_file(*where)
 
-    def _kinodb(self, db: Database, facts: dict[str, Any]) -> dict[str, Any]:
-        """``meta/kinodb.json``: what a kinodb reader needs to restore the source exactly."""
+    def _kinodb(self, db: Database, positions: list[int], facts: dict[str, Any]) -> dict[str, Any]:
+        """``meta/kinodb.json``: what a kinodb reader needs to restore the source exactly.
+
+        The file's statistics are left out where they do not describe the export (see
+        `exported_dataset`).
+        """
         arrays = {f.key: {"array": f.source, **self._plan.sources[f.source]}
                   for f in self._plan.features if not f.is_camera}  # fmt: skip
+        dataset, facts = exported_dataset(db, positions, facts)
         return {
-            "dataset": db.dataset_info(),
+            "dataset": dataset,
             "export": facts,
             "arrays": arrays,
             "cameras": {f.key: f.source for f in self._plan.cameras},
@@ -609,13 +643,6 @@ def _ordered(row: dict[str, Any], cameras: list[Feature]) -> dict[str, Any]:
     return {k: row[k] for k in keys}
 
 
-def _windows(db: Database, i: int, camera: str, T: int) -> Iterator[tuple[int, np.ndarray]]:
-    """``(start, frames)``: one camera's decoded frames, ``_WINDOW`` at a time."""
-    for start in range(0, T, _WINDOW):
-        stop = min(start + _WINDOW, T)
-        yield start, db.read_frames(i, start, stop, cameras=[camera])["images"][camera]
-
-
 def _sampled(db: Database, i: int, camera: str, samples: np.ndarray) -> np.ndarray:
     """The stats frames of one camera, downsampled, decoding only those frames."""
     return np.concatenate(
@@ -627,9 +654,10 @@ def _sampled(db: Database, i: int, camera: str, samples: np.ndarray) -> np.ndarr
 
 
 def _pick(frames: np.ndarray, samples: np.ndarray, start: int) -> np.ndarray:
-    """The stats frames among ``frames`` (frames ``start..`` of the episode), downsampled."""
+    """The stats frames among ``frames`` (frames ``start..`` of the episode), downsampled:
+    a copy, so that ``frames`` can go once the window is written."""
     chosen = samples[(samples >= start) & (samples < start + len(frames))] - start
-    return stats_.downsample(frames[chosen])
+    return stats_.downsample(frames[chosen])  # indexing with an array copies, so does downsample
 
 
 def _number(x: float) -> int | float:

@@ -1,11 +1,11 @@
 """What a kinodb export keeps beside a LeRobot dataset's files, given back on ingest.
 
 ``kino export --format lerobot`` writes ``meta/kinodb.json`` (array names, whether the
-source had timestamps) and ``meta/kinodb_episodes.jsonl`` (each episode's metadata:
-success, total reward, embodiment, extra fields), which LeRobot has no place for. An
-ingest of such a dataset gives them back, except where the data says otherwise: LeRobot's
-own tools edit a dataset in place (``modify_tasks``, deleting episodes) and leave these
-files as they were.
+source had timestamps, the source's dataset block: schema and metadata) and
+``meta/kinodb_episodes.jsonl`` (each episode's metadata: success, total reward,
+embodiment, extra fields), which LeRobot has no place for. An ingest of such a dataset
+gives them back, except where the data says otherwise: LeRobot's own tools edit a dataset
+in place (``modify_tasks``, deleting episodes) and leave these files as they were.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -45,11 +46,81 @@ def kinodb_export(root: str) -> dict[str, Any] | None:
             for key, v in facts.get("arrays", {}).items()
             if isinstance(v.get("shape"), list)
         }
+        dataset, export = facts.get("dataset", {}), facts.get("export", {})
+        if not isinstance(dataset, dict) or not isinstance(export, dict):
+            raise TypeError("'dataset' and 'export' must be JSON objects")
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ConversionError(
             f"{root}: meta/kinodb.json or kinodb_episodes.jsonl is damaged ({exc})"
         ) from None
-    return {"arrays": arrays, "shapes": shapes, "timestamps": facts.get("timestamps"), "episodes": records}
+    return {"arrays": arrays, "shapes": shapes, "timestamps": facts.get("timestamps"), "episodes": records,
+            "dataset": dataset, "export": export}  # fmt: skip
+
+
+def restore_dataset(
+    facts: dict[str, Any] | None, schema: dict[str, Any], metadata: dict[str, Any], info: dict[str, Any],
+    root: str,
+) -> tuple[dict[str, Any], dict[str, Any]]:  # fmt: skip
+    """The ingest's ``schema`` and ``metadata`` with what a kinodb export recorded given back.
+
+    ``facts`` is `kinodb_export`'s (None: not a kinodb export), ``info`` the dataset's
+    ``meta/info.json``. The source's dataset metadata comes back (less the record of the
+    ingest that made the source: this ingest writes its own), under the ingest's own keys.
+    The schema of ``actions`` and ``states`` comes back as the source had it (element
+    names the export made up from components go again) where the ingested part is what
+    the export wrote of it. Nothing comes back when the dataset holds other episodes or
+    frames than the export wrote (it was edited since), which is warned about once.
+    """
+    if facts is None:
+        return schema, metadata
+    export, dataset = facts["export"], facts["dataset"]
+    said = (export.get("episodes"), export.get("frames"))
+    held = (info.get("total_episodes"), info.get("total_frames"))
+    if said != held:
+        _warn_once(root, "dataset", "%s: meta/kinodb.json (written by kinodb's export) describes %s episodes of "
+                   "%s frames, the dataset has %s of %s: it was changed after the export, so the source's "
+                   "schema names and dataset metadata are not given back", root, *said, *held)  # fmt: skip
+        return schema, metadata
+    recorded = dataset.get("metadata")
+    if isinstance(recorded, dict):
+        metadata = {**{k: v for k, v in recorded.items() if k != "ingest"}, **metadata}
+    parts = dataset.get("schema") if isinstance(dataset.get("schema"), dict) else {}
+    schema = dict(schema)
+    for name in ("actions", "states"):
+        part = parts.get(name)
+        if isinstance(part, dict) and schema.get(name, {}) == as_exported(part):
+            kept = {key: part[key] for key in ("names", "components") if part.get(key)}
+            schema.pop(name, None)
+            if kept:
+                schema[name] = kept
+    return schema, metadata
+
+
+def as_exported(part: dict[str, Any]) -> dict[str, Any]:
+    """The schema part that an ingest reads back from a LeRobot export of the schema part
+    ``part`` (of ``actions`` or ``states``): the feature's ``names`` are the part's names,
+    else made up from its components (``eef_0``, ``eef_1``, ...), kept per component when
+    these tile the values, as `kinodb.export.lerobot` writes them."""
+    dim = part.get("dim")
+    if not isinstance(dim, int) or dim <= 0:
+        return {}
+    given, raw = part.get("names"), part.get("components") or {}
+    comps = sorted((int(a), int(b), str(name)) for name, (a, b) in raw.items())
+    if isinstance(given, list) and len(given) == dim:
+        names = [str(n) for n in given]
+    elif comps:
+        names = [f"dim_{k}" for k in range(dim)]
+        for a, b, name in comps:
+            for k in range(a, min(b, dim)):
+                names[k] = name if b - a == 1 else f"{name}_{k - a}"
+    else:
+        return {}
+    tiles = bool(comps) and comps[0][0] == 0 and comps[-1][1] == dim and all(
+        p[1] == q[0] for p, q in pairwise(comps)
+    )  # fmt: skip
+    return (
+        {"names": names, "components": {name: [a, b] for a, b, name in comps}} if tiles else {"names": names}
+    )
 
 
 def restore(args: dict[str, Any], facts: dict[str, Any], index: int, root: str) -> None:

@@ -43,8 +43,16 @@ What goes where:
 - ``flip_images`` rotates frames (and 4-D depth arrays) by 180 degrees; the metadata
   field ``image_orientation`` says whether that happened.
 
-Every demo must hold every per-frame key that any demo holds, with one row per action;
-anything else raises `ConversionError` naming the file, the demo and the key.
+- A kinodb export (``data`` attrs ``kinodb_export``, ``kinodb_dataset``) gives back what
+  it recorded of its source: each demo's extra fields (``ep_meta``), the dataset
+  metadata (less the record of the ingest that made the source), and the names and
+  components of ``actions`` and ``states`` where they fit the data (states the export
+  wrote whole, as ``obs/state``, get no ``state`` component the source did not have);
+  not when the file holds other demos or frames than the export wrote (a warning says so).
+
+Every demo must hold every per-frame key that any demo holds, with one row per action
+(in a kinodb export, a camera or array may be absent from some demos); anything else
+raises `ConversionError` naming the file, the demo and the key.
 """
 
 from __future__ import annotations
@@ -54,6 +62,7 @@ import logging
 import os
 import re
 from dataclasses import dataclass, replace
+from itertools import pairwise
 from typing import Any, ClassVar
 
 import numpy as np
@@ -65,6 +74,7 @@ from kinodb.ingest._exact import first_rounded, holds_exactly, significand_bits
 
 log = logging.getLogger(__name__)
 _WARNED_UPSIDE_DOWN: set[str] = set()  # LIBERO files already warned about in this process
+_WARNED_CHANGED: set[str] = set()  # kinodb exports changed since, already warned about
 
 SIGNATURE = b"\x89HDF\r\n\x1a\n"
 LIBERO_FPS = 20.0
@@ -190,6 +200,7 @@ class HDF5Source:
         self._layout_cache: _Layout | None = None
         self._facts_cache: _Facts | None = None
         self._masks_cache: dict[str, list[str]] | None = None
+        self._actions_cache: list[tuple[int, int]] | None = None
         self._mask_entries: dict[str, int] = {}  # filter key -> entries (set with the masks)
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -277,7 +288,11 @@ class HDF5Source:
             _WARNED_UPSIDE_DOWN.add(self._path)  # once per file: verify reads the info again
             log.warning("%s: LIBERO frames are stored upside down; pass flip_images (--flip-images) "
                         "to store them upright", self._path)  # fmt: skip
-        schema = {"states": {"components": layout.components}} if layout.components else {}
+        schema: dict[str, Any] = {"states": {"components": layout.components}} if layout.components else {}
+        exported = self._exported()
+        if exported is not None:  # a kinodb export: its own schema names and metadata come back
+            schema = _exported_schema(exported.get("schema"), schema, layout, self._action_widths())
+            metadata = {**user_metadata(exported.get("metadata")), **metadata}
         return SourceInfo(
             source_format="libero-hdf5" if facts.libero else "robomimic-hdf5",
             schema=schema,
@@ -596,6 +611,52 @@ class HDF5Source:
         except (KeyError, ValueError, TypeError):
             return False
 
+    def _exported(self) -> dict[str, Any] | None:
+        """The dataset block a kinodb export recorded (``data`` attr ``kinodb_dataset``), or None.
+
+        None also when it no longer describes the file: its export facts (``kinodb_export``)
+        count other demos or frames than the file holds (demos were added or removed since),
+        which is warned about once.
+        """
+        attrs = self._data.attrs
+        if "kinodb_dataset" not in attrs or "kinodb_export" not in attrs:
+            return None
+        try:
+            dataset, facts = (
+                json.loads(_text(attrs["kinodb_dataset"])),
+                json.loads(_text(attrs["kinodb_export"])),
+            )
+        except ValueError:
+            return None
+        if not isinstance(dataset, dict) or not isinstance(facts, dict):
+            return None
+        held = (len(self._demos), sum(rows for rows, _ in self._action_shapes()))
+        said = (facts.get("episodes"), facts.get("frames"))
+        if said != held:
+            if self._path not in _WARNED_CHANGED:
+                _WARNED_CHANGED.add(self._path)
+                log.warning(
+                    "%s: the kinodb export that wrote this file recorded %s demos of %s frames, and the file "
+                    "holds %d of %d: it was changed since, so the export's schema names and dataset metadata "
+                    "(data attr kinodb_dataset) are not given back", self._path, *said, *held
+                )  # fmt: skip
+            return None
+        return dataset
+
+    def _action_shapes(self) -> list[tuple[int, int]]:
+        """Each demo's actions rows and width (h5py reads only the shapes)."""
+        if self._actions_cache is None:
+            out = []
+            for demo in self._demos:
+                ds = self._data[demo].get("actions")
+                shape = tuple(ds.shape) if isinstance(ds, self._h5py.Dataset) else (0, 0)
+                out.append((int(shape[0]) if shape else 0, int(np.prod(shape[1:])) if len(shape) > 1 else 1))
+            self._actions_cache = out
+        return self._actions_cache
+
+    def _action_widths(self) -> set[int]:
+        return {width for _, width in self._action_shapes()}
+
     def _exported_state_order(self, fields: list[_Field]) -> tuple[str, ...] | None:
         """A kinodb export's state components in their original order (else sorted order)."""
         if "kinodb_dataset" not in self._data.attrs:
@@ -892,6 +953,72 @@ def _choose_states(
     for key in sorted(set(low_dim) - {f.name for f in chosen}):
         left_out[f"obs/{key}"] = "not among the chosen state keys"
     return chosen
+
+
+def user_metadata(recorded: Any) -> dict[str, Any]:
+    """The dataset metadata a kinodb export recorded, less the record of the ingest that made
+    that file (an ingest of the export writes its own)."""
+    return {k: v for k, v in recorded.items() if k != "ingest"} if isinstance(recorded, dict) else {}
+
+
+def _exported_schema(
+    recorded: Any, schema: dict[str, Any], layout: _Layout, action_widths: set[int]
+) -> dict[str, Any]:
+    """``schema`` with what a kinodb export recorded of its schema given back where it fits
+    the data: the names and components of ``actions``, and of ``states`` when the state
+    keys are the components the export wrote; states the export wrote whole (``obs/state``:
+    no components, or components that do not tile them) get back their recorded names and
+    components, or none, instead of the one component ``state``."""
+    recorded = recorded if isinstance(recorded, dict) else {}
+    out = dict(schema)
+    if len(action_widths) == 1:
+        part = _fitting(recorded.get("actions"), next(iter(action_widths)))
+        if part:
+            out["actions"] = part
+    width = layout.components[layout.states[-1].name][1] if layout.states else 0
+    states = recorded.get("states")
+    part = _fitting(states, width) if width else None
+    if part is None:
+        return out
+    comps = part.get("components", {})
+    if _tiles(comps, width):
+        same = comps == layout.components  # the export wrote these components as obs keys
+    else:
+        same = [f.name for f in layout.states] == ["state"]  # the export wrote states whole
+    if same:
+        out.pop("states", None)
+        if part:
+            out["states"] = part
+    return out
+
+
+def _fitting(part: Any, dim: int) -> dict[str, Any] | None:
+    """A recorded schema part's ``names`` and ``components`` where they fit ``dim`` values
+    (it recorded that ``dim``), else None."""
+    if not isinstance(part, dict) or part.get("dim") != dim:
+        return None
+    out: dict[str, Any] = {}
+    names, comps = part.get("names"), part.get("components")
+    if names is not None:
+        if not (isinstance(names, list) and len(names) == dim and all(isinstance(n, str) for n in names)):
+            return None
+        out["names"] = names
+    if comps:
+        if not isinstance(comps, dict) or not all(
+            isinstance(v, list) and len(v) == 2 and all(type(x) is int for x in v) and 0 <= v[0] < v[1] <= dim
+            for v in comps.values()
+        ):
+            return None
+        out["components"] = {str(k): list(v) for k, v in comps.items()}
+    return out
+
+
+def _tiles(comps: dict[str, list[int]], dim: int) -> bool:
+    """Whether components cover ``[0, dim)`` exactly, end to end (as the export splits them)."""
+    spans = sorted(comps.values())
+    return bool(spans) and spans[0][0] == 0 and spans[-1][1] == dim and all(
+        a[1] == b[0] for a, b in pairwise(spans)
+    )  # fmt: skip
 
 
 _BUILTIN_META = frozenset(

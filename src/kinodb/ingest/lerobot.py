@@ -78,7 +78,7 @@ from kinodb.ingest._base import (
     not_this_format,
 )
 from kinodb.ingest._exact import first_rounded, holds_exactly
-from kinodb.ingest._lerobot_kinodb import kinodb_export, restore
+from kinodb.ingest._lerobot_kinodb import kinodb_export, restore, restore_dataset
 from kinodb.kdb import _codecs
 
 log = logging.getLogger(__name__)
@@ -641,8 +641,9 @@ class LeRobotSource:
             "cameras": {**self._plan.images, **self._plan.videos}, "left_out": self._plan.left_out,
             "video_tolerance_s": TOLERANCE_S,
         }  # fmt: skip
+        schema, metadata = restore_dataset(self._kinodb, schema, {"lerobot": lerobot}, self._info, self._root)
         return SourceInfo(
-            f"lerobot-{self._version}", schema=schema, metadata={"lerobot": lerobot}, fps=self._fps(),
+            f"lerobot-{self._version}", schema=schema, metadata=metadata, fps=self._fps(),
             embodiment=str(robot) if robot else None,
         )  # fmt: skip
 
