@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _kinfer_packages import Built, MakePackage
 from test_infer_runner import Served
 
 import kinodb
-from conftest import Built, MakePackage
 from kinodb._cli import infer as infer_cli
 from kinodb._cli import main as cli
 from kinodb.infer import NdjsonLogger, Runner, load_model

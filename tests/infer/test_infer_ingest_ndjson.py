@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _kinfer_packages import MakePackage
 from test_infer_runner import Served
 
 import kinodb
-from conftest import MakePackage
 from kinodb.errors import ConversionError
 from kinodb.infer import Runner, load_model, replay
 from kinodb.ingest import ingest, source_class, verify

@@ -21,8 +21,8 @@ from _kinfer_builders import (
     with_props,
     write_archive,
 )
+from _kinfer_packages import COMMANDS, JOINTS, MakePackage, shapes_for
 
-from conftest import COMMANDS, JOINTS, MakePackage, shapes_for
 from kinodb.infer import InferError, load_model, read_package
 from kinodb.infer._package import pack
 

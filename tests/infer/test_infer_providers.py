@@ -10,10 +10,10 @@ from typing import Any
 import numpy as np
 import pytest
 from _kinfer_builders import IR_VERSION, init_graph, metadata_bytes, write_archive
+from _kinfer_packages import Built, MakePackage
 from onnx import TensorProto, checker, helper, numpy_helper
 
 import kinodb
-from conftest import Built, MakePackage
 from kinodb.infer import (
     CallableProvider,
     InferError,

@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+from _kinfer_packages import Built, MakePackage
 
 import kinodb
-from conftest import Built, MakePackage
 from kinodb.infer import CallableProvider, InferError, KdbReplayProvider, Runner, load_model, replay
 
 KINFER_ORDER = ["step_id", "t_us", "joint_angles", "joint_vels", "projected_g", "accel", "gyro", "command"]
