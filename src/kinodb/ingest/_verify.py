@@ -20,6 +20,9 @@ source episode named by its ``source_episode`` extra field, one episode at a tim
 - labels: embodiment, task, fps, success, total reward and the extra fields;
 - episodes of the source missing from the output (unless the ingest skipped them and
   listed them in the metadata), and output episodes with no source episode.
+
+The report is `kinodb.ingest._verify_report`'s; the camera comparison lives in
+`kinodb.ingest._verify_frames`.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import math
 import os
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
@@ -46,152 +49,24 @@ from kinodb.ingest._run import (
     override_task,
     refuse_unused,
 )
-from kinodb.kdb import _codecs
+from kinodb.ingest._verify_frames import FrameChecker, frame_psnr
+from kinodb.ingest._verify_report import (
+    CODEC_MARGIN_DB,
+    DEFAULT_PSNR,
+    CameraCheck,
+    VerifyReport,
+    format_number,
+)
+from kinodb.ingest._verify_report import MAX_PROBLEMS as MAX_PROBLEMS  # re-exported: a public name
 from kinodb.kdb.reader import META_FIELDS, Database, open_database
 from kinodb.kdb.writer import Writer
 
-DEFAULT_PSNR = 35.0  # dB; JPEG at quality 95 gives 40+ on camera frames
-CODEC_MARGIN_DB = 1.5  # below a fresh JPEG encode of the source frame (PSNR, default threshold)
-MAX_PROBLEMS = 1000  # problem lines kept; `mismatches` counts them all
-_CHUNK = 64  # frames decoded at a time for the PSNR
 _PROVENANCE = ("source_file", "source_episode")
-_LOSSLESS = ("raw", "png")
-_LABELS = ("embodiment", "task", "fps", "success", "total_reward", "extra_fields")
 _DEFAULTS = {
     name: p.default
     for name, p in inspect.signature(Writer.add_episode).parameters.items()
     if p.default is not inspect.Parameter.empty
 }
-
-
-@dataclass
-class CameraCheck:
-    """What was compared for one camera, over every episode."""
-
-    codecs: set[str] = field(default_factory=set)
-    frames: int = 0
-    passed_through: int = 0  # frames the source holds encoded, stored unchanged by the ingest
-    byte_identical: int = 0  # of those, frames whose stored bytes equal the source's
-    reencoded: int = 0  # frames encoded from the source's pixels
-    exact: int = 0  # of those, frames that decode to the source's pixels exactly
-    min_psnr: float = math.inf  # dB over the re-encoded frames (inf: every one exact)
-    codec_limited: int = 0  # JPEG frames under the default threshold, as close as a fresh encode
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready fields (``min_psnr`` is None when every re-encoded frame is exact)."""
-        return {
-            "codecs": sorted(self.codecs), "frames": self.frames, "passed_through": self.passed_through,
-            "byte_identical": self.byte_identical, "reencoded": self.reencoded, "exact": self.exact,
-            "min_psnr": None if math.isinf(self.min_psnr) else round(self.min_psnr, 3),
-            "codec_limited": self.codec_limited,
-        }  # fmt: skip
-
-
-@dataclass
-class VerifyReport:
-    """What `verify` compared and every mismatch it found.
-
-    ``mismatches`` counts problems by kind (``missing``, ``extra``, ``frames``, ``arrays``,
-    ``dtype``, ``cameras``, ``images``, ``task``, ``fps``, ...); ``problems`` keeps the
-    first `MAX_PROBLEMS` messages.
-    """
-
-    source: str
-    output: str
-    format: str
-    psnr_threshold: float
-    options: dict[str, Any] = field(default_factory=dict)  # what the source was re-read with
-    codec_relative: bool = True  # JPEG frames under the threshold may pass against a fresh encode
-    episodes_compared: int = 0
-    frames_compared: int = 0
-    arrays: dict[str, float] = field(default_factory=dict)  # max abs diff per array name
-    cameras: dict[str, CameraCheck] = field(default_factory=dict)
-    missing: list[str] = field(default_factory=list)  # source keys absent from the output
-    extra: list[str] = field(default_factory=list)  # output episodes without a source episode
-    skipped: list[str] = field(default_factory=list)  # keys the ingest skipped and listed
-    notes: list[str] = field(default_factory=list)
-    mismatches: dict[str, int] = field(default_factory=dict)
-    problems: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-
-    @property
-    def ok(self) -> bool:
-        """True when nothing differs."""
-        return not self.mismatches
-
-    def add(self, kind: str, message: str) -> None:
-        """Record one mismatch of ``kind``."""
-        self.mismatches[kind] = self.mismatches.get(kind, 0) + 1
-        if len(self.problems) < MAX_PROBLEMS:
-            self.problems.append(message)
-
-    def summary(self, *, shown: int = 20) -> str:
-        """A few lines for people, with the first ``shown`` problems."""
-        n = sum(self.mismatches.values())
-        status = "OK" if self.ok else f"MISMATCH ({n} problem{'s' if n > 1 else ''})"
-        lines = [
-            f"verified {self.output} against {self.source} ({self.format}): {status}",
-            f"  episodes: {self.episodes_compared} compared ({self.frames_compared} frames), "
-            f"{len(self.missing)} missing, {len(self.extra)} extra, {len(self.skipped)} skipped by the ingest",
-        ]
-        if self.arrays:
-            diffs = ", ".join(f"{k} {_num(v)}" for k, v in self.arrays.items())
-            lines.append(f"  arrays, max abs diff: {diffs}")
-        lines += [
-            f"  camera {name}: {_camera_line(c, self.psnr_threshold)}" for name, c in self.cameras.items()
-        ]
-        lines.append("  label mismatches: " + ", ".join(f"{k} {self.mismatches.get(k, 0)}" for k in _LABELS))
-        lines += [f"  note: {n}" for n in self.notes]
-        if self.mismatches:
-            kinds = ", ".join(f"{k} {n}" for k, n in sorted(self.mismatches.items()))
-            lines.append(f"  problems by kind: {kinds}")
-            lines += [f"  - {p}" for p in self.problems[:shown]]
-            rest = sum(self.mismatches.values()) - min(shown, len(self.problems))
-            if rest > 0:
-                lines.append(f"  ... {rest} more (use --json for the first {MAX_PROBLEMS})")
-        return "\n".join(lines)
-
-    def failure(self) -> str:
-        """One line for an error: what differs, and that the output file stays."""
-        first = "; ".join(self.problems[:3])
-        hint = " --psnr DB" if set(self.mismatches) == {"images"} else ""
-        return (
-            f"{self.output}: verification against {self.source} failed with "
-            f"{sum(self.mismatches.values())} mismatches ({first}); the output file was kept: "
-            f"see 'kino verify {self.source} {self.output}{hint}', or delete it"
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready fields (a non-finite max abs diff becomes the string ``"inf"``/``"nan"``)."""
-        return {
-            "source": self.source, "output": self.output, "format": self.format, "ok": self.ok,
-            "psnr_threshold": self.psnr_threshold, "codec_relative": self.codec_relative, "options": self.options,
-            "episodes_compared": self.episodes_compared, "frames_compared": self.frames_compared,
-            "arrays": {k: v if math.isfinite(v) else str(v) for k, v in self.arrays.items()},
-            "cameras": {k: c.to_dict() for k, c in self.cameras.items()},
-            "missing": self.missing, "extra": self.extra, "skipped": self.skipped, "notes": self.notes,
-            "mismatches": dict(sorted(self.mismatches.items())), "problems": self.problems,
-            "seconds": round(self.seconds, 3),
-        }  # fmt: skip
-
-
-def _num(x: float) -> str:
-    return f"{x:.6g}" if math.isfinite(x) else str(x)
-
-
-def _camera_line(c: CameraCheck, threshold: float) -> str:
-    parts = [f"[{','.join(sorted(c.codecs))}] {c.frames} frames"]
-    if c.passed_through:
-        parts.append(f"{c.byte_identical}/{c.passed_through} passed through byte-identical")
-    if c.reencoded and c.exact == c.reencoded:
-        parts.append(f"{c.reencoded} re-encoded, all exact")
-    elif c.reencoded:
-        parts.append(f"{c.reencoded} re-encoded ({c.exact} exact), min PSNR {c.min_psnr:.2f} dB "
-                     f"(threshold {threshold:g} dB)")  # fmt: skip
-        if c.codec_limited:
-            parts.append(f"{c.codec_limited} below the threshold but within {CODEC_MARGIN_DB:g} dB of a fresh "
-                         "JPEG encode of the source frame")  # fmt: skip
-    return "; ".join(parts)
 
 
 # -- what the ingest did ------------------------------------------------------------------
@@ -451,6 +326,7 @@ class _Checker:
         self.renames: dict[str, str] = {}  # this version's camera/array names -> the output's
         self.task_field: str | None = None
         self.schema = db.schema()
+        self.frames = FrameChecker(db, report, plan.jpeg_quality)
 
     def _earlier_rlds_names(self, info: SourceInfo) -> dict[str, str]:
         """Camera and array names of an RLDS file ingested by an earlier kinodb, which kept
@@ -551,7 +427,7 @@ class _Checker:
         if isinstance(parts, Mapping):
             self._components(where, got, parts, differ)
         images = (args.get("images") or {}) if self.plan.options.images else {}
-        self._cameras(i, where, images)
+        self.frames.compare(i, where, images)
         self._labels(where, meta, _expected_labels(args, want, self.plan, info))
 
     def _arrays(self, where: str, got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> set[str]:
@@ -584,7 +460,7 @@ class _Checker:
             # float64 holds every float exactly, but not every int64: those compare exactly
             if diff > 0 or ("iu" in (a.dtype.kind, b.dtype.kind) and not exact_equal(a, b).all()):
                 self.report.add(
-                    "arrays", f"{where}: {name} differs: max abs diff {_num(diff)} at frame {frame}"
+                    "arrays", f"{where}: {name} differs: max abs diff {format_number(diff)} at frame {frame}"
                 )
                 differ.add(name)
         return differ
@@ -627,104 +503,8 @@ class _Checker:
             "arrays",
             f"{where}: {what} differs from the source's {dtype} values at {len(bad)} places: frame "
             f"{frame} holds {part[frame, col].item()!r}, the source {source[frame, col].item()!r} "
-            f"(max abs diff {_num(diff)})",
+            f"(max abs diff {format_number(diff)})",
         )
-
-    def _cameras(self, i: int, where: str, images: Mapping[str, Any]) -> None:
-        stored = self.db.cameras(i)
-        for cam in [*images, *(c for c in stored if c not in images)]:
-            if cam not in stored or cam not in images:
-                side = "missing from the output" if cam not in stored else "not in the source"
-                self.report.add("cameras", f"{where}: camera {cam!r} is {side}")
-                continue
-            check = self.report.cameras.setdefault(cam, CameraCheck())
-            check.codecs.add(stored[cam]["codec"])
-            value = images[cam]
-            if isinstance(value, np.ndarray):
-                self._pixels(i, f"{where}: camera {cam!r}", cam, stored[cam], value, check)
-                continue
-            if isinstance(value, _codecs.EncodedFrames):  # read back with the channels it sets
-                channels = stored[cam]["shape"][-1]
-                if channels != value.channels:
-                    self.report.add("cameras", f"{where}: camera {cam!r} reads back with {channels} channels, "
-                                    f"the source's frames with {value.channels}")  # fmt: skip
-                value = value.frames
-            self._bytes(i, f"{where}: camera {cam!r}", cam, stored[cam]["shape"][0], list(value), check)
-
-    def _bytes(self, i: int, where: str, cam: str, T: int, blobs: list[Any], check: CameraCheck) -> None:
-        """Encoded source frames: the stored frames must be the same bytes."""
-        if len(blobs) != T:
-            self.report.add("cameras", f"{where} has {T} frames, the source {len(blobs)}")
-            return
-        check.frames += T
-        check.passed_through += T
-        same = np.fromiter(
-            (self.db.read_image_bytes(i, cam, t) == bytes(b) for t, b in enumerate(blobs)), bool, T
-        )
-        check.byte_identical += int(same.sum())
-        if not same.all():
-            bad = np.flatnonzero(~same)
-            self.report.add(
-                "images", f"{where}: {len(bad)} frames differ from the source's bytes "
-                f"(first: frame {int(bad[0])})",
-            )  # fmt: skip
-
-    def _pixels(
-        self, i: int, where: str, cam: str, stored: Mapping[str, Any], frames: np.ndarray, check: CameraCheck
-    ) -> None:
-        """Pixel source frames: exact for lossless codecs, else a PSNR at least the threshold."""
-        codec, shape = stored["codec"], tuple(stored["shape"])
-        want = frames if frames.ndim == 4 else frames[..., None]
-        if want.shape != shape:
-            self.report.add("cameras", f"{where} is {shape}, the source {want.shape}")
-            return
-        psnr = np.empty(len(want))
-        for a in range(0, len(want), _CHUNK):
-            b = min(a + _CHUNK, len(want))
-            got = self.db.read_frames(i, a, b, cameras=[cam])["images"][cam]
-            psnr[a:b] = frame_psnr(got, want[a:b])
-        check.frames += len(want)
-        check.reencoded += len(want)
-        check.exact += int(np.isinf(psnr).sum())
-        worst = float(psnr.min())
-        check.min_psnr = min(check.min_psnr, worst)
-        if codec in _LOSSLESS and not math.isinf(worst):
-            self.report.add(
-                "images",
-                f"{where} ({codec}, lossless) differs at frame {int(psnr.argmin())} (PSNR {worst:.2f} dB)",
-            )
-        elif worst < self.report.psnr_threshold:
-            self._lossy(where, codec, want, psnr, check)
-
-    def _lossy(self, where: str, codec: str, want: np.ndarray, psnr: np.ndarray, check: CameraCheck) -> None:
-        """Frames under the threshold: a failure, unless (by default) a fresh encode of the
-        source frame at the recorded quality loses about as much."""
-        threshold = self.report.psnr_threshold
-        low = np.flatnonzero(psnr < threshold)
-        if not (self.report.codec_relative and codec == "jpeg"):
-            frame = int(low[psnr[low].argmin()])
-            self.report.add(
-                "images",
-                f"{where} ({codec}): PSNR {psnr[frame]:.2f} dB at frame {frame}, below the threshold {threshold:g} dB",
-            )
-            return
-        quality = self.plan.jpeg_quality
-        fresh = np.empty(len(low))
-        for a in range(0, len(low), _CHUNK):
-            part = want[low[a : a + _CHUNK]]
-            again = _codecs.decode(_codecs.encode(part, "jpeg", quality), part.shape[1:], where)
-            fresh[a : a + len(part)] = frame_psnr(again, part)
-        short = fresh - psnr[low]  # how far each frame falls short of a fresh encode
-        bad = short > CODEC_MARGIN_DB
-        check.codec_limited += int((~bad).sum())
-        if bad.any():
-            k = int(np.flatnonzero(bad)[short[bad].argmax()])
-            self.report.add(
-                "images",
-                f"{where} ({codec}): PSNR {psnr[low[k]]:.2f} dB at frame {int(low[k])}, below the threshold "
-                f"{threshold:g} dB and {short[k]:.2f} dB below a fresh JPEG q{quality} encode of the source "
-                f"frame ({fresh[k]:.2f} dB): not the source's frame, or damaged",
-            )
 
     def _labels(self, where: str, meta: dict[str, Any], want: dict[str, Any]) -> None:
         for name, value in want.items():
@@ -869,15 +649,6 @@ def max_abs_diff(a: np.ndarray, b: np.ndarray) -> tuple[float, int]:
     d[np.isnan(d)] = np.inf
     flat = int(d.argmax())
     return float(d.flat[flat]), int(np.unravel_index(flat, d.shape)[0])
-
-
-def frame_psnr(got: np.ndarray, want: np.ndarray) -> np.ndarray:
-    """Per-frame PSNR in dB of uint8 ``(T, H, W, C)`` frames (inf where they are equal)."""
-    d = got.astype(np.int16) - want.astype(np.int16)
-    mse = np.square(d, dtype=np.int32).reshape(len(d), -1).mean(axis=1)
-    with np.errstate(divide="ignore"):
-        out: np.ndarray = 10.0 * np.log10(255.0**2 / mse)
-    return out
 
 
 __all__ = [

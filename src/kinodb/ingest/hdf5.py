@@ -49,10 +49,14 @@ What goes where:
   components of ``actions`` and ``states`` where they fit the data (states the export
   wrote whole, as ``obs/state``, get no ``state`` component the source did not have);
   not when the file holds other demos or frames than the export wrote (a warning says so).
+  `kinodb.ingest._hdf5_kinodb` holds that part.
 
 Every demo must hold every per-frame key that any demo holds, with one row per action
 (in a kinodb export, a camera or array may be absent from some demos); anything else
 raises `ConversionError` naming the file, the demo and the key.
+
+This module reads demos; `kinodb.ingest._hdf5_layout` decides where each per-frame
+dataset goes, and `kinodb.ingest._hdf5_facts` reads the ``data`` group's attributes.
 """
 
 from __future__ import annotations
@@ -61,77 +65,39 @@ import json
 import logging
 import os
 import re
-from dataclasses import dataclass, replace
-from itertools import pairwise
 from typing import Any, ClassVar
 
 import numpy as np
 
 from kinodb._optional import require
 from kinodb.errors import ConversionError
-from kinodb.ingest._base import SOURCE_PARTS, SourceInfo, SourceOptions, exported_extra, not_this_format
-from kinodb.ingest._exact import first_rounded, holds_exactly, significand_bits
+from kinodb.ingest._base import SOURCE_PARTS, SourceInfo, SourceOptions, not_this_format
+from kinodb.ingest._exact import first_rounded
+from kinodb.ingest._hdf5_facts import DEFAULT_FPS as DEFAULT_FPS  # re-exported: public names
+from kinodb.ingest._hdf5_facts import LIBERO_FPS as LIBERO_FPS
+from kinodb.ingest._hdf5_facts import Facts, read_facts, text
+from kinodb.ingest._hdf5_kinodb import (
+    exported_schema,
+    exported_state_order,
+    exported_upright,
+    recorded_dataset,
+    restore_fields,
+    user_metadata,
+)
+from kinodb.ingest._hdf5_layout import Field, Layout, arrange, scan_demos
 
 log = logging.getLogger(__name__)
 _WARNED_UPSIDE_DOWN: set[str] = set()  # LIBERO files already warned about in this process
-_WARNED_CHANGED: set[str] = set()  # kinodb exports changed since, already warned about
 
 SIGNATURE = b"\x89HDF\r\n\x1a\n"
-LIBERO_FPS = 20.0
-DEFAULT_FPS = 10.0
 
 _DEMO = re.compile(r"demo_(\d+)\Z")
-# Demo members with a fixed meaning; everything else that is per-frame becomes an extra array.
-_SPECIAL = frozenset({"actions", "rewards", "dones", "success"})
-# Names the writer reserves, and the one this source gives the simulator states.
-_RESERVED = frozenset(
-    {"actions", "states", "rewards", "is_terminal", "timestamps", "meta", "images", "sim_state"}
-)
 
 
 # Recent scans in this process, by file identity: an ingest opens its source twice (to
 # plan, then to convert), and a scan lists every demo of the file.
-_SCANS: dict[tuple[str, int, int, int], tuple[list[_Field], dict[str, str]]] = {}
+_SCANS: dict[tuple[str, int, int, int], tuple[list[Field], dict[str, str]]] = {}
 _SCANS_KEPT = 4
-
-
-@dataclass(frozen=True, slots=True)
-class _Field:
-    """A per-frame dataset that every demo must hold, and where it goes."""
-
-    path: str  # inside the demo group, e.g. "obs/robot0_eef_pos"
-    kind: str  # "state", "camera" or "array"
-    trailing: tuple[int, ...]  # shape after the frame axis, in the first demo holding it
-    dtype: np.dtype[Any]
-    first: str  # the first demo (numeric order) that holds it
-    holders: int  # how many demos hold it
-    name: str = ""  # state component, camera or extra-array name
-
-
-@dataclass(frozen=True, slots=True)
-class _Layout:
-    """What every demo of a file holds: state components, cameras, extra arrays."""
-
-    states: tuple[_Field, ...]
-    state_dtype: np.dtype[Any] | None
-    components: dict[str, list[int]]
-    cameras: tuple[_Field, ...]
-    arrays: tuple[_Field, ...]
-    timestamps: _Field | None
-    left_out: dict[str, str]  # path -> why it is not stored
-    apart: dict[str, str]  # extra-array name of a low-dim key kept out of the states -> why
-
-
-@dataclass(frozen=True, slots=True)
-class _Facts:
-    """Dataset-level facts from the ``data`` group's attributes."""
-
-    libero: bool
-    fps: float
-    fps_from: str
-    embodiment: str | None
-    language: str | None
-    metadata: dict[str, Any]
 
 
 class _Demo:
@@ -197,8 +163,8 @@ class HDF5Source:
         numbered = sorted((int(m.group(1)), n) for n in names if (m := _DEMO.match(n)))
         self._demos = [n for _, n in numbered]
         self._others = sorted(set(names) - set(self._demos))
-        self._layout_cache: _Layout | None = None
-        self._facts_cache: _Facts | None = None
+        self._layout_cache: Layout | None = None
+        self._facts_cache: Facts | None = None
         self._masks_cache: dict[str, list[str]] | None = None
         self._actions_cache: list[tuple[int, int]] | None = None
         self._mask_entries: dict[str, int] = {}  # filter key -> entries (set with the masks)
@@ -283,15 +249,15 @@ class HDF5Source:
             metadata["hdf5"]["filter_keys"] = counts
         if (
             facts.libero and layout.cameras and self._options.images and not self._options.flip_images
-            and not self._exported_upright() and self._path not in _WARNED_UPSIDE_DOWN
+            and not exported_upright(self._data.attrs) and self._path not in _WARNED_UPSIDE_DOWN
         ):  # fmt: skip
             _WARNED_UPSIDE_DOWN.add(self._path)  # once per file: verify reads the info again
             log.warning("%s: LIBERO frames are stored upside down; pass flip_images (--flip-images) "
                         "to store them upright", self._path)  # fmt: skip
         schema: dict[str, Any] = {"states": {"components": layout.components}} if layout.components else {}
-        exported = self._exported()
+        exported = recorded_dataset(self._path, self._data.attrs, self._held)
         if exported is not None:  # a kinodb export: its own schema names and metadata come back
-            schema = _exported_schema(exported.get("schema"), schema, layout, self._action_widths())
+            schema = exported_schema(exported.get("schema"), schema, layout, self._action_widths())
             metadata = {**user_metadata(exported.get("metadata")), **metadata}
         return SourceInfo(
             source_format="libero-hdf5" if facts.libero else "robomimic-hdf5",
@@ -339,7 +305,7 @@ class HDF5Source:
         if masks:
             args["extra"] = {"filter_keys": masks.get(key, [])}
         if "kinodb_export" in self._data.attrs:
-            _restore_kinodb_fields(args, ep_meta)
+            restore_fields(args, ep_meta)
         return args
 
     def close(self) -> None:
@@ -354,7 +320,7 @@ class HDF5Source:
     def _fail(self, demo: str, message: str) -> ConversionError:
         return ConversionError(f"{self._path}: {demo}: {message}")
 
-    def _dataset(self, d: _Demo, path: str, T: int | None, field: _Field | None = None) -> np.ndarray:
+    def _dataset(self, d: _Demo, path: str, T: int | None, field: Field | None = None) -> np.ndarray:
         """Read ``path`` of a demo whole, checking that it has ``T`` rows."""
         ds = d.get(path)
         if not isinstance(ds, self._h5py.Dataset):
@@ -443,12 +409,12 @@ class HDF5Source:
         if "ep_meta" not in d.attrs:
             return {}
         try:
-            ep_meta = json.loads(_text(d.group.attrs["ep_meta"]))
+            ep_meta = json.loads(text(d.group.attrs["ep_meta"]))
         except ValueError as exc:
             raise self._fail(d.name, f"attribute ep_meta is not JSON ({exc})") from None
         return ep_meta if isinstance(ep_meta, dict) else {}
 
-    def _labels(self, d: _Demo, ep_meta: dict[str, Any], facts: _Facts) -> dict[str, Any]:
+    def _labels(self, d: _Demo, ep_meta: dict[str, Any], facts: Facts) -> dict[str, Any]:
         """``task``, ``fps`` and ``embodiment`` of one demo: its ep_meta's, else the file's."""
         lang = ep_meta.get("lang")
         task = lang.strip() if isinstance(lang, str) and lang.strip() else facts.language or ""
@@ -465,7 +431,7 @@ class HDF5Source:
             out["embodiment"] = facts.embodiment
         return out
 
-    def _states(self, d: _Demo, T: int, layout: _Layout) -> tuple[np.ndarray, dict[str, Any]] | None:
+    def _states(self, d: _Demo, T: int, layout: Layout) -> tuple[np.ndarray, dict[str, Any]] | None:
         """The states, and each state key's values as the file holds them (for `verify`)."""
         if not layout.states or layout.state_dtype is None:
             return None
@@ -485,7 +451,7 @@ class HDF5Source:
             out[:, start:stop] = arr.reshape(T, stop - start)
         return out, {"states": parts}
 
-    def _rounded(self, f: _Field, arr: np.ndarray, rounded: tuple[int, Any], dtype: np.dtype[Any]) -> str:
+    def _rounded(self, f: Field, arr: np.ndarray, rounded: tuple[int, Any], dtype: np.dtype[Any]) -> str:
         """Why a state key's value cannot go into the states, and what to do."""
         at, value = rounded
         frame = at // max(1, arr[:1].size)
@@ -501,7 +467,7 @@ class HDF5Source:
         )
 
     def _frames(
-        self, d: _Demo, T: int, layout: _Layout
+        self, d: _Demo, T: int, layout: Layout
     ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """Cameras (uint8) and extra arrays, rotated when ``flip_images`` asks for it."""
         images: dict[str, np.ndarray] = {}
@@ -535,7 +501,7 @@ class HDF5Source:
             return frames
         return np.ascontiguousarray(frames[:, ::-1, ::-1])
 
-    def _keeps(self, f: _Field) -> bool:
+    def _keeps(self, f: Field) -> bool:
         """Whether extra array ``f`` is stored: image-like arrays follow the images option."""
         return self._options.images or len(f.trailing) < 3
 
@@ -569,7 +535,7 @@ class HDF5Source:
                     self._mask_entries[name] = len(ds)
                     unknown = 0
                     for entry in ds[()]:
-                        keys = masks.get(_text(entry))
+                        keys = masks.get(text(entry))
                         if keys is None:
                             unknown += 1
                         elif name not in keys:
@@ -581,67 +547,31 @@ class HDF5Source:
             self._masks_cache = masks
         return self._masks_cache
 
-    def _facts(self) -> _Facts:
+    def _facts(self) -> Facts:
         if self._facts_cache is None:
-            self._facts_cache = _read_facts(self._path, self._data.attrs, self._options)
+            self._facts_cache = read_facts(self._path, self._data.attrs, self._options)
         return self._facts_cache
 
-    def _layout(self) -> _Layout:
+    def _layout(self) -> Layout:
         if self._layout_cache is None:
             st = os.stat(self._path)
             ident = (os.path.realpath(self._path), st.st_ino, st.st_size, st.st_mtime_ns)
             scan = _SCANS.get(ident)
             if scan is None:
-                scan = _SCANS[ident] = self._scan()
+                scan = _SCANS[ident] = scan_demos(self._data, self._demos, self._h5py.Dataset)
                 while len(_SCANS) > _SCANS_KEPT:
                     del _SCANS[next(iter(_SCANS))]
             fields, left_out = scan[0], dict(scan[1])
             for name in self._others:
                 left_out[f"data/{name}"] = "not a demo_N group"
             explicit = self._options.state_keys is not None  # the caller's keys: checked by value, not split
-            state_keys = self._options.state_keys or self._exported_state_order(fields)
-            self._layout_cache = _arrange(self._path, fields, left_out, state_keys, explicit=explicit)
+            state_keys = self._options.state_keys or exported_state_order(self._data.attrs, fields)
+            self._layout_cache = arrange(self._path, fields, left_out, state_keys, explicit=explicit)
         return self._layout_cache
 
-    def _exported_upright(self) -> bool:
-        """Whether this is a kinodb export of frames already turned upright on ingest."""
-        try:
-            info = json.loads(_text(self._data.attrs["kinodb_dataset"]))
-            return bool(info["metadata"]["image_orientation"] == "rotated_180")
-        except (KeyError, ValueError, TypeError):
-            return False
-
-    def _exported(self) -> dict[str, Any] | None:
-        """The dataset block a kinodb export recorded (``data`` attr ``kinodb_dataset``), or None.
-
-        None also when it no longer describes the file: its export facts (``kinodb_export``)
-        count other demos or frames than the file holds (demos were added or removed since),
-        which is warned about once.
-        """
-        attrs = self._data.attrs
-        if "kinodb_dataset" not in attrs or "kinodb_export" not in attrs:
-            return None
-        try:
-            dataset, facts = (
-                json.loads(_text(attrs["kinodb_dataset"])),
-                json.loads(_text(attrs["kinodb_export"])),
-            )
-        except ValueError:
-            return None
-        if not isinstance(dataset, dict) or not isinstance(facts, dict):
-            return None
-        held = (len(self._demos), sum(rows for rows, _ in self._action_shapes()))
-        said = (facts.get("episodes"), facts.get("frames"))
-        if said != held:
-            if self._path not in _WARNED_CHANGED:
-                _WARNED_CHANGED.add(self._path)
-                log.warning(
-                    "%s: the kinodb export that wrote this file recorded %s demos of %s frames, and the file "
-                    "holds %d of %d: it was changed since, so the export's schema names and dataset metadata "
-                    "(data attr kinodb_dataset) are not given back", self._path, *said, *held
-                )  # fmt: skip
-            return None
-        return dataset
+    def _held(self) -> tuple[int, int]:
+        """How many demos and frames the file holds (h5py reads only the actions' shapes)."""
+        return len(self._demos), sum(rows for rows, _ in self._action_shapes())
 
     def _action_shapes(self) -> list[tuple[int, int]]:
         """Each demo's actions rows and width (h5py reads only the shapes)."""
@@ -657,59 +587,6 @@ class HDF5Source:
     def _action_widths(self) -> set[int]:
         return {width for _, width in self._action_shapes()}
 
-    def _exported_state_order(self, fields: list[_Field]) -> tuple[str, ...] | None:
-        """A kinodb export's state components in their original order (else sorted order)."""
-        if "kinodb_dataset" not in self._data.attrs:
-            return None
-        try:
-            components = json.loads(_text(self._data.attrs["kinodb_dataset"]))["schema"]["states"][
-                "components"
-            ]
-            order = tuple(f"obs/{name}" for name, _ in sorted(components.items(), key=lambda kv: kv[1][0]))
-        except (ValueError, KeyError, TypeError, IndexError):
-            return None
-        have = {f.path for f in fields if f.kind == "state"}
-        return order if set(order) == have else None
-
-    def _scan(self) -> tuple[list[_Field], dict[str, str]]:
-        """Every dataset path any demo holds, classified in the first demo that holds it.
-
-        Only names are listed per demo; each path is opened once.
-        """
-        seen: dict[str, list[Any]] = {}
-        for demo in self._demos:
-            paths: list[str] = []
-            self._data[demo].visit(paths.append)
-            for path in paths:
-                if path in seen:
-                    seen[path][1] += 1
-                else:
-                    seen[path] = [demo, 1]
-        fields: list[_Field] = []
-        left_out: dict[str, str] = {}
-        for name in _UNSTORED_ATTRS:
-            if any(name in self._data[demo].attrs for demo in self._demos):
-                left_out[f"attrs/{name}"] = _UNSTORED_ATTRS[name]
-        for path, (first, holders) in seen.items():
-            if path == "next_obs":
-                left_out[path] = "duplicates obs one step later"
-            if path in _SPECIAL or path.startswith("next_obs/"):
-                continue
-            group = self._data[first]
-            ds = group.get(path)
-            if not isinstance(ds, self._h5py.Dataset):
-                continue
-            kind = _classify(path, ds, _rows(group))
-            if kind in ("state", "camera", "array"):
-                fields.append(
-                    _Field(
-                        path, kind, tuple(int(d) for d in ds.shape[1:]), np.dtype(ds.dtype), first, holders
-                    )
-                )
-            else:
-                left_out[path] = kind
-        return fields, left_out
-
 
 def _unreadable(path: str, exc: OSError) -> str:
     """Why h5py cannot open ``path``: a damaged HDF5 file (its signature is there), or what it is."""
@@ -722,324 +599,3 @@ def _unreadable(path: str, exc: OSError) -> str:
         f"{size} bytes); copy it again from where it came from (an interrupted download or copy leaves "
         "such files), or regenerate it"
     )
-
-
-# Demo attributes a .kdb file does not keep, listed in the metadata's left_out.
-_UNSTORED_ATTRS = {
-    "model_file": "the simulator model (MJCF XML) per demo: not stored; keep the source file to replay demos",
-}
-
-
-def _rows(group: Any) -> int | None:
-    """A demo's frame count: its actions' rows, else its num_samples attribute."""
-    actions = group.get("actions")
-    if actions is not None and getattr(actions, "ndim", 0) >= 1:
-        return int(actions.shape[0])
-    n = group.attrs.get("num_samples")
-    return int(n) if n is not None and np.ndim(n) == 0 else None
-
-
-def _classify(path: str, ds: Any, rows: int | None) -> str:
-    """``state``, ``camera``, ``array``, or why a demo's dataset is left out."""
-    if ds.dtype.kind not in "biuf":
-        return f"dtype {ds.dtype} is not numeric"
-    if ds.ndim == 0:
-        return "a scalar, not per-frame"
-    if path == "states":
-        return "array"
-    if not path.startswith("obs/"):
-        if rows is not None and ds.shape[0] == rows:
-            return "array"
-        return f"has {ds.shape[0]} rows and the demo {rows if rows is not None else 'an unknown number of'} frames, so it is not per-frame"
-    if ds.ndim == 1 or (ds.ndim == 2 and ds.shape[1] > 0):
-        return "state"
-    if ds.ndim == 2:
-        return "no columns"
-    if ds.ndim == 4 and ds.dtype == np.uint8:
-        return "camera"
-    return "array"
-
-
-def _text(value: Any) -> str:
-    """An attribute or string-dataset entry as str (h5py gives bytes or str)."""
-    if isinstance(value, (bytes, np.bytes_)):
-        return bytes(value).decode("utf-8", errors="replace")
-    if isinstance(value, np.ndarray) and value.size == 1:
-        return _text(value.reshape(-1)[0])
-    return str(value)
-
-
-def _json_attr(attrs: Any, name: str, path: str, metadata: dict[str, Any]) -> dict[str, Any] | None:
-    """Parse a JSON attribute; a malformed one is kept as text in the metadata, with a warning."""
-    if name not in attrs:
-        return None
-    text = _text(attrs[name])
-    try:
-        value = json.loads(text)
-    except ValueError as exc:
-        log.warning("%s: data attribute %s is not JSON (%s); kept as text in the metadata", path, name, exc)
-        metadata[name] = text
-        return None
-    if not isinstance(value, dict):
-        metadata[name] = value
-        return None
-    return value
-
-
-def _read_facts(path: str, attrs: Any, options: SourceOptions) -> _Facts:
-    """Environment, robots, language and fps from the ``data`` group's attributes."""
-    metadata: dict[str, Any] = {}
-    env_args = _json_attr(attrs, "env_args", path, metadata)
-    if env_args is None and "env" in attrs:
-        # A raw robosuite demo.hdf5: robomimic's converter builds env_args from these.
-        env_info = _json_attr(attrs, "env_info", path, metadata) or {}
-        env_args = {"env_name": _text(attrs["env"]), "type": 1, "env_kwargs": env_info}
-    problem = _json_attr(attrs, "problem_info", path, metadata)
-    libero = problem is not None or "bddl_file_name" in attrs
-    kwargs: dict[str, Any] = {}
-    if env_args is not None:
-        metadata["env_args"] = env_args
-        raw_kwargs = env_args.get("env_kwargs")
-        kwargs = raw_kwargs if isinstance(raw_kwargs, dict) else {}
-        name = env_args.get("env_name")
-        if name is not None:
-            metadata["env_name"] = str(name)
-        env_type = env_args.get("type", env_args.get("env_type"))  # robomimic writes "type"
-        if env_type is not None:
-            metadata["env_type"] = env_type
-    if "env_name" not in metadata and "env_name" in attrs:
-        metadata["env_name"] = _text(attrs["env_name"])
-    language = None
-    if problem is not None:
-        metadata["problem_info"] = problem
-        raw = problem.get("language_instruction")
-        if raw is not None:
-            language = (" ".join(map(str, raw)) if isinstance(raw, list) else str(raw)).strip().strip('"')
-    for name in ("bddl_file_name", "macros_image_convention"):
-        if name in attrs:
-            metadata[name] = _text(attrs[name])
-    fps, fps_from = _fps(options, env_args or {}, kwargs, libero)
-    return _Facts(libero, fps, fps_from, _robots(kwargs.get("robots")), language or None, metadata)
-
-
-def _fps(
-    options: SourceOptions, env_args: dict[str, Any], kwargs: dict[str, Any], libero: bool
-) -> tuple[float, str]:
-    if options.fps:
-        return float(options.fps), "option"
-    for where, source in (("env_args.env_kwargs.control_freq", kwargs), ("env_args.control_freq", env_args)):
-        value = source.get("control_freq")
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
-            return float(value), where
-    return (LIBERO_FPS, "default (LIBERO)") if libero else (DEFAULT_FPS, "default")
-
-
-def _robots(robots: Any) -> str | None:
-    """``"Panda"`` from ``"Panda"`` or ``["Panda"]``; several robots joined with ``+``."""
-    if isinstance(robots, str) and robots:
-        return robots
-    if isinstance(robots, list) and robots and all(isinstance(r, str) and r for r in robots):
-        return "+".join(robots)
-    return None
-
-
-def _arrange(
-    path: str, fields: list[_Field], left_out: dict[str, str], state_keys: tuple[str, ...] | None, *,
-    explicit: bool = False,
-) -> _Layout:  # fmt: skip
-    """Sort every per-frame dataset into states, cameras and extra arrays, and name them.
-
-    Raises:
-        ConversionError: a requested state key is not a low-dim observation.
-    """
-    by_path = sorted(fields, key=lambda f: f.path)
-    low_dim = {f.path[len("obs/") :]: f for f in by_path if f.kind == "state"}
-    cameras = [replace(f, name=f.path[len("obs/") :]) for f in by_path if f.kind == "camera"]
-    taken = set(_RESERVED) | {f.name for f in cameras}
-    arrays: list[_Field] = []
-    stamps = [f for f in fields if f.path == "timestamps" and f.kind == "array" and not f.trailing]
-    # Simulator states first, then the demo's own datasets, then obs/ arrays: obs keys
-    # yield on a name clash (they become "obs.KEY").
-    for f in sorted(fields, key=lambda f: (f.path.startswith("obs/"), f.path != "states", f.path)):
-        if f.kind == "array" and f not in stamps:
-            name = "sim_state" if f.path == "states" else _free_name(f.path, taken)
-            taken.add(name)
-            arrays.append(replace(f, name=name))
-    states, apart = _exact_states(_choose_states(path, low_dim, state_keys, left_out), explicit)
-    reasons: dict[str, str] = {}
-    for f, why in apart:
-        name = _free_name(f.path, taken)
-        taken.add(name)
-        arrays.append(replace(f, kind="array", name=name))
-        reasons[name] = f"{why}; it is stored apart, as the extra array {name!r} with its own dtype"
-    components: dict[str, list[int]] = {}
-    start = 0
-    for f in states:
-        width = int(np.prod(f.trailing))
-        components[f.name] = [start, start + width]
-        start += width
-    dtype = np.result_type(*(f.dtype for f in states)) if states else None
-    return _Layout(
-        tuple(states),
-        dtype,
-        components,
-        tuple(cameras),
-        tuple(arrays),
-        stamps[0] if stamps else None,
-        left_out,
-        reasons,
-    )
-
-
-def _exact_states(states: list[_Field], explicit: bool) -> tuple[list[_Field], list[tuple[_Field, str]]]:
-    """The state keys that one dtype holds exactly, and those kept apart (with why).
-
-    By dtype, so that every demo has the same layout: a key the others' NumPy result type
-    would round (an int64 beside floats) is kept apart. ``explicit`` state keys (the
-    caller's) all stay; `HDF5Source._states` then refuses a demo whose values would be
-    rounded.
-    """
-    if explicit:
-        return list(states), []  # the caller's choice: each demo's values are checked instead
-    kept, apart = list(states), []
-    while kept:
-        dtype = np.result_type(*(f.dtype for f in kept))
-        out = [f for f in kept if not holds_exactly(f.dtype, dtype)]
-        if not out:
-            break
-        bits = significand_bits(dtype)
-        for f in out:
-            rounds = f"which round {f.dtype} values beyond 2**{bits}" if bits else "which round them"
-            apart.append(
-                (f, f"with the other state keys, this {f.dtype} key would make {dtype} states, {rounds}")
-            )
-        kept = [f for f in kept if f not in out]
-    return kept, apart
-
-
-def _free_name(path: str, taken: set[str]) -> str:
-    """The extra-array name of ``path``: its key, made unique (``/`` written as ``.``)."""
-    base = (path[len("obs/") :] if path.startswith("obs/") else path).replace("/", ".")
-    name = base if base not in taken else f"obs.{base}" if path.startswith("obs/") else f"demo.{base}"
-    while name in taken:
-        name += "_"
-    return name
-
-
-def _choose_states(
-    path: str, low_dim: dict[str, _Field], state_keys: tuple[str, ...] | None, left_out: dict[str, str]
-) -> list[_Field]:
-    if state_keys is None:
-        return [replace(low_dim[k], name=k) for k in sorted(low_dim)]
-    # "a, b" and "a,b," as typed on a command line: spaces around a key and empty entries
-    # are not part of any key.
-    given = [k.strip() for k in state_keys if k.strip()]
-    if not given:
-        raise ConversionError(
-            f"{path}: state keys {list(state_keys)!r} name no key; give obs/ keys separated by "
-            f"commas, e.g. {','.join(sorted(low_dim)[:2]) or 'robot0_eef_pos,robot0_eef_quat'}"
-        )
-    chosen: list[_Field] = []
-    for raw in given:
-        key = raw[len("obs/") :] if raw.startswith("obs/") else raw
-        if key not in low_dim:
-            raise ConversionError(
-                f"{path}: state key {raw!r} is not a low-dim obs/ dataset; "
-                f"low-dim keys: {', '.join(sorted(low_dim)) or 'none'}"
-            )
-        if any(f.name == key for f in chosen):
-            raise ConversionError(f"{path}: state key {raw!r} is given twice")
-        chosen.append(replace(low_dim[key], name=key))
-    for key in sorted(set(low_dim) - {f.name for f in chosen}):
-        left_out[f"obs/{key}"] = "not among the chosen state keys"
-    return chosen
-
-
-def user_metadata(recorded: Any) -> dict[str, Any]:
-    """The dataset metadata a kinodb export recorded, less the record of the ingest that made
-    that file (an ingest of the export writes its own)."""
-    return {k: v for k, v in recorded.items() if k != "ingest"} if isinstance(recorded, dict) else {}
-
-
-def _exported_schema(
-    recorded: Any, schema: dict[str, Any], layout: _Layout, action_widths: set[int]
-) -> dict[str, Any]:
-    """``schema`` with what a kinodb export recorded of its schema given back where it fits
-    the data: the names and components of ``actions``, and of ``states`` when the state
-    keys are the components the export wrote; states the export wrote whole (``obs/state``:
-    no components, or components that do not tile them) get back their recorded names and
-    components, or none, instead of the one component ``state``."""
-    recorded = recorded if isinstance(recorded, dict) else {}
-    out = dict(schema)
-    if len(action_widths) == 1:
-        part = _fitting(recorded.get("actions"), next(iter(action_widths)))
-        if part:
-            out["actions"] = part
-    width = layout.components[layout.states[-1].name][1] if layout.states else 0
-    states = recorded.get("states")
-    part = _fitting(states, width) if width else None
-    if part is None:
-        return out
-    comps = part.get("components", {})
-    if _tiles(comps, width):
-        same = comps == layout.components  # the export wrote these components as obs keys
-    else:
-        same = [f.name for f in layout.states] == ["state"]  # the export wrote states whole
-    if same:
-        out.pop("states", None)
-        if part:
-            out["states"] = part
-    return out
-
-
-def _fitting(part: Any, dim: int) -> dict[str, Any] | None:
-    """A recorded schema part's ``names`` and ``components`` where they fit ``dim`` values
-    (it recorded that ``dim``), else None."""
-    if not isinstance(part, dict) or part.get("dim") != dim:
-        return None
-    out: dict[str, Any] = {}
-    names, comps = part.get("names"), part.get("components")
-    if names is not None:
-        if not (isinstance(names, list) and len(names) == dim and all(isinstance(n, str) for n in names)):
-            return None
-        out["names"] = names
-    if comps:
-        if not isinstance(comps, dict) or not all(
-            isinstance(v, list) and len(v) == 2 and all(type(x) is int for x in v) and 0 <= v[0] < v[1] <= dim
-            for v in comps.values()
-        ):
-            return None
-        out["components"] = {str(k): list(v) for k, v in comps.items()}
-    return out
-
-
-def _tiles(comps: dict[str, list[int]], dim: int) -> bool:
-    """Whether components cover ``[0, dim)`` exactly, end to end (as the export splits them)."""
-    spans = sorted(comps.values())
-    return bool(spans) and spans[0][0] == 0 and spans[-1][1] == dim and all(
-        a[1] == b[0] for a, b in pairwise(spans)
-    )  # fmt: skip
-
-
-_BUILTIN_META = frozenset(
-    ("lang", "task", "embodiment", "fps", "success", "total_reward", "episode_id", "num_frames",
-     "action_dim", "state_dim")
-)  # fmt: skip
-
-
-def _restore_kinodb_fields(args: dict[str, Any], ep_meta: dict[str, Any]) -> None:
-    """Bring back what a kinodb export keeps in ``ep_meta``: extra fields and a null total."""
-    extra = exported_extra(ep_meta, _BUILTIN_META)
-    args["extra"] = {**extra, **args.get("extra", {})}
-    if "total_reward" in ep_meta:
-        total = ep_meta["total_reward"]
-        rewards = args.get("rewards")
-        if (
-            total is None
-            and rewards is not None
-            and not (rewards != 0).any()
-            and not np.signbit(rewards).any()
-        ):
-            del args["rewards"]  # all +0.0 with an unknown total: the writer stores zeros and keeps it null
-        elif total is not None:
-            args["total_reward"] = float(total)

@@ -1,0 +1,173 @@
+"""What a kinodb export keeps in a robomimic HDF5 file, given back on ingest.
+
+``kino export --format hdf5`` records its source in the ``data`` group's attributes:
+``kinodb_export`` (how many demos and frames it wrote) and ``kinodb_dataset`` (the
+source's dataset block: schema and metadata), and each episode's extra fields and total
+reward in the demo's ``ep_meta``. An ingest of such a file gives back the dataset
+metadata (less the record of the ingest that made the source), the names and components
+of ``actions`` and ``states`` where they fit the data, the state keys in their original
+order, and each demo's extra fields; not the dataset block when the file holds other
+demos or frames than the export wrote (it was changed since; a warning says so).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from itertools import pairwise
+from typing import Any
+
+import numpy as np
+
+from kinodb.ingest._base import exported_extra
+from kinodb.ingest._hdf5_facts import text
+from kinodb.ingest._hdf5_layout import Field, Layout
+
+# The HDF5 source's logger: its warnings are filtered by that name.
+log = logging.getLogger("kinodb.ingest.hdf5")
+_WARNED_CHANGED: set[str] = set()  # kinodb exports changed since, already warned about
+
+_BUILTIN_META = frozenset(
+    ("lang", "task", "embodiment", "fps", "success", "total_reward", "episode_id", "num_frames",
+     "action_dim", "state_dim")
+)  # fmt: skip
+
+
+def exported_upright(attrs: Any) -> bool:
+    """Whether ``attrs`` (of the ``data`` group) are a kinodb export's of frames already
+    turned upright on ingest."""
+    try:
+        info = json.loads(text(attrs["kinodb_dataset"]))
+        return bool(info["metadata"]["image_orientation"] == "rotated_180")
+    except (KeyError, ValueError, TypeError):
+        return False
+
+
+def recorded_dataset(path: str, attrs: Any, held: Callable[[], tuple[int, int]]) -> dict[str, Any] | None:
+    """The dataset block a kinodb export recorded (``data`` attr ``kinodb_dataset``), or None.
+
+    None also when it no longer describes the file: its export facts (``kinodb_export``)
+    count other demos or frames than the file holds (``held()``: demos were added or
+    removed since), which is warned about once.
+    """
+    if "kinodb_dataset" not in attrs or "kinodb_export" not in attrs:
+        return None
+    try:
+        dataset, facts = (
+            json.loads(text(attrs["kinodb_dataset"])),
+            json.loads(text(attrs["kinodb_export"])),
+        )
+    except ValueError:
+        return None
+    if not isinstance(dataset, dict) or not isinstance(facts, dict):
+        return None
+    holds = held()
+    said = (facts.get("episodes"), facts.get("frames"))
+    if said != holds:
+        if path not in _WARNED_CHANGED:
+            _WARNED_CHANGED.add(path)
+            log.warning(
+                "%s: the kinodb export that wrote this file recorded %s demos of %s frames, and the file "
+                "holds %d of %d: it was changed since, so the export's schema names and dataset metadata "
+                "(data attr kinodb_dataset) are not given back", path, *said, *holds
+            )  # fmt: skip
+        return None
+    return dataset
+
+
+def exported_state_order(attrs: Any, fields: list[Field]) -> tuple[str, ...] | None:
+    """A kinodb export's state components in their original order (else sorted order)."""
+    if "kinodb_dataset" not in attrs:
+        return None
+    try:
+        components = json.loads(text(attrs["kinodb_dataset"]))["schema"]["states"]["components"]
+        order = tuple(f"obs/{name}" for name, _ in sorted(components.items(), key=lambda kv: kv[1][0]))
+    except (ValueError, KeyError, TypeError, IndexError):
+        return None
+    have = {f.path for f in fields if f.kind == "state"}
+    return order if set(order) == have else None
+
+
+def user_metadata(recorded: Any) -> dict[str, Any]:
+    """The dataset metadata a kinodb export recorded, less the record of the ingest that made
+    that file (an ingest of the export writes its own)."""
+    return {k: v for k, v in recorded.items() if k != "ingest"} if isinstance(recorded, dict) else {}
+
+
+def exported_schema(
+    recorded: Any, schema: dict[str, Any], layout: Layout, action_widths: set[int]
+) -> dict[str, Any]:
+    """``schema`` with what a kinodb export recorded of its schema given back where it fits
+    the data: the names and components of ``actions``, and of ``states`` when the state
+    keys are the components the export wrote; states the export wrote whole (``obs/state``:
+    no components, or components that do not tile them) get back their recorded names and
+    components, or none, instead of the one component ``state``."""
+    recorded = recorded if isinstance(recorded, dict) else {}
+    out = dict(schema)
+    if len(action_widths) == 1:
+        part = _fitting(recorded.get("actions"), next(iter(action_widths)))
+        if part:
+            out["actions"] = part
+    width = layout.components[layout.states[-1].name][1] if layout.states else 0
+    states = recorded.get("states")
+    part = _fitting(states, width) if width else None
+    if part is None:
+        return out
+    comps = part.get("components", {})
+    if _tiles(comps, width):
+        same = comps == layout.components  # the export wrote these components as obs keys
+    else:
+        same = [f.name for f in layout.states] == ["state"]  # the export wrote states whole
+    if same:
+        out.pop("states", None)
+        if part:
+            out["states"] = part
+    return out
+
+
+def _fitting(part: Any, dim: int) -> dict[str, Any] | None:
+    """A recorded schema part's ``names`` and ``components`` where they fit ``dim`` values
+    (it recorded that ``dim``), else None."""
+    if not isinstance(part, dict) or part.get("dim") != dim:
+        return None
+    out: dict[str, Any] = {}
+    names, comps = part.get("names"), part.get("components")
+    if names is not None:
+        if not (isinstance(names, list) and len(names) == dim and all(isinstance(n, str) for n in names)):
+            return None
+        out["names"] = names
+    if comps:
+        if not isinstance(comps, dict) or not all(
+            isinstance(v, list) and len(v) == 2 and all(type(x) is int for x in v) and 0 <= v[0] < v[1] <= dim
+            for v in comps.values()
+        ):
+            return None
+        out["components"] = {str(k): list(v) for k, v in comps.items()}
+    return out
+
+
+def _tiles(comps: dict[str, list[int]], dim: int) -> bool:
+    """Whether components cover ``[0, dim)`` exactly, end to end (as the export splits them)."""
+    spans = sorted(comps.values())
+    return bool(spans) and spans[0][0] == 0 and spans[-1][1] == dim and all(
+        a[1] == b[0] for a, b in pairwise(spans)
+    )  # fmt: skip
+
+
+def restore_fields(args: dict[str, Any], ep_meta: dict[str, Any]) -> None:
+    """Bring back what a kinodb export keeps in ``ep_meta``: extra fields and a null total."""
+    extra = exported_extra(ep_meta, _BUILTIN_META)
+    args["extra"] = {**extra, **args.get("extra", {})}
+    if "total_reward" in ep_meta:
+        total = ep_meta["total_reward"]
+        rewards = args.get("rewards")
+        if (
+            total is None
+            and rewards is not None
+            and not (rewards != 0).any()
+            and not np.signbit(rewards).any()
+        ):
+            del args["rewards"]  # all +0.0 with an unknown total: the writer stores zeros and keeps it null
+        elif total is not None:
+            args["total_reward"] = float(total)

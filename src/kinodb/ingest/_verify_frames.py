@@ -1,0 +1,137 @@
+"""Camera frames in `verify`: stored frames against the source episode's, one camera at a time.
+
+Frames the source holds encoded must be stored byte for byte. Frames encoded from the
+source's pixels are decoded in chunks and compared by PSNR: lossless codecs (``png``,
+``raw``) must decode exactly; ``jpeg`` frames must reach the report's threshold, or (with
+the default threshold) come within `CODEC_MARGIN_DB` of what a fresh JPEG encode of the
+source frame at the recorded quality reaches.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from kinodb.ingest._verify_report import CODEC_MARGIN_DB, CameraCheck, VerifyReport
+from kinodb.kdb import _codecs
+from kinodb.kdb.reader import Database
+
+_CHUNK = 64  # frames decoded at a time for the PSNR
+_LOSSLESS = ("raw", "png")
+
+
+class FrameChecker:
+    """Compares an output's camera frames with the source's, recording into ``report``."""
+
+    def __init__(self, db: Database, report: VerifyReport, jpeg_quality: int) -> None:
+        self.db, self.report = db, report
+        self.jpeg_quality = jpeg_quality  # what frames encoded as JPEG were encoded with
+
+    def compare(self, i: int, where: str, images: Mapping[str, Any]) -> None:
+        """Every camera of output episode ``i`` against the source episode's ``images``."""
+        stored = self.db.cameras(i)
+        for cam in [*images, *(c for c in stored if c not in images)]:
+            if cam not in stored or cam not in images:
+                side = "missing from the output" if cam not in stored else "not in the source"
+                self.report.add("cameras", f"{where}: camera {cam!r} is {side}")
+                continue
+            check = self.report.cameras.setdefault(cam, CameraCheck())
+            check.codecs.add(stored[cam]["codec"])
+            value = images[cam]
+            if isinstance(value, np.ndarray):
+                self._pixels(i, f"{where}: camera {cam!r}", cam, stored[cam], value, check)
+                continue
+            if isinstance(value, _codecs.EncodedFrames):  # read back with the channels it sets
+                channels = stored[cam]["shape"][-1]
+                if channels != value.channels:
+                    self.report.add("cameras", f"{where}: camera {cam!r} reads back with {channels} channels, "
+                                    f"the source's frames with {value.channels}")  # fmt: skip
+                value = value.frames
+            self._bytes(i, f"{where}: camera {cam!r}", cam, stored[cam]["shape"][0], list(value), check)
+
+    def _bytes(self, i: int, where: str, cam: str, T: int, blobs: list[Any], check: CameraCheck) -> None:
+        """Encoded source frames: the stored frames must be the same bytes."""
+        if len(blobs) != T:
+            self.report.add("cameras", f"{where} has {T} frames, the source {len(blobs)}")
+            return
+        check.frames += T
+        check.passed_through += T
+        same = np.fromiter(
+            (self.db.read_image_bytes(i, cam, t) == bytes(b) for t, b in enumerate(blobs)), bool, T
+        )
+        check.byte_identical += int(same.sum())
+        if not same.all():
+            bad = np.flatnonzero(~same)
+            self.report.add(
+                "images", f"{where}: {len(bad)} frames differ from the source's bytes "
+                f"(first: frame {int(bad[0])})",
+            )  # fmt: skip
+
+    def _pixels(
+        self, i: int, where: str, cam: str, stored: Mapping[str, Any], frames: np.ndarray, check: CameraCheck
+    ) -> None:
+        """Pixel source frames: exact for lossless codecs, else a PSNR at least the threshold."""
+        codec, shape = stored["codec"], tuple(stored["shape"])
+        want = frames if frames.ndim == 4 else frames[..., None]
+        if want.shape != shape:
+            self.report.add("cameras", f"{where} is {shape}, the source {want.shape}")
+            return
+        psnr = np.empty(len(want))
+        for a in range(0, len(want), _CHUNK):
+            b = min(a + _CHUNK, len(want))
+            got = self.db.read_frames(i, a, b, cameras=[cam])["images"][cam]
+            psnr[a:b] = frame_psnr(got, want[a:b])
+        check.frames += len(want)
+        check.reencoded += len(want)
+        check.exact += int(np.isinf(psnr).sum())
+        worst = float(psnr.min())
+        check.min_psnr = min(check.min_psnr, worst)
+        if codec in _LOSSLESS and not math.isinf(worst):
+            self.report.add(
+                "images",
+                f"{where} ({codec}, lossless) differs at frame {int(psnr.argmin())} (PSNR {worst:.2f} dB)",
+            )
+        elif worst < self.report.psnr_threshold:
+            self._lossy(where, codec, want, psnr, check)
+
+    def _lossy(self, where: str, codec: str, want: np.ndarray, psnr: np.ndarray, check: CameraCheck) -> None:
+        """Frames under the threshold: a failure, unless (by default) a fresh encode of the
+        source frame at the recorded quality loses about as much."""
+        threshold = self.report.psnr_threshold
+        low = np.flatnonzero(psnr < threshold)
+        if not (self.report.codec_relative and codec == "jpeg"):
+            frame = int(low[psnr[low].argmin()])
+            self.report.add(
+                "images",
+                f"{where} ({codec}): PSNR {psnr[frame]:.2f} dB at frame {frame}, below the threshold {threshold:g} dB",
+            )
+            return
+        quality = self.jpeg_quality
+        fresh = np.empty(len(low))
+        for a in range(0, len(low), _CHUNK):
+            part = want[low[a : a + _CHUNK]]
+            again = _codecs.decode(_codecs.encode(part, "jpeg", quality), part.shape[1:], where)
+            fresh[a : a + len(part)] = frame_psnr(again, part)
+        short = fresh - psnr[low]  # how far each frame falls short of a fresh encode
+        bad = short > CODEC_MARGIN_DB
+        check.codec_limited += int((~bad).sum())
+        if bad.any():
+            k = int(np.flatnonzero(bad)[short[bad].argmax()])
+            self.report.add(
+                "images",
+                f"{where} ({codec}): PSNR {psnr[low[k]]:.2f} dB at frame {int(low[k])}, below the threshold "
+                f"{threshold:g} dB and {short[k]:.2f} dB below a fresh JPEG q{quality} encode of the source "
+                f"frame ({fresh[k]:.2f} dB): not the source's frame, or damaged",
+            )
+
+
+def frame_psnr(got: np.ndarray, want: np.ndarray) -> np.ndarray:
+    """Per-frame PSNR in dB of uint8 ``(T, H, W, C)`` frames (inf where they are equal)."""
+    d = got.astype(np.int16) - want.astype(np.int16)
+    mse = np.square(d, dtype=np.int32).reshape(len(d), -1).mean(axis=1)
+    with np.errstate(divide="ignore"):
+        out: np.ndarray = 10.0 * np.log10(255.0**2 / mse)
+    return out
