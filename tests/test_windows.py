@@ -306,10 +306,11 @@ def test_sources_without_the_cameras_are_named_at_construction(tmp_path: Path) -
         w.add_episode(actions=np.zeros((3, 2), np.float32))
     with pytest.raises(
         KinodbError,
-        match=r"c.kdb: 1 of 2 episodes have no camera 'front' \(the first is episode 1\); leave them out "
-        "with kql_filter, or pass image_key=False for windows without images",
+        match=r"c.kdb: 1 of 2 episodes have no camera 'front' \(episode 1\); leave it out with "
+        r'kql_filter="episode_id != 1", or pass image_key=False for windows without images',
     ):
         FrameWindows(c, cameras="front")
+    assert len(FrameWindows(c, cameras="front", kql_filter="episode_id != 1")) == 4  # the advice works
     assert len(FrameWindows(c, cameras="front", kql_filter="num_frames = 4")) == 4
 
 

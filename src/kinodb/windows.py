@@ -23,7 +23,7 @@ from numpy.typing import NDArray
 
 from kinodb import _images
 from kinodb.errors import EpisodeNotFoundError, KinodbError
-from kinodb.kdb._layout import KIND_CAMERA
+from kinodb.kdb._layout import DATA_START, DTYPES, KIND_ARRAY, KIND_CAMERA
 from kinodb.kdb.reader import Database, open_database
 from kinodb.kql.ast import render_value
 from kinodb.mixture import Mixture
@@ -72,13 +72,100 @@ class WindowSpec:
         return self.seconds and camera not in self.frame_images
 
 
-class _Source:
-    """One file's share of the samples: its kept episodes and where each array lives."""
+class _Sections:
+    """The section rows of a source's kept episodes, from the index columns alone.
 
-    def __init__(self, db: Database, kept: NDArray[np.int64], where: str, index: int = 0) -> None:
+    Every question here is a few NumPy passes over the rows (O(episodes), no episode
+    read), so checks over every kept episode cost little when windows are made.
+    """
+
+    def __init__(self, db: Database, kept: NDArray[np.int64]) -> None:
+        cols = db._cols
+        self.cols, self.texts = cols, db._names
+        self.names = np.asarray(cols["sec.name"]).reshape(-1)
+        self.kinds = np.asarray(cols["sec.kind"]).reshape(-1)
+        rows = len(self.names)
+        self.kept, self.episodes = kept, len(db)
+        # A damaged row range is clipped here; reading that episode names the damage.
+        self.start = np.minimum(np.asarray(cols["sec_start"])[kept].astype(np.int64), rows)
+        self.end = np.clip(self.start + np.asarray(cols["sec_count"])[kept], self.start, rows)
+        self._rows: dict[tuple[str, int], NDArray[np.int64]] = {}
+        self._cameras: list[str] | None = None
+
+    @staticmethod
+    def of(db: Database, kept: NDArray[np.int64]) -> _Sections | None:
+        """The sections of ``db``'s episodes ``kept``; None for a file without section
+        columns (format 0.1, whose episodes must be read to tell)."""
+        cols = db._cols
+        if isinstance(cols, Mapping) and all(k in cols for k in ("sec_start", "sec_count", "sec.kind")):
+            return _Sections(db, kept)
+        return None
+
+    def find(self, name: str, kind: int) -> NDArray[np.int64]:
+        """Per kept episode: its row of section ``name`` of ``kind``, -1 where it has none."""
+        found = self._rows.get((name, kind))
+        if found is None:
+            codes = [k for k, text in enumerate(self.texts) if text == name]
+            hit = (self.names == codes[0]) if len(codes) == 1 else np.isin(self.names, codes)
+            hit &= self.kinds == kind
+            rows = np.flatnonzero(hit)
+            if len(rows) == self.episodes:  # one row per episode, as usual: each its own?
+                found = rows[self.kept]
+                if ((found >= self.start) & (found < self.end)).all():
+                    self._rows[(name, kind)] = found
+                    return found
+            seen = np.concatenate([[0], np.cumsum(hit, dtype=np.int64)])
+            held = seen[self.end] > seen[self.start]
+            found = np.full(len(self.start), -1, dtype=np.int64)
+            found[held] = rows[seen[self.start[held]]]
+            self._rows[(name, kind)] = found
+        return found
+
+    def column(self, name: str, rows: NDArray[np.int64]) -> NDArray[np.int64]:
+        """Index column ``name`` at ``rows`` (``sec.dims``: three per row) as int64."""
+        col = np.asarray(self.cols[name])
+        if name == "sec.dims":
+            col = col.reshape(-1, 3)
+        return col[rows].astype(np.int64)
+
+    def cameras(self) -> list[str]:
+        """The cameras some kept episode holds, in the order the episodes first hold them."""
+        if self._cameras is None:
+            codes = np.unique(self.names[self.kinds == KIND_CAMERA]).tolist()  # in the file: a few
+            firsts = []
+            for text in {self.texts[c] for c in codes if 0 <= c < len(self.texts)}:
+                rows = self.find(text, KIND_CAMERA)  # kept for `require_camera`'s check
+                held = np.flatnonzero(rows >= 0)
+                if len(held):
+                    firsts.append((int(held[0]), int(rows[held[0]]), text))
+            self._cameras = [text for _, _, text in sorted(firsts)]
+        return list(self._cameras)
+
+
+class _Source:
+    """One file's share of the samples: its kept episodes and where each array lives.
+
+    ``context`` says how the file was given (``"file"``, ``"list"`` or ``"mixture"``),
+    ``kql_filter`` the filter given for every source and ``own_filter`` a mixture
+    source's own filter: with them a message gives the filter that leaves episodes out.
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        kept: NDArray[np.int64],
+        where: str,
+        index: int = 0,
+        *,
+        context: str = "file",
+        kql_filter: str | None = None,
+        own_filter: str | None = None,
+    ) -> None:
         # index: the source's position among those given (a mixture's, or the list's), which
         # stays its id in samples when a filter leaves other sources empty
         self.db, self.kept, self.where, self.index = db, kept, where, index
+        self.context, self.kql_filter, self.own_filter = context, kql_filter, own_filter
+        self._sections: _Sections | bool | None = False  # False: not looked at yet
         table = db.episodes()
         self.lengths = np.asarray(table["num_frames"], dtype=np.int64)[kept]
         self.fps = np.asarray(table["fps"], dtype=np.float64)[kept]
@@ -143,19 +230,55 @@ class _Source:
         found = self._rows.get(name)
         if found is not None:
             return found
-        db, first = self.db, None
+        db = self.db
         if db.version().startswith("0."):
             raise KinodbError(
                 f"{self.where} is a format {db.version()} file, whose arrays are not laid out as sections "
                 "frame windows gather from; convert it once with `kino upgrade OLD NEW` (format v1 keeps "
                 "every value and encoded frame) and read the new file"
             )
-        starts = np.empty(len(self.kept), dtype=np.int64)
         base = db._map()  # the file's map; every array returned by read_array is a view of it
+        layout = self._index_starts(name, len(base))
+        if layout is not None:
+            starts, dtype, trail = layout
+        else:
+            starts, dtype, trail = self._read_starts(name, base)
+        isz = dtype.itemsize
+        width = math.prod(trail)
+        n = len(base) // isz - width + 1
+        view = np.ndarray((max(n, 0),), np.dtype((np.void, width * isz)), buffer=base, strides=(isz,))  # type: ignore[call-overload]
+        view.flags.writeable = False
+        self._rows[name] = found = (starts, view, dtype, trail)
+        return found
+
+    def _index_starts(
+        self, name: str, size: int
+    ) -> tuple[NDArray[np.int64], np.dtype[Any], tuple[int, ...]] | None:
+        """`rows`' element starts from the index columns alone (checked alike over every kept
+        episode, aligned and inside the file); None where only reading tells (a format 0.1
+        file, or a row that looks damaged: the read names the damage)."""
+        layout = self.array_layout(name)
+        sec = self.sections()
+        if layout is None or sec is None:
+            return None
+        rows, dtype, trail = layout
+        isz = dtype.itemsize
+        off = sec.column("sec.offset", rows)
+        nbytes = self.lengths * (math.prod(trail) * isz)
+        if not ((off >= DATA_START) & (off <= size - nbytes) & (off % isz == 0)).all():
+            return None
+        return off // isz, dtype, trail
+
+    def _read_starts(
+        self, name: str, base: NDArray[Any]
+    ) -> tuple[NDArray[np.int64], np.dtype[Any], tuple[int, ...]]:
+        """`rows`' element starts read episode by episode (files the index cannot answer for)."""
+        first = None
+        starts = np.empty(len(self.kept), dtype=np.int64)
         addr0 = base.__array_interface__["data"][0]
         for j, ep in enumerate(self.kept.tolist()):
             try:
-                arr = db.read_array(ep, name)
+                arr = self.db.read_array(ep, name)
             except KeyError:
                 raise KinodbError(
                     f"{self.where}: episode {ep} has no array {name!r}; choose episodes that have it "
@@ -173,14 +296,154 @@ class _Source:
             if not arr.flags.c_contiguous or off % arr.dtype.itemsize:
                 raise KinodbError(f"{self.where}: array {name!r} of episode {ep} is not aligned in the map")
             starts[j] = off // arr.dtype.itemsize
-        assert first is not None  # kept is never empty
-        trail, isz = first.shape[1:], first.dtype.itemsize
-        width = math.prod(trail)
-        n = len(base) // isz - width + 1
-        view = np.ndarray((max(n, 0),), np.dtype((np.void, width * isz)), buffer=base, strides=(isz,))  # type: ignore[call-overload]
-        view.flags.writeable = False
-        self._rows[name] = found = (starts, view, first.dtype, trail)
-        return found
+        assert first is not None  # kept is never empty (_nonempty)
+        return starts, first.dtype, first.shape[1:]
+
+    def sections(self) -> _Sections | None:
+        """The kept episodes' section rows (None for a file without section columns)."""
+        found = self._sections
+        if found is False:
+            found = self._sections = _Sections.of(self.db, self.kept)
+        return found  # type: ignore[return-value]
+
+    def array_layout(self, name: str) -> tuple[NDArray[np.int64], np.dtype[Any], tuple[int, ...]] | None:
+        """Each kept episode's index row of array ``name``, with the dtype and per-frame shape
+        they all share; None where the index cannot answer (format 0.1, a damaged row).
+
+        Raises:
+            KinodbError: some kept episode lacks the array, or holds it with another dtype
+                or shape (naming those episodes and the filter that leaves them out).
+        """
+        sec = self.sections()
+        if sec is None:
+            return None
+        rows = sec.find(name, KIND_ARRAY)
+        lacking = rows < 0
+        if lacking.any():
+            raise KinodbError(
+                f"{self.where}: {self.count(lacking)} have no array {name!r} ({self.named(lacking)}); "
+                f"{self.leave_out(lacking)}, or drop {name!r} from the window"
+            )
+        dtype, rank, dims = (sec.column(c, rows) for c in ("sec.dtype", "sec.ndim", "sec.dims"))
+        if (dtype == dtype[0]).all() and (rank == rank[0]).all() and (dims == dims[0]).all():
+            key = np.concatenate([dtype[:1], rank[:1], dims[0]])[None, :]
+        else:
+            key = np.column_stack([dtype, rank, dims])
+        odd = self.odd_ones(key)
+        if odd is not None:
+            raise KinodbError(
+                f"{self.where}: array {name!r} is {_layout_text(key[odd][0])} per frame in "
+                f"{self.count(odd)} ({self.named(odd)}) but {_layout_text(key[~odd][0])} in the others; "
+                f"windows need one layout per file: {self.leave_out(odd)}"
+            )
+        code, ndim = int(key[0, 0]), int(key[0, 1])
+        if code >= len(DTYPES) or not 1 <= ndim <= 4 or key[0, 1 + ndim :].any():
+            return None  # a damaged row: the read names it
+        return rows, np.dtype(DTYPES[code]), tuple(int(d) for d in key[0, 2 : 1 + ndim])
+
+    def camera_shapes(self, camera: str) -> NDArray[np.int64] | None:
+        """``(H, W, C)`` of ``camera`` in each kept episode (all hold it: `require_camera`),
+        from the index; None for a file without section columns."""
+        sec = self.sections()
+        if sec is None:
+            return None
+        rows = sec.find(camera, KIND_CAMERA)
+        return sec.column("sec.dims", rows[rows >= 0])
+
+    def odd_ones(self, key: NDArray[np.int64]) -> NDArray[np.bool_] | None:
+        """The kept episodes whose row of ``key`` differs from the most common one (the
+        first kept episode's on a tie), or None when all agree."""
+        if not len(key) or (key == key[0]).all():
+            return None
+        _, inverse, counts = np.unique(key, axis=0, return_inverse=True, return_counts=True)
+        inverse = inverse.reshape(-1)
+        common = int(inverse[0]) if counts[inverse[0]] == counts.max() else int(np.argmax(counts))
+        return np.asarray(inverse != common)
+
+    def count(self, mask: NDArray[np.bool_]) -> str:
+        """``"2 of 5 episodes"``: how many kept episodes ``mask`` marks."""
+        return f"{int(mask.sum())} of {len(mask)} episodes"
+
+    def named(self, mask: NDArray[np.bool_], shown: int = 5) -> str:
+        """The first few kept episodes ``mask`` marks, by position in the file (and by
+        episode_id where that differs)."""
+        eps = self.kept[mask]
+        head = eps[:shown].tolist()
+        text = ("episode " if len(eps) == 1 else "episodes ") + ", ".join(map(str, head))
+        if len(eps) > shown:
+            text += f" and {len(eps) - shown} more"
+        ids = np.asarray(self.db.episodes()["episode_id"])[eps[:shown]].tolist()
+        if ids != head:
+            text += f", whose episode_id {'is' if len(eps) == 1 else 'are'} {', '.join(map(str, ids))}"
+            text += " ..." if len(eps) > shown else ""
+        return text
+
+    def leave_out(self, mask: NDArray[np.bool_]) -> str:
+        """How to leave out the kept episodes ``mask`` marks: the filter that does it, when a
+        short one does (their embodiment, or their episode_ids), else how to write one.
+
+        A filter for one file of several goes in a `Mixture`'s ``filters`` (``kql_filter``
+        applies to every file).
+        """
+        it = "it" if mask.sum() == 1 else "them"
+        if mask.all():
+            if self.context == "file":
+                return "no episode the filter keeps has it: choose others with kql_filter"
+            return "no episode of this source has it: leave the source out"
+        query, why = self._query_without(mask)
+        if query is None:
+            return (
+                f"no short filter names {it}: leave {it} out with a filter listing all {int(mask.sum())} of "
+                f"their episode_ids, episode_id NOT IN (...), or write a file without {it} once (kino merge "
+                f'{self.db.path()} -o OUT.kdb -F "episode_id NOT IN (...)")'
+            )
+        if self.context == "file":
+            given = f"({self.kql_filter}) AND {query}" if self.kql_filter else query
+            return f'{why}leave {it} out with kql_filter="{given}"'
+        own = f"({self.own_filter}) AND {query}" if self.own_filter else query
+        pick = f"filters={{{self.db.path()!r}: {own!r}}}"
+        if self.context == "mixture":
+            return f"{why}leave {it} out with Mixture(..., {pick})"
+        return (
+            f"{why}leave {it} out with a filter for this file alone: a kinodb.Mixture of the files with "
+            f"{pick} (kql_filter applies to every file)"
+        )
+
+    def _query_without(self, mask: NDArray[np.bool_]) -> tuple[str | None, str]:
+        """A short KQL query keeping exactly the kept episodes ``mask`` does not mark, and
+        what it rests on (``"they are the 'biped' episodes: "``), or ``(None, "")``."""
+        table = self.db.episodes()
+        emb = np.asarray(table["embodiment"], dtype=object)[self.kept]
+        lacking, others = set(emb[mask].tolist()), set(emb[~mask].tolist())
+        if others and not lacking & others and len(lacking) <= 3 and all(isinstance(e, str) for e in lacking):
+            names = ", ".join(render_value(e) for e in sorted(lacking))
+            query = f"embodiment != {names}" if len(lacking) == 1 else f"NOT embodiment IN ({names})"
+            return query, f"they are the {names} episodes: "
+        ids = np.asarray(table["episode_id"], dtype=np.int64)[self.kept]
+        # Runs of marked episodes in kept order: each run is one range of episode_ids when
+        # the ids rise with the position (as the writer numbers them).
+        edges = np.diff(np.concatenate([[0], mask.astype(np.int8), [0]]))
+        first, stop = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+        lo, hi = ids[first], ids[stop - 1]
+        single = first + 1 == stop
+        if int(single.sum()) > 8 or int((~single).sum()) > 4:
+            return None, ""
+        inside = np.zeros(len(ids), dtype=bool)
+        for a, b in zip(lo.tolist(), hi.tolist(), strict=True):
+            inside |= (ids >= a) & (ids <= b)
+        if not np.array_equal(inside, mask):  # ids that do not rise with the position
+            return None, ""
+        parts = []
+        singles = lo[single].tolist()
+        if len(singles) == 1:
+            parts.append(f"episode_id != {singles[0]}")
+        elif singles:
+            parts.append(f"episode_id NOT IN ({', '.join(map(str, singles))})")
+        parts += [
+            f"NOT episode_id BETWEEN {a} AND {b}"
+            for a, b in zip(lo[~single].tolist(), hi[~single].tolist(), strict=True)
+        ]
+        return " AND ".join(parts), ""
 
     def frame_rows(self, hwc: tuple[int, int, int]) -> NDArray[np.uint8]:
         """A view with one row of ``H*W*C`` bytes starting at every byte of the map."""
@@ -201,6 +464,14 @@ class _Source:
             cams = self._cams[j] = self.db._episode_cameras(int(self.kept[j]))
         return cams
 
+    def camera_names(self) -> list[str]:
+        """The cameras any kept episode holds, in the order the episodes first hold them.
+
+        Files without section columns (format 0.1) answer for the first kept episode.
+        """
+        sec = self.sections()
+        return list(self.cameras(0)) if sec is None else sec.cameras()
+
     def holding(self, camera: str | None) -> NDArray[np.bool_]:
         """Per kept episode: whether it holds ``camera`` (any camera when None).
 
@@ -209,16 +480,13 @@ class _Source:
         for the first kept episode only and count the others as holding it: a read
         then names an episode that lacks it.
         """
-        cols = self.db._cols
-        if isinstance(cols, Mapping) and "sec_start" in cols and "sec.kind" in cols:
-            hit = np.asarray(cols["sec.kind"]) == KIND_CAMERA
+        sec = self.sections()
+        if sec is not None:
             if camera is not None:
-                ids = [k for k, n in enumerate(self.db._names) if n == camera]
-                hit &= np.isin(np.asarray(cols["sec.name"]), ids)
+                return np.asarray(sec.find(camera, KIND_CAMERA) >= 0)
+            hit = sec.kinds == KIND_CAMERA
             seen = np.concatenate([[0], np.cumsum(hit, dtype=np.int64)])
-            start = np.asarray(cols["sec_start"], np.int64)[self.kept]
-            end = start + np.asarray(cols["sec_count"], np.int64)[self.kept]
-            return np.asarray(seen[end] > seen[start])
+            return np.asarray(seen[sec.end] > seen[sec.start])
         out = np.ones(len(self.kept), dtype=bool)
         if len(out):
             cams = self.cameras(0)
@@ -228,31 +496,29 @@ class _Source:
     def require_camera(self, camera: str | None, without: str) -> None:
         """Raise if some kept episode lacks ``camera`` (has no camera, when None).
 
-        The message counts them, names the first, and gives the ``kql_filter`` that leaves
-        them out when they are all of other embodiments than the episodes with it; then
-        the ``image_key=False`` alternative, ``without`` saying what that gives.
+        The message counts them, names the first few, and gives the filter that leaves
+        them out (`leave_out`); then the ``image_key=False`` alternative, ``without``
+        saying what that gives.
         """
         has = self.holding(camera)
         if has.all():
             return
-        missing = self.kept[~has]
         what = "no cameras" if camera is None else f"no camera {camera!r}"
-        fix = "leave them out with kql_filter"
-        emb = np.asarray(self.db.episodes()["embodiment"], dtype=object)
-        lacking, others = set(emb[missing].tolist()), set(emb[self.kept[has]].tolist())
-        if (
-            has.any()
-            and not lacking & others
-            and len(lacking) <= 3
-            and all(isinstance(e, str) for e in lacking)
-        ):
-            names = ", ".join(render_value(e) for e in sorted(lacking))
-            query = f"embodiment != {names}" if len(lacking) == 1 else f"NOT embodiment IN ({names})"
-            fix = f'they are the {names} episodes: leave them out with kql_filter="{query}"'
         raise KinodbError(
-            f"{self.where}: {len(missing)} of {len(self.kept)} episodes have {what} (the first is episode "
-            f"{int(missing[0])}); {fix}, or pass image_key=False for {without}"
+            f"{self.where}: {self.count(~has)} have {what} ({self.named(~has)}); {self.leave_out(~has)}, "
+            f"or pass image_key=False for {without}"
         )
+
+
+def _hwc(dims: NDArray[np.int64]) -> tuple[int, ...]:
+    return tuple(int(d) for d in dims)
+
+
+def _layout_text(key: NDArray[np.int64]) -> str:
+    """``"float32 (5,)"`` from an index key ``(dtype code, rank, dim, dim, dim)``."""
+    code, rank = int(key[0]), int(key[1])
+    dtype = str(np.dtype(DTYPES[code])) if code < len(DTYPES) else f"dtype code {code}"
+    return f"{dtype} {tuple(int(d) for d in key[2 : 1 + rank])}"
 
 
 def frame_tasks(db: Database, ep: int, codes: Any, T: int, where: str) -> tuple[list[str], NDArray[np.int64]]:
@@ -342,7 +608,7 @@ class FrameWindows:
             np.int64
         )
         first = self._sources[0]
-        all_cams = list(first.cameras(0))
+        all_cams = first.camera_names()  # over every kept episode, not the first one alone
         self._all_cameras = all_cams
         if isinstance(cameras, Mapping):  # output name -> each source's own camera
             given = _camera_map(cameras, _num_given(source))
@@ -364,7 +630,7 @@ class FrameWindows:
         self._stored = stored  # per source: output camera -> the camera as that source names it
         self._check_dims()
         for source, names in zip(self._sources, stored, strict=True):  # every source has its cameras
-            have = list(source.cameras(0))
+            have = source.camera_names()
             missing = [names[cam] for cam in self.spec.images if names[cam] not in have]
             if missing:
                 raise KinodbError(
@@ -376,6 +642,7 @@ class FrameWindows:
                 )
             for cam in self.spec.images:  # and every episode of it (a merged file of several robots)
                 source.require_camera(names[cam], "windows without images")
+        self._check_channels()
         self._check_grid()
 
     # -- description ------------------------------------------------------------------------
@@ -772,9 +1039,13 @@ class FrameWindows:
         not): refused now, with the fix, rather than on every batch."""
         names = {name for name, _ in self.spec.arrays.values()}
         for source in self._sources:
+            sec = source.sections()
             have = source.db._episode_arrays(int(source.kept[0]))
             for key, (name, _) in self.spec.arrays.items():
-                if name not in have:
+                # Held by no kept episode (the first, in a file without section columns): a
+                # misspelt name. Held by some only: `array_layout` below names the others.
+                held = name in have if sec is None else bool((sec.find(name, KIND_ARRAY) >= 0).any())
+                if not held:
                     raise KinodbError(
                         f"{source.where}: windows ask for {name!r} ({key!r}), but its episodes hold "
                         f"{sorted(have)}; name one of those (delta_timestamps takes kinodb's names or "
@@ -799,6 +1070,51 @@ class FrameWindows:
                         f"{source.where}: its episodes differ in {column} ({tally}); windows need one layout "
                         f"per file: select one with {pick}, or keep each robot's data in its own file and "
                         "combine the files with kinodb.Mixture (pad_collate pads them)"
+                    )
+            for name in sorted(names):  # every kept episode holds it, with one dtype and shape
+                source.array_layout(name)
+
+    def _check_channels(self) -> None:
+        """Each output camera has one channel count over every kept episode of each source
+        (a batch cannot stack 1- and 3-channel frames, whatever size they are brought to).
+
+        Sources may differ from each other (batches by schema, `SchemaBatchSampler`, hold
+        one source each); a batch that mixes them says so.
+        """
+        for cam in self.spec.images:
+            for source, names in zip(self._sources, self._stored, strict=True):
+                shapes = source.camera_shapes(names[cam])
+                odd = None if shapes is None else source.odd_ones(shapes[:, 2:])
+                if odd is not None:
+                    assert shapes is not None
+                    raise KinodbError(
+                        f"camera {names[cam]!r} has {int(shapes[odd][0, 2])} channel(s) in {source.count(odd)} "
+                        f"of {source.where} ({source.named(odd)}) but {int(shapes[~odd][0, 2])} in the others; "
+                        f"frames of one camera need one channel count: {source.leave_out(odd)}"
+                    )
+
+    def check_image_sizes(self) -> None:
+        """Raise unless each camera has one frame size over every kept episode of each
+        source, as `images` needs when no ``size`` brings them to one.
+
+        Checked from the index alone (O(episodes), no frame read); a format 0.1 file is
+        checked batch by batch instead. Sources may differ from each other (batches by
+        schema hold one source each); a batch that mixes them says so.
+
+        Raises:
+            KinodbError: a camera's frames differ in size within a source; names the
+                episodes, and the filter that leaves them out.
+        """
+        for cam in self.spec.images:
+            for source, names in zip(self._sources, self._stored, strict=True):
+                shapes = source.camera_shapes(names[cam])
+                odd = None if shapes is None else source.odd_ones(shapes)
+                if odd is not None:
+                    assert shapes is not None
+                    raise KinodbError(
+                        f"camera {names[cam]!r} is {_hwc(shapes[odd][0])} in {source.count(odd)} of "
+                        f"{source.where} ({source.named(odd)}) but {_hwc(shapes[~odd][0])} in the others; "
+                        f"pass image_size=(H, W) to resize them to one, or {source.leave_out(odd)}"
                     )
 
     def _check_grid(self) -> None:
@@ -981,7 +1297,8 @@ def _open_sources(source: Any, kql_filter: str | None) -> list[_Source]:
             kept = np.asarray(source._src[i].kept, dtype=np.int64)
             if kql_filter is not None:  # a field only some sources hold is null in the others
                 kept = np.intersect1d(kept, db.query(kql_filter, absent=absent))
-            out.append(_Source(db, kept, f"mixture source {i} ({info.path})", i))
+            out.append(_Source(db, kept, f"mixture source {i} ({info.path})", i, context="mixture",
+                               kql_filter=kql_filter, own_filter=info.filter))  # fmt: skip
         return _nonempty(out, kql_filter)
     if isinstance(source, Database):
         dbs = [source]
@@ -998,7 +1315,10 @@ def _open_sources(source: Any, kql_filter: str | None) -> list[_Source]:
             np.arange(len(db), dtype=np.int64) if kql_filter is None else db.query(kql_filter, absent=absent)
         )
         where = db.path() if len(dbs) == 1 else f"source {i} ({db.path()})"
-        out.append(_Source(db, np.asarray(kept, dtype=np.int64), where, i))
+        context = "file" if len(dbs) == 1 else "list"
+        out.append(
+            _Source(db, np.asarray(kept, dtype=np.int64), where, i, context=context, kql_filter=kql_filter)
+        )
     return _nonempty(out, kql_filter)
 
 

@@ -608,7 +608,7 @@ def test_a_camera_some_episodes_lack_is_refused_when_made(tmp_path: Path) -> Non
     with pytest.raises(kinodb.KinodbError) as exc:
         KinoMapDataset(path, image_key="front")
     msg = str(exc.value)
-    assert "2 of 5 episodes have no camera 'front' (the first is episode 3)" in msg
+    assert "2 of 5 episodes have no camera 'front' (episodes 3, 4)" in msg
     assert "kql_filter=\"embodiment != 'biped'\"" in msg and "image_key=False" in msg
     ds = KinoMapDataset(path, image_key="front", kql_filter="embodiment != 'biped'")  # the advice works
     assert len(ds) == 3 and ds[2]["image"].shape == (6, 3, 6, 8)

@@ -120,11 +120,13 @@ def image_keys(image_key: Any, cameras: list[str], where: str) -> tuple[list[str
 
 def pad_spec(fw: FrameWindows, *, normalized: bool) -> PadSpec | None:
     """How batches of ``fw``'s sources are padded to one layout, or None when the sources
-    share one (or differ in a way only the per-sample path reports)."""
-    try:
-        widest, common = fw._widest()
-    except KinodbError:
-        return None
+    share one.
+
+    Raises:
+        KinodbError: the sources differ in a way no padding mends (the kind of value or
+            the rank of an array): said when the dataset is made, not in a worker.
+    """
+    widest, common = fw._widest()
     dtypes = {
         key: torch.from_numpy(np.empty(0, dtype)).dtype
         for key, dtype in common.items()
@@ -311,6 +313,8 @@ class KinoFrameDataset(_Base):
                     fw = FrameWindows(source, cameras=chosen, **window_args)
         self._args = dict(obs_horizon=obs_horizon, action_horizon=action_horizon, kql_filter=kql_filter,
                           delta_timestamps=delta_timestamps, pad=pad, cameras=chosen or None)  # fmt: skip
+        if self._size is None:  # frames stacked as stored: one size per camera, checked now
+            fw.check_image_sizes()
         self._source = source
         self._len = len(fw)
         self._files = file_identities(fw._sources)
@@ -459,7 +463,7 @@ class KinoMapDataset(_Base):
         self._opened: tuple[list[_Source], np.ndarray, _Normalizers | None] | None = None
         self._files: list[tuple[str, tuple[int, ...] | None]] | None = None
         sources = self._open()[0]
-        self._cams, self._several = image_keys(image_key, list(sources[0].cameras(0)), sources[0].where)
+        self._cams, self._several = image_keys(image_key, sources[0].camera_names(), sources[0].where)
         # None: the first source's first camera, or, in an episode without it, that
         # episode's first camera (robots of a merged file or a mixture name theirs apart).
         self._first = image_key is None and bool(self._cams)
