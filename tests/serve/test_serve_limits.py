@@ -81,8 +81,14 @@ def test_cameras_are_those_of_every_served_episode(uneven_server: ServerProcess,
         )
         fw = FrameWindows(uneven_kdb, kql_filter="num_frames > 5", cameras=["front"])
         np.testing.assert_array_equal(got["images"]["front"], fw.images(got["index"], size=(16, 16))["front"])
-        with pytest.raises(KinodbError, match="other served episodes hold it: leave the episodes without it"):
+        with pytest.raises(
+            KinodbError, match=r"no camera 'front' \(episode 0\); leave it out with kql_filter="
+        ) as err:
             client.get_windows(1, include_images=True, seed=1)  # episode 0 has no camera
+        assert "ask for windows without images" in str(err.value) and "image_key" not in str(err.value)
+        advised = str(err.value).split('kql_filter="', 1)[1].split('"', 1)[0]
+        got = client.get_windows(1, include_images=True, seed=1, kql_filter=advised)  # the advice works
+        assert "front" in got["images"]
 
 
 def test_mixture_cameras_and_limit(uneven_kdb: Path, main_kdb: Path) -> None:

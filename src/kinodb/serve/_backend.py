@@ -368,12 +368,11 @@ class Backend:
                 except KinodbError as exc:
                     if cameras is None or "no camera" not in str(exc) or any("=" in c for c in cameras):
                         raise
-                    if all(c in self._common_cameras() for c in cameras):  # held by later episodes only
-                        raise KinodbError(
-                            f"{str(exc).split('; ', 1)[0]} in the first episode the windows keep, though "
-                            "other served episodes hold it: leave the episodes without it out with "
-                            "kql_filter, or ask for windows without images"
-                        ) from None
+                    if all(c in self._common_cameras() for c in cameras):  # some episodes lack it
+                        # The windows name those episodes and a kql_filter that leaves them out;
+                        # a client has no image_key but asks for windows without images.
+                        text = str(exc).replace("pass image_key=False for", "ask for")
+                        raise KinodbError(text) from None
                     raise KinodbError(  # the advice a client can take: it has no image_key
                         f"{str(exc).split('; ', 1)[0]}; windows of this server need cameras every served "
                         f"source has ({', '.join(self._common_cameras()) or 'none'}): ask for those with "
