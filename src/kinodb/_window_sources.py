@@ -1,0 +1,292 @@
+"""A window source: one file's kept episodes, where each array lives, and how sources are opened.
+
+`_Source` locates every sample (a per-frame lookup table, or a binary search over episode
+starts), the first element of each kept episode's array in the file's map (from the index,
+or read episode by episode), the row views windows gather from, camera tables and per-frame
+task texts. `_open_sources` makes one per file of a path, a `Database`, a list of paths or
+a `Mixture`, keeping the episodes a filter selects. `kinodb.windows` re-exports the names
+other modules use.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+from numpy.typing import NDArray
+
+from kinodb._window_checks import _EpisodeChecks
+from kinodb.errors import KinodbError
+from kinodb.kdb._layout import DATA_START
+from kinodb.kdb.reader import Database, open_database
+from kinodb.mixture import Mixture
+
+LOOKUP_FRAMES = 1 << 22  # sources up to this many frames find samples by table lookup
+
+
+class _Source(_EpisodeChecks):
+    """One file's share of the samples: its kept episodes and where each array lives.
+
+    The checks of its kept episodes and the messages naming them come from
+    `_EpisodeChecks` (``context``, ``kql_filter`` and ``own_filter`` are described there).
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        kept: NDArray[np.int64],
+        where: str,
+        index: int = 0,
+        *,
+        context: str = "file",
+        kql_filter: str | None = None,
+        own_filter: str | None = None,
+    ) -> None:
+        super().__init__(db, kept, where, context=context, kql_filter=kql_filter, own_filter=own_filter)
+        # index: the source's position among those given (a mixture's, or the list's), which
+        # stays its id in samples when a filter leaves other sources empty
+        self.index = index
+        table = db.episodes()
+        self.lengths = np.asarray(table["num_frames"], dtype=np.int64)[kept]
+        self.fps = np.asarray(table["fps"], dtype=np.float64)[kept]
+        self.tasks = np.asarray(table["task"], dtype=object)[kept]
+        # Episodes whose task changes from frame to frame (extra field `tasks` with more
+        # than one text, and extra array `task_index`): their positions in `kept`.
+        listed = table.get("tasks")
+        self._varying = np.zeros(len(kept), dtype=bool)
+        self._any_varying = False
+        if listed is not None:
+            per = np.asarray(listed, dtype=object)[kept]
+            self._varying[:] = [isinstance(v, list) and len(v) > 1 for v in per.tolist()]
+        self._any_varying = bool(self._varying.any())
+        self._frame_tasks: dict[int, NDArray[Any]] = {}
+        self._lookup: tuple[NDArray[np.int32], NDArray[np.int32]] | None = None
+        self.starts = np.concatenate([[0], np.cumsum(self.lengths)]).astype(np.int64)
+        self._rows: dict[str, tuple[NDArray[np.int64], NDArray[Any], np.dtype[Any], tuple[int, ...]]] = {}
+        self._frame_views: dict[int, NDArray[np.uint8]] = {}
+
+    def frame_lookup(self) -> tuple[NDArray[np.int32], NDArray[np.int32]] | None:
+        """Each sample's kept episode and frame, as int32 tables (8 bytes per frame), made on
+        first use; None for sources over `LOOKUP_FRAMES` frames (a binary search then)."""
+        found = self._lookup
+        if found is None and 0 < self.starts[-1] <= LOOKUP_FRAMES:
+            n = len(self.lengths)
+            j = np.repeat(np.arange(n, dtype=np.int32), self.lengths)
+            t = (np.arange(self.starts[-1], dtype=np.int64) - self.starts[j]).astype(np.int32)
+            found = self._lookup = (j, t)
+        return found
+
+    def task_texts(self, j: NDArray[np.int64], t: NDArray[np.int64]) -> NDArray[Any]:
+        """The task text at frame ``t`` of each kept episode ``j`` (an object array)."""
+        out = self.tasks[j]
+        if self._any_varying:
+            for n in np.flatnonzero(self._varying[j]).tolist():
+                out[n] = self._frame_texts(int(j[n]))[int(t[n])]
+        return out
+
+    def _frame_texts(self, j: int) -> NDArray[Any]:
+        found = self._frame_tasks.get(j)
+        if found is None:
+            ep = int(self.kept[j])
+            try:
+                codes = np.asarray(self.db.read_array(ep, "task_index")).reshape(-1)
+            except KeyError:
+                raise KinodbError(
+                    f"{self.where}: episode {ep} lists several tasks but has no per-frame task_index array"
+                ) from None
+            texts, positions = frame_tasks(self.db, ep, codes, int(self.lengths[j]), self.where)
+            found = self._frame_tasks[j] = np.asarray(texts, dtype=object)[positions]
+        return found
+
+    def rows(self, name: str) -> tuple[NDArray[np.int64], NDArray[Any], np.dtype[Any], tuple[int, ...]]:
+        """``(first element of each kept episode, row view, dtype, per-frame shape)`` of ``name``.
+
+        The view holds one opaque row of a frame's bytes starting at every element
+        position of the map, so frame ``t`` of an episode whose array starts at element
+        ``s`` is row ``s + t * D`` (``D`` elements per frame), and a fancy index copies
+        whole rows (memcpy) rather than element by element.
+        """
+        found = self._rows.get(name)
+        if found is not None:
+            return found
+        db = self.db
+        if db.version().startswith("0."):
+            raise KinodbError(
+                f"{self.where} is a format {db.version()} file, whose arrays are not laid out as sections "
+                "frame windows gather from; convert it once with `kino upgrade OLD NEW` (format v1 keeps "
+                "every value and encoded frame) and read the new file"
+            )
+        base = db._map()  # the file's map; every array returned by read_array is a view of it
+        layout = self._index_starts(name, len(base))
+        if layout is not None:
+            starts, dtype, trail = layout
+        else:
+            starts, dtype, trail = self._read_starts(name, base)
+        isz = dtype.itemsize
+        width = math.prod(trail)
+        n = len(base) // isz - width + 1
+        view = np.ndarray((max(n, 0),), np.dtype((np.void, width * isz)), buffer=base, strides=(isz,))  # type: ignore[call-overload]
+        view.flags.writeable = False
+        self._rows[name] = found = (starts, view, dtype, trail)
+        return found
+
+    def _index_starts(
+        self, name: str, size: int
+    ) -> tuple[NDArray[np.int64], np.dtype[Any], tuple[int, ...]] | None:
+        """`rows`' element starts from the index columns alone (checked alike over every kept
+        episode, aligned and inside the file); None where only reading tells (a format 0.1
+        file, or a row that looks damaged: the read names the damage)."""
+        layout = self.array_layout(name)
+        sec = self.sections()
+        if layout is None or sec is None:
+            return None
+        rows, dtype, trail = layout
+        isz = dtype.itemsize
+        off = sec.column("sec.offset", rows)
+        nbytes = self.lengths * (math.prod(trail) * isz)
+        if not ((off >= DATA_START) & (off <= size - nbytes) & (off % isz == 0)).all():
+            return None
+        return off // isz, dtype, trail
+
+    def _read_starts(
+        self, name: str, base: NDArray[Any]
+    ) -> tuple[NDArray[np.int64], np.dtype[Any], tuple[int, ...]]:
+        """`rows`' element starts read episode by episode (files the index cannot answer for)."""
+        first = None
+        starts = np.empty(len(self.kept), dtype=np.int64)
+        addr0 = base.__array_interface__["data"][0]
+        for j, ep in enumerate(self.kept.tolist()):
+            try:
+                arr = self.db.read_array(ep, name)
+            except KeyError:
+                raise KinodbError(
+                    f"{self.where}: episode {ep} has no array {name!r}; choose episodes that have it "
+                    f"(kql_filter) or drop it from the window"
+                ) from None
+            if first is None:
+                first = arr
+            elif arr.dtype != first.dtype or arr.shape[1:] != first.shape[1:]:
+                raise KinodbError(
+                    f"{self.where}: array {name!r} is {arr.dtype} {arr.shape[1:]} per frame in episode "
+                    f"{ep} but {first.dtype} {first.shape[1:]} in episode {int(self.kept[0])}; windows "
+                    f"need one layout per file (select episodes with kql_filter)"
+                )
+            off = arr.__array_interface__["data"][0] - addr0
+            if not arr.flags.c_contiguous or off % arr.dtype.itemsize:
+                raise KinodbError(f"{self.where}: array {name!r} of episode {ep} is not aligned in the map")
+            starts[j] = off // arr.dtype.itemsize
+        assert first is not None  # kept is never empty (_nonempty)
+        return starts, first.dtype, first.shape[1:]
+
+    def frame_rows(self, hwc: tuple[int, int, int]) -> NDArray[np.uint8]:
+        """A view with one row of ``H*W*C`` bytes starting at every byte of the map."""
+        step = hwc[0] * hwc[1] * hwc[2]
+        view = self._frame_views.get(step)
+        if view is None:
+            base = self.db._map()
+            view = self._frame_views[step] = as_strided(
+                base, shape=(max(len(base) - step + 1, 0), step), strides=(1, 1), writeable=False
+            )
+        return view
+
+
+def frame_tasks(db: Database, ep: int, codes: Any, T: int, where: str) -> tuple[list[str], NDArray[np.int64]]:
+    """An episode's task texts and each frame's position among them, from its extra field
+    ``tasks`` and extra array ``task_index`` (kinodb's per-frame task convention).
+
+    ``task_index`` holds positions in ``tasks``, numbered in order of first appearance.
+    Files ingested from LeRobot by kinodb before that convention hold LeRobot's own task
+    numbers instead: those are read through the dataset's ``lerobot.tasks`` table.
+
+    Raises:
+        KinodbError: the array does not fit the list (names ``where`` and the episode).
+    """
+    meta = db.read_meta(ep)
+    texts = [str(t) for t in meta.get("tasks") or ()]
+    codes = np.asarray(codes, dtype=np.int64).reshape(-1)
+    if len(codes) != T or not len(codes):
+        raise KinodbError(f"{where}: episode {ep}'s task_index has {len(codes)} frames, the episode {T}")
+    _, first = np.unique(codes, return_index=True)
+    order = codes[np.sort(first)]  # the codes in order of first appearance
+    if np.array_equal(order, np.arange(len(texts))):
+        return texts, codes
+    table = (db.metadata().get("lerobot") or {}).get("tasks")
+    if isinstance(table, dict) and all(str(int(c)) in table for c in order.tolist()):
+        named = [str(table[str(int(c))]) for c in order.tolist()]
+        if named[0] == meta.get("task") and sorted(named) == sorted(texts):
+            rank = {int(c): k for k, c in enumerate(order.tolist())}
+            return named, np.array([rank[int(c)] for c in codes.tolist()], dtype=np.int64)
+    raise KinodbError(
+        f"{where}: episode {ep}'s task_index does not index its {len(texts)} tasks frame by frame; "
+        "re-ingest the source to rebuild it"
+    )
+
+
+def _frame_data(source: _Source, cam: Any, f: int) -> Any:
+    """The stored bytes of frame ``f`` (a view of the map)."""
+    if cam.codec == "raw":
+        _, h, w, c = cam.shape
+        pos = cam.data_offset + f * h * w * c
+        return source.db._map()[pos : pos + h * w * c]
+    return source.db._frame_bytes(cam, f)
+
+
+def _open_sources(source: Any, kql_filter: str | None) -> list[_Source]:
+    from kinodb.kql._eval import fields_of  # deferred: kql builds on kdb
+
+    if isinstance(source, Mixture):
+        out = []
+        absent = fields_of(source.database(i) for i in range(len(source.sources()))) if kql_filter else ()
+        for i, info in enumerate(source.sources()):
+            db = source.database(i)
+            kept = np.asarray(source._src[i].kept, dtype=np.int64)
+            if kql_filter is not None:  # a field only some sources hold is null in the others
+                kept = np.intersect1d(kept, db.query(kql_filter, absent=absent))
+            out.append(_Source(db, kept, f"mixture source {i} ({info.path})", i, context="mixture",
+                               kql_filter=kql_filter, own_filter=info.filter))  # fmt: skip
+        return _nonempty(out, kql_filter)
+    if isinstance(source, Database):
+        dbs = [source]
+    elif isinstance(source, (str, os.PathLike)):
+        dbs = [open_database(source)]
+    elif isinstance(source, Sequence) and source and all(isinstance(p, (str, os.PathLike)) for p in source):
+        dbs = [open_database(p) for p in source]
+    else:
+        raise TypeError(f"source must be a path, a Database, a list of paths or a Mixture, got {source!r}")
+    out = []
+    absent = fields_of(dbs) if kql_filter else ()
+    for i, db in enumerate(dbs):
+        kept = (
+            np.arange(len(db), dtype=np.int64) if kql_filter is None else db.query(kql_filter, absent=absent)
+        )
+        where = db.path() if len(dbs) == 1 else f"source {i} ({db.path()})"
+        context = "file" if len(dbs) == 1 else "list"
+        out.append(
+            _Source(db, np.asarray(kept, dtype=np.int64), where, i, context=context, kql_filter=kql_filter)
+        )
+    return _nonempty(out, kql_filter)
+
+
+def _num_given(source: Any) -> int:
+    """How many sources ``source`` names (before filters leave any empty)."""
+    if isinstance(source, Mixture):
+        return int(source.num_sources())
+    if isinstance(source, Sequence) and not isinstance(source, (str, bytes)):
+        return len(source)
+    return 1
+
+
+def _nonempty(sources: list[_Source], kql_filter: str | None) -> list[_Source]:
+    kept = [s for s in sources if len(s.kept) and s.starts[-1] > 0]
+    if not kept:
+        why = (
+            f"the filter {kql_filter!r} keeps no episode with frames"
+            if kql_filter
+            else "no episode has frames"
+        )
+        raise KinodbError(f"{', '.join(s.where for s in sources)}: {why}")
+    return kept
