@@ -55,7 +55,7 @@ def test_an_installed_module_that_fails_to_import_says_so(site: Path) -> None:
 
 
 def test_a_folder_named_like_the_module_is_not_the_module(site: Path) -> None:
-    _package(site, "kinodbtest_torch", None)  # a namespace package, as a checkout's tests/torch
+    _package(site, "kinodbtest_torch", None)  # a namespace package: a folder of that name
     with pytest.raises(
         MissingExtraError, match=r"not installed \(only a folder of that name was found: .*kinodbtest_torch\)"
     ):

@@ -23,8 +23,8 @@ def require(module: str, *, extra: str) -> ModuleType:
     except Exception as exc:  # ImportError, or what a module raises at import (ValueError, ...)
         raise _broken(module, extra, exc) from exc
     if getattr(mod, "__file__", None) is None and hasattr(mod, "__path__"):
-        # A namespace package: only a folder named like the package (a checkout's
-        # tests/torch, say) was found on sys.path.
+        # A namespace package: only a folder named like the package (a test folder
+        # called torch, say) was found on sys.path.
         raise _missing(module, extra, shadow=list(getattr(mod, "__path__", [])))
     return mod
 
