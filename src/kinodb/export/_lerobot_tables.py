@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -44,6 +45,33 @@ class Feature:
     def info(self) -> dict[str, Any]:
         """The feature's ``info.json`` entry (without a video's ``info`` block)."""
         return {"dtype": self.dtype, "shape": list(self.shape), "names": self.names}
+
+
+def element_names(
+    part: dict[str, Any], dim: int
+) -> tuple[list[str], list[tuple[int, int, str]], bool] | None:
+    """The element names a LeRobot export gives a schema part of ``actions`` or ``states``.
+
+    Returns ``(names, components, tiles)``: the part's ``names``, else names spelt from its
+    components (``eef_0``, ``eef_1``, ...; ``dim_k`` between them); the components as
+    sorted ``(start, stop, name)``; whether they tile ``[0, dim)``. None without either.
+    The ingest of an export reads the names back by the same rule.
+    """
+    given = part.get("names")
+    comps = sorted((int(a), int(b), str(name)) for name, (a, b) in (part.get("components") or {}).items())
+    if isinstance(given, list) and len(given) == dim:
+        names = [str(n) for n in given]
+    elif comps:
+        names = [f"dim_{k}" for k in range(dim)]
+        for a, b, name in comps:
+            for k in range(a, min(b, dim)):
+                names[k] = name if b - a == 1 else f"{name}_{k - a}"
+    else:
+        return None
+    tiles = bool(comps) and comps[0][0] == 0 and comps[-1][1] == dim and all(
+        p[1] == q[0] for p, q in pairwise(comps)
+    )  # fmt: skip
+    return names, comps, tiles
 
 
 def arrow_type(feature: Feature, pa: Any) -> Any:

@@ -31,7 +31,6 @@ import json
 import logging
 import os
 from dataclasses import dataclass, field
-from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -52,6 +51,7 @@ from kinodb.export._lerobot_tables import (
     Feature,
     array_column,
     data_schema,
+    element_names,
     image_column,
     split_rows,
     tasks_table,
@@ -316,20 +316,10 @@ def _names(part: dict[str, Any], dim: int) -> list[str] | dict[str, list[str]] |
     form LeRobot's ported datasets use, which keeps the components); otherwise the element
     names as a list, spelt from the components when the schema has no ``names``; else None.
     """
-    given = part.get("names")
-    comps = sorted((int(a), int(b), str(name)) for name, (a, b) in (part.get("components") or {}).items())
-    if isinstance(given, list) and len(given) == dim:
-        elems = [str(n) for n in given]
-    elif comps:
-        elems = [f"dim_{k}" for k in range(dim)]
-        for a, b, name in comps:
-            for k in range(a, min(b, dim)):
-                elems[k] = name if b - a == 1 else f"{name}_{k - a}"
-    else:
+    spelt = element_names(part, dim)
+    if spelt is None:
         return None
-    tiles = bool(comps) and comps[0][0] == 0 and comps[-1][1] == dim and all(
-        p[1] == q[0] for p, q in pairwise(comps)
-    )  # fmt: skip
+    elems, comps, tiles = spelt
     return {name: elems[a:b] for a, b, name in comps} if tiles else elems
 
 

@@ -13,12 +13,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-from itertools import pairwise
 from typing import Any
 
 import numpy as np
 
 from kinodb.errors import ConversionError
+from kinodb.export._lerobot_tables import element_names
 from kinodb.ingest._base import exported_extra
 
 log = logging.getLogger(__name__)
@@ -104,20 +104,10 @@ def as_exported(part: dict[str, Any]) -> dict[str, Any]:
     dim = part.get("dim")
     if not isinstance(dim, int) or dim <= 0:
         return {}
-    given, raw = part.get("names"), part.get("components") or {}
-    comps = sorted((int(a), int(b), str(name)) for name, (a, b) in raw.items())
-    if isinstance(given, list) and len(given) == dim:
-        names = [str(n) for n in given]
-    elif comps:
-        names = [f"dim_{k}" for k in range(dim)]
-        for a, b, name in comps:
-            for k in range(a, min(b, dim)):
-                names[k] = name if b - a == 1 else f"{name}_{k - a}"
-    else:
+    spelt = element_names(part, dim)
+    if spelt is None:
         return {}
-    tiles = bool(comps) and comps[0][0] == 0 and comps[-1][1] == dim and all(
-        p[1] == q[0] for p, q in pairwise(comps)
-    )  # fmt: skip
+    names, comps, tiles = spelt
     return (
         {"names": names, "components": {name: [a, b] for a, b, name in comps}} if tiles else {"names": names}
     )
