@@ -212,3 +212,17 @@ def test_statistics_are_embedded_only_when_they_describe_the_export(tmp_path: Pa
     dataset, facts = exported("some", filter="episode_id < 2")
     assert "stats" not in dataset
     assert "cover all 6 episodes and this export holds 2" in facts["stats_left_out"]
+
+
+@pytest.mark.parametrize(
+    "schema", [None, {"actions": {"names": ["x", "y", "z"]}}], ids=["no-schema", "names"]
+)
+def test_an_hdf5_round_trip_without_state_components_verifies(
+    tmp_path: Path, schema: dict[str, Any] | None
+) -> None:
+    src = _kdb(tmp_path / "src.kdb", schema=schema, state_dim=4)
+    export(src, tmp_path / "x.hdf5", format="hdf5")
+    report = ingest(tmp_path / "x.hdf5", tmp_path / "back.kdb", format="hdf5", verify=True)
+    assert report.verification is not None and report.verification.ok, report.verification
+    with kinodb.open(tmp_path / "back.kdb") as db:
+        assert "components" not in db.schema()["states"]  # nothing the source did not have
