@@ -314,18 +314,23 @@ def test_sources_without_the_cameras_are_named_at_construction(tmp_path: Path) -
     assert len(FrameWindows(c, cameras="front", kql_filter="num_frames = 4")) == 4
 
 
-@pytest.mark.parametrize("table", [True, False])
-def test_per_frame_tasks_in_lerobot_numbering_from_older_files(tmp_path: Path, table: bool) -> None:
+@pytest.mark.parametrize("table", [True, False, "text"])
+def test_per_frame_tasks_in_lerobot_numbering_from_older_files(tmp_path: Path, table: object) -> None:
     # Files ingested before per-frame tasks were numbered within the episode kept LeRobot's
-    # own task numbers: read through the file's lerobot.tasks table, or refused.
+    # own task numbers: read through the file's lerobot.tasks table, or refused (also when a
+    # user's own metadata holds something else under "lerobot").
     path = tmp_path / "old.kdb"
-    metadata = {"lerobot": {"tasks": {"0": "open", "1": "close"}}} if table else {}
+    metadata: dict[str, object] = {}
+    if table is True:
+        metadata = {"lerobot": {"tasks": {"0": "open", "1": "close"}}}
+    elif table == "text":
+        metadata = {"lerobot": "converted with lerobot 0.4"}
     with kinodb.Writer(path, metadata=metadata) as w:
         w.add_episode(actions=np.zeros((4, 2), np.float32), task="close", extra={"tasks": ["close", "open"]},
                       extra_arrays={"task_index": np.array([1, 1, 0, 0])})  # fmt: skip
         w.add_episode(actions=np.zeros((3, 2), np.float32), task="open")
     fw = FrameWindows(path)
-    if table:
+    if table is True:
         assert fw.tasks(range(7)) == ["close", "close", "open", "open", "open", "open", "open"]
     else:
         with pytest.raises(

@@ -214,7 +214,8 @@ def frame_tasks(db: Database, ep: int, codes: Any, T: int, where: str) -> tuple[
     order = codes[np.sort(first)]  # the codes in order of first appearance
     if np.array_equal(order, np.arange(len(texts))):
         return texts, codes
-    table = (db.metadata().get("lerobot") or {}).get("tasks")
+    lerobot = db.metadata().get("lerobot")
+    table = lerobot.get("tasks") if isinstance(lerobot, dict) else None
     if isinstance(table, dict) and all(str(int(c)) in table for c in order.tolist()):
         named = [str(table[str(int(c))]) for c in order.tolist()]
         if named[0] == meta.get("task") and sorted(named) == sorted(texts):
