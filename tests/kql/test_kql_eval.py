@@ -303,6 +303,28 @@ def test_unknown_field_suggests_and_lists_fields(db: kinodb.Database) -> None:
     assert "did you mean" not in str(err(db, "zzzzzz = 1"))
 
 
+def test_unknown_field_over_several_files_suggests_and_lists_every_files_fields(tmp_path: Path) -> None:
+    # a query over several files (a list, a mixture) knows the fields of all of them, whichever
+    # file it is evaluated on first
+    a, b = tmp_path / "a.kdb", tmp_path / "b.kdb"
+    for path, extra in ((a, {"scene": "lab"}), (b, {"tags": ["night"], "operator": "op1"})):
+        with kinodb.Writer(path) as w:
+            w.add_episode(actions=np.zeros((2, 1), np.float32), extra=extra)
+    with kinodb.open(a) as da, kinodb.open(b) as dbb:
+        absent = _eval.fields_of([da, dbb])
+        text = str(err_with(da, "tagz CONTAINS 'night'", absent))
+        assert "did you mean tags?" in text
+        assert text.splitlines()[-1].endswith("fields of these files: " + ", ".join(
+            [*_eval.META_FIELDS, "operator", "scene", "tags"]))  # fmt: skip
+        assert "fields of this file: " in str(err(da, "tagz = 1"))  # one file alone
+
+
+def err_with(db: kinodb.Database, text: str, absent: frozenset[str]) -> QuerySyntaxError:
+    with pytest.raises(QuerySyntaxError) as info:
+        db.query(text, absent=absent)
+    return info.value
+
+
 def test_type_errors_come_before_any_result(db: kinodb.Database) -> None:
     # the second operand is checked even though the first already excludes everything
     with pytest.raises(QuerySyntaxError, match="type mismatch"):

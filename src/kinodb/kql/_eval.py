@@ -192,19 +192,18 @@ class _Evaluator:
             return field.name, True
         elif field.name.lower() in BUILTIN_KINDS:
             return field.name.lower(), False
-        valid = self.field_names()
+        # Over several files (``absent`` holds the others' fields) every file's fields count.
+        extras = sorted(set(self.extras) | self.absent)
+        valid = list(META_FIELDS) + [_spelling(name) for name in extras]
         shown = field.render()
         # Suggest extras in both spellings, so "extra.sceen" finds "extra.scene".
-        spellings = valid + [Field(name, extra=True).render() for name in sorted(self.extras)]
+        spellings = valid + [Field(name, extra=True).render() for name in extras]
         lowered = {v.lower(): v for v in spellings}
         close = [lowered[c] for c in difflib.get_close_matches(shown.lower(), list(lowered), n=1, cutoff=0.6)]
         hints = [f"did you mean {close[0]}?"] if close else []
-        hints.append(f"fields of this file: {', '.join(valid)}")
+        these = "these files" if self.absent - set(self.extras) else "this file"
+        hints.append(f"fields of {these}: {', '.join(valid)}")
         raise query_error(self.text, field.pos, f"unknown field {shown!r}", hints)
-
-    def field_names(self) -> list[str]:
-        """Every field name this file accepts, as a query would spell it."""
-        return list(META_FIELDS) + [_spelling(name) for name in sorted(self.extras)]
 
     def builtin_column(self, name: str) -> Column:
         cols = self.db._cols
