@@ -6,6 +6,7 @@ import json
 import math
 import os
 import pickle
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -403,6 +404,35 @@ def test_missing_file_names_the_source(files: dict[str, str], tmp_path: Path) ->
     text.write_text("not a dataset")
     with pytest.raises(kinodb.FormatError, match=r"mixture source 1: .*notes\.kdb"):
         Mixture({files["a"]: 1, str(text): 1})
+
+
+def test_a_folder_source_names_the_source_and_a_file_in_it(files: dict[str, str], tmp_path: Path) -> None:
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    said = "mixture source {}: a folder, not a .kdb file; give the path of a .kdb file"
+    with pytest.raises(kinodb.FormatError, match=re.escape(f"{folder}: {said.format(1)}") + "$") as info:
+        Mixture({files["a"]: 1, str(folder): 1})
+    assert isinstance(info.value, IsADirectoryError) and info.value.filename == str(folder)  # as it was
+    write_kdb(folder / "part-1.kdb", [3])
+    write_kdb(folder / "part-0.kdb", [3])
+    example = f"{folder}: {said.format(0)}, e.g. {folder / 'part-0.kdb'}"
+    with pytest.raises(kinodb.FormatError, match=re.escape(example) + "$"):
+        Mixture([folder])
+
+
+def test_other_os_errors_keep_their_type_and_name_the_source(files: dict[str, str]) -> None:
+    under_a_file = os.path.join(files["a"], "x.kdb")
+    with pytest.raises(NotADirectoryError, match="mixture source 1: Not a directory") as info:
+        Mixture({files["b"]: 1, under_a_file: 1})
+    assert info.value.filename == under_a_file
+
+
+@pytest.mark.parametrize("weight", [10**400, Fraction(10**400, 3)], ids=["int", "fraction"])
+def test_a_weight_beyond_a_float_names_the_source_and_the_fix(files: dict[str, str], weight: Any) -> None:
+    with pytest.raises(kinodb.MixtureError, match=r"source 1 \(.*b\.kdb\): weight is too large for a float .*"
+                       r"divide them all by the same number"):  # fmt: skip
+        Mixture([(files["a"], 1), (files["b"], weight)])
+    assert Mixture([(files["a"], 10**300), (files["b"], 10**300)]).counts(4).tolist() == [2, 2]
 
 
 def test_source_without_episodes(files: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:

@@ -3,25 +3,30 @@
 from __future__ import annotations
 
 import os
+import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from kinodb.errors import QuerySyntaxError, WriterError
+from kinodb.errors import ConversionError, FormatError, QuerySyntaxError, WriterError
 from kinodb.kdb.reader import Database, open_database
+from kinodb.kdb.upgrade import SKIP_ADVICE, episode_error, leave_out
 from kinodb.kdb.writer import Writer
 
 
 @dataclass(frozen=True, slots=True)
 class MergeInput:
-    """What one input contributed."""
+    """What one input contributed: ``kept`` of its ``total`` episodes (``frames`` frames)
+    were written; ``skipped`` lists the positions that matched but were left out
+    (``on_error="skip"``)."""
 
     path: str
     kept: int
     total: int
     frames: int
+    skipped: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,18 +58,27 @@ def merge(
     *,
     filter: str | None = None,
     overwrite: bool = False,
+    on_error: str = "raise",
 ) -> MergeResult:
     """Write the episodes of ``inputs`` (those matching ``filter``) to one new file.
 
     Each kept episode's payload is copied byte for byte (a JPEG stays the same JPEG)
-    after its checksum is verified, and gains the extra fields ``source_file`` and
-    ``source_episode`` (a pair it already held moves to ``origin_file`` and
-    ``origin_episode``). Inputs may have different schemas: dims are per episode, the
-    output schema lists every source's schema under ``"sources"``, and differing dims,
-    cameras and extra arrays are reported in `MergeResult.warnings`. Each input's
-    metadata is kept under ``metadata["merged_from"]``; keys all inputs agree on are
-    also copied to the top. Like every write, the output appears only
-    when complete.
+    after its checksum is verified, and gains the extra fields ``source_file`` (the
+    input's absolute path) and ``source_episode`` (a pair it already held moves to
+    ``origin_file`` and ``origin_episode``). Episodes of a format 0.1 input are
+    converted as `kino upgrade` converts them: arrays exactly, JPEG/PNG frames with their
+    stored bytes, raw frames raw (a camera that cannot keep its bytes is stored raw,
+    decoded exactly, with a warning). Inputs may have different schemas: dims are per
+    episode, the output schema lists every source's schema under ``"sources"``, and
+    differing dims, cameras and extra arrays are reported in `MergeResult.warnings`, as
+    is a file given more than once (its episodes are written once per time). Each
+    input's metadata is kept under ``metadata["merged_from"]``; keys, and the named
+    components of actions and states, that every input contributing episodes agrees on
+    are also set at the top. Like every write, the output appears only when complete.
+
+    An episode that cannot be read or stored (damaged, 0 frames, fps <= 0) fails the
+    merge, naming the file and the episode; with ``on_error="skip"`` it is left out
+    instead, listed in ``metadata["merged_from"][k]["skipped"]`` and in the warnings.
 
     Example:
         >>> kinodb.merge(["a.kdb", "b.kdb"], "train.kdb", filter="success = true AND split = 'train'")
@@ -72,6 +86,10 @@ def merge(
     Raises:
         QuerySyntaxError: ``filter`` does not parse or does not fit an input's fields.
         WriterError: no input has a matching episode.
+        FormatError: an input is not a readable ``.kdb`` file, or an episode's data is
+            damaged (`CorruptFileError`).
+        ConversionError: an episode cannot be stored in format v1, or every matching
+            episode was skipped.
         FileExistsError: ``output`` exists and ``overwrite`` is False.
     """
     if isinstance(inputs, (str, bytes, os.PathLike)):
@@ -80,8 +98,12 @@ def merge(
         )
     if not inputs:
         raise ValueError("merge needs at least one input file")
-    dbs = [open_database(p) for p in inputs]
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    dbs: list[Database] = []
     try:
+        for p in inputs:
+            dbs.append(open_database(p))
         from kinodb.kql._eval import fields_of  # deferred: kql builds on kdb
 
         absent = fields_of(dbs) if filter else frozenset()  # a field some inputs lack is null there
@@ -89,11 +111,42 @@ def merge(
         if not any(len(k) for k in kept):
             where = f" match {filter!r}" if filter else ""
             raise WriterError(f"no episode in {len(dbs)} input files{where}; nothing was written")
-        warnings = _dim_warnings(dbs, kept) + _layout_warnings(dbs, kept)
-        return _write(dbs, kept, os.fspath(output), filter, overwrite, warnings)
+        out = os.fspath(output)
+        warnings = _same_file_warnings(dbs, out) + _dim_warnings(dbs, kept) + _layout_warnings(dbs, kept)
+        return _write(dbs, kept, out, filter, overwrite, on_error == "skip", warnings)
     finally:
         for db in dbs:
             db.close()
+
+
+def _file_id(path: str) -> tuple[int, int] | str | None:
+    """What names the same file under any path (device and inode), or None if absent."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino) if st.st_ino else os.path.realpath(path)
+
+
+def _same_file_warnings(dbs: list[Database], output: str) -> list[str]:
+    """A file given as an input more than once (each of its episodes is written once per
+    time: it may be meant, as a weighting), and an output that is also an input."""
+    given: dict[tuple[int, int] | str | None, list[str]] = {}
+    for db in dbs:
+        given.setdefault(_file_id(db.path()), []).append(db.path())
+    out = []
+    for paths in given.values():
+        if len(paths) > 1:
+            names = list(dict.fromkeys(paths))
+            also = f" (as {', '.join(names[1:])})" if len(names) > 1 else ""
+            out.append(
+                f"{names[0]} is an input {len(paths)} times{also}: each of its episodes is written "
+                f"{len(paths)} times; give it once unless that is meant"
+            )
+    target = _file_id(output)
+    if target is not None and target in given:
+        out.append(f"the output {output} is also an input: the merged file replaces it")
+    return out
 
 
 def _select(db: Database, kql: str | None, absent: frozenset[str] = frozenset()) -> np.ndarray:
@@ -160,7 +213,7 @@ def _layout(spec: dict[str, Any] | None, key: str) -> str:
 
 
 def _shared_components(dbs: list[Database]) -> dict[str, Any]:
-    """Named components every input declares identically (the rest stay per source)."""
+    """Named components every one of ``dbs`` declares identically (the rest stay per source)."""
     shared: dict[str, Any] = {}
     for part in ("actions", "states"):
         specs = [
@@ -177,11 +230,13 @@ def _write(
     output: str,
     kql: str | None,
     overwrite: bool,
+    skip: bool,
     warnings: list[str],
 ) -> MergeResult:
     sources = [
-        {"file": db.path(), "format_version": db.version(), "source_format": db.dataset_info().get("source_format"),
-         "episodes": len(k), "of": len(db), "schema": db.schema()}
+        {"file": os.path.abspath(db.path()), "format_version": db.version(),
+         "source_format": db.dataset_info().get("source_format"), "episodes": len(k), "of": len(db),
+         "schema": db.schema()}
         for db, k in zip(dbs, kept, strict=True)
     ]  # fmt: skip
     report = []
@@ -217,19 +272,70 @@ def _write(
     with Writer(
         output,
         mode="w" if overwrite else "x",
-        schema=_shared_components(dbs),
+        # Decided by the inputs that contribute episodes, as the metadata at the top is.
+        schema=_shared_components([db for db, k in zip(dbs, kept, strict=True) if len(k)]),
         source_format="kinodb-merge",
         metadata=metadata,
     ) as w:
         w.schema["sources"] = sources
-        # A 0.1 camera that cannot keep its encoded frames is stored raw: say so in the result.
-        for db, positions in zip(dbs, kept, strict=True):
-            frames = 0
+        reasons = []  # per input that had episodes skipped
+        for j, (db, positions) in enumerate(zip(dbs, kept, strict=True)):
+            frames, skipped = 0, []
             for i in positions.tolist():
-                w.copy_episode(db, i, extra=_provenance(db, i), notes=warnings)
+                try:
+                    # A 0.1 camera that cannot keep its encoded frames is stored raw: the
+                    # note goes to the result's warnings.
+                    w.copy_episode(db, i, extra=_provenance(db, i), notes=warnings)
+                except (FormatError, WriterError, ConversionError) as exc:
+                    if w._closed:  # the output failed (a full disk), not the episode
+                        raise
+                    if not skip:
+                        raise episode_error(exc, db.path(), i, _advice(db, i, kql)) from exc
+                    skipped.append((i, str(exc)))
+                    continue
                 frames += int(db._cols["num_frames"][i])
-            report.append(MergeInput(db.path(), len(positions), len(db), frames))
+            if skipped:
+                reasons.append(_record_skipped(w, j, db.path(), skipped, warnings))
+            done = len(positions) - len(skipped)
+            report.append(MergeInput(db.path(), done, len(db), frames, tuple(i for i, _ in skipped)))
+        if not len(w):
+            total = sum(len(k) for k in kept)
+            raise ConversionError(
+                f"every one of the {total} matching episodes was skipped, so nothing was written: "
+                + "; ".join(reasons)
+            )
     return MergeResult(output, report, warnings)
+
+
+_SHOWN = 5  # skipped episodes named in one warning
+
+
+def _record_skipped(w: Writer, j: int, path: str, skipped: list[tuple[int, str]], warnings: list[str]) -> str:
+    """List input ``j``'s skipped episodes in the output's metadata and in a warning; return
+    them as ``PATH: episode I: REASON; ...``."""
+    entry = w.metadata["merged_from"][j]
+    entry["episodes"] -= len(skipped)
+    entry["skipped"] = [{"episode": i, "reason": reason} for i, reason in skipped]
+    w.schema["sources"][j]["episodes"] -= len(skipped)
+    shown = "; ".join(f"episode {i}: {reason}" for i, reason in skipped[:_SHOWN])
+    more = f"; and {len(skipped) - _SHOWN} more" if len(skipped) > _SHOWN else ""
+    n = len(skipped)
+    warnings.append(
+        f"{path}: {n} episode{'s' if n > 1 else ''} skipped (listed in the output's metadata, "
+        f"merged_from[{j}].skipped): {shown}{more}"
+    )
+    return f"{path}: {shown}{more}"
+
+
+def _advice(db: Database, i: int, kql: str | None) -> str:
+    """How to get past episode ``i`` of ``db``: a filter that leaves out its kind, or skipping it."""
+    kind = leave_out(db, i)
+    if kind is None:
+        return SKIP_ADVICE
+    what, extra = kind
+    combined = extra if kql is None else f"({kql}) AND {extra}"
+    quoted = shlex.quote(combined) if any(c in combined for c in '"$`\\!') else f'"{combined}"'
+    return f"to leave out {what}, merge with -F {quoted} (Python: filter={combined!r}); or {SKIP_ADVICE}"
 
 
 def _compact(meta: dict[str, Any]) -> dict[str, Any]:
@@ -249,7 +355,7 @@ def _provenance(db: Database, i: int) -> dict[str, Any]:
     """``source_file``/``source_episode`` of the input; a pair the episode already held (its
     ingest source, or an earlier merge's input) moves to ``origin_file``/``origin_episode``
     unless those are set, so the first origin survives any number of merges."""
-    extra: dict[str, Any] = {"source_file": db.path(), "source_episode": i}
+    extra: dict[str, Any] = {"source_file": os.path.abspath(db.path()), "source_episode": i}
     meta = db.read_meta(i)
     if "source_file" in meta and "origin_file" not in meta:
         extra["origin_file"] = meta["source_file"]

@@ -15,6 +15,7 @@ import math
 import numbers
 import os
 import reprlib
+import sys
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
@@ -111,10 +112,10 @@ class Mixture:
         ...     ep = mix.database(source).read_episode(position)
 
     Raises:
-        MixtureError: no sources, or a weight that is zero, negative, NaN or infinite, or
-            a source that keeps no episodes; the message names the source.
+        MixtureError: no sources, or a weight that is zero, negative, NaN, infinite or too
+            large for a float, or a source that keeps no episodes; the message names the source.
         FileNotFoundError: a source file does not exist.
-        FormatError: a source is not a readable ``.kdb`` file.
+        FormatError: a source is not a readable ``.kdb`` file (or is a folder).
         QuerySyntaxError: a filter does not parse (the message names the source).
     """
 
@@ -168,8 +169,16 @@ class Mixture:
             except FileNotFoundError:
                 msg = f"mixture source {i}: no such file"
                 raise FileNotFoundError(errno.ENOENT, msg, spec.path) from None
+            except IsADirectoryError:
+                msg = f"mixture source {i}: a folder, not a .kdb file; give the path of a .kdb file"
+                raise _FolderError(errno.EISDIR, msg + _example_in(spec.path), spec.path) from None
             except FormatError as exc:  # not a .kdb file, damaged, a newer format: say which source
                 raise type(exc)(f"mixture source {i}: {exc}") from exc
+            except OSError as exc:  # no permission, an I/O error: the same error, naming the source
+                if exc.errno is None:
+                    raise
+                why = exc.strerror or os.strerror(exc.errno)
+                raise type(exc)(exc.errno, f"mixture source {i}: {why}", spec.path) from exc
         return db
 
     def _load(self, i: int, spec: _Spec) -> _Source:
@@ -506,10 +515,33 @@ def _entry(i: int, entry: Any) -> tuple[str, Any, Any]:
     )
 
 
+class _FolderError(IsADirectoryError, FormatError):
+    """A source that is a folder: not a ``.kdb`` file (`FormatError`), and the
+    `IsADirectoryError` opening it raised, for callers that catch that."""
+
+    def __str__(self) -> str:
+        return f"{self.filename}: {self.strerror}"
+
+
+def _example_in(folder: str) -> str:
+    """``, e.g. FOLDER/x.kdb`` naming a ``.kdb`` file in ``folder``, or nothing."""
+    try:
+        names = sorted(n for n in os.listdir(folder) if n.endswith(".kdb"))
+    except OSError:
+        return ""
+    return f", e.g. {os.path.join(folder, names[0])}" if names else ""
+
+
 def _weight(weight: Any, where: str) -> float:
     if isinstance(weight, bool) or not isinstance(weight, numbers.Real):
         raise TypeError(f"{where}: weight must be a number, got {weight!r}")
-    w = float(weight)
+    try:
+        w = float(weight)
+    except OverflowError:  # an int or Fraction beyond a float's range
+        raise MixtureError(
+            f"{where}: weight is too large for a float (at most {sys.float_info.max:.4g}); weights are "
+            "relative, so divide them all by the same number (4:3:3 is 0.4:0.3:0.3)"
+        ) from None
     if not math.isfinite(w) or w <= 0:
         raise MixtureError(f"{where}: weight must be a positive finite number, got {w!r}")
     return w

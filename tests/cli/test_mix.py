@@ -136,3 +136,14 @@ def test_filter_applies_to_every_source(
     assert [s["episodes"] for s in out["sources"]] == [2, 1]
     assert kino("mix", "-s", str(a), "--filter", "embodiment = 'ur5'") != 0
     assert "keeps none of its 4 episodes" in capsys.readouterr().err
+
+
+def test_a_folder_source_exits_1_naming_it(
+    kino: Run, tmp_path: Path, sources: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert kino("mix", "-s", sources[0], "-s", f"{tmp_path}:2") == 1
+    err = capsys.readouterr().err
+    assert err == (
+        f"error: {tmp_path}: mixture source 1: a folder, not a .kdb file; give the path of a .kdb file, "
+        f"e.g. {sources[0]}\n"
+    )

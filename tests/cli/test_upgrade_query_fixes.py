@@ -103,3 +103,15 @@ def test_upgrade_reports_a_bad_source_date_epoch(
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "yesterday")
     assert main(["upgrade", str(old), str(tmp_path / "new.kdb")]) == 1  # a kinodb error, not a usage error
     assert "SOURCE_DATE_EPOCH is 'yesterday'" in capsys.readouterr().err
+
+
+def test_schema_of_a_file_without_episodes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    old = tmp_path / "empty.kdb"
+    old.write_bytes(encode([]))
+    assert main(["schema", str(old)]) == 0
+    out = capsys.readouterr().out
+    assert "None" not in out
+    assert (
+        "actions: no episodes, so no dim; float32" in out and "states: no episodes, so no dim; float32" in out
+    )
+    assert out.rstrip().endswith("no sections: the file has no episodes")

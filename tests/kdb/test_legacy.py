@@ -470,6 +470,26 @@ def test_header_counts_are_informational(build: Build, offset: int, value: bytes
         np.testing.assert_array_equal(db.read_array(2, "actions"), eps[2].actions)
 
 
+def test_validate_reports_disagreeing_header_counts_as_a_warning(build: Build) -> None:
+    import warnings
+
+    from kinodb.kdb.validate import validate
+
+    path, _ = build()
+    corrupt(path, 8, struct.pack("<Q", 1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # validate reports it: nothing is left to warn about
+        report = validate(path)
+    assert report.ok and report.errors == []
+    assert report.warnings[0] == (
+        "the header at byte offset 8 says 1 episode and 11 frames, the index has 3 episodes and 11 frames; "
+        "reading the index's (kino upgrade writes a file whose counts agree)"
+    )
+    assert any("has no checksums" in w for w in report.warnings[1:])
+    corrupt(path, 8, struct.pack("<Q", 3))
+    assert not any("byte offset 8" in w for w in validate(path).warnings)
+
+
 def _corrupt_entry(path: Path, episode: int, field: str, value: int) -> None:
     entry_off = struct.unpack_from("<Q", path.read_bytes(), 24)[0] + 64 * episode
     pos = {"num_frames": 8, "state_dim": 14, "actions_offset": 16, "actions_length": 24,

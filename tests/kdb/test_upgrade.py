@@ -172,6 +172,27 @@ def test_zero_frame_episode_suggests_a_merge_that_works(
         np.testing.assert_array_equal(db.read_array(1, "actions"), eps[2].actions)
 
 
+@pytest.mark.parametrize("fps", [math.nan, 0.0, -10.0])
+def test_a_bad_fps_suggests_a_merge_that_works(tmp_path: Path, fps: float) -> None:
+    from kinodb._cli.main import main
+
+    rng = np.random.default_rng(5)
+    eps = [random_episode(rng, 3, 2, 2), random_episode(rng, 2, 2, 2, fps=fps), random_episode(rng, 4, 2, 2)]
+    old, new = tmp_path / "old.kdb", tmp_path / "new.kdb"
+    old.write_bytes(encode(eps))
+    with pytest.raises(
+        ConversionError, match="episode 1 cannot be stored as v1: fps must be a positive"
+    ) as info:
+        upgrade(old, new)
+    assert "to leave out every episode whose fps is not a positive number: kino merge" in str(info.value)
+    found = re.search(r'kino (merge .*"fps > 0")', str(info.value))
+    assert found is not None, str(info.value)
+    assert main(shlex.split(found.group(1))) == 0
+    with kinodb.open(new) as db:
+        assert len(db) == 2
+        np.testing.assert_array_equal(db.read_array(1, "actions"), eps[2].actions)
+
+
 def test_non_finite_total_reward_of_a_0_1_file_is_not_stored(tmp_path: Path) -> None:
     rng = np.random.default_rng(4)
     eps = [

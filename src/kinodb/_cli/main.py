@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Sequence
+from typing import TextIO
 
 from kinodb._cli import (
     bench,
@@ -78,10 +80,30 @@ def _commands(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
     return list(found.values())
 
 
+def show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
+    """Print a Python warning as one ``warning: MESSAGE`` line on stderr, as errors print:
+    the source file, line number and code line that Python adds are for developers."""
+    print(f"warning: {' '.join(str(message).split()) or category.__name__}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``kino``; return the exit code (0 ok, 1 kinodb or I/O error, 2 usage, 130 Ctrl-C)."""
-    args = build_parser().parse_args(argv)
-    return dispatch(args, error_prefix="", usage_prefix=f"kino {args.command}: ")
+    """Run ``kino``; return the exit code (0 ok, 1 kinodb or I/O error, 2 usage, 130 Ctrl-C).
+
+    Warnings raised while a command runs print as ``warning: ...`` lines (`show_warning`);
+    a command that records warnings itself (``warnings.catch_warnings(record=True)``) still
+    gets them.
+    """
+    with warnings.catch_warnings():  # restores the caller's warning display afterwards
+        warnings.showwarning = show_warning
+        args = build_parser().parse_args(argv)
+        return dispatch(args, error_prefix="", usage_prefix=f"kino {args.command}: ")
 
 
 def entry() -> None:

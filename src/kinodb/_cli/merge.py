@@ -14,6 +14,9 @@ def register(sub: Any) -> None:
     p.add_argument("-o", "--output", required=True, help="output file")
     p.add_argument("-F", "--filter", metavar="KQL", help="keep only episodes matching this query")
     p.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
+    p.add_argument("--on-error", choices=("raise", "skip"), default="raise",
+                   help="an episode that cannot be read or stored: stop (default), or leave it out and "
+                        "list it (warning, and OUTPUT's metadata merged_from[].skipped)")  # fmt: skip
     p.set_defaults(run=run)
 
 
@@ -21,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
     """Merge and print what each input contributed."""
     from kinodb.merge import merge
 
-    result = merge(args.inputs, args.output, filter=args.filter, overwrite=args.force)
+    result = merge(args.inputs, args.output, filter=args.filter, overwrite=args.force, on_error=args.on_error)
     width = max(len(i.path) for i in result.inputs)
     for item in result.inputs:
         print(f"  {item.path:<{width}}  {item.kept:>7} / {item.total:<7} episodes  {item.frames:>9} frames")

@@ -89,6 +89,9 @@ def run(args: argparse.Namespace) -> int:
             size = "x".join("?" if c.get(k) is None else str(c[k]) for k in ("height", "width", "channels"))
             codec = c.get("codec") or "mixed codecs"
             print(f"  {name:<{width}}{size} {codec}" + (" (varies by episode)" if "?" in size else ""))
+    if not d["sections"]:
+        print("\nno sections: the file has no episodes")
+        return 0
     total = sum(s["bytes"] for s in d["sections"].values()) or 1
     rows: list[tuple[str, ...]] = [("SECTION", "KIND", "DTYPE/CODEC", "SHAPE", "BYTES", "SHARE")]
     for name, s in d["sections"].items():
@@ -121,7 +124,10 @@ def _table(rows: list[tuple[str, ...]], *, right: tuple[int, ...]) -> list[str]:
 def _dims_line(entry: dict[str, Any], section: dict[str, Any] | None) -> str:
     """``dim 7, float32``, or what differs between episodes and in how many of each."""
     if section is None:  # no episodes: only the schema speaks
-        return f"dim {entry.get('dim', '-')}, {entry.get('dtype', '-')}"
+        dim, dtype = entry.get("dim"), entry.get("dtype") or "dtype unknown"
+        if dim is None:  # recorded from the episodes written (a 0.1 file stores none)
+            return f"no episodes, so no dim; {dtype}"
+        return f"dim {dim}, {dtype}"
     dims: Counter[str] = Counter()
     dtypes: Counter[str] = Counter()
     for v in section["variants"]:

@@ -105,9 +105,9 @@ class LegacyDatabase(Database):
         if num_episodes != n or num_frames != total:
             # Informational in 0.1 (its reader counts index entries): the index is what holds.
             warnings.warn(
-                f"{self._path}: the header at byte offset 8 says {num_episodes} episodes and "
-                f"{num_frames} frames, the index has {n} episodes and {total} frames; reading the "
-                "index's (kino upgrade writes a file whose counts agree)",
+                f"{self._path}: the header at byte offset 8 says {_count(num_episodes, 'episode')} and "
+                f"{_count(num_frames, 'frame')}, the index has {_count(n, 'episode')} and "
+                f"{_count(total, 'frame')}; reading the index's (kino upgrade writes a file whose counts agree)",
                 stacklevel=3,
             )
         self._commit = Commit(0, index_offset, index_length, n, total, 0)
@@ -479,6 +479,10 @@ def _read_u16(mm: mmap.mmap, pos: int, end: int, where: str) -> tuple[int, int]:
     if pos + 2 > end:
         raise CorruptFileError(f"{where}: section ends early at byte offset {pos}")
     return _U16.unpack_from(mm, pos)[0], pos + 2
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _read_string(mm: mmap.mmap, pos: int, end: int, where: str) -> tuple[str, int]:

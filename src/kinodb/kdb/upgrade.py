@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import shlex
 import warnings
 from typing import Any
 
@@ -105,8 +106,9 @@ def upgrade(
                     if on_error == "skip":
                         skipped.append((i, str(exc)))
                         continue
-                    empty = int(db._cols["num_frames"][i]) == 0
-                    raise _episode_error(exc, source, os.fspath(dst), i, empty=empty) from exc
+                    raise episode_error(
+                        exc, source, i, _upgrade_advice(db, i, source, os.fspath(dst))
+                    ) from exc
             if not len(out):
                 raise ConversionError(
                     f"{source}: every one of its {len(db)} episodes was skipped; nothing was written"
@@ -119,15 +121,38 @@ def upgrade(
     return len(db) - len(skipped)
 
 
-def _episode_error(exc: Exception, src: str, dst: str, i: int, *, empty: bool) -> Exception:
-    """The error that stops an upgrade at episode ``i``, with the ways around it."""
-    skip = "to leave it out, rerun with --on-error skip (Python: on_error='skip')"
-    if isinstance(exc, FormatError):
-        return type(exc)(f"{exc}; {skip}")
-    advice = skip
-    if empty:
-        advice = f'to leave out every empty episode: kino merge {src} -o {dst} -F "num_frames > 0"; or {skip}'
+SKIP_ADVICE = "to leave it out, rerun with --on-error skip (Python: on_error='skip')"
+
+
+def episode_error(exc: Exception, src: str, i: int, advice: str) -> Exception:
+    """The error that stops a conversion (an upgrade, a merge) at episode ``i`` of ``src``:
+    what went wrong, where, and ``advice``, the ways around it."""
+    if isinstance(exc, FormatError):  # damage: the reader's message says what and where
+        text = str(exc)
+        if not text.startswith(src):
+            text = f"{src}: episode {i}: {text}"
+        return type(exc)(f"{text}; {advice}")
     return ConversionError(f"{src}: episode {i} cannot be stored as v1: {exc}; {advice}")
+
+
+def leave_out(db: Database, i: int) -> tuple[str, str] | None:
+    """``(what, KQL filter)`` for episode ``i``'s kind of problem when a filter can leave out
+    every episode that has it (0 frames, an fps that is not a positive number), else None."""
+    if int(db._cols["num_frames"][i]) == 0:
+        return "every empty episode", "num_frames > 0"
+    fps = float(db._cols["fps"][i])
+    if not (math.isfinite(fps) and fps > 0):
+        return "every episode whose fps is not a positive number", "fps > 0"
+    return None
+
+
+def _upgrade_advice(db: Database, i: int, src: str, dst: str) -> str:
+    """How to get past episode ``i``: a merge that leaves out its kind, or skipping it."""
+    kind = leave_out(db, i)
+    if kind is None:
+        return SKIP_ADVICE
+    what, kql = kind
+    return f'to leave out {what}: kino merge {shlex.quote(src)} -o {shlex.quote(dst)} -F "{kql}"; or {SKIP_ADVICE}'
 
 
 def _keep_dataset(info: dict[str, Any], schema: dict[str, Any], out: Writer, *, stale: bool) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -33,18 +34,23 @@ def validate(path: str | os.PathLike[str], *, decode_images: bool = True) -> Rep
     """Validate every checksum, offset, dimension and (optionally) image of a file.
 
     Never raises for a damaged file: problems are collected in the returned `Report`,
-    a header that is not a ``.kdb`` header among them.
+    a header that is not a ``.kdb`` header among them. What the reader only warns about
+    on open (a 0.1 header whose counts disagree with its index) is a warning item.
 
     Raises:
         OSError: ``path`` cannot be read at all (missing, a folder, no permission): there
             is no file to validate.
     """
     report = Report(os.fspath(path))
-    try:
-        db = open_database(path)
-    except KinodbError as exc:
-        report.errors.append(f"open: {exc}")
-        return report
+    with warnings.catch_warnings(record=True) as raised:
+        warnings.simplefilter("always")
+        try:
+            db = open_database(path)
+        except KinodbError as exc:
+            report.errors.append(f"open: {exc}")
+            return report
+        finally:
+            report.warnings.extend(str(w.message).removeprefix(f"{report.path}: ") for w in raised)
     with db:
         report.passed.append(f"header and commit record (format {db.version()})")
         try:

@@ -64,6 +64,16 @@ _ZEROS = bytes(ALIGN)
 SECTION_ALIGN = 8  # every element size divides it, so every section is aligned to its dtype
 
 
+class _RawFrames:
+    """uint8 frames ``(T, H, W, C)`` stored raw whatever the writer's ``image_codec``: a
+    copied camera's exact pixels (`Writer.copy_episode`)."""
+
+    __slots__ = ("frames",)
+
+    def __init__(self, frames: np.ndarray) -> None:
+        self.frames = frames
+
+
 def verify_payload(db: Database, i: int) -> tuple[int, int, int]:
     """Check episode ``i``'s payload of the v1 file ``db`` against its checksum: ``(offset,
     length, crc)``.
@@ -424,6 +434,9 @@ class Writer:
     ) -> tuple[str, tuple[int, int, int], list[bytes] | np.ndarray]:
         if not cam:
             raise WriterError("camera names must be non-empty strings")
+        forced = None
+        if isinstance(value, _RawFrames):
+            value, forced = value.frames, "raw"
         if isinstance(value, np.ndarray):
             frames = value if value.ndim == 4 else value[..., None] if value.ndim == 3 else None
             if frames is None or frames.dtype != np.uint8:
@@ -436,7 +449,7 @@ class Writer:
             h, w, c = frames.shape[1:]
             if c not in (1, 2, 3, 4) or h == 0 or w == 0:
                 raise WriterError(f"images[{cam!r}] has shape {frames.shape}; need H, W > 0 and 1-4 channels")
-            chosen = self._codec_for(cam)
+            chosen = forced or self._codec_for(cam)
             if chosen == "raw":
                 return "raw", (h, w, c), np.ascontiguousarray(frames)
             if chosen == "jpeg" and c not in (1, 3):
@@ -684,9 +697,12 @@ class Writer:
         The payload (arrays and encoded frames) is copied without decoding or
         re-encoding after its checksum is verified; the episode keeps its extra fields
         under their stored names, and ``extra`` fields are added to them (and override
-        them). Episodes of a format 0.1 file are converted through `add_episode`, keeping
-        their encoded frames (a camera that cannot keep them is stored raw, with a warning,
-        or a line appended to ``notes`` when it is given).
+        them). Episodes of a format 0.1 file are converted through `add_episode`: arrays
+        are copied exactly, JPEG/PNG frames keep their stored bytes and raw frames stay raw,
+        whatever the writer's ``image_codec``; a camera that cannot keep its bytes (frames
+        that mix codecs, or whose headers do not fit the camera) is stored raw, decoded
+        exactly, with a warning (or a line appended to ``notes`` when it is given) once
+        the episode is written.
 
         Raises:
             CorruptFileError: the source payload fails its checksum.
@@ -704,12 +720,18 @@ class Writer:
             said: list[str] = []
             args = episode_args(db, i, notes=said)
             args["extra"] = {**args["extra"], **added}
-            for note in said:
+            # Decoded frames are the episode's exact pixels: never re-encoded lossily.
+            args["images"] = {
+                name: _RawFrames(frames) if isinstance(frames, np.ndarray) else frames
+                for name, frames in args["images"].items()
+            }
+            index = self.add_episode(**args)
+            for note in said:  # once written: a note says what the file holds
                 if notes is None:
                     warnings.warn(f"{db.path()}: {note}", stacklevel=2)
                 else:
                     notes.append(f"{db.path()}: {note}")
-            return self.add_episode(**args)
+            return index
         off, length, crc = verify_payload(db, i)
         payload = db._map()[off : off + length].data
         sections = db._episode_sections(i)
