@@ -38,17 +38,21 @@ from __future__ import annotations
 import datetime as _dt
 import math
 import os
+import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
 from numpy.typing import NDArray
 
-from kinodb.errors import FormatError
+from kinodb.errors import FormatError, KinodbError
 from kinodb.kdb.reader import Database, open_database
 from kinodb.kdb.writer import Writer
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "NORMALIZE_MODES",
@@ -56,8 +60,10 @@ __all__ = [
     "STATS_VERSION",
     "STD_EPS",
     "Normalizer",
+    "check_defined",
     "compute_stats",
     "stats_to_json",
+    "undefined_features",
     "write_stats",
 ]
 
@@ -205,14 +211,17 @@ class Normalizer:
     ``eps`` are constant and map to 0 (`invert` returns their constant value).
 
     Parameters broadcast over leading dimensions: a ``(B, H, D)`` batch of a ``(D,)``
-    array works as is. Parameters are float64 and the map is computed in float64 (a
-    float32 center would cost precision on features with a large offset and a small
-    spread); outputs are float32.
+    array works as is. Parameters are float64. NumPy input (or anything array-like) is
+    mapped in float64 (a float32 center would cost precision on features with a large
+    offset and a small spread) and comes back as float32 NumPy. A torch tensor stays a
+    tensor of its floating dtype (float32 for an integer tensor): the map runs as torch
+    operations on its device (in at least float32), so it works on a GPU batch and on a
+    policy's output inside the autograd graph.
 
     Example:
         >>> norm = Normalizer.from_stats(db.stats()["arrays"]["actions"], "min_max")
         >>> y = norm.apply(batch["action"])
-        >>> x = norm.invert(y)
+        >>> x = norm.invert(policy(obs))  # a torch tensor: un-normalised on its device
     """
 
     mode: str
@@ -226,16 +235,9 @@ class Normalizer:
 
         Raises:
             ValueError: ``mode`` is unknown, a statistic is missing, or a feature had no
-                finite value (its statistics are undefined).
+                finite value (its statistics are undefined; `undefined_features` lists them).
         """
-        if mode not in NORMALIZE_MODES:
-            raise ValueError(f"normalize mode must be one of {NORMALIZE_MODES}, got {mode!r}")
-        keys = ("mean", "std") if mode == "mean_std" else ("min", "max")
-        missing = [k for k in keys if k not in stats]
-        if missing:
-            raise ValueError(f"statistics lack {missing}; compute them with: kino stats PATH")
-        a, b = (np.array([np.nan if v is None else v for v in np.asarray(stats[k], object).reshape(-1)],
-                         np.float64) for k in keys)  # fmt: skip
+        a, b = _parameters(stats, mode)
         bad = np.flatnonzero(~(np.isfinite(a) & np.isfinite(b)))
         if len(bad):
             raise ValueError(f"features {bad.tolist()} had no finite value; their statistics are undefined")
@@ -251,15 +253,143 @@ class Normalizer:
             shape = (len(a),)
         return cls(mode, *(v.reshape(shape) for v in (center, scale, inverse)))
 
-    def apply(self, x: Any) -> NDArray[np.float32]:
-        """Normalise ``x`` (shape ``(..., *feature shape)``)."""
+    @overload
+    def apply(self, x: torch.Tensor) -> torch.Tensor: ...
+    @overload
+    def apply(self, x: Any) -> NDArray[np.float32]: ...
+    def apply(self, x: Any) -> Any:
+        """Normalise ``x`` (shape ``(..., *feature shape)``): float32 NumPy, or for a torch
+        tensor a tensor on its device."""
+        if _is_tensor(x):
+            t = _working(x)
+            hi, lo = self._center(t)
+            d = t - hi if lo is None else (t - hi) - lo
+            return _back(d * self._like(self.scale, t), x)
         out: NDArray[np.float32] = ((np.asarray(x, np.float64) - self.center) * self.scale).astype(np.float32)
         return out
 
-    def invert(self, y: Any) -> NDArray[np.float32]:
-        """Undo `apply`."""
+    @overload
+    def invert(self, y: torch.Tensor) -> torch.Tensor: ...
+    @overload
+    def invert(self, y: Any) -> NDArray[np.float32]: ...
+    def invert(self, y: Any) -> Any:
+        """Undo `apply`; a torch tensor (a policy's output, say) stays a tensor on its device,
+        in the autograd graph."""
+        if _is_tensor(y):
+            t = _working(y)
+            hi, lo = self._center(t)
+            d = t * self._like(self.inverse, t)
+            return _back((d if lo is None else d + lo) + hi, y)
         out: NDArray[np.float32] = (np.asarray(y, np.float64) * self.inverse + self.center).astype(np.float32)
         return out
+
+    @staticmethod
+    def _like(param: NDArray[Any], t: torch.Tensor) -> torch.Tensor:
+        """A parameter as a constant of ``t``'s dtype on ``t``'s device."""
+        import torch
+
+        return torch.as_tensor(param, dtype=t.dtype, device=t.device)
+
+    def _center(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The center for ``t``: in float64 as is; in float32 as a sum ``hi + lo`` of two
+        float32 constants, so that a feature with a large offset and a small spread keeps
+        the precision of the float64 map (``x - hi`` is exact for ``x`` near the center)."""
+        import torch
+
+        if t.dtype == torch.float64:
+            return self._like(self.center, t), None
+        hi = self.center.astype(np.float32)
+        lo = (self.center - hi.astype(np.float64)).astype(np.float32)
+        return self._like(hi, t), self._like(lo, t)
+
+
+def undefined_features(stats: Mapping[str, Any], mode: str) -> list[int]:
+    """Features (flat positions) whose ``mode`` statistics in one array's entry are not
+    finite: no finite value was found for them, so they cannot be normalised.
+
+    Raises:
+        ValueError: ``mode`` is unknown or a statistic it needs is missing.
+    """
+    a, b = _parameters(stats, mode)
+    bad: list[int] = np.flatnonzero(~(np.isfinite(a) & np.isfinite(b))).tolist()
+    return bad
+
+
+def check_defined(
+    stats: Mapping[str, Any], mode: str, *, name: str, where: str, path: str, schema: Mapping[str, Any]
+) -> None:
+    """Refuse one array's statistics (``name``'s, in the file ``path``, described as
+    ``where``) when ``mode`` cannot use some feature: no finite value was found for it.
+    Each is named by position and, from ``schema`` (the array's schema entry), by name
+    and component.
+
+    Raises:
+        KinodbError: a feature's statistics are undefined, or a statistic is missing.
+    """
+    try:
+        bad = undefined_features(stats, mode)
+    except ValueError as exc:
+        raise KinodbError(f"{where}: statistics of {name}: {exc}") from None
+    if not bad:
+        return
+    labels = [_feature_label(f, schema) for f in bad[:8]]
+    more = f" and {len(bad) - 8} more" if len(bad) > 8 else ""
+    raise KinodbError(
+        f"{where}: normalize={mode!r} cannot normalise {name}: feature{'s' if len(bad) > 1 else ''} "
+        f"{', '.join(labels)}{more} had no finite value when its statistics were computed (every value NaN "
+        f"or infinite), so its {'mean and std' if mode == 'mean_std' else 'min and max'} are undefined; "
+        f"repair or drop those values (re-ingest without that element, then run: kino stats {path}), or "
+        "pass normalize=None and normalise the other features yourself"
+    )
+
+
+def _feature_label(f: int, schema: Mapping[str, Any]) -> str:
+    """Feature ``f``: its position, with its name and component when the schema gives them."""
+    parts = []
+    names = schema.get("names")
+    if isinstance(names, list) and f < len(names) and isinstance(names[f], str):
+        parts.append(repr(names[f]))
+    components = schema.get("components")
+    if isinstance(components, Mapping):
+        for key, span in components.items():
+            if isinstance(span, (list, tuple)) and len(span) == 2 and span[0] <= f < span[1]:
+                parts.append(f"{key}[{f - span[0]}]")
+                break
+    return f"{f} ({', '.join(parts)})" if parts else str(f)
+
+
+def _parameters(stats: Mapping[str, Any], mode: str) -> tuple[F64, F64]:
+    """The two statistics ``mode`` uses (mean and std, or min and max), flat float64, NaN for null."""
+    if mode not in NORMALIZE_MODES:
+        raise ValueError(f"normalize mode must be one of {NORMALIZE_MODES}, got {mode!r}")
+    keys = ("mean", "std") if mode == "mean_std" else ("min", "max")
+    missing = [k for k in keys if k not in stats]
+    if missing:
+        raise ValueError(f"statistics lack {missing}; compute them with: kino stats PATH")
+    a, b = (np.array([np.nan if v is None else v for v in np.asarray(stats[k], object).reshape(-1)],
+                     np.float64) for k in keys)  # fmt: skip
+    return a, b
+
+
+def _is_tensor(x: Any) -> bool:
+    """Whether ``x`` is a torch tensor (torch is not imported for that: a tensor means it is)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, torch.Tensor)
+
+
+def _working(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in the dtype the map runs in: its own, at least float32 (half precision would
+    round the parameters)."""
+    import torch
+
+    if not t.is_floating_point():
+        return t.to(torch.float32)
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
+def _back(out: torch.Tensor, given: torch.Tensor) -> torch.Tensor:
+    """The result in the given tensor's floating dtype (float32 for an integer tensor)."""
+    return out.to(given.dtype) if given.is_floating_point() else out
 
 
 # -- arrays and chunks --------------------------------------------------------------------

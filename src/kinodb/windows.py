@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -37,6 +37,9 @@ from kinodb.kdb._layout import KIND_ARRAY
 from kinodb.kdb.reader import Database
 from kinodb.kql.ast import render_value
 from kinodb.mixture import Mixture
+
+if TYPE_CHECKING:
+    from kinodb.stats import Normalizer
 
 __all__ = ["FrameWindows", "WindowSpec", "stack_groups"]
 
@@ -652,15 +655,22 @@ class Normalizers:
     """Per-source normalisers of states and actions from each file's stored statistics.
 
     ``used`` names the arrays the dataset hands out (``states``, ``actions``); each needs
-    stored statistics, unless a source's episodes hold it with no features at all.
+    stored statistics, unless a source's episodes hold it with no features at all, and
+    each of its features a finite statistic.
+
+    Raises:
+        KinodbError: a source lacks the statistics, or a feature has none (no finite
+            value): the message names the file, the array, the feature and the fix.
     """
 
     def __init__(
         self, sources: Sequence[_Source], mode: str, used: Sequence[str] = ("states", "actions")
     ) -> None:
-        from kinodb.stats import Normalizer  # deferred: only normalising datasets need it
+        from kinodb.stats import Normalizer, check_defined  # deferred: only normalising datasets need them
 
-        self._by_source: dict[int, dict[str, Any]] = {}  # by the source's id (`_Source.index`)
+        self.mode = mode
+        self._by_source: dict[int, dict[str, Normalizer]] = {}  # by the source's id (`_Source.index`)
+        self._paths: dict[int, str] = {}
         keys = {"states": "state", "actions": "action"}
         for source in sources:
             stored = source.db.stats()
@@ -681,9 +691,36 @@ class Normalizers:
                     + f"; run: kino stats {path} (a file whose episodes differ in dims has none: keep such "
                     "datasets as separate files in a Mixture), or leave normalize unset"
                 )
+            for name in used:
+                if name in stats:
+                    check_defined(stats[name], mode, name=name, where=source.where, path=source.db.path(),
+                                  schema=source.db.schema().get(name) or {})  # fmt: skip
             self._by_source[source.index] = {
                 keys[name]: Normalizer.from_stats(stats[name], mode) for name in used if name in stats
             }
+            self._paths[source.index] = source.db.path()
+
+    def by_source(self) -> dict[int, dict[str, Normalizer]]:
+        """Each source's `kinodb.stats.Normalizer` per output key (``"state"``,
+        ``"action"``), by the source's id (the ``source`` of samples)."""
+        return {s: dict(norms) for s, norms in self._by_source.items()}
+
+    def differences(self, other: Normalizers) -> list[str]:
+        """Where ``other`` (made again from the files) maps differently from these, as
+        ``"PATH: state"`` entries; empty when every parameter is equal."""
+        out = []
+        for s, norms in self._by_source.items():
+            now = other._by_source.get(s, {})
+            for key, norm in norms.items():
+                got = now.get(key)
+                if (
+                    got is None
+                    or other.mode != self.mode
+                    or not all(np.array_equal(getattr(norm, k), getattr(got, k)) for k in ("center", "scale"))
+                ):
+                    out.append(f"{self._paths[s]}: {key}")
+            out += [f"{self._paths[s]}: {key}" for key in now if key not in norms]
+        return out
 
     def apply(self, source: int, arrays: dict[str, Any], *, zero_pad: bool = False) -> None:
         """Normalise ``arrays``' states and actions in place; with ``zero_pad`` the entries

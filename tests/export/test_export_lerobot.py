@@ -734,3 +734,78 @@ def test_image_statistics_keep_no_full_size_frames(tmp_path: Path) -> None:
     picked = lerobot_export._pick(frames, np.array([1, 5, 9]), 0)
     assert picked.shape == (2, 120, 160, 3) and not np.shares_memory(picked, frames)
     assert picked.base is None or picked.base.nbytes == picked.nbytes  # holds only the samples
+
+
+# -- non-finite values and statistics left out --------------------------------------------------
+
+
+def _strict_json(path: Path) -> Any:
+    def refuse(token: str) -> None:
+        raise AssertionError(f"{path} holds the non-JSON token {token}")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def test_statistics_leave_non_finite_values_out_as_kino_stats_does(tmp_path: Path) -> None:
+    import warnings
+
+    from kinodb.stats import compute_stats
+
+    rng = np.random.default_rng(4)
+    states = [rng.normal(size=(T, 4)).astype(np.float32) for T in (10, 7, 12)]
+    states[0][2, 0], states[1][4, 1], states[2][[0, 5], 0] = np.inf, np.nan, [-np.inf, np.nan]
+    states[1][:, 2] = np.nan  # element 2 has finite values in episodes 0 and 2 only
+    for s in states:
+        s[:, 3] = np.nan  # element 3 has none at all
+    path = tmp_path / "nan.kdb"
+    with kinodb.Writer(path) as w:
+        for s in states:
+            w.add_episode(actions=rng.normal(size=(len(s), 2)).astype(np.float32), states=s, fps=FPS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no bare NumPy RuntimeWarning on the way
+        export(path, tmp_path / "lr", format="lerobot")
+    got = _strict_json(tmp_path / "lr/meta/stats.json")["observation.state"]
+    want = compute_stats(path, arrays=["states"])["arrays"]["states"]
+    assert got["count"] == [29]
+    for key in ("mean", "std", "min", "max"):
+        assert got[key][3] is None, key
+        np.testing.assert_allclose(got[key][:3], want[key][:3], rtol=1e-9, err_msg=key)
+    x = np.concatenate(states).astype(np.float64)
+    for f in range(3):
+        col = x[np.isfinite(x[:, f]), f]
+        np.testing.assert_allclose(got["mean"][f], col.mean(), rtol=1e-12)
+        np.testing.assert_allclose(got["std"][f], col.std(), rtol=1e-9)
+    assert all(v is None for key in ("q01", "q50", "q99") for v in got[key][3:])
+    table = _episodes_table(tmp_path / "lr")  # per episode: over its finite values, NaN where it had none
+    means = np.asarray(table.column("stats/observation.state/mean").to_pylist())
+    np.testing.assert_allclose(means[1, 0], states[1][:, 0].astype(np.float64).mean(), rtol=1e-12)
+    np.testing.assert_allclose(
+        means[0, 0], np.delete(states[0][:, 0], 2).astype(np.float64).mean(), rtol=1e-12
+    )
+    assert np.isnan(means[1, 2]) and np.isnan(means[:, 3]).all()
+
+
+def test_statistics_of_a_file_that_lost_episodes_are_left_out_saying_it_changed(tmp_path: Path) -> None:
+    from kinodb.kdb.upgrade import upgrade
+    from kinodb.stats import compute_stats, write_stats
+
+    path, smaller = tmp_path / "five.kdb", tmp_path / "four.kdb"
+    rng = np.random.default_rng(9)
+    with kinodb.Writer(path) as w:
+        for _ in range(5):
+            w.add_episode(actions=rng.normal(size=(4, 2)).astype(np.float32), fps=FPS)
+    write_stats(path, compute_stats(path))
+    with kinodb.open(path) as db:
+        raw = db.read_array(1, "actions").tobytes()
+    data = bytearray(path.read_bytes())
+    data[bytes(data).find(raw)] ^= 0xFF  # episode 1 no longer matches its checksum
+    path.write_bytes(bytes(data))
+    with pytest.warns(UserWarning):
+        upgrade(path, smaller, on_error="skip")
+    export(smaller, tmp_path / "lr", format="lerobot")
+    meta = _strict_json(tmp_path / "lr/meta/kinodb.json")
+    assert "stats" not in meta["dataset"]
+    assert meta["export"]["stats_left_out"] == (
+        "the file's statistics are stale: the file changed after they were computed (20 frames in 5 episodes "
+        "then, 16 frames in 4 episodes now); run kino stats on it"
+    )

@@ -432,3 +432,77 @@ def test_an_episode_that_trades_cameras_for_extra_arrays_reads_them_after_anothe
         assert np.array_equal(second["lang"], extra["lang"]) and np.array_equal(
             second["joint_vel"], extra["joint_vel"]
         )
+
+
+def test_gather_reads_the_strided_rewards_of_a_format_0_1_file(tmp_path: Path) -> None:
+    from _legacy_encoder import encode, random_episode
+
+    rng = np.random.default_rng(5)
+    eps = [random_episode(rng, T, 3, 2) for T in (20, 7, 13)]
+    path = tmp_path / "old.kdb"
+    path.write_bytes(encode(eps))
+    with kinodb.open(path) as db:
+        assert db.version() == "0.1" and not db.read_array(0, "rewards").flags.c_contiguous
+        for name, key in (("rewards", "rewards"), ("actions", "actions"), ("states", "states")):
+            for idx in (None, [2, 0]):
+                picked = [eps[i] for i in (range(3) if idx is None else idx)]
+                np.testing.assert_array_equal(
+                    db.gather(name, idx), np.concatenate([getattr(e, key) for e in picked])
+                )
+        out = np.empty(40, np.float32)
+        assert db.gather("rewards", out=out) is out
+        np.testing.assert_array_equal(out, np.concatenate([e.rewards for e in eps]))
+
+
+def _damaged_upgrade(tmp_path: Path) -> Path:
+    """A file of 5 episodes (100 frames) with statistics, upgraded leaving out a damaged one."""
+    from kinodb.kdb.upgrade import upgrade
+    from kinodb.stats import compute_stats, write_stats
+
+    path, out = tmp_path / "five.kdb", tmp_path / "four.kdb"
+    rng = np.random.default_rng(8)
+    with kinodb.Writer(path) as w:
+        for _ in range(5):
+            w.add_episode(actions=rng.normal(size=(20, 2)).astype(np.float32))
+    write_stats(path, compute_stats(path))
+    with kinodb.open(path) as db:
+        raw = db.read_array(3, "actions").tobytes()
+    data = bytearray(path.read_bytes())
+    at = bytes(data).find(raw)
+    data[at] ^= 0xFF  # episode 3's payload no longer matches its checksum
+    path.write_bytes(bytes(data))
+    with pytest.warns(UserWarning):
+        assert upgrade(path, out, on_error="skip") == 4
+    return out
+
+
+def test_stale_statistics_say_the_file_changed_when_episodes_were_left_out(tmp_path: Path) -> None:
+    out = _damaged_upgrade(tmp_path)
+    with kinodb.open(out) as db:
+        with pytest.raises(kinodb.FormatError) as err:
+            db.stats()
+        msg = str(err.value)
+        assert (
+            f"the statistics stored in {out} are stale: the file changed after they were computed (100 frames "
+            f"in 5 episodes then, 80 frames in 4 episodes now); run: kino stats {out}"
+        ) == msg
+        with pytest.warns(UserWarning, match=r"100 frames in 5 episodes then, 80 frames in 4 episodes now"):
+            assert db.stats(allow_stale=True)["stale"] is True
+
+
+def test_stale_statistics_without_episode_counts_name_the_frames(tmp_path: Path) -> None:
+    from kinodb.kdb.reader import stale_stats
+
+    assert stale_stats({"num_frames": 10, "num_episodes": 2}, 10, 2) is None
+    assert stale_stats({"num_frames": 10}, 10, 2) is None  # counts of episodes are optional
+    assert (
+        stale_stats({"num_frames": 10}, 12, 3)
+        == "the file changed after they were computed (10 frames then, 12 frames now)"
+    )
+    assert stale_stats({"num_frames": 10, "num_episodes": 1}, 12, 2) == (
+        "the file changed after they were computed (10 frames in 1 episode then, 12 frames in 2 episodes now)"
+    )
+    assert (
+        stale_stats({"num_frames": 10, "stale": True}, 10, 2)
+        == "the file's episodes changed after they were computed"
+    )

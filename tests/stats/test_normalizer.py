@@ -88,3 +88,67 @@ def test_list_statistics_and_errors() -> None:
         Normalizer.from_stats({"mean": [0.0], "std": [1.0]}, "min_max")
     with pytest.raises(ValueError, match=r"features \[1\] had no finite value"):
         Normalizer.from_stats({"min": [0.0, None], "max": [1.0, None]}, "min_max")
+
+
+# -- torch tensors ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["mean_std", "min_max"])
+def test_tensors_stay_tensors_and_match_the_numpy_map(
+    stored: tuple[dict[str, Any], np.ndarray], mode: str
+) -> None:
+    torch = pytest.importorskip("torch")
+    stats, x = stored
+    norm = Normalizer.from_stats(stats["arrays"]["actions"], mode)
+    batch = x[:48].reshape(4, 12, 4)
+    y = norm.apply(torch.from_numpy(batch))
+    assert isinstance(y, torch.Tensor) and y.dtype == torch.float32 and y.shape == (4, 12, 4)
+    # float32 on the tensor's device, yet as close to the float64 map as float32 rounding allows
+    # (the center is split in two float32 parts: feature 3 has mean 5 and std 1e-3)
+    np.testing.assert_allclose(y.numpy(), norm.apply(batch), rtol=0, atol=1e-6)
+    back = norm.invert(y)
+    assert isinstance(back, torch.Tensor) and back.dtype == torch.float32
+    np.testing.assert_allclose(back.numpy(), norm.invert(y.numpy()), rtol=0, atol=1e-6)
+    assert isinstance(norm.apply(batch), np.ndarray) and isinstance(norm.invert(batch), np.ndarray)
+    wide = norm.invert(torch.from_numpy(batch.astype(np.float64)))  # float64 stays float64
+    assert wide.dtype == torch.float64
+    np.testing.assert_allclose(wide.numpy(), batch * norm.inverse + norm.center, rtol=1e-12)
+    assert norm.apply(torch.ones(2, 4, dtype=torch.int64)).dtype == torch.float32
+    assert norm.invert(torch.zeros(3, 4, dtype=torch.bfloat16)).dtype == torch.bfloat16
+
+
+def test_a_policy_output_is_inverted_inside_the_autograd_graph(
+    stored: tuple[dict[str, Any], np.ndarray],
+) -> None:
+    torch = pytest.importorskip("torch")
+    stats, _ = stored
+    norm = Normalizer.from_stats(stats["arrays"]["actions"], "mean_std")
+    policy = torch.nn.Linear(4, 4)
+    out = policy(torch.randn(8, 4))  # requires grad: no NumPy round trip could take it
+    actions = norm.invert(out)
+    assert actions.requires_grad and actions.grad_fn is not None and actions.dtype == torch.float32
+    actions.sum().backward()
+    assert policy.bias.grad is not None
+    torch.testing.assert_close(policy.bias.grad, torch.from_numpy(8 * norm.inverse).float())
+    wide = out.detach().double().requires_grad_()  # float64: the round trip is exact to rounding
+    torch.testing.assert_close(norm.apply(norm.invert(wide))[:, [0, 1, 3]], wide[:, [0, 1, 3]])
+
+
+def test_tensors_on_another_device_are_mapped_there(stored: tuple[dict[str, Any], np.ndarray]) -> None:
+    torch = pytest.importorskip("torch")
+    stats, _ = stored
+    norm = Normalizer.from_stats(stats["arrays"]["actions"], "min_max")
+    y = norm.invert(torch.empty(5, 4, device="meta"))  # no data: only where and how it would run
+    assert y.device.type == "meta" and y.shape == (5, 4) and y.dtype == torch.float32
+
+
+@pytest.mark.gpu
+def test_cuda_tensors_are_mapped_on_the_gpu(stored: tuple[dict[str, Any], np.ndarray]) -> None:
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    stats, x = stored
+    norm = Normalizer.from_stats(stats["arrays"]["actions"], "mean_std")
+    y = norm.apply(torch.from_numpy(x).cuda())
+    assert y.is_cuda
+    np.testing.assert_allclose(y.cpu().numpy(), norm.apply(x), rtol=1e-5, atol=1e-5)

@@ -97,7 +97,11 @@ def test_legacy_files_need_an_upgrade_unless_dry_run(
     assert main(["stats", str(path)]) == 1
     assert "kino upgrade" in capsys.readouterr().err
     assert main(["stats", str(path), "--dry-run"]) == 0
-    assert "actions: float32 (3,), 5 frames" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "actions: float32 (3,), 5 frames" in out and "rewards: float32 (), 5 frames" in out
+    assert "cannot be read as one array" not in out
+    assert main(["stats", str(path), "--dry-run", "--json"]) == 0
+    assert sorted(json.loads(capsys.readouterr().out)["stats"]["arrays"]) == ["actions", "rewards", "states"]
 
 
 def test_arrays_add_to_the_stored_statistics_while_they_describe_the_file(

@@ -196,3 +196,6 @@ def test_legacy_files_can_be_summarised(tmp_path: Path) -> None:
     stats = compute_stats(path, chunk_frames=4)
     check(stats["arrays"]["actions"], np.concatenate([ep.actions for ep in eps]))
     check(stats["arrays"]["states"], np.concatenate([ep.states for ep in eps]))
+    # 0.1 rewards are strided views into interleaved records, gathered through a contiguous copy
+    check(stats["arrays"]["rewards"], np.concatenate([ep.rewards for ep in eps]).reshape(-1, 1))
+    assert stats["skipped"] == {"is_terminal": "dtype bool is not floating point"}

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 from typing import Any
 
 from kinodb._cli._text import finite, fit
-from kinodb.kdb.reader import open_database
+from kinodb.kdb.reader import Database, open_database, stale_stats
 
 
 def register(sub: Any) -> None:
@@ -26,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
             out: dict[str, Any] = {
                 "path": db.path(), "format_version": db.version(),
                 "num_episodes": db.num_episodes(), "num_frames": db.num_frames(),
-                "dataset": db.dataset_info(),
+                "dataset": db.dataset_info(), "statistics": statistics(db),
             }  # fmt: skip
             if args.episodes:
                 out["episodes"] = [db.read_meta(i) for i in range(len(db))]
@@ -47,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
                 + ", ".join(f"{fit(e, 40, pad=False)} {c}" for e, c in zip(emb, counts, strict=True))
             )
             print(f"  fps: {_fps(table['fps'])}")
+        print(f"  statistics: {_statistics_line(statistics(db))}")
         if args.episodes:
             print(
                 f"\n{'ID':>6}  {fit('EMBODIMENT', 14)}{'FRAMES':>7}{'ACT':>5}{'STATE':>6}  {'SUCCESS':<8}TASK"
@@ -57,6 +59,33 @@ def run(args: argparse.Namespace) -> int:
                 print(f"{m['episode_id']:>6}  {fit(m['embodiment'], 13)} {m['num_frames']:>7}"
                       f"{m['action_dim']:>5}{m['state_dim']:>6}  {succ:<8}{fit(m['task'], 40, pad=False)}")  # fmt: skip
     return 0
+
+
+def statistics(db: Database) -> dict[str, Any]:
+    """Whether normalisation statistics are stored, for which arrays, and whether they
+    still describe the file: ``{"stored", "arrays", "computed", "stale", "why_stale",
+    "refresh"}`` (``refresh``: the command that computes them again, or None when they
+    are up to date; ``why_stale``: None unless stale)."""
+    refresh = f"kino stats {shlex.quote(db.path())}"
+    stored = db.dataset_info().get("stats") if not db.version().startswith("0.") else None
+    if not isinstance(stored, dict) or not isinstance(stored.get("arrays"), dict):
+        legacy = db.version().startswith("0.")
+        return {"stored": False, "arrays": [], "computed": None, "stale": False, "why_stale": None,
+                "refresh": f"kino upgrade {shlex.quote(db.path())} NEW.kdb, then: kino stats NEW.kdb"
+                if legacy else refresh}  # fmt: skip
+    why = stale_stats(stored, db.num_frames(), len(db))
+    return {"stored": True, "arrays": list(stored["arrays"]), "computed": stored.get("computed"),
+            "stale": why is not None, "why_stale": why, "refresh": None if why is None else refresh}  # fmt: skip
+
+
+def _statistics_line(st: dict[str, Any]) -> str:
+    if not st["stored"]:
+        return f"none stored (datasets' normalize= needs them); run: {st['refresh']}"
+    arrays = ", ".join(st["arrays"]) or "no arrays"
+    when = f", computed {st['computed']}" if st["computed"] else ""
+    if st["stale"]:
+        return f"{arrays}{when}; stale: {st['why_stale']}; run: {st['refresh']}"
+    return f"{arrays}{when}, up to date"
 
 
 def _fps(values: Any) -> str:

@@ -20,7 +20,7 @@ import numpy as np
 from kinodb._optional import require
 from kinodb.errors import ConversionError
 from kinodb.kdb._stale import stale_temps
-from kinodb.kdb.reader import Database
+from kinodb.kdb.reader import Database, stale_stats
 
 WINDOW = 32  # camera frames decoded (and per-frame arrays copied) at a time
 _SAFE_CHARS = frozenset(string.ascii_letters + string.digits + "-_.")
@@ -175,9 +175,9 @@ def exported_dataset(
     stats = info.get("stats")
     if not isinstance(stats, dict):
         return info, facts
-    counted = (stats.get("num_frames", db.num_frames()), stats.get("num_episodes", len(db)))
-    if stats.get("stale") or counted != (db.num_frames(), len(db)):  # as Database.stats() judges
-        why = "the file's statistics are stale (episodes were added after they were computed): run kino stats on it"
+    changed = stale_stats({"num_frames": db.num_frames(), **stats}, db.num_frames(), len(db))
+    if changed is not None:  # as Database.stats() judges
+        why = f"the file's statistics are stale: {changed}; run kino stats on it"
     elif len(set(positions)) != len(db):
         why = (
             f"the file's statistics cover all {len(db)} episodes and this export holds {len(positions)}; for "

@@ -562,8 +562,9 @@ class _Exporter:
         write_json(os.path.join(meta, "info.json"), self._info(), indent=4)
         dataset_stats = {key: stats_.aggregate(per_episode) for key, per_episode in self._stats.items()}
         with open(os.path.join(meta, "stats.json"), "w", encoding="utf-8", newline="\n") as fh:
-            # NaN stays the bare token NaN, which LeRobot's json.load reads back as a float.
-            json.dump(stats_.to_lists(dataset_stats), fh, indent=4, ensure_ascii=False)
+            # Non-finite values are left out of the statistics (an element with none finite is
+            # null), so the file is strict JSON.
+            json.dump(stats_.to_lists(dataset_stats), fh, indent=4, ensure_ascii=False, allow_nan=False)
         self._pq.write_table(tasks_table(list(self._tasks), self._pa), os.path.join(meta, "tasks.parquet"))
         self._write_episodes()
         write_json(os.path.join(meta, "kinodb.json"), self._kinodb(db, positions, facts), indent=1)

@@ -197,8 +197,8 @@ class Database:
 
         Raises:
             UnsupportedVersionError: the file is a legacy format 0.x file.
-            FormatError: no statistics are stored, or episodes were appended after they
-                were computed (pass ``allow_stale=True`` to get them anyway, with a warning).
+            FormatError: no statistics are stored, or the file's episodes changed after
+                they were computed (pass ``allow_stale=True`` to get them anyway, with a warning).
         """
         path = self._path
         if self.version().startswith("0."):
@@ -210,13 +210,9 @@ class Database:
         if not isinstance(stored, dict) or not isinstance(stored.get("arrays"), dict):
             raise FormatError(f"no statistics stored in {path}; run: kino stats {path}")
         out = copy.deepcopy(stored)
-        counted = (out.get("num_frames"), out.get("num_episodes", self._n))
-        stale = bool(out.get("stale")) or counted != (self.num_frames(), self._n)
-        if stale:
-            msg = (
-                f"the statistics stored in {path} are stale: episodes were added after they were "
-                f"computed ({out.get('num_frames')} frames then, {self.num_frames()} now); run: kino stats {path}"
-            )
+        why = stale_stats(out, self.num_frames(), self._n)
+        if why is not None:
+            msg = f"the statistics stored in {path} are stale: {why}; run: kino stats {path}"
             if not allow_stale:
                 raise FormatError(msg)
             warnings.warn(msg, stacklevel=2)
@@ -574,7 +570,9 @@ class Database:
                     f"episode {i}: {name} is {src.dtype} {src.shape}; episode {int(idx[0])} has "
                     f"{first.dtype} {first.shape[1:]} per frame; gather needs them alike"
                 )
-            outb[pos : pos + src.nbytes] = src.reshape(-1).view(np.uint8)
+            # A format 0.1 file's 1-D arrays (rewards) are strided views into interleaved
+            # records: their bytes are copied out contiguously first (a no-op otherwise).
+            outb[pos : pos + src.nbytes] = np.ascontiguousarray(src).reshape(-1).view(np.uint8)
             pos += src.nbytes
         return out
 
@@ -726,6 +724,24 @@ class Database:
 
     def __repr__(self) -> str:
         return f"<kinodb.Database {self._path!r} ({self._n} episodes, format {self.version()})>"
+
+
+def stale_stats(stats: Mapping[str, Any], num_frames: int, num_episodes: int) -> str | None:
+    """Why stored statistics ``stats`` no longer describe a file of ``num_frames`` frames in
+    ``num_episodes`` episodes (their counts disagree, or a writer marked them stale), or None."""
+    frames, episodes = stats.get("num_frames"), stats.get("num_episodes")
+    same = frames == num_frames and episodes in (None, num_episodes)
+    if same and not stats.get("stale"):
+        return None
+    if same:  # marked by a writer, yet the counts agree: episodes were replaced
+        return "the file's episodes changed after they were computed"
+    then = f"{frames} frames" + ("" if episodes is None else f" in {_count(episodes, 'episode')}")
+    now = f"{num_frames} frames" + ("" if episodes is None else f" in {_count(num_episodes, 'episode')}")
+    return f"the file changed after they were computed ({then} then, {now} now)"
+
+
+def _count(n: Any, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def extra_key(name: str) -> str:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -16,6 +18,9 @@ from kinodb.torch._collate import Batch, MixedBatch, PadSpec, Sample
 from kinodb.windows import FrameWindows, _frame_data, _open_sources, _Source, stack_groups
 from kinodb.windows import Normalizers as _Normalizers
 from kinodb.windows import normalized_arrays as _used
+
+if TYPE_CHECKING:
+    from kinodb.stats import Normalizer
 
 __all__ = ["KinoDataset", "KinoFrameDataset", "KinoMapDataset"]
 
@@ -137,9 +142,24 @@ def pad_spec(fw: FrameWindows, *, normalized: bool) -> PadSpec | None:
     return PadSpec(dict(widest), dtypes)
 
 
-def file_identities(sources: Sequence[_Source]) -> list[tuple[str, tuple[int, ...] | None]]:
-    """Each source file's path and committed state (generation, index, counts, index CRC)."""
-    return [(source.db.path(), _commit_of(source.db)) for source in sources]
+@dataclass(frozen=True, slots=True)
+class FileState:
+    """What a dataset relies on in one of its files: the commit it read, a digest of the
+    file's episodes (their counts and each one's frames, payload place, size and checksum,
+    from the index), and a digest of the positions of those it keeps."""
+
+    path: str
+    commit: tuple[int, ...] | None
+    episodes: bytes | None  # None where the index has no payload columns (format 0.1)
+    kept: bytes
+
+
+def file_identities(sources: Sequence[_Source]) -> list[FileState]:
+    """Each source file's path, committed state, episodes and kept episodes."""
+    return [
+        FileState(source.db.path(), _commit_of(source.db), _episodes_of(source.db), _kept_of(source))
+        for source in sources
+    ]
 
 
 def _commit_of(db: Any) -> tuple[int, ...] | None:
@@ -149,32 +169,107 @@ def _commit_of(db: Any) -> tuple[int, ...] | None:
     return (c.generation, c.index_offset, c.index_length, c.num_episodes, c.num_frames, c.index_crc)
 
 
-def check_unchanged(files: list[tuple[str, tuple[int, ...] | None]], sources: Sequence[_Source]) -> None:
-    """Raise if a file re-opened (in a DataLoader worker) is not the one the dataset was
-    made from: rewritten, replaced or appended to since. ``sources`` are the re-opened
-    ones; a file among ``files`` but not among them is opened here to look."""
+def _episodes_of(db: Any) -> bytes | None:
+    """A digest of ``db``'s episodes from its index columns (O(episodes), no payload read):
+    equal for two commits when every episode lies where it did with the same bytes, as
+    after a commit that rewrote only the dataset JSON (``kino stats``)."""
+    try:
+        cols = db._cols
+        columns = [cols[k] for k in ("num_frames", "payload_offset", "payload_length", "payload_crc")]
+    except (KeyError, AttributeError):
+        return None
+    h = hashlib.blake2b(digest_size=16)
+    h.update(np.array([db.num_episodes(), db.num_frames()], "<i8").tobytes())
+    for col in columns:
+        h.update(np.ascontiguousarray(col).tobytes())
+    return h.digest()
+
+
+def _kept_of(source: _Source) -> bytes:
+    return hashlib.blake2b(np.asarray(source.kept, "<i8").tobytes(), digest_size=16).digest()
+
+
+def check_unchanged(files: list[FileState], sources: Sequence[_Source] | None) -> list[str]:
+    """Raise if a file re-opened (in a DataLoader worker) does not hold the episodes the
+    dataset was made from: rewritten, replaced or appended to since, or edited so that
+    its filter keeps others. ``sources`` are the re-opened ones, None when the re-open
+    failed (then only files whose episodes changed are named); a file among ``files``
+    but not among them is opened here to look.
+
+    Returns the paths committed again with the same episodes kept (statistics stored by
+    ``kino stats``, say): those are read as before, but a dataset that normalises checks
+    that its statistics did not change.
+    """
     from kinodb.kdb.reader import open_database  # deferred: only needed on a re-open
 
-    now = {source.db.path(): _commit_of(source.db) for source in sources}
-    for path, was in files:
-        if path not in now:
+    now = {source.db.path(): source for source in sources or ()}
+    same: list[str] = []
+    for state in files:
+        source = now.get(state.path)
+        if source is not None:
+            got, episodes = _commit_of(source.db), _episodes_of(source.db)
+        else:
             try:
-                with open_database(path) as db:
-                    now[path] = _commit_of(db)
+                with open_database(state.path) as db:
+                    got, episodes = _commit_of(db), _episodes_of(db)
             except Exception:  # gone or unreadable: the caller's error says so
                 continue
-        got = now[path]
-        if got != was:
-            what = (
-                f"commit {was[0]} with {was[3]} episodes then, commit {got[0]} with {got[3]} now"
-                if was is not None and got is not None
-                else "another file now"
-            )
+        if got == state.commit:
+            continue
+        if state.episodes is not None and episodes == state.episodes:
+            if sources is None:  # the same episodes: the caller's error is the one to give
+                continue
+            if source is not None and _kept_of(source) == state.kept:
+                same.append(state.path)
+                continue
             raise KinodbError(
-                f"{path} changed since this dataset was made ({what}); a DataLoader worker re-opens the "
-                "files by path, and would read other episodes than the dataset indexes: make the dataset "
-                "(and the DataLoader) again after writing to a file it reads"
+                f"{state.path} changed since this dataset was made: its episodes are the same, but their "
+                "metadata was edited and the filter now keeps other episodes than the dataset indexes; make "
+                "the dataset (and the DataLoader) again after editing a file it reads"
             )
+        was = state.commit
+        what = (
+            f"commit {was[0]} with {was[3]} episodes then, commit {got[0]} with {got[3]} now"
+            if was is not None and got is not None
+            else "another file now"
+        )
+        raise KinodbError(
+            f"{state.path} changed since this dataset was made ({what}); a DataLoader worker re-opens the "
+            "files by path, and would read other episodes than the dataset indexes: make the dataset "
+            "(and the DataLoader) again after writing episodes to a file it reads"
+        )
+    return same
+
+
+def checked_normalizers(
+    made: _Normalizers, sources: Sequence[_Source], mode: str, used: Sequence[str], paths: list[str]
+) -> _Normalizers:
+    """``made`` (the dataset's normalisers), once the statistics of files ``paths``, which
+    were committed again since, are found to map the same way.
+
+    Raises:
+        KinodbError: their statistics changed (or are gone): a worker would otherwise
+            normalise with other numbers than the dataset was made with.
+    """
+    fix = (
+        "make the dataset (and the DataLoader) again to normalise with the new statistics, so that every "
+        "process uses the same numbers"
+    )
+    try:
+        now = _Normalizers(sources, mode, used)
+    except KinodbError as exc:
+        raise KinodbError(
+            f"the statistics of {', '.join(paths)} changed since this dataset was made, and the dataset's "
+            f"normalize={mode!r} cannot use them now ({exc}); {fix}"
+        ) from None
+    changed = made.differences(now)
+    if changed:
+        raise KinodbError(
+            f"the statistics normalize={mode!r} uses changed since this dataset was made ({'; '.join(changed)}: "
+            "kino stats stored new ones); a DataLoader worker would normalise with other numbers than the "
+            f"dataset was made with: {fix}"
+        )
+    return made
 
 
 class _Base(Dataset[dict[str, Any]]):
@@ -319,6 +414,7 @@ class KinoFrameDataset(_Base):
         self._len = len(fw)
         self._files = file_identities(fw._sources)
         norm = _Normalizers(fw._sources, normalize, _used(fw)) if isinstance(normalize, str) else None
+        self._norms = norm  # pickled with the dataset: workers normalise with these numbers
         self._pad = pad_spec(fw, normalized=norm is not None)
         self._opened: tuple[FrameWindows, _Normalizers | None] | None = (fw, norm)
 
@@ -327,16 +423,26 @@ class KinoFrameDataset(_Base):
             try:
                 fw = FrameWindows(self._source, **self._args)  # type: ignore[arg-type]
             except Exception:
-                check_unchanged(self._files, [])  # a file rewritten since: say that instead
+                check_unchanged(self._files, None)  # a file rewritten since: say that instead
                 raise
-            check_unchanged(self._files, fw._sources)
-            norm = (
-                _Normalizers(fw._sources, self._normalize, _used(fw))
-                if isinstance(self._normalize, str)
-                else None
-            )
+            again = check_unchanged(self._files, fw._sources)
+            norm = self._norms
+            if norm is not None and again:
+                norm = checked_normalizers(norm, fw._sources, self._normalize, _used(fw), again)
             self._opened = (fw, norm)
         return self._opened
+
+    @property
+    def normalizers(self) -> dict[int, dict[str, Normalizer]] | None:
+        """The normalisers ``normalize`` applies, None without: per source id (the items'
+        ``source``), a `kinodb.stats.Normalizer` per key (``"state"``, ``"action"``).
+        `Normalizer.invert` takes a policy's output back to the data's units (torch
+        tensors stay tensors on their device).
+
+        Example:
+            >>> actions = ds.normalizers[0]["action"].invert(policy(batch))
+        """
+        return None if self._norms is None else self._norms.by_source()
 
     @property
     def windows(self) -> FrameWindows:
@@ -461,7 +567,8 @@ class KinoMapDataset(_Base):
         self._options(image_size, normalize, resize, to_tensor, decode_threads, channels_last, image_dtype)
         self._source, self._filter = source, kql_filter
         self._opened: tuple[list[_Source], np.ndarray, _Normalizers | None] | None = None
-        self._files: list[tuple[str, tuple[int, ...] | None]] | None = None
+        self._files: list[FileState] | None = None
+        self._norms: _Normalizers | None = None
         sources = self._open()[0]
         self._cams, self._several = image_keys(image_key, sources[0].camera_names(), sources[0].where)
         # None: the first source's first camera, or, in an episode without it, that
@@ -478,16 +585,25 @@ class KinoMapDataset(_Base):
                 sources = _open_sources(self._source, self._filter)
             except Exception:
                 if self._files is not None:
-                    check_unchanged(self._files, [])  # a file rewritten since: say that instead
+                    check_unchanged(self._files, None)  # a file rewritten since: say that instead
                 raise
+            norm = self._norms
             if self._files is None:
                 self._files = file_identities(sources)
+                if isinstance(self._normalize, str):
+                    norm = self._norms = _Normalizers(sources, self._normalize)
             else:
-                check_unchanged(self._files, sources)
+                again = check_unchanged(self._files, sources)
+                if norm is not None and again:
+                    norm = checked_normalizers(norm, sources, self._normalize, ("states", "actions"), again)
             starts = np.concatenate([[0], np.cumsum([len(s.kept) for s in sources])]).astype(np.int64)
-            norm = _Normalizers(sources, self._normalize) if isinstance(self._normalize, str) else None
             self._opened = (sources, starts, norm)
         return self._opened
+
+    @property
+    def normalizers(self) -> dict[int, dict[str, Normalizer]] | None:
+        """As `KinoFrameDataset.normalizers`."""
+        return None if self._norms is None else self._norms.by_source()
 
     def __len__(self) -> int:
         return self._len
