@@ -107,7 +107,9 @@ def test_missed_ticks_are_skipped_not_burst(make_package: MakePackage) -> None:
     assert stats["steps"] == 40
     assert stats["overruns"] >= 1
     assert stats["skipped_ticks"] >= 25  # 30 ms behind at 1 kHz
-    assert stats["tick_lateness_us"]["max"] < 5000  # the tick after the stall was not 30 ms late
+    # Bursting through the missed ticks would start the first one ~29 ms late; skipping starts
+    # it on a later deadline. The bound leaves room for a busy machine's preemptions.
+    assert stats["tick_lateness_us"]["max"] < 25_000
 
 
 def test_prefetch_is_called_with_the_input_names(make_package: MakePackage) -> None:
@@ -252,7 +254,7 @@ def test_realtime_priority_is_validated_and_reported(make_package: MakePackage, 
         assert os.sched_getscheduler(0) == before  # the policy is restored after the run
 
 
-def test_a_failing_provider_keeps_the_log_and_the_recording_of_the_steps_before(
+def test_a_failing_provider_keeps_the_log_and_the_recording_up_to_the_failing_step(
     make_package: MakePackage, tmp_path: Path
 ) -> None:
     built = make_package()
@@ -269,11 +271,12 @@ def test_a_failing_provider_keeps_the_log_and_the_recording_of_the_steps_before(
         runner.run()
     notes = " ".join(getattr(exc.value, "__notes__", []))
     if hasattr(exc.value, "add_note"):
-        assert "stopped after 19 steps" in notes and f"{out} episode 0 holds its steps" in notes
-    with kinodb.open(out) as db:
-        assert len(db) == 1 and db.read_meta(0)["num_frames"] == 19
-        np.testing.assert_array_equal(db.read_array(0, "actions"), np.array(served.actions[:19]))
-    assert len(log.read_text().splitlines()) >= 19
+        assert "stopped after 20 steps (step 19, the failing one, included)" in notes
+        assert f"{out} episode 0 holds its steps" in notes
+    with kinodb.open(out) as db:  # take_action failed in step 19: its step is kept, as its line is
+        assert len(db) == 1 and db.read_meta(0)["num_frames"] == 20
+        np.testing.assert_array_equal(db.read_array(0, "actions"), np.array(served.actions))
+    assert len(log.read_text().splitlines()) == 20
 
 
 def test_rates_above_2_khz_spin_the_whole_period_by_default(make_package: MakePackage) -> None:
@@ -461,8 +464,8 @@ print("not reached")
         Runner(load_model(built.path), served.provider, rate_hz=1000, record_to=out).run()
     assert exc.value.code == 3
     with kinodb.open(out) as db:
-        assert len(db) == 2 and db.read_meta(1)["num_frames"] == 6  # the step that exited is not whole
-        np.testing.assert_array_equal(db.read_array(1, "actions"), np.array(served.actions[:6]))
+        assert len(db) == 2 and db.read_meta(1)["num_frames"] == 7  # the step that exited is kept
+        np.testing.assert_array_equal(db.read_array(1, "actions"), np.array(served.actions))
 
 
 def test_a_log_that_cannot_be_written_is_counted_as_lost(make_package: MakePackage, tmp_path: Path) -> None:
@@ -484,7 +487,8 @@ def test_duration_runs_every_deadline_up_to_it(
 ) -> None:
     built = make_package()
     stats = Runner(load_model(built.path), Served(built).provider, rate_hz=rate, duration_s=duration).run()
-    assert stats["steps"] == steps and stats["stopped_by"] == "duration"
+    # every deadline of the schedule either ran or was skipped (a busy machine may force skips)
+    assert stats["steps"] + stats["skipped_ticks"] == steps and stats["stopped_by"] == "duration"
 
 
 def test_duration_must_hold_a_tick_and_end(make_package: MakePackage) -> None:

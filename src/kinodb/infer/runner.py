@@ -1,21 +1,25 @@
 """The fixed-rate control loop: absolute deadlines, sleep then spin, missed ticks skipped.
 
-Each tick waits for its deadline (``time.sleep`` until ``spin_s`` before it, then a busy
-spin, as kinfer's ``wait_until`` does: plain sleep wakes 0.1-0.2 ms late), reads the
-provider, steps the model, hands the action to the provider, and queues a telemetry
-line and a recording row. The first deadline is one period after the start. A tick that
-ends past the next deadline is an overrun and the next tick runs at once; when the loop
-falls more than a period behind it skips the missed ticks rather than bursting through
-them (kinfer 0.6's policy).
+Each tick waits for its deadline (a sleep until ``spin_s`` before it, then a busy spin,
+as kinfer's ``wait_until`` does: plain sleep wakes 0.1-0.2 ms late), reads the provider,
+steps the model, hands the action to the provider, and queues a telemetry line and a
+recording row. The first deadline is one period after the start. A tick that ends past
+the next deadline is an overrun and the next tick runs at once; when the loop falls more
+than a period behind it skips the missed ticks rather than bursting through them
+(kinfer 0.6's policy). `Runner.stop` and SIGTERM wake the wait at once: a stop asked for
+between ticks starts no further tick.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import math
 import os
+import select
 import signal
+import socket
 import sys
 import threading
 import time
@@ -23,10 +27,10 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
 from kinodb.infer._errors import InferError
-from kinodb.infer._package import output_folder
+from kinodb.infer._recording import Recording
+from kinodb.infer._tickstats import TickStats
 from kinodb.infer.model import Model
 from kinodb.infer.providers import BoundProvider, bind_provider
 from kinodb.infer.telemetry import EXTRA_INPUTS, KINFER_KEYS, NdjsonLogger, resolve_log_path
@@ -35,10 +39,15 @@ log = logging.getLogger(__name__)
 
 _DEADLINE_SLACK = 1e-6  # of a period: k * period may round past duration_s (0.05 * 6 > 0.3)
 QUIET_MARGIN_S = 1e-4  # the telemetry writer stops this long before the spin starts (one line takes ~40 us)
-STATE_INPUTS = (
-    "joint_angles",
-    "joint_angular_velocities",
-)  # recorded as ``states``; the rest as extra arrays
+_MAX_SLEEP_S = 3600.0  # one wait's longest sleep (select's timeout has a range)
+_SIGNAL_POLL_S = 0.1  # the longest sleep when signals cannot wake it (another part owns the wakeup fd)
+
+# Process-wide settings the loop changes (the GIL switch interval, gc.freeze), held by
+# every running Runner and put back when the last one ends: two Runners may overlap in
+# threads (two arms, a simulation beside a robot).
+_SETTINGS_LOCK = threading.Lock()
+_settings_users = 0
+_saved_switch_s = 0.0
 
 
 class Runner:
@@ -76,8 +85,10 @@ class Runner:
 
     Without ``max_steps`` or ``duration_s`` the loop runs until `stop`, Ctrl-C, or a
     provider whose ``done()`` returns True. SIGTERM (with its default action, on the main
-    thread) stops it after the tick; the log and recording are written, then the signal
-    ends the process as it would have.
+    thread) stops it at once when it waits between ticks, else after the tick; the log and
+    recording are written, then the signal ends the process as it would have. Ctrl-C ends
+    only the loop: `run` returns with ``stats["stopped_by"] == "interrupt"``, and a caller
+    that runs several episodes must check that to stop too.
     """
 
     def __init__(
@@ -135,75 +146,95 @@ class Runner:
         self.realtime_priority = realtime_priority
         self._bound: BoundProvider = bind_provider(model.signature, provider, pre_fetch=bool(prefetch_s))
         self._stop = False
+        self._waker: _Waker | None = None
+        self._error: BaseException | None = None
+        self._error_kept = False  # the failing tick's line and step were kept
+        self._signal: int | None = None
 
     def stop(self) -> None:
-        """Ask a running loop to end after the current tick (safe from other threads)."""
+        """Ask a running loop to end (safe from other threads): at once when it waits for its
+        next tick, else after the current tick. No tick starts after it."""
         self._stop = True
+        waker = self._waker
+        if waker is not None:
+            waker.wake()
 
     def run(self) -> dict[str, Any]:
         """Reset the model, run the loop, then flush the log and append the recording.
 
         Returns:
             stats: ``steps``, ``duration_s``, ``step_latency_us`` / ``tick_lateness_us`` /
-            ``tick_work_us`` (each ``p50``, ``p99``, ``p99.9``, ``max``, ``mean``), ``overruns``,
-            ``skipped_ticks``, ``log_path``, ``log_lines``, ``dropped_log_lines``,
-            ``record_to``, ``recorded_episode``, ``realtime`` and ``stopped_by``.
+            ``tick_work_us`` (each ``p50``, ``p99``, ``p99.9``, ``max``, ``mean``; the
+            percentiles within 0.5%, docs/infer.md), ``overruns``, ``skipped_ticks``,
+            ``log_path``, ``log_lines``, ``dropped_log_lines``, ``log_error``,
+            ``record_to``, ``recorded_episode``, ``realtime`` and ``stopped_by``
+            (``max_steps``, ``duration``, ``stop``, ``provider``, ``interrupt`` or ``signal``).
+
+        Raises:
+            InferError: the recording target cannot take the run, the log is a named pipe
+                nobody reads, or the policy's action holds NaN or Inf. What the provider
+                or the policy raises is raised too, after the log and the recording are written.
         """
         sig = self.model.signature
-        recording = _Recording(self.model, self.rate_hz) if self.record_to is not None else None
+        recording = Recording(self.model, self.rate_hz) if self.record_to is not None else None
         if recording is not None and self.record_to is not None:
             recording.check_target(self.record_to)  # before any action is sent, not after the run
         self.model.reset()
         self._stop = False
-        self._error: BaseException | None = None
-        self._signal: int | None = None
+        self._error, self._error_kept, self._signal = None, False, None
         logged = [n for n in KINFER_KEYS if n in sig.observation_names]
         logged += [n for n in EXTRA_INPUTS if n in sig.observation_names]
         path = resolve_log_path(self.log_path)
-        logger = (
-            NdjsonLogger(
-                path,
-                [(n, sig.shape(n)[0]) for n in logged],
-                sig.num_joints,
-                capacity=self.log_capacity,
-                serialize=self.log_serialize,
-                thread_priority=None
-                if self.realtime_priority is None
-                else max(1, self.realtime_priority - 1),
-            )
-            if path is not None
-            else None
-        )
-        old_switch = sys.getswitchinterval()
-        if logger is not None:
-            # A thread waiting for the GIL waits up to the switch interval (5 ms by default)
-            # before the holder is asked to let go; keep that well inside the spin margin.
-            sys.setswitchinterval(min(old_switch, max(self.spin_s / 4, 2e-5)))
-        gc.collect()
-        gc.freeze()  # what exists now is never scanned again: young collections stay short
-        restore = _enter_realtime(self.realtime_priority) if self.realtime_priority is not None else None
-        untrap = self._trap_sigterm()
+        waker = _Waker()
+        try:
+            logger = self._open_log(path, logged) if path is not None else None  # before any action is sent
+        except BaseException:
+            waker.close()
+            raise
+        ticks = TickStats()
+        restore: Callable[[], None] | None = None
+        untrap = _noop
+        # A thread waiting for the GIL waits up to the switch interval (5 ms by default) before
+        # the holder is asked to let go; with a telemetry writer, keep that well inside the spin margin.
+        _hold_process_settings(None if logger is None else max(self.spin_s / 4, 2e-5))
         try:
             try:
-                times, stopped_by, counters = self._loop(logger, logged, recording)
+                if self.realtime_priority is not None:
+                    restore = _enter_realtime(self.realtime_priority)
+                self._waker = waker
+                untrap = self._trap_sigterm(waker)
+                waker.claim_signals()
+                stopped_by, counters = self._loop(logger, logged, recording, ticks, waker)
             finally:
+                self._waker = None
+                waker.close()
                 if restore is not None:
                     restore()
-                gc.unfreeze()
-                sys.setswitchinterval(old_switch)
+                _release_process_settings()
                 if logger is not None:
                     logger.close()
-            return self._finish(times, stopped_by, counters, logger, path, recording, restore)
+            return self._finish(ticks, stopped_by, counters, logger, path, recording, restore)
         finally:
             untrap()
             if self._signal is not None:  # the log and the recording are safe: now end as asked
                 os.kill(os.getpid(), self._signal)
 
-    def _trap_sigterm(self) -> Callable[[], None]:
-        """Turn SIGTERM (``systemctl stop``, ``docker stop``) into a stop at the end of the
-        tick, so the log and recording are written before the process ends as it would have.
-        Only where SIGTERM has its default action and this is the main thread; returns what
-        puts the default back."""
+    def _open_log(self, path: str, logged: list[str]) -> NdjsonLogger:
+        sig = self.model.signature
+        return NdjsonLogger(
+            path,
+            [(n, sig.shape(n)[0]) for n in logged],
+            sig.num_joints,
+            capacity=self.log_capacity,
+            serialize=self.log_serialize,
+            thread_priority=None if self.realtime_priority is None else max(1, self.realtime_priority - 1),
+        )
+
+    def _trap_sigterm(self, waker: _Waker) -> Callable[[], None]:
+        """Turn SIGTERM (``systemctl stop``, ``docker stop``) into a stop: at once when the loop
+        waits, else at the end of the tick, so the log and recording are written before the
+        process ends as it would have. Only where SIGTERM has its default action and this is
+        the main thread; returns what puts the default back."""
         if threading.current_thread() is not threading.main_thread():
             return _noop
         if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
@@ -211,6 +242,7 @@ class Runner:
 
         def handler(signum: int, frame: Any) -> None:
             self._signal, self._stop = signum, True
+            waker.wake()  # no lock: a handler may run while the thread holds any lock
 
         signal.signal(signal.SIGTERM, handler)
 
@@ -220,17 +252,22 @@ class Runner:
         return untrap
 
     def _finish(
-        self, times: npt.NDArray[np.float64], stopped_by: str, counters: dict[str, int],
-        logger: NdjsonLogger | None, path: str | None, recording: _Recording | None,
-        restore: Callable[[], None] | None,
+        self, ticks: TickStats, stopped_by: str, counters: dict[str, int], logger: NdjsonLogger | None,
+        path: str | None, recording: Recording | None, restore: Callable[[], None] | None,
     ) -> dict[str, Any]:  # fmt: skip
         """Stats, the recording, and the error of the loop (raised with a note)."""
-        stats = _stats(times, counters, self.rate_hz)
+        summary = ticks.summary()
+        stats: dict[str, Any] = {
+            "steps": summary.pop("steps"),
+            "rate_hz": self.rate_hz,
+            **summary,
+            **counters,
+        }
         written = 0 if logger is None else logger.written
         stats.update(
             stopped_by="signal" if self._signal is not None else stopped_by, log_path=path,
             log_lines=written, dropped_log_lines=0 if logger is None else logger.dropped + logger.lines - written,
-            log_error=None if logger is None or logger._error is None else str(logger._error),
+            log_error=None if logger is None or logger.error is None else str(logger.error),
             record_to=None if self.record_to is None else os.fspath(self.record_to), recorded_episode=None,
             realtime=restore is not None and restore is not _noop,
         )  # fmt: skip
@@ -245,11 +282,7 @@ class Runner:
         if recording is not None and self.record_to is not None and stats["steps"]:
             try:
                 stats["recorded_episode"] = recording.write(
-                    self.record_to,
-                    times,
-                    stats,
-                    embodiment=self.embodiment,
-                    task=self.task,
+                    self.record_to, stats, embodiment=self.embodiment, task=self.task
                 )
             except Exception as exc:
                 if error is None:
@@ -261,18 +294,33 @@ class Runner:
                 kept[-1] += f" ({stats['dropped_log_lines']} lost: {stats['log_error']})"
             if stats["recorded_episode"] is not None:
                 kept.append(f"{self.record_to} episode {stats['recorded_episode']} holds its steps")
+            which = f" (step {stats['steps'] - 1}, the failing one, included)" if self._error_kept else ""
             _add_note(
                 error,
-                f"the run stopped after {stats['steps']} steps" + (f"; {'; '.join(kept)}" if kept else ""),
+                f"the run stopped after {stats['steps']} steps{which}"
+                + (f"; {'; '.join(kept)}" if kept else ""),
             )
             raise error
         return stats
 
+    def _sleep_until(self, deadline: float, waker: _Waker) -> bool:
+        """Sleep until ``spin_s`` before ``deadline`` (the caller spins the rest); False as
+        soon as a stop is asked for (`stop` and SIGTERM wake the sleep)."""
+        perf, spin = time.perf_counter, self.spin_s
+        remain = deadline - perf()
+        while remain > spin and not self._stop:
+            waker.sleep(remain - spin)
+            remain = deadline - perf()
+        return not self._stop
+
     def _loop(
-        self, logger: NdjsonLogger | None, logged: list[str], recording: _Recording | None
-    ) -> tuple[npt.NDArray[np.float64], str, dict[str, int]]:
+        self, logger: NdjsonLogger | None, logged: list[str], recording: Recording | None, ticks: TickStats,
+        waker: _Waker,
+    ) -> tuple[str, dict[str, int]]:  # fmt: skip
+        """The ticks, until a stop condition; the provider's or the policy's error is kept in
+        ``self._error`` (after its tick's line and step, when the action was reached)."""
         model = self.model
-        perf, sleep, wall = time.perf_counter, time.sleep, time.time_ns
+        perf, wall = time.perf_counter, time.time_ns
         fetch, step, take = self._bound.fetch, model.step, self._bound.take_action
         spin, period = self.spin_s, self.period
         done = getattr(self.provider, "done", None)
@@ -281,12 +329,13 @@ class Runner:
         views = model.inputs()
         sources: list[Any] = [views[n] for n in logged] + [None]
         max_steps = self.max_steps if self.max_steps is not None else sys.maxsize
-        rows: list[tuple[float, float, float, float]] = []  # tick time, lateness, latency, work
+        lateness, latency, work = ticks.lateness, ticks.latency, ticks.work
         obs: Mapping[str, Any] = {}
-        overruns = skipped = 0
+        overruns = skipped = steps = 0
         stopped_by = "max_steps"
         start = perf()
         end = start + self.duration_s + _DEADLINE_SLACK * period if self.duration_s is not None else math.inf
+        last_tick = int((end - start) // period) if math.isfinite(end) else sys.maxsize  # the schedule's last
         tick = 1  # deadlines are start + tick * period: no rounding error builds up
         deadline = start + period
         quiet_margin = spin + QUIET_MARGIN_S
@@ -294,12 +343,15 @@ class Runner:
             logger.quiet_at = deadline - quiet_margin
         try:
             while True:
-                remain = deadline - perf()
-                if remain > spin:
-                    sleep(remain - spin)
+                if not self._sleep_until(deadline, waker):  # asked to stop while waiting: no further tick
+                    stopped_by = "stop"
+                    break
                 while perf() < deadline:
                     pass
                 t_tick = perf()
+                if self._stop:  # asked for during the spin: still no tick
+                    stopped_by = "stop"
+                    break
                 if prefetch is not None:
                     prefetch()
                     _wait(t_tick + prefetch_s, spin)
@@ -308,30 +360,42 @@ class Runner:
                 action = step(obs)
                 t1 = perf()
                 t_us = wall() // 1000  # kinfer's t_us: the wall clock after inference, before the send
+                failure: BaseException | None = None
                 if not np.isfinite(action).all():  # never sent to the robot
-                    raise _nonfinite(len(rows), obs)
-                take(action)
+                    failure = _nonfinite(steps, obs)
+                else:
+                    try:
+                        take(action)
+                    except BaseException as exc:  # logged and recorded below, as kinfer logs in step()
+                        failure = exc
                 if logger is not None:
                     sources[-1] = action
-                    logger.record(len(rows), t_us, (t1 - t0) * 1e6, sources)
+                    logger.record(steps, t_us, (t1 - t0) * 1e6, sources)
                 if recording is not None:
-                    recording.add(len(rows), action)
+                    recording.add(action, t_tick - start, t_tick - deadline, t1 - t0)
+                steps += 1
                 t_end = perf()
-                rows.append((t_tick - start, t_tick - deadline, t1 - t0, t_end - t_tick))
+                lateness.add(t_tick - deadline)
+                latency.add(t1 - t0)
+                work.add(t_end - t_tick)
+                ticks.last_end = t_end - start
+                if failure is not None:
+                    self._error_kept = True
+                    raise failure
                 tick += 1
                 deadline = start + tick * period
                 if t_end > deadline:
                     overruns += 1
-                    behind = t_end - deadline
-                    if behind > period:  # more than a period behind: skip, do not burst
-                        missed = int(behind // period) + 1
-                        tick += missed
-                        deadline = start + tick * period
-                        skipped += missed
+                if steps >= max_steps:
+                    break
+                behind = t_end - deadline
+                if behind > period:  # more than a period behind: skip, do not burst
+                    missed = int(behind // period) + 1
+                    skipped += max(0, min(missed, last_tick - tick + 1))  # not the deadlines past the end
+                    tick += missed
+                    deadline = start + tick * period
                 if logger is not None:
                     logger.quiet_at = deadline - quiet_margin
-                if len(rows) >= max_steps:
-                    break
                 if deadline > end:
                     stopped_by = "duration"
                     break
@@ -347,8 +411,78 @@ class Runner:
             BaseException
         ) as exc:  # the provider or the policy failed, or sys.exit: keep what ran, then raise
             stopped_by, self._error = "error", exc
-        times = np.array(rows, np.float64).reshape(-1, 4)
-        return times, stopped_by, {"overruns": overruns, "skipped_ticks": skipped}
+        return stopped_by, {"overruns": overruns, "skipped_ticks": skipped}
+
+
+class _Waker:
+    """What the loop's wait sleeps on: `wake` (from `Runner.stop` on any thread, or from a
+    signal handler: it takes no lock) ends the sleep at once."""
+
+    def __init__(self) -> None:
+        self._recv, self._send = socket.socketpair()
+        self._recv.setblocking(False)
+        self._send.setblocking(False)
+        self.max_sleep = _MAX_SLEEP_S
+        self._claimed = False
+
+    def wake(self) -> None:
+        with contextlib.suppress(OSError):  # full (already woken) or closed (the run ended)
+            self._send.send(b"\0")
+
+    def sleep(self, seconds: float) -> None:
+        ready, _, _ = select.select((self._recv,), (), (), min(seconds, self.max_sleep))
+        if ready:  # a stop, or a signal: drain, so that a stray signal does not wake every sleep
+            with contextlib.suppress(OSError):
+                while self._recv.recv(4096):
+                    pass
+
+    def claim_signals(self) -> None:
+        """On the main thread, make every signal with a Python handler (SIGTERM, Ctrl-C) wake
+        the sleep: the process may deliver it to another thread, and then the sleep would not
+        be interrupted and the handler would not run until it ended. Where another part of the
+        program has the wakeup fd (an event loop), sleep in short slices instead."""
+        if threading.current_thread() is not threading.main_thread():
+            return  # signals are handled by the main thread, which this loop does not block
+        try:
+            previous = signal.set_wakeup_fd(self._send.fileno(), warn_on_full_buffer=False)
+        except (ValueError, OSError):
+            self.max_sleep = _SIGNAL_POLL_S
+            return
+        if previous != -1:
+            signal.set_wakeup_fd(previous)
+            self.max_sleep = _SIGNAL_POLL_S
+            return
+        self._claimed = True
+
+    def close(self) -> None:
+        if self._claimed:
+            signal.set_wakeup_fd(-1)
+            self._claimed = False
+        self._send.close()
+        self._recv.close()
+
+
+def _hold_process_settings(switch_s: float | None) -> None:
+    """Freeze the GC (and lower the GIL switch interval to ``switch_s``) for a running loop."""
+    global _settings_users, _saved_switch_s
+    with _SETTINGS_LOCK:
+        if _settings_users == 0:
+            _saved_switch_s = sys.getswitchinterval()
+            gc.collect()
+        _settings_users += 1
+        if switch_s is not None:
+            sys.setswitchinterval(min(sys.getswitchinterval(), switch_s))
+        gc.freeze()  # what exists now is never scanned again: young collections stay short
+
+
+def _release_process_settings() -> None:
+    """Undo `_hold_process_settings` when the last running loop ends."""
+    global _settings_users
+    with _SETTINGS_LOCK:
+        _settings_users -= 1
+        if _settings_users == 0:
+            gc.unfreeze()
+            sys.setswitchinterval(_saved_switch_s)
 
 
 def _noop() -> None:
@@ -393,141 +527,3 @@ def _wait(deadline: float, spin: float) -> None:
         time.sleep(remain - spin)
     while time.perf_counter() < deadline:
         pass
-
-
-def _summary(values_s: npt.NDArray[np.float64]) -> dict[str, float | None]:
-    if not len(values_s):
-        return {"p50": None, "p99": None, "p99.9": None, "max": None, "mean": None}
-    us = values_s * 1e6
-    p50, p99, p999 = np.percentile(us, [50, 99, 99.9])
-    return {
-        "p50": float(p50),
-        "p99": float(p99),
-        "p99.9": float(p999),
-        "max": float(us.max()),
-        "mean": float(us.mean()),
-    }
-
-
-def _stats(times: npt.NDArray[np.float64], counters: dict[str, int], rate_hz: float) -> dict[str, Any]:
-    return {
-        "steps": len(times),
-        "rate_hz": rate_hz,
-        "duration_s": float(times[-1, 0] + times[-1, 3]) if len(times) else 0.0,
-        "step_latency_us": _summary(times[:, 2]),
-        "tick_lateness_us": _summary(times[:, 1]),
-        "tick_work_us": _summary(times[:, 3]),
-        **counters,
-    }
-
-
-class _Recording:
-    """Rows of observations and actions kept in preallocated, doubling arrays."""
-
-    def __init__(self, model: Model, rate_hz: float) -> None:
-        sig = model.signature
-        self._model = model
-        self._names = list(sig.observation_names)
-        self._views = model.inputs()
-        cap = 1024
-        self._obs = {n: np.zeros((cap, *sig.shape(n)), np.float32) for n in self._names}
-        self._act = np.zeros((cap, sig.num_joints), np.float32)
-        self.rate_hz = rate_hz
-
-    def add(self, i: int, action: npt.NDArray[np.float32]) -> None:
-        if i >= len(self._act):
-            self._grow()
-        for n in self._names:
-            self._obs[n][i] = self._views[n]
-        self._act[i] = action
-
-    def _grow(self) -> None:
-        cap = 2 * len(self._act)
-        self._act = np.concatenate([self._act, np.zeros_like(self._act)])[:cap]
-        self._obs = {n: np.concatenate([a, np.zeros_like(a)])[:cap] for n, a in self._obs.items()}
-
-    def schema(self) -> dict[str, Any]:
-        """The schema the episode is written with: joint names, and the state components."""
-        sig = self._model.signature
-        comps, names, pos = {}, [], 0
-        for n in [n for n in STATE_INPUTS if n in self._names]:
-            comps[n] = [pos, pos + sig.num_joints]
-            names += [f"{n}.{j}" for j in sig.joint_names]
-            pos += sig.num_joints
-        schema: dict[str, Any] = {"actions": {"names": list(sig.joint_names)}}
-        if comps:
-            schema["states"] = {"components": comps, "names": names}
-        return schema
-
-    def check_target(self, path: str | os.PathLike[str]) -> None:
-        """Refuse, before the run, a ``record_to`` that cannot take this run's episode: a
-        folder, a missing or read-only folder, or a file whose episodes have other dims,
-        joint names, state components or extra arrays."""
-        where = os.fspath(path)
-        folder = output_folder(where, "record_to ", "a .kdb file")
-        if not os.access(folder, os.W_OK):
-            raise InferError(f"record_to {where}: cannot write in {folder} (permission denied)")
-        if not os.path.exists(where):
-            return
-        from kinodb.kdb.reader import open_database  # deferred: recording is optional
-
-        with open_database(where) as db:
-            version, stored, table = db.version(), db.schema(), db.episodes()
-        if version != "1.0":
-            raise InferError(
-                f"record_to {where} is a format {version} file and cannot be appended to; record to a new "
-                f"file, or convert it first: kino upgrade {where} NEW.kdb"
-            )
-        sig = self._model.signature
-        states = sum(n in self._names for n in STATE_INPUTS) * sig.num_joints
-        for part, column, dim in (("actions", "action_dim", sig.num_joints), ("states", "state_dim", states)):
-            dims = sorted(set(table[column].tolist()))
-            if dims and dims != [dim]:
-                raise InferError(
-                    f"record_to {where} holds episodes whose {part} have dim {', '.join(map(str, dims))}, "
-                    f"not this policy's {dim}: record this policy to a new file"
-                )
-        for part, spec in self.schema().items():
-            for key, value in spec.items():
-                have = stored.get(part, {}).get(key)
-                if have is not None and have != value:
-                    raise InferError(
-                        f"record_to {where} holds episodes whose {part} {key} are {have!r}, not this "
-                        f"policy's {value!r}: record this policy to a new file"
-                    )
-        arrays = {n: list(sig.shape(n)) for n in self._names if n not in STATE_INPUTS}
-        arrays.update(step_latency_us=[], tick_lateness_us=[])
-        for name, shape in arrays.items():
-            have = stored.get("arrays", {}).get(name, {}).get("shape")
-            if have is not None and list(have) != shape:
-                raise InferError(
-                    f"record_to {where} holds episodes whose {name} array has shape {tuple(have)} per step, "
-                    f"not this policy's {tuple(shape)}: record this policy to a new file"
-                )
-
-    def write(
-        self, path: str | os.PathLike[str], times: npt.NDArray[np.float64], stats: dict[str, Any], *,
-        embodiment: str, task: str,
-    ) -> int:  # fmt: skip
-        """Append the run as one episode; return its index in the file."""
-        from kinodb.kdb.writer import Writer  # deferred: recording is optional
-
-        T = len(times)
-        state_parts = [n for n in STATE_INPUTS if n in self._names]
-        schema = self.schema()
-        states = np.concatenate([self._obs[n][:T] for n in state_parts], axis=1) if state_parts else None
-        extra_arrays = {n: self._obs[n][:T] for n in self._names if n not in state_parts}
-        extra_arrays["step_latency_us"] = (times[:, 2] * 1e6).astype(np.float32)
-        extra_arrays["tick_lateness_us"] = (times[:, 1] * 1e6).astype(np.float32)
-        sig = self._model.signature
-        extra = {
-            "source": "kinodb.infer", "policy": os.path.basename(self._model.path),
-            "kinfer_generation": sig.generation, "rate_hz": self.rate_hz, "overruns": stats["overruns"],
-            "skipped_ticks": stats["skipped_ticks"], "dropped_log_lines": stats["dropped_log_lines"],
-            "command_names": list(sig.command_names),
-        }  # fmt: skip
-        with Writer(path, mode="a", image_codec="raw", schema=schema) as w:
-            return w.add_episode(
-                actions=self._act[:T], states=states, timestamps=times[:, 0].copy(), extra_arrays=extra_arrays,
-                embodiment=embodiment, task=task, fps=self.rate_hz, extra=extra,
-            )  # fmt: skip

@@ -12,23 +12,29 @@ Where the serialisation runs was measured (``benchmarks/infer.py``, docs/infer.m
 ``json.dumps`` of a 20-joint record costs tens of microseconds, so on the control
 thread it would double a fast policy's tick. The control thread therefore only copies
 the inputs and the action into a preallocated ring row (about 1-2 us) and a writer
-thread formats and writes rows in batches, only between a tick's end and shortly before
-the next deadline (`NdjsonLogger.quiet_at`), so it never holds the GIL when a tick
-starts. When the ring is full, the step's line is dropped and counted: the control loop
-never waits for the disk.
+thread formats and writes rows in batches, preferably between a tick's end and shortly
+before the next deadline (`NdjsonLogger.quiet_at`), so that it does not hold the GIL
+when a tick starts. When those windows are too short to keep up (long ticks), it writes
+anyway once a quarter of the ring is waiting, or a line has waited a second: a loop
+that keeps its rate keeps its log. When the ring is full (the file's reader or the disk
+stalled), the step's line is dropped and counted: the control loop never waits for the
+disk.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import json
 import logging
 import math
 import os
+import select
+import stat
 import threading
 from collections.abc import Sequence
-from time import perf_counter
-from typing import Any, BinaryIO
+from time import monotonic, perf_counter
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -51,6 +57,13 @@ INPUT_OF_KEY = {v: k for k, v in KINFER_KEYS.items()}
 DEFAULT_CAPACITY = 1024  # kinfer's channel size
 DEFAULT_FLUSH_EVERY = 100
 QUIET_POLL_S = 2e-4
+MAX_QUIET_S = 1.0  # a line waits at most this long for a quiet window before the writer takes the GIL anyway
+CLOSE_STALL_S = 1.0  # at close, give up on a reader or disk that took no bytes for this long
+PIPE_POLL_S = 0.05  # how often a writer waiting for a full pipe looks whether it should give up
+
+
+class _Aborted(Exception):
+    """Raised in the writer thread when `NdjsonLogger.close` gave up on a stalled reader."""
 
 
 def resolve_log_path(log_path: str | os.PathLike[str] | None) -> str | None:
@@ -83,7 +96,8 @@ class NdjsonLogger:
     """Write one NDJSON line per step from a writer thread; drop lines rather than block.
 
     Args:
-        path: the file, opened in append mode (as kinfer does).
+        path: the file, opened in append mode (as kinfer does). A named pipe is opened
+            without blocking: one that no process reads from is refused.
         inputs: ``(input name, size)`` of the logged inputs, in the order `record` gets them.
         num_joints: length of the action.
         capacity: lines that may wait for the writer; past it, lines are dropped.
@@ -94,6 +108,11 @@ class NdjsonLogger:
         thread_priority: run the writer thread under ``SCHED_FIFO`` at this priority
             (Linux). A real-time control loop needs it: the writer holds the GIL while it
             formats, and if other processes preempt it then, the control thread waits.
+        drain_at: lines waiting from which the writer writes even outside the quiet
+            window (default a quarter of ``capacity``).
+
+    Raises:
+        InferError: ``path`` is a named pipe that no process has open for reading.
     """
 
     def __init__(
@@ -107,6 +126,7 @@ class NdjsonLogger:
         serialize: str = "worker",
         poll_s: float = 0.005,
         thread_priority: int | None = None,
+        drain_at: int | None = None,
     ) -> None:
         if serialize not in ("worker", "inline"):
             raise ValueError(f"serialize must be 'worker' or 'inline', got {serialize!r}")
@@ -115,6 +135,7 @@ class NdjsonLogger:
         self.path = os.fspath(path)
         self.serialize = serialize
         self._cap, self._flush_every, self._poll = int(capacity), int(flush_every), float(poll_s)
+        self._drain_at = max(1, int(capacity) // 4 if drain_at is None else int(drain_at))
         spans: dict[str, tuple[int, int]] = {}
         pos = 0
         for name, size in inputs:
@@ -134,12 +155,14 @@ class NdjsonLogger:
         self._tail = 0  # lines taken by the writer (writer thread only writes it)
         self.dropped = 0
         self.written = 0
+        self._sent = 0  # bytes written: `close` tells a slow reader from a stalled one by it
         self._closing = False
+        self._abort = False  # set by `close` when the reader stalled: the writer stops and closes its file
         # perf_counter time from which the writer leaves the GIL alone until it is moved on:
-        # a control loop sets it to just before its next tick, so formatting never delays a tick.
+        # a control loop sets it to just before its next tick, so formatting does not delay a tick.
         self.quiet_at = math.inf
         self._wake = threading.Event()  # set by close: the idle writer need not finish its poll sleep
-        self._fh: BinaryIO = open(self.path, "ab")  # noqa: SIM115 - closed by the writer thread
+        self._fd = _open_log(self.path)  # closed by the writer thread, whenever it ends
         self._error: BaseException | None = None
         self._priority = thread_priority
         self._thread = threading.Thread(target=self._writer, name="kinodb-ndjson-writer", daemon=True)
@@ -149,6 +172,11 @@ class NdjsonLogger:
     def lines(self) -> int:
         """Lines accepted so far (written or waiting)."""
         return self._head
+
+    @property
+    def error(self) -> BaseException | None:
+        """What stopped the writer (a write error, or a reader that stalled at close), or None."""
+        return self._error
 
     def record(
         self, step_id: int, t_us: int, latency_us: float, sources: Sequence[npt.NDArray[np.float32]]
@@ -195,57 +223,104 @@ class NdjsonLogger:
         return self._format(self._ring[k], sid, tus, float(self._lat[k]))
 
     def _writer(self) -> None:
-        batch: list[bytes] = []
         if self._priority is not None:
             try:
                 os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(self._priority))
             except (AttributeError, OSError) as exc:
                 log.warning("%s: writer priority %d refused (%s)", self.path, self._priority, exc)
         try:
-            while True:
-                head = self._head
-                if head == self._tail:
-                    if batch:
-                        self._write(batch)
-                    if self._closing and self._head == self._tail:
-                        break
-                    self._wake.wait(self._poll)
-                    continue
-                quiet = False
-                for i in range(self._tail, head):
-                    if perf_counter() >= self.quiet_at:
-                        quiet = True
-                        break
-                    batch.append(self._take(i))
-                    self._tail = i + 1
-                    if len(batch) >= self._flush_every:
-                        self._write(batch)
-                if quiet:
-                    self._wake.wait(QUIET_POLL_S)
+            self._drain()
+        except _Aborted:
+            pass  # `close` gave up on the reader and said so
         except BaseException as exc:  # a full disk: keep the loop running, report at close
             self._error = exc
             log.error("%s: the telemetry writer stopped: %s", self.path, exc)
         finally:
             try:
-                self._fh.close()
+                os.close(self._fd)
             except OSError as exc:
                 self._error = self._error or exc
 
-    def _write(self, batch: list[bytes]) -> None:
-        self._fh.write(b"".join(batch))
-        self._fh.flush()
-        self.written += len(batch)
-        batch.clear()
+    def _drain(self) -> None:
+        """Take lines as they come: in the quiet window, or at once when too many wait or one
+        has waited `MAX_QUIET_S` (ticks too long for the window); until closed."""
+        batch: list[bytes] = []
+        waiting_since = math.inf  # when lines began to wait with no window to take them in
+        while True:
+            head, tail = self._head, self._tail
+            if head == tail:
+                if batch:
+                    self._write(batch)
+                if self._closing and self._head == self._tail:
+                    return
+                waiting_since = math.inf
+                self._wake.wait(self._poll)
+                continue
+            now = perf_counter()
+            urgent = head - tail >= self._drain_at or now - waiting_since >= MAX_QUIET_S
+            quiet = False
+            for i in range(tail, head):
+                if not urgent and perf_counter() >= self.quiet_at:
+                    quiet = True
+                    break
+                batch.append(self._take(i))
+                self._tail = i + 1
+                if len(batch) >= self._flush_every:
+                    self._write(batch)
+            if not quiet:
+                waiting_since = math.inf
+                continue
+            # not one line taken: the window was closed all along, and lines are waiting since then
+            waiting_since = min(waiting_since, now) if self._tail == tail else math.inf
+            self._wake.wait(QUIET_POLL_S)
 
-    def close(self, timeout: float = 10.0) -> bool:
-        """Write what is queued, flush and close; False if the writer is still stuck after ``timeout``."""
+    def _write(self, batch: list[bytes]) -> None:
+        data = b"".join(batch)
+        view, pos = memoryview(data), 0
+        try:
+            while pos < len(data):
+                try:
+                    n = os.write(self._fd, view[pos:])  # releases the GIL
+                except BlockingIOError:  # a pipe whose reader is behind: wait, but not past `close`
+                    if self._abort:
+                        raise _Aborted from None
+                    select.select([], [self._fd], [], PIPE_POLL_S)
+                    continue
+                pos += n
+                self._sent += n
+        finally:  # the whole lines that went out; a torn last line is the reader's to drop
+            self.written += len(batch) if pos == len(data) else data.count(b"\n", 0, pos)
+            batch.clear()
+
+    def close(self, timeout: float = CLOSE_STALL_S) -> bool:
+        """Write what is queued and close the file; give up on a reader that takes nothing.
+
+        Waits as long as the writer makes progress; when no byte went out for ``timeout``
+        seconds (a pipe nobody reads, a hung network disk), it stops waiting: the lines not written
+        count as dropped and `error` says why. The writer thread is a daemon that closes its
+        own file when it ends (a pipe's at once; a write blocked in the kernel, when it returns).
+
+        Returns:
+            False when it gave up; True when everything was written or failed with `error`.
+        """
         self._closing = True
         self.quiet_at = math.inf
         self._wake.set()
-        self._thread.join(timeout)
+        sent, since = self._sent, monotonic()
+        while self._thread.is_alive():
+            self._thread.join(min(0.05, timeout))
+            if self._sent != sent:
+                sent, since = self._sent, monotonic()
+            elif monotonic() - since >= timeout:
+                break
         if self._thread.is_alive():
-            log.warning("%s: the telemetry writer is blocked; %d lines not yet written", self.path,
-                        self._head - self.written)  # fmt: skip
+            self._abort = True
+            self._thread.join(4 * PIPE_POLL_S)  # a writer waiting on a pipe stops at once
+            left = self._head - self.written
+            self._error = self._error or InferError(
+                f"{self.path}: the log's reader took no data for {timeout:g} s; {left} lines were not written"
+            )
+            log.warning("%s: the telemetry writer is blocked; %d lines not written", self.path, left)
             return False
         if self._error is not None:
             log.warning("%s: telemetry lines were lost: %s", self.path, self._error)
@@ -256,6 +331,27 @@ class NdjsonLogger:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _open_log(path: str) -> int:
+    """Open ``path`` for appending; a named pipe without blocking, so that one nobody reads
+    cannot hang the caller (and a writer waiting on it can give up)."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+    try:
+        is_pipe = stat.S_ISFIFO(os.stat(path).st_mode)
+    except OSError:
+        is_pipe = False
+    if not is_pipe:
+        return os.open(path, flags, 0o666)
+    try:
+        return os.open(path, flags | os.O_NONBLOCK)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:  # POSIX: no process has the pipe open for reading
+            raise InferError(
+                f"log_path {path} is a named pipe that no process reads: start its reader first "
+                "(e.g. `cat PIPE > run.ndjson`), or log to a file"
+            ) from None
+        raise
 
 
 # -- reading ------------------------------------------------------------------------------
