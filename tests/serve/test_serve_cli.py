@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -11,7 +13,8 @@ from _server_proc import ServerProcess
 
 from kinodb._cli import main as kino_main
 from kinodb._cli import serve as kino_serve
-from kinodb.remote import KinoClient
+from kinodb.errors import EpisodeNotFoundError, QuerySyntaxError
+from kinodb.remote import AuthenticationError, InvalidRequestError, KinoClient
 
 
 def test_sigterm_drains_a_stream_in_flight_and_exits_0(main_kdb: Path) -> None:
@@ -93,3 +96,45 @@ def test_kino_serve_version(capsys: pytest.CaptureFixture[str]) -> None:
         kino_serve.main(["--version"])
     assert exit_.value.code == 0
     assert capsys.readouterr().out.strip() == f"kino-serve {__version__}"
+
+
+def test_debug_logs_each_failed_call(main_kdb: Path) -> None:
+    def failing_calls(*args: str) -> str:
+        proc = ServerProcess(
+            [str(main_kdb), *args], env={k: v for k, v in os.environ.items() if k != "KINODB_TOKEN"}
+        )
+        with KinoClient(proc.addr, timeout=10) as client:
+            assert client.server_info()["num_episodes"] == 20
+            with pytest.raises(EpisodeNotFoundError):
+                client.get_episode(99)
+            with pytest.raises(QuerySyntaxError):
+                client.query("success = = true")
+            with pytest.raises(InvalidRequestError):
+                next(client.stream_windows(4, obs_horizon=5000))
+        assert proc.stop() == 0
+        return proc.stderr
+
+    logged = failing_calls("--debug")
+    peer = r"from ipv4:127\.0\.0\.1:\d+"
+    for line in (
+        rf"kino-serve: kinodb\.v1\.KinoService/GetEpisode {peer} failed: OUT_OF_RANGE: episode 99 out of range",
+        rf"kino-serve: kinodb\.v1\.KinoService/Query {peer} failed: INVALID_ARGUMENT: expected a value, got '='",
+        rf"kino-serve: kinodb\.v1\.KinoService/StreamBatches {peer} failed: INVALID_ARGUMENT: obs_horizon and",
+    ):
+        assert re.search(line, logged), logged
+    assert "ServerInfo" not in logged  # calls that succeed are not logged
+    assert "failed" not in failing_calls()  # only with --debug
+
+
+def test_debug_logs_refused_calls(main_kdb: Path, tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("right")
+    proc = ServerProcess([str(main_kdb), "--debug", "--token-file", str(token)])
+    with KinoClient(proc.addr, token="wrong", timeout=10) as client, pytest.raises(AuthenticationError):
+        client.get_meta(0)
+    assert proc.stop() == 0
+    assert re.search(
+        r"kino-serve: kinodb\.v1\.KinoService/GetMeta from ipv4:127\.0\.0\.1:\d+ refused: UNAUTHENTICATED: "
+        r"wrong bearer token",
+        proc.stderr,
+    ), proc.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -83,3 +84,125 @@ def test_an_epoch_covers_the_windows_the_filter_keeps(server: ServerProcess, mai
         seen = torch.cat([b["index"] for b in batches]).tolist()
         assert set(seen) == set(range(len(local)))  # every window the filter keeps, once (and a few again)
         assert len(seen) - len(local) < 8
+
+
+def _window_count(server: ServerProcess) -> int:
+    with KinoClient(server.addr) as client:
+        return int(client.server_info()["num_frames"])  # windows without a filter: one per frame
+
+
+def test_set_epoch_reaches_persistent_workers(server: ServerProcess) -> None:
+    def epochs(persistent: bool) -> list[list[list[int]]]:
+        ds = KinoRemoteDataset(server.addr, batch_size=8, seed=1, num_batches=4,
+                               windows={"obs_horizon": 2, "action_horizon": 4})  # fmt: skip
+        loader = DataLoader(ds, batch_size=None, num_workers=2, persistent_workers=persistent)
+        out = []
+        for epoch in range(3):
+            ds.set_epoch(epoch)
+            out.append([b["index"].tolist() for b in loader])
+        return out
+
+    fresh, kept = epochs(False), epochs(True)
+    assert len({repr(e) for e in fresh}) == 3  # every epoch draws its own batches
+    assert kept == fresh  # and workers that outlive an epoch draw them too
+    ds = KinoRemoteDataset(server.addr)
+    ds.set_epoch(7)
+    assert ds.epoch == 7
+    with pytest.raises(ValueError, match="epoch must be a non-negative int"):
+        ds.set_epoch(-1)
+
+
+def test_ranks_and_workers_share_out_an_epoch(server: ServerProcess) -> None:
+    n = _window_count(server)
+
+    def rank_batches(rank: int, world: int, mode: str, seed: int = 0) -> list[list[int]]:
+        ds = KinoRemoteDataset(server.addr, batch_size=8, mode=mode, seed=seed, windows={"action_horizon": 2},
+                               rank=rank, world_size=world)  # fmt: skip
+        return [b["index"].tolist() for b in DataLoader(ds, batch_size=None, num_workers=2)]
+
+    per_rank = [rank_batches(r, 3, "sequential") for r in range(3)]
+    steps = -(-math.ceil(n / 8) // 3)
+    assert [len(b) for b in per_rank] == [steps] * 3  # every rank takes as many steps
+    seen = sorted(i for batches in per_rank for batch in batches for i in batch)
+    # Each window once across ranks and workers; the last batches wrap around to the first.
+    assert seen == sorted(k % n for k in range(8 * 3 * steps))
+    firsts = [batches[0][0] for batches in per_rank]
+    assert firsts == [0, 8, 16]  # batch j of the epoch goes to rank j % world_size
+
+    seeded = [rank_batches(r, 2, "random", seed=3) for r in range(2)]
+    assert seeded[0] != seeded[1] and seeded[0] == rank_batches(0, 2, "random", seed=3)
+    alone = KinoRemoteDataset(server.addr, batch_size=8, mode="random", seed=3, windows={"action_horizon": 2})
+    assert rank_batches(0, 1, "random", seed=3) == [
+        b["index"].tolist() for b in DataLoader(alone, batch_size=None, num_workers=2)
+    ]
+
+
+def test_rank_arguments_are_checked(server: ServerProcess) -> None:
+    with pytest.raises(ValueError, match="give both rank and world_size"):
+        KinoRemoteDataset(server.addr, rank=0)
+    with pytest.raises(ValueError, match="need 0 <= rank < world_size"):
+        KinoRemoteDataset(server.addr, rank=2, world_size=2)
+
+
+def test_torch_distributed_ranks_read_their_own_share(server: ServerProcess, tmp_path: Path) -> None:
+    import socket
+
+    import torch.multiprocessing as tmp
+    from _ddp_ranks import rank_main
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        master_port = probe.getsockname()[1]
+    tmp.spawn(rank_main, args=(server.addr, master_port, str(tmp_path)), nprocs=2)
+    got = [json.loads((tmp_path / f"{rank}.json").read_text()) for rank in range(2)]
+    n = _window_count(server)
+    steps = -(-math.ceil(n / 8) // 2)
+    assert [len(b) for b in got] == [steps, steps]
+    assert [got[0][0][0], got[1][0][0]] == [0, 8]
+    seen = sorted(i for batches in got for batch in batches for i in batch)
+    assert seen == sorted(k % n for k in range(8 * 2 * steps))
+
+
+_EARLY_EXIT = """
+import sys
+from torch.utils.data import DataLoader
+from kinodb.remote import KinoRemoteDataset
+from kinodb.serve import KinoServer
+
+if __name__ == "__main__":
+    with KinoServer(sys.argv[1], port=0) as server:
+        ds = KinoRemoteDataset(server.address, batch_size=16, num_batches=1000, windows={"obs_horizon": 2},
+                               image_key="front")
+        for epoch in range(4):
+            ds.set_epoch(epoch)
+            for batch in DataLoader(ds, batch_size=None, num_workers=2, multiprocessing_context="spawn"):
+                break  # leave the epoch at once: the workers exit with batches still being handed over
+            print("epoch", epoch, flush=True)
+"""
+
+
+def test_leaving_epochs_early_with_spawned_workers_exits_them_cleanly(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    import kinodb
+
+    path = tmp_path / "frames.kdb"
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:256, 0:256]
+    with kinodb.Writer(path, image_codec="jpeg") as w:
+        for k in range(4):  # 16 windows of two 256x256 frames: 25 MB of float32 per batch
+            frames = ((yy + xx + 10 * k)[None, :, :, None] + np.arange(12)[:, None, None, None]) % 256
+            w.add_episode(actions=rng.standard_normal((12, 7)).astype(np.float32),
+                          states=rng.standard_normal((12, 5)).astype(np.float32),
+                          images={"front": np.broadcast_to(frames, (12, 256, 256, 3)).astype(np.uint8)})  # fmt: skip
+    script = tmp_path / "early.py"
+    script.write_text(_EARLY_EXIT)
+    run = subprocess.run(
+        [sys.executable, str(script), str(path)], capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines() == [f"epoch {k}" for k in range(4)]
+    # A worker that ended with SIGABRT ("terminate called without an active exception") is
+    # reported by the DataLoader that shut it down.
+    assert "terminate called" not in run.stderr and "killed by signal" not in run.stderr, run.stderr

@@ -3,6 +3,7 @@ refused from the index before anything is decoded (real servers on 127.0.0.1).""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -147,5 +148,33 @@ def test_a_format_0_1_file_is_sized_episode_by_episode(tmp_path: Path) -> None:
         with kinodb.open(path) as db, KinoClient(proc.addr, timeout=60) as client:
             got = client.get_episode(2, include_images=True)
             np.testing.assert_array_equal(got["images"]["front"], db.read_episode(2)["images"]["front"])
+    finally:
+        assert proc.stop() == 0
+
+
+@pytest.fixture(scope="module")
+def long_window_kdb(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One episode of ten smooth 128x128 JPEG frames: a window of 400 frames (edge-padded)
+    is 19.7 MB decoded, far less stored."""
+    path = tmp_path_factory.mktemp("limits") / "long-windows.kdb"
+    with kinodb.Writer(path, image_codec="jpeg") as w:
+        w.add_episode(**_episode(10, {"front": (10, 128, 128, 3)}, 0))
+    return path
+
+
+def test_stored_window_frames_are_sized_by_their_stored_bytes(long_window_kdb: Path) -> None:
+    proc = ServerProcess([str(long_window_kdb), "--max-batch", "1"])  # a 16 MiB message limit
+    try:
+        limit = re.search(r"max message (\S+ MiB)\]", proc.stdout[-1])
+        assert limit is not None and limit.group(1) == "16.0 MiB", proc.stdout[-1]
+        fw = FrameWindows(long_window_kdb, obs_horizon=400, cameras=["front"])
+        with KinoClient(proc.addr, timeout=60) as client:
+            got = client.get_windows(1, obs_horizon=400, include_images=True, image_encoding="stored", seed=1)
+            assert got["images"]["front"] == fw.encoded(got["index"])[0]["front"]
+            assert len(got["images"]["front"]) == 400
+            with pytest.raises(BatchTooLargeError) as err:  # decoded, the same window is over the limit
+                client.get_windows(1, obs_horizon=400, include_images=True, seed=1)
+        # the startup line and the error name the limit alike
+        assert f"over this server's message limit of {limit.group(1)}" in str(err.value)
     finally:
         assert proc.stop() == 0

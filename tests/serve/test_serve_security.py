@@ -13,7 +13,9 @@ import grpc
 import pytest
 from _server_proc import ServerProcess
 
+from kinodb.errors import FormatError
 from kinodb.remote import AuthenticationError, KinoClient, RemoteError, ServerUnavailableError
+from kinodb.serve import KinoServer
 from kinodb.serve._proto import kinodb_pb2 as pb
 from kinodb.serve._proto import kinodb_pb2_grpc as pb_grpc
 
@@ -179,8 +181,8 @@ def test_a_busy_port_is_one_line_without_an_errno(main_kdb: Path) -> None:
         )  # fmt: skip
         assert run.returncode == 1
         assert run.stderr.strip().splitlines() == [
-            f"kino-serve: error: cannot listen on 127.0.0.1:{port}: the port is in use or the address is not "
-            "one of this machine's; choose another --port or --bind"
+            f"kino-serve: error: cannot listen on 127.0.0.1:{port}: the port is in use (another server or "
+            "program listens there); choose another --port"
         ]
     finally:
         assert first.stop() == 0
@@ -216,3 +218,185 @@ def test_the_clear_text_warning_is_a_kino_serve_line(main_kdb: Path) -> None:
         "kino-serve: warning: the bearer token travels in clear text: serve TLS (--tls-cert/--tls-key) off "
         "loopback"
     ]
+
+
+def _kino_serve(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "kinodb._cli.serve", *args], capture_output=True, text=True,
+                          timeout=30, env=env or _env(), stdin=subprocess.DEVNULL)  # fmt: skip
+
+
+def test_a_token_no_header_can_carry_is_refused_at_startup(main_kdb: Path, tmp_path: Path) -> None:
+    cases = {
+        "utf8": ("pässwörd\n", "holds the non-ASCII character 'ä' at position 1"),
+        "two-lines": ("line1\nline2\n", "holds a line break (it has 2 lines) at position 5"),
+        "tab": ("a\tb", "holds a tab at position 1"),
+        "blank": ("  \n", "is empty"),
+    }
+    for name, (text, says) in cases.items():
+        path = tmp_path / name
+        path.write_text(text, encoding="utf-8")
+        run = _kino_serve(str(main_kdb), "--port", "0", "--token-file", str(path))
+        assert run.returncode == 2 and run.stdout == "", run.stdout
+        assert f"kino-serve: error: --token-file {path} {says}" in run.stderr
+        assert "write the token in it as one line of printable ASCII" in run.stderr
+    with pytest.raises(ValueError, match="the token holds a line break"):
+        KinoServer(main_kdb, port=0, token="two\nlines")
+
+
+def test_a_set_but_blank_or_unsendable_token_variable_is_a_usage_error(main_kdb: Path) -> None:
+    for value, says in (
+        ("   ", "$KINODB_TOKEN is set but blank; set it to the token, or unset it to serve without authentication"),
+        ("caf\u00e9", "$KINODB_TOKEN holds the non-ASCII character 'é' at position 3, which a gRPC header cannot carry"),
+    ):  # fmt: skip
+        run = _kino_serve(str(main_kdb), "--port", "0", env=dict(_env(), KINODB_TOKEN=value))
+        assert run.returncode == 2 and run.stdout == "", run.stdout
+        assert f"kino-serve: error: {says}" in run.stderr
+
+
+def _openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def ip_only_certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate whose subjectAltName is 127.0.0.1 alone (its common name,
+    which name checks of the call's host ignore, is localhost)."""
+    root = tmp_path_factory.mktemp("tls-ip")
+    cert, key = root / "cert.pem", root / "key.pem"
+    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2",
+             "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert))  # fmt: skip
+    return cert, key
+
+
+def test_a_certificate_for_other_names_is_a_connection_error_not_a_token_one(
+    main_kdb: Path, ip_only_certificate: tuple[Path, Path], secure_server: ServerProcess,
+    certificate: tuple[Path, Path],
+) -> None:  # fmt: skip
+    cert, key = ip_only_certificate
+    with KinoServer(main_kdb, bind="localhost", port=0, tls_cert=cert, tls_key=key, token=TOKEN) as server:
+        dialled = server.address  # localhost: the certificate names 127.0.0.1 only
+        with (
+            KinoClient(dialled, token=TOKEN, tls_ca=cert, timeout=10) as client,
+            pytest.raises(ServerUnavailableError) as err,
+        ):
+            client.server_info()
+        assert not isinstance(err.value, AuthenticationError)
+        assert "authentication failed" not in str(err.value)
+        assert "does not name the host this client dials" in str(err.value)
+        assert "tls_server_name=" in str(err.value)
+    with (
+        KinoClient(secure_server.addr, token=TOKEN, tls_ca=certificate[0], tls_server_name="other.example",
+                   timeout=10) as client,
+        pytest.raises(ServerUnavailableError, match="does not name the host this client dials"),
+    ):  # fmt: skip
+        client.server_info()
+
+
+def test_tls_ca_must_hold_a_certificate(
+    certificate: tuple[Path, Path], main_kdb: Path, tmp_path: Path
+) -> None:
+    cert, key = certificate
+    with pytest.raises(FormatError, match=rf"tls_ca {key} holds no PEM certificate \(it holds a private key"):
+        KinoClient("127.0.0.1:50051", tls_ca=key)
+    with pytest.raises(FormatError, match=rf"tls_ca {main_kdb} holds no PEM certificate; give the PEM file"):
+        KinoClient("127.0.0.1:50051", tls_ca=main_kdb)
+    with pytest.raises(FormatError, match=r"tls_ca \(bytes\) holds no PEM certificate"):
+        KinoClient("127.0.0.1:50051", tls_ca=b"not a certificate")
+    damaged = tmp_path / "damaged.pem"
+    lines = cert.read_text().splitlines()
+    damaged.write_text("\n".join([lines[0], "AAAA" + lines[1][4:][::-1], *lines[2:]]) + "\n")
+    with pytest.raises(FormatError, match=rf"tls_ca {damaged}: its certificate does not load"):
+        KinoClient("127.0.0.1:50051", tls_ca=damaged)
+    with pytest.raises(FileNotFoundError):
+        KinoClient("127.0.0.1:50051", tls_ca=tmp_path / "missing.pem")
+
+
+def test_tls_mistakes_say_what_to_change(
+    secure_server: ServerProcess, server: ServerProcess, certificate: tuple[Path, Path], tmp_path: Path
+) -> None:
+    with (
+        KinoClient(secure_server.addr, token=TOKEN, timeout=10) as client,
+        pytest.raises(ServerUnavailableError, match=r"if it serves TLS, connect with tls_ca="),
+    ):
+        client.server_info()
+    with (
+        KinoClient(server.addr, tls_ca=certificate[0], timeout=10) as client,
+        pytest.raises(ServerUnavailableError, match="the server does not speak TLS: connect without tls_ca"),
+    ):
+        client.server_info()
+    other = tmp_path / "other.pem"
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=other",
+             "-keyout", str(tmp_path / "k.pem"), "-out", str(other))  # fmt: skip
+    with (
+        KinoClient(secure_server.addr, token=TOKEN, tls_ca=other, timeout=10) as client,
+        pytest.raises(ServerUnavailableError, match="is not signed by the CA in tls_ca"),
+    ):
+        client.server_info()
+
+
+_CLIENT = """
+import sys
+from kinodb.remote import KinoClient
+for addr, ca in ((sys.argv[1], sys.argv[3]), (sys.argv[2], sys.argv[4])):
+    try:
+        KinoClient(addr, tls_ca=ca, timeout=10).server_info()
+    except Exception as exc:
+        print(type(exc).__name__, exc)
+"""
+
+
+def test_grpc_core_log_lines_stay_off_a_clients_stderr(
+    secure_server: ServerProcess, server: ServerProcess, certificate: tuple[Path, Path], tmp_path: Path
+) -> None:
+    other = tmp_path / "other.pem"
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=other",
+             "-keyout", str(tmp_path / "k.pem"), "-out", str(other))  # fmt: skip
+    run = subprocess.run(
+        [sys.executable, "-c", _CLIENT, server.addr, secure_server.addr, str(certificate[0]), str(other)],
+        capture_output=True, text=True, timeout=60, env=_env(),
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert run.stderr == ""  # gRPC's core would log each failed handshake here
+    lines = run.stdout.splitlines()  # kinodb's own errors are raised as ever
+    assert len(lines) == 2 and all(line.startswith("ServerUnavailableError ") for line in lines)
+    assert "does not speak TLS" in lines[0] and "not signed by the CA in tls_ca" in lines[1]
+
+
+def _dated_certificate(root: Path, start: str, end: str) -> tuple[Path, Path]:
+    """A self-signed certificate valid from ``start`` to ``end`` (YYYYMMDDHHMMSSZ), made by
+    ``openssl ca``: ``openssl req`` takes no dates in the past or far future."""
+    root.mkdir()
+    (root / "ca.cnf").write_text(
+        "[ ca ]\ndefault_ca = c\n[ c ]\ndatabase = index.txt\nnew_certs_dir = .\nserial = serial.txt\n"
+        "default_md = sha256\npolicy = p\n[ p ]\ncommonName = supplied\n"
+    )
+    (root / "index.txt").write_text("")
+    (root / "serial.txt").write_text("01\n")
+    key, csr, cert = root / "key.pem", root / "req.csr", root / "cert.pem"
+    _openssl("req", "-new", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout", str(key),
+             "-out", str(csr))  # fmt: skip
+    subprocess.run(
+        ["openssl", "ca", "-batch", "-notext", "-config", "ca.cnf", "-selfsign", "-keyfile", str(key), "-in",
+         str(csr), "-out", str(cert), "-startdate", start, "-enddate", end],
+        check=True, capture_output=True, cwd=root,
+    )  # fmt: skip
+    return cert, key
+
+
+def test_an_expired_or_future_certificate_is_warned_of_at_startup(
+    main_kdb: Path, certificate: tuple[Path, Path], tmp_path: Path
+) -> None:
+    expired = _dated_certificate(tmp_path / "expired", "20200101000000Z", "20200201000000Z")  # UTCTime
+    future = _dated_certificate(tmp_path / "future", "20500101000000Z", "20510101000000Z")  # GeneralizedTime
+    for (cert, key), says in (
+        (expired, f"kino-serve: warning: the TLS certificate {expired[0]} expired on 2020-02-01 00:00 UTC: "
+                  "clients refuse it (CERTIFICATE_VERIFY_FAILED); serve a renewed certificate"),
+        (future, f"kino-serve: warning: the TLS certificate {future[0]} is not valid before 2050-01-01 00:00 UTC"),
+        (certificate, None),
+    ):  # fmt: skip
+        proc = ServerProcess([str(main_kdb), "--tls-cert", str(cert), "--tls-key", str(key)], env=_env())
+        assert proc.stop() == 0
+        warnings = [line for line in proc.stderr.splitlines() if "warning" in line]
+        assert warnings == ([] if says is None else [warnings[0]]), proc.stderr
+        if says is not None:
+            assert warnings[0].startswith(says), proc.stderr

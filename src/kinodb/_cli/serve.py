@@ -49,7 +49,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="serve a weighted mixture instead (weight after the last colon, default 1); repeat")  # fmt: skip
     p.add_argument("-p", "--port", type=_int_in(0, 65535), default=DEFAULT_PORT,
                    help=f"port (default: {DEFAULT_PORT}; 0 picks a free one)")  # fmt: skip
-    p.add_argument("--bind", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    p.add_argument("--bind", default="127.0.0.1",
+                   help="address to listen on, without the port: 0.0.0.0 or :: for every interface, "
+                        "[::1] or ::1 for IPv6; a name (localhost) must be free on every address it "
+                        "stands for (default: 127.0.0.1)")  # fmt: skip
     p.add_argument("--seed", type=_int_in(0, 2**63 - 1), default=DEFAULT_SEED,
                    help=f"seed of the stream that seed-0 requests draw from, and of the mixture (default: {DEFAULT_SEED})")  # fmt: skip
     p.add_argument("--workers", type=_int_in(1, 1024), default=16,
@@ -88,13 +91,39 @@ def _seconds(text: str) -> float:
 
 
 def _token(args: argparse.Namespace) -> str | None:
+    """The bearer token from ``--token-file``, else ``$KINODB_TOKEN``, else None (no auth).
+
+    Raises:
+        ValueError: the token is empty, blank, or not one line of printable ASCII (a gRPC
+            header cannot carry it), naming where it came from.
+    """
+    from kinodb.serve.server import token_problem  # deferred: imports grpc
+
     if args.token_file:
-        with open(args.token_file, encoding="utf-8") as fh:
-            token = fh.read().strip()
+        where = f"--token-file {args.token_file}"
+        try:
+            with open(args.token_file, encoding="utf-8") as fh:
+                token = fh.read().strip()
+        except UnicodeDecodeError as exc:
+            raise ValueError(
+                f"{where} is not UTF-8 text (byte {exc.start}); write the token in it as one line of "
+                "printable ASCII"
+            ) from None
+        fix = "write the token in it as one line of printable ASCII (letters, digits, punctuation)"
+    else:
+        if TOKEN_ENV not in os.environ:
+            return None
+        where = f"${TOKEN_ENV}"
+        token = os.environ[TOKEN_ENV].strip()
         if not token:
-            raise ValueError(f"--token-file {args.token_file} is empty")
-        return token
-    return os.environ.get(TOKEN_ENV, "").strip() or None
+            raise ValueError(
+                f"{where} is set but blank; set it to the token, or unset it to serve without authentication"
+            )
+        fix = "set it to one line of printable ASCII (letters, digits, punctuation)"
+    problem = token_problem(token)
+    if problem:
+        raise ValueError(f"{where} {problem}; {fix}")
+    return token
 
 
 def _source(args: argparse.Namespace) -> Any:
@@ -200,7 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="kino-serve", description=_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("-V", "--version", action="version", version=f"kino-serve {__version__}")
-    p.add_argument("--debug", action="store_true", help="log requests' errors and print tracebacks")
+    p.add_argument("--debug", action="store_true",
+                   help="log each failed call (method, client, status, message) and print tracebacks")  # fmt: skip
     add_arguments(p)
     p.set_defaults(run=run)
     return p

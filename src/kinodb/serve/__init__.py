@@ -5,9 +5,17 @@ torch and lives in `kinodb.serve.dataset` (``kinodb.remote`` re-exports it lazil
 ``docs/serve.md`` is the guide.
 """
 
+import os
+import sys
+
 from kinodb._optional import require
 from kinodb.errors import MissingExtraError
 
+if "grpc" not in sys.modules:
+    # gRPC's core logs connection and TLS failures on stderr on its own, read from this
+    # variable once, at import; kinodb raises them, with what to change, as exceptions.
+    # GRPC_VERBOSITY=ERROR (or importing grpc first) shows the core's lines again.
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 _grpc = require("grpc", extra="serve")
 _protobuf = require("google.protobuf", extra="serve")
 try:  # the generated code checks the versions it was generated for

@@ -25,7 +25,7 @@ from kinodb.mixture import Mixture
 from kinodb.serve._errors import BatchTooLargeError
 from kinodb.serve._messages import fill_tensor, legacy_frames, meta_to_pb
 from kinodb.serve._proto import kinodb_pb2 as pb
-from kinodb.serve._sizes import EpisodeSizes, episode_sizes
+from kinodb.serve._sizes import EpisodeSizes, episode_sizes, mib
 from kinodb.serve._wire import CameraPart, encode_windows
 from kinodb.windows import FrameWindows, Normalizers, normalized_arrays
 
@@ -41,6 +41,7 @@ _WINDOW_CACHE = 8  # window specs kept open at once
 MAX_BATCHES_PER_MESSAGE = 64
 _GROUP_BYTES = 1 << 20  # a stream message stacks batches up to about this size
 _DECODE_THREADS = 2
+_STORED_CACHE = 1 << 16  # episodes whose mean stored frame size is kept
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +90,7 @@ class Backend:
         self._stream_lock = threading.Lock()
         self._windows: dict[tuple[Any, ...], tuple[FrameWindows, int, Normalizers | None]] = {}
         self._windows_lock = threading.Lock()
+        self._stored_cache: dict[tuple[Any, ...], int] = {}
 
     def _sizes(self, per_source: Iterable[EpisodeSizes]) -> None:
         """Per served episode: bytes of its arrays and of each camera's decoded frames; the
@@ -431,7 +433,8 @@ class Backend:
             nbytes = sum(a.nbytes for a in arrays.values())
             self._check_estimate(nbytes + sum(len(t) + 8 for t in tasks) + 1024, what)
         else:
-            cameras = self._window_images(fw, idx, images, cams or ())
+            where = (arrays["source"], arrays["episode_index"])
+            cameras = self._window_images(fw, idx, images, cams or (), where)
         next_offset = (offsets[-1] + size) % n if mode == "sequential" else 0
         reply = encode_windows(arrays, tasks, cameras, next_offset=next_offset, batches=len(offsets))
         if images is not None:
@@ -451,20 +454,27 @@ class Backend:
         return np.flatnonzero(present), (np.cumsum(present, dtype=np.int32) - 1)[codes]
 
     def _window_images(
-        self, fw: FrameWindows, idx: NDArray[np.int64], images: _Images, cams: Sequence[str]
-    ) -> list[CameraPart]:
+        self, fw: FrameWindows, idx: NDArray[np.int64], images: _Images, cams: Sequence[str],
+        where: tuple[NDArray[np.int64], NDArray[np.int64]],
+    ) -> list[CameraPart]:  # fmt: skip
+        """The cameras' parts of a window reply; ``where`` is each window's served source and
+        episode position, for the stored frames' size."""
         k = max(len(o) for o in fw.spec.images.values())
         layouts = {cam: fw.camera_layouts(cam) for cam in fw.cameras}
-        per = sum(
-            max(int(np.prod(images.size or hwc[:2])) * hwc[2] for _, hwc in per_source)
-            for per_source in layouts.values()
-        )
-        if images.size is None:  # each episode's own size: the largest frame of each camera served
-            per = max(per, sum(
-                max((self._largest_frame.get(name, 0) for name in names), default=0)
-                for names in _stored_names(cams)
-            ))  # fmt: skip
-        self._check_estimate(len(idx) * k * per, f"a batch of {len(idx)} windows with images")
+        what = f"a batch of {len(idx)} windows with images"
+        if not images.decoded:  # stored bytes travel: estimated from the frames' offset tables
+            self._check_estimate(k * self._stored_bytes(*where, cams), what, stored=True)
+        else:
+            per = sum(
+                max(int(np.prod(images.size or hwc[:2])) * hwc[2] for _, hwc in per_source)
+                for per_source in layouts.values()
+            )
+            if images.size is None:  # each episode's own size: the largest frame of each camera served
+                per = max(per, sum(
+                    max((self._largest_frame.get(name, 0) for name in names), default=0)
+                    for names in _stored_names(cams)
+                ))  # fmt: skip
+            self._check_estimate(len(idx) * k * per, what)
         if images.decoded:
             out = []
             for cam, pixels in fw.images(idx, size=images.size, threads=_DECODE_THREADS).items():
@@ -485,17 +495,53 @@ class Backend:
             out.append(CameraPart(cam, codec, h, w, c, frames=frames))
         return out
 
-    def _check_estimate(self, estimate: int, what: str) -> None:
+    def _stored_bytes(
+        self, source: NDArray[np.int64], episode: NDArray[np.int64], cams: Sequence[str]
+    ) -> int:
+        """Bytes of one stored frame per camera of each window, summed over the windows: each
+        episode's mean stored frame (its offset table's total over its frames), plus the length
+        prefix a frame takes in the reply."""
+        source, episode = np.asarray(source, np.int64), np.asarray(episode, np.int64)
+        key = source * (int(episode.max(initial=0)) + 1) + episode
+        _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+        names = _stored_names(cams)
+        per_episode = np.array(  # one lookup per distinct episode, not per frame
+            [self._stored_frame_bytes(int(source[at]), int(episode[at]), names) for at in first.tolist()],
+            dtype=np.int64,
+        )
+        return int(per_episode[inverse.reshape(-1)].sum())
+
+    def _stored_frame_bytes(self, s: int, pos: int, names: list[list[str]]) -> int:
+        """Mean bytes of one stored frame of each requested camera of episode ``pos`` of source
+        ``s`` (cached: a window batch meets the same episodes again)."""
+        key = (s, pos, tuple(map(tuple, names)))
+        found = self._stored_cache.get(key)
+        if found is None:
+            cams = self._dbs[s]._episode_cameras(pos)
+            found = 0
+            for per_source in names:
+                sizes = [
+                    -(-int(cams[n].frame_offsets[-1]) // max(int(cams[n].shape[0]), 1)) + 8
+                    for n in per_source if n in cams
+                ]  # fmt: skip
+                found += max(sizes, default=0)
+            if len(self._stored_cache) >= _STORED_CACHE:
+                self._stored_cache.clear()
+            self._stored_cache[key] = found
+        return found
+
+    def _check_estimate(self, estimate: int, what: str, *, stored: bool = False) -> None:
         if estimate > self.max_message:
+            advice = "ask for fewer" if stored else "ask for fewer, or for stored (encoded) images"
             raise BatchTooLargeError(
-                f"{what} would be about {_mib(estimate)}, over this server's message limit of "
-                f"{_mib(self.max_message)}; ask for fewer, or for stored (encoded) images"
+                f"{what} would be about {mib(estimate)}, over this server's message limit of "
+                f"{mib(self.max_message)}; {advice}"
             )
 
     def _check_size(self, size: int, what: str) -> None:
         if size > self.max_message:
             raise BatchTooLargeError(
-                f"{what} is {_mib(size)}, over this server's message limit of {_mib(self.max_message)}; "
+                f"{what} is {mib(size)}, over this server's message limit of {mib(self.max_message)}; "
                 "ask for fewer, or for stored (encoded) images"
             )
 
@@ -530,7 +576,3 @@ def _camera_arg(cameras: Sequence[str] | None) -> list[str] | dict[str, Any] | N
 def _stored_names(cameras: Sequence[str]) -> list[list[str]]:
     """Per output camera of a window request, the served cameras it stands for."""
     return [c.split("=", 1)[1].split(",") if "=" in c else [c] for c in cameras]
-
-
-def _mib(n: int) -> str:
-    return f"{n / (1 << 20):.1f} MiB"

@@ -8,6 +8,7 @@ a file and against a server.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import grpc
@@ -24,8 +25,10 @@ from kinodb.errors import (
     QuerySyntaxError,
     UnsupportedVersionError,
 )
+from kinodb.serve._sizes import mib
 
 __all__ = [
+    "REQUEST_LIMIT",
     "AddressError",
     "AuthenticationError",
     "BatchTooLargeError",
@@ -34,9 +37,15 @@ __all__ = [
     "ServerBusyError",
     "ServerTimeoutError",
     "ServerUnavailableError",
+    "connection_hint",
+    "fit_message",
     "status_for",
     "to_exception",
 ]
+
+REQUEST_LIMIT = 64 << 20
+"""The largest request a server takes: indices, seeds, camera names and KQL text (a
+filter that lists thousands of ids runs to megabytes; a client checks before sending)."""
 
 
 class AddressError(OSError):
@@ -132,6 +141,7 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str, tuple[tuple[st
     message = str(text).strip() or type(exc).__name__  # kept multi-line: a KQL error points with a caret
     if code is grpc.StatusCode.INTERNAL:
         message = f"internal server error ({type(exc).__name__}: {message}); the server log has the traceback"
+    message = fit_message(message)
     trailer: list[tuple[str, str]] = []
     name = next((n for n, cls in _BY_NAME.items() if type(exc) is cls), None)
     if type(exc) is ServerBusyError:
@@ -143,15 +153,68 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str, tuple[tuple[st
     return code, message, tuple(trailer)
 
 
-def to_exception(err: grpc.RpcError, where: str, timeout: float | None = None) -> Exception:
+_MESSAGE_BYTES = 8 << 10  # a status message travels in a header; gRPC drops a call whose headers pass 16 KiB
+
+
+def fit_message(message: str) -> str:
+    """``message`` short enough to travel as a status message.
+
+    A KQL error quotes the query with a caret under the offending token: a long query is
+    shown around the caret. Anything still too long is cut, saying how much was.
+    """
+    if _header_bytes(message) <= _MESSAGE_BYTES:
+        return message
+    lines = message.split("\n")
+    for k in range(1, len(lines)):
+        if lines[k].strip() == "^" and len(lines[k - 1]) > 240:
+            col = lines[k].index("^")
+            start = max(0, col - 120)
+            end = start + 240
+            query = lines[k - 1]
+            lines[k - 1] = ("..." if start else "") + query[start:end] + ("..." if end < len(query) else "")
+            lines[k] = " " * (col - start + (3 if start else 0)) + "^"
+    message = "\n".join(lines)
+    if _header_bytes(message) <= _MESSAGE_BYTES:
+        return message
+    keep = len(message)
+    while keep and _header_bytes(message[:keep]) > _MESSAGE_BYTES - 64:
+        keep = keep * 3 // 4
+    return f"{message[:keep]}... ({len(message) - keep} more characters cut)"
+
+
+def _header_bytes(text: str) -> int:
+    """Bytes of ``text`` as a grpc-message header (percent-encoded outside printable ASCII)."""
+    raw = text.encode("utf-8", "replace")
+    plain = sum(1 for b in raw if 32 <= b < 127 and b != 37) if len(raw) < 4 * _MESSAGE_BYTES else 0
+    return plain + 3 * (len(raw) - plain)
+
+
+def to_exception(
+    err: grpc.RpcError, where: str, timeout: float | None = None, *, tls: bool | None = None
+) -> Exception:
     """The local exception for a failed call (``where`` names the server in the message;
-    ``timeout`` is the client's, named when the call ran out of it)."""
+    ``timeout`` is the client's, named when the call ran out of it; ``tls`` whether the
+    client spoke TLS, for the hint on a connection that failed)."""
     code: grpc.StatusCode = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
     details: str = (err.details() if hasattr(err, "details") else None) or str(err)
     trailer: dict[str, Any] = dict(getattr(err, "trailing_metadata", lambda: None)() or ())
     message = f"{where}: {details}"
+    hint = connection_hint(details, tls)
+    if hint and code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.UNAVAILABLE):
+        # A TLS handshake that failed (a certificate for other names reads UNAUTHENTICATED):
+        # the connection, not the token.
+        return ServerUnavailableError(f"{where}: cannot connect: {details}; {hint}", code.name)
     if code is grpc.StatusCode.UNAUTHENTICATED:
         return AuthenticationError(f"{where}: authentication failed: {details}", code.name)
+    too_large = _TOO_LARGE.search(details)
+    if code is grpc.StatusCode.RESOURCE_EXHAUSTED and too_large:
+        got, limit = (int(n) for n in too_large.groups())
+        return InvalidRequestError(
+            f"{where}: the request is {mib(got)}, over the {mib(limit)} the server takes for a request; "
+            "shorten it (a KQL filter listing many ids: match on fields instead, or split the ids "
+            "into several queries)",
+            code.name,
+        )
     if code is grpc.StatusCode.DEADLINE_EXCEEDED:
         return ServerTimeoutError(timeout_message(where, timeout, "did not answer"), code.name)
     if trailer.get(ERROR_KEY) == ServerBusyError.__name__:
@@ -166,6 +229,41 @@ def to_exception(err: grpc.RpcError, where: str, timeout: float | None = None) -
     if code is grpc.StatusCode.UNAVAILABLE:
         return ServerUnavailableError(f"{where}: server unavailable: {details}", code.name)
     return _BY_CODE.get(code, RemoteError)(message, code.name)
+
+
+_TOO_LARGE = re.compile(r"Received message larger than max \((\d+) vs\. (\d+)\)")
+_NAME_MISMATCH = ("does not match SSL server name", "Hostname Verification", "No match found for server name")
+
+
+def connection_hint(details: str, tls: bool | None) -> str:
+    """What to change when a connection failed as gRPC's ``details`` say ("" if nothing
+    points at TLS); ``tls``: whether the client spoke TLS (None: unknown)."""
+    if any(text in details for text in _NAME_MISMATCH):
+        return (
+            "the server's TLS certificate does not name the host this client dials: connect with a "
+            "name or IP address the certificate lists (its subjectAltName), or pass tls_server_name= "
+            "one of them"
+        )
+    if "WRONG_VERSION_NUMBER" in details:
+        return (
+            "the server does not speak TLS: connect without tls_ca, or serve TLS (kino-serve "
+            "--tls-cert/--tls-key)"
+        )
+    if "CERTIFICATE_VERIFY_FAILED" in details:
+        if "expired" in details:
+            return "the server's TLS certificate has expired: serve a renewed one"
+        return (
+            "the server's TLS certificate is not signed by the CA in tls_ca (or is not valid now): "
+            "give tls_ca the CA that signed it, or for a self-signed certificate the certificate itself"
+        )
+    if any(text in details for text in ("handshake", "Handshake", "SSL_ERROR", "TSI_")):
+        return "the TLS handshake failed: check tls_ca, tls_server_name and the server's --tls-cert"
+    if tls is False and any(text in details for text in ("Socket closed", "Connection reset")):
+        return (
+            "the server closed the connection as it opened: if it serves TLS, connect with "
+            "tls_ca= (the CA that signed its certificate)"
+        )
+    return ""
 
 
 def timeout_message(where: str, timeout: float | None, what: str) -> str:

@@ -17,7 +17,7 @@ from numpy.typing import NDArray
 from kinodb.kdb._layout import DTYPES, KIND_CAMERA
 from kinodb.kdb.reader import Database
 
-__all__ = ["EpisodeSizes", "episode_sizes"]
+__all__ = ["EpisodeSizes", "episode_sizes", "mib"]
 
 _ITEMSIZE = np.array([np.dtype(d).itemsize for d in DTYPES], dtype=np.int64)
 _SECTION_COLUMNS = ("sec_start", "sec_count", "sec.name", "sec.kind", "sec.dtype", "sec.ndim", "sec.dims")
@@ -101,3 +101,8 @@ def _by_episode(db: Database, kept: NDArray[np.int64]) -> EpisodeSizes:
             per = images.setdefault(name, np.zeros(n, dtype=np.int64))
             per[j] = int(np.prod(hwc, dtype=np.int64)) * int(frames[j])
     return EpisodeSizes(arrays, images, list(images))
+
+
+def mib(n: int) -> str:
+    """Bytes as MiB with one decimal, as the startup line and every size error write them."""
+    return f"{n / (1 << 20):.1f} MiB"

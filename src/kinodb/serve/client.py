@@ -9,6 +9,7 @@ Arrays are read-only views over the received bytes.
 from __future__ import annotations
 
 import os
+import ssl
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -18,11 +19,18 @@ import grpc
 import numpy as np
 from numpy.typing import NDArray
 
-from kinodb.errors import KinodbError
-from kinodb.serve._errors import RemoteError, ServerTimeoutError, timeout_message, to_exception
+from kinodb.errors import FormatError, KinodbError
+from kinodb.serve._errors import (
+    REQUEST_LIMIT,
+    RemoteError,
+    ServerTimeoutError,
+    timeout_message,
+    to_exception,
+)
 from kinodb.serve._messages import meta_from_pb, unpack_tensor
 from kinodb.serve._proto import kinodb_pb2 as pb
 from kinodb.serve._proto import kinodb_pb2_grpc as pb_grpc
+from kinodb.serve._sizes import mib
 from kinodb.serve._wire import DecodedWindows, WireError, decode_windows
 
 __all__ = ["KinoClient"]
@@ -51,16 +59,23 @@ class KinoClient:
     """A connection to a kino-serve server.
 
     Args:
-        addr: ``host:port``.
+        addr: ``host:port`` (an IPv6 address in brackets: ``[::1]:50051``), or a gRPC
+            target name (``dns:///host:port``, ``unix:/path``).
         token: Bearer token (None: the ``KINODB_TOKEN`` environment variable, if set);
             surrounding whitespace, such as a token file's newline, is stripped.
-        tls_ca: PEM file (or bytes) of the CA that signed the server's certificate, to
-            connect over TLS; None for plaintext.
+        tls_ca: PEM file (or bytes) of the CA that signed the server's certificate (for a
+            self-signed certificate, the certificate itself), to connect over TLS; None for
+            plaintext.
         timeout: Seconds each call may take, and a stream's wait for each message (the
             time the caller spends between messages does not count); None: no limit.
             A call that runs out of it raises `ServerTimeoutError` (a `TimeoutError`).
         tls_server_name: Name to check the certificate against, when it differs from
             the host in ``addr``.
+
+    Raises:
+        ValueError: a malformed ``addr`` (no port, a port out of range, a URL scheme).
+        FormatError: ``tls_ca`` holds no PEM certificate.
+        OSError: ``tls_ca`` cannot be read.
 
     Example:
         >>> with KinoClient("127.0.0.1:50051") as client:
@@ -77,18 +92,15 @@ class KinoClient:
         timeout: float | None = 30.0,
         tls_server_name: str | None = None,
     ) -> None:
-        self.addr, self.timeout = addr, _timeout(timeout)
+        self.addr, self.timeout = _address(addr), _timeout(timeout)
         self._closed = False
+        self._tls = tls_ca is not None
         self._metadata: tuple[tuple[str, str], ...] = _auth(token)
         options: list[tuple[str, Any]] = [("grpc.max_receive_message_length", -1), *KEEPALIVE_OPTIONS]
         if tls_ca is None:
             self._channel = grpc.insecure_channel(addr, options=options)
         else:
-            if isinstance(tls_ca, bytes):
-                ca = tls_ca
-            else:
-                with open(tls_ca, "rb") as fh:
-                    ca = fh.read()
+            ca = _read_ca(tls_ca)
             if tls_server_name:
                 options.append(("grpc.ssl_target_name_override", tls_server_name))
             self._channel = grpc.secure_channel(
@@ -111,7 +123,7 @@ class KinoClient:
             raise ValueError(f"KinoClient for server {self.addr}: the client is closed; open a new one")
 
     def _error(self, err: grpc.RpcError) -> Exception:
-        return to_exception(err, f"server {self.addr}", self.timeout)
+        return to_exception(err, f"server {self.addr}", self.timeout, tls=self._tls)
 
     def _call(self, method: str, request: Any) -> Any:
         self._open()
@@ -369,6 +381,7 @@ class KinoClient:
         """
         # On the wire 0 means "no limit"; a limit of 0 asks for one match and keeps none.
         keep = None if limit is None else _uint(limit, "limit", bits=32)
+        _request_text(kql, "kql")
         resp = self._call("Query", pb.QueryRequest(kql=kql, limit=0 if keep is None else max(keep, 1)))
         positions = np.array(resp.positions, dtype=np.int64)
         return positions if keep is None else positions[:keep]
@@ -412,6 +425,92 @@ def _uint(value: Any, name: str, *, bits: int = 64, minimum: int = 0) -> int:
         low = "a non-negative" if minimum == 0 else "a positive"
         raise ValueError(f"{name} must be {low} int below 2**{bits}, got {value!r}")
     return int(value)
+
+
+_TARGET_SCHEMES = ("dns:", "unix:", "unix-abstract:", "ipv4:", "ipv6:", "vsock:")
+
+
+def _address(addr: Any) -> str:
+    """``addr`` checked as ``host:port`` (gRPC target names pass as they are).
+
+    Raises:
+        ValueError: no port, a port out of range, a URL scheme, an IPv6 address without brackets.
+    """
+    if not isinstance(addr, str) or not addr.strip():
+        raise ValueError(f"the server address must be 'host:port', got {addr!r}")
+    if addr.startswith(_TARGET_SCHEMES):
+        return addr
+    if "://" in addr:
+        rest = addr.split("://", 1)[1].rstrip("/")
+        raise ValueError(f"the server address {addr!r} has a URL scheme; give host:port: {rest!r}")
+    if addr.startswith("["):
+        close = addr.find("]")
+        host, port = (addr[1:close], addr[close + 1 :]) if close > 0 else (addr, "")
+        if port and not port.startswith(":"):
+            raise ValueError(f"the server address {addr!r} is not [IPv6]:port")
+        port = port[1:]
+    elif addr.count(":") > 1:
+        raise ValueError(
+            f"the server address {addr!r} looks like an IPv6 address without brackets; write it as "
+            "[address]:port, such as [::1]:50051"
+        )
+    else:
+        host, _, port = addr.partition(":")
+    if not port:
+        raise ValueError(
+            f"the server address {addr!r} has no port; give host:port, such as {host or 'HOST'}:50051 "
+            "(kino-serve's default port)"
+        )
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"the server address {addr!r}: the port {port!r} is not a number in 1..65535")
+    if not host:
+        raise ValueError(f"the server address {addr!r} has no host; give host:port, such as 127.0.0.1:{port}")
+    return addr
+
+
+def _read_ca(tls_ca: str | os.PathLike[str] | bytes) -> bytes:
+    """The PEM bytes of ``tls_ca``, checked to hold a certificate that loads.
+
+    Raises:
+        OSError: the file cannot be read.
+        FormatError: it holds no PEM certificate, or one that does not load.
+    """
+    if isinstance(tls_ca, bytes):
+        data, name = tls_ca, "tls_ca (bytes)"
+    else:
+        with open(tls_ca, "rb") as fh:
+            data = fh.read()
+        name = f"tls_ca {os.fspath(tls_ca)}"
+    advice = (
+        "give the PEM file of the CA that signed the server's certificate (for a self-signed "
+        "certificate, the certificate itself)"
+    )
+    if b"-----BEGIN CERTIFICATE-----" not in data:
+        held = ""
+        if b"PRIVATE KEY-----" in data:
+            held = " (it holds a private key, which stays with the server)"
+        raise FormatError(f"{name} holds no PEM certificate{held}; {advice}")
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=data.decode("latin-1"))
+    except ssl.SSLError as exc:
+        raise FormatError(f"{name}: its certificate does not load ({exc.reason or exc}); {advice}") from None
+    return data
+
+
+def _request_text(text: str | None, name: str) -> None:
+    """Refuse a text that would make a request over a server's limit, before sending it.
+
+    Raises:
+        ValueError: ``text`` is over `REQUEST_LIMIT` less room for the rest of the request.
+    """
+    if text and len(text) > REQUEST_LIMIT // 8:
+        size = len(text.encode("utf-8"))
+        if size > REQUEST_LIMIT - (64 << 10):
+            raise ValueError(
+                f"{name} is {mib(size)}, over the {mib(REQUEST_LIMIT)} a server takes for a request; "
+                "shorten it (a filter listing many ids: match on fields instead, or split the ids "
+                "into several queries)"
+            )
 
 
 def _timeout(timeout: Any) -> float | None:
@@ -481,6 +580,7 @@ def _encoding(name: str) -> pb.ImageEncoding:
 
 
 def _spec(obs: int, act: int, pad: str, kql: str | None, normalize: str | None = None) -> pb.WindowSpec:
+    _request_text(kql, "kql_filter")
     if pad not in ("edge", "zero"):
         raise ValueError(f"pad must be 'edge' or 'zero', got {pad!r}")
     if normalize not in (None, "mean_std", "min_max"):

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
+from multiprocessing.util import Finalize
 from typing import Any
 
 import numpy as np
@@ -34,14 +38,21 @@ class KinoRemoteDataset(IterableDataset[Any]):
     (B, To, C, H, W), ``episode_index``, ``frame_index``, ``source``, ``task`` (list).
     Use ``DataLoader(ds, batch_size=None)``.
 
-    Each DataLoader worker opens its own channel when it starts iterating and reads its
-    share of the epoch (every ``num_workers``-th server batch) over one server stream; a
-    server serves ``kino-serve --workers`` streams at once and refuses more
-    (`ServerBusyError`), so give it at least the workers of every training process.
-    An epoch is ``num_batches`` batches (default: enough to cover the episodes, or for
-    windows the frames of the episodes ``kql_filter`` keeps, once on average). With a non-zero ``seed`` every epoch's batches
-    are a function of the seed, the epoch (`set_epoch`) and the worker; with seed 0 they
-    come from the server's own seeded stream.
+    An epoch is ``num_batches`` server batches (default: enough to cover the episodes, or
+    for windows the frames of the episodes ``kql_filter`` keeps, once on average), rounded
+    up to a multiple of the world size. They are dealt to the distributed ranks in turn
+    (``torch.distributed`` when initialised, read in the rank's process also for spawned
+    workers, or ``rank=``/``world_size=``), so every rank takes the same number of
+    steps, and a rank's DataLoader workers deal out its share in turn. In
+    ``"sequential"`` mode each sample of an epoch is read once across all ranks and
+    workers (the last batch wraps around to the first samples); in the random modes each
+    rank and worker draws its own batches. Each DataLoader worker opens its own channel
+    when it starts iterating and reads its share over one server stream; a server serves
+    ``kino-serve --workers`` streams at once and refuses more (`ServerBusyError`), so give
+    it at least the workers of every training process. With a non-zero ``seed`` every
+    epoch's batches are a function of the seed, the epoch (`set_epoch`, which reaches
+    persistent workers too), the rank and the worker; with seed 0 they come from the
+    server's own seeded stream.
 
     Args:
         addr: ``host:port`` of the server.
@@ -54,12 +65,13 @@ class KinoRemoteDataset(IterableDataset[Any]):
             normalises states and actions on the server with each source's statistics).
         mode: ``"random"``, ``"weighted"`` or ``"sequential"``.
         seed: See above.
-        num_batches: Server batches per epoch over all workers.
+        num_batches: Server batches per epoch over all workers and ranks.
         image_key: A camera, a list of cameras, or None (the first camera); for windows of
             robots that name their cameras differently, a mapping from an output name to
             each served source's camera, ``{"front": ["image_0", "cam_high"]}``.
         image_size: ``(H, W)`` to resize window frames to on the server.
         token, tls_ca, timeout: As for `KinoClient`.
+        rank, world_size: This process's share (default: from ``torch.distributed``).
 
     Example:
         >>> ds = KinoRemoteDataset("10.0.0.5:50051", batch_size=256,
@@ -83,7 +95,15 @@ class KinoRemoteDataset(IterableDataset[Any]):
         token: str | None = None,
         tls_ca: str | os.PathLike[str] | bytes | None = None,
         timeout: float | None = 60.0,
+        rank: int | None = None,
+        world_size: int | None = None,
     ) -> None:
+        if (rank is None) != (world_size is None):
+            raise ValueError("give both rank and world_size, or neither")
+        if world_size is not None and not (
+            isinstance(rank, int) and isinstance(world_size, int) and 0 <= rank < world_size
+        ):
+            raise ValueError(f"need 0 <= rank < world_size, got rank={rank!r}, world_size={world_size!r}")
         for name, value in (("batch_size", batch_size), ("num_batches", num_batches)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -109,28 +129,65 @@ class KinoRemoteDataset(IterableDataset[Any]):
         self._mode, self._seed, self._num_batches = mode, seed, num_batches
         self._image_key, self._image_size = image_key, image_size
         self._client_kw: dict[str, Any] = {"token": token, "tls_ca": tls_ca, "timeout": timeout}
-        self._epoch = 0
+        self._rank, self._world = rank, world_size
+        # The rank and world size of torch.distributed, taken in the process that pickles
+        # this dataset for its DataLoader workers: spawned workers have no process group.
+        self._dist: tuple[int, int] | None = None
+        # The epoch lives in shared memory, made before any worker starts: set_epoch then
+        # reaches workers that outlive an epoch (persistent_workers=True), forked or spawned.
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()  # type: ignore[no-untyped-call]
         self._counted: tuple[Any, int] | None = None  # windows the filter keeps, once asked
 
+    @property
+    def epoch(self) -> int:
+        """The epoch whose batches `__iter__` yields (see `set_epoch`)."""
+        return int(self._epoch)
+
     def set_epoch(self, epoch: int) -> None:
-        """Use epoch ``epoch``'s batches next (seeded datasets and sequential offsets)."""
-        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        """Use epoch ``epoch``'s batches next (seeded datasets and sequential offsets), in
+        this process and in the DataLoader's workers, persistent ones included."""
+        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
             raise ValueError(f"epoch must be a non-negative int, got {epoch!r}")
-        self._epoch = epoch
+        self._epoch.fill_(int(epoch))
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        if self._rank is None and get_worker_info() is None:
+            state["_dist"] = _distributed() or self._dist
+        return state
+
+    def _rank_world(self) -> tuple[int, int]:
+        """This process's rank and the world size: as given, else as torch.distributed says
+        here, else as it said where this dataset was pickled for the worker, else (0, 1)."""
+        if self._rank is not None and self._world is not None:
+            return self._rank, self._world
+        return _distributed() or self._dist or (0, 1)
 
     def __iter__(self) -> Iterator[Any]:
         worker = get_worker_info()
         wid, workers = (worker.id, worker.num_workers) if worker is not None else (0, 1)
-        with KinoClient(self._addr, **self._client_kw) as client:
+        if worker is not None:
+            _settle_at_exit()
+        rank, world = self._rank_world()
+        epoch = self.epoch
+        client = KinoClient(self._addr, **self._client_kw)
+        # Closes the channel when the process exits with this iterator never finished nor
+        # collected; finishing it closes the channel at once and drops this.
+        closer = Finalize(client, _close_quietly, (client,), exitpriority=20)
+        try:
             info = client.server_info()
             total = self._num_batches or max(1, math.ceil(self._units(client, info) / self._batch))
-            mine = len(range(wid, total, workers))
+            # The epoch's batches go to the ranks in turn, then to each rank's workers in turn:
+            # shard (rank, worker) reads every (world * workers)-th batch from its first.
+            per_rank = -(-total // world)
+            shard, shards = rank + world * wid, world * workers
+            mine = len(range(wid, per_rank, workers))
             if mine == 0:
                 return
             cams = self._cameras(info["cameras"]) if self._images else None
             kw: dict[str, Any] = dict(
-                num_batches=mine, mode=self._mode, seed=self._worker_seed(wid),
-                offset=(self._epoch * total + wid) * self._batch, stride=workers * self._batch,
+                num_batches=mine, mode=self._mode, seed=self._worker_seed(epoch, shard),
+                offset=(epoch * per_rank * world + shard) * self._batch, stride=shards * self._batch,
                 include_images=self._images, cameras=cams,
             )  # fmt: skip
             if self._windows is not None:
@@ -142,6 +199,8 @@ class KinoRemoteDataset(IterableDataset[Any]):
                 for episodes in client.stream_batches(self._batch, **kw):
                     for ep in episodes:
                         yield self._sample(ep)
+        finally:
+            closer()
 
     def _units(self, client: KinoClient, info: dict[str, Any]) -> int:
         """What an epoch covers once: the episodes, or the windows (frames) the filter keeps."""
@@ -170,10 +229,10 @@ class KinoRemoteDataset(IterableDataset[Any]):
             return available[:1]
         return [self._image_key] if isinstance(self._image_key, str) else list(self._image_key)
 
-    def _worker_seed(self, wid: int) -> int:
+    def _worker_seed(self, epoch: int, shard: int) -> int:
         if not self._seed:
             return 0
-        state = np.random.SeedSequence([self._seed, self._epoch, wid]).generate_state(1, np.uint64)
+        state = np.random.SeedSequence([self._seed, epoch, shard]).generate_state(1, np.uint64)
         return int(state[0]) or 1
 
     def _tensor(self, value: Any) -> Any:
@@ -215,3 +274,44 @@ class KinoRemoteDataset(IterableDataset[Any]):
             self._put_images(out, {cam: self._image(px) for cam, px in images.items()})
         out["task"] = tasks
         return out
+
+
+def _distributed() -> tuple[int, int] | None:
+    """``(rank, world size)`` of torch.distributed where it is initialised, else None."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return None
+
+
+def _close_quietly(client: KinoClient) -> None:
+    with contextlib.suppress(Exception):  # at exit, gRPC may have torn the channel down already
+        client.close()
+
+
+_SETTLE_S = 2.0  # at most this long; torch stops a worker that takes 5 s to exit
+_settled_pid = -1
+
+
+def _settle_at_exit() -> None:
+    """Let this DataLoader worker's queue hand over its last batches before it exits.
+
+    A worker that stops early (the training loop left the epoch) exits while its queue's
+    feeder thread may still be pickling a batch, inside torch's C++ code that shares each
+    tensor's memory. A spawned worker then finalises Python, which ends such a thread as
+    it takes the GIL back by unwinding it through C++ frames that do not allow it:
+    ``terminate called without an active exception``, SIGABRT. Joining the feeder first
+    (run by multiprocessing at the worker's exit, before Python finalises) avoids that.
+    """
+    global _settled_pid
+    if _settled_pid == os.getpid():
+        return
+    _settled_pid = os.getpid()
+    Finalize(None, _join_queue_feeders, exitpriority=0)
+
+
+def _join_queue_feeders() -> None:
+    deadline = time.monotonic() + _SETTLE_S
+    for thread in threading.enumerate():
+        if thread.name == "QueueFeederThread" and thread is not threading.current_thread():
+            thread.join(max(0.0, deadline - time.monotonic()))
