@@ -20,6 +20,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from kinodb.errors import CorruptFileError
+from kinodb.kdb._codecs import DAMAGED_ADVICE, describe
 
 Resize: TypeAlias = Literal["bilinear", "area", "bicubic", "nearest"]
 RESIZE_MODES = ("bilinear", "area", "bicubic", "nearest")
@@ -74,6 +75,10 @@ def decode_one(
             im = Image.fromarray(arr[..., 0] if c == 1 else arr, _MODES[c])
         else:
             im = Image.open(io.BytesIO(data))  # type: ignore[arg-type]  # bytes or memoryview
+            if im.size != (w, h):  # known from the header; checked before a resize hides it
+                raise CorruptFileError(
+                    f"image is {im.height}x{im.width} (HxW), the index says {h}x{w}; {DAMAGED_ADVICE}"
+                )
             if codec == "jpeg" and size is not None and 2 * size[0] <= h and 2 * size[1] <= w:
                 im.draft(im.mode, (size[1], size[0]))  # DCT scaling, never below the target
             if im.mode != _MODES[c]:
@@ -82,14 +87,18 @@ def decode_one(
                 im = im.resize((size[1], size[0]), _filter(resize), reducing_gap=None)
             out = np.asarray(im)
             if out.shape[:2] != (size or (h, w)):
-                raise CorruptFileError(f"frame decodes to {out.shape[:2]}, the index says {(h, w)}")
+                raise CorruptFileError(
+                    f"frame decodes to {out.shape[:2]}, the index says {(h, w)}; {DAMAGED_ADVICE}"
+                )
             return out.reshape(out.shape[0], out.shape[1], c)
         im = im.resize((size[1], size[0]), _filter(resize), reducing_gap=None)
         return np.asarray(im).reshape(size[0], size[1], c)
     except CorruptFileError as exc:
         raise CorruptFileError(f"{_where(where)}: {exc}") from None
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise CorruptFileError(f"{_where(where)}: cannot decode {codec} frame: {exc}") from exc
+    except Exception as exc:  # Pillow raises many types on damaged bytes (OSError, SyntaxError, bomb errors)
+        raise CorruptFileError(
+            f"{_where(where)}: cannot decode {codec} frame ({describe(exc)}); {DAMAGED_ADVICE}"
+        ) from exc
 
 
 def _where(where: Any) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from kinodb.errors import KinodbError
+from kinodb.errors import CorruptFileError, KinodbError
 from kinodb.kdb._layout import DTYPES, KIND_ARRAY, KIND_CAMERA
 from kinodb.kdb.reader import Database
 from kinodb.kql.ast import render_value
@@ -36,9 +36,17 @@ class _Sections:
         self.kinds = np.asarray(cols["sec.kind"]).reshape(-1)
         rows = len(self.names)
         self.kept, self.episodes = kept, len(db)
-        # A damaged row range is clipped here; reading that episode names the damage.
-        self.start = np.minimum(np.asarray(cols["sec_start"])[kept].astype(np.int64), rows)
-        self.end = np.clip(self.start + np.asarray(cols["sec_count"])[kept], self.start, rows)
+        start, count = np.asarray(cols["sec_start"])[kept], np.asarray(cols["sec_count"])[kept]
+        bad = (start > rows) | (start + count > rows)  # u64: the first test keeps the sum from wrapping
+        if bad.any():  # checked as a read checks them, before any row is looked up
+            j = int(np.flatnonzero(bad)[0])
+            first, last = int(start[j]), int(start[j]) + int(count[j])
+            raise CorruptFileError(
+                f"{db.path()}: episode {int(kept[j])}: section rows {first}..{last} do not exist (the section "
+                f"directory has {rows} rows); the index is damaged: run kino validate {db.path()}"
+            )
+        self.start = start.astype(np.int64)
+        self.end = self.start + count
         self._rows: dict[tuple[str, int], NDArray[np.int64]] = {}
         self._cameras: list[str] | None = None
 

@@ -86,8 +86,8 @@ def merge(
     Raises:
         QuerySyntaxError: ``filter`` does not parse or does not fit an input's fields.
         WriterError: no input has a matching episode.
-        FormatError: an input is not a readable ``.kdb`` file, or an episode's data is
-            damaged (`CorruptFileError`).
+        FormatError: an input is not a readable ``.kdb`` file, its index fails its checksum,
+            or an episode's data is damaged (`CorruptFileError`; nothing is written).
         ConversionError: an episode cannot be stored in format v1, or every matching
             episode was skipped.
         FileExistsError: ``output`` exists and ``overwrite`` is False.
@@ -104,6 +104,9 @@ def merge(
     try:
         for p in inputs:
             dbs.append(open_database(p))
+            # Before anything is written: a damaged index must not be stored again under a
+            # valid checksum (legacy files have none to check).
+            dbs[-1]._verify_index()
         from kinodb.kql._eval import fields_of  # deferred: kql builds on kdb
 
         absent = fields_of(dbs) if filter else frozenset()  # a field some inputs lack is null there

@@ -284,7 +284,8 @@ def test_damaged_index_never_crashes_and_is_always_detected(one_commit: Path) ->
     )
     outcomes, _ = probe(one_commit, mutations, validate=True)
     assert crashes(outcomes, mutations) == []
-    # The index checksum is verified by validate, not by open (which stays constant-cost).
+    # The index checksum is verified on first use (and by validate), not by open, which
+    # stays constant-cost.
     undetected = [
         (o, m) for (o, m), res in zip(mutations, outcomes, strict=True) if res.endswith(":undetected")
     ]

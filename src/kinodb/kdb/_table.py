@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from kinodb.errors import CorruptFileError
-from kinodb.kdb._layout import INDEX_HEAD, INDEX_MAGIC, align
+from kinodb.kdb._layout import DTYPES, INDEX_HEAD, INDEX_MAGIC, Commit, align, crc32
 
 ABSENT: Any = object()  # an extra field the episode does not have
 EXTRA_ABSENT, EXTRA_NULL, EXTRA_VALUE = 0, 1, 2
@@ -40,6 +40,9 @@ EPISODE_COLUMNS: dict[str, str] = {
     "sec_count": "<u2",
 }
 STRING_COLUMNS = ("embodiment", "task")
+# The bytes every episode takes in an index at least (its row of each fixed column and its
+# string codes): an index of L bytes holds at most L // MIN_EPISODE_BYTES episodes.
+MIN_EPISODE_BYTES = sum(np.dtype(d).itemsize for d in EPISODE_COLUMNS.values()) + 4 * len(STRING_COLUMNS)
 # One row per section (an array, or a camera's frames) of every episode.
 SECTION_COLUMNS: dict[str, str] = {
     "sec.name": "<u2",
@@ -63,10 +66,18 @@ def encode_strings(values: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.nd
 
 
 class StringColumn:
-    """A dictionary-encoded string column, decoded lazily."""
+    """A dictionary-encoded string column, decoded lazily.
 
-    def __init__(self, cols: Mapping[str, np.ndarray], prefix: str, name: str):
+    ``where`` names the index block in errors (``"PATH: index at byte offset N"``); the
+    byte offsets of damaged entries follow when ``cols`` knows where its columns lie.
+    """
+
+    def __init__(
+        self, cols: Mapping[str, np.ndarray], prefix: str, name: str, where: str = "", what: str = "column"
+    ):
         self._cols, self._prefix, self._name = cols, prefix, name
+        self._where = f"{where}: " if where else ""
+        self._what = what  # "column", or "extra field" for a field's strings
         self._dict: list[str] | None = None
 
     @classmethod
@@ -80,6 +91,10 @@ class StringColumn:
         """The int32 dictionary code of every row."""
         return self._cols[self._prefix + "codes"]
 
+    def _at(self, part: str, skip: int = 0) -> str:
+        """``" (NAME at byte offset N)"`` for column part ``part`` plus ``skip`` bytes, or ""."""
+        return _column_at(self._cols, self._prefix + part, skip)
+
     @property
     def dictionary(self) -> list[str]:
         """All distinct values, in code order."""
@@ -87,18 +102,29 @@ class StringColumn:
             offs = self._cols[self._prefix + "dict_offsets"].tolist()
             raw = self._cols[self._prefix + "dict_bytes"].tobytes()
             if offs and (offs[-1] > len(raw) or any(a > b for a, b in itertools.pairwise(offs))):
-                raise CorruptFileError(f"string dictionary of column {self._name!r} is damaged")
+                raise CorruptFileError(
+                    f"{self._where}string dictionary of {self._what} {self._name!r} is damaged: its entry "
+                    f"offsets{self._at('dict_offsets')} decrease or pass the end of its {len(raw)} bytes; "
+                    "the index is damaged"
+                )
             try:
                 self._dict = [raw[a:b].decode() for a, b in itertools.pairwise(offs)]
             except UnicodeDecodeError as exc:
-                raise CorruptFileError(f"column {self._name!r} holds invalid UTF-8") from exc
+                bad = next(a for a, b in itertools.pairwise(offs) if not _utf8(raw[a:b])) + exc.start
+                raise CorruptFileError(
+                    f"{self._where}{self._what} {self._name!r} holds invalid UTF-8{self._at('dict_bytes', bad)}; "
+                    "the index is damaged"
+                ) from exc
         return self._dict
 
     def __getitem__(self, i: int) -> str:
         code = int(self.codes[i])
         d = self.dictionary
         if not 0 <= code < len(d):
-            raise CorruptFileError(f"column {self._name!r}, episode {i}: bad string code {code}")
+            raise CorruptFileError(
+                f"{self._where}{self._what} {self._name!r}, episode {i}: bad string code {code}{self._at('codes', 4 * i)} "
+                f"(its dictionary has {len(d)} entries); the index is damaged"
+            )
         return d[code]
 
     def to_numpy(self) -> np.ndarray:
@@ -106,8 +132,32 @@ class StringColumn:
         d = np.array([*self.dictionary, ""], dtype=object)
         codes = self.codes.astype(np.int64)
         if len(codes) and (codes.min() < 0 or codes.max() >= len(d) - 1):
-            raise CorruptFileError(f"column {self._name!r} holds out-of-range string codes")
+            i = int(np.flatnonzero((codes < 0) | (codes >= len(d) - 1))[0])
+            raise CorruptFileError(
+                f"{self._where}{self._what} {self._name!r} holds out-of-range string codes (first: episode {i}, "
+                f"code {int(codes[i])}{self._at('codes', 4 * i)}; the dictionary has {len(d) - 1} entries); "
+                "the index is damaged"
+            )
         return d[codes]
+
+
+def _utf8(raw: bytes) -> bool:
+    try:
+        raw.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _column_at(cols: Mapping[str, np.ndarray], name: str, skip: int = 0) -> str:
+    """``" (NAME at byte offset N)"`` where column ``name`` (plus ``skip`` bytes) lies in
+    the file, or "" for columns built in memory."""
+    locate = getattr(cols, "byte_offset", None)
+    at = None if locate is None else locate(name)
+    if at is None:
+        return ""
+    stored = getattr(cols, "full_name", str)(name)  # a field's columns are named with its prefix
+    return f" ({stored} at byte offset {at + skip})"
 
 
 def _extra_kind(values: Iterable[Any]) -> str:
@@ -156,10 +206,11 @@ def encode_extra(values: Sequence[Any]) -> tuple[str, dict[str, np.ndarray]]:
 class ExtraColumn:
     """One per-episode extra field, decoded lazily from its columns."""
 
-    def __init__(self, name: str, kind: str, cols: Mapping[str, np.ndarray]):
+    def __init__(self, name: str, kind: str, cols: Mapping[str, np.ndarray], where: str = ""):
         self.name, self.kind = name, kind
         self._cols = cols
-        self._strings = StringColumn(cols, "", name) if kind == "str" else None
+        self._where = f"{where}: " if where else ""
+        self._strings = StringColumn(cols, "", name, where, "extra field") if kind == "str" else None
 
     @property
     def state(self) -> np.ndarray:
@@ -177,10 +228,16 @@ class ExtraColumn:
             return self._strings[i]
         if self.kind == "json":
             a, b = int(self._cols["offsets"][i]), int(self._cols["offsets"][i + 1])
+            blob = self._cols["bytes"]
             try:
-                return json.loads(self._cols["bytes"][a:b].tobytes())
+                if not a <= b <= len(blob):
+                    raise ValueError(f"its text would be bytes {a}..{b} of {len(blob)}")
+                return json.loads(blob[a:b].tobytes())
             except ValueError as exc:
-                raise CorruptFileError(f"extra field {self.name!r}, episode {i}: bad JSON") from exc
+                raise CorruptFileError(
+                    f"{self._where}extra field {self.name!r}, episode {i}: bad JSON{_column_at(self._cols, 'bytes', a)} "
+                    f"({_short(exc)}); the index is damaged"
+                ) from exc
         value = self._cols["values"][i]
         return bool(value) if self.kind == "bool" else value.item()
 
@@ -244,6 +301,11 @@ def encode_index(
     return bytes(out)
 
 
+def _short(exc: BaseException) -> str:
+    text = str(exc)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 class Columns(Mapping[str, np.ndarray]):
     """Index columns, checked and mapped on first access (open cost stays constant)."""
 
@@ -266,6 +328,29 @@ class Columns(Mapping[str, np.ndarray]):
         if min(shape, default=0) < 0:
             raise CorruptFileError(f"{self._where}: column {name!r} has a negative shape")
         return shape
+
+    def byte_offset(self, name: str) -> int | None:
+        """The file offset where column ``name`` starts, from the table of contents, or None."""
+        try:
+            return self._body + int(self._layout[name][1])
+        except (KeyError, TypeError, ValueError, IndexError):
+            return None
+
+    def full_name(self, name: str) -> str:
+        """The stored name of column ``name`` (itself: `_Prefixed` adds a field's prefix)."""
+        return name
+
+    def extent(self) -> int:
+        """The first byte after the last column, every column checked to lie in the block.
+
+        Raises:
+            CorruptFileError: a column's layout is damaged or lies outside the block.
+        """
+        end = self._body
+        for name in self._layout:
+            dt, start, count, _ = self._locate(name)
+            end = max(end, start + count * dt.itemsize)
+        return end
 
     def release(self) -> None:
         """Drop every mapped column; later access raises ValueError (the file is closed)."""
@@ -344,6 +429,14 @@ class _Prefixed(Mapping[str, np.ndarray]):
     def __getitem__(self, name: str) -> np.ndarray:
         return self._cols[self._prefix + name]
 
+    def byte_offset(self, name: str) -> int | None:
+        """The file offset where column ``name`` (without the prefix) starts, or None."""
+        return self._cols.byte_offset(self._prefix + name)
+
+    def full_name(self, name: str) -> str:
+        """The stored name of column ``name``."""
+        return self._prefix + name
+
     def __iter__(self) -> Iterator[str]:
         n = len(self._prefix)
         return (k[n:] for k in self._cols if k.startswith(self._prefix))
@@ -399,7 +492,7 @@ def decode_index(
     block = IndexBlock(toc["dataset"], columns, list(names), kinds)
     n = _check_columns(columns, raw_layout, where)
     for s in STRING_COLUMNS:
-        block.strings[s] = StringColumn(columns, f"{s}.", s)
+        block.strings[s] = StringColumn(columns, f"{s}.", s, where)
     for j, (name, kind) in enumerate(block.extra_kinds.items()):
         prefix = f"extra.{j}."
         if prefix + "state" not in columns or columns.shape(prefix + "state") != (n,):
@@ -408,7 +501,7 @@ def decode_index(
         if parts is None or any(prefix + p not in columns for p in parts):
             raise CorruptFileError(f"{where}: extra field {name!r} of kind {kind!r} lacks its columns")
         columns.expect({prefix + p: (n + 1,) if p == "offsets" else (n,) for p in parts if p in _PER_EPISODE})
-        block.extras[name] = ExtraColumn(name, kind, _Prefixed(columns, prefix))
+        block.extras[name] = ExtraColumn(name, kind, _Prefixed(columns, prefix), where)
     return block
 
 
@@ -438,6 +531,105 @@ def _check_columns(cols: Columns, layout: dict[str, Any], where: str) -> int:
         raise CorruptFileError(f"{where}: a column has the wrong rank")
     cols.sizes = (n[0], r[0])  # every other column is checked against these when first mapped
     return n[0]
+
+
+def check_index_crc(block: Any, stored: int, offset: int, path: str) -> None:
+    """Check the bytes of the index block at ``offset`` against the CRC-32 its commit
+    record stores.
+
+    Raises:
+        CorruptFileError: the checksum does not match: names the file, the block, both
+            checksums and what to do.
+    """
+    got = crc32(block)
+    if got != stored:
+        raise CorruptFileError(
+            f"{path}: index checksum mismatch at byte offset {offset} ({len(block)} bytes): stored "
+            f"{stored:08x}, computed {got:08x}; the index (the episodes' metadata and where their arrays "
+            f"lie) is damaged. See what else is with: kino validate {path}; then restore the file from a "
+            "copy (appends, kino stats, merge and upgrade refuse it: they would store the damage again "
+            "under a valid checksum)"
+        )
+
+
+def check_counts(commit: Commit, size: int, path: str) -> None:
+    """Refuse a commit record that counts more episodes than its index block can hold, or
+    more frames than the file (every frame stores a byte at least: ``is_terminal``).
+
+    Raises:
+        CorruptFileError: a count is impossible (as a faulty writer could record it).
+    """
+    most = commit.index_length // MIN_EPISODE_BYTES
+    if commit.num_episodes > most:
+        raise CorruptFileError(
+            f"{path}: the commit record says {commit.num_episodes} episodes, but its index at byte offset "
+            f"{commit.index_offset} ({commit.index_length} bytes) holds at most {most} (each takes "
+            f"{MIN_EPISODE_BYTES} bytes of it or more); the file is damaged: run kino validate {path}"
+        )
+    if commit.num_frames > size:
+        raise CorruptFileError(
+            f"{path}: the commit record says {commit.num_frames} frames, more than the file's {size} bytes "
+            f"can hold; the file is damaged: run kino validate {path}"
+        )
+
+
+_BUILTIN_ARRAYS = ("actions", "states", "rewards", "is_terminal", "timestamps")
+
+
+def schema_layout(dataset: Mapping[str, Any], name: str) -> tuple[np.dtype[Any], tuple[int, ...]] | None:
+    """The dtype and per-frame shape the dataset schema gives array ``name`` in every
+    episode, or None when it records none (they vary, or nothing is stored)."""
+    schema = dataset.get("schema")
+    schema = schema if isinstance(schema, dict) else {}
+    arrays = schema.get("arrays")
+    entry = (
+        schema.get(name)
+        if name in _BUILTIN_ARRAYS
+        else arrays.get(name)
+        if isinstance(arrays, dict)
+        else None
+    )
+    if not isinstance(entry, dict) or not isinstance(entry.get("dtype"), str):  # None: it varies
+        return None
+    try:
+        dtype = np.dtype(entry["dtype"])
+        dims = [entry["dim"]] if name in ("actions", "states") else entry["shape"]
+        trail = tuple(int(d) for d in dims)
+    except (KeyError, TypeError, ValueError):
+        return None
+    return (dtype, trail) if dtype.str in DTYPES else None
+
+
+def check_append_dataset(dataset: Mapping[str, Any], where: str, path: str) -> None:
+    """Check the dataset JSON of a file an append extends for what the writer updates:
+    ``metadata``, and ``schema`` with its ``cameras``, ``arrays``, ``actions`` and ``states``.
+
+    Raises:
+        CorruptFileError: a part is missing or of the wrong kind (``where`` names the index).
+    """
+    schema, bad = dataset.get("schema"), []
+    if not isinstance(dataset.get("metadata"), dict):
+        bad.append("'metadata' (an object)")
+    if not isinstance(schema, dict):
+        bad.append("'schema' (an object)")
+    else:
+        for key in ("cameras", "arrays"):
+            value = schema.get(key)
+            if not (isinstance(value, dict) and all(isinstance(v, dict) for v in value.values())):
+                bad.append(f"'schema.{key}' (an object of objects)")
+        for part in ("actions", "states"):
+            entry = schema.get(part, {})
+            comps = entry.get("components", {}) if isinstance(entry, dict) else None
+            pairs = isinstance(comps, dict) and all(
+                isinstance(v, list) and len(v) == 2 and all(type(x) is int for x in v) for v in comps.values()
+            )
+            if not (pairs and isinstance(entry.get("names", []), list)):
+                bad.append(f"'schema.{part}' (an object: dim, dtype, components of [start, stop], names)")
+    if bad:
+        raise CorruptFileError(
+            f"{where}: the dataset JSON lacks {', '.join(bad)}, which an append updates; the index is "
+            f"damaged or was written by another program: run kino validate {path}; nothing was appended"
+        )
 
 
 class TableBuilder:

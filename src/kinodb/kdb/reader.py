@@ -38,7 +38,16 @@ from kinodb.kdb._sections import (
     periodic_table,
     typed_view,
 )
-from kinodb.kdb._table import ABSENT, Columns, IndexBlock, check_index_head, decode_index
+from kinodb.kdb._table import (
+    ABSENT,
+    Columns,
+    IndexBlock,
+    check_counts,
+    check_index_crc,
+    check_index_head,
+    decode_index,
+    schema_layout,
+)
 
 META_FIELDS = (
     "episode_id", "embodiment", "task", "num_frames", "fps", "action_dim", "state_dim",
@@ -80,6 +89,7 @@ class Database:
     """
 
     _index: IndexBlock | None = None  # the decoded index block, once something needed it
+    _verified = False  # the index block matched the commit record's checksum
     _ints: tuple[Any, ...] | None = None  # `READER_COLUMNS` as int views, on the first read
     _array_names: Sequence[str] = ()  # the arrays of the last episode decoded in full
     _layout: Periodic | None = None  # `periodic_layout` of the index, once a table needed it
@@ -87,8 +97,9 @@ class Database:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         # Opening reads the header, the commit records and the index head, nothing whose
-        # size grows with the file; the table of contents and the columns are decoded on
-        # first use (and raise CorruptFileError then if they are damaged).
+        # size grows with the file; the index's checksum is verified, and its table of
+        # contents and columns decoded, on first use (`_block`), where damage raises
+        # CorruptFileError. Only `read_array`'s first O(1) reads come before that.
         self._path = path = os.fspath(path)
         self._mm: mmap.mmap | None = None
         # Every view is made over this array, which holds a buffer export of the map:
@@ -100,6 +111,7 @@ class Database:
             size = len(mm)
             (major, minor), self._slot, self._commit = read_preamble(mm[:DATA_START], path, size)
             self._toc_len = check_index_head(mm, self._commit.index_offset, self._commit.index_length, path)
+            check_counts(self._commit, size, path)
         except BaseException:
             mm.close()
             raise
@@ -121,8 +133,9 @@ class Database:
         self._array_names = ()
 
     def _load(self, block: IndexBlock) -> None:
-        """Use an index block built in memory (readers of other format versions)."""
-        self._index = block
+        """Use an index block built in memory (readers of other format versions, which
+        store no index checksum)."""
+        self._index, self._verified = block, True
         self._n = len(block.columns["episode_id"])
         if self._n != self._commit.num_episodes:
             raise CorruptFileError(
@@ -132,6 +145,44 @@ class Database:
 
     @property
     def _block(self) -> IndexBlock:
+        """The index block, its checksum verified the first time (every O(episodes) use)."""
+        if not self._verified:
+            self._verify_index()
+        return self._decoded
+
+    def _verify_index(self) -> None:
+        """Check the index block against the commit record's CRC-32 (once per open file).
+
+        Raises:
+            CorruptFileError: the checksum does not match (`check_index_crc`), or the
+                frame counts are impossible (`_check_frames`).
+        """
+        if not self._verified:
+            c = self._commit
+            check_index_crc(self._map()[c.index_offset : c.end].data, c.index_crc, c.index_offset, self._path)
+            self._check_frames(self._decoded.columns["num_frames"])
+            self._verified = True
+
+    def _check_frames(self, frames: np.ndarray) -> None:
+        """Every episode's frame count fits the file (each frame stores a byte at least), and
+        they sum to the commit record's: what a faulty writer could get wrong."""
+        top = int(frames.max()) if len(frames) else 0
+        if top > self._size:
+            i = int(np.argmax(frames))
+            raise CorruptFileError(
+                f"{self._path}: episode {i}: num_frames is {top}, more than the file's {self._size} bytes can "
+                f"hold; the index is damaged: run kino validate {self._path}"
+            )
+        total = int(frames.sum(dtype=np.uint64)) if top * len(frames) < 1 << 64 else sum(frames.tolist())
+        if total != self._commit.num_frames:
+            raise CorruptFileError(
+                f"{self._path}: the commit record says {self._commit.num_frames} frames, the index's episodes "
+                f"sum to {total}; the file is damaged: run kino validate {self._path}"
+            )
+
+    @property
+    def _decoded(self) -> IndexBlock:
+        """The index block without its checksum verified: the O(1) reads before `_block`."""
         block = self._index
         if block is None:
             c, buf, mm = self._commit, self._map(), self._mm
@@ -153,7 +204,7 @@ class Database:
 
     @property
     def _names(self) -> list[str]:
-        return self._block.section_names
+        return self._decoded.section_names
 
     # -- file-level -----------------------------------------------------------------------
 
@@ -457,7 +508,7 @@ class Database:
     def _int_views(self) -> tuple[Any, ...]:
         ints = self._ints
         if ints is None:
-            c = self._cols
+            c = self._decoded.columns  # the checked O(1) reads may come before the checksum
             view = getattr(c, "ints", None)  # a v1 index maps them without NumPy arrays
             ints = self._ints = tuple(view(k) if view else int_view(c[k]) for k in READER_COLUMNS)
         return ints
@@ -530,7 +581,10 @@ class Database:
             NameNotFoundError: an episode has no array ``name`` (a KeyError).
             ValueError: the episodes disagree on dtype or dims, a mask has the wrong length,
                 or ``out`` has the wrong shape or is not C-contiguous.
+            CorruptFileError: the index is damaged (its checksum fails, an array does not
+                fit the file, or an episode's array contradicts the dataset schema).
         """
+        self._verify_index()
         idx = np.arange(self._n) if episodes is None else self._indices(episodes)
         if len(idx) and (idx.min() < 0 or idx.max() >= self._n):
             bad = int(idx[(idx < 0) | (idx >= self._n)][0])
@@ -543,38 +597,46 @@ class Database:
         # Checking every episode's offsets is O(episodes): worth it for large batches only.
         if name not in self._tables and name in self._checked and len(idx) * 8 >= self._n:
             self._build_tables([name], rows=True)
-        frames = self._cols["num_frames"][idx].astype(np.int64)
-        shape = (int(frames.sum()), *first.shape[1:])
-        if out is None:
-            out = np.empty(shape, first.dtype)
-        elif out.shape != shape or out.dtype != first.dtype:
-            raise ValueError(f"out must be {first.dtype} {shape}, got {out.dtype} {out.shape}")
-        elif not out.flags.c_contiguous:  # reshape(-1) below would copy, and the copy get the data
-            raise ValueError(
-                "out must be C-contiguous: gather into a whole buffer (np.empty(shape, dtype)), "
-                "not a slice or transpose of one"
-            )
         strided = self._strided(name, first)
-        if strided is not None:  # every episode alike, at a constant stride: one vectorised copy
+        if strided is not None:  # every episode alike, at a constant stride, checked inside the file
+            out = _gather_out(out, (len(idx) * first.shape[0], *first.shape[1:]), first.dtype)
             rows = out.reshape(-1).view(np.uint8).view(strided.dtype)
             if episodes is None:
                 rows[...] = strided
             else:
                 rows[...] = strided[idx]  # fancy indexing walks the strides; take() would copy all first
             return out
-        outb, pos = out.reshape(-1).view(np.uint8), 0
-        for i in idx.tolist():
-            src = self.read_array(i, name)
+        # Every view is made (and its extent checked against the file) before the output is
+        # sized from them: a damaged frame count cannot make it allocate what the file lacks.
+        views = [first, *(self.read_array(i, name) for i in idx[1:].tolist())]
+        for i, src in zip(idx.tolist(), views, strict=True):
             if src.dtype != first.dtype or src.shape[1:] != first.shape[1:]:
-                raise ValueError(
-                    f"episode {i}: {name} is {src.dtype} {src.shape}; episode {int(idx[0])} has "
-                    f"{first.dtype} {first.shape[1:]} per frame; gather needs them alike"
-                )
+                self._unlike(name, (int(idx[0]), first), (i, src))
+        out = _gather_out(out, (sum(v.shape[0] for v in views), *first.shape[1:]), first.dtype)
+        outb, pos = out.reshape(-1).view(np.uint8), 0
+        for src in views:
             # A format 0.1 file's 1-D arrays (rewards) are strided views into interleaved
             # records: their bytes are copied out contiguously first (a no-op otherwise).
             outb[pos : pos + src.nbytes] = np.ascontiguousarray(src).reshape(-1).view(np.uint8)
             pos += src.nbytes
         return out
+
+    def _unlike(self, name: str, a: tuple[int, np.ndarray], b: tuple[int, np.ndarray]) -> None:
+        """Raise for episodes ``a`` and ``b`` holding array ``name`` differently: damage when
+        the dataset schema says every episode holds it one way, else a ValueError."""
+        declared = schema_layout(self._block.dataset, name)
+        for i, arr in (a, b):
+            if declared is not None and (arr.dtype, arr.shape[1:]) != declared:
+                raise CorruptFileError(
+                    f"{self._path}: episode {i}: array {name!r} is {arr.dtype} {arr.shape[1:]} per frame, "
+                    f"but the dataset schema says every episode holds it as {declared[0]} {declared[1]}: "
+                    f"the index disagrees with itself (it is damaged); run kino validate {self._path}"
+                )
+        (i, x), (j, y) = a, b
+        raise ValueError(
+            f"episode {j}: {name} is {y.dtype} {y.shape}; episode {i} has "
+            f"{x.dtype} {x.shape[1:]} per frame; gather needs them alike"
+        )
 
     def _indices(self, episodes: Any) -> np.ndarray:
         """Episode indices from ints or a boolean mask over every episode, as int64."""
@@ -602,9 +664,9 @@ class Database:
 
     def cameras(self, i: int) -> dict[str, dict[str, Any]]:
         """Cameras of episode ``i``: codec and (T, H, W, C) shape per camera."""
-        return {
-            k: {"codec": c.codec, "shape": c.shape} for k, c in self._episode_cameras(self._check(i)).items()
-        }
+        i = self._check(i)
+        self._verify_index()
+        return {k: {"codec": c.codec, "shape": c.shape} for k, c in self._episode_cameras(i).items()}
 
     # -- episodes -------------------------------------------------------------------------
 
@@ -646,7 +708,9 @@ class Database:
         i = self._check(i)
         T = int(self._cols["num_frames"][i])
         if not (0 <= start < stop <= T):
-            raise FrameRangeError(f"frames {start}:{stop} outside episode {i}, which has frames 0:{T}")
+            raise FrameRangeError(
+                f"{self._path}: frames {start}:{stop} outside episode {i}, which has frames 0:{T}"
+            )
         out: dict[str, Any] = {k: v[start:stop] for k, v in self._episode_arrays(i).items()}
         cams = self._episode_cameras(i)
         chosen = list(cams) if cameras is None else list(cameras)
@@ -661,6 +725,7 @@ class Database:
     def read_image_bytes(self, i: int, camera: str, frame: int) -> bytes:
         """The stored bytes of one frame (JPEG/PNG as encoded; raw pixels for ``raw``)."""
         i = self._check(i)
+        self._verify_index()
         cams = self._episode_cameras(i)
         if camera not in cams:
             raise NameNotFoundError(
@@ -668,7 +733,9 @@ class Database:
             )
         cam = cams[camera]
         if not 0 <= frame < cam.shape[0]:
-            raise FrameRangeError(f"frame {frame} outside episode {i}, which has frames 0:{cam.shape[0]}")
+            raise FrameRangeError(
+                f"{self._path}: frame {frame} outside episode {i}, which has frames 0:{cam.shape[0]}"
+            )
         return bytes(self._frame_bytes(cam, frame))
 
     def _frame_bytes(self, cam: Camera, t: int) -> memoryview:
@@ -724,6 +791,20 @@ class Database:
 
     def __repr__(self) -> str:
         return f"<kinodb.Database {self._path!r} ({self._n} episodes, format {self.version()})>"
+
+
+def _gather_out(out: np.ndarray | None, shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray:
+    """`Database.gather`'s output: ``out`` checked, or a new array."""
+    if out is None:
+        return np.empty(shape, dtype)
+    if out.shape != shape or out.dtype != dtype:
+        raise ValueError(f"out must be {dtype} {shape}, got {out.dtype} {out.shape}")
+    if not out.flags.c_contiguous:  # reshape(-1) would copy, and the copy get the data
+        raise ValueError(
+            "out must be C-contiguous: gather into a whole buffer (np.empty(shape, dtype)), "
+            "not a slice or transpose of one"
+        )
+    return out
 
 
 def stale_stats(stats: Mapping[str, Any], num_frames: int, num_episodes: int) -> str | None:

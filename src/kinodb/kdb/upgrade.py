@@ -58,14 +58,16 @@ def upgrade(
 
     Raises:
         FileExistsError: ``dst`` exists and ``overwrite`` is False.
-        FormatError: ``src`` is not a readable ``.kdb`` file or its data is damaged (a v1
-            episode whose payload fails its checksum: `CorruptFileError`, nothing written).
+        FormatError: ``src`` is not a readable ``.kdb`` file or its data is damaged (its
+            index, or a v1 episode's payload, fails its checksum: `CorruptFileError`, nothing
+            written).
         ConversionError: ``src`` has no episodes, or an episode cannot be stored in v1.
     """
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     source = os.fspath(src)
     with open_database(src) as db:
+        db._verify_index()  # a damaged index is never stored again under a valid checksum
         if len(db) == 0:
             raise ConversionError(
                 f"{source}: the source has 0 episodes, and a v1 file holds at least one; nothing was written"

@@ -9,8 +9,19 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from kinodb.errors import KinodbError
-from kinodb.kdb._layout import ALIGN, INDEX_MAGIC, SLOT_OFFSETS, SLOT_SIZE, crc32, parse_slot
+from kinodb.errors import CorruptFileError, KinodbError
+from kinodb.kdb._layout import (
+    ALIGN,
+    INDEX_MAGIC,
+    SLOT_OFFSETS,
+    SLOT_SIZE,
+    Commit,
+    align,
+    crc32,
+    pack_slot,
+    parse_slot,
+)
+from kinodb.kdb._table import Columns, decode_index
 from kinodb.kdb.legacy import LegacyDatabase
 from kinodb.kdb.reader import Database, open_database
 
@@ -77,51 +88,162 @@ def validate(path: str | os.PathLike[str], *, decode_images: bool = True) -> Rep
     return report
 
 
-def _check_slots(db: Database, report: Report) -> None:
-    """Report a commit record that is set but fails its checksum, and a complete index
-    written after the committed end: together they mean a newer commit is hidden."""
+@dataclass(frozen=True, slots=True)
+class HiddenCommit:
+    """A newer commit that a damaged commit record hides (`hidden_commit`)."""
+
+    record: str  # which record, and what is wrong with it
+    index_offset: int  # where the hidden commit's index block starts
+    generation: int
+    num_episodes: int
+
+
+# A record that differs from the one a writer would have written for the index past the
+# committed end in at most this many bytes is that record, damaged. A write torn by a
+# crash keeps the old bytes from where it stopped, always the old checksum among them
+# (4 bytes, of which more than 2 differ from the new one but for 1 time in ~10,000).
+_DAMAGED_BYTES = 2
+
+
+def hidden_commit(db: Database) -> HiddenCommit | None:
+    """A newer commit of the v1 file ``db`` that a damaged commit record hides, or None.
+
+    That is a record that fails its checksum, is zeroed where it should hold a commit (at
+    generation 2 or more both records hold one), or repeats the other's generation (each
+    commit has its own), while a complete index block holding at least the file's
+    episodes lies past the committed end. A record that fails its checksum must besides
+    differ in at most two bytes from the record a writer would have written for that
+    block: damage, not a write torn by a crash, which keeps the old bytes from where it
+    stopped, the old checksum among them. The usual leftovers of an interrupted append
+    (both records valid, or the second record of a file committed once still empty) are
+    no hidden commit. Cheap unless a record is damaged: only then is the file scanned
+    past the committed end.
+    """
     mm, commit = db._mm, db._commit
-    assert mm is not None  # open
-    damaged = []
+    if mm is None:
+        raise ValueError(f"{db.path()}: the database is closed")
+    suspects: list[tuple[str, bytes | None]] = []
     for n, at in enumerate(SLOT_OFFSETS):
         raw = mm[at : at + SLOT_SIZE]
-        if int.from_bytes(raw[:8], "little") and parse_slot(raw) is None:
-            damaged.append(f"commit record {n} (byte offset {at})")
-    later = -1
-    at = mm.find(INDEX_MAGIC, commit.end)
+        valid, where = parse_slot(raw), f"commit record {n} (byte offset {at})"
+        if valid is not None:
+            if n != db._slot and valid.generation == commit.generation:  # each commit has its own
+                suspects.append((f"{where} repeats the other record's generation {commit.generation}", None))
+            continue
+        if raw != bytes(SLOT_SIZE):
+            suspects.append((f"{where} fails its checksum", raw))
+        elif commit.generation >= 2:
+            suspects.append(
+                (f"{where} is zeroed, though at generation {commit.generation} both records hold one", None)
+            )
+    if not suspects:
+        return None
+    for at in reversed(_blocks_after(db)):
+        found = _next_commit(db, at)
+        if found is None or found.num_episodes < commit.num_episodes:  # an append keeps every episode
+            continue
+        packed = pack_slot(found)
+        for text, stored in suspects:
+            if stored is None or sum(x != y for x, y in zip(packed, stored, strict=True)) <= _DAMAGED_BYTES:
+                return HiddenCommit(text, at, found.generation, found.num_episodes)
+    return None
+
+
+def refuse_hidden_commit(db: Database) -> None:
+    """Refuse to append to ``db`` when a damaged commit record hides a newer commit
+    (`hidden_commit`): the append would truncate it away.
+
+    Raises:
+        CorruptFileError: a newer commit is hidden (says what was found and what to do).
+    """
+    found = hidden_commit(db)
+    if found is None:
+        return
+    c, path = db._commit, db.path()
+    raise CorruptFileError(
+        f"{path}: {found.record}, and a complete index of {found.num_episodes} episodes (generation "
+        f"{found.generation}) lies at byte offset {found.index_offset}, past the committed end "
+        f"({c.end}): a newer commit is probably hidden, and the file reads as generation {c.generation} "
+        f"({c.num_episodes} episodes). Nothing was appended: an append would discard every byte past the "
+        f"committed end. Copy the file first; check it with: kino validate {path}; the {c.num_episodes} "
+        f"committed episodes can be kept with: kino upgrade {path} NEW.kdb"
+    )
+
+
+def _blocks_after(db: Database) -> list[int]:
+    """Offsets of the index magic at 64-byte boundaries past the committed end."""
+    mm, out = db._mm, []
+    assert mm is not None  # checked by the caller
+    at = mm.find(INDEX_MAGIC, db._commit.end)
     while at >= 0:
         if at % ALIGN == 0:
-            later = at
+            out.append(at)
         at = mm.find(INDEX_MAGIC, at + 1)
-    if damaged and later >= 0:
+    return out
+
+
+def _next_commit(db: Database, at: int) -> Commit | None:
+    """The commit record a writer would have written for a complete index block at ``at``
+    (the generation after the file's), or None if no such block lies there."""
+    buf, size = db._map(), db._size
+    try:
+        cols = decode_index(buf, at, size - at, db.path()).columns
+        assert isinstance(cols, Columns) and cols.sizes is not None  # decode_index made them
+        length = align(cols.extent() - at)
+        frames = int(cols["num_frames"].sum(dtype=np.uint64))
+        episodes = cols.sizes[0]
+    except (CorruptFileError, ValueError, OverflowError):
+        return None
+    if at + length > size:
+        return None
+    crc = crc32(buf[at : at + length].data)
+    return Commit(db._commit.generation + 1, at, length, episodes, frames, crc)
+
+
+def _check_slots(db: Database, report: Report) -> None:
+    """Report a damaged commit record, and a newer commit it hides (`hidden_commit`)."""
+    mm, commit = db._mm, db._commit
+    assert mm is not None  # open
+    hidden = hidden_commit(db)
+    if hidden is not None:
         report.errors.append(
-            f"{' and '.join(damaged)} fails its checksum, and an index block at byte offset {later} lies past "
-            f"the committed end ({commit.end}): a newer commit is probably hidden, and the file reads as "
-            f"generation {commit.generation} ({commit.num_episodes} episodes). Keep a copy of the file before "
-            "appending: an append discards everything past the committed end"
+            f"{hidden.record}, and an index block at byte offset {hidden.index_offset} (generation "
+            f"{hidden.generation}, {hidden.num_episodes} episodes) lies past the committed end ({commit.end}): "
+            f"a newer commit is probably hidden, and the file reads as generation {commit.generation} "
+            f"({commit.num_episodes} episodes). Keep a copy of the file before appending: an append "
+            "discards everything past the committed end, so kinodb refuses to append to it"
         )
-    elif damaged:
+        return
+    damaged = [
+        f"commit record {n} (byte offset {at})"
+        for n, at in enumerate(SLOT_OFFSETS)
+        if mm[at : at + SLOT_SIZE] != bytes(SLOT_SIZE) and parse_slot(mm[at : at + SLOT_SIZE]) is None
+    ]
+    past = mm.size() - commit.end
+    if damaged:
         report.warnings.append(
             f"{' and '.join(damaged)} fails its checksum (a write torn by a crash, or damage); the file reads "
             f"as generation {commit.generation} from the other record"
+            + (f"; the next append discards the {past} bytes past the committed end" if past else "")
         )
-    elif later >= 0:
+    elif past and _blocks_after(db):
         report.passed.append(
-            f"{mm.size() - commit.end} bytes past the committed end left by an interrupted append "
-            "(the next append discards them)"
+            f"{past} bytes past the committed end left by an interrupted append (the next append discards them)"
         )
 
 
 def _check_index(db: Database, report: Report) -> None:
-    commit, cols = db._commit, db._cols
+    commit = db._commit
     got = crc32(db._map()[commit.index_offset : commit.end].data)
     if got != commit.index_crc:
         report.errors.append(
-            f"index checksum mismatch at byte offset {commit.index_offset}: stored "
-            f"{commit.index_crc:08x}, computed {got:08x}"
+            f"index checksum mismatch at byte offset {commit.index_offset} ({commit.index_length} bytes): "
+            f"stored {commit.index_crc:08x}, computed {got:08x}"
         )
+        db._verified = True  # reported: read on, to name what else is damaged
     else:
         report.passed.append(f"index checksum ({commit.index_length} bytes)")
+    cols = db._cols
     frames = int(cols["num_frames"].astype(np.uint64).sum()) if len(db) else 0
     if frames != commit.num_frames:
         report.errors.append(f"commit record says {commit.num_frames} frames, episodes sum to {frames}")

@@ -53,7 +53,7 @@ from kinodb.kdb._layout import (
     pack_header,
     pack_slot,
 )
-from kinodb.kdb._table import TableBuilder
+from kinodb.kdb._table import TableBuilder, check_append_dataset
 
 if TYPE_CHECKING:
     from kinodb.kdb.reader import Database
@@ -220,7 +220,9 @@ class Writer:
             raise
 
     def _open_append(self) -> None:
-        from kinodb.kdb.reader import Database  # deferred: the reader never imports the writer
+        # Deferred: the reader (and validate, built on it) never import the writer.
+        from kinodb.kdb.reader import Database
+        from kinodb.kdb.validate import refuse_hidden_commit
 
         self._tmp = None
         for _ in range(10):
@@ -245,8 +247,14 @@ class Writer:
                         f"to; convert it first: kino upgrade {self._path} NEW.kdb"
                     )
                 commit, self._slot = db._commit, db._slot
-                self._table.load(db._block)
+                refuse_hidden_commit(db)  # an append would truncate a newer commit away
+                # `_block` verifies the index checksum: a damaged index is never stored
+                # again under a valid one.
                 self._dataset = db._block.dataset
+                check_append_dataset(
+                    self._dataset, f"{self._path}: index at byte offset {commit.index_offset}", self._path
+                )
+                self._table.load(db._block)
         except BaseException:
             self._fh.close()
             raise
