@@ -21,12 +21,14 @@ require("torch", extra="torch")
 import torch  # noqa: E402
 from torch.utils.data import IterableDataset, get_worker_info  # noqa: E402
 
+from kinodb.torch._epochs import EpochsAndRanks  # noqa: E402
+
 __all__ = ["KinoRemoteDataset"]
 
 _WINDOW_KEYS = ("obs_horizon", "action_horizon", "pad", "kql_filter", "normalize")
 
 
-class KinoRemoteDataset(IterableDataset[Any]):
+class KinoRemoteDataset(EpochsAndRanks, IterableDataset[Any]):
     """Episodes, or batches of frame windows, streamed from a server.
 
     Episode samples carry `KinoMapDataset`'s keys: ``action`` (T, A), ``state`` (T, S),
@@ -129,39 +131,8 @@ class KinoRemoteDataset(IterableDataset[Any]):
         self._mode, self._seed, self._num_batches = mode, seed, num_batches
         self._image_key, self._image_size = image_key, image_size
         self._client_kw: dict[str, Any] = {"token": token, "tls_ca": tls_ca, "timeout": timeout}
-        self._rank, self._world = rank, world_size
-        # The rank and world size of torch.distributed, taken in the process that pickles
-        # this dataset for its DataLoader workers: spawned workers have no process group.
-        self._dist: tuple[int, int] | None = None
-        # The epoch lives in shared memory, made before any worker starts: set_epoch then
-        # reaches workers that outlive an epoch (persistent_workers=True), forked or spawned.
-        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()  # type: ignore[no-untyped-call]
+        self._init_epochs(rank, world_size)
         self._counted: tuple[Any, int] | None = None  # windows the filter keeps, once asked
-
-    @property
-    def epoch(self) -> int:
-        """The epoch whose batches `__iter__` yields (see `set_epoch`)."""
-        return int(self._epoch)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Use epoch ``epoch``'s batches next (seeded datasets and sequential offsets), in
-        this process and in the DataLoader's workers, persistent ones included."""
-        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
-            raise ValueError(f"epoch must be a non-negative int, got {epoch!r}")
-        self._epoch.fill_(int(epoch))
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        if self._rank is None and get_worker_info() is None:
-            state["_dist"] = _distributed() or self._dist
-        return state
-
-    def _rank_world(self) -> tuple[int, int]:
-        """This process's rank and the world size: as given, else as torch.distributed says
-        here, else as it said where this dataset was pickled for the worker, else (0, 1)."""
-        if self._rank is not None and self._world is not None:
-            return self._rank, self._world
-        return _distributed() or self._dist or (0, 1)
 
     def __iter__(self) -> Iterator[Any]:
         worker = get_worker_info()
@@ -274,14 +245,6 @@ class KinoRemoteDataset(IterableDataset[Any]):
             self._put_images(out, {cam: self._image(px) for cam, px in images.items()})
         out["task"] = tasks
         return out
-
-
-def _distributed() -> tuple[int, int] | None:
-    """``(rank, world size)`` of torch.distributed where it is initialised, else None."""
-    dist = torch.distributed
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return None
 
 
 def _close_quietly(client: KinoClient) -> None:

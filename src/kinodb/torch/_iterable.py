@@ -6,19 +6,19 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
-import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from kinodb.errors import KinodbError
 from kinodb.mixture import DEFAULT_SEED, Mixture
 from kinodb.torch._collate import Batch, Sample, TensorBatch, pad_collate
 from kinodb.torch._datasets import KinoFrameDataset, KinoMapDataset
+from kinodb.torch._epochs import EpochsAndRanks
 from kinodb.torch._sampler import cycle_draws
 
 __all__ = ["KinoIterDataset", "from_mixture"]
 
 
-class KinoIterDataset(IterableDataset[dict[str, Any]]):
+class KinoIterDataset(EpochsAndRanks, IterableDataset[dict[str, Any]]):
     """Stream episode items, or frame windows when given horizons, in seeded epochs.
 
     Each epoch is one order of all samples (shuffled from ``seed`` and the epoch
@@ -110,40 +110,10 @@ class KinoIterDataset(IterableDataset[dict[str, Any]]):
             self._inner = KinoMapDataset(source, **common)  # type: ignore[arg-type]
         self._mixture = source if isinstance(source, Mixture) else None
         self.shuffle, self.seed, self.batch_size = bool(shuffle), int(seed), batch_size
-        self.num_samples, self._rank, self._world = num_samples, rank, world_size
-        # The rank and world size of torch.distributed, taken in the process that pickles
-        # this dataset for its DataLoader workers: spawned workers have no process group.
-        self._dist: tuple[int, int] | None = None
-        # The epoch lives in shared memory, made before any worker starts: set_epoch then
-        # reaches workers that outlive an epoch (persistent_workers=True), forked or spawned.
-        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()  # type: ignore[no-untyped-call]
+        self.num_samples = num_samples
+        self._init_epochs(rank, world_size)
         if self._mixture is not None:
             self._mixture_shares()  # a source a filter left empty is refused now, not mid-epoch
-
-    @property
-    def epoch(self) -> int:
-        """The epoch whose order `__iter__` yields (see `set_epoch`)."""
-        return int(self._epoch)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Use epoch ``epoch``'s order (deterministic from the seed), in this process and
-        in the DataLoader's workers, persistent ones included."""
-        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
-            raise ValueError(f"epoch must be a non-negative int, got {epoch!r}")
-        self._epoch.fill_(int(epoch))
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        if self._rank is None and get_worker_info() is None:
-            state["_dist"] = _distributed() or self._dist
-        return state
-
-    def _rank_world(self) -> tuple[int, int]:
-        """This process's rank and the world size: as given, else as torch.distributed says
-        here, else as it said where this dataset was pickled for the worker, else (0, 1)."""
-        if self._rank is not None and self._world is not None:
-            return self._rank, self._world
-        return _distributed() or self._dist or (0, 1)
 
     def epoch_order(self, epoch: int | None = None) -> np.ndarray:
         """Every sample index of the epoch (the current one by default), in order, before
@@ -231,14 +201,6 @@ class KinoIterDataset(IterableDataset[dict[str, Any]]):
                 yield TensorBatch(batch.stacked)
             else:  # sources of several schemas: padded to the widest of all sources, with masks
                 yield pad_collate(batch)
-
-
-def _distributed() -> tuple[int, int] | None:
-    """``(rank, world size)`` of torch.distributed where it is initialised, else None."""
-    dist = torch.distributed
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return None
 
 
 def from_mixture(
