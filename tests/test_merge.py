@@ -92,12 +92,17 @@ def test_legacy_inputs_are_converted(sources: list[Path], tmp_path: Path) -> Non
         assert m.read_meta(0)["source_file"] == str(old)
 
 
-def test_corrupt_source_payload_stops_the_merge(sources: list[Path], tmp_path: Path) -> None:
-    with kinodb.open(sources[1]) as db:
-        off = int(db._cols["payload_offset"][2]) + 10
-    raw = bytearray(sources[1].read_bytes())
+def _damage_payload(path: Path, episode: int) -> None:
+    """Flip one byte inside ``episode``'s payload (its checksum then fails)."""
+    with kinodb.open(path) as db:
+        off = int(db._cols["payload_offset"][episode]) + 10
+    raw = bytearray(path.read_bytes())
     raw[off] ^= 0x55
-    sources[1].write_bytes(bytes(raw))
+    path.write_bytes(bytes(raw))
+
+
+def test_corrupt_source_payload_stops_the_merge(sources: list[Path], tmp_path: Path) -> None:
+    _damage_payload(sources[1], episode=2)
     out = tmp_path / "out.kdb"
     with pytest.raises(kinodb.CorruptFileError, match="episode 2: payload checksum"):
         kinodb.merge(sources, out)
@@ -339,11 +344,7 @@ def test_cli_on_error_skip_and_the_error_line(tmp_path: Path, capsys: pytest.Cap
 
 
 def test_a_damaged_v1_payload_can_be_skipped(sources: list[Path], tmp_path: Path) -> None:
-    with kinodb.open(sources[1]) as db:
-        off = int(db._cols["payload_offset"][2]) + 10
-    raw = bytearray(sources[1].read_bytes())
-    raw[off] ^= 0x55
-    sources[1].write_bytes(bytes(raw))
+    _damage_payload(sources[1], episode=2)
     out = tmp_path / "out.kdb"
     with pytest.raises(kinodb.CorruptFileError, match=r"episode 2: payload checksum .*--on-error skip"):
         kinodb.merge(sources, out)
