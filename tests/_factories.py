@@ -111,3 +111,51 @@ def tiny_robomimic_hdf5(path: Any) -> Any:
     with h5py.File(path, "w") as fh:
         fh.create_dataset("data/demo_0/actions", data=np.zeros((3, 2), np.float32))
     return path
+
+
+def varied_episode(
+    T: int,
+    seed: int,
+    *,
+    force: int | tuple[int, ...] | None = None,
+    states: Any = np.float32,
+    cameras: dict[str, tuple[int, int, int]] | None = None,
+    timestamps: bool = False,
+    embodiment: str = "arm",
+) -> dict[str, Any]:
+    """`Writer.add_episode` arguments for an episode whose layout a test varies: a ``force``
+    extra array of that per-frame width (or shape), the states' dtype, cameras, timestamps."""
+    rng = np.random.default_rng(seed)
+    ep: dict[str, Any] = {
+        "actions": rng.normal(size=(T, 3)).astype(np.float32),
+        "states": rng.normal(size=(T, 5)).astype(states),
+        "fps": 10.0,
+        "embodiment": embodiment,
+    }
+    if force is not None:
+        shape = (force,) if isinstance(force, int) else force
+        ep["extra_arrays"] = {"force": rng.normal(size=(T, *shape)).astype(np.float32)}
+    if cameras:
+        ep["images"] = {c: rng.integers(0, 256, (T, *hwc), dtype=np.uint8) for c, hwc in cameras.items()}
+    if timestamps:
+        ep["timestamps"] = np.arange(T) / 10.0
+    return ep
+
+
+def write_raw(path: Any, episodes: list[dict[str, Any]]) -> Any:
+    """Write ``episodes`` (add_episode arguments) to a new file, frames stored raw."""
+    import kinodb
+
+    with kinodb.Writer(path, mode="w", image_codec="raw") as w:
+        for ep in episodes:
+            w.add_episode(**ep)
+    return path
+
+
+def kql_advice(message: str) -> str:
+    """The ``kql_filter="..."`` an error message gives."""
+    import re
+
+    found = re.search(r'kql_filter="([^"]*)"', message)
+    assert found, message
+    return found.group(1)

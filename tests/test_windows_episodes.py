@@ -5,82 +5,45 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 
 import kinodb
+from _factories import kql_advice, varied_episode, write_raw
 from kinodb.errors import KinodbError
 from kinodb.windows import FrameWindows
-
-
-def _episode(
-    T: int,
-    seed: int,
-    *,
-    force: int | None = None,
-    states: Any = np.float32,
-    cameras: dict[str, tuple[int, int, int]] | None = None,
-    timestamps: bool = False,
-    embodiment: str = "arm",
-) -> dict[str, Any]:
-    rng = np.random.default_rng(seed)
-    ep: dict[str, Any] = {
-        "actions": rng.normal(size=(T, 3)).astype(np.float32),
-        "states": rng.normal(size=(T, 5)).astype(states),
-        "fps": 10.0,
-        "embodiment": embodiment,
-    }
-    if force is not None:
-        ep["extra_arrays"] = {"force": rng.normal(size=(T, force)).astype(np.float32)}
-    if cameras:
-        ep["images"] = {c: rng.integers(0, 256, (T, *hwc), dtype=np.uint8) for c, hwc in cameras.items()}
-    if timestamps:
-        ep["timestamps"] = np.arange(T) / 10.0
-    return ep
-
-
-def _write(path: Path, episodes: list[dict[str, Any]]) -> Path:
-    with kinodb.Writer(path, mode="w", image_codec="raw") as w:
-        for ep in episodes:
-            w.add_episode(**ep)
-    return path
-
-
-def _advice(message: str) -> str:
-    """The ``kql_filter="..."`` a message gives."""
-    found = re.search(r'kql_filter="([^"]*)"', message)
-    assert found, message
-    return found.group(1)
-
 
 RGB, GRAY = {"front": (8, 8, 3)}, {"front": (8, 8, 1)}
 LATE = {  # a problem in a later episode, what the windows ask for, and what the message says
     "array missing": (
-        [_episode(5, 0, force=2), _episode(6, 1, force=2), _episode(4, 2)],
+        [varied_episode(5, 0, force=2), varied_episode(6, 1, force=2), varied_episode(4, 2)],
         dict(delta_timestamps={"force": [0.0, 0.1]}),
         r"1 of 3 episodes have no array 'force' \(episode 2\); leave it out with "
         r'kql_filter="episode_id != 2", or drop \'force\' from the window',
     ),
     "timestamps missing": (
-        [_episode(3, 0, timestamps=True), _episode(5, 1, timestamps=True), _episode(4, 2)],
+        [varied_episode(3, 0, timestamps=True), varied_episode(5, 1, timestamps=True), varied_episode(4, 2)],
         dict(delta_timestamps={"timestamp": [0.0]}),
         r"1 of 3 episodes have no array 'timestamps' \(episode 2\)",
     ),
     "states dtype": (
-        [_episode(5, 0), _episode(6, 1, states=np.float64), _episode(4, 2)],
+        [varied_episode(5, 0), varied_episode(6, 1, states=np.float64), varied_episode(4, 2)],
         dict(obs_horizon=2),
         r"array 'states' is float64 \(5,\) per frame in 1 of 3 episodes \(episode 1\) but float32 \(5,\) in "
         r'the others; windows need one layout per file: leave it out with kql_filter="episode_id != 1"',
     ),
     "extra array width": (
-        [_episode(5, 0, force=2), _episode(6, 1, force=3), _episode(4, 2, force=2)],
+        [varied_episode(5, 0, force=2), varied_episode(6, 1, force=3), varied_episode(4, 2, force=2)],
         dict(delta_timestamps={"force": [0.0]}),
         r"array 'force' is float32 \(3,\) per frame in 1 of 3 episodes \(episode 1\) but float32 \(2,\)",
     ),
     "camera channels": (
-        [_episode(5, 0, cameras=RGB), _episode(6, 1, cameras=GRAY), _episode(4, 2, cameras=RGB)],
+        [
+            varied_episode(5, 0, cameras=RGB),
+            varied_episode(6, 1, cameras=GRAY),
+            varied_episode(4, 2, cameras=RGB),
+        ],
         dict(cameras="front"),
         r"camera 'front' has 1 channel\(s\) in 1 of 3 episodes of .*e\.kdb \(episode 1\) but 3 in the others; "
         r'frames of one camera need one channel count: leave it out with kql_filter="episode_id != 1"',
@@ -91,10 +54,10 @@ LATE = {  # a problem in a later episode, what the windows ask for, and what the
 @pytest.mark.parametrize("case", list(LATE))
 def test_a_later_episode_unlike_the_first_is_refused_when_made(tmp_path: Path, case: str) -> None:
     episodes, options, message = LATE[case]
-    path = _write(tmp_path / "e.kdb", episodes)
+    path = write_raw(tmp_path / "e.kdb", episodes)
     with pytest.raises(KinodbError, match=message) as exc:
         FrameWindows(path, **options)
-    fw = FrameWindows(path, **options, kql_filter=_advice(str(exc.value)))  # the advice works
+    fw = FrameWindows(path, **options, kql_filter=kql_advice(str(exc.value)))  # the advice works
     eps = [e for e in range(len(episodes)) if e != int(re.findall(r"\(episode (\d+)\)", str(exc.value))[0])]
     assert len(fw) == sum(len(episodes[e]["actions"]) for e in eps)
     batch = fw.lowdim(np.arange(len(fw)))
@@ -103,8 +66,8 @@ def test_a_later_episode_unlike_the_first_is_refused_when_made(tmp_path: Path, c
 
 def test_cameras_are_those_of_every_kept_episode_not_the_first(tmp_path: Path) -> None:
     both = {"front": (8, 8, 3), "wrist": (4, 4, 3)}
-    episodes = [_episode(4, 0), _episode(5, 1, cameras=both), _episode(6, 2, cameras=both)]
-    path = _write(tmp_path / "late.kdb", episodes)  # episode 0 has no camera
+    episodes = [varied_episode(4, 0), varied_episode(5, 1, cameras=both), varied_episode(6, 2, cameras=both)]
+    path = write_raw(tmp_path / "late.kdb", episodes)  # episode 0 has no camera
     for options in ({"cameras": "front"}, {"delta_timestamps": {"observation.images.front": [0.0]}}):
         with pytest.raises(
             KinodbError,
@@ -125,26 +88,26 @@ def test_cameras_are_those_of_every_kept_episode_not_the_first(tmp_path: Path) -
 def test_the_advice_names_embodiments_ranges_or_how_many(tmp_path: Path) -> None:
     cam = {"front": (4, 4, 3)}
     # Episodes 2..5 lack the camera: one range of episode_ids (with the filter given kept).
-    eps = [_episode(3, k, cameras=None if 2 <= k <= 5 else cam) for k in range(9)]
-    path = _write(tmp_path / "range.kdb", eps)
+    eps = [varied_episode(3, k, cameras=None if 2 <= k <= 5 else cam) for k in range(9)]
+    path = write_raw(tmp_path / "range.kdb", eps)
     with pytest.raises(KinodbError) as exc:
         FrameWindows(path, cameras="front", kql_filter="num_frames > 0")
     assert "4 of 9 episodes have no camera 'front' (episodes 2, 3, 4, 5)" in str(exc.value)
-    query = _advice(str(exc.value))
+    query = kql_advice(str(exc.value))
     assert query == "(num_frames > 0) AND NOT episode_id BETWEEN 2 AND 5"
     assert len(FrameWindows(path, cameras="front", kql_filter=query)) == 5 * 3
     # Their embodiment tells them apart: that filter, not their ids.
     eps = [
-        _episode(3, k, cameras=cam if k % 2 else None, embodiment="arm" if k % 2 else "biped")
+        varied_episode(3, k, cameras=cam if k % 2 else None, embodiment="arm" if k % 2 else "biped")
         for k in range(6)
     ]
-    path = _write(tmp_path / "robots.kdb", eps)
+    path = write_raw(tmp_path / "robots.kdb", eps)
     with pytest.raises(KinodbError, match="they are the 'biped' episodes: leave them out with") as exc:
         FrameWindows(path, cameras="front")
-    assert _advice(str(exc.value)) == "embodiment != 'biped'"
+    assert kql_advice(str(exc.value)) == "embodiment != 'biped'"
     # Scattered over many runs: no short filter, said with how many.
-    eps = [_episode(2, k, cameras=None if k % 2 else cam) for k in range(30)]
-    path = _write(tmp_path / "scattered.kdb", eps)
+    eps = [varied_episode(2, k, cameras=None if k % 2 else cam) for k in range(30)]
+    path = write_raw(tmp_path / "scattered.kdb", eps)
     with pytest.raises(
         KinodbError,
         match=r"15 of 30 episodes have no camera 'front' \(episodes 1, 3, 5, 7, 9 and 10 more\); no short "
@@ -154,8 +117,10 @@ def test_the_advice_names_embodiments_ranges_or_how_many(tmp_path: Path) -> None
 
 
 def test_a_mixture_source_is_told_its_own_filter_not_kql_filter(tmp_path: Path) -> None:
-    a = _write(tmp_path / "a.kdb", [_episode(4, 0, cameras=RGB), _episode(5, 1, cameras=RGB)])
-    b = _write(tmp_path / "b.kdb", [_episode(3, k, cameras=RGB if k != 2 else None) for k in range(4)])
+    a = write_raw(tmp_path / "a.kdb", [varied_episode(4, 0, cameras=RGB), varied_episode(5, 1, cameras=RGB)])
+    b = write_raw(
+        tmp_path / "b.kdb", [varied_episode(3, k, cameras=RGB if k != 2 else None) for k in range(4)]
+    )
     mix = kinodb.Mixture({str(a): 1, str(b): 1}, filters={str(b): "num_frames > 0"})
     with pytest.raises(KinodbError) as exc:
         FrameWindows(mix, cameras="front")
@@ -176,8 +141,8 @@ def test_a_mixture_source_is_told_its_own_filter_not_kql_filter(tmp_path: Path) 
 def test_the_index_locates_arrays_as_reads_do(tmp_path: Path) -> None:
     # Episodes of other lengths and layouts (cameras in some), filtered: the windows take
     # each array's place from the index; reading every episode finds the same.
-    eps = [_episode(3 + k, k, force=2, cameras=RGB if k % 2 else None) for k in range(7)]
-    path = _write(tmp_path / "mixed.kdb", eps)
+    eps = [varied_episode(3 + k, k, force=2, cameras=RGB if k % 2 else None) for k in range(7)]
+    path = write_raw(tmp_path / "mixed.kdb", eps)
     fw = FrameWindows(path, delta_timestamps={"force": [-0.1, 0.0]}, kql_filter="episode_id != 3")
     source = fw._sources[0]
     base = source.db._map()
@@ -196,7 +161,9 @@ def test_the_index_locates_arrays_as_reads_do(tmp_path: Path) -> None:
 
 def test_frame_sizes_must_agree_within_a_source_not_between_sources(tmp_path: Path) -> None:
     big = {"front": (12, 10, 3)}
-    path = _write(tmp_path / "sizes.kdb", [_episode(4, 0, cameras=RGB), _episode(5, 1, cameras=big)])
+    path = write_raw(
+        tmp_path / "sizes.kdb", [varied_episode(4, 0, cameras=RGB), varied_episode(5, 1, cameras=big)]
+    )
     fw = FrameWindows(path, cameras="front")  # image_size is the loader's to give
     with pytest.raises(
         KinodbError,
@@ -205,6 +172,6 @@ def test_frame_sizes_must_agree_within_a_source_not_between_sources(tmp_path: Pa
     ):
         fw.check_image_sizes()
     assert fw.images([0, 6], size=(8, 8))["front"].shape == (2, 1, 3, 8, 8)
-    a = _write(tmp_path / "a.kdb", [_episode(4, 0, cameras=RGB)])
-    b = _write(tmp_path / "b.kdb", [_episode(5, 1, cameras=big)])
+    a = write_raw(tmp_path / "a.kdb", [varied_episode(4, 0, cameras=RGB)])
+    b = write_raw(tmp_path / "b.kdb", [varied_episode(5, 1, cameras=big)])
     FrameWindows([a, b], cameras="front").check_image_sizes()  # batches by source may differ

@@ -3,9 +3,7 @@ main process, not mid-epoch inside a DataLoader worker."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -13,56 +11,37 @@ import torch
 from torch.utils.data import DataLoader
 
 import kinodb
+from _factories import kql_advice, varied_episode, write_raw
 from kinodb.torch import KinoFrameDataset, KinoMapDataset, pad_collate
-
-
-def _episode(
-    T: int, seed: int, *, force: Any = None, states: Any = np.float32, cameras: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    rng = np.random.default_rng(seed)
-    ep: dict[str, Any] = {
-        "actions": rng.normal(size=(T, 3)).astype(np.float32),
-        "states": rng.normal(size=(T, 5)).astype(states),
-        "fps": 10.0,
-    }
-    if force is not None:
-        ep["extra_arrays"] = {"force": rng.normal(size=(T, *force)).astype(np.float32)}
-    if cameras:
-        ep["images"] = {c: rng.integers(0, 256, (T, *hwc), dtype=np.uint8) for c, hwc in cameras.items()}
-    return ep
-
-
-def _write(path: Path, episodes: list[dict[str, Any]]) -> Path:
-    with kinodb.Writer(path, mode="w", image_codec="raw") as w:
-        for ep in episodes:
-            w.add_episode(**ep)
-    return path
-
 
 RGB, GRAY, BIG = {"front": (8, 8, 3)}, {"front": (8, 8, 1)}, {"front": (16, 12, 3)}
 CASES = {
     "array missing in episode 2": (
-        [_episode(6, 0, force=(2,)), _episode(6, 1, force=(2,)), _episode(6, 2)],
+        [varied_episode(6, 0, force=(2,)), varied_episode(6, 1, force=(2,)), varied_episode(6, 2)],
         dict(delta_timestamps={"force": [0.0, 0.1]}, image_key=False),
         r"1 of 3 episodes have no array 'force' \(episode 2\)",
     ),
     "states float64 in episode 1": (
-        [_episode(6, 0), _episode(6, 1, states=np.float64)],
+        [varied_episode(6, 0), varied_episode(6, 1, states=np.float64)],
         dict(obs_horizon=2, image_key=False),
         r"array 'states' is float64 \(5,\) per frame in 1 of 2 episodes \(episode 1\) but float32 \(5,\)",
     ),
     "extra array of widths 2 and 3": (
-        [_episode(6, 0, force=(2,)), _episode(6, 1, force=(3,))],
+        [varied_episode(6, 0, force=(2,)), varied_episode(6, 1, force=(3,))],
         dict(delta_timestamps={"force": [0.0]}, image_key=False),
         r"array 'force' is float32 \(3,\) per frame in 1 of 2 episodes \(episode 1\)",
     ),
     "grayscale in episode 1, with image_size": (
-        [_episode(6, 0, cameras=RGB), _episode(6, 1, cameras=GRAY)],
+        [varied_episode(6, 0, cameras=RGB), varied_episode(6, 1, cameras=GRAY)],
         dict(image_key="front", image_size=(8, 8)),
         r"camera 'front' has 1 channel\(s\) in 1 of 2 episodes of .* \(episode 1\) but 3 in the others",
     ),
     "16x12 in episode 2, no image_size": (
-        [_episode(6, 0, cameras=RGB), _episode(6, 1, cameras=RGB), _episode(6, 2, cameras=BIG)],
+        [
+            varied_episode(6, 0, cameras=RGB),
+            varied_episode(6, 1, cameras=RGB),
+            varied_episode(6, 2, cameras=BIG),
+        ],
         dict(image_key="front"),
         r"camera 'front' is \(16, 12, 3\) in 1 of 3 episodes of .* \(episode 2\) but \(8, 8, 3\) in the "
         r"others; pass image_size=\(H, W\)",
@@ -75,33 +54,33 @@ def test_a_later_episode_unlike_the_first_is_refused_when_the_dataset_is_made(
     tmp_path: Path, case: str
 ) -> None:
     episodes, options, message = CASES[case]
-    path = _write(tmp_path / "late.kdb", episodes)
+    path = write_raw(tmp_path / "late.kdb", episodes)
     with pytest.raises(kinodb.KinodbError, match=message) as exc:
         KinoFrameDataset(path, **options)
-    advice = re.search(r'kql_filter="([^"]*)"', str(exc.value))
-    assert advice, str(exc.value)
-    ds = KinoFrameDataset(path, **options, kql_filter=advice.group(1))  # the advice works
+    ds = KinoFrameDataset(path, **options, kql_filter=kql_advice(str(exc.value)))  # the advice works
     n = sum(len(b["action"]) for b in DataLoader(ds, batch_size=4, shuffle=True, num_workers=2))
     assert n == len(ds) == 6 * (len(episodes) - 1)
 
 
 def test_sizes_that_differ_within_a_file_need_image_size_when_made(tmp_path: Path) -> None:
-    path = _write(tmp_path / "sizes.kdb", [_episode(6, 0, cameras=RGB), _episode(6, 1, cameras=BIG)])
+    path = write_raw(
+        tmp_path / "sizes.kdb", [varied_episode(6, 0, cameras=RGB), varied_episode(6, 1, cameras=BIG)]
+    )
     ds = KinoFrameDataset(path, image_key="front", image_size=(8, 8), normalize=False)
     shapes = {tuple(b["image"].shape[1:]) for b in DataLoader(ds, batch_size=4)}
     assert shapes == {(1, 3, 8, 8)}
 
 
 def test_sources_that_differ_in_rank_are_refused_when_made(tmp_path: Path) -> None:
-    a = _write(tmp_path / "a.kdb", [_episode(4, 0, force=(6,))])
-    b = _write(tmp_path / "b.kdb", [_episode(5, 1, force=(2, 3))])
+    a = write_raw(tmp_path / "a.kdb", [varied_episode(4, 0, force=(6,))])
+    b = write_raw(tmp_path / "b.kdb", [varied_episode(5, 1, force=(2, 3))])
     mix = kinodb.Mixture({str(a): 1, str(b): 1})
     with pytest.raises(
         kinodb.KinodbError, match=r"the sources hold 'force' as .*not the kind of value or the rank"
     ):
         KinoFrameDataset(mix, delta_timestamps={"force": [0.0]}, image_key=False)
     widths = KinoFrameDataset(  # widths alone differ: padded, as before
-        kinodb.Mixture({str(a): 1, str(_write(tmp_path / "c.kdb", [_episode(5, 1, force=(2,))])): 1}),
+        kinodb.Mixture({str(a): 1, str(write_raw(tmp_path / "c.kdb", [varied_episode(5, 1, force=(2,))])): 1}),
         delta_timestamps={"force": [0.0]}, image_key=False,
     )  # fmt: skip
     batch = next(iter(DataLoader(widths, batch_size=9, collate_fn=pad_collate)))
@@ -110,8 +89,8 @@ def test_sources_that_differ_in_rank_are_refused_when_made(tmp_path: Path) -> No
 
 def test_the_first_camera_is_looked_for_in_every_episode(tmp_path: Path) -> None:
     both = {"front": (8, 8, 3), "wrist": (4, 4, 3)}
-    eps = [_episode(6, 0), _episode(6, 1, cameras=both), _episode(6, 2, cameras=both)]
-    path = _write(tmp_path / "first.kdb", eps)  # episode 0 has no camera
+    eps = [varied_episode(6, 0), varied_episode(6, 1, cameras=both), varied_episode(6, 2, cameras=both)]
+    path = write_raw(tmp_path / "first.kdb", eps)  # episode 0 has no camera
     with pytest.raises(
         kinodb.KinodbError,
         match=r"1 of 3 episodes have no camera 'front' \(episode 0\); leave it out with "
@@ -134,9 +113,10 @@ def test_the_first_camera_is_looked_for_in_every_episode(tmp_path: Path) -> None
 
 
 def test_a_mixture_camera_some_episodes_lack_names_the_mixture_filter(tmp_path: Path) -> None:
-    a = _write(tmp_path / "a.kdb", [_episode(4, 0, cameras={"cam_high": (6, 6, 3)})])
-    b = _write(
-        tmp_path / "b.kdb", [_episode(3, 1, cameras={**RGB, "wrist": (4, 4, 3)}), _episode(4, 2, cameras=RGB)]
+    a = write_raw(tmp_path / "a.kdb", [varied_episode(4, 0, cameras={"cam_high": (6, 6, 3)})])
+    b = write_raw(
+        tmp_path / "b.kdb",
+        [varied_episode(3, 1, cameras={**RGB, "wrist": (4, 4, 3)}), varied_episode(4, 2, cameras=RGB)],
     )
     mapping = {"front": ["cam_high", "wrist"]}
     with pytest.raises(kinodb.KinodbError) as exc:
