@@ -1,7 +1,9 @@
-"""The preamble: the one-unpack path of `read_preamble` agrees with the step-by-step checks."""
+"""The preamble: the one-unpack path of `read_preamble` agrees with the step-by-step checks;
+the CRC-32 every checksum uses is zlib's."""
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +11,7 @@ import numpy as np
 import pytest
 
 import kinodb
+from kinodb.kdb import _layout
 from kinodb.kdb._layout import DATA_START, latest_commit, parse_header, read_preamble, read_version
 
 
@@ -72,3 +75,18 @@ def test_a_commit_beyond_the_file_is_not_skipped(appended: Path) -> None:
     raw = appended.read_bytes()
     with pytest.raises(kinodb.CorruptFileError, match="truncated or damaged"):
         read_preamble(raw[:DATA_START], str(appended), len(raw) - 1)
+
+
+@pytest.mark.parametrize("size", [0, 1, 63, 64, 4097, 1 << 20])
+def test_crc32_is_zlibs_crc32_whichever_implementation_runs(size: int) -> None:
+    data = np.random.default_rng(size).integers(0, 256, size, dtype=np.uint8)
+    view = memoryview(data)
+    assert _layout.crc32(view) == zlib.crc32(view)
+    half = size // 2  # continued from a running value, as the writer streams a payload
+    assert _layout.crc32(view[half:], _layout.crc32(view[:half])) == zlib.crc32(view)
+    assert _layout.crc32(view, 12345) == zlib.crc32(view, 12345)
+
+
+def test_crc32_uses_isal_where_it_is_installed() -> None:
+    isal_zlib = pytest.importorskip("isal.isal_zlib", reason="isal has no wheel for this machine")
+    assert _layout._crc32 is isal_zlib.crc32

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,9 +45,23 @@ def align(n: int, to: int = ALIGN) -> int:
     return (n + to - 1) // to * to
 
 
+def _crc32_impl() -> Callable[[bytes | memoryview, int], int]:
+    # ISA-L's CRC-32 (carry-less multiply) runs some 15x faster than zlib's here (0.2 ms
+    # against 3.7 ms for a 9 MB index) with the same values; zlib serves where no isal
+    # wheel exists.
+    try:
+        from isal.isal_zlib import crc32 as fast
+    except ImportError:
+        return zlib.crc32
+    return fast  # type: ignore[no-any-return]
+
+
+_crc32 = _crc32_impl()
+
+
 def crc32(data: bytes | memoryview, value: int = 0) -> int:
     """CRC-32 (zlib polynomial) of ``data``, continuing from ``value``."""
-    return zlib.crc32(data, value) & 0xFFFFFFFF
+    return _crc32(data, value) & 0xFFFFFFFF
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,12 +196,12 @@ def read_preamble(head: bytes, path: str, file_size: int) -> tuple[tuple[int, in
         magic, major, minor, data_start, hcrc, *slots = _PREAMBLE.unpack_from(head)
         if (
             magic == MAGIC and major == VERSION_MAJOR and data_start == DATA_START
-            and hcrc == zlib.crc32(head[: HEADER_SIZE - 4])
+            and hcrc == crc32(head[: HEADER_SIZE - 4])
         ):  # fmt: skip
             best, gen = -1, 0
             for n, at in enumerate(SLOT_OFFSETS):
                 g = slots[7 * n]
-                if g and g >= gen and slots[7 * n + 6] == zlib.crc32(head[at : at + SLOT_SIZE - 4]):
+                if g and g >= gen and slots[7 * n + 6] == crc32(head[at : at + SLOT_SIZE - 4]):
                     best, gen = n, g
             if best >= 0:
                 ioff, ilen, neps, nfr, icrc = slots[7 * best + 1 : 7 * best + 6]
