@@ -133,12 +133,12 @@ def test_extra_fields_named_with_the_prefix_survive_a_merge(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A file of an earlier writer may hold both ``x`` and ``extra.x``: a merge keeps both."""
-    import kinodb.kdb.writer as writer_module
+    import kinodb.kdb._checks as checks_module
 
     src = tmp_path / "old.kdb"
     fields = {"extra.x": 1, "x": 2, "success": "s", "extra.success": "e"}
     with monkeypatch.context() as m:
-        m.setattr(writer_module, "check_extra_name", lambda key: None)
+        m.setattr(checks_module, "check_extra_name", lambda key: None)
         with kinodb.Writer(src) as w:
             w.add_episode(actions=np.zeros((2, 1), np.float32), extra=fields)
     out = tmp_path / "out.kdb"

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import kinodb
-import kinodb.kdb.writer as writer_module
+import kinodb.kdb._checks as checks_module
 from kinodb import WriterError
 from kinodb.kdb.reader import META_FIELDS
 from kinodb.kdb.upgrade import upgrade
@@ -23,7 +23,7 @@ def old_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A file holding extra fields named ``extra.*``, written as earlier writers did."""
     path = tmp_path / "old.kdb"
     with monkeypatch.context() as m:
-        m.setattr(writer_module, "check_extra_name", lambda key: None)
+        m.setattr(checks_module, "check_extra_name", lambda key: None)  # `episode_meta` checks names
         with kinodb.Writer(path, image_codec="raw") as w:
             w.add_episode(actions=np.zeros((3, 2), np.float32), extra=OLD_EXTRAS)
             w.add_episode(actions=np.ones((2, 2), np.float32), extra={"x": 3})

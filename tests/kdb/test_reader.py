@@ -491,7 +491,7 @@ def test_stale_statistics_say_the_file_changed_when_episodes_were_left_out(tmp_p
 
 
 def test_stale_statistics_without_episode_counts_name_the_frames(tmp_path: Path) -> None:
-    from kinodb.kdb.reader import stale_stats
+    from kinodb.kdb._stale import stale_stats
 
     assert stale_stats({"num_frames": 10, "num_episodes": 2}, 10, 2) is None
     assert stale_stats({"num_frames": 10}, 10, 2) is None  # counts of episodes are optional

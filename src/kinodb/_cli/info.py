@@ -8,7 +8,8 @@ import shlex
 from typing import Any
 
 from kinodb._cli._text import finite, fit
-from kinodb.kdb.reader import Database, open_database, stale_stats
+from kinodb.kdb._stale import stale_stats
+from kinodb.kdb.reader import Database, open_database
 
 
 def register(sub: Any) -> None:

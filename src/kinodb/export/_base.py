@@ -19,8 +19,8 @@ import numpy as np
 
 from kinodb._optional import require
 from kinodb.errors import ConversionError
-from kinodb.kdb._stale import stale_temps
-from kinodb.kdb.reader import Database, stale_stats
+from kinodb.kdb._stale import stale_stats, stale_temps
+from kinodb.kdb.reader import Database
 
 WINDOW = 32  # camera frames decoded (and per-frame arrays copied) at a time
 _SAFE_CHARS = frozenset(string.ascii_letters + string.digits + "-_.")

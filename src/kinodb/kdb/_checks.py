@@ -106,3 +106,46 @@ def json_mapping(value: Mapping[str, Any], where: str) -> dict[str, Any]:
         check_text(key, f"{where} key {key!r}")
         out[key] = json_value(v, f"{where}[{key!r}]", mappings=True)
     return out
+
+
+def episode_meta(
+    embodiment: str, task: str, fps: float, success: bool | None,
+    total_reward: float | None, rew: np.ndarray, rewards: Any, extra: Mapping[str, Any] | None,
+) -> dict[str, Any]:  # fmt: skip
+    """The checked per-episode metadata of `Writer.add_episode`; ``total_reward`` defaults
+    to the sum of ``rew`` when ``rewards`` were given (None when that sum is not finite).
+
+    Raises:
+        WriterError: a field has the wrong type or value.
+    """
+    if not isinstance(embodiment, str) or not isinstance(task, str):
+        raise WriterError("embodiment and task must be str")
+    check_text(embodiment, "embodiment")
+    check_text(task, "task")
+    try:
+        fps = float(fps)
+    except (TypeError, ValueError):
+        fps = math.nan
+    if not (math.isfinite(fps) and fps > 0):
+        raise WriterError(f"fps must be a positive number, got {fps!r}")
+    if success is not None and not isinstance(success, (bool, np.bool_)):
+        raise WriterError(f"success must be True, False or None, got {success!r}")
+    if total_reward is None:
+        if rewards is not None:  # unknown (None) when the rewards hold NaN or infinity
+            total = float(rew.astype(np.float64).sum())
+            total_reward = total if math.isfinite(total) else None
+    else:
+        try:
+            total_reward = float(total_reward)
+        except (TypeError, ValueError):
+            raise WriterError(f"total_reward must be a number or None, got {total_reward!r}") from None
+        if not math.isfinite(total_reward):
+            raise WriterError(
+                f"total_reward is {total_reward}; pass a finite number, or None when it is unknown"
+            )
+    clean = {}
+    for key, value in (extra or {}).items():
+        check_extra_name(key)
+        clean[key] = json_value(value, f"extra[{key!r}]")
+    return {"embodiment": embodiment, "task": task, "fps": fps, "success": success,
+            "total_reward": total_reward, "extra": clean}  # fmt: skip

@@ -351,3 +351,17 @@ def _table_reader(loc: Locator, offsets: np.ndarray, frames: np.ndarray, flat: n
         return flat[at : at + count[i] * width].reshape(count[i], *trail)  # type: ignore[no-any-return]
 
     return read
+
+
+def gather_out(out: np.ndarray | None, shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray:
+    """`Database.gather`'s output: ``out`` checked, or a new array."""
+    if out is None:
+        return np.empty(shape, dtype)
+    if out.shape != shape or out.dtype != dtype:
+        raise ValueError(f"out must be {dtype} {shape}, got {out.dtype} {out.shape}")
+    if not out.flags.c_contiguous:  # reshape(-1) would copy, and the copy get the data
+        raise ValueError(
+            "out must be C-contiguous: gather into a whole buffer (np.empty(shape, dtype)), "
+            "not a slice or transpose of one"
+        )
+    return out

@@ -1,10 +1,13 @@
-"""Find temporary files that killed writers left beside their target."""
+"""What is stale: temporary files that killed writers left beside their target, and
+stored statistics that no longer describe their file."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import re
+from collections.abc import Mapping
+from typing import Any
 
 
 def stale_temps(path: str) -> list[str]:
@@ -31,3 +34,21 @@ def stale_temps(path: str) -> list[str]:
             except (PermissionError, OverflowError):
                 pass  # alive and owned by someone else, or not a pid at all
     return found
+
+
+def stale_stats(stats: Mapping[str, Any], num_frames: int, num_episodes: int) -> str | None:
+    """Why stored statistics ``stats`` no longer describe a file of ``num_frames`` frames in
+    ``num_episodes`` episodes (their counts disagree, or a writer marked them stale), or None."""
+    frames, episodes = stats.get("num_frames"), stats.get("num_episodes")
+    same = frames == num_frames and episodes in (None, num_episodes)
+    if same and not stats.get("stale"):
+        return None
+    if same:  # marked by a writer, yet the counts agree: episodes were replaced
+        return "the file's episodes changed after they were computed"
+    then = f"{frames} frames" + ("" if episodes is None else f" in {_count(episodes, 'episode')}")
+    now = f"{num_frames} frames" + ("" if episodes is None else f" in {_count(num_episodes, 'episode')}")
+    return f"the file changed after they were computed ({then} then, {now} now)"
+
+
+def _count(n: Any, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"

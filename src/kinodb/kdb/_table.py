@@ -552,6 +552,29 @@ def check_index_crc(block: Any, stored: int, offset: int, path: str) -> None:
         )
 
 
+def check_frames(frames: np.ndarray, size: int, num_frames: int, path: str) -> None:
+    """Every episode's frame count ``frames`` fits a file of ``size`` bytes (each frame
+    stores a byte at least), and they sum to the commit record's ``num_frames``: what a
+    faulty writer could get wrong.
+
+    Raises:
+        CorruptFileError: a count does not fit, or the sum differs (names ``path``).
+    """
+    top = int(frames.max()) if len(frames) else 0
+    if top > size:
+        i = int(np.argmax(frames))
+        raise CorruptFileError(
+            f"{path}: episode {i}: num_frames is {top}, more than the file's {size} bytes can "
+            f"hold; the index is damaged: run kino validate {path}"
+        )
+    total = int(frames.sum(dtype=np.uint64)) if top * len(frames) < 1 << 64 else sum(frames.tolist())
+    if total != num_frames:
+        raise CorruptFileError(
+            f"{path}: the commit record says {num_frames} frames, the index's episodes "
+            f"sum to {total}; the file is damaged: run kino validate {path}"
+        )
+
+
 def check_counts(commit: Commit, size: int, path: str) -> None:
     """Refuse a commit record that counts more episodes than its index block can hold, or
     more frames than the file (every frame stores a byte at least: ``is_terminal``).

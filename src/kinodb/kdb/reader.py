@@ -22,6 +22,7 @@ from kinodb.errors import (
     UnsupportedVersionError,
 )
 from kinodb.kdb import _codecs
+from kinodb.kdb._files import human_bytes, map_file
 from kinodb.kdb._layout import DATA_START, INDEX_HEAD, KIND_CAMERA, LegacyFormat, read_preamble
 from kinodb.kdb._sections import (
     READER_COLUMNS,
@@ -33,16 +34,19 @@ from kinodb.kdb._sections import (
     build_table,
     checked_reader,
     episode_sections,
+    gather_out,
     int_view,
     periodic_layout,
     periodic_table,
     typed_view,
 )
+from kinodb.kdb._stale import stale_stats
 from kinodb.kdb._table import (
     ABSENT,
     Columns,
     IndexBlock,
     check_counts,
+    check_frames,
     check_index_crc,
     check_index_head,
     decode_index,
@@ -53,7 +57,6 @@ META_FIELDS = (
     "episode_id", "embodiment", "task", "num_frames", "fps", "action_dim", "state_dim",
     "success", "total_reward",
 )  # fmt: skip
-_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
 # Array reads through the checked O(1) path before every array's row is checked in every
 # episode at once, a NumPy cost that grows with the episode count: first for a file whose
 # episodes share one row layout (a few contiguous comparisons for all arrays), then, if
@@ -106,7 +109,7 @@ class Database:
         # the map cannot be closed under a live view (np.ndarray(buffer=mmap) alone
         # does not pin it, and touching such a view after close would crash).
         self._buf: np.ndarray | None = None
-        mm = _map_file(path)
+        mm = map_file(path)
         try:
             size = len(mm)
             (major, minor), self._slot, self._commit = read_preamble(mm[:DATA_START], path, size)
@@ -155,30 +158,13 @@ class Database:
 
         Raises:
             CorruptFileError: the checksum does not match (`check_index_crc`), or the
-                frame counts are impossible (`_check_frames`).
+                frame counts are impossible (`check_frames`).
         """
         if not self._verified:
             c = self._commit
             check_index_crc(self._map()[c.index_offset : c.end].data, c.index_crc, c.index_offset, self._path)
-            self._check_frames(self._decoded.columns["num_frames"])
+            check_frames(self._decoded.columns["num_frames"], self._size, c.num_frames, self._path)
             self._verified = True
-
-    def _check_frames(self, frames: np.ndarray) -> None:
-        """Every episode's frame count fits the file (each frame stores a byte at least), and
-        they sum to the commit record's: what a faulty writer could get wrong."""
-        top = int(frames.max()) if len(frames) else 0
-        if top > self._size:
-            i = int(np.argmax(frames))
-            raise CorruptFileError(
-                f"{self._path}: episode {i}: num_frames is {top}, more than the file's {self._size} bytes can "
-                f"hold; the index is damaged: run kino validate {self._path}"
-            )
-        total = int(frames.sum(dtype=np.uint64)) if top * len(frames) < 1 << 64 else sum(frames.tolist())
-        if total != self._commit.num_frames:
-            raise CorruptFileError(
-                f"{self._path}: the commit record says {self._commit.num_frames} frames, the index's episodes "
-                f"sum to {total}; the file is damaged: run kino validate {self._path}"
-            )
 
     @property
     def _decoded(self) -> IndexBlock:
@@ -283,7 +269,7 @@ class Database:
         cams = sorted(info.get("schema", {}).get("cameras", {}))
         lines = [
             f"kinodb {self.version()} file {self._path}",
-            f"  episodes: {self._n}, frames: {self.num_frames()}, size: {_human(self._size)}",
+            f"  episodes: {self._n}, frames: {self.num_frames()}, size: {human_bytes(self._size)}",
             f"  embodiments: {', '.join(emb) or '-'}",
             f"  success: {int((succ == 1).sum())}/{known} known" + (f" ({100 * (succ == 1).sum() / known:.1f}%)" if known else ""),
             f"  cameras: {', '.join(cams) or '-'}",
@@ -599,7 +585,7 @@ class Database:
             self._build_tables([name], rows=True)
         strided = self._strided(name, first)
         if strided is not None:  # every episode alike, at a constant stride, checked inside the file
-            out = _gather_out(out, (len(idx) * first.shape[0], *first.shape[1:]), first.dtype)
+            out = gather_out(out, (len(idx) * first.shape[0], *first.shape[1:]), first.dtype)
             rows = out.reshape(-1).view(np.uint8).view(strided.dtype)
             if episodes is None:
                 rows[...] = strided
@@ -612,7 +598,7 @@ class Database:
         for i, src in zip(idx.tolist(), views, strict=True):
             if src.dtype != first.dtype or src.shape[1:] != first.shape[1:]:
                 self._unlike(name, (int(idx[0]), first), (i, src))
-        out = _gather_out(out, (sum(v.shape[0] for v in views), *first.shape[1:]), first.dtype)
+        out = gather_out(out, (sum(v.shape[0] for v in views), *first.shape[1:]), first.dtype)
         outb, pos = out.reshape(-1).view(np.uint8), 0
         for src in views:
             # A format 0.1 file's 1-D arrays (rewards) are strided views into interleaved
@@ -793,65 +779,10 @@ class Database:
         return f"<kinodb.Database {self._path!r} ({self._n} episodes, format {self.version()})>"
 
 
-def _gather_out(out: np.ndarray | None, shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray:
-    """`Database.gather`'s output: ``out`` checked, or a new array."""
-    if out is None:
-        return np.empty(shape, dtype)
-    if out.shape != shape or out.dtype != dtype:
-        raise ValueError(f"out must be {dtype} {shape}, got {out.dtype} {out.shape}")
-    if not out.flags.c_contiguous:  # reshape(-1) would copy, and the copy get the data
-        raise ValueError(
-            "out must be C-contiguous: gather into a whole buffer (np.empty(shape, dtype)), "
-            "not a slice or transpose of one"
-        )
-    return out
-
-
-def stale_stats(stats: Mapping[str, Any], num_frames: int, num_episodes: int) -> str | None:
-    """Why stored statistics ``stats`` no longer describe a file of ``num_frames`` frames in
-    ``num_episodes`` episodes (their counts disagree, or a writer marked them stale), or None."""
-    frames, episodes = stats.get("num_frames"), stats.get("num_episodes")
-    same = frames == num_frames and episodes in (None, num_episodes)
-    if same and not stats.get("stale"):
-        return None
-    if same:  # marked by a writer, yet the counts agree: episodes were replaced
-        return "the file's episodes changed after they were computed"
-    then = f"{frames} frames" + ("" if episodes is None else f" in {_count(episodes, 'episode')}")
-    now = f"{num_frames} frames" + ("" if episodes is None else f" in {_count(num_episodes, 'episode')}")
-    return f"the file changed after they were computed ({then} then, {now} now)"
-
-
-def _count(n: Any, noun: str) -> str:
-    return f"{n} {noun}{'' if n == 1 else 's'}"
-
-
 def extra_key(name: str) -> str:
     """The key of extra field ``name`` in `Database.read_meta`: ``extra.NAME`` when the name
     is a built-in one or starts with ``extra.`` itself, else the name."""
     return f"extra.{name}" if name in META_FIELDS or name.startswith("extra.") else name
-
-
-def _map_file(path: str) -> mmap.mmap:
-    """Map the whole file read-only: ``os.open`` and ``mmap``, the fewest system calls.
-
-    Where that fails (a missing or empty file, a directory, ...), the file is opened as
-    before, which raises the usual error (FileNotFoundError, FormatError, ...).
-    """
-    try:
-        fd = os.open(path, _OPEN_FLAGS)
-    except OSError:
-        fd = -1
-    if fd >= 0:
-        try:
-            return mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
-        except (OSError, ValueError):
-            pass
-        finally:
-            os.close(fd)
-    with open(path, "rb") as fh:
-        size = os.fstat(fh.fileno()).st_size
-        read_preamble(fh.read(DATA_START), path, size)
-        return mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
 
 
 def open_database(path: str | os.PathLike[str]) -> Database:
@@ -867,15 +798,6 @@ def open_database(path: str | os.PathLike[str]) -> Database:
         from kinodb.kdb.legacy import LegacyDatabase  # deferred: only 0.x files need it
 
         return LegacyDatabase(path)
-
-
-def _human(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"
 
 
 __all__ = ["Camera", "Database", "open_database"]

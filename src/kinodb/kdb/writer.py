@@ -17,12 +17,11 @@ import numpy as np
 
 from kinodb._version import __version__
 from kinodb.errors import CorruptFileError, FormatError, WriterError
-from kinodb.kdb import _codecs
 from kinodb.kdb._checks import (
     as_array,
     check_extra_name,
-    check_text,
     dims3,
+    episode_meta,
     json_mapping,
     json_value,
     terminal,
@@ -38,6 +37,7 @@ from kinodb.kdb._files import (
     remove_stale_temps,
     still_at,
 )
+from kinodb.kdb._frames import RawFrames, camera_frames
 from kinodb.kdb._layout import (
     ALIGN,
     CODECS,
@@ -62,16 +62,6 @@ _RESERVED_ARRAYS = {"actions", "states", "rewards", "is_terminal", "timestamps",
 _U16_MAX = 0xFFFF  # sec_count and sec.name are u16 columns
 _ZEROS = bytes(ALIGN)
 SECTION_ALIGN = 8  # every element size divides it, so every section is aligned to its dtype
-
-
-class _RawFrames:
-    """uint8 frames ``(T, H, W, C)`` stored raw whatever the writer's ``image_codec``: a
-    copied camera's exact pixels (`Writer.copy_episode`)."""
-
-    __slots__ = ("frames",)
-
-    def __init__(self, frames: np.ndarray) -> None:
-        self.frames = frames
 
 
 def verify_payload(db: Database, i: int) -> tuple[int, int, int]:
@@ -415,8 +405,11 @@ class Writer:
             if arr.shape[0] != T:
                 raise WriterError(f"{name} has {arr.shape[0]} frames, actions has {T}")
         self._check_section_limits([*arrays, *(str(c) for c in images or {})])
-        cams = {str(c): self._camera(str(c), v, T) for c, v in (images or {}).items()}
-        meta = self._episode_meta(embodiment, task, fps, success, total_reward, rew, rewards, extra)
+        cams = {
+            str(c): camera_frames(str(c), v, T, self._codec_for, self._quality)
+            for c, v in (images or {}).items()
+        }
+        meta = episode_meta(embodiment, task, fps, success, total_reward, rew, rewards, extra)
         self._check_schema(acts.shape[1], sts.shape[1])
         return self._write(arrays, cams, meta)
 
@@ -436,111 +429,6 @@ class Writer:
                 f"camera names; the format stores at most {_U16_MAX + 1} (sec.name is u16): reuse names "
                 "across episodes, or write the episodes to several files"
             )
-
-    def _camera(
-        self, cam: str, value: Any, T: int
-    ) -> tuple[str, tuple[int, int, int], list[bytes] | np.ndarray]:
-        if not cam:
-            raise WriterError("camera names must be non-empty strings")
-        forced = None
-        if isinstance(value, _RawFrames):
-            value, forced = value.frames, "raw"
-        if isinstance(value, np.ndarray):
-            frames = value if value.ndim == 4 else value[..., None] if value.ndim == 3 else None
-            if frames is None or frames.dtype != np.uint8:
-                raise WriterError(
-                    f"images[{cam!r}] must be uint8 (T, H, W, C) or (T, H, W), got "
-                    f"{value.dtype} {value.shape}"
-                )
-            if frames.shape[0] != T:
-                raise WriterError(f"images[{cam!r}] has {frames.shape[0]} frames, actions has {T}")
-            h, w, c = frames.shape[1:]
-            if c not in (1, 2, 3, 4) or h == 0 or w == 0:
-                raise WriterError(f"images[{cam!r}] has shape {frames.shape}; need H, W > 0 and 1-4 channels")
-            chosen = forced or self._codec_for(cam)
-            if chosen == "raw":
-                return "raw", (h, w, c), np.ascontiguousarray(frames)
-            if chosen == "jpeg" and c not in (1, 3):
-                raise WriterError(
-                    f"images[{cam!r}] has {c} channels; JPEG stores 1 or 3, use image_codec='png' or 'raw'"
-                )
-            return chosen, (h, w, c), _codecs.encode(frames, chosen, self._quality)
-        channels = None
-        if isinstance(value, _codecs.EncodedFrames):
-            value, channels = list(value.frames), value.channels
-            if isinstance(channels, bool) or not isinstance(channels, int) or not 1 <= channels <= 4:
-                raise WriterError(f"images[{cam!r}].channels must be 1, 2, 3 or 4, got {channels!r}")
-        if isinstance(value, (list, tuple)):
-            if len(value) != T:
-                raise WriterError(f"images[{cam!r}] has {len(value)} frames, actions has {T}")
-            blobs = [bytes(b) if isinstance(b, (bytes, bytearray, memoryview)) else None for b in value]
-            codec = _codecs.sniff(blobs[0] or b"")
-            if codec is None:
-                raise WriterError(f"images[{cam!r}][0] is not JPEG or PNG bytes")
-            shape = None
-            # Frames from one encoder usually repeat frame 0's header up to its size field;
-            # a frame that starts with those bytes has its shape, with no parsing.
-            first = _codecs.header(blobs[0] or b"")
-            first_shape, same = (first[0], (blobs[0] or b"")[: first[1]]) if first else (None, None)
-            for t, blob in enumerate(blobs):
-                if blob is None or _codecs.sniff(blob) != codec:
-                    raise WriterError(f"images[{cam!r}][{t}] is not {codec} bytes like frame 0")
-                if first_shape is not None and same is not None and blob.startswith(same):
-                    got = first_shape
-                else:
-                    try:
-                        got = _codecs.probe(blob)
-                    except OSError as exc:
-                        raise WriterError(
-                            f"images[{cam!r}][{t}]: unreadable {codec} header ({_codecs.describe(exc)})"
-                        ) from exc
-                if channels is not None:  # readers convert every frame to these channels
-                    got = (got[0], got[1], channels)
-                if shape is None:
-                    shape = got
-                elif got != shape:
-                    raise WriterError(f"images[{cam!r}][{t}] is {got} (H, W, C), frame 0 is {shape}")
-            assert shape is not None  # T >= 1
-            return codec, shape, [b for b in blobs if b is not None]
-        raise WriterError(
-            f"images[{cam!r}] must be a uint8 array or a list of encoded frames, got {type(value).__name__}"
-        )
-
-    def _episode_meta(
-        self, embodiment: str, task: str, fps: float, success: bool | None,
-        total_reward: float | None, rew: np.ndarray, rewards: Any, extra: Mapping[str, Any] | None,
-    ) -> dict[str, Any]:  # fmt: skip
-        if not isinstance(embodiment, str) or not isinstance(task, str):
-            raise WriterError("embodiment and task must be str")
-        check_text(embodiment, "embodiment")
-        check_text(task, "task")
-        try:
-            fps = float(fps)
-        except (TypeError, ValueError):
-            fps = math.nan
-        if not (math.isfinite(fps) and fps > 0):
-            raise WriterError(f"fps must be a positive number, got {fps!r}")
-        if success is not None and not isinstance(success, (bool, np.bool_)):
-            raise WriterError(f"success must be True, False or None, got {success!r}")
-        if total_reward is None:
-            if rewards is not None:  # unknown (None) when the rewards hold NaN or infinity
-                total = float(rew.astype(np.float64).sum())
-                total_reward = total if math.isfinite(total) else None
-        else:
-            try:
-                total_reward = float(total_reward)
-            except (TypeError, ValueError):
-                raise WriterError(f"total_reward must be a number or None, got {total_reward!r}") from None
-            if not math.isfinite(total_reward):
-                raise WriterError(
-                    f"total_reward is {total_reward}; pass a finite number, or None when it is unknown"
-                )
-        clean = {}
-        for key, value in (extra or {}).items():
-            check_extra_name(key)
-            clean[key] = json_value(value, f"extra[{key!r}]")
-        return {"embodiment": embodiment, "task": task, "fps": fps, "success": success,
-                "total_reward": total_reward, "extra": clean}  # fmt: skip
 
     def _check_schema(self, action_dim: int, state_dim: int) -> None:
         for part, dim in (("actions", action_dim), ("states", state_dim)):
@@ -730,7 +618,7 @@ class Writer:
             args["extra"] = {**args["extra"], **added}
             # Decoded frames are the episode's exact pixels: never re-encoded lossily.
             args["images"] = {
-                name: _RawFrames(frames) if isinstance(frames, np.ndarray) else frames
+                name: RawFrames(frames) if isinstance(frames, np.ndarray) else frames
                 for name, frames in args["images"].items()
             }
             index = self.add_episode(**args)

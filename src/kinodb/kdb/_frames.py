@@ -1,0 +1,100 @@
+"""The frames of one camera as `Writer.add_episode` takes them, checked and encoded."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from kinodb.errors import WriterError
+from kinodb.kdb import _codecs
+
+
+class RawFrames:
+    """uint8 frames ``(T, H, W, C)`` stored raw whatever the writer's ``image_codec``: a
+    copied camera's exact pixels (`Writer.copy_episode`)."""
+
+    __slots__ = ("frames",)
+
+    def __init__(self, frames: np.ndarray) -> None:
+        self.frames = frames
+
+
+def camera_frames(
+    cam: str, value: Any, T: int, codec_for: Callable[[str], str], quality: int
+) -> tuple[str, tuple[int, int, int], list[bytes] | np.ndarray]:
+    """Camera ``cam``'s frames as `Writer.add_episode` stores them: ``(codec, (H, W, C),
+    frames)``, the frames a uint8 array (raw) or one encoded blob per frame.
+
+    ``value`` is uint8 ``(T, H, W, C)`` or ``(T, H, W)`` pixels (encoded with
+    ``codec_for(cam)`` at JPEG ``quality``), `RawFrames`, an `EncodedFrames`, or a list
+    of JPEG/PNG bytes (kept byte for byte).
+
+    Raises:
+        WriterError: the frames are of the wrong type, shape or count, or not all alike.
+    """
+    if not cam:
+        raise WriterError("camera names must be non-empty strings")
+    forced = None
+    if isinstance(value, RawFrames):
+        value, forced = value.frames, "raw"
+    if isinstance(value, np.ndarray):
+        frames = value if value.ndim == 4 else value[..., None] if value.ndim == 3 else None
+        if frames is None or frames.dtype != np.uint8:
+            raise WriterError(
+                f"images[{cam!r}] must be uint8 (T, H, W, C) or (T, H, W), got {value.dtype} {value.shape}"
+            )
+        if frames.shape[0] != T:
+            raise WriterError(f"images[{cam!r}] has {frames.shape[0]} frames, actions has {T}")
+        h, w, c = frames.shape[1:]
+        if c not in (1, 2, 3, 4) or h == 0 or w == 0:
+            raise WriterError(f"images[{cam!r}] has shape {frames.shape}; need H, W > 0 and 1-4 channels")
+        chosen = forced or codec_for(cam)
+        if chosen == "raw":
+            return "raw", (h, w, c), np.ascontiguousarray(frames)
+        if chosen == "jpeg" and c not in (1, 3):
+            raise WriterError(
+                f"images[{cam!r}] has {c} channels; JPEG stores 1 or 3, use image_codec='png' or 'raw'"
+            )
+        return chosen, (h, w, c), _codecs.encode(frames, chosen, quality)
+    channels = None
+    if isinstance(value, _codecs.EncodedFrames):
+        value, channels = list(value.frames), value.channels
+        if isinstance(channels, bool) or not isinstance(channels, int) or not 1 <= channels <= 4:
+            raise WriterError(f"images[{cam!r}].channels must be 1, 2, 3 or 4, got {channels!r}")
+    if isinstance(value, (list, tuple)):
+        if len(value) != T:
+            raise WriterError(f"images[{cam!r}] has {len(value)} frames, actions has {T}")
+        blobs = [bytes(b) if isinstance(b, (bytes, bytearray, memoryview)) else None for b in value]
+        codec = _codecs.sniff(blobs[0] or b"")
+        if codec is None:
+            raise WriterError(f"images[{cam!r}][0] is not JPEG or PNG bytes")
+        shape = None
+        # Frames from one encoder usually repeat frame 0's header up to its size field;
+        # a frame that starts with those bytes has its shape, with no parsing.
+        first = _codecs.header(blobs[0] or b"")
+        first_shape, same = (first[0], (blobs[0] or b"")[: first[1]]) if first else (None, None)
+        for t, blob in enumerate(blobs):
+            if blob is None or _codecs.sniff(blob) != codec:
+                raise WriterError(f"images[{cam!r}][{t}] is not {codec} bytes like frame 0")
+            if first_shape is not None and same is not None and blob.startswith(same):
+                got = first_shape
+            else:
+                try:
+                    got = _codecs.probe(blob)
+                except OSError as exc:
+                    raise WriterError(
+                        f"images[{cam!r}][{t}]: unreadable {codec} header ({_codecs.describe(exc)})"
+                    ) from exc
+            if channels is not None:  # readers convert every frame to these channels
+                got = (got[0], got[1], channels)
+            if shape is None:
+                shape = got
+            elif got != shape:
+                raise WriterError(f"images[{cam!r}][{t}] is {got} (H, W, C), frame 0 is {shape}")
+        assert shape is not None  # T >= 1
+        return codec, shape, [b for b in blobs if b is not None]
+    raise WriterError(
+        f"images[{cam!r}] must be a uint8 array or a list of encoded frames, got {type(value).__name__}"
+    )
