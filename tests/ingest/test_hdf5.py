@@ -271,7 +271,15 @@ def test_state_keys_choose_and_order(tmp_path: Path, robomimic: Path) -> None:
         }
         want = np.concatenate([truth["obs/robot0_gripper_qpos"], truth["obs/robot0_eef_pos"]], axis=1)
         same_bits(db.read_array(4, "states"), want)
-        assert db.metadata()["hdf5"]["left_out"]["obs/object"] == "not among the chosen state keys"
+        # the other low-dim keys are not dropped: each is an extra array, bit for bit
+        md = db.metadata()["hdf5"]
+        for key in ("object", "robot0_eef_quat"):
+            same_bits(db.read_array(4, key), truth[f"obs/{key}"], key)
+            assert md["extra_arrays"][key] == f"obs/{key}"
+            assert md["kept_apart"][key].startswith(
+                "not among the chosen state keys (state_keys, --state-keys)"
+            )
+        assert "obs/object" not in md["left_out"]
     with pytest.raises(ConversionError, match="'agentview_image' is not a low-dim obs/ dataset"):
         ingest(robomimic, tmp_path / "bad.kdb", state_keys=["agentview_image"])
     assert not (tmp_path / "bad.kdb").exists()

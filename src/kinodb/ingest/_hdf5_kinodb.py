@@ -6,7 +6,8 @@ source's dataset block: schema and metadata), and each episode's extra fields an
 reward in the demo's ``ep_meta``. An ingest of such a file gives back the dataset
 metadata (less the record of the ingest that made the source), the names and components
 of ``actions`` and ``states`` where they fit the data, the state keys in their original
-order, and each demo's extra fields; not the dataset block when the file holds other
+order (the low-dim keys the export wrote from extra arrays stay extra arrays), and each
+demo's extra fields; not the dataset block when the file holds other
 demos or frames than the export wrote (it was changed since; a warning says so).
 """
 
@@ -77,16 +78,33 @@ def recorded_dataset(path: str, attrs: Any, held: Callable[[], tuple[int, int]])
 
 
 def exported_state_order(attrs: Any, fields: list[Field]) -> tuple[str, ...] | None:
-    """A kinodb export's state components in their original order (else sorted order)."""
+    """A kinodb export's state components in their original order (else sorted order).
+
+    The low-dim obs keys must be those components, or those and keys the export wrote
+    from extra arrays ingested from ``obs/`` (the low-dim keys an ingest with
+    ``state_keys`` kept out of the states): those stay extra arrays.
+    """
     if "kinodb_dataset" not in attrs:
         return None
     try:
-        components = json.loads(text(attrs["kinodb_dataset"]))["schema"]["states"]["components"]
+        recorded = json.loads(text(attrs["kinodb_dataset"]))
+        components = recorded["schema"]["states"]["components"]
         order = tuple(f"obs/{name}" for name, _ in sorted(components.items(), key=lambda kv: kv[1][0]))
-    except (ValueError, KeyError, TypeError, IndexError):
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError):
         return None
     have = {f.path for f in fields if f.kind == "state"}
-    return order if set(order) == have else None
+    if not order or not set(order) <= have:
+        return None
+    return order if have - set(order) <= _exported_obs_arrays(recorded) else None
+
+
+def _exported_obs_arrays(recorded: Any) -> set[str]:
+    """The ``obs/`` paths of the extra arrays a kinodb export's source ingested from HDF5."""
+    try:
+        paths = recorded["metadata"]["hdf5"]["extra_arrays"].values()
+    except (KeyError, TypeError, AttributeError):
+        return set()
+    return {p for p in paths if isinstance(p, str) and p.startswith("obs/")}
 
 
 def user_metadata(recorded: Any) -> dict[str, Any]:

@@ -1,11 +1,14 @@
 """Where each per-frame dataset of a robomimic/LIBERO HDF5 file's demos goes.
 
 `scan_demos` lists every dataset path any demo holds and classifies it in the first demo
-that holds it (low-dim ``obs/`` keys are states, 4-D uint8 ``obs/`` datasets are cameras,
-other per-frame datasets are extra arrays); `arrange` turns that into a `Layout`: the
-state keys and their components, the cameras, the extra arrays with their names, and what
-is left out and why. State keys whose dtype the states' dtype cannot hold exactly are kept apart as
-extra arrays, unless the caller named them.
+that holds it (low-dim ``obs/`` keys are states; uint8 ``obs/`` datasets of frames a camera
+holds, ``(T, H, W, C)`` with 1 to 4 channels, are cameras; other per-frame datasets,
+channel-first or many-channel uint8 frames among them, are extra arrays); `arrange` turns
+that into a `Layout`: the state keys and their components, the cameras, the extra arrays
+with their names and the axes ``flip_images`` reverses, and what is left out and why.
+State keys whose dtype the states' dtype cannot hold exactly are kept apart as extra
+arrays, unless the caller named them; low-dim keys left out of the chosen state keys are
+extra arrays too.
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ class Field:
     first: str  # the first demo (numeric order) that holds it
     holders: int  # how many demos hold it
     name: str = ""  # state component, camera or extra-array name
+    turn: tuple[int, ...] = ()  # the (H, W) axes that flip_images reverses; () when it leaves it as is
+    note: str = ""  # why uint8 frames are not a camera
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +59,9 @@ class Layout:
     arrays: tuple[Field, ...]
     timestamps: Field | None
     left_out: dict[str, str]  # path -> why it is not stored
-    apart: dict[str, str]  # extra-array name of a low-dim key kept out of the states -> why
+    apart: dict[str, str]  # extra-array name of a low-dim key its dtype keeps out of the states -> why
+    unchosen: dict[str, str]  # extra-array name of a low-dim key not among the chosen state keys -> why
+    not_cameras: dict[str, str]  # extra-array name of uint8 frames a camera cannot hold -> why
 
 
 def scan_demos(data: Any, demos: list[str], dataset_type: Any) -> tuple[list[Field], dict[str, str]]:
@@ -88,9 +95,9 @@ def scan_demos(data: Any, demos: list[str], dataset_type: Any) -> tuple[list[Fie
             continue
         kind = _classify(path, ds, _rows(group))
         if kind in ("state", "camera", "array"):
-            fields.append(
-                Field(path, kind, tuple(int(d) for d in ds.shape[1:]), np.dtype(ds.dtype), first, holders)
-            )
+            trailing = tuple(int(d) for d in ds.shape[1:])
+            note = _not_a_camera(trailing) if kind == "array" and _frames_like(path, ds) else ""
+            fields.append(Field(path, kind, trailing, np.dtype(ds.dtype), first, holders, note=note))
         else:
             left_out[path] = kind
     return fields, left_out
@@ -121,40 +128,76 @@ def _classify(path: str, ds: Any, rows: int | None) -> str:
         return "state"
     if ds.ndim == 2:
         return "no columns"
-    if ds.ndim == 4 and ds.dtype == np.uint8:
+    if _frames_like(path, ds) and 1 <= ds.shape[3] <= 4:
         return "camera"
     return "array"
 
 
+def _frames_like(path: str, ds: Any) -> bool:
+    """Whether ``ds`` is a 4-D uint8 ``obs/`` dataset: frames, camera or not."""
+    return path.startswith("obs/") and ds.ndim == 4 and ds.dtype == np.uint8
+
+
+def _channel_first(trailing: tuple[int, ...]) -> bool:
+    """Whether 4-D uint8 frames of per-frame shape ``trailing`` are ``(C, H, W)``: their last
+    axis is no channel count a camera holds, and their first is."""
+    return len(trailing) == 3 and not 1 <= trailing[2] <= 4 and 1 <= trailing[0] <= 4
+
+
+def _not_a_camera(trailing: tuple[int, ...]) -> str:
+    """Why uint8 frames of per-frame shape ``trailing`` are not a camera."""
+    shape = f"(T, {', '.join(map(str, trailing))})"
+    if _channel_first(trailing):
+        return (
+            f"uint8 {shape} holds channel-first (T, C, H, W) frames and a camera holds (T, H, W, C) frames "
+            "of 1 to 4 channels"
+        )
+    return f"uint8 {shape} holds frames of {trailing[2]} channels (stacked frames?) and a camera holds 1 to 4"
+
+
+def _camera_fix(trailing: tuple[int, ...]) -> str:
+    """How to make uint8 frames of per-frame shape ``trailing`` a camera."""
+    if _channel_first(trailing):
+        return "transpose it to (T, H, W, C) in the source file to ingest it as a camera"
+    return "split it into datasets of 1 to 4 channels in the source file to ingest them as cameras"
+
+
 def arrange(
     path: str, fields: list[Field], left_out: dict[str, str], state_keys: tuple[str, ...] | None, *,
-    explicit: bool = False,
+    explicit: bool = False, keys_from: str = "the chosen state keys",
 ) -> Layout:  # fmt: skip
     """Sort every per-frame dataset into states, cameras and extra arrays, and name them.
+
+    ``keys_from`` says where ``state_keys`` came from, for the record of the low-dim keys
+    left out of them (which become extra arrays).
 
     Raises:
         ConversionError: a requested state key is not a low-dim observation.
     """
     by_path = sorted(fields, key=lambda f: f.path)
     low_dim = {f.path[len("obs/") :]: f for f in by_path if f.kind == "state"}
-    cameras = [replace(f, name=f.path[len("obs/") :]) for f in by_path if f.kind == "camera"]
+    cameras = [replace(f, name=f.path[len("obs/") :], turn=(1, 2)) for f in by_path if f.kind == "camera"]
+    sizes = _frame_sizes(fields)
     taken = set(_RESERVED) | {f.name for f in cameras}
     arrays: list[Field] = []
     stamps = [f for f in fields if f.path == "timestamps" and f.kind == "array" and not f.trailing]
-    # Simulator states first, then the demo's own datasets, then obs/ arrays: obs keys
-    # yield on a name clash (they become "obs.KEY").
+    # Simulator states first, then the demo's own datasets, then obs/ arrays, then the
+    # low-dim keys kept out of the states: obs keys yield on a name clash (they become
+    # "obs.KEY").
     for f in sorted(fields, key=lambda f: (f.path.startswith("obs/"), f.path != "states", f.path)):
         if f.kind == "array" and f not in stamps:
             name = "sim_state" if f.path == "states" else _free_name(f.path, taken)
             taken.add(name)
-            arrays.append(replace(f, name=name))
-    states, apart = _exact_states(_choose_states(path, low_dim, state_keys, left_out), explicit)
-    reasons: dict[str, str] = {}
-    for f, why in apart:
+            arrays.append(replace(f, name=name, turn=_turn(f, sizes)))
+    chosen, rest = _choose_states(path, low_dim, state_keys)
+    states, apart = _exact_states(chosen, explicit)
+    reasons: dict[str, dict[str, str]] = {"apart": {}, "unchosen": {}}
+    for f, why, kind in [*((f, w, "apart") for f, w in apart), *((f, "", "unchosen") for f in rest)]:
         name = _free_name(f.path, taken)
         taken.add(name)
         arrays.append(replace(f, kind="array", name=name))
-        reasons[name] = f"{why}; it is stored apart, as the extra array {name!r} with its own dtype"
+        why = why or f"not among {keys_from}"
+        reasons[kind][name] = f"{why}; it is stored apart, as the extra array {name!r} with its own dtype"
     components: dict[str, list[int]] = {}
     start = 0
     for f in states:
@@ -170,8 +213,46 @@ def arrange(
         tuple(arrays),
         stamps[0] if stamps else None,
         left_out,
-        reasons,
+        reasons["apart"],
+        reasons["unchosen"],
+        {f.name: _kept_as(f) for f in arrays if f.note},
     )
+
+
+def _kept_as(f: Field) -> str:
+    """Why uint8 frames ``f`` are the extra array they are, and how to make them a camera."""
+    return (
+        f"{f.note}, so it is kept as the extra array {f.name!r}, exactly as stored; {_camera_fix(f.trailing)}"
+    )
+
+
+def _frame_sizes(fields: list[Field]) -> set[tuple[int, ...]]:
+    """The ``(H, W)`` of every camera, and of the uint8 ``obs/`` frames no camera holds."""
+    sizes: set[tuple[int, ...]] = set()
+    for f in fields:
+        if f.kind == "camera" or f.note:
+            sizes.add(f.trailing[1:3] if _channel_first(f.trailing) else f.trailing[:2])
+    return sizes
+
+
+def _turn(f: Field, sizes: set[tuple[int, ...]]) -> tuple[int, ...]:
+    """The axes of extra array ``f`` that ``flip_images`` reverses, as it does a camera's.
+
+    An image-shaped array, ``(T, H, W)`` or ``(T, H, W, C)``, whose ``(H, W)`` is that of
+    frames of the file (`_frame_sizes`), turns on axes 1 and 2; channel-first frames,
+    ``(T, C, H, W)`` (uint8 frames `_channel_first` names so, or any array whose axes 2
+    and 3 are the frames' size), on axes 2 and 3. Other arrays stay as stored.
+    """
+    t = f.trailing
+    if len(t) not in (2, 3):
+        return ()
+    if f.note and _channel_first(t):
+        return (2, 3)
+    if t[:2] in sizes:
+        return (1, 2)
+    if len(t) == 3 and t[1:] in sizes:
+        return (2, 3)
+    return ()
 
 
 def _exact_states(states: list[Field], explicit: bool) -> tuple[list[Field], list[tuple[Field, str]]]:
@@ -210,10 +291,11 @@ def _free_name(path: str, taken: set[str]) -> str:
 
 
 def _choose_states(
-    path: str, low_dim: dict[str, Field], state_keys: tuple[str, ...] | None, left_out: dict[str, str]
-) -> list[Field]:
+    path: str, low_dim: dict[str, Field], state_keys: tuple[str, ...] | None
+) -> tuple[list[Field], list[Field]]:
+    """The state keys in their order, and the low-dim keys left out of them (sorted)."""
     if state_keys is None:
-        return [replace(low_dim[k], name=k) for k in sorted(low_dim)]
+        return [replace(low_dim[k], name=k) for k in sorted(low_dim)], []
     # "a, b" and "a,b," as typed on a command line: spaces around a key and empty entries
     # are not part of any key.
     given = [k.strip() for k in state_keys if k.strip()]
@@ -233,6 +315,5 @@ def _choose_states(
         if any(f.name == key for f in chosen):
             raise ConversionError(f"{path}: state key {raw!r} is given twice")
         chosen.append(replace(low_dim[key], name=key))
-    for key in sorted(set(low_dim) - {f.name for f in chosen}):
-        left_out[f"obs/{key}"] = "not among the chosen state keys"
-    return chosen
+    rest = [low_dim[k] for k in sorted(set(low_dim) - {f.name for f in chosen})]
+    return chosen, rest

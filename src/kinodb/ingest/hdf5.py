@@ -8,19 +8,30 @@ What goes where:
 - ``states``: the low-dim ``obs/`` datasets (2-D, and 1-D as one column each), in sorted
   key order or the order of ``state_keys`` (spaces around each key and empty entries are
   ignored; an ``obs/`` prefix is optional), concatenated; each key's ``[start, stop)`` is
-  recorded in the schema's ``states.components``. Keys of different dtypes are cast to
-  their NumPy result type (float32 and float64 give float64) where that keeps every
-  value: a key whose dtype the states' dtype cannot hold exactly (an int64 or uint64
-  beside floats, such as a nanosecond timestamp, which float64 would round beyond 2**53)
-  is kept apart, as an extra array named by its key with its own dtype; the metadata's
-  ``hdf5.kept_apart`` and a note of the report say so. This goes by dtype, not by value,
+  recorded in the schema's ``states.components``. The low-dim keys left out of
+  ``state_keys`` are not dropped: each is an extra array named by its key, bit for bit
+  with its own dtype and shape, recorded in the metadata's ``hdf5.kept_apart``. Keys of
+  different dtypes are cast to their NumPy result type (float32 and float64 give
+  float64) where that keeps every value: a key whose dtype the states' dtype cannot hold
+  exactly (an int64 or uint64 beside floats, such as a nanosecond timestamp, which
+  float64 would round beyond 2**53) is kept apart, as an extra array named by its key
+  with its own dtype; the metadata's ``hdf5.kept_apart`` and a note of the report say so. This goes by dtype, not by value,
   so every demo has the same layout. Keys named in ``state_keys`` all go into the states,
   and a demo holding a value the states' dtype would round (an int64 timestamp beyond
   2**53 in float64 states) is refused, naming the key, the frame and the value. Either
   way the states hold the source's values exactly.
-- Cameras: 4-D uint8 ``obs/`` datasets (``(T, H, W, C)``, depth ``(T, H, W, 1)`` too),
-  named by their key. Other 3-D and 4-D ``obs/`` datasets (float or uint16 depth) are
-  extra arrays named by their key.
+- Cameras: uint8 ``obs/`` datasets of ``(T, H, W, C)`` frames with 1 to 4 channels
+  (depth ``(T, H, W, 1)`` too), named by their key. Other 3-D and 4-D ``obs/`` datasets
+  are extra arrays named by their key, exactly as stored: float or uint16 depth, ``(T, H,
+  W)`` uint8 (a grey camera is ``(T, H, W, 1)``), channel-first ``(T, C, H, W)`` uint8
+  frames (not transposed: the values stay as the file holds them) and frames of more than
+  4 channels (stacked frames); the metadata's ``hdf5.not_cameras`` and a note of the report
+  say why such uint8 frames are not a camera and how to make them one.
+- Names: an extra array is named by its key (``obs/`` left out, ``/`` written as ``.``).
+  Where that name is taken (by a name the writer reserves: ``actions``, ``states``,
+  ``rewards``, ``is_terminal``, ``timestamps``, ``meta``, ``images``, ``sim_state``; by a
+  camera; or by a dataset of the demo itself, which comes first) an ``obs/`` key becomes
+  ``obs.KEY`` (a demo dataset ``demo.KEY``), with ``_`` appended until the name is free.
 - The demo's ``states`` (simulator states) become the extra array ``sim_state``, a 1-D
   ``timestamps`` dataset the episode's timestamps; other per-frame datasets of the demo
   (LIBERO's ``robot_states``, ``action_dict/abs_pos``) become extra arrays (``/``
@@ -40,8 +51,12 @@ What goes where:
   and 10 otherwise.
 - ``mask/`` filter keys become the list-valued extra field ``filter_keys`` of each
   episode (``filter_keys CONTAINS 'valid'``).
-- ``flip_images`` rotates frames (and 4-D depth arrays) by 180 degrees; the metadata
-  field ``image_orientation`` says whether that happened.
+- ``flip_images`` rotates by 180 degrees the cameras and every image-shaped extra array:
+  ``(T, H, W)`` or ``(T, H, W, C)`` (depth of any dtype, segmentation) whose ``(H, W)``
+  is that of a camera or of uint8 frames of the file, on axes 1 and 2; channel-first
+  frames ``(T, C, H, W)`` on axes 2 and 3. Other arrays stay as stored. The metadata field
+  ``image_orientation`` says whether frames were rotated, and ``hdf5.rotated`` names each
+  camera and array rotated, with its axes.
 
 - A kinodb export (``data`` attrs ``kinodb_export``, ``kinodb_dataset``) gives back what
   it recorded of its source: each demo's extra fields (``ep_meta``), the dataset
@@ -240,10 +255,19 @@ class HDF5Source:
             "left_out": dict(layout.left_out),
         }
         notes = []
-        if layout.apart:
-            metadata["hdf5"]["kept_apart"] = dict(layout.apart)
+        if layout.apart or layout.unchosen:
+            metadata["hdf5"]["kept_apart"] = {**layout.apart, **layout.unchosen}
             notes = [f"{f.path} is not part of the states: {layout.apart[f.name]}"
                      for f in layout.arrays if f.name in layout.apart]  # fmt: skip
+        not_cameras = {f.name: layout.not_cameras[f.name] for f in layout.arrays
+                       if f.name in layout.not_cameras and self._keeps(f)}  # fmt: skip
+        if not_cameras:
+            metadata["hdf5"]["not_cameras"] = not_cameras
+            notes += [f"{f.path} is not a camera: {not_cameras[f.name]}"
+                      for f in layout.arrays if f.name in not_cameras]  # fmt: skip
+        if self._options.flip_images:
+            turned = [*(layout.cameras if self._options.images else ()), *filter(self._keeps, layout.arrays)]
+            metadata["hdf5"]["rotated"] = {f.name: list(f.turn) for f in turned if f.turn}
         counts = self._filter_key_counts()
         if counts:
             metadata["hdf5"]["filter_keys"] = counts
@@ -469,7 +493,7 @@ class HDF5Source:
     def _frames(
         self, d: _Demo, T: int, layout: Layout
     ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-        """Cameras (uint8) and extra arrays, rotated when ``flip_images`` asks for it."""
+        """Cameras (uint8) and extra arrays, image-shaped ones rotated when ``flip_images`` asks for it."""
         images: dict[str, np.ndarray] = {}
         # A kinodb export may hold episodes of several schemas (a merge of robots), so
         # there a camera or extra array may be absent from some demos; elsewhere it may not.
@@ -479,12 +503,13 @@ class HDF5Source:
                 if optional and d.get(f.path) is None:
                     continue
                 arr = self._dataset(d, f.path, T, f)
-                if arr.ndim != 4 or arr.dtype != np.uint8:
+                if arr.ndim != 4 or arr.dtype != np.uint8 or not 1 <= arr.shape[3] <= 4:
                     raise self._fail(
                         d.name,
-                        f"{f.path} is {arr.dtype} {arr.shape}; {f.first} has uint8 (T, H, W, C) frames",
+                        f"{f.path} is {arr.dtype} {arr.shape}; {f.first} has uint8 (T, H, W, C) frames "
+                        f"of {f.trailing[2]} channels, and every demo must hold the same kind of frames",
                     )
-                images[f.name] = self._rotated(arr)
+                images[f.name] = self._turned(d, f, arr)
         arrays: dict[str, np.ndarray] = {}
         for f in layout.arrays:
             if not self._keeps(f) or (optional and d.get(f.path) is None):
@@ -493,13 +518,23 @@ class HDF5Source:
             if f.path == "states" and arr.shape[:1] == (0,):
                 continue  # an empty states dataset (non-robosuite data): nothing to keep
             self._check_rows(d, f.path, arr, T)
-            arrays[f.name] = self._rotated(arr) if arr.ndim == 4 else arr
+            arrays[f.name] = self._turned(d, f, arr)
         return images, arrays
 
-    def _rotated(self, frames: np.ndarray) -> np.ndarray:
-        if not self._options.flip_images:
-            return frames
-        return np.ascontiguousarray(frames[:, ::-1, ::-1])
+    def _turned(self, d: _Demo, f: Field, arr: np.ndarray) -> np.ndarray:
+        """``arr`` rotated 180 degrees on the axes ``f.turn`` names, when ``flip_images`` asks for it."""
+        if not self._options.flip_images or not f.turn:
+            return arr
+        if arr.ndim != len(f.trailing) + 1:
+            raise self._fail(
+                d.name,
+                f"{f.path} has shape {arr.shape}; {f.first} has (T, {', '.join(map(str, f.trailing))}), "
+                "and every demo must hold the same kind of frames",
+            )
+        index = [slice(None)] * arr.ndim
+        for axis in f.turn:
+            index[axis] = slice(None, None, -1)
+        return np.ascontiguousarray(arr[tuple(index)])
 
     def _keeps(self, f: Field) -> bool:
         """Whether extra array ``f`` is stored: image-like arrays follow the images option."""
@@ -566,7 +601,14 @@ class HDF5Source:
                 left_out[f"data/{name}"] = "not a demo_N group"
             explicit = self._options.state_keys is not None  # the caller's keys: checked by value, not split
             state_keys = self._options.state_keys or exported_state_order(self._data.attrs, fields)
-            self._layout_cache = arrange(self._path, fields, left_out, state_keys, explicit=explicit)
+            keys_from = (
+                "the chosen state keys (state_keys, --state-keys)"
+                if explicit
+                else "the state components the kinodb export recorded"
+            )
+            self._layout_cache = arrange(
+                self._path, fields, left_out, state_keys, explicit=explicit, keys_from=keys_from
+            )
         return self._layout_cache
 
     def _held(self) -> tuple[int, int]:
