@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 from collections.abc import Callable, Collection
 from pathlib import Path
@@ -19,8 +20,9 @@ from kinodb._cli.main import main
 from kinodb.errors import ConversionError
 from kinodb.ingest import VerifyReport, ingest, verify
 from kinodb.ingest._verify import frame_psnr, max_abs_diff
-from kinodb.kdb._codecs import EncodedFrames
+from kinodb.kdb._codecs import DAMAGED_ADVICE, EncodedFrames
 from kinodb.kdb.upgrade import episode_args
+from kinodb.kdb.validate import validate
 
 h5py = pytest.importorskip("h5py")
 
@@ -180,9 +182,10 @@ def test_rlds_frames_pass_through_byte_identical(tmp_path: Path, toy: Path) -> N
     assert report.format == "rlds" and report.episodes_compared == 5 and report.frames_compared == 20
     for cam, codec in (("image", "jpeg"), ("wrist_image", "png")):
         check = report.cameras[cam]
-        assert check.codecs == {codec} and check.passed_through == check.byte_identical == 20
+        assert check.codecs == {codec} and check.passed_through == check.byte_identical == check.decoded == 20
         assert check.reencoded == 0
     assert report.arrays.keys() >= {"discount", "language_embedding"}
+    assert "20/20 passed through byte-identical, 20/20 decode" in report.summary()
 
 
 def test_rlds_recorded_split_is_used(tmp_path: Path, toy: Path) -> None:
@@ -214,8 +217,8 @@ def test_real_bridge_sample(tmp_path: Path) -> None:
     report = verify(BRIDGE, out)
     assert_exact(report)
     assert report.episodes_compared == 25 and report.frames_compared == 250
-    assert {c: (k.passed_through, k.byte_identical) for c, k in report.cameras.items()} == {
-        f"image_{i}": (250, 250) for i in range(4)
+    assert {c: (k.passed_through, k.byte_identical, k.decoded) for c, k in report.cameras.items()} == {
+        f"image_{i}": (250, 250, 250) for i in range(4)
     }
     tampered = rewrite(out, tmp_path / "t.kdb", edit=lambda i, a: a.update(task="x") if i == 7 else None)
     assert verify(BRIDGE, tampered).mismatches == {"task": 1}
@@ -430,6 +433,108 @@ def test_passed_through_bytes_must_be_identical(tmp_path: Path, toy: Path) -> No
     report = verify(toy, rewrite(out, tmp_path / "bad.kdb", edit=reencode))
     assert report.mismatches == {"images": 1} and report.cameras["image"].byte_identical == 20 - 5
     assert "5 frames differ from the source's bytes (first: frame 0)" in report.problems[0]
+
+
+# -- damaged frames in the source --------------------------------------------------------
+
+
+def damaged_toy(tmp_path: Path, damage: Callable[[list[dict[str, Any]]], None]) -> Path:
+    """The RLDS toy dataset (as the ``toy`` fixture writes it) after ``damage`` edits the
+    train episodes' encoded frames; the records around them keep valid CRCs."""
+    rng = np.random.default_rng(7)
+    train = [rlds_episode(rng, i, T, final_reward=float(i % 2)) for i, T in enumerate([3, 5, 4, 6, 2])]
+    val = [rlds_episode(rng, 100 + i, 4) for i in range(2)]
+    damage(train)
+    return write_episode_layout(tmp_path / "toy_dataset" / "1.0.0", {"train": train, "val": val})
+
+
+def flip_idat(png: bytes, at: int = 12) -> bytes:
+    """``png`` with one byte of its compressed image data inverted: every chunk still in place."""
+    data = bytearray(png)
+    data[data.find(b"IDAT") + 4 + at] ^= 0xFF
+    return bytes(data)
+
+
+def test_a_truncated_jpeg_in_an_rlds_record_is_refused_or_skipped(tmp_path: Path) -> None:
+    def truncate(train: list[dict[str, Any]]) -> None:
+        frames = train[1]["steps/observation/image"]
+        frames[2] = frames[2][: len(frames[2]) - 10]  # a cut in the scan data
+
+    toy = damaged_toy(tmp_path, truncate)
+    out = tmp_path / "toy.kdb"
+    key = f"{SHARD0}:1"
+    why = r"images\['image'\]\[2\] is a damaged jpeg frame: truncated: no JPEG end-of-image marker \(FF D9\)"
+    with pytest.raises(ConversionError, match=rf"episode {key}: {why}"):
+        ingest(toy, out, format="rlds")
+    assert not out.exists()
+    report = ingest(toy, out, format="rlds", on_error="skip", verify=True)
+    assert [k for k, _ in report.skipped] == [key]
+    assert re.search(why, report.skipped[0][1])
+    assert report.verification is not None and report.verification.ok, report.verification.summary()
+    assert report.verification.skipped == [key] and report.verification.episodes_compared == 4
+    assert validate(out).ok
+    with kinodb.open(out) as db:
+        for i in range(len(db)):
+            db.read_episode(i)
+
+
+def test_a_truncated_png_in_a_lerobot_image_column_is_skipped(tmp_path: Path) -> None:
+    pytest.importorskip("pyarrow", reason="the LeRobot fixtures write Parquet with pyarrow")
+    pytest.importorskip("av", reason="the LeRobot fixtures import PyAV")
+    import _lerobot_fixtures as F
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    root = F.write_v2(tmp_path / "ds", F.make_episodes(np.random.default_rng(3), [4, 6, 5]), images="PNG")
+    path = root / "data" / "chunk-000" / "episode_000001.parquet"
+    table = pq.read_table(path)
+    col = table[F.CAMERA].to_pylist()
+    col[2] = {"bytes": col[2]["bytes"][: len(col[2]["bytes"]) // 2], "path": col[2]["path"]}
+    at = table.column_names.index(F.CAMERA)
+    pq.write_table(table.set_column(at, F.CAMERA, pa.array(col, table.schema.field(at).type)), path)
+    out = tmp_path / "lr.kdb"
+    why = r"images\['top'\]\[2\] is a damaged png frame: truncated: no PNG IEND chunk"
+    with pytest.raises(ConversionError, match=rf"episode_000001: {why}"):
+        ingest(root, out)
+    report = ingest(root, out, on_error="skip", verify=True)
+    assert [k for k, _ in report.skipped] == ["episode_000001"] and re.search(why, report.skipped[0][1])
+    assert report.verification is not None and report.verification.ok
+    assert validate(out).ok
+
+
+def test_stored_frames_that_do_not_decode_fail_verification(tmp_path: Path) -> None:
+    """Damage inside a PNG's compressed data leaves its chunks in place: the writer's cheap
+    check keeps it byte for byte, and only a full decode, which verify does, finds it."""
+
+    def corrupt(train: list[dict[str, Any]]) -> None:
+        wrist = train[1]["steps/observation/wrist_image"]
+        wrist[2] = flip_idat(wrist[2])
+        wrist = train[3]["steps/observation/wrist_image"]
+        wrist[1], wrist[4] = flip_idat(wrist[1]), flip_idat(wrist[4])
+
+    toy = damaged_toy(tmp_path, corrupt)
+    out = tmp_path / "toy.kdb"
+    ingest(toy, out, format="rlds")  # stored: its structure is whole
+    report = verify(toy, out)
+    assert not report.ok and report.mismatches == {"decode": 2}
+    check = report.cameras["wrist_image"]
+    assert check.passed_through == check.byte_identical == 20 and check.decoded == 17
+    assert report.cameras["image"].decoded == 20
+    assert report.problems[0] == (
+        f"episode 1 ({SHARD0}:1): camera 'wrist_image', frame 2: image does not decode (OSError: broken data "
+        f"stream when reading image file); {DAMAGED_ADVICE}"
+    )
+    assert report.problems[1] == (
+        "episode 3 (toy_dataset-train.tfrecord-00001-of-00002:0): camera 'wrist_image': 2 stored frames do not "
+        "decode (frames 1, 4); frame 1: image does not decode (OSError: broken data stream when reading image "
+        f"file); {DAMAGED_ADVICE}"
+    )
+    assert "17/20 decode" in report.summary() and report.to_dict()["cameras"]["wrist_image"]["decoded"] == 17
+    with pytest.raises(
+        ConversionError, match=r"verification against .* failed with 2 mismatches \(episode 1"
+    ):
+        ingest(toy, tmp_path / "again.kdb", format="rlds", verify=True)
+    assert (tmp_path / "again.kdb").exists()  # kept, as the message says
 
 
 def test_frames_that_read_back_with_other_channels_are_caught(tmp_path: Path, toy: Path) -> None:

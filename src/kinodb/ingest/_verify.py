@@ -11,11 +11,13 @@ source episode named by its ``source_episode`` extra field, one episode at a tim
   the stored array is also compared with that key's values as the source holds them
   (`SOURCE_PARTS`), exactly and without rounding either side, so a conversion that
   rounds (an int64 in float64) shows;
-- cameras: frames the source holds encoded must be stored byte for byte; frames encoded
-  from the source's pixels must decode exactly (``png``, ``raw``) or, for ``jpeg``, reach
-  a PSNR threshold (`DEFAULT_PSNR`), or else come within `CODEC_MARGIN_DB` of what a
-  fresh JPEG encode of the source frame at the recorded quality reaches (small or busy
-  frames lose more to JPEG than camera frames do; a wrong frame does not get that close).
+- cameras: frames the source holds encoded must be stored byte for byte, and each must
+  decode in full as the reader decodes it (a damaged source frame stored unchanged is
+  reported with the decoder's message); frames encoded from the source's pixels must
+  decode exactly (``png``, ``raw``) or, for ``jpeg``, reach a PSNR threshold
+  (`DEFAULT_PSNR`), or else come within `CODEC_MARGIN_DB` of what a fresh JPEG encode of
+  the source frame at the recorded quality reaches (small or busy frames lose more to
+  JPEG than camera frames do; a wrong frame does not get that close).
   A threshold given explicitly is an absolute floor;
 - labels: embodiment, task, fps, success, total reward and the extra fields;
 - episodes of the source missing from the output (unless the ingest skipped them and

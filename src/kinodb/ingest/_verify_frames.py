@@ -1,10 +1,12 @@
 """Camera frames in `verify`: stored frames against the source episode's, one camera at a time.
 
-Frames the source holds encoded must be stored byte for byte. Frames encoded from the
-source's pixels are decoded in chunks and compared by PSNR: lossless codecs (``png``,
-``raw``) must decode exactly; ``jpeg`` frames must reach the report's threshold, or (with
-the default threshold) come within `CODEC_MARGIN_DB` of what a fresh JPEG encode of the
-source frame at the recorded quality reaches.
+Frames the source holds encoded must be stored byte for byte, and each stored frame must
+decode in full as the reader decodes it (a damaged frame of the source, stored byte for
+byte, is still damaged). Frames encoded from the source's pixels are decoded in chunks
+and compared by PSNR: lossless codecs (``png``, ``raw``) must decode exactly; ``jpeg``
+frames must reach the report's threshold, or (with the default threshold) come within
+`CODEC_MARGIN_DB` of what a fresh JPEG encode of the source frame at the recorded
+quality reaches.
 """
 
 from __future__ import annotations
@@ -15,11 +17,13 @@ from typing import Any
 
 import numpy as np
 
+from kinodb.errors import CorruptFileError
 from kinodb.ingest._verify_report import CODEC_MARGIN_DB, CameraCheck, VerifyReport
 from kinodb.kdb import _codecs
 from kinodb.kdb.reader import Database
 
 _CHUNK = 64  # frames decoded at a time for the PSNR
+_LISTED = 10  # frame numbers named in one problem line
 _LOSSLESS = ("raw", "png")
 
 
@@ -50,18 +54,20 @@ class FrameChecker:
                     self.report.add("cameras", f"{where}: camera {cam!r} reads back with {channels} channels, "
                                     f"the source's frames with {value.channels}")  # fmt: skip
                 value = value.frames
-            self._bytes(i, f"{where}: camera {cam!r}", cam, stored[cam]["shape"][0], list(value), check)
+            self._bytes(i, f"{where}: camera {cam!r}", cam, tuple(stored[cam]["shape"]), list(value), check)
 
-    def _bytes(self, i: int, where: str, cam: str, T: int, blobs: list[Any], check: CameraCheck) -> None:
-        """Encoded source frames: the stored frames must be the same bytes."""
+    def _bytes(
+        self, i: int, where: str, cam: str, shape: tuple[int, ...], blobs: list[Any], check: CameraCheck
+    ) -> None:
+        """Encoded source frames: the stored frames must be the same bytes, and decode."""
+        T = shape[0]
         if len(blobs) != T:
             self.report.add("cameras", f"{where} has {T} frames, the source {len(blobs)}")
             return
         check.frames += T
         check.passed_through += T
-        same = np.fromiter(
-            (self.db.read_image_bytes(i, cam, t) == bytes(b) for t, b in enumerate(blobs)), bool, T
-        )
+        stored = [self.db.read_image_bytes(i, cam, t) for t in range(T)]
+        same = np.fromiter((s == bytes(b) for s, b in zip(stored, blobs, strict=True)), bool, T)
         check.byte_identical += int(same.sum())
         if not same.all():
             bad = np.flatnonzero(~same)
@@ -69,6 +75,30 @@ class FrameChecker:
                 "images", f"{where}: {len(bad)} frames differ from the source's bytes "
                 f"(first: frame {int(bad[0])})",
             )  # fmt: skip
+        self._decodes(where, stored, shape, check)
+
+    def _decodes(self, where: str, stored: list[bytes], shape: tuple[int, ...], check: CameraCheck) -> None:
+        """Decode every stored frame in full, as the reader does: byte identity does not
+        make a frame readable when the source's own frame is damaged."""
+        out = np.empty((1, *shape[1:]), np.uint8)
+        failed: list[tuple[int, str]] = []
+        for t, blob in enumerate(stored):
+            try:
+                _codecs.decode_into(out, [blob], where, first=t)
+            except CorruptFileError as exc:
+                failed.append((t, str(exc)))
+        check.decoded += len(stored) - len(failed)
+        if not failed:
+            return
+        first = failed[0][1]
+        if len(failed) == 1:
+            self.report.add("decode", first)
+            return
+        frames = ", ".join(str(f) for f, _ in failed[:_LISTED]) + (", ..." if len(failed) > _LISTED else "")
+        detail = first.removeprefix(f"{where}, ")  # "frame 1: image does not decode (...)"
+        self.report.add(
+            "decode", f"{where}: {len(failed)} stored frames do not decode (frames {frames}); {detail}"
+        )
 
     def _pixels(
         self, i: int, where: str, cam: str, stored: Mapping[str, Any], frames: np.ndarray, check: CameraCheck

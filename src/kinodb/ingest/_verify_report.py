@@ -2,8 +2,9 @@
 
 `VerifyReport` counts mismatches by kind and keeps the first `MAX_PROBLEMS` messages;
 `CameraCheck` tallies what was compared for one camera (frames passed through byte for
-byte, frames re-encoded, how many decode exactly, the lowest PSNR). Both render as a few
-lines for people (`VerifyReport.summary`) and as JSON (``to_dict``).
+byte and how many of them decode, frames re-encoded, how many decode exactly, the lowest
+PSNR). Both render as a few lines for people (`VerifyReport.summary`) and as JSON
+(``to_dict``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ class CameraCheck:
     frames: int = 0
     passed_through: int = 0  # frames the source holds encoded, stored unchanged by the ingest
     byte_identical: int = 0  # of those, frames whose stored bytes equal the source's
+    decoded: int = 0  # of those, frames that decode in full, as the reader decodes them
     reencoded: int = 0  # frames encoded from the source's pixels
     exact: int = 0  # of those, frames that decode to the source's pixels exactly
     min_psnr: float = math.inf  # dB over the re-encoded frames (inf: every one exact)
@@ -35,7 +37,8 @@ class CameraCheck:
         """JSON-ready fields (``min_psnr`` is None when every re-encoded frame is exact)."""
         return {
             "codecs": sorted(self.codecs), "frames": self.frames, "passed_through": self.passed_through,
-            "byte_identical": self.byte_identical, "reencoded": self.reencoded, "exact": self.exact,
+            "byte_identical": self.byte_identical, "decoded": self.decoded, "reencoded": self.reencoded,
+            "exact": self.exact,
             "min_psnr": None if math.isinf(self.min_psnr) else round(self.min_psnr, 3),
             "codec_limited": self.codec_limited,
         }  # fmt: skip
@@ -46,8 +49,8 @@ class VerifyReport:
     """What `verify` compared and every mismatch it found.
 
     ``mismatches`` counts problems by kind (``missing``, ``extra``, ``frames``, ``arrays``,
-    ``dtype``, ``cameras``, ``images``, ``task``, ``fps``, ...); ``problems`` keeps the
-    first `MAX_PROBLEMS` messages.
+    ``dtype``, ``cameras``, ``images``, ``decode``, ``task``, ``fps``, ...); ``problems``
+    keeps the first `MAX_PROBLEMS` messages.
     """
 
     source: str
@@ -137,7 +140,8 @@ def format_number(x: float) -> str:
 def _camera_line(c: CameraCheck, threshold: float) -> str:
     parts = [f"[{','.join(sorted(c.codecs))}] {c.frames} frames"]
     if c.passed_through:
-        parts.append(f"{c.byte_identical}/{c.passed_through} passed through byte-identical")
+        parts.append(f"{c.byte_identical}/{c.passed_through} passed through byte-identical, "
+                     f"{c.decoded}/{c.passed_through} decode")  # fmt: skip
     if c.reencoded and c.exact == c.reencoded:
         parts.append(f"{c.reencoded} re-encoded, all exact")
     elif c.reencoded:

@@ -98,6 +98,55 @@ def header(data: bytes) -> tuple[tuple[int, int, int], int] | None:
     return None
 
 
+_JPEG_EOI = b"\xff\xd9"
+_PNG_IEND = b"\x00\x00\x00\x00IEND"  # a zero length, then the chunk type (its CRC follows)
+_PADDING = b"\x00\xff"  # what some encoders and cameras write after the end marker
+
+
+def damage(data: bytes, codec: str) -> str | None:
+    """What makes one encoded frame incomplete, or None when it ends as a whole image does.
+
+    A JPEG must end with its end-of-image marker (FF D9) and a PNG with its IEND chunk,
+    either optionally followed by 00 or FF padding bytes: a look at the last bytes, no
+    decode, for every frame that does. A frame without its end marker is truncated (the
+    readers' decoder, Pillow, refuses such a JPEG: "image file is truncated"; a PNG cut
+    inside its image data too). A frame with other bytes after its marker (metadata some
+    cameras append) is decoded in full, and is damaged only when that decode fails, as it
+    would on every read.
+    """
+    if codec == "jpeg":
+        if data.endswith(_JPEG_EOI):
+            return None
+        end, marker = data.rfind(_JPEG_EOI), "JPEG end-of-image marker (FF D9)"
+        after = end + len(_JPEG_EOI)
+    else:
+        if data[-12:-4] == _PNG_IEND:
+            return None
+        end, marker = data.rfind(_PNG_IEND), "PNG IEND chunk"
+        after = end + len(_PNG_IEND) + 4  # the chunk's CRC
+    if end < 0:
+        return f"truncated: no {marker} in its {len(data)} bytes"
+    if after > len(data):
+        return f"truncated: its {marker} is cut short"
+    if not data[after:].strip(_PADDING):
+        return None
+    problem = decode_problem(data)
+    if problem is None:
+        return None
+    return f"{len(data) - after} bytes follow its {marker}, and it does not decode ({problem})"
+
+
+def decode_problem(data: bytes | memoryview) -> str | None:
+    """The decoder's message for an encoded image that does not decode in full (None: it does)."""
+    Image = _pil()
+    try:
+        with Image.open(io.BytesIO(data)) as im:  # type: ignore[attr-defined]
+            im.load()
+    except Exception as exc:  # Pillow raises many types on damaged bytes (OSError, SyntaxError, bomb errors)
+        return describe(exc)
+    return None
+
+
 def probe(data: bytes) -> tuple[int, int, int]:
     """``(H, W, C)`` of an encoded image, reading only its header."""
     shape = header_shape(data)

@@ -29,10 +29,12 @@ def camera_frames(
 
     ``value`` is uint8 ``(T, H, W, C)`` or ``(T, H, W)`` pixels (encoded with
     ``codec_for(cam)`` at JPEG ``quality``), `RawFrames`, an `EncodedFrames`, or a list
-    of JPEG/PNG bytes (kept byte for byte).
+    of JPEG/PNG bytes (kept byte for byte, once `_codecs.damage` finds each one complete).
 
     Raises:
-        WriterError: the frames are of the wrong type, shape or count, or not all alike.
+        WriterError: the frames are of the wrong type, shape or count, or not all alike;
+            an encoded frame is damaged (truncated, or with bytes after its end marker
+            that do not decode).
     """
     if not cam:
         raise WriterError("camera names must be non-empty strings")
@@ -66,35 +68,48 @@ def camera_frames(
     if isinstance(value, (list, tuple)):
         if len(value) != T:
             raise WriterError(f"images[{cam!r}] has {len(value)} frames, actions has {T}")
-        blobs = [bytes(b) if isinstance(b, (bytes, bytearray, memoryview)) else None for b in value]
-        codec = _codecs.sniff(blobs[0] or b"")
-        if codec is None:
-            raise WriterError(f"images[{cam!r}][0] is not JPEG or PNG bytes")
-        shape = None
-        # Frames from one encoder usually repeat frame 0's header up to its size field;
-        # a frame that starts with those bytes has its shape, with no parsing.
-        first = _codecs.header(blobs[0] or b"")
-        first_shape, same = (first[0], (blobs[0] or b"")[: first[1]]) if first else (None, None)
-        for t, blob in enumerate(blobs):
-            if blob is None or _codecs.sniff(blob) != codec:
-                raise WriterError(f"images[{cam!r}][{t}] is not {codec} bytes like frame 0")
-            if first_shape is not None and same is not None and blob.startswith(same):
-                got = first_shape
-            else:
-                try:
-                    got = _codecs.probe(blob)
-                except OSError as exc:
-                    raise WriterError(
-                        f"images[{cam!r}][{t}]: unreadable {codec} header ({_codecs.describe(exc)})"
-                    ) from exc
-            if channels is not None:  # readers convert every frame to these channels
-                got = (got[0], got[1], channels)
-            if shape is None:
-                shape = got
-            elif got != shape:
-                raise WriterError(f"images[{cam!r}][{t}] is {got} (H, W, C), frame 0 is {shape}")
-        assert shape is not None  # T >= 1
-        return codec, shape, [b for b in blobs if b is not None]
+        return _encoded(cam, value, channels)
     raise WriterError(
         f"images[{cam!r}] must be a uint8 array or a list of encoded frames, got {type(value).__name__}"
     )
+
+
+def _encoded(
+    cam: str, value: list[Any] | tuple[Any, ...], channels: int | None
+) -> tuple[str, tuple[int, int, int], list[bytes]]:
+    """Camera ``cam``'s encoded frames, checked: one codec, one shape, each frame complete."""
+    blobs = [bytes(b) if isinstance(b, (bytes, bytearray, memoryview)) else None for b in value]
+    codec = _codecs.sniff(blobs[0] or b"")
+    if codec is None:
+        raise WriterError(f"images[{cam!r}][0] is not JPEG or PNG bytes")
+    shape = None
+    # Frames from one encoder usually repeat frame 0's header up to its size field;
+    # a frame that starts with those bytes has its shape, with no parsing.
+    first = _codecs.header(blobs[0] or b"")
+    first_shape, same = (first[0], (blobs[0] or b"")[: first[1]]) if first else (None, None)
+    for t, blob in enumerate(blobs):
+        if blob is None or _codecs.sniff(blob) != codec:
+            raise WriterError(f"images[{cam!r}][{t}] is not {codec} bytes like frame 0")
+        if first_shape is not None and same is not None and blob.startswith(same):
+            got = first_shape
+        else:
+            try:
+                got = _codecs.probe(blob)
+            except OSError as exc:
+                raise WriterError(
+                    f"images[{cam!r}][{t}]: unreadable {codec} header ({_codecs.describe(exc)})"
+                ) from exc
+        problem = _codecs.damage(blob, codec)  # stored unchecked, it would fail on every read
+        if problem is not None:
+            raise WriterError(
+                f"images[{cam!r}][{t}] is a damaged {codec} frame: {problem}; pass complete {codec} "
+                "bytes or the decoded pixels, or leave this episode out"
+            )
+        if channels is not None:  # readers convert every frame to these channels
+            got = (got[0], got[1], channels)
+        if shape is None:
+            shape = got
+        elif got != shape:
+            raise WriterError(f"images[{cam!r}][{t}] is {got} (H, W, C), frame 0 is {shape}")
+    assert shape is not None  # T >= 1
+    return codec, shape, [b for b in blobs if b is not None]
