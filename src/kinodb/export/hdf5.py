@@ -25,13 +25,22 @@ Layout::
 
 Image orientation: a file ingested with ``flip_images`` (``kino ingest --flip-images``,
 for LIBERO, which stores frames upside down; the metadata's ``image_orientation`` is
-``rotated_180``) holds its frames upright. By default its cameras (and the 4-D extra
-arrays the ingest turned with them, such as depth) are rotated 180 degrees back, so the
-export has the frames of the original file and ``kino ingest --flip-images`` of the
-export gives back exactly the same frames; the report says so, and ``kinodb_dataset``
-records ``image_orientation`` as ``as_stored``. ``flip_images=False`` (``kino export
---keep-upright``) writes the frames upright instead, recorded as ``rotated_180``, so
-that ingesting the export without ``--flip-images`` keeps them upright.
+``rotated_180``) holds its frames upright. By default what the ingest rotated is rotated
+180 degrees back, so the export has the arrays and frames of the original file and ``kino
+ingest --flip-images`` of the export gives back exactly the same file; the report says
+so, and ``kinodb_dataset`` records ``image_orientation`` as ``as_stored`` (and no
+``hdf5.rotated``). What the ingest rotated is its metadata's ``hdf5.rotated``: each
+camera and extra array with its axes (``[1, 2]`` for ``(T, H, W[, C])``, ``[2, 3]`` for
+channel-first frames); arrays it does not name stay as stored. Files ingested before
+that record was kept have their cameras and 4-D extra arrays turned on axes 1 and 2, as
+that ingest did. A merge keeps ``hdf5`` only where its inputs agree on it; otherwise
+each episode follows the record of the input it came from (its ``source_file``, the
+metadata's ``merged_from``), and an episode whose input kept no record though it may
+have rotated arrays (a merge of merges) is refused rather than written with wrong
+pixels, as is a record that does not fit the file. ``flip_images=False`` (``kino export
+--keep-upright``) writes everything as the file holds it (frames upright), recorded as
+``rotated_180``, so that ingesting the export without ``--flip-images`` keeps them
+upright.
 
 Demos are numbered ``demo_0``, ``demo_1``, ... in export order. robomimic takes each key's
 shape from ``demo_0``, so the exported episodes must share the action and state dims and
@@ -71,6 +80,7 @@ FILTER_KEYS = "filter_keys"  # the extra field listing an episode's robomimic fi
 ROBOSUITE_ENV_TYPE = 1  # robomimic EnvType.ROBOSUITE_TYPE
 # The metadata's image_orientation, as the HDF5 ingest records it.
 ORIENTATION_TURNED, ORIENTATION_AS_STORED = "rotated_180", "as_stored"
+MERGE_FORMAT = "kinodb-merge"  # the source_format of a `kinodb.merge` output
 # Datasets and groups a demo already has: extra arrays must not take these names.
 _DEMO_NAMES = frozenset(("actions", "rewards", "dones", "states", "obs", "next_obs", "action_dict"))
 # kinodb's own arrays (and the simulator states), written where robomimic reads them.
@@ -81,6 +91,7 @@ _DERIVED = frozenset(("episode_id", "num_frames", "action_dim", "state_dim"))
 _DEMO_ATTRS = frozenset(("num_samples", "model_file", "ep_meta", "camera_info"))
 
 Split = list[tuple[str, int, int]]  # obs key, start, stop within ``states``
+Turns = dict[str, tuple[int, ...]]  # camera or extra array -> the axes reversed to rotate it 180 degrees
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +102,7 @@ class _Plan:
     paths: dict[str, str]  # extra arrays going back under obs/
     shapes: dict[str, tuple[np.dtype[Any] | None, tuple[int, ...]]]  # state keys' source layout
     skip: frozenset[str]  # arrays left out (only some episodes hold them)
-    turn: bool  # rotate frames 180 degrees back to the source's orientation
+    turns: dict[int, Turns]  # per episode, what to rotate 180 degrees back to the source's orientation
     next_obs: bool  # write next_obs beside obs
 
 
@@ -110,7 +121,8 @@ def write(
     Raises:
         ConversionError: the episodes differ in action or state dims or in an array's or
             camera's per-frame shape (`check_layout`; nothing is written), a name cannot be
-            an HDF5 name, names collide, or ``filter_keys`` is not a list of strings.
+            an HDF5 name, names collide, or ``filter_keys`` is not a list of strings; or, with
+            ``flip_images``, what the ingest rotated cannot be told (`_turn_back`).
         MissingExtraError: h5py is not installed.
     """
     h5py = require("h5py", extra="hdf5")
@@ -121,18 +133,19 @@ def write(
     if "task_index" in partial and _per_frame_tasks(db, arrays["task_index"]):
         del partial["task_index"]
     split, warnings = state_split(db, positions)
-    paths = _obs_paths(_array_paths(db), split, cameras)
+    merge = _merge_inputs(db)
+    paths = _obs_paths(_array_paths(db, merge), split, cameras)
     _check_names(db, split, paths, arrays, cameras, frozenset(partial))
     for name, n in sorted(partial.items()):
         warnings.append(
             f"array {name!r} is in {n} of {len(positions)} exported episodes; left out, since every "
             "demo of a robomimic file holds the same datasets (export those episodes apart to keep it)"
         )
-    turn = _turn_back(db, positions, flip_images, warnings)
-    plan = _Plan(split, paths, _state_layout(db), frozenset(partial), turn, next_obs)
+    turns = _turn_back(db, positions, flip_images, merge, warnings)
+    plan = _Plan(split, paths, _state_layout(db), frozenset(partial), turns, next_obs)
     dataset, facts = exported_dataset(db, positions, {**facts, "next_obs": next_obs})
     with h5py.File(out, "x") as f:
-        _write_file(f, db, positions, plan, _dataset_info(dataset, turn), facts)
+        _write_file(f, db, positions, plan, _dataset_info(dataset, bool(turns)), facts)
     for line in warnings:
         logger.info("%s", line)  # the report carries them; kino prints them once, as warnings
     return warnings
@@ -162,11 +175,20 @@ def _write_file(
         f.create_dataset(f"mask/{_h5_name(key, 'filter key')}", data=np.array(demos, dtype="S"))
 
 
-def _turn_back(db: Database, positions: list[int], flip_images: bool, warnings: list[str]) -> bool:
-    """Whether to rotate frames back to the ingested source's orientation (saying so in ``warnings``).
+def _turn_back(
+    db: Database,
+    positions: list[int],
+    flip_images: bool,
+    merge: dict[str, _Input] | None,
+    warnings: list[str],
+) -> dict[int, Turns]:
+    """Per episode, the cameras and arrays to rotate back to the ingested source's orientation
+    (none unless ``flip_images``), saying so in ``warnings``.
 
     Raises:
-        ConversionError: the file's frames stand differently from episode to episode.
+        ConversionError: the file's frames stand differently from episode to episode; or
+            what the ingest rotated cannot be told: a record (``hdf5.rotated``) that does not
+            fit the file, or an episode whose input kept none though it may have rotated arrays.
     """
     if db.metadata().get("image_orientation") == "mixed":
         raise ConversionError(
@@ -174,25 +196,164 @@ def _turn_back(db: Database, positions: list[int], flip_images: bool, warnings: 
             "ingested with and without --flip-images), so no one orientation can be written back: export "
             "the episodes of each source apart, e.g. with --filter \"source_file = '...'\""
         )
-    turn = flip_images and turned_upright(db) and any(_has_frames(db, i) for i in positions)
-    if turn:
+    if not flip_images:
+        return {}
+    own = _rotations(db.metadata(), db.path(), merge is not None)
+    if own.rotated is not None:
+        merge = None  # kept by the merge: every input recorded the same
+    elif merge is None and own.orientation != ORIENTATION_TURNED:
+        return {}  # nothing was turned on ingest
+    turns: dict[int, Turns] = {}
+    for i in positions:
+        source = own if merge is None else _input_of(db, i, merge, own)
+        turned = _episode_turns(db, i, source)
+        if turned:
+            turns[i] = turned
+    if turns:
         warnings.append(
-            "camera frames rotated 180 degrees back to the orientation of the ingested source (this .kdb "
-            "holds them upright: it was ingested with --flip-images); ingest the export with --flip-images, "
+            "camera frames (and the arrays turned with them) rotated 180 degrees back to the orientation of "
+            "the ingested source (this .kdb holds them upright: it was ingested with --flip-images); ingest the export with --flip-images, "
             "as the original, to get the same frames, or export with --keep-upright (flip_images=False) "
             "to write them upright"
         )
-    return turn
+    return turns
+
+
+@dataclass(frozen=True, slots=True)
+class _Rotations:
+    """What one ingest rotated 180 degrees (``--flip-images``), as its metadata records it."""
+
+    where: str  # the file the record is of, for messages
+    orientation: Any  # its metadata's image_orientation
+    rotated: Turns | None  # hdf5.rotated: each rotated camera and array with its axes; None: not recorded
+    lost: str = ""  # why what it rotated cannot be told without a record (a merge kept none), else ""
+
+
+@dataclass(frozen=True, slots=True)
+class _Input:
+    """One input of a merge, as the merge's metadata and schema list it."""
+
+    metadata: dict[str, Any] | None  # None: the path is listed twice, differently
+    merged: bool  # the input was itself a merge
+
+
+_RECORD_FIX = "export with --keep-upright (flip_images=False) to write every array as this file holds it"
+_NO_RECORD = "a merge that kept no record (metadata hdf5.rotated) of what its inputs' ingest rotated"
+
+
+def _rotations(meta: dict[str, Any], where: str, merged: bool) -> _Rotations:
+    """The record in ``meta`` (the metadata of ``where``, a merge if ``merged``) of what its ingest rotated.
+
+    Raises:
+        ConversionError: ``hdf5.rotated`` is not a map of names to two axes, or names
+            frames rotated while ``image_orientation`` says they were not.
+    """
+    hdf5 = meta.get("hdf5")
+    recorded = hdf5.get("rotated") if isinstance(hdf5, dict) else None
+    orientation = meta.get("image_orientation")
+    if recorded is None:
+        return _Rotations(where, orientation, None, _NO_RECORD if merged else "")
+    if not isinstance(recorded, dict):
+        raise ConversionError(
+            f"{where}: the metadata's hdf5.rotated is {recorded!r}, not a map of cameras and arrays to the "
+            f"axes the ingest rotated; {_RECORD_FIX}"
+        )
+    turns: Turns = {}
+    for name, axes in recorded.items():
+        if not (isinstance(axes, list) and len(axes) == 2 and all(type(a) is int for a in axes)) or not (
+            0 < axes[0] < axes[1]
+        ):
+            raise ConversionError(
+                f"{where}: the metadata's hdf5.rotated[{name!r}] is {axes!r}, not two frame axes in "
+                f"increasing order (such as [1, 2]); {_RECORD_FIX}"
+            )
+        turns[str(name)] = (axes[0], axes[1])
+    if turns and orientation is not None and orientation != ORIENTATION_TURNED:
+        raise ConversionError(
+            f"{where}: the metadata's hdf5.rotated names {', '.join(sorted(turns)[:6])} as rotated 180 "
+            f"degrees on ingest, but its image_orientation is {orientation!r}, so the record does not "
+            f"describe what the file holds; {_RECORD_FIX}"
+        )
+    return _Rotations(where, orientation, turns)
+
+
+def _merge_inputs(db: Database) -> dict[str, _Input] | None:
+    """A merge's inputs by absolute path (their episodes' ``source_file``); None if ``db`` is no merge."""
+    info = db.dataset_info()
+    if info.get("source_format") != MERGE_FORMAT:
+        return None
+    sources = (info.get("schema") or {}).get("sources")
+    sources = [s for s in sources if isinstance(s, dict)] if isinstance(sources, list) else []
+    merges = {s.get("file") for s in sources if s.get("source_format") == MERGE_FORMAT}
+    listed = (info.get("metadata") or {}).get("merged_from")
+    inputs: dict[str, _Input] = {}
+    for entry in listed if isinstance(listed, list) else []:
+        if not isinstance(entry, dict) or not isinstance(entry.get("file"), str):
+            continue
+        path, meta = entry["file"], entry.get("metadata")
+        meta = meta if isinstance(meta, dict) else None
+        if path in inputs and inputs[path].metadata != meta:
+            meta = None
+        inputs[path] = _Input(meta, path in merges)
+    return inputs
+
+
+def _input_of(db: Database, i: int, merge: dict[str, _Input], own: _Rotations) -> _Rotations:
+    """The record of what the ingest of merged episode ``i``'s input rotated."""
+    path = db.read_meta(i).get("source_file")
+    given = merge.get(path) if isinstance(path, str) else None
+    if given is None or given.metadata is None:
+        why = "which is not one input (listed once) of the metadata's merged_from"
+        return _Rotations(f"the source_file {path!r}", own.orientation, None, why)
+    return _rotations(given.metadata, str(path), given.merged)
+
+
+def _episode_turns(db: Database, i: int, source: _Rotations) -> Turns:
+    """Episode ``i``'s cameras and arrays that ``source`` says its ingest rotated, with the axes.
+
+    Raises:
+        ConversionError: the record names an array with fewer axes than it says were
+            rotated; or ``source`` kept no record and the episode holds arrays of 3 or 4
+            dims, or camera frames of a merge whose frames stand differently.
+    """
+    cameras = {name: tuple(int(d) for d in cam["shape"]) for name, cam in db.cameras(i).items()}
+    arrays = {name: arr.shape for name, arr in db._episode_arrays(i).items()}
+    if source.rotated is not None:
+        turns: Turns = {}
+        for name, axes in source.rotated.items():
+            shape = cameras.get(name, arrays.get(name))
+            if shape is not None and axes[-1] >= len(shape):
+                kind, held = "camera" if name in cameras else "array", ", ".join(map(str, shape[1:]))
+                of = "" if source.where == db.path() else f" of its input {source.where}"
+                raise ConversionError(
+                    f"{db.path()}: episode {i} holds the {kind} {name!r} as (T, {held}), but the metadata's "
+                    f"hdf5.rotated{of} says it was rotated on axes {list(axes)}, which it does not have; "
+                    f"{_RECORD_FIX}"
+                )
+            if shape is not None:
+                turns[name] = axes
+        return turns
+    framed = sorted(name for name, shape in arrays.items() if len(shape) >= 3)
+    if (source.lost and framed) or (source.orientation == "mixed" and (cameras or framed)):
+        why = (
+            source.lost
+            or "whose frames stand differently from episode to episode (image_orientation 'mixed')"
+        )
+        held = ", ".join(framed[:6]) + (", ..." if len(framed) > 6 else "") if framed else "cameras"
+        raise ConversionError(
+            f"{db.path()}: episode {i} comes from {source.where}, {why}; which of its arrays and frames "
+            f"({held}) were rotated 180 degrees on ingest (--flip-images) cannot be told, so they cannot be "
+            f"turned back: export its episodes from that file itself, or {_RECORD_FIX}"
+        )
+    if source.orientation != ORIENTATION_TURNED:
+        return {}
+    # Ingested before the record was kept: that ingest turned the cameras and every 4-D array.
+    return {name: (1, 2) for name in [*cameras, *(n for n, shape in arrays.items() if len(shape) == 4)]}
 
 
 def _per_frame_tasks(db: Database, seen: dict[tuple[int, ...], list[int]]) -> bool:
     """Whether every episode holding ``task_index`` (``seen``: by shape) has a list of tasks beside it."""
     return all(isinstance(db.read_meta(i).get("tasks"), list) for eps in seen.values() for i in eps)
-
-
-def _has_frames(db: Database, i: int) -> bool:
-    """Whether episode ``i`` holds frames the ingest turns: a camera or a 4-D extra array."""
-    return bool(db.cameras(i)) or any(a.ndim == 4 for a in db._episode_arrays(i).values())
 
 
 def turned_upright(db: Database) -> bool:
@@ -204,10 +365,14 @@ def _dataset_info(info: dict[str, Any], turned_back: bool) -> dict[str, Any]:
     """The exported dataset info, its ``image_orientation`` that of the exported frames.
 
     The ingest reads it to tell upright frames from a LIBERO file's upside-down ones, and
-    so whether to advise ``--flip-images``.
+    so whether to advise ``--flip-images``. Frames turned back are no longer rotated: the
+    record of what was (``hdf5.rotated``) is left out.
     """
     if turned_back:
-        info = {**info, "metadata": {**info["metadata"], "image_orientation": ORIENTATION_AS_STORED}}
+        meta = {**info["metadata"], "image_orientation": ORIENTATION_AS_STORED}
+        if isinstance(meta.get("hdf5"), dict):
+            meta["hdf5"] = {k: v for k, v in meta["hdf5"].items() if k != "rotated"}
+        info = {**info, "metadata": meta}
     return info
 
 
@@ -345,16 +510,38 @@ def env_args(db: Database, positions: list[int]) -> dict[str, Any] | str:
     return {"env_name": name, "type": ROBOSUITE_ENV_TYPE, "env_kwargs": kwargs}
 
 
-def _array_paths(db: Database) -> dict[str, str]:
+def _array_paths(db: Database, merge: dict[str, _Input] | None) -> dict[str, str]:
     """Where extra arrays ingested from HDF5 came from (``obs/agentview_depth``, ...), so
-    they go back there: robomimic reads every observation key under ``obs/``."""
-    recorded = (db.metadata().get("hdf5") or {}).get("extra_arrays")
+    they go back there: robomimic reads every observation key under ``obs/``.
+
+    A merge whose inputs' ``hdf5`` metadata differ keeps it with each input only: there the
+    paths the inputs record are taken, but not a name that two inputs record differently.
+    """
+    meta = db.metadata()
+    given = [meta] if merge is None or isinstance(meta.get("hdf5"), dict) else [
+        m.metadata for m in merge.values() if m.metadata is not None
+    ]  # fmt: skip
     out: dict[str, str] = {}
-    for name, path in (recorded if isinstance(recorded, dict) else {}).items():
-        parts = path.split("/") if isinstance(path, str) else []
-        if len(parts) == 2 and parts[0] == "obs" and parts[1] and "\x00" not in parts[1] and parts[1] != ".":
-            out[str(name)] = path
-    return out
+    clash: set[str] = set()
+    for m in given:
+        hdf5 = m.get("hdf5")
+        recorded = hdf5.get("extra_arrays") if isinstance(hdf5, dict) else None
+        for name, path in (recorded if isinstance(recorded, dict) else {}).items():
+            if _obs_path(path) and out.setdefault(str(name), path) != path:
+                clash.add(str(name))
+    return {name: path for name, path in out.items() if name not in clash}
+
+
+def _obs_path(path: Any) -> bool:
+    """Whether ``path`` is ``obs/KEY`` with ``KEY`` one HDF5 name."""
+    parts = path.split("/") if isinstance(path, str) else []
+    return (
+        len(parts) == 2
+        and parts[0] == "obs"
+        and bool(parts[1])
+        and "\x00" not in parts[1]
+        and parts[1] != "."
+    )
 
 
 def _state_layout(db: Database) -> dict[str, tuple[np.dtype[Any] | None, tuple[int, ...]]]:
@@ -424,10 +611,10 @@ def _one_shape(
 def _write_demo(g: Any, db: Database, i: int, plan: _Plan) -> int:
     """Write episode ``i`` into the demo group ``g``; return its number of frames.
 
-    With ``plan.turn``, cameras and 4-D extra arrays are rotated by 180 degrees, as the
-    HDF5 ingest's ``flip_images`` did, back to the source's orientation. Frames are
-    written a window at a time, so that an episode's decoded frames are never all in
-    memory at once.
+    The cameras and arrays ``plan.turns`` names for the episode are rotated by 180 degrees
+    on their axes, as the HDF5 ingest's ``flip_images`` did, back to the source's
+    orientation. Frames (and 4-D arrays) are written a window at a time, so that an
+    episode's decoded frames are never all in memory at once.
     """
     ep = db.read_episode_actions_only(i)
     meta = ep.pop("meta")
@@ -437,6 +624,7 @@ def _write_demo(g: Any, db: Database, i: int, plan: _Plan) -> int:
     g.create_dataset("rewards", data=ep.pop("rewards"))
     g.create_dataset("dones", data=ep.pop("is_terminal").astype(np.uint8))
     states = ep.pop("states")
+    turns = plan.turns.get(i, {})
     obs = _Obs(g, plan.next_obs)
     if states.shape[1]:
         for key, a, b in plan.split:
@@ -447,22 +635,22 @@ def _write_demo(g: Any, db: Database, i: int, plan: _Plan) -> int:
             continue
         if name in plan.paths and plan.paths[name] not in g:  # back under obs/, where it was ingested from
             key = plan.paths[name].split("/")[1]
-            if arr.ndim == 4:  # image-like (depth): the ingest turned it with the frames
-                obs.put_frames(key, arr.shape, arr.dtype, _array_windows(arr), turn=plan.turn)
+            if arr.ndim == 4 or name in turns:  # image-like (depth): the ingest may have turned it
+                obs.put_frames(key, arr.shape, arr.dtype, _array_windows(arr), turn=turns.get(name, ()))
             else:
                 obs.put(key, arr)
             continue
         target = "states" if name == SIM_STATE else _h5_name(name, "array")
         if name != SIM_STATE and target in _DEMO_NAMES:  # `_check_names` refused the others
             raise ConversionError(f"{db.path()}: episode {i}: array {name!r} would overwrite {target!r}")
-        if arr.ndim == 4:
-            _put_frames(g, None, target, arr.shape, arr.dtype, _array_windows(arr), turn=plan.turn)
+        if arr.ndim == 4 or name in turns:
+            _put_frames(g, None, target, arr.shape, arr.dtype, _array_windows(arr), turn=turns.get(name, ()))
         else:
             g.create_dataset(target, data=arr)
     for name, cam in db.cameras(i).items():
         shape = tuple(int(d) for d in cam["shape"])
         obs.put_frames(_h5_name(name, "camera"), shape, np.dtype(np.uint8), camera_windows(db, i, name, T),
-                       turn=plan.turn)  # fmt: skip
+                       turn=turns.get(name, ()))  # fmt: skip
     _write_attrs(g, meta)
     return T
 
@@ -484,24 +672,24 @@ class _Obs:
             self.next.create_dataset(key, data=np.concatenate([values[1:], values[-1:]]))
 
     def put_frames(self, key: str, shape: tuple[int, ...], dtype: np.dtype[Any],
-                   windows: Iterator[tuple[int, np.ndarray]], *, turn: bool) -> None:  # fmt: skip
+                   windows: Iterator[tuple[int, np.ndarray]], *, turn: tuple[int, ...]) -> None:  # fmt: skip
         """Write frames under ``key`` a window at a time."""
         _put_frames(self.obs, self.next, key, shape, dtype, windows, turn=turn)
 
 
 def _put_frames(
     group: Any, next_group: Any, key: str, shape: tuple[int, ...], dtype: np.dtype[Any],
-    windows: Iterator[tuple[int, np.ndarray]], *, turn: bool,
+    windows: Iterator[tuple[int, np.ndarray]], *, turn: tuple[int, ...],
 ) -> None:  # fmt: skip
     """Write ``(start, frames)`` windows (``shape`` is the first dim and the per-frame shape)
     into a new dataset ``key`` of ``group``, and the frames one later into ``next_group``
-    unless it is None; rotated 180 degrees if ``turn``."""
+    unless it is None; rotated 180 degrees on the axes ``turn`` names, if any."""
     ds = group.create_dataset(key, shape=shape, dtype=dtype)
     nds = None if next_group is None else next_group.create_dataset(key, shape=shape, dtype=dtype)
     last = None
     for start, frames in windows:
         if turn:
-            frames = _rotated(frames)
+            frames = _rotated(frames, turn)
         stop = start + len(frames)
         ds[start:stop] = frames
         if nds is not None:  # these frames follow the frames before them: next_obs[t] = obs[t + 1]
@@ -519,9 +707,12 @@ def _array_windows(arr: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
         yield start, arr[start : start + WINDOW]
 
 
-def _rotated(frames: np.ndarray) -> np.ndarray:
-    """``(T, H, W, ...)`` frames turned 180 degrees (their own inverse)."""
-    return np.ascontiguousarray(frames[:, ::-1, ::-1])
+def _rotated(frames: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
+    """``frames`` turned 180 degrees on ``axes`` (their own inverse)."""
+    index = [slice(None)] * frames.ndim
+    for axis in axes:
+        index[axis] = slice(None, None, -1)
+    return np.ascontiguousarray(frames[tuple(index)])
 
 
 def _write_attrs(g: Any, meta: dict[str, Any]) -> None:
