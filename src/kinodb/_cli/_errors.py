@@ -10,6 +10,7 @@ import shlex
 import signal
 import sys
 import threading
+import time
 import traceback
 import weakref
 from collections.abc import Iterator
@@ -128,10 +129,13 @@ def _signals_interrupt(sigterm: bool) -> Iterator[None]:
     Killed outright by SIGTERM (``timeout``, ``docker stop``, Slurm), a writer leaves its
     hidden temporary output behind; raised, the writers' cleanup runs as on Ctrl-C. An
     exception raised in a ``__del__`` or a weakref callback (h5py and the garbage collector
-    run them at any time) is printed and dropped, and the command would go on: there the
-    signal is sent again a moment later instead. Once raised, later signals of the kind
-    are ignored while the cleanup runs (SIGKILL still ends it). A signal whose handler the
-    application set itself is left alone, as is everything off the main thread.
+    run them at any time) is printed and dropped, and the command would go on; so may one
+    raised in a module import that a compiled library starts and whose failure it ignores
+    (pyarrow's lazy import of pandas). There the signal is sent again a moment later
+    instead, until it lands elsewhere (or `_DEFER_S` has passed). Once raised, later
+    signals of the kind are ignored while the cleanup runs (SIGKILL still ends it). A
+    signal whose handler the application set itself is left alone, as is everything off
+    the main thread.
     """
     wanted: dict[signal.Signals, Any] = {signal.SIGINT: signal.default_int_handler}
     if sigterm:
@@ -140,12 +144,15 @@ def _signals_interrupt(sigterm: bool) -> Iterator[None]:
         wanted = {}
     ours = [sig for sig, default in wanted.items() if signal.getsignal(sig) is default]
     raised: set[int] = set()
+    deferred: dict[int, float] = {}  # signal -> when it was first put off
+    again: list[threading.Timer] = []  # the latest signal to be sent again
 
     def on_signal(signum: int, frame: Any) -> None:
         if signum in raised:
             return
-        if _swallowed(frame):
-            threading.Timer(0.005, os.kill, (os.getpid(), signum)).start()
+        if _swallowed(frame) and time.monotonic() - deferred.setdefault(signum, time.monotonic()) < _DEFER_S:
+            again[:] = [threading.Timer(0.005, os.kill, (os.getpid(), signum))]
+            again[0].start()
             return
         raised.add(signum)
         raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
@@ -153,16 +160,33 @@ def _signals_interrupt(sigterm: bool) -> Iterator[None]:
     previous = {sig: signal.signal(sig, on_signal) for sig in ours}
     try:
         yield
+        late = [sig for sig in deferred if sig not in raised]
+        if late:  # the command ended before the signal was sent again: never a success
+            raised.add(late[0])
+            raise Terminated if late[0] == signal.SIGTERM else KeyboardInterrupt
     finally:
+        for timer in again:
+            timer.cancel()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
 
+_DEFER_S = 10.0
+"""How long a signal waits for a finalizer or an import to end (one that hangs ends then)."""
+
+
 def _swallowed(frame: Any) -> bool:
-    """Whether an exception raised in ``frame`` would be printed and dropped by Python."""
+    """Whether an exception raised in ``frame`` may be dropped: in a finalizer, or an import.
+
+    Python prints and drops what a ``__del__`` or weakref callback raises; an import run
+    from compiled code may end with its caller ignoring the error (pyarrow's lazy pandas
+    import does), and an import that Python code runs is over soon anyway.
+    """
     while frame is not None:
         code = frame.f_code
         if code.co_name == "__del__" or code.co_filename == weakref.__file__:
+            return True
+        if code.co_filename.startswith("<frozen importlib._bootstrap"):
             return True
         frame = frame.f_back
     return False

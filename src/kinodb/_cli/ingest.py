@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
         args.src, args.output, format=args.format, embodiment=args.embodiment, task=args.task, fps=args.fps,
         episodes=args.episodes, max_episodes=args.max_episodes, image_codec=args.image_codec or "jpeg",
         jpeg_quality=95 if args.compress is None else args.compress, images=not args.no_images, dtype=args.dtype,
-        state_keys=[k.strip() for k in args.state_keys.split(",")] if args.state_keys else None,
+        state_keys=args.state_keys,  # K1,K2: split by the library, as for Python callers
         action_key=args.action_key.strip() if args.action_key else None, split=args.split,
         flip_images=args.flip_images, workers=args.workers, on_error=args.on_error, overwrite=args.force,
         progress=not args.quiet, verify=args.verify,

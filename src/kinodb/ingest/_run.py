@@ -17,7 +17,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Generator, Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +32,8 @@ if TYPE_CHECKING:
     from kinodb.ingest._verify import VerifyReport
 
 SKIPPED_SHOWN = 5  # skipped episodes listed per reason in a report's summary
+ROTATED, AS_STORED = "rotated_180", "as_stored"
+"""The metadata's ``image_orientation``: the frames were turned 180 degrees on ingest, or not."""
 _DIGITS = re.compile(r"\d+")
 
 
@@ -135,6 +137,7 @@ class _Job:
     image_codec: str
     jpeg_quality: int
     dtype: str | None
+    names: Mapping[str, str] | None = None  # how messages name options (`options_named`), in workers too
 
 
 # -- how messages name the options ------------------------------------------------------
@@ -199,6 +202,33 @@ def check_positive(parameter: str, value: float | None) -> None:
     ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
     if not (ok and math.isfinite(float(value)) and value > 0):
         raise ValueError(f"{option_name(parameter)} must be a positive number, got {value!r}")
+
+
+def name_list(parameter: str, value: str | Sequence[str] | None) -> list[str] | None:
+    """Names given as a sequence of str, or as one str of comma-separated names (``"a, b"``,
+    each stripped) as on the command line; None when none are given (the default).
+
+    Empty names stay, for the source to refuse or pass over as it does on the command line.
+
+    Raises:
+        TypeError: ``value`` is neither a str nor a sequence of str.
+    """
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return [name.strip() for name in value.split(",")] if value else None
+    if isinstance(value, (bytes, bytearray, Mapping)) or not isinstance(value, Iterable):
+        raise TypeError(
+            f"{option_name(parameter)} must be a str of comma-separated names ('K1,K2') or a sequence of "
+            f"str, got {type(value).__name__}"
+        )
+    names = list(value)
+    odd = [name for name in names if not isinstance(name, str)]
+    if odd:
+        raise TypeError(
+            f"{option_name(parameter)} must hold names (str), got {type(odd[0]).__name__} {odd[0]!r}"
+        )
+    return names or None
 
 
 # Options that a built-in format's converter takes no notice of, with the reason; a
@@ -302,7 +332,7 @@ def ingest(
     jpeg_quality: int = 95,
     images: bool = True,
     dtype: str | None = None,
-    state_keys: Sequence[str] | None = None,
+    state_keys: str | Sequence[str] | None = None,
     action_key: str | None = None,
     split: str | None = None,
     flip_images: bool = False,
@@ -318,7 +348,8 @@ def ingest(
     asks for a cast of floating arrays; encoded JPEG/PNG frames pass through byte for
     byte; raw frames are encoded with ``image_codec``. Each episode records its source
     file and key in the extra fields ``source_file`` and ``source_episode``.
-    ``state_keys`` chooses and orders the source keys that make the states;
+    ``state_keys`` chooses and orders the source keys that make the states (a sequence,
+    or one str of comma-separated keys, ``"robot0_eef_pos,robot0_gripper_qpos"``);
     ``action_key`` names the actions' source feature where a LeRobot dataset calls them
     something else than ``action`` or ``actions``, or an RLDS dataset something else than
     ``steps/action`` (a tensor, or a dict of tensors such as DROID's ``action_dict``).
@@ -329,7 +360,9 @@ def ingest(
     ``verify`` then re-reads the source and compares every episode
     (`kinodb.ingest.verify`), on ``report.verification``. What a source did differently
     from its documented mapping (a state key kept apart to stay exact) is in
-    ``report.notes``.
+    ``report.notes``. The metadata's ``image_orientation`` says whether the frames were
+    turned 180 degrees (``rotated_180``, by ``flip_images``) or not (``as_stored``),
+    whatever the format, for `kinodb.merge` and the HDF5 export.
 
     Example:
         >>> kinodb.ingest.ingest("lift/ph/low_dim.hdf5", "lift.kdb", embodiment="panda")
@@ -342,6 +375,7 @@ def ingest(
     """
     if on_error not in ("raise", "skip"):
         raise ValueError(f"{option_name('on_error')} must be 'raise' or 'skip', got {on_error!r}")
+    keys_given = name_list("state_keys", state_keys)
     check_dtype(dtype)
     check_positive("fps", fps)  # 0 is no frame rate at all, not "take the source's"
     if workers < 1:
@@ -357,11 +391,11 @@ def ingest(
     if os.path.realpath(os.fspath(out)) == os.path.realpath(path):
         raise ValueError(f"the output {os.fspath(out)} is the source itself; choose another output path")
     cls = source_class(format, path)
-    refuse_unused(cls, path, {"action_key": action_key, "split": split, "state_keys": state_keys,
+    refuse_unused(cls, path, {"action_key": action_key, "split": split, "state_keys": keys_given,
                               "flip_images": flip_images})  # fmt: skip
-    options = SourceOptions(images, tuple(state_keys) if state_keys else None, split, flip_images, fps,
+    options = SourceOptions(images, tuple(keys_given) if keys_given else None, split, flip_images, fps,
                             jpeg_quality if image_codec == "jpeg" else None, action_key)  # fmt: skip
-    job = _Job(cls, path, options, image_codec, jpeg_quality, dtype)
+    job = _Job(cls, path, options, image_codec, jpeg_quality, dtype, _OPTION_NAMES.get())
     report = IngestReport(path, os.fspath(out), cls.format)
     t0 = time.perf_counter()
     source: Source = cls(path, options)  # type: ignore[call-arg]
@@ -376,6 +410,8 @@ def ingest(
     recorded = _recorded(job, embodiment, task, episodes, max_episodes)
     metadata = dict(info.metadata, ingest={"source": path, "format": cls.format, "selected": len(keys),
                                            "options": recorded})  # fmt: skip
+    # A source may say it itself (HDF5 does; LeRobot gives back what a kinodb export recorded).
+    metadata.setdefault("image_orientation", ROTATED if flip_images else AS_STORED)
     try:
         writer = Writer(out, mode="w" if overwrite else "x", image_codec=image_codec, jpeg_quality=jpeg_quality,
                         schema=info.schema, source_format=info.source_format, metadata=metadata)  # fmt: skip
@@ -495,6 +531,8 @@ def _init_worker(job: _Job, quiet: bool = False) -> None:
             signal.signal(sig, signal.SIG_IGN)
         if hasattr(signal, "pthread_sigmask"):
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _HELD)  # held since the spawn
+    if quiet and job.names is not None:  # a spawned process: messages name options as its parent's do
+        _OPTION_NAMES.set(job.names)
     _worker_job = job
     _worker_source = job.cls(job.path, job.options)  # type: ignore[call-arg]
 
@@ -503,14 +541,14 @@ def _convert_one(key: str) -> tuple[str, dict[str, Any] | None, str | None]:
     assert _worker_source is not None and _worker_job is not None
     try:
         args = _worker_source.read(key)
-        return key, _finish(args, _worker_job), None
+        return key, _finish(args, _worker_job, key), None
     except (ConversionError, WriterError) as exc:
         return key, None, str(exc)
     except (KinodbError, ValueError, KeyError, OSError) as exc:
         return key, None, f"{_worker_job.path}: episode {key}: {type(exc).__name__}: {exc}"
 
 
-def _finish(args: dict[str, Any], job: _Job) -> dict[str, Any]:
+def _finish(args: dict[str, Any], job: _Job, key: str = "") -> dict[str, Any]:
     """Apply the dtype cast and encode raw frames (here, so workers share the work)."""
     args.pop(SOURCE_PARTS, None)  # for `verify` only: never shipped back from a worker
     if job.dtype is not None:
@@ -527,14 +565,42 @@ def _finish(args: dict[str, Any], job: _Job) -> dict[str, Any]:
     elif job.image_codec != "raw":
         for cam, frames in list(args.get("images", {}).items()):
             if isinstance(frames, np.ndarray):
-                if job.image_codec == "jpeg" and frames.shape[-1] not in (1, 3) and frames.ndim == 4:
-                    raise ConversionError(
-                        f"camera {cam!r} has {frames.shape[-1]} channels; JPEG stores 1 or 3 (use --image-codec png)"
-                    )
-                args["images"][cam] = _codecs.encode(
-                    frames if frames.ndim == 4 else frames[..., None], job.image_codec, job.jpeg_quality
-                )
+                args["images"][cam] = _encode(frames, job, f"{job.path}: episode {key}: camera {cam!r}")
     return args
+
+
+def _encode(frames: np.ndarray, job: _Job, where: str) -> list[bytes]:
+    """A camera's raw frames encoded with the job's image codec.
+
+    Raises:
+        ConversionError: the frames are no camera's (a camera holds uint8 frames of 1 to 4
+            channels), the codec cannot store them, or the encoder fails; names ``where``
+            (file, episode, camera), the frames' dtype and shape, and what to pass.
+    """
+    stack = frames if frames.ndim == 4 else frames[..., None] if frames.ndim == 3 else None
+    what = f"{frames.dtype} frames of shape {tuple(frames.shape[1:])}"
+    if stack is None or frames.dtype != np.uint8 or not 1 <= stack.shape[-1] <= 4 or 0 in stack.shape[1:3]:
+        no_images = "images=False" if _OPTION_NAMES.get() is None else option_name("images")
+        raise ConversionError(
+            f"{where}: {what} are no camera frames (a camera holds uint8 (H, W) or (H, W, C) frames of 1 to "
+            f"4 channels, whatever the codec); leave the cameras out with {no_images}, or have the source "
+            "keep these as an extra array"
+        )
+    if job.image_codec == "jpeg" and stack.shape[-1] not in (1, 3):
+        raise ConversionError(
+            f"{where}: {what} have {stack.shape[-1]} channels; JPEG stores 1 or 3: use "
+            f"{option_value('image_codec', 'png')} or {option_value('image_codec', 'raw')}"
+        )
+    try:
+        return _codecs.encode(stack, job.image_codec, job.jpeg_quality)
+    except MemoryError:
+        raise  # not the frames' fault: the command says so
+    except Exception as exc:  # Pillow raises OSError, ValueError, TypeError for frames it cannot take
+        codec = job.image_codec.upper()
+        raise ConversionError(
+            f"{where}: {codec} encoding of {what} failed ({type(exc).__name__}: {exc}); store them with "
+            f"another codec ({option_value('image_codec', 'png' if codec == 'JPEG' else 'raw')})"
+        ) from None
 
 
 def _convert_all(

@@ -14,7 +14,9 @@ Should the seek land after the first wanted frame (a damaged index), the file is
 again from its start. A `VideoReader` passed in keeps the file open between calls: when
 the next call's first wanted time lies just after where the previous call stopped (the
 next episode of a LeRobot v3 file), decoding goes on from there, without reopening the
-file, seeking, or decoding again from a keyframe.
+file, seeking, or decoding again from a keyframe. A file that starts as a video file but
+does not read or decode to its end (a partial download or copy) raises
+`DamagedVideoError`, naming the file and saying to replace it.
 
 With ``jpeg_quality`` set, frames that will be stored as JPEG skip RGB altogether where
 the video allows it: 8-bit 4:2:0 frames in BT.601 (or untagged, which FFmpeg also reads as
@@ -68,11 +70,42 @@ def encoder_threads() -> int:
     return max(1, n // 2)
 
 
+class DamagedVideoError(ConversionError):
+    """A video file that is damaged or cut short (a partial download or copy)."""
+
+
+def damaged(path: str, what: str) -> DamagedVideoError:
+    """The error for a damaged or truncated video file: what went wrong, its size, the fix."""
+    try:
+        size = f"{os.path.getsize(path):,} bytes"
+    except OSError:
+        size = "size unknown"
+    return DamagedVideoError(
+        f"{path}: the video file is damaged or truncated ({what}; the file has {size}): replace it with a "
+        "complete copy (download or copy it again from where the dataset came from)"
+    )
+
+
+_VIDEO_HEADS = (b"ftyp", b"moov", b"mdat", b"free", b"wide")  # ISO BMFF (mp4/mov) boxes, at bytes 4-8
+_EBML = b"\x1a\x45\xdf\xa3"  # Matroska/WebM
+
+
+def _looks_like_video(path: str) -> bool:
+    """Whether the file starts as an mp4/mov or Matroska/WebM file does."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+    except OSError:
+        return False
+    return head[4:8] in _VIDEO_HEADS or head[:4] == _EBML
+
+
 def open_video(path: str) -> tuple[Any, Any]:
     """Open ``path`` and return ``(container, video stream)`` with threaded decoding.
 
     Raises:
-        ConversionError: the file is missing, unreadable, or holds no video stream.
+        ConversionError: the file is missing, unreadable, or holds no video stream;
+            `DamagedVideoError` when it starts as a video file but is damaged or cut short.
     """
     av = _av()
     if not os.path.isfile(path):
@@ -80,11 +113,26 @@ def open_video(path: str) -> tuple[Any, Any]:
     try:
         container = av.open(path)
     except (av.FFmpegError, OSError) as exc:
+        if isinstance(exc, av.FFmpegError) and _looks_like_video(path):
+            raise damaged(path, f"FFmpeg cannot read it: {exc.strerror or exc}") from None
         raise ConversionError(f"{path}: not a readable video file ({exc})") from None
     if not container.streams.video:
+        # A header that stops early lists no stream, or one whose kind and codec are unknown.
+        unknown = all(getattr(s, "codec_context", None) is None for s in container.streams)
         container.close()
+        if unknown and _looks_like_video(path):
+            raise damaged(path, "FFmpeg finds no video stream with a codec in it")
         raise ConversionError(f"{path}: holds no video stream")
     stream = container.streams.video[0]
+    if stream.codec_context is None:  # FFmpeg found no decoder for the stream's codec
+        frames = len(stream.index_entries)
+        container.close()
+        if not frames:  # and no frame in its index either: the header stops short
+            raise damaged(path, "its video stream names no codec and lists no frames")
+        raise ConversionError(
+            f"{path}: this FFmpeg build (PyAV {av.__version__}) has no decoder for the codec of its video "
+            "stream; install a PyAV build that decodes it, or re-encode the video as H.264"
+        )
     stream.thread_type = "AUTO"  # frame and slice threads; output is identical
     return container, stream
 
@@ -265,7 +313,7 @@ def _match(
                     best[k] = abs(times[k] - t)
         encoded = jpegs.result(path) if jpegs is not None else None
     except av.FFmpegError as exc:
-        raise ConversionError(f"{path}: decoding failed after {len(seen)} frames ({exc})") from None
+        raise damaged(path, f"decoding failed after {len(seen)} frames: {exc.strerror or exc}") from None
     finally:
         if jpegs is not None:
             jpegs.cancel()
@@ -276,6 +324,10 @@ def _match(
     missing = np.flatnonzero(~np.isfinite(np.asarray(best)))
     if missing.size:
         decoded = [*seen, held[0]] if held is not None else seen
+        if not decoded:
+            raise damaged(
+                path, f"no frame decodes; the frame at {float(wanted[int(missing[0])]):.6f} s is needed"
+            )
         raise ConversionError(_miss_message(path, wanted, int(missing[0]), decoded, tolerance))
     if encoded is not None:
         return encoded
@@ -386,12 +438,11 @@ class _PlanarJpegs:
 
 def _miss_message(path: str, wanted: npt.NDArray[np.float64], i: int, seen: list[float], tol: float) -> str:
     w = float(wanted[i])
-    if not seen:
-        return f"{path}: no frame decodes; the frame at {w:.6f} s is needed"
     if w > max(seen) + tol:
         return (
             f"{path}: short video: it ends at {max(seen):.6f} s, but a frame at {w:.6f} s is needed "
-            f"({int((wanted > max(seen) + tol).sum())} of {len(wanted)} wanted frames are past its end)"
+            f"({int((wanted > max(seen) + tol).sum())} of {len(wanted)} wanted frames are past its end); "
+            "a file cut short needs replacing with a complete copy"
         )
     near = min(seen, key=lambda s: abs(s - w))
     return (

@@ -42,7 +42,12 @@ stays as it is, with a warning):
   and ``index`` are positions, not data;
   columns of other types (LeRobot's ``language_*`` structs) are left out, which the
   metadata's ``lerobot.left_out`` records.
-- ``image`` features -> cameras, their PNG/JPEG bytes passed through unchanged.
+- ``image`` features -> cameras, their PNG/JPEG bytes passed through unchanged. An
+  ``image`` feature of 16-bit PNG frames (a depth map) is no camera (cameras hold 8-bit
+  frames): 16-bit greyscale frames become the uint16 ``(T, H, W)`` extra array of the
+  feature's name, bit for bit (``lerobot.not_cameras`` and the report's notes say so);
+  16-bit colour frames are left out, with a warning and a ``lerobot.left_out`` entry.
+  The dataset's first frame of the feature decides.
 - ``video`` features -> cameras decoded with PyAV, frame-exact: frame t is the decoded
   frame whose time (``pts * time_base``) is nearest to its ``timestamp`` (v3: plus the
   episode's ``videos/<key>/from_timestamp``), within ``TOLERANCE_S`` = 1e-4 s
@@ -54,10 +59,16 @@ stays as it is, with a warning):
   ``observation.images.`` (else ``observation.``) prefix; ``lerobot.cameras`` in the
   metadata maps them back to feature keys.
 - ``fps`` and ``robot_type`` (the embodiment) come from ``info.json``.
+- ``flip_images`` turns every camera (and 16-bit frame) 180 degrees; the metadata's
+  ``image_orientation`` is then ``rotated_180``, else ``as_stored``. A kinodb export's
+  own record comes back, turned once more by ``flip_images``.
+- Columns are read from the arrow buffers, never through pandas (pyarrow imports it for
+  ``to_numpy`` and drops a Ctrl-C or SIGTERM that lands meanwhile).
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -106,6 +117,11 @@ _RESERVED_ARRAYS = frozenset({"actions", "states", "rewards", "is_terminal", "ti
 _NUMERIC = frozenset({"bool", "float16", "float32", "float64", "int8", "int16", "int32", "int64",
                       "uint8", "uint16", "uint32", "uint64"})  # fmt: skip
 _PARQUETS_KEPT = 4
+_AS_STORED = "as_stored"
+_TURNED_AGAIN = {
+    "as_stored": "rotated_180",
+    "rotated_180": "as_stored",
+}  # image_orientation, after flip_images
 
 
 @dataclass(frozen=True, slots=True)
@@ -361,11 +377,25 @@ def _tasks(root: str, version: str, pq: Any) -> dict[int, str] | None:
     return None
 
 
-def _tasks_parquet(path: str, pq: Any) -> dict[int, str]:
+def _read_parquet(path: str, pq: Any, *, skip: str | None = None) -> Any:
+    """A whole (small) parquet file as an arrow table, without columns starting with ``skip``.
+
+    Read through ``ParquetFile``: ``pq.read_table`` imports ``pyarrow.dataset``, whose
+    import pulls pandas in and drops a Ctrl-C or SIGTERM raised meanwhile.
+
+    Raises:
+        ConversionError: the file is not readable parquet.
+    """
     try:
-        table = pq.read_table(path)
+        with pq.ParquetFile(path) as pf:
+            names = pf.schema_arrow.names
+            return pf.read(columns=[n for n in names if skip is None or not n.startswith(skip)])
     except Exception as exc:  # pyarrow raises several types for damaged files
         raise ConversionError(f"{path}: not readable parquet ({exc})") from None
+
+
+def _tasks_parquet(path: str, pq: Any) -> dict[int, str]:
+    table = _read_parquet(path, pq)
     columns = table.column_names
     text = "task" if "task" in columns else None
     if text is None:  # written by pandas with the task text as the (unnamed) index
@@ -450,12 +480,7 @@ def _episode_v3(row: dict[str, Any], root: str, templates: tuple[str, str], vide
 
 
 def _read_rows(path: str, pq: Any) -> list[dict[str, Any]]:
-    try:
-        schema = pq.read_schema(path)
-        columns = [n for n in schema.names if not n.startswith("stats/")]
-        rows: list[dict[str, Any]] = pq.read_table(path, columns=columns).to_pylist()
-    except Exception as exc:  # pyarrow raises several types for damaged files
-        raise ConversionError(f"{path}: not readable parquet ({exc})") from None
+    rows: list[dict[str, Any]] = _read_parquet(path, pq, skip="stats/").to_pylist()
     return rows
 
 
@@ -463,9 +488,10 @@ def _read_rows(path: str, pq: Any) -> list[dict[str, Any]]:
 
 
 def _to_numpy(pa: Any, column: Any, name: str, where: str) -> np.ndarray:
-    """A numeric parquet column as a (T, *shape) array of its own dtype.
+    """A numeric parquet column as a (T, *shape) array of its own dtype, bit for bit.
 
-    Fixed-size and variable lists (equal lengths) become trailing dimensions.
+    Fixed-size and variable lists (equal lengths) become trailing dimensions. The values
+    are read from the arrow buffers (`_primitive`), never through ``to_numpy``.
     """
     arr = column.combine_chunks() if hasattr(column, "combine_chunks") else column
     n = len(arr)
@@ -479,16 +505,47 @@ def _to_numpy(pa: Any, column: Any, name: str, where: str) -> np.ndarray:
             shape.append(arr.type.list_size)
             arr = arr.flatten()
         elif pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type):
-            lengths = np.asarray(arr.value_lengths())
+            lengths = _primitive(arr.value_lengths())
             if lengths.size and (lengths != lengths[0]).any():
                 raise ConversionError(f"{where}: column {name!r} holds lists of different lengths")
             shape.append(int(lengths[0]) if lengths.size else 0)
             arr = arr.flatten()
         else:
             break
-    if not (pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type) or pa.types.is_boolean(arr.type)):
+    if str(arr.type) not in _ARROW_DTYPES:
         raise ConversionError(f"{where}: column {name!r} is {column.type}, not numeric")
-    return np.asarray(arr.to_numpy(zero_copy_only=False)).reshape(n, *shape)
+    return _primitive(arr).reshape(n, *shape)
+
+
+# Arrow's primitive types (little-endian, as arrow keeps them) as NumPy dtypes.
+_ARROW_DTYPES = {
+    "bool": "?", "int8": "<i1", "int16": "<i2", "int32": "<i4", "int64": "<i8", "uint8": "<u1",
+    "uint16": "<u2", "uint32": "<u4", "uint64": "<u8", "halffloat": "<f2", "float": "<f4", "double": "<f8",
+}  # fmt: skip
+
+
+def _primitive(arr: Any) -> np.ndarray:
+    """A numeric or bool arrow array without nulls as NumPy, read from its buffers.
+
+    ``Array.to_numpy`` (and ``numpy.asarray`` of an array) first imports pandas, lazily,
+    and drops any exception raised meanwhile: a Ctrl-C or SIGTERM arriving in that import
+    would be lost. The data buffer is taken as it is (a read-only view), bits unpacked.
+    """
+    n, start = len(arr), arr.offset
+    dtype = np.dtype(_ARROW_DTYPES[str(arr.type)])
+    if n == 0:
+        return np.empty(0, dtype)
+    data = arr.buffers()[1]
+    if dtype == np.bool_:
+        bits = np.frombuffer(data, np.uint8, count=(start + n + 7) // 8)
+        return np.unpackbits(bits, bitorder="little")[start : start + n].view(np.bool_)
+    return np.frombuffer(data, dtype, count=n, offset=start * dtype.itemsize)
+
+
+def _indices(pa: Any, rows: np.ndarray) -> Any:
+    """Row positions as an arrow int64 array for ``take`` (built from the buffer, not converted)."""
+    flat = np.ascontiguousarray(rows, np.int64)
+    return pa.Array.from_buffers(pa.int64(), len(flat), [None, pa.py_buffer(flat)])
 
 
 def _kind(pa: Any, type_: Any) -> str:
@@ -518,8 +575,8 @@ def _text_value(column: Any) -> Any:
     return first if all(row == first for row in rows) else rows
 
 
-def _image_frames(column: Any, name: str, where: str, flip: bool) -> list[bytes] | np.ndarray:
-    """The encoded bytes of an ``image`` column (decoded only if not PNG/JPEG or flipped)."""
+def _blobs(column: Any, name: str, where: str) -> list[bytes]:
+    """The encoded frames of an ``image`` column (structs of ``bytes`` and ``path``)."""
     arr = column.combine_chunks()
     fields = [arr.type.field(i).name for i in range(arr.type.num_fields)]
     data = arr.flatten()[fields.index("bytes")] if arr.null_count == 0 else None  # offsets applied
@@ -529,6 +586,12 @@ def _image_frames(column: Any, name: str, where: str, flip: bool) -> list[bytes]
             f"LeRobot embeds the image bytes in the parquet file"
         )
     blobs: list[bytes] = data.to_pylist()
+    return blobs
+
+
+def _image_frames(column: Any, name: str, where: str, flip: bool) -> list[bytes] | np.ndarray:
+    """The encoded bytes of an ``image`` column (decoded only if not PNG/JPEG or flipped)."""
+    blobs = _blobs(column, name, where)
     if not flip and _codecs.sniff(blobs[0]) is not None:
         return blobs  # PNG/JPEG: stored byte for byte (the writer checks every frame)
     try:  # another Pillow-readable format, or frames to rotate
@@ -536,6 +599,51 @@ def _image_frames(column: Any, name: str, where: str, flip: bool) -> list[bytes]
     except (CorruptFileError, WriterError, OSError) as exc:
         raise ConversionError(f"{where}: column {name!r}: {exc}") from None
     return np.ascontiguousarray(frames[:, ::-1, ::-1]) if flip else frames
+
+
+def png_depth(blob: bytes) -> tuple[int, int] | None:
+    """A PNG's bit depth and colour type (0 grey, 2 RGB, 4 grey and alpha, 6 RGBA), from its
+    header; None for anything else."""
+    if len(blob) < 26 or blob[:8] != b"\x89PNG\r\n\x1a\n" or blob[12:16] != b"IHDR":
+        return None
+    return blob[24], blob[25]
+
+
+def _wide_frames(column: Any, name: str, where: str, flip: bool) -> np.ndarray:
+    """The 16-bit greyscale PNG frames of an ``image`` column as uint16 ``(T, H, W)``, bit for bit.
+
+    Raises:
+        ConversionError: a frame is no 16-bit greyscale PNG, does not decode, or differs
+            in size from frame 0.
+    """
+    from PIL import Image  # deferred: importing kinodb stays light
+
+    blobs = _blobs(column, name, where)
+    out: np.ndarray | None = None
+    for t, blob in enumerate(blobs):
+        if png_depth(blob) != _WIDE_PNG:
+            raise ConversionError(
+                f"{where}: column {name!r}: frame {t} is not a 16-bit greyscale PNG, as the dataset's first "
+                "frame of this feature is; the frames of one image feature must share one format"
+            )
+        try:
+            with Image.open(io.BytesIO(blob)) as im:
+                frame = np.asarray(im)
+        except (OSError, ValueError) as exc:
+            raise ConversionError(f"{where}: column {name!r}: frame {t} does not decode ({exc})") from None
+        if out is None:
+            out = np.empty((len(blobs), *frame.shape), np.uint16)
+        if frame.shape != out.shape[1:] or frame.dtype.kind not in "ui" or frame.dtype.itemsize > 4:
+            raise ConversionError(
+                f"{where}: column {name!r}: frame {t} decodes to {frame.dtype} {frame.shape}, frame 0 to "
+                f"uint16 {out.shape[1:]}"
+            )
+        out[t] = frame  # 'I;16' is uint16 already; 'I' (older Pillow) holds the same 16-bit values
+    assert out is not None
+    return np.ascontiguousarray(out[:, ::-1, ::-1]) if flip else out
+
+
+_WIDE_PNG = (16, 0)  # 16-bit greyscale (depth maps): kept, as uint16, in an extra array
 
 
 # -- the source -------------------------------------------------------------------------
@@ -602,6 +710,7 @@ class LeRobotSource:
         # the same file goes on decoding where it stopped.
         self._readers: dict[str, _video.VideoReader] = {}
         self._warned: set[str] = set()
+        self._wide: dict[str, str | None] | None = None  # `_wide_images`, once probed
 
     @classmethod
     def detect(cls, path: str) -> bool:
@@ -619,6 +728,38 @@ class LeRobotSource:
             raise ConversionError(f"{self._root}: meta/info.json has no usable fps ({fps!r}); pass --fps")
         return float(fps)
 
+    def _wide_images(self) -> dict[str, str | None]:
+        """``image`` features whose frames are 16-bit PNG: feature key -> None when they are
+        greyscale (kept as a uint16 extra array), else why they are left out.
+
+        Frame 0 of the first episode at hand decides for the dataset: .kdb cameras hold
+        8-bit frames, and 16-bit PNG (LeRobot's depth maps) would not pass them.
+        """
+        if self._wide is not None:
+            return self._wide
+        self._wide = {}
+        keys = list(self._plan.images.values()) if self._options.images else []
+        ep = next((ep for ep in self._episodes.values() if os.path.isfile(ep.data)), None)
+        if not keys or ep is None:
+            return self._wide
+        try:
+            with self._pq.ParquetFile(ep.data) as pf:
+                keys = [k for k in keys if k in pf.schema_arrow.names]
+                batch = next(pf.iter_batches(batch_size=1, columns=keys), None) if keys else None
+            firsts = {} if batch is None else {k: batch.column(k).to_pylist()[0] for k in keys}
+        except Exception:  # pyarrow raises several types for damaged files: the episode's read says why
+            return self._wide
+        for key, first in firsts.items():
+            depth = png_depth(first["bytes"]) if isinstance(first, dict) and first.get("bytes") else None
+            if depth == _WIDE_PNG:
+                self._wide[key] = None
+            elif depth is not None and depth[0] == 16:
+                self._wide[key] = (
+                    f"16-bit PNG frames of colour type {depth[1]} (not greyscale); .kdb cameras hold 8-bit "
+                    "frames, and only 16-bit greyscale frames are kept, as uint16 extra arrays"
+                )
+        return self._wide
+
     def info(self) -> SourceInfo:
         """Schema (names and components), fps, embodiment and the dataset's LeRobot metadata."""
         schema: dict[str, Any] = {}
@@ -634,17 +775,35 @@ class LeRobotSource:
         if states:
             schema["states"] = states
         robot = self._info.get("robot_type")
+        wide = self._wide_images()
         lerobot = {
             "codebase_version": self._version, "info": self._info,
             "tasks": {str(k): v for k, v in sorted((self._tasks or {}).items())},
             "action_key": key, "state_keys": list(self._plan.state_keys),
-            "cameras": {**self._plan.images, **self._plan.videos}, "left_out": self._plan.left_out,
+            "cameras": {**{c: k for c, k in self._plan.images.items() if k not in wide}, **self._plan.videos},
+            "left_out": {**self._plan.left_out, **{k: why for k, why in wide.items() if why is not None}},
             "video_tolerance_s": TOLERANCE_S,
         }  # fmt: skip
+        not_cameras = {
+            k: f"16-bit greyscale PNG frames: stored bit for bit as the uint16 (T, H, W) extra array "
+            f"{_array_name(k)!r}; .kdb cameras hold 8-bit frames"
+            for k, why in wide.items()
+            if why is None
+        }
+        if not_cameras:
+            lerobot["not_cameras"] = not_cameras
+        notes = [f"{k} is not a camera: {why}" for k, why in not_cameras.items()]
+        for k, why in wide.items():
+            if why is not None:
+                log.warning("%s: %s is left out: %s", self._root, k, why)
+                notes.append(f"{k} is left out: {why}")
         schema, metadata = restore_dataset(self._kinodb, schema, {"lerobot": lerobot}, self._info, self._root)
+        if self._options.flip_images:  # turned once more than a kinodb export's frames had been
+            turned = metadata.get("image_orientation", _AS_STORED)
+            metadata["image_orientation"] = _TURNED_AGAIN.get(turned, turned)  # "mixed" stays mixed
         return SourceInfo(
             f"lerobot-{self._version}", schema=schema, metadata=metadata, fps=self._fps(),
-            embodiment=str(robot) if robot else None,
+            embodiment=str(robot) if robot else None, notes=notes,
         )  # fmt: skip
 
     def _state_schema(self) -> dict[str, Any]:
@@ -712,7 +871,7 @@ class LeRobotSource:
         except Exception as exc:  # pyarrow raises several types for damaged files
             raise ConversionError(f"{ep.data}: not readable parquet ({exc})") from None
         if "episode_index" in names:
-            table = _rows_of(table, ep.index)
+            table = _rows_of(self._pa, table, ep.index, ep.data)
         where = f"{ep.data}: episode {ep.index}"
         if table.num_rows == 0:
             raise ConversionError(f"{where}: the file holds no rows of this episode")
@@ -753,12 +912,17 @@ class LeRobotSource:
         where = f"{ep.data}: episode {ep.index}"
         args: dict[str, Any] = {"fps": self._fps(), "extra": {"episode_index": ep.index}}
         parts: dict[str, np.ndarray] = {}
+        wide = self._wide_images()
         cams = {k: c for c, k in self._plan.images.items()} if self._options.images else {}
         absent = [k for k in cams if k not in table.column_names]
         if absent:
             raise ConversionError(f"{where}: no column for the image feature {absent[0]!r}")
         for name in table.column_names:
             column = table[name]
+            if name in wide:  # 16-bit PNG: greyscale kept as a uint16 array, colour left out
+                if wide[name] is None:
+                    parts[name] = _wide_frames(column, name, where, self._options.flip_images)
+                continue
             if name in cams:
                 frames = _image_frames(column, name, where, self._options.flip_images)
                 args.setdefault("images", {})[cams[name]] = frames
@@ -831,9 +995,7 @@ class LeRobotSource:
             args["success"] = bool(_per_frame(parts["next.success"], "next.success", where)[-1])
         self._task(ep, parts, args, where)
         if parts:
-            args["extra_arrays"] = {
-                f"lerobot.{k}" if k in _RESERVED_ARRAYS else k: v for k, v in parts.items()
-            }
+            args["extra_arrays"] = {_array_name(k): v for k, v in parts.items()}
 
     def _task(self, ep: _Episode, parts: dict[str, np.ndarray], args: dict[str, Any], where: str) -> None:
         """The first frame's task text; a varying task index stays an extra array."""
@@ -878,8 +1040,9 @@ class LeRobotSource:
                     reader=self._reader(key, video.path),
                 )  # fmt: skip
             except ConversionError as exc:
+                advice = SKIP_ADVICE if isinstance(exc, _video.DamagedVideoError) else ""
                 raise ConversionError(
-                    f"{exc} (episode {ep.index}, camera {cam!r}, feature {key!r})"
+                    f"{exc} (episode {ep.index}, camera {cam!r}, feature {key!r}){advice}"
                 ) from None
             out[cam] = (
                 np.ascontiguousarray(frames[:, ::-1, ::-1])
@@ -914,21 +1077,26 @@ class LeRobotSource:
         self._readers.clear()
 
 
+def _array_name(key: str) -> str:
+    """The extra array that holds column ``key``: its own name, else ``lerobot.<key>``."""
+    return f"lerobot.{key}" if key in _RESERVED_ARRAYS else key
+
+
 def _by_frame_index(pa: Any, table: Any, where: str) -> Any:
     """The rows ordered by ``frame_index``, which must run 0..T-1."""
     fi = _to_numpy(pa, table["frame_index"], "frame_index", where).reshape(-1)
     order = np.argsort(fi, kind="stable")
     if not (fi[order] == np.arange(len(fi))).all():
         raise ConversionError(f"{where}: frame_index is not 0..{len(fi) - 1} (frames repeat or are missing)")
-    return table if (order == np.arange(len(order))).all() else table.take(order)
+    return table if (order == np.arange(len(order))).all() else table.take(_indices(pa, order))
 
 
-def _rows_of(table: Any, e: int) -> Any:
+def _rows_of(pa: Any, table: Any, e: int, where: str) -> Any:
     """The rows of episode ``e`` (a slice when they are contiguous, as LeRobot writes them)."""
-    rows = np.flatnonzero(np.asarray(table["episode_index"].to_numpy()) == e)
+    rows = np.flatnonzero(_to_numpy(pa, table["episode_index"], "episode_index", where).reshape(-1) == e)
     if rows.size and rows[-1] - rows[0] + 1 == rows.size:
         return table.slice(int(rows[0]), int(rows.size))
-    return table.take(rows)
+    return table.take(_indices(pa, rows))
 
 
 def _concatenate(pieces: dict[str, np.ndarray], T: int, where: str) -> np.ndarray:

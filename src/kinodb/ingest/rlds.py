@@ -10,6 +10,9 @@ Layouts: one record per episode with flattened ``steps/...`` features (what TFDS
 writes), or one record per step with top-level ``is_first``/``is_last``/``action``...
 features, split into episodes at ``is_first`` (and after ``is_last``). Episode keys are
 ``"<shard file>:<record>"``, or ``"<shard file>:<first>-<last>"`` for per-step records.
+A per-step episode still open at the end of a shard (no ``is_last`` yet) goes on in the
+next shard, in shard order, when that one does not start with ``is_first``: its steps are
+joined, and its key lists each shard's part (``"<shard>:5-8+<next shard>:0-2"``).
 
 Mapping (per-step features are ``(T, *shape)`` with shapes from ``features.json``, else
 from the first record):
@@ -246,15 +249,18 @@ def _listed_shards(root: str, split: str | None) -> list[_Shard]:
     return [_Shard(n, os.path.join(root, n), None) for n in names]
 
 
-def _merge_steps(steps: list[dict[str, FeatureValue]], first: int, where: str) -> dict[str, FeatureValue]:
-    """One episode's features from its per-step records (keys as in the per-episode layout)."""
+def _merge_steps(
+    steps: list[dict[str, FeatureValue]], labels: list[str], where: str
+) -> dict[str, FeatureValue]:
+    """One episode's features from its per-step records (keys as in the per-episode layout);
+    ``labels`` name the records in messages (``record 4``)."""
     keys = list(steps[0])
     out: dict[str, FeatureValue] = {}
     for offset, feats in enumerate(steps[1:], 1):
         if set(feats) != set(keys):
             diff = sorted(set(feats) ^ set(keys))
             raise ConversionError(
-                f"{where}: record {first + offset} has other features than record {first}: {diff[:5]}"
+                f"{where}: {labels[offset]} has other features than {labels[0]}: {diff[:5]}"
             )
     for key in keys:
         values = [feats[key] for feats in steps]
@@ -444,15 +450,11 @@ class RLDSSource:
     def episodes(self) -> list[str]:
         """Every episode's key, in shard order; scans record headers only (per-step: flags too)."""
         self._setup()
+        if self._layout == "step":
+            return self._step_episodes()
         keys: list[str] = []
         for shard in self._shards:
             records = self._scan(shard)
-            if self._layout == "step":
-                found = self._step_ranges(shard, records)
-                keys += [f"{shard.name}:{a}-{b}" for a, b in found]
-                if shard.expected is not None and len(found) < shard.expected:
-                    keys.append(f"{shard.name}:missing")
-                continue
             keys += [f"{shard.name}:{i}" for i in range(len(records))]
             found_n = len(records)
             if shard.expected is not None:
@@ -462,10 +464,40 @@ class RLDSSource:
                                 shard.path, found_n, shard.expected)  # fmt: skip
         return keys
 
-    def _step_ranges(self, shard: _Shard, records: list[_tfrecord.Record]) -> list[tuple[int, int]]:
-        """Split per-step records into episodes at is_first and after is_last."""
+    def _step_episodes(self) -> list[str]:
+        """Per-step records as episode keys, in shard order; an episode still open at the end
+        of a shard is joined with the first steps of the next shard when these do not start
+        with ``is_first``."""
+        keys: list[str] = []
+        pending: list[_Segment] = []  # the episode a shard left open
+        for shard in self._shards:
+            ranges, first_flag, open_end = self._step_ranges(shard, self._scan(shard))
+            if not ranges and first_flag is None and shard.expected in (None, 0):
+                continue  # an empty shard: an open episode may go on in the next one
+            found: list[list[_Segment]] = [[(shard, a, b)] for a, b in ranges]
+            if pending and found and first_flag is False:
+                found[0] = pending + found[0]
+            elif pending:
+                keys.append(_step_key(pending))
+            pending = found.pop() if open_end else []
+            keys += [_step_key(segments) for segments in found]
+            if shard.expected is not None and len(ranges) < shard.expected:
+                keys.append(f"{shard.name}:missing")
+        if pending:
+            keys.append(_step_key(pending))
+        return keys
+
+    def _step_ranges(
+        self, shard: _Shard, records: list[_tfrecord.Record]
+    ) -> tuple[list[tuple[int, int]], bool | None, bool]:
+        """Split per-step records into episodes at is_first and after is_last.
+
+        Also whether record 0 is ``is_first`` (None: no record 0, or it does not read),
+        and whether the last episode is still open: its records read, none ``is_last``.
+        """
         ranges: list[tuple[int, int]] = []
         start: int | None = None
+        first_flag: bool | None = None
         for i in range(len(records)):
             try:
                 flags = parse_example(self._data(shard, i), only=("is_first", "is_last"))
@@ -477,6 +509,8 @@ class RLDSSource:
                 ranges.append((i, i))
                 start = None
                 continue
+            if i == 0:
+                first_flag = _flag(flags, "is_first")
             if _flag(flags, "is_first") and start is not None:
                 ranges.append((start, i - 1))
                 start = None
@@ -487,7 +521,7 @@ class RLDSSource:
                 start = None
         if start is not None:
             ranges.append((start, len(records) - 1))
-        return ranges
+        return ranges, first_flag, start is not None
 
     def info(self) -> SourceInfo:
         """Schema (action and state components), fps, embodiment and provenance."""
@@ -524,46 +558,73 @@ class RLDSSource:
                 not fit; names the shard, the record and the feature.
         """
         plan = self._setup()
-        name, _, rest = key.rpartition(":")
-        shard = self._by_name.get(name)
-        if shard is None or not rest:
-            raise ConversionError(f"{self._root}: no episode {key!r}")
         skip = self._skip(plan)
         if self._layout == "step":
-            where = f"{shard.path}: records {rest}"
-            feats = self._read_steps(shard, rest, where, skip)
+            segments = self._segments(key)
+            where = " + ".join(f"{shard.path}: records {a}-{b}" for shard, a, b in segments)
+            feats = self._read_steps(segments, where, skip)
         else:
+            name, _, rest = key.rpartition(":")
+            shard = self._by_name.get(name)
+            if shard is None or not rest:
+                raise ConversionError(f"{self._root}: no episode {key!r}")
             where = f"{shard.path}: record {rest}"
             feats = self._parse(self._data(shard, _index(rest, key)), where, skip=skip)
         args = convert(feats, plan, self._options, where)
         args["fps"] = self._options.fps or KNOWN_DATASETS.get(self._dataset_name(), (DEFAULT_FPS, None))[0]
         return args
 
-    def _read_steps(
-        self, shard: _Shard, rest: str, where: str, skip: frozenset[str]
-    ) -> dict[str, FeatureValue]:
-        if rest == "missing":
+    def _segments(self, key: str) -> list[_Segment]:
+        """The records of a per-step episode: ``(shard, first, last)`` per shard, in order.
+
+        Raises:
+            ConversionError: the key names no episode, or the episodes a truncated shard lacks.
+        """
+        name, _, rest = key.rpartition(":")
+        if rest == "missing" and name in self._by_name:
+            shard = self._by_name[name]
             raise ConversionError(
                 f"{shard.path}: dataset_info.json lists {shard.expected} episodes, the shard holds fewer "
                 f"(a truncated or replaced shard)"
             )
-        lo, _, hi = rest.partition("-")
-        a, b = _index(lo, rest), _index(hi, rest)
-        steps = [
-            self._parse(self._data(shard, i), f"{shard.path}: record {i}", skip=skip) for i in range(a, b + 1)
-        ]
+        pieces = [key] if name in self._by_name else key.split("+")  # a shard's name may hold a '+'
+        segments: list[_Segment] = []
+        for piece in pieces:
+            name, _, rest = piece.rpartition(":")
+            lo, _, hi = rest.partition("-")
+            if name not in self._by_name or not (lo.isdigit() and hi.isdigit()):
+                raise ConversionError(f"{self._root}: no episode {key!r}")
+            segments.append((self._by_name[name], int(lo), int(hi)))
+        return segments
+
+    def _read_steps(
+        self, segments: list[_Segment], where: str, skip: frozenset[str]
+    ) -> dict[str, FeatureValue]:
+        steps, labels = [], []
+        for shard, a, b in segments:
+            for i in range(a, b + 1):
+                steps.append(self._parse(self._data(shard, i), f"{shard.path}: record {i}", skip=skip))
+                labels.append(f"record {i}" if len(segments) == 1 else f"{shard.name} record {i}")
         plan = self._setup()
         if "steps/is_first" in plan.specs and not _flag(steps[0], "is_first"):
-            raise ConversionError(f"{where}: record {a} is not is_first: the episode's start is missing")
+            raise ConversionError(f"{where}: {labels[0]} is not is_first: the episode's start is missing")
         if "steps/is_last" in plan.specs and not _flag(steps[-1], "is_last"):
-            raise ConversionError(f"{where}: record {b} is not is_last: the episode is cut off")
-        return _merge_steps(steps, a, where)
+            raise ConversionError(f"{where}: {labels[-1]} is not is_last: the episode is cut off")
+        return _merge_steps(steps, labels, where)
 
     def close(self) -> None:
         """Close the open shard."""
         if self._fd is not None:
             os.close(self._fd[1])
             self._fd = None
+
+
+_Segment = tuple[_Shard, int, int]  # a per-step episode's records in one shard: (shard, first, last)
+
+
+def _step_key(segments: list[_Segment]) -> str:
+    """A per-step episode's key: ``shard:first-last``, its parts joined by ``+`` across shards."""
+    return "+".join(f"{shard.name}:{a}-{b}" for shard, a, b in segments)
 
 
 def _flag(feats: dict[str, FeatureValue], name: str) -> bool:
