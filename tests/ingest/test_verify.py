@@ -758,3 +758,19 @@ def test_frame_psnr() -> None:
     c = a.copy()
     c[0] = 0  # mse 100**2
     assert frame_psnr(a, c)[0] == pytest.approx(20 * np.log10(2.55))
+
+
+def test_verify_takes_state_keys_as_one_comma_separated_str(tmp_path: Path) -> None:
+    """As `ingest` does: a str is the CLI's comma-separated list, not a sequence of letters."""
+    src = tmp_path / "demo.hdf5"
+    with h5py.File(src, "w") as f:
+        demo = f.create_group("data/demo_0")
+        demo["actions"] = np.arange(6, dtype=np.float32).reshape(3, 2)
+        demo["obs/a"] = np.ones((3, 2), np.float64)
+        demo["obs/b"] = np.zeros((3, 1), np.float64)
+    out = tmp_path / "out.kdb"
+    ingest(src, out, state_keys="b, a")
+    report = verify(src, out, state_keys="b, a")
+    assert report.ok, report.problems
+    with pytest.raises(TypeError, match="state_keys"):
+        verify(src, out, state_keys=7)  # type: ignore[arg-type]

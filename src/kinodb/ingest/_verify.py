@@ -47,6 +47,7 @@ from kinodb.ingest._run import (
     _select,
     check_dtype,
     check_positive,
+    name_list,
     option_value,
     override_task,
     refuse_unused,
@@ -164,7 +165,7 @@ def verify(
     *,
     format: str = "auto",
     images: bool | None = None,
-    state_keys: Sequence[str] | None = None,
+    state_keys: str | Sequence[str] | None = None,
     split: str | None = None,
     flip_images: bool | None = None,
     fps: float | None = None,
@@ -199,8 +200,9 @@ def verify(
     check_dtype(dtype)
     check_positive("fps", fps)
     check_positive("psnr", psnr)
+    state_keys = name_list("state_keys", state_keys)
     overrides = {
-        "images": images, "state_keys": list(state_keys) if state_keys else None, "split": split,
+        "images": images, "state_keys": state_keys, "split": split,
         "flip_images": flip_images, "fps": fps, "dtype": dtype, "embodiment": embodiment, "task": task,
         "episodes": episodes if episodes is None or isinstance(episodes, str) else list(episodes),
         "max_episodes": max_episodes, "action_key": action_key,
