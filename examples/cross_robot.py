@@ -5,7 +5,8 @@ Usage: python examples/cross_robot.py A.kdb CAMERA_A B.kdb CAMERA_B [--steps N]
 
 Both files' windows are drawn 1:1 by `MixtureSampler` (whatever their sizes), the two
 cameras become one ``front`` input at 64x64, `pad_collate` pads actions and states to the
-wider robot with masks, and a small CNN + MLP takes a few masked-loss steps.
+wider robot with masks (in every batch, also one of the narrower robot alone), and a small
+CNN + MLP takes a few masked-loss steps.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import argparse
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -36,7 +36,8 @@ def main() -> None:
                           image_key={"front": [args.camera_a, args.camera_b]})  # fmt: skip
     sampler = MixtureSampler(ds, num_samples=32 * args.steps, seed=0)
     loader = DataLoader(ds, batch_size=32, sampler=sampler, collate_fn=pad_collate, num_workers=2)
-    # pad_collate pads to the widest robot in each batch; the model takes the widest overall.
+    # pad_collate pads every batch to the widest of all sources (not just of the robots a
+    # batch holds), so every batch has these widths, the model's input and output sizes.
     S, A = (int(d) for d in ds.schema_keys().max(axis=0))
     model = nn.Sequential(nn.Conv2d(2 * 3, 16, 5, stride=4), nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten())
     head = nn.Linear(16 * 16 + 2 * S, 8 * A)
@@ -44,9 +45,7 @@ def main() -> None:
     seen = np.zeros(2, dtype=np.int64)
     for step, batch in enumerate(loader):
         frames = batch["images"]["front"].flatten(1, 2)  # (B, To*C, H, W)
-        state = F.pad(batch["state"], (0, S - batch["state"].shape[-1])).flatten(1)
-        action = F.pad(batch["action"], (0, A - batch["action"].shape[-1]))
-        mask = F.pad(batch["action_mask"], (0, A - batch["action_mask"].shape[-1]))
+        state, action, mask = batch["state"].flatten(1), batch["action"], batch["action_mask"]
         pred = head(torch.cat([model(frames), state], dim=1)).view_as(action)
         loss = ((pred - action) ** 2 * mask).sum() / mask.sum()  # padded action entries do not count
         opt.zero_grad()

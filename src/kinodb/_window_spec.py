@@ -118,6 +118,15 @@ def _build_spec(
     return WindowSpec(arrays, images, True, frozenset(frame_arrays), frozenset(frame_images))
 
 
+def delta_cameras(delta: Any, cams: list[str]) -> list[str]:
+    """The cameras among ``cams`` that ``delta_timestamps`` names, in its order (a malformed
+    ``delta`` names none here: `_build_spec` says what is wrong with it)."""
+    if not isinstance(delta, Mapping):
+        return []
+    named = [_camera_of(feature, cams) for feature in delta if isinstance(feature, str)]
+    return list(dict.fromkeys(cam for cam in named if cam is not None))
+
+
 def _seconds_of(feature: str, values: Any) -> tuple[float, ...]:
     """``delta_timestamps[feature]`` as a tuple of finite floats, checked."""
     if isinstance(values, (str, bytes, Mapping)) or not isinstance(values, Iterable):

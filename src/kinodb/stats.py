@@ -59,6 +59,7 @@ __all__ = [
     "QUANTILES",
     "STATS_VERSION",
     "STD_EPS",
+    "FeatureShapeError",
     "Normalizer",
     "check_defined",
     "compute_stats",
@@ -202,6 +203,10 @@ def stats_to_json(stats: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+class FeatureShapeError(KinodbError, ValueError):
+    """An array given to a `Normalizer` does not end in the feature shape of its statistics."""
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class Normalizer:
     """An affine, per-feature map ``y = (x - center) * scale`` and its inverse.
@@ -253,19 +258,33 @@ class Normalizer:
             shape = (len(a),)
         return cls(mode, *(v.reshape(shape) for v in (center, scale, inverse)))
 
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The per-frame feature shape the statistics describe, ``(7,)`` for 7 actions: the
+        trailing axes `apply` and `invert` take."""
+        return tuple(self.center.shape)
+
     @overload
     def apply(self, x: torch.Tensor) -> torch.Tensor: ...
     @overload
     def apply(self, x: Any) -> NDArray[np.float32]: ...
     def apply(self, x: Any) -> Any:
         """Normalise ``x`` (shape ``(..., *feature shape)``): float32 NumPy, or for a torch
-        tensor a tensor on its device."""
+        tensor a tensor on its device.
+
+        Raises:
+            FeatureShapeError: ``x`` does not end in the feature shape (`shape`), as a batch
+                padded to a wider source does: take its rows and features of this source.
+        """
         if _is_tensor(x):
+            self._check_shape(tuple(x.shape), "apply")
             t = _working(x)
             hi, lo = self._center(t)
             d = t - hi if lo is None else (t - hi) - lo
             return _back(d * self._like(self.scale, t), x)
-        out: NDArray[np.float32] = ((np.asarray(x, np.float64) - self.center) * self.scale).astype(np.float32)
+        arr = np.asarray(x, np.float64)
+        self._check_shape(arr.shape, "apply")
+        out: NDArray[np.float32] = ((arr - self.center) * self.scale).astype(np.float32)
         return out
 
     @overload
@@ -274,14 +293,48 @@ class Normalizer:
     def invert(self, y: Any) -> NDArray[np.float32]: ...
     def invert(self, y: Any) -> Any:
         """Undo `apply`; a torch tensor (a policy's output, say) stays a tensor on its device,
-        in the autograd graph."""
+        in the autograd graph.
+
+        Raises:
+            FeatureShapeError: as for `apply`.
+        """
         if _is_tensor(y):
+            self._check_shape(tuple(y.shape), "invert")
             t = _working(y)
             hi, lo = self._center(t)
             d = t * self._like(self.inverse, t)
             return _back((d if lo is None else d + lo) + hi, y)
-        out: NDArray[np.float32] = (np.asarray(y, np.float64) * self.inverse + self.center).astype(np.float32)
+        arr = np.asarray(y, np.float64)
+        self._check_shape(arr.shape, "invert")
+        out: NDArray[np.float32] = (arr * self.inverse + self.center).astype(np.float32)
         return out
+
+    def _check_shape(self, got: tuple[int, ...], op: str) -> None:
+        """Refuse an array whose trailing axes are not the feature shape (a single feature
+        broadcasts as before).
+
+        Raises:
+            FeatureShapeError: naming the shapes, and for a batch padded to the widest of
+                several sources, how to take one source's rows and features.
+        """
+        want = self.shape
+        if math.prod(want) <= 1 or (len(got) >= len(want) and got[len(got) - len(want) :] == want):
+            return
+        n = math.prod(want)
+        msg = (
+            f"Normalizer.{op}: the statistics describe {n} features (shape {want}), so the array's last "
+            f"axis{'es' if len(want) > 1 else ''} must be {want}; got an array of shape {got}"
+        )
+        if len(want) == 1 and got and got[-1] > want[0]:
+            msg += (
+                f". A batch padded to the widest of several sources (pad_collate) holds each source's "
+                f"features first, zeros after: take the rows of this normaliser's source and its first "
+                f"{n} features, x[batch['source'] == s][..., :{n}] (ds.normalizers[s] holds source s's "
+                "normalisers)"
+            )
+        else:
+            msg += f"; pass an array of shape (..., {', '.join(map(str, want))})"
+        raise FeatureShapeError(msg)
 
     @staticmethod
     def _like(param: NDArray[Any], t: torch.Tensor) -> torch.Tensor:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 import re
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
-from _server_proc import ServerProcess
+from _server_proc import SRC, ServerProcess
 
 from kinodb._cli import main as kino_main
 from kinodb._cli import serve as kino_serve
@@ -40,6 +42,30 @@ def test_sigint_exits_0(other_kdb: Path) -> None:
         assert client.server_info()["num_episodes"] == 6
     assert proc.stop(signal.SIGINT) == 0
     assert proc.stdout[-1] == "kino-serve: stopped"
+
+
+def test_sigterm_while_the_stopped_server_exits_changes_nothing(other_kdb: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "kinodb._cli.serve", str(other_kdb), "--port", "0", "--grace", "1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().startswith("kino-serve: serving ")
+        proc.send_signal(signal.SIGTERM)
+        lines = [proc.stdout.readline().rstrip("\n") for _ in range(2)]
+        assert lines[-1] == "kino-serve: stopped"
+        sent = 0
+        while proc.poll() is None:  # SIGTERM again and again while the process winds down
+            proc.send_signal(signal.SIGTERM)
+            sent += 1
+            time.sleep(0.001)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert sent >= 1
+    assert proc.returncode == 0, err
 
 
 def test_usage_errors(main_kdb: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

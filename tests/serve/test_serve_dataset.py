@@ -86,6 +86,25 @@ def test_an_epoch_covers_the_windows_the_filter_keeps(server: ServerProcess, mai
         assert len(seen) - len(local) < 8
 
 
+def test_len_is_what_a_rank_yields_per_epoch(server: ServerProcess) -> None:
+    kql = "success = true AND num_frames > 9"
+    cases = [
+        dict(batch_size=6, mode="sequential"),  # episodes: 4 batches of 6
+        dict(batch_size=4, num_batches=3, mode="random"),
+        dict(batch_size=32, mode="sequential", windows={"obs_horizon": 2, "action_horizon": 4}),
+        dict(batch_size=8, windows={"action_horizon": 2, "kql_filter": kql}),
+        dict(batch_size=8, windows={"action_horizon": 2}, rank=1, world_size=3),
+        dict(batch_size=8, num_batches=7, windows={"action_horizon": 2}, rank=0, world_size=2),
+    ]
+    for kw in cases:
+        ds = KinoRemoteDataset(server.addr, **kw)
+        loader = DataLoader(ds, batch_size=None, num_workers=2)
+        assert len(ds) == len(loader) == sum(1 for _ in loader), kw
+    assert len(KinoRemoteDataset(server.addr, batch_size=6)) == 24
+    halves = KinoRemoteDataset(server.addr, batch_size=8, num_batches=7, windows={}, rank=0, world_size=2)
+    assert len(halves) == 4
+
+
 def _window_count(server: ServerProcess) -> int:
     with KinoClient(server.addr) as client:
         return int(client.server_info()["num_frames"])  # windows without a filter: one per frame

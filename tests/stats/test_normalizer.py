@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import kinodb
-from kinodb.stats import STD_EPS, Normalizer, compute_stats, write_stats
+from kinodb.stats import STD_EPS, FeatureShapeError, Normalizer, compute_stats, write_stats
 
 
 @pytest.fixture
@@ -88,6 +88,29 @@ def test_list_statistics_and_errors() -> None:
         Normalizer.from_stats({"mean": [0.0], "std": [1.0]}, "min_max")
     with pytest.raises(ValueError, match=r"features \[1\] had no finite value"):
         Normalizer.from_stats({"min": [0.0, None], "max": [1.0, None]}, "min_max")
+
+
+def test_an_array_of_other_features_is_refused_with_the_fix(
+    stored: tuple[dict[str, Any], np.ndarray],
+) -> None:
+    stats, _ = stored
+    norm = Normalizer.from_stats(stats["arrays"]["actions"], "mean_std")  # 4 features
+    padded = np.zeros((3, 8, 26), np.float32)  # a batch padded to a wider source's 26
+    for op in (norm.apply, norm.invert):
+        with pytest.raises(FeatureShapeError) as err:
+            op(padded)
+        message = str(err.value)
+        assert "4 features (shape (4,))" in message and "shape (3, 8, 26)" in message
+        assert "x[batch['source'] == s][..., :4]" in message
+        assert isinstance(err.value, ValueError) and isinstance(err.value, kinodb.KinodbError)
+    with pytest.raises(FeatureShapeError, match=r"shape \(8, 3\); pass an array of shape \(\.\.\., 4\)"):
+        norm.invert(np.zeros((8, 3)))
+    with pytest.raises(FeatureShapeError, match=r"shape \(8, 1\)"):  # would broadcast to (8, 4)
+        norm.apply(np.zeros((8, 1)))
+    np.testing.assert_array_equal(norm.invert(padded[..., :4]), norm.invert(np.zeros((3, 8, 4))))
+    torch = pytest.importorskip("torch")
+    with pytest.raises(FeatureShapeError, match=r"got an array of shape \(3, 8, 26\)"):
+        norm.invert(torch.zeros(3, 8, 26))
 
 
 # -- torch tensors ------------------------------------------------------------------------------

@@ -773,6 +773,26 @@ def test_delta_timestamps_choose_the_cameras_when_image_key_is_not_given(tmp_pat
     assert images["wrist"].shape == (2, 3, 4, 4) and images["front"].shape == (1, 3, 6, 8)
 
 
+def test_a_camera_left_out_by_image_key_is_named_for_a_mixture_too(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.kdb", tmp_path / "b.kdb"
+    _write(a, [6, 5], cameras={"front": (6, 8, 3), "wrist": (4, 4, 3)}, codec="raw")
+    _write(b, [5], cameras={"front": (6, 8, 3)}, codec="raw", seed=1)  # no "wrist"
+    mix = kinodb.Mixture({str(a): 1, str(b): 1})
+    delta = {"observation.images.wrist": [0.0], "action": [0.0, 0.1]}
+    for image_key, fix in ((False, "['wrist']"), ("front", "['front', 'wrist']")):
+        with pytest.raises(kinodb.KinodbError) as err:
+            KinoFrameDataset(mix, delta_timestamps=delta, image_key=image_key)
+        message = str(err.value)
+        assert message.startswith(
+            f"delta_timestamps names camera 'wrist', which image_key={image_key!r} leaves out"
+        )
+        assert f"(a list of cameras: {fix})" in message and "mixture source 1" not in message
+    lowdim = KinoFrameDataset(mix, delta_timestamps={"action": [0.0, 0.1]}, image_key=False)
+    assert "image" not in lowdim[0] and lowdim[0]["action"].shape == (2, 2)
+    front = KinoFrameDataset(mix, delta_timestamps={"front": [0.0]}, image_key="front", normalize=False)
+    assert front[len(front) - 1]["image"].shape == (1, 3, 6, 8)
+
+
 @pytest.mark.integration
 def test_a_file_rewritten_under_a_live_dataset_is_named_in_spawned_workers(tmp_path: Path) -> None:
     path = tmp_path / "live.kdb"

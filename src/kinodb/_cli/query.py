@@ -1,16 +1,19 @@
-"""``kino query``: the episodes of a dataset that match a KQL query."""
+"""``kino query``: the episodes of one or more datasets that match a KQL query."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 from typing import Any
 
 from kinodb._cli._text import finite, fit
 from kinodb.errors import QuerySyntaxError
 from kinodb.kdb.reader import open_database
-from kinodb.kql import query
+from kinodb.kql import parse, query
+from kinodb.kql._eval import fields_of
 
 EMBODIMENT_WIDTH, TASK_WIDTH = 13, 40
 
@@ -20,14 +23,20 @@ def register(sub: Any) -> None:
     p = sub.add_parser(
         "query",
         help="list the episodes that match a KQL query",
-        description="List the episodes whose metadata match a KQL query (see docs/kql.md).",
-        epilog="example: kino query data.kdb \"embodiment = 'franka' AND success = true AND num_frames > 50\"",
+        description="List the episodes whose metadata match a KQL query (see docs/kql.md). Over several "
+        "files the query is one query over all of them (an extra field some files lack is null in "
+        "those), and the matches are listed per file, the file named.",
+        epilog="examples: kino query data.kdb \"embodiment = 'franka' AND success = true AND num_frames > 50\"\n"
+        '          kino query a.kdb b.kdb "success = true" --count',
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("path")
-    p.add_argument("kql", help="the query, e.g. \"task CONTAINS 'pick' AND NOT success = false\"")
+    p.add_argument("path", nargs="+", metavar="PATH", help="the .kdb file(s) to query")
+    p.add_argument("kql", metavar="KQL",
+                   help="the query, last, e.g. \"task CONTAINS 'pick' AND NOT success = false\"")  # fmt: skip
     p.add_argument("-l", "--limit", type=_count, default=None, metavar="N",
-                   help="list only the first N matching episodes (the count stays the total)")  # fmt: skip
-    p.add_argument("-c", "--count", action="store_true", help="print only the number of matching episodes")
+                   help="list only the first N matching episodes of each file (counts stay the totals)")  # fmt: skip
+    p.add_argument("-c", "--count", action="store_true",
+                   help="print only the number of matching episodes (per file and in total for several)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print JSON: the count, positions and metadata")
     p.set_defaults(run=run)
 
@@ -43,31 +52,76 @@ def _count(text: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Print the matching episodes as a table, JSON, or just their number."""
-    with open_database(args.path) as db:
+    """Print the matching episodes as a table, JSON, or just their number (per file)."""
+    given = args.path
+    paths = [given] if isinstance(given, (str, os.PathLike)) else list(given)
+    with contextlib.ExitStack() as stack:
+        dbs = [stack.enter_context(open_database(path)) for path in paths]
+        # One query over every file, as a Mixture or a merge reads it: a field that only
+        # some files hold is null in the others. Every file is evaluated before any output.
+        absent = fields_of(dbs) if len(dbs) > 1 else frozenset()
+        found = []
+        db = None
         try:
-            positions = query(db, args.kql)
+            parse(args.kql)  # a syntax error is the query's, whichever file it is run on
+            for db in dbs:
+                found.append(query(db, args.kql, absent=absent))
         except QuerySyntaxError as exc:
             # Printed here as well as by `kino`'s error table (the same lines: the query with a
-            # caret under the error), so that `run` gives exit 1 when called on its own.
-            print(f"error: {exc}", file=sys.stderr)
+            # caret under the error), so that `run` gives exit 1 when called on its own. Over
+            # several files a field or type error names the file it was found in.
+            where = f"{db.path()}: " if db is not None and len(dbs) > 1 else ""
+            print(f"error: {where}{exc}", file=sys.stderr)
             return 1
-        total = len(positions)
-        shown = positions if args.limit is None else positions[: args.limit]
-        if args.count:
-            print(total)
-        elif args.json:
-            episodes = [{"position": int(i), **db.read_meta(int(i))} for i in shown]
-            out = {"path": db.path(), "query": args.kql, "matches": total,
-                   "positions": [int(i) for i in shown], "episodes": episodes}  # fmt: skip
-            print(json.dumps(finite(out), indent=2, default=str, allow_nan=False))
+        if len(dbs) == 1:
+            _print_one(args, dbs[0], found[0])
         else:
-            sys.stdout.write(_table(db, total, [int(i) for i in shown]))
+            _print_several(args, dbs, found)
     return 0
 
 
-def _table(db: Any, total: int, shown: list[int]) -> str:
+def _shown(args: argparse.Namespace, positions: Any) -> list[int]:
+    return [int(i) for i in (positions if args.limit is None else positions[: args.limit])]
+
+
+def _print_one(args: argparse.Namespace, db: Any, positions: Any) -> None:
+    total, shown = len(positions), _shown(args, positions)
+    if args.count:
+        print(total)
+    elif args.json:
+        out = {"path": db.path(), "query": args.kql, "matches": total, "positions": shown,
+               "episodes": [{"position": i, **db.read_meta(i)} for i in shown]}  # fmt: skip
+        print(json.dumps(finite(out), indent=2, default=str, allow_nan=False))
+    else:
+        sys.stdout.write(_table(db, total, shown))
+
+
+def _print_several(args: argparse.Namespace, dbs: list[Any], found: list[Any]) -> None:
+    total = sum(len(positions) for positions in found)
+    if args.count:
+        lines = [f"{db.path()}: {len(positions)}" for db, positions in zip(dbs, found, strict=True)]
+        print("\n".join([*lines, f"total: {total}"]))
+    elif args.json:
+        files = []
+        for db, positions in zip(dbs, found, strict=True):
+            shown = _shown(args, positions)
+            files.append({"path": db.path(), "matches": len(positions), "positions": shown,
+                          "episodes": [{"position": i, **db.read_meta(i)} for i in shown]})  # fmt: skip
+        out = {"query": args.kql, "matches": total, "files": files}
+        print(json.dumps(finite(out), indent=2, default=str, allow_nan=False))
+    else:
+        parts = [
+            _table(db, len(positions), _shown(args, positions), name=db.path())
+            for db, positions in zip(dbs, found, strict=True)
+        ]
+        plural = "" if total == 1 else "s"
+        sys.stdout.write("\n".join([*parts, f"{total} matching episode{plural} in {len(dbs)} files\n"]))
+
+
+def _table(db: Any, total: int, shown: list[int], *, name: str | None = None) -> str:
     head = f"{total} matching episode{'' if total == 1 else 's'}"
+    if name is not None:
+        head = f"{name}: {head}"
     if len(shown) < total:
         head += f" (showing the first {len(shown)})"
     lines = [head]

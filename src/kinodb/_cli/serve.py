@@ -19,6 +19,7 @@ from kinodb.mixture import DEFAULT_SEED
 
 DEFAULT_PORT = 50051  # kinodb.serve.server.DEFAULT_PORT; not imported so `kino --help` needs no grpc
 TOKEN_ENV = "KINODB_TOKEN"
+_exits_after = False  # set by `entry`: the process ends when the command returns
 
 
 def register(sub: Any) -> None:
@@ -184,7 +185,9 @@ def _serve(args: argparse.Namespace, source: Any) -> int:
     finally:
         server.stop(args.grace, hurry=hurry)
         for sig, handler in previous.items():
-            signal.signal(sig, handler)
+            # A process that ends when the command returns ignores further signals: the
+            # default disposition would end it with the signal's status while it exits.
+            signal.signal(sig, signal.SIG_IGN if _exits_after else handler)
     _say("kino-serve: stopped" + (", calls in flight cancelled" if hurry.is_set() else ""))
     return EXIT_OK
 
@@ -244,8 +247,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def entry() -> None:
-    """Console-script entry point of ``kino-serve``."""
-    sys.exit(main())
+    """Console-script entry point of ``kino-serve``: the process exits 0 after a stop,
+    also when another SIGTERM or Ctrl-C arrives while it winds down."""
+    global _exits_after
+    _exits_after = True
+    code = main()
+    for sig in (signal.SIGTERM, signal.SIGINT):  # the command's error handling restored Ctrl-C's
+        signal.signal(sig, signal.SIG_IGN)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

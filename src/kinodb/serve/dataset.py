@@ -5,8 +5,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import threading
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from multiprocessing.util import Finalize
 from typing import Any
@@ -22,6 +20,7 @@ import torch  # noqa: E402
 from torch.utils.data import IterableDataset, get_worker_info  # noqa: E402
 
 from kinodb.torch._epochs import EpochsAndRanks  # noqa: E402
+from kinodb.torch._workers import settle_at_exit  # noqa: E402
 
 __all__ = ["KinoRemoteDataset"]
 
@@ -38,7 +37,7 @@ class KinoRemoteDataset(EpochsAndRanks, IterableDataset[Any]):
     With ``windows`` set, each item is a whole batch of windows with `KinoFrameDataset`'s
     keys, stacked: ``state`` (B, To, S), ``action`` (B, Ta, A), ``*_is_pad``, ``image``
     (B, To, C, H, W), ``episode_index``, ``frame_index``, ``source``, ``task`` (list).
-    Use ``DataLoader(ds, batch_size=None)``.
+    Use ``DataLoader(ds, batch_size=None)``; ``len(ds)`` is what this rank yields per epoch.
 
     An epoch is ``num_batches`` server batches (default: enough to cover the episodes, or
     for windows the frames of the episodes ``kql_filter`` keeps, once on average), rounded
@@ -71,7 +70,8 @@ class KinoRemoteDataset(EpochsAndRanks, IterableDataset[Any]):
         image_key: A camera, a list of cameras, or None (the first camera); for windows of
             robots that name their cameras differently, a mapping from an output name to
             each served source's camera, ``{"front": ["image_0", "cam_high"]}``.
-        image_size: ``(H, W)`` to resize window frames to on the server.
+        image_size: ``(H, W)`` to resize window frames to on the server: an argument of
+            its own, not a key of ``windows``.
         token, tls_ca, timeout: As for `KinoClient`.
         rank, world_size: This process's share (default: from ``torch.distributed``).
 
@@ -134,11 +134,22 @@ class KinoRemoteDataset(EpochsAndRanks, IterableDataset[Any]):
         self._init_epochs(rank, world_size)
         self._counted: tuple[Any, int] | None = None  # windows the filter keeps, once asked
 
+    def __len__(self) -> int:
+        """Items this rank yields per epoch over all its DataLoader workers: window batches,
+        or episodes (``batch_size`` per server batch). Without ``num_batches`` this asks
+        the server for its counts (one call, and one count of ``kql_filter``'s windows)."""
+        world = self._rank_world()[1]
+        total = self._num_batches
+        if total is None:
+            with KinoClient(self._addr, **self._client_kw) as client:
+                total = max(1, math.ceil(self._units(client, client.server_info()) / self._batch))
+        per_rank = -(-total // world)
+        return per_rank if self._windows is not None else per_rank * self._batch
+
     def __iter__(self) -> Iterator[Any]:
         worker = get_worker_info()
         wid, workers = (worker.id, worker.num_workers) if worker is not None else (0, 1)
-        if worker is not None:
-            _settle_at_exit()
+        settle_at_exit()  # in a worker: its last batches handed over before it exits
         rank, world = self._rank_world()
         epoch = self.epoch
         client = KinoClient(self._addr, **self._client_kw)
@@ -250,31 +261,3 @@ class KinoRemoteDataset(EpochsAndRanks, IterableDataset[Any]):
 def _close_quietly(client: KinoClient) -> None:
     with contextlib.suppress(Exception):  # at exit, gRPC may have torn the channel down already
         client.close()
-
-
-_SETTLE_S = 2.0  # at most this long; torch stops a worker that takes 5 s to exit
-_settled_pid = -1
-
-
-def _settle_at_exit() -> None:
-    """Let this DataLoader worker's queue hand over its last batches before it exits.
-
-    A worker that stops early (the training loop left the epoch) exits while its queue's
-    feeder thread may still be pickling a batch, inside torch's C++ code that shares each
-    tensor's memory. A spawned worker then finalises Python, which ends such a thread as
-    it takes the GIL back by unwinding it through C++ frames that do not allow it:
-    ``terminate called without an active exception``, SIGABRT. Joining the feeder first
-    (run by multiprocessing at the worker's exit, before Python finalises) avoids that.
-    """
-    global _settled_pid
-    if _settled_pid == os.getpid():
-        return
-    _settled_pid = os.getpid()
-    Finalize(None, _join_queue_feeders, exitpriority=0)
-
-
-def _join_queue_feeders() -> None:
-    deadline = time.monotonic() + _SETTLE_S
-    for thread in threading.enumerate():
-        if thread.name == "QueueFeederThread" and thread is not threading.current_thread():
-            thread.join(max(0.0, deadline - time.monotonic()))

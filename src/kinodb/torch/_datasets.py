@@ -13,8 +13,10 @@ import torch
 from torch.utils.data import Dataset, get_worker_info
 
 from kinodb import _images
+from kinodb._window_spec import delta_cameras
 from kinodb.errors import EpisodeNotFoundError, KinodbError
 from kinodb.torch._collate import Batch, MixedBatch, PadSpec, Sample
+from kinodb.torch._workers import settle_at_exit
 from kinodb.windows import FrameWindows, _frame_data, _open_sources, _Source, stack_groups
 from kinodb.windows import Normalizers as _Normalizers
 from kinodb.windows import normalized_arrays as _used
@@ -390,22 +392,29 @@ class KinoFrameDataset(_Base):
         if isinstance(image_key, Mapping):  # output names: delta_timestamps may name them
             chosen, self._several = dict(image_key), True
             fw = FrameWindows(source, cameras=chosen, **window_args)
-        else:
+        elif image_key is None:
             fw = FrameWindows(source, **window_args)
             named = fw.cameras  # the cameras delta_timestamps names, if any
-            if image_key is None and named:  # those cameras, not the first one besides
+            if named:  # those cameras, not the first one besides
                 chosen, self._several = named, len(named) > 1
             else:
-                chosen, self._several = image_keys(image_key, fw._all_cameras, fw._sources[0].where)
-                left_out = [cam for cam in named if cam not in chosen]
-                if left_out:
-                    raise KinodbError(
-                        f"delta_timestamps names camera {left_out[0]!r}, which image_key={image_key!r} leaves "
-                        f"out; add it to image_key (a list of cameras: {[*chosen, *left_out]!r}) or drop it "
-                        "from delta_timestamps"
-                    )
+                chosen, self._several = image_keys(None, fw._all_cameras, fw._sources[0].where)
                 if chosen:
                     fw = FrameWindows(source, cameras=chosen, **window_args)
+        else:
+            # The cameras are known before any source is checked for those delta_timestamps
+            # names: one it leaves out is the message, not a later source that lacks it.
+            first = _open_sources(source, kql_filter)[0]
+            cams = first.camera_names()
+            chosen, self._several = image_keys(image_key, cams, first.where)
+            left_out = [cam for cam in delta_cameras(delta_timestamps, cams) if cam not in chosen]
+            if left_out:
+                raise KinodbError(
+                    f"delta_timestamps names camera {left_out[0]!r}, which image_key={image_key!r} leaves "
+                    f"out; add it to image_key (a list of cameras: {[*chosen, *left_out]!r}) or drop it "
+                    "from delta_timestamps"
+                )
+            fw = FrameWindows(source, cameras=chosen or None, **window_args)
         self._args = dict(obs_horizon=obs_horizon, action_horizon=action_horizon, kql_filter=kql_filter,
                           delta_timestamps=delta_timestamps, pad=pad, cameras=chosen or None)  # fmt: skip
         if self._size is None:  # frames stacked as stored: one size per camera, checked now
@@ -419,6 +428,7 @@ class KinoFrameDataset(_Base):
         self._opened: tuple[FrameWindows, _Normalizers | None] | None = (fw, norm)
 
     def _open(self) -> tuple[FrameWindows, _Normalizers | None]:
+        settle_at_exit()  # in a spawned worker: no SIGABRT when it exits mid-hand-over
         if self._opened is None:
             try:
                 fw = FrameWindows(self._source, **self._args)  # type: ignore[arg-type]
@@ -580,6 +590,7 @@ class KinoMapDataset(_Base):
         self._len = int(self._open()[1][-1])
 
     def _open(self) -> tuple[list[_Source], np.ndarray, _Normalizers | None]:
+        settle_at_exit()  # in a spawned worker: no SIGABRT when it exits mid-hand-over
         if self._opened is None:
             try:
                 sources = _open_sources(self._source, self._filter)
