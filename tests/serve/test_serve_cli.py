@@ -44,9 +44,11 @@ def test_sigint_exits_0(other_kdb: Path) -> None:
     assert proc.stdout[-1] == "kino-serve: stopped"
 
 
-def test_sigterm_while_the_stopped_server_exits_changes_nothing(other_kdb: Path) -> None:
+@pytest.mark.parametrize("program", [["kinodb._cli.serve"], ["kinodb._cli.main", "serve"]])
+def test_sigterm_while_the_stopped_server_exits_changes_nothing(other_kdb: Path, program: list[str]) -> None:
+    """``kino-serve`` and ``kino serve`` alike."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, "-m", "kinodb._cli.serve", str(other_kdb), "--port", "0", "--grace", "1"]
+    cmd = [sys.executable, "-m", *program, str(other_kdb), "--port", "0", "--grace", "1"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         assert proc.stdout is not None

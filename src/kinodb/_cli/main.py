@@ -107,8 +107,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def entry() -> None:
-    """Console-script entry point."""
-    sys.exit(main())
+    """Console-script entry point (``kino serve`` exits as ``kino-serve`` does)."""
+    serve.run_as_program(main)
 
 
 if __name__ == "__main__":

@@ -10,8 +10,8 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, NoReturn
 
 from kinodb._cli._errors import EXIT_OK, dispatch
 from kinodb._version import __version__
@@ -246,15 +246,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     return dispatch(args, error_prefix="kino-serve: ", usage_prefix="kino-serve: ", usage=parser)
 
 
-def entry() -> None:
-    """Console-script entry point of ``kino-serve``: the process exits 0 after a stop,
-    also when another SIGTERM or Ctrl-C arrives while it winds down."""
+def run_as_program(command: Callable[[], int]) -> NoReturn:
+    """Run a console script's ``command`` and exit with its code; a server it runs then
+    exits 0 after a stop, also when another SIGTERM or Ctrl-C arrives while it winds down."""
     global _exits_after
     _exits_after = True
-    code = main()
+    code = command()
     for sig in (signal.SIGTERM, signal.SIGINT):  # the command's error handling restored Ctrl-C's
         signal.signal(sig, signal.SIG_IGN)
     sys.exit(code)
+
+
+def entry() -> None:
+    """Console-script entry point of ``kino-serve``."""
+    run_as_program(main)
 
 
 if __name__ == "__main__":
