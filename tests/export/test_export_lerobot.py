@@ -316,6 +316,25 @@ def test_images_as_image(tmp_path: Path, codec: str) -> None:
                 )
 
 
+def test_images_past_one_arrow_array_are_written_in_chunks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An episode's frames past 2 GiB (an arrow binary array's most) are split into chunks;
+    # a small limit stands in for it here. The files hold the same rows either way.
+    from kinodb.export import _lerobot_tables
+
+    src = _write(tmp_path / "src.kdb", _episodes(np.random.default_rng(4), lengths=(3, 5)), codec="png")
+    export(src, tmp_path / "whole", format="lerobot", images_as="image")
+    monkeypatch.setattr(_lerobot_tables, "_BINARY_LIMIT", 2500)  # a few frames a chunk
+    export(src, tmp_path / "chunked", format="lerobot", images_as="image")
+    whole, chunked = (
+        pq.read_table(tmp_path / d / "data/chunk-000/file-000.parquet") for d in ("whole", "chunked")
+    )
+    assert chunked.schema.equals(whole.schema, check_metadata=True) and chunked.equals(whole)
+    sizes = [len(c["bytes"]) + len(c["path"]) for c in whole.column("observation.images.front").to_pylist()]
+    assert max(sizes) <= 2500 < sum(sizes[:3])  # so the first episode did need chunks
+
+
 def test_image_features_hold_the_cameras_channels(tmp_path: Path) -> None:
     # A camera may keep greyscale JPEG bytes under 3 channels (as TFDS allows); readers
     # repeat the grey. Its image feature holds what they read, as PNG, for such an episode.
@@ -483,6 +502,27 @@ def test_names_that_cannot_be_features_are_refused(tmp_path: Path, name: str, ma
     eps = _episodes(np.random.default_rng(11), lengths=(3,))
     eps[0]["extra_arrays"][name] = np.zeros(3, np.float32)
     _refused(tmp_path, eps, match)
+
+
+def test_arrays_holding_no_values_are_refused(tmp_path: Path) -> None:
+    eps = _episodes(np.random.default_rng(11), lengths=(3,))
+    eps[0]["extra_arrays"]["empty"] = np.zeros((3, 2, 0), np.float32)
+    _refused(tmp_path, eps, "array 'empty' is [2, 0] per frame, holding no values")
+
+
+def test_unsigned_values_past_int64_keep_their_statistics(tmp_path: Path) -> None:
+    src = tmp_path / "src.kdb"
+    big = np.array([2**64 - 1, 2**63 + 1, 5], np.uint64)
+    with kinodb.Writer(src) as w:
+        w.add_episode(actions=np.zeros((3, 2), np.float32), fps=10.0, task="t", extra_arrays={"big": big})
+    export(src, tmp_path / "lr", format="lerobot")
+    data = pq.read_table(tmp_path / "lr/data/chunk-000/file-000.parquet")
+    assert data.schema.field("observation.big").type == pa.uint64()
+    assert data["observation.big"].to_pylist() == big.tolist()
+    row = _episodes_table(tmp_path / "lr").to_pylist()[0]
+    assert (row["stats/observation.big/min"], row["stats/observation.big/max"]) == ([5], [2**64 - 1])
+    stats = json.loads((tmp_path / "lr/meta/stats.json").read_text())
+    assert stats["observation.big"]["max"] == [2**64 - 1]
 
 
 def test_option_errors(source: tuple[Path, list[dict[str, Any]]], tmp_path: Path) -> None:

@@ -4,6 +4,11 @@ A LeRobot feature of shape ``(1,)`` is a plain column, ``(N,)`` a fixed-size lis
 dimensions nested lists (the storage of ``datasets.Array2D`` ... ``Array5D``), and an
 ``image`` a ``{bytes, path}`` struct (``datasets.Image``). The ``huggingface`` schema
 metadata records those ``datasets`` features, as LeRobot's own files do.
+
+Arrays are built from NumPy buffers (``pa.Array.from_buffers``), never by ``pa.array`` or
+``Table.from_pylist``: pyarrow converts NumPy and Python values through its pandas shim,
+which imports pandas on first use (a large import) and drops a Ctrl-C or SIGTERM that
+lands meanwhile.
 """
 
 from __future__ import annotations
@@ -110,25 +115,130 @@ def data_schema(features: list[Feature], pa: Any) -> Any:
     )
 
 
-def array_column(values: np.ndarray, feature: Feature, pa: Any) -> Any:
-    """``(T, *shape)`` values as one Arrow column of ``feature``'s type (no per-frame loop)."""
-    flat = pa.array(np.ascontiguousarray(values).reshape(-1), type=pa.from_numpy_dtype(values.dtype))
-    if feature.shape == (1,):
-        return flat
-    if len(feature.shape) == 1:
-        return pa.FixedSizeListArray.from_arrays(flat, feature.shape[0])
-    column = flat
-    for d in reversed(feature.shape):
-        rows = len(column) // d
-        column = pa.ListArray.from_arrays(pa.array(np.arange(0, rows * d + 1, d, dtype=np.int32)), column)
+def numpy_array(values: np.ndarray, pa: Any) -> Any:
+    """NumPy values, flattened, as an Arrow array over their buffer (bools bit-packed).
+
+    Copies only where Arrow cannot take the buffer as it is: non-contiguous, unaligned or
+    big-endian values.
+    """
+    flat = values.reshape(-1)
+    if flat.dtype == np.bool_:
+        bits = np.packbits(flat, bitorder="little")
+        return pa.Array.from_buffers(pa.bool_(), len(flat), [None, pa.py_buffer(bits)])
+    flat = np.require(flat, flat.dtype.newbyteorder("<"), ["C", "A"])
+    return pa.Array.from_buffers(pa.from_numpy_dtype(flat.dtype), len(flat), [None, pa.py_buffer(flat)])
+
+
+def list_column(values: np.ndarray, pa: Any) -> Any:
+    """``(N, *shape)`` values as N rows of nested variable-size lists (one level per dimension)."""
+    column = numpy_array(values, pa)
+    for d in reversed(values.shape[1:]):
+        column = _lists(column, len(column) // d, d, pa)
     return column
 
 
-def image_column(blobs: list[bytes], paths: list[str], pa: Any) -> Any:
-    """Encoded frames as a ``datasets.Image`` column: ``{bytes, path}`` structs."""
-    return pa.StructArray.from_arrays(
-        [pa.array(blobs, type=pa.binary()), pa.array(paths, type=pa.string())], names=["bytes", "path"]
+def _lists(values: Any, rows: int, size: int, pa: Any) -> Any:
+    """``values`` cut into ``rows`` lists of ``size`` each (int32 offsets, as ``pa.list_``)."""
+    offsets = numpy_array(np.arange(0, rows * size + 1, size, dtype=np.int32), pa)
+    return pa.ListArray.from_arrays(offsets, values)
+
+
+def array_column(values: np.ndarray, feature: Feature, pa: Any) -> Any:
+    """``(T, *shape)`` values as one Arrow column of ``feature``'s type (no per-frame loop)."""
+    if feature.shape == (1,):
+        return numpy_array(values, pa)
+    if len(feature.shape) == 1:
+        return pa.FixedSizeListArray.from_arrays(numpy_array(values, pa), feature.shape[0])
+    return list_column(values.reshape(len(values), *feature.shape), pa)
+
+
+_BINARY_LIMIT = 2**31 - 1  # the most bytes one binary or string array holds (int32 offsets)
+
+
+def binary_array(items: list[bytes], pa: Any, type_: Any = None) -> Any:
+    """Byte strings as one Arrow ``binary`` (or ``type_``: ``string``) array of their bytes.
+
+    Raises:
+        ValueError: they hold more than 2 GiB, more than one array holds.
+    """
+    lengths = np.fromiter(map(len, items), np.int64, len(items))
+    offsets = np.zeros(len(items) + 1, np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    if offsets[-1] > _BINARY_LIMIT:
+        raise ValueError(f"{offsets[-1]} bytes do not fit one arrow array (at most {_BINARY_LIMIT})")
+    data = pa.py_buffer(b"".join(items))
+    return pa.Array.from_buffers(
+        pa.binary() if type_ is None else type_,
+        len(items),
+        [None, pa.py_buffer(offsets.astype(np.int32)), data],
     )
+
+
+def string_array(texts: list[str], pa: Any) -> Any:
+    """Texts as one Arrow ``string`` array (UTF-8)."""
+    return binary_array([t.encode("utf-8") for t in texts], pa, pa.string())
+
+
+def image_column(blobs: list[bytes], paths: list[str], pa: Any) -> Any:
+    """Encoded frames as a ``datasets.Image`` column: ``{bytes, path}`` structs.
+
+    One array, or a chunked array when the frames hold more bytes than one array can.
+    """
+    names = [p.encode("utf-8") for p in paths]
+    chunks, start, size = [], 0, 0
+    for end, (blob, name) in enumerate(zip(blobs, names, strict=True)):
+        if end > start and size + len(blob) + len(name) > _BINARY_LIMIT:
+            chunks.append((start, end))
+            start, size = end, 0
+        size += len(blob) + len(name)
+    chunks.append((start, len(blobs)))
+    parts = [
+        pa.StructArray.from_arrays(
+            [binary_array(blobs[a:b], pa), binary_array(names[a:b], pa, pa.string())], names=["bytes", "path"]
+        )
+        for a, b in chunks
+    ]
+    return parts[0] if len(parts) == 1 else pa.chunked_array(parts)
+
+
+def rows_table(rows: list[dict[str, Any]], pa: Any) -> Any:
+    """Rows of one set of keys as a table, typed as ``Table.from_pylist`` types Python values.
+
+    Values are ints (int64), floats (float64), texts, lists of texts, or NumPy arrays of
+    one shape per key (nested lists: bool, int64 (uint64 past its range) or float64, as
+    their ``tolist()`` would be).
+    """
+    if not rows:
+        return pa.Table.from_arrays([], names=[])
+    names = list(rows[0])
+    return pa.Table.from_arrays([_row_column([row[k] for row in rows], pa) for k in names], names=names)
+
+
+def _row_column(values: list[Any], pa: Any) -> Any:
+    first = values[0]
+    if isinstance(first, np.ndarray):
+        stacked = np.stack(values)
+        if stacked.dtype.kind == "u" and stacked.size and int(stacked.max()) > np.iinfo(np.int64).max:
+            return list_column(stacked.astype(np.uint64), pa)  # Python ints past int64 (as tolist gives)
+        if stacked.dtype.kind in "iu":
+            return list_column(stacked.astype(np.int64, copy=False), pa)
+        return list_column(
+            stacked if stacked.dtype == np.bool_ else stacked.astype(np.float64, copy=False), pa
+        )
+    if isinstance(first, bool):
+        return numpy_array(np.array(values, np.bool_), pa)
+    if isinstance(first, int):
+        return numpy_array(np.array(values, np.int64), pa)
+    if isinstance(first, float):
+        return numpy_array(np.array(values, np.float64), pa)
+    if isinstance(first, str):
+        return string_array(values, pa)
+    if isinstance(first, list):  # lists of texts
+        texts = string_array([t for v in values for t in v], pa)
+        offsets = np.zeros(len(values) + 1, np.int64)
+        np.cumsum([len(v) for v in values], out=offsets[1:])
+        return pa.ListArray.from_arrays(numpy_array(offsets.astype(np.int32), pa), texts)
+    raise TypeError(f"no arrow column for values of type {type(first).__name__}")
 
 
 def tasks_table(tasks: list[str], pa: Any) -> Any:
@@ -155,7 +265,8 @@ def tasks_table(tasks: list[str], pa: Any) -> Any:
         [("task_index", pa.int64()), ("__index_level_0__", pa.string())],
         metadata={"pandas": json.dumps(pandas_meta)},
     )
-    return pa.table([pa.array(range(len(tasks)), pa.int64()), pa.array(tasks, pa.string())], schema=schema)
+    codes = numpy_array(np.arange(len(tasks), dtype=np.int64), pa)
+    return pa.Table.from_arrays([codes, string_array(tasks, pa)], schema=schema)
 
 
 def split_rows(table: Any, limit_bytes: int) -> list[Any]:

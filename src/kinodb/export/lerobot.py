@@ -53,6 +53,8 @@ from kinodb.export._lerobot_tables import (
     data_schema,
     element_names,
     image_column,
+    numpy_array,
+    rows_table,
     split_rows,
     tasks_table,
 )
@@ -288,6 +290,12 @@ def _array_features(db: Database, arrays: Arrays, positions: list[int]) -> list[
                 f"{db.path()}: array {name!r} has {len(shape)} dimensions per frame; LeRobot features "
                 "have at most 5"
             )
+        if 0 in shape:
+            raise ConversionError(
+                f"{db.path()}: array {name!r} is {list(shape)} per frame, holding no values; a LeRobot "
+                "feature holds at least one value per frame: export to another format, or write the file "
+                "again without that array"
+            )
         names = _names(schema.get(name) or {}, shape[0]) if name in ("actions", "states") else None
         out.append(Feature(key, name, dtype.name, lr_shape, names))
     order = list(_BUILTIN_ARRAYS.values())
@@ -493,7 +501,7 @@ class _Exporter:
         row = _ordered(row, self._plan.cameras)
         for f in self._features:
             self._stats[f.key].append(ep_stats[f.key])
-            row.update({f"stats/{f.key}/{name}": v.tolist() for name, v in ep_stats[f.key].items()})
+            row.update({f"stats/{f.key}/{name}": v for name, v in ep_stats[f.key].items()})
         self._rows.append(row)
         self._frames += T
 
@@ -597,12 +605,16 @@ class _Exporter:
 
     def _write_episodes(self) -> None:
         pa = self._pa
-        table = pa.Table.from_pylist(self._rows)
+        table = rows_table(self._rows, pa)
         where = (0, 0)
         for part in split_rows(table, DATA_FILES_SIZE_IN_MB * 2**20):
             n = part.num_rows
-            part = part.append_column("meta/episodes/chunk_index", pa.array([where[0]] * n, pa.int64()))
-            part = part.append_column("meta/episodes/file_index", pa.array([where[1]] * n, pa.int64()))
+            part = part.append_column(
+                "meta/episodes/chunk_index", numpy_array(np.full(n, where[0], np.int64), pa)
+            )
+            part = part.append_column(
+                "meta/episodes/file_index", numpy_array(np.full(n, where[1], np.int64), pa)
+            )
             path = os.path.join(self._out, EPISODES_PATH.format(chunk_index=where[0], file_index=where[1]))
             os.makedirs(os.path.dirname(path), exist_ok=True)
             self._pq.write_table(part, path, compression="snappy")
