@@ -1,6 +1,7 @@
 """A LIBERO-style file ingested with ``flip_images`` and exported to HDF5 gives back the
 source bit for bit: every array the ingest rotated (metadata ``hdf5.rotated``) is turned
-back on its own axes, and only those, also across merges."""
+back on its own axes, and only those, also across merges; a merge of flipped and unflipped
+ingests exports one source at a time."""
 
 from __future__ import annotations
 
@@ -179,6 +180,48 @@ def test_a_merge_of_merges_that_lost_the_record_is_refused(tmp_path: Path) -> No
             _assert_demo_is_source(out[f"data/demo_{k}"], sa[f"data/demo_{k}"])
     # Written as stored, nothing needs turning back: the merge of merges exports.
     assert export(again, tmp_path / "upright.hdf5", format="hdf5", flip_images=False).warnings == ()
+
+
+def test_a_merge_of_flipped_and_unflipped_ingests_exports_one_source_at_a_time(tmp_path: Path) -> None:
+    a = _libero_file(tmp_path / "a.hdf5", 8)
+    b = _libero_file(tmp_path / "b.hdf5", 9)
+    ka, kb = _flipped(tmp_path, a, "a.kdb"), tmp_path / "b.kdb"
+    ingest(b, kb, image_codec="raw")  # as stored: upside down
+    merged = tmp_path / "mixed.kdb"
+    kinodb.merge([ka, kb], merged)
+    with kinodb.open(merged) as m:
+        assert m.metadata()["image_orientation"] == "mixed"
+    for keep in (True, False):  # written back or kept upright: no one orientation either way
+        with pytest.raises(
+            kinodb.ConversionError, match=r"stand differently.*--filter \"source_file = "
+        ) as caught:
+            export(merged, tmp_path / "all.hdf5", format="hdf5", flip_images=keep)
+        assert f"'rotated_180': {ka}" in str(caught.value) and f"'as_stored': {kb}" in str(caught.value)
+        assert not (tmp_path / "all.hdf5").exists()
+    # The advice works: each source's episodes export, as that source held them.
+    for kdb, raw in ((ka, a), (kb, b)):
+        h5 = tmp_path / f"{kdb.stem}_part.hdf5"
+        report = export(merged, h5, format="hdf5", filter=f"source_file = '{kdb}'")
+        assert any("rotated 180 degrees back" in x for x in report.warnings) == (kdb == ka)
+        with h5py.File(raw, "r") as src, h5py.File(h5, "r") as out:
+            assert len(out["data"]) == 3
+            for demo in src["data"]:
+                _assert_demo_is_source(out[f"data/{demo}"], src[f"data/{demo}"])
+            assert (
+                json.loads(out["data"].attrs["kinodb_dataset"])["metadata"]["image_orientation"]
+                == "as_stored"
+            )
+    # Kept upright, the flipped source's frames say so.
+    export(
+        merged, tmp_path / "upright.hdf5", format="hdf5", flip_images=False, filter=f"source_file = '{ka}'"
+    )
+    with h5py.File(tmp_path / "upright.hdf5", "r") as out, kinodb.open(ka) as db:
+        assert (
+            json.loads(out["data"].attrs["kinodb_dataset"])["metadata"]["image_orientation"] == "rotated_180"
+        )
+        assert np.array_equal(
+            out["data/demo_0/obs/agentview_rgb"][()], db.read_episode(0)["images"]["agentview_rgb"]
+        )
 
 
 @pytest.mark.parametrize(

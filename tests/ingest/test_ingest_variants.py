@@ -207,12 +207,27 @@ def test_a_lerobot_export_keeps_its_orientation_and_a_flip_turns_it_again(tmp_pa
     ingest(src, tmp_path / "up.kdb", flip_images=True)  # upright: turned from the source's frames
     export(tmp_path / "up.kdb", tmp_path / "lr", format="lerobot", images_as="image")
     ingest(tmp_path / "lr", tmp_path / "again.kdb")
-    ingest(tmp_path / "lr", tmp_path / "twice.kdb", flip_images=True)
+    ingest(tmp_path / "lr", tmp_path / "twice.kdb", flip_images=True, image_codec="png")
     assert _orientation(tmp_path / "again.kdb") == "rotated_180"  # the same frames as up.kdb
     assert _orientation(tmp_path / "twice.kdb") == "as_stored"  # turned back: the HDF5 file's frames
     with kinodb.open(tmp_path / "twice.kdb") as db:
         assert db.metadata()["image_orientation"] == "as_stored"
         assert db.metadata()["ingest"]["options"]["flip_images"] is True
+        assert db.metadata()["lerobot"]["rotated"] == {}  # turned twice: as the HDF5 file holds it
+    with kinodb.open(tmp_path / "again.kdb") as db:  # what the HDF5 ingest turned, carried on
+        assert db.metadata()["lerobot"]["rotated"] == {"agentview_image": [1, 2]}
+    # Each exports to HDF5 with the frames standing as in the HDF5 file (as up.kdb's JPEG holds them).
+    import h5py
+
+    frames = []
+    for name in ("up", "again", "twice"):
+        export(tmp_path / f"{name}.kdb", tmp_path / f"{name}.hdf5", format="hdf5")
+        with h5py.File(tmp_path / f"{name}.hdf5", "r") as f:
+            frames.append(f["data/demo_1/obs/agentview_image"][()])
+    with kinodb.open(tmp_path / "up.kdb") as db:
+        upright = db.read_episode(1)["images"]["agentview_image"]
+    assert frames[0].tobytes() == upright[:, ::-1, ::-1].tobytes()
+    assert frames[0].tobytes() == frames[1].tobytes() == frames[2].tobytes()
 
 
 # -- names as one str ------------------------------------------------------------------
@@ -310,6 +325,142 @@ def test_a_16_bit_greyscale_image_feature_is_kept_as_uint16_bit_for_bit(
     ingest(root, tmp_path / "f.kdb", flip_images=True, workers=2)
     with kinodb.open(tmp_path / "f.kdb") as db:
         np.testing.assert_array_equal(db.read_episode(1)["observation.images.depth"], depth[1][:, ::-1, ::-1])
+
+
+# -- what a flip turned, turned back by the HDF5 export ------------------------------------
+
+DEPTH = (6, 5, 2)  # a 4-D float array that is no camera: never turned on ingest
+
+
+def _add_array_feature(root: Path, key: str, shape: tuple[int, ...], seed: int) -> dict[int, np.ndarray]:
+    """Add the float32 feature ``key`` of per-frame ``shape`` (nested fixed-size lists) to every
+    episode's parquet; returns the values written."""
+    rng = np.random.default_rng(seed)
+    info = json.loads((root / "meta" / "info.json").read_text())
+    info["features"][key] = {"dtype": "float32", "shape": list(shape), "names": None}
+    (root / "meta" / "info.json").write_text(json.dumps(info))
+    written = {}
+    for path in sorted((root / "data").rglob("*.parquet")):
+        table = pq.read_table(path)
+        values = rng.normal(size=(table.num_rows, *shape)).astype(np.float32)
+        column: pa.Array = pa.array(values.reshape(-1))
+        for size in reversed(shape):
+            column = pa.FixedSizeListArray.from_arrays(column, size)
+        pq.write_table(table.append_column(key, column), path)
+        written[int(table["episode_index"][0].as_py())] = values
+    return written
+
+
+def _lerobot_with_arrays(root: Path) -> tuple[Path, dict[str, dict[int, np.ndarray]]]:
+    """A LeRobot dataset with a PNG camera, a 16-bit greyscale PNG feature and a 4-D array;
+    returns it and what each holds per episode."""
+    eps = F.make_episodes(np.random.default_rng(13), [4, 5], cameras={F.CAMERA: (12, 16)})
+    F.write_v2(root, eps, images="PNG")
+    rng = np.random.default_rng(14)
+    wide = _add_image_feature(
+        root, "observation.images.depth", lambda e, T: rng.integers(0, 65536, (T, 12, 16), dtype=np.uint16),
+        [12, 16, 1],
+    )  # fmt: skip
+    depth = _add_array_feature(root, "depth", DEPTH, 15)
+    return root, {"top": {e: ep["frames"][F.CAMERA] for e, ep in enumerate(eps)}, "depth": depth,
+                  "observation.images.depth": wide}  # fmt: skip
+
+
+def _rlds_with_arrays(root: Path) -> tuple[Path, dict[str, dict[int, np.ndarray]]]:
+    """An RLDS dataset with the LeRobot one's layout: a PNG camera ``top`` and the 4-D array ``depth``."""
+    rng = np.random.default_rng(16)
+    eps, held = [], {"top": {}, "depth": {}}
+    for e, T in enumerate((3, 4)):
+        last = np.zeros(T, np.int64)
+        last[-1] = 1
+        frames, depth = F.frames_for(e + 7, T, 12, 16), rng.normal(size=(T, *DEPTH)).astype(np.float32)
+        eps.append({
+            "steps/is_first": np.r_[1, np.zeros(T - 1, np.int64)], "steps/is_last": last,
+            "steps/action": rng.normal(size=(T, 4)).astype(np.float32),
+            "steps/observation/state": rng.normal(size=(T, 3)).astype(np.float32),
+            "steps/observation/top": [F.image_bytes(f, "PNG") for f in frames], "steps/depth": depth,
+        })  # fmt: skip
+        held["top"][e], held["depth"][e] = frames, depth
+    features = {"steps": w.dataset({
+        "is_first": w.tensor([], "bool"), "is_last": w.tensor([], "bool"), "action": w.tensor([4], "float32"),
+        "depth": w.tensor(list(DEPTH), "float32"),
+        "observation": w.features_dict({"state": w.tensor([3], "float32"), "top": w.image([12, 16, 3], "png")}),
+    })}  # fmt: skip
+    return w.write_tfds(root, "arrays", {"train": [[w.episode_example(e) for e in eps]]}, features), held
+
+
+def _demo(h5: Path, k: int) -> dict[str, np.ndarray]:
+    """Demo ``k`` of an exported HDF5 file: its camera (``obs/top``) and its other datasets by name."""
+    import h5py
+
+    with h5py.File(h5, "r") as f:
+        g = f[f"data/demo_{k}"]
+        return {
+            "top": g["obs/top"][()],
+            **{name: g[name][()] for name in g if name not in ("obs", "next_obs")},
+        }
+
+
+def _assert_as_source(h5: Path, k: int, held: dict[str, dict[int, np.ndarray]], e: int) -> None:
+    """Demo ``k`` holds every array of source episode ``e`` as the source does, bit for bit."""
+    demo = _demo(h5, k)
+    for name, values in held.items():
+        got, want = demo[name], values[e]
+        assert got.dtype == want.dtype and got.shape == want.shape, (k, name)
+        assert got.tobytes() == want.tobytes(), (k, name)
+
+
+@pytest.mark.parametrize("fmt", ["lerobot", "rlds"])
+def test_a_flipped_ingest_exports_to_hdf5_as_its_source(tmp_path: Path, fmt: str) -> None:
+    make = _lerobot_with_arrays if fmt == "lerobot" else _rlds_with_arrays
+    src, held = make(tmp_path / "src" / "1.0.0")
+    ingest(src, tmp_path / "up.kdb", flip_images=True, image_codec="png")
+    ingest(src, tmp_path / "asis.kdb", image_codec="raw")
+    turned = {name: [1, 2] for name in held if name != "depth"}  # the cameras and the 16-bit frames
+    with kinodb.open(tmp_path / "up.kdb") as up, kinodb.open(tmp_path / "asis.kdb") as asis:
+        assert up.metadata()[fmt]["rotated"] == turned
+        assert "rotated" not in asis.metadata()[fmt]
+        for i in range(len(up)):
+            a, b = up.read_episode(i), asis.read_episode(i)
+            np.testing.assert_array_equal(a["images"]["top"], b["images"]["top"][:, ::-1, ::-1])
+            assert a["depth"].tobytes() == b["depth"].tobytes() == held["depth"][i].tobytes()
+    report = export(tmp_path / "up.kdb", tmp_path / "up.hdf5", format="hdf5")
+    assert any("rotated 180 degrees back" in x for x in report.warnings)
+    export(tmp_path / "asis.kdb", tmp_path / "asis.hdf5", format="hdf5")
+    for h5 in ("up.hdf5", "asis.hdf5"):
+        for k in range(len(held["top"])):
+            _assert_as_source(tmp_path / h5, k, held, k)
+    # images=False: nothing turned, and the record says so (no camera, no 4-D array turned back)
+    ingest(src, tmp_path / "noimg.kdb", flip_images=True, images=False)
+    with kinodb.open(tmp_path / "noimg.kdb") as db:
+        assert db.metadata()[fmt]["rotated"] == {}
+    export(tmp_path / "noimg.kdb", tmp_path / "noimg.hdf5", format="hdf5")
+    assert _demo_depth(tmp_path / "noimg.hdf5").tobytes() == held["depth"][0].tobytes()
+
+
+def _demo_depth(h5: Path) -> np.ndarray:
+    import h5py
+
+    with h5py.File(h5, "r") as f:
+        values: np.ndarray = f["data/demo_0/depth"][()]
+    return values
+
+
+def test_a_merge_of_flipped_lerobot_and_rlds_ingests_exports_each_as_its_source(tmp_path: Path) -> None:
+    lr, lr_held = _lerobot_with_arrays(tmp_path / "lr")
+    rl, rl_held = _rlds_with_arrays(tmp_path / "rl" / "1.0.0")
+    ingest(lr, tmp_path / "lr.kdb", flip_images=True, image_codec="png")
+    ingest(rl, tmp_path / "rl.kdb", flip_images=True, image_codec="raw")
+    kinodb.merge([tmp_path / "lr.kdb", tmp_path / "rl.kdb"], tmp_path / "m.kdb")
+    with kinodb.open(tmp_path / "m.kdb") as m:  # each record stays with its input only
+        assert "lerobot" not in m.metadata() and "rlds" not in m.metadata()
+        assert m.metadata()["image_orientation"] == "rotated_180"
+    report = export(tmp_path / "m.kdb", tmp_path / "m.hdf5", format="hdf5")
+    assert any("'observation.images.depth' is in 2 of 4" in x for x in report.warnings)  # LeRobot's only
+    del lr_held["observation.images.depth"]
+    for k in range(2):
+        _assert_as_source(tmp_path / "m.hdf5", k, lr_held, k)
+        _assert_as_source(tmp_path / "m.hdf5", 2 + k, rl_held, k)
 
 
 # -- per-step RLDS episodes across shards ------------------------------------------------

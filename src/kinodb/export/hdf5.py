@@ -31,16 +31,21 @@ ingest --flip-images`` of the export gives back exactly the same file; the repor
 so, and ``kinodb_dataset`` records ``image_orientation`` as ``as_stored`` (and no
 ``hdf5.rotated``). What the ingest rotated is its metadata's ``hdf5.rotated``: each
 camera and extra array with its axes (``[1, 2]`` for ``(T, H, W[, C])``, ``[2, 3]`` for
-channel-first frames); arrays it does not name stay as stored. Files ingested before
-that record was kept have their cameras and 4-D extra arrays turned on axes 1 and 2, as
-that ingest did. A merge keeps ``hdf5`` only where its inputs agree on it; otherwise
+channel-first frames); arrays it does not name stay as stored. The LeRobot and RLDS
+ingests keep the same record as ``lerobot.rotated`` and ``rlds.rotated``: the record
+read is that of the file's source format (`rotation_space`). Files ingested before the
+record was kept have their cameras and 4-D extra arrays turned on axes 1 and 2, as the
+HDF5 ingest did. A merge keeps a namespace only where its inputs agree on it; otherwise
 each episode follows the record of the input it came from (its ``source_file``, the
 metadata's ``merged_from``), and an episode whose input kept no record though it may
 have rotated arrays (a merge of merges) is refused rather than written with wrong
-pixels, as is a record that does not fit the file. ``flip_images=False`` (``kino export
---keep-upright``) writes everything as the file holds it (frames upright), recorded as
-``rotated_180``, so that ingesting the export without ``--flip-images`` keeps them
-upright.
+pixels, as is a record that does not fit the file. A merge of files ingested with and
+without ``--flip-images`` (``image_orientation`` ``mixed``) is exported one orientation
+at a time: episodes whose frames stand differently are refused together, and a
+``--filter`` on ``source_file`` picks those of one input. ``flip_images=False`` (``kino
+export --keep-upright``) writes everything as the file holds it (frames upright),
+recorded as ``rotated_180``, so that ingesting the export without ``--flip-images``
+keeps them upright.
 
 Demos are numbered ``demo_0``, ``demo_1``, ... in export order. robomimic takes each key's
 shape from ``demo_0``, so the exported episodes must share the action and state dims and
@@ -81,6 +86,9 @@ ROBOSUITE_ENV_TYPE = 1  # robomimic EnvType.ROBOSUITE_TYPE
 # The metadata's image_orientation, as the HDF5 ingest records it.
 ORIENTATION_TURNED, ORIENTATION_AS_STORED = "rotated_180", "as_stored"
 MERGE_FORMAT = "kinodb-merge"  # the source_format of a `kinodb.merge` output
+MIXED = "mixed"  # a merge's image_orientation when its inputs' frames stand differently
+# Where each ingest records what it rotated: ``<namespace>.rotated`` of its metadata.
+_SPACES = ("hdf5", "lerobot", "rlds")
 # Datasets and groups a demo already has: extra arrays must not take these names.
 _DEMO_NAMES = frozenset(("actions", "rewards", "dones", "states", "obs", "next_obs", "action_dict"))
 # kinodb's own arrays (and the simulator states), written where robomimic reads them.
@@ -141,11 +149,12 @@ def write(
             f"array {name!r} is in {n} of {len(positions)} exported episodes; left out, since every "
             "demo of a robomimic file holds the same datasets (export those episodes apart to keep it)"
         )
-    turns = _turn_back(db, positions, flip_images, merge, warnings)
+    orientation = _one_orientation(db, positions, merge)
+    turns = _turn_back(db, positions, merge, warnings) if flip_images else {}
     plan = _Plan(split, paths, _state_layout(db), frozenset(partial), turns, next_obs)
     dataset, facts = exported_dataset(db, positions, {**facts, "next_obs": next_obs})
     with h5py.File(out, "x") as f:
-        _write_file(f, db, positions, plan, _dataset_info(dataset, bool(turns)), facts)
+        _write_file(f, db, positions, plan, _dataset_info(dataset, bool(turns), orientation), facts)
     for line in warnings:
         logger.info("%s", line)  # the report carries them; kino prints them once, as warnings
     return warnings
@@ -175,30 +184,61 @@ def _write_file(
         f.create_dataset(f"mask/{_h5_name(key, 'filter key')}", data=np.array(demos, dtype="S"))
 
 
-def _turn_back(
-    db: Database,
-    positions: list[int],
-    flip_images: bool,
-    merge: dict[str, _Input] | None,
-    warnings: list[str],
-) -> dict[int, Turns]:
-    """Per episode, the cameras and arrays to rotate back to the ingested source's orientation
-    (none unless ``flip_images``), saying so in ``warnings``.
+def _one_orientation(db: Database, positions: list[int], merge: dict[str, _Input] | None) -> Any:
+    """The ``image_orientation`` that the episodes ``positions`` of a file whose frames stand
+    differently (``mixed``) share; None for any other file.
+
+    Each episode's is that of the merge input it came from (its ``source_file``); an
+    episode without cameras has none.
 
     Raises:
-        ConversionError: the file's frames stand differently from episode to episode; or
-            what the ingest rotated cannot be told: a record (``hdf5.rotated``) that does not
-            fit the file, or an episode whose input kept none though it may have rotated arrays.
+        ConversionError: the episodes' frames stand differently, or how some stand cannot
+            be told (the file is no merge, or their input is itself mixed or not listed).
     """
-    if db.metadata().get("image_orientation") == "mixed":
+    if db.metadata().get("image_orientation") != MIXED:
+        return None
+    found: dict[Any, list[str]] = {}  # orientation -> the inputs whose episodes stand so
+    for i in (i for i in positions if db.cameras(i)):
+        path = db.read_meta(i).get("source_file")
+        given = merge.get(path) if merge is not None and isinstance(path, str) else None
+        meta = given.metadata if given is not None else None
+        files = found.setdefault(MIXED if meta is None else meta.get("image_orientation"), [])
+        files += [] if str(path) in files else [str(path)]
+    if len(found) < 2 and MIXED not in found:
+        return next(iter(found), None)
+    what = "stand differently from episode to episode (image_orientation 'mixed')"
+    if merge is None:
         raise ConversionError(
-            f"{db.path()}: its camera frames stand differently from episode to episode (a merge of files "
-            "ingested with and without --flip-images), so no one orientation can be written back: export "
-            "the episodes of each source apart, e.g. with --filter \"source_file = '...'\""
+            f"{db.path()}: its camera frames {what}, and this file, no merge, does not say which stand how, so "
+            "no one orientation can be written back: export to --format numpy or lerobot, which keep the frames "
+            "as the file holds them"
         )
-    if not flip_images:
-        return {}
-    own = _rotations(db.metadata(), db.path(), merge is not None)
+    listed = "; ".join(
+        f"{o!r}: {', '.join(files[:3])}{', ...' if len(files) > 3 else ''}" for o, files in found.items()
+    )
+    lost = found.get(MIXED, [])
+    again = f"; {lost[0]} is itself mixed (or not an input): export from it instead" if lost else ""
+    example = next((files[0] for o, files in found.items() if o != MIXED), lost[0] if lost else "...")
+    raise ConversionError(
+        f"{db.path()}: the camera frames of the exported episodes {what}: a merge of files ingested with and "
+        f"without --flip-images (image_orientation by source_file: {listed}), so no one orientation can be "
+        f"written back: export the episodes of each source apart, e.g. with --filter "
+        f"\"source_file = '{example}'\"{again}"
+    )
+
+
+def _turn_back(
+    db: Database, positions: list[int], merge: dict[str, _Input] | None, warnings: list[str]
+) -> dict[int, Turns]:
+    """Per episode, the cameras and arrays to rotate back to the ingested source's orientation,
+    saying so in ``warnings``.
+
+    Raises:
+        ConversionError: what the ingest rotated cannot be told: a record (``hdf5.rotated``,
+            ``lerobot.rotated``, ``rlds.rotated``) that does not fit the file, or an episode
+            whose input kept none though it may have rotated arrays.
+    """
+    own = _rotations(db.metadata(), db.path(), merge is not None, rotation_space(db.dataset_info()))
     if own.rotated is not None:
         merge = None  # kept by the merge: every input recorded the same
     elif merge is None and own.orientation != ORIENTATION_TURNED:
@@ -225,8 +265,9 @@ class _Rotations:
 
     where: str  # the file the record is of, for messages
     orientation: Any  # its metadata's image_orientation
-    rotated: Turns | None  # hdf5.rotated: each rotated camera and array with its axes; None: not recorded
+    rotated: Turns | None  # SPACE.rotated: each rotated camera and array with its axes; None: not recorded
     lost: str = ""  # why what it rotated cannot be told without a record (a merge kept none), else ""
+    space: str = "hdf5"  # the metadata namespace the record is kept in
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,27 +276,55 @@ class _Input:
 
     metadata: dict[str, Any] | None  # None: the path is listed twice, differently
     merged: bool  # the input was itself a merge
+    space: str | None  # where its metadata keeps the record of what its ingest rotated (`rotation_space`)
 
 
 _RECORD_FIX = "export with --keep-upright (flip_images=False) to write every array as this file holds it"
-_NO_RECORD = "a merge that kept no record (metadata hdf5.rotated) of what its inputs' ingest rotated"
+_NO_RECORD = (
+    "a merge that kept no record (metadata hdf5.rotated, lerobot.rotated or rlds.rotated) of what its "
+    "inputs' ingest rotated"
+)
 
 
-def _rotations(meta: dict[str, Any], where: str, merged: bool) -> _Rotations:
-    """The record in ``meta`` (the metadata of ``where``, a merge if ``merged``) of what its ingest rotated.
+def rotation_space(info: dict[str, Any]) -> str | None:
+    """Where the metadata of the file that ``info`` describes keeps the record of what its
+    ingest rotated: ``lerobot`` for a LeRobot ingest, ``rlds`` for an RLDS one, ``hdf5``
+    for any other (the HDF5 ingest, a file written directly).
+
+    ``info`` is a dataset block (``db.dataset_info()``) or an entry of a merge's schema
+    ``sources``. A merge's record is where its inputs' (those it holds episodes of) is,
+    None when they keep it in different places.
+    """
+    fmt = info.get("source_format")
+    if fmt != MERGE_FORMAT:
+        fmt = fmt if isinstance(fmt, str) else ""
+        return "lerobot" if fmt.startswith("lerobot") else "rlds" if fmt == "rlds" else "hdf5"
+    schema = info.get("schema")
+    sources = schema.get("sources") if isinstance(schema, dict) else None
+    spaces = {
+        rotation_space(s)
+        for s in (sources if isinstance(sources, list) else [])
+        if isinstance(s, dict) and s.get("episodes") != 0
+    }
+    return spaces.pop() if len(spaces) == 1 else None if spaces else "hdf5"
+
+
+def _rotations(meta: dict[str, Any], where: str, merged: bool, space: str | None) -> _Rotations:
+    """The record in ``meta`` (the metadata of ``where``, a merge if ``merged``) of what its
+    ingest rotated, kept under ``space`` (None: no one place, no record).
 
     Raises:
-        ConversionError: ``hdf5.rotated`` is not a map of names to two axes, or names
-            frames rotated while ``image_orientation`` says they were not.
+        ConversionError: the record is not a map of names to two axes, or names frames
+            rotated while ``image_orientation`` says they were not.
     """
-    hdf5 = meta.get("hdf5")
-    recorded = hdf5.get("rotated") if isinstance(hdf5, dict) else None
+    block = meta.get(space) if space is not None else None
+    recorded = block.get("rotated") if isinstance(block, dict) else None
     orientation = meta.get("image_orientation")
     if recorded is None:
-        return _Rotations(where, orientation, None, _NO_RECORD if merged else "")
+        return _Rotations(where, orientation, None, _NO_RECORD if merged else "", space or "hdf5")
     if not isinstance(recorded, dict):
         raise ConversionError(
-            f"{where}: the metadata's hdf5.rotated is {recorded!r}, not a map of cameras and arrays to the "
+            f"{where}: the metadata's {space}.rotated is {recorded!r}, not a map of cameras and arrays to the "
             f"axes the ingest rotated; {_RECORD_FIX}"
         )
     turns: Turns = {}
@@ -264,17 +333,17 @@ def _rotations(meta: dict[str, Any], where: str, merged: bool) -> _Rotations:
             0 < axes[0] < axes[1]
         ):
             raise ConversionError(
-                f"{where}: the metadata's hdf5.rotated[{name!r}] is {axes!r}, not two frame axes in "
+                f"{where}: the metadata's {space}.rotated[{name!r}] is {axes!r}, not two frame axes in "
                 f"increasing order (such as [1, 2]); {_RECORD_FIX}"
             )
         turns[str(name)] = (axes[0], axes[1])
     if turns and orientation is not None and orientation != ORIENTATION_TURNED:
         raise ConversionError(
-            f"{where}: the metadata's hdf5.rotated names {', '.join(sorted(turns)[:6])} as rotated 180 "
+            f"{where}: the metadata's {space}.rotated names {', '.join(sorted(turns)[:6])} as rotated 180 "
             f"degrees on ingest, but its image_orientation is {orientation!r}, so the record does not "
             f"describe what the file holds; {_RECORD_FIX}"
         )
-    return _Rotations(where, orientation, turns)
+    return _Rotations(where, orientation, turns, space=str(space))
 
 
 def _merge_inputs(db: Database) -> dict[str, _Input] | None:
@@ -285,6 +354,9 @@ def _merge_inputs(db: Database) -> dict[str, _Input] | None:
     sources = (info.get("schema") or {}).get("sources")
     sources = [s for s in sources if isinstance(s, dict)] if isinstance(sources, list) else []
     merges = {s.get("file") for s in sources if s.get("source_format") == MERGE_FORMAT}
+    spaces: dict[Any, set[str | None]] = {}
+    for s in sources:
+        spaces.setdefault(s.get("file"), set()).add(rotation_space(s))
     listed = (info.get("metadata") or {}).get("merged_from")
     inputs: dict[str, _Input] = {}
     for entry in listed if isinstance(listed, list) else []:
@@ -294,7 +366,8 @@ def _merge_inputs(db: Database) -> dict[str, _Input] | None:
         meta = meta if isinstance(meta, dict) else None
         if path in inputs and inputs[path].metadata != meta:
             meta = None
-        inputs[path] = _Input(meta, path in merges)
+        space = spaces.get(path, {"hdf5"})  # not listed in sources: as the record was read before
+        inputs[path] = _Input(meta, path in merges, next(iter(space)) if len(space) == 1 else None)
     return inputs
 
 
@@ -305,7 +378,7 @@ def _input_of(db: Database, i: int, merge: dict[str, _Input], own: _Rotations) -
     if given is None or given.metadata is None:
         why = "which is not one input (listed once) of the metadata's merged_from"
         return _Rotations(f"the source_file {path!r}", own.orientation, None, why)
-    return _rotations(given.metadata, str(path), given.merged)
+    return _rotations(given.metadata, str(path), given.merged, given.space)
 
 
 def _episode_turns(db: Database, i: int, source: _Rotations) -> Turns:
@@ -327,14 +400,14 @@ def _episode_turns(db: Database, i: int, source: _Rotations) -> Turns:
                 of = "" if source.where == db.path() else f" of its input {source.where}"
                 raise ConversionError(
                     f"{db.path()}: episode {i} holds the {kind} {name!r} as (T, {held}), but the metadata's "
-                    f"hdf5.rotated{of} says it was rotated on axes {list(axes)}, which it does not have; "
-                    f"{_RECORD_FIX}"
+                    f"{source.space}.rotated{of} says it was rotated on axes {list(axes)}, which it does not "
+                    f"have; {_RECORD_FIX}"
                 )
             if shape is not None:
                 turns[name] = axes
         return turns
     framed = sorted(name for name, shape in arrays.items() if len(shape) >= 3)
-    if (source.lost and framed) or (source.orientation == "mixed" and (cameras or framed)):
+    if (source.lost and framed) or (source.orientation == MIXED and (cameras or framed)):
         why = (
             source.lost
             or "whose frames stand differently from episode to episode (image_orientation 'mixed')"
@@ -361,18 +434,22 @@ def turned_upright(db: Database) -> bool:
     return bool(db.metadata().get("image_orientation") == ORIENTATION_TURNED)
 
 
-def _dataset_info(info: dict[str, Any], turned_back: bool) -> dict[str, Any]:
-    """The exported dataset info, its ``image_orientation`` that of the exported frames.
+def _dataset_info(info: dict[str, Any], turned_back: bool, orientation: Any) -> dict[str, Any]:
+    """The exported dataset info, its ``image_orientation`` that of the exported frames
+    (``orientation``: that of the episodes exported from a ``mixed`` file, else None).
 
     The ingest reads it to tell upright frames from a LIBERO file's upside-down ones, and
     so whether to advise ``--flip-images``. Frames turned back are no longer rotated: the
-    record of what was (``hdf5.rotated``) is left out.
+    record of what was (``hdf5.rotated``, ``lerobot.rotated``, ``rlds.rotated``) is left out.
     """
     if turned_back:
         meta = {**info["metadata"], "image_orientation": ORIENTATION_AS_STORED}
-        if isinstance(meta.get("hdf5"), dict):
-            meta["hdf5"] = {k: v for k, v in meta["hdf5"].items() if k != "rotated"}
+        for space in _SPACES:
+            if isinstance(meta.get(space), dict):
+                meta[space] = {k: v for k, v in meta[space].items() if k != "rotated"}
         info = {**info, "metadata": meta}
+    elif orientation is not None:
+        info = {**info, "metadata": {**info["metadata"], "image_orientation": orientation}}
     return info
 
 

@@ -60,15 +60,16 @@ stays as it is, with a warning):
   metadata maps them back to feature keys.
 - ``fps`` and ``robot_type`` (the embodiment) come from ``info.json``.
 - ``flip_images`` turns every camera (and 16-bit frame) 180 degrees; the metadata's
-  ``image_orientation`` is then ``rotated_180``, else ``as_stored``. A kinodb export's
-  own record comes back, turned once more by ``flip_images``.
+  ``image_orientation`` is then ``rotated_180``, else ``as_stored``, and
+  ``lerobot.rotated`` names each camera and array turned, with its axes (as the HDF5
+  source's ``hdf5.rotated``: the HDF5 exporter turns back exactly those). A kinodb
+  export's own record comes back, turned once more by ``flip_images``.
 - Columns are read from the arrow buffers, never through pandas (pyarrow imports it for
   ``to_numpy`` and drops a Ctrl-C or SIGTERM that lands meanwhile).
 """
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
@@ -78,7 +79,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from kinodb._optional import require
-from kinodb.errors import ConversionError, CorruptFileError, WriterError
+from kinodb.errors import ConversionError
+from kinodb.export.hdf5 import rotation_space
 from kinodb.ingest import _video
 from kinodb.ingest._base import (
     SKIP_ADVICE,
@@ -88,9 +90,28 @@ from kinodb.ingest._base import (
     lerobot_root,
     not_this_format,
 )
-from kinodb.ingest._exact import first_rounded, holds_exactly
+from kinodb.ingest._lerobot_columns import (
+    ACTION_KEYS,
+    POSITIONS,
+    STATE_KEYS,
+    array_name,
+    as_declared,
+    by_frame_index,
+    column_kind,
+    concatenate,
+    feature_dim,
+    image_frames,
+    make_plan,
+    names_and_components,
+    per_frame,
+    png_depth,
+    rows_of,
+    text_value,
+    wide_frames,
+    wide_images,
+)
+from kinodb.ingest._lerobot_columns import to_numpy as _to_numpy
 from kinodb.ingest._lerobot_kinodb import kinodb_export, restore, restore_dataset
-from kinodb.kdb import _codecs
 
 log = logging.getLogger(__name__)
 
@@ -102,22 +123,13 @@ _DEFAULT_PATHS = {
     "v3": ("data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet",
            "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"),
 }  # fmt: skip
-_POSITIONS = frozenset({"frame_index", "episode_index", "index"})
-ACTION_KEYS = ("action", "actions")  # the action feature, in order of preference
-STATE_KEYS = ("observation.state", "state", "states")  # the state feature (the last two: one of them)
 _ROLES = {
     "next.reward": "rewards",
     "next.done": "is_terminal",
     "timestamp": "timestamps",
 }
-_NOT_DATA = _POSITIONS | {"timestamp", "task_index", "next.reward", "next.done", "next.success"}
-# Names the writer keeps for its own arrays: a LeRobot feature of such a name that has no
-# role (``states`` beside ``observation.state``) is stored as the extra array ``lerobot.<name>``.
-_RESERVED_ARRAYS = frozenset({"actions", "states", "rewards", "is_terminal", "timestamps", "meta", "images"})
-_NUMERIC = frozenset({"bool", "float16", "float32", "float64", "int8", "int16", "int32", "int64",
-                      "uint8", "uint16", "uint32", "uint64"})  # fmt: skip
 _PARQUETS_KEPT = 4
-_AS_STORED = "as_stored"
+_AS_STORED, _ROTATED = "as_stored", "rotated_180"
 _TURNED_AGAIN = {
     "as_stored": "rotated_180",
     "rotated_180": "as_stored",
@@ -141,17 +153,6 @@ class _Episode:
     tasks: tuple[str, ...]
     data: str
     videos: dict[str, _Video] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class _Plan:
-    """Which feature goes where (from ``info.json``)."""
-
-    action: str  # the feature that holds the actions
-    state_keys: tuple[str, ...]
-    images: dict[str, str]  # camera -> feature key (dtype image)
-    videos: dict[str, str]  # camera -> feature key (dtype video)
-    left_out: dict[str, str]  # feature key -> why it is not stored
 
 
 # -- metadata ---------------------------------------------------------------------------
@@ -223,141 +224,6 @@ def _check_version(info: dict[str, Any], path: str) -> str:
             f"{', '.join(SUPPORTED_VERSIONS)}"
         )
     return str(version)
-
-
-def _camera_names(keys: list[str]) -> dict[str, str]:
-    """Camera name -> feature key: the key without ``observation.images.``/``observation.``."""
-    short = [k.removeprefix("observation.images.") if k.startswith("observation.images.")
-             else k.removeprefix("observation.") for k in keys]  # fmt: skip
-    if len(set(short)) != len(short) or any(not s for s in short):
-        return {k: k for k in keys}
-    return dict(zip(short, keys, strict=True))
-
-
-def _plan(features: dict[str, Any], options: SourceOptions, path: str) -> _Plan:
-    visual = [k for k, f in features.items() if f.get("dtype") in ("image", "video")]
-    cams = _camera_names(visual)
-    images = {c: k for c, k in cams.items() if features[k]["dtype"] == "image"}
-    videos = {c: k for c, k in cams.items() if features[k]["dtype"] == "video"}
-    action = _action_key(features, options, path)
-    if options.state_keys is not None:
-        states = tuple(options.state_keys)
-        unknown = [k for k in states if k not in features]
-        if unknown:
-            raise ConversionError(
-                f"{path}: state keys {unknown} are not features; features: {', '.join(sorted(features))}"
-            )
-        if action in states:
-            raise ConversionError(
-                f"{path}: {action!r} holds the actions and cannot also be a state key; pass other "
-                f"state keys, or another action_key (--action-key)"
-            )
-    else:
-        states = _default_states(features, action, path)
-    left_out = {
-        k: f"dtype {f.get('dtype')!r} has no place in a .kdb episode"
-        for k, f in features.items()
-        if f.get("dtype") not in _NUMERIC and f.get("dtype") not in ("image", "video", "string")
-    }
-    for key in videos.values():
-        # v1 -> v2 ports keep the block under "video_info" instead of "info"
-        video = features[key].get("info") or features[key].get("video_info") or {}
-        if video.get("video.is_depth_map"):
-            log.warning("%s: %s is a depth map; it is stored as 8-bit RGB, which loses depth precision",
-                        path, key)  # fmt: skip
-    return _Plan(action, states, images, videos, left_out)
-
-
-def _numeric_features(features: dict[str, Any]) -> str:
-    """The numeric features that could hold actions or states, for a message."""
-    keys = sorted(k for k, f in features.items() if f.get("dtype") in _NUMERIC and k not in _NOT_DATA)
-    return ", ".join(keys) or "none"
-
-
-def _action_key(features: dict[str, Any], options: SourceOptions, path: str) -> str:
-    """The feature that holds the actions: ``options.action_key``, else ``action``, else ``actions``.
-
-    Raises:
-        ConversionError: that feature is absent or not numeric; names the option to pass.
-    """
-    key = options.action_key
-    if key is None:
-        key = next((k for k in ACTION_KEYS if k in features), None)
-        if key is None:
-            raise ConversionError(
-                f"{path}: no action feature (neither {' nor '.join(map(repr, ACTION_KEYS))}); name the "
-                f"feature that holds the actions with action_key (kino ingest --action-key KEY), and the "
-                f"state with state_keys (--state-keys K1,K2); numeric features: {_numeric_features(features)}"
-            )
-    elif key not in features:
-        raise ConversionError(
-            f"{path}: action key {key!r} is not a feature; numeric features: {_numeric_features(features)}"
-        )
-    dtype = features[key].get("dtype")
-    if dtype not in _NUMERIC:
-        raise ConversionError(
-            f"{path}: the action feature {key!r} has dtype {dtype!r}, not a number; pass the numeric "
-            f"feature that holds the actions as action_key (--action-key KEY); numeric features: "
-            f"{_numeric_features(features)}"
-        )
-    return key
-
-
-def _default_states(features: dict[str, Any], action: str, path: str) -> tuple[str, ...]:
-    """``observation.state``, else ``state`` or ``states`` when exactly one is a numeric feature."""
-    if "observation.state" in features:
-        return ("observation.state",)
-    found = [k for k in STATE_KEYS[1:] if k != action and features.get(k, {}).get("dtype") in _NUMERIC]
-    if len(found) > 1:
-        log.warning(
-            "%s: no observation.state, and both %s are features; neither is taken as the state (each "
-            "stays an extra array): pass state_keys (--state-keys) to choose",
-            path, " and ".join(found),
-        )  # fmt: skip
-    return tuple(found) if len(found) == 1 else ()
-
-
-def _flat_names(value: Any) -> list[str] | None:
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, list):
-        out: list[str] = []
-        for item in value:
-            sub = _flat_names(item)
-            if sub is None:
-                return None
-            out += sub
-        return out
-    return None
-
-
-def names_and_components(names: Any, dim: int) -> tuple[list[str] | None, dict[str, list[int]]]:
-    """Flat element names and ``{key: [start, stop)}`` components from a feature's ``names``.
-
-    A list (also nested) names the elements; a dict of lists names them per key, and each
-    key becomes a component. Names that do not count ``dim`` elements are dropped.
-    """
-    comps: dict[str, list[int]] = {}
-    if isinstance(names, dict):
-        flat: list[str] = []
-        for key, value in names.items():
-            sub = _flat_names(value)
-            if sub is None:
-                return None, {}
-            comps[str(key)] = [len(flat), len(flat) + len(sub)]
-            flat += sub
-    else:
-        got = _flat_names(names) if isinstance(names, list) else None
-        if got is None:
-            return None, {}
-        flat = got
-    if len(flat) != dim:
-        return None, {}
-    return flat, {k: v for k, v in comps.items() if v[0] < v[1]}
-
-
-def _feature_dim(feature: dict[str, Any]) -> int:
-    return int(np.prod([int(d) for d in feature.get("shape", [1])]))
 
 
 def _tasks(root: str, version: str, pq: Any) -> dict[int, str] | None:
@@ -484,169 +350,48 @@ def _read_rows(path: str, pq: Any) -> list[dict[str, Any]]:
     return rows
 
 
-# -- columns ----------------------------------------------------------------------------
+# -- the source -------------------------------------------------------------------------
 
 
-def _to_numpy(pa: Any, column: Any, name: str, where: str) -> np.ndarray:
-    """A numeric parquet column as a (T, *shape) array of its own dtype, bit for bit.
+def _rotated(
+    earlier: dict[str, Any] | None, turned: dict[str, list[int]] | None, root: str
+) -> dict[str, list[int]] | None:
+    """The metadata's ``lerobot.rotated``: each camera and array this ingest turned
+    (``turned``, None without ``flip_images``), with its axes; None: nothing recorded.
 
-    Fixed-size and variable lists (equal lengths) become trailing dimensions. The values
-    are read from the arrow buffers (`_primitive`), never through ``to_numpy``.
-    """
-    arr = column.combine_chunks() if hasattr(column, "combine_chunks") else column
-    n = len(arr)
-    shape: list[int] = []
-    while True:
-        if isinstance(arr.type, pa.ExtensionType):
-            arr = arr.storage
-        if arr.null_count:
-            raise ConversionError(f"{where}: column {name!r} holds {arr.null_count} null values")
-        if pa.types.is_fixed_size_list(arr.type):
-            shape.append(arr.type.list_size)
-            arr = arr.flatten()
-        elif pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type):
-            lengths = _primitive(arr.value_lengths())
-            if lengths.size and (lengths != lengths[0]).any():
-                raise ConversionError(f"{where}: column {name!r} holds lists of different lengths")
-            shape.append(int(lengths[0]) if lengths.size else 0)
-            arr = arr.flatten()
-        else:
-            break
-    if str(arr.type) not in _ARROW_DTYPES:
-        raise ConversionError(f"{where}: column {name!r} is {column.type}, not numeric")
-    return _primitive(arr).reshape(n, *shape)
-
-
-# Arrow's primitive types (little-endian, as arrow keeps them) as NumPy dtypes.
-_ARROW_DTYPES = {
-    "bool": "?", "int8": "<i1", "int16": "<i2", "int32": "<i4", "int64": "<i8", "uint8": "<u1",
-    "uint16": "<u2", "uint32": "<u4", "uint64": "<u8", "halffloat": "<f2", "float": "<f4", "double": "<f8",
-}  # fmt: skip
-
-
-def _primitive(arr: Any) -> np.ndarray:
-    """A numeric or bool arrow array without nulls as NumPy, read from its buffers.
-
-    ``Array.to_numpy`` (and ``numpy.asarray`` of an array) first imports pandas, lazily,
-    and drops any exception raised meanwhile: a Ctrl-C or SIGTERM arriving in that import
-    would be lost. The data buffer is taken as it is (a read-only view), bits unpacked.
-    """
-    n, start = len(arr), arr.offset
-    dtype = np.dtype(_ARROW_DTYPES[str(arr.type)])
-    if n == 0:
-        return np.empty(0, dtype)
-    data = arr.buffers()[1]
-    if dtype == np.bool_:
-        bits = np.frombuffer(data, np.uint8, count=(start + n + 7) // 8)
-        return np.unpackbits(bits, bitorder="little")[start : start + n].view(np.bool_)
-    return np.frombuffer(data, dtype, count=n, offset=start * dtype.itemsize)
-
-
-def _indices(pa: Any, rows: np.ndarray) -> Any:
-    """Row positions as an arrow int64 array for ``take`` (built from the buffer, not converted)."""
-    flat = np.ascontiguousarray(rows, np.int64)
-    return pa.Array.from_buffers(pa.int64(), len(flat), [None, pa.py_buffer(flat)])
-
-
-def _kind(pa: Any, type_: Any) -> str:
-    """``"numeric"``, ``"text"``, ``"image"`` or ``"other"`` for an arrow column type."""
-    while isinstance(type_, pa.ExtensionType):
-        type_ = type_.storage_type
-    if pa.types.is_struct(type_):
-        names = {type_.field(i).name for i in range(type_.num_fields)}
-        return "image" if "bytes" in names else "other"
-    while pa.types.is_fixed_size_list(type_) or pa.types.is_list(type_) or pa.types.is_large_list(type_):
-        type_ = type_.value_type
-    if pa.types.is_integer(type_) or pa.types.is_floating(type_) or pa.types.is_boolean(type_):
-        return "numeric"
-    if pa.types.is_string(type_) or pa.types.is_large_string(type_):
-        return "text"
-    return "other"
-
-
-def _text_value(column: Any) -> Any:
-    """A text column as an extra field: its one value when every frame has it, else per frame.
-
-    A value is a string, or for a list feature (LeRobot's string feature of shape (N,)) a
-    list of strings; nulls stay None.
-    """
-    rows: list[Any] = column.to_pylist()
-    first = rows[0]
-    return first if all(row == first for row in rows) else rows
-
-
-def _blobs(column: Any, name: str, where: str) -> list[bytes]:
-    """The encoded frames of an ``image`` column (structs of ``bytes`` and ``path``)."""
-    arr = column.combine_chunks()
-    fields = [arr.type.field(i).name for i in range(arr.type.num_fields)]
-    data = arr.flatten()[fields.index("bytes")] if arr.null_count == 0 else None  # offsets applied
-    if data is None or data.null_count:
-        raise ConversionError(
-            f"{where}: image column {name!r} has frames without bytes (only a path); "
-            f"LeRobot embeds the image bytes in the parquet file"
-        )
-    blobs: list[bytes] = data.to_pylist()
-    return blobs
-
-
-def _image_frames(column: Any, name: str, where: str, flip: bool) -> list[bytes] | np.ndarray:
-    """The encoded bytes of an ``image`` column (decoded only if not PNG/JPEG or flipped)."""
-    blobs = _blobs(column, name, where)
-    if not flip and _codecs.sniff(blobs[0]) is not None:
-        return blobs  # PNG/JPEG: stored byte for byte (the writer checks every frame)
-    try:  # another Pillow-readable format, or frames to rotate
-        frames = _codecs.decode(blobs, _codecs.probe(blobs[0]), f"{where}: column {name!r}")
-    except (CorruptFileError, WriterError, OSError) as exc:
-        raise ConversionError(f"{where}: column {name!r}: {exc}") from None
-    return np.ascontiguousarray(frames[:, ::-1, ::-1]) if flip else frames
-
-
-def png_depth(blob: bytes) -> tuple[int, int] | None:
-    """A PNG's bit depth and colour type (0 grey, 2 RGB, 4 grey and alpha, 6 RGBA), from its
-    header; None for anything else."""
-    if len(blob) < 26 or blob[:8] != b"\x89PNG\r\n\x1a\n" or blob[12:16] != b"IHDR":
-        return None
-    return blob[24], blob[25]
-
-
-def _wide_frames(column: Any, name: str, where: str, flip: bool) -> np.ndarray:
-    """The 16-bit greyscale PNG frames of an ``image`` column as uint16 ``(T, H, W)``, bit for bit.
+    For a kinodb export (``earlier``: the dataset block it recorded, given back) the record
+    also holds what the ingest of the export's source rotated, the record of that source's
+    format (`rotation_space`): what is turned twice is as that source held it. Where that
+    ingest turned frames and kept no record, none is kept either: the HDF5 exporter's rule
+    for such files (cameras and 4-D arrays) stands.
 
     Raises:
-        ConversionError: a frame is no 16-bit greyscale PNG, does not decode, or differs
-            in size from frame 0.
+        ConversionError: a camera or array would be turned on other axes than it was.
     """
-    from PIL import Image  # deferred: importing kinodb stays light
-
-    blobs = _blobs(column, name, where)
-    out: np.ndarray | None = None
-    for t, blob in enumerate(blobs):
-        if png_depth(blob) != _WIDE_PNG:
+    prior = None
+    if earlier is not None:
+        meta = earlier.get("metadata")
+        meta = meta if isinstance(meta, dict) else {}
+        space = rotation_space(earlier)
+        block = meta.get(space) if space is not None else None
+        prior = block.get("rotated") if isinstance(block, dict) else None
+        if not isinstance(prior, dict):
+            if meta.get("image_orientation") == _ROTATED:
+                return None
+            prior = None
+    if prior is None or turned is None:
+        return turned if prior is None else dict(prior)
+    out = dict(prior)
+    for name, axes in turned.items():
+        if name not in out:
+            out[name] = axes
+        elif out.pop(name) != axes:
             raise ConversionError(
-                f"{where}: column {name!r}: frame {t} is not a 16-bit greyscale PNG, as the dataset's first "
-                "frame of this feature is; the frames of one image feature must share one format"
+                f"{root}: {name!r} was rotated 180 degrees on axes {prior[name]} by the ingest of the file this "
+                f"kinodb export was written from, and flip_images turns it on axes {axes}, which leaves it "
+                "turned both ways; ingest it without --flip-images (flip_images=False)"
             )
-        try:
-            with Image.open(io.BytesIO(blob)) as im:
-                frame = np.asarray(im)
-        except (OSError, ValueError) as exc:
-            raise ConversionError(f"{where}: column {name!r}: frame {t} does not decode ({exc})") from None
-        if out is None:
-            out = np.empty((len(blobs), *frame.shape), np.uint16)
-        if frame.shape != out.shape[1:] or frame.dtype.kind not in "ui" or frame.dtype.itemsize > 4:
-            raise ConversionError(
-                f"{where}: column {name!r}: frame {t} decodes to {frame.dtype} {frame.shape}, frame 0 to "
-                f"uint16 {out.shape[1:]}"
-            )
-        out[t] = frame  # 'I;16' is uint16 already; 'I' (older Pillow) holds the same 16-bit values
-    assert out is not None
-    return np.ascontiguousarray(out[:, ::-1, ::-1]) if flip else out
-
-
-_WIDE_PNG = (16, 0)  # 16-bit greyscale (depth maps): kept, as uint16, in an extra array
-
-
-# -- the source -------------------------------------------------------------------------
+    return out
 
 
 def _spec(positions: list[int]) -> str:
@@ -693,7 +438,7 @@ class LeRobotSource:
         bad = [k for k, f in self._features.items() if not isinstance(f, dict)]
         if bad:
             raise ConversionError(f"{info_path}: feature {bad[0]!r} is not a JSON object")
-        self._plan = _plan(self._features, self._options, info_path)
+        self._plan = make_plan(self._features, self._options, info_path)
         self._tasks = _tasks(self._root, self._version, self._pq)
         self._kinodb = kinodb_export(self._root)
         videos = list(self._plan.videos.values()) if self._options.images else []
@@ -735,29 +480,10 @@ class LeRobotSource:
         Frame 0 of the first episode at hand decides for the dataset: .kdb cameras hold
         8-bit frames, and 16-bit PNG (LeRobot's depth maps) would not pass them.
         """
-        if self._wide is not None:
-            return self._wide
-        self._wide = {}
-        keys = list(self._plan.images.values()) if self._options.images else []
-        ep = next((ep for ep in self._episodes.values() if os.path.isfile(ep.data)), None)
-        if not keys or ep is None:
-            return self._wide
-        try:
-            with self._pq.ParquetFile(ep.data) as pf:
-                keys = [k for k in keys if k in pf.schema_arrow.names]
-                batch = next(pf.iter_batches(batch_size=1, columns=keys), None) if keys else None
-            firsts = {} if batch is None else {k: batch.column(k).to_pylist()[0] for k in keys}
-        except Exception:  # pyarrow raises several types for damaged files: the episode's read says why
-            return self._wide
-        for key, first in firsts.items():
-            depth = png_depth(first["bytes"]) if isinstance(first, dict) and first.get("bytes") else None
-            if depth == _WIDE_PNG:
-                self._wide[key] = None
-            elif depth is not None and depth[0] == 16:
-                self._wide[key] = (
-                    f"16-bit PNG frames of colour type {depth[1]} (not greyscale); .kdb cameras hold 8-bit "
-                    "frames, and only 16-bit greyscale frames are kept, as uint16 extra arrays"
-                )
+        if self._wide is None:
+            keys = list(self._plan.images.values()) if self._options.images else []
+            ep = next((ep for ep in self._episodes.values() if os.path.isfile(ep.data)), None)
+            self._wide = wide_images(self._pq, ep.data, keys) if keys and ep is not None else {}
         return self._wide
 
     def info(self) -> SourceInfo:
@@ -765,9 +491,9 @@ class LeRobotSource:
         schema: dict[str, Any] = {}
         key = self._plan.action
         action = self._features[key]
-        names, comps = names_and_components(action.get("names"), _feature_dim(action))
+        names, comps = names_and_components(action.get("names"), feature_dim(action))
         if not comps and key != "action":  # the source key, as for a state feature of another name
-            comps = {key: [0, _feature_dim(action)]}
+            comps = {key: [0, feature_dim(action)]}
         actions = ({"names": names} if names is not None else {}) | ({"components": comps} if comps else {})
         if actions:
             schema["actions"] = actions
@@ -786,7 +512,7 @@ class LeRobotSource:
         }  # fmt: skip
         not_cameras = {
             k: f"16-bit greyscale PNG frames: stored bit for bit as the uint16 (T, H, W) extra array "
-            f"{_array_name(k)!r}; .kdb cameras hold 8-bit frames"
+            f"{array_name(k)!r}; .kdb cameras hold 8-bit frames"
             for k, why in wide.items()
             if why is None
         }
@@ -797,7 +523,13 @@ class LeRobotSource:
             if why is not None:
                 log.warning("%s: %s is left out: %s", self._root, k, why)
                 notes.append(f"{k} is left out: {why}")
-        schema, metadata = restore_dataset(self._kinodb, schema, {"lerobot": lerobot}, self._info, self._root)
+        given = {"lerobot": lerobot}
+        schema, metadata = restore_dataset(self._kinodb, schema, given, self._info, self._root)
+        # restore_dataset hands back the metadata it was given when it gives nothing back
+        earlier = self._kinodb["dataset"] if self._kinodb is not None and metadata is not given else None
+        rotated = _rotated(earlier, self._turned(wide), self._root)
+        if rotated is not None:
+            metadata["lerobot"]["rotated"] = rotated
         if self._options.flip_images:  # turned once more than a kinodb export's frames had been
             turned = metadata.get("image_orientation", _AS_STORED)
             metadata["image_orientation"] = _TURNED_AGAIN.get(turned, turned)  # "mixed" stays mixed
@@ -806,24 +538,34 @@ class LeRobotSource:
             embodiment=str(robot) if robot else None, notes=notes,
         )  # fmt: skip
 
+    def _turned(self, wide: dict[str, str | None]) -> dict[str, list[int]] | None:
+        """What ``flip_images`` turns 180 degrees, with the axes: every camera and 16-bit
+        greyscale array (``wide``: `_wide_images`) on (H, W); None without ``flip_images``."""
+        if not self._options.flip_images:
+            return None
+        if not self._options.images:
+            return {}
+        cameras = [c for c, k in self._plan.images.items() if k not in wide] + list(self._plan.videos)
+        return {name: [1, 2] for name in cameras + [array_name(k) for k, why in wide.items() if why is None]}
+
     def _state_schema(self) -> dict[str, Any]:
         keys = self._plan.state_keys
         if not keys:
             return {}
         if len(keys) == 1:
             feat = self._features[keys[0]]
-            names, comps = names_and_components(feat.get("names"), _feature_dim(feat))
+            names, comps = names_and_components(feat.get("names"), feature_dim(feat))
             out: dict[str, Any] = {"names": names} if names is not None else {}
             if comps:
                 out["components"] = comps
             elif keys[0] != "observation.state":
-                out["components"] = {keys[0]: [0, _feature_dim(feat)]}
+                out["components"] = {keys[0]: [0, feature_dim(feat)]}
             return out
         spans: dict[str, list[int]] = {}
         all_names: list[str] | None = []
         start = 0
         for key in keys:
-            dim = _feature_dim(self._features[key])
+            dim = feature_dim(self._features[key])
             spans[key] = [start, start + dim]
             start += dim
             names, _ = names_and_components(self._features[key].get("names"), dim)
@@ -871,7 +613,7 @@ class LeRobotSource:
         except Exception as exc:  # pyarrow raises several types for damaged files
             raise ConversionError(f"{ep.data}: not readable parquet ({exc})") from None
         if "episode_index" in names:
-            table = _rows_of(self._pa, table, ep.index, ep.data)
+            table = rows_of(self._pa, table, ep.index, ep.data)
         where = f"{ep.data}: episode {ep.index}"
         if table.num_rows == 0:
             raise ConversionError(f"{where}: the file holds no rows of this episode")
@@ -880,7 +622,7 @@ class LeRobotSource:
                 f"{where}: the file holds {table.num_rows} rows of this episode, the episode metadata "
                 f"says its length is {ep.length}"
             )
-        return _by_frame_index(self._pa, table, where) if "frame_index" in names else table
+        return by_frame_index(self._pa, table, where) if "frame_index" in names else table
 
     def _row_groups(self, pf: Any, e: int) -> list[int] | None:
         """Row groups whose ``episode_index`` statistics admit ``e`` (None: read everything)."""
@@ -921,53 +663,28 @@ class LeRobotSource:
             column = table[name]
             if name in wide:  # 16-bit PNG: greyscale kept as a uint16 array, colour left out
                 if wide[name] is None:
-                    parts[name] = _wide_frames(column, name, where, self._options.flip_images)
+                    parts[name] = wide_frames(column, name, where, self._options.flip_images)
                 continue
             if name in cams:
-                frames = _image_frames(column, name, where, self._options.flip_images)
+                frames = image_frames(column, name, where, self._options.flip_images)
                 args.setdefault("images", {})[cams[name]] = frames
                 continue
-            kind = _kind(self._pa, column.type)
+            kind = column_kind(self._pa, column.type)
             if kind == "text":
-                args["extra"][name] = _text_value(column)
+                args["extra"][name] = text_value(column)
             elif kind != "numeric":
                 self._left_out(name, f"{column.type} is not numeric, text or an image")
-            elif name not in _POSITIONS:
-                parts[name] = self._as_declared(name, _to_numpy(self._pa, column, name, where))
+            elif name not in POSITIONS:
+                arr = _to_numpy(self._pa, column, name, where)
+                parts[name] = as_declared(
+                    arr, name, self._features.get(name, {}).get("dtype"), self._warned, self._root
+                )
         self._assemble(ep, parts, args, where)
         if self._options.images and self._plan.videos:
             args.setdefault("images", {}).update(self._decode_videos(ep, args, where))
         if self._kinodb is not None:
             restore(args, self._kinodb, ep.index, self._root)
         return args
-
-    def _as_declared(self, name: str, arr: np.ndarray) -> np.ndarray:
-        """A column in the dtype ``info.json`` declares for it, where that cast keeps every value.
-
-        LeRobot's loader casts each column to its declared dtype; a file written otherwise
-        (float32 actions under a float64 feature) would give episodes of different dtypes.
-        A cast that could change values is not made: the column keeps its dtype, with a
-        warning.
-        """
-        declared = self._features.get(name, {}).get("dtype")
-        if declared not in _NUMERIC or arr.dtype == np.dtype(declared):
-            return arr
-        want = np.dtype(declared)
-        if holds_exactly(arr.dtype, want):
-            return arr.astype(want)
-        if f"dtype:{name}" not in self._warned:
-            self._warned.add(f"dtype:{name}")
-            hint = (
-                f"; pass --dtype {want} to store floating arrays as {want}"
-                if want.kind == arr.dtype.kind == "f"
-                else ""
-            )
-            log.warning(
-                "%s: column %r holds %s values, but meta/info.json declares %s; they stay %s, as a cast "
-                "could change them, and episodes of another dtype may not gather with these%s",
-                self._root, name, arr.dtype, want, arr.dtype, hint,
-            )  # fmt: skip
-        return arr
 
     def _assemble(self, ep: _Episode, parts: dict[str, np.ndarray], args: dict[str, Any], where: str) -> None:
         """Give every numeric column its role: actions, states, rewards, ..., extra arrays."""
@@ -984,22 +701,22 @@ class LeRobotSource:
             args["states"] = parts.pop(keys[0]).reshape(T, -1)
         elif keys:
             own = {k: parts.pop(k) for k in keys}
-            args["states"] = _concatenate(own, T, where)
+            args["states"] = concatenate(own, T, where)
             args[SOURCE_PARTS] = {"states": own}
         for name, role in _ROLES.items():
             if name in parts:
-                args[role] = _per_frame(parts.pop(name), name, where)
+                args[role] = per_frame(parts.pop(name), name, where)
         if "is_terminal" in args and args["is_terminal"].dtype != np.bool_:
             args["is_terminal"] = args["is_terminal"] != 0
         if "next.success" in parts:  # the per-frame flag stays an extra array too
-            args["success"] = bool(_per_frame(parts["next.success"], "next.success", where)[-1])
+            args["success"] = bool(per_frame(parts["next.success"], "next.success", where)[-1])
         self._task(ep, parts, args, where)
         if parts:
-            args["extra_arrays"] = {_array_name(k): v for k, v in parts.items()}
+            args["extra_arrays"] = {array_name(k): v for k, v in parts.items()}
 
     def _task(self, ep: _Episode, parts: dict[str, np.ndarray], args: dict[str, Any], where: str) -> None:
         """The first frame's task text; a varying task index stays an extra array."""
-        index = _per_frame(parts.pop("task_index"), "task_index", where) if "task_index" in parts else None
+        index = per_frame(parts.pop("task_index"), "task_index", where) if "task_index" in parts else None
         if index is not None and (index != index[0]).any():
             parts["task_index"] = index
         if index is None or self._tasks is None:
@@ -1077,53 +794,12 @@ class LeRobotSource:
         self._readers.clear()
 
 
-def _array_name(key: str) -> str:
-    """The extra array that holds column ``key``: its own name, else ``lerobot.<key>``."""
-    return f"lerobot.{key}" if key in _RESERVED_ARRAYS else key
-
-
-def _by_frame_index(pa: Any, table: Any, where: str) -> Any:
-    """The rows ordered by ``frame_index``, which must run 0..T-1."""
-    fi = _to_numpy(pa, table["frame_index"], "frame_index", where).reshape(-1)
-    order = np.argsort(fi, kind="stable")
-    if not (fi[order] == np.arange(len(fi))).all():
-        raise ConversionError(f"{where}: frame_index is not 0..{len(fi) - 1} (frames repeat or are missing)")
-    return table if (order == np.arange(len(order))).all() else table.take(_indices(pa, order))
-
-
-def _rows_of(pa: Any, table: Any, e: int, where: str) -> Any:
-    """The rows of episode ``e`` (a slice when they are contiguous, as LeRobot writes them)."""
-    rows = np.flatnonzero(_to_numpy(pa, table["episode_index"], "episode_index", where).reshape(-1) == e)
-    if rows.size and rows[-1] - rows[0] + 1 == rows.size:
-        return table.slice(int(rows[0]), int(rows.size))
-    return table.take(_indices(pa, rows))
-
-
-def _concatenate(pieces: dict[str, np.ndarray], T: int, where: str) -> np.ndarray:
-    """State columns side by side, in their NumPy result type, which must hold every value.
-
-    Raises:
-        ConversionError: a value that type would round (an int64 beyond 2**53 beside floats);
-            names the column, the frame and what to do.
-    """
-    flat = {k: v.reshape(T, -1) for k, v in pieces.items()}
-    dtype = np.result_type(*flat.values())
-    for key, arr in flat.items():
-        rounded = first_rounded(arr, dtype)
-        if rounded is not None:
-            at, value = rounded
-            raise ConversionError(
-                f"{where}: state key {key!r} holds {value!r} at frame {at // max(1, arr.shape[1])} "
-                f"({arr.dtype}), which the {dtype} states of {', '.join(flat)} cannot hold exactly; leave "
-                f"{key!r} out of state_keys (--state-keys): it then stays an extra array, with its own dtype"
-            )
-    return np.concatenate([a.astype(dtype, copy=False) for a in flat.values()], axis=1)
-
-
-def _per_frame(arr: np.ndarray, name: str, where: str) -> np.ndarray:
-    """A column with one value per frame as a 1-D array."""
-    if arr.size != len(arr):
-        raise ConversionError(
-            f"{where}: column {name!r} has shape {arr.shape[1:]} per frame; expected one value"
-        )
-    return arr.reshape(len(arr))
+__all__ = [
+    "ACTION_KEYS",
+    "STATE_KEYS",
+    "SUPPORTED_VERSIONS",
+    "TOLERANCE_S",
+    "LeRobotSource",
+    "names_and_components",
+    "png_depth",
+]

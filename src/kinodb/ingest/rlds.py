@@ -53,6 +53,10 @@ from the first record):
   episode is cut off before its last step (no ``is_last``) or has no rewards.
 - Floats stay float32 (a TFRecord FloatList is float32, even for float64 features);
   integers take their declared dtype; booleans become bool.
+- ``flip_images`` turns every camera 180 degrees (decoding its frames); the metadata's
+  ``image_orientation`` is then ``rotated_180``, else ``as_stored``, and ``rlds.rotated``
+  names each camera turned, with its axes (``[1, 2]``), as the HDF5 source's
+  ``hdf5.rotated`` does: the HDF5 exporter turns back exactly those.
 - fps: ``options.fps``; else 5 Hz for Bridge, 3 Hz for RT-1 (fractal), 15 Hz for DROID
   (their recording rates, by dataset name); else 10 Hz. Those three also name the
   embodiment (widowx, google_robot, franka).
@@ -535,6 +539,8 @@ class RLDSSource:
             "features": {k: s.describe() for k, s in sorted(plan.specs.items())},
             "left_out": dict(self._left_out) or None,
         }  # fmt: skip
+        if self._options.flip_images:  # what was turned, as the HDF5 source records it (hdf5.rotated)
+            rlds["rotated"] = {cam: [1, 2] for cam in plan.cameras} if self._options.images else {}
         return SourceInfo(
             "rlds", schema=plan.schema(), metadata={"rlds": {k: v for k, v in rlds.items() if v is not None}},
             fps=self._options.fps or fps, embodiment=embodiment,
