@@ -67,6 +67,10 @@ def test_a_signal_in_an_import_that_pyarrow_swallows_still_stops_the_command(
 @pytest.mark.integration
 def test_a_signal_put_off_until_the_command_ended_is_not_a_success(tmp_path: Path) -> None:
     out = tmp_path / "out.kdb"
-    proc, _ = _command("SIGTERM", out, wait=0.0)  # done before the signal is sent again
+    proc, _ = _command("SIGTERM", out, wait=0.0)  # done before the signal is sent again, as a rule
     assert proc.returncode == 143, proc.stderr
-    assert proc.stderr == f"kino ingest: terminated (SIGTERM); {out} was written before the interruption\n"
+    # On a busy machine the signal sent again may land while the file is written instead.
+    assert proc.stderr in (
+        f"kino ingest: terminated (SIGTERM); {out} was written before the interruption\n",
+        f"kino ingest: terminated (SIGTERM); nothing was written to {out}\n",
+    ), proc.stderr

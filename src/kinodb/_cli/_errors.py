@@ -165,8 +165,9 @@ def _signals_interrupt(sigterm: bool) -> Iterator[None]:
             raised.add(late[0])
             raise Terminated if late[0] == signal.SIGTERM else KeyboardInterrupt
     finally:
-        for timer in again:
+        for timer in again:  # a signal it sends now reaches `on_signal`, not the old handler
             timer.cancel()
+            timer.join()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
