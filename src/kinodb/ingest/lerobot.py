@@ -80,7 +80,7 @@ import numpy as np
 
 from kinodb._optional import require
 from kinodb.errors import ConversionError
-from kinodb.export.hdf5 import rotation_space
+from kinodb.export._hdf5_turns import rotation_space
 from kinodb.ingest import _video
 from kinodb.ingest._base import (
     SKIP_ADVICE,
