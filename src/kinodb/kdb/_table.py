@@ -688,9 +688,11 @@ class TableBuilder:
             self.rows[c].append(row[c])
         for s in STRING_COLUMNS:
             self.strings[s].append(strings[s])
+        extras = self.extras
         for key in extra:
-            self.extras.setdefault(key, [ABSENT] * n)
-        for key, values in self.extras.items():
+            if key not in extras:  # a new field: absent from every earlier episode
+                extras[key] = [ABSENT] * n
+        for key, values in extras.items():
             values.append(extra.get(key, ABSENT))
 
     def add_section(self, row: dict[str, Any]) -> None:
