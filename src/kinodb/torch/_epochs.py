@@ -1,11 +1,14 @@
-"""The epoch and the rank an iterable dataset reads, shared with its DataLoader workers."""
+"""The epoch and the rank an iterable dataset reads, shared with its DataLoader workers, and
+the part of an epoch's order each worker reads."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import torch
+from numpy.typing import NDArray
 from torch.utils.data import get_worker_info
 
 
@@ -59,3 +62,100 @@ def distributed() -> tuple[int, int] | None:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return None
+
+
+# The orders below hold what a DataLoader worker keeps, not the whole epoch: the epoch's
+# shuffle is one array of the smallest dtype that holds its positions (NumPy's shuffle
+# draws the same swaps whatever the dtype, so it equals ``permutation``), and the draws
+# of a mixture are computed only at the positions a worker reads.
+
+
+def index_dtype(n: int) -> np.dtype[Any]:
+    """The smallest dtype that holds every index ``0 .. n - 1``."""
+    if n <= 1 << 16:
+        return np.dtype(np.uint16)
+    if n <= 1 << 32:
+        return np.dtype(np.uint32)
+    return np.dtype(np.int64)
+
+
+def shuffled(n: int, key: list[int]) -> NDArray[Any]:
+    """``np.random.default_rng(key).permutation(n)`` in `index_dtype` ``(n)``."""
+    out = np.arange(n, dtype=index_dtype(n))
+    np.random.default_rng(key).shuffle(out)
+    return out
+
+
+def worker_positions(
+    size: int, rank: int, world: int, worker: int, workers: int, batch: int
+) -> NDArray[np.int64]:
+    """Positions in an epoch of ``size`` samples that DataLoader worker ``worker`` of
+    ``workers`` of rank ``rank`` of ``world`` reads, in its order.
+
+    The rank's share is every ``world``-th position from ``rank``; its workers deal that
+    share out in runs of ``batch``, in turn.
+    """
+    share = len(range(rank, size, world))
+    firsts = np.arange(worker * batch, share, workers * batch, dtype=np.int64)
+    mine = (firsts[:, None] + np.arange(batch, dtype=np.int64)).ravel()
+    mine = mine[: np.searchsorted(mine, share)]  # ascending: only the last run can overrun
+    mine *= world
+    mine += rank
+    return mine
+
+
+def _passes(first: int, k: int, units: int) -> Iterator[tuple[int, int, int]]:
+    """``(pass, first draw, end draw)`` of each pass draws ``first .. first + k - 1`` of a
+    source's cycle of ``units``-long passes touch."""
+    for p in range(first // units, (first + k - 1) // units + 1):
+        yield p, max(p * units, first), min((p + 1) * units, first + k)
+
+
+def cycle_order(
+    seed: int, epoch: int, units: NDArray[np.int64], starts: NDArray[np.int64], take: NDArray[np.int64]
+) -> NDArray[Any]:
+    """Every source's draws of the epoch, one source after another, in `index_dtype`.
+
+    Source ``s`` gives draws ``epoch * take[s]`` onwards of its cycle of seeded passes
+    (pass ``p`` is ``permutation(units[s])`` seeded by ``(seed, s, p)``), offset by
+    ``starts[s]``, its first sample index.
+    """
+    out = np.empty(int(take.sum()), dtype=index_dtype(int(starts[-1])))
+    at = 0
+    for s, k in enumerate(take.tolist()):
+        size, first = int(units[s]), epoch * k
+        for p, lo, hi in _passes(first, k, size) if k else ():
+            piece = out[at : at + hi - lo]
+            piece[...] = shuffled(size, [seed, s, p])[lo - p * size : hi - p * size]
+            piece += int(starts[s])
+            at += hi - lo
+    return out
+
+
+def cycle_draws_at(
+    seed: int,
+    epoch: int,
+    units: NDArray[np.int64],
+    starts: NDArray[np.int64],
+    take: NDArray[np.int64],
+    where: NDArray[Any],
+) -> NDArray[np.int64]:
+    """``cycle_order(...)[where]``, without the whole order: only the passes ``where``
+    reaches are drawn, one at a time."""
+    out = np.empty(len(where), dtype=np.int64)
+    by = np.argsort(where, kind="stable")
+    ordered = where[by].astype(np.int64)
+    at = 0  # the source's first position in the order
+    for s, k in enumerate(take.tolist()):
+        size, skip = int(units[s]), epoch * k - at  # position + skip: the source's draw number
+        lo, end = np.searchsorted(ordered, (at, at + k)).tolist()
+        while lo < end:  # one pass of the source at a time, the passes ``where`` reaches
+            p = (int(ordered[lo]) + skip) // size
+            hi = lo + int(np.searchsorted(ordered[lo:end], (p + 1) * size - skip))
+            draws = ordered[lo:hi] + (skip - p * size)
+            picked = shuffled(size, [seed, s, p])[draws].astype(np.int64)
+            picked += int(starts[s])
+            out[by[lo:hi]] = picked
+            lo = hi
+        at += k
+    return out

@@ -12,8 +12,7 @@ from kinodb.errors import KinodbError
 from kinodb.mixture import DEFAULT_SEED, Mixture
 from kinodb.torch._collate import Batch, Sample, TensorBatch, pad_collate
 from kinodb.torch._datasets import KinoFrameDataset, KinoMapDataset
-from kinodb.torch._epochs import EpochsAndRanks
-from kinodb.torch._sampler import cycle_draws
+from kinodb.torch._epochs import EpochsAndRanks, cycle_draws_at, cycle_order, shuffled, worker_positions
 
 __all__ = ["KinoIterDataset", "from_mixture"]
 
@@ -117,14 +116,48 @@ class KinoIterDataset(EpochsAndRanks, IterableDataset[dict[str, Any]]):
 
     def epoch_order(self, epoch: int | None = None) -> np.ndarray:
         """Every sample index of the epoch (the current one by default), in order, before
-        splitting."""
+        splitting (int64). DataLoader workers build only their part (`worker_order`)."""
         epoch = self.epoch if epoch is None else epoch
         n = len(self._inner)
         if self._mixture is None:
             if not self.shuffle:
                 return np.arange(n, dtype=np.int64)
-            return np.random.default_rng([self.seed, epoch]).permutation(n).astype(np.int64)
-        return self._mixture_order(epoch)
+            return np.random.default_rng([self.seed, epoch]).permutation(n)
+        units, starts, take = self._mixture_shares()
+        drawn = cycle_order(self.seed, epoch, units, starts, take)
+        shuffle = shuffled(len(drawn), [self.seed, epoch, 1 << 20])
+        picked: np.ndarray = drawn[shuffle]
+        del drawn, shuffle  # before the int64 copy
+        return picked.astype(np.int64)
+
+    def worker_order(self, epoch: int | None = None, *, worker: int = 0, num_workers: int = 1) -> np.ndarray:
+        """The sample indices DataLoader worker ``worker`` of ``num_workers`` of this rank
+        reads in the epoch (the current one by default), in order (int64).
+
+        The same as taking the worker's part of `epoch_order`: the rank's share is every
+        world-size-th sample from the rank, dealt out to its workers in whole batches (or
+        samples), in turn. Only that part is built: an epoch of ``n`` samples costs a
+        worker one shuffle of ``n`` 4-byte positions (2-byte up to 65,536), then for a
+        mixture one pass over a source at a time, plus its part.
+        """
+        epoch = self.epoch if epoch is None else epoch
+        rank, world = self._rank_world()
+        if not 0 <= worker < num_workers:
+            raise ValueError(
+                f"need 0 <= worker < num_workers, got worker={worker!r}, num_workers={num_workers!r}"
+            )
+        if self._mixture is None:
+            size = len(self._inner)
+            where = worker_positions(size, rank, world, worker, num_workers, self.batch_size or 1)
+            if not self.shuffle:
+                return where
+            return shuffled(size, [self.seed, epoch])[where].astype(np.int64)
+        units, starts, take = self._mixture_shares()
+        size = int(take.sum())
+        where = worker_positions(size, rank, world, worker, num_workers, self.batch_size or 1)
+        drawn = shuffled(size, [self.seed, epoch, 1 << 20])[where]  # positions in the draws
+        del where
+        return cycle_draws_at(self.seed, epoch, units, starts, take, drawn)
 
     def _mixture_shares(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(samples per source, their first index, draws per source)`` of a mixture epoch.
@@ -148,19 +181,7 @@ class KinoIterDataset(EpochsAndRanks, IterableDataset[dict[str, Any]]):
                 "share of the draws; leave it out of the mixture, give it its own filter in the mixture, "
                 "or change kql_filter"
             )
-        return np.asarray(counts_per_source), starts, take
-
-    def _mixture_order(self, epoch: int) -> np.ndarray:
-        """A weighted draw over the mixture's sources: per-source counts by weight, each
-        source cycled without replacement, in a seeded order."""
-        counts_per_source, starts, take = self._mixture_shares()
-        parts = []
-        for s, k in enumerate(take.tolist()):
-            if k:
-                units = int(counts_per_source[s])
-                parts.append(starts[s] + cycle_draws(self.seed, s, units, epoch * k, k))
-        order = np.concatenate(parts).astype(np.int64)
-        return order[np.random.default_rng([self.seed, epoch, 1 << 20]).permutation(len(order))]
+        return np.asarray(counts_per_source, dtype=np.int64), starts, take
 
     def _epoch_size(self) -> int:
         if self._mixture is None:
@@ -178,24 +199,22 @@ class KinoIterDataset(EpochsAndRanks, IterableDataset[dict[str, Any]]):
         # The rank's share is every world-th sample; its DataLoader workers then deal out
         # whole batches (or samples) in turn, so the rank yields exactly len(self) items,
         # in the order the DataLoader hands them on (it takes from the workers in turn).
-        rank, world = self._rank_world()
         info = get_worker_info()
         wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
-        order = self.epoch_order()[rank::world]
+        order = self.worker_order(worker=wid, num_workers=nw)
         if self.batch_size is None:
-            order = order[wid::nw]
-            if isinstance(self._inner, KinoFrameDataset):
-                for start in range(0, len(order), 64):  # gather in chunks, hand out one by one
+            for start in range(0, len(order), 64):  # gather in chunks, hand out one by one
+                if isinstance(self._inner, KinoFrameDataset):
                     chunk = self._inner.__getitems__(order[start : start + 64].tolist())
                     yield from (Sample(sample) for sample in chunk)  # no link to the chunk
-            else:
-                for i in order.tolist():
-                    yield self._inner[i]
+                else:
+                    for i in order[start : start + 64].tolist():
+                        yield self._inner[i]
             return
         size = self.batch_size
         inner = self._inner
         assert isinstance(inner, KinoFrameDataset)
-        for start in range(wid * size, len(order), nw * size):
+        for start in range(0, len(order), size):
             batch = inner.__getitems__(order[start : start + size].tolist())
             if isinstance(batch, Batch) and batch.pad is None:
                 yield TensorBatch(batch.stacked)
