@@ -178,13 +178,17 @@ def _extra_kind(values: Iterable[Any]) -> str:
     return kinds.pop() if len(kinds) == 1 else ("json" if kinds else "null")
 
 
-def encode_extra(values: Sequence[Any]) -> tuple[str, dict[str, np.ndarray]]:
-    """Encode one extra field over all episodes; returns ``(kind, columns)``."""
+def encode_extra(values: Sequence[Any], kind: str | None = None) -> tuple[str, dict[str, np.ndarray]]:
+    """Encode one extra field over all episodes; returns ``(kind, columns)``.
+
+    ``kind`` overrides the kind the values give (``"json"`` stores any values; ``"null"``
+    only their state); unset, it is theirs.
+    """
     state = np.array(
         [EXTRA_ABSENT if v is ABSENT else EXTRA_NULL if v is None else EXTRA_VALUE for v in values],
         "|u1",
     )
-    kind = _extra_kind(values)
+    kind = _extra_kind(values) if kind is None else kind
     present = [v if state[i] == EXTRA_VALUE else None for i, v in enumerate(values)]
     cols: dict[str, np.ndarray] = {"state": state}
     if kind == "bool":
@@ -272,19 +276,26 @@ class IndexBlock:
     extras: dict[str, ExtraColumn] = field(default_factory=dict)
 
 
+# A column to encode: one array, or parts joined along the first axis (an append's stored
+# rows and its new ones, written side by side without joining them first).
+Column = np.ndarray | tuple[np.ndarray, ...]
+
+
 def encode_index(
     dataset: dict[str, Any],
-    columns: dict[str, np.ndarray],
+    columns: Mapping[str, Column],
     section_names: list[str],
     extra_kinds: list[list[str]],
-) -> bytes:
+) -> bytearray:
     """Serialise the index block (TOC JSON plus aligned columns)."""
+    parts = {name: col if isinstance(col, tuple) else (col,) for name, col in columns.items()}
     layout: dict[str, list[Any]] = {}
     pos = 0
-    for name, arr in columns.items():
-        arr = np.ascontiguousarray(arr)
-        layout[name] = [arr.dtype.str, pos, list(arr.shape)]
-        pos = align(pos + arr.nbytes)
+    for name, arrs in parts.items():
+        first = arrs[0]
+        shape = [sum(len(a) for a in arrs), *first.shape[1:]] if first.ndim else []
+        layout[name] = [first.dtype.str, pos, shape]
+        pos = align(pos + sum(a.nbytes for a in arrs))
     toc = json.dumps(
         {"dataset": dataset, "columns": layout, "section_names": section_names,
          "extras": extra_kinds},
@@ -294,11 +305,15 @@ def encode_index(
     out = bytearray(body_start + pos)
     INDEX_HEAD.pack_into(out, 0, INDEX_MAGIC, len(toc), 0)
     out[INDEX_HEAD.size : INDEX_HEAD.size + len(toc)] = toc
-    for name, arr in columns.items():
+    view = np.frombuffer(out, np.uint8)  # columns are copied in place: no bytes object per column
+    for name, arrs in parts.items():
         start = body_start + layout[name][1]
-        raw = np.ascontiguousarray(arr).tobytes()
-        out[start : start + len(raw)] = raw
-    return bytes(out)
+        for a in arrs:
+            raw = np.ascontiguousarray(a.astype(arrs[0].dtype, copy=False)).reshape(-1).view(np.uint8)
+            view[start : start + len(raw)] = raw
+            start += len(raw)
+    del view  # releases the export: the caller may resize the buffer
+    return out
 
 
 def _short(exc: BaseException) -> str:
@@ -653,82 +668,3 @@ def check_append_dataset(dataset: Mapping[str, Any], where: str, path: str) -> N
             f"{where}: the dataset JSON lacks {', '.join(bad)}, which an append updates; the index is "
             f"damaged or was written by another program: run kino validate {path}; nothing was appended"
         )
-
-
-class TableBuilder:
-    """Accumulates episode rows and section rows in Python lists, then encodes them."""
-
-    def __init__(self) -> None:
-        self.rows: dict[str, list[Any]] = {c: [] for c in EPISODE_COLUMNS}
-        self.strings: dict[str, list[str]] = {s: [] for s in STRING_COLUMNS}
-        self.extras: dict[str, list[Any]] = {}
-        self.sections: dict[str, list[Any]] = {c: [] for c in SECTION_COLUMNS}
-        self.section_names: list[str] = []
-        self._name_codes: dict[str, int] = {}
-
-    def __len__(self) -> int:
-        return len(self.rows["episode_id"])
-
-    def name_code(self, name: str) -> int:
-        """The dictionary code of a section name, adding it if new."""
-        code = self._name_codes.get(name)
-        if code is None:
-            code = self._name_codes[name] = len(self.section_names)
-            self.section_names.append(name)
-        return code
-
-    def new_names(self, names: Iterable[str]) -> int:
-        """How many of ``names`` have no dictionary code yet."""
-        return len(set(names).difference(self._name_codes))
-
-    def add_episode(self, row: dict[str, Any], strings: dict[str, str], extra: Mapping[str, Any]) -> None:
-        """Append one episode row (all `EPISODE_COLUMNS`), its strings and extra fields."""
-        n = len(self)
-        for c in EPISODE_COLUMNS:
-            self.rows[c].append(row[c])
-        for s in STRING_COLUMNS:
-            self.strings[s].append(strings[s])
-        extras = self.extras
-        for key in extra:
-            if key not in extras:  # a new field: absent from every earlier episode
-                extras[key] = [ABSENT] * n
-        for key, values in extras.items():
-            values.append(extra.get(key, ABSENT))
-
-    def add_section(self, row: dict[str, Any]) -> None:
-        """Append one section row (all `SECTION_COLUMNS`)."""
-        for c in SECTION_COLUMNS:
-            self.sections[c].append(row[c])
-
-    def load(self, block: IndexBlock) -> None:
-        """Start from an existing index block (append mode)."""
-        cols = block.columns
-        for c in EPISODE_COLUMNS:
-            self.rows[c] = cols[c].tolist()
-        for s in STRING_COLUMNS:
-            self.strings[s] = block.strings[s].to_numpy().tolist()
-        for name, col in block.extras.items():
-            self.extras[name] = [col.get(i) for i in range(len(col.state))]
-        for c in SECTION_COLUMNS:
-            self.sections[c] = cols[c].tolist()
-        for name in block.section_names:
-            self.name_code(name)
-
-    def encode(self, dataset: dict[str, Any]) -> bytes:
-        """The index block for everything added so far."""
-        columns = {c: np.array(v, dtype=dt) for c, dt in EPISODE_COLUMNS.items() for v in [self.rows[c]]}
-        for s in STRING_COLUMNS:
-            codes, offs, blob = encode_strings(self.strings[s])
-            columns.update({f"{s}.codes": codes, f"{s}.dict_offsets": offs, f"{s}.dict_bytes": blob})
-        for c, dt in SECTION_COLUMNS.items():
-            columns[c] = (
-                np.array(self.sections[c], dtype=dt).reshape(-1, 3)
-                if c == "sec.dims"
-                else np.array(self.sections[c], dtype=dt)
-            )
-        kinds = []
-        for j, (name, values) in enumerate(sorted(self.extras.items())):
-            kind, cols = encode_extra(values)
-            kinds.append([name, kind])
-            columns.update({f"extra.{j}.{k}": v for k, v in cols.items()})
-        return encode_index(dataset, columns, self.section_names, kinds)

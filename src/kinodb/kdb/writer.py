@@ -17,6 +17,7 @@ import numpy as np
 
 from kinodb._version import __version__
 from kinodb.errors import CorruptFileError, FormatError, WriterError
+from kinodb.kdb._builder import TableBuilder
 from kinodb.kdb._checks import (
     as_array,
     check_extra_name,
@@ -53,7 +54,7 @@ from kinodb.kdb._layout import (
     pack_header,
     pack_slot,
 )
-from kinodb.kdb._table import TableBuilder, check_append_dataset
+from kinodb.kdb._table import check_append_dataset
 
 if TYPE_CHECKING:
     from kinodb.kdb.reader import Database
@@ -241,10 +242,9 @@ class Writer:
                 # `_block` verifies the index checksum: a damaged index is never stored
                 # again under a valid one.
                 self._dataset = db._block.dataset
-                check_append_dataset(
-                    self._dataset, f"{self._path}: index at byte offset {commit.index_offset}", self._path
-                )
-                self._table.load(db._block)
+                where = f"{self._path}: index at byte offset {commit.index_offset}"
+                check_append_dataset(self._dataset, where, self._path)
+                self._table.load(db._block, where)  # the stored rows stay encoded: no object per episode
         except BaseException:
             self._fh.close()
             raise
@@ -721,8 +721,9 @@ class Writer:
         index_offset = align(self._pos)
         self._fh.write(bytes(index_offset - self._pos))
         self._fh.write(index)
+        crc = crc32(memoryview(index))
         commit = Commit(
-            self._generation + 1, index_offset, len(index), len(self._table), self._num_frames, crc32(index)
+            self._generation + 1, index_offset, len(index), len(self._table), self._num_frames, crc
         )
         slot = 1 - self._slot if self._tmp is None else 0
         self._fh.flush()

@@ -1,0 +1,413 @@
+"""The writer's episode table: the rows an append loads stay encoded, the rows added are
+Python values, and `TableBuilder.encode` joins both into a new index block.
+
+An append rewrites the whole index (docs/format.md), so its cost should be the index's
+bytes, not a Python object per stored episode: fixed columns are kept as NumPy arrays,
+string columns as codes plus dictionary (gaining the added values' entries), and extra
+fields as their encoded columns, converted only when added values change a field's kind
+(an int field given a float becomes JSON). The block is byte for byte the one that
+encoding every value again would give.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from kinodb.errors import CorruptFileError
+from kinodb.kdb._table import (
+    _EXTRA_PARTS,
+    ABSENT,
+    EPISODE_COLUMNS,
+    EXTRA_VALUE,
+    SECTION_COLUMNS,
+    STRING_COLUMNS,
+    Column,
+    IndexBlock,
+    _extra_kind,
+    encode_extra,
+    encode_index,
+)
+
+# Distinct added strings looked up one by one in a loaded dictionary (a few NumPy passes
+# each); past this many, the dictionary is read into a Python dict once instead.
+_SEARCHES = 32
+
+
+class Rows:
+    """One column's rows: those loaded from a file (NumPy, as stored) and those added since."""
+
+    __slots__ = ("added", "base")
+
+    def __init__(self, base: np.ndarray) -> None:
+        self.base = base
+        self.added: list[Any] = []
+
+    def __len__(self) -> int:
+        return len(self.base) + len(self.added)
+
+    def __iter__(self) -> Iterator[Any]:
+        yield from self.base.tolist()
+        yield from self.added
+
+    def append(self, value: Any) -> None:
+        """Add one row."""
+        self.added.append(value)
+
+    def __delitem__(self, key: slice) -> None:
+        """Remove the rows from ``key.start`` to the end (a failed episode's rows).
+
+        Raises:
+            ValueError: ``key`` is not ``start:`` or would remove a loaded row.
+        """
+        start = key.start if isinstance(key, slice) and key.stop is None and key.step is None else -1
+        if not isinstance(start, int) or start < len(self.base):
+            raise ValueError(f"only added rows can be removed, to the end ({len(self.base)}:), not {key!r}")
+        del self.added[start - len(self.base) :]
+
+    def parts(self, dtype: str) -> tuple[np.ndarray, np.ndarray]:
+        """The loaded rows and the added ones, as arrays of ``dtype``."""
+        added = np.array(self.added, dtype=dtype).reshape(-1, *self.base.shape[1:])
+        return self.base, added
+
+
+@dataclass
+class _Strings:
+    """A loaded string column in first-use order: every entry used, in the order of the
+    rows that first use it, as `encode_strings` writes."""
+
+    codes: np.ndarray  # int32, one per loaded row
+    offsets: np.ndarray  # uint64, entries + 1, from 0
+    blob: np.ndarray  # uint8, exactly the entries' bytes
+
+    @classmethod
+    def empty(cls, rows: int = 0) -> _Strings:
+        """``rows`` rows of ``""`` (no dictionary without rows)."""
+        return cls(np.zeros(rows, "<i4"), np.zeros(2 if rows else 1, "<u8"), np.zeros(0, "|u1"))
+
+
+class _Dictionary:
+    """A loaded string dictionary, looked up by value, and the entries added to it."""
+
+    def __init__(self, offsets: np.ndarray, blob: np.ndarray):
+        self._offsets, self._blob = offsets, blob
+        self._starts = offsets[:-1].astype(np.int64)
+        self._lengths = np.diff(offsets)
+        self._codes: dict[bytes, int] = {}  # values looked up (or every loaded entry, once read)
+        self._read = len(self._lengths) == 0  # every loaded entry is in `_codes`
+        self._searches = 0
+        self.added: list[bytes] = []
+
+    def code(self, value: str) -> int:
+        """The code of ``value``, added as a new entry when the dictionary lacks it."""
+        raw = value.encode()
+        code = self._codes.get(raw)
+        if code is None:
+            code = None if self._read else self._search(raw)
+            if code is None:
+                code = len(self._lengths) + len(self.added)
+                self.added.append(raw)
+            self._codes[raw] = code
+        return code
+
+    def _search(self, raw: bytes) -> int | None:
+        self._searches += 1
+        if self._searches > _SEARCHES:
+            whole = self._blob.tobytes()
+            bounds = self._offsets.tolist()
+            for code in range(len(bounds) - 1):
+                self._codes.setdefault(whole[bounds[code] : bounds[code + 1]], code)
+            self._read = True
+            return self._codes.get(raw)
+        found = np.flatnonzero(self._lengths == len(raw))
+        for j, byte in enumerate(raw):  # narrowed byte by byte: a few passes over few entries
+            if not len(found):
+                break
+            found = found[self._blob[self._starts[found] + j] == byte]
+        return int(found[0]) if len(found) else None
+
+    def columns(self) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+        """``(dict_offsets, dict_bytes)``, each as the loaded part and the added one."""
+        more = np.cumsum(np.array([len(b) for b in self.added], "<u8")) + self._offsets[-1]
+        return (self._offsets, more), (self._blob, np.frombuffer(b"".join(self.added), "|u1"))
+
+
+def join_strings(loaded: _Strings, added: Sequence[str]) -> dict[str, Column]:
+    """``codes``, ``dict_offsets`` and ``dict_bytes`` of the loaded rows then ``added``,
+    as `encode_strings` would write all of them."""
+    dictionary = _Dictionary(loaded.offsets, loaded.blob)
+    codes = np.fromiter((dictionary.code(v) for v in added), "<i4", len(added))
+    offsets, blob = dictionary.columns()
+    return {"codes": (loaded.codes, codes), "dict_offsets": offsets, "dict_bytes": blob}
+
+
+def _gather(starts: np.ndarray, lengths: np.ndarray, blob: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(offsets, bytes)`` of the byte runs ``blob[start : start + length]``, in order."""
+    lengths = lengths.astype(np.int64)
+    offsets = np.zeros(len(lengths) + 1, "<u8")
+    np.cumsum(lengths, out=offsets[1:])
+    total = int(offsets[-1])
+    src = np.repeat(starts.astype(np.int64) - offsets[:-1].astype(np.int64), lengths) + np.arange(total)
+    return offsets, blob[src]
+
+
+def first_use(codes: np.ndarray, offsets: np.ndarray, blob: np.ndarray) -> _Strings:
+    """The loaded column in first-use order (already so in every file kinodb writes)."""
+    k = len(offsets) - 1
+    if not len(codes):
+        return _Strings.empty()
+    top = np.maximum.accumulate(codes)
+    if (
+        int(codes[0]) == 0
+        and int(top[-1]) == k - 1
+        and int(offsets[0]) == 0
+        and int(offsets[-1]) == len(blob)
+        and (len(codes) < 2 or int(np.diff(top).max()) <= 1)
+    ):
+        return _Strings(codes, offsets, blob)
+    used, first = np.unique(codes, return_index=True)
+    order = used[np.argsort(first, kind="stable")]
+    rank = np.zeros(k, "<i4")
+    rank[order] = np.arange(len(order), dtype="<i4")
+    new_offsets, new_blob = _gather(offsets[:-1][order], np.diff(offsets)[order], blob)
+    return _Strings(rank[codes], new_offsets, new_blob)
+
+
+def _check_runs(offsets: np.ndarray, blob: np.ndarray, what: str, where: str) -> None:
+    """Offsets must not decrease nor pass the end of ``blob``.
+
+    Raises:
+        CorruptFileError: they do (``what`` and ``where`` say which column of which index).
+    """
+    steps = np.diff(offsets.astype(np.int64))
+    if not len(offsets) or int(offsets[-1]) > len(blob) or bool((steps < 0).any()):
+        raise CorruptFileError(
+            f"{where}{what} is damaged: its offsets decrease or pass the end of its {len(blob)} bytes; "
+            "the index is damaged"
+        )
+
+
+def _load_strings(
+    codes: np.ndarray, offsets: np.ndarray, blob: np.ndarray, what: str, where: str
+) -> _Strings:
+    """Check a loaded string column (codes in range, UTF-8 entries) and put it in first-use order.
+
+    Raises:
+        CorruptFileError: an offset, a code or an entry's UTF-8 is damaged.
+    """
+    _check_runs(offsets, blob, f"the string dictionary of {what}", where)
+    k = len(offsets) - 1
+    if len(codes) and (int(codes.min()) < 0 or int(codes.max()) >= k):
+        i = int(np.flatnonzero((codes < 0) | (codes >= k))[0])
+        raise CorruptFileError(
+            f"{where}{what} holds out-of-range string codes (first: episode {i}, code {int(codes[i])}; "
+            f"the dictionary has {k} entries); the index is damaged"
+        )
+    inner = offsets[offsets < len(blob)].astype(np.int64)
+    try:  # the whole text, and no entry starting inside a character: every entry is UTF-8
+        blob.tobytes().decode()
+        if bool(((blob[inner] & 0xC0) == 0x80).any()):
+            raise UnicodeError("an entry starts inside a character")
+    except UnicodeError as exc:
+        raise CorruptFileError(f"{where}{what} holds invalid UTF-8; the index is damaged") from exc
+    return first_use(codes, offsets, blob)
+
+
+@dataclass
+class _Extra:
+    """A loaded extra field: its kind and columns (strings in first-use order, null rows as "")."""
+
+    kind: str
+    cols: dict[str, np.ndarray]
+    strings: _Strings | None = None
+
+
+def _load_extra(block: IndexBlock, j: int, name: str, kind: str, where: str) -> _Extra:
+    """Copy extra field ``j``'s columns out of ``block`` and check them.
+
+    Raises:
+        CorruptFileError: its JSON offsets or strings are damaged.
+    """
+    cols = {p: np.array(block.columns[f"extra.{j}.{p}"]) for p in ("state", *_EXTRA_PARTS[kind])}
+    what = f"extra field {name!r}"
+    has = cols["state"] == EXTRA_VALUE
+    if kind == "str":
+        codes, offsets, blob = cols.pop("codes"), cols.pop("dict_offsets"), cols.pop("dict_bytes")
+        _check_runs(offsets, blob, f"the string dictionary of {what}", where)
+        if not bool(has.all()):  # encoded as "" (its entry added when no value is "")
+            empty = np.flatnonzero(np.diff(offsets) == 0)
+            if not len(empty):
+                offsets = np.append(offsets, offsets[-1])
+                empty = np.array([len(offsets) - 2])
+            codes[~has] = empty[0]
+        return _Extra(kind, cols, _load_strings(codes, offsets, blob, what, where))
+    if kind == "json":
+        offsets, blob = cols["offsets"], cols["bytes"]
+        _check_runs(offsets, blob, what, where)
+        lengths = np.diff(offsets)
+        if int(offsets[0]) != 0 or int(offsets[-1]) != len(blob) or bool(lengths[~has].any()):
+            cols["offsets"], cols["bytes"] = _gather(offsets[:-1], lengths * has, blob)  # as written: compact
+    elif kind in ("bool", "int", "float"):
+        cols["values"] = cols["values"].astype(_FILL[kind][0], copy=False)
+    return _Extra(kind, cols)
+
+
+def _as_json(old: _Extra, rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(offsets, bytes)``: a loaded field's values as JSON text (empty where it has none),
+    when added values of another kind make the field's kind ``"json"``."""
+    has = old.cols["state"] == EXTRA_VALUE
+    if old.kind == "json":
+        return old.cols["offsets"], old.cols["bytes"]
+    if old.kind == "null":
+        return np.zeros(rows + 1, "<u8"), np.zeros(0, "|u1")
+    if old.strings is not None:
+        s = old.strings
+        whole, bounds = s.blob.tobytes(), s.offsets.tolist()
+        texts = [json.dumps(whole[a:b].decode()).encode() for a, b in itertools.pairwise(bounds)]
+        which = s.codes
+    else:
+        values = old.cols["values"]
+        keys = values.view("<i8") if old.kind == "float" else values  # by bits: -0.0 is not 0.0
+        distinct, which = np.unique(keys[has], return_inverse=True)
+        distinct = distinct.view("<f8") if old.kind == "float" else distinct
+        items = [bool(v) for v in distinct.tolist()] if old.kind == "bool" else distinct.tolist()
+        texts = [json.dumps(v).encode() for v in items]
+        full = np.zeros(rows, np.int64)
+        full[has] = which
+        which = full
+    text_offsets = np.zeros(len(texts) + 1, "<u8")
+    np.cumsum([len(t) for t in texts], out=text_offsets[1:])
+    lengths = np.diff(text_offsets)[which] * has
+    return _gather(text_offsets[:-1][which], lengths, np.frombuffer(b"".join(texts), "|u1"))
+
+
+_FILL = {"bool": ("|u1", 0), "int": ("<i8", 0), "float": ("<f8", np.nan)}
+
+
+def join_extra(old: _Extra | None, rows: int, values: Sequence[Any]) -> tuple[str, dict[str, Column]]:
+    """``(kind, columns)`` of an extra field over ``rows`` loaded episodes (``old``, None
+    where none has the field) then the added ``values``, as `encode_extra` would give."""
+    old = old or _Extra("null", {"state": np.zeros(rows, "|u1")})
+    new_kind = _extra_kind(values)
+    kind = (
+        new_kind if old.kind == "null"
+        else old.kind if new_kind in ("null", old.kind)
+        else "json"
+    )  # fmt: skip
+    if kind == "str":
+        _, new = encode_extra(values, "null")
+        strings = old.strings or _Strings.empty(rows)
+        added = [v if isinstance(v, str) else "" for v in values]
+        return kind, {"state": (old.cols["state"], new["state"]), **join_strings(strings, added)}
+    _, new = encode_extra(values, kind)
+    cols: dict[str, Column] = {"state": (old.cols["state"], new["state"])}
+    if kind in _FILL:
+        dtype, fill = _FILL[kind]
+        cols["values"] = (
+            old.cols["values"] if old.kind == kind else np.full(rows, fill, dtype),
+            new["values"],
+        )
+    elif kind == "json":
+        offsets, blob = _as_json(old, rows)
+        cols["offsets"] = (offsets, new["offsets"][1:] + offsets[-1])
+        cols["bytes"] = (blob, new["bytes"])
+    return kind, cols
+
+
+class TableBuilder:
+    """The episode and section rows of the file being written: those `load` takes from an
+    existing index stay encoded; those added are Python values until `encode`."""
+
+    def __init__(self) -> None:
+        self.rows = {c: Rows(np.zeros(0, dt)) for c, dt in EPISODE_COLUMNS.items()}
+        self.sections = {
+            c: Rows(np.zeros((0, 3) if c == "sec.dims" else 0, dt)) for c, dt in SECTION_COLUMNS.items()
+        }
+        self.strings: dict[str, list[str]] = {s: [] for s in STRING_COLUMNS}  # added rows only
+        self.extras: dict[str, list[Any]] = {}  # added rows only (`ABSENT` where one has none)
+        self.section_names: list[str] = []
+        self._name_codes: dict[str, int] = {}
+        self._loaded = 0
+        self._loaded_strings = {s: _Strings.empty() for s in STRING_COLUMNS}
+        self._loaded_extras: dict[str, _Extra] = {}
+
+    def __len__(self) -> int:
+        return len(self.rows["episode_id"])
+
+    def name_code(self, name: str) -> int:
+        """The dictionary code of a section name, adding it if new."""
+        code = self._name_codes.get(name)
+        if code is None:
+            code = self._name_codes[name] = len(self.section_names)
+            self.section_names.append(name)
+        return code
+
+    def new_names(self, names: Iterable[str]) -> int:
+        """How many of ``names`` have no dictionary code yet."""
+        return len(set(names).difference(self._name_codes))
+
+    def add_episode(self, row: dict[str, Any], strings: dict[str, str], extra: Mapping[str, Any]) -> None:
+        """Append one episode row (all `EPISODE_COLUMNS`), its strings and extra fields."""
+        n = len(self) - self._loaded
+        for c in EPISODE_COLUMNS:
+            self.rows[c].append(row[c])
+        for s in STRING_COLUMNS:
+            self.strings[s].append(strings[s])
+        extras = self.extras
+        for key in extra:
+            if key not in extras:  # a new field: absent from every earlier added episode
+                extras[key] = [ABSENT] * n
+        for key, values in extras.items():
+            values.append(extra.get(key, ABSENT))
+
+    def add_section(self, row: dict[str, Any]) -> None:
+        """Append one section row (all `SECTION_COLUMNS`)."""
+        for c in SECTION_COLUMNS:
+            self.sections[c].append(row[c])
+
+    def load(self, block: IndexBlock, where: str = "") -> None:
+        """Start from an existing index block (append mode), copying its columns out of it.
+
+        ``where`` names the block in errors (``"PATH: index at byte offset N"``).
+
+        Raises:
+            CorruptFileError: a string or extra-field column is damaged.
+        """
+        where = f"{where}: " if where else ""
+        cols = block.columns
+        for c, dt in EPISODE_COLUMNS.items():
+            self.rows[c] = Rows(np.array(cols[c], dtype=dt))
+        for c, dt in SECTION_COLUMNS.items():
+            self.sections[c] = Rows(np.array(cols[c], dtype=dt))
+        self._loaded = len(self.rows["episode_id"].base)
+        for s in STRING_COLUMNS:
+            self._loaded_strings[s] = _load_strings(
+                np.array(cols[f"{s}.codes"], dtype="<i4"), np.array(cols[f"{s}.dict_offsets"], dtype="<u8"),
+                np.array(cols[f"{s}.dict_bytes"], dtype="|u1"), f"column {s!r}", where,
+            )  # fmt: skip
+        for j, (name, kind) in enumerate(block.extra_kinds.items()):
+            self._loaded_extras[name] = _load_extra(block, j, name, kind, where)
+        for name in block.section_names:
+            self.name_code(name)
+
+    def encode(self, dataset: dict[str, Any]) -> bytearray:
+        """The index block for every row, loaded and added."""
+        columns: dict[str, Column] = {c: self.rows[c].parts(dt) for c, dt in EPISODE_COLUMNS.items()}
+        for s in STRING_COLUMNS:
+            joined = join_strings(self._loaded_strings[s], self.strings[s])
+            columns.update({f"{s}.{part}": col for part, col in joined.items()})
+        for c, dt in SECTION_COLUMNS.items():
+            columns[c] = self.sections[c].parts(dt)
+        kinds = []
+        added = len(self) - self._loaded
+        for j, name in enumerate(sorted(self._loaded_extras.keys() | self.extras.keys())):
+            values = self.extras.get(name, [ABSENT] * added)
+            kind, cols = join_extra(self._loaded_extras.get(name), self._loaded, values)
+            kinds.append([name, kind])
+            columns.update({f"extra.{j}.{part}": col for part, col in cols.items()})
+        return encode_index(dataset, columns, self.section_names, kinds)
