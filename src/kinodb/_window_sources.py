@@ -4,8 +4,10 @@
 starts), the first element of each kept episode's array in the file's map (from the index,
 or read episode by episode), the row views windows gather from, camera tables and per-frame
 task texts. `_open_sources` makes one per file of a path, a `Database`, a list of paths or
-a `Mixture`, keeping the episodes a filter selects. `kinodb.windows` re-exports the names
-other modules use.
+a `Mixture`, keeping the episodes a filter selects, and advises each file's map that its
+payloads are read at random (`Database._advise_random`: a cold page fault reads its page,
+not megabytes of read-ahead around it). `kinodb.windows` re-exports the names other
+modules use.
 """
 
 from __future__ import annotations
@@ -236,7 +238,19 @@ def _frame_data(source: _Source, cam: Any, f: int) -> Any:
     return source.db._frame_bytes(cam, f)
 
 
+def prefetch_frames(db: Database, cam: Any) -> None:
+    """Start reading all of one camera's frames of an episode (``cam``, a `Camera` of ``db``)
+    in large requests, for a reader about to read them all from a map advised random, which
+    would otherwise fault them in page by page. Frames of a format 0.1 file lie interleaved
+    with other cameras' and are left to the faults."""
+    if not hasattr(cam, "starts"):
+        db._will_need(cam.data_offset, cam.data_offset + int(cam.frame_offsets[-1]))
+
+
 def _open_sources(source: Any, kql_filter: str | None) -> list[_Source]:
+    """One `_Source` per file of ``source`` with episodes ``kql_filter`` keeps, each file's map
+    advised random (a `Database` or `Mixture` passed in too: their maps are read at random
+    from now on)."""
     from kinodb.kql._eval import fields_of  # deferred: kql builds on kdb
 
     if isinstance(source, Mixture):
@@ -244,6 +258,7 @@ def _open_sources(source: Any, kql_filter: str | None) -> list[_Source]:
         absent = fields_of(source.database(i) for i in range(len(source.sources()))) if kql_filter else ()
         for i, info in enumerate(source.sources()):
             db = source.database(i)
+            db._advise_random()
             kept = np.asarray(source._src[i].kept, dtype=np.int64)
             if kql_filter is not None:  # a field only some sources hold is null in the others
                 kept = np.intersect1d(kept, db.query(kql_filter, absent=absent))
@@ -258,6 +273,8 @@ def _open_sources(source: Any, kql_filter: str | None) -> list[_Source]:
         dbs = [open_database(p) for p in source]
     else:
         raise TypeError(f"source must be a path, a Database, a list of paths or a Mixture, got {source!r}")
+    for db in dbs:
+        db._advise_random()
     out = []
     absent = fields_of(dbs) if kql_filter else ()
     for i, db in enumerate(dbs):

@@ -5,14 +5,17 @@ the states (and images) of frames ``t-h+1 .. t`` and the actions of ``t .. t+k-1
 masks where a frame falls outside the episode. `FrameWindows` serves any batch of them as
 one vectorised gather over the memory map per array: each window row is located by byte
 offset and copied straight out of the map, with no per-sample Python loop. Images are
-decoded only for the frames a window needs. This module needs NumPy only (Pillow for
-images); `kinodb.torch` and the gRPC server build on it.
+decoded only for the frames a window needs. Windows are read at random, so each file's map
+is advised so (`Database._advise_random`): on a cold page cache a window reads the pages it
+needs, not the read-ahead around them. This module needs NumPy only (Pillow for images);
+`kinodb.torch` and the gRPC server build on it.
 
 Where the pieces live: `kinodb._window_spec` (which frames a window takes per feature),
 `kinodb._window_sources` (one file's kept episodes and where its arrays lie) and
 `kinodb._window_checks` (what the index says about those episodes, and the messages naming
 the ones that differ). The names other modules import from here stay importable here
-(`frame_tasks`, `_Source`, `_open_sources`, `_frame_data`, `_num_given`, `LOOKUP_FRAMES`).
+(`frame_tasks`, `prefetch_frames`, `_Source`, `_open_sources`, `_frame_data`, `_num_given`,
+`LOOKUP_FRAMES`).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from kinodb._window_sources import _num_given as _num_given
 from kinodb._window_sources import _open_sources as _open_sources
 from kinodb._window_sources import _Source as _Source
 from kinodb._window_sources import frame_tasks as frame_tasks
+from kinodb._window_sources import prefetch_frames as prefetch_frames
 from kinodb._window_spec import Pad, WindowSpec, _build_spec, _camera_map
 from kinodb.errors import EpisodeNotFoundError, KinodbError
 from kinodb.kdb._layout import KIND_ARRAY

@@ -175,6 +175,10 @@ def cleanup(tmp: str | None, fh: BinaryIO, flusher: Flusher, guard: int | None) 
 def map_file(path: str) -> mmap.mmap:
     """Map the whole file read-only: ``os.open`` and ``mmap``, the fewest system calls.
 
+    The map keeps the kernel's default read-ahead, right for sequential reads (``gather``,
+    ``validate``, export, merge); readers that read at random advise their map so
+    (`Database._advise_random`).
+
     Where that fails (a missing or empty file, a directory, ...), the file is opened as
     before, which raises the usual error (FileNotFoundError, FormatError, ...).
     """

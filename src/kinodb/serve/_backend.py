@@ -27,7 +27,7 @@ from kinodb.serve._messages import fill_tensor, legacy_frames, meta_to_pb
 from kinodb.serve._proto import kinodb_pb2 as pb
 from kinodb.serve._sizes import EpisodeSizes, episode_sizes, mib
 from kinodb.serve._wire import CameraPart, encode_windows
-from kinodb.windows import FrameWindows, Normalizers, normalized_arrays
+from kinodb.windows import FrameWindows, Normalizers, normalized_arrays, prefetch_frames
 
 __all__ = ["MAX_BATCHES_PER_MESSAGE", "MODES", "Backend"]
 
@@ -73,6 +73,8 @@ class Backend:
         else:
             self._dbs, self._kept = [source], [np.arange(len(source), dtype=np.int64)]
             self._paths, self._shares = [source.path()], np.ones(1)
+        for db in self._dbs:  # requests read episodes and windows at random: no read-ahead around them
+            db._advise_random()
         counts = [len(k) for k in self._kept]
         self._starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         self._g_source = np.repeat(np.arange(len(counts), dtype=np.int64), counts)
@@ -316,6 +318,7 @@ class Backend:
                     raise NameNotFoundError(f"episode {index} has no camera {name!r}; it has {sorted(cams)}")
                 cam = cams[name]
                 T, h, w, c = cam.shape
+                prefetch_frames(db, cam)  # a reply holds them all: large reads, not page by page
                 if images.decoded or legacy:
                     pixels = (
                         db.read_frames(pos, 0, T, cameras=[name])["images"][name]

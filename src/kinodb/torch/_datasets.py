@@ -17,7 +17,7 @@ from kinodb._window_spec import delta_cameras
 from kinodb.errors import EpisodeNotFoundError, KinodbError
 from kinodb.torch._collate import Batch, MixedBatch, PadSpec, Sample
 from kinodb.torch._workers import settle_at_exit
-from kinodb.windows import FrameWindows, _frame_data, _open_sources, _Source, stack_groups
+from kinodb.windows import FrameWindows, _frame_data, _open_sources, _Source, prefetch_frames, stack_groups
 from kinodb.windows import Normalizers as _Normalizers
 from kinodb.windows import normalized_arrays as _used
 
@@ -684,6 +684,7 @@ class KinoMapDataset(_Base):
                 "kql_filter, or pass image_key=False for episodes without images"
             )
         T, h, w, ch = c.shape
+        prefetch_frames(source.db, c)  # every frame, from a map advised random: in large requests
         last = self._channels_last
         if c.codec == "raw" and self._size in (None, (h, w)):
             frames = np.ndarray((T, h, w, ch), np.uint8, buffer=source.db._map(), offset=c.data_offset)
