@@ -207,3 +207,34 @@ def human_bytes(n: int) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     return f"{n} B"
+
+
+def advise_random(mm: mmap.mmap, end: int) -> bool:
+    """Advise bytes ``0 .. end`` (rounded down to a page) of ``mm`` ``MADV_RANDOM``.
+
+    A page fault on a cold page then reads that page, not the read-ahead window around it
+    (``/sys/block/*/queue/read_ahead_kb``, up to megabytes), which random frame reads would
+    mostly discard. Returns whether the advice was given: not where the platform has no
+    ``MADV_RANDOM``, nor for less than a page.
+    """
+    advice = getattr(mmap, "MADV_RANDOM", None)
+    end = end // mmap.PAGESIZE * mmap.PAGESIZE
+    if advice is None or end <= 0:
+        return False
+    try:
+        mm.madvise(advice, 0, end)
+    except OSError:  # advice only: reads are right without it
+        return False
+    return True
+
+
+def will_need(mm: mmap.mmap, start: int, stop: int) -> None:
+    """Start reading bytes ``start:stop`` of ``mm`` into the page cache without waiting
+    (``MADV_WILLNEED``): a run about to be read whole, such as one camera's frames of an
+    episode, then comes in large requests where a map advised random would fault it in
+    page by page. A no-op where the platform has no ``MADV_WILLNEED``."""
+    advice = getattr(mmap, "MADV_WILLNEED", None)
+    start = max(start, 0) // mmap.PAGESIZE * mmap.PAGESIZE
+    if advice is not None and stop > start:
+        with contextlib.suppress(OSError):
+            mm.madvise(advice, start, stop - start)

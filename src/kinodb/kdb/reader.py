@@ -22,7 +22,7 @@ from kinodb.errors import (
     UnsupportedVersionError,
 )
 from kinodb.kdb import _codecs
-from kinodb.kdb._files import human_bytes, map_file
+from kinodb.kdb._files import advise_random, human_bytes, map_file, will_need
 from kinodb.kdb._layout import DATA_START, INDEX_HEAD, KIND_CAMERA, LegacyFormat, read_preamble
 from kinodb.kdb._sections import (
     READER_COLUMNS,
@@ -385,35 +385,15 @@ class Database:
         return buf
 
     def _advise_random(self) -> bool:
-        """Tell the kernel that the payloads are read at random (frame windows, a server).
-
-        A page fault on a cold page then reads that page, not the read-ahead window around
-        it (``/sys/block/*/queue/read_ahead_kb``, up to megabytes), which random frame
-        reads would mostly discard. The index block keeps the default read-ahead (it is
-        read in one pass), and so does every other map of the file. Returns whether the
-        advice was given: not where the platform has no ``MADV_RANDOM``, nor once closed.
-        """
-        mm, advice = self._mm, getattr(mmap, "MADV_RANDOM", None)
-        end = min(self._commit.index_offset, self._size) // mmap.PAGESIZE * mmap.PAGESIZE
-        if mm is None or advice is None or end <= 0:
-            return False
-        try:
-            mm.madvise(advice, 0, end)
-        except OSError:  # advice only: reads are right without it
-            return False
-        return True
+        """Tell the kernel that the payloads are read at random (frame windows, a server):
+        `advise_random` over bytes ``0 .. index_offset``; the index block keeps read-ahead
+        (it is read in one pass). Returns whether the advice was given."""
+        return self._mm is not None and advise_random(self._mm, min(self._commit.index_offset, self._size))
 
     def _will_need(self, start: int, stop: int) -> None:
-        """Start reading bytes ``start:stop`` of the file into the page cache, without waiting
-        (``MADV_WILLNEED``): a run about to be read whole, such as one camera's frames of an
-        episode, then comes in large requests where a map advised random would fault it in
-        page by page. A no-op where the platform has no ``MADV_WILLNEED``, or once closed."""
-        mm, advice = self._mm, getattr(mmap, "MADV_WILLNEED", None)
-        start = max(start, 0) // mmap.PAGESIZE * mmap.PAGESIZE
-        stop = min(stop, self._size)
-        if mm is not None and advice is not None and stop > start:
-            with contextlib.suppress(OSError):
-                mm.madvise(advice, start, stop - start)
+        """Start reading bytes ``start:stop`` into the page cache without waiting (`will_need`)."""
+        if self._mm is not None:
+            will_need(self._mm, start, min(stop, self._size))
 
     def _episode_sections(self, i: int) -> list[Section]:
         return episode_sections(self._int_views(), self._names, i, self._size, self._path)
