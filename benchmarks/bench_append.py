@@ -5,9 +5,9 @@ Files of 20K and 80K episodes (10 frames each, 7 extra fields: str, int, float, 
 list, a constant str and a mostly-null str) are built once; each run copies one, opens it
 with ``Writer(mode="a")``, adds one episode and commits, in a fresh process whose peak RSS
 growth over its baseline (after imports) is recorded. Two index builders run interleaved:
-``current`` (kinodb's `TableBuilder`) and ``reference`` (the earlier builder, kept below,
-which turned every stored column into Python lists and every extra value into a Python
-object before encoding them all again). Both must write byte-identical files, which the
+``current`` (kinodb's `TableBuilder`) and ``reference`` (the earlier builder, kept with
+its encoders in ``_reference_index.py``, which turned every stored column into Python
+lists and every extra value into a Python object before encoding them all again). Both must write byte-identical files, which the
 script checks. An append writes the whole index again (docs/format.md), so some growth with
 the file is the format's; what the builder decides is the constant: the reference/current
 ratios, the growth ratio 80K/20K (4.0 = proportional) and the peak RSS growth per byte of
@@ -30,95 +30,16 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 import kinodb
+from _reference_index import ReferenceTableBuilder
 from kinodb.kdb import writer as writer_module
-from kinodb.kdb._table import (
-    ABSENT,
-    EPISODE_COLUMNS,
-    SECTION_COLUMNS,
-    STRING_COLUMNS,
-    IndexBlock,
-    encode_extra,
-    encode_index,
-    encode_strings,
-)
 
 VARIANTS = ("current", "reference")
-
-
-class ReferenceTableBuilder:
-    """The earlier index builder: every stored row decoded to Python objects on load."""
-
-    def __init__(self) -> None:
-        self.rows: dict[str, list[Any]] = {c: [] for c in EPISODE_COLUMNS}
-        self.strings: dict[str, list[str]] = {s: [] for s in STRING_COLUMNS}
-        self.extras: dict[str, list[Any]] = {}
-        self.sections: dict[str, list[Any]] = {c: [] for c in SECTION_COLUMNS}
-        self.section_names: list[str] = []
-        self._name_codes: dict[str, int] = {}
-
-    def __len__(self) -> int:
-        return len(self.rows["episode_id"])
-
-    def name_code(self, name: str) -> int:
-        code = self._name_codes.get(name)
-        if code is None:
-            code = self._name_codes[name] = len(self.section_names)
-            self.section_names.append(name)
-        return code
-
-    def new_names(self, names: Iterable[str]) -> int:
-        return len(set(names).difference(self._name_codes))
-
-    def add_episode(self, row: dict[str, Any], strings: dict[str, str], extra: Mapping[str, Any]) -> None:
-        n = len(self)
-        for c in EPISODE_COLUMNS:
-            self.rows[c].append(row[c])
-        for s in STRING_COLUMNS:
-            self.strings[s].append(strings[s])
-        for key in extra:
-            if key not in self.extras:
-                self.extras[key] = [ABSENT] * n
-        for key, values in self.extras.items():
-            values.append(extra.get(key, ABSENT))
-
-    def add_section(self, row: dict[str, Any]) -> None:
-        for c in SECTION_COLUMNS:
-            self.sections[c].append(row[c])
-
-    def load(self, block: IndexBlock, where: str = "") -> None:
-        cols = block.columns
-        for c in EPISODE_COLUMNS:
-            self.rows[c] = cols[c].tolist()
-        for s in STRING_COLUMNS:
-            self.strings[s] = block.strings[s].to_numpy().tolist()
-        for name, col in block.extras.items():
-            self.extras[name] = [col.get(i) for i in range(len(col.state))]
-        for c in SECTION_COLUMNS:
-            self.sections[c] = cols[c].tolist()
-        for name in block.section_names:
-            self.name_code(name)
-
-    def encode(self, dataset: dict[str, Any]) -> bytes:
-        columns = {c: np.array(self.rows[c], dtype=dt) for c, dt in EPISODE_COLUMNS.items()}
-        for s in STRING_COLUMNS:
-            codes, offs, blob = encode_strings(self.strings[s])
-            columns.update({f"{s}.codes": codes, f"{s}.dict_offsets": offs, f"{s}.dict_bytes": blob})
-        for c, dt in SECTION_COLUMNS.items():
-            arr = np.array(self.sections[c], dtype=dt)
-            columns[c] = arr.reshape(-1, 3) if c == "sec.dims" else arr
-        kinds = []
-        for j, (name, values) in enumerate(sorted(self.extras.items())):
-            kind, cols = encode_extra(values)
-            kinds.append([name, kind])
-            columns.update({f"extra.{j}.{k}": v for k, v in cols.items()})
-        return encode_index(dataset, columns, self.section_names, kinds)
 
 
 def episode(i: int) -> dict[str, Any]:

@@ -3,9 +3,9 @@
 
 Each DataLoader worker of each rank needs only its part of the epoch: rank ``r`` of ``w``
 takes every ``w``-th sample, and its workers deal that share out in batches. The peer is
-the straightforward construction, kept here as it was in kinodb before: build the whole
-epoch's int64 order in every worker (a seeded permutation; for a mixture, each source's
-cycled draws concatenated and shuffled together), then slice. It is compared with
+the straightforward construction, kept as it was in kinodb before (``_reference_epochs.py``):
+build the whole epoch's int64 order in every worker (a seeded permutation; for a mixture,
+each source's cycled draws concatenated and shuffled together), then slice. It is compared with
 ``KinoIterDataset.worker_order`` (what a worker builds now) and ``epoch_order`` (the
 whole order, which workers no longer build), on the same datasets, for rank 3 of 8,
 worker 1 of 2, batches of 256, the case measured at scale.
@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+import _reference_epochs
 import kinodb
 from kinodb.torch import KinoIterDataset, from_mixture
 
@@ -69,37 +70,9 @@ def dataset(paths: tuple[str, str], case: str) -> KinoIterDataset:
     return KinoIterDataset(list(paths), seed=0, **options)
 
 
-def _cycle_draws(seed: int, source: int, size: int, first: int, k: int) -> np.ndarray:
-    out = np.empty(k, dtype=np.int64)
-    done = 0
-    while done < k:
-        p, at = divmod(first + done, size)
-        perm = np.random.default_rng([seed, source, p]).permutation(size)
-        take = min(k - done, size - at)
-        out[done : done + take] = perm[at : at + take]
-        done += take
-    return out
-
-
 def reference_order(ds: KinoIterDataset) -> np.ndarray:
     """The whole epoch's int64 order, then the worker's part of it (the peer)."""
-    epoch = ds.epoch
-    if ds._mixture is None:
-        order = np.random.default_rng([ds.seed, epoch]).permutation(len(ds._inner)).astype(np.int64)
-    else:
-        inner: Any = ds._inner
-        counts = inner.windows.counts_by_source()
-        starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        take = ds._mixture.counts(ds.num_samples or int(starts[-1]))
-        parts = [
-            starts[s] + _cycle_draws(ds.seed, s, int(counts[s]), epoch * k, k)
-            for s, k in enumerate(take.tolist())
-            if k
-        ]
-        whole = np.concatenate(parts).astype(np.int64)
-        order = whole[np.random.default_rng([ds.seed, epoch, 1 << 20]).permutation(len(whole))]
-    share = order[RANK::WORLD]
-    return np.concatenate([share[s : s + BATCH] for s in range(WORKER * BATCH, len(share), WORKERS * BATCH)])
+    return _reference_epochs.worker_order(ds, ds.epoch, RANK, WORLD, WORKER, WORKERS)
 
 
 def variant(ds: KinoIterDataset, name: str) -> Callable[[], np.ndarray]:

@@ -1,15 +1,15 @@
 """Appends keep the stored rows encoded, and write the index that encoding every value again
-would: the same bytes as the reference builder below (which decoded every stored row to
-Python objects, the writer's builder before appends kept them encoded)."""
+would: the same bytes as the reference builder (benchmarks/_reference_index.py, which decoded
+every stored row to Python objects: the writer's builder before appends kept them encoded)."""
 
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import struct
+import sys
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -22,165 +22,12 @@ from hypothesis import strategies as st
 import kinodb
 from kinodb.kdb import writer as writer_module
 from kinodb.kdb._builder import Rows, TableBuilder, first_use, join_strings
-from kinodb.kdb._layout import INDEX_HEAD, INDEX_MAGIC, SLOT_OFFSETS, align, crc32
-from kinodb.kdb._table import (
-    ABSENT,
-    EPISODE_COLUMNS,
-    EXTRA_ABSENT,
-    EXTRA_NULL,
-    EXTRA_VALUE,
-    SECTION_COLUMNS,
-    STRING_COLUMNS,
-    IndexBlock,
-)
+from kinodb.kdb._layout import INDEX_HEAD, SLOT_OFFSETS, align, crc32
 
-# -- the reference: every value decoded on load and encoded again -------------------------
-
-
-def ref_encode_strings(values: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    lookup: dict[str, int] = {}
-    codes = np.fromiter((lookup.setdefault(v, len(lookup)) for v in values), "<i4", len(values))
-    encoded = [k.encode() for k in lookup]
-    offsets = np.zeros(len(encoded) + 1, "<u8")
-    np.cumsum([len(b) for b in encoded], out=offsets[1:])
-    return codes, offsets, np.frombuffer(b"".join(encoded), "|u1")
-
-
-def ref_extra_kind(values: Iterable[Any]) -> str:
-    kinds = set()
-    for v in values:
-        if v is ABSENT or v is None:
-            continue
-        if isinstance(v, bool):
-            kinds.add("bool")
-        elif isinstance(v, int):
-            kinds.add("int" if -(2**63) <= v < 2**63 else "json")
-        elif isinstance(v, float):
-            kinds.add("float")
-        elif isinstance(v, str):
-            kinds.add("str")
-        else:
-            kinds.add("json")
-    return kinds.pop() if len(kinds) == 1 else ("json" if kinds else "null")
-
-
-def ref_encode_extra(values: Sequence[Any]) -> tuple[str, dict[str, np.ndarray]]:
-    state = np.array(
-        [EXTRA_ABSENT if v is ABSENT else EXTRA_NULL if v is None else EXTRA_VALUE for v in values], "|u1"
-    )
-    kind = ref_extra_kind(values)
-    present = [v if state[i] == EXTRA_VALUE else None for i, v in enumerate(values)]
-    cols: dict[str, np.ndarray] = {"state": state}
-    if kind == "bool":
-        cols["values"] = np.array([bool(v) for v in present], "|u1")
-    elif kind == "int":
-        cols["values"] = np.array([v or 0 for v in present], "<i8")
-    elif kind == "float":
-        cols["values"] = np.array([math.nan if v is None else v for v in present], "<f8")
-    elif kind == "str":
-        cols["codes"], cols["dict_offsets"], cols["dict_bytes"] = ref_encode_strings(
-            [v or "" for v in present]
-        )
-    elif kind == "json":
-        texts = [b"" if v is None else json.dumps(v).encode() for v in present]
-        offsets = np.zeros(len(texts) + 1, "<u8")
-        np.cumsum([len(t) for t in texts], out=offsets[1:])
-        cols["offsets"], cols["bytes"] = offsets, np.frombuffer(b"".join(texts), "|u1")
-    return kind, cols
-
-
-def ref_encode_index(
-    dataset: dict[str, Any], columns: dict[str, np.ndarray], section_names: list[str], kinds: list[list[str]]
-) -> bytes:
-    layout: dict[str, list[Any]] = {}
-    pos = 0
-    for name, arr in columns.items():
-        arr = np.ascontiguousarray(arr)
-        layout[name] = [arr.dtype.str, pos, list(arr.shape)]
-        pos = align(pos + arr.nbytes)
-    toc = json.dumps(
-        {"dataset": dataset, "columns": layout, "section_names": section_names, "extras": kinds},
-        separators=(",", ":"),
-    ).encode()
-    body_start = align(INDEX_HEAD.size + len(toc))
-    out = bytearray(body_start + pos)
-    INDEX_HEAD.pack_into(out, 0, INDEX_MAGIC, len(toc), 0)
-    out[INDEX_HEAD.size : INDEX_HEAD.size + len(toc)] = toc
-    for name, arr in columns.items():
-        start = body_start + layout[name][1]
-        raw = np.ascontiguousarray(arr).tobytes()
-        out[start : start + len(raw)] = raw
-    return bytes(out)
-
-
-class ReferenceTableBuilder:
-    """Every stored row decoded to Python lists on load, every value encoded again."""
-
-    def __init__(self) -> None:
-        self.rows: dict[str, list[Any]] = {c: [] for c in EPISODE_COLUMNS}
-        self.strings: dict[str, list[str]] = {s: [] for s in STRING_COLUMNS}
-        self.extras: dict[str, list[Any]] = {}
-        self.sections: dict[str, list[Any]] = {c: [] for c in SECTION_COLUMNS}
-        self.section_names: list[str] = []
-        self._name_codes: dict[str, int] = {}
-
-    def __len__(self) -> int:
-        return len(self.rows["episode_id"])
-
-    def name_code(self, name: str) -> int:
-        code = self._name_codes.get(name)
-        if code is None:
-            code = self._name_codes[name] = len(self.section_names)
-            self.section_names.append(name)
-        return code
-
-    def new_names(self, names: Iterable[str]) -> int:
-        return len(set(names).difference(self._name_codes))
-
-    def add_episode(self, row: dict[str, Any], strings: dict[str, str], extra: Mapping[str, Any]) -> None:
-        n = len(self)
-        for c in EPISODE_COLUMNS:
-            self.rows[c].append(row[c])
-        for s in STRING_COLUMNS:
-            self.strings[s].append(strings[s])
-        for key in extra:
-            if key not in self.extras:
-                self.extras[key] = [ABSENT] * n
-        for key, values in self.extras.items():
-            values.append(extra.get(key, ABSENT))
-
-    def add_section(self, row: dict[str, Any]) -> None:
-        for c in SECTION_COLUMNS:
-            self.sections[c].append(row[c])
-
-    def load(self, block: IndexBlock, where: str = "") -> None:
-        cols = block.columns
-        for c in EPISODE_COLUMNS:
-            self.rows[c] = cols[c].tolist()
-        for s in STRING_COLUMNS:
-            self.strings[s] = block.strings[s].to_numpy().tolist()
-        for name, col in block.extras.items():
-            self.extras[name] = [col.get(i) for i in range(len(col.state))]
-        for c in SECTION_COLUMNS:
-            self.sections[c] = cols[c].tolist()
-        for name in block.section_names:
-            self.name_code(name)
-
-    def encode(self, dataset: dict[str, Any]) -> bytes:
-        columns = {c: np.array(self.rows[c], dtype=dt) for c, dt in EPISODE_COLUMNS.items()}
-        for s in STRING_COLUMNS:
-            codes, offs, blob = ref_encode_strings(self.strings[s])
-            columns.update({f"{s}.codes": codes, f"{s}.dict_offsets": offs, f"{s}.dict_bytes": blob})
-        for c, dt in SECTION_COLUMNS.items():
-            arr = np.array(self.sections[c], dtype=dt)
-            columns[c] = arr.reshape(-1, 3) if c == "sec.dims" else arr
-        kinds = []
-        for j, (name, values) in enumerate(sorted(self.extras.items())):
-            kind, cols = ref_encode_extra(values)
-            kinds.append([name, kind])
-            columns.update({f"extra.{j}.{k}": v for k, v in cols.items()})
-        return ref_encode_index(dataset, columns, self.section_names, kinds)
-
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _reference_index import ReferenceTableBuilder  # noqa: E402
+from _reference_index import encode_strings as ref_encode_strings  # noqa: E402
 
 # -- helpers ------------------------------------------------------------------------------
 
@@ -219,6 +66,18 @@ def append_both(
                 write(path, episodes, mode="a", **writer_kw)
             else:
                 with_reference(write, path, episodes, mode="a", **writer_kw)
+        out.append(path.read_bytes())
+    return out[0], out[1]
+
+
+def run_both(base: Path, work: Path, fn: Any) -> tuple[bytes, bytes]:
+    """``fn(path)`` on copies of ``base`` with the current builder and the reference one; the
+    two files' bytes."""
+    out = []
+    for name in ("current", "reference"):
+        path = work / f"{name}.kdb"
+        shutil.copyfile(base, path)
+        fn(path) if name == "current" else with_reference(fn, path)
         out.append(path.read_bytes())
     return out[0], out[1]
 
@@ -346,13 +205,8 @@ def test_copied_episodes_appended_match_the_reference(tmp_path: Path) -> None:
             for i in range(len(db)):
                 w.copy_episode(db, i, extra={"from": "src"})
 
-    out = []
-    for name in ("current", "reference"):
-        path = tmp_path / f"{name}.kdb"
-        shutil.copyfile(base, path)
-        copy_all(path) if name == "current" else with_reference(copy_all, path)
-        out.append(path.read_bytes())
-    assert out[0] == out[1]
+    current, reference = run_both(base, tmp_path, copy_all)
+    assert current == reference
 
 
 def test_an_episode_taken_back_during_an_append_leaves_the_reference_bytes(tmp_path: Path) -> None:
@@ -376,13 +230,8 @@ def test_an_episode_taken_back_during_an_append_leaves_the_reference_bytes(tmp_p
             assert len(w._table.sections["sec.name"]) == 5  # the loaded episode's rows only
             w.add_episode(**keep)
 
-    out = []
-    for name in ("current", "reference"):
-        path = tmp_path / f"{name}.kdb"
-        shutil.copyfile(base, path)
-        append(path) if name == "current" else with_reference(append, path)
-        out.append(path.read_bytes())
-    assert out[0] == out[1]
+    current, reference = run_both(base, tmp_path, append)
+    assert current == reference
     assert extras_of(tmp_path / "current.kdb") == [{"a": 1}, {"a": 3, "b": "new"}]
 
 

@@ -1,10 +1,13 @@
 """KinoIterDataset's per-worker epoch orders: the same samples, in the same order, as the
-worker's part of the whole epoch's order built the straightforward way, in less memory."""
+worker's part of the whole epoch's order built the straightforward way (the earlier orders,
+benchmarks/_reference_epochs.py), in less memory."""
 
 from __future__ import annotations
 
+import sys
 import tracemalloc
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,56 +19,14 @@ from _factories import write_episodes
 from kinodb.torch import KinoIterDataset, from_mixture
 from kinodb.torch._epochs import index_dtype, shuffled, worker_positions
 
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import _reference_epochs as reference  # noqa: E402
+
 # (rank, world size) pairs; each is checked with 1, 2 and 3 DataLoader workers
 RANKS = [(0, 1), (1, 2), (2, 3), (5, 8)]
 SEEDS = [0, 1, 7]
 EPOCHS = [0, 1, 3]
-
-
-def _reference_cycle_draws(seed: int, source: int, size: int, first: int, k: int) -> np.ndarray:
-    """Draws ``first .. first+k-1`` of a source's endless run of seeded permutations."""
-    out = np.empty(k, dtype=np.int64)
-    done = 0
-    while done < k:
-        p, at = divmod(first + done, size)
-        perm = np.random.default_rng([seed, source, p]).permutation(size)
-        take = min(k - done, size - at)
-        out[done : done + take] = perm[at : at + take]
-        done += take
-    return out
-
-
-def _reference_epoch_order(ds: KinoIterDataset, epoch: int) -> np.ndarray:
-    """The whole epoch's order: a seeded permutation, or each mixture source's cycled draws
-    by weight, concatenated and shuffled together."""
-    n = len(ds._inner)
-    if ds._mixture is None:
-        if not ds.shuffle:
-            return np.arange(n, dtype=np.int64)
-        return np.random.default_rng([ds.seed, epoch]).permutation(n).astype(np.int64)
-    inner: Any = ds._inner
-    counts = inner.windows.counts_by_source() if ds.windows else inner.episodes_by_source()
-    starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    take = ds._mixture.counts(ds.num_samples or int(starts[-1]))
-    parts = [
-        starts[s] + _reference_cycle_draws(ds.seed, s, int(counts[s]), epoch * k, k)
-        for s, k in enumerate(take.tolist())
-        if k
-    ]
-    order = np.concatenate(parts).astype(np.int64)
-    return order[np.random.default_rng([ds.seed, epoch, 1 << 20]).permutation(len(order))]
-
-
-def _reference_worker_order(
-    ds: KinoIterDataset, epoch: int, rank: int, world: int, wid: int, nw: int
-) -> np.ndarray:
-    """The rank's every world-th sample, dealt out to its workers in batches, in turn."""
-    order = _reference_epoch_order(ds, epoch)[rank::world]
-    if ds.batch_size is None:
-        return order[wid::nw]
-    size = ds.batch_size
-    runs = [order[s : s + size] for s in range(wid * size, len(order), nw * size)]
-    return np.concatenate(runs) if runs else np.empty(0, dtype=np.int64)
 
 
 @pytest.fixture(scope="module")
@@ -165,13 +126,13 @@ def test_worker_orders_are_the_workers_parts_of_the_epoch_order(
             for rank, world in RANKS:
                 ds = build(files, seed, batch_size, rank, world)
                 for epoch in EPOCHS:
-                    whole = _reference_epoch_order(ds, epoch)
+                    whole = reference.epoch_order(ds, epoch)
                     got_whole = ds.epoch_order(epoch)
                     assert got_whole.dtype == np.int64 and np.array_equal(got_whole, whole)
                     for nw in (1, 2, 3):
                         parts = []
                         for wid in range(nw):
-                            want = _reference_worker_order(ds, epoch, rank, world, wid, nw)
+                            want = reference.worker_order(ds, epoch, rank, world, wid, nw)
                             got = ds.worker_order(epoch, worker=wid, num_workers=nw)
                             assert got.dtype == np.int64
                             assert np.array_equal(got, want), (seed, batch_size, rank, world, epoch, wid, nw)
@@ -185,10 +146,8 @@ def test_worker_orders_are_the_workers_parts_of_the_epoch_order(
 def test_the_current_epoch_is_the_default(files: tuple[str, str, str]) -> None:
     ds = from_mixture({files[0]: 3, files[1]: 1}, seed=4, batch_size=3, rank=1, world_size=2, **WINDOWS)
     ds.set_epoch(2)
-    assert np.array_equal(
-        ds.worker_order(worker=1, num_workers=2), _reference_worker_order(ds, 2, 1, 2, 1, 2)
-    )
-    assert np.array_equal(ds.epoch_order(), _reference_epoch_order(ds, 2))
+    assert np.array_equal(ds.worker_order(worker=1, num_workers=2), reference.worker_order(ds, 2, 1, 2, 1, 2))
+    assert np.array_equal(ds.epoch_order(), reference.epoch_order(ds, 2))
     with pytest.raises(ValueError, match="0 <= worker < num_workers"):
         ds.worker_order(worker=2, num_workers=2)
 
@@ -211,7 +170,7 @@ def test_a_rank_of_a_mixture_reads_its_share_of_the_epoch_in_order(
                       rank=1, world_size=3, filters={files[2]: "num_frames > 2"}, **WINDOWS)  # fmt: skip
     ds.set_epoch(1)
     got = _flat(ds, list(DataLoader(ds, batch_size=None, num_workers=2)))
-    share = _reference_epoch_order(ds, 1)[1::3]
+    share = reference.epoch_order(ds, 1)[1::3]
     inner: Any = ds._inner
     want = _flat(ds, [inner[i] for i in share.tolist()])
     assert len(got) == 50 and got == want
@@ -280,4 +239,4 @@ def test_a_worker_keeps_no_copy_of_the_whole_epoch(large: tuple[str, str], mixtu
         tracemalloc.stop()
     assert len(mine) == 58 * 256 + 48  # every other batch of the rank's 30,000 samples, and its last
     assert peak < 6 * n, f"{peak / n:.2f} bytes per epoch sample"
-    assert np.array_equal(mine, _reference_worker_order(ds, 0, 3, 8, 1, 2))
+    assert np.array_equal(mine, reference.worker_order(ds, 0, 3, 8, 1, 2))
