@@ -78,8 +78,9 @@ def test_numpy_integers_and_negative_indexing(db: kinodb.Database, sample: Any) 
     for k in range(1, 4):
         assert db[-k]["meta"]["episode_id"] == 3 - k
     np.testing.assert_array_equal(db[-1]["images"]["front"], eps[2]["images"]["front"])
+    np.testing.assert_array_equal(db.read_episode(-1)["actions"], eps[2]["actions"])  # as a list counts
     with pytest.raises(EpisodeNotFoundError):
-        db.read_episode(-1)  # only the [] protocol wraps negative indexes
+        db.read_episode(-4)
 
 
 def test_iteration_and_len(db: kinodb.Database, sample: Any, assert_episode: CheckEpisode) -> None:

@@ -1,14 +1,16 @@
-"""Checks of what `Writer.add_episode` is given: arrays, flags, text and JSON fields."""
+"""Checks of what `Writer.add_episode` is given (arrays, flags, text and JSON fields) and of
+the indices the reader is given (episodes, frames)."""
 
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from kinodb.errors import WriterError
+from kinodb.errors import EpisodeNotFoundError, KinodbError, WriterError
 from kinodb.kdb._layout import DTYPE_CODE
 
 
@@ -149,3 +151,39 @@ def episode_meta(
         clean[key] = json_value(value, f"extra[{key!r}]")
     return {"embodiment": embodiment, "task": task, "fps": fps, "success": success,
             "total_reward": total_reward, "extra": clean}  # fmt: skip
+
+
+def as_index(value: object, what: str, error: type[KinodbError]) -> int:
+    """``value`` as an int: a Python or NumPy integer (anything with ``__index__``), not a
+    bool, a float or a string.
+
+    Raises:
+        KinodbError: ``error``, naming ``what`` and the value given.
+    """
+    if not isinstance(value, (bool, np.bool_)):
+        try:
+            return operator.index(value)  # type: ignore[arg-type]
+        except TypeError:
+            pass
+    raise error(f"{what} must be an int, got {value!r} ({type(value).__name__})")
+
+
+def episode_index(i: object, n: int) -> int:
+    """Episode index ``i`` of a file of ``n`` episodes as a position ``0..n-1``; a negative
+    index counts from the end, as in a list.
+
+    Raises:
+        EpisodeNotFoundError: ``i`` is not an int, or out of range (the message gives the range).
+    """
+    idx = as_index(i, "episode index", EpisodeNotFoundError)
+    pos = idx + n if idx < 0 else idx
+    if not 0 <= pos < n:
+        raise EpisodeNotFoundError(out_of_range(idx, n))
+    return pos
+
+
+def out_of_range(i: int, n: int) -> str:
+    """The message for episode index ``i`` outside a file of ``n`` episodes."""
+    if not n:
+        return f"episode {i} out of range: file has 0 episodes (none)"
+    return f"episode {i} out of range: file has {n} episodes (0..{n - 1}), or -{n}..-1 counting from the end"

@@ -24,7 +24,7 @@ import struct
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, SupportsIndex
 
 import numpy as np
 
@@ -305,7 +305,7 @@ class LegacyDatabase(Database):
             terminal.flags.writeable = False
         return {"actions": actions, "states": states, "rewards": rewards, "is_terminal": terminal}
 
-    def read_array(self, i: int, name: str) -> np.ndarray:
+    def read_array(self, i: SupportsIndex, name: str) -> np.ndarray:
         """One low-dimensional array of episode ``i`` (e.g. ``"actions"``), zero-copy.
 
         Raises:

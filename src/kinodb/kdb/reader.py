@@ -9,7 +9,7 @@ import os
 import warnings
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, SupportsIndex
 
 import numpy as np
 
@@ -18,12 +18,24 @@ from kinodb.errors import (
     EpisodeNotFoundError,
     FormatError,
     FrameRangeError,
+    KinodbError,
     NameNotFoundError,
     UnsupportedVersionError,
 )
 from kinodb.kdb import _codecs
+from kinodb.kdb._checks import as_index, episode_index, out_of_range
 from kinodb.kdb._files import advise_random, human_bytes, map_file, will_need
-from kinodb.kdb._layout import DATA_START, INDEX_HEAD, KIND_CAMERA, LegacyFormat, read_preamble
+from kinodb.kdb._layout import (
+    DATA_START,
+    INDEX_HEAD,
+    KIND_CAMERA,
+    SLOT_OFFSETS,
+    SLOT_SIZE,
+    Commit,
+    LegacyFormat,
+    parse_slot,
+    read_preamble,
+)
 from kinodb.kdb._sections import (
     READER_COLUMNS,
     ArrayReader,
@@ -57,6 +69,8 @@ META_FIELDS = (
     "episode_id", "embodiment", "task", "num_frames", "fps", "action_dim", "state_dim",
     "success", "total_reward",
 )  # fmt: skip
+# The index's unsigned count, id and dim columns, which `Database.episodes` gives as int64.
+_INT_FIELDS = ("episode_id", "num_frames", "action_dim", "state_dim")
 # Array reads through the checked O(1) path before every array's row is checked in every
 # episode at once, a NumPy cost that grows with the episode count: first for a file whose
 # episodes share one row layout (a few contiguous comparisons for all arrays), then, if
@@ -82,7 +96,9 @@ class Database:
     """A read-only, memory-mapped ``.kdb`` file.
 
     Sized, indexable (``db[i]`` is `read_episode`), iterable over episodes, a context
-    manager, and picklable by path: a DataLoader worker re-opens the map itself.
+    manager, and picklable: a DataLoader worker re-opens the file by its path and maps it
+    itself, reading the commit the pickled database read (see `__reduce__`). Episode
+    indices are ints (Python or NumPy), negative ones counting from the end as in a list.
 
     Example:
         >>> db = kinodb.open("demo.kdb")
@@ -133,6 +149,7 @@ class Database:
         self._budget = [_TABLE_AFTER + self._n // _TABLE_PER, _RENT]
         self._typed: dict[np.dtype[Any], np.ndarray] = {}  # `typed_view`s of the map
         self._ints = None
+        self._int_table: dict[str, np.ndarray] | None = None  # `episodes`' int64 columns
         self._array_names = ()
 
     def _load(self, block: IndexBlock) -> None:
@@ -280,19 +297,13 @@ class Database:
 
     # -- metadata -------------------------------------------------------------------------
 
-    def _check(self, i: int) -> int:
-        try:
-            idx = int(i)  # accepts NumPy integers; rejects floats via the comparison below
-        except (TypeError, ValueError):
-            raise EpisodeNotFoundError(f"episode index must be an int, got {i!r}") from None
-        if idx != i or isinstance(i, bool):
-            raise EpisodeNotFoundError(f"episode index must be an int, got {i!r}")
-        if not 0 <= idx < self._n:
-            rng = f"0..{self._n - 1}" if self._n else "none"
-            raise EpisodeNotFoundError(f"episode {i} out of range: file has {self._n} episodes ({rng})")
-        return idx
+    def _check(self, i: SupportsIndex) -> int:
+        """Episode index ``i`` as a position ``0..n-1`` (`episode_index`)."""
+        if type(i) is int and 0 <= i < self._n:
+            return i
+        return episode_index(i, self._n)
 
-    def read_meta(self, i: int) -> dict[str, Any]:
+    def read_meta(self, i: SupportsIndex) -> dict[str, Any]:
         """Metadata of episode ``i``: the built-in fields plus its extra fields.
 
         An extra field appears under its name, or as ``"extra.NAME"`` when its name is a
@@ -300,7 +311,7 @@ class Database:
         refused such names can hold), so every key names one value (`extra_key`).
 
         Raises:
-            EpisodeNotFoundError: ``i`` is out of range.
+            EpisodeNotFoundError: ``i`` is out of range or not an int.
         """
         i = self._check(i)
         c = self._cols
@@ -334,22 +345,27 @@ class Database:
     def episodes(self) -> dict[str, np.ndarray]:
         """The metadata table: one NumPy array per column, one entry per episode.
 
-        ``success`` is an object array of True/False/None; ``total_reward`` is float64
-        with NaN where unknown; extra fields are named as in `read_meta`.
+        ``episode_id``, ``num_frames``, ``action_dim`` and ``state_dim`` are int64 (read-only),
+        so arithmetic on them does not wrap around as unsigned integers would; ``success`` is
+        an object array of True/False/None; ``total_reward`` is float64 with NaN where
+        unknown; extra fields are named as in `read_meta`.
         """
         c = self._cols
+        ints = self._int_table
+        if ints is None:
+            ints = self._int_table = {name: _int64(c[name]) for name in _INT_FIELDS}
         codes = c["success"].astype(np.int64) + 1
         if len(codes) and not 0 <= codes.min() <= codes.max() <= 2:
             raise CorruptFileError(f"{self._path}: success column holds codes other than -1, 0 and 1")
         succ = np.array([None, False, True], dtype=object)[codes]
         table: dict[str, np.ndarray] = {
-            "episode_id": c["episode_id"],
+            "episode_id": ints["episode_id"],
             "embodiment": self._block.strings["embodiment"].to_numpy(),
             "task": self._block.strings["task"].to_numpy(),
-            "num_frames": c["num_frames"],
+            "num_frames": ints["num_frames"],
             "fps": c["fps"],
-            "action_dim": c["action_dim"],
-            "state_dim": c["state_dim"],
+            "action_dim": ints["action_dim"],
+            "state_dim": ints["state_dim"],
             "success": succ,
             "total_reward": np.where(c["total_reward.valid"].astype(bool), c["total_reward"], np.nan),
         }
@@ -529,14 +545,14 @@ class Database:
                 return view
         return found[1](i)
 
-    def read_array(self, i: int, name: str) -> np.ndarray:
+    def read_array(self, i: SupportsIndex, name: str) -> np.ndarray:
         """One low-dimensional array of episode ``i`` (e.g. ``"actions"``), zero-copy.
 
         The cheapest read: no metadata, no dict, one view over the map, O(1) in the
         number of episodes.
 
         Raises:
-            EpisodeNotFoundError: ``i`` is out of range.
+            EpisodeNotFoundError: ``i`` is out of range or not an int.
             NameNotFoundError: the episode has no array called ``name`` (a KeyError).
         """
         read = self._fast.get(name)
@@ -546,8 +562,9 @@ class Database:
                 return view
         return self._read_array(i, name)
 
-    def _read_array(self, i: int, name: str) -> np.ndarray:
-        """`read_array` off its fast path: the first read, a NumPy index, a changed layout."""
+    def _read_array(self, i: SupportsIndex, name: str) -> np.ndarray:
+        """`read_array` off its fast path: the first read, a NumPy or negative index, a
+        changed layout."""
         i = self._check(i)
         self._map()  # a closed database raises here
         view = self._known_array(i, name)
@@ -567,8 +584,8 @@ class Database:
         The batch read a data loader wants: one copy from the map into ``out`` (or a new
         array) of shape ``(sum of frames, *dims)``, episodes in the order given; split it
         with the episodes' ``num_frames``. ``episodes`` is indices or a boolean mask over
-        all episodes (None: all). The selected episodes must share the array's dtype and
-        trailing dims; ``out``, when given, must be C-contiguous.
+        all episodes (None: all); negative indices count from the end. The selected episodes
+        must share the array's dtype and trailing dims; ``out``, when given, must be C-contiguous.
 
         Example:
             >>> acts = db.gather("actions", db.query("success = true"))
@@ -583,11 +600,12 @@ class Database:
         """
         self._verify_index()
         idx = np.arange(self._n) if episodes is None else self._indices(episodes)
-        if len(idx) and (idx.min() < 0 or idx.max() >= self._n):
-            bad = int(idx[(idx < 0) | (idx >= self._n)][0])
+        if len(idx) and (idx.min() < -self._n or idx.max() >= self._n):
             raise EpisodeNotFoundError(
-                f"episode {bad} out of range: file has {self._n} episodes (0..{self._n - 1})"
+                out_of_range(int(idx[(idx < -self._n) | (idx >= self._n)][0]), self._n)
             )
+        if len(idx) and idx.min() < 0:
+            idx = np.where(idx < 0, idx + self._n, idx)  # as a list counts them, from the end
         if not len(idx):
             raise ValueError("gather needs at least one episode")
         first = self.read_array(int(idx[0]), name)
@@ -650,7 +668,10 @@ class Database:
                 f"episode indices must be ints or a boolean mask, got {arr.dtype} values "
                 f"(first {arr.reshape(-1)[0]!r})"
             )
-        return arr.astype(np.int64).reshape(-1)
+        flat = arr.reshape(-1)
+        if flat.size and flat.dtype.kind == "u" and int(flat.max()) >= self._n:  # int64 could wrap it
+            raise EpisodeNotFoundError(out_of_range(int(flat[flat >= self._n][0]), self._n))
+        return flat.astype(np.int64)
 
     def _strided(self, name: str, first: np.ndarray) -> np.ndarray | None:
         """One opaque item per episode over array ``name`` if every episode holds it alike."""
@@ -659,7 +680,7 @@ class Database:
             return None
         return table.strided
 
-    def cameras(self, i: int) -> dict[str, dict[str, Any]]:
+    def cameras(self, i: SupportsIndex) -> dict[str, dict[str, Any]]:
         """Cameras of episode ``i``: codec and (T, H, W, C) shape per camera."""
         i = self._check(i)
         self._verify_index()
@@ -667,22 +688,22 @@ class Database:
 
     # -- episodes -------------------------------------------------------------------------
 
-    def read_episode_actions_only(self, i: int) -> dict[str, Any]:
+    def read_episode_actions_only(self, i: SupportsIndex) -> dict[str, Any]:
         """Episode ``i`` without images: meta plus zero-copy low-dimensional arrays."""
         i = self._check(i)
         out: dict[str, Any] = {"meta": self.read_meta(i)}
         out.update(self._episode_arrays(i))
         return out
 
-    def read_episode(self, i: int) -> dict[str, Any]:
+    def read_episode(self, i: SupportsIndex) -> dict[str, Any]:
         """Episode ``i``: meta, arrays, and ``images`` {camera: uint8 (T, H, W, C)}.
 
         Raises:
-            EpisodeNotFoundError: ``i`` is out of range.
+            EpisodeNotFoundError: ``i`` is out of range or not an int.
             CorruptFileError: a frame fails to decode (names episode, camera and frame).
         """
-        out = self.read_episode_actions_only(i)
         i = self._check(i)
+        out = self.read_episode_actions_only(i)
         out["images"] = {
             name: self._decode(i, name, cam, 0, cam.shape[0])
             for name, cam in self._episode_cameras(i).items()
@@ -690,19 +711,26 @@ class Database:
         return out
 
     def read_frames(
-        self, i: int, start: int, stop: int, *, cameras: Sequence[str] | None = None
+        self,
+        i: SupportsIndex,
+        start: SupportsIndex,
+        stop: SupportsIndex,
+        *,
+        cameras: str | Sequence[str] | None = None,
     ) -> dict[str, Any]:
         """Frames ``start:stop`` of episode ``i``, decoding only those frames.
 
         Returns arrays sliced to the window (zero-copy) and ``images`` for the chosen
-        cameras (all by default).
+        cameras (all by default; a str is one camera's name).
 
         Raises:
-            EpisodeNotFoundError: ``i`` is out of range.
-            FrameRangeError: the window is empty or outside the episode.
+            EpisodeNotFoundError: ``i`` is out of range or not an int.
+            FrameRangeError: ``start`` or ``stop`` is not an int, or the window is empty
+                or outside the episode.
             NameNotFoundError: a requested camera does not exist (a KeyError).
         """
         i = self._check(i)
+        start, stop = as_index(start, "start", FrameRangeError), as_index(stop, "stop", FrameRangeError)
         T = int(self._cols["num_frames"][i])
         if not (0 <= start < stop <= T):
             raise FrameRangeError(
@@ -710,7 +738,7 @@ class Database:
             )
         out: dict[str, Any] = {k: v[start:stop] for k, v in self._episode_arrays(i).items()}
         cams = self._episode_cameras(i)
-        chosen = list(cams) if cameras is None else list(cameras)
+        chosen = list(cams) if cameras is None else [cameras] if isinstance(cameras, str) else list(cameras)
         for name in chosen:
             if name not in cams:
                 raise NameNotFoundError(
@@ -719,9 +747,16 @@ class Database:
         out["images"] = {name: self._decode(i, name, cams[name], start, stop) for name in chosen}
         return out
 
-    def read_image_bytes(self, i: int, camera: str, frame: int) -> bytes:
-        """The stored bytes of one frame (JPEG/PNG as encoded; raw pixels for ``raw``)."""
+    def read_image_bytes(self, i: SupportsIndex, camera: str, frame: SupportsIndex) -> bytes:
+        """The stored bytes of one frame (JPEG/PNG as encoded; raw pixels for ``raw``).
+
+        Raises:
+            EpisodeNotFoundError: ``i`` is out of range or not an int.
+            NameNotFoundError: the episode has no camera ``camera`` (a KeyError).
+            FrameRangeError: ``frame`` is not an int or lies outside the episode.
+        """
         i = self._check(i)
+        frame = as_index(frame, "frame", FrameRangeError)
         self._verify_index()
         cams = self._episode_cameras(i)
         if camera not in cams:
@@ -757,9 +792,7 @@ class Database:
     def __len__(self) -> int:
         return self._n
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        if isinstance(i, (int, np.integer)) and not isinstance(i, bool) and -self._n <= i < 0:
-            i += self._n
+    def __getitem__(self, i: SupportsIndex) -> dict[str, Any]:
         return self.read_episode(i)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
@@ -783,8 +816,65 @@ class Database:
             with contextlib.suppress(BufferError):  # views still reference it; it closes with the last one
                 mm.close()
 
-    def __reduce__(self) -> tuple[Any, tuple[str]]:
-        return (open_database, (self._path,))
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # The identity of the file at the path now: a file replaced before this is caught by
+        # the commit comparison in `_pin`, which covers the index checksum too.
+        c = self._commit
+        commit = (c.generation, c.index_offset, c.index_length, c.num_episodes, c.num_frames, c.index_crc)
+        return (_restore, (self._path, _identity(self._path), commit))
+
+    def _pin(self, identity: tuple[int, int] | None, parent: Commit) -> None:
+        """Read commit ``parent``, the one the database this one was unpickled from read.
+
+        The same commit record (the index checksum in it covers the payloads' checksums)
+        reads the same bytes. An append leaves the older commits' index blocks in place
+        (docs/format.md, "Commit protocol"), so a file only appended to since is read at
+        ``parent``: the copy sees the episodes its parent saw, not the ones added since.
+
+        Raises:
+            KinodbError: the file was replaced or rewritten since: it no longer holds ``parent``.
+        """
+        now = self._commit
+        same_file = identity is not None and _identity(self._path) == identity
+        if now == parent and (same_file or parent.generation):  # a 0.x file's record holds no checksum
+            return
+        if not same_file:
+            raise self._moved(parent, "replaced")
+        if (
+            not parent.generation  # a 0.x file: kinodb never appends to one
+            or now.generation <= parent.generation
+            or now.num_episodes < parent.num_episodes
+            or now.num_frames < parent.num_frames
+            or parent.end > now.index_offset
+        ):
+            raise self._moved(parent, "rewritten")
+        try:
+            toc_len = check_index_head(self._map(), parent.index_offset, parent.index_length, self._path)
+            check_counts(parent, self._size, self._path)
+            self._commit, self._toc_len, self._n = parent, toc_len, parent.num_episodes
+            self._index, self._verified, self._codes, self._layout = None, False, None, None
+            self._init_reads()
+            self._verify_index()  # now, not on first use: no commit record vouches for this block
+        except CorruptFileError:
+            raise self._moved(parent, "rewritten") from None
+        slots = [parse_slot(self._map()[at : at + SLOT_SIZE].tobytes()) for at in SLOT_OFFSETS]
+        self._slot = slots.index(parent) if parent in slots else -1
+
+    def _moved(self, parent: Commit, how: str) -> KinodbError:
+        def state(c: Commit) -> str:  # a 0.x file has no commits: generation 0
+            return f"{c.num_episodes} episodes" + (f" at commit {c.generation}" if c.generation else "")
+
+        what = (
+            f"was replaced by another file since the Database this copy was pickled from opened it "
+            f"({state(parent)})"
+            if how == "replaced"
+            else f"was rewritten or replaced since the Database this copy was pickled from opened it: it no "
+            f"longer holds the commit that one read ({state(parent)}; it holds {state(self._commit)})"
+        )
+        return KinodbError(
+            f"{self._path} {what}, so the copy would read other data. Open the file again (kinodb.open) "
+            "and pickle that Database instead"
+        )
 
     def __repr__(self) -> str:
         return f"<kinodb.Database {self._path!r} ({self._n} episodes, format {self.version()})>"
@@ -794,6 +884,40 @@ def extra_key(name: str) -> str:
     """The key of extra field ``name`` in `Database.read_meta`: ``extra.NAME`` when the name
     is a built-in one or starts with ``extra.`` itself, else the name."""
     return f"extra.{name}" if name in META_FIELDS or name.startswith("extra.") else name
+
+
+def _int64(col: np.ndarray) -> np.ndarray:
+    """An unsigned index column as read-only int64 (kept as it is if a value exceeds int64,
+    which no kinodb writer stores)."""
+    if len(col) and col.dtype.kind == "u" and int(col.max()) > np.iinfo(np.int64).max:
+        return col
+    out = col.astype(np.int64)
+    out.flags.writeable = False
+    return out
+
+
+def _identity(path: str) -> tuple[int, int] | None:
+    """``(st_dev, st_ino)`` of the file at ``path``, None if there is none."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _restore(path: str, identity: tuple[int, int] | None, commit: tuple[int, ...]) -> Database:
+    """Unpickle a `Database`: open ``path`` at the commit its original read (`Database._pin`).
+
+    Raises:
+        KinodbError: the file was replaced or rewritten since the original opened it.
+    """
+    db = open_database(path)
+    try:
+        db._pin(identity, Commit(*commit))
+    except BaseException:
+        db.close()
+        raise
+    return db
 
 
 def open_database(path: str | os.PathLike[str]) -> Database:
