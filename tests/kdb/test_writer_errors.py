@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gc
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ import pytest
 import kinodb
 from _factories import encode_image
 from kinodb import WriterError
+from kinodb.kdb.validate import validate
 
 
 def listing(directory: Path) -> list[str]:
@@ -36,7 +39,7 @@ A4 = np.zeros((4, 2), np.float32)
         ({"rewards": np.zeros(3)}, "rewards has 3 frames, actions has 4"),
         ({"is_terminal": np.zeros(5, bool)}, "is_terminal has 5 frames, actions has 4"),
         ({"timestamps": np.zeros(2)}, "timestamps has 2 frames, actions has 4"),
-        ({"extra_arrays": {"lang": np.zeros((3, 8))}}, "lang has 3 frames, actions has 4"),
+        ({"extra_arrays": {"lang": np.zeros((3, 8))}}, "extra array 'lang' has 3 frames, actions has 4"),
         ({"states": np.zeros(4)}, r"states must have shape \(T, D\), got \(4,\)"),
         ({"rewards": np.zeros((4, 1))}, r"rewards must have shape \(T,\), got \(4, 1\)"),
         ({"timestamps": np.zeros((4, 2))}, r"timestamps must have shape \(T,\)"),
@@ -477,3 +480,59 @@ def test_bad_source_date_epoch_names_the_variable(
         w.add_episode(actions=np.zeros((1, 1)))
     with kinodb.open(path) as db:
         assert db.dataset_info()["modified"] == "2023-11-14T22:13:20Z"
+
+
+# -- appends that never finish --------------------------------------------------------------
+
+BIG = np.ones((40_000, 16), np.float32)  # 2.5 MB: past the writer's buffer, so it reaches the file
+
+
+def test_a_forgotten_appender_leaves_the_file_as_committed(tmp_path: Path) -> None:
+    path = tmp_path / "g.kdb"
+    with kinodb.Writer(path) as w:
+        w.add_episode(actions=A4)
+    before = path.read_bytes()
+    w = kinodb.Writer(path, mode="a")
+    w.add_episode(actions=BIG)
+    assert path.stat().st_size > len(before)  # the episode's bytes are in the file
+    del w
+    gc.collect()
+    assert path.read_bytes() == before  # never closed: nothing of it stays
+    report = validate(path)
+    assert report.ok and not report.warnings
+    with kinodb.Writer(path, mode="a") as w:  # the lock was released
+        w.add_episode(actions=A4)
+    with kinodb.open(path) as db:
+        assert len(db) == 2
+
+
+def test_validate_notes_the_bytes_a_killed_appender_left(tmp_path: Path) -> None:
+    path = tmp_path / "k.kdb"
+    with kinodb.Writer(path) as w:
+        w.add_episode(actions=A4)
+    committed = path.stat().st_size
+    src = Path(__file__).resolve().parents[2] / "src"
+    script = (
+        "import os, sys, numpy as np, kinodb\n"
+        "w = kinodb.Writer(sys.argv[1], mode='a')\n"
+        "w.add_episode(actions=np.ones((40_000, 16), np.float32))\n"
+        "os._exit(0)  # killed: no close, no abort, no finalizer\n"
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")]))
+    run = subprocess.run(
+        [sys.executable, "-c", script, str(path)], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert run.returncode == 0, run.stderr
+    left = path.stat().st_size - committed
+    assert left > 0
+    report = validate(path)
+    assert report.ok, report.errors  # a note, not a failure: the committed state is whole
+    (note,) = report.warnings
+    assert note.startswith(f"{left} bytes after the last commit (byte offset {committed}), left by an append")
+    assert "did not finish" in note and "the next append removes them" in note
+    with kinodb.Writer(path, mode="a") as w:
+        w.add_episode(actions=A4)
+    report = validate(path)
+    assert report.ok and not report.warnings
+    with kinodb.open(path) as db:
+        assert len(db) == 2

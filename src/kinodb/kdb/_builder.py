@@ -7,19 +7,25 @@ string columns as codes plus dictionary (gaining the added values' entries), and
 fields as their encoded columns, converted only when added values change a field's kind
 (an int field given a float becomes JSON). The block is byte for byte the one that
 encoding every value again would give.
+
+The dataset JSON's writable parts are checked here too: `Metadata`, the mapping
+`Writer.metadata` gives, and `declared_schema`, the components and names a schema declares.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import operator
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from kinodb.errors import CorruptFileError
+from kinodb.errors import CorruptFileError, WriterError
+from kinodb.kdb._checks import json_mapping
+from kinodb.kdb._frames import RESERVED_ARRAYS
 from kinodb.kdb._table import (
     _EXTRA_PARTS,
     ABSENT,
@@ -411,3 +417,160 @@ class TableBuilder:
             kinds.append([name, kind])
             columns.update({f"extra.{j}.{part}": col for part, col in cols.items()})
         return encode_index(dataset, columns, self.section_names, kinds)
+
+
+# What to store instead of a value JSON cannot hold, by its type's name.
+_JSON_HINTS = {"ndarray": "store an array as a list: array.tolist()", "bytes": "decode bytes to str"}
+
+
+def json_metadata(value: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """`json_mapping`, its message saying what to store instead of an array or bytes."""
+    try:
+        return json_mapping(value, where)
+    except WriterError as exc:
+        hint = next((h for kind, h in _JSON_HINTS.items() if f"has type {kind};" in str(exc)), None)
+        if hint is None:
+            raise
+        raise WriterError(f"{exc} ({hint})") from None
+
+
+class Metadata(dict[str, Any]):
+    """`Writer.metadata`: the dataset metadata, a dict whose values are checked as they are
+    set (NumPy scalars become Python numbers; NaN, arrays and other values JSON cannot
+    store are refused, naming the key), by item, `update`, `setdefault` and ``|=``.
+
+    Building one (``Metadata(stored)``) checks nothing: the values are already stored.
+    Values read back are the stored ones: a nested dict or list changed in place is
+    checked again when the writer commits.
+    """
+
+    __slots__ = ()
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        super().update(json_metadata({key: value}, "metadata"))
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        """Check every value first: nothing is set when one is refused."""
+        super().update(json_metadata(dict(*args, **kwargs), "metadata"))
+
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        if key not in self:
+            self[key] = default
+        return self[key]
+
+    # mypy compares |= with dict's |, which returns a new dict; |= returns this one.
+    def __ior__(self, other: Any) -> Metadata:  # type: ignore[override,misc]
+        self.update(other)
+        return self
+
+
+def _bound(value: Any) -> int | None:
+    """A component bound: an int (NumPy integers too, not bool), else None."""
+    if isinstance(value, (bool, np.bool_)):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
+
+
+def declared_schema(part: str, spec: Any) -> dict[str, Any]:
+    """The ``components`` and ``names`` that ``spec`` declares for ``part``, checked.
+
+    Raises:
+        ValueError: they are not a mapping of names to ``[start, stop)`` and a list of names.
+    """
+    if not isinstance(spec, Mapping):
+        raise ValueError(f"schema {part} must be a mapping with 'components' and 'names', got {spec!r}")
+    given = spec.get("components", {})
+    if not isinstance(given, Mapping):
+        raise ValueError(
+            f"schema {part}.components must map each name to [start, stop), e.g. {{'pos': [0, 3]}}; "
+            f"got {given!r}"
+        )
+    comps = {}
+    for name, sl in given.items():
+        pair = (sl.start, sl.stop) if isinstance(sl, slice) else sl
+        bounds = [_bound(b) for b in pair] if isinstance(pair, (list, tuple)) and len(pair) == 2 else []
+        start, stop = bounds if bounds else (None, None)
+        if start is None or stop is None or not 0 <= start < stop:
+            raise ValueError(f"schema {part}.components[{name!r}] must be [start, stop), got {sl!r}")
+        comps[str(name)] = [start, stop]
+    new: dict[str, Any] = {"components": comps} if comps else {}
+    if "names" in spec:
+        names = spec["names"]
+        if isinstance(names, (str, bytes)) or not isinstance(names, Iterable):
+            raise ValueError(f"schema {part}.names must be a list of names (one per dim), got {names!r}")
+        new["names"] = [str(n) for n in names]
+    return new
+
+
+def check_dims(schema: Mapping[str, Any], action_dim: int, state_dim: int) -> None:
+    """Check an episode's ``actions`` and ``states`` dims against the declared ``schema``.
+
+    Raises:
+        WriterError: a component ends past its part's dim, or the names do not count it.
+    """
+    for part, dim in (("actions", action_dim), ("states", state_dim)):
+        entry = schema.get(part, {})
+        for name, (_, stop) in entry.get("components", {}).items():
+            if stop > dim:
+                raise WriterError(f"schema component {part}.{name} ends at {stop}, but {part} has dim {dim}")
+        if "names" in entry and len(entry["names"]) != dim:
+            raise WriterError(f"schema {part}.names has {len(entry['names'])} names, {part} has dim {dim}")
+
+
+def note_schema(
+    schema: dict[str, Any],
+    arrays: Mapping[str, tuple[np.dtype[Any], tuple[int, ...]]],
+    cams: Mapping[str, Any],
+) -> None:
+    """Record an episode's dtypes, dims and camera formats in ``schema``; a value that
+    varies between episodes becomes None. add_episode's own arrays get a part of their
+    own, extra arrays one in ``schema["arrays"]``."""
+    for name, (dtype, shape) in arrays.items():
+        if name in ("actions", "states"):
+            entry = schema.setdefault(name, {})
+            _note(entry, "dim", int(shape[1]))
+        else:
+            entry = (
+                schema.setdefault(name, {})
+                if name in RESERVED_ARRAYS
+                else schema["arrays"].setdefault(name, {})
+            )
+            _note(entry, "shape", [int(d) for d in shape[1:]])
+        _note(entry, "dtype", dtype.name)
+    for cam, (codec, (h, w, c)) in cams.items():
+        entry = schema["cameras"].setdefault(cam, {})
+        for key, value in (("codec", codec), ("height", h), ("width", w), ("channels", c)):
+            _note(entry, key, value)
+
+
+def _note(entry: dict[str, Any], key: str, value: Any) -> None:
+    if key not in entry:
+        entry[key] = value
+    elif entry[key] != value:
+        entry[key] = None  # varies between episodes
+
+
+def check_dataset(dataset: dict[str, Any], path: str, episodes: int) -> None:
+    """Check the metadata and statistics of ``dataset`` again before a commit (a nested
+    value may have been changed in place), converting NumPy scalars in place: a value JSON
+    cannot store is refused while the writer is still open, so that no episode is lost.
+
+    Raises:
+        WriterError: a value JSON cannot store; the message names its key.
+    """
+    for key in ("metadata", "stats"):
+        value = dataset.get(key)
+        if not isinstance(value, dict):
+            continue
+        try:
+            clean = json_metadata(value, key)
+        except WriterError as exc:
+            raise WriterError(
+                f"{path}: {exc}. Nothing was committed, and the writer is still open with its {episodes} "
+                "episodes: set or delete that value, then call close() again"
+            ) from None
+        value.clear()  # in place: callers may hold `Writer.metadata`
+        value.update(clean)

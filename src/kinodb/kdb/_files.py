@@ -9,13 +9,17 @@ import mmap
 import os
 import stat
 import threading
+import weakref
 from typing import BinaryIO
 
-from kinodb.errors import WriterError
+from kinodb.errors import FormatError, WriterError
 from kinodb.kdb._layout import DATA_START, read_preamble
 from kinodb.kdb._stale import stale_temps
 
 _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+# Opening a FIFO for reading waits for a writer; without blocking, it is found and refused.
+# The flag has no effect on a regular file's map.
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 
 
 def lock(fd: int, path: str) -> None:
@@ -159,9 +163,25 @@ def remove_stale_temps(path: str) -> None:
             os.unlink(tmp)
 
 
-def cleanup(tmp: str | None, fh: BinaryIO, flusher: Flusher, guard: int | None) -> None:
+def cleanup(
+    owner: int, tmp: str | None, fh: BinaryIO, flusher: Flusher, guard: int | None, base_end: int | None
+) -> None:
+    """Release what a writer holds that was never closed: its temporary file (deleted), or
+    an append's bytes past the committed end (``base_end``, cut off while its lock is held).
+
+    Only in the process that opened it (``owner``): a forked child shares the writer's
+    open file, so it closes its own copy of the descriptor and touches nothing else (no
+    flush, truncate, unlink or unlock), whatever its copy of the writer says.
+    """
+    if os.getpid() != owner:
+        forget(fh)
+        return
     with contextlib.suppress(WriterError):
         flusher.wait(tmp or "")  # never close the descriptor under a running sync
+    if base_end is not None:  # an append: nothing past the commit belongs to any state
+        with contextlib.suppress(OSError, ValueError):
+            os.ftruncate(fh.fileno(), base_end)
+        forget(fh)  # the buffer's bytes belong past the cut: never write them back
     with contextlib.suppress(OSError):
         fh.close()
     if tmp:
@@ -170,6 +190,63 @@ def cleanup(tmp: str | None, fh: BinaryIO, flusher: Flusher, guard: int | None) 
     if guard is not None:
         with contextlib.suppress(OSError):
             os.close(guard)
+
+
+def forget(fh: BinaryIO) -> None:
+    """Close ``fh``'s descriptor without writing its buffer out: closing the buffered file
+    afterwards writes nothing (its buffer belongs to the process that filled it)."""
+    with contextlib.suppress(OSError, AttributeError, ValueError):
+        fh.raw.close()  # type: ignore[attr-defined]
+
+
+# Files that writers of this process write: a forked child closes its copies of them at
+# once, so that nothing the child does (nor its exit) writes their buffers into the file.
+_WRITING: weakref.WeakSet[BinaryIO] = weakref.WeakSet()
+
+
+def parent_only(fh: BinaryIO) -> None:
+    """Mark ``fh``, a writer's open file, as the opening process's alone: in a child forked
+    from it, its descriptor is closed (`forget`) as soon as the child starts."""
+    _WRITING.add(fh)
+
+
+def _forget_in_child() -> None:
+    for fh in list(_WRITING):
+        forget(fh)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_in_child)
+
+
+def not_regular(path: str) -> str | None:
+    """What ``path`` is when it exists and is neither a regular file nor a folder (``"a
+    FIFO"``, ``"a character device"`` ...), following links; None otherwise."""
+    try:
+        return _kind(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return None
+
+
+_KINDS = {
+    stat.S_IFIFO: "a FIFO (named pipe)",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+}
+
+
+def _kind(mode: int) -> str | None:
+    """What a file of ``st_mode`` ``mode`` is, unless a regular file or a folder (None)."""
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    return _KINDS.get(stat.S_IFMT(mode), "not a regular file")
+
+
+def keep_mode(tmp: str, path: str) -> None:
+    """Give the new file ``tmp`` the permission bits of the file it replaces at ``path``."""
+    with contextlib.suppress(OSError):
+        os.chmod(tmp, stat.S_IMODE(os.stat(path).st_mode) & 0o777)
 
 
 def map_file(path: str) -> mmap.mmap:
@@ -181,18 +258,25 @@ def map_file(path: str) -> mmap.mmap:
 
     Where that fails (a missing or empty file, a directory, ...), the file is opened as
     before, which raises the usual error (FileNotFoundError, FormatError, ...).
+
+    Raises:
+        FormatError: ``path`` is a FIFO, a device or a socket, not a regular file (opened
+            without blocking: reading a FIFO would wait for a writer forever).
     """
     try:
-        fd = os.open(path, _OPEN_FLAGS)
+        fd = os.open(path, _OPEN_FLAGS | _NONBLOCK)
     except OSError:
         fd = -1
     if fd >= 0:
         try:
-            return mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
-        except (OSError, ValueError):
-            pass
+            kind = _kind(os.fstat(fd).st_mode)
+            if kind is None:
+                with contextlib.suppress(OSError, ValueError):
+                    return mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
         finally:
             os.close(fd)
+        if kind is not None:
+            raise FormatError(f"{path} is {kind}, not a regular file; give the path of a .kdb file")
     with open(path, "rb") as fh:
         size = os.fstat(fh.fileno()).st_size
         read_preamble(fh.read(DATA_START), path, size)

@@ -1,14 +1,24 @@
-"""The frames of one camera as `Writer.add_episode` takes them, checked and encoded."""
+"""What `Writer.add_episode` takes, checked: an episode's arrays, and each camera's frames
+(encoded, or passed through)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import operator
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
 from kinodb.errors import WriterError
 from kinodb.kdb import _codecs
+from kinodb.kdb._checks import as_array, dims3, terminal
+
+# add_episode's own arrays; the names extra arrays cannot take.
+RESERVED_ARRAYS = frozenset({"actions", "states", "rewards", "is_terminal", "timestamps", "meta", "images"})
+
+# libjpeg's limit on either side (JPEG_MAX_DIMENSION); Pillow fails past it with a bare
+# "broken data stream".
+JPEG_MAX_SIDE = 65500
 
 
 class RawFrames:
@@ -59,7 +69,18 @@ def camera_frames(
             raise WriterError(
                 f"images[{cam!r}] has {c} channels; JPEG stores 1 or 3, use image_codec='png' or 'raw'"
             )
-        return chosen, (h, w, c), _codecs.encode(frames, chosen, quality)
+        if chosen == "jpeg" and max(h, w) > JPEG_MAX_SIDE:
+            raise WriterError(
+                f"images[{cam!r}] frames are {h}x{w} (HxW); JPEG stores at most {JPEG_MAX_SIDE} pixels "
+                "a side: use image_codec='png' or 'raw'"
+            )
+        try:
+            return chosen, (h, w, c), _codecs.encode(frames, chosen, quality)
+        except OSError as exc:  # Pillow's encoders raise OSError on what they cannot store
+            raise WriterError(
+                f"images[{cam!r}]: {chosen} encoding failed ({_codecs.describe(exc)}); try "
+                "image_codec='png' or 'raw'"
+            ) from exc
     channels = None
     if isinstance(value, _codecs.EncodedFrames):
         value, channels = list(value.frames), value.channels
@@ -79,6 +100,11 @@ def _encoded(
 ) -> tuple[str, tuple[int, int, int], list[bytes]]:
     """Camera ``cam``'s encoded frames, checked: one codec, one shape, each frame complete."""
     blobs = [bytes(b) if isinstance(b, (bytes, bytearray, memoryview)) else None for b in value]
+    if isinstance(value[0], np.ndarray):
+        raise WriterError(
+            f"images[{cam!r}] is a list of arrays; stack them into one uint8 array (T, H, W, C) "
+            "(np.stack), or pass a list of encoded JPEG/PNG bytes"
+        )
     codec = _codecs.sniff(blobs[0] or b"")
     if codec is None:
         raise WriterError(f"images[{cam!r}][0] is not JPEG or PNG bytes")
@@ -113,3 +139,54 @@ def _encoded(
             raise WriterError(f"images[{cam!r}][{t}] is {got} (H, W, C), frame 0 is {shape}")
     assert shape is not None  # T >= 1
     return codec, shape, [b for b in blobs if b is not None]
+
+
+def check_quality(value: Any) -> int:
+    """``jpeg_quality`` as an int in 1..100 (a whole number; NumPy integers too)."""
+    try:
+        q: int | None = None if isinstance(value, bool) else operator.index(value)
+    except TypeError:
+        q = int(value) if isinstance(value, (float, np.floating)) and float(value).is_integer() else None
+    if q is None or not 1 <= q <= 100:
+        raise ValueError(f"jpeg_quality must be in 1..100 (a whole number), got {value!r}")
+    return q
+
+
+def episode_arrays(
+    actions: Any,
+    states: Any,
+    rewards: Any,
+    is_terminal: Any,
+    timestamps: Any,
+    extra: Mapping[str, Any] | None,
+) -> dict[str, np.ndarray]:
+    """`Writer.add_episode`'s arrays, checked: each is (T, ...) with T >= 1 frames, at most
+    4 dims, and stored as little-endian.
+
+    Raises:
+        WriterError: an array is malformed; the message names it.
+    """
+    acts = as_array("actions", actions, np.float32, ndim=2)
+    T = acts.shape[0]
+    if T == 0:
+        raise WriterError("actions has 0 frames; empty episodes cannot be stored")
+    sts = np.zeros((T, 0), np.float32) if states is None else as_array("states", states, np.float32, ndim=2)
+    rew = np.zeros(T, np.float32) if rewards is None else as_array("rewards", rewards, np.float32, ndim=1)
+    if is_terminal is None:
+        term = np.zeros(T, bool)
+        term[-1] = True
+    else:
+        term = terminal(is_terminal)
+    arrays = {"actions": acts, "states": sts, "rewards": rew, "is_terminal": term}
+    if timestamps is not None:
+        arrays["timestamps"] = as_array("timestamps", timestamps, np.float64, ndim=1)
+    for name, value in (extra or {}).items():
+        if not isinstance(name, str) or not name or name in RESERVED_ARRAYS:
+            raise WriterError(f"extra array name {name!r} is empty or reserved; rename it")
+        arrays[name] = as_array(f"extra array {name!r}", value, np.float32, ndim=None)
+    for name, arr in arrays.items():
+        if arr.shape[0] != T:
+            what = name if name in RESERVED_ARRAYS else f"extra array {name!r}"
+            raise WriterError(f"{what} has {arr.shape[0]} frames, actions has {T}")
+        dims3(arr.shape)  # before any byte is written
+    return arrays

@@ -230,6 +230,12 @@ def _check_slots(db: Database, report: Report) -> None:
         report.passed.append(
             f"{past} bytes past the committed end left by an interrupted append (the next append discards them)"
         )
+    elif past:  # no index among them: episodes an append wrote and never committed
+        report.warnings.append(
+            f"{past} bytes after the last commit (byte offset {commit.end}), left by an append that did not "
+            "finish (a Writer neither closed nor aborted, or a process killed while appending); they are "
+            "not part of the file's episodes, and the next append removes them"
+        )
 
 
 def _check_index(db: Database, report: Report) -> None:

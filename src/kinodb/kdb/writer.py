@@ -7,6 +7,7 @@ import datetime as _dt
 import math
 import os
 import secrets
+import threading
 import time
 import warnings
 import weakref
@@ -17,28 +18,32 @@ import numpy as np
 
 from kinodb._version import __version__
 from kinodb.errors import CorruptFileError, FormatError, WriterError
-from kinodb.kdb._builder import TableBuilder
-from kinodb.kdb._checks import (
-    as_array,
-    check_extra_name,
-    dims3,
-    episode_meta,
-    json_mapping,
-    json_value,
-    terminal,
+from kinodb.kdb._builder import (
+    Metadata,
+    TableBuilder,
+    check_dataset,
+    check_dims,
+    declared_schema,
+    json_metadata,
+    note_schema,
 )
+from kinodb.kdb._checks import check_extra_name, dims3, episode_meta, json_mapping, json_value
 from kinodb.kdb._files import (
     Flusher,
     cleanup,
+    forget,
     fsync_dir,
     hold,
+    keep_mode,
     lock,
+    not_regular,
     output_error,
+    parent_only,
     publish_new,
     remove_stale_temps,
     still_at,
 )
-from kinodb.kdb._frames import RawFrames, camera_frames
+from kinodb.kdb._frames import RawFrames, camera_frames, check_quality, episode_arrays
 from kinodb.kdb._layout import (
     ALIGN,
     CODECS,
@@ -59,7 +64,6 @@ from kinodb.kdb._table import check_append_dataset
 if TYPE_CHECKING:
     from kinodb.kdb.reader import Database
 
-_RESERVED_ARRAYS = {"actions", "states", "rewards", "is_terminal", "timestamps", "meta", "images"}
 _U16_MAX = 0xFFFF  # sec_count and sec.name are u16 columns
 _ZEROS = bytes(ALIGN)
 SECTION_ALIGN = 8  # every element size divides it, so every section is aligned to its dtype
@@ -108,10 +112,16 @@ def _now() -> str:
 _RECORDED = frozenset({"cameras", "arrays", "rewards", "is_terminal", "timestamps"})
 
 
+def _named(exc: WriterError, n: int) -> WriterError:
+    """``exc``, saying which episode was being added (its position in the file)."""
+    return WriterError(f"{exc} (adding episode {n})")
+
+
 class Writer:
     """Write episodes to a ``.kdb`` file; nothing is visible until `close` commits.
 
-    Modes follow h5py: ``"x"`` creates (fails if the file exists), ``"w"`` replaces,
+    Modes follow h5py: ``"x"`` creates (fails if the file exists), ``"w"`` replaces
+    (through a link, the file it points at; keeping the replaced file's permission bits),
     ``"a"`` appends to an existing file. New files are written to a temporary file
     beside ``path`` and renamed into place; appends write after the committed data and
     switch the commit record last, so a crash leaves the old or the new state.
@@ -120,6 +130,11 @@ class Writer:
     arrays; unset, they are JPEG (quality ``jpeg_quality``), and an append stores each
     camera the file already holds in that camera's own codec (raw depth stays raw). An
     append's ``schema`` must agree with the file's: the episodes already there keep theirs.
+
+    One writer may be shared by threads: `add_episode` checks and encodes each episode in
+    its caller's thread and writes it whole under the writer's lock. A process forked
+    while a writer is open cannot use it (`WriterError`); the child, and its exit, leave
+    the file to the parent.
 
     ``schema`` declares the named components (``{"states": {"components": {"eef_pos":
     [0, 3]}, "names": [...]}}``) of ``actions`` and ``states``; a stored schema
@@ -134,6 +149,7 @@ class Writer:
 
     Raises:
         FileExistsError: mode ``"x"`` and ``path`` exists.
+        FormatError: mode ``"a"`` and ``path`` is not a ``.kdb`` file (or not a regular file).
         WriterError: an episode is malformed, or another process is appending.
     """
 
@@ -152,13 +168,17 @@ class Writer:
             raise ValueError(f"mode must be 'x', 'w' or 'a', got {mode!r}")
         if image_codec is not None and image_codec not in CODECS:
             raise ValueError(f"image_codec must be one of {CODECS}, got {image_codec!r}")
-        if not 1 <= int(jpeg_quality) <= 100:
-            raise ValueError(f"jpeg_quality must be in 1..100, got {jpeg_quality}")
+        quality = check_quality(jpeg_quality)
         # Checked before any file is touched: a bad value would otherwise fail the commit.
-        metadata = json_mapping(metadata or {}, "metadata")
+        metadata = json_metadata(metadata or {}, "metadata")
         created = _now()  # a bad SOURCE_DATE_EPOCH fails here, not at the commit
         self._path = os.fspath(path)
-        self._mode, self._codec, self._quality = mode, image_codec, int(jpeg_quality)
+        self._mode, self._codec, self._quality = mode, image_codec, quality
+        # Only the process that opened the writer writes, commits or cleans up (not a fork).
+        self._owner = os.getpid()
+        # add_episode, copy_episode, close and abort from several threads take turns;
+        # frames are encoded before the lock is taken.
+        self._lock = threading.RLock()
         self._table = TableBuilder()
         self._closed = False
         self._failure: str | None = None  # why the writer closed itself (an I/O error)
@@ -171,23 +191,32 @@ class Writer:
                 f"{self._path} is a folder; give the path of a .kdb file, e.g. "
                 f"{os.path.join(self._path, 'data.kdb')}"
             )
+        kind = not_regular(self._path) if mode == "a" else None  # "w" replaces it, as it would a file
+        if kind is not None:
+            raise FormatError(
+                f"{self._path} is {kind}, not a regular file, and cannot be appended to; give the path "
+                "of a .kdb file"
+            )
+        # Through a link, as open() writes: the link stays, the file it points at is replaced.
+        self._target = os.path.realpath(self._path) if os.path.islink(self._path) else self._path
+        self._base_end: int | None = None  # an append: the committed end of the file
         if mode == "a" and os.path.exists(self._path):
             self._open_append()
         else:
-            if mode == "x" and os.path.exists(self._path):
+            if mode == "x" and os.path.lexists(self._path):
                 raise FileExistsError(f"{self._path} exists; use mode='w' to replace it or 'a' to append")
             self._dataset: dict[str, Any] = {
                 "format": "kinodb", "format_version": "1.0", "created": created,
                 "writer": f"kinodb {__version__}", "source_format": None,
-                "schema": {"cameras": {}, "arrays": {}}, "metadata": {},
+                "schema": {"cameras": {}, "arrays": {}}, "metadata": Metadata(),
             }  # fmt: skip
-            remove_stale_temps(self._path)
+            remove_stale_temps(self._target)
             self._tmp: str | None = os.path.join(
-                os.path.dirname(os.path.abspath(self._path)),
-                f".{os.path.basename(self._path)}.{os.getpid()}.{secrets.token_hex(4)}.tmp",
+                os.path.dirname(os.path.abspath(self._target)),
+                f".{os.path.basename(self._target)}.{os.getpid()}.{secrets.token_hex(4)}.tmp",
             )
             if mode == "w":  # no append may commit into the file this one replaces
-                self._guard = hold(self._path)
+                self._guard = hold(self._target)
             try:
                 self._fh: BinaryIO = open(self._tmp, "xb", buffering=1 << 20)  # noqa: SIM115
             except OSError as exc:
@@ -197,7 +226,10 @@ class Writer:
             self._fh.write(bytes(DATA_START))
             self._pos = DATA_START
         self._flusher = Flusher(self._pos)
-        self._finalizer = weakref.finalize(self, cleanup, self._tmp, self._fh, self._flusher, self._guard)
+        self._finalizer = weakref.finalize(
+            self, cleanup, self._owner, self._tmp, self._fh, self._flusher, self._guard, self._base_end
+        )
+        parent_only(self._fh)
         # Stored statistics describe the episodes present when they were set (see `stats`).
         self._stats_episodes = len(self._table)
         if source_format is not None:
@@ -244,6 +276,7 @@ class Writer:
                 self._dataset = db._block.dataset
                 where = f"{self._path}: index at byte offset {commit.index_offset}"
                 check_append_dataset(self._dataset, where, self._path)
+                self._dataset["metadata"] = Metadata(self._dataset["metadata"])  # checked from now on
                 self._table.load(db._block, where)  # the stored rows stay encoded: no object per episode
         except BaseException:
             self._fh.close()
@@ -253,13 +286,20 @@ class Writer:
         # Bytes past the committed end belong to no state (a killed writer's leftovers).
         self._fh.truncate(commit.end)
         self._fh.seek(commit.end)
-        self._pos = self._base_end = commit.end
+        self._pos = commit.end
+        self._base_end = commit.end
 
     # -- schema ---------------------------------------------------------------------------
 
     @property
     def metadata(self) -> dict[str, Any]:
-        """Free-form dataset metadata, stored as JSON at commit."""
+        """Free-form dataset metadata, stored as JSON at commit: a dict (`Metadata`) whose
+        values are checked as they are set.
+
+        Raises:
+            WriterError: (setting a value) JSON cannot store it: NaN, infinity, an array,
+                bytes, a key that is not a str; the message names the key.
+        """
         return self._dataset["metadata"]  # type: ignore[no-any-return]
 
     @property
@@ -311,16 +351,9 @@ class Writer:
             raise ValueError(
                 f"schema keys are 'actions' and 'states' (with 'components' and 'names'), got {part!r}"
             )
+        new = declared_schema(part, spec)
         entry = self._dataset["schema"].setdefault(part, {})
-        comps = {}
-        for name, sl in dict(spec.get("components", {})).items():
-            start, stop = (sl.start, sl.stop) if isinstance(sl, slice) else sl
-            if not (isinstance(start, int) and isinstance(stop, int) and 0 <= start < stop):
-                raise ValueError(f"schema {part}.components[{name!r}] must be [start, stop), got {sl!r}")
-            comps[str(name)] = [start, stop]
-        new: dict[str, Any] = {"components": comps} if comps else {}
-        if "names" in spec:
-            new["names"] = [str(n) for n in spec["names"]]
+        comps = new.get("components", {})
         if self._mode == "a" and self._tmp is None:  # appending: the file's episodes keep their schema
             for key, value in new.items():
                 if entry.get(key) is not None and entry[key] != value:
@@ -339,12 +372,6 @@ class Writer:
                 )
         entry.update(new)
 
-    def _note(self, entry: dict[str, Any], key: str, value: Any) -> None:
-        if key not in entry:
-            entry[key] = value
-        elif entry[key] != value:
-            entry[key] = None  # varies between episodes
-
     # -- episodes -------------------------------------------------------------------------
 
     def add_episode(
@@ -359,9 +386,9 @@ class Writer:
         extra_arrays: Mapping[str, Any] | None = None,
         embodiment: str = "unknown",
         task: str = "",
-        fps: float = 10.0,
-        success: bool | None = None,
-        total_reward: float | None = None,
+        fps: float | np.floating[Any] = 10.0,
+        success: bool | np.bool_ | None = None,
+        total_reward: float | np.floating[Any] | None = None,
         extra: Mapping[str, Any] | None = None,
     ) -> int:
         """Validate, encode and write one episode; return its index in the file.
@@ -375,43 +402,49 @@ class Writer:
         explicitly, it must be a finite number. Extra field names must not start with
         ``extra.``, which marks extra fields in `Database.read_meta` and KQL.
 
+        Several threads may add episodes to one writer: each episode is checked and its
+        frames encoded in its own thread, then written whole, in the order they finish.
+
         Raises:
             WriterError: a field has the wrong shape, dtype, length or value; an episode has
                 more than 65535 arrays and cameras, or the file more than 65536 distinct
-                array and camera names (both are u16 in the format); the message names it.
+                array and camera names (both are u16 in the format); the message names it,
+                and the episode being added (its position in the file).
         """
         self._check_open()
-        acts = as_array("actions", actions, np.float32, ndim=2)
-        T = acts.shape[0]
-        if T == 0:
-            raise WriterError("actions has 0 frames; empty episodes cannot be stored")
-        sts = (
-            np.zeros((T, 0), np.float32) if states is None else as_array("states", states, np.float32, ndim=2)
-        )
-        rew = np.zeros(T, np.float32) if rewards is None else as_array("rewards", rewards, np.float32, ndim=1)
-        if is_terminal is None:
-            term = np.zeros(T, bool)
-            term[-1] = True
-        else:
-            term = terminal(is_terminal)
-        arrays = {"actions": acts, "states": sts, "rewards": rew, "is_terminal": term}
-        if timestamps is not None:
-            arrays["timestamps"] = as_array("timestamps", timestamps, np.float64, ndim=1)
-        for name, value in (extra_arrays or {}).items():
-            if not isinstance(name, str) or not name or name in _RESERVED_ARRAYS:
-                raise WriterError(f"extra array name {name!r} is empty or reserved; rename it")
-            arrays[name] = as_array(f"extra array {name!r}", value, np.float32, ndim=None)
-        for name, arr in arrays.items():
-            if arr.shape[0] != T:
-                raise WriterError(f"{name} has {arr.shape[0]} frames, actions has {T}")
-        self._check_section_limits([*arrays, *(str(c) for c in images or {})])
-        cams = {
-            str(c): camera_frames(str(c), v, T, self._codec_for, self._quality)
-            for c, v in (images or {}).items()
-        }
-        meta = episode_meta(embodiment, task, fps, success, total_reward, rew, rewards, extra)
-        self._check_schema(acts.shape[1], sts.shape[1])
-        return self._write(arrays, cams, meta)
+        n = len(self._table)
+        try:
+            arrays = episode_arrays(actions, states, rewards, is_terminal, timestamps, extra_arrays)
+        except WriterError as exc:
+            raise _named(exc, n) from exc.__cause__
+        names = [*arrays, *(str(c) for c in images or {})]
+        if len(names) > _U16_MAX:  # refused before any frame is encoded
+            self._check_section_limits(names)
+        T = arrays["actions"].shape[0]
+        try:
+            cams = {
+                str(c): camera_frames(str(c), v, T, self._codec_for, self._quality)
+                for c, v in (images or {}).items()
+            }
+            try:
+                fps_value = float(fps)
+            except (TypeError, ValueError):
+                fps_value = math.nan
+            if not (math.isfinite(fps_value) and fps_value > 0):  # the value as given, not as a float
+                raise WriterError(f"fps must be a positive number, got {fps!r}")
+            flag = bool(success) if isinstance(success, np.bool_) else success
+            total = float(total_reward) if isinstance(total_reward, np.floating) else total_reward
+            meta = episode_meta(embodiment, task, fps_value, flag, total, arrays["rewards"], rewards, extra)
+        except WriterError as exc:
+            raise _named(exc, n) from exc.__cause__
+        with self._lock:
+            self._check_open()
+            self._check_section_limits(names)
+            try:
+                check_dims(self._dataset["schema"], arrays["actions"].shape[1], arrays["states"].shape[1])
+            except WriterError as exc:
+                raise _named(exc, len(self._table)) from exc.__cause__
+            return self._write(arrays, cams, meta)
 
     def _check_section_limits(self, names: Sequence[str]) -> None:
         """Refuse an episode whose sections the u16 columns ``sec_count`` and ``sec.name``
@@ -429,19 +462,6 @@ class Writer:
                 f"camera names; the format stores at most {_U16_MAX + 1} (sec.name is u16): reuse names "
                 "across episodes, or write the episodes to several files"
             )
-
-    def _check_schema(self, action_dim: int, state_dim: int) -> None:
-        for part, dim in (("actions", action_dim), ("states", state_dim)):
-            entry = self._dataset["schema"].get(part, {})
-            for name, (_, stop) in entry.get("components", {}).items():
-                if stop > dim:
-                    raise WriterError(
-                        f"schema component {part}.{name} ends at {stop}, but {part} has dim {dim}"
-                    )
-            if "names" in entry and len(entry["names"]) != dim:
-                raise WriterError(
-                    f"schema {part}.names has {len(entry['names'])} names, {part} has dim {dim}"
-                )
 
     # -- bytes ----------------------------------------------------------------------------
 
@@ -497,7 +517,7 @@ class Writer:
         meta = {**meta, "num_frames": T, "action_dim": arrays["actions"].shape[1],
                 "state_dim": arrays["states"].shape[1]}  # fmt: skip
         self._add_row(meta, payload_start, self._pos - payload_start, crc, sec_start, meta["extra"])
-        self._note_schema({k: (v.dtype, v.shape) for k, v in arrays.items()},
+        note_schema(self._dataset["schema"], {k: (v.dtype, v.shape) for k, v in arrays.items()},
                           {k: (codec, hwc) for k, (codec, hwc, _) in cams.items()})  # fmt: skip
         return len(table) - 1
 
@@ -556,6 +576,7 @@ class Writer:
         )
 
     def _check_open(self) -> None:
+        self._check_owner()
         if self._failure is not None:
             raise WriterError(
                 f"{self._path}: this writer closed itself when {self._failure}; nothing was committed"
@@ -563,27 +584,14 @@ class Writer:
         if self._closed:
             raise WriterError(f"{self._path}: writer is closed")
 
-    def _note_schema(
-        self, arrays: dict[str, tuple[np.dtype[Any], tuple[int, ...]]], cams: dict[str, Any]
-    ) -> None:
-        """Record dtypes, dims and camera formats; a value that varies becomes None."""
-        schema = self._dataset["schema"]
-        for name, (dtype, shape) in arrays.items():
-            if name in ("actions", "states"):
-                entry = schema.setdefault(name, {})
-                self._note(entry, "dim", int(shape[1]))
-            else:
-                entry = (
-                    schema.setdefault(name, {})
-                    if name in _RESERVED_ARRAYS
-                    else schema["arrays"].setdefault(name, {})
-                )
-                self._note(entry, "shape", [int(d) for d in shape[1:]])
-            self._note(entry, "dtype", dtype.name)
-        for cam, (codec, (h, w, c)) in cams.items():
-            entry = schema["cameras"].setdefault(cam, {})
-            for key, value in (("codec", codec), ("height", h), ("width", w), ("channels", c)):
-                self._note(entry, key, value)
+    def _check_owner(self) -> None:
+        """Refuse to use the writer in a forked child: its file belongs to the parent."""
+        if os.getpid() != self._owner:
+            raise WriterError(
+                f"{self._path}: this Writer was opened by process {self._owner}; this process "
+                f"({os.getpid()}) is a fork of it and cannot use or close it (the parent keeps "
+                "writing the file): open a Writer in this process instead"
+            )
 
     def copy_episode(
         self, db: Database, i: int, *, extra: Mapping[str, Any] | None = None, notes: list[str] | None = None
@@ -605,10 +613,16 @@ class Writer:
             EpisodeNotFoundError: ``i`` is out of range in ``db``.
             WriterError: an ``extra`` name is invalid, or the episode exceeds a format limit.
         """
+        self._check_owner()
+        with self._lock:
+            return self._copy(db, i, extra, notes)
+
+    def _copy(self, db: Database, i: int, extra: Mapping[str, Any] | None, notes: list[str] | None) -> int:
         self._check_open()
         for key in extra or {}:
             check_extra_name(key)
         added = {key: json_value(v, f"extra[{key!r}]") for key, v in (extra or {}).items()}
+        i = db._check(i)  # a position 0..n-1: the section and field lookups below take no negative index
         meta = db.read_meta(i)
         if db.version().startswith("0."):
             from kinodb.kdb.upgrade import episode_args  # deferred: upgrade imports this module
@@ -624,14 +638,14 @@ class Writer:
             index = self.add_episode(**args)
             for note in said:  # once written: a note says what the file holds
                 if notes is None:
-                    warnings.warn(f"{db.path()}: {note}", stacklevel=2)
+                    warnings.warn(f"{db.path()}: {note}", stacklevel=3)
                 else:
                     notes.append(f"{db.path()}: {note}")
             return index
         off, length, crc = verify_payload(db, i)
         payload = db._map()[off : off + length].data
         sections = db._episode_sections(i)
-        self._check_schema(meta["action_dim"], meta["state_dim"])
+        check_dims(self._dataset["schema"], meta["action_dim"], meta["state_dim"])
         self._check_section_limits([sec.name for sec in sections])
         # By stored name: read_meta's keys mark some names with "extra." (a built-in's name).
         extras = db._extra_fields(i)
@@ -660,7 +674,7 @@ class Writer:
             else:
                 arrays[sec.name] = (sec.dtype, sec.shape)
         self._add_row(meta, start, length, crc, sec_start, extras)
-        self._note_schema(arrays, cams)
+        note_schema(self._dataset["schema"], arrays, cams)
         return len(table) - 1
 
     # -- commit ---------------------------------------------------------------------------
@@ -670,40 +684,49 @@ class Writer:
 
         Raises:
             WriterError: nothing was added to a new file; or writing failed (a full disk),
-                or failed earlier, and nothing was committed: the file is as it was.
+                or failed earlier, and nothing was committed: the file is as it was. Or
+                JSON cannot store a metadata value (the message names it): nothing was
+                committed yet and the writer stays open, to fix the value and close again.
             FileExistsError: mode ``"x"`` and another writer created ``path`` meanwhile.
         """
-        if self._failure is not None:
-            self._check_open()
-        if self._closed:
-            return
-        if self._tmp is not None and len(self._table) == 0:
-            self.abort()
-            raise WriterError(f"{self._path}: no episodes were added; nothing was written")
-        if self._tmp is None:
-            try:
-                self._dataset["modified"] = _now()
-            except WriterError:
+        self._check_owner()
+        with self._lock:
+            if self._failure is not None:
+                self._check_open()
+            if self._closed:
+                return
+            if self._tmp is not None and len(self._table) == 0:
                 self.abort()
-                raise
-        try:
-            self._commit()
-        except BaseException as exc:
-            raise self._fail(exc, "committing") from exc
-        self._closed = True
-        self._finalizer.detach()
-        with contextlib.suppress(OSError):  # flushed and synced: closing cannot lose data
-            self._fh.close()
-        if self._tmp is None:
-            return
+                raise WriterError(f"{self._path}: no episodes were added; nothing was written")
+            check_dataset(self._dataset, self._path, len(self._table))
+            if self._tmp is None:
+                try:
+                    self._dataset["modified"] = _now()
+                except WriterError:
+                    self.abort()
+                    raise
+            try:
+                self._commit()
+            except BaseException as exc:
+                raise self._fail(exc, "committing") from exc
+            self._closed = True
+            self._finalizer.detach()
+            with contextlib.suppress(OSError):  # flushed and synced: closing cannot lose data
+                self._fh.close()
+            if self._tmp is not None:
+                self._publish(self._tmp)
+
+    def _publish(self, tmp: str) -> None:
+        """Put the committed temporary file ``tmp`` in place of the target."""
         try:
             if self._mode != "w":
-                publish_new(self._tmp, self._path)
+                publish_new(tmp, self._target)
             else:
-                os.replace(self._tmp, self._path)
+                keep_mode(tmp, self._target)
+                os.replace(tmp, self._target)
         except BaseException as exc:
             with contextlib.suppress(OSError):
-                os.unlink(self._tmp)
+                os.unlink(tmp)
             if isinstance(exc, OSError) and not isinstance(exc, FileExistsError):
                 raise WriterError(
                     f"{self._path}: cannot put the new file in place ({exc.strerror or exc}); nothing was written"
@@ -713,7 +736,7 @@ class Writer:
             if self._guard is not None:
                 with contextlib.suppress(OSError):
                     os.close(self._guard)
-        fsync_dir(self._path)
+        fsync_dir(self._target)
 
     def _commit(self) -> None:
         self._mark_stale_stats()
@@ -739,25 +762,32 @@ class Writer:
         os.fsync(self._fh.fileno())
 
     def abort(self) -> None:
-        """Discard everything added since opening; the file on disk is left as it was."""
-        if self._closed:
+        """Discard everything added since opening; the file on disk is left as it was.
+
+        In a forked child, only the child's copy of the open file is closed: the parent
+        goes on writing.
+        """
+        if os.getpid() != self._owner:
+            forget(self._fh)
             return
-        self._closed = True
-        with contextlib.suppress(WriterError):
-            self._flusher.wait(self._path)
-        if self._tmp is None:
-            with contextlib.suppress(OSError):
-                self._fh.flush()  # may fail (a full disk): the truncate below runs anyway
-            fd = self._fh.fileno()
-            if self._slot_written:  # a failed commit: its record must not point past the end
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            with contextlib.suppress(WriterError):
+                self._flusher.wait(self._path)
+            if self._tmp is None and self._base_end is not None:
                 with contextlib.suppress(OSError):
-                    os.pwrite(fd, bytes(SLOT_SIZE), SLOT_OFFSETS[1 - self._slot])
-                    os.fsync(fd)
-            with contextlib.suppress(OSError):  # not through the buffer: it may hold unwritten bytes
-                os.ftruncate(fd, self._base_end)
-            with contextlib.suppress(OSError, AttributeError):
-                self._fh.raw.close()  # type: ignore[attr-defined]  # so closing the buffer cannot write them back
-        self._finalizer()
+                    self._fh.flush()  # may fail (a full disk): the truncate below runs anyway
+                fd = self._fh.fileno()
+                if self._slot_written:  # a failed commit: its record must not point past the end
+                    with contextlib.suppress(OSError):
+                        os.pwrite(fd, bytes(SLOT_SIZE), SLOT_OFFSETS[1 - self._slot])
+                        os.fsync(fd)
+                with contextlib.suppress(OSError):  # not through the buffer: it may hold unwritten bytes
+                    os.ftruncate(fd, self._base_end)
+                forget(self._fh)  # so closing the buffer cannot write them back
+            self._finalizer()
 
     def __enter__(self) -> Writer:
         return self
