@@ -85,7 +85,8 @@ def test_layout_names_dtypes_and_attrs(source: Path, tmp_path: Path) -> None:
             assert g.attrs["embodiment"] == "panda" and g.attrs["fps"] == 20.0
             assert json.loads(g.attrs["tags"]) == ["a", "b"] and g.attrs["attempt"] == k
             assert ("success" in g.attrs) == (meta["success"] is not None)
-            assert "filter_keys" not in g.attrs and "filter_keys" not in ep_meta
+            assert "filter_keys" not in g.attrs  # mask/ lists them; ep_meta keeps the episode's order
+            assert ep_meta["filter_keys"] == meta["filter_keys"]
         assert g.attrs["total_reward"] == pytest.approx(meta["total_reward"])
         assert data["demo_0"].attrs["success"] == np.True_
         assert sorted(f["mask"]) == ["hard", "train", "valid"]

@@ -265,7 +265,10 @@ def test_an_os_error_mid_export_names_the_output(
     out = tmp_path / "out"
     with pytest.raises(OSError) as exc:
         export(src, out)
-    assert str(exc.value) == f"{out}: No space left on device (writing episode_000000/actions.npy)"
+    assert str(exc.value) == (
+        f"{out}: No space left on device (writing episode_000000/actions.npy); free some space or choose "
+        "another folder"
+    )
     assert exc.value.errno == 28
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f0.kdb"]
 

@@ -364,3 +364,49 @@ def test_lerobot_round_trip_keeps_one_wide_array_shapes(tmp_path: Path) -> None:
             got = db.read_array(0, name)
             assert got.shape == value.shape and got.dtype == value.dtype, name
             np.testing.assert_array_equal(got, value)
+
+
+# -- filter keys: mask/ lists them by key, ep_meta keeps each episode's order ----------------------
+
+
+def _filter_keys(path: Path) -> list[Any]:
+    with kinodb.open(path) as db:
+        return [db.read_meta(i).get("filter_keys") for i in range(len(db))]
+
+
+def test_filter_keys_keep_their_order(tmp_path: Path) -> None:
+    src = tmp_path / "src.kdb"
+    keys = [["train", "good"], ["valid"], [], ["z", "a", "m"]]
+    with kinodb.Writer(src) as w:
+        for k in keys:
+            w.add_episode(actions=np.zeros((2, 2), np.float32), extra={"filter_keys": k})
+    back = _roundtrip(src, tmp_path)
+    assert _filter_keys(back) == keys
+    with h5py.File(tmp_path / "x.hdf5") as f:  # robomimic's readers see the same masks as before
+        assert sorted(f["mask"]) == ["a", "good", "m", "train", "valid", "z"]
+        assert f["mask/train"][()].tolist() == [b"demo_0"]
+
+
+def test_masks_edited_after_the_export_win_over_the_recorded_order(tmp_path: Path) -> None:
+    src = tmp_path / "src.kdb"
+    with kinodb.Writer(src) as w:
+        for k in (["train", "good"], ["valid", "good"]):
+            w.add_episode(actions=np.zeros((2, 2), np.float32), extra={"filter_keys": k})
+    h5 = tmp_path / "x.hdf5"
+    export(src, h5)
+    with h5py.File(h5, "a") as f:  # demo_1 is taken out of "good" after the export
+        del f["mask/good"]
+        f["mask/good"] = np.array([b"demo_0"])
+    ingest(h5, tmp_path / "back.kdb")
+    assert _filter_keys(tmp_path / "back.kdb") == [["train", "good"], ["valid"]]
+
+
+def test_a_plain_robomimic_file_keeps_its_mask_order(tmp_path: Path) -> None:
+    raw = tmp_path / "robomimic.hdf5"
+    with h5py.File(raw, "w") as f:
+        f["data/demo_0/actions"] = np.zeros((2, 7))
+        f["data/demo_0"].attrs["ep_meta"] = json.dumps({"filter_keys": ["train", "good"]})  # not kinodb's
+        f["mask/train"] = np.array([b"demo_0"])
+        f["mask/good"] = np.array([b"demo_0"])
+    ingest(raw, tmp_path / "back.kdb")
+    assert _filter_keys(tmp_path / "back.kdb") == [["good", "train"]]  # the keys of mask/, sorted

@@ -27,7 +27,7 @@ from kinodb.ingest._run import options_named
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a process Ctrl-C stopped
-EXIT_TERMINATED = 143  # 128 + SIGTERM
+EXIT_HANGUP = 129  # 128 + SIGHUP: the terminal (or the ssh session) went away
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports a process whose reader went away
 
 OPTION_NAMES = {"jpeg_quality": "--compress", "images": "--no-images", "overwrite": "--force"}
@@ -54,7 +54,8 @@ def dispatch(
     library's parameters as the options (`OPTION_NAMES`). A reader that goes away (``kino
     validate ... | head``) ends the command quietly with its own failure code, else 141;
     Ctrl-C ends it with one line and 130; SIGTERM (``timeout``, ``docker stop``, Slurm)
-    ends a command that writes a file the same way, with 143.
+    ends a command that writes a file the same way, with 143, and SIGHUP (its terminal
+    closed) with 129.
     """
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="%(message)s")
     written = {path: _stat(path) for path in _outputs(args, {**_WRITES, **_UPDATES})}
@@ -95,11 +96,12 @@ def dispatch(
         print(f"{usage_prefix}error: {one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt as exc:
-        if args.debug:
-            traceback.print_exc()
-        how = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
-        print(f"{usage_prefix}{_interrupted(written, how)}", file=sys.stderr)
-        return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
+        with contextlib.suppress(OSError):  # after SIGHUP the terminal may be gone
+            if args.debug:
+                traceback.print_exc()
+            how = f"terminated ({exc.signame})" if isinstance(exc, Terminated) else "interrupted"
+            print(f"{usage_prefix}{_interrupted(written, how)}", file=sys.stderr)
+        return 128 + exc.signum if isinstance(exc, Terminated) else EXIT_INTERRUPTED
 
 
 def one_line(exc: BaseException) -> str:
@@ -114,20 +116,34 @@ def _kql_lines(exc: QuerySyntaxError) -> str:
     return str(exc).rstrip() or type(exc).__name__
 
 
-# -- Ctrl-C and SIGTERM ---------------------------------------------------------------------
+# -- Ctrl-C, SIGTERM and SIGHUP -------------------------------------------------------------
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised where the command is, so that it cleans up as after Ctrl-C."""
+    """SIGTERM (or SIGHUP), raised where the command is, so that it cleans up as after Ctrl-C.
+
+    Attributes:
+        signum: the signal's number (its exit code is 128 + that).
+    """
+
+    def __init__(self, signum: int = signal.SIGTERM) -> None:
+        super().__init__()
+        self.signum = int(signum)
+
+    @property
+    def signame(self) -> str:
+        """The signal's name: ``SIGTERM``, ``SIGHUP``."""
+        return signal.Signals(self.signum).name
 
 
 @contextlib.contextmanager
 def _signals_interrupt(sigterm: bool) -> Iterator[None]:
-    """Ctrl-C, and SIGTERM while a command writes a file (``sigterm``), raise where the
-    command is, never where Python would swallow the exception.
+    """Ctrl-C, and SIGTERM and SIGHUP while a command writes a file (``sigterm``), raise
+    where the command is, never where Python would swallow the exception.
 
-    Killed outright by SIGTERM (``timeout``, ``docker stop``, Slurm), a writer leaves its
-    hidden temporary output behind; raised, the writers' cleanup runs as on Ctrl-C. An
+    Killed outright by SIGTERM (``timeout``, ``docker stop``, Slurm) or SIGHUP (its
+    terminal or ssh session closed), a writer leaves its hidden temporary output behind;
+    raised, the writers' cleanup runs as on Ctrl-C. An
     exception raised in a ``__del__`` or a weakref callback (h5py and the garbage collector
     run them at any time) is printed and dropped, and the command would go on; so may one
     raised in a module import that a compiled library starts and whose failure it ignores
@@ -140,6 +156,8 @@ def _signals_interrupt(sigterm: bool) -> Iterator[None]:
     wanted: dict[signal.Signals, Any] = {signal.SIGINT: signal.default_int_handler}
     if sigterm:
         wanted[signal.SIGTERM] = signal.SIG_DFL
+        if hasattr(signal, "SIGHUP"):  # not on Windows
+            wanted[signal.SIGHUP] = signal.SIG_DFL  # under nohup it is SIG_IGN, and left so
     if threading.current_thread() is not threading.main_thread():
         wanted = {}
     ours = [sig for sig, default in wanted.items() if signal.getsignal(sig) is default]
@@ -155,7 +173,7 @@ def _signals_interrupt(sigterm: bool) -> Iterator[None]:
             again[0].start()
             return
         raised.add(signum)
-        raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+        raise KeyboardInterrupt if signum == signal.SIGINT else Terminated(signum)
 
     previous = {sig: signal.signal(sig, on_signal) for sig in ours}
     try:
@@ -163,7 +181,7 @@ def _signals_interrupt(sigterm: bool) -> Iterator[None]:
         late = [sig for sig in deferred if sig not in raised]
         if late:  # the command ended before the signal was sent again: never a success
             raised.add(late[0])
-            raise Terminated if late[0] == signal.SIGTERM else KeyboardInterrupt
+            raise KeyboardInterrupt if late[0] == signal.SIGINT else Terminated(late[0])
     finally:
         for timer in again:  # a signal it sends now reaches `on_signal`, not the old handler
             timer.cancel()

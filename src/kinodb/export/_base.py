@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import logging
 import math
 import os
 import re
@@ -21,6 +22,8 @@ from kinodb._optional import require
 from kinodb.errors import ConversionError
 from kinodb.kdb._stale import stale_stats, stale_temps
 from kinodb.kdb.reader import Database
+
+logger = logging.getLogger(__name__)
 
 WINDOW = 32  # camera frames decoded (and per-frame arrays copied) at a time
 _SAFE_CHARS = frozenset(string.ascii_letters + string.digits + "-_.")
@@ -525,8 +528,11 @@ def staged(target: str, *, directory: bool, overwrite: bool, shown: str | None =
     """Yield a temporary path beside ``target``; move it into place when the block succeeds.
 
     On any failure the temporary output is removed and ``target`` is left as it was; OS
-    errors name ``target`` (``shown``, as the caller spelled it), never the temporary path.
-    ``target`` is replaced only where `existing_output` says it may be.
+    errors name ``target`` (``shown``, as the caller spelled it), never the temporary path,
+    and those of a full, read-only or forbidden file system say what to do. ``target`` is
+    replaced only where `existing_output` says it may be; an earlier folder there is
+    moved aside while the new one moves in, and put back by the next export if a killed
+    process left it aside (`_restore_stale`).
 
     Raises:
         FileExistsError: ``target`` exists and is not replaceable, or ``overwrite`` is False.
@@ -536,20 +542,22 @@ def staged(target: str, *, directory: bool, overwrite: bool, shown: str | None =
     target = os.path.abspath(target)
     shown = target if shown is None else shown
     check_parent(target, shown)
-    check_existing(target, directory=directory, overwrite=overwrite)
     parent, base = os.path.split(target)
+    _restore_stale(target)
     _remove_stale(parent, base)
+    check_existing(target, directory=directory, overwrite=overwrite)
     token = f"{os.getpid()}.{secrets.token_hex(4)}"
     tmp = os.path.join(parent, f".{base}.{token}.tmp")
     _create_staging(tmp, target, directory=directory, shown=shown)
     try:
         yield tmp
         check_existing(target, directory=directory, overwrite=overwrite)  # it may have changed meanwhile
-        _publish(tmp, target, os.path.join(parent, f".{base}.{token}.old"))
+        aside = os.path.join(parent, f".{base}.{token}")
+        _publish(tmp, target, f"{aside}.old", f"{aside}.del")
     except BaseException as exc:
         _remove(tmp)
         if isinstance(exc, OSError):
-            named = _naming_target(exc, tmp, target)
+            named = _naming_target(exc, tmp, shown)
             if named is not exc:
                 raise named from exc
         raise
@@ -578,15 +586,27 @@ def _create_staging(tmp: str, target: str, *, directory: bool, shown: str) -> No
         raise _like(exc, f"cannot write {shown} in {os.path.dirname(tmp)}: {why}; {advice}") from exc
 
 
-def _naming_target(exc: OSError, tmp: str, target: str) -> OSError:
-    """``exc`` naming ``target`` instead of the staging path ``tmp``, which people never see."""
+def _naming_target(exc: OSError, tmp: str, shown: str) -> OSError:
+    """``exc`` naming the output (``shown``) instead of the staging path ``tmp``, which
+    people never see.
+
+    An error of a full, read-only or forbidden file system (`_ADVICE`) says so in one
+    line with the advice, also where it named no path (a write that runs out of space
+    names none) or only within its text (h5py's).
+    """
+    advice = _ADVICE.get(exc.errno or 0)
     filename = exc.filename if isinstance(exc.filename, str) else None
+    inner = None
     if filename is not None and (filename == tmp or filename.startswith(tmp + os.sep)):
         inner = os.path.relpath(filename, tmp)
-        where = "" if inner == "." else f" (writing {inner})"
-        return _like(exc, f"{target}: {exc.strerror or exc}{where}")
+    inside = inner is not None
+    where = "" if inner in (None, ".") else f" (writing {inner})"
+    if advice is not None and (inside or filename is None or tmp in str(exc)):
+        return _like(exc, f"{shown}: {os.strerror(exc.errno or 0)}{where}; {advice}")
+    if inside:
+        return _like(exc, f"{shown}: {exc.strerror or exc}{where}")
     if tmp in str(exc):
-        return _like(exc, f"{target}: {str(exc).replace(tmp, target)}")
+        return _like(exc, f"{shown}: {str(exc).replace(tmp, shown)}")
     return exc
 
 
@@ -600,7 +620,14 @@ def _like(exc: OSError, message: str) -> OSError:
     return new
 
 
-def _publish(tmp: str, target: str, old: str) -> None:
+def _publish(tmp: str, target: str, old: str, dead: str) -> None:
+    """Move ``tmp`` to ``target``; an earlier folder there goes aside to ``old``, then
+    (renamed ``dead``) away.
+
+    Whatever interrupts it, ``target`` is left holding the new output or the earlier
+    one: an ``old`` that a killed process leaves behind is restored by the next export
+    to ``target`` (`_restore_stale`).
+    """
     if os.path.isfile(tmp) and not os.path.isdir(target):
         os.replace(tmp, target)  # one atomic step, replacing a file if there is one
         return
@@ -609,13 +636,30 @@ def _publish(tmp: str, target: str, old: str) -> None:
         return
     # A folder cannot be replaced in one step: move the old output aside, then the new
     # one in, and put the old one back if that fails.
-    os.rename(target, old)
     try:
+        os.rename(target, old)
         os.rename(tmp, target)
     except BaseException:
-        os.rename(old, target)
+        if os.path.lexists(tmp):  # the new output did not move in
+            if os.path.lexists(old) and not os.path.lexists(target):
+                os.rename(old, target)
+            raise
+        _discard(old, dead)  # interrupted once both were moved: the replacement is done
         raise
-    _remove(old)
+    _discard(old, dead)
+
+
+def _discard(old: str, dead: str) -> None:
+    """Delete the replaced output ``old``, first renamed ``dead``: an ``old`` is whole, a
+    ``dead`` one may be partly deleted. Interrupted, the deletion is finished first."""
+    with contextlib.suppress(OSError):
+        os.rename(old, dead)
+    gone = dead if os.path.lexists(dead) else old
+    try:
+        _remove(gone)
+    except BaseException:
+        _remove(gone)  # a second signal of the kind is ignored while cleaning up
+        raise
 
 
 def _remove(path: str) -> None:
@@ -626,9 +670,32 @@ def _remove(path: str) -> None:
             os.unlink(path)
 
 
+def _restore_stale(target: str) -> None:
+    """Put back the earlier output that an export killed while replacing ``target`` left
+    aside (``.NAME.PID.TOKEN.old`` of a process gone), when ``target`` is missing."""
+    found = [] if os.path.lexists(target) else stale_temps(target, kinds=("old",))
+    if not found:
+        return
+    try:
+        os.rename(found[0], target)
+    except OSError as exc:
+        logger.warning(
+            "%s is missing and %s holds the earlier output that an interrupted export moved aside; it "
+            "could not be put back (%s): move it there yourself", target, found[0], exc.strerror or exc
+        )  # fmt: skip
+        return
+    logger.warning(
+        "%s: put back the output that an interrupted export had moved aside to %s", target, found[0]
+    )
+
+
 def _remove_stale(parent: str, base: str) -> None:
-    """Delete temporary outputs that killed exports of ``base`` left behind."""
-    for tmp in stale_temps(os.path.join(parent, base)):
+    """Delete temporary outputs that killed exports of ``base`` left behind: staging
+    outputs, replaced outputs (``.old`` only while the output exists: see
+    `_restore_stale`), and replaced outputs partly deleted."""
+    target = os.path.join(parent, base)
+    kinds = ("tmp", "del", "old") if os.path.lexists(target) else ("tmp", "del")
+    for tmp in stale_temps(target, kinds=kinds):
         _remove(tmp)
 
 

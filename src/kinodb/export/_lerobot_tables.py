@@ -267,11 +267,3 @@ def tasks_table(tasks: list[str], pa: Any) -> Any:
     )
     codes = numpy_array(np.arange(len(tasks), dtype=np.int64), pa)
     return pa.Table.from_arrays([codes, string_array(tasks, pa)], schema=schema)
-
-
-def split_rows(table: Any, limit_bytes: int) -> list[Any]:
-    """``table`` cut into consecutive slices of at most about ``limit_bytes`` each."""
-    n = table.num_rows
-    per_row = max(table.nbytes / max(n, 1), 1.0)
-    rows = max(1, int(limit_bytes // per_row))
-    return [table.slice(start, rows) for start in range(0, max(n, 1), rows)]

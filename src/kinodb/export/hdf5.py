@@ -530,17 +530,18 @@ def _write_attrs(g: Any, meta: dict[str, Any]) -> None:
 
     ``ep_meta`` is the complete record: one JSON object with the task as ``lang`` (as
     robomimic and RoboCasa readers expect), the other built-in fields and the extra
-    fields, nulls kept. Each field is also an attr of its own, for people and tools;
-    unknown ``success`` and ``total_reward`` are left out there (HDF5 attrs have no
-    null), as are names HDF5 cannot hold (a NUL).
+    fields, nulls kept (``filter_keys`` too, in the episode's order, which ``mask/``
+    cannot keep). Each field is also an attr of its own, for people and tools; unknown
+    ``success`` and ``total_reward`` are left out there (HDF5 attrs have no null), as are
+    names HDF5 cannot hold (a NUL) and ``filter_keys`` (``mask/`` lists them).
     """
-    fields = {k: v for k, v in meta.items() if k not in _DERIVED and k != FILTER_KEYS}
+    fields = {k: v for k, v in meta.items() if k not in _DERIVED}
     ep_meta = {"lang": fields.pop("task")}
     ep_meta.update((f"extra.{k}" if k == "lang" else k, v) for k, v in fields.items())
     g.attrs["ep_meta"] = dumps(ep_meta)
     g.attrs["task"] = _attr_value(ep_meta["lang"])
     for key, value in fields.items():
-        if (value is None and key in _META_ATTRS) or "\x00" in key:
+        if (value is None and key in _META_ATTRS) or "\x00" in key or key == FILTER_KEYS:
             continue
         g.attrs[f"extra.{key}" if key in _DEMO_ATTRS else key] = _attr_value(value)
 

@@ -55,7 +55,6 @@ from kinodb.export._lerobot_tables import (
     image_column,
     numpy_array,
     rows_table,
-    split_rows,
     tasks_table,
 )
 from kinodb.export._video_encode import CODECS, PIX_FMT, VideoCodec, VideoFile, frame_rate, unencodable
@@ -78,6 +77,10 @@ _INDEX_COLUMNS = ("timestamp", "frame_index", "episode_index", "index", "task_in
 _BUILTIN_ARRAYS = {"actions": "action", "states": "observation.state", "rewards": "next.reward",
                    "is_terminal": "next.done"}  # fmt: skip
 _EXTENSIONS = {"png": "png", "jpeg": "jpg"}
+# Rows of meta/episodes held before they are written as one row group (by their NumPy
+# bytes plus an allowance per value): the table is never held whole.
+EPISODE_ROWS_BYTES = 8 * 2**20
+_VALUE_OVERHEAD = 160  # bytes of a small NumPy array or Python value and its key, held in a row
 
 
 @dataclass(frozen=True, slots=True)
@@ -437,6 +440,97 @@ class _VideoFiles:
             self._file = None
 
 
+class _EpisodeRows:
+    """The episodes table, ``meta/episodes/chunk-CCC/file-FFF.parquet``, written as it grows.
+
+    Rows (each episode's stats among them) are held until they make `EPISODE_ROWS_BYTES`,
+    then written as one row group, as LeRobot's own writer buffers them; a new file
+    starts once one reaches the data-file size limit. The columns are typed by the first
+    rows (`rows_table`), except that the ``min`` and ``max`` of a uint64 feature are
+    always uint64, which holds every value that feature's later rows may bring.
+    """
+
+    def __init__(self, out: str, pa: Any, pq: Any, uint64: set[str]) -> None:
+        self._out, self._pa, self._pq = out, pa, pq
+        self._uint64 = {f"stats/{key}/{name}" for key in uint64 for name in ("min", "max")}
+        self._rows: list[dict[str, Any]] = []
+        self._held = 0
+        self._schema: Any = None
+        self._writer: Any = None
+        self._where = (0, 0)
+        self._bytes = 0.0  # of the open file, as Arrow counts them
+
+    def add(self, row: dict[str, Any]) -> None:
+        """Take one episode's row; write the rows held once they are many."""
+        self._rows.append(row)
+        self._held += sum(
+            _VALUE_OVERHEAD + (v.nbytes if isinstance(v, np.ndarray) else 0) for v in row.values()
+        )
+        if self._held >= EPISODE_ROWS_BYTES:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._rows:
+            return
+        table = rows_table(self._rows, self._pa)
+        self._rows, self._held = [], 0
+        if self._schema is None:
+            self._schema = self._typed(table.schema)
+        table = table.cast(self._schema)
+        limit = DATA_FILES_SIZE_IN_MB * 2**20
+        per_row = max(table.nbytes / table.num_rows, 1.0)
+        start = 0
+        while start < table.num_rows:
+            if self._writer is not None and self._bytes + per_row > limit:
+                self._writer.close()
+                self._writer = None
+                self._where = _next_file(*self._where)
+            part = table.slice(start, max(1, int((limit - self._bytes) // per_row)))
+            self._write(part)
+            self._bytes += part.num_rows * per_row
+            start += part.num_rows
+
+    def _write(self, table: Any) -> None:
+        """Write rows into the file at ``_where``, with the columns that say which file that is."""
+        n, pa = table.num_rows, self._pa
+        for name, value in zip(("chunk_index", "file_index"), self._where, strict=True):
+            table = table.append_column(f"meta/episodes/{name}", numpy_array(np.full(n, value, np.int64), pa))
+        if self._writer is None:
+            chunk, file = self._where
+            path = os.path.join(self._out, EPISODES_PATH.format(chunk_index=chunk, file_index=file))
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            self._writer = self._pq.ParquetWriter(path, table.schema, compression="snappy")
+            self._bytes = 0.0
+        self._writer.write_table(table)
+
+    def _typed(self, schema: Any) -> Any:
+        """``schema`` with the ``min`` and ``max`` columns of uint64 features as uint64 lists."""
+        pa = self._pa
+        columns = []
+        for column in schema:
+            if column.name in self._uint64:
+                depth, t = 0, column.type
+                while pa.types.is_list(t):
+                    depth, t = depth + 1, t.value_type
+                typed = pa.uint64()
+                for _ in range(depth):
+                    typed = pa.list_(typed)
+                column = column.with_type(typed)
+            columns.append(column)
+        return pa.schema(columns)
+
+    def close(self, *, flush: bool = True) -> None:
+        """Write the rows still held (unless not ``flush``) and finish the open file."""
+        try:
+            if flush:
+                self._flush()
+        finally:
+            self._rows = []
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
+
+
 # -- episodes -------------------------------------------------------------------------------
 
 
@@ -462,8 +556,10 @@ class _Exporter:
         if self._videos:
             require("av", extra="lerobot")
         self._tasks: dict[str, int] = {}
-        self._rows: list[dict[str, Any]] = []
-        self._stats: dict[str, list[stats_.Stats]] = {f.key: [] for f in self._features}
+        uint64 = {f.key for f in self._features if f.dtype == "uint64"}
+        self._rows = _EpisodeRows(out, self._pa, pq, uint64)
+        self._stats = {f.key: stats_.Running() for f in self._features}
+        self._episodes = 0
         self._frames = 0
 
     def add_episode(self, db: Database, i: int, k: int) -> None:
@@ -500,15 +596,17 @@ class _Exporter:
                     "dataset_from_index": self._frames, "dataset_to_index": self._frames + T})  # fmt: skip
         row = _ordered(row, self._plan.cameras)
         for f in self._features:
-            self._stats[f.key].append(ep_stats[f.key])
+            self._stats[f.key].add(ep_stats[f.key])
             row.update({f"stats/{f.key}/{name}": v for name, v in ep_stats[f.key].items()})
-        self._rows.append(row)
+        self._rows.add(row)
+        self._episodes += 1
         self._frames += T
 
     def _images(self, db: Database, i: int, f: Feature, T: int) -> tuple[Any, stats_.Stats]:
         """An image feature's column (stored PNG/JPEG bytes as they are; raw frames as PNG)."""
         codec = db.cameras(i)[f.source]["codec"]
         samples = stats_.sample_indices(T)
+        counted = stats_.ImageStats()
         if codec in _EXTENSIONS:
             blobs = [db.read_image_bytes(i, f.source, t) for t in range(T)]
             # Frames whose bytes hold other channels than the camera (greyscale JPEGs under
@@ -524,26 +622,28 @@ class _Exporter:
                     for blob in _codecs.encode(frames, "png", 0)
                 ]
                 exts = ["png"] * T
-            sampled = _sampled(db, i, f.source, samples)
+            for t in samples.tolist():  # decoding only the frames the stats sample
+                counted.add(
+                    stats_.downsample(db.read_frames(i, t, t + 1, cameras=[f.source])["images"][f.source])
+                )
         else:
-            blobs, parts = [], []
+            blobs = []
             for start, frames in _windows(db, i, f.source, T):
                 blobs += _codecs.encode(frames, "png", 0)
-                parts.append(_pick(frames, samples, start))
-            sampled = np.concatenate(parts)
+                counted.add(_pick(frames, samples, start))
             exts = ["png"] * T
         paths = [f"frame-{t:06d}.{ext}" for t, ext in enumerate(exts)]
-        return image_column(blobs, paths, self._pa), stats_.image_stats(sampled)
+        return image_column(blobs, paths, self._pa), counted.result()
 
     def _video(self, db: Database, i: int, f: Feature, T: int) -> tuple[dict[str, Any], stats_.Stats]:
         """Append the episode to its camera's video; return its span there and its stats."""
         videos = self._videos[f.key]
         chunk, file, first = videos.start_episode()
         samples = stats_.sample_indices(T)
-        parts = []
+        counted = stats_.ImageStats()
         for start, frames in _windows(db, i, f.source, T):
             videos.add(frames, episode_start=start == 0)
-            parts.append(_pick(frames, samples, start))
+            counted.add(_pick(frames, samples, start))
         rate = frame_rate(self._plan.fps)
         spans = {
             f"videos/{f.key}/chunk_index": chunk,
@@ -551,12 +651,14 @@ class _Exporter:
             f"videos/{f.key}/from_timestamp": float(first / rate),
             f"videos/{f.key}/to_timestamp": float((first + T) / rate),
         }
-        return spans, stats_.image_stats(np.concatenate(parts))
+        return spans, counted.result()
 
     def close(self, *, flush: bool = True) -> None:
-        """Finish every open data and video file."""
+        """Finish every open data, video and episodes file (without ``flush``, the rows
+        of the episodes table not yet written are dropped: the export failed)."""
         try:
             self._data.close()
+            self._rows.close(flush=flush)
         finally:
             for videos in self._videos.values():
                 videos.close(flush=flush)
@@ -568,13 +670,12 @@ class _Exporter:
         meta = os.path.join(self._out, "meta")
         os.makedirs(meta, exist_ok=True)
         write_json(os.path.join(meta, "info.json"), self._info(), indent=4)
-        dataset_stats = {key: stats_.aggregate(per_episode) for key, per_episode in self._stats.items()}
+        dataset_stats = {key: running.result() for key, running in self._stats.items()}
         with open(os.path.join(meta, "stats.json"), "w", encoding="utf-8", newline="\n") as fh:
             # Non-finite values are left out of the statistics (an element with none finite is
             # null), so the file is strict JSON.
             json.dump(stats_.to_lists(dataset_stats), fh, indent=4, ensure_ascii=False, allow_nan=False)
         self._pq.write_table(tasks_table(list(self._tasks), self._pa), os.path.join(meta, "tasks.parquet"))
-        self._write_episodes()
         write_json(os.path.join(meta, "kinodb.json"), self._kinodb(db, positions, facts), indent=1)
         with open(os.path.join(meta, "kinodb_episodes.jsonl"), "w", encoding="utf-8", newline="\n") as fh:
             for k, i in enumerate(positions):
@@ -593,7 +694,7 @@ class _Exporter:
                     "video.pix_fmt": PIX_FMT, "video.is_depth_map": False, "video.fps": _number(fps),
                     "video.channels": c, "has_audio": False,
                 }  # fmt: skip
-        n = len(self._rows)
+        n = self._episodes
         return {
             "codebase_version": CODEBASE_VERSION, "robot_type": self._plan.robot_type,
             "total_episodes": n, "total_frames": self._frames, "total_tasks": len(self._tasks),
@@ -602,23 +703,6 @@ class _Exporter:
             "splits": {"train": f"0:{n}"}, "data_path": DATA_PATH,
             "video_path": VIDEO_PATH if self._videos else None, "features": features,
         }  # fmt: skip
-
-    def _write_episodes(self) -> None:
-        pa = self._pa
-        table = rows_table(self._rows, pa)
-        where = (0, 0)
-        for part in split_rows(table, DATA_FILES_SIZE_IN_MB * 2**20):
-            n = part.num_rows
-            part = part.append_column(
-                "meta/episodes/chunk_index", numpy_array(np.full(n, where[0], np.int64), pa)
-            )
-            part = part.append_column(
-                "meta/episodes/file_index", numpy_array(np.full(n, where[1], np.int64), pa)
-            )
-            path = os.path.join(self._out, EPISODES_PATH.format(chunk_index=where[0], file_index=where[1]))
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            self._pq.write_table(part, path, compression="snappy")
-            where = _next_file(*where)
 
     def _kinodb(self, db: Database, positions: list[int], facts: dict[str, Any]) -> dict[str, Any]:
         """``meta/kinodb.json``: what a kinodb reader needs to restore the source exactly.
@@ -644,16 +728,6 @@ def _ordered(row: dict[str, Any], cameras: list[Feature]) -> dict[str, Any]:
             "dataset_from_index", "dataset_to_index"]  # fmt: skip
     keys += [k for k in row if k.startswith("videos/")]
     return {k: row[k] for k in keys}
-
-
-def _sampled(db: Database, i: int, camera: str, samples: np.ndarray) -> np.ndarray:
-    """The stats frames of one camera, downsampled, decoding only those frames."""
-    return np.concatenate(
-        [
-            stats_.downsample(db.read_frames(i, t, t + 1, cameras=[camera])["images"][camera])
-            for t in samples.tolist()
-        ]
-    )
 
 
 def _pick(frames: np.ndarray, samples: np.ndarray, start: int) -> np.ndarray:

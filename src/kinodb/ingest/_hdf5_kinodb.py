@@ -8,7 +8,9 @@ metadata (less the record of the ingest that made the source), the names and com
 of ``actions`` and ``states`` where they fit the data, the state keys in their original
 order (the low-dim keys the export wrote from extra arrays stay extra arrays), and each
 demo's extra fields; not the dataset block when the file holds other
-demos or frames than the export wrote (it was changed since; a warning says so).
+demos or frames than the export wrote (it was changed since; a warning says so). Each
+episode's earlier ``source_file``/``source_episode`` become its ``origin_file``/
+``origin_episode`` (unless it has those), and its ``filter_keys`` keep their order.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from kinodb.ingest._hdf5_layout import Field, Layout
 log = logging.getLogger("kinodb.ingest.hdf5")
 _WARNED_CHANGED: set[str] = set()  # kinodb exports changed since, already warned about
 
+_PROVENANCE = ("source_file", "source_episode")  # the ingest sets these anew
+_FILTER_KEYS = "filter_keys"
 _BUILTIN_META = frozenset(
     ("lang", "task", "embodiment", "fps", "success", "total_reward", "episode_id", "num_frames",
      "action_dim", "state_dim")
@@ -174,9 +178,31 @@ def _tiles(comps: dict[str, list[int]], dim: int) -> bool:
 
 
 def restore_fields(args: dict[str, Any], ep_meta: dict[str, Any]) -> None:
-    """Bring back what a kinodb export keeps in ``ep_meta``: extra fields and a null total."""
+    """Bring back what a kinodb export keeps in ``ep_meta``: extra fields and a null total.
+
+    The episode's provenance moves on as `kinodb.merge` moves it: the ingest names this
+    file in ``source_file``/``source_episode``, and the pair the episode held goes to
+    ``origin_file``/``origin_episode`` unless those are set, so the first origin survives.
+    ``filter_keys`` keep the episode's order where they are the keys ``mask/`` lists for
+    the demo (``args``' ``filter_keys``, sorted); where ``mask/`` says otherwise (the file
+    was edited after the export), ``mask/`` wins.
+    """
     extra = exported_extra(ep_meta, _BUILTIN_META)
-    args["extra"] = {**extra, **args.get("extra", {})}
+    listed = args.get("extra", {})
+    source = {key: extra.pop(key) for key in _PROVENANCE if key in extra}
+    if "source_file" in source and "origin_file" not in extra:
+        extra["origin_file"] = source["source_file"]
+        extra["origin_episode"] = source.get("source_episode")
+    recorded = extra.pop(_FILTER_KEYS, None)
+    keys = listed.get(_FILTER_KEYS, [])
+    fits = (
+        isinstance(recorded, list)
+        and all(isinstance(k, str) for k in recorded)
+        and set(recorded) == set(keys)
+    )
+    if fits and (_FILTER_KEYS in listed or not recorded):  # with no mask/ at all, only an empty list fits
+        listed = {**listed, _FILTER_KEYS: recorded}
+    args["extra"] = {**extra, **listed}
     if "total_reward" in ep_meta:
         total = ep_meta["total_reward"]
         rewards = args.get("rewards")

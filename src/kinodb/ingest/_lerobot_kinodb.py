@@ -117,7 +117,9 @@ def restore(args: dict[str, Any], facts: dict[str, Any], index: int, root: str) 
     """Give a kinodb export's episode back what LeRobot has no place for.
 
     Array names, the source's timestamps (or their absence), success, total reward,
-    embodiment and extra fields come from ``meta/kinodb*.json``. What the data itself
+    embodiment and extra fields come from ``meta/kinodb*.json``; the episode's
+    ``source_file``/``source_episode`` become ``origin_file``/``origin_episode`` unless
+    it has those (the ingest names this dataset as the source). What the data itself
     says wins: the tasks come from its ``task_index`` (the export's record of them is only
     compared, and a difference warned about: the dataset was edited after the export),
     and an episode record whose frame count or dims differ from the episode's data (the
@@ -164,6 +166,9 @@ def restore(args: dict[str, Any], facts: dict[str, Any], index: int, root: str) 
     extra.pop("episode_index", None)
     restored = exported_extra(meta, _BUILTIN_META)
     restored.pop("tasks", None)  # the data's task_index says what the tasks are (`_check_tasks`)
+    if "source_file" in meta and "origin_file" not in restored:  # as kinodb.merge moves provenance
+        restored["origin_file"] = meta["source_file"]
+        restored["origin_episode"] = meta.get("source_episode")
     extra.update(restored)
 
 

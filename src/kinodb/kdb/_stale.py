@@ -10,19 +10,24 @@ from collections.abc import Mapping
 from typing import Any
 
 
-def stale_temps(path: str) -> list[str]:
-    """Paths of ``.NAME.PID.*.tmp`` siblings of ``path`` whose process no longer runs.
+def stale_temps(path: str, *, kinds: tuple[str, ...] = ("tmp",)) -> list[str]:
+    """Paths of ``.NAME.PID.TOKEN.KIND`` siblings of ``path`` whose process no longer runs.
 
-    Writers publish by renaming such a temporary file; one whose writer is gone can
-    never be published, so it is safe to delete.
+    ``kinds`` are the suffixes looked for. Writers publish by renaming a ``.tmp`` file;
+    one whose writer is gone can never be published, so it is safe to delete. A folder
+    export replacing an earlier one also moves that one aside as ``.old`` (restored if
+    the new one cannot move in) and renames it ``.del`` to delete it: a ``.del`` is always
+    safe to delete, an ``.old`` only once ``path`` exists again (see
+    `kinodb.export._base.staged`).
     """
     folder = os.path.dirname(os.path.abspath(path))
     # Exactly ``.NAME.PID.TOKEN.tmp``: ``.a.2024.kdb.PID.TOKEN.tmp`` (a temporary of
     # ``a.2024.kdb``) is not one of ``a``'s, though it starts the same way.
-    pattern = re.compile(re.escape(f".{os.path.basename(path)}.") + r"(\d+)\.[0-9a-f]+\.tmp")
+    suffixes = "|".join(re.escape(kind) for kind in kinds)
+    pattern = re.compile(re.escape(f".{os.path.basename(path)}.") + rf"(\d+)\.[0-9a-f]+\.(?:{suffixes})")
     found = []
     with contextlib.suppress(OSError):
-        for name in os.listdir(folder):
+        for name in sorted(os.listdir(folder)):
             match = pattern.fullmatch(name)
             if match is None:
                 continue
