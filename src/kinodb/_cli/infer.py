@@ -235,23 +235,39 @@ def run_bench(args: argparse.Namespace) -> int:
         "package": model.path, "providers": list(model.providers),
         "back_to_back_us": {"steps": args.steps, "p50": float(np.percentile(us, 50)),
                             "p99": float(np.percentile(us, 99)), "max": float(us.max())},
-        "loop": {"rate_hz": args.rate, "steps": stats["steps"], "step_latency_us": stats["step_latency_us"],
-                 "tick_lateness_us": stats["tick_lateness_us"], "overruns": stats["overruns"],
-                 "skipped_ticks": stats["skipped_ticks"]},
+        "loop": {"rate_hz": args.rate, "seconds": args.seconds, "steps": stats["steps"],
+                 "duration_s": stats["duration_s"], "stopped_by": stats["stopped_by"],
+                 "step_latency_us": stats["step_latency_us"], "tick_lateness_us": stats["tick_lateness_us"],
+                 "overruns": stats["overruns"], "skipped_ticks": stats["skipped_ticks"]},
     }  # fmt: skip
+    _print_bench(out, args)
+    if stats["stopped_by"] == "interrupt":
+        # The runner ends only its loop on Ctrl-C; the command ends as any interrupted one (130).
+        raise KeyboardInterrupt
+    return 0
+
+
+def _print_bench(out: dict[str, Any], args: argparse.Namespace) -> None:
+    """The bench results as JSON or text; a loop that Ctrl-C cut short is said to be."""
     if args.json:
         print(json.dumps(out, indent=2))
-        return 0
+        return
     b, lp = out["back_to_back_us"], out["loop"]
-    print(f"{model.path} ({', '.join(model.providers)})")
+    print(f"{out['package']} ({', '.join(out['providers'])})")
     print(f"step, back to back ({args.steps} steps):      p50 {b['p50']:8.1f} us   p99 {b['p99']:8.1f} us")
     s, late = lp["step_latency_us"], lp["tick_lateness_us"]
     print(
-        f"step, in a {args.rate:g} Hz loop ({lp['steps']} steps): p50 {s['p50']:8.1f} us   p99 {s['p99']:8.1f} us"
+        f"step, in a {args.rate:g} Hz loop ({lp['steps']} steps): p50 {_us(s['p50'])} us   p99 {_us(s['p99'])} us"
     )
-    print(f"tick lateness:                          p50 {late['p50']:8.1f} us   p99 {late['p99']:8.1f} us   "
+    print(f"tick lateness:                          p50 {_us(late['p50'])} us   p99 {_us(late['p99'])} us   "
           f"overruns {lp['overruns']}, skipped {lp['skipped_ticks']}")  # fmt: skip
-    return 0
+    if lp["stopped_by"] == "interrupt":
+        print(f"the loop was stopped early by Ctrl-C: {lp['duration_s']:.2f} s of {args.seconds:g} s")
+
+
+def _us(value: float | None) -> str:
+    """A latency for the text table: '-' where no tick ran."""
+    return f"{'-':>8}" if value is None else f"{value:8.1f}"
 
 
 # -- plot ---------------------------------------------------------------------------------

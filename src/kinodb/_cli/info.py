@@ -14,8 +14,18 @@ from kinodb.kdb.reader import Database, open_database
 
 def register(sub: Any) -> None:
     """Add the subcommand to ``sub``."""
-    p = sub.add_parser("info", help="summarise a .kdb file")
-    p.add_argument("path")
+    p = sub.add_parser(
+        "info",
+        help="summarise a .kdb file",
+        description=(
+            "Summarise a .kdb file: format version, episodes and frames, tasks, embodiments, frame\n"
+            "rates, and whether normalisation statistics are stored and up to date; -e lists every\n"
+            "episode."
+        ),
+        epilog="examples: kino info data.kdb\n          kino info data.kdb --episodes --json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("path", help="the .kdb file")
     p.add_argument("-e", "--episodes", action="store_true", help="also list every episode")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(run=run)

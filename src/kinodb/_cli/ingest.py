@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from typing import Any
 
@@ -19,7 +20,9 @@ def register(sub: Any) -> None:
     p.add_argument("-o", "--output", required=True, help="output .kdb file")
     p.add_argument("-F", "--format", default="auto", type=source_format,
                    help="auto (default), hdf5, rlds, lerobot, kinfer-ndjson, or a plug-in's name")  # fmt: skip
-    p.add_argument("-e", "--embodiment", help="embodiment of every episode (default: from the source)")
+    p.add_argument("-e", "--embodiment", type=embodiment_name,
+                   help="embodiment of every episode (default: from the source); episodes are chosen "
+                        "with --episodes")  # fmt: skip
     p.add_argument("-t", "--task", help="task of every episode and frame (default: from the source)")
     p.add_argument("--fps", type=positive_float, help="frames per second (default: from the source, else 10)")
     p.add_argument("--episodes", metavar="SPEC", help="source episodes by index, e.g. 0-9,29")
@@ -73,6 +76,25 @@ def source_format(text: str) -> str:
         return text
     accepted = ", ".join(f"{name} ({_KINDS[name]})" if name in _KINDS else name for name in known)
     raise argparse.ArgumentTypeError(f"unknown format {text!r}; accepted: auto (detect), {accepted}")
+
+
+# Digits, ranges and commas only: what --episodes takes (``0-2``, ``5``, ``0-9,29``).
+_EPISODE_SPEC = re.compile(r"\s*\d+(\s*-\s*\d+)?(\s*,\s*\d+(\s*-\s*\d+)?)*\s*")
+
+
+def embodiment_name(text: str) -> str:
+    """``-e/--embodiment``: refuse an episode selection given there by mistake.
+
+    ``-e`` is ``--embodiment`` here (as in the earlier kinodb command line) but
+    ``--episodes`` in ``kino info``; ``-e 0-2`` would otherwise label every episode
+    of the source with the embodiment "0-2".
+    """
+    if _EPISODE_SPEC.fullmatch(text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is an episode selection, not an embodiment name: -e is --embodiment; to choose "
+            f"episodes use --episodes {''.join(text.split())}"
+        )
+    return text
 
 
 def run(args: argparse.Namespace) -> int:

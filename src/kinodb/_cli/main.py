@@ -3,35 +3,41 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib
+import signal
 import sys
+import traceback
 import warnings
 from collections.abc import Sequence
-from typing import TextIO
+from types import ModuleType
+from typing import Any, TextIO
 
-from kinodb._cli import (
-    bench,
-    create_test,
-    export,
-    infer,
-    info,
-    ingest,
-    merge,
-    mix,
-    query,
-    schema,
-    serve,
-    stats,
-    upgrade,
-    validate,
-    verify,
-)
-from kinodb._cli._errors import dispatch
 from kinodb._version import __version__
 
-COMMANDS = (
-    create_test, info, schema, validate, query, ingest, verify, export, merge, mix, upgrade, stats, serve, infer,
-    bench,
+# The subcommands' modules, in the order ``kino --help`` lists them. They are imported when
+# the parser is built, inside `entry`'s Ctrl-C handling, not when the console script imports
+# this module (which imports nothing but the standard library).
+_COMMAND_MODULES = (
+    "create_test", "info", "schema", "validate", "query", "ingest", "verify", "export", "merge", "mix",
+    "upgrade", "stats", "serve", "infer", "bench",
 )  # fmt: skip
+_EXIT_INTERRUPTED = 130  # 128 + SIGINT, as `_errors.EXIT_INTERRUPTED` (not imported before `entry` runs)
+
+
+def __getattr__(name: str) -> Any:
+    """``COMMANDS``: the subcommands' modules, imported on first use."""
+    if name == "COMMANDS":
+        modules = tuple(importlib.import_module(f"kinodb._cli.{m}") for m in _COMMAND_MODULES)
+        globals()["COMMANDS"] = modules
+        return modules
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _commands_registered() -> tuple[ModuleType, ...]:
+    """``COMMANDS`` as it stands (a caller may have set it), imported on first use."""
+    modules: tuple[ModuleType, ...] | None = globals().get("COMMANDS")
+    return modules if modules is not None else tuple(__getattr__("COMMANDS"))
 
 
 class _CommandParser(argparse.ArgumentParser):
@@ -59,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="print tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_CommandParser)
     sub.required = True
-    for module in COMMANDS:
+    for module in _commands_registered():
         module.register(sub)
     for command in _commands(parser):
         if "--debug" not in command._option_string_actions:
@@ -100,6 +106,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     a command that records warnings itself (``warnings.catch_warnings(record=True)``) still
     gets them.
     """
+    from kinodb._cli._errors import dispatch
+
     with warnings.catch_warnings():  # restores the caller's warning display afterwards
         warnings.showwarning = show_warning
         args = build_parser().parse_args(argv)
@@ -107,8 +115,29 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def entry() -> None:
-    """Console-script entry point (``kino serve`` exits as ``kino-serve`` does)."""
-    serve.run_as_program(main)
+    """Console-script entry point (``kino serve`` exits as ``kino-serve`` does).
+
+    Ctrl-C while the subcommands' modules import or the arguments are parsed (before
+    `main`'s own handling takes over) ends ``kino`` as it ends a command: one line and
+    exit code 130, no traceback (``--debug`` adds it).
+    """
+    try:
+        from kinodb._cli import serve
+
+        serve.run_as_program(main)
+    except KeyboardInterrupt as exc:
+        _interrupted(exc)
+
+
+def _interrupted(exc: KeyboardInterrupt) -> None:
+    """Say that ``kino`` was interrupted before its command ran, and exit 130."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C does not cut the message
+    with contextlib.suppress(OSError):  # stderr may be gone
+        if "--debug" in sys.argv[1:]:
+            traceback.print_exception(type(exc), exc, exc.__traceback__)
+        print("kino: interrupted", file=sys.stderr)
+    signum = getattr(exc, "signum", None)  # SIGTERM or SIGHUP, raised as Ctrl-C is
+    sys.exit(128 + signum if isinstance(signum, int) else _EXIT_INTERRUPTED)
 
 
 if __name__ == "__main__":

@@ -9,8 +9,19 @@ from typing import Any
 
 def register(sub: Any) -> None:
     """Add the subcommand to ``sub``."""
-    p = sub.add_parser("merge", help="merge .kdb files into one, copying episodes byte for byte")
-    p.add_argument("inputs", nargs="+", metavar="IN")
+    p = sub.add_parser(
+        "merge",
+        help="merge .kdb files into one, copying episodes byte for byte",
+        description=(
+            "Merge .kdb files into one, in the order given: each episode's payload is copied byte for\n"
+            "byte (frames are not re-encoded), optionally only the episodes matching a KQL query\n"
+            "(-F). The output's metadata records every input under merged_from."
+        ),
+        epilog="examples: kino merge a.kdb b.kdb -o all.kdb\n"
+        '          kino merge a.kdb b.kdb -o good.kdb -F "success = true"',
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("inputs", nargs="+", metavar="IN", help="the .kdb files to merge (0.1 files too)")
     p.add_argument("-o", "--output", required=True, help="output file")
     p.add_argument("-F", "--filter", metavar="KQL", help="keep only episodes matching this query")
     p.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")

@@ -12,8 +12,18 @@ from kinodb.kdb.reader import Database, open_database
 
 def register(sub: Any) -> None:
     """Add the subcommand to ``sub``."""
-    p = sub.add_parser("schema", help="show dims, named components, cameras and bytes per section")
-    p.add_argument("path")
+    p = sub.add_parser(
+        "schema",
+        help="show dims, named components, cameras and bytes per section",
+        description=(
+            "Show the layout of a .kdb file: the dims, dtypes and named components of the actions and\n"
+            "states, the cameras (codec and frame size) and extra arrays, and the bytes each section\n"
+            "takes; a section whose dtype or shape differs between episodes lists each variant."
+        ),
+        epilog="example: kino schema data.kdb --json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("path", help="the .kdb file")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(run=run)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import warnings
 from typing import Any
@@ -13,11 +14,17 @@ def register(sub: Any) -> None:
     p = sub.add_parser(
         "upgrade",
         help="rewrite an older .kdb file (format 0.1) as format v1, or compact a v1 file",
-        description="Rewrite OLD as a format v1 file NEW. A v1 OLD is compacted: payloads are copied byte "
-        "for byte, without the space that appends left behind.",
+        description=(
+            "Rewrite OLD as a format v1 file NEW (given with -o, as other commands take their output,\n"
+            "or as the second argument). A v1 OLD is compacted: payloads are copied byte for byte,\n"
+            "without the space that appends left behind."
+        ),
+        epilog="examples: kino upgrade old.kdb -o new.kdb\n          kino upgrade old.kdb new.kdb",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("old")
-    p.add_argument("new")
+    p.add_argument("old", metavar="OLD", help="the .kdb file to read (any format version)")
+    p.add_argument("new", nargs="?", metavar="NEW", action=_Output, help="the v1 file to write (or -o NEW)")
+    p.add_argument("-o", "--output", dest="new", metavar="NEW", action=_Output, help="the v1 file to write")
     p.add_argument("--force", action="store_true", help="replace NEW if it exists")
     p.add_argument("--on-error", choices=("raise", "skip"), default="raise",
                    help="an episode that cannot be read or stored: stop (default), or leave it out and "
@@ -25,9 +32,30 @@ def register(sub: Any) -> None:
     p.set_defaults(run=run)
 
 
+class _Output(argparse.Action):
+    """NEW, as ``-o NEW`` or as the second argument: once."""
+
+    def __call__(
+        self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+        option_string: str | None = None,
+    ) -> None:  # fmt: skip
+        if values is None:  # the positional NEW left out
+            return
+        if getattr(namespace, self.dest, None) is not None:
+            parser.error("NEW is given twice: give it as -o NEW or as the second argument, not both")
+        setattr(namespace, self.dest, values)
+
+
 def run(args: argparse.Namespace) -> int:
-    """Upgrade and report; the library's warnings print as ``warning: ...`` lines."""
+    """Upgrade and report; the library's warnings print as ``warning: ...`` lines.
+
+    Raises:
+        ValueError: no NEW was given (a usage error).
+    """
     from kinodb.kdb.upgrade import upgrade
+
+    if args.new is None:
+        raise ValueError(f"give the file to write: kino upgrade {shlex.quote(args.old)} -o NEW.kdb")
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -14,9 +14,18 @@ _SHOWN = 10
 def register(sub: Any) -> None:
     """Add the subcommand to ``sub``."""
     p = sub.add_parser(
-        "validate", help="check checksums, offsets, dims, images and NaN/Inf; exit 1 on errors"
+        "validate",
+        help="check checksums, offsets, dims, images and NaN/Inf; exit 1 on errors",
+        description=(
+            "Check a .kdb file: its header and commit records, the index's and every payload's\n"
+            "checksum, offsets and dims, NaN and Inf in the arrays, and (unless --no-decode) that\n"
+            "every image frame decodes. Prints the findings; exits 0 when every check passes, 1\n"
+            "otherwise."
+        ),
+        epilog="example: kino validate data.kdb --verbose",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("path")
+    p.add_argument("path", help="the .kdb file")
     p.add_argument("-v", "--verbose", action="store_true", help="show every check and every problem")
     p.add_argument("--no-decode", action="store_true", help="skip decoding every image frame")
     p.set_defaults(run=run)

@@ -26,7 +26,7 @@ import numpy as np
 from kinodb.errors import ConversionError, KinodbError, WriterError
 from kinodb.ingest._base import SKIP_ADVICE, SOURCE_PARTS, Source, SourceOptions, source_class
 from kinodb.kdb import _codecs
-from kinodb.kdb.writer import Writer
+from kinodb.kdb.writer import Writer, refuse_folder
 
 if TYPE_CHECKING:
     from kinodb.ingest._verify import VerifyReport
@@ -372,6 +372,7 @@ def ingest(
             left behind); with ``on_error="skip"``, every episode failing (the message
             gives the reasons, grouped); always, a source that cannot be read at all; with
             ``verify``, a mismatch (the output file stays).
+        WriterError: ``out`` is a folder, or names one (``out/``): before the source is read.
     """
     if on_error not in ("raise", "skip"):
         raise ValueError(f"{option_name('on_error')} must be 'raise' or 'skip', got {on_error!r}")
@@ -388,6 +389,7 @@ def ingest(
     elif episodes is not None:
         _check_selection(list(episodes), list(episodes))
     path = os.fspath(src)
+    refuse_folder(out)  # now, not after reading the source
     if os.path.realpath(os.fspath(out)) == os.path.realpath(path):
         raise ValueError(f"the output {os.fspath(out)} is the source itself; choose another output path")
     cls = source_class(format, path)
@@ -448,9 +450,10 @@ def _write_episodes(
     ``task``, the caller's, replaces the per-frame tasks too (`override_task`).
     """
     path = job.path
-    bar = _progress(len(keys), progress)
-    # closing: an error (or Ctrl-C) stops the workers now, not when the generator is collected
-    with contextlib.closing(_convert_all(job, keys, workers)) as converted:
+    bar = _Progress(len(keys), progress)
+    # closing: an error (or Ctrl-C) stops the workers now, not when the generator is collected;
+    # and the bar ends its line before the error is reported
+    with contextlib.closing(bar), contextlib.closing(_convert_all(job, keys, workers)) as converted:
         for key, args, error in converted:
             if error is None:
                 assert args is not None
@@ -677,28 +680,73 @@ def _submit(
 _HELD = {signal.SIGINT, signal.SIGTERM}
 
 
-def _progress(total: int, enabled: bool) -> Any:
-    if not enabled:
-        return lambda key: None
+QUIET_REFRESH_S = 30.0
+"""How often the progress is written where stderr is no terminal (a batch job's log file)."""
+
+
+class _Progress:
+    """Episodes done, on stderr: a tqdm bar, else a plain counter; nothing when not ``enabled``.
+
+    Where stderr is no terminal (Slurm's and other batch jobs' log files), it is written
+    at most every `QUIET_REFRESH_S` seconds, not at every refresh. `close` ends the line;
+    the ingest calls it before an error or an interruption is reported, so that no bar is
+    written after the message.
+    """
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.total, self.n = total, 0
+        self._bar: Any = None
+        self._enabled = enabled
+        self._terminal = enabled and _is_terminal(sys.stderr)
+        self._pending = False  # the counter's line has no newline yet
+        self._t0 = self._shown = time.perf_counter()
+        if not enabled:
+            return
+        try:
+            from tqdm import tqdm  # optional: a plain counter without it
+        except ImportError:
+            return
+        every = {} if self._terminal else {"mininterval": QUIET_REFRESH_S, "maxinterval": QUIET_REFRESH_S}
+        self._bar = tqdm(total=total, unit="episode", file=sys.stderr, dynamic_ncols=True, **every)
+
+    def __call__(self, key: str) -> None:
+        """One more episode done (``key``)."""
+        self.n += 1
+        if self._bar is not None:
+            self._bar.update(1)
+            if self.n == self.total:
+                self.close()
+        elif self._enabled:
+            self._count()
+
+    def _count(self) -> None:
+        now = time.perf_counter()
+        last = self.n == self.total
+        if self._terminal:
+            if not (last or self.n % 100 == 0):
+                return
+            end = "\n" if last else ""
+        elif last or now - self._shown >= QUIET_REFRESH_S:
+            end = "\n"
+        else:
+            return
+        self._shown = now
+        rate = self.n / max(now - self._t0, 1e-9)
+        start = "\r" if self._terminal else ""
+        print(f"{start}{self.n}/{self.total} episodes ({rate:.1f} episodes/s)", end=end, file=sys.stderr)
+        self._pending = not end
+
+    def close(self) -> None:
+        """End the bar's line (again: no-op)."""
+        if self._bar is not None:
+            self._bar.close()
+        elif self._pending:
+            print(file=sys.stderr)
+            self._pending = False
+
+
+def _is_terminal(stream: Any) -> bool:
     try:
-        from tqdm import tqdm  # optional: a plain counter without it
-    except ImportError:
-        state = {"n": 0, "t": time.perf_counter()}
-
-        def tick(key: str) -> None:
-            state["n"] += 1
-            if state["n"] == total or state["n"] % 100 == 0:
-                rate = state["n"] / max(time.perf_counter() - state["t"], 1e-9)
-                print(f"\r{state['n']}/{total} episodes ({rate:.1f} episodes/s)", end="", file=sys.stderr)
-                if state["n"] == total:
-                    print(file=sys.stderr)
-
-        return tick
-    bar = tqdm(total=total, unit="episode", file=sys.stderr, dynamic_ncols=True)
-
-    def update(key: str) -> None:
-        bar.update(1)
-        if bar.n == total:
-            bar.close()
-
-    return update
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # None, or closed
+        return False

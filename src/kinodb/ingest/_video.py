@@ -26,7 +26,7 @@ first stretched to the full range JPEG expects (swscale). Chroma keeps its store
 resolution, so the frame is never up-sampled to RGB and down-sampled again. Against the
 exact BT.601 conversion of the planes these frames are closer than FFmpeg's own
 ``rgb24`` output, which runs about one level dark in every channel. Any other frame
-(another pixel format or matrix, or without simplejpeg) takes the RGB path.
+(another pixel format or matrix, or without simplejpeg 1.8 or later) takes the RGB path.
 """
 
 from __future__ import annotations
@@ -339,11 +339,13 @@ def _match(
 
 
 def _simplejpeg() -> Any:
+    """simplejpeg, or None without it or where it is older than 1.8 (no ``encode_jpeg_yuv_planes``:
+    the RGB path then encodes the frames)."""
     try:
         import simplejpeg
     except ImportError:
         return None
-    return simplejpeg
+    return simplejpeg if hasattr(simplejpeg, "encode_jpeg_yuv_planes") else None
 
 
 def planar(frame: Any) -> bool:

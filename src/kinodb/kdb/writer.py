@@ -107,6 +107,23 @@ def _now() -> str:
     return _dt.datetime.fromtimestamp(t, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def refuse_folder(path: str | os.PathLike[str]) -> None:
+    """Refuse an output path that is a folder, or names one (ends in a path separator).
+
+    Checked before any work: ``out/`` would otherwise fail only at the final rename.
+
+    Raises:
+        WriterError: ``path`` is a folder or ends in a separator.
+    """
+    path = os.fspath(path)
+    seps = tuple(s for s in (os.sep, os.altsep) if s)
+    if path.endswith(seps) or os.path.isdir(path):
+        how = "names" if path.endswith(seps) else "is"
+        raise WriterError(
+            f"{path} {how} a folder; give the path of a .kdb file, e.g. {os.path.join(path, 'data.kdb')}"
+        )
+
+
 # Parts of a stored schema recorded from the episodes written, not declared: a schema
 # copied from `Database.schema()` may hold them (as it holds each part's dim and dtype).
 _RECORDED = frozenset({"cameras", "arrays", "rewards", "is_terminal", "timestamps"})
@@ -150,7 +167,8 @@ class Writer:
     Raises:
         FileExistsError: mode ``"x"`` and ``path`` exists.
         FormatError: mode ``"a"`` and ``path`` is not a ``.kdb`` file (or not a regular file).
-        WriterError: an episode is malformed, or another process is appending.
+        WriterError: an episode is malformed, another process is appending, or ``path``
+            is a folder or names one (ends in a path separator, ``out/``).
     """
 
     def __init__(
@@ -186,11 +204,7 @@ class Writer:
         self._guard: int | None = None  # mode "w": the replaced file, locked against appenders
         self._num_frames = 0
         self._generation, self._slot = 0, 0
-        if os.path.isdir(self._path):
-            raise WriterError(
-                f"{self._path} is a folder; give the path of a .kdb file, e.g. "
-                f"{os.path.join(self._path, 'data.kdb')}"
-            )
+        refuse_folder(self._path)
         kind = not_regular(self._path) if mode == "a" else None  # "w" replaces it, as it would a file
         if kind is not None:
             raise FormatError(

@@ -1,0 +1,80 @@
+"""Ctrl-C while ``kino`` starts (its modules import, its arguments parse): one line, exit 130."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[2] / "src"
+
+# What the console script ``kino`` runs, with a line on stdout once this module is imported
+# (what the console script imports before any of kinodb's code can handle Ctrl-C).
+_KINO = """
+import sys
+from kinodb._cli.main import entry
+print("ready", flush=True)
+sys.argv[0] = "kino"
+entry()
+"""
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
+
+
+def _interrupt_after_ready(argv: list[str], delay: float, cwd: Path) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.Popen([sys.executable, "-c", _KINO, *argv], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=cwd, env=_env())  # fmt: skip
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == "ready\n"
+    time.sleep(delay)  # the child goes on starting up meanwhile
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+@pytest.mark.integration
+def test_ctrl_c_at_any_moment_of_startup_exits_130_with_one_line(tmp_path: Path) -> None:
+    out = tmp_path / "big.kdb"
+    # A command that runs for minutes once started: every signal lands before it ends.
+    argv = ["create-test", str(out), "-n", "100000", "-f", "200"]
+    during_startup = 0
+    for delay in (0.0, 0.01, 0.03, 0.06, 0.1, 0.2, 0.4, 0.8):
+        proc = _interrupt_after_ready(argv, delay, tmp_path)
+        assert "Traceback" not in proc.stderr, (delay, proc.stderr)
+        assert proc.returncode == 130, (delay, proc.returncode, proc.stderr)
+        assert proc.stderr in (
+            "kino: interrupted\n",  # before the command ran
+            f"kino create-test: interrupted; nothing was written to {out}\n",  # while it ran
+        ), (delay, proc.stderr)
+        during_startup += proc.stderr == "kino: interrupted\n"
+        assert not out.exists() and [p.name for p in tmp_path.iterdir()] == []
+    assert during_startup >= 1  # the earliest signals landed while the subcommands imported
+
+
+def test_the_console_scripts_import_loads_no_subcommand() -> None:
+    """What ``from kinodb._cli.main import entry`` imports runs before `entry` can catch
+    Ctrl-C: it holds none of the subcommands' modules (they import inside `entry`)."""
+    code = (
+        "import sys, kinodb._cli.main\nprint(sorted(m for m in sys.modules if m.startswith('kinodb._cli.')))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "['kinodb._cli.main']"
+
+
+def test_commands_is_the_registered_modules_in_order() -> None:
+    from kinodb._cli import main as cli
+
+    names = [m.__name__.rpartition(".")[2] for m in cli.COMMANDS]
+    assert names[:4] == ["create_test", "info", "schema", "validate"] and "infer" in names
+    choices = cli.build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    assert list(choices)[:4] == ["create-test", "info", "schema", "validate"]
