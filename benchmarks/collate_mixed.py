@@ -9,12 +9,17 @@ for 256 seeded random windows, the way a DataLoader calls them; the peer pads
 ``[dict(s) for s in batch]``, the per-sample path every collate of sample dicts takes.
 Both give the same tensors (checked). Medians over ``--batches`` batches, alternating.
 
-Run ``python benchmarks/collate_mixed.py``.
+Run ``python benchmarks/collate_mixed.py`` (``--quick`` for a smoke run). The timings and
+the ratio go to ``--out`` (default ``benchmarks/results/collate_mixed.json``, or
+``collate_mixed_quick.json`` with ``--quick``).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import platform
 import statistics
 import tempfile
 import time
@@ -30,17 +35,28 @@ WIDTHS = [(7, 9), (14, 26), (2, 3), (7, 8), (7, 21)]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--batches", type=int, default=30)
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    parser.add_argument("--batches", type=int, default=60)
     parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--episodes", type=int, default=20, help="episodes of 100 frames per source")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 4 episodes per source, 4 batches")
+    parser.add_argument(
+        "--out", default=None,
+        help="results JSON (default: benchmarks/results/collate_mixed.json, collate_mixed_quick.json with --quick)",
+    )  # fmt: skip
     args = parser.parse_args()
+    # A smoke run never replaces the recorded full run.
+    results_dir = Path(__file__).resolve().parent / "results"
+    args.out = args.out or str(results_dir / f"collate_mixed{'_quick' if args.quick else ''}.json")
+    if args.quick:
+        args.episodes, args.batches = 4, 4
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory(prefix="kinodb-bench-collate-") as tmp:
         paths = []
         for k, (a, s) in enumerate(WIDTHS):
             path = Path(tmp) / f"robot{k}.kdb"
             with kinodb.Writer(path) as w:
-                for _ in range(20):
+                for _ in range(args.episodes):
                     w.add_episode(actions=rng.normal(size=(100, a)).astype(np.float32),
                                   states=rng.normal(size=(100, s)).astype(np.float32), fps=10.0)  # fmt: skip
             paths.append(str(path))
@@ -64,7 +80,19 @@ def main() -> None:
             print(
                 f"{name:<13} {ms:7.2f} ms per batch of {args.batch_size} windows (median of {args.batches})"
             )
-        print(f"whole arrays are {med['per sample'] / med['whole arrays']:.1f}x faster")
+        ratio = med["per sample"] / med["whole arrays"]
+        print(f"whole arrays are {ratio:.1f}x faster")
+    result = {
+        "quick": args.quick, "batches": args.batches, "batch_size": args.batch_size,
+        "episodes_per_source": args.episodes, "frames_per_episode": 100, "widths": WIDTHS,
+        "obs_horizon": 2, "action_horizon": 16,
+        "seconds": times, "median_ms": med, "per_sample_over_whole_arrays": ratio,
+        "python": platform.python_version(), "torch": torch.__version__, "kinodb": kinodb.__version__,
+        "machine": platform.machine(), "cpus": os.cpu_count(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }  # fmt: skip
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    print(f"results in {args.out}")
 
 
 if __name__ == "__main__":

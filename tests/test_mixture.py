@@ -540,3 +540,30 @@ def test_a_mixture_or_an_episode_as_sources_is_a_short_type_error(files: dict[st
             Mixture([db.read_episode(0)])
     assert len(str(err.value)) < 300 and len(str(ep_err.value)) < 300  # not a whole episode printed
     assert "got {" in str(ep_err.value) and "(dict)" in str(ep_err.value)
+
+
+def test_one_kql_string_as_filters_is_a_type_error_saying_how(files: dict[str, str]) -> None:
+    sources = {files["a"]: 1, files["b"]: 1}
+    with pytest.raises(
+        TypeError, match=r"filters must be a mapping \{path: kql\}, got one KQL string"
+    ) as err:
+        Mixture(sources, filters="success = true")  # type: ignore[arg-type]
+    assert "filters={path: 'success = true' for path in sources}" in str(err.value)
+    assert "(path, weight, 'success = true')" in str(err.value)
+    with pytest.raises(TypeError, match=r"filters must be a mapping \{path: kql\}, got \[.*\] \(list\)"):
+        Mixture(sources, filters=["success = true"])  # type: ignore[arg-type]
+    # Both ways the message gives keep the same episodes.
+    every = Mixture(sources, filters={path: "success = true" for path in sources})
+    entries = Mixture([(path, 1, "success = true") for path in sources])
+    assert [(s.episodes, s.frames) for s in every.sources()] == [
+        (s.episodes, s.frames) for s in entries.sources()
+    ]
+    assert every.sources()[1].episodes == 2  # b.kdb's episodes 0 and 3 succeeded
+    every.close()
+    entries.close()
+
+
+def test_from_mixture_refuses_one_kql_string_as_filters_too(files: dict[str, str]) -> None:
+    kinodb_torch = pytest.importorskip("kinodb.torch", reason="from_mixture needs torch")
+    with pytest.raises(TypeError, match=r"filters must be a mapping \{path: kql\}, got one KQL string"):
+        kinodb_torch.from_mixture({files["a"]: 1, files["b"]: 1}, filters="success = true", obs_horizon=1)

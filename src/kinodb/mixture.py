@@ -104,7 +104,8 @@ class Mixture:
             ``(path, weight, filter)``; a list may name one file twice.
         seed: Non-negative integer; 0 is as good as any other.
         weight_by: ``"episode"`` or ``"frame"``.
-        filters: ``{path: kql}``, a filter for every source with that path.
+        filters: ``{path: kql}``, a filter for every source with that path (for one filter
+            on every source, ``{path: kql for path in sources}``).
 
     Example:
         >>> mix = kinodb.Mixture({"franka.kdb": 3, "widowx.kdb": 1}, seed=0)
@@ -117,6 +118,8 @@ class Mixture:
         FileNotFoundError: a source file does not exist.
         FormatError: a source is not a readable ``.kdb`` file (or is a folder).
         QuerySyntaxError: a filter does not parse (the message names the source).
+        TypeError: a source entry, weight or filter of the wrong type, or ``filters`` not a
+            mapping (one KQL string for every source is refused: the message says how).
     """
 
     def __init__(
@@ -486,7 +489,7 @@ def _specs(sources: SourcesArg, filters: Mapping[PathArg, str] | None) -> tuple[
     entries = list(sources.items()) if isinstance(sources, Mapping) else list(sources)
     if not entries:
         raise MixtureError("a mixture needs at least one source")
-    by_path = {os.fspath(k): v for k, v in (filters or {}).items()}
+    by_path = {os.fspath(k): v for k, v in _filters(filters).items()}
     specs = []
     for i, entry in enumerate(entries):
         path, weight, kql = _entry(i, entry)
@@ -502,6 +505,24 @@ def _specs(sources: SourcesArg, filters: Mapping[PathArg, str] | None) -> tuple[
         paths = [s.path for s in specs]
         raise MixtureError(f"filters= names {unknown}, which are not sources; the sources are {paths}")
     return tuple(specs)
+
+
+def _filters(filters: Any) -> Mapping[PathArg, str]:
+    """``filters=`` as given, checked to be ``{path: kql}``: one KQL string is not applied to
+    every source, as ``kino mix --filter`` is, but refused with the way to say that."""
+    if filters is None:
+        return {}
+    if isinstance(filters, Mapping):
+        return filters
+    if isinstance(filters, str):
+        raise TypeError(
+            f"filters must be a mapping {{path: kql}}, got one KQL string {filters!r}; for one filter "
+            f"on every source give it to each: filters={{path: {filters!r} for path in sources}}, or "
+            f"entries (path, weight, {filters!r}) in a list of sources"
+        )
+    raise TypeError(
+        f"filters must be a mapping {{path: kql}}, got {reprlib.repr(filters)} ({type(filters).__name__})"
+    )
 
 
 def _entry(i: int, entry: Any) -> tuple[str, Any, Any]:

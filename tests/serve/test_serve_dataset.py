@@ -4,17 +4,32 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
+import os
+import signal
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from _server_proc import ServerProcess
+from _server_proc import SRC, ServerProcess
+
+from kinodb.errors import QuerySyntaxError
 
 torch = pytest.importorskip("torch", reason="KinoRemoteDataset needs torch")
 from torch.utils.data import DataLoader  # noqa: E402
 
-from kinodb.remote import KinoClient, KinoRemoteDataset  # noqa: E402
+from kinodb.remote import KinoClient, KinoRemoteDataset, ServerUnavailableError  # noqa: E402
 from kinodb.torch import KinoFrameDataset, KinoMapDataset  # noqa: E402
+
+# These tests use gRPC in the test process itself (a client, a num_workers=0 epoch), and a
+# worker forked within about a second of a channel closing can hang inside gRPC's core
+# (docs/serve.md). Their workers therefore start from a fork server, a process that never
+# used gRPC; the fork start users get by default is tested on its own below.
+FORKSERVER = {"multiprocessing_context": "forkserver", "timeout": 120}
+multiprocessing.get_context("forkserver").set_forkserver_preload(["torch", "kinodb.remote"])
 
 
 def test_episode_samples_match_kino_map_dataset(server: ServerProcess, main_kdb: Path) -> None:
@@ -39,7 +54,7 @@ def test_window_batches_match_kino_frame_dataset(server: ServerProcess, main_kdb
     local = KinoFrameDataset(main_kdb, obs_horizon=2, action_horizon=4, image_key="cam")
     ds = KinoRemoteDataset(server.addr, batch_size=32, mode="sequential", include_images=True,
                            windows={"obs_horizon": 2, "action_horizon": 4})  # fmt: skip
-    batches = list(DataLoader(ds, batch_size=None, num_workers=2))
+    batches = list(DataLoader(ds, batch_size=None, num_workers=2, **FORKSERVER))
     assert len(batches) == math.ceil(len(local) / 32)
     seen = torch.cat([b["index"] for b in batches])
     assert sorted(seen.tolist()) == sorted(np.arange(len(batches) * 32) % len(local))
@@ -60,7 +75,7 @@ def test_seeded_epochs_over_workers(server: ServerProcess) -> None:
             server.addr, batch_size=16, seed=seed, num_batches=6, windows={"action_horizon": 2}
         )
         ds.set_epoch(e)
-        return [b["index"].tolist() for b in DataLoader(ds, batch_size=None, num_workers=2)]
+        return [b["index"].tolist() for b in DataLoader(ds, batch_size=None, num_workers=2, **FORKSERVER)]
 
     first = epoch(5, 0)
     assert len(first) == 6 and len({tuple(b) for b in first}) == 6  # the two workers draw different batches
@@ -79,7 +94,9 @@ def test_an_epoch_covers_the_windows_the_filter_keeps(server: ServerProcess, mai
     ds = KinoRemoteDataset(server.addr, batch_size=8, mode="sequential",
                            windows={"obs_horizon": 2, "action_horizon": 4, "kql_filter": kql})  # fmt: skip
     for workers in (0, 2):
-        batches = list(DataLoader(ds, batch_size=None, num_workers=workers))
+        batches = list(
+            DataLoader(ds, batch_size=None, num_workers=workers, **(FORKSERVER if workers else {}))
+        )
         assert len(batches) == math.ceil(len(local) / 8)
         seen = torch.cat([b["index"] for b in batches]).tolist()
         assert set(seen) == set(range(len(local)))  # every window the filter keeps, once (and a few again)
@@ -98,11 +115,87 @@ def test_len_is_what_a_rank_yields_per_epoch(server: ServerProcess) -> None:
     ]
     for kw in cases:
         ds = KinoRemoteDataset(server.addr, **kw)
-        loader = DataLoader(ds, batch_size=None, num_workers=2)
+        loader = DataLoader(ds, batch_size=None, num_workers=2, **FORKSERVER)
         assert len(ds) == len(loader) == sum(1 for _ in loader), kw
     assert len(KinoRemoteDataset(server.addr, batch_size=6)) == 24
     halves = KinoRemoteDataset(server.addr, batch_size=8, num_batches=7, windows={}, rank=0, world_size=2)
     assert len(halves) == 4
+
+
+_LEN_THEN_FORK = """
+import os
+import sys
+
+from torch.utils.data import DataLoader
+
+from kinodb.remote import KinoRemoteDataset
+
+
+def tasks():
+    return set(os.listdir("/proc/self/task"))  # every native thread, gRPC's included
+
+
+if __name__ == "__main__":
+    addr, epochs = sys.argv[1], int(sys.argv[2])
+    for epoch in range(epochs):
+        # A new dataset each epoch, so that every len() asks the server.
+        ds = KinoRemoteDataset(addr, batch_size=128, seed=1, windows={"obs_horizon": 2, "action_horizon": 4})
+        ds.set_epoch(epoch)
+        loader = DataLoader(ds, batch_size=None, num_workers=2, timeout=60)  # fork, the Linux default
+        before = tasks()
+        steps = len(loader)
+        started = tasks() - before
+        if started:
+            sys.exit(f"len() left threads running in the training process: {sorted(started)}")
+        got = sum(1 for _ in loader)  # a worker that hangs raises after the DataLoader's timeout
+        print(epoch, steps, got, flush=True)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="forked DataLoader workers: Linux only")
+def test_len_before_forked_workers_leaves_them_no_grpc_to_hang_on(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    script = tmp_path / "len_then_fork.py"
+    script.write_text(_LEN_THEN_FORK)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.Popen([sys.executable, str(script), server.addr, "10"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)  # fmt: skip
+    try:
+        out, err = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the script and its DataLoader workers
+        out, err = proc.communicate()
+        pytest.fail(f"len() then forked DataLoader workers hung: stdout {out!r}, stderr {err[-3000:]}")
+    finally:
+        leftover = _kill_group(proc.pid)
+    assert proc.returncode == 0, err[-3000:]
+    assert not leftover, f"processes left behind: {leftover}"
+    with KinoClient(server.addr) as client:
+        steps = math.ceil(client.server_info()["num_frames"] / 128)
+    assert out.splitlines() == [f"{epoch} {steps} {steps}" for epoch in range(10)]
+
+
+def _kill_group(pgid: int) -> bool:
+    """Kill what is left of process group ``pgid``; say whether anything was."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_len_raises_what_the_server_says(server: ServerProcess) -> None:
+    bad = KinoRemoteDataset(server.addr, windows={"kql_filter": "success = = true"})
+    with pytest.raises(QuerySyntaxError) as err:
+        len(bad)
+    assert err.value.position > 0
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        free = probe.getsockname()[1]
+    gone = KinoRemoteDataset(f"127.0.0.1:{free}", timeout=5)
+    with pytest.raises(ServerUnavailableError, match=f"127.0.0.1:{free}"):
+        len(gone)
 
 
 def _window_count(server: ServerProcess) -> int:
@@ -114,7 +207,7 @@ def test_set_epoch_reaches_persistent_workers(server: ServerProcess) -> None:
     def epochs(persistent: bool) -> list[list[list[int]]]:
         ds = KinoRemoteDataset(server.addr, batch_size=8, seed=1, num_batches=4,
                                windows={"obs_horizon": 2, "action_horizon": 4})  # fmt: skip
-        loader = DataLoader(ds, batch_size=None, num_workers=2, persistent_workers=persistent)
+        loader = DataLoader(ds, batch_size=None, num_workers=2, persistent_workers=persistent, **FORKSERVER)
         out = []
         for epoch in range(3):
             ds.set_epoch(epoch)
@@ -137,7 +230,7 @@ def test_ranks_and_workers_share_out_an_epoch(server: ServerProcess) -> None:
     def rank_batches(rank: int, world: int, mode: str, seed: int = 0) -> list[list[int]]:
         ds = KinoRemoteDataset(server.addr, batch_size=8, mode=mode, seed=seed, windows={"action_horizon": 2},
                                rank=rank, world_size=world)  # fmt: skip
-        return [b["index"].tolist() for b in DataLoader(ds, batch_size=None, num_workers=2)]
+        return [b["index"].tolist() for b in DataLoader(ds, batch_size=None, num_workers=2, **FORKSERVER)]
 
     per_rank = [rank_batches(r, 3, "sequential") for r in range(3)]
     steps = -(-math.ceil(n / 8) // 3)
@@ -152,7 +245,7 @@ def test_ranks_and_workers_share_out_an_epoch(server: ServerProcess) -> None:
     assert seeded[0] != seeded[1] and seeded[0] == rank_batches(0, 2, "random", seed=3)
     alone = KinoRemoteDataset(server.addr, batch_size=8, mode="random", seed=3, windows={"action_horizon": 2})
     assert rank_batches(0, 1, "random", seed=3) == [
-        b["index"].tolist() for b in DataLoader(alone, batch_size=None, num_workers=2)
+        b["index"].tolist() for b in DataLoader(alone, batch_size=None, num_workers=2, **FORKSERVER)
     ]
 
 

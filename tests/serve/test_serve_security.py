@@ -400,3 +400,44 @@ def test_an_expired_or_future_certificate_is_warned_of_at_startup(
         assert warnings == ([] if says is None else [warnings[0]]), proc.stderr
         if says is not None:
             assert warnings[0].startswith(says), proc.stderr
+
+
+@pytest.fixture(scope="module")
+def named_server(
+    main_kdb: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[ServerProcess, Path]]:
+    """A TLS server on 127.0.0.1 whose certificate names ``kinodb.test`` alone, and that certificate."""
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is not installed; it makes the test certificate")
+    root = tmp_path_factory.mktemp("tls-named")
+    cert, key, token_file = root / "cert.pem", root / "key.pem", root / "token"
+    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2",
+             "-subj", "/CN=kinodb.test", "-addext", "subjectAltName=DNS:kinodb.test", "-keyout", str(key),
+             "-out", str(cert))  # fmt: skip
+    token_file.write_text(TOKEN + "\n")
+    proc = ServerProcess(
+        [str(main_kdb), "--tls-cert", str(cert), "--tls-key", str(key), "--token-file", str(token_file)],
+        env=_env(),
+    )
+    yield proc, cert
+    assert proc.stop() == 0
+
+
+def test_the_remote_dataset_checks_the_certificate_against_tls_server_name(
+    named_server: tuple[ServerProcess, Path],
+) -> None:
+    pytest.importorskip("torch", reason="KinoRemoteDataset needs torch")
+    from torch.utils.data import DataLoader
+
+    from kinodb.remote import KinoRemoteDataset
+
+    server, cert = named_server
+    tls = dict(token=TOKEN, tls_ca=cert, timeout=10)
+    ds = KinoRemoteDataset(server.addr, batch_size=5, mode="sequential", tls_server_name="kinodb.test", **tls)
+    assert len(ds) == 20  # counted over TLS too
+    assert [s["episode_index"] for s in DataLoader(ds, batch_size=None)] == list(range(20))
+    dialled = KinoRemoteDataset(server.addr, batch_size=5, **tls)  # checked against 127.0.0.1
+    with pytest.raises(ServerUnavailableError, match="does not name the host this client dials"):
+        len(dialled)
+    with pytest.raises(ServerUnavailableError, match="does not name the host this client dials"):
+        next(iter(dialled))

@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import sys
+import traceback
 from typing import Any
 
 from kinodb._cli._text import finite, fit
@@ -52,7 +53,11 @@ def _count(text: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Print the matching episodes as a table, JSON, or just their number (per file)."""
+    """Print the matching episodes as a table, JSON, or just their number (per file).
+
+    A query that does not parse, or names a field or type a file does not have, prints
+    ``error: ...`` (naming that file when there are several) and returns 1.
+    """
     given = args.path
     paths = [given] if isinstance(given, (str, os.PathLike)) else list(given)
     with contextlib.ExitStack() as stack:
@@ -68,8 +73,11 @@ def run(args: argparse.Namespace) -> int:
                 found.append(query(db, args.kql, absent=absent))
         except QuerySyntaxError as exc:
             # Printed here as well as by `kino`'s error table (the same lines: the query with a
-            # caret under the error), so that `run` gives exit 1 when called on its own. Over
-            # several files a field or type error names the file it was found in.
+            # caret under the error, and the traceback first under --debug), so that `run`
+            # gives exit 1 when called on its own. Over several files a field or type error
+            # names the file it was found in.
+            if getattr(args, "debug", False):
+                traceback.print_exc()
             where = f"{db.path()}: " if db is not None and len(dbs) > 1 else ""
             print(f"error: {where}{exc}", file=sys.stderr)
             return 1

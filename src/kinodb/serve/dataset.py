@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from kinodb._optional import require
+from kinodb.serve._epoch_units import count_units, epoch_units
 from kinodb.serve.client import KinoClient
 
 require("torch", extra="torch")
@@ -72,7 +73,10 @@ class KinoRemoteDataset(EpochsAndRanks, IterableDataset[Any]):
             each served source's camera, ``{"front": ["image_0", "cam_high"]}``.
         image_size: ``(H, W)`` to resize window frames to on the server: an argument of
             its own, not a key of ``windows``.
-        token, tls_ca, timeout: As for `KinoClient`.
+        token, tls_ca, tls_server_name: As for `KinoClient`.
+        timeout: As for `KinoClient`, but 60 s by default (`KinoClient`'s is 30 s): a
+            server feeding every worker of a training job can be slow to send the next
+            batch of images.
         rank, world_size: This process's share (default: from ``torch.distributed``).
 
     Example:
@@ -97,6 +101,7 @@ class KinoRemoteDataset(EpochsAndRanks, IterableDataset[Any]):
         token: str | None = None,
         tls_ca: str | os.PathLike[str] | bytes | None = None,
         timeout: float | None = 60.0,
+        tls_server_name: str | None = None,
         rank: int | None = None,
         world_size: int | None = None,
     ) -> None:
@@ -130,19 +135,25 @@ class KinoRemoteDataset(EpochsAndRanks, IterableDataset[Any]):
         self._windows = dict(windows) if windows is not None else None
         self._mode, self._seed, self._num_batches = mode, seed, num_batches
         self._image_key, self._image_size = image_key, image_size
-        self._client_kw: dict[str, Any] = {"token": token, "tls_ca": tls_ca, "timeout": timeout}
+        self._client_kw: dict[str, Any] = {
+            "token": token, "tls_ca": tls_ca, "timeout": timeout, "tls_server_name": tls_server_name,
+        }  # fmt: skip
         self._init_epochs(rank, world_size)
         self._counted: tuple[Any, int] | None = None  # windows the filter keeps, once asked
+        self._len_units: int | None = None  # what an epoch covers, once len() asked
 
     def __len__(self) -> int:
         """Items this rank yields per epoch over all its DataLoader workers: window batches,
-        or episodes (``batch_size`` per server batch). Without ``num_batches`` this asks
-        the server for its counts (one call, and one count of ``kql_filter``'s windows)."""
+        or episodes (``batch_size`` per server batch). Without ``num_batches`` the first call
+        asks the server for its counts (one call, and one count of ``kql_filter``'s windows)
+        from a short-lived Python subprocess, so that this process starts no gRPC that
+        forked DataLoader workers would inherit mid-shutdown; the dataset keeps the count."""
         world = self._rank_world()[1]
         total = self._num_batches
         if total is None:
-            with KinoClient(self._addr, **self._client_kw) as client:
-                total = max(1, math.ceil(self._units(client, client.server_info()) / self._batch))
+            if self._len_units is None:
+                self._len_units = count_units(self._addr, self._client_kw, self._windows)
+            total = max(1, math.ceil(self._len_units / self._batch))
         per_rank = -(-total // world)
         return per_rank if self._windows is not None else per_rank * self._batch
 
@@ -186,14 +197,12 @@ class KinoRemoteDataset(EpochsAndRanks, IterableDataset[Any]):
 
     def _units(self, client: KinoClient, info: dict[str, Any]) -> int:
         """What an epoch covers once: the episodes, or the windows (frames) the filter keeps."""
-        if self._windows is None:
-            return int(info["num_episodes"])
-        kql = self._windows.get("kql_filter")
+        kql = self._windows.get("kql_filter") if self._windows is not None else None
         if not kql:
-            return int(info["num_frames"])
+            return epoch_units(client, info, self._windows)
         key = (self._addr, kql, info["num_frames"])
         if self._counted is None or self._counted[0] != key:  # counted once per worker
-            self._counted = (key, client._matching_frames(kql))
+            self._counted = (key, epoch_units(client, info, self._windows))
         return self._counted[1]
 
     # -- conversion ---------------------------------------------------------------------------
