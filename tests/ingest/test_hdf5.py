@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -508,6 +510,47 @@ def test_a_truncated_hdf5_file_is_named_as_such(tmp_path: Path, capsys: pytest.C
     assert main(["ingest", str(src), "-o", str(out), "-q"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "a truncated HDF5 file" in err
+
+
+# Holds an HDF5 file open for writing, as a notebook still appending demos does.
+_HOLD = """
+import sys, time, h5py
+f = h5py.File(sys.argv[1], "a")
+open(sys.argv[2], "w").close()
+time.sleep(120)
+"""
+
+
+@pytest.mark.integration
+def test_a_file_another_process_writes_is_named_as_locked_not_damaged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("HDF5_USE_FILE_LOCKING", raising=False)  # HDF5's default: files are locked
+    src, ready = write_robomimic(tmp_path / "lift.hdf5", demos=3), tmp_path / "ready"
+    env = {k: v for k, v in os.environ.items() if k != "HDF5_USE_FILE_LOCKING"}
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(src), str(ready)], env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists():
+            assert holder.poll() is None and time.monotonic() < deadline, "the writer did not open the file"
+            time.sleep(0.01)
+        out = tmp_path / "out.kdb"
+        with pytest.raises(ConversionError) as caught:
+            ingest(src, out)
+        message = str(caught.value)
+        assert message.startswith(
+            f"{src}: locked by another process, which has it open for writing (still being written?); close it "
+            "there and try again, or, if nothing writes to it any more, read it without HDF5's file locking: set "
+            "HDF5_USE_FILE_LOCKING=FALSE ("
+        ), message
+        assert "damaged" not in message and "copy it again" not in message
+        assert main(["ingest", str(src), "-o", str(out), "-q"]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "locked by another process" in err
+        assert not out.exists()
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def _same_frames(a: Path, b: Path) -> None:

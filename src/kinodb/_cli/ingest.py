@@ -79,7 +79,7 @@ def source_format(text: str) -> str:
 
 
 # Digits, ranges and commas only: what --episodes takes (``0-2``, ``5``, ``0-9,29``).
-_EPISODE_SPEC = re.compile(r"\s*\d+(\s*-\s*\d+)?(\s*,\s*\d+(\s*-\s*\d+)?)*\s*")
+_EPISODE_SPEC = re.compile(r"\s*[0-9]+(\s*-\s*[0-9]+)?(\s*,\s*[0-9]+(\s*-\s*[0-9]+)?)*\s*")
 
 
 def embodiment_name(text: str) -> str:

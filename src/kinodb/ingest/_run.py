@@ -3,22 +3,28 @@
 from __future__ import annotations
 
 import collections
-import concurrent.futures as cf
 import contextlib
 import contextvars
 import dataclasses
 import math
 import multiprocessing
+import multiprocessing.connection
 import os
+import pickle
 import re
 import reprlib
 import shlex
 import signal
+import stat
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from multiprocessing import resource_tracker
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -26,6 +32,7 @@ import numpy as np
 from kinodb.errors import ConversionError, KinodbError, WriterError
 from kinodb.ingest._base import SKIP_ADVICE, SOURCE_PARTS, Source, SourceOptions, source_class
 from kinodb.kdb import _codecs
+from kinodb.kdb._layout import MAGIC
 from kinodb.kdb.writer import Writer, refuse_folder
 
 if TYPE_CHECKING:
@@ -269,7 +276,71 @@ def refuse_unused(cls: type[Source], path: str, given: Mapping[str, object]) -> 
             )
 
 
+def refuse_source_output(out: str, path: str) -> None:
+    """Refuse an output that would replace the source or a file of it.
+
+    That is the source itself, a file that a source folder holds (a LeRobot
+    ``meta/info.json``, an RLDS shard), or a link to either, hard links included: replaced,
+    the data being read would be gone. A new file in a source folder stays allowed, and so
+    does a .kdb file there (an earlier ingest's output: no source reads those).
+
+    Raises:
+        ValueError: ``out`` is the source or one of its files; names both.
+    """
+    if os.path.realpath(out) == os.path.realpath(path):
+        raise ValueError(f"the output {out} is the source itself; choose another output path")
+    try:
+        st = os.stat(out)
+        if not stat.S_ISREG(st.st_mode) or _is_kdb(out):
+            return
+        if not os.path.isdir(path):
+            same = path if os.path.isfile(path) and os.path.samestat(st, os.stat(path)) else None
+        elif _inside(out, path):
+            same = out
+        else:
+            same = _same_file_in(st, path)
+    except OSError:  # no such output (a new file): nothing to replace
+        return
+    if same is not None:
+        if same == out:
+            what, suggestion = f"a file of the source {path}", os.path.normpath(path) + ".kdb"
+        else:
+            of = "" if same == path else f"{same} of "
+            what = f"{of}the source {path} under another name (a link)"
+            suggestion = (os.path.splitext(path)[0] if same == path else os.path.normpath(path)) + ".kdb"
+        force = "overwrite=True" if _OPTION_NAMES.get() is None else option_name("overwrite")
+        raise ValueError(
+            f"the output {out} is {what}: {force} would replace it and break the source; write the output "
+            f"elsewhere, e.g. {suggestion}"
+        )
+
+
+def _is_kdb(path: str) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(len(MAGIC)) == MAGIC
+
+
+def _inside(path: str, folder: str) -> bool:
+    real, top = os.path.realpath(path), os.path.realpath(folder)
+    return os.path.commonpath([real, top]) == top
+
+
+def _same_file_in(st: os.stat_result, folder: str) -> str | None:
+    """A file under ``folder`` (links followed) that is the file of ``st``, or None."""
+    for root, _, files in os.walk(folder):
+        for name in files:
+            candidate = os.path.join(root, name)
+            with contextlib.suppress(OSError):
+                if os.path.samestat(st, os.stat(candidate)):
+                    return candidate
+    return None
+
+
 # -- episode selection ----------------------------------------------------------------------
+
+# One item of a selection: an index or an ascending range, in ASCII digits (``int`` would
+# also take ``1_0``, ``+3`` and the digits of other scripts).
+_EPISODE_ITEM = re.compile(r"([0-9]+)(?:[ \t]*-[ \t]*([0-9]+))?")
 
 
 def parse_episodes(spec: str) -> list[int]:
@@ -282,16 +353,17 @@ def parse_episodes(spec: str) -> list[int]:
     out: list[int] = []
     for part in spec.split(","):
         part = part.strip()
-        lo, dash, hi = part.partition("-")
-        try:
-            first = int(lo) if dash else int(part)
-            last = int(hi) if dash else first
-        except ValueError:
-            negative = " (indices count from 0)" if part.startswith("-") else ""
+        match = _EPISODE_ITEM.fullmatch(part)
+        if match is None:
+            negative = (
+                " (indices count from 0)" if part.startswith("-") or "--" in part.replace(" ", "") else ""
+            )
             raise ValueError(
                 f"bad episode selection {option_value('episodes', spec)}: {part!r} is not an index or a "
                 f"range{negative}; use indices and ranges like 0-9,29"
-            ) from None
+            )
+        first = int(match.group(1))
+        last = first if match.group(2) is None else int(match.group(2))
         if first > last:
             raise ValueError(
                 f"bad episode selection {option_value('episodes', spec)}: the range {part!r} is reversed; "
@@ -300,6 +372,41 @@ def parse_episodes(spec: str) -> list[int]:
         out.extend(range(first, last + 1))
     _check_selection(out, spec)
     return out
+
+
+def episode_indices(episodes: str | int | Iterable[int]) -> list[int]:
+    """The indices that ``episodes`` selects: a spec (``"0-9,29"``), one index, or indices.
+
+    An iterator is read here, once.
+
+    Raises:
+        TypeError: ``episodes`` is none of those, or holds something that is no index.
+        ValueError: the selection is wrong whatever the source holds (`parse_episodes`).
+    """
+    if isinstance(episodes, str):
+        return parse_episodes(episodes)
+    if _is_index(episodes):
+        wanted = [int(episodes)]  # type: ignore[arg-type]
+    elif isinstance(episodes, (bytes, bytearray, Mapping)) or not isinstance(episodes, Iterable):
+        raise TypeError(
+            f"{option_name('episodes')} must be a str of indices and ranges ('0-9,29'), an index (int) or a "
+            f"sequence of indices, got {type(episodes).__name__}"
+        )
+    else:
+        wanted = list(episodes)
+        odd = [i for i in wanted if not _is_index(i)]
+        if odd:
+            raise TypeError(
+                f"{option_name('episodes')} must hold episode indices (int), got {type(odd[0]).__name__} "
+                f"{odd[0]!r}"
+            )
+        wanted = [int(i) for i in wanted]
+    _check_selection(wanted, episodes if _is_index(episodes) else wanted)
+    return wanted
+
+
+def _is_index(value: object) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 def _check_selection(wanted: Sequence[int], spec: object) -> None:
@@ -326,7 +433,7 @@ def ingest(
     embodiment: str | None = None,
     task: str | None = None,
     fps: float | None = None,
-    episodes: str | Sequence[int] | None = None,
+    episodes: str | int | Iterable[int] | None = None,
     max_episodes: int | None = None,
     image_codec: str = "jpeg",
     jpeg_quality: int = 95,
@@ -347,7 +454,8 @@ def ingest(
     Arrays keep their source dtype bit for bit unless ``dtype`` (e.g. ``"float32"``)
     asks for a cast of floating arrays; encoded JPEG/PNG frames pass through byte for
     byte; raw frames are encoded with ``image_codec``. Each episode records its source
-    file and key in the extra fields ``source_file`` and ``source_episode``.
+    file and key in the extra fields ``source_file`` and ``source_episode``. ``episodes``
+    selects by position in the source: a spec (``"0-9,29"``), one index, or indices.
     ``state_keys`` chooses and orders the source keys that make the states (a sequence,
     or one str of comma-separated keys, ``"robot0_eef_pos,robot0_gripper_qpos"``);
     ``action_key`` names the actions' source feature where a LeRobot dataset calls them
@@ -371,8 +479,11 @@ def ingest(
         ConversionError: with ``on_error="raise"``, the first bad episode (no output is
             left behind); with ``on_error="skip"``, every episode failing (the message
             gives the reasons, grouped); always, a source that cannot be read at all; with
-            ``verify``, a mismatch (the output file stays).
+            ``verify``, a mismatch (the output file stays); a worker process that died.
         WriterError: ``out`` is a folder, or names one (``out/``): before the source is read.
+        ValueError: ``out`` is the source or a file of it (`refuse_source_output`), or an
+            option is out of range; ``TypeError``: ``episodes`` is no selection
+            (`episode_indices`).
     """
     if on_error not in ("raise", "skip"):
         raise ValueError(f"{option_name('on_error')} must be 'raise' or 'skip', got {on_error!r}")
@@ -384,14 +495,13 @@ def ingest(
     integer = isinstance(max_episodes, (int, np.integer)) and not isinstance(max_episodes, bool)
     if max_episodes is not None and not (integer and max_episodes >= 1):
         raise ValueError(f"{option_name('max_episodes')} must be a positive integer, got {max_episodes!r}")
-    if isinstance(episodes, str):  # what is wrong with the selection itself: before reading the source
+    if episodes is not None and not isinstance(episodes, str):  # read once (it may be an iterator)
+        episodes = episode_indices(episodes)
+    elif episodes is not None:  # what is wrong with the selection itself: before reading the source
         parse_episodes(episodes)
-    elif episodes is not None:
-        _check_selection(list(episodes), list(episodes))
     path = os.fspath(src)
     refuse_folder(out)  # now, not after reading the source
-    if os.path.realpath(os.fspath(out)) == os.path.realpath(path):
-        raise ValueError(f"the output {os.fspath(out)} is the source itself; choose another output path")
+    refuse_source_output(os.fspath(out), path)
     cls = source_class(format, path)
     refuse_unused(cls, path, {"action_key": action_key, "split": split, "state_keys": keys_given,
                               "flip_images": flip_images})  # fmt: skip
@@ -493,11 +603,7 @@ def _select(
     keys: list[str], episodes: str | Sequence[int] | None, max_episodes: int | None, path: str
 ) -> list[str]:
     if episodes is not None:
-        if isinstance(episodes, str):
-            wanted = parse_episodes(episodes)
-        else:
-            wanted = list(episodes)
-            _check_selection(wanted, wanted)
+        wanted = episode_indices(episodes)
         beyond = [i for i in wanted if i >= len(keys)]
         if beyond:
             raise ConversionError(_beyond_message(path, len(keys), episodes, beyond))
@@ -529,7 +635,7 @@ _worker_job: _Job | None = None
 
 def _init_worker(job: _Job, quiet: bool = False) -> None:
     global _worker_source, _worker_job
-    if quiet:  # a worker process: Ctrl-C and SIGTERM are the parent's to handle (it stops the pool)
+    if quiet:  # a worker process: Ctrl-C, SIGTERM and SIGHUP are the parent's to handle (it stops the pool)
         for sig in _HELD:
             signal.signal(sig, signal.SIG_IGN)
         if hasattr(signal, "pthread_sigmask"):
@@ -609,7 +715,12 @@ def _encode(frames: np.ndarray, job: _Job, where: str) -> list[bytes]:
 def _convert_all(
     job: _Job, keys: list[str], workers: int
 ) -> Generator[tuple[str, dict[str, Any] | None, str | None], None, None]:
-    """Converted episodes in key order; at most a few episodes in flight."""
+    """Converted episodes in key order; at most a few episodes in flight.
+
+    Raises:
+        ConversionError: a worker process died (killed, out of memory, a crash in compiled
+            code); the message names it, how it died, and the episode it was converting.
+    """
     if workers == 1:
         _init_worker(job)
         try:
@@ -619,45 +730,257 @@ def _convert_all(
             if _worker_source is not None:
                 _worker_source.close()
         return
-    ctx = multiprocessing.get_context("spawn")  # sources hold file handles that must not be forked
-    pool = cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(job, True))
+    pool = _Pool(job, min(workers, len(keys)))
+    finished = False
+    try:  # an error, Ctrl-C, or the consumer closing early: the workers are stopped now
+        yield from pool.converted(keys)
+        finished = True
+    finally:
+        pool.stop(finished=finished)
+
+
+# -- worker processes ------------------------------------------------------------------------
+
+_HELD = {signal.SIGINT, signal.SIGTERM} | ({signal.SIGHUP} if hasattr(signal, "SIGHUP") else set())
+"""The signals that stop an ingest: the parent's to handle, ignored by its workers."""
+STOP_S = 5.0
+"""How long workers get to close their sources and exit once the ingest is done, before they are killed."""
+GRACE_S = 0.5
+"""How long idle workers get to exit after an error or an interruption; busy ones are killed then."""
+_CRASHES = dict.fromkeys(("SIGSEGV", "SIGBUS", "SIGILL", "SIGFPE", "SIGABRT"), ": a crash in compiled code")
+
+
+@dataclass
+class _Worker:
+    """A worker process, the parent's end of its pipe, and the keys sent to it, oldest first."""
+
+    process: BaseProcess
+    conn: Connection
+    keys: collections.deque[str] = field(default_factory=collections.deque)
+
+
+class _Pool:
+    """Worker processes that convert episodes, each with a pipe of its own.
+
+    No lock or queue is shared between workers, so a worker that dies (killed, out of
+    memory, a crash in a decoder) leaves no other stuck: its pipe ends, and the parent,
+    which knows what each worker converts, says which episode it died on. Workers ignore
+    Ctrl-C, SIGTERM and SIGHUP (the parent handles them for the whole ingest); `stop`
+    ends each one for sure, with SIGKILL where it has to, and reaps it.
+    """
+
+    def __init__(self, job: _Job, n: int) -> None:
+        ctx = multiprocessing.get_context("spawn")  # sources hold file handles that must not be forked
+        self.job = job
+        self.workers: list[_Worker] = []
+        try:
+            # Signals held: one raised mid-spawn would cut a worker's start-up data short.
+            with _signals_held() as holding:
+                if sys.platform != "win32":
+                    # Started now, it keeps SIGHUP held: SIGHUP to the process group (an ssh
+                    # session dropped) would kill it, and it would complain.
+                    resource_tracker.ensure_running()
+                    if holding:  # it lets SIGINT and SIGTERM go once started: the workers must not
+                        signal.pthread_sigmask(signal.SIG_BLOCK, _HELD)
+                for i in range(n):
+                    ours, theirs = ctx.Pipe()
+                    process = ctx.Process(
+                        target=_work, args=(theirs, job), name=f"kinodb-ingest-{i}", daemon=True
+                    )
+                    try:
+                        process.start()
+                    finally:
+                        theirs.close()  # the worker's end lives in the worker only: its death ends the pipe
+                    self.workers.append(_Worker(process, ours))
+        except BaseException:
+            self.stop(finished=False)
+            raise
+
+    def converted(self, keys: list[str]) -> Iterator[tuple[str, dict[str, Any] | None, str | None]]:
+        """`_convert_one`'s answers in key order, with at most two episodes per worker in flight."""
+        todo = iter(keys)
+        order: collections.deque[str] = collections.deque()  # sent, not yet yielded
+        done: dict[str, tuple[str, dict[str, Any] | None, str | None]] = {}
+        self._feed(todo, order)
+        while order:
+            while order[0] not in done:
+                self._receive(done)
+            yield done.pop(order.popleft())
+            self._feed(todo, order)
+
+    def _feed(self, todo: Iterator[str], order: collections.deque[str]) -> None:
+        while len(order) < 2 * len(self.workers):
+            worker = min(self.workers, key=lambda w: len(w.keys))
+            key = next(todo, None)
+            if key is None:
+                return
+            try:
+                worker.conn.send(key)
+            except OSError:  # its pipe has ended
+                raise self._died(worker, key) from None
+            worker.keys.append(key)
+            order.append(key)
+
+    def _receive(self, done: dict[str, tuple[str, dict[str, Any] | None, str | None]]) -> None:
+        """Wait for a busy worker's next answer and put it in ``done``; raise what the worker raised."""
+        busy = [w for w in self.workers if w.keys]
+        ready = multiprocessing.connection.wait([w.conn for w in busy] + [w.process.sentinel for w in busy])
+        for worker in busy:
+            if worker.conn in ready:
+                try:
+                    answer = worker.conn.recv()
+                except (EOFError, OSError):  # ended, or cut short: the worker died
+                    raise self._died(worker) from None
+                key = worker.keys.popleft()
+                if isinstance(answer, _Raised):
+                    answer.reraise(
+                        f"{self.job.path}: episode {key}: ingest worker (pid {worker.process.pid})"
+                    )
+                done[key] = answer
+                return
+        for worker in busy:  # dead, its pipe still open (a process it started holds it)
+            if worker.process.sentinel in ready:
+                raise self._died(worker)
+
+    def _died(self, worker: _Worker, key: str | None = None) -> ConversionError:
+        worker.process.join(STOP_S)  # its pipe has ended: it is gone, or about to be
+        return ConversionError(_death(worker.process, worker.keys[0] if worker.keys else key, self.job.path))
+
+    def stop(self, *, finished: bool) -> None:
+        """End every worker: finished ones are asked to exit; any left after a moment are killed; all are reaped."""
+        for worker in self.workers:
+            if finished:
+                with contextlib.suppress(OSError):
+                    worker.conn.send(None)
+            worker.conn.close()  # an idle worker sees the end of its pipe and exits
+        try:
+            deadline = time.monotonic() + (STOP_S if finished else GRACE_S)
+            alive = [w.process.sentinel for w in self.workers]
+            while alive and deadline > time.monotonic():
+                for sentinel in multiprocessing.connection.wait(alive, deadline - time.monotonic()):
+                    alive.remove(sentinel)  # type: ignore[arg-type]
+        finally:  # also after a second Ctrl-C: no worker outlives the ingest
+            for worker in self.workers:
+                if worker.process.exitcode is None:
+                    worker.process.kill()  # it ignores SIGTERM
+            for worker in self.workers:
+                worker.process.join()
+                worker.process.close()
+
+
+def _death(process: BaseProcess, key: str | None, path: str) -> str:
+    """The error when a worker died: which, how, and the episode it was converting."""
+    code = process.exitcode
+    if code is None:
+        how = "it closed its pipe"
+    elif code < 0:
+        name = signal.Signals(-code).name if -code in signal.valid_signals() else "an unknown signal"
+        why = ": out of memory?" if name == "SIGKILL" else _CRASHES.get(name, "")
+        how = f"signal {-code}, {name}{why}"
+    else:
+        how = f"exit code {code}"
+    what = f"while converting episode {key}" if key is not None else "between episodes"
+    memory = (
+        f"; if memory ran out, rerun with fewer {option_name('workers')}" if code == -signal.SIGKILL else ""
+    )
+    return f"ingest worker (pid {process.pid}) died ({how}) {what} of {path}; nothing was written{memory}"
+
+
+@dataclass(frozen=True, slots=True)
+class _Raised:
+    """An exception that a worker raised, sent back: itself where it pickles, its text, its traceback."""
+
+    error: BaseException | None
+    text: str
+    trace: str
+
+    @classmethod
+    def of(cls, exc: BaseException) -> _Raised:
+        try:
+            kept: BaseException | None = pickle.loads(pickle.dumps(exc))
+        except Exception:  # a plug-in's exception holding a lock, say
+            kept = None
+        return cls(kept, f"{type(exc).__name__}: {exc}", "".join(traceback.format_exception(exc)))
+
+    def reraise(self, where: str) -> None:
+        """Raise the exception in the parent, the worker's traceback as its cause.
+
+        Raises:
+            ConversionError: for what is no `Exception` (``sys.exit`` in a plug-in source).
+        """
+        exc = self.error
+        if not isinstance(exc, Exception):
+            raise ConversionError(f"{where} raised {self.text}") from _WorkerTraceback(self.trace)
+        raise exc from _WorkerTraceback(self.trace)
+
+
+class _WorkerTraceback(Exception):
+    """A worker's traceback, shown as the cause of the exception raised again in the parent."""
+
+    def __str__(self) -> str:
+        return f"\n'''\n{self.args[0]}'''"
+
+
+def _work(conn: Connection, job: _Job) -> None:
+    """A worker process: answer each key that ``conn`` brings, until None or the pipe's end.
+
+    An answer is `_convert_one`'s, or a `_Raised`; one that the source's opening raised
+    answers the first key.
+    """
     try:
-        pending: collections.deque[cf.Future[tuple[str, dict[str, Any] | None, str | None]]] = (
-            collections.deque()
-        )
-        it = iter(keys)
-        for key in it:
-            pending.append(_submit(pool, key))
-            if len(pending) >= 2 * workers:
-                break
-        while pending:
-            yield pending.popleft().result()
-            nxt = next(it, None)
-            if nxt is not None:
-                pending.append(_submit(pool, nxt))
-    except BaseException:  # an error, Ctrl-C, or the consumer closing early: drop what has not started
-        pool.shutdown(wait=True, cancel_futures=True)
-        raise
-    pool.shutdown(wait=True)
+        _init_worker(job, quiet=True)
+    except BaseException as exc:
+        _answer(conn, _Raised.of(exc))
+        return
+    try:
+        while True:
+            try:
+                key = conn.recv()
+            except (EOFError, OSError):  # the parent is gone
+                return
+            if key is None:
+                return
+            try:
+                answer: object = _convert_one(key)
+            except BaseException as exc:
+                answer = _Raised.of(exc)
+            if not _answer(conn, answer):
+                return
+    finally:
+        if _worker_source is not None:
+            _worker_source.close()
 
 
-def _submit(
-    pool: cf.ProcessPoolExecutor, key: str
-) -> cf.Future[tuple[str, dict[str, Any] | None, str | None]]:
-    """``pool.submit(_convert_one, key)`` with SIGINT and SIGTERM held while a worker may be
-    spawned.
+def _answer(conn: Connection, answer: object) -> bool:
+    """Send ``answer`` (or why it could not be sent); False when the parent is gone."""
+    try:
+        conn.send(answer)
+    except OSError:
+        return False
+    except Exception as exc:  # it does not pickle (a plug-in's odd value)
+        try:
+            conn.send(_Raised.of(exc))
+        except OSError:
+            return False
+    return True
 
-    A spawned worker inherits the held signals, so a Ctrl-C (or a SIGTERM sent to the
-    process group) that reaches it while it still imports stays pending until its
-    initializer ignores it: no worker prints a traceback, and the parent alone sees the
-    signal, delivered when it lets go here. A signal raised mid-spawn would cut the new
-    worker's start-up data short.
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[bool]:
+    """Within the block, hold SIGINT, SIGTERM and SIGHUP (as: whether they are held): worker
+    processes are spawned there.
+
+    A spawned worker inherits the held signals, so a Ctrl-C (or a SIGTERM or SIGHUP sent
+    to the process group) that reaches it while it still imports stays pending until it
+    ignores them: no worker prints a traceback, and the parent alone sees the signal,
+    delivered when the block ends.
     """
     if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
-        return pool.submit(_convert_one, key)
+        yield False
+        return
     # The mask holds the signals in this thread only: another thread (a BLAS pool) may still
     # take one, and Python would raise it here, mid-spawn. Handlers that note them cover that
-    # (where Python handles the signal: a SIGTERM left to its default action stays held).
+    # (where Python handles the signal: a signal left to its default action stays held).
     noted: list[tuple[int, Any]] = []
     previous = {
         sig: signal.signal(sig, lambda signum, frame: noted.append((signum, frame)))
@@ -666,7 +989,7 @@ def _submit(
     }
     held = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD)
     try:
-        return pool.submit(_convert_one, key)
+        yield True
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, held)  # a held signal is noted now
         for sig, handler in previous.items():
@@ -675,9 +998,6 @@ def _submit(
             handler = previous[signal.Signals(signum)]
             if callable(handler):
                 handler(signum, frame)
-
-
-_HELD = {signal.SIGINT, signal.SIGTERM}
 
 
 QUIET_REFRESH_S = 30.0

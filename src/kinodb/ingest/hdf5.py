@@ -76,6 +76,7 @@ dataset goes, and `kinodb.ingest._hdf5_facts` reads the ``data`` group's attribu
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -631,7 +632,14 @@ class HDF5Source:
 
 
 def _unreadable(path: str, exc: OSError) -> str:
-    """Why h5py cannot open ``path``: a damaged HDF5 file (its signature is there), or what it is."""
+    """Why h5py cannot open ``path``: locked by a writer, a damaged HDF5 file (its signature is
+    there), or what it is."""
+    if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK) or "unable to lock file" in str(exc):
+        return (
+            f"{path}: locked by another process, which has it open for writing (still being written?); "
+            "close it there and try again, or, if nothing writes to it any more, read it without HDF5's "
+            f"file locking: set HDF5_USE_FILE_LOCKING=FALSE ({exc})"
+        )
     if not HDF5Source.detect(path):
         return f"{path}: not a readable HDF5 file ({exc}){not_this_format(path, 'hdf5')}"
     what = "truncated" if "truncated file" in str(exc) else "damaged"
