@@ -64,7 +64,15 @@ class ServerProcess:
         """Send ``sig`` (None: none), wait for the exit; return the exit code (stdout lines in ``stdout``)."""
         if sig is not None and self.proc.poll() is None:
             self.proc.send_signal(sig)
-        rc = self.proc.wait(timeout=timeout)
+        try:
+            rc = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            # kino-serve enables faulthandler: SIGABRT prints every thread's stack on stderr.
+            self.proc.send_signal(signal.SIGABRT)
+            _, err = self.proc.communicate(timeout=30)
+            raise AssertionError(
+                f"kino-serve did not exit within {timeout} s of {sig!r}; stdout {self.stdout}, stderr:\n{err}"
+            ) from None
         while True:
             line = self.lines.get(timeout=timeout)
             if line is None:

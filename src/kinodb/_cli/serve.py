@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NoReturn
 
@@ -20,6 +21,7 @@ from kinodb.mixture import DEFAULT_SEED
 DEFAULT_PORT = 50051  # kinodb.serve.server.DEFAULT_PORT; not imported so `kino --help` needs no grpc
 TOKEN_ENV = "KINODB_TOKEN"
 _exits_after = False  # set by `entry`: the process ends when the command returns
+_threads_left = False  # a stop left gRPC handler threads running: the exit must not wait for them
 
 
 def register(sub: Any) -> None:
@@ -168,16 +170,22 @@ def _serve(args: argparse.Namespace, source: Any) -> int:
     except BaseException:
         server.stop(0)
         raise
-    stop, hurry = threading.Event(), threading.Event()
+    # A handler runs in the main thread between two bytecodes, possibly while that thread
+    # holds a lock, so it takes none: it appends to a list (the first signal stops, a second
+    # stops at once) and sets `hurry`, which is only ever polled, never waited on.
+    signals: list[int] = []
+    hurry = threading.Event()
 
-    def on_signal(*_: Any) -> None:
-        (hurry if stop.is_set() else stop).set()  # a second signal: stop at once
+    def on_signal(signum: int, frame: Any) -> None:
+        signals.append(signum)
+        if len(signals) > 1:
+            hurry.set()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         _say(f"kino-serve: {server.describe()}")
-        while not stop.wait(0.5):  # a timed wait lets the signal handlers run
-            pass
+        while not signals:
+            time.sleep(0.2)  # a signal runs its handler at once, during the sleep
         _say(
             f"kino-serve: stopping; letting calls in flight finish (up to {args.grace:g} s; "
             "Ctrl-C again stops at once)"
@@ -189,6 +197,9 @@ def _serve(args: argparse.Namespace, source: Any) -> int:
             # default disposition would end it with the signal's status while it exits.
             signal.signal(sig, signal.SIG_IGN if _exits_after else handler)
     _say("kino-serve: stopped" + (", calls in flight cancelled" if hurry.is_set() else ""))
+    if server.stop_incomplete:
+        global _threads_left
+        _threads_left = True
     return EXIT_OK
 
 
@@ -254,6 +265,13 @@ def run_as_program(command: Callable[[], int]) -> NoReturn:
     code = command()
     for sig in (signal.SIGTERM, signal.SIGINT):  # the command's error handling restored Ctrl-C's
         signal.signal(sig, signal.SIG_IGN)
+    if _threads_left:
+        # The interpreter's exit joins the server's worker threads, and one that gRPC never
+        # released would hold the process forever: end it without that join.
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError):
+                stream.flush()
+        os._exit(code)
     sys.exit(code)
 
 
