@@ -2,15 +2,33 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import settings
 
 import kinodb
 from _factories import smooth_frames
+
+# The user's environment must not change what the tests see: a token would put every test
+# server behind authentication, a telemetry path would make every Runner log. Cleared at
+# import, before any fixture starts a server or a process that inherits the environment.
+for _name in (
+    "KINODB_TOKEN",
+    "KINFER_LOG_PATH",
+    "KINFER_LOG_UUID",
+    "GRPC_VERBOSITY",
+    "HDF5_USE_FILE_LOCKING",
+):
+    os.environ.pop(_name, None)
+
+# A loaded machine can pause any test for longer than Hypothesis's default 200 ms deadline.
+settings.register_profile("kinodb", deadline=None)
+settings.load_profile("kinodb")
 
 Episode = dict[str, Any]
 EpisodeFactory = Callable[..., Episode]
