@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -78,3 +79,35 @@ def test_commands_is_the_registered_modules_in_order() -> None:
     assert names[:4] == ["create_test", "info", "schema", "validate"] and "infer" in names
     choices = cli.build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
     assert list(choices)[:4] == ["create-test", "info", "schema", "validate"]
+
+
+_KINO_SERVE = """
+import sys
+from kinodb._cli.main import serve_entry
+print("ready", flush=True)
+sys.argv[0] = "kino-serve"
+serve_entry()
+"""
+
+
+@pytest.mark.integration
+def test_ctrl_c_while_kino_serve_starts_exits_130_with_one_line(make_kdb: Any, tmp_path: Path) -> None:
+    path, _ = make_kdb(2)
+    during_startup = 0
+    for delay in (0.0, 0.01, 0.03, 0.06, 0.1, 0.2, 0.4):
+        proc = subprocess.Popen([sys.executable, "-c", _KINO_SERVE, str(path), "--port", "0"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                                env=_env())  # fmt: skip
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "ready\n"
+        time.sleep(delay)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+        assert "Traceback" not in err, (delay, err)
+        if proc.returncode == 130:  # before the server ran
+            assert err == "kino-serve: interrupted\n", (delay, err)
+            during_startup += 1
+        else:  # the server had started: Ctrl-C is its ordinary stop
+            assert proc.returncode == 0, (delay, proc.returncode, err)
+            assert out.splitlines()[-1] == "kino-serve: stopped", (delay, out)
+    assert during_startup >= 1  # the earliest signals landed while kinodb imported

@@ -129,13 +129,23 @@ def entry() -> None:
         _interrupted(exc)
 
 
-def _interrupted(exc: KeyboardInterrupt) -> None:
-    """Say that ``kino`` was interrupted before its command ran, and exit 130."""
+def serve_entry() -> None:
+    """Console-script entry point of ``kino-serve``, with `entry`'s handling of an early Ctrl-C."""
+    try:
+        from kinodb._cli import serve
+
+        serve.run_as_program(serve.main)
+    except KeyboardInterrupt as exc:
+        _interrupted(exc, "kino-serve")
+
+
+def _interrupted(exc: KeyboardInterrupt, program: str = "kino") -> None:
+    """Say that ``program`` was interrupted before its command ran, and exit 130."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C does not cut the message
     with contextlib.suppress(OSError):  # stderr may be gone
         if "--debug" in sys.argv[1:]:
             traceback.print_exception(type(exc), exc, exc.__traceback__)
-        print("kino: interrupted", file=sys.stderr)
+        print(f"{program}: interrupted", file=sys.stderr)
     signum = getattr(exc, "signum", None)  # SIGTERM or SIGHUP, raised as Ctrl-C is
     sys.exit(128 + signum if isinstance(signum, int) else _EXIT_INTERRUPTED)
 
