@@ -5,13 +5,15 @@ episode read) which kept episodes hold an array or a camera, and with what layou
 `_EpisodeChecks`, the base of a window source, turns that into checks made when windows are
 made (every kept episode holds the windowed arrays and cameras, with one layout) and into
 messages that count and name the odd episodes and give the filter that leaves them out (by
-embodiment, by episode_id ranges, or how to write one).
+embodiment, by episode_id ranges, or how to write one). `camera_mapping_hint` and
+`off_grid_fix` give the fixes that concern the sources of several: a camera of each, a
+filter of one's own.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -331,3 +333,71 @@ def _layout_text(key: NDArray[np.int64]) -> str:
     code, rank = int(key[0]), int(key[1])
     dtype = str(np.dtype(DTYPES[code])) if code < len(DTYPES) else f"dtype code {code}"
     return f"{dtype} {tuple(int(d) for d in key[2 : 1 + rank])}"
+
+
+class _WindowSource(Protocol):
+    """What the messages below read of a window source (`kinodb._window_sources._Source`)."""
+
+    index: int
+    context: str
+    own_filter: str | None
+    kept: NDArray[np.int64]
+    fps: NDArray[np.float64]
+    db: Database
+
+    def camera_names(self) -> list[str]: ...
+
+
+def camera_mapping_hint(
+    sources: Sequence[_WindowSource],
+    given: int,
+    camera: str,
+    *,
+    output: str | None = None,
+    default: bool = False,
+) -> str:
+    """What to pass for windows of several sources whose cameras are named apart, with a
+    mapping filled in from the sources: each source's ``camera`` where it has one, else
+    its first camera (``output`` names the mapping's key, ``camera`` by default; ``default``
+    says that no camera was asked for). ``given`` counts the sources given, ``sources``
+    those the filters left episodes in."""
+    names = [camera] * given
+    for source in sources:
+        have = source.camera_names()
+        names[source.index] = camera if camera in have or not have else have[0]
+    example = {output or camera: names}
+    return (
+        "Windows of several sources need a camera from each"
+        + (" (by default, the first source's first camera)" if default else "")
+        + ": pass image_key with cameras every source has, a mapping {output name: [camera of each source, "
+        f"in order]}} such as image_key={example!r}, or image_key=False for windows without images"
+    )
+
+
+def off_grid_fix(
+    source: _WindowSource, sources: Sequence[_WindowSource], fps: float, count: int, kql_filter: str | None
+) -> str:
+    """How to leave out ``source``'s ``count`` episodes at ``fps`` (off the grid of some
+    ``delta_timestamps`` offset), ending in ``", "``.
+
+    For a file or a list, ``kql_filter`` (no episode at ``fps`` fits the grid in any of
+    ``sources``; empty when it would leave none). For a mixture, that source's own filter,
+    since ``kql_filter`` would silently take every source's share of such episodes away;
+    or leaving the source out, when all its episodes run at ``fps``.
+    """
+    query = f"fps != {render_value(float(fps))}"  # exact: 29.97002997002997
+    if source.context != "mixture":
+        if all((s.fps == fps).all() for s in sources):
+            return ""
+        given = f"({kql_filter}) AND {query}" if kql_filter else query
+        return f'leave those episodes out with kql_filter="{given}", '
+    if count == len(source.kept):
+        return (
+            f"leave this source out of the mixture (all {count} of its selected episodes run at {fps:g} "
+            "fps), "
+        )
+    own = f"({source.own_filter}) AND {query}" if source.own_filter else query
+    return (
+        "leave those episodes out with this source's own filter, Mixture(..., "
+        f"filters={{{source.db.path()!r}: {own!r}}}) (kql_filter applies to every source), "
+    )

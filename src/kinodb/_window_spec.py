@@ -10,7 +10,7 @@ source's own camera one output name (`_camera_map`). `kinodb.windows` re-exports
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -77,9 +77,15 @@ def _build_spec(
     delta: Mapping[str, Sequence[float]] | None,
     chosen: list[str] | None,
     all_cams: list[str],
+    *,
+    where: str = "the data",
+    hint: Callable[[str], str] | None = None,
 ) -> WindowSpec:
     """Offsets per feature: ``delta`` (seconds) for the features it names; the horizons (in
-    frames) for ``state``, ``action`` and the ``chosen`` cameras it does not name."""
+    frames) for ``state``, ``action`` and the ``chosen`` cameras it does not name.
+
+    ``all_cams`` are the cameras of ``where`` (the first source); with other sources, whose
+    cameras may be named apart, ``hint(camera)`` says how to name one camera of each."""
     history = tuple(float(k) for k in range(-obs + 1, 1))
     future = tuple(float(k) for k in range(act))
     if delta is None:
@@ -98,7 +104,7 @@ def _build_spec(
         if not isinstance(feature, str):
             raise TypeError(f"delta_timestamps keys must be feature names (str), got {feature!r}")
         offsets = _seconds_of(feature, values)
-        cam = _camera_of(feature, all_cams)
+        cam = _camera_of(feature, all_cams, where=where, hint=hint)
         if cam is not None:
             images[cam] = offsets
         elif feature in _ALIASES:
@@ -118,12 +124,16 @@ def _build_spec(
     return WindowSpec(arrays, images, True, frozenset(frame_arrays), frozenset(frame_images))
 
 
-def delta_cameras(delta: Any, cams: list[str]) -> list[str]:
+def delta_cameras(
+    delta: Any, cams: list[str], *, where: str = "the data", hint: Callable[[str], str] | None = None
+) -> list[str]:
     """The cameras among ``cams`` that ``delta_timestamps`` names, in its order (a malformed
     ``delta`` names none here: `_build_spec` says what is wrong with it)."""
     if not isinstance(delta, Mapping):
         return []
-    named = [_camera_of(feature, cams) for feature in delta if isinstance(feature, str)]
+    named = [
+        _camera_of(feature, cams, where=where, hint=hint) for feature in delta if isinstance(feature, str)
+    ]
     return list(dict.fromkeys(cam for cam in named if cam is not None))
 
 
@@ -144,14 +154,20 @@ def _seconds_of(feature: str, values: Any) -> tuple[float, ...]:
     return offsets
 
 
-def _camera_of(feature: str, cams: list[str]) -> str | None:
+def _camera_of(
+    feature: str, cams: list[str], *, where: str = "the data", hint: Callable[[str], str] | None = None
+) -> str | None:
     if feature in ("image", "observation.image"):
         if not cams:
-            raise KinodbError(f"delta_timestamps names {feature!r} but the data has no cameras")
+            raise KinodbError(f"delta_timestamps names {feature!r} but {where} has no cameras")
         return cams[0]
     for prefix in ("observation.images.", "images.", ""):
         if feature.startswith(prefix) and feature[len(prefix) :] in cams:
             return feature[len(prefix) :]
     if feature.startswith("observation.images."):
-        raise KinodbError(f"delta_timestamps names camera {feature!r}; the data has cameras {cams}")
+        more = ""
+        if hint is not None:
+            cam = feature.removeprefix("observation.images.")
+            more = f". {hint(cam)}; delta_timestamps then names the output name ({feature!r} for {cam!r})"
+        raise KinodbError(f"delta_timestamps names camera {feature!r}; {where} has cameras {cams}{more}")
     return None

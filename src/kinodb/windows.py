@@ -28,6 +28,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from kinodb import _images
+from kinodb._window_checks import camera_mapping_hint as camera_mapping_hint
+from kinodb._window_checks import off_grid_fix
 from kinodb._window_sources import LOOKUP_FRAMES as LOOKUP_FRAMES
 from kinodb._window_sources import _frame_data as _frame_data
 from kinodb._window_sources import _num_given as _num_given
@@ -39,7 +41,6 @@ from kinodb._window_spec import Pad, WindowSpec, _build_spec, _camera_map
 from kinodb.errors import EpisodeNotFoundError, KinodbError
 from kinodb.kdb._layout import KIND_ARRAY
 from kinodb.kdb.reader import Database
-from kinodb.kql.ast import render_value
 from kinodb.mixture import Mixture
 
 if TYPE_CHECKING:
@@ -114,37 +115,42 @@ class FrameWindows:
         if isinstance(cameras, Mapping):  # output name -> each source's own camera
             given = _camera_map(cameras, _num_given(source))
             stored = [given[src.index] for src in self._sources]
+            where = "the image_key mapping (by its output names)"
             self.spec = _build_spec(int(obs_horizon), int(action_horizon), delta_timestamps, list(cameras),
-                                    list(cameras))  # fmt: skip
+                                    list(cameras), where=where)  # fmt: skip
         else:
             chosen = (
                 [cameras] if isinstance(cameras, str) else (list(cameras) if cameras is not None else None)
             )
+            several = _num_given(source) > 1
             if chosen is not None:
                 for cam in chosen:
                     if cam not in all_cams:
+                        more = f". {self._mapping_hint(cam)}" if several else ""
                         raise KinodbError(
-                            f"{first.where}: no camera {cam!r}; it has {all_cams or 'no cameras'}"
+                            f"{first.where}: no camera {cam!r}; it has {all_cams or 'no cameras'}{more}"
                         )
-            self.spec = _build_spec(int(obs_horizon), int(action_horizon), delta_timestamps, chosen, all_cams)
+            hint = self._mapping_hint if several else None
+            self.spec = _build_spec(int(obs_horizon), int(action_horizon), delta_timestamps, chosen, all_cams,
+                                    where=first.where, hint=hint)  # fmt: skip
             stored = [{cam: cam for cam in self.spec.images} for _ in self._sources]
         self._stored = stored  # per source: output camera -> the camera as that source names it
         self._check_dims()
+        num_given = _num_given(source)
         for source, names in zip(self._sources, stored, strict=True):  # every source has its cameras
             have = source.camera_names()
-            missing = [names[cam] for cam in self.spec.images if names[cam] not in have]
+            missing = [cam for cam in self.spec.images if names[cam] not in have]
             if missing:
-                raise KinodbError(
-                    f"{source.where}: no camera {missing[0]!r}; it has {have or 'no cameras'}. Windows of "
-                    "several sources need a camera from each (by default, the first source's first "
-                    "camera): pass image_key with cameras every source has, a mapping like "
-                    "{'front': ['image_0', 'cam_high']} (one camera per source, in order), or "
-                    "image_key=False for windows without images"
-                )
+                cam = names[missing[0]]
+                fix = camera_mapping_hint(self._sources, num_given, cam, output=missing[0], default=True)
+                raise KinodbError(f"{source.where}: no camera {cam!r}; it has {have or 'no cameras'}. {fix}")
             for cam in self.spec.images:  # and every episode of it (a merged file of several robots)
                 source.require_camera(names[cam], "windows without images")
         self._check_channels()
         self._check_grid()
+
+    def _mapping_hint(self, camera: str) -> str:
+        return camera_mapping_hint(self._sources, _num_given(self._source_arg), camera)
 
     # -- description ------------------------------------------------------------------------
 
@@ -579,8 +585,8 @@ class FrameWindows:
         """Each output camera has one channel count over every kept episode of each source
         (a batch cannot stack 1- and 3-channel frames, whatever size they are brought to).
 
-        Sources may differ from each other (batches by schema, `SchemaBatchSampler`, hold
-        one source each); a batch that mixes them says so.
+        Sources may differ from each other (`kinodb.torch.SchemaBatchSampler` never puts
+        frames of two sizes or channel counts in one batch); a batch that mixes them says so.
         """
         for cam in self.spec.images:
             for source, names in zip(self._sources, self._stored, strict=True):
@@ -599,8 +605,9 @@ class FrameWindows:
         source, as `images` needs when no ``size`` brings them to one.
 
         Checked from the index alone (O(episodes), no frame read); a format 0.1 file is
-        checked batch by batch instead. Sources may differ from each other (batches by
-        schema hold one source each); a batch that mixes them says so.
+        checked batch by batch instead. Sources may differ from each other
+        (`kinodb.torch.SchemaBatchSampler` groups samples by frame size too); a batch that
+        mixes them says so.
 
         Raises:
             KinodbError: a camera's frames differ in size within a source; names the
@@ -642,16 +649,14 @@ class FrameWindows:
                                 key,
                             )
                             count = int((source.fps == fps).sum())
-                            query = f"fps != {render_value(float(fps))}"  # exact: 29.97002997002997
-                            if self._filter_given:
-                                query = f"({self._filter_given}) AND {query}"
+                            fix = off_grid_fix(source, self._sources, fps, count, self._filter_given)
                             raise KinodbError(
                                 f"delta_timestamps of {key!r}: {dt} s (entry {n}) is not a multiple of 1/fps "
                                 f"within {_TOLERANCE_S} s for the {count} episode{'' if count == 1 else 's'} "
                                 f"at {fps:g} fps in {source.where} (the selected episodes run at "
                                 f"{', '.join(f'{r:g}' for r in rates)} fps): give offsets on that grid "
-                                f"(multiples of {1 / fps:.6g} s), leave those episodes out with "
-                                f'kql_filter="{query}", or give obs_horizon/action_horizon in frames'
+                                f"(multiples of {1 / fps:.6g} s), {fix}or give obs_horizon/action_horizon in "
+                                "frames"
                             )
 
 

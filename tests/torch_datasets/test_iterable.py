@@ -65,12 +65,14 @@ def test_ranks_of_a_process_group_split_the_epoch_with_spawned_workers(tmp_path:
     mp.start_processes(_ddp_rank, args=args, nprocs=2, start_method="fork")  # the workers are spawned
     got = [json.loads(Path(f"{out}.{rank}").read_text()) for rank in range(2)]
     keys = [{tuple(k) for k in g["keys"]} for g in got]
-    assert [len(g["keys"]) for g in got] == [16, 15]  # each rank its share, no sample twice
-    assert not keys[0] & keys[1] and len(keys[0] | keys[1]) == 31
+    # 31 samples over 2 ranks: 16 each, the epoch's first sample read again by rank 1
+    assert [len(g["keys"]) for g in got] == [16, 16]
+    assert keys[0] & keys[1] == {tuple(got[0]["keys"][0])} and len(keys[0] | keys[1]) == 31
     assert [g["len"] for g in got] == [g["batches"] for g in got] == [4, 4]
     starts = np.cumsum([0, *LENGTHS])
-    for rank, g in enumerate(got):  # in the rank's order of the epoch
-        assert [int(starts[e]) + t for _, e, t in g["keys"]] == g["order"][rank::2]
+    for rank, g in enumerate(got):  # in the rank's order of the epoch (extended by its first sample)
+        padded = [*g["order"], g["order"][0]]
+        assert [int(starts[e]) + t for _, e, t in g["keys"]] == padded[rank::2]
 
 
 @pytest.mark.parametrize("context", ["fork", "spawn"])
@@ -110,7 +112,7 @@ def test_set_epoch_reaches_persistent_workers_of_a_mixture(tmp_path: Path) -> No
 @pytest.mark.parametrize("rank", [None, 0, 1])
 def test_len_is_what_the_loader_yields(lowdim: Path, num_workers: int, rank: int | None) -> None:
     world = None if rank is None else 2
-    share = 31 if rank is None else len(range(rank, 31, 2))
+    share = 31 if rank is None else 16  # 31 samples over 2 ranks: the first one twice
     for batch_size, want in ((12, -(-share // 12)), (4, -(-share // 4)), (None, share)):
         ds = KinoIterDataset(lowdim, obs_horizon=2, action_horizon=3, image_key=False, batch_size=batch_size,
                              rank=rank, world_size=world)  # fmt: skip
@@ -189,9 +191,12 @@ def test_pad_collate_pads_a_mixed_datasets_batches_to_its_widest_source(tmp_path
         assert batch["action"].shape == (4, 3, 4) and batch["action_mask"].shape == (4, 3, 4)
     assert got[0]["source"].tolist() == [0] * 4 and got[1]["source"].tolist() == [1] * 4
     assert got[0]["state_mask"].all() and not got[0]["action_mask"][..., 3:].any()
-    samples = pad_collate([ds[i] for i in only_b])  # sample dicts: padded to the widest of the batch
-    assert samples["state"].shape == (4, 2, 2)
-    fixed = pad_collate([ds[i] for i in only_b], widths={"state": 5, "action": 4})
+    samples = pad_collate([ds[i] for i in only_b])  # items carry the dataset's widths: the widest source's
+    assert samples["state"].shape == (4, 2, 5) and samples["state"].dtype == torch.float64
+    torch.testing.assert_close(samples["state"], got[1]["state"])
+    plain = pad_collate([dict(ds[i]) for i in only_b])  # dicts made anew: padded to the widest of the batch
+    assert plain["state"].shape == (4, 2, 2)
+    fixed = pad_collate([dict(ds[i]) for i in only_b], widths={"state": 5, "action": 4})
     assert fixed["state"].shape == (4, 2, 5) and fixed["action"].shape == (4, 3, 4)
     torch.testing.assert_close(fixed["state"], got[1]["state"])
     assert torch.equal(fixed["state_mask"], got[1]["state_mask"])

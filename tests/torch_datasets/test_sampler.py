@@ -61,8 +61,10 @@ def test_ranks_split_the_epoch(mixed) -> None:
     ds, _, _ = mixed
     whole = list(MixtureSampler(ds, num_samples=101, seed=2))
     parts = [list(MixtureSampler(ds, num_samples=101, seed=2, rank=r, world_size=3)) for r in range(3)]
-    assert [len(p) for p in parts] == [34, 34, 33]
-    assert sorted(i for p in parts for i in p) == sorted(whole)
+    assert [len(p) for p in parts] == [34, 34, 34]  # as many on every rank: the epoch's first index twice
+    assert sorted(i for p in parts for i in p) == sorted([*whole, whole[0]])
+    even = [list(MixtureSampler(ds, num_samples=99, seed=2, rank=r, world_size=3)) for r in range(3)]
+    assert sorted(i for p in even for i in p) == sorted(MixtureSampler(ds, num_samples=99, seed=2))
 
 
 def test_a_dataloader_with_workers_reads_the_weighted_epoch(mixed) -> None:
@@ -93,8 +95,11 @@ def test_a_source_a_filter_empties_keeps_its_place(tmp_path: Path) -> None:
     for path, T in zip(paths, (10, 20, 30), strict=True):
         write_episodes(path, [T, T], cameras={f"cam{T}": (6, 8, 3)})
     mix = kinodb.Mixture({str(p): w for p, w in zip(paths, (1, 2, 3), strict=True)}, seed=0)
-    ds = KinoFrameDataset(mix, kql_filter="num_frames != 20", image_key={"front": ["cam10", "cam20", "cam30"]},
-                          normalize=False)  # fmt: skip
+    with pytest.warns(
+        UserWarning, match=r"mixture source 1 \(.*twenty\.kdb\) keeps no windows after the filters"
+    ):
+        ds = KinoFrameDataset(mix, kql_filter="num_frames != 20", image_key={"front": ["cam10", "cam20", "cam30"]},
+                              normalize=False)  # fmt: skip
     assert len(ds) == 80 and ds.windows.counts_by_source().tolist() == [20, 0, 60]
     batch = next(iter(DataLoader(ds, batch_size=80)))
     assert np.bincount(batch["source"].numpy(), minlength=3).tolist() == [20, 0, 60]  # the mixture's ids
@@ -106,8 +111,11 @@ def test_a_source_a_filter_empties_keeps_its_place(tmp_path: Path) -> None:
         kinodb.Mixture({str(paths[1]): 0})  # so the advice is not "weight 0"
     from kinodb.torch import KinoIterDataset
 
-    with pytest.raises(
-        kinodb.KinodbError, match=rf"mixture source 1 \(.*twenty\.kdb\) keeps no samples .*{advice}"
+    with (
+        pytest.raises(
+            kinodb.KinodbError, match=rf"mixture source 1 \(.*twenty\.kdb\) keeps no samples .*{advice}"
+        ),
+        pytest.warns(UserWarning, match="keeps no windows"),
     ):
         KinoIterDataset(  # refused when made, not when iterated
             mix, kql_filter="num_frames != 20", obs_horizon=1, action_horizon=2, image_key=False

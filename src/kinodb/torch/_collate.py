@@ -27,15 +27,25 @@ __all__ = ["Batch", "MixedBatch", "PadSpec", "SchemaBatchSampler", "TensorBatch"
 
 
 class Sample(dict):  # type: ignore[type-arg]
-    """One sample of a `Batch` (a plain dict to everything but the collate functions)."""
+    """One sample of a `Batch` (a plain dict to everything but the collate functions).
 
-    __slots__ = ()
+    ``pad`` is the `PadSpec` of the dataset it came from when that dataset's sources
+    differ in schema (else None): `pad_collate` pads samples to it, the widest of all
+    the dataset's sources, whichever sources a batch holds.
+    """
+
+    __slots__ = ("pad",)
+
+    def __init__(self, *args: Any, pad: PadSpec | None = None) -> None:
+        super().__init__(*args)
+        self.pad = pad
 
 
 class _Samples(Sequence[Sample]):
     """Per-sample dicts, made on demand, of arrays gathered for a whole batch."""
 
     _size: int
+    pad: PadSpec | None
 
     def _row(self, k: int) -> tuple[dict[str, Any], int]:
         """The arrays that hold sample ``k``, and its row in them."""
@@ -50,7 +60,7 @@ class _Samples(Sequence[Sample]):
         if not -self._size <= k < self._size:
             raise IndexError(f"sample {k} out of range for a batch of {self._size}")
         arrays, n = self._row(k)
-        return Sample((key, _item(v, n)) for key, v in arrays.items())
+        return Sample(((key, _item(v, n)) for key, v in arrays.items()), pad=self.pad)
 
     def __iter__(self) -> Iterator[Sample]:
         return (self[k] for k in range(self._size))
@@ -389,8 +399,10 @@ def _collate_samples(batch: Sequence[Any], *, collate_fn_map: Any = None) -> Any
         if len({tuple(s[key].shape[1:]) for s in samples}) > 1:
             raise KinodbError(
                 f"this batch mixes {key!r} of shapes {shapes} (sources with different schemas); pass "
-                "collate_fn=kinodb.torch.pad_collate to the DataLoader (it pads them and adds masks), or "
-                "batch by schema with kinodb.torch.SchemaBatchSampler"
+                "collate_fn=kinodb.torch.pad_collate to the DataLoader (it pads them to the widest source and "
+                "adds masks); a map-style dataset may instead batch by schema with "
+                "batch_sampler=kinodb.torch.SchemaBatchSampler(ds, batch_size), and a KinoIterDataset pads "
+                "the batches it makes itself with batch_size=... and DataLoader(ds, batch_size=None)"
             )
         raise KinodbError(
             f"this batch holds episodes of different lengths ({key!r} of shapes {shapes}); pass "
@@ -420,11 +432,13 @@ def pad_collate(
 
     Pads ``state`` and ``action`` with zeros and adds ``state_mask``/``action_mask``
     (True on real entries) and ``source`` (the source id of each sample, 0 when it has
-    none); everything else is collated as ``default_collate`` would. A batch gathered
-    by `KinoFrameDataset` over sources of several schemas is padded to the widest of all
-    its sources, with one dtype, so every batch has the same shapes; other samples (episode
-    items, samples taken one by one) are padded to the widest in the batch (and along time
-    to the longest, for episode items).
+    none); everything else is collated as ``default_collate`` would. Frame windows of a
+    dataset over sources of several schemas (a batch `KinoFrameDataset` gathers, or its
+    items taken one by one, as a wrapper dataset or `KinoIterDataset` without
+    ``batch_size`` hands them on) are padded to the widest of all its sources, with one
+    dtype, so every batch has the same shapes; other samples (episode items, dicts made
+    anew) are padded to the widest in the batch (and along time to the longest, for
+    episode items).
 
     Args:
         batch: The samples, or a batch a kinodb dataset gathered at once.
@@ -441,20 +455,24 @@ def pad_collate(
         done = batch.padded(wide)
         if done is not None:
             return done
+    spec = _common_pad(batch)
     samples = [dict(s) for s in batch]
     if not samples:
         raise ValueError("pad_collate got an empty batch")
     out: dict[str, Any] = {}
-    for key in ("state", "action"):
+    widths = spec.widths if spec is not None else {}
+    dtypes = spec.dtypes if spec is not None else {}
+    for key in ("state", "action", *[k for k in widths if k not in ("state", "action")]):
         if key not in samples[0]:
             continue
         values = [torch.as_tensor(s.pop(key)) for s in samples]
         ndim = values[0].dim()
         if any(v.dim() != ndim for v in values):
             raise ValueError(f"pad_collate: {key!r} has different ranks in one batch")
-        shape = _widen([max(v.shape[d] for v in values) for d in range(ndim)], wide.get(key))
-        dtype = values[0].dtype
-        for v in values[1:]:  # float32 and float64 sources: float64, whichever comes first
+        shape = [max(v.shape[d] for v in values) for d in range(ndim)]
+        shape = _widen(_widen(shape, widths.get(key)), wide.get(key))
+        dtype = dtypes.get(key, values[0].dtype)
+        for v in values:  # float32 and float64 sources: float64, whichever comes first
             dtype = torch.promote_types(dtype, v.dtype)
         padded = torch.zeros((len(values), *shape), dtype=dtype)
         mask = torch.zeros((len(values), *shape), dtype=torch.bool)
@@ -463,6 +481,10 @@ def pad_collate(
             padded[region] = v.to(dtype)
             mask[region] = True
         out[key], out[f"{key}_mask"] = padded, mask
+    for key, dtype in dtypes.items():  # one dtype in every batch, whichever sources it holds
+        if key not in out and key in samples[0]:
+            for s in samples:
+                s[key] = torch.as_tensor(s[key]).to(dtype)
     if "source" not in samples[0]:
         out["source"] = torch.zeros(len(samples), dtype=torch.int64)
     out.update(_pop_frames(samples, pad=True))
@@ -472,6 +494,15 @@ def pad_collate(
     rest = default_collate(samples)
     out.update(rest)
     return TensorBatch(out)
+
+
+def _common_pad(batch: Sequence[Any]) -> PadSpec | None:
+    """The `PadSpec` every sample of ``batch`` carries (samples of one dataset whose sources
+    differ in schema), else None."""
+    first = getattr(batch[0], "pad", None) if len(batch) else None
+    if first is None or not all(getattr(s, "pad", None) == first for s in batch):
+        return None
+    return first  # type: ignore[no-any-return]
 
 
 def _check_widths(widths: Mapping[str, int | Sequence[int]] | None) -> dict[str, tuple[int, ...]]:
@@ -561,15 +592,39 @@ def _pad_time(values: list[torch.Tensor]) -> torch.Tensor:
 
 
 class SchemaBatchSampler(Sampler[list[int]]):
-    """Batches of indices whose samples share one ``(state_dim, action_dim)``.
+    """Batches of indices whose samples share one schema: one ``(state_dim, action_dim)``,
+    and for frame windows one frame size per camera, so the default collate stacks them.
 
-    Works with any kinodb dataset exposing ``schema_keys()`` (one key per index).
-    Indices are shuffled within each schema (seeded by ``seed`` and `set_epoch`), cut
-    into batches, and the batches of all schemas interleaved in a seeded order.
+    Works with any kinodb dataset exposing ``schema_keys()`` (one key per index); where the
+    dataset has ``batch_keys()`` (`KinoFrameDataset`: the dims and each camera's frame
+    size) it groups by those instead, so two robots with the same dims but frames of
+    different sizes never share a batch (``image_size`` brings them to one size, and
+    then they may). Indices are shuffled within each group (seeded by ``seed`` and
+    `set_epoch`), cut into batches, and the batches of all groups interleaved in a
+    seeded order.
+
+    With several ranks (``torch.distributed`` when initialised, or ``rank=`` and
+    ``world_size=``) every rank builds the same epoch of batches and takes every
+    ``world_size``-th batch from its rank, so the ranks read disjoint batches and each
+    takes ``len(sampler)`` of them: when the number of batches does not divide by the
+    world size, the epoch's first batches are repeated up to the next multiple (as
+    ``DistributedSampler`` pads), or with ``drop_last`` its last ones are left out.
+
+    Args:
+        dataset: A `KinoFrameDataset` or `KinoMapDataset`.
+        batch_size: Indices per batch (a group's last batch may be shorter).
+        shuffle: Shuffle within groups and the order of the batches.
+        drop_last: Leave out each group's short last batch, and the epoch's last batches
+            that do not divide among the ranks.
+        seed: Seed of every epoch's order.
+        rank: This reader's rank (default: from ``torch.distributed``, else 0).
+        world_size: Number of ranks (default: from ``torch.distributed``, else 1).
 
     Example:
         >>> sampler = SchemaBatchSampler(ds, batch_size=64, seed=0)
-        >>> loader = DataLoader(ds, batch_sampler=sampler)
+        >>> for epoch in range(10):
+        ...     sampler.set_epoch(epoch)
+        ...     for batch in DataLoader(ds, batch_sampler=sampler): ...
     """
 
     def __init__(
@@ -580,26 +635,32 @@ class SchemaBatchSampler(Sampler[list[int]]):
         shuffle: bool = True,
         drop_last: bool = False,
         seed: int = 0,
+        rank: int | None = None,
+        world_size: int | None = None,
     ) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-        schema_keys = getattr(dataset, "schema_keys", None)
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+        schema_keys = getattr(dataset, "batch_keys", None) or getattr(dataset, "schema_keys", None)
         if schema_keys is None:
             raise TypeError(
                 f"SchemaBatchSampler needs a map-style dataset with schema_keys() (KinoFrameDataset or "
                 f"KinoMapDataset), got {type(dataset).__name__}; a streaming dataset batches itself: give "
                 "it batch_size (batches of mixed widths come padded), or collate with pad_collate"
             )
+        self.rank, self.world_size = _rank_and_world(rank, world_size)
         keys = np.asarray(schema_keys())
         self._groups = [np.flatnonzero((keys == k).all(axis=1)) for k in np.unique(keys, axis=0)]
-        self.batch_size, self.shuffle, self.drop_last, self.seed = batch_size, shuffle, drop_last, seed
+        self.batch_size, self.shuffle, self.drop_last, self.seed = batch_size, shuffle, drop_last, int(seed)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
-        """Reshuffle deterministically for epoch ``epoch``."""
+        """Reshuffle deterministically for epoch ``epoch`` (the same on every rank)."""
         self.epoch = int(epoch)
 
     def _batches(self) -> list[np.ndarray]:
+        """Every batch of the epoch, over all ranks, in order."""
         rng = np.random.default_rng([self.seed, self.epoch])
         out: list[np.ndarray] = []
         for group in self._groups:
@@ -611,12 +672,43 @@ class SchemaBatchSampler(Sampler[list[int]]):
         return out
 
     def __iter__(self) -> Iterator[list[int]]:
-        return (b.tolist() for b in self._batches())
+        batches = self._batches()
+        mine = len(self)
+        if not mine:
+            return iter(())
+        picks = (np.arange(mine) * self.world_size + self.rank) % len(batches)  # the padding repeats
+        return (batches[i].tolist() for i in picks.tolist())
 
     def __len__(self) -> int:
+        """Batches this rank takes per epoch: the same on every rank."""
+        n = self._num_batches()
+        return n // self.world_size if self.drop_last else -(-n // self.world_size)
+
+    def _num_batches(self) -> int:
         if self.drop_last:
             return sum(len(g) // self.batch_size for g in self._groups)
         return sum(-(-len(g) // self.batch_size) for g in self._groups)
+
+
+def _rank_and_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    """``(rank, world size)`` as given, else torch.distributed's where it is initialised,
+    else ``(0, 1)``."""
+    if (rank is None) != (world_size is None):
+        raise ValueError("give both rank and world_size, or neither")
+    if rank is None or world_size is None:
+        dist = torch.distributed
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank(), dist.get_world_size()
+        return 0, 1
+    if (
+        isinstance(rank, bool)
+        or isinstance(world_size, bool)
+        or not isinstance(rank, (int, np.integer))
+        or not isinstance(world_size, (int, np.integer))
+        or not 0 <= rank < world_size
+    ):
+        raise ValueError(f"need 0 <= rank < world_size, got rank={rank!r}, world_size={world_size!r}")
+    return int(rank), int(world_size)
 
 
 CollateFn = Callable[[Sequence[Any]], Any]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -15,9 +16,19 @@ from torch.utils.data import Dataset, get_worker_info
 from kinodb import _images
 from kinodb._window_spec import delta_cameras
 from kinodb.errors import EpisodeNotFoundError, KinodbError
+from kinodb.mixture import Mixture
 from kinodb.torch._collate import Batch, MixedBatch, PadSpec, Sample
 from kinodb.torch._workers import settle_at_exit
-from kinodb.windows import FrameWindows, _frame_data, _open_sources, _Source, prefetch_frames, stack_groups
+from kinodb.windows import (
+    FrameWindows,
+    _frame_data,
+    _num_given,
+    _open_sources,
+    _Source,
+    camera_mapping_hint,
+    prefetch_frames,
+    stack_groups,
+)
 from kinodb.windows import Normalizers as _Normalizers
 from kinodb.windows import normalized_arrays as _used
 
@@ -108,9 +119,12 @@ def check_image_size(size: Any) -> tuple[int, int] | None:
     )
 
 
-def image_keys(image_key: Any, cameras: list[str], where: str) -> tuple[list[str], bool]:
+def image_keys(
+    image_key: Any, cameras: list[str], where: str, hint: Callable[[str], str] | None = None
+) -> tuple[list[str], bool]:
     """``(cameras to load, several?)`` from ``image_key``: a name, a list, None (first), False
-    (none), or a mapping of output names to each source's cameras (checked by the windows)."""
+    (none), or a mapping of output names to each source's cameras (checked by the windows).
+    ``hint(camera)`` adds what to do about a camera ``where`` lacks (other sources')."""
     check_image_key(image_key)
     if image_key is False:
         return [], False
@@ -121,7 +135,8 @@ def image_keys(image_key: Any, cameras: list[str], where: str) -> tuple[list[str
     chosen = [image_key] if isinstance(image_key, str) else list(image_key)
     for cam in chosen:
         if cam not in cameras:
-            raise KinodbError(f"{where}: no camera {cam!r}; it has {cameras or 'no cameras'}")
+            more = f". {hint(cam)}" if hint is not None else ""
+            raise KinodbError(f"{where}: no camera {cam!r}; it has {cameras or 'no cameras'}{more}")
     return chosen, not isinstance(image_key, str)
 
 
@@ -142,6 +157,25 @@ def pad_spec(fw: FrameWindows, *, normalized: bool) -> PadSpec | None:
     if not widest and not dtypes:
         return None
     return PadSpec(dict(widest), dtypes)
+
+
+def warn_empty_sources(source: Any, counts: np.ndarray, kql_filter: str | None, what: str) -> None:
+    """Warn, naming each one, of the sources of mixture ``source`` that the filters leave
+    without ``what`` (``counts`` per source, in order): a map dataset holds none of their
+    samples, whatever their weight, and would otherwise train without them unawares."""
+    if not isinstance(source, Mixture):
+        return
+    for i in np.flatnonzero(np.asarray(counts) == 0).tolist():
+        info = source.sources()[i]
+        filters = [f"kql_filter={kql_filter!r}"] if kql_filter else []
+        filters += [f"its own filter {info.filter!r}"] if info.filter else []
+        warnings.warn(
+            f"mixture source {i} ({info.path}) keeps no {what} after the filters ({', '.join(filters)}): the "
+            f"dataset holds none of its samples, whatever its weight; give the source its own filter, "
+            f"Mixture(..., filters={{{info.path!r}: ...}}) (kql_filter applies to every source), or leave "
+            "it out of the mixture",
+            stacklevel=3,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -404,10 +438,13 @@ class KinoFrameDataset(_Base):
         else:
             # The cameras are known before any source is checked for those delta_timestamps
             # names: one it leaves out is the message, not a later source that lacks it.
-            first = _open_sources(source, kql_filter)[0]
-            cams = first.camera_names()
-            chosen, self._several = image_keys(image_key, cams, first.where)
-            left_out = [cam for cam in delta_cameras(delta_timestamps, cams) if cam not in chosen]
+            opened = _open_sources(source, kql_filter)
+            first, cams = opened[0], opened[0].camera_names()
+            num_given = _num_given(source)
+            hint = (lambda cam: camera_mapping_hint(opened, num_given, cam)) if num_given > 1 else None
+            chosen, self._several = image_keys(image_key, cams, first.where, hint)
+            named = delta_cameras(delta_timestamps, cams, where=first.where, hint=hint)
+            left_out = [cam for cam in named if cam not in chosen]
             if left_out:
                 raise KinodbError(
                     f"delta_timestamps names camera {left_out[0]!r}, which image_key={image_key!r} leaves "
@@ -421,6 +458,7 @@ class KinoFrameDataset(_Base):
             fw.check_image_sizes()
         self._source = source
         self._len = len(fw)
+        warn_empty_sources(source, fw.counts_by_source(), kql_filter, "windows")
         self._files = file_identities(fw._sources)
         norm = _Normalizers(fw._sources, normalize, _used(fw)) if isinstance(normalize, str) else None
         self._norms = norm  # pickled with the dataset: workers normalise with these numbers
@@ -473,12 +511,32 @@ class KinoFrameDataset(_Base):
             parts.append(np.repeat(dims, source.lengths, axis=0))
         return np.concatenate(parts).astype(np.int64)
 
+    def batch_keys(self) -> np.ndarray:
+        """What must agree within a batch the default collate stacks, per sample (int64):
+        `schema_keys` ``(state_dim, action_dim)``, then for each camera its frames' ``(H, W,
+        C)`` (``C`` alone with ``image_size``, which brings every source to one size).
+        `SchemaBatchSampler` groups by these rows."""
+        keys = self.schema_keys()
+        fw = self.windows
+        if not fw.cameras:
+            return keys
+        per_source = np.array(
+            [[d for cam in fw.cameras for d in fw.camera_layouts(cam)[s][1][2 if self._size else 0 :]]
+             for s in range(fw.num_sources)],
+            dtype=np.int64,
+        )  # fmt: skip
+        return np.concatenate([keys, np.repeat(per_source, fw.sample_counts(), axis=0)], axis=1)
+
     def __getitem__(self, index: int) -> dict[str, Any]:
+        """One window: a `Sample` (a dict) that carries the dataset's widths, so that
+        `pad_collate` pads a batch of them to the widest of all sources, and the default
+        collate names the fix when their widths differ."""
         if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
             raise TypeError(f"index must be an int, got {index!r}")
         if -self._len <= index < 0:
             index += self._len
-        return dict(self.__getitems__([index])[0])
+        sample: Sample = self.__getitems__([index])[0]
+        return sample
 
     def __getitems__(self, indices: Sequence[int]) -> Any:
         """A whole batch, gathered at once; collates to stacked tensors with no per-sample work."""
@@ -588,6 +646,7 @@ class KinoMapDataset(_Base):
             for cam in [None] if self._first else self._cams:
                 src.require_camera(cam, "episodes without images")
         self._len = int(self._open()[1][-1])
+        warn_empty_sources(source, self.episodes_by_source(), kql_filter, "episodes")
 
     def _open(self) -> tuple[list[_Source], np.ndarray, _Normalizers | None]:
         settle_at_exit()  # in a spawned worker: no SIGABRT when it exits mid-hand-over
@@ -621,8 +680,6 @@ class KinoMapDataset(_Base):
 
     def episodes_by_source(self) -> np.ndarray:
         """Items (episodes) per source given, 0 for those a filter left empty, in index order."""
-        from kinodb.windows import _num_given
-
         out = np.zeros(_num_given(self._source), dtype=np.int64)
         for source in self._open()[0]:
             out[source.index] = len(source.kept)

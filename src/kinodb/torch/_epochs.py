@@ -104,6 +104,31 @@ def worker_positions(
     return mine
 
 
+def rank_share(size: int, world: int) -> int:
+    """Samples each of ``world`` ranks reads of an epoch of ``size``: ``ceil(size / world)``,
+    the same on every rank (`even_positions`)."""
+    return -(-size // world)
+
+
+def even_positions(
+    size: int, rank: int, world: int, worker: int, workers: int, batch: int
+) -> NDArray[np.int64]:
+    """`worker_positions` of the epoch extended to a multiple of ``world`` positions by
+    repeating its first ones, as ``DistributedSampler`` pads (``drop_last=False``).
+
+    Every rank then reads `rank_share` positions, so every rank takes the same number of
+    samples and batches. Where ``size`` divides by ``world`` nothing repeats: across the
+    ranks each position is read once. Otherwise the first ``-size % world`` positions of
+    the epoch are read a second time, by the last ranks (more than once only when ``world``
+    exceeds ``size``).
+    """
+    total = rank_share(size, world) * world
+    where = worker_positions(total, rank, world, worker, workers, batch)
+    if total > size:
+        where %= size
+    return where
+
+
 def _passes(first: int, k: int, units: int) -> Iterator[tuple[int, int, int]]:
     """``(pass, first draw, end draw)`` of each pass draws ``first .. first + k - 1`` of a
     source's cycle of ``units``-long passes touch."""

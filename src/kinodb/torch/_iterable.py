@@ -10,9 +10,16 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from kinodb.errors import KinodbError
 from kinodb.mixture import DEFAULT_SEED, Mixture
-from kinodb.torch._collate import Batch, Sample, TensorBatch, pad_collate
+from kinodb.torch._collate import Batch, TensorBatch, pad_collate
 from kinodb.torch._datasets import KinoFrameDataset, KinoMapDataset
-from kinodb.torch._epochs import EpochsAndRanks, cycle_draws_at, cycle_order, shuffled, worker_positions
+from kinodb.torch._epochs import (
+    EpochsAndRanks,
+    cycle_draws_at,
+    cycle_order,
+    even_positions,
+    rank_share,
+    shuffled,
+)
 
 __all__ = ["KinoIterDataset", "from_mixture"]
 
@@ -22,14 +29,27 @@ class KinoIterDataset(EpochsAndRanks, IterableDataset[dict[str, Any]]):
 
     Each epoch is one order of all samples (shuffled from ``seed`` and the epoch
     number, or in file order), or for a `Mixture` source a weighted, stratified draw of
-    ``num_samples`` (default: every kept episode, or frame, once on average). The order
-    is split by distributed rank (``torch.distributed`` when initialised, read in the
-    rank's process also for spawned workers, or ``rank=``/``world_size=``), and a rank's
-    DataLoader workers deal its share out in whole batches, in turn: across all of them
-    each sample of the epoch is seen exactly once, and a rank yields ``len(ds)`` items.
-    Call `set_epoch` before each epoch, as with ``DistributedSampler``; it reaches
-    persistent workers too. Batches of sources with different schemas are padded to the
-    widest of all sources, with ``state_mask``/``action_mask`` in every batch.
+    ``num_samples`` (default: every kept episode, or frame, once on average). With
+    ``num_samples`` over a file or a list of files, an epoch is that many samples drawn
+    without replacement, continuing across epochs (no sample repeats before all have
+    been drawn). The order is split by distributed rank (``torch.distributed`` when
+    initialised, read in the rank's process also for spawned workers, or
+    ``rank=``/``world_size=``), and a rank's DataLoader workers deal its share out in
+    whole batches, in turn: a rank yields ``len(ds)`` items. Every rank takes the same
+    number of samples and batches, so that a step that synchronises the ranks (DDP's
+    gradient all-reduce) never waits for a rank that has finished: when the epoch's
+    count does not divide by the world size, the epoch is extended by repeating its
+    first samples up to the next multiple, as ``DistributedSampler`` does, so up to
+    ``world_size - 1`` samples are read twice in that epoch; where it divides, across
+    all ranks and workers each sample of the epoch is seen exactly once. Call
+    `set_epoch` before each epoch, as with ``DistributedSampler``; it reaches persistent
+    workers too.
+
+    Over sources of different schemas, the batches it makes (``batch_size``) are padded
+    to the widest of all sources, with ``state_mask``/``action_mask`` in every batch;
+    single samples carry the dataset's widths, so ``DataLoader(ds, batch_size=B,
+    collate_fn=pad_collate)`` pads to the widest of all sources too (the default collate
+    refuses such a batch, naming `pad_collate`).
 
     Args:
         source: A path, a `Database`, a list of paths, or a `Mixture`.
@@ -40,7 +60,8 @@ class KinoIterDataset(EpochsAndRanks, IterableDataset[dict[str, Any]]):
             `KinoFrameDataset`; without them the items are whole episodes.
         batch_size: Yield stacked batches of this many windows (one vectorised gather
             each; use ``DataLoader(ds, batch_size=None)``) instead of single samples.
-        num_samples: Samples per epoch of a mixture.
+        num_samples: Samples per epoch (default: a mixture's every kept sample once on
+            average; a file's or list's every sample once).
         rank, world_size: This process's share (default: from ``torch.distributed``).
         image_key, image_size, normalize, resize, to_tensor, decode_threads, channels_last,
         image_dtype: As in
@@ -111,19 +132,21 @@ class KinoIterDataset(EpochsAndRanks, IterableDataset[dict[str, Any]]):
         self.shuffle, self.seed, self.batch_size = bool(shuffle), int(seed), batch_size
         self.num_samples = num_samples
         self._init_epochs(rank, world_size)
-        if self._mixture is not None:
-            self._mixture_shares()  # a source a filter left empty is refused now, not mid-epoch
+        self._draws()  # a mixture source a filter left empty is refused now, not mid-epoch
 
     def epoch_order(self, epoch: int | None = None) -> np.ndarray:
         """Every sample index of the epoch (the current one by default), in order, before
         splitting (int64). DataLoader workers build only their part (`worker_order`)."""
         epoch = self.epoch if epoch is None else epoch
         n = len(self._inner)
-        if self._mixture is None:
+        draws = self._draws()
+        if draws is None:
             if not self.shuffle:
                 return np.arange(n, dtype=np.int64)
             return np.random.default_rng([self.seed, epoch]).permutation(n)
-        units, starts, take = self._mixture_shares()
+        units, starts, take = draws
+        if self._mixture is None and not self.shuffle:  # in file order, on from the last epoch
+            return self._in_file_order(epoch, np.arange(int(take[0]), dtype=np.int64))
         drawn = cycle_order(self.seed, epoch, units, starts, take)
         shuffle = shuffled(len(drawn), [self.seed, epoch, 1 << 20])
         picked: np.ndarray = drawn[shuffle]
@@ -135,10 +158,11 @@ class KinoIterDataset(EpochsAndRanks, IterableDataset[dict[str, Any]]):
         reads in the epoch (the current one by default), in order (int64).
 
         The same as taking the worker's part of `epoch_order`: the rank's share is every
-        world-size-th sample from the rank, dealt out to its workers in whole batches (or
-        samples), in turn. Only that part is built: an epoch of ``n`` samples costs a
-        worker one shuffle of ``n`` 4-byte positions (2-byte up to 65,536), then for a
-        mixture one pass over a source at a time, plus its part.
+        world-size-th sample from the rank (of the order extended by its first samples to
+        a multiple of the world size, when it does not divide), dealt out to its workers
+        in whole batches (or samples), in turn. Only that part is built: an epoch of
+        ``n`` samples costs a worker one shuffle of ``n`` 4-byte positions (2-byte up to
+        65,536), then for a mixture one pass over a source at a time, plus its part.
         """
         epoch = self.epoch if epoch is None else epoch
         rank, world = self._rank_world()
@@ -146,18 +170,40 @@ class KinoIterDataset(EpochsAndRanks, IterableDataset[dict[str, Any]]):
             raise ValueError(
                 f"need 0 <= worker < num_workers, got worker={worker!r}, num_workers={num_workers!r}"
             )
-        if self._mixture is None:
-            size = len(self._inner)
-            where = worker_positions(size, rank, world, worker, num_workers, self.batch_size or 1)
+        size = self._epoch_size()
+        where = even_positions(size, rank, world, worker, num_workers, self.batch_size or 1)
+        draws = self._draws()
+        if draws is None:
             if not self.shuffle:
                 return where
             return shuffled(size, [self.seed, epoch])[where].astype(np.int64)
-        units, starts, take = self._mixture_shares()
-        size = int(take.sum())
-        where = worker_positions(size, rank, world, worker, num_workers, self.batch_size or 1)
+        units, starts, take = draws
+        if self._mixture is None and not self.shuffle:
+            return self._in_file_order(epoch, where)
         drawn = shuffled(size, [self.seed, epoch, 1 << 20])[where]  # positions in the draws
         del where
         return cycle_draws_at(self.seed, epoch, units, starts, take, drawn)
+
+    def _in_file_order(self, epoch: int, where: np.ndarray) -> np.ndarray:
+        """Positions ``where`` of epoch ``epoch`` of ``num_samples`` samples in file order,
+        each epoch going on where the last one stopped (int64)."""
+        n, k = len(self._inner), self.num_samples or len(self._inner)
+        out: np.ndarray = (where + (epoch * k) % n) % n
+        return out
+
+    def _draws(self) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """``(samples per source, their first index, draws per source)`` of an epoch of
+        draws (a mixture, or ``num_samples`` of a file or list, as one source), else None.
+
+        Raises:
+            KinodbError: a mixture source the filters leave empty has a share of the draws.
+        """
+        if self._mixture is not None:
+            return self._mixture_shares()
+        if self.num_samples is None:
+            return None
+        n = len(self._inner)
+        return (np.array([n], np.int64), np.array([0, n], np.int64), np.array([self.num_samples], np.int64))
 
     def _mixture_shares(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(samples per source, their first index, draws per source)`` of a mixture epoch.
@@ -184,29 +230,29 @@ class KinoIterDataset(EpochsAndRanks, IterableDataset[dict[str, Any]]):
         return np.asarray(counts_per_source, dtype=np.int64), starts, take
 
     def _epoch_size(self) -> int:
-        if self._mixture is None:
-            return len(self._inner)
-        return int(self._mixture_shares()[2].sum())
+        """Samples in an epoch, before it is extended to a multiple of the world size."""
+        draws = self._draws()
+        return len(self._inner) if draws is None else int(draws[2].sum())
 
     def __len__(self) -> int:
         """Items this rank yields per epoch, over all its DataLoader workers (batches when
-        ``batch_size`` is set)."""
-        rank, world = self._rank_world()
-        mine = len(range(rank, self._epoch_size(), world))
+        ``batch_size`` is set): the same on every rank."""
+        mine = rank_share(self._epoch_size(), self._rank_world()[1])
         return -(-mine // self.batch_size) if self.batch_size else mine
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        # The rank's share is every world-th sample; its DataLoader workers then deal out
-        # whole batches (or samples) in turn, so the rank yields exactly len(self) items,
-        # in the order the DataLoader hands them on (it takes from the workers in turn).
+        # The rank's share is every world-th sample (of the epoch extended to a multiple
+        # of the world size); its DataLoader workers then deal out whole batches (or
+        # samples) in turn, so the rank yields exactly len(self) items, in the order the
+        # DataLoader hands them on (it takes from the workers in turn).
         info = get_worker_info()
         wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
         order = self.worker_order(worker=wid, num_workers=nw)
         if self.batch_size is None:
             for start in range(0, len(order), 64):  # gather in chunks, hand out one by one
                 if isinstance(self._inner, KinoFrameDataset):
-                    chunk = self._inner.__getitems__(order[start : start + 64].tolist())
-                    yield from (Sample(sample) for sample in chunk)  # no link to the chunk
+                    # Samples made on demand, each with the dataset's widths (pad_collate pads to them)
+                    yield from self._inner.__getitems__(order[start : start + 64].tolist())
                 else:
                     for i in order[start : start + 64].tolist():
                         yield self._inner[i]

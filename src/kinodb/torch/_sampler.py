@@ -43,8 +43,11 @@ class MixtureSampler(Sampler[int]):
     ``(seed, epoch)``; `set_epoch` moves to the next epoch.
 
     With several ranks (``torch.distributed`` when initialised, or ``rank=`` and
-    ``world_size=``) rank ``r`` takes every ``world_size``-th index from ``r``: the
-    ranks' slices are disjoint and together hold the epoch.
+    ``world_size=``) rank ``r`` takes every ``world_size``-th index from ``r``, and every
+    rank as many (a DDP step waits for every rank): where ``num_samples`` divides by the
+    world size the ranks' slices are disjoint and together hold the epoch; otherwise the
+    epoch is extended by its first indices up to the next multiple, as
+    ``DistributedSampler`` pads, so up to ``world_size - 1`` windows are drawn twice.
 
     Args:
         dataset: A `KinoFrameDataset` whose source is a `Mixture`.
@@ -125,10 +128,12 @@ class MixtureSampler(Sampler[int]):
         ]
         order = np.concatenate(parts)
         order = order[np.random.default_rng([self.seed, 1 << 32, self.epoch]).permutation(len(order))]
-        return order[self.rank :: self.world_size]
+        padded = np.resize(order, len(self) * self.world_size)  # the epoch, then its first indices again
+        return padded[self.rank :: self.world_size]
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.indices().tolist())
 
     def __len__(self) -> int:
-        return len(range(self.rank, self.num_samples, self.world_size))
+        """Indices this rank takes per epoch: the same on every rank."""
+        return -(-self.num_samples // self.world_size)
