@@ -97,7 +97,7 @@ def test_bad_logs_raise_conversion_errors(tmp_path: Path) -> None:
         ingest(log, tmp_path / "o.kdb", format="kinfer-ndjson")
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(ConversionError, match=r"no \.ndjson files"):
+    with pytest.raises(ConversionError, match=r"no \.ndjson \(or \.jsonl\) files"):
         KinferNdjsonSource(str(empty))
 
 
@@ -120,3 +120,24 @@ def test_null_elements_on_the_first_line_ingest_as_nan(tmp_path: Path, rng: np.r
     nulled.write_text("".join(json.dumps(r) + "\n" for r in recs))
     with pytest.raises(ConversionError, match=r"noout\.ndjson: line 3: field 'output' is null"):
         ingest(nulled, tmp_path / "noout.kdb", format="kinfer-ndjson")
+
+
+def test_a_jsonl_log_is_detected_and_ingests_as_its_ndjson_twin(
+    make_package: MakePackage, tmp_path: Path
+) -> None:
+    built = make_package()
+    model = load_model(built.path)
+    log = tmp_path / "run.jsonl"  # log_path takes .jsonl as a file name too
+    Runner(model, Served(built, 5).provider, rate_hz=1000, max_steps=12, log_path=log).run()
+    twin = tmp_path / "run.ndjson"
+    twin.write_bytes(log.read_bytes())
+    assert KinferNdjsonSource.detect(str(log))
+    other = tmp_path / "labels.jsonl"  # JSON lines of something else
+    other.write_text('{"text": "pick the cup"}\n')
+    assert not KinferNdjsonSource.detect(str(other))
+    report = ingest(log, tmp_path / "a.kdb")  # auto-detected
+    assert report.format == "kinfer-ndjson" and report.frames == 12
+    ingest(twin, tmp_path / "b.kdb")
+    with kinodb.open(tmp_path / "a.kdb") as a, kinodb.open(tmp_path / "b.kdb") as b:
+        for name in ("actions", "states"):
+            np.testing.assert_array_equal(a.read_array(0, name), b.read_array(0, name))

@@ -153,6 +153,7 @@ def run_replay(args: argparse.Namespace) -> int:
     """Replay the episodes and print per-joint errors."""
     from kinodb.infer import load_model, parse_state_map, replay
     from kinodb.ingest import parse_episodes
+    from kinodb.kdb.reader import Database
 
     state_map = parse_state_map(args.state_map)
     episodes = parse_episodes(args.episodes) if args.episodes else None
@@ -164,9 +165,12 @@ def run_replay(args: argparse.Namespace) -> int:
             f"--state-map {' '.join(f'{n}={state_map[n]}' for n in unused)}: {model.path} has no input "
             f"{' or '.join(repr(n) for n in unused)}; its observation inputs are {', '.join(inputs)}"
         )
-    report = replay(
-        model, args.data, episodes=episodes, state_map=state_map, by_name=not args.by_position
-    ).to_dict()
+    with Database(args.data) as db:
+        if episodes is not None:
+            _check_episodes(episodes, len(db), args.episodes, args.data)
+        report = replay(
+            model, db, episodes=episodes, state_map=state_map, by_name=not args.by_position
+        ).to_dict()
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
@@ -185,6 +189,23 @@ def run_replay(args: argparse.Namespace) -> int:
         print(f"warning: {report['nonfinite_recorded']} recorded action values are NaN or Inf (a logged "
               "null?) and were not compared", file=sys.stderr)  # fmt: skip
     return 0
+
+
+def _check_episodes(episodes: list[int], count: int, spec: str, data: str) -> None:
+    """Refuse an index past the file's last episode, in the terms of ``--episodes`` (which,
+    as everywhere in ``kino``, takes indices from 0, not negative ones).
+
+    Raises:
+        EpisodeNotFoundError: an index is out of range.
+    """
+    from kinodb.errors import EpisodeNotFoundError
+
+    bad = [i for i in episodes if i >= count]
+    if bad:
+        have = f"{count} episodes (0..{count - 1})" if count else "no episodes"
+        raise EpisodeNotFoundError(
+            f"--episodes {spec}: episode {bad[0]} out of range: {data} has {have}; use indices from that range"
+        )
 
 
 def _g(value: float | None) -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from kinodb.infer._errors import InferError
 from kinodb.infer._package import Package, pack, read_package
+from kinodb.infer._recording import append_spill
 from kinodb.infer.export import ExportReport, export_torch
 from kinodb.infer.model import InputSpec, Model, Signature, load_model
 from kinodb.infer.providers import (
@@ -44,6 +45,7 @@ __all__ = [
     "ReplayReport",
     "Runner",
     "Signature",
+    "append_spill",
     "export_torch",
     "load_model",
     "pack",

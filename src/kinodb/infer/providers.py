@@ -421,6 +421,28 @@ def _split_item(item: str) -> tuple[str, str]:
     return name.strip(), source.strip()
 
 
+@dataclass(frozen=True, slots=True)
+class _JointMatch:
+    """Columns named ``stored`` that name the policy's joints; ``order`` puts them in the
+    policy's order (None: they are in it)."""
+
+    stored: tuple[str, ...]
+    order: list[int] | None
+
+
+_INDEX_NAME = re.compile(r"(.*?)([0-9]+)")
+
+
+def _index_names(names: Sequence[str]) -> bool:
+    """Whether ``names`` only number the columns (``joint_0``, ``joint_1``, ...: one stem, consecutive numbers)."""
+    found = [_INDEX_NAME.fullmatch(n) for n in names]
+    if not found or any(m is None for m in found):
+        return False
+    stems = {m.group(1) for m in found if m is not None}
+    numbers = [int(m.group(2)) for m in found if m is not None]
+    return len(stems) == 1 and numbers == list(range(numbers[0], numbers[0] + len(numbers)))
+
+
 class KdbReplayProvider:
     """Serve one recorded ``.kdb`` episode's observations, one frame per action (open loop).
 
@@ -430,11 +452,15 @@ class KdbReplayProvider:
     else frame / fps. The actions the model takes are kept in `predicted`.
 
     Joints are matched by name where the file names them: ``states`` columns named
-    ``<input>.<joint>`` (``joint_angles.hip``, as a recording names them) feed the joint
-    inputs in the policy's joint order, and `actions_in_order` puts the recorded actions
-    (``actions`` names) in that order too. Names that are a permutation of the policy's
-    joints are reordered; other names are refused. ``by_name=False`` uses the columns by
-    position instead. Files that name no joints (an ingested kinfer log) are used by position.
+    ``<input>.<joint>`` (``joint_angles.hip``, as a recording names them) or plainly
+    (``hip``, as a LeRobot ingest names them) feed the joint inputs in the policy's joint
+    order, and `actions_in_order` puts the recorded actions (``actions`` names) in that
+    order too. Names that are a permutation of the policy's joints are reordered; other
+    joint names are refused. Names that only number the columns (``joint_0``, ...: an
+    ingested kinfer log), and plain names none of which is a policy joint, name no joints:
+    those columns are used by position. Both sides are matched the same way: where one
+    side would be reordered and the other names no joints, `actions_in_order` refuses.
+    ``by_name=False`` uses every column by position instead.
 
     Example:
         >>> provider = KdbReplayProvider("rollouts.kdb", 3, state_map={"command": "0"})
@@ -469,8 +495,9 @@ class KdbReplayProvider:
         """Find every input the model needs in the episode; check the widths.
 
         Raises:
-            InferError: an input cannot be found, its width differs from the model's, or
-                ``state_map`` maps an input the model does not have.
+            InferError: an input cannot be found, its width differs from the model's,
+                ``state_map`` maps an input the model does not have, or (by name) the
+                columns of a joint input name other joints than the policy's.
         """
         self._rows = {}
         unused = [n for n in self._map if n not in signature.observation_names]
@@ -484,11 +511,9 @@ class KdbReplayProvider:
             want = signature.shape(name)
             source, rows = self._resolve(name, int(np.prod(want)))
             if name in JOINT_INPUTS and self.by_name:
-                stored = self._state_joints(source)
-                if stored is not None:
-                    order = self._order(stored, signature.joint_names, f"{name}={source}: the states columns")
-                    if order is not None:
-                        rows = rows[:, order]
+                match = self._state_match(name, source, signature)
+                if match is not None and match.order is not None:
+                    rows = rows[:, match.order]
             self._rows[name] = np.ascontiguousarray(rows, dtype=np.float32).reshape((self.num_frames, *want))
         self.predicted = np.zeros((self.num_frames, signature.num_joints), np.float32)
         self.frame = 0
@@ -496,20 +521,67 @@ class KdbReplayProvider:
     def actions_in_order(self, signature: Signature) -> npt.NDArray[Any]:
         """The recorded actions, columns in the policy's joint order (by ``actions`` names).
 
+        By name, the joint inputs and the actions are matched the same way: where one side
+        names the policy's joints in another order and the other names no joints, the
+        columns of that other side cannot be put in order, and the replay is refused.
+
         Raises:
-            InferError: the recorded actions name other joints than the policy's.
+            InferError: the recorded actions name other joints than the policy's, or only
+                one side names its joints and that side is in another order.
         """
         actions = self.recorded_actions
-        names = self._schema.get("actions", {}).get("names")
-        if not self.by_name or not names or actions.ndim != 2 or len(names) != actions.shape[1]:
+        if not self.by_name or actions.ndim != 2:
             return actions
-        if list(names) == [f"joint_{i}" for i in range(len(names))]:
-            return actions  # index names of a log that named no joints (kinfer NDJSON)
-        order = self._order(tuple(names), signature.joint_names, "the recorded actions")
-        return actions if order is None else actions[:, order]
+        names = self._schema.get("actions", {}).get("names")
+        sides: dict[str, _JointMatch | None] = {}
+        for name in signature.observation_names:
+            if name in JOINT_INPUTS:
+                source, _ = self._resolve(name, int(np.prod(signature.shape(name))))
+                if source not in ("0", "zeros"):  # zeros are in every order
+                    sides[f"the {name} columns ({name}={source})"] = self._state_match(
+                        name, source, signature
+                    )
+        action = None
+        if names and len(names) == actions.shape[1]:
+            action = self._match(tuple(str(n) for n in names), signature.joint_names, "the recorded actions",
+                                 strict=True)  # fmt: skip
+        sides["the recorded actions"] = action
+        self._check_sides(sides, signature)
+        return actions if action is None or action.order is None else actions[:, action.order]
 
-    def _state_joints(self, source: str) -> tuple[str, ...] | None:
-        """The joints of the ``states`` columns ``source`` selects, where the file names them."""
+    def _check_sides(self, sides: Mapping[str, _JointMatch | None], signature: Signature) -> None:
+        """Refuse a replay where one side would be reordered by name and another, naming no
+        joints, could only be used by position: the two would be compared joint against
+        another joint."""
+        moved = [what for what, m in sides.items() if m is not None and m.order is not None]
+        unnamed = [what for what, m in sides.items() if m is None]
+        if not moved or not unnamed:
+            return
+        stored = next(m.stored for m in sides.values() if m is not None and m.order is not None)
+        raise InferError(
+            f"{self.db.path()}: episode {self.episode}: {' and '.join(moved)} name the policy's joints in "
+            f"another order ({list(stored)}; the policy's: {list(signature.joint_names)}), but "
+            f"{' and '.join(unnamed)} name no joints, so they cannot be matched by name too. If those "
+            "columns are in the policy's joint order, replay by position: replay(..., by_name=False), or "
+            "kino infer replay --by-position; else name the joints in the file's schema"
+        )
+
+    def _state_match(self, name: str, source: str, signature: Signature) -> _JointMatch | None:
+        """How the ``states`` columns that ``source`` selects match the policy's joints, by
+        their names; None where they name no joints."""
+        stored = self._state_joints(source)
+        if stored is None:
+            return None
+        names, prefixed = stored
+        return self._match(
+            names, signature.joint_names, f"{name}={source}: the states columns", strict=prefixed
+        )
+
+    def _state_joints(self, source: str) -> tuple[tuple[str, ...], bool] | None:
+        """The names of the ``states`` columns ``source`` selects, without their ``<input>.``
+        prefix when they all have one (as a recording names them), and whether they had it;
+        None where the file names no columns there. Plain names (``hip``, ``kLeftElbow``, as a
+        LeRobot ingest names them) are returned as they are."""
         names = self._schema.get("states", {}).get("names")
         if source.startswith("states.") and source[7:] in self._components():
             start, stop = self._components()[source[7:]]
@@ -519,20 +591,30 @@ class KdbReplayProvider:
                 return None
             start = int(m.group("start") or 0)
             stop = int(m.group("stop") or len(names))
-        if not names or stop > len(names):
+        if not names or stop > len(names) or start >= stop:
             return None
         picked = [str(n) for n in names[start:stop]]
-        prefix = picked[0].split(".", 1)[0] + "." if picked and "." in picked[0] else ""
-        if prefix[:-1] not in JOINT_INPUTS or not all(n.startswith(prefix) for n in picked):
-            return None  # not <input>.<joint> names: no joint names to match
-        return tuple(n[len(prefix) :] for n in picked)
+        prefix = picked[0].split(".", 1)[0] + "." if "." in picked[0] else ""
+        if prefix[:-1] in JOINT_INPUTS and all(n.startswith(prefix) for n in picked):
+            return tuple(n[len(prefix) :] for n in picked), True
+        return tuple(picked), False
 
-    def _order(self, stored: tuple[str, ...], joints: tuple[str, ...], what: str) -> list[int] | None:
-        """Column indices putting ``stored`` in ``joints`` order (None: already in order)."""
+    def _match(
+        self, stored: tuple[str, ...], joints: tuple[str, ...], what: str, *, strict: bool
+    ) -> _JointMatch | None:
+        """How columns named ``stored`` match the policy's ``joints``: in order, reordered, or
+        None where the names are no joint names (index names such as ``joint_0``, ...; or,
+        unless ``strict``, names none of which is one of the policy's joints).
+
+        Raises:
+            InferError: the names are joint names, but not the policy's joints.
+        """
         if stored == joints:
-            return None
+            return _JointMatch(stored, None)
         if len(stored) == len(joints) and len(set(stored)) == len(stored) and set(stored) == set(joints):
-            return [stored.index(j) for j in joints]
+            return _JointMatch(stored, [stored.index(j) for j in joints])
+        if not set(stored) & set(joints) and (not strict or _index_names(stored)):
+            return None
         missing = [j for j in joints if j not in stored]
         other = [n for n in stored if n not in joints]
         raise InferError(

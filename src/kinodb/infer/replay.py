@@ -88,10 +88,13 @@ def replay(
     """Step ``model`` through each episode's recorded observations, as fast as it runs.
 
     The carry is reset at the start of every episode. Inputs are found as
-    `KdbReplayProvider` finds them. Where the file names its joints (a recording does),
-    the joint inputs and the recorded actions are matched to the policy's joints by name:
-    the same joints in another order are reordered, other joints are refused.
-    ``by_name=False`` feeds and compares the columns by position.
+    `KdbReplayProvider` finds them. Where the file names its joints (a recording does, as
+    ``joint_angles.<joint>``; a LeRobot ingest does plainly), the joint inputs and the
+    recorded actions are both matched to the policy's joints by name: the same joints in
+    another order are reordered, other joints are refused. Where it names none, both are
+    used by position; where only one side names them, in another order than the policy's,
+    the replay is refused rather than compare one joint with another. ``by_name=False``
+    feeds and compares the columns by position.
 
     Example:
         >>> report = replay(load_model("walk.kinfer"), "rollouts.kdb", episodes=[0, 1])
@@ -99,7 +102,8 @@ def replay(
 
     Raises:
         InferError: an input cannot be found, the recorded actions' width is not the
-            model's joint count, or the file names other joints than the policy's.
+            model's joint count, the file names other joints than the policy's, or only
+            one side (the joint inputs or the actions) names its joints, in another order.
         EpisodeNotFoundError: an episode index is out of range.
     """
     db = data if isinstance(data, Database) else Database(data)

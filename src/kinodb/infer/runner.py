@@ -41,6 +41,7 @@ _DEADLINE_SLACK = 1e-6  # of a period: k * period may round past duration_s (0.0
 QUIET_MARGIN_S = 1e-4  # the telemetry writer stops this long before the spin starts (one line takes ~40 us)
 _MAX_SLEEP_S = 3600.0  # one wait's longest sleep (select's timeout has a range)
 _SIGNAL_POLL_S = 0.1  # the longest sleep when signals cannot wake it (another part owns the wakeup fd)
+STUCK_TICK_S = 1.0  # a tick running this long (or two periods) when SIGTERM comes is ended by it
 
 # Process-wide settings the loop changes (the GIL switch interval, gc.freeze), held by
 # every running Runner and put back when the last one ends: two Runners may overlap in
@@ -85,10 +86,14 @@ class Runner:
 
     Without ``max_steps`` or ``duration_s`` the loop runs until `stop`, Ctrl-C, or a
     provider whose ``done()`` returns True. SIGTERM (with its default action, on the main
-    thread) stops it at once when it waits between ticks, else after the tick; the log and
-    recording are written, then the signal ends the process as it would have. Ctrl-C ends
-    only the loop: `run` returns with ``stats["stopped_by"] == "interrupt"``, and a caller
-    that runs several episodes must check that to stop too.
+    thread) stops it at once when it waits between ticks, else after the tick; a second
+    SIGTERM, or one while a tick has run past `STUCK_TICK_S` (a provider blocked in a
+    read), ends the tick itself. The log and recording are written, then the signal ends
+    the process as it would have. Ctrl-C ends only the loop: `run` returns with
+    ``stats["stopped_by"] == "interrupt"``, and a caller that runs several episodes must
+    check that to stop too; a Ctrl-C while the recording is written waits for it, then is
+    raised. A recording that cannot be written is kept in a spill file, and the error says
+    where (`kinodb.infer.append_spill`).
     """
 
     def __init__(
@@ -150,6 +155,11 @@ class Runner:
         self._error: BaseException | None = None
         self._error_kept = False  # the failing tick's line and step were kept
         self._signal: int | None = None
+        self._tick_started: float | None = None  # perf_counter time of the tick running, if one is
+        self._stuck_s = max(STUCK_TICK_S, 2 * period)  # a tick running this long at a SIGTERM is stuck
+        self._finishing = False  # the loop is over: the log and the recording are being written
+        self._deferred_int = False  # a Ctrl-C came while they were written
+        self._summary = ""
 
     def stop(self) -> None:
         """Ask a running loop to end (safe from other threads): at once when it waits for its
@@ -171,9 +181,12 @@ class Runner:
             (``max_steps``, ``duration``, ``stop``, ``provider``, ``interrupt`` or ``signal``).
 
         Raises:
-            InferError: the recording target cannot take the run, the log is a named pipe
-                nobody reads, or the policy's action holds NaN or Inf. What the provider
-                or the policy raises is raised too, after the log and the recording are written.
+            InferError: the recording target cannot take the run, ``log_path`` cannot be
+                written (a file of another suffix, a named pipe nobody reads), another
+                writer held the recording's file past the wait, or the policy's action
+                holds NaN or Inf. What the provider or the policy raises is raised too,
+                after the log and the recording are written; an error writing the
+                recording is raised with notes on the run and where its steps were kept.
         """
         sig = self.model.signature
         recording = Recording(self.model, self.rate_hz) if self.record_to is not None else None
@@ -182,6 +195,7 @@ class Runner:
         self.model.reset()
         self._stop = False
         self._error, self._error_kept, self._signal = None, False, None
+        self._tick_started, self._finishing, self._deferred_int, self._summary = None, False, False, ""
         logged = [n for n in KINFER_KEYS if n in sig.observation_names]
         logged += [n for n in EXTRA_INPUTS if n in sig.observation_names]
         path = resolve_log_path(self.log_path)
@@ -202,10 +216,14 @@ class Runner:
                 if self.realtime_priority is not None:
                     restore = _enter_realtime(self.realtime_priority)
                 self._waker = waker
-                untrap = self._trap_sigterm(waker)
+                untrap = self._trap_signals(waker)
                 waker.claim_signals()
-                stopped_by, counters = self._loop(logger, logged, recording, ticks, waker)
+                try:
+                    stopped_by, counters = self._loop(logger, logged, recording, ticks, waker)
+                except _Terminated:  # a second SIGTERM just as the loop ended
+                    stopped_by, counters = "signal", {"overruns": 0, "skipped_ticks": 0}
             finally:
+                self._finishing = True  # from here signals wait until the log and the recording are written
                 self._waker = None
                 waker.close()
                 if restore is not None:
@@ -216,8 +234,13 @@ class Runner:
             return self._finish(ticks, stopped_by, counters, logger, path, recording, restore)
         finally:
             untrap()
+            self._finishing = False
             if self._signal is not None:  # the log and the recording are safe: now end as asked
                 os.kill(os.getpid(), self._signal)
+            if self._deferred_int:  # the Ctrl-C that came while they were written
+                interrupt = KeyboardInterrupt()
+                _add_note(interrupt, self._summary or "Ctrl-C while the run's log and recording were written")
+                raise interrupt
 
     def _open_log(self, path: str, logged: list[str]) -> NdjsonLogger:
         sig = self.model.signature
@@ -230,26 +253,57 @@ class Runner:
             thread_priority=None if self.realtime_priority is None else max(1, self.realtime_priority - 1),
         )
 
-    def _trap_sigterm(self, waker: _Waker) -> Callable[[], None]:
-        """Turn SIGTERM (``systemctl stop``, ``docker stop``) into a stop: at once when the loop
-        waits, else at the end of the tick, so the log and recording are written before the
-        process ends as it would have. Only where SIGTERM has its default action and this is
-        the main thread; returns what puts the default back."""
+    def _trap_signals(self, waker: _Waker) -> Callable[[], None]:
+        """On the main thread, handle SIGTERM and Ctrl-C for the run; return what puts the
+        handlers back. Only signals with their default handling are taken over.
+
+        SIGTERM (``systemctl stop``, ``docker stop``) stops the loop: at once when it waits,
+        else at the end of the tick. A second SIGTERM during a tick, or one that comes while a
+        tick has run longer than `STUCK_TICK_S` (a provider blocked in a read), ends the tick
+        itself: it is raised out of the call that blocks, as Ctrl-C would be, and the run ends
+        with the steps before it. The log and recording are written, then the process ends
+        as SIGTERM would have ended it. Ctrl-C raises `KeyboardInterrupt` during the loop as
+        usual; while the log and recording are written it waits for them (a wait for another
+        writer of the recording then ends at once, its steps kept in a spill file) and is
+        raised once they are. The handlers take no lock: they may run while this thread
+        holds any lock.
+        """
         if threading.current_thread() is not threading.main_thread():
             return _noop
-        if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
-            return _noop  # the application handles SIGTERM itself
+        restore: list[tuple[int, Any]] = []
 
-        def handler(signum: int, frame: Any) -> None:
+        def on_term(signum: int, frame: Any) -> None:
+            started, second = self._tick_started, self._signal is not None
             self._signal, self._stop = signum, True
             waker.wake()  # no lock: a handler may run while the thread holds any lock
+            if self._finishing or started is None:
+                return
+            if second or time.perf_counter() - started > self._stuck_s:
+                raise _Terminated(signum)
 
-        signal.signal(signal.SIGTERM, handler)
+        def on_int(signum: int, frame: Any) -> None:
+            if self._finishing:
+                self._deferred_int = True
+                return
+            raise KeyboardInterrupt
+
+        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:  # else the application handles it
+            signal.signal(signal.SIGTERM, on_term)
+            restore.append((signal.SIGTERM, signal.SIG_DFL))
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            signal.signal(signal.SIGINT, on_int)
+            restore.append((signal.SIGINT, signal.default_int_handler))
 
         def untrap() -> None:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            for signum, handler in restore:
+                signal.signal(signum, handler)
 
         return untrap
+
+    def _give_up(self) -> bool:
+        """Whether the recording should stop waiting for another writer of its file: a
+        SIGTERM, or a Ctrl-C while it is written."""
+        return self._deferred_int or self._signal is not None
 
     def _finish(
         self, ticks: TickStats, stopped_by: str, counters: dict[str, int], logger: NdjsonLogger | None,
@@ -282,26 +336,40 @@ class Runner:
         if recording is not None and self.record_to is not None and stats["steps"]:
             try:
                 stats["recorded_episode"] = recording.write(
-                    self.record_to, stats, embodiment=self.embodiment, task=self.task
+                    self.record_to, stats, embodiment=self.embodiment, task=self.task, give_up=self._give_up
                 )
-            except Exception as exc:
+            except BaseException as exc:  # the steps are in a spill file, or lost: exc's notes say which
                 if error is None:
+                    _add_note(exc, self._kept(stats, path, error=False))
                     raise
-                _add_note(error, f"recording the {stats['steps']} steps before it failed too: {exc}")
+                told = "".join(f"; {n}" for n in getattr(exc, "__notes__", ()))
+                _add_note(error, f"recording the {stats['steps']} steps before it failed too: {exc}{told}")
+        self._summary = self._kept(stats, path, error=error is not None)
         if error is not None:  # the steps before it are logged and recorded; say so with the error
-            kept = [f"the NDJSON log {path} holds {stats['log_lines']} lines"] if path is not None else []
-            if stats["log_error"] is not None:
-                kept[-1] += f" ({stats['dropped_log_lines']} lost: {stats['log_error']})"
-            if stats["recorded_episode"] is not None:
-                kept.append(f"{self.record_to} episode {stats['recorded_episode']} holds its steps")
-            which = f" (step {stats['steps'] - 1}, the failing one, included)" if self._error_kept else ""
-            _add_note(
-                error,
-                f"the run stopped after {stats['steps']} steps{which}"
-                + (f"; {'; '.join(kept)}" if kept else ""),
-            )
+            _add_note(error, self._summary)
             raise error
         return stats
+
+    def _kept(self, stats: dict[str, Any], path: str | None, *, error: bool) -> str:
+        """The run in a line, and where its steps are: the note added to what `run` raises."""
+        kept = [f"the NDJSON log {path} holds {stats['log_lines']} lines"] if path is not None else []
+        if stats["log_error"] is not None:
+            kept[-1] += f" ({stats['dropped_log_lines']} lost: {stats['log_error']})"
+        if stats["recorded_episode"] is not None:
+            kept.append(f"{self.record_to} episode {stats['recorded_episode']} holds its steps")
+        if error:
+            which = f" (step {stats['steps'] - 1}, the failing one, included)" if self._error_kept else ""
+        else:
+            late = stats["tick_lateness_us"]["p99"]
+            which = (
+                f" (stopped by {stats['stopped_by']}, {stats['duration_s']:.3f} s at {self.rate_hz:g} Hz; "
+                f"{stats['overruns']} overruns, {stats['skipped_ticks']} skipped ticks"
+                + ("" if late is None else f", tick lateness p99 {late:.0f} us")
+                + ")"
+            )
+        return f"the run stopped after {stats['steps']} steps{which}" + (
+            f"; {'; '.join(kept)}" if kept else ""
+        )
 
     def _sleep_until(self, deadline: float, waker: _Waker) -> bool:
         """Sleep until ``spin_s`` before ``deadline`` (the caller spins the rest); False as
@@ -352,6 +420,7 @@ class Runner:
                 if self._stop:  # asked for during the spin: still no tick
                     stopped_by = "stop"
                     break
+                self._tick_started = t_tick
                 if prefetch is not None:
                     prefetch()
                     _wait(t_tick + prefetch_s, spin)
@@ -379,6 +448,7 @@ class Runner:
                 latency.add(t1 - t0)
                 work.add(t_end - t_tick)
                 ticks.last_end = t_end - start
+                self._tick_started = None
                 if failure is not None:
                     self._error_kept = True
                     raise failure
@@ -405,13 +475,22 @@ class Runner:
                 if done is not None and done():
                     stopped_by = "provider"
                     break
+        except _Terminated:  # SIGTERM ended a stuck tick: the steps before it are kept
+            stopped_by = "signal"
         except KeyboardInterrupt:
             stopped_by = "interrupt"
         except (
             BaseException
         ) as exc:  # the provider or the policy failed, or sys.exit: keep what ran, then raise
             stopped_by, self._error = "error", exc
+        finally:
+            self._tick_started = None
         return stopped_by, {"overruns": overruns, "skipped_ticks": skipped}
+
+
+class _Terminated(BaseException):
+    """Raised by the SIGTERM handler out of a tick that SIGTERM ends (a second SIGTERM, or a
+    stuck tick); caught by the loop, never seen by the caller."""
 
 
 class _Waker:

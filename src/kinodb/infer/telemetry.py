@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from kinodb.infer._errors import InferError, describe_start
+from kinodb.infer._errors import InferError
 
 log = logging.getLogger(__name__)
 
@@ -66,30 +66,57 @@ class _Aborted(Exception):
     """Raised in the writer thread when `NdjsonLogger.close` gave up on a stalled reader."""
 
 
+LOG_SUFFIXES = (".ndjson", ".jsonl")  # a log_path ending so names the file; any other, a folder
+LOG_PATH_TAKES = (
+    "log_path takes a .ndjson or .jsonl file (appended to), or a folder (created if missing) to write "
+    "<UTC time>.ndjson in"
+)
+
+
 def resolve_log_path(log_path: str | os.PathLike[str] | None) -> str | None:
     """The NDJSON file to write, or None when logging is off.
 
-    ``log_path`` ending in ``.ndjson`` is the file; any other ``log_path`` is a
-    directory. Without ``log_path``, ``$KINFER_LOG_PATH`` names the directory (unset:
-    no log). In a directory the file is ``$KINFER_LOG_UUID.ndjson``, else the UTC time
-    ``YYYY-MM-DD_HH-MM-SS.ndjson``, as kinfer names it. Directories are created.
+    ``log_path`` ending in ``.ndjson`` or ``.jsonl`` is the file; any other ``log_path``
+    is a directory. Without ``log_path``, ``$KINFER_LOG_PATH`` names the directory
+    (unset: no log). In a directory the file is ``$KINFER_LOG_UUID.ndjson``, else the UTC
+    time ``YYYY-MM-DD_HH-MM-SS.ndjson``, as kinfer names it. Directories are created.
+
+    Raises:
+        InferError: the folder cannot be created, or a folder's path names a file (say
+            ``run.json``); the message names the path and what ``log_path`` takes.
     """
     if log_path is None:
         directory = os.environ.get("KINFER_LOG_PATH")
         if not directory:
             return None
+        label = f"$KINFER_LOG_PATH {directory}"
     else:
         path = os.fspath(log_path)
-        if path.endswith(".ndjson"):
+        if path.endswith(LOG_SUFFIXES):
             parent = os.path.dirname(os.path.abspath(path))
-            os.makedirs(parent, exist_ok=True)
+            _make_folder(parent, f"log_path {path}: its folder {parent}")
+            if os.path.isdir(path):
+                raise InferError(f"log_path {path} is a folder, not a log file; {LOG_PATH_TAKES}")
             return path
-        directory = path
-    os.makedirs(directory, exist_ok=True)
+        directory, label = path, f"log_path {path}"
+    if os.path.lexists(directory) and not os.path.isdir(directory):
+        raise InferError(
+            f"{label} is a file, not a folder, and not named .ndjson or .jsonl; {LOG_PATH_TAKES}"
+        )
+    _make_folder(directory, label)
     name = os.environ.get("KINFER_LOG_UUID") or _dt.datetime.now(_dt.timezone.utc).strftime(
         "%Y-%m-%d_%H-%M-%S"
     )
     return os.path.join(directory, f"{name}.ndjson")
+
+
+def _make_folder(folder: str, label: str) -> None:
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as exc:
+        raise InferError(
+            f"{label}: cannot create the folder ({exc.strerror or exc}); {LOG_PATH_TAKES}"
+        ) from None
 
 
 class NdjsonLogger:
@@ -342,7 +369,12 @@ def _open_log(path: str) -> int:
     except OSError:
         is_pipe = False
     if not is_pipe:
-        return os.open(path, flags, 0o666)
+        try:
+            return os.open(path, flags, 0o666)
+        except OSError as exc:  # /proc/log.ndjson, a read-only folder, a folder of that name
+            raise InferError(
+                f"log_path {path}: cannot open it for appending ({exc.strerror or exc}); {LOG_PATH_TAKES}"
+            ) from None
     try:
         return os.open(path, flags | os.O_NONBLOCK)
     except OSError as exc:
@@ -367,7 +399,9 @@ def read_log(path: str | os.PathLike[str]) -> list[dict[str, npt.NDArray[Any]]]:
     null element inside an array is a NaN or infinite value (kinfer writes those as
     null) and reads as NaN. A torn last line (a killed writer) is dropped with a
     warning, and so is a torn line followed by the start of a new run (a killed run,
-    then the next run appended to the same file).
+    then the next run appended to the same file). The file is read in blocks of whole
+    lines, each parsed and added to growing columns, so the memory it takes is about that
+    of the arrays it returns.
 
     Raises:
         InferError: the file is no kinfer log (its first line is not a JSON object with
@@ -377,234 +411,6 @@ def read_log(path: str | os.PathLike[str]) -> list[dict[str, npt.NDArray[Any]]]:
             or a field is not numeric, changes length or becomes null mid-run; the
             message names the file and the line.
     """
-    p = os.fspath(path)
-    with open(p, "rb") as fh:
-        raw = fh.read()
-    lines = [(n, ln) for n, ln in enumerate(raw.split(b"\n"), 1) if ln.strip()]
-    records = _parse_lines(p, lines, torn_tail=not raw.endswith(b"\n"))
-    if not records:
-        raise InferError(f"{p}: holds no log lines" + ("" if raw.strip() else " (it is empty)"))
-    fault = _shape_fault(records[0][1])
-    if fault is not None:
-        raise _not_a_log(p, records[0][0], fault)
-    runs: list[list[tuple[int, dict[str, Any]]]] = [[]]
-    last = None
-    for lineno, rec in records:
-        if not isinstance(rec, dict):
-            raise InferError(f"{p}: line {lineno}: expected a JSON object")
-        sid = rec.get("step_id")
-        if not isinstance(sid, int) or isinstance(sid, bool) or "output" not in rec:
-            raise InferError(f"{p}: line {lineno}: a kinfer log line needs 'step_id' (int) and 'output'")
-        if last is not None and sid <= last:
-            runs.append([])
-        runs[-1].append((lineno, rec))
-        last = sid
-    return [_columns(p, run) for run in runs]
+    from kinodb.infer._logread import read_runs  # the reader lives in a module of its own
 
-
-def _parse_lines(
-    path: str, lines: list[tuple[int, bytes]], *, torn_tail: bool
-) -> list[tuple[int, dict[str, Any]]]:
-    try:
-        recs = json.loads(b"[" + b",".join(ln for _, ln in lines) + b"]")  # one call for the whole file
-        return [(n, rec) for (n, _), rec in zip(lines, recs, strict=True)]
-    except ValueError:  # JSONDecodeError, or UnicodeDecodeError for bytes that are not UTF-8
-        pass
-    _check_utf8(path, lines, torn_tail=torn_tail)
-    out: list[tuple[int, dict[str, Any]]] = []
-    last: int | None = None  # the step_id of the last record read
-    for k, (n, line) in enumerate(lines):
-        try:
-            rec = json.loads(line)
-        except UnicodeDecodeError:  # only the torn last line gets here (`_check_utf8`)
-            if not out and not line.lstrip().startswith(b"{"):  # the only line, and no log line at all
-                raise _not_a_log(path, n, f"is not UTF-8 text; {describe_start(line)}") from None
-            log.warning("%s: line %d: dropped the torn last line (%d bytes; the writer was killed mid-line)",
-                        path, n, len(line))  # fmt: skip
-            break
-        except json.JSONDecodeError as exc:
-            if k == len(lines) - 1 and torn_tail and (out or line.lstrip().startswith(b"{")):
-                log.warning("%s: line %d: dropped the torn last line (%d bytes; the writer was killed mid-line)",
-                            path, n, len(line))  # fmt: skip
-                break
-            glued = _glued_record(line)
-            after = glued[1] if glued is not None else _record_at(lines, k + 1)
-            sid = after.get("step_id") if after is not None else None
-            if isinstance(sid, int) and not isinstance(sid, bool) and (last is None or sid <= last):
-                cut = glued[0] if glued is not None else len(line)
-                log.warning(
-                    "%s: line %d: skipped %d bytes, the torn end of an interrupted run (its writer was killed "
-                    "mid-line); the next run, appended after it, starts %s; both runs are kept",
-                    path, n, cut, "on the same line" if glued is not None else f"on line {lines[k + 1][0]}",
-                )  # fmt: skip
-                if glued is None:
-                    continue
-                rec = glued[1]
-            elif not out:  # no log line before it: the file is no log, not a log with a torn line
-                raise _not_a_log(
-                    path, n, f"is not JSON ({exc.msg} at column {exc.colno}): {_excerpt(line)}"
-                ) from None
-            else:
-                raise InferError(
-                    f"{path}: line {n}: not JSON ({exc.msg} at column {exc.colno}): a torn or incomplete "
-                    "line inside a run (no new run starts after it). To read the rest, delete the line "
-                    f"(sed -i '{n}d' {path}); the steps before and after it are kept, with a gap in step_id"
-                ) from None
-        if not out and (fault := _shape_fault(rec)) is not None:
-            raise _not_a_log(path, n, fault)
-        if not isinstance(rec, dict):
-            raise InferError(f"{path}: line {n}: expected a JSON object")
-        sid = rec.get("step_id")
-        last = sid if isinstance(sid, int) else last
-        out.append((n, rec))
-    return out
-
-
-_JSON_KINDS = {
-    list: "a JSON array",
-    str: "a JSON string",
-    bool: "JSON true or false",
-    type(None): "JSON null",
-}
-LOG_LINE = '{"step_id":0,"t_us":1718000000000000,"joint_angles":[0.1,...],...,"output":[0.2,...]}'
-
-
-def _not_a_log(path: str, n: int, found: str) -> InferError:
-    """The error for a file whose first line is no log line: it is no kinfer log at all."""
-    return InferError(
-        f"{path}: not a kinfer NDJSON log: line {n} {found}; a log holds one JSON object per step, with "
-        f"an integer 'step_id' and the action 'output', such as {LOG_LINE}"
-    )
-
-
-def _shape_fault(rec: Any) -> str | None:
-    """What keeps a parsed line from being a log line (``is a JSON array, ...``), or None."""
-    if not isinstance(rec, dict):
-        what = _JSON_KINDS.get(type(rec), "a JSON number")
-        return f"is {what}, not an object: {_excerpt(json.dumps(rec).encode())}"
-    missing = [key for key in ("step_id", "output") if key not in rec]
-    if missing:
-        keys = ", ".join(repr(key) for key in list(rec)[:6]) + (", ..." if len(rec) > 6 else "")
-        return (
-            f"is a JSON object without {' or '.join(repr(key) for key in missing)} "
-            f"(its keys: {keys or 'none'})"
-        )
-    sid = rec["step_id"]
-    if not isinstance(sid, int) or isinstance(sid, bool):
-        return f"has a 'step_id' that is no integer: {_excerpt(json.dumps(sid).encode())}"
-    return None
-
-
-def _excerpt(line: bytes, limit: int = 60) -> str:
-    """The start of a line, quoted, for a message."""
-    text = line.decode("utf-8", "replace").strip()
-    return repr(text if len(text) <= limit else text[:limit] + "...")
-
-
-def _check_utf8(path: str, lines: list[tuple[int, bytes]], *, torn_tail: bool) -> None:
-    """Refuse a file that is not UTF-8 text (a binary file given as a log), naming the line.
-
-    A torn last line may end inside a multi-byte character; it is left to the torn-line rule.
-    """
-    last = len(lines) - 1
-    for k, (n, line) in enumerate(lines):
-        try:
-            line.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            if k == last and torn_tail:
-                return
-            head = lines[0][1]
-            # What the file is, when its first line is no log line (a .kdb file given as a log).
-            start = "" if head.lstrip()[:1] == b"{" else f"; {describe_start(head)}"
-            raise InferError(
-                f"{path}: line {n}: not UTF-8 text: is it an NDJSON log? Byte {exc.start} of the line is "
-                f"{line[exc.start : exc.start + 1]!r}{start}; a kinfer log holds one JSON object per line"
-            ) from None
-
-
-def _glued_record(line: bytes) -> tuple[int, dict[str, Any]] | None:
-    """``(offset, record)`` of a whole log record that starts inside ``line`` after a torn one."""
-    pos = line.find(b"{", 1)
-    while pos > 0:
-        try:
-            rec = json.loads(line[pos:])
-        except ValueError:  # not JSON, or not UTF-8
-            pos = line.find(b"{", pos + 1)
-            continue
-        return (pos, rec) if isinstance(rec, dict) and "step_id" in rec else None
-    return None
-
-
-def _record_at(lines: list[tuple[int, bytes]], k: int) -> dict[str, Any] | None:
-    if k >= len(lines):
-        return None
-    try:
-        rec = json.loads(lines[k][1])
-    except ValueError:  # not JSON, or not UTF-8 (a torn last line)
-        return None
-    return rec if isinstance(rec, dict) else None
-
-
-# Fields kinfer and kinodb write as numbers: never left out, whatever the first line holds.
-NUMERIC_KEYS = frozenset({*KINFER_KEYS.values(), *EXTRA_INPUTS, "output", "step_latency_us"})
-
-
-def _columns(path: str, run: list[tuple[int, dict[str, Any]]]) -> dict[str, npt.NDArray[Any]]:
-    first = run[0][1]
-    cols: dict[str, npt.NDArray[Any]] = {
-        "step_id": np.array([r["step_id"] for _, r in run], np.int64),
-    }
-    if "t_us" in first:
-        cols["t_us"] = np.array([r.get("t_us", 0) for _, r in run], np.int64)
-    for key, value in first.items():
-        if key in ("step_id", "t_us"):
-            continue
-        if not _numeric(value):
-            if key in NUMERIC_KEYS:
-                raise InferError(_bad_field(path, run, key))
-            continue  # text fields other loggers add (joint_order, ...)
-        values = [r.get(key) for _, r in run]
-        if all(v is None for v in values) and key != "output":
-            continue  # an input the model lacks
-        if any(v is None for v in values):
-            bad = next(n for n, r in run if r.get(key) is None)
-            what = "the action is on every line" if key == "output" else "but not in every line of the run"
-            raise InferError(f"{path}: line {bad}: field {key!r} is null or missing, {what}")
-        try:
-            arr = np.array(values, np.float64 if key == "step_latency_us" else np.float32)
-        except (ValueError, TypeError):
-            raise InferError(_bad_field(path, run, key)) from None
-        cols[INPUT_OF_KEY.get(key, key)] = arr
-    return cols
-
-
-def _bad_field(path: str, run: list[tuple[int, dict[str, Any]]], key: str) -> str:
-    """The message for a field that is not numeric, or changes length, naming the first bad line."""
-    first_n, first = run[0][0], run[0][1][key]
-    for n, rec in run:
-        value: Any = rec.get(key)
-        if not _numeric(value):
-            return f"{path}: line {n}: field {key!r} is not numeric: {json.dumps(value)[:80]}"
-        if np.shape(value) != np.shape(first):
-            return (
-                f"{path}: line {n}: field {key!r} changes length within a run: {_count(value)} where line "
-                f"{first_n} has {_count(first)} (a new run starts only where step_id goes back)"
-            )
-    return f"{path}: lines {run[0][0]}-{run[-1][0]}: field {key!r} changes length or is not numeric"
-
-
-def _count(value: Any) -> str:
-    return f"{len(value)} values" if isinstance(value, list) else "a single value"
-
-
-def _numeric(value: Any) -> bool:
-    """A number, a list of numbers and nulls (NaN or Inf, as kinfer writes them), or null."""
-    if value is None:
-        return True
-    if isinstance(value, bool):
-        return False
-    if isinstance(value, (int, float)):
-        return True
-    return isinstance(value, list) and all(
-        v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in value
-    )
+    return read_runs(path)

@@ -23,6 +23,7 @@ The log names no joints, so the schema names states and actions by index.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from typing import Any, ClassVar
@@ -62,10 +63,10 @@ class KinferNdjsonSource:
             raise FileNotFoundError(2, "No such file or directory", self._path)
         if os.path.isdir(self._path):
             self._files = sorted(
-                os.path.join(self._path, n) for n in os.listdir(self._path) if n.endswith(".ndjson")
+                os.path.join(self._path, n) for n in os.listdir(self._path) if n.endswith(_SUFFIXES)
             )
             if not self._files:
-                raise ConversionError(f"{self._path}: the folder holds no .ndjson files")
+                raise ConversionError(f"{self._path}: the folder holds no .ndjson (or .jsonl) files")
         else:
             self._files = [self._path]
         self._runs: dict[str, dict[str, np.ndarray]] | None = None
@@ -75,14 +76,14 @@ class KinferNdjsonSource:
 
     @classmethod
     def detect(cls, path: str) -> bool:
-        """Whether ``path`` is a ``.ndjson`` file, or a folder whose files are all ``.ndjson``."""
+        """Whether ``path`` is a log file (`_is_log`), or a folder whose files all are."""
         try:
             if os.path.isfile(path):
-                return path.endswith(".ndjson")
+                return _is_log(path)
             if os.path.isdir(path):
                 names = [n for n in os.listdir(path) if not n.startswith(".")]
-                files = [n for n in names if os.path.isfile(os.path.join(path, n))]
-                return bool(files) and len(files) == len(names) and all(n.endswith(".ndjson") for n in files)
+                files = [os.path.join(path, n) for n in names if os.path.isfile(os.path.join(path, n))]
+                return bool(files) and len(files) == len(names) and all(_is_log(f) for f in files)
         except OSError:
             return False
         return False
@@ -158,3 +159,22 @@ class KinferNdjsonSource:
     def close(self) -> None:
         """Drop the parsed runs."""
         self._runs = None
+
+
+_SUFFIXES = (".ndjson", ".jsonl")  # what the runtime writes a log as (`kinodb.infer.telemetry.LOG_SUFFIXES`)
+
+
+def _is_log(path: str) -> bool:
+    """Whether ``path`` is a log: named ``.ndjson``, or ``.jsonl`` (a common name for any JSON
+    lines) with a log line first."""
+    if path.endswith(".ndjson"):
+        return True
+    if not path.endswith(_SUFFIXES):
+        return False
+    with open(path, "rb") as fh:
+        first = fh.readline(1 << 20)
+    try:
+        line = json.loads(first)
+    except ValueError:
+        return False
+    return isinstance(line, dict) and "step_id" in line and "t_us" in line
