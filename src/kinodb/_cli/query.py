@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import sys
 import traceback
 from typing import Any
 
-from kinodb._cli._text import finite, fit
+import numpy as np
+
+from kinodb._cli._text import fit
+from kinodb._cli.info import CHUNK, SUCCESS, JsonList, episode_json, fitted, readable, write_json
 from kinodb.errors import QuerySyntaxError
 from kinodb.kdb.reader import open_database
 from kinodb.kql import parse, query
@@ -88,8 +90,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _shown(args: argparse.Namespace, positions: Any) -> list[int]:
-    return [int(i) for i in (positions if args.limit is None else positions[: args.limit])]
+def _shown(args: argparse.Namespace, positions: Any) -> np.ndarray:
+    shown = np.asarray(positions, dtype=np.int64)
+    return shown if args.limit is None else shown[: args.limit]
 
 
 def _print_one(args: argparse.Namespace, db: Any, positions: Any) -> None:
@@ -97,11 +100,10 @@ def _print_one(args: argparse.Namespace, db: Any, positions: Any) -> None:
     if args.count:
         print(total)
     elif args.json:
-        out = {"path": db.path(), "query": args.kql, "matches": total, "positions": shown,
-               "episodes": [{"position": i, **db.read_meta(i)} for i in shown]}  # fmt: skip
-        print(json.dumps(finite(out), indent=2, default=str, allow_nan=False))
+        out = {"path": db.path(), "query": args.kql, "matches": total, **_listed(db, shown)}
+        write_json(out, sys.stdout)
     else:
-        sys.stdout.write(_table(db, total, shown))
+        _print_table(db, total, shown)
 
 
 def _print_several(args: argparse.Namespace, dbs: list[Any], found: list[Any]) -> None:
@@ -110,33 +112,86 @@ def _print_several(args: argparse.Namespace, dbs: list[Any], found: list[Any]) -
         lines = [f"{db.path()}: {len(positions)}" for db, positions in zip(dbs, found, strict=True)]
         print("\n".join([*lines, f"total: {total}"]))
     elif args.json:
-        files = []
-        for db, positions in zip(dbs, found, strict=True):
-            shown = _shown(args, positions)
-            files.append({"path": db.path(), "matches": len(positions), "positions": shown,
-                          "episodes": [{"position": i, **db.read_meta(i)} for i in shown]})  # fmt: skip
-        out = {"query": args.kql, "matches": total, "files": files}
-        print(json.dumps(finite(out), indent=2, default=str, allow_nan=False))
+        files = [{"path": db.path(), "matches": len(positions), **_listed(db, _shown(args, positions))}
+                 for db, positions in zip(dbs, found, strict=True)]  # fmt: skip
+        write_json({"query": args.kql, "matches": total, "files": files}, sys.stdout)
     else:
-        parts = [
-            _table(db, len(positions), _shown(args, positions), name=db.path())
-            for db, positions in zip(dbs, found, strict=True)
-        ]
         plural = "" if total == 1 else "s"
-        sys.stdout.write("\n".join([*parts, f"{total} matching episode{plural} in {len(dbs)} files\n"]))
+        last = f"{total} matching episode{plural} in {len(dbs)} files\n"
+        shown = [_shown(args, positions) for positions in found]
+        if not all(readable(db, rows) for db, rows in zip(dbs, shown, strict=True)):  # nothing printed
+            parts = [_table(db, len(positions), rows.tolist(), name=db.path())
+                     for db, positions, rows in zip(dbs, found, shown, strict=True)]  # fmt: skip
+            sys.stdout.write("\n".join([*parts, last]))
+            return
+        for db, positions, rows in zip(dbs, found, shown, strict=True):
+            _write_table(db, len(positions), rows, name=db.path())
+            sys.stdout.write("\n")
+        sys.stdout.write(last)
 
 
-def _table(db: Any, total: int, shown: list[int], *, name: str | None = None) -> str:
+def _listed(db: Any, shown: np.ndarray) -> dict[str, Any]:
+    """``positions`` and ``episodes`` (``{"position": i, **read_meta(i)}``) of the JSON
+    output: written a chunk at a time where every episode reads (checked first, so that a
+    damaged one stops the command before anything is printed)."""
+    if not readable(db, shown):  # read_meta names the damage
+        return {"positions": shown.tolist(),
+                "episodes": [{"position": i, **db.read_meta(i)} for i in shown.tolist()]}  # fmt: skip
+    return {
+        "positions": JsonList(lambda level: (list(map(str, shown[a : a + CHUNK].tolist()))
+                                             for a in range(0, len(shown), CHUNK))),
+        "episodes": JsonList(lambda level: episode_json(db, shown, level, position=True)),
+    }  # fmt: skip
+
+
+def _print_table(db: Any, total: int, shown: np.ndarray) -> None:
+    """Print the table of matches of one file (a damaged episode stops the command before
+    anything is printed)."""
+    if readable(db, shown):
+        _write_table(db, total, shown)
+    else:
+        sys.stdout.write(_table(db, total, shown.tolist()))  # read_meta names the damage
+
+
+def _write_table(db: Any, total: int, shown: np.ndarray, *, name: str | None = None) -> None:
+    """Print the table of matches, the rows formatted a chunk at a time from the index's
+    columns (every episode of ``shown`` `readable`)."""
+    sys.stdout.write(_head(total, len(shown), name))
+    for a in range(0, len(shown), CHUNK):
+        idx = shown[a : a + CHUNK]
+        cols = db._meta_columns(idx)
+        if cols is None:  # not after `readable`: read_meta would name the damage
+            sys.stdout.write("".join(line + "\n" for line in _rows_each(db, idx.tolist())))
+            continue
+        c = {key: values for key, values, _ in cols}
+        emb, task = fitted(c["embodiment"], EMBODIMENT_WIDTH), fitted(c["task"], TASK_WIDTH, pad=False)
+        rows = zip(idx.tolist(), emb, c["num_frames"], c["action_dim"], c["success"], task, strict=True)
+        sys.stdout.write(
+            "".join(f"{i:>7}  {e} {t:>7}{d:>5}  {SUCCESS[ok]:<8}{k}\n" for i, e, t, d, ok, k in rows)
+        )
+
+
+def _head(total: int, shown: int, name: str | None) -> str:
     head = f"{total} matching episode{'' if total == 1 else 's'}"
     if name is not None:
         head = f"{name}: {head}"
-    if len(shown) < total:
-        head += f" (showing the first {len(shown)})"
+    if shown < total:
+        head += f" (showing the first {shown})"
     lines = [head]
     if shown:
         lines.append(
             f"{'POS':>7}  {fit('EMBODIMENT', EMBODIMENT_WIDTH)} {'FRAMES':>7}{'ACT':>5}  {'SUCCESS':<8}TASK"
         )
+    return "\n".join(lines) + "\n"
+
+
+def _table(db: Any, total: int, shown: list[int], *, name: str | None = None) -> str:
+    """The table of matches, episode by episode (`read_meta` names a damaged one)."""
+    return "\n".join([_head(total, len(shown), name).rstrip("\n"), *_rows_each(db, shown)]) + "\n"
+
+
+def _rows_each(db: Any, shown: list[int]) -> list[str]:
+    lines = []
     for i in shown:
         m = db.read_meta(i)
         succ = {True: "yes", False: "no", None: "-"}[m["success"]]
@@ -144,4 +199,4 @@ def _table(db: Any, total: int, shown: list[int], *, name: str | None = None) ->
             f"{i:>7}  {fit(m['embodiment'], EMBODIMENT_WIDTH)} {m['num_frames']:>7}{m['action_dim']:>5}  "
             f"{succ:<8}{fit(m['task'], TASK_WIDTH, pad=False)}"
         )
-    return "\n".join(lines) + "\n"
+    return lines

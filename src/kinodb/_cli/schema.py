@@ -7,6 +7,11 @@ import json
 from collections import Counter
 from typing import Any
 
+import numpy as np
+
+from kinodb.errors import KinodbError
+from kinodb.kdb._layout import KIND_CAMERA
+from kinodb.kdb._sections import all_sections, camera_tables
 from kinodb.kdb.reader import Database, open_database
 
 
@@ -36,21 +41,14 @@ def describe(db: Database) -> dict[str, Any]:
     merged file may hold episodes of different dims; ``dtype``/``codec`` and ``shape``
     are then None rather than one episode's.
     """
+    counted = _count_at_once(db)
+    if counted is None:
+        counted = _count_each(db)
     sections: dict[str, dict[str, Any]] = {}
-    seen: dict[str, Counter[tuple[str, tuple[int, ...]]]] = {}
-    for i in range(len(db)):
-        found = [(name, "array", arr.dtype.name, arr.shape[1:], arr.nbytes)
-                 for name, arr in db._episode_arrays(i).items()]  # fmt: skip
-        found += [(f"camera:{name}", "camera", cam.codec, tuple(cam.shape[1:]), int(cam.frame_offsets[-1]))
-                  for name, cam in db._episode_cameras(i).items()]  # fmt: skip
-        for name, kind, encoding, shape, nbytes in found:
-            s = sections.setdefault(name, {"bytes": 0, "episodes": 0, "kind": kind})
-            s["bytes"] += nbytes
-            s["episodes"] += 1
-            seen.setdefault(name, Counter())[(encoding, tuple(int(x) for x in shape))] += 1
-    for name, s in sections.items():
-        key = "dtype" if s["kind"] == "array" else "codec"
-        variants = sorted(seen[name].items(), key=lambda v: (v[0][1], v[0][0]))
+    for name, (kind, nbytes, episodes, seen) in counted.items():
+        s = sections[name] = {"bytes": nbytes, "episodes": episodes, "kind": kind}
+        key = "dtype" if kind == "array" else "codec"
+        variants = sorted(seen.items(), key=lambda v: (v[0][1], v[0][0]))
         encodings = {enc for (enc, _), _ in variants}
         shapes = {shape for (_, shape), _ in variants}
         s[key] = encodings.pop() if len(encodings) == 1 else None
@@ -65,6 +63,73 @@ def describe(db: Database) -> dict[str, Any]:
         "schema": db.schema(),
         "sections": sections,
     }
+
+
+# Per section, in the order episodes first hold it: its kind, bytes, episodes, and the
+# episodes of each (dtype or codec, per-frame shape).
+Counted = dict[str, tuple[str, int, int, Counter[tuple[str, tuple[int, ...]]]]]
+
+
+def _count_each(db: Database) -> Counted:
+    """`Counted`, episode by episode: any file, damaged ones included (raises where a read does)."""
+    out: Counted = {}
+    for i in range(len(db)):
+        found = [(name, "array", arr.dtype.name, arr.shape[1:], arr.nbytes)
+                 for name, arr in db._episode_arrays(i).items()]  # fmt: skip
+        found += [(f"camera:{name}", "camera", cam.codec, tuple(cam.shape[1:]), int(cam.frame_offsets[-1]))
+                  for name, cam in db._episode_cameras(i).items()]  # fmt: skip
+        for name, kind, encoding, shape, nbytes in found:
+            kind, total, episodes, seen = out.setdefault(name, (kind, 0, 0, Counter()))
+            out[name] = (kind, total + nbytes, episodes + 1, seen)
+            seen[(encoding, tuple(int(x) for x in shape))] += 1
+    return out
+
+
+def _count_at_once(db: Database) -> Counted | None:
+    """`Counted` from the index's section columns at once (`all_sections`), as
+    `_count_each` counts it. None where `_count_each` must go episode by episode: a 0.x
+    file, a damaged episode (it raises there), or one holding a section name twice."""
+    if db.version().startswith("0."):  # a 0.x file keeps no section directory
+        return None
+    try:
+        d = all_sections(db._decoded.columns, db._names, db._size)  # unverified, as `_count_each` reads
+        if d is None or d.bad.any():
+            return None
+        camera = d.of_types(lambda t: t.kind == KIND_CAMERA)
+        nbytes = d.nbytes  # a camera's: its frames', from its offset table
+        nbytes[camera], ok = camera_tables(db._map(), d.offset[camera], d.frames[d.episode[camera]], db._size)
+        if not ok.all():
+            return None
+    except KinodbError:
+        return None
+    names = [f"camera:{t.name}" if t.kind == KIND_CAMERA else t.name for t in d.types]
+    key_of = {name: k for k, name in enumerate(dict.fromkeys(names))}
+    key = np.array([key_of[name] for name in names] or [0], np.int64)[d.type_of]
+    pairs = np.sort(d.episode.astype(np.int64) * len(key_of) + key)
+    if (pairs[1:] == pairs[:-1]).any():  # an episode holds a name twice: its last row counts
+        return None
+    rows = len(d.type_of)
+    episodes = np.bincount(d.type_of, minlength=len(d.types)).tolist()
+    total = np.zeros(len(d.types), np.int64)
+    np.add.at(total, d.type_of, nbytes)
+    first = np.full(len(d.types), rows, np.int64)
+    np.minimum.at(first, d.type_of, np.arange(rows, dtype=np.int64))
+    # An episode's arrays come first, then its cameras, each in row order (`_count_each`).
+    ep = d.episode[np.minimum(first, rows - 1)] if rows else first
+    order = sorted(
+        (int(ep[k]), t.kind == KIND_CAMERA, int(first[k] - d.first[ep[k]]), k)
+        for k, t in enumerate(d.types)
+        if episodes[k]
+    )
+    out: Counted = {}
+    for *_, k in order:
+        t = d.types[k]
+        kind, bytes_so_far, held, seen = out.setdefault(
+            names[k], ("camera" if t.kind == KIND_CAMERA else "array", 0, 0, Counter())
+        )
+        out[names[k]] = (kind, bytes_so_far + int(total[k]), held + episodes[k], seen)
+        seen[(t.codec if t.kind == KIND_CAMERA else t.dtype.name, t.trail)] += episodes[k]
+    return out
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,8 +1,10 @@
 """The section directory: where each array and camera of each episode lives.
 
-Three views of the same index columns, all checked against the file before any byte
+Four views of the same index columns, all checked against the file before any byte
 is mapped: `episode_sections` decodes the rows of one episode (used for cameras and
-validation); `checked_reader` finds one array in an episode in O(1) from the usual row
+validation); `all_sections` decodes every episode's rows at once, with NumPy, as a
+`Directory` of distinct row types (the commands that summarise or validate a whole
+file, and `camera_tables` their frame-offset tables); `checked_reader` finds one array in an episode in O(1) from the usual row
 order (a `Locator`), so no single read costs O(episodes); and an `ArrayTable` holds one
 array's place in every episode, checked at once after enough reads to repay its
 O(episodes) NumPy cost, so that later reads look nothing up in the index at all.
@@ -15,13 +17,14 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from kinodb.errors import CorruptFileError
 from kinodb.kdb._layout import CODECS, DATA_START, DTYPE_CODE, DTYPES, KIND_ARRAY, KIND_CAMERA
+from kinodb.kdb._table import EPISODE_COLUMNS, SECTION_COLUMNS
 
 # Returns the array of episode ``i``, or None where that episode holds it elsewhere.
 ArrayReader = Callable[[int], "np.ndarray | None"]
@@ -365,3 +368,225 @@ def gather_out(out: np.ndarray | None, shape: tuple[int, ...], dtype: np.dtype[A
             "not a slice or transpose of one"
         )
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class RowType:
+    """A distinct section row but for its offset: what `episode_sections` decodes each row
+    of this type to, given its episode's frame count ``T``."""
+
+    code: int  # the name code as stored
+    kind: int
+    dtype_code: int
+    codec_code: int
+    trail: tuple[int, ...]  # the dims after the frame axis (those the rank covers)
+    ok: bool  # `episode_sections` accepts its codes, rank and dims
+    name: str  # "" where not ok
+    dtype: np.dtype[Any]
+    codec: str  # as `Section.codec`
+    frame_bytes: int  # `Section.nbytes` is ``frame_bytes * T + table_bytes``
+    table_bytes: int  # cameras: 8, their offset table's entry past the last frame
+
+
+@dataclass(frozen=True, slots=True)
+class Directory:
+    """The section rows of every episode, decoded and checked at once (`all_sections`).
+
+    Rows run episode by episode, each episode's in directory order: row ``j`` is of type
+    ``types[type_of[j]]`` and belongs to episode ``episode[j]``, whose rows start at
+    ``first[episode[j]]``. ``bad`` marks the episodes `episode_sections` raises for; their
+    rows may hold anything.
+    """
+
+    types: list[RowType]
+    type_of: np.ndarray  # int32, per row
+    episode: np.ndarray  # int32 (int64 past 2**31 episodes), per row
+    first: np.ndarray  # int64, per episode, then the row count
+    frames: np.ndarray  # int64, per episode: its frame count (at most the file size + 1)
+    offset: np.ndarray  # int64, per row: as `Section.offset` (at most the file size + 1)
+    nbytes: np.ndarray  # int64, per row: as `Section.nbytes`
+    bad: np.ndarray  # bool, per episode
+
+    def rows_where(self, rows: np.ndarray) -> Directory:
+        """The rows where the boolean ``rows`` is set (``first`` no longer counts them)."""
+        if rows.all():
+            return self
+        return replace(self, type_of=self.type_of[rows], episode=self.episode[rows],
+                       offset=self.offset[rows], nbytes=self.nbytes[rows])  # fmt: skip
+
+    def of_types(self, want: Callable[[RowType], bool]) -> np.ndarray:
+        """Per row: whether its type is one ``want`` accepts."""
+        return np.array([want(t) for t in self.types] or [False])[self.type_of]  # type: ignore[no-any-return]
+
+
+def all_sections(cols: Mapping[str, np.ndarray], names: list[str], size: int) -> Directory | None:
+    """Decode and check the section rows of every episode at once, with NumPy.
+
+    The checks are `episode_sections`', made once per distinct row (`RowType`) and per row
+    only where the row's frame count and offset count; an episode that fails one is
+    marked ``bad`` (`episode_sections` names its damage). None where the directory cannot
+    be read as columns (a column of the wrong type or length, or rows that episodes
+    share): the caller then decodes episode by episode.
+    """
+    got = [cols[k] for k in READER_COLUMNS]
+    if any(c.dtype != _STORED[k] for k, c in zip(READER_COLUMNS, got, strict=True)):  # not as written
+        return None
+    starts, counts, frames, name, kind, dt, ndim, dims, offs, codec = (c.reshape(-1) for c in got)
+    rows, n = len(name), len(starts)
+    if len(counts) != n or len(frames) != n or len(dims) != 3 * rows:
+        return None
+    if any(len(c) != rows for c in (kind, dt, ndim, offs, codec)):
+        return None
+    counts = counts.astype(np.int64)
+    room = (rows - np.minimum(counts, rows)).astype(np.uint64)  # compared unsigned: nothing wraps around
+    fits = (counts <= rows) & (starts.astype(np.uint64) <= room)
+    taken = np.where(fits, counts, 0)
+    first = np.zeros(n + 1, np.int64)
+    np.cumsum(taken, out=first[1:])
+    total = int(first[-1])
+    if total > rows:  # episodes share rows, as no writer lays a directory out
+        return None
+    episode = np.repeat(np.arange(n, dtype=np.int32 if n < 1 << 31 else np.int64), taken)
+    at: np.ndarray | None = None
+    if not (total == rows and (starts == first[:-1].astype(np.uint64)).all()):  # not the usual layout
+        at = starts.astype(np.int64)[episode] + (np.arange(total, dtype=np.int64) - first[episode])
+    parts = [name, kind, dt, ndim, codec, *dims.reshape(-1, 3).T]
+    types, type_of = _row_types([p if at is None else p[at] for p in parts], names)
+    T = np.minimum(frames, size + 1).astype(np.int64)  # more fits no row but empty ones
+    off = np.minimum(offs if at is None else offs[at], size + 1).astype(np.int64)
+    nbytes = _nbytes(types, type_of, T[episode], size)
+    bad_row = nbytes > size - off
+    bad_row |= off < DATA_START
+    bad_row |= ~np.array([t.ok for t in types] or [True])[type_of]
+    bad = ~fits | (_required_bits(types, type_of, first) != (1 << len(_REQUIRED)) - 1)
+    bad[episode[np.flatnonzero(bad_row)]] = True
+    return Directory(types, type_of, episode, first, T, off, nbytes, bad)
+
+
+# The dtypes of `READER_COLUMNS` as the format stores them.
+_STORED = {k: np.dtype(v) for k, v in (EPISODE_COLUMNS | SECTION_COLUMNS).items() if k in READER_COLUMNS}
+
+
+def _row_types(parts: list[np.ndarray], names: list[str]) -> tuple[list[RowType], np.ndarray]:
+    """The distinct rows among the columns ``parts`` (name, kind, dtype, rank, codec and
+    the three dims) and the type of each row, from one sort of one packed key."""
+    name, kind, dt, ndim, codec, *dims = parts
+    # Codes past the valid ones are all equally bad: clamped, they pack in fewer bits.
+    fields = [name, np.minimum(kind, 2), np.minimum(dt, len(DTYPES)), np.minimum(ndim, 5),
+              np.minimum(codec, len(CODECS)), *dims]  # fmt: skip
+    bits = [16, 2, 4, 3, 2, *(max(int(d.max()) if len(d) else 0, 1).bit_length() for d in dims)]
+    lookups: list[np.ndarray | None] = [None] * len(fields)
+    while sum(bits) > 63:  # dims too large to pack (no usual file): numbered instead
+        j = bits.index(max(bits[5:]), 5)
+        lookups[j], fields[j] = np.unique(fields[j], return_inverse=True)
+        bits[j] = max(len(lookups[j]) - 1, 1).bit_length()  # type: ignore[arg-type]
+    key = np.zeros(len(name), np.int64)
+    for values, width in zip(fields, bits, strict=True):
+        key <<= width
+        key |= values
+    ordered = np.sort(key)
+    distinct = ordered[np.concatenate(([True], ordered[1:] != ordered[:-1]))] if len(key) else ordered
+    types = []
+    for packed in distinct.tolist():
+        vals = []
+        for width, lookup in zip(reversed(bits), reversed(lookups), strict=True):
+            v = packed & ((1 << width) - 1)
+            packed >>= width
+            vals.append(v if lookup is None else int(lookup[v]))
+        types.append(_row_type(*reversed(vals), names=names))
+    return types, np.searchsorted(distinct, key).astype(np.int32)
+
+
+def _row_type(code: int, kind: int, dt: int, rank: int, codec: int, *dims: int, names: list[str]) -> RowType:
+    """`episode_sections`' checks of one row that do not depend on its episode."""
+    if code >= len(names) or kind > KIND_CAMERA or dt >= len(DTYPES) or not 1 <= rank <= 4:
+        return RowType(code, kind, dt, codec, (), False, "", _DTYPES[0], "raw", 0, 0)
+    trail = tuple(dims[: rank - 1])
+    ok = not any(dims[rank - 1 :])
+    if kind == KIND_CAMERA:
+        ok = ok and rank == 4 and codec < len(CODECS) and min(trail) >= 1 and trail[2] <= 4
+        return RowType(
+            code, kind, dt, codec, trail, ok, names[code], _DTYPES[dt], CODECS[min(codec, 2)], 8, 8
+        )
+    dtype = _DTYPES[dt]
+    return RowType(
+        code, kind, dt, codec, trail, ok, names[code], dtype, "raw", math.prod(trail) * dtype.itemsize, 0
+    )
+
+
+def _nbytes(types: list[RowType], type_of: np.ndarray, T: np.ndarray, size: int) -> np.ndarray:
+    """`Section.nbytes` of every row; past ``size`` where it overflows int64, or nearly."""
+    per = [min(t.frame_bytes, size + 1) for t in types]  # more would fit no row of a frame or more
+    frame_bytes = np.array(per or [0], np.int64)
+    top = int(T.max()) if len(T) else 0
+    if top * max(per, default=0) >= 1 << 62:
+        past = frame_bytes[type_of].astype(np.float64) * T > 2.0 * size + 4096
+        T = np.where(past, 0, T)
+    out = frame_bytes[type_of]
+    out *= T
+    out += np.array([t.table_bytes for t in types] or [0], np.int64)[type_of]
+    if top * max(per, default=0) >= 1 << 62:
+        out[past] = size + 1
+    return out  # type: ignore[no-any-return]
+
+
+def _required_bits(types: list[RowType], type_of: np.ndarray, first: np.ndarray) -> np.ndarray:
+    """Per episode, one bit for each of `_REQUIRED` among the names of its rows."""
+    order = sorted(_REQUIRED)
+    bits = np.array([1 << order.index(t.name) if t.name in _REQUIRED else 0 for t in types] or [0], np.int64)
+    have = np.zeros(len(first) - 1, np.int64)
+    some = np.flatnonzero(first[1:] > first[:-1])
+    if len(some):
+        have[some] = np.bitwise_or.reduceat(bits[type_of], first[some])
+    return have
+
+
+def camera_tables(
+    buf: np.ndarray, offset: np.ndarray, frames: np.ndarray, size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The frame-offset tables of camera rows, checked as `Database._episode_cameras` does.
+
+    ``offset`` and ``frames`` are int64 per row, of episodes `all_sections` found sound.
+    Returns ``(frame bytes, ok)`` per row: the table's last entry (the bytes its frames
+    take), and whether the table starts at 0, never decreases and its frames fit the file.
+    """
+    n = len(offset)
+    last, ok = np.zeros(n, np.int64), np.ones(n, bool)
+    aligned = offset % 8 == 0
+    for r in np.flatnonzero(~aligned).tolist():  # no kinodb writer leaves a table unaligned
+        table = np.frombuffer(buf, "<u8", int(frames[r]) + 1, int(offset[r]))  # type: ignore[call-overload]
+        last[r], ok[r] = _table_check(table.astype(np.int64), int(offset[r]) + table.nbytes, size)
+    rows = np.flatnonzero(aligned)
+    if not len(rows):
+        return last, ok
+    entries = np.cumsum(frames[rows] + 1)
+    cuts = np.unique(np.searchsorted(entries, np.arange(_GATHER_ROWS, int(entries[-1]), _GATHER_ROWS)))
+    u64 = typed_view(buf, np.dtype("<u8"))
+    for part in np.split(rows, cuts):
+        if len(part):
+            last[part], ok[part] = _tables_at(u64, offset[part], frames[part] + 1, size)
+    return last, ok
+
+
+_GATHER_ROWS = 1 << 22  # table entries gathered at once (8 bytes of index each)
+
+
+def _tables_at(
+    u64: np.ndarray, offset: np.ndarray, lens: np.ndarray, size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """`camera_tables` of 8-byte-aligned tables: one gather of all their entries."""
+    begin = np.zeros(len(lens), np.int64)
+    np.cumsum(lens[:-1], out=begin[1:])
+    idx = np.repeat(offset // 8 - begin, lens) + np.arange(int(lens.sum()), dtype=np.int64)
+    values = u64[idx].astype(np.int64)  # as the reader reads them: a value past 2**63 turns negative
+    falls = np.diff(values) < 0
+    falls[begin[1:] - 1] = False  # one table's last entry and the next one's first
+    tail = values[begin + lens - 1]
+    ok = (values[begin] == 0) & (tail >= 0) & (tail <= size - (offset + 8 * lens))
+    ok[np.searchsorted(begin, np.flatnonzero(falls), "right") - 1] = False
+    return tail, ok
+
+
+def _table_check(table: np.ndarray, data: int, size: int) -> tuple[int, bool]:
+    tail = int(table[-1])
+    return tail, bool(table[0] == 0 and not (np.diff(table) < 0).any() and 0 <= tail <= size - data)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -13,6 +15,7 @@ from kinodb.errors import CorruptFileError, KinodbError
 from kinodb.kdb._layout import (
     ALIGN,
     INDEX_MAGIC,
+    KIND_CAMERA,
     SLOT_OFFSETS,
     SLOT_SIZE,
     Commit,
@@ -21,6 +24,7 @@ from kinodb.kdb._layout import (
     pack_slot,
     parse_slot,
 )
+from kinodb.kdb._sections import Directory, all_sections, camera_tables, typed_view
 from kinodb.kdb._table import Columns, decode_index
 from kinodb.kdb.legacy import LegacyDatabase
 from kinodb.kdb.reader import Database, open_database
@@ -77,8 +81,7 @@ def validate(path: str | os.PathLike[str], *, decode_images: bool = True) -> Rep
             report.errors.append(f"index: {exc}")
             return report
         nonfinite: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, -1])
-        for i in range(len(db)):
-            _check_episode(db, i, report, nonfinite, decode_images)
+        _check_episodes(db, report, nonfinite, decode_images)
         for name, (nan, inf, eps, first) in sorted(nonfinite.items()):
             report.warnings.append(
                 f"{name}: {nan} NaN and {inf} Inf values in {eps} episode{'' if eps == 1 else 's'} (first: episode {first})"
@@ -285,6 +288,199 @@ def _check_schema(db: Database, report: Report) -> None:
                 )
         if "names" in entry and len(dims) and (dims != len(entry["names"])).any():
             report.errors.append(f"schema {part}.names has {len(entry['names'])} names but {dim_col} differs")
+
+
+def _check_episodes(
+    db: Database, report: Report, nonfinite: dict[str, list[int]], decode_images: bool
+) -> None:
+    """`_check_episode` of every episode, with its findings in its order: what passes
+    checked at once over the index's columns (`_sound`), the rest episode by episode."""
+    sound = None if isinstance(db, LegacyDatabase) else _sound(db, decode_images)
+    if sound is None:
+        for i in range(len(db)):
+            _check_episode(db, i, report, nonfinite, decode_images)
+        return
+    found: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, -1])
+    for i in sound.visit.tolist():
+        if not sound.ok[i]:
+            _check_episode(db, i, report, found, decode_images)
+            continue
+        try:  # sound but for its frames, which decode one by one
+            for cam, info in db._episode_cameras(i).items():
+                db._decode(i, cam, info, 0, info.shape[0])
+        except KinodbError as exc:
+            report.errors.append(f"episode {i}: {exc}")
+    for part in (found, sound.nonfinite):
+        for name, (nan, inf, eps, first) in part.items():
+            acc = nonfinite[name]
+            acc[0], acc[1], acc[2] = acc[0] + nan, acc[1] + inf, acc[2] + eps
+            acc[3] = first if acc[3] < 0 else min(acc[3], first)
+
+
+@dataclass(frozen=True, slots=True)
+class _Sound:
+    """What `_sound` found: the episodes every check passes, and what remains to do."""
+
+    ok: np.ndarray  # per episode: every check passes, but decoding its frames
+    visit: np.ndarray  # ascending: the episodes not ok (checked one by one), and those with frames to decode
+    nonfinite: dict[str, list[int]]  # as `validate` counts them, over the ok episodes' arrays
+
+
+# Episodes whose metadata `_sound` reads at once (`Database._meta_columns`).
+_META_CHUNK = 4096
+
+
+def _sound(db: Database, decode_images: bool) -> _Sound | None:
+    """The checks of `_check_episode` over the index's columns at once, with NumPy: the
+    episodes where each passes, NaN and Inf counted in their arrays. Where one fails,
+    the episode is left to `_check_episode`, which says what failed, as it always has.
+    None where the columns cannot say (no usual directory): every episode is left so."""
+    n, size = len(db), db._size
+    try:
+        cols = db._cols
+        ok = np.ones(n, bool)
+        for a in range(0, n, _META_CHUNK):
+            ok[a : a + _META_CHUNK] = db._meta_columns(np.arange(a, min(a + _META_CHUNK, n))) is not None
+        ok &= _payloads(db)
+        d = all_sections(cols, db._names, size)
+        if d is None:
+            return None
+        ok &= ~d.bad
+        d = d.rows_where(ok[d.episode])
+        camera = d.of_types(lambda t: t.kind == KIND_CAMERA)
+        cams = d.episode[camera]
+        frame_bytes, sound = camera_tables(db._map(), d.offset[camera], d.frames[cams], size)
+        ok[cams[~sound]] = False
+        end = d.offset + d.nbytes
+        end[camera] += frame_bytes
+        start = np.minimum(cols["payload_offset"], size + 1).astype(np.int64)
+        stop = start + np.minimum(cols["payload_length"], size + 1).astype(np.int64)
+        ok[d.episode[(d.offset < start[d.episode]) | (end > stop[d.episode])]] = False
+        del end
+        ok &= _arrays_as_declared(db, d)
+        visit = ~ok
+        if decode_images:
+            raw = d.of_types(lambda t: t.codec == "raw")[camera]
+            pixels = np.array([math.prod(t.trail) for t in d.types] or [0], np.int64)[d.type_of[camera]]
+            ok[cams[raw & (frame_bytes != pixels * d.frames[cams])]] = False  # `Database._decode` raises
+            visit = ~ok
+            visit[cams[~raw]] = True  # compressed frames decode one by one
+        nonfinite = _nonfinite(db, d.rows_where(ok[d.episode]))
+    except KinodbError:
+        return None
+    return _Sound(ok, np.flatnonzero(visit), nonfinite)
+
+
+def _payloads(db: Database) -> np.ndarray:
+    """Per episode: its payload lies in the data area and matches its checksum."""
+    cols, end = db._cols, db._commit.index_offset
+    off = np.minimum(cols["payload_offset"], end + 1).astype(np.int64)
+    length = np.minimum(cols["payload_length"], end + 1).astype(np.int64)
+    ok = (off >= 256) & (off + length <= end)
+    mv = db._map().data
+    at = np.flatnonzero(ok)
+    got = [crc32(mv[a:b]) for a, b in zip(off[at].tolist(), (off + length)[at].tolist(), strict=True)]
+    ok[at] = np.array(got, np.int64) == cols["payload_crc"][at].astype(np.int64)
+    return ok  # type: ignore[no-any-return]
+
+
+# The arrays every episode holds, and the shape `_check_episode` expects of each: the rank,
+# and the metadata column that gives the dim after the frames (None: no dim).
+_EXPECTED = {
+    "actions": (2, "action_dim"),
+    "states": (2, "state_dim"),
+    "rewards": (1, None),
+    "is_terminal": (1, None),
+}
+
+
+def _arrays_as_declared(db: Database, d: Directory) -> np.ndarray:
+    """Per episode: it holds each of `_EXPECTED` once, of the shape its metadata gives
+    (`is_terminal` bool), and no array or camera name twice."""
+    n, types = len(db), d.types
+    ok = np.ones(n, bool)
+    names = {name: k for k, name in enumerate(dict.fromkeys((t.kind, t.name) for t in types))}
+    pairs = d.episode.astype(np.int64)
+    pairs *= len(names)
+    pairs += np.array([names[(t.kind, t.name)] for t in types] or [0], np.int64)[d.type_of]
+    pairs.sort()
+    ok[pairs[1:][pairs[1:] == pairs[:-1]] // max(len(names), 1)] = False  # a dict keeps one of them
+    del pairs
+    for name, (rank, column) in _EXPECTED.items():
+        rows = np.flatnonzero(d.of_types(lambda t, name=name: t.kind != KIND_CAMERA and t.name == name))  # type: ignore[misc]
+        episode, kinds = d.episode[rows], d.type_of[rows]
+        ok &= np.bincount(episode, minlength=n) == 1
+        wrong = np.array([len(t.trail) + 1 != rank for t in types] or [False])[kinds]
+        if column is not None:
+            dim = np.array([t.trail[0] if t.trail else -1 for t in types] or [0], np.int64)[kinds]
+            wrong |= dim != db._cols[column].astype(np.int64)[episode]
+        if name == "is_terminal":
+            wrong |= np.array([t.dtype != np.bool_ for t in types] or [False])[kinds]
+        ok[episode[wrong]] = False
+    return ok
+
+
+def _nonfinite(db: Database, d: Directory) -> dict[str, list[int]]:
+    """NaN and Inf in the float arrays of rows ``d``, as `_check_episode` counts them per
+    array name: ``[NaN, Inf, episodes holding some, the first of them]``."""
+    out: dict[str, list[int]] = {}
+    floats = [k for k, t in enumerate(d.types) if t.kind != KIND_CAMERA and t.dtype.kind == "f"]
+    for dtype in {d.types[k].dtype for k in floats}:
+        rows = np.isin(d.type_of, [k for k in floats if d.types[k].dtype == dtype])
+        nan, inf = _count_nonfinite(db._map(), dtype, d.offset[rows], d.nbytes[rows])
+        some = np.flatnonzero((nan > 0) | (inf > 0))
+        for r, ep, k in zip(
+            some.tolist(), d.episode[rows][some].tolist(), d.type_of[rows][some].tolist(), strict=True
+        ):
+            acc = out.setdefault(d.types[k].name, [0, 0, 0, -1])
+            acc[0], acc[1], acc[2] = acc[0] + int(nan[r]), acc[1] + int(inf[r]), acc[2] + 1
+            acc[3] = ep if acc[3] < 0 else min(acc[3], ep)
+    return out
+
+
+# Floats scanned at once, and the gap between two arrays below which the bytes between are
+# scanned too (cheaper than a step of the Python loop over spans).
+_SCAN, _GAP = 1 << 22, 1 << 12
+
+
+def _count_nonfinite(
+    buf: np.ndarray, dtype: np.dtype[Any], off: np.ndarray, nbytes: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """NaN and Inf counts of each array of ``dtype`` at byte offsets ``off`` (``nbytes``
+    long): a scan over the spans the arrays cover, counting only where they lie."""
+    nan, inf = np.zeros(len(off), np.int64), np.zeros(len(off), np.int64)
+    item = dtype.itemsize
+    loose = off % item != 0
+    for r in np.flatnonzero(loose).tolist():  # no kinodb writer leaves an array unaligned
+        arr = np.frombuffer(buf, dtype, int(nbytes[r]) // item, int(off[r]))  # type: ignore[call-overload]
+        nan[r], inf[r] = int(np.isnan(arr).sum()), int(np.isinf(arr).sum())
+    at = np.flatnonzero(~loose & (nbytes > 0))  # an empty array holds nothing, wherever it lies
+    if not len(at):
+        return nan, inf
+    order = at[np.argsort(off[at], kind="stable")]
+    start, stop = off[order] // item, (off[order] + nbytes[order]) // item
+    if (stop[:-1] > start[1:]).any():  # arrays that overlap (no writer's): one by one
+        for r in order.tolist():
+            arr = np.frombuffer(buf, dtype, int(nbytes[r]) // item, int(off[r]))  # type: ignore[call-overload]
+            nan[r], inf[r] = int(np.isnan(arr).sum()), int(np.isinf(arr).sum())
+        return nan, inf
+    flat = typed_view(buf, dtype)
+    breaks = np.flatnonzero(start[1:] - stop[:-1] > _GAP // item) + 1
+    for first, last in zip([0, *breaks.tolist()], [*breaks.tolist(), len(order)], strict=True):
+        for a in range(int(start[first]), int(stop[last - 1]), _SCAN):
+            b = min(a + _SCAN, int(stop[last - 1]))
+            chunk = flat[a:b]
+            odd = np.flatnonzero(~np.isfinite(chunk))
+            if not len(odd):
+                continue
+            is_nan = np.isnan(chunk[odd])
+            pos = odd + a
+            k = np.searchsorted(start[first:last], pos, "right") - 1 + first
+            inside = (k >= first) & (pos < stop[np.maximum(k, first)])
+            rows = order[k[inside]]
+            np.add.at(nan, rows, is_nan[inside])
+            np.add.at(inf, rows, ~is_nan[inside])
+    return nan, inf
 
 
 def _check_episode(
