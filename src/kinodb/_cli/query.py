@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shlex
 import sys
 import traceback
 from typing import Any
@@ -62,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
     """
     given = args.path
     paths = [given] if isinstance(given, (str, os.PathLike)) else list(given)
+    _check_order(paths, args.kql)
     with contextlib.ExitStack() as stack:
         dbs = [stack.enter_context(open_database(path)) for path in paths]
         # One query over every file, as a Mixture or a merge reads it: a field that only
@@ -88,6 +90,26 @@ def run(args: argparse.Namespace) -> int:
         else:
             _print_several(args, dbs, found)
     return 0
+
+
+def _check_order(paths: list[Any], kql: str) -> None:
+    """Refuse arguments in the wrong order before anything runs: the query is the last one.
+
+    Raises:
+        ValueError: the query looks like a file and a path does not exist, or the last
+            argument is a file that exists (the query was left out).
+    """
+    missing = [str(p) for p in paths if not os.path.exists(p)]
+    if missing and os.path.isfile(kql):
+        raise ValueError(
+            f"{missing[0]!r} is not a file, and the last argument {kql!r} is one: the query comes "
+            f"last (kino query PATH... KQL), e.g. kino query {kql} {shlex.quote(missing[0])}"
+        )
+    if not missing and os.path.isfile(kql) and kql.endswith(".kdb"):
+        raise ValueError(
+            f"the last argument {kql!r} is a .kdb file, but it is where the query goes: add one "
+            f"(kino query PATH... KQL), e.g. kino query {' '.join(map(str, paths))} {kql} 'success = true'"
+        )
 
 
 def _shown(args: argparse.Namespace, positions: Any) -> np.ndarray:
