@@ -64,8 +64,15 @@ def merge(
 
     Each kept episode's payload is copied byte for byte (a JPEG stays the same JPEG)
     after its checksum is verified, and gains the extra fields ``source_file`` (the
-    input's absolute path) and ``source_episode`` (a pair it already held moves to
-    ``origin_file`` and ``origin_episode``). Episodes of a format 0.1 input are
+    input's absolute path) and ``source_episode`` (its position there). What the episode
+    already held of these two (its ingest source, an earlier merge's input, or fields of
+    its own; one or both) moves to ``origin_file``/``origin_episode`` when neither of those
+    is set, so the first origin survives any number of merges (the two move together: an
+    origin is never half of one source and half of another). When an origin is set, each
+    held value is kept as ``pre_merge_source_file``/``pre_merge_source_episode``
+    (``..._2`` and on when that is taken too), with a warning, except the pair an earlier
+    merge wrote (``source_file`` one of the files in the input's ``merged_from``), which
+    the output's metadata keeps naming. No other value is lost. Episodes of a format 0.1 input are
     converted as `kino upgrade` converts them: arrays exactly, JPEG/PNG frames with their
     stored bytes, raw frames raw (a camera that cannot keep its bytes is stored raw,
     decoded exactly, with a warning). Inputs may have different schemas: dims are per
@@ -84,7 +91,9 @@ def merge(
         >>> kinodb.merge(["a.kdb", "b.kdb"], "train.kdb", filter="success = true AND split = 'train'")
 
     Raises:
-        QuerySyntaxError: ``filter`` does not parse or does not fit an input's fields.
+        QuerySyntaxError: ``filter`` does not parse (the message names the filter, before any
+            input is opened), is not valid Unicode text (the output records it), or does not
+            fit an input's fields (the message names the input).
         WriterError: no input has a matching episode.
         FormatError: an input is not a readable ``.kdb`` file, its index fails its checksum,
             or an episode's data is damaged (`CorruptFileError`; nothing is written).
@@ -100,6 +109,8 @@ def merge(
         raise ValueError("merge needs at least one input file")
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    if filter is not None:
+        _check_filter(filter)
     dbs: list[Database] = []
     try:
         for p in inputs:
@@ -152,12 +163,34 @@ def _same_file_warnings(dbs: list[Database], output: str) -> list[str]:
     return out
 
 
+def _check_filter(kql: str) -> None:
+    """Refuse a filter that the output's metadata cannot record, or that does not parse, before
+    any input is opened: the message is the filter's, not an input file's."""
+    from kinodb.kql._lexer import query_error  # deferred: kql builds on kdb
+    from kinodb.kql._parser import parse
+
+    try:
+        kql.encode()
+    except UnicodeEncodeError as exc:
+        # A command-line byte that is not UTF-8 arrives as a lone surrogate: KQL could compare
+        # it, but metadata["filter"] cannot store it. Shown escaped, so the message prints.
+        shown = kql.encode("utf-8", "backslashreplace").decode()
+        raise query_error(
+            shown, exc.start, "filter: not valid Unicode text (a byte that is not UTF-8)",
+            ["the output records the filter in its metadata: write it in UTF-8"],
+        ) from None  # fmt: skip
+    try:
+        parse(kql)
+    except QuerySyntaxError as exc:
+        raise QuerySyntaxError(f"filter: {exc}", exc.position) from exc
+
+
 def _select(db: Database, kql: str | None, absent: frozenset[str] = frozenset()) -> np.ndarray:
     if kql is None:
         return np.arange(len(db), dtype=np.int64)
     try:
         return db.query(kql, absent=absent)
-    except QuerySyntaxError as exc:
+    except QuerySyntaxError as exc:  # the filter parses (`_check_filter`): a field or type of this file
         raise QuerySyntaxError(f"{db.path()}: {exc}", exc.position) from exc
 
 
@@ -284,19 +317,25 @@ def _write(
         reasons = []  # per input that had episodes skipped
         for j, (db, positions) in enumerate(zip(dbs, kept, strict=True)):
             frames, skipped = 0, []
+            merged = _merged_files(db)
+            renamed: dict[tuple[str, str], int] = {}  # (field, kept as): episodes
             for i in positions.tolist():
                 try:
+                    extra, moved = _provenance(db, i, merged)
                     # A 0.1 camera that cannot keep its encoded frames is stored raw: the
                     # note goes to the result's warnings.
-                    w.copy_episode(db, i, extra=_provenance(db, i), notes=warnings)
+                    w.copy_episode(db, i, extra=extra, notes=warnings)
                 except (FormatError, WriterError, ConversionError) as exc:
                     if w._closed:  # the output failed (a full disk), not the episode
                         raise
                     if not skip:
-                        raise episode_error(exc, db.path(), i, _advice(db, i, kql)) from exc
-                    skipped.append((i, str(exc)))
+                        raise episode_error(_unnamed(exc, len(w)), db.path(), i, _advice(db, i, kql)) from exc
+                    skipped.append((i, str(_unnamed(exc, len(w)))))
                     continue
                 frames += int(db._cols["num_frames"][i])
+                for pair in moved:
+                    renamed[pair] = renamed.get(pair, 0) + 1
+            warnings.extend(_renamed_warnings(db.path(), renamed))
             if skipped:
                 reasons.append(_record_skipped(w, j, db.path(), skipped, warnings))
             done = len(positions) - len(skipped)
@@ -354,16 +393,66 @@ def _compact(meta: dict[str, Any]) -> dict[str, Any]:
     return meta
 
 
-def _provenance(db: Database, i: int) -> dict[str, Any]:
-    """``source_file``/``source_episode`` of the input; a pair the episode already held (its
-    ingest source, or an earlier merge's input) moves to ``origin_file``/``origin_episode``
-    unless those are set, so the first origin survives any number of merges."""
-    extra: dict[str, Any] = {"source_file": os.path.abspath(db.path()), "source_episode": i}
+_PROVENANCE = (("source_file", "origin_file"), ("source_episode", "origin_episode"))
+
+
+def _merged_files(db: Database) -> frozenset[str]:
+    """The inputs an earlier merge wrote ``db`` from (its ``merged_from`` files), or none."""
+    entries = db.metadata().get("merged_from")
+    if db.dataset_info().get("source_format") != "kinodb-merge" or not isinstance(entries, list):
+        return frozenset()
+    return frozenset(e["file"] for e in entries if isinstance(e, dict) and isinstance(e.get("file"), str))
+
+
+def _provenance(db: Database, i: int, merged: frozenset[str]) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    """The extra fields episode ``i`` of ``db`` gains, and the ``(field, kept as)`` pairs of
+    values that could not move to an ``origin_*`` name.
+
+    ``source_file``/``source_episode`` name the input. What the episode already held of
+    either (one or both) moves to ``origin_file``/``origin_episode`` when neither of those is
+    taken, so the first origin survives any number of merges; the two move together, so an
+    origin is never half one source and half another. When an origin is taken, each value is
+    kept as ``pre_merge_NAME`` (or ``pre_merge_NAME_2``, ...), unless an earlier merge wrote
+    the pair (``source_file`` one of ``merged``, the files of the input's ``merged_from``):
+    that pair is replaced, as the input's own metadata names those files.
+    """
     meta = db.read_meta(i)
-    if "source_file" in meta and "origin_file" not in meta:
-        extra["origin_file"] = meta["source_file"]
-        extra["origin_episode"] = meta.get("source_episode")
-    return extra
+    extra: dict[str, Any] = {"source_file": os.path.abspath(db.path()), "source_episode": i}
+    held = [(name, origin) for name, origin in _PROVENANCE if name in meta]
+    if not any(origin in meta for _, origin in _PROVENANCE):
+        extra.update({origin: meta[name] for name, origin in held})
+        return extra, []
+    if meta.get("source_file") in merged and type(meta.get("source_episode")) is int:
+        return extra, []
+    moved = []
+    for name, _ in held:
+        kept, k = f"pre_merge_{name}", 1
+        while kept in meta:
+            k += 1
+            kept = f"pre_merge_{name}_{k}"
+        extra[kept] = meta[name]
+        moved.append((name, kept))
+    return extra, moved
+
+
+def _renamed_warnings(path: str, renamed: dict[tuple[str, str], int]) -> list[str]:
+    """One warning per field of input ``path`` kept under another name, with its count."""
+    out = []
+    for (name, kept), n in renamed.items():
+        eps = f"{n} episode{'s' if n > 1 else ''}"
+        now = "this input's path" if name == "source_file" else "each one's position in this input"
+        out.append(
+            f"{path}: {eps} held {name}, and an origin_file or origin_episode too: {name} now holds "
+            f"{now}, and the value each held is kept as {kept}"
+        )
+    return out
+
+
+def _unnamed(exc: Exception, n: int) -> Exception:
+    """``exc`` without the writer's ``(adding episode N)``: ``n`` is the output's position,
+    which a merge's message does not show (it names the input file and its episode)."""
+    text, suffix = str(exc), f" (adding episode {n})"
+    return type(exc)(text[: -len(suffix)]) if text.endswith(suffix) else exc
 
 
 __all__ = ["MergeInput", "MergeResult", "merge"]

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
-import unicodedata
 from typing import Any
+
+from kinodb._textwidth import char_width as _width
 
 
 def finite(value: Any) -> Any:
@@ -17,12 +18,6 @@ def finite(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [finite(v) for v in value]
     return value
-
-
-def _width(ch: str) -> int:
-    if unicodedata.combining(ch):
-        return 0
-    return 2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1
 
 
 def fit(text: str, width: int, *, pad: bool = True) -> str:

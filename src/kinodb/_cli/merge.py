@@ -15,7 +15,10 @@ def register(sub: Any) -> None:
         description=(
             "Merge .kdb files into one, in the order given: each episode's payload is copied byte for\n"
             "byte (frames are not re-encoded), optionally only the episodes matching a KQL query\n"
-            "(-F). The output's metadata records every input under merged_from."
+            "(-F). The output's metadata records every input under merged_from; each episode gains\n"
+            "source_file and source_episode (values it held move to origin_file/origin_episode,\n"
+            "or, when an origin is set, to pre_merge_source_file/pre_merge_source_episode, with a\n"
+            "warning)."
         ),
         epilog="examples: kino merge a.kdb b.kdb -o all.kdb\n"
         '          kino merge a.kdb b.kdb -o good.kdb -F "success = true"',

@@ -66,7 +66,7 @@ def query(
     ``text`` is query text or a tree from `parse`; ``limit`` keeps the first N positions.
     ``absent`` names extra fields that other files of the same query hold (a mixture, a
     merge): where ``db`` has none of them they are null in every episode, as a merged
-    file's missing values are, instead of unknown.
+    file's missing values are, instead of unknown. One name may be given as a str.
 
     Example:
         >>> kinodb.kql.query(db, "embodiment = 'franka' AND NOT success = false", limit=10)
@@ -84,7 +84,7 @@ def query(
     if isinstance(text, Node):
         text = text.render()  # re-parsed below: a hand-built tree gets positions for its errors
     node = parse(text)
-    evaluator = _Evaluator(db, text, frozenset(absent))
+    evaluator = _Evaluator(db, text, frozenset([absent] if isinstance(absent, str) else absent))
     evaluator.bind(node)  # every field and type error is raised before any evaluation
     mask = evaluator.mask(node)
     positions = np.flatnonzero(mask).astype(np.int64, copy=False)
@@ -198,7 +198,9 @@ class _Evaluator:
         shown = field.render()
         # Suggest extras in both spellings, so "extra.sceen" finds "extra.scene".
         spellings = valid + [Field(name, extra=True).render() for name in extras]
-        lowered = {v.lower(): v for v in spellings}
+        lowered: dict[str, str] = {}
+        for v in spellings:  # on a tie of case the built-in (listed first) is the one suggested
+            lowered.setdefault(v.lower(), v)
         close = [lowered[c] for c in difflib.get_close_matches(shown.lower(), list(lowered), n=1, cutoff=0.6)]
         hints = [f"did you mean {close[0]}?"] if close else []
         these = "these files" if self.absent - set(self.extras) else "this file"
@@ -477,19 +479,29 @@ def _number_mask(col: Column, node: Compare | In | Between) -> Mask:
         return _compare_numbers(col, node.op, node.value)
     if isinstance(node, Between):
         return _compare_numbers(col, ">=", node.low) & _compare_numbers(col, "<=", node.high)
-    hit = _compare_numbers(col, "=", node.values[0])
-    for v in node.values[1:]:
-        hit |= _compare_numbers(col, "=", v)
+    hit = _number_in(col, node.values)
     return ~hit if node.negated else hit
 
 
-def _compare_numbers(col: Column, op: str, lit: Value) -> Mask:
-    """``column OP lit`` exactly, as Python compares an int or float with ``lit``."""
+def _number_in(col: Column, values: Sequence[Value]) -> Mask:
+    """``column IN values`` in one pass (`np.isin`), equal to OR-ing ``column = v`` for each:
+    the values that some stored number can equal, in the column's dtype."""
     x = col.data
-    if x is None or isinstance(lit, (str, bool)):
+    nums = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if x is None or len(nums) != len(values):
         raise TypeError(f"{col.name}: not a numeric comparison")  # excluded by check()
     if col.kind == "int":
-        return _compare_ints(x, op, lit)
+        info = np.iinfo(x.dtype)
+        ints = (int(v) for v in nums if not (isinstance(v, float) and not v.is_integer()))
+        keys = np.fromiter((k for k in ints if info.min <= k <= info.max), x.dtype)
+    else:
+        stored = (_as_stored(col, v) for v in nums)
+        keys = np.fromiter((f for lit in stored if (f := _to_float(lit)) == lit), np.float64)
+    return np.isin(x, keys)
+
+
+def _as_stored(col: Column, lit: int | float) -> int | float:
+    """``lit`` as a float column compares it: as its nearest float32 in a format 0.1 file."""
     if col.float32:
         # Format 0.1 stored these as float32: the literal is compared as its nearest
         # float32, by every operator, so that equality and order agree (fps = 29.97,
@@ -500,7 +512,18 @@ def _compare_numbers(col: Column, op: str, lit: Value) -> Mask:
         with np.errstate(over="ignore"):
             near = float(np.float32(_to_float(lit)))
         if math.isfinite(near) or not math.isfinite(_to_float(lit)):
-            lit = near
+            return near
+    return lit
+
+
+def _compare_numbers(col: Column, op: str, lit: Value) -> Mask:
+    """``column OP lit`` exactly, as Python compares an int or float with ``lit``."""
+    x = col.data
+    if x is None or isinstance(lit, (str, bool)):
+        raise TypeError(f"{col.name}: not a numeric comparison")  # excluded by check()
+    if col.kind == "int":
+        return _compare_ints(x, op, lit)
+    lit = _as_stored(col, lit)
     f = _to_float(lit)
     if f == lit:
         return np.asarray(_CMP[op](x, f))

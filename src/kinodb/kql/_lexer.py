@@ -6,6 +6,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from kinodb._textwidth import char_width
 from kinodb.errors import QuerySyntaxError
 
 # Token kinds.
@@ -55,8 +56,9 @@ def query_error(text: str, pos: int, message: str, hints: Iterable[str] = ()) ->
     start = text.rfind("\n", 0, pos) + 1
     end = text.find("\n", pos)
     line = text[start : end if end >= 0 else len(text)]
-    # Keep tabs in the caret line so the caret stays under the character.
-    pad = "".join(c if c == "\t" else " " for c in text[start:pos])
+    # Keep tabs in the caret line, and pad wide characters (CJK, emoji) with two spaces, so
+    # the caret stays under the character.
+    pad = "".join(c if c == "\t" else " " * char_width(c) for c in text[start:pos])
     where = f"position {pos}"
     if "\n" in text:
         where += f" (line {text.count(chr(10), 0, pos) + 1}, column {pos - start + 1})"
