@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from kinodb._provenance import PROVENANCE, carried
 from kinodb.errors import ConversionError, FormatError, QuerySyntaxError, WriterError
 from kinodb.kdb.reader import Database, open_database
 from kinodb.kdb.upgrade import SKIP_ADVICE, episode_error, leave_out
@@ -393,9 +394,6 @@ def _compact(meta: dict[str, Any]) -> dict[str, Any]:
     return meta
 
 
-_PROVENANCE = (("source_file", "origin_file"), ("source_episode", "origin_episode"))
-
-
 def _merged_files(db: Database) -> frozenset[str]:
     """The inputs an earlier merge wrote ``db`` from (its ``merged_from`` files), or none."""
     entries = db.metadata().get("merged_from")
@@ -418,20 +416,12 @@ def _provenance(db: Database, i: int, merged: frozenset[str]) -> tuple[dict[str,
     """
     meta = db.read_meta(i)
     extra: dict[str, Any] = {"source_file": os.path.abspath(db.path()), "source_episode": i}
-    held = [(name, origin) for name, origin in _PROVENANCE if name in meta]
-    if not any(origin in meta for _, origin in _PROVENANCE):
-        extra.update({origin: meta[name] for name, origin in held})
+    if any(origin in meta for _, origin in PROVENANCE) and (
+        meta.get("source_file") in merged and type(meta.get("source_episode")) is int
+    ):
         return extra, []
-    if meta.get("source_file") in merged and type(meta.get("source_episode")) is int:
-        return extra, []
-    moved = []
-    for name, _ in held:
-        kept, k = f"pre_merge_{name}", 1
-        while kept in meta:
-            k += 1
-            kept = f"pre_merge_{name}_{k}"
-        extra[kept] = meta[name]
-        moved.append((name, kept))
+    kept, moved = carried(meta)
+    extra.update(kept)
     return extra, moved
 
 

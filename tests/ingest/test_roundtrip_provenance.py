@@ -77,3 +77,20 @@ def test_episodes_without_provenance_gain_no_origin(tmp_path: Path, fmt: str) ->
         assert p["source_file"] == str(out) and p["origin_file"] is None and p["origin_episode"] is None
     with kinodb.open(back) as db:
         assert "origin_file" not in db.read_meta(0)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_an_episodes_own_source_episode_survives_export_and_ingest(tmp_path: Path, fmt: str) -> None:
+    src = tmp_path / "own.kdb"
+    with kinodb.Writer(src) as w:
+        for run in ("run_17", "run_18"):  # the user's own run ids, under a name kinodb also uses
+            w.add_episode(actions=np.zeros((3, 2), np.float32), fps=10.0, extra={"source_episode": run})
+        w.add_episode(actions=np.zeros((3, 2), np.float32), fps=10.0,
+                      extra={"source_episode": "run_19", "origin_file": "rig.bag"})  # fmt: skip
+    out, back = _export_and_ingest(src, tmp_path, fmt)
+    with kinodb.open(back) as db:
+        metas = [db.read_meta(i) for i in range(len(db))]
+    assert [m["source_file"] for m in metas] == [str(out)] * 3
+    assert [m.get("origin_episode") for m in metas[:2]] == ["run_17", "run_18"]
+    assert "origin_file" not in metas[0]
+    assert metas[2]["origin_file"] == "rig.bag" and metas[2]["pre_merge_source_episode"] == "run_19"

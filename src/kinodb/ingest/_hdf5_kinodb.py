@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from kinodb._provenance import carried_on_ingest
 from kinodb.ingest._base import exported_extra
 from kinodb.ingest._hdf5_facts import text
 from kinodb.ingest._hdf5_layout import Field, Layout
@@ -180,19 +181,20 @@ def _tiles(comps: dict[str, list[int]], dim: int) -> bool:
 def restore_fields(args: dict[str, Any], ep_meta: dict[str, Any]) -> None:
     """Bring back what a kinodb export keeps in ``ep_meta``: extra fields and a null total.
 
-    The episode's provenance moves on as `kinodb.merge` moves it: the ingest names this
-    file in ``source_file``/``source_episode``, and the pair the episode held goes to
-    ``origin_file``/``origin_episode`` unless those are set, so the first origin survives.
+    The episode's provenance moves on as `kinodb.merge` moves it (`kinodb._provenance`):
+    the ingest names this file in ``source_file``/``source_episode``, and what the episode
+    held under those names goes to ``origin_file``/``origin_episode`` unless those are set,
+    so the first origin survives, else to ``pre_merge_*``.
     ``filter_keys`` keep the episode's order where they are the keys ``mask/`` lists for
     the demo (``args``' ``filter_keys``, sorted); where ``mask/`` says otherwise (the file
     was edited after the export), ``mask/`` wins.
     """
     extra = exported_extra(ep_meta, _BUILTIN_META)
     listed = args.get("extra", {})
-    source = {key: extra.pop(key) for key in _PROVENANCE if key in extra}
-    if "source_file" in source and "origin_file" not in extra:
-        extra["origin_file"] = source["source_file"]
-        extra["origin_episode"] = source.get("source_episode")
+    kept = carried_on_ingest(extra)
+    for key in _PROVENANCE:
+        extra.pop(key, None)
+    extra.update(kept)
     recorded = extra.pop(_FILTER_KEYS, None)
     keys = listed.get(_FILTER_KEYS, [])
     fits = (

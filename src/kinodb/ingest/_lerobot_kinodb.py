@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from kinodb._provenance import carried_on_ingest
 from kinodb.errors import ConversionError
 from kinodb.export._lerobot_tables import element_names
 from kinodb.ingest._base import exported_extra
@@ -166,9 +167,10 @@ def restore(args: dict[str, Any], facts: dict[str, Any], index: int, root: str) 
     extra.pop("episode_index", None)
     restored = exported_extra(meta, _BUILTIN_META)
     restored.pop("tasks", None)  # the data's task_index says what the tasks are (`_check_tasks`)
-    if "source_file" in meta and "origin_file" not in restored:  # as kinodb.merge moves provenance
-        restored["origin_file"] = meta["source_file"]
-        restored["origin_episode"] = meta.get("source_episode")
+    kept = carried_on_ingest(
+        {**restored, **{k: meta[k] for k in ("source_file", "source_episode") if k in meta}}
+    )
+    restored.update(kept)  # as kinodb.merge moves provenance
     extra.update(restored)
 
 
