@@ -97,3 +97,31 @@ def test_a_merged_file_names_its_sources_by_absolute_path(
     assert capsys.readouterr().out == "0\n"
     assert main(["query", str(merged), "source_file ENDS WITH '/b.kdb'", "-c"]) == 0
     assert capsys.readouterr().out == "2\n"
+
+
+# -- arguments in the wrong order: the query comes last ---------------------------------
+
+
+def test_a_query_given_first_is_named_with_the_order(
+    two: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    a, _ = two
+    assert main(["query", "success = true", str(a)]) == 2
+    err = capsys.readouterr().err
+    assert f"'success = true' is not a file, and the last argument '{a}' is one: the query comes last" in err
+    assert f"e.g. kino query {a} 'success = true'" in err
+
+
+def test_a_forgotten_query_is_named(two: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    a, b = two
+    assert main(["query", str(a), str(b)]) == 2
+    err = capsys.readouterr().err
+    assert f"the last argument '{b}' is a .kdb file, but it is where the query goes: add one" in err
+
+
+def test_a_missing_file_with_a_query_last_is_still_a_missing_file(
+    two: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["query", str(tmp_path / "nope.kdb"), "success = true"]) == 1
+    err = capsys.readouterr().err
+    assert "nope.kdb" in err and "No such file" in err and "comes last" not in err
