@@ -167,7 +167,7 @@ def test_kinodb_metadata_files(exported: Path, source: tuple[Path, list[dict[str
 def test_data_rows_keep_arrays_exactly(exported: Path, source: tuple[Path, list[dict[str, Any]]]) -> None:
     eps = source[1]
     pf = pq.ParquetFile(exported / "data/chunk-000/file-000.parquet")
-    assert pf.metadata.num_row_groups == 3  # one per episode, as LeRobot writes
+    assert pf.metadata.num_row_groups == 1  # episodes share row groups (see docs/lerobot.md)
     table = pf.read()
     schema = table.schema
     assert schema.field("action").type == pa.list_(pa.float32(), 4)

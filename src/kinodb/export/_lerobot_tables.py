@@ -1,4 +1,5 @@
-"""The Arrow side of a LeRobot export: column types, Hugging Face feature JSON, meta tables.
+"""The Arrow side of a LeRobot export: column types, Hugging Face feature JSON, meta tables,
+and Parquet files written a row group of several episodes at a time (`RowGroupFile`).
 
 A LeRobot feature of shape ``(1,)`` is a plain column, ``(N,)`` a fixed-size list, 2 to 5
 dimensions nested lists (the storage of ``datasets.Array2D`` ... ``Array5D``), and an
@@ -14,6 +15,7 @@ lands meanwhile.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any
@@ -267,3 +269,80 @@ def tasks_table(tasks: list[str], pa: Any) -> Any:
     )
     codes = numpy_array(np.arange(len(tasks), dtype=np.int64), pa)
     return pa.Table.from_arrays([codes, string_array(tasks, pa)], schema=schema)
+
+
+# Small tables held for a row group are joined into one this often (tables, bytes).
+_JOIN_TABLES = 64
+_JOIN_BYTES = 256 * 2**10
+
+
+class RowGroupFile:
+    """A Parquet file written a row group at a time: tables are held until the next would
+    take the rows past ``max_rows`` or (as Arrow counts them) ``max_bytes``.
+
+    A ``ParquetWriter`` keeps every row group's metadata until its file closes, and readers
+    pay for each row group, so short episodes are gathered, not written one by one. Small
+    tables are joined every `_JOIN_TABLES` tables or `_JOIN_BYTES` bytes (into Arrow's
+    memory, dropping the NumPy arrays and Arrow objects of each), so what is held stays
+    within the limits whatever the number of episodes. The file is created with the first
+    row group, its schema that of the tables.
+    """
+
+    def __init__(self, path: str, pa: Any, pq: Any, *, max_rows: int, max_bytes: float,
+                 **options: Any) -> None:  # fmt: skip
+        self._path, self._pa, self._pq, self._options = path, pa, pq, options
+        self._max_rows, self._max_bytes = max_rows, max_bytes
+        self._writer: Any = None
+        self._joined: list[Any] = []
+        self._small: list[Any] = []
+        self._small_bytes = 0
+        self._rows = 0
+        self._bytes = 0
+
+    def add(self, table: Any) -> None:
+        """Append ``table``'s rows, writing those held first when they would make too many."""
+        rows, size = int(table.num_rows), int(table.nbytes)
+        held = self._rows or self._joined or self._small
+        if held and (self._rows + rows > self._max_rows or self._bytes + size > self._max_bytes):
+            self.flush()
+        if size >= _JOIN_BYTES:
+            self._join()
+            self._joined.append(table)
+        else:
+            self._small.append(table)
+            self._small_bytes += size
+            if len(self._small) >= _JOIN_TABLES or self._small_bytes >= _JOIN_BYTES:
+                self._join()
+        self._rows += rows
+        self._bytes += size
+
+    def _join(self) -> None:
+        if self._small:
+            self._joined.append(self._pa.concat_tables(self._small).combine_chunks())
+            self._small, self._small_bytes = [], 0
+
+    def flush(self) -> None:
+        """Write the rows held as one row group; rows past the limits (one table that alone
+        exceeds them) as even row groups within them."""
+        self._join()
+        if not self._joined:
+            return
+        table, size = self._pa.concat_tables(self._joined), self._bytes
+        self._joined, self._rows, self._bytes = [], 0, 0
+        if self._writer is None:
+            os.makedirs(os.path.dirname(self._path), exist_ok=True)
+            self._writer = self._pq.ParquetWriter(self._path, table.schema, **self._options)
+        by_bytes = int(table.num_rows * self._max_bytes // max(size, 1))  # as `add` counts them
+        groups = -(-table.num_rows // max(1, min(self._max_rows, by_bytes)))
+        self._writer.write_table(table, row_group_size=-(-table.num_rows // groups))
+
+    def close(self, *, flush: bool = True) -> None:
+        """Write the rows held (unless not ``flush``: they are dropped) and close the file."""
+        try:
+            if flush:
+                self.flush()
+        finally:
+            self._joined, self._small, self._small_bytes, self._rows, self._bytes = [], [], 0, 0, 0
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None

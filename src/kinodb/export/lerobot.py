@@ -13,7 +13,7 @@ chunk folder)::
     meta/kinodb.json                      the source's dataset JSON, the export facts, and the
                                           kinodb array or camera behind each feature
     meta/kinodb_episodes.jsonl            per episode: source position, metadata, cameras
-    data/chunk-000/file-000.parquet       one row per frame, one row group per episode
+    data/chunk-000/file-000.parquet       one row per frame, episodes gathered into row groups
     videos/<key>/chunk-000/file-000.mp4   one stream per camera, episodes back to back
 
 Features: ``actions`` -> ``action``, ``states`` -> ``observation.state`` (both left out when
@@ -49,6 +49,7 @@ from kinodb.export._base import (
 )
 from kinodb.export._lerobot_tables import (
     Feature,
+    RowGroupFile,
     array_column,
     data_schema,
     element_names,
@@ -77,9 +78,19 @@ _INDEX_COLUMNS = ("timestamp", "frame_index", "episode_index", "index", "task_in
 _BUILTIN_ARRAYS = {"actions": "action", "states": "observation.state", "rewards": "next.reward",
                    "is_terminal": "next.done"}  # fmt: skip
 _EXTENSIONS = {"png": "png", "jpeg": "jpg"}
-# Rows of meta/episodes held before they are written as one row group (by their NumPy
-# bytes plus an allowance per value): the table is never held whole.
-EPISODE_ROWS_BYTES = 8 * 2**20
+# Row groups of the data files: at most this many rows and bytes (Arrow's count, before
+# compression), an episode whole in one unless it alone is larger. Rows are held until
+# they make one: not one row group per episode, whose metadata the writer would keep to
+# the end (memory growing with the episodes) and every reader would parse. Smaller than
+# the 100 MB of Hugging Face `datasets`: readers that take one episode (kinodb's ingest,
+# LeRobotDataset(episodes=...) through the episode_index statistics) read its row group.
+ROW_GROUP_ROWS = 2**16
+ROW_GROUP_BYTES = 4 * 2**20
+# Row groups of meta/episodes: at most ROW_GROUP_ROWS rows and this many Arrow bytes. Its
+# rows are held as Python values (counted as their NumPy bytes plus an allowance per
+# value) up to _EPISODE_ROWS_CONVERTED bytes, then as Arrow: the table is never held whole.
+EPISODE_ROWS_BYTES = ROW_GROUP_BYTES
+_EPISODE_ROWS_CONVERTED = 2**20
 _VALUE_OVERHEAD = 160  # bytes of a small NumPy array or Python value and its key, held in a row
 
 
@@ -373,37 +384,36 @@ def _next_file(chunk: int, file: int) -> tuple[int, int]:
 
 
 class _DataFiles:
-    """The frame Parquet files: one row group per episode, a new file past the size limit."""
+    """The frame Parquet files: episodes in row groups of `ROW_GROUP_ROWS` rows and
+    `ROW_GROUP_BYTES` at most, a new file past the size limit."""
 
-    def __init__(self, out: str, schema: Any, pq: Any) -> None:
-        self._out, self._schema, self._pq = out, schema, pq
-        self._writer: Any = None
+    def __init__(self, out: str, pa: Any, pq: Any) -> None:
+        self._out, self._pa, self._pq = out, pa, pq
+        self._file: RowGroupFile | None = None
         self._where = (0, 0)
-        self._bytes = 0
+        self._bytes = 0  # of the episodes given to the open file, as Arrow counts them
 
     def write(self, table: Any) -> tuple[int, int]:
         """Append one episode's rows; return the (chunk, file) that holds them."""
-        if self._writer is not None and self._bytes + table.nbytes > DATA_FILES_SIZE_IN_MB * 2**20:
+        if self._file is not None and self._bytes + table.nbytes > DATA_FILES_SIZE_IN_MB * 2**20:
             self.close()
             self._where = _next_file(*self._where)
-        if self._writer is None:
+        if self._file is None:
             path = os.path.join(
                 self._out, DATA_PATH.format(chunk_index=self._where[0], file_index=self._where[1])
             )
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            self._writer = self._pq.ParquetWriter(
-                path, self._schema, compression="snappy", use_dictionary=True
-            )
+            self._file = RowGroupFile(path, self._pa, self._pq, max_rows=ROW_GROUP_ROWS,
+                                      max_bytes=ROW_GROUP_BYTES, compression="snappy", use_dictionary=True)  # fmt: skip
             self._bytes = 0
-        self._writer.write_table(table)
+        self._file.add(table)
         self._bytes += table.nbytes
         return self._where
 
-    def close(self) -> None:
-        """Finish the open file."""
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+    def close(self, *, flush: bool = True) -> None:
+        """Finish the open file (without ``flush``, the rows not yet written are dropped)."""
+        if self._file is not None:
+            file, self._file = self._file, None
+            file.close(flush=flush)
 
 
 class _VideoFiles:
@@ -443,11 +453,12 @@ class _VideoFiles:
 class _EpisodeRows:
     """The episodes table, ``meta/episodes/chunk-CCC/file-FFF.parquet``, written as it grows.
 
-    Rows (each episode's stats among them) are held until they make `EPISODE_ROWS_BYTES`,
-    then written as one row group, as LeRobot's own writer buffers them; a new file
-    starts once one reaches the data-file size limit. The columns are typed by the first
-    rows (`rows_table`), except that the ``min`` and ``max`` of a uint64 feature are
-    always uint64, which holds every value that feature's later rows may bring.
+    Rows (each episode's stats among them) are held as Python values until they make
+    `_EPISODE_ROWS_CONVERTED` bytes, then as Arrow until they make a row group
+    (`ROW_GROUP_ROWS` rows, `EPISODE_ROWS_BYTES`); a new file starts once one reaches the
+    data-file size limit. The columns are typed by the first rows (`rows_table`), except
+    that the ``min`` and ``max`` of a uint64 feature are always uint64, which holds every
+    value that feature's later rows may bring.
     """
 
     def __init__(self, out: str, pa: Any, pq: Any, uint64: set[str]) -> None:
@@ -456,17 +467,17 @@ class _EpisodeRows:
         self._rows: list[dict[str, Any]] = []
         self._held = 0
         self._schema: Any = None
-        self._writer: Any = None
+        self._file: RowGroupFile | None = None
         self._where = (0, 0)
-        self._bytes = 0.0  # of the open file, as Arrow counts them
+        self._bytes = 0.0  # of the rows given to the open file, as Arrow counts them
 
     def add(self, row: dict[str, Any]) -> None:
-        """Take one episode's row; write the rows held once they are many."""
+        """Take one episode's row; pass the rows held on as Arrow once they are many."""
         self._rows.append(row)
         self._held += sum(
             _VALUE_OVERHEAD + (v.nbytes if isinstance(v, np.ndarray) else 0) for v in row.values()
         )
-        if self._held >= EPISODE_ROWS_BYTES:
+        if self._held >= min(_EPISODE_ROWS_CONVERTED, EPISODE_ROWS_BYTES):
             self._flush()
 
     def _flush(self) -> None:
@@ -481,9 +492,9 @@ class _EpisodeRows:
         per_row = max(table.nbytes / table.num_rows, 1.0)
         start = 0
         while start < table.num_rows:
-            if self._writer is not None and self._bytes + per_row > limit:
-                self._writer.close()
-                self._writer = None
+            if self._file is not None and self._bytes + per_row > limit:
+                file, self._file = self._file, None
+                file.close()
                 self._where = _next_file(*self._where)
             part = table.slice(start, max(1, int((limit - self._bytes) // per_row)))
             self._write(part)
@@ -491,17 +502,17 @@ class _EpisodeRows:
             start += part.num_rows
 
     def _write(self, table: Any) -> None:
-        """Write rows into the file at ``_where``, with the columns that say which file that is."""
+        """Append rows to the file at ``_where``, with the columns that say which file that is."""
         n, pa = table.num_rows, self._pa
         for name, value in zip(("chunk_index", "file_index"), self._where, strict=True):
             table = table.append_column(f"meta/episodes/{name}", numpy_array(np.full(n, value, np.int64), pa))
-        if self._writer is None:
+        if self._file is None:
             chunk, file = self._where
             path = os.path.join(self._out, EPISODES_PATH.format(chunk_index=chunk, file_index=file))
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            self._writer = self._pq.ParquetWriter(path, table.schema, compression="snappy")
+            self._file = RowGroupFile(path, pa, self._pq, max_rows=ROW_GROUP_ROWS,
+                                      max_bytes=EPISODE_ROWS_BYTES, compression="snappy")  # fmt: skip
             self._bytes = 0.0
-        self._writer.write_table(table)
+        self._file.add(table)
 
     def _typed(self, schema: Any) -> Any:
         """``schema`` with the ``min`` and ``max`` columns of uint64 features as uint64 lists."""
@@ -526,9 +537,9 @@ class _EpisodeRows:
                 self._flush()
         finally:
             self._rows = []
-            if self._writer is not None:
-                self._writer.close()
-                self._writer = None
+            if self._file is not None:
+                file, self._file = self._file, None
+                file.close(flush=flush)
 
 
 # -- episodes -------------------------------------------------------------------------------
@@ -549,7 +560,7 @@ class _Exporter:
         self._out, self._plan, self._codec = out, plan, codec
         self._features = plan.features + _index_features()
         self._schema = data_schema(self._features, self._pa)
-        self._data = _DataFiles(out, self._schema, pq)
+        self._data = _DataFiles(out, self._pa, pq)
         self._videos = {
             f.key: _VideoFiles(out, f, codec, plan.fps) for f in plan.features if f.dtype == "video"
         }
@@ -655,10 +666,12 @@ class _Exporter:
 
     def close(self, *, flush: bool = True) -> None:
         """Finish every open data, video and episodes file (without ``flush``, the rows
-        of the episodes table not yet written are dropped: the export failed)."""
+        not yet written are dropped: the export failed)."""
         try:
-            self._data.close()
-            self._rows.close(flush=flush)
+            try:
+                self._data.close(flush=flush)
+            finally:
+                self._rows.close(flush=flush)
         finally:
             for videos in self._videos.values():
                 videos.close(flush=flush)
