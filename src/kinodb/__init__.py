@@ -4,11 +4,19 @@ Example:
     >>> import kinodb
     >>> with kinodb.open("demo.kdb") as db:
     ...     actions = db.read_episode(0)["actions"]
+
+The names below load on first use (PEP 562), so ``import kinodb`` itself imports only the
+standard library: the ``kino`` commands can answer Ctrl-C from their first moment, and
+``kino --help`` starts without NumPy.
 """
 
 from __future__ import annotations
 
-from kinodb import export, kql
+import importlib
+import sys
+import types
+from typing import TYPE_CHECKING, Any
+
 from kinodb._version import __version__
 from kinodb.errors import (
     ConversionError,
@@ -24,10 +32,52 @@ from kinodb.errors import (
     UnsupportedVersionError,
     WriterError,
 )
-from kinodb.kdb import Database, Writer
-from kinodb.kdb import open_database as open
-from kinodb.merge import merge
-from kinodb.mixture import Mixture
+
+if TYPE_CHECKING:
+    from kinodb import export, kql
+    from kinodb.kdb import Database, Writer
+    from kinodb.kdb import open_database as open
+    from kinodb.merge import merge
+    from kinodb.mixture import Mixture
+
+# name -> (module, attribute; None: the module itself)
+_LAZY: dict[str, tuple[str, str | None]] = {
+    "Database": ("kinodb.kdb", "Database"),
+    "Writer": ("kinodb.kdb", "Writer"),
+    "open": ("kinodb.kdb", "open_database"),
+    "merge": ("kinodb.merge", "merge"),
+    "Mixture": ("kinodb.mixture", "Mixture"),
+    "export": ("kinodb.export", None),
+    "kql": ("kinodb.kql", None),
+}
+
+
+def __getattr__(name: str) -> Any:
+    where = _LAZY.get(name)
+    if where is None:
+        raise AttributeError(f"module 'kinodb' has no attribute {name!r}")
+    module = importlib.import_module(where[0])
+    value = module if where[1] is None else getattr(module, where[1])
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
+
+class _Package(types.ModuleType):
+    """kinodb's module type: ``kinodb.merge`` stays the function when the submodule of that
+    name loads (the import system sets a package's attribute to each submodule it loads)."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "merge" and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
+
 
 __all__ = [
     "ConversionError",
