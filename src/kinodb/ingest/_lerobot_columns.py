@@ -412,14 +412,6 @@ def by_frame_index(pa: Any, table: Any, where: str) -> Any:
     return table if (order == np.arange(len(order))).all() else table.take(row_indices(pa, order))
 
 
-def rows_of(pa: Any, table: Any, e: int, where: str) -> Any:
-    """The rows of episode ``e`` (a slice when they are contiguous, as LeRobot writes them)."""
-    rows = np.flatnonzero(to_numpy(pa, table["episode_index"], "episode_index", where).reshape(-1) == e)
-    if rows.size and rows[-1] - rows[0] + 1 == rows.size:
-        return table.slice(int(rows[0]), int(rows.size))
-    return table.take(row_indices(pa, rows))
-
-
 def concatenate(pieces: dict[str, np.ndarray], T: int, where: str) -> np.ndarray:
     """State columns side by side, in their NumPy result type, which must hold every value.
 

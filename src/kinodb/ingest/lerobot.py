@@ -66,6 +66,10 @@ stays as it is, with a warning):
   export's own record comes back, turned once more by ``flip_images``.
 - Columns are read from the arrow buffers, never through pandas (pyarrow imports it for
   ``to_numpy`` and drops a Ctrl-C or SIGTERM that lands meanwhile).
+- A data file's row groups are each decoded once as its episodes are read in order
+  (`DataFiles`: consecutive episodes of one row group are slices of it, and each file's
+  ``episode_index`` statistics are scanned once); a selection reads only the row groups
+  whose statistics admit its episodes.
 """
 
 from __future__ import annotations
@@ -105,12 +109,12 @@ from kinodb.ingest._lerobot_columns import (
     names_and_components,
     per_frame,
     png_depth,
-    rows_of,
     text_value,
     wide_frames,
     wide_images,
 )
 from kinodb.ingest._lerobot_columns import to_numpy as _to_numpy
+from kinodb.ingest._lerobot_data import DataFiles
 from kinodb.ingest._lerobot_kinodb import kinodb_export, restore, restore_dataset
 
 log = logging.getLogger(__name__)
@@ -128,7 +132,6 @@ _ROLES = {
     "next.done": "is_terminal",
     "timestamp": "timestamps",
 }
-_PARQUETS_KEPT = 4
 _AS_STORED, _ROTATED = "as_stored", "rotated_180"
 _TURNED_AGAIN = {
     "as_stored": "rotated_180",
@@ -450,7 +453,10 @@ class LeRobotSource:
         self._episodes = {f"episode_{ep.index:06d}": ep for ep in eps}
         if len(self._episodes) != len(eps):
             raise ConversionError(f"{self._root}: the episode metadata lists an episode_index twice")
-        self._parquets: dict[str, Any] = {}
+        skip = frozenset() if self._options.images else frozenset(self._plan.images.values())
+        self._data = DataFiles(
+            self._pa, self._pq, skip=skip, several=self._version == "v3.0", missing=self._missing
+        )
         # v3: per video feature, the open file of the last episode read; the next episode of
         # the same file goes on decoding where it stopped.
         self._readers: dict[str, _video.VideoReader] = {}
@@ -574,46 +580,22 @@ class LeRobotSource:
 
     # -- reading ------------------------------------------------------------------------
 
-    def _parquet(self, path: str, e: int) -> Any:
-        if path in self._parquets:
-            return self._parquets[path]
-        if not os.path.isfile(path):
-            listed = list(self._episodes.values())
-            held = [k for k, ep in enumerate(listed) if os.path.isfile(ep.data)]
-            raise ConversionError(
-                f"{path}: missing data file of episode {e}; this copy holds the data of "
-                f"{len(held)} of its {len(listed)} episodes ({_spec(held) or 'none'}): select them with "
-                f"--episodes (positions in meta/episodes){SKIP_ADVICE}"
-            )
-        try:
-            pf = self._pq.ParquetFile(path)
-        except Exception as exc:  # pyarrow raises several types for damaged files
-            raise ConversionError(f"{path}: not readable parquet ({exc})") from None
-        if len(self._parquets) >= _PARQUETS_KEPT:
-            oldest = next(iter(self._parquets))
-            self._parquets.pop(oldest).close()
-        self._parquets[path] = pf
-        return pf
+    def _missing(self, path: str, e: int) -> ConversionError:
+        """The error for episode ``e``'s data file ``path``, which does not exist."""
+        listed = list(self._episodes.values())
+        held = [k for k, ep in enumerate(listed) if os.path.isfile(ep.data)]
+        return ConversionError(
+            f"{path}: missing data file of episode {e}; this copy holds the data of "
+            f"{len(held)} of its {len(listed)} episodes ({_spec(held) or 'none'}): select them with "
+            f"--episodes (positions in meta/episodes){SKIP_ADVICE}"
+        )
 
     def _table(self, ep: _Episode) -> Any:
-        """The episode's rows, ordered by ``frame_index``, image columns only when wanted."""
-        pf = self._parquet(ep.data, ep.index)
-        names = pf.schema_arrow.names
-        skip = set() if self._options.images else set(self._plan.images.values())
-        columns = [n for n in names if n not in skip]
-        if "episode_index" not in names and self._version == "v3.0":
-            raise ConversionError(
-                f"{ep.data}: no episode_index column; a v3 data file holds several episodes"
-            )
-        groups = self._row_groups(pf, ep.index) if "episode_index" in names else None
-        try:
-            table = (
-                pf.read(columns=columns) if groups is None else pf.read_row_groups(groups, columns=columns)
-            )
-        except Exception as exc:  # pyarrow raises several types for damaged files
-            raise ConversionError(f"{ep.data}: not readable parquet ({exc})") from None
-        if "episode_index" in names:
-            table = rows_of(self._pa, table, ep.index, ep.data)
+        """The episode's rows, ordered by ``frame_index``, image columns only when wanted.
+
+        Consecutive episodes of one row group are slices of it, decoded once (`DataFiles`).
+        """
+        table = self._data.rows(ep.data, ep.index)
         where = f"{ep.data}: episode {ep.index}"
         if table.num_rows == 0:
             raise ConversionError(f"{where}: the file holds no rows of this episode")
@@ -622,23 +604,7 @@ class LeRobotSource:
                 f"{where}: the file holds {table.num_rows} rows of this episode, the episode metadata "
                 f"says its length is {ep.length}"
             )
-        return by_frame_index(self._pa, table, where) if "frame_index" in names else table
-
-    def _row_groups(self, pf: Any, e: int) -> list[int] | None:
-        """Row groups whose ``episode_index`` statistics admit ``e`` (None: read everything)."""
-        md = pf.metadata
-        col = pf.schema_arrow.get_field_index("episode_index")
-        leaf = next((j for j in range(md.num_columns) if md.schema.column(j).path == "episode_index"), None)
-        if col < 0 or leaf is None:
-            return None
-        keep = []
-        for g in range(md.num_row_groups):
-            stats = md.row_group(g).column(leaf).statistics
-            if stats is None or not stats.has_min_max:
-                return None
-            if stats.min <= e <= stats.max:
-                keep.append(g)
-        return keep
+        return by_frame_index(self._pa, table, where) if "frame_index" in table.column_names else table
 
     def read(self, key: str) -> dict[str, Any]:
         """`Writer.add_episode` arguments for episode ``key``; videos are decoded here.
@@ -786,9 +752,7 @@ class LeRobotSource:
 
     def close(self) -> None:
         """Close the open parquet and video files."""
-        for pf in self._parquets.values():
-            pf.close()
-        self._parquets.clear()
+        self._data.close()
         for reader in self._readers.values():
             reader.close()
         self._readers.clear()
