@@ -245,9 +245,11 @@ class FrameWindows:
 
         When the sources' ``state`` (or ``action``, or another windowed array) differ in
         per-frame shape, every batch holds it padded with zeros to the widest over all
-        sources (one shape for every batch) plus ``state_mask`` (True on real entries), as
-        `kinodb.torch.pad_collate` gives for ``state`` and ``action`` (this pads other
-        windowed arrays the same way). With one layout it is `lowdim`.
+        sources (one shape for every batch). Whenever the sources differ at all (a width,
+        or a dtype brought to one), every batch holds ``state_mask`` and ``action_mask``
+        (True on real entries), and a mask for each other array padded, as
+        `kinodb.torch.pad_collate` gives for a dataset over these sources: the same keys
+        whichever sources a batch draws from. With one layout it is `lowdim`.
 
         ``normalizers`` (`Normalizers`) normalises each source's states and actions with
         its own statistics before padding (the padding stays zero).
@@ -262,23 +264,25 @@ class FrameWindows:
             for _, arrays in groups:
                 normalizers.apply(int(arrays["source"][0]), arrays, zero_pad=self._pad == "zero")
         normalised = ("state", "action") if normalizers is not None else ()  # float32 from every source
-        for key, dtype in common.items():  # e.g. float32 and float64 states: float64 (exact)
-            if key not in normalised:
-                for _, arrays in groups:
-                    arrays[key] = arrays[key].astype(dtype, copy=False)
-        if not widest:
+        cast = {key: dtype for key, dtype in common.items() if key not in normalised}
+        for key, dtype in cast.items():  # e.g. float32 and float64 states: float64 (exact)
+            for _, arrays in groups:
+                arrays[key] = arrays[key].astype(dtype, copy=False)
+        if not widest and not cast:
             return stack_groups(groups)
         n = sum(len(sel) for sel, _ in groups)
         first = groups[0][1]
+        # The keys pad_collate masks for a dataset whose sources differ (kinodb.torch._datasets.pad_spec).
+        masked = {key for key in first if key in ("state", "action") or key in widest}
         out: dict[str, NDArray[Any]] = {}
         for key, value in first.items():
             shape = (n, value.shape[1], *widest[key]) if key in widest else (n, *value.shape[1:])
             out[key] = np.zeros(shape, value.dtype)
-            if key in widest:
+            if key in masked:
                 out[f"{key}_mask"] = np.zeros(shape, bool)
         for sel, arrays in groups:
             for key, value in arrays.items():
-                if key in widest:
+                if key in masked:
                     region: tuple[Any, ...] = (sel, slice(None), *(slice(0, d) for d in value.shape[2:]))
                     out[key][region] = value
                     out[f"{key}_mask"][region] = True

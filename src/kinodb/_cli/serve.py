@@ -88,8 +88,13 @@ def _seconds(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not 0 <= value < float("inf"):
+    if not value >= 0:  # NaN too
         raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {text}")
+    if value > threading.TIMEOUT_MAX:  # gRPC waits out --grace on a thread: a longer wait overflows
+        raise argparse.ArgumentTypeError(
+            f"expected at most {threading.TIMEOUT_MAX:.0f} seconds (some 292 years, the longest wait "
+            f"Python's threads take), got {text}"
+        )
     return value
 
 
@@ -154,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
     if not faulthandler.is_enabled():
         with contextlib.suppress(OSError, ValueError, RuntimeError):  # no usable stderr
             faulthandler.enable()
-    with _log_lines():
+    with _log_lines(debug=bool(getattr(args, "debug", False))):
         return _serve(args, source)
 
 
@@ -221,20 +226,100 @@ class _Prefixed(logging.Formatter):
         return f"kino-serve: {level}{super().format(record)}"
 
 
+GRPC_EVERY = 5.0  # seconds between two lines of one kind of gRPC message (a client can flood them)
+
+
+class _GrpcLines(logging.StreamHandler):  # type: ignore[type-arg]  # a TextIO stream
+    """gRPC's own log records (say, a request that is no protobuf) as kino-serve's lines.
+
+    Each event is one line, ``kino-serve: warning: gRPC: MESSAGE (ErrorType: reason)``,
+    with the traceback only under ``debug``. Without ``debug``, one kind of message (its
+    logger and text) shows at most once every ``every`` seconds: the next line shown
+    counts those left out, and `flush_held` reports the ones left out at the end.
+    """
+
+    def __init__(self, *, debug: bool, every: float = GRPC_EVERY) -> None:
+        super().__init__()
+        self._debug, self._every = debug, every
+        self._shown: dict[tuple[str, str], float] = {}  # kind -> when its last line was shown
+        self._held: dict[tuple[str, str], tuple[int, str]] = {}  # kind -> (left out, last such line)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self._line(record)
+            if not self._debug:
+                kind, now = (record.name, str(record.msg)), time.monotonic()
+                shown = self._shown.get(kind)
+                if shown is not None and now - shown < self._every:
+                    self._held[kind] = (self._held.get(kind, (0, ""))[0] + 1, line)
+                    return
+                held, _ = self._held.pop(kind, (0, ""))
+                if held and shown is not None:
+                    line += f" [{held} more like it in the {_secs(now - shown)} s before, not shown]"
+                self._shown[kind] = now
+            self._write(line)
+        except Exception:  # a log line must never end a call's thread
+            self.handleError(record)
+
+    def flush_held(self) -> None:
+        """Report the events left out since each kind's last line (the server is stopping)."""
+        with self.lock or contextlib.nullcontext():
+            held, self._held = self._held, {}
+            for kind, (count, line) in held.items():
+                since = time.monotonic() - self._shown.get(kind, time.monotonic())
+                more = f" [{count - 1} more like it in the last {_secs(since)} s]" if count > 1 else ""
+                self._write(line + more)
+
+    def _line(self, record: logging.LogRecord) -> str:
+        level = "" if record.levelno < logging.WARNING else "warning: "  # a call failed; serving goes on
+        text = " ".join(record.getMessage().split())
+        trace = ""
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            reason = " ".join(str(exc).split())
+            text += f" ({type(exc).__name__}: {reason})" if reason else f" ({type(exc).__name__})"
+            if self._debug:
+                trace = "\n" + logging.Formatter().formatException(record.exc_info)
+        if text.startswith("Exception deserializing"):
+            text += (
+                ": a client sent a request that is no kinodb message (another service's client, "
+                "or a broken one)"
+            )
+        return f"kino-serve: {level}gRPC: {text}{trace}"
+
+    def _write(self, line: str) -> None:
+        with contextlib.suppress(OSError, ValueError):  # no usable stderr: the server serves on
+            self.stream.write(line + "\n")
+            self.stream.flush()
+
+
+def _secs(seconds: float) -> str:
+    return f"{seconds:.1f}" if seconds < 10 else f"{seconds:.0f}"
+
+
 @contextlib.contextmanager
-def _log_lines() -> Iterator[None]:
-    """Log kinodb's messages on stderr with the ``kino-serve:`` prefix while serving."""
+def _log_lines(*, debug: bool = False) -> Iterator[None]:
+    """Log kinodb's messages, and gRPC's, on stderr with the ``kino-serve:`` prefix while serving.
+
+    gRPC logs a request it cannot decode (and other per-call failures) with a traceback,
+    which would otherwise reach stderr raw, once per request; see `_GrpcLines`.
+    """
     logger = logging.getLogger("kinodb")
     handler = logging.StreamHandler()
     handler.setFormatter(_Prefixed("%(message)s"))
-    propagate = logger.propagate
+    grpc_logger = logging.getLogger("grpc")
+    grpc_handler = _GrpcLines(debug=debug)
+    propagate = logger.propagate, grpc_logger.propagate
     logger.addHandler(handler)
-    logger.propagate = False
+    grpc_logger.addHandler(grpc_handler)
+    logger.propagate = grpc_logger.propagate = False
     try:
         yield
     finally:
+        grpc_handler.flush_held()
         logger.removeHandler(handler)
-        logger.propagate = propagate
+        grpc_logger.removeHandler(grpc_handler)
+        logger.propagate, grpc_logger.propagate = propagate
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -38,6 +38,7 @@ __all__ = [
     "ServerTimeoutError",
     "ServerUnavailableError",
     "connection_hint",
+    "connection_lost",
     "fit_message",
     "status_for",
     "to_exception",
@@ -190,16 +191,36 @@ def _header_bytes(text: str) -> int:
 
 
 def to_exception(
-    err: grpc.RpcError, where: str, timeout: float | None = None, *, tls: bool | None = None
+    err: grpc.RpcError,
+    where: str,
+    timeout: float | None = None,
+    *,
+    tls: bool | None = None,
+    received: bool = False,
 ) -> Exception:
     """The local exception for a failed call (``where`` names the server in the message;
     ``timeout`` is the client's, named when the call ran out of it; ``tls`` whether the
-    client spoke TLS, for the hint on a connection that failed)."""
+    client spoke TLS, for the hint on a connection that failed; ``received`` whether the
+    call had already received messages: its connection was up)."""
     code: grpc.StatusCode = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
     details: str = (err.details() if hasattr(err, "details") else None) or str(err)
     trailer: dict[str, Any] = dict(getattr(err, "trailing_metadata", lambda: None)() or ())
     message = f"{where}: {details}"
-    hint = connection_hint(details, tls)
+    if code is grpc.StatusCode.UNAVAILABLE and _SHUTDOWN in details:
+        return ServerUnavailableError(
+            f"{where}: the server stopped during the call ({details}): it is shutting down and "
+            "cancelled the calls still running (its --grace ran out, or it was told to stop at "
+            "once); rerun once it serves again",
+            code.name,
+        )
+    if code is grpc.StatusCode.UNAVAILABLE and connection_lost(details, received=received):
+        return ServerUnavailableError(
+            f"{where}: the connection to the server was lost during the call ({details}): the "
+            "server crashed, was killed or restarted; check the server's log, and rerun once it "
+            "serves again",
+            code.name,
+        )
+    hint = connection_hint(details, tls, received=received)
     if hint and code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.UNAVAILABLE):
         # A TLS handshake that failed (a certificate for other names reads UNAUTHENTICATED):
         # the connection, not the token.
@@ -235,9 +256,23 @@ _TOO_LARGE = re.compile(r"Received message larger than max \((\d+) vs\. (\d+)\)"
 _NAME_MISMATCH = ("does not match SSL server name", "Hostname Verification", "No match found for server name")
 
 
-def connection_hint(details: str, tls: bool | None) -> str:
+_SHUTDOWN = "Cancelling all calls"  # gRPC's server, stopping, cancels the calls in flight
+_LOST = "Stream removed"  # gRPC's client: the transport of a call under way went away
+
+
+def connection_lost(details: str, *, received: bool = False) -> bool:
+    """Whether an UNAVAILABLE call had its connection up and lost it (the server died or
+    restarted), rather than failing to connect: gRPC's ``details`` say a stream under way
+    was removed, or the call (``received``) had already received messages."""
+    return _SHUTDOWN not in details and (received or _LOST in details)
+
+
+def connection_hint(details: str, tls: bool | None, *, received: bool = False) -> str:
     """What to change when a connection failed as gRPC's ``details`` say ("" if nothing
-    points at TLS); ``tls``: whether the client spoke TLS (None: unknown)."""
+    points at TLS, or the connection was up and then lost: see `connection_lost`);
+    ``tls``: whether the client spoke TLS (None: unknown)."""
+    if connection_lost(details, received=received):
+        return ""
     if any(text in details for text in _NAME_MISMATCH):
         return (
             "the server's TLS certificate does not name the host this client dials: connect with a "

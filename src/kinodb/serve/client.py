@@ -122,8 +122,9 @@ class KinoClient:
         if self._closed:
             raise ValueError(f"KinoClient for server {self.addr}: the client is closed; open a new one")
 
-    def _error(self, err: grpc.RpcError) -> Exception:
-        return to_exception(err, f"server {self.addr}", self.timeout, tls=self._tls)
+    def _error(self, err: grpc.RpcError, *, received: bool = False) -> Exception:
+        """The local exception for ``err`` (``received``: the call had already received messages)."""
+        return to_exception(err, f"server {self.addr}", self.timeout, tls=self._tls, received=received)
 
     def _call(self, method: str, request: Any) -> Any:
         self._open()
@@ -140,6 +141,7 @@ class KinoClient:
         `ServerTimeoutError`.
         """
         watch = _Watch(call, self.timeout)
+        received = False  # a stream that failed after a message had its connection up: it was lost
         try:
             while True:
                 watch.waiting()
@@ -153,8 +155,9 @@ class KinoClient:
                             timeout_message(f"server {self.addr}", self.timeout, "sent no stream message"),
                             "DEADLINE_EXCEEDED",
                         ) from None
-                    raise self._error(err) from None
+                    raise self._error(err, received=received) from None
                 watch.received()
+                received = True
                 yield reply
         finally:
             watch.done()
@@ -292,9 +295,10 @@ class KinoClient:
         output name to each served source's camera, in order: ``{"front": ["image_0",
         "cam_high"]}`` (decoded frames; give ``image_size`` when their sizes differ).
         Windows of sources with different state/action widths come zero-padded to the
-        widest, with ``state_mask`` and ``action_mask``. ``normalize`` (``"mean_std"`` or
-        ``"min_max"``) has the server normalise states and actions with each source's
-        statistics stored by ``kino stats``, as `KinoFrameDataset` does locally.
+        widest, with both ``state_mask`` and ``action_mask`` whichever of them differs.
+        ``normalize`` (``"mean_std"`` or ``"min_max"``) has the server normalise states and
+        actions with each source's statistics stored by ``kino stats``, as
+        `KinoFrameDataset` does locally.
         """
         spec = _spec(obs_horizon, action_horizon, pad, kql_filter, normalize)
         self._check_features(normalize, cameras)

@@ -247,10 +247,15 @@ class KinoServer:
         """Refuse new calls, let calls in flight finish for up to ``grace`` seconds, then close.
 
         Args:
-            grace: Seconds calls in flight may take (None or 0: cancel them now).
+            grace: Seconds calls in flight may take (None or 0: cancel them now); more than
+                ``threading.TIMEOUT_MAX`` (some 292 years), the longest wait Python's
+                threads take, counts as that.
             hurry: When set (say, by a second Ctrl-C) while calls are finishing, cancel
                 the calls still running and return.
         """
+        if grace is not None and not 0 <= grace <= threading.TIMEOUT_MAX:
+            # gRPC waits out the grace on a thread, which a longer wait would end with an OverflowError.
+            grace = threading.TIMEOUT_MAX if grace > 0 else 0.0  # NaN or negative: no grace
         server, self._server = self._server, None
         if server is None:
             self._close_owned()
