@@ -60,6 +60,9 @@ def numbered_episode(k: int) -> dict[str, Any]:
     }
 
 
+LOWDIM_LENGTHS = [5, 9, 3, 7, 7]  # 31 frames: one window per frame (the torch tests' ``lowdim`` file)
+
+
 def write_episodes(
     path: Any,
     lengths: list[int],

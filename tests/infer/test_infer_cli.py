@@ -13,19 +13,9 @@ from _kinfer_packages import Built, MakePackage
 from test_infer_runner import Served
 
 import kinodb
-from kinodb._cli import infer as infer_cli
-from kinodb._cli import main as cli
 from kinodb.infer import NdjsonLogger, Runner, load_model
 
 Run = Callable[..., int]
-
-
-@pytest.fixture
-def kino(monkeypatch: pytest.MonkeyPatch) -> Run:
-    """``main`` with the infer subcommand registered."""
-    if infer_cli not in cli.COMMANDS:
-        monkeypatch.setattr(cli, "COMMANDS", (*cli.COMMANDS, infer_cli))
-    return lambda *argv: cli.main([str(a) for a in argv])
 
 
 @pytest.fixture

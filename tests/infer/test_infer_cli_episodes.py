@@ -9,18 +9,9 @@ import pytest
 from _kinfer_packages import MakePackage
 from test_infer_runner import Served
 
-from kinodb._cli import infer as infer_cli
-from kinodb._cli import main as cli
 from kinodb.infer import Runner, load_model
 
 Run = Callable[..., int]
-
-
-@pytest.fixture
-def kino(monkeypatch: pytest.MonkeyPatch) -> Run:
-    if infer_cli not in cli.COMMANDS:
-        monkeypatch.setattr(cli, "COMMANDS", (*cli.COMMANDS, infer_cli))
-    return lambda *argv: cli.main([str(a) for a in argv])
 
 
 def test_an_episode_out_of_range_is_named_in_the_options_terms(

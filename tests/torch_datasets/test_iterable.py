@@ -13,17 +13,9 @@ import torch
 from torch.utils.data import DataLoader
 
 import kinodb
+from _factories import LOWDIM_LENGTHS as LENGTHS
 from _factories import write_episodes
 from kinodb.torch import KinoFrameDataset, KinoIterDataset, from_mixture, pad_collate
-
-LENGTHS = [5, 9, 3, 7, 7]  # 31 frames: one window per frame
-
-
-@pytest.fixture
-def lowdim(tmp_path: Path) -> Path:
-    path = tmp_path / "low.kdb"
-    write_episodes(path, LENGTHS)
-    return path
 
 
 def _keys(batches: list[dict[str, Any]]) -> list[tuple[int, int, int]]:

@@ -15,17 +15,9 @@ import torch
 from torch.utils.data import DataLoader
 
 import kinodb
+from _factories import LOWDIM_LENGTHS as LENGTHS
 from _factories import write_episodes
 from kinodb.torch import KinoFrameDataset, KinoIterDataset, SchemaBatchSampler
-
-LENGTHS = [5, 9, 3, 7, 7]  # 31 frames: one window per frame
-
-
-@pytest.fixture
-def lowdim(tmp_path: Path) -> Path:
-    path = tmp_path / "low.kdb"
-    write_episodes(path, LENGTHS)
-    return path
 
 
 def _two_schemas(tmp_path: Path) -> kinodb.Mixture:
