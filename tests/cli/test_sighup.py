@@ -16,11 +16,11 @@ import kinodb
 
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP on this platform")
 
-# Run `kino` as `python -m kinodb._cli.main` does, SIGHUP ignored first when asked (as nohup does).
+# Run `kino` as `python -m kinodb._cli.main` does, SIGHUP ignored first when asked (as nohup does),
+# else at its default (a test run started under nohup would hand its children an ignored SIGHUP).
 _KINO = """
 import runpy, signal, sys
-if sys.argv[1] == "nohup":
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+signal.signal(signal.SIGHUP, signal.SIG_IGN if sys.argv[1] == "nohup" else signal.SIG_DFL)
 sys.argv = ["kino", *sys.argv[2:]]
 runpy.run_module("kinodb._cli.main", run_name="__main__")
 """

@@ -138,6 +138,12 @@ def _semaphores(pids: list[int]) -> set[str]:
     return found
 
 
+def _default_sighup() -> None:
+    """In the child: SIGHUP at its default, also when the tests run under nohup (which ignores it)."""
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+
 class _Run:
     """One ``kino`` (or Python) process in a process group of its own."""
 
@@ -147,7 +153,8 @@ class _Run:
             "PYTHONPATH": os.pathsep.join([str(cwd), str(SRC), os.environ.get("PYTHONPATH", "")]),
         }
         self.proc = subprocess.Popen([sys.executable, *argv], cwd=cwd, env=env, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+                                     stderr=subprocess.PIPE, text=True, start_new_session=True,
+                                     preexec_fn=_default_sighup)  # fmt: skip
         self.t0 = time.monotonic()
         self.out = ""
         self.semaphores: set[str] = set()  # what its processes had open, seen by `look`
