@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -371,9 +372,19 @@ def test_sigterm_cleans_up_like_ctrl_c(tmp_path: Path, command: str) -> None:
     assert sorted(os.listdir(tmp_path)) == before  # the temporary output is gone
 
 
+@pytest.mark.parametrize("threads", ["allowed", "none"])
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_a_signal_that_lands_in_a_finalizer_is_raised_after_it(signum: int) -> None:
+def test_a_signal_that_lands_in_a_finalizer_is_raised_after_it(
+    signum: int, threads: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from kinodb._cli._errors import Terminated, _signals_interrupt
+
+    if threads == "none":  # a handler that starts a thread can wait on a lock the interrupted code holds
+
+        def no_thread(self: threading.Thread) -> None:
+            raise AssertionError("a signal handler started a thread")
+
+        monkeypatch.setattr(threading.Thread, "start", no_thread)
 
     class SignalsWhenCollected:
         def __del__(self) -> None:

@@ -161,21 +161,39 @@ def _signals_interrupt(sigterm: bool) -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         wanted = {}
     ours = [sig for sig, default in wanted.items() if signal.getsignal(sig) is default]
+    # A put-off signal comes back through SIGALRM: arming the timer takes no lock, where
+    # starting a thread from the handler could wait on a lock the interrupted code holds.
+    # Only where SIGALRM is unused (its default kills the process, so no one relies on it).
+    alarm = bool(ours) and hasattr(signal, "setitimer") and signal.getsignal(signal.SIGALRM) is signal.SIG_DFL
     raised: set[int] = set()
     deferred: dict[int, float] = {}  # signal -> when it was first put off
-    again: list[threading.Timer] = []  # the latest signal to be sent again
+    pending: list[int] = []  # signals put off, for SIGALRM to take up again
+    again: list[threading.Timer] = []  # without SIGALRM: the latest signal to be sent again
 
     def on_signal(signum: int, frame: Any) -> None:
         if signum in raised:
             return
         if _swallowed(frame) and time.monotonic() - deferred.setdefault(signum, time.monotonic()) < _DEFER_S:
-            again[:] = [threading.Timer(0.005, os.kill, (os.getpid(), signum))]
-            again[0].start()
+            if alarm:
+                if signum not in pending:
+                    pending.append(signum)
+                signal.setitimer(signal.ITIMER_REAL, 0.005)
+            else:
+                again[:] = [threading.Timer(0.005, os.kill, (os.getpid(), signum))]
+                again[0].start()
             return
         raised.add(signum)
         raise KeyboardInterrupt if signum == signal.SIGINT else Terminated(signum)
 
+    def on_alarm(_: int, frame: Any) -> None:
+        signums = pending[:]
+        pending.clear()  # one put off again goes back in
+        for signum in signums:
+            on_signal(signum, frame)
+
     previous = {sig: signal.signal(sig, on_signal) for sig in ours}
+    if alarm:
+        previous[signal.SIGALRM] = signal.signal(signal.SIGALRM, on_alarm)
     try:
         yield
         late = [sig for sig in deferred if sig not in raised]
@@ -183,6 +201,8 @@ def _signals_interrupt(sigterm: bool) -> Iterator[None]:
             raised.add(late[0])
             raise KeyboardInterrupt if late[0] == signal.SIGINT else Terminated(late[0])
     finally:
+        if alarm:
+            signal.setitimer(signal.ITIMER_REAL, 0)
         for timer in again:  # a signal it sends now reaches `on_signal`, not the old handler
             timer.cancel()
             timer.join()
