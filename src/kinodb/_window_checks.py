@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
-from kinodb.errors import CorruptFileError, KinodbError
+from kinodb.errors import CorruptFileError, KinodbError, NameNotFoundError
 from kinodb.kdb._layout import DTYPES, KIND_ARRAY, KIND_CAMERA
 from kinodb.kdb.reader import Database
 from kinodb.kql.ast import render_value
@@ -322,7 +322,7 @@ class _EpisodeChecks:
         if has.all():
             return
         what = "no cameras" if camera is None else f"no camera {camera!r}"
-        raise KinodbError(
+        raise NameNotFoundError(
             f"{self.where}: {self.count(~has)} have {what} ({self.named(~has)}); {self.leave_out(~has)}, "
             f"or pass image_key=False for {without}"
         )

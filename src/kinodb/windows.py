@@ -38,7 +38,7 @@ from kinodb._window_sources import _Source as _Source
 from kinodb._window_sources import frame_tasks as frame_tasks
 from kinodb._window_sources import prefetch_frames as prefetch_frames
 from kinodb._window_spec import Pad, WindowSpec, _build_spec, _camera_map
-from kinodb.errors import EpisodeNotFoundError, KinodbError
+from kinodb.errors import EpisodeNotFoundError, KinodbError, NameNotFoundError
 from kinodb.kdb._layout import KIND_ARRAY
 from kinodb.kdb.reader import Database
 from kinodb.mixture import Mixture
@@ -127,7 +127,7 @@ class FrameWindows:
                 for cam in chosen:
                     if cam not in all_cams:
                         more = f". {self._mapping_hint(cam)}" if several else ""
-                        raise KinodbError(
+                        raise NameNotFoundError(
                             f"{first.where}: no camera {cam!r}; it has {all_cams or 'no cameras'}{more}"
                         )
             hint = self._mapping_hint if several else None
@@ -143,7 +143,7 @@ class FrameWindows:
             if missing:
                 cam = names[missing[0]]
                 fix = camera_mapping_hint(self._sources, num_given, cam, output=missing[0], default=True)
-                raise KinodbError(f"{source.where}: no camera {cam!r}; it has {have or 'no cameras'}. {fix}")
+                raise NameNotFoundError(f"{source.where}: no camera {cam!r}; it has {have or 'no cameras'}. {fix}")
             for cam in self.spec.images:  # and every episode of it (a merged file of several robots)
                 source.require_camera(names[cam], "windows without images")
         self._check_channels()
@@ -382,7 +382,7 @@ class FrameWindows:
                 for n, jj in enumerate(j.tolist()):
                     c = source.cameras(jj).get(name)
                     if c is None:
-                        raise KinodbError(
+                        raise NameNotFoundError(
                             f"{source.where}: episode {int(source.kept[jj])} has no camera {name!r}; "
                             "leave such episodes out with kql_filter, or pass image_key=False for "
                             "windows without images"

@@ -14,8 +14,7 @@ from _server_proc import ServerProcess
 
 import kinodb
 from _legacy_encoder import encode, encoded_frames, random_episode
-from kinodb.errors import KinodbError
-from kinodb.remote import BatchTooLargeError, KinoClient
+from kinodb.remote import BatchTooLargeError, InvalidRequestError, KinoClient
 from kinodb.serve import KinoServer
 from kinodb.serve._backend import Backend
 from kinodb.windows import FrameWindows
@@ -83,7 +82,7 @@ def test_cameras_are_those_of_every_served_episode(uneven_server: ServerProcess,
         fw = FrameWindows(uneven_kdb, kql_filter="num_frames > 5", cameras=["front"])
         np.testing.assert_array_equal(got["images"]["front"], fw.images(got["index"], size=(16, 16))["front"])
         with pytest.raises(
-            KinodbError, match=r"no camera 'front' \(episode 0\); leave it out with kql_filter="
+            InvalidRequestError, match=r"no camera 'front' \(episode 0\); leave it out with kql_filter="
         ) as err:
             client.get_windows(1, include_images=True, seed=1)  # episode 0 has no camera
         assert "ask for windows without images" in str(err.value) and "image_key" not in str(err.value)

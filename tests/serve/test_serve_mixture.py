@@ -11,7 +11,7 @@ from _server_proc import ServerProcess
 
 import kinodb
 from kinodb.errors import EpisodeNotFoundError
-from kinodb.remote import KinoClient
+from kinodb.remote import InvalidRequestError, KinoClient
 from kinodb.windows import FrameWindows
 
 
@@ -119,7 +119,7 @@ def test_window_cameras_one_served_source_lacks_are_refused_with_the_ones_all_ha
     try:
         with KinoClient(proc.addr) as client:
             with pytest.raises(
-                kinodb.KinodbError, match=r"no camera 'wrist'.*every served source has \(front\)"
+                InvalidRequestError, match=r"no camera 'wrist'.*every served source has \(front\)"
             ):
                 client.get_windows(4, obs_horizon=1, action_horizon=1, include_images=True, cameras=["wrist"])
             batch = client.get_windows(
@@ -172,7 +172,7 @@ def test_a_camera_mapping_to_one_name_means_that_camera_in_every_source(client: 
     np.testing.assert_array_equal(mapped["images"]["out"], plain["images"]["cam"])
     with pytest.raises(ValueError, match="a camera mapping applies to windows"):
         client.get_batch(2, include_images=True, cameras={"out": "cam"})
-    with pytest.raises(kinodb.KinodbError, match=r"no camera 'nope'"):
+    with pytest.raises(InvalidRequestError, match=r"no camera 'nope'"):
         client.get_windows(2, cameras={"out": ["cam", "nope"]}, **kw)
 
 

@@ -377,8 +377,8 @@ class Backend:
                         # The windows name those episodes and a kql_filter that leaves them out;
                         # a client has no image_key but asks for windows without images.
                         text = str(exc).replace("pass image_key=False for", "ask for")
-                        raise KinodbError(text) from None
-                    raise KinodbError(  # the advice a client can take: it has no image_key
+                        raise NameNotFoundError(text) from None  # a bad argument: INVALID_ARGUMENT
+                    raise NameNotFoundError(  # the advice a client can take: it has no image_key
                         f"{str(exc).split('; ', 1)[0]}; windows of this server need cameras every served "
                         f"source has ({', '.join(self._common_cameras()) or 'none'}): ask for those with "
                         "cameras=[...], map an output name to each source's camera with "
