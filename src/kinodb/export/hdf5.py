@@ -3,10 +3,15 @@
 Layout::
 
     data                      attrs: total, env_args, [problem_info], kinodb_dataset, kinodb_export
-                              (JSON text)
+                              (JSON text); the source's other ``data`` attrs (the metadata's
+                              ``hdf5.data_attrs``; ``num_demos`` counts the exported demos)
     data/demo_K               attrs: num_samples; ep_meta (JSON: the task as "lang", embodiment,
                               fps, success, total_reward, extra fields); the same fields as
-                              attrs of their own (lists, nulls and text with NUL as JSON text)
+                              attrs of their own (lists, nulls and text with NUL as JSON text);
+                              an ``attrs.NAME`` field (a source demo attr) as the attr NAME,
+                              lists as arrays. An ``ep_meta`` field (the source's own text)
+                              is written as the attr ep_meta, and the record above is then
+                              the attr kinodb_ep_meta
         actions rewards       as stored (dtype kept)
         dones                 uint8, from is_terminal
         states                the ``sim_state`` extra array, when there is one
@@ -95,6 +100,12 @@ _META_ATTRS = ("embodiment", "task", "fps", "success", "total_reward")
 _DERIVED = frozenset(("episode_id", "num_frames", "action_dim", "state_dim"))
 # Demo attrs with a robomimic meaning: extra fields of these names are written as "extra.NAME".
 _DEMO_ATTRS = frozenset(("num_samples", "model_file", "ep_meta", "camera_info"))
+EP_META = "ep_meta"  # the extra field holding a source demo's ep_meta attr, as its text
+SOURCE_ATTR = "attrs."  # the prefix of the extra fields holding a source demo's other attrs
+# Demo attrs this export writes itself: a source attr of one of these names keeps its field's name.
+_OWN_ATTRS = frozenset(("num_samples", "ep_meta", "kinodb_ep_meta", "task", *_META_ATTRS))
+# data attrs this export writes itself, over those of the source of the same names.
+_OWN_DATA_ATTRS = frozenset(("total", "env_args", "problem_info", "kinodb_dataset", "kinodb_export"))
 
 Split = list[tuple[str, int, int]]  # obs key, start, stop within ``states``
 
@@ -162,6 +173,8 @@ def _write_file(
 ) -> None:
     """Write the demos, the ``data`` attrs and the filter keys into the open HDF5 file ``f``."""
     data = f.create_group("data")
+    for name, value in _source_data_attrs(db).items():
+        data.attrs[name] = np.int64(len(positions)) if name == "num_demos" else _source_attr(value)
     masks: dict[str, list[str]] = {}
     total = 0
     for k, i in enumerate(positions):
@@ -179,6 +192,20 @@ def _write_file(
     data.attrs["kinodb_export"] = dumps(facts)
     for key, demos in masks.items():
         f.create_dataset(f"mask/{_h5_name(key, 'filter key')}", data=np.array(demos, dtype="S"))
+
+
+def _source_data_attrs(db: Database) -> dict[str, Any]:
+    """The ``data`` attrs of the HDF5 source the metadata records (``hdf5.data_attrs``), less
+    those this export writes itself and names HDF5 cannot hold."""
+    hdf5 = db.metadata().get("hdf5")
+    kept = hdf5.get("data_attrs") if isinstance(hdf5, dict) else None
+    if not isinstance(kept, dict):
+        return {}
+    return {
+        str(k): v
+        for k, v in kept.items()
+        if str(k) not in _OWN_DATA_ATTRS and str(k) and "\x00" not in str(k)
+    }
 
 
 def _per_frame_tasks(db: Database, seen: dict[tuple[int, ...], list[int]]) -> bool:
@@ -538,12 +565,22 @@ def _write_attrs(g: Any, meta: dict[str, Any]) -> None:
     fields = {k: v for k, v in meta.items() if k not in _DERIVED}
     ep_meta = {"lang": fields.pop("task")}
     ep_meta.update((f"extra.{k}" if k == "lang" else k, v) for k, v in fields.items())
-    g.attrs["ep_meta"] = dumps(ep_meta)
+    source = fields.get(EP_META)
+    if isinstance(source, str) and "\x00" not in source:  # the source's own, as it was
+        g.attrs["ep_meta"] = source
+        g.attrs["kinodb_ep_meta"] = dumps(ep_meta)
+        del fields[EP_META]
+    else:
+        g.attrs["ep_meta"] = dumps(ep_meta)
     g.attrs["task"] = _attr_value(ep_meta["lang"])
     for key, value in fields.items():
         if (value is None and key in _META_ATTRS) or "\x00" in key or key == FILTER_KEYS:
             continue
-        g.attrs[f"extra.{key}" if key in _DEMO_ATTRS else key] = _attr_value(value)
+        name = key.removeprefix(SOURCE_ATTR)
+        if key.startswith(SOURCE_ATTR) and name and name not in _OWN_ATTRS and name not in fields:
+            g.attrs[name] = _source_attr(value)  # back under the source's name
+        else:
+            g.attrs[f"extra.{key}" if key in _DEMO_ATTRS else key] = _attr_value(value)
 
 
 def _attr_value(value: Any) -> Any:
@@ -557,6 +594,31 @@ def _attr_value(value: Any) -> Any:
     if isinstance(value, str) and "\x00" not in value:  # HDF5 text cannot hold a NUL
         return value
     return dumps(value)
+
+
+def _source_attr(value: Any) -> Any:
+    """An HDF5 attr value for a source attr kept as JSON: lists of numbers or bools as
+    arrays, of text as arrays of text, anything else as `_attr_value` writes it."""
+    kinds = {type(v) for v in _leaves(value)} if isinstance(value, list) else set()
+    if len(kinds) == 1 and kinds <= {bool, int, float, str}:  # one kind, as an array holds them
+        try:
+            arr = np.asarray(value)
+        except ValueError:  # ragged
+            return _attr_value(value)
+        if arr.dtype.kind in "biuf":
+            return arr
+        if arr.dtype.kind == "U" and "\x00" not in "".join(arr.reshape(-1).tolist()):
+            return arr.astype(require("h5py", extra="hdf5").string_dtype())
+    return _attr_value(value)
+
+
+def _leaves(value: list[Any]) -> Iterator[Any]:
+    """The values of a (nested) list that are not lists."""
+    for v in value:
+        if isinstance(v, list):
+            yield from _leaves(v)
+        else:
+            yield v
 
 
 def _filter_keys(db: Database, i: int) -> list[str]:

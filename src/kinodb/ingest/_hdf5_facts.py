@@ -4,18 +4,25 @@
 its robots (the embodiment) and its control frequency (the fps); LIBERO's ``problem_info``
 gives the language instruction and marks the file as LIBERO's (20 fps by default, 10
 otherwise). What the attributes say is kept in the metadata; a JSON attribute that does not
-parse is kept as text, with a warning.
+parse is kept as text, with a warning. The other attributes of ``data`` (LIBERO's
+``bddl_file_content`` and ``num_demos``, robomimic's ``total``, anything else) are kept as
+they are, by name, in ``Facts.kept`` (`attr_value` says how), and those that cannot be are
+named in ``Facts.left_out`` with the reason.
+
+`attr_problem` and `attr_value` also decide which attributes of each demo are kept.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from kinodb._optional import require
 from kinodb.ingest._base import SourceOptions
 
 # The HDF5 source's logger: its warnings are filtered by that name.
@@ -23,6 +30,10 @@ log = logging.getLogger("kinodb.ingest.hdf5")
 
 LIBERO_FPS = 20.0
 DEFAULT_FPS = 10.0
+ATTR_VALUES = 1024
+"""The most values an array attribute may hold to be kept (in the metadata or an extra field)."""
+# data attributes kinodb's own export writes as records of its source (`_hdf5_kinodb` reads them).
+_KINODB_ATTRS = ("kinodb_dataset", "kinodb_export")
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +46,8 @@ class Facts:
     embodiment: str | None
     language: str | None
     metadata: dict[str, Any]
+    kept: dict[str, Any]  # the other data attributes, by name, as `attr_value` gives them
+    left_out: dict[str, str]  # "data/attrs/NAME" -> why that attribute is not kept
 
 
 def text(value: Any) -> str:
@@ -64,13 +77,16 @@ def _json_attr(attrs: Any, name: str, path: str, metadata: dict[str, Any]) -> di
 
 
 def read_facts(path: str, attrs: Any, options: SourceOptions) -> Facts:
-    """Environment, robots, language and fps from the ``data`` group's attributes."""
+    """Environment, robots, language and fps from the ``data`` group's attributes; the
+    attributes that say none of these are kept as they are (`kept_attrs`)."""
     metadata: dict[str, Any] = {}
+    read = {"env_args", "problem_info", *_KINODB_ATTRS}  # the attributes the metadata records
     env_args = _json_attr(attrs, "env_args", path, metadata)
     if env_args is None and "env" in attrs:
         # A raw robosuite demo.hdf5: robomimic's converter builds env_args from these.
         env_info = _json_attr(attrs, "env_info", path, metadata) or {}
         env_args = {"env_name": text(attrs["env"]), "type": 1, "env_kwargs": env_info}
+        read |= {"env", "env_info"}
     problem = _json_attr(attrs, "problem_info", path, metadata)
     libero = problem is not None or "bddl_file_name" in attrs
     kwargs: dict[str, Any] = {}
@@ -86,6 +102,7 @@ def read_facts(path: str, attrs: Any, options: SourceOptions) -> Facts:
             metadata["env_type"] = env_type
     if "env_name" not in metadata and "env_name" in attrs:
         metadata["env_name"] = text(attrs["env_name"])
+        read.add("env_name")
     language = None
     if problem is not None:
         metadata["problem_info"] = problem
@@ -95,8 +112,70 @@ def read_facts(path: str, attrs: Any, options: SourceOptions) -> Facts:
     for name in ("bddl_file_name", "macros_image_convention"):
         if name in attrs:
             metadata[name] = text(attrs[name])
+            read.add(name)
     fps, fps_from = _fps(options, env_args or {}, kwargs, libero)
-    return Facts(libero, fps, fps_from, _robots(kwargs.get("robots")), language or None, metadata)
+    kept, left_out = kept_attrs(attrs, read)
+    robots = _robots(kwargs.get("robots"))
+    return Facts(libero, fps, fps_from, robots, language or None, metadata, kept, left_out)
+
+
+def kept_attrs(attrs: Any, read: set[str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """The ``data`` attributes other than those ``read`` names, by name, as `attr_value`
+    gives them; and ``data/attrs/NAME`` -> why, for those that cannot be kept."""
+    kept: dict[str, Any] = {}
+    left_out: dict[str, str] = {}
+    for name in sorted(set(attrs.keys()) - read):
+        aid = attrs.get_id(name)
+        why = attr_problem(aid.dtype, aid.shape)
+        if not why:
+            value, why = attr_value(attrs[name])
+            if not why:
+                kept[name] = value
+        if why:
+            left_out[f"data/attrs/{name}"] = f"{why}: not stored; the source file keeps it"
+    return kept, left_out
+
+
+def attr_problem(dtype: np.dtype[Any], shape: tuple[int, ...] | None) -> str:
+    """Why an attribute of ``dtype`` and ``shape`` cannot be kept ("" when it can), from
+    h5py's metadata alone: no value is read.
+
+    Kept are text, numbers and bools, one value or an array of at most `ATTR_VALUES`
+    (`attr_value` then refuses floats that are not finite).
+    """
+    if shape is None:
+        return "an empty attribute (HDF5 null dataspace), which holds no value"
+    if dtype.kind not in "biufS" and require("h5py", extra="hdf5").check_string_dtype(dtype) is None:
+        return f"an attribute of dtype {dtype}, which is neither text, numbers nor bools"
+    size = math.prod(shape)
+    if size > ATTR_VALUES:
+        return f"an array of {size} values {list(shape)}, more than the {ATTR_VALUES} kept"
+    if len(shape) > 1 and size == 0:
+        return f"an empty array of shape {list(shape)}"
+    return ""
+
+
+def attr_value(value: Any) -> tuple[Any, str]:
+    """An attribute's value as JSON can hold it, and "", or None and why it cannot be.
+
+    Text as str (bytes decoded as UTF-8), numbers and bools as Python's, arrays as
+    (nested) lists of those: the values exactly, not their HDF5 dtype.
+    """
+    if isinstance(value, (str, bytes, np.bytes_)):
+        return text(value), ""
+    arr = np.asarray(value)
+    if arr.dtype.kind in "SUO":
+        return _texts(arr.tolist()), ""
+    if arr.dtype.kind not in "biuf":
+        return None, f"an attribute of type {type(value).__name__}, which is neither text, numbers nor bools"
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        return None, "holds NaN or infinity, which JSON cannot store"
+    return (arr.item() if arr.ndim == 0 else arr.tolist()), ""
+
+
+def _texts(value: Any) -> Any:
+    """Every entry of a (nested) list of bytes and str as str."""
+    return [_texts(v) for v in value] if isinstance(value, list) else text(value)
 
 
 def _fps(

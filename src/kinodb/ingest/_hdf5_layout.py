@@ -8,7 +8,9 @@ that into a `Layout`: the state keys and their components, the cameras, the extr
 with their names and the axes ``flip_images`` reverses, and what is left out and why.
 State keys whose dtype the states' dtype cannot hold exactly are kept apart as extra
 arrays, unless the caller named them; low-dim keys left out of the chosen state keys are
-extra arrays too.
+extra arrays too. The scan also finds which attributes of the demos are kept as extra
+fields (`Scan.attrs`) and the dtype of the file's rewards (`Scan.rewards`), from h5py's
+metadata, reading no frames.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import numpy as np
 
 from kinodb.errors import ConversionError
 from kinodb.ingest._exact import holds_exactly, significand_bits
+from kinodb.ingest._hdf5_facts import attr_problem, attr_value
 
 # Demo members with a fixed meaning; everything else that is per-frame becomes an extra array.
 _SPECIAL = frozenset({"actions", "rewards", "dones", "success"})
@@ -31,6 +34,8 @@ _RESERVED = frozenset(
 _UNSTORED_ATTRS = {
     "model_file": "the simulator model (MJCF XML) per demo: not stored; keep the source file to replay demos",
 }
+# Demo attributes the source reads for what they mean: the rest are kept as extra fields.
+_READ_ATTRS = frozenset({"num_samples", "ep_meta", "success", *_UNSTORED_ATTRS})
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,26 +69,46 @@ class Layout:
     not_cameras: dict[str, str]  # extra-array name of uint8 frames a camera cannot hold -> why
 
 
-def scan_demos(data: Any, demos: list[str], dataset_type: Any) -> tuple[list[Field], dict[str, str]]:
-    """Every dataset path any demo of ``data`` holds, classified in the first demo that holds it.
+@dataclass(frozen=True, slots=True)
+class Scan:
+    """What the demos of a file hold, listed once per file (`scan_demos`)."""
+
+    fields: list[Field]  # every per-frame dataset, classified
+    left_out: dict[str, str]  # path (a demo attribute: attrs/NAME) -> why it is not stored
+    attrs: tuple[str, ...]  # demo attributes kept as the extra fields attrs.NAME, sorted
+    rewards: np.dtype[Any] | None  # the dtype rewards are stored in (None: no demo holds them)
+
+
+def scan_demos(data: Any, demos: list[str], dataset_type: Any) -> Scan:
+    """Every dataset path any demo of ``data`` holds, classified in the first demo that holds
+    it, and the demo attributes kept.
 
     Only names are listed per demo; each path is opened once. ``dataset_type`` is
     ``h5py.Dataset``.
     """
     seen: dict[str, list[Any]] = {}
+    attrs: dict[str, str] = {}  # demo attribute -> why it cannot be kept ("" when it can)
     for demo in demos:
+        group = data[demo]
         paths: list[str] = []
-        data[demo].visit(paths.append)
+        group.visit(paths.append)
         for path in paths:
             if path in seen:
                 seen[path][1] += 1
             else:
                 seen[path] = [demo, 1]
+        _scan_attrs(demo, group.attrs, attrs)
     fields: list[Field] = []
     left_out: dict[str, str] = {}
     for name in _UNSTORED_ATTRS:
         if any(name in data[demo].attrs for demo in demos):
             left_out[f"attrs/{name}"] = _UNSTORED_ATTRS[name]
+    left_out.update((f"attrs/{name}", why) for name, why in sorted(attrs.items()) if why)
+    rewards = None
+    if "rewards" in seen:
+        ds = data[seen["rewards"][0]].get("rewards")
+        if isinstance(ds, dataset_type) and ds.dtype.kind in "biuf":
+            rewards = reward_dtype(np.dtype(ds.dtype))
     for path, (first, holders) in seen.items():
         if path == "next_obs":
             left_out[path] = "duplicates obs one step later"
@@ -100,7 +125,38 @@ def scan_demos(data: Any, demos: list[str], dataset_type: Any) -> tuple[list[Fie
             fields.append(Field(path, kind, trailing, np.dtype(ds.dtype), first, holders, note=note))
         else:
             left_out[path] = kind
-    return fields, left_out
+    return Scan(fields, left_out, tuple(sorted(n for n, why in attrs.items() if not why)), rewards)
+
+
+def reward_dtype(dtype: np.dtype[Any]) -> np.dtype[Any]:
+    """The dtype rewards of ``dtype`` are stored in: a floating one as it is; integers and
+    bools (LIBERO's uint8) as float32, or float64 for integers wider than 16 bits, so that
+    every value stays exact."""
+    if dtype.kind == "f":
+        return dtype
+    return np.dtype(np.float32 if dtype.itemsize <= 2 else np.float64)
+
+
+def _scan_attrs(demo: str, attrs: Any, seen: dict[str, str]) -> None:
+    """Add to ``seen`` each attribute of ``demo`` to keep, with why it cannot be kept ("" when
+    it can). The first demo whose value cannot be kept decides: an attribute is kept in
+    every demo or in none. Only floats are read (to find NaN or infinity)."""
+    for name in attrs:
+        if name in _READ_ATTRS or seen.get(name):
+            continue
+        aid = attrs.get_id(name)
+        dtype, shape = aid.dtype, aid.shape  # h5py builds both anew on each access
+        why = attr_problem(dtype, shape)
+        if not why and dtype.kind == "f":
+            value = np.empty(shape, dtype)
+            aid.read(value)  # the low-level read: a third of what attrs[name] costs
+            why = attr_value(value)[1]
+        seen[name] = (
+            f"{why} ({demo}): not stored (extra fields hold text, numbers and bools, and lists of them); "
+            "the source file keeps it"
+            if why
+            else ""
+        )
 
 
 def _rows(group: Any) -> int | None:

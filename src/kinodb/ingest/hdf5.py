@@ -39,7 +39,9 @@ What goes where:
 - ``rewards`` keep a floating dtype; integer or bool rewards (LIBERO's uint8) become
   float32, or float64 for integers wider than 16 bits, so every value stays exact.
   ``dones`` become ``is_terminal`` (non-zero is true); without them the last frame is
-  terminal.
+  terminal. A demo without ``rewards`` in a file whose other demos hold them gets zeros
+  of the dtype theirs are stored in (so the file has one rewards dtype: its total reward
+  is then 0), and its success is not taken from them.
 - ``success``: a demo attribute or dataset named ``success``, else the ``success`` of the
   demo's ``ep_meta`` JSON (null: unknown), else whether the final reward is positive,
   else unknown.
@@ -51,6 +53,18 @@ What goes where:
   and 10 otherwise.
 - ``mask/`` filter keys become the list-valued extra field ``filter_keys`` of each
   episode (``filter_keys CONTAINS 'valid'``).
+- Attributes: a demo's ``ep_meta`` is kept whole, as the text the file holds, in the
+  extra field ``ep_meta`` (RoboCasa's ``layout_id``, ``style_id``, ``object_cfgs``...),
+  besides the fields read from it above. Every other attribute of a demo but
+  ``num_samples``, ``success`` and ``model_file`` is the extra field ``attrs.NAME`` (a
+  name no built-in field has): text, a number or a bool, or an array of at most
+  `ATTR_VALUES` of them as a (nested) list, the values exact (not their HDF5 dtype).
+  The ``data`` attributes that say nothing of the above (LIBERO's ``bddl_file_content``,
+  ``num_demos``, robomimic's ``total``) are kept by name, likewise, in the metadata's
+  ``hdf5.data_attrs``. What cannot be kept (a larger array, NaN or infinity, another
+  dtype; in one demo is enough, so that every demo has the same fields) is named in
+  ``hdf5.left_out`` as ``attrs/NAME`` or ``data/attrs/NAME`` with the reason, and warned
+  about; ``model_file``, the simulator model (MJCF XML) of each demo, is named there too.
 - ``flip_images`` rotates by 180 degrees the cameras and every image-shaped extra array:
   ``(T, H, W)`` or ``(T, H, W, C)`` (depth of any dtype, segmentation) whose ``(H, W)``
   is that of a camera or of uint8 frames of the file, on axes 1 and 2; channel-first
@@ -59,7 +73,8 @@ What goes where:
   camera and array rotated, with its axes.
 
 - A kinodb export (``data`` attrs ``kinodb_export``, ``kinodb_dataset``) gives back what
-  it recorded of its source: each demo's extra fields (``ep_meta``), the dataset
+  it recorded of its source: each demo's extra fields (``ep_meta``, or
+  ``kinodb_ep_meta`` where ``ep_meta`` is its source's own), the dataset
   metadata (less the record of the ingest that made the source), and the names and
   components of ``actions`` and ``states`` where they fit the data (states the export
   wrote whole, as ``obs/state``, get no ``state`` component the source did not have);
@@ -68,7 +83,8 @@ What goes where:
 
 Every demo must hold every per-frame key that any demo holds, with one row per action
 (in a kinodb export, a camera or array may be absent from some demos); anything else
-raises `ConversionError` naming the file, the demo and the key.
+raises `ConversionError` naming the file, the demo and the key, and how to convert the
+other demos (``--episodes`` with their positions, or ``--on-error skip``).
 
 This module reads demos; `kinodb.ingest._hdf5_layout` decides where each per-frame
 dataset goes, and `kinodb.ingest._hdf5_facts` reads the ``data`` group's attributes.
@@ -87,11 +103,12 @@ import numpy as np
 
 from kinodb._optional import require
 from kinodb.errors import ConversionError
-from kinodb.ingest._base import SOURCE_PARTS, SourceInfo, SourceOptions, not_this_format
+from kinodb.ingest._base import SKIP_ADVICE, SOURCE_PARTS, SourceInfo, SourceOptions, not_this_format
 from kinodb.ingest._exact import first_rounded
-from kinodb.ingest._hdf5_facts import DEFAULT_FPS as DEFAULT_FPS  # re-exported: public names
+from kinodb.ingest._hdf5_facts import ATTR_VALUES as ATTR_VALUES  # re-exported: public names
+from kinodb.ingest._hdf5_facts import DEFAULT_FPS as DEFAULT_FPS
 from kinodb.ingest._hdf5_facts import LIBERO_FPS as LIBERO_FPS
-from kinodb.ingest._hdf5_facts import Facts, read_facts, text
+from kinodb.ingest._hdf5_facts import Facts, attr_value, read_facts, text
 from kinodb.ingest._hdf5_kinodb import (
     exported_schema,
     exported_state_order,
@@ -100,10 +117,11 @@ from kinodb.ingest._hdf5_kinodb import (
     restore_fields,
     user_metadata,
 )
-from kinodb.ingest._hdf5_layout import Field, Layout, arrange, scan_demos
+from kinodb.ingest._hdf5_layout import Field, Layout, Scan, arrange, reward_dtype, scan_demos
 
 log = logging.getLogger(__name__)
 _WARNED_UPSIDE_DOWN: set[str] = set()  # LIBERO files already warned about in this process
+_WARNED_LEFT_OUT: set[str] = set()  # files whose attributes left out were already warned about
 
 SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
@@ -112,7 +130,7 @@ _DEMO = re.compile(r"demo_(\d+)\Z")
 
 # Recent scans in this process, by file identity: an ingest opens its source twice (to
 # plan, then to convert), and a scan lists every demo of the file.
-_SCANS: dict[tuple[str, int, int, int], tuple[list[Field], dict[str, str]]] = {}
+_SCANS: dict[tuple[str, int, int, int], Scan] = {}
 _SCANS_KEPT = 4
 
 
@@ -180,6 +198,7 @@ class HDF5Source:
         self._demos = [n for _, n in numbered]
         self._others = sorted(set(names) - set(self._demos))
         self._layout_cache: Layout | None = None
+        self._scan: Scan | None = None
         self._facts_cache: Facts | None = None
         self._masks_cache: dict[str, list[str]] | None = None
         self._actions_cache: list[tuple[int, int]] | None = None
@@ -253,8 +272,10 @@ class HDF5Source:
             },
             "cameras": [f.name for f in layout.cameras] if self._options.images else [],
             "extra_arrays": {f.name: f.path for f in layout.arrays if self._keeps(f)},
-            "left_out": dict(layout.left_out),
+            "left_out": {**layout.left_out, **facts.left_out},
+            "data_attrs": dict(facts.kept),
         }
+        self._warn_left_out(metadata["hdf5"]["left_out"])
         notes = []
         if layout.apart or layout.unchosen:
             metadata["hdf5"]["kept_apart"] = {**layout.apart, **layout.unchosen}
@@ -283,6 +304,8 @@ class HDF5Source:
         exported = recorded_dataset(self._path, self._data.attrs, self._held)
         if exported is not None:  # a kinodb export: its own schema names and metadata come back
             schema = exported_schema(exported.get("schema"), schema, layout, self._action_widths())
+            if "total" not in _recorded_data_attrs(exported):  # the export's own count
+                metadata["hdf5"]["data_attrs"].pop("total", None)
             metadata = {**user_metadata(exported.get("metadata")), **metadata}
         return SourceInfo(
             source_format="libero-hdf5" if facts.libero else "robomimic-hdf5",
@@ -306,7 +329,7 @@ class HDF5Source:
         if not isinstance(group, self._h5py.Group):
             raise ConversionError(f"{self._path}: {key}: no such demo group in data/")
         d = _Demo(key, group, self._h5py.Group)
-        ep_meta = self._ep_meta(d)
+        ep_meta, raw_ep_meta = self._ep_meta(d)
         actions = self._actions(d)
         T = len(actions)
         args: dict[str, Any] = {"actions": actions, **self._labels(d, ep_meta, facts)}
@@ -316,6 +339,8 @@ class HDF5Source:
         rewards = self._rewards(d, T)
         if rewards is not None:
             args["rewards"] = rewards
+        elif self._scanned().rewards is not None:  # zeros of the file's dtype: one dtype per file
+            args["rewards"] = np.zeros(T, self._scanned().rewards)
         if "dones" in d.members:
             args["is_terminal"] = self._column(d, "dones", T) != 0
         if layout.timestamps is not None:
@@ -327,8 +352,10 @@ class HDF5Source:
         if arrays:
             args["extra_arrays"] = arrays
         masks = self._masks()
-        if masks:
-            args["extra"] = {"filter_keys": masks.get(key, [])}
+        extra = {"filter_keys": masks.get(key, [])} if masks else {}
+        extra.update(self._attr_fields(d, ep_meta, raw_ep_meta))
+        if extra:
+            args["extra"] = extra
         if "kinodb_export" in self._data.attrs:
             restore_fields(args, ep_meta)
         return args
@@ -343,7 +370,20 @@ class HDF5Source:
     # -- one demo -------------------------------------------------------------------------
 
     def _fail(self, demo: str, message: str) -> ConversionError:
-        return ConversionError(f"{self._path}: {demo}: {message}")
+        """The error for ``demo``, with how to convert the other demos."""
+        return ConversionError(f"{self._path}: {demo}: {message}{self._leave_out(demo)}")
+
+    def _leave_out(self, demo: str) -> str:
+        """How to leave ``demo`` out: ``--episodes`` naming the others, or ``--on-error skip``."""
+        keys = self.episodes()
+        others = [k for k, name in enumerate(keys) if name != demo]
+        if not others:
+            return ""  # nothing else to convert
+        where = f"mask/{self._options.split}" if self._options.split is not None else "the file"
+        return (
+            f"; to leave the demo out, select the others with --episodes {_spec(others)} "
+            f"(positions among the demos of {where}, in numeric order){SKIP_ADVICE}"
+        )
 
     def _dataset(self, d: _Demo, path: str, T: int | None, field: Field | None = None) -> np.ndarray:
         """Read ``path`` of a demo whole, checking that it has ``T`` rows."""
@@ -404,10 +444,8 @@ class HDF5Source:
         if "rewards" not in d.members:
             return None
         rewards = self._column(d, "rewards", T)
-        if rewards.dtype.kind != "f":
-            # uint8 (LIBERO), bool or int16 are exact in float32; wider integers need float64.
-            rewards = rewards.astype(np.float32 if rewards.dtype.itemsize <= 2 else np.float64)
-        return rewards
+        # uint8 (LIBERO), bool or int16 are exact in float32; wider integers need float64.
+        return rewards.astype(reward_dtype(rewards.dtype), copy=False)
 
     def _success(self, d: _Demo, T: int, rewards: np.ndarray | None, ep_meta: dict[str, Any]) -> bool | None:
         if "success" in d.attrs:
@@ -429,15 +467,39 @@ class HDF5Source:
             return bool(rewards[-1] > 0)
         return None
 
-    def _ep_meta(self, d: _Demo) -> dict[str, Any]:
-        """The demo's ``ep_meta`` JSON attribute (empty when absent)."""
-        if "ep_meta" not in d.attrs:
-            return {}
+    def _ep_meta(self, d: _Demo) -> tuple[dict[str, Any], str | None]:
+        """The demo's labels (its ``ep_meta`` JSON attribute, or the record of a kinodb export
+        that kept its source's ``ep_meta``: ``kinodb_ep_meta``; empty when absent), and the
+        ``ep_meta`` attribute's text as the file holds it (None when absent)."""
+        raw = text(d.group.attrs["ep_meta"]) if "ep_meta" in d.attrs else None
+        name = "kinodb_ep_meta" if "kinodb_ep_meta" in d.attrs else "ep_meta"
+        if name not in d.attrs:
+            return {}, raw
         try:
-            ep_meta = json.loads(text(d.group.attrs["ep_meta"]))
+            ep_meta = json.loads(raw if raw is not None and name == "ep_meta" else text(d.group.attrs[name]))
         except ValueError as exc:
-            raise self._fail(d.name, f"attribute ep_meta is not JSON ({exc})") from None
-        return ep_meta if isinstance(ep_meta, dict) else {}
+            raise self._fail(d.name, f"attribute {name} is not JSON ({exc})") from None
+        return (ep_meta if isinstance(ep_meta, dict) else {}), raw
+
+    def _attr_fields(self, d: _Demo, ep_meta: dict[str, Any], raw: str | None) -> dict[str, Any]:
+        """The extra fields of the demo's attributes: ``ep_meta`` (the text as stored) and
+        ``attrs.NAME`` for each other attribute kept (`Scan.attrs`).
+
+        In a kinodb export, the attributes it wrote from its record (``ep_meta``, which
+        `restore_fields` gives back) are not read again; its source's ``ep_meta`` is.
+        """
+        out: dict[str, Any] = {}
+        exported = "kinodb_export" in self._data.attrs
+        if raw is not None and (not exported or "kinodb_ep_meta" in d.attrs):
+            out["ep_meta"] = raw
+        written = _exported_attrs(ep_meta) if exported else frozenset()
+        for name in self._scanned().attrs:
+            if name in d.attrs and name not in written:
+                value, why = attr_value(d.group.attrs[name])
+                if why:  # the scan read every float, so only a changed file gets here
+                    raise self._fail(d.name, f"attribute {name} {why}")
+                out[f"attrs.{name}"] = value
+        return out
 
     def _labels(self, d: _Demo, ep_meta: dict[str, Any], facts: Facts) -> dict[str, Any]:
         """``task``, ``fps`` and ``embodiment`` of one demo: its ep_meta's, else the file's."""
@@ -588,8 +650,9 @@ class HDF5Source:
             self._facts_cache = read_facts(self._path, self._data.attrs, self._options)
         return self._facts_cache
 
-    def _layout(self) -> Layout:
-        if self._layout_cache is None:
+    def _scanned(self) -> Scan:
+        """What the demos hold (`scan_demos`), once per file and process."""
+        if self._scan is None:
             st = os.stat(self._path)
             ident = (os.path.realpath(self._path), st.st_ino, st.st_size, st.st_mtime_ns)
             scan = _SCANS.get(ident)
@@ -597,7 +660,21 @@ class HDF5Source:
                 scan = _SCANS[ident] = scan_demos(self._data, self._demos, self._h5py.Dataset)
                 while len(_SCANS) > _SCANS_KEPT:
                     del _SCANS[next(iter(_SCANS))]
-            fields, left_out = scan[0], dict(scan[1])
+            self._scan = scan
+        return self._scan
+
+    def _warn_left_out(self, left_out: dict[str, str]) -> None:
+        """Warn once per file of the attributes not stored (``model_file`` goes without saying)."""
+        attrs = {k: v for k, v in left_out.items() if "attrs/" in k and k != "attrs/model_file"}
+        if attrs and self._path not in _WARNED_LEFT_OUT:
+            _WARNED_LEFT_OUT.add(self._path)  # verify reads the info again
+            for name, why in attrs.items():
+                log.warning("%s: attribute %s is left out: %s", self._path, name, why)
+
+    def _layout(self) -> Layout:
+        if self._layout_cache is None:
+            scan = self._scanned()
+            fields, left_out = scan.fields, dict(scan.left_out)
             for name in self._others:
                 left_out[f"data/{name}"] = "not a demo_N group"
             explicit = self._options.state_keys is not None  # the caller's keys: checked by value, not split
@@ -629,6 +706,36 @@ class HDF5Source:
 
     def _action_widths(self) -> set[int]:
         return {width for _, width in self._action_shapes()}
+
+
+def _spec(positions: list[int]) -> str:
+    """Positions as an ``--episodes`` spec: ``0-9,29``."""
+    runs: list[list[int]] = []
+    for k in positions:
+        if runs and runs[-1][1] == k - 1:
+            runs[-1][1] = k
+        else:
+            runs.append([k, k])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
+def _recorded_data_attrs(dataset: dict[str, Any]) -> dict[str, Any]:
+    """The ``data`` attrs of its HDF5 source that a kinodb export's dataset block records."""
+    metadata = dataset.get("metadata")
+    hdf5 = metadata.get("hdf5") if isinstance(metadata, dict) else None
+    kept = hdf5.get("data_attrs") if isinstance(hdf5, dict) else None
+    return kept if isinstance(kept, dict) else {}
+
+
+def _exported_attrs(record: dict[str, Any]) -> frozenset[str]:
+    """The demo attributes a kinodb export wrote from its record of the episode (``ep_meta``):
+    one per field, under its own name, ``extra.NAME``, or for a source attribute kept as
+    ``attrs.NAME`` under ``NAME``."""
+    names = {"num_samples", "ep_meta", "kinodb_ep_meta", "task"}
+    for key in record:
+        bare = key.removeprefix("extra.")
+        names |= {key, bare, f"extra.{bare}", bare.removeprefix("attrs.")}
+    return frozenset(names)
 
 
 def _unreadable(path: str, exc: OSError) -> str:
