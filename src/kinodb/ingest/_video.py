@@ -27,6 +27,14 @@ resolution, so the frame is never up-sampled to RGB and down-sampled again. Agai
 exact BT.601 conversion of the planes these frames are closer than FFmpeg's own
 ``rgb24`` output, which runs about one level dark in every channel. Any other frame
 (another pixel format or matrix, or without simplejpeg 1.8 or later) takes the RGB path.
+
+With ``image_codec`` (``"jpeg"`` or ``"png"``) every wanted frame comes back encoded, each
+as soon as it is decoded (on the same thread pool): planar JPEGs where the planar path
+applies, else its RGB pixels (turned 180 degrees first with ``flip``) encoded exactly as the
+writer encodes pixels (`kinodb.kdb._codecs.encode`, Pillow), so the stored bytes are those
+of an episode decoded to RGB and encoded afterwards. Memory then holds the encoded frames
+and at most `_IN_FLIGHT` decoded ones, never a whole episode's pixels (a five-minute 720p
+episode is some 25 GB of RGB). Without it, RGB frames come back as one (T, H, W, 3) array.
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ import os
 import threading
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -45,12 +54,14 @@ import numpy.typing as npt
 
 from kinodb._optional import require
 from kinodb.errors import ConversionError
+from kinodb.kdb import _codecs
 
 TOLERANCE_S = 1e-4
 _PLANAR_FORMATS = ("yuv420p", "yuvj420p")
 _BT601 = (2, 5, 6)  # AVColorSpace: unspecified (FFmpeg reads it as BT.601), BT470BG, SMPTE170M
 _FULL_RANGE = 2  # AVColorRange JPEG
 _IN_FLIGHT = 32  # frames decoded but not yet encoded, at most
+_CODECS = ("jpeg", "png")
 
 
 def _av() -> Any:
@@ -199,6 +210,16 @@ class VideoReader:
             self._container = None
 
 
+@dataclass(frozen=True, slots=True)
+class _Output:
+    """What `decode_at` hands back for the wanted frames."""
+
+    codec: str | None  # "jpeg" or "png": every frame encoded; None: RGB pixels (or planar JPEGs)
+    quality: int | None  # JPEG quality
+    planar: bool  # 4:2:0 BT.601 frames may be JPEG-encoded from their planes
+    flip: bool  # frames turned 180 degrees
+
+
 def decode_at(
     path: str,
     times: npt.NDArray[np.float64],
@@ -207,25 +228,36 @@ def decode_at(
     seek: bool = False,
     jpeg_quality: int | None = None,
     reader: VideoReader | None = None,
+    image_codec: str | None = None,
+    flip: bool = False,
 ) -> npt.NDArray[np.uint8] | list[bytes]:
     """Frames of ``path`` nearest to each time in ``times`` (seconds), as uint8 (T, H, W, 3) RGB.
 
     With ``jpeg_quality``, frames the planar path can take come back as a list of JPEG
-    bytes (one per time) instead; any other video still returns RGB. ``reader`` (for
-    ``path``) is left open, positioned after the last frame used.
+    bytes (one per time) instead; any other video still returns RGB, unless
+    ``image_codec`` (``"jpeg"``, at ``jpeg_quality``, or ``"png"``) asks for every frame
+    encoded, as the writer encodes pixels. ``flip`` turns the frames 180 degrees (planar
+    JPEGs are made of unturned frames only). ``reader`` (for ``path``) is left open,
+    positioned after the last frame used.
 
     Raises:
         ConversionError: the file is missing or unreadable, ends before the last wanted
             time (a short video), or has no frame within ``tolerance`` of a wanted time;
             the message names the file and the first frame at fault.
+        ValueError: ``image_codec`` is not ``"jpeg"`` or ``"png"``, or is ``"jpeg"``
+            without ``jpeg_quality``.
     """
+    if image_codec not in (None, *_CODECS) or (image_codec == "jpeg" and jpeg_quality is None):
+        raise ValueError(f"image_codec must be 'jpeg' (with jpeg_quality) or 'png', got {image_codec!r}")
     times = np.asarray(times, np.float64)
     if times.size == 0:
         raise ConversionError(f"{path}: no frame times asked for")
     if not np.isfinite(times).all():
         raise ConversionError(f"{path}: frame times must be finite numbers")
-    if jpeg_quality is not None and _simplejpeg() is None:
-        jpeg_quality = None
+    planar_ok = (
+        jpeg_quality is not None and not flip and image_codec in (None, "jpeg") and _simplejpeg() is not None
+    )
+    output = _Output(image_codec, jpeg_quality, planar_ok, flip)
     order = np.argsort(times, kind="stable")
     wanted = times[order]
     start = float(wanted[0]) - tolerance
@@ -234,11 +266,11 @@ def decode_at(
     try:
         out = None
         if not own and video.continues_at(start):
-            out = _match(video, wanted, tolerance, None, jpeg_quality, resume=True)
+            out = _match(video, wanted, tolerance, None, output, resume=True)
         if out is None:
-            out = _match(video, wanted, tolerance, start if seek and start > 0 else None, jpeg_quality)
+            out = _match(video, wanted, tolerance, start if seek and start > 0 else None, output)
         if out is None:  # the seek landed past the first wanted frame: decode from the start
-            out = _match(video, wanted, tolerance, None, jpeg_quality)
+            out = _match(video, wanted, tolerance, None, output)
     except BaseException:
         video.broken()
         raise
@@ -263,7 +295,7 @@ def _match(
     wanted: npt.NDArray[np.float64],
     tolerance: float,
     seek_to: float | None,
-    jpeg_quality: int | None,
+    output: _Output,
     *,
     resume: bool = False,
 ) -> npt.NDArray[np.uint8] | list[bytes] | None:
@@ -278,7 +310,7 @@ def _match(
     times = wanted.tolist()
     best = [math.inf] * len(times)
     out: npt.NDArray[np.uint8] | None = None
-    jpegs: _PlanarJpegs | None = None
+    jobs: _Encodes | None = None
     seen: list[float] = []
     first, last = times[0] + tolerance, times[-1] + tolerance
     held: tuple[float, Any] | None = None
@@ -294,10 +326,10 @@ def _match(
             hi = bisect.bisect_right(times, t + tolerance, lo)
             take = [k for k in range(lo, hi) if abs(times[k] - t) < best[k]]
             if take:
-                if jpegs is None and out is None and jpeg_quality is not None and planar(frame):
-                    jpegs = _PlanarJpegs(len(times), jpeg_quality, frame)
-                if jpegs is not None:
-                    jpegs.add(take, frame, path, t)
+                if jobs is None and out is None:
+                    jobs = _Encodes.start(len(times), output, frame)
+                if jobs is not None:
+                    jobs.add(take, frame, path, t)
                 else:
                     # One thread: the decoder's own threads already use the cores, and
                     # swscale's would contend with them (same pixels either way).
@@ -308,15 +340,15 @@ def _match(
                         raise ConversionError(
                             f"{path}: the frame at {t:.6f} s is {rgb.shape}, earlier frames {out.shape[1:]}"
                         )
-                    out[take] = rgb
+                    out[take] = rgb[::-1, ::-1] if output.flip else rgb
                 for k in take:
                     best[k] = abs(times[k] - t)
-        encoded = jpegs.result(path) if jpegs is not None else None
+        encoded = jobs.result(path) if jobs is not None else None
     except av.FFmpegError as exc:
         raise damaged(path, f"decoding failed after {len(seen)} frames: {exc.strerror or exc}") from None
     finally:
-        if jpegs is not None:
-            jpegs.cancel()
+        if jobs is not None:
+            jobs.cancel()
     if seen:
         video.done(seen[-1], held)
     if (seek_to is not None or resume) and not seen:
@@ -402,36 +434,71 @@ def encode_planar(frame: Any, quality: int) -> bytes:
     return bytes(_simplejpeg().encode_jpeg_yuv_planes(*planes, quality=quality, fastdct=False))
 
 
-class _PlanarJpegs:
-    """JPEG encodes of the wanted frames, running on a thread pool while decoding goes on."""
+def encode_rgb(frame: Any, codec: str, quality: int, flip: bool) -> bytes:
+    """One frame's RGB pixels (turned 180 degrees with ``flip``), encoded as the writer does."""
+    reformatter = getattr(_local, "rgb24", None)
+    if reformatter is None:
+        reformatter = _local.rgb24 = _av().video.reformatter.VideoReformatter()
+    rgb = reformat(reformatter, frame, "rgb24").to_ndarray()
+    pixels = np.ascontiguousarray(rgb[::-1, ::-1] if flip else rgb)
+    return _codecs.encode(pixels[None], codec, quality)[0]
 
-    def __init__(self, n: int, quality: int, first: Any) -> None:
-        self.quality = quality
+
+class _Encodes:
+    """Encodes of the wanted frames, running on a thread pool while decoding goes on."""
+
+    def __init__(self, n: int, output: _Output, first: Any) -> None:
+        self.output = output
+        self.planar = output.planar and planar(first)  # else RGB, encoded with output.codec
         self.size = (first.width, first.height)
         self.slots: list[Future[bytes] | None] = [None] * n
         self.in_flight: collections.deque[Future[bytes]] = collections.deque()
 
+    @classmethod
+    def start(cls, n: int, output: _Output, first: Any) -> _Encodes | None:
+        """The encodes for ``n`` wanted frames from ``first`` on; None: hand back RGB pixels."""
+        if output.codec is None and not (output.planar and planar(first)):
+            return None
+        return cls(n, output, first)
+
+    @property
+    def codec(self) -> str:
+        return "jpeg" if self.planar else str(self.output.codec)
+
     def add(self, take: list[int], frame: Any, path: str, t: float) -> None:
-        if (frame.width, frame.height) != self.size or not planar(frame):
+        if (frame.width, frame.height) != self.size or (self.planar and not planar(frame)):
             raise ConversionError(
                 f"{path}: the frame at {t:.6f} s is {frame.height}x{frame.width} {frame.format.name}, "
                 f"earlier frames {self.size[1]}x{self.size[0]}"
             )
         while len(self.in_flight) >= _IN_FLIGHT:  # bound the decoded frames held in memory
-            self.in_flight.popleft().result()
-        job = _pool().submit(encode_planar, frame, self.quality)
+            self._wait(self.in_flight.popleft(), path)
+        quality = self.output.quality if self.output.quality is not None else 0  # PNG takes none
+        if self.planar:
+            job = _pool().submit(encode_planar, frame, quality)
+        else:
+            job = _pool().submit(encode_rgb, frame, self.codec, quality, self.output.flip)
         self.in_flight.append(job)
         for i in take:
             self.slots[i] = job
+
+    def _wait(self, job: Future[bytes], path: str) -> bytes:
+        try:
+            return job.result()
+        except MemoryError:
+            raise  # not the frame's fault: the command says so
+        except Exception as exc:
+            others = "png or raw" if self.codec == "jpeg" else "raw"
+            raise ConversionError(
+                f"{path}: {self.codec.upper()} encoding of a decoded frame failed ({type(exc).__name__}: {exc}); "
+                f"store the frames with another image codec ({others})"
+            ) from None
 
     def result(self, path: str) -> list[bytes] | None:
         """The encoded frames, or None while some wanted time has no frame (an error follows)."""
         if any(job is None for job in self.slots):
             return None
-        try:
-            return [job.result() for job in self.slots if job is not None]
-        except Exception as exc:
-            raise ConversionError(f"{path}: JPEG encoding of a decoded frame failed ({exc})") from None
+        return [self._wait(job, path) for job in self.slots if job is not None]
 
     def cancel(self) -> None:
         for job in self.in_flight:

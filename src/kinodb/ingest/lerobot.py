@@ -53,7 +53,9 @@ stays as it is, with a warning):
   episode's ``videos/<key>/from_timestamp``), within ``TOLERANCE_S`` = 1e-4 s
   (``|frame time - wanted| <= 1e-4``, LeRobot's own tolerance and rule). Each file is
   decoded once, in order; a v3 episode is reached with one seek to the keyframe before it.
-  Frames come out as uint8 RGB; the writer encodes them with the image codec.
+  Frames that are to be stored as JPEG (``SourceOptions.jpeg_quality``) come out as JPEG
+  bytes, each encoded as soon as it is decoded (`_video.decode_at`), so an episode's
+  pixels are never held at once; otherwise as uint8 RGB, which the writer encodes.
 - Every ``image`` and ``video`` feature is a camera, whatever its key (``image``,
   ``wrist_image``, ``observation.images.top``). Camera names drop the
   ``observation.images.`` (else ``observation.``) prefix; ``lerobot.cameras`` in the
@@ -705,11 +707,11 @@ class LeRobotSource:
     ) -> dict[str, np.ndarray | list[bytes]]:
         """Every video camera of the episode, frame-exact at the parquet timestamps.
 
-        Pixels, or JPEG bytes when the frames are to be stored as JPEG and the video is
-        4:2:0 BT.601 (`_video.decode_at`).
+        JPEG bytes when the frames are to be stored as JPEG (from the decoder's planes for
+        4:2:0 BT.601 video, else from its RGB pixels as the writer encodes them: the same
+        bytes), else RGB pixels (`_video.decode_at`); turned 180 degrees with ``flip_images``.
         """
-        flip = self._options.flip_images
-        quality = None if flip else self._options.jpeg_quality
+        quality = self._options.jpeg_quality
         stamps = args.get("timestamps")
         if stamps is None:  # LeRobot's default: frame_index / fps, at the dataset's own fps
             stamps = np.arange(len(args["actions"])) / self._fps(dataset=True)
@@ -718,8 +720,9 @@ class LeRobotSource:
         for cam, key in self._plan.videos.items():
             video = ep.videos[key]
             try:
-                frames = _video.decode_at(
+                out[cam] = _video.decode_at(
                     video.path, times + video.offset, seek=self._version == "v3.0", jpeg_quality=quality,
+                    image_codec=None if quality is None else "jpeg", flip=self._options.flip_images,
                     reader=self._reader(key, video.path),
                 )  # fmt: skip
             except ConversionError as exc:
@@ -727,11 +730,6 @@ class LeRobotSource:
                 raise ConversionError(
                     f"{exc} (episode {ep.index}, camera {cam!r}, feature {key!r}){advice}"
                 ) from None
-            out[cam] = (
-                np.ascontiguousarray(frames[:, ::-1, ::-1])
-                if flip and isinstance(frames, np.ndarray)
-                else frames
-            )
         return out
 
     def _left_out(self, name: str, why: str) -> None:
