@@ -239,3 +239,19 @@ def test_option_errors_name_the_options(
     err = capsys.readouterr().err
     assert named in err and unnamed not in err, err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_pyav_without_the_encoder_says_which_to_install(
+    make_kdb, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    av = pytest.importorskip("av")
+    pytest.importorskip("pyarrow")
+    src, _ = make_kdb(2, cameras={"front": (16, 16, 3)})
+    monkeypatch.setattr(
+        av, "codecs_available", set(av.codecs_available) - {"libsvtav1"}
+    )  # PyAV < 15's wheels
+    out = tmp_path / "lr"
+    assert kino.main(["export", str(src), "-o", str(out), "-F", "lerobot", "--video-codec", "av1"]) == 1
+    err = capsys.readouterr().err
+    assert "has no libsvtav1 encoder for av1 video: pip install -U av (PyAV 15 or later" in err, err
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

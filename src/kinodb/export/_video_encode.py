@@ -68,6 +68,12 @@ class VideoFile:
 
     def __init__(self, path: str, codec: VideoCodec, *, fps: float, height: int, width: int) -> None:
         av = require("av", extra="lerobot")
+        if codec.encoder not in getattr(av, "codecs_available", (codec.encoder,)):
+            raise ConversionError(
+                f"this PyAV build (av {getattr(av, '__version__', '?')}) has no {codec.encoder} encoder "
+                f"for {codec.name} video: pip install -U av (PyAV 15 or later carries libsvtav1 and "
+                "libx264), or choose the other --video-codec"
+            )
         if codec.encoder == "libsvtav1":
             # SVT-AV1 prints a banner and its settings to stderr for every file unless told
             # otherwise; keep errors only, unless the caller chose a level.
