@@ -9,6 +9,7 @@ must be the very bytes of the episode decoded to RGB and then encoded by the wri
 from __future__ import annotations
 
 import io
+import re
 import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
@@ -58,15 +59,15 @@ def _peak(fn: Callable[[], R]) -> tuple[R, int]:
         tracemalloc.stop()
 
 
-def _dataset(tmp_path: Path, colorspace: int | None) -> tuple[Path, Path]:
-    """A one-episode LeRobot v2.1 dataset of ``T`` flat frames, and its mp4 (re-encoded in
+def _dataset(tmp_path: Path, colorspace: int | None, n: int = T) -> tuple[Path, Path]:
+    """A one-episode LeRobot v2.1 dataset of ``n`` flat frames, and its mp4 (re-encoded in
     ``colorspace`` when given)."""
-    eps = F.make_episodes(np.random.default_rng(0), [T], cameras={F.CAMERA: (8, 8)})
-    eps[0]["frames"][F.CAMERA] = _flat_frames(T)
+    eps = F.make_episodes(np.random.default_rng(0), [n], cameras={F.CAMERA: (8, 8)})
+    eps[0]["frames"][F.CAMERA] = _flat_frames(n)
     root = F.write_v2(tmp_path / "ds", eps, gop=10)
     mp4 = root / "videos" / "chunk-000" / F.CAMERA / "episode_000000.mp4"
     if colorspace is not None:
-        F.encode_video(mp4, _flat_frames(T), 10.0, gop=10, colorspace=colorspace)
+        F.encode_video(mp4, _flat_frames(n), 10.0, gop=10, colorspace=colorspace)
     return root, mp4
 
 
@@ -136,6 +137,66 @@ def test_ingest_stores_the_same_frames_as_encoding_the_decoded_episode(tmp_path:
     assert stored == _codecs.encode(np.ascontiguousarray(ref[:, ::-1, ::-1]), "jpeg", 90)
 
 
+@pytest.mark.parametrize("flip", [False, True], ids=["upright", "flip"])
+def test_png_ingest_stores_the_same_frames_as_encoding_the_decoded_episode(
+    tmp_path: Path, flip: bool
+) -> None:
+    root, mp4 = _dataset(tmp_path, BT709)
+    _, ref = F.reference_decode(mp4)
+    turned = np.ascontiguousarray(ref[:, ::-1, ::-1]) if flip else ref
+    out = tmp_path / "out.kdb"
+    report, peak = _peak(lambda: ingest(root, out, image_codec="png", flip_images=flip))
+    assert report.episodes == 1
+    assert peak < RAW / 2, f"{peak:,} bytes traced, an episode of pixels is {RAW:,}"
+    with kinodb.open(out) as db:
+        stored = [db.read_image_bytes(0, "top", t) for t in range(T)]
+    assert stored == _codecs.encode(turned, "png", 95)
+    np.testing.assert_array_equal(np.stack([_pixels(b) for b in stored]), turned)  # lossless
+
+
+LONG = 4 * T  # verify's own chunks of frames (and their int16/int32 PSNR sums) weigh some 8 MB
+
+
+@pytest.mark.parametrize(
+    ("version", "codec", "flip"),
+    [("v2.1", "jpeg", True), ("v2.1", "png", False), ("v3.0", "jpeg", False)],
+    ids=["v2-jpeg-flip", "v2-png", "v3-jpeg"],
+)
+def test_verify_compares_decoded_frames_a_chunk_at_a_time(
+    tmp_path: Path, version: str, codec: str, flip: bool
+) -> None:
+    episodes = 1 if version == "v2.1" else 3
+    if version == "v2.1":
+        root, _ = _dataset(tmp_path, BT709, LONG)
+    else:  # one file of three episodes: each is reached from where the last one stopped
+        eps = F.make_episodes(np.random.default_rng(0), [LONG] * episodes, cameras={F.CAMERA: (H, W)})
+        for ep in eps:
+            ep["frames"][F.CAMERA] = _flat_frames(LONG)
+        root = F.write_v3(tmp_path / "ds", eps, per_file=episodes, gop=10)
+    out = tmp_path / "out.kdb"
+    ingest(root, out, image_codec=codec, flip_images=flip)
+    report, peak = _peak(lambda: kinodb.ingest.verify(root, out))
+    assert report.ok, report.summary()
+    assert report.cameras["top"].reencoded == episodes * LONG
+    raw = LONG * H * W * 3
+    assert peak < raw / 3, f"{peak:,} bytes traced, an episode of pixels is {raw:,}"
+
+
+def test_verify_reports_a_video_that_fails_while_it_is_compared(tmp_path: Path) -> None:
+    root, mp4 = _dataset(tmp_path, BT709, LONG)
+    out = tmp_path / "out.kdb"
+    ingest(root, out)
+    F.encode_video(mp4, _flat_frames(LONG)[: LONG // 2], 10.0, gop=10, colorspace=BT709)  # cut short
+    report = kinodb.ingest.verify(root, out)
+    assert report.mismatches == {"unreadable": 1}
+    assert re.fullmatch(
+        r"episode 0 \(episode_000000\): the source episode cannot be read now: .*episode_000000\.mp4: short "
+        r"video: it ends at 47\.900000 s, but a frame at 48\.000000 s is needed \(480 of 960 wanted frames "
+        r"are past its end\); .* \(episode 0, camera 'top', feature 'observation\.images\.top'\)",
+        report.problems[0],
+    ), report.problems[0]
+
+
 def test_a_frame_that_cannot_be_encoded_names_the_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -159,3 +220,34 @@ def test_image_codec_needs_a_known_codec_and_a_quality(tmp_path: Path) -> None:
         _video.decode_at(str(tmp_path / "v.mp4"), np.zeros(1), image_codec="jpeg")
     with pytest.raises(ValueError, match="image_codec must be"):
         _video.decode_at(str(tmp_path / "v.mp4"), np.zeros(1), image_codec="raw")
+
+
+@pytest.mark.parametrize("frames", [0, 12])
+def test_a_stream_without_a_codec_on_an_older_pyav_is_a_conversion_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, frames: int
+) -> None:
+    from kinodb.ingest import _video
+
+    av = _video._av()
+    path = tmp_path / "cut.mp4"
+    path.write_bytes(b"\0\0\0\x18ftypisom" + bytes(64))
+
+    class OldStream:  # PyAV < 17: no index_entries; the header's frame count instead
+        codec_context = None
+
+        def __init__(self) -> None:
+            self.frames = frames
+
+    class Streams:
+        video = (OldStream(),)
+
+    class Container:
+        streams = Streams()
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(av, "open", lambda *_a, **_k: Container())
+    expected = "names no codec and lists no frames" if frames == 0 else "has no decoder for the codec"
+    with pytest.raises(kinodb.ConversionError, match=expected):
+        _video.open_video(str(path))

@@ -13,10 +13,13 @@ import importlib
 import os
 import shlex
 import struct
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any, ClassVar, Protocol, runtime_checkable
+
+import numpy as np
+import numpy.typing as npt
 
 from kinodb.errors import ConversionError
 
@@ -48,6 +51,15 @@ class SourceOptions:
             datasets name it differently (None: the source's default, e.g. LeRobot's
             ``action``, else ``actions``). Only sources whose class sets
             ``accepts_action_key = True`` are given one; ``ingest`` refuses it for others.
+        image_codec: the codec decoded frames will be stored with (``"jpeg"`` or
+            ``"png"``): a source that decodes video may then return a camera's frames
+            already encoded with it, as the writer encodes pixels (JPEG at
+            ``jpeg_quality``), so that an episode's pixels are never all held at once.
+            None: frames are stored raw (or, with ``jpeg_quality``, as JPEG).
+        frame_chunks: a source that decodes video may return a camera's pixels as
+            `FrameChunks`, decoded a few dozen frames at a time, rather than as one
+            array. ``verify`` asks for them (it compares frames chunk by chunk);
+            ``ingest`` never does (the writer takes arrays or encoded frames).
     """
 
     images: bool = True
@@ -57,6 +69,31 @@ class SourceOptions:
     fps: float | None = None
     jpeg_quality: int | None = None
     action_key: str | None = None
+    image_codec: str | None = None
+    frame_chunks: bool = False
+
+
+class FrameChunks:
+    """A camera's frames, decoded a chunk at a time: an episode's pixels are never all held.
+
+    ``len()`` is the number of frames. Iterating decodes them afresh, in order, as
+    ``(start, frames)``: uint8 ``(n, H, W, C)`` arrays holding frames ``start`` to
+    ``start + n - 1``. A frame that cannot be decoded raises `ConversionError` while
+    iterating, as reading the episode would have raised it.
+    """
+
+    __slots__ = ("_chunks", "_length")
+
+    def __init__(
+        self, length: int, chunks: Callable[[], Iterator[tuple[int, npt.NDArray[np.uint8]]]]
+    ) -> None:
+        self._length, self._chunks = length, chunks
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __iter__(self) -> Iterator[tuple[int, npt.NDArray[np.uint8]]]:
+        return self._chunks()
 
 
 @dataclass

@@ -499,7 +499,8 @@ def ingest(
     refuse_unused(cls, path, {"action_key": action_key, "split": split, "state_keys": keys_given,
                               "flip_images": flip_images})  # fmt: skip
     options = SourceOptions(images, tuple(keys_given) if keys_given else None, split, flip_images, fps,
-                            jpeg_quality if image_codec == "jpeg" else None, action_key)  # fmt: skip
+                            jpeg_quality if image_codec == "jpeg" else None, action_key,
+                            None if image_codec == "raw" else image_codec)  # fmt: skip
     job = _Job(cls, path, options, image_codec, jpeg_quality, dtype, _OPTION_NAMES.get())
     report = IngestReport(path, os.fspath(out), cls.format)
     t0 = time.perf_counter()

@@ -139,6 +139,7 @@ def _plan(metadata: Mapping[str, Any], schema: Mapping[str, Any], overrides: Map
         flip_images=bool(rec.get("flip_images", False)),
         fps=rec.get("fps"),
         action_key=rec.get("action_key"),
+        frame_chunks=True,  # decoded video compared a chunk at a time, never held whole
     )
     selected, fmt = ingest.get("selected"), ingest.get("format")
     return _Plan(

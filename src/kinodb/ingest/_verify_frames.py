@@ -11,13 +11,15 @@ quality reaches.
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
 
-from kinodb.errors import CorruptFileError
+from kinodb.errors import CorruptFileError, KinodbError
+from kinodb.ingest._base import FrameChunks
 from kinodb.ingest._verify_report import CODEC_MARGIN_DB, CameraCheck, VerifyReport
 from kinodb.kdb import _codecs
 from kinodb.kdb.reader import Database
@@ -25,6 +27,10 @@ from kinodb.kdb.reader import Database
 _CHUNK = 64  # frames decoded at a time for the PSNR
 _LISTED = 10  # frame numbers named in one problem line
 _LOSSLESS = ("raw", "png")
+
+
+class _SourceUnreadable(Exception):
+    """The source's frames fail to decode while they are compared (`FrameChunks`)."""
 
 
 class FrameChecker:
@@ -45,6 +51,12 @@ class FrameChecker:
             check = self.report.cameras.setdefault(cam, CameraCheck())
             check.codecs.add(stored[cam]["codec"])
             value = images[cam]
+            if isinstance(value, FrameChunks):  # decoded as compared: errors surface here
+                try:
+                    self._pixels(i, f"{where}: camera {cam!r}", cam, stored[cam], value, check)
+                except _SourceUnreadable as exc:
+                    self.report.add("unreadable", f"{where}: the source episode cannot be read now: {exc}")
+                continue
             if isinstance(value, np.ndarray):
                 self._pixels(i, f"{where}: camera {cam!r}", cam, stored[cam], value, check)
                 continue
@@ -101,35 +113,66 @@ class FrameChecker:
         )
 
     def _pixels(
-        self, i: int, where: str, cam: str, stored: Mapping[str, Any], frames: np.ndarray, check: CameraCheck
+        self,
+        i: int,
+        where: str,
+        cam: str,
+        stored: Mapping[str, Any],
+        frames: np.ndarray | FrameChunks,
+        check: CameraCheck,
     ) -> None:
-        """Pixel source frames: exact for lossless codecs, else a PSNR at least the threshold."""
+        """Pixel source frames: exact for lossless codecs, else a PSNR at least the threshold.
+
+        Compared a chunk at a time: `FrameChunks` are decoded only as they are compared.
+        """
         codec, shape = stored["codec"], tuple(stored["shape"])
-        want = frames if frames.ndim == 4 else frames[..., None]
-        if want.shape != shape:
-            self.report.add("cameras", f"{where} is {shape}, the source {want.shape}")
+        chunks = _chunks(frames)
+        first = next(chunks, None)
+        if first is None:  # an array of no frames
+            empty = frames if not isinstance(frames, np.ndarray) or frames.ndim == 4 else frames[..., None]
+            want_shape: tuple[int, ...] = empty.shape if isinstance(empty, np.ndarray) else (0,)
+        else:
+            want_shape = (len(frames), *first[1].shape[1:])
+        if want_shape != shape:
+            self.report.add("cameras", f"{where} is {shape}, the source {want_shape}")
             return
-        psnr = np.empty(len(want))
-        for a in range(0, len(want), _CHUNK):
-            b = min(a + _CHUNK, len(want))
+        T = shape[0]
+        threshold = self.report.psnr_threshold
+        relative = self.report.codec_relative and codec == "jpeg"
+        psnr, fresh = np.empty(T), np.full(T, np.nan)  # fresh: a fresh JPEG encode's, under the threshold
+        done = 0
+        for a, part in itertools.chain([first] if first is not None else [], chunks):
+            b = a + len(part)
+            if a != done or b > T or part.shape[1:] != shape[1:]:
+                self.report.add("cameras", f"{where} is {shape}, the source {(T, *part.shape[1:])}")
+                return
             got = self.db.read_frames(i, a, b, cameras=[cam])["images"][cam]
-            psnr[a:b] = frame_psnr(got, want[a:b])
-        check.frames += len(want)
-        check.reencoded += len(want)
+            psnr[a:b] = frame_psnr(got, part)
+            low = np.flatnonzero(psnr[a:b] < threshold)
+            if relative and low.size:
+                fresh[a + low] = self._fresh(part[low], where)
+            done = b
+        check.frames += T
+        check.reencoded += T
         check.exact += int(np.isinf(psnr).sum())
-        worst = float(psnr.min())
+        worst = float(psnr.min()) if T else math.inf
         check.min_psnr = min(check.min_psnr, worst)
         if codec in _LOSSLESS and not math.isinf(worst):
             self.report.add(
                 "images",
                 f"{where} ({codec}, lossless) differs at frame {int(psnr.argmin())} (PSNR {worst:.2f} dB)",
             )
-        elif worst < self.report.psnr_threshold:
-            self._lossy(where, codec, want, psnr, check)
+        elif worst < threshold:
+            self._lossy(where, codec, psnr, fresh, check)
 
-    def _lossy(self, where: str, codec: str, want: np.ndarray, psnr: np.ndarray, check: CameraCheck) -> None:
+    def _fresh(self, frames: np.ndarray, where: str) -> np.ndarray:
+        """The PSNR of a fresh JPEG encode of ``frames`` at the recorded quality."""
+        again = _codecs.decode(_codecs.encode(frames, "jpeg", self.jpeg_quality), frames.shape[1:], where)
+        return frame_psnr(again, frames)
+
+    def _lossy(self, where: str, codec: str, psnr: np.ndarray, fresh: np.ndarray, check: CameraCheck) -> None:
         """Frames under the threshold: a failure, unless (by default) a fresh encode of the
-        source frame at the recorded quality loses about as much."""
+        source frame at the recorded quality (``fresh``) loses about as much."""
         threshold = self.report.psnr_threshold
         low = np.flatnonzero(psnr < threshold)
         if not (self.report.codec_relative and codec == "jpeg"):
@@ -140,12 +183,7 @@ class FrameChecker:
             )
             return
         quality = self.jpeg_quality
-        fresh = np.empty(len(low))
-        for a in range(0, len(low), _CHUNK):
-            part = want[low[a : a + _CHUNK]]
-            again = _codecs.decode(_codecs.encode(part, "jpeg", quality), part.shape[1:], where)
-            fresh[a : a + len(part)] = frame_psnr(again, part)
-        short = fresh - psnr[low]  # how far each frame falls short of a fresh encode
+        short = fresh[low] - psnr[low]  # how far each frame falls short of a fresh encode
         bad = short > CODEC_MARGIN_DB
         check.codec_limited += int((~bad).sum())
         if bad.any():
@@ -154,8 +192,25 @@ class FrameChecker:
                 "images",
                 f"{where} ({codec}): PSNR {psnr[low[k]]:.2f} dB at frame {int(low[k])}, below the threshold "
                 f"{threshold:g} dB and {short[k]:.2f} dB below a fresh JPEG q{quality} encode of the source "
-                f"frame ({fresh[k]:.2f} dB): not the source's frame, or damaged",
+                f"frame ({fresh[low[k]]:.2f} dB): not the source's frame, or damaged",
             )
+
+
+def _chunks(frames: np.ndarray | FrameChunks) -> Iterator[tuple[int, np.ndarray]]:
+    """``(start, frames)`` chunks of (T, H, W, C) frames (a channel axis added to (T, H, W))."""
+    if isinstance(frames, FrameChunks):
+        decoded = iter(frames)
+        while True:
+            try:
+                a, part = next(decoded)
+            except StopIteration:
+                return
+            except (KinodbError, ValueError, KeyError, OSError) as exc:  # what reading the episode raises
+                raise _SourceUnreadable(str(exc)) from exc
+            yield a, part if part.ndim == 4 else part[..., None]
+    want = frames if frames.ndim == 4 else frames[..., None]
+    for a in range(0, len(want), _CHUNK):
+        yield a, want[a : a + _CHUNK]
 
 
 def frame_psnr(got: np.ndarray, want: np.ndarray) -> np.ndarray:

@@ -34,7 +34,8 @@ applies, else its RGB pixels (turned 180 degrees first with ``flip``) encoded ex
 writer encodes pixels (`kinodb.kdb._codecs.encode`, Pillow), so the stored bytes are those
 of an episode decoded to RGB and encoded afterwards. Memory then holds the encoded frames
 and at most `_IN_FLIGHT` decoded ones, never a whole episode's pixels (a five-minute 720p
-episode is some 25 GB of RGB). Without it, RGB frames come back as one (T, H, W, 3) array.
+episode is some 25 GB of RGB). Without it, RGB frames come back as one (T, H, W, 3) array,
+or, from `decode_chunks`, as arrays of `CHUNK` frames, one at a time.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ _BT601 = (2, 5, 6)  # AVColorSpace: unspecified (FFmpeg reads it as BT.601), BT4
 _FULL_RANGE = 2  # AVColorRange JPEG
 _IN_FLIGHT = 32  # frames decoded but not yet encoded, at most
 _CODECS = ("jpeg", "png")
+CHUNK = 32  # frames a `decode_chunks` array holds
 
 
 def _av() -> Any:
@@ -136,7 +138,10 @@ def open_video(path: str) -> tuple[Any, Any]:
         raise ConversionError(f"{path}: holds no video stream")
     stream = container.streams.video[0]
     if stream.codec_context is None:  # FFmpeg found no decoder for the stream's codec
-        frames = len(stream.index_entries)
+        try:
+            frames = len(stream.index_entries)
+        except (AttributeError, TypeError):  # PyAV before 17 has no index_entries
+            frames = int(getattr(stream, "frames", 0) or 0)
         container.close()
         if not frames:  # and no frame in its index either: the header stops short
             raise damaged(path, "its video stream names no codec and lists no frames")
@@ -230,6 +235,7 @@ def decode_at(
     reader: VideoReader | None = None,
     image_codec: str | None = None,
     flip: bool = False,
+    others: tuple[int, int] = (0, 0),
 ) -> npt.NDArray[np.uint8] | list[bytes]:
     """Frames of ``path`` nearest to each time in ``times`` (seconds), as uint8 (T, H, W, 3) RGB.
 
@@ -238,7 +244,8 @@ def decode_at(
     ``image_codec`` (``"jpeg"``, at ``jpeg_quality``, or ``"png"``) asks for every frame
     encoded, as the writer encodes pixels. ``flip`` turns the frames 180 degrees (planar
     JPEGs are made of unturned frames only). ``reader`` (for ``path``) is left open,
-    positioned after the last frame used.
+    positioned after the last frame used. ``others``: how many times a caller decoding in
+    chunks asks for before these and after them (a short video's message counts them).
 
     Raises:
         ConversionError: the file is missing or unreadable, ends before the last wanted
@@ -266,11 +273,11 @@ def decode_at(
     try:
         out = None
         if not own and video.continues_at(start):
-            out = _match(video, wanted, tolerance, None, output, resume=True)
+            out = _match(video, wanted, tolerance, None, output, others, resume=True)
         if out is None:
-            out = _match(video, wanted, tolerance, start if seek and start > 0 else None, output)
+            out = _match(video, wanted, tolerance, start if seek and start > 0 else None, output, others)
         if out is None:  # the seek landed past the first wanted frame: decode from the start
-            out = _match(video, wanted, tolerance, None, output)
+            out = _match(video, wanted, tolerance, None, output, others)
     except BaseException:
         video.broken()
         raise
@@ -290,12 +297,59 @@ def decode_at(
     return result
 
 
+def decode_chunks(
+    path: str,
+    times: npt.NDArray[np.float64],
+    *,
+    chunk: int = CHUNK,
+    tolerance: float = TOLERANCE_S,
+    seek: bool = False,
+    reader: VideoReader | None = None,
+    flip: bool = False,
+) -> Iterator[tuple[int, npt.NDArray[np.uint8]]]:
+    """`decode_at`'s RGB frames, ``chunk`` at a time: ``(start, frames)``, frames being uint8
+    (n, H, W, 3) for ``times[start:start + n]``.
+
+    Times in increasing order (the usual case) are decoded forward once, across the chunks,
+    with one reader kept open (``reader`` when given, left open as `decode_at` leaves it);
+    times out of order come back as one chunk.
+
+    Raises:
+        ConversionError: as `decode_at`, while iterating; also when a chunk's frames have
+            another size than the earlier ones.
+    """
+    times = np.asarray(times, np.float64)
+    step = chunk if bool((np.diff(times) >= 0).all()) else len(times)
+    own = reader is None
+    video = VideoReader(path) if reader is None else reader
+    shape: tuple[int, ...] | None = None
+    try:
+        for a in range(0, max(len(times), 1), max(step, 1)):
+            part = times[a : a + step]
+            others = (a, len(times) - a - len(part))  # counted in a short video's message
+            frames = decode_at(
+                path, part, tolerance=tolerance, seek=seek, reader=video, flip=flip, others=others
+            )
+            assert isinstance(frames, np.ndarray)  # no codec asked for: pixels
+            if shape is None:
+                shape = frames.shape[1:]
+            elif frames.shape[1:] != shape:
+                raise ConversionError(
+                    f"{path}: the frame at {float(part[0]):.6f} s is {frames.shape[1:]}, earlier frames {shape}"
+                )
+            yield a, frames
+    finally:
+        if own:
+            video.close()
+
+
 def _match(
     video: VideoReader,
     wanted: npt.NDArray[np.float64],
     tolerance: float,
     seek_to: float | None,
     output: _Output,
+    others: tuple[int, int] = (0, 0),
     *,
     resume: bool = False,
 ) -> npt.NDArray[np.uint8] | list[bytes] | None:
@@ -360,7 +414,7 @@ def _match(
             raise damaged(
                 path, f"no frame decodes; the frame at {float(wanted[int(missing[0])]):.6f} s is needed"
             )
-        raise ConversionError(_miss_message(path, wanted, int(missing[0]), decoded, tolerance))
+        raise ConversionError(_miss_message(path, wanted, int(missing[0]), decoded, tolerance, others))
     if encoded is not None:
         return encoded
     assert out is not None
@@ -505,12 +559,21 @@ class _Encodes:
             job.cancel()
 
 
-def _miss_message(path: str, wanted: npt.NDArray[np.float64], i: int, seen: list[float], tol: float) -> str:
+def _miss_message(
+    path: str,
+    wanted: npt.NDArray[np.float64],
+    i: int,
+    seen: list[float],
+    tol: float,
+    others: tuple[int, int] = (0, 0),
+) -> str:
     w = float(wanted[i])
     if w > max(seen) + tol:
+        before, after = others  # wanted times of other chunks: those after are past the end too
+        past = int((wanted > max(seen) + tol).sum()) + after
         return (
             f"{path}: short video: it ends at {max(seen):.6f} s, but a frame at {w:.6f} s is needed "
-            f"({int((wanted > max(seen) + tol).sum())} of {len(wanted)} wanted frames are past its end); "
+            f"({past} of {before + len(wanted) + after} wanted frames are past its end); "
             "a file cut short needs replacing with a complete copy"
         )
     near = min(seen, key=lambda s: abs(s - w))

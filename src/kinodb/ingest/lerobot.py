@@ -53,9 +53,10 @@ stays as it is, with a warning):
   episode's ``videos/<key>/from_timestamp``), within ``TOLERANCE_S`` = 1e-4 s
   (``|frame time - wanted| <= 1e-4``, LeRobot's own tolerance and rule). Each file is
   decoded once, in order; a v3 episode is reached with one seek to the keyframe before it.
-  Frames that are to be stored as JPEG (``SourceOptions.jpeg_quality``) come out as JPEG
-  bytes, each encoded as soon as it is decoded (`_video.decode_at`), so an episode's
-  pixels are never held at once; otherwise as uint8 RGB, which the writer encodes.
+  Frames that are to be stored as JPEG (``SourceOptions.jpeg_quality``) or PNG
+  (``SourceOptions.image_codec``) come out as JPEG or PNG bytes, each encoded as soon as it
+  is decoded (`_video.decode_at`), so an episode's pixels are never held at once;
+  otherwise as uint8 RGB pixels.
 - Every ``image`` and ``video`` feature is a camera, whatever its key (``image``,
   ``wrist_image``, ``observation.images.top``). Camera names drop the
   ``observation.images.`` (else ``observation.``) prefix; ``lerobot.cameras`` in the
@@ -76,9 +77,11 @@ stays as it is, with a warning):
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -91,6 +94,7 @@ from kinodb.ingest import _video
 from kinodb.ingest._base import (
     SKIP_ADVICE,
     SOURCE_PARTS,
+    FrameChunks,
     SourceInfo,
     SourceOptions,
     lerobot_root,
@@ -704,33 +708,51 @@ class LeRobotSource:
 
     def _decode_videos(
         self, ep: _Episode, args: dict[str, Any], where: str
-    ) -> dict[str, np.ndarray | list[bytes]]:
+    ) -> dict[str, np.ndarray | list[bytes] | FrameChunks]:
         """Every video camera of the episode, frame-exact at the parquet timestamps.
 
         JPEG bytes when the frames are to be stored as JPEG (from the decoder's planes for
         4:2:0 BT.601 video, else from its RGB pixels as the writer encodes them: the same
-        bytes), else RGB pixels (`_video.decode_at`); turned 180 degrees with ``flip_images``.
+        bytes), PNG bytes when they are to be stored as PNG (encoded as the writer encodes
+        them), else RGB pixels (`_video.decode_at`): `FrameChunks` when the options ask for
+        them, decoded only as they are iterated; turned 180 degrees with ``flip_images``.
         """
         quality = self._options.jpeg_quality
+        codec = "jpeg" if quality is not None else self._options.image_codec
+        if codec == "jpeg" and quality is None:  # JPEG at no quality the source knows: pixels
+            codec = None
         stamps = args.get("timestamps")
         if stamps is None:  # LeRobot's default: frame_index / fps, at the dataset's own fps
             stamps = np.arange(len(args["actions"])) / self._fps(dataset=True)
         times = stamps.astype(np.float64)
-        out: dict[str, np.ndarray | list[bytes]] = {}
+        out: dict[str, np.ndarray | list[bytes] | FrameChunks] = {}
         for cam, key in self._plan.videos.items():
+            if codec is None and self._options.frame_chunks:
+                out[cam] = FrameChunks(len(times), functools.partial(self._video_chunks, ep, cam, key, times))
+                continue
             video = ep.videos[key]
             try:
                 out[cam] = _video.decode_at(
                     video.path, times + video.offset, seek=self._version == "v3.0", jpeg_quality=quality,
-                    image_codec=None if quality is None else "jpeg", flip=self._options.flip_images,
-                    reader=self._reader(key, video.path),
+                    image_codec=codec, flip=self._options.flip_images, reader=self._reader(key, video.path),
                 )  # fmt: skip
             except ConversionError as exc:
-                advice = SKIP_ADVICE if isinstance(exc, _video.DamagedVideoError) else ""
-                raise ConversionError(
-                    f"{exc} (episode {ep.index}, camera {cam!r}, feature {key!r}){advice}"
-                ) from None
+                raise _video_error(exc, ep, cam, key) from None
         return out
+
+    def _video_chunks(
+        self, ep: _Episode, cam: str, key: str, times: np.ndarray
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        """A video camera's RGB pixels, decoded a chunk at a time (`FrameChunks`)."""
+        video = ep.videos[key]
+        chunks = _video.decode_chunks(
+            video.path, times + video.offset, seek=self._version == "v3.0", flip=self._options.flip_images,
+            reader=self._reader(key, video.path),
+        )  # fmt: skip
+        try:
+            yield from chunks
+        except ConversionError as exc:
+            raise _video_error(exc, ep, cam, key) from None
 
     def _left_out(self, name: str, why: str) -> None:
         if name not in self._warned:
@@ -754,6 +776,13 @@ class LeRobotSource:
         for reader in self._readers.values():
             reader.close()
         self._readers.clear()
+
+
+def _video_error(exc: ConversionError, ep: _Episode, cam: str, key: str) -> ConversionError:
+    """A video's decoding error, naming the episode, camera and feature (and, for a damaged
+    file, how to go on without the episode)."""
+    advice = SKIP_ADVICE if isinstance(exc, _video.DamagedVideoError) else ""
+    return ConversionError(f"{exc} (episode {ep.index}, camera {cam!r}, feature {key!r}){advice}")
 
 
 __all__ = [
