@@ -172,6 +172,17 @@ def exported_extra(meta: Mapping[str, Any], builtin: frozenset[str]) -> dict[str
     return out
 
 
+def episodes_spec(positions: list[int]) -> str:
+    """Ascending positions as an ``--episodes`` spec: ``[0, 1, 2, 29]`` -> ``0-2,29``."""
+    runs: list[list[int]] = []
+    for k in positions:
+        if runs and runs[-1][1] == k - 1:
+            runs[-1][1] = k
+        else:
+            runs.append([k, k])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
 def _load(spec: str) -> type[Source]:
     module, _, name = spec.partition(":")
     cls: type[Source] = getattr(importlib.import_module(module), name)

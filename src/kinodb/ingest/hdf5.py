@@ -103,7 +103,14 @@ import numpy as np
 
 from kinodb._optional import require
 from kinodb.errors import ConversionError
-from kinodb.ingest._base import SKIP_ADVICE, SOURCE_PARTS, SourceInfo, SourceOptions, not_this_format
+from kinodb.ingest._base import (
+    SKIP_ADVICE,
+    SOURCE_PARTS,
+    SourceInfo,
+    SourceOptions,
+    episodes_spec,
+    not_this_format,
+)
 from kinodb.ingest._exact import first_rounded
 from kinodb.ingest._hdf5_facts import ATTR_VALUES as ATTR_VALUES  # re-exported: public names
 from kinodb.ingest._hdf5_facts import DEFAULT_FPS as DEFAULT_FPS
@@ -381,7 +388,7 @@ class HDF5Source:
             return ""  # nothing else to convert
         where = f"mask/{self._options.split}" if self._options.split is not None else "the file"
         return (
-            f"; to leave the demo out, select the others with --episodes {_spec(others)} "
+            f"; to leave the demo out, select the others with --episodes {episodes_spec(others)} "
             f"(positions among the demos of {where}, in numeric order){SKIP_ADVICE}"
         )
 
@@ -706,17 +713,6 @@ class HDF5Source:
 
     def _action_widths(self) -> set[int]:
         return {width for _, width in self._action_shapes()}
-
-
-def _spec(positions: list[int]) -> str:
-    """Positions as an ``--episodes`` spec: ``0-9,29``."""
-    runs: list[list[int]] = []
-    for k in positions:
-        if runs and runs[-1][1] == k - 1:
-            runs[-1][1] = k
-        else:
-            runs.append([k, k])
-    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
 
 
 def _recorded_data_attrs(dataset: dict[str, Any]) -> dict[str, Any]:

@@ -97,6 +97,7 @@ from kinodb.ingest._base import (
     FrameChunks,
     SourceInfo,
     SourceOptions,
+    episodes_spec,
     lerobot_root,
     not_this_format,
 )
@@ -403,17 +404,6 @@ def _rotated(
     return out
 
 
-def _spec(positions: list[int]) -> str:
-    """Positions as an ``--episodes`` spec: ``0-9,29``."""
-    runs: list[str] = []
-    for k in positions:
-        if runs and runs[-1].split("-")[-1] == str(k - 1):
-            runs[-1] = f"{runs[-1].split('-')[0]}-{k}"
-        else:
-            runs.append(str(k))
-    return ",".join(runs)
-
-
 class LeRobotSource:
     """A LeRobot dataset folder, read one episode at a time (see the module docstring).
 
@@ -592,7 +582,7 @@ class LeRobotSource:
         held = [k for k, ep in enumerate(listed) if os.path.isfile(ep.data)]
         return ConversionError(
             f"{path}: missing data file of episode {e}; this copy holds the data of "
-            f"{len(held)} of its {len(listed)} episodes ({_spec(held) or 'none'}): select them with "
+            f"{len(held)} of its {len(listed)} episodes ({episodes_spec(held) or 'none'}): select them with "
             f"--episodes (positions in meta/episodes){SKIP_ADVICE}"
         )
 
