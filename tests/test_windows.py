@@ -34,19 +34,22 @@ def _expected(arr: np.ndarray, t: int, offsets: range, pad: str) -> tuple[np.nda
     return np.stack(rows), np.array(mask)
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     lengths=st.lists(st.integers(1, 12), min_size=1, max_size=5),
-    obs=st.integers(1, 4),
-    act=st.integers(1, 6),
+    obs=st.integers(1, 6),  # from 4 frames on, windows inside an episode are copied as blocks
+    act=st.integers(1, 8),
+    action_dim=st.sampled_from([1, 2]),
     pad=st.sampled_from(["edge", "zero"]),
     lookup=st.booleans(),
     data=st.data(),
 )
-def test_windows_equal_manual_computation(tmp_path: Path, lengths, obs, act, pad, lookup, data) -> None:
-    path = tmp_path / f"w{abs(hash((tuple(lengths), obs, act, pad)))}.kdb"
+def test_windows_equal_manual_computation(
+    tmp_path: Path, lengths, obs, act, action_dim, pad, lookup, data
+) -> None:
+    path = tmp_path / f"w{abs(hash((tuple(lengths), action_dim)))}.kdb"
     if not path.exists():
-        eps = _write(path, lengths)
+        eps = _write(path, lengths, action_dim=action_dim)
     else:
         with kinodb.open(path) as db:
             eps = [db.read_episode(i) for i in range(len(db))]
@@ -68,6 +71,22 @@ def test_windows_equal_manual_computation(tmp_path: Path, lengths, obs, act, pad
         np.testing.assert_array_equal(batch["state_is_pad"][b], mask_s)
         np.testing.assert_array_equal(batch["action_is_pad"][b], mask_a)
         assert batch["episode_index"][b] == e and batch["frame_index"][b] == t
+
+
+@pytest.mark.parametrize("larger", [False, True])
+def test_action_chunk_longer_than_what_follows_in_the_file(tmp_path: Path, larger: bool) -> None:
+    """A chunk of wide actions from the last frames of a short file reaches past the end of
+    the file (its frames would take almost the whole file, or more than the file); it is
+    padded with the last action like any other."""
+    path = tmp_path / "short.kdb"
+    eps = _write(path, [3], action_dim=64)
+    horizon = path.stat().st_size // (64 * 4) + (1 if larger else -1)
+    fw = FrameWindows(path, action_horizon=horizon)
+    batch = fw.lowdim([0, 1, 2])
+    for t in range(3):
+        want, mask = _expected(eps[0]["actions"], t, range(horizon), "edge")
+        np.testing.assert_array_equal(batch["action"][t], want)
+        np.testing.assert_array_equal(batch["action_is_pad"][t], mask)
 
 
 def test_delta_timestamps_match_horizons_in_frames(tmp_path: Path) -> None:

@@ -70,6 +70,7 @@ class _Source(_EpisodeChecks):
         self.starts = np.concatenate([[0], np.cumsum(self.lengths)]).astype(np.int64)
         self._rows: dict[str, tuple[NDArray[np.int64], NDArray[Any], np.dtype[Any], tuple[int, ...]]] = {}
         self._frame_views: dict[int, NDArray[np.uint8]] = {}
+        self._blocks: dict[tuple[str, int], NDArray[Any] | None] = {}
 
     def frame_lookup(self) -> tuple[NDArray[np.int32], NDArray[np.int32]] | None:
         """Each sample's kept episode and frame, as int32 tables (8 bytes per frame), made on
@@ -135,6 +136,23 @@ class _Source(_EpisodeChecks):
         view.flags.writeable = False
         self._rows[name] = found = (starts, view, dtype, trail)
         return found
+
+    def blocks(self, name: str, frames: int) -> NDArray[Any] | None:
+        """Like `rows`' view, but each row holds ``frames`` consecutive frames of ``name``:
+        a window of that many frames inside one episode is one row (one memcpy). None when
+        the file is smaller than one such row."""
+        key = (name, frames)
+        if key not in self._blocks:
+            _, rows, dtype, _ = self.rows(name)
+            base = self.db._map()
+            isz, size = dtype.itemsize, rows.dtype.itemsize * frames
+            n = (len(base) - size) // isz + 1
+            found = None
+            if n > 0:
+                found = np.ndarray((n,), np.dtype((np.void, size)), buffer=base, strides=(isz,))  # type: ignore[call-overload]
+                found.flags.writeable = False
+            self._blocks[key] = found
+        return self._blocks[key]
 
     def _index_starts(
         self, name: str, size: int

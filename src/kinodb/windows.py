@@ -20,6 +20,7 @@ the ones that differ). The names other modules import from here stay importable 
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -101,6 +102,7 @@ class FrameWindows:
             raise ValueError(f"pad must be 'edge' or 'zero', got {pad!r}")
         self._pad: Pad = pad
         self._step_rows: dict[tuple[float, ...], tuple[NDArray[np.int64], bool, bool]] = {}
+        self._runs: dict[tuple[float, ...], bool] = {}
         self._widest_cache: tuple[dict[str, tuple[int, ...]], dict[str, np.dtype[Any]]] | None = None
         self._source_arg = source
         self._delta_given = dict(delta_timestamps or {})  # the user's names, for messages
@@ -143,7 +145,9 @@ class FrameWindows:
             if missing:
                 cam = names[missing[0]]
                 fix = camera_mapping_hint(self._sources, num_given, cam, output=missing[0], default=True)
-                raise NameNotFoundError(f"{source.where}: no camera {cam!r}; it has {have or 'no cameras'}. {fix}")
+                raise NameNotFoundError(
+                    f"{source.where}: no camera {cam!r}; it has {have or 'no cameras'}. {fix}"
+                )
             for cam in self.spec.images:  # and every episode of it (a merged file of several robots)
                 source.require_camera(names[cam], "windows without images")
         self._check_channels()
@@ -326,6 +330,8 @@ class FrameWindows:
         task texts (what `tasks` returns, without locating the samples twice).
         """
         idx = self._indices(indices)
+        if len(self._sources) == 1:  # sample numbers are the source's own
+            return [(np.arange(len(idx), dtype=np.int64), self._lowdim_one(0, idx, tasks=tasks))]
         src = self._source_of(idx)
         return [
             (sel, self._lowdim_one(s, idx[sel] - self._starts[s], tasks=tasks))
@@ -512,6 +518,51 @@ class FrameWindows:
             found = self._step_rows[offsets] = (steps, bool((steps < 0).any()), bool((steps > 0).any()))
         return found
 
+    def _is_run(self, offsets: tuple[float, ...]) -> bool:
+        """Whether frame offsets are consecutive and of one sign (an observation history
+        ``-2, -1, 0`` or an action chunk ``0, 1, 2, ...``), cached."""
+        found = self._runs.get(offsets)
+        if found is None:
+            step = all(b - a == 1 for a, b in itertools.pairwise(offsets))
+            found = self._runs[offsets] = step and (offsets[0] >= 0 or offsets[-1] <= 0)
+        return found
+
+    def _gather_run(
+        self, source: _Source, name: str, blocks: NDArray[Any], j: NDArray[np.int64], t: NDArray[np.int64],
+        last: NDArray[np.int64], offsets: tuple[float, ...],
+    ) -> tuple[NDArray[Any], NDArray[np.bool_]]:  # fmt: skip
+        """Windows of consecutive frames of ``name`` (offsets that pass `_is_run`): each
+        one a single copy of a row of ``blocks`` (`_Source.blocks`), except those that cross
+        the episode's edge, which are gathered frame by frame with the edge frame repeated.
+        ``(values (B, K, ...), pad (B, K))``."""
+        steps, back, ahead = self._steps(offsets)
+        starts, view, dtype, trail = source.rows(name)
+        width = math.prod(trail)
+        first = starts[j]
+        first += (t + int(steps[0, 0])) * width if width != 1 else t + int(steps[0, 0])
+        if ahead:  # `_is_run`: offsets of one sign, so only one edge can be crossed
+            pad = steps > (last - t)[:, None]
+            edge = pad[:, -1]
+        else:
+            pad = steps < -t[:, None]
+            edge = pad[:, 0]
+        # An edge window's block is replaced below, but must lie inside the map: one that
+        # starts before it is a negative index (counted from the end), one past it is clipped.
+        np.minimum(first, len(blocks) - 1, out=first)
+        values = blocks[first].view(dtype).reshape(len(first), len(offsets), *trail)
+        if edge.any():
+            e = np.flatnonzero(edge)
+            frames = t[e, None] + steps
+            if back:
+                np.maximum(frames, 0, out=frames)
+            if ahead:
+                np.minimum(frames, last[e, None], out=frames)
+            if width != 1:
+                frames *= width
+            frames += starts[j[e]][:, None]
+            values[e] = view[frames].view(dtype).reshape(*frames.shape, *trail)
+        return values, pad
+
     def _lowdim_one(
         self, s: int, local: NDArray[np.int64], *, tasks: bool = False
     ) -> dict[str, NDArray[Any]]:
@@ -520,15 +571,19 @@ class FrameWindows:
         last = source.lengths[j] - 1
         out: dict[str, NDArray[Any]] = {}
         for key, (name, offsets) in self.spec.arrays.items():
-            frames, pad = self._frames(
-                source, j, t, offsets, seconds=self.spec.array_in_seconds(key), last=last
-            )
-            starts, view, dtype, trail = source.rows(name)
-            width = math.prod(trail)
-            if width != 1:
-                frames *= width
-            frames += starts[j][:, None]
-            values = view[frames].view(dtype).reshape(*frames.shape, *trail)  # (B, K) rows: one gather
+            seconds = self.spec.array_in_seconds(key)
+            run = not seconds and len(offsets) >= _RUN_MIN and self._is_run(offsets)
+            blocks = source.blocks(name, len(offsets)) if run else None
+            if blocks is not None:
+                values, pad = self._gather_run(source, name, blocks, j, t, last, offsets)
+            else:
+                frames, pad = self._frames(source, j, t, offsets, seconds=seconds, last=last)
+                starts, view, dtype, trail = source.rows(name)
+                width = math.prod(trail)
+                if width != 1:
+                    frames *= width
+                frames += starts[j][:, None]
+                values = view[frames].view(dtype).reshape(*frames.shape, *trail)  # (B, K) rows: one gather
             if self._pad == "zero" and pad.any():
                 values[pad] = 0
             out[key] = values
@@ -779,6 +834,7 @@ def stack_groups(groups: list[tuple[NDArray[np.int64], dict[str, NDArray[Any]]]]
     return out
 
 
+_RUN_MIN = 4  # windows of this many consecutive frames and more are gathered as blocks
 _RAW_SPLIT_BYTES = 1 << 20  # raw frames gathered on several threads from this much on
 _RAW_LOOP_BYTES = 8192  # channels-last raw frames of this size and larger are copied one by one
 

@@ -543,9 +543,11 @@ class KinoFrameDataset(_Base):
         fw, norm = self._open()
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         groups = fw.lowdim_groups(idx, tasks=True)
-        tasks = np.empty(len(idx), dtype=object)
+        tasks = groups[0][1]["task"] if len(groups) == 1 else np.empty(len(idx), dtype=object)
         for sel, arrays in groups:
-            tasks[sel] = arrays.pop("task")
+            if len(groups) > 1:
+                tasks[sel] = arrays["task"]
+            del arrays["task"]
             if norm is not None:
                 norm.apply(int(arrays["source"][0]), arrays, zero_pad=fw._pad == "zero")
         try:
