@@ -233,6 +233,12 @@ def main() -> None:
     args.out = args.out or f"benchmarks/results/ingest_rlds{'_quick' if args.quick else ''}.json"
     if args.quick:
         args.episodes, args.steps, args.repeats = 20, 10, 2
+    if _tfrecord._fast is None:
+        print(
+            "note: google-crc32c is not installed, so both the ingest and the read-only peer check\n"
+            "CRC-32C in NumPy, some 10x slower than what `pip install 'kinodb[rlds]'` gives; the\n"
+            "ratios then compare two slow readers. Install it for the figures docs/benchmarks.md quotes."
+        )
     rows = []
     with tempfile.TemporaryDirectory(prefix="kinodb-bench-rlds-") as tmp:
         work = Path(tmp)
