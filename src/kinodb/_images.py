@@ -144,7 +144,7 @@ def decode_into(
     Each frame is written straight into its slot, transposed to channels-first; with
     ``channels_last`` ``out`` is (N, H, W, C) and takes the decoder's pixels as they are.
     ``where`` names the frame in errors: a string, or ``(source, kept index, camera,
-    frame)`` from `kinodb.windows`, formatted only when a frame fails.
+    frame)`` from `kinodb._window_images`, formatted only when a frame fails.
     """
     _filter(resize)  # check the mode once, before any thread starts
     axes = (0, 1, 2) if channels_last else (2, 0, 1)

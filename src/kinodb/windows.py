@@ -8,14 +8,18 @@ offset and copied straight out of the map, with no per-sample Python loop. Image
 decoded only for the frames a window needs. Windows are read at random, so each file's map
 is advised so (`Database._advise_random`): on a cold page cache a window reads the pages it
 needs, not the read-ahead around them. This module needs NumPy only (Pillow for images);
-`kinodb.torch` and the gRPC server build on it.
+`kinodb.torch` and the gRPC server build on it. `stack_groups` stacks per-source parts of a
+batch into one.
 
 Where the pieces live: `kinodb._window_spec` (which frames a window takes per feature),
-`kinodb._window_sources` (one file's kept episodes and where its arrays lie) and
+`kinodb._window_sources` (one file's kept episodes and where its arrays lie),
 `kinodb._window_checks` (what the index says about those episodes, and the messages naming
-the ones that differ). The names other modules import from here stay importable here
+the ones that differ), `kinodb._window_images` (`_ImageWindows`, the base of
+`FrameWindows` that decodes a batch's frames and checks its cameras) and
+`kinodb._window_normalizers` (`Normalizers`, per-source normalisation from stored
+statistics). The names other modules import from here stay importable here
 (`frame_tasks`, `prefetch_frames`, `_Source`, `_open_sources`, `_frame_data`, `_num_given`,
-`LOOKUP_FRAMES`).
+`LOOKUP_FRAMES`, `camera_mapping_hint`, `Normalizers`, `normalized_arrays`).
 """
 
 from __future__ import annotations
@@ -23,14 +27,16 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from kinodb import _images
 from kinodb._window_checks import camera_mapping_hint as camera_mapping_hint
 from kinodb._window_checks import off_grid_fix
+from kinodb._window_images import _ImageWindows
+from kinodb._window_normalizers import Normalizers as Normalizers
+from kinodb._window_normalizers import normalized_arrays as normalized_arrays
 from kinodb._window_sources import LOOKUP_FRAMES as LOOKUP_FRAMES
 from kinodb._window_sources import _frame_data as _frame_data
 from kinodb._window_sources import _num_given as _num_given
@@ -44,19 +50,12 @@ from kinodb.kdb._layout import KIND_ARRAY
 from kinodb.kdb.reader import Database
 from kinodb.mixture import Mixture
 
-if TYPE_CHECKING:
-    from kinodb.stats import Normalizer
-
 __all__ = ["FrameWindows", "WindowSpec", "stack_groups"]
 
 _TOLERANCE_S = 1e-4  # LeRobot's tolerance for timestamps that must sit on the frame grid
 
 
-def _hwc(dims: NDArray[np.int64]) -> tuple[int, ...]:
-    return tuple(int(d) for d in dims)
-
-
-class FrameWindows:
+class FrameWindows(_ImageWindows):
     """One sample per frame of the selected episodes; batches of windows by index.
 
     Args:
@@ -77,6 +76,9 @@ class FrameWindows:
             when images are asked for), or a mapping ``{name: camera}`` or ``{name:
             [camera of source 0, camera of source 1, ...]}`` that gives each source's own
             camera one output name (robots whose cameras are named differently).
+
+    `images`, `encoded` and the camera checks come from `_ImageWindows`
+    (`kinodb._window_images`).
 
     Example:
         >>> fw = FrameWindows("pick.kdb", obs_horizon=2, action_horizon=16)
@@ -338,121 +340,6 @@ class FrameWindows:
             for s, sel in self._groups(src)
         ]
 
-    def images(
-        self,
-        indices: Any,
-        *,
-        size: Any = None,
-        resize: str = "bilinear",
-        threads: int = 1,
-        channels_last: bool = False,
-    ) -> dict[str, NDArray[np.uint8]]:
-        """The image windows of a batch: ``{camera: uint8 (B, To, C, H, W)}``.
-
-        Only the frames the windows need are decoded (JPEG with DCT-domain scaling when
-        the target is at most half the stored size), then resized with ``resize``
-        (``bilinear`` and ``area`` are antialiased; ``nearest`` is available) into
-        ``size`` = ``(H, W)``. Frames outside the episode repeat the edge frame, or are
-        zeros with ``pad="zero"``; ``image_is_pad`` in `lowdim` marks them.
-
-        With ``channels_last`` the arrays have the same shape and values over
-        channels-last memory: a (B, To, H, W, C) array viewed as (B, To, C, H, W). The
-        pixels then keep the layout they are stored and decoded in, with no transpose
-        (raw frames are one copy each).
-
-        Raises:
-            CorruptFileError: a frame does not decode (names file, episode, camera, frame).
-            KinodbError: episodes of the batch differ in a camera's shape and no ``size``
-                was given to bring them to one.
-        """
-        size = _images.check_size(size)
-        idx = self._indices(indices)
-        src = self._source_of(idx)
-        out: dict[str, NDArray[np.uint8]] = {}
-        for cam, offsets in self.spec.images.items():
-            k = len(offsets)
-            jobs: list[tuple[int, Any, str, tuple[int, int, int], Any]] = []
-            raw: list[tuple[_Source, tuple[int, int, int], NDArray[np.int64], NDArray[np.int64]]] = []
-            shape: tuple[int, int, int] | None = None
-            zero_slots: list[NDArray[np.int64]] = []
-            for s, sel in self._groups(src):
-                source = self._sources[s]
-                j, t = self._episode_frame(s, idx[sel] - self._starts[s])
-                frames, pad = self._frames(source, j, t, offsets, seconds=self.spec.image_in_seconds(cam))
-                slots = sel[:, None] * k + np.arange(k)
-                if self._pad == "zero" and pad.any():
-                    zero_slots.append(slots[pad])
-                keep = ~pad if self._pad == "zero" else np.ones_like(pad)
-                starts = np.empty(len(j), dtype=np.int64)  # a raw camera's first byte, else -1
-                name = self._stored[s][cam]
-                for n, jj in enumerate(j.tolist()):
-                    c = source.cameras(jj).get(name)
-                    if c is None:
-                        raise NameNotFoundError(
-                            f"{source.where}: episode {int(source.kept[jj])} has no camera {name!r}; "
-                            "leave such episodes out with kql_filter, or pass image_key=False for "
-                            "windows without images"
-                        )
-                    hwc = c.shape[1:]
-                    if shape is None:
-                        shape = hwc
-                    elif hwc[2] != shape[2]:
-                        raise KinodbError(
-                            f"camera {cam!r} has {hwc[2]} channel(s) in {source.where} episode "
-                            f"{int(source.kept[jj])} but {shape[2]} elsewhere in this batch; frames of one "
-                            "camera need one channel count: map each source to a camera with the same "
-                            "channels (image_key), or leave the others out with kql_filter"
-                        )
-                    elif hwc != shape and size is None:
-                        raise KinodbError(
-                            f"camera {cam!r} is {hwc} in {source.where} episode {int(source.kept[jj])} but "
-                            f"{shape} elsewhere in this batch; pass image_size=(H, W) to resize them to one"
-                        )
-                    if c.codec == "raw" and hwc == shape and size in (None, hwc[:2]):
-                        starts[n] = c.data_offset
-                        continue
-                    starts[n] = -1
-                    for f, slot in zip(frames[n][keep[n]].tolist(), slots[n][keep[n]].tolist(), strict=True):
-                        jobs.append((slot, _frame_data(source, c, f), c.codec, hwc, (source, jj, name, f)))
-                direct = (starts >= 0)[:, None] & keep
-                if direct.any():
-                    assert shape is not None
-                    step = shape[0] * shape[1] * shape[2]
-                    byte = (starts[:, None] + frames * step)[direct]
-                    raw.append((source, shape, slots[direct], byte))
-            assert shape is not None
-            h, w = size or shape[:2]
-            c = shape[2]
-            block = np.empty((len(idx) * k, *((h, w, c) if channels_last else (c, h, w))), np.uint8)
-            for slots_z in zero_slots:
-                block[slots_z] = 0
-            for source, hwc, where_to, byte in raw:
-                _gather_raw(block, source.frame_rows(hwc), hwc, where_to, byte, threads, channels_last)
-            _images.decode_into(block, jobs, size, resize, threads, channels_last=channels_last)
-            if channels_last:
-                out[cam] = block.reshape(len(idx), k, h, w, c).transpose(0, 1, 4, 2, 3)
-            else:
-                out[cam] = block.reshape(len(idx), k, c, h, w)
-        return out
-
-    def encoded(self, indices: Any) -> list[dict[str, list[bytes]]]:
-        """The stored bytes of each window's frames: ``[{camera: [frame bytes, ...]}, ...]``.
-
-        Frames outside the episode repeat the edge frame (``image_is_pad`` marks them).
-        """
-        idx = self._indices(indices)
-        src = self._source_of(idx)
-        out: list[dict[str, list[bytes]]] = [{} for _ in range(len(idx))]
-        for cam, offsets in self.spec.images.items():
-            for s, sel in self._groups(src):
-                source = self._sources[s]
-                j, t = self._episode_frame(s, idx[sel] - self._starts[s])
-                frames, _ = self._frames(source, j, t, offsets, seconds=self.spec.image_in_seconds(cam))
-                for b, jj, row in zip(sel.tolist(), j.tolist(), frames.tolist(), strict=True):
-                    c = source.cameras(jj)[self._stored[s][cam]]
-                    out[b][cam] = [bytes(source.db._frame_bytes(c, f)) for f in row]
-        return out
-
     # -- internals --------------------------------------------------------------------------
 
     def _indices(self, indices: Any) -> NDArray[np.int64]:
@@ -640,50 +527,6 @@ class FrameWindows:
             for name in sorted(names):  # every kept episode holds it, with one dtype and shape
                 source.array_layout(name)
 
-    def _check_channels(self) -> None:
-        """Each output camera has one channel count over every kept episode of each source
-        (a batch cannot stack 1- and 3-channel frames, whatever size they are brought to).
-
-        Sources may differ from each other (`kinodb.torch.SchemaBatchSampler` never puts
-        frames of two sizes or channel counts in one batch); a batch that mixes them says so.
-        """
-        for cam in self.spec.images:
-            for source, names in zip(self._sources, self._stored, strict=True):
-                shapes = source.camera_shapes(names[cam])
-                odd = None if shapes is None else source.odd_ones(shapes[:, 2:])
-                if odd is not None:
-                    assert shapes is not None
-                    raise KinodbError(
-                        f"camera {names[cam]!r} has {int(shapes[odd][0, 2])} channel(s) in {source.count(odd)} "
-                        f"of {source.where} ({source.named(odd)}) but {int(shapes[~odd][0, 2])} in the others; "
-                        f"frames of one camera need one channel count: {source.leave_out(odd)}"
-                    )
-
-    def check_image_sizes(self) -> None:
-        """Raise unless each camera has one frame size over every kept episode of each
-        source, as `images` needs when no ``size`` brings them to one.
-
-        Checked from the index alone (O(episodes), no frame read); a format 0.1 file is
-        checked batch by batch instead. Sources may differ from each other
-        (`kinodb.torch.SchemaBatchSampler` groups samples by frame size too); a batch that
-        mixes them says so.
-
-        Raises:
-            KinodbError: a camera's frames differ in size within a source; names the
-                episodes, and the filter that leaves them out.
-        """
-        for cam in self.spec.images:
-            for source, names in zip(self._sources, self._stored, strict=True):
-                shapes = source.camera_shapes(names[cam])
-                odd = None if shapes is None else source.odd_ones(shapes)
-                if odd is not None:
-                    assert shapes is not None
-                    raise KinodbError(
-                        f"camera {names[cam]!r} is {_hwc(shapes[odd][0])} in {source.count(odd)} of "
-                        f"{source.where} ({source.named(odd)}) but {_hwc(shapes[~odd][0])} in the others; "
-                        f"pass image_size=(H, W) to resize them to one, or {source.leave_out(odd)}"
-                    )
-
     def _check_grid(self) -> None:
         """With offsets in seconds, every one must land on each source's frame grid."""
         if not self.spec.seconds:
@@ -719,94 +562,6 @@ class FrameWindows:
                             )
 
 
-class Normalizers:
-    """Per-source normalisers of states and actions from each file's stored statistics.
-
-    ``used`` names the arrays the dataset hands out (``states``, ``actions``); each needs
-    stored statistics, unless a source's episodes hold it with no features at all, and
-    each of its features a finite statistic.
-
-    Raises:
-        KinodbError: a source lacks the statistics, or a feature has none (no finite
-            value): the message names the file, the array, the feature and the fix.
-    """
-
-    def __init__(
-        self, sources: Sequence[_Source], mode: str, used: Sequence[str] = ("states", "actions")
-    ) -> None:
-        from kinodb.stats import Normalizer, check_defined  # deferred: only normalising datasets need them
-
-        self.mode = mode
-        self._by_source: dict[int, dict[str, Normalizer]] = {}  # by the source's id (`_Source.index`)
-        self._paths: dict[int, str] = {}
-        keys = {"states": "state", "actions": "action"}
-        for source in sources:
-            stored = source.db.stats()
-            stats, skipped = stored["arrays"], stored.get("skipped", {})
-            table = source.db.episodes()
-            widths = {"states": table["state_dim"], "actions": table["action_dim"]}
-            lacking = [
-                name for name in used
-                if name not in stats and np.asarray(widths[name])[source.kept].any()  # zero-width: nothing to do
-            ]  # fmt: skip
-            if lacking:
-                why = "; ".join(f"{name}: {skipped[name]}" for name in lacking if name in skipped)
-                path = source.db.path()
-                raise KinodbError(
-                    f"{source.where}: normalize={mode!r} needs statistics of {' and '.join(lacking)}, but its "
-                    "stored statistics have none"
-                    + (f" ({why})" if why else "")
-                    + f"; run: kino stats {path} (a file whose episodes differ in dims has none: keep such "
-                    "datasets as separate files in a Mixture), or leave normalize unset"
-                )
-            for name in used:
-                if name in stats:
-                    check_defined(stats[name], mode, name=name, where=source.where, path=source.db.path(),
-                                  schema=source.db.schema().get(name) or {})  # fmt: skip
-            self._by_source[source.index] = {
-                keys[name]: Normalizer.from_stats(stats[name], mode) for name in used if name in stats
-            }
-            self._paths[source.index] = source.db.path()
-
-    def by_source(self) -> dict[int, dict[str, Normalizer]]:
-        """Each source's `kinodb.stats.Normalizer` per output key (``"state"``,
-        ``"action"``), by the source's id (the ``source`` of samples)."""
-        return {s: dict(norms) for s, norms in self._by_source.items()}
-
-    def differences(self, other: Normalizers) -> list[str]:
-        """Where ``other`` (made again from the files) maps differently from these, as
-        ``"PATH: state"`` entries; empty when every parameter is equal."""
-        out = []
-        for s, norms in self._by_source.items():
-            now = other._by_source.get(s, {})
-            for key, norm in norms.items():
-                got = now.get(key)
-                if (
-                    got is None
-                    or other.mode != self.mode
-                    or not all(np.array_equal(getattr(norm, k), getattr(got, k)) for k in ("center", "scale"))
-                ):
-                    out.append(f"{self._paths[s]}: {key}")
-            out += [f"{self._paths[s]}: {key}" for key in now if key not in norms]
-        return out
-
-    def apply(self, source: int, arrays: dict[str, Any], *, zero_pad: bool = False) -> None:
-        """Normalise ``arrays``' states and actions in place; with ``zero_pad`` the entries
-        their ``*_is_pad`` masks mark stay zero (``pad="zero"``)."""
-        for key, norm in self._by_source[source].items():
-            if key in arrays:
-                arrays[key] = norm.apply(arrays[key])
-                pad = arrays.get(f"{key}_is_pad")
-                if zero_pad and pad is not None and pad.any():
-                    arrays[key][pad] = 0
-
-
-def normalized_arrays(fw: FrameWindows) -> list[str]:
-    """The arrays among states and actions that the windows hand out."""
-    names = {name for name, _ in fw.spec.arrays.values()}
-    return [name for name in ("states", "actions") if name in names]
-
-
 def stack_groups(groups: list[tuple[NDArray[np.int64], dict[str, NDArray[Any]]]]) -> dict[str, NDArray[Any]]:
     """One batch from `FrameWindows.lowdim_groups`' per-source parts, in batch order.
 
@@ -835,43 +590,3 @@ def stack_groups(groups: list[tuple[NDArray[np.int64], dict[str, NDArray[Any]]]]
 
 
 _RUN_MIN = 4  # windows of this many consecutive frames and more are gathered as blocks
-_RAW_SPLIT_BYTES = 1 << 20  # raw frames gathered on several threads from this much on
-_RAW_LOOP_BYTES = 8192  # channels-last raw frames of this size and larger are copied one by one
-
-
-def _gather_raw(
-    block: NDArray[np.uint8],
-    rows: NDArray[np.uint8],
-    hwc: tuple[int, int, int],
-    where_to: NDArray[np.int64],
-    byte: NDArray[np.int64],
-    threads: int,
-    channels_last: bool = False,
-) -> None:
-    """Raw frames need no decoding: whole frames gathered out of the map (``rows[byte]``)
-    and transposed to channels-first into their slots of ``block``, or with
-    ``channels_last`` copied into them as they are stored.
-
-    The transpose is a byte-strided copy, the slow part; NumPy runs it without the GIL,
-    so a large batch is split over the decode threads.
-    """
-    if channels_last and rows.shape[1] < _RAW_LOOP_BYTES:
-        flat = block.reshape(len(block), -1)
-
-        def part(a: int, b: int) -> None:  # small frames: one gather (a loop costs more)
-            flat[where_to[a:b]] = rows[byte[a:b]]
-
-    elif channels_last:
-        flat = block.reshape(len(block), -1)
-
-        def part(a: int, b: int) -> None:  # one copy per frame, from the map into its slot
-            for slot, at in zip(where_to[a:b].tolist(), byte[a:b].tolist(), strict=True):
-                flat[slot] = rows[at]
-
-    else:
-
-        def part(a: int, b: int) -> None:
-            block[where_to[a:b]] = rows[byte[a:b]].reshape(b - a, *hwc).transpose(0, 3, 1, 2)
-
-    n = len(byte)
-    _images.in_parts(n, threads if n * rows.shape[1] >= _RAW_SPLIT_BYTES else 1, part)

@@ -1,4 +1,13 @@
-"""Read ``.kdb`` files: memory-mapped, zero-copy NumPy views over each section."""
+"""Read ``.kdb`` files: memory-mapped, zero-copy NumPy views over each section.
+
+`Database` opens a file (its header, commit records and index head; the index block is
+decoded and verified on first use), reads episodes, frames, cameras and single arrays, and
+pickles by path at the commit it read. Two bases hold the rest of its methods:
+`kinodb.kdb._reader_meta` (`_MetaReads`: metadata, the episode table, statistics, the
+summary) and `kinodb.kdb._reader_arrays` (`_ArrayReads`: the per-array readers and
+tables behind `read_array`, and the batch read `gather`). `META_FIELDS` and `extra_key`
+are re-exported from `kinodb.kdb._reader_meta`.
+"""
 
 from __future__ import annotations
 
@@ -6,25 +15,16 @@ import contextlib
 import copy
 import mmap
 import os
-import warnings
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, SupportsIndex
 
 import numpy as np
 
-from kinodb.errors import (
-    CorruptFileError,
-    EpisodeNotFoundError,
-    FormatError,
-    FrameRangeError,
-    KinodbError,
-    NameNotFoundError,
-    UnsupportedVersionError,
-)
+from kinodb.errors import CorruptFileError, FrameRangeError, KinodbError, NameNotFoundError
 from kinodb.kdb import _codecs
-from kinodb.kdb._checks import as_index, episode_index, out_of_range
-from kinodb.kdb._files import advise_random, human_bytes, map_file, will_need
+from kinodb.kdb._checks import as_index, episode_index
+from kinodb.kdb._files import advise_random, map_file, will_need
 from kinodb.kdb._layout import (
     DATA_START,
     INDEX_HEAD,
@@ -36,27 +36,12 @@ from kinodb.kdb._layout import (
     parse_slot,
     read_preamble,
 )
-from kinodb.kdb._sections import (
-    READER_COLUMNS,
-    ArrayReader,
-    ArrayTable,
-    Locator,
-    Periodic,
-    Section,
-    build_table,
-    checked_reader,
-    episode_sections,
-    gather_out,
-    int_view,
-    periodic_layout,
-    periodic_table,
-    typed_view,
-)
-from kinodb.kdb._stale import stale_stats
+from kinodb.kdb._reader_arrays import _RENT, _TABLE_AFTER, _TABLE_PER, _ArrayReads
+from kinodb.kdb._reader_meta import META_FIELDS as META_FIELDS
+from kinodb.kdb._reader_meta import _MetaReads
+from kinodb.kdb._reader_meta import extra_key as extra_key
+from kinodb.kdb._sections import ArrayReader, ArrayTable, Locator, Section, episode_sections
 from kinodb.kdb._table import (
-    ABSENT,
-    EXTRA_ABSENT,
-    EXTRA_VALUE,
     Columns,
     IndexBlock,
     check_counts,
@@ -64,24 +49,7 @@ from kinodb.kdb._table import (
     check_index_crc,
     check_index_head,
     decode_index,
-    schema_layout,
 )
-
-META_FIELDS = (
-    "episode_id", "embodiment", "task", "num_frames", "fps", "action_dim", "state_dim",
-    "success", "total_reward",
-)  # fmt: skip
-# The index's unsigned count, id and dim columns, which `Database.episodes` gives as int64.
-_INT_FIELDS = ("episode_id", "num_frames", "action_dim", "state_dim")
-# Array reads through the checked O(1) path before every array's row is checked in every
-# episode at once, a NumPy cost that grows with the episode count: first for a file whose
-# episodes share one row layout (a few contiguous comparisons for all arrays), then, if
-# they do not, array by array and row by row (gathers, some ten times dearer).
-_TABLE_AFTER, _TABLE_PER = 64, 256
-_GATHER_AFTER, _GATHER_PER = 128, 32
-# Stages of `Database._budget`: renting before the layout check; renting before the row
-# by row checks; tables built (an array first seen later gets its table at once).
-_RENT, _RENT_ROWS, _BUILT = 0, 1, 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,13 +62,15 @@ class Camera:
     frame_offsets: np.ndarray  # (T + 1,) byte offsets relative to data_offset
 
 
-class Database:
+class Database(_MetaReads, _ArrayReads):
     """A read-only, memory-mapped ``.kdb`` file.
 
     Sized, indexable (``db[i]`` is `read_episode`), iterable over episodes, a context
     manager, and picklable: a DataLoader worker re-opens the file by its path and maps it
     itself, reading the commit the pickled database read (see `__reduce__`). Episode
     indices are ints (Python or NumPy), negative ones counting from the end as in a list.
+    The metadata reads come from `_MetaReads` (`kinodb.kdb._reader_meta`), the array
+    readers and `gather` from `_ArrayReads` (`kinodb.kdb._reader_arrays`).
 
     Example:
         >>> db = kinodb.open("demo.kdb")
@@ -111,10 +81,6 @@ class Database:
 
     _index: IndexBlock | None = None  # the decoded index block, once something needed it
     _verified = False  # the index block matched the commit record's checksum
-    _ints: tuple[Any, ...] | None = None  # `READER_COLUMNS` as int views, on the first read
-    _array_names: Sequence[str] = ()  # the arrays of the last episode decoded in full
-    _layout: Periodic | None = None  # `periodic_layout` of the index, once a table needed it
-    _codes: dict[str, int] | None = None  # section name -> its first position in `_names`
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         # Opening reads the header, the commit records and the index head, nothing whose
@@ -241,188 +207,13 @@ class Database:
         """The whole dataset-level JSON block (format, writer, creation time, source, ...)."""
         return copy.deepcopy(self._block.dataset)
 
-    def stats(self, *, allow_stale: bool = False) -> dict[str, Any]:
-        """The normalisation statistics ``kino stats`` stored, as float64 NumPy arrays.
-
-        Returns the stored block (``version``, ``computed``, ``num_frames``, ``arrays``,
-        ``skipped``) with each array's ``mean``, ``std``, ``min``, ``max``, ``q01`` and
-        ``q99`` turned into flat float64 arrays (NaN where a feature had no finite value).
-
-        Example:
-            >>> mean = db.stats()["arrays"]["actions"]["mean"]
-
-        Raises:
-            UnsupportedVersionError: the file is a legacy format 0.x file.
-            FormatError: no statistics are stored, or the file's episodes changed after
-                they were computed (pass ``allow_stale=True`` to get them anyway, with a warning).
-        """
-        path = self._path
-        if self.version().startswith("0."):
-            raise UnsupportedVersionError(
-                f"{path} is a format {self.version()} file, which holds no statistics; convert it "
-                f"first: kino upgrade {path} NEW.kdb, then: kino stats NEW.kdb"
-            )
-        stored = self._block.dataset.get("stats")
-        if not isinstance(stored, dict) or not isinstance(stored.get("arrays"), dict):
-            raise FormatError(f"no statistics stored in {path}; run: kino stats {path}")
-        out = copy.deepcopy(stored)
-        why = stale_stats(out, self.num_frames(), self._n)
-        if why is not None:
-            msg = f"the statistics stored in {path} are stale: {why}; run: kino stats {path}"
-            if not allow_stale:
-                raise FormatError(msg)
-            warnings.warn(msg, stacklevel=2)
-            out["stale"] = True
-        for entry in out["arrays"].values():
-            for key in ("mean", "std", "min", "max", "q01", "q99"):
-                if key in entry:
-                    entry[key] = np.array([np.nan if v is None else v for v in entry[key]], np.float64)
-        return out
-
-    def summary(self) -> str:
-        """A short human-readable description."""
-        info = self._block.dataset
-        emb = sorted(set(self._block.strings["embodiment"].dictionary)) if self._n else []
-        succ = self._cols["success"]
-        known = int((succ >= 0).sum())
-        cams = sorted(info.get("schema", {}).get("cameras", {}))
-        lines = [
-            f"kinodb {self.version()} file {self._path}",
-            f"  episodes: {self._n}, frames: {self.num_frames()}, size: {human_bytes(self._size)}",
-            f"  embodiments: {', '.join(emb) or '-'}",
-            f"  success: {int((succ == 1).sum())}/{known} known" + (f" ({100 * (succ == 1).sum() / known:.1f}%)" if known else ""),
-            f"  cameras: {', '.join(cams) or '-'}",
-        ]  # fmt: skip
-        if info.get("source_format"):
-            lines.append(f"  source format: {info['source_format']}")
-        return "\n".join(lines)
-
-    # -- metadata -------------------------------------------------------------------------
+    # -- metadata (read_meta, episodes, stats, summary: `_MetaReads`) -------------------
 
     def _check(self, i: SupportsIndex) -> int:
         """Episode index ``i`` as a position ``0..n-1`` (`episode_index`)."""
         if type(i) is int and 0 <= i < self._n:
             return i
         return episode_index(i, self._n)
-
-    def read_meta(self, i: SupportsIndex) -> dict[str, Any]:
-        """Metadata of episode ``i``: the built-in fields plus its extra fields.
-
-        An extra field appears under its name, or as ``"extra.NAME"`` when its name is a
-        built-in one or itself starts with ``extra.`` (which files written before kinodb
-        refused such names can hold), so every key names one value (`extra_key`).
-
-        Raises:
-            EpisodeNotFoundError: ``i`` is out of range or not an int.
-        """
-        i = self._check(i)
-        c = self._cols
-        succ = int(c["success"][i])
-        if not -1 <= succ <= 1:
-            raise CorruptFileError(f"{self._path}: episode {i}: success code {succ} is not -1, 0 or 1")
-        meta: dict[str, Any] = {
-            "episode_id": int(c["episode_id"][i]),
-            "embodiment": self._block.strings["embodiment"][i],
-            "task": self._block.strings["task"][i],
-            "num_frames": int(c["num_frames"][i]),
-            "fps": float(c["fps"][i]),
-            "action_dim": int(c["action_dim"][i]),
-            "state_dim": int(c["state_dim"][i]),
-            "success": None if succ < 0 else bool(succ),
-            "total_reward": float(c["total_reward"][i]) if c["total_reward.valid"][i] else None,
-        }
-        for name, value in self._extra_fields(i).items():
-            meta[extra_key(name)] = value
-        return meta
-
-    def _extra_fields(self, i: int) -> dict[str, Any]:
-        """Episode ``i``'s extra fields by their stored names (``i`` already checked)."""
-        out = {}
-        for name, col in self._block.extras.items():
-            value = col.get(i)
-            if value is not ABSENT:
-                out[name] = value
-        return out
-
-    def _meta_columns(self, idx: np.ndarray) -> list[tuple[str, list[Any], np.ndarray | None]] | None:
-        """`read_meta` of the episodes at the checked positions ``idx``, column by column.
-
-        Per key, in `read_meta`'s order: the values, and where the episodes hold that key
-        (None: all of them). None where `read_meta` would raise for one of them, or the
-        columns are not of the usual types: `read_meta` then names the damage. The commands
-        that list many episodes read them so, at NumPy speed.
-        """
-        try:
-            c, block = self._cols, self._block
-            kinds = {k: "iu" for k in _INT_FIELDS} | {"fps": "f", "total_reward": "f", "success": "i"}
-            if any(c[k].dtype.kind not in want for k, want in kinds.items()):
-                return None
-            succ = c["success"][idx].astype(np.int64)
-            strings = [
-                _coded(block.strings[k].dictionary, block.strings[k].codes[idx])
-                for k in ("embodiment", "task")
-            ]
-            if (len(succ) and not -1 <= succ.min() <= succ.max() <= 1) or None in strings:
-                return None
-            reward = np.array(c["total_reward"][idx], dtype=object)
-            reward[c["total_reward.valid"][idx] == 0] = None
-            values = (c["episode_id"][idx].tolist(), *strings, c["num_frames"][idx].tolist(), c["fps"][idx].tolist(),
-                      c["action_dim"][idx].tolist(), c["state_dim"][idx].tolist(),
-                      np.array([None, False, True], dtype=object)[succ + 1].tolist(), reward.tolist())  # fmt: skip
-            out: list[tuple[str, list[Any], np.ndarray | None]] = [
-                (k, v, None) for k, v in zip(META_FIELDS, values, strict=True)
-            ]
-            for name, col in block.extras.items():
-                state = col.state[idx]
-                has = state == EXTRA_VALUE
-                got = np.full(len(idx), None, dtype=object)
-                if col.kind == "str" and col._strings is not None:
-                    text = _coded(col._strings.dictionary, col._strings.codes[idx][has])
-                    if text is None:
-                        return None
-                    got[has] = text
-                elif col.kind in ("int", "float", "bool"):
-                    stored = col._cols["values"][idx][has]
-                    got[has] = stored.astype(bool) if col.kind == "bool" else stored
-                else:  # JSON, decoded one by one (or a kind that holds no values: get raises)
-                    for k in np.flatnonzero(has).tolist():
-                        got[k] = col.get(int(idx[k]))
-                held = state != EXTRA_ABSENT
-                out.append((extra_key(name), got.tolist(), None if held.all() else held))
-        except (KinodbError, LookupError, ValueError, TypeError):
-            return None
-        return out
-
-    def episodes(self) -> dict[str, np.ndarray]:
-        """The metadata table: one NumPy array per column, one entry per episode.
-
-        ``episode_id``, ``num_frames``, ``action_dim`` and ``state_dim`` are int64 (read-only),
-        so arithmetic on them does not wrap around as unsigned integers would; ``success`` is
-        an object array of True/False/None; ``total_reward`` is float64 with NaN where
-        unknown; extra fields are named as in `read_meta`.
-        """
-        c = self._cols
-        ints = self._int_table
-        if ints is None:
-            ints = self._int_table = {name: _int64(c[name]) for name in _INT_FIELDS}
-        codes = c["success"].astype(np.int64) + 1
-        if len(codes) and not 0 <= codes.min() <= codes.max() <= 2:
-            raise CorruptFileError(f"{self._path}: success column holds codes other than -1, 0 and 1")
-        succ = np.array([None, False, True], dtype=object)[codes]
-        table: dict[str, np.ndarray] = {
-            "episode_id": ints["episode_id"],
-            "embodiment": self._block.strings["embodiment"].to_numpy(),
-            "task": self._block.strings["task"].to_numpy(),
-            "num_frames": ints["num_frames"],
-            "fps": c["fps"],
-            "action_dim": ints["action_dim"],
-            "state_dim": ints["state_dim"],
-            "success": succ,
-            "total_reward": np.where(c["total_reward.valid"].astype(bool), c["total_reward"], np.nan),
-        }
-        for name, col in self._block.extras.items():
-            table[extra_key(name)] = col.to_numpy()
-        return table
 
     def query(self, kql: str, *, limit: int | None = None, absent: Collection[str] = ()) -> np.ndarray:
         """Positions of the episodes matching a KQL query, ascending (int64).
@@ -465,91 +256,6 @@ class Database:
     def _episode_sections(self, i: int) -> list[Section]:
         return episode_sections(self._int_views(), self._names, i, self._size, self._path)
 
-    def _episode_arrays(self, i: int) -> dict[str, np.ndarray]:
-        names, fast = self._array_names, self._fast
-        if names:
-            out = {}
-            for name in names:
-                read = fast.get(name)
-                arr = None if read is None else read(i)
-                if arr is None:
-                    arr = self._known_array(i, name)
-                    if arr is None:
-                        break
-                out[name] = arr
-            else:
-                # Every known array was found; the episode holds no other one when its array
-                # rows number as many (an episode may trade cameras for extra arrays).
-                ints = self._int_views()
-                start, count, kinds = ints[0][i], ints[1][i], ints[4]
-                if start + count <= len(kinds):  # else the slow path names the damage
-                    cams = sum(1 for r in range(start, start + count) if kinds[r] == KIND_CAMERA)
-                    if len(out) + cams == count:
-                        return out
-        return self._slow_arrays(i)
-
-    def _slow_arrays(self, i: int) -> dict[str, np.ndarray]:
-        """Decode the rows of episode ``i``; remember where each array sat for the next reads."""
-        buf, out = self._map(), {}
-        sections = self._episode_sections(i)
-        for k, sec in enumerate(sections):
-            if sec.kind != KIND_CAMERA:
-                out[sec.name] = np.ndarray(sec.shape, sec.dtype, buffer=buf, offset=sec.offset)  # type: ignore[arg-type]
-                self._remember(Locator.from_section(self._name_code(sec.name), k, sec))
-        self._array_names = list(out)
-        return out
-
-    def _name_code(self, name: str) -> int:
-        """The position of section name ``name`` in the index's name list (its first)."""
-        codes = self._codes
-        if codes is None:
-            codes = {}
-            for j, n in enumerate(self._names):
-                codes.setdefault(n, j)
-            self._codes = codes
-        return codes[name]
-
-    def _remember(self, loc: Locator) -> None:
-        """Read array ``loc.name`` through an O(1) checked reader of this layout from now on."""
-        found = self._checked.get(loc.name)
-        if found is not None and found[0] == loc:
-            return
-        flat = self._typed.get(loc.dtype)
-        if flat is None:
-            flat = self._typed[loc.dtype] = typed_view(self._map(), loc.dtype)
-        read = checked_reader(self._int_views(), loc, flat, self._size, self._path, self._budget)
-        self._checked[loc.name] = (loc, read)
-        if loc.name not in self._tables:
-            self._fast[loc.name] = read
-            if self._budget[1] == _BUILT:
-                self._build_tables([loc.name], rows=True)
-
-    def _build_tables(self, names: Sequence[str] | None = None, *, rows: bool = False) -> None:
-        """Check each array's usual row in every episode at once; read through the tables.
-
-        ``names`` defaults to every array seen so far (and then moves ``_budget`` on a
-        stage). Row by row only if ``rows``, or once the reads have repaid that dearer check.
-        """
-        budget, cols, buf = self._budget, self._cols, self._map()
-        if self._layout is None:
-            self._layout = periodic_layout(cols)
-        rows = rows or budget[1] != _RENT
-        done = True
-        for name in list(self._checked) if names is None else names:
-            if name in self._tables:
-                continue
-            loc = self._checked[name][0]
-            table = periodic_table(cols, loc, self._layout, buf, self._size)
-            if table is None and rows:
-                table = build_table(cols, loc, buf, self._size)
-            if table is None:
-                done = False
-            else:
-                self._tables[name] = table
-                self._fast[name] = table.read
-        if names is None:
-            budget[:] = [1 << 30, _BUILT] if done else [_GATHER_AFTER + self._n // _GATHER_PER, _RENT_ROWS]
-
     def _episode_cameras(self, i: int) -> dict[str, Camera]:
         out = {}
         for sec in self._episode_sections(i):
@@ -568,33 +274,6 @@ class Database:
                     )
                 out[sec.name] = Camera(sec.codec, sec.shape, data, table)  # type: ignore[arg-type]
         return out
-
-    def _int_views(self) -> tuple[Any, ...]:
-        ints = self._ints
-        if ints is None:
-            c = self._decoded.columns  # the checked O(1) reads may come before the checksum
-            view = getattr(c, "ints", None)  # a v1 index maps them without NumPy arrays
-            ints = self._ints = tuple(view(k) if view else int_view(c[k]) for k in READER_COLUMNS)
-        return ints
-
-    def _known_array(self, i: int, name: str) -> np.ndarray | None:
-        """Array ``name`` of episode ``i`` through its table or its checked reader (building
-        the table once the reads repay it), or None if the episode holds it elsewhere."""
-        table = self._tables.get(name)
-        if table is not None:
-            view = table.read(i)
-            if view is not None:
-                return view
-        found = self._checked.get(name)
-        if found is None:
-            return None
-        if self._budget[0] <= 0:  # enough reads to repay checking every episode
-            self._build_tables()
-            table = self._tables.get(name)
-            view = None if table is None else table.read(i)
-            if view is not None:
-                return view
-        return found[1](i)
 
     def read_array(self, i: SupportsIndex, name: str) -> np.ndarray:
         """One low-dimensional array of episode ``i`` (e.g. ``"actions"``), zero-copy.
@@ -628,108 +307,6 @@ class Database:
                 f"{self._path}: episode {i} has no array {name!r}; it has {sorted(arrays)}"
             )
         return arrays[name]
-
-    def gather(self, name: str, episodes: Any = None, *, out: np.ndarray | None = None) -> np.ndarray:
-        """Array ``name`` of many episodes, concatenated along frames into one array.
-
-        The batch read a data loader wants: one copy from the map into ``out`` (or a new
-        array) of shape ``(sum of frames, *dims)``, episodes in the order given; split it
-        with the episodes' ``num_frames``. ``episodes`` is indices or a boolean mask over
-        all episodes (None: all); negative indices count from the end. The selected episodes
-        must share the array's dtype and trailing dims; ``out``, when given, must be C-contiguous.
-
-        Example:
-            >>> acts = db.gather("actions", db.query("success = true"))
-
-        Raises:
-            EpisodeNotFoundError: an index is out of range or not an int.
-            NameNotFoundError: an episode has no array ``name`` (a KeyError).
-            ValueError: the episodes disagree on dtype or dims, a mask has the wrong length,
-                or ``out`` has the wrong shape or is not C-contiguous.
-            CorruptFileError: the index is damaged (its checksum fails, an array does not
-                fit the file, or an episode's array contradicts the dataset schema).
-        """
-        self._verify_index()
-        idx = np.arange(self._n) if episodes is None else self._indices(episodes)
-        if len(idx) and (idx.min() < -self._n or idx.max() >= self._n):
-            raise EpisodeNotFoundError(
-                out_of_range(int(idx[(idx < -self._n) | (idx >= self._n)][0]), self._n)
-            )
-        if len(idx) and idx.min() < 0:
-            idx = np.where(idx < 0, idx + self._n, idx)  # as a list counts them, from the end
-        if not len(idx):
-            raise ValueError("gather needs at least one episode")
-        first = self.read_array(int(idx[0]), name)
-        # Checking every episode's offsets is O(episodes): worth it for large batches only.
-        if name not in self._tables and name in self._checked and len(idx) * 8 >= self._n:
-            self._build_tables([name], rows=True)
-        strided = self._strided(name, first)
-        if strided is not None:  # every episode alike, at a constant stride, checked inside the file
-            out = gather_out(out, (len(idx) * first.shape[0], *first.shape[1:]), first.dtype)
-            rows = out.reshape(-1).view(np.uint8).view(strided.dtype)
-            if episodes is None:
-                rows[...] = strided
-            else:
-                rows[...] = strided[idx]  # fancy indexing walks the strides; take() would copy all first
-            return out
-        # Every view is made (and its extent checked against the file) before the output is
-        # sized from them: a damaged frame count cannot make it allocate what the file lacks.
-        views = [first, *(self.read_array(i, name) for i in idx[1:].tolist())]
-        for i, src in zip(idx.tolist(), views, strict=True):
-            if src.dtype != first.dtype or src.shape[1:] != first.shape[1:]:
-                self._unlike(name, (int(idx[0]), first), (i, src))
-        out = gather_out(out, (sum(v.shape[0] for v in views), *first.shape[1:]), first.dtype)
-        outb, pos = out.reshape(-1).view(np.uint8), 0
-        for src in views:
-            # A format 0.1 file's 1-D arrays (rewards) are strided views into interleaved
-            # records: their bytes are copied out contiguously first (a no-op otherwise).
-            outb[pos : pos + src.nbytes] = np.ascontiguousarray(src).reshape(-1).view(np.uint8)
-            pos += src.nbytes
-        return out
-
-    def _unlike(self, name: str, a: tuple[int, np.ndarray], b: tuple[int, np.ndarray]) -> None:
-        """Raise for episodes ``a`` and ``b`` holding array ``name`` differently: damage when
-        the dataset schema says every episode holds it one way, else a ValueError."""
-        declared = schema_layout(self._block.dataset, name)
-        for i, arr in (a, b):
-            if declared is not None and (arr.dtype, arr.shape[1:]) != declared:
-                raise CorruptFileError(
-                    f"{self._path}: episode {i}: array {name!r} is {arr.dtype} {arr.shape[1:]} per frame, "
-                    f"but the dataset schema says every episode holds it as {declared[0]} {declared[1]}: "
-                    f"the index disagrees with itself (it is damaged); run kino validate {self._path}"
-                )
-        (i, x), (j, y) = a, b
-        raise ValueError(
-            f"episode {j}: {name} is {y.dtype} {y.shape}; episode {i} has "
-            f"{x.dtype} {x.shape[1:]} per frame; gather needs them alike"
-        )
-
-    def _indices(self, episodes: Any) -> np.ndarray:
-        """Episode indices from ints or a boolean mask over every episode, as int64."""
-        arr = np.asarray(episodes)
-        if arr.dtype == np.bool_:
-            if arr.shape != (self._n,):
-                raise ValueError(
-                    f"a boolean mask of episodes needs one entry per episode ({self._n}), "
-                    f"got shape {arr.shape}"
-                )
-            return np.flatnonzero(arr)
-        if arr.size and arr.dtype.kind not in "iu":
-            raise EpisodeNotFoundError(
-                f"episode indices must be ints or a boolean mask, got {arr.dtype} values "
-                f"(first {arr.reshape(-1)[0]!r})"
-            )
-        flat = arr.reshape(-1)
-        if flat.size and flat.dtype.kind == "u" and int(flat.max()) >= self._n:  # int64 could wrap it
-            raise EpisodeNotFoundError(out_of_range(int(flat[flat >= self._n][0]), self._n))
-        return flat.astype(np.int64)
-
-    def _strided(self, name: str, first: np.ndarray) -> np.ndarray | None:
-        """One opaque item per episode over array ``name`` if every episode holds it alike."""
-        table = self._tables.get(name)
-        if table is None or table.loc.trail != first.shape[1:] or table.loc.dtype != first.dtype:
-            return None
-        return table.strided
 
     def cameras(self, i: SupportsIndex) -> dict[str, dict[str, Any]]:
         """Cameras of episode ``i``: codec and (T, H, W, C) shape per camera."""
@@ -929,29 +506,6 @@ class Database:
 
     def __repr__(self) -> str:
         return f"<kinodb.Database {self._path!r} ({self._n} episodes, format {self.version()})>"
-
-
-def extra_key(name: str) -> str:
-    """The key of extra field ``name`` in `Database.read_meta`: ``extra.NAME`` when the name
-    is a built-in one or starts with ``extra.`` itself, else the name."""
-    return f"extra.{name}" if name in META_FIELDS or name.startswith("extra.") else name
-
-
-def _coded(dictionary: list[str], codes: np.ndarray) -> list[str] | None:
-    """The strings of dictionary ``codes``, or None if a code lies outside the dictionary."""
-    if len(codes) and (int(codes.min()) < 0 or int(codes.max()) >= len(dictionary)):
-        return None
-    return list(map(dictionary.__getitem__, codes.tolist()))
-
-
-def _int64(col: np.ndarray) -> np.ndarray:
-    """An unsigned index column as read-only int64 (kept as it is if a value exceeds int64,
-    which no kinodb writer stores)."""
-    if len(col) and col.dtype.kind == "u" and int(col.max()) > np.iinfo(np.int64).max:
-        return col
-    out = col.astype(np.int64)
-    out.flags.writeable = False
-    return out
 
 
 def _identity(path: str) -> tuple[int, int] | None:
