@@ -1,20 +1,20 @@
-"""Run an ingest: select episodes, convert them (in worker processes), write, report."""
+"""Run an ingest: select episodes, convert them (in worker processes), write, report.
+
+Beside it: `_options` (how messages name the options, and the checks of option values),
+`_selection` (episode selection), `_progress` (the progress on stderr) and `_pool` (the
+worker processes). The names of the first three stay importable from here.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import dataclasses
-import math
 import os
 import re
-import reprlib
-import shlex
 import signal
 import stat
-import sys
 import time
-from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
@@ -23,7 +23,20 @@ import numpy as np
 
 from kinodb.errors import ConversionError, KinodbError, WriterError
 from kinodb.ingest._base import SKIP_ADVICE, SOURCE_PARTS, Source, SourceOptions, source_class
+from kinodb.ingest._options import _OPTION_NAMES
+from kinodb.ingest._options import check_dtype as check_dtype
+from kinodb.ingest._options import check_positive as check_positive
+from kinodb.ingest._options import name_list as name_list
+from kinodb.ingest._options import option_name as option_name
+from kinodb.ingest._options import option_value as option_value
+from kinodb.ingest._options import options_named as options_named
+from kinodb.ingest._options import refuse_unused as refuse_unused
 from kinodb.ingest._pool import HELD, Pool, Raised
+from kinodb.ingest._progress import QUIET_REFRESH_S as QUIET_REFRESH_S
+from kinodb.ingest._progress import _Progress as _Progress
+from kinodb.ingest._selection import _select as _select
+from kinodb.ingest._selection import episode_indices as episode_indices
+from kinodb.ingest._selection import parse_episodes as parse_episodes
 from kinodb.kdb import _codecs
 from kinodb.kdb._layout import MAGIC
 from kinodb.kdb.writer import Writer, refuse_folder
@@ -140,135 +153,6 @@ class _Job:
     names: Mapping[str, str] | None = None  # how messages name options (`options_named`), in workers too
 
 
-# -- how messages name the options ------------------------------------------------------
-
-_OPTION_NAMES: contextvars.ContextVar[Mapping[str, str] | None] = contextvars.ContextVar(
-    "kinodb_option_names", default=None
-)
-
-
-@contextlib.contextmanager
-def options_named(names: Mapping[str, str]) -> Iterator[None]:
-    """Within the block, messages name parameters as command-line options.
-
-    ``names`` maps a parameter to its option where the two differ (``jpeg_quality`` ->
-    ``--compress``); any other ``some_name`` is spelled ``--some-name``. Outside such a
-    block, messages name the keyword arguments of the Python functions.
-    """
-    token = _OPTION_NAMES.set(names)
-    try:
-        yield
-    finally:
-        _OPTION_NAMES.reset(token)
-
-
-def option_name(parameter: str) -> str:
-    """``parameter`` as the caller spells it: the keyword argument, or its command-line option."""
-    names = _OPTION_NAMES.get()
-    if names is None:
-        return parameter
-    return names.get(parameter, "--" + parameter.replace("_", "-"))
-
-
-def option_value(parameter: str, value: object) -> str:
-    """``parameter=value`` as a Python caller writes it, or ``--option VALUE`` on the command line."""
-    if _OPTION_NAMES.get() is None:
-        return f"{parameter}={reprlib.repr(value)}"
-    return f"{option_name(parameter)} {shlex.quote(str(value))}"
-
-
-def check_dtype(dtype: str | None) -> None:
-    """Refuse a ``dtype`` cast that is not to a floating dtype (None: no cast).
-
-    Raises:
-        ValueError: NumPy does not know ``dtype``, or it is not floating.
-    """
-    try:
-        floating = dtype is None or np.dtype(dtype).kind == "f"
-    except TypeError:
-        floating = False
-    if not floating:
-        raise ValueError(f"{option_name('dtype')} must be a floating dtype such as 'float32', got {dtype!r}")
-
-
-def check_positive(parameter: str, value: float | None) -> None:
-    """Refuse a number that is not finite and > 0 (None: unset).
-
-    Raises:
-        ValueError: ``value`` is 0, negative, NaN or infinite.
-    """
-    if value is None:
-        return
-    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-    if not (ok and math.isfinite(float(value)) and value > 0):
-        raise ValueError(f"{option_name(parameter)} must be a positive number, got {value!r}")
-
-
-def name_list(parameter: str, value: str | Sequence[str] | None) -> list[str] | None:
-    """Names given as a sequence of str, or as one str of comma-separated names (``"a, b"``,
-    each stripped) as on the command line; None when none are given (the default).
-
-    Empty names stay, for the source to refuse or pass over as it does on the command line.
-
-    Raises:
-        TypeError: ``value`` is neither a str nor a sequence of str.
-    """
-    if value is None:
-        return None
-    if isinstance(value, str):
-        return [name.strip() for name in value.split(",")] if value else None
-    if isinstance(value, (bytes, bytearray, Mapping)) or not isinstance(value, Iterable):
-        raise TypeError(
-            f"{option_name(parameter)} must be a str of comma-separated names ('K1,K2') or a sequence of "
-            f"str, got {type(value).__name__}"
-        )
-    names = list(value)
-    odd = [name for name in names if not isinstance(name, str)]
-    if odd:
-        raise TypeError(
-            f"{option_name(parameter)} must hold names (str), got {type(odd[0]).__name__} {odd[0]!r}"
-        )
-    return names or None
-
-
-# Options that a built-in format's converter takes no notice of, with the reason; a
-# plug-in format is given every option. ``action_key`` is for classes that set
-# ``accepts_action_key``.
-_NOT_TAKEN: dict[str, dict[str, str]] = {
-    "lerobot": {"split": "a LeRobot dataset is read whole; select episodes with {episodes}"},
-    "kinfer-ndjson": {
-        "split": "kinfer logs have no splits; select episodes with {episodes}",
-        "state_keys": "its states are always the joint angles, then the joint velocities",
-        "flip_images": "kinfer logs hold no camera frames",
-    },
-}
-
-
-def refuse_unused(cls: type[Source], path: str, given: Mapping[str, object]) -> None:
-    """Refuse options that ``cls`` would silently ignore (``given``: parameter -> value).
-
-    Raises:
-        ValueError: an option that is set (not None or False) does not apply to the format.
-    """
-    for name, value in given.items():
-        if value is None or value is False:
-            continue
-        if name == "action_key":
-            if getattr(cls, "accepts_action_key", False):
-                continue
-            raise ValueError(
-                f"{option_name(name)} names the actions of LeRobot and RLDS datasets; {path} is read as "
-                f"{cls.format}, whose converter takes no {option_name(name)} (its actions have a fixed "
-                "place): leave it out"
-            )
-        why = _NOT_TAKEN.get(cls.format, {}).get(name)
-        if why is not None:
-            raise ValueError(
-                f"{path} is read as {cls.format}, whose converter takes no {option_name(name)} "
-                f"({why.format(episodes=option_name('episodes'))}): leave it out"
-            )
-
-
 def refuse_source_output(out: str, path: str) -> None:
     """Refuse an output that would replace the source or a file of it.
 
@@ -327,95 +211,6 @@ def _same_file_in(st: os.stat_result, folder: str) -> str | None:
                 if os.path.samestat(st, os.stat(candidate)):
                     return candidate
     return None
-
-
-# -- episode selection ----------------------------------------------------------------------
-
-# One item of a selection: an index or an ascending range, in ASCII digits (``int`` would
-# also take ``1_0``, ``+3`` and the digits of other scripts).
-_EPISODE_ITEM = re.compile(r"([0-9]+)(?:[ \t]*-[ \t]*([0-9]+))?")
-
-
-def parse_episodes(spec: str) -> list[int]:
-    """Parse ``"0-9,29"`` into ``[0, ..., 9, 29]``.
-
-    Raises:
-        ValueError: the spec is malformed, has a reversed range, or selects an episode
-            more than once.
-    """
-    out: list[int] = []
-    for part in spec.split(","):
-        part = part.strip()
-        match = _EPISODE_ITEM.fullmatch(part)
-        if match is None:
-            negative = (
-                " (indices count from 0)" if part.startswith("-") or "--" in part.replace(" ", "") else ""
-            )
-            raise ValueError(
-                f"bad episode selection {option_value('episodes', spec)}: {part!r} is not an index or a "
-                f"range{negative}; use indices and ranges like 0-9,29"
-            )
-        first = int(match.group(1))
-        last = first if match.group(2) is None else int(match.group(2))
-        if first > last:
-            raise ValueError(
-                f"bad episode selection {option_value('episodes', spec)}: the range {part!r} is reversed; "
-                f"write {last}-{first}"
-            )
-        out.extend(range(first, last + 1))
-    _check_selection(out, spec)
-    return out
-
-
-def episode_indices(episodes: str | int | Iterable[int]) -> list[int]:
-    """The indices that ``episodes`` selects: a spec (``"0-9,29"``), one index, or indices.
-
-    An iterator is read here, once.
-
-    Raises:
-        TypeError: ``episodes`` is none of those, or holds something that is no index.
-        ValueError: the selection is wrong whatever the source holds (`parse_episodes`).
-    """
-    if isinstance(episodes, str):
-        return parse_episodes(episodes)
-    if _is_index(episodes):
-        wanted = [int(episodes)]  # type: ignore[arg-type]
-    elif isinstance(episodes, (bytes, bytearray, Mapping)) or not isinstance(episodes, Iterable):
-        raise TypeError(
-            f"{option_name('episodes')} must be a str of indices and ranges ('0-9,29'), an index (int) or a "
-            f"sequence of indices, got {type(episodes).__name__}"
-        )
-    else:
-        wanted = list(episodes)
-        odd = [i for i in wanted if not _is_index(i)]
-        if odd:
-            raise TypeError(
-                f"{option_name('episodes')} must hold episode indices (int), got {type(odd[0]).__name__} "
-                f"{odd[0]!r}"
-            )
-        wanted = [int(i) for i in wanted]
-    _check_selection(wanted, episodes if _is_index(episodes) else wanted)
-    return wanted
-
-
-def _is_index(value: object) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
-def _check_selection(wanted: Sequence[int], spec: object) -> None:
-    """Refuse what the selection itself gets wrong, whatever the source holds."""
-    negative = [i for i in wanted if i < 0]
-    if negative:
-        raise ValueError(
-            f"bad episode selection {option_value('episodes', spec)}: indices count from 0, got {negative[0]}"
-        )
-    seen: set[int] = set()
-    twice = [i for i in wanted if i in seen or seen.add(i)]  # type: ignore[func-returns-value]
-    if twice:
-        raise ValueError(
-            f"bad episode selection {option_value('episodes', spec)}: episode {twice[0]} is selected more "
-            "than once; list each episode once (ranges must not overlap)"
-        )
 
 
 def ingest(
@@ -593,34 +388,6 @@ def _recorded(
     return out
 
 
-def _select(
-    keys: list[str], episodes: str | Sequence[int] | None, max_episodes: int | None, path: str
-) -> list[str]:
-    if episodes is not None:
-        wanted = episode_indices(episodes)
-        beyond = [i for i in wanted if i >= len(keys)]
-        if beyond:
-            raise ConversionError(_beyond_message(path, len(keys), episodes, beyond))
-        keys = [keys[i] for i in wanted]
-    if max_episodes is not None:
-        keys = keys[: max(0, max_episodes)]
-    if not keys:
-        raise ConversionError(f"{path}: no episodes to convert")
-    return keys
-
-
-def _beyond_message(path: str, n: int, episodes: str | Sequence[int], beyond: list[int]) -> str:
-    """A selection past the source's last episode: how many it has, and what was asked for."""
-    shown = ", ".join(map(str, beyond[:5])) + (f" and {len(beyond) - 5} more" if len(beyond) > 5 else "")
-    spec = option_value("episodes", episodes)
-    if n == 0:
-        return f"{path} has no episodes to select from ({spec} asks for {shown})"
-    return (
-        f"{path} has {n} episode{'' if n == 1 else 's'} (indices 0..{n - 1}), but {spec} selects "
-        f"{len(beyond)} beyond its last ({shown}); select within 0..{n - 1}"
-    )
-
-
 # -- conversion (runs in the calling process or in workers) ------------------------------
 
 _worker_source: Source | None = None
@@ -778,75 +545,3 @@ def _answer(conn: Connection, answer: object) -> bool:
         except OSError:
             return False
     return True
-
-
-QUIET_REFRESH_S = 30.0
-"""How often the progress is written where stderr is no terminal (a batch job's log file)."""
-
-
-class _Progress:
-    """Episodes done, on stderr: a tqdm bar, else a plain counter; nothing when not ``enabled``.
-
-    Where stderr is no terminal (Slurm's and other batch jobs' log files), it is written
-    at most every `QUIET_REFRESH_S` seconds, not at every refresh. `close` ends the line;
-    the ingest calls it before an error or an interruption is reported, so that no bar is
-    written after the message.
-    """
-
-    def __init__(self, total: int, enabled: bool) -> None:
-        self.total, self.n = total, 0
-        self._bar: Any = None
-        self._enabled = enabled
-        self._terminal = enabled and _is_terminal(sys.stderr)
-        self._pending = False  # the counter's line has no newline yet
-        self._t0 = self._shown = time.perf_counter()
-        if not enabled:
-            return
-        try:
-            from tqdm import tqdm  # optional: a plain counter without it
-        except ImportError:
-            return
-        every = {} if self._terminal else {"mininterval": QUIET_REFRESH_S, "maxinterval": QUIET_REFRESH_S}
-        self._bar = tqdm(total=total, unit="episode", file=sys.stderr, dynamic_ncols=True, **every)
-
-    def __call__(self, key: str) -> None:
-        """One more episode done (``key``)."""
-        self.n += 1
-        if self._bar is not None:
-            self._bar.update(1)
-            if self.n == self.total:
-                self.close()
-        elif self._enabled:
-            self._count()
-
-    def _count(self) -> None:
-        now = time.perf_counter()
-        last = self.n == self.total
-        if self._terminal:
-            if not (last or self.n % 100 == 0):
-                return
-            end = "\n" if last else ""
-        elif last or now - self._shown >= QUIET_REFRESH_S:
-            end = "\n"
-        else:
-            return
-        self._shown = now
-        rate = self.n / max(now - self._t0, 1e-9)
-        start = "\r" if self._terminal else ""
-        print(f"{start}{self.n}/{self.total} episodes ({rate:.1f} episodes/s)", end=end, file=sys.stderr)
-        self._pending = not end
-
-    def close(self) -> None:
-        """End the bar's line (again: no-op)."""
-        if self._bar is not None:
-            self._bar.close()
-        elif self._pending:
-            print(file=sys.stderr)
-            self._pending = False
-
-
-def _is_terminal(stream: Any) -> bool:
-    try:
-        return bool(stream.isatty())
-    except (AttributeError, ValueError):  # None, or closed
-        return False
