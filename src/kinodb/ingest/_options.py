@@ -1,8 +1,8 @@
 """How the ingest's messages name its options, and the checks of option values.
 
 Within `options_named` (the command line), messages name ``--options``; elsewhere the
-keyword arguments of the Python functions. `kinodb.ingest._run` re-exports the public
-names.
+keyword arguments of the Python functions. `kinodb.ingest._run` re-exports the names
+other modules import from it.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The ingest's progress on stderr: a tqdm bar, else a plain counter, sparse in log files.
 
-`kinodb.ingest._run` re-exports the public names.
+`kinodb.ingest._run` re-exports the names other modules import from it.
 """
 
 from __future__ import annotations

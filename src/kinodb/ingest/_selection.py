@@ -1,6 +1,6 @@
 """Episode selection: parse a spec (``"0-9,29"``) or indices, and pick a source's episodes.
 
-`kinodb.ingest._run` re-exports the public names.
+`kinodb.ingest._run` re-exports the names other modules import from it.
 """
 
 from __future__ import annotations
