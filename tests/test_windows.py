@@ -89,6 +89,38 @@ def test_action_chunk_longer_than_what_follows_in_the_file(tmp_path: Path, large
         np.testing.assert_array_equal(batch["action_is_pad"][t], mask)
 
 
+def test_long_history_of_wide_states_in_a_small_file(tmp_path: Path) -> None:
+    """An observation history that starts far before the first frame of a small file (its
+    frames would take more than the whole file) is padded with the first state."""
+    path = tmp_path / "small.kdb"
+    states = np.arange(7 * 33, dtype=np.float64).reshape(7, 33)
+    with kinodb.Writer(path, mode="w") as w:
+        w.add_episode(actions=np.zeros((7, 2)), states=states)
+    fw = FrameWindows(path, obs_horizon=17)
+    batch = fw.lowdim(list(range(7)))
+    for t in range(7):
+        want, mask = _expected(states, t, range(-16, 1), "edge")
+        np.testing.assert_array_equal(batch["state"][t], want)
+        np.testing.assert_array_equal(batch["state_is_pad"][t], mask)
+
+
+def test_windows_pickle_small_after_use(tmp_path: Path) -> None:
+    """Used windows pickle without their views of the file's map (which would pickle as
+    copies many times the file's size) and give the same windows where unpickled."""
+    import pickle
+
+    path = tmp_path / "p.kdb"
+    _write(path, [100] * 20, action_dim=7, state_dim=9)
+    fw = FrameWindows(path, obs_horizon=2, action_horizon=16)
+    fresh = len(pickle.dumps(fw))
+    before = fw.lowdim(list(range(0, 2000, 31)))
+    blob = pickle.dumps(fw)
+    assert len(blob) < 2 * fresh + path.stat().st_size
+    after = pickle.loads(blob).lowdim(list(range(0, 2000, 31)))
+    for key, value in before.items():
+        np.testing.assert_array_equal(after[key], value)
+
+
 def test_delta_timestamps_match_horizons_in_frames(tmp_path: Path) -> None:
     path = tmp_path / "d.kdb"
     _write(path, [7, 3, 9], fps=20.0)

@@ -72,6 +72,14 @@ class _Source(_EpisodeChecks):
         self._frame_views: dict[int, NDArray[np.uint8]] = {}
         self._blocks: dict[tuple[str, int], NDArray[Any] | None] = {}
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled without the views of the file's map and the tables made on first use,
+        which are made again where it is unpickled: a view over the map pickles as a copy of
+        every row it spans, many times the file's size."""
+        state = self.__dict__.copy()
+        state.update(_rows={}, _blocks={}, _frame_views={}, _lookup=None, _frame_tasks={})
+        return state
+
     def frame_lookup(self) -> tuple[NDArray[np.int32], NDArray[np.int32]] | None:
         """Each sample's kept episode and frame, as int32 tables (8 bytes per frame), made on
         first use; None for sources over `LOOKUP_FRAMES` frames (a binary search then)."""

@@ -433,8 +433,9 @@ class FrameWindows(_ImageWindows):
         else:
             pad = steps < -t[:, None]
             edge = pad[:, 0]
-        # An edge window's block is replaced below, but must lie inside the map: one that
-        # starts before it is a negative index (counted from the end), one past it is clipped.
+        # An edge window's block is replaced below, but must lie inside the map.
+        if back:
+            np.maximum(first, 0, out=first)
         np.minimum(first, len(blocks) - 1, out=first)
         values = blocks[first].view(dtype).reshape(len(first), len(offsets), *trail)
         if edge.any():
