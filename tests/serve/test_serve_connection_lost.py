@@ -99,3 +99,33 @@ def test_the_tls_hint_is_for_a_connection_that_never_opened() -> None:
         assert connection_lost(details, received=received)
         assert connection_hint(details, tls=False, received=received) == ""
     assert not connection_lost("Cancelling all calls", received=True)  # the server's own stop
+
+
+def test_a_client_finds_a_restarted_server_soon_after_a_long_outage(main_kdb: Path) -> None:
+    """After a 20 s outage (during which every call failed), the same client works again
+    within a few seconds of the server's restart on the same port, not after gRPC's
+    reconnect backoff has grown to many seconds."""
+    proc = ServerProcess([str(main_kdb)])
+    port = proc.addr.rsplit(":", 1)[1]
+    try:
+        with KinoClient(proc.addr, timeout=10) as client:
+            assert client.server_info()["num_episodes"] == 20
+            proc.proc.kill()
+            proc.proc.wait(10)
+            down = time.monotonic()
+            while time.monotonic() - down < 20:
+                with pytest.raises(ServerUnavailableError):
+                    client.server_info()
+                time.sleep(0.25)
+            proc = ServerProcess([str(main_kdb), "--port", port])
+            back = time.monotonic()
+            while True:
+                try:
+                    client.server_info()
+                    break
+                except ServerUnavailableError:
+                    assert time.monotonic() - back < 5, "the client did not find the restarted server in 5 s"
+                    time.sleep(0.05)
+    finally:
+        proc.proc.kill()
+        proc.proc.wait(10)
