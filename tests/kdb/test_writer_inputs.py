@@ -317,3 +317,31 @@ def test_add_episode_hints_admit_numpy_scalars_it_accepts(tmp_path: Path) -> Non
     with kinodb.open(path) as db:
         meta = db.read_meta(0)
         assert (meta["success"], meta["fps"], meta["total_reward"]) == (True, 15.0, 0.5)
+
+
+def test_encoded_frames_are_written_without_a_second_copy(tmp_path: Path) -> None:
+    """A camera's encoded frames go to the file one by one: adding an episode does not
+    allocate a joined copy of them (which doubled memory for long PNG episodes), and each
+    frame reads back as given."""
+    import io
+    import tracemalloc
+
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(buf, "PNG")
+    frames = [bytes(bytearray(buf.getvalue())) for _ in range(300)]
+    total = sum(map(len, frames))
+    path = tmp_path / "frames.kdb"
+    with kinodb.Writer(path, mode="w", image_codec="png") as w:
+        tracemalloc.start()
+        try:
+            w.add_episode(actions=np.zeros((300, 2)), states=np.zeros((300, 3)), images={"cam": frames})
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert peak < total / 4, f"adding the episode allocated {peak} bytes for {total} bytes of frames"
+    with kinodb.open(path) as db:
+        assert [db.read_image_bytes(0, "cam", t) for t in (0, 150, 299)] == [frames[t] for t in (0, 150, 299)]
+        assert validate(str(path)).ok

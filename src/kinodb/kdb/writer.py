@@ -490,6 +490,14 @@ class Writer:
         self._pos += len(data)
         return start, crc32(data, crc)
 
+    def _emit_frames(self, frames: list[bytes], crc: int) -> int:
+        write = self._fh.write
+        for blob in frames:
+            write(blob)
+            crc = crc32(blob, crc)
+        self._pos += sum(map(len, frames))
+        return crc
+
     def _write(self, arrays: dict[str, np.ndarray], cams: dict[str, Any], meta: dict[str, Any]) -> int:
         table = self._table
         T = arrays["actions"].shape[0]
@@ -509,16 +517,17 @@ class Writer:
                     "sec.dims": dims3(arr.shape), "sec.offset": off,
                 })  # fmt: skip
             for cam, (codec, (h, w, c), frames) in cams.items():
-                if isinstance(frames, np.ndarray):
-                    sizes = [h * w * c] * T
-                    data: bytes | memoryview = frames.reshape(-1).data
-                else:
-                    sizes = [len(b) for b in frames]
-                    data = b"".join(frames)
+                pixels = isinstance(frames, np.ndarray)
+                sizes = [h * w * c] * T if pixels else [len(b) for b in frames]
                 table_off = np.zeros(T + 1, "<u8")
                 np.cumsum(sizes, out=table_off[1:])
                 off, crc = self._emit(table_off.tobytes(), crc)
-                _, crc = self._emit(data, crc, to=1)  # the frames follow their offset table directly
+                # The frames follow their offset table directly; encoded ones are written one
+                # by one, not joined first (which would hold a second copy of the episode's).
+                if pixels:
+                    _, crc = self._emit(frames.reshape(-1).data, crc, to=1)
+                else:
+                    crc = self._emit_frames(frames, crc)
                 table.add_section({
                     "sec.name": table.name_code(cam), "sec.kind": KIND_CAMERA, "sec.dtype": DTYPE_CODE[np.dtype("u1")],
                     "sec.codec": CODECS.index(codec), "sec.ndim": 4, "sec.dims": dims3((T, h, w, c)),
