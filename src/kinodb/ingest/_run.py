@@ -38,8 +38,9 @@ from kinodb.ingest._selection import _select as _select
 from kinodb.ingest._selection import episode_indices as episode_indices
 from kinodb.ingest._selection import parse_episodes as parse_episodes
 from kinodb.kdb import _codecs
+from kinodb.kdb._files import refuse_folder
 from kinodb.kdb._layout import MAGIC
-from kinodb.kdb.writer import Writer, refuse_folder
+from kinodb.kdb.writer import Writer
 
 if TYPE_CHECKING:
     from kinodb.ingest._verify import VerifyReport

@@ -9,14 +9,18 @@ fields as their encoded columns, converted only when added values change a field
 encoding every value again would give.
 
 The dataset JSON's writable parts are checked here too: `Metadata`, the mapping
-`Writer.metadata` gives, and `declared_schema`, the components and names a schema declares.
+`Writer.metadata` gives, and `declared_schema`, the components and names a schema declares;
+`utc_now` is the time it records (``SOURCE_DATE_EPOCH`` when set).
 """
 
 from __future__ import annotations
 
+import datetime as _dt
 import itertools
 import json
 import operator
+import os
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -574,3 +578,24 @@ def check_dataset(dataset: dict[str, Any], path: str, episodes: int) -> None:
             ) from None
         value.clear()  # in place: callers may hold `Writer.metadata`
         value.update(clean)
+
+
+def utc_now() -> str:
+    """The UTC time to record, ``SOURCE_DATE_EPOCH`` when it is set (reproducible files).
+
+    Raises:
+        WriterError: ``SOURCE_DATE_EPOCH`` is set but is not a number of seconds.
+    """
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    if not epoch:
+        t = time.time()
+    else:
+        try:
+            t = float(epoch)
+            return _dt.datetime.fromtimestamp(t, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        except (ValueError, OverflowError, OSError):
+            raise WriterError(
+                f"the environment variable SOURCE_DATE_EPOCH is {epoch!r}; it must be a whole number of "
+                "seconds since 1970-01-01 UTC (e.g. 1700000000), or unset"
+            ) from None
+    return _dt.datetime.fromtimestamp(t, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -1,5 +1,5 @@
 """The file side: mapping files to read; locks, temporary files, publishing and background
-syncs to write."""
+syncs to write, and `refuse_folder` for an output path that names a folder."""
 
 from __future__ import annotations
 
@@ -322,3 +322,20 @@ def will_need(mm: mmap.mmap, start: int, stop: int) -> None:
     if advice is not None and stop > start:
         with contextlib.suppress(OSError):
             mm.madvise(advice, start, stop - start)
+
+
+def refuse_folder(path: str | os.PathLike[str]) -> None:
+    """Refuse an output path that is a folder, or names one (ends in a path separator).
+
+    Checked before any work: ``out/`` would otherwise fail only at the final rename.
+
+    Raises:
+        WriterError: ``path`` is a folder or ends in a separator.
+    """
+    path = os.fspath(path)
+    seps = tuple(s for s in (os.sep, os.altsep) if s)
+    if path.endswith(seps) or os.path.isdir(path):
+        how = "names" if path.endswith(seps) else "is"
+        raise WriterError(
+            f"{path} {how} a folder; give the path of a .kdb file, e.g. {os.path.join(path, 'data.kdb')}"
+        )

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
 import math
 import os
 import secrets
 import threading
-import time
 import warnings
 import weakref
 from collections.abc import Mapping, Sequence
@@ -26,6 +24,7 @@ from kinodb.kdb._builder import (
     declared_schema,
     json_metadata,
     note_schema,
+    utc_now,
 )
 from kinodb.kdb._checks import check_extra_name, dims3, episode_meta, json_mapping, json_value
 from kinodb.kdb._files import (
@@ -40,6 +39,7 @@ from kinodb.kdb._files import (
     output_error,
     parent_only,
     publish_new,
+    refuse_folder,
     remove_stale_temps,
     still_at,
 )
@@ -84,44 +84,6 @@ def verify_payload(db: Database, i: int) -> tuple[int, int, int]:
             f"{db.path()} for the details"
         )
     return off, length, crc
-
-
-def _now() -> str:
-    """The UTC time to record, ``SOURCE_DATE_EPOCH`` when it is set (reproducible files).
-
-    Raises:
-        WriterError: ``SOURCE_DATE_EPOCH`` is set but is not a number of seconds.
-    """
-    epoch = os.environ.get("SOURCE_DATE_EPOCH")
-    if not epoch:
-        t = time.time()
-    else:
-        try:
-            t = float(epoch)
-            return _dt.datetime.fromtimestamp(t, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-        except (ValueError, OverflowError, OSError):
-            raise WriterError(
-                f"the environment variable SOURCE_DATE_EPOCH is {epoch!r}; it must be a whole number of "
-                "seconds since 1970-01-01 UTC (e.g. 1700000000), or unset"
-            ) from None
-    return _dt.datetime.fromtimestamp(t, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def refuse_folder(path: str | os.PathLike[str]) -> None:
-    """Refuse an output path that is a folder, or names one (ends in a path separator).
-
-    Checked before any work: ``out/`` would otherwise fail only at the final rename.
-
-    Raises:
-        WriterError: ``path`` is a folder or ends in a separator.
-    """
-    path = os.fspath(path)
-    seps = tuple(s for s in (os.sep, os.altsep) if s)
-    if path.endswith(seps) or os.path.isdir(path):
-        how = "names" if path.endswith(seps) else "is"
-        raise WriterError(
-            f"{path} {how} a folder; give the path of a .kdb file, e.g. {os.path.join(path, 'data.kdb')}"
-        )
 
 
 # Parts of a stored schema recorded from the episodes written, not declared: a schema
@@ -189,7 +151,7 @@ class Writer:
         quality = check_quality(jpeg_quality)
         # Checked before any file is touched: a bad value would otherwise fail the commit.
         metadata = json_metadata(metadata or {}, "metadata")
-        created = _now()  # a bad SOURCE_DATE_EPOCH fails here, not at the commit
+        created = utc_now()  # a bad SOURCE_DATE_EPOCH fails here, not at the commit
         self._path = os.fspath(path)
         self._mode, self._codec, self._quality = mode, image_codec, quality
         # Only the process that opened the writer writes, commits or cleans up (not a fork).
@@ -724,7 +686,7 @@ class Writer:
             check_dataset(self._dataset, self._path, len(self._table))
             if self._tmp is None:
                 try:
-                    self._dataset["modified"] = _now()
+                    self._dataset["modified"] = utc_now()
                 except WriterError:
                     self.abort()
                     raise
