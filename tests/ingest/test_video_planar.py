@@ -133,6 +133,32 @@ def test_reader_goes_on_where_the_last_call_stopped(
         np.testing.assert_array_equal(far, ref[55:60])
 
 
+def test_reader_seeks_over_episodes_it_does_not_convert(tmp_path: Path, counted: dict[str, int]) -> None:
+    """An ingest worker converts every other episode of a file: between two of its own it
+    seeks to the keyframe at or before the next one's start instead of decoding the
+    episode in between (here 1 s of it, which the reader used to decode through); the
+    episode that follows its last goes on without a seek."""
+    path = tmp_path / "v.mp4"
+    F.encode_video(path, F.frames_for(6, 50, 24, 32), 10.0, gop=4)  # a keyframe every 0.4 s
+    times, ref = F.reference_decode(path)
+    reader = _video.VideoReader(str(path))
+    try:
+        first = _video.decode_at(str(path), times[0:10], seek=True, reader=reader)
+        before = dict(counted)
+        third = _video.decode_at(str(path), times[20:30], seek=True, reader=reader)
+        assert counted["seeks"] == before["seeks"] + 1
+        # From the keyframe at 1.6 s, one frame read ahead: not the frames of 1.1-1.5 s too.
+        assert counted["frames"] - before["frames"] <= 4 + 10 + 1
+        before = dict(counted)
+        fourth = _video.decode_at(str(path), times[30:40], seek=True, reader=reader)
+        assert (counted["opens"], counted["seeks"]) == (before["opens"], before["seeks"])
+    finally:
+        reader.close()
+    np.testing.assert_array_equal(first, ref[0:10])
+    np.testing.assert_array_equal(third, ref[20:30])
+    np.testing.assert_array_equal(fourth, ref[30:40])
+
+
 def test_reader_reports_a_gap_and_then_reopens(tmp_path: Path, counted: dict[str, int]) -> None:
     path = tmp_path / "v.mp4"
     F.encode_video(path, F.frames_for(4, 20, 24, 32), 10.0, gop=4)

@@ -156,7 +156,13 @@ def open_video(path: str) -> tuple[Any, Any]:
 class VideoReader:
     """One video file, open and decoded forward across `decode_at` calls."""
 
-    AHEAD_S = 2.0  # decode on to a later start rather than seek, when it is at most this far ahead
+    # Without the file's keyframe index (PyAV before 17): decode on to a later start rather
+    # than seek, when it is at most this far ahead.
+    AHEAD_S = 2.0
+    # With it: seek (reopen the file at the keyframe at or before the start) when that
+    # keyframe lies more than this past where decoding stands; a reopen and seek cost about
+    # as much as decoding a few frames.
+    SEEK_S = 0.1
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -165,17 +171,39 @@ class VideoReader:
         self._decoded: Iterator[Any] | None = None  # None: nothing decoded since the last (re)open
         self._held: tuple[float, Any] | None = None  # decoded, not yet handed out
         self._last = -math.inf  # time of the last frame handed out
+        self._keys: npt.NDArray[np.float64] | None = None  # keyframe times, read on first need
 
     def _reopen(self) -> None:
         self.close()
         self._container, self._stream = open_video(self.path)
 
     def continues_at(self, start: float) -> bool:
-        """Whether frames from ``start`` on come next, none of them handed out yet."""
+        """Whether frames from ``start`` on come next, none of them handed out yet, and
+        decoding on to them costs less than seeking. The next episode of a LeRobot v3
+        file does; one a few episodes further on (an ingest worker converts every n-th
+        episode) does not when a keyframe lies in between, as in LeRobot's videos (a
+        keyframe every 2 frames)."""
         if self._decoded is None or self._last >= start:
             return False
         nxt = self._held[0] if self._held is not None else self._last
-        return start <= nxt + self.AHEAD_S
+        keys = self._keyframes()
+        if not len(keys):
+            return start <= nxt + self.AHEAD_S
+        k = int(np.searchsorted(keys, start, side="right"))  # keys[k - 1]: where a seek lands
+        return k == 0 or float(keys[k - 1]) <= nxt + self.SEEK_S
+
+    def _keyframes(self) -> npt.NDArray[np.float64]:
+        """Keyframe times (seconds, ascending) from the open file's index, read once;
+        empty where PyAV has no index (before 17) or the index lists no keyframe."""
+        if self._keys is None:
+            stream = self._stream
+            try:
+                tb = stream.time_base.numerator / stream.time_base.denominator
+                stamps = [e.timestamp for e in stream.index_entries if e.is_keyframe]
+            except (AttributeError, TypeError):  # no time base, or no index (PyAV before 17)
+                tb, stamps = 0.0, []
+            self._keys = np.sort(np.array(stamps, np.float64) * tb)
+        return self._keys
 
     def frames(self, seek_to: float | None, *, resume: bool = False) -> Iterator[tuple[float, Any]]:
         """``(time, frame)`` in decoding order: where the last call stopped (``resume``), else
