@@ -218,3 +218,31 @@ def test_the_refusal_reaches_json_metadata_untouched(tmp_path: Path, frames: np.
     blobs[0] = blobs[0][: len(blobs[0]) * 2 // 3]
     message = refused(tmp_path, blobs, "damaged jpeg frame")
     assert json.loads(json.dumps(message)) == message and " at 0x" not in message
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_frames_of_one_encoder_are_checked_without_a_parse_per_frame(
+    tmp_path: Path, frames: np.ndarray, fmt: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Complete frames that share frame 0's header (one encoder's output, as a converter
+    passes them through) are checked in a few passes over the list; a frame that does not
+    fit that mould is still checked on its own, and named."""
+    calls = {"damage": 0, "probe": 0}
+    for name in calls:
+        real = getattr(_codecs, name)
+
+        def counted(*args: Any, _real: Any = real, _name: str = name) -> Any:
+            calls[_name] += 1
+            return _real(*args)
+
+        monkeypatch.setattr(_codecs, name, counted)
+    blobs = encoded(frames, fmt)
+    path = tmp_path / "alike.kdb"
+    write(path, {"front": blobs})
+    assert calls == {"damage": 0, "probe": 0}
+    with kinodb.open(path) as db:
+        assert [db.read_image_bytes(0, "front", t) for t in range(T)] == blobs
+        assert db.cameras(0)["front"]["shape"] == (T, 96, 128, 3)
+    cut = [*blobs[:2], blobs[2][:-20], blobs[3]]
+    assert "front'][2]" in refused(tmp_path, cut, "damaged")
+    assert calls["damage"] == 3  # frames 0-2, one by one, up to the damaged one

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import struct
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -62,6 +62,14 @@ _crc32 = _crc32_impl()
 def crc32(data: bytes | memoryview, value: int = 0) -> int:
     """CRC-32 (zlib polynomial) of ``data``, continuing from ``value``."""
     return _crc32(data, value) & 0xFFFFFFFF
+
+
+def crc32_parts(parts: Iterable[bytes], value: int = 0) -> int:
+    """`crc32` of the parts one after another (of ``b"".join(parts)``, without joining)."""
+    crc = _crc32
+    for part in parts:
+        value = crc(part, value)
+    return value & 0xFFFFFFFF
 
 
 @dataclass(frozen=True, slots=True)

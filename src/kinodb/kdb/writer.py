@@ -56,6 +56,7 @@ from kinodb.kdb._layout import (
     Commit,
     align,
     crc32,
+    crc32_parts,
     pack_header,
     pack_slot,
 )
@@ -456,9 +457,8 @@ class Writer:
         write = self._fh.write
         for blob in frames:
             write(blob)
-            crc = crc32(blob, crc)
         self._pos += sum(map(len, frames))
-        return crc
+        return crc32_parts(frames, crc)
 
     def _write(self, arrays: dict[str, np.ndarray], cams: dict[str, Any], meta: dict[str, Any]) -> int:
         table = self._table
