@@ -20,6 +20,7 @@ from kinodb.torch._epochs import (
     rank_share,
     shuffled,
 )
+from kinodb.torch._sampler import episode_frames
 
 __all__ = ["KinoIterDataset", "from_mixture"]
 
@@ -29,7 +30,10 @@ class KinoIterDataset(EpochsAndRanks, IterableDataset[dict[str, Any]]):
 
     Each epoch is one order of all samples (shuffled from ``seed`` and the epoch
     number, or in file order), or for a `Mixture` source a weighted, stratified draw of
-    ``num_samples`` (default: every kept episode, or frame, once on average). With
+    ``num_samples`` (default: every kept episode, or frame, once on average). Within a
+    mixture source, windows are drawn uniformly; episodes uniformly, or with the
+    mixture's ``weight_by="frame"`` in proportion to their length (a frame drawn uniformly
+    names the episode that holds it, as in `Mixture.weighted_epoch`). With
     ``num_samples`` over a file or a list of files, an epoch is that many samples drawn
     without replacement, continuing across epochs (no sample repeats before all have
     been drawn). The order is split by distributed rank (``torch.distributed`` when
@@ -129,6 +133,13 @@ class KinoIterDataset(EpochsAndRanks, IterableDataset[dict[str, Any]]):
                 )
             self._inner = KinoMapDataset(source, **common)  # type: ignore[arg-type]
         self._mixture = source if isinstance(source, Mixture) else None
+        # Episodes of a mixture weighted by frame: each source's draws cycle through its
+        # kept frames, numbered over all sources, and name the episodes that hold them.
+        self._frames = (
+            episode_frames(self._inner)  # type: ignore[arg-type]
+            if self._mixture is not None and self._mixture.weight_by == "frame" and not self.windows
+            else None
+        )
         self.shuffle, self.seed, self.batch_size = bool(shuffle), int(seed), batch_size
         self.num_samples = num_samples
         self._init_epochs(rank, world_size)
@@ -151,7 +162,7 @@ class KinoIterDataset(EpochsAndRanks, IterableDataset[dict[str, Any]]):
         shuffle = shuffled(len(drawn), [self.seed, epoch, 1 << 20])
         picked: np.ndarray = drawn[shuffle]
         del drawn, shuffle  # before the int64 copy
-        return picked.astype(np.int64)
+        return self._items(picked)
 
     def worker_order(self, epoch: int | None = None, *, worker: int = 0, num_workers: int = 1) -> np.ndarray:
         """The sample indices DataLoader worker ``worker`` of ``num_workers`` of this rank
@@ -162,7 +173,8 @@ class KinoIterDataset(EpochsAndRanks, IterableDataset[dict[str, Any]]):
         a multiple of the world size, when it does not divide), dealt out to its workers
         in whole batches (or samples), in turn. Only that part is built: an epoch of
         ``n`` samples costs a worker one shuffle of ``n`` 4-byte positions (2-byte up to
-        65,536), then for a mixture one pass over a source at a time, plus its part.
+        65,536), then for a mixture one pass over a source at a time (of its frames, for
+        episodes weighted by frame), plus its part.
         """
         epoch = self.epoch if epoch is None else epoch
         rank, world = self._rank_world()
@@ -182,7 +194,15 @@ class KinoIterDataset(EpochsAndRanks, IterableDataset[dict[str, Any]]):
             return self._in_file_order(epoch, where)
         drawn = shuffled(size, [self.seed, epoch, 1 << 20])[where]  # positions in the draws
         del where
-        return cycle_draws_at(self.seed, epoch, units, starts, take, drawn)
+        return self._items(cycle_draws_at(self.seed, epoch, units, starts, take, drawn))
+
+    def _items(self, drawn: np.ndarray) -> np.ndarray:
+        """The sample indices of draws (int64): the draws themselves, or for episodes
+        weighted by frame the episodes that hold the drawn frames."""
+        if self._frames is None:
+            return drawn.astype(np.int64)
+        out: np.ndarray = np.searchsorted(self._frames[1], drawn, side="right") - 1
+        return out.astype(np.int64, copy=False)
 
     def _in_file_order(self, epoch: int, where: np.ndarray) -> np.ndarray:
         """Positions ``where`` of epoch ``epoch`` of ``num_samples`` samples in file order,
@@ -213,17 +233,20 @@ class KinoIterDataset(EpochsAndRanks, IterableDataset[dict[str, Any]]):
         """
         mix = self._mixture
         assert mix is not None
+        what = "samples"
         if self.windows:  # per mixture source, 0 where a filter kept nothing
             counts_per_source = self._inner.windows.counts_by_source()  # type: ignore[union-attr]
+        elif self._frames is not None:  # episodes weighted by frame: draws of frames
+            counts_per_source, what = self._frames[0], "frames"
         else:
             counts_per_source = self._inner.episodes_by_source()  # type: ignore[union-attr]
         starts = np.concatenate([[0], np.cumsum(counts_per_source)]).astype(np.int64)
-        take = mix.counts(self.num_samples or int(starts[-1]))
+        take = mix.counts(self.num_samples or len(self._inner))  # by default, each sample once on average
         empty = [s for s, k in enumerate(take.tolist()) if k and not counts_per_source[s]]
         if empty:
             info = mix.sources()[empty[0]]
             raise KinodbError(
-                f"mixture source {empty[0]} ({info.path}) keeps no samples after the filters but has a "
+                f"mixture source {empty[0]} ({info.path}) keeps no {what} after the filters but has a "
                 "share of the draws; leave it out of the mixture, give it its own filter in the mixture, "
                 "or change kql_filter"
             )

@@ -7,11 +7,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from numpy.typing import NDArray
 from torch.utils.data import Sampler
 
 from kinodb.mixture import Mixture
+from kinodb.torch._datasets import KinoFrameDataset, KinoMapDataset
 
-__all__ = ["MixtureSampler", "cycle_draws"]
+__all__ = ["MixtureSampler", "cycle_draws", "episode_frames"]
 
 
 def cycle_draws(seed: int, source: int, size: int, first: int, k: int) -> np.ndarray:
@@ -29,29 +31,47 @@ def cycle_draws(seed: int, source: int, size: int, first: int, k: int) -> np.nda
     return out
 
 
-class MixtureSampler(Sampler[int]):
-    """Indices of a `KinoFrameDataset` over a `Mixture`, drawn by the mixture's weights.
+def episode_frames(dataset: KinoMapDataset) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """``(kept frames per source given, first frame of each item then the total)`` of an
+    episode dataset, its sources' kept frames numbered one after another.
 
-    A map-style dataset over a mixture holds every window of every source once, so a
-    plain shuffle draws sources in proportion to their sizes, not their weights. This
-    sampler makes epochs of ``num_samples`` windows in which source ``s`` contributes
-    exactly ``Mixture.counts(num_samples)[s]``. Within a source, windows are drawn
-    uniformly without replacement: its draws walk through seeded permutations of its
-    windows, one after another, so no window repeats before all of that source has
-    been drawn, across epochs too (epoch ``e`` takes each source's draws
-    ``e*k .. (e+1)*k - 1``). The draws of all sources are shuffled together, seeded by
-    ``(seed, epoch)``; `set_epoch` moves to the next epoch.
+    Drawing frames uniformly and taking the items that hold them (``searchsorted(starts,
+    frame, side="right") - 1``, which passes over episodes without frames) draws episodes
+    in proportion to their length, as ``weight_by="frame"`` means.
+    """
+    sources = dataset._open()[0]  # in item order; a source a filter left empty is absent
+    lengths = [np.asarray(src.lengths, dtype=np.int64) for src in sources]
+    starts = np.concatenate([[0], np.cumsum(np.concatenate(lengths))]).astype(np.int64)
+    bounds = np.concatenate([[0], np.cumsum(dataset.episodes_by_source())]).astype(np.int64)
+    return np.diff(starts[bounds]), starts
+
+
+class MixtureSampler(Sampler[int]):
+    """Indices of a map-style dataset over a `Mixture`, drawn by the mixture's weights.
+
+    A map-style dataset over a mixture holds every sample of every source once (every
+    window of a `KinoFrameDataset`, every episode of a `KinoMapDataset`), so a plain
+    shuffle draws sources in proportion to their sizes, not their weights. This sampler
+    makes epochs of ``num_samples`` indices in which source ``s`` contributes exactly
+    ``Mixture.counts(num_samples)[s]``. Within a source, windows are drawn uniformly;
+    episodes uniformly with ``weight_by="episode"``, and in proportion to their length
+    with ``"frame"`` (a frame drawn uniformly names the episode that holds it, as in
+    `Mixture.weighted_epoch`). The draws are without replacement: a source's draws walk
+    through seeded permutations of its windows (episodes, or frames), one after another,
+    so none repeats before all of that source has been drawn, across epochs too (epoch
+    ``e`` takes each source's draws ``e*k .. (e+1)*k - 1``). The draws of all sources are
+    shuffled together, seeded by ``(seed, epoch)``; `set_epoch` moves to the next epoch.
 
     With several ranks (``torch.distributed`` when initialised, or ``rank=`` and
     ``world_size=``) rank ``r`` takes every ``world_size``-th index from ``r``, and every
     rank as many (a DDP step waits for every rank): where ``num_samples`` divides by the
     world size the ranks' slices are disjoint and together hold the epoch; otherwise the
     epoch is extended by its first indices up to the next multiple, as
-    ``DistributedSampler`` pads, so up to ``world_size - 1`` windows are drawn twice.
+    ``DistributedSampler`` pads, so up to ``world_size - 1`` samples are drawn twice.
 
     Args:
-        dataset: A `KinoFrameDataset` whose source is a `Mixture`.
-        num_samples: Windows per epoch (default: the dataset's length).
+        dataset: A `KinoFrameDataset` or `KinoMapDataset` whose source is a `Mixture`.
+        num_samples: Samples per epoch (default: the dataset's length).
         seed: Non-negative integer.
         rank: This reader's rank (default: from ``torch.distributed``, else 0).
         world_size: Number of ranks (default: from ``torch.distributed``, else 1).
@@ -63,8 +83,9 @@ class MixtureSampler(Sampler[int]):
         >>> loader = DataLoader(ds, batch_size=256, sampler=sampler, num_workers=2)
 
     Raises:
-        TypeError: the dataset's source is not a `Mixture`.
-        ValueError: a bad ``num_samples``, ``seed``, ``rank`` or ``world_size``.
+        TypeError: the dataset is not a `KinoFrameDataset` or `KinoMapDataset` over a `Mixture`.
+        ValueError: a bad ``num_samples``, ``seed``, ``rank`` or ``world_size``, or a source
+            the filters leave empty has a share of the draws.
     """
 
     def __init__(
@@ -76,11 +97,18 @@ class MixtureSampler(Sampler[int]):
         rank: int | None = None,
         world_size: int | None = None,
     ) -> None:
-        mixture = getattr(dataset, "_source", None)
+        if not isinstance(dataset, (KinoFrameDataset, KinoMapDataset)):
+            raise TypeError(
+                "MixtureSampler draws a map-style dataset by its mixture's weights: give it a "
+                "KinoFrameDataset or KinoMapDataset over a kinodb.Mixture, got a "
+                f"{type(dataset).__name__} (a KinoIterDataset over a Mixture, or from_mixture, draws by the "
+                "weights itself)"
+            )
+        mixture = dataset._source
         if not isinstance(mixture, Mixture):
             raise TypeError(
-                f"MixtureSampler draws by a mixture's weights: give it a KinoFrameDataset over a "
-                f"kinodb.Mixture, not over {type(mixture).__name__ if mixture is not None else type(dataset).__name__}"
+                "MixtureSampler draws by a mixture's weights: give it a KinoFrameDataset or KinoMapDataset "
+                f"over a kinodb.Mixture, not over {type(mixture).__name__}"
             )
         n = len(dataset) if num_samples is None else num_samples
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
@@ -96,17 +124,26 @@ class MixtureSampler(Sampler[int]):
             raise ValueError(
                 f"rank must be in 0..world_size-1 and world_size >= 1, got {rank} and {world_size}"
             )
-        sizes = dataset.windows.counts_by_source()  # per mixture source; 0 where a filter kept nothing
+        # What a source's draws cycle through, per mixture source (0 where a filter kept
+        # nothing): its windows, its episodes, or the frames of its episodes.
+        self._frames: NDArray[np.int64] | None = None  # first frame of each item, by weight
+        if isinstance(dataset, KinoFrameDataset):
+            sizes, what = dataset.windows.counts_by_source(), "windows"
+        elif mixture.weight_by == "frame":
+            sizes, self._frames = episode_frames(dataset)
+            what = "frames"
+        else:
+            sizes, what = dataset.episodes_by_source(), "episodes"
         bounds = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         self._counts = mixture.counts(int(n))
         empty = [i for i, k in enumerate(self._counts.tolist()) if k and not sizes[i]]
         if empty:
             raise ValueError(
-                f"mixture source {empty[0]} ({mixture.sources()[empty[0]].path}) keeps no windows after the "
+                f"mixture source {empty[0]} ({mixture.sources()[empty[0]].path}) keeps no {what} after the "
                 "filters but has a share of the draws; leave it out of the mixture, give it its own filter in "
                 "the mixture, or change the dataset's kql_filter"
             )
-        self._bounds, self._sizes = bounds, sizes
+        self._bounds, self._sizes = bounds, np.asarray(sizes, dtype=np.int64)
         self.num_samples, self.seed, self.rank, self.world_size = (
             int(n),
             int(seed),
@@ -127,6 +164,8 @@ class MixtureSampler(Sampler[int]):
             if k
         ]
         order = np.concatenate(parts)
+        if self._frames is not None:  # the episodes that hold the drawn frames
+            order = np.searchsorted(self._frames, order, side="right") - 1
         order = order[np.random.default_rng([self.seed, 1 << 32, self.epoch]).permutation(len(order))]
         padded = np.resize(order, len(self) * self.world_size)  # the epoch, then its first indices again
         return padded[self.rank :: self.world_size]
