@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import numpy as np
@@ -22,7 +22,7 @@ from numpy.lib.stride_tricks import as_strided
 from numpy.typing import NDArray
 
 from kinodb._window_checks import _EpisodeChecks
-from kinodb.errors import KinodbError
+from kinodb.errors import KinodbError, QuerySyntaxError
 from kinodb.kdb._layout import DATA_START
 from kinodb.kdb.reader import Database, open_database
 from kinodb.mixture import Mixture
@@ -281,14 +281,16 @@ def _open_sources(source: Any, kql_filter: str | None) -> list[_Source]:
 
     if isinstance(source, Mixture):
         out = []
-        absent = fields_of(source.database(i) for i in range(len(source.sources()))) if kql_filter else ()
+        mixed = [source.database(i) for i in range(len(source.sources()))]
+        absent = fields_of(mixed) if kql_filter else ()
+        labels = [f"mixture source {i} ({info.path})" for i, info in enumerate(source.sources())]
         for i, info in enumerate(source.sources()):
-            db = source.database(i)
+            db = mixed[i]
             db._advise_random()
             kept = np.asarray(source._src[i].kept, dtype=np.int64)
             if kql_filter is not None:  # a field only some sources hold is null in the others
-                kept = np.intersect1d(kept, db.query(kql_filter, absent=absent))
-            out.append(_Source(db, kept, f"mixture source {i} ({info.path})", i, context="mixture",
+                kept = np.intersect1d(kept, _query(kql_filter, i, mixed, labels, absent, mixture=True))
+            out.append(_Source(db, kept, labels[i], i, context="mixture",
                                kql_filter=kql_filter, own_filter=info.filter))  # fmt: skip
         return _nonempty(out, kql_filter)
     if isinstance(source, Database):
@@ -303,16 +305,113 @@ def _open_sources(source: Any, kql_filter: str | None) -> list[_Source]:
         db._advise_random()
     out = []
     absent = fields_of(dbs) if kql_filter else ()
+    labels = [db.path() if len(dbs) == 1 else f"source {i} ({db.path()})" for i, db in enumerate(dbs)]
     for i, db in enumerate(dbs):
         kept = (
-            np.arange(len(db), dtype=np.int64) if kql_filter is None else db.query(kql_filter, absent=absent)
+            np.arange(len(db), dtype=np.int64)
+            if kql_filter is None
+            else _query(kql_filter, i, dbs, labels, absent)
         )
-        where = db.path() if len(dbs) == 1 else f"source {i} ({db.path()})"
         context = "file" if len(dbs) == 1 else "list"
         out.append(
-            _Source(db, np.asarray(kept, dtype=np.int64), where, i, context=context, kql_filter=kql_filter)
+            _Source(
+                db, np.asarray(kept, dtype=np.int64), labels[i], i, context=context, kql_filter=kql_filter
+            )
         )
     return _nonempty(out, kql_filter)
+
+
+def _query(
+    kql_filter: str,
+    i: int,
+    dbs: Sequence[Database],
+    labels: list[str],
+    absent: Collection[str],
+    *,
+    mixture: bool = False,
+) -> NDArray[np.int64]:
+    """The episodes of ``dbs[i]`` that ``kql_filter`` keeps. In a mixture or among several
+    files, an error names the source (``labels[i]``), as a mixture's own filters do, and
+    says when the fields it names hold values of different kinds in different sources.
+
+    Raises:
+        QuerySyntaxError: the filter does not parse, names no field of the sources, or
+            compares a field with a value of another kind.
+    """
+    try:
+        return np.asarray(dbs[i].query(kql_filter, absent=absent), dtype=np.int64)
+    except QuerySyntaxError as exc:
+        if len(dbs) == 1 and not mixture:
+            raise
+        from kinodb.kql._parser import parse  # deferred: kql builds on kdb
+
+        try:
+            parse(kql_filter)
+        except QuerySyntaxError:
+            raise exc from None  # the text itself: the same in every source
+        note = _kinds_apart(kql_filter, dbs, labels, mixture)
+        raise QuerySyntaxError(f"{labels[i]}: filter {kql_filter!r}: {exc}{note}", exc.position) from exc
+
+
+# How a note names the kinds of an extra field's values; integers and floats compare alike.
+_KINDS = {"int": "numbers", "float": "numbers", "str": "strings", "bool": "true/false", "json": "JSON values"}
+
+
+def _kinds_apart(kql_filter: str, dbs: Sequence[Database], labels: list[str], mixture: bool) -> str:
+    """A line saying which fields of ``kql_filter`` hold values of different kinds in
+    different sources, and what to do; empty when none does."""
+    lines = []
+    for name in sorted(_extra_fields(kql_filter)):
+        by_kind: dict[str, list[int]] = {}
+        for i, db in enumerate(dbs):
+            column = db._block.extras.get(name)
+            if column is not None and column.kind in _KINDS:
+                by_kind.setdefault(_KINDS[column.kind], []).append(i)
+        if len(by_kind) > 1:
+            held = " and ".join(
+                f"{kind} in {_sources_text(idx, labels, mixture)}" for kind, idx in by_kind.items()
+            )
+            lines.append(f"{name} holds {held}")
+    if not lines:
+        return ""
+    how = (
+        "the mixture's sources their own filters instead, Mixture(..., filters={path: kql, ...})"
+        if mixture
+        else "each file its own filter: pass kinodb.Mixture({path: weight, ...}, filters={path: kql, ...}) "
+        "instead of the list"
+    )
+    return f"\n{'; '.join(lines)}: one kql_filter cannot compare it in every source; give {how}"
+
+
+def _sources_text(indices: list[int], labels: list[str], mixture: bool) -> str:
+    if len(indices) == 1:
+        return labels[indices[0]]
+    return f"{'mixture ' if mixture else ''}sources {', '.join(str(i) for i in indices)}"
+
+
+def _extra_fields(kql_filter: str) -> set[str]:
+    """The names of the extra fields ``kql_filter`` may name (the fields it names that are
+    not built in, and those it names as ``extra.NAME``); none when it does not parse."""
+    from kinodb.kql._eval import BUILTIN_KINDS  # deferred: kql builds on kdb
+    from kinodb.kql._parser import parse
+    from kinodb.kql.ast import And, Between, Compare, In, IsNull, Not, Or
+
+    try:
+        todo = [parse(kql_filter)]
+    except QuerySyntaxError:
+        return set()
+    out = set()
+    while todo:
+        node = todo.pop()
+        if isinstance(node, (And, Or)):
+            todo.extend(node.operands)
+        elif isinstance(node, Not):
+            todo.append(node.operand)
+        elif isinstance(node, (Compare, In, Between, IsNull)) and (
+            node.field.extra or node.field.name not in BUILTIN_KINDS
+        ):
+            out.add(node.field.name)
+    return out
 
 
 def _num_given(source: Any) -> int:
@@ -328,9 +427,30 @@ def _nonempty(sources: list[_Source], kql_filter: str | None) -> list[_Source]:
     kept = [s for s in sources if len(s.kept) and s.starts[-1] > 0]
     if not kept:
         why = (
-            f"the filter {kql_filter!r} keeps no episode with frames"
+            f"the filter {kql_filter!r} keeps no episode with frames{_index_note(sources, kql_filter)}"
             if kql_filter
             else "no episode has frames"
         )
         raise KinodbError(f"{', '.join(s.where for s in sources)}: {why}")
     return kept
+
+
+def _index_note(sources: list[_Source], kql_filter: str) -> str:
+    """Where ``kql_filter`` names ``episode_index`` and a file holds an extra field of that
+    name (LeRobot's own episode number, kept by ingest): that it is not the items'
+    ``episode_index``, the episode's position in its file, which KQL calls ``episode_id``."""
+    if "episode_index" not in _extra_fields(kql_filter):
+        return ""
+    for source in sources:
+        column = source.db._block.extras.get("episode_index")
+        if column is None:
+            continue
+        first = column.get(0) if len(source.db) else None
+        shown = isinstance(first, (int, str)) and not isinstance(first, bool)
+        example = f" (episode 0 of {source.db.path()} has episode_index {first!r})" if shown else ""
+        return (
+            "; in KQL, episode_index is the file's extra field of that name, the source dataset's own "
+            f"episode number{example}; the items' episode_index is the episode's position in its file, "
+            "which KQL calls episode_id (e.g. kql_filter='episode_id = 0')"
+        )
+    return ""

@@ -2,9 +2,9 @@
 
 The horizons give offsets in frames; LeRobot's ``delta_timestamps`` gives them in seconds per
 feature, under kinodb's or LeRobot's feature names (``_ALIASES``), and names cameras as
-``observation.images.CAM``, ``CAM`` or ``image``. An ``image_key`` mapping gives each
-source's own camera one output name (`_camera_map`). `kinodb.windows` re-exports
-`WindowSpec`.
+``observation.images.CAM``, ``CAM`` or ``image`` (`camera_named`, which ``image_key`` shares).
+An ``image_key`` mapping gives each source's own camera one output name (`_camera_map`).
+`kinodb.windows` re-exports `WindowSpec`.
 """
 
 from __future__ import annotations
@@ -100,28 +100,41 @@ def _build_spec(
         )
     arrays: dict[str, tuple[str, tuple[float, ...]]] = {}
     images: dict[str, tuple[float, ...]] = {}
+    named: dict[tuple[str, str], str] = {}  # ("camera", cam) or ("array", output key) -> feature
     for feature, values in delta.items():
         if not isinstance(feature, str):
             raise TypeError(f"delta_timestamps keys must be feature names (str), got {feature!r}")
         offsets = _seconds_of(feature, values)
         cam = _camera_of(feature, all_cams, where=where, hint=hint)
         if cam is not None:
+            _once(named, ("camera", cam), feature)
             images[cam] = offsets
-        elif feature in _ALIASES:
+            continue
+        if feature in _ALIASES:
             name, key = _ALIASES[feature]
-            arrays[key] = (name, offsets)
         else:  # an extra array, by its name (``observation.states`` is ``states``, keyed ``state``)
-            name = feature.removeprefix("observation.")
-            arrays[_ALIASES[name][1] if name in _ALIASES else name] = (
-                _ALIASES.get(name, (name,))[0],
-                offsets,
-            )
+            bare = feature.removeprefix("observation.")
+            name, key = _ALIASES.get(bare, (bare, bare))
+        _once(named, ("array", key), feature)
+        arrays[key] = (name, offsets)
     horizons = {"state": ("states", history), "action": ("actions", future)}
     frame_arrays = [key for key in horizons if key not in arrays]  # in order: the output's keys
     frame_images = [cam for cam in chosen or [] if cam not in images]
     arrays.update({key: horizons[key] for key in frame_arrays})
     images.update(dict.fromkeys(frame_images, history))
     return WindowSpec(arrays, images, True, frozenset(frame_arrays), frozenset(frame_images))
+
+
+def _once(named: dict[tuple[str, str], str], what: tuple[str, str], feature: str) -> None:
+    """Record that ``feature`` names ``what``; refuse a second key naming the same."""
+    earlier = named.setdefault(what, feature)
+    if earlier != feature:
+        kind, name = what
+        which = f"camera {name!r}" if kind == "camera" else f"the feature {name!r}"
+        raise ValueError(
+            f"delta_timestamps names {which} twice, as {earlier!r} and as {feature!r}; give its "
+            "offsets under one of the two keys"
+        )
 
 
 def delta_cameras(
@@ -154,6 +167,15 @@ def _seconds_of(feature: str, values: Any) -> tuple[float, ...]:
     return offsets
 
 
+def camera_named(name: str, cams: Sequence[str]) -> str | None:
+    """The camera among ``cams`` that ``name`` names: itself, or with LeRobot's prefix
+    ``observation.images.`` (or ``images.``) before it; None when none does."""
+    for prefix in ("", "observation.images.", "images."):
+        if name.startswith(prefix) and name[len(prefix) :] in cams:
+            return name[len(prefix) :]
+    return None
+
+
 def _camera_of(
     feature: str, cams: list[str], *, where: str = "the data", hint: Callable[[str], str] | None = None
 ) -> str | None:
@@ -161,9 +183,9 @@ def _camera_of(
         if not cams:
             raise KinodbError(f"delta_timestamps names {feature!r} but {where} has no cameras")
         return cams[0]
-    for prefix in ("observation.images.", "images.", ""):
-        if feature.startswith(prefix) and feature[len(prefix) :] in cams:
-            return feature[len(prefix) :]
+    cam = camera_named(feature, cams)
+    if cam is not None:
+        return cam
     if feature.startswith("observation.images."):
         more = ""
         if hint is not None:

@@ -25,6 +25,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from kinodb.errors import EpisodeNotFoundError, FormatError, MixtureError, QuerySyntaxError
+from kinodb.kdb._files import FolderError
 from kinodb.kdb.reader import Database, open_database
 
 __all__ = ["DEFAULT_SEED", "Mixture", "MixtureBuilder", "MixtureSource", "WeightBy"]
@@ -172,9 +173,8 @@ class Mixture:
             except FileNotFoundError:
                 msg = f"mixture source {i}: no such file"
                 raise FileNotFoundError(errno.ENOENT, msg, spec.path) from None
-            except IsADirectoryError:
-                msg = f"mixture source {i}: a folder, not a .kdb file; give the path of a .kdb file"
-                raise _FolderError(errno.EISDIR, msg + _example_in(spec.path), spec.path) from None
+            except IsADirectoryError:  # the reader's FolderError, said of the source
+                raise FolderError.of(spec.path, f"mixture source {i}: ") from None
             except FormatError as exc:  # not a .kdb file, damaged, a newer format: say which source
                 raise type(exc)(f"mixture source {i}: {exc}") from exc
             except OSError as exc:  # no permission, an I/O error: the same error, naming the source
@@ -534,23 +534,6 @@ def _entry(i: int, entry: Any) -> tuple[str, Any, Any]:
         f"source {i}: expected a path, (path, weight) or (path, weight, filter), "
         f"got {reprlib.repr(entry)} ({type(entry).__name__})"
     )
-
-
-class _FolderError(IsADirectoryError, FormatError):
-    """A source that is a folder: not a ``.kdb`` file (`FormatError`), and the
-    `IsADirectoryError` opening it raised, for callers that catch that."""
-
-    def __str__(self) -> str:
-        return f"{self.filename}: {self.strerror}"
-
-
-def _example_in(folder: str) -> str:
-    """``, e.g. FOLDER/x.kdb`` naming a ``.kdb`` file in ``folder``, or nothing."""
-    try:
-        names = sorted(n for n in os.listdir(folder) if n.endswith(".kdb"))
-    except OSError:
-        return ""
-    return f", e.g. {os.path.join(folder, names[0])}" if names else ""
 
 
 def _weight(weight: Any, where: str) -> float:

@@ -1,5 +1,6 @@
-"""The file side: mapping files to read; locks, temporary files, publishing and background
-syncs to write, and `refuse_folder` for an output path that names a folder."""
+"""The file side: mapping files to read (`FolderError` for a folder given as a file); locks,
+temporary files, publishing and background syncs to write, and `refuse_folder` for an output
+path that names a folder."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import contextlib
 import errno
 import mmap
 import os
+import shlex
 import stat
 import threading
 import weakref
@@ -256,10 +258,12 @@ def map_file(path: str) -> mmap.mmap:
     ``validate``, export, merge); readers that read at random advise their map so
     (`Database._advise_random`).
 
-    Where that fails (a missing or empty file, a directory, ...), the file is opened as
-    before, which raises the usual error (FileNotFoundError, FormatError, ...).
+    Where that fails (a missing or empty file, ...), the file is opened as before, which
+    raises the usual error (FileNotFoundError, FormatError, ...).
 
     Raises:
+        FolderError: ``path`` is a folder (a `FormatError` and an `IsADirectoryError`); the
+            message says what to give instead (`folder_advice`).
         FormatError: ``path`` is a FIFO, a device or a socket, not a regular file (opened
             without blocking: reading a FIFO would wait for a writer forever).
     """
@@ -269,18 +273,82 @@ def map_file(path: str) -> mmap.mmap:
         fd = -1
     if fd >= 0:
         try:
-            kind = _kind(os.fstat(fd).st_mode)
-            if kind is None:
+            mode = os.fstat(fd).st_mode
+            kind = _kind(mode)
+            if kind is None and not stat.S_ISDIR(mode):
                 with contextlib.suppress(OSError, ValueError):
                     return mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
         finally:
             os.close(fd)
+        if stat.S_ISDIR(mode):
+            raise FolderError.of(path)
         if kind is not None:
             raise FormatError(f"{path} is {kind}, not a regular file; give the path of a .kdb file")
+    if os.path.isdir(path):  # a platform whose os.open refuses folders
+        raise FolderError.of(path)
     with open(path, "rb") as fh:
         size = os.fstat(fh.fileno()).st_size
         read_preamble(fh.read(DATA_START), path, size)
         return mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+
+
+class FolderError(IsADirectoryError, FormatError):
+    """A folder where a ``.kdb`` file belongs: not a ``.kdb`` file (`FormatError`), and the
+    `IsADirectoryError` opening it raises, for callers that catch that.
+
+    ``strerror`` says what to give instead (`folder_advice`); ``str()`` is ``FOLDER: strerror``.
+    """
+
+    def __str__(self) -> str:
+        return f"{self.filename}: {self.strerror}"
+
+    @classmethod
+    def of(cls, path: str, prefix: str = "") -> FolderError:
+        """The error for folder ``path``, its message after ``prefix`` (such as ``"mixture source 1: "``)."""
+        return cls(errno.EISDIR, f"{prefix}a folder, not a .kdb file; {folder_advice(path)}", path)
+
+
+def folder_advice(folder: str) -> str:
+    """What to give instead of ``folder``: the ``kino ingest`` command when it looks like a
+    dataset ingest reads (LeRobot: ``meta/info.json``; RLDS/TFDS: ``dataset_info.json``,
+    ``features.json`` or ``*.tfrecord*`` files), else a ``.kdb`` file in it, else the
+    command for one of its HDF5 files (ingest reads HDF5 files one by one)."""
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError:
+        names = []
+    out = (os.path.basename(os.path.normpath(os.path.abspath(folder))) or "out") + ".kdb"
+    convert = f"convert it with kino ingest {shlex.quote(folder)} -o {shlex.quote(out)}"
+    if os.path.isfile(os.path.join(folder, "meta", "info.json")):
+        return f"it looks like a LeRobot dataset: {convert}"
+    if any(n in ("dataset_info.json", "features.json") or ".tfrecord" in n for n in names) or _tfds_below(
+        folder, names
+    ):
+        return f"it looks like an RLDS/TFDS dataset: {convert}"
+    kdb = [n for n in names if n.endswith(".kdb")]
+    if kdb:
+        return f"give the path of a .kdb file, e.g. {os.path.join(folder, kdb[0])}"
+    hdf5 = [n for n in names if n.endswith((".hdf5", ".h5"))]
+    if hdf5:
+        first = os.path.join(folder, hdf5[0])
+        command = f"kino ingest {shlex.quote(first)} -o {shlex.quote(os.path.splitext(hdf5[0])[0] + '.kdb')}"
+        if len(hdf5) == 1:
+            return f"give the path of a .kdb file; it holds an HDF5 file: convert it with {command}"
+        return f"give the path of a .kdb file; it holds {len(hdf5)} HDF5 files: convert each, e.g. {command}"
+    return "give the path of a .kdb file"
+
+
+def _tfds_below(folder: str, names: list[str]) -> bool:
+    """Whether a TFDS version folder (``VERSION/dataset_info.json``, or
+    ``NAME/VERSION/dataset_info.json`` in a TFDS data_dir) lies below ``folder``."""
+    for name in names:
+        sub = os.path.join(folder, name)
+        if os.path.isfile(os.path.join(sub, "dataset_info.json")):
+            return True
+        with contextlib.suppress(OSError):
+            if any(os.path.isfile(os.path.join(sub, v, "dataset_info.json")) for v in os.listdir(sub)):
+                return True
+    return False
 
 
 def human_bytes(n: int) -> str:

@@ -62,6 +62,8 @@ def validate(path: str | os.PathLike[str], *, decode_images: bool = True) -> Rep
         try:
             db = open_database(path)
         except KinodbError as exc:
+            if isinstance(exc, OSError):  # a folder: there is no file to validate
+                raise
             report.errors.append(f"open: {exc}")
             return report
         finally:

@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import Dataset, get_worker_info
 
 from kinodb import _images
-from kinodb._window_spec import delta_cameras
+from kinodb._window_spec import camera_named, delta_cameras
 from kinodb.errors import EpisodeNotFoundError, KinodbError
 from kinodb.mixture import Mixture
 from kinodb.torch._collate import Batch, MixedBatch, PadSpec, Sample
@@ -124,6 +124,8 @@ def image_keys(
 ) -> tuple[list[str], bool]:
     """``(cameras to load, several?)`` from ``image_key``: a name, a list, None (first), False
     (none), or a mapping of output names to each source's cameras (checked by the windows).
+    A camera is named as stored or, as in ``delta_timestamps``, ``observation.images.CAM``
+    (`camera_named`); the cameras returned, and items' keys, are the stored names.
     ``hint(camera)`` adds what to do about a camera ``where`` lacks (other sources')."""
     check_image_key(image_key)
     if image_key is False:
@@ -132,11 +134,19 @@ def image_keys(
         return list(image_key), True
     if image_key is None:
         return cameras[:1], False
-    chosen = [image_key] if isinstance(image_key, str) else list(image_key)
-    for cam in chosen:
-        if cam not in cameras:
-            more = f". {hint(cam)}" if hint is not None else ""
-            raise KinodbError(f"{where}: no camera {cam!r}; it has {cameras or 'no cameras'}{more}")
+    chosen: list[str] = []
+    named: dict[str, str] = {}  # camera -> the name image_key gave it
+    for name in [image_key] if isinstance(image_key, str) else list(image_key):
+        cam = camera_named(name, cameras)  # LeRobot's observation.images.CAM names CAM
+        if cam is None:
+            more = f". {hint(name)}" if hint is not None else ""
+            raise KinodbError(f"{where}: no camera {name!r}; it has {cameras or 'no cameras'}{more}")
+        earlier = named.setdefault(cam, name)
+        if earlier != name:
+            raise ValueError(
+                f"image_key names camera {cam!r} twice, as {earlier!r} and as {name!r}; name it once"
+            )
+        chosen.append(cam)
     return chosen, not isinstance(image_key, str)
 
 
@@ -371,7 +381,8 @@ class KinoFrameDataset(_Base):
         action_horizon: Frames of the action chunk.
         kql_filter: Keep only matching episodes.
         image_key: A camera, a list of cameras, None (the first camera) or False (no images);
-            for a mixture of robots whose cameras are named differently, a mapping from an
+            a camera may be named ``observation.images.CAM`` as in ``delta_timestamps``
+            (items still name it ``CAM``); for a mixture of robots whose cameras are named differently, a mapping from an
             output name to each source's camera, ``{"front": ["image_0", "cam_high"]}``
             (items then hold ``images`` under the output names).
         image_size: ``(H, W)`` to resize frames to (antialiased), or None for stored size.
@@ -600,7 +611,8 @@ class KinoMapDataset(_Base):
         source: A path, a `Database`, a list of paths, or a `Mixture`.
         kql_filter: Keep only matching episodes.
         image_key: A camera, a list of cameras, None (the first camera; in an episode without
-            it, that episode's first) or False (no images).
+            it, that episode's first) or False (no images); a camera may be named
+            ``observation.images.CAM`` (items still name it ``CAM``).
         image_size: ``(H, W)``, or None for the stored size.
         to_tensor: Return torch tensors (else NumPy arrays).
         normalize: As for `KinoFrameDataset`.
