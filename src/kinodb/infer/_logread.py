@@ -3,7 +3,8 @@
 The file is read in blocks of whole lines (`BLOCK_BYTES`). Each block is parsed with one
 ``json.loads`` call (the lines joined as one JSON array; line by line only where that
 fails, to find a torn line or say which line is wrong), split into runs where
-``step_id`` goes back, and each field of the block becomes one NumPy array appended to
+``step_id`` goes back to 0 (back to another value, it is refused: the lines of runners that
+wrote to one file at the same time), and each field of the block becomes one NumPy array appended to
 its run's column. The parsed objects of a block are dropped before the next is read, so
 the memory taken beyond the returned arrays is about one block's objects (some ten
 times `BLOCK_BYTES`) plus, when a run ends, its largest column once more while the
@@ -87,6 +88,7 @@ class _LogReader:
         self.records = 0  # records taken so far
         self.parsed_last: int | None = None  # step_id of the last record parsed
         self.last: int | None = None  # step_id of the last record taken
+        self.run_line = 0  # the line on which the run being read starts
         self.runs: list[dict[str, npt.NDArray[Any]]] = []
         self.run: _Run | None = None
 
@@ -108,10 +110,14 @@ class _LogReader:
             sid = rec.get("step_id")
             if not isinstance(sid, int) or isinstance(sid, bool) or "output" not in rec:
                 raise InferError(f"{p}: line {lineno}: a kinfer log line needs 'step_id' (int) and 'output'")
-            if self.last is not None and sid <= self.last:  # a new run
+            if self.last is None:
+                self.run_line = lineno
+            elif sid <= self.last:  # a new run
+                if sid != 0:  # every run starts at 0: this is another runner's line
+                    raise _interleaved(p, lineno, self.last, sid, self.run_line)
                 self._add(records[start:k])
                 self._end_run()
-                start = k
+                start, self.run_line = k, lineno
             self.last = sid
             self.records += 1
         self._add(records[start:])
@@ -291,6 +297,24 @@ def _not_a_log(path: str, n: int, found: str) -> InferError:
     return InferError(
         f"{path}: not a kinfer NDJSON log: line {n} {found}; a log holds one JSON object per step, with "
         f"an integer 'step_id' and the action 'output', such as {LOG_LINE}"
+    )
+
+
+def _interleaved(path: str, n: int, last: int, sid: int, start: int) -> InferError:
+    """The error for a ``step_id`` that goes back to another value than 0: runners that wrote
+    to one file at the same time (their lines alternate: 0, 0, 1, 1, 2, 2, ...)."""
+    keep = (
+        f"To keep the lines before line {start}: head -n {start - 1} {path} > before.ndjson. "
+        if start > 1
+        else ""
+    )
+    return InferError(
+        f"{path}: line {n}: step_id {sid} follows step_id {last}: a run's step_id starts at 0 and only "
+        f"grows, so the lines of two or more runs are interleaved here, from line {start} or before "
+        "(runners wrote to this file at the same time). Their lines cannot be told apart, and read as "
+        f"runs they would make bogus runs of a step or two. {keep}To keep runs apart, give each runner "
+        "a log of its own: a folder log_path (or $KINFER_LOG_PATH) gives every run its own file; a "
+        ".ndjson log_path, or $KINFER_LOG_UUID, must differ from runner to runner"
     )
 
 

@@ -19,10 +19,12 @@ from kinodb.infer._errors import InferError
 from kinodb.infer._package import (
     KNOWN_INPUTS,
     LEGACY_INPUTS,
+    META_MEMBER,
     Package,
     expected_shape,
     pack,
     package_metadata,
+    parse_metadata,
     write_atomic,
 )
 from kinodb.infer.model import Model, Signature
@@ -92,9 +94,11 @@ def export_torch(
         ...                           command_names=("vx", "vy", "wz"), carry_shape=(128,))
 
     Raises:
-        InferError: an argument is not a known input (or is ``quaternion`` /
-            ``initial_heading`` without ``legacy_inputs``), an output has the wrong shape, or
-            ONNX Runtime disagrees with PyTorch (nothing is written then).
+        InferError: the metadata would make `load_model` refuse the package (repeated or
+            empty joint names, a negative carry dimension; the same message), an argument
+            is not a known input (or is ``quaternion`` / ``initial_heading`` without
+            ``legacy_inputs``), an output has the wrong shape, or ONNX Runtime disagrees with
+            PyTorch. Nothing is written then.
         MissingExtraError: torch or onnx is not installed.
     """
     torch = require("torch", extra="torch")
@@ -123,6 +127,17 @@ def _export_torch(
             "orientation) and fold initial_heading into the command, or pass legacy_inputs=True to write a "
             "0.5-style package (num_commands, as the K-Bot's walk_jun22.kinfer) that kinodb loads"
         )
+    where = os.fspath(path)
+    meta = package_metadata(joints, commands, carry)
+    if legacy:
+        meta = {
+            "joint_names": meta["joint_names"],
+            "num_commands": len(commands),
+            "carry_size": meta["carry_size"],
+        }
+    # load_model's own checks, before anything is exported or written: a package it would refuse
+    # (repeated or empty joint names, a negative carry dimension) is never written.
+    fields = parse_metadata(meta, f"{where}: {META_MEMBER}")
     shapes = _input_shapes(names, joints, commands, carry)
     gen = torch.Generator().manual_seed(seed)
     example = tuple(torch.randn(shapes[n], generator=gen) for n in names)
@@ -138,19 +153,10 @@ def _export_torch(
         init_bytes = _zeros_init(onnx, carry)
     else:
         init_bytes, _ = _export(torch, onnx, _as_module(torch, init_module), (), [], ["carry"])
-    meta = package_metadata(joints, commands, carry)
-    generation = "0.6"
-    if legacy:
-        meta = {
-            "joint_names": meta["joint_names"],
-            "num_commands": len(commands),
-            "carry_size": meta["carry_size"],
-        }
-        generation, commands = "0.5", tuple(f"command_{i}" for i in range(len(commands)))
-    where = os.fspath(path)
     package = Package(
-        path=where, generation=generation, joint_names=joints, command_names=commands, carry_size=carry,
-        metadata=meta, init_fn=init_bytes, step_fn=step_bytes,
+        path=where, generation=fields.generation, joint_names=fields.joint_names,
+        command_names=fields.command_names, carry_size=fields.carry_size, metadata=meta, init_fn=init_bytes,
+        step_fn=step_bytes,
     )  # fmt: skip
     model = Model(package)  # the contract checks of load_model
     diff = _parity(torch, module, init_module, model, names, shapes, checks, gen)

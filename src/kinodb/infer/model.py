@@ -58,7 +58,8 @@ class Signature:
     Attributes:
         joint_names: action order, and the order of the joint inputs.
         command_names: one name per command entry.
-        carry_shape: the recurrent state's shape (``()`` when the model has no carry).
+        carry_shape: the recurrent state's shape: ``()`` for a scalar carry, and also when
+            the model has no carry (``"carry" in input_names`` tells them apart).
         inputs: the step function's inputs, in graph order (the carry included).
         generation: the kinfer generation of the package (``"0.4"``, ``"0.5"``,
             ``"0.6"``) or ``"onnx"`` for a plain step function.
@@ -173,7 +174,8 @@ class Model:
             (value,) = self._init_sess.run(None, {})
         except Exception as exc:
             raise InferError(f"{member}: running it failed: {' '.join(str(exc).split())}") from None
-        value = np.ascontiguousarray(value, dtype=np.float32)
+        # asarray, not ascontiguousarray: that one makes a 0-d (scalar) carry 1-d
+        value = np.asarray(value, dtype=np.float32, order="C")
         if pkg.carry_size is not None and tuple(value.shape) != pkg.carry_size:
             raise InferError(
                 f"{member}: returns a carry of shape {list(value.shape)}, but metadata.json says "

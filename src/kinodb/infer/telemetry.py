@@ -66,6 +66,7 @@ class _Aborted(Exception):
     """Raised in the writer thread when `NdjsonLogger.close` gave up on a stalled reader."""
 
 
+MAX_STAMP_SUFFIX = 9999  # runners starting in one second that each get a file of their own
 LOG_SUFFIXES = (".ndjson", ".jsonl")  # a log_path ending so names the file; any other, a folder
 LOG_PATH_TAKES = (
     "log_path takes a .ndjson or .jsonl file (appended to), or a folder (created if missing) to write "
@@ -80,10 +81,15 @@ def resolve_log_path(log_path: str | os.PathLike[str] | None) -> str | None:
     is a directory. Without ``log_path``, ``$KINFER_LOG_PATH`` names the directory
     (unset: no log). In a directory the file is ``$KINFER_LOG_UUID.ndjson``, else the UTC
     time ``YYYY-MM-DD_HH-MM-SS.ndjson``, as kinfer names it. Directories are created.
+    A file named by the time is created here, empty and exclusively: when another runner
+    took that name (it started in the same second), the file is
+    ``YYYY-MM-DD_HH-MM-SS_1.ndjson`` (``_2``, ...), so each run has a file of its own.
+    A file the caller named (``log_path``, ``$KINFER_LOG_UUID``) is left to be appended to.
 
     Raises:
-        InferError: the folder cannot be created, or a folder's path names a file (say
-            ``run.json``); the message names the path and what ``log_path`` takes.
+        InferError: the folder cannot be created, a folder's path names a file (say
+            ``run.json``), or the time-named file cannot be created in the folder; the
+            message names the path and what ``log_path`` takes.
     """
     if log_path is None:
         directory = os.environ.get("KINFER_LOG_PATH")
@@ -104,10 +110,33 @@ def resolve_log_path(log_path: str | os.PathLike[str] | None) -> str | None:
             f"{label} is a file, not a folder, and not named .ndjson or .jsonl; {LOG_PATH_TAKES}"
         )
     _make_folder(directory, label)
-    name = os.environ.get("KINFER_LOG_UUID") or _dt.datetime.now(_dt.timezone.utc).strftime(
-        "%Y-%m-%d_%H-%M-%S"
+    uuid = os.environ.get("KINFER_LOG_UUID")
+    if uuid:  # a name the user chose: appended to, as kinfer does
+        return os.path.join(directory, f"{uuid}.ndjson")
+    return _create_stamped(directory, label)
+
+
+def _create_stamped(directory: str, label: str) -> str:
+    """Create ``<UTC time>.ndjson`` in ``directory``, or ``<UTC time>_1.ndjson``, ``_2``, ...
+    where that is taken; the file is created exclusively, so two runners that start in the same
+    second (threads, or processes sharing $KINFER_LOG_PATH) never append to one file."""
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d_%H-%M-%S")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    for k in range(MAX_STAMP_SUFFIX + 1):
+        path = os.path.join(directory, f"{stamp}.ndjson" if k == 0 else f"{stamp}_{k}.ndjson")
+        try:
+            os.close(os.open(path, flags, 0o666))
+        except FileExistsError:
+            continue
+        except OSError as exc:  # a read-only folder
+            raise InferError(
+                f"{label}: cannot create the log file {path} ({exc.strerror or exc}); {LOG_PATH_TAKES}"
+            ) from None
+        return path
+    raise InferError(
+        f"{label}: {stamp}.ndjson and {stamp}_1 ... _{MAX_STAMP_SUFFIX}.ndjson all exist; "
+        "give each runner a log file of its own (a .ndjson log_path, or $KINFER_LOG_UUID)"
     )
-    return os.path.join(directory, f"{name}.ndjson")
 
 
 def _make_folder(folder: str, label: str) -> None:
@@ -393,7 +422,7 @@ def read_log(path: str | os.PathLike[str]) -> list[dict[str, npt.NDArray[Any]]]:
     """Read a kinfer NDJSON log into runs of columns.
 
     A file may hold several runs (kinfer appends); a run starts where ``step_id``
-    goes back. Each run maps ``step_id`` and ``t_us`` (int64), ``output`` and every
+    goes back to 0. Each run maps ``step_id`` and ``t_us`` (int64), ``output`` and every
     logged input, by input name (``joint_vels`` becomes ``joint_angular_velocities``),
     to arrays with one row per line; inputs that are null throughout are left out. A
     null element inside an array is a NaN or infinite value (kinfer writes those as
@@ -408,8 +437,10 @@ def read_log(path: str | os.PathLike[str]) -> list[dict[str, npt.NDArray[Any]]]:
             an integer ``step_id`` and ``output``: the message says what it holds and
             what a log line looks like), is not UTF-8 text (a binary file), a later line
             is not JSON (a torn line inside a run included) or lacks ``step_id``/``output``,
-            or a field is not numeric, changes length or becomes null mid-run; the
-            message names the file and the line.
+            a field is not numeric, changes length or becomes null mid-run, or ``step_id``
+            goes back to another value than 0 (the lines of two runners that wrote to the
+            file at the same time alternate: 0, 0, 1, 1, ...; they cannot be told apart);
+            the message names the file and the line.
     """
     from kinodb.infer._logread import read_runs  # the reader lives in a module of its own
 
