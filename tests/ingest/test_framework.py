@@ -204,12 +204,22 @@ def test_formats_detection_and_entry_points(
         source_class("auto", str(tmp_path / "missing"))
     monkeypatch.delitem(_base._BUILTIN, "fake")
     plugin = EntryPoint(name="thirdparty", value="_fake_source:FakeSource", group=_base.ENTRY_POINT_GROUP)
-    monkeypatch.setattr(
-        _base, "entry_points", lambda group: [plugin] if group == _base.ENTRY_POINT_GROUP else []
-    )
-    assert "thirdparty" in _base.formats()
-    assert source_class("thirdparty", src) is FakeSource
-    assert source_class("auto", src) is FakeSource
+    looked_up: list[str] = []
+
+    def entry_points(group: str) -> list[EntryPoint]:
+        looked_up.append(group)
+        return [plugin] if group == _base.ENTRY_POINT_GROUP else []
+
+    monkeypatch.setattr(_base, "entry_points", entry_points)
+    _base._plugins.cache_clear()  # looked up by the calls above, before the plugin existed
+    try:
+        assert "thirdparty" in _base.formats()
+        assert source_class("thirdparty", src) is FakeSource
+        assert source_class("auto", src) is FakeSource
+        # Once per process: the lookup reads every installed distribution's metadata.
+        assert looked_up == [_base.ENTRY_POINT_GROUP]
+    finally:
+        _base._plugins.cache_clear()
 
 
 def test_parse_episodes() -> None:

@@ -194,9 +194,17 @@ def formats() -> dict[str, Callable[[], type[Source]]]:
     found: dict[str, Callable[[], type[Source]]] = {
         name: functools.partial(_load, spec) for name, spec in _BUILTIN.items()
     }
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        found.setdefault(ep.name, ep.load)
+    for name, load in _plugins():
+        found.setdefault(name, load)
     return found
+
+
+@functools.cache
+def _plugins() -> tuple[tuple[str, Callable[[], type[Source]]], ...]:
+    """The ``kinodb.sources`` entry points, looked up once per process: the lookup reads
+    the metadata of every installed distribution (some milliseconds, as much as ingesting
+    a small shard), so a plugin installed while the process runs is seen by the next one."""
+    return tuple((ep.name, ep.load) for ep in entry_points(group=ENTRY_POINT_GROUP))
 
 
 def source_class(fmt: str, path: str) -> type[Source]:
