@@ -79,3 +79,11 @@ def test_a_mixture_names_the_source_and_keeps_the_advice(tmp_path: Path) -> None
         f"{folder}: mixture source 1: a folder, not a .kdb file; it looks like a LeRobot dataset: "
         f"convert it with kino ingest {folder} -o lr.kdb"
     )
+
+
+def test_a_tfds_version_folder_is_named_by_its_dataset(tmp_path: Path) -> None:
+    folder = tmp_path / "bridge_dataset" / "1.0.0"
+    folder.mkdir(parents=True)
+    (folder / "dataset_info.json").write_text("{}")
+    with pytest.raises(kinodb.FormatError, match=r"kino ingest \S+ -o bridge_dataset\.kdb$"):
+        kinodb.open(folder)

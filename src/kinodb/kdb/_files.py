@@ -317,7 +317,11 @@ def folder_advice(folder: str) -> str:
         names = sorted(os.listdir(folder))
     except OSError:
         names = []
-    out = (os.path.basename(os.path.normpath(os.path.abspath(folder))) or "out") + ".kdb"
+    here = os.path.normpath(os.path.abspath(folder))
+    name = os.path.basename(here)
+    if name.replace(".", "").isdigit():  # a TFDS version folder (1.0.0): name it by its dataset
+        name = os.path.basename(os.path.dirname(here))
+    out = (name or "out") + ".kdb"
     convert = f"convert it with kino ingest {shlex.quote(folder)} -o {shlex.quote(out)}"
     if os.path.isfile(os.path.join(folder, "meta", "info.json")):
         return f"it looks like a LeRobot dataset: {convert}"
