@@ -403,14 +403,14 @@ def test_upgrade_decodes_mixed_cameras_to_raw(rng: np.random.Generator, tmp_path
         )
 
 
-def test_upgrade_fills_missing_total_reward_from_rewards(
+def test_upgrade_keeps_an_unknown_total_reward_unknown(
     rng: np.random.Generator, tmp_path: Path, build: Build
 ) -> None:
     ep = random_episode(rng, 3, 1, 1)  # nonzero rewards, total_reward unknown
     path, _ = build([ep])
     upgrade(path, tmp_path / "new.kdb")
     with kinodb.open(tmp_path / "new.kdb") as db:
-        assert db.read_meta(0)["total_reward"] == pytest.approx(float(ep.rewards.astype(np.float64).sum()))
+        assert db.read_meta(0)["total_reward"] is None  # not the sum of the rewards
 
 
 def test_upgrade_refuses_empty_episodes(rng: np.random.Generator, tmp_path: Path, build: Build) -> None:

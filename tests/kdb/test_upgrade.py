@@ -203,8 +203,5 @@ def test_non_finite_total_reward_of_a_0_1_file_is_not_stored(tmp_path: Path) -> 
     old.write_bytes(encode(eps))
     with pytest.warns(UserWarning, match="episode 0: total_reward nan is not a finite number"):
         assert upgrade(old, new) == 2
-    with kinodb.open(new) as db:
-        for i, ep in enumerate(eps):
-            assert db.read_meta(i)["total_reward"] == pytest.approx(
-                float(ep.rewards.astype(np.float64).sum())
-            )
+    with kinodb.open(new) as db:  # stored as unknown, not as the sum of the rewards
+        assert [db.read_meta(i)["total_reward"] for i in range(len(eps))] == [None, None]

@@ -12,7 +12,7 @@ import re
 import secrets
 import shutil
 import string
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +20,7 @@ import numpy as np
 
 from kinodb._optional import require
 from kinodb.errors import ConversionError
+from kinodb.kdb import _codecs
 from kinodb.kdb._stale import stale_stats, stale_temps
 from kinodb.kdb.reader import Database
 
@@ -207,6 +208,23 @@ def camera_windows(db: Database, i: int, camera: str, T: int) -> Iterator[tuple[
     for start in range(0, T, WINDOW):
         stop = min(start + WINDOW, T)
         yield start, db.read_frames(i, start, stop, cameras=[camera])["images"][camera]
+
+
+def holds_image(blob: bytes, codec: str, shape: Sequence[int], *, channels: bool = True) -> bool:
+    """Whether the stored frame ``blob`` is a ``codec`` image of ``shape`` (H, W, C), by its
+    header; without ``channels``, of ``shape``'s height and width in any channel count.
+
+    A 0.1 file's JPEG or PNG camera can hold frames that are not: raw pixels that begin with
+    JPEG or PNG magic, which the 0.1 writer flagged as compressed and kinodb's readers
+    return as pixels. Exporters write such a camera's decoded frames, not its stored bytes.
+    """
+    if _codecs.sniff(blob[:8]) != codec:
+        return False
+    try:
+        found = _codecs.probe(blob)
+    except Exception:  # Pillow raises many types on bytes that are not an image
+        return False
+    return found == tuple(shape) if channels else found[:2] == tuple(shape[:2])
 
 
 def index_width(count: int) -> int:

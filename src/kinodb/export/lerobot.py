@@ -43,6 +43,7 @@ from kinodb.export._base import (
     dumps,
     episode_record,
     exported_dataset,
+    holds_image,
     one_value,
     split_advice,
     write_json,
@@ -615,29 +616,23 @@ class _Exporter:
 
     def _images(self, db: Database, i: int, f: Feature, T: int) -> tuple[Any, stats_.Stats]:
         """An image feature's column (stored PNG/JPEG bytes as they are; raw frames as PNG)."""
-        codec = db.cameras(i)[f.source]["codec"]
+        cam = db.cameras(i)[f.source]
+        codec, shape = cam["codec"], cam["shape"][1:]
         samples = stats_.sample_indices(T)
         counted = stats_.ImageStats()
-        if codec in _EXTENSIONS:
-            blobs = [db.read_image_bytes(i, f.source, t) for t in range(T)]
-            # Frames whose bytes hold other channels than the camera (greyscale JPEGs under
-            # 3 channels, as TFDS allows; kinodb's readers convert them): the episode's frames
-            # are written as the reader returns them, as PNG, so every image holds the
-            # feature's shape and an episode keeps one format.
-            channels = db.cameras(i)[f.source]["shape"][-1]
+        blobs = [db.read_image_bytes(i, f.source, t) for t in range(T)] if codec in _EXTENSIONS else []
+        if blobs and all(holds_image(blob, codec, shape) for blob in blobs):
             exts = [_EXTENSIONS[codec]] * T
-            if any(_codecs.probe(blob)[2] != channels for blob in blobs):
-                blobs = [
-                    blob
-                    for _, frames in _windows(db, i, f.source, T)
-                    for blob in _codecs.encode(frames, "png", 0)
-                ]
-                exts = ["png"] * T
             for t in samples.tolist():  # decoding only the frames the stats sample
                 counted.add(
                     stats_.downsample(db.read_frames(i, t, t + 1, cameras=[f.source])["images"][f.source])
                 )
         else:
+            # Raw frames, and encoded ones whose bytes hold another shape than the camera
+            # (greyscale JPEGs under 3 channels, as TFDS allows) or are no image at all (0.1
+            # raw frames flagged as compressed): the episode's frames are written as the
+            # reader returns them, as PNG, so every image holds the feature's shape and an
+            # episode keeps one format. A frame that does not decode fails here, named.
             blobs = []
             for start, frames in _windows(db, i, f.source, T):
                 blobs += _codecs.encode(frames, "png", 0)

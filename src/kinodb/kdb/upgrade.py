@@ -43,14 +43,15 @@ def upgrade(
     frames stay raw. A camera that cannot keep its bytes (frames that mix codecs, or
     whose headers do not fit the camera's size) is stored raw (decoded), with a warning.
     The dataset's ``source_format`` becomes ``"kinodb-0.1"`` and
-    ``metadata["upgraded_from"]`` records the source file. One difference is
-    unavoidable: an episode with an unknown (or NaN) ``total_reward`` and nonzero rewards
-    gets the sum of its rewards, as `Writer.add_episode` computes it.
+    ``metadata["upgraded_from"]`` records the source file. An unknown ``total_reward``
+    stays unknown (null), as does a NaN or infinite one, which v1 cannot store (with a
+    warning): the sum of the rewards is never filled in.
 
     An episode that cannot be read or stored (damaged, 0 frames, fps <= 0) fails the
     upgrade, naming it; with ``on_error="skip"`` it is left out instead, listed in
-    ``metadata["upgraded_from"]["skipped"]`` and in a warning. ``dst`` appears only once
-    every episode is written.
+    ``metadata["upgraded_from"]["skipped"]`` and in a warning. A failure to write ``dst``
+    (a full disk) stops the upgrade with the writer's `WriterError` either way. ``dst``
+    appears only once every episode is written.
 
     Example:
         >>> kinodb.kdb.upgrade.upgrade("old.kdb", "new.kdb")
@@ -62,6 +63,7 @@ def upgrade(
             index, or a v1 episode's payload, fails its checksum: `CorruptFileError`, nothing
             written).
         ConversionError: ``src`` has no episodes, or an episode cannot be stored in v1.
+        WriterError: writing ``dst`` failed (a full disk); nothing was written.
     """
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
@@ -100,11 +102,13 @@ def upgrade(
         ) as out:
             for i in range(len(db)):
                 try:
-                    if legacy:
-                        out.add_episode(**episode_args(db, i, notes=notes))
+                    if legacy:  # an unknown total_reward stays null, not the sum of the rewards
+                        out._add_episode(**episode_args(db, i, notes=notes), sum_rewards=False)
                     else:  # v1 payloads carry checksums: copy_episode never copies damage
                         out.copy_episode(db, i)
                 except (FormatError, WriterError, ConversionError) as exc:
+                    if out._closed:  # the output failed (a full disk) and closed itself, not the episode
+                        raise
                     if on_error == "skip":
                         skipped.append((i, str(exc)))
                         continue
@@ -194,27 +198,24 @@ def _warn(src: str, notes: list[str], skipped: list[tuple[int, str]]) -> None:
 def episode_args(db: Database, i: int, *, notes: list[str] | None = None) -> dict[str, Any]:
     """Keyword arguments for `Writer.add_episode` that reproduce episode ``i``.
 
-    ``notes`` collects one line per camera stored raw although it held encoded frames,
-    and per value that v1 cannot store as it was.
+    ``total_reward`` is None when it is unknown or not finite: pass the arguments to
+    ``Writer._add_episode(..., sum_rewards=False)`` to store that as null. ``notes``
+    collects one line per camera stored raw although it held encoded frames, and per value
+    that v1 cannot store as it was.
     """
     notes = [] if notes is None else notes
     ep = db.read_episode_actions_only(i)
     meta = ep.pop("meta")
     if meta["num_frames"] == 0:
         raise ConversionError("it has 0 frames, and v1 files hold no empty episodes")
-    rewards = ep.pop("rewards")
     args: dict[str, Any] = {name: ep.pop(name) for name in _BUILTIN_ARRAYS if name in ep}
     total_reward = meta["total_reward"]
     if total_reward is not None and not math.isfinite(total_reward):
         notes.append(
-            f"episode {i}: total_reward {total_reward} is not a finite number; v1 stores the sum of its "
-            "rewards instead (null if that is not finite either)"
+            f"episode {i}: total_reward {total_reward} is not a finite number, which v1 cannot store; "
+            "it is stored as null (unknown)"
         )
         total_reward = None
-    if meta["total_reward"] is not None or bool((rewards != 0).any() or np.signbit(rewards).any()):
-        args["rewards"] = rewards
-    # else rewards are all +0.0: omitting them stores zeros and keeps total_reward None,
-    # which the writer would otherwise fill in with the sum of the rewards.
     args["extra_arrays"] = ep
     args["images"] = {name: _camera_frames(db, i, name, cam, notes) for name, cam in db.cameras(i).items()}
     extra = db._extra_fields(i)  # by stored name

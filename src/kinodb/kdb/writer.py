@@ -388,6 +388,22 @@ class Writer:
                 array and camera names (both are u16 in the format); the message names it,
                 and the episode being added (its position in the file).
         """
+        return self._add_episode(
+            actions=actions, states=states, rewards=rewards, is_terminal=is_terminal, timestamps=timestamps,
+            images=images, extra_arrays=extra_arrays, embodiment=embodiment, task=task, fps=fps,
+            success=success, total_reward=total_reward, extra=extra, sum_rewards=True,
+        )  # fmt: skip
+
+    def _add_episode(
+        self, *, actions: Any, states: Any = None, rewards: Any = None, is_terminal: Any = None,
+        timestamps: Any = None, images: Mapping[str, Any] | None = None,
+        extra_arrays: Mapping[str, Any] | None = None, embodiment: str = "unknown", task: str = "",
+        fps: float | np.floating[Any] = 10.0, success: bool | np.bool_ | None = None,
+        total_reward: float | np.floating[Any] | None = None, extra: Mapping[str, Any] | None = None,
+        sum_rewards: bool,
+    ) -> int:  # fmt: skip
+        """`add_episode`; without ``sum_rewards``, a None ``total_reward`` is stored as null
+        (unknown) whatever the rewards: an episode converted from another file keeps its null."""
         self._check_open()
         n = len(self._table)
         try:
@@ -411,7 +427,8 @@ class Writer:
                 raise WriterError(f"fps must be a positive number, got {fps!r}")
             flag = bool(success) if isinstance(success, np.bool_) else success
             total = float(total_reward) if isinstance(total_reward, np.floating) else total_reward
-            meta = episode_meta(embodiment, task, fps_value, flag, total, arrays["rewards"], rewards, extra)
+            given = rewards if sum_rewards else None  # episode_meta sums the rewards only when given
+            meta = episode_meta(embodiment, task, fps_value, flag, total, arrays["rewards"], given, extra)
         except WriterError as exc:
             raise _named(exc, n) from exc.__cause__
         with self._lock:
@@ -588,7 +605,8 @@ class Writer:
         under their stored names, and ``extra`` fields are added to them (and override
         them). Episodes of a format 0.1 file are converted through `add_episode`: arrays
         are copied exactly, JPEG/PNG frames keep their stored bytes and raw frames stay raw,
-        whatever the writer's ``image_codec``; a camera that cannot keep its bytes (frames
+        whatever the writer's ``image_codec``, and an unknown ``total_reward`` stays null
+        (never the sum of the rewards); a camera that cannot keep its bytes (frames
         that mix codecs, or whose headers do not fit the camera) is stored raw, decoded
         exactly, with a warning (or a line appended to ``notes`` when it is given) once
         the episode is written.
@@ -620,7 +638,7 @@ class Writer:
                 name: RawFrames(frames) if isinstance(frames, np.ndarray) else frames
                 for name, frames in args["images"].items()
             }
-            index = self.add_episode(**args)
+            index = self._add_episode(**args, sum_rewards=False)  # an unknown total_reward stays null
             for note in said:  # once written: a note says what the file holds
                 if notes is None:
                     warnings.warn(f"{db.path()}: {note}", stacklevel=3)
