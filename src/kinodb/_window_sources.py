@@ -394,24 +394,13 @@ def _extra_fields(kql_filter: str) -> set[str]:
     not built in, and those it names as ``extra.NAME``); none when it does not parse."""
     from kinodb.kql._eval import BUILTIN_KINDS  # deferred: kql builds on kdb
     from kinodb.kql._parser import parse
-    from kinodb.kql.ast import And, Between, Compare, In, IsNull, Not, Or
+    from kinodb.kql.ast import fields_of_query
 
     try:
-        todo = [parse(kql_filter)]
+        node = parse(kql_filter)
     except QuerySyntaxError:
         return set()
-    out = set()
-    while todo:
-        node = todo.pop()
-        if isinstance(node, (And, Or)):
-            todo.extend(node.operands)
-        elif isinstance(node, Not):
-            todo.append(node.operand)
-        elif isinstance(node, (Compare, In, Between, IsNull)) and (
-            node.field.extra or node.field.name not in BUILTIN_KINDS
-        ):
-            out.add(node.field.name)
-    return out
+    return {f.name for f in fields_of_query(node) if f.extra or f.name not in BUILTIN_KINDS}
 
 
 def _num_given(source: Any) -> int:

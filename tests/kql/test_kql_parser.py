@@ -312,3 +312,12 @@ def test_every_tree_the_parser_accepts_can_be_rebuilt() -> None:
     text = "NOT (" * 49 + "a = 1 AND (b = 2 OR NOT c = 3)" + ")" * 49
     node = parse(text)
     assert parse(node.render()) == node
+
+
+def test_fields_of_query_lists_the_fields_in_order() -> None:
+    from kinodb.kql.ast import fields_of_query
+
+    node = parse("success = true AND NOT (extra.scene = 'a' OR fps BETWEEN 1 AND 2) AND scene IS NULL")
+    assert [(f.name, f.extra) for f in fields_of_query(node)] == [
+        ("success", False), ("scene", True), ("fps", False), ("scene", False)
+    ]  # fmt: skip

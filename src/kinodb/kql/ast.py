@@ -257,6 +257,21 @@ class Or(Node):
         return " OR ".join(_group(o, (Or,)) for o in self.operands)
 
 
+def fields_of_query(node: Node) -> list[Field]:
+    """The fields a query names, in the order they appear (with repeats)."""
+    out: list[Field] = []
+    todo = [node]
+    while todo:
+        n = todo.pop()
+        if isinstance(n, (And, Or)):
+            todo.extend(reversed(n.operands))
+        elif isinstance(n, Not):
+            todo.append(n.operand)
+        elif isinstance(n, (Compare, In, Between, IsNull)):
+            out.append(n.field)
+    return out
+
+
 def _check_operands(operands: object, what: str) -> None:
     if not isinstance(operands, tuple) or len(operands) < 2:
         raise ValueError(f"{what} needs a tuple of two or more operands")
@@ -286,5 +301,6 @@ __all__ = [
     "Or",
     "Predicate",
     "Value",
+    "fields_of_query",
     "render_value",
 ]
