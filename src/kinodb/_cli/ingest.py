@@ -41,7 +41,9 @@ def register(sub: Any) -> None:
                    help="the feature that holds the actions (LeRobot: default action, else actions; "
                         "RLDS: default steps/action; a dict of tensors such as action_dict is concatenated)")  # fmt: skip
     p.add_argument(
-        "--split", help="split to read: RLDS shards (train, val, ...) or an HDF5 mask/<name> filter key"
+        "--split",
+        help="split to read: RLDS shards (train, val, ...; default train, and the summary names the splits "
+        "left out) or an HDF5 mask/<name> filter key (default: every demo)",
     )
     p.add_argument(
         "--flip-images",

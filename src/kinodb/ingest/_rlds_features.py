@@ -9,8 +9,9 @@ into `Writer.add_episode` keyword arguments following the plan.
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,9 +19,10 @@ import numpy as np
 from numpy.typing import NDArray
 
 from kinodb.errors import ConversionError
-from kinodb.ingest._base import SOURCE_PARTS, SourceOptions
+from kinodb.ingest._base import SOURCE_PARTS, FrameChunks, SourceOptions
 from kinodb.ingest._exact import first_rounded
 from kinodb.ingest._example import FeatureValue
+from kinodb.ingest._options import option_value
 from kinodb.kdb import _codecs
 from kinodb.kdb.reader import META_FIELDS
 
@@ -35,6 +37,7 @@ _RESERVED_EXTRA = {"source_file", "source_episode", *META_FIELDS}
 _KINDS = {"Image": "image", "Text": "text", "ClassLabel": "int"}
 # the writer's own array names: a feature of such a name is stored under its whole key
 _RESERVED_ARRAYS = frozenset({"actions", "states", "rewards", "is_terminal", "timestamps", "meta", "images"})
+FLIP_CHUNK = 32  # frames decoded at a time when turning a camera (flip_images)
 
 
 @dataclass(frozen=True, slots=True)
@@ -481,9 +484,59 @@ def _camera(value: FeatureValue, spec: Spec, T: int, options: SourceOptions, whe
         )
     channels = spec.channels
     if options.flip_images:
-        frames = _codecs.decode(value, (*shape[:2], channels or shape[2]), f"{where}: {spec.key}")
-        return np.ascontiguousarray(frames[:, ::-1, ::-1])
+        return _flipped(value, (*shape[:2], channels or shape[2]), options, f"{where}: {spec.key}")
     return value if channels is None else _codecs.EncodedFrames(value, channels)
+
+
+def _flipped(
+    value: list[bytes], shape: tuple[int, int, int], options: SourceOptions, where: str
+) -> NDArray[np.uint8] | list[bytes] | FrameChunks:
+    """A camera's frames turned 180 degrees, decoded `FLIP_CHUNK` frames at a time.
+
+    Encoded a chunk at a time when the frames are to be stored as JPEG or PNG (the bytes
+    the writer's encoding of the whole turned episode gives, as `kinodb.kdb._codecs.encode`
+    encodes frame by frame), so that only a chunk of pixels is held; `FrameChunks` when
+    the options ask for them (``verify``); else (raw storage) one pixel array.
+
+    Raises:
+        CorruptFileError: a frame does not decode; names ``where`` and the frame.
+        ConversionError: the encoder fails; names ``where`` and the codec to use instead.
+    """
+    chunks = functools.partial(_flip_chunks, value, shape, where)
+    quality = options.jpeg_quality
+    codec = "jpeg" if quality is not None else options.image_codec
+    if codec == "jpeg" and (quality is None or shape[2] not in (1, 3)):
+        codec = None  # pixels: the ingest's encoder refuses what JPEG cannot store, and says why
+    if codec is None and options.frame_chunks:
+        return FrameChunks(len(value), chunks)
+    if codec is None:
+        out = np.empty((len(value), *shape), np.uint8)
+        for a, part in chunks():
+            out[a : a + len(part)] = part
+        return out
+    encoded: list[bytes] = []
+    for _, part in chunks():
+        try:
+            encoded += _codecs.encode(part, codec, quality or 0)
+        except MemoryError:
+            raise
+        except Exception as exc:  # Pillow raises OSError, ValueError, TypeError for frames it cannot take
+            other = "png" if codec == "jpeg" else "raw"
+            raise ConversionError(
+                f"{where}: {codec.upper()} encoding of uint8 frames of shape {shape} failed "
+                f"({type(exc).__name__}: {exc}); store them with another codec "
+                f"({option_value('image_codec', other)})"
+            ) from None
+    return encoded
+
+
+def _flip_chunks(
+    value: list[bytes], shape: tuple[int, int, int], where: str
+) -> Iterator[tuple[int, NDArray[np.uint8]]]:
+    """``(start, frames)``: the frames from ``start`` on, decoded and turned 180 degrees."""
+    for a in range(0, len(value), FLIP_CHUNK):
+        part = _codecs.decode(value[a : a + FLIP_CHUNK], shape, where, first=a)
+        yield a, np.ascontiguousarray(part[:, ::-1, ::-1])
 
 
 def _success(feats: Mapping[str, FeatureValue], plan: Plan, rewards: NDArray[Any] | None) -> bool | None:

@@ -4,7 +4,9 @@ Input: a TFDS dataset folder (``<name>/<version>/`` with ``features.json``,
 ``dataset_info.json`` and shards named by the TFDS template
 ``{DATASET}-{SPLIT}.tfrecord-{SHARD:05d}-of-{N:05d}`` or the older ``-{SHARD:05d}``), its
 parent holding one version folder, a folder of ``*.tfrecord*`` files, or one shard file.
-``options.split`` picks the shards (default ``train``).
+``options.split`` picks the shards (default ``train``, as ``tfds.load`` users expect); when
+the dataset holds other splits, the report's notes name the split read and the others left
+out, with their episode counts where ``dataset_info.json`` gives them.
 
 Layouts: one record per episode with flattened ``steps/...`` features (what TFDS
 writes), or one record per step with top-level ``is_first``/``is_last``/``action``...
@@ -53,7 +55,8 @@ from the first record):
   episode is cut off before its last step (no ``is_last``) or has no rewards.
 - Floats stay float32 (a TFRecord FloatList is float32, even for float64 features);
   integers take their declared dtype; booleans become bool.
-- ``flip_images`` turns every camera 180 degrees (decoding its frames); the metadata's
+- ``flip_images`` turns every camera 180 degrees (decoding its frames 32 at a time, and
+  encoding each chunk when they are stored as JPEG or PNG); the metadata's
   ``image_orientation`` is then ``rotated_180``, else ``as_stored``, and ``rlds.rotated``
   names each camera turned, with its axes (``[1, 2]``), as the HDF5 source's
   ``hdf5.rotated`` does: the HDF5 exporter turns back exactly those.
@@ -82,6 +85,7 @@ from kinodb.errors import ConversionError
 from kinodb.ingest import _tfrecord
 from kinodb.ingest._base import SourceInfo, SourceOptions, not_this_format
 from kinodb.ingest._example import FeatureValue, parse_example
+from kinodb.ingest._options import option_value
 from kinodb.ingest._rlds_features import (
     META,
     STEPS,
@@ -112,6 +116,20 @@ class _Shard:
     name: str
     path: str
     expected: int | None  # episodes dataset_info.json lists for it
+
+
+@dataclass(frozen=True, slots=True)
+class _OtherSplit:
+    """A split of the dataset that is not read: its name, and its size where known."""
+
+    name: str
+    episodes: int | None  # from dataset_info.json's shard lengths
+    shards: int
+
+    def describe(self) -> str:
+        if self.episodes is not None:
+            return f"{self.name} ({self.episodes} episode{'s' * (self.episodes != 1)})"
+        return f"{self.name} ({self.shards} shard{'s' * (self.shards != 1)})"
 
 
 def _load_json(path: str) -> dict[str, Any] | None:
@@ -231,6 +249,31 @@ def _split_shards(root: str, info: dict[str, Any], split: str) -> list[_Shard]:
     )
 
 
+def _info_splits(info: dict[str, Any], read: str) -> list[_OtherSplit]:
+    """The splits ``dataset_info.json`` lists besides ``read``."""
+    out = []
+    for entry in info.get("splits", []):
+        if not isinstance(entry, dict) or str(entry.get("name")) == read:
+            continue
+        try:
+            lengths = [int(x) for x in entry.get("shardLengths", [])]
+            shards = len(lengths) or int(entry.get("numShards", 0))
+        except (TypeError, ValueError):
+            lengths, shards = [], 0
+        out.append(_OtherSplit(str(entry.get("name")), sum(lengths) if lengths else None, shards))
+    return sorted(out, key=lambda s: s.name)
+
+
+def _listed_splits(root: str, read: str) -> list[_OtherSplit]:
+    """The splits the shard names of ``root`` carry besides ``read`` (no ``dataset_info.json``)."""
+    counts: dict[str, int] = {}
+    for name in os.listdir(root):
+        m = _SHARD_RE.match(name)
+        if m is not None and m["split"] != read and os.path.isfile(os.path.join(root, name)):
+            counts[m["split"]] = counts.get(m["split"], 0) + 1
+    return [_OtherSplit(split, None, n) for split, n in sorted(counts.items())]
+
+
 def _listed_shards(root: str, split: str | None) -> list[_Shard]:
     """Shards found by name when there is no ``dataset_info.json``."""
     names = sorted(n for n in os.listdir(root) if ".tfrecord" in n and os.path.isfile(os.path.join(root, n)))
@@ -308,7 +351,10 @@ class RLDSSource:
         self._single = single  # the one shard file given, else None
         self._info = _load_json(os.path.join(self._root, "dataset_info.json")) or {}
         self._features = _load_json(os.path.join(self._root, "features.json"))
+        self._split: str | None = None  # the split read, where the shards name one
+        self._others: list[_OtherSplit] = []  # the dataset's splits not read
         self._shards = self._find_shards(single)
+        self._keys: list[str] | None = None
         self._by_name = {s.name: s for s in self._shards}
         self._records: dict[str, list[_tfrecord.Record]] = {}
         self._fd: tuple[str, int] | None = None
@@ -333,13 +379,32 @@ class RLDSSource:
         split = self._options.split
         if single is None:
             if self._info.get("splits"):
-                return _split_shards(self._root, self._info, split or "train")
-            return _listed_shards(self._root, split)
+                self._split = split or "train"
+                self._others = _info_splits(self._info, self._split)
+                return _split_shards(self._root, self._info, self._split)
+            shards = _listed_shards(self._root, split)
+            if (m := _SHARD_RE.match(shards[0].name)) is not None:
+                self._split = m["split"]
+                self._others = _listed_splits(self._root, self._split)
+            return shards
         name = os.path.basename(single)
         m = _SHARD_RE.match(name)
         if split is not None and m is not None and m["split"] != split:
             raise ConversionError(f"{single}: is a shard of split {m['split']!r}, not {split!r}")
         return [_Shard(name, single, None)]
+
+    def _split_note(self) -> str | None:
+        """For the report: the split read, and the splits left out (None: the only split)."""
+        if self._split is None or not self._others:
+            return None
+        n = len(self.episodes())
+        others = ", ".join(s.describe() for s in self._others)
+        passes = " or ".join(option_value("split", s.name) for s in self._others)
+        which = "it" if len(self._others) == 1 else "one of them"
+        return (
+            f"read split {self._split!r} ({n} episode{'s' * (n != 1)}); also present: {others}: "
+            f"pass {passes} to ingest {which}"
+        )
 
     # -- records ------------------------------------------------------------------------
 
@@ -453,6 +518,11 @@ class RLDSSource:
 
     def episodes(self) -> list[str]:
         """Every episode's key, in shard order; scans record headers only (per-step: flags too)."""
+        if self._keys is None:
+            self._keys = self._episode_keys()
+        return list(self._keys)
+
+    def _episode_keys(self) -> list[str]:
         self._setup()
         if self._layout == "step":
             return self._step_episodes()
@@ -541,9 +611,10 @@ class RLDSSource:
         }  # fmt: skip
         if self._options.flip_images:  # what was turned, as the HDF5 source records it (hdf5.rotated)
             rlds["rotated"] = {cam: [1, 2] for cam in plan.cameras} if self._options.images else {}
+        note = self._split_note()
         return SourceInfo(
             "rlds", schema=plan.schema(), metadata={"rlds": {k: v for k, v in rlds.items() if v is not None}},
-            fps=self._options.fps or fps, embodiment=embodiment,
+            fps=self._options.fps or fps, embodiment=embodiment, notes=[note] if note else [],
         )  # fmt: skip
 
     def _dataset_name(self) -> str:
