@@ -691,6 +691,9 @@ def _roll_frames_on_ingest(monkeypatch: pytest.MonkeyPatch) -> None:
         return _codecs.encode(np.roll(frames, 1, axis=0), codec, quality)
 
     monkeypatch.setattr(run, "_codecs", types.SimpleNamespace(encode=late))
+    import kinodb.ingest.hdf5 as hdf5  # encodes JPEG/PNG cameras itself, a slice at a time
+
+    monkeypatch.setattr(hdf5, "_codecs", types.SimpleNamespace(encode=late))
 
 
 def test_ingest_verify_mismatch_keeps_the_output(

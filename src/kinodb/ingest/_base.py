@@ -305,8 +305,8 @@ def what_it_is(path: str) -> str | None:
     """Why ``path`` is not a source to ingest, and what to do instead, or None.
 
     Knows a kinodb ``.kdb`` file (by its magic), a part of a LeRobot dataset (its
-    ``data/`` or ``meta/`` folder, a parquet or mp4 file of it) and a metadata file of an
-    RLDS (TFDS) dataset folder.
+    ``data/`` or ``meta/`` folder, a parquet or mp4 file of it), a metadata file of an
+    RLDS (TFDS) dataset folder and a folder of HDF5 files (`hdf5_folder`).
     """
     if os.path.isfile(path):
         head = _head(path, 8) or b""
@@ -337,7 +337,35 @@ def what_it_is(path: str) -> str | None:
                 "this is part of an RLDS (TFDS) dataset; pass the folder holding dataset_info.json and "
                 f"features.json ({_shown(folder, path)}), or one of its *.tfrecord* shards"
             )
-    return None
+    return hdf5_folder(path)
+
+
+_HDF5_SUFFIXES = (".hdf5", ".h5", ".he5", ".hdf")
+
+
+def hdf5_folder(path: str) -> str | None:
+    """Why a folder of HDF5 files (a LIBERO suite of ``*_demo.hdf5``) is not one source,
+    with the commands that ingest each file and merge them, or None for anything else."""
+    try:
+        names = sorted(
+            n for n in os.listdir(path)
+            if n.lower().endswith(_HDF5_SUFFIXES) and os.path.isfile(os.path.join(path, n))
+        )  # fmt: skip
+    except OSError:  # not a folder, or one that cannot be listed
+        return None
+    if not names:
+        return None
+    outs = [os.path.splitext(n)[0] + ".kdb" for n in names]
+    each = [f"`kino ingest {shlex.quote(os.path.join(path, n))} -o {shlex.quote(o)}`"
+            for n, o in zip(names[:2], outs[:2], strict=True)]  # fmt: skip
+    more = ", ..." if len(names) > 2 else ""
+    ins = " ".join(shlex.quote(o) for o in outs[:2]) + (" ..." if len(names) > 2 else "")
+    listed = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+    return (
+        f"a folder of {len(names)} HDF5 file{'s' if len(names) != 1 else ''} ({listed}), and the HDF5 "
+        f"converter reads one file: ingest each file ({', '.join(each)}{more}), then merge them with "
+        f"`kino merge {ins} -o suite.kdb`"
+    )
 
 
 def other_format(path: str, besides: str) -> str | None:

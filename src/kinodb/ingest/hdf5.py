@@ -109,6 +109,7 @@ from kinodb.ingest._base import (
     SourceInfo,
     SourceOptions,
     episodes_spec,
+    hdf5_folder,
     not_this_format,
 )
 from kinodb.ingest._exact import first_rounded
@@ -125,6 +126,7 @@ from kinodb.ingest._hdf5_kinodb import (
     user_metadata,
 )
 from kinodb.ingest._hdf5_layout import Field, Layout, Scan, arrange, reward_dtype, scan_demos
+from kinodb.kdb import _codecs
 
 log = logging.getLogger(__name__)
 _WARNED_UPSIDE_DOWN: set[str] = set()  # LIBERO files already warned about in this process
@@ -139,6 +141,12 @@ _DEMO = re.compile(r"demo_(\d+)\Z")
 # plan, then to convert), and a scan lists every demo of the file.
 _SCANS: dict[tuple[str, int, int, int], Scan] = {}
 _SCANS_KEPT = 4
+# Demos read through one h5py handle before it is reopened: HDF5 keeps memory for every
+# object opened until its file is closed (some 40 KB a demo), which would grow with the
+# number of demos.
+_REOPEN_EVERY = 256
+# Camera frames read, turned and encoded at a time (`HDF5Source._encoded`).
+_CAMERA_SLICE = 32
 
 
 class _Demo:
@@ -187,10 +195,14 @@ class HDF5Source:
         self._h5py: Any = require("h5py", extra="hdf5")
         if not os.path.exists(self._path):
             raise FileNotFoundError(2, "No such file or directory", self._path)
+        if os.path.isdir(self._path):
+            held = hdf5_folder(self._path) or "a folder, and the HDF5 converter reads one .hdf5 file"
+            raise ConversionError(f"{self._path}: {held}")
         try:
             self._file: Any = self._h5py.File(self._path, "r")
         except OSError as exc:
             raise ConversionError(_unreadable(self._path, exc)) from None
+        self._reads = 0  # demos read through this handle (`_REOPEN_EVERY`)
         data = self._file.get("data")
         if not isinstance(data, self._h5py.Group):
             found = ", ".join(sorted(self._file.keys())) or "nothing"
@@ -332,6 +344,9 @@ class HDF5Source:
             ConversionError: the demo misses a key or a key has the wrong length or kind.
         """
         layout, facts = self._layout(), self._facts()
+        self._reads += 1
+        if self._reads > _REOPEN_EVERY:
+            self._reopen()
         group = self._data.get(key) if _DEMO.match(key) else None
         if not isinstance(group, self._h5py.Group):
             raise ConversionError(f"{self._path}: {key}: no such demo group in data/")
@@ -366,6 +381,16 @@ class HDF5Source:
         if "kinodb_export" in self._data.attrs:
             restore_fields(args, ep_meta)
         return args
+
+    def _reopen(self) -> None:
+        """Close the file and open it again, releasing what HDF5 kept of the demos read."""
+        self._file.close()
+        try:
+            self._file = self._h5py.File(self._path, "r")
+        except OSError as exc:
+            raise ConversionError(_unreadable(self._path, exc)) from None
+        self._data = self._file["data"]
+        self._reads = 1
 
     def close(self) -> None:
         """Close the HDF5 file (idempotent)."""
@@ -562,15 +587,20 @@ class HDF5Source:
 
     def _frames(
         self, d: _Demo, T: int, layout: Layout
-    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-        """Cameras (uint8) and extra arrays, image-shaped ones rotated when ``flip_images`` asks for it."""
-        images: dict[str, np.ndarray] = {}
+    ) -> tuple[dict[str, np.ndarray | list[bytes]], dict[str, np.ndarray]]:
+        """Cameras (uint8 pixels, or frames encoded as they are to be stored: `_encoded`) and
+        extra arrays, image-shaped ones rotated when ``flip_images`` asks for it."""
+        images: dict[str, np.ndarray | list[bytes]] = {}
         # A kinodb export may hold episodes of several schemas (a merge of robots), so
         # there a camera or extra array may be absent from some demos; elsewhere it may not.
         optional = "kinodb_export" in self._data.attrs
         if self._options.images:
             for f in layout.cameras:
                 if optional and d.get(f.path) is None:
+                    continue
+                encoded = self._encoded(d, f, T)
+                if encoded is not None:
+                    images[f.name] = encoded
                     continue
                 arr = self._dataset(d, f.path, T, f)
                 if arr.ndim != 4 or arr.dtype != np.uint8 or not 1 <= arr.shape[3] <= 4:
@@ -590,6 +620,54 @@ class HDF5Source:
             self._check_rows(d, f.path, arr, T)
             arrays[f.name] = self._turned(d, f, arr)
         return images, arrays
+
+    def _image_codec(self, channels: int) -> str | None:
+        """The codec frames of ``channels`` channels are to be stored with, when the source can
+        encode them as the writer would (``"jpeg"``, ``"png"``); None: hand the writer pixels."""
+        codec = "jpeg" if self._options.jpeg_quality is not None else self._options.image_codec
+        if codec == "png" or (codec == "jpeg" and channels in (1, 3)):
+            return codec
+        return None  # raw, or JPEG of 2 or 4 channels: the writer stores or refuses them
+
+    def _encoded(self, d: _Demo, f: Field, T: int) -> list[bytes] | None:
+        """A camera's frames encoded as the writer encodes pixels (`_codecs.encode`), read,
+        turned (``flip_images``) and encoded `_CAMERA_SLICE` frames at a time, so that the
+        episode's pixels are never all held; the same bytes as encoding them whole.
+
+        None when the frames are to be stored raw, or are not the camera's kind of frames
+        (`_frames` then reads them whole, and says what is wrong).
+        """
+        ds = d.get(f.path)
+        if (
+            not isinstance(ds, self._h5py.Dataset) or ds.dtype != np.uint8 or ds.ndim != 4
+            or ds.shape[0] != T or not 1 <= ds.shape[3] <= 4 or 0 in ds.shape[1:3]
+        ):  # fmt: skip
+            return None
+        codec = self._image_codec(int(ds.shape[3]))
+        if codec is None:
+            return None
+        rows = ds.chunks[0] if ds.chunks else 1  # whole HDF5 chunks per slice: each decompressed once
+        step = max(rows, _CAMERA_SLICE // rows * rows)
+        quality = self._options.jpeg_quality or 95  # PNG: no quality
+        out: list[bytes] = []
+        for start in range(0, T, step):
+            try:
+                frames = ds[start : start + step]
+            except (OSError, ValueError) as exc:
+                raise self._fail(
+                    d.name, f"cannot read {f.path} (frames {start}-{start + step - 1}): {exc}"
+                ) from None
+            if self._options.flip_images:
+                frames = np.ascontiguousarray(frames[:, ::-1, ::-1])
+            try:
+                out += _codecs.encode(frames, codec, quality)
+            except MemoryError:
+                raise
+            except Exception as exc:  # Pillow raises OSError, ValueError, TypeError
+                raise self._fail(
+                    d.name, f"{codec.upper()} encoding of {f.path} failed ({type(exc).__name__}: {exc})"
+                ) from None
+        return out
 
     def _turned(self, d: _Demo, f: Field, arr: np.ndarray) -> np.ndarray:
         """``arr`` rotated 180 degrees on the axes ``f.turn`` names, when ``flip_images`` asks for it."""
@@ -664,7 +742,11 @@ class HDF5Source:
             ident = (os.path.realpath(self._path), st.st_ino, st.st_size, st.st_mtime_ns)
             scan = _SCANS.get(ident)
             if scan is None:
-                scan = _SCANS[ident] = scan_demos(self._data, self._demos, self._h5py.Dataset)
+                # Through a handle of its own, closed afterwards: HDF5 keeps memory for every
+                # object opened until the file is closed, and the scan opens every demo.
+                with self._h5py.File(self._path, "r") as file:
+                    scan = scan_demos(file["data"], self._demos, self._h5py.Dataset, self._h5py.Group)
+                _SCANS[ident] = scan
                 while len(_SCANS) > _SCANS_KEPT:
                     del _SCANS[next(iter(_SCANS))]
             self._scan = scan
