@@ -80,3 +80,15 @@ def test_a_dataset_of_one_split_or_one_shard_file_has_no_note(tmp_path: Path) ->
     both = _dataset(tmp_path / "both" / "1.0.0", {"train": [[3]], "val": [[2]]})
     shard = next(both.glob("*-val.tfrecord-*"))
     assert ingest(shard, tmp_path / "shard.kdb", format="rlds").notes == []  # the file given is the choice
+
+
+def test_a_split_listed_without_its_shards_here_is_not_offered(tmp_path: Path) -> None:
+    """A sample or a partial copy keeps dataset_info.json's list of splits but not all their
+    shards: the note offers only what can be ingested from this folder."""
+    root = _dataset(tmp_path / "split_ds" / "1.0.0", {"train": [[3, 4]], "val": [[2, 6]], "test": [[4]]})
+    for shard in root.glob("*-val.tfrecord*"):
+        shard.unlink()
+    report = ingest(root, tmp_path / "train.kdb")
+    assert report.notes == [
+        "read split 'train' (2 episodes); also present: test (1 episode): pass split='test' to ingest it"
+    ]

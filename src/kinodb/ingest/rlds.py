@@ -249,6 +249,15 @@ def _split_shards(root: str, info: dict[str, Any], split: str) -> list[_Shard]:
     )
 
 
+def _has_shards(root: str, info: dict[str, Any], split: str) -> bool:
+    """Whether every shard ``dataset_info.json`` lists for ``split`` is in ``root``."""
+    try:
+        _split_shards(root, info, split)
+    except ConversionError:
+        return False
+    return True
+
+
 def _info_splits(info: dict[str, Any], read: str) -> list[_OtherSplit]:
     """The splits ``dataset_info.json`` lists besides ``read``."""
     out = []
@@ -380,7 +389,11 @@ class RLDSSource:
         if single is None:
             if self._info.get("splits"):
                 self._split = split or "train"
-                self._others = _info_splits(self._info, self._split)
+                self._others = [  # listed and here: a sample or a partial copy may lack some
+                    s
+                    for s in _info_splits(self._info, self._split)
+                    if _has_shards(self._root, self._info, s.name)
+                ]
                 return _split_shards(self._root, self._info, self._split)
             shards = _listed_shards(self._root, split)
             if (m := _SHARD_RE.match(shards[0].name)) is not None:
