@@ -162,6 +162,10 @@ def test_hand_built_nodes_are_checked() -> None:
         Compare(F("x"), "MATCHES", 3)
     with pytest.raises(ValueError, match="finite"):
         Compare(F("x"), ">", float("inf"))
+    for pattern in ("(", "\\", "a{4294967296}", "[z-a]"):  # query text could not hold them either
+        with pytest.raises(ValueError, match="MATCHES: invalid regular expression"):
+            Compare(F("x"), "MATCHES", pattern)
+    assert parse(Compare(F("x"), "MATCHES", "^a.*b$").render()) == Compare(F("x"), "MATCHES", "^a.*b$")
     with pytest.raises(ValueError, match="two or more"):
         And((A,))
     with pytest.raises(ValueError, match="non-empty"):

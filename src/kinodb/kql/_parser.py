@@ -7,8 +7,6 @@ syntax); field names and types are checked when the query meets a file.
 
 from __future__ import annotations
 
-import re
-
 from kinodb.errors import QuerySyntaxError
 from kinodb.kql._lexer import (
     COMMA,
@@ -24,7 +22,20 @@ from kinodb.kql._lexer import (
     query_error,
     tokenize,
 )
-from kinodb.kql.ast import MAX_DEPTH, And, Between, Compare, Field, In, IsNull, Node, Not, Or, Value
+from kinodb.kql.ast import (
+    MAX_DEPTH,
+    And,
+    Between,
+    Compare,
+    Field,
+    In,
+    IsNull,
+    Node,
+    Not,
+    Or,
+    Value,
+    regex_problem,
+)
 
 # MAX_DEPTH: nested parentheses and NOTs; deeper queries are refused, not a RecursionError.
 _OPERATORS_HINT = (
@@ -205,13 +216,8 @@ class _Parser:
         if op != "CONTAINS" and not isinstance(value, str):
             shown = "true" if value is True else "false" if value is False else repr(value)
             raise self.error(vpos, f"{op} needs a string, got {shown}", [f"quote it: '{shown}'"])
-        if op == "MATCHES":
-            try:
-                re.compile(str(value))
-            except re.error as exc:
-                raise self.error(vpos, f"invalid regular expression {value!r}: {exc.msg}") from None
-            except (OverflowError, RecursionError) as exc:  # a huge repeat count, or nesting too deep
-                raise self.error(vpos, f"invalid regular expression {value!r}: {exc}") from None
+        if op == "MATCHES" and (problem := regex_problem(str(value))) is not None:
+            raise self.error(vpos, problem)
         return Compare(field, op, value, at=(tok.pos, vpos))
 
     def in_list(self, field: Field, tok: Token, *, negated: bool) -> Node:

@@ -95,6 +95,17 @@ def _set_depth(node: Not | And | Or, depth: int) -> None:
     object.__setattr__(node, "_depth", depth)
 
 
+def regex_problem(pattern: str) -> str | None:
+    """Why ``pattern`` is not a regular expression MATCHES can use, or None when it is."""
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        return f"invalid regular expression {pattern!r}: {exc.msg}"
+    except (OverflowError, RecursionError) as exc:  # a huge repeat count, or nesting too deep
+        return f"invalid regular expression {pattern!r}: {exc}"
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class Field:
     """A field reference: a built-in field or an extra field (``extra=True`` for ``extra.NAME``)."""
@@ -139,6 +150,8 @@ class Compare(Node):
             raise ValueError(f"{self.op} needs a string, got {self.value!r}")
         if self.op in ORDER_OPS and isinstance(self.value, bool):
             raise ValueError(f"{self.op} does not order true and false")
+        if self.op == "MATCHES" and (problem := regex_problem(str(self.value))) is not None:
+            raise ValueError(f"MATCHES: {problem}")
 
     def render(self) -> str:
         """The comparison as query text."""
