@@ -524,12 +524,10 @@ def _array_stats(db: Database, name: str, frames: I64, shape: tuple[int, ...], d
             select.update(x)
         select.end_pass()
     quantiles = select.values()
-    count = moments.count
-    empty = count == 0
+    empty = moments.count == 0
+    mean, std = moments.values()
     out: dict[str, Any] = {
-        "shape": list(shape), "dtype": dtype.name,
-        "mean": np.where(empty, np.nan, moments.mean),
-        "std": np.sqrt(np.divide(moments.m2, count, out=np.full_like(moments.m2, np.nan), where=~empty)),
+        "shape": list(shape), "dtype": dtype.name, "mean": mean, "std": std,
         "min": np.where(empty, np.nan, moments.lo), "max": np.where(empty, np.nan, moments.hi),
     }  # fmt: skip
     for k, key in enumerate(QUANTILES):
@@ -542,6 +540,10 @@ def _array_stats(db: Database, name: str, frames: I64, shape: tuple[int, ...], d
 # -- moments ------------------------------------------------------------------------------
 
 
+_BIG_EXP = 480  # values scaled below 2**480: squares summed over 2**60 frames stay finite
+_BIG = 2.0**_BIG_EXP
+
+
 class _Moments:
     """Per-feature count, mean, M2, min and max of the finite values seen so far."""
 
@@ -551,25 +553,38 @@ class _Moments:
         self.m2: F64 = np.zeros(features)
         self.lo: F64 = np.full(features, np.inf)
         self.hi: F64 = np.full(features, -np.inf)
+        self.exp: I64 = np.zeros(features, np.int64)  # mean and M2 are held scaled by 2**-exp
         self.nonfinite = 0
+
+    def values(self) -> tuple[F64, F64]:
+        """Per-feature mean and (population) std of the finite values; NaN where there were none."""
+        empty = self.count == 0
+        mean = np.where(empty, np.nan, np.ldexp(self.mean, self.exp))
+        var = np.divide(self.m2, self.count, out=np.full_like(self.m2, np.nan), where=~empty)
+        return mean, np.ldexp(np.sqrt(var), self.exp)
 
     def update(self, x: F64) -> None:
         """Merge the chunk ``x`` (``(n, features)``) into the running moments (Chan et al.)."""
         finite = np.isfinite(x)
         n_b = finite.sum(axis=0)
-        if n_b.sum() != x.size:
+        clean = n_b.sum() == x.size
+        if clean:
+            lo_b, hi_b = x.min(axis=0), x.max(axis=0)
+        else:
             self.nonfinite += int(x.size - n_b.sum())
+            lo_b, hi_b = np.where(finite, x, np.inf).min(axis=0), np.where(finite, x, -np.inf).max(axis=0)
+        self.lo, self.hi = np.minimum(self.lo, lo_b), np.maximum(self.hi, hi_b)
+        exp = self._rescale(np.maximum(np.abs(lo_b), np.abs(hi_b)))
+        if exp is not None:  # sums of these values would overflow: work on them scaled by 2**-exp
+            x = np.ldexp(x, -exp)
+        if clean:
+            mean_b = x.mean(axis=0)
+            dev = x - mean_b
+        else:
             mean_b = np.divide(
                 np.where(finite, x, 0.0).sum(axis=0), n_b, out=np.zeros(x.shape[1]), where=n_b > 0
             )
             dev = np.where(finite, x - mean_b, 0.0)
-            self.lo = np.minimum(self.lo, np.where(finite, x, np.inf).min(axis=0))
-            self.hi = np.maximum(self.hi, np.where(finite, x, -np.inf).max(axis=0))
-        else:
-            mean_b = x.mean(axis=0)
-            dev = x - mean_b
-            self.lo = np.minimum(self.lo, x.min(axis=0))
-            self.hi = np.maximum(self.hi, x.max(axis=0))
         m2_b = np.einsum("ij,ij->j", dev, dev)
         n = self.count + n_b
         w = np.divide(n_b, n, out=np.zeros(len(n)), where=n > 0)
@@ -577,6 +592,20 @@ class _Moments:
         self.mean = self.mean + delta * w
         self.m2 = self.m2 + m2_b + delta * delta * self.count * w
         self.count = n
+
+    def _rescale(self, magnitude: F64) -> I64 | None:
+        """The scale exponents for a chunk whose finite values reach ``magnitude`` per feature
+        (inf where a feature had none), the running moments brought to them; None while no
+        value comes near overflowing a sum of squares (every feature then stays unscaled,
+        so ordinary data gets exactly NumPy's moments)."""
+        big = np.isfinite(magnitude) & (magnitude >= _BIG)
+        if not big.any() and not self.exp.any():
+            return None
+        need = np.where(big, np.frexp(np.where(big, magnitude, 1.0))[1] - _BIG_EXP, 0)
+        exp = np.maximum(self.exp, need)
+        shift = self.exp - exp  # <= 0: earlier moments scaled down to the new exponents
+        self.mean, self.m2, self.exp = np.ldexp(self.mean, shift), np.ldexp(self.m2, 2 * shift), exp
+        return exp
 
 
 # -- exact percentiles by selection -------------------------------------------------------

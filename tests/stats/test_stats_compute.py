@@ -180,6 +180,23 @@ def test_a_feature_without_finite_values_has_nan_statistics(tmp_path: Path) -> N
     assert entry["nonfinite"] == 3
 
 
+@pytest.mark.parametrize("chunk", [1, 2, 4096])
+def test_finite_values_near_the_float64_limit_keep_finite_moments(tmp_path: Path, chunk: int) -> None:
+    # Sums of such values overflow; the moments are taken on the values scaled by a power of two.
+    col0 = [1.0, 2.0, 1e308, 1.5e308, -1e308, 3.0]
+    acts = np.array([[v, v / 1e300, 1.0] for v in col0], np.float64)
+    eps = [{"actions": acts[k : k + 2]} for k in range(0, 6, 2)]
+    entry = compute_stats(write(tmp_path / "d.kdb", eps), arrays=["actions"], chunk_frames=chunk)["arrays"][
+        "actions"
+    ]
+    scaled = acts[:, 0] / 2.0**600
+    assert entry["mean"][0] == pytest.approx(scaled.mean() * 2.0**600, rel=1e-12)
+    assert entry["std"][0] == pytest.approx(scaled.std() * 2.0**600, rel=1e-12)
+    assert (entry["min"][0], entry["max"][0], entry["nonfinite"]) == (-1e308, 1.5e308, 0)
+    for f in (1, 2):  # features of ordinary size keep NumPy's moments exactly
+        assert entry["mean"][f] == acts[:, f].mean() and entry["std"][f] == acts[:, f].std()
+
+
 def test_unknown_array_names_raise(tmp_path: Path) -> None:
     path = write(tmp_path / "d.kdb", [{"actions": np.zeros((2, 2), np.float32)}])
     with pytest.raises(ValueError, match=r"no array 'nope'.*actions"):
