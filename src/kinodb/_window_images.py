@@ -88,70 +88,56 @@ class _ImageWindows:
         src = self._source_of(idx)
         out: dict[str, NDArray[np.uint8]] = {}
         for cam, offsets in self.spec.images.items():
-            k = len(offsets)
-            jobs: list[tuple[int, Any, str, tuple[int, int, int], Any]] = []
-            raw: list[tuple[_Source, tuple[int, int, int], NDArray[np.int64], NDArray[np.int64]]] = []
-            shape: tuple[int, int, int] | None = None
-            zero_slots: list[NDArray[np.int64]] = []
+            reads = _CameraReads()
             for s, sel in self._groups(src):
-                source = self._sources[s]
-                j, t = self._episode_frame(s, idx[sel] - self._starts[s])
-                frames, pad = self._frames(source, j, t, offsets, seconds=self.spec.image_in_seconds(cam))
-                slots = sel[:, None] * k + np.arange(k)
-                if self._pad == "zero" and pad.any():
-                    zero_slots.append(slots[pad])
-                keep = ~pad if self._pad == "zero" else np.ones_like(pad)
-                starts = np.empty(len(j), dtype=np.int64)  # a raw camera's first byte, else -1
-                name = self._stored[s][cam]
-                for n, jj in enumerate(j.tolist()):
-                    c = source.cameras(jj).get(name)
-                    if c is None:
-                        raise NameNotFoundError(
-                            f"{source.where}: episode {int(source.kept[jj])} has no camera {name!r}; "
-                            "leave such episodes out with kql_filter, or pass image_key=False for "
-                            "windows without images"
-                        )
-                    hwc = c.shape[1:]
-                    if shape is None:
-                        shape = hwc
-                    elif hwc[2] != shape[2]:
-                        raise KinodbError(
-                            f"camera {cam!r} has {hwc[2]} channel(s) in {source.where} episode "
-                            f"{int(source.kept[jj])} but {shape[2]} elsewhere in this batch; frames of one "
-                            "camera need one channel count: map each source to a camera with the same "
-                            "channels (image_key), or leave the others out with kql_filter"
-                        )
-                    elif hwc != shape and size is None:
-                        raise KinodbError(
-                            f"camera {cam!r} is {hwc} in {source.where} episode {int(source.kept[jj])} but "
-                            f"{shape} elsewhere in this batch; pass image_size=(H, W) to resize them to one"
-                        )
-                    if c.codec == "raw" and hwc == shape and size in (None, hwc[:2]):
-                        starts[n] = c.data_offset
-                        continue
-                    starts[n] = -1
-                    for f, slot in zip(frames[n][keep[n]].tolist(), slots[n][keep[n]].tolist(), strict=True):
-                        jobs.append((slot, _frame_data(source, c, f), c.codec, hwc, (source, jj, name, f)))
-                direct = (starts >= 0)[:, None] & keep
-                if direct.any():
-                    assert shape is not None
-                    step = shape[0] * shape[1] * shape[2]
-                    byte = (starts[:, None] + frames * step)[direct]
-                    raw.append((source, shape, slots[direct], byte))
-            assert shape is not None
-            h, w = size or shape[:2]
-            c = shape[2]
-            block = np.empty((len(idx) * k, *((h, w, c) if channels_last else (c, h, w))), np.uint8)
-            for slots_z in zero_slots:
-                block[slots_z] = 0
-            for source, hwc, where_to, byte in raw:
-                _gather_raw(block, source.frame_rows(hwc), hwc, where_to, byte, threads, channels_last)
-            _images.decode_into(block, jobs, size, resize, threads, channels_last=channels_last)
-            if channels_last:
-                out[cam] = block.reshape(len(idx), k, h, w, c).transpose(0, 1, 4, 2, 3)
-            else:
-                out[cam] = block.reshape(len(idx), k, c, h, w)
+                self._plan_reads(reads, cam, offsets, s, sel, idx, size)
+            out[cam] = _stack(reads, len(idx), len(offsets), size, resize, threads, channels_last)
         return out
+
+    def _plan_reads(
+        self, reads: _CameraReads, cam: str, offsets: tuple[float, ...], s: int, sel: NDArray[np.int64],
+        idx: NDArray[np.int64], size: tuple[int, int] | None,
+    ) -> None:  # fmt: skip
+        """Add to ``reads`` what the windows ``sel`` (of source ``s``) need of camera ``cam``.
+
+        Checks each episode's camera against the batch's first: it exists, has the same
+        channel count, and the same size unless ``size`` brings them to one.
+        """
+        k = len(offsets)
+        source = self._sources[s]
+        j, t = self._episode_frame(s, idx[sel] - self._starts[s])
+        frames, pad = self._frames(source, j, t, offsets, seconds=self.spec.image_in_seconds(cam))
+        slots = sel[:, None] * k + np.arange(k)
+        if self._pad == "zero" and pad.any():
+            reads.zero_slots.append(slots[pad])
+        keep = ~pad if self._pad == "zero" else np.ones_like(pad)
+        starts = np.empty(len(j), dtype=np.int64)  # a raw camera's first byte, else -1
+        name = self._stored[s][cam]
+        jobs, shape = reads.jobs, reads.shape
+        for n, jj in enumerate(j.tolist()):
+            c = source.cameras(jj).get(name)
+            if c is None:
+                raise _no_camera(source, jj, name)
+            hwc = c.shape[1:]
+            if shape is None:
+                shape = hwc
+            elif hwc[2] != shape[2]:
+                raise _mixed_channels(cam, hwc, shape, source, jj)
+            elif hwc != shape and size is None:
+                raise _mixed_sizes(cam, hwc, shape, source, jj)
+            if c.codec == "raw" and hwc == shape and size in (None, hwc[:2]):
+                starts[n] = c.data_offset
+                continue
+            starts[n] = -1
+            for f, slot in zip(frames[n][keep[n]].tolist(), slots[n][keep[n]].tolist(), strict=True):
+                jobs.append((slot, _frame_data(source, c, f), c.codec, hwc, (source, jj, name, f)))
+        reads.shape = shape
+        direct = (starts >= 0)[:, None] & keep
+        if direct.any():
+            assert shape is not None
+            step = shape[0] * shape[1] * shape[2]
+            byte = (starts[:, None] + frames * step)[direct]
+            reads.raw.append((source, shape, slots[direct], byte))
 
     def encoded(self, indices: Any) -> list[dict[str, list[bytes]]]:
         """The stored bytes of each window's frames: ``[{camera: [frame bytes, ...]}, ...]``.
@@ -214,6 +200,72 @@ class _ImageWindows:
                         f"{source.where} ({source.named(odd)}) but {_hwc(shapes[~odd][0])} in the others; "
                         f"pass image_size=(H, W) to resize them to one, or {source.leave_out(odd)}"
                     )
+
+
+class _CameraReads:
+    """What one camera's frames of a batch need: decode jobs, raw gathers, slots to zero, frame shape.
+
+    ``jobs`` are `_images.decode_into`'s; ``raw`` holds ``(source, shape, slots, first
+    bytes)`` per source for `_gather_raw`; ``shape`` is the (H, W, C) of the batch's first
+    episode, which the others are checked against.
+    """
+
+    __slots__ = ("jobs", "raw", "shape", "zero_slots")
+
+    def __init__(self) -> None:
+        self.jobs: list[tuple[int, Any, str, tuple[int, int, int], Any]] = []
+        self.raw: list[tuple[_Source, tuple[int, int, int], NDArray[np.int64], NDArray[np.int64]]] = []
+        self.shape: tuple[int, int, int] | None = None
+        self.zero_slots: list[NDArray[np.int64]] = []
+
+
+def _stack(
+    reads: _CameraReads, batch: int, k: int, size: tuple[int, int] | None, resize: str, threads: int,
+    channels_last: bool,
+) -> NDArray[np.uint8]:  # fmt: skip
+    """One camera's windows, ``(batch, k, C, H, W)``: zeroed pads, gathered raw frames, decoded others."""
+    shape = reads.shape
+    assert shape is not None
+    h, w = size or shape[:2]
+    c = shape[2]
+    block = np.empty((batch * k, *((h, w, c) if channels_last else (c, h, w))), np.uint8)
+    for slots_z in reads.zero_slots:
+        block[slots_z] = 0
+    for source, hwc, where_to, byte in reads.raw:
+        _gather_raw(block, source.frame_rows(hwc), hwc, where_to, byte, threads, channels_last)
+    _images.decode_into(block, reads.jobs, size, resize, threads, channels_last=channels_last)
+    if channels_last:
+        view: NDArray[np.uint8] = block.reshape(batch, k, h, w, c).transpose(0, 1, 4, 2, 3)
+        return view
+    return block.reshape(batch, k, c, h, w)
+
+
+def _no_camera(source: _Source, jj: int, name: str) -> NameNotFoundError:
+    return NameNotFoundError(
+        f"{source.where}: episode {int(source.kept[jj])} has no camera {name!r}; "
+        "leave such episodes out with kql_filter, or pass image_key=False for "
+        "windows without images"
+    )
+
+
+def _mixed_channels(
+    cam: str, hwc: tuple[int, int, int], shape: tuple[int, int, int], source: _Source, jj: int
+) -> KinodbError:
+    return KinodbError(
+        f"camera {cam!r} has {hwc[2]} channel(s) in {source.where} episode "
+        f"{int(source.kept[jj])} but {shape[2]} elsewhere in this batch; frames of one "
+        "camera need one channel count: map each source to a camera with the same "
+        "channels (image_key), or leave the others out with kql_filter"
+    )
+
+
+def _mixed_sizes(
+    cam: str, hwc: tuple[int, int, int], shape: tuple[int, int, int], source: _Source, jj: int
+) -> KinodbError:
+    return KinodbError(
+        f"camera {cam!r} is {hwc} in {source.where} episode {int(source.kept[jj])} but "
+        f"{shape} elsewhere in this batch; pass image_size=(H, W) to resize them to one"
+    )
 
 
 def _gather_raw(

@@ -270,13 +270,53 @@ def _write(
     skip: bool,
     warnings: list[str],
 ) -> MergeResult:
-    sources = [
+    """Write the ``kept`` episodes of ``dbs`` to ``output``, with the merge's schema and metadata.
+
+    Raises:
+        ConversionError: every matching episode was skipped (``skip``), or, without ``skip``,
+            one cannot be stored (`episode_error`).
+    """
+    sources = _source_entries(dbs, kept)
+    metadata = _merged_metadata(dbs, kept, sources, kql, warnings)
+    with Writer(
+        output,
+        mode="w" if overwrite else "x",
+        # Decided by the inputs that contribute episodes, as the metadata at the top is.
+        schema=_shared_components([db for db, k in zip(dbs, kept, strict=True) if len(k)]),
+        source_format="kinodb-merge",
+        metadata=metadata,
+    ) as w:
+        w.schema["sources"] = sources
+        reasons: list[str] = []  # per input that had episodes skipped
+        report = [
+            _copy_input(w, j, db, positions, kql, skip, warnings, reasons)
+            for j, (db, positions) in enumerate(zip(dbs, kept, strict=True))
+        ]
+        if not len(w):
+            total = sum(len(k) for k in kept)
+            raise ConversionError(
+                f"every one of the {total} matching episodes was skipped, so nothing was written: "
+                + "; ".join(reasons)
+            )
+    return MergeResult(output, report, warnings)
+
+
+def _source_entries(dbs: list[Database], kept: list[np.ndarray]) -> list[dict[str, Any]]:
+    """The schema's ``sources``: each input's file, version, format, episodes kept of all, schema."""
+    return [
         {"file": os.path.abspath(db.path()), "format_version": db.version(),
          "source_format": db.dataset_info().get("source_format"), "episodes": len(k), "of": len(db),
          "schema": db.schema()}
         for db, k in zip(dbs, kept, strict=True)
     ]  # fmt: skip
-    report = []
+
+
+def _merged_metadata(
+    dbs: list[Database], kept: list[np.ndarray], sources: list[dict[str, Any]], kql: str | None,
+    warnings: list[str],
+) -> dict[str, Any]:  # fmt: skip
+    """The output's metadata: what the contributing inputs agree on, ``merged_from``, ``filter``
+    and ``image_orientation``."""
     # The inputs' metadata stays with each input; keys every contributing input agrees on
     # (a robot, a calibration) also stand at the top, as in a file written directly.
     metas = [_compact(db.metadata()) for db in dbs]
@@ -291,63 +331,64 @@ def _write(
         for s, m in zip(sources, metas, strict=True)
     ]
     metadata["filter"] = kql
+    orientation = _image_orientation(dbs, kept, warnings)
+    if orientation is not None:
+        metadata["image_orientation"] = orientation
+    return metadata
+
+
+def _image_orientation(dbs: list[Database], kept: list[np.ndarray], warnings: list[str]) -> str | None:
+    """How the contributing inputs' frames stand, "mixed" (with a warning), or None when none says."""
     # How the frames stand (the HDF5 ingest's --flip-images turns LIBERO's upright): kept
     # when every input with cameras agrees, "mixed" (with a warning) when they differ.
-    orientations = {
+    orientations: set[str | None] = {
         db.metadata().get("image_orientation")
         for db, k in zip(dbs, kept, strict=True)
         if len(k) and db.schema().get("cameras")
     }
     if len(orientations) == 1 and None not in orientations:
-        metadata["image_orientation"] = orientations.pop()
-    elif len(orientations) > 1:
-        metadata["image_orientation"] = "mixed"
+        return orientations.pop()
+    if len(orientations) > 1:
         warnings.append(
             "the inputs' camera frames stand differently (some were turned upright on ingest with "
             "--flip-images, some not): the output records image_orientation 'mixed'"
         )
-    with Writer(
-        output,
-        mode="w" if overwrite else "x",
-        # Decided by the inputs that contribute episodes, as the metadata at the top is.
-        schema=_shared_components([db for db, k in zip(dbs, kept, strict=True) if len(k)]),
-        source_format="kinodb-merge",
-        metadata=metadata,
-    ) as w:
-        w.schema["sources"] = sources
-        reasons = []  # per input that had episodes skipped
-        for j, (db, positions) in enumerate(zip(dbs, kept, strict=True)):
-            frames, skipped = 0, []
-            merged = _merged_files(db)
-            renamed: dict[tuple[str, str], int] = {}  # (field, kept as): episodes
-            for i in positions.tolist():
-                try:
-                    extra, moved = _provenance(db, i, merged)
-                    # A 0.1 camera that cannot keep its encoded frames is stored raw: the
-                    # note goes to the result's warnings.
-                    w.copy_episode(db, i, extra=extra, notes=warnings)
-                except (FormatError, WriterError, ConversionError) as exc:
-                    if w._closed:  # the output failed (a full disk), not the episode
-                        raise
-                    if not skip:
-                        raise episode_error(_unnamed(exc, len(w)), db.path(), i, _advice(db, i, kql)) from exc
-                    skipped.append((i, str(_unnamed(exc, len(w)))))
-                    continue
-                frames += int(db._cols["num_frames"][i])
-                for pair in moved:
-                    renamed[pair] = renamed.get(pair, 0) + 1
-            warnings.extend(_renamed_warnings(db.path(), renamed))
-            if skipped:
-                reasons.append(_record_skipped(w, j, db.path(), skipped, warnings))
-            done = len(positions) - len(skipped)
-            report.append(MergeInput(db.path(), done, len(db), frames, tuple(i for i, _ in skipped)))
-        if not len(w):
-            total = sum(len(k) for k in kept)
-            raise ConversionError(
-                f"every one of the {total} matching episodes was skipped, so nothing was written: "
-                + "; ".join(reasons)
-            )
-    return MergeResult(output, report, warnings)
+        return "mixed"
+    return None
+
+
+def _copy_input(
+    w: Writer, j: int, db: Database, positions: np.ndarray, kql: str | None, skip: bool, warnings: list[str],
+    reasons: list[str],
+) -> MergeInput:  # fmt: skip
+    """Copy episodes ``positions`` of input ``j`` to ``w`` with their provenance; what it contributed.
+
+    A skipped episode is recorded (`_record_skipped`), the input's reason added to ``reasons``.
+    """
+    frames, skipped = 0, []
+    merged = _merged_files(db)
+    renamed: dict[tuple[str, str], int] = {}  # (field, kept as): episodes
+    for i in positions.tolist():
+        try:
+            extra, moved = _provenance(db, i, merged)
+            # A 0.1 camera that cannot keep its encoded frames is stored raw: the
+            # note goes to the result's warnings.
+            w.copy_episode(db, i, extra=extra, notes=warnings)
+        except (FormatError, WriterError, ConversionError) as exc:
+            if w._closed:  # the output failed (a full disk), not the episode
+                raise
+            if not skip:
+                raise episode_error(_unnamed(exc, len(w)), db.path(), i, _advice(db, i, kql)) from exc
+            skipped.append((i, str(_unnamed(exc, len(w)))))
+            continue
+        frames += int(db._cols["num_frames"][i])
+        for pair in moved:
+            renamed[pair] = renamed.get(pair, 0) + 1
+    warnings.extend(_renamed_warnings(db.path(), renamed))
+    if skipped:
+        reasons.append(_record_skipped(w, j, db.path(), skipped, warnings))
+    done = len(positions) - len(skipped)
+    return MergeInput(db.path(), done, len(db), frames, tuple(i for i, _ in skipped))
 
 
 _SHOWN = 5  # skipped episodes named in one warning

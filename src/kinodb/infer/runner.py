@@ -371,15 +371,20 @@ class Runner:
             f"; {'; '.join(kept)}" if kept else ""
         )
 
-    def _sleep_until(self, deadline: float, waker: _Waker) -> bool:
-        """Sleep until ``spin_s`` before ``deadline`` (the caller spins the rest); False as
-        soon as a stop is asked for (`stop` and SIGTERM wake the sleep)."""
+    def _wait_tick(self, deadline: float, waker: _Waker) -> float | None:
+        """Sleep until ``spin_s`` before ``deadline``, then spin to it: the tick's start time,
+        or None as soon as a stop is asked for (`stop` and SIGTERM wake the sleep)."""
         perf, spin = time.perf_counter, self.spin_s
         remain = deadline - perf()
         while remain > spin and not self._stop:
             waker.sleep(remain - spin)
             remain = deadline - perf()
-        return not self._stop
+        if self._stop:
+            return None
+        while perf() < deadline:
+            pass
+        t_tick = perf()
+        return None if self._stop else t_tick  # asked for during the spin: still no tick
 
     def _loop(
         self, logger: NdjsonLogger | None, logged: list[str], recording: Recording | None, ticks: TickStats,
@@ -387,20 +392,38 @@ class Runner:
     ) -> tuple[str, dict[str, int]]:  # fmt: skip
         """The ticks, until a stop condition; the provider's or the policy's error is kept in
         ``self._error`` (after its tick's line and step, when the action was reached)."""
-        model = self.model
-        perf, wall = time.perf_counter, time.time_ns
-        fetch, step, take = self._bound.fetch, model.step, self._bound.take_action
-        spin, period = self.spin_s, self.period
         done = getattr(self.provider, "done", None)
-        done = done if callable(done) else None
+        views = self.model.inputs()
+        sources: list[Any] = [views[n] for n in logged] + [None]  # the log line's arrays, the action last
+        counters = {"overruns": 0, "skipped_ticks": 0}
+        try:
+            stopped_by = self._ticks(logger, sources, recording, ticks, waker, done if callable(done) else None,
+                                     counters)  # fmt: skip
+        except _Terminated:  # SIGTERM ended a stuck tick: the steps before it are kept
+            stopped_by = "signal"
+        except KeyboardInterrupt:
+            stopped_by = "interrupt"
+        except (
+            BaseException
+        ) as exc:  # the provider or the policy failed, or sys.exit: keep what ran, then raise
+            stopped_by, self._error = "error", exc
+        finally:
+            self._tick_started = None
+        return stopped_by, counters
+
+    def _ticks(
+        self, logger: NdjsonLogger | None, sources: list[Any], recording: Recording | None, ticks: TickStats,
+        waker: _Waker, done: Callable[[], Any] | None, counters: dict[str, int],
+    ) -> str:  # fmt: skip
+        """Run ticks until a stop condition and say which; the overruns and the skipped ticks go
+        into ``counters``, also when a tick raises."""
+        perf, wall = time.perf_counter, time.time_ns
+        fetch, step, take = self._bound.fetch, self.model.step, self._bound.take_action
+        spin, period = self.spin_s, self.period
         prefetch, prefetch_s = self._bound.pre_fetch, self.prefetch_s or 0.0
-        views = model.inputs()
-        sources: list[Any] = [views[n] for n in logged] + [None]
         max_steps = self.max_steps if self.max_steps is not None else sys.maxsize
         lateness, latency, work = ticks.lateness, ticks.latency, ticks.work
-        obs: Mapping[str, Any] = {}
         overruns = skipped = steps = 0
-        stopped_by = "max_steps"
         start = perf()
         end = start + self.duration_s + _DEADLINE_SLACK * period if self.duration_s is not None else math.inf
         last_tick = int((end - start) // period) if math.isfinite(end) else sys.maxsize  # the schedule's last
@@ -411,15 +434,9 @@ class Runner:
             logger.quiet_at = deadline - quiet_margin
         try:
             while True:
-                if not self._sleep_until(deadline, waker):  # asked to stop while waiting: no further tick
-                    stopped_by = "stop"
-                    break
-                while perf() < deadline:
-                    pass
-                t_tick = perf()
-                if self._stop:  # asked for during the spin: still no tick
-                    stopped_by = "stop"
-                    break
+                t_tick = self._wait_tick(deadline, waker)
+                if t_tick is None:  # asked to stop while waiting or spinning: no further tick
+                    return "stop"
                 self._tick_started = t_tick
                 if prefetch is not None:
                     prefetch()
@@ -457,7 +474,7 @@ class Runner:
                 if t_end > deadline:
                     overruns += 1
                 if steps >= max_steps:
-                    break
+                    return "max_steps"
                 behind = t_end - deadline
                 if behind > period:  # more than a period behind: skip, do not burst
                     missed = int(behind // period) + 1
@@ -467,25 +484,13 @@ class Runner:
                 if logger is not None:
                     logger.quiet_at = deadline - quiet_margin
                 if deadline > end:
-                    stopped_by = "duration"
-                    break
+                    return "duration"
                 if self._stop:
-                    stopped_by = "stop"
-                    break
+                    return "stop"
                 if done is not None and done():
-                    stopped_by = "provider"
-                    break
-        except _Terminated:  # SIGTERM ended a stuck tick: the steps before it are kept
-            stopped_by = "signal"
-        except KeyboardInterrupt:
-            stopped_by = "interrupt"
-        except (
-            BaseException
-        ) as exc:  # the provider or the policy failed, or sys.exit: keep what ran, then raise
-            stopped_by, self._error = "error", exc
-        finally:
-            self._tick_started = None
-        return stopped_by, {"overruns": overruns, "skipped_ticks": skipped}
+                    return "provider"
+        finally:  # the counts so far, however the loop ends
+            counters["overruns"], counters["skipped_ticks"] = overruns, skipped
 
 
 class _Terminated(BaseException):

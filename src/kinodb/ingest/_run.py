@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from kinodb.errors import ConversionError, KinodbError, WriterError
-from kinodb.ingest._base import SKIP_ADVICE, SOURCE_PARTS, Source, SourceOptions, source_class
+from kinodb.ingest._base import SKIP_ADVICE, SOURCE_PARTS, Source, SourceInfo, SourceOptions, source_class
 from kinodb.ingest._options import _OPTION_NAMES
 from kinodb.ingest._options import check_dtype as check_dtype
 from kinodb.ingest._options import check_positive as check_positive
@@ -274,20 +274,7 @@ def ingest(
             option is out of range; ``TypeError``: ``episodes`` is no selection
             (`episode_indices`).
     """
-    if on_error not in ("raise", "skip"):
-        raise ValueError(f"{option_name('on_error')} must be 'raise' or 'skip', got {on_error!r}")
-    keys_given = name_list("state_keys", state_keys)
-    check_dtype(dtype)
-    check_positive("fps", fps)  # 0 is no frame rate at all, not "take the source's"
-    if workers < 1:
-        raise ValueError(f"{option_name('workers')} must be at least 1, got {workers}")
-    integer = isinstance(max_episodes, (int, np.integer)) and not isinstance(max_episodes, bool)
-    if max_episodes is not None and not (integer and max_episodes >= 1):
-        raise ValueError(f"{option_name('max_episodes')} must be a positive integer, got {max_episodes!r}")
-    if episodes is not None and not isinstance(episodes, str):  # read once (it may be an iterator)
-        episodes = episode_indices(episodes)
-    elif episodes is not None:  # what is wrong with the selection itself: before reading the source
-        parse_episodes(episodes)
+    episodes, keys_given = _check_options(on_error, state_keys, dtype, fps, workers, max_episodes, episodes)
     path = os.fspath(src)
     refuse_folder(out)  # now, not after reading the source
     refuse_source_output(os.fspath(out), path)
@@ -300,31 +287,13 @@ def ingest(
     job = _Job(cls, path, options, image_codec, jpeg_quality, dtype, _OPTION_NAMES.get())
     report = IngestReport(path, os.fspath(out), cls.format)
     t0 = time.perf_counter()
-    source: Source = cls(path, options)  # type: ignore[call-arg]
-    try:
-        keys = _select(source.episodes(), episodes, max_episodes, path)
-        info = source.info()
-    finally:
-        source.close()
+    keys, info = _scan_source(job, episodes, max_episodes)
     report.notes = list(getattr(info, "notes", None) or ())  # a plug-in's own SourceInfo may lack them
     overrides = {"embodiment": embodiment or info.embodiment, "task": task if task is not None else info.task,
                  "fps": fps if fps is not None else info.fps}  # fmt: skip
     recorded = _recorded(job, embodiment, task, episodes, max_episodes)
-    metadata = dict(info.metadata, ingest={"source": path, "format": cls.format, "selected": len(keys),
-                                           "options": recorded})  # fmt: skip
-    # A source may say it itself (HDF5 does; LeRobot gives back what a kinodb export recorded).
-    metadata.setdefault("image_orientation", ROTATED if flip_images else AS_STORED)
-    try:
-        writer = Writer(out, mode="w" if overwrite else "x", image_codec=image_codec, jpeg_quality=jpeg_quality,
-                        schema=info.schema, source_format=info.source_format, metadata=metadata)  # fmt: skip
-    except FileExistsError:
-        if overwrite:
-            raise
-        # The writer's advice (mode='w') is for its own callers; ours pass overwrite.
-        raise FileExistsError(
-            f"{os.fspath(out)} exists; pass {option_value('overwrite', True)} to replace it"
-        ) from None
-    with writer:
+    metadata = _ingest_metadata(info, job, len(keys), recorded)
+    with _create_writer(out, overwrite, job, info, metadata) as writer:
         _write_episodes(writer, job, keys, workers, overrides, on_error, report, progress, task)
         if report.skipped:
             writer.metadata["ingest"]["skipped"] = [{"episode": k, "reason": r} for k, r in report.skipped]
@@ -333,12 +302,87 @@ def ingest(
     report.seconds = time.perf_counter() - t0
     report.bytes = os.path.getsize(out)
     if verify:
-        from kinodb.ingest._verify import verify as verify_output  # deferred: it builds on this module
-
-        report.verification = verify_output(path, out, format=cls.format)
-        if not report.verification.ok:
-            raise ConversionError(report.verification.failure())
+        _verify_output(report, out)
     return report
+
+
+def _check_options(
+    on_error: str, state_keys: str | Sequence[str] | None, dtype: str | None, fps: float | None, workers: int,
+    max_episodes: int | None, episodes: str | int | Iterable[int] | None,
+) -> tuple[str | list[int] | None, list[str] | None]:  # fmt: skip
+    """Check `ingest`'s option values before anything is read.
+
+    Returns:
+        ``episodes`` read once (an iterator of indices becomes a list; a spec stays a str,
+        checked), and the ``state_keys`` given, as a list (`name_list`).
+    """
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"{option_name('on_error')} must be 'raise' or 'skip', got {on_error!r}")
+    keys_given = name_list("state_keys", state_keys)
+    check_dtype(dtype)
+    check_positive("fps", fps)  # 0 is no frame rate at all, not "take the source's"
+    if workers < 1:
+        raise ValueError(f"{option_name('workers')} must be at least 1, got {workers}")
+    integer = isinstance(max_episodes, (int, np.integer)) and not isinstance(max_episodes, bool)
+    if max_episodes is not None and not (integer and max_episodes >= 1):
+        raise ValueError(f"{option_name('max_episodes')} must be a positive integer, got {max_episodes!r}")
+    if episodes is not None and not isinstance(episodes, str):  # read once (it may be an iterator)
+        return episode_indices(episodes), keys_given
+    if episodes is not None:  # what is wrong with the selection itself: before reading the source
+        parse_episodes(episodes)
+    return episodes, keys_given
+
+
+def _scan_source(
+    job: _Job, episodes: str | Sequence[int] | None, max_episodes: int | None
+) -> tuple[list[str], SourceInfo]:
+    """The keys of the selected episodes and the source's info, the source closed again."""
+    source: Source = job.cls(job.path, job.options)  # type: ignore[call-arg]
+    try:
+        keys = _select(source.episodes(), episodes, max_episodes, job.path)
+        info = source.info()
+    finally:
+        source.close()
+    return keys, info
+
+
+def _ingest_metadata(info: SourceInfo, job: _Job, selected: int, recorded: dict[str, Any]) -> dict[str, Any]:
+    """The output's metadata: the source's, with the ingest's record and the image orientation."""
+    metadata = dict(info.metadata, ingest={"source": job.path, "format": job.cls.format, "selected": selected,
+                                           "options": recorded})  # fmt: skip
+    # A source may say it itself (HDF5 does; LeRobot gives back what a kinodb export recorded).
+    metadata.setdefault("image_orientation", ROTATED if job.options.flip_images else AS_STORED)
+    return metadata
+
+
+def _create_writer(
+    out: str | os.PathLike[str], overwrite: bool, job: _Job, info: SourceInfo, metadata: dict[str, Any]
+) -> Writer:
+    """The output's `Writer`; an existing ``out`` without ``overwrite`` is refused naming the option."""
+    try:
+        return Writer(out, mode="w" if overwrite else "x", image_codec=job.image_codec,
+                      jpeg_quality=job.jpeg_quality, schema=info.schema, source_format=info.source_format,
+                      metadata=metadata)  # fmt: skip
+    except FileExistsError:
+        if overwrite:
+            raise
+        # The writer's advice (mode='w') is for its own callers; ours pass overwrite.
+        raise FileExistsError(
+            f"{os.fspath(out)} exists; pass {option_value('overwrite', True)} to replace it"
+        ) from None
+
+
+def _verify_output(report: IngestReport, out: str | os.PathLike[str]) -> None:
+    """Re-read the source and compare it with ``out``, on ``report.verification``.
+
+    Raises:
+        ConversionError: a mismatch (the output file stays).
+    """
+    from kinodb.ingest._verify import verify as verify_output  # deferred: it builds on this module
+
+    report.verification = verify_output(report.source, out, format=report.format)
+    if not report.verification.ok:
+        raise ConversionError(report.verification.failure())
 
 
 def _write_episodes(

@@ -87,7 +87,9 @@ raises `ConversionError` naming the file, the demo and the key, and how to conve
 other demos (``--episodes`` with their positions, or ``--on-error skip``).
 
 This module reads demos; `kinodb.ingest._hdf5_layout` decides where each per-frame
-dataset goes, and `kinodb.ingest._hdf5_facts` reads the ``data`` group's attributes.
+dataset goes, `kinodb.ingest._hdf5_facts` reads the ``data`` group's attributes, and
+`kinodb.ingest._hdf5_file` (`_FileLevel`, the base of `HDF5Source`) holds the file-level
+facts: the filter keys, the scan of the demos, the layout.
 """
 
 from __future__ import annotations
@@ -116,31 +118,26 @@ from kinodb.ingest._exact import first_rounded
 from kinodb.ingest._hdf5_facts import ATTR_VALUES as ATTR_VALUES  # re-exported: public names
 from kinodb.ingest._hdf5_facts import DEFAULT_FPS as DEFAULT_FPS
 from kinodb.ingest._hdf5_facts import LIBERO_FPS as LIBERO_FPS
-from kinodb.ingest._hdf5_facts import Facts, attr_value, read_facts, text
+from kinodb.ingest._hdf5_facts import Facts, attr_value, text
+from kinodb.ingest._hdf5_file import _FileLevel
 from kinodb.ingest._hdf5_kinodb import (
     exported_schema,
-    exported_state_order,
     exported_upright,
     recorded_dataset,
     restore_fields,
     user_metadata,
 )
-from kinodb.ingest._hdf5_layout import Field, Layout, Scan, arrange, reward_dtype, scan_demos
+from kinodb.ingest._hdf5_layout import Field, Layout, Scan, reward_dtype
 from kinodb.kdb import _codecs
 
 log = logging.getLogger(__name__)
 _WARNED_UPSIDE_DOWN: set[str] = set()  # LIBERO files already warned about in this process
-_WARNED_LEFT_OUT: set[str] = set()  # files whose attributes left out were already warned about
 
 SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 _DEMO = re.compile(r"demo_(\d+)\Z")
 
 
-# Recent scans in this process, by file identity: an ingest opens its source twice (to
-# plan, then to convert), and a scan lists every demo of the file.
-_SCANS: dict[tuple[str, int, int, int], Scan] = {}
-_SCANS_KEPT = 4
 # Demos read through one h5py handle before it is reopened: HDF5 keeps memory for every
 # object opened until its file is closed (some 40 KB a demo), which would grow with the
 # number of demos.
@@ -174,7 +171,7 @@ class _Demo:
         return self.group.get(path)  # deeper paths: let HDF5 walk them
 
 
-class HDF5Source:
+class HDF5Source(_FileLevel):
     """A robomimic or LIBERO HDF5 file, read one demo at a time.
 
     Example:
@@ -687,114 +684,6 @@ class HDF5Source:
     def _keeps(self, f: Field) -> bool:
         """Whether extra array ``f`` is stored: image-like arrays follow the images option."""
         return self._options.images or len(f.trailing) < 3
-
-    # -- file-level facts (computed once per process) ---------------------------------------
-
-    def _filter_key_counts(self) -> dict[str, int]:
-        """Filter key -> how many demos of the file it lists (0 for an empty one), sorted."""
-        masks = self._masks()
-        counts = dict.fromkeys(self._mask_entries, 0)
-        for keys in masks.values():
-            for k in keys:
-                counts[k] += 1
-        return counts
-
-    def _masks(self) -> dict[str, list[str]]:
-        """Demo name -> sorted filter keys of ``mask/`` that list it.
-
-        Also sets ``_mask_entries``: every filter key (a 1-D dataset of ``mask/``), sorted,
-        and how many entries it holds.
-        """
-        if self._masks_cache is None:
-            masks: dict[str, list[str]] = {}
-            self._mask_entries = {}
-            group = self._file.get("mask")
-            if isinstance(group, self._h5py.Group):
-                masks = {demo: [] for demo in self._demos}
-                for name in sorted(group.keys()):
-                    ds = group[name]
-                    if not isinstance(ds, self._h5py.Dataset) or ds.ndim != 1:
-                        continue
-                    self._mask_entries[name] = len(ds)
-                    unknown = 0
-                    for entry in ds[()]:
-                        keys = masks.get(text(entry))
-                        if keys is None:
-                            unknown += 1
-                        elif name not in keys:
-                            keys.append(name)
-                    if unknown:
-                        log.warning(
-                            "%s: mask/%s lists %d demos that data/ does not hold", self._path, name, unknown
-                        )
-            self._masks_cache = masks
-        return self._masks_cache
-
-    def _facts(self) -> Facts:
-        if self._facts_cache is None:
-            self._facts_cache = read_facts(self._path, self._data.attrs, self._options)
-        return self._facts_cache
-
-    def _scanned(self) -> Scan:
-        """What the demos hold (`scan_demos`), once per file and process."""
-        if self._scan is None:
-            st = os.stat(self._path)
-            ident = (os.path.realpath(self._path), st.st_ino, st.st_size, st.st_mtime_ns)
-            scan = _SCANS.get(ident)
-            if scan is None:
-                # Through a handle of its own, closed afterwards: HDF5 keeps memory for every
-                # object opened until the file is closed, and the scan opens every demo.
-                with self._h5py.File(self._path, "r") as file:
-                    scan = scan_demos(file["data"], self._demos, self._h5py.Dataset, self._h5py.Group)
-                _SCANS[ident] = scan
-                while len(_SCANS) > _SCANS_KEPT:
-                    del _SCANS[next(iter(_SCANS))]
-            self._scan = scan
-        return self._scan
-
-    def _warn_left_out(self, left_out: dict[str, str]) -> None:
-        """Warn once per file of the attributes not stored (``model_file`` goes without saying)."""
-        attrs = {k: v for k, v in left_out.items() if "attrs/" in k and k != "attrs/model_file"}
-        if attrs and self._path not in _WARNED_LEFT_OUT:
-            _WARNED_LEFT_OUT.add(self._path)  # verify reads the info again
-            for name, why in attrs.items():
-                log.warning("%s: attribute %s is left out: %s", self._path, name, why)
-
-    def _layout(self) -> Layout:
-        if self._layout_cache is None:
-            scan = self._scanned()
-            fields, left_out = scan.fields, dict(scan.left_out)
-            for name in self._others:
-                left_out[f"data/{name}"] = "not a demo_N group"
-            explicit = self._options.state_keys is not None  # the caller's keys: checked by value, not split
-            state_keys = self._options.state_keys or exported_state_order(self._data.attrs, fields)
-            keys_from = (
-                "the chosen state keys (state_keys, --state-keys)"
-                if explicit
-                else "the state components the kinodb export recorded"
-            )
-            self._layout_cache = arrange(
-                self._path, fields, left_out, state_keys, explicit=explicit, keys_from=keys_from
-            )
-        return self._layout_cache
-
-    def _held(self) -> tuple[int, int]:
-        """How many demos and frames the file holds (h5py reads only the actions' shapes)."""
-        return len(self._demos), sum(rows for rows, _ in self._action_shapes())
-
-    def _action_shapes(self) -> list[tuple[int, int]]:
-        """Each demo's actions rows and width (h5py reads only the shapes)."""
-        if self._actions_cache is None:
-            out = []
-            for demo in self._demos:
-                ds = self._data[demo].get("actions")
-                shape = tuple(ds.shape) if isinstance(ds, self._h5py.Dataset) else (0, 0)
-                out.append((int(shape[0]) if shape else 0, int(np.prod(shape[1:])) if len(shape) > 1 else 1))
-            self._actions_cache = out
-        return self._actions_cache
-
-    def _action_widths(self) -> set[int]:
-        return {width for _, width in self._action_shapes()}
 
 
 def _recorded_data_attrs(dataset: dict[str, Any]) -> dict[str, Any]:

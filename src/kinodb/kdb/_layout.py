@@ -22,6 +22,7 @@ SLOT_SIZE = 64
 SLOT_OFFSETS = (64, 128)
 DATA_START = 256
 ALIGN = 64
+SECTION_ALIGN = 8  # every element size divides it, so every section is aligned to its dtype
 INDEX_MAGIC = b"KIDX"
 INDEX_HEAD = struct.Struct("<4sIQ")  # magic, toc length, reserved
 

@@ -76,45 +76,19 @@ def upgrade(
             )
         info = db.dataset_info()
         version = db.version()
-        metadata = dict(db.metadata())
-        metadata["upgraded_from"] = {
-            "path": os.path.abspath(source),
-            "format_version": version,
-            "created": info.get("created"),
-            "writer": info.get("writer"),
-            "source_format": info.get("source_format"),
-            "tool": f"kinodb {__version__} upgrade",
-        }
-        schema = {
-            part: {k: v for k, v in db.schema().get(part, {}).items() if k in ("components", "names")}
-            for part in ("actions", "states")
-        }
+        metadata = _upgraded_metadata(db, source, info, version)
+        schema = _rebuilt_schema(db)
         legacy = version.startswith("0.")
         notes: list[str] = []
-        skipped: list[tuple[int, str]] = []
         with Writer(
             dst,
             mode="w" if overwrite else "x",
             image_codec="raw",
-            schema={k: v for k, v in schema.items() if v},
+            schema=schema,
             source_format=info.get("source_format") or f"kinodb-{version}",
             metadata=metadata,
         ) as out:
-            for i in range(len(db)):
-                try:
-                    if legacy:  # an unknown total_reward stays null, not the sum of the rewards
-                        out._add_episode(**episode_args(db, i, notes=notes), sum_rewards=False)
-                    else:  # v1 payloads carry checksums: copy_episode never copies damage
-                        out.copy_episode(db, i)
-                except (FormatError, WriterError, ConversionError) as exc:
-                    if out._closed:  # the output failed (a full disk) and closed itself, not the episode
-                        raise
-                    if on_error == "skip":
-                        skipped.append((i, str(exc)))
-                        continue
-                    raise episode_error(
-                        exc, source, i, _upgrade_advice(db, i, source, os.fspath(dst))
-                    ) from exc
+            skipped = _copy_episodes(db, out, source, dst, legacy=legacy, notes=notes, on_error=on_error)
             if not len(out):
                 raise ConversionError(
                     f"{source}: every one of its {len(db)} episodes was skipped; nothing was written"
@@ -125,6 +99,56 @@ def upgrade(
                 _keep_dataset(info, db.schema(), out, stale=bool(skipped))
     _warn(source, notes, skipped)
     return len(db) - len(skipped)
+
+
+def _upgraded_metadata(db: Database, source: str, info: dict[str, Any], version: str) -> dict[str, Any]:
+    """The source's metadata, with ``upgraded_from`` recording the source file."""
+    metadata = dict(db.metadata())
+    metadata["upgraded_from"] = {
+        "path": os.path.abspath(source),
+        "format_version": version,
+        "created": info.get("created"),
+        "writer": info.get("writer"),
+        "source_format": info.get("source_format"),
+        "tool": f"kinodb {__version__} upgrade",
+    }
+    return metadata
+
+
+def _rebuilt_schema(db: Database) -> dict[str, Any]:
+    """The source schema's ``components`` and ``names`` of the actions and the states, where it has any."""
+    schema = {
+        part: {k: v for k, v in db.schema().get(part, {}).items() if k in ("components", "names")}
+        for part in ("actions", "states")
+    }
+    return {k: v for k, v in schema.items() if v}
+
+
+def _copy_episodes(
+    db: Database, out: Writer, source: str, dst: str | os.PathLike[str], *, legacy: bool, notes: list[str],
+    on_error: str,
+) -> list[tuple[int, str]]:  # fmt: skip
+    """Write every episode of ``db`` to ``out``; the episodes skipped (``on_error="skip"``), with why.
+
+    Raises:
+        FormatError, ConversionError: an episode cannot be read or stored (`episode_error`).
+        WriterError: writing ``out`` failed (a full disk), whatever ``on_error``.
+    """
+    skipped: list[tuple[int, str]] = []
+    for i in range(len(db)):
+        try:
+            if legacy:  # an unknown total_reward stays null, not the sum of the rewards
+                out._add_episode(**episode_args(db, i, notes=notes), sum_rewards=False)
+            else:  # v1 payloads carry checksums: copy_episode never copies damage
+                out.copy_episode(db, i)
+        except (FormatError, WriterError, ConversionError) as exc:
+            if out._closed:  # the output failed (a full disk) and closed itself, not the episode
+                raise
+            if on_error == "skip":
+                skipped.append((i, str(exc)))
+                continue
+            raise episode_error(exc, source, i, _upgrade_advice(db, i, source, os.fspath(dst))) from exc
+    return skipped
 
 
 SKIP_ADVICE = "to leave it out, rerun with --on-error skip (Python: on_error='skip')"
