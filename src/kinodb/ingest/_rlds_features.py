@@ -4,13 +4,16 @@ A `Spec` describes one flattened feature (``steps/observation/image_0``): its ki
 per-step shape and dtype, from ``features.json`` or, failing that, from the first record.
 A `Plan` assigns every feature a role once per dataset (actions, states, a camera, an
 extra array, the task, an extra field). `convert` turns one episode's decoded features
-into `Writer.add_episode` keyword arguments following the plan.
+into `Writer.add_episode` keyword arguments following the plan. `check_features` and
+`check_info` check the JSON types of ``features.json`` and ``dataset_info.json`` first.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import math
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -119,13 +122,20 @@ def _shape(info: Mapping[str, Any]) -> tuple[int, ...] | None:
 
 
 def flatten_features(
-    node: Mapping[str, Any], prefix: str, out: dict[str, Spec], *, steps: bool = False, lists: int = 0
+    node: Mapping[str, Any],
+    prefix: str,
+    out: dict[str, Spec],
+    *,
+    steps: bool = False,
+    lists: int = 0,
+    unknown: set[str] | None = None,
 ) -> None:
     """Add every leaf of a ``features.json`` node to ``out`` under ``prefix``.
 
     ``steps``: ``node`` is the episode's ``steps`` dataset, whose sequence is the steps
     themselves; any other sequence around a leaf makes it a list (``listed``, or
-    ``ragged`` under ``steps/``).
+    ``ragged`` under ``steps/``). ``unknown`` collects the keys of leaves of a feature
+    class this reader does not know (classified from the records instead).
 
     Raises:
         ConversionError: a feature uses a tensor encoding this reader cannot decode.
@@ -133,11 +143,11 @@ def flatten_features(
     cls = str(node.get("pythonClassName", "")).rsplit(".", 1)[-1]
     if cls == "FeaturesDict" or "featuresDict" in node:
         for name, child in node.get("featuresDict", {}).get("features", {}).items():
-            flatten_features(child, f"{prefix}{name}/", out, lists=lists)
+            flatten_features(child, f"{prefix}{name}/", out, lists=lists, unknown=unknown)
         return
     if cls in ("Dataset", "Sequence") or "sequence" in node:
         inner = node.get("sequence", {}).get("feature", {})
-        flatten_features(inner, prefix, out, lists=lists if steps else lists + 1)
+        flatten_features(inner, prefix, out, lists=lists if steps else lists + 1, unknown=unknown)
         return
     key = prefix.rstrip("/")
     kind, info = _kind(node)
@@ -150,8 +160,10 @@ def flatten_features(
             f"features.json: {key} uses tensor encoding {info.get('encoding')!r}; only plain tensors "
             f"(encoding 'none') can be read without TensorFlow"
         )
-    if kind is None:
-        return  # unknown feature class: classified from the records instead
+    if kind is None:  # unknown feature class: classified from the records instead
+        if unknown is not None:
+            unknown.add(key)
+        return
     shape = () if kind == "text" else _shape(info)
     channels = _channels(info) if kind == "image" else None
     if kind == "image" and shape is not None and len(shape) != 3:
@@ -189,6 +201,97 @@ def infer_spec(key: str, value: FeatureValue, steps: int | None) -> Spec:
     return Spec(key, kind, () if n == 1 else (n,), "float32" if kind == "float" else "int64")
 
 
+# -- TFDS metadata files -----------------------------------------------------------------
+
+_JSON_TYPES = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", int: "a number",
+               float: "a number", type(None): "null"}  # fmt: skip
+
+
+def _bad(path: str, at: str, value: Any, expected: str, fix: str) -> ConversionError:
+    """``path: at is <JSON type> (<value>); expected <expected>; <fix>``."""
+    got = _JSON_TYPES.get(type(value), type(value).__name__)
+    if value is not None:
+        shown = json.dumps(value)
+        got += f" ({shown if len(shown) <= 40 else shown[:37] + '...'})"
+    return ConversionError(f"{path}: {at} is {got}; expected {expected}; {fix}")
+
+
+def _is_int(value: Any, *, minimum: int | None = None) -> bool:
+    """An integer as TFDS writes one (int64 fields as strings), at least ``minimum``."""
+    if isinstance(value, str) and re.fullmatch(r"-?\d+", value):
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        return False
+    return minimum is None or value >= minimum
+
+
+def check_features(node: Any, path: str, fix: str, at: str = "") -> None:
+    """Check that a ``features.json`` tree holds the JSON types `flatten_features` reads.
+
+    Raises:
+        ConversionError: a field of another type; names ``path``, the field (dotted path
+            ``at``), what was expected, and ends with ``fix``.
+    """
+
+    def sub(name: str) -> str:
+        return f"{at}.{name}" if at else name
+
+    if not isinstance(node, dict):
+        raise _bad(path, at or "the top level", node, "an object (a feature)", fix)
+    if not isinstance(node.get("pythonClassName", ""), str):
+        raise _bad(path, sub("pythonClassName"), node["pythonClassName"], "a string", fix)
+    for name in ("featuresDict", "sequence", "tensor", "image", "text"):
+        if name in node and not isinstance(node[name], dict):
+            raise _bad(path, sub(name), node[name], "an object", fix)
+    features = node.get("featuresDict", {}).get("features", {})
+    if not isinstance(features, dict):
+        raise _bad(path, sub("featuresDict.features"), features, "an object of features by name", fix)
+    for name, child in features.items():
+        check_features(child, path, fix, sub(f"featuresDict.features.{name}"))
+    if "sequence" in node:
+        check_features(node["sequence"].get("feature", {}), path, fix, sub("sequence.feature"))
+    for name in ("tensor", "image", "text"):
+        info = node.get(name, {})
+        shape = info.get("shape", {})
+        if not isinstance(shape, dict):
+            raise _bad(path, sub(f"{name}.shape"), shape, 'an object ({"dimensions": [...]})', fix)
+        dims = shape.get("dimensions", [])
+        if not isinstance(dims, list) or not all(_is_int(d) for d in dims):
+            raise _bad(
+                path, sub(f"{name}.shape.dimensions"), dims, "an array of integers (-1: any size)", fix
+            )
+        for field_name in ("dtype", "encoding", "encodingFormat"):
+            if field_name in info and not isinstance(info[field_name], str):
+                raise _bad(path, sub(f"{name}.{field_name}"), info[field_name], "a string", fix)
+
+
+def check_info(info: Mapping[str, Any], path: str, fix: str) -> None:
+    """Check that ``dataset_info.json`` holds the JSON types the shard lookup reads.
+
+    Raises:
+        ConversionError: a field of another type; names ``path``, the field, what was
+            expected, and ends with ``fix``.
+    """
+    for name in ("name", "fileFormat"):
+        if name in info and not isinstance(info[name], str):
+            raise _bad(path, name, info[name], "a string", fix)
+    splits = info.get("splits", [])
+    if not isinstance(splits, list):
+        raise _bad(path, "splits", splits, "an array of splits", fix)
+    for i, entry in enumerate(splits):
+        at = f"splits[{i}]"
+        if not isinstance(entry, dict):
+            raise _bad(path, at, entry, "an object (a split)", fix)
+        for name in ("name", "filepathTemplate"):
+            if name in entry and not isinstance(entry[name], str):
+                raise _bad(path, f"{at}.{name}", entry[name], "a string", fix)
+        lengths = entry.get("shardLengths", [])
+        if not isinstance(lengths, list) or not all(_is_int(n, minimum=0) for n in lengths):
+            raise _bad(path, f"{at}.shardLengths", lengths, "an array of episode counts, one per shard", fix)
+        if "numShards" in entry and not _is_int(entry["numShards"], minimum=0):
+            raise _bad(path, f"{at}.numShards", entry["numShards"], "a count of shards", fix)
+
+
 # -- plan ---------------------------------------------------------------------------------
 
 
@@ -209,6 +312,7 @@ class Plan:
     task: str | None = None
     success: str | None = None
     left_out: tuple[str, ...] = ()  # declared features not stored (and their record keys)
+    declared: bool = False  # the specs come from features.json (else from the first record)
 
     def components(self, keys: list[str], strip: str) -> dict[str, list[int]]:
         """``{name: [start, stop)}`` of each key in a concatenation (empty for one key)."""
@@ -578,9 +682,8 @@ def convert(
         if not any(k == g or k.startswith(f"{g}/") for g in plan.left_out)
     )
     if unknown:
-        raise ConversionError(
-            f"{where}: features not declared in features.json or the first record: {unknown[:5]}"
-        )
+        source = "features.json" if plan.declared else "the first record"
+        raise ConversionError(f"{where}: features not declared in {source}: {unknown[:5]}")
     T = _count(feats, plan, where)
     actions, own_actions = _concat(feats, plan, plan.actions, T, where, actions=True)
     args: dict[str, Any] = {"actions": actions}

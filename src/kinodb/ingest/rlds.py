@@ -67,7 +67,11 @@ from the first record):
 Every record's length and data CRC-32C are checked. A damaged or truncated record, a
 shard shorter than ``dataset_info.json`` says, or a malformed Example is a
 `ConversionError` naming the shard and the record, raised or (``on_error="skip"``)
-reported; the records around a damaged one are still read.
+reported; the records around a damaged one are still read. A per-step record that does
+not read spoils only its episode, which then runs to the next ``is_first`` (or through
+the next ``is_last``) and is reported once. ``features.json``, where present, declares
+the features: a record with an undeclared one, or lacking a declared one, fails alone
+(the first record too). Both JSON files have their types checked as they are loaded.
 """
 
 from __future__ import annotations
@@ -91,6 +95,8 @@ from kinodb.ingest._rlds_features import (
     STEPS,
     Plan,
     Spec,
+    check_features,
+    check_info,
     convert,
     flatten_features,
     infer_spec,
@@ -109,6 +115,14 @@ KNOWN_DATASETS: dict[str, tuple[float, str]] = {
 }
 _SHARD_RE = re.compile(r"^(?P<dataset>.+)-(?P<split>[^-.]+)\.tfrecord-(?P<shard>\d+)(?:-of-(?P<num>\d+))?$")
 _TEMPLATES = ("{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}", "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_INDEX}")
+_REWRITE = (
+    "copy it again from the dataset's source, or write it anew with TFDS (tfds.folder_dataset.write_metadata)"
+)
+_FIXES = {  # how to mend a TFDS metadata file; both are optional
+    "features.json": f"{_REWRITE}; or remove it: the features are then read from the first record",
+    "dataset_info.json": f"{_REWRITE}; or remove it: the shards are then found by their names "
+    "(NAME-SPLIT.tfrecord-NNNNN)",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,16 +146,23 @@ class _OtherSplit:
         return f"{self.name} ({self.shards} shard{'s' * (self.shards != 1)})"
 
 
-def _load_json(path: str) -> dict[str, Any] | None:
+def _load_json(root: str, name: str) -> dict[str, Any] | None:
+    """``root/name`` (``features.json`` or ``dataset_info.json``), its JSON types checked."""
+    path = os.path.join(root, name)
     if not os.path.isfile(path):
         return None
+    fix = _FIXES[name]
     try:
         with open(path, encoding="utf-8") as fh:
             data = json.load(fh)
     except (OSError, ValueError) as exc:
-        raise ConversionError(f"{path}: not readable JSON ({exc})") from None
+        raise ConversionError(f"{path}: not readable JSON ({exc}); {fix}") from None
     if not isinstance(data, dict):
-        raise ConversionError(f"{path}: expected a JSON object")
+        raise ConversionError(f"{path}: expected a JSON object; {fix}")
+    if name == "features.json":
+        check_features(data, path, fix)
+    else:
+        check_info(data, path, fix)
     return data
 
 
@@ -358,8 +379,8 @@ class RLDSSource:
         self._options = options
         self._root, single = _resolve(os.fspath(path))
         self._single = single  # the one shard file given, else None
-        self._info = _load_json(os.path.join(self._root, "dataset_info.json")) or {}
-        self._features = _load_json(os.path.join(self._root, "features.json"))
+        self._info = _load_json(self._root, "dataset_info.json") or {}
+        self._features = _load_json(self._root, "features.json")
         self._split: str | None = None  # the split read, where the shards name one
         self._others: list[_OtherSplit] = []  # the dataset's splits not read
         self._shards = self._find_shards(single)
@@ -491,26 +512,43 @@ class RLDSSource:
                 f"{where}: neither steps/... nor is_first/is_last features: not an RLDS record"
             )
         specs: dict[str, Spec] = {}
+        unknown: set[str] = set()  # declared features of a class this reader does not know
         for name, node in declared.items():
             prefix = "" if self._layout == "episode" or name == META.rstrip("/") else STEPS
             flatten_features(
-                node, f"{prefix}{name}/", specs, steps=self._layout == "episode" and name == "steps"
+                node,
+                f"{prefix}{name}/",
+                specs,
+                steps=self._layout == "episode" and name == "steps",
+                unknown=unknown,
             )
         self._leave_out(specs)
-        if self._layout == "step":
-            first = {k if k.startswith(META) else STEPS + k: v for k, v in first.items()}
-        count = next((first[k] for k in ("steps/is_first", "steps/is_last") if k in first), None)
-        steps = None if count is None else len(count)
-        for key, value in first.items():
-            if key not in specs and not any(key == g or key.startswith(f"{g}/") for g in self._left_out):
-                specs[key] = infer_spec(key, value, steps if key.startswith(STEPS) else None)
-        self._leave_out(specs)  # undeclared features, classified from the first record
+        self._infer(specs, first, None if not declared else unknown)
         try:
             self._plan = make_plan(specs, self._options)
         except ConversionError as exc:
             raise ConversionError(f"{self._root}: {exc}") from None
         self._plan.left_out = tuple(self._left_out)
+        self._plan.declared = bool(declared)
         return self._plan
+
+    def _infer(
+        self, specs: dict[str, Spec], first: dict[str, FeatureValue], unknown: set[str] | None
+    ) -> None:
+        """Add the specs of the first record's features that ``specs`` lacks, classified from
+        their values: every one without ``features.json`` (``unknown`` None), else only those of
+        a declared class this reader does not know. An undeclared feature is no part of the
+        plan: a record holding one fails alone, the first record too (a damaged key name)."""
+        if self._layout == "step":
+            first = {k if k.startswith(META) else STEPS + k: v for k, v in first.items()}
+        count = next((first[k] for k in ("steps/is_first", "steps/is_last") if k in first), None)
+        steps = None if count is None else len(count)
+        for key, value in first.items():
+            if key in specs or any(key == g or key.startswith(f"{g}/") for g in self._left_out):
+                continue
+            if unknown is None or any(key == g or key.startswith(f"{g}/") for g in unknown):
+                specs[key] = infer_spec(key, value, steps if key.startswith(STEPS) else None)
+        self._leave_out(specs)  # undeclared features, classified from the first record
 
     def _leave_out(self, specs: dict[str, Spec]) -> None:
         """Move the features a ``.kdb`` file cannot hold from ``specs`` to ``self._left_out``."""
@@ -579,8 +617,12 @@ class RLDSSource:
     ) -> tuple[list[tuple[int, int]], bool | None, bool]:
         """Split per-step records into episodes at is_first and after is_last.
 
+        A record that does not read (its flags unknown) belongs to the episode open before
+        it, else starts one; that episode then runs to the next ``is_first`` (or through the
+        next ``is_last``), and reading it fails once, naming the record.
+
         Also whether record 0 is ``is_first`` (None: no record 0, or it does not read),
-        and whether the last episode is still open: its records read, none ``is_last``.
+        and whether the last episode is still open: none of its records ``is_last``.
         """
         ranges: list[tuple[int, int]] = []
         start: int | None = None
@@ -588,13 +630,9 @@ class RLDSSource:
         for i in range(len(records)):
             try:
                 flags = parse_example(self._data(shard, i), only=("is_first", "is_last"))
-            except ConversionError:
-                flags = None  # reported when the single-record episode below is read
-            if flags is None:
-                if start is not None:
-                    ranges.append((start, i - 1))
-                ranges.append((i, i))
-                start = None
+            except ConversionError:  # reported when its episode is read
+                if start is None:
+                    start = i
                 continue
             if i == 0:
                 first_flag = _flag(flags, "is_first")
@@ -693,8 +731,13 @@ class RLDSSource:
         steps, labels = [], []
         for shard, a, b in segments:
             for i in range(a, b + 1):
-                steps.append(self._parse(self._data(shard, i), f"{shard.path}: record {i}", skip=skip))
-                labels.append(f"record {i}" if len(segments) == 1 else f"{shard.name} record {i}")
+                label = f"record {i}" if len(segments) == 1 else f"{shard.name} record {i}"
+                prefix = f"{shard.path}: record {i}: "
+                try:
+                    steps.append(self._parse(self._data(shard, i), prefix[:-2], skip=skip))
+                except ConversionError as exc:  # the whole episode fails, named by its records
+                    raise ConversionError(f"{where}: {label}: {str(exc).removeprefix(prefix)}") from None
+                labels.append(label)
         plan = self._setup()
         if "steps/is_first" in plan.specs and not _flag(steps[0], "is_first"):
             raise ConversionError(f"{where}: {labels[0]} is not is_first: the episode's start is missing")
