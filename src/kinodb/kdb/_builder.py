@@ -188,29 +188,33 @@ def first_use(codes: np.ndarray, offsets: np.ndarray, blob: np.ndarray) -> _Stri
     return _Strings(rank[codes], new_offsets, new_blob)
 
 
-def _check_runs(offsets: np.ndarray, blob: np.ndarray, what: str, where: str) -> None:
-    """Offsets must not decrease nor pass the end of ``blob``.
+def _check_runs(offsets: np.ndarray, blob: np.ndarray, what: str, where: str, column: str) -> None:
+    """Offsets (the stored column ``column``) must not decrease nor pass the end of ``blob``:
+    then every one fits an int64 too.
 
     Raises:
         CorruptFileError: they do (``what`` and ``where`` say which column of which index).
     """
-    steps = np.diff(offsets.astype(np.int64))
-    if not len(offsets) or int(offsets[-1]) > len(blob) or bool((steps < 0).any()):
+    # Compared as stored (unsigned): cast to int64 first, an offset past 2**63 would turn
+    # negative and pass.
+    if not len(offsets) or int(offsets[-1]) > len(blob) or bool((offsets[1:] < offsets[:-1]).any()):
         raise CorruptFileError(
-            f"{where}{what} is damaged: its offsets decrease or pass the end of its {len(blob)} bytes; "
-            "the index is damaged"
+            f"{where}{what} is damaged: its offsets decrease or pass the end of its {len(blob)} bytes "
+            f"(column {column}); the index is damaged"
         )
 
 
 def _load_strings(
-    codes: np.ndarray, offsets: np.ndarray, blob: np.ndarray, what: str, where: str
+    codes: np.ndarray, offsets: np.ndarray, blob: np.ndarray, what: str, where: str, column: str
 ) -> _Strings:
     """Check a loaded string column (codes in range, UTF-8 entries) and put it in first-use order.
+
+    ``column`` is the stored name of its dictionary offsets.
 
     Raises:
         CorruptFileError: an offset, a code or an entry's UTF-8 is damaged.
     """
-    _check_runs(offsets, blob, f"the string dictionary of {what}", where)
+    _check_runs(offsets, blob, f"the string dictionary of {what}", where, column)
     k = len(offsets) - 1
     if len(codes) and (int(codes.min()) < 0 or int(codes.max()) >= k):
         i = int(np.flatnonzero((codes < 0) | (codes >= k))[0])
@@ -248,17 +252,18 @@ def _load_extra(block: IndexBlock, j: int, name: str, kind: str, where: str) -> 
     has = cols["state"] == EXTRA_VALUE
     if kind == "str":
         codes, offsets, blob = cols.pop("codes"), cols.pop("dict_offsets"), cols.pop("dict_bytes")
-        _check_runs(offsets, blob, f"the string dictionary of {what}", where)
+        column = f"extra.{j}.dict_offsets"
+        _check_runs(offsets, blob, f"the string dictionary of {what}", where, column)
         if not bool(has.all()):  # encoded as "" (its entry added when no value is "")
             empty = np.flatnonzero(np.diff(offsets) == 0)
             if not len(empty):
                 offsets = np.append(offsets, offsets[-1])
                 empty = np.array([len(offsets) - 2])
             codes[~has] = empty[0]
-        return _Extra(kind, cols, _load_strings(codes, offsets, blob, what, where))
+        return _Extra(kind, cols, _load_strings(codes, offsets, blob, what, where, column))
     if kind == "json":
         offsets, blob = cols["offsets"], cols["bytes"]
-        _check_runs(offsets, blob, what, where)
+        _check_runs(offsets, blob, what, where, f"extra.{j}.offsets")
         lengths = np.diff(offsets)
         if int(offsets[0]) != 0 or int(offsets[-1]) != len(blob) or bool(lengths[~has].any()):
             cols["offsets"], cols["bytes"] = _gather(offsets[:-1], lengths * has, blob)  # as written: compact
@@ -398,7 +403,7 @@ class TableBuilder:
         for s in STRING_COLUMNS:
             self._loaded_strings[s] = _load_strings(
                 np.array(cols[f"{s}.codes"], dtype="<i4"), np.array(cols[f"{s}.dict_offsets"], dtype="<u8"),
-                np.array(cols[f"{s}.dict_bytes"], dtype="|u1"), f"column {s!r}", where,
+                np.array(cols[f"{s}.dict_bytes"], dtype="|u1"), f"column {s!r}", where, f"{s}.dict_offsets",
             )  # fmt: skip
         for j, (name, kind) in enumerate(block.extra_kinds.items()):
             self._loaded_extras[name] = _load_extra(block, j, name, kind, where)

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from kinodb.errors import CorruptFileError
-from kinodb.kdb._layout import DTYPES, INDEX_HEAD, INDEX_MAGIC, Commit, align, crc32
+from kinodb.kdb._layout import ALIGN, DTYPES, INDEX_HEAD, INDEX_MAGIC, Commit, align, crc32
 
 ABSENT: Any = object()  # an extra field the episode does not have
 EXTRA_ABSENT, EXTRA_NULL, EXTRA_VALUE = 0, 1, 2
@@ -328,17 +328,19 @@ class Columns(Mapping[str, np.ndarray]):
         self._buf, self._layout, self._body, self._end, self._where = buf, layout, body, end, where
         self._cache: dict[str, np.ndarray] = {}
         self._expected: dict[str, tuple[int, ...]] = {}
+        self._dtypes: dict[str, str] = {}  # extra fields' columns: the dtype their kind implies
         self.sizes: tuple[int, int] | None = None  # (episodes, section rows) for the fixed columns
 
-    def expect(self, shapes: dict[str, tuple[int, ...]]) -> None:
-        """Require these exact shapes of columns when they are mapped."""
+    def expect(self, shapes: dict[str, tuple[int, ...]], dtypes: Mapping[str, str] | None = None) -> None:
+        """Require these exact shapes (and dtypes) of columns when they are mapped."""
         self._expected.update(shapes)
+        self._dtypes.update(dtypes or {})
 
     def shape(self, name: str) -> tuple[int, ...]:
         """Shape of a column, from the table of contents (no mapping)."""
         try:
             shape = tuple(int(d) for d in self._layout[name][2])
-        except (TypeError, ValueError, IndexError) as exc:
+        except (TypeError, ValueError, IndexError, KeyError, OverflowError) as exc:
             raise CorruptFileError(f"{self._where}: column {name!r} has a damaged shape") from exc
         if min(shape, default=0) < 0:
             raise CorruptFileError(f"{self._where}: column {name!r} has a negative shape")
@@ -385,14 +387,45 @@ class Columns(Mapping[str, np.ndarray]):
             raise CorruptFileError(f"{self._where}: column {name!r} has shape {shape}, expected {expected}")
         entry = self._layout[name]
         try:
-            dt = _COLUMN_DTYPES.get(entry[0]) or np.dtype(entry[0])
-            start = self._body + int(entry[1])
-        except (TypeError, ValueError, SyntaxError) as exc:  # np.dtype parses some strings as code
+            stored, rel = entry[0], int(entry[1])
+        except (TypeError, ValueError, IndexError, KeyError, OverflowError) as exc:  # JSON allows Infinity
             raise CorruptFileError(f"{self._where}: column {name!r} has a damaged layout") from exc
-        count = math.prod(shape)
-        if start < self._body or start + count * dt.itemsize > self._end or dt.hasobject:
+        dt = self._dtype(name, stored)
+        start, count = self._body + rel, math.prod(shape)
+        if rel % ALIGN:
+            raise CorruptFileError(
+                f"{self._where}: column {name!r} starts at byte {rel} of the index body, not a multiple of "
+                f"{ALIGN} as every column does; the index is damaged"
+            )
+        if start < self._body or start + count * dt.itemsize > self._end:
             raise CorruptFileError(f"{self._where}: column {name!r} lies outside the index")
         return dt, start, count, shape
+
+    def _dtype(self, name: str, stored: Any) -> np.dtype[Any]:
+        """The dtype of column ``name``, stored as ``stored``: exactly the one the format
+        gives the column (a kinodb column), or a plain one (a column kinodb does not know).
+
+        Raises:
+            CorruptFileError: the stored dtype is not the column's (names both).
+        """
+        want = _FIXED_DTYPES.get(name) or self._dtypes.get(name)
+        if want is not None:
+            if stored != want:
+                text = repr(stored)
+                raise CorruptFileError(
+                    f"{self._where}: column {name!r} has dtype {text if len(text) <= 40 else text[:37] + '...'}, "
+                    f"but the format stores it as {want!r}; the index is damaged"
+                )
+            return _COLUMN_DTYPES[want]
+        try:
+            dt = _COLUMN_DTYPES.get(stored) or np.dtype(stored)
+        except (TypeError, ValueError, SyntaxError) as exc:  # np.dtype parses some strings as code
+            raise CorruptFileError(f"{self._where}: column {name!r} has a damaged dtype") from exc
+        if dt.hasobject or dt.shape:  # no column holds Python objects or sub-arrays
+            raise CorruptFileError(
+                f"{self._where}: column {name!r} has dtype {dt.str!r}; the index is damaged"
+            )
+        return dt
 
     def ints(self, name: str) -> Any:
         """A flat integer column whose items are Python ints: a memoryview of the map where
@@ -515,7 +548,13 @@ def decode_index(
         parts = _EXTRA_PARTS.get(kind)
         if parts is None or any(prefix + p not in columns for p in parts):
             raise CorruptFileError(f"{where}: extra field {name!r} of kind {kind!r} lacks its columns")
-        columns.expect({prefix + p: (n + 1,) if p == "offsets" else (n,) for p in parts if p in _PER_EPISODE})
+        columns.expect(
+            {prefix + p: (n + 1,) if p == "offsets" else (n,) for p in parts if p in _PER_EPISODE},
+            {
+                prefix + p: _VALUE_DTYPES[kind] if p == "values" else _PART_DTYPES[p]
+                for p in ("state", *parts)
+            },
+        )
         block.extras[name] = ExtraColumn(name, kind, _Prefixed(columns, prefix), where)
     return block
 
@@ -524,6 +563,16 @@ def decode_index(
 _EXTRA_PARTS = {"bool": ("values",), "int": ("values",), "float": ("values",), "null": (),
                 "str": ("codes", "dict_offsets", "dict_bytes"), "json": ("offsets", "bytes")}  # fmt: skip
 _PER_EPISODE = ("values", "codes", "offsets")
+# The dtype of each part of an extra field's columns (``values`` by the field's kind).
+_PART_DTYPES = {"state": "|u1", "codes": "<i4", "dict_offsets": "<u8", "dict_bytes": "|u1",
+                "offsets": "<u8", "bytes": "|u1"}  # fmt: skip
+_VALUE_DTYPES = {"bool": "|u1", "int": "<i8", "float": "<f8"}
+
+# The dtype of every column the format always holds: exactly this, or the index is damaged.
+_FIXED_DTYPES: dict[str, str] = (
+    EPISODE_COLUMNS | SECTION_COLUMNS
+    | {f"{s}.{p}": _PART_DTYPES[p] for s in STRING_COLUMNS for p in ("codes", "dict_offsets", "dict_bytes")}
+)  # fmt: skip
 
 # The fixed columns' shapes: (0, per episode) or (1, per section row), then trailing dims.
 _FIXED_SHAPES: dict[str, tuple[int, ...]] = (

@@ -81,6 +81,7 @@ class Database(_MetaReads, _ArrayReads):
 
     _index: IndexBlock | None = None  # the decoded index block, once something needed it
     _verified = False  # the index block matched the commit record's checksum
+    _failure: str | None = None  # why it did not: every later use of the index raises it again
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         # Opening reads the header, the commit records and the index head, nothing whose
@@ -145,11 +146,23 @@ class Database(_MetaReads, _ArrayReads):
             CorruptFileError: the checksum does not match (`check_index_crc`), or the
                 frame counts are impossible (`check_frames`).
         """
-        if not self._verified:
-            c = self._commit
+        if self._verified:
+            return
+        if self._failure is not None:
+            raise CorruptFileError(self._failure)
+        c = self._commit
+        try:
             check_index_crc(self._map()[c.index_offset : c.end].data, c.index_crc, c.index_offset, self._path)
             check_frames(self._decoded.columns["num_frames"], self._size, c.num_frames, self._path)
-            self._verified = True
+        except CorruptFileError as exc:
+            # Remembered: `read_array` must not serve the damaged index through the readers
+            # its first reads built, so they go, and its slow path raises this from now on.
+            self._failure = str(exc)
+            self._fast.clear()
+            self._checked.clear()
+            self._tables.clear()
+            raise
+        self._verified = True
 
     @property
     def _decoded(self) -> IndexBlock:
@@ -297,6 +310,8 @@ class Database(_MetaReads, _ArrayReads):
         changed layout."""
         i = self._check(i)
         self._map()  # a closed database raises here
+        if self._failure is not None:  # the index failed its checksum: nothing it says is served
+            raise CorruptFileError(self._failure)
         view = self._known_array(i, name)
         if view is not None:
             return view
@@ -481,6 +496,7 @@ class Database(_MetaReads, _ArrayReads):
             check_counts(parent, self._size, self._path)
             self._commit, self._toc_len, self._n = parent, toc_len, parent.num_episodes
             self._index, self._verified, self._codes, self._layout = None, False, None, None
+            self._failure = None
             self._init_reads()
             self._verify_index()  # now, not on first use: no commit record vouches for this block
         except CorruptFileError:

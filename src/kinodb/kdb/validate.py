@@ -70,6 +70,9 @@ def validate(path: str | os.PathLike[str], *, decode_images: bool = True) -> Rep
             report.warnings.extend(str(w.message).removeprefix(f"{report.path}: ") for w in raised)
     with db:
         report.passed.append(f"header and commit record (format {db.version()})")
+        # What a damaged index raises: past a failed index checksum anything may, and it is
+        # reported as damage, never raised.
+        damage: tuple[type[Exception], ...] = (KinodbError,)
         try:
             if isinstance(db, LegacyDatabase):
                 report.warnings.append(
@@ -77,13 +80,15 @@ def validate(path: str | os.PathLike[str], *, decode_images: bool = True) -> Rep
                 )
             else:
                 _check_slots(db, report)
+                if not _check_index_crc(db, report):
+                    damage = (Exception,)
                 _check_index(db, report)
             _check_schema(db, report)
-        except KinodbError as exc:
-            report.errors.append(f"index: {exc}")
+        except damage as exc:
+            report.errors.append(f"index: {_damage(exc)}")
             return report
         nonfinite: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, -1])
-        _check_episodes(db, report, nonfinite, decode_images)
+        _check_episodes(db, report, nonfinite, decode_images, damage)
         for name, (nan, inf, eps, first) in sorted(nonfinite.items()):
             report.warnings.append(
                 f"{name}: {nan} NaN and {inf} Inf values in {eps} episode{'' if eps == 1 else 's'} (first: episode {first})"
@@ -243,17 +248,32 @@ def _check_slots(db: Database, report: Report) -> None:
         )
 
 
-def _check_index(db: Database, report: Report) -> None:
+def _check_index_crc(db: Database, report: Report) -> bool:
+    """Check the index block's CRC-32; report a mismatch and read on past it. Returns
+    whether it matched."""
     commit = db._commit
     got = crc32(db._map()[commit.index_offset : commit.end].data)
-    if got != commit.index_crc:
-        report.errors.append(
-            f"index checksum mismatch at byte offset {commit.index_offset} ({commit.index_length} bytes): "
-            f"stored {commit.index_crc:08x}, computed {got:08x}"
-        )
-        db._verified = True  # reported: read on, to name what else is damaged
-    else:
+    if got == commit.index_crc:
         report.passed.append(f"index checksum ({commit.index_length} bytes)")
+        return True
+    report.errors.append(
+        f"index checksum mismatch at byte offset {commit.index_offset} ({commit.index_length} bytes): "
+        f"stored {commit.index_crc:08x}, computed {got:08x}"
+    )
+    db._verified = True  # reported: read on, to name what else is damaged
+    return False
+
+
+def _damage(exc: Exception) -> str:
+    """What ``exc`` says of the damage: a kinodb error's message; any other error, raised
+    reading past a failed index checksum, with its type."""
+    if isinstance(exc, KinodbError):
+        return str(exc)
+    return f"the damaged index cannot be read further ({type(exc).__name__}: {exc})"
+
+
+def _check_index(db: Database, report: Report) -> None:
+    commit = db._commit
     cols = db._cols
     frames = int(cols["num_frames"].astype(np.uint64).sum()) if len(db) else 0
     if frames != commit.num_frames:
@@ -293,25 +313,34 @@ def _check_schema(db: Database, report: Report) -> None:
 
 
 def _check_episodes(
-    db: Database, report: Report, nonfinite: dict[str, list[int]], decode_images: bool
+    db: Database,
+    report: Report,
+    nonfinite: dict[str, list[int]],
+    decode_images: bool,
+    damage: tuple[type[Exception], ...] = (KinodbError,),
 ) -> None:
     """`_check_episode` of every episode, with its findings in its order: what passes
-    checked at once over the index's columns (`_sound`), the rest episode by episode."""
-    sound = None if isinstance(db, LegacyDatabase) else _sound(db, decode_images)
+    checked at once over the index's columns (`_sound`), the rest episode by episode.
+    ``damage``: the errors reported as the damage of an episode (any, past a failed index
+    checksum), not raised."""
+    try:
+        sound = None if isinstance(db, LegacyDatabase) else _sound(db, decode_images)
+    except damage:
+        sound = None
     if sound is None:
         for i in range(len(db)):
-            _check_episode(db, i, report, nonfinite, decode_images)
+            _check_episode(db, i, report, nonfinite, decode_images, damage)
         return
     found: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, -1])
     for i in sound.visit.tolist():
         if not sound.ok[i]:
-            _check_episode(db, i, report, found, decode_images)
+            _check_episode(db, i, report, found, decode_images, damage)
             continue
         try:  # sound but for its frames, which decode one by one
             for cam, info in db._episode_cameras(i).items():
                 db._decode(i, cam, info, 0, info.shape[0])
-        except KinodbError as exc:
-            report.errors.append(f"episode {i}: {exc}")
+        except damage as exc:
+            report.errors.append(f"episode {i}: {_damage(exc)}")
     for part in (found, sound.nonfinite):
         for name, (nan, inf, eps, first) in part.items():
             acc = nonfinite[name]
@@ -363,8 +392,12 @@ def _sound(db: Database, decode_images: bool) -> _Sound | None:
         visit = ~ok
         if decode_images:
             raw = d.of_types(lambda t: t.codec == "raw")[camera]
-            pixels = np.array([math.prod(t.trail) for t in d.types] or [0], np.int64)[d.type_of[camera]]
-            ok[cams[raw & (frame_bytes != pixels * d.frames[cams])]] = False  # `Database._decode` raises
+            # Capped as `_nbytes` caps them: dims past the file size overflow no int64.
+            pixels = np.array([min(math.prod(t.trail), size + 1) for t in d.types] or [0], np.int64)
+            pixels, frames = pixels[d.type_of[camera]], d.frames[cams]
+            fits = frames <= (size + 1) // np.maximum(pixels, 1)  # else more bytes than the file holds
+            wrong = ~fits | (frame_bytes != pixels * np.where(fits, frames, 0))
+            ok[cams[raw & wrong]] = False  # `Database._decode` raises
             visit = ~ok
             visit[cams[~raw]] = True  # compressed frames decode one by one
         nonfinite = _nonfinite(db, d.rows_where(ok[d.episode]))
@@ -486,7 +519,12 @@ def _count_nonfinite(
 
 
 def _check_episode(
-    db: Database, i: int, report: Report, nonfinite: dict[str, list[int]], decode_images: bool
+    db: Database,
+    i: int,
+    report: Report,
+    nonfinite: dict[str, list[int]],
+    decode_images: bool,
+    damage: tuple[type[Exception], ...] = (KinodbError,),
 ) -> None:
     where = f"episode {i}"
     try:
@@ -527,8 +565,8 @@ def _check_episode(
                 report.errors.append(f"{where}, camera {cam!r}: {info.shape[0]} frames, episode has {T}")
             elif decode_images:
                 db._decode(i, cam, info, 0, T)
-    except KinodbError as exc:
-        report.errors.append(f"{where}: {exc}")
+    except damage as exc:
+        report.errors.append(f"{where}: {_damage(exc)}")
 
 
 def _check_payload(db: Database, i: int, report: Report) -> None:

@@ -163,6 +163,9 @@ class Writer(_EpisodeCopies):
         # Through a link, as open() writes: the link stays, the file it points at is replaced.
         self._target = os.path.realpath(self._path) if os.path.islink(self._path) else self._path
         self._base_end: int | None = None  # an append: the committed end of the file
+        # A writer killed while replacing the file left its temporary, as large as the
+        # dataset: whichever writer of the path comes next removes it (live writers' stay).
+        remove_stale_temps(self._target)
         if mode == "a" and os.path.exists(self._path):
             self._open_append()
         else:
@@ -173,7 +176,6 @@ class Writer(_EpisodeCopies):
                 "writer": f"kinodb {__version__}", "source_format": None,
                 "schema": {"cameras": {}, "arrays": {}}, "metadata": Metadata(),
             }  # fmt: skip
-            remove_stale_temps(self._target)
             self._tmp: str | None = os.path.join(
                 os.path.dirname(os.path.abspath(self._target)),
                 f".{os.path.basename(self._target)}.{os.getpid()}.{secrets.token_hex(4)}.tmp",
