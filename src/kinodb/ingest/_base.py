@@ -31,6 +31,12 @@ SOURCE_PARTS = "source_parts"
 ``"actions"`` alike), each component of a concatenated array as the source holds it, in its
 own dtype and per-frame shape. The framework drops it before writing; `verify` compares
 each component of the stored array with it, so a conversion that rounds shows."""
+SOURCE_WHERE = "source_where"
+"""An optional key of what `Source.read` returns: where the episode lies in the source, as
+the source's own messages name it (``data/chunk-000/episode_000029.parquet: episode 29``,
+``SHARD.tfrecord-00000-of-00004: record 3``). The framework drops it before writing; when
+the writer refuses the episode, the message starts with it. Without it, the message names
+the episode's provenance: the source's path and the episode's key."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,10 +4,14 @@
 its robots (the embodiment) and its control frequency (the fps); LIBERO's ``problem_info``
 gives the language instruction and marks the file as LIBERO's (20 fps by default, 10
 otherwise). What the attributes say is kept in the metadata; a JSON attribute that does not
-parse is kept as text, with a warning. The other attributes of ``data`` (LIBERO's
-``bddl_file_content`` and ``num_demos``, robomimic's ``total``, anything else) are kept as
-they are, by name, in ``Facts.kept`` (`attr_value` says how), and those that cannot be are
-named in ``Facts.left_out`` with the reason.
+parse is kept as text, with a warning. So is one that parses but holds NaN or infinity
+(Python's ``json.dumps`` writes them; robosuite's ``env_args`` may hold them), which the
+metadata's JSON cannot store as numbers: the metadata keeps the text the file holds,
+exactly; the environment, robots and fps are still read from its values; ``Facts.as_text``
+names it with the paths of those values, and a warning says so. The other attributes of
+``data`` (LIBERO's ``bddl_file_content`` and ``num_demos``, robomimic's ``total``, anything
+else) are kept as they are, by name, in ``Facts.kept`` (`attr_value` says how), and those
+that cannot be are named in ``Facts.left_out`` with the reason.
 
 `attr_problem` and `attr_value` also decide which attributes of each demo are kept.
 """
@@ -34,6 +38,7 @@ ATTR_VALUES = 1024
 """The most values an array attribute may hold to be kept (in the metadata or an extra field)."""
 # data attributes kinodb's own export writes as records of its source (`_hdf5_kinodb` reads them).
 _KINODB_ATTRS = ("kinodb_dataset", "kinodb_export")
+_WARNED_AS_TEXT: set[str] = set()  # files whose JSON attributes kept as text were warned about
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +53,7 @@ class Facts:
     metadata: dict[str, Any]
     kept: dict[str, Any]  # the other data attributes, by name, as `attr_value` gives them
     left_out: dict[str, str]  # "data/attrs/NAME" -> why that attribute is not kept
+    as_text: dict[str, str]  # "data/attrs/NAME" -> why that JSON attribute is kept as its text
 
 
 def text(value: Any) -> str:
@@ -59,11 +65,14 @@ def text(value: Any) -> str:
     return str(value)
 
 
-def _json_attr(attrs: Any, name: str, path: str, metadata: dict[str, Any]) -> dict[str, Any] | None:
-    """Parse a JSON attribute; a malformed one is kept as text in the metadata, with a warning."""
+def _json_attr(
+    attrs: Any, name: str, path: str, metadata: dict[str, Any], texts: dict[str, str]
+) -> dict[str, Any] | None:
+    """Parse a JSON attribute (its text goes in ``texts``); a malformed one is kept as text in
+    the metadata, with a warning."""
     if name not in attrs:
         return None
-    raw = text(attrs[name])
+    raw = texts[name] = text(attrs[name])
     try:
         value = json.loads(raw)
     except ValueError as exc:
@@ -80,14 +89,15 @@ def read_facts(path: str, attrs: Any, options: SourceOptions) -> Facts:
     """Environment, robots, language and fps from the ``data`` group's attributes; the
     attributes that say none of these are kept as they are (`kept_attrs`)."""
     metadata: dict[str, Any] = {}
+    texts: dict[str, str] = {}  # JSON attribute -> the text the file holds
     read = {"env_args", "problem_info", *_KINODB_ATTRS}  # the attributes the metadata records
-    env_args = _json_attr(attrs, "env_args", path, metadata)
+    env_args = _json_attr(attrs, "env_args", path, metadata, texts)
     if env_args is None and "env" in attrs:
         # A raw robosuite demo.hdf5: robomimic's converter builds env_args from these.
-        env_info = _json_attr(attrs, "env_info", path, metadata) or {}
+        env_info = _json_attr(attrs, "env_info", path, metadata, texts) or {}
         env_args = {"env_name": text(attrs["env"]), "type": 1, "env_kwargs": env_info}
         read |= {"env", "env_info"}
-    problem = _json_attr(attrs, "problem_info", path, metadata)
+    problem = _json_attr(attrs, "problem_info", path, metadata, texts)
     libero = problem is not None or "bddl_file_name" in attrs
     kwargs: dict[str, Any] = {}
     if env_args is not None:
@@ -98,7 +108,7 @@ def read_facts(path: str, attrs: Any, options: SourceOptions) -> Facts:
         if name is not None:
             metadata["env_name"] = str(name)
         env_type = env_args.get("type", env_args.get("env_type"))  # robomimic writes "type"
-        if env_type is not None:
+        if env_type is not None and not non_finite(env_type):  # else env_args' text keeps it
             metadata["env_type"] = env_type
     if "env_name" not in metadata and "env_name" in attrs:
         metadata["env_name"] = text(attrs["env_name"])
@@ -116,7 +126,46 @@ def read_facts(path: str, attrs: Any, options: SourceOptions) -> Facts:
     fps, fps_from = _fps(options, env_args or {}, kwargs, libero)
     kept, left_out = kept_attrs(attrs, read)
     robots = _robots(kwargs.get("robots"))
-    return Facts(libero, fps, fps_from, robots, language or None, metadata, kept, left_out)
+    as_text = _keep_as_text(path, metadata, texts)
+    return Facts(libero, fps, fps_from, robots, language or None, metadata, kept, left_out, as_text)
+
+
+def _keep_as_text(path: str, metadata: dict[str, Any], texts: dict[str, str]) -> dict[str, str]:
+    """Replace each metadata value holding NaN or infinity (`non_finite`) by its JSON text:
+    the attribute's as the file holds it, or (``env_args`` built from a raw robosuite file's
+    ``env_info``) Python's ``json.dumps``, which spells them ``NaN``, ``Infinity``. Returns
+    ``data/attrs/NAME`` -> why, and warns once per file."""
+    as_text: dict[str, str] = {}
+    for name, value in list(metadata.items()):
+        found = non_finite(value)
+        if not found:
+            continue
+        own = name in texts
+        metadata[name] = texts[name] if own else json.dumps(value)
+        at = ", ".join(f"{where or 'the value itself'} ({what})" for where, what in found[:3])
+        more = f" and {len(found) - 3} more" if len(found) > 3 else ""
+        source = "" if own else " (built from data/attrs/env and env_info)"
+        as_text[f"data/attrs/{name}"] = (
+            f"holds NaN or infinity at {at}{more}{source}, which the metadata's JSON cannot store as numbers: "
+            f"the metadata's {name} is the text {'the file holds' if own else 'of its JSON'}, exactly"
+        )
+    if as_text and path not in _WARNED_AS_TEXT:
+        _WARNED_AS_TEXT.add(path)  # verify and every worker read the facts again
+        for where, why in as_text.items():
+            log.warning("%s: %s %s", path, where, why)
+    return as_text
+
+
+def non_finite(value: Any, where: str = "") -> list[tuple[str, str]]:
+    """Where a JSON value holds NaN or infinity: ``(path, "NaN")`` pairs, the path written
+    ``env_kwargs.reward_scale``, ``robots[1]`` ("" for the value itself)."""
+    if isinstance(value, float):
+        return [] if math.isfinite(value) else [(where, json.dumps(value))]  # NaN, Infinity, -Infinity
+    if isinstance(value, dict):
+        return [hit for k, v in value.items() for hit in non_finite(v, f"{where}.{k}" if where else str(k))]
+    if isinstance(value, list):
+        return [hit for i, v in enumerate(value) for hit in non_finite(v, f"{where}[{i}]")]
+    return []
 
 
 def kept_attrs(attrs: Any, read: set[str]) -> tuple[dict[str, Any], dict[str, str]]:
@@ -185,7 +234,7 @@ def _fps(
         return float(options.fps), "option"
     for where, source in (("env_args.env_kwargs.control_freq", kwargs), ("env_args.control_freq", env_args)):
         value = source.get("control_freq")
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < math.inf:
             return float(value), where
     return (LIBERO_FPS, "default (LIBERO)") if libero else (DEFAULT_FPS, "default")
 

@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from kinodb.errors import ConversionError
 from kinodb.ingest._hdf5_facts import Facts, read_facts, text
 from kinodb.ingest._hdf5_kinodb import exported_state_order
-from kinodb.ingest._hdf5_layout import Layout, Scan, arrange, scan_demos
+from kinodb.ingest._hdf5_layout import H5_ERRORS, Layout, Scan, arrange, h5_reason, scan_demos
 
 if TYPE_CHECKING:
     from kinodb.ingest._base import SourceOptions
@@ -75,12 +76,21 @@ class _FileLevel:
             if isinstance(group, self._h5py.Group):
                 masks = {demo: [] for demo in self._demos}
                 for name in sorted(group.keys()):
-                    ds = group[name]
-                    if not isinstance(ds, self._h5py.Dataset) or ds.ndim != 1:
-                        continue
-                    self._mask_entries[name] = len(ds)
+                    try:
+                        ds = group[name]
+                        if not isinstance(ds, self._h5py.Dataset) or ds.ndim != 1:
+                            continue
+                        entries = ds[()]
+                    except H5_ERRORS as exc:
+                        raise ConversionError(
+                            f"{self._path}: h5py cannot read the filter key mask/{name} ({h5_reason(exc)}): "
+                            "that part of the file is damaged; copy the file again from where it came from, or "
+                            f"convert a copy of the file from which mask/{name} is deleted (h5py: "
+                            f"del f['mask/{name}'])"
+                        ) from None
+                    self._mask_entries[name] = len(entries)
                     unknown = 0
-                    for entry in ds[()]:
+                    for entry in entries:
                         keys = masks.get(text(entry))
                         if keys is None:
                             unknown += 1
@@ -146,11 +156,13 @@ class _FileLevel:
         return len(self._demos), sum(rows for rows, _ in self._action_shapes())
 
     def _action_shapes(self) -> list[tuple[int, int]]:
-        """Each demo's actions rows and width (h5py reads only the shapes)."""
+        """Each demo's actions rows and width (h5py reads only the shapes); ``(0, 0)`` for a
+        demo without actions or one h5py cannot read (`Scan.unreadable`)."""
         if self._actions_cache is None:
             out = []
+            unreadable = self._scanned().unreadable
             for demo in self._demos:
-                ds = self._data[demo].get("actions")
+                ds = None if demo in unreadable else self._data[demo].get("actions")
                 shape = tuple(ds.shape) if isinstance(ds, self._h5py.Dataset) else (0, 0)
                 out.append((int(shape[0]) if shape else 0, int(np.prod(shape[1:])) if len(shape) > 1 else 1))
             self._actions_cache = out

@@ -10,7 +10,9 @@ State keys whose dtype the states' dtype cannot hold exactly are kept apart as e
 arrays, unless the caller named them; low-dim keys left out of the chosen state keys are
 extra arrays too. The scan also finds which attributes of the demos are kept as extra
 fields (`Scan.attrs`) and the dtype of the file's rewards (`Scan.rewards`), from h5py's
-metadata, reading no frames.
+metadata, reading no frames. A demo h5py cannot open (a damaged object header in the demo
+group, one of its members or attributes) is set aside (`Scan.unreadable`, with the object
+and why), so that the other demos still convert; reading it then fails alone.
 """
 
 from __future__ import annotations
@@ -77,29 +79,61 @@ class Scan:
     left_out: dict[str, str]  # path (a demo attribute: attrs/NAME) -> why it is not stored
     attrs: tuple[str, ...]  # demo attributes kept as the extra fields attrs.NAME, sorted
     rewards: np.dtype[Any] | None  # the dtype rewards are stored in (None: no demo holds them)
+    unreadable: dict[str, tuple[str, str]]  # demo -> (the object h5py cannot open in it, h5py's error)
+
+
+# What h5py raises for an object whose bytes are damaged: KeyError (opening it), RuntimeError
+# (its object info), OSError and ValueError (reading it).
+H5_ERRORS = (KeyError, RuntimeError, OSError, ValueError)
+
+
+class Damaged(Exception):
+    """An object of a demo that h5py cannot open or read: its path inside the demo ("" for
+    the demo group itself) and h5py's error."""
+
+    def __init__(self, path: str, error: BaseException) -> None:
+        super().__init__(path, error)
+        self.path, self.error = path, error
+
+
+def h5_reason(error: BaseException) -> str:
+    """h5py's error as ``Type: message`` (a KeyError's message without its quotes)."""
+    reason = error.args[0] if isinstance(error, KeyError) and error.args else error
+    return f"{type(error).__name__}: {reason}"
 
 
 def scan_demos(data: Any, demos: list[str], dataset_type: Any, group_type: Any) -> Scan:
     """Every dataset path any demo of ``data`` holds, classified in the first demo that holds
     it, and the demo attributes kept.
 
-    Only names are listed per demo (`member_paths`); each path is opened once.
-    ``dataset_type`` and ``group_type`` are ``h5py.Dataset`` and ``h5py.Group``.
+    Only names are listed per demo (`member_paths`); each path is opened once. A demo
+    h5py cannot open (`H5_ERRORS`) is left out of the rest of the scan and named in
+    `Scan.unreadable`. ``dataset_type`` and ``group_type`` are ``h5py.Dataset`` and
+    ``h5py.Group``.
     """
     seen: dict[str, list[Any]] = {}
     attrs: dict[str, str] = {}  # demo attribute -> why it cannot be kept ("" when it can)
+    unreadable: dict[str, tuple[str, str]] = {}
+    readable: list[str] = []
     for demo in demos:
-        group = data[demo]
-        for path in member_paths(group, group_type):
+        try:
+            group, paths, found = _open_demo(data, demo, group_type, attrs)
+        except Damaged as exc:
+            unreadable[demo] = (f"data/{demo}" + (f"/{exc.path}" if exc.path else ""), h5_reason(exc.error))
+            continue
+        readable.append(demo)
+        for path in paths:
             if path in seen:
                 seen[path][1] += 1
             else:
                 seen[path] = [demo, 1]
-        _scan_attrs(demo, group.attrs, attrs)
+        for name, why in found.items():
+            if name not in attrs or (why and not attrs[name]):  # the first demo that cannot keep it
+                attrs[name] = why
     fields: list[Field] = []
     left_out: dict[str, str] = {}
     for name in _UNSTORED_ATTRS:
-        if any(name in data[demo].attrs for demo in demos):
+        if any(name in data[demo].attrs for demo in readable):
             left_out[f"attrs/{name}"] = _UNSTORED_ATTRS[name]
     left_out.update((f"attrs/{name}", why) for name, why in sorted(attrs.items()) if why)
     rewards = None
@@ -123,7 +157,30 @@ def scan_demos(data: Any, demos: list[str], dataset_type: Any, group_type: Any) 
             fields.append(Field(path, kind, trailing, np.dtype(ds.dtype), first, holders, note=note))
         else:
             left_out[path] = kind
-    return Scan(fields, left_out, tuple(sorted(n for n, why in attrs.items() if not why)), rewards)
+    kept = tuple(sorted(n for n, why in attrs.items() if not why))
+    return Scan(fields, left_out, kept, rewards, unreadable)
+
+
+def _open_demo(
+    data: Any, demo: str, group_type: Any, known: dict[str, str]
+) -> tuple[Any, list[str], dict[str, str]]:
+    """A demo's group, its member paths (`member_paths`) and its attributes to keep, with why
+    each cannot be kept ("" when it can: `_scan_attrs`; ``known``, the other demos' verdicts).
+
+    Raises:
+        Damaged: h5py cannot open the demo group, one of its members, or an attribute.
+    """
+    try:
+        group = data[demo]
+    except H5_ERRORS as exc:
+        raise Damaged("", exc) from None
+    paths = member_paths(group, group_type)
+    found: dict[str, str] = {}
+    try:
+        _scan_attrs(demo, group.attrs, known, found)
+    except H5_ERRORS as exc:
+        raise Damaged("attrs", exc) from None
+    return group, paths, found
 
 
 def member_paths(group: Any, group_type: Any, prefix: str = "") -> list[str]:
@@ -132,15 +189,29 @@ def member_paths(group: Any, group_type: Any, prefix: str = "") -> list[str]:
 
     Listed with ``keys()`` rather than ``visit``: HDF5's visit keeps memory for every group
     it walked until the file is closed (tens of kilobytes a demo), so a scan of thousands
-    of demos grew by hundreds of megabytes.
+    of demos grew by hundreds of megabytes. Each member's class is asked for, which reads
+    its object header: a damaged one shows here.
+
+    Raises:
+        Damaged: h5py cannot list ``group`` or open one of its members (the path).
     """
     out: list[str] = []
-    for name in sorted(group.keys()):  # HDF5's name index: byte order, as sorted() orders str
-        if group.get(name, getclass=True, getlink=True).__name__ != "HardLink":  # visit follows no other link
-            continue
-        out.append(prefix + name)
-        if group.get(name, getclass=True) is group_type:
-            out.extend(member_paths(group[name], group_type, f"{prefix}{name}/"))
+    try:
+        names = sorted(group.keys())  # HDF5's name index: byte order, as sorted() orders str
+    except H5_ERRORS as exc:
+        raise Damaged(prefix.rstrip("/"), exc) from None
+    for name in names:
+        try:
+            if (
+                group.get(name, getclass=True, getlink=True).__name__ != "HardLink"
+            ):  # visit follows no other link
+                continue
+            out.append(prefix + name)
+            member = group[name] if group.get(name, getclass=True) is group_type else None
+        except H5_ERRORS as exc:
+            raise Damaged(prefix + name, exc) from None
+        if member is not None:
+            out.extend(member_paths(member, group_type, f"{prefix}{name}/"))
     return out
 
 
@@ -153,10 +224,11 @@ def reward_dtype(dtype: np.dtype[Any]) -> np.dtype[Any]:
     return np.dtype(np.float32 if dtype.itemsize <= 2 else np.float64)
 
 
-def _scan_attrs(demo: str, attrs: Any, seen: dict[str, str]) -> None:
-    """Add to ``seen`` each attribute of ``demo`` to keep, with why it cannot be kept ("" when
-    it can). The first demo whose value cannot be kept decides: an attribute is kept in
-    every demo or in none. Only floats are read (to find NaN or infinity)."""
+def _scan_attrs(demo: str, attrs: Any, seen: dict[str, str], out: dict[str, str]) -> None:
+    """Add to ``out`` each attribute of ``demo`` to keep, with why it cannot be kept ("" when
+    it can); those that ``seen`` (the demos before) says cannot be kept are not read again.
+    The first demo whose value cannot be kept decides: an attribute is kept in every demo or
+    in none. Only floats are read (to find NaN or infinity)."""
     for name in attrs:
         if name in _READ_ATTRS or seen.get(name):
             continue
@@ -167,7 +239,7 @@ def _scan_attrs(demo: str, attrs: Any, seen: dict[str, str]) -> None:
             value = np.empty(shape, dtype)
             aid.read(value)  # the low-level read: a third of what attrs[name] costs
             why = attr_value(value)[1]
-        seen[name] = (
+        out[name] = (
             f"{why} ({demo}): not stored (extra fields hold text, numbers and bools, and lists of them); "
             "the source file keeps it"
             if why
@@ -176,12 +248,24 @@ def _scan_attrs(demo: str, attrs: Any, seen: dict[str, str]) -> None:
 
 
 def _rows(group: Any) -> int | None:
-    """A demo's frame count: its actions' rows, else its num_samples attribute."""
+    """A demo's frame count: its actions' rows, else its num_samples attribute (when that is
+    a count)."""
     actions = group.get("actions")
     if actions is not None and getattr(actions, "ndim", 0) >= 1:
         return int(actions.shape[0])
     n = group.attrs.get("num_samples")
-    return int(n) if n is not None and np.ndim(n) == 0 else None
+    return count(n) if n is not None else None
+
+
+def count(value: Any) -> int | None:
+    """An attribute's value as a count of frames: one integer (or a float holding one), else None."""
+    arr = np.asarray(value)
+    if arr.ndim != 0 or arr.dtype.kind not in "iuf":
+        return None
+    number = arr.item()
+    if isinstance(number, float) and not number.is_integer():
+        return None
+    return int(number) if number >= 0 else None
 
 
 def _classify(path: str, ds: Any, rows: int | None) -> str:

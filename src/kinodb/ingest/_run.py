@@ -9,20 +9,29 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
 import re
 import signal
 import stat
 import time
-from collections.abc import Generator, Iterable, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
 from kinodb.errors import ConversionError, KinodbError, WriterError
-from kinodb.ingest._base import SKIP_ADVICE, SOURCE_PARTS, Source, SourceInfo, SourceOptions, source_class
+from kinodb.ingest._base import (
+    SKIP_ADVICE,
+    SOURCE_PARTS,
+    SOURCE_WHERE,
+    Source,
+    SourceInfo,
+    SourceOptions,
+    source_class,
+)
 from kinodb.ingest._options import _OPTION_NAMES
 from kinodb.ingest._options import check_dtype as check_dtype
 from kinodb.ingest._options import check_positive as check_positive
@@ -45,10 +54,14 @@ from kinodb.kdb.writer import Writer
 if TYPE_CHECKING:
     from kinodb.ingest._verify import VerifyReport
 
+log = logging.getLogger(__name__)
+_T = TypeVar("_T")
+
 SKIPPED_SHOWN = 5  # skipped episodes listed per reason in a report's summary
 ROTATED, AS_STORED = "rotated_180", "as_stored"
 """The metadata's ``image_orientation``: the frames were turned 180 degrees on ingest, or not."""
 _DIGITS = re.compile(r"\d+")
+_ADDING = re.compile(r" \(adding episode (\d+)\)$")  # how the writer names the episode it refuses
 
 
 @dataclass
@@ -336,14 +349,42 @@ def _check_options(
 def _scan_source(
     job: _Job, episodes: str | Sequence[int] | None, max_episodes: int | None
 ) -> tuple[list[str], SourceInfo]:
-    """The keys of the selected episodes and the source's info, the source closed again."""
-    source: Source = job.cls(job.path, job.options)  # type: ignore[call-arg]
+    """The keys of the selected episodes and the source's info, the source closed again.
+
+    Raises:
+        ConversionError: also for an error of another kind than kinodb's or an OSError that
+            the source raises (a parser's KeyError or TypeError on malformed metadata): the
+            message names the source, what was being done, and the error.
+    """
+    source: Source = _from_source(job, "open", lambda: job.cls(job.path, job.options))  # type: ignore[call-arg]
     try:
-        keys = _select(source.episodes(), episodes, max_episodes, job.path)
-        info = source.info()
+        keys = _select(
+            _from_source(job, "list the episodes of", source.episodes), episodes, max_episodes, job.path
+        )
+        info = _from_source(job, "read the dataset metadata of", source.info)
     finally:
         source.close()
     return keys, info
+
+
+def _from_source(job: _Job, what: str, call: Callable[[], _T]) -> _T:
+    """``call()``, a source's own, with what it raises of another kind than kinodb's errors
+    or an OSError as a `ConversionError` naming the source (the traceback under ``--debug``)."""
+    try:
+        return call()
+    except (KinodbError, OSError, MemoryError):
+        raise
+    except Exception as exc:
+        log.debug("%s: the %s source raised", job.path, job.cls.format, exc_info=True)
+        raise ConversionError(
+            f"{job.path}: cannot {what} the {job.cls.format} source: {_error_text(exc)}"
+        ) from exc
+
+
+def _error_text(exc: BaseException) -> str:
+    """An exception as ``Type: message`` (a KeyError's message without its quotes)."""
+    message = exc.args[0] if type(exc) is KeyError and len(exc.args) == 1 else exc
+    return f"{type(exc).__name__}: {message}"
 
 
 def _ingest_metadata(info: SourceInfo, job: _Job, selected: int, recorded: dict[str, Any]) -> dict[str, Any]:
@@ -358,11 +399,21 @@ def _ingest_metadata(info: SourceInfo, job: _Job, selected: int, recorded: dict[
 def _create_writer(
     out: str | os.PathLike[str], overwrite: bool, job: _Job, info: SourceInfo, metadata: dict[str, Any]
 ) -> Writer:
-    """The output's `Writer`; an existing ``out`` without ``overwrite`` is refused naming the option."""
+    """The output's `Writer`; an existing ``out`` without ``overwrite`` is refused naming the option.
+
+    Raises:
+        ConversionError: the writer refuses the dataset metadata or schema the source gives
+            (a value JSON cannot store): names the source and the field.
+    """
     try:
         return Writer(out, mode="w" if overwrite else "x", image_codec=job.image_codec,
                       jpeg_quality=job.jpeg_quality, schema=info.schema, source_format=info.source_format,
                       metadata=metadata)  # fmt: skip
+    except WriterError as exc:
+        raise ConversionError(
+            f"{job.path}: the dataset metadata or schema that the {job.cls.format} converter read from it cannot "
+            f"be stored: {exc}; the converter must keep such a value as text, or leave it out"
+        ) from None
     except FileExistsError:
         if overwrite:
             raise
@@ -406,11 +457,12 @@ def _write_episodes(
                         args[name] = value
                 if task is not None:
                     override_task(args, task)
+                where = args.pop(SOURCE_WHERE, None)
                 args["extra"] = {**args.get("extra", {}), "source_file": path, "source_episode": key}
                 try:
                     writer.add_episode(**args)
-                except WriterError as exc:
-                    error = f"{path}: episode {key}: {exc}"
+                except (WriterError, ValueError, TypeError) as exc:  # the episode's fault; an OSError is not
+                    error = _refused(args["extra"], where, exc)
                 else:
                     report.episodes += 1
                     report.frames += len(args["actions"])
@@ -419,6 +471,17 @@ def _write_episodes(
                     raise ConversionError(error)
                 report.skipped.append((key, error.replace(SKIP_ADVICE, "")))  # advice already taken
             bar(key)
+
+
+def _refused(extra: Mapping[str, Any], where: Any, exc: Exception) -> str:
+    """Why the writer refuses a converted episode, naming it in its source: from the
+    provenance the ingest gives it (``source_file``, ``source_episode``), or the source's own
+    `SOURCE_WHERE` (a shard or data file and the record in it); the writer's position of the
+    episode in the output follows, as that."""
+    if not isinstance(where, str) or not where:
+        where = f"{extra['source_file']}: episode {extra['source_episode']}"
+    reason = str(exc) if isinstance(exc, WriterError) else _error_text(exc)
+    return f"{where}: " + _ADDING.sub(r" (it would be episode \1 of the output)", reason)
 
 
 def _recorded(
@@ -453,14 +516,20 @@ def _init_worker(job: _Job, quiet: bool = False) -> None:
 
 
 def _convert_one(key: str) -> tuple[str, dict[str, Any] | None, str | None]:
+    """Episode ``key`` converted: ``(key, args, None)``, or ``(key, None, why)`` when it cannot
+    be: the source's `ConversionError`, or any other error it raises, as ``FILE: episode KEY:
+    Type: message`` (the traceback logged at debug level), so that it can be skipped."""
     assert _worker_source is not None and _worker_job is not None
     try:
         args = _worker_source.read(key)
         return key, _finish(args, _worker_job, key), None
     except (ConversionError, WriterError) as exc:
         return key, None, str(exc)
-    except (KinodbError, ValueError, KeyError, OSError) as exc:
-        return key, None, f"{_worker_job.path}: episode {key}: {type(exc).__name__}: {exc}"
+    except MemoryError:
+        raise  # not the episode's fault: the command says so
+    except Exception as exc:  # a reader library's own (h5py's KeyError, a parser's TypeError): this episode's
+        log.debug("%s: episode %s", _worker_job.path, key, exc_info=True)
+        return key, None, f"{_worker_job.path}: episode {key}: {_error_text(exc)}"
 
 
 def _finish(args: dict[str, Any], job: _Job, key: str = "") -> dict[str, Any]:

@@ -65,6 +65,11 @@ What goes where:
   dtype; in one demo is enough, so that every demo has the same fields) is named in
   ``hdf5.left_out`` as ``attrs/NAME`` or ``data/attrs/NAME`` with the reason, and warned
   about; ``model_file``, the simulator model (MJCF XML) of each demo, is named there too.
+  A JSON ``data`` attribute (``env_args``, ``problem_info``) holding NaN or infinity
+  (``json.dumps`` writes them) is kept in the metadata as the text the file holds, exactly,
+  and named in ``hdf5.as_text`` with the paths of those values
+  (``env_kwargs.reward_scale``), with a warning; the environment, robots and fps are still
+  read from it.
 - ``flip_images`` rotates by 180 degrees the cameras and every image-shaped extra array:
   ``(T, H, W)`` or ``(T, H, W, C)`` (depth of any dtype, segmentation) whose ``(H, W)``
   is that of a camera or of uint8 frames of the file, on axes 1 and 2; channel-first
@@ -84,7 +89,11 @@ What goes where:
 Every demo must hold every per-frame key that any demo holds, with one row per action
 (in a kinodb export, a camera or array may be absent from some demos); anything else
 raises `ConversionError` naming the file, the demo and the key, and how to convert the
-other demos (``--episodes`` with their positions, or ``--on-error skip``).
+other demos (``--episodes`` with their positions, or ``--on-error skip``). So does a demo
+h5py cannot read (a damaged object header in the demo group, or in one of its datasets or
+attributes): the message names the object and h5py's reason, and the other demos still
+convert. A ``num_samples`` attribute, where a demo has one, must be the number of its
+actions' rows: the episode length comes from the actions.
 
 This module reads demos; `kinodb.ingest._hdf5_layout` decides where each per-frame
 dataset goes, `kinodb.ingest._hdf5_facts` reads the ``data`` group's attributes, and
@@ -99,6 +108,7 @@ import json
 import logging
 import os
 import re
+import shlex
 from typing import Any, ClassVar
 
 import numpy as np
@@ -127,7 +137,7 @@ from kinodb.ingest._hdf5_kinodb import (
     restore_fields,
     user_metadata,
 )
-from kinodb.ingest._hdf5_layout import Field, Layout, Scan, reward_dtype
+from kinodb.ingest._hdf5_layout import H5_ERRORS, Field, Layout, Scan, count, h5_reason, reward_dtype
 from kinodb.kdb import _codecs
 
 log = logging.getLogger(__name__)
@@ -200,16 +210,12 @@ class HDF5Source(_FileLevel):
         except OSError as exc:
             raise ConversionError(_unreadable(self._path, exc)) from None
         self._reads = 0  # demos read through this handle (`_REOPEN_EVERY`)
-        data = self._file.get("data")
-        if not isinstance(data, self._h5py.Group):
-            found = ", ".join(sorted(self._file.keys())) or "nothing"
+        try:
+            data, names = self._open_data()
+        except BaseException:
             self._file.close()
-            raise ConversionError(
-                f"{self._path}: no 'data' group; a robomimic/LIBERO file keeps its demos in "
-                f"data/demo_N (top level holds: {found})"
-            )
+            raise
         self._data: Any = data
-        names = list(data.keys())
         numbered = sorted((int(m.group(1)), n) for n in names if (m := _DEMO.match(n)))
         self._demos = [n for _, n in numbered]
         self._others = sorted(set(names) - set(self._demos))
@@ -222,6 +228,29 @@ class HDF5Source(_FileLevel):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self._path, self._options))
+
+    def _open_data(self) -> tuple[Any, list[str]]:
+        """The ``data`` group and the names it holds.
+
+        Raises:
+            ConversionError: no ``data`` group, or one h5py cannot open or list (damaged).
+        """
+        try:
+            if "data" in self._file:  # get() gives None for a group h5py cannot open
+                data = self._file["data"]
+                if isinstance(data, self._h5py.Group):
+                    return data, list(data.keys())
+            found = ", ".join(sorted(self._file.keys())) or "nothing"
+        except H5_ERRORS as exc:
+            raise ConversionError(
+                f"{self._path}: h5py cannot read the data group ({h5_reason(exc)}): the file is damaged there; "
+                f"look at it with `h5dump -H {shlex.quote(self._path)}` or h5py, and copy the file again "
+                "from where it came from"
+            ) from None
+        raise ConversionError(
+            f"{self._path}: no 'data' group; a robomimic/LIBERO file keeps its demos in "
+            f"data/demo_N (top level holds: {found})"
+        )
 
     @classmethod
     def detect(cls, path: str) -> bool:
@@ -291,6 +320,8 @@ class HDF5Source(_FileLevel):
             "left_out": {**layout.left_out, **facts.left_out},
             "data_attrs": dict(facts.kept),
         }
+        if facts.as_text:
+            metadata["hdf5"]["as_text"] = dict(facts.as_text)
         self._warn_left_out(metadata["hdf5"]["left_out"])
         notes = []
         if layout.apart or layout.unchosen:
@@ -344,6 +375,15 @@ class HDF5Source(_FileLevel):
         self._reads += 1
         if self._reads > _REOPEN_EVERY:
             self._reopen()
+        damage = self._scanned().unreadable.get(key)
+        if damage is not None:
+            raise self._fail(key, self._damaged(key, *damage))
+        try:
+            return self._read(key, layout, facts)
+        except (OSError, RuntimeError) as exc:  # h5py's, reading what the scan did not: an attribute's value
+            raise self._fail(key, self._damaged(key, f"data/{key}", h5_reason(exc))) from None
+
+    def _read(self, key: str, layout: Layout, facts: Facts) -> dict[str, Any]:
         group = self._data.get(key) if _DEMO.match(key) else None
         if not isinstance(group, self._h5py.Group):
             raise ConversionError(f"{self._path}: {key}: no such demo group in data/")
@@ -386,7 +426,7 @@ class HDF5Source(_FileLevel):
             self._file = self._h5py.File(self._path, "r")
         except OSError as exc:
             raise ConversionError(_unreadable(self._path, exc)) from None
-        self._data = self._file["data"]
+        self._data = self._open_data()[0]
         self._reads = 1
 
     def close(self) -> None:
@@ -401,6 +441,15 @@ class HDF5Source(_FileLevel):
     def _fail(self, demo: str, message: str) -> ConversionError:
         """The error for ``demo``, with how to convert the other demos."""
         return ConversionError(f"{self._path}: {demo}: {message}{self._leave_out(demo)}")
+
+    def _damaged(self, demo: str, where: str, reason: str) -> str:
+        """Why ``demo`` cannot be read: h5py cannot open or read the object ``where`` (a path
+        in the file) for ``reason``; and how to look at it."""
+        return (
+            f"h5py cannot read {where} ({reason}): that part of the file is damaged; look at it with "
+            f"`h5dump -H -g /data/{demo} {shlex.quote(self._path)}` or h5py, and copy the file again from "
+            "where it came from if you can"
+        )
 
     def _leave_out(self, demo: str) -> str:
         """How to leave ``demo`` out: ``--episodes`` naming the others, or ``--on-error skip``."""
@@ -455,10 +504,28 @@ class HDF5Source(_FileLevel):
             raise self._fail(d.name, f"actions has shape {actions.shape}; expected (T, A)")
         if len(actions) == 0:
             raise self._fail(d.name, "actions has 0 rows; empty demos cannot be stored")
-        n = d.group.attrs["num_samples"] if "num_samples" in d.attrs else None
-        if n is not None and np.ndim(n) == 0 and int(n) != len(actions):
-            raise self._fail(d.name, f"attribute num_samples is {int(n)}, actions has {len(actions)} rows")
+        if "num_samples" in d.attrs:
+            self._check_num_samples(d, d.group.attrs["num_samples"], len(actions))
         return actions
+
+    def _check_num_samples(self, d: _Demo, value: Any, T: int) -> None:
+        """Refuse a ``num_samples`` attribute that is not the demo's ``T`` actions (an array,
+        as some writers leave, says nothing and is let be)."""
+        if np.ndim(value) != 0:
+            return
+        n = count(value)
+        if n == T:
+            return
+        where = f"attribute data/{d.name}/attrs/num_samples"
+        if n is not None:
+            raise self._fail(d.name, f"{where} is {n}, actions has {T} rows")
+        shown = text(value) if isinstance(value, (str, bytes, np.bytes_)) else value
+        raise self._fail(
+            d.name,
+            f"{where} is {shown!r}; expected the demo's frame count, an integer ({T}, the rows of its "
+            f"actions): the episode length comes from actions, so deleting the attribute or setting it "
+            f"to {T} converts the demo",
+        )
 
     def _column(self, d: _Demo, path: str, T: int) -> np.ndarray:
         """A per-frame scalar dataset, (T,) or (T, 1), as (T,)."""
