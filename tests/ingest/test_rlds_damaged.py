@@ -294,3 +294,19 @@ def test_a_complete_but_undecodable_jpeg_is_stored_as_the_source_holds_it(
     assert main(["ingest", str(root), "-o", str(tmp_path / "v.kdb"), "-q", "--verify"]) == 1
     err = _one_line_error(capsys)
     assert "camera 'image', frame 0: image does not decode" in err and "output file was kept" in err
+
+
+def test_a_frame_the_writer_refuses_is_named_by_shard_and_record(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    eps = _episodes([3, 4, 2])
+    frames = eps[1]["steps/observation/image"]
+    frames[2] = encode_image(np.zeros((16, 12, 3), np.uint8), "PNG")  # one PNG among JPEG frames
+    root = _write(tmp_path / "d", [w.episode_example(e) for e in eps])
+    out = tmp_path / "o.kdb"
+    assert main(["ingest", str(root), "-o", str(out), "-q"]) == 1
+    err = _one_line_error(capsys)
+    assert re.match(rf"error: {re.escape(str(root / SHARD))}: record 1: .*\[2\].*jpeg", err), err
+    assert not out.exists()
+    report = ingest(root, out, on_error="skip")
+    assert [k for k, _ in report.skipped] == [f"{SHARD}:1"] and report.episodes == 2

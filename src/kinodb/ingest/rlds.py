@@ -87,7 +87,7 @@ import numpy as np
 
 from kinodb.errors import ConversionError
 from kinodb.ingest import _tfrecord
-from kinodb.ingest._base import SourceInfo, SourceOptions, not_this_format
+from kinodb.ingest._base import SOURCE_WHERE, SourceInfo, SourceOptions, not_this_format
 from kinodb.ingest._example import FeatureValue, parse_example
 from kinodb.ingest._options import option_value
 from kinodb.ingest._rlds_features import (
@@ -700,6 +700,7 @@ class RLDSSource:
             feats = self._parse(self._data(shard, _index(rest, key)), where, skip=skip)
         args = convert(feats, plan, self._options, where)
         args["fps"] = self._options.fps or KNOWN_DATASETS.get(self._dataset_name(), (DEFAULT_FPS, None))[0]
+        args[SOURCE_WHERE] = where
         return args
 
     def _segments(self, key: str) -> list[_Segment]:
