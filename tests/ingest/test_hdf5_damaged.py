@@ -18,6 +18,7 @@ from kinodb.errors import ConversionError
 h5py = pytest.importorskip("h5py")
 from test_hdf5 import write_robomimic  # noqa: E402  (needs h5py)
 
+from kinodb.export import export  # noqa: E402
 from kinodb.ingest import ingest  # noqa: E402  (after h5py is known to be installed)
 
 DEMOS = 13
@@ -138,6 +139,10 @@ def test_env_args_holding_nan_is_kept_as_the_files_text(
         assert db.read_meta(0)["embodiment"] == "Panda" and db.read_meta(0)["fps"] == 15.0
     warned = [r.getMessage() for r in caplog.records if "data/attrs/env_args" in r.getMessage()]
     assert len(warned) == 1 and warned[0].startswith(f"{src}: data/attrs/env_args holds NaN")
+    back = tmp_path / "back.hdf5"
+    export(out, back, format="hdf5")
+    with h5py.File(back, "r") as f:
+        assert f["data"].attrs["env_args"] == stored  # exported as the source's text, exactly
 
 
 def test_an_infinite_control_freq_is_no_fps(tmp_path: Path) -> None:

@@ -325,12 +325,13 @@ def env_args(db: Database, positions: list[int]) -> dict[str, Any] | str:
     """
     meta = db.metadata()
     given = meta.get("env_args")
-    if isinstance(given, str):
+    if isinstance(given, str):  # the source's text, kept as it was (NaN values made ingest keep it so)
         try:
             parsed = json.loads(given)
         except ValueError:
-            return given  # keep the source's text as it was
-        given = parsed
+            return given
+        if isinstance(parsed, dict):
+            return given
     if isinstance(given, dict):
         return given
     name = meta.get("env_name")
