@@ -12,6 +12,7 @@ W)``); text as extra fields; an episode's rows picked and ordered by ``frame_ind
 from __future__ import annotations
 
 import io
+import json
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -77,6 +78,8 @@ def make_plan(features: dict[str, Any], options: SourceOptions, path: str) -> Pl
             )
     else:
         states = default_states(features, action, path)
+    for key in (action, *states):
+        check_shape(features[key], key, path)
     left_out = {
         k: f"dtype {f.get('dtype')!r} has no place in a .kdb episode"
         for k, f in features.items()
@@ -179,7 +182,23 @@ def names_and_components(names: Any, dim: int) -> tuple[list[str] | None, dict[s
     return flat, {k: v for k, v in comps.items() if v[0] < v[1]}
 
 
+def check_shape(feature: dict[str, Any], key: str, path: str) -> None:
+    """Refuse a ``shape`` that is not a list of whole numbers >= 0 (an absent one is ``[1]``).
+
+    Raises:
+        ConversionError: names the file (``path``, ``info.json``), the feature and what to write.
+    """
+    shape = feature.get("shape", [1])
+    whole = isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool) for d in shape)
+    if not whole or any(d < 0 for d in shape):
+        raise ConversionError(  # the value came from JSON: it spells back as JSON
+            f"{path}: features[{key!r}].shape is {json.dumps(shape)}; expected a list of whole numbers >= 0, the size of "
+            f"each axis of one frame's value, such as [7]: fix it"
+        )
+
+
 def feature_dim(feature: dict[str, Any]) -> int:
+    """The number of values per frame of a feature whose shape `check_shape` accepted."""
     return int(np.prod([int(d) for d in feature.get("shape", [1])]))
 
 

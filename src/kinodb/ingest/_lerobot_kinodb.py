@@ -20,7 +20,7 @@ import numpy as np
 from kinodb._provenance import carried_on_ingest
 from kinodb.errors import ConversionError
 from kinodb.export._lerobot_tables import element_names
-from kinodb.ingest._base import exported_extra
+from kinodb.ingest._base import SKIP_ADVICE, exported_extra
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +30,21 @@ _BUILTIN_META = frozenset(
 )  # fmt: skip
 
 
+_DROP = (
+    "or remove meta/kinodb.json and meta/kinodb_episodes.jsonl to ingest the dataset without what kinodb's "
+    "export recorded beside it"
+)
+
+
 def kinodb_export(root: str) -> dict[str, Any] | None:
-    """What a kinodb export keeps beside LeRobot's files (``meta/kinodb*.json``), or None."""
+    """What a kinodb export keeps beside LeRobot's files (``meta/kinodb*.json``), or None.
+
+    Raises:
+        ConversionError: ``meta/kinodb.json`` is damaged, or a line of
+            ``meta/kinodb_episodes.jsonl`` is not a JSON object with a whole ``episode_index``;
+            names the file (and line). A record whose ``meta`` is no object fails only its
+            episode, when it is read (`restore`).
+    """
     path = os.path.join(root, "meta", "kinodb.json")
     episodes = os.path.join(root, "meta", "kinodb_episodes.jsonl")
     if not (os.path.isfile(path) and os.path.isfile(episodes)):
@@ -39,8 +52,8 @@ def kinodb_export(root: str) -> dict[str, Any] | None:
     try:
         with open(path, encoding="utf-8") as fh:
             facts = json.load(fh)
-        with open(episodes, encoding="utf-8") as fh:
-            records = {int(r["episode_index"]): r for r in map(json.loads, filter(str.strip, fh))}
+        if not isinstance(facts, dict):
+            raise TypeError("not a JSON object")
         arrays = {key: str(v["array"]) for key, v in facts.get("arrays", {}).items()}
         shapes = {
             key: tuple(int(d) for d in v["shape"])
@@ -50,12 +63,39 @@ def kinodb_export(root: str) -> dict[str, Any] | None:
         dataset, export = facts.get("dataset", {}), facts.get("export", {})
         if not isinstance(dataset, dict) or not isinstance(export, dict):
             raise TypeError("'dataset' and 'export' must be JSON objects")
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise ConversionError(
-            f"{root}: meta/kinodb.json or kinodb_episodes.jsonl is damaged ({exc})"
-        ) from None
-    return {"arrays": arrays, "shapes": shapes, "timestamps": facts.get("timestamps"), "episodes": records,
-            "dataset": dataset, "export": export}  # fmt: skip
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ConversionError(f"{path}: damaged ({exc}): {_DROP.removeprefix('or ')}") from None
+    return {"arrays": arrays, "shapes": shapes, "timestamps": facts.get("timestamps"),
+            "episodes": _records(episodes), "records": episodes, "dataset": dataset,
+            "export": export}  # fmt: skip
+
+
+def _records(path: str) -> dict[int, tuple[int, dict[str, Any]]]:
+    """``meta/kinodb_episodes.jsonl``: episode_index -> (line number, record)."""
+    records: dict[int, tuple[int, dict[str, Any]]] = {}
+    try:
+        with open(path, encoding="utf-8") as fh:
+            lines = list(fh)
+    except (OSError, ValueError) as exc:
+        raise ConversionError(f"{path}: not readable ({exc}): {_DROP.removeprefix('or ')}") from None
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError as exc:
+            raise ConversionError(f"{path}: line {number} is not JSON ({exc}): fix it, {_DROP}") from None
+        if not isinstance(record, dict):
+            raise ConversionError(f"{path}: line {number} is not a JSON object: fix it, {_DROP}")
+        e = record.get("episode_index")
+        if not isinstance(e, int) or isinstance(e, bool) or e < 0:
+            got = json.dumps(e) if "episode_index" in record else "missing"
+            raise ConversionError(
+                f"{path}: line {number}: episode_index is {got}; expected the episode's index, a whole number "
+                f">= 0: fix it, {_DROP}"
+            )
+        records[e] = (number, record)
+    return records
 
 
 def restore_dataset(
@@ -139,10 +179,9 @@ def restore(args: dict[str, Any], facts: dict[str, Any], index: int, root: str) 
                 extra_arrays[name] = value
     if facts["timestamps"] is None:
         args.pop("timestamps", None)  # the source had none; LeRobot's grid was made up on export
-    record = facts["episodes"].get(index)
-    if record is None:
+    meta = _record_meta(facts, index)
+    if meta is None:
         return
-    meta = record.get("meta", {})
     stale = _record_differs(meta, args)
     if stale is not None:
         _warn_once(root, "record", "%s: meta/kinodb_episodes.jsonl (written by kinodb's export) does not "
@@ -172,6 +211,41 @@ def restore(args: dict[str, Any], facts: dict[str, Any], index: int, root: str) 
     )
     restored.update(kept)  # as kinodb.merge moves provenance
     extra.update(restored)
+
+
+_META_TYPES = (
+    ("success", (bool,), "true, false or null"),
+    ("total_reward", (int, float), "a number or null"),
+    ("embodiment", (str,), "a string or null"),
+)  # the record's fields that `restore` hands to the writer as they are
+
+
+def _record_meta(facts: dict[str, Any], index: int) -> dict[str, Any] | None:
+    """Episode ``index``'s ``meta`` in ``meta/kinodb_episodes.jsonl`` (None: no record).
+
+    Raises:
+        ConversionError: ``meta`` is no JSON object, or a field `restore` hands to the
+            writer is of another type; names the file, line, episode and field.
+    """
+    entry = facts["episodes"].get(index)
+    if entry is None:
+        return None
+    number, record = entry
+    meta = record.get("meta", {})
+    where = f"{facts['records']}: line {number} (episode {index})"
+    if not isinstance(meta, dict):
+        raise ConversionError(
+            f"{where}: meta is {json.dumps(meta)[:60]}; expected a JSON object of the episode's metadata: fix "
+            f"this line, {_DROP}{SKIP_ADVICE}"
+        )
+    for name, types, expected in _META_TYPES:
+        value = meta.get(name)
+        if value is not None and (isinstance(value, bool) != (bool in types) or not isinstance(value, types)):
+            raise ConversionError(
+                f"{where}: meta.{name} is {json.dumps(value)[:60]}; expected {expected}: fix this line, "
+                f"{_DROP}{SKIP_ADVICE}"
+            )
+    return meta
 
 
 _WARNED_EXPORTS: set[tuple[str, str]] = set()  # (dataset root, what) already warned about

@@ -11,7 +11,15 @@ pandas index). Paths come from the ``data_path`` and ``video_path`` templates of
 Episodes are listed in ``episode_index`` order with keys ``episode_000029``; ``--episodes
 29`` selects the 30th listed episode, which is episode_index 29 when every episode from 0
 is listed. An episode whose data or video file is absent raises `ConversionError` naming
-the file, so ``on_error="skip"`` skips exactly the episodes that are not there.
+the file, so ``on_error="skip"`` skips exactly the episodes that are not there; so does an
+episode whose entry in the list is malformed in a field of its own (``length``, ``tasks``,
+v3 file indices or ``from_timestamp``: the message names the file, the line or row, the
+episode and the field), or whose ``timestamp`` column holds NaN or infinity (whether or not
+videos are decoded). Malformed dataset-level metadata (``info.json``'s ``data_path``,
+``video_path``, ``chunks_size``, the action and state features' ``shape``) raises
+`ConversionError` naming the file and field. When ``info.json``'s ``total_episodes`` is not
+the number of episodes listed, a warning says so and names the episodes whose data is at
+hand but not listed (they are not ingested).
 
 Mapping (rows ordered by ``frame_index``; arrays keep their parquet dtype, or take the
 dtype ``info.json`` declares where that cast keeps every value, as LeRobot's loader does:
@@ -82,7 +90,6 @@ import json
 import logging
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
@@ -121,19 +128,25 @@ from kinodb.ingest._lerobot_columns import (
     wide_images,
 )
 from kinodb.ingest._lerobot_columns import to_numpy as _to_numpy
-from kinodb.ingest._lerobot_data import DataFiles
+from kinodb.ingest._lerobot_data import (
+    DataFiles,
+    Episode,
+    chunks_size,
+    episodes_at_hand,
+    episodes_v2,
+    episodes_v3,
+    path_template,
+    read_jsonl,
+    read_parquet,
+    spelt,
+    whole_number,
+)
 from kinodb.ingest._lerobot_kinodb import kinodb_export, restore, restore_dataset
 
 log = logging.getLogger(__name__)
 
 SUPPORTED_VERSIONS = ("v2.0", "v2.1", "v3.0")
 TOLERANCE_S = _video.TOLERANCE_S
-_DEFAULT_PATHS = {
-    "v2": ("data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet",
-           "videos/chunk-{episode_chunk:03d}/{video_key}/episode_{episode_index:06d}.mp4"),
-    "v3": ("data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet",
-           "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"),
-}  # fmt: skip
 _ROLES = {
     "next.reward": "rewards",
     "next.done": "is_terminal",
@@ -144,25 +157,6 @@ _TURNED_AGAIN = {
     "as_stored": "rotated_180",
     "rotated_180": "as_stored",
 }  # image_orientation, after flip_images
-
-
-@dataclass(frozen=True, slots=True)
-class _Video:
-    """Where one camera of one episode lives."""
-
-    path: str
-    offset: float  # seconds added to the parquet timestamps (v3 ``from_timestamp``)
-
-
-@dataclass(frozen=True, slots=True)
-class _Episode:
-    """One episode as the metadata lists it."""
-
-    index: int
-    length: int
-    tasks: tuple[str, ...]
-    data: str
-    videos: dict[str, _Video] = field(default_factory=dict)
 
 
 # -- metadata ---------------------------------------------------------------------------
@@ -176,25 +170,6 @@ def _read_json(path: str) -> Any:
         raise ConversionError(f"{path}: missing") from None
     except (OSError, ValueError) as exc:
         raise ConversionError(f"{path}: not readable JSON ({exc})") from None
-
-
-def _read_jsonl(path: str) -> list[dict[str, Any]]:
-    rows = []
-    try:
-        with open(path, encoding="utf-8") as fh:
-            for number, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except ValueError as exc:
-                    raise ConversionError(f"{path}: line {number} is not JSON ({exc})") from None
-                if not isinstance(row, dict):
-                    raise ConversionError(f"{path}: line {number} is not a JSON object")
-                rows.append(row)
-    except OSError as exc:
-        raise ConversionError(f"{path}: not readable ({exc})") from None
-    return rows
 
 
 def _check_root(root: str) -> None:
@@ -244,7 +219,7 @@ def _tasks(root: str, version: str, pq: Any) -> dict[int, str] | None:
         if not os.path.isfile(path):
             continue
         if path == jsonl:
-            rows = _read_jsonl(path)
+            rows = [row for _, row in read_jsonl(path)]
             try:
                 return {int(r["task_index"]): str(r["task"]) for r in rows}
             except (KeyError, TypeError, ValueError):
@@ -253,25 +228,8 @@ def _tasks(root: str, version: str, pq: Any) -> dict[int, str] | None:
     return None
 
 
-def _read_parquet(path: str, pq: Any, *, skip: str | None = None) -> Any:
-    """A whole (small) parquet file as an arrow table, without columns starting with ``skip``.
-
-    Read through ``ParquetFile``: ``pq.read_table`` imports ``pyarrow.dataset``, whose
-    import pulls pandas in and drops a Ctrl-C or SIGTERM raised meanwhile.
-
-    Raises:
-        ConversionError: the file is not readable parquet.
-    """
-    try:
-        with pq.ParquetFile(path) as pf:
-            names = pf.schema_arrow.names
-            return pf.read(columns=[n for n in names if skip is None or not n.startswith(skip)])
-    except Exception as exc:  # pyarrow raises several types for damaged files
-        raise ConversionError(f"{path}: not readable parquet ({exc})") from None
-
-
 def _tasks_parquet(path: str, pq: Any) -> dict[int, str]:
-    table = _read_parquet(path, pq)
+    table = read_parquet(path, pq)
     columns = table.column_names
     text = "task" if "task" in columns else None
     if text is None:  # written by pandas with the task text as the (unnamed) index
@@ -285,79 +243,6 @@ def _tasks_parquet(path: str, pq: Any) -> dict[int, str]:
     return dict(
         zip((int(i) for i in table["task_index"].to_pylist()), map(str, table[text].to_pylist()), strict=True)
     )
-
-
-def _format_path(template: str, root: str, **fields: Any) -> str:
-    try:
-        return os.path.join(root, template.format(**fields))
-    except (KeyError, IndexError, ValueError) as exc:
-        raise ConversionError(f"{root}: path template {template!r} cannot be filled ({exc})") from None
-
-
-def _episodes_v2(root: str, info: dict[str, Any], videos: list[str]) -> list[_Episode]:
-    path = os.path.join(root, "meta", "episodes.jsonl")
-    if not os.path.isfile(path):
-        raise ConversionError(f"{path}: missing; a LeRobot v2 dataset lists its episodes there")
-    data_t = info.get("data_path") or _DEFAULT_PATHS["v2"][0]
-    video_t = info.get("video_path") or _DEFAULT_PATHS["v2"][1]
-    chunks = int(info.get("chunks_size") or 1000)
-    out = []
-    for row in _read_jsonl(path):
-        try:
-            e, length = int(row["episode_index"]), int(row["length"])
-        except (KeyError, TypeError, ValueError):
-            raise ConversionError(f"{path}: every line needs episode_index and length") from None
-        place = {"episode_chunk": e // chunks, "episode_index": e, "chunk_index": e // chunks}
-        vids = {k: _Video(_format_path(video_t, root, video_key=k, **place), 0.0) for k in videos}
-        tasks = tuple(str(t) for t in row.get("tasks") or ())
-        out.append(_Episode(e, length, tasks, _format_path(data_t, root, **place), vids))
-    return out
-
-
-def _episodes_v3(root: str, info: dict[str, Any], videos: list[str], pq: Any) -> list[_Episode]:
-    folder = os.path.join(root, "meta", "episodes")
-    files = sorted(
-        os.path.join(dirpath, n)
-        for dirpath, _, names in os.walk(folder)
-        for n in names
-        if n.endswith(".parquet")
-    )
-    if not files:
-        raise ConversionError(f"{folder}: no episode metadata (*.parquet); a LeRobot v3 dataset needs it")
-    templates = (
-        info.get("data_path") or _DEFAULT_PATHS["v3"][0],
-        info.get("video_path") or _DEFAULT_PATHS["v3"][1],
-    )
-    out = []
-    for path in files:
-        for row in _read_rows(path, pq):
-            try:
-                out.append(_episode_v3(row, root, templates, videos))
-            except (KeyError, TypeError, ValueError) as exc:
-                raise ConversionError(
-                    f"{path}: an episode row lacks {exc}; v3 rows need episode_index, length, "
-                    f"data/chunk_index, data/file_index and videos/KEY/{{chunk_index,file_index,from_timestamp}}"
-                ) from None
-    return out
-
-
-def _episode_v3(row: dict[str, Any], root: str, templates: tuple[str, str], videos: list[str]) -> _Episode:
-    """One row of ``meta/episodes/*.parquet``: its data file, and its video files with offsets."""
-    place = {"chunk_index": int(row["data/chunk_index"]), "file_index": int(row["data/file_index"])}
-    data = _format_path(templates[0], root, **place)
-    vids = {}
-    for key in videos:
-        p = f"videos/{key}/"
-        place = {"chunk_index": int(row[p + "chunk_index"]), "file_index": int(row[p + "file_index"])}
-        path = _format_path(templates[1], root, video_key=key, **place)
-        vids[key] = _Video(path, float(row[p + "from_timestamp"]))
-    tasks = tuple(str(t) for t in row.get("tasks") or ())
-    return _Episode(int(row["episode_index"]), int(row["length"]), tasks, data, vids)
-
-
-def _read_rows(path: str, pq: Any) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = _read_parquet(path, pq, skip="stats/").to_pylist()
-    return rows
 
 
 # -- the source -------------------------------------------------------------------------
@@ -432,19 +317,27 @@ class LeRobotSource:
         if not isinstance(info, dict) or not isinstance(info.get("features"), dict):
             raise ConversionError(f"{info_path}: expected a JSON object with 'features'")
         self._info: dict[str, Any] = info
+        self._info_path = info_path
         self._version = _check_version(info, info_path)
+        self._data_template = path_template(info, "data_path", self._version, info_path)
         self._features: dict[str, dict[str, Any]] = info["features"]
         bad = [k for k, f in self._features.items() if not isinstance(f, dict)]
         if bad:
             raise ConversionError(f"{info_path}: feature {bad[0]!r} is not a JSON object")
+        odd = next((k for k, f in self._features.items() if not isinstance(f.get("dtype", ""), str)), None)
+        if odd is not None:
+            raise ConversionError(
+                f"{info_path}: features[{odd!r}].dtype is {spelt(self._features[odd]['dtype'])}; expected "
+                'a type name such as "float32", "image" or "video": fix it'
+            )
         self._plan = make_plan(self._features, self._options, info_path)
         self._tasks = _tasks(self._root, self._version, self._pq)
         self._kinodb = kinodb_export(self._root)
         videos = list(self._plan.videos.values()) if self._options.images else []
         if self._version == "v3.0":
-            eps = _episodes_v3(self._root, info, videos, self._pq)
+            eps = episodes_v3(self._root, info, videos, self._pq, info_path)
         else:
-            eps = _episodes_v2(self._root, info, videos)
+            eps = episodes_v2(self._root, info, videos, info_path, self._version)
         eps.sort(key=lambda ep: ep.index)
         self._episodes = {f"episode_{ep.index:06d}": ep for ep in eps}
         if len(self._episodes) != len(eps):
@@ -458,6 +351,7 @@ class LeRobotSource:
         self._readers: dict[str, _video.VideoReader] = {}
         self._warned: set[str] = set()
         self._wide: dict[str, str | None] | None = None  # `_wide_images`, once probed
+        self._counted = False  # `_warn_unlisted` has run
 
     @classmethod
     def detect(cls, path: str) -> bool:
@@ -465,8 +359,37 @@ class LeRobotSource:
         return os.path.isdir(path) and os.path.isfile(os.path.join(path, "meta", "info.json"))
 
     def episodes(self) -> list[str]:
-        """Every listed episode's key (``episode_000029``), in ``episode_index`` order."""
+        """Every listed episode's key (``episode_000029``), in ``episode_index`` order.
+
+        Warns (once) when ``info.json``'s ``total_episodes`` is not the number listed,
+        naming the episodes that have data but no entry (`_warn_unlisted`).
+        """
+        if not self._counted:
+            self._counted = True
+            self._warn_unlisted()
         return list(self._episodes)
+
+    def _warn_unlisted(self) -> None:
+        """Warn when ``total_episodes`` and the episode list disagree, naming the episodes
+        whose data is at hand but not listed (left out of the ingest)."""
+        total, listed = whole_number(self._info.get("total_episodes")), len(self._episodes)
+        if total is None or total == listed:
+            return
+        v3 = self._version == "v3.0"
+        place = "meta/episodes/*.parquet" if v3 else "meta/episodes.jsonl"
+        chunks = None if v3 else chunks_size(self._info, self._info_path)
+        held = episodes_at_hand(
+            self._pa, self._pq, self._root, self._data_template, chunks=chunks, below=total
+        )
+        unlisted = sorted(held - {ep.index for ep in self._episodes.values()})
+        what = (
+            f"episodes {episodes_spec(unlisted)} (episode_index) have data but no entry there, so they are not "
+            f"ingested: add their entries to {place} to ingest them"
+            if unlisted
+            else "every episode whose data is at hand is listed"
+        )
+        log.warning("%s: total_episodes is %d, but %s lists %d episode%s; %s", self._info_path, total,
+                    place, listed, "" if listed == 1 else "s", what)  # fmt: skip
 
     def _fps(self, *, dataset: bool = False) -> float:
         """The episode fps (``options.fps`` wins unless ``dataset``: the rate of the files)."""
@@ -586,7 +509,7 @@ class LeRobotSource:
             f"--episodes (positions in meta/episodes){SKIP_ADVICE}"
         )
 
-    def _table(self, ep: _Episode) -> Any:
+    def _table(self, ep: Episode) -> Any:
         """The episode's rows, ordered by ``frame_index``, image columns only when wanted.
 
         Consecutive episodes of one row group are slices of it, decoded once (`DataFiles`).
@@ -612,6 +535,8 @@ class LeRobotSource:
         ep = self._episodes.get(key)
         if ep is None:
             raise ConversionError(f"{self._root}: no episode {key!r}")
+        if ep.problem is not None:
+            raise ConversionError(ep.problem)
         table = self._table(ep)
         where = f"{ep.data}: episode {ep.index}"
         args: dict[str, Any] = {"fps": self._fps(), "extra": {"episode_index": ep.index}}
@@ -648,7 +573,7 @@ class LeRobotSource:
             restore(args, self._kinodb, ep.index, self._root)
         return args
 
-    def _assemble(self, ep: _Episode, parts: dict[str, np.ndarray], args: dict[str, Any], where: str) -> None:
+    def _assemble(self, ep: Episode, parts: dict[str, np.ndarray], args: dict[str, Any], where: str) -> None:
         """Give every numeric column its role: actions, states, rewards, ..., extra arrays."""
         action = self._plan.action
         if action not in parts:
@@ -668,6 +593,8 @@ class LeRobotSource:
         for name, role in _ROLES.items():
             if name in parts:
                 args[role] = per_frame(parts.pop(name), name, where)
+        if "timestamps" in args:
+            _check_times(args["timestamps"], where)
         if "is_terminal" in args and args["is_terminal"].dtype != np.bool_:
             args["is_terminal"] = args["is_terminal"] != 0
         if "next.success" in parts:  # the per-frame flag stays an extra array too
@@ -676,7 +603,7 @@ class LeRobotSource:
         if parts:
             args["extra_arrays"] = {array_name(k): v for k, v in parts.items()}
 
-    def _task(self, ep: _Episode, parts: dict[str, np.ndarray], args: dict[str, Any], where: str) -> None:
+    def _task(self, ep: Episode, parts: dict[str, np.ndarray], args: dict[str, Any], where: str) -> None:
         """The first frame's task text; a varying task index stays an extra array."""
         index = per_frame(parts.pop("task_index"), "task_index", where) if "task_index" in parts else None
         if index is not None and (index != index[0]).any():
@@ -697,7 +624,7 @@ class LeRobotSource:
             args["extra"]["tasks"] = [self._tasks[int(values[k])] for k in order]
 
     def _decode_videos(
-        self, ep: _Episode, args: dict[str, Any], where: str
+        self, ep: Episode, args: dict[str, Any], where: str
     ) -> dict[str, np.ndarray | list[bytes] | FrameChunks]:
         """Every video camera of the episode, frame-exact at the parquet timestamps.
 
@@ -731,7 +658,7 @@ class LeRobotSource:
         return out
 
     def _video_chunks(
-        self, ep: _Episode, cam: str, key: str, times: np.ndarray
+        self, ep: Episode, cam: str, key: str, times: np.ndarray
     ) -> Iterator[tuple[int, np.ndarray]]:
         """A video camera's RGB pixels, decoded a chunk at a time (`FrameChunks`)."""
         video = ep.videos[key]
@@ -768,7 +695,18 @@ class LeRobotSource:
         self._readers.clear()
 
 
-def _video_error(exc: ConversionError, ep: _Episode, cam: str, key: str) -> ConversionError:
+def _check_times(stamps: np.ndarray, where: str) -> None:
+    """Refuse a ``timestamp`` column holding NaN or infinity (bad data, whatever the videos)."""
+    bad = ~np.isfinite(stamps)
+    if bad.any():
+        t = int(np.argmax(bad))
+        raise ConversionError(
+            f"{where}: column 'timestamp' holds {stamps[t]} at frame {t} ({int(bad.sum())} of {len(stamps)} "
+            f"frames are not finite); timestamps must be finite numbers of seconds: fix the data file{SKIP_ADVICE}"
+        )
+
+
+def _video_error(exc: ConversionError, ep: Episode, cam: str, key: str) -> ConversionError:
     """A video's decoding error, naming the episode, camera and feature (and, for a damaged
     file, how to go on without the episode)."""
     advice = SKIP_ADVICE if isinstance(exc, _video.DamagedVideoError) else ""
