@@ -345,3 +345,32 @@ def test_a_total_that_counts_episodes_without_data_says_every_one_at_hand_is_lis
         assert ingest(root, tmp_path / "out.kdb", images=False).episodes == len(LENGTHS)
     assert "total_episodes is 9, but meta/episodes/*.parquet lists 4 episodes; every episode whose data is at " \
            "hand is listed" in caplog.text  # fmt: skip
+
+
+@pytest.mark.parametrize("version", ["v2.1", "v3.0"])
+def test_an_action_column_narrower_than_info_json_declares_names_the_file_and_column(
+    written: dict[str, Path], tmp_path: Path, version: str
+) -> None:
+    root = _copy(written, version, tmp_path)
+    declared = json.loads((root / "meta" / "info.json").read_text())["features"]["action"]["shape"]
+    if version == "v2.1":
+        path, rows = root / "data" / "chunk-000" / "episode_000001.parquet", slice(None)
+    else:
+        path = root / "data" / "chunk-000" / "file-000.parquet"  # episodes 0 and 1
+        index = pq.read_table(path, columns=["episode_index"])["episode_index"].to_numpy()
+        rows = slice(int(np.flatnonzero(index == 1)[0]), int(np.flatnonzero(index == 1)[-1]) + 1)
+    table = pq.read_table(path)
+    actions = np.stack(table["action"].to_numpy(zero_copy_only=False)).astype(np.float32)
+    if version == "v2.1":
+        narrow = [a[:-1].tolist() for a in actions]
+        _edit_column(path, "action", narrow, pa.list_(pa.float32()))
+    else:  # one episode's rows narrower than the others': a list column of varying length
+        values = [a.tolist() for a in actions]
+        for r in range(*rows.indices(len(values))):
+            values[r] = values[r][:-1]
+        _edit_column(path, "action", values, pa.list_(pa.float32()))
+    pattern = (
+        rf"\.parquet: episode 1: column 'action' holds {declared[0] - 1} values per frame, but "
+        rf"meta/info\.json declares shape \[{declared[0]}\] for it"
+    )
+    _fails_alone(root, tmp_path, pattern, "episode_000001")

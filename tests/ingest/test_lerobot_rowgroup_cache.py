@@ -24,6 +24,7 @@ import kinodb
 from kinodb.errors import ConversionError
 from kinodb.export import export
 from kinodb.ingest import SourceOptions, ingest
+from kinodb.ingest._base import SOURCE_WHERE
 from kinodb.ingest.lerobot import LeRobotSource
 from kinodb.synthetic import create_test
 
@@ -189,6 +190,7 @@ def _same(a: Any, b: Any, where: str) -> None:
 def _same_episodes(got: list[dict[str, Any]], expected: list[dict[str, Any]]) -> None:
     assert len(got) == len(expected) == len(LENGTHS)
     for k, (a, b) in enumerate(zip(got, expected, strict=True)):
+        a, b = ({key: v for key, v in x.items() if key != SOURCE_WHERE} for x in (a, b))  # names the dataset
         _same(a, b, f"episode {k}")
 
 

@@ -494,7 +494,7 @@ def test_a_truncated_png_in_a_lerobot_image_column_is_skipped(tmp_path: Path) ->
     pq.write_table(table.set_column(at, F.CAMERA, pa.array(col, table.schema.field(at).type)), path)
     out = tmp_path / "lr.kdb"
     why = r"images\['top'\]\[2\] is a damaged png frame: truncated: no PNG IEND chunk"
-    with pytest.raises(ConversionError, match=rf"episode_000001: {why}"):
+    with pytest.raises(ConversionError, match=rf"episode_000001\.parquet: episode 1: {why}"):
         ingest(root, out)
     report = ingest(root, out, on_error="skip", verify=True)
     assert [k for k, _ in report.skipped] == ["episode_000001"] and re.search(why, report.skipped[0][1])

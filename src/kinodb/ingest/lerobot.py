@@ -88,6 +88,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import os
 from collections.abc import Iterator
 from typing import Any, ClassVar
@@ -101,6 +102,7 @@ from kinodb.ingest import _video
 from kinodb.ingest._base import (
     SKIP_ADVICE,
     SOURCE_PARTS,
+    SOURCE_WHERE,
     FrameChunks,
     SourceInfo,
     SourceOptions,
@@ -571,19 +573,36 @@ class LeRobotSource:
             args.setdefault("images", {}).update(self._decode_videos(ep, args, where))
         if self._kinodb is not None:
             restore(args, self._kinodb, ep.index, self._root)
+        args[SOURCE_WHERE] = where
         return args
+
+    def _check_width(self, arr: np.ndarray, key: str, where: str) -> None:
+        """Refuse an action or state column whose values per frame are not the ``shape``
+        ``info.json`` declares for it (the schema's names and components come from there)."""
+        feature = self._features[key]
+        if "shape" not in feature:
+            return
+        got, declared = math.prod(arr.shape[1:]), feature_dim(feature)
+        if got != declared:
+            raise ConversionError(
+                f"{where}: column {key!r} holds {got} values per frame, but meta/info.json declares shape "
+                f"{json.dumps(feature['shape'])} for it; correct features[{key!r}] (its shape and names) in "
+                "meta/info.json to match the data"
+            )
 
     def _assemble(self, ep: Episode, parts: dict[str, np.ndarray], args: dict[str, Any], where: str) -> None:
         """Give every numeric column its role: actions, states, rewards, ..., extra arrays."""
         action = self._plan.action
         if action not in parts:
             raise ConversionError(f"{where}: no {action!r} column")
-        T = len(parts[action])
-        args["actions"] = parts.pop(action).reshape(T, -1)
         keys = self._plan.state_keys
         missing = [k for k in keys if k not in parts]
         if missing:
             raise ConversionError(f"{where}: no state column {missing[0]!r}")
+        for key in (action, *keys):
+            self._check_width(parts[key], key, where)
+        T = len(parts[action])
+        args["actions"] = parts.pop(action).reshape(T, -1)
         if len(keys) == 1:
             args["states"] = parts.pop(keys[0]).reshape(T, -1)
         elif keys:
