@@ -254,6 +254,12 @@ def test_arguments_are_checked_before_sending(client: KinoClient) -> None:
         (lambda: client.query("success = true", limit=2**32), "limit must be a non-negative int below 2"),
         (lambda: next(client.stream_windows(2, num_batches=-1)), "num_batches must be a non-negative int"),
         (lambda: next(client.stream_batches(2, stride=-2)), "stride must be a non-negative int"),
+        (lambda: client.get_windows(4, cameras=["front"]),
+         "cameras chooses frames, but include_images is False: pass include_images=True"),
+        (lambda: client.get_windows(4, cameras=["nope"], image_size=(8, 8)), "cameras and image_size choose frames"),
+        (lambda: client.get_batch(2, cameras=["front"]), "cameras chooses frames"),
+        (lambda: client.get_episode(0, cameras=["front"]), "cameras chooses frames"),
+        (lambda: next(client.stream_windows(2, image_size=(8, 8))), "image_size chooses frames"),
     ]  # fmt: skip
     for call, match in cases:
         with pytest.raises(ValueError, match=match):

@@ -248,6 +248,7 @@ class KinoClient:
         Raises:
             EpisodeNotFoundError: ``i`` is out of range.
         """
+        _frames_asked(include_images, cameras, None)
         req = pb.EpisodeRequest(position=_uint(i, "episode index i"), include_images=include_images,
                                 image_encoding=_encoding(image_encoding), cameras=_names(cameras))  # fmt: skip
         return _episode(self._call("GetEpisode", req).episode, include_images)
@@ -614,12 +615,22 @@ def _batch(
     windows: pb.WindowSpec | None, image_size: tuple[int, int] | None,
 ) -> pb.BatchRequest:  # fmt: skip
     size = _uint(size, "batch_size", bits=32, minimum=1)
+    _frames_asked(images, cameras, image_size)
     h, w = _image_size(image_size) if image_size is not None else (0, 0)
     return pb.BatchRequest(
         batch_size=size, mode=mode, offset=_uint(offset, "offset"), seed=_uint(seed, "seed"), include_images=images,
         windows=windows, image_encoding=_encoding(encoding), image_height=h, image_width=w,
         cameras=camera_request(cameras) if windows is not None else _names(cameras),
     )  # fmt: skip
+
+
+def _frames_asked(images: bool, cameras: Any, image_size: Any) -> None:
+    """Refuse ``cameras`` or ``image_size`` without ``include_images``: they choose frames
+    that would not be sent."""
+    asked = [name for name, value in (("cameras", cameras), ("image_size", image_size)) if value is not None]
+    if asked and not images:
+        raise ValueError(f"{' and '.join(asked)} choose{'s' * (len(asked) == 1)} frames, but include_images is "
+                         "False: pass include_images=True, or leave them out")  # fmt: skip
 
 
 def _image_size(size: Any) -> tuple[int, int]:
