@@ -215,17 +215,17 @@ def test_a_live_temporary_of_a_longer_name_is_not_taken_for_a_stale_one(tmp_path
     assert live.exists() and not stale.exists()
 
 
-def test_mode_a_on_a_path_another_writer_created_meanwhile(tmp_path: Path) -> None:
+def test_mode_a_on_a_path_another_writer_created_meanwhile_appends_to_it(tmp_path: Path) -> None:
     path = tmp_path / "new.kdb"
     first = kinodb.Writer(path, mode="a")  # no file yet: both write a new one
     second = kinodb.Writer(path, mode="a")
     first.add_episode(actions=np.zeros((2, 3), np.float32))
     second.add_episode(actions=np.ones((2, 3), np.float32))
     first.close()
-    with pytest.raises(FileExistsError, match="was created by another writer while this one wrote"):
-        second.close()
+    second.close()  # appends its episode after the first writer's
     with kinodb.open(path) as db:
-        assert len(db) == 1
+        assert len(db) == 2
+        np.testing.assert_array_equal(db.read_array(1, "actions"), np.ones((2, 3), np.float32))
     assert [p.name for p in tmp_path.iterdir()] == ["new.kdb"]
 
 

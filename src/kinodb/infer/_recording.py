@@ -219,8 +219,12 @@ def append_episode(
     start = time.monotonic()
     delay = RETRY_FIRST_S
     while True:
+        # A new file is created in mode "x": when another writer creates it first, the
+        # episode is appended on the next try, and its index is its index there (in mode
+        # "a", `close` would append it after the other writer's, its index returned too soon).
+        mode = "a" if os.path.lexists(where) else "x"
         try:
-            with Writer(where, mode="a", image_codec="raw", schema=schema) as w:
+            with Writer(where, mode=mode, image_codec="raw", schema=schema) as w:
                 return w.add_episode(**episode)
         except (WriterError, FileExistsError) as exc:
             if not _busy(exc):

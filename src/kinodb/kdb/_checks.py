@@ -4,6 +4,7 @@ the indices the reader is given (episodes, frames)."""
 from __future__ import annotations
 
 import math
+import numbers
 import operator
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -29,7 +30,12 @@ def as_array(name: str, value: Any, default: type, *, ndim: int | None) -> np.nd
     else:
         try:
             arr = np.asarray(value, dtype=default)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, RuntimeError) as exc:  # RuntimeError: a tensor that requires grad
+            if getattr(value, "requires_grad", False) is True:
+                raise WriterError(
+                    f"{name} is a tensor that requires grad, which NumPy cannot read; pass it detached, "
+                    "tensor.detach() (or a NumPy array)"
+                ) from exc
             raise WriterError(f"{name} is not numeric: {exc}") from exc
     if (
         arr.dtype.kind not in "biuf"
@@ -110,9 +116,41 @@ def json_mapping(value: Mapping[str, Any], where: str) -> dict[str, Any]:
     return out
 
 
+def real_number(value: Any, what: str, want: str = "a number") -> float:
+    """``value`` as a float: a real number (int, float, Fraction, NumPy int or float
+    scalar), not a bool, a string or an array.
+
+    Raises:
+        WriterError: anything else; the message says ``what`` must be ``want`` and names the
+            value given.
+    """
+    number: Any = value  # unnarrowed: numbers.Real declares no comparison with an int
+    if type(number) is float or (isinstance(number, numbers.Real) and not isinstance(number, bool)):
+        try:
+            return float(number)
+        except OverflowError:  # an int past float's range: refused as not finite
+            return -math.inf if value < 0 else math.inf
+    array = hasattr(value, "shape") and not isinstance(value, np.generic)
+    hint = "; for a one-element array or tensor, pass x.item()" if array else ""
+    raise WriterError(f"{what} must be {want}, got {value!r}{hint}")
+
+
+def mapping(value: Any, what: str, example: str) -> Mapping[Any, Any]:
+    """``value``, refused unless it is a mapping (a dict); None becomes an empty one.
+
+    Raises:
+        WriterError: naming the argument ``what``, with an ``example`` of what to pass.
+    """
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise WriterError(f"{what} must be a mapping (a dict), e.g. {example}; got {type(value).__name__}")
+    return value
+
+
 def episode_meta(
-    embodiment: str, task: str, fps: float, success: bool | None,
-    total_reward: float | None, rew: np.ndarray, rewards: Any, extra: Mapping[str, Any] | None,
+    embodiment: str, task: str, fps: Any, success: bool | None,
+    total_reward: Any, rew: np.ndarray, rewards: Any, extra: Mapping[str, Any] | None,
 ) -> dict[str, Any]:  # fmt: skip
     """The checked per-episode metadata of `Writer.add_episode`; ``total_reward`` defaults
     to the sum of ``rew`` when ``rewards`` were given (None when that sum is not finite).
@@ -124,12 +162,7 @@ def episode_meta(
         raise WriterError("embodiment and task must be str")
     check_text(embodiment, "embodiment")
     check_text(task, "task")
-    try:
-        fps = float(fps)
-    except (TypeError, ValueError):
-        fps = math.nan
-    if not (math.isfinite(fps) and fps > 0):
-        raise WriterError(f"fps must be a positive number, got {fps!r}")
+    fps = positive_fps(fps)
     if success is not None and not isinstance(success, (bool, np.bool_)):
         raise WriterError(f"success must be True, False or None, got {success!r}")
     if total_reward is None:
@@ -137,20 +170,29 @@ def episode_meta(
             total = float(rew.astype(np.float64).sum())
             total_reward = total if math.isfinite(total) else None
     else:
-        try:
-            total_reward = float(total_reward)
-        except (TypeError, ValueError):
-            raise WriterError(f"total_reward must be a number or None, got {total_reward!r}") from None
+        total_reward = real_number(total_reward, "total_reward", "a number or None (unknown)")
         if not math.isfinite(total_reward):
             raise WriterError(
                 f"total_reward is {total_reward}; pass a finite number, or None when it is unknown"
             )
     clean = {}
-    for key, value in (extra or {}).items():
+    for key, value in mapping(extra, "extra", "{'scene': 'kitchen'}").items():
         check_extra_name(key)
         clean[key] = json_value(value, f"extra[{key!r}]")
     return {"embodiment": embodiment, "task": task, "fps": fps, "success": success,
             "total_reward": total_reward, "extra": clean}  # fmt: skip
+
+
+def positive_fps(fps: Any) -> float:
+    """``fps`` as a positive finite float.
+
+    Raises:
+        WriterError: it is not a number (a bool, a string, an array), or not positive and finite.
+    """
+    value = real_number(fps, "fps", "a positive number")
+    if not (math.isfinite(value) and value > 0):  # the value as given, not as a float
+        raise WriterError(f"fps must be a positive number, got {fps!r}")
+    return value
 
 
 def as_index(value: object, what: str, error: type[KinodbError]) -> int:

@@ -43,7 +43,8 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-DAMAGED_ADVICE = "the stored frame is damaged; run kino validate on the file to list every damaged frame"
+VALIDATE_ADVICE = "run kino validate on the file to list every damaged frame"
+DAMAGED_ADVICE = f"the stored frame is damaged; {VALIDATE_ADVICE}"
 
 
 def _pil() -> object:
@@ -96,6 +97,11 @@ def header(data: bytes) -> tuple[tuple[int, int, int], int] | None:
         else:
             pos += 2 + struct.unpack_from(">H", data, pos + 2)[0]
     return None
+
+
+def sixteen_bit(data: bytes) -> bool:
+    """Whether ``data`` is a PNG of 16 bits per sample (its IHDR bit depth), such as a depth frame."""
+    return data[:8] == _PNG_MAGIC and data[12:16] == b"IHDR" and len(data) >= 26 and data[24] == 16
 
 
 _JPEG_EOI = b"\xff\xd9"
@@ -206,7 +212,9 @@ def _open(blob: memoryview | bytes, shape: tuple[int, int, int], where: str) -> 
         raise CorruptFileError(f"{where}: image does not decode ({describe(exc)}); {DAMAGED_ADVICE}") from exc
     if im.size != (w, h):
         im.close()
-        raise CorruptFileError(f"{where}: image is {im.size[1]}x{im.size[0]} (HxW), the index says {h}x{w}")
+        raise CorruptFileError(
+            f"{where}: image is {im.size[1]}x{im.size[0]} (HxW), the index says {h}x{w}; {DAMAGED_ADVICE}"
+        )
     return im
 
 
@@ -230,5 +238,7 @@ def decode_into(out: np.ndarray, data: Sequence[memoryview | bytes], where: str,
                 ) from exc
         arr = arr.reshape(arr.shape[0], arr.shape[1], -1) if arr.ndim == 2 else arr
         if arr.shape != (h, w, c):
-            raise CorruptFileError(f"{frame}: decoded to shape {arr.shape}, the index says {(h, w, c)}")
+            raise CorruptFileError(
+                f"{frame}: decoded to shape {arr.shape}, the index says {(h, w, c)}; {DAMAGED_ADVICE}"
+            )
         out[t] = arr

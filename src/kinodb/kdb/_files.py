@@ -8,6 +8,7 @@ import contextlib
 import errno
 import mmap
 import os
+import secrets
 import shlex
 import stat
 import threading
@@ -138,11 +139,15 @@ def still_at(fd: int, path: str) -> bool:
 
 
 def publish_new(tmp: str, path: str) -> None:
-    """Move the committed temporary file to ``path``, failing if ``path`` exists."""
+    """Move the committed temporary file to ``path``, failing if ``path`` exists.
+
+    Raises:
+        FileExistsError: ``path`` exists (another writer created it meanwhile); ``tmp``
+            stays, for the caller to keep or delete.
+    """
     try:
         os.link(tmp, path)  # atomic, and refuses an existing name
     except FileExistsError:
-        os.unlink(tmp)
         raise FileExistsError(
             f"{path} was created by another writer while this one wrote; nothing was written "
             "(write to another path, or append with mode='a')"
@@ -151,11 +156,27 @@ def publish_new(tmp: str, path: str) -> None:
         # No hard links on this filesystem (FAT, some network mounts): a rename is atomic
         # but replaces, so check first; never delete the only copy of the data here.
         if os.path.exists(path):
-            os.unlink(tmp)
             raise FileExistsError(f"{path} exists; use mode='w' to replace it or 'a' to append") from None
         os.replace(tmp, path)
     else:
         os.unlink(tmp)
+
+
+def keep_aside(tmp: str, path: str) -> str:
+    """Rename the committed temporary file ``tmp`` of ``path`` to a visible name beside it
+    (``NAME.unmerged-PID-TOKEN.kdb``), which no later writer deletes as stale; that name, or
+    ``tmp`` when it cannot be renamed."""
+    stem = os.path.basename(path)
+    stem = stem[: -len(".kdb")] if stem.endswith(".kdb") and len(stem) > len(".kdb") else stem
+    kept = os.path.join(
+        os.path.dirname(os.path.abspath(path)), f"{stem}.unmerged-{os.getpid()}-{secrets.token_hex(4)}.kdb"
+    )
+    try:
+        publish_new(tmp, kept)
+    except OSError:
+        return tmp
+    fsync_dir(kept)
+    return kept
 
 
 def remove_stale_temps(path: str) -> None:

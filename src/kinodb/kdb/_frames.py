@@ -12,7 +12,7 @@ import numpy as np
 
 from kinodb.errors import WriterError
 from kinodb.kdb import _codecs
-from kinodb.kdb._checks import as_array, dims3, terminal
+from kinodb.kdb._checks import as_array, dims3, mapping, terminal
 
 # add_episode's own arrays; the names extra arrays cannot take.
 RESERVED_ARRAYS = frozenset({"actions", "states", "rewards", "is_terminal", "timestamps", "meta", "images"})
@@ -55,8 +55,9 @@ def camera_frames(
     if isinstance(value, np.ndarray):
         frames = value if value.ndim == 4 else value[..., None] if value.ndim == 3 else None
         if frames is None or frames.dtype != np.uint8:
+            hint = _sixteen_bit(cam) if value.dtype == np.uint16 else ""
             raise WriterError(
-                f"images[{cam!r}] must be uint8 (T, H, W, C) or (T, H, W), got {value.dtype} {value.shape}"
+                f"images[{cam!r}] must be uint8 (T, H, W, C) or (T, H, W), got {value.dtype} {value.shape}{hint}"
             )
         if frames.shape[0] != T:
             raise WriterError(f"images[{cam!r}] has {frames.shape[0]} frames, actions has {T}")
@@ -130,6 +131,13 @@ def _encoded(
                 raise WriterError(
                     f"images[{cam!r}][{t}]: unreadable {codec} header ({_codecs.describe(exc)})"
                 ) from exc
+            except WriterError as exc:  # a mode kinodb does not store (16-bit, CMYK ...)
+                hint = (
+                    _sixteen_bit(cam)
+                    if _codecs.sixteen_bit(blob)
+                    else "; decode the frames and pass their pixels as uint8 RGB (Pillow: im.convert('RGB'))"
+                )
+                raise WriterError(f"images[{cam!r}][{t}]: {exc}{hint}") from None
         problem = _codecs.damage(blob, codec)  # stored unchecked, it would fail on every read
         if problem is not None:
             raise WriterError(
@@ -144,6 +152,11 @@ def _encoded(
             raise WriterError(f"images[{cam!r}][{t}] is {got} (H, W, C), frame 0 is {shape}")
     assert shape is not None  # T >= 1
     return codec, shape, [b for b in blobs if b is not None]
+
+
+def _sixteen_bit(cam: str) -> str:
+    """What to do with camera ``cam``'s 16-bit frames (depth), which cameras do not store."""
+    return f"; store 16-bit frames (depth) as an array, extra_arrays={{{cam!r}: uint16 (T, H, W)}}, not as images"
 
 
 # What a complete frame ends with when nothing follows its end marker, as encoders write
@@ -212,7 +225,7 @@ def episode_arrays(
     arrays = {"actions": acts, "states": sts, "rewards": rew, "is_terminal": term}
     if timestamps is not None:
         arrays["timestamps"] = as_array("timestamps", timestamps, np.float64, ndim=1)
-    for name, value in (extra or {}).items():
+    for name, value in mapping(extra, "extra_arrays", "{'depth': uint16 (T, H, W)}").items():
         if not isinstance(name, str) or not name or name in RESERVED_ARRAYS:
             raise WriterError(f"extra array name {name!r} is empty or reserved; rename it")
         arrays[name] = as_array(f"extra array {name!r}", value, np.float32, ndim=None)

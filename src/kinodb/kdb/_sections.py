@@ -360,6 +360,16 @@ def gather_out(out: np.ndarray | None, shape: tuple[int, ...], dtype: np.dtype[A
     """`Database.gather`'s output: ``out`` checked, or a new array."""
     if out is None:
         return np.empty(shape, dtype)
+    if not isinstance(out, np.ndarray):
+        raise ValueError(
+            f"out must be a NumPy array ({dtype} {shape}, e.g. np.empty({shape}, np.{dtype})), "
+            f"got {type(out).__name__}; or leave out=None for a new array"
+        )
+    if not out.flags.writeable:
+        raise ValueError(
+            f"out is read-only; gather writes into it: pass a writeable array, e.g. np.empty({shape}, "
+            f"np.{dtype}) (a read-only view, such as an array read from a file, cannot be an output)"
+        )
     if out.shape != shape or out.dtype != dtype:
         raise ValueError(f"out must be {dtype} {shape}, got {out.dtype} {out.shape}")
     if not out.flags.c_contiguous:  # reshape(-1) would copy, and the copy get the data

@@ -5,25 +5,38 @@ copied unchanged once `verify_payload` has checked it against its checksum, its 
 re-based to where the payload lands (sections stay aligned: the payload starts on a
 `SECTION_ALIGN` boundary); a format 0.1 episode is converted through
 `Writer.add_episode`. `kinodb.kdb.writer` re-exports `verify_payload`.
+
+A writer in mode ``"a"`` that found no file writes a new one; when another writer creates
+the file meanwhile, `_EpisodeCopies._append_instead` copies the new file's episodes into it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shlex
 import threading
+import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
-from kinodb.errors import CorruptFileError
+from kinodb.errors import CorruptFileError, WriterError
 from kinodb.kdb._builder import TableBuilder, check_dims, note_schema
 from kinodb.kdb._checks import check_extra_name, dims3, json_value
+from kinodb.kdb._files import keep_aside
 from kinodb.kdb._frames import RawFrames
 from kinodb.kdb._layout import CODECS, DTYPE_CODE, KIND_CAMERA, SECTION_ALIGN, align, crc32
 
 if TYPE_CHECKING:
     from kinodb.kdb.reader import Database
+    from kinodb.kdb.writer import Writer
+
+# How long `Writer.close` waits for the lock of a file another writer created meanwhile
+# while a third appends to it (a recording run's append takes milliseconds).
+RACE_WAIT_S = 5.0
 
 
 def verify_payload(db: Database, i: int) -> tuple[int, int, int]:
@@ -53,6 +66,8 @@ class _EpisodeCopies:
 
     if TYPE_CHECKING:  # what these methods use of `Writer`
         _lock: threading.RLock
+        _path: str
+        _target: str
         _table: TableBuilder
         _dataset: dict[str, Any]
         _fh: BinaryIO
@@ -153,3 +168,69 @@ class _EpisodeCopies:
         self._add_row(meta, start, length, crc, sec_start, extras)
         note_schema(self._dataset["schema"], arrays, cams)
         return len(table) - 1
+
+    # -- a file created meanwhile ------------------------------------------------------------
+
+    def _append_instead(self, tmp: str) -> None:
+        """Append the episodes of ``tmp``, this writer's committed new file, to the file
+        another writer created at the path meanwhile, as mode ``"a"`` appends: under that
+        file's lock, this writer's declared schema checked against the file's, its metadata
+        and statistics set as an append sets them; then delete ``tmp``.
+
+        Raises:
+            WriterError: they could not be appended: the file is as the other writer left
+                it, and ``tmp`` is kept beside it under the name the message gives.
+        """
+        from kinodb.kdb.reader import Database  # deferred: the reader never imports the writer
+
+        try:
+            with Database(tmp) as source, self._appender() as into:
+                for i in range(len(source)):
+                    into.copy_episode(source, i)
+        except BaseException as exc:
+            kept = keep_aside(tmp, self._target)
+            where = kept if kept != tmp else (
+                f"{tmp} (a temporary file: move it elsewhere before this process ends, or the next writer "
+                "of the path deletes it)"
+            )  # fmt: skip
+            merge = f"kino merge {shlex.quote(self._path)} {shlex.quote(kept)} -o MERGED.kdb"
+            said = (
+                f"{self._path}: another writer created this file while this one wrote, and this writer's "
+                f"{len(self._table)} episodes could not be appended to it; the file is as that writer left it, "
+                f"and they are kept in {where}: add them with {merge}"
+            )
+            if not isinstance(exc, Exception):  # an interrupt stays one
+                add_note = getattr(exc, "add_note", None)  # Python 3.11+
+                if add_note is not None:
+                    add_note(said)
+                raise
+            raise WriterError(f"{said} ({exc})") from exc
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+
+    def _appender(self) -> Writer:
+        """A `Writer` appending to the file at the path, with this writer's declared schema,
+        metadata, source format and statistics; another appender is waited for, up to
+        `RACE_WAIT_S` seconds."""
+        from kinodb.kdb.writer import Writer  # deferred: the writer module imports this one
+
+        dataset = self._dataset
+        declared = {
+            part: dataset["schema"][part] for part in ("actions", "states") if part in dataset["schema"]
+        }
+        deadline, delay = time.monotonic() + RACE_WAIT_S, 0.01
+        while True:
+            try:
+                into = Writer(
+                    self._path, mode="a", schema=declared, metadata=dict(dataset["metadata"]),
+                    source_format=dataset["source_format"],
+                )  # fmt: skip
+            except WriterError as exc:
+                if not isinstance(exc.__cause__, BlockingIOError) or time.monotonic() + delay > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(2 * delay, 0.5)
+                continue
+            if dataset.get("stats") is not None:  # they describe this writer's episodes: stale there
+                into.stats = dataset["stats"]
+            return into

@@ -283,7 +283,7 @@ class Database(_MetaReads, _ArrayReads):
                 ):
                     raise CorruptFileError(
                         f"{self._path}: episode {i}, camera {sec.name!r}: frame offset table at byte "
-                        f"offset {sec.offset} is damaged"
+                        f"offset {sec.offset} is damaged; {_codecs.VALIDATE_ADVICE}"
                     )
                 out[sec.name] = Camera(sec.codec, sec.shape, data, table)  # type: ignore[arg-type]
         return out

@@ -30,7 +30,7 @@ from kinodb.kdb._builder import (
     note_schema,
     utc_now,
 )
-from kinodb.kdb._checks import dims3, episode_meta, json_mapping
+from kinodb.kdb._checks import dims3, episode_meta, json_mapping, mapping, positive_fps
 from kinodb.kdb._files import (
     Flusher,
     cleanup,
@@ -90,7 +90,10 @@ class Writer(_EpisodeCopies):
     (through a link, the file it points at; keeping the replaced file's permission bits),
     ``"a"`` appends to an existing file. New files are written to a temporary file
     beside ``path`` and renamed into place; appends write after the committed data and
-    switch the commit record last, so a crash leaves the old or the new state.
+    switch the commit record last, so a crash leaves the old or the new state. In mode
+    ``"a"`` on a path with no file yet, the writer writes a new file; should another writer
+    create the file meanwhile, `close` appends this writer's episodes to it, after that
+    writer's (their indices then follow its episodes), as an append would.
 
     ``image_codec`` (``"jpeg"``, ``"png"`` or ``"raw"``) encodes frames given as uint8
     arrays; unset, they are JPEG (quality ``jpeg_quality``), and an append stores each
@@ -138,6 +141,7 @@ class Writer(_EpisodeCopies):
         quality = check_quality(jpeg_quality)
         # Checked before any file is touched: a bad value would otherwise fail the commit.
         metadata = json_metadata(metadata or {}, "metadata")
+        schema = mapping(schema, "schema", "{'actions': {'names': [...]}}")
         created = utc_now()  # a bad SOURCE_DATE_EPOCH fails here, not at the commit
         self._path = os.fspath(path)
         self._mode, self._codec, self._quality = mode, image_codec, quality
@@ -149,6 +153,7 @@ class Writer(_EpisodeCopies):
         self._table = TableBuilder()
         self._closed = False
         self._failure: str | None = None  # why the writer closed itself (an I/O error)
+        self._unplaced: str | None = None  # why close could not put its file in place, and what it kept
         self._slot_written = False  # an append's new commit record may be on disk
         self._guard: int | None = None  # mode "w": the replaced file, locked against appenders
         self._num_frames = 0
@@ -201,7 +206,7 @@ class Writer(_EpisodeCopies):
             self._dataset["source_format"] = str(source_format)
         self._dataset["metadata"].update(metadata)
         try:
-            for part, spec in (schema or {}).items():
+            for part, spec in schema.items():
                 self._declare(part, spec)
         except BaseException:
             self._finalizer()  # release the file (and an append's lock) now, not when collected
@@ -396,27 +401,22 @@ class Writer(_EpisodeCopies):
         n = len(self._table)
         try:
             arrays = episode_arrays(actions, states, rewards, is_terminal, timestamps, extra_arrays)
+            cameras = mapping(images, "images", "{'front': uint8 frames (T, H, W, 3)}")
         except WriterError as exc:
             raise _named(exc, n) from exc.__cause__
-        names = [*arrays, *(str(c) for c in images or {})]
+        names = [*arrays, *map(str, cameras)]
         if len(names) > _U16_MAX:  # refused before any frame is encoded
             self._check_section_limits(names)
         T = arrays["actions"].shape[0]
         try:
+            positive_fps(fps)  # before any frame is encoded
             cams = {
                 str(c): camera_frames(str(c), v, T, self._codec_for, self._quality)
-                for c, v in (images or {}).items()
+                for c, v in cameras.items()
             }
-            try:
-                fps_value = float(fps)
-            except (TypeError, ValueError):
-                fps_value = math.nan
-            if not (math.isfinite(fps_value) and fps_value > 0):  # the value as given, not as a float
-                raise WriterError(f"fps must be a positive number, got {fps!r}")
             flag = bool(success) if isinstance(success, np.bool_) else success
-            total = float(total_reward) if isinstance(total_reward, np.floating) else total_reward
             given = rewards if sum_rewards else None  # episode_meta sums the rewards only when given
-            meta = episode_meta(embodiment, task, fps_value, flag, total, arrays["rewards"], given, extra)
+            meta = episode_meta(embodiment, task, fps, flag, total_reward, arrays["rewards"], given, extra)
         except WriterError as exc:
             raise _named(exc, n) from exc.__cause__
         with self._lock:
@@ -571,6 +571,8 @@ class Writer(_EpisodeCopies):
             raise WriterError(
                 f"{self._path}: this writer closed itself when {self._failure}; nothing was committed"
             )
+        if self._unplaced is not None:
+            raise WriterError(f"this writer is closed: {self._unplaced}")
         if self._closed:
             raise WriterError(f"{self._path}: writer is closed")
 
@@ -593,11 +595,16 @@ class Writer(_EpisodeCopies):
                 or failed earlier, and nothing was committed: the file is as it was. Or
                 JSON cannot store a metadata value (the message names it): nothing was
                 committed yet and the writer stays open, to fix the value and close again.
+            WriterError: mode ``"a"``, another writer created ``path`` meanwhile, and this
+                writer's episodes could not be appended to it (a third writer held it for
+                seconds, its schema disagrees, it is not a ``.kdb`` file): that
+                file is left as it was, and the episodes are kept in a new file beside it,
+                which the message names with the ``kino merge`` command that adds them.
             FileExistsError: mode ``"x"`` and another writer created ``path`` meanwhile.
         """
         self._check_owner()
         with self._lock:
-            if self._failure is not None:
+            if self._failure is not None or self._unplaced is not None:
                 self._check_open()
             if self._closed:
                 return
@@ -620,20 +627,32 @@ class Writer(_EpisodeCopies):
             with contextlib.suppress(OSError):  # flushed and synced: closing cannot lose data
                 self._fh.close()
             if self._tmp is not None:
-                self._publish(self._tmp)
+                try:
+                    self._publish(self._tmp)
+                except WriterError as exc:
+                    self._unplaced = str(exc)
+                    raise
 
     def _publish(self, tmp: str) -> None:
-        """Put the committed temporary file ``tmp`` in place of the target."""
+        """Put the committed temporary file ``tmp`` in place of the target; in mode ``"a"``,
+        append its episodes to a file another writer created there meanwhile."""
         try:
             if self._mode != "w":
                 publish_new(tmp, self._target)
             else:
                 keep_mode(tmp, self._target)
                 os.replace(tmp, self._target)
+        except FileExistsError:
+            if self._mode == "a":
+                self._append_instead(tmp)
+                return
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
         except BaseException as exc:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
-            if isinstance(exc, OSError) and not isinstance(exc, FileExistsError):
+            if isinstance(exc, OSError):
                 raise WriterError(
                     f"{self._path}: cannot put the new file in place ({exc.strerror or exc}); nothing was written"
                 ) from exc
