@@ -204,6 +204,15 @@ def test_gather_refuses_an_output_it_cannot_write(small: Path) -> None:
         assert db.gather("actions", [1, 0], out=out) is out
 
 
+def test_gather_refuses_indices_mixing_bools_and_ints(small: Path) -> None:
+    with kinodb.open(small) as db:
+        for episodes in ([True, 1], (0, np.bool_(False))):
+            with pytest.raises(kinodb.EpisodeNotFoundError, match="a list mixing bools and ints"):
+                db.gather("actions", episodes)  # type: ignore[arg-type]
+        np.testing.assert_array_equal(db.gather("actions", [False, True]), A + 1)  # a mask, as documented
+        np.testing.assert_array_equal(db.gather("actions", [1, 0]), np.concatenate([A + 1, A]))
+
+
 # -- frames in a mode cameras do not store ----------------------------------------------------
 
 

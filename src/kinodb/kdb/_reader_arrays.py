@@ -45,6 +45,8 @@ _GATHER_AFTER, _GATHER_PER = 128, 32
 # by row checks; tables built (an array first seen later gets its table at once).
 _RENT, _RENT_ROWS, _BUILT = 0, 1, 2
 
+_BOOLS = {bool, np.bool_}
+
 
 class _ArrayReads:
     """How a `Database` finds its episodes' low-dimensional arrays in the map, one or many.
@@ -279,6 +281,15 @@ class _ArrayReads:
                     f"got shape {arr.shape}"
                 )
             return np.flatnonzero(arr)
+        if (
+            arr.dtype.kind in "iu"
+            and isinstance(episodes, (list, tuple))
+            and _BOOLS & set(map(type, episodes))
+        ):
+            raise EpisodeNotFoundError(  # NumPy would read True and False as episodes 1 and 0
+                "episode indices must be ints or a boolean mask, got a list mixing bools and ints; pass "
+                "the indices alone, or one bool per episode"
+            )
         if arr.size and arr.dtype.kind not in "iu":
             raise EpisodeNotFoundError(
                 f"episode indices must be ints or a boolean mask, got {arr.dtype} values "
