@@ -9,6 +9,7 @@ frame size (`check_image_sizes`), both from the index alone.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -199,6 +200,32 @@ class _ImageWindows:
                         f"camera {names[cam]!r} is {_hwc(shapes[odd][0])} in {source.count(odd)} of "
                         f"{source.where} ({source.named(odd)}) but {_hwc(shapes[~odd][0])} in the others; "
                         f"pass image_size=(H, W) to resize them to one, or {source.leave_out(odd)}"
+                    )
+
+    def check_image_sizes_across(self, drawn: Collection[int] | None = None) -> None:
+        """Raise unless each camera has one frame size over the sources, as a batch that
+        mixes them needs when no ``size`` brings them to one (a stream that makes its own
+        batches). ``drawn``: the sources (by position among those given) that get draws,
+        default all. Each source's frames are of one size already (`check_image_sizes`):
+        its first kept episode stands for it.
+
+        Raises:
+            KinodbError: a camera's frames differ in size between two of the sources.
+        """
+        for cam in self.spec.images:
+            first: tuple[_Source, tuple[int, ...]] | None = None
+            for source, names in zip(self._sources, self._stored, strict=True):
+                if not len(source.kept) or (drawn is not None and source.index not in drawn):
+                    continue
+                hw = _hwc(source.cameras(0)[names[cam]].shape[1:3])
+                if first is None:
+                    first = (source, hw)
+                elif hw != first[1]:
+                    raise KinodbError(
+                        f"camera {cam!r} is {hw[0]}x{hw[1]} in {source.where} but {first[1][0]}x{first[1][1]} "
+                        f"in {first[0].where}; the batches this dataset makes mix the sources, and frames of "
+                        "one camera come in several sizes in such a batch: pass image_size=(H, W) to resize "
+                        "them to one"
                     )
 
 

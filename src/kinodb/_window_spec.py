@@ -80,12 +80,15 @@ def _build_spec(
     *,
     where: str = "the data",
     hint: Callable[[str], str] | None = None,
+    mapped: Sequence[Mapping[str, str]] | None = None,
 ) -> WindowSpec:
     """Offsets per feature: ``delta`` (seconds) for the features it names; the horizons (in
     frames) for ``state``, ``action`` and the ``chosen`` cameras it does not name.
 
     ``all_cams`` are the cameras of ``where`` (the first source); with other sources, whose
-    cameras may be named apart, ``hint(camera)`` says how to name one camera of each."""
+    cameras may be named apart, ``hint(camera)`` says how to name one camera of each. With
+    an ``image_key`` mapping, ``mapped`` (`_camera_map`'s, one ``{output: camera}`` per
+    source given) names the output camera to use for a source's own camera."""
     history = tuple(float(k) for k in range(-obs + 1, 1))
     future = tuple(float(k) for k in range(act))
     if delta is None:
@@ -105,7 +108,7 @@ def _build_spec(
         if not isinstance(feature, str):
             raise TypeError(f"delta_timestamps keys must be feature names (str), got {feature!r}")
         offsets = _seconds_of(feature, values)
-        cam = _camera_of(feature, all_cams, where=where, hint=hint)
+        cam = _camera_of(feature, all_cams, where=where, hint=hint, mapped=mapped)
         if cam is not None:
             _once(named, ("camera", cam), feature)
             images[cam] = offsets
@@ -177,7 +180,12 @@ def camera_named(name: str, cams: Sequence[str]) -> str | None:
 
 
 def _camera_of(
-    feature: str, cams: list[str], *, where: str = "the data", hint: Callable[[str], str] | None = None
+    feature: str,
+    cams: list[str],
+    *,
+    where: str = "the data",
+    hint: Callable[[str], str] | None = None,
+    mapped: Sequence[Mapping[str, str]] | None = None,
 ) -> str | None:
     if feature in ("image", "observation.image"):
         if not cams:
@@ -186,6 +194,8 @@ def _camera_of(
     cam = camera_named(feature, cams)
     if cam is not None:
         return cam
+    if mapped is not None and feature not in _ALIASES:
+        _refuse_source_camera(feature, cams, where, mapped)
     if feature.startswith("observation.images."):
         more = ""
         if hint is not None:
@@ -193,3 +203,17 @@ def _camera_of(
             more = f". {hint(cam)}; delta_timestamps then names the output name ({feature!r} for {cam!r})"
         raise KinodbError(f"delta_timestamps names camera {feature!r}; {where} has cameras {cams}{more}")
     return None
+
+
+def _refuse_source_camera(
+    feature: str, cams: list[str], where: str, mapped: Sequence[Mapping[str, str]]
+) -> None:
+    """Refuse ``feature`` when it names a source's own camera of an ``image_key`` mapping,
+    naming the output camera that maps it (delta_timestamps names output cameras)."""
+    for s, names in enumerate(mapped):
+        for output, own in names.items():
+            if camera_named(feature, [own]) is not None:
+                raise KinodbError(
+                    f"delta_timestamps names camera {feature!r}; {where} has cameras {cams}: name the output "
+                    f"camera instead: 'observation.images.{output}' (which maps {own!r} in source {s})"
+                )

@@ -121,7 +121,7 @@ class FrameWindows(_ImageWindows):
             stored = [given[src.index] for src in self._sources]
             where = "the image_key mapping (by its output names)"
             self.spec = _build_spec(int(obs_horizon), int(action_horizon), delta_timestamps, list(cameras),
-                                    list(cameras), where=where)  # fmt: skip
+                                    list(cameras), where=where, mapped=given)  # fmt: skip
         else:
             chosen = (
                 [cameras] if isinstance(cameras, str) else (list(cameras) if cameras is not None else None)

@@ -101,7 +101,7 @@ def test_batch_keys_are_the_schema_then_each_cameras_frame_size(tmp_path: Path) 
     ds = KinoFrameDataset([str(a), str(b)], image_key=["top", "wrist"])
     want = [[3, 2, 6, 8, 3, 4, 4, 1]] * 3 + [[3, 5, 6, 8, 3, 4, 4, 1]] * 2
     assert ds.batch_keys().tolist() == want and ds.batch_keys().dtype == np.int64
-    sized = KinoFrameDataset([str(a), str(b)], image_key=["top", "wrist"], image_size=4)
+    sized = KinoFrameDataset([str(a), str(b)], image_key=["top", "wrist"], image_size=(4, 4))
     assert sized.batch_keys().tolist() == [[3, 2, 3, 1]] * 3 + [[3, 5, 3, 1]] * 2  # channels only
     assert KinoFrameDataset(str(a), image_key=False).batch_keys().tolist() == [[3, 2]] * 3
     episodes = KinoMapDataset([str(a), str(b)], image_key=False)  # no batch_keys: by schema_keys

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -100,7 +100,8 @@ def check_image_key(image_key: Any, *, mapping: bool = True) -> None:
 
 
 def check_image_size(size: Any) -> tuple[int, int] | None:
-    """``(H, W)`` from ``image_size``: None, a positive int, or a pair of them."""
+    """``(H, W)`` from ``image_size``: None, a positive int N (``(N, N)``: the aspect ratio is
+    not kept, see `warn_squashed`), or a pair of them."""
 
     def positive(v: Any) -> bool:
         return bool(isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) and v > 0)
@@ -117,6 +118,24 @@ def check_image_size(size: Any) -> tuple[int, int] | None:
         f"image_size must be None, a positive int or a pair (H, W) of positive ints, such as (96, 96), "
         f"got {size!r}"
     )
+
+
+def warn_squashed(image_size: Any, frames: Iterable[tuple[str, str, int, int]]) -> None:
+    """Warn once when an int ``image_size`` N, which means (N, N), squashes non-square
+    frames: ``frames`` are ``(camera, where, H, W)`` as stored."""
+    if image_size is None or isinstance(image_size, (tuple, list, np.ndarray)):
+        return
+    n = int(image_size)
+    for cam, where, h, w in frames:
+        if h != w:
+            keep = (n, int(n * w / h)) if h < w else (int(n * h / w), n)
+            warnings.warn(
+                f"image_size={n} means ({n}, {n}), which squashes camera {cam!r} ({h}x{w} in {where}) out "
+                f"of its aspect ratio; pass image_size={keep} to keep it (or ({n}, {n}) to silence this)",
+                UserWarning,
+                stacklevel=3,
+            )
+            return
 
 
 def image_keys(
@@ -386,6 +405,8 @@ class KinoFrameDataset(_Base):
             output name to each source's camera, ``{"front": ["image_0", "cam_high"]}``
             (items then hold ``images`` under the output names).
         image_size: ``(H, W)`` to resize frames to (antialiased), or None for stored size.
+            An int N means ``(N, N)``: unlike torchvision's ``Resize(N)`` it does not keep
+            the aspect ratio, and it warns when a selected camera's frames are not square.
         delta_timestamps: LeRobot's ``{feature: [seconds, ...]}``; overrides the horizons
             for the features it names, converted through each episode's fps (``state``,
             ``action`` and the other cameras keep their horizons). With ``image_key=None``
@@ -467,6 +488,11 @@ class KinoFrameDataset(_Base):
                           delta_timestamps=delta_timestamps, pad=pad, cameras=chosen or None)  # fmt: skip
         if self._size is None:  # frames stacked as stored: one size per camera, checked now
             fw.check_image_sizes()
+        warn_squashed(image_size, [
+            (names[cam], source.where, hwc[0], hwc[1])
+            for cam in fw.cameras
+            for source, names, (_, hwc) in zip(fw._sources, fw._stored, fw.camera_layouts(cam), strict=True)
+        ])  # fmt: skip
         self._source = source
         self._len = len(fw)
         warn_empty_sources(source, fw.counts_by_source(), kql_filter, "windows")
@@ -613,7 +639,8 @@ class KinoMapDataset(_Base):
         image_key: A camera, a list of cameras, None (the first camera; in an episode without
             it, that episode's first) or False (no images); a camera may be named
             ``observation.images.CAM`` (items still name it ``CAM``).
-        image_size: ``(H, W)``, or None for the stored size.
+        image_size: ``(H, W)``, or None for the stored size; an int N means ``(N, N)``
+            (as for `KinoFrameDataset`: the aspect ratio is not kept).
         to_tensor: Return torch tensors (else NumPy arrays).
         normalize: As for `KinoFrameDataset`.
         resize: As for `KinoFrameDataset`.
@@ -660,6 +687,12 @@ class KinoMapDataset(_Base):
             for cam in [None] if self._first else self._cams:
                 src.require_camera(cam, "episodes without images")
         self._len = int(self._open()[1][-1])
+        warn_squashed(image_size, [
+            (cam, src.where, int(c.shape[1]), int(c.shape[2]))
+            for src in sources if len(src.kept)
+            for cam in self._cams
+            if (c := src.cameras(0).get(cam)) is not None
+        ])  # fmt: skip
         warn_empty_sources(source, self.episodes_by_source(), kql_filter, "episodes")
 
     def _open(self) -> tuple[list[_Source], np.ndarray, _Normalizers | None]:

@@ -72,7 +72,9 @@ class KinoIterDataset(EpochsAndRanks, IterableDataset[dict[str, Any]]):
             `KinoFrameDataset`.
 
     Raises:
-        KinodbError: a mixture source the filters leave empty has a share of the draws.
+        KinodbError: a mixture source the filters leave empty has a share of the draws; or,
+            with ``batch_size`` and no ``image_size``, a camera's frames differ in size
+            between sources that get draws (a batch would mix them).
 
     Example:
         >>> ds = KinoIterDataset("pick.kdb", obs_horizon=2, action_horizon=16, batch_size=256)
@@ -143,7 +145,12 @@ class KinoIterDataset(EpochsAndRanks, IterableDataset[dict[str, Any]]):
         self.shuffle, self.seed, self.batch_size = bool(shuffle), int(seed), batch_size
         self.num_samples = num_samples
         self._init_epochs(rank, world_size)
-        self._draws()  # a mixture source a filter left empty is refused now, not mid-epoch
+        draws = self._draws()  # a mixture source a filter left empty is refused now, not mid-epoch
+        if batch_size is not None and isinstance(self._inner, KinoFrameDataset) and self._inner._size is None:
+            # the batches it makes mix the sources: their frames must be of one size, now
+            take = draws[2] if self._mixture is not None and draws is not None else None
+            drawn = None if take is None else {s for s, k in enumerate(take.tolist()) if k}
+            self._inner.windows.check_image_sizes_across(drawn)
 
     def epoch_order(self, epoch: int | None = None) -> np.ndarray:
         """Every sample index of the epoch (the current one by default), in order, before
