@@ -18,7 +18,9 @@ standard deviation, the minimum, the maximum and the 1st and 99th percentiles:
   the data is small).
 
 Non-finite values (NaN, +-inf) are counted (``nonfinite``) and left out of every
-statistic. Arrays that are not floating point are listed under ``skipped`` with the reason.
+statistic. Arrays that are not floating point are listed under ``skipped`` with the reason,
+and so are ``rewards`` when every episode holds the writer's placeholder
+(`placeholder_rewards`: a source without rewards) unless they are asked for by name.
 
 `write_stats` stores the result in the file's dataset JSON (key ``"stats"``) through an
 append-mode `Writer`, which rewrites only the index and switches the commit record last,
@@ -63,6 +65,7 @@ __all__ = [
     "Normalizer",
     "check_defined",
     "compute_stats",
+    "placeholder_rewards",
     "stats_to_json",
     "undefined_features",
     "write_stats",
@@ -81,6 +84,10 @@ SELECT_BUDGET = 1 << 21  # values held at once while selecting percentiles
 MAX_BINS = 4096
 _BUILTIN = ("actions", "states", "rewards")
 _NOT_FEATURES = {"timestamps": "the time axis, not a feature (ask for it with --arrays timestamps)"}
+_PLACEHOLDER = (
+    "no episode holds rewards from its source (each total_reward is unknown and each reward 0, the "
+    "writer's placeholder); ask for them by name to summarise them anyway (--arrays rewards)"
+)
 _SIGN = np.uint64(1 << 63)
 
 F64 = NDArray[np.float64]
@@ -111,7 +118,9 @@ def compute_stats(
         ``{"version", "computed", "num_frames", "num_episodes", "arrays": {name: {"shape",
         "dtype", "mean", "std", "min", "max", "q01", "q99", "count", "nonfinite"}},
         "skipped": {name: reason}}`` with float64 arrays; ``count`` is the number of frames
-        read and ``nonfinite`` the number of NaN/inf values left out.
+        read and ``nonfinite`` the number of NaN/inf values left out. ``rewards`` is
+        skipped when every episode holds the writer's placeholder (`placeholder_rewards`)
+        and ``arrays`` does not name it.
 
     Example:
         >>> stats = compute_stats(db, arrays=["actions"])
@@ -138,6 +147,9 @@ def compute_stats(
         if isinstance(spec, str):
             result["skipped"][name] = spec
             continue
+        if name == "rewards" and arrays is None and len(db) and placeholder_rewards(db):
+            result["skipped"][name] = _PLACEHOLDER
+            continue
         shape, dtype = spec
         size = math.prod(shape)
         chunk = chunk_frames or max(1, CHUNK_BYTES // (8 * size))
@@ -153,7 +165,8 @@ def write_stats(path: str | os.PathLike[str], stats: Mapping[str, Any]) -> None:
 
     Statistics already stored for other arrays are kept when they describe the file as it
     is (same frames and episodes, not stale), so ``kino stats X --arrays timestamps``
-    adds to ``kino stats X``; arrays in ``stats`` replace stored ones of the same name.
+    adds to ``kino stats X``; arrays in ``stats`` replace stored ones of the same name, and
+    rewards ``stats`` skips as the writer's placeholder drop stored ones.
 
     An append-mode `Writer` rewrites only the index and switches the commit record last:
     the episodes are untouched and a crash leaves the previous state.
@@ -182,11 +195,33 @@ def write_stats(path: str | os.PathLike[str], stats: Mapping[str, Any]) -> None:
             and not old.get("stale")
             and (old.get("num_frames"), old.get("num_episodes")) == held
         ):
-            arrays = {**old.get("arrays", {}), **doc["arrays"]}
+            # Placeholder rewards (a source without them) replace earlier statistics of them.
+            kept = {
+                k: v
+                for k, v in old.get("arrays", {}).items()
+                if doc.get("skipped", {}).get(k) != _PLACEHOLDER
+            }
+            arrays = {**kept, **doc["arrays"]}
             skipped = {**old.get("skipped", {}), **doc.get("skipped", {})}
             doc["arrays"] = arrays
             doc["skipped"] = {k: v for k, v in skipped.items() if k not in arrays}
         w.stats = doc
+
+
+def placeholder_rewards(db: Database, episodes: Any = None) -> bool:
+    """Whether each of ``episodes`` (indices; None: all) holds the writer's placeholder rewards:
+    a null ``total_reward`` (given rewards, `Writer.add_episode` stores their sum, null only
+    when not finite) and all-0 rewards. Rewards are read only when each total is null."""
+    table = db.episodes()
+    total = np.asarray(table["total_reward"], np.float64)
+    idx = np.arange(len(total)) if episodes is None else np.asarray(episodes, np.int64).reshape(-1)
+    if not len(idx) or not np.isnan(total[idx]).all():
+        return False
+    frames = np.asarray(table["num_frames"], np.int64)[idx]
+    for a, b in _plan(frames, CHUNK_BYTES // 8):
+        if int(frames[a:b].sum()) and np.any(db.gather("rewards", idx[a:b]) != 0):
+            return False
+    return True
 
 
 def stats_to_json(stats: Mapping[str, Any]) -> dict[str, Any]:

@@ -44,11 +44,12 @@ from kinodb._window_sources import _open_sources as _open_sources
 from kinodb._window_sources import _Source as _Source
 from kinodb._window_sources import frame_tasks as frame_tasks
 from kinodb._window_sources import prefetch_frames as prefetch_frames
-from kinodb._window_spec import Pad, WindowSpec, _build_spec, _camera_map
+from kinodb._window_spec import _ALIASES, Pad, WindowSpec, _build_spec, _camera_map
 from kinodb.errors import EpisodeNotFoundError, KinodbError, NameNotFoundError
 from kinodb.kdb._layout import KIND_ARRAY
 from kinodb.kdb.reader import Database
 from kinodb.mixture import Mixture
+from kinodb.stats import placeholder_rewards
 
 __all__ = ["FrameWindows", "WindowSpec", "stack_groups"]
 
@@ -140,6 +141,7 @@ class FrameWindows(_ImageWindows):
             stored = [{cam: cam for cam in self.spec.images} for _ in self._sources]
         self._stored = stored  # per source: output camera -> the camera as that source names it
         self._check_dims()
+        self._check_rewards()
         num_given = _num_given(source)
         for source, names in zip(self._sources, stored, strict=True):  # every source has its cameras
             have = source.camera_names()
@@ -527,6 +529,35 @@ class FrameWindows(_ImageWindows):
                     )
             for name in sorted(names):  # every kept episode holds it, with one dtype and shape
                 source.array_layout(name)
+
+    def _check_rewards(self) -> None:
+        """Refuse windows of rewards from a source whose selected episodes all hold the
+        writer's placeholder (zeros stored for a source without rewards): served, they
+        would pass for real rewards."""
+        if not any(name == "rewards" for name, _ in self.spec.arrays.values()):
+            return
+        for source in self._sources:
+            if not placeholder_rewards(source.db, source.kept):
+                continue
+            key = next(
+                (
+                    k
+                    for k in self._delta_given
+                    if _ALIASES.get(k.removeprefix("observation."), ("",))[0] == "rewards"
+                ),
+                "next.reward",
+            )
+            fix = (
+                f"leave this source out of the Mixture or list (or filter its episodes out), or leave {key!r} "
+                "out of delta_timestamps"
+                if _num_given(self._source_arg) > 1
+                else f"leave {key!r} out of delta_timestamps"
+            )
+            raise KinodbError(
+                f"{source.where}: windows ask for rewards ({key!r}), but it holds none: its source data had "
+                "no rewards, and the zeros stored for them are a placeholder (each selected episode's "
+                f"total_reward is unknown and each reward 0); {fix}"
+            )
 
     def _check_grid(self) -> None:
         """With offsets in seconds, every one must land on each source's frame grid."""

@@ -17,7 +17,10 @@ from kinodb._cli.main import main
 def _add(path: Path, n: int, mode: str = "w") -> None:
     with kinodb.Writer(path, mode=mode) as w:
         for _ in range(n):
-            w.add_episode(actions=np.ones((5, 2), np.float32), states=np.zeros((5, 3), np.float32), fps=10.0)
+            w.add_episode(
+                actions=np.ones((5, 2), np.float32), states=np.zeros((5, 3), np.float32),
+                rewards=np.ones(5, np.float32), fps=10.0,
+            )  # fmt: skip
 
 
 def _info(path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[str, dict]:

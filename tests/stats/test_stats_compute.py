@@ -131,8 +131,9 @@ def test_non_float_and_non_feature_arrays_are_listed_as_skipped(tmp_path: Path) 
     }]  # fmt: skip
     path = write(tmp_path / "d.kdb", eps)
     stats = compute_stats(path)
-    assert sorted(stats["arrays"]) == ["actions", "rewards"]
+    assert sorted(stats["arrays"]) == ["actions"]  # no rewards given: the writer's placeholder
     skipped = stats["skipped"]
+    assert "placeholder" in skipped["rewards"]
     assert "not floating point" in skipped["count"] and "int64" in skipped["count"]
     assert "bool" in skipped["flag"] and "bool" in skipped["is_terminal"]
     assert "timestamps" in skipped["timestamps"] and "--arrays timestamps" in skipped["timestamps"]
