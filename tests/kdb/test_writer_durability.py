@@ -236,3 +236,29 @@ def test_replacing_a_fifo_does_not_wait_for_a_writer_of_it(tmp_path: Path) -> No
         w.add_episode(actions=np.zeros((2, 3), np.float32))
     with kinodb.open(path) as db:
         assert len(db) == 1
+
+
+@pytest.mark.parametrize("mode", ["w", "x", "a"])
+def test_a_signal_before_the_cleanup_is_registered_leaves_no_temporary(
+    tmp_path: Path, mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # SIGTERM and Ctrl-C arrive as exceptions wherever the writer stands, also just after it
+    # created its temporary file and before its cleanup knows of it.
+    from kinodb.kdb import writer as writer_module
+
+    path = tmp_path / ("a.kdb" if mode != "w" else "w.kdb")
+    if mode == "w":
+        with kinodb.Writer(path, mode="w") as w:
+            w.add_episode(actions=np.zeros((3, 2), np.float32))
+    before = sorted(os.listdir(tmp_path))
+
+    def interrupted(*args: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(writer_module, "Flusher", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        kinodb.Writer(path, mode=mode)
+    monkeypatch.undo()
+    assert sorted(os.listdir(tmp_path)) == before
+    with kinodb.Writer(path, mode="a") as w:  # nothing left holds the file
+        w.add_episode(actions=np.ones((3, 2), np.float32))

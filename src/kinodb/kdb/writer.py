@@ -193,12 +193,17 @@ class Writer(_EpisodeCopies):
                 if self._guard is not None:
                     os.close(self._guard)
                 raise output_error(self._path, exc) from None
-            self._fh.write(bytes(DATA_START))
-            self._pos = DATA_START
-        self._flusher = Flusher(self._pos)
-        self._finalizer = weakref.finalize(
-            self, cleanup, self._owner, self._tmp, self._fh, self._flusher, self._guard, self._base_end
-        )
+        try:
+            if self._tmp is not None:
+                self._fh.write(bytes(DATA_START))
+                self._pos = DATA_START
+            self._flusher = Flusher(self._pos)
+            self._finalizer = weakref.finalize(
+                self, cleanup, self._owner, self._tmp, self._fh, self._flusher, self._guard, self._base_end
+            )
+        except BaseException:  # a signal (SIGTERM, Ctrl-C) or an error before the cleanup is registered
+            self._drop_new_file()
+            raise
         parent_only(self._fh)
         # Stored statistics describe the episodes present when they were set (see `stats`).
         self._stats_episodes = len(self._table)
@@ -211,6 +216,17 @@ class Writer(_EpisodeCopies):
         except BaseException:
             self._finalizer()  # release the file (and an append's lock) now, not when collected
             raise
+
+    def _drop_new_file(self) -> None:
+        """Remove a new file's temporary and release what it holds, before `cleanup` can."""
+        with contextlib.suppress(OSError, AttributeError):
+            self._fh.close()
+        if self._tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self._tmp)
+        if self._guard is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._guard)
 
     def _open_append(self) -> None:
         # Deferred: the reader (and validate, built on it) never import the writer.
