@@ -374,3 +374,14 @@ def test_an_action_column_narrower_than_info_json_declares_names_the_file_and_co
         rf"meta/info\.json declares shape \[{declared[0]}\] for it"
     )
     _fails_alone(root, tmp_path, pattern, "episode_000001")
+
+
+def test_an_episode_list_that_is_not_utf8_names_the_file(
+    written: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = _copy(written, "v2.1", tmp_path)
+    listing = root / "meta" / "episodes.jsonl"
+    listing.write_bytes(b"\xff\xfe" + listing.read_bytes())
+    _cli_fails(
+        ["ingest", str(root)], tmp_path / "o.kdb", capsys, r"episodes\.jsonl: not readable \('utf-8' codec"
+    )

@@ -235,23 +235,25 @@ class Episode:
     problem: str | None = None  # what is wrong with its entry: reading the episode raises it
 
 
-def read_jsonl(path: str) -> list[tuple[int, dict[str, Any]]]:
-    """The JSON objects of a JSON Lines file, each with its line number (from 1)."""
+def read_jsonl(path: str, advice: str = "") -> list[tuple[int, dict[str, Any]]]:
+    """The JSON objects of a JSON Lines file, each with its line number (from 1); a message
+    about the file ends with ``advice`` (``": fix it, or ..."``) when given."""
     rows = []
     try:
         with open(path, encoding="utf-8") as fh:
-            for number, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except ValueError as exc:
-                    raise ConversionError(f"{path}: line {number} is not JSON ({exc})") from None
-                if not isinstance(row, dict):
-                    raise ConversionError(f"{path}: line {number} is not a JSON object")
-                rows.append((number, row))
-    except OSError as exc:
-        raise ConversionError(f"{path}: not readable ({exc})") from None
+            lines = list(fh)
+    except (OSError, ValueError) as exc:  # ValueError: not UTF-8
+        raise ConversionError(f"{path}: not readable ({exc}){advice}") from None
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as exc:
+            raise ConversionError(f"{path}: line {number} is not JSON ({exc}){advice}") from None
+        if not isinstance(row, dict):
+            raise ConversionError(f"{path}: line {number} is not a JSON object{advice}")
+        rows.append((number, row))
     return rows
 
 

@@ -21,6 +21,7 @@ from kinodb._provenance import carried_on_ingest
 from kinodb.errors import ConversionError
 from kinodb.export._lerobot_tables import element_names
 from kinodb.ingest._base import SKIP_ADVICE, exported_extra
+from kinodb.ingest._lerobot_data import read_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -73,20 +74,7 @@ def kinodb_export(root: str) -> dict[str, Any] | None:
 def _records(path: str) -> dict[int, tuple[int, dict[str, Any]]]:
     """``meta/kinodb_episodes.jsonl``: episode_index -> (line number, record)."""
     records: dict[int, tuple[int, dict[str, Any]]] = {}
-    try:
-        with open(path, encoding="utf-8") as fh:
-            lines = list(fh)
-    except (OSError, ValueError) as exc:
-        raise ConversionError(f"{path}: not readable ({exc}): {_DROP.removeprefix('or ')}") from None
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except ValueError as exc:
-            raise ConversionError(f"{path}: line {number} is not JSON ({exc}): fix it, {_DROP}") from None
-        if not isinstance(record, dict):
-            raise ConversionError(f"{path}: line {number} is not a JSON object: fix it, {_DROP}")
+    for number, record in read_jsonl(path, f": fix it, {_DROP}"):
         e = record.get("episode_index")
         if not isinstance(e, int) or isinstance(e, bool) or e < 0:
             got = json.dumps(e) if "episode_index" in record else "missing"
