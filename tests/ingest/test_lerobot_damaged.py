@@ -385,3 +385,15 @@ def test_an_episode_list_that_is_not_utf8_names_the_file(
     _cli_fails(
         ["ingest", str(root)], tmp_path / "o.kdb", capsys, r"episodes\.jsonl: not readable \('utf-8' codec"
     )
+
+
+def test_the_unlisted_warning_comes_once_per_ingest_also_with_verify(
+    written: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = _copy(written, "v2.1", tmp_path)
+    path = root / "meta" / "episodes.jsonl"
+    path.write_text("".join(line + "\n" for k, line in enumerate(path.read_text().splitlines()) if k != 2))
+    with caplog.at_level(logging.WARNING, logger="kinodb.ingest"):
+        report = ingest(root, tmp_path / "out.kdb", images=False, verify=True)
+    assert report.verification is not None and report.verification.ok
+    assert caplog.text.count("total_episodes is 4") == 1

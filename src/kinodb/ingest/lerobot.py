@@ -291,6 +291,9 @@ def _rotated(
     return out
 
 
+_WARNED_UNLISTED: set[tuple[str, int]] = set()  # (info.json, its mtime) warned about, in this process
+
+
 class LeRobotSource:
     """A LeRobot dataset folder, read one episode at a time (see the module docstring).
 
@@ -368,7 +371,13 @@ class LeRobotSource:
         """
         if not self._counted:
             self._counted = True
-            self._warn_unlisted()
+            try:
+                ident = (self._info_path, os.stat(self._info_path).st_mtime_ns)
+            except OSError:
+                ident = (self._info_path, 0)
+            if ident not in _WARNED_UNLISTED:  # once per process, not again for `verify`'s source
+                _WARNED_UNLISTED.add(ident)
+                self._warn_unlisted()
         return list(self._episodes)
 
     def _warn_unlisted(self) -> None:
