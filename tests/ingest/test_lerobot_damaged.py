@@ -306,12 +306,18 @@ def test_an_export_record_without_a_usable_episode_index_names_the_line(
 # -- episodes with data but no entry -------------------------------------------------------
 
 
+def _without_entry(written: dict[str, Path], tmp_path: Path, line: int) -> Path:
+    """A copy of the v2.1 set whose episode list lacks the entry on ``line`` (from 0)."""
+    root = _copy(written, "v2.1", tmp_path)
+    path = root / "meta" / "episodes.jsonl"
+    path.write_text("".join(text + "\n" for k, text in enumerate(path.read_text().splitlines()) if k != line))
+    return root
+
+
 def test_v2_episodes_with_data_but_no_entry_are_warned_about(
     written: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    root = _copy(written, "v2.1", tmp_path)
-    path = root / "meta" / "episodes.jsonl"
-    path.write_text("".join(line + "\n" for k, line in enumerate(path.read_text().splitlines()) if k != 2))
+    root = _without_entry(written, tmp_path, 2)
     with caplog.at_level(logging.WARNING, logger="kinodb.ingest"):
         report = ingest(root, tmp_path / "out.kdb", images=False)
     assert report.episodes == 3
@@ -390,9 +396,7 @@ def test_an_episode_list_that_is_not_utf8_names_the_file(
 def test_the_unlisted_warning_comes_once_per_ingest_also_with_verify(
     written: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    root = _copy(written, "v2.1", tmp_path)
-    path = root / "meta" / "episodes.jsonl"
-    path.write_text("".join(line + "\n" for k, line in enumerate(path.read_text().splitlines()) if k != 2))
+    root = _without_entry(written, tmp_path, 2)
     with caplog.at_level(logging.WARNING, logger="kinodb.ingest"):
         report = ingest(root, tmp_path / "out.kdb", images=False, verify=True)
     assert report.verification is not None and report.verification.ok
