@@ -54,6 +54,7 @@ class _Source(_EpisodeChecks):
         self.index = index
         table = db.episodes()
         self.lengths = np.asarray(table["num_frames"], dtype=np.int64)[kept]
+        self.last = self.lengths - 1  # each kept episode's last frame: windows clip to it per batch
         self.fps = np.asarray(table["fps"], dtype=np.float64)[kept]
         self.tasks = np.asarray(table["task"], dtype=object)[kept]
         # Episodes whose task changes from frame to frame (extra field `tasks` with more

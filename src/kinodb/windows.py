@@ -24,9 +24,9 @@ statistics). The names other modules import from here stay importable here
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -105,7 +105,8 @@ class FrameWindows(_ImageWindows):
             raise ValueError(f"pad must be 'edge' or 'zero', got {pad!r}")
         self._pad: Pad = pad
         self._step_rows: dict[tuple[float, ...], tuple[NDArray[np.int64], bool, bool]] = {}
-        self._runs: dict[tuple[float, ...], bool] = {}
+        self._reaches: dict[tuple[float, ...], _Reach | None] = {}
+        self._shifts: dict[tuple[tuple[float, ...], int], NDArray[np.int64]] = {}
         self._widest_cache: tuple[dict[str, tuple[int, ...]], dict[str, np.dtype[Any]]] | None = None
         self._source_arg = source
         self._delta_given = dict(delta_timestamps or {})  # the user's names, for messages
@@ -347,7 +348,8 @@ class FrameWindows(_ImageWindows):
     def _indices(self, indices: Any) -> NDArray[np.int64]:
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         n = len(self)
-        if len(idx) and (idx.min() < 0 or idx.max() >= n):
+        # Read as unsigned, a negative index is above any count: one max checks both ends.
+        if len(idx) and idx.view(np.uint64).max() >= n:
             bad = int(idx[(idx < 0) | (idx >= n)][0])
             raise EpisodeNotFoundError(f"sample {bad} out of range: there are {n} samples (0..{n - 1})")
         return idx
@@ -407,50 +409,57 @@ class FrameWindows(_ImageWindows):
             found = self._step_rows[offsets] = (steps, bool((steps < 0).any()), bool((steps > 0).any()))
         return found
 
-    def _is_run(self, offsets: tuple[float, ...]) -> bool:
-        """Whether frame offsets are consecutive and of one sign (an observation history
-        ``-2, -1, 0`` or an action chunk ``0, 1, 2, ...``), cached."""
-        found = self._runs.get(offsets)
+    def _reach(self, offsets: tuple[float, ...]) -> _Reach | None:
+        """`_Reach` tables of frame offsets of one sign (cached); None for offsets of both
+        signs, or offsets reaching so far that the tables would be large, which `_frames`
+        serves."""
+        if offsets not in self._reaches:
+            steps, back, ahead = self._steps(offsets)
+            cells = (int(np.abs(steps).max()) + 1) * steps.shape[1]  # of each table
+            one_sign = not (back and ahead)
+            self._reaches[offsets] = (
+                _Reach.of(steps[0], ahead=ahead) if one_sign and cells <= _REACH_CELLS else None
+            )
+        return self._reaches[offsets]
+
+    def _shift_rows(self, offsets: tuple[float, ...], reach: _Reach, width: int) -> NDArray[np.int64]:
+        """``reach.clipped`` in elements of an array of ``width`` elements per frame (cached)."""
+        key = (offsets, width)
+        found = self._shifts.get(key)
         if found is None:
-            step = all(b - a == 1 for a, b in itertools.pairwise(offsets))
-            found = self._runs[offsets] = step and (offsets[0] >= 0 or offsets[-1] <= 0)
+            found = self._shifts[key] = reach.clipped * width
         return found
 
-    def _gather_run(
-        self, source: _Source, name: str, blocks: NDArray[Any], j: NDArray[np.int64], t: NDArray[np.int64],
-        last: NDArray[np.int64], offsets: tuple[float, ...],
+    def _gather_reach(
+        self, source: _Source, name: str, j: NDArray[np.int64], t: NDArray[np.int64], room: NDArray[np.int64],
+        offsets: tuple[float, ...], reach: _Reach,
     ) -> tuple[NDArray[Any], NDArray[np.bool_]]:  # fmt: skip
-        """Windows of consecutive frames of ``name`` (offsets that pass `_is_run`): each
-        one a single copy of a row of ``blocks`` (`_Source.blocks`), except those that cross
-        the episode's edge, which are gathered frame by frame with the edge frame repeated.
-        ``(values (B, K, ...), pad (B, K))``."""
-        steps, back, ahead = self._steps(offsets)
+        """Windows of ``name`` at frame offsets of one sign: ``(values (B, K, ...), pad (B, K))``.
+
+        ``room`` is each window's frames on the side its offsets point to (`_Reach`). A
+        window of consecutive offsets that stays inside its episode is one row of
+        ``blocks`` (`_Source.blocks`, one copy); the windows that leave it, and every window
+        of other offsets, are gathered frame by frame, with the offsets clipped to the room.
+        """
         starts, view, dtype, trail = source.rows(name)
         width = math.prod(trail)
-        first = starts[j]
-        first += (t + int(steps[0, 0])) * width if width != 1 else t + int(steps[0, 0])
-        if ahead:  # `_is_run`: offsets of one sign, so only one edge can be crossed
-            pad = steps > (last - t)[:, None]
-            edge = pad[:, -1]
-        else:
-            pad = steps < -t[:, None]
-            edge = pad[:, 0]
-        # An edge window's block is replaced below, but must lie inside the map.
-        if back:
-            np.maximum(first, 0, out=first)
-        np.minimum(first, len(blocks) - 1, out=first)
+        r = np.minimum(room, reach.reach)
+        pad = reach.pad.take(r, 0)
+        at = starts[j] + (t * width if width != 1 else t)  # each window's frame t, as an element of the map
+        shifts = self._shift_rows(offsets, reach, width)
+        blocks = source.blocks(name, len(offsets)) if reach.run and len(offsets) >= _RUN_MIN else None
+        if blocks is None:
+            rows = at[:, None] + shifts.take(r, 0)
+            return view[rows].view(dtype).reshape(*rows.shape, *trail), pad
+        edge = (r < reach.reach).nonzero()[0]  # the windows that leave their episode
+        first = at + reach.first * width if reach.first else at  # each window's first frame
+        # An edge window's block is replaced below, but must lie inside the map; only such a
+        # block can leave it, and only on the side the offsets point to.
+        first = np.minimum(first, len(blocks) - 1) if reach.ahead else np.maximum(first, 0)
         values = blocks[first].view(dtype).reshape(len(first), len(offsets), *trail)
-        if edge.any():
-            e = np.flatnonzero(edge)
-            frames = t[e, None] + steps
-            if back:
-                np.maximum(frames, 0, out=frames)
-            if ahead:
-                np.minimum(frames, last[e, None], out=frames)
-            if width != 1:
-                frames *= width
-            frames += starts[j[e]][:, None]
-            values[e] = view[frames].view(dtype).reshape(*frames.shape, *trail)
+        if len(edge):
+            rows = at[edge][:, None] + shifts.take(r[edge], 0)
+            values[edge] = view[rows].view(dtype).reshape(*rows.shape, *trail)
         return values, pad
 
     def _lowdim_one(
@@ -458,14 +467,14 @@ class FrameWindows(_ImageWindows):
     ) -> dict[str, NDArray[Any]]:
         source = self._sources[s]
         j, t = self._episode_frame(s, local)
-        last = source.lengths[j] - 1
+        last = source.last[j]
+        rooms = (t, last - t)  # frames before and after each window's frame t in its episode
         out: dict[str, NDArray[Any]] = {}
         for key, (name, offsets) in self.spec.arrays.items():
             seconds = self.spec.array_in_seconds(key)
-            run = not seconds and len(offsets) >= _RUN_MIN and self._is_run(offsets)
-            blocks = source.blocks(name, len(offsets)) if run else None
-            if blocks is not None:
-                values, pad = self._gather_run(source, name, blocks, j, t, last, offsets)
+            reach = None if seconds else self._reach(offsets)
+            if reach is not None:
+                values, pad = self._gather_reach(source, name, j, t, rooms[reach.ahead], offsets, reach)
             else:
                 frames, pad = self._frames(source, j, t, offsets, seconds=seconds, last=last)
                 starts, view, dtype, trail = source.rows(name)
@@ -481,7 +490,11 @@ class FrameWindows(_ImageWindows):
         for cam, offsets in self.spec.images.items():
             key = "image_is_pad" if len(self.spec.images) == 1 else f"image_is_pad.{cam}"
             seconds = self.spec.image_in_seconds(cam)
-            out[key] = self._frames(source, j, t, offsets, seconds=seconds, last=last)[1]
+            reach = None if seconds else self._reach(offsets)
+            if reach is not None:
+                out[key] = reach.pad.take(np.minimum(rooms[reach.ahead], reach.reach), 0)
+            else:
+                out[key] = self._frames(source, j, t, offsets, seconds=seconds, last=last)[1]
         out["episode_index"] = source.kept[j]
         out["frame_index"] = t
         out["source"] = np.full(len(t), source.index, dtype=np.int64)
@@ -594,6 +607,38 @@ class FrameWindows(_ImageWindows):
                             )
 
 
+@dataclass(frozen=True, slots=True)
+class _Reach:
+    """Frame offsets of one sign as lookup tables over a window's room.
+
+    A window at frame t whose offsets share a sign can leave its episode on one side only:
+    after its last frame (``ahead``: offsets >= 0, an action chunk) or before its first (an
+    observation history). Its room is how many frames the episode holds on that side of t
+    (``last - t``, or ``t``); the offsets beyond it are clipped to it (the edge frame
+    repeated) and padded. A room of ``reach`` (the largest offset's size) or more clips
+    nothing, so each table has one row per room up to ``reach``, and a batch takes each
+    window's row with one small ``take`` instead of comparing, clipping and masking
+    (B, K) arrays.
+    """
+
+    ahead: bool
+    reach: int
+    first: int  # the first offset
+    run: bool  # consecutive offsets: a window inside its episode is one block of the map
+    pad: NDArray[np.bool_]  # (reach + 1, K): row r, the pad mask of a window with room r
+    clipped: NDArray[np.int64]  # (reach + 1, K): row r, the offsets clipped to room r
+
+    @classmethod
+    def of(cls, steps: NDArray[np.int64], *, ahead: bool) -> _Reach:
+        """Tables for offsets ``steps`` (K,) in frames, of one sign (``ahead``: none negative)."""
+        size = np.abs(steps)
+        reach = int(size.max())
+        room = np.arange(reach + 1, dtype=np.int64)[:, None]
+        run = bool((np.diff(steps) == 1).all())
+        clipped = np.minimum(steps, room) if ahead else np.maximum(steps, -room)
+        return cls(ahead, reach, int(steps[0]), run, size > room, clipped)
+
+
 def stack_groups(groups: list[tuple[NDArray[np.int64], dict[str, NDArray[Any]]]]) -> dict[str, NDArray[Any]]:
     """One batch from `FrameWindows.lowdim_groups`' per-source parts, in batch order.
 
@@ -622,3 +667,4 @@ def stack_groups(groups: list[tuple[NDArray[np.int64], dict[str, NDArray[Any]]]]
 
 
 _RUN_MIN = 4  # windows of this many consecutive frames and more are gathered as blocks
+_REACH_CELLS = 1 << 16  # the largest `_Reach` table (cells): offsets reaching further take `_frames`
