@@ -38,3 +38,14 @@ def test_kinodb_merge_stays_the_function_when_its_module_loads() -> None:
 def test_an_unknown_name_is_an_attribute_error() -> None:
     code = "import kinodb\ntry:\n    kinodb.nope\nexcept AttributeError as e:\n    print(e)"
     assert _run(code) == "module 'kinodb' has no attribute 'nope'"
+
+
+def test_the_documented_submodules_load_as_attributes() -> None:
+    # The docs call kinodb.ingest.ingest(...), kinodb.export.export(...) and kinodb.kql.parse(...)
+    # after a plain `import kinodb`.
+    code = (
+        "import kinodb\n"
+        "print(callable(kinodb.ingest.ingest), callable(kinodb.ingest.verify), callable(kinodb.export.export), "
+        "callable(kinodb.kql.parse))"
+    )
+    assert _run(code) == "True True True True"

@@ -34,7 +34,7 @@ from kinodb.errors import (
 )
 
 if TYPE_CHECKING:
-    from kinodb import export, kql
+    from kinodb import export, ingest, kql
     from kinodb.kdb import Database, Writer
     from kinodb.kdb import open_database as open
     from kinodb.merge import merge
@@ -48,6 +48,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "merge": ("kinodb.merge", "merge"),
     "Mixture": ("kinodb.mixture", "Mixture"),
     "export": ("kinodb.export", None),
+    "ingest": ("kinodb.ingest", None),
     "kql": ("kinodb.kql", None),
 }
 
@@ -97,6 +98,7 @@ __all__ = [
     "WriterError",
     "__version__",
     "export",
+    "ingest",
     "kql",
     "merge",
     "open",

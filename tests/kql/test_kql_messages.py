@@ -132,3 +132,24 @@ def test_numeric_in_on_0_1_float32_fields_rounds_each_value(tmp_path: Path) -> N
                 assert query(db, f"{field} IN ({listed})").tolist() == want, (field, listed)
         assert query(db, "fps IN (29.97, 1e-45)").tolist() == [0, 2]
         assert query(db, "total_reward IN (16777217, 0.1)").tolist() == [0, 3]
+
+
+@pytest.mark.parametrize(
+    "text, hint",
+    [
+        ("task = put carrot on plate", "a value of several words needs quotes: 'put carrot on plate'"),
+        ("task = put carrot and success = true", "a value of several words needs quotes: 'put carrot'"),
+        ("task = put carrot)", "a value of several words needs quotes: 'put carrot'"),
+    ],
+)
+def test_an_unquoted_value_of_several_words_is_told_to_quote(text: str, hint: str) -> None:
+    with pytest.raises(QuerySyntaxError) as info:
+        kinodb.kql.parse(text)
+    assert hint in str(info.value)
+
+
+@pytest.mark.parametrize("text", ["a = 1 b = 2", "success = true carrot", "task = pick not"])
+def test_other_stray_words_get_no_quoting_hint(text: str) -> None:
+    with pytest.raises(QuerySyntaxError) as info:
+        kinodb.kql.parse(text)
+    assert "needs quotes" not in str(info.value)

@@ -241,6 +241,21 @@ def test_a_mixture_of_robots_with_other_cameras_says_how_to_train(tmp_path: Path
     assert batch["action"].shape == (12, 3, 5) and batch["action_mask"][:, :, 2:].sum() == 3 * 3 * 3
 
 
+def test_a_camera_no_source_has_is_a_key_error_for_every_dataset(tmp_path: Path) -> None:
+    # NameNotFoundError (a KeyError), as read_frames and FrameWindows raise for it.
+    a, b = tmp_path / "a.kdb", tmp_path / "b.kdb"
+    write_episodes(a, [4, 5], cameras={"image_0": (6, 8, 3)})
+    write_episodes(b, [3], cameras={"image_0": (6, 8, 3)})
+    for make in (
+        lambda: KinoFrameDataset(a, image_key="front"),
+        lambda: KinoMapDataset(a, image_key="front"),
+        lambda: KinoFrameDataset(kinodb.Mixture({str(a): 1, str(b): 1}), image_key="front"),
+        lambda: KinoMapDataset([str(a), str(b)], image_key=["image_0", "front"]),
+    ):
+        with pytest.raises(KeyError, match=r"no camera 'front'; it has \['image_0'\]"):
+            make()
+
+
 def test_robots_with_differently_named_cameras_train_under_one_name(tmp_path: Path) -> None:
     a, b = tmp_path / "a.kdb", tmp_path / "b.kdb"
     ea = write_episodes(a, [4, 5], cameras={"image_0": (6, 8, 3), "wrist": (6, 8, 3)})
@@ -645,9 +660,11 @@ def test_camera_check_reads_format_01_files_too(tmp_path: Path) -> None:
     path.write_bytes(encode([episode(4, ["front"]), episode(3, ["front"]), episode(5, [])]))
     ds = KinoMapDataset(path, image_key="front")
     assert ds[1]["image"].shape == (3, 3, 6, 8)
-    with pytest.raises(kinodb.KinodbError, match="episode 2 has no camera 'front'; leave such episodes out"):
+    with pytest.raises(
+        kinodb.NameNotFoundError, match="episode 2 has no camera 'front'; leave such episodes out"
+    ):
         ds[2]
-    with pytest.raises(kinodb.KinodbError, match=r"old\.kdb: no camera 'front'; it has no cameras"):
+    with pytest.raises(kinodb.NameNotFoundError, match=r"old\.kdb: no camera 'front'; it has no cameras"):
         KinoMapDataset(path, image_key="front", kql_filter="num_frames = 5")
     assert len(KinoMapDataset(path, image_key="front", kql_filter="num_frames < 5")) == 2
 

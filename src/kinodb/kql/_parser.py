@@ -63,6 +63,9 @@ def parse(text: str) -> Node:
     tok = parser.peek()
     if tok.kind != END:
         hints = ["')' has no matching '('"] if tok.kind == RPAREN else []
+        words = parser.unquoted_words()
+        if words:
+            hints.append(f"a value of several words needs quotes: '{words}'")
         raise parser.error(tok, f"expected AND, OR or the end of the query, got {tok.describe()}", hints)
     return node
 
@@ -88,6 +91,26 @@ class _Parser:
     ) -> QuerySyntaxError:
         pos = tok if isinstance(tok, int) else tok.pos
         return query_error(self.text, pos, message, hints)
+
+    def unquoted_words(self) -> str | None:
+        """The words from the bare value before the next token up to the next AND, OR,
+        ')' or the end, when the next token is a plain word: ``task = put carrot on
+        plate`` meant as one value (None otherwise)."""
+        tok = self.peek()
+        prev = self.tokens[self.i - 1] if self.i else None
+        if not (
+            tok.kind == WORD
+            and tok.text.lower() not in KEYWORDS
+            and prev is not None
+            and prev.kind == WORD
+            and prev.text.lower() not in KEYWORDS
+        ):
+            return None
+        end = next(
+            t.pos for t in self.tokens[self.i :]
+            if t.kind in (END, RPAREN) or (t.kind == WORD and t.text.lower() in ("and", "or"))
+        )  # fmt: skip
+        return self.text[prev.pos : end].strip()
 
     def accept(self, word: str) -> Token | None:
         tok = self.peek()

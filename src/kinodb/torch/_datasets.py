@@ -15,7 +15,7 @@ from torch.utils.data import Dataset, get_worker_info
 
 from kinodb import _images
 from kinodb._window_spec import camera_named, delta_cameras
-from kinodb.errors import EpisodeNotFoundError, KinodbError
+from kinodb.errors import EpisodeNotFoundError, KinodbError, NameNotFoundError
 from kinodb.mixture import Mixture
 from kinodb.torch._collate import Batch, MixedBatch, PadSpec, Sample
 from kinodb.torch._workers import settle_at_exit
@@ -159,7 +159,7 @@ def image_keys(
         cam = camera_named(name, cameras)  # LeRobot's observation.images.CAM names CAM
         if cam is None:
             more = f". {hint(name)}" if hint is not None else ""
-            raise KinodbError(f"{where}: no camera {name!r}; it has {cameras or 'no cameras'}{more}")
+            raise NameNotFoundError(f"{where}: no camera {name!r}; it has {cameras or 'no cameras'}{more}")
         earlier = named.setdefault(cam, name)
         if earlier != name:
             raise ValueError(
@@ -783,7 +783,7 @@ class KinoMapDataset(_Base):
         c = source.cameras(j).get(cam)
         ep = int(source.kept[j])
         if c is None:
-            raise KinodbError(
+            raise NameNotFoundError(
                 f"{source.where}: episode {ep} has no camera {cam!r}; leave such episodes out with "
                 "kql_filter, or pass image_key=False for episodes without images"
             )
