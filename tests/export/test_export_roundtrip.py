@@ -410,3 +410,37 @@ def test_a_plain_robomimic_file_keeps_its_mask_order(tmp_path: Path) -> None:
         f["mask/good"] = np.array([b"demo_0"])
     ingest(raw, tmp_path / "back.kdb")
     assert _filter_keys(tmp_path / "back.kdb") == [["good", "train"]]  # the keys of mask/, sorted
+
+
+@pytest.mark.parametrize(
+    "rewards, dones, dtype, want",
+    [
+        (np.float64, np.int64, None, ("float64", "int64")),  # robomimic
+        (np.uint8, np.uint8, None, ("uint8", "uint8")),  # LIBERO
+        (np.float32, np.bool_, None, ("float32", "bool")),
+        (np.uint8, np.int64, "float32", ("float32", "int64")),  # --dtype: rewards keep the chosen one
+    ],
+)
+def test_rewards_and_dones_go_back_in_their_source_dtypes(
+    tmp_path: Path, rewards: Any, dones: Any, dtype: str | None, want: tuple[str, str]
+) -> None:
+    raw = tmp_path / "src.hdf5"
+    with h5py.File(raw, "w") as f:
+        for k in range(2):
+            T = 4 + k
+            g = f.create_group(f"data/demo_{k}")
+            g.attrs["num_samples"] = T
+            g["actions"] = np.random.default_rng(k).uniform(-1, 1, (T, 2))
+            g["rewards"] = (np.arange(T) == T - 1).astype(rewards)
+            g["dones"] = (np.arange(T) == T - 1).astype(dones)
+            g["obs/pos"] = np.zeros((T, 3))
+    first = tmp_path / "first.kdb"
+    ingest(raw, first, dtype=dtype)
+    h5 = tmp_path / "out.hdf5"
+    export(first, h5, format="hdf5")
+    with h5py.File(raw, "r") as src, h5py.File(h5, "r") as out:
+        for k in range(2):
+            got = out[f"data/demo_{k}"]
+            assert (got["rewards"].dtype.name, got["dones"].dtype.name) == want
+            np.testing.assert_array_equal(got["rewards"][()], src[f"data/demo_{k}/rewards"][()])
+            np.testing.assert_array_equal(got["dones"][()], src[f"data/demo_{k}/dones"][()])

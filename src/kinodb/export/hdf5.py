@@ -12,8 +12,10 @@ Layout::
                               lists as arrays. An ``ep_meta`` field (the source's own text)
                               is written as the attr ep_meta, and the record above is then
                               the attr kinodb_ep_meta
-        actions rewards       as stored (dtype kept)
-        dones                 uint8, from is_terminal
+        actions               as stored (dtype kept)
+        rewards               as stored, or in the source's dtype where the ingest recorded it
+                              (the metadata's ``hdf5.source_dtypes``) and it holds the values
+        dones                 from is_terminal, in the source's dtype where recorded, else uint8
         states                the ``sim_state`` extra array, when there is one
         timestamps <extra>    the other arrays, under their own names
         obs/<extra>           arrays ingested from ``obs/`` (depth, ...; the metadata's
@@ -120,6 +122,7 @@ class _Plan:
     skip: frozenset[str]  # arrays left out (only some episodes hold them)
     turns: dict[int, Turns]  # per episode, what to rotate 180 degrees back to the source's orientation
     next_obs: bool  # write next_obs beside obs
+    dtypes: dict[str, np.dtype[Any]]  # "rewards", "dones" -> their dtype in the ingested HDF5 file
 
 
 def write(
@@ -159,7 +162,7 @@ def write(
         )
     orientation = one_orientation(db, positions, merge)
     turns = turn_back(db, positions, merge, warnings) if flip_images else {}
-    plan = _Plan(split, paths, _state_layout(db), frozenset(partial), turns, next_obs)
+    plan = _Plan(split, paths, _state_layout(db), frozenset(partial), turns, next_obs, _source_dtypes(db))
     dataset, facts = exported_dataset(db, positions, {**facts, "next_obs": next_obs})
     with h5py.File(out, "x") as f:
         _write_file(f, db, positions, plan, oriented_info(dataset, bool(turns), orientation), facts)
@@ -398,6 +401,36 @@ def _state_layout(db: Database) -> dict[str, tuple[np.dtype[Any] | None, tuple[i
     return out
 
 
+def _source_dtypes(db: Database) -> dict[str, np.dtype[Any]]:
+    """The dtypes rewards and dones had in the HDF5 file ``db`` was ingested from (LIBERO's
+    uint8, robomimic's float64 and int64), where the ingest recorded them; rewards only when
+    the ingest kept their values' dtype (no ``--dtype``)."""
+    meta = db.metadata()
+    recorded = (meta.get("hdf5") or {}).get("source_dtypes")
+    options = (meta.get("ingest") or {}).get("options") or {}
+    cast = isinstance(options, dict) and options.get("dtype") is not None
+    out: dict[str, np.dtype[Any]] = {}
+    for name, text in (recorded if isinstance(recorded, dict) else {}).items():
+        if name not in ("rewards", "dones") or (cast and name == "rewards"):
+            continue
+        try:
+            dtype = np.dtype(str(text))
+        except TypeError:
+            continue  # not a dtype this version wrote
+        if dtype.kind in "biuf":
+            out[name] = dtype
+    return out
+
+
+def _exact_as(values: np.ndarray, dtype: np.dtype[Any] | None) -> np.ndarray:
+    """``values`` in ``dtype`` where that keeps every value exactly (else as they are)."""
+    if dtype is None or dtype == values.dtype:
+        return values
+    with np.errstate(invalid="ignore", over="ignore"):  # NaN or out of range: compared below
+        cast = values.astype(dtype)
+        return cast if np.array_equal(cast.astype(values.dtype), values) else values
+
+
 def _component(part: np.ndarray, layout: tuple[np.dtype[Any] | None, tuple[int, ...]] | None) -> np.ndarray:
     """A state component in its source dtype and shape, where that is exactly the same values."""
     if layout is None:
@@ -459,8 +492,8 @@ def _write_demo(g: Any, db: Database, i: int, plan: _Plan) -> int:
     T = int(meta["num_frames"])
     g.attrs["num_samples"] = np.int64(T)
     g.create_dataset("actions", data=ep.pop("actions"))
-    g.create_dataset("rewards", data=ep.pop("rewards"))
-    g.create_dataset("dones", data=ep.pop("is_terminal").astype(np.uint8))
+    g.create_dataset("rewards", data=_exact_as(ep.pop("rewards"), plan.dtypes.get("rewards")))
+    g.create_dataset("dones", data=ep.pop("is_terminal").astype(plan.dtypes.get("dones", np.dtype(np.uint8))))
     states = ep.pop("states")
     turns = plan.turns.get(i, {})
     obs = _Obs(g, plan.next_obs)

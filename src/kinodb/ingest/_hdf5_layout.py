@@ -80,6 +80,7 @@ class Scan:
     attrs: tuple[str, ...]  # demo attributes kept as the extra fields attrs.NAME, sorted
     rewards: np.dtype[Any] | None  # the dtype rewards are stored in (None: no demo holds them)
     unreadable: dict[str, tuple[str, str]]  # demo -> (the object h5py cannot open in it, h5py's error)
+    source_dtypes: dict[str, str]  # "rewards", "dones" -> their dtype in the first demo holding them
 
 
 # What h5py raises for an object whose bytes are damaged: KeyError (opening it), RuntimeError
@@ -136,11 +137,12 @@ def scan_demos(data: Any, demos: list[str], dataset_type: Any, group_type: Any) 
         if any(name in data[demo].attrs for demo in readable):
             left_out[f"attrs/{name}"] = _UNSTORED_ATTRS[name]
     left_out.update((f"attrs/{name}", why) for name, why in sorted(attrs.items()) if why)
-    rewards = None
-    if "rewards" in seen:
-        ds = data[seen["rewards"][0]].get("rewards")
+    source_dtypes: dict[str, str] = {}
+    for name in ("rewards", "dones"):
+        ds = data[seen[name][0]].get(name) if name in seen else None
         if isinstance(ds, dataset_type) and ds.dtype.kind in "biuf":
-            rewards = reward_dtype(np.dtype(ds.dtype))
+            source_dtypes[name] = np.dtype(ds.dtype).name
+    rewards = reward_dtype(np.dtype(source_dtypes["rewards"])) if "rewards" in source_dtypes else None
     for path, (first, holders) in seen.items():
         if path == "next_obs":
             left_out[path] = "duplicates obs one step later"
@@ -158,7 +160,7 @@ def scan_demos(data: Any, demos: list[str], dataset_type: Any, group_type: Any) 
         else:
             left_out[path] = kind
     kept = tuple(sorted(n for n, why in attrs.items() if not why))
-    return Scan(fields, left_out, kept, rewards, unreadable)
+    return Scan(fields, left_out, kept, rewards, unreadable, source_dtypes)
 
 
 def _open_demo(

@@ -320,6 +320,8 @@ class HDF5Source(_FileLevel):
             "left_out": {**layout.left_out, **facts.left_out},
             "data_attrs": dict(facts.kept),
         }
+        if self._scanned().source_dtypes:  # rewards and dones go back in them on export
+            metadata["hdf5"]["source_dtypes"] = dict(self._scanned().source_dtypes)
         if facts.as_text:
             metadata["hdf5"]["as_text"] = dict(facts.as_text)
         self._warn_left_out(metadata["hdf5"]["left_out"])
