@@ -6,15 +6,19 @@ import os
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from kinodb._provenance import PROVENANCE, carried
 from kinodb.errors import ConversionError, FormatError, QuerySyntaxError, WriterError
+from kinodb.kdb._layout import DTYPES, KIND_ARRAY
 from kinodb.kdb.reader import Database, open_database
 from kinodb.kdb.upgrade import SKIP_ADVICE, episode_error, leave_out
 from kinodb.kdb.writer import Writer
+
+if TYPE_CHECKING:
+    from kinodb._window_checks import _Sections
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,9 +80,10 @@ def merge(
     the output's metadata keeps naming. No other value is lost. Episodes of a format 0.1 input are
     converted as `kino upgrade` converts them: arrays exactly, JPEG/PNG frames with their
     stored bytes, raw frames raw (a camera that cannot keep its bytes is stored raw,
-    decoded exactly, with a warning). Inputs may have different schemas: dims are per
-    episode, the output schema lists every source's schema under ``"sources"``, and
-    differing dims, cameras and extra arrays are reported in `MergeResult.warnings`, as
+    decoded exactly, with a warning). Inputs may have different schemas: dims and dtypes are
+    per episode, the output schema lists every source's schema under ``"sources"``, and
+    differing dims, dtypes, cameras and extra arrays are reported in `MergeResult.warnings`
+    with what readers need (a file of one dtype per array for `kinodb.stats`), as
     is a file given more than once (its episodes are written once per time). Each
     input's metadata is kept under ``metadata["merged_from"]``; keys, and the named
     components of actions and states, that every input contributing episodes agrees on
@@ -127,7 +132,10 @@ def merge(
             where = f" match {filter!r}" if filter else ""
             raise WriterError(f"no episode in {len(dbs)} input files{where}; nothing was written")
         out = os.fspath(output)
-        warnings = _same_file_warnings(dbs, out) + _dim_warnings(dbs, kept) + _layout_warnings(dbs, kept)
+        warnings = [
+            *_same_file_warnings(dbs, out), *_dim_warnings(dbs, kept), *_dtype_warnings(dbs, kept),
+            *_layout_warnings(dbs, kept),
+        ]  # fmt: skip
         return _write(dbs, kept, out, filter, overwrite, on_error == "skip", warnings)
     finally:
         for db in dbs:
@@ -218,25 +226,121 @@ def _dim_warnings(dbs: list[Database], kept: list[np.ndarray]) -> list[str]:
     return out
 
 
+_BUILTIN = ("actions", "states", "rewards")
+
+
+def _dtype_warnings(dbs: list[Database], kept: list[np.ndarray]) -> list[str]:
+    """Actions, states or rewards held in different dtypes by the inputs' kept episodes (one
+    warning naming each input's dtypes, and the fixes)."""
+    from kinodb._window_checks import _Sections  # deferred: it builds on kql, as the filter does
+
+    used = [(db, _Sections.of(db, k)) for db, k in zip(dbs, kept, strict=True) if len(k)]
+    parts = []
+    for name in _BUILTIN:
+        per = [(os.path.basename(db.path()), _dtypes(db, sections, name)) for db, sections in used]
+        if len({d for _, ds in per for d in ds}) > 1:
+            parts.append(f"{name} ({', '.join(f'{file}: ' + ' and '.join(ds) for file, ds in per)})")
+    if not parts:
+        return []
+    return [
+        f"dtypes differ between inputs: {', '.join(parts)}; kino stats, Database.gather and frame "
+        "windows need one dtype per array in a file: re-ingest the inputs with one --dtype (such as "
+        "--dtype float32) and merge them again, or keep them as separate files and combine them with "
+        "kinodb.Mixture, whose batches bring every source's arrays to one dtype"
+    ]
+
+
+def _dtypes(db: Database, sections: _Sections | None, name: str) -> list[str]:
+    """The dtypes of array ``name`` in ``sections`` (the kept episodes' index rows), in the
+    order first held; the schema's for a file without section columns (format 0.1)."""
+    if sections is None:
+        dtype = db.schema().get(name, {}).get("dtype")
+        return [str(dtype or "mixed dtypes")]
+    rows = sections.find(name, KIND_ARRAY)
+    codes = sections.column("sec.dtype", rows[rows >= 0])
+    _, first = np.unique(codes, return_index=True)
+    return [_dtype_name(int(codes[j])) for j in sorted(first.tolist())]
+
+
+def _dtype_name(code: int) -> str:
+    return np.dtype(DTYPES[code]).name if 0 <= code < len(DTYPES) else f"dtype code {code}"
+
+
 def _layout_warnings(dbs: list[Database], kept: list[np.ndarray]) -> list[str]:
     """Cameras of different sizes and extra arrays of different dtypes or shapes between the
-    inputs, or held by only some of them."""
+    inputs, or held by only some of them, each with what readers need; then, when a camera
+    is absent from some inputs, how to window each input's own camera."""
     used = [db for db, k in zip(dbs, kept, strict=True) if len(k)]
     out = []
-    for key, kind, hint in (
-        ("cameras", "camera", "batches need image_size=(H, W) to resize them alike"),
-        ("arrays", "extra array", "readers must handle per-episode shapes"),
-    ):
+    absent: list[str] = []  # cameras some inputs lack
+    for key, kind in (("cameras", "camera"), ("arrays", "extra array")):
         specs = [db.schema().get(key, {}) for db in used]
         for name in sorted({n for spec in specs for n in spec}):
             seen = [
-                (os.path.basename(db.path()), _layout(spec.get(name), key))
-                for db, spec in zip(used, specs, strict=True)
+                (os.path.basename(db.path()), spec.get(name)) for db, spec in zip(used, specs, strict=True)
             ]
-            if len({text for _, text in seen}) > 1:
-                per = ", ".join(f"{file}: {text}" for file, text in seen)
+            if len({_layout(spec, key) for _, spec in seen}) > 1:
+                per = ", ".join(f"{file}: {_layout(spec, key)}" for file, spec in seen)
+                hint = _camera_hint(name, seen) if key == "cameras" else _array_hint(seen)
                 out.append(f"{kind} {name!r} differs between inputs ({per}); {hint}")
+                if key == "cameras" and any(spec is None for _, spec in seen):
+                    absent.append(name)
+    if absent:
+        out.extend(_mixture_hint(used, absent[0]))
     return out
+
+
+def _camera_hint(name: str, seen: list[tuple[str, dict[str, Any] | None]]) -> str:
+    """What windows need of camera ``name``: the inputs that lack it left out, and frames of
+    one size."""
+    sizes = {_layout(spec, "cameras") for _, spec in seen if spec is not None}
+    resize = "batches need image_size=(H, W) to resize them alike"
+    lacking = [file for file, spec in seen if spec is None]
+    if not lacking:
+        return resize
+    text = (
+        f"the episodes of {', '.join(lacking)} have no {name!r}: frame windows "
+        "over the merged file need image_key=False, or a kql_filter that leaves those episodes out"
+    )
+    return text + (f"; {resize}" if len(sizes) > 1 else "")
+
+
+def _array_hint(seen: list[tuple[str, dict[str, Any] | None]]) -> str:
+    """What readers of an extra array must handle: per-episode dtypes, shapes, or its absence."""
+    held = [spec for _, spec in seen if spec is not None]
+    dtypes = {spec.get("dtype") for spec in held}
+    varies = [
+        what
+        for what, values in (("dtypes", dtypes), ("shapes", {_shape(spec) for spec in held}))
+        if len(values) > 1 or None in values
+    ]
+    hints = [f"readers must handle per-episode {' and '.join(varies)}"] if varies else []
+    if "dtypes" in varies and all(d is not None and np.dtype(d).kind == "f" for d in dtypes):
+        hints.append("re-ingest the inputs with one --dtype (such as --dtype float32) to give it one")
+    lacking = [file for file, spec in seen if spec is None]
+    if lacking:
+        hints.append(f"the episodes of {', '.join(lacking)} have none: readers must handle its absence")
+    return "; ".join(hints)
+
+
+def _shape(spec: dict[str, Any]) -> tuple[int, ...] | None:
+    shape = spec.get("shape")
+    return None if shape is None or None in shape else tuple(shape)
+
+
+def _mixture_hint(used: list[Database], camera: str) -> list[str]:
+    """How to window each input's own camera (a `Mixture` of the inputs with an ``image_key``
+    mapping, filled in as for ``camera``), when every input has a camera."""
+    cameras = {db.path(): list(db.schema().get("cameras", {})) for db in used}
+    if not all(cameras.values()):
+        return []  # an input without cameras: only image_key=False serves it
+    names = [camera if camera in have else have[0] for have in cameras.values()]
+    mixture = {path: 1 for path in cameras}
+    return [
+        f"the inputs hold different cameras: to window each input's own camera, keep the inputs as "
+        f"separate files and combine them with kinodb.Mixture({mixture!r}) and "
+        f"image_key={{{camera!r}: {names!r}}} (a camera of each source, in order)"
+    ]
 
 
 def _layout(spec: dict[str, Any] | None, key: str) -> str:

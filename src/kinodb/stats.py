@@ -83,6 +83,10 @@ counts as constant."""
 STAT_KEYS = ("mean", "std", "min", "max", *QUANTILES)
 CHUNK_BYTES = 32 << 20  # float64 bytes per chunk when ``chunk_frames`` is not given
 SELECT_BUDGET = 1 << 21  # values held at once while selecting percentiles
+DTYPE_VARIES = "its dtype varies between episodes"
+"""How a skipped array's reason begins when its episodes hold it in different dtypes (the
+reason goes on to name a few episodes of each, `dtype_groups`)."""
+SHAPE_VARIES = "its per-frame shape varies between episodes"
 _BUILTIN = ("actions", "states", "rewards")
 _NOT_FEATURES = {"timestamps": "the time axis, not a feature (ask for it with --arrays timestamps)"}
 _PLACEHOLDER = (
@@ -144,7 +148,7 @@ def compute_stats(
     }  # fmt: skip
     for name, spec in _candidates(db.schema(), arrays).items():
         if isinstance(spec, str):
-            result["skipped"][name] = spec
+            result["skipped"][name] = _varying_dtype(db, name) if spec == DTYPE_VARIES else spec
             continue
         if name == "rewards" and arrays is None and len(db) and placeholder_rewards(db):
             result["skipped"][name] = _PLACEHOLDER
@@ -503,9 +507,9 @@ def _candidates(
             continue
         shape = [entry.get("dim")] if name in ("actions", "states") else entry.get("shape")
         if entry.get("dtype") is None:
-            out[name] = "its dtype varies between episodes"
+            out[name] = DTYPE_VARIES
         elif shape is None or None in shape:
-            out[name] = "its per-frame shape varies between episodes"
+            out[name] = SHAPE_VARIES
         elif np.dtype(entry["dtype"]).kind != "f":
             out[name] = f"dtype {entry['dtype']} is not floating point"
         elif math.prod(shape) == 0:
@@ -513,6 +517,39 @@ def _candidates(
         else:
             out[name] = (tuple(int(d) for d in shape), np.dtype(entry["dtype"]))
     return out
+
+
+def dtype_groups(db: Database, name: str) -> list[tuple[str, I64]]:
+    """The positions of the episodes holding array ``name`` in each dtype, dtypes in the order
+    first held, from the index alone (none for a format 0.1 file: one dtype per array)."""
+    from kinodb._window_checks import _Sections  # deferred: it builds on kql
+    from kinodb.kdb._layout import DTYPES, KIND_ARRAY
+
+    sections = _Sections.of(db, np.arange(len(db), dtype=np.int64))
+    if sections is None:
+        return []
+    rows = sections.find(name, KIND_ARRAY)
+    held = np.flatnonzero(rows >= 0)
+    codes = sections.column("sec.dtype", rows[held])
+    out = []
+    for code in dict.fromkeys(codes.tolist()):  # in the order first held
+        dtype = np.dtype(DTYPES[code]).name if 0 <= code < len(DTYPES) else f"dtype code {code}"
+        out.append((dtype, held[codes == code]))
+    return out
+
+
+def episodes_text(episodes: I64, shown: int = 3) -> str:
+    """``"4 episodes (0, 1, 2, ...)"``: how many, and the first few positions."""
+    head = ", ".join(map(str, episodes[:shown].tolist())) + (", ..." if len(episodes) > shown else "")
+    return f"{len(episodes)} episode{'s' if len(episodes) != 1 else ''} ({head})"
+
+
+def _varying_dtype(db: Database, name: str) -> str:
+    """Why ``name`` is skipped when its dtype varies: a few episodes of each dtype."""
+    groups = dtype_groups(db, name)
+    if len(groups) < 2:
+        return DTYPE_VARIES
+    return f"{DTYPE_VARIES}: " + ", ".join(f"{dtype} in {episodes_text(eps)}" for dtype, eps in groups)
 
 
 def _plan(frames: I64, chunk: int) -> list[tuple[int, int]]:

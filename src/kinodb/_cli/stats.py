@@ -5,13 +5,24 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shlex
 import sys
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
+
 from kinodb.errors import UnsupportedVersionError
-from kinodb.kdb.reader import open_database
-from kinodb.stats import QUANTILES, compute_stats, stats_to_json, write_stats
+from kinodb.kdb.reader import Database, open_database
+from kinodb.stats import (
+    DTYPE_VARIES,
+    QUANTILES,
+    SHAPE_VARIES,
+    compute_stats,
+    dtype_groups,
+    stats_to_json,
+    write_stats,
+)
 
 _COLUMNS = ("mean", "std", "min", *QUANTILES, "max")
 
@@ -49,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
             )
         stats = compute_stats(db, arrays=wanted)
         schema = db.schema()
+        why = "" if stats["arrays"] else _why_none(db, args.path, stats["skipped"])
     ok = bool(stats["arrays"])
     stored = ok and not args.dry_run
     if stored:
@@ -62,9 +74,57 @@ def run(args: argparse.Namespace) -> int:
         elif ok:
             print("\nnot stored (--dry-run)")
     if not ok:
-        print(f"error: no array of {args.path} could be summarised", file=sys.stderr)
+        print(f"error: no array of {args.path} could be summarised: {why}", file=sys.stderr)
         return 1
     return 0
+
+
+def _why_none(db: Database, path: str, skipped: Mapping[str, str]) -> str:
+    """Why no array of ``db`` could be summarised, and what to do about it."""
+    dtypes = [n for n, reason in skipped.items() if reason.startswith(DTYPE_VARIES)]
+    shapes = [n for n, reason in skipped.items() if reason.startswith(SHAPE_VARIES)]
+    parts = []
+    if dtypes:
+        detail = skipped[dtypes[0]][len(DTYPE_VARIES) :].lstrip(": ")
+        parts.append(
+            f"{_names(dtypes)} {'is' if len(dtypes) == 1 else 'are'} held in different dtypes by different "
+            f"episodes ({dtypes[0]}: {detail or 'see kino schema'}), as a kino merge of files ingested with "
+            "different --dtype makes them; re-ingest the sources with one --dtype (such as --dtype float32) "
+            "and merge them again, or keep the files apart, run kino stats on each and combine them with "
+            "kinodb.Mixture" + _split_advice(db, path, dtypes[0])
+        )
+    if shapes:
+        parts.append(
+            f"{_names(shapes)} {'has' if len(shapes) == 1 else 'have'} per-frame shapes that vary between "
+            "episodes, as a kino merge of robots with different dims makes them; run kino stats on each "
+            "robot's own file and combine the files with kinodb.Mixture (normalize= uses each file's own "
+            "statistics)"
+        )
+    if not parts:
+        return "the reason for each array is given under 'skipped'"
+    return "; ".join(parts)
+
+
+def _names(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+def _split_advice(db: Database, path: str, name: str) -> str:
+    """How to write the episodes of one dtype of array ``name`` to a file of their own, when
+    they are one run of consecutive episode_ids; else nothing."""
+    groups = dtype_groups(db, name)
+    if len(groups) < 2:
+        return ""
+    dtype, episodes = groups[0]
+    ids = np.asarray(db.episodes()["episode_id"], np.int64)[episodes]
+    if not (np.diff(ids) == 1).all() or not (np.diff(episodes) == 1).all():
+        return ""
+    stem = path[: -len(".kdb")] if path.endswith(".kdb") else path
+    return (
+        f"; or write one dtype's episodes to a file of their own and summarise that: kino merge "
+        f"{shlex.quote(path)} -o {shlex.quote(f'{stem}-{dtype}.kdb')} "
+        f'-F "episode_id BETWEEN {int(ids[0])} AND {int(ids[-1])}"'
+    )
 
 
 def feature_names(name: str, size: int, schema: Mapping[str, Any]) -> list[str]:
