@@ -121,6 +121,23 @@ def test_windows_pickle_small_after_use(tmp_path: Path) -> None:
         np.testing.assert_array_equal(after[key], value)
 
 
+def test_windows_pickle_without_their_lookup_tables(tmp_path: Path) -> None:
+    """The per-offsets lookup tables (a megabyte for an action chunk of 255) are rebuilt
+    where unpickled, not carried."""
+    import pickle
+
+    path = tmp_path / "q.kdb"
+    _write(path, [300] * 4, action_dim=7, state_dim=9)
+    fw = FrameWindows(path, obs_horizon=2, action_horizon=255)
+    fresh = len(pickle.dumps(fw))
+    before = fw.lowdim(list(range(0, 1200, 7)))
+    blob = pickle.dumps(fw)
+    assert len(blob) < fresh + 4096
+    after = pickle.loads(blob).lowdim(list(range(0, 1200, 7)))
+    for key, value in before.items():
+        np.testing.assert_array_equal(after[key], value)
+
+
 def test_delta_timestamps_match_horizons_in_frames(tmp_path: Path) -> None:
     path = tmp_path / "d.kdb"
     _write(path, [7, 3, 9], fps=20.0)

@@ -326,6 +326,13 @@ class FrameWindows(_ImageWindows):
             self._widest_cache = (widest, common)
         return self._widest_cache
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled without the lookup tables built per set of offsets (`_reach`), which the
+        unpickled object rebuilds on first use: up to a megabyte each for long reaches."""
+        state = self.__dict__.copy()
+        state.update(_step_rows={}, _reaches={}, _shifts={})
+        return state
+
     def lowdim_groups(
         self, indices: Any, *, tasks: bool = False
     ) -> list[tuple[NDArray[np.int64], dict[str, NDArray[Any]]]]:
