@@ -94,17 +94,18 @@ def export_torch(
         ...                           command_names=("vx", "vy", "wz"), carry_shape=(128,))
 
     Raises:
-        InferError: the metadata would make `load_model` refuse the package (repeated or
-            empty joint names, a negative carry dimension; the same message), an argument
-            is not a known input (or is ``quaternion`` / ``initial_heading`` without
-            ``legacy_inputs``), an output has the wrong shape, or ONNX Runtime disagrees with
-            PyTorch. Nothing is written then.
+        InferError: ``carry_shape`` is not a sequence of ints, the metadata would make
+            `load_model` refuse the package (repeated or empty joint names, a negative carry
+            dimension; the same message), an argument is not a known input (or is
+            ``quaternion`` / ``initial_heading`` without ``legacy_inputs``), the function run
+            once in PyTorch does not return ``(action, next_carry)`` of the declared shapes,
+            or ONNX Runtime disagrees with PyTorch. Nothing is written then.
         MissingExtraError: torch or onnx is not installed.
     """
     torch = require("torch", extra="torch")
     onnx = require("onnx", extra="infer")
     joints, commands = tuple(str(n) for n in joint_names), tuple(str(n) for n in command_names)
-    carry = tuple(int(d) for d in carry_shape)
+    carry = _carry_dims(carry_shape)
     with _keeping_modes(torch, step_module, init_module):  # exporting runs them in eval mode
         return _export_torch(
             torch, onnx, step_module, path, joints, commands, carry, init_module, checks, seed, legacy_inputs
@@ -117,7 +118,7 @@ def _export_torch(
     legacy_inputs: bool,
 ) -> ExportReport:  # fmt: skip
     module = _as_module(torch, step_module)
-    names = _argument_names(step_module)
+    names = _argument_names(step_module, legacy_inputs)
     legacy = [n for n in names if n in LEGACY_INPUTS]
     if legacy and not legacy_inputs:
         raise InferError(
@@ -141,6 +142,7 @@ def _export_torch(
     shapes = _input_shapes(names, joints, commands, carry)
     gen = torch.Generator().manual_seed(seed)
     example = tuple(torch.randn(shapes[n], generator=gen) for n in names)
+    _check_outputs(torch, module, example, (len(joints),), carry)
     step_bytes, unused = _export(torch, onnx, module, example, names, ["action", "next_carry"])
     if unused:
         log.warning(
@@ -191,7 +193,65 @@ def _as_module(torch: Any, fn: Any) -> Any:
     return _Wrapped().eval()
 
 
-def _argument_names(fn: Any) -> list[str]:
+def _carry_dims(carry_shape: Any) -> tuple[int, ...]:
+    """``carry_shape`` as a tuple of ints; a bare int is refused: ``1`` could mean ``(1,)`` or
+    the scalar carry ``()``."""
+    try:
+        return tuple(int(d) for d in carry_shape)
+    except (TypeError, ValueError):
+        raise InferError(
+            f"carry_shape must be a sequence of ints (the carry's shape), got {carry_shape!r}: "
+            "pass (n,) for a vector of n, or () for a scalar carry"
+        ) from None
+
+
+def _check_outputs(
+    torch: Any, module: Any, example: tuple[Any, ...], action: tuple[int, ...], carry: tuple[int, ...]
+) -> None:
+    """Run the step function once in PyTorch: it must return ``(action, next_carry)``, two
+    tensors of the declared shapes (the exporter's own message on a wrong count names neither)."""
+    with torch.no_grad():
+        try:
+            out = module(*example)
+        except Exception as exc:
+            text = " ".join(str(exc).split())
+            text = text if len(text) <= 400 else text[:400] + "…"
+            shapes = ", ".join(f"{list(a.shape)}" for a in example)
+            raise InferError(
+                f"the step function raised on inputs of the declared shapes ({shapes}): "
+                f"{type(exc).__name__}: {text}"
+            ) from exc
+    if not (
+        isinstance(out, (tuple, list)) and len(out) == 2 and all(isinstance(t, torch.Tensor) for t in out)
+    ):
+        raise InferError(
+            f"the step function returns {_described(torch, out)}; expected a tuple of 2 tensors "
+            "(action, next_carry): return the carry too, e.g. `return action, carry`"
+        )
+    for k, (value, want, what) in enumerate(((out[0], action, "action"), (out[1], carry, "next_carry"))):
+        if tuple(value.shape) != want:
+            raise InferError(
+                f"the step function's output {k} ({what}) has shape {list(value.shape)}; expected {list(want)}"
+                + (" (one per joint, unbatched)" if k == 0 else " (carry_shape)")
+            )
+
+
+def _described(torch: Any, value: Any) -> str:
+    """What a step function returned, in a few words."""
+    if isinstance(value, torch.Tensor):
+        return f"a tensor of shape {list(value.shape)}"
+    if isinstance(value, (tuple, list)):
+        kind = type(value).__name__
+        if not value:
+            return f"an empty {kind}"
+        items = ", ".join(
+            f"tensor {list(v.shape)}" if isinstance(v, torch.Tensor) else type(v).__name__ for v in value
+        )
+        return f"a {kind} of {len(value)} ({items})"
+    return f"a {type(value).__name__}"
+
+
+def _argument_names(fn: Any, legacy_inputs: bool) -> list[str]:
     target = fn.forward if hasattr(fn, "forward") else fn
     try:
         params = list(inspect.signature(target).parameters.values())
@@ -207,8 +267,9 @@ def _argument_names(fn: Any) -> list[str]:
             names.append(p.name)
     unknown = [n for n in names if n not in KNOWN_INPUTS]
     if unknown:
+        accepted = [n for n in KNOWN_INPUTS if legacy_inputs or n not in LEGACY_INPUTS]
         raise InferError(
-            f"step arguments {unknown} are not step inputs; name them after {', '.join(KNOWN_INPUTS)}"
+            f"step arguments {unknown} are not step inputs; name them after {', '.join(accepted)}"
         )
     if not names:
         raise InferError("the step function takes no arguments; it needs at least one input")

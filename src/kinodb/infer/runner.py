@@ -160,6 +160,7 @@ class Runner:
         self._finishing = False  # the loop is over: the log and the recording are being written
         self._deferred_int = False  # a Ctrl-C came while they were written
         self._summary = ""
+        self._log_was_empty = True  # the NDJSON log held nothing before the run
 
     def stop(self) -> None:
         """Ask a running loop to end (safe from other threads): at once when it waits for its
@@ -199,6 +200,7 @@ class Runner:
         logged = [n for n in KINFER_KEYS if n in sig.observation_names]
         logged += [n for n in EXTRA_INPUTS if n in sig.observation_names]
         path = resolve_log_path(self.log_path)
+        self._log_was_empty = path is None or _empty(path)
         waker = _Waker()
         try:
             logger = self._open_log(path, logged) if path is not None else None  # before any action is sent
@@ -348,15 +350,16 @@ class Runner:
         if error is not None:  # the steps before it are logged and recorded; say so with the error
             _add_note(error, self._summary)
             raise error
+        if stats["stopped_by"] == "interrupt":  # run returns: say what was kept, as an error's note does
+            kept = self._where(stats, path)
+            log.warning(
+                "the run stopped on Ctrl-C after %d steps%s", stats["steps"], "".join(f"; {k}" for k in kept)
+            )
         return stats
 
     def _kept(self, stats: dict[str, Any], path: str | None, *, error: bool) -> str:
         """The run in a line, and where its steps are: the note added to what `run` raises."""
-        kept = [f"the NDJSON log {path} holds {stats['log_lines']} lines"] if path is not None else []
-        if stats["log_error"] is not None:
-            kept[-1] += f" ({stats['dropped_log_lines']} lost: {stats['log_error']})"
-        if stats["recorded_episode"] is not None:
-            kept.append(f"{self.record_to} episode {stats['recorded_episode']} holds its steps")
+        kept = self._where(stats, path)
         if error:
             which = f" (step {stats['steps'] - 1}, the failing one, included)" if self._error_kept else ""
         else:
@@ -370,6 +373,24 @@ class Runner:
         return f"the run stopped after {stats['steps']} steps{which}" + (
             f"; {'; '.join(kept)}" if kept else ""
         )
+
+    def _where(self, stats: dict[str, Any], path: str | None) -> list[str]:
+        """Where the run's steps went: the NDJSON log's lines and the recorded episode."""
+        kept = []
+        if path is not None:
+            lines = stats["log_lines"]
+            kept.append(
+                f"the NDJSON log {path} holds {lines} lines"
+                if self._log_was_empty
+                else f"this run appended {lines} lines to the NDJSON log {path}"
+            )
+            if stats["log_error"] is not None:
+                kept[-1] += f" ({stats['dropped_log_lines']} lost: {stats['log_error']})"
+        if stats["recorded_episode"] is not None:
+            kept.append(f"{self.record_to} episode {stats['recorded_episode']} holds its steps")
+        elif self.record_to is not None and not stats["steps"]:
+            kept.append(f"no episode was added to {self.record_to}")
+        return kept
 
     def _wait_tick(self, deadline: float, waker: _Waker) -> float | None:
         """Sleep until ``spin_s`` before ``deadline``, then spin to it: the tick's start time,
@@ -571,6 +592,14 @@ def _release_process_settings() -> None:
 
 def _noop() -> None:
     pass
+
+
+def _empty(path: str) -> bool:
+    """Whether the log at ``path`` holds nothing yet (or does not exist)."""
+    try:
+        return os.stat(path).st_size == 0
+    except OSError:
+        return True
 
 
 def _nonfinite(step: int, obs: Mapping[str, Any]) -> InferError:
