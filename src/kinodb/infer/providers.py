@@ -191,12 +191,23 @@ def _getters(
                 f"{cls} has no {method}(), which the model's input {name!r} needs, and no "
                 f"get_inputs(input_types, metadata){why}; a provider has {INTERFACES}"
             )
+        if not _takes(fn, 1 if arg else 0):
+            raise InferError(
+                f"{cls}.{method}{_describe(fn)} cannot be called as {_getter_call(method, arg)}, as the "
+                f"model's input {name!r} needs; give it that signature"
+            )
         if arg == "joints":
             fn = functools.partial(fn, signature.joint_names)
         elif arg == "commands":
             fn = functools.partial(fn, signature.command_names)
         out.append((name, fn))
     return tuple(out)
+
+
+def _getter_call(method: str, arg: str | None) -> str:
+    """How a getter is called: ``get_joint_angles(joint_names)``, ``get_gyroscope()``."""
+    names = {"joints": "joint_names", "commands": "command_names"}
+    return f"{method}({names[arg] if arg else ''})"
 
 
 def _defines(obj: Any, name: str) -> bool:
@@ -324,15 +335,20 @@ def _describe(fn: Callable[..., Any]) -> str:
 
 
 class CallableProvider:
-    """A provider made of plain functions, one per input, each taking what kinfer's method takes.
+    """A provider made of plain functions, one per input, each taking what kinodb's getter takes.
 
     ``joint_angles`` and ``joint_angular_velocities`` get the joint names, ``command``
     the command names, the others nothing. ``time`` defaults to seconds since the
-    provider was made (as the K-Bot provider does); ``take_action`` defaults to keeping
-    the action in `last_action`.
+    provider was made (as the K-Bot provider does). ``take_action`` is called in the form
+    its signature declares: ``f(action)``, kinfer 0.6.1's ``f(action, metadata)`` (first
+    parameter ``action`` or second ``metadata``) or kinodb's ``f(joint_names, action)``
+    (any other two-parameter function); the action is also kept in `last_action`.
+
+    Raises:
+        InferError: a function cannot take the call its input or ``take_action`` gets.
 
     Example:
-        >>> provider = CallableProvider(
+        >>> provider = CallableProvider(  # robot.send(action): the one-parameter form
         ...     joint_angles=lambda names: robot.q, joint_angular_velocities=lambda names: robot.dq,
         ...     projected_gravity=imu.gravity, command=lambda names: joystick(), take_action=robot.send)
     """
@@ -349,7 +365,7 @@ class CallableProvider:
         time: Callable[[], Any] | None = None,
         quaternion: Callable[[], Any] | None = None,
         initial_heading: Callable[[], Any] | None = None,
-        take_action: Callable[[Sequence[str], npt.NDArray[np.float32]], Any] | None = None,
+        take_action: Callable[..., Any] | None = None,
     ) -> None:
         given = {
             "joint_angles": joint_angles, "joint_angular_velocities": joint_angular_velocities,
@@ -360,9 +376,17 @@ class CallableProvider:
             if fn is not None:
                 if not callable(fn):
                     raise TypeError(f"{name} must be callable, got {type(fn).__name__}")
-                setattr(self, GETTERS[name][0], fn)
+                method, arg = GETTERS[name]
+                if not _takes(fn, 1 if arg else 0):
+                    raise InferError(
+                        f"CallableProvider({name}={_fn_name(fn)}): it takes {_describe(fn)} but is called as "
+                        f"{_getter_call(method, arg)}; give a function of that signature"
+                    )
+                setattr(self, method, fn)
         self._t0 = _monotonic()
         self._send = take_action
+        self._form = None if take_action is None else _callable_take_form(take_action)
+        self._metadata: ProviderMetadata | None = None
         self.last_action: npt.NDArray[np.float32] | None = None
         self.actions_taken = 0
 
@@ -370,12 +394,56 @@ class CallableProvider:
         """Seconds since the provider was made (replaced by a ``time`` function when given)."""
         return _monotonic() - self._t0
 
+    def bind(self, signature: Signature) -> None:
+        """Keep the model's metadata, which a ``take_action(action, metadata)`` function gets."""
+        self._metadata = ProviderMetadata.from_signature(signature)
+
     def take_action(self, joint_names: Sequence[str], action: npt.NDArray[np.float32]) -> None:
-        """Keep the action, then hand it to the ``take_action`` function if one was given."""
+        """Keep the action, then hand it to the ``take_action`` function in its form.
+
+        Raises:
+            InferError: the function takes ``(action, metadata)`` and no model was bound yet.
+        """
         self.last_action = action
         self.actions_taken += 1
-        if self._send is not None:
+        if self._send is None:
+            return
+        if self._form == "action":
+            self._send(action)
+        elif self._form == "kinodb":
             self._send(joint_names, action)
+        elif self._metadata is None:
+            raise InferError(
+                f"CallableProvider(take_action={_fn_name(self._send)}) takes (action, metadata), and the "
+                "metadata comes from the model: run it with a Runner, or call bind(signature) first"
+            )
+        else:
+            self._send(action, self._metadata)
+
+
+def _callable_take_form(fn: Callable[..., Any]) -> str:
+    """A take_action function's form: ``"action"``, ``"kinfer"`` or ``"kinodb"``.
+
+    Raises:
+        InferError: ``fn`` takes none of them.
+    """
+    if not callable(fn):
+        raise TypeError(f"take_action must be callable, got {type(fn).__name__}")
+    form = _take_action_form(fn, kinfer=False)  # two parameters fit: by their names, else kinodb's
+    if form is None and _takes(fn, 1):
+        form = "action"
+    if form is None:
+        raise InferError(
+            f"CallableProvider(take_action={_fn_name(fn)}): it takes {_describe(fn)}, none of the accepted "
+            "forms (action), (action, metadata) (kinfer 0.6.1's) or (joint_names, action) (kinodb's)"
+        )
+    return form
+
+
+def _fn_name(fn: Callable[..., Any]) -> str:
+    """``send``, ``Robot.send``, ``<lambda>``: the qualified name, without enclosing functions."""
+    name = str(getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or type(fn).__name__)
+    return name.rpartition("<locals>.")[2]
 
 
 def _monotonic() -> float:
