@@ -18,15 +18,10 @@ from __future__ import annotations
 from kinodb.infer._errors import InferError
 from kinodb.infer._package import Package, pack, read_package
 from kinodb.infer._recording import append_spill
+from kinodb.infer._replay_provider import KdbReplayProvider, parse_state_map
 from kinodb.infer.export import ExportReport, export_torch
 from kinodb.infer.model import InputSpec, Model, Signature, load_model
-from kinodb.infer.providers import (
-    CallableProvider,
-    KdbReplayProvider,
-    Provider,
-    ProviderMetadata,
-    parse_state_map,
-)
+from kinodb.infer.providers import CallableProvider, Provider, ProviderMetadata
 from kinodb.infer.replay import ReplayReport, replay
 from kinodb.infer.runner import Runner
 from kinodb.infer.telemetry import NdjsonLogger, read_log, resolve_log_path

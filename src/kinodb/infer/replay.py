@@ -11,8 +11,9 @@ import numpy as np
 import numpy.typing as npt
 
 from kinodb.infer._errors import InferError
+from kinodb.infer._replay_provider import KdbReplayProvider
 from kinodb.infer.model import Model
-from kinodb.infer.providers import KdbReplayProvider, bind_provider
+from kinodb.infer.providers import bind_provider
 from kinodb.kdb.reader import Database
 
 
