@@ -308,6 +308,7 @@ def test_public_names() -> None:
         "WriterError",
         "__version__",
         "export",
+        "ingest",
         "kql",
         "merge",
         "open",
