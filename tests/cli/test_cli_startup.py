@@ -111,3 +111,46 @@ def test_ctrl_c_while_kino_serve_starts_exits_130_with_one_line(make_kdb: Any, t
             assert proc.returncode == 0, (delay, proc.returncode, err)
             assert out.splitlines()[-1] == "kino-serve: stopped", (delay, out)
     assert during_startup >= 1  # the earliest signals landed while kinodb imported
+
+
+# A Ctrl-C that lands in a weakref callback or a ``__del__`` (as in the import system's
+# module-lock callback) is one Python prints as "Exception ignored" and drops.
+_DROPPED = """
+import sys, time
+from kinodb._cli import main as cli
+
+class Dropped:
+    def __del__(self):
+        raise KeyboardInterrupt
+
+def command():
+    Dropped()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:  # a busy start-up that the interrupt must stop
+        pass
+    return 0
+
+cli.main = command
+sys.argv[:] = ["kino"]
+cli.entry()
+"""
+
+
+@pytest.mark.parametrize("entry", ["entry", "serve_entry"])
+def test_a_ctrl_c_python_would_drop_during_startup_still_ends_the_program(entry: str) -> None:
+    code = _DROPPED.replace("cli.entry()", f"cli.{entry}()")
+    if entry == "serve_entry":
+        code = code.replace("cli.main = command", "from kinodb._cli import serve\nserve.main = command")
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=60
+    )
+    program = "kino" if entry == "entry" else "kino-serve"
+    assert (proc.returncode, proc.stderr) == (130, f"{program}: interrupted\n")
+
+
+def test_other_unraisable_exceptions_still_print() -> None:
+    code = _DROPPED.replace("raise KeyboardInterrupt", "raise ValueError('kept')").replace("+ 20", "+ 0.1")
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=60
+    )
+    assert proc.returncode == 0 and "Exception ignored" in proc.stderr and "ValueError: kept" in proc.stderr

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import _thread
 import argparse
 import contextlib
 import importlib
 import signal
 import sys
+import threading
 import traceback
 import warnings
 from collections.abc import Sequence
@@ -121,6 +123,7 @@ def entry() -> None:
     `main`'s own handling takes over) ends ``kino`` as it ends a command: one line and
     exit code 130, no traceback (``--debug`` adds it).
     """
+    _redeliver_interrupts()
     try:
         from kinodb._cli import serve
 
@@ -131,12 +134,55 @@ def entry() -> None:
 
 def serve_entry() -> None:
     """Console-script entry point of ``kino-serve``, with `entry`'s handling of an early Ctrl-C."""
+    _redeliver_interrupts()
     try:
         from kinodb._cli import serve
 
         serve.run_as_program(serve.main)
     except KeyboardInterrupt as exc:
         _interrupted(exc, "kino-serve")
+
+
+def _redeliver_interrupts() -> None:
+    """Make `sys.unraisablehook` send again a Ctrl-C (or SIGTERM, SIGHUP) that Python would
+    print as "Exception ignored" and drop because it landed in a weakref callback or a
+    ``__del__`` (the import system runs one while modules import): a moment later it
+    reaches the signal's handler again, in the main thread, where `entry` or the command's
+    own handling takes it. Anything else goes to the hook set before."""
+    previous = sys.unraisablehook
+
+    def hook(unraisable: Any) -> None:
+        exc = unraisable.exc_value
+        if not isinstance(exc, KeyboardInterrupt):
+            previous(unraisable)
+            return
+        signum = getattr(exc, "signum", None)  # SIGTERM or SIGHUP, raised as Ctrl-C is
+        _send_again(signal.Signals(signum if isinstance(signum, int) else signal.SIGINT))
+
+    sys.unraisablehook = hook
+
+
+def _send_again(signum: signal.Signals) -> None:
+    """Run ``signum``'s handler in the main thread a moment from now, not in the current
+    frame (raised in the unraisable hook, it would be dropped again). The timer is SIGALRM
+    where it is free (arming it takes no lock; the import system holds its own here),
+    else a thread."""
+    main_thread = threading.current_thread() is threading.main_thread()
+    if not main_thread:
+        _thread.interrupt_main(signum)  # the main thread runs the handler, not this one
+        return
+    if hasattr(signal, "setitimer") and signal.getsignal(signal.SIGALRM) is signal.SIG_DFL:
+
+        def on_alarm(_: int, frame: Any) -> None:
+            signal.signal(signal.SIGALRM, signal.SIG_DFL)
+            handler = signal.getsignal(signum)
+            if callable(handler):
+                handler(signum, frame)
+
+        signal.signal(signal.SIGALRM, on_alarm)
+        signal.setitimer(signal.ITIMER_REAL, 0.005)
+        return
+    threading.Timer(0.005, _thread.interrupt_main, (signum,)).start()
 
 
 def _interrupted(exc: KeyboardInterrupt, program: str = "kino") -> None:
