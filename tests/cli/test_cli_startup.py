@@ -14,14 +14,21 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 
-# What the console script ``kino`` runs, with a line on stdout once this module is imported
-# (what the console script imports before any of kinodb's code can handle Ctrl-C).
+# What the console script ``kino`` runs, with a line on stdout as `entry` begins (a
+# signal sent before that would land in this harness, or before `entry` could catch it).
 _KINO = """
 import sys
-from kinodb._cli.main import entry
-print("ready", flush=True)
+from kinodb._cli import main as cli
+
+redeliver = cli._redeliver_interrupts
+
+def begun():
+    redeliver()
+    print("ready", flush=True)
+
+cli._redeliver_interrupts = begun
 sys.argv[0] = "kino"
-entry()
+cli.entry()
 """
 
 
@@ -154,3 +161,48 @@ def test_other_unraisable_exceptions_still_print() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=60
     )
     assert proc.returncode == 0 and "Exception ignored" in proc.stderr and "ValueError: kept" in proc.stderr
+
+
+# A module imported while kino starts, whose import Ctrl-C interrupts: raised there, the
+# interrupt would become a RuntimeError (Python wraps what ``__set_name__`` raises) that a
+# library trying an optional import drops, and the command would run as if never stopped.
+_SWALLOWING_MODULE = """
+import os, signal
+
+class Attribute:
+    def __set_name__(self, owner, name):
+        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(100_000):  # the signal's handler runs in here, if it can
+            pass
+
+class Owner:
+    attribute = Attribute()
+"""
+
+_IMPORTS_IT = """
+import sys
+from kinodb._cli import main as cli
+
+registered = cli._commands_registered
+
+def importing():
+    try:
+        import swallowing  # an optional import: any Exception means "not there"
+    except Exception:
+        pass
+    return registered()
+
+cli._commands_registered = importing
+sys.argv[0] = "kino"
+cli.entry()
+"""
+
+
+def test_ctrl_c_during_an_import_that_would_drop_it_still_ends_kino(tmp_path: Path) -> None:
+    (tmp_path / "swallowing.py").write_text(_SWALLOWING_MODULE)
+    out = tmp_path / "made.kdb"
+    env = {**_env(), "PYTHONPATH": os.pathsep.join([str(SRC), str(tmp_path)])}
+    proc = subprocess.run([sys.executable, "-c", _IMPORTS_IT, "create-test", str(out), "-n", "2"],
+                          capture_output=True, text=True, env=env, timeout=60)  # fmt: skip
+    assert (proc.returncode, proc.stderr) == (130, "kino: interrupted\n")
+    assert not out.exists()

@@ -11,7 +11,7 @@ import sys
 import threading
 import traceback
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from types import ModuleType
 from typing import Any, TextIO
 
@@ -121,12 +121,15 @@ def entry() -> None:
 
     Ctrl-C while the subcommands' modules import or the arguments are parsed (before
     `main`'s own handling takes over) ends ``kino`` as it ends a command: one line and
-    exit code 130, no traceback (``--debug`` adds it).
+    exit code 130, no traceback (``--debug`` adds it). While the modules import it is held
+    (`_ctrl_c_held`) and taken once they have.
     """
-    _redeliver_interrupts()
     try:
-        from kinodb._cli import serve
+        with _ctrl_c_held():
+            _redeliver_interrupts()
+            from kinodb._cli import serve
 
+            _commands_registered()
         serve.run_as_program(main)
     except KeyboardInterrupt as exc:
         _interrupted(exc)
@@ -134,13 +137,33 @@ def entry() -> None:
 
 def serve_entry() -> None:
     """Console-script entry point of ``kino-serve``, with `entry`'s handling of an early Ctrl-C."""
-    _redeliver_interrupts()
     try:
-        from kinodb._cli import serve
-
+        with _ctrl_c_held():
+            _redeliver_interrupts()
+            from kinodb._cli import serve
         serve.run_as_program(serve.main)
     except KeyboardInterrupt as exc:
         _interrupted(exc, "kino-serve")
+
+
+@contextlib.contextmanager
+def _ctrl_c_held() -> Iterator[None]:
+    """Hold Ctrl-C (block SIGINT) while the program's modules import; one that arrives
+    meanwhile is raised as the block ends.
+
+    Raised inside an import, the interrupt could be turned into another error or dropped
+    by the code around it: Python wraps what a class attribute's ``__set_name__`` raises
+    in a RuntimeError, and a library that tries an optional import goes on without it
+    when that import fails, so the program would run on as if never interrupted.
+    """
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)  # a held Ctrl-C is raised once unblocked
 
 
 def _redeliver_interrupts() -> None:
