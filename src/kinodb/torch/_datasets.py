@@ -632,6 +632,9 @@ class KinoMapDataset(_Base):
     for a list of cameras, ``task``, ``embodiment``, ``success`` (1, 0, or -1 when
     unknown), ``episode_id``, ``episode_index`` (position in its file) and ``source``.
     Episodes differ in length, so batch them with `pad_collate` (or ``batch_size=None``).
+    An episode whose source data had no rewards holds zeros as ``reward``, the writer's
+    placeholder (`kinodb.stats.placeholder_rewards` tells them apart; frame windows that
+    ask for rewards refuse such sources).
 
     Args:
         source: A path, a `Database`, a list of paths, or a `Mixture`.
