@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+import kinodb
+from kinodb import _optional
 from kinodb._optional import require
 from kinodb.errors import MissingExtraError
 
@@ -68,3 +72,64 @@ def test_a_working_module_is_returned(site: Path) -> None:
     assert (
         require("google.protobuf", extra="serve").__name__ == "google.protobuf"
     )  # a namespace parent is fine
+
+
+def test_the_reinstall_advice_names_the_distribution_pip_installs(
+    site: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _package(site, "kinodbtest_imp", "raise ImportError('undefined symbol: _ZN3foo')\n")
+    info = site / "kinodbtest_imp_dist-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: kinodbtest-imp-dist\nVersion: 1.0\n")
+    (info / "top_level.txt").write_text("kinodbtest_imp\n")
+    with pytest.raises(MissingExtraError) as err:
+        require("kinodbtest_imp", extra="serve")
+    assert "pip install --upgrade --force-reinstall 'kinodbtest-imp-dist'" in str(err.value)
+    # Without metadata to go by (google holds several distributions), a table of kinodb's own.
+    monkeypatch.setattr("importlib.metadata.packages_distributions", dict)
+    names = ("grpc", "google.protobuf", "PIL", "cv2", "yaml", "h5py", "onnxruntime", "kinodbtest_imp")
+    assert [_optional._distribution(m) for m in names] == [
+        "grpcio", "protobuf", "pillow", "opencv-python-headless", "pyyaml", "h5py", "onnxruntime", "kinodbtest_imp",
+    ]  # fmt: skip
+
+
+def _require_in(cwd: Path, module: str) -> str:
+    """The error of ``require(module)`` in a fresh Python run in ``cwd`` (first on its sys.path)."""
+    src = str(Path(kinodb.__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+    code = f"from kinodb._optional import require\nrequire({module!r}, extra='x')"
+    run = subprocess.run(
+        [sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 1
+    return run.stderr.strip().splitlines()[-1]
+
+
+def test_a_local_file_named_like_a_standard_module_is_named(tmp_path: Path) -> None:
+    (tmp_path / "colorsys.py").write_text("x = 1\n")
+    (tmp_path / "kinodbtest_needs").mkdir()
+    (tmp_path / "kinodbtest_needs" / "__init__.py").write_text("from colorsys import hls_to_rgb\n")
+    line = _require_in(tmp_path, "kinodbtest_needs")
+    assert f"{tmp_path / 'colorsys.py'} is imported as 'colorsys' in place of the standard library's" in line
+    assert line.endswith(f"rename {tmp_path / 'colorsys.py'}") and "force-reinstall" not in line
+
+
+def test_a_local_module_that_is_no_package_is_named(tmp_path: Path) -> None:
+    pytest.importorskip("grpc")
+    (tmp_path / "concurrent.py").write_text("x = 1\n")
+    line = _require_in(tmp_path, "grpc")
+    assert "'concurrent' is not a package" in line
+    assert (
+        f"{tmp_path / 'concurrent.py'} is imported as 'concurrent' in place of the standard library's" in line
+    )
+
+
+def test_a_local_package_named_like_an_installed_one_is_named(tmp_path: Path) -> None:
+    pytest.importorskip("google.protobuf")
+    (tmp_path / "google" / "protobuf").mkdir(parents=True)
+    (tmp_path / "google" / "protobuf" / "__init__.py").write_text("raise ImportError('half a package')\n")
+    line = _require_in(tmp_path, "google.protobuf")
+    assert (
+        f"{tmp_path / 'google' / 'protobuf'} is imported as 'google.protobuf' in place of the installed"
+        in line
+    )

@@ -32,9 +32,13 @@ def register(sub: Any) -> None:
         description=_DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=_DEBUG_HELP)
     add_arguments(p)
     p.set_defaults(run=run)
 
+
+# kino's own --debug (before the subcommand) stands when this one is not given: SUPPRESS.
+_DEBUG_HELP = "log each failed call (method, client, status, message) and print tracebacks"
 
 _DESCRIPTION = """\
 Serve episodes, frame windows, metadata and KQL queries over gRPC (service
@@ -98,6 +102,31 @@ def _seconds(text: str) -> float:
     return value
 
 
+_FILES = (
+    ("tls_cert", "--tls-cert", "give the PEM file of the certificate chain the server presents to clients"),
+    ("tls_key", "--tls-key", "give the PEM file of the private key of --tls-cert"),
+    ("token_file", "--token-file",
+     f"give the file holding the bearer token clients must send (one line), or set ${TOKEN_ENV} instead"),
+)  # fmt: skip
+
+
+def _check_files(args: argparse.Namespace) -> None:
+    """Open each file an option names, so that one that cannot be read is named with its option.
+
+    Raises:
+        OSError: ``--tls-cert FILE: No such file or directory; give the PEM file of ...``.
+    """
+    for attr, option, what in _FILES:
+        path = getattr(args, attr, None)
+        if not path:
+            continue
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            raise OSError(exc.errno, f"{exc.strerror}; {what}", f"{option} {path}") from None
+
+
 def _token(args: argparse.Namespace) -> str | None:
     """The bearer token from ``--token-file``, else ``$KINODB_TOKEN``, else None (no auth).
 
@@ -151,6 +180,7 @@ def run(args: argparse.Namespace) -> int:
     source = _source(args)
     if (args.tls_cert is None) != (args.tls_key is None):
         raise ValueError("give both --tls-cert and --tls-key, or neither")
+    _check_files(args)
     # gRPC's core logs bind and TLS failures on stderr on its own; kinodb reports them in
     # one line, so the core's lines only show with --debug (or a GRPC_VERBOSITY of the user's).
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR" if getattr(args, "debug", False) else "NONE")
@@ -328,8 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="kino-serve", description=_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("-V", "--version", action="version", version=f"kino-serve {__version__}")
-    p.add_argument("--debug", action="store_true",
-                   help="log each failed call (method, client, status, message) and print tracebacks")  # fmt: skip
+    p.add_argument("--debug", action="store_true", help=_DEBUG_HELP)
     add_arguments(p)
     p.set_defaults(run=run)
     return p

@@ -412,6 +412,8 @@ class Backend:
         if cams is not None and not cams:
             raise ValueError("include_images was asked for, but the served episodes have no cameras")
         fw, _, norm = self._window_entry(req.windows, cams)
+        if images is not None and images.decoded and images.size is None:
+            _check_one_size(fw)  # refused now, not at the first batch that mixes the sources
         n, size = len(fw), req.batch_size
         counts = fw.counts_by_source()  # per served source, 0 where the request's filter kept nothing
         shares = (
@@ -546,6 +548,26 @@ class Backend:
             raise BatchTooLargeError(
                 f"{what} is {mib(size)}, over this server's message limit of {mib(self.max_message)}; "
                 "ask for fewer, or for stored (encoded) images"
+            )
+
+
+def _check_one_size(fw: FrameWindows) -> None:
+    """Refuse decoded window frames at their stored size when a camera's frames differ in
+    size across the sources the request's filter keeps: a batch may mix them.
+
+    Raises:
+        ValueError: names the camera, each source and its frame size (INVALID_ARGUMENT).
+    """
+    for cam in fw.cameras:
+        layouts = fw.camera_layouts(cam)
+        if len({hwc[:2] for _, hwc in layouts}) > 1:
+            sizes = ", ".join(
+                f"{hwc[0]}x{hwc[1]} in {source.where}"
+                for source, (_, hwc) in zip(fw._sources, layouts, strict=True)
+            )
+            raise ValueError(
+                f"camera {cam!r} differs in size between the served sources ({sizes}), and a batch may "
+                "mix them; pass image_size=(H, W) to resize its frames to one size"
             )
 
 

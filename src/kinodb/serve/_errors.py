@@ -42,6 +42,7 @@ __all__ = [
     "fit_message",
     "status_for",
     "to_exception",
+    "unreachable_hint",
 ]
 
 REQUEST_LIMIT = 64 << 20
@@ -248,7 +249,10 @@ def to_exception(
     if code is grpc.StatusCode.OUT_OF_RANGE:
         return EpisodeNotFoundError(message)
     if code is grpc.StatusCode.UNAVAILABLE:
-        return ServerUnavailableError(f"{where}: server unavailable: {details}", code.name)
+        fix = unreachable_hint(details)
+        return ServerUnavailableError(
+            f"{where}: server unavailable: {details}{'; ' * bool(fix)}{fix}", code.name
+        )
     return _BY_CODE.get(code, RemoteError)(message, code.name)
 
 
@@ -297,6 +301,29 @@ def connection_hint(details: str, tls: bool | None, *, received: bool = False) -
         return (
             "the server closed the connection as it opened: if it serves TLS, connect with "
             "tls_ca= (the CA that signed its certificate)"
+        )
+    return ""
+
+
+_NO_NAME = ("errors resolving", "DNS resolution failed", "lookup error", "Domain name not found",
+            "Name or service not known", "nodename nor servname", "No address associated")  # fmt: skip
+_REFUSED = ("Connection refused", "connection refused")
+
+
+def unreachable_hint(details: str) -> str:
+    """What to do when a connection could not be made as gRPC's ``details`` say: the host
+    name did not resolve, or nothing listens at the address ("" if neither)."""
+    if any(text in details for text in _NO_NAME):
+        return (
+            "the host name does not resolve: check the host name in the address (a typo, or a name "
+            "this machine cannot look up: give the server's IP address)"
+        )
+    if any(text in details for text in _REFUSED):
+        return (
+            "nothing listens at that address: start kino-serve there (its startup line, "
+            "'kino-serve: serving ... on HOST:PORT', names the address to connect to), or check "
+            "the host and port (a server on another machine takes connections from others only "
+            "when started with --bind 0.0.0.0)"
         )
     return ""
 

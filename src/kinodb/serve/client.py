@@ -492,8 +492,14 @@ def _read_ca(tls_ca: str | os.PathLike[str] | bytes) -> bytes:
     if isinstance(tls_ca, bytes):
         data, name = tls_ca, "tls_ca (bytes)"
     else:
-        with open(tls_ca, "rb") as fh:
-            data = fh.read()
+        try:
+            with open(tls_ca, "rb") as fh:
+                data = fh.read()
+        except OSError as exc:
+            raise OSError(
+                exc.errno, f"{exc.strerror}; tls_ca names the PEM file of the CA that signed the server's "
+                "certificate (for a self-signed certificate, the certificate itself)", exc.filename,
+            ) from None  # fmt: skip
         name = f"tls_ca {os.fspath(tls_ca)}"
     advice = (
         "give the PEM file of the CA that signed the server's certificate (for a self-signed "
@@ -511,13 +517,21 @@ def _read_ca(tls_ca: str | os.PathLike[str] | bytes) -> bytes:
     return data
 
 
-def _request_text(text: str | None, name: str) -> None:
-    """Refuse a text that would make a request over a server's limit, before sending it.
+def _request_text(text: Any, name: str, *, optional: bool = False) -> None:
+    """Refuse a text that is no str (None too, unless ``optional``), or that would make a
+    request over a server's limit, before sending it.
 
     Raises:
-        ValueError: ``text`` is over `REQUEST_LIMIT` less room for the rest of the request.
+        ValueError: ``text`` is no str, or is over `REQUEST_LIMIT` less room for the rest
+            of the request.
     """
-    if text and len(text) > REQUEST_LIMIT // 8:
+    if text is None and optional:
+        return
+    if not isinstance(text, str):
+        kind = "a str or None" if optional else "a str"
+        shown = repr(text) if len(repr(text)) <= 80 else f"{repr(text)[:77]}..."
+        raise ValueError(f"{name} must be {kind} (KQL text), got {type(text).__name__} {shown}")
+    if len(text) > REQUEST_LIMIT // 8:
         size = len(text.encode("utf-8"))
         if size > REQUEST_LIMIT - (64 << 10):
             raise ValueError(
@@ -594,7 +608,7 @@ def _encoding(name: str) -> pb.ImageEncoding:
 
 
 def _spec(obs: int, act: int, pad: str, kql: str | None, normalize: str | None = None) -> pb.WindowSpec:
-    _request_text(kql, "kql_filter")
+    _request_text(kql, "kql_filter", optional=True)
     if pad not in ("edge", "zero"):
         raise ValueError(f"pad must be 'edge' or 'zero', got {pad!r}")
     if normalize not in (None, "mean_std", "min_max"):

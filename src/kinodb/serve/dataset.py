@@ -13,7 +13,7 @@ import numpy as np
 
 from kinodb._optional import require
 from kinodb.serve._epoch_units import count_units, epoch_units
-from kinodb.serve.client import KinoClient
+from kinodb.serve.client import KinoClient, _address
 
 require("torch", extra="torch")
 
@@ -105,6 +105,7 @@ class KinoRemoteDataset(EpochsAndRanks, IterableDataset[Any]):
         rank: int | None = None,
         world_size: int | None = None,
     ) -> None:
+        _address(addr)  # now, not at len() or in a DataLoader worker
         if (rank is None) != (world_size is None):
             raise ValueError("give both rank and world_size, or neither")
         if world_size is not None and not (

@@ -323,9 +323,17 @@ def _check_tls(cert: str | os.PathLike[str], key: str | os.PathLike[str]) -> Non
         OSError: a file cannot be read (named in the error).
         FormatError: the files are no PEM certificate chain and its unencrypted key.
     """
-    for path in (cert, key):
-        with open(path, "rb"):  # a missing or unreadable file, with its name
-            pass
+    for path, name, what in (
+        (cert, "tls_cert", "the certificate chain to serve"),
+        (key, "tls_key", "its private key"),
+    ):
+        try:
+            with open(path, "rb"):  # a missing or unreadable file, with its name
+                pass
+        except OSError as exc:
+            raise OSError(
+                exc.errno, f"{exc.strerror}; {name} names the PEM file of {what}", exc.filename
+            ) from None
 
     class _Encrypted(Exception):
         pass
