@@ -100,3 +100,34 @@ def test_kino_serve_exits_although_a_call_never_returns(main_kdb: Path) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+# kino-serve with a Ctrl-C that lands around the server's start, just before the server's
+# own stop handling takes over (here: where `_serve` makes its stop event). Raised once gRPC's
+# threads run, it would leave them running unstopped, and the process could never exit.
+_CTRL_C_AS_IT_STARTS = textwrap.dedent(
+    """
+    import os, signal, sys, threading, types
+    from kinodb._cli import serve
+
+    def event():
+        os.kill(os.getpid(), signal.SIGINT)  # its handler runs at the next bytecode
+        return threading.Event()
+
+    serve.threading = types.SimpleNamespace(Event=event)
+    sys.exit(serve.main(sys.argv[1:]))
+    """
+)
+
+
+def test_ctrl_c_as_kino_serve_starts_never_leaves_it_running(main_kdb: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-c", _CTRL_C_AS_IT_STARTS, str(main_kdb), "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)  # fmt: skip
+    try:
+        out, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        pytest.fail(f"kino-serve did not exit after Ctrl-C as it started: {out!r} {err!r}")
+    assert (proc.returncode, err) == (130, "kino-serve: interrupted\n")  # before it served

@@ -200,14 +200,11 @@ def _serve(args: argparse.Namespace, source: Any) -> int:
         source, bind=args.bind, port=args.port, seed=args.seed, workers=args.workers, max_batch=args.max_batch,
         tls_cert=args.tls_cert, tls_key=args.tls_key, token=_token(args),
     )  # fmt: skip
-    try:
-        server.start()
-    except BaseException:
-        server.stop(0)
-        raise
     # A handler runs in the main thread between two bytecodes, possibly while that thread
     # holds a lock, so it takes none: it appends to a list (the first signal stops, a second
-    # stops at once) and sets `hurry`, which is only ever polled, never waited on.
+    # stops at once) and sets `hurry`, which is only ever polled, never waited on. It is in
+    # place before the server starts: a Ctrl-C raised between the start and the `try` below
+    # would leave gRPC's threads running, and the process could never exit.
     signals: list[int] = []
     hurry = threading.Event()
 
@@ -218,6 +215,7 @@ def _serve(args: argparse.Namespace, source: Any) -> int:
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
+        server.start()
         _say(f"kino-serve: {server.describe()}")
         while not signals:
             time.sleep(0.2)  # a signal runs its handler at once, during the sleep
