@@ -88,13 +88,7 @@ def test_commands_is_the_registered_modules_in_order() -> None:
     assert list(choices)[:4] == ["create-test", "info", "schema", "validate"]
 
 
-_KINO_SERVE = """
-import sys
-from kinodb._cli.main import serve_entry
-print("ready", flush=True)
-sys.argv[0] = "kino-serve"
-serve_entry()
-"""
+_KINO_SERVE = _KINO.replace('"kino"', '"kino-serve"').replace("cli.entry()", "cli.serve_entry()")
 
 
 @pytest.mark.integration
