@@ -258,18 +258,18 @@ def test_a_selection_beyond_the_source_names_its_episodes(
 ) -> None:
     # Right as a spec, wrong for this source (12 episodes): a runtime error, exit 1.
     with pytest.raises(
-        ConversionError, match=r"has 12 episodes \(indices 0..11\), but episodes='0-99' selects 88"
+        ConversionError, match=r"has 12 episodes \(positions 0..11\), but episodes='0-99' selects 88"
     ):
         ingest(src, tmp_path / "a.kdb", episodes="0-99")
     assert main(["ingest", src, "-o", str(tmp_path / "b.kdb"), "--episodes", "3,10-99", "-q"]) == 1
     err = capsys.readouterr().err
     assert err == (
-        f"error: {src} has 12 episodes (indices 0..11), but --episodes 3,10-99 selects 88 beyond its last "
+        f"error: {src} has 12 episodes (positions 0..11), but --episodes 3,10-99 selects 88 beyond the last position "
         "(12, 13, 14, 15, 16 and 83 more); select within 0..11\n"
     )
     with pytest.raises(
         ConversionError,
-        match=r"has 12 episodes \(indices 0..11\), but episodes=\[3, 12\] selects 1 beyond its last \(12\)",
+        match=r"has 12 episodes \(positions 0..11\), but episodes=\[3, 12\] selects 1 beyond the last position \(12\)",
     ):
         ingest(src, tmp_path / "a.kdb", episodes=[3, 12])
     assert not (tmp_path / "a.kdb").exists() and not (tmp_path / "b.kdb").exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import shutil
 import subprocess
@@ -938,3 +939,78 @@ def test_g1_sample_lists_every_episode_and_skips_absent_ones(tmp_path: Path) -> 
     src.close()
     report = ingest(G1, tmp_path / "g1.kdb", episodes="28-30", images=False, on_error="skip")
     assert report.episodes == 1 and [k for k, _ in report.skipped] == ["episode_000028", "episode_000030"]
+
+
+def _mixed_columns(root: Path, seed: int) -> Path:
+    """Episode 1's observation.state in float64 under a float32 feature (kept, with a warning),
+    and a column of structs in every file (not stored, with a warning)."""
+    eps = F.make_episodes(np.random.default_rng(seed), [6, 5], cameras={})
+    eps[1]["columns"]["observation.state"] = eps[1]["columns"]["observation.state"].astype(np.float64) / 3
+    root = F.write_v2(root, eps)
+    for path in sorted((root / "data" / "chunk-000").glob("*.parquet")):
+        table = pq.read_table(path)
+        pq.write_table(table.append_column("odd", pa.array([{"a": 1}] * len(table))), path)
+    return root
+
+
+DTYPE_WARNING = "column 'observation.state' holds float64 values, but meta/info.json declares float32"
+LEFT_OUT_WARNING = "column 'odd' is not stored: struct<a: int64> is not numeric, text or an image"
+
+
+def test_verify_does_not_repeat_the_sources_warnings(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # verify reads the source again through a new source: each warning is given once a process
+    root = _mixed_columns(tmp_path / "api", 31)
+    with caplog.at_level(logging.WARNING, logger="kinodb.ingest.lerobot"):
+        report = ingest(root, tmp_path / "api.kdb", verify=True)
+    assert report.verification is not None and report.verification.ok
+    assert caplog.text.count(DTYPE_WARNING) == 1 and caplog.text.count(LEFT_OUT_WARNING) == 1
+    root = _mixed_columns(tmp_path / "cli", 32)
+    run = subprocess.run(
+        [sys.executable, "-m", "kinodb._cli.main", "ingest", str(root), "-o", str(tmp_path / "cli.kdb"),
+         "--verify", "-q"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert run.stderr.count(DTYPE_WARNING) == 1 and run.stderr.count(LEFT_OUT_WARNING) == 1
+    caplog.clear()
+    info = root / "meta" / "info.json"
+    os.utime(info, ns=(info.stat().st_atime_ns, info.stat().st_mtime_ns + 10**9))  # changed: warned again
+    with caplog.at_level(logging.WARNING, logger="kinodb.ingest.lerobot"):
+        ingest(root, tmp_path / "again.kdb")
+    assert caplog.text.count(DTYPE_WARNING) == 1 and caplog.text.count(LEFT_OUT_WARNING) == 1
+
+
+def test_episodes_takes_positions_and_says_where_an_episode_index_is(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    eps = F.make_episodes(np.random.default_rng(33), [5, 4, 6, 3], cameras={})
+    for ep, e in zip(eps, [0, 2, 5, 7], strict=True):  # episode_index with gaps
+        ep["episode_index"] = e
+        ep["columns"]["episode_index"] = np.full(ep["length"], e, np.int64)
+    root = F.write_v3(tmp_path / "gaps", eps, per_file=2)
+    out = tmp_path / "out.kdb"
+    assert main(["ingest", str(root), "-o", str(out), "--episodes", "5", "-q"]) == 1
+    assert capsys.readouterr().err == (
+        f"error: {root} has 4 episodes (positions 0..3), but --episodes 5 selects 1 beyond the last position "
+        "(5); --episodes takes positions in the source's list of episodes, not episode_index values: "
+        "episode_index 5 is at position 2, which --episodes 2 selects; positions 0..3 hold episode_index 0, 2, "
+        "5, 7; select within 0..3\n"
+    )
+    with pytest.raises(ConversionError) as info:
+        ingest(root, out, episodes=[7, 5, 9])
+    assert str(info.value).endswith(
+        "not episode_index values: episode_index 5 is at position 2, episode_index 7 is at position 3, which "
+        "episodes='2-3' selects; positions 0..3 hold episode_index 0, 2, 5, 7; select within 0..3"
+    )
+    assert not out.exists()
+    assert main(["ingest", str(root), "-o", str(out), "--episodes", "2", "-q"]) == 0
+    with kinodb.open(out) as db:
+        assert len(db) == 1 and db.read_meta(0)["source_episode"] == "episode_000005"
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["ingest", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--episodes SPEC source episodes by position in the source's list, from 0," in text
+    assert "(positions, not LeRobot's episode_index values)" in text

@@ -25,7 +25,9 @@ def register(sub: Any) -> None:
                         "with --episodes")  # fmt: skip
     p.add_argument("-t", "--task", help="task of every episode and frame (default: from the source)")
     p.add_argument("--fps", type=positive_float, help="frames per second (default: from the source, else 10)")
-    p.add_argument("--episodes", metavar="SPEC", help="source episodes by index, e.g. 0-9,29")
+    p.add_argument("--episodes", metavar="SPEC",
+                   help="source episodes by position in the source's list, from 0, e.g. 0-9,29 (positions, "
+                        "not LeRobot's episode_index values)")  # fmt: skip
     p.add_argument(
         "--max-episodes", type=positive_int, metavar="N", help="at most N episodes (after --episodes)"
     )

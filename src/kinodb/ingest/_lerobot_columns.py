@@ -389,21 +389,27 @@ def wide_images(pq: Any, path: str, keys: list[str]) -> dict[str, str | None]:
     return wide
 
 
-def as_declared(arr: np.ndarray, name: str, declared: Any, warned: set[str], root: str) -> np.ndarray:
+# (meta/info.json, its mtime, column) warned about in this process: `verify` reads the source
+# again through a new one, and must not repeat the warning.
+_WARNED_DTYPES: set[tuple[str, int, str]] = set()
+
+
+def as_declared(arr: np.ndarray, name: str, declared: Any, info: tuple[str, int], root: str) -> np.ndarray:
     """Column ``name`` in the dtype ``info.json`` declares for it, where that cast keeps every value.
 
     LeRobot's loader casts each column to its declared dtype; a file written otherwise
     (float32 actions under a float64 feature) would give episodes of different dtypes.
     A cast that could change values is not made: the column keeps its dtype, with a
-    warning (once per column: ``warned`` holds those warned about).
+    warning, once per column of a dataset in a process (``info``: the path of its
+    ``meta/info.json`` and that file's mtime).
     """
     if declared not in NUMERIC or arr.dtype == np.dtype(declared):
         return arr
     want = np.dtype(declared)
     if holds_exactly(arr.dtype, want):
         return arr.astype(want)
-    if f"dtype:{name}" not in warned:
-        warned.add(f"dtype:{name}")
+    if (*info, name) not in _WARNED_DTYPES:
+        _WARNED_DTYPES.add((*info, name))
         hint = (
             f"; pass --dtype {want} to store floating arrays as {want}"
             if want.kind == arr.dtype.kind == "f"

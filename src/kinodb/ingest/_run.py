@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import logging
 import os
 import re
@@ -47,7 +48,9 @@ from kinodb.ingest._selection import _select as _select
 from kinodb.ingest._selection import episode_indices as episode_indices
 from kinodb.ingest._selection import parse_episodes as parse_episodes
 from kinodb.kdb import _codecs
-from kinodb.kdb._files import refuse_folder
+from kinodb.kdb._builder import json_metadata
+from kinodb.kdb._checks import mapping
+from kinodb.kdb._files import output_error, refuse_folder
 from kinodb.kdb._layout import MAGIC
 from kinodb.kdb.writer import Writer
 
@@ -282,7 +285,8 @@ def ingest(
             left behind); with ``on_error="skip"``, every episode failing (the message
             gives the reasons, grouped); always, a source that cannot be read at all; with
             ``verify``, a mismatch (the output file stays); a worker process that died.
-        WriterError: ``out`` is a folder, or names one (``out/``): before the source is read.
+        WriterError: ``out`` is a folder, or names one (``out/``), or its folder is missing,
+            no folder or not writable (`refuse_unwritable`): before the source is read.
         ValueError: ``out`` is the source or a file of it (`refuse_source_output`), or an
             option is out of range; ``TypeError``: ``episodes`` is no selection
             (`episode_indices`).
@@ -290,6 +294,7 @@ def ingest(
     episodes, keys_given = _check_options(on_error, state_keys, dtype, fps, workers, max_episodes, episodes)
     path = os.fspath(src)
     refuse_folder(out)  # now, not after reading the source
+    refuse_unwritable(out)
     refuse_source_output(os.fspath(out), path)
     cls = source_class(format, path)
     refuse_unused(cls, path, {"action_key": action_key, "split": split, "state_keys": keys_given,
@@ -396,24 +401,49 @@ def _ingest_metadata(info: SourceInfo, job: _Job, selected: int, recorded: dict[
     return metadata
 
 
+def refuse_unwritable(out: str | os.PathLike[str]) -> None:
+    """Refuse an output whose folder is missing, is no folder, or is not writable, as the
+    `Writer` would (`output_error`), but before any source is read or converted.
+
+    Raises:
+        WriterError: the writer's message: names the output, its folder and the fix.
+    """
+    path = os.fspath(out)
+    target = os.path.realpath(path) if os.path.islink(path) else path  # where the writer puts its file
+    folder = os.path.dirname(os.path.abspath(target))
+    try:
+        if not stat.S_ISDIR(os.stat(folder).st_mode):
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), folder)
+        if not os.access(folder, os.W_OK | os.X_OK):
+            read_only = os.statvfs(folder).f_flag & os.ST_RDONLY if hasattr(os, "statvfs") else 0
+            code = errno.EROFS if read_only else errno.EACCES
+            raise OSError(code, os.strerror(code), folder)  # PermissionError for EACCES
+    except OSError as exc:
+        raise output_error(path, exc) from None
+
+
 def _create_writer(
     out: str | os.PathLike[str], overwrite: bool, job: _Job, info: SourceInfo, metadata: dict[str, Any]
 ) -> Writer:
     """The output's `Writer`; an existing ``out`` without ``overwrite`` is refused naming the option.
 
     Raises:
-        ConversionError: the writer refuses the dataset metadata or schema the source gives
-            (a value JSON cannot store): names the source and the field.
+        ConversionError: the dataset metadata or schema the source gives cannot be stored (a
+            value JSON cannot store): names the source and the field. What the writer says
+            of the output path itself (its folder, a lock) comes through as its `WriterError`.
     """
-    try:
-        return Writer(out, mode="w" if overwrite else "x", image_codec=job.image_codec,
-                      jpeg_quality=job.jpeg_quality, schema=info.schema, source_format=info.source_format,
-                      metadata=metadata)  # fmt: skip
+    try:  # the writer's own checks of these, made here to tell them from its output's errors
+        json_metadata(metadata, "metadata")
+        mapping(info.schema, "schema", "{'actions': {'names': [...]}}")
     except WriterError as exc:
         raise ConversionError(
             f"{job.path}: the dataset metadata or schema that the {job.cls.format} converter read from it cannot "
             f"be stored: {exc}; the converter must keep such a value as text, or leave it out"
         ) from None
+    try:
+        return Writer(out, mode="w" if overwrite else "x", image_codec=job.image_codec,
+                      jpeg_quality=job.jpeg_quality, schema=info.schema, source_format=info.source_format,
+                      metadata=metadata)  # fmt: skip
     except FileExistsError:
         if overwrite:
             raise

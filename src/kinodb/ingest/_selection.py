@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 
 from kinodb.errors import ConversionError
+from kinodb.ingest._base import episodes_spec
 from kinodb.ingest._options import option_name, option_value
 
 # One item of a selection: an index or an ascending range, in ASCII digits (``int`` would
@@ -107,7 +108,7 @@ def _select(
         wanted = episode_indices(episodes)
         beyond = [i for i in wanted if i >= len(keys)]
         if beyond:
-            raise ConversionError(_beyond_message(path, len(keys), episodes, beyond))
+            raise ConversionError(_beyond_message(path, keys, episodes, beyond))
         keys = [keys[i] for i in wanted]
     if max_episodes is not None:
         keys = keys[: max(0, max_episodes)]
@@ -116,13 +117,59 @@ def _select(
     return keys
 
 
-def _beyond_message(path: str, n: int, episodes: str | Sequence[int], beyond: list[int]) -> str:
-    """A selection past the source's last episode: how many it has, and what was asked for."""
-    shown = ", ".join(map(str, beyond[:5])) + (f" and {len(beyond) - 5} more" if len(beyond) > 5 else "")
+def _beyond_message(path: str, keys: list[str], episodes: str | Sequence[int], beyond: list[int]) -> str:
+    """A selection past the source's last position: how many episodes it has, what was asked
+    for, and, where the source numbers its episodes otherwise (LeRobot's ``episode_index``
+    with gaps, ``demo_1`` first), which episodes are at which positions."""
+    n = len(keys)
+    shown = _listed([str(i) for i in beyond], 5)
     spec = option_value("episodes", episodes)
     if n == 0:
         return f"{path} has no episodes to select from ({spec} asks for {shown})"
+    numbers = _key_numbers(keys)
+    if numbers is None or numbers == list(range(n)):  # positions are the keys' own numbers
+        return (
+            f"{path} has {n} episode{'' if n == 1 else 's'} (positions 0..{n - 1}), but {spec} selects "
+            f"{len(beyond)} beyond the last position ({shown}); select within 0..{n - 1}"
+        )
     return (
-        f"{path} has {n} episode{'' if n == 1 else 's'} (indices 0..{n - 1}), but {spec} selects "
-        f"{len(beyond)} beyond its last ({shown}); select within 0..{n - 1}"
+        f"{path} has {n} episode{'' if n == 1 else 's'} (positions 0..{n - 1}), but {spec} selects "
+        f"{len(beyond)} beyond the last position ({shown}); {_positions(keys, numbers, beyond)}; select "
+        f"within 0..{n - 1}"
     )
+
+
+# A key's own number: LeRobot's ``episode_000029`` (its episode_index), HDF5's ``demo_29``.
+_KEY_NUMBER = re.compile(r"[0-9]+\Z")
+_LEROBOT_KEY = re.compile(r"episode_[0-9]+\Z")
+
+
+def _key_numbers(keys: list[str]) -> list[int] | None:
+    """The number each key ends in, or None where a key ends in none."""
+    found = [_KEY_NUMBER.search(key) for key in keys]
+    return [int(m.group()) for m in found if m is not None] if all(found) else None
+
+
+def _positions(keys: list[str], numbers: list[int], beyond: list[int]) -> str:
+    """That the selection takes positions, not the numbers in the keys: where the episodes
+    numbered as selected are, and which episodes the first positions hold."""
+    lerobot = all(_LEROBOT_KEY.fullmatch(key) for key in keys)
+    what = "episode_index values" if lerobot else "the numbers in the episodes' keys"
+    text = f"{option_name('episodes')} takes positions in the source's list of episodes, not {what}"
+    at: dict[int, int] = {}
+    for position, number in enumerate(numbers):
+        at.setdefault(number, position)
+    found = sorted(at[i] for i in beyond if i in at)
+    if found:
+        named = [f"{f'episode_index {numbers[p]}' if lerobot else keys[p]} is at position {p}" for p in found]
+        text += f": {_listed(named, 3)}, which {option_value('episodes', episodes_spec(found))} selects"
+    held = [str(numbers[p]) if lerobot else keys[p] for p in range(len(keys))]
+    if len(held) > 8:
+        held = [*held[:6], "...", held[-1]]
+    return f"{text}; positions 0..{len(keys) - 1} hold {'episode_index ' if lerobot else ''}{', '.join(held)}"
+
+
+def _listed(items: list[str], most: int) -> str:
+    """The first ``most`` of ``items``, comma-separated, and how many more."""
+    more = f" and {len(items) - most} more" if len(items) > most else ""
+    return ", ".join(items[:most]) + more

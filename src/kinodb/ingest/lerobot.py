@@ -292,6 +292,15 @@ def _rotated(
 
 
 _WARNED_UNLISTED: set[tuple[str, int]] = set()  # (info.json, its mtime) warned about, in this process
+_WARNED_LEFT_OUT: set[tuple[str, int, str]] = set()  # (info.json, its mtime, column) not stored, warned about
+
+
+def _info_ident(info_path: str) -> tuple[str, int]:
+    """``info_path`` and its mtime: a dataset, as the warnings given once a process know it."""
+    try:
+        return info_path, os.stat(info_path).st_mtime_ns
+    except OSError:
+        return info_path, 0
 
 
 class LeRobotSource:
@@ -323,6 +332,7 @@ class LeRobotSource:
             raise ConversionError(f"{info_path}: expected a JSON object with 'features'")
         self._info: dict[str, Any] = info
         self._info_path = info_path
+        self._ident = _info_ident(info_path)  # names this dataset in the warnings given once a process
         self._version = _check_version(info, info_path)
         self._data_template = path_template(info, "data_path", self._version, info_path)
         self._features: dict[str, dict[str, Any]] = info["features"]
@@ -354,7 +364,6 @@ class LeRobotSource:
         # v3: per video feature, the open file of the last episode read; the next episode of
         # the same file goes on decoding where it stopped.
         self._readers: dict[str, _video.VideoReader] = {}
-        self._warned: set[str] = set()
         self._wide: dict[str, str | None] | None = None  # `_wide_images`, once probed
         self._counted = False  # `_warn_unlisted` has run
 
@@ -371,12 +380,8 @@ class LeRobotSource:
         """
         if not self._counted:
             self._counted = True
-            try:
-                ident = (self._info_path, os.stat(self._info_path).st_mtime_ns)
-            except OSError:
-                ident = (self._info_path, 0)
-            if ident not in _WARNED_UNLISTED:  # once per process, not again for `verify`'s source
-                _WARNED_UNLISTED.add(ident)
+            if self._ident not in _WARNED_UNLISTED:  # once per process, not again for `verify`'s source
+                _WARNED_UNLISTED.add(self._ident)
                 self._warn_unlisted()
         return list(self._episodes)
 
@@ -575,7 +580,7 @@ class LeRobotSource:
             elif name not in POSITIONS:
                 arr = _to_numpy(self._pa, column, name, where)
                 parts[name] = as_declared(
-                    arr, name, self._features.get(name, {}).get("dtype"), self._warned, self._root
+                    arr, name, self._features.get(name, {}).get("dtype"), self._ident, self._root
                 )
         self._assemble(ep, parts, args, where)
         if self._options.images and self._plan.videos:
@@ -700,8 +705,8 @@ class LeRobotSource:
             raise _video_error(exc, ep, cam, key) from None
 
     def _left_out(self, name: str, why: str) -> None:
-        if name not in self._warned:
-            self._warned.add(name)
+        if (*self._ident, name) not in _WARNED_LEFT_OUT:  # once per process, as `_WARNED_UNLISTED`
+            _WARNED_LEFT_OUT.add((*self._ident, name))
             log.warning("%s: column %r is not stored: %s", self._root, name, why)
 
     def _reader(self, key: str, path: str) -> _video.VideoReader | None:
