@@ -94,10 +94,13 @@ def test_every_dataset_of_a_flipped_ingest_comes_back_bit_for_bit(tmp_path: Path
     raw = _libero_file(tmp_path / "libero.hdf5", 3)
     kdb = _flipped(tmp_path, raw, "upright.kdb")
     with kinodb.open(kdb) as db, h5py.File(raw, "r") as src:
+        turned = {"agentview_rgb": [1, 2], "agentview_depth": [1, 2], "agentview_depth_m": [1, 2],
+                  "agentview_cf": [2, 3]}  # fmt: skip
+        # next_obs/KEY, where a demo keeps it whole, is turned as obs/KEY is.
         assert db.metadata()["hdf5"]["rotated"] == {
-            "agentview_rgb": [1, 2], "agentview_depth": [1, 2], "agentview_depth_m": [1, 2],
-            "agentview_cf": [2, 3],
-        }  # fmt: skip
+            **turned,
+            **{f"next_obs.{k}": v for k, v in turned.items()},
+        }
         ep, obs = db.read_episode(0), src["data/demo_0/obs"]
         assert np.array_equal(ep["agentview_depth_m"], obs["agentview_depth_m"][()][:, ::-1, ::-1])
         assert np.array_equal(ep["agentview_cf"], obs["agentview_cf"][()][:, :, ::-1, ::-1])

@@ -55,11 +55,14 @@ def write_robomimic(
             rewards[-1] = float(i % 3 != 0)
             g["rewards"] = rewards
             g["dones"] = (np.arange(T) == T - 1).astype(np.int64)
-            for group in ("obs", "next_obs"):
-                for key, dim in LOW_DIM.items():
-                    g[f"{group}/{key}"] = rng.normal(size=(T, dim))
-                for key, (h, w) in CAMERAS.items():
-                    g[f"{group}/{key}"] = rng.integers(0, 256, (T, h, w, 3), dtype=np.uint8)
+            # As robomimic writes them: next_obs[t] = obs[t + 1], and next_obs[T - 1] the
+            # observation after the final action, which obs does not hold.
+            for key, dim in LOW_DIM.items():
+                values = rng.normal(size=(T + 1, dim))
+                g[f"obs/{key}"], g[f"next_obs/{key}"] = values[:-1], values[1:]
+            for key, (h, w) in CAMERAS.items():
+                frames = rng.integers(0, 256, (T + 1, h, w, 3), dtype=np.uint8)
+                g[f"obs/{key}"], g[f"next_obs/{key}"] = frames[:-1], frames[1:]
         data.attrs["total"] = sum(frames_of(i) for i in range(demos))
         train = [n for n in names if n not in VALID]
         f["mask/train"] = np.array([n.encode() for n in train], dtype="S8")
@@ -189,7 +192,9 @@ def test_robomimic_exact(tmp_path: Path, robomimic: Path) -> None:
             same_bits(ep["is_terminal"], src["dones"] != 0, "is_terminal")
             for cam in CAMERAS:  # png: pixel-exact
                 same_bits(ep["images"][cam], src[f"obs/{cam}"], cam)
-            assert "next_obs" not in str(sorted(ep))
+            assert "next_obs" not in str(sorted(ep))  # next_obs is obs one frame later: not kept twice
+            last = {k: v for k, *v in meta["hdf5.next_obs_last"]}  # its last row, which obs lacks, is kept
+            assert sorted(last) == sorted([*LOW_DIM, *CAMERAS])
             assert meta["embodiment"] == "Panda" and meta["task"] == "" and meta["fps"] == 15.0
             assert meta["success"] is bool(src["rewards"][-1] > 0)
             assert meta["total_reward"] == float(src["rewards"].sum())
@@ -199,7 +204,8 @@ def test_robomimic_exact(tmp_path: Path, robomimic: Path) -> None:
         md = db.metadata()
         assert md["env_name"] == "Lift" and md["env_type"] == 1 and md["image_orientation"] == "as_stored"
         assert md["hdf5"]["fps_from"] == "env_args.env_kwargs.control_freq"
-        assert md["hdf5"]["left_out"] == {"next_obs": "duplicates obs one step later"}
+        assert md["hdf5"]["left_out"] == {}
+        assert md["hdf5"]["next_obs"] == {k: f"next_obs.{k}" for k in sorted([*LOW_DIM, *CAMERAS])}
         assert md["hdf5"]["filter_keys"] == {"train": 11, "valid": 2}
     assert validate(out).ok
 
@@ -249,6 +255,30 @@ def test_an_empty_filter_key_is_named_as_empty_not_as_absent(tmp_path: Path) -> 
     ingest(path, tmp_path / "all.kdb", images=False)
     with kinodb.open(tmp_path / "all.kdb") as db:
         assert db.metadata()["hdf5"]["filter_keys"] == {"stale": 0, "train": 5, "valid": 0}
+
+
+def test_a_filter_key_naming_absent_demos_is_warned_about_once_naming_them(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    def stale(f: Any) -> None:
+        missing = [f"demo_{i}".encode() for i in range(90, 95)]
+        del f["mask/train"]
+        f["mask/train"] = np.array([b"demo_0", *missing], dtype="S8")
+        f["mask/ids"] = np.array([0, 1], dtype=np.int64)  # demo numbers, not names
+
+    path = write_robomimic(tmp_path / "stale.hdf5", demos=3, mutate=stale)
+    with caplog.at_level("WARNING", logger="kinodb.ingest.hdf5"):
+        ingest(path, tmp_path / "x.kdb", images=False, verify=True)  # the source is opened three times
+    said = [r.getMessage() for r in caplog.records if "mask/" in r.getMessage()]
+    assert len(said) == 2, said
+    ids, train = sorted(said)
+    assert "filter key mask/ids holds int64 entries (0, 1), not demo names as text" in ids
+    assert "rewrite it with the demos' names" in ids
+    assert (
+        "mask/train lists 5 entries that data/ does not hold ('demo_90', 'demo_91', 'demo_92' and 2 more)"
+        in train
+    )
+    assert "rewrite mask/train without them" in train
 
 
 def test_selection_and_max_episodes(tmp_path: Path) -> None:

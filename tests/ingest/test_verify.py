@@ -44,8 +44,12 @@ def smooth_cameras(f: Any) -> None:
     for g in f["data"].values():
         T = g["actions"].shape[0]
         for key, (h, w) in CAMERAS.items():
+            frames = smooth_frames(rng, (T + 1, h, w, 3))  # next_obs is obs one frame later
             del g[f"obs/{key}"]
-            g[f"obs/{key}"] = smooth_frames(rng, (T, h, w, 3))
+            g[f"obs/{key}"] = frames[:-1]
+            if f"next_obs/{key}" in g:
+                del g[f"next_obs/{key}"]
+                g[f"next_obs/{key}"] = frames[1:]
 
 
 @pytest.fixture

@@ -4,7 +4,10 @@ Layout::
 
     data                      attrs: total, env_args, [problem_info], kinodb_dataset, kinodb_export
                               (JSON text); the source's other ``data`` attrs (the metadata's
-                              ``hdf5.data_attrs``; ``num_demos`` counts the exported demos)
+                              ``hdf5.data_attrs``; ``num_demos`` counts the exported demos),
+                              and those the HDF5 ingest read into the metadata's top level
+                              (LIBERO's bddl_file_name, macros_image_convention; env_name
+                              where there was no env_args)
     data/demo_K               attrs: num_samples; ep_meta (JSON: the task as "lang", embodiment,
                               fps, success, total_reward, extra fields); the same fields as
                               attrs of their own (lists, nulls and text with NUL as JSON text);
@@ -20,14 +23,18 @@ Layout::
         timestamps <extra>    the other arrays, under their own names
         obs/<extra>           arrays ingested from ``obs/`` (depth, ...; the metadata's
                               ``hdf5.extra_arrays``) go back there
+        action_dict/<key>     so do arrays ingested from ``action_dict/`` (robomimic 0.4,
+                              RoboCasa, MimicGen)
         obs/<component>       ``states`` split by the schema's named components (else obs/state),
                               each in the dtype and shape its HDF5 source had (the metadata's
                               ``hdf5.state_layout``) where that keeps the values
         obs/<camera>          uint8 (T, H, W, C), JPEG/PNG frames decoded, a window of
                               frames at a time
-        next_obs/<key>        every obs key one frame later, the last frame repeated, as in
-                              robomimic's own files (``next_obs=False``, ``kino export
-                              --no-next-obs``: none, half the size)
+        next_obs/<key>        every obs key one frame later, as in robomimic's own files; the
+                              last row the observation after the final action, as the HDF5
+                              ingest kept it (``hdf5.next_obs_last``), else the last frame
+                              repeated; a next_obs the ingest kept whole (``next_obs.KEY``) as
+                              it is (``next_obs=False``, ``kino export --no-next-obs``: none)
     mask/<key>                demo names (bytes) from the ``filter_keys`` extra field
 
 Image orientation: a file ingested with ``flip_images`` (``kino ingest --flip-images``,
@@ -59,6 +66,7 @@ stale), else ``kinodb_export`` says in ``stats_left_out`` why they were left out
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import math
@@ -106,8 +114,17 @@ EP_META = "ep_meta"  # the extra field holding a source demo's ep_meta attr, as 
 SOURCE_ATTR = "attrs."  # the prefix of the extra fields holding a source demo's other attrs
 # Demo attrs this export writes itself: a source attr of one of these names keeps its field's name.
 _OWN_ATTRS = frozenset(("num_samples", "ep_meta", "kinodb_ep_meta", "task", *_META_ATTRS))
+# data attrs the HDF5 ingest reads into the top-level metadata as text: written back from there.
+_LIFTED = ("bddl_file_name", "macros_image_convention")
 # data attrs this export writes itself, over those of the source of the same names.
-_OWN_DATA_ATTRS = frozenset(("total", "env_args", "problem_info", "kinodb_dataset", "kinodb_export"))
+_OWN_DATA_ATTRS = frozenset(
+    ("total", "env_args", "problem_info", "kinodb_dataset", "kinodb_export", *_LIFTED)
+)
+
+# The demo groups an extra array ingested from HDF5 goes back to, under its key there.
+_GROUPS = frozenset(("obs", "next_obs", "action_dict"))
+# The extra field holding the last next_obs row of each key (`kinodb.ingest.hdf5` writes it).
+NEXT_OBS_LAST = "hdf5.next_obs_last"
 
 Split = list[tuple[str, int, int]]  # obs key, start, stop within ``states``
 
@@ -134,8 +151,9 @@ def write(
     ``flip_images``: rotate frames that the ingest turned upright (metadata
     ``image_orientation`` ``rotated_180``) back to the source's orientation; False keeps
     them upright. Frames that were not turned are written as stored either way.
-    ``next_obs``: write each demo's ``next_obs`` (every obs key one frame later, the last
-    frame repeated), as robomimic's own files hold it; False halves the file.
+    ``next_obs``: write each demo's ``next_obs`` (every obs key one frame later, its last
+    row as the ingest kept it, else the last frame repeated: `_Obs`), as robomimic's own
+    files hold it; False halves the file.
 
     Raises:
         ConversionError: the episodes differ in action or state dims or in an array's or
@@ -154,15 +172,26 @@ def write(
     split, warnings = state_split(db, positions)
     merge = merge_inputs(db)
     paths = _obs_paths(_array_paths(db, merge), split, cameras)
+    # A demo's next_obs/KEY kept whole (it was not obs/KEY one frame later) goes back to next_obs/,
+    # in the demos that hold it; the others' next_obs/KEY comes from obs/KEY.
+    nexts = sorted(name for name in arrays if paths.get(name, "").startswith("next_obs/"))
+    for name in nexts:
+        partial.pop(name, None)
     _check_names(db, split, paths, arrays, cameras, frozenset(partial))
     for name, n in sorted(partial.items()):
         warnings.append(
             f"array {name!r} is in {n} of {len(positions)} exported episodes; left out, since every "
             "demo of a robomimic file holds the same datasets (export those episodes apart to keep it)"
         )
+    if nexts and not next_obs:
+        warnings.append(
+            f"next_obs arrays {', '.join(nexts)} (the source's next_obs, which is not obs one frame later) "
+            "are left out with next_obs (--no-next-obs); export without it to keep them"
+        )
     orientation = one_orientation(db, positions, merge)
     turns = turn_back(db, positions, merge, warnings) if flip_images else {}
-    plan = _Plan(split, paths, _state_layout(db), frozenset(partial), turns, next_obs, _source_dtypes(db))
+    skip = frozenset(partial) | frozenset(() if next_obs else nexts)
+    plan = _Plan(split, paths, _state_layout(db), skip, turns, next_obs, _source_dtypes(db))
     dataset, facts = exported_dataset(db, positions, {**facts, "next_obs": next_obs})
     with h5py.File(out, "x") as f:
         _write_file(f, db, positions, plan, oriented_info(dataset, bool(turns), orientation), facts)
@@ -191,6 +220,8 @@ def _write_file(
     problem = db.metadata().get("problem_info")
     if problem is not None:
         data.attrs["problem_info"] = problem if isinstance(problem, str) else dumps(problem)
+    for name, value in _lifted_data_attrs(db).items():
+        data.attrs[name] = value
     data.attrs["kinodb_dataset"] = dumps(dataset)
     data.attrs["kinodb_export"] = dumps(facts)
     for key, demos in masks.items():
@@ -209,6 +240,17 @@ def _source_data_attrs(db: Database) -> dict[str, Any]:
         for k, v in kept.items()
         if str(k) not in _OWN_DATA_ATTRS and str(k) and "\x00" not in str(k)
     }
+
+
+def _lifted_data_attrs(db: Database) -> dict[str, str]:
+    """The ``data`` attrs the HDF5 ingest lifted into the top-level metadata as text
+    (LIBERO's ``bddl_file_name`` and ``macros_image_convention``; ``env_name`` where the
+    source had no ``env_args``), to write back by their names."""
+    meta = db.metadata()
+    if not isinstance(meta.get("hdf5"), dict):
+        return {}  # not ingested from HDF5: a metadata field of these names is not a data attr
+    names = [*_LIFTED, *(["env_name"] if "env_args" not in meta else [])]
+    return {n: meta[n] for n in names if isinstance(meta.get(n), str) and "\x00" not in meta[n]}
 
 
 def _per_frame_tasks(db: Database, seen: dict[tuple[int, ...], list[int]]) -> bool:
@@ -253,8 +295,8 @@ def _check_layout(db: Database, positions: list[int]) -> tuple[dict[str, int], S
 def _obs_paths(paths: dict[str, str], split: Split, cameras: Shapes) -> dict[str, str]:
     """``paths`` less the arrays whose ``obs/`` key a state component or a camera takes:
     those are written at the demo's top level, under their own names."""
-    taken = {key for key, _, _ in split} | set(cameras)
-    return {name: path for name, path in paths.items() if path.split("/")[1] not in taken}
+    taken = {f"obs/{key}" for key, _, _ in split} | {f"obs/{name}" for name in cameras}
+    return {name: path for name, path in paths.items() if path not in taken}
 
 
 def _check_names(db: Database, split: Split, paths: dict[str, str], arrays: Shapes, cameras: Shapes,
@@ -352,8 +394,9 @@ def env_args(db: Database, positions: list[int]) -> dict[str, Any] | str:
 
 
 def _array_paths(db: Database, merge: dict[str, MergeInput] | None) -> dict[str, str]:
-    """Where extra arrays ingested from HDF5 came from (``obs/agentview_depth``, ...), so
-    they go back there: robomimic reads every observation key under ``obs/``.
+    """Where extra arrays ingested from HDF5 came from (``obs/agentview_depth``,
+    ``action_dict/abs_pos``, ``next_obs/KEY``), so they go back there: robomimic reads every
+    observation key under ``obs/``, and ``action_dict/KEY`` by that path.
 
     A merge whose inputs' ``hdf5`` metadata differ keeps it with each input only: there the
     paths the inputs record are taken, but not a name that two inputs record differently.
@@ -368,17 +411,17 @@ def _array_paths(db: Database, merge: dict[str, MergeInput] | None) -> dict[str,
         hdf5 = m.get("hdf5")
         recorded = hdf5.get("extra_arrays") if isinstance(hdf5, dict) else None
         for name, path in (recorded if isinstance(recorded, dict) else {}).items():
-            if _obs_path(path) and out.setdefault(str(name), path) != path:
+            if _group_path(path) and out.setdefault(str(name), path) != path:
                 clash.add(str(name))
     return {name: path for name, path in out.items() if name not in clash}
 
 
-def _obs_path(path: Any) -> bool:
-    """Whether ``path`` is ``obs/KEY`` with ``KEY`` one HDF5 name."""
+def _group_path(path: Any) -> bool:
+    """Whether ``path`` is ``GROUP/KEY``, ``GROUP`` one of `_GROUPS` and ``KEY`` one HDF5 name."""
     parts = path.split("/") if isinstance(path, str) else []
     return (
         len(parts) == 2
-        and parts[0] == "obs"
+        and parts[0] in _GROUPS
         and bool(parts[1])
         and "\x00" not in parts[1]
         and parts[1] != "."
@@ -496,7 +539,11 @@ def _write_demo(g: Any, db: Database, i: int, plan: _Plan) -> int:
     g.create_dataset("dones", data=ep.pop("is_terminal").astype(plan.dtypes.get("dones", np.dtype(np.uint8))))
     states = ep.pop("states")
     turns = plan.turns.get(i, {})
-    obs = _Obs(g, plan.next_obs)
+    places = {
+        name: plan.paths[name].split("/") for name in ep if name in plan.paths and name not in plan.skip
+    }
+    whole = {key for group, key in places.values() if group == "next_obs"}
+    obs = _Obs(g, plan.next_obs, _last_rows(meta.pop(NEXT_OBS_LAST, None)), whole)
     if states.shape[1]:
         for key, a, b in plan.split:
             part = np.ascontiguousarray(states[:, a : b if b >= 0 else None])
@@ -504,20 +551,24 @@ def _write_demo(g: Any, db: Database, i: int, plan: _Plan) -> int:
     for name, arr in ep.items():  # timestamps and extra arrays
         if name in plan.skip:
             continue
-        if name in plan.paths and plan.paths[name] not in g:  # back under obs/, where it was ingested from
-            key = plan.paths[name].split("/")[1]
-            if arr.ndim == 4 or name in turns:  # image-like (depth): the ingest may have turned it
-                obs.put_frames(key, arr.shape, arr.dtype, _array_windows(arr), turn=turns.get(name, ()))
-            else:
+        turn = turns.get(name, ())
+        if name in places and plan.paths[name] not in g:  # back where it was ingested from
+            group, key = places[name]
+            if group == "next_obs":
+                obs.put_next(key, arr, turn)
+            elif group == "obs" and (
+                arr.ndim == 4 or turn
+            ):  # image-like (depth): the ingest may have turned it
+                obs.put_frames(key, arr.shape, arr.dtype, _array_windows(arr), turn=turn)
+            elif group == "obs":
                 obs.put(key, arr)
+            else:
+                _put_array(g.require_group(group), key, arr, turn or None)
             continue
         target = "states" if name == SIM_STATE else _h5_name(name, "array")
         if name != SIM_STATE and target in _DEMO_NAMES:  # `_check_names` refused the others
             raise ConversionError(f"{db.path()}: episode {i}: array {name!r} would overwrite {target!r}")
-        if arr.ndim == 4 or name in turns:
-            _put_frames(g, None, target, arr.shape, arr.dtype, _array_windows(arr), turn=turns.get(name, ()))
-        else:
-            g.create_dataset(target, data=arr)
+        _put_array(g, target, arr, turn if name in turns else None)
     for name, cam in db.cameras(i).items():
         shape = tuple(int(d) for d in cam["shape"])
         obs.put_frames(_h5_name(name, "camera"), shape, np.dtype(np.uint8), camera_windows(db, i, name, T),
@@ -526,35 +577,90 @@ def _write_demo(g: Any, db: Database, i: int, plan: _Plan) -> int:
     return T
 
 
-class _Obs:
-    """A demo's ``obs`` group and, when wanted, its ``next_obs``: each key one frame
-    later, the last frame repeated (robomimic's own files: ``next_obs[t]`` is the
-    observation after ``actions[t]``, and the last one, which no frame holds, is the last
-    observation again)."""
+def _put_array(group: Any, key: str, arr: np.ndarray, turn: tuple[int, ...] | None) -> None:
+    """Write an extra array under ``key`` of ``group``: 4-D arrays, and those ``turn`` names
+    (not None: the axes to rotate back, maybe none), a window at a time."""
+    if arr.ndim == 4 or turn is not None:
+        _put_frames(group, None, key, arr.shape, arr.dtype, _array_windows(arr), turn=turn or ())
+    else:
+        group.create_dataset(key, data=arr)
 
-    def __init__(self, g: Any, next_obs: bool) -> None:
+
+class _Obs:
+    """A demo's ``obs`` group and, when wanted, its ``next_obs``: each key one frame later.
+
+    robomimic's ``next_obs[t]`` is the observation after ``actions[t]``: ``obs[t + 1]``, and
+    for the last frame the observation after the final action, which no frame of ``obs``
+    holds. That last row is the one the ingest kept (``last``, from the episode's extra
+    field ``hdf5.next_obs_last``); a key it did not keep it for (a file ingested by an
+    earlier kinodb, or not from HDF5) gets its last observation repeated. The keys in
+    ``whole`` are written from the arrays the ingest kept whole (`put_next`).
+    """
+
+    def __init__(self, g: Any, next_obs: bool, last: dict[str, np.ndarray], whole: set[str]) -> None:
         self.obs = g.create_group("obs")
         self.next = g.create_group("next_obs") if next_obs else None
+        self.last, self.whole = last, whole
+
+    def _next_of(self, key: str) -> Any:
+        """The ``next_obs`` group to write ``key`` one frame later into (None: not to)."""
+        return None if key in self.whole else self.next
 
     def put(self, key: str, values: np.ndarray) -> None:
         """Write a whole ``(T, ...)`` array under ``key``."""
         self.obs.create_dataset(key, data=values)
-        if self.next is not None:
-            self.next.create_dataset(key, data=np.concatenate([values[1:], values[-1:]]))
+        nxt = self._next_of(key)
+        if nxt is not None:
+            final = _final(self.last.get(key), np.asarray(values[-1]), ())
+            nxt.create_dataset(key, data=np.concatenate([values[1:], final[None]]))
 
     def put_frames(self, key: str, shape: tuple[int, ...], dtype: np.dtype[Any],
                    windows: Iterator[tuple[int, np.ndarray]], *, turn: tuple[int, ...]) -> None:  # fmt: skip
         """Write frames under ``key`` a window at a time."""
-        _put_frames(self.obs, self.next, key, shape, dtype, windows, turn=turn)
+        _put_frames(
+            self.obs, self._next_of(key), key, shape, dtype, windows, turn=turn, final=self.last.get(key)
+        )
+
+    def put_next(self, key: str, values: np.ndarray, turn: tuple[int, ...]) -> None:
+        """Write ``key``'s ``next_obs`` as the ingest kept it whole."""
+        if self.next is not None:
+            _put_array(self.next, key, values, turn or None)
+
+
+def _final(row: np.ndarray | None, last: np.ndarray, turn: tuple[int, ...]) -> np.ndarray:
+    """``next_obs``'s last row: the ``row`` the ingest kept (turned as the key's frames are)
+    where it fits the key as written (its dtype, or the float dtype the ingest cast it to),
+    else ``last``, the last observation."""
+    if row is None or row.shape != last.shape or row.dtype.kind != last.dtype.kind:
+        return last
+    if row.dtype != last.dtype and row.dtype.kind != "f":
+        return last
+    row = row.astype(last.dtype, copy=False)
+    return _rotated(row[None], turn)[0] if turn else row
+
+
+def _last_rows(value: Any) -> dict[str, np.ndarray]:
+    """The rows the extra field ``hdf5.next_obs_last`` keeps (``[key, dtype, shape,
+    base64]`` entries), by key; an entry this version did not write is passed over."""
+    out: dict[str, np.ndarray] = {}
+    for entry in value if isinstance(value, list) else ():
+        try:
+            key, dtype, shape, data = entry
+            raw = base64.b64decode(str(data), validate=True)
+            out[str(key)] = np.frombuffer(raw, np.dtype(str(dtype))).reshape([int(d) for d in shape])
+        except (TypeError, ValueError):  # binascii.Error is a ValueError
+            continue
+    return out
 
 
 def _put_frames(
     group: Any, next_group: Any, key: str, shape: tuple[int, ...], dtype: np.dtype[Any],
-    windows: Iterator[tuple[int, np.ndarray]], *, turn: tuple[int, ...],
+    windows: Iterator[tuple[int, np.ndarray]], *, turn: tuple[int, ...], final: np.ndarray | None = None,
 ) -> None:  # fmt: skip
     """Write ``(start, frames)`` windows (``shape`` is the first dim and the per-frame shape)
     into a new dataset ``key`` of ``group``, and the frames one later into ``next_group``
-    unless it is None; rotated 180 degrees on the axes ``turn`` names, if any."""
+    unless it is None, its last row ``final`` (`_final`); rotated 180 degrees on the axes
+    ``turn`` names, if any."""
     ds = group.create_dataset(key, shape=shape, dtype=dtype)
     nds = None if next_group is None else next_group.create_dataset(key, shape=shape, dtype=dtype)
     last = None
@@ -569,7 +675,7 @@ def _put_frames(
                 nds[stop - len(ahead) - 1 : stop - 1] = ahead
         last = frames[-1]
     if nds is not None and last is not None:
-        nds[shape[0] - 1] = last
+        nds[shape[0] - 1] = _final(final, np.asarray(last, dtype), turn)
 
 
 def _array_windows(arr: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:

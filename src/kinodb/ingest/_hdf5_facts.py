@@ -13,7 +13,8 @@ names it with the paths of those values, and a warning says so. The other attrib
 else) are kept as they are, by name, in ``Facts.kept`` (`attr_value` says how), and those
 that cannot be are named in ``Facts.left_out`` with the reason.
 
-`attr_problem` and `attr_value` also decide which attributes of each demo are kept.
+`attr_problem` and `attr_value` also decide which attributes of each demo are kept;
+`recorded_data_attrs` and `exported_attrs` read what a kinodb export wrote of them.
 """
 
 from __future__ import annotations
@@ -246,3 +247,22 @@ def _robots(robots: Any) -> str | None:
     if isinstance(robots, list) and robots and all(isinstance(r, str) and r for r in robots):
         return "+".join(robots)
     return None
+
+
+def recorded_data_attrs(dataset: dict[str, Any]) -> dict[str, Any]:
+    """The ``data`` attrs of its HDF5 source that a kinodb export's dataset block records."""
+    metadata = dataset.get("metadata")
+    hdf5 = metadata.get("hdf5") if isinstance(metadata, dict) else None
+    kept = hdf5.get("data_attrs") if isinstance(hdf5, dict) else None
+    return kept if isinstance(kept, dict) else {}
+
+
+def exported_attrs(record: dict[str, Any]) -> frozenset[str]:
+    """The demo attributes a kinodb export wrote from its record of the episode (``ep_meta``):
+    one per field, under its own name, ``extra.NAME``, or for a source attribute kept as
+    ``attrs.NAME`` under ``NAME``."""
+    names = {"num_samples", "ep_meta", "kinodb_ep_meta", "task"}
+    for key in record:
+        bare = key.removeprefix("extra.")
+        names |= {key, bare, f"extra.{bare}", bare.removeprefix("attrs.")}
+    return frozenset(names)

@@ -4,18 +4,22 @@
 the ``mask/`` filter keys and the demos each lists (`_masks`, `_filter_key_counts`), the
 ``data`` group's attributes (`_facts`), what the demos hold (`_scanned`, kept for the
 last few files of the process: an ingest opens its source twice), where each per-frame
-dataset goes (`_layout`), and the demos' action shapes (`_held`, `_action_widths`).
+dataset goes (`_layout`), and the demos' action shapes (`_held`, `_action_widths`); and
+the error for a demo that cannot be read, with how to convert the others (`_fail`).
+A filter key whose entries name no demo of ``data/`` is warned about once per file.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shlex
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from kinodb.errors import ConversionError
+from kinodb.ingest._base import SKIP_ADVICE, episodes_spec
 from kinodb.ingest._hdf5_facts import Facts, read_facts, text
 from kinodb.ingest._hdf5_kinodb import exported_state_order
 from kinodb.ingest._hdf5_layout import H5_ERRORS, Layout, Scan, arrange, h5_reason, scan_demos
@@ -25,6 +29,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("kinodb.ingest.hdf5")
 _WARNED_LEFT_OUT: set[str] = set()  # files whose attributes left out were already warned about
+_WARNED_MASKS: set[str] = set()  # files whose filter keys naming no demo were already warned about
 
 # Recent scans in this process, by file identity: an ingest opens its source twice (to
 # plan, then to convert), and a scan lists every demo of the file.
@@ -54,6 +59,8 @@ class _FileLevel:
         _actions_cache: list[tuple[int, int]] | None
         _mask_entries: dict[str, int]
 
+        def episodes(self) -> list[str]: ...
+
     def _filter_key_counts(self) -> dict[str, int]:
         """Filter key -> how many demos of the file it lists (0 for an empty one), sorted."""
         masks = self._masks()
@@ -71,6 +78,7 @@ class _FileLevel:
         """
         if self._masks_cache is None:
             masks: dict[str, list[str]] = {}
+            strays: dict[str, tuple[list[Any], np.dtype[Any]]] = {}  # filter key -> entries naming no demo
             self._mask_entries = {}
             group = self._file.get("mask")
             if isinstance(group, self._h5py.Group):
@@ -89,19 +97,44 @@ class _FileLevel:
                             f"del f['mask/{name}'])"
                         ) from None
                     self._mask_entries[name] = len(entries)
-                    unknown = 0
+                    unknown = []
                     for entry in entries:
                         keys = masks.get(text(entry))
                         if keys is None:
-                            unknown += 1
+                            unknown.append(entry)
                         elif name not in keys:
                             keys.append(name)
                     if unknown:
-                        log.warning(
-                            "%s: mask/%s lists %d demos that data/ does not hold", self._path, name, unknown
-                        )
+                        strays[name] = (unknown, np.dtype(entries.dtype))
             self._masks_cache = masks
+            self._warn_strays(strays)
         return self._masks_cache
+
+    def _warn_strays(self, strays: dict[str, tuple[list[Any], np.dtype[Any]]]) -> None:
+        """Warn once per file of the filter keys whose entries name no demo of ``data/``: the
+        first few of them, and how to mend the filter key (or that it holds no text at all)."""
+        if not strays or self._path in _WARNED_MASKS:
+            return
+        _WARNED_MASKS.add(self._path)  # an ingest opens its source twice, and verify once more
+        for name, (entries, dtype) in strays.items():
+            shown = ", ".join(repr(_entry(e)) for e in entries[:3]) + (
+                f" and {len(entries) - 3} more" if len(entries) > 3 else ""
+            )
+            if not all(isinstance(e, (bytes, str)) for e in entries):
+                log.warning(
+                    "%s: filter key mask/%s holds %s entries (%s), not demo names as text: a filter key "
+                    "lists demo names (b'demo_0'), so it lists no demo and no episode gets it in filter_keys; "
+                    "rewrite it with the demos' names (h5py: del f['mask/%s']; f['mask/%s'] = "
+                    "np.array([b'demo_0', ...]))", self._path, name, dtype, shown, name, name,
+                )  # fmt: skip
+                continue
+            log.warning(
+                "%s: filter key mask/%s lists %d entr%s that data/ does not hold (%s), left out of the "
+                "episodes' filter_keys; the other entries are read. To mend the file, add those demos to "
+                "data/ or rewrite mask/%s without them (h5py: keep = [n for n in f['mask/%s'][()] if "
+                "n.decode() in f['data']]; del f['mask/%s']; f['mask/%s'] = np.array(keep))", self._path, name,
+                len(entries), "y" if len(entries) == 1 else "ies", shown, name, name, name, name,
+            )  # fmt: skip
 
     def _facts(self) -> Facts:
         if self._facts_cache is None:
@@ -170,3 +203,35 @@ class _FileLevel:
 
     def _action_widths(self) -> set[int]:
         return {width for _, width in self._action_shapes()}
+
+    def _fail(self, demo: str, message: str) -> ConversionError:
+        """The error for ``demo``, with how to convert the other demos."""
+        return ConversionError(f"{self._path}: {demo}: {message}{self._leave_out(demo)}")
+
+    def _damaged(self, demo: str, where: str, reason: str) -> str:
+        """Why ``demo`` cannot be read: h5py cannot open or read the object ``where`` (a path
+        in the file) for ``reason``; and how to look at it."""
+        return (
+            f"h5py cannot read {where} ({reason}): that part of the file is damaged; look at it with "
+            f"`h5dump -H -g /data/{demo} {shlex.quote(self._path)}` or h5py, and copy the file again from "
+            "where it came from if you can"
+        )
+
+    def _leave_out(self, demo: str) -> str:
+        """How to leave ``demo`` out: ``--episodes`` naming the others, or ``--on-error skip``."""
+        keys = self.episodes()
+        others = [k for k, name in enumerate(keys) if name != demo]
+        if not others:
+            return ""  # nothing else to convert
+        where = f"mask/{self._options.split}" if self._options.split is not None else "the file"
+        return (
+            f"; to leave the demo out, select the others with --episodes {episodes_spec(others)} "
+            f"(positions among the demos of {where}, in numeric order){SKIP_ADVICE}"
+        )
+
+
+def _entry(value: Any) -> Any:
+    """A filter key's entry as shown: text as str, a number as Python's."""
+    if isinstance(value, (bytes, str)):
+        return text(value)
+    return value.item() if isinstance(value, np.generic) else value

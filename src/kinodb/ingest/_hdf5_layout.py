@@ -5,7 +5,10 @@ that holds it (low-dim ``obs/`` keys are states; uint8 ``obs/`` datasets of fram
 holds, ``(T, H, W, C)`` with 1 to 4 channels, are cameras; other per-frame datasets,
 channel-first or many-channel uint8 frames among them, are extra arrays); `arrange` turns
 that into a `Layout`: the state keys and their components, the cameras, the extra arrays
-with their names and the axes ``flip_images`` reverses, and what is left out and why.
+with their names and the axes ``flip_images`` reverses, the ``next_obs/`` keys, and what is
+left out and why. A ``next_obs/`` key is read per demo (`follows`): where it is its
+``obs/`` key one frame later, only its last row is kept (`row_record`); else it is kept
+whole, as the extra array its `Field` names.
 State keys whose dtype the states' dtype cannot hold exactly are kept apart as extra
 arrays, unless the caller named them; low-dim keys left out of the chosen state keys are
 extra arrays too. The scan also finds which attributes of the demos are kept as extra
@@ -17,6 +20,8 @@ and why), so that the other demos still convert; reading it then fails alone.
 
 from __future__ import annotations
 
+import base64
+import math
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -38,6 +43,10 @@ _UNSTORED_ATTRS = {
 }
 # Demo attributes the source reads for what they mean: the rest are kept as extra fields.
 _READ_ATTRS = frozenset({"num_samples", "ep_meta", "success", *_UNSTORED_ATTRS})
+NEXT_OBS_LAST = "hdf5.next_obs_last"
+"""The extra field holding a demo's last ``next_obs/`` row of each key that is its ``obs/`` key
+one frame later: a list of `row_record` entries."""
+_COMPARE_BYTES = 16 * 2**20  # rows of next_obs/ and obs/ compared at a time (`follows`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +54,7 @@ class Field:
     """A per-frame dataset that every demo must hold, and where it goes."""
 
     path: str  # inside the demo group, e.g. "obs/robot0_eef_pos"
-    kind: str  # "state", "camera" or "array"
+    kind: str  # "state", "camera", "array" or "next" (a next_obs/ key)
     trailing: tuple[int, ...]  # shape after the frame axis, in the first demo holding it
     dtype: np.dtype[Any]
     first: str  # the first demo (numeric order) that holds it
@@ -69,6 +78,7 @@ class Layout:
     apart: dict[str, str]  # extra-array name of a low-dim key its dtype keeps out of the states -> why
     unchosen: dict[str, str]  # extra-array name of a low-dim key not among the chosen state keys -> why
     not_cameras: dict[str, str]  # extra-array name of uint8 frames a camera cannot hold -> why
+    nexts: tuple[Field, ...] = ()  # next_obs/ keys, named as the extra array each is when kept whole
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,16 +154,16 @@ def scan_demos(data: Any, demos: list[str], dataset_type: Any, group_type: Any) 
             source_dtypes[name] = np.dtype(ds.dtype).name
     rewards = reward_dtype(np.dtype(source_dtypes["rewards"])) if "rewards" in source_dtypes else None
     for path, (first, holders) in seen.items():
-        if path == "next_obs":
-            left_out[path] = "duplicates obs one step later"
-        if path in _SPECIAL or path.startswith("next_obs/"):
+        if path in _SPECIAL:
             continue
         group = data[first]
         ds = group.get(path)
         if not isinstance(ds, dataset_type):
             continue
         kind = _classify(path, ds, _rows(group))
-        if kind in ("state", "camera", "array"):
+        if kind == "array" and path.startswith("next_obs/"):
+            kind = "next"
+        if kind in ("state", "camera", "array", "next"):
             trailing = tuple(int(d) for d in ds.shape[1:])
             note = _not_a_camera(trailing) if kind == "array" and _frames_like(path, ds) else ""
             fields.append(Field(path, kind, trailing, np.dtype(ds.dtype), first, holders, note=note))
@@ -356,6 +366,13 @@ def arrange(
         arrays.append(replace(f, kind="array", name=name))
         why = why or f"not among {keys_from}"
         reasons[kind][name] = f"{why}; it is stored apart, as the extra array {name!r} with its own dtype"
+    twins = {f.path: f for f in (*cameras, *arrays)}
+    nexts = []
+    for f in sorted((f for f in fields if f.kind == "next"), key=lambda f: f.path):
+        name = _free_name(f.path, taken)
+        taken.add(name)
+        twin = twins.get("obs/" + f.path[len("next_obs/") :])  # turned as its obs/ key is
+        nexts.append(replace(f, name=name, turn=twin.turn if twin is not None else _turn(f, sizes)))
     components: dict[str, list[int]] = {}
     start = 0
     for f in states:
@@ -374,6 +391,7 @@ def arrange(
         reasons["apart"],
         reasons["unchosen"],
         {f.name: _kept_as(f) for f in arrays if f.note},
+        tuple(nexts),
     )
 
 
@@ -475,3 +493,38 @@ def _choose_states(
         chosen.append(replace(low_dim[key], name=key))
     rest = [low_dim[k] for k in sorted(set(low_dim) - {f.name for f in chosen})]
     return chosen, rest
+
+
+def follows(obs: Any, nxt: Any, rows: int) -> bool:
+    """Whether the h5py dataset ``nxt`` (``rows`` rows) is ``obs`` one frame later bit for bit:
+    ``nxt[:-1]`` holds ``obs[1:]``, in the same dtype and shape. Read a slice at a time, so
+    that frames are never all held."""
+    if obs.dtype != nxt.dtype or obs.shape != nxt.shape or obs.shape[:1] != (rows,):
+        return False
+    step = max(1, _COMPARE_BYTES // max(1, nxt.dtype.itemsize * math.prod(nxt.shape[1:])))
+    for start in range(0, rows - 1, step):
+        stop = min(start + step, rows - 1)
+        if nxt[start:stop].tobytes() != obs[start + 1 : stop + 1].tobytes():
+            return False
+    return True
+
+
+def row_record(key: str, row: np.ndarray) -> list[Any]:
+    """One row as the extra field `NEXT_OBS_LAST` keeps it: ``[key, dtype, shape, base64]``,
+    the bytes little-endian (``dtype`` as NumPy spells it: ``<f8``, ``|u1``), bit for bit."""
+    row = np.ascontiguousarray(row, row.dtype.newbyteorder("<"))
+    return [key, row.dtype.str, list(row.shape), base64.b64encode(row.tobytes()).decode("ascii")]
+
+
+def record_rows(value: Any) -> dict[str, np.ndarray]:
+    """The rows a `NEXT_OBS_LAST` field holds (`row_record` entries), by key; an entry that is
+    not one is passed over."""
+    out: dict[str, np.ndarray] = {}
+    for entry in value if isinstance(value, list) else ():
+        try:
+            key, dtype, shape, data = entry
+            raw = base64.b64decode(str(data), validate=True)
+            out[str(key)] = np.frombuffer(raw, np.dtype(str(dtype))).reshape([int(d) for d in shape])
+        except (TypeError, ValueError):  # binascii.Error is a ValueError
+            continue
+    return out

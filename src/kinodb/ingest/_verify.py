@@ -6,7 +6,9 @@ verification needs nothing format-specific. Each output episode is matched to th
 source episode named by its ``source_episode`` extra field, one episode at a time:
 
 - arrays: frame counts, dtypes and the max abs difference of every array (0 expected;
-  a recorded ``dtype`` cast is applied to the source first, as the ingest did); where a
+  a recorded ``dtype`` cast is applied to the source first, as the ingest did), and, for
+  floats stored in the source's dtype with no cast recorded, every bit (`other_bits`: a
+  NaN's payload, the sign of a zero); where a
   source concatenates several of its keys into the states or actions, each component of
   the stored array is also compared with that key's values as the source holds them
   (`SOURCE_PARTS`), exactly and without rounding either side, so a conversion that
@@ -43,6 +45,7 @@ import numpy as np
 from kinodb.errors import ConversionError, KinodbError
 from kinodb.ingest._base import SOURCE_PARTS, Source, SourceInfo, SourceOptions, formats, source_class
 from kinodb.ingest._exact import exact_equal
+from kinodb.ingest._hdf5_layout import NEXT_OBS_LAST, record_rows
 from kinodb.ingest._run import (
     _select,
     check_dtype,
@@ -468,6 +471,11 @@ class _Checker:
                     "arrays", f"{where}: {name} differs: max abs diff {format_number(diff)} at frame {frame}"
                 )
                 differ.add(name)
+            elif self.plan.dtype is None and a.dtype == b.dtype:  # no cast: the bits are the source's
+                bits = other_bits(a, b)
+                if bits is not None:
+                    self.report.add("arrays", f"{where}: {name} {bits}")
+                    differ.add(name)
         return differ
 
     def _components(
@@ -518,7 +526,12 @@ class _Checker:
         for name, value in want.items():
             got = _extra_fields(meta) if name == "extra_fields" else meta.get(name)
             if got != value and not (name == "fps" and _same_float(got, value)):
-                self.report.add(name, f"{where}: {name} is {_short(got)}, the source says {_short(value)}")
+                if isinstance(got, dict) and isinstance(value, dict):  # the extra fields
+                    self.report.add(name, f"{where}: extra fields differ: {_fields_differ(got, value)}")
+                else:
+                    self.report.add(
+                        name, f"{where}: {name} is {_short(got)}, the source says {_short(value)}"
+                    )
 
 
 # -- expected values (what the ingest would store) ----------------------------------------
@@ -623,6 +636,44 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _fields_differ(got: dict[str, Any], want: dict[str, Any]) -> str:
+    """The extra fields that differ, each with what it holds and what the source says; the
+    rows of a `NEXT_OBS_LAST` field compared key by key (`_rows_differ`)."""
+    said = []
+    for name in sorted(set(got) | set(want), key=str):
+        a, b = got.get(name), want.get(name)
+        if a == b:
+            continue
+        if name == NEXT_OBS_LAST:
+            said.append(f"{name}: {_rows_differ(record_rows(a), record_rows(b))}")
+        else:
+            said.append(f"{name!r} is {_short(a)}, the source says {_short(b)}")
+    return "; ".join(said[:4]) + (f"; and {len(said) - 4} more" if len(said) > 4 else "")
+
+
+def _rows_differ(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> str:
+    """Which ``next_obs`` key's last row differs, and where (the first differing element)."""
+    for key in sorted(set(got) | set(want)):
+        a, b = got.get(key), want.get(key)
+        if a is None or b is None:
+            return (
+                f"the output holds no last row of next_obs/{key}, which the source's next_obs/{key} (obs/{key} "
+                "one frame later) has" if a is None else
+                f"the output holds a last row of next_obs/{key}, but the source's next_obs/{key} is no longer "
+                f"obs/{key} one frame later"
+            )  # fmt: skip
+        if a.dtype != b.dtype or a.shape != b.shape:
+            return f"next_obs/{key}'s last row is {a.dtype} {list(a.shape)}, the source's {b.dtype} {list(b.shape)}"
+        if a.tobytes() != b.tobytes():
+            flat = int(np.argmax(a.reshape(-1).view(np.uint8) != b.reshape(-1).view(np.uint8)) // a.itemsize)
+            at = [int(i) for i in np.unravel_index(flat, a.shape)] if a.shape else []
+            return (
+                f"next_obs/{key}'s last row differs at element {at}: the output holds "
+                f"{a.reshape(-1)[flat].item()!r}, the source {b.reshape(-1)[flat].item()!r}"
+            )
+    return "the records differ"
+
+
 def _gap(x: float, y: float) -> float:
     """``|x - y|`` with neither rounded first (an int64 beside a float64); inf for NaN or inf."""
     try:
@@ -659,6 +710,30 @@ def max_abs_diff(a: np.ndarray, b: np.ndarray) -> tuple[float, int]:
     return float(d.flat[flat]), int(np.unravel_index(flat, d.shape)[0])
 
 
+def _places(n: int) -> str:
+    return f"{n} place{'' if n == 1 else 's'}"
+
+
+def other_bits(a: np.ndarray, b: np.ndarray) -> str | None:
+    """Where two float arrays of one dtype whose values compare equal differ in their bits
+    (a NaN's payload, the sign of a zero), as a phrase naming the first such element;
+    None where every bit is the same (or the dtype is not a float of 2, 4 or 8 bytes)."""
+    if a.dtype != b.dtype or a.dtype.kind != "f" or a.dtype.itemsize not in (2, 4, 8):
+        return None
+    unsigned = np.dtype(f"u{a.dtype.itemsize}").newbyteorder(a.dtype.byteorder)
+    x, y = a.view(unsigned), b.view(unsigned)
+    same = x == y
+    if same.all():
+        return None
+    at = np.unravel_index(int(np.argmin(same)), same.shape)
+    digits = 2 * a.dtype.itemsize
+    return (
+        f"differs in its bits at {_places(int((~same).sum()))} where the values compare equal (a NaN's "
+        f"payload or the sign of a zero): element {list(map(int, at))} (frame {int(at[0])}) holds "
+        f"0x{int(x[at]):0{digits}x} ({a[at].item()!r}), the source 0x{int(y[at]):0{digits}x} ({b[at].item()!r})"
+    )
+
+
 __all__ = [
     "CODEC_MARGIN_DB",
     "DEFAULT_PSNR",
@@ -666,5 +741,6 @@ __all__ = [
     "VerifyReport",
     "frame_psnr",
     "max_abs_diff",
+    "other_bits",
     "verify",
 ]

@@ -35,7 +35,14 @@ What goes where:
 - The demo's ``states`` (simulator states) become the extra array ``sim_state``, a 1-D
   ``timestamps`` dataset the episode's timestamps; other per-frame datasets of the demo
   (LIBERO's ``robot_states``, ``action_dict/abs_pos``) become extra arrays (``/``
-  written as ``.``). ``next_obs`` duplicates ``obs`` and is not read.
+  written as ``.``).
+- ``next_obs``: robomimic writes ``next_obs[t] = obs[t + 1]`` for ``t < T - 1``, and as
+  ``next_obs[T - 1]`` the observation after the final action, which ``obs`` does not
+  hold. Each ``next_obs/KEY`` that is ``obs/KEY`` one frame later bit for bit (same dtype
+  and shape) keeps only its last row, exactly, in the demo's extra field
+  ``hdf5.next_obs_last`` (``[KEY, dtype, shape, base64 bytes]`` entries; none where it is
+  the last observation again); one that is not, or has no ``obs/KEY``, is kept whole as
+  the extra array ``next_obs.KEY``. Decided per demo; ``hdf5.next_obs`` names the arrays.
 - ``rewards`` keep a floating dtype; integer or bool rewards (LIBERO's uint8) become
   float32, or float64 for integers wider than 16 bits, so every value stays exact.
   ``dones`` become ``is_terminal`` (non-zero is true); without them the last frame is
@@ -116,11 +123,9 @@ import numpy as np
 from kinodb._optional import require
 from kinodb.errors import ConversionError
 from kinodb.ingest._base import (
-    SKIP_ADVICE,
     SOURCE_PARTS,
     SourceInfo,
     SourceOptions,
-    episodes_spec,
     hdf5_folder,
     not_this_format,
 )
@@ -128,7 +133,7 @@ from kinodb.ingest._exact import first_rounded
 from kinodb.ingest._hdf5_facts import ATTR_VALUES as ATTR_VALUES  # re-exported: public names
 from kinodb.ingest._hdf5_facts import DEFAULT_FPS as DEFAULT_FPS
 from kinodb.ingest._hdf5_facts import LIBERO_FPS as LIBERO_FPS
-from kinodb.ingest._hdf5_facts import Facts, attr_value, text
+from kinodb.ingest._hdf5_facts import Facts, attr_value, exported_attrs, recorded_data_attrs, text
 from kinodb.ingest._hdf5_file import _FileLevel
 from kinodb.ingest._hdf5_kinodb import (
     exported_schema,
@@ -137,7 +142,18 @@ from kinodb.ingest._hdf5_kinodb import (
     restore_fields,
     user_metadata,
 )
-from kinodb.ingest._hdf5_layout import H5_ERRORS, Field, Layout, Scan, count, h5_reason, reward_dtype
+from kinodb.ingest._hdf5_layout import (
+    H5_ERRORS,
+    NEXT_OBS_LAST,
+    Field,
+    Layout,
+    Scan,
+    count,
+    follows,
+    h5_reason,
+    reward_dtype,
+    row_record,
+)
 from kinodb.kdb import _codecs
 
 log = logging.getLogger(__name__)
@@ -316,10 +332,13 @@ class HDF5Source(_FileLevel):
                 f.name: {"dtype": f.dtype.name, "shape": list(f.trailing)} for f in layout.states
             },
             "cameras": [f.name for f in layout.cameras] if self._options.images else [],
-            "extra_arrays": {f.name: f.path for f in layout.arrays if self._keeps(f)},
+            "extra_arrays": {f.name: f.path for f in (*layout.arrays, *layout.nexts) if self._keeps(f)},
             "left_out": {**layout.left_out, **facts.left_out},
             "data_attrs": dict(facts.kept),
         }
+        nexts = [f for f in layout.nexts if self._keeps(f)]
+        if nexts:  # next_obs/KEY -> the extra array it is where it is not obs/KEY one frame later
+            metadata["hdf5"]["next_obs"] = {f.path[len("next_obs/") :]: f.name for f in nexts}
         if self._scanned().source_dtypes:  # rewards and dones go back in them on export
             metadata["hdf5"]["source_dtypes"] = dict(self._scanned().source_dtypes)
         if facts.as_text:
@@ -337,7 +356,8 @@ class HDF5Source(_FileLevel):
             notes += [f"{f.path} is not a camera: {not_cameras[f.name]}"
                       for f in layout.arrays if f.name in not_cameras]  # fmt: skip
         if self._options.flip_images:
-            turned = [*(layout.cameras if self._options.images else ()), *filter(self._keeps, layout.arrays)]
+            turned = [*(layout.cameras if self._options.images else ()), *filter(self._keeps, layout.arrays),
+                      *nexts]  # fmt: skip
             metadata["hdf5"]["rotated"] = {f.name: list(f.turn) for f in turned if f.turn}
         counts = self._filter_key_counts()
         if counts:
@@ -353,7 +373,7 @@ class HDF5Source(_FileLevel):
         exported = recorded_dataset(self._path, self._data.attrs, self._held)
         if exported is not None:  # a kinodb export: its own schema names and metadata come back
             schema = exported_schema(exported.get("schema"), schema, layout, self._action_widths())
-            if "total" not in _recorded_data_attrs(exported):  # the export's own count
+            if "total" not in recorded_data_attrs(exported):  # the export's own count
                 metadata["hdf5"]["data_attrs"].pop("total", None)
             metadata = {**user_metadata(exported.get("metadata")), **metadata}
         return SourceInfo(
@@ -408,13 +428,17 @@ class HDF5Source(_FileLevel):
             args["timestamps"] = self._dataset(d, "timestamps", T, layout.timestamps)
         args["success"] = self._success(d, T, rewards, ep_meta)
         images, arrays = self._frames(d, T, layout)
+        whole, last = self._next_obs(d, T, layout)
+        arrays.update(whole)
         if images:
             args["images"] = images
         if arrays:
             args["extra_arrays"] = arrays
         masks = self._masks()
-        extra = {"filter_keys": masks.get(key, [])} if masks else {}
+        extra: dict[str, Any] = {"filter_keys": masks.get(key, [])} if masks else {}
         extra.update(self._attr_fields(d, ep_meta, raw_ep_meta))
+        if last:
+            extra[NEXT_OBS_LAST] = last
         if extra:
             args["extra"] = extra
         if "kinodb_export" in self._data.attrs:
@@ -439,31 +463,6 @@ class HDF5Source(_FileLevel):
             self._file = None
 
     # -- one demo -------------------------------------------------------------------------
-
-    def _fail(self, demo: str, message: str) -> ConversionError:
-        """The error for ``demo``, with how to convert the other demos."""
-        return ConversionError(f"{self._path}: {demo}: {message}{self._leave_out(demo)}")
-
-    def _damaged(self, demo: str, where: str, reason: str) -> str:
-        """Why ``demo`` cannot be read: h5py cannot open or read the object ``where`` (a path
-        in the file) for ``reason``; and how to look at it."""
-        return (
-            f"h5py cannot read {where} ({reason}): that part of the file is damaged; look at it with "
-            f"`h5dump -H -g /data/{demo} {shlex.quote(self._path)}` or h5py, and copy the file again from "
-            "where it came from if you can"
-        )
-
-    def _leave_out(self, demo: str) -> str:
-        """How to leave ``demo`` out: ``--episodes`` naming the others, or ``--on-error skip``."""
-        keys = self.episodes()
-        others = [k for k, name in enumerate(keys) if name != demo]
-        if not others:
-            return ""  # nothing else to convert
-        where = f"mask/{self._options.split}" if self._options.split is not None else "the file"
-        return (
-            f"; to leave the demo out, select the others with --episodes {episodes_spec(others)} "
-            f"(positions among the demos of {where}, in numeric order){SKIP_ADVICE}"
-        )
 
     def _dataset(self, d: _Demo, path: str, T: int | None, field: Field | None = None) -> np.ndarray:
         """Read ``path`` of a demo whole, checking that it has ``T`` rows."""
@@ -590,7 +589,7 @@ class HDF5Source(_FileLevel):
         exported = "kinodb_export" in self._data.attrs
         if raw is not None and (not exported or "kinodb_ep_meta" in d.attrs):
             out["ep_meta"] = raw
-        written = _exported_attrs(ep_meta) if exported else frozenset()
+        written = exported_attrs(ep_meta) if exported else frozenset()
         for name in self._scanned().attrs:
             if name in d.attrs and name not in written:
                 value, why = attr_value(d.group.attrs[name])
@@ -687,6 +686,32 @@ class HDF5Source(_FileLevel):
             arrays[f.name] = self._turned(d, f, arr)
         return images, arrays
 
+    def _next_obs(self, d: _Demo, T: int, layout: Layout) -> tuple[dict[str, np.ndarray], list[list[Any]]]:
+        """A demo's ``next_obs/`` keys: of each that is its ``obs/`` key one frame later bit for
+        bit (`follows`), the last row (`row_record`), unless it is the last observation
+        repeated (what the export writes without one); the others whole, as extra arrays. Rows
+        and arrays are turned as their ``obs/`` keys are (``flip_images``)."""
+        whole: dict[str, np.ndarray] = {}
+        last: list[list[Any]] = []
+        for f in filter(self._keeps, layout.nexts):
+            ds = d.get(f.path)
+            if ds is None and "kinodb_export" in self._data.attrs:
+                continue  # a merge of robots may hold a key in some demos only
+            if not isinstance(ds, self._h5py.Dataset) or ds.shape[:1] != (T,) or ds.dtype.kind not in "biuf":
+                self._dataset(d, f.path, T, f)  # raises, naming what is wrong
+            key = f.path[len("next_obs/") :]
+            obs = d.get(f"obs/{key}")
+            try:
+                row = ds[T - 1 : T] if isinstance(obs, self._h5py.Dataset) and follows(obs, ds, T) else None
+                repeated = row is not None and row.tobytes() == obs[T - 1 : T].tobytes()
+            except (OSError, ValueError) as exc:
+                raise self._fail(d.name, f"cannot read {f.path} or obs/{key}: {exc}") from None
+            if row is None:
+                whole[f.name] = self._turned(d, f, self._dataset(d, f.path, T, f))
+            elif not repeated:
+                last.append(row_record(key, self._turned(d, f, row)[0]))
+        return whole, last
+
     def _image_codec(self, channels: int) -> str | None:
         """The codec frames of ``channels`` channels are to be stored with, when the source can
         encode them as the writer would (``"jpeg"``, ``"png"``); None: hand the writer pixels."""
@@ -753,25 +778,6 @@ class HDF5Source(_FileLevel):
     def _keeps(self, f: Field) -> bool:
         """Whether extra array ``f`` is stored: image-like arrays follow the images option."""
         return self._options.images or len(f.trailing) < 3
-
-
-def _recorded_data_attrs(dataset: dict[str, Any]) -> dict[str, Any]:
-    """The ``data`` attrs of its HDF5 source that a kinodb export's dataset block records."""
-    metadata = dataset.get("metadata")
-    hdf5 = metadata.get("hdf5") if isinstance(metadata, dict) else None
-    kept = hdf5.get("data_attrs") if isinstance(hdf5, dict) else None
-    return kept if isinstance(kept, dict) else {}
-
-
-def _exported_attrs(record: dict[str, Any]) -> frozenset[str]:
-    """The demo attributes a kinodb export wrote from its record of the episode (``ep_meta``):
-    one per field, under its own name, ``extra.NAME``, or for a source attribute kept as
-    ``attrs.NAME`` under ``NAME``."""
-    names = {"num_samples", "ep_meta", "kinodb_ep_meta", "task"}
-    for key in record:
-        bare = key.removeprefix("extra.")
-        names |= {key, bare, f"extra.{bare}", bare.removeprefix("attrs.")}
-    return frozenset(names)
 
 
 def _unreadable(path: str, exc: OSError) -> str:
