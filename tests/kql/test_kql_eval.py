@@ -457,14 +457,17 @@ def test_damaged_json_column_raises(db: kinodb.Database) -> None:
 
 def test_literals_beyond_float32_on_0_1_files_do_not_round_to_infinity(tmp_path: Path) -> None:
     rng = np.random.default_rng(7)
-    eps = [random_episode(rng, 3, 2, 2, total_reward=float("inf")),
-           random_episode(rng, 3, 2, 2, total_reward=3e38)]  # fmt: skip
+    eps = [random_episode(rng, 3, 2, 2, fps=float("inf"), total_reward=float("inf")),
+           random_episode(rng, 3, 2, 2, fps=3e38, total_reward=3e38)]  # fmt: skip
     path = tmp_path / "old.kdb"
     path.write_bytes(encode(eps))
     with kinodb.open(path) as db:
-        assert query(db, "total_reward > 1e39").tolist() == [0]
+        assert query(db, "fps > 1e39").tolist() == [0]
+        assert query(db, "fps <= 1e39").tolist() == [1]
+        assert query(db, "fps = 1e39").tolist() == []
+        # An infinite total_reward is null (as --json, upgrade and merge read it).
+        assert query(db, "total_reward > 1e39").tolist() == []
         assert query(db, "total_reward <= 1e39").tolist() == [1]
-        assert query(db, "total_reward = 1e39").tolist() == []
 
 
 def test_limit_takes_python_and_numpy_ints_only(db: kinodb.Database) -> None:

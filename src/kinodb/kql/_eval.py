@@ -14,7 +14,7 @@ import math
 import operator
 import re
 from collections.abc import Callable, Collection, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -67,6 +67,8 @@ def query(
     ``absent`` names extra fields that other files of the same query hold (a mixture, a
     merge): where ``db`` has none of them they are null in every episode, as a merged
     file's missing values are, instead of unknown. One name may be given as a str.
+    `fields_of` gives them with each file's kind of each field, so that a type error
+    names the files that store the field as different types.
 
     Example:
         >>> kinodb.kql.query(db, "embodiment = 'franka' AND NOT success = false", limit=10)
@@ -85,15 +87,37 @@ def query(
         text = text.render()  # re-parsed below: a hand-built tree gets positions for its errors
     node = parse(text)
     evaluator = _Evaluator(db, text, frozenset([absent] if isinstance(absent, str) else absent))
+    if isinstance(absent, Fields):
+        evaluator.kinds = absent.kinds
     evaluator.bind(node)  # every field and type error is raised before any evaluation
     mask = evaluator.mask(node)
     positions = np.flatnonzero(mask).astype(np.int64, copy=False)
     return positions if limit is None else positions[:limit]
 
 
-def fields_of(dbs: Iterable[Database]) -> frozenset[str]:
+class Fields(frozenset[str]):
+    """Extra field names of several files, with each file's kind of each field (``kinds``:
+    name -> ``(path, kind)`` per file holding it), so that a type error can say where the
+    files store a field as different types."""
+
+    kinds: dict[str, tuple[tuple[str, str], ...]]
+
+    def __new__(cls, kinds: dict[str, tuple[tuple[str, str], ...]]) -> Fields:
+        self = super().__new__(cls, kinds)
+        self.kinds = kinds
+        return self
+
+    def __reduce__(self) -> tuple[type[Fields], tuple[dict[str, tuple[tuple[str, str], ...]]]]:
+        return Fields, (self.kinds,)
+
+
+def fields_of(dbs: Iterable[Database]) -> Fields:
     """The extra field names of every database: ``absent`` for a query over all of them."""
-    return frozenset(name for db in dbs for name in db._block.extras)
+    kinds: dict[str, list[tuple[str, str]]] = {}
+    for db in dbs:
+        for name, col in db._block.extras.items():
+            kinds.setdefault(name, []).append((db.path(), col.kind))
+    return Fields({name: tuple(held) for name, held in kinds.items()})
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +144,7 @@ class _Evaluator:
         self.n = db.num_episodes()
         self.extras: dict[str, ExtraColumn] = db._block.extras
         self.columns: dict[tuple[str, bool], Column] = {}
+        self.kinds: dict[str, tuple[tuple[str, str], ...]] = {}  # every file's kinds (`Fields`)
 
     def bind(self, node: Node) -> None:
         """Resolve and type-check every predicate, left to right."""
@@ -129,7 +154,7 @@ class _Evaluator:
         elif isinstance(node, Not):
             self.bind(node.operand)
         elif isinstance(node, (Compare, In, Between)):
-            self.check(self.column(node.field), node)
+            self.check(self.column(node.field), node, self.resolve(node.field))
         elif isinstance(node, IsNull):
             self.column(node.field)
         else:
@@ -219,6 +244,10 @@ class _Evaluator:
             return Column(name, "bool", succ == 1, succ >= 0)
         legacy = self.db.version().split(".")[0] == "0" and name in _FLOAT32_FIELDS
         valid = cols["total_reward.valid"] != 0 if name == "total_reward" else None
+        if valid is not None and legacy:
+            # 0.1 writers stored the sum of rewards holding NaN or infinity as it came out;
+            # --json, upgrade and merge call it null, and so does KQL.
+            valid &= np.isfinite(cols["total_reward"])
         return Column(name, BUILTIN_KINDS[name], cols[name], valid, float32=legacy)
 
     def extra_column(self, name: str) -> Column:
@@ -244,24 +273,57 @@ class _Evaluator:
 
     # -- type checks ----------------------------------------------------------------------
 
-    def check(self, col: Column, node: Compare | In | Between) -> None:
-        """Raise `QuerySyntaxError` when ``node`` cannot apply to ``col``'s kind of values."""
-        if col.kind in ("json", "null"):
-            return  # values of any type: the parser already checked operator and literal
-        op = node.op if isinstance(node, Compare) else "BETWEEN" if isinstance(node, Between) else "IN"
-        op_pos = node.at[0] if node.at else node.field.pos
-        if op in TEXT_OPS and col.kind != "str":
-            hint = "CONTAINS, STARTS WITH, ENDS WITH and MATCHES apply to strings; CONTAINS also to lists"
-            what = f"{op} does not apply to {col.name}, which holds {_HOLDS[col.kind]}"
-            raise query_error(self.text, op_pos, what, [hint])
-        if (op in ORDER_OPS or op == "BETWEEN") and col.kind == "bool":
-            what = f"{op} does not apply to {col.name}, which holds true/false"
-            raise query_error(self.text, op_pos, what, ["use = or !="])
-        for k, value in enumerate(_literals(node)):
-            if not _fits(col.kind, value):
-                pos = node.at[k + 1] if len(node.at) > k + 1 else node.field.pos
-                what = f"{col.name} holds {_HOLDS[col.kind]}, but {render_value(value)} is {_describe(value)}"
-                raise query_error(self.text, pos, f"type mismatch: {what}", _type_hint(col, value))
+    def check(self, col: Column, node: Compare | In | Between, key: tuple[str, bool]) -> None:
+        """Raise `QuerySyntaxError` when ``node`` cannot apply to ``col``'s kind of values
+        (``key`` is the field's `resolve`)."""
+        problem = _problem(col, node)
+        if problem is None:
+            return
+        pos, what, hints = problem
+        name, is_extra = key
+        held = [(path, kind) for path, kind in self.kinds.get(name, ()) if kind != "null"] if is_extra else []
+        # Over several files, a value that fits another file's type of the field is the
+        # files' difference, not the query's mistake: say so rather than fit the value to
+        # this file alone.
+        if any(_problem(replace(col, kind=kind), node) is None for _, kind in held):
+            hints = _kinds_apart(col.name, held)
+        raise query_error(self.text, pos, what, hints)
+
+
+def _problem(col: Column, node: Compare | In | Between) -> tuple[int, str, list[str]] | None:
+    """``(position, message, hints)`` of why ``node`` cannot apply to ``col``'s kind of
+    values, or None when it can."""
+    if col.kind in ("json", "null"):
+        return None  # values of any type: the parser already checked operator and literal
+    op = node.op if isinstance(node, Compare) else "BETWEEN" if isinstance(node, Between) else "IN"
+    op_pos = node.at[0] if node.at else node.field.pos
+    if op in TEXT_OPS and col.kind != "str":
+        hint = "CONTAINS, STARTS WITH, ENDS WITH and MATCHES apply to strings; CONTAINS also to lists"
+        return op_pos, f"{op} does not apply to {col.name}, which holds {_HOLDS[col.kind]}", [hint]
+    if (op in ORDER_OPS or op == "BETWEEN") and col.kind == "bool":
+        return op_pos, f"{op} does not apply to {col.name}, which holds true/false", ["use = or !="]
+    for k, value in enumerate(_literals(node)):
+        if not _fits(col.kind, value):
+            pos = node.at[k + 1] if len(node.at) > k + 1 else node.field.pos
+            what = f"{col.name} holds {_HOLDS[col.kind]}, but {render_value(value)} is {_describe(value)}"
+            return pos, f"type mismatch: {what}", _type_hint(col, value)
+    return None
+
+
+def _kinds_apart(name: str, held: Sequence[tuple[str, str]]) -> list[str]:
+    """Hints for a field that the files of one query store as different types."""
+    by_kind: dict[str, list[str]] = {}
+    for path, kind in held:
+        by_kind.setdefault(kind, []).append(path)
+    parts = []
+    for kind, paths in by_kind.items():
+        more = f" and {len(paths) - 3} more files" if len(paths) > 3 else ""
+        parts.append(f"{_HOLDS[kind]} in {', '.join(paths[:3])}{more}")
+    return [
+        f"the files of this query store {name} as different types: {'; '.join(parts)}",
+        "merge them first (kino merge stores such a field as JSON, which KQL compares value by "
+        "value), or filter each file on its own with a value of its type",
+    ]
 
 
 def _spelling(name: str) -> str:

@@ -153,7 +153,13 @@ class MixtureSampler(Sampler[int]):
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
-        """Draw epoch ``epoch`` next (deterministic from the seed)."""
+        """Draw epoch ``epoch`` next (deterministic from the seed).
+
+        Raises:
+            ValueError: ``epoch`` is not an int >= 0 (as `KinoIterDataset.set_epoch`).
+        """
+        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
+            raise ValueError(f"epoch must be a non-negative int, got {epoch!r}")
         self.epoch = int(epoch)
 
     def indices(self) -> np.ndarray:
