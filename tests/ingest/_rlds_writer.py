@@ -5,7 +5,8 @@ of the length, data, masked CRC-32C of the data. The CRC is computed bit by bit 
 Example protobuf (tensorflow/core/example/{example,feature}.proto) is encoded by hand;
 ``packed=False`` writes repeated floats and ints one field at a time, as old writers did.
 ``features.json`` and ``dataset_info.json`` follow what TFDS writes (see the Bridge
-sample): int64 fields as strings, shard lengths per shard.
+sample): int64 fields as strings, shard lengths per shard, each the shard's number of
+records (TFDS examples: episodes, or steps where a record is one step).
 """
 
 from __future__ import annotations
@@ -163,13 +164,9 @@ def write_tfds(
     *,
     template: str | None = "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}",
     info: bool = True,
-    episodes: Mapping[str, Sequence[int]] | None = None,
 ) -> Path:
-    """Write ``splits`` ({split: [records of shard 0, records of shard 1, ...]}) as a TFDS folder.
-
-    ``episodes`` gives the shard lengths for records that are steps (default: one episode
-    per record).
-    """
+    """Write ``splits`` ({split: [records of shard 0, records of shard 1, ...]}) as a TFDS folder;
+    ``dataset_info.json``'s shard lengths count the records, as TFDS's do."""
     root.mkdir(parents=True, exist_ok=True)
     entries = []
     for split, shards in splits.items():
@@ -179,7 +176,7 @@ def write_tfds(
             fname = (pattern.replace("{DATASET}", name).replace("{SPLIT}", split).replace("{FILEFORMAT}", "tfrecord")
                      .replace("{SHARD_X_OF_Y}", f"{i:05d}-of-{n:05d}").replace("{SHARD_INDEX}", f"{i:05d}"))  # fmt: skip
             write_shard(root / fname, records)
-        lengths = episodes[split] if episodes else [len(r) for r in shards]
+        lengths = [len(r) for r in shards]
         entry: dict[str, Any] = {"name": split, "numBytes": "0", "shardLengths": [str(n) for n in lengths]}
         if template is not None:
             entry["filepathTemplate"] = template

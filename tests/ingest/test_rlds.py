@@ -346,9 +346,7 @@ def test_step_layout_matches_episode_layout(
     records = [r for e in train for r in w.step_examples(e, len(e["steps/action"]))]
     step_features = {**FEATURES["steps"]["sequence"]["feature"]["featuresDict"]["features"],
                      "episode_metadata": FEATURES["episode_metadata"]}  # fmt: skip
-    root = w.write_tfds(
-        tmp_path / "steps", "toy_dataset", {"train": [records]}, step_features, episodes={"train": [5]}
-    )
+    root = w.write_tfds(tmp_path / "steps", "toy_dataset", {"train": [records]}, step_features)
     ingest(root, tmp_path / "s.kdb")
     ingest(toy, tmp_path / "e.kdb")
     with kinodb.open(tmp_path / "s.kdb") as db, kinodb.open(tmp_path / "e.kdb") as ref:
@@ -834,9 +832,7 @@ def test_episode_level_images_and_lists_of_lists_are_left_out_by_name(
     step_features = {**FEATURES["steps"]["sequence"]["feature"]["featuresDict"]["features"],
                      "episode_metadata": features["episode_metadata"]}  # fmt: skip
     records = [r for e in eps for r in w.step_examples(e, len(e["steps/action"]))]
-    step_root = w.write_tfds(
-        tmp_path / "step" / "ds" / "1.0.0", "ds", {"train": [records]}, step_features, episodes={"train": [2]}
-    )
+    step_root = w.write_tfds(tmp_path / "step" / "ds" / "1.0.0", "ds", {"train": [records]}, step_features)
     for root in (episode_root, step_root):
         out = root.parent / "out.kdb"
         with caplog.at_level("WARNING"):
@@ -1014,7 +1010,8 @@ def test_greyscale_and_rgba_frames_read_back_with_the_declared_channels(tmp_path
     eps[0]["steps/observation/image"][0] = _encoded(rng, "RGB", "JPEG", (8, 8))  # another size: refused
     root = w.write_tfds(tmp_path / "bad" / "1.0.0", "ds", {"train": [[w.episode_example(eps[0])]]}, FEATURES)
     with pytest.raises(
-        ConversionError, match=r"step 0 is \(8, 8, 3\) \(H, W, C\); features\.json says \(16, 12, 3\)"
+        ConversionError,
+        match=r"step 0 is \(8, 8, 3\) \(H, W, C\); expected \(16, 12, 3\); features\.json declares",
     ):
         ingest(root, tmp_path / "bad.kdb", format="rlds")
 

@@ -22,7 +22,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from kinodb.errors import ConversionError
-from kinodb.ingest._base import SOURCE_PARTS, FrameChunks, SourceOptions
+from kinodb.ingest._base import SKIP_ADVICE, SOURCE_PARTS, FrameChunks, SourceOptions
 from kinodb.ingest._exact import first_rounded
 from kinodb.ingest._example import FeatureValue
 from kinodb.ingest._options import option_value
@@ -41,6 +41,20 @@ _KINDS = {"Image": "image", "Text": "text", "ClassLabel": "int"}
 # the writer's own array names: a feature of such a name is stored under its whole key
 _RESERVED_ARRAYS = frozenset({"actions", "states", "rewards", "is_terminal", "timestamps", "meta", "images"})
 FLIP_CHUNK = 32  # frames decoded at a time when turning a camera (flip_images)
+LEFT_OUT_FIELD = "rlds.left_out"  # an episode's extra field naming its values left out (NaN, infinity)
+REWRITE = (
+    "copy it again from the dataset's source, or write it anew with TFDS (tfds.folder_dataset.write_metadata)"
+)
+FIXES = {  # how to mend a TFDS metadata file; both are optional
+    "features.json": f"{REWRITE}; or remove it: the features are then read from the first record",
+    "dataset_info.json": f"{REWRITE}; or remove it: the shards are then found by their names "
+    "(NAME-SPLIT.tfrecord-NNNNN)",
+}
+
+
+class _Disagrees(ConversionError):
+    """A record's feature is not as its spec says: `convert` adds where the spec came from
+    (``features.json``, else the first record) and what to do."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,7 +178,7 @@ def flatten_features(
         if unknown is not None:
             unknown.add(key)
         return
-    shape = () if kind == "text" else _shape(info)
+    shape = _shape(info) if kind != "text" else _text_shape(info) if key.startswith(STEPS) else ()
     channels = _channels(info) if kind == "image" else None
     if kind == "image" and shape is not None and len(shape) != 3:
         shape = None
@@ -173,6 +187,13 @@ def flatten_features(
     out[key] = Spec(
         key, kind, shape, info.get("dtype") or None, encoding or None, listed=listed, channels=channels
     )
+
+
+def _text_shape(info: Mapping[str, Any]) -> tuple[int, ...] | None:
+    """A per-step text's shape: ``()`` for one text per step (a ``Text``, a string scalar, or
+    a string tensor of one value), else its declared dimensions (None where unknown)."""
+    shape = _shape(info)
+    return () if shape is not None and math.prod(shape) == 1 else shape
 
 
 def _channels(info: Mapping[str, Any]) -> int | None:
@@ -193,9 +214,11 @@ def infer_spec(key: str, value: FeatureValue, steps: int | None) -> Spec:
     """
     if isinstance(value, list):
         kind = "image" if value and _codecs.sniff(value[0]) else "text"
-        return Spec(
-            key, kind, None if kind == "image" else (), None, _codecs.sniff(value[0]) if value else None
-        )
+        if kind == "image":
+            return Spec(key, kind, None, None, _codecs.sniff(value[0]))
+        n = len(value)
+        per_step = n // steps if steps and n > steps and n % steps == 0 else 1
+        return Spec(key, kind, () if per_step == 1 else (per_step,))  # several texts a step: left out
     kind = "float" if value.dtype.kind == "f" else "int"
     n = value.size if steps is None else (value.size // steps if steps else 0)
     return Spec(key, kind, () if n == 1 else (n,), "float32" if kind == "float" else "int64")
@@ -287,7 +310,7 @@ def check_info(info: Mapping[str, Any], path: str, fix: str) -> None:
                 raise _bad(path, f"{at}.{name}", entry[name], "a string", fix)
         lengths = entry.get("shardLengths", [])
         if not isinstance(lengths, list) or not all(_is_int(n, minimum=0) for n in lengths):
-            raise _bad(path, f"{at}.shardLengths", lengths, "an array of episode counts, one per shard", fix)
+            raise _bad(path, f"{at}.shardLengths", lengths, "an array of record counts, one per shard", fix)
         if "numShards" in entry and not _is_int(entry["numShards"], minimum=0):
             raise _bad(path, f"{at}.numShards", entry["numShards"], "a count of shards", fix)
 
@@ -423,15 +446,18 @@ def make_plan(specs: dict[str, Spec], options: SourceOptions) -> Plan:
             "e.g. --action-key action_dict for a dict of tensors, concatenated in sorted key order"
         )
     plan = Plan(specs, count, actions, _state_keys(specs, options))
-    taken = {*FLAG_KEYS, *actions, *plan.states}
+    taken = {*FLAG_KEYS, *actions, *plan.states}  # the flags are checked (`_check_flags`), not stored
     plan.task = next((k for k in TASK_KEYS if k in specs and specs[k].kind == "text"), None)
     plan.success = next((k for k in SUCCESS_KEYS if k in specs and specs[k].kind != "text"), None)
-    if specs.get(STEPS + "reward", Spec("", "")).kind == "float" and specs[STEPS + "reward"].shape == ():
+    if specs.get(STEPS + "reward", Spec("", "")).kind == "float" and specs[STEPS + "reward"].shape in (
+        (),
+        (1,),
+    ):
         plan.reward = STEPS + "reward"
     if STEPS + "is_terminal" in specs and specs[STEPS + "is_terminal"].kind != "text":
         plan.terminal = STEPS + "is_terminal"
     taken |= {k for k in (plan.task, plan.success, plan.reward, plan.terminal) if k}
-    used: set[str] = set()
+    used: set[str] = {LEFT_OUT_FIELD}  # a feature of that name is stored under its whole key
     sections: set[str] = set()  # camera and extra-array names
     for key in sorted(specs):
         spec = specs[key]
@@ -460,13 +486,15 @@ def _numeric(value: FeatureValue, spec: Spec, where: str) -> NDArray[Any]:
     if isinstance(value, list):
         if not value:  # a Feature with no kind set: no values
             return np.zeros(0, np.float32)
-        raise ConversionError(f"{where}: {spec.key} holds bytes; expected {spec.kind} values")
+        raise _Disagrees(f"{where}: {spec.key} holds bytes; expected {spec.kind} values")
     if spec.kind == "float":
         if value.dtype.kind != "f":
-            raise ConversionError(f"{where}: {spec.key} holds int64 values; features.json says {spec.dtype}")
+            raise _Disagrees(
+                f"{where}: {spec.key} holds int64 values; expected {spec.dtype or 'float'} values"
+            )
         return value
     if value.dtype.kind == "f":
-        raise ConversionError(f"{where}: {spec.key} holds float values; expected {spec.kind}")
+        raise _Disagrees(f"{where}: {spec.key} holds float values; expected {spec.kind}")
     if spec.kind == "bool":
         flags: NDArray[np.bool_] = value != 0
         return flags
@@ -474,7 +502,10 @@ def _numeric(value: FeatureValue, spec: Spec, where: str) -> NDArray[Any]:
         target = np.dtype(spec.dtype)
         info = np.iinfo(target)
         if value.size and (value.min() < info.min or value.max() > info.max):
-            raise ConversionError(f"{where}: {spec.key} has values outside {spec.dtype}")
+            raise _Disagrees(
+                f"{where}: {spec.key} has values outside {spec.dtype} ({value.min()}..{value.max()}); "
+                f"expected {spec.dtype} values ({info.min}..{info.max})"
+            )
         return value.astype(target)
     return value
 
@@ -482,18 +513,18 @@ def _numeric(value: FeatureValue, spec: Spec, where: str) -> NDArray[Any]:
 def _steps(feats: Mapping[str, FeatureValue], plan: Plan, key: str, T: int, where: str) -> NDArray[Any]:
     """Per-step values of ``key`` as ``(T, *shape)``; checks the value count."""
     if key not in feats:
-        raise ConversionError(f"{where}: missing feature {key}")
+        raise _Disagrees(f"{where}: missing feature {key}")
     spec = plan.specs[key]
     arr = _numeric(feats[key], spec, where)
     if spec.shape is not None:
         if arr.size != T * math.prod(spec.shape):
-            raise ConversionError(
+            raise _Disagrees(
                 f"{where}: {key} has {arr.size} values; {T} steps of shape {spec.shape} need "
                 f"{T * math.prod(spec.shape)}"
             )
         return arr.reshape(T, *spec.shape)
     if arr.size % T:
-        raise ConversionError(f"{where}: {key} has {arr.size} values, not a multiple of the {T} steps")
+        raise _Disagrees(f"{where}: {key} has {arr.size} values, not a multiple of the {T} steps")
     return arr.reshape(T, -1)
 
 
@@ -545,7 +576,7 @@ def _texts(value: FeatureValue, key: str, where: str) -> list[str]:
     if not isinstance(value, list):
         if value.size == 0:
             return []
-        raise ConversionError(f"{where}: {key} holds numbers; expected text")
+        raise _Disagrees(f"{where}: {key} holds numbers; expected text")
     try:
         return [v.decode() for v in value]
     except UnicodeDecodeError as exc:
@@ -583,9 +614,7 @@ def _camera(value: FeatureValue, spec: Spec, T: int, options: SourceOptions, whe
     except (OSError, ValueError) as exc:
         raise ConversionError(f"{where}: {spec.key} step 0: unreadable image header ({exc})") from None
     if spec.shape is not None and tuple(spec.shape[:2]) != shape[:2]:
-        raise ConversionError(
-            f"{where}: {spec.key} step 0 is {shape} (H, W, C); features.json says {spec.shape}"
-        )
+        raise _Disagrees(f"{where}: {spec.key} step 0 is {shape} (H, W, C); expected {spec.shape}")
     channels = spec.channels
     if options.flip_images:
         return _flipped(value, (*shape[:2], channels or shape[2]), options, f"{where}: {spec.key}")
@@ -660,11 +689,67 @@ def _success(feats: Mapping[str, FeatureValue], plan: Plan, rewards: NDArray[Any
 def _count(feats: Mapping[str, FeatureValue], plan: Plan, where: str) -> int:
     value = feats.get(plan.count_key)
     if value is None:
-        raise ConversionError(f"{where}: missing feature {plan.count_key}")
+        raise _Disagrees(f"{where}: missing feature {plan.count_key}")
     T = len(value) if isinstance(value, list) else int(value.size)
     if T == 0:
-        raise ConversionError(f"{where}: the episode has no steps ({plan.count_key} is empty)")
+        raise ConversionError(
+            f"{where}: the episode has no steps ({plan.count_key} is empty); a .kdb episode holds at least "
+            f"one: select the others with --episodes{SKIP_ADVICE}"
+        )
     return T
+
+
+def _check_flags(feats: Mapping[str, FeatureValue], plan: Plan, T: int, where: str) -> None:
+    """Refuse a record whose ``is_first``/``is_last`` do not make one episode: ``is_first`` at
+    step 0 and nowhere else, ``is_last`` nowhere but at the last step (an episode cut off
+    has none). The flags say where episodes start and end; they are not stored."""
+    for key in FLAG_KEYS:
+        if key not in plan.specs or plan.specs[key].kind == "text":
+            continue
+        flags = _steps(feats, plan, key, T, where).reshape(T) != 0
+        first = key.endswith("is_first")
+        if first and not flags[0]:
+            why = "step 0 is not is_first: the episode's start is missing"
+        else:
+            inner = flags[1:] if first else flags[:-1]
+            if not inner.any():
+                continue
+            at = int(np.argmax(inner)) + (1 if first else 0)
+            name = key.removeprefix(STEPS)
+            why = (
+                f"step {at} of its {T} is {name}: the record holds more than one episode (or a damaged "
+                f"flag), and one record is one episode in this layout"
+            )
+        raise ConversionError(
+            f"{where}: {why}; write the dataset anew with one episode per record, is_first at its first "
+            f"step and is_last at its last{SKIP_ADVICE}"
+        )
+
+
+def _finite_fields(extra: dict[str, Any], plan: Plan) -> list[str]:
+    """Take the episode-level fields holding NaN or infinity (JSON has neither) out of
+    ``extra``; return their source keys (``episode_metadata/score``)."""
+    out = []
+    for name, key in plan.fields.items():
+        value = extra.get(name)
+        values = value if isinstance(value, list) else [value]
+        if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+            del extra[name]
+            out.append(key)
+    return out
+
+
+def _spec_advice(plan: Plan) -> str:
+    """Where the features' specs came from, and what to do when a record is not as they say."""
+    if plan.declared:
+        return (
+            f"; features.json declares the features: if it does not describe this dataset, {REWRITE}, or "
+            f"remove it (the features are then read from the first record){SKIP_ADVICE}"
+        )
+    return (
+        "; without features.json, the first readable record declares the features: place the dataset's "
+        f"features.json beside the shards{SKIP_ADVICE}"
+    )
 
 
 def convert(
@@ -672,10 +757,23 @@ def convert(
 ) -> dict[str, Any]:
     """`Writer.add_episode` keyword arguments for one episode's decoded features.
 
+    An episode-level field holding NaN or infinity is left out of the episode's ``extra``
+    and named in its `LEFT_OUT_FIELD` (``rlds.left_out``).
+
     Raises:
         ConversionError: a feature is missing, unknown, of the wrong kind, or has a value
-            count that does not fit the episode's steps; names ``where`` and the key.
+            count that does not fit the episode's steps (names ``where``, the key, where its
+            spec came from and what to do); the steps' flags do not make one episode.
     """
+    try:
+        return _convert(feats, plan, options, where)
+    except _Disagrees as exc:
+        raise ConversionError(f"{exc}{_spec_advice(plan)}") from None
+
+
+def _convert(
+    feats: Mapping[str, FeatureValue], plan: Plan, options: SourceOptions, where: str
+) -> dict[str, Any]:
     unknown = sorted(
         k
         for k in set(feats) - set(plan.specs)
@@ -683,8 +781,9 @@ def convert(
     )
     if unknown:
         source = "features.json" if plan.declared else "the first record"
-        raise ConversionError(f"{where}: features not declared in {source}: {unknown[:5]}")
+        raise _Disagrees(f"{where}: features not declared in {source}: {unknown[:5]}")
     T = _count(feats, plan, where)
+    _check_flags(feats, plan, T, where)
     actions, own_actions = _concat(feats, plan, plan.actions, T, where, actions=True)
     args: dict[str, Any] = {"actions": actions}
     parts = {"actions": own_actions} if own_actions else {}
@@ -695,8 +794,8 @@ def convert(
     if parts:
         args[SOURCE_PARTS] = parts
     rewards = None
-    if plan.reward is not None:
-        rewards = args["rewards"] = _steps(feats, plan, plan.reward, T, where)
+    if plan.reward is not None:  # a scalar, or a tensor of one value, per step
+        rewards = args["rewards"] = _steps(feats, plan, plan.reward, T, where).reshape(T)
     if plan.terminal is not None:
         args["is_terminal"] = _steps(feats, plan, plan.terminal, T, where).reshape(T) != 0
     args["extra_arrays"] = {name: _steps(feats, plan, key, T, where) for name, key in plan.arrays.items()}
@@ -708,10 +807,10 @@ def convert(
     extra: dict[str, Any] = {}
     for name, key in plan.texts.items():
         if key not in feats:
-            raise ConversionError(f"{where}: missing feature {key}")
+            raise _Disagrees(f"{where}: missing feature {key}")
         texts = _texts(feats[key], key, where)
         if len(texts) != T:
-            raise ConversionError(f"{where}: {key} has {len(texts)} values; the episode has {T} steps")
+            raise _Disagrees(f"{where}: {key} has {len(texts)} texts; expected one per step ({T})")
         if key == plan.task:
             args["task"] = texts[0]
             if len(set(texts)) > 1 and "tasks" not in plan.fields and "task_index" not in plan.arrays:
@@ -728,8 +827,11 @@ def convert(
             extra[name] = texts[0] if len(set(texts)) == 1 else texts
     for name, key in plan.fields.items():
         if key not in feats:
-            raise ConversionError(f"{where}: missing feature {key}")
+            raise _Disagrees(f"{where}: missing feature {key}")
         extra[name] = _field_value(feats[key], plan.specs[key], where)
+    left_out = _finite_fields(extra, plan)
+    if left_out:
+        extra[LEFT_OUT_FIELD] = left_out
     args["extra"] = extra
     args["success"] = _success(feats, plan, rewards)
     return args

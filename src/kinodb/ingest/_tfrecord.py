@@ -28,6 +28,7 @@ _MASK_DELTA = 0xA282EAD8
 _POLY = 0x82F63B78  # CRC-32C (Castagnoli), reflected
 _RESYNC_CHUNK = 1 << 20
 _COMPRESSED = {b"\x1f\x8b": "GZIP", b"\x78\x01": "ZLIB", b"\x78\x9c": "ZLIB", b"\x78\xda": "ZLIB"}
+_DECOMPRESS = "decompress it first"  # ends the fault of a compressed shard: not damage
 
 
 # -- CRC-32C ------------------------------------------------------------------------------
@@ -194,9 +195,7 @@ def scan(path: str) -> list[Record]:
             length, stored = HEADER.unpack(head)
             got = masked_crc32c(head[:8])
             if got != stored and pos == 0 and head[:2] in _COMPRESSED:
-                out.append(
-                    Record(0, 0, f"the shard is {_COMPRESSED[head[:2]]}-compressed; decompress it first")
-                )
+                out.append(Record(0, 0, f"the shard is {_COMPRESSED[head[:2]]}-compressed; {_DECOMPRESS}"))
                 break
             if got != stored:
                 nxt = _resync(fd, pos + 1, size)
@@ -245,25 +244,29 @@ def _resync(fd: int, start: int, size: int) -> int | None:
     return None
 
 
-def read_data(fd: int, path: str, index: int, record: Record) -> bytes:
+def read_data(fd: int, path: str, index: int, record: Record, *, fix: str = "") -> bytes:
     """The data of ``record`` (number ``index`` in shard ``path``), its CRC checked.
+
+    ``fix`` (``copy the shard again ...``) ends the message of a damaged or truncated record.
 
     Raises:
         ConversionError: the record is faulty, or its data fails the CRC.
     """
+    fix = f"; {fix}" if fix else ""
     if record.fault is not None:
-        raise ConversionError(f"{path}: record {index}: {record.fault}")
+        advice = "" if record.fault.endswith(_DECOMPRESS) else fix
+        raise ConversionError(f"{path}: record {index}: {record.fault}{advice}")
     n = record.length
     body = os.pread(fd, n + _CRC.size, record.offset + HEADER.size)
     if len(body) < n + _CRC.size:
-        raise ConversionError(f"{path}: record {index}: truncated: the file ends inside the record")
+        raise ConversionError(f"{path}: record {index}: truncated: the file ends inside the record{fix}")
     data = body[:n]
     stored = _CRC.unpack_from(body, n)[0]
     got = masked_crc32c(data)
     if got != stored:
         raise ConversionError(
             f"{path}: record {index}: data CRC mismatch (stored {stored:#010x}, computed {got:#010x}): "
-            f"the {n} bytes at byte {record.offset + HEADER.size} are damaged"
+            f"the {n} bytes at byte {record.offset + HEADER.size} are damaged{fix}"
         )
     return data
 

@@ -6,7 +6,9 @@ Input: a TFDS dataset folder (``<name>/<version>/`` with ``features.json``,
 parent holding one version folder, a folder of ``*.tfrecord*`` files, or one shard file.
 ``options.split`` picks the shards (default ``train``, as ``tfds.load`` users expect); when
 the dataset holds other splits, the report's notes name the split read and the others left
-out, with their episode counts where ``dataset_info.json`` gives them.
+out, with their sizes where ``dataset_info.json`` gives them. Its shard lengths count
+records (TFDS examples), as TFDS writes them: episodes, or steps in the per-step layout; a
+shard holding fewer is reported as truncated.
 
 Layouts: one record per episode with flattened ``steps/...`` features (what TFDS
 writes), or one record per step with top-level ``is_first``/``is_last``/``action``...
@@ -15,9 +17,14 @@ features, split into episodes at ``is_first`` (and after ``is_last``). Episode k
 A per-step episode still open at the end of a shard (no ``is_last`` yet) goes on in the
 next shard, in shard order, when that one does not start with ``is_first``: its steps are
 joined, and its key lists each shard's part (``"<shard>:5-8+<next shard>:0-2"``).
+``is_first`` and ``is_last`` are checked, not stored: an episode's record has
+``is_first`` at step 0 and nowhere else, and ``is_last`` nowhere but at its last step
+(an episode cut off has none); a record of several episodes packed together, or without
+its start, is refused (the per-step layout refuses an episode whose first record is not
+``is_first`` alike).
 
 Mapping (per-step features are ``(T, *shape)`` with shapes from ``features.json``, else
-from the first record):
+from the first record that holds steps):
 
 - ``steps/action`` -> ``actions``; a dict of actions (``steps/action/*``) is concatenated
   in sorted key order, its slices recorded as action components.
@@ -31,7 +38,7 @@ from the first record):
   count, as ``tfds.load`` decodes it (``channels=shape[-1]``), also where a frame's bytes
   hold another (a greyscale or RGBA JPEG/PNG under a 3-channel feature): grey is
   repeated, alpha dropped.
-- ``steps/reward`` -> ``rewards``; ``steps/is_terminal`` -> ``is_terminal``; every other
+- ``steps/reward`` (a scalar, or a tensor of one value) -> ``rewards``; ``steps/is_terminal`` -> ``is_terminal``; every other
   numeric per-step feature (``discount``, ``language_embedding``, other observations) ->
   an extra array named by its key without ``steps/``.
 - Camera and extra-array names write TFDS's ``/`` as ``.`` (``action_dict.joint_velocity``,
@@ -45,11 +52,15 @@ from the first record):
 - ``episode_metadata/*`` (and any other episode-level feature) -> extra fields named
   without the prefix (``/`` becomes ``.``): text decoded as UTF-8, a scalar as a number or
   bool, a ``Sequence`` or a tensor with dimensions as a list (also of one value or none).
+  A float field holding NaN or infinity, which the metadata's JSON cannot store, is left
+  out of that episode, whose extra field ``rlds.left_out`` lists its key
+  (``["episode_metadata/score"]``), with a warning once per dataset and key.
 - Features a ``.kdb`` file cannot hold are left out, with a warning, and listed with the
   reason in the metadata's ``rlds.left_out``: per-step lists of their own length (a
   ``Sequence`` inside ``steps``, stored ragged), episode-level lists of lists (also
-  ragged), episode-level images (``episode_metadata/goal_image``), and images that are
-  not 8-bit (16-bit PNG depth, float images bit-cast into PNG).
+  ragged), per-step string tensors of several texts per step (``Tensor(shape=(2,),
+  dtype=string)``), episode-level images (``episode_metadata/goal_image``), and images
+  that are not 8-bit (16-bit PNG depth, float images bit-cast into PNG).
 - ``success``: ``episode_metadata/success`` when present; else True when the final reward
   is > 0, False when it is not and the episode ends with ``is_last``, and None when the
   episode is cut off before its last step (no ``is_last``) or has no rewards.
@@ -66,41 +77,56 @@ from the first record):
 
 Every record's length and data CRC-32C are checked. A damaged or truncated record, a
 shard shorter than ``dataset_info.json`` says, or a malformed Example is a
-`ConversionError` naming the shard and the record, raised or (``on_error="skip"``)
-reported; the records around a damaged one are still read. A per-step record that does
+`ConversionError` naming the shard and the record, and saying to copy the shard again or
+skip the episode, raised or (``on_error="skip"``) reported; the records around a damaged
+one are still read. A per-step record that does
 not read spoils only its episode, which then runs to the next ``is_first`` (or through
 the next ``is_last``) and is reported once. ``features.json``, where present, declares
-the features: a record with an undeclared one, or lacking a declared one, fails alone
-(the first record too). Both JSON files have their types checked as they are loaded.
+the features: a record with an undeclared one, or lacking a declared one, or one whose
+values are not as declared, fails alone (the first record too), its message saying
+where the declaration came from and how to mend it. Both JSON files have their types
+checked as they are loaded.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import re
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 
 from kinodb.errors import ConversionError
 from kinodb.ingest import _tfrecord
-from kinodb.ingest._base import SOURCE_WHERE, SourceInfo, SourceOptions, not_this_format
+from kinodb.ingest._base import SKIP_ADVICE, SOURCE_WHERE, SourceInfo, SourceOptions
 from kinodb.ingest._example import FeatureValue, parse_example
 from kinodb.ingest._options import option_value
 from kinodb.ingest._rlds_features import (
+    FLAG_KEYS,
+    LEFT_OUT_FIELD,
     META,
     STEPS,
     Plan,
     Spec,
-    check_features,
-    check_info,
     convert,
     flatten_features,
     infer_spec,
     make_plan,
+)
+from kinodb.ingest._rlds_shards import (
+    SHARD_RE,
+    OtherSplit,
+    Shard,
+    has_dataset,
+    has_shards,
+    info_splits,
+    is_tfrecord_file,
+    listed_shards,
+    listed_splits,
+    load_json,
+    resolve,
+    split_shards,
+    versions_below,
 )
 
 log = logging.getLogger(__name__)
@@ -113,217 +139,7 @@ KNOWN_DATASETS: dict[str, tuple[float, str]] = {
     "fractal20220817_data": (3.0, "google_robot"),
     "droid": (15.0, "franka"),
 }
-_SHARD_RE = re.compile(r"^(?P<dataset>.+)-(?P<split>[^-.]+)\.tfrecord-(?P<shard>\d+)(?:-of-(?P<num>\d+))?$")
-_TEMPLATES = ("{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}", "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_INDEX}")
-_REWRITE = (
-    "copy it again from the dataset's source, or write it anew with TFDS (tfds.folder_dataset.write_metadata)"
-)
-_FIXES = {  # how to mend a TFDS metadata file; both are optional
-    "features.json": f"{_REWRITE}; or remove it: the features are then read from the first record",
-    "dataset_info.json": f"{_REWRITE}; or remove it: the shards are then found by their names "
-    "(NAME-SPLIT.tfrecord-NNNNN)",
-}
-
-
-@dataclass(frozen=True, slots=True)
-class _Shard:
-    name: str
-    path: str
-    expected: int | None  # episodes dataset_info.json lists for it
-
-
-@dataclass(frozen=True, slots=True)
-class _OtherSplit:
-    """A split of the dataset that is not read: its name, and its size where known."""
-
-    name: str
-    episodes: int | None  # from dataset_info.json's shard lengths
-    shards: int
-
-    def describe(self) -> str:
-        if self.episodes is not None:
-            return f"{self.name} ({self.episodes} episode{'s' * (self.episodes != 1)})"
-        return f"{self.name} ({self.shards} shard{'s' * (self.shards != 1)})"
-
-
-def _load_json(root: str, name: str) -> dict[str, Any] | None:
-    """``root/name`` (``features.json`` or ``dataset_info.json``), its JSON types checked."""
-    path = os.path.join(root, name)
-    if not os.path.isfile(path):
-        return None
-    fix = _FIXES[name]
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except (OSError, ValueError) as exc:
-        raise ConversionError(f"{path}: not readable JSON ({exc}); {fix}") from None
-    if not isinstance(data, dict):
-        raise ConversionError(f"{path}: expected a JSON object; {fix}")
-    if name == "features.json":
-        check_features(data, path, fix)
-    else:
-        check_info(data, path, fix)
-    return data
-
-
-def _is_tfrecord_file(path: str) -> bool:
-    if ".tfrecord" in os.path.basename(path):
-        return True
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(_tfrecord.HEADER.size)
-    except OSError:
-        return False
-    if len(head) < _tfrecord.HEADER.size:
-        return False
-    crc: int = _tfrecord.HEADER.unpack(head)[1]
-    return _tfrecord.masked_crc32c(head[:8]) == crc
-
-
-def _has_dataset(folder: str) -> bool:
-    names = os.listdir(folder)
-    return any(n in ("features.json", "dataset_info.json") or ".tfrecord" in n for n in names)
-
-
-def _resolve(path: str) -> tuple[str, str | None]:
-    """The dataset folder, and the one shard file when ``path`` is a file."""
-    if os.path.isfile(path):
-        if not _is_tfrecord_file(path):
-            raise ConversionError(
-                f"{path}: not a TFRecord file (an RLDS shard): its first bytes are no TFRecord record "
-                f"header{not_this_format(path, 'rlds')}"
-            )
-        return os.path.dirname(os.path.abspath(path)), path
-    if not os.path.isdir(path):
-        raise FileNotFoundError(2, "No such file or directory", path)
-    if _has_dataset(path):
-        return path, None
-    versions = _versions_below(path)
-    if len(versions) == 1:
-        return os.path.join(path, versions[0]), None
-    if versions:
-        raise ConversionError(
-            f"{path}: holds several TFDS dataset versions ({', '.join(versions)}); pass one of those folders"
-        )
-    raise ConversionError(
-        f"{path}: not an RLDS dataset: no features.json, dataset_info.json or *.tfrecord* files, here or "
-        f"in a TFDS version folder (NAME/VERSION) below it{not_this_format(path, 'rlds')}"
-    )
-
-
-def _versions_below(path: str) -> list[str]:
-    """TFDS version folders (with a ``dataset_info.json``) below ``path``, relative to it:
-    ``VERSION`` for a dataset folder, ``NAME/VERSION`` for a TFDS data_dir."""
-    found = []
-    for d in sorted(os.listdir(path)):
-        sub = os.path.join(path, d)
-        if os.path.isfile(os.path.join(sub, "dataset_info.json")):
-            found.append(d)
-        elif os.path.isdir(sub):
-            found += [
-                f"{d}/{v}"
-                for v in sorted(os.listdir(sub))
-                if os.path.isfile(os.path.join(sub, v, "dataset_info.json"))
-            ]
-    return found
-
-
-def _template_names(template: str, dataset: str, split: str, fmt: str, n: int) -> list[str]:
-    return [
-        template.replace("{DATASET}", dataset).replace("{SPLIT}", split).replace("{FILEFORMAT}", fmt)
-        .replace("{SHARD_X_OF_Y}", f"{i:05d}-of-{n:05d}").replace("{SHARD_INDEX}", f"{i:05d}")
-        .replace("{NUM_SHARDS}", f"{n:05d}")
-        for i in range(n)
-    ]  # fmt: skip
-
-
-def _split_shards(root: str, info: dict[str, Any], split: str) -> list[_Shard]:
-    """Shards of ``split`` as ``dataset_info.json`` lists them."""
-    fmt = str(info.get("fileFormat") or "tfrecord")
-    if fmt != "tfrecord":
-        raise ConversionError(
-            f"{root}: file format {fmt!r} is not supported; only TFRecord shards can be read"
-        )
-    splits = {str(s.get("name")): s for s in info.get("splits", []) if isinstance(s, dict)}
-    if split not in splits:
-        raise ConversionError(
-            f"{root}: no split {split!r}; dataset_info.json lists {', '.join(sorted(splits)) or 'none'} "
-            f"(pass --split)"
-        )
-    entry = splits[split]
-    lengths = [int(x) for x in entry.get("shardLengths", [])]
-    n = len(lengths) or int(entry.get("numShards", 0))
-    if n == 0:
-        raise ConversionError(f"{root}: split {split!r} has no shards in dataset_info.json")
-    dataset = str(info.get("name", ""))
-    templates = [t for t in (entry.get("filepathTemplate"), *_TEMPLATES) if t]
-    candidates = [_template_names(str(t), dataset, split, fmt, n) for t in templates]
-    for names in candidates:
-        if all(os.path.isfile(os.path.join(root, name)) for name in names):
-            return [
-                _Shard(name, os.path.join(root, name), lengths[i] if lengths else None)
-                for i, name in enumerate(names)
-            ]
-    missing = [name for name in candidates[0] if not os.path.isfile(os.path.join(root, name))]
-    raise ConversionError(
-        f"{root}: split {split!r} lists {n} shards but {len(missing)} are missing: {', '.join(missing[:4])}"
-    )
-
-
-def _has_shards(root: str, info: dict[str, Any], split: str) -> bool:
-    """Whether every shard ``dataset_info.json`` lists for ``split`` is in ``root``."""
-    try:
-        _split_shards(root, info, split)
-    except ConversionError:
-        return False
-    return True
-
-
-def _info_splits(info: dict[str, Any], read: str) -> list[_OtherSplit]:
-    """The splits ``dataset_info.json`` lists besides ``read``."""
-    out = []
-    for entry in info.get("splits", []):
-        if not isinstance(entry, dict) or str(entry.get("name")) == read:
-            continue
-        try:
-            lengths = [int(x) for x in entry.get("shardLengths", [])]
-            shards = len(lengths) or int(entry.get("numShards", 0))
-        except (TypeError, ValueError):
-            lengths, shards = [], 0
-        out.append(_OtherSplit(str(entry.get("name")), sum(lengths) if lengths else None, shards))
-    return sorted(out, key=lambda s: s.name)
-
-
-def _listed_splits(root: str, read: str) -> list[_OtherSplit]:
-    """The splits the shard names of ``root`` carry besides ``read`` (no ``dataset_info.json``)."""
-    counts: dict[str, int] = {}
-    for name in os.listdir(root):
-        m = _SHARD_RE.match(name)
-        if m is not None and m["split"] != read and os.path.isfile(os.path.join(root, name)):
-            counts[m["split"]] = counts.get(m["split"], 0) + 1
-    return [_OtherSplit(split, None, n) for split, n in sorted(counts.items())]
-
-
-def _listed_shards(root: str, split: str | None) -> list[_Shard]:
-    """Shards found by name when there is no ``dataset_info.json``."""
-    names = sorted(n for n in os.listdir(root) if ".tfrecord" in n and os.path.isfile(os.path.join(root, n)))
-    templated = [(m, n) for n in names if (m := _SHARD_RE.match(n))]
-    if templated:
-        want = split or "train"
-        chosen = sorted((int(m["shard"]), n) for m, n in templated if m["split"] == want)
-        if not chosen:
-            found = sorted({m["split"] for m, _ in templated})
-            raise ConversionError(
-                f"{root}: no shards of split {want!r}; found splits {', '.join(found)} (pass --split)"
-            )
-        return [_Shard(n, os.path.join(root, n), None) for _, n in chosen]
-    if split is not None:
-        raise ConversionError(
-            f"{root}: shard names carry no split (expected NAME-SPLIT.tfrecord-NNNNN); drop --split"
-        )
-    if not names:
-        raise ConversionError(f"{root}: no *.tfrecord* shards")
-    return [_Shard(n, os.path.join(root, n), None) for n in names]
+_RECOPY = f"copy the shard again from the dataset's source{SKIP_ADVICE}"  # a damaged or short shard
 
 
 def _merge_steps(
@@ -377,12 +193,12 @@ class RLDSSource:
 
     def __init__(self, path: str, options: SourceOptions) -> None:
         self._options = options
-        self._root, single = _resolve(os.fspath(path))
+        self._root, single = resolve(os.fspath(path))
         self._single = single  # the one shard file given, else None
-        self._info = _load_json(self._root, "dataset_info.json") or {}
-        self._features = _load_json(self._root, "features.json")
+        self._info = load_json(self._root, "dataset_info.json") or {}
+        self._features = load_json(self._root, "features.json")
         self._split: str | None = None  # the split read, where the shards name one
-        self._others: list[_OtherSplit] = []  # the dataset's splits not read
+        self._others: list[OtherSplit] = []  # the dataset's splits not read
         self._shards = self._find_shards(single)
         self._keys: list[str] | None = None
         self._by_name = {s.name: s for s in self._shards}
@@ -398,41 +214,42 @@ class RLDSSource:
         below it (a dataset folder or a TFDS data_dir)."""
         try:
             if os.path.isfile(path):
-                return _is_tfrecord_file(path)
+                return is_tfrecord_file(path)
             if not os.path.isdir(path):
                 return False
-            return _has_dataset(path) or bool(_versions_below(path))
+            return has_dataset(path) or bool(versions_below(path))
         except OSError:
             return False
 
-    def _find_shards(self, single: str | None) -> list[_Shard]:
+    def _find_shards(self, single: str | None) -> list[Shard]:
         split = self._options.split
         if single is None:
             if self._info.get("splits"):
                 self._split = split or "train"
                 self._others = [  # listed and here: a sample or a partial copy may lack some
                     s
-                    for s in _info_splits(self._info, self._split)
-                    if _has_shards(self._root, self._info, s.name)
+                    for s in info_splits(self._info, self._split)
+                    if has_shards(self._root, self._info, s.name)
                 ]
-                return _split_shards(self._root, self._info, self._split)
-            shards = _listed_shards(self._root, split)
-            if (m := _SHARD_RE.match(shards[0].name)) is not None:
+                return split_shards(self._root, self._info, self._split)
+            shards = listed_shards(self._root, split)
+            if (m := SHARD_RE.match(shards[0].name)) is not None:
                 self._split = m["split"]
-                self._others = _listed_splits(self._root, self._split)
+                self._others = listed_splits(self._root, self._split)
             return shards
         name = os.path.basename(single)
-        m = _SHARD_RE.match(name)
+        m = SHARD_RE.match(name)
         if split is not None and m is not None and m["split"] != split:
             raise ConversionError(f"{single}: is a shard of split {m['split']!r}, not {split!r}")
-        return [_Shard(name, single, None)]
+        return [Shard(name, single, None)]
 
     def _split_note(self) -> str | None:
         """For the report: the split read, and the splits left out (None: the only split)."""
         if self._split is None or not self._others:
             return None
         n = len(self.episodes())
-        others = ", ".join(s.describe() for s in self._others)
+        unit = "step" if self._layout == "step" else "episode"  # TFDS shard lengths count records
+        others = ", ".join(s.describe(unit) for s in self._others)
         passes = " or ".join(option_value("split", s.name) for s in self._others)
         which = "it" if len(self._others) == 1 else "one of them"
         return (
@@ -442,12 +259,12 @@ class RLDSSource:
 
     # -- records ------------------------------------------------------------------------
 
-    def _scan(self, shard: _Shard) -> list[_tfrecord.Record]:
+    def _scan(self, shard: Shard) -> list[_tfrecord.Record]:
         if shard.name not in self._records:
             self._records[shard.name] = _tfrecord.scan(shard.path)
         return self._records[shard.name]
 
-    def _open(self, shard: _Shard) -> int:
+    def _open(self, shard: Shard) -> int:
         if self._fd is not None and self._fd[0] == shard.name:
             return self._fd[1]
         self.close()
@@ -455,35 +272,45 @@ class RLDSSource:
         self._fd = (shard.name, fd)
         return fd
 
-    def _data(self, shard: _Shard, index: int) -> bytes:
+    def _data(self, shard: Shard, index: int, *, fix: str = "") -> bytes:
+        """Record ``index``'s data; ``fix`` ends the message of a damaged one (`_RECOPY` where
+        the record is an episode's, which can be skipped)."""
         records = self._scan(shard)
         if index < len(records):
-            return _tfrecord.read_data(self._open(shard), shard.path, index, records[index])
+            return _tfrecord.read_data(self._open(shard), shard.path, index, records[index], fix=fix)
         if shard.expected is not None and index < shard.expected:
             raise ConversionError(
                 f"{shard.path}: record {index}: missing: the shard holds {len(records)} records, "
-                f"dataset_info.json lists {shard.expected} (a truncated or replaced shard)"
+                f"dataset_info.json lists {shard.expected} (a truncated or replaced shard); {_RECOPY}"
             )
         raise ConversionError(f"{shard.path}: no record {index}; the shard holds {len(records)}")
 
     def _parse(
-        self, data: bytes, where: str, *, skip: frozenset[str] = frozenset()
+        self, data: bytes, where: str, *, skip: frozenset[str] = frozenset(), fix: str = ""
     ) -> dict[str, FeatureValue]:
         try:
             return parse_example(data, skip=skip)
         except ConversionError as exc:
-            raise ConversionError(f"{where}: {exc}") from None
+            raise ConversionError(f"{where}: {exc}{f'; {fix}' if fix else ''}") from None
 
     def _first_record(self) -> tuple[dict[str, FeatureValue], str]:
-        """The first record that reads and parses, for the layout and undeclared features."""
+        """The first record that reads and parses and holds steps, for the layout and undeclared
+        features (their widths); an episode of no steps only where every record is one."""
         faults = []
+        empty: tuple[dict[str, FeatureValue], str] | None = None
         for shard in self._shards:
             for index in range(len(self._scan(shard))):
                 where = f"{shard.path}: record {index}"
                 try:
-                    return self._parse(self._data(shard, index), where), where
+                    feats = self._parse(self._data(shard, index), where)
                 except ConversionError as exc:
                     faults.append(str(exc))
+                    continue
+                if not _no_steps(feats):
+                    return feats, where
+                empty = empty or (feats, where)
+        if empty is not None:
+            return empty
         detail = f" ({faults[0]})" if faults else ""
         if self._single is not None:  # one shard: name it, not the folder around it
             raise ConversionError(f"{self._single}: no readable record{detail}")
@@ -596,7 +423,8 @@ class RLDSSource:
         keys: list[str] = []
         pending: list[_Segment] = []  # the episode a shard left open
         for shard in self._shards:
-            ranges, first_flag, open_end = self._step_ranges(shard, self._scan(shard))
+            records = self._scan(shard)
+            ranges, first_flag, open_end = self._step_ranges(shard, records)
             if not ranges and first_flag is None and shard.expected in (None, 0):
                 continue  # an empty shard: an open episode may go on in the next one
             found: list[list[_Segment]] = [[(shard, a, b)] for a, b in ranges]
@@ -606,14 +434,14 @@ class RLDSSource:
                 keys.append(_step_key(pending))
             pending = found.pop() if open_end else []
             keys += [_step_key(segments) for segments in found]
-            if shard.expected is not None and len(ranges) < shard.expected:
+            if shard.expected is not None and len(records) < shard.expected:  # TFDS counts records: steps
                 keys.append(f"{shard.name}:missing")
         if pending:
             keys.append(_step_key(pending))
         return keys
 
     def _step_ranges(
-        self, shard: _Shard, records: list[_tfrecord.Record]
+        self, shard: Shard, records: list[_tfrecord.Record]
     ) -> tuple[list[tuple[int, int]], bool | None, bool]:
         """Split per-step records into episodes at is_first and after is_last.
 
@@ -670,12 +498,12 @@ class RLDSSource:
 
     def _dataset_name(self) -> str:
         name = str(self._info.get("name") or "")
-        if not name and (m := _SHARD_RE.match(self._shards[0].name)):
+        if not name and (m := SHARD_RE.match(self._shards[0].name)):
             name = m["dataset"]
         return name
 
     def _split_name(self) -> str | None:
-        m = _SHARD_RE.match(self._shards[0].name)
+        m = SHARD_RE.match(self._shards[0].name)
         return self._options.split or (m["split"] if m else None)
 
     def read(self, key: str) -> dict[str, Any]:
@@ -697,11 +525,23 @@ class RLDSSource:
             if shard is None or not rest:
                 raise ConversionError(f"{self._root}: no episode {key!r}")
             where = f"{shard.path}: record {rest}"
-            feats = self._parse(self._data(shard, _index(rest, key)), where, skip=skip)
+            feats = self._parse(
+                self._data(shard, _index(rest, key), fix=_RECOPY), where, skip=skip, fix=_RECOPY
+            )
         args = convert(feats, plan, self._options, where)
+        self._warn_non_finite(args["extra"].get(LEFT_OUT_FIELD, []), where)
         args["fps"] = self._options.fps or KNOWN_DATASETS.get(self._dataset_name(), (DEFAULT_FPS, None))[0]
         args[SOURCE_WHERE] = where
         return args
+
+    def _warn_non_finite(self, keys: list[str], where: str) -> None:
+        """Warn, once per dataset and key, of episode-level values left out as not finite."""
+        for key in keys:
+            if (self._root, key) not in _WARNED:  # verify and every worker read episodes again
+                _WARNED.add((self._root, key))
+                log.warning("%s: %s holds NaN or infinity (first seen in %s), which the metadata's JSON cannot "
+                            "store: it is left out of each such episode, whose extra field %s names it",
+                            self._root, key, where, LEFT_OUT_FIELD)  # fmt: skip
 
     def _segments(self, key: str) -> list[_Segment]:
         """The records of a per-step episode: ``(shard, first, last)`` per shard, in order.
@@ -713,8 +553,8 @@ class RLDSSource:
         if rest == "missing" and name in self._by_name:
             shard = self._by_name[name]
             raise ConversionError(
-                f"{shard.path}: dataset_info.json lists {shard.expected} episodes, the shard holds fewer "
-                f"(a truncated or replaced shard)"
+                f"{shard.path}: missing records: the shard holds {len(self._scan(shard))} records (steps), "
+                f"dataset_info.json lists {shard.expected} (a truncated or replaced shard); {_RECOPY}"
             )
         pieces = [key] if name in self._by_name else key.split("+")  # a shard's name may hold a '+'
         segments: list[_Segment] = []
@@ -735,7 +575,9 @@ class RLDSSource:
                 label = f"record {i}" if len(segments) == 1 else f"{shard.name} record {i}"
                 prefix = f"{shard.path}: record {i}: "
                 try:
-                    steps.append(self._parse(self._data(shard, i), prefix[:-2], skip=skip))
+                    steps.append(
+                        self._parse(self._data(shard, i, fix=_RECOPY), prefix[:-2], skip=skip, fix=_RECOPY)
+                    )
                 except ConversionError as exc:  # the whole episode fails, named by its records
                     raise ConversionError(f"{where}: {label}: {str(exc).removeprefix(prefix)}") from None
                 labels.append(label)
@@ -753,12 +595,18 @@ class RLDSSource:
             self._fd = None
 
 
-_Segment = tuple[_Shard, int, int]  # a per-step episode's records in one shard: (shard, first, last)
+_Segment = tuple[Shard, int, int]  # a per-step episode's records in one shard: (shard, first, last)
 
 
 def _step_key(segments: list[_Segment]) -> str:
     """A per-step episode's key: ``shard:first-last``, its parts joined by ``+`` across shards."""
     return "+".join(f"{shard.name}:{a}-{b}" for shard, a, b in segments)
+
+
+def _no_steps(feats: dict[str, FeatureValue]) -> bool:
+    """Whether a per-episode record holds no steps: its ``steps/is_first`` (or ``is_last``) is empty."""
+    count = next((feats[k] for k in FLAG_KEYS if k in feats), None)
+    return count is not None and len(count) == 0
 
 
 def _flag(feats: dict[str, FeatureValue], name: str) -> bool:
@@ -791,6 +639,12 @@ def _unsupported(specs: dict[str, Spec]) -> dict[str, str]:
             out[key] = (
                 "an image of the whole episode, not one per step; .kdb cameras hold a frame per step and "
                 "extra fields hold text and numbers"
+            )
+        elif spec.kind == "text" and steps and spec.shape != ():
+            shape = "of unknown shape" if spec.shape is None else f"of shape {spec.shape}"
+            out[key] = (
+                f"a string tensor {shape} at every step, several texts per step; .kdb extra fields hold "
+                "one text per step"
             )
         elif spec.kind == "image" and spec.dtype not in (None, "uint8"):
             out[key] = (
