@@ -66,7 +66,6 @@ stale), else ``kinodb_export`` says in ``stats_left_out`` why they were left out
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import math
@@ -95,6 +94,7 @@ from kinodb.export._hdf5_turns import (
 )
 from kinodb.export._hdf5_turns import rotation_space as rotation_space  # kinodb.ingest.lerobot imports it
 from kinodb.export._hdf5_turns import turned_upright as turned_upright
+from kinodb.ingest._hdf5_layout import NEXT_OBS_LAST, record_rows
 from kinodb.kdb.reader import Database
 
 logger = logging.getLogger(__name__)
@@ -123,9 +123,6 @@ _OWN_DATA_ATTRS = frozenset(
 
 # The demo groups an extra array ingested from HDF5 goes back to, under its key there.
 _GROUPS = frozenset(("obs", "next_obs", "action_dict"))
-# The extra field holding the last next_obs row of each key (`kinodb.ingest.hdf5` writes it).
-NEXT_OBS_LAST = "hdf5.next_obs_last"
-
 Split = list[tuple[str, int, int]]  # obs key, start, stop within ``states``
 
 
@@ -543,7 +540,7 @@ def _write_demo(g: Any, db: Database, i: int, plan: _Plan) -> int:
         name: plan.paths[name].split("/") for name in ep if name in plan.paths and name not in plan.skip
     }
     whole = {key for group, key in places.values() if group == "next_obs"}
-    obs = _Obs(g, plan.next_obs, _last_rows(meta.pop(NEXT_OBS_LAST, None)), whole)
+    obs = _Obs(g, plan.next_obs, record_rows(meta.pop(NEXT_OBS_LAST, None)), whole)
     if states.shape[1]:
         for key, a, b in plan.split:
             part = np.ascontiguousarray(states[:, a : b if b >= 0 else None])
@@ -637,20 +634,6 @@ def _final(row: np.ndarray | None, last: np.ndarray, turn: tuple[int, ...]) -> n
         return last
     row = row.astype(last.dtype, copy=False)
     return _rotated(row[None], turn)[0] if turn else row
-
-
-def _last_rows(value: Any) -> dict[str, np.ndarray]:
-    """The rows the extra field ``hdf5.next_obs_last`` keeps (``[key, dtype, shape,
-    base64]`` entries), by key; an entry this version did not write is passed over."""
-    out: dict[str, np.ndarray] = {}
-    for entry in value if isinstance(value, list) else ():
-        try:
-            key, dtype, shape, data = entry
-            raw = base64.b64decode(str(data), validate=True)
-            out[str(key)] = np.frombuffer(raw, np.dtype(str(dtype))).reshape([int(d) for d in shape])
-        except (TypeError, ValueError):  # binascii.Error is a ValueError
-            continue
-    return out
 
 
 def _put_frames(
