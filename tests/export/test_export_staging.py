@@ -127,3 +127,36 @@ def test_unknown_format_is_a_usage_error(make_kdb, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="is the input file"):
         export(src, src, format="hdf5", overwrite=True)
     assert src.read_bytes()[:4] != b"\x89HDF"
+
+
+@pytest.mark.parametrize("fmt", ["numpy", "hdf5"])
+def test_an_interrupt_as_soon_as_the_staging_output_exists_leaves_nothing(
+    make_kdb, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: str
+) -> None:
+    """Ctrl-C (or SIGHUP, SIGTERM) that lands right after the staging folder or file is made,
+    before the export writes into it."""
+    from kinodb.export import _base
+
+    src, _ = make_kdb(2)
+    before = _listing(tmp_path)
+    mkdir, os_open = os.mkdir, os.open
+    interrupted: list[str] = []
+
+    def made_then_interrupted(real: Any) -> Any:
+        def call(path: Any, *args: Any, **kwargs: Any) -> Any:
+            out = real(path, *args, **kwargs)
+            if os.path.basename(str(path)).startswith(".out") and not interrupted:
+                interrupted.append(str(path))
+                if real is os_open:
+                    os.close(out)
+                raise KeyboardInterrupt  # the signal's handler ran as the call returned
+            return out
+
+        return call
+
+    monkeypatch.setattr(_base.os, "mkdir", made_then_interrupted(mkdir))
+    monkeypatch.setattr(_base.os, "open", made_then_interrupted(os_open))
+    with pytest.raises(KeyboardInterrupt):
+        export(src, tmp_path / "out", format=fmt)
+    monkeypatch.undo()
+    assert interrupted and _listing(tmp_path) == before

@@ -262,3 +262,30 @@ def test_a_signal_before_the_cleanup_is_registered_leaves_no_temporary(
     assert sorted(os.listdir(tmp_path)) == before
     with kinodb.Writer(path, mode="a") as w:  # nothing left holds the file
         w.add_episode(actions=np.ones((3, 2), np.float32))
+
+
+@pytest.mark.parametrize("mode", ["w", "x"])
+def test_a_signal_as_the_temporary_file_is_made_leaves_no_temporary(
+    tmp_path: Path, mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The signal's handler runs as `open` returns: the file exists, and the writer holds no
+    # handle to it yet.
+    from kinodb.kdb import writer as writer_module
+
+    path = tmp_path / "w.kdb"
+    if mode == "w":
+        with kinodb.Writer(path, mode="w") as w:
+            w.add_episode(actions=np.zeros((3, 2), np.float32))
+    before = sorted(os.listdir(tmp_path))
+
+    def made_then_interrupted(file: str, *args: object, **kwargs: object) -> object:
+        open(file, *args, **kwargs).close()  # type: ignore[call-overload]
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(writer_module, "open", made_then_interrupted, raising=False)
+    with pytest.raises(KeyboardInterrupt):
+        kinodb.Writer(path, mode=mode)
+    monkeypatch.undo()
+    assert sorted(os.listdir(tmp_path)) == before
+    with kinodb.Writer(path, mode="a") as w:  # nothing left holds the file
+        w.add_episode(actions=np.ones((3, 2), np.float32))

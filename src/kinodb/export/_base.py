@@ -566,15 +566,17 @@ def staged(target: str, *, directory: bool, overwrite: bool, shown: str | None =
     check_existing(target, directory=directory, overwrite=overwrite)
     token = f"{os.getpid()}.{secrets.token_hex(4)}"
     tmp = os.path.join(parent, f".{base}.{token}.tmp")
-    _create_staging(tmp, target, directory=directory, shown=shown)
-    try:
+    created = False
+    try:  # a signal that lands as soon as the staging folder exists still has it removed
+        _create_staging(tmp, target, directory=directory, shown=shown)
+        created = True
         yield tmp
         check_existing(target, directory=directory, overwrite=overwrite)  # it may have changed meanwhile
         aside = os.path.join(parent, f".{base}.{token}")
         _publish(tmp, target, f"{aside}.old", f"{aside}.del")
     except BaseException as exc:
         _remove(tmp)
-        if isinstance(exc, OSError):
+        if created and isinstance(exc, OSError):  # `_create_staging`'s own errors name the output
             named = _naming_target(exc, tmp, shown)
             if named is not exc:
                 raise named from exc

@@ -189,10 +189,15 @@ class Writer(_EpisodeCopies):
                 self._guard = hold(self._target)
             try:
                 self._fh: BinaryIO = open(self._tmp, "xb", buffering=1 << 20)  # noqa: SIM115
-            except OSError as exc:
+            except BaseException as exc:
+                if not isinstance(exc, OSError):  # a signal that landed as the file was made
+                    with contextlib.suppress(OSError):
+                        os.unlink(self._tmp)
                 if self._guard is not None:
                     os.close(self._guard)
-                raise output_error(self._path, exc) from None
+                if isinstance(exc, OSError):
+                    raise output_error(self._path, exc) from None
+                raise
         try:
             if self._tmp is not None:
                 self._fh.write(bytes(DATA_START))
