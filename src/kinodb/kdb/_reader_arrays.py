@@ -111,12 +111,50 @@ class _ArrayReads:
         """Decode the rows of episode ``i``; remember where each array sat for the next reads."""
         buf, out = self._map(), {}
         sections = self._episode_sections(i)
+        self._check_layout(i, sections)
         for k, sec in enumerate(sections):
             if sec.kind != KIND_CAMERA:
                 out[sec.name] = np.ndarray(sec.shape, sec.dtype, buffer=buf, offset=sec.offset)  # type: ignore[arg-type]
                 self._remember(Locator.from_section(self._name_code(sec.name), k, sec))
         self._array_names = list(out)
         return out
+
+    def _check_layout(self, i: int, sections: Sequence[Section]) -> None:
+        """Check episode ``i``'s arrays, as its rows lay them out, against the rest of the
+        index: actions and states as wide as its action_dim and state_dim, each array's
+        dtype and per-frame shape those the dataset schema records for every episode, and
+        its bytes inside the episode's payload. Run where a layout is first decoded (the
+        reads that follow through it check nothing more), before the index checksum is.
+
+        Raises:
+            CorruptFileError: they disagree: the index checksum fails, or (a faulty writer)
+                the index disagrees with itself.
+        """
+        block = self._decoded  # not `_block`: its checksum is verified only where this finds disagreement
+        cols = block.columns
+        off = int(cols["payload_offset"][i])
+        end = off + int(cols["payload_length"][i])
+        for sec in sections:
+            if sec.kind == KIND_CAMERA:
+                continue
+            dim = {"actions": "action_dim", "states": "state_dim"}.get(sec.name)
+            declared = schema_layout(block.dataset, sec.name)
+            if dim is not None and sec.shape[1:] != (int(cols[dim][i]),):
+                said = f"is {sec.shape[1:]} per frame, but the episode's {dim} is {int(cols[dim][i])}"
+            elif declared is not None and (sec.dtype, sec.shape[1:]) != declared:
+                said = (
+                    f"is {sec.dtype} {sec.shape[1:]} per frame, but the dataset schema says every episode holds it "
+                    f"as {declared[0]} {declared[1]}"
+                )
+            elif not off <= sec.offset <= sec.offset + sec.nbytes <= end:
+                said = f"at byte offset {sec.offset} lies outside the episode's payload (bytes {off}..{end})"
+            else:
+                continue
+            self._verify_index()  # a damaged index fails its checksum, which says so
+            raise CorruptFileError(
+                f"{self._path}: episode {i}: array {sec.name!r} {said}: the index disagrees with itself (it is "
+                f"damaged); run kino validate {self._path}"
+            )
 
     def _name_code(self, name: str) -> int:
         """The position of section name ``name`` in the index's name list (its first)."""

@@ -329,12 +329,18 @@ class Columns(Mapping[str, np.ndarray]):
         self._cache: dict[str, np.ndarray] = {}
         self._expected: dict[str, tuple[int, ...]] = {}
         self._dtypes: dict[str, str] = {}  # extra fields' columns: the dtype their kind implies
+        self._variable: set[str] = set()  # variable-length columns: rank 1 (dictionary offsets: 1 or more)
         self.sizes: tuple[int, int] | None = None  # (episodes, section rows) for the fixed columns
 
     def expect(self, shapes: dict[str, tuple[int, ...]], dtypes: Mapping[str, str] | None = None) -> None:
         """Require these exact shapes (and dtypes) of columns when they are mapped."""
         self._expected.update(shapes)
         self._dtypes.update(dtypes or {})
+
+    def expect_variable(self, names: Iterable[str]) -> None:
+        """Require these variable-length columns (a dictionary's or a JSON field's) to have
+        rank 1, and a dictionary's offsets at least one entry, when they are mapped."""
+        self._variable.update(names)
 
     def shape(self, name: str) -> tuple[int, ...]:
         """Shape of a column, from the table of contents (no mapping)."""
@@ -385,6 +391,11 @@ class Columns(Mapping[str, np.ndarray]):
             expected = None if per is None else (self.sizes[per[0]], *per[1:])
         if expected is not None and expected != shape:
             raise CorruptFileError(f"{self._where}: column {name!r} has shape {shape}, expected {expected}")
+        if name in self._variable and (len(shape) != 1 or (name.endswith("dict_offsets") and shape[0] < 1)):
+            want = "(K + 1,) for a dictionary of K entries" if name.endswith("dict_offsets") else "(N,)"
+            raise CorruptFileError(
+                f"{self._where}: column {name!r} has shape {shape}, expected {want}; the index is damaged"
+            )
         entry = self._layout[name]
         try:
             stored, rel = entry[0], int(entry[1])
@@ -539,6 +550,7 @@ def decode_index(
     columns = Columns(buf, raw_layout, body, offset + length, where)
     block = IndexBlock(toc["dataset"], columns, list(names), kinds)
     n = _check_columns(columns, raw_layout, where)
+    columns.expect_variable(f"{s}.{p}" for s in STRING_COLUMNS for p in ("dict_offsets", "dict_bytes"))
     for s in STRING_COLUMNS:
         block.strings[s] = StringColumn(columns, f"{s}.", s, where)
     for j, (name, kind) in enumerate(block.extra_kinds.items()):
@@ -555,6 +567,7 @@ def decode_index(
                 for p in ("state", *parts)
             },
         )
+        columns.expect_variable(prefix + p for p in parts if p in ("dict_offsets", "dict_bytes", "bytes"))
         block.extras[name] = ExtraColumn(name, kind, _Prefixed(columns, prefix), where)
     return block
 

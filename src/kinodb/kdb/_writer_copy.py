@@ -29,6 +29,7 @@ from kinodb.kdb._checks import check_extra_name, dims3, json_value
 from kinodb.kdb._files import keep_aside
 from kinodb.kdb._frames import RawFrames
 from kinodb.kdb._layout import CODECS, DTYPE_CODE, KIND_CAMERA, SECTION_ALIGN, align, crc32
+from kinodb.kdb._sections import Section
 
 if TYPE_CHECKING:
     from kinodb.kdb.reader import Database
@@ -54,6 +55,27 @@ def verify_payload(db: Database, i: int) -> tuple[int, int, int]:
             f"{db.path()} for the details"
         )
     return off, length, crc
+
+
+def _check_extents(db: Database, i: int, sections: Sequence[Section], off: int, length: int) -> None:
+    """Check that every section of episode ``i`` (a camera's offset table and its frames
+    included) lies inside its payload, bytes ``off .. off + length``: only the payload is
+    copied, and the sections are re-based to where it lands.
+
+    Raises:
+        CorruptFileError: a section lies outside the payload (the index is damaged).
+    """
+    for sec in sections:
+        end = sec.offset + sec.nbytes
+        if sec.kind == KIND_CAMERA and off <= sec.offset and end <= off + length:
+            table = np.frombuffer(db._map(), "<u8", sec.shape[0] + 1, sec.offset).astype(np.int64)
+            end = end + int(table[-1]) if table[0] == 0 and not (np.diff(table) < 0).any() else -1
+        if not off <= sec.offset <= end <= off + length:
+            raise CorruptFileError(
+                f"{db.path()}: episode {i}: section {sec.name!r} at byte offset {sec.offset} lies outside its "
+                f"payload (bytes {off}..{off + length}); the index is damaged: run kino validate {db.path()} "
+                "for the details"
+            )
 
 
 class _EpisodeCopies:
@@ -137,6 +159,7 @@ class _EpisodeCopies:
         off, length, crc = verify_payload(db, i)
         payload = db._map()[off : off + length].data
         sections = db._episode_sections(i)
+        _check_extents(db, i, sections, off, length)
         check_dims(self._dataset["schema"], meta["action_dim"], meta["state_dim"])
         self._check_section_limits([sec.name for sec in sections])
         # By stored name: read_meta's keys mark some names with "extra." (a built-in's name).

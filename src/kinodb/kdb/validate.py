@@ -14,7 +14,10 @@ import numpy as np
 from kinodb.errors import CorruptFileError, KinodbError
 from kinodb.kdb._layout import (
     ALIGN,
+    DTYPE_CODE,
+    DTYPES,
     INDEX_MAGIC,
+    KIND_ARRAY,
     KIND_CAMERA,
     SLOT_OFFSETS,
     SLOT_SIZE,
@@ -25,7 +28,7 @@ from kinodb.kdb._layout import (
     parse_slot,
 )
 from kinodb.kdb._sections import Directory, all_sections, camera_tables, typed_view
-from kinodb.kdb._table import Columns, decode_index
+from kinodb.kdb._table import Columns, decode_index, schema_layout
 from kinodb.kdb.legacy import LegacyDatabase
 from kinodb.kdb.reader import Database, open_database
 
@@ -310,6 +313,70 @@ def _check_schema(db: Database, report: Report) -> None:
                 )
         if "names" in entry and len(dims) and (dims != len(entry["names"])).any():
             report.errors.append(f"schema {part}.names has {len(entry['names'])} names but {dim_col} differs")
+    arrays = schema.get("arrays")
+    entries = {
+        **{part: schema.get(part) for part in ("actions", "states", "rewards", "is_terminal")},
+        **(arrays if isinstance(arrays, dict) else {}),
+    }
+    declared = {}
+    for name, entry in entries.items():
+        dtype = entry.get("dtype") if isinstance(entry, dict) else None
+        if dtype is None:  # not recorded: the episodes vary
+            continue
+        try:
+            ok = isinstance(dtype, str) and np.dtype(dtype).str in DTYPES
+        except (TypeError, ValueError, SyntaxError):  # np.dtype parses some strings as code
+            ok = False
+        if not ok:
+            report.errors.append(
+                f"schema {name}.dtype {dtype!r} is not a dtype kinodb stores; the index is damaged"
+            )
+            continue
+        layout = schema_layout(db._block.dataset, name) if not isinstance(db, LegacyDatabase) else None
+        if layout is not None:
+            declared[name] = layout
+    if declared:
+        _check_declared(db, declared, report)
+
+
+# Episodes named one by one where their arrays disagree with the schema (then a count).
+_SHOWN_UNLIKE = 10
+
+
+def _check_declared(
+    db: Database, declared: dict[str, tuple[np.dtype[Any], tuple[int, ...]]], report: Report
+) -> None:
+    """Each episode's arrays against the dtype and per-frame shape the dataset schema
+    records for every episode (``declared``), as `Database.gather` checks them."""
+    cols = db._cols
+    counts = cols["sec_count"].astype(np.int64)
+    kind, dt, ndim = (cols[c].astype(np.int64) for c in ("sec.kind", "sec.dtype", "sec.ndim"))
+    if int(counts.sum()) != len(kind):  # the directory is damaged: `_check_index` said so
+        return
+    episode = np.repeat(np.arange(len(db)), counts)
+    dims = cols["sec.dims"].astype(np.int64)
+    names = np.array([declared.get(n) is not None for n in db._names] + [False])
+    code = np.minimum(cols["sec.name"].astype(np.int64), len(db._names))
+    # Rows whose codes are bad are damage `_check_episodes` names.
+    usable = names[code] & (kind == KIND_ARRAY) & (dt < len(DTYPES)) & (ndim >= 1) & (ndim <= 4)
+    unlike: list[str] = []
+    for name, (dtype, trail) in declared.items():
+        rows = np.flatnonzero(usable & (code == db._names.index(name)))
+        want = np.array(trail + (0,) * (3 - len(trail)), np.int64)
+        bad = rows[
+            (dt[rows] != DTYPE_CODE[dtype])
+            | (ndim[rows] != len(trail) + 1)
+            | (dims[rows] != want).any(axis=1)
+        ]
+        for r in bad.tolist():
+            shape = tuple(int(d) for d in dims[r, : max(int(ndim[r]) - 1, 0)])
+            unlike.append(
+                f"episode {int(episode[r])}: array {name!r} is {np.dtype(DTYPES[dt[r]])} {shape} per frame, but "
+                f"the dataset schema says every episode holds it as {dtype} {trail}; the index is damaged"
+            )
+    report.errors.extend(unlike[:_SHOWN_UNLIKE])
+    if len(unlike) > _SHOWN_UNLIKE:
+        report.errors.append(f"and {len(unlike) - _SHOWN_UNLIKE} more arrays unlike the dataset schema")
 
 
 def _check_episodes(
