@@ -11,7 +11,8 @@ import numpy as np
 
 from kinodb.errors import KinodbError
 from kinodb.kdb._layout import KIND_CAMERA
-from kinodb.kdb._sections import all_sections, camera_tables
+from kinodb.kdb._sections import Directory, all_sections, camera_tables
+from kinodb.kdb._table import schema_layout
 from kinodb.kdb.reader import Database, open_database
 
 
@@ -85,6 +86,26 @@ def _count_each(db: Database) -> Counted:
     return out
 
 
+def _contradicted(db: Database, d: Directory) -> bool:
+    """Whether an episode's array contradicts the rest of the index, as a read of it
+    refuses (`Database._check_layout`): actions or states not as wide as the episode's
+    action_dim or state_dim, or an array unlike what the dataset schema records."""
+    cols, dataset = db._decoded.columns, db._decoded.dataset
+    for k, t in enumerate(d.types):
+        if t.kind == KIND_CAMERA:
+            continue
+        declared = schema_layout(dataset, t.name)
+        if declared is not None and (t.dtype, t.trail) != declared:
+            return True
+        dim = {"actions": "action_dim", "states": "state_dim"}.get(t.name)
+        if dim is not None:
+            episodes = d.episode[d.type_of == k]
+            widths = np.asarray(cols[dim]).reshape(-1)[episodes]
+            if t.trail[:1] != t.trail or (len(episodes) and (widths != (t.trail or (-1,))[0]).any()):
+                return True
+    return False
+
+
 def _count_at_once(db: Database) -> Counted | None:
     """`Counted` from the index's section columns at once (`all_sections`), as
     `_count_each` counts it. None where `_count_each` must go episode by episode: a 0.x
@@ -101,6 +122,8 @@ def _count_at_once(db: Database) -> Counted | None:
         if not ok.all():
             return None
     except KinodbError:
+        return None
+    if _contradicted(db, d):
         return None
     names = [f"camera:{t.name}" if t.kind == KIND_CAMERA else t.name for t in d.types]
     key_of = {name: k for k, name in enumerate(dict.fromkeys(names))}
