@@ -14,7 +14,7 @@ from kinodb._provenance import PROVENANCE, carried
 from kinodb.errors import ConversionError, FormatError, QuerySyntaxError, WriterError
 from kinodb.kdb._layout import DTYPES, KIND_ARRAY
 from kinodb.kdb.reader import Database, open_database
-from kinodb.kdb.upgrade import SKIP_ADVICE, episode_error, leave_out
+from kinodb.kdb.upgrade import SKIP_ADVICE, check_columns, episode_error, leave_out
 from kinodb.kdb.writer import Writer
 
 if TYPE_CHECKING:
@@ -124,6 +124,7 @@ def merge(
             # Before anything is written: a damaged index must not be stored again under a
             # valid checksum (legacy files have none to check).
             dbs[-1]._verify_index()
+            check_columns(dbs[-1])  # damage every episode shares: skipping episodes cannot help
         from kinodb.kql._eval import fields_of  # deferred: kql builds on kdb
 
         absent = fields_of(dbs) if filter else frozenset()  # a field some inputs lack is null there

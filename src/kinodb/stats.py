@@ -51,7 +51,7 @@ from numpy.typing import NDArray
 
 from kinodb._stats_select import Moments as _Moments
 from kinodb._stats_select import Selector as _Selector
-from kinodb.errors import FormatError, KinodbError
+from kinodb.errors import CorruptFileError, FormatError, KinodbError
 from kinodb.kdb.reader import Database, open_database
 from kinodb.kdb.writer import Writer
 
@@ -146,7 +146,7 @@ def compute_stats(
         "version": STATS_VERSION, "computed": _now(), "num_frames": db.num_frames(),
         "num_episodes": len(db), "arrays": {}, "skipped": {},
     }  # fmt: skip
-    for name, spec in _candidates(db.schema(), arrays).items():
+    for name, spec in _candidates(db.schema(), arrays, db.path()).items():
         if isinstance(spec, str):
             result["skipped"][name] = _varying_dtype(db, name) if spec == DTYPE_VARIES else spec
             continue
@@ -487,9 +487,13 @@ def _back(out: torch.Tensor, given: torch.Tensor) -> torch.Tensor:
 
 
 def _candidates(
-    schema: Mapping[str, Any], wanted: Sequence[str] | None
+    schema: Mapping[str, Any], wanted: Sequence[str] | None, path: str
 ) -> dict[str, tuple[tuple[int, ...], np.dtype[Any]] | str]:
-    """Per array: its (per-frame shape, dtype), or the reason it is skipped."""
+    """Per array: its (per-frame shape, dtype), or the reason it is skipped.
+
+    Raises:
+        CorruptFileError: the schema gives an array a dtype that is none (names the array).
+    """
     entries: dict[str, Any] = {n: schema[n] for n in (*_BUILTIN, "timestamps", "is_terminal") if n in schema}
     entries.update({n: e for n, e in sorted(schema.get("arrays", {}).items()) if n not in entries})
     if wanted is None:
@@ -510,13 +514,31 @@ def _candidates(
             out[name] = DTYPE_VARIES
         elif shape is None or None in shape:
             out[name] = SHAPE_VARIES
-        elif np.dtype(entry["dtype"]).kind != "f":
+        elif (dtype := _schema_dtype(entry["dtype"], name, path)).kind != "f":
             out[name] = f"dtype {entry['dtype']} is not floating point"
         elif math.prod(shape) == 0:
             out[name] = f"it has no features (per-frame shape {tuple(shape)})"
         else:
-            out[name] = (tuple(int(d) for d in shape), np.dtype(entry["dtype"]))
+            out[name] = (tuple(int(d) for d in shape), dtype)
     return out
+
+
+def _schema_dtype(stored: Any, name: str, path: str) -> np.dtype[Any]:
+    """The dtype the dataset schema gives array ``name``.
+
+    Raises:
+        CorruptFileError: ``stored`` is not a dtype (the index is damaged).
+    """
+    try:
+        dtype: np.dtype[Any] = np.dtype(stored)
+        return dtype
+    except (TypeError, ValueError, SyntaxError) as exc:  # np.dtype parses some strings as code
+        text = repr(stored)
+        raise CorruptFileError(
+            f"{path}: the dataset schema gives array {name!r} the dtype "
+            f"{text if len(text) <= 40 else text[:37] + '...'}, which is not a dtype; the index is damaged: "
+            f"run kino validate {path}, or restore the file from a copy"
+        ) from exc
 
 
 def dtype_groups(db: Database, name: str) -> list[tuple[str, I64]]:

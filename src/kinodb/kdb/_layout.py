@@ -90,6 +90,12 @@ class Commit:
         return self.index_offset + self.index_length
 
 
+# What to do about a file whose header or commit records are damaged.
+FILE_ADVICE = "run kino validate on the file to see what is damaged, or restore it from a copy"
+# The largest generation a commit record holds: a file at it can take no further commit.
+LAST_GENERATION = 2**64 - 1
+
+
 def pack_header() -> bytes:
     """The 64-byte file header of a v1 file."""
     body = _HEADER.pack(MAGIC, VERSION_MAJOR, VERSION_MINOR, DATA_START, 0, b"", 0)[:-4]
@@ -97,7 +103,16 @@ def pack_header() -> bytes:
 
 
 def pack_slot(commit: Commit) -> bytes:
-    """The 64 bytes of a commit slot."""
+    """The 64 bytes of a commit slot.
+
+    Raises:
+        CorruptFileError: the generation does not fit the record (one past `LAST_GENERATION`).
+    """
+    if not 0 <= commit.generation <= LAST_GENERATION:
+        raise CorruptFileError(
+            f"commit generation {commit.generation} does not fit a commit record (at most "
+            f"{LAST_GENERATION}); the file's generation cannot advance, so it is damaged: {FILE_ADVICE}"
+        )
     body = _SLOT.pack(
         commit.generation,
         commit.index_offset,
@@ -148,7 +163,7 @@ def parse_header(head: bytes, path: str) -> None:
         raise CorruptFileError(f"{path}: truncated header: {len(head)} of 64 bytes")
     *_, data_start, _flags, _reserved, crc = _HEADER.unpack_from(head, 0)
     if crc != crc32(head[: HEADER_SIZE - 4]):
-        raise CorruptFileError(f"{path}: header checksum mismatch at byte offset 0")
+        raise CorruptFileError(f"{path}: header checksum mismatch at byte offset 0; {FILE_ADVICE}")
     if data_start != DATA_START:
         raise CorruptFileError(f"{path}: header says data starts at {data_start}, expected 256")
 
@@ -168,7 +183,10 @@ def latest_commit(preamble: bytes, path: str, file_size: int) -> tuple[int, Comm
         CorruptFileError: no slot is valid, or the newest one points outside the file.
     """
     if len(preamble) < DATA_START:
-        raise CorruptFileError(f"{path}: truncated preamble: {len(preamble)} of 256 bytes")
+        raise CorruptFileError(
+            f"{path}: truncated preamble: {len(preamble)} of 256 bytes; the file is truncated: "
+            "restore it from a copy"
+        )
     slots = [parse_slot(preamble[o : o + SLOT_SIZE]) for o in SLOT_OFFSETS]
     valid = [(c.generation, n, c) for n, c in enumerate(slots) if c is not None]
     if not valid:
@@ -180,7 +198,13 @@ def latest_commit(preamble: bytes, path: str, file_size: int) -> tuple[int, Comm
     if commit.index_offset < DATA_START or commit.end > file_size:
         raise CorruptFileError(
             f"{path}: index at bytes {commit.index_offset}..{commit.end} lies outside the "
-            f"file ({file_size} bytes); the file is truncated or damaged"
+            f"file ({file_size} bytes); the file is truncated or damaged: {FILE_ADVICE}"
+        )
+    if commit.generation == LAST_GENERATION:
+        raise CorruptFileError(
+            f"{path}: the commit record at byte offset {SLOT_OFFSETS[n]} has generation {LAST_GENERATION}, "
+            "the largest a record holds and one no kinodb writer reaches: the generation cannot advance and "
+            f"the file is damaged; {FILE_ADVICE}"
         )
     return n, commit
 
@@ -212,7 +236,7 @@ def read_preamble(head: bytes, path: str, file_size: int) -> tuple[tuple[int, in
                 g = slots[7 * n]
                 if g and g >= gen and slots[7 * n + 6] == crc32(head[at : at + SLOT_SIZE - 4]):
                     best, gen = n, g
-            if best >= 0:
+            if best >= 0 and gen != LAST_GENERATION:
                 ioff, ilen, neps, nfr, icrc = slots[7 * best + 1 : 7 * best + 6]
                 if ioff >= DATA_START and ioff + ilen <= file_size:
                     return (major, minor), best, Commit(gen, ioff, ilen, neps, nfr, icrc)

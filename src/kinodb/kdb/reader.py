@@ -423,7 +423,9 @@ class Database(_MetaReads, _ArrayReads):
             frame = h * w * c
             if int(cam.frame_offsets[-1]) != frame * cam.shape[0]:
                 raise CorruptFileError(
-                    f"{self._path}: episode {i}, camera {name!r}: raw frames have the wrong size"
+                    f"{self._path}: episode {i}, camera {name!r} at byte offset {cam.data_offset}: raw frames "
+                    f"take {int(cam.frame_offsets[-1])} bytes, not {cam.shape[0]} frames of {frame}; the index "
+                    f"is damaged; {_codecs.VALIDATE_ADVICE}"
                 )
             return np.ndarray((stop - start, h, w, c), np.uint8, buffer=self._map(),  # type: ignore[arg-type, no-any-return]
                               offset=cam.data_offset + start * frame)  # fmt: skip

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from kinodb._version import __version__
-from kinodb.errors import ConversionError, FormatError, WriterError
+from kinodb.errors import ConversionError, CorruptFileError, FormatError, WriterError
 from kinodb.kdb import _codecs
 from kinodb.kdb.reader import Database, open_database
 from kinodb.kdb.writer import Writer
@@ -70,6 +70,7 @@ def upgrade(
     source = os.fspath(src)
     with open_database(src) as db:
         db._verify_index()  # a damaged index is never stored again under a valid checksum
+        check_columns(db)
         if len(db) == 0:
             raise ConversionError(
                 f"{source}: the source has 0 episodes, and a v1 file holds at least one; nothing was written"
@@ -90,8 +91,10 @@ def upgrade(
         ) as out:
             skipped = _copy_episodes(db, out, source, dst, legacy=legacy, notes=notes, on_error=on_error)
             if not len(out):
+                first, reason = skipped[0]
                 raise ConversionError(
-                    f"{source}: every one of its {len(db)} episodes was skipped; nothing was written"
+                    f"{source}: every one of its {len(db)} episodes was skipped; nothing was written; "
+                    f"the first, episode {first}: {reason}"
                 )
             if skipped:
                 out.metadata["upgraded_from"]["skipped"] = [{"episode": i, "reason": r} for i, r in skipped]
@@ -152,6 +155,25 @@ def _copy_episodes(
 
 
 SKIP_ADVICE = "to leave it out, rerun with --on-error skip (Python: on_error='skip')"
+
+
+def check_columns(db: Database) -> None:
+    """Map every index column of ``db`` once, before any episode is copied: damage to a
+    column (a dtype, a shape, a place the format does not give it) concerns every episode,
+    so it stops the copy whatever ``on_error``, and leaving episodes out cannot help.
+
+    Raises:
+        CorruptFileError: a column is damaged (the message names it and says what to do).
+    """
+    cols = db._cols
+    try:
+        for name in cols:
+            cols[name]
+    except CorruptFileError as exc:
+        raise CorruptFileError(
+            f"{exc}; every episode depends on the index, so none can be copied or left out: "
+            f"restore {db.path()} from a copy (kino validate {shlex.quote(db.path())} lists the damage)"
+        ) from exc
 
 
 def episode_error(exc: Exception, src: str, i: int, advice: str) -> Exception:
