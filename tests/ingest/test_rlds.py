@@ -552,7 +552,7 @@ def test_compressed_shard_is_named(tmp_path: Path, episodes: dict[str, list[Epis
 def test_missing_shard_is_an_error(toy: Path, tmp_path: Path) -> None:
     (toy / "toy_dataset-train.tfrecord-00001-of-00002").unlink()
     with pytest.raises(
-        ConversionError, match=r"split 'train' lists 2 shards but 1 are missing: .*00001-of-00002"
+        ConversionError, match=r"split 'train' lists 2 shards but 1 is missing: .*00001-of-00002"
     ):
         ingest(toy, tmp_path / "o.kdb")
 

@@ -271,7 +271,7 @@ def test_a_partial_download_says_how_to_ingest_the_shards_present(tmp_path: Path
     with pytest.raises(ConversionError) as info:
         ingest(root, tmp_path / "o.kdb")
     assert str(info.value).endswith(
-        "split 'train' lists 3 shards but 1 are missing: toy-train.tfrecord-00002-of-00003 (a partial download?); "
+        "split 'train' lists 3 shards but 1 is missing: toy-train.tfrecord-00002-of-00003 (a partial download?); "
         "copy them from the dataset's source; or ingest the 2 shards here: pass one shard file, or move "
         "dataset_info.json out of the folder (the shards are then found by their names, NAME-SPLIT.tfrecord-NNNNN)"
     )

@@ -176,7 +176,7 @@ def split_shards(root: str, info: dict[str, Any], split: str) -> list[Shard]:
         else ""
     )
     raise ConversionError(
-        f"{root}: split {split!r} lists {n} shards but {len(missing)} are missing: {shown} (a partial "
+        f"{root}: split {split!r} lists {n} shards but {len(missing)} {'is' if len(missing) == 1 else 'are'} missing: {shown} (a partial "
         f"download?); copy them from the dataset's source{present}"
     )
 
