@@ -131,3 +131,45 @@ def test_ctrl_c_as_kino_serve_starts_never_leaves_it_running(main_kdb: Path, tmp
         out, err = proc.communicate()
         pytest.fail(f"kino-serve did not exit after Ctrl-C as it started: {out!r} {err!r}")
     assert (proc.returncode, err) == (130, "kino-serve: interrupted\n")  # before it served
+
+
+# A Ctrl-C that lands the moment gRPC's server has started, before kinodb's server holds it
+# (inside `KinoServer.start`): raised there, it would leave a running gRPC server that nothing
+# stops, whose teardown then waits forever, and kino-serve would never exit.
+_CTRL_C_AS_GRPC_STARTS = textwrap.dedent(
+    """
+    import os, signal, sys
+    from kinodb.serve.server import KinoServer
+    from kinodb._cli import serve
+
+    make = KinoServer._grpc_server
+
+    def grpc_server(self):
+        server = make(self)
+        start = server.start
+
+        def start_then_ctrl_c():
+            start()
+            os.kill(os.getpid(), signal.SIGINT)  # its handler runs at the next bytecode
+
+        server.start = start_then_ctrl_c
+        return server
+
+    KinoServer._grpc_server = grpc_server
+    sys.exit(serve.main(sys.argv[1:]))
+    """
+)
+
+
+def test_ctrl_c_the_moment_grpc_starts_stops_the_server_and_exits(main_kdb: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-c", _CTRL_C_AS_GRPC_STARTS, str(main_kdb), "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)  # fmt: skip
+    try:
+        out, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        pytest.fail(f"kino-serve did not exit after Ctrl-C as gRPC started: {out!r} {err!r}")
+    assert proc.returncode == 0, err
+    assert out.splitlines()[-1] == "kino-serve: stopped"
