@@ -120,17 +120,24 @@ _CTRL_C_AS_IT_STARTS = textwrap.dedent(
 )
 
 
-def test_ctrl_c_as_kino_serve_starts_never_leaves_it_running(main_kdb: Path, tmp_path: Path) -> None:
+def _serve_until_it_exits(program: str, main_kdb: Path, cwd: Path) -> tuple[int, str, str]:
+    """Run ``program`` on ``main_kdb``: its exit code, stdout and stderr; a failure if it
+    has not exited 30 s on."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen([sys.executable, "-c", _CTRL_C_AS_IT_STARTS, str(main_kdb), "--port", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-c", program, str(main_kdb), "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd)  # fmt: skip
     try:
         out, err = proc.communicate(timeout=30)
     except subprocess.TimeoutExpired:
         proc.kill()
         out, err = proc.communicate()
-        pytest.fail(f"kino-serve did not exit after Ctrl-C as it started: {out!r} {err!r}")
-    assert (proc.returncode, err) == (130, "kino-serve: interrupted\n")  # before it served
+        pytest.fail(f"kino-serve did not exit after its Ctrl-C: {out!r} {err!r}")
+    return proc.returncode, out, err
+
+
+def test_ctrl_c_as_kino_serve_starts_never_leaves_it_running(main_kdb: Path, tmp_path: Path) -> None:
+    code, _, err = _serve_until_it_exits(_CTRL_C_AS_IT_STARTS, main_kdb, tmp_path)
+    assert (code, err) == (130, "kino-serve: interrupted\n")  # before it served
 
 
 # A Ctrl-C that lands the moment gRPC's server has started, before kinodb's server holds it
@@ -162,14 +169,6 @@ _CTRL_C_AS_GRPC_STARTS = textwrap.dedent(
 
 
 def test_ctrl_c_the_moment_grpc_starts_stops_the_server_and_exits(main_kdb: Path, tmp_path: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen([sys.executable, "-c", _CTRL_C_AS_GRPC_STARTS, str(main_kdb), "--port", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)  # fmt: skip
-    try:
-        out, err = proc.communicate(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, err = proc.communicate()
-        pytest.fail(f"kino-serve did not exit after Ctrl-C as gRPC started: {out!r} {err!r}")
-    assert proc.returncode == 0, err
+    code, out, err = _serve_until_it_exits(_CTRL_C_AS_GRPC_STARTS, main_kdb, tmp_path)
+    assert code == 0, err
     assert out.splitlines()[-1] == "kino-serve: stopped"
