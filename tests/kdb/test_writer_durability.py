@@ -238,30 +238,37 @@ def test_replacing_a_fifo_does_not_wait_for_a_writer_of_it(tmp_path: Path) -> No
         assert len(db) == 1
 
 
-@pytest.mark.parametrize("mode", ["w", "x", "a"])
-def test_a_signal_before_the_cleanup_is_registered_leaves_no_temporary(
-    tmp_path: Path, mode: str, monkeypatch: pytest.MonkeyPatch
+def _interrupted_writer_leaves_nothing(
+    tmp_path: Path, mode: str, monkeypatch: pytest.MonkeyPatch, name: str, interrupted: object
 ) -> None:
-    # SIGTERM and Ctrl-C arrive as exceptions wherever the writer stands, also just after it
-    # created its temporary file and before its cleanup knows of it.
+    """Open a `Writer` in ``mode`` with ``kinodb.kdb.writer.NAME`` replaced by ``interrupted``
+    (which raises KeyboardInterrupt): the folder is left as it was, and nothing holds the file."""
     from kinodb.kdb import writer as writer_module
 
-    path = tmp_path / ("a.kdb" if mode != "w" else "w.kdb")
+    path = tmp_path / ("a.kdb" if mode == "a" else "w.kdb")
     if mode == "w":
         with kinodb.Writer(path, mode="w") as w:
             w.add_episode(actions=np.zeros((3, 2), np.float32))
     before = sorted(os.listdir(tmp_path))
-
-    def interrupted(*args: object) -> None:
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(writer_module, "Flusher", interrupted)
+    monkeypatch.setattr(writer_module, name, interrupted, raising=False)
     with pytest.raises(KeyboardInterrupt):
         kinodb.Writer(path, mode=mode)
     monkeypatch.undo()
     assert sorted(os.listdir(tmp_path)) == before
     with kinodb.Writer(path, mode="a") as w:  # nothing left holds the file
         w.add_episode(actions=np.ones((3, 2), np.float32))
+
+
+@pytest.mark.parametrize("mode", ["w", "x", "a"])
+def test_a_signal_before_the_cleanup_is_registered_leaves_no_temporary(
+    tmp_path: Path, mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # SIGTERM and Ctrl-C arrive as exceptions wherever the writer stands, also just after it
+    # created its temporary file and before its cleanup knows of it.
+    def interrupted(*args: object) -> None:
+        raise KeyboardInterrupt
+
+    _interrupted_writer_leaves_nothing(tmp_path, mode, monkeypatch, "Flusher", interrupted)
 
 
 @pytest.mark.parametrize("mode", ["w", "x"])
@@ -270,22 +277,8 @@ def test_a_signal_as_the_temporary_file_is_made_leaves_no_temporary(
 ) -> None:
     # The signal's handler runs as `open` returns: the file exists, and the writer holds no
     # handle to it yet.
-    from kinodb.kdb import writer as writer_module
-
-    path = tmp_path / "w.kdb"
-    if mode == "w":
-        with kinodb.Writer(path, mode="w") as w:
-            w.add_episode(actions=np.zeros((3, 2), np.float32))
-    before = sorted(os.listdir(tmp_path))
-
     def made_then_interrupted(file: str, *args: object, **kwargs: object) -> object:
         open(file, *args, **kwargs).close()  # type: ignore[call-overload]
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(writer_module, "open", made_then_interrupted, raising=False)
-    with pytest.raises(KeyboardInterrupt):
-        kinodb.Writer(path, mode=mode)
-    monkeypatch.undo()
-    assert sorted(os.listdir(tmp_path)) == before
-    with kinodb.Writer(path, mode="a") as w:  # nothing left holds the file
-        w.add_episode(actions=np.ones((3, 2), np.float32))
+    _interrupted_writer_leaves_nothing(tmp_path, mode, monkeypatch, "open", made_then_interrupted)
