@@ -41,6 +41,8 @@ def run(args: argparse.Namespace) -> int:
     if args.verbose:
         for line in report.passed:
             print(f"[ok] {line}")
+        for line in report.skipped:
+            print(f"[skipped] {line}")
     for label, items in (("warning", report.warnings), ("error", report.errors)):
         shown = items if args.verbose else items[:_SHOWN]
         for line in shown:

@@ -35,12 +35,17 @@ from kinodb.kdb.reader import Database, open_database
 
 @dataclass
 class Report:
-    """What `validate` found. ``ok`` is True when there are no errors."""
+    """What `validate` found. ``ok`` is True when there are no errors.
+
+    ``passed`` names each check that passed and what it covered; ``skipped`` each check
+    that did not run, and why.
+    """
 
     path: str
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     passed: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -81,6 +86,7 @@ def validate(path: str | os.PathLike[str], *, decode_images: bool = True) -> Rep
                 report.warnings.append(
                     f"format {db.version()} has no checksums; run `kino upgrade` to get them"
                 )
+                report.skipped.append(f"index and payload checksums: format {db.version()} stores none")
             else:
                 _check_slots(db, report)
                 if not _check_index_crc(db, report):
@@ -96,9 +102,77 @@ def validate(path: str | os.PathLike[str], *, decode_images: bool = True) -> Rep
             report.warnings.append(
                 f"{name}: {nan} NaN and {inf} Inf values in {eps} episode{'' if eps == 1 else 's'} (first: episode {first})"
             )
-        if not report.errors:
-            report.passed.append(f"{len(db)} episodes: arrays, dimensions and frame counts")
+        _report_coverage(db, report, decode_images, bool(nonfinite), damage)
     return report
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _report_coverage(
+    db: Database, report: Report, decode_images: bool, nonfinite: bool, damage: tuple[type[Exception], ...]
+) -> None:
+    """Name what the episode checks covered where they passed (no errors), and each check
+    that did not run: the same lines whichever way the episodes were checked."""
+    try:
+        covered = _coverage(db, damage)
+    except damage:
+        covered = None
+    if covered is None:  # the errors name the damage; what the checks covered is unknown
+        if not decode_images:
+            report.skipped.append("frame decoding: frames not decoded (--no-decode, decode_images=False)")
+        return
+    arrays, frames, cameras = covered
+    seen = f"{_plural(frames, 'frame')} of {_plural(cameras, 'camera')}"
+    if not report.errors:
+        report.passed.append(f"{len(db)} episodes: arrays, dimensions and frame counts")
+        if not isinstance(db, LegacyDatabase):
+            report.passed.append(
+                f"{_plural(len(db), 'episode payload checksum')} match, every section inside its payload"
+            )
+        if decode_images and frames:
+            report.passed.append(f"{seen} decode to their recorded (H, W, C)")
+        if arrays and not nonfinite:
+            report.passed.append(f"no NaN or Inf in {_plural(arrays, 'float array')}")
+    if not frames:
+        report.skipped.append("frame decoding: the file holds no camera frames")
+    elif not decode_images:
+        report.skipped.append(f"frame decoding: {seen} not decoded (--no-decode, decode_images=False)")
+    if not arrays:
+        report.skipped.append("NaN/Inf scan: the file holds no float arrays")
+
+
+# The dtype codes of floats, whose arrays the NaN/Inf scan covers.
+_FLOAT_CODES = [k for k, d in enumerate(DTYPES) if np.dtype(d).kind == "f"]
+
+
+def _coverage(db: Database, damage: tuple[type[Exception], ...]) -> tuple[int, int, int] | None:
+    """The float arrays (one per episode holding it), the camera frames and the distinct
+    cameras of ``db``, as its index records them; None where its section directory is
+    damaged. Legacy episodes that raise ``damage`` count for nothing."""
+    if isinstance(db, LegacyDatabase):  # no section directory: episode by episode (0.x files are small)
+        arrays = frames = 0
+        names: set[str] = set()
+        for i in range(len(db)):
+            try:
+                arrays += sum(a.dtype.kind == "f" for a in db._episode_arrays(i).values())
+                cams = db._episode_cameras(i)
+            except damage:  # reported by the checks
+                continue
+            frames += sum(cam.shape[0] for cam in cams.values())
+            names.update(cams)
+        return arrays, frames, len(names)
+    cols = db._cols
+    counts = cols["sec_count"].astype(np.int64)
+    kind = cols["sec.kind"]
+    if (counts < 0).any() or int(counts.sum()) != len(kind):  # damaged: `_check_index` said so
+        return None
+    camera = kind == KIND_CAMERA
+    rows_frames = np.repeat(cols["num_frames"].astype(np.int64), counts)
+    floats = (kind == KIND_ARRAY) & np.isin(cols["sec.dtype"], _FLOAT_CODES)
+    cameras = len(np.unique(cols["sec.name"][camera]))
+    return int(floats.sum()), int(rows_frames[camera].sum()), cameras
 
 
 @dataclass(frozen=True, slots=True)
