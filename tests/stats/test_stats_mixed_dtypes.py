@@ -91,5 +91,6 @@ def test_error_for_other_reasons_points_at_them(tmp_path: Path, capsys: pytest.C
     capsys.readouterr()
     assert main(["stats", str(path), "--arrays", "is_terminal"]) == 1
     assert capsys.readouterr().err == (
-        f"error: no array of {path} could be summarised: the reason for each array is given under 'skipped'\n"
+        f"error: no array of {path} could be summarised: is_terminal (dtype bool is not floating point); "
+        "name floating-point arrays with --arrays, or leave it out to summarise every one\n"
     )

@@ -37,6 +37,8 @@ OPTION_NAMES = {"jpeg_quality": "--compress", "images": "--no-images", "overwrit
 _WRITES = {"ingest": "output", "export": "output", "merge": "output", "upgrade": "new", "create-test": "path"}
 # ... or the file it reads and then updates in place.
 _UPDATES = {"stats": "path"}
+# Commands that write only temporary files, removed when they end (a run killed outright leaves them).
+_TEMPORARY = {"bench"}
 
 
 def dispatch(
@@ -54,14 +56,18 @@ def dispatch(
     library's parameters as the options (`OPTION_NAMES`). A reader that goes away (``kino
     validate ... | head``) ends the command quietly with its own failure code, else 141;
     Ctrl-C ends it with one line and 130; SIGTERM (``timeout``, ``docker stop``, Slurm)
-    ends a command that writes a file the same way, with 143, and SIGHUP (its terminal
-    closed) with 129.
+    ends a command that writes a file, or temporary files (``kino bench``), the same way,
+    with 143, and SIGHUP (its terminal closed) with 129. Log records of level WARNING and
+    above print as ``{error_prefix}warning: ...`` (``error: ...``), as warnings do.
     """
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="%(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(_Prefixed("%(message)s", prefix=error_prefix))
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, handlers=[handler])
     written = {path: _stat(path) for path in _outputs(args, {**_WRITES, **_UPDATES})}
+    sigterm = bool(written) or getattr(args, "command", None) in _TEMPORARY
     code: int | None = None
     try:
-        with options_named(OPTION_NAMES), _signals_interrupt(bool(written)):
+        with options_named(OPTION_NAMES), _signals_interrupt(sigterm):
             code = int(args.run(args))
         sys.stdout.flush()  # now, not at exit: a reader gone away is then handled here
         return code
@@ -102,6 +108,22 @@ def dispatch(
             how = f"terminated ({exc.signame})" if isinstance(exc, Terminated) else "interrupted"
             print(f"{usage_prefix}{_interrupted(written, how)}", file=sys.stderr)
         return 128 + exc.signum if isinstance(exc, Terminated) else EXIT_INTERRUPTED
+
+
+class _Prefixed(logging.Formatter):
+    """Log lines as the command's own: ``warning: ...`` and ``error: ...`` (``kino-serve: warning: ...``)."""
+
+    def __init__(self, fmt: str, *, prefix: str) -> None:
+        super().__init__(fmt)
+        self._prefix = prefix
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        if record.levelno >= logging.WARNING:
+            level = "warning: " if record.levelno < logging.ERROR else "error: "
+            if not text.lower().startswith(level):  # a message that names its level already
+                text = level + text
+        return text if text.startswith(self._prefix) else self._prefix + text
 
 
 def one_line(exc: BaseException) -> str:

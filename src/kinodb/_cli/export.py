@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 import warnings
 from typing import Any
@@ -25,7 +26,7 @@ def register(sub: Any) -> None:
     p.add_argument("path", metavar="PATH", help="the .kdb file")
     p.add_argument("-o", "--output", required=True, metavar="OUT",
                    help="output folder (numpy, json, lerobot) or file (hdf5); its folder must exist")  # fmt: skip
-    p.add_argument("-F", "--format", choices=_FORMATS,
+    p.add_argument("-F", "--format", choices=_FORMATS, type=_format,
                    help="default: hdf5 when OUT ends in .hdf5, .h5 or .he5, else numpy (an OUT ending in "
                    ".json, .jsonl or .kdb needs --format)")  # fmt: skip
     p.add_argument("--video-codec", choices=("h264", "av1"),
@@ -43,6 +44,33 @@ def register(sub: Any) -> None:
                    help="replace OUT if it is an earlier kinodb export (a file: only when exporting hdf5) or "
                    "an empty folder; anything else at OUT is never replaced")  # fmt: skip
     p.set_defaults(run=run)
+
+
+def _format(text: str) -> str:
+    """``-F/--format``: a KQL query given there by mistake is a usage error that names --filter.
+
+    ``-F`` is ``--format`` here (as in ingest and verify, and as ingest's was in the earlier
+    kinodb command line) but ``--filter`` in ``kino merge``; argparse alone would answer
+    ``kino export ... -F "success = true"`` with a bare "invalid choice".
+    """
+    if text in _FORMATS or not _looks_like_kql(text):
+        return text  # a format, or a word that argparse's "invalid choice" lists the formats for
+    raise argparse.ArgumentTypeError(
+        f"{text!r} is a KQL query, not a format: -F is --format here (one of {', '.join(_FORMATS)}); "
+        f"to export only the matching episodes use --filter {shlex.quote(text)}"
+    )
+
+
+def _looks_like_kql(text: str) -> bool:
+    """Whether ``text`` parses as KQL, or holds a comparison or a space as a query does."""
+    from kinodb.errors import QuerySyntaxError
+    from kinodb.kql import parse
+
+    try:
+        parse(text)
+    except QuerySyntaxError:
+        return any(c in text for c in "=<>!") or len(text.split()) > 1
+    return True
 
 
 def run(args: argparse.Namespace) -> int:

@@ -26,12 +26,37 @@ def register(sub: Any) -> None:
     )
     p.add_argument("inputs", nargs="+", metavar="IN", help="the .kdb files to merge (0.1 files too)")
     p.add_argument("-o", "--output", required=True, help="output file")
-    p.add_argument("-F", "--filter", metavar="KQL", help="keep only episodes matching this query")
+    p.add_argument(
+        "-F", "--filter", metavar="KQL", type=_filter, help="keep only episodes matching this query"
+    )
     p.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
     p.add_argument("--on-error", choices=("raise", "skip"), default="raise",
                    help="an episode that cannot be read or stored: stop (default), or leave it out and "
                         "list it (warning, and OUTPUT's metadata merged_from[].skipped)")  # fmt: skip
     p.set_defaults(run=run)
+
+
+# Format names of ingest and export, where -F is --format: given to merge's -F, a mix-up.
+_INGEST_FORMATS = ("auto", "kinfer-ndjson", "rlds")
+_EXPORT_FORMATS = {"h5": "hdf5", "hdf5": "hdf5", "json": "json", "lerobot": "lerobot", "numpy": "numpy"}
+
+
+def _filter(text: str) -> str:
+    """``-F/--filter``: a format name given there by mistake is a usage error that says so.
+
+    ``-F`` is ``--filter`` here (as in the earlier kinodb command line) but ``--format`` in
+    ingest, verify and export; ``-F hdf5`` would otherwise fail as a query that lacks its
+    operator.
+    """
+    name = text.strip().lower()
+    if name not in _EXPORT_FORMATS and name not in _INGEST_FORMATS and name != "kdb":
+        return text
+    fmt = _EXPORT_FORMATS.get(name)
+    then = f"; to convert the merged file: kino export OUT.kdb -o DEST --format {fmt}" if fmt else ""
+    raise argparse.ArgumentTypeError(
+        f"{text!r} is a format name, not a KQL query: -F is --filter in kino merge (e.g. "
+        f'-F "success = true"), and merge always writes .kdb{then}'
+    )
 
 
 def run(args: argparse.Namespace) -> int:

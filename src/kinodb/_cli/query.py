@@ -40,7 +40,8 @@ def register(sub: Any) -> None:
     p.add_argument("-l", "--limit", type=_count, default=None, metavar="N",
                    help="list only the first N matching episodes of each file (counts stay the totals)")  # fmt: skip
     p.add_argument("-c", "--count", action="store_true",
-                   help="print only the number of matching episodes (per file and in total for several)")  # fmt: skip
+                   help="print only the number of matching episodes (per file and in total for several; "
+                        "with --json: the JSON without positions and episodes)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print JSON: the count, positions and metadata")
     p.set_defaults(run=run)
 
@@ -119,24 +120,25 @@ def _shown(args: argparse.Namespace, positions: Any) -> np.ndarray:
 
 def _print_one(args: argparse.Namespace, db: Any, positions: Any) -> None:
     total, shown = len(positions), _shown(args, positions)
-    if args.count:
+    if args.json:
+        listed = {} if args.count else _listed(db, shown)
+        write_json({"path": db.path(), "query": args.kql, "matches": total, **listed}, sys.stdout)
+    elif args.count:
         print(total)
-    elif args.json:
-        out = {"path": db.path(), "query": args.kql, "matches": total, **_listed(db, shown)}
-        write_json(out, sys.stdout)
     else:
         _print_table(db, total, shown)
 
 
 def _print_several(args: argparse.Namespace, dbs: list[Any], found: list[Any]) -> None:
     total = sum(len(positions) for positions in found)
-    if args.count:
-        lines = [f"{db.path()}: {len(positions)}" for db, positions in zip(dbs, found, strict=True)]
-        print("\n".join([*lines, f"total: {total}"]))
-    elif args.json:
-        files = [{"path": db.path(), "matches": len(positions), **_listed(db, _shown(args, positions))}
+    if args.json:
+        files = [{"path": db.path(), "matches": len(positions),
+                  **({} if args.count else _listed(db, _shown(args, positions)))}
                  for db, positions in zip(dbs, found, strict=True)]  # fmt: skip
         write_json({"query": args.kql, "matches": total, "files": files}, sys.stdout)
+    elif args.count:
+        lines = [f"{db.path()}: {len(positions)}" for db, positions in zip(dbs, found, strict=True)]
+        print("\n".join([*lines, f"total: {total}"]))
     else:
         plural = "" if total == 1 else "s"
         last = f"{total} matching episode{plural} in {len(dbs)} files\n"

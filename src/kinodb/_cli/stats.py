@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from kinodb.errors import UnsupportedVersionError
+from kinodb.errors import KinodbError, UnsupportedVersionError
 from kinodb.kdb.reader import Database, open_database
 from kinodb.stats import (
     DTYPE_VARIES,
@@ -58,9 +58,14 @@ def run(args: argparse.Namespace) -> int:
                 f"{args.path} is a format {db.version()} file and cannot store statistics; convert it "
                 f"first: kino upgrade {args.path} NEW.kdb (or use --dry-run to only print them)"
             )
-        stats = compute_stats(db, arrays=wanted)
+        try:
+            stats = compute_stats(db, arrays=wanted)
+        except ValueError as exc:
+            if isinstance(exc, KinodbError) or str(exc).startswith(f"{args.path}:"):
+                raise
+            raise ValueError(f"{args.path}: {exc}") from exc  # the library's message: "no array 'x' ..."
         schema = db.schema()
-        why = "" if stats["arrays"] else _why_none(db, args.path, stats["skipped"])
+        why = "" if stats["arrays"] else _why_none(db, args.path, stats["skipped"], asked=wanted is not None)
     ok = bool(stats["arrays"])
     stored = ok and not args.dry_run
     if stored:
@@ -79,8 +84,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _why_none(db: Database, path: str, skipped: Mapping[str, str]) -> str:
-    """Why no array of ``db`` could be summarised, and what to do about it."""
+def _why_none(db: Database, path: str, skipped: Mapping[str, str], *, asked: bool) -> str:
+    """Why no array of ``db`` could be summarised, and what to do about it (``asked``: the
+    arrays were named with --arrays)."""
     dtypes = [n for n, reason in skipped.items() if reason.startswith(DTYPE_VARIES)]
     shapes = [n for n, reason in skipped.items() if reason.startswith(SHAPE_VARIES)]
     parts = []
@@ -101,7 +107,10 @@ def _why_none(db: Database, path: str, skipped: Mapping[str, str]) -> str:
             "statistics)"
         )
     if not parts:
-        return "the reason for each array is given under 'skipped'"
+        # Each array with its reason, in the text and the JSON output alike.
+        parts = [f"{name} ({reason})" for name, reason in skipped.items()]
+        if asked:
+            parts.append("name floating-point arrays with --arrays, or leave it out to summarise every one")
     return "; ".join(parts)
 
 
