@@ -156,7 +156,8 @@ def read_package(path: str | os.PathLike[str]) -> Package:
 
 def _read_archive(path: str, data: bytes) -> Package:
     warnings: list[str] = []
-    if data[:2] == b"\x1f\x8b":
+    gzipped = data[:2] == b"\x1f\x8b"
+    if gzipped:
         # All of it, so the gzip trailer's CRC-32 and length are checked: tarfile stops at
         # the tar's end and would run a package whose weights a flipped bit changed.
         try:
@@ -168,8 +169,15 @@ def _read_archive(path: str, data: bytes) -> Package:
     else:
         warnings.append("the tar is not gzip-compressed (kinfer itself refuses it: invalid gzip header)")
     try:
-        tar = tarfile.open(fileobj=io.BytesIO(data), mode="r:*")  # noqa: SIM115 - closed by `with tar` below
+        # decompressed: a plain tar ("r:*" would list every compression's failure instead)
+        tar = tarfile.open(fileobj=io.BytesIO(data), mode="r:" if gzipped else "r:*")  # noqa: SIM115 - closed by `with tar` below
     except (tarfile.TarError, EOFError, OSError) as exc:
+        if gzipped:
+            raise InferError(
+                f"{path}: the gzip data is not a tar archive ({exc}; decompressed, "
+                f"{describe_start(data)}); a .kinfer package is a gzip tar of {', '.join(MEMBERS)}: "
+                f"pack with tar czf NAME.kinfer -C DIR {' '.join(MEMBERS)}"
+            ) from None
         raise InferError(f"{path}: not a readable tar.gz package ({exc})") from None
     found: dict[str, bytes] = {}
     prefixed = []

@@ -240,14 +240,20 @@ class KdbReplayProvider:
         None where the names are no joint names (index names such as ``joint_0``, ...; or,
         unless ``strict``, names none of which is one of the policy's joints).
 
+        Index names name joints only when they are the policy's own, in its order: an ingested
+        kinfer log numbers its columns ``joint_0``, ... whatever the policy calls its joints,
+        and a policy may number its joints too (``joint_1``, ... as a Kinova URDF names them).
+
         Raises:
             InferError: the names are joint names, but not the policy's joints.
         """
         if stored == joints:
             return _JointMatch(stored, None)
+        if _index_names(stored):
+            return None
         if len(stored) == len(joints) and len(set(stored)) == len(stored) and set(stored) == set(joints):
             return _JointMatch(stored, [stored.index(j) for j in joints])
-        if not set(stored) & set(joints) and (not strict or _index_names(stored)):
+        if not strict and not set(stored) & set(joints):
             return None
         missing = [j for j in joints if j not in stored]
         other = [n for n in stored if n not in joints]

@@ -15,10 +15,13 @@ Two provider interfaces are accepted, so robot-side code of either kind ports ov
 
 A provider with ``get_inputs`` is driven through it, as kinfer drives it, even when it
 also has getters. ``take_action`` and ``pre_fetch_inputs`` are called in the form their
-signature declares: ``(action, metadata)`` when the first parameter is ``action`` or the
-second ``metadata``, ``(joint_names, action)`` when the second is ``action`` or the first
-``joint_names``/``names``; any other two-parameter signature gets its interface's form.
-``pre_fetch_inputs`` takes ``(input_names)`` or kinfer's ``(input_types, metadata)``.
+signature declares: with two required parameters, ``(action, metadata)`` when the first is
+``action`` or the second ``metadata``, ``(joint_names, action)`` when the second is
+``action`` or the first ``joint_names``/``names``, else its interface's form. A second
+argument never lands in an optional parameter unless that parameter's name (or a first one
+named ``joint_names``/``names``) asks for it: a ``take_action(self, action, blocking=True)``
+is refused (name its parameters). ``pre_fetch_inputs`` takes ``(input_names)`` or kinfer's
+``(input_types, metadata)``.
 Optional hooks: ``bind(signature)`` is called once before the first step (check and
 prepare), ``done()`` after each action (True ends a run), and ``pre_fetch_inputs`` starts
 sensor reads when a runner has a ``prefetch_s`` gap.
@@ -165,6 +168,8 @@ def bind_provider(signature: Signature, provider: Any, *, pre_fetch: bool = Fals
             f"{cls}.take_action{_describe(take)} takes neither (joint_names, action) nor "
             f"(action, metadata); a provider has {INTERFACES}"
         )
+    if form == _AMBIGUOUS:
+        raise InferError(_ambiguous_method(cls, take))
     send = (
         functools.partial(_send_kinfer, take, metadata)
         if form == "kinfer"
@@ -184,6 +189,12 @@ def _getters(
     for name in signature.observation_names:
         method, arg = GETTERS[name]
         fn = getattr(provider, method, None)
+        if not callable(fn) and isinstance(provider, CallableProvider):
+            raise InferError(
+                f"{cls} has no {method}(), which the model's input {name!r} needs: pass {name}=f "
+                f"to {cls}, a function called as f({_ARG_NAMES.get(arg or '', '')}) (the model's "
+                f"inputs are {list(signature.observation_names)})"
+            )
         if not callable(fn):
             raise InferError(
                 f"{cls} has no {method}(), which the model's input {name!r} needs, and no "
@@ -202,10 +213,12 @@ def _getters(
     return tuple(out)
 
 
+_ARG_NAMES = {"joints": "joint_names", "commands": "command_names"}
+
+
 def _getter_call(method: str, arg: str | None) -> str:
     """How a getter is called: ``get_joint_angles(joint_names)``, ``get_gyroscope()``."""
-    names = {"joints": "joint_names", "commands": "command_names"}
-    return f"{method}({names[arg] if arg else ''})"
+    return f"{method}({_ARG_NAMES[arg] if arg else ''})"
 
 
 def _defines(obj: Any, name: str) -> bool:
@@ -266,8 +279,8 @@ def _bind_pre_fetch(
         params, required, maximum = info
         if required == 2 or (maximum >= 2 and params[1:2] == ["metadata"]):
             two = True
-        elif required <= 1 <= maximum:
-            two = kinfer and maximum >= 2
+        elif required <= 1 <= maximum:  # the metadata never goes to an option named otherwise
+            two = kinfer and maximum >= 2 and len(params) < 2
         else:
             raise InferError(
                 f"{cls}.pre_fetch_inputs{_describe(fn)} takes neither (input_names) nor "
@@ -298,25 +311,47 @@ def _positional(fn: Callable[..., Any]) -> tuple[list[str], int, float] | None:
     return names, required, maximum
 
 
+_AMBIGUOUS = "ambiguous"  # a take_action whose parameters do not say which arguments it takes
+_JOINT_PARAMS = ("joint_names", "names")  # a first parameter of these names takes kinodb's joint names
+
+
 def _takes(fn: Callable[..., Any], n: int) -> bool:
     info = _positional(fn)
     return info is None or info[1] <= n <= info[2]
 
 
-def _take_action_form(fn: Callable[..., Any], kinfer: bool) -> str | None:
-    """``"kinfer"`` for ``(action, metadata)``, ``"kinodb"`` for ``(joint_names, action)``, None: neither."""
+def _take_action_form(fn: Callable[..., Any], kinfer: bool, *, one: bool = False) -> str | None:
+    """How ``fn`` is called: ``"kinfer"`` ``(action, metadata)``, ``"kinodb"`` ``(joint_names, action)``,
+    ``"action"`` ``(action)`` (only when ``one``), ``"ambiguous"``, or None: it takes none of them.
+
+    Two required parameters are told apart by their names, else get the interface's form
+    (kinodb's for a function). With one required parameter (or none) a second argument would
+    land in an optional parameter, so only that parameter's name (``metadata``, ``action``) or
+    a first one named ``joint_names``/``names`` asks for it; else a function gets ``(action)``
+    and a provider's method, which has no one-argument form, is ambiguous. A second argument
+    that ``*args`` takes is given as for two required parameters.
+    """
+    interface = "kinfer" if kinfer else "kinodb"
     info = _positional(fn)
     if info is None:
-        return "kinfer" if kinfer else "kinodb"
+        return interface
     names, required, maximum = info
-    if not required <= 2 <= maximum:
+    if required > 2 or maximum < 1:
         return None
+    if maximum < 2:
+        return "action" if one else None
     first, second = [*names, "", ""][:2]
-    if first == "action" or second == "metadata":
-        return "kinfer"
-    if second == "action" or first in ("joint_names", "names"):
-        return "kinodb"
-    return "kinfer" if kinfer else "kinodb"
+    if required == 2 or (not one and len(names) < 2):
+        if first == "action" or second == "metadata":
+            return "kinfer"
+        if second == "action" or first in _JOINT_PARAMS:
+            return "kinodb"
+        return interface
+    to_kinfer = second == "metadata"
+    to_kinodb = second == "action" or first in _JOINT_PARAMS
+    if to_kinfer != to_kinodb:
+        return "kinfer" if to_kinfer else "kinodb"
+    return "action" if one and not to_kinfer else _AMBIGUOUS
 
 
 def _describe(fn: Callable[..., Any]) -> str:
@@ -338,12 +373,17 @@ class CallableProvider:
     ``joint_angles`` and ``joint_angular_velocities`` get the joint names, ``command``
     the command names, the others nothing. ``time`` defaults to seconds since the
     provider was made (as the K-Bot provider does). ``take_action`` is called in the form
-    its signature declares: ``f(action)``, kinfer 0.6.1's ``f(action, metadata)`` (first
-    parameter ``action`` or second ``metadata``) or kinodb's ``f(joint_names, action)``
-    (any other two-parameter function); the action is also kept in `last_action`.
+    its signature declares: a function requiring one argument (``robot.send``,
+    ``queue.Queue().put``) gets ``f(action)``, its options left at their defaults, unless a
+    second parameter named ``metadata`` (kinfer 0.6.1's ``f(action, metadata)``) or
+    ``action``, or a first named ``joint_names``/``names`` (kinodb's
+    ``f(joint_names, action)``) asks for two; one requiring two gets ``f(action, metadata)``
+    when its first parameter is ``action`` or its second ``metadata``, else
+    ``f(joint_names, action)``. The action is also kept in `last_action`.
 
     Raises:
-        InferError: a function cannot take the call its input or ``take_action`` gets.
+        InferError: a function cannot take the call its input or ``take_action`` gets, or
+            ``take_action``'s parameter names contradict each other (wrap it in a lambda).
 
     Example:
         >>> provider = CallableProvider(  # robot.send(action): the one-parameter form
@@ -423,19 +463,36 @@ def _callable_take_form(fn: Callable[..., Any]) -> str:
     """A take_action function's form: ``"action"``, ``"kinfer"`` or ``"kinodb"``.
 
     Raises:
-        InferError: ``fn`` takes none of them.
+        InferError: ``fn`` takes none of them, or its parameters' names contradict each other.
     """
     if not callable(fn):
         raise TypeError(f"take_action must be callable, got {type(fn).__name__}")
-    form = _take_action_form(fn, kinfer=False)  # two parameters fit: by their names, else kinodb's
-    if form is None and _takes(fn, 1):
-        form = "action"
+    form = _take_action_form(fn, kinfer=False, one=True)
     if form is None:
         raise InferError(
             f"CallableProvider(take_action={_fn_name(fn)}): it takes {_describe(fn)}, none of the accepted "
             "forms (action), (action, metadata) (kinfer 0.6.1's) or (joint_names, action) (kinodb's)"
         )
+    if form == _AMBIGUOUS:
+        name = _fn_name(fn)
+        call = f"obj.{name.rpartition('.')[2]}" if "." in name else name  # a method: call it on its object
+        raise InferError(
+            f"CallableProvider(take_action={name}): its parameters {_describe(fn)} do not say whether it is "
+            "called as f(action), f(action, metadata) (kinfer 0.6.1's) or f(joint_names, action) (kinodb's); "
+            f"wrap it in a lambda of the form you mean, e.g. take_action=lambda action: {call}(action)"
+        )
     return form
+
+
+def _ambiguous_method(cls: str, take: Callable[..., Any]) -> str:
+    """Why a provider's ``take_action`` with one required parameter is refused, and the fix."""
+    names, required, _ = _positional(take) or (["", ""], 0, 0.0)
+    return (
+        f"{cls}.take_action{_describe(take)} does not say which arguments it takes: a provider's "
+        "take_action is called with two, (joint_names, action) or (action, metadata), and it requires "
+        f"{required}, so the second would land in its optional parameter {names[1]!r}; name its "
+        "parameters (action, metadata) or (joint_names, action)"
+    )
 
 
 def _fn_name(fn: Callable[..., Any]) -> str:

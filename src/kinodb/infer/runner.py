@@ -68,7 +68,8 @@ class Runner:
         duration_s: stop when the next deadline lies past this many seconds.
         prefetch_s: call ``provider.pre_fetch_inputs(input_names)`` (or kinfer's
             ``pre_fetch_inputs(input_types, metadata)``) at the tick, then wait this long
-            before reading the inputs (kinfer's ``pre_fetch_time``).
+            before reading the inputs (kinfer's ``pre_fetch_time``); 0 pre-fetches with no
+            wait, as kinfer does, and None (the default) does not pre-fetch.
         log_path: NDJSON telemetry: a ``.ndjson`` file or a directory (default:
             ``$KINFER_LOG_PATH``; unset means no log).
         record_to: a ``.kdb`` file to append each run to as one episode.
@@ -149,7 +150,9 @@ class Runner:
         if realtime_priority is not None and not 1 <= realtime_priority <= 99:
             raise ValueError(f"realtime_priority must be in 1..99, got {realtime_priority}")
         self.realtime_priority = realtime_priority
-        self._bound: BoundProvider = bind_provider(model.signature, provider, pre_fetch=bool(prefetch_s))
+        self._bound: BoundProvider = bind_provider(
+            model.signature, provider, pre_fetch=prefetch_s is not None
+        )
         self._stop = False
         self._waker: _Waker | None = None
         self._error: BaseException | None = None

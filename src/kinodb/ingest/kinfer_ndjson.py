@@ -18,7 +18,8 @@ What goes where:
   the first ``t_us`` is the extra field ``t0_us``.
 - ``fps``: the option, else the median step interval rounded to 0.1 Hz.
 
-The log names no joints, so the schema names states and actions by index.
+The log names no joints, so the schema names states and actions by index (``joint_0``, ...);
+replay uses such columns by position unless they are the policy's own joint names.
 """
 
 from __future__ import annotations
