@@ -26,7 +26,7 @@ from numpy.typing import NDArray
 
 from kinodb.errors import EpisodeNotFoundError, FormatError, MixtureError, QuerySyntaxError
 from kinodb.kdb._files import FolderError
-from kinodb.kdb.reader import Database, open_database
+from kinodb.kdb.reader import Database, _open_as
 
 __all__ = ["DEFAULT_SEED", "Mixture", "MixtureBuilder", "MixtureSource", "WeightBy"]
 
@@ -71,9 +71,10 @@ class MixtureSource:
 
 @dataclass(frozen=True, slots=True)
 class _Spec:
-    path: str
+    path: str  # as given
     weight: float
     filter: str | None
+    file: str  # the absolute path, resolved when the mixture was made (pickled: `Mixture.__reduce__`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +132,10 @@ class Mixture:
         weight_by: WeightBy = "episode",
         filters: Mapping[PathArg, str] | None = None,
     ) -> None:
-        self._specs = _specs(sources, filters)
+        self._build(_specs(sources, filters), seed, weight_by)
+
+    def _build(self, specs: tuple[_Spec, ...], seed: int, weight_by: WeightBy) -> None:
+        self._specs = specs
         self._seed = _seed(seed)
         if weight_by not in ("episode", "frame"):
             raise ValueError(f"weight_by must be 'episode' or 'frame', got {weight_by!r}")
@@ -165,11 +169,11 @@ class Mixture:
         return MixtureBuilder()
 
     def _database(self, i: int, spec: _Spec) -> Database:
-        key = os.path.realpath(spec.path)
+        key = os.path.realpath(spec.file)
         db = self._open.get(key)
         if db is None:
             try:
-                db = self._open[key] = open_database(spec.path)
+                db = self._open[key] = _open_as(spec.file, spec.path)
             except FileNotFoundError:
                 msg = f"mixture source {i}: no such file"
                 raise FileNotFoundError(errno.ENOENT, msg, spec.path) from None
@@ -425,8 +429,11 @@ class Mixture:
             db.close()
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # Each file by the absolute path resolved when the mixture was made: a relative one
+        # would name another file in a process whose working directory differs.
         specs = tuple((s.path, s.weight, s.filter) for s in self._specs)
-        return (_restore, (specs, self._seed, self._weight_by))
+        files = tuple(s.file for s in self._specs)
+        return (_restore, (specs, self._seed, self._weight_by, files))
 
     def __repr__(self) -> str:
         return (
@@ -470,8 +477,20 @@ class MixtureBuilder:
         return Mixture(self._entries, seed=self._seed, weight_by=self._weight_by)
 
 
-def _restore(specs: tuple[tuple[str, float, str | None], ...], seed: int, weight_by: WeightBy) -> Mixture:
-    return Mixture(list(specs), seed=seed, weight_by=weight_by)
+def _restore(
+    specs: tuple[tuple[str, float, str | None], ...],
+    seed: int,
+    weight_by: WeightBy,
+    files: tuple[str, ...] | None = None,
+) -> Mixture:
+    """Unpickle a `Mixture`: its sources as given, each opened from ``files`` (absolute
+    paths; absent from a mixture pickled by an earlier kinodb)."""
+    if files is None:
+        return Mixture(list(specs), seed=seed, weight_by=weight_by)
+    mixture = Mixture.__new__(Mixture)
+    given = tuple(_Spec(p, w, kql, file) for (p, w, kql), file in zip(specs, files, strict=True))
+    mixture._build(given, seed, weight_by)
+    return mixture
 
 
 # -- spec checking ------------------------------------------------------------------------------
@@ -499,7 +518,7 @@ def _specs(sources: SourcesArg, filters: Mapping[PathArg, str] | None) -> tuple[
             kql = by_path[path]
         if kql is not None and not isinstance(kql, str):
             raise TypeError(f"source {i} ({path}): a filter must be a KQL string, got {kql!r}")
-        specs.append(_Spec(path, _weight(weight, f"source {i} ({path})"), kql))
+        specs.append(_Spec(path, _weight(weight, f"source {i} ({path})"), kql, os.path.abspath(path)))
     unknown = sorted(set(by_path) - {s.path for s in specs})
     if unknown:
         paths = [s.path for s in specs]

@@ -522,8 +522,9 @@ class FrameWindows(_ImageWindows):
                 # misspelt name. Held by some only: `array_layout` below names the others.
                 held = name in have if sec is None else bool((sec.find(name, KIND_ARRAY) >= 0).any())
                 if not held:
+                    asked = self._delta_key(key)
                     raise KinodbError(
-                        f"{source.where}: windows ask for {name!r} ({key!r}), but its episodes hold "
+                        f"{source.where}: windows ask for {name!r} ({asked!r}), but its episodes hold "
                         f"{sorted(have)}; name one of those (delta_timestamps takes kinodb's names or "
                         "LeRobot's, e.g. 'observation.state', 'action', 'next.reward')"
                     )
@@ -549,6 +550,15 @@ class FrameWindows(_ImageWindows):
                     )
             for name in sorted(names):  # every kept episode holds it, with one dtype and shape
                 source.array_layout(name)
+
+    def _delta_key(self, key: str) -> str:
+        """The ``delta_timestamps`` feature that windows ``key``, as the user named it; else
+        ``key`` (the horizons window ``state`` and ``action``)."""
+        for feature in self._delta_given:
+            bare = feature.removeprefix("observation.")
+            if _ALIASES.get(feature, _ALIASES.get(bare, (bare, bare)))[1] == key:
+                return feature
+        return key
 
     def _check_rewards(self) -> None:
         """Refuse windows of rewards from a source whose selected episodes all hold the

@@ -538,7 +538,7 @@ def test_delta_timestamps_name_mapped_cameras_and_misspelt_features_are_named(tm
     )
     assert set(plural[0]) >= {"state", "action"}  # kinodb's array names key like LeRobot's
     with pytest.raises(
-        kinodb.KinodbError, match=r"windows ask for 'stat' \('stat'\), but its episodes hold \["
+        kinodb.KinodbError, match=r"windows ask for 'stat' \('observation\.stat'\), but its episodes hold \["
     ):
         KinoFrameDataset(a, delta_timestamps={"observation.stat": [0.0]}, image_key=False)
 
@@ -736,7 +736,8 @@ def test_samples_of_a_mixed_batch_pickle_and_collate_as_they_are(tmp_path: Path)
     plain = KinoFrameDataset(str(narrow), obs_horizon=2, action_horizon=3).__getitems__([0, 1])
     mine = list(plain)
     mine[0]["action"] = mine[0]["action"] + 1
-    assert torch.equal(collate(mine)["action"][0], plain[0]["action"] + 1)
+    assert torch.equal(collate(mine)["action"][0], plain.stacked["action"][0] + 1)
+    assert mine[0] is plain[0]  # the batch hands out the same sample, edits and all
 
 
 @pytest.mark.parametrize(

@@ -82,6 +82,9 @@ class Database(_MetaReads, _ArrayReads):
     _index: IndexBlock | None = None  # the decoded index block, once something needed it
     _verified = False  # the index block matched the commit record's checksum
     _failure: str | None = None  # why it did not: every later use of the index raises it again
+    # The absolute path of the file, resolved when it was opened: a pickled copy re-opens
+    # that file even where the working directory has changed since (`__reduce__`).
+    _file: str | None = None
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         # Opening reads the header, the commit records and the index head, nothing whose
@@ -89,6 +92,7 @@ class Database(_MetaReads, _ArrayReads):
         # contents and columns decoded, on first use (`_block`), where damage raises
         # CorruptFileError. Only `read_array`'s first O(1) reads come before that.
         self._path = path = os.fspath(path)
+        self._file = os.path.abspath(path)
         self._mm: mmap.mmap | None = None
         # Every view is made over this array, which holds a buffer export of the map:
         # the map cannot be closed under a live view (np.ndarray(buffer=mmap) alone
@@ -193,8 +197,12 @@ class Database(_MetaReads, _ArrayReads):
     # -- file-level -----------------------------------------------------------------------
 
     def path(self) -> str:
-        """The file path this database was opened from."""
+        """The file path this database was opened from, as given."""
         return self._path
+
+    def _abspath(self) -> str:
+        """The absolute path of the file, as resolved when it was opened."""
+        return self._file or os.path.abspath(self._path)
 
     def version(self) -> str:
         """The file's format version from its header, e.g. ``"1.0"``."""
@@ -464,9 +472,12 @@ class Database(_MetaReads, _ArrayReads):
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         # The identity of the file at the path now: a file replaced before this is caught by
         # the commit comparison in `_pin`, which covers the index checksum too.
+        # By the absolute path resolved when opened (a relative one would name another file
+        # in a process whose working directory differs), shown as given in the copy.
         c = self._commit
         commit = (c.generation, c.index_offset, c.index_length, c.num_episodes, c.num_frames, c.index_crc)
-        return (_restore, (self._path, _identity(self._path), commit))
+        file = self._abspath()
+        return (_restore, (file, _identity(file), commit, self._path))
 
     def _pin(self, identity: tuple[int, int] | None, parent: Commit) -> None:
         """Read commit ``parent``, the one the database this one was unpickled from read.
@@ -535,8 +546,11 @@ def _identity(path: str) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
-def _restore(path: str, identity: tuple[int, int] | None, commit: tuple[int, ...]) -> Database:
-    """Unpickle a `Database`: open ``path`` at the commit its original read (`Database._pin`).
+def _restore(
+    path: str, identity: tuple[int, int] | None, commit: tuple[int, ...], shown: str | None = None
+) -> Database:
+    """Unpickle a `Database`: open ``path`` at the commit its original read (`Database._pin`);
+    its `Database.path` is then ``shown`` (the path the original was given), where given.
 
     Raises:
         KinodbError: the file was replaced or rewritten since the original opened it.
@@ -547,6 +561,21 @@ def _restore(path: str, identity: tuple[int, int] | None, commit: tuple[int, ...
     except BaseException:
         db.close()
         raise
+    if shown is not None:
+        db._path = shown
+    return db
+
+
+def _open_as(file: str, shown: str) -> Database:
+    """Open ``file`` (an absolute path) as `open_database` does, showing ``shown`` (the path
+    it was given as) as its `Database.path`.
+
+    Raises:
+        FileNotFoundError: ``file`` does not exist.
+        FormatError: the file is not a readable ``.kdb`` file.
+    """
+    db = open_database(file)
+    db._path = shown
     return db
 
 
@@ -562,7 +591,9 @@ def open_database(path: str | os.PathLike[str]) -> Database:
     except LegacyFormat:
         from kinodb.kdb.legacy import LegacyDatabase  # deferred: only 0.x files need it
 
-        return LegacyDatabase(path)
+        legacy = LegacyDatabase(path)
+        legacy._file = os.path.abspath(legacy.path())
+        return legacy
 
 
 __all__ = ["Camera", "Database", "open_database"]

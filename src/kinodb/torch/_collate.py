@@ -26,12 +26,71 @@ from kinodb.torch._ring import read_slot, worker_ring
 __all__ = ["Batch", "MixedBatch", "PadSpec", "SchemaBatchSampler", "TensorBatch", "collate", "pad_collate"]
 
 
-class Sample(dict):  # type: ignore[type-arg]
+class _Noted(dict):  # type: ignore[type-arg]
+    """A dict that notes when it is changed (``_changed``): a key set, deleted or popped,
+    an update, a clear. Values changed in place (``sample["state"] += 1`` on a tensor) are
+    not noted, and need not be: they are views of the batch's arrays. Copied or pickled,
+    a plain dict."""
+
+    __slots__ = ("_changed",)
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self._changed = False
+
+    def _note(self) -> None:
+        self._changed = True
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return dict, (dict(self),)
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        super().__setitem__(key, value)
+        self._note()
+
+    def __delitem__(self, key: Any) -> None:
+        super().__delitem__(key)
+        self._note()
+
+    def __ior__(self, other: Any) -> _Noted:  # type: ignore[override,misc]
+        super().__ior__(other)
+        self._note()
+        return self
+
+    def pop(self, key: Any, *default: Any) -> Any:
+        out = super().pop(key, *default)
+        self._note()
+        return out
+
+    def popitem(self) -> Any:
+        out = super().popitem()
+        self._note()
+        return out
+
+    def setdefault(self, key: Any, default: Any = None) -> Any:
+        if key in self:
+            return self[key]
+        self[key] = default
+        return default
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        super().update(*args, **kwargs)
+        self._note()
+
+    def clear(self) -> None:
+        super().clear()
+        self._note()
+
+
+class Sample(_Noted):
     """One sample of a `Batch` (a plain dict to everything but the collate functions).
 
     ``pad`` is the `PadSpec` of the dataset it came from when that dataset's sources
     differ in schema (else None): `pad_collate` pads samples to it, the widest of all
-    the dataset's sources, whichever sources a batch holds.
+    the dataset's sources, whichever sources a batch holds. ``changed`` says whether a
+    key of it (or of its ``images``) was set, deleted or popped since it was made: the
+    collate functions then collate the batch's samples one by one, as changed, instead
+    of handing on the arrays the batch was gathered into.
     """
 
     __slots__ = ("pad",)
@@ -40,12 +99,30 @@ class Sample(dict):  # type: ignore[type-arg]
         super().__init__(*args)
         self.pad = pad
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _sample, (dict(self), self.pad)
+
+    @property
+    def changed(self) -> bool:
+        """Whether a key of this sample, or of a dict in it (``images``), was set, deleted
+        or popped since it was made."""
+        return self._changed or any(type(v) is _Noted and v._changed for v in self.values())
+
+
+def _sample(items: dict[str, Any], pad: PadSpec | None) -> Sample:
+    return Sample(items, pad=pad)
+
 
 class _Samples(Sequence[Sample]):
-    """Per-sample dicts, made on demand, of arrays gathered for a whole batch."""
+    """Per-sample dicts, made on demand, of arrays gathered for a whole batch.
+
+    A sample is made once: indexing again hands out the same dict, so that changes made
+    to it are kept, and collated (`edited`).
+    """
 
     _size: int
     pad: PadSpec | None
+    _made: dict[int, Sample]
 
     def _row(self, k: int) -> tuple[dict[str, Any], int]:
         """The arrays that hold sample ``k``, and its row in them."""
@@ -59,11 +136,24 @@ class _Samples(Sequence[Sample]):
             return [self[i] for i in range(*k.indices(self._size))]
         if not -self._size <= k < self._size:
             raise IndexError(f"sample {k} out of range for a batch of {self._size}")
-        arrays, n = self._row(k)
-        return Sample(((key, _item(v, n)) for key, v in arrays.items()), pad=self.pad)
+        k = int(k) % self._size
+        sample = self._made.get(k)
+        if sample is None:
+            arrays, n = self._row(k)
+            sample = self._made[k] = Sample(((key, _item(v, n)) for key, v in arrays.items()), pad=self.pad)
+            for key, value in sample.items():
+                if type(value) is dict:  # ``images``: a change to it is one to the sample
+                    dict.__setitem__(sample, key, _Noted(value))
+        return sample
 
     def __iter__(self) -> Iterator[Sample]:
         return (self[k] for k in range(self._size))
+
+    @property
+    def edited(self) -> bool:
+        """Whether a sample handed out (by indexing) was changed since: then the batch
+        is collated from its samples, not from the arrays it was gathered into."""
+        return bool(self._made) and any(s.changed for s in self._made.values())
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +181,7 @@ class Batch(_Samples):
 
     def __init__(self, stacked: dict[str, Any], size: int, pad: PadSpec | None = None) -> None:
         self.stacked, self._size, self.pad = stacked, size, pad
+        self._made = {}
 
     def _row(self, k: int) -> tuple[dict[str, Any], int]:
         return self.stacked, k
@@ -113,6 +204,7 @@ class MixedBatch(_Samples):
         self, groups: list[tuple[np.ndarray, dict[str, Any]]], size: int, pad: PadSpec | None = None
     ) -> None:
         self.groups, self._size, self.pad = groups, size, pad
+        self._made = {}
         self._group = np.empty(size, dtype=np.int64)
         self._rows = np.empty(size, dtype=np.int64)
         for g, (sel, _) in enumerate(groups):
@@ -389,7 +481,7 @@ def _place(out: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
 
 
 def _collate_samples(batch: Sequence[Any], *, collate_fn_map: Any = None) -> Any:
-    if isinstance(batch, Batch):  # as gathered (samples taken out of it may have been changed since)
+    if isinstance(batch, Batch) and not batch.edited:  # as gathered: no per-sample work
         return TensorBatch(batch.stacked)
     samples = [dict(s) for s in batch]
     for key in ("state", "action"):
@@ -420,7 +512,7 @@ default_collate_fn_map[Sample] = _collate_samples
 
 def collate(batch: Sequence[Any]) -> Any:
     """``default_collate`` with kinodb's pre-stacked batches passed through untouched."""
-    if isinstance(batch, Batch):  # the common case, without building a sample to look at
+    if isinstance(batch, Batch) and not batch.edited:  # the common case, without building a sample
         return TensorBatch(batch.stacked)
     return default_collate(batch)  # type: ignore[arg-type]  # any sequence of samples
 
@@ -451,7 +543,7 @@ def pad_collate(
         ...                     collate_fn=kinodb.torch.pad_collate)
     """
     wide = _check_widths(widths)
-    if isinstance(batch, (Batch, MixedBatch)):  # a batch as gathered at once: padded as whole arrays
+    if isinstance(batch, (Batch, MixedBatch)) and not batch.edited:  # as gathered: padded as whole arrays
         done = batch.padded(wide)
         if done is not None:
             return done
@@ -638,7 +730,7 @@ class SchemaBatchSampler(Sampler[list[int]]):
         rank: int | None = None,
         world_size: int | None = None,
     ) -> None:
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        if not _is_int(batch_size) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise ValueError(f"seed must be a non-negative int, got {seed!r}")
@@ -652,7 +744,8 @@ class SchemaBatchSampler(Sampler[list[int]]):
         self.rank, self.world_size = _rank_and_world(rank, world_size)
         keys = np.asarray(schema_keys())
         self._groups = [np.flatnonzero((keys == k).all(axis=1)) for k in np.unique(keys, axis=0)]
-        self.batch_size, self.shuffle, self.drop_last, self.seed = batch_size, shuffle, drop_last, int(seed)
+        self.batch_size, self.shuffle, self.drop_last = int(batch_size), shuffle, drop_last
+        self.seed = int(seed)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -700,15 +793,17 @@ def _rank_and_world(rank: int | None, world_size: int | None) -> tuple[int, int]
         if dist.is_available() and dist.is_initialized():
             return dist.get_rank(), dist.get_world_size()
         return 0, 1
-    if (
-        isinstance(rank, bool)
-        or isinstance(world_size, bool)
-        or not isinstance(rank, (int, np.integer))
-        or not isinstance(world_size, (int, np.integer))
-        or not 0 <= rank < world_size
-    ):
-        raise ValueError(f"need 0 <= rank < world_size, got rank={rank!r}, world_size={world_size!r}")
+    for name, value in (("rank", rank), ("world_size", world_size)):
+        if not _is_int(value):
+            raise ValueError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"need 0 <= rank < world_size, got rank={int(rank)}, world_size={int(world_size)}")
     return int(rank), int(world_size)
+
+
+def _is_int(value: Any) -> bool:
+    """Whether ``value`` is a Python or NumPy int (not a bool)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
 CollateFn = Callable[[Sequence[Any]], Any]

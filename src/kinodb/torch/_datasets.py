@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +41,28 @@ if TYPE_CHECKING:
 __all__ = ["KinoDataset", "KinoFrameDataset", "KinoMapDataset"]
 
 _NORMALIZE = (None, False, "mean_std", "min_max")
+_KINODB = os.path.dirname(os.path.dirname(__file__)) + os.sep  # the kinodb package's folder
+
+
+def user_stacklevel() -> int:
+    """The ``stacklevel`` that attributes a warning issued by the function calling this to
+    the first caller outside kinodb: the user's line, however many kinodb calls lie between
+    (``from_mixture`` -> `KinoIterDataset` -> `KinoFrameDataset` -> the check)."""
+    level, frame = 1, sys._getframe(1)
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(_KINODB):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def resolved(source: Any) -> Any:
+    """``source`` with its paths made absolute, against the working directory now: a dataset
+    re-opens its files by path in each DataLoader worker, whose working directory may differ
+    by then (a `Database` or `Mixture` pickles by absolute path itself)."""
+    if isinstance(source, (str, os.PathLike)):
+        return os.path.abspath(source)
+    if isinstance(source, Sequence) and source and all(isinstance(p, (str, os.PathLike)) for p in source):
+        return [os.path.abspath(p) for p in source]
+    return source
 
 
 def threads_for(requested: int | None) -> int:
@@ -133,7 +158,7 @@ def warn_squashed(image_size: Any, frames: Iterable[tuple[str, str, int, int]]) 
                 f"image_size={n} means ({n}, {n}), which squashes camera {cam!r} ({h}x{w} in {where}) out "
                 f"of its aspect ratio; pass image_size={keep} to keep it (or ({n}, {n}) to silence this)",
                 UserWarning,
-                stacklevel=3,
+                stacklevel=user_stacklevel(),
             )
             return
 
@@ -188,11 +213,27 @@ def pad_spec(fw: FrameWindows, *, normalized: bool) -> PadSpec | None:
     return PadSpec(dict(widest), dtypes)
 
 
+# True while a streaming dataset makes the map dataset it reads: it warns of the sources
+# the filters leave empty itself, where it does not refuse them (`quiet_empty_sources`).
+_EMPTY_SAID_BY_CALLER: ContextVar[bool] = ContextVar("kinodb_empty_said_by_caller", default=False)
+
+
+@contextmanager
+def quiet_empty_sources() -> Iterator[None]:
+    """Within: datasets made do not warn of empty mixture sources (`warn_empty_sources`);
+    the caller warns, or raises, once it knows which."""
+    token = _EMPTY_SAID_BY_CALLER.set(True)
+    try:
+        yield
+    finally:
+        _EMPTY_SAID_BY_CALLER.reset(token)
+
+
 def warn_empty_sources(source: Any, counts: np.ndarray, kql_filter: str | None, what: str) -> None:
     """Warn, naming each one, of the sources of mixture ``source`` that the filters leave
     without ``what`` (``counts`` per source, in order): a map dataset holds none of their
     samples, whatever their weight, and would otherwise train without them unawares."""
-    if not isinstance(source, Mixture):
+    if not isinstance(source, Mixture) or _EMPTY_SAID_BY_CALLER.get():
         return
     for i in np.flatnonzero(np.asarray(counts) == 0).tolist():
         info = source.sources()[i]
@@ -203,7 +244,7 @@ def warn_empty_sources(source: Any, counts: np.ndarray, kql_filter: str | None, 
             f"dataset holds none of its samples, whatever its weight; give the source its own filter, "
             f"Mixture(..., filters={{{info.path!r}: ...}}) (kql_filter applies to every source), or leave "
             "it out of the mixture",
-            stacklevel=3,
+            stacklevel=user_stacklevel(),
         )
 
 
@@ -220,9 +261,9 @@ class FileState:
 
 
 def file_identities(sources: Sequence[_Source]) -> list[FileState]:
-    """Each source file's path, committed state, episodes and kept episodes."""
+    """Each source file's absolute path, committed state, episodes and kept episodes."""
     return [
-        FileState(source.db.path(), _commit_of(source.db), _episodes_of(source.db), _kept_of(source))
+        FileState(source.db._abspath(), _commit_of(source.db), _episodes_of(source.db), _kept_of(source))
         for source in sources
     ]
 
@@ -267,7 +308,7 @@ def check_unchanged(files: list[FileState], sources: Sequence[_Source] | None) -
     """
     from kinodb.kdb.reader import open_database  # deferred: only needed on a re-open
 
-    now = {source.db.path(): source for source in sources or ()}
+    now = {source.db._abspath(): source for source in sources or ()}
     same: list[str] = []
     for state in files:
         source = now.get(state.path)
@@ -493,7 +534,7 @@ class KinoFrameDataset(_Base):
             for cam in fw.cameras
             for source, names, (_, hwc) in zip(fw._sources, fw._stored, fw.camera_layouts(cam), strict=True)
         ])  # fmt: skip
-        self._source = source
+        self._source = resolved(source)  # re-opened by path in DataLoader workers
         self._len = len(fw)
         warn_empty_sources(source, fw.counts_by_source(), kql_filter, "windows")
         self._files = file_identities(fw._sources)
@@ -697,6 +738,7 @@ class KinoMapDataset(_Base):
             if (c := src.cameras(0).get(cam)) is not None
         ])  # fmt: skip
         warn_empty_sources(source, self.episodes_by_source(), kql_filter, "episodes")
+        self._source = resolved(source)  # opened as given above; re-opened by path in DataLoader workers
 
     def _open(self) -> tuple[list[_Source], np.ndarray, _Normalizers | None]:
         settle_at_exit()  # in a spawned worker: no SIGABRT when it exits mid-hand-over

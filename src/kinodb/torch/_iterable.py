@@ -10,8 +10,8 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from kinodb.errors import KinodbError
 from kinodb.mixture import DEFAULT_SEED, Mixture
-from kinodb.torch._collate import Batch, TensorBatch, pad_collate
-from kinodb.torch._datasets import KinoFrameDataset, KinoMapDataset
+from kinodb.torch._collate import Batch, TensorBatch, _is_int, _rank_and_world, pad_collate
+from kinodb.torch._datasets import KinoFrameDataset, KinoMapDataset, quiet_empty_sources, warn_empty_sources
 from kinodb.torch._epochs import (
     EpochsAndRanks,
     cycle_draws_at,
@@ -109,31 +109,24 @@ class KinoIterDataset(EpochsAndRanks, IterableDataset[dict[str, Any]]):
     ) -> None:
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise ValueError(f"seed must be a non-negative int, got {seed!r}")
-        for name, value in (("batch_size", batch_size), ("num_samples", num_samples)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name} must be a positive int or None, got {value!r}")
-        if (rank is None) != (world_size is None):
-            raise ValueError("give both rank and world_size, or neither")
-        if (
-            rank is not None
-            and world_size is not None
-            and not (isinstance(world_size, int) and 0 <= rank < world_size)
-        ):
-            raise ValueError(f"need 0 <= rank < world_size, got rank={rank!r}, world_size={world_size!r}")
+        batch_size, num_samples = _positive(batch_size, "batch_size"), _positive(num_samples, "num_samples")
+        if rank is not None or world_size is not None:  # else read where it iterates (torch.distributed)
+            rank, world_size = _rank_and_world(rank, world_size)
         self.windows = obs_horizon is not None or action_horizon is not None or delta_timestamps is not None
         common = dict(kql_filter=kql_filter, image_key=image_key, image_size=image_size, normalize=normalize,
                       resize=resize, to_tensor=to_tensor, decode_threads=decode_threads,
                       channels_last=channels_last, image_dtype=image_dtype)  # fmt: skip
         self._inner: KinoFrameDataset | KinoMapDataset
-        if self.windows:
-            self._inner = KinoFrameDataset(source, obs_horizon=obs_horizon or 1, action_horizon=action_horizon or 1,
-                                           delta_timestamps=delta_timestamps, pad=pad, **common)  # type: ignore[arg-type]  # fmt: skip
-        else:
-            if batch_size is not None:
-                raise ValueError(
-                    "batch_size needs frame windows (obs_horizon/action_horizon); episodes differ in length"
-                )
-            self._inner = KinoMapDataset(source, **common)  # type: ignore[arg-type]
+        if not self.windows and batch_size is not None:
+            raise ValueError(
+                "batch_size needs frame windows (obs_horizon/action_horizon); episodes differ in length"
+            )
+        with quiet_empty_sources():  # said below, unless such a source is refused instead
+            if self.windows:
+                self._inner = KinoFrameDataset(source, obs_horizon=obs_horizon or 1, action_horizon=action_horizon or 1,
+                                               delta_timestamps=delta_timestamps, pad=pad, **common)  # type: ignore[arg-type]  # fmt: skip
+            else:
+                self._inner = KinoMapDataset(source, **common)  # type: ignore[arg-type]
         self._mixture = source if isinstance(source, Mixture) else None
         # Episodes of a mixture weighted by frame: each source's draws cycle through its
         # kept frames, numbered over all sources, and name the episodes that hold them.
@@ -151,6 +144,12 @@ class KinoIterDataset(EpochsAndRanks, IterableDataset[dict[str, Any]]):
             take = draws[2] if self._mixture is not None and draws is not None else None
             drawn = None if take is None else {s for s, k in enumerate(take.tolist()) if k}
             self._inner.windows.check_image_sizes_across(drawn)
+        if self._mixture is not None:  # the empty sources left have no draws: said, not refused
+            inner = self._inner
+            if isinstance(inner, KinoFrameDataset):
+                warn_empty_sources(self._mixture, inner.windows.counts_by_source(), kql_filter, "windows")
+            else:
+                warn_empty_sources(self._mixture, inner.episodes_by_source(), kql_filter, "episodes")
 
     def epoch_order(self, epoch: int | None = None) -> np.ndarray:
         """Every sample index of the epoch (the current one by default), in order, before
@@ -296,6 +295,19 @@ class KinoIterDataset(EpochsAndRanks, IterableDataset[dict[str, Any]]):
                 yield TensorBatch(batch.stacked)
             else:  # sources of several schemas: padded to the widest of all sources, with masks
                 yield pad_collate(batch)
+
+
+def _positive(value: Any, name: str) -> int | None:
+    """``value`` as an int (a Python or NumPy one), None as None.
+
+    Raises:
+        ValueError: ``value`` is not a positive int (a bool, a float, zero).
+    """
+    if value is None:
+        return None
+    if not _is_int(value) or value < 1:
+        raise ValueError(f"{name} must be a positive int or None, got {value!r}")
+    return int(value)
 
 
 def from_mixture(
