@@ -117,13 +117,13 @@ def test_unknown_files_keep_the_generic_message(tmp_path: Path) -> None:
     text = tmp_path / "notes.txt"
     text.write_text("hello")
     assert _refusal(text) == (
-        f"{text}: cannot tell its format (tried hdf5, kinfer-ndjson, lerobot, rlds); pass --format explicitly"
+        f"{text}: cannot tell its format (tried hdf5, kinfer-ndjson, lerobot, rlds); pass format explicitly"
     )
     table = tmp_path / "table.parquet"  # a parquet file of no dataset: what it is, and the generic advice
     pq.write_table(pa.table({"a": [1, 2]}), table)
     assert _refusal(table) == (
         f"{table}: cannot tell its format (tried hdf5, kinfer-ndjson, lerobot, rlds; it is a Parquet file); "
-        "pass --format explicitly"
+        "pass format explicitly"
     )
     folder = tmp_path / "folder"
     folder.mkdir()
@@ -137,7 +137,7 @@ def test_not_this_format_names_the_format_that_reads_it(tmp_path: Path) -> None:
     with h5py.File(path, "w") as fh:
         fh.create_dataset("data/demo_0/actions", data=np.zeros((3, 2), np.float32))
     assert not_this_format(str(path), "rlds") == (
-        "; it is an HDF5 file: pass --format hdf5, or leave --format out to detect it"
+        "; it is an HDF5 file: pass format='hdf5', or leave format out to detect it"
     )
     # the format's own source recognises it: only damaged, which that source's message says
     assert not_this_format(str(path), "hdf5") == ""

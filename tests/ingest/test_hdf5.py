@@ -242,7 +242,7 @@ def test_an_empty_filter_key_is_named_as_empty_not_as_absent(tmp_path: Path) -> 
     with pytest.raises(
         ConversionError,
         match=r"small\.hdf5: filter key mask/valid exists but lists no demos \(the dataset is empty\); "
-        r"filter keys that list demos: train \(5\): pick one with --split",
+        r"filter keys that list demos: train \(5\): pick one with split, or leave split out",
     ):
         ingest(path, tmp_path / "v.kdb", split="valid")
     with pytest.raises(
@@ -507,13 +507,13 @@ def test_state_keys_take_an_int64_key_only_when_its_values_are_exact(
     out = tmp_path / "chosen.kdb"
     message = (
         "obs/stamp_ns holds 1700000000123456789 at frame 0 (int64), which the float64 states cannot hold "
-        "exactly; leave it out of state_keys (--state-keys)"
+        "exactly; leave it out of {} to keep the states exact"
     )
-    with pytest.raises(ConversionError, match=re.escape(f"{src}: demo_0: {message}")):
+    with pytest.raises(ConversionError, match=re.escape(f"{src}: demo_0: {message.format('state_keys')}")):
         ingest(src, out, state_keys=["eef_pos", "stamp_ns"])
     assert not out.exists()
     args = ["ingest", str(src), "-o", str(out), "--state-keys", "eef_pos,stamp_ns", "-q"]
-    assert main(args) == 1 and message in capsys.readouterr().err
+    assert main(args) == 1 and message.format("--state-keys") in capsys.readouterr().err
     # small counts fit float64: named in state_keys, they join the states, exactly
     small = write_stamped(tmp_path / "small.hdf5", stamps=lambda k, T: np.arange(T) + 2**53 - T)
     ingest(small, out, state_keys=["eef_pos", "stamp_ns"])

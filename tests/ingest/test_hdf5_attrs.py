@@ -224,8 +224,8 @@ def test_a_broken_demo_says_how_to_leave_it_out(
     with pytest.raises(ConversionError) as info:
         ingest(src, tmp_path / "out.kdb", format="hdf5", episodes=episodes, split=split)
     advice = (
-        f"; to leave the demo out, select the others with --episodes {others} (positions among the "
-        f"demos of {where}, in numeric order), or pass --on-error skip"
+        f"; to leave the demo out, select the others with episodes='{others}' (positions among the "
+        f"demos of {where}, in numeric order), or pass on_error='skip'"
     )
     assert str(info.value).startswith(f"{src}: {message}") and str(info.value).endswith(advice)
 

@@ -58,12 +58,13 @@ def test_a_damaged_object_header_fails_its_demo_alone_naming_it(
         ingest(src, out, image_codec="raw")
     message = str(err.value)
     assert message.startswith(f"{src}: {demo}: h5py cannot read {target} (")
-    assert "bad object header" in message and "h5dump" in message and "--on-error skip" in message
+    assert "bad object header" in message and "h5dump" in message and "on_error='skip'" in message
     assert not out.exists() and list(tmp_path.glob(".out.kdb*")) == []
 
     assert main(["ingest", str(src), "-o", str(out), "-q", "--image-codec", "raw"]) == 1
     err_lines = capsys.readouterr().err.strip().splitlines()
     assert len(err_lines) == 1 and err_lines[0].startswith(f"error: {src}: {demo}: h5py cannot read {target}")
+    assert err_lines[0].endswith(", or pass --on-error skip")
     assert not out.exists()
 
 

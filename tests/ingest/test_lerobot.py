@@ -315,7 +315,7 @@ def test_a_path_that_is_no_dataset_folder_says_what_it_is(
     (rlds / "dataset_info.json").write_text(json.dumps({"name": "tiny", "splits": []}))
     with pytest.raises(ConversionError, match=r"1\.0\.0: not a LeRobot dataset: a LeRobot dataset is a folder "
                                               r"holding meta/info\.json, and this folder has none; it looks like "
-                                              r"rlds data: pass --format rlds"):  # fmt: skip
+                                              r"rlds data: pass format='rlds', or leave format out"):  # fmt: skip
         LeRobotSource(rlds)
     with pytest.raises(FileNotFoundError):
         LeRobotSource(tmp_path / "missing")
@@ -405,8 +405,8 @@ def test_skipped_reasons_do_not_advise_the_skip_already_asked_for(
     root = _broken_copy(datasets["v2.0-h264"], tmp_path)
     for e in (0, 1, 3):
         (root / "data" / "chunk-000" / f"episode_{e:06d}.parquet").unlink()
-    fix = "select them with --episodes (positions in meta/episodes)"
-    with pytest.raises(ConversionError, match=re.escape(f"{fix}, or pass --on-error skip") + "$"):
+    fix = "select them with episodes='2,4' (positions in meta/episodes)"
+    with pytest.raises(ConversionError, match=re.escape(f"{fix}, or pass on_error='skip'") + "$"):
         ingest(root, tmp_path / "raise.kdb", images=False)
     report = ingest(root, tmp_path / "skip.kdb", images=False, on_error="skip")
     assert [k for k, _ in report.skipped] == ["episode_000000", "episode_000001", "episode_000003"]
@@ -652,8 +652,8 @@ def test_without_an_action_feature_the_error_names_the_options(
     with pytest.raises(
         ConversionError,
         match=r"no action feature \(neither 'action' nor 'actions'\); name the feature that holds the actions "
-        r"with action_key \(kino ingest --action-key KEY\), and the state with state_keys \(--state-keys "
-        r"K1,K2\); numeric features: motor_command, observation\.environment_state, observation\.state",
+        r"with action_key='KEY', and the state with state_keys='K1,K2'; numeric features: motor_command, "
+        r"observation\.environment_state, observation\.state",
     ):
         ingest(root, tmp_path / "x.kdb")
     source = LeRobotSource(root, SourceOptions(action_key="motor_command", images=False))
@@ -691,13 +691,13 @@ def test_state_keys_take_an_int64_column_only_when_its_values_are_exact(
     message = (
         f"state key 'observation.stamp_ns' holds {STAMP0} at frame 0 (int64), which the float64 states of "
         "observation.state, observation.stamp_ns cannot hold exactly; leave 'observation.stamp_ns' out of "
-        "state_keys (--state-keys): it then stays an extra array, with its own dtype"
+        "state_keys: it then stays an extra array, with its own dtype"
     )
     with pytest.raises(ConversionError, match=re.escape(message)):
         ingest(root, out, state_keys=keys)
     assert not out.exists()
     assert main(["ingest", str(root), "-o", str(out), "--state-keys", ",".join(keys), "-q"]) == 1
-    assert message in capsys.readouterr().err
+    assert message.replace("of state_keys", "of --state-keys") in capsys.readouterr().err
     ingest(root, out, state_keys=["observation.state"])  # left out: an exact int64 extra array
     with kinodb.open(out) as db:
         got = _arrays(db, 1)
@@ -741,7 +741,7 @@ def test_columns_take_the_dtype_info_json_declares_when_that_is_exact(
         "column 'action' holds float64 values, but meta/info.json declares float32; they stay float64"
         in caplog.text
     )
-    assert "pass --dtype float32" in caplog.text
+    assert "pass dtype='float32'" in caplog.text
     with kinodb.open(out) as db:  # no value changed
         np.testing.assert_array_equal(_arrays(db, 1)["actions"], eps[1]["columns"]["action"])
 
@@ -787,7 +787,7 @@ def test_state_or_states_is_the_state_only_when_unambiguous(
     with caplog.at_level(logging.WARNING, logger="kinodb.ingest.lerobot"):
         ingest(both, out, images=False, verify=True)
     assert "both state and states are features; neither is taken as the state" in caplog.text
-    assert "pass state_keys (--state-keys)" in caplog.text
+    assert "pass state_keys to choose" in caplog.text
     with kinodb.open(out) as db:
         got = _arrays(db, 0)
         assert got["states"].shape == (5, 0)
@@ -933,7 +933,7 @@ def test_g1_sample_lists_every_episode_and_skips_absent_ones(tmp_path: Path) -> 
     with pytest.raises(
         ConversionError,
         match=r"episode_000028\.parquet: missing data file of episode 28; this copy holds the data of 1 of "
-        r"its 100 episodes \(29\): select them with --episodes",
+        r"its 100 episodes \(29\): select them with episodes='29'",
     ):
         src.read("episode_000028")
     src.close()

@@ -208,7 +208,8 @@ def test_a_missing_v3_video_column_fails_the_list_unless_videos_are_left_out(
         pq.read_table(root / EPISODES_V3).drop([f"videos/{F.CAMERA}/from_timestamp"]), root / EPISODES_V3
     )
     with pytest.raises(
-        ConversionError, match=r"file-000\.parquet: no column 'videos/.*/from_timestamp'.*--no-images"
+        ConversionError,
+        match=r"file-000\.parquet: no column 'videos/.*/from_timestamp'.*; or pass images=False to leave",
     ):
         ingest(root, tmp_path / "a.kdb", on_error="skip")
     assert ingest(root, tmp_path / "b.kdb", images=False).episodes == len(LENGTHS)

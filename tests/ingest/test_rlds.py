@@ -471,7 +471,7 @@ def test_integer_features_join_float_states_and_actions_only_with_exact_values(t
         ingest(root, out, state_keys=["state", "stamp_ns"])
     assert (
         "steps/observation/stamp_ns holds 1700000000123456789 at step 0 (int64), which the float32 states of 2 "
-        "features cannot hold exactly; leave 'stamp_ns' out of state_keys (--state-keys): it then stays an "
+        "features cannot hold exactly; leave 'stamp_ns' out of state_keys: it then stays an "
         "extra array, with its own dtype"
     ) in str(err.value)
     report = ingest(root, out, state_keys=["state", "count"], verify=True)
@@ -491,7 +491,7 @@ def test_integer_features_join_float_states_and_actions_only_with_exact_values(t
     report = ingest(root, tmp_path / "big.kdb", on_error="skip")
     assert report.episodes == 1 and len(report.skipped) == 1
     assert "steps/action/terminate holds 16777217 at step 0 (int32)" in report.skipped[0][1]
-    assert "name one tensor of the action dict with action_key (--action-key)" in report.skipped[0][1]
+    assert "name one tensor of the action dict with action_key; the others" in report.skipped[0][1]
 
 
 # -- finding shards -----------------------------------------------------------------------
@@ -577,7 +577,7 @@ def test_a_file_of_another_format_is_named_as_no_tfrecord(
     logs.mkdir()
     (logs / "run.ndjson").write_text('{"step_id": 0, "output": [1.0]}\n')
     with pytest.raises(ConversionError, match=r"^.*logs: not an RLDS dataset: no features\.json.*; it looks "
-                                              r"like kinfer-ndjson data: pass --format kinfer-ndjson"):  # fmt: skip
+                                              r"like kinfer-ndjson data: pass format='kinfer-ndjson'"):  # fmt: skip
         RLDSSource(str(logs), SourceOptions())
 
 
@@ -1098,7 +1098,9 @@ def test_action_key_names_a_dict_of_action_tensors(tmp_path: Path) -> None:
     with pytest.raises(ConversionError) as err:
         ingest(root, tmp_path / "no.kdb", format="rlds")
     text = str(err.value)
-    assert str(root) in text and "action_dict/cartesian_velocity" in text and "--action-key" in text
+    assert (
+        str(root) in text and "action_dict/cartesian_velocity" in text and "action_key='action_dict'" in text
+    )
     out = tmp_path / "droid.kdb"
     report = ingest(root, out, format="rlds", action_key="action_dict", verify=True)
     assert report.verification is not None and report.verification.ok

@@ -17,7 +17,7 @@ from _factories import encode_image, smooth_frames
 from kinodb.errors import ConversionError
 from kinodb.ingest import ingest
 
-SKIP = ", or pass --on-error skip"
+SKIP = ", or pass on_error='skip'"  # as Python callers are told
 STEPS = {
     "is_first": w.tensor([], "bool"), "is_last": w.tensor([], "bool"), "action": w.tensor([2], "float32"),
     "reward": w.tensor([], "float32"),
@@ -108,7 +108,7 @@ def test_an_empty_first_episode_does_not_set_the_features_without_features_json(
     eps = _episodes([0, 3, 2])
     root = _write(tmp_path / "toy" / "1.0.0", eps, features=None)
     with pytest.raises(
-        ConversionError, match=r"record 0: the episode has no steps .*--episodes, or pass --on-error"
+        ConversionError, match=r"record 0: the episode has no steps .*with episodes, or pass on_error='skip'$"
     ):
         ingest(root, tmp_path / "o.kdb")
     report = ingest(root, tmp_path / "o.kdb", on_error="skip", verify=True)

@@ -635,7 +635,7 @@ def test_a_source_of_another_format_is_named(
     ):
         verify(text, lift)
     with pytest.raises(
-        ConversionError, match=r"was ingested from a source of format hdf5 .*, not rlds: leave --format out"
+        ConversionError, match=r"was ingested from a source of format hdf5 .*, not rlds: leave format out"
     ):
         verify(toy, lift, format="rlds")
     assert main(["verify", str(toy), str(lift)]) == 1

@@ -22,10 +22,9 @@ import numpy as np
 import numpy.typing as npt
 
 from kinodb.errors import ConversionError
+from kinodb.ingest._options import option_name, option_value
 
 ENTRY_POINT_GROUP = "kinodb.sources"
-SKIP_ADVICE = ", or pass --on-error skip"
-"""Ends the message of an episode that can be skipped; the framework drops it once skipping."""
 SOURCE_PARTS = "source_parts"
 """An optional key of what `Source.read` returns: ``{"states": {component: array}}`` (and
 ``"actions"`` alike), each component of a concatenated array as the source holds it, in its
@@ -238,7 +237,7 @@ def source_class(fmt: str, path: str) -> type[Source]:
     seen = sniff(path)
     raise ConversionError(
         f"{path}: cannot tell its format (tried {', '.join(sorted(known))}"
-        f"{f'; {seen}' if seen else ''}); pass --format explicitly"
+        f"{f'; {seen}' if seen else ''}); pass {option_name('format')} explicitly"
     )
 
 
@@ -391,7 +390,7 @@ def not_this_format(path: str, fmt: str) -> str:
     """What ``path`` is instead, for the message of source ``fmt`` refusing it (``""``: nothing known).
 
     Returns ``"; CLAUSE"``: a `what_it_is` sentence, else what its bytes show and the
-    ``--format`` that reads it. A file that source ``fmt`` itself recognises gives ``""``:
+    ``format`` that reads it. A file that source ``fmt`` itself recognises gives ``""``:
     it is of that format, only damaged, which the source's own message says.
     """
     part = what_it_is(path)
@@ -407,4 +406,6 @@ def not_this_format(path: str, fmt: str) -> str:
     if other is None:
         return f"; {seen}" if seen else ""
     lead = seen or f"it looks like {other} data"
-    return f"; {lead}: pass --format {other}, or leave --format out to detect it"
+    return (
+        f"; {lead}: pass {option_value('format', other)}, or leave {option_name('format')} out to detect it"
+    )

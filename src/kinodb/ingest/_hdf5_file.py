@@ -6,23 +6,28 @@ the ``mask/`` filter keys and the demos each lists (`_masks`, `_filter_key_count
 last few files of the process: an ingest opens its source twice), where each per-frame
 dataset goes (`_layout`), and the demos' action shapes (`_held`, `_action_widths`); and
 the error for a demo that cannot be read, with how to convert the others (`_fail`).
-A filter key whose entries name no demo of ``data/`` is warned about once per file.
+A filter key whose entries name no demo of ``data/`` is warned about once per file, and so
+is what reading the ``data`` attributes warns of (`_facts`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shlex
+import threading
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from kinodb.errors import ConversionError
-from kinodb.ingest._base import SKIP_ADVICE, episodes_spec
+from kinodb.ingest._base import episodes_spec
 from kinodb.ingest._hdf5_facts import Facts, read_facts, text
 from kinodb.ingest._hdf5_kinodb import exported_state_order
 from kinodb.ingest._hdf5_layout import H5_ERRORS, Layout, Scan, arrange, h5_reason, scan_demos
+from kinodb.ingest._options import option_value, skip_advice
 
 if TYPE_CHECKING:
     from kinodb.ingest._base import SourceOptions
@@ -30,6 +35,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("kinodb.ingest.hdf5")
 _WARNED_LEFT_OUT: set[str] = set()  # files whose attributes left out were already warned about
 _WARNED_MASKS: set[str] = set()  # files whose filter keys naming no demo were already warned about
+# File -> the warnings of reading its data attributes (`read_facts`) that `info` has yet to
+# give: the first reading's in this process; emptied once given.
+_FACT_WARNINGS: dict[str, list[logging.LogRecord]] = {}
 
 # Recent scans in this process, by file identity: an ingest opens its source twice (to
 # plan, then to convert), and a scan lists every demo of the file.
@@ -136,9 +144,21 @@ class _FileLevel:
                 len(entries), "y" if len(entries) == 1 else "ies", shown, name, name, name, name,
             )  # fmt: skip
 
-    def _facts(self) -> Facts:
+    def _facts(self, *, warn: bool = False) -> Facts:
+        """The ``data`` group's facts (`read_facts`), read once per source.
+
+        What reading them warns of (an attribute that is not JSON, or is kept as text) is
+        about the metadata, so `info` says it (``warn``), once per file and process: an
+        ingest opens its source twice, each worker once more, and verify again.
+        """
         if self._facts_cache is None:
-            self._facts_cache = read_facts(self._path, self._data.attrs, self._options)
+            with _held_back(log) as held:
+                self._facts_cache = read_facts(self._path, self._data.attrs, self._options)
+            _FACT_WARNINGS.setdefault(self._path, held)
+        if warn:
+            for record in _FACT_WARNINGS.get(self._path, ()):
+                log.handle(record)
+            _FACT_WARNINGS[self._path] = []
         return self._facts_cache
 
     def _scanned(self) -> Scan:
@@ -174,6 +194,7 @@ class _FileLevel:
                 left_out[f"data/{name}"] = "not a demo_N group"
             explicit = self._options.state_keys is not None  # the caller's keys: checked by value, not split
             state_keys = self._options.state_keys or exported_state_order(self._data.attrs, fields)
+            # Stored in the metadata (``kept_apart``), which outlives the call: both spellings.
             keys_from = (
                 "the chosen state keys (state_keys, --state-keys)"
                 if explicit
@@ -218,16 +239,38 @@ class _FileLevel:
         )
 
     def _leave_out(self, demo: str) -> str:
-        """How to leave ``demo`` out: ``--episodes`` naming the others, or ``--on-error skip``."""
+        """How to leave ``demo`` out: ``episodes`` naming the others, or ``on_error='skip'``
+        (as the caller spells them: `kinodb.ingest._options`)."""
         keys = self.episodes()
         others = [k for k, name in enumerate(keys) if name != demo]
         if not others:
             return ""  # nothing else to convert
         where = f"mask/{self._options.split}" if self._options.split is not None else "the file"
         return (
-            f"; to leave the demo out, select the others with --episodes {episodes_spec(others)} "
-            f"(positions among the demos of {where}, in numeric order){SKIP_ADVICE}"
+            f"; to leave the demo out, select the others with "
+            f"{option_value('episodes', episodes_spec(others), whole=True)} (positions among the demos of "
+            f"{where}, in numeric order){skip_advice()}"
         )
+
+
+@contextlib.contextmanager
+def _held_back(logger: logging.Logger) -> Iterator[list[logging.LogRecord]]:
+    """Within the block, the records this thread logs to ``logger`` are held in the list
+    yielded instead of handled (``logger.handle`` gives them later)."""
+    held: list[logging.LogRecord] = []
+    thread = threading.get_ident()
+
+    def hold(record: logging.LogRecord) -> bool:
+        if record.thread != thread:
+            return True
+        held.append(record)
+        return False
+
+    logger.addFilter(hold)
+    try:
+        yield held
+    finally:
+        logger.removeFilter(hold)
 
 
 def _entry(value: Any) -> Any:

@@ -22,6 +22,7 @@ import numpy as np
 from kinodb.errors import ConversionError, CorruptFileError, WriterError
 from kinodb.ingest._base import SourceOptions
 from kinodb.ingest._exact import first_rounded, holds_exactly
+from kinodb.ingest._options import option_name, option_value
 from kinodb.kdb import _codecs
 
 # The LeRobot source's logger: its warnings are filtered by that name.
@@ -74,7 +75,7 @@ def make_plan(features: dict[str, Any], options: SourceOptions, path: str) -> Pl
         if action in states:
             raise ConversionError(
                 f"{path}: {action!r} holds the actions and cannot also be a state key; pass other "
-                f"state keys, or another action_key (--action-key)"
+                f"state keys, or another {option_name('action_key')}"
             )
     else:
         states = default_states(features, action, path)
@@ -112,8 +113,9 @@ def action_key(features: dict[str, Any], options: SourceOptions, path: str) -> s
         if key is None:
             raise ConversionError(
                 f"{path}: no action feature (neither {' nor '.join(map(repr, ACTION_KEYS))}); name the "
-                f"feature that holds the actions with action_key (kino ingest --action-key KEY), and the "
-                f"state with state_keys (--state-keys K1,K2); numeric features: {numeric_features(features)}"
+                f"feature that holds the actions with {option_value('action_key', 'KEY', whole=True)}, and the "
+                f"state with {option_value('state_keys', 'K1,K2', whole=True)}; numeric features: "
+                f"{numeric_features(features)}"
             )
     elif key not in features:
         raise ConversionError(
@@ -123,7 +125,7 @@ def action_key(features: dict[str, Any], options: SourceOptions, path: str) -> s
     if dtype not in NUMERIC:
         raise ConversionError(
             f"{path}: the action feature {key!r} has dtype {dtype!r}, not a number; pass the numeric "
-            f"feature that holds the actions as action_key (--action-key KEY); numeric features: "
+            f"feature that holds the actions as {option_name('action_key')}; numeric features: "
             f"{numeric_features(features)}"
         )
     return key
@@ -137,8 +139,8 @@ def default_states(features: dict[str, Any], action: str, path: str) -> tuple[st
     if len(found) > 1:
         log.warning(
             "%s: no observation.state, and both %s are features; neither is taken as the state (each "
-            "stays an extra array): pass state_keys (--state-keys) to choose",
-            path, " and ".join(found),
+            "stays an extra array): pass %s to choose",
+            path, " and ".join(found), option_name("state_keys"),
         )  # fmt: skip
     return tuple(found) if len(found) == 1 else ()
 
@@ -411,7 +413,7 @@ def as_declared(arr: np.ndarray, name: str, declared: Any, info: tuple[str, int]
     if (*info, name) not in _WARNED_DTYPES:
         _WARNED_DTYPES.add((*info, name))
         hint = (
-            f"; pass --dtype {want} to store floating arrays as {want}"
+            f"; pass {option_value('dtype', want.name, whole=True)} to store floating arrays as {want}"
             if want.kind == arr.dtype.kind == "f"
             else ""
         )
@@ -453,7 +455,7 @@ def concatenate(pieces: dict[str, np.ndarray], T: int, where: str) -> np.ndarray
             raise ConversionError(
                 f"{where}: state key {key!r} holds {value!r} at frame {at // max(1, arr.shape[1])} "
                 f"({arr.dtype}), which the {dtype} states of {', '.join(flat)} cannot hold exactly; leave "
-                f"{key!r} out of state_keys (--state-keys): it then stays an extra array, with its own dtype"
+                f"{key!r} out of {option_name('state_keys')}: it then stays an extra array, with its own dtype"
             )
     return np.concatenate([a.astype(dtype, copy=False) for a in flat.values()], axis=1)
 

@@ -36,8 +36,8 @@ from typing import Any
 import numpy as np
 
 from kinodb.errors import ConversionError
-from kinodb.ingest._base import SKIP_ADVICE
 from kinodb.ingest._lerobot_columns import row_indices, to_numpy
+from kinodb.ingest._options import _OPTION_NAMES, option_name, skip_advice
 
 FILES_KEPT = 4
 """How many data files stay open (with their row-group index)."""
@@ -371,7 +371,7 @@ def _count(row: dict[str, Any], key: str, where: str, meaning: str) -> int:
     if value is None or value < 0:
         got = spelt(row[key]) if key in row else "missing"
         raise _BadEntry(f"{where}: {key} is {got}; expected {meaning}, a whole number >= 0: fix this entry"
-                        f"{SKIP_ADVICE}")  # fmt: skip
+                        f"{skip_advice()}")  # fmt: skip
     return value
 
 
@@ -383,7 +383,7 @@ def _task_texts(row: dict[str, Any], where: str) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
         raise _BadEntry(
             f"{where}: tasks is {spelt(value)}; expected a list of the episode's task texts, such as "
-            f'["pick up the cube"]: fix this entry{SKIP_ADVICE}'
+            f'["pick up the cube"]: fix this entry{skip_advice()}'
         )
     return tuple(value)
 
@@ -395,7 +395,7 @@ def _seconds(row: dict[str, Any], key: str, where: str) -> float:
     if not math.isfinite(seconds) or seconds < 0:
         raise _BadEntry(
             f"{where}: {key} is {spelt(value) if key in row else 'missing'}; expected the time in seconds "
-            f"where the episode starts in its video file, a finite number >= 0: fix this entry{SKIP_ADVICE}"
+            f"where the episode starts in its video file, a finite number >= 0: fix this entry{skip_advice()}"
         )
     return seconds
 
@@ -428,6 +428,11 @@ _V3_COLUMNS = ("episode_index", "length", "data/chunk_index", "data/file_index")
 _V3_VIDEO_COLUMNS = ("chunk_index", "file_index", "from_timestamp")  # each under videos/KEY/
 
 
+def _no_images() -> str:
+    """``images=False`` as a Python caller passes it, or the ``--no-images`` flag."""
+    return "images=False" if _OPTION_NAMES.get() is None else option_name("images")
+
+
 def episodes_v3(root: str, info: dict[str, Any], videos: list[str], pq: Any, info_path: str) -> list[Episode]:
     folder = os.path.join(root, "meta", "episodes")
     files = sorted(
@@ -448,7 +453,9 @@ def episodes_v3(root: str, info: dict[str, Any], videos: list[str], pq: Any, inf
         table = read_parquet(path, pq, skip="stats/")
         absent = [c for c in need if c not in table.column_names]
         if absent:
-            hint = "; or pass --no-images to leave the videos out" if absent[0].startswith("videos/") else ""
+            hint = (
+                f"; or pass {_no_images()} to leave the videos out" if absent[0].startswith("videos/") else ""
+            )
             raise ConversionError(
                 f"{path}: no column {absent[0]!r}; LeRobot v3 episode rows need episode_index, length, "
                 f"data/chunk_index, data/file_index and, per video feature, videos/KEY/chunk_index, "

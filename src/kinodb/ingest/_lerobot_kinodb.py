@@ -20,8 +20,9 @@ import numpy as np
 from kinodb._provenance import carried_on_ingest
 from kinodb.errors import ConversionError
 from kinodb.export._lerobot_tables import element_names
-from kinodb.ingest._base import SKIP_ADVICE, exported_extra
+from kinodb.ingest._base import exported_extra
 from kinodb.ingest._lerobot_data import read_jsonl
+from kinodb.ingest._options import skip_advice
 
 log = logging.getLogger(__name__)
 
@@ -224,14 +225,14 @@ def _record_meta(facts: dict[str, Any], index: int) -> dict[str, Any] | None:
     if not isinstance(meta, dict):
         raise ConversionError(
             f"{where}: meta is {json.dumps(meta)[:60]}; expected a JSON object of the episode's metadata: fix "
-            f"this line, {_DROP}{SKIP_ADVICE}"
+            f"this line, {_DROP}{skip_advice()}"
         )
     for name, types, expected in _META_TYPES:
         value = meta.get(name)
         if value is not None and (isinstance(value, bool) != (bool in types) or not isinstance(value, types)):
             raise ConversionError(
                 f"{where}: meta.{name} is {json.dumps(value)[:60]}; expected {expected}: fix this line, "
-                f"{_DROP}{SKIP_ADVICE}"
+                f"{_DROP}{skip_advice()}"
             )
     return meta
 

@@ -13,10 +13,12 @@ import math
 import reprlib
 import shlex
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from kinodb.ingest._base import Source
+if TYPE_CHECKING:  # `kinodb.ingest._base` imports this module
+    from kinodb.ingest._base import Source
 
 _OPTION_NAMES: contextvars.ContextVar[Mapping[str, str] | None] = contextvars.ContextVar(
     "kinodb_option_names", default=None
@@ -46,11 +48,36 @@ def option_name(parameter: str) -> str:
     return names.get(parameter, "--" + parameter.replace("_", "-"))
 
 
-def option_value(parameter: str, value: object) -> str:
-    """``parameter=value`` as a Python caller writes it, or ``--option VALUE`` on the command line."""
+def option_value(parameter: str, value: object, *, whole: bool = False) -> str:
+    """``parameter=value`` as a Python caller writes it, or ``--option VALUE`` on the command line.
+
+    A long value is shortened for Python callers (``'0-2,5,...'``), unless ``whole``: advice
+    to copy (an ``episodes`` spec that the message computes) is written out in full.
+    """
     if _OPTION_NAMES.get() is None:
-        return f"{parameter}={reprlib.repr(value)}"
+        return f"{parameter}={repr(value) if whole else reprlib.repr(value)}"
     return f"{option_name(parameter)} {shlex.quote(str(value))}"
+
+
+def option_flag(parameter: str, value: bool = True) -> str:
+    """Boolean ``parameter`` given as ``value``: ``flip_images=False`` as a Python caller writes
+    it; on the command line its flag (``--flip-images``) for True, ``no --flip-images`` for False.
+
+    Only for a parameter whose flag sets it to True (not ``images``, set False by ``--no-images``).
+    """
+    if _OPTION_NAMES.get() is None:
+        return f"{parameter}={value!r}"
+    return option_name(parameter) if value else f"no {option_name(parameter)}"
+
+
+def skip_advice() -> str:
+    """The end of the message of an episode that the ingest can go on without:
+    ``, or pass on_error='skip'`` (``, or pass --on-error skip`` on the command line).
+
+    Call it when the error is raised, where the caller's spelling is known; the framework
+    drops it from the reasons of the episodes it skips (the advice taken).
+    """
+    return f", or pass {option_value('on_error', 'skip')}"
 
 
 def check_dtype(dtype: str | None) -> None:

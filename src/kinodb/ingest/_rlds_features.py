@@ -22,10 +22,10 @@ import numpy as np
 from numpy.typing import NDArray
 
 from kinodb.errors import ConversionError
-from kinodb.ingest._base import SKIP_ADVICE, SOURCE_PARTS, FrameChunks, SourceOptions
+from kinodb.ingest._base import SOURCE_PARTS, FrameChunks, SourceOptions
 from kinodb.ingest._exact import first_rounded
 from kinodb.ingest._example import FeatureValue
-from kinodb.ingest._options import option_value
+from kinodb.ingest._options import option_name, option_value, skip_advice
 from kinodb.kdb import _codecs
 from kinodb.kdb.reader import META_FIELDS
 
@@ -442,8 +442,8 @@ def make_plan(specs: dict[str, Spec], options: SourceOptions) -> Plan:
         what = f"steps/{options.action_key}" if options.action_key else "steps/action"
         raise ConversionError(
             f"no numeric {what} feature (a tensor, or a dict of tensors); the numeric step features are "
-            f"{numeric or 'none'}: name the one that holds the actions with --action-key (action_key=), "
-            "e.g. --action-key action_dict for a dict of tensors, concatenated in sorted key order"
+            f"{numeric or 'none'}: name the one that holds the actions with {option_name('action_key')}, e.g. "
+            f"{option_value('action_key', 'action_dict')} for a dict of tensors, concatenated in sorted key order"
         )
     plan = Plan(specs, count, actions, _state_keys(specs, options))
     taken = {*FLAG_KEYS, *actions, *plan.states}  # the flags are checked (`_check_flags`), not stored
@@ -556,10 +556,10 @@ def _concat(
         if rounded is not None:
             at, value = rounded
             fix = (
-                "name one tensor of the action dict with action_key (--action-key); the others then stay "
+                f"name one tensor of the action dict with {option_name('action_key')}; the others then stay "
                 "extra arrays"
                 if actions
-                else f"leave {key.removeprefix(OBS)!r} out of state_keys (--state-keys): it then stays an "
+                else f"leave {key.removeprefix(OBS)!r} out of {option_name('state_keys')}: it then stays an "
                 "extra array, with its own dtype"
             )
             raise ConversionError(
@@ -694,7 +694,7 @@ def _count(feats: Mapping[str, FeatureValue], plan: Plan, where: str) -> int:
     if T == 0:
         raise ConversionError(
             f"{where}: the episode has no steps ({plan.count_key} is empty); a .kdb episode holds at least "
-            f"one: select the others with --episodes{SKIP_ADVICE}"
+            f"one: select the others with {option_name('episodes')}{skip_advice()}"
         )
     return T
 
@@ -722,7 +722,7 @@ def _check_flags(feats: Mapping[str, FeatureValue], plan: Plan, T: int, where: s
             )
         raise ConversionError(
             f"{where}: {why}; write the dataset anew with one episode per record, is_first at its first "
-            f"step and is_last at its last{SKIP_ADVICE}"
+            f"step and is_last at its last{skip_advice()}"
         )
 
 
@@ -744,11 +744,11 @@ def _spec_advice(plan: Plan) -> str:
     if plan.declared:
         return (
             f"; features.json declares the features: if it does not describe this dataset, {REWRITE}, or "
-            f"remove it (the features are then read from the first record){SKIP_ADVICE}"
+            f"remove it (the features are then read from the first record){skip_advice()}"
         )
     return (
         "; without features.json, the first readable record declares the features: place the dataset's "
-        f"features.json beside the shards{SKIP_ADVICE}"
+        f"features.json beside the shards{skip_advice()}"
     )
 
 

@@ -18,6 +18,7 @@ from typing import Any
 from kinodb.errors import ConversionError
 from kinodb.ingest import _tfrecord
 from kinodb.ingest._base import not_this_format
+from kinodb.ingest._options import option_name, option_value
 from kinodb.ingest._rlds_features import FIXES, check_features, check_info
 
 SHARD_RE = re.compile(r"^(?P<dataset>.+)-(?P<split>[^-.]+)\.tfrecord-(?P<shard>\d+)(?:-of-(?P<num>\d+))?$")
@@ -139,6 +140,11 @@ def _template_names(template: str, dataset: str, split: str, fmt: str, n: int) -
     ]  # fmt: skip
 
 
+def _pass_one(splits: list[str]) -> str:
+    """How to read one of ``splits`` (``": pass split='train' or split='val'"``; ``""`` for none)."""
+    return f": pass {' or '.join(option_value('split', s, whole=True) for s in splits)}" if splits else ""
+
+
 def split_shards(root: str, info: dict[str, Any], split: str) -> list[Shard]:
     """Shards of ``split`` as ``dataset_info.json`` lists them."""
     fmt = str(info.get("fileFormat") or "tfrecord")
@@ -149,8 +155,8 @@ def split_shards(root: str, info: dict[str, Any], split: str) -> list[Shard]:
     splits = {str(s.get("name")): s for s in info.get("splits", []) if isinstance(s, dict)}
     if split not in splits:
         raise ConversionError(
-            f"{root}: no split {split!r}; dataset_info.json lists {', '.join(sorted(splits)) or 'none'} "
-            f"(pass --split)"
+            f"{root}: no split {split!r}; dataset_info.json lists {', '.join(sorted(splits)) or 'none'}"
+            f"{_pass_one(sorted(splits))}"
         )
     entry = splits[split]
     lengths = [int(x) for x in entry.get("shardLengths", [])]
@@ -225,12 +231,13 @@ def listed_shards(root: str, split: str | None) -> list[Shard]:
         if not chosen:
             found = sorted({m["split"] for m, _ in templated})
             raise ConversionError(
-                f"{root}: no shards of split {want!r}; found splits {', '.join(found)} (pass --split)"
+                f"{root}: no shards of split {want!r}; found splits {', '.join(found)}{_pass_one(found)}"
             )
         return [Shard(n, os.path.join(root, n), None) for _, n in chosen]
     if split is not None:
         raise ConversionError(
-            f"{root}: shard names carry no split (expected NAME-SPLIT.tfrecord-NNNNN); drop --split"
+            f"{root}: shard names carry no split (expected NAME-SPLIT.tfrecord-NNNNN); leave "
+            f"{option_name('split')} out"
         )
     if not names:
         raise ConversionError(f"{root}: no *.tfrecord* shards")

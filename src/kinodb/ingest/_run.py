@@ -25,7 +25,6 @@ import numpy as np
 
 from kinodb.errors import ConversionError, KinodbError, WriterError
 from kinodb.ingest._base import (
-    SKIP_ADVICE,
     SOURCE_PARTS,
     SOURCE_WHERE,
     Source,
@@ -33,7 +32,7 @@ from kinodb.ingest._base import (
     SourceOptions,
     source_class,
 )
-from kinodb.ingest._options import _OPTION_NAMES
+from kinodb.ingest._options import _OPTION_NAMES, skip_advice
 from kinodb.ingest._options import check_dtype as check_dtype
 from kinodb.ingest._options import check_positive as check_positive
 from kinodb.ingest._options import name_list as name_list
@@ -499,7 +498,8 @@ def _write_episodes(
             if error is not None:
                 if on_error == "raise":
                     raise ConversionError(error)
-                report.skipped.append((key, error.replace(SKIP_ADVICE, "")))  # advice already taken
+                # The advice is taken; the source wrote it as the caller spells it, as here.
+                report.skipped.append((key, error.replace(skip_advice(), "")))
             bar(key)
 
 

@@ -162,7 +162,7 @@ def _positions(keys: list[str], numbers: list[int], beyond: list[int]) -> str:
     found = sorted(at[i] for i in beyond if i in at)
     if found:
         named = [f"{f'episode_index {numbers[p]}' if lerobot else keys[p]} is at position {p}" for p in found]
-        text += f": {_listed(named, 3)}, which {option_value('episodes', episodes_spec(found))} selects"
+        text += f": {_listed(named, 3)}, which {option_value('episodes', episodes_spec(found), whole=True)} selects"
     held = [str(numbers[p]) if lerobot else keys[p] for p in range(len(keys))]
     if len(held) > 8:
         held = [*held[:6], "...", held[-1]]

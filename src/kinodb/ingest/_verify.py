@@ -51,6 +51,7 @@ from kinodb.ingest._run import (
     check_dtype,
     check_positive,
     name_list,
+    option_name,
     option_value,
     override_task,
     refuse_unused,
@@ -273,8 +274,7 @@ def _require_recorded_format(db: Database, plan: _Plan, format: str) -> None:
         return
     raise ConversionError(
         f"{db.path()} was ingested from a source of format {plan.format} ({_recorded_source(db)}), "
-        f"not {format}: "
-        "leave --format out to read the source as the ingest did"
+        f"not {format}: leave {option_name('format')} out to read the source as the ingest did"
     )
 
 

@@ -13,6 +13,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from kinodb.ingest._options import _OPTION_NAMES
+
 DEFAULT_PSNR = 35.0  # dB; JPEG at quality 95 gives 40+ on camera frames
 CODEC_MARGIN_DB = 1.5  # below a fresh JPEG encode of the source frame (PSNR, default threshold)
 MAX_PROBLEMS = 1000  # problem lines kept; `mismatches` counts them all
@@ -105,17 +107,21 @@ class VerifyReport:
             lines += [f"  - {p}" for p in self.problems[:shown]]
             rest = sum(self.mismatches.values()) - min(shown, len(self.problems))
             if rest > 0:
-                lines.append(f"  ... {rest} more (use --json for the first {MAX_PROBLEMS})")
+                lines.append(f"  ... {rest} more ({_all_problems()})")
         return "\n".join(lines)
 
     def failure(self) -> str:
         """One line for an error: what differs, and that the output file stays."""
         first = "; ".join(self.problems[:3])
-        hint = " --psnr DB" if set(self.mismatches) == {"images"} else ""
+        psnr = set(self.mismatches) == {"images"}  # frames under the threshold, and nothing else
+        if _OPTION_NAMES.get() is None:  # a Python caller
+            see = f"kinodb.ingest.verify({self.source!r}, {self.output!r}{', psnr=DB' if psnr else ''}).summary()"
+        else:
+            see = f"'kino verify {self.source} {self.output}{' --psnr DB' if psnr else ''}'"
         return (
             f"{self.output}: verification against {self.source} failed with "
             f"{sum(self.mismatches.values())} mismatches ({first}); the output file was kept: "
-            f"see 'kino verify {self.source} {self.output}{hint}', or delete it"
+            f"see {see}, or delete it"
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -130,6 +136,14 @@ class VerifyReport:
             "mismatches": dict(sorted(self.mismatches.items())), "problems": self.problems,
             "seconds": round(self.seconds, 3),
         }  # fmt: skip
+
+
+def _all_problems() -> str:
+    """Where the problems that `VerifyReport.summary` leaves out are: ``kino verify --json``
+    on the command line, ``problems`` (and ``to_dict``) to a Python caller."""
+    if _OPTION_NAMES.get() is None:
+        return f"the report's problems hold the first {MAX_PROBLEMS}"
+    return f"use --json for the first {MAX_PROBLEMS}"
 
 
 def format_number(x: float) -> str:

@@ -154,6 +154,7 @@ from kinodb.ingest._hdf5_layout import (
     reward_dtype,
     row_record,
 )
+from kinodb.ingest._options import option_flag, option_name
 from kinodb.kdb import _codecs
 
 log = logging.getLogger(__name__)
@@ -314,14 +315,14 @@ class HDF5Source(_FileLevel):
             listing = [f"{k} ({n})" for k, n in self._filter_key_counts().items() if n]
             raise ConversionError(
                 f"{self._path}: filter key mask/{split} exists but lists no demos (the dataset {what}); "
-                f"filter keys that list demos: {', '.join(listing) or 'none'}: pick one with --split, or "
-                "leave --split out to read every demo"
+                f"filter keys that list demos: {', '.join(listing) or 'none'}: pick one with "
+                f"{option_name('split')}, or leave {option_name('split')} out to read every demo"
             )
         return chosen
 
     def info(self) -> SourceInfo:
         """Schema (state components) and metadata; fps, embodiment and task come per demo."""
-        layout, facts = self._layout(), self._facts()
+        layout, facts = self._layout(), self._facts(warn=True)
         metadata = dict(facts.metadata)
         metadata["image_orientation"] = "rotated_180" if self._options.flip_images else "as_stored"
         metadata["hdf5"] = {
@@ -367,8 +368,8 @@ class HDF5Source(_FileLevel):
             and not exported_upright(self._data.attrs) and self._path not in _WARNED_UPSIDE_DOWN
         ):  # fmt: skip
             _WARNED_UPSIDE_DOWN.add(self._path)  # once per file: verify reads the info again
-            log.warning("%s: LIBERO frames are stored upside down; pass flip_images (--flip-images) "
-                        "to store them upright", self._path)  # fmt: skip
+            log.warning("%s: LIBERO frames are stored upside down; pass %s to store them upright",
+                        self._path, option_flag("flip_images"))  # fmt: skip
         schema: dict[str, Any] = {"states": {"components": layout.components}} if layout.components else {}
         exported = recorded_dataset(self._path, self._data.attrs, self._held)
         if exported is not None:  # a kinodb export: its own schema names and metadata come back
@@ -641,9 +642,9 @@ class HDF5Source(_FileLevel):
         frame = at // max(1, arr[:1].size)
         own = f" ({f.first} has {f.dtype})" if arr.dtype != f.dtype else ""
         fix = (
-            "leave it out of state_keys (--state-keys) to keep the states exact"
+            f"leave it out of {option_name('state_keys')} to keep the states exact"
             if self._options.state_keys is not None
-            else "pass state_keys (--state-keys) without it to keep the states exact"
+            else f"pass {option_name('state_keys')} without it to keep the states exact"
         )
         return (
             f"{f.path} holds {value!r} at frame {frame} ({arr.dtype}{own}), which the {dtype} states "

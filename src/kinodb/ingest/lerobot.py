@@ -100,7 +100,6 @@ from kinodb.errors import ConversionError
 from kinodb.export._hdf5_turns import rotation_space
 from kinodb.ingest import _video
 from kinodb.ingest._base import (
-    SKIP_ADVICE,
     SOURCE_PARTS,
     SOURCE_WHERE,
     FrameChunks,
@@ -144,6 +143,7 @@ from kinodb.ingest._lerobot_data import (
     whole_number,
 )
 from kinodb.ingest._lerobot_kinodb import kinodb_export, restore, restore_dataset
+from kinodb.ingest._options import option_flag, option_name, option_value, skip_advice
 
 log = logging.getLogger(__name__)
 
@@ -286,7 +286,7 @@ def _rotated(
             raise ConversionError(
                 f"{root}: {name!r} was rotated 180 degrees on axes {prior[name]} by the ingest of the file this "
                 f"kinodb export was written from, and flip_images turns it on axes {axes}, which leaves it "
-                "turned both ways; ingest it without --flip-images (flip_images=False)"
+                f"turned both ways; ingest it with {option_flag('flip_images', False)}"
             )
     return out
 
@@ -411,7 +411,9 @@ class LeRobotSource:
         """The episode fps (``options.fps`` wins unless ``dataset``: the rate of the files)."""
         fps = self._info.get("fps") if dataset else self._options.fps or self._info.get("fps")
         if not isinstance(fps, (int, float)) or isinstance(fps, bool) or not fps > 0:
-            raise ConversionError(f"{self._root}: meta/info.json has no usable fps ({fps!r}); pass --fps")
+            raise ConversionError(
+                f"{self._root}: meta/info.json has no usable fps ({fps!r}); pass {option_name('fps')}"
+            )
         return float(fps)
 
     def _wide_images(self) -> dict[str, str | None]:
@@ -519,10 +521,12 @@ class LeRobotSource:
         """The error for episode ``e``'s data file ``path``, which does not exist."""
         listed = list(self._episodes.values())
         held = [k for k, ep in enumerate(listed) if os.path.isfile(ep.data)]
+        spec = episodes_spec(held)
+        select = option_value("episodes", spec, whole=True) if held else option_name("episodes")
         return ConversionError(
-            f"{path}: missing data file of episode {e}; this copy holds the data of "
-            f"{len(held)} of its {len(listed)} episodes ({episodes_spec(held) or 'none'}): select them with "
-            f"--episodes (positions in meta/episodes){SKIP_ADVICE}"
+            f"{path}: missing data file of episode {e}; this copy holds the data of {len(held)} of its "
+            f"{len(listed)} episodes ({spec or 'none'}): select them with {select} (positions in "
+            f"meta/episodes){skip_advice()}"
         )
 
     def _table(self, ep: Episode) -> Any:
@@ -735,14 +739,14 @@ def _check_times(stamps: np.ndarray, where: str) -> None:
         t = int(np.argmax(bad))
         raise ConversionError(
             f"{where}: column 'timestamp' holds {stamps[t]} at frame {t} ({int(bad.sum())} of {len(stamps)} "
-            f"frames are not finite); timestamps must be finite numbers of seconds: fix the data file{SKIP_ADVICE}"
+            f"frames are not finite); timestamps must be finite numbers of seconds: fix the data file{skip_advice()}"
         )
 
 
 def _video_error(exc: ConversionError, ep: Episode, cam: str, key: str) -> ConversionError:
     """A video's decoding error, naming the episode, camera and feature (and, for a damaged
     file, how to go on without the episode)."""
-    advice = SKIP_ADVICE if isinstance(exc, _video.DamagedVideoError) else ""
+    advice = skip_advice() if isinstance(exc, _video.DamagedVideoError) else ""
     return ConversionError(f"{exc} (episode {ep.index}, camera {cam!r}, feature {key!r}){advice}")
 
 

@@ -98,9 +98,9 @@ import numpy as np
 
 from kinodb.errors import ConversionError
 from kinodb.ingest import _tfrecord
-from kinodb.ingest._base import SKIP_ADVICE, SOURCE_WHERE, SourceInfo, SourceOptions
+from kinodb.ingest._base import SOURCE_WHERE, SourceInfo, SourceOptions
 from kinodb.ingest._example import FeatureValue, parse_example
-from kinodb.ingest._options import option_value
+from kinodb.ingest._options import option_value, skip_advice
 from kinodb.ingest._rlds_features import (
     FLAG_KEYS,
     LEFT_OUT_FIELD,
@@ -139,7 +139,11 @@ KNOWN_DATASETS: dict[str, tuple[float, str]] = {
     "fractal20220817_data": (3.0, "google_robot"),
     "droid": (15.0, "franka"),
 }
-_RECOPY = f"copy the shard again from the dataset's source{SKIP_ADVICE}"  # a damaged or short shard
+
+
+def _recopy() -> str:
+    """The fix of a damaged or short shard, to end the message of an episode in it."""
+    return f"copy the shard again from the dataset's source{skip_advice()}"
 
 
 def _merge_steps(
@@ -273,7 +277,7 @@ class RLDSSource:
         return fd
 
     def _data(self, shard: Shard, index: int, *, fix: str = "") -> bytes:
-        """Record ``index``'s data; ``fix`` ends the message of a damaged one (`_RECOPY` where
+        """Record ``index``'s data; ``fix`` ends the message of a damaged one (`_recopy` where
         the record is an episode's, which can be skipped)."""
         records = self._scan(shard)
         if index < len(records):
@@ -281,7 +285,7 @@ class RLDSSource:
         if shard.expected is not None and index < shard.expected:
             raise ConversionError(
                 f"{shard.path}: record {index}: missing: the shard holds {len(records)} records, "
-                f"dataset_info.json lists {shard.expected} (a truncated or replaced shard); {_RECOPY}"
+                f"dataset_info.json lists {shard.expected} (a truncated or replaced shard); {_recopy()}"
             )
         raise ConversionError(f"{shard.path}: no record {index}; the shard holds {len(records)}")
 
@@ -525,9 +529,8 @@ class RLDSSource:
             if shard is None or not rest:
                 raise ConversionError(f"{self._root}: no episode {key!r}")
             where = f"{shard.path}: record {rest}"
-            feats = self._parse(
-                self._data(shard, _index(rest, key), fix=_RECOPY), where, skip=skip, fix=_RECOPY
-            )
+            fix = _recopy()
+            feats = self._parse(self._data(shard, _index(rest, key), fix=fix), where, skip=skip, fix=fix)
         args = convert(feats, plan, self._options, where)
         self._warn_non_finite(args["extra"].get(LEFT_OUT_FIELD, []), where)
         args["fps"] = self._options.fps or KNOWN_DATASETS.get(self._dataset_name(), (DEFAULT_FPS, None))[0]
@@ -554,7 +557,7 @@ class RLDSSource:
             shard = self._by_name[name]
             raise ConversionError(
                 f"{shard.path}: missing records: the shard holds {len(self._scan(shard))} records (steps), "
-                f"dataset_info.json lists {shard.expected} (a truncated or replaced shard); {_RECOPY}"
+                f"dataset_info.json lists {shard.expected} (a truncated or replaced shard); {_recopy()}"
             )
         pieces = [key] if name in self._by_name else key.split("+")  # a shard's name may hold a '+'
         segments: list[_Segment] = []
@@ -570,14 +573,13 @@ class RLDSSource:
         self, segments: list[_Segment], where: str, skip: frozenset[str]
     ) -> dict[str, FeatureValue]:
         steps, labels = [], []
+        fix = _recopy()
         for shard, a, b in segments:
             for i in range(a, b + 1):
                 label = f"record {i}" if len(segments) == 1 else f"{shard.name} record {i}"
                 prefix = f"{shard.path}: record {i}: "
                 try:
-                    steps.append(
-                        self._parse(self._data(shard, i, fix=_RECOPY), prefix[:-2], skip=skip, fix=_RECOPY)
-                    )
+                    steps.append(self._parse(self._data(shard, i, fix=fix), prefix[:-2], skip=skip, fix=fix))
                 except ConversionError as exc:  # the whole episode fails, named by its records
                     raise ConversionError(f"{where}: {label}: {str(exc).removeprefix(prefix)}") from None
                 labels.append(label)
