@@ -26,7 +26,7 @@ from numpy.typing import NDArray
 
 from kinodb.errors import EpisodeNotFoundError, FormatError, MixtureError, QuerySyntaxError
 from kinodb.kdb._files import FolderError
-from kinodb.kdb.reader import Database, _open_as
+from kinodb.kdb.reader import Database, _open_as, open_database
 
 __all__ = ["DEFAULT_SEED", "Mixture", "MixtureBuilder", "MixtureSource", "WeightBy"]
 
@@ -173,7 +173,10 @@ class Mixture:
         db = self._open.get(key)
         if db is None:
             try:
-                db = self._open[key] = _open_as(spec.file, spec.path)
+                # By the path given while it still names the file (messages then name it as
+                # given); from another working directory, by the absolute path.
+                same = os.path.abspath(spec.path) == spec.file
+                db = self._open[key] = open_database(spec.path) if same else _open_as(spec.file, spec.path)
             except FileNotFoundError:
                 msg = f"mixture source {i}: no such file"
                 raise FileNotFoundError(errno.ENOENT, msg, spec.path) from None
