@@ -85,6 +85,8 @@ class Database(_MetaReads, _ArrayReads):
     # The absolute path of the file, resolved when it was opened: a pickled copy re-opens
     # that file even where the working directory has changed since (`__reduce__`).
     _file: str | None = None
+    # The header and commit records as read at open (`_map_commit`); a 0.x file has none.
+    _preamble: bytes = bytes(DATA_START)
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         # Opening reads the header, the commit records and the index head, nothing whose
@@ -98,10 +100,8 @@ class Database(_MetaReads, _ArrayReads):
         # the map cannot be closed under a live view (np.ndarray(buffer=mmap) alone
         # does not pin it, and touching such a view after close would crash).
         self._buf: np.ndarray | None = None
-        mm = map_file(path)
+        mm, size, self._preamble, (major, minor), self._slot, self._commit = _map_commit(path)
         try:
-            size = len(mm)
-            (major, minor), self._slot, self._commit = read_preamble(mm[:DATA_START], path, size)
             self._toc_len = check_index_head(mm, self._commit.index_offset, self._commit.index_length, path)
             check_counts(self._commit, size, path)
         except BaseException:
@@ -514,7 +514,8 @@ class Database(_MetaReads, _ArrayReads):
             self._verify_index()  # now, not on first use: no commit record vouches for this block
         except CorruptFileError:
             raise self._moved(parent, "rewritten") from None
-        slots = [parse_slot(self._map()[at : at + SLOT_SIZE].tobytes()) for at in SLOT_OFFSETS]
+        # From the records read at open, not the map: a commit made since may overwrite them.
+        slots = [parse_slot(self._preamble[at : at + SLOT_SIZE]) for at in SLOT_OFFSETS]
         self._slot = slots.index(parent) if parent in slots else -1
 
     def _moved(self, parent: Commit, how: str) -> KinodbError:
@@ -535,6 +536,50 @@ class Database(_MetaReads, _ArrayReads):
 
     def __repr__(self) -> str:
         return f"<kinodb.Database {self._path!r} ({self._n} episodes, format {self.version()})>"
+
+
+# How many times opening maps a file again when commits keep landing between mapping it and
+# reading its commit records (`_map_commit`); each needs another commit in that instant.
+_REMAPS = 4
+
+
+def _map_commit(path: str) -> tuple[mmap.mmap, int, bytes, tuple[int, int], int, Commit]:
+    """Map ``path`` and pick its newest commit: ``(map, mapped length, preamble, (major,
+    minor), slot number, commit)``.
+
+    The commit records are read from a copy of the preamble taken once. The map is shared,
+    so it shows a commit made after it was sized, but not the bytes that commit added past
+    its length. A writer makes its data and index durable before the record that points at
+    them, so such a record is no damage: the file has grown to hold it, and a new map
+    covers it.
+
+    Raises:
+        FormatError: the bytes are not a .kdb file (`read_preamble`).
+        CorruptFileError: no valid commit fits in the file, though it has stopped growing.
+    """
+    mm, remaps = map_file(path), 0
+    while True:
+        try:
+            size = len(mm)
+            head = mm[:DATA_START]  # a copy: commits from here on do not change what is read
+            try:
+                return mm, size, head, *read_preamble(head, path, size)
+            except CorruptFileError:
+                if remaps == _REMAPS or not _grown(mm, size):  # damage, not a commit made since
+                    raise
+        except BaseException:
+            mm.close()
+            raise
+        mm.close()
+        mm, remaps = map_file(path), remaps + 1
+
+
+def _grown(mm: mmap.mmap, size: int) -> bool:
+    """Whether the file that ``mm`` maps is now longer than ``size`` bytes."""
+    try:
+        return mm.size() > size  # the mapped file's length now, by its descriptor (fstat)
+    except (OSError, ValueError):
+        return False
 
 
 def _identity(path: str) -> tuple[int, int] | None:
