@@ -14,7 +14,15 @@ from kinodb._provenance import PROVENANCE, carried
 from kinodb.errors import ConversionError, FormatError, QuerySyntaxError, WriterError
 from kinodb.kdb._layout import DTYPES, KIND_ARRAY
 from kinodb.kdb.reader import Database, open_database
-from kinodb.kdb.upgrade import SKIP_ADVICE, check_columns, episode_error, leave_out
+from kinodb.kdb.upgrade import (
+    SKIP_ADVICE,
+    Identity,
+    check_columns,
+    episode_error,
+    leave_out,
+    refuse_changed,
+    same_file_inputs,
+)
 from kinodb.kdb.writer import Writer
 
 if TYPE_CHECKING:
@@ -100,7 +108,8 @@ def merge(
         QuerySyntaxError: ``filter`` does not parse (the message names the filter, before any
             input is opened), is not valid Unicode text (the output records it), or does not
             fit an input's fields (the message names the input).
-        WriterError: no input has a matching episode.
+        WriterError: no input has a matching episode; or ``output`` is an input and another
+            writer appended to it (or replaced it) during the merge; nothing was written.
         FormatError: an input is not a readable ``.kdb`` file, its index fails its checksum,
             or an episode's data is damaged (`CorruptFileError`; nothing is written).
         ConversionError: an episode cannot be stored in format v1, or every matching
@@ -118,9 +127,12 @@ def merge(
     if filter is not None:
         _check_filter(filter)
     dbs: list[Database] = []
+    out = os.fspath(output)
+    inplace: list[tuple[Database, Identity]] = []  # inputs that are the output: checked before it is replaced
     try:
         for p in inputs:
             dbs.append(open_database(p))
+            inplace += same_file_inputs(dbs[-1:], out)
             # Before anything is written: a damaged index must not be stored again under a
             # valid checksum (legacy files have none to check).
             dbs[-1]._verify_index()
@@ -132,12 +144,11 @@ def merge(
         if not any(len(k) for k in kept):
             where = f" match {filter!r}" if filter else ""
             raise WriterError(f"no episode in {len(dbs)} input files{where}; nothing was written")
-        out = os.fspath(output)
         warnings = [
             *_same_file_warnings(dbs, out), *_dim_warnings(dbs, kept), *_dtype_warnings(dbs, kept),
             *_layout_warnings(dbs, kept),
         ]  # fmt: skip
-        return _write(dbs, kept, out, filter, overwrite, on_error == "skip", warnings)
+        return _write(dbs, kept, out, filter, overwrite, on_error == "skip", warnings, inplace)
     finally:
         for db in dbs:
             db.close()
@@ -374,10 +385,13 @@ def _write(
     overwrite: bool,
     skip: bool,
     warnings: list[str],
+    inplace: list[tuple[Database, Identity]],
 ) -> MergeResult:
-    """Write the ``kept`` episodes of ``dbs`` to ``output``, with the merge's schema and metadata.
+    """Write the ``kept`` episodes of ``dbs`` to ``output``, with the merge's schema and metadata;
+    ``inplace`` are the inputs that are ``output`` (`same_file_inputs`).
 
     Raises:
+        WriterError: ``output`` changed since ``inplace`` were opened (`refuse_changed`).
         ConversionError: every matching episode was skipped (``skip``), or, without ``skip``,
             one cannot be stored (`episode_error`).
     """
@@ -391,6 +405,8 @@ def _write(
         source_format="kinodb-merge",
         metadata=metadata,
     ) as w:
+        # Its lock keeps appenders out from here until the merged file replaces the output.
+        refuse_changed(inplace, output, "merge")
         w.schema["sources"] = sources
         reasons: list[str] = []  # per input that had episodes skipped
         report = [

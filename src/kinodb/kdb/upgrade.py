@@ -6,6 +6,7 @@ import math
 import os
 import shlex
 import warnings
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -63,12 +64,14 @@ def upgrade(
             index, or a v1 episode's payload, fails its checksum: `CorruptFileError`, nothing
             written).
         ConversionError: ``src`` has no episodes, or an episode cannot be stored in v1.
-        WriterError: writing ``dst`` failed (a full disk); nothing was written.
+        WriterError: writing ``dst`` failed (a full disk); or ``dst`` is ``src`` and another
+            writer appended to it (or replaced it) during the upgrade; nothing was written.
     """
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     source = os.fspath(src)
     with open_database(src) as db:
+        inplace = same_file_inputs([db], os.fspath(dst))
         db._verify_index()  # a damaged index is never stored again under a valid checksum
         check_columns(db)
         if len(db) == 0:
@@ -89,6 +92,7 @@ def upgrade(
             source_format=info.get("source_format") or f"kinodb-{version}",
             metadata=metadata,
         ) as out:
+            refuse_changed(inplace, os.fspath(dst), "upgrade")
             skipped = _copy_episodes(db, out, source, dst, legacy=legacy, notes=notes, on_error=on_error)
             if not len(out):
                 first, reason = skipped[0]
@@ -152,6 +156,57 @@ def _copy_episodes(
                 continue
             raise episode_error(exc, source, i, _upgrade_advice(db, i, source, os.fspath(dst))) from exc
     return skipped
+
+
+Identity = tuple[int, int]  # (st_dev, st_ino): names one file under any path
+
+
+def _identity(path: str) -> Identity | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def same_file_inputs(dbs: Sequence[Database], output: str) -> list[tuple[Database, Identity]]:
+    """The inputs among ``dbs`` that are the file at ``output`` (an in-place rewrite), each
+    with that file's identity; call it as soon as they are open, for `refuse_changed`."""
+    target = _identity(output)
+    if target is None:
+        return []
+    return [(db, target) for db in dbs if _identity(db.path()) == target]
+
+
+def refuse_changed(inplace: Sequence[tuple[Database, Identity]], output: str, doing: str) -> None:
+    """Refuse to replace ``output`` when it is no longer what its ``inplace`` inputs read
+    (`same_file_inputs`): an append committed to it since they were opened, or another
+    file took its place, and replacing it would drop that silently.
+
+    Call it while a Writer in mode ``"w"`` of ``output`` is open: its lock on the file keeps
+    appenders out from then until the new file replaces it.
+
+    Raises:
+        WriterError: the file changed (the message says how); nothing was written.
+    """
+    for db, identity in inplace:
+        now = _identity(output)
+        if now is None:
+            what = "it was removed"
+        elif now != identity:
+            what = "another file took its place"
+        else:
+            with open_database(output) as current:
+                if current._commit == db._commit:
+                    continue
+                what = (
+                    f"another writer committed to it: it held {db._commit.num_episodes} episodes when the "
+                    f"{doing} read it and holds {current._commit.num_episodes} now"
+                )
+        raise WriterError(
+            f"{output} changed while the {doing} was rewriting it in place ({what}); nothing was "
+            f"written and the file was left as it is now: run the {doing} again, to read it as it is now"
+        )
 
 
 SKIP_ADVICE = "to leave it out, rerun with --on-error skip (Python: on_error='skip')"
