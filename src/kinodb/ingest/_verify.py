@@ -22,6 +22,8 @@ source episode named by its ``source_episode`` extra field, one episode at a tim
   JPEG than camera frames do; a wrong frame does not get that close).
   A threshold given explicitly is an absolute floor;
 - labels: embodiment, task, fps, success, total reward and the extra fields;
+- the dataset metadata the converter reads from the source (attributes, info files,
+  features): each of its keys stored with the same value;
 - episodes of the source missing from the output (unless the ingest skipped them and
   listed them in the metadata), and output episodes with no source episode.
 
@@ -42,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from kinodb.errors import ConversionError, KinodbError
+from kinodb.errors import ConversionError, KinodbError, WriterError
 from kinodb.ingest._base import SOURCE_PARTS, Source, SourceInfo, SourceOptions, formats, source_class
 from kinodb.ingest._exact import exact_equal
 from kinodb.ingest._hdf5_layout import NEXT_OBS_LAST, record_rows
@@ -65,6 +67,7 @@ from kinodb.ingest._verify_report import (
     format_number,
 )
 from kinodb.ingest._verify_report import MAX_PROBLEMS as MAX_PROBLEMS  # re-exported: a public name
+from kinodb.kdb._builder import json_metadata
 from kinodb.kdb.reader import META_FIELDS, Database, open_database
 from kinodb.kdb.writer import Writer
 
@@ -236,6 +239,30 @@ def verify(
     return report
 
 
+def _first_difference(source: Any, stored: Any, path: str) -> str | None:
+    """Where two JSON values first differ (``'hdf5'.'env_args': the source has ...``), or
+    None when they are equal (``1`` and ``1.0`` differ: JSON keeps ints and floats apart)."""
+    if isinstance(source, Mapping) and isinstance(stored, Mapping):
+        for key in sorted(set(source) | set(stored)):
+            if key not in stored:
+                return f"{path}.{key!r}: the source gives it, the output lacks it"
+            if key not in source:
+                return f"{path}.{key!r}: the output holds it, the source does not give it"
+            found = _first_difference(source[key], stored[key], f"{path}.{key!r}")
+            if found is not None:
+                return found
+        return None
+    if isinstance(source, list) and isinstance(stored, list) and len(source) == len(stored):
+        for k, (a, b) in enumerate(zip(source, stored, strict=True)):
+            found = _first_difference(a, b, f"{path}[{k}]")
+            if found is not None:
+                return found
+        return None
+    if type(source) is type(stored) and source == stored:
+        return None
+    return f"{path}: the source has {_short(source)}, the output {_short(stored)}"
+
+
 # -- what the output was made from --------------------------------------------------------
 
 
@@ -379,6 +406,7 @@ class _Checker:
             else:
                 seen.add(key)
                 self._episode(i, key, meta, info)
+        self._dataset_metadata(info)
         if wanted is None:
             self._count_only(len(seen))
             return
@@ -386,6 +414,35 @@ class _Checker:
             if key not in seen and key not in skipped:
                 self.report.missing.append(key)
                 self.report.add("missing", f"source episode {key!r} is not in the output")
+
+    def _dataset_metadata(self, info: SourceInfo) -> None:
+        """The dataset metadata the converter reads from the source now (its attributes,
+        info files, features) against what the ingest stored: each key the converter gives
+        must be stored with the same value. Keys only the output holds (``ingest``, ``stats``
+        from ``kino stats``, a user's own) are not compared. A file an earlier kinodb
+        ingested (its options unrecorded, or its names those of an earlier converter) keeps
+        that converter's metadata: not compared, and the report says so."""
+        if self.renames or not self.plan.selection_known:
+            self.report.notes.append(
+                "dataset metadata not compared: an earlier kinodb ingested this file, and its converter "
+                "stored the metadata differently"
+            )
+            return
+        try:
+            fresh = json_metadata(info.metadata, "metadata")
+        except WriterError as exc:
+            self.report.add("metadata", f"the source's dataset metadata cannot be compared: {exc}")
+            return
+        stored = self.db.metadata()
+        for key in sorted(fresh):
+            if key not in stored:
+                self.report.add(
+                    "metadata", f"dataset metadata {key!r}: the source gives it, the output lacks it"
+                )
+                continue
+            where = _first_difference(fresh[key], stored[key], repr(key))
+            if where is not None:
+                self.report.add("metadata", f"dataset metadata {where}")
 
     def _wanted(self, keys: list[str]) -> list[str] | None:
         """The source keys the ingest selected (None: the selection was not recorded)."""
