@@ -528,7 +528,7 @@ def test_validate_notes_the_bytes_a_killed_appender_left(tmp_path: Path) -> None
     report = validate(path)
     assert report.ok, report.errors  # a note, not a failure: the committed state is whole
     (note,) = report.warnings
-    assert note.startswith(f"{left} bytes after the last commit (byte offset {committed}), left by an append")
+    assert note.startswith(f"{left} bytes after the last commit (byte offset {committed}): an append in progress")
     assert "did not finish" in note and "the next append removes them" in note
     with kinodb.Writer(path, mode="a") as w:
         w.add_episode(actions=A4)

@@ -211,7 +211,8 @@ def hidden_commit(db: Database) -> HiddenCommit | None:
         raise ValueError(f"{db.path()}: the database is closed")
     suspects: list[tuple[str, bytes | None]] = []
     for n, at in enumerate(SLOT_OFFSETS):
-        raw = mm[at : at + SLOT_SIZE]
+        # The records as the file was opened: an append committing meanwhile rewrites one.
+        raw = db._preamble[at : at + SLOT_SIZE]
         valid, where = parse_slot(raw), f"commit record {n} (byte offset {at})"
         if valid is not None:
             if n != db._slot and valid.generation == commit.generation:  # each commit has its own
@@ -304,7 +305,7 @@ def _check_slots(db: Database, report: Report) -> None:
     damaged = [
         f"commit record {n} (byte offset {at})"
         for n, at in enumerate(SLOT_OFFSETS)
-        if mm[at : at + SLOT_SIZE] != bytes(SLOT_SIZE) and parse_slot(mm[at : at + SLOT_SIZE]) is None
+        if (raw := db._preamble[at : at + SLOT_SIZE]) != bytes(SLOT_SIZE) and parse_slot(raw) is None
     ]
     past = mm.size() - commit.end
     if damaged:
@@ -319,9 +320,10 @@ def _check_slots(db: Database, report: Report) -> None:
         )
     elif past:  # no index among them: episodes an append wrote and never committed
         report.warnings.append(
-            f"{past} bytes after the last commit (byte offset {commit.end}), left by an append that did not "
-            "finish (a Writer neither closed nor aborted, or a process killed while appending); they are "
-            "not part of the file's episodes, and the next append removes them"
+            f"{past} bytes after the last commit (byte offset {commit.end}): an append in progress (a Writer "
+            "still open on the file), or one that did not finish (a Writer neither closed nor aborted, or a "
+            "process killed while appending); they are not part of the file's episodes, and the next append "
+            "removes them"
         )
 
 
