@@ -555,6 +555,48 @@ def note_schema(
             _note(entry, key, value)
 
 
+def dtype_drift(
+    schema: Mapping[str, Any], arrays: Mapping[str, np.ndarray], warned: set[str]
+) -> list[tuple[str, str, str]]:
+    """``(array, its dtype, the dtype earlier episodes hold)`` for the arrays of an episode
+    held in another dtype than ``schema`` records for every earlier episode, once per array
+    (``warned``, updated: the arrays said before).
+
+    Such a file is valid (its schema then records no dtype for the array), but
+    `Database.gather`, frame windows and ``kino stats`` need one dtype per array, as the
+    warnings of ``kino merge`` say for inputs of different dtypes.
+    """
+    found = []
+    for name, arr in arrays.items():
+        entry = schema.get(name) if name in RESERVED_ARRAYS else schema.get("arrays", {}).get(name)
+        was = entry.get("dtype") if isinstance(entry, dict) else None
+        if not isinstance(was, str) or was == arr.dtype.name or name in warned:
+            continue
+        warned.add(name)
+        found.append((name, arr.dtype.name, was))
+    return found
+
+
+def drift_message(path: str, n: int, name: str, got: str, was: str, fix: str) -> str:
+    """What a `dtype_drift` finding means, with ``fix`` (how the caller stores one dtype)."""
+    return (
+        f"{path}: episode {n} holds {name!r} as {got}, but the file's earlier episodes hold it as {was}; "
+        f"Database.gather, frame windows and kino stats need one dtype per array in a file: {fix} "
+        "(said once per array)"
+    )
+
+
+def writer_fix(name: str, got: str, was: str) -> str:
+    """`drift_message`'s fix for a `kinodb.Writer` caller: the cast to pass."""
+    give = name if name in RESERVED_ARRAYS else f"extra_arrays[{name!r}]"
+    try:
+        floating = np.dtype(got).kind == np.dtype(was).kind == "f"
+    except (TypeError, ValueError, SyntaxError):  # not a dtype: a damaged schema
+        floating = False
+    ingest = f", or kino ingest --dtype {was}" if floating else ""
+    return f"pass {give} as {give}.astype(np.{was}){ingest}"
+
+
 def _note(entry: dict[str, Any], key: str, value: Any) -> None:
     if key not in entry:
         entry[key] = value

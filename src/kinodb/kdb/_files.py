@@ -17,7 +17,6 @@ from typing import BinaryIO
 
 from kinodb.errors import FormatError, WriterError
 from kinodb.kdb._layout import DATA_START, read_preamble
-from kinodb.kdb._stale import stale_temps
 
 _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
 # Opening a FIFO for reading waits for a writer; without blocking, it is found and refused.
@@ -177,13 +176,6 @@ def keep_aside(tmp: str, path: str) -> str:
         return tmp
     fsync_dir(kept)
     return kept
-
-
-def remove_stale_temps(path: str) -> None:
-    """Delete temporary files that killed writers of ``path`` left behind."""
-    for tmp in stale_temps(path):
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
 
 
 def cleanup(

@@ -220,7 +220,11 @@ class _EpisodeCopies:
             said = (
                 f"{self._path}: another writer created this file while this one wrote, and this writer's "
                 f"{len(self._table)} episodes could not be appended to it; the file is as that writer left it, "
-                f"and they are kept in {where}: add them with {merge}"
+                + (
+                    f"and they are kept in {where}: add them with {merge}"
+                    if os.path.exists(kept)
+                    else f"and they are lost: another process deleted this writer's temporary file {tmp}"
+                )
             )
             if not isinstance(exc, Exception):  # an interrupt stays one
                 add_note = getattr(exc, "add_note", None)  # Python 3.11+

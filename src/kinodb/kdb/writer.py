@@ -8,12 +8,15 @@ re-exported from there.
 from __future__ import annotations
 
 import contextlib
+import copy
+import errno
 import math
 import os
 import secrets
 import threading
+import warnings
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -26,9 +29,12 @@ from kinodb.kdb._builder import (
     check_dataset,
     check_dims,
     declared_schema,
+    drift_message,
+    dtype_drift,
     json_metadata,
     note_schema,
     utc_now,
+    writer_fix,
 )
 from kinodb.kdb._checks import dims3, episode_meta, json_mapping, mapping, positive_fps
 from kinodb.kdb._files import (
@@ -44,7 +50,6 @@ from kinodb.kdb._files import (
     parent_only,
     publish_new,
     refuse_folder,
-    remove_stale_temps,
     still_at,
 )
 from kinodb.kdb._frames import camera_frames, check_quality, episode_arrays
@@ -65,6 +70,7 @@ from kinodb.kdb._layout import (
     pack_header,
     pack_slot,
 )
+from kinodb.kdb._stale import hold_temp, release_temp, remove_stale_temps
 from kinodb.kdb._table import check_append_dataset
 from kinodb.kdb._writer_copy import _EpisodeCopies
 from kinodb.kdb._writer_copy import verify_payload as verify_payload
@@ -73,9 +79,10 @@ _U16_MAX = 0xFFFF  # sec_count and sec.name are u16 columns
 _ZEROS = bytes(ALIGN)
 
 
-# Parts of a stored schema recorded from the episodes written, not declared: a schema
-# copied from `Database.schema()` may hold them (as it holds each part's dim and dtype).
-_RECORDED = frozenset({"cameras", "arrays", "rewards", "is_terminal", "timestamps"})
+# Parts of a stored schema recorded from the episodes written (or, ``sources``, by
+# `kinodb.merge` from its inputs), not declared: a schema copied from `Database.schema()`
+# may hold them (as it holds each part's dim and dtype).
+_RECORDED = frozenset({"cameras", "arrays", "rewards", "is_terminal", "timestamps", "sources"})
 
 
 def _named(exc: WriterError, n: int) -> WriterError:
@@ -119,8 +126,9 @@ class Writer(_EpisodeCopies):
     Raises:
         FileExistsError: mode ``"x"`` and ``path`` exists.
         FormatError: mode ``"a"`` and ``path`` is not a ``.kdb`` file (or not a regular file).
-        WriterError: an episode is malformed, another process is appending, or ``path``
-            is a folder or names one (ends in a path separator, ``out/``).
+        WriterError: an episode is malformed, another process is appending, ``path``
+            is a folder or names one (ends in a path separator, ``out/``), or (mode ``"a"``)
+            the file cannot be opened for writing (permissions, a read-only mount).
     """
 
     def __init__(
@@ -168,9 +176,12 @@ class Writer(_EpisodeCopies):
         # Through a link, as open() writes: the link stays, the file it points at is replaced.
         self._target = os.path.realpath(self._path) if os.path.islink(self._path) else self._path
         self._base_end: int | None = None  # an append: the committed end of the file
-        # A writer killed while replacing the file left its temporary, as large as the
-        # dataset: whichever writer of the path comes next removes it (live writers' stay).
-        remove_stale_temps(self._target)
+        self._held: BinaryIO | None = None  # a new file: its temporary, locked while this writer lives
+        self._drifted: set[str] = set()  # arrays warned about holding another dtype than earlier episodes
+        # Says a drift instead of the warning (an ingest, in its own words): (episode, array, dtype, earlier).
+        self._on_drift: Callable[[int, str, str, str], None] | None = None
+        # An append: the file's episode count and dataset when opened (see `close`).
+        self._unchanged: tuple[int, dict[str, Any]] | None = None
         if mode == "a" and os.path.exists(self._path):
             self._open_append()
         else:
@@ -181,18 +192,12 @@ class Writer(_EpisodeCopies):
                 "writer": f"kinodb {__version__}", "source_format": None,
                 "schema": {"cameras": {}, "arrays": {}}, "metadata": Metadata(),
             }  # fmt: skip
-            self._tmp: str | None = os.path.join(
-                os.path.dirname(os.path.abspath(self._target)),
-                f".{os.path.basename(self._target)}.{os.getpid()}.{secrets.token_hex(4)}.tmp",
-            )
+            self._tmp: str | None = None
             if mode == "w":  # no append may commit into the file this one replaces
                 self._guard = hold(self._target)
             try:
-                self._fh: BinaryIO = open(self._tmp, "xb", buffering=1 << 20)  # noqa: SIM115
+                self._fh, self._held = self._new_temp()
             except BaseException as exc:
-                if not isinstance(exc, OSError):  # a signal that landed as the file was made
-                    with contextlib.suppress(OSError):
-                        os.unlink(self._tmp)
                 if self._guard is not None:
                     os.close(self._guard)
                 if isinstance(exc, OSError):
@@ -206,10 +211,13 @@ class Writer(_EpisodeCopies):
             self._finalizer = weakref.finalize(
                 self, cleanup, self._owner, self._tmp, self._fh, self._flusher, self._guard, self._base_end
             )
+            self._unhold = weakref.finalize(self, release_temp, self._owner, self._held)
         except BaseException:  # a signal (SIGTERM, Ctrl-C) or an error before the cleanup is registered
             self._drop_new_file()
             raise
         parent_only(self._fh)
+        if self._held is not None:
+            parent_only(self._held)
         # Stored statistics describe the episodes present when they were set (see `stats`).
         self._stats_episodes = len(self._table)
         if source_format is not None:
@@ -218,9 +226,45 @@ class Writer(_EpisodeCopies):
         try:
             for part, spec in schema.items():
                 self._declare(part, spec)
+            # A writer killed while writing left its temporary, as large as the dataset: the
+            # next writer that gets to write the path removes it. Live writers, here or in
+            # another PID namespace (a container sharing the folder), hold theirs locked.
+            remove_stale_temps(self._target)
         except BaseException:
             self._finalizer()  # release the file (and an append's lock) now, not when collected
+            self._unhold()
             raise
+
+    def _new_temp(self) -> tuple[BinaryIO, BinaryIO]:
+        """Create this writer's temporary file beside the target (``self._tmp``) and lock it
+        (`hold_temp`): the open file to write, and the handle that holds its lock until the
+        file is published (closing the first, once committed, keeps the lock)."""
+        folder, base = os.path.dirname(os.path.abspath(self._target)), os.path.basename(self._target)
+        for _ in range(3):
+            tmp = self._tmp = os.path.join(folder, f".{base}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+            fh: BinaryIO | None = None
+            held: BinaryIO | None = None
+            try:
+                fh = open(tmp, "xb", buffering=1 << 20)  # noqa: SIM115
+                held = open(os.dup(fh.fileno()), "rb")  # noqa: SIM115 - the same open file: its lock
+                if hold_temp(held, tmp):
+                    return fh, held
+            except BaseException as exc:
+                for f in (held, fh):
+                    if f is not None:
+                        with contextlib.suppress(OSError):
+                            f.close()
+                if fh is not None or not isinstance(exc, OSError):  # made, or a signal as it was made
+                    with contextlib.suppress(OSError):
+                        os.unlink(tmp)
+                raise
+            # A writer's sweep in another PID namespace took it as it was made: it deletes it.
+            held.close()
+            fh.close()
+        raise WriterError(
+            f"{self._path}: other processes deleted this writer's temporary files in {folder} as they were "
+            "made; retry, and check what else writes there"
+        )
 
     def _drop_new_file(self) -> None:
         """Remove a new file's temporary and release what it holds, before `cleanup` can."""
@@ -229,6 +273,7 @@ class Writer(_EpisodeCopies):
         if self._tmp is not None:
             with contextlib.suppress(OSError):
                 os.unlink(self._tmp)
+        release_temp(self._owner, self._held)
         if self._guard is not None:
             with contextlib.suppress(OSError):
                 os.close(self._guard)
@@ -240,7 +285,10 @@ class Writer(_EpisodeCopies):
 
         self._tmp = None
         for _ in range(10):
-            self._fh = open(self._path, "r+b", buffering=1 << 20)  # noqa: SIM115
+            try:
+                self._fh = open(self._path, "r+b", buffering=1 << 20)  # noqa: SIM115
+            except OSError as exc:
+                raise self._unwritable(exc) from exc
             try:
                 lock(self._fh.fileno(), self._path)
                 if still_at(self._fh.fileno(), self._path):
@@ -269,6 +317,8 @@ class Writer(_EpisodeCopies):
                 check_append_dataset(self._dataset, where, self._path)
                 self._dataset["metadata"] = Metadata(self._dataset["metadata"])  # checked from now on
                 self._table.load(db._block, where)  # the stored rows stay encoded: no object per episode
+                # What the file holds: an append that adds nothing and changes none of it commits nothing.
+                self._unchanged = (len(self._table), copy.deepcopy(self._dataset))
         except BaseException:
             self._fh.close()
             raise
@@ -279,6 +329,21 @@ class Writer(_EpisodeCopies):
         self._fh.seek(commit.end)
         self._pos = commit.end
         self._base_end = commit.end
+
+    def _unwritable(self, exc: OSError) -> WriterError:
+        """``exc``, raised opening the existing file at the path to append, said of that file."""
+        if exc.errno == errno.EROFS:
+            return WriterError(
+                f"{self._path}: cannot open the file to append to it ({exc.strerror}): its file system is "
+                "mounted read-only; copy the file to a writable folder and append to the copy"
+            )
+        if isinstance(exc, PermissionError):
+            return WriterError(
+                f"{self._path}: cannot open the file to append to it ({exc.strerror}): this user may not "
+                f"write it; give it write permission (as its owner: chmod u+w {self._path}), or append to a "
+                "copy in a writable folder"
+            )
+        return WriterError(f"{self._path}: cannot open the file to append to it ({exc.strerror or exc})")
 
     # -- schema ---------------------------------------------------------------------------
 
@@ -396,6 +461,10 @@ class Writer(_EpisodeCopies):
         Several threads may add episodes to one writer: each episode is checked and its
         frames encoded in its own thread, then written whole, in the order they finish.
 
+        An array held in another dtype than the file's earlier episodes hold it (float64
+        actions after float32 ones) is stored as given, with a warning once per array:
+        `Database.gather`, frame windows and ``kino stats`` need one dtype per array.
+
         Raises:
             WriterError: a field has the wrong shape, dtype, length or value; an episode has
                 more than 65535 arrays and cameras, or the file more than 65536 distinct
@@ -447,7 +516,17 @@ class Writer(_EpisodeCopies):
                 check_dims(self._dataset["schema"], arrays["actions"].shape[1], arrays["states"].shape[1])
             except WriterError as exc:
                 raise _named(exc, len(self._table)) from exc.__cause__
-            return self._write(arrays, cams, meta)
+            n = len(self._table)
+            drift = dtype_drift(self._dataset["schema"], arrays, self._drifted)
+            index = self._write(arrays, cams, meta)
+        for name, got, was in drift:  # once written, at the caller's line
+            if self._on_drift is not None:
+                self._on_drift(n, name, got, was)
+            else:
+                warnings.warn(
+                    drift_message(self._path, n, name, got, was, writer_fix(name, got, was)), stacklevel=3
+                )
+        return index
 
     def _check_section_limits(self, names: Sequence[str]) -> None:
         """Refuse an episode whose sections the u16 columns ``sec_count`` and ``sec.name``
@@ -611,6 +690,9 @@ class Writer(_EpisodeCopies):
     def close(self) -> None:
         """Commit: write the index, fsync, then publish it (rename or commit record).
 
+        An append that added no episode and changed neither metadata nor statistics
+        commits nothing: the file keeps its bytes (and its ``modified`` time).
+
         Raises:
             WriterError: nothing was added to a new file; or writing failed (a full disk),
                 or failed earlier, and nothing was committed: the file is as it was. Or
@@ -633,6 +715,9 @@ class Writer(_EpisodeCopies):
                 self.abort()
                 raise WriterError(f"{self._path}: no episodes were added; nothing was written")
             check_dataset(self._dataset, self._path, len(self._table))
+            if self._tmp is None and (len(self._table), self._dataset) == self._unchanged:
+                self.abort()  # nothing to commit: the file keeps its bytes (and its modified time)
+                return
             if self._tmp is None:
                 try:
                     self._dataset["modified"] = utc_now()
@@ -679,6 +764,7 @@ class Writer(_EpisodeCopies):
                 ) from exc
             raise
         finally:
+            self._unhold()  # published, kept aside or deleted: no longer a temporary to keep
             if self._guard is not None:
                 with contextlib.suppress(OSError):
                     os.close(self._guard)
@@ -734,6 +820,7 @@ class Writer(_EpisodeCopies):
                     os.ftruncate(fd, self._base_end)
                 forget(self._fh)  # so closing the buffer cannot write them back
             self._finalizer()
+            self._unhold()
 
     def __enter__(self) -> Writer:
         return self
