@@ -18,6 +18,7 @@ import stat
 import time
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -47,7 +48,7 @@ from kinodb.ingest._selection import _select as _select
 from kinodb.ingest._selection import episode_indices as episode_indices
 from kinodb.ingest._selection import parse_episodes as parse_episodes
 from kinodb.kdb import _codecs
-from kinodb.kdb._builder import json_metadata
+from kinodb.kdb._builder import drift_message, json_metadata
 from kinodb.kdb._checks import mapping
 from kinodb.kdb._files import output_error, refuse_folder
 from kinodb.kdb._layout import MAGIC
@@ -391,6 +392,21 @@ def _error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {message}"
 
 
+def _drifted(out: str, n: int, name: str, got: str, was: str) -> None:
+    """Say that episode ``n`` holds array ``name`` in another dtype than the earlier ones,
+    with the ingest's fix (``dtype=``, ``--dtype``) where one cast makes them alike."""
+    try:
+        floating = np.dtype(got).kind == np.dtype(was).kind == "f"
+    except (TypeError, ValueError):
+        floating = False
+    fix = (
+        f"ingest again with {option_value('dtype', was)} to store floating arrays as {was}"
+        if floating
+        else "convert the source's episodes to one dtype before ingesting"
+    )
+    log.warning(drift_message(out, n, name, got, was, fix))
+
+
 def _ingest_metadata(info: SourceInfo, job: _Job, selected: int, recorded: dict[str, Any]) -> dict[str, Any]:
     """The output's metadata: the source's, with the ingest's record and the image orientation."""
     metadata = dict(info.metadata, ingest={"source": job.path, "format": job.cls.format, "selected": selected,
@@ -475,6 +491,7 @@ def _write_episodes(
     """
     path = job.path
     bar = _Progress(len(keys), progress)
+    writer._on_drift = partial(_drifted, os.fspath(writer._path))  # Writer's own warning names its arguments
     # closing: an error (or Ctrl-C) stops the workers now, not when the generator is collected;
     # and the bar ends its line before the error is reported
     with contextlib.closing(bar), contextlib.closing(_convert_all(job, keys, workers)) as converted:
