@@ -59,8 +59,10 @@ def register(sub: Any) -> None:
                    help="stop at the first bad episode (default) or skip it and report why")  # fmt: skip
     p.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
     p.add_argument("--verify", action="store_true",
-                   help="then re-read the source and compare every episode (kino verify); exit 1 on a "
-                        "mismatch, keeping the output")  # fmt: skip
+                   help="then re-read the source and compare every episode (kino verify, in this one "
+                        "process, whatever --workers says: it decodes every stored frame, and re-encodes "
+                        "JPEG frames under the PSNR floor, so it can take several times the ingest); exit 1 "
+                        "on a mismatch, keeping the output")  # fmt: skip
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=run)
 
