@@ -23,10 +23,10 @@ from kinodb.kdb.reader import Database
 from kinodb.kql._eval import fields_of
 from kinodb.mixture import Mixture
 from kinodb.serve._errors import BatchTooLargeError
-from kinodb.serve._messages import fill_tensor, legacy_frames, meta_to_pb
+from kinodb.serve._messages import legacy_frames, meta_to_pb
 from kinodb.serve._proto import kinodb_pb2 as pb
 from kinodb.serve._sizes import EpisodeSizes, episode_sizes, mib
-from kinodb.serve._wire import CameraPart, encode_windows
+from kinodb.serve._wire import CameraPart, EpisodePart, encode_episode, encode_episodes, encode_windows
 from kinodb.windows import FrameWindows, Normalizers, normalized_arrays, prefetch_frames
 
 __all__ = ["MAX_BATCHES_PER_MESSAGE", "MODES", "Backend"]
@@ -147,15 +147,20 @@ class Backend:
         meta_to_pb(self._dbs[s].read_meta(pos), resp.meta)
         return resp
 
-    def episode(self, req: pb.EpisodeRequest, *, legacy: bool = False) -> pb.EpisodeResponse:
-        """`GetEpisode`; the earlier service always sent decoded images in its per-frame form."""
+    def episode(self, req: pb.EpisodeRequest, *, legacy: bool = False) -> pb.EpisodeResponse | bytes:
+        """`GetEpisode`, as wire bytes (see `kinodb.serve._wire`); the earlier service always
+        sent decoded images, in its per-frame form."""
         images = _Images(True, (), None) if legacy else self._image_opts(req, req.include_images)
         self._locate(req.position)  # out of range: EpisodeNotFoundError, before any estimate
         self._check_estimate(self._estimate(np.array([req.position]), images), "this episode")
-        resp = pb.EpisodeResponse()
-        self._episode(req.position, resp.episode, images, legacy)
-        self._check_size(resp.ByteSize(), "this episode")
-        return resp
+        if legacy:
+            resp = pb.EpisodeResponse()
+            self._legacy_episode(req.position, resp.episode, images)
+            self._check_size(resp.ByteSize(), "this episode")
+            return resp
+        reply = encode_episode(self._episode(req.position, images))
+        self._check_size(len(reply), "this episode")
+        return reply
 
     def query(self, req: pb.QueryRequest, *, legacy: bool = False) -> pb.QueryResponse:
         """`Query`: global indices of the matches, ascending; ``total_matches`` counts them all."""
@@ -179,7 +184,8 @@ class Backend:
         self, req: pb.BatchRequest, rng: np.random.Generator | None = None, *, offset: int | None = None,
         legacy: bool = False,
     ) -> pb.BatchResponse | bytes:  # fmt: skip
-        """`GetBatch`: episodes, or frame windows when ``req.windows`` is set (as wire bytes)."""
+        """`GetBatch`: episodes, or frame windows when ``req.windows`` is set, as wire bytes
+        (episodes of the earlier service: a message)."""
         size, mode = self._batch_args(req)
         rng = rng if rng is not None else self.rng(req.seed)
         start = req.offset if offset is None else offset
@@ -189,14 +195,18 @@ class Backend:
         images = self._image_opts(req, req.include_images)
         if legacy and images is not None:  # the earlier service always sent decoded frames
             images = _Images(True, images.cameras, None)
-        self._check_estimate(self._estimate(idx, images), f"a batch of {size} episodes")
-        resp = pb.BatchResponse()
-        if mode == "sequential":
-            resp.next_offset = (start + size) % len(self)
-        for index in idx.tolist():
-            self._episode(index, resp.episodes.add(), images, legacy)
-        self._check_size(resp.ByteSize(), f"a batch of {size} episodes")
-        return resp
+        what = f"a batch of {size} episodes"
+        self._check_estimate(self._estimate(idx, images), what)
+        next_offset = (start + size) % len(self) if mode == "sequential" else 0
+        if legacy:
+            resp = pb.BatchResponse(next_offset=next_offset)
+            for index in idx.tolist():
+                self._legacy_episode(index, resp.episodes.add(), images)
+            self._check_size(resp.ByteSize(), what)
+            return resp
+        reply = encode_episodes([self._episode(i, images) for i in idx.tolist()], next_offset=next_offset)
+        self._check_size(len(reply), what)
+        return reply
 
     def stream(self, req: pb.StreamRequest) -> Iterator[pb.BatchResponse | bytes]:
         """`StreamBatches`: one seeded generator and a moving offset for the whole stream.
@@ -300,43 +310,58 @@ class Backend:
             raise ValueError(f"give both image_height and image_width, or neither (got {h} and {w})")
         return _Images(decoded, tuple(req.cameras), (h, w) if h else None)
 
-    def _episode(self, index: int, msg: pb.Episode, images: _Images | None, legacy: bool) -> None:
+    def _episode(self, index: int, images: _Images | None) -> EpisodePart:
+        """Episode ``index`` for a reply: its arrays and frames as read, to be copied once into it."""
+        s, pos, meta, arrays, cameras = self._read_episode(index, images)
+        msg = pb.EpisodeMeta()
+        meta_to_pb(meta, msg)
+        return EpisodePart(msg.SerializeToString(), arrays, cameras, index=index, source=s, position=pos)
+
+    def _legacy_episode(self, index: int, msg: pb.Episode, images: _Images | None) -> None:
+        """Fill ``msg`` with episode ``index`` in the earlier service's per-frame form."""
+        decoded = _Images(True, images.cameras, None) if images is not None else None
+        s, pos, meta, arrays, cameras = self._read_episode(index, decoded)
+        meta_to_pb(meta, msg.meta)
+        msg.index, msg.source, msg.position = index, s, pos
+        frames = {cam.camera: cam.pixels for cam in cameras if cam.pixels is not None}
+        legacy_frames(msg, arrays, frames)
+
+    def _read_episode(
+        self, index: int, images: _Images | None
+    ) -> tuple[int, int, dict[str, Any], dict[str, NDArray[Any]], list[CameraPart]]:
+        """``(source, position, meta, arrays, cameras)`` of episode ``index``: decoded frames
+        or the stored frames' bytes (views of the file), of ``images``' cameras (all: none named).
+
+        Raises:
+            NameNotFoundError: the episode lacks a camera asked for.
+        """
         s, pos = self._locate(index)
         db = self._dbs[s]
         arrays = db.read_episode_actions_only(pos)
-        meta_to_pb(arrays.pop("meta"), msg.meta)
-        msg.index, msg.source, msg.position = index, s, pos
-        decoded: dict[str, NDArray[np.uint8]] = {}
-        if images is not None:
-            cams = db._episode_cameras(pos)
-            if any("=" in name for name in images.cameras):
-                raise ValueError(
-                    "a camera mapping (name=a,b) applies to windows; ask episodes for camera names"
+        meta = arrays.pop("meta")
+        cameras: list[CameraPart] = []
+        if images is None:
+            return s, pos, meta, arrays, cameras
+        cams = db._episode_cameras(pos)
+        if any("=" in name for name in images.cameras):
+            raise ValueError("a camera mapping (name=a,b) applies to windows; ask episodes for camera names")
+        for name in images.cameras or tuple(cams):
+            if name not in cams:
+                raise NameNotFoundError(f"episode {index} has no camera {name!r}; it has {sorted(cams)}")
+            cam = cams[name]
+            T, h, w, c = cam.shape
+            prefetch_frames(db, cam)  # a reply holds them all: large reads, not page by page
+            if images.decoded:
+                pixels = (
+                    db.read_frames(pos, 0, T, cameras=[name])["images"][name]
+                    if T
+                    else np.zeros((0, h, w, c), np.uint8)
                 )
-            for name in images.cameras or tuple(cams):
-                if name not in cams:
-                    raise NameNotFoundError(f"episode {index} has no camera {name!r}; it has {sorted(cams)}")
-                cam = cams[name]
-                T, h, w, c = cam.shape
-                prefetch_frames(db, cam)  # a reply holds them all: large reads, not page by page
-                if images.decoded or legacy:
-                    pixels = (
-                        db.read_frames(pos, 0, T, cameras=[name])["images"][name]
-                        if T
-                        else np.zeros((0, h, w, c), np.uint8)
-                    )
-                    decoded[name] = pixels
-                    if not legacy:
-                        frames = msg.images.add(camera=name, codec="raw", height=h, width=w, channels=c)
-                        fill_tensor(frames.pixels, pixels)
-                else:
-                    frames = msg.images.add(camera=name, codec=cam.codec, height=h, width=w, channels=c)
-                    frames.frames.extend([bytes(db._frame_bytes(cam, t)) for t in range(T)])
-        if legacy:
-            legacy_frames(msg, arrays, decoded)
-            return
-        for name, arr in arrays.items():
-            fill_tensor(msg.arrays[name], arr)
+                cameras.append(CameraPart(name, "raw", h, w, c, pixels=pixels))
+            else:
+                frames = [db._frame_bytes(cam, t) for t in range(T)]
+                cameras.append(CameraPart(name, cam.codec, h, w, c, frames=frames))
+        return s, pos, meta, arrays, cameras
 
     def windows(self, spec: pb.WindowSpec, cameras: Sequence[str] | None) -> FrameWindows:
         """The `FrameWindows` of a spec, built once (its caches filled before it is shared)."""

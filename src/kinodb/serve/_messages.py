@@ -1,15 +1,14 @@
 """Conversions between NumPy arrays, metadata dicts and the service's messages.
 
 Arrays travel as packed tensors: one ``bytes`` field of C-order little-endian data with
-its dtype string and shape, filled with a single ``ndarray.tobytes()`` and read back with
-a single ``np.frombuffer`` (no per-value work on either side). Window batches, the hot
-path, skip message objects altogether: see `kinodb.serve._wire`.
+its dtype string and shape (`fill_tensor` fills a message's with a single
+``ndarray.tobytes()``). Replies of episodes and window batches skip message objects
+altogether, which would copy their arrays again: see `kinodb.serve._wire`.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -25,7 +24,6 @@ __all__ = [
     "meta_to_pb",
     "sendable",
     "tensor_dtype",
-    "unpack_tensor",
 ]
 
 _BUILTIN_META = (
@@ -58,20 +56,6 @@ def fill_tensor(msg: pb.Tensor, arr: NDArray[Any]) -> int:
     msg.shape[:] = a.shape
     msg.data = a.tobytes()
     return a.nbytes
-
-
-def unpack_tensor(msg: pb.Tensor, where: str = "tensor") -> NDArray[Any]:
-    """A read-only array over the message's bytes (no copy beyond the message's own).
-
-    Raises:
-        ValueError: the dtype is not a plain NumPy dtype or the bytes do not fit the shape.
-    """
-    dtype = tensor_dtype(msg.dtype, where)
-    shape = tuple(msg.shape)
-    data = msg.data
-    if len(data) != math.prod(shape) * dtype.itemsize:
-        raise ValueError(f"{where}: {len(data)} bytes do not make a {msg.dtype} array of shape {shape}")
-    return np.frombuffer(data, dtype).reshape(shape)
 
 
 _DTYPES: dict[str, np.dtype[Any]] = {}

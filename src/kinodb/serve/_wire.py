@@ -1,18 +1,21 @@
-"""Window batches on the wire without message objects: built bytes, zero-copy arrays.
+"""Replies on the wire without message objects: built bytes, zero-copy arrays.
 
 Replies that carry frame windows (`GetBatch` and `StreamBatches` with ``windows`` set)
-are the hot path of a training feed. Going through protobuf message objects copies every
-array three times on the server (``tobytes``, the message's own copy, serialisation) and
-twice on the client (parsing, then each access of a ``bytes`` field). Here the server
-writes the reply's wire bytes itself, each array copied once into the reply, and the
-client reads arrays with ``np.frombuffer`` over the received bytes, with no copy at all.
+are the hot path of a training feed, and replies of episodes with decoded frames the
+largest. Going through protobuf message objects copies every array three times on the
+server (``tobytes``, the message's own copy, serialisation) and twice on the client
+(parsing, then each access of a ``bytes`` field): a reply of decoded frames took about
+three times its size in memory at each end. Here the server writes the reply's wire
+bytes itself, each array copied once into the reply, and the client reads arrays with
+``np.frombuffer`` over the received bytes, with no copy at all.
 
-`encode_windows` writes the protobuf encoding of a `BatchResponse` (fields in number
-order, proto3 defaults left out), so every protobuf parser reads it, earlier clients
-included. `decode_windows` reads any encoding a protobuf library writes: fields in any
-order, unknown fields skipped, shapes packed or not (a map key or camera sent twice keeps
-its last value). Entries in the layout encoders use take a shortcut past the general
-field walk; that matters because the walk is Python, run once per field.
+`encode_windows` and `encode_episodes` write the protobuf encoding of a `BatchResponse`
+(`encode_episode` of an `EpisodeResponse`; fields in number order, proto3 defaults left
+out), so every protobuf parser reads it, earlier clients included. `decode_windows` and
+`decode_episodes` read any encoding a protobuf library writes: fields in any order,
+unknown fields skipped, shapes packed or not (a map key or camera sent twice keeps its
+last value). Entries in the layout encoders use take a shortcut past the general field
+walk; that matters because the walk is Python, run once per field.
 """
 
 from __future__ import annotations
@@ -27,7 +30,19 @@ from numpy.typing import NDArray
 
 from kinodb.serve._messages import sendable, tensor_dtype
 
-__all__ = ["CameraPart", "DecodedWindows", "WireError", "decode_windows", "encode_windows"]
+__all__ = [
+    "CameraPart",
+    "DecodedEpisode",
+    "DecodedWindows",
+    "EpisodePart",
+    "WireError",
+    "decode_episode",
+    "decode_episodes",
+    "decode_windows",
+    "encode_episode",
+    "encode_episodes",
+    "encode_windows",
+]
 
 # Wire types.
 _VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5
@@ -40,14 +55,15 @@ class WireError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class CameraPart:
-    """One camera's frames of a window batch: stored ``frames`` or decoded ``pixels``."""
+    """One camera's frames of a window batch or an episode: stored ``frames`` (bytes, or
+    byte views of a file) or decoded ``pixels``."""
 
     camera: str
     codec: str
     height: int
     width: int
     channels: int
-    frames: Sequence[bytes] = ()
+    frames: Sequence[bytes | memoryview] = ()
     pixels: NDArray[np.uint8] | None = None
 
 
@@ -60,6 +76,35 @@ class DecodedWindows:
     images: dict[str, NDArray[np.uint8] | list[bytes]] = field(default_factory=dict)
     next_offset: int = 0
     batches: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class EpisodePart:
+    """One `Episode` of a reply: its `EpisodeMeta` as encoded bytes, its arrays and cameras."""
+
+    meta: bytes
+    arrays: Mapping[str, NDArray[Any]]
+    images: Sequence[CameraPart] = ()
+    index: int = 0
+    source: int = 0
+    position: int = 0
+
+
+@dataclass(slots=True)
+class DecodedEpisode:
+    """A decoded `Episode`: arrays and decoded frames are read-only views of the reply.
+
+    ``meta`` holds the `EpisodeMeta`'s encoded bytes; ``codecs`` names the codec of each
+    camera that came as stored frames (a list of bytes in ``images``).
+    """
+
+    meta: bytes = b""
+    arrays: dict[str, NDArray[Any]] = field(default_factory=dict)
+    images: dict[str, NDArray[np.uint8] | list[bytes]] = field(default_factory=dict)
+    codecs: dict[str, str] = field(default_factory=dict)
+    index: int = 0
+    source: int = 0
+    position: int = 0
 
 
 # -- encoding ---------------------------------------------------------------------------------
@@ -111,14 +156,19 @@ def _tensor_head(a: NDArray[Any]) -> bytes:
     return head
 
 
+def _map_head(number: int, key: str, a: NDArray[Any]) -> bytes:
+    """A ``map<string, Tensor>`` entry of field ``number`` up to its data, key and length included."""
+    tensor = _tensor_head(a)
+    body = _string(1, key) + _len_field(2, len(tensor) + a.nbytes) + tensor
+    return _len_field(number, len(body) + a.nbytes) + body
+
+
 def _entry_head(key: str, a: NDArray[Any]) -> bytes:
-    """A ``map<string, Tensor>`` entry of ``WindowBatch.arrays`` up to its data, key and length included."""
+    """`_map_head` of ``WindowBatch.arrays``, cached: window batches repeat their shapes."""
     cache = (key, a.dtype.str, a.shape)
     head = _ENTRY_HEADS.get(cache)
     if head is None:
-        tensor = _tensor_head(a)
-        body = _string(1, key) + _len_field(2, len(tensor) + a.nbytes) + tensor
-        head = _len_field(1, len(body) + a.nbytes) + body
+        head = _map_head(1, key, a)
         if len(_ENTRY_HEADS) < _MAX_HEADS:
             _ENTRY_HEADS[cache] = head
     return head
@@ -133,10 +183,11 @@ def _camera(cam: CameraPart, parts: list[Any]) -> int:
     size = len(head)
     parts.append(head)
     for blob in cam.frames:
-        key = _len_field(6, len(blob))
+        n = len(blob) if type(blob) is bytes else memoryview(blob).nbytes
+        key = _len_field(6, n)
         parts.append(key)
         parts.append(blob)
-        size += len(key) + len(blob)
+        size += len(key) + n
     if cam.pixels is not None:
         a = sendable(cam.pixels)
         t_head = _tensor_head(a)
@@ -186,6 +237,61 @@ def encode_windows(
     if batches > 1:
         body.append(_uint_field(4, batches))
     return b"".join(body)
+
+
+def _episode(ep: EpisodePart, parts: list[Any]) -> int:
+    """Append one `Episode` (without its own key and length) to ``parts``; return its size.
+
+    The arrays and frames go in as they are: ``bytes.join`` copies them once, into the reply.
+    """
+    head = _len_field(1, len(ep.meta)) + ep.meta  # the meta: present, even when all defaults
+    parts.append(head)
+    size = len(head)
+    for key, arr in ep.arrays.items():  # shapes differ from episode to episode: not cached
+        a = sendable(arr)
+        head = _map_head(3, key, a)
+        parts.append(head)
+        parts.append(_data(a))
+        size += len(head) + a.nbytes
+    for cam in ep.images:
+        inner: list[Any] = []
+        n = _camera(cam, inner)
+        head = _len_field(4, n)
+        parts.append(head)
+        parts.extend(inner)
+        size += len(head) + n
+    tail = _uint_field(5, ep.index) + _uint_field(6, ep.source) + _uint_field(7, ep.position)
+    parts.append(tail)
+    return size + len(tail)
+
+
+def encode_episodes(episodes: Iterable[EpisodePart], *, next_offset: int = 0) -> bytes:
+    """The wire bytes of ``BatchResponse(episodes=[...], next_offset=...)``.
+
+    Each array and frame is copied once, into the result.
+
+    Raises:
+        TypeError: an array holds Python objects.
+    """
+    body: list[Any] = []
+    for ep in episodes:
+        parts: list[Any] = []
+        n = _episode(ep, parts)
+        body.append(_len_field(1, n))
+        body.extend(parts)
+    body.append(_uint_field(3, next_offset))
+    return b"".join(body)
+
+
+def encode_episode(ep: EpisodePart) -> bytes:
+    """The wire bytes of ``EpisodeResponse(episode=...)``; see `encode_episodes`.
+
+    Raises:
+        TypeError: an array holds Python objects.
+    """
+    parts: list[Any] = []
+    n = _episode(ep, parts)
+    return b"".join([_len_field(1, n), *parts])
 
 
 # -- decoding ---------------------------------------------------------------------------------
@@ -340,16 +446,29 @@ def _canonical_entry(buf: bytes, pos: int, end: int, out: dict[str, NDArray[Any]
     return True
 
 
-def _camera_at(buf: bytes, start: int, end: int, out: dict[str, NDArray[np.uint8] | list[bytes]]) -> None:
-    name, frames, pixels = "", [], None
+def _camera_at(
+    buf: bytes, start: int, end: int, out: dict[str, NDArray[np.uint8] | list[bytes]],
+    codecs: dict[str, str] | None = None,
+) -> None:  # fmt: skip
+    """Read one `CameraFrames` into ``out``; for stored frames, their codec into ``codecs``."""
+    name, codec, frames, pixels = "", "", [], None
     for number, wire, a, b in _fields(buf, start, end):
         if number == 1 and wire == _LEN:
             name = buf[a:b].decode()
+        elif number == 2 and wire == _LEN:
+            codec = buf[a:b].decode()
         elif number == 6 and wire == _LEN:
             frames.append(buf[a:b])
         elif number == 7 and wire == _LEN:
             pixels = (a, b)
-    out[name] = _tensor_at(buf, pixels[0], pixels[1], name) if pixels is not None else frames
+    if pixels is not None:
+        out[name] = _tensor_at(buf, pixels[0], pixels[1], name)
+        if codecs is not None:
+            codecs.pop(name, None)
+    else:
+        out[name] = frames
+        if codecs is not None:
+            codecs[name] = codec
 
 
 def decode_windows(buf: bytes) -> DecodedWindows:
@@ -379,4 +498,57 @@ def _decode_windows(buf: bytes) -> DecodedWindows:
             out.next_offset = a
         elif number == 4 and wire == _VARINT:
             out.batches = a
+    return out
+
+
+def decode_episodes(buf: bytes) -> tuple[list[DecodedEpisode], int]:
+    """Read a `BatchResponse` of episodes: the episodes and ``next_offset``; their arrays
+    are read-only views of ``buf``.
+
+    Raises:
+        WireError: ``buf`` is not a valid encoding, or a tensor's bytes do not fit its shape.
+    """
+    try:
+        episodes, next_offset = [], 0
+        for number, wire, a, b in _fields(buf, 0, len(buf)):
+            if number == 1 and wire == _LEN:
+                episodes.append(_episode_at(buf, a, b))
+            elif number == 3 and wire == _VARINT:
+                next_offset = a
+        return episodes, next_offset
+    except UnicodeDecodeError as err:
+        raise WireError(f"a text field is not UTF-8: {err}") from None
+
+
+def decode_episode(buf: bytes) -> DecodedEpisode:
+    """Read an `EpisodeResponse`; its arrays are read-only views of ``buf``.
+
+    Raises:
+        WireError: ``buf`` is not a valid encoding, or a tensor's bytes do not fit its shape.
+    """
+    try:
+        found = DecodedEpisode()
+        for number, wire, a, b in _fields(buf, 0, len(buf)):
+            if number == 1 and wire == _LEN:
+                found = _episode_at(buf, a, b, found)  # a message sent in parts merges, as in protobuf
+        return found
+    except UnicodeDecodeError as err:
+        raise WireError(f"a text field is not UTF-8: {err}") from None
+
+
+def _episode_at(buf: bytes, start: int, end: int, into: DecodedEpisode | None = None) -> DecodedEpisode:
+    out = into if into is not None else DecodedEpisode()
+    for number, wire, a, b in _fields(buf, start, end):
+        if number == 1 and wire == _LEN:
+            out.meta += buf[a:b]  # a sub-message sent twice merges: protobuf reads the concatenation
+        elif number == 3 and wire == _LEN:
+            _map_entry(buf, a, b, out.arrays)
+        elif number == 4 and wire == _LEN:
+            _camera_at(buf, a, b, out.images, out.codecs)
+        elif number == 5 and wire == _VARINT:
+            out.index = a
+        elif number == 6 and wire == _VARINT:
+            out.source = a
+        elif number == 7 and wire == _VARINT:
+            out.position = a
     return out

@@ -17,6 +17,7 @@ from typing import Any
 
 import grpc
 import numpy as np
+from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
 from numpy.typing import NDArray
 
 from kinodb.errors import FormatError, KinodbError
@@ -27,11 +28,18 @@ from kinodb.serve._errors import (
     timeout_message,
     to_exception,
 )
-from kinodb.serve._messages import meta_from_pb, unpack_tensor
+from kinodb.serve._messages import meta_from_pb
 from kinodb.serve._proto import kinodb_pb2 as pb
 from kinodb.serve._proto import kinodb_pb2_grpc as pb_grpc
 from kinodb.serve._sizes import mib
-from kinodb.serve._wire import DecodedWindows, WireError, decode_windows
+from kinodb.serve._wire import (
+    DecodedEpisode,
+    DecodedWindows,
+    WireError,
+    decode_episode,
+    decode_episodes,
+    decode_windows,
+)
 
 __all__ = ["KinoClient"]
 
@@ -117,7 +125,11 @@ class KinoClient:
             )
         self._stub = pb_grpc.KinoServiceStub(self._channel)  # type: ignore[no-untyped-call]
         self._features: frozenset[str] | None = None  # the server's, asked for once when needed
-        # Window batches arrive as the reply's bytes, read by kinodb.serve._wire without copies.
+        # Episodes and window batches arrive as the reply's bytes, read by kinodb.serve._wire
+        # without copies.
+        self._raw_episode = self._channel.unary_unary(
+            _SERVICE + "GetEpisode", request_serializer=pb.EpisodeRequest.SerializeToString
+        )
         self._raw_batch = self._channel.unary_unary(
             _SERVICE + "GetBatch", request_serializer=pb.BatchRequest.SerializeToString
         )
@@ -172,9 +184,13 @@ class KinoClient:
             watch.done()
             call.cancel()  # a no-op when the stream ended; stops the server's loop when abandoned
 
-    def _stream(self, request: pb.StreamRequest) -> Iterator[pb.BatchResponse]:
+    def _raw_call(self, method: Any, request: Any) -> bytes:
+        """The reply's bytes of a unary call made with ``method`` (a callable without deserialiser)."""
         self._open()
-        yield from self._messages(self._stub.StreamBatches(request, metadata=self._metadata))
+        try:
+            return method(request, timeout=self.timeout, metadata=self._metadata)  # type: ignore[no-any-return]
+        except grpc.RpcError as err:
+            raise self._error(err) from None
 
     def _decode(self, reply: bytes, batch_size: int) -> list[DecodedWindows]:
         """The window batches of a reply: one, or the ``batch_size`` batches a stream message stacks."""
@@ -184,17 +200,21 @@ class KinoClient:
             raise RemoteError(f"server {self.addr}: a malformed window batch: {err}", "DATA_LOSS") from None
 
     def _window_call(self, request: pb.BatchRequest) -> DecodedWindows:
-        self._open()
-        try:
-            reply = self._raw_batch(request, timeout=self.timeout, metadata=self._metadata)
-        except grpc.RpcError as err:
-            raise self._error(err) from None
-        return self._decode(reply, request.batch_size)[0]
+        return self._decode(self._raw_call(self._raw_batch, request), request.batch_size)[0]
 
     def _window_stream(self, request: pb.StreamRequest) -> Iterator[DecodedWindows]:
         self._open()
         for reply in self._messages(self._raw_stream(request, metadata=self._metadata)):
             yield from self._decode(reply, request.batch.batch_size)
+
+    def _episodes(self, reply: bytes, include_images: bool) -> list[dict[str, Any]]:
+        """The episodes of a `BatchResponse`'s bytes, as `get_episode` returns them."""
+        try:
+            return [_episode(ep, include_images) for ep in decode_episodes(reply)[0]]
+        except (WireError, DecodeError) as err:
+            raise RemoteError(
+                f"server {self.addr}: a malformed batch of episodes: {err}", "DATA_LOSS"
+            ) from None
 
     # -- RPCs -----------------------------------------------------------------------------
 
@@ -251,7 +271,11 @@ class KinoClient:
         _frames_asked(include_images, cameras, None)
         req = pb.EpisodeRequest(position=_uint(i, "episode index i"), include_images=include_images,
                                 image_encoding=_encoding(image_encoding), cameras=_names(cameras))  # fmt: skip
-        return _episode(self._call("GetEpisode", req).episode, include_images)
+        reply = self._raw_call(self._raw_episode, req)
+        try:
+            return _episode(decode_episode(reply), include_images)
+        except (WireError, DecodeError) as err:
+            raise RemoteError(f"server {self.addr}: a malformed episode: {err}", "DATA_LOSS") from None
 
     def get_batch(
         self,
@@ -275,7 +299,7 @@ class KinoClient:
             InvalidRequestError: a bad mode or argument.
         """
         req = _batch(batch_size, mode, offset, seed, include_images, image_encoding, cameras, None, None)
-        return [_episode(ep, include_images) for ep in self._call("GetBatch", req).episodes]
+        return self._episodes(self._raw_call(self._raw_batch, req), include_images)
 
     def get_windows(
         self,
@@ -339,8 +363,9 @@ class KinoClient:
             batch=_batch(batch_size, mode, offset, seed, include_images, image_encoding, cameras, None, None),
             num_batches=_uint(num_batches, "num_batches"), stride=_uint(stride, "stride"),
         )  # fmt: skip
-        for resp in self._stream(req):
-            yield [_episode(ep, include_images) for ep in resp.episodes]
+        self._open()
+        for reply in self._messages(self._raw_stream(req, metadata=self._metadata)):
+            yield self._episodes(reply, include_images)
 
     def stream_windows(
         self,
@@ -681,25 +706,18 @@ def camera_request(cameras: Sequence[str] | Mapping[str, str | Sequence[str]] | 
     return list(cameras)
 
 
-def _episode(msg: pb.Episode, include_images: bool) -> dict[str, Any]:
-    out: dict[str, Any] = {"meta": meta_from_pb(msg.meta)}
-    for name, tensor in msg.arrays.items():
-        out[name] = unpack_tensor(tensor, name)
+def _episode(decoded: DecodedEpisode, include_images: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {"meta": meta_from_pb(pb.EpisodeMeta.FromString(decoded.meta))}
+    out.update(decoded.arrays)
     if include_images:
-        images: dict[str, Any] = {}
-        codecs: dict[str, str] = {}
-        for cam in msg.images:
-            if cam.HasField("pixels"):
-                images[cam.camera] = unpack_tensor(cam.pixels, cam.camera)
-            else:
-                images[cam.camera], codecs[cam.camera] = list(cam.frames), cam.codec
-        out["images"] = images
+        out["images"] = decoded.images
+        codecs = {cam: decoded.codecs[cam] for cam in decoded.images if cam in decoded.codecs}
         if codecs:
             out["image_codecs"] = codecs
     for key in ("source", "position", "index"):
         if key in out:  # an extra array of that name keeps it, renamed as read_meta does
             out[f"extra.{key}"] = out.pop(key)
-    out["source"], out["position"], out["index"] = int(msg.source), int(msg.position), int(msg.index)
+    out["source"], out["position"], out["index"] = decoded.source, decoded.position, decoded.index
     return out
 
 

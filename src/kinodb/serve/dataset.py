@@ -13,13 +13,14 @@ import numpy as np
 
 from kinodb._optional import require
 from kinodb.serve._epoch_units import count_units, epoch_units
-from kinodb.serve.client import KinoClient, _address
+from kinodb.serve.client import KinoClient, _address, _image_size
 
 require("torch", extra="torch")
 
 import torch  # noqa: E402
 from torch.utils.data import IterableDataset, get_worker_info  # noqa: E402
 
+from kinodb.torch._collate import TensorBatch  # noqa: E402
 from kinodb.torch._epochs import EpochsAndRanks  # noqa: E402
 from kinodb.torch._workers import settle_at_exit  # noqa: E402
 
@@ -39,6 +40,8 @@ class KinoRemoteDataset(EpochsAndRanks, IterableDataset[Any]):
     keys, stacked: ``state`` (B, To, S), ``action`` (B, Ta, A), ``*_is_pad``, ``image``
     (B, To, C, H, W), ``episode_index``, ``frame_index``, ``source``, ``task`` (list).
     Use ``DataLoader(ds, batch_size=None)``; ``len(ds)`` is what this rank yields per epoch.
+    Window batches, and episodes without frames, are `kinodb.torch.TensorBatch` dicts: they
+    leave a DataLoader worker in one copy, not one shared-memory segment per tensor.
 
     An epoch is ``num_batches`` server batches (default: enough to cover the episodes, or
     for windows the frames of the episodes ``kql_filter`` keeps, once on average), rounded
@@ -72,7 +75,8 @@ class KinoRemoteDataset(EpochsAndRanks, IterableDataset[Any]):
             robots that name their cameras differently, a mapping from an output name to
             each served source's camera, ``{"front": ["image_0", "cam_high"]}``.
         image_size: ``(H, W)`` to resize window frames to on the server: an argument of
-            its own, not a key of ``windows``.
+            its own, not a key of ``windows``; it needs frames (``include_images`` or
+            ``image_key``).
         token, tls_ca, tls_server_name: As for `KinoClient`.
         timeout: As for `KinoClient`, but 60 s by default (`KinoClient`'s is 30 s): a
             server feeding every worker of a training job can be slow to send the next
@@ -128,6 +132,13 @@ class KinoRemoteDataset(EpochsAndRanks, IterableDataset[Any]):
         if include_images is False and image_key is not None:
             raise ValueError("image_key names cameras, but include_images=False: leave include_images unset")
         images = include_images if include_images is not None else image_key is not None
+        if image_size is not None:
+            if not images:  # refused now, not at the first batch inside a DataLoader worker
+                raise ValueError(
+                    "image_size resizes window frames, but images are off: pass include_images=True "
+                    "(the first camera) or image_key=... (the cameras), or leave image_size out"
+                )
+            _image_size(image_size)
         if windows is None and isinstance(image_key, Mapping):
             raise ValueError(
                 "image_key as a mapping of each source's cameras applies to windows; give episodes names"
@@ -243,10 +254,13 @@ class KinoRemoteDataset(EpochsAndRanks, IterableDataset[Any]):
             out["images"] = images
 
     def _sample(self, ep: dict[str, Any]) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "action": self._tensor(ep["actions"]), "state": self._tensor(ep["states"]),
-            "reward": self._tensor(ep["rewards"]),
-        }  # fmt: skip
+        """One episode; without frames a `TensorBatch`, which leaves a DataLoader worker in one
+        copy. Frames are large enough that a shared-memory segment per tensor costs little,
+        and packing them would copy them once more: those samples stay plain dicts."""
+        out: dict[str, Any] = (dict if self._images else TensorBatch)(
+            action=self._tensor(ep["actions"]), state=self._tensor(ep["states"]),
+            reward=self._tensor(ep["rewards"]),
+        )  # fmt: skip
         if self._images:
             self._put_images(
                 out, {cam: self._image(px.transpose(0, 3, 1, 2)) for cam, px in ep["images"].items()}
@@ -259,9 +273,11 @@ class KinoRemoteDataset(EpochsAndRanks, IterableDataset[Any]):
         return out
 
     def _window_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """A batch of windows: a `TensorBatch`, which leaves a DataLoader worker in one copy
+        instead of one shared-memory segment per tensor."""
         images = batch.pop("images", None)
         tasks = batch.pop("task")
-        out = {key: self._tensor(value) for key, value in batch.items()}
+        out = TensorBatch((key, self._tensor(value)) for key, value in batch.items())
         if images:
             self._put_images(out, {cam: self._image(px) for cam, px in images.items()})
         out["task"] = tasks
