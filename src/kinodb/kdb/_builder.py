@@ -1,5 +1,5 @@
 """The writer's episode table: the rows an append loads stay encoded, the rows added are
-Python values, and `TableBuilder.encode` joins both into a new index block.
+kept in typed buffers, and `TableBuilder.encode` joins both into a new index block.
 
 An append rewrites the whole index (docs/format.md), so its cost should be the index's
 bytes, not a Python object per stored episode: fixed columns are kept as NumPy arrays,
@@ -15,13 +15,15 @@ The dataset JSON's writable parts are checked here too: `Metadata`, the mapping
 
 from __future__ import annotations
 
+import array
 import datetime as _dt
 import itertools
 import json
+import math
 import operator
 import os
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,25 +51,59 @@ from kinodb.kdb._table import (
 _SEARCHES = 32
 
 
-class Rows:
-    """One column's rows: those loaded from a file (NumPy, as stored) and those added since."""
+def _typecodes() -> dict[tuple[str, int], str]:
+    """The `array.array` typecode of each NumPy ``(kind, itemsize)`` an index column uses."""
+    found: dict[tuple[str, int], str] = {}
+    for kind, codes in (("i", "bhilq"), ("u", "BHILQ"), ("f", "fd")):
+        for code in codes:
+            found.setdefault((kind, array.array(code).itemsize), code)
+    return found
 
-    __slots__ = ("added", "base")
+
+_TYPECODES = _typecodes()
+
+
+class Rows:
+    """One column's rows: those loaded from a file (NumPy, as stored) and those added since.
+
+    Added rows are kept in a typed buffer (`array.array`, a row's values one after another),
+    not as a Python object per value: a writer of a million episodes holds their rows in
+    the bytes the index will take, not in a gigabyte of Python numbers.
+    """
+
+    __slots__ = ("_width", "added", "append", "base")
 
     def __init__(self, base: np.ndarray) -> None:
         self.base = base
-        self.added: list[Any] = []
+        self._width = math.prod(base.shape[1:])  # values per row
+        code = _TYPECODES.get((base.dtype.kind, base.dtype.itemsize))
+        if code is None or self._width < 1:
+            raise ValueError(
+                f"index columns hold numbers, one or more per row, not {base.dtype} {base.shape}"
+            )
+        self.added: array.array[Any] = array.array(code)
+        # Add one row: a number, or a sequence of a row's values where it holds several.
+        # The buffer's own append where a row is one value (called per row: no extra call).
+        # Raises OverflowError (or TypeError) for a value the column's type cannot hold,
+        # adding nothing.
+        self.append: Callable[[Any], None] = self.added.append if self._width == 1 else self._append_values
 
     def __len__(self) -> int:
-        return len(self.base) + len(self.added)
+        return len(self.base) + len(self.added) // self._width
 
     def __iter__(self) -> Iterator[Any]:
         yield from self.base.tolist()
-        yield from self.added
+        if self._width == 1:
+            yield from self.added
+        else:
+            values, w = self.added.tolist(), self._width
+            for i in range(0, len(values), w):
+                yield values[i : i + w]
 
-    def append(self, value: Any) -> None:
-        """Add one row."""
-        self.added.append(value)
+    def _append_values(self, value: Sequence[Any]) -> None:
+        if len(value) != self._width:
+            raise ValueError(f"a row of this column holds {self._width} values, got {len(value)}")
+        self.added.fromlist(value if isinstance(value, list) else list(value))  # all or nothing
 
     def __delitem__(self, key: slice) -> None:
         """Remove the rows from ``key.start`` to the end (a failed episode's rows).
@@ -78,12 +114,43 @@ class Rows:
         start = key.start if isinstance(key, slice) and key.stop is None and key.step is None else -1
         if not isinstance(start, int) or start < len(self.base):
             raise ValueError(f"only added rows can be removed, to the end ({len(self.base)}:), not {key!r}")
-        del self.added[start - len(self.base) :]
+        del self.added[(start - len(self.base)) * self._width :]
 
     def parts(self, dtype: str) -> tuple[np.ndarray, np.ndarray]:
         """The loaded rows and the added ones, as arrays of ``dtype``."""
-        added = np.array(self.added, dtype=dtype).reshape(-1, *self.base.shape[1:])
-        return self.base, added
+        # The buffer holds native values of the loaded rows' kind and size; astype copies,
+        # so the buffer is not left exported (which would stop it growing).
+        native = np.frombuffer(self.added, self.base.dtype.newbyteorder("="))
+        return self.base, native.astype(dtype).reshape(-1, *self.base.shape[1:])
+
+
+class AddedStrings:
+    """A string column's added rows: each distinct value once, in first-use order, and
+    one code per row (`join_strings` turns them into the file's dictionary codes)."""
+
+    __slots__ = ("_lookup", "codes", "values")
+
+    def __init__(self, values: Iterable[str] = ()) -> None:
+        self.codes: array.array[int] = array.array(_TYPECODES["i", 4])
+        self.values: list[str] = []
+        self._lookup: dict[str, int] = {}
+        for value in values:
+            self.append(value)
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    def __iter__(self) -> Iterator[str]:
+        values = self.values
+        return (values[c] for c in self.codes)
+
+    def append(self, value: str) -> None:
+        """Add one row."""
+        code = self._lookup.get(value)
+        if code is None:
+            code = self._lookup[value] = len(self.values)
+            self.values.append(value)
+        self.codes.append(code)
 
 
 @dataclass
@@ -147,11 +214,16 @@ class _Dictionary:
         return (self._offsets, more), (self._blob, np.frombuffer(b"".join(self.added), "|u1"))
 
 
-def join_strings(loaded: _Strings, added: Sequence[str]) -> dict[str, Column]:
+def join_strings(loaded: _Strings, added: Sequence[str] | AddedStrings) -> dict[str, Column]:
     """``codes``, ``dict_offsets`` and ``dict_bytes`` of the loaded rows then ``added``,
     as `encode_strings` would write all of them."""
+    if not isinstance(added, AddedStrings):
+        added = AddedStrings(added)
     dictionary = _Dictionary(loaded.offsets, loaded.blob)
-    codes = np.fromiter((dictionary.code(v) for v in added), "<i4", len(added))
+    # Looked up in first-use order, the distinct values gain their entries in the order
+    # that looking up every row would give them.
+    mapped = np.fromiter((dictionary.code(v) for v in added.values), "<i4", len(added.values))
+    codes = mapped[np.frombuffer(added.codes, "=i4")]
     offsets, blob = dictionary.columns()
     return {"codes": (loaded.codes, codes), "dict_offsets": offsets, "dict_bytes": blob}
 
@@ -336,14 +408,15 @@ def join_extra(old: _Extra | None, rows: int, values: Sequence[Any]) -> tuple[st
 
 class TableBuilder:
     """The episode and section rows of the file being written: those `load` takes from an
-    existing index stay encoded; those added are Python values until `encode`."""
+    existing index stay encoded; those added are kept in typed buffers (numbers) and as codes
+    (strings) until `encode`, extra fields as Python values."""
 
     def __init__(self) -> None:
         self.rows = {c: Rows(np.zeros(0, dt)) for c, dt in EPISODE_COLUMNS.items()}
         self.sections = {
             c: Rows(np.zeros((0, 3) if c == "sec.dims" else 0, dt)) for c, dt in SECTION_COLUMNS.items()
         }
-        self.strings: dict[str, list[str]] = {s: [] for s in STRING_COLUMNS}  # added rows only
+        self.strings = {s: AddedStrings() for s in STRING_COLUMNS}  # added rows only
         self.extras: dict[str, list[Any]] = {}  # added rows only (`ABSENT` where one has none)
         self.section_names: list[str] = []
         self._name_codes: dict[str, int] = {}
@@ -368,9 +441,15 @@ class TableBuilder:
 
     def add_episode(self, row: dict[str, Any], strings: dict[str, str], extra: Mapping[str, Any]) -> None:
         """Append one episode row (all `EPISODE_COLUMNS`), its strings and extra fields."""
-        n = len(self) - self._loaded
-        for c in EPISODE_COLUMNS:
-            self.rows[c].append(row[c])
+        rows = len(self)
+        n = rows - self._loaded
+        try:
+            for c in EPISODE_COLUMNS:
+                self.rows[c].append(row[c])
+        except BaseException:  # a value that does not fit its column: no row of the episode is kept
+            for col in self.rows.values():
+                del col[rows:]
+            raise
         for s in STRING_COLUMNS:
             self.strings[s].append(strings[s])
         extras = self.extras
@@ -382,8 +461,14 @@ class TableBuilder:
 
     def add_section(self, row: dict[str, Any]) -> None:
         """Append one section row (all `SECTION_COLUMNS`)."""
-        for c in SECTION_COLUMNS:
-            self.sections[c].append(row[c])
+        try:
+            for c in SECTION_COLUMNS:
+                self.sections[c].append(row[c])
+        except BaseException:  # a value that does not fit its column: no part of the row is kept
+            rows = min(map(len, self.sections.values()))  # each column gains a whole row or none
+            for col in self.sections.values():
+                del col[rows:]
+            raise
 
     def load(self, block: IndexBlock, where: str = "") -> None:
         """Start from an existing index block (append mode), copying its columns out of it.
