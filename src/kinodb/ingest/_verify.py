@@ -657,7 +657,9 @@ def _expected_labels(
     success = args.get("success")
     total = args.get("total_reward")
     if total is None and args.get("rewards") is not None:
+        # as `Writer.add_episode` stores it: unknown (None) when the sum is NaN or infinite
         total = float(arrays["rewards"].astype(np.float64).sum())
+        total = total if math.isfinite(total) else None
     extra = {k: v for k, v in _plain(args.get("extra") or {}).items() if k not in _PROVENANCE}
     return {
         **labels,
