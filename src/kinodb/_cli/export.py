@@ -32,7 +32,8 @@ def register(sub: Any) -> None:
     p.add_argument("--video-codec", choices=("h264", "av1"),
                    help="lerobot: codec of the camera videos (default: h264)")  # fmt: skip
     p.add_argument("--images-as", choices=("video", "image"),
-                   help="lerobot: cameras as mp4 videos (default) or PNG images in the Parquet files")  # fmt: skip
+                   help="lerobot: cameras as mp4 videos (default) or images in the Parquet files (stored JPEG "
+                   "and PNG frames copied as they are, raw frames as PNG)")  # fmt: skip
     p.add_argument("--keep-upright", action="store_true",
                    help="hdf5: keep frames the ingest turned upright (--flip-images) upright; by default "
                    "they are turned back to the source's orientation")  # fmt: skip

@@ -4,7 +4,7 @@
 - ``json``: metadata only, ``dataset.json`` plus ``episodes.jsonl``.
 - ``hdf5``: the robomimic layout (``data/demo_N/...``), readable by robomimic and by
   ``kinodb.ingest``.
-- ``lerobot``: a LeRobot v3.0 dataset folder (Parquet frames, mp4 videos or PNG images,
+- ``lerobot``: a LeRobot v3.0 dataset folder (Parquet frames, mp4 videos or JPEG/PNG images,
   ``meta/``), readable by ``LeRobotDataset`` and by ``kinodb.ingest``.
 """
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from kinodb._optional import require
 from kinodb.errors import ConversionError
+from kinodb.export._export_tree import unexpected_entries
 from kinodb.kdb import _codecs
 from kinodb.kdb._stale import stale_stats, stale_temps
 from kinodb.kdb.reader import Database
@@ -302,16 +303,10 @@ def check_case_collisions(names: dict[str, str], what: str) -> None:
 
 # -- the output path ------------------------------------------------------------------------
 
-# Where each export writes its facts (the "export" object of a JSON file), and the entries
-# it writes at the top of its folder: a folder holding such facts and nothing else is an
-# earlier export, which overwrite may replace.
+# Where each export writes its facts (the "export" object of a JSON file): a folder holding
+# such facts and, at every level, only the entries that export writes (`unexpected_entries`)
+# is an earlier export, which overwrite may replace.
 _FOLDER_MARKERS = (("dataset.json", ("numpy", "json")), (os.path.join("meta", "kinodb.json"), ("lerobot",)))
-_FOLDER_ENTRIES = {
-    "numpy": re.compile(r"dataset\.json|episodes\.json|episode_[0-9]+"),
-    "json": re.compile(r"dataset\.json|episodes\.jsonl"),
-    "lerobot": re.compile(r"meta|data|videos"),
-}
-_OS_LITTER = frozenset((".DS_Store", "Thumbs.db", "desktop.ini"))  # file browsers add these to any folder
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 _MAX_MARKER_BYTES = 1 << 26  # a dataset.json is kilobytes: anything this large is no export's
 _ADVICE = {
@@ -483,7 +478,7 @@ def _existing_folder(path: str) -> Existing:
         return Existing(
             f"a folder of {n} entr{'y' if n == 1 else 'ies'} that is not an earlier kinodb export"
         )
-    others = [e for e in entries if not _FOLDER_ENTRIES[fmt].fullmatch(e) and e not in _OS_LITTER]
+    others = unexpected_entries(path, fmt)
     if others:
         listed = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
         return Existing(f"an earlier kinodb {fmt} export holding entries the export did not write ({listed})")

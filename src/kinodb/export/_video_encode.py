@@ -42,6 +42,13 @@ CODECS = {
     "av1": VideoCodec("av1", "libsvtav1", {"g": "2", "crf": "30", "preset": "12"}),
 }
 PIX_FMT = "yuv420p"
+# SVT-AV1 refuses frames with a side under 4 pixels, and never finishes a file (its flush
+# hangs, deaf to Ctrl-C) whose frames are narrow and long: a short side of 24 pixels or
+# less with a long side over 64, at any frame count. Side lengths of 26 to 30 encode, but
+# the rule keeps a margin: frames it names are stored as images instead of hanging.
+_AV1_MIN_SIDE = 4
+_AV1_NARROW_SIDE = 32  # a short side under this ...
+_AV1_LONG_SIDE = 64  # ... with a long side over this: never encoded as AV1
 
 
 def frame_rate(fps: float) -> Fraction:
@@ -49,12 +56,25 @@ def frame_rate(fps: float) -> Fraction:
     return Fraction(fps).limit_denominator(10_000)
 
 
-def unencodable(height: int, width: int, channels: int) -> str | None:
-    """Why frames of this shape cannot be a yuv420p video, or None if they can."""
+def unencodable(height: int, width: int, channels: int, *, codec: str = "h264") -> str | None:
+    """Why frames of this shape cannot be a yuv420p video of ``codec`` (a `CODECS` key), or None if they can."""
     if channels != 3:
         return f"{channels} channel(s), but a yuv420p video holds RGB (3 channels)"
     if height % 2 or width % 2:
         return f"size {height}x{width} is odd, but yuv420p needs even height and width"
+    if codec == "av1":
+        short, long = min(height, width), max(height, width)
+        if short < _AV1_MIN_SIDE:
+            return (
+                f"size {height}x{width}: the AV1 encoder (SVT-AV1) needs sides of {_AV1_MIN_SIDE} pixels or "
+                "more; --video-codec h264 encodes it"
+            )
+        if short < _AV1_NARROW_SIDE and long > _AV1_LONG_SIDE:
+            return (
+                f"size {height}x{width}: the AV1 encoder (SVT-AV1) never finishes a video whose frames have a "
+                f"side under {_AV1_NARROW_SIDE} pixels and the other over {_AV1_LONG_SIDE}; --video-codec h264 "
+                "encodes it"
+            )
     return None
 
 
@@ -66,7 +86,9 @@ class VideoFile:
         ...     v.add(frames, episode_start=True)
     """
 
-    def __init__(self, path: str, codec: VideoCodec, *, fps: float, height: int, width: int) -> None:
+    def __init__(
+        self, path: str, codec: VideoCodec, *, fps: float, height: int, width: int, camera: str | None = None
+    ) -> None:
         av = require("av", extra="lerobot")
         if codec.encoder not in getattr(av, "codecs_available", (codec.encoder,)):
             raise ConversionError(
@@ -79,6 +101,7 @@ class VideoFile:
             # otherwise; keep errors only, unless the caller chose a level.
             os.environ.setdefault("SVT_LOG", "1")
         self.path = path
+        self.camera = camera  # named in errors, before the path
         self.frames = 0  # frames written so far
         self.bytes = 0  # encoded bytes muxed so far
         self._av = av
@@ -107,18 +130,21 @@ class VideoFile:
             vf.time_base = self._time_base
             if episode_start and k == 0:
                 vf.pict_type = av.video.frame.PictureType.I
-            self._mux(self._stream.encode(vf))
+            self._encode(vf)
             self.frames += 1
 
-    def _mux(self, packets: Any) -> None:
+    def _encode(self, frame: Any) -> None:
+        """Encode ``frame`` (None: drain the encoder) and mux the packets that come out."""
         try:
-            for packet in packets:
+            for packet in self._stream.encode(frame):
                 self.bytes += packet.size
                 self._container.mux(packet)
         except self._av.FFmpegError as exc:  # an encoder or muxer failure: kinodb's error, exit 1
+            what = f"camera {self.camera!r} ({self.path})" if self.camera is not None else self.path
             raise ConversionError(
-                f"{self.path}: the {self._encoder} encoder failed after {self.frames} frames ({exc}); "
-                "export again, or with --video-codec h264"
+                f"{what}: the {self._encoder} encoder failed after {self.frames} frames of "
+                f"{self._stream.height}x{self._stream.width} ({exc}); export again, with --video-codec h264 "
+                "or --images-as image"
             ) from None
 
     def close(self, *, flush: bool = True) -> None:
@@ -131,7 +157,7 @@ class VideoFile:
             return
         try:
             if flush:
-                self._mux(self._stream.encode(None))
+                self._encode(None)
             else:
                 with contextlib.suppress(Exception):  # the file is discarded; only the encoder matters
                     for _ in self._stream.encode(None):

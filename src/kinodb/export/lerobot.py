@@ -139,7 +139,7 @@ def write(
         raise ValueError(f"video_codec must be one of {', '.join(CODECS)}, got {video_codec!r}")
     if images_as not in IMAGES_AS:
         raise ValueError(f"images_as must be one of {', '.join(IMAGES_AS)}, got {images_as!r}")
-    plan = make_plan(db, positions, images_as=images_as)
+    plan = make_plan(db, positions, images_as=images_as, video_codec=video_codec)
     exporter = _Exporter(out, plan, CODECS[video_codec])
     ok = False
     try:
@@ -157,7 +157,9 @@ def write(
 # -- plan -----------------------------------------------------------------------------------
 
 
-def make_plan(db: Database, positions: list[int], *, images_as: str = "video") -> Plan:
+def make_plan(
+    db: Database, positions: list[int], *, images_as: str = "video", video_codec: str = "h264"
+) -> Plan:
     """Check that the episodes fit one LeRobot dataset and decide its features.
 
     Raises:
@@ -179,8 +181,11 @@ def make_plan(db: Database, positions: list[int], *, images_as: str = "video") -
             del arrays["timestamps"]
     recorded = _ingested(db).get("cameras")
     keys = recorded if isinstance(recorded, dict) else {}
-    features = _array_features(db, arrays, positions) + _camera_features(cameras, images_as, warnings, keys)
+    features = _array_features(db, arrays, positions) + _camera_features(
+        cameras, images_as, warnings, keys, video_codec
+    )
     _check_keys(features)
+    warnings += _past_int64(db, arrays, positions)
     embodiments = sorted(set(table["embodiment"][positions].tolist()))
     robot_type = embodiments[0] if embodiments != ["unknown"] and len(embodiments) == 1 else None
     if len(embodiments) > 1:
@@ -346,20 +351,42 @@ def _names(part: dict[str, Any], dim: int) -> list[str] | dict[str, list[str]] |
     return {name: elems[a:b] for a, b, name in comps} if tiles else elems
 
 
-def _camera_features(cameras: Cameras, images_as: str,
-                     warnings: list[str], keys: dict[str, Any]) -> list[Feature]:  # fmt: skip
+def _camera_features(cameras: Cameras, images_as: str, warnings: list[str],
+                     keys: dict[str, Any], video_codec: str) -> list[Feature]:  # fmt: skip
     """One feature per camera, keyed ``observation.images.<camera>``, or by the LeRobot key
     it was ingested from (``keys``, the metadata's ``lerobot.cameras``)."""
     out = []
-    for name, (_codec, (h, w, c)) in sorted(cameras.items()):
+    for name, (codec, (h, w, c)) in sorted(cameras.items()):
         key = keys.get(name)
         key = key if isinstance(key, str) and key.startswith("observation.") else f"observation.images.{name}"
         dtype = images_as
-        why = unencodable(h, w, c) if images_as == "video" else None
+        why = unencodable(h, w, c, codec=video_codec) if images_as == "video" else None
         if why:
             dtype = "image"
-            warnings.append(f"camera {name!r} is stored as PNG images, not video: {why}")
+            how = f"its {codec.upper()} frames as stored" if codec in _EXTENSIONS else "its raw frames as PNG"
+            warnings.append(f"camera {name!r} is stored as images ({how}), not video: {why}")
         out.append(Feature(key, name, dtype, (h, w, c), ["height", "width", "channels"]))
+    return out
+
+
+def _past_int64(db: Database, arrays: Arrays, positions: list[int]) -> list[str]:
+    """Warnings for uint64 arrays holding values above the int64 maximum, which LeRobotDataset
+    cannot read: it turns integer features into torch int64 tensors."""
+    out = []
+    top = np.iinfo(np.int64).max
+    for name, (dtype, _shape) in arrays.items():
+        if dtype != np.uint64:
+            continue
+        for i in positions:
+            arr = db.read_array(i, name)
+            if arr.size and arr.max() > top:
+                out.append(
+                    f"array {name!r} is uint64 and holds values above the int64 maximum (2**63 - 1), first in "
+                    f"episode {i}: the export keeps them exactly, but LeRobotDataset reads integer features as "
+                    "torch int64 and fails on the frames holding them; to read them with LeRobot, write the "
+                    "array as another dtype (two uint32 halves, say)"
+                )
+                break
     return out
 
 
@@ -436,7 +463,9 @@ class _VideoFiles:
                                                              file_index=file))  # fmt: skip
             os.makedirs(os.path.dirname(path), exist_ok=True)
             h, w, _ = self._feature.shape
-            self._file = VideoFile(path, self._codec, fps=self._fps, height=h, width=w)
+            self._file = VideoFile(
+                path, self._codec, fps=self._fps, height=h, width=w, camera=self._feature.source
+            )
         return (*self._where, self._file.frames)
 
     def add(self, frames: np.ndarray, *, episode_start: bool) -> None:
