@@ -123,3 +123,10 @@ def test_a_damaged_directory_claims_no_counts(tmp_path: Path) -> None:
     report = validate(path, decode_images=False)
     assert not report.ok
     assert report.skipped == ["frame decoding: frames not decoded (--no-decode, decode_images=False)"]
+
+
+def test_one_episode_reads_in_the_singular(tmp_path: Path) -> None:
+    path = tmp_path / "one.kdb"
+    with kinodb.Writer(path, mode="x") as w:
+        w.add_episode(actions=np.zeros((3, 2), np.float32))
+    assert "1 episode payload checksum matches, every section inside its payload" in validate(path).passed

@@ -129,7 +129,8 @@ def _report_coverage(
         report.passed.append(f"{len(db)} episodes: arrays, dimensions and frame counts")
         if not isinstance(db, LegacyDatabase):
             report.passed.append(
-                f"{_plural(len(db), 'episode payload checksum')} match, every section inside its payload"
+                f"{_plural(len(db), 'episode payload checksum')} {'match' if len(db) != 1 else 'matches'}, "
+                "every section inside its payload"
             )
         if decode_images and frames:
             report.passed.append(f"{seen} decode to their recorded (H, W, C)")
