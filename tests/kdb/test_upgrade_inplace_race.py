@@ -4,67 +4,33 @@ it ran: it refuses, and leaves the file as that writer left it."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 
 import kinodb
 import kinodb.kdb.upgrade as upgrade_module
+from _inplace_race import (
+    Change,
+    append_in_another_process,
+    before_output_writer,
+    firsts,
+    replace_here,
+    three_episodes,
+)
 from _legacy_encoder import encode, random_episode
 from kinodb._cli.main import main
 from kinodb.errors import WriterError
 from kinodb.kdb.upgrade import upgrade
 
 
-def three_episodes(path: Path) -> None:
-    with kinodb.Writer(path, mode="w") as w:
-        for i in range(3):
-            w.add_episode(actions=np.full((2, 2), i, np.float32))
-
-
-def append_in_another_process(path: Path) -> None:
-    code = (
-        "import sys, numpy as np, kinodb\n"
-        "with kinodb.Writer(sys.argv[1], mode='a') as w:\n"
-        "    w.add_episode(actions=np.full((2, 2), 99, np.float32))\n"
-    )
-    subprocess.run([sys.executable, "-c", code, str(path)], check=True)
-
-
-def replace_here(path: Path) -> None:
-    with kinodb.Writer(path, mode="w") as w:
-        w.add_episode(actions=np.full((5, 2), 7, np.float32))
-
-
-def firsts(path: Path) -> list[float]:
-    """The first action value of each episode of ``path``."""
-    with kinodb.open(path) as db:
-        return [float(db.read_array(i, "actions")[0, 0]) for i in range(len(db))]
-
-
 @pytest.fixture
-def in_window(monkeypatch: pytest.MonkeyPatch) -> Callable[[Callable[[Path], None], Path], None]:
+def in_window(monkeypatch: pytest.MonkeyPatch) -> Callable[[Change, Path], None]:
     """Run a change to the file once the upgrade has opened it, just before it creates its
-    output Writer (the moment an unguarded upgrade would lose the change)."""
-
-    def arm(change: Callable[[Path], None], path: Path) -> None:
-        real = kinodb.Writer
-        done: list[bool] = []
-
-        def writer(*args: Any, **kwargs: Any) -> Any:
-            if not done:
-                done.append(True)
-                change(path)
-            return real(*args, **kwargs)
-
-        monkeypatch.setattr(upgrade_module, "Writer", writer)
-
-    return arm
+    output Writer."""
+    return before_output_writer(monkeypatch, upgrade_module)
 
 
 def test_an_append_during_an_in_place_upgrade_is_kept(tmp_path: Path, in_window: Callable[..., None]) -> None:
