@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import queue
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -81,3 +82,20 @@ class ServerProcess:
         assert self.proc.stderr is not None
         self.stderr = self.proc.stderr.read()
         return rc
+
+
+def self_signed_certificate(root: Path) -> tuple[Path, Path]:
+    """``(cert.pem, key.pem)`` in ``root``: a self-signed certificate for localhost and
+    127.0.0.1, made with the openssl CLI (the calling test is skipped without it)."""
+    import pytest
+
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("the openssl command is not installed; it makes the test certificate")
+    cert, key = root / "cert.pem", root / "key.pem"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key

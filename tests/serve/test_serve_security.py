@@ -11,7 +11,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from _server_proc import ServerProcess
+from _server_proc import ServerProcess, self_signed_certificate
 
 from kinodb.errors import FormatError
 from kinodb.remote import AuthenticationError, KinoClient, RemoteError, ServerUnavailableError
@@ -25,17 +25,7 @@ TOKEN = "s3cret-token-for-tests"
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A self-signed certificate for localhost and 127.0.0.1, made with the openssl CLI."""
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        pytest.skip("the openssl command is not installed; it makes the test certificate")
-    root = tmp_path_factory.mktemp("tls")
-    cert, key = root / "cert.pem", root / "key.pem"
-    subprocess.run(
-        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    return cert, key
+    return self_signed_certificate(tmp_path_factory.mktemp("tls"))
 
 
 @pytest.fixture(scope="module")
