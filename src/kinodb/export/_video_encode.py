@@ -104,6 +104,7 @@ class VideoFile:
         self.camera = camera  # named in errors, before the path
         self.frames = 0  # frames written so far
         self.bytes = 0  # encoded bytes muxed so far
+        self._failed = False  # the encoder or muxer raised: nothing more is muxed
         self._av = av
         self._encoder = codec.encoder
         self._rate = frame_rate(fps)
@@ -140,6 +141,7 @@ class VideoFile:
                 self.bytes += packet.size
                 self._container.mux(packet)
         except self._av.FFmpegError as exc:  # an encoder or muxer failure: kinodb's error, exit 1
+            self._failed = True
             what = f"camera {self.camera!r} ({self.path})" if self.camera is not None else self.path
             raise ConversionError(
                 f"{what}: the {self._encoder} encoder failed after {self.frames} frames of "
@@ -150,15 +152,16 @@ class VideoFile:
     def close(self, *, flush: bool = True) -> None:
         """Finish the file; ``flush=False`` (after a failure) drains the encoder without muxing.
 
-        The encoder is drained either way: SVT-AV1 torn down without its end of stream
-        logs an error, and can hang in its teardown.
+        An encoder that opened is drained either way: SVT-AV1 torn down without its end of
+        stream logs an error, and can hang in its teardown. One that failed to open is left
+        alone (draining it crashes PyAV 19).
         """
         if self._container is None:
             return
         try:
-            if flush:
+            if flush and not self._failed:
                 self._encode(None)
-            else:
+            elif self._stream.codec_context.is_open:
                 with contextlib.suppress(Exception):  # the file is discarded; only the encoder matters
                     for _ in self._stream.encode(None):
                         pass
