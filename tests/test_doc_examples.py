@@ -24,8 +24,8 @@ import numpy as np
 import pytest
 
 import kinodb
+from _server_proc import ServerProcess, self_signed_certificate
 from kinodb.synthetic import episodes as synthetic_episodes
-from serve._server_proc import ServerProcess, self_signed_certificate
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT.parent / "shared" / "samples"

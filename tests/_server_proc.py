@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-SRC = Path(__file__).resolve().parents[2] / "src"
+SRC = Path(__file__).resolve().parents[1] / "src"
 _READY = re.compile(r"^kino-serve: serving .* on (\S+)(?: \(local clients: (\S+)\))? \[")
 
 
