@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
+import shutil
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -34,11 +36,25 @@ G1 = SAMPLES / "unitree_g1_lerobot_v21"
 TOKEN = "doc-example-token-0123456789"
 
 _BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
+_BASH = re.compile(r"^```bash\n(.*?)^```", re.S | re.M)
 
 
 def python_blocks(doc: Path) -> list[str]:
     """The ```python blocks of a Markdown file, in order."""
     return _BLOCK.findall(doc.read_text())
+
+
+def kino_commands(doc: Path) -> list[list[str]]:
+    """The ``kino`` command lines of a Markdown file's ```bash blocks, as argument lists
+    (comments dropped)."""
+    lines = [ln for block in _BASH.findall(doc.read_text()) for ln in block.splitlines()]
+    return [shlex.split(ln, comments=True)[1:] for ln in lines if ln.startswith("kino ")]
+
+
+def run_kino(argv: list[str]) -> None:
+    from kinodb._cli.main import main
+
+    assert main(argv) == 0, f"kino {shlex.join(argv)} failed"
 
 
 @dataclass
@@ -262,11 +278,18 @@ def test_stats_examples(in_tmp: Path) -> None:
 def test_kql_examples(in_tmp: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with kinodb.Writer("data.kdb", mode="w") as w:
         for frames in (150, 40):
-            for ep in synthetic_episodes(8, frames, seed=frames):
+            for k, ep in enumerate(synthetic_episodes(8, frames, seed=frames)):
+                ep["extra"]["tags"] = ["night", "clutter"][: k % 3]  # a list field, as the text's
                 w.add_episode(**ep)
     ns = run_blocks(ROOT / "docs" / "kql.md", {})
     assert len(ns["hits"]) > 0 and len(ns["long_ones"]) > 0
     assert capsys.readouterr().out.count("\n") == min(5, len(ns["hits"]))
+    write_synthetic("franka.kdb", 6, 20, seed=1, embodiment="franka")
+    write_synthetic("ur5e.kdb", 6, 20, seed=2, embodiment="ur5e")
+    commands = kino_commands(ROOT / "docs" / "kql.md")
+    assert len(commands) == 4
+    for argv in commands:
+        run_kino(argv)
 
 
 @pytest.mark.integration
@@ -365,6 +388,13 @@ def test_lerobot_examples(in_tmp: Path) -> None:
     ns: dict[str, Any] = {"__name__": "__main__"}
     exec(compile(blocks[0], "lerobot.md block 0", "exec"), ns)
     assert (in_tmp / "pick_lerobot" / "meta" / "info.json").is_file()
+    commands = kino_commands(ROOT / "docs" / "lerobot.md")
+    assert len(commands) == 4
+    for argv in commands:  # alternatives, each to a new folder but the last (--force replaces)
+        if "--force" not in argv:
+            shutil.rmtree(in_tmp / "pick_lerobot")
+        run_kino(argv)
+        assert (in_tmp / "pick_lerobot" / "meta" / "info.json").is_file()
     for k in (2, 3, 4):  # the torchvision stand-in, one file per block
         first, _, _ = blocks[k].partition("\n")
         assert first.startswith("# torchvision_stub/")
