@@ -395,8 +395,9 @@ def test_a_signal_that_lands_in_a_finalizer_is_raised_after_it(
     with pytest.raises(expected), _signals_interrupt(sigterm=True):
         SignalsWhenCollected()
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            pass
+        while True:  # not `while time.monotonic() < deadline: pass`: Python 3.13 lets an exception
+            if time.monotonic() >= deadline:  # raised in such a loop's test skip the with (CPython gh-130279)
+                break
     assert time.monotonic() < deadline  # raised at once, not when the loop ran out
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
