@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +50,9 @@ def test_reward_windows_refuse_the_mixture_source_without_rewards(tmp_path: Path
 
 def test_reward_windows_serve_real_and_explicit_zero_rewards(tmp_path: Path) -> None:
     for kind in ("real", "zeros", "mixed"):
-        fw = FrameWindows(write(tmp_path / f"{kind}.kdb", kind), delta_timestamps=REWARD)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore" if kind == "mixed" else "error")
+            fw = FrameWindows(write(tmp_path / f"{kind}.kdb", kind), delta_timestamps=REWARD)
         batch = fw.lowdim(np.arange(len(fw)))
         assert batch["reward"].shape == (len(fw), 2)
         if kind == "zeros":  # given by the caller: total_reward 0.0, real zeros
@@ -61,3 +64,18 @@ def test_reward_windows_check_only_the_selected_episodes(tmp_path: Path) -> None
     FrameWindows(path, delta_timestamps=REWARD, kql_filter="task = 'real'")
     with pytest.raises(KinodbError, match="holds none"):
         FrameWindows(path, delta_timestamps=REWARD, kql_filter="task = 'none'")
+
+
+def test_reward_windows_warn_where_some_episodes_hold_the_placeholder(tmp_path: Path) -> None:
+    path = write(tmp_path / "mixed.kdb", "mixed", episodes=3)  # episode 0 without rewards
+    with pytest.warns(
+        UserWarning,
+        match=r"mixed\.kdb: windows ask for rewards \('next\.reward'\), but 1 of its 3 "
+        r"selected episodes hold none \(episodes 0, positions.*total_reward IS NOT NULL",
+    ) as said:
+        FrameWindows(path, delta_timestamps=REWARD)
+    assert said[0].filename == __file__  # the caller's line
+    with warnings.catch_warnings():  # the advice works
+        warnings.simplefilter("error")
+        fw = FrameWindows(path, delta_timestamps=REWARD, kql_filter="total_reward IS NOT NULL")
+    assert set(fw.lowdim(np.arange(len(fw)))["episode_index"].tolist()) == {1, 2}

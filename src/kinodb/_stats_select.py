@@ -2,7 +2,7 @@
 
 `Moments` keeps each feature's count, mean, M2 (Chan's parallel update), minimum and
 maximum over chunks of float64 values. `Selector` finds exact order statistics over the
-bit patterns of the values (order-preserving unsigned keys): each pass counts the values
+bit patterns of the values (order-preserving unsigned keys, one for both zeros): each pass counts the values
 of each feature in equal ranges of keys around the wanted ranks and keeps the ranges that
 hold them, until they are few enough to collect and sort in memory (see `kinodb.stats`).
 """
@@ -97,14 +97,21 @@ class Moments:
 
 
 def _to_keys(x: F64) -> U64:
-    """Unsigned keys that sort like the float64 values (negative: all bits flipped)."""
+    """Unsigned keys that sort like the float64 values, equal values sharing a key.
+
+    A positive value gets its bits with the sign bit set; a negative one the two's
+    complement of its bits (``-u`` modulo 2**64: the bits flipped, plus one), so that -0.0
+    gets the key of +0.0. The two zeros must share a key: NumPy's min and max return either
+    (the ranges are keyed from them) and ``np.quantile`` treats them as one value.
+    """
     u = np.ascontiguousarray(x, np.float64).view(np.uint64)
-    out: U64 = np.where((u & _SIGN) != 0, ~u, u | _SIGN)
+    out: U64 = np.where((u & _SIGN) != 0, -u, u | _SIGN)
     return out
 
 
 def _from_keys(k: U64) -> F64:
-    u = np.where((k & _SIGN) != 0, k & ~_SIGN, ~k).astype(np.uint64)
+    """The float64 values of keys from `_to_keys` (a zero comes back as +0.0)."""
+    u = np.where((k & _SIGN) != 0, k & ~_SIGN, -k).astype(np.uint64)
     return u.view(np.float64)
 
 

@@ -21,6 +21,9 @@ Non-finite values (NaN, +-inf) are counted (``nonfinite``) and left out of every
 statistic. Arrays that are not floating point are listed under ``skipped`` with the reason,
 and so are ``rewards`` when every episode holds the writer's placeholder
 (`placeholder_rewards`: a source without rewards) unless they are asked for by name.
+When only some episodes hold it (a merge of files with and without rewards), the
+statistics of ``rewards`` leave those episodes out and say how many
+(``placeholder_episodes``, ``placeholder_frames``).
 
 `write_stats` stores the result in the file's dataset JSON (key ``"stats"``) through an
 append-mode `Writer`, which rewrites only the index and switches the commit record last,
@@ -67,6 +70,7 @@ __all__ = [
     "Normalizer",
     "check_defined",
     "compute_stats",
+    "placeholder_mask",
     "placeholder_rewards",
     "stats_to_json",
     "undefined_features",
@@ -123,7 +127,8 @@ def compute_stats(
         "skipped": {name: reason}}`` with float64 arrays; ``count`` is the number of frames
         read and ``nonfinite`` the number of NaN/inf values left out. ``rewards`` is
         skipped when every episode holds the writer's placeholder (`placeholder_rewards`)
-        and ``arrays`` does not name it.
+        and ``arrays`` does not name it; when only some do, its statistics leave them out
+        and add ``placeholder_episodes`` and ``placeholder_frames`` (how many left out).
 
     Example:
         >>> stats = compute_stats(db, arrays=["actions"])
@@ -146,20 +151,30 @@ def compute_stats(
         "version": STATS_VERSION, "computed": _now(), "num_frames": db.num_frames(),
         "num_episodes": len(db), "arrays": {}, "skipped": {},
     }  # fmt: skip
+    every = np.arange(len(db), dtype=np.int64)
     for name, spec in _candidates(db.schema(), arrays, db.path()).items():
         if isinstance(spec, str):
             result["skipped"][name] = _varying_dtype(db, name) if spec == DTYPE_VARIES else spec
-            continue
-        if name == "rewards" and arrays is None and len(db) and placeholder_rewards(db):
-            result["skipped"][name] = _PLACEHOLDER
             continue
         shape, dtype = spec
         size = math.prod(shape)
         chunk = chunk_frames or max(1, CHUNK_BYTES // (8 * size))
         try:
-            result["arrays"][name] = _array_stats(db, name, frames, shape, dtype, chunk, select_budget)
+            placeholder = placeholder_mask(db, every) if name == "rewards" else np.zeros(len(db), bool)
+            if len(db) and placeholder.all():  # a source without rewards: summarised only when named
+                if arrays is None:
+                    result["skipped"][name] = _PLACEHOLDER
+                    continue
+                placeholder[:] = False
+            kept = every[~placeholder]
+            entry = _array_stats(db, name, kept, frames[kept], shape, dtype, chunk, select_budget)
         except (KeyError, ValueError) as exc:  # absent from an episode, or laid out differently
             result["skipped"][name] = f"cannot be read as one array: {_one_line(exc)}"
+            continue
+        if placeholder.any():  # some episodes' rewards are the placeholder: left out, and counted
+            entry["placeholder_episodes"] = int(placeholder.sum())
+            entry["placeholder_frames"] = int(frames[placeholder].sum())
+        result["arrays"][name] = entry
     return result
 
 
@@ -215,16 +230,29 @@ def placeholder_rewards(db: Database, episodes: Any = None) -> bool:
     """Whether each of ``episodes`` (indices; None: all) holds the writer's placeholder rewards:
     a null ``total_reward`` (given rewards, `Writer.add_episode` stores their sum, null only
     when not finite) and all-0 rewards. Rewards are read only when each total is null."""
-    table = db.episodes()
-    total = np.asarray(table["total_reward"], np.float64)
+    total = np.asarray(db.episodes()["total_reward"], np.float64)
     idx = np.arange(len(total)) if episodes is None else np.asarray(episodes, np.int64).reshape(-1)
     if not len(idx) or not np.isnan(total[idx]).all():
         return False
-    frames = np.asarray(table["num_frames"], np.int64)[idx]
+    return bool(placeholder_mask(db, idx).all())
+
+
+def placeholder_mask(db: Database, idx: I64) -> NDArray[np.bool_]:
+    """Which of the episodes ``idx`` (indices) hold the writer's placeholder rewards, by the
+    rule of `placeholder_rewards`; rewards are read only for the episodes whose total is null."""
+    table = db.episodes()
+    out: NDArray[np.bool_] = np.isnan(np.asarray(table["total_reward"], np.float64)[idx])
+    held = np.flatnonzero(out)
+    frames = np.asarray(table["num_frames"], np.int64)[idx[held]]
     for a, b in _plan(frames, CHUNK_BYTES // 8):
-        if int(frames[a:b].sum()) and np.any(db.gather("rewards", idx[a:b]) != 0):
-            return False
-    return True
+        n = int(frames[a:b].sum())
+        if not n:
+            continue
+        nonzero = (db.gather("rewards", idx[held[a:b]]).reshape(n, -1) != 0).any(axis=1)
+        seen = np.concatenate([[0], np.cumsum(nonzero)])  # nonzero frames before each frame
+        ends = np.cumsum(frames[a:b])
+        out[held[a:b]] = seen[ends] == seen[ends - frames[a:b]]  # no nonzero reward in the episode
+    return out
 
 
 def stats_to_json(stats: Mapping[str, Any]) -> dict[str, Any]:
@@ -587,9 +615,10 @@ def _plan(frames: I64, chunk: int) -> list[tuple[int, int]]:
     return runs
 
 
-def _chunks(db: Database, name: str, frames: I64, runs: list[tuple[int, int]], chunk: int,
+def _chunks(db: Database, name: str, episodes: I64, frames: I64, runs: list[tuple[int, int]], chunk: int,
             shape: tuple[int, ...], dtype: np.dtype[Any]) -> Iterator[F64]:  # fmt: skip
-    """The array as float64 ``(n, features)`` chunks of at most ``chunk`` frames, in episode order."""
+    """The array of ``episodes`` (positions, holding ``frames`` each) as float64 ``(n, features)``
+    chunks of at most ``chunk`` frames, in their order; ``runs`` index ``episodes``."""
     size = math.prod(shape)
     held = [int(frames[a:b].sum()) for a, b in runs]
     buf = np.empty((max((n for n in held if n <= chunk), default=1), *shape), dtype)
@@ -597,23 +626,24 @@ def _chunks(db: Database, name: str, frames: I64, runs: list[tuple[int, int]], c
         if n == 0:
             continue
         if n <= len(buf):
-            part = db.gather(name, np.arange(a, b), out=buf[:n])
+            part = db.gather(name, episodes[a:b], out=buf[:n])
             yield part.reshape(n, size).astype(np.float64)
             continue
-        view = db.read_array(a, name)  # one episode longer than a chunk: read it in slices
+        view = db.read_array(int(episodes[a]), name)  # one episode longer than a chunk: read it in slices
         for s in range(0, n, chunk):
             yield np.asarray(view[s : s + chunk], np.float64).reshape(-1, size)
 
 
-def _array_stats(db: Database, name: str, frames: I64, shape: tuple[int, ...], dtype: np.dtype[Any],
-                 chunk: int, budget: int) -> dict[str, Any]:  # fmt: skip
+def _array_stats(db: Database, name: str, episodes: I64, frames: I64, shape: tuple[int, ...],
+                 dtype: np.dtype[Any], chunk: int, budget: int) -> dict[str, Any]:  # fmt: skip
+    """One array's statistics over ``episodes`` (positions, holding ``frames`` each)."""
     runs = _plan(frames, chunk)
     moments = _Moments(math.prod(shape))
-    for x in _chunks(db, name, frames, runs, chunk, shape, dtype):
+    for x in _chunks(db, name, episodes, frames, runs, chunk, shape, dtype):
         moments.update(x)
     select = _Selector(moments, tuple(QUANTILES.values()), budget)
     while not select.finished():
-        for x in _chunks(db, name, frames, runs, chunk, shape, dtype):
+        for x in _chunks(db, name, episodes, frames, runs, chunk, shape, dtype):
             select.update(x)
         select.end_pass()
     quantiles = select.values()

@@ -25,6 +25,7 @@ statistics). The names other modules import from here stay importable here
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +33,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from kinodb._warn import user_stacklevel
 from kinodb._window_checks import camera_mapping_hint as camera_mapping_hint
 from kinodb._window_checks import off_grid_fix
 from kinodb._window_images import _ImageWindows
@@ -49,7 +51,7 @@ from kinodb.errors import EpisodeNotFoundError, KinodbError, NameNotFoundError
 from kinodb.kdb._layout import KIND_ARRAY
 from kinodb.kdb.reader import Database
 from kinodb.mixture import Mixture
-from kinodb.stats import placeholder_rewards
+from kinodb.stats import placeholder_mask
 
 __all__ = ["FrameWindows", "WindowSpec", "stack_groups"]
 
@@ -563,11 +565,13 @@ class FrameWindows(_ImageWindows):
     def _check_rewards(self) -> None:
         """Refuse windows of rewards from a source whose selected episodes all hold the
         writer's placeholder (zeros stored for a source without rewards): served, they
-        would pass for real rewards."""
+        would pass for real rewards. Where only some do (a merge of files with and without
+        rewards), warn, naming them and the filter that leaves them out."""
         if not any(name == "rewards" for name, _ in self.spec.arrays.values()):
             return
         for source in self._sources:
-            if not placeholder_rewards(source.db, source.kept):
+            held = placeholder_mask(source.db, source.kept)
+            if not held.any():
                 continue
             key = next(
                 (
@@ -583,6 +587,21 @@ class FrameWindows(_ImageWindows):
                 if _num_given(self._source_arg) > 1
                 else f"leave {key!r} out of delta_timestamps"
             )
+            if not held.all():
+                named = ", ".join(str(int(e)) for e in source.kept[held][:5]) + (
+                    ", ..." if held.sum() > 5 else ""
+                )
+                warnings.warn(
+                    f"{source.where}: windows ask for rewards ({key!r}), but {int(held.sum())} of its "
+                    f"{len(held)} selected episodes hold none (episodes {named}, positions in the file): their "
+                    "source data had no rewards (a merge of files with and without them), and the zeros stored "
+                    "for them are a placeholder, served as rewards; leave them out with the KQL filter "
+                    '"total_reward IS NOT NULL" (which also leaves out episodes whose rewards sum to NaN or '
+                    f"infinity), or leave {key!r} out of delta_timestamps",
+                    UserWarning,
+                    stacklevel=user_stacklevel(),
+                )
+                continue
             raise KinodbError(
                 f"{source.where}: windows ask for rewards ({key!r}), but it holds none: its source data had "
                 "no rewards, and the zeros stored for them are a placeholder (each selected episode's "

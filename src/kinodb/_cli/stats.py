@@ -156,6 +156,11 @@ def _print_tables(stats: Mapping[str, Any], schema: Mapping[str, Any]) -> None:
         labels = feature_names(name, size, schema) if entry["shape"] else [name]
         width = max(12, *(len(label) for label in labels)) + 2
         nonfinite = f", {entry['nonfinite']} non-finite values left out" if entry["nonfinite"] else ""
+        if entry.get("placeholder_episodes"):  # a merge of files with and without rewards
+            nonfinite += (
+                f"; {entry['placeholder_episodes']} episodes ({entry['placeholder_frames']} frames) without "
+                "rewards (the writer's placeholder zeros) left out"
+            )
         print(f"\n{name}: {entry['dtype']} {tuple(entry['shape'])}, {entry['count']} frames{nonfinite}")
         print(f"  {'FEATURE':<{width}}" + "".join(f"{c.upper():>12}" for c in _COLUMNS))
         for k, label in enumerate(labels):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sys
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -17,6 +16,7 @@ import torch
 from torch.utils.data import Dataset, get_worker_info
 
 from kinodb import _images
+from kinodb._warn import user_stacklevel
 from kinodb._window_spec import camera_named, delta_cameras
 from kinodb.errors import EpisodeNotFoundError, KinodbError, NameNotFoundError
 from kinodb.mixture import Mixture
@@ -41,17 +41,6 @@ if TYPE_CHECKING:
 __all__ = ["KinoDataset", "KinoFrameDataset", "KinoMapDataset"]
 
 _NORMALIZE = (None, False, "mean_std", "min_max")
-_KINODB = os.path.dirname(os.path.dirname(__file__)) + os.sep  # the kinodb package's folder
-
-
-def user_stacklevel() -> int:
-    """The ``stacklevel`` that attributes a warning issued by the function calling this to
-    the first caller outside kinodb: the user's line, however many kinodb calls lie between
-    (``from_mixture`` -> `KinoIterDataset` -> `KinoFrameDataset` -> the check)."""
-    level, frame = 1, sys._getframe(1)
-    while frame.f_back is not None and frame.f_code.co_filename.startswith(_KINODB):
-        frame, level = frame.f_back, level + 1
-    return level
 
 
 def resolved(source: Any) -> Any:
