@@ -22,6 +22,8 @@ from kinodb.kdb.upgrade import (
     leave_out,
     refuse_changed,
     same_file_inputs,
+    skip_reason,
+    unnamed,
 )
 from kinodb.kdb.writer import Writer
 
@@ -63,6 +65,7 @@ class MergeResult:
 
 # Metadata keys a merge writes itself, or that describe how one input was made.
 _OWN_METADATA = frozenset({"merged_from", "filter", "image_orientation", "ingest"})
+_AS_STORED = "as_stored"  # the image_orientation of frames kept as the source stored them
 
 
 def merge(
@@ -460,22 +463,25 @@ def _merged_metadata(
 
 def _image_orientation(dbs: list[Database], kept: list[np.ndarray], warnings: list[str]) -> str | None:
     """How the contributing inputs' frames stand, "mixed" (with a warning), or None when none says."""
-    # How the frames stand (the HDF5 ingest's --flip-images turns LIBERO's upright): kept
-    # when every input with cameras agrees, "mixed" (with a warning) when they differ.
-    orientations: set[str | None] = {
+    # How the frames stand (--flip-images turns LIBERO's upright on ingest): kept when every
+    # input with cameras agrees, "mixed" (with a warning) when some were turned and some not.
+    # An input that records none (a file written with kinodb.Writer) holds its frames as it
+    # was given them, as an ingest without --flip-images does: it counts as "as_stored".
+    recorded = [
         db.metadata().get("image_orientation")
         for db, k in zip(dbs, kept, strict=True)
         if len(k) and db.schema().get("cameras")
-    }
-    if len(orientations) == 1 and None not in orientations:
+    ]
+    if all(o is None for o in recorded):
+        return None
+    orientations = {_AS_STORED if o is None else o for o in recorded}
+    if len(orientations) == 1:
         return orientations.pop()
-    if len(orientations) > 1:
-        warnings.append(
-            "the inputs' camera frames stand differently (some were turned upright on ingest with "
-            "--flip-images, some not): the output records image_orientation 'mixed'"
-        )
-        return "mixed"
-    return None
+    warnings.append(
+        "the inputs' camera frames stand differently (some were turned upright on ingest with "
+        "--flip-images, some not): the output records image_orientation 'mixed'"
+    )
+    return "mixed"
 
 
 def _copy_input(
@@ -499,8 +505,8 @@ def _copy_input(
             if w._closed:  # the output failed (a full disk), not the episode
                 raise
             if not skip:
-                raise episode_error(_unnamed(exc, len(w)), db.path(), i, _advice(db, i, kql)) from exc
-            skipped.append((i, str(_unnamed(exc, len(w)))))
+                raise episode_error(unnamed(exc, len(w)), db.path(), i, _advice(db, i, kql)) from exc
+            skipped.append((i, skip_reason(exc, db, i, len(w))))
             continue
         frames += int(db._cols["num_frames"][i])
         for pair in moved:
@@ -598,13 +604,6 @@ def _renamed_warnings(path: str, renamed: dict[tuple[str, str], int]) -> list[st
             f"{now}, and the value each held is kept as {kept}"
         )
     return out
-
-
-def _unnamed(exc: Exception, n: int) -> Exception:
-    """``exc`` without the writer's ``(adding episode N)``: ``n`` is the output's position,
-    which a merge's message does not show (it names the input file and its episode)."""
-    text, suffix = str(exc), f" (adding episode {n})"
-    return type(exc)(text[: -len(suffix)]) if text.endswith(suffix) else exc
 
 
 __all__ = ["MergeInput", "MergeResult", "merge"]

@@ -138,7 +138,10 @@ def one_orientation(db: Database, positions: list[int], merge: dict[str, MergeIn
         path = db.read_meta(i).get("source_file")
         given = merge.get(path) if merge is not None and isinstance(path, str) else None
         meta = given.metadata if given is not None else None
-        files = found.setdefault(MIXED if meta is None else meta.get("image_orientation"), [])
+        # An input that records no orientation (written with kinodb.Writer) holds its frames as given.
+        files = found.setdefault(
+            MIXED if meta is None else meta.get("image_orientation", ORIENTATION_AS_STORED), []
+        )
         files += [] if str(path) in files else [str(path)]
     if len(found) < 2 and MIXED not in found:
         return next(iter(found), None)

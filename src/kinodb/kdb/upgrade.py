@@ -152,9 +152,10 @@ def _copy_episodes(
             if out._closed:  # the output failed (a full disk) and closed itself, not the episode
                 raise
             if on_error == "skip":
-                skipped.append((i, str(exc)))
+                skipped.append((i, skip_reason(exc, db, i, len(out))))
                 continue
-            raise episode_error(exc, source, i, _upgrade_advice(db, i, source, os.fspath(dst))) from exc
+            advice = _upgrade_advice(db, i, source, os.fspath(dst))
+            raise episode_error(unnamed(exc, len(out)), source, i, advice) from exc
     return skipped
 
 
@@ -240,6 +241,26 @@ def episode_error(exc: Exception, src: str, i: int, advice: str) -> Exception:
             text = f"{src}: episode {i}: {text}"
         return type(exc)(f"{text}; {advice}")
     return ConversionError(f"{src}: episode {i} cannot be stored as v1: {exc}; {advice}")
+
+
+def unnamed(exc: Exception, n: int) -> Exception:
+    """``exc`` without the writer's ``(adding episode N)``: ``n`` is the output's position,
+    which a conversion's message does not show (it names the input file and its episode)."""
+    text, suffix = str(exc), f" (adding episode {n})"
+    return type(exc)(text[: -len(suffix)]) if text.endswith(suffix) else exc
+
+
+def skip_reason(exc: Exception, db: Database, i: int, n: int) -> str:
+    """Why episode ``i`` of ``db`` was left out (``on_error="skip"``), as listed after
+    ``episode I: ``: the text of ``exc`` without the output's position ``n`` (`unnamed`) and
+    without the reader's ``PATH: episode I: `` (or ``PATH: episode I, ``), which the list says."""
+    text = str(unnamed(exc, n))
+    named = f"{db.path()}: "
+    text = text[len(named) :] if text.startswith(named) else text
+    for said in (f"episode {i}: ", f"episode {i}, "):
+        if text.startswith(said):
+            return text[len(said) :]
+    return text
 
 
 def leave_out(db: Database, i: int) -> tuple[str, str] | None:
