@@ -593,9 +593,9 @@ class FrameWindows(_ImageWindows):
                 )
                 warnings.warn(
                     f"{source.where}: windows ask for rewards ({key!r}), but {int(held.sum())} of its "
-                    f"{len(held)} selected episodes hold none (episodes {named}, positions in the file): their "
-                    "source data had no rewards (a merge of files with and without them), and the zeros stored "
-                    "for them are a placeholder, served as rewards; leave them out with the KQL filter "
+                    f"{len(held)} selected episodes hold none (episodes {named}, positions in the file): they were "
+                    "written without rewards (appended, or merged from a file without them), and the zeros "
+                    "stored for them are a placeholder, served as rewards; leave them out with the KQL filter "
                     '"total_reward IS NOT NULL" (which also leaves out episodes whose rewards sum to NaN or '
                     f"infinity), or leave {key!r} out of delta_timestamps",
                     UserWarning,
