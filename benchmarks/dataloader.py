@@ -150,9 +150,14 @@ class PassOrder(torch.utils.data.Sampler[int]):
         self.n = epoch if epoch <= rate * seconds else min(epoch, FIRST_PASS)
 
 
-def loader(dataset: Any, case: Case, order: PassOrder, workers: int, *, kino: bool) -> DataLoader[Any]:
-    """A DataLoader over ``order`` (a fixed order, so every loader reads the same windows)."""
+def loader(
+    dataset: Any, case: Case, order: PassOrder, workers: int, *, kino: bool, prefetch: int | None = None
+) -> DataLoader[Any]:
+    """A DataLoader over ``order`` (a fixed order, so every loader reads the same windows);
+    ``prefetch``: its ``prefetch_factor`` with workers (None: torch's default, 2)."""
     kwargs: dict[str, Any] = {}
+    if prefetch is not None and workers > 0:
+        kwargs["prefetch_factor"] = prefetch
     if kino:
         from kinodb.torch import collate
 
@@ -281,7 +286,14 @@ def run_case(
                 )
         for name, options, n_threads in kino:
             samplers[name] = PassOrder(order, first_pass)
-            dl = loader(kinodb_dataset(case, **options), case, samplers[name], workers, kino=True)  # type: ignore[arg-type]
+            dl = loader(
+                kinodb_dataset(case, **options),
+                case,
+                samplers[name],
+                workers,
+                kino=True,
+                prefetch=args.prefetch_factor,
+            )  # type: ignore[arg-type]
             jobs[name] = (Row(case.name, workers, name, n_threads if images else None), partial(drain, dl))
         lerobot = (_peers.LeRobotWindows if peers["lerobot"] else _peers.ParquetVideoWindows)(
             case.paths.lerobot, case.windows
@@ -291,14 +303,14 @@ def run_case(
         )
         for name, ds in ((lerobot_name, lerobot), (robomimic_name, robomimic)):
             samplers[name] = PassOrder(order, first_pass)
-            dl = loader(ds, case, samplers[name], workers, kino=False)
+            dl = loader(ds, case, samplers[name], workers, kino=False, prefetch=args.prefetch_factor)
             jobs[name] = (Row(case.name, workers, name), partial(drain, dl))
         for name, (_, fn) in jobs.items():
             first[name] = next(iter(fn.args[0]))  # type: ignore[attr-defined]
         if not images:  # the ceiling: torch's DataLoader with a dataset that does nothing
             samplers[NOOP] = PassOrder(order, first_pass)
             noop = NoOpWindows(first["kinodb"], len(order))
-            dl = loader(noop, case, samplers[NOOP], workers, kino=True)
+            dl = loader(noop, case, samplers[NOOP], workers, kino=True, prefetch=args.prefetch_factor)
             jobs[NOOP] = (Row(case.name, workers, NOOP), partial(drain, dl))
             first[NOOP] = next(iter(dl))
         if images:
@@ -416,6 +428,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--only", choices=("state", "images"), default=None)
     parser.add_argument(
+        "--prefetch-factor",
+        type=int,
+        default=None,
+        help="DataLoader prefetch_factor for every loader with workers (default: torch's, 2; the targets "
+        "are judged at the default)",
+    )
+    parser.add_argument(
         "--out",
         type=Path,
         default=None,
@@ -458,6 +477,9 @@ def main(argv: list[str] | None = None) -> int:
     print()
     for name, ok in checks.items():
         print(f"{'PASS' if ok else 'MISS'}  {name}")
+    if args.prefetch_factor is not None:
+        print(f"note: every loader ran with prefetch_factor={args.prefetch_factor}; the targets are judged at "
+              "torch's default (2)")  # fmt: skip
     result = {
         "benchmark": "dataloader",
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
@@ -495,6 +517,7 @@ def main(argv: list[str] | None = None) -> int:
         ],
         "kinodb_ratios": table,
         "torch_threads": args.torch_threads,
+        "prefetch_factor": args.prefetch_factor,
         "targets": checks,
         "versions": {
             "kinodb": kinodb.__version__,
