@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from kinodb.errors import CorruptFileError, WriterError
-from kinodb.kdb._checks import json_mapping
+from kinodb.kdb._checks import check_text, json_mapping
 from kinodb.kdb._frames import RESERVED_ARRAYS
 from kinodb.kdb._table import (
     _EXTRA_PARTS,
@@ -587,8 +587,12 @@ def declared_schema(part: str, spec: Any) -> dict[str, Any]:
         pair = (sl.start, sl.stop) if isinstance(sl, slice) else sl
         bounds = [_bound(b) for b in pair] if isinstance(pair, (list, tuple)) and len(pair) == 2 else []
         start, stop = bounds if bounds else (None, None)
-        if start is None or stop is None or not 0 <= start < stop:
-            raise ValueError(f"schema {part}.components[{name!r}] must be [start, stop), got {sl!r}")
+        if start is None or stop is None or not 0 <= start < stop < 2**32:  # dims are u32
+            said = (
+                f"[{_shown(start)}, {_shown(stop)}]" if start is not None and stop is not None else repr(sl)
+            )
+            raise ValueError(f"schema {part}.components[{name!r}] must be [start, stop), got {said}")
+        check_text(str(name), f"schema {part} component name {name!r}")
         comps[str(name)] = [start, stop]
     new: dict[str, Any] = {"components": comps} if comps else {}
     if "names" in spec:
@@ -596,7 +600,14 @@ def declared_schema(part: str, spec: Any) -> dict[str, Any]:
         if isinstance(names, (str, bytes)) or not isinstance(names, Iterable):
             raise ValueError(f"schema {part}.names must be a list of names (one per dim), got {names!r}")
         new["names"] = [str(n) for n in names]
+        for n in new["names"]:
+            check_text(n, f"schema {part}.names entry {n!r}")
     return new
+
+
+def _shown(bound: int) -> str:
+    """A bound as text, or its size for an int too long to print."""
+    return str(bound) if bound.bit_length() < 1000 else f"an int of {bound.bit_length()} bits"
 
 
 def check_dims(schema: Mapping[str, Any], action_dim: int, state_dim: int) -> None:

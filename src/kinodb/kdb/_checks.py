@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import numbers
 import operator
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -63,17 +64,26 @@ def terminal(value: Any) -> np.ndarray:
 
 
 def check_text(value: str, where: str) -> None:
+    """Refuse ``value`` unless it encodes as UTF-8 (a lone surrogate, as `os.fsdecode` leaves
+    for bytes that are not UTF-8, does not), naming it ``where``.
+
+    Raises:
+        WriterError: naming ``where`` and the position of the first character at fault.
+    """
     try:
         value.encode()
     except UnicodeEncodeError as exc:
         raise WriterError(
-            f"{where} is not valid Unicode text ({exc.reason} at position {exc.start})"
+            f"{where} is not valid Unicode text ({exc.reason} at position {exc.start}); text "
+            "decoded with os.fsdecode keeps bytes that are not UTF-8 as lone surrogates: decode "
+            "them, e.g. text.encode('utf-8', 'surrogateescape').decode('utf-8', 'replace')"
         ) from None
 
 
 def check_extra_name(key: object) -> None:
     if not isinstance(key, str) or not key:
         raise WriterError(f"extra field names must be non-empty str, got {key!r}")
+    check_text(key, f"extra field name {key!r}")
     if key.startswith("extra."):
         bare = key[len("extra.") :]
         raise WriterError(
@@ -82,9 +92,28 @@ def check_extra_name(key: object) -> None:
         )
 
 
-def json_value(value: Any, where: str, *, mappings: bool = False) -> Any:
-    if mappings and isinstance(value, Mapping):
-        return json_mapping(value, where)
+# How deep lists (and metadata's dicts) may nest in a stored JSON value: well within the
+# interpreter's recursion limit, so that checking, committing and reading it cannot fail.
+JSON_MAX_DEPTH = 100
+
+
+def json_value(value: Any, where: str, *, mappings: bool = False, depth: int = 0) -> Any:
+    """A JSON-ready copy of ``value``, named ``where`` in messages; ``mappings`` admits dicts
+    (dataset metadata), and ``depth`` is how deep ``value`` lies in the one being checked.
+
+    Raises:
+        WriterError: JSON cannot store ``value`` (NaN, bytes, an int too long to write as
+            text, nesting deeper than `JSON_MAX_DEPTH`, text that is not UTF-8 ...).
+    """
+    if isinstance(value, (list, tuple)) or (mappings and isinstance(value, Mapping)):
+        if depth >= JSON_MAX_DEPTH:
+            raise WriterError(
+                f"{_shorten(where)} nests lists{' and dicts' if mappings else ''} more than "
+                f"{JSON_MAX_DEPTH} levels deep; kinodb stores JSON values nested at most that deep: "
+                "flatten it, or store it as a string (json.dumps(value))"
+            )
+        if not isinstance(value, (list, tuple)):
+            return json_mapping(value, where, depth=depth + 1)
     if value is None or isinstance(value, bool):
         return value
     if isinstance(value, str):
@@ -93,18 +122,21 @@ def json_value(value: Any, where: str, *, mappings: bool = False) -> Any:
     if isinstance(value, (np.bool_,)):
         return bool(value)
     if isinstance(value, (int, np.integer)):
-        return int(value)
+        return _text_int(int(value), where)
     if isinstance(value, (float, np.floating)):
         if not math.isfinite(value):
             raise WriterError(f"{where} is {value}; JSON cannot store NaN or infinity")
         return float(value)
     if isinstance(value, (list, tuple)):
-        return [json_value(v, f"{where}[{i}]", mappings=mappings) for i, v in enumerate(value)]
+        return [
+            json_value(v, f"{where}[{i}]", mappings=mappings, depth=depth + 1) for i, v in enumerate(value)
+        ]
     raise WriterError(f"{where} has type {type(value).__name__}; use str, number, bool, None or a list")
 
 
-def json_mapping(value: Mapping[str, Any], where: str) -> dict[str, Any]:
-    """A JSON-ready copy of ``value`` (NumPy scalars become Python numbers)."""
+def json_mapping(value: Mapping[str, Any], where: str, *, depth: int = 0) -> dict[str, Any]:
+    """A JSON-ready copy of ``value`` (NumPy scalars become Python numbers); ``depth`` as
+    in `json_value`."""
     if not isinstance(value, Mapping):
         raise WriterError(f"{where} must be a mapping, got {type(value).__name__}")
     out = {}
@@ -112,8 +144,50 @@ def json_mapping(value: Mapping[str, Any], where: str) -> dict[str, Any]:
         if not isinstance(key, str):
             raise WriterError(f"{where} keys must be str, got {key!r}")
         check_text(key, f"{where} key {key!r}")
-        out[key] = json_value(v, f"{where}[{key!r}]", mappings=True)
+        out[key] = json_value(v, f"{where}[{key!r}]", mappings=True, depth=depth)
     return out
+
+
+def _max_str_digits() -> int:
+    """The interpreter's limit on the decimal digits of an int written as text (0: none;
+    Python 3.10 before 3.10.7 has none)."""
+    get = getattr(sys, "get_int_max_str_digits", None)
+    return int(get()) if get is not None else 0
+
+
+def _text_int(value: int, where: str) -> int:
+    """``value``, refused when the interpreter will not write it as decimal text (JSON's
+    only form for it): its commit would fail, losing every episode added.
+
+    Raises:
+        WriterError: naming ``where``, with the limit and what to store instead.
+    """
+    limit = _max_str_digits()
+    # b bits make at most b * log10(2) + 1 < 0.31 * b + 1 digits: an ordinary int is not converted.
+    if not limit or value.bit_length() <= 3 * limit:
+        return value
+    try:
+        str(value)  # the interpreter's own test, as json.dumps makes it at the commit
+    except ValueError:
+        raise WriterError(
+            f"{where} is {shown(value)}; JSON stores a number as text, and Python writes an int "
+            f"of at most {limit} digits as text (sys.get_int_max_str_digits()): store it as a "
+            "string instead, e.g. hex(value)"
+        ) from None
+    return value
+
+
+def shown(value: object) -> str:
+    """``repr(value)`` for a message; an int too long for the interpreter to write as text
+    is described by its size instead (its repr would raise ValueError)."""
+    if isinstance(value, int) and _max_str_digits() and value.bit_length() > 3 * _max_str_digits():
+        return f"an int of about {int(value.bit_length() * math.log10(2)) + 1} decimal digits"
+    return repr(value)
+
+
+def _shorten(text: str, keep: int = 60) -> str:
+    """``text`` with its middle left out when it is longer than ``2 * keep`` characters."""
+    return text if len(text) <= 2 * keep else f"{text[:keep]}...{text[-keep:]}"
 
 
 def real_number(value: Any, what: str, want: str = "a number") -> float:
@@ -132,7 +206,7 @@ def real_number(value: Any, what: str, want: str = "a number") -> float:
             return -math.inf if value < 0 else math.inf
     array = hasattr(value, "shape") and not isinstance(value, np.generic)
     hint = "; for a one-element array or tensor, pass x.item()" if array else ""
-    raise WriterError(f"{what} must be {want}, got {value!r}{hint}")
+    raise WriterError(f"{what} must be {want}, got {shown(value)}{hint}")
 
 
 def mapping(value: Any, what: str, example: str) -> Mapping[Any, Any]:
@@ -167,7 +241,10 @@ def episode_meta(
         raise WriterError(f"success must be True, False or None, got {success!r}")
     if total_reward is None:
         if rewards is not None:  # unknown (None) when the rewards hold NaN or infinity
-            total = float(rew.astype(np.float64).sum())
+            # NaN (a signalling payload too) or +inf and -inf together sum to NaN, the
+            # documented case above: NumPy's "invalid value" warning would say nothing more.
+            with np.errstate(invalid="ignore"):
+                total = float(rew.astype(np.float64).sum())
             total_reward = total if math.isfinite(total) else None
     else:
         total_reward = real_number(total_reward, "total_reward", "a number or None (unknown)")
@@ -191,7 +268,7 @@ def positive_fps(fps: Any) -> float:
     """
     value = real_number(fps, "fps", "a positive number")
     if not (math.isfinite(value) and value > 0):  # the value as given, not as a float
-        raise WriterError(f"fps must be a positive number, got {fps!r}")
+        raise WriterError(f"fps must be a positive number, got {shown(fps)}")
     return value
 
 
@@ -227,5 +304,8 @@ def episode_index(i: object, n: int) -> int:
 def out_of_range(i: int, n: int) -> str:
     """The message for episode index ``i`` outside a file of ``n`` episodes."""
     if not n:
-        return f"episode {i} out of range: file has 0 episodes (none)"
-    return f"episode {i} out of range: file has {n} episodes (0..{n - 1}), or -{n}..-1 counting from the end"
+        return f"episode {shown(i)} out of range: file has 0 episodes (none)"
+    return (
+        f"episode {shown(i)} out of range: file has {n} episodes (0..{n - 1}), or -{n}..-1 counting "
+        "from the end"
+    )

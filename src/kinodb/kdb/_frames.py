@@ -12,7 +12,7 @@ import numpy as np
 
 from kinodb.errors import WriterError
 from kinodb.kdb import _codecs
-from kinodb.kdb._checks import as_array, dims3, mapping, terminal
+from kinodb.kdb._checks import as_array, check_text, dims3, mapping, shown, terminal
 
 # add_episode's own arrays; the names extra arrays cannot take.
 RESERVED_ARRAYS = frozenset({"actions", "states", "rewards", "is_terminal", "timestamps", "meta", "images"})
@@ -49,6 +49,7 @@ def camera_frames(
     """
     if not cam:
         raise WriterError("camera names must be non-empty strings")
+    check_text(cam, f"camera name {cam!r} (a key of images)")
     forced = None
     if isinstance(value, RawFrames):
         value, forced = value.frames, "raw"
@@ -107,6 +108,13 @@ def _encoded(
         return kind, (h, w, c if channels is None else channels), list(value)
     blobs = [bytes(b) if isinstance(b, (bytes, bytearray, memoryview)) else None for b in value]
     if isinstance(value[0], np.ndarray):
+        codec = _encoded_arrays(value)
+        if codec is not None:
+            raise WriterError(
+                f"images[{cam!r}] is a list of uint8 arrays holding encoded {codec} frames (as "
+                "cv2.imencode returns them); pass their bytes, [b.tobytes() for b in frames]: kinodb "
+                "stores encoded frames unchanged"
+            )
         raise WriterError(
             f"images[{cam!r}] is a list of arrays; stack them into one uint8 array (T, H, W, C) "
             "(np.stack), or pass a list of encoded JPEG/PNG bytes"
@@ -154,6 +162,20 @@ def _encoded(
     return codec, shape, [b for b in blobs if b is not None]
 
 
+def _encoded_arrays(value: list[Any] | tuple[Any, ...]) -> str | None:
+    """The codec of frames that are all uint8 arrays, 1-D or ``(N, 1)``, holding JPEG or
+    PNG bytes of one codec (what ``cv2.imencode`` returns); None when they are not."""
+    codecs = {
+        _codecs.sniff(b[:8].tobytes())
+        if isinstance(b, np.ndarray)
+        and b.dtype == np.uint8
+        and (b.ndim == 1 or (b.ndim == 2 and b.shape[1] == 1))
+        else None
+        for b in value
+    }
+    return codecs.pop() if len(codecs) == 1 else None
+
+
 def _sixteen_bit(cam: str) -> str:
     """What to do with camera ``cam``'s 16-bit frames (depth), which cameras do not store."""
     return f"; store 16-bit frames (depth) as an array, extra_arrays={{{cam!r}: uint16 (T, H, W)}}, not as images"
@@ -193,7 +215,7 @@ def check_quality(value: Any) -> int:
     except TypeError:
         q = int(value) if isinstance(value, (float, np.floating)) and float(value).is_integer() else None
     if q is None or not 1 <= q <= 100:
-        raise ValueError(f"jpeg_quality must be in 1..100 (a whole number), got {value!r}")
+        raise ValueError(f"jpeg_quality must be in 1..100 (a whole number), got {shown(value)}")
     return q
 
 
@@ -228,6 +250,7 @@ def episode_arrays(
     for name, value in mapping(extra, "extra_arrays", "{'depth': uint16 (T, H, W)}").items():
         if not isinstance(name, str) or not name or name in RESERVED_ARRAYS:
             raise WriterError(f"extra array name {name!r} is empty or reserved; rename it")
+        check_text(name, f"extra array name {name!r}")
         arrays[name] = as_array(f"extra array {name!r}", value, np.float32, ndim=None)
     for name, arr in arrays.items():
         if arr.shape[0] != T:

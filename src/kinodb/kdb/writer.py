@@ -36,7 +36,7 @@ from kinodb.kdb._builder import (
     utc_now,
     writer_fix,
 )
-from kinodb.kdb._checks import dims3, episode_meta, json_mapping, mapping, positive_fps
+from kinodb.kdb._checks import check_text, dims3, episode_meta, json_mapping, mapping, positive_fps
 from kinodb.kdb._files import (
     Flusher,
     cleanup,
@@ -149,6 +149,8 @@ class Writer(_EpisodeCopies):
         quality = check_quality(jpeg_quality)
         # Checked before any file is touched: a bad value would otherwise fail the commit.
         metadata = json_metadata(metadata or {}, "metadata")
+        if source_format is not None:
+            check_text(str(source_format), f"source_format {source_format!r}")
         schema = mapping(schema, "schema", "{'actions': {'names': [...]}}")
         created = utc_now()  # a bad SOURCE_DATE_EPOCH fails here, not at the commit
         self._path = os.fspath(path)
