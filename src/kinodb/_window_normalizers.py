@@ -30,8 +30,9 @@ class Normalizers:
     each of its features a finite statistic.
 
     Raises:
-        KinodbError: a source lacks the statistics, or a feature has none (no finite
-            value): the message names the file, the array, the feature and the fix.
+        KinodbError: a source stores states or actions as integers, lacks the
+            statistics, or a feature has none (no finite value): the message names the
+            file, the array, the feature and the fix.
     """
 
     def __init__(
@@ -44,14 +45,14 @@ class Normalizers:
         self._paths: dict[int, str] = {}
         keys = {"states": "state", "actions": "action"}
         for source in sources:
-            stored = source.db.stats()
-            stats, skipped = stored["arrays"], stored.get("skipped", {})
             table = source.db.episodes()
             widths = {"states": table["state_dim"], "actions": table["action_dim"]}
-            lacking = [
-                name for name in used
-                if name not in stats and np.asarray(widths[name])[source.kept].any()  # zero-width: nothing to do
-            ]  # fmt: skip
+            # an array of zero width has nothing to normalise
+            held = [name for name in used if np.asarray(widths[name])[source.kept].any()]
+            _refuse_integers(source, mode, held)
+            stored = source.db.stats()
+            stats, skipped = stored["arrays"], stored.get("skipped", {})
+            lacking = [name for name in held if name not in stats]
             if lacking:
                 why = "; ".join(f"{name}: {skipped[name]}" for name in lacking if name in skipped)
                 path = source.db.path()
@@ -102,6 +103,37 @@ class Normalizers:
                 pad = arrays.get(f"{key}_is_pad")
                 if zero_pad and pad is not None and pad.any():
                     arrays[key][pad] = 0
+
+
+def _refuse_integers(source: _Source, mode: str, names: Sequence[str]) -> None:
+    """Refuse to normalise ``names`` where the file stores them as anything but floats.
+
+    Statistics are kept of floating-point arrays only (`kinodb.stats` skips the others),
+    so ``kino stats`` cannot help here; the message says so and gives the fix.
+
+    Raises:
+        KinodbError: an array of ``names`` has an integer (or bool) dtype in the schema.
+    """
+    schema = source.db.schema()
+    exact: dict[str, str] = {}
+    for name in names:
+        dtype = (schema.get(name) or {}).get("dtype")  # None: the episodes' dtypes differ
+        try:
+            if dtype is not None and np.dtype(dtype).kind != "f":
+                exact[name] = dtype
+        except TypeError:
+            continue  # a damaged schema: reading the statistics reports it
+    if not exact:
+        return
+    held = " and ".join(f"{name} as {dtype}" for name, dtype in exact.items())
+    example = next(iter(exact))
+    raise KinodbError(
+        f"{source.where}: normalize={mode!r} needs floating-point {' and '.join(exact)}, but the file stores "
+        f"{held} (statistics are kept of floating-point arrays only, so kino stats skips them): write the "
+        f"episodes anew with them as floats (Writer.add_episode({example}={example}.astype(np.float32), ...); "
+        "kino ingest keeps a source's integers as they are, its --dtype casts floating arrays only), or leave "
+        "normalize unset"
+    )
 
 
 def normalized_arrays(fw: FrameWindows) -> list[str]:

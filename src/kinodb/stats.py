@@ -627,11 +627,23 @@ def _chunks(db: Database, name: str, episodes: I64, frames: I64, runs: list[tupl
             continue
         if n <= len(buf):
             part = db.gather(name, episodes[a:b], out=buf[:n])
-            yield part.reshape(n, size).astype(np.float64)
+            yield _as_float64(part).reshape(n, size)
             continue
         view = db.read_array(int(episodes[a]), name)  # one episode longer than a chunk: read it in slices
         for s in range(0, n, chunk):
-            yield np.asarray(view[s : s + chunk], np.float64).reshape(-1, size)
+            yield _as_float64(view[s : s + chunk]).reshape(-1, size)
+
+
+def _as_float64(values: np.ndarray) -> F64:
+    """``values`` as a float64 copy, its NaNs quiet: a signalling NaN (a payload a float
+    array may hold) flags "invalid" in the cast and in each sum after it, where NumPy
+    warned with no array named; the statistics count NaNs as non-finite anyway."""
+    with np.errstate(invalid="ignore"):
+        out = np.array(values, np.float64)
+    nan = np.isnan(out)
+    if nan.any():
+        out[nan] = np.nan
+    return out
 
 
 def _array_stats(db: Database, name: str, episodes: I64, frames: I64, shape: tuple[int, ...],

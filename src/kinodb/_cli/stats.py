@@ -25,6 +25,7 @@ from kinodb.stats import (
 )
 
 _COLUMNS = ("mean", "std", "min", *QUANTILES, "max")
+_CELL = 13  # a value column: the longest 5-digit number ("-1.2346e-100", 12 characters) and a space
 
 
 def register(sub: Any) -> None:
@@ -162,7 +163,7 @@ def _print_tables(stats: Mapping[str, Any], schema: Mapping[str, Any]) -> None:
                 "rewards (the writer's placeholder zeros) left out"
             )
         print(f"\n{name}: {entry['dtype']} {tuple(entry['shape'])}, {entry['count']} frames{nonfinite}")
-        print(f"  {'FEATURE':<{width}}" + "".join(f"{c.upper():>12}" for c in _COLUMNS))
+        print(f"  {'FEATURE':<{width}}" + "".join(f"{c.upper():>{_CELL}}" for c in _COLUMNS))
         for k, label in enumerate(labels):
             print(f"  {label:<{width}}" + "".join(_cell(entry[c][k]) for c in _COLUMNS))
     for name, reason in stats["skipped"].items():
@@ -171,4 +172,4 @@ def _print_tables(stats: Mapping[str, Any], schema: Mapping[str, Any]) -> None:
 
 def _cell(value: Any) -> str:
     v = float(value)
-    return f"{'-':>12}" if not math.isfinite(v) else f"{v:>12.5g}"
+    return f"{'-':>{_CELL}}" if not math.isfinite(v) else f"{v:>{_CELL}.5g}"

@@ -52,7 +52,8 @@ def array_stats(values: np.ndarray) -> Stats:
     ``min`` and ``max`` keep the array's dtype (bools and integers stay exact). Non-finite
     values are left out (a `FiniteStats` then).
     """
-    as_float = values.astype(np.float64, copy=False)
+    with np.errstate(invalid="ignore"):  # a signalling NaN's cast flags it; the NaN is left out below
+        as_float = values.astype(np.float64, copy=False)
     if values.dtype.kind == "f" and len(values):
         finite = np.isfinite(as_float)
         if not finite.all():
@@ -80,7 +81,7 @@ def _finite_stats(values: np.ndarray, as_float: np.ndarray, finite: np.ndarray) 
     has = n > 0
     zeroed = np.where(ok, x, 0.0)
     mean = np.divide(zeroed.sum(axis=0), n, out=np.full(len(n), np.nan), where=has)
-    dev = np.where(ok, x - np.where(has, mean, 0.0), 0.0)
+    dev = np.where(ok, zeroed - np.where(has, mean, 0.0), 0.0)  # no arithmetic on a (signalling) NaN
     var = np.divide((dev * dev).sum(axis=0), n, out=np.full(len(n), np.nan), where=has)
     lo = np.where(ok, x, np.inf).min(axis=0)
     hi = np.where(ok, x, -np.inf).max(axis=0)

@@ -222,7 +222,7 @@ def _write_file(
     data.attrs["kinodb_dataset"] = dumps(dataset)
     data.attrs["kinodb_export"] = dumps(facts)
     for key, demos in masks.items():
-        f.create_dataset(f"mask/{_h5_name(key, 'filter key')}", data=np.array(demos, dtype="S"))
+        f.create_dataset(f"mask/{_h5_name(key, 'filter key', db.path())}", data=np.array(demos, dtype="S"))
 
 
 def _source_data_attrs(db: Database) -> dict[str, Any]:
@@ -308,7 +308,7 @@ def _check_names(db: Database, split: Split, paths: dict[str, str], arrays: Shap
     for name, seen in arrays.items():
         if name in skip or name in paths or name in _BUILTIN:
             continue
-        target = _h5_name(name, "array")
+        target = _h5_name(name, "array", db.path())
         if target in _DEMO_NAMES:
             raise ConversionError(
                 f"{db.path()}: array {name!r} ({_held(seen)}) would take the place of the robomimic dataset "
@@ -319,7 +319,7 @@ def _check_names(db: Database, split: Split, paths: dict[str, str], arrays: Shap
             )
     components = {key for key, _, _ in split}
     for name, seen in cameras.items():
-        if _h5_name(name, "camera") in components:
+        if _h5_name(name, "camera", db.path()) in components:
             raise ConversionError(
                 f"{db.path()}: camera {name!r} ({_held(seen)}) and the state component {name!r} would both be "
                 f"obs/{name}. kinodb has no command that renames either: export to --format numpy or lerobot, "
@@ -355,7 +355,7 @@ def state_split(db: Database, positions: list[int]) -> tuple[Split, list[str]]:
             f"state components ({listed}) do not cover states exactly (dims {sorted(dims)}); "
             "states were written whole as obs/state"
         ]
-    return [(_h5_name(name, "state component"), a, b) for a, b, name in spans], []
+    return [(_h5_name(name, "state component", db.path()), a, b) for a, b, name in spans], []
 
 
 def env_args(db: Database, positions: list[int]) -> dict[str, Any] | str:
@@ -562,14 +562,14 @@ def _write_demo(g: Any, db: Database, i: int, plan: _Plan) -> int:
             else:
                 _put_array(g.require_group(group), key, arr, turn or None)
             continue
-        target = "states" if name == SIM_STATE else _h5_name(name, "array")
+        target = "states" if name == SIM_STATE else _h5_name(name, "array", db.path())
         if name != SIM_STATE and target in _DEMO_NAMES:  # `_check_names` refused the others
             raise ConversionError(f"{db.path()}: episode {i}: array {name!r} would overwrite {target!r}")
         _put_array(g, target, arr, turn if name in turns else None)
     for name, cam in db.cameras(i).items():
         shape = tuple(int(d) for d in cam["shape"])
-        obs.put_frames(_h5_name(name, "camera"), shape, np.dtype(np.uint8), camera_windows(db, i, name, T),
-                       turn=turns.get(name, ()))  # fmt: skip
+        obs.put_frames(_h5_name(name, "camera", db.path()), shape, np.dtype(np.uint8),
+                       camera_windows(db, i, name, T), turn=turns.get(name, ()))  # fmt: skip
     _write_attrs(g, meta)
     return T
 
@@ -756,14 +756,41 @@ def _filter_keys(db: Database, i: int) -> list[str]:
     return list(dict.fromkeys(value))
 
 
-def _h5_name(name: str, what: str) -> str:
-    """``name`` if it can be one HDF5 link name.
+_RENAMED = {  # how to write a copy of the file where the thing has another name
+    "array": "each episode's db.read_episode(i) added to a kinodb.Writer, the array under its new name in "
+    "extra_arrays",
+    "camera": "each episode's db.read_episode(i) added to a kinodb.Writer, the camera's frames under its new "
+    "name in images (they are encoded again)",
+    "state component": "kinodb.Writer(NEW, schema={'states': {'components': {NEW_NAME: [start, end], ...}}}), "
+    "then Writer.copy_episode(db, i) for each episode, which copies the data byte for byte",
+    "filter key": "Writer.copy_episode(db, i, extra={'filter_keys': [...]}) for each episode, the key under its "
+    "new name",
+}
+
+
+def _h5_name(name: str, what: str, path: str) -> str:
+    """``name`` (of a ``what`` of the file at ``path``) if it can be one HDF5 link name.
 
     Raises:
-        ConversionError: it holds ``/`` or a NUL, or is empty or ``.``.
+        ConversionError: it holds ``/`` or a NUL, or is empty or ``.``; the message says
+            which, and how to export the file all the same.
     """
-    if not name or name == "." or "/" in name or "\x00" in name:
-        raise ConversionError(
-            f"{what} name {name!r} cannot be an HDF5 dataset name (no '/', NUL or '.'); rename it"
-        )
-    return name
+    if name and name != "." and "/" not in name and "\x00" not in name:
+        return name
+    if "/" in name:
+        why = "it holds '/', which HDF5 reads as a path separator"
+    elif "\x00" in name:
+        why = "it holds a NUL character, which HDF5 names cannot hold"
+    else:
+        why = "HDF5 names cannot be empty" if not name else "HDF5 reads the name '.' as the group itself"
+    suggested = (
+        f"; {name.replace('/', '.')!r} would do, '/' written as '.' as the HDF5 ingest names the paths it reads"
+        if "/" in name and "\x00" not in name and name.replace("/", ".") != "."
+        else ""
+    )
+    article = "an" if what == "array" else "a"
+    raise ConversionError(
+        f"{path}: {what} {name!r} cannot be an HDF5 name: {why}. kinodb has no command that renames {article} "
+        f"{what}: export to --format numpy, which keeps every name, or write a copy of the file with the {what} "
+        f"renamed ({_RENAMED[what]}) and export the copy{suggested}"
+    )

@@ -189,7 +189,7 @@ def restore(args: dict[str, Any], facts: dict[str, Any], index: int, root: str) 
             and not np.signbit(rewards).any()
         ):
             del args["rewards"]  # all +0.0 with an unknown total: keep it unknown
-    if meta.get("embodiment"):
+    if isinstance(meta.get("embodiment"), str):  # "" too: the episode's own, as it was written
         args["embodiment"] = meta["embodiment"]
     extra = args.setdefault("extra", {})
     extra.pop("episode_index", None)

@@ -54,7 +54,8 @@ What goes where:
   else unknown.
 - ``task``: ``ep_meta``'s ``lang``, else LIBERO's ``problem_info``
   ``language_instruction`` (quotes stripped as LIBERO's reader does), else empty.
-- ``embodiment``: ``ep_meta``'s ``embodiment``, else the robots of ``env_args``
+- ``embodiment``: ``ep_meta``'s ``embodiment`` (an empty one only in a kinodb export,
+  which records it as the episode held it), else the robots of ``env_args``
   (``"Panda"``; several robots are joined with ``+``). ``fps``: the option, else
   ``ep_meta``'s ``fps``, else ``env_args`` ``control_freq``, else 20 for LIBERO files
   and 10 otherwise.
@@ -610,7 +611,8 @@ class HDF5Source(_FileLevel):
                 raise self._fail(d.name, f"ep_meta fps is {fps!r}; expected a positive number")
             out["fps"] = float(fps)
         embodiment = ep_meta.get("embodiment")
-        if isinstance(embodiment, str) and embodiment:
+        # a kinodb export's record keeps "" as the episode held it; elsewhere "" names no robot
+        if isinstance(embodiment, str) and (embodiment or "kinodb_export" in self._data.attrs):
             out["embodiment"] = embodiment
         elif facts.embodiment is not None:
             out["embodiment"] = facts.embodiment
