@@ -162,3 +162,27 @@ def kql_advice(message: str) -> str:
     found = re.search(r'kql_filter="([^"]*)"', message)
     assert found, message
     return found.group(1)
+
+
+SIGNALLING_NANS = {
+    "float16": np.array([0x7C01, 0, 0x3C00], np.uint16).view(np.float16),
+    "float32": np.array([0x7F800001, 0, 0x3F800000], np.uint32).view(np.float32),
+    "float64": np.array([0x7FF0000000000001, 0, 0x3FF0000000000000], np.uint64).view(np.float64),
+}
+
+
+def write_non_finite(path: Any) -> Any:
+    """Episode 0 holds a signalling NaN in its rewards and in each float dtype of an extra
+    array (``x_float16`` ...), episode 1 both infinities in the same places; returns ``path``."""
+    import warnings
+
+    import kinodb
+
+    both = np.array([np.inf, 0.0, -np.inf])
+    with warnings.catch_warnings(), kinodb.Writer(path) as w:
+        warnings.simplefilter("ignore")  # the writer's own checks are not what is tested here
+        w.add_episode(actions=np.zeros((3, 1), np.float32), rewards=SIGNALLING_NANS["float32"],
+                      extra_arrays={f"x_{k}": v for k, v in SIGNALLING_NANS.items()})  # fmt: skip
+        w.add_episode(actions=np.zeros((3, 1), np.float32), rewards=both.astype(np.float32),
+                      extra_arrays={f"x_{k}": both.astype(k) for k in SIGNALLING_NANS})  # fmt: skip
+    return path

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import kinodb
+from _factories import SIGNALLING_NANS, write_non_finite
 from kinodb._cli.main import main
 from kinodb.errors import ConversionError
 from kinodb.export import export
@@ -79,25 +80,6 @@ def test_the_advice_works_a_dotted_name_exports(tmp_path: Path) -> None:
         assert f["data/demo_0/a.b"][()].tolist() == [1.0, 1.0]
 
 
-SIGNALLING = {
-    "float16": np.array([0x7C01, 0, 0x3C00], np.uint16).view(np.float16),
-    "float32": np.array([0x7F800001, 0, 0x3F800000], np.uint32).view(np.float32),
-    "float64": np.array([0x7FF0000000000001, 0, 0x3FF0000000000000], np.uint64).view(np.float64),
-}
-
-
-def _non_finite(path: Path) -> Path:
-    """Episode 0 holds a signalling NaN in each float dtype, episode 1 both infinities."""
-    both = np.array([np.inf, 0.0, -np.inf])
-    with warnings.catch_warnings(), kinodb.Writer(path) as w:
-        warnings.simplefilter("ignore")  # the writer's own checks are not what is tested here
-        w.add_episode(actions=np.zeros((3, 1), np.float32), rewards=SIGNALLING["float32"],
-                      extra_arrays={f"x_{k}": v for k, v in SIGNALLING.items()})  # fmt: skip
-        w.add_episode(actions=np.zeros((3, 1), np.float32), rewards=both.astype(np.float32),
-                      extra_arrays={f"x_{k}": both.astype(k) for k in SIGNALLING})  # fmt: skip
-    return path
-
-
 def _lerobot() -> None:
     pytest.importorskip("pyarrow")
     pytest.importorskip("av")
@@ -105,14 +87,14 @@ def _lerobot() -> None:
 
 def test_lerobot_statistics_of_signalling_nans_and_infinities_warn_nothing(tmp_path: Path) -> None:
     _lerobot()
-    src = _non_finite(tmp_path / "a.kdb")
+    src = write_non_finite(tmp_path / "a.kdb")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         export(src, tmp_path / "lr", format="lerobot")
     stats = json.loads((tmp_path / "lr" / "meta" / "stats.json").read_text())
     # the finite values only: 0 and 1 of episode 0, the 0 of episode 1
     assert stats["next.reward"]["min"] == [0.0] and stats["next.reward"]["max"] == [1.0]
-    for k in SIGNALLING:
+    for k in SIGNALLING_NANS:
         got = stats[f"observation.x_{k}"]
         assert (got["min"], got["max"], got["mean"]) == ([0.0], [1.0], [pytest.approx(1 / 3)])
 
@@ -121,6 +103,6 @@ def test_kino_export_lerobot_prints_no_bare_numpy_warning(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     _lerobot()
-    src = _non_finite(tmp_path / "a.kdb")
+    src = write_non_finite(tmp_path / "a.kdb")
     assert main(["export", str(src), "-o", str(tmp_path / "lr"), "--format", "lerobot"]) == 0
     assert not re.search(r"invalid value|RuntimeWarning", capsys.readouterr().err)
