@@ -6,12 +6,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import kinodb
 from kinodb.synthetic import create_test
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "end_to_end.py"
+SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"
+BRIDGE = SAMPLES / "octo_bridge_rlds" / "bridge_dataset" / "1.0.0"
+G1 = SAMPLES / "unitree_g1_lerobot_v21"
 
 
 @pytest.mark.integration
@@ -62,3 +66,28 @@ def test_cross_robot_example_trains_on_two_robots_by_weight(tmp_path: Path) -> N
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "frames (32, 2, 3, 64, 64)" in proc.stdout
     assert "windows drawn per robot: [64, 64] (weights 1:1; windows held: [150, 20])" in proc.stdout
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(
+    not (BRIDGE / "dataset_info.json").is_file() or not (G1 / "meta" / "info.json").is_file(),
+    reason=f"the real Bridge and G1 samples are not under {SAMPLES} (see shared/samples/SOURCES.md)",
+)
+def test_cross_robot_example_on_the_real_bridge_and_g1_samples(tmp_path: Path) -> None:
+    """Two real robots, ingested from their own formats, trained on together: WidowX (RLDS,
+    actions 7, 256x256 JPEG at 5 fps) and Unitree G1 (LeRobot v2.1, actions 26, AV1 at 30 fps)."""
+    bridge, g1 = tmp_path / "bridge.kdb", tmp_path / "g1.kdb"
+    kinodb.ingest.ingest(BRIDGE, bridge)
+    kinodb.ingest.ingest(G1, g1, episodes=[29])  # the one episode whose data the sample holds
+    with kinodb.open(bridge) as a, kinodb.open(g1) as b:
+        assert (a.read_meta(0)["action_dim"], b.read_meta(0)["action_dim"]) == (7, 26)
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLE.parent / "cross_robot.py"), str(bridge), "image_0", str(g1), "cam_high",
+         "--steps", "4"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("frames (32, 2, 3, 64, 64)  actions (32, 8, 26)") == 4
+    assert "windows drawn per robot: [64, 64] (weights 1:1; windows held: [250, 221])" in proc.stdout
+    losses = [float(line.split("loss ")[1].split()[0]) for line in proc.stdout.splitlines() if "loss" in line]
+    assert len(losses) == 4 and all(np.isfinite(losses))
