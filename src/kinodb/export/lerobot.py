@@ -290,8 +290,11 @@ def _only_defaults(db: Database, positions: list[int], name: str) -> bool:
 
 def _array_features(db: Database, arrays: Arrays, positions: list[int]) -> list[Feature]:
     schema = db.schema()
-    info = _ingested(db).get("info")
+    ingested = _ingested(db)
+    info = ingested.get("info")
     source = info.get("features") if isinstance(info, dict) else None
+    no_role = ingested.get("no_role")
+    no_role = no_role if isinstance(no_role, dict) else {}
     out = []
     for name, (dtype, shape) in arrays.items():
         if name in ("actions", "states") and shape == (0,):
@@ -299,10 +302,13 @@ def _array_features(db: Database, arrays: Arrays, positions: list[int]) -> list[
         if (
             name in ("rewards", "is_terminal")
             and isinstance(source, dict)
-            and _BUILTIN_ARRAYS[name] not in source
+            and (_BUILTIN_ARRAYS[name] not in source or _BUILTIN_ARRAYS[name] in no_role)
             and _only_defaults(db, positions, name)
         ):
-            continue  # ingested from a LeRobot dataset without it, and still only kinodb's default
+            # ingested from a LeRobot dataset without it, or whose feature of that name took no
+            # role (kept as the extra array of its name, exported as that feature again), and
+            # still only kinodb's default
+            continue
         key = _BUILTIN_ARRAYS.get(name) or _feature_key(name)
         lr_shape = shape or (1,)
         if len(lr_shape) > 5:

@@ -460,10 +460,78 @@ def concatenate(pieces: dict[str, np.ndarray], T: int, where: str) -> np.ndarray
     return np.concatenate([a.astype(dtype, copy=False) for a in flat.values()], axis=1)
 
 
-def per_frame(arr: np.ndarray, name: str, where: str) -> np.ndarray:
-    """A column with one value per frame as a 1-D array."""
+def per_frame(arr: np.ndarray, name: str, where: str, fix: str = "") -> np.ndarray:
+    """A column with one value per frame as a 1-D array (``fix``: what to do if it is not)."""
     if arr.size != len(arr):
         raise ConversionError(
             f"{where}: column {name!r} has shape {arr.shape[1:]} per frame; expected one value"
+            + (f": {fix}" if fix else "")
         )
     return arr.reshape(len(arr))
+
+
+ROLE_FEATURES = ("next.reward", "next.done", "next.success")  # each a role of one value per frame
+_ROLE_DEFAULTS = {
+    "next.reward": "rewards are kinodb's default (zeros, total_reward unknown)",
+    "next.done": "is_terminal is kinodb's default (the last frame of each episode)",
+    "next.success": "success is unknown (null)",
+}
+
+
+def _declared_shape(feature: dict[str, Any]) -> list[int] | None:
+    """A feature's ``shape`` (absent: ``[1]``), None when it is no list of whole numbers >= 0."""
+    shape = feature.get("shape", [1])
+    if not isinstance(shape, list):
+        return None
+    if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        return None
+    return shape
+
+
+def wide_roles(features: dict[str, Any], taken: tuple[str, ...]) -> dict[str, str]:
+    """The numeric role features (`ROLE_FEATURES`) that ``info.json`` declares wider than one
+    value per frame, each with what is done with it: feature key -> why, for the metadata.
+
+    Such a feature takes no role: it stays the extra array of its name, its dtype and shape
+    kept, and the role keeps kinodb's default, as for a dataset without the feature. The
+    dataset decides, not each episode. ``taken``: the action and state keys, which keep
+    their roles whatever their names.
+    """
+    out: dict[str, str] = {}
+    for key in ROLE_FEATURES:
+        feature = features.get(key)
+        if key in taken or not isinstance(feature, dict) or feature.get("dtype") not in NUMERIC:
+            continue
+        shape = _declared_shape(feature)
+        if shape is None or int(np.prod(shape)) <= 1:
+            continue
+        names = flat_names(feature.get("names")) if isinstance(feature.get("names"), list) else None
+        held = f" ({', '.join(names)})" if names and len(names) == int(np.prod(shape)) else ""
+        why = (
+            f"shape {json.dumps(shape)} per frame, not one value: kept as the extra array {array_name(key)!r}"
+            f"{held}, dtype and shape as stored; {_ROLE_DEFAULTS[key]}, as without {key}"
+        )
+        if key == "next.reward":
+            why += (
+                f"; for one reward per frame, combine its values, e.g. db.read_array(i, {key!r}).sum(axis=1)"
+            )
+        out[key] = why
+    return out
+
+
+def role_fix(name: str, features: dict[str, Any]) -> str:
+    """What to do about a role column holding several values per frame: ``timestamp`` always
+    takes its role; a ``next.*`` feature takes none when ``info.json`` declares it wider
+    (`wide_roles`), which this one's declaration does not."""
+    if name == "timestamp":
+        return "LeRobot's timestamp is one time in seconds per frame: write one timestamp per frame in the data files"
+    feature = features.get(name)
+    said = (
+        f"meta/info.json declares shape {json.dumps(feature.get('shape', [1]))} for it"
+        if isinstance(feature, dict)
+        else "meta/info.json has no such feature"
+    )
+    return (
+        f"{said}; declare the data's shape as features[{name!r}].shape in meta/info.json: a feature "
+        "declared wider than one value per frame takes no role and is kept as the extra array of its name"
+    )

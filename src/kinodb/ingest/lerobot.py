@@ -41,7 +41,11 @@ stays as it is, with a warning):
   ``task_index`` -> ``task``. When the task changes within an episode, the extra field
   ``tasks`` lists its texts in order of first appearance and the extra array
   ``task_index`` gives each frame's position in that list (kinodb's per-frame task
-  convention, which the frame datasets and the LeRobot exporter read).
+  convention, which the frame datasets and the LeRobot exporter read). A ``next.*`` feature
+  that ``info.json`` declares wider than one value per frame (``next.reward`` of shape (2,):
+  reward components) takes no role, for the whole dataset: it stays an extra array of its
+  name, dtype and shape kept, the role keeps kinodb's default as for a dataset without it,
+  and a warning and ``lerobot.no_role`` in the metadata say so (`wide_roles`).
 - Every other numeric or bool column (``observation.environment_state``,
   ``complementary_info.*``) -> an extra array of the same name (``lerobot.<name>`` for
   the names kinodb keeps for its own arrays, such as ``states``); text -> an extra field
@@ -124,9 +128,11 @@ from kinodb.ingest._lerobot_columns import (
     names_and_components,
     per_frame,
     png_depth,
+    role_fix,
     text_value,
     wide_frames,
     wide_images,
+    wide_roles,
 )
 from kinodb.ingest._lerobot_columns import to_numpy as _to_numpy
 from kinodb.ingest._lerobot_data import (
@@ -293,6 +299,7 @@ def _rotated(
 
 _WARNED_UNLISTED: set[tuple[str, int]] = set()  # (info.json, its mtime) warned about, in this process
 _WARNED_LEFT_OUT: set[tuple[str, int, str]] = set()  # (info.json, its mtime, column) not stored, warned about
+_WARNED_NO_ROLE: set[tuple[str, int, str]] = set()  # (info.json, its mtime, feature) with no role, warned
 
 
 def _info_ident(info_path: str) -> tuple[str, int]:
@@ -346,6 +353,8 @@ class LeRobotSource:
                 'a type name such as "float32", "image" or "video": fix it'
             )
         self._plan = make_plan(self._features, self._options, info_path)
+        # role features wider than one value per frame: extra arrays, no role (key -> why)
+        self._no_role = wide_roles(self._features, (self._plan.action, *self._plan.state_keys))
         self._tasks = _tasks(self._root, self._version, self._pq)
         self._kinodb = kinodb_export(self._root)
         videos = list(self._plan.videos.values()) if self._options.images else []
@@ -462,6 +471,7 @@ class LeRobotSource:
         if not_cameras:
             lerobot["not_cameras"] = not_cameras
         notes = [f"{k} is not a camera: {why}" for k, why in not_cameras.items()]
+        notes += self._roles_not_taken(lerobot)
         for k, why in wide.items():
             if why is not None:
                 log.warning("%s: %s is left out: %s", self._root, k, why)
@@ -480,6 +490,18 @@ class LeRobotSource:
             f"lerobot-{self._version}", schema=schema, metadata=metadata, fps=self._fps(),
             embodiment=str(robot) if robot else None, notes=notes,
         )  # fmt: skip
+
+    def _roles_not_taken(self, lerobot: dict[str, Any]) -> list[str]:
+        """Record the role features that take no role (`wide_roles`) as ``lerobot.no_role``
+        and warn of each, once a process (`verify` reads the info again); the report's notes."""
+        if not self._no_role:
+            return []
+        lerobot["no_role"] = dict(self._no_role)
+        for key, done in self._no_role.items():
+            if (*self._ident, key) not in _WARNED_NO_ROLE:
+                _WARNED_NO_ROLE.add((*self._ident, key))
+                log.warning("%s: %s takes no role: %s", self._info_path, key, done)
+        return [f"{key} takes no role: {done}" for key, done in self._no_role.items()]
 
     def _turned(self, wide: dict[str, str | None]) -> dict[str, list[int]] | None:
         """What ``flip_images`` turns 180 degrees, with the axes: every camera and 16-bit
@@ -628,14 +650,17 @@ class LeRobotSource:
             args["states"] = concatenate(own, T, where)
             args[SOURCE_PARTS] = {"states": own}
         for name, role in _ROLES.items():
-            if name in parts:
-                args[role] = per_frame(parts.pop(name), name, where)
+            if name in parts and name not in self._no_role:  # else it stays an extra array
+                args[role] = per_frame(parts.pop(name), name, where, role_fix(name, self._features))
         if "timestamps" in args:
             _check_times(args["timestamps"], where)
         if "is_terminal" in args and args["is_terminal"].dtype != np.bool_:
             args["is_terminal"] = args["is_terminal"] != 0
-        if "next.success" in parts:  # the per-frame flag stays an extra array too
-            args["success"] = bool(per_frame(parts["next.success"], "next.success", where)[-1])
+        success = "next.success"
+        if success in parts and success not in self._no_role:  # the per-frame flag stays an extra array too
+            args["success"] = bool(
+                per_frame(parts[success], success, where, role_fix(success, self._features))[-1]
+            )
         self._task(ep, parts, args, where)
         if parts:
             args["extra_arrays"] = {array_name(k): v for k, v in parts.items()}
