@@ -155,7 +155,7 @@ class DataFiles:
         except ConversionError:
             raise
         except Exception as exc:  # pyarrow raises several types for damaged files
-            raise ConversionError(f"{path}: not readable parquet ({exc})") from None
+            raise ConversionError(f"{path}: not readable parquet ({exc}){_unfinished(exc)}") from None
         return pieces[0] if len(pieces) == 1 else self._pa.concat_tables(pieces)
 
     def _group(self, file: _File, path: str, g: int) -> _Group:
@@ -174,7 +174,7 @@ class DataFiles:
         try:
             pf = self._pq.ParquetFile(path)
         except Exception as exc:  # pyarrow raises several types for damaged files
-            raise ConversionError(f"{path}: not readable parquet ({exc})") from None
+            raise ConversionError(f"{path}: not readable parquet ({exc}){_unfinished(exc)}") from None
         try:
             names = pf.schema_arrow.names
             episodes = "episode_index" in names
@@ -188,7 +188,7 @@ class DataFiles:
             raise
         except Exception as exc:  # damaged metadata
             pf.close()
-            raise ConversionError(f"{path}: not readable parquet ({exc})") from None
+            raise ConversionError(f"{path}: not readable parquet ({exc}){_unfinished(exc)}") from None
         if len(self._files) >= FILES_KEPT:
             self._files.pop(next(iter(self._files))).pf.close()
         file = self._files[path] = _File(
@@ -291,7 +291,20 @@ def read_parquet(path: str, pq: Any, *, skip: str | None = None) -> Any:
             names = pf.schema_arrow.names
             return pf.read(columns=[n for n in names if skip is None or not n.startswith(skip)])
     except Exception as exc:  # pyarrow raises several types for damaged files
-        raise ConversionError(f"{path}: not readable parquet ({exc})") from None
+        raise ConversionError(f"{path}: not readable parquet ({exc}){_unfinished(exc)}") from None
+
+
+def _unfinished(exc: Exception) -> str:
+    """Advice for a parquet file without its footer: what a LeRobot recording leaves
+    behind when it stops before ``LeRobotDataset.finalize()``."""
+    if "magic bytes not found" not in str(exc):
+        return ""
+    return (
+        "; a parquet file without its footer was cut short (copy it again) or never closed by its "
+        "writer: LeRobot closes a v3 dataset's data and episode-metadata files in "
+        "LeRobotDataset.finalize(), so a recording stopped before it (a crash, a kill) leaves them "
+        "unreadable, to LeRobot too"
+    )
 
 
 class _BadEntry(ConversionError):
@@ -442,7 +455,15 @@ def episodes_v3(root: str, info: dict[str, Any], videos: list[str], pq: Any, inf
         if n.endswith(".parquet")
     )
     if not files:
-        raise ConversionError(f"{folder}: no episode metadata (*.parquet); a LeRobot v3 dataset needs it")
+        counted = info.get("total_episodes")
+        unfinished = (
+            f"; info.json counts {counted} episodes, so the recording was probably stopped before "
+            "LeRobotDataset.finalize(), which writes the episode metadata LeRobot holds back"
+            if type(counted) is int and counted > 0 else ""
+        )  # fmt: skip
+        raise ConversionError(
+            f"{folder}: no episode metadata (*.parquet); a LeRobot v3 dataset needs it{unfinished}"
+        )
     templates = (
         path_template(info, "data_path", "v3.0", info_path),
         path_template(info, "video_path", "v3.0", info_path) if videos else "",
