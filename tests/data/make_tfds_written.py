@@ -1,4 +1,4 @@
-"""Write ``tests/data/tfds_written/``: two RLDS datasets written by TensorFlow Datasets.
+"""Write ``tests/data/tfds_written/``: three RLDS datasets written by TensorFlow Datasets.
 
 The other RLDS fixtures are written by the tests (TFRecord framing and ``tf.train.Example``
 protos from the documented layout, with ``features.json`` written by hand); these are what
@@ -12,12 +12,18 @@ the library:
   ``language_instruction``, ``language_embedding``, ``episode_metadata/file_path``), in a
   ``train`` and a ``val`` split;
 - ``obs_keys``: no ``state`` feature but float64 and float32 observation keys, float64
-  actions and rewards, a PNG camera, and episode metadata with a success flag and an id.
+  actions and rewards, a PNG camera, and episode metadata with a success flag and an id;
+- ``shaped_bytes``: per-step tensors TFDS stores as bytes (a float64 one with
+  ``encoding='zlib'``, an int16 one with ``encoding=Encoding.BYTES``), episode metadata of
+  several dimensions (a ``(3, 3)`` tensor, a ``Sequence`` of ``(2,)`` tensors, a
+  ``Sequence`` of dicts, a zlib-encoded ``(2, 3)`` tensor), and no ``is_terminal``.
 
 ``expected.npz`` holds what ``tfds.builder_from_directory(...).as_dataset()`` returns for
 every episode in record order, keyed ``{dataset}/{split}/{episode}/{feature}``: the
 arrays, and for every camera the SHA-256 of each frame's encoded bytes (images not
-decoded) and, for PNG, of the decoded pixels.
+decoded) and, for PNG, of the decoded pixels. ``slices/{dataset}/{i}/split`` and
+``.../episodes`` hold TFDS split slices (``train[:80%]``) and the positions, within the
+whole split, of the episodes TFDS reads for them.
 
 Run it where ``tensorflow-cpu`` and ``tensorflow-datasets`` are installed (a venv of its
 own: TensorFlow is no dependency of kinodb)::
@@ -194,6 +200,95 @@ class ObsKeys(tfds.core.GeneratorBasedBuilder):
             yield f"ep{ep}", {"steps": steps, "episode_metadata": meta}
 
 
+class ShapedBytes(tfds.core.GeneratorBasedBuilder):
+    """Tensors stored as bytes, episode metadata of several dimensions, no is_terminal."""
+
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return tfds.core.DatasetInfo(
+            builder=self,
+            features=tfds.features.FeaturesDict(
+                {
+                    "steps": tfds.features.Dataset(
+                        {
+                            "observation": tfds.features.FeaturesDict(
+                                {
+                                    "state": tfds.features.Tensor(shape=(2,), dtype=np.float32),
+                                    "depth": tfds.features.Tensor(
+                                        shape=(3, 2), dtype=np.float64, encoding="zlib"
+                                    ),
+                                }
+                            ),
+                            "action": tfds.features.Tensor(shape=(2,), dtype=np.float32),
+                            "counts": tfds.features.Tensor(
+                                shape=(3,), dtype=np.int16, encoding=tfds.features.Encoding.BYTES
+                            ),
+                            "reward": tfds.features.Scalar(dtype=np.float32),
+                            "is_first": tfds.features.Scalar(dtype=np.bool_),
+                            "is_last": tfds.features.Scalar(dtype=np.bool_),
+                        }
+                    ),
+                    "episode_metadata": tfds.features.FeaturesDict(
+                        {
+                            "intrinsics": tfds.features.Tensor(shape=(3, 3), dtype=np.float32),
+                            "waypoints": tfds.features.Sequence(
+                                tfds.features.Tensor(shape=(2,), dtype=np.float32)
+                            ),
+                            "objects": tfds.features.Sequence(
+                                {
+                                    "name": tfds.features.Text(),
+                                    "pos": tfds.features.Tensor(shape=(3,), dtype=np.float32),
+                                }
+                            ),
+                            "calibration": tfds.features.Tensor(
+                                shape=(2, 3), dtype=np.float64, encoding="zlib"
+                            ),
+                        }
+                    ),
+                }
+            ),
+        )
+
+    def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict:
+        return {"train": self._generate_examples(3)}
+
+    def _generate_examples(self, count: int):  # type: ignore[no-untyped-def]
+        for ep in range(count):
+            rng = np.random.default_rng(200 + ep)
+            n = 2 + ep
+            steps = [
+                {
+                    "observation": {
+                        "state": rng.standard_normal(2).astype(np.float32),
+                        "depth": rng.standard_normal((3, 2)),  # float64 values a float32 cannot hold
+                    },
+                    "action": rng.standard_normal(2).astype(np.float32),
+                    "counts": np.array([t, -300 * t, 32000 - ep], np.int16),
+                    "reward": np.float32(t == n - 1 and ep != 1),
+                    "is_first": t == 0,
+                    "is_last": t == n - 1,
+                }
+                for t in range(n)
+            ]
+            meta = {
+                "intrinsics": (np.arange(9, dtype=np.float32) + ep).reshape(3, 3),
+                "waypoints": (np.arange(2 * (ep + 1), dtype=np.float32) / 4).reshape(-1, 2),
+                "objects": {
+                    "name": ["cup", "bowl", "fork"][: ep + 1],
+                    "pos": rng.standard_normal((ep + 1, 3)).astype(np.float32),
+                },
+                "calibration": rng.standard_normal((2, 3)),
+            }
+            yield f"ep{ep}", {"steps": steps, "episode_metadata": meta}
+
+
+SLICES = {  # TFDS split slices of template_rlds (train: 7 episodes, val: 3)
+    "template_rlds": ("train[:80%]", "train[:5]", "train[10%:90%]", "train[:50%]", "val[:50%]", "val[33%:]",
+                      "train[-3:]", "train[2:-2]", "train[:3]+train[5:]"),
+}  # fmt: skip
+
+
 def _digest(b: bytes) -> np.ndarray:
     return np.frombuffer(hashlib.sha256(b).digest(), np.uint8)
 
@@ -211,18 +306,11 @@ def expected(builder: tfds.core.DatasetBuilder, cameras: dict[str, str]) -> dict
             key = f"{name}/{split}/{e}"
             steps = list(ep["steps"])
             raw_steps = list(raw["steps"])
-            for k in (
-                "action",
-                "reward",
-                "discount",
-                "is_first",
-                "is_last",
-                "is_terminal",
-                "language_embedding",
-            ):
-                if k in steps[0]:
+            for k, v in steps[0].items():
+                if isinstance(v, bytes):
+                    out[f"{key}/{k}"] = np.array([s[k].decode() for s in steps])
+                elif k != "observation":
                     out[f"{key}/{k}"] = np.stack([s[k] for s in steps])
-            out[f"{key}/language_instruction"] = np.array([s["language_instruction"].decode() for s in steps])
             for k in steps[0]["observation"]:
                 if k not in cameras:
                     out[f"{key}/observation/{k}"] = np.stack([s["observation"][k] for s in steps])
@@ -232,9 +320,31 @@ def expected(builder: tfds.core.DatasetBuilder, cameras: dict[str, str]) -> dict
                     out[f"{key}/{c}/pixels"] = np.stack(
                         [_digest(s["observation"][c].tobytes()) for s in steps]
                     )
-            for k, v in ep["episode_metadata"].items():
-                out[f"{key}/episode_metadata/{k}"] = np.array(v.decode() if isinstance(v, bytes) else v)
+            for k, v in _flat(ep["episode_metadata"]).items():
+                out[f"{key}/episode_metadata/{k}"] = _text(v)
+    for i, spec in enumerate(SLICES.get(name, ())):
+        split = spec.split("[")[0]
+        whole = [ep["episode_metadata"]["file_path"] for ep in tfds.as_numpy(reread.as_dataset(split=split))]
+        part = [ep["episode_metadata"]["file_path"] for ep in tfds.as_numpy(reread.as_dataset(split=spec))]
+        out[f"slices/{name}/{i}/split"] = np.array(spec)
+        out[f"slices/{name}/{i}/episodes"] = np.array([whole.index(p) for p in part], np.int64)
     return out
+
+
+def _flat(tree: dict, prefix: str = "") -> dict[str, object]:
+    """A nested dict's leaves by their ``/``-joined keys (a ``Sequence`` of dicts is a dict of lists)."""
+    out: dict[str, object] = {}
+    for k, v in tree.items():
+        out.update(_flat(v, f"{prefix}{k}/") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def _text(value: object) -> np.ndarray:
+    """A value as ``np.savez`` stores it without pickling: bytes as str."""
+    if isinstance(value, bytes):
+        return np.array(value.decode())
+    arr = np.asarray(value)
+    return np.array([b.decode() for b in arr.reshape(-1)]).reshape(arr.shape) if arr.dtype == object else arr
 
 
 def main() -> int:
@@ -245,6 +355,7 @@ def main() -> int:
     for cls, cameras in (
         (TemplateRlds, {"image": "jpeg", "wrist_image": "jpeg"}),
         (ObsKeys, {"agentview": "png"}),
+        (ShapedBytes, {}),
     ):
         builder = cls(data_dir=str(OUT))
         builder.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False))

@@ -4,16 +4,15 @@ A `Spec` describes one flattened feature (``steps/observation/image_0``): its ki
 per-step shape and dtype, from ``features.json`` or, failing that, from the first record.
 A `Plan` assigns every feature a role once per dataset (actions, states, a camera, an
 extra array, the task, an extra field). `convert` turns one episode's decoded features
-into `Writer.add_episode` keyword arguments following the plan. `check_features` and
-`check_info` check the JSON types of ``features.json`` and ``dataset_info.json`` first.
+into `Writer.add_episode` keyword arguments following the plan; tensors TFDS stores as
+bytes (``encoding='bytes'`` or ``'zlib'``) are decoded first, as ``tfds.load`` decodes them.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import math
-import re
+import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,14 +41,10 @@ _KINDS = {"Image": "image", "Text": "text", "ClassLabel": "int"}
 _RESERVED_ARRAYS = frozenset({"actions", "states", "rewards", "is_terminal", "timestamps", "meta", "images"})
 FLIP_CHUNK = 32  # frames decoded at a time when turning a camera (flip_images)
 LEFT_OUT_FIELD = "rlds.left_out"  # an episode's extra field naming its values left out (NaN, infinity)
+TENSOR_ENCODINGS = ("bytes", "zlib")  # TFDS tensors stored as bytes: tobytes(), then zlib.compress for zlib
 REWRITE = (
     "copy it again from the dataset's source, or write it anew with TFDS (tfds.folder_dataset.write_metadata)"
 )
-FIXES = {  # how to mend a TFDS metadata file; both are optional
-    "features.json": f"{REWRITE}; or remove it: the features are then read from the first record",
-    "dataset_info.json": f"{REWRITE}; or remove it: the shards are then found by their names "
-    "(NAME-SPLIT.tfrecord-NNNNN)",
-}
 
 
 class _Disagrees(ConversionError):
@@ -67,11 +62,16 @@ class Spec:
         shape: per-step shape for ``steps/`` features, whole shape otherwise; None where
             a dimension is unknown.
         dtype: declared dtype (``float32``, ``int32``, ``bool``, ``uint8`` ...), if any.
-        encoding: ``jpeg``/``png`` for images, if declared.
+        encoding: ``jpeg``/``png`` for images, if declared; for a tensor TFDS stores as
+            bytes, its tensor encoding (``bytes``, ``zlib``).
         listed: an episode-level feature that is a list (kept a list of any length).
         ragged: a per-step feature whose steps hold lists of their own lengths, or an
             episode-level list of lists (TFDS stores both as flat values and row lengths).
         channels: an image's declared channel count (also when height and width are not).
+        dims: a tensor's declared dimensions, -1 where unknown (of each element, in a
+            ``Sequence``); None where not declared.
+        sequence: an episode-level ``Sequence`` of such tensors (a list of them).
+        problem: why this reader cannot decode the feature (it is then left out), if so.
     """
 
     key: str
@@ -82,6 +82,20 @@ class Spec:
     listed: bool = False  # a list of values (a Sequence, or a tensor with dimensions)
     ragged: bool = False  # per step, a list of its own length (a Sequence inside steps)
     channels: int | None = None
+    dims: tuple[int, ...] | None = None
+    sequence: bool = False
+    problem: str | None = None
+
+    @property
+    def as_bytes(self) -> bool:
+        """A tensor TFDS stores as bytes, one entry per value (per step, per list element)."""
+        return self.encoding in TENSOR_ENCODINGS
+
+    @property
+    def dynamic(self) -> bool:
+        """A tensor stored as bytes with several unknown dimensions: its record holds its shape
+        (``KEY/shape``) beside the bytes (``KEY/value``), as TFDS writes one."""
+        return self.as_bytes and not self.sequence and self.dims is not None and self.dims.count(-1) > 1
 
     @property
     def width(self) -> int | None:
@@ -113,8 +127,6 @@ def _kind(node: Mapping[str, Any]) -> tuple[str | None, dict[str, Any]]:
         return _KINDS[cls], dict(node.get("text", node.get("tensor", {})))
     tensor = dict(node.get("tensor", {}))
     dtype = str(tensor.get("dtype", ""))
-    if tensor.get("encoding", "none") not in ("none", ""):
-        return "encoded", tensor
     if dtype == "bool":
         return "bool", tensor
     if dtype.startswith(("float", "bfloat")):
@@ -126,13 +138,62 @@ def _kind(node: Mapping[str, Any]) -> tuple[str | None, dict[str, Any]]:
     return None, tensor
 
 
-def _shape(info: Mapping[str, Any]) -> tuple[int, ...] | None:
+def _dims(info: Mapping[str, Any]) -> tuple[int, ...] | None:
+    """Declared dimensions, -1 where unknown (TFDS writes ``None`` as -1)."""
     dims = info.get("shape", {}).get("dimensions", [])
     try:
-        shape = tuple(int(d) for d in dims)
+        return tuple(max(-1, int(d)) for d in dims)
     except (TypeError, ValueError):
         return None
-    return None if any(d < 0 for d in shape) else shape
+
+
+def _shape(info: Mapping[str, Any]) -> tuple[int, ...] | None:
+    shape = _dims(info)
+    return None if shape is None or any(d < 0 for d in shape) else shape
+
+
+def _shown(dims: tuple[int, ...] | None) -> str:
+    """Dimensions as TFDS prints them: ``(None, 3)``."""
+    if dims is None:
+        return "unknown"
+    return str(tuple(None if d < 0 else d for d in dims))
+
+
+def decode_dtype(name: str | None) -> np.dtype[Any] | None:
+    """The little-endian NumPy dtype of a tensor TFDS stores as bytes (``arr.tobytes()`` on a
+    little-endian machine), or None where NumPy has none to decode it into (``bfloat16``,
+    ``string``)."""
+    try:
+        dtype = np.dtype(name or "")
+    except TypeError:
+        return None
+    return dtype.newbyteorder("<") if dtype.kind in "biuf" else None
+
+
+def _bytes_spec(key: str, kind: str | None, info: Mapping[str, Any], encoding: str, lists: int) -> Spec:
+    """A tensor TFDS stores as bytes (``encoding`` ``bytes`` or ``zlib``): one entry per value,
+    per step, or per element of an episode-level ``Sequence``; its ``problem`` set where
+    this reader cannot decode it."""
+    dtype = str(info.get("dtype") or "") or None
+    dims = _dims(info)
+    shape = _shape(info)
+    steps = key.startswith(STEPS)
+    how = f"stored as bytes (encoding {encoding!r})"
+    problem = None
+    if encoding not in TENSOR_ENCODINGS:
+        problem = f"a tensor of encoding {encoding!r}, which this reader does not know (TFDS writes 'none', 'bytes', 'zlib')"
+    elif kind not in ("float", "int", "bool") or decode_dtype(dtype) is None:
+        problem = f"a {dtype or 'untyped'} tensor {how}; this reader decodes bool, integer and float tensors of NumPy dtypes"
+    elif shape is None and steps:
+        problem = (
+            f"a tensor of shape {_shown(dims)} {how} at every step: each step may hold another shape, "
+            "and a .kdb array has one shape per episode"
+        )
+    elif shape is None and lists:
+        problem = f"a list of tensors of shape {_shown(dims)} {how}: each may hold another shape"
+    listed = bool(lists) or bool(dims)
+    return Spec(key, kind or "unknown", shape, dtype, encoding, listed=listed, dims=dims,
+                sequence=bool(lists) and not steps, problem=problem)  # fmt: skip
 
 
 def flatten_features(
@@ -151,8 +212,8 @@ def flatten_features(
     ``ragged`` under ``steps/``). ``unknown`` collects the keys of leaves of a feature
     class this reader does not know (classified from the records instead).
 
-    Raises:
-        ConversionError: a feature uses a tensor encoding this reader cannot decode.
+    A tensor TFDS stores as bytes (encoding ``bytes`` or ``zlib``) is decoded as TFDS does;
+    where this reader cannot, its spec's ``problem`` says why (it is then left out).
     """
     cls = str(node.get("pythonClassName", "")).rsplit(".", 1)[-1]
     if cls == "FeaturesDict" or "featuresDict" in node:
@@ -169,11 +230,10 @@ def flatten_features(
     if (lists and key.startswith(STEPS)) or lists > 1:
         out[key] = Spec(key, kind or "unknown", None, info.get("dtype") or None, ragged=True)
         return
-    if kind == "encoded":
-        raise ConversionError(
-            f"features.json: {key} uses tensor encoding {info.get('encoding')!r}; only plain tensors "
-            f"(encoding 'none') can be read without TensorFlow"
-        )
+    tensor_encoding = str(info.get("encoding") or "none") if kind != "image" else "none"
+    if tensor_encoding != "none":
+        out[key] = _bytes_spec(key, kind, info, tensor_encoding, lists)
+        return
     if kind is None:  # unknown feature class: classified from the records instead
         if unknown is not None:
             unknown.add(key)
@@ -184,9 +244,11 @@ def flatten_features(
         shape = None
     encoding = info.get("encodingFormat") if kind == "image" else None
     listed = bool(lists) or (kind != "text" and bool(info.get("shape", {}).get("dimensions")))
+    dims = _dims(info) if kind in ("float", "int", "bool") else None
     out[key] = Spec(
-        key, kind, shape, info.get("dtype") or None, encoding or None, listed=listed, channels=channels
-    )
+        key, kind, shape, info.get("dtype") or None, encoding or None, listed=listed, channels=channels,
+        dims=dims, sequence=bool(lists) and not key.startswith(STEPS),
+    )  # fmt: skip
 
 
 def _text_shape(info: Mapping[str, Any]) -> tuple[int, ...] | None:
@@ -222,97 +284,6 @@ def infer_spec(key: str, value: FeatureValue, steps: int | None) -> Spec:
     kind = "float" if value.dtype.kind == "f" else "int"
     n = value.size if steps is None else (value.size // steps if steps else 0)
     return Spec(key, kind, () if n == 1 else (n,), "float32" if kind == "float" else "int64")
-
-
-# -- TFDS metadata files -----------------------------------------------------------------
-
-_JSON_TYPES = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", int: "a number",
-               float: "a number", type(None): "null"}  # fmt: skip
-
-
-def _bad(path: str, at: str, value: Any, expected: str, fix: str) -> ConversionError:
-    """``path: at is <JSON type> (<value>); expected <expected>; <fix>``."""
-    got = _JSON_TYPES.get(type(value), type(value).__name__)
-    if value is not None:
-        shown = json.dumps(value)
-        got += f" ({shown if len(shown) <= 40 else shown[:37] + '...'})"
-    return ConversionError(f"{path}: {at} is {got}; expected {expected}; {fix}")
-
-
-def _is_int(value: Any, *, minimum: int | None = None) -> bool:
-    """An integer as TFDS writes one (int64 fields as strings), at least ``minimum``."""
-    if isinstance(value, str) and re.fullmatch(r"-?\d+", value):
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int):
-        return False
-    return minimum is None or value >= minimum
-
-
-def check_features(node: Any, path: str, fix: str, at: str = "") -> None:
-    """Check that a ``features.json`` tree holds the JSON types `flatten_features` reads.
-
-    Raises:
-        ConversionError: a field of another type; names ``path``, the field (dotted path
-            ``at``), what was expected, and ends with ``fix``.
-    """
-
-    def sub(name: str) -> str:
-        return f"{at}.{name}" if at else name
-
-    if not isinstance(node, dict):
-        raise _bad(path, at or "the top level", node, "an object (a feature)", fix)
-    if not isinstance(node.get("pythonClassName", ""), str):
-        raise _bad(path, sub("pythonClassName"), node["pythonClassName"], "a string", fix)
-    for name in ("featuresDict", "sequence", "tensor", "image", "text"):
-        if name in node and not isinstance(node[name], dict):
-            raise _bad(path, sub(name), node[name], "an object", fix)
-    features = node.get("featuresDict", {}).get("features", {})
-    if not isinstance(features, dict):
-        raise _bad(path, sub("featuresDict.features"), features, "an object of features by name", fix)
-    for name, child in features.items():
-        check_features(child, path, fix, sub(f"featuresDict.features.{name}"))
-    if "sequence" in node:
-        check_features(node["sequence"].get("feature", {}), path, fix, sub("sequence.feature"))
-    for name in ("tensor", "image", "text"):
-        info = node.get(name, {})
-        shape = info.get("shape", {})
-        if not isinstance(shape, dict):
-            raise _bad(path, sub(f"{name}.shape"), shape, 'an object ({"dimensions": [...]})', fix)
-        dims = shape.get("dimensions", [])
-        if not isinstance(dims, list) or not all(_is_int(d) for d in dims):
-            raise _bad(
-                path, sub(f"{name}.shape.dimensions"), dims, "an array of integers (-1: any size)", fix
-            )
-        for field_name in ("dtype", "encoding", "encodingFormat"):
-            if field_name in info and not isinstance(info[field_name], str):
-                raise _bad(path, sub(f"{name}.{field_name}"), info[field_name], "a string", fix)
-
-
-def check_info(info: Mapping[str, Any], path: str, fix: str) -> None:
-    """Check that ``dataset_info.json`` holds the JSON types the shard lookup reads.
-
-    Raises:
-        ConversionError: a field of another type; names ``path``, the field, what was
-            expected, and ends with ``fix``.
-    """
-    for name in ("name", "fileFormat"):
-        if name in info and not isinstance(info[name], str):
-            raise _bad(path, name, info[name], "a string", fix)
-    splits = info.get("splits", [])
-    if not isinstance(splits, list):
-        raise _bad(path, "splits", splits, "an array of splits", fix)
-    for i, entry in enumerate(splits):
-        at = f"splits[{i}]"
-        if not isinstance(entry, dict):
-            raise _bad(path, at, entry, "an object (a split)", fix)
-        for name in ("name", "filepathTemplate"):
-            if name in entry and not isinstance(entry[name], str):
-                raise _bad(path, f"{at}.{name}", entry[name], "a string", fix)
-        lengths = entry.get("shardLengths", [])
-        if not isinstance(lengths, list) or not all(_is_int(n, minimum=0) for n in lengths):
-            raise _bad(path, f"{at}.shardLengths", lengths, "an array of record counts, one per shard", fix)
-        if "numShards" in entry and not _is_int(entry["numShards"], minimum=0):
-            raise _bad(path, f"{at}.numShards", entry["numShards"], "a count of shards", fix)
 
 
 # -- plan ---------------------------------------------------------------------------------
@@ -586,15 +557,100 @@ def _texts(value: FeatureValue, key: str, where: str) -> list[str]:
 
 
 def _field_value(value: FeatureValue, spec: Spec, where: str) -> Any:
-    """An episode-level feature as a JSON value: one value, a list, or None if empty."""
-    vals: list[Any] = (
-        _texts(value, spec.key, where) if spec.kind == "text" else _numeric(value, spec, where).tolist()
-    )
+    """An episode-level feature as a JSON value: one value, a list (nested as TFDS returns a
+    tensor of several dimensions, or a ``Sequence`` of tensors), or None if empty."""
+    if spec.kind == "text":
+        vals: list[Any] = _texts(value, spec.key, where)
+    else:
+        arr = _numeric(value, spec, where)
+        vals = (_shaped(arr, spec, where) if spec.dims and arr.ndim == 1 else arr).tolist()
     if spec.listed:
         return vals  # a list stays a list, also of one value or none
     if not vals:
         return None
     return vals[0] if len(vals) == 1 and spec.shape in ((), None) else vals
+
+
+def _shaped(arr: NDArray[Any], spec: Spec, where: str) -> NDArray[Any]:
+    """An episode-level tensor's flat values in its declared shape, as ``tfds.load`` returns
+    it: ``(N, *dims)`` for a ``Sequence``; flat where the shape leaves more than one
+    dimension unknown."""
+    dims = (-1, *(spec.dims or ())) if spec.sequence else tuple(spec.dims or ())
+    known = math.prod(d for d in dims if d >= 0)
+    unknown = dims.count(-1)
+    if (unknown == 0 and arr.size != known) or (unknown == 1 and known and arr.size % known):
+        raise _Disagrees(
+            f"{where}: {spec.key} has {arr.size} values, which make no tensor of shape {_shown(dims)}"
+        )
+    if unknown > 1 or (unknown and not known):
+        return arr
+    return arr.reshape(dims)
+
+
+def _decoded(feats: Mapping[str, FeatureValue], plan: Plan, where: str) -> Mapping[str, FeatureValue]:
+    """``feats`` with the tensors TFDS stores as bytes decoded as ``tfds.load`` decodes them
+    (``np.frombuffer(zlib.decompress(b), dtype)``): flat values, as the record holds other
+    tensors; one whose record holds its shape (`Spec.dynamic`) in that shape."""
+    keys = [key for key, spec in plan.specs.items() if spec.as_bytes]
+    if not keys:
+        return feats
+    out = dict(feats)
+    for key in keys:
+        spec = plan.specs[key]
+        if spec.dynamic:
+            value, shape = out.pop(f"{key}/value", None), out.pop(f"{key}/shape", None)
+            if value is None or shape is None:
+                raise _Disagrees(
+                    f"{where}: missing feature {key}/{'shape' if value is not None else 'value'}"
+                )
+            if isinstance(shape, list) or shape.dtype.kind == "f" or (shape < 0).any():
+                raise _Disagrees(f"{where}: {key}/shape holds no shape: {shape!r}")
+            flat = _from_bytes(value, spec, where, tuple(int(d) for d in shape))
+            out[key] = flat.reshape([int(d) for d in shape])
+        elif key in out:
+            out[key] = _from_bytes(out[key], spec, where, spec.dims)
+    return out
+
+
+def _from_bytes(value: FeatureValue, spec: Spec, where: str, dims: tuple[int, ...] | None) -> NDArray[Any]:
+    """The flat values of ``spec``'s tensors of shape ``dims`` (-1: unknown), from their bytes:
+    one entry per step, per element of a ``Sequence``, else one."""
+    dtype = decode_dtype(spec.dtype)
+    if dtype is None:  # not planned: `Spec.problem` leaves such a feature out
+        raise ConversionError(f"{where}: {spec.key}: no NumPy dtype {spec.dtype!r} to decode its bytes into")
+    if not isinstance(value, list):
+        if value.size == 0:  # a Feature with no kind set: no values
+            return np.zeros(0, dtype)
+        raise _Disagrees(f"{where}: {spec.key} holds numbers; expected {spec.dtype} tensors stored as bytes "
+                         f"(encoding {spec.encoding!r})")  # fmt: skip
+    steps = spec.key.startswith(STEPS)
+    if not steps and not spec.sequence and len(value) != 1:
+        raise _Disagrees(f"{where}: {spec.key} holds {len(value)} byte strings; expected one tensor's")
+    dims = dims or ()
+    parts = []
+    for i, blob in enumerate(value):
+        what = f"{spec.key} step {i}" if steps else f"{spec.key} element {i}" if spec.sequence else spec.key
+        if spec.encoding == "zlib":
+            try:
+                blob = zlib.decompress(blob)
+            except zlib.error as exc:
+                raise _Disagrees(
+                    f"{where}: {what} is not zlib data ({exc}), as its encoding 'zlib' says"
+                ) from None
+        if not _fits(len(blob), dims, dtype.itemsize):
+            raise _Disagrees(
+                f"{where}: {what} holds {len(blob)} bytes, which make no {spec.dtype} tensor of shape {_shown(dims)}"
+            )
+        parts.append(np.frombuffer(blob, np.uint8) != 0 if dtype.kind == "b" else np.frombuffer(blob, dtype))
+    return np.concatenate(parts) if parts else np.zeros(0, dtype)
+
+
+def _fits(size: int, dims: tuple[int, ...], itemsize: int) -> bool:
+    """Whether ``size`` bytes make a tensor of shape ``dims`` (-1: any number of rows)."""
+    known = itemsize * math.prod(d for d in dims if d >= 0)
+    if -1 not in dims:
+        return size == known
+    return size % known == 0 if known else size == 0
 
 
 def _camera(value: FeatureValue, spec: Spec, T: int, options: SourceOptions, where: str) -> Any:
@@ -731,12 +787,17 @@ def _finite_fields(extra: dict[str, Any], plan: Plan) -> list[str]:
     ``extra``; return their source keys (``episode_metadata/score``)."""
     out = []
     for name, key in plan.fields.items():
-        value = extra.get(name)
-        values = value if isinstance(value, list) else [value]
-        if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+        if _non_finite(extra.get(name)):
             del extra[name]
             out.append(key)
     return out
+
+
+def _non_finite(value: Any) -> bool:
+    """Whether a field's value holds NaN or infinity, in lists of lists too."""
+    if isinstance(value, list):
+        return any(_non_finite(v) for v in value)
+    return isinstance(value, float) and not math.isfinite(value)
 
 
 def _spec_advice(plan: Plan) -> str:
@@ -774,6 +835,7 @@ def convert(
 def _convert(
     feats: Mapping[str, FeatureValue], plan: Plan, options: SourceOptions, where: str
 ) -> dict[str, Any]:
+    feats = _decoded(feats, plan, where)
     unknown = sorted(
         k
         for k in set(feats) - set(plan.specs)

@@ -5,6 +5,8 @@ JSON types checked as they are loaded) and shards named by the TFDS template
 ``{DATASET}-{SPLIT}.tfrecord-{SHARD:05d}-of-{N:05d}`` (or the older ``-{SHARD:05d}``).
 ``dataset_info.json`` lists each split's shards and their lengths: TFDS counts records
 (examples), so a shard's length is its episodes, or its steps where a record is one step.
+`check_features` and `check_info` check the JSON types of the two files; `check_split`
+refuses TFDS's split slices (``train[:80%]``), naming the episodes that give the same.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,10 +22,15 @@ from kinodb.errors import ConversionError
 from kinodb.ingest import _tfrecord
 from kinodb.ingest._base import not_this_format
 from kinodb.ingest._options import option_name, option_value
-from kinodb.ingest._rlds_features import FIXES, check_features, check_info
+from kinodb.ingest._rlds_features import REWRITE
 
 SHARD_RE = re.compile(r"^(?P<dataset>.+)-(?P<split>[^-.]+)\.tfrecord-(?P<shard>\d+)(?:-of-(?P<num>\d+))?$")
 _TEMPLATES = ("{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}", "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_INDEX}")
+FIXES = {  # how to mend a TFDS metadata file; both are optional
+    "features.json": f"{REWRITE}; or remove it: the features are then read from the first record",
+    "dataset_info.json": f"{REWRITE}; or remove it: the shards are then found by their names "
+    "(NAME-SPLIT.tfrecord-NNNNN)",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +55,97 @@ class OtherSplit:
         if self.records is not None:
             return f"{self.name} ({self.records} {unit}{'s' * (self.records != 1)})"
         return f"{self.name} ({self.shards} shard{'s' * (self.shards != 1)})"
+
+
+# -- TFDS metadata files -----------------------------------------------------------------
+
+_JSON_TYPES = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", int: "a number",
+               float: "a number", type(None): "null"}  # fmt: skip
+
+
+def _bad(path: str, at: str, value: Any, expected: str, fix: str) -> ConversionError:
+    """``path: at is <JSON type> (<value>); expected <expected>; <fix>``."""
+    got = _JSON_TYPES.get(type(value), type(value).__name__)
+    if value is not None:
+        shown = json.dumps(value)
+        got += f" ({shown if len(shown) <= 40 else shown[:37] + '...'})"
+    return ConversionError(f"{path}: {at} is {got}; expected {expected}; {fix}")
+
+
+def _is_int(value: Any, *, minimum: int | None = None) -> bool:
+    """An integer as TFDS writes one (int64 fields as strings), at least ``minimum``."""
+    if isinstance(value, str) and re.fullmatch(r"-?\d+", value):
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        return False
+    return minimum is None or value >= minimum
+
+
+def check_features(node: Any, path: str, fix: str, at: str = "") -> None:
+    """Check that a ``features.json`` tree holds the JSON types `flatten_features` reads.
+
+    Raises:
+        ConversionError: a field of another type; names ``path``, the field (dotted path
+            ``at``), what was expected, and ends with ``fix``.
+    """
+
+    def sub(name: str) -> str:
+        return f"{at}.{name}" if at else name
+
+    if not isinstance(node, dict):
+        raise _bad(path, at or "the top level", node, "an object (a feature)", fix)
+    if not isinstance(node.get("pythonClassName", ""), str):
+        raise _bad(path, sub("pythonClassName"), node["pythonClassName"], "a string", fix)
+    for name in ("featuresDict", "sequence", "tensor", "image", "text"):
+        if name in node and not isinstance(node[name], dict):
+            raise _bad(path, sub(name), node[name], "an object", fix)
+    features = node.get("featuresDict", {}).get("features", {})
+    if not isinstance(features, dict):
+        raise _bad(path, sub("featuresDict.features"), features, "an object of features by name", fix)
+    for name, child in features.items():
+        check_features(child, path, fix, sub(f"featuresDict.features.{name}"))
+    if "sequence" in node:
+        check_features(node["sequence"].get("feature", {}), path, fix, sub("sequence.feature"))
+    for name in ("tensor", "image", "text"):
+        info = node.get(name, {})
+        shape = info.get("shape", {})
+        if not isinstance(shape, dict):
+            raise _bad(path, sub(f"{name}.shape"), shape, 'an object ({"dimensions": [...]})', fix)
+        dims = shape.get("dimensions", [])
+        if not isinstance(dims, list) or not all(_is_int(d) for d in dims):
+            raise _bad(
+                path, sub(f"{name}.shape.dimensions"), dims, "an array of integers (-1: any size)", fix
+            )
+        for field_name in ("dtype", "encoding", "encodingFormat"):
+            if field_name in info and not isinstance(info[field_name], str):
+                raise _bad(path, sub(f"{name}.{field_name}"), info[field_name], "a string", fix)
+
+
+def check_info(info: Mapping[str, Any], path: str, fix: str) -> None:
+    """Check that ``dataset_info.json`` holds the JSON types the shard lookup reads.
+
+    Raises:
+        ConversionError: a field of another type; names ``path``, the field, what was
+            expected, and ends with ``fix``.
+    """
+    for name in ("name", "fileFormat"):
+        if name in info and not isinstance(info[name], str):
+            raise _bad(path, name, info[name], "a string", fix)
+    splits = info.get("splits", [])
+    if not isinstance(splits, list):
+        raise _bad(path, "splits", splits, "an array of splits", fix)
+    for i, entry in enumerate(splits):
+        at = f"splits[{i}]"
+        if not isinstance(entry, dict):
+            raise _bad(path, at, entry, "an object (a split)", fix)
+        for name in ("name", "filepathTemplate"):
+            if name in entry and not isinstance(entry[name], str):
+                raise _bad(path, f"{at}.{name}", entry[name], "a string", fix)
+        lengths = entry.get("shardLengths", [])
+        if not isinstance(lengths, list) or not all(_is_int(n, minimum=0) for n in lengths):
+            raise _bad(path, f"{at}.shardLengths", lengths, "an array of record counts, one per shard", fix)
+        if "numShards" in entry and not _is_int(entry["numShards"], minimum=0):
+            raise _bad(path, f"{at}.numShards", entry["numShards"], "a count of shards", fix)
 
 
 def load_json(root: str, name: str) -> dict[str, Any] | None:
@@ -185,6 +284,114 @@ def split_shards(root: str, info: dict[str, Any], split: str) -> list[Shard]:
         f"{root}: split {split!r} lists {n} shards but {len(missing)} {'is' if len(missing) == 1 else 'are'} missing: {shown} (a partial "
         f"download?); copy them from the dataset's source{present}"
     )
+
+
+# TFDS's split syntax: ``NAME[FROM:TO]`` (bounds in records, ``%`` or ``shard``), parts joined by ``+``
+_SLICE_RE = re.compile(r"^(?P<name>[\w-]+)(?:\[(?P<selector>[\w%:.-]+)\])?$")
+_BOUND_RE = re.compile(r"^(?:(?P<val>-?[\d_.]+)(?P<unit>%|shard)?)?$")
+
+
+def check_split(split: str | None, root: str, info: dict[str, Any], *, episodes: bool) -> None:
+    """Refuse a TFDS slice or concatenation of splits (``train[:80%]``, ``train+test``),
+    saying how to read the same episodes. ``episodes``: a record is an episode (not a step),
+    so that a slice of records is one of episodes.
+
+    Raises:
+        ConversionError: ``split`` uses TFDS's slicing syntax.
+    """
+    if split is None or not any(c in split for c in "[]+"):
+        return
+    raise ConversionError(
+        f"{root}: split {split!r} uses TFDS's slicing syntax (NAME[FROM:TO], NAME+NAME), which kinodb does not "
+        f"read; {_slice_advice(split, info, episodes)}"
+    )
+
+
+def _slice_advice(split: str, info: dict[str, Any], episodes: bool) -> str:
+    """How to ingest what a TFDS split slice selects: the ``episodes`` that do it, where the
+    slices are of one split's episodes that ``dataset_info.json`` counts."""
+    matches = [_SLICE_RE.match(part) for part in re.split(r"\s*\+\s*", split.strip())]
+    names = list(dict.fromkeys(m["name"] for m in matches if m is not None))
+    pick = option_name("episodes")
+    generic = (
+        f"pass the split's name ({option_value('split', names[0] if names else 'train', whole=True)}) and pick "
+        f"episodes with {pick} (indices from 0, as in 0-9)"
+    )
+    if len(names) > 1:
+        each = " and ".join(option_value("split", n, whole=True) for n in names)
+        sliced = (
+            f", picking episodes with {pick}" if any(m is not None and m["selector"] for m in matches) else ""
+        )
+        return f"ingest each split to a file of its own ({each}{sliced}), then merge the files (kino merge)"
+    lengths = next((e.get("shardLengths") for e in info.get("splits", []) if e.get("name") in names), None)
+    if len(names) != 1 or not episodes or not lengths or not all(matches):
+        return generic
+    shards = [int(n) for n in lengths]
+    n = sum(shards)
+    picked: list[int] = []
+    for m in matches:
+        bounds = _slice_bounds(m["selector"] if m else None, shards)
+        if bounds is None:
+            return f"{generic}; split {names[0]!r} holds {n} episodes"
+        picked += range(*bounds)
+    name = option_value("split", names[0], whole=True)
+    if not picked:
+        return f"it selects none of the {n} episodes of split {names[0]!r}: pass {name} and pick episodes with {pick}"
+    if picked != sorted(set(picked)):  # repeated or reordered episodes: no one selection gives them
+        return f"{generic}; split {names[0]!r} holds {n} episodes"
+    if len(picked) == n:
+        return f"it selects all {n} episodes of split {names[0]!r}: pass {name}"
+    sep = " " if option_name("split").startswith("-") else ", "
+    return (
+        f"for the same {len(picked)} of the split's {n} episodes, pass {name}{sep}"
+        f"{option_value('episodes', _runs(picked), whole=True)}"
+    )
+
+
+def _slice_bounds(selector: str | None, shards: list[int]) -> tuple[int, int] | None:
+    """The records ``[from, to)`` a TFDS selector (``:80%``, ``5:-2``, ``1shard``) picks from
+    a split of these shard lengths, computed as TFDS does (a percentage rounded to the
+    closest record, ties to even); None where TFDS would refuse it."""
+    n = sum(shards)
+    if selector is None:
+        return 0, n
+    parts = [_BOUND_RE.match(b) for b in selector.split(":")]
+    if len(parts) > 2 or any(p is None for p in parts) or not any(p and p[0] for p in parts):
+        return None
+    vals = [p["val"] if p else None for p in parts]
+    unit = next((p["unit"] for p in parts if p and p["unit"]), None) or "abs"  # TFDS: FROM's unit, else TO's
+    if len(vals) == 1:  # NAME[Xshard]: shard X alone
+        if unit != "shard" or vals[0] is None:
+            return None
+        vals.append(str(int(vals[0]) + 1))
+    try:
+        if unit == "%":
+            lo = 0 if vals[0] is None else round(float(vals[0]) * n / 100.0)
+            hi = n if vals[1] is None else round(float(vals[1]) * n / 100.0)
+        elif unit == "shard":
+            lo = 0 if vals[0] is None else sum(shards[: int(vals[0])])
+            last = None if vals[1] is None else int(vals[1])
+            hi = n if last is None else sum(shards[: last if last > 0 else len(shards) + last])
+        else:
+            lo = 0 if vals[0] is None else int(vals[0])
+            hi = n if vals[1] is None else int(vals[1])
+    except ValueError:
+        return None
+    if abs(lo) > n or abs(hi) > n:
+        return None
+    lo, hi = (n + v if v < 0 else v for v in (lo, hi))
+    return lo, max(lo, hi)
+
+
+def _runs(indices: list[int]) -> str:
+    """Ascending indices as an ``episodes`` spec: ``0-5,9``."""
+    runs: list[list[int]] = []
+    for i in indices:
+        if runs and runs[-1][1] == i - 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
 
 
 def has_shards(root: str, info: dict[str, Any], split: str) -> bool:

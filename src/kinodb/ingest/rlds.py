@@ -8,7 +8,10 @@ parent holding one version folder, a folder of ``*.tfrecord*`` files, or one sha
 the dataset holds other splits, the report's notes name the split read and the others left
 out, with their sizes where ``dataset_info.json`` gives them. Its shard lengths count
 records (TFDS examples), as TFDS writes them: episodes, or steps in the per-step layout; a
-shard holding fewer is reported as truncated.
+shard holding fewer is reported as truncated. A TFDS slice (``train[:80%]``, ``train[:5]``,
+``train+test``) is refused, its message naming the split and the ``episodes`` that select
+what TFDS would read (computed as TFDS computes them, where ``dataset_info.json`` counts
+the split's episodes), or saying to ingest each split and merge the files.
 
 Layouts: one record per episode with flattened ``steps/...`` features (what TFDS
 writes), or one record per step with top-level ``is_first``/``is_last``/``action``...
@@ -41,6 +44,12 @@ from the first record that holds steps):
 - ``steps/reward`` (a scalar, or a tensor of one value) -> ``rewards``; ``steps/is_terminal`` -> ``is_terminal``; every other
   numeric per-step feature (``discount``, ``language_embedding``, other observations) ->
   an extra array named by its key without ``steps/``.
+- Without ``steps/is_terminal`` each episode's last step is stored as terminal (the
+  writer's default), and the metadata's ``rlds.is_terminal`` is ``"last_step"`` (absent
+  when the source has the flag). RLDS keeps ``is_last`` (the recording ends) apart from
+  ``is_terminal`` (the task's end state): an episode cut off by a time limit is last but
+  not terminal, which matters where RL code bootstraps from the final state, so such a
+  dataset's ``is_terminal`` is a guess.
 - Camera and extra-array names write TFDS's ``/`` as ``.`` (``action_dict.joint_velocity``,
   ``observation.natural_language_embedding``), as the HDF5 source does, so kinodb's
   exporters take them; a name kinodb keeps for its own arrays (``timestamps``) or taken
@@ -51,21 +60,35 @@ from the first record that holds steps):
   Other per-step text -> extra fields (one string, or the per-step list if it varies).
 - ``episode_metadata/*`` (and any other episode-level feature) -> extra fields named
   without the prefix (``/`` becomes ``.``): text decoded as UTF-8, a scalar as a number or
-  bool, a ``Sequence`` or a tensor with dimensions as a list (also of one value or none).
+  bool, a ``Sequence`` or a tensor with dimensions as a list (also of one value or none),
+  nested as ``tfds.load`` returns it: a ``(3, 3)`` tensor as three lists of three, a
+  ``Sequence`` of ``(2,)`` tensors (also inside a ``Sequence`` of dicts) as a list of
+  pairs. Without ``features.json`` the shapes are unknown and such a list stays flat.
   A float field holding NaN or infinity, which the metadata's JSON cannot store, is left
   out of that episode, whose extra field ``rlds.left_out`` lists its key
   (``["episode_metadata/score"]``), with a warning once per dataset and key.
 - Features a ``.kdb`` file cannot hold are left out, with a warning, and listed with the
   reason in the metadata's ``rlds.left_out``: per-step lists of their own length (a
   ``Sequence`` inside ``steps``, stored ragged), episode-level lists of lists (also
-  ragged), per-step string tensors of several texts per step (``Tensor(shape=(2,),
-  dtype=string)``), episode-level images (``episode_metadata/goal_image``), and images
+  ragged: this reader does not rebuild them from their row lengths), per-step string
+  tensors of several texts per step (``Tensor(shape=(2,), dtype=string)``), episode-level
+  images (``episode_metadata/goal_image``), and images
   that are not 8-bit (16-bit PNG depth, float images bit-cast into PNG).
 - ``success``: ``episode_metadata/success`` when present; else True when the final reward
   is > 0, False when it is not and the episode ends with ``is_last``, and None when the
   episode is cut off before its last step (no ``is_last``) or has no rewards.
 - Floats stay float32 (a TFRecord FloatList is float32, even for float64 features);
   integers take their declared dtype; booleans become bool.
+- Tensors TFDS stores as bytes (``Tensor(..., encoding='bytes')`` or ``'zlib'``: one
+  ``arr.tobytes()``, zlib-compressed for ``zlib``, per step, per element of a
+  ``Sequence``, else one) are decoded as ``tfds.load`` decodes them,
+  ``np.frombuffer(bytes, dtype)`` in little-endian order, and keep their dtype (float64
+  exactly), per step and at the episode level (where a tensor of several unknown
+  dimensions takes the shape its record holds beside it). Those this reader cannot
+  decode are left out, with a warning, and listed in ``rlds.left_out``: a dtype NumPy
+  lacks (``bfloat16``), a per-step tensor of unknown shape (each step may hold another),
+  a ``Sequence`` of tensors of unknown shape, an encoding TFDS does not write. Such
+  actions or step flags refuse the dataset, naming it and saying how to write it anew.
 - ``flip_images`` turns every camera 180 degrees (decoding its frames 32 at a time, and
   encoding each chunk when they are stored as JPEG or PNG); the metadata's
   ``image_orientation`` is then ``rotated_180``, else ``as_stored``, and ``rlds.rotated``
@@ -117,6 +140,7 @@ from kinodb.ingest._rlds_shards import (
     SHARD_RE,
     OtherSplit,
     Shard,
+    check_split,
     has_dataset,
     has_shards,
     info_splits,
@@ -227,6 +251,8 @@ class RLDSSource:
 
     def _find_shards(self, single: str | None) -> list[Shard]:
         split = self._options.split
+        declared = (self._features or {}).get("featuresDict", {}).get("features", {})
+        check_split(split, self._root if single is None else single, self._info, episodes="steps" in declared)
         if single is None:
             if self._info.get("splits"):
                 self._split = split or "train"
@@ -354,6 +380,13 @@ class RLDSSource:
                 unknown=unknown,
             )
         self._leave_out(specs)
+        flags = [k for k in FLAG_KEYS if k in specs and specs[k].as_bytes]
+        if self._layout == "step" and flags:  # the per-step scan reads the flags as plain values
+            raise ConversionError(
+                f"{self._root}: {flags[0]} is stored as bytes (encoding {specs[flags[0]].encoding!r}); in a "
+                "dataset of one record per step kinodb reads is_first and is_last as plain values: write the "
+                "dataset anew with them as tfds.features.Scalar(dtype=np.bool_)"
+            )
         self._infer(specs, first, None if not declared else unknown)
         try:
             self._plan = make_plan(specs, self._options)
@@ -382,13 +415,29 @@ class RLDSSource:
         self._leave_out(specs)  # undeclared features, classified from the first record
 
     def _leave_out(self, specs: dict[str, Spec]) -> None:
-        """Move the features a ``.kdb`` file cannot hold from ``specs`` to ``self._left_out``."""
+        """Move the features a ``.kdb`` file cannot hold from ``specs`` to ``self._left_out``.
+
+        Raises:
+            ConversionError: one this reader cannot decode holds the actions or a flag.
+        """
         for key, why in _unsupported(specs).items():
+            if specs[key].problem is not None and self._needed(key):
+                raise ConversionError(
+                    f"{self._root}: {key} is {why}; kinodb cannot ingest the dataset without it: write the "
+                    "dataset anew with it as a tensor of fixed shape and a bool, integer or float dtype "
+                    "(tfds.features.Tensor, encoding 'none', 'bytes' or 'zlib')"
+                )
             del specs[key]
             self._left_out[key] = why
             if (self._root, key) not in _WARNED:  # once per dataset and feature in a process
                 _WARNED.add((self._root, key))
                 log.warning("%s: %s is left out: %s", self._root, key, why)
+
+    def _needed(self, key: str) -> bool:
+        """Whether feature ``key`` holds the actions or a step flag (``is_first``,
+        ``is_last``, ``is_terminal``)."""
+        action = STEPS + (self._options.action_key or "action").removeprefix(STEPS).strip("/")
+        return key in (*FLAG_KEYS, STEPS + "is_terminal", action) or key.startswith(action + "/")
 
     def _skip(self, plan: Plan) -> frozenset[str]:
         if self._options.images:
@@ -491,6 +540,7 @@ class RLDSSource:
             "description": self._info.get("description"), "roles": plan.roles(),
             "features": {k: s.describe() for k, s in sorted(plan.specs.items())},
             "left_out": dict(self._left_out) or None,
+            "is_terminal": None if plan.terminal else "last_step",  # the writer's default, not the source's
         }  # fmt: skip
         if self._options.flip_images:  # what was turned, as the HDF5 source records it (hdf5.rotated)
             rlds["rotated"] = {cam: [1, 2] for cam in plan.cameras} if self._options.images else {}
@@ -628,14 +678,17 @@ def _unsupported(specs: dict[str, Spec]) -> dict[str, str]:
     out: dict[str, str] = {}
     for key, spec in specs.items():
         steps = key.startswith(STEPS)
-        if spec.ragged and steps:
+        if spec.problem is not None:
+            out[key] = spec.problem
+        elif spec.ragged and steps:
             out[key] = (
                 "a list of its own length at every step (ragged); .kdb arrays have one width per episode"
             )
         elif spec.ragged:
             out[key] = (
-                "a list of lists (TFDS stores it ragged: flat values and row lengths); .kdb extra fields "
-                "hold a value or a flat list"
+                "a list of lists (TFDS stores it ragged: flat values, and row lengths as the lists may differ "
+                "in length); this reader does not rebuild the lists from the row lengths, and the flat values "
+                "alone would lose which value belongs to which list"
             )
         elif spec.kind == "image" and not steps:
             out[key] = (
