@@ -1,8 +1,7 @@
-"""RLDS features: what each TFDS feature is, which `.kdb` field it fills, and one episode.
+"""RLDS features: which `.kdb` field each TFDS feature fills, and one episode.
 
-A `Spec` describes one flattened feature (``steps/observation/image_0``): its kind,
-per-step shape and dtype, from ``features.json`` or, failing that, from the first record.
-A `Plan` assigns every feature a role once per dataset (actions, states, a camera, an
+Each flattened feature has a `Spec` (`kinodb.ingest._rlds_specs`: kind, per-step shape
+and dtype, from ``features.json`` or, failing that, from the first record). A `Plan` assigns every feature a role once per dataset (actions, states, a camera, an
 extra array, the task, an extra field). `convert` turns one episode's decoded features
 into `Writer.add_episode` keyword arguments following the plan; tensors TFDS stores as
 bytes (``encoding='bytes'`` or ``'zlib'``) are decoded first, as ``tfds.load`` decodes them.
@@ -25,10 +24,10 @@ from kinodb.ingest._base import SOURCE_PARTS, FrameChunks, SourceOptions
 from kinodb.ingest._exact import first_rounded
 from kinodb.ingest._example import FeatureValue
 from kinodb.ingest._options import option_name, option_value, skip_advice
+from kinodb.ingest._rlds_specs import STEPS, Disagrees, Spec, decode_dtype, shown
 from kinodb.kdb import _codecs
 from kinodb.kdb.reader import META_FIELDS
 
-STEPS = "steps/"
 OBS = "steps/observation/"
 META = "episode_metadata/"
 TASK_KEYS = ("steps/language_instruction", "steps/observation/natural_language_instruction")
@@ -36,254 +35,13 @@ SUCCESS_KEYS = ("episode_metadata/success", "episode_metadata/is_success")
 FLAG_KEYS = ("steps/is_first", "steps/is_last")
 # the ingest framework writes the first two; the rest are built-in episode fields
 _RESERVED_EXTRA = {"source_file", "source_episode", *META_FIELDS}
-_KINDS = {"Image": "image", "Text": "text", "ClassLabel": "int"}
 # the writer's own array names: a feature of such a name is stored under its whole key
 _RESERVED_ARRAYS = frozenset({"actions", "states", "rewards", "is_terminal", "timestamps", "meta", "images"})
 FLIP_CHUNK = 32  # frames decoded at a time when turning a camera (flip_images)
 LEFT_OUT_FIELD = "rlds.left_out"  # an episode's extra field naming its values left out (NaN, infinity)
-TENSOR_ENCODINGS = ("bytes", "zlib")  # TFDS tensors stored as bytes: tobytes(), then zlib.compress for zlib
 REWRITE = (
     "copy it again from the dataset's source, or write it anew with TFDS (tfds.folder_dataset.write_metadata)"
 )
-
-
-class _Disagrees(ConversionError):
-    """A record's feature is not as its spec says: `convert` adds where the spec came from
-    (``features.json``, else the first record) and what to do."""
-
-
-@dataclass(frozen=True, slots=True)
-class Spec:
-    """One flattened feature.
-
-    Attributes:
-        key: flat name, e.g. ``steps/action``.
-        kind: ``image``, ``text``, ``float``, ``int`` or ``bool``.
-        shape: per-step shape for ``steps/`` features, whole shape otherwise; None where
-            a dimension is unknown.
-        dtype: declared dtype (``float32``, ``int32``, ``bool``, ``uint8`` ...), if any.
-        encoding: ``jpeg``/``png`` for images, if declared; for a tensor TFDS stores as
-            bytes, its tensor encoding (``bytes``, ``zlib``).
-        listed: an episode-level feature that is a list (kept a list of any length).
-        ragged: a per-step feature whose steps hold lists of their own lengths, or an
-            episode-level list of lists (TFDS stores both as flat values and row lengths).
-        channels: an image's declared channel count (also when height and width are not).
-        dims: a tensor's declared dimensions, -1 where unknown (of each element, in a
-            ``Sequence``); None where not declared.
-        sequence: an episode-level ``Sequence`` of such tensors (a list of them).
-        problem: why this reader cannot decode the feature (it is then left out), if so.
-    """
-
-    key: str
-    kind: str
-    shape: tuple[int, ...] | None = None
-    dtype: str | None = None
-    encoding: str | None = None
-    listed: bool = False  # a list of values (a Sequence, or a tensor with dimensions)
-    ragged: bool = False  # per step, a list of its own length (a Sequence inside steps)
-    channels: int | None = None
-    dims: tuple[int, ...] | None = None
-    sequence: bool = False
-    problem: str | None = None
-
-    @property
-    def as_bytes(self) -> bool:
-        """A tensor TFDS stores as bytes, one entry per value (per step, per list element)."""
-        return self.encoding in TENSOR_ENCODINGS
-
-    @property
-    def dynamic(self) -> bool:
-        """A tensor stored as bytes with several unknown dimensions: its record holds its shape
-        (``KEY/shape``) beside the bytes (``KEY/value``), as TFDS writes one."""
-        return self.as_bytes and not self.sequence and self.dims is not None and self.dims.count(-1) > 1
-
-    @property
-    def width(self) -> int | None:
-        """Values per step (per episode for episode-level features), if known."""
-        return None if self.shape is None else math.prod(self.shape)
-
-    def describe(self) -> dict[str, Any]:
-        """JSON for the dataset metadata."""
-        out: dict[str, Any] = {"kind": self.kind}
-        if self.shape is not None:
-            out["shape"] = list(self.shape)
-        if self.dtype:
-            out["dtype"] = self.dtype
-        if self.encoding:
-            out["encoding"] = self.encoding
-        if self.channels is not None and self.shape is None:
-            out["channels"] = self.channels
-        return out
-
-
-# -- features.json ------------------------------------------------------------------------
-
-
-def _kind(node: Mapping[str, Any]) -> tuple[str | None, dict[str, Any]]:
-    cls = str(node.get("pythonClassName", "")).rsplit(".", 1)[-1]
-    if cls == "Image":
-        return "image", dict(node.get("image", {}))
-    if cls in _KINDS:
-        return _KINDS[cls], dict(node.get("text", node.get("tensor", {})))
-    tensor = dict(node.get("tensor", {}))
-    dtype = str(tensor.get("dtype", ""))
-    if dtype == "bool":
-        return "bool", tensor
-    if dtype.startswith(("float", "bfloat")):
-        return "float", tensor
-    if dtype.startswith(("int", "uint")):
-        return "int", tensor
-    if dtype == "string":
-        return "text", tensor
-    return None, tensor
-
-
-def _dims(info: Mapping[str, Any]) -> tuple[int, ...] | None:
-    """Declared dimensions, -1 where unknown (TFDS writes ``None`` as -1)."""
-    dims = info.get("shape", {}).get("dimensions", [])
-    try:
-        return tuple(max(-1, int(d)) for d in dims)
-    except (TypeError, ValueError):
-        return None
-
-
-def _shape(info: Mapping[str, Any]) -> tuple[int, ...] | None:
-    shape = _dims(info)
-    return None if shape is None or any(d < 0 for d in shape) else shape
-
-
-def _shown(dims: tuple[int, ...] | None) -> str:
-    """Dimensions as TFDS prints them: ``(None, 3)``."""
-    if dims is None:
-        return "unknown"
-    return str(tuple(None if d < 0 else d for d in dims))
-
-
-def decode_dtype(name: str | None) -> np.dtype[Any] | None:
-    """The little-endian NumPy dtype of a tensor TFDS stores as bytes (``arr.tobytes()`` on a
-    little-endian machine), or None where NumPy has none to decode it into (``bfloat16``,
-    ``string``)."""
-    try:
-        dtype = np.dtype(name or "")
-    except TypeError:
-        return None
-    return dtype.newbyteorder("<") if dtype.kind in "biuf" else None
-
-
-def _bytes_spec(key: str, kind: str | None, info: Mapping[str, Any], encoding: str, lists: int) -> Spec:
-    """A tensor TFDS stores as bytes (``encoding`` ``bytes`` or ``zlib``): one entry per value,
-    per step, or per element of an episode-level ``Sequence``; its ``problem`` set where
-    this reader cannot decode it."""
-    dtype = str(info.get("dtype") or "") or None
-    dims = _dims(info)
-    shape = _shape(info)
-    steps = key.startswith(STEPS)
-    how = f"stored as bytes (encoding {encoding!r})"
-    problem = None
-    if encoding not in TENSOR_ENCODINGS:
-        problem = f"a tensor of encoding {encoding!r}, which this reader does not know (TFDS writes 'none', 'bytes', 'zlib')"
-    elif kind not in ("float", "int", "bool") or decode_dtype(dtype) is None:
-        problem = f"a {dtype or 'untyped'} tensor {how}; this reader decodes bool, integer and float tensors of NumPy dtypes"
-    elif shape is None and steps:
-        problem = (
-            f"a tensor of shape {_shown(dims)} {how} at every step: each step may hold another shape, "
-            "and a .kdb array has one shape per episode"
-        )
-    elif shape is None and lists:
-        problem = f"a list of tensors of shape {_shown(dims)} {how}: each may hold another shape"
-    listed = bool(lists) or bool(dims)
-    return Spec(key, kind or "unknown", shape, dtype, encoding, listed=listed, dims=dims,
-                sequence=bool(lists) and not steps, problem=problem)  # fmt: skip
-
-
-def flatten_features(
-    node: Mapping[str, Any],
-    prefix: str,
-    out: dict[str, Spec],
-    *,
-    steps: bool = False,
-    lists: int = 0,
-    unknown: set[str] | None = None,
-) -> None:
-    """Add every leaf of a ``features.json`` node to ``out`` under ``prefix``.
-
-    ``steps``: ``node`` is the episode's ``steps`` dataset, whose sequence is the steps
-    themselves; any other sequence around a leaf makes it a list (``listed``, or
-    ``ragged`` under ``steps/``). ``unknown`` collects the keys of leaves of a feature
-    class this reader does not know (classified from the records instead).
-
-    A tensor TFDS stores as bytes (encoding ``bytes`` or ``zlib``) is decoded as TFDS does;
-    where this reader cannot, its spec's ``problem`` says why (it is then left out).
-    """
-    cls = str(node.get("pythonClassName", "")).rsplit(".", 1)[-1]
-    if cls == "FeaturesDict" or "featuresDict" in node:
-        for name, child in node.get("featuresDict", {}).get("features", {}).items():
-            flatten_features(child, f"{prefix}{name}/", out, lists=lists, unknown=unknown)
-        return
-    if cls in ("Dataset", "Sequence") or "sequence" in node:
-        inner = node.get("sequence", {}).get("feature", {})
-        flatten_features(inner, prefix, out, lists=lists if steps else lists + 1, unknown=unknown)
-        return
-    key = prefix.rstrip("/")
-    kind, info = _kind(node)
-    # TFDS writes a feature inside two sequences (the steps count as one) ragged
-    if (lists and key.startswith(STEPS)) or lists > 1:
-        out[key] = Spec(key, kind or "unknown", None, info.get("dtype") or None, ragged=True)
-        return
-    tensor_encoding = str(info.get("encoding") or "none") if kind != "image" else "none"
-    if tensor_encoding != "none":
-        out[key] = _bytes_spec(key, kind, info, tensor_encoding, lists)
-        return
-    if kind is None:  # unknown feature class: classified from the records instead
-        if unknown is not None:
-            unknown.add(key)
-        return
-    shape = _shape(info) if kind != "text" else _text_shape(info) if key.startswith(STEPS) else ()
-    channels = _channels(info) if kind == "image" else None
-    if kind == "image" and shape is not None and len(shape) != 3:
-        shape = None
-    encoding = info.get("encodingFormat") if kind == "image" else None
-    listed = bool(lists) or (kind != "text" and bool(info.get("shape", {}).get("dimensions")))
-    dims = _dims(info) if kind in ("float", "int", "bool") else None
-    out[key] = Spec(
-        key, kind, shape, info.get("dtype") or None, encoding or None, listed=listed, channels=channels,
-        dims=dims, sequence=bool(lists) and not key.startswith(STEPS),
-    )  # fmt: skip
-
-
-def _text_shape(info: Mapping[str, Any]) -> tuple[int, ...] | None:
-    """A per-step text's shape: ``()`` for one text per step (a ``Text``, a string scalar, or
-    a string tensor of one value), else its declared dimensions (None where unknown)."""
-    shape = _shape(info)
-    return () if shape is not None and math.prod(shape) == 1 else shape
-
-
-def _channels(info: Mapping[str, Any]) -> int | None:
-    """An image's declared channel count: the last of its three dimensions, if known."""
-    dims = info.get("shape", {}).get("dimensions", [])
-    try:
-        c = int(dims[-1]) if len(dims) == 3 else 0
-    except (TypeError, ValueError):
-        return None
-    return c if 1 <= c <= 4 else None
-
-
-def infer_spec(key: str, value: FeatureValue, steps: int | None) -> Spec:
-    """A feature's spec from its first decoded value (no ``features.json`` entry).
-
-    ``steps`` is the episode's step count for ``steps/`` features; a width of one
-    value per step is taken as a scalar.
-    """
-    if isinstance(value, list):
-        kind = "image" if value and _codecs.sniff(value[0]) else "text"
-        if kind == "image":
-            return Spec(key, kind, None, None, _codecs.sniff(value[0]))
-        n = len(value)
-        per_step = n // steps if steps and n > steps and n % steps == 0 else 1
-        return Spec(key, kind, () if per_step == 1 else (per_step,))  # several texts a step: left out
-    kind = "float" if value.dtype.kind == "f" else "int"
-    n = value.size if steps is None else (value.size // steps if steps else 0)
-    return Spec(key, kind, () if n == 1 else (n,), "float32" if kind == "float" else "int64")
 
 
 # -- plan ---------------------------------------------------------------------------------
@@ -457,15 +215,15 @@ def _numeric(value: FeatureValue, spec: Spec, where: str) -> NDArray[Any]:
     if isinstance(value, list):
         if not value:  # a Feature with no kind set: no values
             return np.zeros(0, np.float32)
-        raise _Disagrees(f"{where}: {spec.key} holds bytes; expected {spec.kind} values")
+        raise Disagrees(f"{where}: {spec.key} holds bytes; expected {spec.kind} values")
     if spec.kind == "float":
         if value.dtype.kind != "f":
-            raise _Disagrees(
+            raise Disagrees(
                 f"{where}: {spec.key} holds int64 values; expected {spec.dtype or 'float'} values"
             )
         return value
     if value.dtype.kind == "f":
-        raise _Disagrees(f"{where}: {spec.key} holds float values; expected {spec.kind}")
+        raise Disagrees(f"{where}: {spec.key} holds float values; expected {spec.kind}")
     if spec.kind == "bool":
         flags: NDArray[np.bool_] = value != 0
         return flags
@@ -473,7 +231,7 @@ def _numeric(value: FeatureValue, spec: Spec, where: str) -> NDArray[Any]:
         target = np.dtype(spec.dtype)
         info = np.iinfo(target)
         if value.size and (value.min() < info.min or value.max() > info.max):
-            raise _Disagrees(
+            raise Disagrees(
                 f"{where}: {spec.key} has values outside {spec.dtype} ({value.min()}..{value.max()}); "
                 f"expected {spec.dtype} values ({info.min}..{info.max})"
             )
@@ -484,18 +242,18 @@ def _numeric(value: FeatureValue, spec: Spec, where: str) -> NDArray[Any]:
 def _steps(feats: Mapping[str, FeatureValue], plan: Plan, key: str, T: int, where: str) -> NDArray[Any]:
     """Per-step values of ``key`` as ``(T, *shape)``; checks the value count."""
     if key not in feats:
-        raise _Disagrees(f"{where}: missing feature {key}")
+        raise Disagrees(f"{where}: missing feature {key}")
     spec = plan.specs[key]
     arr = _numeric(feats[key], spec, where)
     if spec.shape is not None:
         if arr.size != T * math.prod(spec.shape):
-            raise _Disagrees(
+            raise Disagrees(
                 f"{where}: {key} has {arr.size} values; {T} steps of shape {spec.shape} need "
                 f"{T * math.prod(spec.shape)}"
             )
         return arr.reshape(T, *spec.shape)
     if arr.size % T:
-        raise _Disagrees(f"{where}: {key} has {arr.size} values, not a multiple of the {T} steps")
+        raise Disagrees(f"{where}: {key} has {arr.size} values, not a multiple of the {T} steps")
     return arr.reshape(T, -1)
 
 
@@ -547,7 +305,7 @@ def _texts(value: FeatureValue, key: str, where: str) -> list[str]:
     if not isinstance(value, list):
         if value.size == 0:
             return []
-        raise _Disagrees(f"{where}: {key} holds numbers; expected text")
+        raise Disagrees(f"{where}: {key} holds numbers; expected text")
     try:
         return [v.decode() for v in value]
     except UnicodeDecodeError as exc:
@@ -579,8 +337,8 @@ def _shaped(arr: NDArray[Any], spec: Spec, where: str) -> NDArray[Any]:
     known = math.prod(d for d in dims if d >= 0)
     unknown = dims.count(-1)
     if (unknown == 0 and arr.size != known) or (unknown == 1 and known and arr.size % known):
-        raise _Disagrees(
-            f"{where}: {spec.key} has {arr.size} values, which make no tensor of shape {_shown(dims)}"
+        raise Disagrees(
+            f"{where}: {spec.key} has {arr.size} values, which make no tensor of shape {shown(dims)}"
         )
     if unknown > 1 or (unknown and not known):
         return arr
@@ -600,11 +358,9 @@ def _decoded(feats: Mapping[str, FeatureValue], plan: Plan, where: str) -> Mappi
         if spec.dynamic:
             value, shape = out.pop(f"{key}/value", None), out.pop(f"{key}/shape", None)
             if value is None or shape is None:
-                raise _Disagrees(
-                    f"{where}: missing feature {key}/{'shape' if value is not None else 'value'}"
-                )
+                raise Disagrees(f"{where}: missing feature {key}/{'shape' if value is not None else 'value'}")
             if isinstance(shape, list) or shape.dtype.kind == "f" or (shape < 0).any():
-                raise _Disagrees(f"{where}: {key}/shape holds no shape: {shape!r}")
+                raise Disagrees(f"{where}: {key}/shape holds no shape: {shape!r}")
             flat = _from_bytes(value, spec, where, tuple(int(d) for d in shape))
             out[key] = flat.reshape([int(d) for d in shape])
         elif key in out:
@@ -621,11 +377,11 @@ def _from_bytes(value: FeatureValue, spec: Spec, where: str, dims: tuple[int, ..
     if not isinstance(value, list):
         if value.size == 0:  # a Feature with no kind set: no values
             return np.zeros(0, dtype)
-        raise _Disagrees(f"{where}: {spec.key} holds numbers; expected {spec.dtype} tensors stored as bytes "
+        raise Disagrees(f"{where}: {spec.key} holds numbers; expected {spec.dtype} tensors stored as bytes "
                          f"(encoding {spec.encoding!r})")  # fmt: skip
     steps = spec.key.startswith(STEPS)
     if not steps and not spec.sequence and len(value) != 1:
-        raise _Disagrees(f"{where}: {spec.key} holds {len(value)} byte strings; expected one tensor's")
+        raise Disagrees(f"{where}: {spec.key} holds {len(value)} byte strings; expected one tensor's")
     dims = dims or ()
     parts = []
     for i, blob in enumerate(value):
@@ -634,12 +390,12 @@ def _from_bytes(value: FeatureValue, spec: Spec, where: str, dims: tuple[int, ..
             try:
                 blob = zlib.decompress(blob)
             except zlib.error as exc:
-                raise _Disagrees(
+                raise Disagrees(
                     f"{where}: {what} is not zlib data ({exc}), as its encoding 'zlib' says"
                 ) from None
         if not _fits(len(blob), dims, dtype.itemsize):
-            raise _Disagrees(
-                f"{where}: {what} holds {len(blob)} bytes, which make no {spec.dtype} tensor of shape {_shown(dims)}"
+            raise Disagrees(
+                f"{where}: {what} holds {len(blob)} bytes, which make no {spec.dtype} tensor of shape {shown(dims)}"
             )
         parts.append(np.frombuffer(blob, np.uint8) != 0 if dtype.kind == "b" else np.frombuffer(blob, dtype))
     return np.concatenate(parts) if parts else np.zeros(0, dtype)
@@ -670,7 +426,7 @@ def _camera(value: FeatureValue, spec: Spec, T: int, options: SourceOptions, whe
     except (OSError, ValueError) as exc:
         raise ConversionError(f"{where}: {spec.key} step 0: unreadable image header ({exc})") from None
     if spec.shape is not None and tuple(spec.shape[:2]) != shape[:2]:
-        raise _Disagrees(f"{where}: {spec.key} step 0 is {shape} (H, W, C); expected {spec.shape}")
+        raise Disagrees(f"{where}: {spec.key} step 0 is {shape} (H, W, C); expected {spec.shape}")
     channels = spec.channels
     if options.flip_images:
         return _flipped(value, (*shape[:2], channels or shape[2]), options, f"{where}: {spec.key}")
@@ -745,7 +501,7 @@ def _success(feats: Mapping[str, FeatureValue], plan: Plan, rewards: NDArray[Any
 def _count(feats: Mapping[str, FeatureValue], plan: Plan, where: str) -> int:
     value = feats.get(plan.count_key)
     if value is None:
-        raise _Disagrees(f"{where}: missing feature {plan.count_key}")
+        raise Disagrees(f"{where}: missing feature {plan.count_key}")
     T = len(value) if isinstance(value, list) else int(value.size)
     if T == 0:
         raise ConversionError(
@@ -828,7 +584,7 @@ def convert(
     """
     try:
         return _convert(feats, plan, options, where)
-    except _Disagrees as exc:
+    except Disagrees as exc:
         raise ConversionError(f"{exc}{_spec_advice(plan)}") from None
 
 
@@ -843,7 +599,7 @@ def _convert(
     )
     if unknown:
         source = "features.json" if plan.declared else "the first record"
-        raise _Disagrees(f"{where}: features not declared in {source}: {unknown[:5]}")
+        raise Disagrees(f"{where}: features not declared in {source}: {unknown[:5]}")
     T = _count(feats, plan, where)
     _check_flags(feats, plan, T, where)
     actions, own_actions = _concat(feats, plan, plan.actions, T, where, actions=True)
@@ -869,10 +625,10 @@ def _convert(
     extra: dict[str, Any] = {}
     for name, key in plan.texts.items():
         if key not in feats:
-            raise _Disagrees(f"{where}: missing feature {key}")
+            raise Disagrees(f"{where}: missing feature {key}")
         texts = _texts(feats[key], key, where)
         if len(texts) != T:
-            raise _Disagrees(f"{where}: {key} has {len(texts)} texts; expected one per step ({T})")
+            raise Disagrees(f"{where}: {key} has {len(texts)} texts; expected one per step ({T})")
         if key == plan.task:
             args["task"] = texts[0]
             if len(set(texts)) > 1 and "tasks" not in plan.fields and "task_index" not in plan.arrays:
@@ -889,7 +645,7 @@ def _convert(
             extra[name] = texts[0] if len(set(texts)) == 1 else texts
     for name, key in plan.fields.items():
         if key not in feats:
-            raise _Disagrees(f"{where}: missing feature {key}")
+            raise Disagrees(f"{where}: missing feature {key}")
         extra[name] = _field_value(feats[key], plan.specs[key], where)
     left_out = _finite_fields(extra, plan)
     if left_out:

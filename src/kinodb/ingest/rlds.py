@@ -124,18 +124,7 @@ from kinodb.ingest import _tfrecord
 from kinodb.ingest._base import SOURCE_WHERE, SourceInfo, SourceOptions
 from kinodb.ingest._example import FeatureValue, parse_example
 from kinodb.ingest._options import option_value, skip_advice
-from kinodb.ingest._rlds_features import (
-    FLAG_KEYS,
-    LEFT_OUT_FIELD,
-    META,
-    STEPS,
-    Plan,
-    Spec,
-    convert,
-    flatten_features,
-    infer_spec,
-    make_plan,
-)
+from kinodb.ingest._rlds_features import FLAG_KEYS, LEFT_OUT_FIELD, META, Plan, convert, make_plan
 from kinodb.ingest._rlds_shards import (
     SHARD_RE,
     OtherSplit,
@@ -152,6 +141,7 @@ from kinodb.ingest._rlds_shards import (
     split_shards,
     versions_below,
 )
+from kinodb.ingest._rlds_specs import STEPS, Spec, flatten_features, infer_spec
 
 log = logging.getLogger(__name__)
 _WARNED: set[tuple[str, str]] = set()  # (dataset, feature) left out and already warned about
