@@ -224,3 +224,25 @@ def test_the_command_line_advises_split_and_episodes_options(
     assert main(["ingest", root, "-o", str(tmp_path / "x.kdb"), "--split", "train[:100]"]) == 1
     err = capsys.readouterr().err
     assert "pick episodes with --episodes" in err and "split 'train' holds 7 episodes" in err
+
+
+def test_array_record_datasets_say_how_to_get_tfrecord(tmp_path: Path) -> None:
+    """TFDS's other file format (``file_format='array_record'``): refused, saying how to
+    get TFRecord shards, with nothing written."""
+    import json
+    import shutil
+
+    src = tmp_path / "obs_keys" / "1.0.0"
+    shutil.copytree(FIXTURE / "obs_keys" / "1.0.0", src)
+    info = json.loads((src / "dataset_info.json").read_text())
+    info["fileFormat"] = "array_record"  # what TFDS writes for it, with .array_record-NNNNN shards
+    (src / "dataset_info.json").write_text(json.dumps(info))
+    for shard in src.glob("*.tfrecord-*"):
+        shard.rename(shard.with_name(shard.name.replace(".tfrecord-", ".array_record-")))
+    with pytest.raises(kinodb.errors.ConversionError) as err:
+        ingest(src, tmp_path / "out.kdb")
+    said = str(err.value)
+    assert "file format 'array_record' is not supported; kinodb reads TFRecord shards" in said
+    assert f"tfds convert_format --dataset_version_dir={src} --out_file_format=tfrecord" in said
+    assert "download_and_prepare(file_format='tfrecord')" in said
+    assert not (tmp_path / "out.kdb").exists()

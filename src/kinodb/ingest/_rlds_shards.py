@@ -249,7 +249,11 @@ def split_shards(root: str, info: dict[str, Any], split: str) -> list[Shard]:
     fmt = str(info.get("fileFormat") or "tfrecord")
     if fmt != "tfrecord":
         raise ConversionError(
-            f"{root}: file format {fmt!r} is not supported; only TFRecord shards can be read"
+            f"{root}: file format {fmt!r} is not supported; kinodb reads TFRecord shards: prepare the "
+            "dataset again as TFRecord (its TFDS builder's download_and_prepare(file_format='tfrecord'), "
+            "or tfds build --file_format=tfrecord), or convert these files with tfds convert_format "
+            f"--dataset_version_dir={root} --out_file_format=tfrecord --out_dir=NEW_DIR (it needs "
+            "apache-beam installed), then ingest NEW_DIR"
         )
     splits = {str(s.get("name")): s for s in info.get("splits", []) if isinstance(s, dict)}
     if split not in splits:
