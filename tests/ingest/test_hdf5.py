@@ -657,7 +657,7 @@ def test_variants_1d_obs_depth_ep_meta_success(tmp_path: Path) -> None:
         assert db.schema()["states"]["components"] == {"gripper": [0, 1], "joint_pos": [1, 4]}
         assert db.schema()["cameras"]["front_depth"]["channels"] == 1
         md = db.metadata()
-        assert md["env_type"] == 1 and md["hdf5"]["fps_from"] == "default"
+        assert md["env_type"] == 1 and md["hdf5"]["fps_from"] == "robosuite default control_freq (20)"
         assert md["hdf5"]["left_out"]["obs/label"].startswith("dtype |S1 is not numeric")
         for i in range(2):
             g, ep = f[f"data/demo_{i}"], db.read_episode(i)
@@ -668,7 +668,7 @@ def test_variants_1d_obs_depth_ep_meta_success(tmp_path: Path) -> None:
             same_bits(ep["action_dict.abs_pos"], g["action_dict/abs_pos"][()])
             meta = ep["meta"]
             assert meta["task"] == f"stack block {i}" and meta["success"] is (i == 1)
-            assert meta["embodiment"] == "Panda+Sawyer" and meta["fps"] == 10.0
+            assert meta["embodiment"] == "Panda+Sawyer" and meta["fps"] == 20.0  # robosuite's default rate
             assert meta["total_reward"] is None and "filter_keys" not in meta
 
 

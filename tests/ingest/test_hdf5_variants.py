@@ -148,7 +148,8 @@ def test_state_keys_keep_the_other_low_dim_keys_as_exact_extra_arrays(tmp_path: 
     src = write_low_dim(tmp_path / "low.hdf5")
     out = tmp_path / "chosen.kdb"
     report = ingest(src, out, state_keys=["eef_pos"])
-    assert not report.notes  # the caller's choice: recorded in the metadata, not a note
+    # The caller's choice: recorded in the metadata, not a note (the one note: fps is the default).
+    assert [n.split(",")[0] for n in report.notes] == ["fps is 10"]
     with kinodb.open(out) as db:
         assert db.schema()["states"]["components"] == {"eef_pos": [0, 3]}
         md = db.metadata()["hdf5"]

@@ -40,6 +40,10 @@ def register(sub: Any) -> None:
     p.add_argument("--no-next-obs", action="store_true",
                    help="hdf5: leave out next_obs (each obs key one frame later, which robomimic's readers "
                    "load by default: they then need load_next_obs=False), halving the file")  # fmt: skip
+    p.add_argument("--hdf5-compression", choices=("gzip", "lzf", "none"),
+                   help="hdf5: compress the demos' datasets with gzip (level 4, as robomimic's "
+                   "dataset_states_to_obs.py --compress) or lzf (default: none, uncompressed; robomimic reads "
+                   "either)")  # fmt: skip
     p.add_argument("--filter", metavar="KQL", help="export only episodes matching this query")
     p.add_argument("--force", action="store_true",
                    help="replace OUT if it is an earlier kinodb export (a file: only when exporting hdf5) or "
@@ -85,11 +89,16 @@ def run(args: argparse.Namespace) -> int:
     video_codec, images_as = getattr(args, "video_codec", None), getattr(args, "images_as", None)
     keep_upright = getattr(args, "keep_upright", False)
     no_next_obs = getattr(args, "no_next_obs", False)
+    compression = getattr(args, "hdf5_compression", None)
     if fmt != "lerobot" and (video_codec is not None or images_as is not None):
         raise ValueError(
             f"--video-codec and --images-as apply to format 'lerobot' only (--format lerobot), not {fmt!r}"
         )
-    for flag, given in (("--keep-upright", keep_upright), ("--no-next-obs", no_next_obs)):
+    for flag, given in (
+        ("--keep-upright", keep_upright),
+        ("--no-next-obs", no_next_obs),
+        ("--hdf5-compression", compression is not None),
+    ):
         if fmt != "hdf5" and given:
             raise ValueError(f"{flag} applies to format 'hdf5' only (--format hdf5), not {fmt!r}")
     # The report carries the exporter's warnings; Python warnings raised on the way (by
@@ -100,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
             report = export(
                 args.path, args.output, format=fmt, filter=args.filter, overwrite=args.force,
                 video_codec=video_codec, images_as=images_as, flip_images=False if keep_upright else None,
-                next_obs=False if no_next_obs else None,
+                next_obs=False if no_next_obs else None, compression=compression,
             )  # fmt: skip
         except FileExistsError as exc:
             raise _in_the_way(args.output, fmt, exc) from exc

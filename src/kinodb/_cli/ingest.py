@@ -24,7 +24,9 @@ def register(sub: Any) -> None:
                    help="embodiment of every episode (default: from the source); episodes are chosen "
                         "with --episodes")  # fmt: skip
     p.add_argument("-t", "--task", help="task of every episode and frame (default: from the source)")
-    p.add_argument("--fps", type=positive_float, help="frames per second (default: from the source, else 10)")
+    p.add_argument("--fps", type=positive_float,
+                   help="frames per second (default: from the source; robosuite and LIBERO HDF5 files without "
+                        "control_freq: 20, robosuite's default; else 10)")  # fmt: skip
     p.add_argument("--episodes", metavar="SPEC",
                    help="source episodes by position in the source's list, from 0, e.g. 0-9,29 (positions, "
                         "not LeRobot's episode_index values)")  # fmt: skip
@@ -52,6 +54,10 @@ def register(sub: Any) -> None:
         action="store_true",
         help="rotate frames 180 degrees (LIBERO stores them upside down)",
     )
+    p.add_argument("--keep-model-file", action="store_true",
+                   help="HDF5: keep each demo's model_file attribute (the MJCF XML that robomimic's "
+                        "playback_dataset.py and dataset_states_to_obs.py need, tens of KB a demo) as the extra "
+                        "field attrs.model_file, which kino export --format hdf5 writes back")  # fmt: skip
     p.add_argument(
         "--workers", type=positive_int, default=1, metavar="N", help="convert in N processes (same output)"
     )
@@ -114,8 +120,8 @@ def run(args: argparse.Namespace) -> int:
         jpeg_quality=95 if args.compress is None else args.compress, images=not args.no_images, dtype=args.dtype,
         state_keys=args.state_keys,  # K1,K2: split by the library, as for Python callers
         action_key=args.action_key.strip() if args.action_key else None, split=args.split,
-        flip_images=args.flip_images, workers=args.workers, on_error=args.on_error, overwrite=args.force,
-        progress=not args.quiet, verify=args.verify,
+        flip_images=args.flip_images, keep_model_file=args.keep_model_file, workers=args.workers,
+        on_error=args.on_error, overwrite=args.force, progress=not args.quiet, verify=args.verify,
     )  # fmt: skip
     print(report.summary())
     if report.skipped:

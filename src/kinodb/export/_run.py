@@ -13,6 +13,8 @@ from kinodb.export._base import ExportReport, check_output, select, staged, tree
 from kinodb.kdb.reader import Database, open_database
 
 FORMATS = ("numpy", "json", "hdf5", "lerobot")
+HDF5_COMPRESSIONS = ("gzip", "lzf", "none")
+"""What the ``hdf5`` export's ``compression`` takes (``gzip`` at level 4, h5py's default)."""
 
 # Without a format, an output named like an HDF5 file is exported as one.
 SUFFIX_FORMATS = {".hdf5": "hdf5", ".h5": "hdf5", ".he5": "hdf5"}
@@ -27,11 +29,13 @@ _FILE_SUFFIXES = {
 _FormatWriter = Callable[[Database, list[int], str, dict[str, Any]], list[str] | None]
 
 
-def _hdf5_writer(flip_images: bool, next_obs: bool) -> _FormatWriter:
+def _hdf5_writer(flip_images: bool, next_obs: bool, compression: str | None) -> _FormatWriter:
     from kinodb.export import hdf5  # deferred: it is the only module that needs h5py
 
     def write(db: Database, positions: list[int], out: str, facts: dict[str, Any]) -> list[str]:
-        return hdf5.write(db, positions, out, facts, flip_images=flip_images, next_obs=next_obs)
+        return hdf5.write(
+            db, positions, out, facts, flip_images=flip_images, next_obs=next_obs, compression=compression
+        )
 
     return write
 
@@ -89,6 +93,7 @@ def export(
     images_as: str | None = None,
     flip_images: bool | None = None,
     next_obs: bool | None = None,
+    compression: str | None = None,
 ) -> ExportReport:
     """Export a ``.kdb`` file (the episodes matching ``filter``) to another format.
 
@@ -106,6 +111,10 @@ def export(
     back to the source's orientation unless ``flip_images`` is False, and each demo holds
     ``next_obs`` (every obs key one frame later, as robomimic's files do, which its
     readers load by default) unless ``next_obs`` is False, which halves the file.
+    ``compression`` (``hdf5`` only: `HDF5_COMPRESSIONS`) compresses the demos' datasets with
+    ``"gzip"`` (level 4, h5py's default, as robomimic's ``dataset_states_to_obs.py
+    --compress`` writes) or ``"lzf"``; by default (None or ``"none"``) they are written
+    uncompressed, which robomimic reads as well, in a larger file.
 
     Example:
         >>> kinodb.export.export("pick.kdb", "pick_npy", filter="success = true")
@@ -130,9 +139,14 @@ def export(
     for name, value, flag in (
         ("flip_images", flip_images, "--keep-upright"),
         ("next_obs", next_obs, "--no-next-obs"),
+        ("compression", compression, "--hdf5-compression"),
     ):
         if format != "hdf5" and value is not None:
             raise ValueError(f"{name} (kino export {flag}) applies to format 'hdf5' only, not {format!r}")
+    if compression is not None and compression not in HDF5_COMPRESSIONS:
+        raise ValueError(
+            f"compression must be one of {', '.join(map(repr, HDF5_COMPRESSIONS))} or None, got {compression!r}"
+        )
     t0 = time.perf_counter()
     target = os.path.abspath(shown)
     directory = format != "hdf5"
@@ -140,7 +154,7 @@ def export(
     if format == "lerobot":
         writer = _lerobot_writer(video_codec, images_as)
     elif format == "hdf5":
-        writer = _hdf5_writer(flip_images is not False, next_obs is not False)
+        writer = _hdf5_writer(flip_images is not False, next_obs is not False, compression)
     else:
         writer = _WRITERS[format]
     with open_database(path) as db:

@@ -12,7 +12,9 @@ Layout::
                               fps, success, total_reward, extra fields); the same fields as
                               attrs of their own (lists, nulls and text with NUL as JSON text);
                               an ``attrs.NAME`` field (a source demo attr) as the attr NAME,
-                              lists as arrays. An ``ep_meta`` field (the source's own text)
+                              lists as arrays (``attrs.model_file``, the MJCF XML an ingest with
+                              ``keep_model_file`` kept, as the attr model_file only, not in
+                              ep_meta: it is large). An ``ep_meta`` field (the source's own text)
                               is written as the attr ep_meta, and the record above is then
                               the attr kinodb_ep_meta
         actions               as stored (dtype kept)
@@ -35,7 +37,12 @@ Layout::
                               ingest kept it (``hdf5.next_obs_last``), else the last frame
                               repeated; a next_obs the ingest kept whole (``next_obs.KEY``) as
                               it is (``next_obs=False``, ``kino export --no-next-obs``: none)
-    mask/<key>                demo names (bytes) from the ``filter_keys`` extra field
+    mask/<key>                demo names (bytes) from the ``filter_keys`` extra field; empty for
+                              a filter key the source held empty (the metadata's
+                              ``hdf5.filter_keys`` counts it 0, as robomimic's split_train_val
+                              writes ``mask/valid`` for fewer than 10 demos), also with a
+                              filter (no demo of the source was listed there); a key that lists
+                              none of the exported demos but some of the source's is left out
 
 Image orientation: a file ingested with ``flip_images`` (``kino ingest --flip-images``,
 for LIBERO, which stores frames upside down; the metadata's ``image_orientation`` is
@@ -59,6 +66,12 @@ a camera that only some hold stays in those demos, which ``kinodb.ingest`` reads
 robomimic reader needs it left out of its obs keys), and so do per-frame tasks (the extra
 field ``tasks`` with the array ``task_index``), which robomimic does not read.
 
+Datasets are written uncompressed unless ``compression`` (``kino export --hdf5-compression``)
+asks for ``gzip`` (level 4, as h5py's default and robomimic's ``dataset_states_to_obs.py
+--compress``) or ``lzf``; robomimic reads either. A file ingested without
+``keep_model_file`` has no ``model_file`` to write back: where its metadata says the source's
+demos had one (``hdf5.left_out``), a warning says how to get it.
+
 ``kinodb_dataset`` holds the file's dataset block (schema, metadata), which the HDF5 ingest
 gives back; its stored statistics only where they describe the export (every episode, not
 stale), else ``kinodb_export`` says in ``stats_left_out`` why they were left out.
@@ -80,12 +93,22 @@ import numpy as np
 from kinodb._optional import require
 from kinodb.errors import ConversionError
 from kinodb.export._base import WINDOW, camera_windows, dumps, exported_dataset, one_value, split_advice
+from kinodb.export._hdf5_record import (
+    MODEL_FILE,
+    array_paths,
+    empty_filter_keys,
+    had_model_file,
+    lifted_data_attrs,
+    no_model_file,
+    source_data_attrs,
+    source_dtypes,
+    state_layout,
+)
 from kinodb.export._hdf5_turns import MERGE_FORMAT as MERGE_FORMAT  # "X as X": still importable from here
 from kinodb.export._hdf5_turns import MIXED as MIXED
 from kinodb.export._hdf5_turns import ORIENTATION_AS_STORED as ORIENTATION_AS_STORED
 from kinodb.export._hdf5_turns import ORIENTATION_TURNED as ORIENTATION_TURNED
 from kinodb.export._hdf5_turns import (
-    MergeInput,
     Turns,
     merge_inputs,
     one_orientation,
@@ -94,6 +117,7 @@ from kinodb.export._hdf5_turns import (
 )
 from kinodb.export._hdf5_turns import rotation_space as rotation_space  # kinodb.ingest.lerobot imports it
 from kinodb.export._hdf5_turns import turned_upright as turned_upright
+from kinodb.export._run import HDF5_COMPRESSIONS
 from kinodb.ingest._hdf5_layout import NEXT_OBS_LAST, record_rows
 from kinodb.kdb.reader import Database
 
@@ -114,15 +138,8 @@ EP_META = "ep_meta"  # the extra field holding a source demo's ep_meta attr, as 
 SOURCE_ATTR = "attrs."  # the prefix of the extra fields holding a source demo's other attrs
 # Demo attrs this export writes itself: a source attr of one of these names keeps its field's name.
 _OWN_ATTRS = frozenset(("num_samples", "ep_meta", "kinodb_ep_meta", "task", *_META_ATTRS))
-# data attrs the HDF5 ingest reads into the top-level metadata as text: written back from there.
-_LIFTED = ("bddl_file_name", "macros_image_convention")
-# data attrs this export writes itself, over those of the source of the same names.
-_OWN_DATA_ATTRS = frozenset(
-    ("total", "env_args", "problem_info", "kinodb_dataset", "kinodb_export", *_LIFTED)
-)
 
-# The demo groups an extra array ingested from HDF5 goes back to, under its key there.
-_GROUPS = frozenset(("obs", "next_obs", "action_dict"))
+COMPRESSIONS = HDF5_COMPRESSIONS  # what ``compression`` takes: h5py's filters (gzip at level 4), or none
 Split = list[tuple[str, int, int]]  # obs key, start, stop within ``states``
 
 
@@ -137,11 +154,12 @@ class _Plan:
     turns: dict[int, Turns]  # per episode, what to rotate 180 degrees back to the source's orientation
     next_obs: bool  # write next_obs beside obs
     dtypes: dict[str, np.dtype[Any]]  # "rewards", "dones" -> their dtype in the ingested HDF5 file
+    store: dict[str, Any]  # h5py's create_dataset options of the demos' datasets (compression)
 
 
 def write(
     db: Database, positions: list[int], out: str, facts: dict[str, Any], *, flip_images: bool = True,
-    next_obs: bool = True,
+    next_obs: bool = True, compression: str | None = None,
 ) -> list[str]:  # fmt: skip
     """Write episodes ``positions`` of ``db`` to the new HDF5 file ``out``; return warnings.
 
@@ -150,7 +168,10 @@ def write(
     them upright. Frames that were not turned are written as stored either way.
     ``next_obs``: write each demo's ``next_obs`` (every obs key one frame later, its last
     row as the ingest kept it, else the last frame repeated: `_Obs`), as robomimic's own
-    files hold it; False halves the file.
+    files hold it; False halves the file. ``compression`` (`COMPRESSIONS`: ``"gzip"``, at
+    h5py's default level 4, or ``"lzf"``) compresses every dataset of the demos, as
+    robomimic's ``dataset_states_to_obs.py --compress`` does its observations; None (or
+    ``"none"``) writes them uncompressed. robomimic reads either.
 
     Raises:
         ConversionError: the episodes differ in action or state dims or in an array's or
@@ -159,6 +180,7 @@ def write(
             ``flip_images``, what the ingest rotated cannot be told (`_hdf5_turns.turn_back`).
         MissingExtraError: h5py is not installed.
     """
+    store = dataset_options(compression)
     h5py = require("h5py", extra="hdf5")
     partial, arrays, cameras = _check_layout(db, positions)
     # Per-frame tasks (task_index beside a list of tasks) stay in the demos that hold them:
@@ -168,7 +190,7 @@ def write(
         del partial["task_index"]
     split, warnings = state_split(db, positions)
     merge = merge_inputs(db)
-    paths = _obs_paths(_array_paths(db, merge), split, cameras)
+    paths = _obs_paths(array_paths(db, merge), split, cameras)
     # A demo's next_obs/KEY kept whole (it was not obs/KEY one frame later) goes back to next_obs/,
     # in the demos that hold it; the others' next_obs/KEY comes from obs/KEY.
     nexts = sorted(name for name in arrays if paths.get(name, "").startswith("next_obs/"))
@@ -188,66 +210,67 @@ def write(
     orientation = one_orientation(db, positions, merge)
     turns = turn_back(db, positions, merge, warnings) if flip_images else {}
     skip = frozenset(partial) | frozenset(() if next_obs else nexts)
-    plan = _Plan(split, paths, _state_layout(db), skip, turns, next_obs, _source_dtypes(db))
+    plan = _Plan(split, paths, state_layout(db), skip, turns, next_obs, source_dtypes(db), store)
     dataset, facts = exported_dataset(db, positions, {**facts, "next_obs": next_obs})
     with h5py.File(out, "x") as f:
-        _write_file(f, db, positions, plan, oriented_info(dataset, bool(turns), orientation), facts)
+        info = oriented_info(dataset, bool(turns), orientation)
+        lacking = _write_file(f, db, positions, plan, info, facts, empty_filter_keys(db, merge))
+    if lacking and had_model_file(db, merge):
+        warnings.append(no_model_file(db, lacking, len(positions)))
     for line in warnings:
         logger.info("%s", line)  # the report carries them; kino prints them once, as warnings
     return warnings
 
 
 def _write_file(
-    f: Any, db: Database, positions: list[int], plan: _Plan, dataset: dict[str, Any], facts: dict[str, Any]
-) -> None:
-    """Write the demos, the ``data`` attrs and the filter keys into the open HDF5 file ``f``."""
+    f: Any, db: Database, positions: list[int], plan: _Plan, dataset: dict[str, Any], facts: dict[str, Any],
+    empty: list[str],
+) -> int:  # fmt: skip
+    """Write the demos, the ``data`` attrs and the filter keys into the open HDF5 file ``f``
+    (``empty``: those the source held empty, written so); return how many demos were written
+    without a ``model_file`` attr."""
     data = f.create_group("data")
-    for name, value in _source_data_attrs(db).items():
+    for name, value in source_data_attrs(db).items():
         data.attrs[name] = np.int64(len(positions)) if name == "num_demos" else _source_attr(value)
     masks: dict[str, list[str]] = {}
-    total = 0
+    total = lacking = 0
     for k, i in enumerate(positions):
         name = f"demo_{k}"
-        total += _write_demo(data.create_group(name), db, i, plan)
+        group = data.create_group(name)
+        total += _write_demo(group, db, i, plan)
+        lacking += MODEL_FILE not in group.attrs
         for key in _filter_keys(db, i):
             masks.setdefault(key, []).append(name)
+    for key in empty:
+        masks.setdefault(key, [])  # robomimic's split_train_val writes an empty mask/valid for few demos
     data.attrs["total"] = np.int64(total)
     env = env_args(db, positions)
     data.attrs["env_args"] = env if isinstance(env, str) else dumps(env)
     problem = db.metadata().get("problem_info")
     if problem is not None:
         data.attrs["problem_info"] = problem if isinstance(problem, str) else dumps(problem)
-    for name, value in _lifted_data_attrs(db).items():
+    for name, value in lifted_data_attrs(db).items():
         data.attrs[name] = value
     data.attrs["kinodb_dataset"] = dumps(dataset)
     data.attrs["kinodb_export"] = dumps(facts)
     for key, demos in masks.items():
         f.create_dataset(f"mask/{_h5_name(key, 'filter key', db.path())}", data=np.array(demos, dtype="S"))
+    return lacking
 
 
-def _source_data_attrs(db: Database) -> dict[str, Any]:
-    """The ``data`` attrs of the HDF5 source the metadata records (``hdf5.data_attrs``), less
-    those this export writes itself and names HDF5 cannot hold."""
-    hdf5 = db.metadata().get("hdf5")
-    kept = hdf5.get("data_attrs") if isinstance(hdf5, dict) else None
-    if not isinstance(kept, dict):
+def dataset_options(compression: str | None) -> dict[str, Any]:
+    """h5py's ``create_dataset`` options for ``compression`` (`COMPRESSIONS`; None: none).
+
+    Raises:
+        ValueError: another ``compression``.
+    """
+    if compression is None or compression == "none":
         return {}
-    return {
-        str(k): v
-        for k, v in kept.items()
-        if str(k) not in _OWN_DATA_ATTRS and str(k) and "\x00" not in str(k)
-    }
-
-
-def _lifted_data_attrs(db: Database) -> dict[str, str]:
-    """The ``data`` attrs the HDF5 ingest lifted into the top-level metadata as text
-    (LIBERO's ``bddl_file_name`` and ``macros_image_convention``; ``env_name`` where the
-    source had no ``env_args``), to write back by their names."""
-    meta = db.metadata()
-    if not isinstance(meta.get("hdf5"), dict):
-        return {}  # not ingested from HDF5: a metadata field of these names is not a data attr
-    names = [*_LIFTED, *(["env_name"] if "env_args" not in meta else [])]
-    return {n: meta[n] for n in names if isinstance(meta.get(n), str) and "\x00" not in meta[n]}
+    if compression == "gzip":
+        return {"compression": "gzip", "compression_opts": 4}
+    if compression == "lzf":
+        return {"compression": "lzf"}
+    raise ValueError(f"compression must be one of {', '.join(COMPRESSIONS)} (or None), got {compression!r}")
 
 
 def _per_frame_tasks(db: Database, seen: dict[tuple[int, ...], list[int]]) -> bool:
@@ -390,78 +413,6 @@ def env_args(db: Database, positions: list[int]) -> dict[str, Any] | str:
     return {"env_name": name, "type": ROBOSUITE_ENV_TYPE, "env_kwargs": kwargs}
 
 
-def _array_paths(db: Database, merge: dict[str, MergeInput] | None) -> dict[str, str]:
-    """Where extra arrays ingested from HDF5 came from (``obs/agentview_depth``,
-    ``action_dict/abs_pos``, ``next_obs/KEY``), so they go back there: robomimic reads every
-    observation key under ``obs/``, and ``action_dict/KEY`` by that path.
-
-    A merge whose inputs' ``hdf5`` metadata differ keeps it with each input only: there the
-    paths the inputs record are taken, but not a name that two inputs record differently.
-    """
-    meta = db.metadata()
-    given = [meta] if merge is None or isinstance(meta.get("hdf5"), dict) else [
-        m.metadata for m in merge.values() if m.metadata is not None
-    ]  # fmt: skip
-    out: dict[str, str] = {}
-    clash: set[str] = set()
-    for m in given:
-        hdf5 = m.get("hdf5")
-        recorded = hdf5.get("extra_arrays") if isinstance(hdf5, dict) else None
-        for name, path in (recorded if isinstance(recorded, dict) else {}).items():
-            if _group_path(path) and out.setdefault(str(name), path) != path:
-                clash.add(str(name))
-    return {name: path for name, path in out.items() if name not in clash}
-
-
-def _group_path(path: Any) -> bool:
-    """Whether ``path`` is ``GROUP/KEY``, ``GROUP`` one of `_GROUPS` and ``KEY`` one HDF5 name."""
-    parts = path.split("/") if isinstance(path, str) else []
-    return (
-        len(parts) == 2
-        and parts[0] in _GROUPS
-        and bool(parts[1])
-        and "\x00" not in parts[1]
-        and parts[1] != "."
-    )
-
-
-def _state_layout(db: Database) -> dict[str, tuple[np.dtype[Any] | None, tuple[int, ...]]]:
-    """Each state key's dtype and per-frame shape in the HDF5 file it was ingested from
-    (the dtype None where the ingest cast the states to a dtype the user chose)."""
-    meta = db.metadata()
-    recorded = (meta.get("hdf5") or {}).get("state_layout")
-    options = (meta.get("ingest") or {}).get("options") or {}
-    cast = isinstance(options, dict) and options.get("dtype") is not None  # --dtype: keep the chosen one
-    out: dict[str, tuple[np.dtype[Any] | None, tuple[int, ...]]] = {}
-    for name, spec in (recorded if isinstance(recorded, dict) else {}).items():
-        try:
-            out[str(name)] = (None if cast else np.dtype(spec["dtype"]), tuple(int(d) for d in spec["shape"]))
-        except (KeyError, TypeError, ValueError):
-            continue  # not a layout this version wrote: the component keeps the states' form
-    return out
-
-
-def _source_dtypes(db: Database) -> dict[str, np.dtype[Any]]:
-    """The dtypes rewards and dones had in the HDF5 file ``db`` was ingested from (LIBERO's
-    uint8, robomimic's float64 and int64), where the ingest recorded them; rewards only when
-    the ingest kept their values' dtype (no ``--dtype``)."""
-    meta = db.metadata()
-    recorded = (meta.get("hdf5") or {}).get("source_dtypes")
-    options = (meta.get("ingest") or {}).get("options") or {}
-    cast = isinstance(options, dict) and options.get("dtype") is not None
-    out: dict[str, np.dtype[Any]] = {}
-    for name, text in (recorded if isinstance(recorded, dict) else {}).items():
-        if name not in ("rewards", "dones") or (cast and name == "rewards"):
-            continue
-        try:
-            dtype = np.dtype(str(text))
-        except TypeError:
-            continue  # not a dtype this version wrote
-        if dtype.kind in "biuf":
-            out[name] = dtype
-    return out
-
-
 def _exact_as(values: np.ndarray, dtype: np.dtype[Any] | None) -> np.ndarray:
     """``values`` in ``dtype`` where that keeps every value exactly (else as they are)."""
     if dtype is None or dtype == values.dtype:
@@ -531,16 +482,17 @@ def _write_demo(g: Any, db: Database, i: int, plan: _Plan) -> int:
     meta = ep.pop("meta")
     T = int(meta["num_frames"])
     g.attrs["num_samples"] = np.int64(T)
-    g.create_dataset("actions", data=ep.pop("actions"))
-    g.create_dataset("rewards", data=_exact_as(ep.pop("rewards"), plan.dtypes.get("rewards")))
-    g.create_dataset("dones", data=ep.pop("is_terminal").astype(plan.dtypes.get("dones", np.dtype(np.uint8))))
+    store = plan.store
+    _new(g, "actions", store, data=ep.pop("actions"))
+    _new(g, "rewards", store, data=_exact_as(ep.pop("rewards"), plan.dtypes.get("rewards")))
+    _new(g, "dones", store, data=ep.pop("is_terminal").astype(plan.dtypes.get("dones", np.dtype(np.uint8))))
     states = ep.pop("states")
     turns = plan.turns.get(i, {})
     places = {
         name: plan.paths[name].split("/") for name in ep if name in plan.paths and name not in plan.skip
     }
     whole = {key for group, key in places.values() if group == "next_obs"}
-    obs = _Obs(g, plan.next_obs, record_rows(meta.pop(NEXT_OBS_LAST, None)), whole)
+    obs = _Obs(g, plan.next_obs, record_rows(meta.pop(NEXT_OBS_LAST, None)), whole, store)
     if states.shape[1]:
         for key, a, b in plan.split:
             part = np.ascontiguousarray(states[:, a : b if b >= 0 else None])
@@ -560,12 +512,12 @@ def _write_demo(g: Any, db: Database, i: int, plan: _Plan) -> int:
             elif group == "obs":
                 obs.put(key, arr)
             else:
-                _put_array(g.require_group(group), key, arr, turn or None)
+                _put_array(g.require_group(group), key, arr, turn or None, store)
             continue
         target = "states" if name == SIM_STATE else _h5_name(name, "array", db.path())
         if name != SIM_STATE and target in _DEMO_NAMES:  # `_check_names` refused the others
             raise ConversionError(f"{db.path()}: episode {i}: array {name!r} would overwrite {target!r}")
-        _put_array(g, target, arr, turn if name in turns else None)
+        _put_array(g, target, arr, turn if name in turns else None, store)
     for name, cam in db.cameras(i).items():
         shape = tuple(int(d) for d in cam["shape"])
         obs.put_frames(_h5_name(name, "camera", db.path()), shape, np.dtype(np.uint8),
@@ -574,13 +526,25 @@ def _write_demo(g: Any, db: Database, i: int, plan: _Plan) -> int:
     return T
 
 
-def _put_array(group: Any, key: str, arr: np.ndarray, turn: tuple[int, ...] | None) -> None:
+def _put_array(
+    group: Any, key: str, arr: np.ndarray, turn: tuple[int, ...] | None, store: dict[str, Any]
+) -> None:
     """Write an extra array under ``key`` of ``group``: 4-D arrays, and those ``turn`` names
     (not None: the axes to rotate back, maybe none), a window at a time."""
     if arr.ndim == 4 or turn is not None:
-        _put_frames(group, None, key, arr.shape, arr.dtype, _array_windows(arr), turn=turn or ())
+        _put_frames(group, None, key, arr.shape, arr.dtype, _array_windows(arr), turn=turn or (), store=store)
     else:
-        group.create_dataset(key, data=arr)
+        _new(group, key, store, data=arr)
+
+
+def _new(
+    group: Any, key: str, store: dict[str, Any], *, data: Any = None, shape: tuple[int, ...] | None = None,
+    dtype: Any = None,
+) -> Any:  # fmt: skip
+    """A new dataset ``key`` of ``group``, created with ``store``'s options (compression)
+    where HDF5 takes them: not on a scalar."""
+    ndim = np.ndim(data) if shape is None else len(shape)
+    return group.create_dataset(key, data=data, shape=shape, dtype=dtype, **(store if ndim else {}))
 
 
 class _Obs:
@@ -594,10 +558,12 @@ class _Obs:
     ``whole`` are written from the arrays the ingest kept whole (`put_next`).
     """
 
-    def __init__(self, g: Any, next_obs: bool, last: dict[str, np.ndarray], whole: set[str]) -> None:
+    def __init__(
+        self, g: Any, next_obs: bool, last: dict[str, np.ndarray], whole: set[str], store: dict[str, Any]
+    ) -> None:
         self.obs = g.create_group("obs")
         self.next = g.create_group("next_obs") if next_obs else None
-        self.last, self.whole = last, whole
+        self.last, self.whole, self.store = last, whole, store
 
     def _next_of(self, key: str) -> Any:
         """The ``next_obs`` group to write ``key`` one frame later into (None: not to)."""
@@ -605,23 +571,22 @@ class _Obs:
 
     def put(self, key: str, values: np.ndarray) -> None:
         """Write a whole ``(T, ...)`` array under ``key``."""
-        self.obs.create_dataset(key, data=values)
+        _new(self.obs, key, self.store, data=values)
         nxt = self._next_of(key)
         if nxt is not None:
             final = _final(self.last.get(key), np.asarray(values[-1]), ())
-            nxt.create_dataset(key, data=np.concatenate([values[1:], final[None]]))
+            _new(nxt, key, self.store, data=np.concatenate([values[1:], final[None]]))
 
     def put_frames(self, key: str, shape: tuple[int, ...], dtype: np.dtype[Any],
                    windows: Iterator[tuple[int, np.ndarray]], *, turn: tuple[int, ...]) -> None:  # fmt: skip
         """Write frames under ``key`` a window at a time."""
-        _put_frames(
-            self.obs, self._next_of(key), key, shape, dtype, windows, turn=turn, final=self.last.get(key)
-        )
+        nxt, final = self._next_of(key), self.last.get(key)
+        _put_frames(self.obs, nxt, key, shape, dtype, windows, turn=turn, final=final, store=self.store)
 
     def put_next(self, key: str, values: np.ndarray, turn: tuple[int, ...]) -> None:
         """Write ``key``'s ``next_obs`` as the ingest kept it whole."""
         if self.next is not None:
-            _put_array(self.next, key, values, turn or None)
+            _put_array(self.next, key, values, turn or None, self.store)
 
 
 def _final(row: np.ndarray | None, last: np.ndarray, turn: tuple[int, ...]) -> np.ndarray:
@@ -639,13 +604,14 @@ def _final(row: np.ndarray | None, last: np.ndarray, turn: tuple[int, ...]) -> n
 def _put_frames(
     group: Any, next_group: Any, key: str, shape: tuple[int, ...], dtype: np.dtype[Any],
     windows: Iterator[tuple[int, np.ndarray]], *, turn: tuple[int, ...], final: np.ndarray | None = None,
+    store: dict[str, Any],
 ) -> None:  # fmt: skip
     """Write ``(start, frames)`` windows (``shape`` is the first dim and the per-frame shape)
     into a new dataset ``key`` of ``group``, and the frames one later into ``next_group``
     unless it is None, its last row ``final`` (`_final`); rotated 180 degrees on the axes
     ``turn`` names, if any."""
-    ds = group.create_dataset(key, shape=shape, dtype=dtype)
-    nds = None if next_group is None else next_group.create_dataset(key, shape=shape, dtype=dtype)
+    ds = _new(group, key, store, shape=shape, dtype=dtype)
+    nds = None if next_group is None else _new(next_group, key, store, shape=shape, dtype=dtype)
     last = None
     for start, frames in windows:
         if turn:
@@ -683,11 +649,17 @@ def _write_attrs(g: Any, meta: dict[str, Any]) -> None:
     fields, nulls kept (``filter_keys`` too, in the episode's order, which ``mask/``
     cannot keep). Each field is also an attr of its own, for people and tools; unknown
     ``success`` and ``total_reward`` are left out there (HDF5 attrs have no null), as are
-    names HDF5 cannot hold (a NUL) and ``filter_keys`` (``mask/`` lists them).
+    names HDF5 cannot hold (a NUL) and ``filter_keys`` (``mask/`` lists them). The field
+    ``attrs.model_file`` (the simulator model, tens of kilobytes of XML) is written once, as
+    the attr ``model_file`` robomimic reads, and left out of ``ep_meta``.
     """
     fields = {k: v for k, v in meta.items() if k not in _DERIVED}
+    model = SOURCE_ATTR + MODEL_FILE
+    once = isinstance(fields.get(model), str) and "\x00" not in fields[model] and MODEL_FILE not in fields
     ep_meta = {"lang": fields.pop("task")}
-    ep_meta.update((f"extra.{k}" if k == "lang" else k, v) for k, v in fields.items())
+    ep_meta.update(
+        (f"extra.{k}" if k == "lang" else k, v) for k, v in fields.items() if not (once and k == model)
+    )
     source = fields.get(EP_META)
     if isinstance(source, str) and "\x00" not in source:  # the source's own, as it was
         g.attrs["ep_meta"] = source

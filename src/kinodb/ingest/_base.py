@@ -65,6 +65,9 @@ class SourceOptions:
             `FrameChunks`, decoded a few dozen frames at a time, rather than as one
             array. ``verify`` asks for them (it compares frames chunk by chunk);
             ``ingest`` never does (the writer takes arrays or encoded frames).
+        keep_model_file: keep each HDF5 demo's ``model_file`` attribute (the simulator's
+            MJCF XML, tens of kilobytes a demo) as its other attributes are kept, the
+            extra field ``attrs.model_file``; False leaves it out, with a warning.
     """
 
     images: bool = True
@@ -76,6 +79,7 @@ class SourceOptions:
     action_key: str | None = None
     image_codec: str | None = None
     frame_chunks: bool = False
+    keep_model_file: bool = False
 
 
 class FrameChunks:

@@ -2,8 +2,9 @@
 
 ``env_args`` (or a raw robosuite file's ``env`` and ``env_info``) gives the environment,
 its robots (the embodiment) and its control frequency (the fps); LIBERO's ``problem_info``
-gives the language instruction and marks the file as LIBERO's (20 fps by default, 10
-otherwise). What the attributes say is kept in the metadata; a JSON attribute that does not
+gives the language instruction and marks the file as LIBERO's. Without a ``control_freq``,
+the fps is 20 for LIBERO files and for robosuite envs (``env_args`` ``type`` 1: robosuite's
+default control frequency, which the env then runs at), else kinodb's default of 10. What the attributes say is kept in the metadata; a JSON attribute that does not
 parse is kept as text, with a warning. So is one that parses but holds NaN or infinity
 (Python's ``json.dumps`` writes them; robosuite's ``env_args`` may hold them), which the
 metadata's JSON cannot store as numbers: the metadata keeps the text the file holds,
@@ -35,6 +36,11 @@ log = logging.getLogger("kinodb.ingest.hdf5")
 
 LIBERO_FPS = 20.0
 DEFAULT_FPS = 10.0
+ROBOSUITE_FPS = 20.0
+"""robosuite's default ``control_freq`` (``robosuite.environments.base``, 1.4 and 1.5): the rate of
+a robosuite env whose ``env_args`` give none."""
+ROBOSUITE_TYPE = 1  # robomimic's EnvType.ROBOSUITE_TYPE, env_args' "type"
+ROBOSUITE_FPS_FROM = "robosuite default control_freq (20)"
 ATTR_VALUES = 1024
 """The most values an array attribute may hold to be kept (in the metadata or an extra field)."""
 # data attributes kinodb's own export writes as records of its source (`_hdf5_kinodb` reads them).
@@ -237,7 +243,14 @@ def _fps(
         value = source.get("control_freq")
         if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < math.inf:
             return float(value), where
-    return (LIBERO_FPS, "default (LIBERO)") if libero else (DEFAULT_FPS, "default")
+    if libero:
+        return LIBERO_FPS, "default (LIBERO)"
+    env_type = env_args.get("type", env_args.get("env_type"))
+    if type(env_type) is int and env_type == ROBOSUITE_TYPE and "control_freq" not in kwargs:
+        # robosuite builds the env with its default control_freq when env_kwargs names none,
+        # as robomimic's convert_robosuite.py leaves them.
+        return ROBOSUITE_FPS, ROBOSUITE_FPS_FROM
+    return DEFAULT_FPS, "default"
 
 
 def _robots(robots: Any) -> str | None:

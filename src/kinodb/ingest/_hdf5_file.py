@@ -7,7 +7,8 @@ last few files of the process: an ingest opens its source twice), where each per
 dataset goes (`_layout`), and the demos' action shapes (`_held`, `_action_widths`); and
 the error for a demo that cannot be read, with how to convert the others (`_fail`).
 A filter key whose entries name no demo of ``data/`` is warned about once per file, and so
-is what reading the ``data`` attributes warns of (`_facts`).
+is what reading the ``data`` attributes warns of (`_facts`), and the demos' ``model_file``
+when ``keep_model_file`` does not keep it (`_kept_attrs`, `_warn_left_out`).
 """
 
 from __future__ import annotations
@@ -26,8 +27,17 @@ from kinodb.errors import ConversionError
 from kinodb.ingest._base import episodes_spec
 from kinodb.ingest._hdf5_facts import Facts, read_facts, text
 from kinodb.ingest._hdf5_kinodb import exported_state_order
-from kinodb.ingest._hdf5_layout import H5_ERRORS, Layout, Scan, arrange, h5_reason, scan_demos
-from kinodb.ingest._options import option_value, skip_advice
+from kinodb.ingest._hdf5_layout import (
+    H5_ERRORS,
+    MODEL_FILE,
+    MODEL_FILE_LEFT_OUT,
+    Layout,
+    Scan,
+    arrange,
+    h5_reason,
+    scan_demos,
+)
+from kinodb.ingest._options import option_flag, option_name, option_value, skip_advice
 
 if TYPE_CHECKING:
     from kinodb.ingest._base import SourceOptions
@@ -178,18 +188,66 @@ class _FileLevel:
             self._scan = scan
         return self._scan
 
+    def _kept_attrs(self) -> tuple[str, ...]:
+        """The demo attributes kept as the extra fields ``attrs.NAME`` (`Scan.attrs`), less
+        ``model_file`` unless ``keep_model_file`` asks for it."""
+        attrs = self._scanned().attrs
+        return attrs if self._options.keep_model_file else tuple(a for a in attrs if a != MODEL_FILE)
+
     def _warn_left_out(self, left_out: dict[str, str]) -> None:
-        """Warn once per file of the attributes not stored (``model_file`` goes without saying)."""
-        attrs = {k: v for k, v in left_out.items() if "attrs/" in k and k != "attrs/model_file"}
-        if attrs and self._path not in _WARNED_LEFT_OUT:
-            _WARNED_LEFT_OUT.add(self._path)  # verify reads the info again
-            for name, why in attrs.items():
+        """Warn once per file of the attributes not stored; of ``model_file`` with its size and
+        the option that keeps it (`_model_file_warning`)."""
+        attrs = {k: v for k, v in left_out.items() if "attrs/" in k}
+        if not attrs or self._path in _WARNED_LEFT_OUT:
+            return
+        _WARNED_LEFT_OUT.add(self._path)  # verify reads the info again
+        for name, why in attrs.items():
+            if name == f"attrs/{MODEL_FILE}" and why == MODEL_FILE_LEFT_OUT:
+                log.warning("%s", self._model_file_warning())
+            else:
                 log.warning("%s: attribute %s is left out: %s", self._path, name, why)
+
+    def _model_file_warning(self) -> str:
+        """Why the demos' ``model_file`` is not stored: its size in the first demo holding
+        it, what needs it, and the option that keeps it."""
+        size = ""
+        for demo in self._demos:
+            if demo in self._scanned().unreadable:
+                continue
+            try:
+                attrs = self._data[demo].attrs
+                if MODEL_FILE not in attrs:
+                    continue
+                n = len(text(attrs[MODEL_FILE]).encode("utf-8"))
+            except H5_ERRORS:
+                break  # the warning goes without the size
+            size = f" ({n / 1000:.0f} KB in {demo})" if n >= 1000 else f" ({n} bytes in {demo})"
+            break
+        return (
+            f"{self._path}: the demo attribute {MODEL_FILE}, the simulator model (MJCF XML) of each demo{size}, "
+            "is not stored: robomimic's playback_dataset.py and dataset_states_to_obs.py need it, and a "
+            f"kino export --format hdf5 of the output has no {MODEL_FILE}; pass "
+            f"{option_flag('keep_model_file')} to keep it (as the extra field attrs.{MODEL_FILE}, written back "
+            "on export), or keep the source file"
+        )
+
+    def _fps_notes(self, facts: Facts) -> list[str]:
+        """The report's note on the fps, where it is kinodb's default rather than the file's."""
+        if facts.fps_from != "default":
+            return []
+        return [
+            f"fps is {facts.fps:g}, kinodb's default: the file's data attributes give no control_freq "
+            "(env_args env_kwargs) and name no robosuite env (env_args type 1), so the rate the demos were "
+            "recorded at is unknown (a demo's ep_meta fps, where it has one, is taken); give the rate with "
+            f"{option_name('fps')}"
+        ]
 
     def _layout(self) -> Layout:
         if self._layout_cache is None:
             scan = self._scanned()
             fields, left_out = scan.fields, dict(scan.left_out)
+            if MODEL_FILE in scan.attrs and not self._options.keep_model_file:
+                left_out = {f"attrs/{MODEL_FILE}": MODEL_FILE_LEFT_OUT, **left_out}
             for name in self._others:
                 left_out[f"data/{name}"] = "not a demo_N group"
             explicit = self._options.state_keys is not None  # the caller's keys: checked by value, not split

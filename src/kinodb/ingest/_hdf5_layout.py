@@ -12,8 +12,9 @@ whole, as the extra array its `Field` names.
 State keys whose dtype the states' dtype cannot hold exactly are kept apart as extra
 arrays, unless the caller named them; low-dim keys left out of the chosen state keys are
 extra arrays too. The scan also finds which attributes of the demos are kept as extra
-fields (`Scan.attrs`) and the dtype of the file's rewards (`Scan.rewards`), from h5py's
-metadata, reading no frames. A demo h5py cannot open (a damaged object header in the demo
+fields (`Scan.attrs`: ``model_file``, `MODEL_FILE`, too where it can be kept, for the
+source to keep or leave out as its options say) and the dtype of the file's rewards
+(`Scan.rewards`), from h5py's metadata, reading no frames. A demo h5py cannot open (a damaged object header in the demo
 group, one of its members or attributes) is set aside (`Scan.unreadable`, with the object
 and why), so that the other demos still convert; reading it then fails alone.
 """
@@ -37,12 +38,15 @@ _SPECIAL = frozenset({"actions", "rewards", "dones", "success"})
 _RESERVED = frozenset(
     {"actions", "states", "rewards", "is_terminal", "timestamps", "meta", "images", "sim_state"}
 )
-# Demo attributes a .kdb file does not keep, listed in the metadata's left_out.
-_UNSTORED_ATTRS = {
-    "model_file": "the simulator model (MJCF XML) per demo: not stored; keep the source file to replay demos",
-}
 # Demo attributes the source reads for what they mean: the rest are kept as extra fields.
-_READ_ATTRS = frozenset({"num_samples", "ep_meta", "success", *_UNSTORED_ATTRS})
+_READ_ATTRS = frozenset({"num_samples", "ep_meta", "success"})
+MODEL_FILE = "model_file"
+"""The demo attribute holding the simulator model (MJCF XML): kept only with ``keep_model_file``."""
+# Why model_file is left out, in the metadata's left_out: the text earlier kinodb versions
+# stored, so that verify of their outputs still finds the metadata the same.
+MODEL_FILE_LEFT_OUT = (
+    "the simulator model (MJCF XML) per demo: not stored; keep the source file to replay demos"
+)
 NEXT_OBS_LAST = "hdf5.next_obs_last"
 """The extra field holding a demo's last ``next_obs/`` row of each key that is its ``obs/`` key
 one frame later: a list of `row_record` entries."""
@@ -125,14 +129,12 @@ def scan_demos(data: Any, demos: list[str], dataset_type: Any, group_type: Any) 
     seen: dict[str, list[Any]] = {}
     attrs: dict[str, str] = {}  # demo attribute -> why it cannot be kept ("" when it can)
     unreadable: dict[str, tuple[str, str]] = {}
-    readable: list[str] = []
     for demo in demos:
         try:
             group, paths, found = _open_demo(data, demo, group_type, attrs)
         except Damaged as exc:
             unreadable[demo] = (f"data/{demo}" + (f"/{exc.path}" if exc.path else ""), h5_reason(exc.error))
             continue
-        readable.append(demo)
         for path in paths:
             if path in seen:
                 seen[path][1] += 1
@@ -142,11 +144,7 @@ def scan_demos(data: Any, demos: list[str], dataset_type: Any, group_type: Any) 
             if name not in attrs or (why and not attrs[name]):  # the first demo that cannot keep it
                 attrs[name] = why
     fields: list[Field] = []
-    left_out: dict[str, str] = {}
-    for name in _UNSTORED_ATTRS:
-        if any(name in data[demo].attrs for demo in readable):
-            left_out[f"attrs/{name}"] = _UNSTORED_ATTRS[name]
-    left_out.update((f"attrs/{name}", why) for name, why in sorted(attrs.items()) if why)
+    left_out = {f"attrs/{name}": why for name, why in sorted(attrs.items()) if why}
     source_dtypes: dict[str, str] = {}
     for name in ("rewards", "dones"):
         ds = data[seen[name][0]].get(name) if name in seen else None

@@ -137,12 +137,18 @@ def name_list(parameter: str, value: str | Sequence[str] | None) -> list[str] | 
 # Options that a built-in format's converter takes no notice of, with the reason; a
 # plug-in format is given every option. ``action_key`` is for classes that set
 # ``accepts_action_key``.
+_MODEL_FILE_ONLY = "only robomimic HDF5 demos hold a model_file attribute"
 _NOT_TAKEN: dict[str, dict[str, str]] = {
-    "lerobot": {"split": "a LeRobot dataset is read whole; select episodes with {episodes}"},
+    "lerobot": {
+        "split": "a LeRobot dataset is read whole; select episodes with {episodes}",
+        "keep_model_file": _MODEL_FILE_ONLY,
+    },
+    "rlds": {"keep_model_file": _MODEL_FILE_ONLY},
     "kinfer-ndjson": {
         "split": "kinfer logs have no splits; select episodes with {episodes}",
         "state_keys": "its states are always the joint angles, then the joint velocities",
         "flip_images": "kinfer logs hold no camera frames",
+        "keep_model_file": _MODEL_FILE_ONLY,
     },
 }
 

@@ -248,6 +248,7 @@ def ingest(
     action_key: str | None = None,
     split: str | None = None,
     flip_images: bool = False,
+    keep_model_file: bool = False,
     workers: int = 1,
     on_error: str = "raise",
     overwrite: bool = False,
@@ -275,7 +276,11 @@ def ingest(
     from its documented mapping (a state key kept apart to stay exact) is in
     ``report.notes``. The metadata's ``image_orientation`` says whether the frames were
     turned 180 degrees (``rotated_180``, by ``flip_images``) or not (``as_stored``),
-    whatever the format, for `kinodb.merge` and the HDF5 export.
+    whatever the format, for `kinodb.merge` and the HDF5 export. ``keep_model_file`` keeps
+    each robomimic HDF5 demo's ``model_file`` attribute (the simulator's MJCF XML, which
+    robomimic's ``playback_dataset.py`` and ``dataset_states_to_obs.py`` need; tens of
+    kilobytes a demo) as the extra field ``attrs.model_file``, which the HDF5 export
+    writes back.
 
     Example:
         >>> kinodb.ingest.ingest("lift/ph/low_dim.hdf5", "lift.kdb", embodiment="panda")
@@ -298,10 +303,11 @@ def ingest(
     refuse_source_output(os.fspath(out), path)
     cls = source_class(format, path)
     refuse_unused(cls, path, {"action_key": action_key, "split": split, "state_keys": keys_given,
-                              "flip_images": flip_images})  # fmt: skip
+                              "flip_images": flip_images, "keep_model_file": keep_model_file})  # fmt: skip
     options = SourceOptions(images, tuple(keys_given) if keys_given else None, split, flip_images, fps,
                             jpeg_quality if image_codec == "jpeg" else None, action_key,
-                            None if image_codec == "raw" else image_codec)  # fmt: skip
+                            None if image_codec == "raw" else image_codec,
+                            keep_model_file=bool(keep_model_file))  # fmt: skip
     job = _Job(cls, path, options, image_codec, jpeg_quality, dtype, _OPTION_NAMES.get())
     report = IngestReport(path, os.fspath(out), cls.format)
     t0 = time.perf_counter()

@@ -105,7 +105,7 @@ class _Plan:
             "images": o.images, "state_keys": list(o.state_keys) if o.state_keys else None, "split": o.split,
             "flip_images": o.flip_images, "fps": o.fps, "dtype": self.dtype, "embodiment": self.embodiment,
             "task": self.task, "episodes": self.episodes, "max_episodes": self.max_episodes,
-            "action_key": o.action_key,
+            "action_key": o.action_key, "keep_model_file": o.keep_model_file,
         }  # fmt: skip
 
 
@@ -146,6 +146,7 @@ def _plan(metadata: Mapping[str, Any], schema: Mapping[str, Any], overrides: Map
         flip_images=bool(rec.get("flip_images", False)),
         fps=rec.get("fps"),
         action_key=rec.get("action_key"),
+        keep_model_file=bool(rec.get("keep_model_file", False)),
         frame_chunks=True,  # decoded video compared a chunk at a time, never held whole
     )
     selected, fmt = ingest.get("selected"), ingest.get("format")

@@ -58,13 +58,15 @@ What goes where:
   which records it as the episode held it), else the robots of ``env_args``
   (``"Panda"``; several robots are joined with ``+``). ``fps``: the option, else
   ``ep_meta``'s ``fps``, else ``env_args`` ``control_freq``, else 20 for LIBERO files
-  and 10 otherwise.
+  and for robosuite envs (``env_args`` ``type`` 1, which then run at robosuite's default
+  ``control_freq``), and 10 otherwise (a note of the report names the ``fps`` option).
+  The metadata's ``hdf5.fps_from`` says which.
 - ``mask/`` filter keys become the list-valued extra field ``filter_keys`` of each
   episode (``filter_keys CONTAINS 'valid'``).
 - Attributes: a demo's ``ep_meta`` is kept whole, as the text the file holds, in the
   extra field ``ep_meta`` (RoboCasa's ``layout_id``, ``style_id``, ``object_cfgs``...),
   besides the fields read from it above. Every other attribute of a demo but
-  ``num_samples``, ``success`` and ``model_file`` is the extra field ``attrs.NAME`` (a
+  ``num_samples`` and ``success`` is the extra field ``attrs.NAME`` (a
   name no built-in field has): text, a number or a bool, or an array of at most
   `ATTR_VALUES` of them as a (nested) list, the values exact (not their HDF5 dtype).
   The ``data`` attributes that say nothing of the above (LIBERO's ``bddl_file_content``,
@@ -72,7 +74,8 @@ What goes where:
   ``hdf5.data_attrs``. What cannot be kept (a larger array, NaN or infinity, another
   dtype; in one demo is enough, so that every demo has the same fields) is named in
   ``hdf5.left_out`` as ``attrs/NAME`` or ``data/attrs/NAME`` with the reason, and warned
-  about; ``model_file``, the simulator model (MJCF XML) of each demo, is named there too.
+  about. ``model_file``, the simulator model (MJCF XML, tens of KB) of each demo, is kept
+  only with ``keep_model_file``; else it is named there, with a warning (`_FileLevel`).
   A JSON ``data`` attribute (``env_args``, ``problem_info``) holding NaN or infinity
   (``json.dumps`` writes them) is kept in the metadata as the text the file holds, exactly,
   and named in ``hdf5.as_text`` with the paths of those values
@@ -357,6 +360,7 @@ class HDF5Source(_FileLevel):
             metadata["hdf5"]["not_cameras"] = not_cameras
             notes += [f"{f.path} is not a camera: {not_cameras[f.name]}"
                       for f in layout.arrays if f.name in not_cameras]  # fmt: skip
+        notes += self._fps_notes(facts)
         if self._options.flip_images:
             turned = [*(layout.cameras if self._options.images else ()), *filter(self._keeps, layout.arrays),
                       *nexts]  # fmt: skip
@@ -592,7 +596,7 @@ class HDF5Source(_FileLevel):
         if raw is not None and (not exported or "kinodb_ep_meta" in d.attrs):
             out["ep_meta"] = raw
         written = exported_attrs(ep_meta) if exported else frozenset()
-        for name in self._scanned().attrs:
+        for name in self._kept_attrs():
             if name in d.attrs and name not in written:
                 value, why = attr_value(d.group.attrs[name])
                 if why:  # the scan read every float, so only a changed file gets here
