@@ -17,57 +17,8 @@ from kinodb._cli.main import main
 from kinodb.export import export
 
 h5py = pytest.importorskip("h5py")
+from _robomimic_pipeline import DEMOS, model_xml, write_robomimic_pipeline  # noqa: E402
 from kinodb.ingest import ingest  # noqa: E402  (after h5py is known to be installed)
-
-DEMOS = 6
-ENV_ARGS = {"env_name": "Lift", "env_version": "1.4.1", "type": 1,
-            "env_kwargs": {"robots": "Panda", "has_renderer": False, "use_camera_obs": True}}  # fmt: skip
-
-
-def model_xml(k: int) -> str:
-    """MJCF XML as robosuite writes it into a demo's ``model_file``, the cube placed per demo."""
-    return (
-        '<mujoco model="base">\n  <compiler angle="radian" meshdir="meshes/" autolimits="true"/>\n'
-        '  <option impratio="20" density="1.2" viscosity="2e-05" cone="elliptic"/>\n  <worldbody>\n'
-        + "".join(
-            f'    <body name="robot0_link{j}" pos="0 0 0.333">\n      <joint name="robot0_joint{j}" '
-            f'axis="0 0 1" range="-2.8973 2.8973"/>\n      <geom type="mesh" mesh="robot0_link{j}_vis"/>\n'
-            "    </body>\n"
-            for j in range(8)
-        )
-        + f'    <body name="cube_main" pos="{0.01 * k:.3f} {-0.02 * k:.3f} 0.82">\n'
-        '      <joint name="cube_joint0" type="free"/>\n    </body>\n  </worldbody>\n</mujoco>\n'
-    )
-
-
-def write_source(path: Path, *, compress: bool = False) -> Path:
-    """Demos numbered from 1 with model_file, obs and next_obs (gzip with ``compress``, as
-    dataset_states_to_obs.py --compress writes them), mask/train, mask/hard (one demo) and
-    an empty mask/valid, as split_train_val writes it for fewer than 10 demos."""
-    rng = np.random.default_rng(3)
-    gzip: dict[str, Any] = {"compression": "gzip"} if compress else {}
-    with h5py.File(path, "w") as f:
-        data = f.create_group("data")
-        data.attrs["env_args"] = json.dumps(ENV_ARGS, indent=4)
-        for k in range(1, DEMOS + 1):
-            T = 4 + k
-            g = data.create_group(f"demo_{k}")
-            g.attrs["model_file"] = model_xml(k)
-            g.attrs["num_samples"] = np.int64(T)
-            g["actions"] = rng.uniform(-1, 1, (T, 7))
-            g["states"] = rng.normal(size=(T, 32))
-            g["rewards"] = np.r_[np.zeros(T - 1), 1.0]
-            g["dones"] = np.r_[np.zeros(T - 1, np.int64), 1]
-            for key, values in {
-                "robot0_eef_pos": rng.normal(size=(T + 1, 3)),
-                "agentview_image": rng.integers(0, 256, (T + 1, 8, 8, 3), dtype=np.uint8),
-            }.items():
-                g.create_dataset(f"obs/{key}", data=values[:-1], **gzip)
-                g.create_dataset(f"next_obs/{key}", data=values[1:], **gzip)
-        f["mask/train"] = np.array([f"demo_{k}".encode() for k in range(1, DEMOS + 1)])
-        f["mask/hard"] = np.array([b"demo_1"])
-        f["mask/valid"] = np.array([], dtype="S")
-    return path
 
 
 def _datasets(f: Any) -> dict[str, Any]:
@@ -83,7 +34,7 @@ def _datasets(f: Any) -> dict[str, Any]:
 
 
 def test_model_file_kept_on_ingest_is_written_back_exactly_once(tmp_path: Path) -> None:
-    src = write_source(tmp_path / "low_dim.hdf5")
+    src = write_robomimic_pipeline(tmp_path / "low_dim.hdf5", masks={"hard": [1]})
     first, h5, back = tmp_path / "first.kdb", tmp_path / "x.hdf5", tmp_path / "back.kdb"
     ingest(src, first, image_codec="png", keep_model_file=True)
     report = export(first, h5, format="hdf5")
@@ -104,7 +55,7 @@ def test_model_file_kept_on_ingest_is_written_back_exactly_once(tmp_path: Path) 
 def test_an_export_without_the_model_file_its_source_had_says_how_to_get_it(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    src = write_source(tmp_path / "low_dim.hdf5")
+    src = write_robomimic_pipeline(tmp_path / "low_dim.hdf5", masks={"hard": [1]})
     kdb, h5 = tmp_path / "out.kdb", tmp_path / "x.hdf5"
     ingest(src, kdb, image_codec="png")
     report = export(kdb, h5, format="hdf5")
@@ -128,7 +79,7 @@ def test_an_export_without_the_model_file_its_source_had_says_how_to_get_it(
 
 
 def test_an_empty_filter_key_of_the_source_is_written_empty(tmp_path: Path) -> None:
-    src = write_source(tmp_path / "low_dim.hdf5")
+    src = write_robomimic_pipeline(tmp_path / "low_dim.hdf5", masks={"hard": [1]})
     first, h5, back = tmp_path / "first.kdb", tmp_path / "x.hdf5", tmp_path / "back.kdb"
     ingest(src, first, image_codec="png")
     export(first, h5, format="hdf5")
@@ -143,7 +94,7 @@ def test_an_empty_filter_key_of_the_source_is_written_empty(tmp_path: Path) -> N
 
 
 def test_with_a_filter_the_empty_key_stays_and_a_key_of_no_exported_demo_goes(tmp_path: Path) -> None:
-    src = write_source(tmp_path / "low_dim.hdf5")
+    src = write_robomimic_pipeline(tmp_path / "low_dim.hdf5", masks={"hard": [1]})
     kdb, h5 = tmp_path / "out.kdb", tmp_path / "x.hdf5"
     ingest(src, kdb, image_codec="png")
     export(kdb, h5, format="hdf5", filter="episode_id >= 1")  # demo_1, the one of mask/hard, left out
@@ -156,7 +107,7 @@ def test_with_a_filter_the_empty_key_stays_and_a_key_of_no_exported_demo_goes(tm
 
 
 def test_a_gzip_source_can_be_exported_gzip_again(tmp_path: Path) -> None:
-    src = write_source(tmp_path / "image_c.hdf5", compress=True)
+    src = write_robomimic_pipeline(tmp_path / "image_c.hdf5", compress=True, masks={"hard": [1]})
     kdb, plain, packed = tmp_path / "out.kdb", tmp_path / "plain.hdf5", tmp_path / "gzip.hdf5"
     ingest(src, kdb, image_codec="png")
     export(kdb, plain, format="hdf5")
@@ -172,7 +123,7 @@ def test_a_gzip_source_can_be_exported_gzip_again(tmp_path: Path) -> None:
 
 
 def test_lzf_and_the_command_line_flag(tmp_path: Path) -> None:
-    src = write_source(tmp_path / "low_dim.hdf5")
+    src = write_robomimic_pipeline(tmp_path / "low_dim.hdf5", masks={"hard": [1]})
     kdb = tmp_path / "out.kdb"
     ingest(src, kdb, image_codec="png")
     export(kdb, tmp_path / "lzf.hdf5", format="hdf5", compression="lzf")
@@ -184,7 +135,7 @@ def test_lzf_and_the_command_line_flag(tmp_path: Path) -> None:
 
 
 def test_compression_is_refused_where_it_does_not_apply(tmp_path: Path) -> None:
-    src = write_source(tmp_path / "low_dim.hdf5")
+    src = write_robomimic_pipeline(tmp_path / "low_dim.hdf5", masks={"hard": [1]})
     kdb = tmp_path / "out.kdb"
     ingest(src, kdb, image_codec="png")
     with pytest.raises(ValueError, match="applies to format 'hdf5' only"):
