@@ -4,8 +4,9 @@
 its robots (the embodiment) and its control frequency (the fps); LIBERO's ``problem_info``
 gives the language instruction and marks the file as LIBERO's. Without a ``control_freq``,
 the fps is 20 for LIBERO files and for robosuite envs (``env_args`` ``type`` 1: robosuite's
-default control frequency, which the env then runs at), else kinodb's default of 10. What the attributes say is kept in the metadata; a JSON attribute that does not
-parse is kept as text, with a warning. So is one that parses but holds NaN or infinity
+default control frequency, which the env then runs at), else kinodb's default of 10. What
+the attributes say is kept in the metadata; a JSON attribute that does not parse is kept
+as text, with a warning. So is one that parses but holds NaN or infinity
 (Python's ``json.dumps`` writes them; robosuite's ``env_args`` may hold them), which the
 metadata's JSON cannot store as numbers: the metadata keeps the text the file holds,
 exactly; the environment, robots and fps are still read from its values; ``Facts.as_text``
