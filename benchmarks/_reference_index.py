@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from kinodb.kdb._layout import INDEX_HEAD, INDEX_MAGIC, align
+from kinodb.kdb._layout import INDEX_HEAD, INDEX_MAGIC, align, crc32
+from kinodb.kdb._sections import uniform_layout
 from kinodb.kdb._table import (
     ABSENT,
     EPISODE_COLUMNS,
@@ -93,13 +94,14 @@ def encode_index(
         arr = np.ascontiguousarray(arr)
         layout[name] = [arr.dtype.str, pos, list(arr.shape)]
         pos = align(pos + arr.nbytes)
-    toc = json.dumps(
-        {"dataset": dataset, "columns": layout, "section_names": section_names, "extras": kinds},
-        separators=(",", ":"),
-    ).encode()
+    contents = {"dataset": dataset, "columns": layout, "section_names": section_names, "extras": kinds}
+    uniform = uniform_layout(columns)  # where every episode is laid out alike: later writers add it
+    if uniform is not None:
+        contents["uniform"] = uniform
+    toc = json.dumps(contents, separators=(",", ":")).encode()
     body_start = align(INDEX_HEAD.size + len(toc))
     out = bytearray(body_start + pos)
-    INDEX_HEAD.pack_into(out, 0, INDEX_MAGIC, len(toc), 0)
+    INDEX_HEAD.pack_into(out, 0, INDEX_MAGIC, len(toc), crc32(toc), 0)
     out[INDEX_HEAD.size : INDEX_HEAD.size + len(toc)] = toc
     for name, arr in columns.items():
         start = body_start + layout[name][1]

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import kinodb
-from _factories import encode_image
+from _factories import encode_image, without_uniform_check
 from kinodb import CorruptFileError, FormatError, UnsupportedVersionError
 from kinodb.kdb._layout import DATA_START, HEADER_SIZE, INDEX_HEAD, SLOT_OFFSETS, crc32
 from kinodb.kdb.validate import validate
@@ -434,14 +434,17 @@ def test_episode_count_disagreeing_with_the_index(one_commit: Path, tmp_path: Pa
 
 @pytest.fixture(scope="module")
 def many(damaged_dir: Path) -> tuple[Path, list[np.ndarray]]:
-    """Enough alike episodes that reads switch to tables; returns the path and each episode's states."""
+    """Enough alike episodes that reads switch to tables; returns the path and each episode's states.
+
+    The file reads as one without a ``uniform`` entry (through the section rows, which the
+    tests damage; test_uniform_layout.py covers the entry)."""
     rng = np.random.default_rng(5)
     path = damaged_dir / "many.kdb"
     states = [rng.normal(size=(6, 3)) for _ in range(400)]
     with kinodb.Writer(path) as w:
         for s in states:
             w.add_episode(actions=rng.normal(size=(6, 2)).astype(np.float32), states=s)
-    return path, states
+    return without_uniform_check(path), states
 
 
 def _states_offset_column(path: Path) -> tuple[int, int]:

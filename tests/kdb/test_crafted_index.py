@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import struct
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 from test_damage_index import damaged, index_layout
 
 import kinodb
+from _factories import without_uniform_check
 from kinodb import CorruptFileError
 from kinodb._cli.main import main
 from kinodb.kdb._layout import INDEX_HEAD, align
@@ -208,7 +210,8 @@ def _into_next_payload(raw: bytearray, cols: dict[str, int]) -> None:
 def test_a_first_read_refuses_a_layout_the_index_contradicts(
     clean: Path, tmp_path: Path, edit: Callable[[bytearray, dict[str, int]], None], fix: bool
 ) -> None:
-    bad = damaged(clean, tmp_path / "bad.kdb", edit, fix=fix)
+    rows = without_uniform_check(shutil.copy(clean, tmp_path / "rows.kdb"))  # reads go through the rows
+    bad = damaged(rows, tmp_path / "bad.kdb", edit, fix=fix)
     said = "disagrees with itself" if fix else "index checksum mismatch"
     with kinodb.open(bad) as db, pytest.raises(CorruptFileError, match=said):
         db.read_array(0, "actions")

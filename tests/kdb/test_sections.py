@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import kinodb
+from _factories import without_uniform_check
 from kinodb.kdb._sections import Periodic, periodic_layout
 
 N = 300  # enough reads of every episode to switch every array to a table
@@ -138,6 +139,7 @@ def test_periodic_layout_tells_the_cases_apart(tmp_path: Path) -> None:
 
 def test_reads_stay_lazy_until_they_repay_a_table(tmp_path: Path) -> None:
     path, want = written(tmp_path, "uniform")
+    without_uniform_check(path)  # read as a file without the uniform entry
     with kinodb.open(path) as db:
         assert db._index is None  # opening decoded nothing of the index
         check_view(db, db.read_array(3, "actions"), want[3]["actions"])

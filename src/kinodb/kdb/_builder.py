@@ -32,6 +32,7 @@ import numpy as np
 from kinodb.errors import CorruptFileError, WriterError
 from kinodb.kdb._checks import check_text, json_mapping
 from kinodb.kdb._frames import RESERVED_ARRAYS
+from kinodb.kdb._sections import uniform_layout
 from kinodb.kdb._table import (
     _EXTRA_PARTS,
     ABSENT,
@@ -510,7 +511,12 @@ class TableBuilder:
             kind, cols = join_extra(self._loaded_extras.get(name), self._loaded, values)
             kinds.append([name, kind])
             columns.update({f"extra.{j}.{part}": col for part, col in cols.items()})
-        return encode_index(dataset, columns, self.section_names, kinds)
+        laid = {c: _joined(columns[c]) for c in ("sec_start", "sec_count", "num_frames", *SECTION_COLUMNS)}
+        return encode_index(dataset, columns, self.section_names, kinds, uniform_layout(laid))
+
+
+def _joined(col: Column) -> np.ndarray:
+    return np.concatenate(col) if isinstance(col, tuple) else col
 
 
 # What to store instead of a value JSON cannot hold, by its type's name.

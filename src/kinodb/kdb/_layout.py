@@ -24,7 +24,7 @@ DATA_START = 256
 ALIGN = 64
 SECTION_ALIGN = 8  # every element size divides it, so every section is aligned to its dtype
 INDEX_MAGIC = b"KIDX"
-INDEX_HEAD = struct.Struct("<4sIQ")  # magic, toc length, reserved
+INDEX_HEAD = struct.Struct("<4sIII")  # magic, toc length, toc CRC-32 (0 before it was written), reserved
 
 _HEADER = struct.Struct("<4sHHII44sI")  # magic, major, minor, data_start, flags, reserved, crc
 _SLOT = struct.Struct("<QQQQQI16sI")  # gen, index off, index len, episodes, frames, index crc, reserved, crc

@@ -32,6 +32,8 @@ from kinodb.kdb._sections import (
     periodic_layout,
     periodic_table,
     typed_view,
+    uniform_entry_of,
+    uniform_table,
 )
 from kinodb.kdb._table import IndexBlock, schema_layout
 
@@ -60,6 +62,8 @@ class _ArrayReads:
     _array_names: Sequence[str] = ()  # the arrays of the last episode decoded in full
     _layout: Periodic | None = None  # `periodic_layout` of the index, once a table needed it
     _codes: dict[str, int] | None = None  # section name -> its first position in `_names`
+    _uniform_names: set[str]  # arrays read through the TOC's uniform entry, not yet checked against the rows
+    _uniform_checked = False  # whether `_confirm_uniform` has checked the entry against the rows
 
     if TYPE_CHECKING:  # what these methods read of `Database`
         _path: str
@@ -70,6 +74,7 @@ class _ArrayReads:
         _tables: dict[str, ArrayTable]
         _budget: list[int]
         _typed: dict[np.dtype[Any], np.ndarray]
+        _verified: bool
 
         @property
         def _block(self) -> IndexBlock: ...
@@ -112,12 +117,54 @@ class _ArrayReads:
         buf, out = self._map(), {}
         sections = self._episode_sections(i)
         self._check_layout(i, sections)
+        uniform = self._decoded.uniform
+        if uniform is not None and self._verified and not self._uniform_checked:
+            self._confirm_uniform()  # the index is verified already: its rows are checked first
+            uniform = self._decoded.uniform
         for k, sec in enumerate(sections):
             if sec.kind != KIND_CAMERA:
                 out[sec.name] = np.ndarray(sec.shape, sec.dtype, buffer=buf, offset=sec.offset)  # type: ignore[arg-type]
-                self._remember(Locator.from_section(self._name_code(sec.name), k, sec))
+                loc = Locator.from_section(self._name_code(sec.name), k, sec)
+                self._remember(loc)
+                if uniform is not None and sec.name not in self._tables:
+                    self._use_uniform(uniform, loc, i, sec)
         self._array_names = list(out)
         return out
+
+    def _use_uniform(self, uniform: Mapping[str, Any], loc: Locator, i: int, sec: Section) -> None:
+        """Read array ``loc`` through one strided view from now on, if the table of
+        contents says every episode holds it alike (under the TOC's own checksum) and the
+        rows of episode ``i`` and of another episode agree."""
+        start, count, frames, *_, offs, _ = self._int_views()
+        j = self._n - 1 if i != self._n - 1 else 0
+        try:
+            other = (j, offs[start[j] + loc.k], frames[j]) if loc.k < count[j] else None
+        except IndexError:  # rows past the directory: the slow path names the damage
+            other = None
+        if other is None:
+            return
+        table = uniform_table(
+            uniform, loc, [(i, sec.offset, sec.shape[0]), other], self._n, self._map(), self._size
+        )
+        if table is not None:
+            self._tables[loc.name] = table
+            self._fast[loc.name] = table.read
+            self._uniform_names.add(loc.name)
+
+    def _confirm_uniform(self) -> None:
+        """Once the index checksum is verified: check the table of contents' uniform entry
+        against every episode's rows (what `_use_uniform` checked in two), and if they
+        disagree (a faulty writer), read through the rows from now on, whose checks name
+        the damage."""
+        cols = self._decoded.columns
+        self._layout = periodic_layout(cols)
+        self._uniform_checked = True
+        if uniform_entry_of(cols, self._layout) != self._decoded.uniform:
+            self._decoded.uniform = None
+            for name in self._uniform_names:
+                del self._tables[name]
+                self._fast[name] = self._checked[name][1]
+        self._uniform_names.clear()
 
     def _check_layout(self, i: int, sections: Sequence[Section]) -> None:
         """Check episode ``i``'s arrays, as its rows lay them out, against the rest of the

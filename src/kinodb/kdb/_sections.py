@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -261,6 +261,49 @@ def periodic_layout(cols: Mapping[str, np.ndarray]) -> Periodic:
     step = int(offs[w]) - int(offs[0]) if n > 1 else 0
     uniform = step >= 0 and (frames == frames[0]).all() and (offs[w:rows] - offs[: rows - w] == step).all()
     return Periodic(w, step if uniform else None)
+
+
+def uniform_layout(cols: Mapping[str, np.ndarray]) -> dict[str, Any] | None:
+    """The table of contents' ``uniform`` entry for the index columns ``cols``, or None.
+
+    Written when every episode repeats episode 0's section rows, has its frame count, and
+    lies a constant ``step`` bytes after the previous one (`periodic_layout`): then a
+    reader finds every episode's arrays from the entry alone (`uniform_table`), before
+    and without the O(episodes) checks of the index.
+    """
+    return uniform_entry_of(cols, periodic_layout(cols))
+
+
+def uniform_entry_of(cols: Mapping[str, np.ndarray], layout: Periodic) -> dict[str, Any] | None:
+    """`uniform_layout` from the columns' `periodic_layout` ``layout``, already computed."""
+    n = len(cols["sec_start"])
+    if n < 2 or not layout.step:
+        return None
+    return {"episodes": n, "frames": int(cols["num_frames"][0]), "step": layout.step,
+            "offsets": cols["sec.offset"][: layout.width].tolist()}  # fmt: skip
+
+
+def uniform_table(
+    uniform: Mapping[str, Any], loc: Locator, rows: Sequence[tuple[int, int, int]], n: int,
+    buf: np.ndarray, size: int,
+) -> ArrayTable | None:  # fmt: skip
+    """The table of array ``loc`` from the table of contents' ``uniform`` entry
+    (`uniform_layout`).
+
+    ``rows`` holds (episode, byte offset, frames) of the array as the section rows of two
+    episodes or more give it. None unless each agrees with the entry (its offset and
+    frame count where the entry puts them: a damaged entry or row shows), the entry
+    covers ``n`` episodes, and every episode's array lies inside the file of ``size`` bytes.
+    """
+    offsets, T, step = uniform["offsets"], uniform["frames"], uniform["step"]
+    if loc.k >= len(offsets) or uniform["episodes"] != n:
+        return None
+    first, nbytes = offsets[loc.k], T * loc.row_bytes
+    if any(frames != T or offset != first + i * step for i, offset, frames in rows):
+        return None
+    if not (nbytes and step >= nbytes and first >= DATA_START and first + (n - 1) * step + nbytes <= size):
+        return None
+    return _uniform_table(loc, n, T, first, step, buf)
 
 
 def periodic_table(

@@ -274,6 +274,9 @@ class IndexBlock:
     extra_kinds: dict[str, str]
     strings: dict[str, StringColumn] = field(default_factory=dict)
     extras: dict[str, ExtraColumn] = field(default_factory=dict)
+    # The TOC's ``uniform`` entry when it is well formed and the TOC checksum in the
+    # index head matches (see `uniform_entry`), else None.
+    uniform: dict[str, Any] | None = None
 
 
 # A column to encode: one array, or parts joined along the first axis (an append's stored
@@ -286,8 +289,13 @@ def encode_index(
     columns: Mapping[str, Column],
     section_names: list[str],
     extra_kinds: list[list[str]],
+    uniform: dict[str, Any] | None = None,
 ) -> bytearray:
-    """Serialise the index block (TOC JSON plus aligned columns)."""
+    """Serialise the index block (TOC JSON plus aligned columns).
+
+    ``uniform`` is the TOC's optional ``uniform`` entry (`uniform_layout`): written only
+    for files whose episodes are all laid out alike at a constant stride.
+    """
     parts = {name: col if isinstance(col, tuple) else (col,) for name, col in columns.items()}
     layout: dict[str, list[Any]] = {}
     pos = 0
@@ -296,14 +304,14 @@ def encode_index(
         shape = [sum(len(a) for a in arrs), *first.shape[1:]] if first.ndim else []
         layout[name] = [first.dtype.str, pos, shape]
         pos = align(pos + sum(a.nbytes for a in arrs))
-    toc = json.dumps(
-        {"dataset": dataset, "columns": layout, "section_names": section_names,
-         "extras": extra_kinds},
-        separators=(",", ":"),
-    ).encode()  # fmt: skip
+    contents: dict[str, Any] = {"dataset": dataset, "columns": layout, "section_names": section_names,
+                                "extras": extra_kinds}  # fmt: skip
+    if uniform is not None:
+        contents["uniform"] = uniform
+    toc = json.dumps(contents, separators=(",", ":")).encode()
     body_start = align(INDEX_HEAD.size + len(toc))
     out = bytearray(body_start + pos)
-    INDEX_HEAD.pack_into(out, 0, INDEX_MAGIC, len(toc), 0)
+    INDEX_HEAD.pack_into(out, 0, INDEX_MAGIC, len(toc), crc32(toc), 0)
     out[INDEX_HEAD.size : INDEX_HEAD.size + len(toc)] = toc
     view = np.frombuffer(out, np.uint8)  # columns are copied in place: no bytes object per column
     for name, arrs in parts.items():
@@ -512,7 +520,7 @@ def check_index_head(buf: Any, offset: int, length: int, path: str) -> int:
     """
     if length < INDEX_HEAD.size:
         raise CorruptFileError(f"{path}: index at byte offset {offset} is {length} bytes, too short")
-    magic, toc_len, _ = INDEX_HEAD.unpack_from(buf, offset)
+    magic, toc_len, _, _ = INDEX_HEAD.unpack_from(buf, offset)
     if magic != INDEX_MAGIC or INDEX_HEAD.size + toc_len > length:
         raise CorruptFileError(
             f"{path}: index at byte offset {offset}: bad index magic or table-of-contents length"
@@ -550,6 +558,7 @@ def decode_index(
     columns = Columns(buf, raw_layout, body, offset + length, where)
     block = IndexBlock(toc["dataset"], columns, list(names), kinds)
     n = _check_columns(columns, raw_layout, where)
+    block.uniform = uniform_entry(toc.get("uniform"), toc_bytes, INDEX_HEAD.unpack_from(buf, offset)[2], n)
     columns.expect_variable(f"{s}.{p}" for s in STRING_COLUMNS for p in ("dict_offsets", "dict_bytes"))
     for s in STRING_COLUMNS:
         block.strings[s] = StringColumn(columns, f"{s}.", s, where)
@@ -608,6 +617,21 @@ def _check_columns(cols: Columns, layout: dict[str, Any], where: str) -> int:
         raise CorruptFileError(f"{where}: a column has the wrong rank")
     cols.sizes = (n[0], r[0])  # every other column is checked against these when first mapped
     return n[0]
+
+
+def uniform_entry(entry: Any, toc_bytes: bytes, toc_crc: int, n: int) -> dict[str, Any] | None:
+    """The TOC's ``uniform`` entry if it is well formed for ``n`` episodes and the TOC
+    checksum ``toc_crc`` (from the index head) matches ``toc_bytes``, else None: the
+    reader then finds arrays from the index rows, as for a file written without it."""
+    if not isinstance(entry, dict) or crc32(toc_bytes) != toc_crc:
+        return None
+    offsets = entry.get("offsets")
+    ints = [entry.get(k) for k in ("episodes", "frames", "step")]
+    if not isinstance(offsets, list) or not offsets or ints[0] != n:
+        return None
+    if not all(type(v) is int and v > 0 for v in ints) or not all(type(v) is int and v >= 0 for v in offsets):
+        return None
+    return entry
 
 
 def check_index_crc(block: Any, stored: int, offset: int, path: str) -> None:

@@ -119,6 +119,8 @@ class Database(_MetaReads, _ArrayReads):
         self._fast: dict[str, ArrayReader] = {}
         self._checked: dict[str, tuple[Locator, ArrayReader]] = {}
         self._tables: dict[str, ArrayTable] = {}
+        self._uniform_names = set()
+        self._uniform_checked = False
         self._budget = [_TABLE_AFTER + self._n // _TABLE_PER, _RENT]
         self._typed: dict[np.dtype[Any], np.ndarray] = {}  # `typed_view`s of the map
         self._ints = None
@@ -165,8 +167,11 @@ class Database(_MetaReads, _ArrayReads):
             self._fast.clear()
             self._checked.clear()
             self._tables.clear()
+            self._uniform_names.clear()
             raise
         self._verified = True
+        if self._uniform_names:
+            self._confirm_uniform()
 
     @property
     def _decoded(self) -> IndexBlock:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import warnings
@@ -16,6 +17,7 @@ from kinodb.kdb._layout import (
     ALIGN,
     DTYPE_CODE,
     DTYPES,
+    INDEX_HEAD,
     INDEX_MAGIC,
     KIND_ARRAY,
     KIND_CAMERA,
@@ -27,7 +29,7 @@ from kinodb.kdb._layout import (
     pack_slot,
     parse_slot,
 )
-from kinodb.kdb._sections import Directory, all_sections, camera_tables, typed_view
+from kinodb.kdb._sections import Directory, all_sections, camera_tables, typed_view, uniform_layout
 from kinodb.kdb._table import Columns, decode_index, schema_layout
 from kinodb.kdb.legacy import LegacyDatabase
 from kinodb.kdb.reader import Database, open_database
@@ -367,6 +369,7 @@ def _check_index(db: Database, report: Report) -> None:
             "section directory is not contiguous: sec_start/sec_count disagree with the table"
         )
         return
+    _check_uniform(db, report)
     offs, lens = cols["payload_offset"].astype(np.int64), cols["payload_length"].astype(np.int64)
     order = np.argsort(offs)
     starts = np.concatenate([offs[order], [commit.index_offset]])
@@ -375,6 +378,35 @@ def _check_index(db: Database, report: Report) -> None:
     dead = int(gaps[gaps >= 64].sum()) if len(db) else 0
     if dead > 0:
         report.passed.append(f"{dead} bytes of superseded indexes from appends (reclaim with `kino upgrade`)")
+
+
+def _check_uniform(db: Database, report: Report) -> None:
+    """The table of contents' ``uniform`` entry, where it has one: under a TOC checksum
+    that matches, and what the section directory says (readers trust it for every
+    episode's arrays)."""
+    commit = db._commit
+    _, toc_len, toc_crc, _ = INDEX_HEAD.unpack_from(db._map().data, commit.index_offset)
+    at = commit.index_offset + INDEX_HEAD.size
+    toc = bytes(db._map()[at : at + toc_len])
+    entry = json.loads(toc).get("uniform")
+    if entry is None:
+        return
+    if crc32(toc) != toc_crc:
+        report.errors.append(
+            f"table of contents checksum mismatch (index head at byte offset {commit.index_offset}: stored "
+            f"{toc_crc:08x}, computed {crc32(toc):08x}); readers ignore its uniform layout. Rewrite the file "
+            f"with kino upgrade {db.path()} NEW.kdb"
+        )
+        return
+    actual = uniform_layout(db._cols)
+    if entry != actual:
+        report.errors.append(
+            f"the table of contents says every episode is laid out alike ({json.dumps(entry)[:200]}), but the "
+            f"section directory says {'otherwise' if actual is None else json.dumps(actual)[:200]}: readers "
+            f"would read arrays from the wrong place. Rewrite the file with kino upgrade {db.path()} NEW.kdb"
+        )
+    else:
+        report.passed.append(f"uniform layout of the {len(db)} episodes (step {entry['step']} bytes)")
 
 
 def _check_schema(db: Database, report: Report) -> None:
