@@ -134,9 +134,12 @@ class _ArrayReads:
     def _use_uniform(self, uniform: Mapping[str, Any], loc: Locator, i: int, sec: Section) -> None:
         """Read array ``loc`` through one strided view from now on, if the table of
         contents says every episode holds it alike (under the TOC's own checksum) and the
-        rows of episode ``i`` and of another episode agree."""
+        rows of episode ``i`` and of its neighbour agree (a wrong start or stride shows in
+        one of them; the neighbour's rows share the pages just read)."""
+        if self._n < 2:  # writers record the entry for two episodes or more
+            return
         start, count, frames, *_, offs, _ = self._int_views()
-        j = self._n - 1 if i != self._n - 1 else 0
+        j = i + 1 if i + 1 < self._n else i - 1
         try:
             other = (j, offs[start[j] + loc.k], frames[j]) if loc.k < count[j] else None
         except IndexError:  # rows past the directory: the slow path names the damage
