@@ -195,8 +195,15 @@ def drop_uniform_check(raw: bytearray) -> None:
     recompute the index and commit checksums: the file then reads as one written without a
     ``uniform`` entry (through its section rows), whatever its TOC says."""
     slot = max((64, 128), key=lambda at: struct.unpack_from("<Q", raw, at)[0])
+    struct.pack_into("<I", raw, struct.unpack_from("<Q", raw, slot + 8)[0] + 8, 0)
+    recommit(raw)
+
+
+def recommit(raw: bytearray) -> None:
+    """Recompute, in place, the index checksum of the newest commit and that commit
+    record's own checksum (what a writer of these bytes would have stored)."""
+    slot = max((64, 128), key=lambda at: struct.unpack_from("<Q", raw, at)[0])
     offset, length = struct.unpack_from("<QQ", raw, slot + 8)
-    struct.pack_into("<I", raw, offset + 8, 0)
     struct.pack_into("<I", raw, slot + 40, zlib.crc32(bytes(raw[offset : offset + length])))
     struct.pack_into("<I", raw, slot + 60, zlib.crc32(bytes(raw[slot : slot + 60])))
 

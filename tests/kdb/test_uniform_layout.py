@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import kinodb
-from _factories import without_uniform_check
+from _factories import recommit, without_uniform_check
 from kinodb import CorruptFileError
 from kinodb.kdb._layout import INDEX_HEAD
 from kinodb.kdb._sections import uniform_layout
@@ -166,16 +166,9 @@ def _lying(src: Path, dst: Path, change: Any) -> Path:
     text = text.ljust(old_len)  # JSON allows trailing spaces
     raw[offset + INDEX_HEAD.size : offset + INDEX_HEAD.size + old_len] = text
     struct.pack_into("<I", raw, offset + 8, zlib.crc32(text))
-    _recommit(raw)
+    recommit(raw)
     dst.write_bytes(bytes(raw))
     return dst
-
-
-def _recommit(raw: bytearray) -> None:
-    """Recompute the index checksum and the commit record's own (slot 0: one commit)."""
-    offset, length = struct.unpack_from("<QQ", raw, 64 + 8)
-    struct.pack_into("<I", raw, 64 + 40, zlib.crc32(bytes(raw[offset : offset + length])))
-    struct.pack_into("<I", raw, 64 + 60, zlib.crc32(bytes(raw[64:124])))
 
 
 @pytest.mark.parametrize(
@@ -218,7 +211,7 @@ def _moved_row(src: Path, dst: Path, episode: int, value: int, *, fix: bool) -> 
         col = db._cols["sec.offset"].__array_interface__["data"][0] - base
     struct.pack_into("<Q", raw, col + 8 * (4 * episode + 1), value)
     if fix:
-        _recommit(raw)
+        recommit(raw)
     dst.write_bytes(bytes(raw))
     return dst
 

@@ -391,10 +391,11 @@ def _check_uniform(db: Database, report: Report) -> None:
     entry = json.loads(toc).get("uniform")
     if entry is None:
         return
-    if crc32(toc) != toc_crc:
+    got = crc32(toc)
+    if got != toc_crc:
         report.errors.append(
             f"table of contents checksum mismatch (index head at byte offset {commit.index_offset}: stored "
-            f"{toc_crc:08x}, computed {crc32(toc):08x}); readers ignore its uniform layout. Rewrite the file "
+            f"{toc_crc:08x}, computed {got:08x}); readers ignore its uniform layout. Rewrite the file "
             f"with kino upgrade {db.path()} NEW.kdb"
         )
         return
