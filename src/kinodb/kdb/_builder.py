@@ -650,11 +650,23 @@ def note_schema(
                 else schema["arrays"].setdefault(name, {})
             )
             _note(entry, "shape", [int(d) for d in shape[1:]])
-        _note(entry, "dtype", dtype.name)
+        _note(entry, "dtype", dtype_name(dtype))
     for cam, (codec, (h, w, c)) in cams.items():
         entry = schema["cameras"].setdefault(cam, {})
         for key, value in (("codec", codec), ("height", h), ("width", w), ("channels", c)):
             _note(entry, key, value)
+
+
+_DTYPE_NAMES: dict[np.dtype[Any], str] = {}
+
+
+def dtype_name(dtype: np.dtype[Any]) -> str:
+    """``dtype.name``, cached: NumPy builds the name in Python on every access (some 5 µs),
+    and the writer asks for it per array of every episode."""
+    name = _DTYPE_NAMES.get(dtype)
+    if name is None:
+        name = _DTYPE_NAMES[dtype] = dtype.name
+    return name
 
 
 def dtype_drift(
@@ -672,10 +684,10 @@ def dtype_drift(
     for name, arr in arrays.items():
         entry = schema.get(name) if name in RESERVED_ARRAYS else schema.get("arrays", {}).get(name)
         was = entry.get("dtype") if isinstance(entry, dict) else None
-        if not isinstance(was, str) or was == arr.dtype.name or name in warned:
+        if not isinstance(was, str) or was == dtype_name(arr.dtype) or name in warned:
             continue
         warned.add(name)
-        found.append((name, arr.dtype.name, was))
+        found.append((name, dtype_name(arr.dtype), was))
     return found
 
 
