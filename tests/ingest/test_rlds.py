@@ -1048,6 +1048,21 @@ def test_an_instruction_that_changes_mid_episode_is_per_frame(tmp_path: Path) ->
     assert [by_index[i] for i in data.column("task_index").to_pylist()] == texts
 
 
+def test_a_step_text_that_is_not_utf8_is_named(tmp_path: Path) -> None:
+    # Each distinct text of a step feature is decoded once; a bad one is still named with
+    # its feature and the byte where the decoding failed, and nothing is written.
+    rng = np.random.default_rng(15)
+    ep = make_episode(rng, 0, 5)
+    ep["steps/language_instruction"] = [b"wipe"] * 3 + [b"wi\xffpe"] * 2
+    root = w.write_tfds(tmp_path / "d" / "1.0.0", "d", {"train": [[w.episode_example(ep)]]}, FEATURES)
+    out = tmp_path / "d.kdb"
+    with pytest.raises(
+        ConversionError, match=r"steps/language_instruction is not UTF-8 text \(.* at byte 2\)"
+    ):
+        ingest(root, out, format="rlds")
+    assert not out.exists()
+
+
 def test_files_of_earlier_versions_with_changing_instructions_still_verify(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -314,6 +314,20 @@ def _texts(value: FeatureValue, key: str, where: str) -> list[str]:
         ) from None
 
 
+def _step_texts(value: FeatureValue, key: str, where: str) -> tuple[int, list[str], list[int] | None]:
+    """A step feature's texts as ``(steps, distinct texts in order of first appearance,
+    each step's position among them or None when there is one)``: each distinct text is
+    decoded once (UTF-8 decodes distinct bytes to distinct text), not once per step."""
+    if not isinstance(value, list):
+        return 0, _texts(value, key, where), None
+    firsts = dict.fromkeys(value)
+    texts = _texts(list(firsts), key, where)
+    if len(firsts) <= 1:
+        return len(value), texts, None
+    position = {raw: k for k, raw in enumerate(firsts)}
+    return len(value), texts, [position[raw] for raw in value]
+
+
 def _field_value(value: FeatureValue, spec: Spec, where: str) -> Any:
     """An episode-level feature as a JSON value: one value, a list (nested as TFDS returns a
     tensor of several dimensions, or a ``Sequence`` of tensors), or None if empty."""
@@ -626,23 +640,21 @@ def _convert(
     for name, key in plan.texts.items():
         if key not in feats:
             raise Disagrees(f"{where}: missing feature {key}")
-        texts = _texts(feats[key], key, where)
-        if len(texts) != T:
-            raise Disagrees(f"{where}: {key} has {len(texts)} texts; expected one per step ({T})")
+        n, firsts, steps = _step_texts(feats[key], key, where)
+        if n != T:
+            raise Disagrees(f"{where}: {key} has {n} texts; expected one per step ({T})")
         if key == plan.task:
-            args["task"] = texts[0]
-            if len(set(texts)) > 1 and "tasks" not in plan.fields and "task_index" not in plan.arrays:
+            args["task"] = firsts[0]
+            if steps is not None and "tasks" not in plan.fields and "task_index" not in plan.arrays:
                 # kinodb's per-frame convention (as the LeRobot converter writes it, and
                 # frame windows read it): the texts in order of first appearance, and
                 # each step's position among them
-                firsts = list(dict.fromkeys(texts))
                 extra["tasks"] = firsts
-                position = {text: k for k, text in enumerate(firsts)}
-                args["extra_arrays"]["task_index"] = np.array([position[t] for t in texts], np.int64)
-            elif len(set(texts)) > 1:
-                extra[name] = texts
+                args["extra_arrays"]["task_index"] = np.array(steps, np.int64)
+            elif steps is not None:
+                extra[name] = [firsts[k] for k in steps]
         else:
-            extra[name] = texts[0] if len(set(texts)) == 1 else texts
+            extra[name] = firsts[0] if steps is None else [firsts[k] for k in steps]
     for name, key in plan.fields.items():
         if key not in feats:
             raise Disagrees(f"{where}: missing feature {key}")
