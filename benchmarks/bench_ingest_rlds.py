@@ -7,7 +7,9 @@ Ingest does the same and also builds the episodes, passes the JPEG frames throug
 (the writer reads each frame's header), writes, checksums and commits the ``.kdb`` file.
 Inputs: the real Bridge sample (25 episodes x 10 steps, four 64x64 JPEG cameras) when
 ``../shared/samples`` has it, and a synthetic TFDS dataset (by default 300 episodes x 30
-steps in 4 shards, two 128x128 JPEG cameras, state, action, a 512-d language embedding).
+steps in 4 shards, two 128x128 JPEG cameras, state, action, a 512-d language embedding),
+and a state-only one (by default 1,000 episodes x 100 steps: state, action, reward,
+flags and the instruction text, no cameras).
 A third variant runs the converter alone (every episode's `add_episode` arguments, no
 writer), to separate the converter's cost from the writer's. All run in the same
 process, rotating, on a warm page cache; medians are reported. Each ingest writes a new
@@ -59,21 +61,27 @@ def _tensor(shape: list[int], dtype: str) -> dict[str, Any]:
 
 
 def _features(size: int) -> dict[str, Any]:
+    """features.json of the synthetic set; ``size`` 0: no cameras and no language embedding
+    (the state-only set)."""
+
     def fdict(children: dict[str, Any]) -> dict[str, Any]:
         return {"pythonClassName": _PY + "features_dict.FeaturesDict", "featuresDict": {"features": children}}
 
     image = {"pythonClassName": _PY + "image_feature.Image",
              "image": {"shape": {"dimensions": [str(size), str(size), "3"]}, "dtype": "uint8", "encodingFormat": "jpeg"}}  # fmt: skip
-    step = fdict({
+    step = {
         "is_first": _tensor([], "bool"), "is_last": _tensor([], "bool"), "is_terminal": _tensor([], "bool"),
         "action": _tensor([7], "float32"), "reward": _tensor([], "float32"), "discount": _tensor([], "float32"),
         "language_instruction": {"pythonClassName": _PY + "text_feature.Text", "text": {}},
         "language_embedding": _tensor([512], "float32"),
         "observation": fdict({"image": image, "wrist_image": image, "state": _tensor([8], "float32")}),
-    })  # fmt: skip
+    }  # fmt: skip
+    if not size:
+        del step["language_embedding"]
+        step["observation"] = fdict({"state": _tensor([8], "float32")})
     steps = {
         "pythonClassName": _PY + "dataset_feature.Dataset",
-        "sequence": {"feature": step, "length": "-1"},
+        "sequence": {"feature": fdict(step), "length": "-1"},
     }
     return fdict(
         {
@@ -97,9 +105,10 @@ def _jpeg_pool(rng: np.random.Generator, n: int, size: int) -> list[bytes]:
 
 
 def write_synthetic(root: Path, episodes: int, steps: int, shards: int, size: int, seed: int = 0) -> None:
-    """A TFDS RLDS dataset folder, one record per episode, as TFDS lays it out."""
+    """A TFDS RLDS dataset folder, one record per episode, as TFDS lays it out; ``size`` 0:
+    state-only (no cameras, no language embedding)."""
     rng = np.random.default_rng(seed)
-    pool = _jpeg_pool(rng, 240, size)
+    pool = _jpeg_pool(rng, 240, size) if size else []
     root.mkdir(parents=True)
     per = -(-episodes // shards)
     lengths = []
@@ -110,17 +119,25 @@ def write_synthetic(root: Path, episodes: int, steps: int, shards: int, size: in
             last = flags.copy()
             last[-1] = 1
             flags[0] = 1
-            frames = [pool[(i * 7 + t) % len(pool)] for t in range(steps)]
-            records.append(encode_example({
+            frames = [pool[(i * 7 + t) % len(pool)] for t in range(steps)] if size else []
+            features: dict[str, Any] = {
                 "steps/is_first": flags, "steps/is_last": last, "steps/is_terminal": last,
                 "steps/action": rng.normal(size=(steps, 7)).astype(np.float32),
                 "steps/reward": last.astype(np.float32), "steps/discount": np.ones(steps, np.float32),
                 "steps/language_instruction": [b"put the spoon in the pot"] * steps,
-                "steps/language_embedding": rng.normal(size=(steps, 512)).astype(np.float32),
+                "steps/language_embedding": rng.normal(size=(steps, 512)).astype(np.float32) if size else None,
                 "steps/observation/image": frames, "steps/observation/wrist_image": frames[::-1],
                 "steps/observation/state": rng.normal(size=(steps, 8)).astype(np.float32),
                 "episode_metadata/file_path": [f"/data/traj_{i}.pkl".encode()],
-            }))  # fmt: skip
+            }  # fmt: skip
+            if not size:  # state-only: no cameras, no embedding
+                for key in (
+                    "steps/language_embedding",
+                    "steps/observation/image",
+                    "steps/observation/wrist_image",
+                ):
+                    del features[key]
+            records.append(encode_example(features))
         _tfrecord.write_records(root / f"synthetic_rlds-train.tfrecord-{s:05d}-of-{shards:05d}", records)
         lengths.append(str(len(records)))
     split = {
@@ -221,6 +238,10 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=300)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--size", type=int, default=128, help="camera height and width (default 128)")
+    parser.add_argument("--state-episodes", type=int, default=1000, help="episodes of the state-only set")
+    parser.add_argument(
+        "--state-steps", type=int, default=100, help="steps per episode of the state-only set"
+    )
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument(
         "--out",
@@ -233,6 +254,7 @@ def main() -> None:
     args.out = args.out or f"benchmarks/results/ingest_rlds{'_quick' if args.quick else ''}.json"
     if args.quick:
         args.episodes, args.steps, args.repeats = 20, 10, 2
+        args.state_episodes, args.state_steps = 50, 20
     if _tfrecord._fast is None:
         print(
             "note: google-crc32c is not installed, so both the ingest and the read-only peer check\n"
@@ -251,11 +273,15 @@ def main() -> None:
         rows.append(measure("synthetic", synth, work / "synthetic.kdb", args.repeats, 1))
         rows.append(measure("synthetic", synth, work / "synthetic2.kdb", args.repeats, 2))
         numpy_crc = numpy_crc_read(synth, args.repeats)
+        state = work / "synthetic_state" / "1.0.0"
+        write_synthetic(state, args.state_episodes, args.state_steps, 4, 0)
+        rows.append(measure("state-only", state, work / "state.kdb", args.repeats, 1))
     crc = "google-crc32c" if _tfrecord._fast is not None else "numpy"
     result = {
         "quick": args.quick,
         "rows": rows, "crc32c": crc, "synthetic_read_only_numpy_crc": numpy_crc,
         "synthetic": {"episodes": args.episodes, "steps": args.steps, "cameras": 2, "size": args.size, "shards": 4},
+        "state_only": {"episodes": args.state_episodes, "steps": args.state_steps, "cameras": 0, "shards": 4},
         "python": platform.python_version(), "kinodb": kinodb.__version__, "machine": platform.machine(),
         "cpus": os.cpu_count(),
     }  # fmt: skip
