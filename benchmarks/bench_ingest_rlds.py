@@ -119,24 +119,21 @@ def write_synthetic(root: Path, episodes: int, steps: int, shards: int, size: in
             last = flags.copy()
             last[-1] = 1
             flags[0] = 1
-            frames = [pool[(i * 7 + t) % len(pool)] for t in range(steps)] if size else []
+            action = rng.normal(size=(steps, 7)).astype(np.float32)  # drawn in the order earlier runs drew
+            embedding = rng.normal(size=(steps, 512)).astype(np.float32) if size else None
             features: dict[str, Any] = {
                 "steps/is_first": flags, "steps/is_last": last, "steps/is_terminal": last,
-                "steps/action": rng.normal(size=(steps, 7)).astype(np.float32),
-                "steps/reward": last.astype(np.float32), "steps/discount": np.ones(steps, np.float32),
+                "steps/action": action, "steps/reward": last.astype(np.float32),
+                "steps/discount": np.ones(steps, np.float32),
                 "steps/language_instruction": [b"put the spoon in the pot"] * steps,
-                "steps/language_embedding": rng.normal(size=(steps, 512)).astype(np.float32) if size else None,
-                "steps/observation/image": frames, "steps/observation/wrist_image": frames[::-1],
                 "steps/observation/state": rng.normal(size=(steps, 8)).astype(np.float32),
                 "episode_metadata/file_path": [f"/data/traj_{i}.pkl".encode()],
             }  # fmt: skip
-            if not size:  # state-only: no cameras, no embedding
-                for key in (
-                    "steps/language_embedding",
-                    "steps/observation/image",
-                    "steps/observation/wrist_image",
-                ):
-                    del features[key]
+            if size:  # the cameras and the embedding; the state-only set has neither
+                frames = [pool[(i * 7 + t) % len(pool)] for t in range(steps)]
+                features["steps/language_embedding"] = embedding
+                features["steps/observation/image"] = frames
+                features["steps/observation/wrist_image"] = frames[::-1]
             records.append(encode_example(features))
         _tfrecord.write_records(root / f"synthetic_rlds-train.tfrecord-{s:05d}-of-{shards:05d}", records)
         lengths.append(str(len(records)))
