@@ -24,6 +24,7 @@ run "$BIN/kino" merge demo/demo.kdb demo/extra.kdb -o demo/train.kdb --filter "s
 run "$BIN/kino" validate demo/train.kdb
 run "$BIN/kino" mix --source demo/demo.kdb:3 --source demo/extra.kdb:1 --sample 1000
 run "$BIN/kino" export demo/train.kdb -o demo/train_npy --format numpy --filter "embodiment = 'franka'" --force
+run "$BIN/kino" ingest demo/train_npy -o demo/franka_from_npy.kdb --force -q --verify
 run "$BIN/kino" export demo/demo.kdb -o demo/franka_lerobot --format lerobot --filter "embodiment = 'franka' AND success = true" --force
 run "$BIN/kino" ingest demo/franka_lerobot -o demo/franka_from_lerobot.kdb --force -q
 run "$BIN/kino" verify demo/franka_lerobot demo/franka_from_lerobot.kdb --psnr 30

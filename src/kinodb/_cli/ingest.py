@@ -19,7 +19,7 @@ def register(sub: Any) -> None:
     p.add_argument("src", help="source file or folder")
     p.add_argument("-o", "--output", required=True, help="output .kdb file")
     p.add_argument("-F", "--format", default="auto", type=source_format,
-                   help="auto (default), hdf5, rlds, lerobot, kinfer-ndjson, or a plug-in's name")  # fmt: skip
+                   help="auto (default), hdf5, rlds, lerobot, kinfer-ndjson, numpy, or a plug-in's name")  # fmt: skip
     p.add_argument("-e", "--embodiment", type=embodiment_name,
                    help="embodiment of every episode (default: from the source); episodes are chosen "
                         "with --episodes")  # fmt: skip
@@ -78,6 +78,7 @@ _KINDS = {
     "rlds": "RLDS/TFDS TFRecord shards",
     "lerobot": "LeRobot v2.0, v2.1, v3.0",
     "kinfer-ndjson": "kinfer NDJSON logs",
+    "numpy": "a kino export --format numpy folder",
 }
 
 

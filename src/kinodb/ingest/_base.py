@@ -158,6 +158,7 @@ _BUILTIN = {
     "rlds": "kinodb.ingest.rlds:RLDSSource",
     "lerobot": "kinodb.ingest.lerobot:LeRobotSource",
     "kinfer-ndjson": "kinodb.ingest.kinfer_ndjson:KinferNdjsonSource",
+    "numpy": "kinodb.ingest.numpy_export:NumpyExportSource",
 }
 
 
@@ -178,6 +179,33 @@ def exported_extra(meta: Mapping[str, Any], builtin: frozenset[str]) -> dict[str
             while name in out:
                 name += "_"
             out[name] = value
+    return out
+
+
+def user_metadata(recorded: Any) -> dict[str, Any]:
+    """The dataset metadata a kinodb export recorded, less the record of the ingest that made
+    that file (an ingest of the export writes its own)."""
+    return {k: v for k, v in recorded.items() if k != "ingest"} if isinstance(recorded, dict) else {}
+
+
+def fitting_part(part: Any, dim: int) -> dict[str, Any] | None:
+    """A recorded schema part's ``names`` and ``components`` where they fit ``dim`` values
+    (it recorded that ``dim``), else None."""
+    if not isinstance(part, dict) or part.get("dim") != dim:
+        return None
+    out: dict[str, Any] = {}
+    names, comps = part.get("names"), part.get("components")
+    if names is not None:
+        if not (isinstance(names, list) and len(names) == dim and all(isinstance(n, str) for n in names)):
+            return None
+        out["names"] = names
+    if comps:
+        if not isinstance(comps, dict) or not all(
+            isinstance(v, list) and len(v) == 2 and all(type(x) is int for x in v) and 0 <= v[0] < v[1] <= dim
+            for v in comps.values()
+        ):
+            return None
+        out["components"] = {str(k): list(v) for k, v in comps.items()}
     return out
 
 
@@ -310,10 +338,27 @@ def lerobot_root(path: str) -> str | None:
     return None
 
 
+_NUMPY_DEPTH = 4  # episode_000000/images/CAMERA/000000.jpg: a file's folders below the export
+
+
+def numpy_export_root(path: str) -> str | None:
+    """The kinodb numpy export (a folder holding ``dataset.json`` and ``episodes.json``)
+    that ``path`` lies inside, or None; ``path`` itself does not count."""
+    folder = os.path.dirname(os.path.abspath(path))
+    for _ in range(_NUMPY_DEPTH):
+        if all(os.path.isfile(os.path.join(folder, n)) for n in ("dataset.json", "episodes.json")):
+            return _shown(folder, path)
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            break
+        folder = parent
+    return None
+
+
 def what_it_is(path: str) -> str | None:
     """Why ``path`` is not a source to ingest, and what to do instead, or None.
 
-    Knows a kinodb ``.kdb`` file (by its magic), a part of a LeRobot dataset (its
+    Knows a kinodb ``.kdb`` file (by its magic), JSON export and part of a numpy export, a part of a LeRobot dataset (its
     ``data/`` or ``meta/`` folder, a parquet or mp4 file of it), a metadata file of an
     RLDS (TFDS) dataset folder and a folder of HDF5 files (`hdf5_folder`).
     """
@@ -333,6 +378,17 @@ def what_it_is(path: str) -> str | None:
                 f"combine .kdb files or filter their episodes, use `kino merge {q} [MORE.kdb ...] -o OUT.kdb "
                 "[-F QUERY]`"
             )
+    if os.path.isdir(path) and all(
+        os.path.isfile(os.path.join(path, n)) for n in ("dataset.json", "episodes.jsonl")
+    ):
+        return (
+            "this is a kinodb JSON export (kino export --format json), which holds episode metadata only, no "
+            "arrays or frames; ingest the .kdb file it was exported from, or a numpy or HDF5 export of it "
+            "(kino export --format numpy|hdf5)"
+        )
+    export = numpy_export_root(path)
+    if export is not None:
+        return f"this is part of a kinodb numpy export; pass the export's folder (holding episodes.json): {export}"
     root = lerobot_root(path)
     if root is not None:
         return (

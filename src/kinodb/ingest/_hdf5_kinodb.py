@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from kinodb._provenance import carried_on_ingest
-from kinodb.ingest._base import exported_extra
+from kinodb.ingest._base import exported_extra, fitting_part
 from kinodb.ingest._hdf5_facts import text
 from kinodb.ingest._hdf5_layout import Field, Layout
 
@@ -112,12 +112,6 @@ def _exported_obs_arrays(recorded: Any) -> set[str]:
     return {p for p in paths if isinstance(p, str) and p.startswith("obs/")}
 
 
-def user_metadata(recorded: Any) -> dict[str, Any]:
-    """The dataset metadata a kinodb export recorded, less the record of the ingest that made
-    that file (an ingest of the export writes its own)."""
-    return {k: v for k, v in recorded.items() if k != "ingest"} if isinstance(recorded, dict) else {}
-
-
 def exported_schema(
     recorded: Any, schema: dict[str, Any], layout: Layout, action_widths: set[int]
 ) -> dict[str, Any]:
@@ -129,12 +123,12 @@ def exported_schema(
     recorded = recorded if isinstance(recorded, dict) else {}
     out = dict(schema)
     if len(action_widths) == 1:
-        part = _fitting(recorded.get("actions"), next(iter(action_widths)))
+        part = fitting_part(recorded.get("actions"), next(iter(action_widths)))
         if part:
             out["actions"] = part
     width = layout.components[layout.states[-1].name][1] if layout.states else 0
     states = recorded.get("states")
-    part = _fitting(states, width) if width else None
+    part = fitting_part(states, width) if width else None
     if part is None:
         return out
     comps = part.get("components", {})
@@ -146,27 +140,6 @@ def exported_schema(
         out.pop("states", None)
         if part:
             out["states"] = part
-    return out
-
-
-def _fitting(part: Any, dim: int) -> dict[str, Any] | None:
-    """A recorded schema part's ``names`` and ``components`` where they fit ``dim`` values
-    (it recorded that ``dim``), else None."""
-    if not isinstance(part, dict) or part.get("dim") != dim:
-        return None
-    out: dict[str, Any] = {}
-    names, comps = part.get("names"), part.get("components")
-    if names is not None:
-        if not (isinstance(names, list) and len(names) == dim and all(isinstance(n, str) for n in names)):
-            return None
-        out["names"] = names
-    if comps:
-        if not isinstance(comps, dict) or not all(
-            isinstance(v, list) and len(v) == 2 and all(type(x) is int for x in v) and 0 <= v[0] < v[1] <= dim
-            for v in comps.values()
-        ):
-            return None
-        out["components"] = {str(k): list(v) for k, v in comps.items()}
     return out
 
 

@@ -150,6 +150,13 @@ _NOT_TAKEN: dict[str, dict[str, str]] = {
         "flip_images": "kinfer logs hold no camera frames",
         "keep_model_file": _MODEL_FILE_ONLY,
     },
+    "numpy": {
+        "split": "a numpy export is read whole; select episodes with {episodes}",
+        "state_keys": "its states are the exported file's, as they were stored",
+        "flip_images": "its frames are the exported file's, as they were stored (see its image_orientation); "
+        "turn them when the .kdb file is ingested from the original source",
+        "keep_model_file": _MODEL_FILE_ONLY,
+    },
 }
 
 

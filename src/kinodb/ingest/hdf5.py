@@ -132,6 +132,7 @@ from kinodb.ingest._base import (
     SourceOptions,
     hdf5_folder,
     not_this_format,
+    user_metadata,
 )
 from kinodb.ingest._exact import first_rounded
 from kinodb.ingest._hdf5_facts import ATTR_VALUES as ATTR_VALUES  # re-exported: public names
@@ -144,7 +145,6 @@ from kinodb.ingest._hdf5_kinodb import (
     exported_upright,
     recorded_dataset,
     restore_fields,
-    user_metadata,
 )
 from kinodb.ingest._hdf5_layout import (
     H5_ERRORS,
