@@ -168,8 +168,16 @@ def test_failed_episode_is_not_stored(tmp_path: Path) -> None:
     ],
 )
 def test_bad_writer_options(tmp_path: Path, kwargs: dict[str, Any], message: str) -> None:
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ValueError, match=message) as caught:
         kinodb.Writer(tmp_path / "o.kdb", **kwargs)
+    # The refused writer, as a traceback's locals show it (a debugger, pytest's report).
+    tb = caught.value.__traceback__
+    while tb is not None and not isinstance(tb.tb_frame.f_locals.get("self"), kinodb.Writer):
+        tb = tb.tb_next
+    assert tb is not None
+    writer = tb.tb_frame.f_locals["self"]
+    assert repr(writer).startswith("<kinodb.Writer")  # not an AttributeError
+    del writer, tb, caught
     gc.collect()
     assert listing(tmp_path) == []
 

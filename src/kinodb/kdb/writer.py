@@ -837,5 +837,7 @@ class Writer(_EpisodeCopies):
         return len(self._table)
 
     def __repr__(self) -> str:
+        if "_closed" not in self.__dict__:  # __init__ refused its arguments (a traceback shows it)
+            return f"<kinodb.Writer {self.__dict__.get('_path')!r} (not opened)>"
         state = "closed" if self._closed else f"mode={self._mode!r}"
         return f"<kinodb.Writer {self._path!r} ({len(self)} episodes, {state})>"
