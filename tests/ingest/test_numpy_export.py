@@ -251,3 +251,98 @@ def test_the_source_pickles_by_path(tmp_path: Path) -> None:
     source = NumpyExportSource(str(npy))
     copy = pickle.loads(pickle.dumps(source))
     assert copy.episodes() == source.episodes() == [f"episode_{i:06d}" for i in range(4)]
+
+
+@pytest.mark.parametrize("fmt", ["numpy", "hdf5", "lerobot"])
+def test_an_unknown_total_reward_beside_rewards_stays_unknown(tmp_path: Path, fmt: str) -> None:
+    """`kino upgrade` and `kino merge` keep a format 0.1 file's unknown total beside its
+    rewards; an export and ingest keep it unknown rather than summing the rewards."""
+    if fmt == "hdf5":
+        pytest.importorskip("h5py")
+    if fmt == "lerobot":
+        pytest.importorskip("pyarrow")
+    src = tmp_path / "src.kdb"
+    with kinodb.Writer(src) as w:
+        for total in (None, 2.5):
+            w._add_episode(actions=np.zeros((3, 2), np.float32), states=np.zeros((3, 2), np.float32),
+                           rewards=np.array([0.0, 1.0, 0.5], np.float32), total_reward=total, fps=10.0,
+                           sum_rewards=False)  # fmt: skip
+    out = tmp_path / ("x.hdf5" if fmt == "hdf5" else "x")
+    export(src, out, format=fmt)
+    back = tmp_path / "back.kdb"
+    report = ingest(out, back, verify=True)
+    assert report.verification.ok
+    with kinodb.open(back) as db:
+        assert [db.read_meta(i)["total_reward"] for i in range(2)] == [None, 2.5]
+        assert db.read_array(0, "rewards").tolist() == [0.0, 1.0, 0.5]
+
+
+def _edit_meta(npy: Path, episode: int, edit: Any) -> None:
+    path = npy / f"episode_{episode:06d}" / "meta.json"
+    record = json.loads(path.read_text())
+    edit(record)
+    path.write_text(json.dumps(record))
+
+
+def test_a_non_finite_total_the_export_spelled_out_is_stored_as_unknown(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    npy = _export(_source(tmp_path / "src.kdb", np.random.default_rng(12)), tmp_path)
+    _edit_meta(npy, 1, lambda r: r["meta"].update(total_reward="NaN"))  # as a 0.1 file's NaN total is written
+    out = tmp_path / "out.kdb"
+    ingest(npy, out, image_codec="raw")
+    with kinodb.open(out) as db:
+        assert db.read_meta(1)["total_reward"] is None
+    assert "total_reward NaN is not a number kinodb stores; it is stored as null" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda r: r["cameras"]["depth"].update(file="../../outside.npy"), r"cameras\.depth\.file is .*no '\.\.'"),
+        (lambda r: r["cameras"]["depth"].update(file="/etc/hostname"), r"cameras\.depth\.file is .*no absolute"),
+        (lambda r: r["cameras"]["front"].update(frames="/tmp/one.jpg"), r"cameras\.front\.frames is .*one field is \{frame\}"),
+        (lambda r: r["cameras"]["front"].update(frames="images/front/{frame:06d}{x}.jpg"), r"cameras\.front\.frames is .*one field is \{frame\}"),
+        (lambda r: r["cameras"]["front"].update(frames="../{frame:06d}.jpg"), r"cameras\.front\.frames is .*no '\.\.'"),
+        (lambda r: r["meta"].update(total_reward=10**400), r"meta\.total_reward 1000.* is too large for a float"),
+    ],
+)  # fmt: skip
+def test_a_meta_json_that_points_outside_or_does_not_parse_is_named(
+    tmp_path: Path, edit: Any, message: str
+) -> None:
+    npy = _export(_source(tmp_path / "src.kdb", np.random.default_rng(13)), tmp_path)
+    _edit_meta(npy, 0, edit)
+    with pytest.raises(ConversionError, match=r"episode_000000.meta\.json: " + message):
+        ingest(npy, tmp_path / "out.kdb")
+    assert not (tmp_path / "out.kdb").exists()
+
+
+@pytest.mark.parametrize(
+    ("entries", "message"),
+    [([{"dir": ".."}], r"episodes\[0\] names no episode folder"),
+     ([{"dir": "episode_000000"}, {"dir": "episode_000000"}], r"episodes\[1\] names the folder 'episode_000000' again")],
+)  # fmt: skip
+def test_an_index_that_leaves_the_export_or_repeats_a_folder_is_named(
+    tmp_path: Path, entries: list[dict[str, str]], message: str
+) -> None:
+    npy = _export(_source(tmp_path / "src.kdb", np.random.default_rng(14)), tmp_path)
+    (npy / "episodes.json").write_text(json.dumps({"episodes": entries}))
+    with pytest.raises(ConversionError, match=message):
+        ingest(npy, tmp_path / "out.kdb")
+
+
+def test_a_hand_trimmed_meta_json_and_the_files_own_numpy_metadata(tmp_path: Path) -> None:
+    src = tmp_path / "src.kdb"
+    with kinodb.Writer(src, metadata={"numpy": {"version": "2.1"}}) as w:
+        for _ in range(2):
+            w.add_episode(actions=np.ones((3, 2), np.float32))
+    npy = _export(src, tmp_path)
+    _edit_meta(npy, 1, lambda r: (r.pop("cameras"), r["meta"].update(episode_id=100)))  # as a 0.1 file's id
+    out = tmp_path / "out.kdb"
+    ingest(npy, out)
+    with kinodb.open(out) as db:
+        assert (
+            db.dataset_info()["metadata"]["numpy"]["version"] == "2.1"
+        )  # the file's own key keeps its value
+        assert db.dataset_info()["metadata"]["numpy"]["export"]["episodes"] == 2
+        assert "source_episode_id" not in db.read_meta(0) and db.read_meta(1)["source_episode_id"] == 100

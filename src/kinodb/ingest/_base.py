@@ -30,6 +30,11 @@ SOURCE_PARTS = "source_parts"
 ``"actions"`` alike), each component of a concatenated array as the source holds it, in its
 own dtype and per-frame shape. The framework drops it before writing; `verify` compares
 each component of the stored array with it, so a conversion that rounds shows."""
+TOTAL_UNKNOWN = "total_reward_unknown"
+"""An optional key of what `Source.read` returns: True stores the episode's total reward as
+null (unknown) whatever its rewards, where `Writer.add_episode` would sum them (a kinodb
+export's episode whose total was unknown). The framework drops it before writing; `verify`
+expects the null."""
 SOURCE_WHERE = "source_where"
 """An optional key of what `Source.read` returns: where the episode lies in the source, as
 the source's own messages name it (``data/chunk-000/episode_000029.parquet: episode 29``,

@@ -21,10 +21,8 @@ from collections.abc import Callable
 from itertools import pairwise
 from typing import Any
 
-import numpy as np
-
 from kinodb._provenance import carried_on_ingest
-from kinodb.ingest._base import exported_extra, fitting_part
+from kinodb.ingest._base import TOTAL_UNKNOWN, exported_extra, fitting_part
 from kinodb.ingest._hdf5_facts import text
 from kinodb.ingest._hdf5_layout import Field, Layout
 
@@ -180,13 +178,7 @@ def restore_fields(args: dict[str, Any], ep_meta: dict[str, Any]) -> None:
     args["extra"] = {**extra, **listed}
     if "total_reward" in ep_meta:
         total = ep_meta["total_reward"]
-        rewards = args.get("rewards")
-        if (
-            total is None
-            and rewards is not None
-            and not (rewards != 0).any()
-            and not np.signbit(rewards).any()
-        ):
-            del args["rewards"]  # all +0.0 with an unknown total: the writer stores zeros and keeps it null
-        elif total is not None:
+        if total is None:
+            args[TOTAL_UNKNOWN] = True  # unknown stays unknown, whatever the rewards
+        else:
             args["total_reward"] = float(total)

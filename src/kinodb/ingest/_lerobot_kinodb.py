@@ -20,7 +20,7 @@ import numpy as np
 from kinodb._provenance import carried_on_ingest
 from kinodb.errors import ConversionError
 from kinodb.export._lerobot_tables import element_names
-from kinodb.ingest._base import exported_extra
+from kinodb.ingest._base import TOTAL_UNKNOWN, exported_extra
 from kinodb.ingest._lerobot_data import read_jsonl
 from kinodb.ingest._options import skip_advice
 
@@ -181,14 +181,8 @@ def restore(args: dict[str, Any], facts: dict[str, Any], index: int, root: str) 
     args["success"] = meta.get("success")
     if "total_reward" in meta:
         args["total_reward"] = meta["total_reward"]
-        rewards = args.get("rewards")
-        if (
-            meta["total_reward"] is None
-            and rewards is not None
-            and not (rewards != 0).any()
-            and not np.signbit(rewards).any()
-        ):
-            del args["rewards"]  # all +0.0 with an unknown total: keep it unknown
+        if meta["total_reward"] is None:
+            args[TOTAL_UNKNOWN] = True  # unknown stays unknown, whatever the rewards
     if isinstance(meta.get("embodiment"), str):  # "" too: the episode's own, as it was written
         args["embodiment"] = meta["embodiment"]
     extra = args.setdefault("extra", {})

@@ -28,6 +28,7 @@ from kinodb.errors import ConversionError, KinodbError, WriterError
 from kinodb.ingest._base import (
     SOURCE_PARTS,
     SOURCE_WHERE,
+    TOTAL_UNKNOWN,
     Source,
     SourceInfo,
     SourceOptions,
@@ -511,8 +512,12 @@ def _write_episodes(
                     override_task(args, task)
                 where = args.pop(SOURCE_WHERE, None)
                 args["extra"] = {**args.get("extra", {}), "source_file": path, "source_episode": key}
+                unknown = bool(args.pop(TOTAL_UNKNOWN, False))
                 try:
-                    writer.add_episode(**args)
+                    if unknown:  # stored as null, not summed from the rewards
+                        writer._add_episode(**{**args, "total_reward": None}, sum_rewards=False)
+                    else:
+                        writer.add_episode(**args)
                 except (WriterError, ValueError, TypeError) as exc:  # the episode's fault; an OSError is not
                     error = _refused(args["extra"], where, exc)
                 else:

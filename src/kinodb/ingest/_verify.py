@@ -45,7 +45,15 @@ from typing import Any
 import numpy as np
 
 from kinodb.errors import ConversionError, KinodbError, WriterError
-from kinodb.ingest._base import SOURCE_PARTS, Source, SourceInfo, SourceOptions, formats, source_class
+from kinodb.ingest._base import (
+    SOURCE_PARTS,
+    TOTAL_UNKNOWN,
+    Source,
+    SourceInfo,
+    SourceOptions,
+    formats,
+    source_class,
+)
 from kinodb.ingest._exact import exact_equal
 from kinodb.ingest._hdf5_layout import NEXT_OBS_LAST, record_rows
 from kinodb.ingest._run import (
@@ -657,7 +665,7 @@ def _expected_labels(
     labels = {k: args.get(k, _DEFAULTS[k]) if overrides[k] is None else overrides[k] for k in overrides}
     success = args.get("success")
     total = args.get("total_reward")
-    if total is None and args.get("rewards") is not None:
+    if total is None and args.get("rewards") is not None and not args.get(TOTAL_UNKNOWN):
         # as `Writer.add_episode` stores it: unknown (None) when the sum is NaN or infinite
         total = float(arrays["rewards"].astype(np.float64).sum())
         total = total if math.isfinite(total) else None

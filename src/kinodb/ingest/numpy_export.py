@@ -33,7 +33,9 @@ such when given to ``ingest``.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import string
 from typing import Any, ClassVar
 
 import numpy as np
@@ -41,6 +43,7 @@ import numpy as np
 from kinodb._provenance import carried_on_ingest
 from kinodb.errors import ConversionError
 from kinodb.ingest._base import (
+    TOTAL_UNKNOWN,
     SourceInfo,
     SourceOptions,
     exported_extra,
@@ -50,6 +53,8 @@ from kinodb.ingest._base import (
 )
 from kinodb.ingest._options import skip_advice
 from kinodb.kdb._codecs import EncodedFrames
+
+log = logging.getLogger(__name__)
 
 FORMAT = "numpy"
 DATASET, INDEX, META = "dataset.json", "episodes.json", "meta.json"
@@ -114,14 +119,25 @@ class NumpyExportSource:
             entries = index.get("episodes") if isinstance(index, dict) else None
             if not isinstance(entries, list):
                 raise ConversionError(f"{path}: expected an object with a list 'episodes'; {_REWRITE}")
-            dirs = []
+            dirs: list[str] = []
+            seen: dict[str, int] = {}
             for k, entry in enumerate(entries):
                 folder = entry.get("dir") if isinstance(entry, dict) else None
-                if not isinstance(folder, str) or not folder or os.path.basename(folder) != folder:
+                if (
+                    not isinstance(folder, str)
+                    or folder in ("", ".", "..")
+                    or os.path.basename(folder) != folder
+                ):
                     raise ConversionError(
                         f"{path}: episodes[{k}] names no episode folder (its 'dir' is "
                         f"{json.dumps(folder)[:60]}; expected a folder name such as 'episode_000000'): {_REWRITE}"
                     )
+                if folder in seen:
+                    raise ConversionError(
+                        f"{path}: episodes[{k}] names the folder {folder!r} again (episodes[{seen[folder]}]); "
+                        f"each episode folder is listed once: {_REWRITE}"
+                    )
+                seen[folder] = k
                 dirs.append(folder)
             self._dirs = dirs
         return self._dirs
@@ -138,7 +154,12 @@ class NumpyExportSource:
             raise ConversionError(f"{path}: expected a JSON object (the dataset block); {_REWRITE}")
         metadata = user_metadata(dataset.get("metadata"))
         export = dataset.get("export")
-        metadata[FORMAT] = {"export": export if isinstance(export, dict) else None}
+        own = metadata.get(FORMAT)
+        if own is None or isinstance(own, dict):  # a dict of the file's own keeps its other keys
+            metadata[FORMAT] = {**(own or {}), "export": export if isinstance(export, dict) else None}
+        else:
+            log.warning("%s: the exported file's metadata holds %r, so the export's record is not kept there",
+                        path, FORMAT)  # fmt: skip
         return SourceInfo(FORMAT, schema=self._schema(dataset.get("schema")), metadata=metadata)
 
     def _schema(self, recorded: Any) -> dict[str, Any]:
@@ -153,8 +174,9 @@ class NumpyExportSource:
             return {}
         out = {}
         for name in ("actions", "states"):
-            shape = first["arrays"].get(name, {}).get("shape")
-            if isinstance(shape, list) and len(shape) >= 1:
+            entry = first["arrays"].get(name)
+            shape = entry.get("shape") if isinstance(entry, dict) else None
+            if isinstance(shape, list) and len(shape) >= 1 and all(type(d) is int and d >= 0 for d in shape):
                 part = fitting_part(recorded.get(name), int(np.prod(shape[1:], dtype=np.int64)))
                 if part:
                     out[name] = part
@@ -195,9 +217,13 @@ class NumpyExportSource:
         args["extra_arrays"] = arrays
         if self._options.images:
             args["images"] = {
-                str(name): self._camera(folder, str(name), entry) for name, entry in record["cameras"].items()
+                str(name): self._camera(folder, str(name), entry)
+                for name, entry in record.get("cameras", {}).items()
             }
         self._restore(args, record["meta"], os.path.join(folder, META))
+        said, position = record["meta"].get("episode_id"), record.get("position")
+        if type(said) is int and type(position) is int and said != position:  # a format 0.1 file's own id
+            args["extra"].setdefault("source_episode_id", said)
         return args
 
     def _array(self, folder: str, name: str, entry: Any) -> np.ndarray:
@@ -232,6 +258,7 @@ class NumpyExportSource:
             )
         pattern, file, codec = entry.get("frames"), entry.get("file"), entry.get("codec")
         if isinstance(pattern, str) and codec in _CODECS:
+            _inside(_frame_name(pattern, where, name), where, f"cameras.{name}.frames")
             frames = []
             for t in range(shape[0]):
                 path = os.path.join(folder, pattern.format(frame=t))
@@ -245,7 +272,7 @@ class NumpyExportSource:
                     ) from None
             return EncodedFrames(frames, shape[3])
         if isinstance(file, str) and codec == "raw":
-            path = os.path.join(folder, file)
+            path = os.path.join(folder, _inside(file, where, f"cameras.{name}.file"))
             arr = _load_npy(path)
             if arr.dtype != np.uint8 or list(arr.shape) != shape:
                 raise ConversionError(
@@ -260,6 +287,11 @@ class NumpyExportSource:
 
     def _restore(self, args: dict[str, Any], meta: dict[str, Any], where: str) -> None:
         """The episode's metadata from ``meta.json``'s ``meta`` (`Database.read_meta`'s dict)."""
+        meta = dict(meta)
+        if meta.get("total_reward") in _NON_FINITE:  # how the export writes a format 0.1 file's NaN total
+            log.warning("%s: total_reward %s is not a number kinodb stores; it is stored as null (unknown)",
+                        where, meta["total_reward"])  # fmt: skip
+            meta["total_reward"] = None
         for name, types, expected in _META_TYPES:
             value = meta.get(name)
             if value is not None and (
@@ -276,16 +308,15 @@ class NumpyExportSource:
             args["fps"] = float(meta["fps"])
         args["success"] = meta.get("success")
         total = meta.get("total_reward")
-        rewards = args.get("rewards")
         if total is not None:
-            args["total_reward"] = float(total)
-        elif (
-            "total_reward" in meta
-            and rewards is not None
-            and not (rewards != 0).any()
-            and not np.signbit(rewards).any()
-        ):
-            del args["rewards"]  # all +0.0 with an unknown total: the writer stores zeros and keeps it null
+            try:
+                args["total_reward"] = float(total)
+            except OverflowError:
+                raise ConversionError(
+                    f"{where}: meta.total_reward {str(total)[:40]} is too large for a float{skip_advice()}"
+                ) from None
+        elif "total_reward" in meta:
+            args[TOTAL_UNKNOWN] = True  # unknown stays unknown, whatever the rewards
         extra = exported_extra(meta, _BUILTIN_META)
         kept = carried_on_ingest(extra)
         for name in _PROVENANCE:
@@ -305,6 +336,42 @@ _META_TYPES = (
     ("embodiment", (str,), "a string"),
     ("task", (str,), "a string"),
 )  # the fields `_restore` hands to the writer as they are
+
+
+_NON_FINITE = ("NaN", "Infinity", "-Infinity")  # the export's JSON spelling of such floats
+
+
+def _frame_name(pattern: str, where: str, name: str) -> str:
+    """Frame 0's file name from a ``frames`` pattern, whose only field must be ``frame``.
+
+    Raises:
+        ConversionError: the pattern has another field, or one that does not format.
+    """
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(pattern) if f is not None]
+        if fields and set(fields) == {"frame"}:
+            return pattern.format(frame=0)
+    except (ValueError, KeyError, IndexError):
+        pass
+    raise ConversionError(
+        f"{where}: cameras.{name}.frames is {json.dumps(pattern)[:80]}; expected a file name pattern whose one "
+        f"field is {{frame}}, such as 'images/{name}/{{frame:06d}}.jpg': {_REWRITE}{skip_advice()}"
+    )
+
+
+def _inside(rel: str, where: str, field: str) -> str:
+    """``rel``, a path that stays inside the episode folder.
+
+    Raises:
+        ConversionError: ``rel`` is absolute or climbs out with ``..``.
+    """
+    parts = rel.replace("\\", "/").split("/")
+    if not rel or os.path.isabs(rel) or ".." in parts:
+        raise ConversionError(
+            f"{where}: {field} is {json.dumps(rel)[:80]}; expected a path inside the episode folder (no "
+            f"absolute path, no '..'): {_REWRITE}{skip_advice()}"
+        )
+    return rel
 
 
 def _load_npy(path: str) -> np.ndarray:
