@@ -332,9 +332,14 @@ def lerobot_root(path: str) -> str | None:
     ``path`` itself does not count: this finds the root of a dataset's ``data/`` or
     ``meta/`` folder, or of one of its parquet or mp4 files.
     """
+    return _enclosing(path, _LEROBOT_DEPTH, (os.path.join("meta", "info.json"),))
+
+
+def _enclosing(path: str, depth: int, files: tuple[str, ...]) -> str | None:
+    """The nearest folder above ``path``, at most ``depth`` levels up, holding all of ``files``."""
     folder = os.path.dirname(os.path.abspath(path))  # a file's folder; a folder's parent
-    for _ in range(_LEROBOT_DEPTH):
-        if os.path.isfile(os.path.join(folder, "meta", "info.json")):
+    for _ in range(depth):
+        if all(os.path.isfile(os.path.join(folder, n)) for n in files):
             return _shown(folder, path)
         parent = os.path.dirname(folder)
         if parent == folder:
@@ -349,15 +354,7 @@ _NUMPY_DEPTH = 4  # episode_000000/images/CAMERA/000000.jpg: a file's folders be
 def numpy_export_root(path: str) -> str | None:
     """The kinodb numpy export (a folder holding ``dataset.json`` and ``episodes.json``)
     that ``path`` lies inside, or None; ``path`` itself does not count."""
-    folder = os.path.dirname(os.path.abspath(path))
-    for _ in range(_NUMPY_DEPTH):
-        if all(os.path.isfile(os.path.join(folder, n)) for n in ("dataset.json", "episodes.json")):
-            return _shown(folder, path)
-        parent = os.path.dirname(folder)
-        if parent == folder:
-            break
-        folder = parent
-    return None
+    return _enclosing(path, _NUMPY_DEPTH, ("dataset.json", "episodes.json"))
 
 
 def what_it_is(path: str) -> str | None:
