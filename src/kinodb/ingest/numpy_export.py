@@ -103,6 +103,7 @@ class NumpyExportSource:
                 f"{DATASET} and {INDEX}){not_this_format(self._path, FORMAT)}"
             )
         self._dirs: list[str] | None = None
+        self._listed: set[str] = set()
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self._path, self._options))
@@ -139,7 +140,7 @@ class NumpyExportSource:
                     )
                 seen[folder] = k
                 dirs.append(folder)
-            self._dirs = dirs
+            self._dirs, self._listed = dirs, set(dirs)
         return self._dirs
 
     def episodes(self) -> list[str]:
@@ -203,7 +204,8 @@ class NumpyExportSource:
             ConversionError: names the file that is missing, malformed or not as
                 ``meta.json`` describes it.
         """
-        if key not in self._index():
+        self._index()
+        if key not in self._listed:  # a set: a dataset of many episodes reads each in O(1)
             raise ConversionError(f"{self._path}: no episode folder {key!r} in {INDEX}")
         folder = os.path.join(self._path, key)
         record = self._meta(key)
