@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import json
 import os
 import shlex
 import struct
@@ -212,6 +213,22 @@ def fitting_part(part: Any, dim: int) -> dict[str, Any] | None:
             return None
         out["components"] = {str(k): list(v) for k, v in comps.items()}
     return out
+
+
+def read_json(path: str, advice: str = "") -> Any:
+    """The JSON value in ``path``.
+
+    Raises:
+        ConversionError: the file is missing or is not JSON; names it, then ``advice``
+            (``"; what to do"``).
+    """
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except FileNotFoundError:
+        raise ConversionError(f"{path}: missing{advice}") from None
+    except (OSError, ValueError) as exc:
+        raise ConversionError(f"{path}: not readable JSON ({exc}){advice}") from None
 
 
 def episodes_spec(positions: list[int]) -> str:

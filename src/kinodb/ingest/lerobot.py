@@ -112,6 +112,7 @@ from kinodb.ingest._base import (
     episodes_spec,
     lerobot_root,
     not_this_format,
+    read_json,
 )
 from kinodb.ingest._lerobot_columns import (
     ACTION_KEYS,
@@ -168,16 +169,6 @@ _TURNED_AGAIN = {
 
 
 # -- metadata ---------------------------------------------------------------------------
-
-
-def _read_json(path: str) -> Any:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return json.load(fh)
-    except FileNotFoundError:
-        raise ConversionError(f"{path}: missing") from None
-    except (OSError, ValueError) as exc:
-        raise ConversionError(f"{path}: not readable JSON ({exc})") from None
 
 
 def _check_root(root: str) -> None:
@@ -334,7 +325,7 @@ class LeRobotSource:
         self._pq: Any = require("pyarrow.parquet", extra="lerobot")
         _check_root(self._root)
         info_path = os.path.join(self._root, "meta", "info.json")
-        info = _read_json(info_path)
+        info = read_json(info_path)
         if not isinstance(info, dict) or not isinstance(info.get("features"), dict):
             raise ConversionError(f"{info_path}: expected a JSON object with 'features'")
         self._info: dict[str, Any] = info

@@ -49,6 +49,7 @@ from kinodb.ingest._base import (
     exported_extra,
     fitting_part,
     not_this_format,
+    read_json,
     user_metadata,
 )
 from kinodb.ingest._options import skip_advice
@@ -65,16 +66,6 @@ _BUILTIN_META = frozenset(
 )  # fmt: skip
 _CODECS = ("jpeg", "png")  # encoded frame files the export writes
 _REWRITE = "export the .kdb file again with kino export --format numpy"
-
-
-def _load_json(path: str, what: str) -> Any:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return json.load(fh)
-    except FileNotFoundError:
-        raise ConversionError(f"{path}: missing; {what}") from None
-    except (OSError, ValueError) as exc:
-        raise ConversionError(f"{path}: cannot be read as JSON ({exc}); {what}") from None
 
 
 class NumpyExportSource:
@@ -116,7 +107,7 @@ class NumpyExportSource:
     def _index(self) -> list[str]:
         if self._dirs is None:
             path = os.path.join(self._path, INDEX)
-            index = _load_json(path, f"it lists the export's episode folders: {_REWRITE}")
+            index = read_json(path, f"; it lists the export's episode folders: {_REWRITE}")
             entries = index.get("episodes") if isinstance(index, dict) else None
             if not isinstance(entries, list):
                 raise ConversionError(f"{path}: expected an object with a list 'episodes'; {_REWRITE}")
@@ -150,7 +141,7 @@ class NumpyExportSource:
     def info(self) -> SourceInfo:
         """The exported file's dataset metadata and schema names, and the export's record."""
         path = os.path.join(self._path, DATASET)
-        dataset = _load_json(path, f"it holds the exported file's schema and metadata: {_REWRITE}")
+        dataset = read_json(path, f"; it holds the exported file's schema and metadata: {_REWRITE}")
         if not isinstance(dataset, dict):
             raise ConversionError(f"{path}: expected a JSON object (the dataset block); {_REWRITE}")
         metadata = user_metadata(dataset.get("metadata"))
@@ -185,7 +176,7 @@ class NumpyExportSource:
 
     def _meta(self, key: str) -> dict[str, Any]:
         path = os.path.join(self._path, key, META)
-        record = _load_json(path, f"it describes the episode's arrays and frames: {_REWRITE}{skip_advice()}")
+        record = read_json(path, f"; it describes the episode's arrays and frames: {_REWRITE}{skip_advice()}")
         if not (
             isinstance(record, dict)
             and isinstance(record.get("meta"), dict)
