@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The built-in example: create datasets, inspect, validate, query, merge, mix, export and
-# re-ingest, ingest real RLDS/LeRobot data when the samples are present, read from Python,
-# compute statistics, benchmark, then the end-to-end loop from recording to deployment.
+# re-ingest, ingest a zarr replay buffer, and real RLDS/LeRobot data when the samples are
+# present, read from Python, compute statistics, benchmark, then the end-to-end loop from
+# recording to deployment.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${VENV:-.venv}/bin
@@ -30,6 +31,9 @@ run "$BIN/kino" ingest demo/franka_lerobot -o demo/franka_from_lerobot.kdb --for
 run "$BIN/kino" verify demo/franka_lerobot demo/franka_from_lerobot.kdb --psnr 30
 run "$BIN/kino" export demo/train.kdb -o demo/train.hdf5 --format hdf5 --force
 run "$BIN/kino" ingest demo/train.hdf5 -o demo/train_again.kdb --force -q
+# A diffusion_policy replay buffer (zarr): Push-T's layout, frames kept lossless
+run "$BIN/python" examples/pusht_zarr.py demo/pusht.zarr
+run "$BIN/kino" ingest demo/pusht.zarr -o demo/pusht.kdb --embodiment pusht --task "push the T into place" --fps 10 --image-codec png --force -q --verify
 SAMPLE=../shared/samples/octo_bridge_rlds/bridge_dataset/1.0.0
 if [ -d "$SAMPLE" ]; then
   run "$BIN/kino" ingest "$SAMPLE" -o demo/bridge.kdb --force -q

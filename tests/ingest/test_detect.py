@@ -117,12 +117,12 @@ def test_unknown_files_keep_the_generic_message(tmp_path: Path) -> None:
     text = tmp_path / "notes.txt"
     text.write_text("hello")
     assert _refusal(text) == (
-        f"{text}: cannot tell its format (tried hdf5, kinfer-ndjson, lerobot, numpy, rlds); pass format explicitly"
+        f"{text}: cannot tell its format (tried hdf5, kinfer-ndjson, lerobot, numpy, rlds, zarr); pass format explicitly"
     )
     table = tmp_path / "table.parquet"  # a parquet file of no dataset: what it is, and the generic advice
     pq.write_table(pa.table({"a": [1, 2]}), table)
     assert _refusal(table) == (
-        f"{table}: cannot tell its format (tried hdf5, kinfer-ndjson, lerobot, numpy, rlds; it is a Parquet file); "
+        f"{table}: cannot tell its format (tried hdf5, kinfer-ndjson, lerobot, numpy, rlds, zarr; it is a Parquet file); "
         "pass format explicitly"
     )
     folder = tmp_path / "folder"

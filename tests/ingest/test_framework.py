@@ -310,7 +310,9 @@ def test_cli_messages_name_the_options_and_python_messages_the_parameters(
     out = tmp_path / "a.kdb"
     assert main(["ingest", src, "-o", str(out), "-q", "--action-key", "act"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("kino ingest: error: --action-key names the actions of LeRobot and RLDS datasets; ")
+    assert err.startswith(
+        "kino ingest: error: --action-key names the actions of LeRobot, RLDS and zarr datasets; "
+    )
     assert "whose converter takes no --action-key (its actions have a fixed place): leave it out" in err
     with pytest.raises(ValueError, match=r"^action_key names .* takes no action_key"):
         ingest(src, out, action_key="act")

@@ -321,7 +321,8 @@ def test_action_key_is_refused_for_hdf5(
     tmp_path: Path, robomimic: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with pytest.raises(
-        ValueError, match=r"action_key names the actions of LeRobot and RLDS datasets; .* is read as hdf5"
+        ValueError,
+        match=r"action_key names the actions of LeRobot, RLDS and zarr datasets; .* is read as hdf5",
     ):
         ingest(robomimic, tmp_path / "a.kdb", action_key="act")
     assert main(["ingest", str(robomimic), "-o", str(tmp_path / "a.kdb"), "-q", "--action-key", "act"]) == 2

@@ -13,13 +13,13 @@ from kinodb.ingest._base import formats
 
 def register(sub: Any) -> None:
     """Add the subcommand to ``sub``."""
-    p = sub.add_parser("ingest", help="convert robomimic/LIBERO HDF5, RLDS TFRecord or LeRobot into a .kdb file",
+    p = sub.add_parser("ingest", help="convert robomimic/LIBERO HDF5, RLDS TFRecord, LeRobot or zarr into a .kdb file",
                        description="Convert a dataset into one .kdb file, exactly: source dtypes are kept and "
                                    "encoded frames pass through unchanged.")  # fmt: skip
     p.add_argument("src", help="source file or folder")
     p.add_argument("-o", "--output", required=True, help="output .kdb file")
     p.add_argument("-F", "--format", default="auto", type=source_format,
-                   help="auto (default), hdf5, rlds, lerobot, kinfer-ndjson, numpy, or a plug-in's name")  # fmt: skip
+                   help="auto (default), hdf5, rlds, lerobot, zarr, kinfer-ndjson, numpy, or a plug-in's name")  # fmt: skip
     p.add_argument("-e", "--embodiment", type=embodiment_name,
                    help="embodiment of every episode (default: from the source); episodes are chosen "
                         "with --episodes")  # fmt: skip
@@ -43,7 +43,8 @@ def register(sub: Any) -> None:
     p.add_argument("--state-keys", metavar="K1,K2", help="observation keys that make up the state, in order")
     p.add_argument("--action-key", metavar="KEY",
                    help="the feature that holds the actions (LeRobot: default action, else actions; "
-                        "RLDS: default steps/action; a dict of tensors such as action_dict is concatenated)")  # fmt: skip
+                        "RLDS: default steps/action; a dict of tensors such as action_dict is concatenated; "
+                        "zarr: default data/action, else data/actions)")  # fmt: skip
     p.add_argument(
         "--split",
         help="split to read: RLDS shards (train, val, ...; default train, and the summary names the splits "
@@ -79,6 +80,7 @@ _KINDS = {
     "lerobot": "LeRobot v2.0, v2.1, v3.0",
     "kinfer-ndjson": "kinfer NDJSON logs",
     "numpy": "a kino export --format numpy folder",
+    "zarr": "a zarr replay buffer (diffusion_policy, UMI)",
 }
 
 

@@ -165,6 +165,7 @@ _BUILTIN = {
     "lerobot": "kinodb.ingest.lerobot:LeRobotSource",
     "kinfer-ndjson": "kinodb.ingest.kinfer_ndjson:KinferNdjsonSource",
     "numpy": "kinodb.ingest.numpy_export:NumpyExportSource",
+    "zarr": "kinodb.ingest.zarr_replay:ZarrSource",
 }
 
 
@@ -374,10 +375,27 @@ def numpy_export_root(path: str) -> str | None:
     return _enclosing(path, _NUMPY_DEPTH, ("dataset.json", "episodes.json"))
 
 
+_ZARR_DEPTH = (
+    4  # data/img/0.0.0.0 (or data/img/c/0/0/0/0, found from its folders): a chunk's folders below the store
+)
+_ZARR_MARKS = ((".zgroup", "meta/episode_ends/.zarray"), ("zarr.json", "meta/episode_ends/zarr.json"))
+
+
+def zarr_root(path: str) -> str | None:
+    """The zarr replay buffer (a group holding ``meta/episode_ends``) that ``path`` lies
+    inside, or None; ``path`` itself does not count."""
+    for marks in _ZARR_MARKS:
+        found = _enclosing(path, _ZARR_DEPTH, tuple(os.path.join(*m.split("/")) for m in marks))
+        if found is not None:
+            return found
+    return None
+
+
 def what_it_is(path: str) -> str | None:
     """Why ``path`` is not a source to ingest, and what to do instead, or None.
 
-    Knows a kinodb ``.kdb`` file (by its magic), JSON export and part of a numpy export, a part of a LeRobot dataset (its
+    Knows a kinodb ``.kdb`` file (by its magic), JSON export and part of a numpy export, a
+    part or a group without ``meta/episode_ends`` of a zarr store, a part of a LeRobot dataset (its
     ``data/`` or ``meta/`` folder, a parquet or mp4 file of it), a metadata file of an
     RLDS (TFDS) dataset folder and a folder of HDF5 files (`hdf5_folder`).
     """
@@ -408,6 +426,15 @@ def what_it_is(path: str) -> str | None:
     export = numpy_export_root(path)
     if export is not None:
         return f"this is part of a kinodb numpy export; pass the export's folder (holding episodes.json): {export}"
+    store = zarr_root(path)
+    if store is not None:
+        return f"this is part of a zarr replay buffer; pass the store (the folder holding meta/episode_ends): {store}"
+    if os.path.isdir(path) and any(os.path.isfile(os.path.join(path, n)) for n in (".zgroup", "zarr.json")):
+        return (
+            "this is a zarr group without meta/episode_ends; kinodb reads zarr stores laid out as diffusion_policy's "
+            "replay buffer (data/ arrays of one row per frame, meta/episode_ends the end of each episode): record "
+            "where the episodes end there, or pass the replay buffer's own folder"
+        )
     root = lerobot_root(path)
     if root is not None:
         return (

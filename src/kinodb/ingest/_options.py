@@ -150,6 +150,10 @@ _NOT_TAKEN: dict[str, dict[str, str]] = {
         "flip_images": "kinfer logs hold no camera frames",
         "keep_model_file": _MODEL_FILE_ONLY,
     },
+    "zarr": {
+        "split": "a zarr replay buffer has no splits; select episodes with {episodes}",
+        "keep_model_file": _MODEL_FILE_ONLY,
+    },
     "numpy": {
         "split": "a numpy export is read whole; select episodes with {episodes}",
         "state_keys": "its states are the exported file's, as they were stored",
@@ -173,7 +177,7 @@ def refuse_unused(cls: type[Source], path: str, given: Mapping[str, object]) -> 
             if getattr(cls, "accepts_action_key", False):
                 continue
             raise ValueError(
-                f"{option_name(name)} names the actions of LeRobot and RLDS datasets; {path} is read as "
+                f"{option_name(name)} names the actions of LeRobot, RLDS and zarr datasets; {path} is read as "
                 f"{cls.format}, whose converter takes no {option_name(name)} (its actions have a fixed "
                 "place): leave it out"
             )
