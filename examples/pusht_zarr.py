@@ -5,7 +5,7 @@ agent and block pose ``state``, ``keypoint``, ``n_contacts``, the 2-D ``action``
 ``meta/episode_ends`` the exclusive end row of each episode: what
 ``pusht_cchi_v7_replay.zarr`` holds. ``kino ingest OUT -o pusht.kdb`` reads it.
 
-Usage: python examples/pusht_zarr.py OUT.zarr [--episodes N]
+Usage: python examples/pusht_zarr.py OUT.zarr [--episodes N]   (zarr 3's API; it writes zarr format 2)
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def main() -> None:
         keys["action"].append(np.clip(agent + rng.normal(0, 2, (T, 2)), 0, 95).astype(np.float32))
         total += T
         ends.append(total)
-    root = zarr.open_group(args.out, mode="w", zarr_format=2)  # the format diffusion_policy's zarr 2 writes
+    root = zarr.open_group(args.out, mode="w", zarr_format=2)  # the format diffusion_policy (zarr 2) writes
     data = root.require_group("data")
     for name, parts in keys.items():
         value = np.concatenate(parts)

@@ -281,7 +281,11 @@ def _ends(path: Path, ends: list[int]) -> None:
     ("ends", "message"),
     [
         ([23, 40, 30, 90], r"episode_ends\[2\] is 30, below .*episode_ends\[1\] \(40\)"),
-        ([23, 40, 71, 80], r"episode_ends ends at row 80, and the data/ arrays hold 90 rows"),
+        (
+            [23, 40, 71, 95],
+            r"episode_ends ends at row 95, and data/action holds 90, data/img holds 90, .*rows; the "
+            r"store was written in part",
+        ),
         ([-1, 40, 71, 90], r"episode_ends\[0\] is -1"),
     ],
 )
@@ -302,7 +306,7 @@ def test_arrays_of_different_lengths_and_a_missing_action_are_named(tmp_path: Pa
     _pusht(path, np.random.default_rng(8))
     group = zarr.open_group(path, mode="a")["data"]
     _array(group, "short", np.zeros((50, 2), np.float32))
-    with pytest.raises(ConversionError, match=r"hold different numbers of rows \(action: 90, .*short: 50"):
+    with pytest.raises(ConversionError, match=r"episode_ends ends at row 90, and data/short holds 50 rows"):
         ingest(path, tmp_path / "a.kdb")
     del group["short"]
     del group["action"]
@@ -441,3 +445,83 @@ def test_the_pusht_example_writes_a_buffer_that_ingests_exactly(tmp_path: Path) 
     assert report.episodes == 3 and report.verification.ok
     written = zarr.open_group(path, mode="r")
     assert report.frames == int(written["meta"]["episode_ends"][-1]) == written["data"]["img"].shape[0]
+
+
+def test_strings_in_meta_become_fields_and_text_in_data_is_left_out_with_a_note(tmp_path: Path) -> None:
+    path = tmp_path / "p.zarr"
+    data = _pusht(path, np.random.default_rng(17))
+    root = zarr.open_group(path, mode="a")
+    _array(root["meta"], "task", np.array(["push", "pull", "turn", "push"]))
+    _array(root["meta"], "score", np.array([0.5, np.nan, 1.0, np.inf]))
+    root["meta"].create_array("operator", shape=(4,), dtype=str)[...] = np.array(
+        ["ann", "bo", "", "cy"], object
+    )
+    _array(root["data"], "language", np.array(["go"] * ENDS[-1]))
+    report = ingest(path, tmp_path / "out.kdb", image_codec="png")
+    assert any("data/language holds" in n and "not numbers per frame: left out" in n for n in report.notes)
+    assert any(
+        "meta/score holds NaN or infinity for 2 episodes" in n and "stored as null" in n for n in report.notes
+    )
+    _check_pusht(tmp_path / "out.kdb", data)
+    with kinodb.open(tmp_path / "out.kdb") as db:
+        metas = [db.read_meta(i) for i in range(4)]
+        assert [m["meta.task"] for m in metas] == ["push", "pull", "turn", "push"]
+        assert [m["meta.operator"] for m in metas] == ["ann", "bo", "", "cy"]
+        assert [m["meta.score"] for m in metas] == [0.5, None, 1.0, None]
+        assert "language" not in db.read_episode(0)
+        assert db.query("meta.task = 'push'").tolist() == [0, 3]
+
+
+def test_rows_after_the_last_episode_are_left_out_with_a_note(tmp_path: Path) -> None:
+    """diffusion_policy's ReplayBuffer reads the rows up to the last end."""
+    path = tmp_path / "p.zarr"
+    data = _pusht(path, np.random.default_rng(18))
+    _ends(path, [23, 40, 71, 80])
+    report = ingest(path, tmp_path / "out.kdb", image_codec="png")
+    assert any(
+        "data/action holds 90 rows, 10 after the last episode's end (row 80)" in n for n in report.notes
+    )
+    _check_pusht(tmp_path / "out.kdb", data, ends=[23, 40, 71, 80])
+
+
+def test_format_3_blosc_chunks_cut_short_and_absent_chunks_are_caught(tmp_path: Path) -> None:
+    rng = np.random.default_rng(19)
+    path = tmp_path / "v3.zarr"
+    root = zarr.open_group(path, mode="w")
+    blosc = zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
+    _array(root.require_group("data"), "action", rng.normal(size=(90, 3)), chunks=(20, 3), compressors=blosc)
+    _array(root["data"], "state", rng.normal(size=(90, 2)), chunks=(20, 2))
+    _array(root.require_group("meta"), "episode_ends", np.array(ENDS, np.int64))
+    os.remove(path / "data" / "state" / "c" / "4" / "0")
+    report = ingest(path, tmp_path / "ok.kdb")
+    assert any("data/state: 1 of 5 chunks are absent" in n for n in report.notes)
+    chunk = path / "data" / "action" / "c" / "1" / "0"
+    raw = chunk.read_bytes()
+    chunk.write_bytes(raw[:-1])
+    with pytest.raises(
+        ConversionError, match=rf"{chunk}: {len(raw) - 1} bytes, where its Blosc header says {len(raw)}"
+    ):
+        ingest(path, tmp_path / "bad.kdb")
+    assert not (tmp_path / "bad.kdb").exists()
+
+
+def test_a_zip_with_folder_entries_counts_absent_chunks_and_a_cut_archive_is_named(tmp_path: Path) -> None:
+    import zipfile
+
+    path = tmp_path / "p.zarr"
+    _pusht(path, np.random.default_rng(20))
+    os.remove(_chunk(path, "keypoint", "2.0.0"))
+    archive = tmp_path / "p.zarr.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for folder, _, files in os.walk(path):
+            rel = os.path.relpath(folder, path)
+            if rel != ".":
+                zf.write(folder, rel + "/")  # the folder entries `zip -r` writes
+            for name in files:
+                zf.write(os.path.join(folder, name), os.path.normpath(os.path.join(rel, name)))
+    report = ingest(archive, tmp_path / "z.kdb", images=False)
+    assert any("data/keypoint: 1 of 6 chunks are absent" in n for n in report.notes)
+    cut = tmp_path / "cut.zarr.zip"
+    cut.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
+    with pytest.raises(ConversionError, match=r"cut.zarr.zip: not a readable zip archive"):
+        ingest(cut, tmp_path / "c.kdb")

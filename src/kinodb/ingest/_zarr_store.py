@@ -48,7 +48,7 @@ class Store:
                 self._zip = zipfile.ZipFile(path)
             except (zipfile.BadZipFile, OSError) as exc:
                 raise ConversionError(f"{path}: not a readable zip archive ({exc}); {_RESTORE}") from None
-            self._names = {n.rstrip("/") for n in self._zip.namelist()}
+            self._names = {n for n in self._zip.namelist() if not n.endswith("/")}  # not folders
 
     @property
     def kind(self) -> str:
@@ -147,6 +147,11 @@ class Array:
     missing_chunks: int
     chunk_count: int
 
+    @property
+    def numeric(self) -> bool:
+        """Whether it holds numbers or bools (else strings or bytes)."""
+        return self.dtype.kind in "biuf"
+
     def read(self, start: int, stop: int) -> np.ndarray:
         """Rows ``start`` to ``stop - 1`` (all of every other dimension), in native byte order."""
         raise NotImplementedError
@@ -179,7 +184,7 @@ class V2Array(Array):
             raise ConversionError(
                 f"{where}: order {self._order!r} or separator {self._sep!r} is not zarr's; {_RESTORE}"
             )
-        self.stored = _dtype(raw_dtype, where)
+        self.stored = _dtype(raw_dtype, where, meta.get("filters"))
         self.dtype = self.stored.newbyteorder("=") if self.stored.byteorder not in "=|" else self.stored
         self._fill = _fill_value(meta.get("fill_value"), self.stored)
         self.compressor = _codec(meta.get("compressor"), where, name)
@@ -229,6 +234,8 @@ class V2Array(Array):
         key = f"{self.name}/{self._sep.join(map(str, index))}"
         raw = self.store.get(key)
         if raw is None:
+            if self.stored.kind in "OUS":
+                return np.full(self.chunks, "" if self.stored.kind != "S" else b"", self.dtype)
             return np.full(self.chunks, self._fill, self.dtype)
         expected = math.prod(self.chunks) * self.stored.itemsize
         where = self.store.where(key)
@@ -249,6 +256,8 @@ class V2Array(Array):
                 f"{where}: cannot be decoded with {self._codecs()} ({type(exc).__name__}: {exc}; chunk "
                 f"{list(index)} of {self.name}); {damaged}"
             ) from None
+        if self.stored.kind == "O":
+            return self._objects(buf, index, where, damaged)
         data = np.ascontiguousarray(buf).reshape(-1).view(np.uint8)
         if data.size != expected:
             raise ConversionError(
@@ -258,32 +267,91 @@ class V2Array(Array):
         block = data.view(self.stored).reshape(self.chunks, order=self._order)
         return block.astype(self.dtype) if self.stored != self.dtype else block
 
+    def _objects(self, buf: Any, index: tuple[int, ...], where: str, damaged: str) -> np.ndarray:
+        """A chunk of variable-length strings or bytes, as the codec decoded it."""
+        arr = np.asarray(buf, dtype=object).reshape(-1)
+        if arr.size != math.prod(self.chunks):
+            raise ConversionError(
+                f"{where}: {arr.size} values after decoding with {self._codecs()}, where a chunk of {self.name} "
+                f"({'x'.join(map(str, self.chunks))}) holds {math.prod(self.chunks)}; {damaged}"
+            )
+        return arr.reshape(self.chunks, order=self._order)
+
     def _codecs(self) -> str:
         names = [c.codec_id for c in (self.compressor, *self.filters) if c is not None]
         return "+".join(names) or "no codec"
 
 
 class V3Array(Array):
-    """A format 3 array, read through the zarr library."""
+    """A format 3 array, read through the zarr library.
 
-    def __init__(self, array: Any, name: str) -> None:
-        self._array, self.name = array, name
+    Where its last codec is Blosc and it is not sharded, each chunk a read needs has its
+    Blosc header checked against its size first, from the store's own bytes, as format 2
+    chunks are: zarr 3 decodes through the same numcodecs Blosc.
+    """
+
+    def __init__(self, array: Any, name: str, store: Store) -> None:
+        self._array, self.name, self.store = array, name, store
         self.shape = tuple(int(d) for d in array.shape)
-        self.dtype = np.dtype(array.dtype)
-        if self.dtype.kind not in "biuf":
-            raise ConversionError(f"{name}: dtype {self.dtype} is not a number or bool")
-        self.dtype = self.dtype.newbyteorder("=") if self.dtype.byteorder not in "=|" else self.dtype
+        dtype = np.dtype(array.dtype)
+        if dtype.kind not in "biufUSOT":
+            raise ConversionError(
+                f"{store.where(name)}: dtype {dtype} is not one kinodb reads (numbers, bools, strings)"
+            )
+        if dtype.kind in "biuf":
+            self.dtype = dtype.newbyteorder("=") if dtype.byteorder not in "=|" else dtype
+        else:
+            self.dtype = np.dtype(object)  # strings, read as Python objects
         self.attrs = dict(array.attrs)
-        self.chunk_count = self.missing_chunks = 0
+        self.chunk_count = int(array.nchunks)
+        self.missing_chunks = max(0, self.chunk_count - int(array.nchunks_initialized))
+        meta = store.json(f"{name}/{V3_META}") or {}
+        codecs = [c.get("name") for c in meta.get("codecs", []) if isinstance(c, dict)]
+        grid = (meta.get("chunk_grid") or {}).get("configuration", {}).get("chunk_shape")
+        encoding = meta.get("chunk_key_encoding") or {}
+        self._chunks: tuple[int, ...] | None = None
+        if codecs and codecs[-1] == "blosc" and "sharding_indexed" not in codecs and isinstance(grid, list):
+            self._chunks = tuple(int(c) for c in grid)
+            sep = (encoding.get("configuration") or {}).get("separator")
+            self._v2_keys = encoding.get("name") == "v2"
+            self._sep = sep or ("." if self._v2_keys else "/")
+
+    def _chunk_key(self, idx: tuple[int, ...]) -> str:
+        """A chunk's key below the array (``c/1/0``; ``1.0`` with the ``v2`` key encoding)."""
+        if self._v2_keys:
+            return self._sep.join(map(str, idx))
+        return "c" + "".join(f"{self._sep}{i}" for i in idx)
 
     def read(self, start: int, stop: int) -> np.ndarray:
+        if self._chunks is not None and stop > start:
+            self._check_blosc(start, stop)
         try:
             out = np.asarray(self._array[start:stop])
         except Exception as exc:  # the codec pipeline's own errors
             raise ConversionError(
-                f"{self.name}: rows {start}-{stop - 1} cannot be read ({type(exc).__name__}: {exc}); {_RESTORE}"
+                f"{self.store.where(self.name)}: rows {start}-{stop - 1} cannot be read ({type(exc).__name__}: "
+                f"{exc}); {_RESTORE}"
             ) from None
         return out.astype(self.dtype) if out.dtype != self.dtype else out
+
+    def _check_blosc(self, start: int, stop: int) -> None:
+        assert self._chunks is not None
+        c0, rest = self._chunks[0], self._chunks[1:]
+        grid = [range(-(-d // c)) for d, c in zip(self.shape[1:], rest, strict=True)]
+        for i0 in range(start // c0, (stop - 1) // c0 + 1):
+            for idx in itertools.product(*grid):
+                key = f"{self.name}/{self._chunk_key((i0, *idx))}"
+                raw = self.store.get(key)
+                said = (
+                    _BLOSC_HEADER.unpack_from(raw)[6]
+                    if raw is not None and len(raw) >= _BLOSC_HEADER.size
+                    else None
+                )
+                if raw is not None and said != len(raw):
+                    raise ConversionError(
+                        f"{self.store.where(key)}: {len(raw)} bytes, where its Blosc header says {said} (chunk "
+                        f"{[i0, *idx]} of {self.name}); the chunk is damaged or was cut short; {_RESTORE}"
+                    )
 
 
 def open_v3(path: str, store: Store) -> Any:
@@ -312,20 +380,29 @@ def open_v3(path: str, store: Store) -> Any:
     return zarr.open_group(raw, mode="r")
 
 
-def _dtype(raw: Any, where: str) -> np.dtype[Any]:
+_VLEN = ("vlen-utf8", "vlen-bytes")  # the object codecs read here (never pickle)
+
+
+def _dtype(raw: Any, where: str, filters: Any = None) -> np.dtype[Any]:
+    """The array's dtype: numbers and bools, fixed-width strings and bytes, and object arrays
+    whose filters are a variable-length string or bytes codec."""
     try:
         dtype = np.dtype(raw) if isinstance(raw, str) else None
     except TypeError:
         dtype = None
-    if dtype is None or dtype.kind not in "biuf" or dtype.shape:
+    if dtype is not None and dtype.kind == "O":
+        ids = [f.get("id") for f in filters or [] if isinstance(f, dict)]
+        if not any(i in _VLEN for i in ids):
+            dtype = None
+    if dtype is None or dtype.kind not in "biufUSO" or dtype.shape:
         raise ConversionError(
-            f"{where}: dtype {json.dumps(raw)[:60]} is not a number or bool (kinodb stores numeric arrays)"
+            f"{where}: dtype {json.dumps(raw)[:60]} is not one kinodb reads (numbers, bools, strings, bytes)"
         )
     return dtype
 
 
 def _fill_value(raw: Any, dtype: np.dtype[Any]) -> Any:
-    if raw is None:
+    if raw is None or dtype.kind in "OUS":
         return 0
     if isinstance(raw, str) and raw in ("NaN", "Infinity", "-Infinity"):
         return {"NaN": np.nan, "Infinity": np.inf, "-Infinity": -np.inf}[raw]

@@ -9,9 +9,10 @@ archive of one (``*.zarr.zip``), in zarr format 2 (what zarr 2 writes, and the r
 here; see `kinodb.ingest._zarr_store`) or 3 (read through zarr 3). What goes where:
 
 - Episodes are ``episode_ends``' entries, in order; an episode's key is ``episode_I``.
-  ``episode_ends`` must be non-decreasing and end at the arrays' row count (else an error
-  says which entry is wrong). An episode of no rows is an error naming it (skip it with
-  ``--on-error skip``).
+  ``episode_ends`` must be non-decreasing and end within every array's rows (else an
+  error says which entry or array is wrong); rows after the last end are in no episode
+  and left out, with a note, as diffusion_policy's ``ReplayBuffer`` reads them. An
+  episode of no rows is an error naming it (skip it with ``--on-error skip``).
 - ``actions``: ``data/action`` (diffusion_policy's name), else ``data/actions``, or the
   array ``action_key`` names; a 1-D array is one column.
 - ``states``: the arrays of ``state_keys`` in that order; else ``data/state`` (Push-T's
@@ -32,10 +33,12 @@ here; see `kinodb.ingest._zarr_store`) or 3 (read through zarr 3). What goes whe
   degrees.
 - Every other array of ``data/`` is an extra array named by its key, bit for bit with its
   own dtype and shape (Push-T's ``keypoint`` and ``n_contacts``); a name the writer
-  reserves or a camera holds becomes ``data.KEY``.
+  reserves or a camera holds becomes ``data.KEY``. An array of text (strings or bytes per
+  frame) or a scalar is left out, named in the report's notes.
 - Each other array of ``meta/`` with one row per episode gives each episode the extra
-  field ``meta.KEY`` (its row: a number, a bool, a string, or a list of them); one that
-  has another length is named in the report's notes and left out.
+  field ``meta.KEY`` (its row: a number, a bool, a string, or a list of them; NaN and
+  infinity, which metadata cannot hold, become null, with a note); one that has another
+  length is named in the report's notes and left out.
 - The dataset metadata's ``zarr`` holds the store's kind and format, the root group's and
   ``data/``'s attributes, and each array's attributes where it has any.
 - ``fps``: the ``fps`` option, else a number under the root group's attribute ``fps``,
@@ -43,7 +46,8 @@ here; see `kinodb.ingest._zarr_store`) or 3 (read through zarr 3). What goes whe
   from the options: the layout holds neither.
 
 A chunk that is damaged (cut short, or not what its array's codec and metadata say) is an
-error naming its file; a chunk that is absent reads as the array's fill value, as in
+error naming its file (in format 3 stores, for chunks whose last codec is Blosc, and what
+zarr's codecs detect); a chunk that is absent reads as the array's fill value, as in
 zarr, and the report's notes count such chunks. ``split`` and ``keep_model_file`` do not
 apply (the framework refuses them).
 """
@@ -135,6 +139,8 @@ class ZarrSource:
         marks = (f"{ENDS}/{V2_ARRAY}", f"{ENDS}/{V3_META}")
         if os.path.isdir(path):
             return any(os.path.isfile(os.path.join(path, *m.split("/"))) for m in marks)
+        if path.lower().endswith(".zarr.zip"):
+            return True  # named as one: a damaged archive is then named as such, not "unknown format"
         if not zipfile.is_zipfile(path):
             return False
         try:
@@ -161,8 +167,15 @@ class ZarrSource:
         if version is None:
             raise ConversionError(f"{self._path}: no zarr group at its root (no .zgroup or zarr.json)")
         arrays, groups, meta_arrays, root_attrs, data_attrs = self._arrays(store, version)
-        ends = self._ends(meta_arrays.pop("episode_ends", None), arrays)
-        layout = _Layout(store, arrays, ends, actions=self._action_key(arrays))
+        notes: list[str] = []
+        for key, arr in list(arrays.items()):
+            if not arr.numeric or not arr.shape:
+                del arrays[key]
+                text = "text" if arr.dtype.kind == "O" else f"text ({arr.dtype.str})"
+                what = "a scalar" if not arr.shape else text
+                notes.append(f"data/{key} holds {what}, not numbers per frame: left out")
+        ends = self._ends(meta_arrays.pop("episode_ends", None), arrays, notes)
+        layout = _Layout(store, arrays, ends, actions=self._action_key(arrays), notes=notes)
         self._choose_states(layout)
         taken = {layout.actions, *layout.states}
         free = [k for k in sorted(arrays) if k not in taken]
@@ -185,8 +198,13 @@ class ZarrSource:
         n = len(ends)
         for key, arr in sorted(meta_arrays.items()):
             if arr.shape[:1] == (n,):
-                rows = arr.read(0, n)
-                layout.fields[f"meta.{key}"] = [row.tolist() for row in rows]
+                values, odd = _fields(arr.read(0, n))
+                layout.fields[f"meta.{key}"] = values
+                if odd:
+                    layout.notes.append(
+                        f"meta/{key} holds NaN or infinity for {odd} episode{'s' if odd != 1 else ''}, which "
+                        "metadata cannot hold: stored as null"
+                    )
             else:
                 layout.notes.append(
                     f"meta/{key} ({'x'.join(map(str, arr.shape)) or 'scalar'}) has not one row per episode ({n}): "
@@ -239,10 +257,10 @@ class ZarrSource:
                 data_attrs = dict(node.attrs)
                 groups = sorted(node.group_keys())
             for key in sorted(node.array_keys()):
-                into[key] = V3Array(node[key], f"{group}/{key}")
+                into[key] = V3Array(node[key], f"{group}/{key}", store)
         return arrays, groups, meta, dict(root.attrs), data_attrs
 
-    def _ends(self, arr: Array | None, arrays: dict[str, Array]) -> np.ndarray:
+    def _ends(self, arr: Array | None, arrays: dict[str, Array], notes: list[str]) -> np.ndarray:
         where = f"{self._path}: {ENDS}"
         if arr is None:
             raise ConversionError(
@@ -253,15 +271,6 @@ class ZarrSource:
         ends = arr.read(0, arr.shape[0]).astype(np.int64)
         if not arrays:
             raise ConversionError(f"{self._path}: data/ holds no arrays")
-        rows = {k: a.shape[0] if a.shape else None for k, a in arrays.items()}
-        counts = sorted(set(rows.values()), key=lambda v: -1 if v is None else v)
-        if len(counts) != 1 or counts[0] is None:
-            listed = ", ".join(f"{k}: {v}" for k, v in sorted(rows.items()))
-            raise ConversionError(
-                f"{self._path}: the data/ arrays hold different numbers of rows ({listed}); every array holds one "
-                "row per frame"
-            )
-        total = counts[0]
         if ends.size and int(ends[0]) < 0:
             raise ConversionError(f"{where}[0] is {int(ends[0])}; ends are row counts, 0 or more")
         down = np.flatnonzero(np.diff(ends) < 0)
@@ -272,11 +281,19 @@ class ZarrSource:
                 "decrease"
             )
         last = int(ends[-1]) if ends.size else 0
-        if last != total:
+        short = {k: a.shape[0] for k, a in sorted(arrays.items()) if a.shape[0] < last}
+        if short:
+            listed = ", ".join(f"data/{k} holds {n}" for k, n in short.items())
             raise ConversionError(
-                f"{where} ends at row {last}, and the data/ arrays hold {total} rows; the store was written in "
-                "part, or its arrays were changed after the episodes were recorded"
+                f"{where} ends at row {last}, and {listed} rows; the store was written in part, or its arrays were "
+                "changed after the episodes were recorded"
             )
+        for k, a in sorted(arrays.items()):
+            if a.shape[0] > last:  # diffusion_policy's ReplayBuffer reads the rows up to the last end
+                notes.append(
+                    f"data/{k} holds {a.shape[0]} rows, {a.shape[0] - last} after the last episode's end (row "
+                    f"{last}): those are in no episode and left out"
+                )
         return ends
 
     def _action_key(self, arrays: dict[str, Array]) -> str:
@@ -448,6 +465,39 @@ class ZarrSource:
         if self._layout is not None:
             self._layout.store.close()
             self._layout = None
+
+
+def _fields(rows: np.ndarray) -> tuple[list[Any], int]:
+    """Each episode's row of a ``meta/`` array as an extra field's value (bytes decoded as
+    UTF-8, NaN and infinity as None), and how many rows held NaN or infinity."""
+    values, odd = [], 0
+    for row in rows:
+        value = _plain(row.tolist() if isinstance(row, (np.ndarray, np.generic)) else row)
+        if _non_finite(value):
+            odd += 1
+            value = _finite(value)
+        values.append(value)
+    return values, odd
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "backslashreplace")
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _non_finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return not np.isfinite(value)
+    return isinstance(value, list) and any(_non_finite(v) for v in value)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if np.isfinite(value) else None
+    return [_finite(v) for v in value] if isinstance(value, list) else value
 
 
 def _position(key: str, n: int) -> int | None:
