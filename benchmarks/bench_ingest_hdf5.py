@@ -20,9 +20,7 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +28,8 @@ import h5py
 import numpy as np
 
 import kinodb
+from _ingest_timing import measure as measure_ingest
+from _ingest_timing import print_rows
 from kinodb.ingest import ingest
 
 LOW_DIM = {"object": 10, "robot0_eef_pos": 3, "robot0_eef_quat": 4, "robot0_gripper_qpos": 2}
@@ -82,23 +82,10 @@ def read_all(path: Path) -> int:
 
 def measure(src: Path, out: Path, repeats: int, frames: int, nbytes: int, **kw: Any) -> dict[str, Any]:
     """Time ingest and the h5py peer, alternating; return the row."""
-    times: dict[str, list[float]] = {"ingest": [], "h5py_read": []}
-    for r in range(repeats):
-        for name in ("ingest", "h5py_read") if r % 2 == 0 else ("h5py_read", "ingest"):
-            t0 = time.perf_counter()
-            if name == "ingest":
-                ingest(src, out, format="hdf5", overwrite=True, **kw)
-            else:
-                read_all(src)
-            times[name].append(time.perf_counter() - t0)
-    med = {k: statistics.median(v) for k, v in times.items()}
-    return {
-        "options": kw, "frames": frames, "source_bytes": nbytes, "output_bytes": out.stat().st_size,
-        "seconds": times, "median_seconds": med,
-        "ingest_frames_per_s": frames / med["ingest"], "read_frames_per_s": frames / med["h5py_read"],
-        "ingest_MBps": nbytes / med["ingest"] / 1e6, "read_MBps": nbytes / med["h5py_read"] / 1e6,
-        "throughput_ratio_ingest_over_read": med["h5py_read"] / med["ingest"],
-    }  # fmt: skip
+    return measure_ingest(
+        lambda: ingest(src, out, format="hdf5", **kw), lambda: read_all(src), out,
+        peer="h5py_read", repeats=repeats, frames=frames, nbytes=nbytes, options=kw,
+    )  # fmt: skip
 
 
 def main() -> None:
@@ -142,13 +129,7 @@ def main() -> None:
         "python": platform.python_version(), "kinodb": kinodb.__version__, "h5py": h5py.__version__,
         "machine": platform.machine(), "cpus": os.cpu_count(),
     }  # fmt: skip
-    print(f"{'row':<12} {'ingest':>22} {'h5py read-only':>24} {'ratio':>7}")
-    for name, row in rows.items():
-        print(
-            f"{name:<12} {row['ingest_frames_per_s']:>9,.0f} fr/s {row['ingest_MBps']:>6.0f} MB/s "
-            f"{row['read_frames_per_s']:>10,.0f} fr/s {row['read_MBps']:>6.0f} MB/s "
-            f"{row['throughput_ratio_ingest_over_read']:>6.2f}x"
-        )
+    print_rows(rows, "h5py")
     print(
         f"state-only ingest = {ratio:.2f}x h5py read-only (target >= 0.5x): {'met' if ratio >= 0.5 else 'NOT met'}"
     )

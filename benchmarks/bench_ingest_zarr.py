@@ -21,9 +21,7 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +29,8 @@ import numpy as np
 import zarr
 
 import kinodb
+from _ingest_timing import measure as measure_ingest
+from _ingest_timing import print_rows
 from kinodb.ingest import ingest
 
 
@@ -67,25 +67,10 @@ def read_all(path: Path) -> int:
 
 def measure(src: Path, out: Path, repeats: int, frames: int, nbytes: int, **kw: Any) -> dict[str, Any]:
     """Time ingest and the zarr peer, alternating; return the row."""
-    times: dict[str, list[float]] = {"ingest": [], "zarr_read": []}
-    for r in range(repeats):
-        for name in ("ingest", "zarr_read") if r % 2 == 0 else ("zarr_read", "ingest"):
-            if name == "ingest" and out.exists():
-                out.unlink()  # off the clock: a user's ingest writes a new file
-            t0 = time.perf_counter()
-            if name == "ingest":
-                ingest(src, out, format="zarr", fps=10, **kw)
-            else:
-                read_all(src)
-            times[name].append(time.perf_counter() - t0)
-    med = {k: statistics.median(v) for k, v in times.items()}
-    return {
-        "options": kw, "frames": frames, "source_bytes": nbytes, "output_bytes": out.stat().st_size,
-        "seconds": times, "median_seconds": med,
-        "ingest_frames_per_s": frames / med["ingest"], "read_frames_per_s": frames / med["zarr_read"],
-        "ingest_MBps": nbytes / med["ingest"] / 1e6, "read_MBps": nbytes / med["zarr_read"] / 1e6,
-        "throughput_ratio_ingest_over_read": med["zarr_read"] / med["ingest"],
-    }  # fmt: skip
+    return measure_ingest(
+        lambda: ingest(src, out, format="zarr", fps=10, **kw), lambda: read_all(src), out,
+        peer="zarr_read", repeats=repeats, frames=frames, nbytes=nbytes, options=kw,
+    )  # fmt: skip
 
 
 def main() -> None:
@@ -118,13 +103,7 @@ def main() -> None:
         "python": platform.python_version(), "kinodb": kinodb.__version__, "zarr": zarr.__version__,
         "machine": platform.machine(), "cpus": os.cpu_count(),
     }  # fmt: skip
-    print(f"{'row':<12} {'ingest':>22} {'zarr read-only':>24} {'ratio':>7}")
-    for name, row in rows.items():
-        print(
-            f"{name:<12} {row['ingest_frames_per_s']:>9,.0f} fr/s {row['ingest_MBps']:>6.0f} MB/s "
-            f"{row['read_frames_per_s']:>10,.0f} fr/s {row['read_MBps']:>6.0f} MB/s "
-            f"{row['throughput_ratio_ingest_over_read']:>6.2f}x"
-        )
+    print_rows(rows, "zarr")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
 

@@ -232,6 +232,22 @@ def read_json(path: str, advice: str = "") -> Any:
         raise ConversionError(f"{path}: not readable JSON ({exc}){advice}") from None
 
 
+def checked_path(cls: type[Source], path: str | os.PathLike[str], what: str) -> str:
+    """``path`` as a str, once it exists and ``cls`` recognises it.
+
+    Raises:
+        FileNotFoundError: nothing is at ``path``.
+        ConversionError: ``cls.detect`` refuses it: ``PATH: not WHAT``, then what it is
+            instead where that is known (`not_this_format`).
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(2, "No such file or directory", path)
+    if not cls.detect(path):
+        raise ConversionError(f"{path}: not {what}{not_this_format(path, cls.format)}")
+    return path
+
+
 def episodes_spec(positions: list[int]) -> str:
     """Ascending positions as an ``--episodes`` spec: ``[0, 1, 2, 29]`` -> ``0-2,29``."""
     runs: list[list[int]] = []

@@ -46,9 +46,9 @@ from kinodb.ingest._base import (
     TOTAL_UNKNOWN,
     SourceInfo,
     SourceOptions,
+    checked_path,
     exported_extra,
     fitting_part,
-    not_this_format,
     read_json,
     user_metadata,
 )
@@ -84,15 +84,12 @@ class NumpyExportSource:
     format: ClassVar[str] = FORMAT
 
     def __init__(self, path: str | os.PathLike[str], options: SourceOptions | None = None) -> None:
-        self._path = os.fspath(path)
+        self._path = checked_path(
+            type(self),
+            path,
+            f"a numpy export (the folder kino export --format numpy writes, holding {DATASET} and {INDEX})",
+        )
         self._options = options or SourceOptions()
-        if not os.path.exists(self._path):
-            raise FileNotFoundError(2, "No such file or directory", self._path)
-        if not self.detect(self._path):
-            raise ConversionError(
-                f"{self._path}: not a numpy export (the folder kino export --format numpy writes, holding "
-                f"{DATASET} and {INDEX}){not_this_format(self._path, FORMAT)}"
-            )
         self._dirs: list[str] | None = None
         self._listed: set[str] = set()
 

@@ -63,7 +63,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from kinodb.errors import ConversionError
-from kinodb.ingest._base import SOURCE_PARTS, SourceInfo, SourceOptions, not_this_format
+from kinodb.ingest._base import SOURCE_PARTS, SourceInfo, SourceOptions, checked_path
 from kinodb.ingest._exact import first_rounded
 from kinodb.ingest._options import option_name, skip_advice
 from kinodb.ingest._zarr_store import V2_ARRAY, V3_META, Array, Store, V2Array, V3Array, open_v3, store_format
@@ -119,15 +119,12 @@ class ZarrSource:
     accepts_action_key: ClassVar[bool] = True  # data/KEY holds the actions
 
     def __init__(self, path: str | os.PathLike[str], options: SourceOptions | None = None) -> None:
-        self._path = os.fspath(path)
+        self._path = checked_path(
+            type(self),
+            path,
+            f"a zarr replay buffer (a zarr group, or a zip archive of one, holding data/ arrays and {ENDS})",
+        )
         self._options = options or SourceOptions()
-        if not os.path.exists(self._path):
-            raise FileNotFoundError(2, "No such file or directory", self._path)
-        if not self.detect(self._path):
-            raise ConversionError(
-                f"{self._path}: not a zarr replay buffer (a zarr group, or a zip archive of one, holding data/ "
-                f"arrays and {ENDS}){not_this_format(self._path, FORMAT)}"
-            )
         self._layout: _Layout | None = None
 
     def __reduce__(self) -> tuple[Any, ...]:
