@@ -16,6 +16,7 @@ import os
 import re
 import shlex
 import shutil
+import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -200,6 +201,10 @@ def test_readme_examples(in_tmp: Path, short_loaders: None) -> None:
     (in_tmp / "bridge_dataset").mkdir()
     (in_tmp / "bridge_dataset" / "1.0.0").symlink_to(BRIDGE)
     (in_tmp / "g1_lerobot").symlink_to(G1)
+    example = (
+        Path(__file__).resolve().parents[1] / "examples" / "pusht_zarr.py"
+    )  # a replay buffer as Push-T's
+    subprocess.run([sys.executable, str(example), "pusht_cchi_v7_replay.zarr", "--episodes", "3"], check=True)
     for k, name in enumerate(("franka", "widowx", "aloha")):
         write_synthetic(f"{name}.kdb", 20, 30, seed=k, embodiment=name)
     (in_tmp / "token.txt").write_text(TOKEN + "\n")
