@@ -54,7 +54,6 @@ apply (the framework refuses them).
 
 from __future__ import annotations
 
-import logging
 import os
 import zipfile
 from dataclasses import dataclass, field
@@ -67,8 +66,6 @@ from kinodb.ingest._base import SOURCE_PARTS, SourceInfo, SourceOptions, checked
 from kinodb.ingest._exact import first_rounded
 from kinodb.ingest._options import option_name, skip_advice
 from kinodb.ingest._zarr_store import V2_ARRAY, V3_META, Array, Store, V2Array, V3Array, open_v3, store_format
-
-log = logging.getLogger(__name__)
 
 FORMAT = "zarr"
 DEFAULT_FPS = 10.0  # Push-T's control rate; the layout records none
@@ -216,8 +213,6 @@ class ZarrSource:
                     "array's fill value (zarr leaves out chunks that hold only it); if the store was copied in "
                     "part, copy it again"
                 )
-        for note in layout.notes:
-            log.warning("%s: %s", self._path, note)
         layout.metadata = {
             "store": store.kind,
             "zarr_format": version,
