@@ -103,7 +103,7 @@ def test_only_hdf5_replaces_a_file_and_only_its_own(make_kdb, tmp_path: Path) ->
     shutil.copyfile(src, copy)
     before = _snapshot(tmp_path)
     for path in (foreign, copy):
-        with pytest.raises(FileExistsError, match="a file that is not an earlier kinodb hdf5 export"):
+        with pytest.raises(FileExistsError, match="a file that is not an earlier kinodb hdf5 or zarr export"):
             export(src, path, format="hdf5", overwrite=True)
     assert _snapshot(tmp_path) == before
     mine = tmp_path / "mine.hdf5"

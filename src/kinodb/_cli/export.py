@@ -1,4 +1,5 @@
-"""``kino export``: a .kdb file (optionally filtered) to NumPy files, JSON metadata, robomimic HDF5 or LeRobot."""
+"""``kino export``: a .kdb file (optionally filtered) to NumPy files, JSON metadata, robomimic HDF5, LeRobot
+or a zarr replay buffer."""
 
 from __future__ import annotations
 
@@ -9,26 +10,29 @@ import sys
 import warnings
 from typing import Any
 
-_FORMATS = ("numpy", "json", "hdf5", "lerobot")
+_FORMATS = ("numpy", "json", "hdf5", "lerobot", "zarr")
 
 
 def register(sub: Any) -> None:
     """Add the subcommand to ``sub``."""
     p = sub.add_parser(
         "export",
-        help="export a .kdb file to .npy files, JSON metadata, robomimic HDF5 or a LeRobot dataset",
+        help="export a .kdb file to .npy files, JSON metadata, robomimic HDF5, a LeRobot dataset or a zarr "
+        "replay buffer",
         description="Export episodes to a folder of .npy arrays and image files (numpy), metadata "
-        "only (json), one robomimic-layout HDF5 file (hdf5), or a LeRobot v3.0 dataset folder "
-        "(lerobot). The output appears only when complete. OUT must be a new path, or with --force "
+        "only (json), one robomimic-layout HDF5 file (hdf5), a LeRobot v3.0 dataset folder "
+        "(lerobot), or a zarr replay buffer as diffusion_policy reads it (zarr: a folder, or a zip archive when "
+        "OUT ends in .zip). The output appears only when complete. OUT must be a new path, or with --force "
         "an earlier kinodb export or an empty folder; OUT is never the current folder, the input "
         "file, or a folder holding either.",
     )
     p.add_argument("path", metavar="PATH", help="the .kdb file")
     p.add_argument("-o", "--output", required=True, metavar="OUT",
-                   help="output folder (numpy, json, lerobot) or file (hdf5); its folder must exist")  # fmt: skip
+                   help="output folder (numpy, json, lerobot, zarr) or file (hdf5, zarr as .zarr.zip); its "
+                   "folder must exist")  # fmt: skip
     p.add_argument("-F", "--format", choices=_FORMATS, type=_format,
-                   help="default: hdf5 when OUT ends in .hdf5, .h5 or .he5, else numpy (an OUT ending in "
-                   ".json, .jsonl or .kdb needs --format)")  # fmt: skip
+                   help="default: hdf5 when OUT ends in .hdf5, .h5 or .he5, zarr when it ends in .zarr or "
+                   ".zarr.zip, else numpy (an OUT ending in .json, .jsonl or .kdb needs --format)")  # fmt: skip
     p.add_argument("--video-codec", choices=("h264", "av1"),
                    help="lerobot: codec of the camera videos (default: h264)")  # fmt: skip
     p.add_argument("--images-as", choices=("video", "image"),
@@ -128,9 +132,11 @@ def _in_the_way(output: str, fmt: str, exc: FileExistsError) -> OSError:
     """
     from kinodb._cli._errors import one_line
     from kinodb.export._base import existing_output, exists_message
+    from kinodb.export._run import zipped_output
 
     target = os.path.abspath(output)
-    found = existing_output(target, directory=fmt != "hdf5")
+    directory = fmt != "hdf5" and not zipped_output(output, fmt)
+    found = existing_output(target, directory=directory)
     if found is None:  # not OUT (or gone since): the error as it stands
         return OSError(one_line(exc))
-    return OSError(exists_message(target, found, directory=fmt != "hdf5", force="--force"))
+    return OSError(exists_message(target, found, directory=directory, force="--force"))

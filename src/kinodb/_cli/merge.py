@@ -38,7 +38,14 @@ def register(sub: Any) -> None:
 
 # Format names of ingest and export, where -F is --format: given to merge's -F, a mix-up.
 _INGEST_FORMATS = ("auto", "kinfer-ndjson", "rlds")
-_EXPORT_FORMATS = {"h5": "hdf5", "hdf5": "hdf5", "json": "json", "lerobot": "lerobot", "numpy": "numpy"}
+_EXPORT_FORMATS = {
+    "h5": "hdf5",
+    "hdf5": "hdf5",
+    "json": "json",
+    "lerobot": "lerobot",
+    "numpy": "numpy",
+    "zarr": "zarr",
+}
 
 
 def _filter(text: str) -> str:

@@ -12,6 +12,7 @@ import re
 import secrets
 import shutil
 import string
+import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -306,7 +307,11 @@ def check_case_collisions(names: dict[str, str], what: str) -> None:
 # Where each export writes its facts (the "export" object of a JSON file): a folder holding
 # such facts and, at every level, only the entries that export writes (`unexpected_entries`)
 # is an earlier export, which overwrite may replace.
-_FOLDER_MARKERS = (("dataset.json", ("numpy", "json")), (os.path.join("meta", "kinodb.json"), ("lerobot",)))
+_FOLDER_MARKERS = (
+    ("dataset.json", ("numpy", "json")),
+    (os.path.join("meta", "kinodb.json"), ("lerobot",)),
+    (".zattrs", ("zarr",)),  # its kinodb_export
+)
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 _MAX_MARKER_BYTES = 1 << 26  # a dataset.json is kilobytes: anything this large is no export's
 _ADVICE = {
@@ -360,7 +365,9 @@ def existing_output(target: str, *, directory: bool) -> Existing | None:
             return Existing("a file (this format writes a folder)")
         if _hdf5_export(target):
             return Existing("an earlier kinodb hdf5 export", by_file=True)
-        return Existing("a file that is not an earlier kinodb hdf5 export")
+        if _zarr_zip_export(target):
+            return Existing("an earlier kinodb zarr export (a zip archive)", by_file=True)
+        return Existing("a file that is not an earlier kinodb hdf5 or zarr export")
     if os.path.lexists(target):
         return Existing("neither a file nor a folder")
     return None
@@ -506,7 +513,7 @@ def _export_facts(path: str) -> dict[str, Any] | None:
 
 
 def _kinodb_facts(record: Any) -> dict[str, Any] | None:
-    facts = record.get("export") if isinstance(record, dict) else None
+    facts = record.get("export", record.get("kinodb_export")) if isinstance(record, dict) else None
     if isinstance(facts, dict) and str(facts.get("exporter", "")).startswith("kinodb "):
         return facts
     return None
@@ -531,6 +538,19 @@ def _hdf5_export(path: str) -> bool:
     except (OSError, ValueError, KeyError, TypeError):
         return False
     return facts is not None and facts.get("format") == "hdf5"
+
+
+def _zarr_zip_export(path: str) -> bool:
+    """Whether the file ``path`` is a zarr export of kinodb zipped (``.zattrs`` with its facts,
+    and only a store's entries)."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            if zf.getinfo(".zattrs").file_size > _MAX_MARKER_BYTES:
+                return False
+            facts = _kinodb_facts(json.loads(zf.read(".zattrs").decode("utf-8")))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return False
+    return facts is not None and facts.get("format") == "zarr"
 
 
 # -- staging --------------------------------------------------------------------------------

@@ -8,6 +8,9 @@ a ``labels.csv`` beside an episode's arrays, another camera's videos) keeps the 
 - ``numpy``: ``dataset.json``, ``episodes.json`` and ``episode_N/`` folders, each holding
   what its ``meta.json`` lists (the arrays' files, and each camera's ``.npy`` file or
   frame files under ``images/``).
+- ``zarr``: ``.zgroup`` and ``.zattrs``, and under ``data/`` and ``meta/`` their ``.zgroup``
+  and the arrays its ``.zattrs`` record names, each a folder of ``.zarray`` and chunk files
+  (``0.0``, ``1.0``, ...).
 - ``lerobot``: the ``meta/`` files, ``meta/episodes`` and ``data`` Parquet files in
   ``chunk-CCC/file-FFF`` form, and ``videos/<key>/chunk-CCC/file-FFF.mp4`` for each video
   feature of ``meta/info.json``.
@@ -46,7 +49,7 @@ def unexpected_entries(path: str, fmt: str, *, limit: int = 4) -> list[str]:
     """Up to ``limit`` entries under the earlier ``fmt`` export at ``path`` that such an
     export does not write, as paths relative to ``path`` (a folder with a trailing ``/``), in
     sorted order; a folder that cannot be listed counts as one."""
-    rule = {"json": _json_rule, "numpy": _numpy_rule, "lerobot": _lerobot_rule}[fmt](path)
+    rule = {"json": _json_rule, "numpy": _numpy_rule, "lerobot": _lerobot_rule, "zarr": _zarr_rule}[fmt](path)
     found: list[str] = []
 
     def walk(rel: str) -> None:
@@ -86,6 +89,39 @@ def _lerobot_rule(path: str) -> Rule:
     def rule(rel: str, is_dir: bool) -> bool:
         match = (_LEROBOT_DIRS if is_dir else _LEROBOT_FILES).fullmatch(rel)
         return match is not None and match.group("key") in (None, *videos)
+
+    return rule
+
+
+_ZARR_CHUNK = re.compile(r"[0-9]+(\.[0-9]+)*")
+
+
+def _zarr_rule(path: str) -> Rule:
+    attrs = _read_json(os.path.join(path, ".zattrs"))
+    facts = attrs.get("kinodb_export") if isinstance(attrs, dict) else None
+    layout = facts.get("layout") if isinstance(facts, dict) else None
+    arrays: set[str] = set()
+    if isinstance(layout, dict):
+        for key in ("actions", "timestamps", "rewards", "is_terminal"):
+            if isinstance(layout.get(key), str):
+                arrays.add(f"data/{layout[key]}")
+        for group, names in (("data", layout.get("states")), ("data", layout.get("cameras")),
+                             ("data", layout.get("extra_arrays")), ("meta", layout.get("meta"))):  # fmt: skip
+            if isinstance(names, (list, dict)):
+                arrays.update(f"{group}/{k}" for k in names if isinstance(k, str))
+    arrays.add("meta/episode_ends")
+
+    def rule(rel: str, is_dir: bool) -> bool:
+        if rel in (".zgroup", ".zattrs"):
+            return not is_dir
+        if rel in ("data", "meta"):
+            return is_dir
+        if rel in ("data/.zgroup", "meta/.zgroup"):
+            return not is_dir
+        if is_dir:
+            return rel in arrays
+        folder, _, name = rel.rpartition("/")
+        return folder in arrays and (name == ".zarray" or _ZARR_CHUNK.fullmatch(name) is not None)
 
     return rule
 

@@ -12,12 +12,14 @@ from kinodb.export import _json_meta, _numpy_dir
 from kinodb.export._base import ExportReport, check_output, select, staged, tree_size
 from kinodb.kdb.reader import Database, open_database
 
-FORMATS = ("numpy", "json", "hdf5", "lerobot")
+FORMATS = ("numpy", "json", "hdf5", "lerobot", "zarr")
 HDF5_COMPRESSIONS = ("gzip", "lzf", "none")
 """What the ``hdf5`` export's ``compression`` takes (``gzip`` at level 4, h5py's default)."""
 
 # Without a format, an output named like an HDF5 file is exported as one.
-SUFFIX_FORMATS = {".hdf5": "hdf5", ".h5": "hdf5", ".he5": "hdf5"}
+SUFFIX_FORMATS = {".hdf5": "hdf5", ".h5": "hdf5", ".he5": "hdf5", ".zarr": "zarr"}
+ZIP_SUFFIX = ".zip"
+"""A ``zarr`` export to a name ending so (``pusht.zarr.zip``) is a zip archive of the store."""
 # Suffixes of single files that no export writes: a folder so named is a surprise, so an
 # output named so needs its format said.
 _FILE_SUFFIXES = {
@@ -51,6 +53,20 @@ def _lerobot_writer(video_codec: str | None, images_as: str | None) -> _FormatWr
     return write
 
 
+def _zarr_writer(zipped: bool) -> _FormatWriter:
+    from kinodb.export import zarr  # deferred: it is the only module that needs numcodecs
+
+    def write(db: Database, positions: list[int], out: str, facts: dict[str, Any]) -> list[str]:
+        return zarr.write(db, positions, out, facts, zipped=zipped)
+
+    return write
+
+
+def zipped_output(out: str | os.PathLike[str], format: str) -> bool:
+    """Whether the export ``format`` to ``out`` writes one file (a zip archive), not a folder."""
+    return format == "zarr" and os.fspath(out).lower().endswith(ZIP_SUFFIX)
+
+
 _WRITERS: dict[str, _FormatWriter] = {
     "numpy": _numpy_dir.write,
     "json": _json_meta.write,
@@ -60,8 +76,8 @@ _WRITERS: dict[str, _FormatWriter] = {
 def output_format(out: str | os.PathLike[str], format: str | None, *, option: str = "format={!r}") -> str:
     """The format of an export to ``out``: ``format`` when given, else from ``out``'s name.
 
-    A name ending in ``.hdf5``, ``.h5`` or ``.he5`` means ``hdf5``; any other name means
-    ``numpy``. ``option`` spells how to pass a format (``"--format {}"`` on the command line).
+    A name ending in ``.hdf5``, ``.h5`` or ``.he5`` means ``hdf5``, one ending in ``.zarr``
+    or ``.zarr.zip`` means ``zarr``; any other name means ``numpy``. ``option`` spells how to pass a format (``"--format {}"`` on the command line).
 
     Raises:
         ValueError: ``format`` is unknown; or it is None and ``out`` ends in ``.json``,
@@ -72,6 +88,8 @@ def output_format(out: str | os.PathLike[str], format: str | None, *, option: st
             raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
         return format
     name = os.fspath(out)
+    if name.lower().endswith(".zarr" + ZIP_SUFFIX):
+        return "zarr"
     suffix = os.path.splitext(name)[1].lower()
     if suffix in _FILE_SUFFIXES:
         fmt, why = _FILE_SUFFIXES[suffix]
@@ -149,10 +167,12 @@ def export(
         )
     t0 = time.perf_counter()
     target = os.path.abspath(shown)
-    directory = format != "hdf5"
+    directory = format != "hdf5" and not zipped_output(shown, format)
     check_output(os.fspath(path), target, shown=shown, directory=directory, overwrite=overwrite)
     if format == "lerobot":
         writer = _lerobot_writer(video_codec, images_as)
+    elif format == "zarr":
+        writer = _zarr_writer(not directory)
     elif format == "hdf5":
         writer = _hdf5_writer(flip_images is not False, next_obs is not False, compression)
     else:

@@ -65,6 +65,7 @@ from kinodb.errors import ConversionError
 from kinodb.ingest._base import SOURCE_PARTS, SourceInfo, SourceOptions, checked_path
 from kinodb.ingest._exact import first_rounded
 from kinodb.ingest._options import option_name, skip_advice
+from kinodb.ingest._zarr_kinodb import ATTRS, exported, restore_dataset, restore_episode
 from kinodb.ingest._zarr_store import V2_ARRAY, V3_META, Array, Store, V2Array, V3Array, open_v3, store_format
 
 FORMAT = "zarr"
@@ -93,10 +94,12 @@ class _Layout:
     rewards: str | None = None
     dones: str | None = None
     cameras: list[str] = field(default_factory=list)
+    camera_names: dict[str, str] = field(default_factory=dict)  # key -> camera name, where not the key
     extra: dict[str, str] = field(default_factory=dict)  # extra array name -> key
     fields: dict[str, list[Any]] = field(default_factory=dict)  # meta.KEY -> one value per episode
     notes: list[str] = field(default_factory=list)
     metadata: dict[str, Any] = field(default_factory=dict)
+    record: dict[str, Any] | None = None  # what a kinodb export recorded (`_zarr_kinodb.exported`)
 
 
 class ZarrSource:
@@ -169,20 +172,38 @@ class ZarrSource:
                 what = "a scalar" if not arr.shape else text
                 notes.append(f"data/{key} holds {what}, not numbers per frame: left out")
         ends = self._ends(meta_arrays.pop("episode_ends", None), arrays, notes)
-        layout = _Layout(store, arrays, ends, actions=self._action_key(arrays), notes=notes)
-        self._choose_states(layout)
+        record = exported(root_attrs, ends, set(arrays), notes)
+        saved = record["layout"] if record is not None else {}
+        actions = saved["actions"] if record is not None and self._options.action_key is None else None
+        layout = _Layout(store, arrays, ends, actions=actions or self._action_key(arrays), notes=notes,
+                         record=record)  # fmt: skip
+        self._choose_states(layout, saved.get("states"))
         taken = {layout.actions, *layout.states}
         free = [k for k in sorted(arrays) if k not in taken]
-        layout.timestamps = _first(
-            free, _TIMESTAMPS, lambda a: a.dtype.kind == "f" and len(a.shape) == 1, arrays
-        )
-        layout.rewards = _first(free, _REWARDS, lambda a: a.dtype.kind == "f" and _per_frame(a), arrays)
-        layout.dones = _first(free, _DONES, lambda a: a.dtype.kind in "biuf" and _per_frame(a), arrays)
+        if record is not None:
+            layout.timestamps, layout.rewards, layout.dones = (
+                saved[k] if saved.get(k) in free else None for k in ("timestamps", "rewards", "is_terminal")
+            )
+        else:
+            layout.timestamps = _first(
+                free, _TIMESTAMPS, lambda a: a.dtype.kind == "f" and len(a.shape) == 1, arrays
+            )
+            layout.rewards = _first(free, _REWARDS, lambda a: a.dtype.kind == "f" and _per_frame(a), arrays)
+            layout.dones = _first(free, _DONES, lambda a: a.dtype.kind in "biuf" and _per_frame(a), arrays)
         taken |= {k for k in (layout.timestamps, layout.rewards, layout.dones) if k is not None}
-        layout.cameras = [k for k in free if k not in taken and _is_camera(arrays[k])]
-        names = set(_RESERVED) | set(layout.cameras)
+        cams: dict[str, str] = saved.get("cameras") or {}
+        layout.cameras = [
+            k for k in free if k not in taken and _is_camera(arrays[k]) and (record is None or k in cams)
+        ]
+        layout.camera_names = {k: cams[k] for k in layout.cameras if k in cams}
+        names = set(_RESERVED) | {layout.camera_names.get(k, k) for k in layout.cameras}
+        named: dict[str, str] = saved.get("extra_arrays") or {}
         for k in free:
-            if k in taken or k in layout.cameras:
+            if k in named and k not in taken and k not in layout.cameras:
+                layout.extra[named[k]] = k
+                names.add(named[k])
+        for k in free:
+            if k in taken or k in layout.cameras or k in named:
                 continue
             name = k if k not in names else f"data.{k}"
             while name in names:
@@ -216,7 +237,7 @@ class ZarrSource:
         layout.metadata = {
             "store": store.kind,
             "zarr_format": version,
-            "attrs": root_attrs,
+            "attrs": {k: v for k, v in root_attrs.items() if k not in ATTRS},
             "data_attrs": data_attrs,
             "array_attrs": {k: a.attrs for k, a in sorted(arrays.items()) if a.attrs},
             "arrays": {k: {"dtype": a.dtype.name, "shape": list(a.shape)} for k, a in sorted(arrays.items())},
@@ -311,9 +332,13 @@ class ZarrSource:
             )
         return key
 
-    def _choose_states(self, layout: _Layout) -> None:
+    def _choose_states(self, layout: _Layout, exported: list[str] | None = None) -> None:
+        """The state keys: ``state_keys``; else those a kinodb export recorded (``exported``),
+        in its order; else ``data/state`` alone or the low-dim floats, sorted."""
         arrays = layout.arrays
         named = self._options.state_keys
+        if named is None and exported is not None and layout.actions not in exported:
+            named = tuple(exported)
         if named is not None:
             keys = [k.strip().removeprefix("data/") for k in named if k.strip()]
             missing = [k for k in keys if k not in arrays]
@@ -366,7 +391,9 @@ class ZarrSource:
         attr = layout.metadata["attrs"].get("fps")
         if fps is None and isinstance(attr, (int, float)) and not isinstance(attr, bool) and attr > 0:
             fps = float(attr)
-        if fps is None:
+        if fps is None and layout.record is not None:
+            pass  # each episode's own, from the export's record (`restore_episode`)
+        elif fps is None:
             fps = DEFAULT_FPS
             notes.append(
                 f"the store records no frame rate: {DEFAULT_FPS:g} fps assumed (Push-T's); pass {option_name('fps')} "
@@ -377,6 +404,8 @@ class ZarrSource:
             schema["states"] = {"components": dict(layout.components)}
         metadata = {FORMAT: {**layout.metadata, "actions": layout.actions, "states": layout.states,
                              "cameras": layout.cameras, "extra_arrays": layout.extra}}  # fmt: skip
+        state_dim = layout.components[layout.states[-1]][1] if layout.states else 0
+        schema, metadata = restore_dataset(layout.record, schema, metadata, state_dim)
         return SourceInfo(FORMAT, schema=schema, metadata=metadata, fps=fps, notes=notes)
 
     def read(self, key: str) -> dict[str, Any]:
@@ -423,12 +452,14 @@ class ZarrSource:
             images = {}
             for k in layout.cameras:
                 frames = rows(k)
-                images[k] = (
+                images[layout.camera_names.get(k, k)] = (
                     np.ascontiguousarray(frames[:, ::-1, ::-1]) if self._options.flip_images else frames
                 )
             args["images"] = images
         args["extra_arrays"] = {name: rows(k) for name, k in layout.extra.items()}
         args["extra"] = {name: values[i] for name, values in layout.fields.items()}
+        if layout.record is not None:
+            restore_episode(args, layout.record, i, self._options.fps is not None)
         return args
 
     def _states(self, layout: _Layout, rows: Any, key: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:

@@ -1,0 +1,398 @@
+"""Export to a zarr replay buffer: diffusion_policy's ``ReplayBuffer`` layout, readable by
+diffusion_policy, UMI and zarr itself, and by ``kinodb.ingest``.
+
+Layout (zarr format 2, which zarr 2 and zarr 3 both read; a folder, or with an output
+named ``*.zarr.zip`` a zip archive of one, entries stored uncompressed as
+diffusion_policy's ``ReplayBuffer.save_to_path`` writes them)::
+
+    .zattrs                 fps (when every episode has the same), kinodb_export (the export's
+                            facts and which array holds what), kinodb_dataset (the file's
+                            dataset block: schema, metadata), kinodb_episodes (each episode's
+                            metadata: task, embodiment, success, total reward, extra fields)
+    data/action             (N, A) the actions, dtype kept
+    data/state              (N, S) the states; or, where the schema's ``states.components``
+                            tile them, one array per component (UMI's robot0_eef_pos, ...)
+    data/timestamp          (N,) where the episodes hold timestamps
+    data/reward             (N,) the rewards
+    data/done               (N,) bool, the terminal flags
+    data/<camera>           (N, H, W, C) uint8, every frame decoded (JPEG frames as kinodb's
+                            readers decode them), as stored (frames an ingest turned upright
+                            stay upright)
+    data/<array>            the extra arrays, dtype and per-frame shape kept
+    meta/episode_ends       (E,) int64, each episode's exclusive end row
+    meta/<key>              an extra field ``meta.KEY`` (as a zarr ingest names the rows of
+                            ``meta/`` arrays) that every episode holds as a number or a bool
+
+Rows are the exported episodes' frames in export order. Every array is chunked along its
+rows only (about 4 MiB a chunk, and no more rows than the export holds) and compressed
+with Blosc (LZ4, byte shuffle), the compressor diffusion_policy uses by default.
+
+An array must have one dtype and per-frame shape over all the episodes, and every
+episode must hold every camera: episodes that differ (a merge of robots) are exported one
+kind at a time, with ``--filter``, as the error says. An extra array that only some
+episodes hold is left out, with a warning. A key that would be taken twice (an extra
+array named ``reward``, a component named like a camera) gets ``_`` appended; the
+``kinodb_export`` record says which array holds what, so that ``kinodb.ingest`` gives
+back the file: arrays bit for bit, frames pixel for pixel (ingest with ``--image-codec
+png`` or ``raw`` to keep them so), the states' components, the metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from kinodb._optional import require
+from kinodb.errors import ConversionError
+from kinodb.export._base import camera_windows, dumps, exported_dataset, one_value, split_advice
+from kinodb.kdb.reader import Database
+
+CHUNK_BYTES = 4 << 20  # uncompressed bytes per chunk, about; diffusion_policy's own are of this order
+RESERVED = ("action", "state", "timestamp", "reward", "done")
+_BUILTIN_ARRAYS = ("actions", "states", "rewards", "is_terminal", "timestamps")
+_ROLE_KEYS = {"actions": "action", "rewards": "reward", "is_terminal": "done", "timestamps": "timestamp"}
+
+
+def write(
+    db: Database, positions: list[int], out: str, facts: dict[str, Any], *, zipped: bool = False
+) -> list[str]:
+    """Write episodes ``positions`` of ``db`` as a replay buffer at ``out``: a new folder, or
+    with ``zipped`` a zip archive of one; return the warnings.
+
+    Raises:
+        ConversionError: the episodes differ in an array's dtype or shape, or in the
+            cameras they hold; a name cannot be a zarr key.
+        MissingExtraError: numcodecs is not installed.
+    """
+    numcodecs = require("numcodecs", extra="zarr")
+    plan, warnings = _plan(db, positions)
+    compressor = numcodecs.Blosc(cname="lz4", clevel=5, shuffle=numcodecs.Blosc.SHUFFLE)
+    info, facts = exported_dataset(db, positions, facts)
+    table = db.episodes()
+    fps = sorted({float(f) for f in table["fps"][positions].tolist()})
+    episodes = [dict(db.read_meta(i)) for i in positions]
+    root_attrs: dict[str, Any] = {
+        "kinodb_export": {**facts, "layout": plan.record()},
+        "kinodb_dataset": info,
+        "kinodb_episodes": episodes,
+    }
+    if len(fps) == 1:
+        root_attrs = {"fps": fps[0], **root_attrs}
+    frames = int(table["num_frames"][positions].sum())
+    with _Sink(out, zipped=zipped) as sink:
+        sink.json(".zgroup", {"zarr_format": 2})
+        sink.text(".zattrs", dumps(root_attrs))
+        for group in ("data", "meta"):
+            sink.json(f"{group}/.zgroup", {"zarr_format": 2})
+        arrays = {
+            key: _ArrayWriter(sink, f"data/{key}", spec, frames, compressor)
+            for key, spec in plan.data.items()
+        }
+        ends = np.empty(len(positions), np.int64)
+        row = 0
+        for k, i in enumerate(positions):
+            T = int(table["num_frames"][i])
+            for key, values in _episode_arrays(db, i, T, plan):
+                arrays[key].append(values)
+            row += T
+            ends[k] = row
+        for writer in arrays.values():
+            writer.close()
+        _whole(sink, "meta/episode_ends", ends, compressor)
+        for key, values in plan.meta_fields(episodes).items():
+            _whole(sink, f"meta/{key}", values, compressor)
+    return warnings
+
+
+# -- what goes where ------------------------------------------------------------------------
+
+
+@dataclass
+class _Spec:
+    """One ``data/`` array: where its values come from, its dtype and per-frame shape."""
+
+    role: str  # "actions", "states", "state_part", "rewards", "is_terminal", "timestamps", "camera", "extra"
+    name: str  # the kinodb name: the array's, the camera's, or the state component's
+    dtype: np.dtype[Any]
+    shape: tuple[int, ...]
+    span: tuple[int, int] | None = None  # a state component's columns
+
+
+@dataclass
+class _Plan:
+    data: dict[str, _Spec] = field(default_factory=dict)  # zarr key -> spec, in writing order
+    fields: list[str] = field(default_factory=list)  # meta.KEY fields that become meta/KEY arrays
+
+    def record(self) -> dict[str, Any]:
+        """Which array holds what, for `kinodb.ingest.zarr_replay` to give the file back."""
+        states = [k for k, s in self.data.items() if s.role in ("states", "state_part")]
+        return {
+            "actions": next(k for k, s in self.data.items() if s.role == "actions"),
+            "states": states,
+            "timestamps": next((k for k, s in self.data.items() if s.role == "timestamps"), None),
+            "rewards": next(k for k, s in self.data.items() if s.role == "rewards"),
+            "is_terminal": next(k for k, s in self.data.items() if s.role == "is_terminal"),
+            "cameras": {k: s.name for k, s in self.data.items() if s.role == "camera"},
+            "extra_arrays": {k: s.name for k, s in self.data.items() if s.role == "extra"},
+            "meta": [f.removeprefix("meta.") for f in self.fields],
+        }
+
+    def meta_fields(self, episodes: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+        out = {}
+        for name in self.fields:
+            values = [e[name] for e in episodes]
+            if all(isinstance(v, bool) for v in values):
+                out[name.removeprefix("meta.")] = np.asarray(values, bool)
+            elif all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+                out[name.removeprefix("meta.")] = np.asarray(values, np.int64)
+            else:
+                out[name.removeprefix("meta.")] = np.asarray(values, np.float64)
+        return out
+
+
+def _plan(db: Database, positions: list[int]) -> tuple[_Plan, list[str]]:
+    """Decide the arrays from every exported episode's arrays and cameras, before writing."""
+    table = db.episodes()
+    why = "a replay buffer's arrays hold one row shape for all episodes"
+    one_value(db, table, positions, "action_dim", "action dims", why)
+    state_dim = int(one_value(db, table, positions, "state_dim", "state dims", why))
+    kinds: dict[str, dict[tuple[str, tuple[int, ...]], list[int]]] = {}
+    held: dict[str, int] = {}
+    cameras: dict[str, dict[tuple[int, ...], list[int]]] = {}
+    for i in positions:
+        for name, arr in db.read_episode_actions_only(i).items():
+            if name == "meta":
+                continue
+            kinds.setdefault(name, {}).setdefault((arr.dtype.str, arr.shape[1:]), []).append(i)
+            held[name] = held.get(name, 0) + 1
+        for cam, spec in db.cameras(i).items():
+            cameras.setdefault(cam, {}).setdefault(tuple(int(d) for d in spec["shape"][1:]), []).append(i)
+    warnings = []
+    for name, forms in kinds.items():
+        if len(forms) > 1:
+            listed = ", ".join(
+                f"{np.dtype(d).name} {_shape(s)} in {len(g)}" for (d, s), g in list(forms.items())[:4]
+            )
+            biggest = max(forms.values(), key=len)
+            raise ConversionError(
+                f"{db.path()}: the episodes' {name} differ in dtype or shape per frame ({listed}); {why}: export "
+                f"them separately, {split_advice(table, biggest)}"
+            )
+    for name, sized in cameras.items():
+        if len(sized) > 1 or sum(map(len, sized.values())) != len(positions):
+            sizes = ", ".join(f"{_shape(s)} in {len(g)}" for s, g in list(sized.items())[:4])
+            group = max(sized.values(), key=len)
+            raise ConversionError(
+                f"{db.path()}: camera {name!r} is held by {sum(map(len, sized.values()))} of the {len(positions)} "
+                f"episodes ({sizes}, as (H, W, C)); a replay buffer's camera holds a frame of one size for every "
+                f"row: export them separately, {split_advice(table, group)}"
+            )
+    plan = _Plan()
+    taken: set[str] = set()
+
+    def key_for(name: str, wanted: str) -> str:
+        _check_key(db, name, wanted)
+        key = wanted
+        while key in taken:
+            key += "_"
+        taken.add(key)
+        return key
+
+    def form(name: str) -> tuple[np.dtype[Any], tuple[int, ...]]:
+        (dtype, shape), _ = next(iter(kinds[name].items()))
+        return np.dtype(dtype), shape
+
+    taken.update(RESERVED)
+    plan.data["action"] = _Spec("actions", "actions", *form("actions"))
+    if state_dim:
+        dtype, _ = form("states")
+        parts = _components(db.schema().get("states", {}), state_dim)
+        if parts is None:
+            plan.data["state"] = _Spec("states", "states", dtype, (state_dim,))
+        else:
+            taken.discard("state")
+            for comp, (a, b) in parts:
+                plan.data[key_for(comp, comp)] = _Spec("state_part", comp, dtype, (b - a,), (a, b))
+    if "timestamps" in kinds:
+        plan.data["timestamp"] = _Spec("timestamps", "timestamps", *form("timestamps"))
+    plan.data["reward"] = _Spec("rewards", "rewards", *form("rewards"))
+    plan.data["done"] = _Spec("is_terminal", "is_terminal", *form("is_terminal"))
+    for cam in sorted(cameras):
+        (shape,) = cameras[cam]
+        plan.data[key_for(cam, cam)] = _Spec("camera", cam, np.dtype(np.uint8), shape)
+    for name in sorted(kinds):
+        if name in _BUILTIN_ARRAYS:
+            continue
+        if held[name] != len(positions):
+            warnings.append(
+                f"the array {name!r} is held by {held[name]} of the {len(positions)} episodes, and a replay "
+                "buffer's arrays hold a row for every frame: left out (export the episodes that hold it with "
+                "--filter to keep it)"
+            )
+            continue
+        plan.data[key_for(name, name)] = _Spec("extra", name, *form(name))
+    plan.fields = _numeric_fields(db, positions)
+    return plan, warnings
+
+
+def _components(part: dict[str, Any], dim: int) -> list[tuple[str, tuple[int, int]]] | None:
+    """The schema's state components in column order where they tile ``[0, dim)``, else None."""
+    comps = part.get("components")
+    if not isinstance(comps, dict) or not comps:
+        return None
+    spans = sorted(((int(v[0]), int(v[1])), str(k)) for k, v in comps.items())
+    edge = 0
+    for (a, b), _ in spans:
+        if a != edge or b <= a:
+            return None
+        edge = b
+    if edge != dim:
+        return None
+    return [(name, span) for span, name in spans]
+
+
+def _numeric_fields(db: Database, positions: list[int]) -> list[str]:
+    """``meta.KEY`` fields every exported episode holds as a number (or every one as a bool)."""
+    table = db.episodes()
+    out = []
+    for column in sorted(c for c in table if c.startswith("meta.") and "/" not in c and c != "meta."):
+        values = table[column][positions]
+        items = values.tolist() if isinstance(values, np.ndarray) else list(values)
+        if all(isinstance(v, bool) for v in items) or all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in items
+        ):
+            out.append(column)
+    return out
+
+
+def _check_key(db: Database, name: str, key: str) -> None:
+    if not key or "/" in key or key.startswith(".") or "\x00" in key:
+        raise ConversionError(
+            f"{db.path()}: {name!r} cannot be a zarr key (empty, holding '/' or NUL, or starting with '.'); "
+            "rename it (kino merge does not rename arrays: re-ingest with other names) or export another format"
+        )
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return "(" + ", ".join(map(str, shape)) + ")" if shape else "scalar"
+
+
+def _episode_arrays(db: Database, i: int, T: int, plan: _Plan) -> Iterable[tuple[str, np.ndarray]]:
+    """Episode ``i``'s rows of every ``data/`` array: cameras a window of frames at a time."""
+    arrays = db.read_episode_actions_only(i)
+    for key, spec in plan.data.items():
+        if spec.role == "camera":
+            for _, frames in camera_windows(db, i, spec.name, T):
+                yield key, frames
+        elif spec.role == "state_part":
+            a, b = spec.span or (0, 0)
+            yield key, arrays["states"][:, a:b]
+        else:
+            yield key, arrays[spec.name]
+
+
+# -- writing --------------------------------------------------------------------------------
+
+
+class _Sink:
+    """Where the store's files go: a folder, or a zip archive (entries stored, not deflated)."""
+
+    def __init__(self, out: str, *, zipped: bool) -> None:
+        self.out = out
+        self._zip = zipfile.ZipFile(out, "w", zipfile.ZIP_STORED, allowZip64=True) if zipped else None
+        self._dirs: set[str] = set()
+
+    def __enter__(self) -> _Sink:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._zip is not None:
+            self._zip.close()
+
+    def put(self, key: str, data: bytes | memoryview) -> None:
+        if self._zip is not None:
+            self._zip.writestr(key, bytes(data))
+            return
+        folder, _, _ = key.rpartition("/")
+        if folder and folder not in self._dirs:
+            os.makedirs(os.path.join(self.out, *folder.split("/")), exist_ok=True)
+            self._dirs.add(folder)
+        with open(os.path.join(self.out, *key.split("/")), "wb") as fh:
+            fh.write(data)
+
+    def text(self, key: str, text: str) -> None:
+        self.put(key, text.encode("utf-8"))
+
+    def json(self, key: str, value: Any) -> None:
+        self.text(key, json.dumps(value, indent=2))
+
+
+class _ArrayWriter:
+    """One format-2 array written a chunk of rows at a time, as rows come in."""
+
+    def __init__(self, sink: _Sink, key: str, spec: _Spec, rows: int, compressor: Any) -> None:
+        self.sink, self.key, self.spec, self.compressor = sink, key, spec, compressor
+        row_bytes = max(1, spec.dtype.itemsize * int(np.prod(spec.shape, dtype=np.int64)))
+        self.chunk = max(1, min(rows, CHUNK_BYTES // row_bytes))
+        self.rows = rows
+        self._pending: list[np.ndarray] = []
+        self._held = 0
+        self._next = 0  # the next chunk's number
+        sink.json(
+            f"{key}/.zarray", _zarray(spec.dtype, (rows, *spec.shape), (self.chunk, *spec.shape), compressor)
+        )
+
+    def append(self, values: np.ndarray) -> None:
+        if len(values) == 0:
+            return
+        self._pending.append(values)
+        self._held += len(values)
+        while self._held >= self.chunk:
+            self._flush(self.chunk)
+
+    def close(self) -> None:
+        if self._held:
+            self._flush(self._held)
+        written = self._next * self.chunk
+        if min(written, self.rows) != self.rows:
+            raise ConversionError(f"{self.key}: {written} rows written where {self.rows} were expected")
+
+    def _flush(self, n: int) -> None:
+        block = np.concatenate(self._pending) if len(self._pending) > 1 else self._pending[0]
+        take, rest = block[:n], block[n:]
+        if n < self.chunk:  # the last chunk is stored whole, padded with the fill value
+            full = np.zeros((self.chunk, *self.spec.shape), self.spec.dtype)
+            full[:n] = take
+            take = full
+        data = np.ascontiguousarray(take, dtype=self.spec.dtype)
+        ids = ".".join(["0"] * len(self.spec.shape))
+        name = f"{self._next}.{ids}" if ids else str(self._next)
+        self.sink.put(f"{self.key}/{name}", self.compressor.encode(data))
+        self._next += 1
+        self._pending = [rest] if len(rest) else []
+        self._held = len(rest)
+
+
+def _whole(sink: _Sink, key: str, values: np.ndarray, compressor: Any) -> None:
+    """A small array written as one chunk."""
+    spec = _Spec("meta", key, values.dtype, values.shape[1:])
+    writer = _ArrayWriter(sink, key, spec, len(values), compressor)
+    writer.append(values)
+    writer.close()
+
+
+def _zarray(
+    dtype: np.dtype[Any], shape: tuple[int, ...], chunks: tuple[int, ...], compressor: Any
+) -> dict[str, Any]:
+    fill: Any = False if dtype.kind == "b" else (0.0 if dtype.kind in "fc" else 0)
+    return {
+        "zarr_format": 2, "shape": list(shape), "chunks": list(chunks), "dtype": dtype.str,
+        "compressor": compressor.get_config(), "fill_value": fill, "order": "C", "filters": None,
+        "dimension_separator": ".",
+    }  # fmt: skip

@@ -1,0 +1,124 @@
+"""What a kinodb export keeps in a zarr replay buffer's root attributes, given back on ingest.
+
+``kino export --format zarr`` (`kinodb.export.zarr`) records in the root group's
+attributes which array holds what (``kinodb_export``'s ``layout``: the state components in
+column order, the extra arrays' and cameras' names), the file's dataset block
+(``kinodb_dataset``) and each episode's metadata (``kinodb_episodes``), none of which the
+replay buffer layout has a place for. The zarr ingest gives them back where they still
+describe the store: a store edited since (other episodes or rows, an array gone) is read
+as any replay buffer, and the report's notes say so.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from kinodb._provenance import carried_on_ingest
+from kinodb.ingest._base import TOTAL_UNKNOWN, exported_extra, user_metadata
+
+_BUILTIN_META = frozenset(
+    ("episode_id", "embodiment", "task", "num_frames", "fps", "action_dim", "state_dim", "success",
+     "total_reward")
+)  # fmt: skip
+_PROVENANCE = ("source_file", "source_episode")  # the ingest sets these anew
+ATTRS = ("kinodb_export", "kinodb_dataset", "kinodb_episodes")
+"""The root attributes a kinodb export writes; not copied into the dataset metadata."""
+
+
+def exported(
+    attrs: dict[str, Any], ends: np.ndarray, keys: set[str], notes: list[str]
+) -> dict[str, Any] | None:
+    """The export's record (``layout``, ``dataset``, ``episodes``) where ``attrs`` (the root
+    group's) hold one that describes the store: as many episodes and rows as ``ends`` says,
+    and every array it names among ``keys`` (``data/``'s); else None, with a note when the
+    record is there but no longer fits."""
+    facts = attrs.get("kinodb_export")
+    if not isinstance(facts, dict) or not str(facts.get("exporter", "")).startswith("kinodb "):
+        return None
+    layout, dataset, episodes = facts.get("layout"), attrs.get("kinodb_dataset"), attrs.get("kinodb_episodes")
+    rows = int(ends[-1]) if len(ends) else 0
+    named: set[str] = set()
+    if isinstance(layout, dict):
+        for key in ("actions", "timestamps", "rewards", "is_terminal"):
+            if isinstance(layout.get(key), str):
+                named.add(layout[key])
+        for key in ("states",):
+            named.update(k for k in layout.get(key) or [] if isinstance(k, str))
+        for key in ("cameras", "extra_arrays"):
+            named.update(k for k in (layout.get(key) or {}) if isinstance(k, str))
+    fits = (
+        isinstance(layout, dict)
+        and isinstance(dataset, dict)
+        and isinstance(episodes, list)
+        and all(isinstance(e, dict) for e in episodes)
+        and facts.get("episodes") == len(ends) == len(episodes)
+        and facts.get("frames") == rows
+        and named <= keys
+    )
+    if not fits:
+        notes.append(
+            "the store was written by kinodb's export and changed since (its episodes, rows or arrays are not "
+            "what the export recorded in the root attributes): read as a replay buffer, without the names, "
+            "state components and episode metadata the export recorded"
+        )
+        return None
+    return {"layout": layout, "dataset": dataset, "episodes": episodes}
+
+
+def restore_dataset(
+    record: dict[str, Any] | None, schema: dict[str, Any], metadata: dict[str, Any], state_dim: int
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The ingest's ``schema`` and ``metadata`` with the exported file's given back: its
+    dataset metadata (less the record of the ingest that made it) under the ingest's own
+    keys, and the names and components of its ``actions`` and ``states`` where the dims
+    agree."""
+    if record is None:
+        return schema, metadata
+    dataset = record["dataset"]
+    metadata = {**user_metadata(dataset.get("metadata")), **metadata}
+    parts = dataset.get("schema") if isinstance(dataset.get("schema"), dict) else {}
+    schema = dict(schema)
+    for name in ("actions", "states"):
+        part = parts.get(name)
+        if not isinstance(part, dict) or (name == "states" and part.get("dim") != state_dim):
+            continue
+        kept = {key: part[key] for key in ("names", "components") if part.get(key)}
+        schema.pop(name, None)
+        if kept:
+            schema[name] = kept
+    return schema, metadata
+
+
+def restore_episode(args: dict[str, Any], record: dict[str, Any], index: int, fps_given: bool) -> None:
+    """Give episode ``index`` back what its export record holds: task, embodiment, fps
+    (unless ``fps_given``), success, total reward and extra fields. Its provenance moves on
+    as `kinodb.merge` moves it: the ingest names this store in ``source_file`` and
+    ``source_episode``, and what the episode held so goes to ``origin_*``."""
+    meta = record["episodes"][index]
+    T = len(args["actions"])
+    if meta.get("num_frames") != T:
+        return
+    if isinstance(meta.get("task"), str):
+        args["task"] = meta["task"]
+    if isinstance(meta.get("embodiment"), str):
+        args["embodiment"] = meta["embodiment"]
+    fps = meta.get("fps")
+    if not fps_given and isinstance(fps, (int, float)) and not isinstance(fps, bool) and fps > 0:
+        args["fps"] = float(fps)
+    success = meta.get("success")
+    if success is None or isinstance(success, bool):
+        args["success"] = success
+    if "total_reward" in meta:
+        total = meta["total_reward"]
+        if total is None:
+            args[TOTAL_UNKNOWN] = True
+        elif isinstance(total, (int, float)) and not isinstance(total, bool):
+            args["total_reward"] = float(total)
+    extra = exported_extra(meta, _BUILTIN_META)
+    kept = carried_on_ingest(extra)
+    for key in _PROVENANCE:
+        extra.pop(key, None)
+    extra.update(kept)
+    args["extra"] = {**args.get("extra", {}), **extra}
