@@ -33,7 +33,7 @@ def test_export_F_given_a_query_names_filter(
     assert last.startswith(
         f"kino export: error: argument -F/--format: {query!r} is a KQL query, not a format"
     )
-    assert "-F is --format here (one of numpy, json, hdf5, lerobot)" in last
+    assert "-F is --format here (one of numpy, json, hdf5, lerobot, zarr)" in last
     assert f"use --filter '{query}'" in last
     assert not (tmp_path / "out").exists()
 

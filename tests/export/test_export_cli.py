@@ -39,7 +39,7 @@ def test_formats_filter_and_force(make_kdb, tmp_path: Path, capsys: pytest.Captu
     assert len((out / "episodes.jsonl").read_text().splitlines()) == 1
     assert kino.main([*args, "--force"]) == 0
     assert kino.main(["export", str(src), "-o", str(tmp_path / "d.hdf5"), "--format", "hdf5"]) == 0
-    assert "1 files" in capsys.readouterr().out.splitlines()[-1]
+    assert "1 file," in capsys.readouterr().out.splitlines()[-1]
 
 
 def test_short_f_is_the_format_as_in_ingest(make_kdb, tmp_path: Path) -> None:
@@ -215,7 +215,7 @@ def test_a_name_ending_in_hdf5_needs_no_format(
 ) -> None:
     src, _ = make_kdb(2)
     assert kino.main(["export", str(src), "-o", str(tmp_path / "want.hdf5")]) == 0
-    assert "as hdf5: 1 files" in capsys.readouterr().out
+    assert "as hdf5: 1 file," in capsys.readouterr().out
     assert (tmp_path / "want.hdf5").read_bytes()[:8] == b"\x89HDF\r\n\x1a\n"
     assert kino.main(["export", str(src), "-o", str(tmp_path / "want.json")]) == 2
     err = capsys.readouterr().err

@@ -83,7 +83,7 @@ def test_overwrite_replaces_a_folder_export_with_a_file_but_no_file_with_a_folde
     assert out.read_bytes() == before
     notes = tmp_path / "notes"
     notes.write_text("old")
-    with pytest.raises(FileExistsError, match="not an earlier kinodb hdf5 export"):
+    with pytest.raises(FileExistsError, match="not an earlier kinodb hdf5 or zarr export"):
         export(src, notes, format="hdf5", overwrite=True)
     assert notes.read_text() == "old"
 

@@ -1,4 +1,4 @@
-"""Converters from ``.kdb`` into other formats: `export` to ``numpy``, ``json``, ``hdf5`` or ``lerobot``.
+"""Converters from ``.kdb`` into other formats: `export` to ``numpy``, ``json``, ``hdf5``, ``lerobot`` or ``zarr``.
 
 - ``numpy``: a folder per episode with ``.npy`` arrays, image files and ``meta.json``.
 - ``json``: metadata only, ``dataset.json`` plus ``episodes.jsonl``.
@@ -6,6 +6,8 @@
   ``kinodb.ingest``.
 - ``lerobot``: a LeRobot v3.0 dataset folder (Parquet frames, mp4 videos or JPEG/PNG images,
   ``meta/``), readable by ``LeRobotDataset`` and by ``kinodb.ingest``.
+- ``zarr``: a replay buffer in diffusion_policy's layout (``data/`` arrays, ``meta/episode_ends``),
+  a folder or a ``.zarr.zip`` archive, readable by diffusion_policy, zarr and ``kinodb.ingest``.
 """
 
 from __future__ import annotations

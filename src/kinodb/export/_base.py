@@ -67,7 +67,7 @@ class ExportReport:
         """One line for people."""
         return (
             f"exported {self.episodes} episode{'' if self.episodes == 1 else 's'} ({self.frames} frames) to {self.output} as {self.format}: "
-            f"{self.files} files, {self.bytes / 1e6:.1f} MB in {self.seconds:.1f} s"
+            f"{self.files} file{'' if self.files == 1 else 's'}, {self.bytes / 1e6:.1f} MB in {self.seconds:.1f} s"
         )
 
 

@@ -116,12 +116,14 @@ def export(
     """Export a ``.kdb`` file (the episodes matching ``filter``) to another format.
 
     ``numpy``, ``json`` and ``lerobot`` write the folder ``out``; ``hdf5`` writes the
-    robomimic-layout file ``out``. Without ``format``, an ``out`` ending in ``.hdf5``,
-    ``.h5`` or ``.he5`` is exported as ``hdf5`` and any other as ``numpy`` (see
-    `output_format`). The output is written beside ``out`` under a temporary name and
+    robomimic-layout file ``out``; ``zarr`` writes a replay buffer in diffusion_policy's
+    layout (`kinodb.export.zarr`), the folder ``out``, or a zip archive of it where ``out``
+    ends in ``.zip``. Without ``format``, an ``out`` ending in ``.hdf5``, ``.h5`` or
+    ``.he5`` is exported as ``hdf5``, one ending in ``.zarr`` or ``.zarr.zip`` as ``zarr``,
+    and any other as ``numpy`` (see `output_format`). The output is written beside ``out`` under a temporary name and
     renamed into place when complete, so a failed export leaves nothing (and an existing
     output unchanged). ``overwrite`` replaces only an earlier kinodb export or an empty
-    folder, and a file only with ``hdf5`` (see `existing_output`); an output that is the
+    folder, and a file only with ``hdf5`` or a zipped ``zarr`` (see `existing_output`); an output that is the
     current folder, the input file or a folder holding either is refused even then.
     ``video_codec`` (``h264``, the default, or ``av1``) and ``images_as`` (``video``, the
     default, or ``image``) apply to ``lerobot`` only. ``flip_images`` and ``next_obs``
@@ -137,6 +139,7 @@ def export(
     Example:
         >>> kinodb.export.export("pick.kdb", "pick_npy", filter="success = true")
         >>> kinodb.export.export("pick.kdb", "pick_lerobot", format="lerobot", video_codec="av1")
+        >>> kinodb.export.export("pick.kdb", "pick.zarr.zip")  # a zipped replay buffer
 
     Raises:
         ConversionError: no episode matches, or the content cannot be written in this format.
@@ -146,7 +149,8 @@ def export(
         FileExistsError: ``out`` exists and is not replaceable, or ``overwrite`` is False.
         FileNotFoundError: the folder that should hold ``out`` does not exist.
         PermissionError: that folder is not writable.
-        MissingExtraError: ``hdf5`` without h5py, or ``lerobot`` without pyarrow or PyAV.
+        MissingExtraError: ``hdf5`` without h5py, ``lerobot`` without pyarrow or PyAV, or
+            ``zarr`` without numcodecs.
     """
     shown = os.fspath(out)
     if not shown:

@@ -219,8 +219,14 @@ def _plan(db: Database, positions: list[int]) -> tuple[_Plan, list[str]]:
             taken.discard("state")
             for comp, (a, b) in parts:
                 plan.data[key_for(comp, comp)] = _Spec("state_part", comp, dtype, (b - a,), (a, b))
-    if "timestamps" in kinds:
+    if "timestamps" in kinds and held["timestamps"] == len(positions):
         plan.data["timestamp"] = _Spec("timestamps", "timestamps", *form("timestamps"))
+    elif "timestamps" in kinds:
+        warnings.append(
+            f"timestamps are held by {held['timestamps']} of the {len(positions)} episodes, and a replay buffer's "
+            "arrays hold a row for every frame: left out (export the episodes that hold them with --filter to "
+            "keep them)"
+        )
     plan.data["reward"] = _Spec("rewards", "rewards", *form("rewards"))
     plan.data["done"] = _Spec("is_terminal", "is_terminal", *form("is_terminal"))
     for cam in sorted(cameras):
