@@ -188,7 +188,7 @@ def test_a_store_changed_after_the_export_is_read_without_the_record(tmp_path: P
     with kinodb.open(tmp_path / "back.kdb") as db:
         meta = db.read_meta(0)
         assert meta["task"] == "" and meta["meta.seed"] == 100  # meta/ arrays read as any replay buffer's
-        assert "kinodb_episodes" not in db.metadata()["zarr"]["attrs"]
+        assert "kinodb_export" not in db.metadata()["zarr"]["attrs"]
 
 
 def test_a_merge_of_two_action_widths_is_refused_with_a_filter_that_works(tmp_path: Path) -> None:
@@ -269,3 +269,71 @@ def test_the_bridge_sample_survives_export_and_ingest(tmp_path: Path) -> None:
     back = tmp_path / "back.kdb"
     ingest(tmp_path / "bridge.zarr", back, image_codec="png")
     _assert_same(src, back)  # JPEG frames as kinodb decodes them, pixel for pixel
+
+
+def test_meta_fields_of_wide_whole_numbers_and_odd_names(tmp_path: Path) -> None:
+    path = tmp_path / "src.kdb"
+    with kinodb.Writer(path) as w:
+        for k, T in enumerate((3, 2)):
+            w.add_episode(actions=np.zeros((T, 2), np.float32), states=np.zeros((T, 1)),
+                          extra={"meta.uid": 2**63 + k, "meta.big": -(2**63) - 1 + k, "meta.episode_ends": k,
+                                 "meta..zarray": 1.5})  # fmt: skip
+    report = export(path, tmp_path / "m.zarr")
+    assert sorted(w.split("'")[1] for w in report.warnings) == ["meta..zarray", "meta.big"]
+    meta = zarr.open_group(str(tmp_path / "m.zarr"), mode="r")["meta"]
+    assert sorted(meta.array_keys()) == ["episode_ends", "episode_ends_", "uid"]
+    assert meta["episode_ends"][:].tolist() == [3, 5] and meta["episode_ends_"][:].tolist() == [0, 1]
+    assert meta["uid"].dtype == np.uint64 and meta["uid"][:].tolist() == [2**63, 2**63 + 1]
+    ingest(tmp_path / "m.zarr", tmp_path / "back.kdb")
+    _assert_same(path, tmp_path / "back.kdb")
+
+
+def test_state_keys_or_action_key_of_others_get_no_recorded_names(tmp_path: Path) -> None:
+    path = tmp_path / "src.kdb"
+    with kinodb.Writer(path, schema={"states": {"components": {"pos": [0, 2], "vel": [2, 4]}},
+                                     "actions": {"names": ["grip", "arm"]}}) as w:  # fmt: skip
+        w.add_episode(actions=np.zeros((3, 2), np.float32), states=np.array([[1, 1, 2, 2]] * 3, np.float32),
+                      extra_arrays={"joint_vel": np.ones((3, 2), np.float32)})  # fmt: skip
+    export(path, tmp_path / "x.zarr")
+    ingest(tmp_path / "x.zarr", tmp_path / "a.kdb", state_keys=["vel", "pos"], action_key="joint_vel")
+    with kinodb.open(tmp_path / "a.kdb") as db:
+        assert db.read_episode(0)["states"][0].tolist() == [2, 2, 1, 1]
+        assert db.schema()["states"]["components"] == {"vel": [0, 2], "pos": [2, 4]}
+        assert "names" not in db.schema()["actions"]
+    ingest(tmp_path / "x.zarr", tmp_path / "b.kdb")
+    with kinodb.open(tmp_path / "b.kdb") as db:
+        assert db.schema()["states"]["components"] == {"pos": [0, 2], "vel": [2, 4]}
+        assert db.schema()["actions"]["names"] == ["grip", "arm"]
+
+
+def test_a_renamed_component_verifies(tmp_path: Path) -> None:
+    path = tmp_path / "src.kdb"
+    with kinodb.Writer(path, schema={"states": {"components": {"reward": [0, 1], "pos": [1, 3]}}}) as w:
+        w.add_episode(actions=np.zeros((3, 2), np.float32), states=np.arange(9.0).reshape(3, 3))
+    export(path, tmp_path / "x.zarr")
+    assert "reward_" in zarr.open_group(str(tmp_path / "x.zarr"), mode="r")["data"]
+    report = ingest(tmp_path / "x.zarr", tmp_path / "back.kdb", verify=True)
+    assert report.verification is not None
+    _assert_same(path, tmp_path / "back.kdb")
+
+
+def test_force_keeps_a_zipped_export_holding_a_users_entry(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = _source(tmp_path / "src.kdb")
+    out = tmp_path / "k.zarr.zip"
+    export(src, out)
+    with zipfile.ZipFile(out, "a") as zf:
+        zf.writestr("NOTES.md", "mine")
+    assert main(["export", str(src), "-o", str(out), "--force"]) != 0
+    assert "NOTES.md" in capsys.readouterr().err
+    with zipfile.ZipFile(out) as zf:
+        assert "NOTES.md" in zf.namelist()
+
+
+def test_a_zip_name_needs_the_zarr_format(tmp_path: Path) -> None:
+    src = _source(tmp_path / "src.kdb")
+    with pytest.raises(ValueError, match=r"ends in \.zip.*format='zarr'"):
+        export(src, tmp_path / "out.zip")
+    assert not (tmp_path / "out.zip").exists()
+    assert export(src, tmp_path / "out.zip", format="zarr").files == 1

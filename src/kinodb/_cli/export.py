@@ -32,7 +32,7 @@ def register(sub: Any) -> None:
                    "folder must exist")  # fmt: skip
     p.add_argument("-F", "--format", choices=_FORMATS, type=_format,
                    help="default: hdf5 when OUT ends in .hdf5, .h5 or .he5, zarr when it ends in .zarr or "
-                   ".zarr.zip, else numpy (an OUT ending in .json, .jsonl or .kdb needs --format)")  # fmt: skip
+                   ".zarr.zip, else numpy (an OUT ending in .json, .jsonl, .kdb or another .zip needs --format)")  # fmt: skip
     p.add_argument("--video-codec", choices=("h264", "av1"),
                    help="lerobot: codec of the camera videos (default: h264)")  # fmt: skip
     p.add_argument("--images-as", choices=("video", "image"),
@@ -50,7 +50,8 @@ def register(sub: Any) -> None:
                    "either)")  # fmt: skip
     p.add_argument("--filter", metavar="KQL", help="export only episodes matching this query")
     p.add_argument("--force", action="store_true",
-                   help="replace OUT if it is an earlier kinodb export (a file: only when exporting hdf5) or "
+                   help="replace OUT if it is an earlier kinodb export (a file: only when exporting hdf5, or zarr "
+                   "to a .zip) or "
                    "an empty folder; anything else at OUT is never replaced")  # fmt: skip
     p.set_defaults(run=run)
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from kinodb._optional import require
 from kinodb.errors import ConversionError
-from kinodb.export._export_tree import unexpected_entries
+from kinodb.export._export_tree import unexpected_entries, unexpected_zip_entries
 from kinodb.kdb import _codecs
 from kinodb.kdb._stale import stale_stats, stale_temps
 from kinodb.kdb.reader import Database
@@ -365,8 +365,14 @@ def existing_output(target: str, *, directory: bool) -> Existing | None:
             return Existing("a file (this format writes a folder)")
         if _hdf5_export(target):
             return Existing("an earlier kinodb hdf5 export", by_file=True)
-        if _zarr_zip_export(target):
+        zipped = _zarr_zip_export(target)
+        if zipped == []:
             return Existing("an earlier kinodb zarr export (a zip archive)", by_file=True)
+        if zipped:
+            listed = ", ".join(zipped[:3]) + (", ..." if len(zipped) > 3 else "")
+            return Existing(
+                f"an earlier kinodb zarr export (a zip archive) holding entries the export did not write ({listed})"
+            )
         return Existing("a file that is not an earlier kinodb hdf5 or zarr export")
     if os.path.lexists(target):
         return Existing("neither a file nor a folder")
@@ -540,17 +546,21 @@ def _hdf5_export(path: str) -> bool:
     return facts is not None and facts.get("format") == "hdf5"
 
 
-def _zarr_zip_export(path: str) -> bool:
-    """Whether the file ``path`` is a zarr export of kinodb zipped (``.zattrs`` with its facts,
-    and only a store's entries)."""
+def _zarr_zip_export(path: str) -> list[str] | None:
+    """For a zipped zarr export of kinodb at ``path`` (``.zattrs`` with its facts), the
+    entries in it that the export did not write (empty: none); None for any other file."""
     try:
         with zipfile.ZipFile(path) as zf:
             if zf.getinfo(".zattrs").file_size > _MAX_MARKER_BYTES:
-                return False
-            facts = _kinodb_facts(json.loads(zf.read(".zattrs").decode("utf-8")))
+                return None
+            attrs = json.loads(zf.read(".zattrs").decode("utf-8"))
+            facts = _kinodb_facts(attrs)
+            names = zf.namelist()
     except (OSError, KeyError, ValueError, zipfile.BadZipFile):
-        return False
-    return facts is not None and facts.get("format") == "zarr"
+        return None
+    if facts is None or facts.get("format") != "zarr":
+        return None
+    return unexpected_zip_entries(names, attrs)
 
 
 # -- staging --------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ a ``labels.csv`` beside an episode's arrays, another camera's videos) keeps the 
 - ``numpy``: ``dataset.json``, ``episodes.json`` and ``episode_N/`` folders, each holding
   what its ``meta.json`` lists (the arrays' files, and each camera's ``.npy`` file or
   frame files under ``images/``).
-- ``zarr``: ``.zgroup`` and ``.zattrs``, and under ``data/`` and ``meta/`` their ``.zgroup``
+- ``zarr``: ``.zgroup``, ``.zattrs`` and ``kinodb_episodes.jsonl``, and under ``data/`` and ``meta/`` their ``.zgroup``
   and the arrays its ``.zattrs`` record names, each a folder of ``.zarray`` and chunk files
   (``0.0``, ``1.0``, ...).
 - ``lerobot``: the ``meta/`` files, ``meta/episodes`` and ``data`` Parquet files in
@@ -73,6 +73,25 @@ def unexpected_entries(path: str, fmt: str, *, limit: int = 4) -> list[str]:
     return found
 
 
+def unexpected_zip_entries(names: list[str], attrs: Any, *, limit: int = 4) -> list[str]:
+    """`unexpected_entries` for a zipped zarr export: up to ``limit`` of the archive's entry
+    ``names`` that the export does not write (folders, explicit or implied, checked too),
+    given its root attributes ``attrs``."""
+    rule = _zarr_rule("", attrs)
+    entries: dict[str, bool] = {}
+    for name in names:
+        parts = name.rstrip("/").split("/")
+        for k in range(1, len(parts)):
+            entries["/".join(parts[:k])] = True
+        entries[name.rstrip("/")] = name.endswith("/") or entries.get(name.rstrip("/"), False)
+    found = [
+        f"{rel}/" if is_dir else rel
+        for rel, is_dir in sorted(entries.items())
+        if not (rule(rel, is_dir) or (not is_dir and rel.rpartition("/")[2] in OS_LITTER))
+    ]
+    return found[:limit]
+
+
 def _json_rule(path: str) -> Rule:
     return lambda rel, is_dir: not is_dir and rel in _JSON_FILES
 
@@ -96,8 +115,11 @@ def _lerobot_rule(path: str) -> Rule:
 _ZARR_CHUNK = re.compile(r"[0-9]+(\.[0-9]+)*")
 
 
-def _zarr_rule(path: str) -> Rule:
-    attrs = _read_json(os.path.join(path, ".zattrs"))
+def _zarr_rule(path: str, attrs: Any = None) -> Rule:
+    """The rule of a zarr export at ``path``, or of one whose root attributes are ``attrs``
+    (a zip archive's)."""
+    if attrs is None:
+        attrs = _read_json(os.path.join(path, ".zattrs"))
     facts = attrs.get("kinodb_export") if isinstance(attrs, dict) else None
     layout = facts.get("layout") if isinstance(facts, dict) else None
     arrays: set[str] = set()
@@ -112,7 +134,7 @@ def _zarr_rule(path: str) -> Rule:
     arrays.add("meta/episode_ends")
 
     def rule(rel: str, is_dir: bool) -> bool:
-        if rel in (".zgroup", ".zattrs"):
+        if rel in (".zgroup", ".zattrs", "kinodb_episodes.jsonl"):
             return not is_dir
         if rel in ("data", "meta"):
             return is_dir

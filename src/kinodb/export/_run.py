@@ -81,7 +81,8 @@ def output_format(out: str | os.PathLike[str], format: str | None, *, option: st
 
     Raises:
         ValueError: ``format`` is unknown; or it is None and ``out`` ends in ``.json``,
-            ``.jsonl`` or ``.kdb``, names of files that no export writes.
+            ``.jsonl`` or ``.kdb``, names of files that no export writes, or in ``.zip``
+            (not ``.zarr.zip``), which only ``zarr`` writes.
     """
     if format is not None:
         if format not in FORMATS:
@@ -90,6 +91,12 @@ def output_format(out: str | os.PathLike[str], format: str | None, *, option: st
     name = os.fspath(out)
     if name.lower().endswith(".zarr" + ZIP_SUFFIX):
         return "zarr"
+    if name.lower().endswith(ZIP_SUFFIX):
+        raise ValueError(
+            f"the output {name} ends in {ZIP_SUFFIX}, and only the zarr export writes a zip archive: pass "
+            f"{option.format('zarr')} for a zipped zarr replay buffer (or name it .zarr.zip), or name the output "
+            f"without {ZIP_SUFFIX}"
+        )
     suffix = os.path.splitext(name)[1].lower()
     if suffix in _FILE_SUFFIXES:
         fmt, why = _FILE_SUFFIXES[suffix]
@@ -120,7 +127,8 @@ def export(
     layout (`kinodb.export.zarr`), the folder ``out``, or a zip archive of it where ``out``
     ends in ``.zip``. Without ``format``, an ``out`` ending in ``.hdf5``, ``.h5`` or
     ``.he5`` is exported as ``hdf5``, one ending in ``.zarr`` or ``.zarr.zip`` as ``zarr``,
-    and any other as ``numpy`` (see `output_format`). The output is written beside ``out`` under a temporary name and
+    another ending in ``.zip`` needs ``format``, and any other is ``numpy`` (see
+    `output_format`). The output is written beside ``out`` under a temporary name and
     renamed into place when complete, so a failed export leaves nothing (and an existing
     output unchanged). ``overwrite`` replaces only an earlier kinodb export or an empty
     folder, and a file only with ``hdf5`` or a zipped ``zarr`` (see `existing_output`); an output that is the

@@ -2,13 +2,14 @@
 diffusion_policy, UMI and zarr itself, and by ``kinodb.ingest``.
 
 Layout (zarr format 2, which zarr 2 and zarr 3 both read; a folder, or with an output
-named ``*.zarr.zip`` a zip archive of one, entries stored uncompressed as
-diffusion_policy's ``ReplayBuffer.save_to_path`` writes them)::
+named ``*.zarr.zip`` a zip archive of one, entries stored uncompressed, as zarr's
+``ZipStore`` writes them for diffusion_policy's ``save_to_store`` and UMI)::
 
     .zattrs                 fps (when every episode has the same), kinodb_export (the export's
                             facts and which array holds what), kinodb_dataset (the file's
-                            dataset block: schema, metadata), kinodb_episodes (each episode's
-                            metadata: task, embodiment, success, total reward, extra fields)
+                            dataset block: schema, metadata)
+    kinodb_episodes.jsonl   each episode's metadata (task, embodiment, success, total reward,
+                            extra fields), a JSON object a line, in row order
     data/action             (N, A) the actions, dtype kept
     data/state              (N, S) the states; or, where the schema's ``states.components``
                             tile them, one array per component (UMI's robot0_eef_pos, ...)
@@ -22,10 +23,12 @@ diffusion_policy's ``ReplayBuffer.save_to_path`` writes them)::
     meta/episode_ends       (E,) int64, each episode's exclusive end row
     meta/<key>              an extra field ``meta.KEY`` (as a zarr ingest names the rows of
                             ``meta/`` arrays) that every episode holds as a number or a bool
+                            (bool, int64, uint64 or float64)
 
 Rows are the exported episodes' frames in export order. Every array is chunked along its
 rows only (about 4 MiB a chunk, and no more rows than the export holds) and compressed
-with Blosc (LZ4, byte shuffle), the compressor diffusion_policy uses by default.
+with Blosc LZ4 at level 5, as diffusion_policy's default compressor, with byte shuffle on
+(diffusion_policy's leaves it off), which packs float arrays tighter.
 
 An array must have one dtype and per-frame shape over all the episodes, and every
 episode must hold every camera: episodes that differ (a merge of robots) are exported one
@@ -53,6 +56,8 @@ from kinodb.errors import ConversionError
 from kinodb.export._base import camera_windows, dumps, exported_dataset, one_value, split_advice
 from kinodb.kdb.reader import Database
 
+EPISODES = "kinodb_episodes.jsonl"
+"""The store's file of episode metadata, one JSON object per episode, in row order."""
 CHUNK_BYTES = 4 << 20  # uncompressed bytes per chunk, about; diffusion_policy's own are of this order
 RESERVED = ("action", "state", "timestamp", "reward", "done")
 _BUILTIN_ARRAYS = ("actions", "states", "rewards", "is_terminal", "timestamps")
@@ -77,17 +82,17 @@ def write(
     table = db.episodes()
     fps = sorted({float(f) for f in table["fps"][positions].tolist()})
     episodes = [dict(db.read_meta(i)) for i in positions]
-    root_attrs: dict[str, Any] = {
-        "kinodb_export": {**facts, "layout": plan.record()},
-        "kinodb_dataset": info,
-        "kinodb_episodes": episodes,
-    }
+    root_attrs: dict[str, Any] = {"kinodb_export": {**facts, "layout": plan.record()}, "kinodb_dataset": info}
     if len(fps) == 1:
         root_attrs = {"fps": fps[0], **root_attrs}
     frames = int(table["num_frames"][positions].sum())
     with _Sink(out, zipped=zipped) as sink:
         sink.json(".zgroup", {"zarr_format": 2})
         sink.text(".zattrs", dumps(root_attrs))
+        # One line per episode, beside the groups (zarr lists no plain file as a child): a
+        # dataset of 100,000 episodes would make root attributes of tens of megabytes,
+        # which every open of the store would parse.
+        sink.text(EPISODES, "".join(dumps(e) + "\n" for e in episodes))
         for group in ("data", "meta"):
             sink.json(f"{group}/.zgroup", {"zarr_format": 2})
         arrays = {
@@ -105,7 +110,7 @@ def write(
         for writer in arrays.values():
             writer.close()
         _whole(sink, "meta/episode_ends", ends, compressor)
-        for key, values in plan.meta_fields(episodes).items():
+        for key, values in plan.meta_fields(table, positions).items():
             _whole(sink, f"meta/{key}", values, compressor)
     return warnings
 
@@ -127,7 +132,7 @@ class _Spec:
 @dataclass
 class _Plan:
     data: dict[str, _Spec] = field(default_factory=dict)  # zarr key -> spec, in writing order
-    fields: list[str] = field(default_factory=list)  # meta.KEY fields that become meta/KEY arrays
+    fields: dict[str, tuple[str, np.dtype[Any]]] = field(default_factory=dict)  # meta/ key -> (field, dtype)
 
     def record(self) -> dict[str, Any]:
         """Which array holds what, for `kinodb.ingest.zarr_replay` to give the file back."""
@@ -135,25 +140,21 @@ class _Plan:
         return {
             "actions": next(k for k, s in self.data.items() if s.role == "actions"),
             "states": states,
+            "state_components": {k: s.name for k, s in self.data.items() if s.role == "state_part"},
             "timestamps": next((k for k, s in self.data.items() if s.role == "timestamps"), None),
             "rewards": next(k for k, s in self.data.items() if s.role == "rewards"),
             "is_terminal": next(k for k, s in self.data.items() if s.role == "is_terminal"),
             "cameras": {k: s.name for k, s in self.data.items() if s.role == "camera"},
             "extra_arrays": {k: s.name for k, s in self.data.items() if s.role == "extra"},
-            "meta": [f.removeprefix("meta.") for f in self.fields],
+            "meta": {key: name for key, (name, _) in self.fields.items()},
         }
 
-    def meta_fields(self, episodes: list[dict[str, Any]]) -> dict[str, np.ndarray]:
-        out = {}
-        for name in self.fields:
-            values = [e[name] for e in episodes]
-            if all(isinstance(v, bool) for v in values):
-                out[name.removeprefix("meta.")] = np.asarray(values, bool)
-            elif all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-                out[name.removeprefix("meta.")] = np.asarray(values, np.int64)
-            else:
-                out[name.removeprefix("meta.")] = np.asarray(values, np.float64)
-        return out
+    def meta_fields(self, table: dict[str, Any], positions: list[int]) -> dict[str, np.ndarray]:
+        """The ``meta/`` arrays: each field's values over ``positions`` (``table`` is
+        ``db.episodes()``), in the dtype `_numeric_fields` chose."""
+        return {
+            key: np.asarray(list(table[name][positions]), dtype) for key, (name, dtype) in self.fields.items()
+        }
 
 
 def _plan(db: Database, positions: list[int]) -> tuple[_Plan, list[str]]:
@@ -243,7 +244,18 @@ def _plan(db: Database, positions: list[int]) -> tuple[_Plan, list[str]]:
             )
             continue
         plan.data[key_for(name, name)] = _Spec("extra", name, *form(name))
-    plan.fields = _numeric_fields(db, positions)
+    meta_taken = {"episode_ends"}
+    for name, dtype in _numeric_fields(db, positions, warnings).items():
+        wanted = name.removeprefix("meta.")
+        if not _valid_key(wanted):
+            warnings.append(f"the field {name!r} cannot name a zarr array: left out of meta/ (each episode's "
+                            "metadata keeps it)")  # fmt: skip
+            continue
+        key = wanted
+        while key in meta_taken:
+            key += "_"
+        meta_taken.add(key)
+        plan.fields[key] = (name, dtype)
     return plan, warnings
 
 
@@ -263,22 +275,44 @@ def _components(part: dict[str, Any], dim: int) -> list[tuple[str, tuple[int, in
     return [(name, span) for span, name in spans]
 
 
-def _numeric_fields(db: Database, positions: list[int]) -> list[str]:
-    """``meta.KEY`` fields every exported episode holds as a number (or every one as a bool)."""
+_INT64 = np.iinfo(np.int64)
+_UINT64 = np.iinfo(np.uint64)
+
+
+def _numeric_fields(db: Database, positions: list[int], warnings: list[str]) -> dict[str, np.dtype[Any]]:
+    """``meta.KEY`` fields (a zarr ingest's ``meta/`` rows) that every exported episode
+    holds as a number, or every one as a bool, and the dtype of their ``meta/`` array:
+    bool, int64, uint64 (whole numbers of 2**63 or more), else float64. Whole numbers that
+    neither integer type holds stay in the episodes' metadata only, with a warning."""
     table = db.episodes()
-    out = []
-    for column in sorted(c for c in table if c.startswith("meta.") and "/" not in c and c != "meta."):
+    out: dict[str, np.dtype[Any]] = {}
+    for column in sorted(c for c in table if c.startswith("meta.") and c != "meta."):
         values = table[column][positions]
         items = values.tolist() if isinstance(values, np.ndarray) else list(values)
-        if all(isinstance(v, bool) for v in items) or all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) for v in items
-        ):
-            out.append(column)
+        if all(isinstance(v, bool) for v in items):
+            out[column] = np.dtype(bool)
+        elif all(isinstance(v, int) and not isinstance(v, bool) for v in items):
+            low, high = min(items), max(items)
+            if _INT64.min <= low and high <= _INT64.max:
+                out[column] = np.dtype(np.int64)
+            elif low >= 0 and high <= _UINT64.max:
+                out[column] = np.dtype(np.uint64)
+            else:
+                warnings.append(
+                    f"the field {column!r} holds whole numbers that no 64-bit integer array holds: left out of "
+                    "meta/ (each episode's metadata keeps it)"
+                )
+        elif all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in items):
+            out[column] = np.dtype(np.float64)
     return out
 
 
+def _valid_key(key: str) -> bool:
+    return bool(key) and "/" not in key and not key.startswith(".") and "\x00" not in key
+
+
 def _check_key(db: Database, name: str, key: str) -> None:
-    if not key or "/" in key or key.startswith(".") or "\x00" in key:
+    if not _valid_key(key):
         raise ConversionError(
             f"{db.path()}: {name!r} cannot be a zarr key (empty, holding '/' or NUL, or starting with '.'); "
             "rename it (kino merge does not rename arrays: re-ingest with other names) or export another format"

@@ -45,6 +45,12 @@ here; see `kinodb.ingest._zarr_store`) or 3 (read through zarr 3). What goes whe
   else 10 (Push-T's rate), which the report's notes say. ``task`` and ``embodiment`` come
   from the options: the layout holds neither.
 
+A store written by ``kino export --format zarr`` (`kinodb.export.zarr`) records in its root
+attributes what the layout has no place for; where that record still describes the store,
+it decides the state keys and their order, the arrays' and cameras' names, and gives back
+each episode's task, embodiment, fps, success, total reward and extra fields, and the
+file's schema names and dataset metadata (`kinodb.ingest._zarr_kinodb`).
+
 A chunk that is damaged (cut short, or not what its array's codec and metadata say) is an
 error naming its file (in format 3 stores, for chunks whose last codec is Blosc, and what
 zarr's codecs detect); a chunk that is absent reads as the array's fill value, as in
@@ -65,7 +71,14 @@ from kinodb.errors import ConversionError
 from kinodb.ingest._base import SOURCE_PARTS, SourceInfo, SourceOptions, checked_path
 from kinodb.ingest._exact import first_rounded
 from kinodb.ingest._options import option_name, skip_advice
-from kinodb.ingest._zarr_kinodb import ATTRS, exported, restore_dataset, restore_episode
+from kinodb.ingest._zarr_kinodb import (
+    ATTRS,
+    EPISODES,
+    component_names,
+    exported,
+    restore_dataset,
+    restore_episode,
+)
 from kinodb.ingest._zarr_store import V2_ARRAY, V3_META, Array, Store, V2Array, V3Array, open_v3, store_format
 
 FORMAT = "zarr"
@@ -172,7 +185,7 @@ class ZarrSource:
                 what = "a scalar" if not arr.shape else text
                 notes.append(f"data/{key} holds {what}, not numbers per frame: left out")
         ends = self._ends(meta_arrays.pop("episode_ends", None), arrays, notes)
-        record = exported(root_attrs, ends, set(arrays), notes)
+        record = exported(root_attrs, store.get(EPISODES), ends, set(arrays), notes)
         saved = record["layout"] if record is not None else {}
         actions = saved["actions"] if record is not None and self._options.action_key is None else None
         layout = _Layout(store, arrays, ends, actions=actions or self._action_key(arrays), notes=notes,
@@ -211,7 +224,10 @@ class ZarrSource:
             names.add(name)
             layout.extra[name] = k
         n = len(ends)
+        written = saved.get("meta") or {}  # the export's copies of fields its record gives back
         for key, arr in sorted(meta_arrays.items()):
+            if key in written:
+                continue
             if arr.shape[:1] == (n,):
                 values, odd = _fields(arr.read(0, n))
                 layout.fields[f"meta.{key}"] = values
@@ -404,8 +420,7 @@ class ZarrSource:
             schema["states"] = {"components": dict(layout.components)}
         metadata = {FORMAT: {**layout.metadata, "actions": layout.actions, "states": layout.states,
                              "cameras": layout.cameras, "extra_arrays": layout.extra}}  # fmt: skip
-        state_dim = layout.components[layout.states[-1]][1] if layout.states else 0
-        schema, metadata = restore_dataset(layout.record, schema, metadata, state_dim)
+        schema, metadata = restore_dataset(layout.record, schema, metadata, layout.actions, layout.states)
         return SourceInfo(FORMAT, schema=schema, metadata=metadata, fps=fps, notes=notes)
 
     def read(self, key: str) -> dict[str, Any]:
@@ -439,7 +454,8 @@ class ZarrSource:
         if layout.states:
             args["states"], parts = self._states(layout, rows, key)
             if parts:
-                args[SOURCE_PARTS] = {"states": parts}
+                renamed = component_names(layout.record, layout.states)
+                args[SOURCE_PARTS] = {"states": {renamed.get(k, k): v for k, v in parts.items()}}
         if layout.timestamps is not None:
             args["timestamps"] = rows(layout.timestamps)
         if layout.rewards is not None:
