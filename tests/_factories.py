@@ -216,3 +216,29 @@ def without_uniform_check(path: Any) -> Any:
         fh.seek(0)
         fh.write(raw)
     return path
+
+
+EXPORT_PROVENANCE = ("source_file", "source_episode", "origin_file", "origin_episode")
+"""Every ingest sets source_* afresh; a merge moves the pair an episode held to origin_*."""
+
+
+def assert_same_episodes(a: Any, b: Any, *, skip_meta: tuple[str, ...] = ()) -> None:
+    """Two ``.kdb`` files hold the same episodes: arrays bit for bit, decoded frames pixel for
+    pixel, metadata equal less provenance (and ``skip_meta``): ``b`` ingested from an export of ``a``."""
+    import kinodb
+
+    skipped = set(EXPORT_PROVENANCE) | set(skip_meta)
+    with kinodb.open(a) as da, kinodb.open(b) as db:
+        assert len(da) == len(db)
+        for i in range(len(da)):
+            x, y = da.read_episode(i), db.read_episode(i)
+            mx, my = ({k: v for k, v in e.pop("meta").items() if k not in skipped} for e in (x, y))
+            assert mx == my, i
+            images_x, images_y = x.pop("images"), y.pop("images")
+            assert set(x) == set(y), i
+            for name in x:
+                assert x[name].dtype == y[name].dtype and x[name].shape == y[name].shape, name
+                assert x[name].tobytes() == y[name].tobytes(), name
+            assert set(images_x) == set(images_y)
+            for cam in images_x:
+                assert np.array_equal(images_x[cam], images_y[cam]), cam

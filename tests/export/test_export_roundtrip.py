@@ -11,13 +11,12 @@ import numpy as np
 import pytest
 
 import kinodb
+from _factories import assert_same_episodes
 from kinodb.export import export
 
 h5py = pytest.importorskip("h5py")
 from kinodb.ingest import ingest  # noqa: E402  (after h5py is known to be installed)
 
-# Every ingest sets source_* afresh; a merge moves the pair an episode held to origin_*.
-PROVENANCE = ("source_file", "source_episode", "origin_file", "origin_episode")
 SAMPLES = Path(__file__).resolve().parents[2].parent / "shared" / "samples"
 BRIDGE = SAMPLES / "octo_bridge_rlds" / "bridge_dataset" / "1.0.0"  # 7-d actions and states
 G1 = SAMPLES / "unitree_g1_lerobot_v21"  # 26-d actions and states
@@ -31,26 +30,9 @@ def _roundtrip(src: Path, tmp_path: Path, **ingest_kw: Any) -> Path:
     return back
 
 
-def _meta(meta: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in meta.items() if k not in PROVENANCE}
-
-
 def _assert_same(a: Path, b: Path, *, skip_meta: tuple[str, ...] = ()) -> None:
     """Arrays bit for bit, decoded frames pixel for pixel, metadata equal."""
-    with kinodb.open(a) as da, kinodb.open(b) as db:
-        assert len(da) == len(db)
-        for i in range(len(da)):
-            x, y = da.read_episode(i), db.read_episode(i)
-            mx, my = (_meta({k: v for k, v in e.pop("meta").items() if k not in skip_meta}) for e in (x, y))
-            assert mx == my, i
-            images_x, images_y = x.pop("images"), y.pop("images")
-            assert set(x) == set(y), i
-            for name in x:
-                assert x[name].dtype == y[name].dtype and x[name].shape == y[name].shape, name
-                assert x[name].tobytes() == y[name].tobytes(), name
-            assert set(images_x) == set(images_y)
-            for cam in images_x:
-                assert np.array_equal(images_x[cam], images_y[cam]), cam
+    assert_same_episodes(a, b, skip_meta=skip_meta)
 
 
 def _source(path: Path, rng: np.random.Generator, *, codec: str = "png", success=(True, False, True),
