@@ -61,7 +61,6 @@ EPISODES = "kinodb_episodes.jsonl"
 CHUNK_BYTES = 4 << 20  # uncompressed bytes per chunk, about; diffusion_policy's own are of this order
 RESERVED = ("action", "state", "timestamp", "reward", "done")
 _BUILTIN_ARRAYS = ("actions", "states", "rewards", "is_terminal", "timestamps")
-_ROLE_KEYS = {"actions": "action", "rewards": "reward", "is_terminal": "done", "timestamps": "timestamp"}
 
 
 def write(
