@@ -8,10 +8,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-from _server_proc import ServerProcess
 
 import kinodb
 from _factories import numbered_episode
+from _server_proc import ServerProcess
 
 
 def _episode(k: int) -> dict[str, Any]:

@@ -12,8 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from _server_proc import ServerProcess
 
+from _server_proc import ServerProcess
 from kinodb._cli import serve as kino_serve
 from kinodb.remote import KinoClient
 from kinodb.serve import AddressError, KinoServer

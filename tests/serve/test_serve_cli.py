@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-from _server_proc import SRC, ServerProcess
 
+from _server_proc import SRC, ServerProcess
 from kinodb._cli import main as kino_main
 from kinodb._cli import serve as kino_serve
 from kinodb.errors import EpisodeNotFoundError, QuerySyntaxError

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _server_proc import ServerProcess
 
+from _server_proc import ServerProcess
 from kinodb.remote import KinoClient, ServerUnavailableError
 from kinodb.serve._errors import connection_hint, connection_lost
 

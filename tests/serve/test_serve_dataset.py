@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _server_proc import SRC, ServerProcess
 
+from _server_proc import SRC, ServerProcess
 from kinodb.errors import QuerySyntaxError
 
 torch = pytest.importorskip("torch", reason="KinoRemoteDataset needs torch")

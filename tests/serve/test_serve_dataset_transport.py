@@ -7,6 +7,7 @@ import multiprocessing
 from typing import Any
 
 import pytest
+
 from _server_proc import ServerProcess
 
 torch = pytest.importorskip("torch", reason="KinoRemoteDataset needs torch")

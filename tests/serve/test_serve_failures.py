@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _server_proc import SRC, ServerProcess
 
+from _server_proc import SRC, ServerProcess
 from kinodb.errors import KinodbError
 from kinodb.remote import KinoClient, ServerBusyError, ServerTimeoutError
 from kinodb.serve.client import KEEPALIVE_OPTIONS as CLIENT_KEEPALIVE

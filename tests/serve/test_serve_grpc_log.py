@@ -12,8 +12,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-from _server_proc import ServerProcess
 
+from _server_proc import ServerProcess
 from kinodb._cli.serve import _GrpcLines
 
 LINE = "kino-serve: warning: gRPC: Exception deserializing message! (DecodeError: "

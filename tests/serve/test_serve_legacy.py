@@ -11,9 +11,9 @@ from types import ModuleType
 import grpc
 import numpy as np
 import pytest
-from _server_proc import ServerProcess
 
 import kinodb
+from _server_proc import ServerProcess
 from kinodb.serve._proto import kinodb_pb2 as v1
 
 # The earlier server's service definition, as its clients were generated from.

@@ -10,10 +10,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-from _server_proc import ServerProcess
 
 import kinodb
 from _legacy_encoder import encode, encoded_frames, random_episode
+from _server_proc import ServerProcess
 from kinodb.remote import BatchTooLargeError, InvalidRequestError, KinoClient
 from kinodb.serve import KinoServer
 from kinodb.serve._backend import Backend

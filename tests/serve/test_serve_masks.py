@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _server_proc import ServerProcess
 
 import kinodb
 from _factories import write_episodes
+from _server_proc import ServerProcess
 
 torch = pytest.importorskip("torch")
 WINDOWS = {"obs_horizon": 2, "action_horizon": 3}

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _server_proc import ServerProcess
 
 import kinodb
+from _server_proc import ServerProcess
 from kinodb.errors import EpisodeNotFoundError
 from kinodb.remote import InvalidRequestError, KinoClient
 from kinodb.windows import FrameWindows

@@ -6,9 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from _server_proc import ServerProcess
 
 import kinodb
+from _server_proc import ServerProcess
 from kinodb.errors import QuerySyntaxError
 from kinodb.remote import InvalidRequestError, KinoClient
 from kinodb.serve import KinoServer

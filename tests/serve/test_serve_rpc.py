@@ -9,9 +9,9 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from _server_proc import ServerProcess
 
 import kinodb
+from _server_proc import ServerProcess
 from kinodb.errors import EpisodeNotFoundError, KinodbError, QuerySyntaxError
 from kinodb.remote import BatchTooLargeError, InvalidRequestError, KinoClient
 from kinodb.serve._proto import kinodb_pb2 as pb

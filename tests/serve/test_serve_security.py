@@ -11,8 +11,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-from _server_proc import ServerProcess, self_signed_certificate
 
+from _server_proc import ServerProcess, self_signed_certificate
 from kinodb.errors import FormatError
 from kinodb.remote import AuthenticationError, KinoClient, RemoteError, ServerUnavailableError
 from kinodb.serve import KinoServer

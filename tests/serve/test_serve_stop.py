@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 import pytest
-from _server_proc import SRC
 
+from _server_proc import SRC
 from kinodb.remote import KinoClient, ServerTimeoutError
 from kinodb.serve import server as server_module
 from kinodb.serve._backend import Backend

@@ -14,9 +14,9 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from _server_proc import ServerProcess
 
 import kinodb
+from _server_proc import ServerProcess
 from kinodb.remote import KinoClient, RemoteError
 from kinodb.serve._backend import _GROUP_BYTES, Backend
 from kinodb.serve._proto import kinodb_pb2 as pb

@@ -9,10 +9,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-from _server_proc import ServerProcess
 
 import kinodb
 from _factories import numbered_episode
+from _server_proc import ServerProcess
 from kinodb.remote import InvalidRequestError, KinoClient
 
 _SIZES = r"\(16x16 in mixture source 0 \(.*main\.kdb\), 24x20 in mixture source 1 \(.*large\.kdb\)\)"

@@ -10,12 +10,12 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from _server_proc import ServerProcess
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import kinodb
 from _factories import random_array
+from _server_proc import ServerProcess
 from kinodb.remote import KinoClient, RemoteError
 from kinodb.serve._messages import fill_tensor, meta_to_pb
 from kinodb.serve._proto import kinodb_pb2 as pb
