@@ -33,7 +33,7 @@ def test_export_F_given_a_query_names_filter(
     assert last.startswith(
         f"kino export: error: argument -F/--format: {query!r} is a KQL query, not a format"
     )
-    assert "-F is --format here (one of numpy, json, hdf5, lerobot, zarr)" in last
+    assert "-F is --format here (one of numpy, json, hdf5, lerobot, zarr, rlds)" in last
     assert f"use --filter '{query}'" in last
     assert not (tmp_path / "out").exists()
 
@@ -53,7 +53,7 @@ def test_export_F_still_takes_a_format(
     assert (tmp_path / "meta").is_dir()
 
 
-@pytest.mark.parametrize("name", ["hdf5", "lerobot", "numpy", "H5"])
+@pytest.mark.parametrize("name", ["hdf5", "lerobot", "numpy", "rlds", "H5"])
 def test_merge_F_given_an_export_format_names_filter_and_export(
     dataset: Path, tmp_path: Path, name: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -69,11 +69,12 @@ def test_merge_F_given_an_export_format_names_filter_and_export(
     assert not out.exists()
 
 
+@pytest.mark.parametrize("name", ["auto", "kinfer-ndjson"])
 def test_merge_F_given_an_ingest_format_names_filter(
-    dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    dataset: Path, tmp_path: Path, name: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    err = _usage_error(["merge", str(dataset), "-o", str(tmp_path / "m.kdb"), "-F", "rlds"], capsys)
-    assert "'rlds' is a format name, not a KQL query: -F is --filter in kino merge" in err
+    err = _usage_error(["merge", str(dataset), "-o", str(tmp_path / "m.kdb"), "-F", name], capsys)
+    assert f"{name!r} is a format name, not a KQL query: -F is --filter in kino merge" in err
     assert "kino export" not in err
 
 

@@ -1,5 +1,5 @@
-"""``kino export``: a .kdb file (optionally filtered) to NumPy files, JSON metadata, robomimic HDF5, LeRobot
-or a zarr replay buffer."""
+"""``kino export``: a .kdb file (optionally filtered) to NumPy files, JSON metadata, robomimic HDF5, LeRobot,
+a zarr replay buffer or RLDS."""
 
 from __future__ import annotations
 
@@ -10,25 +10,26 @@ import sys
 import warnings
 from typing import Any
 
-_FORMATS = ("numpy", "json", "hdf5", "lerobot", "zarr")
+_FORMATS = ("numpy", "json", "hdf5", "lerobot", "zarr", "rlds")
 
 
 def register(sub: Any) -> None:
     """Add the subcommand to ``sub``."""
     p = sub.add_parser(
         "export",
-        help="export a .kdb file to .npy files, JSON metadata, robomimic HDF5, a LeRobot dataset or a zarr "
-        "replay buffer",
+        help="export a .kdb file to .npy files, JSON metadata, robomimic HDF5, a LeRobot dataset, a zarr "
+        "replay buffer or an RLDS (TFDS) dataset",
         description="Export episodes to a folder of .npy arrays and image files (numpy), metadata "
         "only (json), one robomimic-layout HDF5 file (hdf5), a LeRobot v3.0 dataset folder "
-        "(lerobot), or a zarr replay buffer as diffusion_policy reads it (zarr: a folder, or a zip archive when "
-        "OUT ends in .zip). The output appears only when complete. OUT must be a new path, or with --force "
+        "(lerobot), a zarr replay buffer as diffusion_policy reads it (zarr: a folder, or a zip archive when "
+        "OUT ends in .zip), or an RLDS dataset folder of TFRecord shards as tfds.load reads it (rlds: name OUT "
+        "<name>/<version> for tfds.load(name, data_dir=...)). The output appears only when complete. OUT must be a new path, or with --force "
         "an earlier kinodb export or an empty folder; OUT is never the current folder, the input "
         "file, or a folder holding either.",
     )
     p.add_argument("path", metavar="PATH", help="the .kdb file")
     p.add_argument("-o", "--output", required=True, metavar="OUT",
-                   help="output folder (numpy, json, lerobot, zarr) or file (hdf5, zarr as .zarr.zip); its "
+                   help="output folder (numpy, json, lerobot, zarr, rlds) or file (hdf5, zarr as .zarr.zip); its "
                    "folder must exist")  # fmt: skip
     p.add_argument("-F", "--format", choices=_FORMATS, type=_format,
                    help="default: hdf5 when OUT ends in .hdf5, .h5 or .he5, zarr when it ends in .zarr or "

@@ -37,13 +37,14 @@ def register(sub: Any) -> None:
 
 
 # Format names of ingest and export, where -F is --format: given to merge's -F, a mix-up.
-_INGEST_FORMATS = ("auto", "kinfer-ndjson", "rlds")
+_INGEST_FORMATS = ("auto", "kinfer-ndjson")
 _EXPORT_FORMATS = {
     "h5": "hdf5",
     "hdf5": "hdf5",
     "json": "json",
     "lerobot": "lerobot",
     "numpy": "numpy",
+    "rlds": "rlds",
     "zarr": "zarr",
 }
 

@@ -1,4 +1,4 @@
-"""Converters from ``.kdb`` into other formats: `export` to ``numpy``, ``json``, ``hdf5``, ``lerobot`` or ``zarr``.
+"""Converters from ``.kdb`` into other formats: `export` to ``numpy``, ``json``, ``hdf5``, ``lerobot``, ``zarr`` or ``rlds``.
 
 - ``numpy``: a folder per episode with ``.npy`` arrays, image files and ``meta.json``.
 - ``json``: metadata only, ``dataset.json`` plus ``episodes.jsonl``.
@@ -8,6 +8,8 @@
   ``meta/``), readable by ``LeRobotDataset`` and by ``kinodb.ingest``.
 - ``zarr``: a replay buffer in diffusion_policy's layout (``data/`` arrays, ``meta/episode_ends``),
   a folder or a ``.zarr.zip`` archive, readable by diffusion_policy, zarr and ``kinodb.ingest``.
+- ``rlds``: an RLDS dataset in TFDS's folder layout (TFRecord shards, ``features.json``),
+  readable by ``tfds.load``, Octo's and OpenVLA's loaders and ``kinodb.ingest``.
 """
 
 from __future__ import annotations

@@ -311,6 +311,7 @@ _FOLDER_MARKERS = (
     ("dataset.json", ("numpy", "json")),
     (os.path.join("meta", "kinodb.json"), ("lerobot",)),
     (".zattrs", ("zarr",)),  # its kinodb_export
+    ("kinodb_export.json", ("rlds",)),
 )
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 _MAX_MARKER_BYTES = 1 << 26  # a dataset.json is kilobytes: anything this large is no export's

@@ -11,6 +11,8 @@ a ``labels.csv`` beside an episode's arrays, another camera's videos) keeps the 
 - ``zarr``: ``.zgroup``, ``.zattrs`` and ``kinodb_episodes.jsonl``, and under ``data/`` and ``meta/`` their ``.zgroup``
   and the arrays its ``.zattrs`` record names, each a folder of ``.zarray`` and chunk files
   (``0.0``, ``1.0``, ...).
+- ``rlds``: ``dataset_info.json``, ``features.json``, ``kinodb_export.json`` and TFRecord
+  shards named as the export names them (``NAME-train.tfrecord-00000-of-00001``).
 - ``lerobot``: the ``meta/`` files, ``meta/episodes`` and ``data`` Parquet files in
   ``chunk-CCC/file-FFF`` form, and ``videos/<key>/chunk-CCC/file-FFF.mp4`` for each video
   feature of ``meta/info.json``.
@@ -49,7 +51,14 @@ def unexpected_entries(path: str, fmt: str, *, limit: int = 4) -> list[str]:
     """Up to ``limit`` entries under the earlier ``fmt`` export at ``path`` that such an
     export does not write, as paths relative to ``path`` (a folder with a trailing ``/``), in
     sorted order; a folder that cannot be listed counts as one."""
-    rule = {"json": _json_rule, "numpy": _numpy_rule, "lerobot": _lerobot_rule, "zarr": _zarr_rule}[fmt](path)
+    rules = {
+        "json": _json_rule,
+        "numpy": _numpy_rule,
+        "lerobot": _lerobot_rule,
+        "zarr": _zarr_rule,
+        "rlds": _rlds_rule,
+    }
+    rule = rules[fmt](path)
     found: list[str] = []
 
     def walk(rel: str) -> None:
@@ -94,6 +103,14 @@ def unexpected_zip_entries(names: list[str], attrs: Any, *, limit: int = 4) -> l
 
 def _json_rule(path: str) -> Rule:
     return lambda rel, is_dir: not is_dir and rel in _JSON_FILES
+
+
+_RLDS_FILES = frozenset(("dataset_info.json", "features.json", "kinodb_export.json"))
+_RLDS_SHARD = re.compile(r"[a-z][a-z0-9_]*-train\.tfrecord-[0-9]{5}-of-[0-9]{5}")
+
+
+def _rlds_rule(path: str) -> Rule:
+    return lambda rel, is_dir: not is_dir and (rel in _RLDS_FILES or _RLDS_SHARD.fullmatch(rel) is not None)
 
 
 def _lerobot_rule(path: str) -> Rule:

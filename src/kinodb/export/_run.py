@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from kinodb._version import __version__
@@ -12,7 +13,7 @@ from kinodb.export import _json_meta, _numpy_dir
 from kinodb.export._base import ExportReport, check_output, select, staged, tree_size
 from kinodb.kdb.reader import Database, open_database
 
-FORMATS = ("numpy", "json", "hdf5", "lerobot", "zarr")
+FORMATS = ("numpy", "json", "hdf5", "lerobot", "zarr", "rlds")
 HDF5_COMPRESSIONS = ("gzip", "lzf", "none")
 """What the ``hdf5`` export's ``compression`` takes (``gzip`` at level 4, h5py's default)."""
 
@@ -58,6 +59,15 @@ def _zarr_writer(zipped: bool) -> _FormatWriter:
 
     def write(db: Database, positions: list[int], out: str, facts: dict[str, Any]) -> list[str]:
         return zarr.write(db, positions, out, facts, zipped=zipped)
+
+    return write
+
+
+def _rlds_writer(target: str) -> _FormatWriter:
+    from kinodb.export import rlds
+
+    def write(db: Database, positions: list[int], out: str, facts: dict[str, Any]) -> list[str]:
+        return rlds.write(db, positions, out, facts, target=target)
 
     return write
 
@@ -125,7 +135,9 @@ def export(
     ``numpy``, ``json`` and ``lerobot`` write the folder ``out``; ``hdf5`` writes the
     robomimic-layout file ``out``; ``zarr`` writes a replay buffer in diffusion_policy's
     layout (`kinodb.export.zarr`), the folder ``out``, or a zip archive of it where ``out``
-    ends in ``.zip``. Without ``format``, an ``out`` ending in ``.hdf5``, ``.h5`` or
+    ends in ``.zip``; ``rlds`` writes the folder ``out`` as an RLDS dataset in TFDS's
+    layout (`kinodb.export.rlds`), named after ``out`` (``rlds/pick/1.0.0``: ``pick``, version
+    ``1.0.0``), and creates the folders above it that are missing. Without ``format``, an ``out`` ending in ``.hdf5``, ``.h5`` or
     ``.he5`` is exported as ``hdf5``, one ending in ``.zarr`` or ``.zarr.zip`` as ``zarr``,
     another ending in ``.zip`` needs ``format``, and any other is ``numpy`` (see
     `output_format`). The output is written beside ``out`` under a temporary name and
@@ -148,6 +160,7 @@ def export(
         >>> kinodb.export.export("pick.kdb", "pick_npy", filter="success = true")
         >>> kinodb.export.export("pick.kdb", "pick_lerobot", format="lerobot", video_codec="av1")
         >>> kinodb.export.export("pick.kdb", "pick.zarr.zip")  # a zipped replay buffer
+        >>> kinodb.export.export("pick.kdb", "rlds/pick/1.0.0", format="rlds")  # tfds.load("pick", data_dir="rlds")
 
     Raises:
         ConversionError: no episode matches, or the content cannot be written in this format.
@@ -155,7 +168,7 @@ def export(
         ValueError: an unknown format or a misplaced option; ``out`` is empty, is the
             current folder, the input file or a folder holding either.
         FileExistsError: ``out`` exists and is not replaceable, or ``overwrite`` is False.
-        FileNotFoundError: the folder that should hold ``out`` does not exist.
+        FileNotFoundError: the folder that should hold ``out`` does not exist (but for ``rlds``).
         PermissionError: that folder is not writable.
         MissingExtraError: ``hdf5`` without h5py, ``lerobot`` without pyarrow or PyAV, or
             ``zarr`` without numcodecs.
@@ -179,12 +192,44 @@ def export(
         )
     t0 = time.perf_counter()
     target = os.path.abspath(shown)
+    with _parents(target, format == "rlds"):
+        return _export(path, shown, target, format, filter, overwrite, t0, video_codec, images_as, flip_images,
+                       next_obs, compression)  # fmt: skip
+
+
+@contextlib.contextmanager
+def _parents(target: str, make: bool) -> Iterator[None]:
+    """Create the missing folders above ``target`` where ``make`` (an RLDS dataset's
+    ``<name>/<version>`` folder), removing them again, while empty, if the export fails."""
+    made: list[str] = []
+    parent = os.path.dirname(target)
+    while make and parent and not os.path.exists(parent):
+        made.append(parent)
+        parent = os.path.dirname(parent)
+    for folder in reversed(made):
+        os.mkdir(folder)
+    try:
+        yield
+    except BaseException:
+        for folder in made:
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)
+        raise
+
+
+def _export(
+    path: str | os.PathLike[str], shown: str, target: str, format: str, filter: str | None, overwrite: bool,
+    t0: float, video_codec: str | None, images_as: str | None, flip_images: bool | None, next_obs: bool | None,
+    compression: str | None,
+) -> ExportReport:  # fmt: skip
     directory = format != "hdf5" and not zipped_output(shown, format)
     check_output(os.fspath(path), target, shown=shown, directory=directory, overwrite=overwrite)
     if format == "lerobot":
         writer = _lerobot_writer(video_codec, images_as)
     elif format == "zarr":
         writer = _zarr_writer(not directory)
+    elif format == "rlds":
+        writer = _rlds_writer(target)
     elif format == "hdf5":
         writer = _hdf5_writer(flip_images is not False, next_obs is not False, compression)
     else:

@@ -260,6 +260,19 @@ def _enc_varint(value: int) -> bytes:
     return bytes(out)
 
 
+def _enc_varints(values: NDArray[np.int64]) -> bytes:
+    """The varints of ``values`` (negative ones as their 64-bit two's complement), packed."""
+    u = values.view(np.uint64)
+    groups = np.stack([(u >> np.uint64(7 * k)) & np.uint64(0x7F) for k in range(10)]).astype(np.uint8)
+    sizes = np.ones(len(u), np.int64)
+    for k in range(1, 10):
+        sizes += (u >> np.uint64(7 * k)) != 0
+    held = np.arange(10)[:, None] < sizes  # (10, N): the groups each value is written with
+    groups[np.arange(10)[:, None] < sizes - 1] |= 0x80  # every group but a value's last goes on
+    packed: bytes = groups.T[held.T].tobytes()
+    return packed
+
+
 def _enc_len(number: int, payload: bytes) -> bytes:
     return _enc_varint(number << 3 | _LEN) + _enc_varint(len(payload)) + payload
 
@@ -270,8 +283,7 @@ def _enc_feature(value: Sequence[bytes] | NDArray[np.generic]) -> bytes:
         if flat.dtype.kind == "f":
             return _enc_len(2, _enc_len(1, flat.astype(_F32).tobytes()))
         if flat.dtype.kind in "biu":
-            packed = b"".join(_enc_varint(int(v)) for v in flat.astype(np.int64).tolist())
-            return _enc_len(3, _enc_len(1, packed))
+            return _enc_len(3, _enc_len(1, _enc_varints(flat.astype(np.int64))))
         raise TypeError(f"cannot encode a {flat.dtype} array as a Feature")
     return _enc_len(1, b"".join(_enc_len(1, bytes(v)) for v in value))
 

@@ -221,6 +221,8 @@ def _numeric(value: FeatureValue, spec: Spec, where: str) -> NDArray[Any]:
             raise Disagrees(
                 f"{where}: {spec.key} holds int64 values; expected {spec.dtype or 'float'} values"
             )
+        if spec.dtype == "float16":  # a FloatList holds float16 values exactly; TFDS casts them back
+            return value.astype(np.float16)
         return value
     if value.dtype.kind == "f":
         raise Disagrees(f"{where}: {spec.key} holds float values; expected {spec.kind}")

@@ -16,14 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from kinodb._provenance import carried_on_ingest
-from kinodb.ingest._base import TOTAL_UNKNOWN, exported_extra, user_metadata
+from kinodb.ingest._base import user_metadata
+from kinodb.ingest._restore import restore_meta
 
-_BUILTIN_META = frozenset(
-    ("episode_id", "embodiment", "task", "num_frames", "fps", "action_dim", "state_dim", "success",
-     "total_reward")
-)  # fmt: skip
-_PROVENANCE = ("source_file", "source_episode")  # the ingest sets these anew
 ATTRS = ("kinodb_export", "kinodb_dataset")
 """The root attributes a kinodb export writes; not copied into the dataset metadata."""
 EPISODES = "kinodb_episodes.jsonl"
@@ -112,33 +107,5 @@ def component_names(record: dict[str, Any] | None, states: list[str]) -> dict[st
 
 
 def restore_episode(args: dict[str, Any], record: dict[str, Any], index: int, fps_given: bool) -> None:
-    """Give episode ``index`` back what its export record holds: task, embodiment, fps
-    (unless ``fps_given``), success, total reward and extra fields. Its provenance moves on
-    as `kinodb.merge` moves it: the ingest names this store in ``source_file`` and
-    ``source_episode``, and what the episode held so goes to ``origin_*``."""
-    meta = record["episodes"][index]
-    T = len(args["actions"])
-    if meta.get("num_frames") != T:
-        return
-    if isinstance(meta.get("task"), str):
-        args["task"] = meta["task"]
-    if isinstance(meta.get("embodiment"), str):
-        args["embodiment"] = meta["embodiment"]
-    fps = meta.get("fps")
-    if not fps_given and isinstance(fps, (int, float)) and not isinstance(fps, bool) and fps > 0:
-        args["fps"] = float(fps)
-    success = meta.get("success")
-    if success is None or isinstance(success, bool):
-        args["success"] = success
-    if "total_reward" in meta:
-        total = meta["total_reward"]
-        if total is None:
-            args[TOTAL_UNKNOWN] = True
-        elif isinstance(total, (int, float)) and not isinstance(total, bool):
-            args["total_reward"] = float(total)
-    extra = exported_extra(meta, _BUILTIN_META)
-    kept = carried_on_ingest(extra)
-    for key in _PROVENANCE:
-        extra.pop(key, None)
-    extra.update(kept)
-    args["extra"] = {**args.get("extra", {}), **extra}
+    """Give episode ``index`` back what its export record holds (`restore_meta`)."""
+    restore_meta(args, record["episodes"][index], fps_given)

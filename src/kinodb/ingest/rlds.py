@@ -125,6 +125,7 @@ from kinodb.ingest._base import SOURCE_WHERE, SourceInfo, SourceOptions
 from kinodb.ingest._example import FeatureValue, parse_example
 from kinodb.ingest._options import option_value, skip_advice
 from kinodb.ingest._rlds_features import FLAG_KEYS, LEFT_OUT_FIELD, META, Plan, convert, make_plan
+from kinodb.ingest._rlds_kinodb import exported, restore, restore_dataset
 from kinodb.ingest._rlds_shards import (
     SHARD_RE,
     OtherSplit,
@@ -225,6 +226,8 @@ class RLDSSource:
         self._layout: str | None = None
         self._plan: Plan | None = None
         self._left_out: dict[str, str] = {}  # features a .kdb cannot hold, and why
+        self._kinodb: dict[str, Any] | None = None  # a kinodb export's record (`_rlds_kinodb.exported`)
+        self._kinodb_notes: list[str] = []
 
     @classmethod
     def detect(cls, path: str) -> bool:
@@ -384,6 +387,8 @@ class RLDSSource:
             raise ConversionError(f"{self._root}: {exc}") from None
         self._plan.left_out = tuple(self._left_out)
         self._plan.declared = bool(declared)
+        if self._single is None and self._layout == "episode":
+            self._kinodb = exported(self._root, set(self._plan.specs), self._kinodb_notes)
         return self._plan
 
     def _infer(
@@ -535,9 +540,14 @@ class RLDSSource:
         if self._options.flip_images:  # what was turned, as the HDF5 source records it (hdf5.rotated)
             rlds["rotated"] = {cam: [1, 2] for cam in plan.cameras} if self._options.images else {}
         note = self._split_note()
+        schema, metadata = restore_dataset(
+            self._kinodb, plan.schema(), {"rlds": {k: v for k, v in rlds.items() if v is not None}}, plan.actions,
+            plan.states,
+        )  # fmt: skip
         return SourceInfo(
-            "rlds", schema=plan.schema(), metadata={"rlds": {k: v for k, v in rlds.items() if v is not None}},
-            fps=self._options.fps or fps, embodiment=embodiment, notes=[note] if note else [],
+            "rlds", schema=schema, metadata=metadata, embodiment=embodiment,
+            fps=self._options.fps or (None if self._kinodb is not None else fps),  # an export's: each episode's own
+            notes=([note] if note else []) + self._kinodb_notes,
         )  # fmt: skip
 
     def _dataset_name(self) -> str:
@@ -574,6 +584,9 @@ class RLDSSource:
         args = convert(feats, plan, self._options, where)
         self._warn_non_finite(args["extra"].get(LEFT_OUT_FIELD, []), where)
         args["fps"] = self._options.fps or KNOWN_DATASETS.get(self._dataset_name(), (DEFAULT_FPS, None))[0]
+        if self._kinodb is not None:
+            restore(args, self._kinodb, plan.arrays, plan.cameras, plan.fields, self._options.fps is not None,
+                    self._root, where)  # fmt: skip
         args[SOURCE_WHERE] = where
         return args
 
