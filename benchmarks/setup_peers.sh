@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv-bench: kinodb (editable, dev extra) plus the peer loaders the benchmarks
-# measure against, LeRobot's LeRobotDataset and robomimic's SequenceDataset.
+# measure against, LeRobot's LeRobotDataset and robomimic's SequenceDataset (and the
+# tfrecord package, which the RLDS export is timed against).
 #
 # Neither peer installs as-is on a CPU-only machine: both would pull a CUDA build of torch
 # and torchvision. They are installed with --no-deps plus the few small packages their
@@ -53,6 +54,9 @@ PIP=("$PY" -m pip install --disable-pip-version-check -q -c "$CONSTRAINTS")
     "jsonlines>=4,<5" \
     "packaging>=24.2,<26" \
     "termcolor>=2.4,<4"
+
+# The RLDS export's peer writer (bench_export_rlds.py): protobuf's tf.train.Example, no TensorFlow.
+"${PIP[@]}" "tfrecord>=1.14,<2"
 
 got="$("$PY" -c 'import torch; print(torch.__version__)')"
 if [[ "$got" != "$TORCH_VERSION" ]]; then

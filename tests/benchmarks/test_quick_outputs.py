@@ -13,7 +13,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize(("script", "name"), [("bench_merge.py", "merge"), ("bench_kql.py", "kql")])
+@pytest.mark.parametrize(
+    ("script", "name"),
+    [("bench_merge.py", "merge"), ("bench_kql.py", "kql"), ("bench_export_rlds.py", "export_rlds")],
+)
 def test_quick_run_keeps_the_recorded_result(script: str, name: str, tmp_path: Path) -> None:
     # A copy, so that the project's own benchmarks/results/ is never touched.
     bench = tmp_path / "benchmarks"

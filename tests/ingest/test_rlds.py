@@ -194,6 +194,25 @@ def test_parse_example_inverts_an_independent_encoder(feats: dict[str, Any], pac
             assert np.asarray(got[key]).tolist() == want.tolist()
 
 
+_encodable = st.one_of(
+    st.lists(st.sampled_from([b"", b"pick", b"place", "é".encode()]), max_size=9),  # step texts repeat
+    st.lists(st.floats(width=32, allow_nan=False), max_size=8).map(lambda v: np.array(v, np.float32)),
+    st.lists(st.integers(-(2**63), 2**63 - 1), max_size=8).map(lambda v: np.array(v, np.int64)),
+    st.lists(st.integers(-3, 130), max_size=8).map(lambda v: np.array(v, np.int64)),  # around one byte
+)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.dictionaries(st.text(min_size=1, max_size=12), _encodable, max_size=6))
+def test_encode_example_writes_what_an_independent_encoder_writes(feats: dict[str, Any]) -> None:
+    assert encode_example(feats) == w.example(feats, packed=True)
+
+
+def test_encode_example_writes_bools_as_zero_and_one() -> None:
+    flags = np.array([True, False, True])
+    assert encode_example({"x": flags}) == w.example({"x": flags.astype(np.int64)}, packed=True)
+
+
 def test_parse_example_skips_unknown_fields_and_merges_like_protobuf() -> None:
     unknown = w.varint((9 << 3) | 0) + w.varint(5) + w.field(7, b"junk")  # fields 9 (varint) and 7
     feature = w.field(

@@ -259,6 +259,7 @@ def test_read_image_bytes_returns_stored_bytes(build: Build) -> None:
         for cam in ("wrist", "front", "depth", "seg"):
             for t in (0, 3, 5):
                 assert db.read_image_bytes(0, cam, t) == eps[0].images[cam][t].data
+            assert db.read_images_bytes(0, cam) == [f.data for f in eps[0].images[cam]]
         with pytest.raises(FrameRangeError):
             db.read_image_bytes(0, "front", 6)
         with pytest.raises(KeyError):

@@ -141,6 +141,25 @@ def test_read_image_bytes(db: kinodb.Database, png_db: Any, sample: Any) -> None
     assert pdb.read_image_bytes(0, "wrist", 8).startswith(b"\x89PNG\r\n\x1a\n")
 
 
+def test_read_images_bytes(db: kinodb.Database, png_db: Any, sample: Any) -> None:
+    _, eps = sample
+    assert db.read_images_bytes(0, "front") == [f.tobytes() for f in eps[0]["images"]["front"]]
+    assert db.read_images_bytes(0, "front", 2, 4) == [db.read_image_bytes(0, "front", t) for t in (2, 3)]
+    assert db.read_images_bytes(0, "front", 3, 3) == []
+    pdb, _ = png_db
+    T = pdb.cameras(0)["wrist"]["shape"][0]
+    assert pdb.read_images_bytes(0, "wrist") == [pdb.read_image_bytes(0, "wrist", t) for t in range(T)]
+    for start, stop in ((0, 6), (-1, 2), (3, 2)):
+        with pytest.raises(
+            FrameRangeError, match=rf"frames {start}:{stop} outside episode 0, which has frames 0:5"
+        ):
+            db.read_images_bytes(0, "front", start, stop)
+    with pytest.raises(FrameRangeError, match="start must be an int"):
+        db.read_images_bytes(0, "front", 1.0)  # type: ignore[arg-type]
+    with pytest.raises(KeyError, match="no camera 'side'"):
+        db.read_images_bytes(0, "side")
+
+
 def test_read_array_and_cameras(db: kinodb.Database, sample: Any) -> None:
     _, eps = sample
     np.testing.assert_array_equal(db.read_array(1, "lang"), eps[1]["extra_arrays"]["lang"])

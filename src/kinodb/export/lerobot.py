@@ -655,7 +655,7 @@ class _Exporter:
         codec, shape = cam["codec"], cam["shape"][1:]
         samples = stats_.sample_indices(T)
         counted = stats_.ImageStats()
-        blobs = [db.read_image_bytes(i, f.source, t) for t in range(T)] if codec in _EXTENSIONS else []
+        blobs = db.read_images_bytes(i, f.source, 0, T) if codec in _EXTENSIONS else []
         if blobs and all(holds_image(blob, codec, shape) for blob in blobs):
             exts = [_EXTENSIONS[codec]] * T
             for t in samples.tolist():  # decoding only the frames the stats sample

@@ -265,9 +265,7 @@ def _plan(db: Database, positions: list[int]) -> tuple[_Plan, list[str]]:
     sizes: dict[str, set[tuple[int, int]]] = {}
     codecs: dict[str, set[str]] = {}
     for i in positions:
-        for name, arr in db.read_episode_actions_only(i).items():
-            if name == "meta":
-                continue
+        for name, arr in db._episode_arrays(i).items():
             kinds.setdefault(name, {}).setdefault((arr.dtype.str, arr.shape[1:]), []).append(i)
             held[name] = held.get(name, 0) + 1
         for cam, spec in db.cameras(i).items():
@@ -401,7 +399,7 @@ def _shape(shape: tuple[int, ...]) -> str:
 def _record(db: Database, i: int, T: int, plan: _Plan, table: dict[str, Any]) -> dict[str, Any]:
     """Episode ``i``'s features, ready for `encode_example` (``table`` is ``db.episodes()``)."""
     meta = db.read_meta(i)
-    arrays = db.read_episode_actions_only(i)
+    arrays = db._episode_arrays(i)
     steps = np.arange(T)
     feats: dict[str, Any] = {}
     for key, s in plan.steps.items():
@@ -463,7 +461,7 @@ def _frames(db: Database, i: int, camera: str, T: int, *, legacy: bool) -> list[
     spec = db.cameras(i)[camera]
     codec, shape = str(spec["codec"]), spec["shape"][1:]
     if codec in ("jpeg", "png"):
-        blobs = [db.read_image_bytes(i, camera, t) for t in range(T)]
+        blobs = db.read_images_bytes(i, camera, 0, T)
         if not legacy or all(holds_image(b, codec, shape, channels=False) for b in blobs):
             return blobs
     out: list[bytes] = []

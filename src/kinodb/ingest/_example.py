@@ -250,7 +250,12 @@ def parse_example(
 # -- encoding -----------------------------------------------------------------------------
 
 
+_ONE_BYTE = [bytes([v]) for v in range(0x80)]
+
+
 def _enc_varint(value: int) -> bytes:
+    if 0 <= value < 0x80:
+        return _ONE_BYTE[value]
     value &= 0xFFFFFFFFFFFFFFFF
     out = bytearray()
     while value >= 0x80:
@@ -263,6 +268,8 @@ def _enc_varint(value: int) -> bytes:
 def _enc_varints(values: NDArray[np.int64]) -> bytes:
     """The varints of ``values`` (negative ones as their 64-bit two's complement), packed."""
     u = values.view(np.uint64)
+    if not len(u) or int(u.max()) < 0x80:  # one byte each: flags, small counts
+        return u.astype(np.uint8).tobytes()
     groups = np.stack([(u >> np.uint64(7 * k)) & np.uint64(0x7F) for k in range(10)]).astype(np.uint8)
     sizes = np.ones(len(u), np.int64)
     for k in range(1, 10):
@@ -285,7 +292,19 @@ def _enc_feature(value: Sequence[bytes] | NDArray[np.generic]) -> bytes:
         if flat.dtype.kind in "biu":
             return _enc_len(3, _enc_len(1, _enc_varints(flat.astype(np.int64))))
         raise TypeError(f"cannot encode a {flat.dtype} array as a Feature")
-    return _enc_len(1, b"".join(_enc_len(1, bytes(v)) for v in value))
+    if value and value.count(value[0]) == len(value):  # a step feature's one text, in every step
+        return _enc_len(1, _enc_len(1, bytes(value[0])) * len(value))
+    encoded: dict[bytes, bytes] = {}  # else texts that repeat are framed once each (not frames)
+    parts = []
+    for v in value:
+        b = bytes(v)
+        part = encoded.get(b) if len(b) <= 256 else None
+        if part is None:
+            part = _enc_len(1, b)
+            if len(b) <= 256:
+                encoded[b] = part
+        parts.append(part)
+    return _enc_len(1, b"".join(parts))
 
 
 def encode_example(features: Mapping[str, Sequence[bytes] | NDArray[np.generic]]) -> bytes:

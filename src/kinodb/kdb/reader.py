@@ -426,6 +426,32 @@ class Database(_MetaReads, _ArrayReads):
             )
         return bytes(self._frame_bytes(cam, frame))
 
+    def read_images_bytes(
+        self, i: SupportsIndex, camera: str, start: SupportsIndex = 0, stop: SupportsIndex | None = None
+    ) -> list[bytes]:
+        """The stored bytes of frames ``start:stop`` of a camera (all by default), as
+        `read_image_bytes` gives each, with the episode's index read once.
+
+        Raises:
+            EpisodeNotFoundError: ``i`` is out of range or not an int.
+            NameNotFoundError: the episode has no camera ``camera`` (a KeyError).
+            FrameRangeError: ``start:stop`` is not a range of the episode's frames.
+        """
+        i = self._check(i)
+        self._verify_index()
+        cams = self._episode_cameras(i)
+        if camera not in cams:
+            raise NameNotFoundError(
+                f"{self._path}: episode {i} has no camera {camera!r}; it has {sorted(cams)}"
+            )
+        cam = cams[camera]
+        T = cam.shape[0]
+        a = as_index(start, "start", FrameRangeError)
+        b = T if stop is None else as_index(stop, "stop", FrameRangeError)
+        if not 0 <= a <= b <= T:
+            raise FrameRangeError(f"{self._path}: frames {a}:{b} outside episode {i}, which has frames 0:{T}")
+        return [bytes(self._frame_bytes(cam, t)) for t in range(a, b)]
+
     def _frame_bytes(self, cam: Camera, t: int) -> memoryview:
         a, b = int(cam.frame_offsets[t]), int(cam.frame_offsets[t + 1])
         return self._map()[cam.data_offset + a : cam.data_offset + b].data

@@ -361,7 +361,7 @@ def _camera_frames(
     T, h, w, c = cam["shape"]
     reason = None
     if cam["codec"] in ("jpeg", "png"):
-        blobs = [db.read_image_bytes(i, name, t) for t in range(T)]
+        blobs = db.read_images_bytes(i, name, 0, T)
         reason = _unfit(blobs, (h, w))
         if reason is None:
             # Readers convert each frame to the camera's channels, as the 0.1 reader did
