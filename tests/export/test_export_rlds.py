@@ -341,6 +341,9 @@ def test_the_bridge_sample_survives_export_and_ingest(tmp_path: Path) -> None:
     back = tmp_path / "back.kdb"
     ingest(out, back, verify=True)
     _assert_same(src, back)  # JPEG frames byte for byte
+    rec = _records(out)[3]
+    with kinodb.open(src) as db:  # the source's episode_metadata/episode_id, a field of another name here
+        assert rec["episode_metadata/episode_id"].tolist() == [db.read_meta(3)["episode_metadata.episode_id"]]
     with kinodb.open(src) as a, kinodb.open(back) as b:
         for i in range(len(a)):
             for cam in a.cameras(i):

@@ -29,6 +29,8 @@ An episode's record holds TFDS's flattened features:
     episode_metadata/kinodb       the episode's metadata (``read_meta``) as JSON text
     episode_metadata/success      where every episode's success is known
     episode_metadata/<field>      each extra field every episode holds as text, a bool or a number
+                                  (``episode_metadata.X``, the RLDS ingest's name for a
+                                  source's clashing ``episode_metadata/X``, as X)
 
 Values are exact: float32 and float16 arrays, bools and integers up to int64 are stored as
 TFDS stores them (a FloatList or an Int64List, encoding ``none``); float64, uint64 and
@@ -359,7 +361,10 @@ def _plan(db: Database, positions: list[int]) -> tuple[_Plan, list[str]]:
             warnings.append(f"the field {name!r} cannot name an RLDS feature: left out of episode_metadata/ "
                             f"(each episode's {EPISODE_FIELD} keeps it)")  # fmt: skip
             continue
-        plan.fields[key_for(name, "episode_metadata/" + name, "field")] = _Field(name, kind)
+        # The RLDS ingest names a source's episode_metadata/X that clashes with kinodb's own
+        # fields (episode_id) "episode_metadata.X": it goes back to episode_metadata/X.
+        wanted = name.removeprefix("episode_metadata.") or name
+        plan.fields[key_for(name, "episode_metadata/" + wanted, "field")] = _Field(name, kind)
     return plan, warnings
 
 
