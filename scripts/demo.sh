@@ -37,9 +37,9 @@ run "$BIN/kino" ingest demo/pusht.zarr -o demo/pusht.kdb --embodiment pusht --ta
 # ... and back out as one (a zip archive, as UMI ships them), which ingests to the same file
 run "$BIN/kino" export demo/pusht.kdb -o demo/pusht_again.zarr.zip --force
 run "$BIN/kino" ingest demo/pusht_again.zarr.zip -o demo/pusht_again.kdb --image-codec png --force -q --verify
-# An RLDS dataset in TFDS's folder layout (tfds.load("train", data_dir="demo/rlds") reads it), ingested back
-run "$BIN/kino" export demo/train.kdb -o demo/rlds/train/1.0.0 --format rlds --filter "embodiment = 'franka'" --force
-run "$BIN/kino" ingest demo/rlds/train/1.0.0 -o demo/train_from_rlds.kdb --force -q --verify
+# An RLDS dataset in TFDS's folder layout (tfds.load("franka", data_dir="demo/rlds") reads it), ingested back
+run "$BIN/kino" export demo/demo.kdb -o demo/rlds/franka/1.0.0 --format rlds --filter "embodiment = 'franka' AND success = true" --force
+run "$BIN/kino" ingest demo/rlds/franka/1.0.0 -o demo/franka_from_rlds.kdb --force -q --verify
 SAMPLE=../shared/samples/octo_bridge_rlds/bridge_dataset/1.0.0
 if [ -d "$SAMPLE" ]; then
   run "$BIN/kino" ingest "$SAMPLE" -o demo/bridge.kdb --force -q
