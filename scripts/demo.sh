@@ -6,7 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${VENV:-.venv}/bin
-mkdir -p demo
+DEMO=${KINODB_DEMO:-demo}  # where the demo writes its files
+mkdir -p "$DEMO"
 run() {
   local shown='$' arg
   for arg in "$@"; do
@@ -15,55 +16,55 @@ run() {
   printf '\n%s\n' "$shown"
   "$@"
 }
-run "$BIN/kino" create-test demo/demo.kdb -n 200 --frames 50 --images --compress 90 --seed 7 --force
-run "$BIN/kino" create-test demo/extra.kdb -n 80 --frames 30 --seed 8 --force
-run "$BIN/kino" info demo/demo.kdb
-run "$BIN/kino" schema demo/demo.kdb
-run "$BIN/kino" validate demo/demo.kdb
-run "$BIN/kino" query demo/demo.kdb "success = true AND embodiment IN (franka, widowx) AND NOT scene = 'lab'" --limit 5
-run "$BIN/kino" merge demo/demo.kdb demo/extra.kdb -o demo/train.kdb --filter "split = 'train' AND success = true" --force
-run "$BIN/kino" validate demo/train.kdb
-run "$BIN/kino" mix --source demo/demo.kdb:3 --source demo/extra.kdb:1 --sample 1000
-run "$BIN/kino" export demo/train.kdb -o demo/train_npy --format numpy --filter "embodiment = 'franka'" --force
-run "$BIN/kino" ingest demo/train_npy -o demo/franka_from_npy.kdb --force -q --verify
-run "$BIN/kino" export demo/demo.kdb -o demo/franka_lerobot --format lerobot --filter "embodiment = 'franka' AND success = true" --force
-run "$BIN/kino" ingest demo/franka_lerobot -o demo/franka_from_lerobot.kdb --force -q
-run "$BIN/kino" verify demo/franka_lerobot demo/franka_from_lerobot.kdb --psnr 30
-run "$BIN/kino" export demo/train.kdb -o demo/train.hdf5 --format hdf5 --force
-run "$BIN/kino" ingest demo/train.hdf5 -o demo/train_again.kdb --force -q
+run "$BIN/kino" create-test "$DEMO"/demo.kdb -n 200 --frames 50 --images --compress 90 --seed 7 --force
+run "$BIN/kino" create-test "$DEMO"/extra.kdb -n 80 --frames 30 --seed 8 --force
+run "$BIN/kino" info "$DEMO"/demo.kdb
+run "$BIN/kino" schema "$DEMO"/demo.kdb
+run "$BIN/kino" validate "$DEMO"/demo.kdb
+run "$BIN/kino" query "$DEMO"/demo.kdb "success = true AND embodiment IN (franka, widowx) AND NOT scene = 'lab'" --limit 5
+run "$BIN/kino" merge "$DEMO"/demo.kdb "$DEMO"/extra.kdb -o "$DEMO"/train.kdb --filter "split = 'train' AND success = true" --force
+run "$BIN/kino" validate "$DEMO"/train.kdb
+run "$BIN/kino" mix --source "$DEMO"/demo.kdb:3 --source "$DEMO"/extra.kdb:1 --sample 1000
+run "$BIN/kino" export "$DEMO"/train.kdb -o "$DEMO"/train_npy --format numpy --filter "embodiment = 'franka'" --force
+run "$BIN/kino" ingest "$DEMO"/train_npy -o "$DEMO"/franka_from_npy.kdb --force -q --verify
+run "$BIN/kino" export "$DEMO"/demo.kdb -o "$DEMO"/franka_lerobot --format lerobot --filter "embodiment = 'franka' AND success = true" --force
+run "$BIN/kino" ingest "$DEMO"/franka_lerobot -o "$DEMO"/franka_from_lerobot.kdb --force -q
+run "$BIN/kino" verify "$DEMO"/franka_lerobot "$DEMO"/franka_from_lerobot.kdb --psnr 30
+run "$BIN/kino" export "$DEMO"/train.kdb -o "$DEMO"/train.hdf5 --format hdf5 --force
+run "$BIN/kino" ingest "$DEMO"/train.hdf5 -o "$DEMO"/train_again.kdb --force -q
 # A diffusion_policy replay buffer (zarr): Push-T's layout, frames kept lossless
-run "$BIN/python" examples/pusht_zarr.py demo/pusht.zarr
-run "$BIN/kino" ingest demo/pusht.zarr -o demo/pusht.kdb --embodiment pusht --task "push the T into place" --fps 10 --image-codec png --force -q --verify
+run "$BIN/python" examples/pusht_zarr.py "$DEMO"/pusht.zarr
+run "$BIN/kino" ingest "$DEMO"/pusht.zarr -o "$DEMO"/pusht.kdb --embodiment pusht --task "push the T into place" --fps 10 --image-codec png --force -q --verify
 # ... and back out as one (a zip archive, as UMI ships them), which ingests to the same file
-run "$BIN/kino" export demo/pusht.kdb -o demo/pusht_again.zarr.zip --force
-run "$BIN/kino" ingest demo/pusht_again.zarr.zip -o demo/pusht_again.kdb --image-codec png --force -q --verify
+run "$BIN/kino" export "$DEMO"/pusht.kdb -o "$DEMO"/pusht_again.zarr.zip --force
+run "$BIN/kino" ingest "$DEMO"/pusht_again.zarr.zip -o "$DEMO"/pusht_again.kdb --image-codec png --force -q --verify
 # An RLDS dataset in TFDS's folder layout (tfds.load("franka", data_dir="demo/rlds") reads it), ingested back
-run "$BIN/kino" export demo/demo.kdb -o demo/rlds/franka/1.0.0 --format rlds --filter "embodiment = 'franka' AND success = true" --force
-run "$BIN/kino" ingest demo/rlds/franka/1.0.0 -o demo/franka_from_rlds.kdb --force -q --verify
+run "$BIN/kino" export "$DEMO"/demo.kdb -o "$DEMO"/rlds/franka/1.0.0 --format rlds --filter "embodiment = 'franka' AND success = true" --force
+run "$BIN/kino" ingest "$DEMO"/rlds/franka/1.0.0 -o "$DEMO"/franka_from_rlds.kdb --force -q --verify
 SAMPLE=../shared/samples/octo_bridge_rlds/bridge_dataset/1.0.0
 if [ -d "$SAMPLE" ]; then
-  run "$BIN/kino" ingest "$SAMPLE" -o demo/bridge.kdb --force -q
-  run "$BIN/kino" query demo/bridge.kdb "task CONTAINS 'carrot'" --limit 3
+  run "$BIN/kino" ingest "$SAMPLE" -o "$DEMO"/bridge.kdb --force -q
+  run "$BIN/kino" query "$DEMO"/bridge.kdb "task CONTAINS 'carrot'" --limit 3
 fi
 G1=../shared/samples/unitree_g1_lerobot_v21
 if [ -d "$G1" ]; then
-  run "$BIN/kino" ingest "$G1" --episodes 29 -o demo/g1.kdb --force -q --verify
-  run "$BIN/kino" info demo/g1.kdb
-  if [ -f demo/bridge.kdb ]; then
+  run "$BIN/kino" ingest "$G1" --episodes 29 -o "$DEMO"/g1.kdb --force -q --verify
+  run "$BIN/kino" info "$DEMO"/g1.kdb
+  if [ -f "$DEMO"/bridge.kdb ]; then
     # Two robots, one policy: a 1:1 mixture of a WidowX (7-d actions) and a Unitree G1
     # (26-d), their cameras under one name, padded actions with masks
-    run "$BIN/python" examples/cross_robot.py demo/bridge.kdb image_0 demo/g1.kdb cam_high --steps 4
+    run "$BIN/python" examples/cross_robot.py "$DEMO"/bridge.kdb image_0 "$DEMO"/g1.kdb cam_high --steps 4
   fi
 else
   echo; echo "(skipping the real-data ingests: ../shared/samples is not next to this checkout)"
 fi
-run "$BIN/python" examples/read_episode.py demo/demo.kdb
-run "$BIN/kino" stats demo/train.kdb --arrays actions
+run "$BIN/python" examples/read_episode.py "$DEMO"/demo.kdb
+run "$BIN/kino" stats "$DEMO"/train.kdb --arrays actions
 run "$BIN/kino" bench -n 200 --frames 30
 # Serve a file over gRPC and read it as a remote training worker would
-run "$BIN/python" examples/serve_and_read.py demo/train.kdb
+run "$BIN/python" examples/serve_and_read.py "$DEMO"/train.kdb
 # The whole loop: record -> ingest -> query -> mix -> train -> export -> run -> record
-run "$BIN/python" examples/end_to_end.py demo/e2e
-run "$BIN/kino" infer inspect demo/e2e/reach.kinfer
-run "$BIN/kino" infer replay demo/e2e/reach.kinfer demo/e2e/reach_robomimic.kdb --episodes 0-2 \
+run "$BIN/python" examples/end_to_end.py "$DEMO"/e2e
+run "$BIN/kino" infer inspect "$DEMO"/e2e/reach.kinfer
+run "$BIN/kino" infer replay "$DEMO"/e2e/reach.kinfer "$DEMO"/e2e/reach_robomimic.kdb --episodes 0-2 \
   --state-map joint_angles=states.robot0_joint_pos --state-map joint_angular_velocities=states.robot0_joint_vel
