@@ -109,6 +109,39 @@ def one_value(
     )
 
 
+def array_forms(
+    db: Database, table: dict[str, np.ndarray], positions: list[int], why: str
+) -> tuple[dict[str, tuple[np.dtype[Any], tuple[int, ...]]], dict[str, int]]:
+    """Each array's one dtype and per-frame shape over the episodes ``positions`` (``table``
+    is ``db.episodes()``), and how many of them hold it.
+
+    Raises:
+        ConversionError: the episodes hold an array in different dtypes or shapes; says
+            ``why`` that matters and gives a ``--filter`` that exports one kind.
+    """
+    kinds: dict[str, dict[tuple[str, tuple[int, ...]], list[int]]] = {}
+    for i in positions:
+        for name, arr in db._episode_arrays(i).items():
+            kinds.setdefault(name, {}).setdefault((arr.dtype.str, arr.shape[1:]), []).append(i)
+    for name, forms in kinds.items():
+        if len(forms) > 1:
+            listed = ", ".join(
+                f"{np.dtype(d).name} {shape_text(s)} in {len(g)}" for (d, s), g in list(forms.items())[:4]
+            )
+            raise ConversionError(
+                f"{db.path()}: the episodes' {name} differ in dtype or shape per frame ({listed}); {why}: export "
+                f"them separately, {split_advice(table, max(forms.values(), key=len))}"
+            )
+    one = {name: next(iter(forms.items())) for name, forms in kinds.items()}
+    return ({name: (np.dtype(d), s) for name, ((d, s), _) in one.items()},
+            {name: len(g) for name, (_, g) in one.items()})  # fmt: skip
+
+
+def shape_text(shape: tuple[int, ...]) -> str:
+    """A per-frame shape as errors show it: ``(2, 3)``, or ``scalar``."""
+    return "(" + ", ".join(map(str, shape)) + ")" if shape else "scalar"
+
+
 def episodes_filter(table: dict[str, np.ndarray], eps: list[int]) -> str:
     """A KQL query that keeps exactly the episodes at positions ``eps``, by ``episode_id``.
 

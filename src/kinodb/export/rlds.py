@@ -58,7 +58,15 @@ from typing import Any
 import numpy as np
 
 from kinodb.errors import ConversionError
-from kinodb.export._base import camera_windows, dumps, exported_dataset, holds_image, one_value, split_advice
+from kinodb.export._base import (
+    array_forms,
+    camera_windows,
+    dumps,
+    exported_dataset,
+    holds_image,
+    one_value,
+    split_advice,
+)
 from kinodb.ingest._example import encode_example
 from kinodb.ingest._tfrecord import frame
 from kinodb.kdb import _codecs
@@ -261,29 +269,16 @@ def _plan(db: Database, positions: list[int]) -> tuple[_Plan, list[str]]:
     why = "an RLDS feature has one shape for all episodes"
     one_value(db, table, positions, "action_dim", "action dims", why)
     state_dim = int(one_value(db, table, positions, "state_dim", "state dims", why))
-    kinds: dict[str, dict[tuple[str, tuple[int, ...]], list[int]]] = {}
-    held: dict[str, int] = {}
+    kinds, held = array_forms(db, table, positions, why)
     cameras: dict[str, dict[int, list[int]]] = {}  # camera -> channels -> episodes
     sizes: dict[str, set[tuple[int, int]]] = {}
     codecs: dict[str, set[str]] = {}
     for i in positions:
-        for name, arr in db._episode_arrays(i).items():
-            kinds.setdefault(name, {}).setdefault((arr.dtype.str, arr.shape[1:]), []).append(i)
-            held[name] = held.get(name, 0) + 1
         for cam, spec in db.cameras(i).items():
             shape = tuple(int(d) for d in spec["shape"][1:])
             cameras.setdefault(cam, {}).setdefault(shape[2], []).append(i)
             sizes.setdefault(cam, set()).add((shape[0], shape[1]))
             codecs.setdefault(cam, set()).add(str(spec["codec"]))
-    for name, forms in kinds.items():
-        if len(forms) > 1:
-            listed = ", ".join(
-                f"{np.dtype(d).name} {_shape(s)} in {len(g)}" for (d, s), g in list(forms.items())[:4]
-            )
-            raise ConversionError(
-                f"{db.path()}: the episodes' {name} differ in dtype or shape per frame ({listed}); {why}: export "
-                f"them separately, {split_advice(table, max(forms.values(), key=len))}"
-            )
     for cam, channels in cameras.items():
         count = sum(map(len, channels.values()))
         if len(channels) > 1 or count != len(positions):
@@ -309,12 +304,8 @@ def _plan(db: Database, positions: list[int]) -> tuple[_Plan, list[str]]:
         taken.add(key)
         return key
 
-    def form(name: str) -> tuple[np.dtype[Any], tuple[int, ...]]:
-        (dtype, shape), _ = next(iter(kinds[name].items()))
-        return np.dtype(dtype), shape
-
     def step(role: str, name: str) -> _Step:
-        dtype, shape = form(name)
+        dtype, shape = kinds[name]
         return _Step(role, name, dtype, shape, encoding(dtype))
 
     plan.steps["steps/action"] = step("actions", "actions")
@@ -341,7 +332,7 @@ def _plan(db: Database, positions: list[int]) -> tuple[_Plan, list[str]]:
     for name in sorted(kinds):
         if name in _BUILTIN:
             continue
-        dtype, _ = form(name)
+        dtype, _ = kinds[name]
         if held[name] != len(positions):
             warnings.append(
                 f"the array {name!r} is held by {held[name]} of the {len(positions)} episodes, and an RLDS feature "
@@ -392,10 +383,6 @@ def _uniform_fields(table: dict[str, Any], positions: list[int]) -> dict[str, st
         ):
             out[column] = "float64"
     return out
-
-
-def _shape(shape: tuple[int, ...]) -> str:
-    return "(" + ", ".join(map(str, shape)) + ")" if shape else "scalar"
 
 
 # -- one episode ----------------------------------------------------------------------------

@@ -53,7 +53,15 @@ import numpy as np
 
 from kinodb._optional import require
 from kinodb.errors import ConversionError
-from kinodb.export._base import camera_windows, dumps, exported_dataset, one_value, split_advice
+from kinodb.export._base import (
+    array_forms,
+    camera_windows,
+    dumps,
+    exported_dataset,
+    one_value,
+    shape_text,
+    split_advice,
+)
 from kinodb.kdb.reader import Database
 
 EPISODES = "kinodb_episodes.jsonl"
@@ -162,31 +170,15 @@ def _plan(db: Database, positions: list[int]) -> tuple[_Plan, list[str]]:
     why = "a replay buffer's arrays hold one row shape for all episodes"
     one_value(db, table, positions, "action_dim", "action dims", why)
     state_dim = int(one_value(db, table, positions, "state_dim", "state dims", why))
-    kinds: dict[str, dict[tuple[str, tuple[int, ...]], list[int]]] = {}
-    held: dict[str, int] = {}
+    kinds, held = array_forms(db, table, positions, why)
     cameras: dict[str, dict[tuple[int, ...], list[int]]] = {}
     for i in positions:
-        for name, arr in db.read_episode_actions_only(i).items():
-            if name == "meta":
-                continue
-            kinds.setdefault(name, {}).setdefault((arr.dtype.str, arr.shape[1:]), []).append(i)
-            held[name] = held.get(name, 0) + 1
         for cam, spec in db.cameras(i).items():
             cameras.setdefault(cam, {}).setdefault(tuple(int(d) for d in spec["shape"][1:]), []).append(i)
     warnings = []
-    for name, forms in kinds.items():
-        if len(forms) > 1:
-            listed = ", ".join(
-                f"{np.dtype(d).name} {_shape(s)} in {len(g)}" for (d, s), g in list(forms.items())[:4]
-            )
-            biggest = max(forms.values(), key=len)
-            raise ConversionError(
-                f"{db.path()}: the episodes' {name} differ in dtype or shape per frame ({listed}); {why}: export "
-                f"them separately, {split_advice(table, biggest)}"
-            )
     for name, sized in cameras.items():
         if len(sized) > 1 or sum(map(len, sized.values())) != len(positions):
-            sizes = ", ".join(f"{_shape(s)} in {len(g)}" for s, g in list(sized.items())[:4])
+            sizes = ", ".join(f"{shape_text(s)} in {len(g)}" for s, g in list(sized.items())[:4])
             group = max(sized.values(), key=len)
             raise ConversionError(
                 f"{db.path()}: camera {name!r} is held by {sum(map(len, sized.values()))} of the {len(positions)} "
@@ -205,8 +197,7 @@ def _plan(db: Database, positions: list[int]) -> tuple[_Plan, list[str]]:
         return key
 
     def form(name: str) -> tuple[np.dtype[Any], tuple[int, ...]]:
-        (dtype, shape), _ = next(iter(kinds[name].items()))
-        return np.dtype(dtype), shape
+        return kinds[name]
 
     taken.update(RESERVED)
     plan.data["action"] = _Spec("actions", "actions", *form("actions"))
@@ -316,10 +307,6 @@ def _check_key(db: Database, name: str, key: str) -> None:
             f"{db.path()}: {name!r} cannot be a zarr key (empty, holding '/' or NUL, or starting with '.'); "
             "rename it (kino merge does not rename arrays: re-ingest with other names) or export another format"
         )
-
-
-def _shape(shape: tuple[int, ...]) -> str:
-    return "(" + ", ".join(map(str, shape)) + ")" if shape else "scalar"
 
 
 def _episode_arrays(db: Database, i: int, T: int, plan: _Plan) -> Iterable[tuple[str, np.ndarray]]:

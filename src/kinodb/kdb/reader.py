@@ -413,13 +413,7 @@ class Database(_MetaReads, _ArrayReads):
         """
         i = self._check(i)
         frame = as_index(frame, "frame", FrameRangeError)
-        self._verify_index()
-        cams = self._episode_cameras(i)
-        if camera not in cams:
-            raise NameNotFoundError(
-                f"{self._path}: episode {i} has no camera {camera!r}; it has {sorted(cams)}"
-            )
-        cam = cams[camera]
+        cam = self._camera(i, camera)
         if not 0 <= frame < cam.shape[0]:
             raise FrameRangeError(
                 f"{self._path}: frame {frame} outside episode {i}, which has frames 0:{cam.shape[0]}"
@@ -438,19 +432,22 @@ class Database(_MetaReads, _ArrayReads):
             FrameRangeError: ``start:stop`` is not a range of the episode's frames.
         """
         i = self._check(i)
-        self._verify_index()
-        cams = self._episode_cameras(i)
-        if camera not in cams:
-            raise NameNotFoundError(
-                f"{self._path}: episode {i} has no camera {camera!r}; it has {sorted(cams)}"
-            )
-        cam = cams[camera]
+        cam = self._camera(i, camera)
         T = cam.shape[0]
         a = as_index(start, "start", FrameRangeError)
         b = T if stop is None else as_index(stop, "stop", FrameRangeError)
         if not 0 <= a <= b <= T:
             raise FrameRangeError(f"{self._path}: frames {a}:{b} outside episode {i}, which has frames 0:{T}")
         return [bytes(self._frame_bytes(cam, t)) for t in range(a, b)]
+
+    def _camera(self, i: int, camera: str) -> Camera:
+        self._verify_index()
+        cams = self._episode_cameras(i)
+        if camera not in cams:
+            raise NameNotFoundError(
+                f"{self._path}: episode {i} has no camera {camera!r}; it has {sorted(cams)}"
+            )
+        return cams[camera]
 
     def _frame_bytes(self, cam: Camera, t: int) -> memoryview:
         a, b = int(cam.frame_offsets[t]), int(cam.frame_offsets[t + 1])
