@@ -242,3 +242,12 @@ def assert_same_episodes(a: Any, b: Any, *, skip_meta: tuple[str, ...] = ()) -> 
             assert set(images_x) == set(images_y)
             for cam in images_x:
                 assert np.array_equal(images_x[cam], images_y[cam]), cam
+
+
+def assert_same_file(a: Any, b: Any) -> None:
+    """`assert_same_episodes`, and the same state components (names, column slices)."""
+    import kinodb
+
+    with kinodb.open(a) as da, kinodb.open(b) as db:
+        assert db.schema()["states"] == da.schema()["states"]
+    assert_same_episodes(a, b)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import kinodb
-from _factories import assert_same_episodes, smooth_frames
+from _factories import assert_same_file, smooth_frames
 from kinodb._cli.main import main
 from kinodb.errors import ConversionError
 from kinodb.export import export
@@ -52,13 +52,6 @@ def _source(path: Path, *, codec: str = "png", sizes: tuple[tuple[int, int], ...
     return path
 
 
-def _assert_same(a: Path, b: Path) -> None:
-    """The same episodes (`assert_same_episodes`) and the same state components."""
-    with kinodb.open(a) as da, kinodb.open(b) as db:
-        assert db.schema()["states"] == da.schema()["states"]
-    assert_same_episodes(a, b)
-
-
 def _records(folder: Path) -> list[dict[str, object]]:
     """The episodes' features in shard order, decoded by kinodb's own TFRecord and Example readers."""
     shards = sorted(folder.glob("*.tfrecord-*"))
@@ -75,7 +68,7 @@ def test_ingest_of_the_export_gives_back_the_file(tmp_path: Path, codec: str) ->
     back = tmp_path / "back.kdb"
     got = ingest(out, back, image_codec="png", verify=True)
     assert got.format == "rlds" and got.notes == [] and got.verification is not None
-    _assert_same(src, back)
+    assert_same_file(src, back)
     with kinodb.open(back) as db:
         assert db.metadata()["robot"] == {"name": "panda", "dof": 7}
         assert db.query("filter_keys CONTAINS 'valid' AND meta.seed > 100").tolist() == [1, 3]
@@ -174,7 +167,7 @@ def test_several_shards_in_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert not list((tmp_path / "pick").glob("*.partial"))
     back = tmp_path / "back.kdb"
     ingest(tmp_path / "pick", back, image_codec="png")
-    _assert_same(src, back)
+    assert_same_file(src, back)
 
 
 def test_per_frame_tasks_go_to_each_step(tmp_path: Path) -> None:
@@ -188,7 +181,7 @@ def test_per_frame_tasks_go_to_each_step(tmp_path: Path) -> None:
     rec = _records(tmp_path / "t")[1]
     assert rec["steps/language_instruction"] == [b"pick", b"pick", b"place"]
     ingest(tmp_path / "t", tmp_path / "back.kdb")
-    _assert_same(path, tmp_path / "back.kdb")
+    assert_same_file(path, tmp_path / "back.kdb")
 
 
 def test_cameras_of_several_sizes_and_rates(tmp_path: Path) -> None:
@@ -202,7 +195,7 @@ def test_cameras_of_several_sizes_and_rates(tmp_path: Path) -> None:
     assert "15-20 Hz" in info["description"]
     back = tmp_path / "back.kdb"
     ingest(tmp_path / "pick", back, image_codec="png")
-    _assert_same(src, back)
+    assert_same_file(src, back)
     with kinodb.open(back) as db:
         assert db.episodes()["fps"].tolist() == [20.0, 15.0, 20.0, 15.0]
 
@@ -279,7 +272,7 @@ def test_names_that_clash_get_an_underscore_and_come_back(tmp_path: Path) -> Non
     assert {"steps/reward_", "steps/observation/state_", "steps/observation_", "steps/timestamp",
             "steps/timestamp_"} <= set(rec)  # fmt: skip
     ingest(tmp_path / "c", tmp_path / "back.kdb", image_codec="png")
-    _assert_same(path, tmp_path / "back.kdb")
+    assert_same_file(path, tmp_path / "back.kdb")
 
 
 @pytest.mark.parametrize(
@@ -340,7 +333,7 @@ def test_the_bridge_sample_survives_export_and_ingest(tmp_path: Path) -> None:
     export(src, out, format="rlds")
     back = tmp_path / "back.kdb"
     ingest(out, back, verify=True)
-    _assert_same(src, back)  # JPEG frames byte for byte
+    assert_same_file(src, back)  # JPEG frames byte for byte
     rec = _records(out)[3]
     with kinodb.open(src) as db:  # the source's episode_metadata/episode_id, a field of another name here
         assert rec["episode_metadata/episode_id"].tolist() == [db.read_meta(3)["episode_metadata.episode_id"]]

@@ -16,7 +16,7 @@ zarr = pytest.importorskip(
 pytest.importorskip("numcodecs")
 
 import kinodb  # noqa: E402
-from _factories import assert_same_episodes, smooth_frames  # noqa: E402
+from _factories import assert_same_file, smooth_frames  # noqa: E402
 from kinodb._cli.main import main  # noqa: E402
 from kinodb.errors import ConversionError  # noqa: E402
 from kinodb.export import export  # noqa: E402
@@ -49,13 +49,6 @@ def _source(path: Path, *, codec: str = "png", components: dict[str, list[int]] 
     return path
 
 
-def _assert_same(a: Path, b: Path) -> None:
-    """The same episodes (`assert_same_episodes`) and the same state components."""
-    with kinodb.open(a) as da, kinodb.open(b) as db:
-        assert db.schema()["states"] == da.schema()["states"]
-    assert_same_episodes(a, b)
-
-
 @pytest.mark.parametrize("codec", ["png", "raw", "jpeg"])
 def test_ingest_of_the_export_gives_back_the_file(tmp_path: Path, codec: str) -> None:
     src = _source(tmp_path / "src.kdb", codec=codec)
@@ -64,7 +57,7 @@ def test_ingest_of_the_export_gives_back_the_file(tmp_path: Path, codec: str) ->
     back = tmp_path / "back.kdb"
     got = ingest(tmp_path / "pick.zarr", back, image_codec="png", verify=True)
     assert got.format == "zarr" and got.notes == [] and got.verification is not None
-    _assert_same(src, back)
+    assert_same_file(src, back)
     with kinodb.open(back) as db:
         assert db.metadata()["robot"] == {"name": "panda", "dof": 7}
         assert db.read_meta(1)["source_episode"] == "episode_1"
@@ -114,7 +107,7 @@ def test_chunks_straddle_episodes_and_the_last_is_padded(
     assert np.array_equal(arr[:], frames)
     back = tmp_path / "back.kdb"
     ingest(tmp_path / "pick.zarr", back, image_codec="raw")
-    _assert_same(src, back)
+    assert_same_file(src, back)
 
 
 def test_a_zip_archive_when_named_so(tmp_path: Path) -> None:
@@ -131,7 +124,7 @@ def test_a_zip_archive_when_named_so(tmp_path: Path) -> None:
     store.close()
     back = tmp_path / "back.kdb"
     ingest(out, back, image_codec="png")  # --format auto knows the archive
-    _assert_same(src, back)
+    assert_same_file(src, back)
 
 
 def test_state_components_that_do_not_tile_go_as_one_state_array(tmp_path: Path) -> None:
@@ -141,7 +134,7 @@ def test_state_components_that_do_not_tile_go_as_one_state_array(tmp_path: Path)
     assert "state" in root["data"] and "eef_pos" not in root["data"]
     back = tmp_path / "back.kdb"
     ingest(tmp_path / "pick.zarr", back, image_codec="png")
-    _assert_same(src, back)
+    assert_same_file(src, back)
 
 
 def test_components_out_of_name_order_come_back_in_column_order(tmp_path: Path) -> None:
@@ -149,7 +142,7 @@ def test_components_out_of_name_order_come_back_in_column_order(tmp_path: Path) 
     export(src, tmp_path / "pick.zarr")
     back = tmp_path / "back.kdb"
     ingest(tmp_path / "pick.zarr", back, image_codec="png")
-    _assert_same(src, back)  # a plain replay buffer would be joined in sorted key order
+    assert_same_file(src, back)  # a plain replay buffer would be joined in sorted key order
 
 
 def test_episodes_of_different_rates_keep_their_own(tmp_path: Path) -> None:
@@ -158,7 +151,7 @@ def test_episodes_of_different_rates_keep_their_own(tmp_path: Path) -> None:
     assert "fps" not in zarr.open_group(str(tmp_path / "pick.zarr"), mode="r").attrs
     back = tmp_path / "back.kdb"
     ingest(tmp_path / "pick.zarr", back, image_codec="png")
-    _assert_same(src, back)
+    assert_same_file(src, back)
     with kinodb.open(back) as db:
         assert db.episodes()["fps"].tolist() == [20.0, 15.0, 20.0, 15.0]
 
@@ -222,7 +215,7 @@ def test_names_that_clash_get_an_underscore_and_come_back(tmp_path: Path) -> Non
     data = zarr.open_group(str(tmp_path / "c.zarr"), mode="r")["data"]
     assert sorted(data.array_keys()) == ["action", "done", "done_", "reward", "reward_", "state", "state_"]
     ingest(tmp_path / "c.zarr", tmp_path / "back.kdb", image_codec="png")
-    _assert_same(path, tmp_path / "back.kdb")
+    assert_same_file(path, tmp_path / "back.kdb")
 
 
 def test_the_command_line_and_force(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -255,7 +248,7 @@ def test_the_bridge_sample_survives_export_and_ingest(tmp_path: Path) -> None:
     export(src, tmp_path / "bridge.zarr")
     back = tmp_path / "back.kdb"
     ingest(tmp_path / "bridge.zarr", back, image_codec="png")
-    _assert_same(src, back)  # JPEG frames as kinodb decodes them, pixel for pixel
+    assert_same_file(src, back)  # JPEG frames as kinodb decodes them, pixel for pixel
 
 
 def test_meta_fields_of_wide_whole_numbers_and_odd_names(tmp_path: Path) -> None:
@@ -272,7 +265,7 @@ def test_meta_fields_of_wide_whole_numbers_and_odd_names(tmp_path: Path) -> None
     assert meta["episode_ends"][:].tolist() == [3, 5] and meta["episode_ends_"][:].tolist() == [0, 1]
     assert meta["uid"].dtype == np.uint64 and meta["uid"][:].tolist() == [2**63, 2**63 + 1]
     ingest(tmp_path / "m.zarr", tmp_path / "back.kdb")
-    _assert_same(path, tmp_path / "back.kdb")
+    assert_same_file(path, tmp_path / "back.kdb")
 
 
 def test_state_keys_or_action_key_of_others_get_no_recorded_names(tmp_path: Path) -> None:
@@ -301,7 +294,7 @@ def test_a_renamed_component_verifies(tmp_path: Path) -> None:
     assert "reward_" in zarr.open_group(str(tmp_path / "x.zarr"), mode="r")["data"]
     report = ingest(tmp_path / "x.zarr", tmp_path / "back.kdb", verify=True)
     assert report.verification is not None
-    _assert_same(path, tmp_path / "back.kdb")
+    assert_same_file(path, tmp_path / "back.kdb")
 
 
 def test_force_keeps_a_zipped_export_holding_a_users_entry(
