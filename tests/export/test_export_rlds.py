@@ -247,6 +247,17 @@ def test_arrays_of_other_dtypes_or_shapes_are_refused(tmp_path: Path) -> None:
     assert not (tmp_path / "x").exists()
 
 
+def test_a_camera_of_two_channels_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "src.kdb"
+    with kinodb.Writer(path, image_codec="raw") as w:
+        w.add_episode(actions=np.zeros((3, 2), np.float32), images={"la": np.full((3, 4, 4, 2), 7, np.uint8)})
+    with pytest.raises(
+        ConversionError, match=r"camera 'la' has 2 channels, and a TFDS image has 1, 3 or 4 .*zarr"
+    ):
+        export(path, tmp_path / "la", format="rlds")
+    assert not (tmp_path / "la").exists()
+
+
 @pytest.mark.parametrize("where", ["camera", "array"])
 def test_a_name_holding_a_slash_is_refused(tmp_path: Path, where: str) -> None:
     path = tmp_path / "src.kdb"

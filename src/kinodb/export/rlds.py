@@ -288,6 +288,12 @@ def _plan(db: Database, positions: list[int]) -> tuple[_Plan, list[str]]:
                 "RLDS image feature is in every step of every episode, with one channel count: export them "
                 f"separately, {split_advice(table, max(channels.values(), key=len))}"
             )
+        (depth,) = channels
+        if depth not in (1, 3, 4):
+            raise ConversionError(
+                f"{db.path()}: camera {cam!r} has {depth} channels, and a TFDS image has 1, 3 or 4 (TensorFlow "
+                "decodes no other): export it to a format that keeps any channel count (--format zarr or numpy)"
+            )
     warnings: list[str] = []
     plan = _Plan(legacy=db.version().startswith("0."))
     taken: set[str] = set(_STEP_KEYS)
