@@ -30,7 +30,7 @@ def register(sub: Any) -> None:
     p.add_argument("path", metavar="PATH", help="the .kdb file")
     p.add_argument("-o", "--output", required=True, metavar="OUT",
                    help="output folder (numpy, json, lerobot, zarr, rlds) or file (hdf5, zarr as .zarr.zip); its "
-                   "folder must exist")  # fmt: skip
+                   "folder must exist (rlds creates it: OUT is <name>/<version>)")  # fmt: skip
     p.add_argument("-F", "--format", choices=_FORMATS, type=_format,
                    help="default: hdf5 when OUT ends in .hdf5, .h5 or .he5, zarr when it ends in .zarr or "
                    ".zarr.zip, else numpy (an OUT ending in .json, .jsonl, .kdb or another .zip needs --format)")  # fmt: skip
