@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +21,8 @@ from kinodb.errors import ConversionError
 from kinodb.export import export
 from kinodb.export import rlds as rlds_export
 from kinodb.ingest import ingest
-from kinodb.ingest._example import parse_example
-from kinodb.ingest._tfrecord import iter_records
+from kinodb.ingest._example import encode_example, parse_example
+from kinodb.ingest._tfrecord import iter_records, write_records
 
 SAMPLES = Path(__file__).resolve().parents[2].parent / "shared" / "samples"
 BRIDGE = SAMPLES / "octo_bridge_rlds" / "bridge_dataset" / "1.0.0"
@@ -333,6 +334,31 @@ def test_an_export_changed_afterwards_is_read_without_the_record(tmp_path: Path)
     with kinodb.open(tmp_path / "back.kdb") as db:
         assert "timestamp" in db.read_episode(0)  # read as any RLDS dataset's feature
         assert db.read_meta(0)["task"] == "lift the cube 0"
+
+
+def test_episodes_edited_after_the_export_keep_their_features_with_one_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    src = _source(tmp_path / "src.kdb")
+    out = tmp_path / "pick"
+    export(src, out, format="rlds")
+    (shard,) = out.glob("*.tfrecord-*")
+    records = [parse_example(data) for data in iter_records(str(shard))]
+    for k in (1, 2):  # as if someone rewrote these episodes' metadata
+        meta = json.loads(records[k]["episode_metadata/kinodb"][0])
+        meta["num_frames"] += 1
+        records[k]["episode_metadata/kinodb"] = [json.dumps(meta).encode()]
+    write_records(shard, [encode_example(r) for r in records])
+    with caplog.at_level(logging.WARNING, logger="kinodb"):
+        ingest(out, tmp_path / "back.kdb", image_codec="png")
+    edited = [r.getMessage() for r in caplog.records if "does not describe the episode" in r.getMessage()]
+    assert len(edited) == 1 and "changed after the export" in edited[0]
+    with kinodb.open(src) as a, kinodb.open(tmp_path / "back.kdb") as b:
+        assert b.read_meta(0)["operator"] == "op0"  # given back
+        assert (
+            "operator" not in b.read_meta(1) and b.read_meta(1)["task"] == "lift the cube 1"
+        )  # its features
+        assert np.array_equal(a.read_episode(1)["states"], b.read_episode(1)["states"])
 
 
 @pytest.mark.skipif(not BRIDGE.is_dir(), reason=f"needs the Bridge sample at {BRIDGE}")

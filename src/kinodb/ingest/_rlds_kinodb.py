@@ -13,18 +13,14 @@ warning.
 from __future__ import annotations
 
 import json
-import logging
 import os
 from typing import Any
 
 from kinodb.ingest import _zarr_kinodb
 from kinodb.ingest._restore import restore_meta
 
-log = logging.getLogger(__name__)
-
 RECORD = "kinodb_export.json"
 """The file a kinodb export writes beside ``dataset_info.json`` (`kinodb.export.rlds.RECORD`)."""
-_WARNED: set[tuple[str, str]] = set()
 
 
 def exported(root: str, specs: set[str], notes: list[str]) -> dict[str, Any] | None:
@@ -82,15 +78,17 @@ def restore_dataset(
 
 def restore(
     args: dict[str, Any], record: dict[str, Any], arrays: dict[str, str], cameras: dict[str, str],
-    fields: dict[str, str], fps_given: bool, root: str, where: str,
-) -> None:  # fmt: skip
+    fields: dict[str, str], fps_given: bool,
+) -> bool:  # fmt: skip
     """Give an exported episode back its names, timestamps and metadata.
 
     ``arrays``, ``cameras`` and ``fields`` are the ingest's plan (name -> feature key). The
     extra arrays and cameras the export renamed get their names back, its timestamp
     feature becomes the timestamps, and the metadata of ``episode_metadata/kinodb``
     replaces the extra fields the ingest made of the export's own features (the per-step
-    tasks, the fields it copied into ``episode_metadata/``).
+    tasks, the fields it copied into ``episode_metadata/``). Returns False, changing
+    nothing, where the episode's ``episode_metadata/kinodb`` no longer describes it (the
+    dataset was changed after the export): see `edited`.
     """
     layout = record["layout"]
     names = {key: name for name, key in fields.items()}
@@ -100,12 +98,7 @@ def restore(
     except ValueError:
         meta = None
     if not isinstance(meta, dict) or meta.get("num_frames") != len(args["actions"]):
-        if (root, "meta") not in _WARNED:
-            _WARNED.add((root, "meta"))
-            log.warning("%s: %s (written by kinodb's export) does not describe the episode (%s): the dataset was "
-                        "changed after the export; such episodes keep what their features say",
-                        root, layout["episodes"], where)  # fmt: skip
-        return
+        return False
     stamps = layout.get("timestamps")  # first: an extra array may get back the name it had
     by_key = {key: name for name, key in arrays.items()}
     if isinstance(stamps, str) and by_key.get(stamps) in args.get("extra_arrays", {}):
@@ -114,7 +107,15 @@ def restore(
     if "images" in args:
         _rename(args["images"], cameras, layout.get("cameras"))
     args["extra"] = {}
-    restore_meta(args, meta, fps_given)
+    return restore_meta(args, meta, fps_given)
+
+
+def edited(root: str, record: dict[str, Any], where: str) -> str:
+    """The warning for an episode `restore` could not give back (said once per ingest)."""
+    return (
+        f"{root}: {record['layout']['episodes']} (written by kinodb's export) does not describe the episode "
+        f"({where}): the dataset was changed after the export; such episodes keep what their features say"
+    )
 
 
 def _rename(values: dict[str, Any], plan: dict[str, str], recorded: Any) -> None:

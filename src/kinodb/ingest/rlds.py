@@ -125,7 +125,7 @@ from kinodb.ingest._base import SOURCE_WHERE, SourceInfo, SourceOptions
 from kinodb.ingest._example import FeatureValue, parse_example
 from kinodb.ingest._options import option_value, skip_advice
 from kinodb.ingest._rlds_features import FLAG_KEYS, LEFT_OUT_FIELD, META, Plan, convert, make_plan
-from kinodb.ingest._rlds_kinodb import exported, restore, restore_dataset
+from kinodb.ingest._rlds_kinodb import edited, exported, restore, restore_dataset
 from kinodb.ingest._rlds_shards import (
     SHARD_RE,
     OtherSplit,
@@ -228,6 +228,7 @@ class RLDSSource:
         self._left_out: dict[str, str] = {}  # features a .kdb cannot hold, and why
         self._kinodb: dict[str, Any] | None = None  # a kinodb export's record (`_rlds_kinodb.exported`)
         self._kinodb_notes: list[str] = []
+        self._kinodb_edited = False  # an episode the export's record no longer describes was warned of
 
     @classmethod
     def detect(cls, path: str) -> bool:
@@ -584,9 +585,15 @@ class RLDSSource:
         args = convert(feats, plan, self._options, where)
         self._warn_non_finite(args["extra"].get(LEFT_OUT_FIELD, []), where)
         args["fps"] = self._options.fps or KNOWN_DATASETS.get(self._dataset_name(), (DEFAULT_FPS, None))[0]
-        if self._kinodb is not None:
-            restore(args, self._kinodb, plan.arrays, plan.cameras, plan.fields, self._options.fps is not None,
-                    self._root, where)  # fmt: skip
+        if (
+            self._kinodb is not None
+            and not restore(
+                args, self._kinodb, plan.arrays, plan.cameras, plan.fields, self._options.fps is not None
+            )
+            and not self._kinodb_edited
+        ):
+            self._kinodb_edited = True
+            log.warning("%s", edited(self._root, self._kinodb, where))
         args[SOURCE_WHERE] = where
         return args
 
