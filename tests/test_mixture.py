@@ -369,6 +369,24 @@ def test_pickles_by_spec(files: dict[str, str]) -> None:
     assert [copy.sample()["position"] for _ in range(5)] == [fresh.sample()["position"] for _ in range(5)]
 
 
+def test_pickles_at_the_commits_it_read(tmp_path: Path) -> None:
+    """A copy (a DataLoader worker's) reads the episodes the mixture read: one appended
+    since is left out; a file replaced since is read as it is now."""
+    a = write_kdb(tmp_path / "a.kdb", [3, 5], embodiment="franka")
+    b = write_kdb(tmp_path / "b.kdb", [4], embodiment="ur5")
+    mix = Mixture({a: 1, b: 1}, seed=3, filters={a: "embodiment = 'franka'"})
+    blob = pickle.dumps(mix)
+    with kinodb.Writer(a, mode="a") as w:
+        w.add_episode(actions=np.zeros((6, 2), np.float32), embodiment="franka")
+    copy = pickle.loads(blob)
+    assert copy.sources() == mix.sources() and copy.num_episodes() == 3
+    np.testing.assert_array_equal(copy.epoch(12, epoch_index=1), mix.epoch(12, epoch_index=1))
+    assert Mixture({a: 1, b: 1}, filters={a: "embodiment = 'franka'"}).num_episodes() == 4
+    os.remove(b)
+    write_kdb(b, [4, 4], embodiment="ur5")  # replaced: its old commit is gone
+    assert pickle.loads(blob).num_episodes() == 2 + 2
+
+
 # -- errors ------------------------------------------------------------------------------------
 
 

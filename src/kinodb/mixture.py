@@ -26,7 +26,7 @@ from numpy.typing import NDArray
 
 from kinodb.errors import EpisodeNotFoundError, FormatError, MixtureError, QuerySyntaxError
 from kinodb.kdb._files import FolderError
-from kinodb.kdb.reader import Database, _open_as, open_database
+from kinodb.kdb.reader import Database, Pins, _open_as, open_database, pin_of, pinned
 
 __all__ = ["DEFAULT_SEED", "Mixture", "MixtureBuilder", "MixtureSource", "WeightBy"]
 
@@ -433,10 +433,13 @@ class Mixture:
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         # Each file by the absolute path resolved when the mixture was made: a relative one
-        # would name another file in a process whose working directory differs.
+        # would name another file in a process whose working directory differs; and at the
+        # commit read here, as a `Database` pickles: a file appended to since shows the copy
+        # the episodes it held then.
         specs = tuple((s.path, s.weight, s.filter) for s in self._specs)
         files = tuple(s.file for s in self._specs)
-        return (_restore, (specs, self._seed, self._weight_by, files))
+        pins = {db._abspath(): pin for db in self._open.values() if (pin := pin_of(db)) is not None}
+        return (_restore, (specs, self._seed, self._weight_by, files, pins))
 
     def __repr__(self) -> str:
         return (
@@ -485,14 +488,17 @@ def _restore(
     seed: int,
     weight_by: WeightBy,
     files: tuple[str, ...] | None = None,
+    pins: Pins | None = None,
 ) -> Mixture:
     """Unpickle a `Mixture`: its sources as given, each opened from ``files`` (absolute
-    paths; absent from a mixture pickled by an earlier kinodb)."""
+    paths; absent from a mixture pickled by an earlier kinodb) at the commit in ``pins``
+    the original read (absent likewise)."""
     if files is None:
         return Mixture(list(specs), seed=seed, weight_by=weight_by)
     mixture = Mixture.__new__(Mixture)
     given = tuple(_Spec(p, w, kql, file) for (p, w, kql), file in zip(specs, files, strict=True))
-    mixture._build(given, seed, weight_by)
+    with pinned(pins or {}):
+        mixture._build(given, seed, weight_by)
     return mixture
 
 

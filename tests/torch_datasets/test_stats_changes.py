@@ -1,10 +1,13 @@
-"""Datasets over files whose statistics change while they are read: a commit of statistics
-alone leaves the episodes readable in re-opened workers, a normalising dataset refuses new
-numbers, and the normalisers the datasets apply are there to invert a policy's output."""
+"""Datasets over files whose statistics change while they are read: re-opened workers read
+the commit the dataset read (statistics stored or episodes appended since change nothing), a
+normalising dataset refuses a file replaced by one of other numbers, and the normalisers the
+datasets apply are there to invert a policy's output."""
 
 from __future__ import annotations
 
+import os
 import pickle
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -73,14 +76,41 @@ def test_statistics_stored_between_epochs_of_spawned_workers(path: Path) -> None
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
-def test_episodes_appended_after_statistics_are_still_refused(path: Path) -> None:
-    blobs = [pickle.dumps(ds) for ds in _made(path)]
+def test_episodes_appended_after_statistics_are_read_as_the_dataset_read_them(path: Path) -> None:
+    made = _made(path)
+    blobs = [pickle.dumps(ds) for ds in made]
     write_stats(path, compute_stats(path))  # commit 2: statistics only
     _write(path, [4], seed=1, mode="a")  # commit 3: an episode more
-    for blob in blobs:
-        with pytest.raises(kinodb.KinodbError, match=r"d\.kdb changed since this dataset was made \(commit 1 with "
-                                                     r"3 episodes then, commit 3 with 4 now\).*make the dataset"):  # fmt: skip
-            _item(pickle.loads(blob))
+    for blob, ds in zip(blobs, made, strict=True):
+        again = pickle.loads(blob)  # a spawned worker's copy: commit 1, as the dataset read it
+        assert len(again) == len(ds)
+        _same(_item(again), _item(ds))
+        _same(_item(again, -1), _item(ds, -1))
+
+
+def _replace_with_statistics(path: Path, stats: dict[str, Any] | None) -> None:
+    """Replace ``path`` by a copy with the same episodes and ``stats`` (None: none stored)."""
+    copy = path.with_name("copy.kdb")
+    shutil.copyfile(path, copy)
+    if stats is None:
+        with kinodb.Writer(copy, mode="a") as w:
+            w.stats = None
+    else:
+        write_stats(copy, stats)
+    os.replace(copy, path)
+
+
+@pytest.mark.parametrize("mode", ["mean_std", "min_max"])
+def test_statistics_stored_under_a_normalising_dataset_leave_its_numbers(path: Path, mode: str) -> None:
+    write_stats(path, compute_stats(path))
+    made = _made(path, normalize=mode)
+    blobs = [pickle.dumps(ds) for ds in made]
+    stats = compute_stats(path)
+    stats["arrays"]["actions"]["mean"] = stats["arrays"]["actions"]["mean"] + 0.5  # other numbers
+    stats["arrays"]["actions"]["min"] = stats["arrays"]["actions"]["min"] - 1.0
+    write_stats(path, stats)  # in place, mid-training: the workers read the commit the dataset read
+    for blob, ds in zip(blobs, made, strict=True):
+        _same(_item(pickle.loads(blob)), _item(ds))
 
 
 def test_a_file_rewritten_with_as_many_episodes_is_still_refused(path: Path) -> None:
@@ -102,12 +132,12 @@ def test_normalising_datasets_accept_statistics_that_map_the_same(path: Path, mo
         _same(_item(pickle.loads(blob)), _item(ds))
 
 
-def test_normalising_datasets_refuse_statistics_that_changed(path: Path) -> None:
+def test_normalising_datasets_refuse_a_replaced_file_of_other_statistics(path: Path) -> None:
     write_stats(path, compute_stats(path))
     blobs = [pickle.dumps(ds) for ds in _made(path, normalize="mean_std")]
     stats = compute_stats(path)
     stats["arrays"]["actions"]["mean"] = stats["arrays"]["actions"]["mean"] + 0.5  # other numbers
-    write_stats(path, stats)
+    _replace_with_statistics(path, stats)
     for blob in blobs:
         with pytest.raises(kinodb.KinodbError) as err:
             _item(pickle.loads(blob))
@@ -117,11 +147,10 @@ def test_normalising_datasets_refuse_statistics_that_changed(path: Path) -> None
         assert "make the dataset (and the DataLoader) again" in msg
 
 
-def test_normalising_datasets_refuse_statistics_removed(path: Path) -> None:
+def test_normalising_datasets_refuse_a_replaced_file_without_statistics(path: Path) -> None:
     write_stats(path, compute_stats(path))
     blobs = [pickle.dumps(ds) for ds in _made(path, normalize="min_max")]
-    with kinodb.Writer(path, mode="a") as w:
-        w.stats = None
+    _replace_with_statistics(path, None)
     for blob in blobs:
         with pytest.raises(kinodb.KinodbError, match=r"statistics of .*d\.kdb changed since this dataset was made, "
                                                      r"and the dataset's normalize='min_max' cannot use them now "

@@ -16,6 +16,7 @@ import copy
 import mmap
 import os
 from collections.abc import Collection, Iterator, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, SupportsIndex
 
@@ -502,10 +503,8 @@ class Database(_MetaReads, _ArrayReads):
         # the commit comparison in `_pin`, which covers the index checksum too.
         # By the absolute path resolved when opened (a relative one would name another file
         # in a process whose working directory differs), shown as given in the copy.
-        c = self._commit
-        commit = (c.generation, c.index_offset, c.index_length, c.num_episodes, c.num_frames, c.index_crc)
-        file = self._abspath()
-        return (_restore, (file, _identity(file), commit, self._path))
+        identity, commit = pin_of(self)  # type: ignore[misc]  # a Database has a commit
+        return (_restore, (self._abspath(), identity, commit, self._path))
 
     def _pin(self, identity: tuple[int, int] | None, parent: Commit) -> None:
         """Read commit ``parent``, the one the database this one was unpickled from read.
@@ -652,6 +651,48 @@ def _open_as(file: str, shown: str) -> Database:
     return db
 
 
+# Commits that files are read at in this context (`pinned`): absolute path -> (file identity,
+# commit fields), as a dataset made in one process asks of the DataLoader workers it pickles into.
+Pins = Mapping[str, tuple[tuple[int, int] | None, tuple[int, ...]]]
+_PINS: ContextVar[Pins | None] = ContextVar("kinodb_pinned_commits", default=None)
+
+
+@contextlib.contextmanager
+def pinned(pins: Pins) -> Iterator[None]:
+    """Within: `open_database` reads each file ``pins`` names at the commit it gives, as an
+    unpickled `Database` reads its original's (a file only appended to since shows the
+    episodes it held then). A file rewritten or replaced since is opened as it is now, for
+    the caller to compare with what it expected."""
+    token = _PINS.set(pins)
+    try:
+        yield
+    finally:
+        _PINS.reset(token)
+
+
+def pin_of(db: Any) -> tuple[tuple[int, int] | None, tuple[int, ...]] | None:
+    """What `pinned` takes to read ``db``'s file at the commit ``db`` read: ``(file identity,
+    commit fields)``; None for a 0.x file (it has no commits, and kinodb never appends to one)."""
+    c = getattr(db, "_commit", None)
+    if c is None:
+        return None
+    fields = (c.generation, c.index_offset, c.index_length, c.num_episodes, c.num_frames, c.index_crc)
+    return _identity(db._abspath()), fields
+
+
+def _pin_if_asked(db: Database, path: str | os.PathLike[str]) -> Database:
+    pin = (_PINS.get() or {}).get(db._abspath())
+    if pin is None:
+        return db
+    identity, fields = pin
+    try:
+        db._pin(identity, Commit(*fields))
+    except KinodbError:  # rewritten or replaced: no longer holds that commit
+        db.close()
+        return Database(path)
+    return db
+
+
 def open_database(path: str | os.PathLike[str]) -> Database:
     """Open a ``.kdb`` file of any supported format version.
 
@@ -660,7 +701,8 @@ def open_database(path: str | os.PathLike[str]) -> Database:
         FormatError: the file is not a readable ``.kdb`` file.
     """
     try:
-        return Database(path)
+        db = Database(path)
+        return db if _PINS.get() is None else _pin_if_asked(db, path)
     except LegacyFormat:
         from kinodb.kdb.legacy import LegacyDatabase  # deferred: only 0.x files need it
 
@@ -669,4 +711,4 @@ def open_database(path: str | os.PathLike[str]) -> Database:
         return legacy
 
 
-__all__ = ["Camera", "Database", "open_database"]
+__all__ = ["Camera", "Database", "open_database", "pin_of", "pinned"]

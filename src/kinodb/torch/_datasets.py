@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import operator
 import os
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -19,6 +20,7 @@ from kinodb import _images
 from kinodb._warn import user_stacklevel
 from kinodb._window_spec import camera_named, delta_cameras
 from kinodb.errors import EpisodeNotFoundError, KinodbError, NameNotFoundError
+from kinodb.kdb.reader import _identity, pinned
 from kinodb.mixture import Mixture
 from kinodb.torch._collate import Batch, MixedBatch, PadSpec, Sample
 from kinodb.torch._workers import settle_at_exit
@@ -52,6 +54,18 @@ def resolved(source: Any) -> Any:
     if isinstance(source, Sequence) and source and all(isinstance(p, (str, os.PathLike)) for p in source):
         return [os.path.abspath(p) for p in source]
     return source
+
+
+def _int_index(index: Any, length: int) -> int:
+    """``index`` as an int, counted from the end when negative: Python and NumPy integers
+    and 0-d integer tensors (what ``torch.randperm`` as a sampler yields) are taken."""
+    if isinstance(index, bool):
+        raise TypeError(f"index must be an int, got {index!r}")
+    try:
+        index = operator.index(index)
+    except TypeError:
+        raise TypeError(f"index must be an int, got {index!r}") from None
+    return int(index + length if -length <= index < 0 else index)
 
 
 def threads_for(requested: int | None) -> int:
@@ -247,12 +261,24 @@ class FileState:
     commit: tuple[int, ...] | None
     episodes: bytes | None  # None where the index has no payload columns (format 0.1)
     kept: bytes
+    identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the file when the dataset was made
+
+
+def pins_of(files: Sequence[FileState] | None) -> dict[str, tuple[tuple[int, int] | None, tuple[int, ...]]]:
+    """The commits a re-opening process reads ``files`` at (`kinodb.kdb.reader.pinned`)."""
+    return {f.path: (f.identity, f.commit) for f in files or () if f.commit is not None}
 
 
 def file_identities(sources: Sequence[_Source]) -> list[FileState]:
     """Each source file's absolute path, committed state, episodes and kept episodes."""
     return [
-        FileState(source.db._abspath(), _commit_of(source.db), _episodes_of(source.db), _kept_of(source))
+        FileState(
+            source.db._abspath(),
+            _commit_of(source.db),
+            _episodes_of(source.db),
+            _kept_of(source),
+            _identity(source.db._abspath()),
+        )
         for source in sources
     ]
 
@@ -286,13 +312,13 @@ def _kept_of(source: _Source) -> bytes:
 
 def check_unchanged(files: list[FileState], sources: Sequence[_Source] | None) -> list[str]:
     """Raise if a file re-opened (in a DataLoader worker) does not hold the episodes the
-    dataset was made from: rewritten, replaced or appended to since, or edited so that
-    its filter keeps others. ``sources`` are the re-opened ones, None when the re-open
+    dataset was made from: rewritten or replaced since (a file only appended to is re-opened
+    at the commit the dataset read, `pins_of`), or edited so that its filter keeps others. ``sources`` are the re-opened ones, None when the re-open
     failed (then only files whose episodes changed are named); a file among ``files``
     but not among them is opened here to look.
 
-    Returns the paths committed again with the same episodes kept (statistics stored by
-    ``kino stats``, say): those are read as before, but a dataset that normalises checks
+    Returns the paths of files replaced by ones with the same episodes kept (a copy with
+    other statistics, say): those are read as before, but a dataset that normalises checks
     that its statistics did not change.
     """
     from kinodb.kdb.reader import open_database  # deferred: only needed on a re-open
@@ -319,8 +345,8 @@ def check_unchanged(files: list[FileState], sources: Sequence[_Source] | None) -
                 continue
             raise KinodbError(
                 f"{state.path} changed since this dataset was made: its episodes are the same, but their "
-                "metadata was edited and the filter now keeps other episodes than the dataset indexes; make "
-                "the dataset (and the DataLoader) again after editing a file it reads"
+                "metadata differs and the filter now keeps other episodes than the dataset indexes; make "
+                "the dataset (and the DataLoader) again after replacing a file it reads"
             )
         was = state.commit
         what = (
@@ -331,7 +357,7 @@ def check_unchanged(files: list[FileState], sources: Sequence[_Source] | None) -
         raise KinodbError(
             f"{state.path} changed since this dataset was made ({what}); a DataLoader worker re-opens the "
             "files by path, and would read other episodes than the dataset indexes: make the dataset "
-            "(and the DataLoader) again after writing episodes to a file it reads"
+            "(and the DataLoader) again after rewriting or replacing a file it reads"
         )
     return same
 
@@ -536,7 +562,8 @@ class KinoFrameDataset(_Base):
         settle_at_exit()  # in a spawned worker: no SIGABRT when it exits mid-hand-over
         if self._opened is None:
             try:
-                fw = FrameWindows(self._source, **self._args)  # type: ignore[arg-type]
+                with pinned(pins_of(self._files)):  # read at the commits the dataset read
+                    fw = FrameWindows(self._source, **self._args)  # type: ignore[arg-type]
             except Exception:
                 check_unchanged(self._files, None)  # a file rewritten since: say that instead
                 raise
@@ -598,10 +625,7 @@ class KinoFrameDataset(_Base):
         """One window: a `Sample` (a dict) that carries the dataset's widths, so that
         `pad_collate` pads a batch of them to the widest of all sources, and the default
         collate names the fix when their widths differ."""
-        if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
-            raise TypeError(f"index must be an int, got {index!r}")
-        if -self._len <= index < 0:
-            index += self._len
+        index = _int_index(index, self._len)
         sample: Sample = self.__getitems__([index])[0]
         return sample
 
@@ -733,7 +757,8 @@ class KinoMapDataset(_Base):
         settle_at_exit()  # in a spawned worker: no SIGABRT when it exits mid-hand-over
         if self._opened is None:
             try:
-                sources = _open_sources(self._source, self._filter)
+                with pinned(pins_of(self._files)):  # read at the commits the dataset read
+                    sources = _open_sources(self._source, self._filter)
             except Exception:
                 if self._files is not None:
                     check_unchanged(self._files, None)  # a file rewritten since: say that instead
@@ -777,10 +802,7 @@ class KinoMapDataset(_Base):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         sources, starts, norm = self._open()
-        if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
-            raise TypeError(f"index must be an int, got {index!r}")
-        if -self._len <= index < 0:
-            index += self._len
+        index = _int_index(index, self._len)
         if not 0 <= index < self._len:
             raise EpisodeNotFoundError(f"item {index} out of range: the dataset has {self._len} episodes")
         s = int(np.searchsorted(starts, index, side="right")) - 1
