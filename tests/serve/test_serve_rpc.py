@@ -226,6 +226,22 @@ def test_status_codes_on_the_wire(server: ServerProcess) -> None:
              grpc.StatusCode.INVALID_ARGUMENT),
             (stub.GetBatch, pb.BatchRequest(batch_size=1, include_images=True, image_height=4),
              grpc.StatusCode.INVALID_ARGUMENT),
+        ]  # fmt: skip
+        sized = {"image_height": 8, "image_width": 8}
+        said = [  # a size the reply could not honour: refused, not ignored
+            (pb.BatchRequest(batch_size=1, windows=pb.WindowSpec(), **sized),
+             "size frames, but include_images is false"),
+            (pb.BatchRequest(batch_size=1, windows=pb.WindowSpec(), include_images=True,
+                             image_encoding=pb.IMAGE_ENCODING_STORED, **sized),
+             "resize decoded frames, but IMAGE_ENCODING_STORED sends each frame's stored bytes as they are"),
+            (pb.BatchRequest(batch_size=1, include_images=True, image_encoding=pb.IMAGE_ENCODING_DECODED, **sized),
+             "a batch of episodes sends each camera at its stored size"),
+        ]  # fmt: skip
+        for request, message in said:
+            with pytest.raises(grpc.RpcError) as err:
+                stub.GetBatch(request, timeout=10)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and message in err.value.details()
+        cases += [
             (stub.GetBatch, pb.BatchRequest(batch_size=1, windows=pb.WindowSpec(kql_filter="success = = 1")),
              grpc.StatusCode.INVALID_ARGUMENT),
             (stub.GetBatch, pb.BatchRequest(batch_size=1, windows=pb.WindowSpec(kql_filter="num_frames > 99")),
@@ -260,6 +276,10 @@ def test_arguments_are_checked_before_sending(client: KinoClient) -> None:
         (lambda: client.get_batch(2, cameras=["front"]), "cameras chooses frames"),
         (lambda: client.get_episode(0, cameras=["front"]), "cameras chooses frames"),
         (lambda: next(client.stream_windows(2, image_size=(8, 8))), "image_size chooses frames"),
+        (lambda: client.get_windows(2, include_images=True, image_encoding="stored", image_size=(8, 8)),
+         "image_size resizes decoded frames, but image_encoding='stored' sends each frame's stored bytes"),
+        (lambda: next(client.stream_windows(2, include_images=True, image_encoding="stored", image_size=(8, 8))),
+         "image_size resizes decoded frames"),
     ]  # fmt: skip
     for call, match in cases:
         with pytest.raises(ValueError, match=match):

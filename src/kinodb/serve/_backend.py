@@ -195,6 +195,11 @@ class Backend:
         images = self._image_opts(req, req.include_images)
         if legacy and images is not None:  # the earlier service always sent decoded frames
             images = _Images(True, images.cameras, None)
+        if images is not None and images.size is not None:
+            raise ValueError(
+                "image_height and image_width resize the frames of window batches (with windows set); "
+                "a batch of episodes sends each camera at its stored size: leave the size out"
+            )
         what = f"a batch of {size} episodes"
         self._check_estimate(self._estimate(idx, images), what)
         next_offset = (start + size) % len(self) if mode == "sequential" else 0
@@ -302,12 +307,23 @@ class Backend:
         return total
 
     def _image_opts(self, req: Any, include: bool) -> _Images | None:
+        h, w = getattr(req, "image_height", 0), getattr(req, "image_width", 0)
+        if (h or w) and not include:
+            raise ValueError(
+                f"image_height and image_width ({h}x{w}) size frames, but include_images is false: set "
+                "include_images, or leave the size out"
+            )
         if not include:
             return None
         decoded = req.image_encoding == pb.IMAGE_ENCODING_DECODED
-        h, w = getattr(req, "image_height", 0), getattr(req, "image_width", 0)
         if bool(h) != bool(w):
             raise ValueError(f"give both image_height and image_width, or neither (got {h} and {w})")
+        if h and not decoded:
+            raise ValueError(
+                f"image_height and image_width ({h}x{w}) resize decoded frames, but IMAGE_ENCODING_STORED "
+                "sends each frame's stored bytes as they are: ask for IMAGE_ENCODING_DECODED, or leave the "
+                "size out and resize after decoding"
+            )
         return _Images(decoded, tuple(req.cameras), (h, w) if h else None)
 
     def _episode(self, index: int, images: _Images | None) -> EpisodePart:

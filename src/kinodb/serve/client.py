@@ -655,6 +655,11 @@ def _batch(
 ) -> pb.BatchRequest:  # fmt: skip
     size = _uint(size, "batch_size", bits=32, minimum=1)
     _frames_asked(images, cameras, image_size)
+    if image_size is not None and encoding == "stored":
+        raise ValueError(
+            "image_size resizes decoded frames, but image_encoding='stored' sends each frame's stored bytes "
+            "as they are: pass image_encoding='decoded', or leave image_size out and resize after decoding"
+        )
     h, w = _image_size(image_size) if image_size is not None else (0, 0)
     return pb.BatchRequest(
         batch_size=size, mode=mode, offset=_uint(offset, "offset"), seed=_uint(seed, "seed"), include_images=images,
