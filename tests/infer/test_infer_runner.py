@@ -498,3 +498,23 @@ def test_duration_must_hold_a_tick_and_end(make_package: MakePackage) -> None:
         Runner(model, provider, rate_hz=0.5, duration_s=0.2)
     with pytest.raises(ValueError, match="positive finite number"):
         Runner(model, provider, rate_hz=10, duration_s=float("inf"))
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("max_steps", 2.5, r"max_steps must be an int of at least 1 \(or None\), got 2.5"),
+        ("max_steps", True, r"max_steps must be an int of at least 1 \(or None\), got True"),
+        ("max_steps", 0, r"max_steps must be an int of at least 1 \(or None\), got 0"),
+        ("log_capacity", 0, r"log_capacity must be an int of at least 1, got 0"),
+        ("log_capacity", 2.0, r"log_capacity must be an int of at least 1, got 2.0"),
+    ],
+)
+def test_counts_are_checked_when_the_runner_is_made(
+    make_package: MakePackage, option: str, value: object, message: str
+) -> None:
+    built = make_package()
+    with pytest.raises(ValueError, match=message):
+        Runner(load_model(built.path), Served(built).provider, rate_hz=10, **{option: value})
+    stats = Runner(load_model(built.path), Served(built).provider, rate_hz=200, max_steps=np.int64(3)).run()
+    assert stats["steps"] == 3

@@ -117,8 +117,16 @@ class Runner:
     ) -> None:
         if not (math.isfinite(rate_hz) and rate_hz > 0):
             raise ValueError(f"rate_hz must be a positive number, got {rate_hz!r}")
-        if max_steps is not None and max_steps < 1:
-            raise ValueError(f"max_steps must be at least 1, got {max_steps}")
+        if max_steps is not None and (
+            isinstance(max_steps, bool) or not isinstance(max_steps, (int, np.integer)) or max_steps < 1
+        ):
+            raise ValueError(f"max_steps must be an int of at least 1 (or None), got {max_steps!r}")
+        if (
+            isinstance(log_capacity, bool)
+            or not isinstance(log_capacity, (int, np.integer))
+            or log_capacity < 1
+        ):
+            raise ValueError(f"log_capacity must be an int of at least 1, got {log_capacity!r}")
         period = 1.0 / rate_hz
         if duration_s is not None:
             if not (math.isfinite(duration_s) and duration_s > 0):
