@@ -52,7 +52,7 @@ class _Source(_EpisodeChecks):
         # index: the source's position among those given (a mixture's, or the list's), which
         # stays its id in samples when a filter leaves other sources empty
         self.index = index
-        table = db.episodes()
+        table = db._columns(("num_frames", "fps", "task", "tasks"))
         self.lengths = np.asarray(table["num_frames"], dtype=np.int64)[kept]
         self.last = self.lengths - 1  # each kept episode's last frame: windows clip to it per batch
         self.fps = np.asarray(table["fps"], dtype=np.float64)[kept]

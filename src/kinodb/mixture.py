@@ -210,7 +210,7 @@ class Mixture:
             raise MixtureError(
                 f"{where}: {why} episodes; a source must keep at least one (change or drop it)"
             )
-        lengths = np.asarray(db.episodes()["num_frames"], dtype=np.int64)[kept]
+        lengths = np.asarray(db._int_columns()["num_frames"], dtype=np.int64)[kept]
         starts = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
         units = int(starts[-1]) if self._weight_by == "frame" else len(kept)
         if units == 0:

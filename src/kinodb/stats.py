@@ -146,7 +146,7 @@ def compute_stats(
         raise ValueError(f"chunk_frames must be at least 1, got {chunk_frames}")
     if select_budget < 1:
         raise ValueError(f"select_budget must be at least 1, got {select_budget}")
-    frames = np.asarray(db.episodes()["num_frames"], np.int64)
+    frames = np.asarray(db._int_columns()["num_frames"], np.int64)
     result: dict[str, Any] = {
         "version": STATS_VERSION, "computed": _now(), "num_frames": db.num_frames(),
         "num_episodes": len(db), "arrays": {}, "skipped": {},
@@ -230,7 +230,7 @@ def placeholder_rewards(db: Database, episodes: Any = None) -> bool:
     """Whether each of ``episodes`` (indices; None: all) holds the writer's placeholder rewards:
     a null ``total_reward`` (given rewards, `Writer.add_episode` stores their sum, null only
     when not finite) and all-0 rewards. Rewards are read only when each total is null."""
-    total = np.asarray(db.episodes()["total_reward"], np.float64)
+    total = np.asarray(db._columns(("total_reward",))["total_reward"], np.float64)
     idx = np.arange(len(total)) if episodes is None else np.asarray(episodes, np.int64).reshape(-1)
     if not len(idx) or not np.isnan(total[idx]).all():
         return False
@@ -240,7 +240,7 @@ def placeholder_rewards(db: Database, episodes: Any = None) -> bool:
 def placeholder_mask(db: Database, idx: I64) -> NDArray[np.bool_]:
     """Which of the episodes ``idx`` (indices) hold the writer's placeholder rewards, by the
     rule of `placeholder_rewards`; rewards are read only for the episodes whose total is null."""
-    table = db.episodes()
+    table = db._columns(("total_reward", "num_frames"))
     out: NDArray[np.bool_] = np.isnan(np.asarray(table["total_reward"], np.float64)[idx])
     held = np.flatnonzero(out)
     frames = np.asarray(table["num_frames"], np.int64)[idx[held]]

@@ -290,3 +290,42 @@ def test_damaged_string_and_json_columns_name_the_file_and_the_byte_offset(
     text = str(info.value)
     assert text.startswith(f"{path}: index at byte offset ")
     assert re.search(message.format(where[0] - at + (at if column.endswith("codes") else 0)), text), text
+
+
+@pytest.mark.parametrize(("at", "mask"), [(8, 0x40), (0, 0x01)])
+def test_a_damaged_json_column_read_whole_names_the_episode_as_read_meta_does(
+    clean: Path, tmp_path: Path, at: int, mask: int
+) -> None:
+    """`episodes()` decodes a JSON field's texts in one go, and one by one where they are
+    damaged: its error is `read_meta`'s."""
+
+    def edit(raw: bytearray, cols: dict[str, int]) -> None:
+        raw[cols["extra.1.offsets"] + at] ^= mask
+
+    path = damaged(clean, tmp_path / "bad.kdb", edit, fix=True)
+    with kinodb.open(path) as db:
+        with pytest.raises(CorruptFileError) as whole:
+            db.episodes()
+        with pytest.raises(CorruptFileError) as one:
+            for i in range(len(db)):
+                db.read_meta(i)
+    assert str(whole.value) == str(one.value)
+    assert re.search(r"extra field 'tags', episode \d: bad JSON", str(whole.value))
+
+
+def test_json_fields_read_whole_equal_read_meta(clean: Path) -> None:
+    with kinodb.open(clean) as db:
+        table = db.episodes()
+        assert [table["tags"][i] for i in range(len(db))] == [
+            db.read_meta(i).get("tags") for i in range(len(db))
+        ]
+
+
+def test_the_columns_asked_for_equal_the_whole_table_s(clean: Path) -> None:
+    with kinodb.open(clean) as db:
+        whole = db.episodes()
+        for names in (("num_frames",), ("task", "tags", "fps"), ("success", "scene", "nosuch")):
+            part = db._columns(names)
+            assert list(part) == [k for k in whole if k in names]
+            for key, column in part.items():
+                assert column.tolist() == whole[key].tolist(), key

@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
             write_json(out, sys.stdout)
             return 0
         print(db.summary())
-        table = db.episodes()
+        table = db._columns(("embodiment", "task", "fps"))
         if len(db):
             emb, counts = _counts(table["embodiment"])
             tasks = sorted(set(table["task"].tolist()))

@@ -93,7 +93,7 @@ def _observe(mix: Mixture, n: int, epoch: int) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     for i in range(mix.num_sources()):
         positions = pairs[pairs[:, 0] == i, 1]
-        lengths = np.asarray(mix.database(i).episodes()["num_frames"], dtype=np.int64)
+        lengths = np.asarray(mix.database(i)._int_columns()["num_frames"], dtype=np.int64)
         rows.append({"source": i, "draws": len(positions), "distinct_episodes": len(np.unique(positions)),
                      "frames": int(lengths[positions].sum())})  # fmt: skip
     frames = sum(r["frames"] for r in rows)

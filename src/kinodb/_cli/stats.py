@@ -126,7 +126,7 @@ def _split_advice(db: Database, path: str, name: str) -> str:
     if len(groups) < 2:
         return ""
     dtype, episodes = groups[0]
-    ids = np.asarray(db.episodes()["episode_id"], np.int64)[episodes]
+    ids = np.asarray(db._int_columns()["episode_id"], np.int64)[episodes]
     if not (np.diff(ids) == 1).all() or not (np.diff(episodes) == 1).all():
         return ""
     stem = path[: -len(".kdb")] if path.endswith(".kdb") else path

@@ -241,7 +241,7 @@ def _export(
 
             for i in positions:
                 verify_payload(db, i)
-        frames = int(db.episodes()["num_frames"][positions].sum())
+        frames = int(db._int_columns()["num_frames"][positions].sum())
         facts = {"format": format, "source": db.path(), "filter": filter, "episodes": len(positions),
                  "frames": frames, "exporter": f"kinodb {__version__}"}  # fmt: skip
         with staged(target, directory=directory, overwrite=overwrite, shown=shown) as tmp:

@@ -365,7 +365,7 @@ def state_split(db: Database, positions: list[int]) -> tuple[Split, list[str]]:
     cover ``[0, state_dim)`` exactly for every exported episode; otherwise ``states`` is
     written whole as ``obs/state``.
     """
-    dims = set(db.episodes()["state_dim"][positions].tolist())
+    dims = set(db._int_columns()["state_dim"][positions].tolist())
     comps = db.schema().get("states", {}).get("components") or {}
     whole: Split = [("state", 0, -1)]
     if not comps:
@@ -402,7 +402,7 @@ def env_args(db: Database, positions: list[int]) -> dict[str, Any] | str:
     name = meta.get("env_name")
     if not isinstance(name, str) or not name:
         name = os.path.splitext(os.path.basename(db.path()))[0]
-    table = db.episodes()
+    table = db._columns(("embodiment", "fps"))
     kwargs: dict[str, Any] = {}
     robots = set(table["embodiment"][positions].tolist())
     if len(robots) == 1 and robots != {"unknown"}:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import TYPE_CHECKING, Any, SupportsIndex
 
 import numpy as np
@@ -195,6 +195,14 @@ class _MetaReads:
             return None
         return out
 
+    def _int_columns(self) -> dict[str, np.ndarray]:
+        """`episodes`' int64 columns (read-only; made once), without the rest of the table:
+        for callers that need episode lengths or widths of a file of many episodes."""
+        ints = self._int_table
+        if ints is None:
+            ints = self._int_table = {name: _int64(self._cols[name]) for name in _INT_FIELDS}
+        return ints
+
     def episodes(self) -> dict[str, np.ndarray]:
         """The metadata table: one NumPy array per column, one entry per episode.
 
@@ -203,27 +211,36 @@ class _MetaReads:
         an object array of True/False/None; ``total_reward`` is float64 with NaN where
         unknown; extra fields are named as in `read_meta`.
         """
+        return self._columns(None)
+
+    def _columns(self, names: Collection[str] | None) -> dict[str, np.ndarray]:
+        """The columns of `episodes` named in ``names`` (all: None), the others not decoded;
+        an extra field the file lacks is left out."""
         c = self._cols
-        ints = self._int_table
-        if ints is None:
-            ints = self._int_table = {name: _int64(c[name]) for name in _INT_FIELDS}
-        codes = c["success"].astype(np.int64) + 1
-        if len(codes) and not 0 <= codes.min() <= codes.max() <= 2:
-            raise CorruptFileError(f"{self._path}: success column holds codes other than -1, 0 and 1")
-        succ = np.array([None, False, True], dtype=object)[codes]
-        table: dict[str, np.ndarray] = {
-            "episode_id": ints["episode_id"],
-            "embodiment": self._block.strings["embodiment"].to_numpy(),
-            "task": self._block.strings["task"].to_numpy(),
-            "num_frames": ints["num_frames"],
-            "fps": c["fps"],
-            "action_dim": ints["action_dim"],
-            "state_dim": ints["state_dim"],
-            "success": succ,
-            "total_reward": np.where(c["total_reward.valid"].astype(bool), c["total_reward"], np.nan),
+        ints = self._int_columns()
+
+        def success() -> np.ndarray:
+            codes = c["success"].astype(np.int64) + 1
+            if len(codes) and not 0 <= codes.min() <= codes.max() <= 2:
+                raise CorruptFileError(f"{self._path}: success column holds codes other than -1, 0 and 1")
+            return np.array([None, False, True], dtype=object)[codes]
+
+        built: dict[str, Callable[[], np.ndarray]] = {
+            "episode_id": lambda: ints["episode_id"],
+            "embodiment": lambda: self._block.strings["embodiment"].to_numpy(),
+            "task": lambda: self._block.strings["task"].to_numpy(),
+            "num_frames": lambda: ints["num_frames"],
+            "fps": lambda: c["fps"],
+            "action_dim": lambda: ints["action_dim"],
+            "state_dim": lambda: ints["state_dim"],
+            "success": success,
+            "total_reward": lambda: np.where(c["total_reward.valid"].astype(bool), c["total_reward"], np.nan),
         }
+        table = {key: make() for key, make in built.items() if names is None or key in names}
         for name, col in self._block.extras.items():
-            table[extra_key(name)] = col.to_numpy()
+            key = extra_key(name)
+            if names is None or key in names:
+                table[key] = col.to_numpy()
         return table
 
 

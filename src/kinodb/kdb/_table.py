@@ -258,10 +258,36 @@ class ExtraColumn:
             out = self._strings.to_numpy()
         else:
             out = np.empty(len(has), dtype=object)
-            for i in np.flatnonzero(has).tolist():  # JSON values (lists, mixed types) decode one by one
-                out[i] = self.get(i)
+            at = np.flatnonzero(has)
+            decoded = self._json_values(at)
+            if decoded is None:  # damaged somewhere: one by one, for the error that names where
+                decoded = [self.get(i) for i in at.tolist()]
+            for i, value in zip(at.tolist(), decoded, strict=True):
+                out[i] = value
         out[~has] = None
         return out
+
+    def _json_values(self, at: np.ndarray) -> list[Any] | None:
+        """The JSON values of episodes ``at`` (ascending), decoded in one `json.loads` of
+        their texts joined into an array; None if the texts do not give one value each."""
+        if not len(at):
+            return []
+        offsets, blob = self._cols["offsets"], self._cols["bytes"]
+        starts, ends = offsets[at].astype(np.int64), offsets[at + 1].astype(np.int64)
+        # Absent and null entries store no text, so the present ones lie back to back.
+        if not (
+            (ends > starts).all()
+            and (starts[1:] == ends[:-1]).all()
+            and starts[0] >= 0
+            and ends[-1] <= len(blob)
+        ):
+            return None
+        joined = np.insert(np.asarray(blob[starts[0] : ends[-1]]), starts[1:] - starts[0], ord(","))
+        try:
+            values = json.loads(b"[" + joined.tobytes() + b"]")
+        except ValueError:
+            return None
+        return values if len(values) == len(at) else None
 
 
 @dataclass

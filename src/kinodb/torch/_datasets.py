@@ -599,7 +599,7 @@ class KinoFrameDataset(_Base):
         fw = self.windows
         parts = []
         for source in fw._sources:
-            table = source.db.episodes()
+            table = source.db._columns(("state_dim", "action_dim"))
             dims = np.stack([np.asarray(table["state_dim"])[source.kept],
                              np.asarray(table["action_dim"])[source.kept]], axis=1)  # fmt: skip
             parts.append(np.repeat(dims, source.lengths, axis=0))
@@ -795,7 +795,7 @@ class KinoMapDataset(_Base):
         """``(state_dim, action_dim)`` of every item, for `SchemaBatchSampler`."""
         parts = []
         for source in self._open()[0]:
-            table = source.db.episodes()
+            table = source.db._columns(("state_dim", "action_dim"))
             parts.append(np.stack([np.asarray(table["state_dim"])[source.kept],
                                    np.asarray(table["action_dim"])[source.kept]], axis=1))  # fmt: skip
         return np.concatenate(parts).astype(np.int64)
