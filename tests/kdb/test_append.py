@@ -344,3 +344,26 @@ def test_a_stored_schema_passes_whole_to_a_new_file_and_an_append(tmp_path: Path
     with kinodb.open(copy) as db, kinodb.open(src) as orig:
         assert db.schema() == stored
         assert len(orig) == 2 and orig.schema()["actions"]["names"] == ["a", "b"]
+
+
+def test_info_names_the_indexes_appends_left_and_upgrade_compacts_them(tmp_path: Path) -> None:
+    from kinodb.kdb.upgrade import upgrade
+
+    path = tmp_path / "grown.kdb"
+    with kinodb.Writer(path) as w:
+        for _ in range(3000):
+            w.add_episode(actions=np.zeros((4, 2), np.float32), extra={"tags": ["a"]})
+    with kinodb.open(path) as db:
+        assert db._superseded_bytes() == 0 and "superseded" not in db.summary()
+        one_index = db._commit.index_length
+    for _ in range(12):  # one Writer per episode: each commit writes the whole index again
+        with kinodb.Writer(path, mode="a") as w:
+            w.add_episode(actions=np.zeros((4, 2), np.float32), extra={"tags": ["a"]})
+    with kinodb.open(path) as db:
+        dead = db._superseded_bytes()
+        assert 11 * one_index < dead < 13 * one_index  # twelve earlier indexes, about as long
+        assert re.search(r"superseded: [\d.]+ [KM]iB \(\d+% of the file\), .*kino upgrade FILE NEW compacts it",
+                         db.summary())  # fmt: skip
+    upgrade(path, tmp_path / "compact.kdb")
+    with kinodb.open(tmp_path / "compact.kdb") as db:
+        assert len(db) == 3012 and db._superseded_bytes() == 0 and "superseded" not in db.summary()

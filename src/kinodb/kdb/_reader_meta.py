@@ -19,6 +19,8 @@ import numpy as np
 
 from kinodb.errors import CorruptFileError, FormatError, KinodbError, UnsupportedVersionError
 from kinodb.kdb._files import human_bytes
+from kinodb.kdb._layout import ALIGN as _ALIGN
+from kinodb.kdb._layout import DATA_START as _DATA_START
 from kinodb.kdb._stale import stale_stats
 from kinodb.kdb._table import ABSENT, EXTRA_ABSENT, EXTRA_VALUE, IndexBlock
 
@@ -105,7 +107,23 @@ class _MetaReads:
         ]  # fmt: skip
         if info.get("source_format"):
             lines.append(f"  source format: {info['source_format']}")
+        dead = self._superseded_bytes()
+        if dead > max(1 << 20, self._size // 10):
+            lines.append(
+                f"  superseded: {human_bytes(dead)} ({100 * dead / max(self._size, 1):.0f}% of the file), the "
+                "indexes of earlier commits that appends leave in place; kino upgrade FILE NEW compacts it"
+            )
         return "\n".join(lines)
+
+    def _superseded_bytes(self) -> int:
+        """Bytes before the committed index that no episode's payload holds: earlier commits'
+        indexes (and payloads an append wrote but never committed); 0 for a 0.x file."""
+        commit = getattr(self, "_commit", None)
+        if commit is None or "payload_length" not in self._cols:
+            return 0
+        lengths = np.asarray(self._cols["payload_length"], dtype=np.int64)
+        held = int((-(-lengths // _ALIGN) * _ALIGN).sum())  # each payload starts on the grid
+        return max(int(commit.index_offset) - _DATA_START - held, 0)
 
     def read_meta(self, i: SupportsIndex) -> dict[str, Any]:
         """Metadata of episode ``i``: the built-in fields plus its extra fields.
