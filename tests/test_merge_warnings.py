@@ -3,6 +3,7 @@ and cameras that some inputs lack, each with a fix that helps."""
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Any
 
@@ -178,3 +179,30 @@ def test_the_hints_given_are_what_the_frame_datasets_accept(tmp_path: Path) -> N
     assert len(KinoFrameDataset(str(tmp_path / "ab.kdb"), image_key=False)) == 16
     mix = KinoFrameDataset(kinodb.Mixture({str(a): 1, str(b): 1}), image_key={"front": ["front", "wrist"]})
     assert mix[0]["images"]["front"].shape[-2:] == (8, 8)
+
+
+def test_extra_fields_few_episodes_hold_are_named_when_they_would_swell_the_index(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    merge_module = importlib.import_module("kinodb.merge")
+
+    monkeypatch.setattr(merge_module, "_SPARSE_BYTES", 64 << 10)  # the default needs far larger files
+    paths = []
+    for f in range(20):
+        paths.append(tmp_path / f"f{f}.kdb")
+        with kinodb.Writer(paths[-1]) as w:
+            for i in range(10):
+                w.add_episode(
+                    actions=np.zeros((2, 2), np.float32),
+                    extra={f"k{f}_{j}": i for j in range(4)} | {"all": i},
+                )
+    assert main(["merge", *map(str, paths), "-o", str(tmp_path / "out.kdb")]) == 0
+    err = capsys.readouterr().err
+    assert (
+        "80 extra fields are each held by under a tenth of the 200 merged episodes ('k0_0', 'k0_1', " in err
+    )
+    assert "about 140.6 KiB here (720 bytes an episode)" in err and "'all'" not in err
+    with kinodb.open(tmp_path / "out.kdb") as db:
+        assert db._commit.index_length > 140_000  # what the warning foretold
+    assert main(["merge", *map(str, paths[:1]), "-o", str(tmp_path / "one.kdb")]) == 0  # every field held
+    assert "extra fields are each held" not in capsys.readouterr().err

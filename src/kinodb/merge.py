@@ -12,7 +12,9 @@ import numpy as np
 
 from kinodb._provenance import PROVENANCE, carried
 from kinodb.errors import ConversionError, FormatError, QuerySyntaxError, WriterError
+from kinodb.kdb._files import human_bytes
 from kinodb.kdb._layout import DTYPES, KIND_ARRAY
+from kinodb.kdb._table import EXTRA_ABSENT
 from kinodb.kdb.reader import Database, open_database
 from kinodb.kdb.upgrade import (
     SKIP_ADVICE,
@@ -149,7 +151,7 @@ def merge(
             raise WriterError(f"no episode in {len(dbs)} input files{where}; nothing was written")
         warnings = [
             *_same_file_warnings(dbs, out), *_dim_warnings(dbs, kept), *_dtype_warnings(dbs, kept),
-            *_layout_warnings(dbs, kept),
+            *_layout_warnings(dbs, kept), *_sparse_field_warnings(dbs, kept),
         ]  # fmt: skip
         return _write(dbs, kept, out, filter, overwrite, on_error == "skip", warnings, inplace)
     finally:
@@ -239,6 +241,39 @@ def _dim_warnings(dbs: list[Database], kept: list[np.ndarray]) -> list[str]:
             )
             out.append(f"{part} differs between episodes ({per}); readers must handle per-episode dims")
     return out
+
+
+# Extra fields held by under this share of the merged episodes are "sparse"; they are named
+# when their columns would take more than both of these in the merged index.
+_SPARSE_SHARE = 0.1
+_SPARSE_BYTES_PER_EPISODE = 256
+_SPARSE_BYTES = 16 << 20
+_FIELD_BYTES = 9  # a field's state byte and 8-byte value (or JSON offset) per episode
+
+
+def _sparse_field_warnings(dbs: list[Database], kept: list[np.ndarray]) -> list[str]:
+    """A warning when extra fields that few of the merged episodes hold would make the
+    merged index large: every field has a column over every episode (docs/format.md)."""
+    held: dict[str, int] = {}
+    for db, k in zip(dbs, kept, strict=True):
+        extras = getattr(getattr(db, "_block", None), "extras", None)
+        if not len(k) or not extras:
+            continue
+        for name, col in extras.items():
+            held[name] = held.get(name, 0) + int((np.asarray(col.state)[k] != EXTRA_ABSENT).sum())
+    total = sum(len(k) for k in kept)
+    sparse = sorted((n for n, h in held.items() if h < _SPARSE_SHARE * total), key=lambda n: (held[n], n))
+    cost = len(sparse) * _FIELD_BYTES * total
+    if not sparse or cost <= max(_SPARSE_BYTES, _SPARSE_BYTES_PER_EPISODE * total):
+        return []
+    shown = ", ".join(repr(n) for n in sparse[:_SHOWN]) + (", ..." if len(sparse) > _SHOWN else "")
+    return [
+        f"{len(sparse)} extra fields are each held by under a tenth of the {total} merged episodes ({shown}); "
+        f"the index keeps a column over every episode for each, about {human_bytes(cost)} here "
+        f"({len(sparse) * _FIELD_BYTES} bytes an episode), and the merge takes time and memory in proportion: "
+        "keep such keys in one list-valued field (tags = ['scene=kitchen', ...]), or merge inputs that share "
+        'their fields (docs/format.md, "Extra fields")'
+    ]
 
 
 _BUILTIN = ("actions", "states", "rewards")
