@@ -839,6 +839,21 @@ def test_a_file_rewritten_under_a_live_dataset_is_named_in_spawned_workers(tmp_p
         list(loader)
 
 
+@pytest.mark.integration
+def test_spawned_workers_read_on_while_a_recorder_appends_between_epochs(tmp_path: Path) -> None:
+    path = tmp_path / "live.kdb"
+    _write(path, [5, 5, 5])
+    frames = KinoFrameDataset(path, obs_horizon=1, action_horizon=2, image_key=False)
+    loader = DataLoader(frames, batch_size=4, num_workers=1, multiprocessing_context="spawn")
+    first = [b["action"] for b in loader]
+    with kinodb.Writer(path, mode="a") as w:  # a rollout recorded mid-training
+        w.add_episode(actions=np.ones((3, 2), np.float32), states=np.ones((3, 3), np.float32), fps=10.0)
+    second = [b["action"] for b in loader]  # new workers: the episodes the dataset indexes
+    assert len(first) == len(second) == 4
+    for a, b in zip(first, second, strict=True):
+        assert torch.equal(a, b)
+
+
 def test_a_file_appended_to_under_a_live_dataset_is_read_as_it_was_when_reopened(tmp_path: Path) -> None:
     a, b = tmp_path / "a.kdb", tmp_path / "b.kdb"
     _write(a, [5, 5])
