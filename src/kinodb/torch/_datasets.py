@@ -20,7 +20,7 @@ from kinodb import _images
 from kinodb._warn import user_stacklevel
 from kinodb._window_spec import camera_named, delta_cameras
 from kinodb.errors import EpisodeNotFoundError, KinodbError, NameNotFoundError
-from kinodb.kdb.reader import _identity, pinned
+from kinodb.kdb.reader import pin_of, pinned
 from kinodb.mixture import Mixture
 from kinodb.torch._collate import Batch, MixedBatch, PadSpec, Sample
 from kinodb.torch._workers import settle_at_exit
@@ -271,23 +271,18 @@ def pins_of(files: Sequence[FileState] | None) -> dict[str, tuple[tuple[int, int
 
 def file_identities(sources: Sequence[_Source]) -> list[FileState]:
     """Each source file's absolute path, committed state, episodes and kept episodes."""
-    return [
-        FileState(
-            source.db._abspath(),
-            _commit_of(source.db),
-            _episodes_of(source.db),
-            _kept_of(source),
-            _identity(source.db._abspath()),
+    out = []
+    for source in sources:
+        identity, commit = pin_of(source.db) or (None, None)
+        out.append(
+            FileState(source.db._abspath(), commit, _episodes_of(source.db), _kept_of(source), identity)
         )
-        for source in sources
-    ]
+    return out
 
 
 def _commit_of(db: Any) -> tuple[int, ...] | None:
-    c = getattr(db, "_commit", None)
-    if c is None:
-        return None
-    return (c.generation, c.index_offset, c.index_length, c.num_episodes, c.num_frames, c.index_crc)
+    pin = pin_of(db)
+    return None if pin is None else pin[1]
 
 
 def _episodes_of(db: Any) -> bytes | None:
