@@ -550,7 +550,7 @@ def test_validate_reports_a_damaged_commit_record_that_hides_a_newer_commit(
             (error,) = report.errors
             assert "fails its checksum, and an index block at byte offset" in error
             assert f"past the committed end ({old_end})" in error and "(2 episodes)" in error
-            assert "Keep a copy of the file before appending" in error
+            assert "kinodb refuses to append to it" in error and "--commit newest" in error
         else:  # the older record: nothing is hidden
             assert report.ok
             assert any(

@@ -73,8 +73,8 @@ def test_a_flipped_bit_in_the_newest_record_refuses_the_append(tmp_path: Path) -
         f"past the committed end ({old_end})",
         f"the file reads as generation {gen - 1} (2 episodes)",
         "Nothing was appended",
-        f"kino validate {path}",
-        f"kino upgrade {path} NEW.kdb",
+        f"kino upgrade {path} NEW.kdb --commit newest",
+        "--commit committed",
     ):
         assert part in text, (part, text)
     assert path.read_bytes() == bytes(raw)  # nothing truncated: the newer commit can be repaired
@@ -111,7 +111,8 @@ def test_a_zeroed_newest_record_refuses_the_append_and_fails_validate(tmp_path: 
     assert not report.ok
     (error,) = report.errors
     assert f"commit record {SLOT_OFFSETS.index(newest)} (byte offset {newest}) is zeroed" in error
-    assert f"generation {gen}, 4 episodes" in error and "Keep a copy of the file before appending" in error
+    assert f"generation {gen}, 4 episodes" in error and "kinodb refuses to append to it" in error
+    assert f"kino upgrade {path} NEW.kdb --commit newest" in error
     with pytest.raises(CorruptFileError, match=rf"byte offset {newest}\) is zeroed.*Nothing was appended"):
         append_one(path)
     assert path.read_bytes() == bytes(raw)
@@ -190,3 +191,48 @@ def test_damage_of_the_older_record_hides_nothing(tmp_path: Path) -> None:
     append_one(path)
     with kinodb.open(path) as db:
         assert len(db) == 5
+
+
+def test_upgrade_asks_which_commit_to_keep_and_copies_the_hidden_one(tmp_path: Path) -> None:
+    """`kino upgrade` of such a file refuses to pick the older commit silently; ``--commit
+    newest`` recovers the hidden commit's episodes into a new file, ``committed`` keeps what
+    readers see. The damaged file is never changed."""
+    import subprocess
+    import sys
+
+    from kinodb.kdb.upgrade import upgrade
+
+    path = tmp_path / "f.kdb"
+    states = committed(path, 3)
+    _, newest = slots(states[-1])[0]
+    raw = bytearray(states[-1])
+    raw[newest + 30] ^= 0x04
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CorruptFileError) as info:
+        upgrade(path, tmp_path / "new.kdb")
+    assert "a newer commit is probably hidden" in str(info.value) and "Nothing was written" in str(info.value)
+    assert not (tmp_path / "new.kdb").exists()
+    assert upgrade(path, tmp_path / "newest.kdb", commit="newest") == 4
+    assert upgrade(path, tmp_path / "committed.kdb", commit="committed") == 3
+    assert path.read_bytes() == bytes(raw)
+    with kinodb.open(tmp_path / "newest.kdb") as db:
+        assert [db.read_meta(i)["task"] for i in range(len(db))] == ["task 0", "task 1", "task 2", "task 3"]
+        np.testing.assert_array_equal(db.read_episode(3)["actions"], np.full((5, 4), 3, np.float32))
+    assert validate(tmp_path / "newest.kdb").ok
+    with kinodb.open(tmp_path / "committed.kdb") as db:
+        assert len(db) == 3
+    kino = [sys.executable, "-m", "kinodb"]
+    run = subprocess.run([*kino, "info", str(path)], capture_output=True, text=True)
+    assert run.returncode == 0
+    assert run.stderr.startswith(f"warning: {path}: commit record ") and "--commit newest" in run.stderr
+    assert "episodes: 3," in run.stdout
+    run = subprocess.run(
+        [*kino, "upgrade", str(path), str(tmp_path / "cli.kdb")], capture_output=True, text=True
+    )
+    assert run.returncode == 1 and "--commit newest" in run.stderr
+    run = subprocess.run(
+        [*kino, "upgrade", str(path), str(tmp_path / "cli.kdb"), "--commit", "newest"],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0 and "(4 episodes" in run.stdout, run.stderr

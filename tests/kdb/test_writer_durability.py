@@ -123,32 +123,104 @@ def test_a_new_file_whose_commit_fails_leaves_nothing(tmp_path: Path) -> None:
     assert os.listdir(tmp_path) == []
 
 
-def test_a_commit_record_written_before_a_failed_fsync_is_taken_back(
+def test_a_commit_record_written_before_a_failed_fsync_stands(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Once the record is written a reader may map the new commit: the writer must neither
+    take the record back nor truncate the file under that map. It says the commit stands
+    and its durability is in doubt."""
     path = tmp_path / "s.kdb"
-    before = _base(path)
-    real, calls = os.fsync, []
+    _base(path)
+    real, calls, early = os.fsync, [], []
 
     def fsync(fd: int) -> None:
         calls.append(fd)
         if len(calls) == 2:  # the one after the commit record was written
+            early.append(kinodb.open(path))  # a reader opening right then
             raise OSError(5, "Input/output error")
         real(fd)
 
     w = kinodb.Writer(path, mode="a")
     w.add_episode(actions=np.ones((5, 3), np.float32), states=np.zeros((5, 2), np.float32))
     monkeypatch.setattr(os, "fsync", fsync)
+    with pytest.raises(WriterError) as exc:
+        w.close()
+    monkeypatch.setattr(os, "fsync", real)
+    assert str(exc.value).startswith(
+        f"{path}: the append was committed (3 episodes in all) and readers see it, but making its commit record "
+        "durable failed (Input/output error)"
+    )
+    assert len(calls) == 2  # nothing written after the failure
+    (reader,) = early
+    assert len(reader) == 3
+    np.testing.assert_array_equal(reader.read_episode(2)["actions"], np.ones((5, 3), np.float32))
+    reader.close()
+    with kinodb.open(path) as db:
+        assert len(db) == 3
+    assert validate(path).ok
+    with kinodb.Writer(path, mode="a") as again:  # the writer let go of the file
+        again.add_episode(actions=np.ones((5, 3), np.float32), states=np.zeros((5, 2), np.float32))
+
+
+def test_an_interrupt_after_the_commit_record_is_written_keeps_the_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "k.kdb"
+    _base(path)
+    real, calls = os.fsync, []
+
+    def fsync(fd: int) -> None:
+        calls.append(fd)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        real(fd)
+
+    w = kinodb.Writer(path, mode="a")
+    w.add_episode(actions=np.ones((5, 3), np.float32), states=np.zeros((5, 2), np.float32))
+    monkeypatch.setattr(os, "fsync", fsync)
+    with pytest.raises(KeyboardInterrupt):
+        w.close()
+    monkeypatch.setattr(os, "fsync", real)
+    with kinodb.open(path) as db:
+        assert len(db) == 3
+    assert validate(path).ok
+
+
+def test_a_commit_record_whose_write_fails_is_put_back_and_later_appends_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The record's own write fails: the bytes it overwrote are put back (never zeros, which
+    `validate` and the next append would read as a damaged record hiding a commit)."""
+    path = tmp_path / "p.kdb"
+    _base(path)
+    with kinodb.Writer(path, mode="a") as w:  # generation 2: both records hold a commit
+        w.add_episode(actions=np.ones((5, 3), np.float32), states=np.zeros((5, 2), np.float32))
+    before = path.read_bytes()
+    from kinodb.kdb import writer as writer_mod
+
+    real_pack = writer_mod.pack_slot
+
+    def torn(commit: object) -> bytes:  # half a record reaches the file, then the disk fails
+        with open(path, "r+b") as f:
+            f.seek(writer_mod.SLOT_OFFSETS[0])
+            f.write(real_pack(commit)[:32])  # type: ignore[arg-type]
+        raise OSError(5, "Input/output error")
+
+    w = kinodb.Writer(path, mode="a")
+    w.add_episode(actions=np.ones((5, 3), np.float32), states=np.zeros((5, 2), np.float32))
+    monkeypatch.setattr(writer_mod, "pack_slot", torn)
     with pytest.raises(
         WriterError, match="committing failed \\(Input/output error\\); the file is as it was"
     ):
         w.close()
-    monkeypatch.setattr(os, "fsync", real)
-    assert len(calls) == 3  # data and index; the commit record (failed); the record taken back
-    with kinodb.open(path) as db:  # the record pointing past the old end is gone
-        assert len(db) == 2
+    monkeypatch.setattr(writer_mod, "pack_slot", real_pack)
+    assert path.read_bytes() == before
     assert validate(path).ok
-    assert path.stat().st_size == len(before)
+    with kinodb.Writer(path, mode="a") as w:
+        w.add_episode(actions=np.ones((5, 3), np.float32), states=np.zeros((5, 2), np.float32))
+    with kinodb.open(path) as db:
+        assert len(db) == 4
+    assert validate(path).ok
 
 
 def test_replacing_a_file_waits_for_no_appender_and_appenders_follow_a_replacement(

@@ -40,9 +40,28 @@ def register(sub: Any) -> None:
     p.set_defaults(run=run)
 
 
+def _warn_hidden(db: Any) -> None:
+    """Say so on stderr when a damaged commit record hides a newer commit: the summary
+    describes the older commit the file reads as."""
+    from kinodb.kdb.validate import hidden_commit, recover
+
+    if not isinstance(db, Database):
+        return
+    found = hidden_commit(db)
+    if found is not None:
+        c = db._commit
+        print(
+            f"warning: {db.path()}: {found.record}, and a newer commit of {found.num_episodes} episodes "
+            f"(generation {found.generation}) lies past the committed end: what follows describes generation "
+            f"{c.generation} ({c.num_episodes} episodes). {recover(db.path(), found, c.num_episodes)}",
+            file=sys.stderr,
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     """Print the summary (and the episode table)."""
     with open_database(args.path) as db:  # not a .kdb file: _errors names the ingest command
+        _warn_hidden(db)
         if args.json:
             out: dict[str, Any] = {
                 "path": db.path(), "format_version": db.version(),

@@ -29,6 +29,10 @@ def register(sub: Any) -> None:
     p.add_argument("--on-error", choices=("raise", "skip"), default="raise",
                    help="an episode that cannot be read or stored: stop (default), or leave it out and "
                         "list it (warning, and NEW's metadata upgraded_from.skipped)")  # fmt: skip
+    p.add_argument("--commit", choices=("newest", "committed"), default=None,
+                   help="OLD's newest commit record is damaged and hides a newer commit (kino validate says "
+                        "so): copy that newer commit (newest) or the one the file reads as (committed); "
+                        "without it such a file is refused")  # fmt: skip
     p.set_defaults(run=run)
 
 
@@ -60,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            n = upgrade(args.old, args.new, overwrite=args.force, on_error=args.on_error)
+            n = upgrade(args.old, args.new, overwrite=args.force, on_error=args.on_error, commit=args.commit)
         finally:  # also before an error: a warning may explain it
             for w in caught:
                 print(f"warning: {w.message}", file=sys.stderr)

@@ -19,8 +19,8 @@ import numpy as np
 
 from kinodb.errors import CorruptFileError, FormatError, KinodbError, UnsupportedVersionError
 from kinodb.kdb._files import human_bytes
-from kinodb.kdb._layout import ALIGN as _ALIGN
 from kinodb.kdb._layout import DATA_START as _DATA_START
+from kinodb.kdb._layout import SECTION_ALIGN as _SECTION_ALIGN
 from kinodb.kdb._stale import stale_stats
 from kinodb.kdb._table import ABSENT, EXTRA_ABSENT, EXTRA_VALUE, IndexBlock
 
@@ -121,9 +121,16 @@ class _MetaReads:
         commit = getattr(self, "_commit", None)
         if commit is None or "payload_length" not in self._cols:
             return 0
-        lengths = np.asarray(self._cols["payload_length"], dtype=np.int64)
-        held = int((-(-lengths // _ALIGN) * _ALIGN).sum())  # each payload starts on the grid
-        return max(int(commit.index_offset) - _DATA_START - held, 0)
+        if not self._n:
+            return 0
+        offsets = np.asarray(self._cols["payload_offset"], dtype=np.int64)
+        order = np.argsort(offsets, kind="stable")
+        starts = offsets[order]
+        ends = starts + np.asarray(self._cols["payload_length"], dtype=np.int64)[order]
+        # Between two payloads lie under 8 bytes of padding (each starts on the 8-byte grid),
+        # or what earlier commits left: their indexes and any payload never committed.
+        gaps = np.concatenate(([starts[0] - _DATA_START], starts[1:] - ends[:-1]))
+        return int(gaps[gaps >= _SECTION_ALIGN].sum())
 
     def read_meta(self, i: SupportsIndex) -> dict[str, Any]:
         """Metadata of episode ``i``: the built-in fields plus its extra fields.

@@ -532,18 +532,27 @@ class Database(_MetaReads, _ArrayReads):
         ):
             raise self._moved(parent, "rewritten")
         try:
-            toc_len = check_index_head(self._map(), parent.index_offset, parent.index_length, self._path)
-            check_counts(parent, self._size, self._path)
-            self._commit, self._toc_len, self._n = parent, toc_len, parent.num_episodes
-            self._index, self._verified, self._codes, self._layout = None, False, None, None
-            self._failure = None
-            self._init_reads()
-            self._verify_index()  # now, not on first use: no commit record vouches for this block
+            self._read_commit(parent)
         except CorruptFileError:
             raise self._moved(parent, "rewritten") from None
         # From the records read at open, not the map: a commit made since may overwrite them.
         slots = [parse_slot(self._preamble[at : at + SLOT_SIZE]) for at in SLOT_OFFSETS]
         self._slot = slots.index(parent) if parent in slots else -1
+
+    def _read_commit(self, commit: Commit) -> None:
+        """Read the file at ``commit`` instead of the one its records name (an older one, or
+        a newer one a damaged record hides); its index is verified now.
+
+        Raises:
+            CorruptFileError: no complete index block of ``commit`` lies in the file.
+        """
+        toc_len = check_index_head(self._map(), commit.index_offset, commit.index_length, self._path)
+        check_counts(commit, self._size, self._path)
+        self._commit, self._toc_len, self._n = commit, toc_len, commit.num_episodes
+        self._index, self._verified, self._codes, self._layout = None, False, None, None
+        self._failure = None
+        self._init_reads()
+        self._verify_index()  # now, not on first use: no commit record vouches for this block
 
     def _moved(self, parent: Commit, how: str) -> KinodbError:
         def state(c: Commit) -> str:  # a 0.x file has no commits: generation 0

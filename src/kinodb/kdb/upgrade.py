@@ -32,6 +32,7 @@ def upgrade(
     *,
     overwrite: bool = False,
     on_error: str = "raise",
+    commit: str | None = None,
 ) -> int:
     """Rewrite ``src`` as a format v1 file at ``dst``; return the number of episodes written.
 
@@ -54,6 +55,12 @@ def upgrade(
     (a full disk) stops the upgrade with the writer's `WriterError` either way. ``dst``
     appears only once every episode is written.
 
+    A v1 source whose newest commit record is damaged and hides a newer commit (see
+    `kinodb.kdb.validate.hidden_commit`) is refused unless ``commit`` says which to keep:
+    ``"newest"`` reads the hidden commit (the episodes of the last append), ``"committed"``
+    the commit the other record names (what readers of the file see). The source is never
+    changed.
+
     Example:
         >>> kinodb.kdb.upgrade.upgrade("old.kdb", "new.kdb")
         12
@@ -62,15 +69,20 @@ def upgrade(
         FileExistsError: ``dst`` exists and ``overwrite`` is False.
         FormatError: ``src`` is not a readable ``.kdb`` file or its data is damaged (its
             index, or a v1 episode's payload, fails its checksum: `CorruptFileError`, nothing
-            written).
+            written); or a damaged record hides a newer commit and ``commit`` is None
+            (`CorruptFileError`, naming both choices).
         ConversionError: ``src`` has no episodes, or an episode cannot be stored in v1.
         WriterError: writing ``dst`` failed (a full disk); or ``dst`` is ``src`` and another
             writer appended to it (or replaced it) during the upgrade; nothing was written.
     """
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    if commit not in (None, "newest", "committed"):
+        raise ValueError(f"commit must be 'newest', 'committed' or None, got {commit!r}")
     source = os.fspath(src)
     with open_database(src) as db:
+        if isinstance(db, Database):
+            _choose_commit(db, commit)
         inplace = same_file_inputs([db], os.fspath(dst))
         db._verify_index()  # a damaged index is never stored again under a valid checksum
         check_columns(db)
@@ -106,6 +118,26 @@ def upgrade(
                 _keep_dataset(info, db.schema(), out, stale=bool(skipped))
     _warn(source, notes, skipped)
     return len(db) - len(skipped)
+
+
+def _choose_commit(db: Database, commit: str | None) -> None:
+    """Read ``db`` at the commit a damaged record hides when ``commit`` is ``"newest"``;
+    refuse to choose for the caller when one is hidden and ``commit`` is None."""
+    from kinodb.kdb.validate import hidden_commit, recover  # deferred: validate builds on the reader
+
+    found = hidden_commit(db)
+    if found is None or commit == "committed":
+        return
+    if commit == "newest":
+        db._read_commit(found.commit)
+        return
+    c = db._commit
+    raise CorruptFileError(
+        f"{db.path()}: {found.record}, and a complete index of {found.num_episodes} episodes (generation "
+        f"{found.generation}) lies at byte offset {found.index_offset}, past the committed end ({c.end}): a "
+        f"newer commit is probably hidden, and the file reads as generation {c.generation} ({c.num_episodes} "
+        f"episodes). Nothing was written. {recover(db.path(), found, c.num_episodes)}"
+    )
 
 
 def _upgraded_metadata(db: Database, source: str, info: dict[str, Any], version: str) -> dict[str, Any]:

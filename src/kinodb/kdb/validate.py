@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shlex
 import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -186,6 +187,7 @@ class HiddenCommit:
     index_offset: int  # where the hidden commit's index block starts
     generation: int
     num_episodes: int
+    commit: Commit  # the record a writer would have written for it
 
 
 # A record that differs from the one a writer would have written for the index past the
@@ -236,7 +238,7 @@ def hidden_commit(db: Database) -> HiddenCommit | None:
         packed = pack_slot(found)
         for text, stored in suspects:
             if stored is None or sum(x != y for x, y in zip(packed, stored, strict=True)) <= _DAMAGED_BYTES:
-                return HiddenCommit(text, at, found.generation, found.num_episodes)
+                return HiddenCommit(text, at, found.generation, found.num_episodes, found)
     return None
 
 
@@ -256,8 +258,17 @@ def refuse_hidden_commit(db: Database) -> None:
         f"{found.generation}) lies at byte offset {found.index_offset}, past the committed end "
         f"({c.end}): a newer commit is probably hidden, and the file reads as generation {c.generation} "
         f"({c.num_episodes} episodes). Nothing was appended: an append would discard every byte past the "
-        f"committed end. Copy the file first; check it with: kino validate {path}; the {c.num_episodes} "
-        f"committed episodes can be kept with: kino upgrade {path} NEW.kdb"
+        f"committed end. {recover(path, found, c.num_episodes)}"
+    )
+
+
+def recover(path: str, found: HiddenCommit, committed: int) -> str:
+    """What to do with a file whose damaged record hides ``found``: copy it into a new file."""
+    q = shlex.quote(path)
+    return (
+        f"Keep a copy of the file; write its {found.num_episodes} episodes of the hidden commit to a new file "
+        f"with: kino upgrade {q} NEW.kdb --commit newest (or the {committed} committed ones with --commit "
+        "committed)"
     )
 
 
@@ -301,8 +312,8 @@ def _check_slots(db: Database, report: Report) -> None:
             f"{hidden.record}, and an index block at byte offset {hidden.index_offset} (generation "
             f"{hidden.generation}, {hidden.num_episodes} episodes) lies past the committed end ({commit.end}): "
             f"a newer commit is probably hidden, and the file reads as generation {commit.generation} "
-            f"({commit.num_episodes} episodes). Keep a copy of the file before appending: an append "
-            "discards everything past the committed end, so kinodb refuses to append to it"
+            f"({commit.num_episodes} episodes); kinodb refuses to append to it (an append discards everything "
+            f"past the committed end). {recover(db.path(), hidden, commit.num_episodes)}"
         )
         return
     damaged = [

@@ -164,7 +164,11 @@ class Writer(_EpisodeCopies):
         self._closed = False
         self._failure: str | None = None  # why the writer closed itself (an I/O error)
         self._unplaced: str | None = None  # why close could not put its file in place, and what it kept
-        self._slot_written = False  # an append's new commit record may be on disk
+        # An append's commit: where its record goes and the bytes there before it (restored if
+        # the record's write fails), and whether the record is written (readers may then see
+        # the new commit, which therefore stands whatever fails after).
+        self._old_record: tuple[int, bytes] | None = None
+        self._record_written = False
         self._guard: int | None = None  # mode "w": the replaced file, locked against appenders
         self._num_frames = 0
         self._generation, self._slot = 0, 0
@@ -726,14 +730,19 @@ class Writer(_EpisodeCopies):
                 except WriterError:
                     self.abort()
                     raise
+            unconfirmed: BaseException | None = None
             try:
                 self._commit()
             except BaseException as exc:
-                raise self._fail(exc, "committing") from exc
+                if not self._record_written:
+                    raise self._fail(exc, "committing") from exc
+                unconfirmed = exc  # after the record was written: the commit stands
             self._closed = True
             self._finalizer.detach()
             with contextlib.suppress(OSError):  # flushed and synced: closing cannot lose data
                 self._fh.close()
+            if unconfirmed is not None:
+                raise self._unconfirmed(unconfirmed) from unconfirmed
             if self._tmp is not None:
                 try:
                     self._publish(self._tmp)
@@ -789,11 +798,28 @@ class Writer(_EpisodeCopies):
         if self._tmp is not None:
             self._fh.seek(0)
             self._fh.write(pack_header())
-        self._slot_written = True
-        self._fh.seek(SLOT_OFFSETS[slot])
+        at = SLOT_OFFSETS[slot]
+        if self._tmp is None:  # an append: the record it overwrites, to restore if the write fails
+            self._old_record = (at, os.pread(self._fh.fileno(), SLOT_SIZE, at))
+        self._fh.seek(at)
         self._fh.write(pack_slot(commit))
         self._fh.flush()
+        # Written: a reader opening the file from now on reads the new commit, so nothing
+        # may be taken back (truncating the file would pull pages from under its map).
+        self._record_written = self._tmp is None
         os.fsync(self._fh.fileno())
+
+    def _unconfirmed(self, exc: BaseException) -> BaseException:
+        """The error to raise when the fsync after an append's commit record fails: the
+        episodes are committed (readers see them), only their durability is in doubt."""
+        if not isinstance(exc, OSError):
+            return exc  # a Ctrl-C: the commit is complete, the interrupt goes on
+        return WriterError(
+            f"{self._path}: the append was committed ({len(self._table)} episodes in all) and readers see it, but "
+            f"making its commit record durable failed ({exc.strerror or exc}): a crash or power loss before the system "
+            "writes it back would leave the file at its previous commit; check the disk (dmesg), and run "
+            "kino validate on the file after a restart"
+        )
 
     def abort(self) -> None:
         """Discard everything added since opening; the file on disk is left as it was.
@@ -814,9 +840,10 @@ class Writer(_EpisodeCopies):
                 with contextlib.suppress(OSError):
                     self._fh.flush()  # may fail (a full disk): the truncate below runs anyway
                 fd = self._fh.fileno()
-                if self._slot_written:  # a failed commit: its record must not point past the end
+                if self._old_record is not None:  # a record whose write failed: put back what it overwrote
+                    at, old = self._old_record
                     with contextlib.suppress(OSError):
-                        os.pwrite(fd, bytes(SLOT_SIZE), SLOT_OFFSETS[1 - self._slot])
+                        os.pwrite(fd, old, at)
                         os.fsync(fd)
                 with contextlib.suppress(OSError):  # not through the buffer: it may hold unwritten bytes
                     os.ftruncate(fd, self._base_end)
