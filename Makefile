@@ -3,12 +3,18 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# On Linux, PyPI's torch wheels pull several GB of CUDA libraries: torch comes from
+# PyTorch's CPU index instead (a local wheel or index that serves it is used as well;
+# its dependencies come with the next install).
+# `make TORCH_INDEX= ...` takes torch from the usual index.
+TORCH_INDEX ?= $(if $(filter Linux,$(shell uname -s)),https://download.pytorch.org/whl/cpu)
 
 .PHONY: demo test lint bench bench-peers clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	$(if $(TORCH_INDEX),$(PY) -m pip install -q --retries 1 --no-deps -c constraints.txt torch --extra-index-url $(TORCH_INDEX))
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 

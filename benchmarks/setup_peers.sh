@@ -37,6 +37,11 @@ fi
 PY="$VENV/bin/python"
 PIP=("$PY" -m pip install --disable-pip-version-check -q -c "$CONSTRAINTS")
 
+# torch from PyTorch's CPU index on Linux (PyPI's Linux wheels pull CUDA), as the Makefile does.
+TORCH_INDEX="${TORCH_INDEX-$([[ "$(uname -s)" == Linux ]] && echo https://download.pytorch.org/whl/cpu)}"
+if [[ -n "$TORCH_INDEX" ]]; then
+    "${PIP[@]}" --retries 1 --no-deps torch --extra-index-url "$TORCH_INDEX"
+fi
 "${PIP[@]}" -e ".[dev]"
 
 # The peers, without their dependency lists (those name torch and torchvision unpinned).

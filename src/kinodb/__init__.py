@@ -6,8 +6,7 @@ Example:
     ...     actions = db.read_episode(0)["actions"]
 
 The names below load on first use (PEP 562), so ``import kinodb`` itself imports only the
-standard library: the ``kino`` commands can answer Ctrl-C from their first moment, and
-``kino --help`` starts without NumPy.
+standard library, and the ``kino`` commands can answer Ctrl-C from their first moment.
 """
 
 from __future__ import annotations
