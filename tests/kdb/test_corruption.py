@@ -232,6 +232,11 @@ def test_newer_minor_version_is_read(one_commit: Path, tmp_path: Path) -> None:
     path.write_bytes(bytes(raw))
     with kinodb.open(path) as db:
         assert len(db) == 3
+    before = path.read_bytes()
+    with pytest.raises(FormatError, match=r"is a format 1\.9 file \(written by kinodb .*\); this kinodb .* writes "
+                       r"format 1\.0 and would drop what the newer format adds"):  # fmt: skip
+        kinodb.Writer(path, mode="a")
+    assert path.read_bytes() == before
 
 
 # -- truncation ----------------------------------------------------------------------------

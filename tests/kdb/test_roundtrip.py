@@ -118,14 +118,27 @@ def assert_zero_copy(arr: np.ndarray, name: str) -> None:
     assert isinstance(base, mmap.mmap), f"{name} is not a view over the map (base {type(base).__name__})"
 
 
-def expected_arrays(ep: dict[str, Any]) -> dict[str, np.ndarray]:
+def default_dtypes(eps: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """The dtype of each episode's left-out states and rewards: the one every earlier episode
+    of the file holds them in, else float32."""
+    seen: dict[str, set[str]] = {"states": set(), "rewards": set()}
+    out = []
+    for ep in eps:
+        now = {name: next(iter(kinds)) if len(kinds) == 1 else "float32" for name, kinds in seen.items()}
+        out.append(now)
+        for name, kinds in seen.items():
+            kinds.add(np.dtype(ep[name].dtype).name if name in ep else now[name])
+    return out
+
+
+def expected_arrays(ep: dict[str, Any], defaults: dict[str, str]) -> dict[str, np.ndarray]:
     T = len(ep["actions"])
     terminal = np.zeros(T, bool)
     terminal[-1] = True
     want = {
         "actions": ep["actions"],
-        "states": ep.get("states", np.zeros((T, 0), np.float32)),
-        "rewards": ep.get("rewards", np.zeros(T, np.float32)),
+        "states": ep.get("states", np.zeros((T, 0), defaults["states"])),
+        "rewards": ep.get("rewards", np.zeros(T, defaults["rewards"])),
         "is_terminal": ep.get("is_terminal", terminal),
         **ep["extra_arrays"],
     }
@@ -197,13 +210,13 @@ def test_write_then_read_is_identity(tmp_path: Path, codec: str, data: st.DataOb
         assert db.num_frames() == sum(len(ep["actions"]) for ep in eps)
         assert db.metadata() == metadata
         assert db.dataset_info()["source_format"] == "test"
-        for i, ep in enumerate(eps):
+        for i, (ep, defaults) in enumerate(zip(eps, default_dtypes(eps), strict=True)):
             got = db.read_episode(i)
             check_meta(got["meta"], i, ep)
             assert db.read_meta(i) == got["meta"] or any(
                 isinstance(v, float) and math.isnan(v) for v in got["meta"].values()
             )
-            want = expected_arrays(ep)
+            want = expected_arrays(ep, defaults)
             arrays = {k: v for k, v in got.items() if k not in ("meta", "images")}
             assert arrays.keys() == want.keys()
             for name, arr in want.items():

@@ -240,6 +240,21 @@ def test_episodes_of_one_dtype_give_no_warning(tmp_path: Path) -> None:
             w.add_episode(actions=A)
 
 
+def test_left_out_states_and_rewards_take_the_files_dtype(tmp_path: Path) -> None:
+    path = tmp_path / "f64.kdb"
+    f64 = np.float64
+    with kinodb.Writer(path) as w:
+        w.add_episode(actions=np.zeros((4, 2), f64), states=np.zeros((4, 0), f64), rewards=np.ones(4, f64))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no drift: the defaults are float64 zeros
+        with kinodb.Writer(path, mode="a") as w:
+            w.add_episode(actions=np.zeros((4, 2), f64))
+    with kinodb.open(path) as db:
+        assert db.read_array(1, "rewards").dtype == f64 and db.read_array(1, "states").dtype == f64
+        np.testing.assert_array_equal(db.gather("rewards", [0, 1]), np.r_[np.ones(4), np.zeros(4)])
+        assert db.schema()["rewards"]["dtype"] == "float64"
+
+
 # -- append sessions that add nothing -------------------------------------------------------
 
 

@@ -90,6 +90,18 @@ def _named(exc: WriterError, n: int) -> WriterError:
     return WriterError(f"{exc} (adding episode {n})")
 
 
+def _defaults_like(
+    arrays: dict[str, np.ndarray], schema: Mapping[str, Any], states: bool, rewards: bool
+) -> None:
+    """Left-out ``states``/``rewards`` (zeros, float32) take the dtype the file's earlier
+    episodes hold them in: an episode without rewards added to a file of float64 rewards
+    is no dtype drift (zeros are exact in every dtype)."""
+    for name, defaulted in (("states", states), ("rewards", rewards)):
+        recorded = schema.get(name, {}).get("dtype") if defaulted else None
+        if recorded and recorded != arrays[name].dtype.name:
+            arrays[name] = np.zeros(arrays[name].shape, np.dtype(recorded).newbyteorder("<"))
+
+
 class Writer(_EpisodeCopies):
     """Write episodes to a ``.kdb`` file; nothing is visible until `close` commits.
 
@@ -309,10 +321,17 @@ class Writer(_EpisodeCopies):
             )
         try:
             with Database(self._path) as db:  # read under the lock: no other appender moves it
-                if db.version() != "1.0":
+                if db.version().startswith("0."):
                     raise FormatError(
                         f"{self._path} is a format {db.version()} file and cannot be appended "
                         f"to; convert it first: kino upgrade {self._path} NEW.kdb"
+                    )
+                if db.version() != "1.0":  # a newer minor version: its index holds what 1.0 cannot
+                    raise FormatError(
+                        f"{self._path} is a format {db.version()} file (written by "
+                        f"{db.dataset_info().get('writer') or 'a newer kinodb'}); this kinodb ({__version__}) "
+                        "writes format 1.0 and would drop what the newer format adds: append with the kinodb "
+                        "that wrote it, or a later one (pip install -U kinodb)"
                     )
                 commit, self._slot = db._commit, db._slot
                 refuse_hidden_commit(db)  # an append would truncate a newer commit away
@@ -456,7 +475,9 @@ class Writer(_EpisodeCopies):
         """Validate, encode and write one episode; return its index in the file.
 
         Arrays that are not NumPy arrays become float32 (timestamps: float64); NumPy
-        arrays keep their dtype. ``images`` maps a camera name to uint8 frames
+        arrays keep their dtype. Left-out ``states`` (``(T, 0)``) and ``rewards`` are zeros
+        in the dtype the file's earlier episodes hold them in (float32 when those differ or
+        there are none). ``images`` maps a camera name to uint8 frames
         ``(T, H, W, C)`` to encode with the writer's codec, or to a list of T encoded
         JPEG/PNG frames stored unchanged (or `EncodedFrames`, which also sets the channel
         count readers convert them to). ``total_reward`` defaults to the sum of ``rewards``
@@ -523,6 +544,7 @@ class Writer(_EpisodeCopies):
             except WriterError as exc:
                 raise _named(exc, len(self._table)) from exc.__cause__
             n = len(self._table)
+            _defaults_like(arrays, self._dataset["schema"], states is None, rewards is None)
             drift = dtype_drift(self._dataset["schema"], arrays, self._drifted)
             index = self._write(arrays, cams, meta)
         for name, got, was in drift:  # once written, at the caller's line
