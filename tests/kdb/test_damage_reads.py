@@ -150,7 +150,10 @@ def test_gather_names_an_episode_that_contradicts_the_schema(lowdim: Path, tmp_p
     with kinodb.Writer(mixed) as w:
         w.add_episode(actions=np.zeros((3, 2), np.float32))
         w.add_episode(actions=np.zeros((3, 2), np.float64))
-    with kinodb.open(mixed) as db, pytest.raises(ValueError, match="gather needs them alike") as info:
+    with (
+        kinodb.open(mixed) as db,
+        pytest.raises(ValueError, match="gather stacks them and needs them alike") as info,
+    ):
         db.gather("actions")
     assert not isinstance(info.value, CorruptFileError)
 

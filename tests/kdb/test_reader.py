@@ -418,7 +418,13 @@ def test_gather_concatenates_episodes(tmp_path: Path) -> None:
     with kinodb.Writer(mixed) as w:
         w.add_episode(actions=np.zeros((3, 2), np.float32))
         w.add_episode(actions=np.zeros((3, 2), np.float64))
-    with kinodb.open(mixed) as db, pytest.raises(ValueError, match="gather needs them alike"):
+    with (
+        kinodb.open(mixed) as db,
+        pytest.raises(
+            ValueError,
+            match=r"episode 1 holds actions as float64 \(2,\) per frame, episode 0 as float32 \(2,\); gather stacks them",
+        ),
+    ):
         db.gather("actions")
 
 

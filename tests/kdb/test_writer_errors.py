@@ -53,7 +53,7 @@ A4 = np.zeros((4, 2), np.float32)
         ({"extra_arrays": {"x": np.float32(1)}}, "extra array 'x' must have a leading frame dimension"),
         (
             {"extra_arrays": {"x": np.zeros((4, 1, 1, 1, 1))}},
-            r"at most 4 dimensions, got shape \(4, 1, 1, 1, 1\)",
+            r"extra array .x. has shape \(4, 1, 1, 1, 1\); arrays have at most 4 dimensions",
         ),
         ({"extra_arrays": {"x": np.zeros(4, np.float128)}}, "extra array 'x' has dtype float128"),
         ({"fps": 0}, "fps must be a positive number, got 0"),
@@ -536,7 +536,9 @@ def test_validate_notes_the_bytes_a_killed_appender_left(tmp_path: Path) -> None
     report = validate(path)
     assert report.ok, report.errors  # a note, not a failure: the committed state is whole
     (note,) = report.warnings
-    assert note.startswith(f"{left} bytes after the last commit (byte offset {committed}): an append in progress")
+    assert note.startswith(
+        f"{left} bytes after the last commit (byte offset {committed}): an append in progress"
+    )
     assert "did not finish" in note and "the next append removes them" in note
     with kinodb.Writer(path, mode="a") as w:
         w.add_episode(actions=A4)

@@ -16,17 +16,20 @@ from kinodb.errors import EpisodeNotFoundError, KinodbError, WriterError
 from kinodb.kdb._layout import DTYPE_CODE
 
 
-def dims3(shape: Sequence[int]) -> list[int]:
-    """The trailing dims of a (T, ...) shape, zero-padded to three."""
+def dims3(shape: Sequence[int], name: str = "array") -> list[int]:
+    """The trailing dims of a (T, ...) shape, zero-padded to three; ``name`` says whose."""
     n = len(shape)
     if n == 1:  # the common shapes, (T,) and (T, D), without the general path's calls
         return [0, 0, 0]
     if n == 2 and shape[1] < 2**32:
         return [int(shape[1]), 0, 0]
     if n > 4:
-        raise WriterError(f"arrays have at most 4 dimensions, got shape {tuple(shape)}")
+        raise WriterError(
+            f"{name} has shape {tuple(shape)}; arrays have at most 4 dimensions (T and 3 more): reshape it, "
+            "e.g. merge trailing dims"
+        )
     if max(shape[1:], default=0) >= 2**32:
-        raise WriterError(f"array dims must be under 2**32, got shape {tuple(shape)}")
+        raise WriterError(f"{name} has shape {tuple(shape)}; each dim after T must be under 2**32")
     return [int(d) for d in shape[1:]] + [0] * (4 - len(shape))
 
 

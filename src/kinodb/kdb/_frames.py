@@ -253,8 +253,8 @@ def episode_arrays(
         check_text(name, f"extra array name {name!r}")
         arrays[name] = as_array(f"extra array {name!r}", value, np.float32, ndim=None)
     for name, arr in arrays.items():
+        what = name if name in RESERVED_ARRAYS else f"extra array {name!r}"
         if arr.shape[0] != T:
-            what = name if name in RESERVED_ARRAYS else f"extra array {name!r}"
             raise WriterError(f"{what} has {arr.shape[0]} frames, actions has {T}")
-        dims3(arr.shape)  # before any byte is written
+        dims3(arr.shape, what)  # before any byte is written
     return arrays

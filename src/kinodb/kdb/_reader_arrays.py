@@ -355,8 +355,9 @@ class _ArrayReads:
                 )
         (i, x), (j, y) = a, b
         raise ValueError(
-            f"episode {j}: {name} is {y.dtype} {y.shape}; episode {i} has "
-            f"{x.dtype} {x.shape[1:]} per frame; gather needs them alike"
+            f"{self._path}: episode {j} holds {name} as {y.dtype} {y.shape[1:]} per frame, episode {i} as "
+            f"{x.dtype} {x.shape[1:]}; gather stacks them and needs them alike: gather the two kinds apart "
+            "(select the episodes of each), or read them one by one with read_array"
         )
 
     def _indices(self, episodes: Any) -> np.ndarray:

@@ -14,10 +14,12 @@ from typing import Any
 import numpy as np
 
 from kinodb.errors import CorruptFileError, KinodbError
+from kinodb.kdb._codecs import VALIDATE_ADVICE
 from kinodb.kdb._layout import (
     ALIGN,
     DTYPE_CODE,
     DTYPES,
+    FILE_ADVICE,
     INDEX_HEAD,
     INDEX_MAGIC,
     KIND_ARRAY,
@@ -67,6 +69,18 @@ def validate(path: str | os.PathLike[str], *, decode_images: bool = True) -> Rep
         OSError: ``path`` cannot be read at all (missing, a folder, no permission): there
             is no file to validate.
     """
+    report = _validate(path, decode_images=decode_images)
+    # The readers' errors advise running `kino validate`, which this report is.
+    report.errors = [_without_advice(t) for t in report.errors]
+    report.warnings = [_without_advice(t) for t in report.warnings]
+    return report
+
+
+def _without_advice(text: str) -> str:
+    return text.replace(FILE_ADVICE, "restore it from a copy").replace(f"; {VALIDATE_ADVICE}", "")
+
+
+def _validate(path: str | os.PathLike[str], *, decode_images: bool) -> Report:
     report = Report(os.fspath(path))
     with warnings.catch_warnings(record=True) as raised:
         warnings.simplefilter("always")
