@@ -126,6 +126,15 @@ def test_v1_compaction_keeps_statistics_times_and_payloads(tmp_path: Path) -> No
     assert validate(new).ok
 
 
+def test_v1_compaction_keeps_a_source_format_of_none(tmp_path: Path) -> None:
+    path = tmp_path / "plain.kdb"
+    with kinodb.Writer(path) as w:  # written directly: no source format
+        w.add_episode(actions=np.zeros((3, 2), np.float32))
+    upgrade(path, tmp_path / "new.kdb")
+    with kinodb.open(tmp_path / "new.kdb") as db:
+        assert db.dataset_info()["source_format"] is None
+
+
 def test_stats_become_stale_when_episodes_are_skipped(tmp_path: Path) -> None:
     path = tmp_path / "d.kdb"
     with kinodb.Writer(path) as w:

@@ -101,7 +101,8 @@ def upgrade(
             mode="w" if overwrite else "x",
             image_codec="raw",
             schema=schema,
-            source_format=info.get("source_format") or f"kinodb-{version}",
+            # a v1 file keeps its own (None for a file written directly); a 0.1 file's is its format
+            source_format=info.get("source_format") or (f"kinodb-{version}" if legacy else None),
             metadata=metadata,
         ) as out:
             refuse_changed(inplace, os.fspath(dst), "upgrade")
