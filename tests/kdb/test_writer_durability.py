@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -123,6 +124,39 @@ def test_a_new_file_whose_commit_fails_leaves_nothing(tmp_path: Path) -> None:
     assert os.listdir(tmp_path) == []
 
 
+E1 = {"actions": np.ones((5, 3), np.float32), "states": np.zeros((5, 2), np.float32)}
+
+
+def _close_failing(
+    path: Path, monkeypatch: pytest.MonkeyPatch, target: Any, name: str, replacement: Any, expected: Any
+) -> pytest.ExceptionInfo[Any]:
+    """Append one episode to ``path`` and close the writer while ``target.name`` is
+    ``replacement``; return the error ``close`` raised (of type ``expected``)."""
+    w = kinodb.Writer(path, mode="a")
+    w.add_episode(**E1)
+    with monkeypatch.context() as m:
+        m.setattr(target, name, replacement)
+        with pytest.raises(expected) as info:
+            w.close()
+    return info
+
+
+def _second_fsync_raises(error: BaseException, calls: list[int], before: Any = None) -> Any:
+    """An ``os.fsync`` whose second call (the one after the commit record) raises ``error``,
+    having first called ``before``."""
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        calls.append(fd)
+        if len(calls) == 2:
+            if before is not None:
+                before()
+            raise error
+        real(fd)
+
+    return fsync
+
+
 def test_a_commit_record_written_before_a_failed_fsync_stands(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -131,35 +165,26 @@ def test_a_commit_record_written_before_a_failed_fsync_stands(
     and its durability is in doubt."""
     path = tmp_path / "s.kdb"
     _base(path)
-    real, calls, early = os.fsync, [], []
-
-    def fsync(fd: int) -> None:
-        calls.append(fd)
-        if len(calls) == 2:  # the one after the commit record was written
-            early.append(kinodb.open(path))  # a reader opening right then
-            raise OSError(5, "Input/output error")
-        real(fd)
-
-    w = kinodb.Writer(path, mode="a")
-    w.add_episode(actions=np.ones((5, 3), np.float32), states=np.zeros((5, 2), np.float32))
-    monkeypatch.setattr(os, "fsync", fsync)
-    with pytest.raises(WriterError) as exc:
-        w.close()
-    monkeypatch.setattr(os, "fsync", real)
+    calls: list[int] = []
+    early: list[Any] = []
+    fsync = _second_fsync_raises(
+        OSError(5, "Input/output error"), calls, lambda: early.append(kinodb.open(path))
+    )
+    exc = _close_failing(path, monkeypatch, os, "fsync", fsync, WriterError)
     assert str(exc.value).startswith(
         f"{path}: the append was committed (3 episodes in all) and readers see it, but making its commit record "
         "durable failed (Input/output error)"
     )
     assert len(calls) == 2  # nothing written after the failure
-    (reader,) = early
+    (reader,) = early  # a reader that opened right then reads on
     assert len(reader) == 3
-    np.testing.assert_array_equal(reader.read_episode(2)["actions"], np.ones((5, 3), np.float32))
+    np.testing.assert_array_equal(reader.read_episode(2)["actions"], E1["actions"])
     reader.close()
     with kinodb.open(path) as db:
         assert len(db) == 3
     assert validate(path).ok
     with kinodb.Writer(path, mode="a") as again:  # the writer let go of the file
-        again.add_episode(actions=np.ones((5, 3), np.float32), states=np.zeros((5, 2), np.float32))
+        again.add_episode(**E1)
 
 
 def test_an_interrupt_after_the_commit_record_is_written_keeps_the_commit(
@@ -167,20 +192,9 @@ def test_an_interrupt_after_the_commit_record_is_written_keeps_the_commit(
 ) -> None:
     path = tmp_path / "k.kdb"
     _base(path)
-    real, calls = os.fsync, []
-
-    def fsync(fd: int) -> None:
-        calls.append(fd)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        real(fd)
-
-    w = kinodb.Writer(path, mode="a")
-    w.add_episode(actions=np.ones((5, 3), np.float32), states=np.zeros((5, 2), np.float32))
-    monkeypatch.setattr(os, "fsync", fsync)
-    with pytest.raises(KeyboardInterrupt):
-        w.close()
-    monkeypatch.setattr(os, "fsync", real)
+    _close_failing(
+        path, monkeypatch, os, "fsync", _second_fsync_raises(KeyboardInterrupt(), []), KeyboardInterrupt
+    )
     with kinodb.open(path) as db:
         assert len(db) == 3
     assert validate(path).ok
@@ -191,33 +205,27 @@ def test_a_commit_record_whose_write_fails_is_put_back_and_later_appends_work(
 ) -> None:
     """The record's own write fails: the bytes it overwrote are put back (never zeros, which
     `validate` and the next append would read as a damaged record hiding a commit)."""
+    from kinodb.kdb import writer as writer_mod
+
     path = tmp_path / "p.kdb"
     _base(path)
     with kinodb.Writer(path, mode="a") as w:  # generation 2: both records hold a commit
-        w.add_episode(actions=np.ones((5, 3), np.float32), states=np.zeros((5, 2), np.float32))
+        w.add_episode(**E1)
     before = path.read_bytes()
-    from kinodb.kdb import writer as writer_mod
-
     real_pack = writer_mod.pack_slot
 
-    def torn(commit: object) -> bytes:  # half a record reaches the file, then the disk fails
+    def torn(commit: Any) -> bytes:  # half a record reaches the file, then the disk fails
         with open(path, "r+b") as f:
             f.seek(writer_mod.SLOT_OFFSETS[0])
-            f.write(real_pack(commit)[:32])  # type: ignore[arg-type]
+            f.write(real_pack(commit)[:32])
         raise OSError(5, "Input/output error")
 
-    w = kinodb.Writer(path, mode="a")
-    w.add_episode(actions=np.ones((5, 3), np.float32), states=np.zeros((5, 2), np.float32))
-    monkeypatch.setattr(writer_mod, "pack_slot", torn)
-    with pytest.raises(
-        WriterError, match="committing failed \\(Input/output error\\); the file is as it was"
-    ):
-        w.close()
-    monkeypatch.setattr(writer_mod, "pack_slot", real_pack)
+    exc = _close_failing(path, monkeypatch, writer_mod, "pack_slot", torn, WriterError)
+    assert "committing failed (Input/output error); the file is as it was" in str(exc.value)
     assert path.read_bytes() == before
     assert validate(path).ok
     with kinodb.Writer(path, mode="a") as w:
-        w.add_episode(actions=np.ones((5, 3), np.float32), states=np.zeros((5, 2), np.float32))
+        w.add_episode(**E1)
     with kinodb.open(path) as db:
         assert len(db) == 4
     assert validate(path).ok
