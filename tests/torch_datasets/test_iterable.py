@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import copy
+import io
 import json
+import pickle
 import warnings
 from pathlib import Path
 from typing import Any
@@ -67,9 +70,29 @@ def test_ranks_of_a_process_group_split_the_epoch_with_spawned_workers(tmp_path:
         assert [int(starts[e]) + t for _, e, t in g["keys"]] == padded[rank::2]
 
 
+def _torch_roundtrip(ds: Any) -> Any:
+    buf = io.BytesIO()
+    torch.save(ds, buf)
+    buf.seek(0)
+    return torch.load(buf, weights_only=False)
+
+
+COPIES = {
+    "original": lambda ds: ds,
+    "deepcopy": copy.deepcopy,
+    "pickle": lambda ds: pickle.loads(pickle.dumps(ds)),
+    "torch.save": _torch_roundtrip,
+}
+
+
+@pytest.mark.parametrize("made", list(COPIES))
 @pytest.mark.parametrize("context", ["fork", "spawn"])
-def test_set_epoch_reaches_persistent_workers(lowdim: Path, context: str) -> None:
-    ds = KinoIterDataset(lowdim, obs_horizon=2, action_horizon=3, image_key=False, batch_size=4, seed=5)
+def test_set_epoch_reaches_persistent_workers(lowdim: Path, context: str, made: str) -> None:
+    """Also for a copy of the dataset (a wrapper's deepcopy, torch.save, a pickle sent to
+    a job): its epoch is shared memory of its own, which forked workers see."""
+    ds = COPIES[made](
+        KinoIterDataset(lowdim, obs_horizon=2, action_horizon=3, image_key=False, batch_size=4, seed=5)
+    )
     loader = DataLoader(ds, batch_size=None, num_workers=2, persistent_workers=True,
                         multiprocessing_context=context)  # fmt: skip
     starts = np.cumsum([0, *LENGTHS])
@@ -98,6 +121,26 @@ def test_set_epoch_reaches_persistent_workers_of_a_mixture(tmp_path: Path) -> No
         assert got == want and len(got) == 40
         by_epoch.append(got)
     assert by_epoch[0] != by_epoch[1] != by_epoch[2]
+
+
+def test_a_dataset_saved_by_one_rank_reads_the_whole_epoch_where_no_group_runs(lowdim: Path) -> None:
+    """The rank and world size a process group gave where the dataset was pickled reach its
+    DataLoader workers, not a job that loads the dataset later without a process group."""
+    ds = KinoIterDataset(lowdim, obs_horizon=2, action_horizon=3, image_key=False, batch_size=4, seed=5)
+    whole = len(ds)
+    ds._dist = (1, 2)  # what __getstate__ records in rank 1 of 2 (see test_ranks_of_a_process_group...)
+    loaded = _torch_roundtrip(ds)
+    assert loaded._rank_world() == (0, 1) and len(loaded) == whole
+    assert len(list(DataLoader(loaded, batch_size=None))) == whole
+
+
+@pytest.mark.parametrize("horizons", [{"obs_horizon": 0}, {"action_horizon": 0}, {"obs_horizon": False}])
+def test_streams_refuse_zero_horizons(lowdim: Path, horizons: dict[str, Any]) -> None:
+    ((name, value),) = horizons.items()
+    with pytest.raises(ValueError, match=f"{name} must be a positive int, got {value}"):
+        KinoIterDataset(lowdim, image_key=False, **horizons)
+    with pytest.raises(ValueError, match=f"{name} must be a positive int, got {value}"):
+        from_mixture({str(lowdim): 1}, image_key=False, **horizons)
 
 
 @pytest.mark.parametrize("num_workers", [0, 1, 2])

@@ -48,12 +48,27 @@ class EpochsAndRanks:
             state["_dist"] = distributed() or self._dist
         return state
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        # Unpickled by value (a copy, torch.save, a pickle made for another process): the
+        # epoch must be shared memory of its own again, or `set_epoch` would not reach
+        # the workers this copy forks. A worker's copy (torch's shared tensor) keeps it.
+        if not self._epoch.is_shared():  # type: ignore[no-untyped-call]
+            self._epoch = self._epoch.clone().share_memory_()  # type: ignore[no-untyped-call]
+
     def _rank_world(self) -> tuple[int, int]:
         """This process's rank and the world size: as given, else as torch.distributed says
-        here, else as it said where this dataset was pickled for the worker, else (0, 1)."""
+        here, else, in a DataLoader worker, as it said where this dataset was pickled for
+        the worker, else (0, 1). A dataset unpickled outside a worker (``torch.load`` in
+        another job) does not keep the rank of the process that saved it."""
         if self._rank is not None and self._world is not None:
             return self._rank, self._world
-        return distributed() or self._dist or (0, 1)
+        found = distributed()
+        if found is not None:
+            return found
+        if self._dist is not None and get_worker_info() is not None:
+            return self._dist
+        return 0, 1
 
 
 def distributed() -> tuple[int, int] | None:

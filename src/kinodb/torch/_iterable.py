@@ -123,7 +123,8 @@ class KinoIterDataset(EpochsAndRanks, IterableDataset[dict[str, Any]]):
             )
         with quiet_empty_sources():  # said below, unless such a source is refused instead
             if self.windows:
-                self._inner = KinoFrameDataset(source, obs_horizon=obs_horizon or 1, action_horizon=action_horizon or 1,
+                self._inner = KinoFrameDataset(source, obs_horizon=1 if obs_horizon is None else obs_horizon,
+                                               action_horizon=1 if action_horizon is None else action_horizon,
                                                delta_timestamps=delta_timestamps, pad=pad, **common)  # type: ignore[arg-type]  # fmt: skip
             else:
                 self._inner = KinoMapDataset(source, **common)  # type: ignore[arg-type]
