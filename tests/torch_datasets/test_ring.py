@@ -6,6 +6,7 @@ import contextlib
 import gc
 import os
 import sys
+from multiprocessing.reduction import ForkingPickler
 from pathlib import Path
 
 import numpy as np
@@ -45,18 +46,18 @@ def test_slots_fill_free_and_time_out(monkeypatch) -> None:
         assert sorted(slots) == [0, 1, 2]
         assert ring.take() is None  # every slot unread: the caller falls back
         out = np.empty(100, dtype=np.uint8)
-        _ring.read_slot(ring.key, slots[1], ring.offset(slots[1]), out)
+        _ring.read_slot(ring.key, slots[1], ring.offset(slots[1]), [out[:30], out[30:]])
         np.testing.assert_array_equal(out, data[1])
         again = ring.take()
         assert again == slots[1]  # the freed slot is the one handed out next
-        _ring.read_slot(ring.key, slots[2], ring.offset(slots[2]), out)  # through the descriptor kept
+        _ring.read_slot(ring.key, slots[2], ring.offset(slots[2]), [out])  # through the descriptor kept
         np.testing.assert_array_equal(out, data[2])
     finally:
         ring.close()
     gone = _ring.Ring(1 << 16, slots=1)
     gone.close()
     with pytest.raises(RuntimeError, match="is gone"):
-        _ring.read_slot(gone.key, 0, gone.offset(0), np.empty(4, dtype=np.uint8))
+        _ring.read_slot(gone.key, 0, gone.offset(0), [np.empty(4, dtype=np.uint8)])
 
 
 def test_a_reused_pid_and_descriptor_are_not_taken_for_the_ring() -> None:
@@ -64,7 +65,7 @@ def test_a_reused_pid_and_descriptor_are_not_taken_for_the_ring() -> None:
     try:
         pid, fd, ino = ring.key
         with pytest.raises(RuntimeError, match="is gone"):  # the same descriptor, another file
-            _ring.read_slot((pid, fd, ino + 1), 0, ring.offset(0), np.empty(4, dtype=np.uint8))
+            _ring.read_slot((pid, fd, ino + 1), 0, ring.offset(0), [np.empty(4, dtype=np.uint8)])
     finally:
         ring.close()
 
@@ -161,12 +162,52 @@ def test_every_dtype_and_nesting_round_trips(monkeypatch, in_worker: bool) -> No
         images={"front": torch.randint(0, 255, (4, 3, 2, 2), dtype=torch.uint8)},
         task=["a", "b", "a", "c"],
     )
-    again = pickle.loads(pickle.dumps(batch))
+    again = pickle.loads(ForkingPickler.dumps(batch))  # as a DataLoader's queue sends it
     assert isinstance(again, TensorBatch) and again.keys() == batch.keys() and again["task"] == batch["task"]
     for key in ("state", "half", "pad", "index", "strided"):
         assert again[key].dtype == batch[key].dtype and again[key].shape == batch[key].shape
         assert torch.equal(again[key], batch[key])
     assert torch.equal(again["images"]["front"], batch["images"]["front"])
+
+
+def test_a_batch_pickled_in_a_worker_for_anything_but_a_queue_is_by_value(monkeypatch) -> None:
+    """``torch.save`` or ``pickle`` of a batch inside a worker (a cache, a debug dump)
+    takes no ring slot and loads anywhere, also after the worker has gone."""
+    import io
+    import pickle
+
+    monkeypatch.setattr(collate_mod, "get_worker_info", lambda: object())
+    monkeypatch.setattr(collate_mod, "worker_ring", lambda n: pytest.fail("a ring slot was taken"))
+    batch = TensorBatch(state=torch.randn(4, 3), task=["a", "b", "c", "d"])
+    buf = io.BytesIO()
+    torch.save(batch, buf)
+    buf.seek(0)
+    for again in (torch.load(buf, weights_only=False), pickle.loads(pickle.dumps(batch))):
+        assert isinstance(again, TensorBatch) and again["task"] == batch["task"]
+        assert torch.equal(again["state"], batch["state"])
+
+
+def test_a_tensor_kept_from_a_ring_batch_holds_only_its_own_bytes(monkeypatch) -> None:
+    """A training loop that keeps ``batch["episode_index"]`` each step must not keep each
+    batch's whole buffer alive."""
+    import pickle
+    import tracemalloc
+
+    monkeypatch.setattr(collate_mod, "get_worker_info", lambda: object())
+    batch = TensorBatch(state=torch.randn(256, 16, 64), index=torch.arange(256))
+    tracemalloc.start()
+    try:
+        kept = []
+        for _ in range(8):
+            again = pickle.loads(ForkingPickler.dumps(batch))
+            assert torch.equal(again["index"], torch.arange(256))
+            kept.append(again["index"])
+            del again
+        gc.collect()
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert held < 256 * 16 * 64 * 4  # less than one batch's states, for eight batches kept
 
 
 class _CopiesInTheWorker(torch.utils.data.Dataset):  # type: ignore[type-arg]

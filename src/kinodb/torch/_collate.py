@@ -322,12 +322,15 @@ class TensorBatch(dict):  # type: ignore[type-arg]
     """A collated batch: a plain dict of tensors that crosses processes as one buffer.
 
     A DataLoader worker sends each tensor of a batch through its own shared-memory
-    segment, which costs more than gathering a batch of low-dimensional windows. Pickled,
-    this dict packs its CPU tensors into one contiguous buffer and the receiving side
-    rebuilds the tensors as views of it. In a DataLoader worker that buffer is a slot of
-    the worker's long-lived shared-memory ring (`kinodb.torch._ring`), so only the
-    slot's address is pickled; the receiver copies the slot into memory of its own. In
-    the process that made it, it is an ordinary dict.
+    segment, which costs more than gathering a batch of low-dimensional windows. Sent to
+    another process (pickled by multiprocessing's ``ForkingPickler``, as a DataLoader's
+    queues do), this dict packs its CPU tensors into one contiguous buffer. In a
+    DataLoader worker that buffer is a slot of the worker's long-lived shared-memory ring
+    (`kinodb.torch._ring`), so only the slot's address is pickled; the receiver reads the
+    slot into memory of its own, one buffer per tensor, so that a tensor kept from a batch
+    holds only its own bytes. Pickled any other way (``pickle``, ``torch.save``, a
+    deepcopy), it is a plain dict of tensors, by value. In the process that made it, it
+    is an ordinary dict.
     """
 
     __slots__ = ()
@@ -336,6 +339,9 @@ class TensorBatch(dict):  # type: ignore[type-arg]
         return TensorBatch(self)
 
     def __reduce__(self) -> tuple[Any, ...]:
+        return (TensorBatch, (dict(self),))
+
+    def _for_process(self) -> tuple[Any, ...]:
         try:
             return self._pack()
         except Exception as exc:  # a worker's queue would drop the batch silently
@@ -446,13 +452,27 @@ _DTYPES: dict[str, np.dtype[Any]] = {}  # NumPy type strings seen in layouts, pa
 
 
 def _unpack(buffer: torch.Tensor, layout: list[Any], others: list[Any] | bytes) -> TensorBatch:
+    """The batch from one shared-memory buffer (torch's transport, for a batch too large
+    for the ring): the large tensors are views of it; each small one is copied out, so
+    that keeping it (an index, a mask) does not keep the whole segment."""
+    total = max(buffer.numel(), 1)
+    return _rebuild(
+        [(buffer, offset) if n * 16 >= total else (buffer[offset : offset + n].clone(), 0)
+         for _, _, _, offset, n, _ in layout],
+        layout, others,
+    )  # fmt: skip
+
+
+def _rebuild(
+    buffers: list[tuple[torch.Tensor, int]], layout: list[Any], others: list[Any] | bytes
+) -> TensorBatch:
+    """The batch whose tensor ``k`` lies at byte ``buffers[k][1]`` of the uint8 tensor ``buffers[k][0]``."""
     rest: list[Any] = ForkingPickler.loads(others) if isinstance(others, bytes) else others
     out = TensorBatch()
-    flat = buffer.numpy()
-    for path, dtype, shape, offset, n, axes in layout:
-        if isinstance(dtype, str):  # one view per tensor, made in one call
+    for (buffer, offset), (path, dtype, shape, _, n, axes) in zip(buffers, layout, strict=True):
+        if isinstance(dtype, str):  # a view made in one call
             dt = _DTYPES.get(dtype) or _DTYPES.setdefault(dtype, np.dtype(dtype))
-            arr = np.ndarray(shape, dt, flat, offset)
+            arr = np.ndarray(shape, dt, buffer.numpy(), offset)
             value = torch.from_numpy(arr if axes is None else arr.transpose(axes))
         else:  # a dtype NumPy lacks
             value = buffer[offset : offset + n].view(dtype).view(shape)
@@ -465,13 +485,36 @@ def _unpack(buffer: torch.Tensor, layout: list[Any], others: list[Any] | bytes) 
     return out
 
 
+_SCRATCH = np.empty(16, np.uint8)  # where the alignment gaps between a slot's tensors are read to
+
+
 def _from_ring(
     where: tuple[int, ...], size: int, layout: list[Any], others: list[Any] | bytes
 ) -> TensorBatch:
+    """Read a batch out of a worker's ring slot: one buffer of its own per tensor, filled by
+    one ``preadv``."""
     pid, fd, ino, slot, offset = where
-    flat = np.empty(size, dtype=np.uint8)
-    read_slot((pid, fd, ino), slot, offset, flat)
-    return _unpack(torch.from_numpy(flat), layout, others)
+    parts: list[Any] = []
+    buffers: list[tuple[torch.Tensor, int]] = []
+    at = 0
+    for _, _, _, start, n, _ in layout:
+        if start > at:
+            parts.append(_SCRATCH[: start - at])
+        own = np.empty(n, dtype=np.uint8)
+        parts.append(own)
+        buffers.append((torch.from_numpy(own), 0))
+        at = start + n
+    if size > at:
+        parts.append(_SCRATCH[: size - at])
+    read_slot((pid, fd, ino), slot, offset, parts)
+    return _rebuild(buffers, layout, others)
+
+
+def _reduce_for_process(batch: TensorBatch) -> tuple[Any, ...]:
+    return batch._for_process()
+
+
+ForkingPickler.register(TensorBatch, _reduce_for_process)
 
 
 def _place(out: dict[str, Any], path: tuple[str, ...], value: Any) -> None:

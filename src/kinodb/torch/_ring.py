@@ -29,6 +29,7 @@ import mmap
 import os
 import threading
 import time
+from collections.abc import Sequence
 from multiprocessing.util import Finalize
 from typing import Any
 
@@ -121,23 +122,27 @@ _readers: dict[tuple[int, int], int] = {}  # (worker pid, ring inode) -> descrip
 _readers_lock = threading.Lock()
 
 
-def read_slot(key: RingKey, slot: int, offset: int, out: Any) -> None:
-    """Fill ``out`` (a writable buffer) from ``slot`` of the ring ``key``, then free the slot.
+def read_slot(key: RingKey, slot: int, offset: int, out: Sequence[Any]) -> None:
+    """Fill the writable uint8 arrays ``out``, one after the other, from ``slot`` of the
+    ring ``key``, then free the slot.
 
-    A batch read back in the worker that packed it (a copy or pickle made there) comes
-    straight from the worker's own map.
+    A batch read back in the worker that packed it (one sent to a process of its own)
+    comes straight from the worker's own map.
     """
+    n = sum(len(part) for part in out)
     own = _ring if _ring is not None and _ring.key == key and _ring_pid == os.getpid() else None
     if own is not None:
-        n = len(memoryview(out).cast("B"))
-        np.frombuffer(out, dtype=np.uint8)[:] = own.view(slot, n)
+        data, at = own.view(slot, n), 0
+        for part in out:
+            part[:] = data[at : at + len(part)]
+            at += len(part)
         own.release(slot)
         return
     fd = _readers.get((key[0], key[2]))
     if fd is None:
         fd = _open_ring(key)
-    got = os.preadv(fd, [out], offset)
-    if got != len(memoryview(out).cast("B")):
+    got = os.preadv(fd, list(out), offset)
+    if got != n:
         raise RuntimeError(f"short read of a batch from the ring of worker {key[0]}: {got} bytes")
     os.pwrite(fd, b"\x00", slot)
 
