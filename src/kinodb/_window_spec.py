@@ -201,6 +201,8 @@ def _camera_of(
         if hint is not None:
             cam = feature.removeprefix("observation.images.")
             more = f". {hint(cam)}; delta_timestamps then names the output name ({feature!r} for {cam!r})"
+        if not cams and not more:
+            more = ": leave the camera out of delta_timestamps (windows without images)"
         raise KinodbError(f"delta_timestamps names camera {feature!r}; {where} has cameras {cams}{more}")
     return None
 

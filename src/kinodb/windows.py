@@ -111,6 +111,12 @@ class FrameWindows(_ImageWindows):
         self._shifts: dict[tuple[tuple[float, ...], int], NDArray[np.int64]] = {}
         self._widest_cache: tuple[dict[str, tuple[int, ...]], dict[str, np.dtype[Any]]] | None = None
         self._source_arg = source
+        if delta_timestamps is not None and not isinstance(delta_timestamps, Mapping):
+            raise TypeError(
+                f"delta_timestamps must map a feature to its offsets in seconds, as LeRobot's does, e.g. "
+                f"{{'observation.state': [-0.1, 0.0], 'action': [0.0, 0.1]}}; got {type(delta_timestamps).__name__} "
+                f"{delta_timestamps!r:.60}"
+            )
         self._delta_given = dict(delta_timestamps or {})  # the user's names, for messages
         self._filter_given = kql_filter
         self._sources = _open_sources(source, kql_filter)

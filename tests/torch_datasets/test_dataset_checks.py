@@ -133,3 +133,28 @@ def test_a_mixture_camera_some_episodes_lack_names_the_mixture_filter(tmp_path: 
         4,
         4,
     )
+
+
+def test_a_file_without_cameras_says_how_to_ask_for_windows_without_images(lowdim: Path) -> None:
+    with pytest.raises(
+        kinodb.NameNotFoundError, match="no cameras; pass image_key=False for windows without images"
+    ):
+        KinoFrameDataset(lowdim, image_key="front")
+    with pytest.raises(
+        kinodb.KinodbError, match=r"has cameras \[\]: leave the camera out of delta_timestamps"
+    ):
+        KinoFrameDataset(lowdim, image_key=False, delta_timestamps={"observation.images.front": [0.0]})
+
+
+def test_delta_timestamps_that_are_not_a_mapping_are_refused_with_its_form(lowdim: Path) -> None:
+    with pytest.raises(
+        TypeError, match=r"delta_timestamps must map a feature to its offsets in seconds.*got list"
+    ):
+        KinoFrameDataset(lowdim, image_key=False, delta_timestamps=[0.0, 0.1])  # type: ignore[arg-type]
+
+
+def test_a_dataset_over_a_closed_database_says_to_keep_it_open(lowdim: Path) -> None:
+    with kinodb.open(lowdim) as db:
+        ds = KinoMapDataset(db, image_key=False)
+    with pytest.raises(ValueError, match=r"the database is closed; open it again .* keep it open while"):
+        ds[0]

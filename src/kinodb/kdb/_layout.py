@@ -91,6 +91,10 @@ class Commit:
 
 
 # What to do about a file whose header or commit records are damaged.
+CLOSED = (
+    "the database is closed; open it again (kinodb.open), or keep it open while anything made from it "
+    "reads (a dataset or windows made from a Database, not a path)"
+)
 FILE_ADVICE = "run kino validate on the file to see what is damaged, or restore it from a copy"
 # The largest generation a commit record holds: a file at it can take no further commit.
 LAST_GENERATION = 2**64 - 1

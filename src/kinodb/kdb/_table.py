@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from kinodb.errors import CorruptFileError
-from kinodb.kdb._layout import ALIGN, DTYPES, INDEX_HEAD, INDEX_MAGIC, Commit, align, crc32
+from kinodb.kdb._layout import ALIGN, CLOSED, DTYPES, INDEX_HEAD, INDEX_MAGIC, Commit, align, crc32
 
 ABSENT: Any = object()  # an extra field the episode does not have
 EXTRA_ABSENT, EXTRA_NULL, EXTRA_VALUE = 0, 1, 2
@@ -417,7 +417,7 @@ class Columns(Mapping[str, np.ndarray]):
     def _locate(self, name: str) -> tuple[np.dtype[Any], int, int, tuple[int, ...]]:
         """``(dtype, byte offset, element count, shape)`` of a column, checked against the index."""
         if self._buf is None:
-            raise ValueError(f"{self._where}: the database is closed")
+            raise ValueError(f"{self._where}: {CLOSED}")
         shape = self.shape(name)
         expected = self._expected.get(name)
         if expected is None and self.sizes is not None:

@@ -30,7 +30,7 @@ import numpy as np
 
 from kinodb.errors import CorruptFileError, FormatError, NameNotFoundError
 from kinodb.kdb._codecs import DAMAGED_ADVICE, describe, sniff
-from kinodb.kdb._layout import Commit, read_version
+from kinodb.kdb._layout import CLOSED, Commit, read_version
 from kinodb.kdb._table import IndexBlock, StringColumn
 from kinodb.kdb.reader import Camera, Database
 
@@ -275,12 +275,12 @@ class LegacyDatabase(Database):
 
     def _mmap(self) -> mmap.mmap:
         if self._mm is None:
-            raise ValueError(f"{self._path}: the database is closed")
+            raise ValueError(f"{self._path}: {CLOSED}")
         return self._mm
 
     def _bytes(self) -> np.ndarray:
         if self._buf is None:
-            raise ValueError(f"{self._path}: the database is closed")
+            raise ValueError(f"{self._path}: {CLOSED}")
         return self._buf
 
     def _episode_arrays(self, i: int) -> dict[str, np.ndarray]:

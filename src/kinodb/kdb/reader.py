@@ -27,6 +27,7 @@ from kinodb.kdb import _codecs
 from kinodb.kdb._checks import as_index, episode_index
 from kinodb.kdb._files import advise_random, map_file, will_need
 from kinodb.kdb._layout import (
+    CLOSED,
     DATA_START,
     INDEX_HEAD,
     KIND_CAMERA,
@@ -265,7 +266,7 @@ class Database(_MetaReads, _ArrayReads):
         if buf is None:
             # np.ndarray(buffer=None) would silently allocate garbage instead of failing.
             if self._mm is None:
-                raise ValueError(f"{self._path}: the database is closed")
+                raise ValueError(f"{self._path}: {CLOSED}")
             buf = self._buf = np.frombuffer(self._mm, np.uint8)
         return buf
 

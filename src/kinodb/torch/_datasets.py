@@ -187,6 +187,8 @@ def image_keys(
         cam = camera_named(name, cameras)  # LeRobot's observation.images.CAM names CAM
         if cam is None:
             more = f". {hint(name)}" if hint is not None else ""
+            if not cameras and hint is None:
+                more = "; pass image_key=False for windows without images"
             raise NameNotFoundError(f"{where}: no camera {name!r}; it has {cameras or 'no cameras'}{more}")
         earlier = named.setdefault(cam, name)
         if earlier != name:
