@@ -210,6 +210,28 @@ def test_a_tensor_kept_from_a_ring_batch_holds_only_its_own_bytes(monkeypatch) -
     assert held < 256 * 16 * 64 * 4  # less than one batch's states, for eight batches kept
 
 
+class _ManyTensors(torch.utils.data.Dataset):  # type: ignore[type-arg]
+    """Batches of more tensors (and alignment gaps) than one ``preadv`` fills (IOV_MAX)."""
+
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, i: int) -> TensorBatch:
+        return TensorBatch({f"t{k}": torch.full((3,), k + i, dtype=torch.int16) for k in range(700)})
+
+
+def test_a_ring_batch_of_more_tensors_than_one_preadv_fills_arrives(tmp_path: Path, monkeypatch) -> None:
+    reads: list[int] = []
+    real = collate_mod.read_slot
+    monkeypatch.setattr(collate_mod, "read_slot", lambda *a: (reads.append(len(a[3])), real(*a)))
+    got = list(DataLoader(_ManyTensors(), batch_size=None, num_workers=1))
+    assert reads == [1, 1]  # through the ring, into one buffer
+    for i, batch in enumerate(got):
+        assert all(
+            torch.equal(batch[f"t{k}"], torch.full((3,), k + i, dtype=torch.int16)) for k in range(700)
+        )
+
+
 class _CopiesInTheWorker(torch.utils.data.Dataset):  # type: ignore[type-arg]
     """Items that a worker deep-copies (through pickling) before handing them over."""
 

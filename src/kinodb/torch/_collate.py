@@ -486,6 +486,7 @@ def _rebuild(
 
 
 _SCRATCH = np.empty(16, np.uint8)  # where the alignment gaps between a slot's tensors are read to
+_MAX_PARTS = 1024  # IOV_MAX on Linux: the most buffers one preadv fills
 
 
 def _from_ring(
@@ -494,6 +495,13 @@ def _from_ring(
     """Read a batch out of a worker's ring slot: one buffer of its own per tensor, filled by
     one ``preadv``."""
     pid, fd, ino, slot, offset = where
+    if 2 * len(layout) + 1 > _MAX_PARTS:  # more buffers than one preadv takes: one, then copies
+        flat = np.empty(size, dtype=np.uint8)
+        read_slot((pid, fd, ino), slot, offset, [flat])
+        whole = torch.from_numpy(flat)
+        return _rebuild(
+            [(whole[start : start + n].clone(), 0) for _, _, _, start, n, _ in layout], layout, others
+        )
     parts: list[Any] = []
     buffers: list[tuple[torch.Tensor, int]] = []
     at = 0
