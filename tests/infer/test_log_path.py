@@ -47,9 +47,9 @@ def test_other_files_and_folders_are_refused_with_what_log_path_takes(
     under_a_file = named / "logs"
     with pytest.raises(InferError) as err:
         resolve_log_path(under_a_file)
-    assert f"log_path {under_a_file}: cannot create the folder (" in str(err.value) and TAKES in str(
-        err.value
-    )
+    assert f"log_path {under_a_file}: {named} is a file, not a folder; {TAKES}" in str(err.value)
+    with pytest.raises(InferError, match=re.escape(f"{named} is a file, not a folder; {TAKES}")):
+        resolve_log_path(named / "deeper" / "run.ndjson")
     monkeypatch.setenv("KINFER_LOG_PATH", str(named))
     with pytest.raises(InferError, match=re.escape(f"$KINFER_LOG_PATH {named} is a file, not a folder")):
         resolve_log_path(None)

@@ -243,4 +243,6 @@ def test_ctrl_c_ends_the_wait_for_a_busy_file(
     assert isinstance(err.value.__context__, InferError)
     assert "the wait was cut short" in str(err.value.__context__)
     (spill,) = _spills(tmp_path)
+    # the interrupt itself says where the steps went, for code that reads only its notes
+    assert not NOTES or any(str(spill) in n and "append_spill" in n for n in _notes(err.value))
     assert append_spill(spill, out) == 1

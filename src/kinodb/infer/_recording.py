@@ -116,8 +116,15 @@ class Recording:
         joint names, state components or extra arrays."""
         where = os.fspath(path)
         folder = output_folder(where, "record_to ", "a .kdb file")
-        if not os.access(folder, os.W_OK):
-            raise InferError(f"record_to {where}: cannot write in {folder} (permission denied)")
+        try:  # a file made and removed: os.access says yes to root on a folder that takes no file (/sys)
+            fd, probe = tempfile.mkstemp(dir=folder, prefix=".kinodb-probe-")
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            raise InferError(
+                f"record_to {where}: cannot write in {folder} ({exc.strerror or exc}); record to a .kdb file in a "
+                "folder you can write"
+            ) from None
         if not os.path.exists(where):
             return
         from kinodb.kdb.reader import open_database  # deferred: recording is optional
@@ -206,7 +213,7 @@ def append_episode(
     Another writer of the file (a second Runner recording to it, ``kino`` appending) is
     waited for, retrying with backoff for up to ``wait_s`` (default `APPEND_WAIT_S`); a
     file another writer created meanwhile is appended to. ``give_up`` is asked between
-    tries and ends the wait early (a second Ctrl-C, a SIGTERM).
+    tries and ends the wait early (a Ctrl-C, a SIGTERM).
 
     Raises:
         InferError: another writer held the file for the whole wait.
@@ -232,9 +239,7 @@ def append_episode(
             waited = time.monotonic() - start
             cut = give_up is not None and give_up()
             if cut or waited + delay > wait:
-                why = (
-                    "the wait was cut short (a second Ctrl-C or a SIGTERM)" if cut else "the longest it waits"
-                )
+                why = "the wait was cut short (a Ctrl-C or a SIGTERM)" if cut else "the longest it waits"
                 raise InferError(
                     f"record_to {where}: another writer kept the file busy for {waited:.1f} s ({why}); "
                     "the episode was not appended"

@@ -252,7 +252,12 @@ class Runner:
                 os.kill(os.getpid(), self._signal)
             if self._deferred_int:  # the Ctrl-C that came while they were written
                 interrupt = KeyboardInterrupt()
-                _add_note(interrupt, self._summary or "Ctrl-C while the run's log and recording were written")
+                note = self._summary or "Ctrl-C while the run's log and recording were written"
+                pending = sys.exc_info()[1]  # writing them failed: where the steps are is in its text
+                if not self._summary and pending is not None:
+                    told = "".join(f"; {n}" for n in getattr(pending, "__notes__", ()))
+                    note = f"{note}, and that failed: {pending}{told}"
+                _add_note(interrupt, note)
                 raise interrupt
 
     def _open_log(self, path: str, logged: list[str]) -> NdjsonLogger:

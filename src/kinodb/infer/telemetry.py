@@ -140,6 +140,11 @@ def _create_stamped(directory: str, label: str) -> str:
 
 
 def _make_folder(folder: str, label: str) -> None:
+    up = folder
+    while up and not os.path.lexists(up):  # the first part of the path that exists
+        up = os.path.dirname(up) if os.path.dirname(up) != up else ""
+    if up and not os.path.isdir(up):
+        raise InferError(f"{label}: {up} is a file, not a folder; {LOG_PATH_TAKES}")
     try:
         os.makedirs(folder, exist_ok=True)
     except OSError as exc:
