@@ -141,3 +141,12 @@ def test_what_is_no_selection_is_a_type_error_naming_episodes(
 def test_a_negative_python_index_is_still_refused(src: str, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"bad episode selection episodes=-1: indices count from 0, got -1"):
         ingest(src, tmp_path / "a.kdb", episodes=-1)
+
+
+def test_a_selection_of_more_episodes_than_any_source_holds_is_refused_before_it_is_listed() -> None:
+    from kinodb.ingest._selection import parse_episodes
+
+    with pytest.raises(
+        ValueError, match=r"it selects 100,000,000,000 episodes, more than one selection takes"
+    ):
+        parse_episodes("0-99999999999")  # refused at once, not after listing them

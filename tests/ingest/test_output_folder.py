@@ -95,3 +95,71 @@ def test_metadata_the_writer_cannot_store_is_still_said_of_the_source(
         f"{src}: the dataset metadata or schema that the fake converter read from it cannot be stored: "
     )
     assert "'blob'" in str(info.value) and not (tmp_path / "out.kdb").exists()
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_an_output_that_is_no_regular_file_is_never_replaced(
+    src: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, overwrite: bool
+) -> None:
+    """A FIFO (or a device: ``-o /dev/null --force`` as root) is refused, --force or not,
+    before the source is read; the writer refuses it in every mode too."""
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    monkeypatch.setattr(_run, "_scan_source", _never_read)
+    with pytest.raises(
+        WriterError, match=f"{fifo} is a FIFO \\(named pipe\\), not a regular file; give the path"
+    ):
+        ingest(src, fifo, overwrite=overwrite)
+    for mode in ("w", "x"):
+        with pytest.raises(kinodb.FormatError, match=r"is a FIFO .*cannot be written or replaced"):
+            kinodb.Writer(fifo, mode=mode)
+    assert fifo.is_fifo()
+
+
+def test_an_empty_output_path_is_refused_before_the_source_is_read(
+    src: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_run, "_scan_source", _never_read)
+    with pytest.raises(WriterError, match=r"the output path is empty; give the path of a \.kdb file"):
+        ingest(src, "")
+
+
+@pytest.mark.skipif(os.name != "posix", reason="RLIMIT_FSIZE")
+def test_a_full_disk_stops_a_skipping_ingest_at_once_naming_the_output(tmp_path: Path) -> None:
+    """With on_error="skip", a write that fails (a full disk, a size limit) is the output's
+    fault, not the episode's: the ingest stops there instead of skipping every episode."""
+    import subprocess
+    import sys
+    import textwrap
+
+    h5py = pytest.importorskip("h5py")
+    src = tmp_path / "big.hdf5"
+    with h5py.File(src, "w") as f:
+        for k in range(12):
+            f.create_dataset(f"data/demo_{k}/actions", data=np.zeros((20_000, 8)))
+    out = tmp_path / "out.kdb"
+    script = textwrap.dedent(
+        f"""
+        import resource, signal
+        from kinodb.ingest import ingest
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (3 << 20, 3 << 20))
+        calls = []
+        import kinodb.ingest._run as run
+        real = run._convert_one
+        run._convert_one = lambda key: (calls.append(key), real(key))[1]
+        try:
+            ingest({str(src)!r}, {str(out)!r}, on_error="skip")
+        except Exception as exc:
+            print(type(exc).__name__, exc)
+        print(len(calls))
+        """
+    )
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    error, converted = run.stdout.strip().splitlines()
+    assert error.startswith(f"WriterError {out}: writing an episode failed (File too large)"), (
+        run.stdout + run.stderr
+    )
+    assert int(converted) < 12  # stopped at the failed write, not after converting every episode
+    assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["big.hdf5"]

@@ -27,6 +27,9 @@ from typing import Any
 from kinodb.errors import ConversionError
 
 HELD = {signal.SIGINT, signal.SIGTERM} | ({signal.SIGHUP} if hasattr(signal, "SIGHUP") else set())
+# Held while workers are spawned: the command line sends a Ctrl-C that came during an import
+# again through SIGALRM, whose handler would raise it inside a spawn.
+SPAWN_HELD = HELD | ({signal.SIGALRM} if hasattr(signal, "SIGALRM") else set())
 """The signals that stop an ingest: the parent's to handle, ignored by its workers."""
 STOP_S = 5.0
 """How long workers get to close their sources and exit once the ingest is done, before they are killed."""
@@ -207,8 +210,8 @@ class _WorkerTraceback(Exception):
 
 @contextlib.contextmanager
 def signals_held() -> Iterator[bool]:
-    """Within the block, hold SIGINT, SIGTERM and SIGHUP (as: whether they are held): worker
-    processes are spawned there.
+    """Within the block, hold SIGINT, SIGTERM, SIGHUP and SIGALRM (as: whether they are
+    held): worker processes are spawned there.
 
     A spawned worker inherits the held signals, so a Ctrl-C (or a SIGTERM or SIGHUP sent
     to the process group) that reaches it while it still imports stays pending until it
@@ -224,10 +227,10 @@ def signals_held() -> Iterator[bool]:
     noted: list[tuple[int, Any]] = []
     previous = {
         sig: signal.signal(sig, lambda signum, frame: noted.append((signum, frame)))
-        for sig in HELD
+        for sig in SPAWN_HELD
         if callable(signal.getsignal(sig))
     }
-    held = signal.pthread_sigmask(signal.SIG_BLOCK, HELD)
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, SPAWN_HELD)
     try:
         yield True
     finally:

@@ -42,7 +42,7 @@ from kinodb.ingest._options import option_name as option_name
 from kinodb.ingest._options import option_value as option_value
 from kinodb.ingest._options import options_named as options_named
 from kinodb.ingest._options import refuse_unused as refuse_unused
-from kinodb.ingest._pool import HELD, Pool, Raised
+from kinodb.ingest._pool import HELD, SPAWN_HELD, Pool, Raised
 from kinodb.ingest._progress import QUIET_REFRESH_S as QUIET_REFRESH_S
 from kinodb.ingest._progress import _Progress as _Progress
 from kinodb.ingest._selection import _select as _select
@@ -51,7 +51,7 @@ from kinodb.ingest._selection import parse_episodes as parse_episodes
 from kinodb.kdb import _codecs
 from kinodb.kdb._builder import drift_message, json_metadata
 from kinodb.kdb._checks import mapping
-from kinodb.kdb._files import output_error, refuse_folder
+from kinodb.kdb._files import not_regular, output_error, refuse_folder
 from kinodb.kdb._layout import MAGIC
 from kinodb.kdb.writer import Writer
 
@@ -431,6 +431,9 @@ def refuse_unwritable(out: str | os.PathLike[str]) -> None:
         WriterError: the writer's message: names the output, its folder and the fix.
     """
     path = os.fspath(out)
+    kind = not_regular(path)  # a device or a FIFO: --force must not replace it with a file
+    if kind is not None:
+        raise WriterError(f"{path} is {kind}, not a regular file; give the path of a .kdb file to write")
     target = os.path.realpath(path) if os.path.islink(path) else path  # where the writer puts its file
     folder = os.path.dirname(os.path.abspath(target))
     try:
@@ -519,6 +522,10 @@ def _write_episodes(
                     else:
                         writer.add_episode(**args)
                 except (WriterError, ValueError, TypeError) as exc:  # the episode's fault; an OSError is not
+                    if (
+                        writer._failure is not None
+                    ):  # writing failed (a full disk): the output's fault, not skipped
+                        raise
                     error = _refused(args["extra"], where, exc)
                 else:
                     report.episodes += 1
@@ -566,7 +573,7 @@ def _init_worker(job: _Job, quiet: bool = False) -> None:
         for sig in HELD:
             signal.signal(sig, signal.SIG_IGN)
         if hasattr(signal, "pthread_sigmask"):
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD)  # held since the spawn
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, SPAWN_HELD)  # held since the spawn
     if quiet and job.names is not None:  # a spawned process: messages name options as its parent's do
         _OPTION_NAMES.set(job.names)
     _worker_job = job

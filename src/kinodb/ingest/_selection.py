@@ -19,6 +19,9 @@ from kinodb.ingest._options import option_name, option_value
 _EPISODE_ITEM = re.compile(r"([0-9]+)(?:[ \t]*-[ \t]*([0-9]+))?")
 
 
+MAX_SELECTED = 10_000_000  # episodes one selection may name (a list of them takes some 400 MB)
+
+
 def parse_episodes(spec: str) -> list[int]:
     """Parse ``"0-9,29"`` into ``[0, ..., 9, 29]``.
 
@@ -27,6 +30,7 @@ def parse_episodes(spec: str) -> list[int]:
             more than once.
     """
     out: list[int] = []
+    ranges: list[tuple[int, int]] = []
     for part in spec.split(","):
         part = part.strip()
         match = _EPISODE_ITEM.fullmatch(part)
@@ -45,6 +49,15 @@ def parse_episodes(spec: str) -> list[int]:
                 f"bad episode selection {option_value('episodes', spec)}: the range {part!r} is reversed; "
                 f"write {last}-{first}"
             )
+        ranges.append((first, last))
+    total = sum(last - first + 1 for first, last in ranges)
+    if total > MAX_SELECTED:  # checked before the list is made: 0-99999999999 would fill the memory
+        raise ValueError(
+            f"bad episode selection {option_value('episodes', spec)}: it selects {total:,} episodes, more than one "
+            f"selection takes ({MAX_SELECTED:,}); select the episodes the source holds, or leave "
+            f"{option_name('episodes')} out to take them all"
+        )
+    for first, last in ranges:
         out.extend(range(first, last + 1))
     _check_selection(out, spec)
     return out

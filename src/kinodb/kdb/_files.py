@@ -418,6 +418,8 @@ def refuse_folder(path: str | os.PathLike[str]) -> None:
         WriterError: ``path`` is a folder or ends in a separator.
     """
     path = os.fspath(path)
+    if not path:
+        raise WriterError("the output path is empty; give the path of a .kdb file to write")
     seps = tuple(s for s in (os.sep, os.altsep) if s)
     if path.endswith(seps) or os.path.isdir(path):
         how = "names" if path.endswith(seps) else "is"

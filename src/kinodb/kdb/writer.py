@@ -185,11 +185,12 @@ class Writer(_EpisodeCopies):
         self._num_frames = 0
         self._generation, self._slot = 0, 0
         refuse_folder(self._path)
-        kind = not_regular(self._path) if mode == "a" else None  # "w" replaces it, as it would a file
+        kind = not_regular(self._path)  # "w" would replace a device or a FIFO with a file
         if kind is not None:
+            done = "appended to" if mode == "a" else "written or replaced"
             raise FormatError(
-                f"{self._path} is {kind}, not a regular file, and cannot be appended to; give the path "
-                "of a .kdb file"
+                f"{self._path} is {kind}, not a regular file, and cannot be {done}; give the path of a .kdb "
+                "file"
             )
         # Through a link, as open() writes: the link stays, the file it points at is replaced.
         self._target = os.path.realpath(self._path) if os.path.islink(self._path) else self._path
