@@ -84,17 +84,16 @@ def test_a_broken_hdf5_demo_names_episodes_and_on_error_as_the_caller_gives_them
 
 
 @pytest.mark.parametrize("workers", [1, 2])
-def test_python_skip_reasons_leave_out_the_on_error_advice(tmp_path: Path, workers: int) -> None:
+def test_python_skip_reasons_leave_out_the_advice_taken(tmp_path: Path, workers: int) -> None:
     src = write_broken(tmp_path / "broken.hdf5")  # demo_2 and demo_4 cannot be stored
     report = ingest(src, tmp_path / "o.kdb", on_error="skip", workers=workers)
     assert [k for k, _ in report.skipped] == ["demo_2", "demo_4"]
-    others = {"demo_2": "0-1,3-5", "demo_4": "0-3,5"}
-    for key, why in report.skipped:
-        assert why.endswith(
-            f"; to leave the demo out, select the others with episodes={others[key]!r} (positions among the "
-            "demos of the file, in numeric order)"
-        ), why
-        assert "on_error" not in why and "--" not in why, why
+    for (
+        key,
+        why,
+    ) in report.skipped:  # the advice is taken: neither on_error nor the episodes that leave it out
+        assert why.startswith(f"{src}: {key}: ") and not why.endswith(")"), why
+        assert "on_error" not in why and "--" not in why and "select the others" not in why, why
     with kinodb.open(tmp_path / "o.kdb") as db:
         assert [s["reason"] for s in db.metadata()["ingest"]["skipped"]] == [why for _, why in report.skipped]
 

@@ -175,3 +175,22 @@ def test_a_damaged_filter_key_is_named(tmp_path: Path) -> None:
     src = damage(write_robomimic(tmp_path / "lift.hdf5"), "mask/valid")
     with pytest.raises(ConversionError, match=r"h5py cannot read the filter key mask/valid \("):
         ingest(src, tmp_path / "out.kdb", image_codec="raw")
+
+
+def test_demos_skipped_for_one_reason_are_one_reason(tmp_path: Path) -> None:
+    """The advice on leaving a demo out (--episodes naming the others) is dropped once the
+    demo is skipped: it differed per demo and split one cause into several reasons."""
+    import h5py
+
+    path = tmp_path / "some_bad.hdf5"
+    with h5py.File(path, "w") as f:
+        for k in range(8):
+            f.create_dataset(f"data/demo_{k}/obs/x", data=np.zeros((4, 1)))
+            if k % 3:  # demos 0, 3, 6 lack actions
+                f.create_dataset(f"data/demo_{k}/actions", data=np.zeros((4, 2)))
+    report = ingest(path, tmp_path / "out.kdb", on_error="skip")
+    assert [k for k, _ in report.skipped] == ["demo_0", "demo_3", "demo_6"]
+    assert all(why.endswith("every demo needs an actions dataset (T, A)") for _, why in report.skipped)
+    from kinodb.ingest._run import _group_by_reason
+
+    assert len(_group_by_reason(report.skipped)) == 1

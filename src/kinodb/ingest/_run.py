@@ -65,6 +65,10 @@ SKIPPED_SHOWN = 5  # skipped episodes listed per reason in a report's summary
 ROTATED, AS_STORED = "rotated_180", "as_stored"
 """The metadata's ``image_orientation``: the frames were turned 180 degrees on ingest, or not."""
 _DIGITS = re.compile(r"\d+")
+# How to leave an episode out (`--episodes` naming the others): advice taken once it is skipped.
+_LEAVE_OUT = re.compile(
+    r"; to leave the demo out, select the others with .*? \(positions among the demos of [^)]*\)"
+)
 _ADDING = re.compile(r" \(adding episode (\d+)\)$")  # how the writer names the episode it refuses
 
 
@@ -534,7 +538,7 @@ def _write_episodes(
                 if on_error == "raise":
                     raise ConversionError(error)
                 # The advice is taken; the source wrote it as the caller spells it, as here.
-                report.skipped.append((key, error.replace(skip_advice(), "")))
+                report.skipped.append((key, _LEAVE_OUT.sub("", error.replace(skip_advice(), ""))))
             bar(key)
 
 
