@@ -79,6 +79,21 @@ def test_parts_of_a_lerobot_dataset_name_its_root(lerobot: dict[str, Path], vers
     assert lerobot_root(str(root)) is None  # the root itself is no part of a dataset
 
 
+@pytest.mark.parametrize("version", ["v2.1", "v3.0"])
+def test_a_lerobot_root_without_its_info_json_is_named_as_such(
+    lerobot: dict[str, Path], version: str, tmp_path: Path
+) -> None:
+    import shutil
+
+    root = shutil.copytree(lerobot[version], tmp_path / "copy")
+    (root / "meta" / "info.json").unlink()
+    assert _refusal(root) == (
+        f"{root}: this looks like a LeRobot dataset (data/chunk-*/ or videos/) without meta/info.json, which says "
+        "its version, features and frame rate; copy the dataset again with its meta/ folder (huggingface-cli "
+        "download ... --repo-type dataset fetches it whole)"
+    )
+
+
 def test_the_root_is_spelled_as_the_path_was(
     lerobot: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -457,6 +457,15 @@ def what_it_is(path: str) -> str | None:
             "this is part of a LeRobot dataset; pass the dataset root DIR (the folder holding "
             f"meta/info.json): {root}"
         )
+    if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "meta", "info.json")):
+        data = os.path.join(path, "data")
+        chunks = sorted(n for n in os.listdir(data) if n.startswith("chunk-")) if os.path.isdir(data) else []
+        if chunks or os.path.isdir(os.path.join(path, "videos")):
+            return (
+                "this looks like a LeRobot dataset (data/chunk-*/ or videos/) without meta/info.json, which "
+                "says its version, features and frame rate; copy the dataset again with its meta/ folder "
+                "(huggingface-cli download ... --repo-type dataset fetches it whole)"
+            )
     if os.path.isfile(path):
         folder = os.path.dirname(os.path.abspath(path))
         if any(os.path.isfile(os.path.join(folder, n)) for n in ("dataset_info.json", "features.json")):
