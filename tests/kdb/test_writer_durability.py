@@ -309,13 +309,15 @@ def test_mode_a_on_a_path_another_writer_created_meanwhile_appends_to_it(tmp_pat
     assert [p.name for p in tmp_path.iterdir()] == ["new.kdb"]
 
 
-def test_replacing_a_fifo_does_not_wait_for_a_writer_of_it(tmp_path: Path) -> None:
+def test_a_fifo_is_refused_not_replaced_and_not_waited_on(tmp_path: Path) -> None:
+    """Mode "w" never replaces what is no regular file (a FIFO, a device: /dev/null), and
+    refuses it before opening it (opening a FIFO to lock it would block)."""
     path = tmp_path / "fifo.kdb"
     os.mkfifo(path)
-    with kinodb.Writer(path, mode="w") as w:  # opening the FIFO to lock it would block
-        w.add_episode(actions=np.zeros((2, 3), np.float32))
-    with kinodb.open(path) as db:
-        assert len(db) == 1
+    for mode in ("w", "a", "x"):
+        with pytest.raises(kinodb.FormatError, match=r"is a FIFO \(named pipe\), not a regular file"):
+            kinodb.Writer(path, mode=mode)
+    assert path.is_fifo()
 
 
 def _interrupted_writer_leaves_nothing(

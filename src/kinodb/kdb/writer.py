@@ -764,8 +764,10 @@ class Writer(_EpisodeCopies):
             self._finalizer.detach()
             with contextlib.suppress(OSError):  # flushed and synced: closing cannot lose data
                 self._fh.close()
-            if unconfirmed is not None:
+            if isinstance(unconfirmed, OSError):
                 raise self._unconfirmed(unconfirmed) from unconfirmed
+            if unconfirmed is not None:  # a Ctrl-C: the commit is complete, the interrupt goes on
+                raise unconfirmed
             if self._tmp is not None:
                 try:
                     self._publish(self._tmp)
@@ -832,11 +834,9 @@ class Writer(_EpisodeCopies):
         self._record_written = self._tmp is None
         os.fsync(self._fh.fileno())
 
-    def _unconfirmed(self, exc: BaseException) -> BaseException:
+    def _unconfirmed(self, exc: OSError) -> WriterError:
         """The error to raise when the fsync after an append's commit record fails: the
         episodes are committed (readers see them), only their durability is in doubt."""
-        if not isinstance(exc, OSError):
-            return exc  # a Ctrl-C: the commit is complete, the interrupt goes on
         return WriterError(
             f"{self._path}: the append was committed ({len(self._table)} episodes in all) and readers see it, but "
             f"making its commit record durable failed ({exc.strerror or exc}): a crash or power loss before the system "
