@@ -306,7 +306,9 @@ def test_a_frame_the_writer_refuses_is_named_by_shard_and_record(
     out = tmp_path / "o.kdb"
     assert main(["ingest", str(root), "-o", str(out), "-q"]) == 1
     err = _one_line_error(capsys)
-    assert re.match(rf"error: {re.escape(str(root / SHARD))}: record 1: .*\[2\].*jpeg", err), err
+    assert re.match(
+        rf"error: {re.escape(str(root / SHARD))}: record 1: camera .image., frame 2 is not jpeg bytes", err
+    ), err
     assert not out.exists()
     report = ingest(root, out, on_error="skip")
     assert [k for k, _ in report.skipped] == [f"{SHARD}:1"] and report.episodes == 2

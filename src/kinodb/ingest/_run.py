@@ -70,6 +70,8 @@ _LEAVE_OUT = re.compile(
     r"; to leave the demo out, select the others with .*? \(positions among the demos of [^)]*\)"
 )
 _ADDING = re.compile(r" \(adding episode (\d+)\)$")  # how the writer names the episode it refuses
+_FRAME_AT = re.compile(r"images\[('[^']*'|\"[^\"]*\")\]\[(\d+)\]")  # how it names a frame
+_DAMAGED_FRAME = re.compile(r"; pass complete \w+ bytes or the decoded pixels, or leave this episode out")
 
 
 @dataclass
@@ -550,7 +552,13 @@ def _refused(extra: Mapping[str, Any], where: Any, exc: Exception) -> str:
     if not isinstance(where, str) or not where:
         where = f"{extra['source_file']}: episode {extra['source_episode']}"
     reason = str(exc) if isinstance(exc, WriterError) else _error_text(exc)
-    return f"{where}: " + _ADDING.sub(r" (it would be episode \1 of the output)", reason)
+    # The writer speaks to its own callers (images['cam'][t], what to pass it); here the
+    # frame is the source's, and the way out is to copy it again or to skip the episode.
+    damaged = _DAMAGED_FRAME.search(reason) is not None
+    reason = _DAMAGED_FRAME.sub("", _FRAME_AT.sub(r"camera \1, frame \2", reason))
+    reason = _ADDING.sub(r" (it would be episode \1 of the output)", reason)
+    fix = "; if the source's copy of the frame was damaged, copy the dataset again" if damaged else ""
+    return f"{where}: {reason}{fix}{skip_advice()}"
 
 
 def _recorded(
