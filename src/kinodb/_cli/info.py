@@ -43,7 +43,7 @@ def register(sub: Any) -> None:
 def _warn_hidden(db: Any) -> None:
     """Say so on stderr when a damaged commit record hides a newer commit: the summary
     describes the older commit the file reads as."""
-    from kinodb.kdb.validate import hidden_commit, recover
+    from kinodb.kdb.validate import hidden_commit, hidden_text, recover
 
     if not isinstance(db, Database):
         return
@@ -51,9 +51,8 @@ def _warn_hidden(db: Any) -> None:
     if found is not None:
         c = db._commit
         print(
-            f"warning: {db.path()}: {found.record}, and a newer commit of {found.num_episodes} episodes "
-            f"(generation {found.generation}) lies past the committed end: what follows describes generation "
-            f"{c.generation} ({c.num_episodes} episodes). {recover(db.path(), found, c.num_episodes)}",
+            f"warning: {hidden_text(db, found)} What follows describes generation {c.generation}. "
+            f"{recover(db.path(), found, c.num_episodes)}",
             file=sys.stderr,
         )
 

@@ -528,9 +528,8 @@ def _write_episodes(
                     else:
                         writer.add_episode(**args)
                 except (WriterError, ValueError, TypeError) as exc:  # the episode's fault; an OSError is not
-                    if (
-                        writer._failure is not None
-                    ):  # writing failed (a full disk): the output's fault, not skipped
+                    # writing failed (a full disk): the output's fault, never skipped as the episode's
+                    if writer._failure is not None:
                         raise
                     error = _refused(args["extra"], where, exc)
                 else:

@@ -118,10 +118,7 @@ class _MetaReads:
     def _superseded_bytes(self) -> int:
         """Bytes before the committed index that no episode's payload holds: earlier commits'
         indexes (and payloads an append wrote but never committed); 0 for a 0.x file."""
-        commit = getattr(self, "_commit", None)
-        if commit is None or "payload_length" not in self._cols:
-            return 0
-        if not self._n:
+        if getattr(self, "_commit", None) is None or "payload_length" not in self._cols or not self._n:
             return 0
         offsets = np.asarray(self._cols["payload_offset"], dtype=np.int64)
         order = np.argsort(offsets, kind="stable")

@@ -124,7 +124,11 @@ def upgrade(
 def _choose_commit(db: Database, commit: str | None) -> None:
     """Read ``db`` at the commit a damaged record hides when ``commit`` is ``"newest"``;
     refuse to choose for the caller when one is hidden and ``commit`` is None."""
-    from kinodb.kdb.validate import hidden_commit, recover  # deferred: validate builds on the reader
+    from kinodb.kdb.validate import (
+        hidden_commit,
+        hidden_text,
+        recover,
+    )  # deferred: validate builds on the reader
 
     found = hidden_commit(db)
     if found is None or commit == "committed":
@@ -132,12 +136,8 @@ def _choose_commit(db: Database, commit: str | None) -> None:
     if commit == "newest":
         db._read_commit(found.commit)
         return
-    c = db._commit
     raise CorruptFileError(
-        f"{db.path()}: {found.record}, and a complete index of {found.num_episodes} episodes (generation "
-        f"{found.generation}) lies at byte offset {found.index_offset}, past the committed end ({c.end}): a "
-        f"newer commit is probably hidden, and the file reads as generation {c.generation} ({c.num_episodes} "
-        f"episodes). Nothing was written. {recover(db.path(), found, c.num_episodes)}"
+        f"{hidden_text(db, found)} Nothing was written. {recover(db.path(), found, db._commit.num_episodes)}"
     )
 
 

@@ -266,13 +266,21 @@ def refuse_hidden_commit(db: Database) -> None:
     found = hidden_commit(db)
     if found is None:
         return
-    c, path = db._commit, db.path()
     raise CorruptFileError(
-        f"{path}: {found.record}, and a complete index of {found.num_episodes} episodes (generation "
-        f"{found.generation}) lies at byte offset {found.index_offset}, past the committed end "
-        f"({c.end}): a newer commit is probably hidden, and the file reads as generation {c.generation} "
-        f"({c.num_episodes} episodes). Nothing was appended: an append would discard every byte past the "
-        f"committed end. {recover(path, found, c.num_episodes)}"
+        f"{hidden_text(db, found)} Nothing was appended: an append would discard every byte past the committed "
+        f"end. {recover(db.path(), found, db._commit.num_episodes)}"
+    )
+
+
+def hidden_text(db: Database, found: HiddenCommit) -> str:
+    """What was found: the damaged record, the newer commit past the committed end, and the
+    commit the file reads as (a sentence naming the file)."""
+    c = db._commit
+    return (
+        f"{db.path()}: {found.record}, and a complete index of {found.num_episodes} episodes (generation "
+        f"{found.generation}) lies at byte offset {found.index_offset}, past the committed end ({c.end}): a "
+        f"newer commit is probably hidden, and the file reads as generation {c.generation} ({c.num_episodes} "
+        "episodes)."
     )
 
 
