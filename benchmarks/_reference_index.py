@@ -151,6 +151,23 @@ class ReferenceTableBuilder:
         for c in SECTION_COLUMNS:
             self.sections[c].append(row[c])
 
+    # The writer's calls in the shapes it makes them now (a row as its values in column order).
+    def add_episode_values(
+        self, values: tuple[Any, ...], strings: dict[str, str], extra: Mapping[str, Any]
+    ) -> None:
+        self.add_episode(dict(zip(EPISODE_COLUMNS, values, strict=True)), strings, extra)
+
+    def add_sections(self, rows: Iterable[tuple[Any, ...]]) -> None:
+        for row in rows:
+            self.add_section(dict(zip(SECTION_COLUMNS, row, strict=True)))
+
+    def section_count(self) -> int:
+        return len(self.sections["sec.name"])
+
+    def drop_sections(self, start: int) -> None:
+        for col in self.sections.values():
+            del col[start:]
+
     def load(self, block: IndexBlock, where: str = "") -> None:
         cols = block.columns
         for c in EPISODE_COLUMNS:

@@ -81,17 +81,23 @@ def test_rows_keep_values_exactly_and_refuse_what_the_column_cannot_hold() -> No
     assert small.parts("|i1")[1].tolist() == [-1]
 
 
-def test_a_row_that_does_not_fit_adds_nothing_to_the_table() -> None:
+def test_a_row_that_does_not_fit_moves_no_queued_row_into_the_columns() -> None:
+    # The writer checks each value before it adds a row; the table moves queued rows into
+    # its columns all or none, so that the columns never disagree on their length.
     table = TableBuilder()
     table.add_episode(_episode_row(0), {"embodiment": "arm", "task": "pick"}, {})
     table.add_section(_section_row())
+    assert {len(r) for r in table.rows.values()} == {1} and {len(r) for r in table.sections.values()} == {1}
+    table.add_episode(_episode_row(1), {"embodiment": "arm", "task": "pick"}, {})
+    table.add_episode(_episode_row(2) | {"sec_count": 2**16}, {"embodiment": "arm", "task": "pick"}, {})
+    table.add_section(_section_row())
+    table.add_section(_section_row() | {"sec.offset": -1})
     with pytest.raises(OverflowError):
-        table.add_episode(_episode_row(1) | {"sec_count": 2**16}, {"embodiment": "arm", "task": "pick"}, {})
+        table.rows  # noqa: B018
     with pytest.raises(OverflowError):
-        table.add_section(_section_row() | {"sec.offset": -1})
-    assert {len(r) for r in table.rows.values()} == {1} and len(table) == 1
-    assert {len(r) for r in table.sections.values()} == {1}
-    assert all(len(s) == 1 for s in table.strings.values())
+        table.sections  # noqa: B018
+    assert {len(r) for r in table._rows.values()} == {1} and {len(r) for r in table._sections.values()} == {1}
+    assert len(table._row_queue) == 2 and len(table._section_queue) == 2
 
 
 def test_added_strings_join_as_every_value_would() -> None:

@@ -106,6 +106,13 @@ class Rows:
             raise ValueError(f"a row of this column holds {self._width} values, got {len(value)}")
         self.added.fromlist(value if isinstance(value, list) else list(value))  # all or nothing
 
+    def extend(self, values: list[Any]) -> None:
+        """Add rows: their values one after another (a row's several values in turn); all
+        or none (OverflowError or TypeError for a value the column's type cannot hold)."""
+        if len(values) % self._width:
+            raise ValueError(f"a row of this column holds {self._width} values, got {len(values)} in all")
+        self.added.fromlist(values)
+
     def __delitem__(self, key: slice) -> None:
         """Remove the rows from ``key.start`` to the end (a failed episode's rows).
 
@@ -407,16 +414,46 @@ def join_extra(old: _Extra | None, rows: int, values: Sequence[Any]) -> tuple[st
     return kind, cols
 
 
+# Rows queued at most before they are moved into the columns (a row's tuple takes some
+# 200 bytes of Python objects; in the columns, its bytes in the index).
+_QUEUED = 512
+
+
+def _move(queue: list[tuple[Any, ...]], columns: dict[str, Rows], several: tuple[str, ...]) -> None:
+    """Move the queued rows into ``columns`` (in order, a row's values in column order; the
+    columns named in ``several`` take a sequence of values per row), emptying ``queue``.
+
+    The writer checks every value before it queues a row; one that does not fit its column
+    all the same (OverflowError, TypeError) moves no row and leaves the queue as it was.
+    """
+    start = len(next(iter(columns.values())))
+    try:
+        for (name, col), values in zip(columns.items(), zip(*queue, strict=True), strict=True):
+            col.extend([v for row in values for v in row] if name in several else list(values))
+    except BaseException:
+        for col in columns.values():
+            del col[start:]
+        raise
+    queue.clear()
+
+
 class TableBuilder:
     """The episode and section rows of the file being written: those `load` takes from an
     existing index stay encoded; those added are kept in typed buffers (numbers) and as codes
     (strings) until `encode`, extra fields as Python values."""
 
     def __init__(self) -> None:
-        self.rows = {c: Rows(np.zeros(0, dt)) for c, dt in EPISODE_COLUMNS.items()}
-        self.sections = {
+        self._rows = {c: Rows(np.zeros(0, dt)) for c, dt in EPISODE_COLUMNS.items()}
+        self._sections = {
             c: Rows(np.zeros((0, 3) if c == "sec.dims" else 0, dt)) for c, dt in SECTION_COLUMNS.items()
         }
+        # Rows added but not yet in the columns: a tuple of every column's value each, moved
+        # in at once when the columns are read (per-row appends to 13 and 7 columns cost more
+        # than the rest of a small episode's bookkeeping).
+        self._row_queue: list[tuple[Any, ...]] = []
+        self._section_queue: list[tuple[Any, ...]] = []
+        self._episodes = 0  # rows in all: loaded, in the columns and queued
+        self._section_rows = 0
         self.strings = {s: AddedStrings() for s in STRING_COLUMNS}  # added rows only
         self.extras: dict[str, list[Any]] = {}  # added rows only (`ABSENT` where one has none)
         self.section_names: list[str] = []
@@ -426,7 +463,31 @@ class TableBuilder:
         self._loaded_extras: dict[str, _Extra] = {}
 
     def __len__(self) -> int:
-        return len(self.rows["episode_id"])
+        return self._episodes
+
+    @property
+    def rows(self) -> dict[str, Rows]:
+        """The episode columns, every row added in them."""
+        if self._row_queue:
+            _move(self._row_queue, self._rows, ())
+        return self._rows
+
+    @property
+    def sections(self) -> dict[str, Rows]:
+        """The section columns, every row added in them."""
+        if self._section_queue:
+            _move(self._section_queue, self._sections, ("sec.dims",))
+        return self._sections
+
+    def section_count(self) -> int:
+        """Section rows in all."""
+        return self._section_rows
+
+    def drop_sections(self, start: int) -> None:
+        """Remove the section rows from ``start`` on (a failed episode's)."""
+        for col in self.sections.values():
+            del col[start:]
+        self._section_rows = min(self._section_rows, start)
 
     def name_code(self, name: str) -> int:
         """The dictionary code of a section name, adding it if new."""
@@ -442,15 +503,13 @@ class TableBuilder:
 
     def add_episode(self, row: dict[str, Any], strings: dict[str, str], extra: Mapping[str, Any]) -> None:
         """Append one episode row (all `EPISODE_COLUMNS`), its strings and extra fields."""
-        rows = len(self)
-        n = rows - self._loaded
-        try:
-            for c in EPISODE_COLUMNS:
-                self.rows[c].append(row[c])
-        except BaseException:  # a value that does not fit its column: no row of the episode is kept
-            for col in self.rows.values():
-                del col[rows:]
-            raise
+        self.add_episode_values(tuple([row[c] for c in EPISODE_COLUMNS]), strings, extra)
+
+    def add_episode_values(
+        self, row: tuple[Any, ...], strings: dict[str, str], extra: Mapping[str, Any]
+    ) -> None:
+        """`add_episode` of a row given as every `EPISODE_COLUMNS` value in order."""
+        n = self._episodes - self._loaded
         for s in STRING_COLUMNS:
             self.strings[s].append(strings[s])
         extras = self.extras
@@ -459,17 +518,22 @@ class TableBuilder:
                 extras[key] = [ABSENT] * n
         for key, values in extras.items():
             values.append(extra.get(key, ABSENT))
+        self._row_queue.append(row)
+        self._episodes += 1
+        if len(self._row_queue) >= _QUEUED:
+            _move(self._row_queue, self._rows, ())
+
+    def add_sections(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Append section rows, each the values of every `SECTION_COLUMNS` column in order
+        (``sec.dims`` a list of three)."""
+        self._section_queue.extend(rows)
+        self._section_rows += len(rows)
+        if len(self._section_queue) >= _QUEUED:
+            _move(self._section_queue, self._sections, ("sec.dims",))
 
     def add_section(self, row: dict[str, Any]) -> None:
         """Append one section row (all `SECTION_COLUMNS`)."""
-        try:
-            for c in SECTION_COLUMNS:
-                self.sections[c].append(row[c])
-        except BaseException:  # a value that does not fit its column: no part of the row is kept
-            rows = min(map(len, self.sections.values()))  # each column gains a whole row or none
-            for col in self.sections.values():
-                del col[rows:]
-            raise
+        self.add_sections([tuple([row[c] for c in SECTION_COLUMNS])])
 
     def load(self, block: IndexBlock, where: str = "") -> None:
         """Start from an existing index block (append mode), copying its columns out of it.
@@ -481,11 +545,14 @@ class TableBuilder:
         """
         where = f"{where}: " if where else ""
         cols = block.columns
+        self._row_queue.clear()
+        self._section_queue.clear()
         for c, dt in EPISODE_COLUMNS.items():
-            self.rows[c] = Rows(np.array(cols[c], dtype=dt))
+            self._rows[c] = Rows(np.array(cols[c], dtype=dt))
         for c, dt in SECTION_COLUMNS.items():
-            self.sections[c] = Rows(np.array(cols[c], dtype=dt))
-        self._loaded = len(self.rows["episode_id"].base)
+            self._sections[c] = Rows(np.array(cols[c], dtype=dt))
+        self._loaded = self._episodes = len(self._rows["episode_id"].base)
+        self._section_rows = len(self._sections["sec.name"].base)
         for s in STRING_COLUMNS:
             self._loaded_strings[s] = _load_strings(
                 np.array(cols[f"{s}.codes"], dtype="<i4"), np.array(cols[f"{s}.dict_offsets"], dtype="<u8"),

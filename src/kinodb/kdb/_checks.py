@@ -33,7 +33,17 @@ def dims3(shape: Sequence[int], name: str = "array") -> list[int]:
     return [int(d) for d in shape[1:]] + [0] * (4 - len(shape))
 
 
+# The dtypes stored as they are: little-endian (or one byte) bool, int, uint and float.
+_STORED: set[np.dtype[Any]] = set()
+
+
 def as_array(name: str, value: Any, default: type, *, ndim: int | None) -> np.ndarray:
+    if (
+        type(value) is np.ndarray
+        and value.dtype in _STORED
+        and (value.ndim == ndim if ndim is not None else value.ndim > 0)
+    ):
+        return value  # the common case, without the checks' calls
     if isinstance(value, np.ndarray):
         arr = value
     else:
@@ -57,7 +67,11 @@ def as_array(name: str, value: Any, default: type, *, ndim: int | None) -> np.nd
         raise WriterError(f"{name} must have shape {want}, got {arr.shape}")
     if arr.ndim == 0:
         raise WriterError(f"{name} must have a leading frame dimension, got a scalar")
-    return arr.astype(arr.dtype.newbyteorder("<"), copy=False)
+    stored = arr.dtype.newbyteorder("<")
+    if stored == arr.dtype:
+        _STORED.add(arr.dtype)
+        return arr
+    return arr.astype(stored)
 
 
 def terminal(value: Any) -> np.ndarray:
@@ -86,6 +100,20 @@ def check_text(value: str, where: str) -> None:
             "decoded with os.fsdecode keeps bytes that are not UTF-8 as lone surrogates: decode "
             "them, e.g. text.encode('utf-8', 'surrogateescape').decode('utf-8', 'replace')"
         ) from None
+
+
+def _is_text(value: str) -> bool:
+    """Whether ``value`` encodes as UTF-8 (see `check_text`)."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+# Extra field names checked (`check_extra_name`): each is checked once.
+_EXTRA_NAMES: set[str] = set()
+_NAMES_KEPT = 4096  # names kept at most: those beyond are checked each time
 
 
 def check_extra_name(key: object) -> None:
@@ -262,8 +290,12 @@ def episode_meta(
             )
     clean = {}
     for key, value in mapping(extra, "extra", "{'scene': 'kitchen'}").items():
-        check_extra_name(key)
-        clean[key] = json_value(value, f"extra[{key!r}]")
+        if key not in _EXTRA_NAMES:
+            check_extra_name(key)
+            if len(_EXTRA_NAMES) < _NAMES_KEPT:
+                _EXTRA_NAMES.add(key)
+        # text, the common value, without json_value's calls (what it does for a str)
+        clean[key] = value if type(value) is str and _is_text(value) else json_value(value, f"extra[{key!r}]")
     return {"embodiment": embodiment, "task": task, "fps": fps, "success": success,
             "total_reward": total_reward, "extra": clean}  # fmt: skip
 

@@ -248,13 +248,25 @@ def episode_arrays(
     if timestamps is not None:
         arrays["timestamps"] = as_array("timestamps", timestamps, np.float64, ndim=1)
     for name, value in mapping(extra, "extra_arrays", "{'depth': uint16 (T, H, W)}").items():
-        if not isinstance(name, str) or not name or name in RESERVED_ARRAYS:
-            raise WriterError(f"extra array name {name!r} is empty or reserved; rename it")
-        check_text(name, f"extra array name {name!r}")
+        if name not in _ARRAY_NAMES:
+            if not isinstance(name, str) or not name or name in RESERVED_ARRAYS:
+                raise WriterError(f"extra array name {name!r} is empty or reserved; rename it")
+            check_text(name, f"extra array name {name!r}")
+            if len(_ARRAY_NAMES) < _NAMES_KEPT:
+                _ARRAY_NAMES.add(name)
         arrays[name] = as_array(f"extra array {name!r}", value, np.float32, ndim=None)
     for name, arr in arrays.items():
-        what = name if name in RESERVED_ARRAYS else f"extra array {name!r}"
-        if arr.shape[0] != T:
-            raise WriterError(f"{what} has {arr.shape[0]} frames, actions has {T}")
-        dims3(arr.shape, what)  # before any byte is written
+        shape = arr.shape
+        if shape[0] != T or len(shape) > 2:
+            what = name if name in RESERVED_ARRAYS else f"extra array {name!r}"
+            if shape[0] != T:
+                raise WriterError(f"{what} has {shape[0]} frames, actions has {T}")
+            dims3(shape, what)  # before any byte is written
+        elif len(shape) == 2 and shape[1] >= 2**32:
+            dims3(shape, name if name in RESERVED_ARRAYS else f"extra array {name!r}")
     return arrays
+
+
+# Extra array names checked (non-empty text, not reserved): each is checked once.
+_ARRAY_NAMES: set[str] = set()
+_NAMES_KEPT = 4096  # names kept at most: those beyond are checked each time

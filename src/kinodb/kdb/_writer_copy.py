@@ -166,7 +166,7 @@ class _EpisodeCopies:
         extras = db._extra_fields(i)
         extras.update(added)
         mark, table = self._pos, self._table
-        sec_start = len(table.sections["sec.name"])
+        sec_start = table.section_count()
         try:
             # Sections keep their offsets relative to the payload, so its start keeps their alignment.
             self._fh.write(bytes(align(self._pos, SECTION_ALIGN) - self._pos))

@@ -77,6 +77,8 @@ from kinodb.kdb._writer_copy import verify_payload as verify_payload
 
 _U16_MAX = 0xFFFF  # sec_count and sec.name are u16 columns
 _ZEROS = bytes(ALIGN)
+# Arrays of fewer bytes are joined with their neighbours into one write (`Writer._emit_arrays`).
+_JOIN_BELOW = 1 << 16
 
 
 # Parts of a stored schema recorded from the episodes written (or, ``sources``, by
@@ -197,6 +199,9 @@ class Writer(_EpisodeCopies):
         self._base_end: int | None = None  # an append: the committed end of the file
         self._held: BinaryIO | None = None  # a new file: its temporary, locked while this writer lives
         self._drifted: set[str] = set()  # arrays warned about holding another dtype than earlier episodes
+        # Episode layouts written (see `_add_episode`), each with its arrays' section rows but
+        # the offsets; forgotten whenever the schema is handed out, which may then change it.
+        self._layouts: dict[tuple[Any, ...], list[tuple[Any, ...]]] = {}
         # Says a drift instead of the warning (an ingest, in its own words): (episode, array, dtype, earlier).
         self._on_drift: Callable[[int, str, str, str], None] | None = None
         # An append: the file's episode count and dataset when opened (see `close`).
@@ -387,6 +392,8 @@ class Writer(_EpisodeCopies):
     @property
     def schema(self) -> dict[str, Any]:
         """The dataset schema stored at commit; dims and cameras fill in as episodes arrive."""
+        with self._lock:
+            self._layouts.clear()  # the caller may change it: each layout is checked against it anew
         return self._dataset["schema"]  # type: ignore[no-any-return]
 
     @property
@@ -539,15 +546,33 @@ class Writer(_EpisodeCopies):
             raise _named(exc, n) from exc.__cause__
         with self._lock:
             self._check_open()
-            self._check_section_limits(names)
-            try:
-                check_dims(self._dataset["schema"], arrays["actions"].shape[1], arrays["states"].shape[1])
-            except WriterError as exc:
-                raise _named(exc, len(self._table)) from exc.__cause__
+            schema = self._dataset["schema"]
+            _defaults_like(arrays, schema, states is None, rewards is None)
+            # An episode laid out as one already written (the arrays' names, dtypes and
+            # trailing dims, the cameras' formats) passes the schema's checks as that one did
+            # and would record nothing new in it: `_Layout`.
+            key = (
+                tuple([(k, a.dtype, a.shape[1:]) for k, a in arrays.items()]),
+                tuple([(c, codec, hwc) for c, (codec, hwc, _) in cams.items()]),
+            )
+            layout = self._layouts.get(key)
+            drift: list[tuple[str, str, str]] = []
+            if layout is None:
+                self._check_section_limits(names)
+                try:
+                    check_dims(schema, arrays["actions"].shape[1], arrays["states"].shape[1])
+                except WriterError as exc:
+                    raise _named(exc, len(self._table)) from exc.__cause__
+                drift = dtype_drift(schema, arrays, self._drifted)
             n = len(self._table)
-            _defaults_like(arrays, self._dataset["schema"], states is None, rewards is None)
-            drift = dtype_drift(self._dataset["schema"], arrays, self._drifted)
-            index = self._write(arrays, cams, meta)
+            index = self._write(arrays, cams, meta, layout)
+            if layout is None:
+                note_schema(schema, {k: (v.dtype, v.shape) for k, v in arrays.items()},
+                            {k: (codec, hwc) for k, (codec, hwc, _) in cams.items()})  # fmt: skip
+                self._layouts[key] = [
+                    (self._table.name_code(k), KIND_ARRAY, DTYPE_CODE[a.dtype], 0, a.ndim, dims3(a.shape))
+                    for k, a in arrays.items()
+                ]
         for name, got, was in drift:  # once written, at the caller's line
             if self._on_drift is not None:
                 self._on_drift(n, name, got, was)
@@ -594,24 +619,83 @@ class Writer(_EpisodeCopies):
         self._pos += sum(map(len, frames))
         return crc32_parts(frames, crc)
 
-    def _write(self, arrays: dict[str, np.ndarray], cams: dict[str, Any], meta: dict[str, Any]) -> int:
+    def _emit_arrays(self, arrays: Mapping[str, np.ndarray], layout: list[tuple[Any, ...]] | None) -> int:
+        """Write the arrays at the payload's start, each on the section grid, adding their
+        section rows; return the payload's CRC-32 so far.
+
+        Small arrays go out joined, in one write and one CRC pass: per-array calls cost more
+        than the bytes on episodes of small arrays. A large one is written as it is, not
+        copied into a joined buffer first.
+        """
+        table = self._table
+        pos = self._pos
+        parts: list[Any] = []
+        rows = []
+        crc = 0
+        for j, (name, arr) in enumerate(arrays.items()):
+            if not arr.flags.c_contiguous:
+                arr = np.ascontiguousarray(arr)
+            pad = -pos % SECTION_ALIGN
+            if pad:
+                parts.append(_ZEROS[:pad])
+                pos += pad
+            if layout is None:
+                rows.append(
+                    (
+                        table.name_code(name),
+                        KIND_ARRAY,
+                        DTYPE_CODE[arr.dtype],
+                        0,
+                        arr.ndim,
+                        dims3(arr.shape),
+                        pos,
+                    )
+                )
+            else:
+                rows.append((*layout[j], pos))
+            # an ndarray is a buffer (of its bytes, C-contiguous): joined and written as one
+            parts.append(arr)
+            pos += arr.nbytes
+            if arr.nbytes >= _JOIN_BELOW:
+                crc = self._write_parts(parts, crc)
+                parts = []
+        crc = self._write_parts(parts, crc)
+        self._pos = pos
+        table.add_sections(rows)
+        return crc
+
+    def _write_parts(self, parts: list[Any], crc: int) -> int:
+        """Write ``parts`` (bytes and C-contiguous arrays): those before a large last one
+        joined, the last one as it is; return the CRC-32 continued over them."""
+        if not parts:
+            return crc
+        last = parts[-1]
+        big = isinstance(last, np.ndarray) and last.nbytes >= _JOIN_BELOW
+        head = parts[:-1] if big else parts
+        if head:
+            data = b"".join(head)
+            self._fh.write(data)
+            crc = crc32(data, crc)
+        if big:
+            view = last.reshape(-1).view(np.uint8).data  # a byte view: zero-size shapes too
+            self._fh.write(view)
+            crc = crc32(view, crc)
+        return crc
+
+    def _write(
+        self, arrays: dict[str, np.ndarray], cams: dict[str, Any], meta: dict[str, Any],
+        layout: list[tuple[Any, ...]] | None = None,
+    ) -> int:  # fmt: skip
+        """Write an episode and add its rows; ``layout``: its arrays' section rows but the
+        offsets, when an episode of its layout was written before."""
         table = self._table
         T = arrays["actions"].shape[0]
-        sec_start = len(table.sections["sec.name"])
-        crc = 0
+        sec_start = table.section_count()
         mark = self._pos
         try:
-            self._fh.write(_ZEROS[: align(self._pos, SECTION_ALIGN) - self._pos])
-            self._pos = payload_start = align(self._pos, SECTION_ALIGN)
-            for name, arr in arrays.items():
-                # A byte view, not memoryview.cast: cast rejects zero-size shapes like (T, 0).
-                raw = np.ascontiguousarray(arr).reshape(-1).view(np.uint8).data
-                off, crc = self._emit(raw, crc)
-                table.add_section({
-                    "sec.name": table.name_code(name), "sec.kind": KIND_ARRAY,
-                    "sec.dtype": DTYPE_CODE[arr.dtype], "sec.codec": 0, "sec.ndim": arr.ndim,
-                    "sec.dims": dims3(arr.shape), "sec.offset": off,
-                })  # fmt: skip
+            self._fh.write(_ZEROS[: align(mark, SECTION_ALIGN) - mark])  # before the payload: not in its CRC
+            self._pos = payload_start = align(mark, SECTION_ALIGN)
+            crc = self._emit_arrays(arrays, layout)
             for cam, (codec, (h, w, c), frames) in cams.items():
                 pixels = isinstance(frames, np.ndarray)
                 sizes = [h * w * c] * T if pixels else [len(b) for b in frames]
@@ -636,8 +720,6 @@ class Writer(_EpisodeCopies):
         meta = {**meta, "num_frames": T, "action_dim": arrays["actions"].shape[1],
                 "state_dim": arrays["states"].shape[1]}  # fmt: skip
         self._add_row(meta, payload_start, self._pos - payload_start, crc, sec_start, meta["extra"])
-        note_schema(self._dataset["schema"], {k: (v.dtype, v.shape) for k, v in arrays.items()},
-                          {k: (codec, hwc) for k, (codec, hwc, _) in cams.items()})  # fmt: skip
         return len(table) - 1
 
     def _add_row(
@@ -650,16 +732,13 @@ class Writer(_EpisodeCopies):
         extra: Mapping[str, Any],
     ) -> None:
         table, success, reward = self._table, meta["success"], meta["total_reward"]
-        table.add_episode(
-            {
-                "episode_id": len(table), "num_frames": meta["num_frames"], "action_dim": meta["action_dim"],
-                "state_dim": meta["state_dim"], "fps": meta["fps"],
-                "success": -1 if success is None else int(bool(success)),
-                "total_reward": math.nan if reward is None else reward,
-                "total_reward.valid": reward is not None,
-                "payload_offset": start, "payload_length": length, "payload_crc": crc,
-                "sec_start": sec_start, "sec_count": len(table.sections["sec.name"]) - sec_start,
-            },
+        table.add_episode_values(
+            (  # in EPISODE_COLUMNS' order
+                len(table), meta["num_frames"], meta["action_dim"], meta["state_dim"], meta["fps"],
+                -1 if success is None else int(bool(success)),
+                math.nan if reward is None else reward, reward is not None,
+                start, length, crc, sec_start, table.section_count() - sec_start,
+            ),
             {"embodiment": meta["embodiment"], "task": meta["task"]},
             extra,
         )  # fmt: skip
@@ -672,8 +751,7 @@ class Writer(_EpisodeCopies):
     def _rollback(self, mark: int, sec_start: int) -> bool:
         """Take back a partly written episode; False if the file could not be (the writer
         must then close itself: its idea of the file no longer matches the file)."""
-        for col in self._table.sections.values():
-            del col[sec_start:]
+        self._table.drop_sections(sec_start)
         try:
             self._fh.flush()
             self._fh.seek(mark)
