@@ -11,6 +11,8 @@ from typing import Any
 import _rlds_writer as w
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import kinodb
 from _factories import encode_image, smooth_frames
@@ -340,3 +342,31 @@ def test_a_per_step_string_tensor_of_one_value_is_text(tmp_path: Path) -> None:
     ingest(root, tmp_path / "o.kdb")
     with kinodb.open(tmp_path / "o.kdb") as db:
         assert db.read_meta(0)["note"] == "x"
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.integers(-2, 2), min_size=1, max_size=6),
+    st.sampled_from(["steps/is_first", "steps/is_last"]),
+    st.sampled_from([np.int64, np.int32, np.bool_]),
+)
+def test_the_flag_check_refuses_exactly_what_makes_no_single_episode(
+    values: list[int], key: str, dtype: type
+) -> None:
+    # The check's shortcut (the usual flags' bytes, at once) must keep the rule it shortens:
+    # is_first set at step 0 and nowhere else; is_last set nowhere but at the last step.
+    from kinodb.ingest._rlds_features import _check_flags
+    from kinodb.ingest._rlds_specs import Spec
+
+    flags = np.array(values).astype(dtype)
+    set_ = flags != 0
+    first = key.endswith("is_first")
+    whole = bool(set_[0]) and not set_[1:].any() if first else not set_[:-1].any()
+    kind = "bool" if dtype is np.bool_ else "int"
+    plan = type("P", (), {"specs": {key: Spec(key, kind, shape=())}})()
+    feats = {key: flags.astype(np.int64)}  # as a record holds flags: an Int64List
+    if whole:
+        _check_flags(feats, plan, len(values), "f: record 0")  # type: ignore[arg-type]
+    else:
+        with pytest.raises(ConversionError, match="f: record 0"):
+            _check_flags(feats, plan, len(values), "f: record 0")  # type: ignore[arg-type]

@@ -66,6 +66,11 @@ class Plan:
     left_out: tuple[str, ...] = ()  # declared features not stored (and their record keys)
     declared: bool = False  # the specs come from features.json (else from the first record)
 
+    @functools.cached_property
+    def byte_keys(self) -> list[str]:
+        """The features TFDS stores as bytes (`Spec.as_bytes`)."""
+        return [key for key, spec in self.specs.items() if spec.as_bytes]
+
     def components(self, keys: list[str], strip: str) -> dict[str, list[int]]:
         """``{name: [start, stop)}`` of each key in a concatenation (empty for one key)."""
         if len(keys) < 2:
@@ -208,6 +213,7 @@ def make_plan(specs: dict[str, Spec], options: SourceOptions) -> Plan:
 
 # -- one episode --------------------------------------------------------------------------
 
+_F32 = np.dtype("<f4")  # the dtype of a FloatList's values (`kinodb.ingest._example`)
 _INT_DTYPES = {"int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64"}
 
 
@@ -243,10 +249,14 @@ def _numeric(value: FeatureValue, spec: Spec, where: str) -> NDArray[Any]:
 
 def _steps(feats: Mapping[str, FeatureValue], plan: Plan, key: str, T: int, where: str) -> NDArray[Any]:
     """Per-step values of ``key`` as ``(T, *shape)``; checks the value count."""
-    if key not in feats:
+    value = feats.get(key)
+    if value is None:
         raise Disagrees(f"{where}: missing feature {key}")
     spec = plan.specs[key]
-    arr = _numeric(feats[key], spec, where)
+    if spec.kind == "float" and type(value) is np.ndarray and value.dtype is _F32 and spec.dtype != "float16":
+        arr = value  # the common case, as `_numeric` returns it
+    else:
+        arr = _numeric(value, spec, where)
     if spec.shape is not None:
         if arr.size != T * math.prod(spec.shape):
             raise Disagrees(
@@ -271,10 +281,10 @@ def _concat(
         ConversionError: a value the cast would change (an int beyond 2**24 beside floats);
             names the feature, the step and what to do.
     """
+    if len(keys) == 1:
+        return _steps(feats, plan, keys[0], T, where).reshape(T, -1), None
     parts = {key: _steps(feats, plan, key, T, where) for key in keys}
     flat = {key: p.reshape(T, -1) for key, p in parts.items()}
-    if len(flat) == 1:
-        return next(iter(flat.values())), None
     dtypes = {p.dtype for p in flat.values()}
     if len(dtypes) == 1:
         dtype = dtypes.pop()
@@ -365,7 +375,7 @@ def _decoded(feats: Mapping[str, FeatureValue], plan: Plan, where: str) -> Mappi
     """``feats`` with the tensors TFDS stores as bytes decoded as ``tfds.load`` decodes them
     (``np.frombuffer(zlib.decompress(b), dtype)``): flat values, as the record holds other
     tensors; one whose record holds its shape (`Spec.dynamic`) in that shape."""
-    keys = [key for key, spec in plan.specs.items() if spec.as_bytes]
+    keys = plan.byte_keys
     if not keys:
         return feats
     out = dict(feats)
@@ -527,6 +537,15 @@ def _count(feats: Mapping[str, FeatureValue], plan: Plan, where: str) -> int:
     return T
 
 
+@functools.lru_cache(maxsize=64)
+def _usual_flags(dtype: np.dtype[Any], T: int, first: bool) -> frozenset[bytes]:
+    """The bytes of ``T`` flags, as ``dtype``, that make one whole episode: is_first at step 0
+    only (``first``); else is_last at the last step only, or nowhere (an episode cut off)."""
+    one = np.zeros(T, dtype)
+    one[0 if first else -1] = 1
+    return frozenset([one.tobytes()] if first else [one.tobytes(), np.zeros(T, dtype).tobytes()])
+
+
 def _check_flags(feats: Mapping[str, FeatureValue], plan: Plan, T: int, where: str) -> None:
     """Refuse a record whose ``is_first``/``is_last`` do not make one episode: ``is_first`` at
     step 0 and nowhere else, ``is_last`` nowhere but at the last step (an episode cut off
@@ -534,8 +553,11 @@ def _check_flags(feats: Mapping[str, FeatureValue], plan: Plan, T: int, where: s
     for key in FLAG_KEYS:
         if key not in plan.specs or plan.specs[key].kind == "text":
             continue
-        flags = _steps(feats, plan, key, T, where).reshape(T) != 0
+        values = _steps(feats, plan, key, T, where).reshape(T)
         first = key.endswith("is_first")
+        if values.tobytes() in _usual_flags(values.dtype, T, first):  # the common record, at once
+            continue
+        flags = values != 0
         if first and not flags[0]:
             why = "step 0 is not is_first: the episode's start is missing"
         else:
@@ -610,7 +632,7 @@ def _convert(
     feats = _decoded(feats, plan, where)
     unknown = sorted(
         k
-        for k in set(feats) - set(plan.specs)
+        for k in feats.keys() - plan.specs.keys()
         if not any(k == g or k.startswith(f"{g}/") for g in plan.left_out)
     )
     if unknown:

@@ -510,13 +510,13 @@ def _write_episodes(
     writer._on_drift = partial(_drifted, os.fspath(writer._path))  # Writer's own warning names its arguments
     # closing: an error (or Ctrl-C) stops the workers now, not when the generator is collected;
     # and the bar ends its line before the error is reported
+    given = {name: value for name, value in overrides.items() if value is not None}
     with contextlib.closing(bar), contextlib.closing(_convert_all(job, keys, workers)) as converted:
         for key, args, error in converted:
             if error is None:
                 assert args is not None
-                for name, value in overrides.items():
-                    if value is not None:
-                        args[name] = value
+                if given:
+                    args.update(given)
                 if task is not None:
                     override_task(args, task)
                 where = args.pop(SOURCE_WHERE, None)

@@ -244,29 +244,34 @@ def _resync(fd: int, start: int, size: int) -> int | None:
     return None
 
 
-def read_data(fd: int, path: str, index: int, record: Record, *, fix: str = "") -> bytes:
+def read_data(fd: int, path: str, index: int, record: Record, *, fix: str | Callable[[], str] = "") -> bytes:
     """The data of ``record`` (number ``index`` in shard ``path``), its CRC checked.
 
-    ``fix`` (``copy the shard again ...``) ends the message of a damaged or truncated record.
+    ``fix`` (``copy the shard again ...``, or what makes it, called only for a message) ends
+    the message of a damaged or truncated record.
 
     Raises:
         ConversionError: the record is faulty, or its data fails the CRC.
     """
-    fix = f"; {fix}" if fix else ""
+
+    def advice() -> str:
+        said = fix() if callable(fix) else fix
+        return f"; {said}" if said else ""
+
     if record.fault is not None:
-        advice = "" if record.fault.endswith(_DECOMPRESS) else fix
-        raise ConversionError(f"{path}: record {index}: {record.fault}{advice}")
+        end = "" if record.fault.endswith(_DECOMPRESS) else advice()
+        raise ConversionError(f"{path}: record {index}: {record.fault}{end}")
     n = record.length
     body = os.pread(fd, n + _CRC.size, record.offset + HEADER.size)
     if len(body) < n + _CRC.size:
-        raise ConversionError(f"{path}: record {index}: truncated: the file ends inside the record{fix}")
+        raise ConversionError(f"{path}: record {index}: truncated: the file ends inside the record{advice()}")
     data = body[:n]
     stored = _CRC.unpack_from(body, n)[0]
     got = masked_crc32c(data)
     if got != stored:
         raise ConversionError(
             f"{path}: record {index}: data CRC mismatch (stored {stored:#010x}, computed {got:#010x}): "
-            f"the {n} bytes at byte {record.offset + HEADER.size} are damaged{fix}"
+            f"the {n} bytes at byte {record.offset + HEADER.size} are damaged{advice()}"
         )
     return data
 

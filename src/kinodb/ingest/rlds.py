@@ -115,6 +115,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import numpy as np
@@ -154,6 +155,9 @@ KNOWN_DATASETS: dict[str, tuple[float, str]] = {
     "fractal20220817_data": (3.0, "google_robot"),
     "droid": (15.0, "franka"),
 }
+
+
+_NO_SKIP: frozenset[str] = frozenset()
 
 
 def _recopy() -> str:
@@ -225,6 +229,7 @@ class RLDSSource:
         self._fd: tuple[str, int] | None = None
         self._layout: str | None = None
         self._plan: Plan | None = None
+        self._fps: float | None = None  # the episodes' (the option's, else the dataset's known rate)
         self._left_out: dict[str, str] = {}  # features a .kdb cannot hold, and why
         self._kinodb: dict[str, Any] | None = None  # a kinodb export's record (`_rlds_kinodb.exported`)
         self._kinodb_notes: list[str] = []
@@ -296,7 +301,7 @@ class RLDSSource:
         self._fd = (shard.name, fd)
         return fd
 
-    def _data(self, shard: Shard, index: int, *, fix: str = "") -> bytes:
+    def _data(self, shard: Shard, index: int, *, fix: str | Callable[[], str] = "") -> bytes:
         """Record ``index``'s data; ``fix`` ends the message of a damaged one (`_recopy` where
         the record is an episode's, which can be skipped)."""
         records = self._scan(shard)
@@ -310,12 +315,18 @@ class RLDSSource:
         raise ConversionError(f"{shard.path}: no record {index}; the shard holds {len(records)}")
 
     def _parse(
-        self, data: bytes, where: str, *, skip: frozenset[str] = frozenset(), fix: str = ""
+        self,
+        data: bytes,
+        where: str,
+        *,
+        skip: frozenset[str] = frozenset(),
+        fix: str | Callable[[], str] = "",
     ) -> dict[str, FeatureValue]:
         try:
             return parse_example(data, skip=skip)
         except ConversionError as exc:
-            raise ConversionError(f"{where}: {exc}{f'; {fix}' if fix else ''}") from None
+            said = fix() if callable(fix) else fix
+            raise ConversionError(f"{where}: {exc}{f'; {said}' if said else ''}") from None
 
     def _first_record(self) -> tuple[dict[str, FeatureValue], str]:
         """The first record that reads and parses and holds steps, for the layout and undeclared
@@ -437,7 +448,7 @@ class RLDSSource:
 
     def _skip(self, plan: Plan) -> frozenset[str]:
         if self._options.images:
-            return frozenset()
+            return _NO_SKIP
         keys = plan.cameras.values()
         return frozenset(k.removeprefix(STEPS) if self._layout == "step" else k for k in keys)
 
@@ -568,7 +579,7 @@ class RLDSSource:
             ConversionError: the key is unknown, a record is damaged, or a feature does
                 not fit; names the shard, the record and the feature.
         """
-        plan = self._setup()
+        plan = self._plan or self._setup()
         skip = self._skip(plan)
         if self._layout == "step":
             segments = self._segments(key)
@@ -580,11 +591,15 @@ class RLDSSource:
             if shard is None or not rest:
                 raise ConversionError(f"{self._root}: no episode {key!r}")
             where = f"{shard.path}: record {rest}"
-            fix = _recopy()
-            feats = self._parse(self._data(shard, _index(rest, key), fix=fix), where, skip=skip, fix=fix)
+            # _recopy: said where an error is raised (it names options as the caller spells them)
+            feats = self._parse(
+                self._data(shard, _index(rest, key), fix=_recopy), where, skip=skip, fix=_recopy
+            )
         args = convert(feats, plan, self._options, where)
         self._warn_non_finite(args["extra"].get(LEFT_OUT_FIELD, []), where)
-        args["fps"] = self._options.fps or KNOWN_DATASETS.get(self._dataset_name(), (DEFAULT_FPS, None))[0]
+        if self._fps is None:
+            self._fps = self._options.fps or KNOWN_DATASETS.get(self._dataset_name(), (DEFAULT_FPS, None))[0]
+        args["fps"] = self._fps
         if (
             self._kinodb is not None
             and not restore(
