@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import math
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -660,6 +660,22 @@ def _convert(
             cam: _camera(feats.get(key, []), plan.specs[key], T, options, where)
             for cam, key in plan.cameras.items()
         }
+    task, extra, task_index = _texts_and_fields(feats, plan, T, where)
+    if task is not None:
+        args["task"] = task
+    if task_index is not None:
+        args["extra_arrays"]["task_index"] = task_index
+    args["extra"] = extra
+    args["success"] = _success(feats, plan, rewards)
+    return args
+
+
+def _texts_and_fields(
+    feats: Mapping[str, FeatureValue], plan: Plan, T: int, where: str
+) -> tuple[str | None, dict[str, Any], NDArray[np.int64] | None]:
+    """An episode's task (None where the plan has none), extra fields and, where its task
+    changes from step to step, each step's position among its tasks (else None)."""
+    task, task_index = None, None
     extra: dict[str, Any] = {}
     for name, key in plan.texts.items():
         if key not in feats:
@@ -668,13 +684,13 @@ def _convert(
         if n != T:
             raise Disagrees(f"{where}: {key} has {n} texts; expected one per step ({T})")
         if key == plan.task:
-            args["task"] = firsts[0]
+            task = firsts[0]
             if steps is not None and "tasks" not in plan.fields and "task_index" not in plan.arrays:
                 # kinodb's per-frame convention (as the LeRobot converter writes it, and
                 # frame windows read it): the texts in order of first appearance, and
                 # each step's position among them
                 extra["tasks"] = firsts
-                args["extra_arrays"]["task_index"] = np.array(steps, np.int64)
+                task_index = np.array(steps, np.int64)
             elif steps is not None:
                 extra[name] = [firsts[k] for k in steps]
         else:
@@ -686,6 +702,89 @@ def _convert(
     left_out = _finite_fields(extra, plan)
     if left_out:
         extra[LEFT_OUT_FIELD] = left_out
-    args["extra"] = extra
-    args["success"] = _success(feats, plan, rewards)
-    return args
+    return task, extra, task_index
+
+
+def columns(
+    feats: Sequence[Mapping[str, FeatureValue]], plan: Plan, options: SourceOptions
+) -> dict[str, Any] | None:
+    """Several episodes' `convert` at once, as `Writer._add_columns` takes them: each array
+    once for all of them (their steps one after another), ``lengths``, and a list per
+    episode of its task, extra fields and success. The values are those `convert` gives
+    each episode.
+
+    None where the episodes cannot be taken together: cameras, tensors stored as bytes,
+    a task that changes within an episode, features not in the plan, or any record that
+    `convert` would refuse (it then says why, one episode at a time).
+    """
+    if plan.byte_keys or (options.images and plan.cameras) or not feats:
+        return None
+    names = feats[0].keys()
+    if names - plan.specs.keys() or any(f.keys() != names for f in feats):
+        return None
+    lengths = []
+    for f in feats:
+        value = f.get(plan.count_key)
+        T = 0 if value is None else len(value) if isinstance(value, list) else int(value.size)
+        if T == 0:
+            return None
+        lengths.append(T)
+    total = sum(lengths)
+    flags = [k for k in FLAG_KEYS if k in plan.specs and plan.specs[k].kind != "text"]
+    wanted = [*plan.actions, *plan.states, *(k for k in (plan.reward, plan.terminal) if k is not None),
+              *plan.arrays.values(), *flags]  # fmt: skip
+    joined: dict[str, FeatureValue] = {}
+    for key in dict.fromkeys(wanted):
+        shape = plan.specs[key].shape
+        if shape is None:
+            return None
+        width = math.prod(shape)
+        values = [f.get(key) for f in feats]
+        first = values[0]
+        if not isinstance(first, np.ndarray):
+            return None
+        for value, T in zip(values, lengths, strict=True):
+            if not isinstance(value, np.ndarray) or value.dtype != first.dtype or value.size != T * width:
+                return None
+        joined[key] = np.concatenate(values)  # type: ignore[arg-type]
+    ends = np.cumsum(lengths)
+    try:
+        for key in flags:
+            on = _steps(joined, plan, key, total, "").reshape(total) != 0
+            if key.endswith("is_first"):
+                expected = np.zeros(total, bool)
+                expected[ends - lengths] = True
+                if not np.array_equal(on, expected):
+                    return None
+            else:
+                on[ends - 1] = False
+                if on.any():
+                    return None
+        out: dict[str, Any] = {"lengths": lengths}
+        out["actions"] = _concat(joined, plan, plan.actions, total, "", actions=True)[0]
+        out["states"] = (
+            _concat(joined, plan, plan.states, total, "", actions=False)[0] if plan.states else None
+        )
+        rewards = None if plan.reward is None else _steps(joined, plan, plan.reward, total, "").reshape(total)
+        out["rewards"] = rewards
+        terminal = plan.terminal
+        out["is_terminal"] = (
+            None if terminal is None else _steps(joined, plan, terminal, total, "").reshape(total) != 0
+        )
+        out["extra_arrays"] = {
+            name: _steps(joined, plan, key, total, "") for name, key in plan.arrays.items()
+        }
+        tasks, extras, successes = [], [], []
+        start = 0
+        for f, T in zip(feats, lengths, strict=True):
+            task, extra, task_index = _texts_and_fields(f, plan, T, "")
+            if task_index is not None or LEFT_OUT_FIELD in extra:  # per episode: a warning to give
+                return None
+            tasks.append(task)
+            extras.append(extra)
+            successes.append(_success(f, plan, None if rewards is None else rewards[start : start + T]))
+            start += T
+    except (ConversionError, Disagrees):
+        return None
+    out.update(tasks=tasks, extras=extras, successes=successes)
+    return out

@@ -16,7 +16,7 @@ import re
 import signal
 import stat
 import time
-from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from multiprocessing.connection import Connection
@@ -511,36 +511,82 @@ def _write_episodes(
     # closing: an error (or Ctrl-C) stops the workers now, not when the generator is collected;
     # and the bar ends its line before the error is reported
     given = {name: value for name, value in overrides.items() if value is not None}
-    with contextlib.closing(bar), contextlib.closing(_convert_all(job, keys, workers)) as converted:
-        for key, args, error in converted:
-            if error is None:
-                assert args is not None
-                if given:
-                    args.update(given)
-                if task is not None:
-                    override_task(args, task)
-                where = args.pop(SOURCE_WHERE, None)
-                args["extra"] = {**args.get("extra", {}), "source_file": path, "source_episode": key}
-                unknown = bool(args.pop(TOTAL_UNKNOWN, False))
-                try:
-                    if unknown:  # stored as null, not summed from the rewards
-                        writer._add_episode(**{**args, "total_reward": None}, sum_rewards=False)
-                    else:
-                        writer.add_episode(**args)
-                except (WriterError, ValueError, TypeError) as exc:  # the episode's fault; an OSError is not
-                    # writing failed (a full disk): the output's fault, never skipped as the episode's
-                    if writer._failure is not None:
-                        raise
-                    error = _refused(args["extra"], where, exc)
+
+    def add(key: str, args: dict[str, Any] | None, error: str | None) -> None:
+        if error is None:
+            assert args is not None
+            if given:
+                args.update(given)
+            if task is not None:
+                override_task(args, task)
+            where = args.pop(SOURCE_WHERE, None)
+            args["extra"] = {**args.get("extra", {}), "source_file": path, "source_episode": key}
+            unknown = bool(args.pop(TOTAL_UNKNOWN, False))
+            try:
+                if unknown:  # stored as null, not summed from the rewards
+                    writer._add_episode(**{**args, "total_reward": None}, sum_rewards=False)
                 else:
-                    report.episodes += 1
-                    report.frames += len(args["actions"])
-            if error is not None:
-                if on_error == "raise":
-                    raise ConversionError(error)
-                # The advice is taken; the source wrote it as the caller spells it, as here.
-                report.skipped.append((key, _LEAVE_OUT.sub("", error.replace(skip_advice(), ""))))
-            bar(key)
+                    writer.add_episode(**args)
+            except (WriterError, ValueError, TypeError) as exc:  # the episode's fault; an OSError is not
+                # writing failed (a full disk): the output's fault, never skipped as the episode's
+                if writer._failure is not None:
+                    raise
+                error = _refused(args["extra"], where, exc)
+            else:
+                report.episodes += 1
+                report.frames += len(args["actions"])
+        if error is not None:
+            if on_error == "raise":
+                raise ConversionError(error)
+            # The advice is taken; the source wrote it as the caller spells it, as here.
+            report.skipped.append((key, _LEAVE_OUT.sub("", error.replace(skip_advice(), ""))))
+        bar(key)
+
+    with contextlib.closing(bar), contextlib.closing(_convert_all(job, keys, workers)) as converted:
+        for item in converted:
+            if not isinstance(item, _Columns):
+                add(*item)
+            elif _add_columns(writer, item, given, path):
+                report.episodes += len(item.keys)
+                report.frames += sum(item.values["lengths"])
+                for key in item.keys:
+                    bar(key)
+            else:  # one by one, each episode added or said why it cannot be
+                for key in item.keys:
+                    add(*_convert_one(key))
+
+
+@dataclass(frozen=True, slots=True)
+class _Columns:
+    """Episodes ``keys`` converted at once (`Source.read_columns`, in the calling process)."""
+
+    keys: list[str]
+    values: dict[str, Any]
+
+
+# Episodes converted at once where the source can (`_Columns`), and the most bytes of their
+# records: more would hold more than a few episodes' worth in memory.
+COLUMN_EPISODES = 64
+COLUMN_BYTES = 16 << 20
+
+
+def _add_columns(writer: Writer, cols: _Columns, given: Mapping[str, Any], path: str) -> bool:
+    """Add `_Columns` with the ingest's ``given`` values and provenance, as `add` adds each
+    episode; False (nothing added) where the writer cannot take them at once."""
+    values = cols.values
+    n = len(cols.keys)
+    task = given.get("task")
+    tasks = [task] * n if task is not None else [t if t is not None else "" for t in values["tasks"]]
+    extras = [
+        {**extra, "source_file": path, "source_episode": key}
+        for key, extra in zip(cols.keys, values["extras"], strict=True)
+    ]
+    return writer._add_columns(
+        values["lengths"], actions=values["actions"], states=values["states"], rewards=values["rewards"],
+        is_terminal=values["is_terminal"], extra_arrays=values["extra_arrays"],
+        embodiment=given.get("embodiment", "unknown"), tasks=tasks, fps=given.get("fps", values["fps"]),
+        successes=values["successes"], extras=extras,
+    )  # fmt: skip
 
 
 def _refused(extra: Mapping[str, Any], where: Any, exc: Exception) -> str:
@@ -665,7 +711,7 @@ def _encode(frames: np.ndarray, job: _Job, where: str) -> list[bytes]:
 
 def _convert_all(
     job: _Job, keys: list[str], workers: int
-) -> Generator[tuple[str, dict[str, Any] | None, str | None], None, None]:
+) -> Generator[tuple[str, dict[str, Any] | None, str | None] | _Columns, None, None]:
     """Converted episodes in key order; at most a few episodes in flight.
 
     Raises:
@@ -675,8 +721,7 @@ def _convert_all(
     if workers == 1:
         _init_worker(job)
         try:
-            for key in keys:
-                yield _convert_one(key)
+            yield from _converted_here(job, keys)
         finally:
             if _worker_source is not None:
                 _worker_source.close()
@@ -688,6 +733,35 @@ def _convert_all(
         finished = True
     finally:
         pool.stop(finished=finished)
+
+
+def _converted_here(
+    job: _Job, keys: list[str]
+) -> Iterator[tuple[str, dict[str, Any] | None, str | None] | _Columns]:
+    """`_convert_all` in this process: several episodes at once (`_Columns`) where the
+    source reads them so (`read_columns`; in runs of `COLUMN_EPISODES`), else one by one."""
+    assert _worker_source is not None
+    read = getattr(_worker_source, "read_columns", None)
+    at = 0
+    while at < len(keys):
+        chunk = keys[at : at + COLUMN_EPISODES]
+        at += len(chunk)
+        values = read(chunk, COLUMN_BYTES) if read is not None and len(chunk) > 1 else None
+        if values is None:
+            for key in chunk:
+                yield _convert_one(key)
+            continue
+        if job.dtype is not None:  # `_finish`'s cast
+            target = np.dtype(job.dtype)
+            for name in ("actions", "states", "rewards"):
+                arr = values[name]
+                if isinstance(arr, np.ndarray) and arr.dtype.kind == "f":
+                    values[name] = arr.astype(target)
+            values["extra_arrays"] = {
+                name: arr.astype(target) if arr.dtype.kind == "f" else arr
+                for name, arr in values["extra_arrays"].items()
+            }
+        yield _Columns(chunk, values)
 
 
 # -- worker processes ------------------------------------------------------------------------

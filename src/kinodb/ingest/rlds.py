@@ -125,7 +125,7 @@ from kinodb.ingest import _tfrecord
 from kinodb.ingest._base import SOURCE_WHERE, SourceInfo, SourceOptions
 from kinodb.ingest._example import FeatureValue, parse_example
 from kinodb.ingest._options import option_value, skip_advice
-from kinodb.ingest._rlds_features import FLAG_KEYS, LEFT_OUT_FIELD, META, Plan, convert, make_plan
+from kinodb.ingest._rlds_features import FLAG_KEYS, LEFT_OUT_FIELD, META, Plan, columns, convert, make_plan
 from kinodb.ingest._rlds_kinodb import edited, exported, restore, restore_dataset
 from kinodb.ingest._rlds_shards import (
     SHARD_RE,
@@ -597,9 +597,7 @@ class RLDSSource:
             )
         args = convert(feats, plan, self._options, where)
         self._warn_non_finite(args["extra"].get(LEFT_OUT_FIELD, []), where)
-        if self._fps is None:
-            self._fps = self._options.fps or KNOWN_DATASETS.get(self._dataset_name(), (DEFAULT_FPS, None))[0]
-        args["fps"] = self._fps
+        args["fps"] = self._episode_fps()
         if (
             self._kinodb is not None
             and not restore(
@@ -611,6 +609,44 @@ class RLDSSource:
             log.warning("%s", edited(self._root, self._kinodb, where))
         args[SOURCE_WHERE] = where
         return args
+
+    def read_columns(self, keys: list[str], max_bytes: int) -> dict[str, Any] | None:
+        """Episodes ``keys`` at once, as `_rlds_features.columns` gives them (with ``fps``),
+        or None where they cannot be read together, or their records hold more than
+        ``max_bytes``: then `read` each (which says why where one cannot be read at all)."""
+        plan = self._plan or self._setup()
+        if self._layout != "episode" or self._kinodb is not None or plan.byte_keys:
+            return None
+        if self._options.images and plan.cameras:
+            return None
+        places = []
+        size = 0
+        for key in keys:
+            name, _, rest = key.rpartition(":")
+            shard = self._by_name.get(name)
+            if shard is None or not rest.isdigit() or int(rest) >= len(self._scan(shard)):
+                return None
+            size += self._scan(shard)[int(rest)].length
+            places.append((shard, int(rest)))
+        if size > max_bytes:
+            return None
+        skip = self._skip(plan)
+        feats = []
+        for shard, index in places:
+            try:
+                feats.append(parse_example(self._data(shard, index), skip=skip))
+            except ConversionError:
+                return None
+        out = columns(feats, plan, self._options)
+        if out is not None:
+            out["fps"] = self._episode_fps()
+        return out
+
+    def _episode_fps(self) -> float:
+        """The episodes' frame rate: the option's, else the dataset's known rate (or the default)."""
+        if self._fps is None:
+            self._fps = self._options.fps or KNOWN_DATASETS.get(self._dataset_name(), (DEFAULT_FPS, None))[0]
+        return self._fps
 
     def _warn_non_finite(self, keys: list[str], where: str) -> None:
         """Warn, once per dataset and key, of episode-level values left out as not finite."""

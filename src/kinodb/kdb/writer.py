@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import errno
+import itertools
 import math
 import os
 import secrets
@@ -569,10 +570,7 @@ class Writer(_EpisodeCopies):
             if layout is None:
                 note_schema(schema, {k: (v.dtype, v.shape) for k, v in arrays.items()},
                             {k: (codec, hwc) for k, (codec, hwc, _) in cams.items()})  # fmt: skip
-                self._layouts[key] = [
-                    (self._table.name_code(k), KIND_ARRAY, DTYPE_CODE[a.dtype], 0, a.ndim, dims3(a.shape))
-                    for k, a in arrays.items()
-                ]
+                self._layouts[key] = self._layout_rows(arrays)
         for name, got, was in drift:  # once written, at the caller's line
             if self._on_drift is not None:
                 self._on_drift(n, name, got, was)
@@ -581,6 +579,124 @@ class Writer(_EpisodeCopies):
                     drift_message(self._path, n, name, got, was, writer_fix(name, got, was)), stacklevel=3
                 )
         return index
+
+    def _layout_rows(self, arrays: Mapping[str, np.ndarray]) -> list[tuple[Any, ...]]:
+        """The arrays' section rows but their offsets (see `_layouts`)."""
+        return [
+            (self._table.name_code(k), KIND_ARRAY, DTYPE_CODE[a.dtype], 0, a.ndim, dims3(a.shape))
+            for k, a in arrays.items()
+        ]
+
+    def _add_columns(
+        self, lengths: Sequence[int], *, actions: np.ndarray, states: np.ndarray | None, rewards: np.ndarray | None,
+        is_terminal: np.ndarray | None, extra_arrays: Mapping[str, np.ndarray], embodiment: str,
+        tasks: Sequence[str], fps: float, successes: Sequence[bool | None], extras: Sequence[Mapping[str, Any]],
+    ) -> bool:  # fmt: skip
+        """Add several episodes given at once: each array holds all their steps, one episode
+        after another (``lengths`` steps each); the file is the one `add_episode` called on
+        each episode's slices would give (rewards summed per episode).
+
+        Returns False, adding none of them, where they are not all of a layout already
+        written (arrays' names, dtypes and dims), or one of them is refused: adding them one
+        by one then says why. Cameras and timestamps are not taken.
+
+        Raises:
+            WriterError: writing failed (the writer is then closed, as `add_episode` leaves it).
+        """
+        self._check_open()
+        T = sum(lengths)
+        if not lengths or min(lengths) < 1:
+            return False
+        try:
+            arrays = episode_arrays(actions, states, rewards, is_terminal, None, extra_arrays)
+            if arrays["actions"].shape[0] != T:
+                return False
+            rew = arrays["rewards"]
+            with np.errstate(invalid="ignore"):
+                metas = [
+                    episode_meta(embodiment, task, fps, flag, None, rew[a - n : a], rewards, extra)
+                    for n, a, task, flag, extra in zip(
+                        lengths, itertools.accumulate(lengths), tasks, successes, extras, strict=True
+                    )
+                ]
+        except (WriterError, ValueError, TypeError):
+            return False
+        with self._lock:
+            self._check_open()
+            schema = self._dataset["schema"]
+            _defaults_like(arrays, schema, states is None, rewards is None)
+            key = (tuple([(k, a.dtype, a.shape[1:]) for k, a in arrays.items()]), ())
+            layout = self._layouts.get(key)
+            if layout is None:  # the first episode of a new layout: added alone, with its checks
+                n = lengths[0]
+                try:
+                    self._add_episode(
+                        actions=actions[:n], states=None if states is None else states[:n],
+                        rewards=None if rewards is None else rewards[:n],
+                        is_terminal=None if is_terminal is None else is_terminal[:n],
+                        extra_arrays={k: v[:n] for k, v in extra_arrays.items()}, embodiment=embodiment,
+                        task=tasks[0], fps=fps, success=successes[0], extra=extras[0], sum_rewards=True,
+                    )  # fmt: skip
+                except (WriterError, ValueError, TypeError):
+                    if self._failure is not None:  # writing failed: the writer's own error
+                        raise
+                    return False
+                if len(lengths) == 1:
+                    return True
+                layout = self._layout_rows(arrays)
+                arrays = {k: v[n:] for k, v in arrays.items()}
+                lengths, metas = lengths[1:], metas[1:]
+            self._write_columns(arrays, lengths, metas, layout)
+        return True
+
+    def _write_columns(
+        self, arrays: dict[str, np.ndarray], lengths: Sequence[int], metas: list[dict[str, Any]],
+        layout: list[tuple[Any, ...]],
+    ) -> None:  # fmt: skip
+        """`_add_columns`' episodes, written in one go: each laid out as `_write` lays it out."""
+        table = self._table
+        # each array's bytes, and the bytes of one of its steps
+        views = [
+            (np.ascontiguousarray(a).reshape(-1).view(np.uint8).data, a[:1].nbytes) for a in arrays.values()
+        ]
+        pos = self._pos
+        parts: list[Any] = []
+        spans, rows = [], []
+        step = 0
+        for T in lengths:
+            payload = align(pos, SECTION_ALIGN)
+            if payload > pos:
+                parts.append(_ZEROS[: payload - pos])
+            pos = payload
+            sections = []
+            for (view, width), row in zip(views, layout, strict=True):
+                pad = -pos % SECTION_ALIGN
+                if pad:
+                    parts.append(_ZEROS[:pad])
+                    pos += pad
+                sections.append((*row, pos))
+                parts.append(view[step * width : (step + T) * width])
+                pos += T * width
+            spans.append((payload, pos))
+            rows.append(sections)
+            step += T
+        base = self._pos
+        blob = b"".join(parts)
+        try:
+            self._fh.write(blob)
+        except BaseException as exc:
+            if isinstance(exc, OSError) or not self._rollback(base, table.section_count()):
+                raise self._fail(exc, "writing an episode") from exc
+            raise
+        self._pos = pos
+        whole = memoryview(blob)
+        dims = arrays["actions"].shape[1], arrays["states"].shape[1]
+        for (start, end), sections, meta, T in zip(spans, rows, metas, lengths, strict=True):
+            sec_start = table.section_count()
+            table.add_sections(sections)
+            crc = crc32(whole[start - base : end - base])
+            meta.update(num_frames=T, action_dim=dims[0], state_dim=dims[1])
+            self._add_row(meta, start, end - start, crc, sec_start, meta["extra"])
 
     def _check_section_limits(self, names: Sequence[str]) -> None:
         """Refuse an episode whose sections the u16 columns ``sec_count`` and ``sec.name``
