@@ -1013,8 +1013,9 @@ class Writer(_EpisodeCopies):
         slot = 1 - self._slot if self._tmp is None else 0
         self._fh.flush()
         self._flusher.wait(self._path)
-        os.fsync(self._fh.fileno())  # data and index are durable before anything points at them
-        if self._tmp is not None:
+        if self._tmp is None:  # an append: data and index are durable before the record points at them
+            os.fsync(self._fh.fileno())
+        else:  # a new file: its rename commits it, after the one fsync below of all of it
             self._fh.seek(0)
             self._fh.write(pack_header())
         at = SLOT_OFFSETS[slot]
