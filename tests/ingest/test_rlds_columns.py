@@ -25,6 +25,7 @@ STEP = {
     "observation": w.features_dict({"state": w.tensor([4], "float32"), "count": w.tensor([2], "int64")}),
 }  # fmt: skip
 META = {"file_path": w.text(), "score": w.tensor([], "float32")}
+STEP_OBS = ("state", "count", "image")
 
 
 def _episode(rng: np.random.Generator, i: int, T: int) -> dict[str, Any]:
@@ -43,7 +44,7 @@ def _episode(rng: np.random.Generator, i: int, T: int) -> dict[str, Any]:
 
 
 def _dataset(root: Path, n: int, *, change: dict[int, dict[str, Any]] | None = None, step: Any = STEP,
-             images: bool = False) -> Path:  # fmt: skip
+             images: bool = False, meta: Any = META) -> Path:  # fmt: skip
     rng = np.random.default_rng(n)
     eps = []
     for i in range(n):
@@ -54,9 +55,14 @@ def _dataset(root: Path, n: int, *, change: dict[int, dict[str, Any]] | None = N
                 encode_image(f, "JPEG", quality=90) for f in smooth_frames(rng, (T, 8, 8, 3))
             ]
         ep.update((change or {}).get(i, {}))
-        eps.append(ep)
+        declared = (
+            {f"steps/{k}" for k in step}
+            | {f"steps/observation/{k}" for k in STEP_OBS}
+            | {f"episode_metadata/{k}" for k in meta}
+        )
+        eps.append({k: v for k, v in ep.items() if k in declared})
     cut = n // 2
-    features = {"steps": w.dataset(step), "episode_metadata": w.features_dict(META)}
+    features = {"steps": w.dataset(step), **({"episode_metadata": w.features_dict(meta)} if meta else {})}
     records = [w.episode_example(e) for e in eps]
     return w.write_tfds(root, "toy", {"train": [records[:cut], records[cut:]]}, features)
 
@@ -110,6 +116,19 @@ def test_the_ingest_options_apply_to_episodes_taken_at_once(
     root = _dataset(tmp_path / "toy" / "1.0.0", 90)
     _, taken = _both(tmp_path, root, monkeypatch, **options)
     assert taken and all(taken)
+
+
+def test_episodes_without_terminals_rewards_or_metadata_are_taken_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # add_episode's defaults, per episode: the last step terminal, no rewards (total unknown)
+    step = {k: STEP[k] for k in ("is_first", "is_last", "action", "observation")}
+    root = _dataset(tmp_path / "toy" / "1.0.0", 90, step=step, meta={})
+    _, taken = _both(tmp_path, root, monkeypatch)
+    assert taken and all(taken)
+    with kinodb.open(tmp_path / "at_once.kdb") as db:
+        ends = [db.read_episode(i)["is_terminal"] for i in (0, 50)]
+        assert all(e[-1] and not e[:-1].any() for e in ends) and db.read_meta(50)["total_reward"] is None
 
 
 def test_a_run_that_cannot_be_taken_at_once_is_taken_one_by_one(
@@ -174,3 +193,43 @@ def test_columns_the_writer_refuses_add_nothing(tmp_path: Path) -> None:
         assert [db.read_meta(i)["task"] for i in range(2)] == ["a", "b"]
         assert [len(db.read_episode(i)["actions"]) for i in range(2)] == [2, 3]
         assert db.read_meta(1)["success"] is True and db.read_meta(1)["x"] == 1
+
+
+def test_columns_sum_each_episodes_rewards_as_add_episode_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # NumPy sums long runs pairwise; each episode's total must be the one its own sum gives,
+    # bit for bit, and not finite (+inf and -inf) is unknown.
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    rng = np.random.default_rng(3)
+    lengths = [1, 9000, 3, 20000, 777]
+    rewards = (rng.normal(size=sum(lengths)) * 1e3).astype(np.float32)
+    rewards[9001] = np.inf
+    rewards[9002] = -np.inf
+    actions = rng.normal(size=(sum(lengths), 2)).astype(np.float32)
+    n = len(lengths)
+    common = {"embodiment": "arm", "fps": 10.0, "tasks": ["t"] * n, "successes": [None] * n,
+              "extras": [{}] * n}  # fmt: skip
+    with kinodb.Writer(tmp_path / "at_once.kdb") as out:
+        out.add_episode(actions=actions[:1], rewards=rewards[:1], task="t", embodiment="arm")  # the layout
+        assert out._add_columns(
+            lengths,
+            actions=actions,
+            states=None,
+            rewards=rewards,
+            is_terminal=None,
+            extra_arrays={},
+            **common,
+        )
+    with kinodb.Writer(tmp_path / "one_by_one.kdb") as out:
+        out.add_episode(actions=actions[:1], rewards=rewards[:1], task="t", embodiment="arm")
+        start = 0
+        for T in lengths:
+            out.add_episode(actions=actions[start : start + T], rewards=rewards[start : start + T], task="t",
+                            embodiment="arm")  # fmt: skip
+            start += T
+    with kinodb.open(tmp_path / "at_once.kdb") as a, kinodb.open(tmp_path / "one_by_one.kdb") as b:
+        totals = [a.read_meta(i)["total_reward"] for i in range(1, n + 1)]
+        assert totals == [b.read_meta(i)["total_reward"] for i in range(1, n + 1)]
+        assert totals[2] is None and totals[3] == float(rewards[9004:29004].astype(np.float64).sum())
+    assert (tmp_path / "at_once.kdb").read_bytes() == (tmp_path / "one_by_one.kdb").read_bytes()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import errno
-import itertools
 import math
 import os
 import secrets
@@ -607,18 +606,28 @@ class Writer(_EpisodeCopies):
         T = sum(lengths)
         if not lengths or min(lengths) < 1:
             return False
+        if is_terminal is None:  # add_episode's default, per episode: its last step
+            is_terminal = np.zeros(T, bool)
+            is_terminal[np.cumsum(lengths) - 1] = True
         try:
             arrays = episode_arrays(actions, states, rewards, is_terminal, None, extra_arrays)
             if arrays["actions"].shape[0] != T:
                 return False
             rew = arrays["rewards"]
-            with np.errstate(invalid="ignore"):
-                metas = [
-                    episode_meta(embodiment, task, fps, flag, None, rew[a - n : a], rewards, extra)
-                    for n, a, task, flag, extra in zip(
-                        lengths, itertools.accumulate(lengths), tasks, successes, extras, strict=True
-                    )
-                ]
+            totals: list[float | None] = [None] * len(lengths)
+            if rewards is not None:
+                # Each episode's sum as add_episode takes it (NumPy sums each run as it sums a
+                # whole array); one that is not finite is unknown (None).
+                starts = np.zeros(len(lengths), np.intp)
+                np.cumsum(lengths[:-1], out=starts[1:])
+                with np.errstate(invalid="ignore"):
+                    sums = np.add.reduceat(rew.astype(np.float64), starts).tolist()
+                totals = [t if math.isfinite(t) else None for t in sums]
+            metas = [
+                episode_meta(embodiment, task, fps, bool(flag) if isinstance(flag, np.bool_) else flag, total, rew,
+                             None, extra)
+                for task, flag, total, extra in zip(tasks, successes, totals, extras, strict=True)
+            ]  # fmt: skip
         except (WriterError, ValueError, TypeError):
             return False
         with self._lock:
