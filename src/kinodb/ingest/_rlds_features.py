@@ -332,6 +332,8 @@ def _step_texts(value: FeatureValue, key: str, where: str) -> tuple[int, list[st
     decoded once (UTF-8 decodes distinct bytes to distinct text), not once per step."""
     if not isinstance(value, list):
         return 0, _texts(value, key, where), None
+    if value and value.count(value[0]) == len(value):  # one text, the usual case: no hash of each step's
+        return len(value), _texts(value[:1], key, where), None
     firsts = dict.fromkeys(value)
     texts = _texts(list(firsts), key, where)
     if len(firsts) <= 1:
@@ -740,13 +742,12 @@ def columns(
             return None
         width = math.prod(shape)
         values = [f.get(key) for f in feats]
-        first = values[0]
-        if not isinstance(first, np.ndarray):
+        if not all(type(v) is np.ndarray for v in values):  # bytes where numbers belong, or missing
             return None
-        for value, T in zip(values, lengths, strict=True):
-            if not isinstance(value, np.ndarray) or value.dtype != first.dtype or value.size != T * width:
-                return None
-        joined[key] = np.concatenate(values)  # type: ignore[arg-type]
+        arrays: list[NDArray[Any]] = values  # type: ignore[assignment]
+        if [v.size for v in arrays] != [T * width for T in lengths] or len({v.dtype for v in arrays}) > 1:
+            return None
+        joined[key] = np.concatenate(arrays)
     ends = np.cumsum(lengths)
     try:
         for key in flags:
