@@ -670,24 +670,22 @@ class Writer(_EpisodeCopies):
         ]
         pos = self._pos
         parts: list[Any] = []
-        spans, rows = [], []
+        spans, rows = [], []  # each episode's payload; the section rows of all, in order
         step = 0
         for T in lengths:
             payload = align(pos, SECTION_ALIGN)
             if payload > pos:
                 parts.append(_ZEROS[: payload - pos])
             pos = payload
-            sections = []
             for (view, width), row in zip(views, layout, strict=True):
                 pad = -pos % SECTION_ALIGN
                 if pad:
                     parts.append(_ZEROS[:pad])
                     pos += pad
-                sections.append((*row, pos))
+                rows.append((*row, pos))
                 parts.append(view[step * width : (step + T) * width])
                 pos += T * width
             spans.append((payload, pos))
-            rows.append(sections)
             step += T
         base = self._pos
         blob = b"".join(parts)
@@ -700,12 +698,14 @@ class Writer(_EpisodeCopies):
         self._pos = pos
         whole = memoryview(blob)
         dims = arrays["actions"].shape[1], arrays["states"].shape[1]
-        for (start, end), sections, meta, T in zip(spans, rows, metas, lengths, strict=True):
-            sec_start = table.section_count()
-            table.add_sections(sections)
+        sec_start, count = table.section_count(), len(layout)
+        table.add_sections(rows)
+        for (start, end), meta, T in zip(spans, metas, lengths, strict=True):
             crc = crc32(whole[start - base : end - base])
             meta.update(num_frames=T, action_dim=dims[0], state_dim=dims[1])
-            self._add_row(meta, start, end - start, crc, sec_start, meta["extra"])
+            self._add_row(meta, start, end - start, crc, sec_start, meta["extra"], count, flush=False)
+            sec_start += count
+        self._flush_some()
 
     def _check_section_limits(self, names: Sequence[str]) -> None:
         """Refuse an episode whose sections the u16 columns ``sec_count`` and ``sec.name``
@@ -855,19 +855,29 @@ class Writer(_EpisodeCopies):
         crc: int,
         sec_start: int,
         extra: Mapping[str, Any],
+        sec_count: int | None = None,
+        *,
+        flush: bool = True,
     ) -> None:
+        """Add an episode's row: its ``sec_count`` section rows (those added since
+        ``sec_start`` where None) are in the table; ``flush``: hand the bytes written so far
+        to the disk in the background, when enough are (`Flusher`)."""
         table, success, reward = self._table, meta["success"], meta["total_reward"]
         table.add_episode_values(
             (  # in EPISODE_COLUMNS' order
                 len(table), meta["num_frames"], meta["action_dim"], meta["state_dim"], meta["fps"],
                 -1 if success is None else int(bool(success)),
                 math.nan if reward is None else reward, reward is not None,
-                start, length, crc, sec_start, table.section_count() - sec_start,
+                start, length, crc, sec_start, table.section_count() - sec_start if sec_count is None else sec_count,
             ),
             {"embodiment": meta["embodiment"], "task": meta["task"]},
             extra,
         )  # fmt: skip
         self._num_frames += int(meta["num_frames"])
+        if flush:
+            self._flush_some()
+
+    def _flush_some(self) -> None:
         try:
             self._flusher.after_write(self._fh, self._pos)
         except OSError as exc:
