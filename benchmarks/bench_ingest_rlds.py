@@ -10,8 +10,8 @@ Inputs: the real Bridge sample (25 episodes x 10 steps, four 64x64 JPEG cameras)
 steps in 4 shards, two 128x128 JPEG cameras, state, action, a 512-d language embedding),
 and a state-only one (by default 1,000 episodes x 100 steps: state, action, reward,
 flags and the instruction text, no cameras).
-A third variant runs the converter alone (every episode's `add_episode` arguments, no
-writer), to separate the converter's cost from the writer's. All run in the same
+A third variant runs the converter alone (as the ingest runs it, without the writer), to
+separate the converter's cost from the writer's. All run in the same
 process, rotating, on a warm page cache; medians are reported. Each ingest writes a new
 output file, as a user's does: the previous run's output is deleted off the clock. ``workers=2`` repeats the
 synthetic ingest with two converter processes. A last row measures the read-only peer
@@ -39,6 +39,7 @@ from PIL import Image
 import kinodb
 from kinodb.ingest import SourceOptions, _tfrecord, ingest
 from kinodb.ingest._example import encode_example, parse_example
+from kinodb.ingest._run import COLUMN_BYTES, COLUMN_EPISODES
 from kinodb.ingest.rlds import RLDSSource
 
 BRIDGE = (
@@ -158,10 +159,20 @@ def read_only(root: Path) -> int:
 
 
 def convert_only(root: Path) -> int:
-    """The converter without the writer: every episode's `add_episode` arguments; return frames."""
+    """The converter without the writer, as the ingest runs it: runs of episodes at once
+    where the source takes them so, else every episode's `add_episode` arguments; return
+    frames."""
     source = RLDSSource(str(root), SourceOptions())
     try:
-        return sum(len(source.read(key)["actions"]) for key in source.episodes())
+        keys, frames = source.episodes(), 0
+        for at in range(0, len(keys), COLUMN_EPISODES):
+            run = keys[at : at + COLUMN_EPISODES]
+            values = source.read_columns(run, COLUMN_BYTES) if len(run) > 1 else None
+            if values is not None:
+                frames += sum(values["lengths"])
+            else:
+                frames += sum(len(source.read(key)["actions"]) for key in run)
+        return frames
     finally:
         source.close()
 
