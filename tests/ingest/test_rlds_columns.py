@@ -233,3 +233,22 @@ def test_columns_sum_each_episodes_rewards_as_add_episode_does(
         assert totals == [b.read_meta(i)["total_reward"] for i in range(1, n + 1)]
         assert totals[2] is None and totals[3] == float(rewards[9004:29004].astype(np.float64).sum())
     assert (tmp_path / "at_once.kdb").read_bytes() == (tmp_path / "one_by_one.kdb").read_bytes()
+
+
+def test_a_run_whose_reading_fails_is_converted_one_episode_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kinodb.ingest.rlds import RLDSSource
+
+    root = _dataset(tmp_path / "toy" / "1.0.0", 70)
+    calls = []
+
+    def broken(self: RLDSSource, keys: list[str], max_bytes: int) -> Any:
+        calls.append(len(keys))
+        raise RuntimeError("a bug in the run converter")
+
+    monkeypatch.setattr(RLDSSource, "read_columns", broken)
+    _, taken = _both(tmp_path, root, monkeypatch)
+    assert calls == [64, 6] and taken == []  # both runs tried, then every episode converted alone
+    with kinodb.open(tmp_path / "at_once.kdb") as db:
+        assert len(db) == 70

@@ -746,7 +746,15 @@ def _converted_here(
     while at < len(keys):
         chunk = keys[at : at + COLUMN_EPISODES]
         at += len(chunk)
-        values = read(chunk, COLUMN_BYTES) if read is not None and len(chunk) > 1 else None
+        try:
+            values = read(chunk, COLUMN_BYTES) if read is not None and len(chunk) > 1 else None
+        except MemoryError:
+            raise  # not the episodes' fault: the command says so
+        except Exception:  # whatever it is, converting the episodes one by one says which and why
+            log.debug(
+                "%s: episodes %s..%s not converted at once", job.path, chunk[0], chunk[-1], exc_info=True
+            )
+            values = None
         if values is None:
             for key in chunk:
                 yield _convert_one(key)
