@@ -164,14 +164,16 @@ def convert_only(root: Path) -> int:
     frames."""
     source = RLDSSource(str(root), SourceOptions())
     try:
-        keys, frames = source.episodes(), 0
-        for at in range(0, len(keys), COLUMN_EPISODES):
+        keys, frames, at = source.episodes(), 0, 0
+        while at < len(keys):
             run = keys[at : at + COLUMN_EPISODES]
             values = source.read_columns(run, COLUMN_BYTES) if len(run) > 1 else None
             if values is not None:
                 frames += sum(values["lengths"])
+                at += len(values["lengths"])
             else:
                 frames += sum(len(source.read(key)["actions"]) for key in run)
+                at += len(run)
         return frames
     finally:
         source.close()

@@ -48,13 +48,13 @@ def _dataset(root: Path, n: int, *, change: dict[int, dict[str, Any]] | None = N
     rng = np.random.default_rng(n)
     eps = []
     for i in range(n):
-        ep = _episode(rng, i, int(rng.integers(1, 8)))
+        T = int(rng.integers(1, 8))
+        ep = _episode(rng, i, T)
         if images:
-            T = len(ep["steps/action"])
             ep["steps/observation/image"] = [
                 encode_image(f, "JPEG", quality=90) for f in smooth_frames(rng, (T, 8, 8, 3))
             ]
-        ep.update((change or {}).get(i, {}))
+        ep.update({k: v(T) if callable(v) else v for k, v in (change or {}).get(i, {}).items()})
         declared = (
             {f"steps/{k}" for k in step}
             | {f"steps/observation/{k}" for k in STEP_OBS}
@@ -198,12 +198,13 @@ def test_columns_the_writer_refuses_add_nothing(tmp_path: Path) -> None:
 def test_columns_sum_each_episodes_rewards_as_add_episode_does(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # NumPy sums long runs pairwise; each episode's total must be the one its own sum gives,
-    # bit for bit, and not finite (+inf and -inf) is unknown.
+    # Each episode's total must be the one its own sum gives, bit for bit (NumPy adds in
+    # another order over runs, np.add.reduceat), and not finite (+inf and -inf) is unknown.
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
     rng = np.random.default_rng(3)
-    lengths = [1, 9000, 3, 20000, 777]
-    rewards = (rng.normal(size=sum(lengths)) * 1e3).astype(np.float32)
+    lengths = [1, 9000, 3, 20000, 777, 5, 17, 64]
+    # of many magnitudes, so that the float64 sums are not exact and the order of adding counts
+    rewards = (rng.normal(size=sum(lengths)) * 10.0 ** rng.integers(-3, 7, sum(lengths))).astype(np.float32)
     rewards[9001] = np.inf
     rewards[9002] = -np.inf
     actions = rng.normal(size=(sum(lengths), 2)).astype(np.float32)
@@ -252,3 +253,49 @@ def test_a_run_whose_reading_fails_is_converted_one_episode_at_a_time(
     assert calls == [64, 6] and taken == []  # both runs tried, then every episode converted alone
     with kinodb.open(tmp_path / "at_once.kdb") as db:
         assert len(db) == 70
+
+
+def test_the_callers_task_takes_out_per_frame_tasks_as_one_by_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A list-valued `tasks` field and a `task_index` array are per-frame tasks, which the
+    # caller's task replaces (override_task); with no task given they are kept.
+    step = {**STEP, "task_index": w.tensor([], "int64")}
+    meta = {**META, "tasks": w.tensor([2], "int64")}
+    change = {i: {"steps/task_index": lambda T: np.zeros(T, np.int64), "episode_metadata/tasks": np.array([1, 2])}
+              for i in range(20)}  # fmt: skip
+    root = _dataset(tmp_path / "toy" / "1.0.0", 20, change=change, step=step, meta=meta)
+    for name, options in (("given", {"task": "stack"}), ("kept", {})):
+        (tmp_path / name).mkdir()
+        _, taken = _both(tmp_path / name, root, monkeypatch, **options)
+        with kinodb.open(tmp_path / name / "at_once.kdb") as db:
+            meta_1, arrays = db.read_meta(1), db.read_episode(1)
+        if options:
+            assert (
+                taken == []
+                and meta_1["task"] == "stack"
+                and "tasks" not in meta_1
+                and "task_index" not in arrays
+            )
+        else:
+            assert taken == [True] and meta_1["tasks"] == [1, 2] and "task_index" in arrays
+
+
+def test_a_run_holds_as_many_episodes_as_their_records_bytes_allow(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = _dataset(tmp_path / "toy" / "1.0.0", 40)
+    sizes = sorted(p.stat().st_size for p in root.glob("*.tfrecord-*"))
+    monkeypatch.setattr(_run, "COLUMN_BYTES", sizes[0] // 6)  # some 3 of the 20 records of a shard
+    taken: list[int] = []
+    real = Writer._add_columns
+
+    def spy(self: Writer, lengths: list[int], **kwargs: Any) -> bool:
+        taken.append(len(lengths))
+        return real(self, lengths, **kwargs)
+
+    with mock.patch.object(Writer, "_add_columns", spy):
+        at_once, _ = _both(tmp_path, root, monkeypatch)
+    assert len(taken) > 8 and sum(taken) <= 40 and max(taken) < 8
+    with kinodb.open(tmp_path / "at_once.kdb") as db:
+        assert len(db) == 40

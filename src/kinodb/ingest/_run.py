@@ -546,7 +546,7 @@ def _write_episodes(
         for item in converted:
             if not isinstance(item, _Columns):
                 add(*item)
-            elif _add_columns(writer, item, given, path):
+            elif _add_columns(writer, item, given, path, task is not None):
                 report.episodes += len(item.keys)
                 report.frames += sum(item.values["lengths"])
                 for key in item.keys:
@@ -565,16 +565,26 @@ class _Columns:
 
 
 # Episodes converted at once where the source can (`_Columns`), and the most bytes of their
-# records: more would hold more than a few episodes' worth in memory.
+# records. A run holds its records, and its values some three times over (parsed, joined,
+# written), each up to 8 times the record's bytes (small int64 values take one byte there):
+# some 25 MB at most.
 COLUMN_EPISODES = 64
-COLUMN_BYTES = 16 << 20
+COLUMN_BYTES = 1 << 20
 
 
-def _add_columns(writer: Writer, cols: _Columns, given: Mapping[str, Any], path: str) -> bool:
+def _add_columns(
+    writer: Writer, cols: _Columns, given: Mapping[str, Any], path: str, task_given: bool
+) -> bool:
     """Add `_Columns` with the ingest's ``given`` values and provenance, as `add` adds each
-    episode; False (nothing added) where the writer cannot take them at once."""
+    episode; False (nothing added) where the writer cannot take them at once, or where the
+    caller's task (``task_given``) would take per-frame tasks out of some (`override_task`)."""
     values = cols.values
     n = len(cols.keys)
+    if task_given and (
+        "task_index" in values["extra_arrays"]
+        or any(isinstance(e.get("tasks"), list) for e in values["extras"])
+    ):
+        return False
     task = given.get("task")
     tasks = [task] * n if task is not None else [t if t is not None else "" for t in values["tasks"]]
     extras = [
@@ -745,7 +755,6 @@ def _converted_here(
     at = 0
     while at < len(keys):
         chunk = keys[at : at + COLUMN_EPISODES]
-        at += len(chunk)
         try:
             values = read(chunk, COLUMN_BYTES) if read is not None and len(chunk) > 1 else None
         except MemoryError:
@@ -756,9 +765,12 @@ def _converted_here(
             )
             values = None
         if values is None:
+            at += len(chunk)
             for key in chunk:
                 yield _convert_one(key)
             continue
+        taken = chunk[: len(values["lengths"])]  # the first of them, as many as COLUMN_BYTES allows
+        at += len(taken)
         if job.dtype is not None:  # `_finish`'s cast
             target = np.dtype(job.dtype)
             for name in ("actions", "states", "rewards"):
@@ -769,7 +781,7 @@ def _converted_here(
                 name: arr.astype(target) if arr.dtype.kind == "f" else arr
                 for name, arr in values["extra_arrays"].items()
             }
-        yield _Columns(chunk, values)
+        yield _Columns(taken, values)
 
 
 # -- worker processes ------------------------------------------------------------------------

@@ -611,9 +611,10 @@ class RLDSSource:
         return args
 
     def read_columns(self, keys: list[str], max_bytes: int) -> dict[str, Any] | None:
-        """Episodes ``keys`` at once, as `_rlds_features.columns` gives them (with ``fps``),
-        or None where they cannot be read together, or their records hold more than
-        ``max_bytes``: then `read` each (which says why where one cannot be read at all)."""
+        """The first of episodes ``keys`` at once, as `_rlds_features.columns` gives them
+        (with ``fps``): as many as have records of at most ``max_bytes`` in all (their
+        ``lengths`` say how many), at least two. None where they cannot be read together:
+        then `read` each (which says why where one cannot be read at all)."""
         plan = self._plan or self._setup()
         if self._layout != "episode" or self._kinodb is not None or plan.byte_keys:
             return None
@@ -626,9 +627,12 @@ class RLDSSource:
             shard = self._by_name.get(name)
             if shard is None or not rest.isdigit() or int(rest) >= len(self._scan(shard)):
                 return None
-            size += self._scan(shard)[int(rest)].length
+            length = self._scan(shard)[int(rest)].length
+            if size + length > max_bytes:
+                break
+            size += length
             places.append((shard, int(rest)))
-        if size > max_bytes:
+        if len(places) < 2:
             return None
         skip = self._skip(plan)
         feats = []

@@ -616,12 +616,14 @@ class Writer(_EpisodeCopies):
             rew = arrays["rewards"]
             totals: list[float | None] = [None] * len(lengths)
             if rewards is not None:
-                # Each episode's sum as add_episode takes it (NumPy sums each run as it sums a
-                # whole array); one that is not finite is unknown (None).
-                starts = np.zeros(len(lengths), np.intp)
-                np.cumsum(lengths[:-1], out=starts[1:])
+                # Each episode's sum as add_episode takes it: the sum of its own slice (a sum
+                # over runs, np.add.reduceat, adds in another order); not finite: unknown.
+                wide = rew.astype(np.float64)
                 with np.errstate(invalid="ignore"):
-                    sums = np.add.reduceat(rew.astype(np.float64), starts).tolist()
+                    sums = [
+                        float(wide[end - n : end].sum())
+                        for n, end in zip(lengths, np.cumsum(lengths).tolist(), strict=True)
+                    ]
                 totals = [t if math.isfinite(t) else None for t in sums]
             metas = [
                 episode_meta(embodiment, task, fps, bool(flag) if isinstance(flag, np.bool_) else flag, total, rew,
