@@ -295,7 +295,21 @@ def test_a_run_holds_as_many_episodes_as_their_records_bytes_allow(
         return real(self, lengths, **kwargs)
 
     with mock.patch.object(Writer, "_add_columns", spy):
-        at_once, _ = _both(tmp_path, root, monkeypatch)
+        _both(tmp_path, root, monkeypatch)
     assert len(taken) > 8 and sum(taken) <= 40 and max(taken) < 8
     with kinodb.open(tmp_path / "at_once.kdb") as db:
         assert len(db) == 40
+
+
+SAMPLES = Path(__file__).resolve().parents[2].parent / "shared" / "samples"
+BRIDGE = SAMPLES / "octo_bridge_rlds" / "bridge_dataset" / "1.0.0"
+
+
+@pytest.mark.skipif(not BRIDGE.is_dir(), reason=f"real Bridge RLDS sample not found at {BRIDGE}")
+def test_the_bridge_sample_without_its_cameras_is_taken_in_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, taken = _both(tmp_path, BRIDGE, monkeypatch, images=False, verify=True)
+    assert taken and all(taken)  # its records, JPEG frames and all, fit a few to a run
+    with kinodb.open(tmp_path / "at_once.kdb") as db:
+        assert len(db) == 25 and db.read_meta(0)["embodiment"] == "widowx"
