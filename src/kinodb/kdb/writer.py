@@ -754,32 +754,19 @@ class Writer(_EpisodeCopies):
         than the bytes on episodes of small arrays. A large one is written as it is, not
         copied into a joined buffer first.
         """
-        table = self._table
+        layout = layout or self._layout_rows(arrays)
         pos = self._pos
         parts: list[Any] = []
         rows = []
         crc = 0
-        for j, (name, arr) in enumerate(arrays.items()):
+        for arr, row in zip(arrays.values(), layout, strict=True):
             if not arr.flags.c_contiguous:
                 arr = np.ascontiguousarray(arr)
             pad = -pos % SECTION_ALIGN
             if pad:
                 parts.append(_ZEROS[:pad])
                 pos += pad
-            if layout is None:
-                rows.append(
-                    (
-                        table.name_code(name),
-                        KIND_ARRAY,
-                        DTYPE_CODE[arr.dtype],
-                        0,
-                        arr.ndim,
-                        dims3(arr.shape),
-                        pos,
-                    )
-                )
-            else:
-                rows.append((*layout[j], pos))
+            rows.append((*row, pos))
             # an ndarray is a buffer (of its bytes, C-contiguous): joined and written as one
             parts.append(arr)
             pos += arr.nbytes
@@ -788,7 +775,7 @@ class Writer(_EpisodeCopies):
                 parts = []
         crc = self._write_parts(parts, crc)
         self._pos = pos
-        table.add_sections(rows)
+        self._table.add_sections(rows)
         return crc
 
     def _write_parts(self, parts: list[Any], crc: int) -> int:
