@@ -668,14 +668,7 @@ def _finish(args: dict[str, Any], job: _Job, key: str = "") -> dict[str, Any]:
     """Apply the dtype cast and encode raw frames (here, so workers share the work)."""
     args.pop(SOURCE_PARTS, None)  # for `verify` only: never shipped back from a worker
     if job.dtype is not None:
-        target = np.dtype(job.dtype)
-        for name in ("actions", "states", "rewards", "timestamps"):
-            arr = args.get(name)
-            if isinstance(arr, np.ndarray) and arr.dtype.kind == "f":
-                args[name] = arr.astype(target)
-        for name, arr in list(args.get("extra_arrays", {}).items()):
-            if arr.dtype.kind == "f":
-                args["extra_arrays"][name] = arr.astype(target)
+        _cast(args, np.dtype(job.dtype))
     if not job.options.images:
         args.pop("images", None)
     elif job.image_codec != "raw":
@@ -683,6 +676,17 @@ def _finish(args: dict[str, Any], job: _Job, key: str = "") -> dict[str, Any]:
             if isinstance(frames, np.ndarray):
                 args["images"][cam] = _encode(frames, job, f"{job.path}: episode {key}: camera {cam!r}")
     return args
+
+
+def _cast(args: dict[str, Any], target: np.dtype[Any]) -> None:
+    """The ``dtype`` option: the float arrays of ``args`` (an episode's, or a run's) as ``target``."""
+    for name in ("actions", "states", "rewards", "timestamps"):
+        arr = args.get(name)
+        if isinstance(arr, np.ndarray) and arr.dtype.kind == "f":
+            args[name] = arr.astype(target)
+    for name, arr in list(args.get("extra_arrays", {}).items()):
+        if arr.dtype.kind == "f":
+            args["extra_arrays"][name] = arr.astype(target)
 
 
 def _encode(frames: np.ndarray, job: _Job, where: str) -> list[bytes]:
@@ -771,16 +775,8 @@ def _converted_here(
             continue
         taken = chunk[: len(values["lengths"])]  # the first of them, as many as COLUMN_BYTES allows
         at += len(taken)
-        if job.dtype is not None:  # `_finish`'s cast
-            target = np.dtype(job.dtype)
-            for name in ("actions", "states", "rewards"):
-                arr = values[name]
-                if isinstance(arr, np.ndarray) and arr.dtype.kind == "f":
-                    values[name] = arr.astype(target)
-            values["extra_arrays"] = {
-                name: arr.astype(target) if arr.dtype.kind == "f" else arr
-                for name, arr in values["extra_arrays"].items()
-            }
+        if job.dtype is not None:
+            _cast(values, np.dtype(job.dtype))
         yield _Columns(taken, values)
 
 
